@@ -1,0 +1,209 @@
+# libdeepinfra — GNU make.
+#
+#   make                 build/lib/libdeepinfra.so (+ soname links) and libdeepinfra.a
+#   make test            Criterion C tests, then pytest; ends with a synthesis line
+#   make test SAN=1      the C tests under ASan + UBSan (build tree build-san/)
+#   make bench           benchmarks (Google Benchmark); JSON in build/bench.json
+#   make install         PREFIX=/usr/local DESTDIR= : headers, libraries, deepinfra.pc, Python package
+#   make gpu-check       tools/gpu-check: every GPU test and benchmark (on a GPU machine)
+#   make deps            install Criterion, Google Benchmark, numpy, ml_dtypes, pytest (root) or
+#                        print the command
+#   make CUDA=0          CPU-only library (chosen automatically when nvcc is missing)
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := all
+.SUFFIXES:
+
+CUDA_HOME ?= /usr/local/cuda
+NVCC      ?= $(CUDA_HOME)/bin/nvcc
+CUDA      ?= $(if $(wildcard $(NVCC)),1,0)
+SAN       ?= 0
+PREFIX    ?= /usr/local
+LIBDIR    ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+PYTHON    ?= python3
+CC        ?= gcc
+CXX       ?= g++
+ifeq ($(origin CC),default)
+CC := gcc
+endif
+ifeq ($(origin CXX),default)
+CXX := g++
+endif
+BUILDDIR  ?= $(if $(filter 1,$(SAN)),build-san,build)
+# sm_90a machine code for the Hopper kernels plus portable compute_90 PTX.
+GENCODE   ?= -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_90,code=compute_90
+CUDARTLIB ?= cudart_static
+
+hdr_version = $(shell sed -n 's/^\#define DINF_VERSION_$(1) \([0-9]*\)$$/\1/p' include/deepinfra/core.h)
+VERSION_MAJOR := $(call hdr_version,MAJOR)
+VERSION_MINOR := $(call hdr_version,MINOR)
+VERSION_PATCH := $(call hdr_version,PATCH)
+VERSION := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
+SONAME  := libdeepinfra.so.$(VERSION_MAJOR)
+SOFILE  := libdeepinfra.so.$(VERSION)
+
+WARN      := -Wall -Wextra -Wshadow -Wno-unused-parameter
+comma := ,
+SANFLAGS  := $(if $(filter 1,$(SAN)),-fsanitize=address$(comma)undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer)
+OPT       := $(if $(filter 1,$(SAN)),-O1,-O2)
+# -ffp-contract=off: float32 results must not depend on FMA contraction (EPLB exactness).
+CFLAGS_LIB := -std=c11 $(OPT) -g -fPIC -fvisibility=hidden -ffp-contract=off $(WARN) $(SANFLAGS) \
+              -DDINF_BUILD -DDINF_WITH_CUDA=$(CUDA) -Iinclude $(if $(filter 1,$(CUDA)),-I$(CUDA_HOME)/include)
+CXXFLAGS_TEST := -std=c++17 $(OPT) -g $(WARN) $(SANFLAGS) -Iinclude -Ilib
+CFLAGS_TEST := -std=c11 $(OPT) -g -ffp-contract=off $(WARN) $(SANFLAGS) -Iinclude -Ilib \
+               -DDINF_SOURCE_DIR='"$(CURDIR)"' -DDINF_WITH_CUDA=$(CUDA)
+NVCCFLAGS := -std=c++17 -O3 $(GENCODE) -ccbin $(CXX) -Xcompiler -fPIC,-fvisibility=hidden \
+             -Xfatbin -compress-all --resource-usage -DDINF_BUILD -Iinclude
+
+ifeq ($(CUDA),1)
+LIBS_PRIVATE := -L$(CUDA_HOME)/lib64 -l:lib$(CUDARTLIB).a -ldl -lpthread -lrt -lstdc++ -lm
+else
+LIBS_PRIVATE := -lpthread -lm
+endif
+
+LIB_SRCS := $(sort $(wildcard lib/*/*.c))
+CU_SRCS  := $(if $(filter 1,$(CUDA)),$(sort $(wildcard kernels/*/*.cu)))
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILDDIR)/obj/%.o) $(CU_SRCS:%.cu=$(BUILDDIR)/obj/%.o)
+HEADERS  := include/deepinfra.h $(wildcard include/deepinfra/*.h)
+PRIV_HDRS := $(wildcard lib/*/*.h)
+
+SHARED := $(BUILDDIR)/lib/$(SOFILE)
+STATIC := $(BUILDDIR)/lib/libdeepinfra.a
+
+TEST_C_SRCS  := $(sort $(wildcard tests/*/*.c))
+TEST_CC_SRCS := $(sort $(wildcard tests/*/*.cc))
+TEST_OBJS := $(TEST_C_SRCS:%.c=$(BUILDDIR)/obj/%.o) $(TEST_CC_SRCS:%.cc=$(BUILDDIR)/obj/%.o)
+TEST_BIN  := $(BUILDDIR)/tests/deepinfra_tests
+
+BENCH_C_SRCS := $(sort $(wildcard benchmarks/*.c))
+BENCH_OBJS := $(BENCH_C_SRCS:%.c=$(BUILDDIR)/obj/%.o) $(BUILDDIR)/obj/benchmarks/shim.o
+BENCH_BIN  := $(BUILDDIR)/bench/deepinfra_bench
+
+.PHONY: all lib test test-c test-python bench install uninstall gpu-check deps clean print-config
+
+all: lib
+lib: $(SHARED) $(STATIC) $(BUILDDIR)/lib/$(SONAME) $(BUILDDIR)/lib/libdeepinfra.so
+
+print-config:
+	@echo "version=$(VERSION) CUDA=$(CUDA) SAN=$(SAN) BUILDDIR=$(BUILDDIR) CUDA_HOME=$(CUDA_HOME)"
+
+$(BUILDDIR)/obj/lib/%.o: lib/%.c $(HEADERS) $(PRIV_HDRS)
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS_LIB) -c $< -o $@
+
+# nvcc prints each kernel's resource report (registers, spills, stack, shared
+# memory); it is kept beside the object for the resource test.
+$(BUILDDIR)/obj/kernels/%.o: kernels/%.cu $(HEADERS) $(PRIV_HDRS)
+	@mkdir -p $(dir $@)
+	@echo "  NVCC    $<"
+	@$(NVCC) $(NVCCFLAGS) -c $< -o $@ 2> $@.resource || { cat $@.resource; rm -f $@; exit 1; }
+	@grep -i -e 'warning' -e 'error' $@.resource >&2 || true
+
+$(SHARED): $(LIB_OBJS) lib/deepinfra.map
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=lib/deepinfra.map \
+	    -Wl,--exclude-libs,ALL -Wl,--no-undefined $(SANFLAGS) -o $@ $(LIB_OBJS) $(LIBS_PRIVATE)
+
+$(BUILDDIR)/lib/$(SONAME): $(SHARED)
+	@ln -sf $(SOFILE) $@
+$(BUILDDIR)/lib/libdeepinfra.so: $(BUILDDIR)/lib/$(SONAME)
+	@ln -sf $(SONAME) $@
+
+$(STATIC): $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	@echo "  AR      $@"
+	@rm -f $@ && ar rcs $@ $(LIB_OBJS)
+
+# ---------------------------------------------------------------- tests ----
+$(BUILDDIR)/obj/tests/%.o: tests/%.c $(HEADERS) $(PRIV_HDRS) | deps-c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS_TEST) -c $< -o $@
+
+$(BUILDDIR)/obj/tests/%.o: tests/%.cc $(HEADERS) $(PRIV_HDRS) | deps-c
+	@mkdir -p $(dir $@)
+	@echo "  CXX     $<"
+	@$(CXX) $(CXXFLAGS_TEST) -c $< -o $@
+
+# The runner links the static library so that tests can reach internals
+# (the sort replica); the Python tests exercise the shared library.
+$(TEST_BIN): $(TEST_OBJS) $(STATIC)
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(CXX) $(SANFLAGS) -o $@ $(TEST_OBJS) $(STATIC) -lcriterion $(LIBS_PRIVATE)
+
+test: lib $(TEST_BIN) | deps
+	@$(PYTHON) tools/run-tests --build-dir $(BUILDDIR) --san $(SAN) --python $(PYTHON)
+
+test-c: $(TEST_BIN)
+	@ASAN_OPTIONS=protect_shadow_gap=0 $(TEST_BIN) $(ARGS)
+
+test-python: lib | deps
+	@DINF_BUILD_DIR=$(BUILDDIR) $(PYTHON) -m pytest tests/python $(ARGS)
+
+# ------------------------------------------------------------ benchmarks ---
+$(BUILDDIR)/obj/benchmarks/%.o: benchmarks/%.c benchmarks/bench.h $(HEADERS) $(PRIV_HDRS) | deps-c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS_TEST) -O2 -c $< -o $@
+
+$(BUILDDIR)/obj/benchmarks/shim.o: benchmarks/shim.cc benchmarks/bench.h | deps-c
+	@mkdir -p $(dir $@)
+	@echo "  CXX     $<"
+	@$(CXX) -std=c++17 -O2 -g $(WARN) -Iinclude -c $< -o $@
+
+$(BENCH_BIN): $(BENCH_OBJS) $(STATIC)
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(CXX) -o $@ $(BENCH_OBJS) $(STATIC) -lbenchmark -lpthread $(LIBS_PRIVATE)
+
+bench: $(BENCH_BIN) | deps
+	@$(BENCH_BIN) --benchmark_out=$(BUILDDIR)/bench.json --benchmark_out_format=json \
+	    --benchmark_counters_tabular=true $(ARGS)
+	@echo "JSON written to $(BUILDDIR)/bench.json"
+
+# --------------------------------------------------------------- install ---
+PYDIR ?= $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("purelib", vars={"base": "$(PREFIX)", "platbase": "$(PREFIX)"}))' 2>/dev/null)
+
+install: lib
+	@echo "  INSTALL $(DESTDIR)$(PREFIX)"
+	install -d $(DESTDIR)$(INCLUDEDIR)/deepinfra $(DESTDIR)$(LIBDIR)/pkgconfig
+	install -m 644 include/deepinfra.h $(DESTDIR)$(INCLUDEDIR)/
+	install -m 644 $(wildcard include/deepinfra/*.h) $(DESTDIR)$(INCLUDEDIR)/deepinfra/
+	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/
+	ln -sf $(SOFILE) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libdeepinfra.so
+	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	    -e 's|@VERSION@|$(VERSION)|' -e 's|@LIBS_PRIVATE@|$(LIBS_PRIVATE)|' \
+	    lib/deepinfra.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/deepinfra.pc
+	@if [ -n "$(PYDIR)" ]; then \
+	    install -d $(DESTDIR)$(PYDIR)/deepinfra && \
+	    install -m 644 python/deepinfra/*.py $(DESTDIR)$(PYDIR)/deepinfra/ && \
+	    echo 'LIBDIR = "$(LIBDIR)"' > $(DESTDIR)$(PYDIR)/deepinfra/_installed.py && \
+	    echo "install -d $(DESTDIR)$(PYDIR)/deepinfra (Python package)"; \
+	else echo "no $(PYTHON): Python package not installed"; fi
+
+uninstall:
+	rm -f $(DESTDIR)$(INCLUDEDIR)/deepinfra.h
+	rm -rf $(DESTDIR)$(INCLUDEDIR)/deepinfra
+	rm -f $(DESTDIR)$(LIBDIR)/libdeepinfra.so* $(DESTDIR)$(LIBDIR)/libdeepinfra.a
+	rm -f $(DESTDIR)$(LIBDIR)/pkgconfig/deepinfra.pc
+	@if [ -n "$(PYDIR)" ]; then rm -rf $(DESTDIR)$(PYDIR)/deepinfra; fi
+
+# ------------------------------------------------------------------ misc ---
+gpu-check:
+	@tools/gpu-check $(if $(OUT),--out $(OUT)) --build-dir $(BUILDDIR)
+
+# Runs automatically before test/bench: installs what is missing when root,
+# otherwise prints the exact command and stops.
+deps:
+	@PYTHON=$(PYTHON) tools/deps
+deps-c:
+	@PYTHON=$(PYTHON) tools/deps --c-only
+
+clean:
+	rm -rf build build-san

@@ -1,0 +1,16 @@
+/*
+ * libdeepinfra: DeepSeek's published inference and training infrastructure
+ * techniques as a C library. Include this umbrella header and link
+ * -ldeepinfra (pkg-config --cflags --libs deepinfra).
+ *
+ * Modules (one header each, all independent; each depends only on core):
+ *   deepinfra/core.h   status codes, dinf_last_error, version, dtypes, device query
+ *   deepinfra/eplb.h   expert-parallel load-balancing plans (DeepSeek EPLB)
+ */
+#ifndef DEEPINFRA_H
+#define DEEPINFRA_H
+
+#include "deepinfra/core.h"
+#include "deepinfra/eplb.h"
+
+#endif /* DEEPINFRA_H */

@@ -1,0 +1,185 @@
+/*
+ * libdeepinfra core: status codes, errors, version, dtypes, device query.
+ *
+ * Every public function of the library returns a dinf_status. On failure,
+ * dinf_last_error() returns a message for the calling thread that names the
+ * function, the argument and the rule it broke, with values, e.g.
+ *
+ *     dinf_status st = dinf_eplb_rebalance_experts(...);
+ *     if (st != DINF_STATUS_OK)
+ *         fprintf(stderr, "%s: %s\n", dinf_status_string(st), dinf_last_error());
+ *
+ * The library never aborts, exits or prints on bad input, and never writes
+ * outside the buffers the caller passes.
+ *
+ * This header compiles alone in C11 and C++17 and needs no CUDA include path:
+ * dinf_stream_t is the same type as cudaStream_t and CUstream.
+ */
+#ifndef DEEPINFRA_CORE_H
+#define DEEPINFRA_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Export macro: only dinf_* symbols leave the shared library. */
+#if defined(DINF_BUILD)
+#define DINF_API __attribute__((visibility("default")))
+#else
+#define DINF_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Version                                                                   */
+/* ------------------------------------------------------------------------ */
+
+#define DINF_VERSION_MAJOR 0
+#define DINF_VERSION_MINOR 1
+#define DINF_VERSION_PATCH 0
+/* NCCL's formula: major * 10000 + minor * 100 + patch. */
+#define DINF_VERSION_NUM(major, minor, patch) ((major) * 10000 + (minor) * 100 + (patch))
+#define DINF_VERSION_CODE DINF_VERSION_NUM(DINF_VERSION_MAJOR, DINF_VERSION_MINOR, DINF_VERSION_PATCH)
+
+/*
+ * dinf_version - the version of the library actually loaded, as
+ * DINF_VERSION_CODE (compare it with the header's DINF_VERSION_CODE to catch
+ * a header/library mismatch). Never fails.
+ */
+DINF_API int dinf_version(void);
+
+/*
+ * dinf_version_string - "MAJOR.MINOR.PATCH+cuda" or "MAJOR.MINOR.PATCH+cpu"
+ * (the suffix says whether the library was built with CUDA). Static storage;
+ * never NULL.
+ */
+DINF_API const char *dinf_version_string(void);
+
+/* ------------------------------------------------------------------------ */
+/* Status and errors                                                         */
+/* ------------------------------------------------------------------------ */
+
+/* Values are part of the ABI: never renumbered. */
+typedef enum dinf_status {
+    DINF_STATUS_OK = 0,               /* success */
+    DINF_STATUS_INVALID_ARGUMENT = 1, /* the caller broke a documented rule */
+    DINF_STATUS_UNSUPPORTED = 2,      /* valid, but not available here (build, device, arch) */
+    DINF_STATUS_OUT_OF_MEMORY = 3,    /* a host or device allocation failed */
+    DINF_STATUS_CUDA_ERROR = 4,       /* the CUDA runtime reported an error */
+    DINF_STATUS_NCCL_ERROR = 5,       /* NCCL reported an error */
+    DINF_STATUS_JIT_ERROR = 6,        /* run-time compilation or loading failed */
+    DINF_STATUS_TIMEOUT = 7,          /* a wait exceeded its timeout */
+    DINF_STATUS_INTERNAL = 8,         /* a bug in the library: please report it */
+} dinf_status;
+
+#define DINF_STATUS_COUNT 9
+
+/*
+ * dinf_status_string - a short constant name for a status
+ * ("invalid argument"); "unknown status" for values outside the enum.
+ * Static storage; never NULL; thread-safe.
+ */
+DINF_API const char *dinf_status_string(dinf_status status);
+
+/*
+ * dinf_last_error - the message of the most recent failed call made by the
+ * calling thread, e.g. "dinf_eplb_rebalance_experts: num_replicas=10 is
+ * smaller than num_logical_experts=12". Empty ("") if no call on this thread
+ * has failed. The pointer is to thread-local storage that stays valid until
+ * the thread's next failing call into the library; never NULL.
+ */
+DINF_API const char *dinf_last_error(void);
+
+/* ------------------------------------------------------------------------ */
+/* Data types                                                                */
+/* ------------------------------------------------------------------------ */
+
+/* Values are part of the ABI: never renumbered. */
+typedef enum dinf_dtype {
+    DINF_DTYPE_FLOAT32 = 0,
+    DINF_DTYPE_FLOAT64 = 1,
+    DINF_DTYPE_FLOAT16 = 2,
+    DINF_DTYPE_BFLOAT16 = 3,
+    DINF_DTYPE_FP8_E4M3 = 4, /* e4m3fn: no infinities, max finite 448, 0x7F/0xFF are NaN */
+    DINF_DTYPE_FP8_E5M2 = 5,
+    DINF_DTYPE_INT8 = 6,
+    DINF_DTYPE_UINT8 = 7,
+    DINF_DTYPE_INT32 = 8,
+    DINF_DTYPE_INT64 = 9,
+} dinf_dtype;
+
+#define DINF_DTYPE_COUNT 10
+
+/*
+ * dinf_dtype_size - size in bytes of one element of dtype.
+ * Arguments:
+ *   dtype     [IN]  a dinf_dtype value
+ *   bytes     [OUT] element size in bytes; caller-owned, not NULL
+ * Returns DINF_STATUS_OK, or DINF_STATUS_INVALID_ARGUMENT for an unknown
+ * dtype or a NULL pointer.
+ */
+DINF_API dinf_status dinf_dtype_size(dinf_dtype dtype, size_t *bytes);
+
+/*
+ * dinf_dtype_name - "float32", "bfloat16", "float8_e4m3fn", ... (the numpy /
+ * ml_dtypes spelling); "unknown" for values outside the enum. Never NULL.
+ */
+DINF_API const char *dinf_dtype_name(dinf_dtype dtype);
+
+/* ------------------------------------------------------------------------ */
+/* Streams and devices                                                       */
+/* ------------------------------------------------------------------------ */
+
+/* The CUDA stream type (identical to cudaStream_t / CUstream). NULL is the
+ * legacy default stream. GPU calls take it as their last argument. */
+typedef struct CUstream_st *dinf_stream_t;
+
+/* Output of dinf_device_query. Set .size = sizeof(dinf_device_info) (or use
+ * DINF_DEVICE_INFO_INIT) so that later versions can add fields. */
+typedef struct dinf_device_info {
+    uint32_t size;               /* [IN] sizeof(dinf_device_info) as the caller knows it */
+    int32_t built_with_cuda;     /* 1 if this library was built with CUDA (not make CUDA=0) */
+    int32_t usable;              /* 1 if the device exists and runs this library's kernels */
+    int32_t device_count;        /* CUDA devices visible to the process (0 without a driver) */
+    int32_t device;              /* the device that was queried */
+    int32_t cc_major, cc_minor;  /* compute capability, e.g. 9 and 0 for Hopper */
+    int32_t sm_count;            /* streaming multiprocessors */
+    int32_t runtime_version;     /* CUDA runtime version linked in, e.g. 13000 (0 if none) */
+    int32_t driver_version;      /* CUDA driver version, 0 if no driver */
+    uint64_t total_memory_bytes; /* global memory of the device */
+    uint64_t shared_memory_per_block_optin_bytes; /* largest dynamic shared memory per block */
+    char name[256];              /* device name, "" if none */
+    char reason[512];            /* why usable is 0 ("" when usable) */
+} dinf_device_info;
+
+#define DINF_DEVICE_INFO_INIT {sizeof(dinf_device_info)}
+
+/*
+ * dinf_device_query - describe CUDA device `device` and whether this library
+ * can run its kernels on it (a device of compute capability 9.0, i.e. Hopper,
+ * for the sm_90a kernels).
+ *
+ * It answers cleanly everywhere: on a machine with no GPU or no driver, or in
+ * a CPU-only build (make CUDA=0), it returns DINF_STATUS_OK with usable = 0
+ * and `reason` saying why. It never initialises more than the CUDA runtime's
+ * own context on the queried device.
+ *
+ * Arguments:
+ *   device  [IN]     device ordinal, >= 0
+ *   info    [IN,OUT] caller-owned; info->size must be set to the caller's
+ *                    sizeof(dinf_device_info) (at least the size of this,
+ *                    the first, version of the struct). Later library
+ *                    versions never write past info->size.
+ * Thread-safe. Synchronous; no stream.
+ * Returns DINF_STATUS_OK, or DINF_STATUS_INVALID_ARGUMENT (NULL info,
+ * info->size too small for the first fields, device < 0).
+ */
+DINF_API dinf_status dinf_device_query(int device, dinf_device_info *info);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* DEEPINFRA_CORE_H */

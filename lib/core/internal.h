@@ -1,0 +1,64 @@
+/*
+ * Internal helpers shared by every module: error reporting and checked size
+ * arithmetic. Not installed.
+ */
+#ifndef DINF_INTERNAL_H
+#define DINF_INTERNAL_H
+
+#include "deepinfra/core.h"
+
+#include <stdint.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define DINF_PRINTF(fmt_idx, arg_idx) __attribute__((format(printf, fmt_idx, arg_idx)))
+#else
+#define DINF_PRINTF(fmt_idx, arg_idx)
+#endif
+
+/* Record "<func>: <formatted message>" as the thread's last error and return
+ * status. Every failing public entry point returns through this. */
+dinf_status dinf__fail(dinf_status status, const char *func, const char *fmt, ...) DINF_PRINTF(3, 4);
+
+#define DINF_FAIL(status, ...) dinf__fail((status), __func__, __VA_ARGS__)
+
+/* Checked arithmetic: return 0 and set *out on success, -1 on overflow. */
+static inline int dinf__mul_i64(int64_t a, int64_t b, int64_t *out) {
+    return __builtin_mul_overflow(a, b, out) ? -1 : 0;
+}
+static inline int dinf__mul_size(size_t a, size_t b, size_t *out) {
+    return __builtin_mul_overflow(a, b, out) ? -1 : 0;
+}
+static inline int dinf__add_size(size_t a, size_t b, size_t *out) {
+    return __builtin_add_overflow(a, b, out) ? -1 : 0;
+}
+
+/*
+ * A bump allocator over a caller-provided block. With base == NULL it only
+ * counts, so the same carving code computes the workspace size (dry run) and
+ * lays out the real workspace: the two cannot drift apart.
+ */
+typedef struct dinf__arena {
+    unsigned char *base; /* NULL: measuring pass */
+    size_t capacity;
+    size_t used;
+    int overflow; /* a request did not fit in size_t */
+} dinf__arena;
+
+#define DINF__ARENA_ALIGN 64
+
+/* Reserve count * elem bytes at an offset from base that is a multiple of 64
+ * (the block itself must be at least 8-byte aligned). Returns NULL in a measuring
+ * pass, on overflow, or when capacity is exceeded (check arena->overflow and
+ * dinf__arena_fits before use). */
+void *dinf__arena_take(dinf__arena *arena, size_t count, size_t elem);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DINF_INTERNAL_H */

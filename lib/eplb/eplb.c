@@ -1,0 +1,708 @@
+/*
+ * EPLB planner: upstream rebalance_experts, exactly (see eplb.h for the
+ * contract), plus the distinct-experts-per-GPU option and log2phy.
+ *
+ * The plan is computed layer by layer with O(E + R) scratch that is reused
+ * for every layer. Each step follows the reference algorithm:
+ *   1. balanced_packing of group loads onto nodes (hierarchical policy);
+ *   2. replicate_experts inside each node (argmax of load per replica);
+ *   3. balanced_packing of the node's replicas onto its GPUs.
+ * Selection steps that are linear scans upstream use binary heaps here with
+ * the same tie rules (lowest index among equal keys), so the results are the
+ * same and the cost is O(log) per choice.
+ */
+#include "deepinfra/eplb.h"
+
+#include "../core/internal.h"
+#include "eplb_internal.h"
+#include "eplb_plan.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------ */
+/* Argument checks                                                           */
+/* ------------------------------------------------------------------------ */
+
+dinf_status dinf__eplb_check_options(const char *func, const dinf_eplb_options *options,
+                                     int *distinct) {
+    *distinct = 0;
+    if (!options)
+        return DINF_STATUS_OK;
+    if (options->size < sizeof(dinf_eplb_options))
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "options->size=%u is smaller than sizeof(dinf_eplb_options)=%zu "
+                          "(initialise options with DINF_EPLB_OPTIONS_INIT)",
+                          options->size, sizeof(dinf_eplb_options));
+    if (options->magic != DINF_EPLB_OPTIONS_MAGIC)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "options->magic=0x%08x is not DINF_EPLB_OPTIONS_MAGIC (0x%08x): "
+                          "initialise options with DINF_EPLB_OPTIONS_INIT",
+                          options->magic, DINF_EPLB_OPTIONS_MAGIC);
+    if (options->distinct_experts_per_gpu != 0 && options->distinct_experts_per_gpu != 1)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "options->distinct_experts_per_gpu=%d must be 0 or 1",
+                          (int)options->distinct_experts_per_gpu);
+    if (options->reserved != 0)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "options->reserved=%d must be 0",
+                          (int)options->reserved);
+    *distinct = options->distinct_experts_per_gpu;
+    return DINF_STATUS_OK;
+}
+
+dinf_status dinf__eplb_check_sizes(const char *func, int64_t E, int64_t R, int64_t G, int64_t N,
+                                   int64_t P, const dinf_eplb_options *options,
+                                   dinf__eplb_sizes *sz) {
+    int distinct;
+    dinf_status st = dinf__eplb_check_options(func, options, &distinct);
+    if (st != DINF_STATUS_OK)
+        return st;
+    const struct {
+        const char *name;
+        int64_t value;
+    } positive[] = {{"num_logical_experts", E}, {"num_replicas", R}, {"num_groups", G},
+                    {"num_nodes", N},           {"num_gpus", P}};
+    for (size_t i = 0; i < sizeof positive / sizeof positive[0]; i++)
+        if (positive[i].value < 1)
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "%s=%lld must be >= 1",
+                              positive[i].name, (long long)positive[i].value);
+    if (R > DINF__EPLB_MAX_SIZE || E > DINF__EPLB_MAX_SIZE || G > DINF__EPLB_MAX_SIZE ||
+        P > DINF__EPLB_MAX_SIZE)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "num_replicas=%lld, num_logical_experts=%lld, num_groups=%lld and "
+                          "num_gpus=%lld must each be <= %lld",
+                          (long long)R, (long long)E, (long long)G, (long long)P,
+                          (long long)DINF__EPLB_MAX_SIZE);
+    if (P % N != 0)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "num_gpus=%lld is not a multiple of num_nodes=%lld", (long long)P,
+                          (long long)N);
+    if (R % P != 0)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "num_replicas=%lld is not a multiple of num_gpus=%lld", (long long)R,
+                          (long long)P);
+    if (R < E)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "num_replicas=%lld is smaller than num_logical_experts=%lld: every "
+                          "expert needs at least one slot",
+                          (long long)R, (long long)E);
+    sz->E = E;
+    sz->R = R;
+    sz->P = P;
+    sz->hierarchical = (G % N == 0);
+    if (sz->hierarchical) {
+        if (E % G != 0)
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "num_logical_experts=%lld is not a multiple of num_groups=%lld "
+                              "(required by the hierarchical policy, which applies because "
+                              "num_groups %% num_nodes == 0)",
+                              (long long)E, (long long)G);
+        sz->groups = G;
+        sz->nodes = N;
+    } else {
+        /* Global policy: one group on one node, as upstream. */
+        sz->groups = 1;
+        sz->nodes = 1;
+    }
+    sz->group_size = E / sz->groups;
+    sz->groups_per_node = sz->groups / sz->nodes;
+    sz->experts_per_node = E / sz->nodes;
+    sz->replicas_per_node = R / sz->nodes;
+    sz->gpus_per_node = P / sz->nodes;
+    sz->slots_per_gpu = R / P;
+    sz->distinct = distinct;
+    if (distinct) {
+        if (sz->slots_per_gpu > sz->experts_per_node)
+            return dinf__fail(
+                DINF_STATUS_INVALID_ARGUMENT, func,
+                "options->distinct_experts_per_gpu=1 is impossible: each GPU has "
+                "num_replicas/num_gpus=%lld slots but only %lld distinct experts can reach it "
+                "(num_logical_experts=%lld%s)",
+                (long long)sz->slots_per_gpu, (long long)sz->experts_per_node, (long long)E,
+                sz->nodes > 1 ? " split over the nodes by the hierarchical policy" : "");
+        sz->replica_cap = sz->gpus_per_node;
+    } else {
+        sz->replica_cap = sz->replicas_per_node - sz->experts_per_node + 1;
+    }
+    return DINF_STATUS_OK;
+}
+
+dinf_status dinf__eplb_check_weights(const char *func, const float *weight, int64_t L, int64_t E) {
+    for (int64_t l = 0; l < L; l++) {
+        const float *row = weight + l * E;
+        for (int64_t e = 0; e < E; e++) {
+            float x = row[e];
+            if (!(x >= 0.0f) || isinf(x))
+                return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                                  "weight[%lld][%lld]=%g: loads must be finite and >= 0",
+                                  (long long)l, (long long)e, (double)x);
+        }
+    }
+    return DINF_STATUS_OK;
+}
+
+/* Checks L >= 1 and that n_inner * L elements of elem bytes fit. */
+dinf_status dinf__eplb_check_rows(const char *func, int64_t L, const int64_t *inner,
+                                  const char *const *inner_names, int count) {
+    if (L < 1)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "num_layers=%lld must be >= 1",
+                          (long long)L);
+    for (int i = 0; i < count; i++) {
+        int64_t elems;
+        size_t bytes;
+        if (dinf__mul_i64(L, inner[i], &elems) || dinf__mul_size((size_t)elems, 8, &bytes) ||
+            elems > (int64_t)(SIZE_MAX / 8))
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "num_layers=%lld times %s=%lld overflows the addressable size",
+                              (long long)L, inner_names[i], (long long)inner[i]);
+    }
+    return DINF_STATUS_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Workspace layout                                                          */
+/* ------------------------------------------------------------------------ */
+
+void dinf__eplb_plan_layout(dinf__arena *a, const dinf__eplb_sizes *sz, dinf__eplb_scratch *s) {
+    size_t G = (size_t)sz->groups, E = (size_t)sz->E, En = (size_t)sz->experts_per_node;
+    size_t Rn = (size_t)sz->replicas_per_node, Pn = (size_t)sz->gpus_per_node;
+    size_t sort_n = G > Rn ? G : Rn;
+    s->group_load = dinf__arena_take(a, G, sizeof(float));
+    s->group_pack = dinf__arena_take(a, G, sizeof(int32_t));
+    s->group_rank = dinf__arena_take(a, G, sizeof(int32_t));
+    s->mlog2log = dinf__arena_take(a, E, sizeof(int32_t));
+    s->node_load = dinf__arena_take(a, En, sizeof(float));
+    s->replica_count = dinf__arena_take(a, En, sizeof(int32_t));
+    s->expert_heap = dinf__arena_take(a, En, sizeof(int32_t));
+    s->expert_key = dinf__arena_take(a, En, sizeof(float));
+    s->phy2mlog = dinf__arena_take(a, Rn, sizeof(int32_t));
+    s->phy_rank = dinf__arena_take(a, Rn, sizeof(int32_t));
+    s->replica_load = dinf__arena_take(a, Rn, sizeof(float));
+    s->replica_gpu = dinf__arena_take(a, Rn, sizeof(int32_t));
+    s->replica_pos = dinf__arena_take(a, Rn, sizeof(int32_t));
+    s->order = dinf__arena_take(a, sort_n, sizeof(int32_t));
+    s->sort_scratch = dinf__arena_take(a, sort_n, sizeof(dinf__sort_pair));
+    s->pack_sum = dinf__arena_take(a, Pn > G ? Pn : G, sizeof(float));
+    s->pack_count = dinf__arena_take(a, Pn > G ? Pn : G, sizeof(int32_t));
+    s->pack_heap = dinf__arena_take(a, Pn > G ? Pn : G, sizeof(int32_t));
+    s->pack_members = sz->distinct ? dinf__arena_take(a, Rn, sizeof(int32_t)) : NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* balanced_packing                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* Min-heap of packs ordered by (sum, index): the root is upstream's
+ * min(open packs, key=sum), which returns the lowest index among ties. */
+static inline int pack_less(const float *sum, int32_t p, int32_t q) {
+    return sum[p] < sum[q] || (sum[p] == sum[q] && p < q);
+}
+
+static void pack_sift_down(int32_t *heap, int32_t size, const float *sum, int32_t i) {
+    int32_t item = heap[i];
+    for (;;) {
+        int32_t child = 2 * i + 1;
+        if (child >= size)
+            break;
+        if (child + 1 < size && pack_less(sum, heap[child + 1], heap[child]))
+            child++;
+        if (!pack_less(sum, heap[child], item))
+            break;
+        heap[i] = heap[child];
+        i = child;
+    }
+    heap[i] = item;
+}
+
+/*
+ * Pack n items of weight w into m packs of n/m items each (upstream
+ * balanced_packing for one row): items in descending weight order (torch's
+ * tie order) go to the open pack of least float32 sum, lowest index first.
+ * pack[j], rank[j] = pack of item j and its arrival rank in that pack.
+ */
+static void balanced_packing(const float *w, int32_t n, int32_t m, int32_t *pack, int32_t *rank,
+                             const dinf__eplb_scratch *s) {
+    int32_t per_pack = n / m;
+    if (per_pack == 1) {
+        for (int32_t j = 0; j < n; j++) {
+            pack[j] = j;
+            rank[j] = 0;
+        }
+        return;
+    }
+    dinf__sort_desc_indices(w, n, s->order, s->sort_scratch);
+    float *sum = s->pack_sum;
+    int32_t *count = s->pack_count, *heap = s->pack_heap;
+    for (int32_t p = 0; p < m; p++) {
+        sum[p] = 0.0f;
+        count[p] = 0;
+        heap[p] = p; /* equal sums in index order: already a heap */
+    }
+    int32_t heap_size = m;
+    for (int32_t k = 0; k < n; k++) {
+        int32_t j = s->order[k];
+        int32_t p = heap[0];
+        pack[j] = p;
+        rank[j] = count[p];
+        sum[p] = sum[p] + w[j];
+        count[p]++;
+        if (count[p] == per_pack)
+            heap[0] = heap[--heap_size];
+        pack_sift_down(heap, heap_size, sum, 0);
+    }
+}
+
+/*
+ * The same packing under the constraint that items of one color (expert)
+ * never share a pack. Greedy as above over the packs that are open and free
+ * of the item's color (so it equals balanced_packing whenever that never puts
+ * two items of a color together). When every open pack already holds the
+ * color, a swap repairs it: an item y of a full pack Q without the color
+ * moves to the open pack P, whose colors y does not share, and the item takes
+ * y's place in Q. Such a y always exists when no color has more than m items
+ * (P holds at most per_pack-2 other colors, Q per_pack distinct ones). Among
+ * the candidates the swap minimising max(new sum of P, new sum of Q) wins,
+ * ties to the lowest Q, then the lowest position.
+ */
+static void balanced_packing_distinct(const float *w, const int32_t *color, int32_t n, int32_t m,
+                                      int32_t *pack, int32_t *rank, const dinf__eplb_scratch *s) {
+    int32_t per_pack = n / m;
+    if (per_pack == 1) {
+        for (int32_t j = 0; j < n; j++) {
+            pack[j] = j;
+            rank[j] = 0;
+        }
+        return;
+    }
+    dinf__sort_desc_indices(w, n, s->order, s->sort_scratch);
+    float *sum = s->pack_sum;
+    int32_t *count = s->pack_count;
+    int32_t *members = s->pack_members; /* [m][per_pack] item ids by rank */
+    for (int32_t p = 0; p < m; p++) {
+        sum[p] = 0.0f;
+        count[p] = 0;
+    }
+#define HAS_COLOR(p, c, result)                                                                    \
+    do {                                                                                           \
+        result = 0;                                                                                \
+        for (int32_t r_ = 0; r_ < count[p]; r_++)                                                  \
+            if (color[members[(p) * per_pack + r_]] == (c)) {                                      \
+                result = 1;                                                                        \
+                break;                                                                             \
+            }                                                                                      \
+    } while (0)
+    for (int32_t k = 0; k < n; k++) {
+        int32_t j = s->order[k];
+        int32_t best = -1, open = -1;
+        for (int32_t p = 0; p < m; p++) {
+            if (count[p] >= per_pack)
+                continue;
+            if (open < 0 || pack_less(sum, p, open))
+                open = p;
+            int has;
+            HAS_COLOR(p, color[j], has);
+            if (!has && (best < 0 || pack_less(sum, p, best)))
+                best = p;
+        }
+        if (best >= 0) {
+            members[best * per_pack + count[best]] = j;
+            pack[j] = best;
+            rank[j] = count[best];
+            sum[best] = sum[best] + w[j];
+            count[best]++;
+            continue;
+        }
+        /* Repair: every open pack holds color[j]; `open` is the lightest. */
+        int32_t P = open, best_q = -1, best_pos = -1;
+        float best_cost = 0.0f;
+        for (int32_t q = 0; q < m; q++) {
+            if (q == P)
+                continue;
+            int has;
+            HAS_COLOR(q, color[j], has);
+            if (has)
+                continue;
+            for (int32_t pos = 0; pos < count[q]; pos++) {
+                int32_t y = members[q * per_pack + pos];
+                int y_in_p;
+                HAS_COLOR(P, color[y], y_in_p);
+                if (y_in_p)
+                    continue;
+                float new_p = sum[P] + w[y];
+                float new_q = (sum[q] - w[y]) + w[j];
+                float cost = new_p > new_q ? new_p : new_q;
+                if (best_q < 0 || cost < best_cost) {
+                    best_q = q;
+                    best_pos = pos;
+                    best_cost = cost;
+                }
+            }
+        }
+        /* best_q >= 0 is guaranteed by the replica cap (see above). */
+        int32_t y = members[best_q * per_pack + best_pos];
+        members[P * per_pack + count[P]] = y;
+        pack[y] = P;
+        rank[y] = count[P];
+        sum[P] = sum[P] + w[y];
+        count[P]++;
+        members[best_q * per_pack + best_pos] = j;
+        pack[j] = best_q;
+        rank[j] = best_pos;
+        sum[best_q] = (sum[best_q] - w[y]) + w[j];
+    }
+#undef HAS_COLOR
+}
+
+/* ------------------------------------------------------------------------ */
+/* replicate_experts                                                         */
+/* ------------------------------------------------------------------------ */
+
+/* Max-heap of experts ordered by (load per replica desc, index asc): the
+ * root is torch's first argmax of weight / logcnt. */
+static inline int expert_before(const float *key, int32_t a, int32_t b) {
+    return key[a] > key[b] || (key[a] == key[b] && a < b);
+}
+
+static void expert_sift_down(int32_t *heap, int32_t size, const float *key, int32_t i) {
+    int32_t item = heap[i];
+    for (;;) {
+        int32_t child = 2 * i + 1;
+        if (child >= size)
+            break;
+        if (child + 1 < size && expert_before(key, heap[child + 1], heap[child]))
+            child++;
+        if (!expert_before(key, heap[child], item))
+            break;
+        heap[i] = heap[child];
+        i = child;
+    }
+    heap[i] = item;
+}
+
+/*
+ * Upstream replicate_experts for one row: slots 0..n-1 hold experts 0..n-1;
+ * each further slot goes to the expert of largest float32 w/count (first
+ * index on ties). With a cap, experts at the cap leave the competition.
+ */
+static void replicate_experts(const float *w, int32_t n, int32_t num_slots, int32_t cap,
+                              int32_t *phy2log, int32_t *phy_rank, int32_t *count,
+                              const dinf__eplb_scratch *s) {
+    float *key = s->expert_key;
+    int32_t *heap = s->expert_heap;
+    for (int32_t e = 0; e < n; e++) {
+        phy2log[e] = e;
+        phy_rank[e] = 0;
+        count[e] = 1;
+        key[e] = w[e];
+        heap[e] = e;
+    }
+    int32_t heap_size = n;
+    if (cap <= 1)
+        heap_size = 0;
+    for (int32_t i = heap_size / 2 - 1; i >= 0; i--)
+        expert_sift_down(heap, heap_size, key, i);
+    for (int32_t slot = n; slot < num_slots; slot++) {
+        int32_t e = heap[0]; /* heap_size > 0: guaranteed by the size checks */
+        phy2log[slot] = e;
+        phy_rank[slot] = count[e];
+        count[e]++;
+        key[e] = w[e] / (float)count[e];
+        if (count[e] >= cap)
+            heap[0] = heap[--heap_size];
+        expert_sift_down(heap, heap_size, key, 0);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* One layer                                                                 */
+/* ------------------------------------------------------------------------ */
+
+void dinf__eplb_plan_layer(const float *w, const dinf__eplb_sizes *sz, const dinf__eplb_scratch *s,
+                           int64_t *phy2log, int64_t *phy_replica, int64_t *logcnt) {
+    const int32_t G = (int32_t)sz->groups, N = (int32_t)sz->nodes;
+    const int32_t S = (int32_t)sz->group_size, gpn = (int32_t)sz->groups_per_node;
+    const int32_t En = (int32_t)sz->experts_per_node, Rn = (int32_t)sz->replicas_per_node;
+    const int32_t Pn = (int32_t)sz->gpus_per_node, ppg = (int32_t)sz->slots_per_gpu;
+
+    /* Step 1: whole groups to nodes, balancing float32 group sums. */
+    for (int32_t g = 0; g < G; g++) {
+        float t = 0.0f;
+        for (int32_t j = 0; j < S; j++)
+            t = t + w[g * S + j];
+        s->group_load[g] = t;
+    }
+    balanced_packing(s->group_load, G, N, s->group_pack, s->group_rank, s);
+    /* Node-major order: node n owns positions [n*En, (n+1)*En). */
+    for (int32_t g = 0; g < G; g++) {
+        int32_t base = (s->group_pack[g] * gpn + s->group_rank[g]) * S;
+        for (int32_t j = 0; j < S; j++)
+            s->mlog2log[base + j] = g * S + j;
+    }
+
+    for (int32_t n = 0; n < N; n++) {
+        const int32_t *node_experts = s->mlog2log + (size_t)n * En;
+        /* Step 2: replicate within the node. */
+        for (int32_t k = 0; k < En; k++)
+            s->node_load[k] = w[node_experts[k]];
+        replicate_experts(s->node_load, En, Rn, (int32_t)sz->replica_cap, s->phy2mlog, s->phy_rank,
+                          s->replica_count, s);
+        /* Step 3: the node's replicas onto its GPUs, by load per replica. */
+        for (int32_t p = 0; p < Rn; p++) {
+            int32_t k = s->phy2mlog[p];
+            s->replica_load[p] = s->node_load[k] / (float)s->replica_count[k];
+        }
+        if (sz->distinct)
+            balanced_packing_distinct(s->replica_load, s->phy2mlog, Rn, Pn, s->replica_gpu,
+                                      s->replica_pos, s);
+        else
+            balanced_packing(s->replica_load, Rn, Pn, s->replica_gpu, s->replica_pos, s);
+        for (int32_t p = 0; p < Rn; p++) {
+            int64_t slot = (int64_t)n * Rn + (int64_t)s->replica_gpu[p] * ppg + s->replica_pos[p];
+            phy2log[slot] = node_experts[s->phy2mlog[p]];
+            phy_replica[slot] = s->phy_rank[p];
+        }
+        for (int32_t k = 0; k < En; k++)
+            logcnt[node_experts[k]] = s->replica_count[k];
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Public entry points                                                       */
+/* ------------------------------------------------------------------------ */
+
+DINF_API dinf_status dinf_eplb_max_logcnt_bound(int64_t num_logical_experts, int64_t num_replicas,
+                                                int64_t num_groups, int64_t num_nodes,
+                                                int64_t num_gpus, const dinf_eplb_options *options,
+                                                int64_t *bound) {
+    dinf__eplb_sizes sz;
+    dinf_status st = dinf__eplb_check_sizes(__func__, num_logical_experts, num_replicas, num_groups,
+                                            num_nodes, num_gpus, options, &sz);
+    if (st != DINF_STATUS_OK)
+        return st;
+    if (!bound)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "bound is NULL");
+    *bound = sz.replica_cap;
+    return DINF_STATUS_OK;
+}
+
+DINF_API dinf_status dinf_eplb_workspace_size(int64_t num_logical_experts, int64_t num_replicas,
+                                              int64_t num_groups, int64_t num_nodes,
+                                              int64_t num_gpus, const dinf_eplb_options *options,
+                                              size_t *bytes) {
+    dinf__eplb_sizes sz;
+    dinf_status st = dinf__eplb_check_sizes(__func__, num_logical_experts, num_replicas, num_groups,
+                                            num_nodes, num_gpus, options, &sz);
+    if (st != DINF_STATUS_OK)
+        return st;
+    if (!bytes)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "bytes is NULL");
+    dinf__arena a = {0};
+    dinf__eplb_scratch s;
+    dinf__eplb_plan_layout(&a, &sz, &s);
+    size_t extra = 2 * (size_t)sz.R * sizeof(int64_t); /* one layer's slot outputs */
+    if (a.overflow || dinf__add_size(a.used, extra + DINF__ARENA_ALIGN, &a.used))
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "the workspace size overflows size_t");
+    *bytes = a.used;
+    return DINF_STATUS_OK;
+}
+
+dinf_status dinf__eplb_workspace_acquire(const char *func, size_t needed, void *workspace,
+                                         size_t workspace_bytes, void **base, void **owned) {
+    *owned = NULL;
+    if (workspace) {
+        if (workspace_bytes < needed)
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "workspace_bytes=%zu is smaller than the %zu bytes needed "
+                              "(ask the matching *_workspace_size function)",
+                              workspace_bytes, needed);
+        if ((uintptr_t)workspace % 8 != 0)
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "workspace=%p is not 8-byte aligned", workspace);
+        *base = workspace;
+        return DINF_STATUS_OK;
+    }
+    *owned = malloc(needed ? needed : 1);
+    if (!*owned)
+        return dinf__fail(DINF_STATUS_OUT_OF_MEMORY, func,
+                          "cannot allocate %zu bytes of workspace", needed);
+    *base = *owned;
+    return DINF_STATUS_OK;
+}
+
+DINF_API dinf_status dinf_eplb_rebalance_experts(
+    const float *weight, int64_t num_layers, int64_t num_logical_experts, int64_t num_replicas,
+    int64_t num_groups, int64_t num_nodes, int64_t num_gpus, const dinf_eplb_options *options,
+    int64_t *phy2log, int64_t *phy_replica, int64_t *logcnt, int64_t *log2phy,
+    int64_t log2phy_width, int64_t *max_logcnt, void *workspace, size_t workspace_bytes) {
+    dinf__eplb_sizes sz;
+    dinf_status st = dinf__eplb_check_sizes(__func__, num_logical_experts, num_replicas, num_groups,
+                                            num_nodes, num_gpus, options, &sz);
+    if (st != DINF_STATUS_OK)
+        return st;
+    const int64_t L = num_layers, E = num_logical_experts, R = num_replicas;
+    if (!weight)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "weight is NULL");
+    if (!phy2log)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "phy2log is NULL");
+    if (!logcnt)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "logcnt is NULL");
+    int64_t width_elems = 0;
+    if (log2phy) {
+        if (log2phy_width < 1)
+            return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "log2phy_width=%lld must be >= 1",
+                             (long long)log2phy_width);
+        if (dinf__mul_i64(E, log2phy_width, &width_elems))
+            return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                             "num_logical_experts=%lld times log2phy_width=%lld overflows",
+                             (long long)E, (long long)log2phy_width);
+    }
+    const int64_t inner[] = {R, E, width_elems};
+    const char *const names[] = {"num_replicas", "num_logical_experts",
+                                 "num_logical_experts*log2phy_width"};
+    st = dinf__eplb_check_rows(__func__, L, inner, names, log2phy ? 3 : 2);
+    if (st != DINF_STATUS_OK)
+        return st;
+    st = dinf__eplb_check_weights(__func__, weight, L, E);
+    if (st != DINF_STATUS_OK)
+        return st;
+
+    size_t needed;
+    st = dinf_eplb_workspace_size(E, R, num_groups, num_nodes, num_gpus, options, &needed);
+    if (st != DINF_STATUS_OK)
+        return st;
+    void *base, *owned;
+    st = dinf__eplb_workspace_acquire(__func__, needed, workspace, workspace_bytes, &base, &owned);
+    if (st != DINF_STATUS_OK)
+        return st;
+    dinf__arena a = {.base = base, .capacity = needed};
+    dinf__eplb_scratch s;
+    dinf__eplb_plan_layout(&a, &sz, &s);
+    int64_t *replica_buf = dinf__arena_take(&a, (size_t)R, sizeof(int64_t));
+
+    int64_t max_count = 0;
+    for (int64_t l = 0; l < L; l++) {
+        int64_t *p2l = phy2log + l * R;
+        int64_t *rep = phy_replica ? phy_replica + l * R : replica_buf;
+        int64_t *cnt = logcnt + l * E;
+        dinf__eplb_plan_layer(weight + l * E, &sz, &s, p2l, rep, cnt);
+        for (int64_t e = 0; e < E; e++)
+            if (cnt[e] > max_count)
+                max_count = cnt[e];
+        if (log2phy && max_count <= log2phy_width) {
+            int64_t *rows = log2phy + l * width_elems;
+            for (int64_t i = 0; i < width_elems; i++)
+                rows[i] = -1;
+            for (int64_t x = 0; x < R; x++)
+                rows[p2l[x] * log2phy_width + rep[x]] = x;
+        }
+    }
+    free(owned);
+    if (max_logcnt)
+        *max_logcnt = max_count;
+    if (log2phy && max_count > log2phy_width)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "log2phy_width=%lld is smaller than the plan's max_logcnt=%lld "
+                         "(dinf_eplb_max_logcnt_bound gives a width that always fits)",
+                         (long long)log2phy_width, (long long)max_count);
+    return DINF_STATUS_OK;
+}
+
+DINF_API dinf_status dinf_eplb_log2phy(const int64_t *phy2log, const int64_t *phy_replica,
+                                       int64_t num_layers, int64_t num_logical_experts,
+                                       int64_t num_replicas, int64_t *logcnt, int64_t *log2phy,
+                                       int64_t log2phy_width, int64_t *max_logcnt) {
+    const int64_t L = num_layers, E = num_logical_experts, R = num_replicas;
+    if (E < 1 || R < 1)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "num_logical_experts=%lld and num_replicas=%lld must be >= 1",
+                         (long long)E, (long long)R);
+    if (R < E)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "num_replicas=%lld is smaller than num_logical_experts=%lld",
+                         (long long)R, (long long)E);
+    if (!phy2log)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "phy2log is NULL");
+    if (!log2phy)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "log2phy is NULL");
+    if (log2phy_width < 1)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "log2phy_width=%lld must be >= 1",
+                         (long long)log2phy_width);
+    int64_t width_elems;
+    if (dinf__mul_i64(E, log2phy_width, &width_elems))
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "num_logical_experts=%lld times log2phy_width=%lld overflows",
+                         (long long)E, (long long)log2phy_width);
+    const int64_t inner[] = {R, E, width_elems};
+    const char *const names[] = {"num_replicas", "num_logical_experts",
+                                 "num_logical_experts*log2phy_width"};
+    dinf_status st = dinf__eplb_check_rows(__func__, L, inner, names, 3);
+    if (st != DINF_STATUS_OK)
+        return st;
+
+    int64_t max_count = 0;
+    for (int64_t l = 0; l < L; l++) {
+        const int64_t *p2l = phy2log + l * R;
+        const int64_t *rep = phy_replica ? phy_replica + l * R : NULL;
+        int64_t *rows = log2phy + l * width_elems;
+        for (int64_t i = 0; i < width_elems; i++)
+            rows[i] = -1;
+        /* Count replicas in log2phy's own column 0..width-1 as we go; a count
+         * array is not needed: the first free column is the next replica. */
+        for (int64_t x = 0; x < R; x++) {
+            int64_t e = p2l[x];
+            if (e < 0 || e >= E)
+                return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                                 "phy2log[%lld][%lld]=%lld is not an expert in [0, %lld)",
+                                 (long long)l, (long long)x, (long long)e, (long long)E);
+            int64_t k;
+            if (rep) {
+                k = rep[x];
+                if (k < 0 || k >= log2phy_width)
+                    return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                                     "phy_replica[%lld][%lld]=%lld is outside [0, "
+                                     "log2phy_width=%lld)",
+                                     (long long)l, (long long)x, (long long)k,
+                                     (long long)log2phy_width);
+                if (rows[e * log2phy_width + k] != -1)
+                    return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                                     "layer %lld: replica %lld of expert %lld appears twice "
+                                     "(slots %lld and %lld)",
+                                     (long long)l, (long long)k, (long long)e,
+                                     (long long)rows[e * log2phy_width + k], (long long)x);
+            } else {
+                for (k = 0; k < log2phy_width && rows[e * log2phy_width + k] != -1; k++)
+                    ;
+                if (k == log2phy_width)
+                    return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                                     "layer %lld: expert %lld has more than log2phy_width=%lld "
+                                     "replicas",
+                                     (long long)l, (long long)e, (long long)log2phy_width);
+            }
+            rows[e * log2phy_width + k] = x;
+        }
+        for (int64_t e = 0; e < E; e++) {
+            const int64_t *row = rows + e * log2phy_width;
+            int64_t c = 0;
+            while (c < log2phy_width && row[c] != -1)
+                c++;
+            for (int64_t k = c; k < log2phy_width; k++)
+                if (row[k] != -1)
+                    return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                                     "layer %lld: expert %lld has replica %lld but not replica "
+                                     "%lld",
+                                     (long long)l, (long long)e, (long long)k, (long long)c);
+            if (c == 0)
+                return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                                 "layer %lld: expert %lld has no slot in phy2log", (long long)l,
+                                 (long long)e);
+            if (logcnt)
+                logcnt[l * E + e] = c;
+            if (c > max_count)
+                max_count = c;
+        }
+    }
+    if (max_logcnt)
+        *max_logcnt = max_count;
+    return DINF_STATUS_OK;
+}
