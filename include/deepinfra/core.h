@@ -154,7 +154,8 @@ typedef struct dinf_device_info {
     char reason[512];            /* why usable is 0 ("" when usable) */
 } dinf_device_info;
 
-#define DINF_DEVICE_INFO_INIT {sizeof(dinf_device_info)}
+#define DINF_DEVICE_INFO_INIT                                                                      \
+    {sizeof(dinf_device_info), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0}, {0}}
 
 /*
  * dinf_device_query - describe CUDA device `device` and whether this library

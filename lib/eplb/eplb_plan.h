@@ -62,4 +62,11 @@ void dinf__eplb_plan_layout(dinf__arena *a, const dinf__eplb_sizes *sz, dinf__ep
 void dinf__eplb_plan_layer(const float *w, const dinf__eplb_sizes *sz, const dinf__eplb_scratch *s,
                            int64_t *phy2log, int64_t *phy_replica, int64_t *logcnt);
 
+
+
+/* Loads of one layer's GPUs: a replica of e carries w[e] / (slots holding e).
+ * count [E] is scratch. */
+void dinf__eplb_gpu_loads(const float *w, const int64_t *phy2log, int64_t E, int64_t R, int64_t P,
+                          int64_t *count, double *gpu_load);
+double dinf__eplb_max(const double *v, int64_t n);
 #endif
