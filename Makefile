@@ -43,14 +43,15 @@ VERSION := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
 SONAME  := libdeepinfra.so.$(VERSION_MAJOR)
 SOFILE  := libdeepinfra.so.$(VERSION)
 
-WARN      := -Wall -Wextra -Wshadow -Wno-unused-parameter
+CXXWARN   := -Wall -Wextra -Wshadow -Wno-unused-parameter
+WARN      := $(CXXWARN) -Werror=implicit-function-declaration
 comma := ,
 SANFLAGS  := $(if $(filter 1,$(SAN)),-fsanitize=address$(comma)undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer)
 OPT       := $(if $(filter 1,$(SAN)),-O1,-O2)
 # -ffp-contract=off: float32 results must not depend on FMA contraction (EPLB exactness).
 CFLAGS_LIB := -std=c11 $(OPT) -g -fPIC -fvisibility=hidden -ffp-contract=off $(WARN) $(SANFLAGS) \
               -DDINF_BUILD -DDINF_WITH_CUDA=$(CUDA) -Iinclude $(if $(filter 1,$(CUDA)),-I$(CUDA_HOME)/include)
-CXXFLAGS_TEST := -std=c++17 $(OPT) -g $(WARN) $(SANFLAGS) -Iinclude -Ilib
+CXXFLAGS_TEST := -std=c++17 $(OPT) -g $(CXXWARN) $(SANFLAGS) -Iinclude -Ilib
 CFLAGS_TEST := -std=c11 $(OPT) -g -ffp-contract=off $(WARN) $(SANFLAGS) -Iinclude -Ilib \
                -DDINF_SOURCE_DIR='"$(CURDIR)"' -DDINF_WITH_CUDA=$(CUDA)
 NVCCFLAGS := -std=c++17 -O3 $(GENCODE) -ccbin $(CXX) -Xcompiler -fPIC,-fvisibility=hidden \
@@ -148,12 +149,12 @@ test-python: lib | deps
 $(BUILDDIR)/obj/benchmarks/%.o: benchmarks/%.c benchmarks/bench.h $(HEADERS) $(PRIV_HDRS) | deps-c
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
-	@$(CC) $(CFLAGS_TEST) -O2 -c $< -o $@
+	@$(CC) $(CFLAGS_TEST) -O2 $(if $(filter 1,$(CUDA)),-I$(CUDA_HOME)/include) -c $< -o $@
 
 $(BUILDDIR)/obj/benchmarks/shim.o: benchmarks/shim.cc benchmarks/bench.h | deps-c
 	@mkdir -p $(dir $@)
 	@echo "  CXX     $<"
-	@$(CXX) -std=c++17 -O2 -g $(WARN) -Iinclude -c $< -o $@
+	@$(CXX) -std=c++17 -O2 -g $(CXXWARN) -Iinclude -c $< -o $@
 
 $(BENCH_BIN): $(BENCH_OBJS) $(STATIC)
 	@mkdir -p $(dir $@)

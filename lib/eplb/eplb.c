@@ -7,9 +7,9 @@
  *   1. balanced_packing of group loads onto nodes (hierarchical policy);
  *   2. replicate_experts inside each node (argmax of load per replica);
  *   3. balanced_packing of the node's replicas onto its GPUs.
- * Selection steps that are linear scans upstream use binary heaps here with
- * the same tie rules (lowest index among equal keys), so the results are the
- * same and the cost is O(log) per choice.
+ * Selection steps that are linear scans upstream use tournament trees here
+ * with the same tie rules (lowest index among equal keys), so the results are
+ * the same and the cost is O(log) per choice.
  */
 #include "deepinfra/eplb.h"
 
@@ -164,6 +164,13 @@ dinf_status dinf__eplb_check_rows(const char *func, int64_t L, const int64_t *in
 /* Workspace layout                                                          */
 /* ------------------------------------------------------------------------ */
 
+static size_t pow2_ceil(size_t n) {
+    size_t p = 1;
+    while (p < n)
+        p *= 2;
+    return p;
+}
+
 void dinf__eplb_plan_layout(dinf__arena *a, const dinf__eplb_sizes *sz, dinf__eplb_scratch *s) {
     size_t G = (size_t)sz->groups, E = (size_t)sz->E, En = (size_t)sz->experts_per_node;
     size_t Rn = (size_t)sz->replicas_per_node, Pn = (size_t)sz->gpus_per_node;
@@ -174,8 +181,8 @@ void dinf__eplb_plan_layout(dinf__arena *a, const dinf__eplb_sizes *sz, dinf__ep
     s->mlog2log = dinf__arena_take(a, E, sizeof(int32_t));
     s->node_load = dinf__arena_take(a, En, sizeof(float));
     s->replica_count = dinf__arena_take(a, En, sizeof(int32_t));
-    s->expert_heap = dinf__arena_take(a, En, sizeof(int32_t));
-    s->expert_key = dinf__arena_take(a, En, sizeof(float));
+    s->expert_tree = dinf__arena_take(a, 2 * pow2_ceil(En), sizeof(int32_t));
+    s->expert_key = dinf__arena_take(a, En + 1, sizeof(float));
     s->phy2mlog = dinf__arena_take(a, Rn, sizeof(int32_t));
     s->phy_rank = dinf__arena_take(a, Rn, sizeof(int32_t));
     s->replica_load = dinf__arena_take(a, Rn, sizeof(float));
@@ -183,9 +190,10 @@ void dinf__eplb_plan_layout(dinf__arena *a, const dinf__eplb_sizes *sz, dinf__ep
     s->replica_pos = dinf__arena_take(a, Rn, sizeof(int32_t));
     s->order = dinf__arena_take(a, sort_n, sizeof(int32_t));
     s->sort_scratch = dinf__arena_take(a, sort_n, sizeof(dinf__sort_pair));
-    s->pack_sum = dinf__arena_take(a, Pn > G ? Pn : G, sizeof(float));
-    s->pack_count = dinf__arena_take(a, Pn > G ? Pn : G, sizeof(int32_t));
-    s->pack_heap = dinf__arena_take(a, Pn > G ? Pn : G, sizeof(int32_t));
+    size_t packs = Pn > G ? Pn : G;
+    s->pack_sum = dinf__arena_take(a, packs + 1, sizeof(float));
+    s->pack_count = dinf__arena_take(a, packs, sizeof(int32_t));
+    s->pack_tree = dinf__arena_take(a, 2 * pow2_ceil(packs), sizeof(int32_t));
     s->pack_members = sz->distinct ? dinf__arena_take(a, Rn, sizeof(int32_t)) : NULL;
 }
 
@@ -193,26 +201,39 @@ void dinf__eplb_plan_layout(dinf__arena *a, const dinf__eplb_sizes *sz, dinf__ep
 /* balanced_packing                                                          */
 /* ------------------------------------------------------------------------ */
 
-/* Min-heap of packs ordered by (sum, index): the root is upstream's
- * min(open packs, key=sum), which returns the lowest index among ties. */
-static inline int pack_less(const float *sum, int32_t p, int32_t q) {
-    return sum[p] < sum[q] || (sum[p] == sum[q] && p < q);
+/*
+ * Selection by tournament tree: the argmin (or argmax) of key[0..m) with the
+ * lowest index on ties, in O(log m) branch-free steps per update (a binary
+ * heap's data-dependent branches cost more here). Leaves hold the items in
+ * index order, so on equal keys the left child, holding the lower indices,
+ * wins. A retired item's leaf holds the sentinel m, whose key (key[m]) loses
+ * every comparison with a finite key.
+ */
+static inline int32_t pick(const float *key, int32_t left, int32_t right, int max_mode) {
+    return (max_mode ? key[right] > key[left] : key[right] < key[left]) ? right : left;
 }
 
-static void pack_sift_down(int32_t *heap, int32_t size, const float *sum, int32_t i) {
-    int32_t item = heap[i];
-    for (;;) {
-        int32_t child = 2 * i + 1;
-        if (child >= size)
-            break;
-        if (child + 1 < size && pack_less(sum, heap[child + 1], heap[child]))
-            child++;
-        if (!pack_less(sum, heap[child], item))
-            break;
-        heap[i] = heap[child];
-        i = child;
-    }
-    heap[i] = item;
+static void tournament_init(int32_t *tree, int32_t leaves, const float *key, int32_t m,
+                            int max_mode) {
+    for (int32_t i = 0; i < leaves; i++)
+        tree[leaves + i] = i < m ? i : m;
+    for (int32_t i = leaves - 1; i >= 1; i--)
+        tree[i] = pick(key, tree[2 * i], tree[2 * i + 1], max_mode);
+}
+
+static void tournament_update(int32_t *tree, int32_t leaves, const float *key, int32_t item,
+                              int32_t value, int max_mode) {
+    int32_t i = leaves + item;
+    tree[i] = value;
+    for (i >>= 1; i >= 1; i >>= 1)
+        tree[i] = pick(key, tree[2 * i], tree[2 * i + 1], max_mode);
+}
+
+static int32_t tournament_leaves(int32_t m) {
+    int32_t leaves = 1;
+    while (leaves < m)
+        leaves *= 2;
+    return leaves;
 }
 
 /*
@@ -232,24 +253,25 @@ static void balanced_packing(const float *w, int32_t n, int32_t m, int32_t *pack
         return;
     }
     dinf__sort_desc_indices(w, n, s->order, s->sort_scratch);
-    float *sum = s->pack_sum;
-    int32_t *count = s->pack_count, *heap = s->pack_heap;
+    float *sum = s->pack_sum; /* [m + 1]: sum[m] is the sentinel's */
+    int32_t *count = s->pack_count, *tree = s->pack_tree;
+    const int32_t leaves = tournament_leaves(m);
     for (int32_t p = 0; p < m; p++) {
         sum[p] = 0.0f;
         count[p] = 0;
-        heap[p] = p; /* equal sums in index order: already a heap */
     }
-    int32_t heap_size = m;
+    sum[m] = INFINITY;
+    tournament_init(tree, leaves, sum, m, 0);
     for (int32_t k = 0; k < n; k++) {
-        int32_t j = s->order[k];
-        int32_t p = heap[0];
+        const int32_t j = s->order[k];
+        int32_t p = tree[1];
+        if (!(sum[p] < INFINITY)) /* sums overflowed to +inf: lowest open index */
+            for (p = 0; count[p] == per_pack; p++)
+                ;
         pack[j] = p;
         rank[j] = count[p];
         sum[p] = sum[p] + w[j];
-        count[p]++;
-        if (count[p] == per_pack)
-            heap[0] = heap[--heap_size];
-        pack_sift_down(heap, heap_size, sum, 0);
+        tournament_update(tree, leaves, sum, p, ++count[p] == per_pack ? m : p, 0);
     }
 }
 
@@ -298,11 +320,11 @@ static void balanced_packing_distinct(const float *w, const int32_t *color, int3
         for (int32_t p = 0; p < m; p++) {
             if (count[p] >= per_pack)
                 continue;
-            if (open < 0 || pack_less(sum, p, open))
+            if (open < 0 || sum[p] < sum[open])
                 open = p;
             int has;
             HAS_COLOR(p, color[j], has);
-            if (!has && (best < 0 || pack_less(sum, p, best)))
+            if (!has && (best < 0 || sum[p] < sum[best]))
                 best = p;
         }
         if (best >= 0) {
@@ -358,28 +380,6 @@ static void balanced_packing_distinct(const float *w, const int32_t *color, int3
 /* replicate_experts                                                         */
 /* ------------------------------------------------------------------------ */
 
-/* Max-heap of experts ordered by (load per replica desc, index asc): the
- * root is torch's first argmax of weight / logcnt. */
-static inline int expert_before(const float *key, int32_t a, int32_t b) {
-    return key[a] > key[b] || (key[a] == key[b] && a < b);
-}
-
-static void expert_sift_down(int32_t *heap, int32_t size, const float *key, int32_t i) {
-    int32_t item = heap[i];
-    for (;;) {
-        int32_t child = 2 * i + 1;
-        if (child >= size)
-            break;
-        if (child + 1 < size && expert_before(key, heap[child + 1], heap[child]))
-            child++;
-        if (!expert_before(key, heap[child], item))
-            break;
-        heap[i] = heap[child];
-        i = child;
-    }
-    heap[i] = item;
-}
-
 /*
  * Upstream replicate_experts for one row: slots 0..n-1 hold experts 0..n-1;
  * each further slot goes to the expert of largest float32 w/count (first
@@ -388,29 +388,27 @@ static void expert_sift_down(int32_t *heap, int32_t size, const float *key, int3
 static void replicate_experts(const float *w, int32_t n, int32_t num_slots, int32_t cap,
                               int32_t *phy2log, int32_t *phy_rank, int32_t *count,
                               const dinf__eplb_scratch *s) {
-    float *key = s->expert_key;
-    int32_t *heap = s->expert_heap;
+    float *key = s->expert_key; /* [n + 1]: key[n] is the sentinel's */
+    int32_t *tree = s->expert_tree;
+    const int32_t leaves = tournament_leaves(n);
     for (int32_t e = 0; e < n; e++) {
         phy2log[e] = e;
         phy_rank[e] = 0;
         count[e] = 1;
         key[e] = w[e];
-        heap[e] = e;
     }
-    int32_t heap_size = n;
+    key[n] = -INFINITY;
+    tournament_init(tree, leaves, key, n, 1);
     if (cap <= 1)
-        heap_size = 0;
-    for (int32_t i = heap_size / 2 - 1; i >= 0; i--)
-        expert_sift_down(heap, heap_size, key, i);
+        for (int32_t e = 0; e < n; e++)
+            tournament_update(tree, leaves, key, e, n, 1);
     for (int32_t slot = n; slot < num_slots; slot++) {
-        int32_t e = heap[0]; /* heap_size > 0: guaranteed by the size checks */
+        const int32_t e = tree[1]; /* never the sentinel: guaranteed by the size checks */
         phy2log[slot] = e;
         phy_rank[slot] = count[e];
         count[e]++;
         key[e] = w[e] / (float)count[e];
-        if (count[e] >= cap)
-            heap[0] = heap[--heap_size];
-        expert_sift_down(heap, heap_size, key, 0);
+        tournament_update(tree, leaves, key, e, count[e] >= cap ? n : e, 1);
     }
 }
 

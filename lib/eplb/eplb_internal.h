@@ -8,11 +8,8 @@
 extern "C" {
 #endif
 
-/* One element of the descending sort: a float key and its original index. */
-typedef struct dinf__sort_pair {
-    float key;
-    int32_t idx;
-} dinf__sort_pair;
+/* Scratch element of the descending sort (a key and its original index). */
+typedef uint64_t dinf__sort_pair;
 
 /*
  * order[0..n) = indices of key[0..n) sorted by descending key, ties and all,

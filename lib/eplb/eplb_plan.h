@@ -30,8 +30,8 @@ typedef struct dinf__eplb_scratch {
     int32_t *mlog2log;        /* [E] node-major position -> expert */
     float *node_load;         /* [En] loads of one node's experts */
     int32_t *replica_count;   /* [En] */
-    int32_t *expert_heap;     /* [En] */
-    float *expert_key;        /* [En] load per replica */
+    int32_t *expert_tree;     /* [2 * pow2ceil(En)] tournament tree */
+    float *expert_key;        /* [En + 1] load per replica, then a sentinel */
     int32_t *phy2mlog;        /* [Rn] */
     int32_t *phy_rank;        /* [Rn] */
     float *replica_load;      /* [Rn] */
@@ -39,9 +39,9 @@ typedef struct dinf__eplb_scratch {
     int32_t *replica_pos;     /* [Rn] */
     int32_t *order;           /* [max(G, Rn)] */
     dinf__sort_pair *sort_scratch; /* [max(G, Rn)] */
-    float *pack_sum;          /* [max(Pn, G)] */
+    float *pack_sum;          /* [max(Pn, G) + 1] */
     int32_t *pack_count;      /* [max(Pn, G)] */
-    int32_t *pack_heap;       /* [max(Pn, G)] */
+    int32_t *pack_tree;       /* [2 * pow2ceil(max(Pn, G))] tournament tree */
     int32_t *pack_members;    /* [Rn], distinct option only */
 } dinf__eplb_scratch;
 

@@ -1,7 +1,9 @@
 /*
  * A replica of libstdc++'s std::sort (GCC's bits/stl_algo.h and
  * bits/stl_heap.h behaviour), specialised to (float key, index) pairs with a
- * descending comparator. Restated from the algorithm's description; the
+ * descending comparator. A pair is one uint64: the key mapped to an unsigned
+ * integer of the same order in the high half, the index in the low half, so
+ * that a comparison is one integer compare. Restated from the algorithm's description; the
  * point is to order ties exactly as torch's CPU sort does, which runs
  * std::sort. Each helper names the libstdc++ routine whose behaviour it
  * reproduces.
@@ -9,14 +11,26 @@
 #include "eplb_internal.h"
 
 #include <math.h>
+#include <string.h>
 
-typedef dinf__sort_pair pair;
+typedef uint64_t pair;
 
 enum { INSERTION_THRESHOLD = 16 }; /* _S_threshold */
 
 /* The comparator: a is ordered before b. */
-static inline int before(pair a, pair b) {
-    return (isnan(a.key) && !isnan(b.key)) || a.key > b.key;
+static inline int before(pair a, pair b) { return (a >> 32) > (b >> 32); }
+
+/* Map a float to a uint32 whose unsigned order is the comparator's: NaN
+ * highest (all NaNs equal), then +inf, positive numbers, zeros (both signs
+ * equal), negative numbers, -inf. */
+static inline uint32_t order_bits(float x) {
+    if (isnan(x))
+        return UINT32_MAX;
+    if (x == 0.0f)
+        x = 0.0f;
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
 static inline void swap_pairs(pair *a, pair *b) {
@@ -167,14 +181,13 @@ static long floor_log2(long n) {
 }
 
 void dinf__sort_desc_indices(const float *key, int32_t n, int32_t *order, dinf__sort_pair *scratch) {
-    for (int32_t i = 0; i < n; i++) {
-        scratch[i].key = key[i];
-        scratch[i].idx = i;
-    }
+    pair *a = scratch;
+    for (int32_t i = 0; i < n; i++)
+        a[i] = ((uint64_t)order_bits(key[i]) << 32) | (uint32_t)i;
     if (n > 1) {
-        introsort_loop(scratch, scratch + n, 2 * floor_log2(n));
-        final_insertion_sort(scratch, scratch + n);
+        introsort_loop(a, a + n, 2 * floor_log2(n));
+        final_insertion_sort(a, a + n);
     }
     for (int32_t i = 0; i < n; i++)
-        order[i] = scratch[i].idx;
+        order[i] = (int32_t)(uint32_t)a[i];
 }

@@ -1,0 +1,56 @@
+/*
+ * The benchmark shim: benchmarks are written in C and registered with Google
+ * Benchmark through this small C interface (shim.cc).
+ *
+ * A benchmark is a function that runs ONE iteration. For CPU code, Google
+ * Benchmark times it with its own clock (manual_time = 0; the return value
+ * is only checked for < 0). For GPU code, set manual_time = 1 and return the
+ * iteration's seconds measured with CUDA events. A negative return value
+ * marks an error: the shim reports bench_error() and skips the benchmark.
+ */
+#ifndef DINF_BENCH_H
+#define DINF_BENCH_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef double (*bench_fn)(void *arg);
+
+typedef struct bench_spec {
+    const char *name;   /* e.g. "eplb/rebalance/hierarchical/L58_E256_R288" */
+    bench_fn run;       /* one iteration */
+    void *arg;          /* passed to run; must outlive bench_main */
+    int manual_time;    /* 1: run returns the iteration's seconds (GPU) */
+    double flops;       /* per iteration, for a FLOP/s counter (0: none) */
+    double bytes;       /* per iteration, for a B/s counter (0: none) */
+    double items;       /* per iteration, for an items/s counter (0: none) */
+    const char *items_name; /* counter name for items, e.g. "layers/s" */
+    const char *label;  /* free text shown beside the row, may be NULL */
+    const char *unit;   /* "ns", "us", "ms" or "s"; NULL: "us" */
+} bench_spec;
+
+/* Register a benchmark (the spec is copied; strings must stay valid). */
+void bench_register(const bench_spec *spec);
+
+/* A user counter added to the current benchmark's row (call from run). */
+void bench_set_counter(const char *name, double value);
+
+/* Record a key=value in the JSON context (GPU name, driver, commit ...). */
+void bench_add_context(const char *key, const char *value);
+
+/* Set the message reported when run returns < 0. */
+void bench_set_error(const char *message);
+
+/* Parse Google Benchmark flags, run everything registered, return 0/1. */
+int bench_main(int argc, char **argv);
+
+/* Registration hooks of each benchmark file, called by main. */
+void bench_register_eplb(void);
+void bench_register_copy(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
