@@ -81,7 +81,7 @@ BENCH_C_SRCS := $(sort $(wildcard benchmarks/*.c))
 BENCH_OBJS := $(BENCH_C_SRCS:%.c=$(BUILDDIR)/obj/%.o) $(BUILDDIR)/obj/benchmarks/shim.o
 BENCH_BIN  := $(BUILDDIR)/bench/deepinfra_bench
 
-.PHONY: all lib test test-c test-python bench install uninstall gpu-check deps clean print-config
+.PHONY: all lib test test-c test-python bench install uninstall gpu-check gpu-prep deps deps-c clean print-config
 
 all: lib
 lib: $(SHARED) $(STATIC) $(BUILDDIR)/lib/$(SONAME) $(BUILDDIR)/lib/libdeepinfra.so
@@ -167,6 +167,10 @@ bench: $(BENCH_BIN) | deps
 	@echo "JSON written to $(BUILDDIR)/bench.json"
 
 # --------------------------------------------------------------- install ---
+# The .pc names libdir and includedir relative to ${prefix} when they lie under
+# it, so pkg-config --define-variable=prefix=... relocates them.
+PC_LIBDIR := $(patsubst $(PREFIX)%,$${prefix}%,$(LIBDIR))
+PC_INCLUDEDIR := $(patsubst $(PREFIX)%,$${prefix}%,$(INCLUDEDIR))
 PYDIR ?= $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("purelib", vars={"base": "$(PREFIX)", "platbase": "$(PREFIX)"}))' 2>/dev/null)
 
 install: lib
@@ -178,7 +182,7 @@ install: lib
 	ln -sf $(SOFILE) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libdeepinfra.so
 	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(PC_LIBDIR)|' -e 's|@INCLUDEDIR@|$(PC_INCLUDEDIR)|' \
 	    -e 's|@VERSION@|$(VERSION)|' -e 's|@LIBS_PRIVATE@|$(LIBS_PRIVATE)|' \
 	    lib/deepinfra.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/deepinfra.pc
 	@if [ -n "$(PYDIR)" ]; then \
@@ -198,6 +202,20 @@ uninstall:
 # ------------------------------------------------------------------ misc ---
 gpu-check:
 	@tools/gpu-check $(if $(OUT),--out $(OUT)) --build-dir $(BUILDDIR)
+
+# Build everything gpu-check runs and bundle the shared libraries the test
+# runner and benchmarks need (Criterion, Google Benchmark and their
+# dependencies, not glibc) into $(BUILDDIR)/runtime, so the build folder can be
+# carried to a GPU machine that lacks them.
+gpu-prep: lib $(TEST_BIN) $(BENCH_BIN)
+	@rm -rf $(BUILDDIR)/runtime && mkdir -p $(BUILDDIR)/runtime
+	@ldd $(TEST_BIN) $(BENCH_BIN) | awk '/=> \// {print $$3}' | sort -u | \
+	    grep -v -E '/(libc|libm|libdl|libpthread|librt|libresolv|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so' | \
+	    xargs -r -I{} cp -L {} $(BUILDDIR)/runtime/
+	@{ echo "commit: $$(git rev-parse --short HEAD 2>/dev/null)$$(git diff --quiet 2>/dev/null || echo -dirty)"; \
+	   echo "built: $$(date -u +%Y-%m-%dT%H:%M:%SZ) on $$(hostname)"; } > $(BUILDDIR)/build-info.txt
+	@echo "gpu-prep: $(BUILDDIR) is ready to carry ($$(du -sh $(BUILDDIR) | cut -f1)); runtime libraries:"
+	@ls $(BUILDDIR)/runtime | tr '\n' ' '; echo
 
 # Runs automatically before test/bench: installs what is missing when root,
 # otherwise prints the exact command and stops.

@@ -86,6 +86,7 @@ typedef struct dinf_eplb_options {
  *                                 hierarchical policy applies (G % num_nodes == 0)
  *   num_nodes            N >= 1   server nodes; num_gpus % N == 0
  *   num_gpus             P >= 1   GPUs; slot x lives on GPU x / (R / P)
+ * E, R, G and P are at most 2^30 (the planner indexes items with int32).
  * Products such as L * R and L * E * width must fit in int64 and in size_t
  * bytes; otherwise DINF_STATUS_INVALID_ARGUMENT.
  */
@@ -94,8 +95,9 @@ typedef struct dinf_eplb_options {
  * dinf_eplb_max_logcnt_bound - an upper bound on the maximum replica count
  * (maxlogcnt, the width of log2phy) that dinf_eplb_rebalance_experts can
  * return for this size, known before planning: R/N - E/N + 1 for the
- * hierarchical policy, R - E + 1 for the global one, further capped by the
- * GPUs an expert can spread over with distinct_experts_per_gpu.
+ * hierarchical policy, R - E + 1 for the global one; with
+ * distinct_experts_per_gpu, the smaller of that and the GPUs an expert can
+ * spread over (P/N, or P for the global policy).
  *
  * Arguments:
  *   num_logical_experts, num_replicas, num_groups, num_nodes, num_gpus [IN]
@@ -173,11 +175,14 @@ DINF_API dinf_status dinf_eplb_rebalance_experts(
  *                       numbered in ascending slot order
  *   num_layers, num_logical_experts, num_replicas [IN]
  *   logcnt        [OUT] int64 [L][E]; may be NULL
- *   log2phy       [OUT] int64 [L][E][log2phy_width], -1 padded
- *   log2phy_width [IN]  >= the maximum replica count
+ *   log2phy       [OUT] int64 [L][E][log2phy_width], -1 padded; or NULL to
+ *                       check the plan and learn logcnt / max_logcnt only (the
+ *                       library then allocates an E x (R-E+1) scratch table)
+ *   log2phy_width [IN]  >= the maximum replica count (ignored if log2phy is
+ *                       NULL)
  *   max_logcnt    [OUT] int64, may be NULL
- * Returns DINF_STATUS_OK or DINF_STATUS_INVALID_ARGUMENT (naming the first
- * layer and slot that break a rule).
+ * Returns DINF_STATUS_OK, DINF_STATUS_INVALID_ARGUMENT (naming the first
+ * layer and slot that break a rule) or DINF_STATUS_OUT_OF_MEMORY.
  */
 DINF_API dinf_status dinf_eplb_log2phy(const int64_t *phy2log, const int64_t *phy_replica,
                                        int64_t num_layers, int64_t num_logical_experts,

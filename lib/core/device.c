@@ -52,7 +52,12 @@ DINF_API dinf_status dinf_device_query(int device, dinf_device_info *info) {
     cudaError_t err = cudaGetDeviceCount(&count);
     if (err != cudaSuccess) {
         cudaGetLastError();
-        set_reason(info, "no usable CUDA device: cudaGetDeviceCount", err);
+        if (info->driver_version == 0)
+            snprintf(info->reason, sizeof info->reason,
+                     "no CUDA driver is installed (libcuda.so.1 not found); cudaGetDeviceCount: %s",
+                     cudaGetErrorString(err));
+        else
+            set_reason(info, "no usable CUDA device: cudaGetDeviceCount", err);
         return DINF_STATUS_OK;
     }
     info->device_count = count;

@@ -121,10 +121,12 @@ dinf_status dinf__eplb_check_sizes(const char *func, int64_t E, int64_t R, int64
                 "(num_logical_experts=%lld%s)",
                 (long long)sz->slots_per_gpu, (long long)sz->experts_per_node, (long long)E,
                 sz->nodes > 1 ? " split over the nodes by the hierarchical policy" : "");
-        sz->replica_cap = sz->gpus_per_node;
-    } else {
-        sz->replica_cap = sz->replicas_per_node - sz->experts_per_node + 1;
     }
+    /* Most replicas one expert can get: all of its node's redundant slots,
+     * and with the distinct option no more than the GPUs it can spread over. */
+    sz->replica_cap = sz->replicas_per_node - sz->experts_per_node + 1;
+    if (distinct && sz->gpus_per_node < sz->replica_cap)
+        sz->replica_cap = sz->gpus_per_node;
     return DINF_STATUS_OK;
 }
 
@@ -606,6 +608,11 @@ DINF_API dinf_status dinf_eplb_rebalance_experts(
     return DINF_STATUS_OK;
 }
 
+static dinf_status log2phy_fill(const int64_t *phy2log, const int64_t *phy_replica, int64_t L,
+                                int64_t E, int64_t R, int64_t *logcnt, int64_t *log2phy,
+                                int64_t *scratch_rows, int64_t log2phy_width,
+                                int64_t *max_logcnt);
+
 DINF_API dinf_status dinf_eplb_log2phy(const int64_t *phy2log, const int64_t *phy_replica,
                                        int64_t num_layers, int64_t num_logical_experts,
                                        int64_t num_replicas, int64_t *logcnt, int64_t *log2phy,
@@ -621,8 +628,8 @@ DINF_API dinf_status dinf_eplb_log2phy(const int64_t *phy2log, const int64_t *ph
                          (long long)R, (long long)E);
     if (!phy2log)
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "phy2log is NULL");
-    if (!log2phy)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "log2phy is NULL");
+    if (!log2phy) /* counts only: no expert can have more than R - E + 1 slots */
+        log2phy_width = R - E + 1;
     if (log2phy_width < 1)
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "log2phy_width=%lld must be >= 1",
                          (long long)log2phy_width);
@@ -634,15 +641,36 @@ DINF_API dinf_status dinf_eplb_log2phy(const int64_t *phy2log, const int64_t *ph
     const int64_t inner[] = {R, E, width_elems};
     const char *const names[] = {"num_replicas", "num_logical_experts",
                                  "num_logical_experts*log2phy_width"};
-    dinf_status st = dinf__eplb_check_rows(__func__, L, inner, names, 3);
+    dinf_status st = dinf__eplb_check_rows(__func__, L, inner, names, log2phy ? 3 : 2);
     if (st != DINF_STATUS_OK)
         return st;
+    int64_t *scratch_rows = NULL;
+    if (!log2phy) {
+        /* Check the plan in a table of one layer's widest possible rows. */
+        if ((uint64_t)width_elems > SIZE_MAX / sizeof(int64_t) ||
+            !(scratch_rows = malloc((size_t)width_elems * sizeof(int64_t))))
+            return DINF_FAIL(DINF_STATUS_OUT_OF_MEMORY, "cannot allocate a %lld x %lld scratch table",
+                             (long long)E, (long long)log2phy_width);
+    }
+    st = log2phy_fill(phy2log, phy_replica, L, E, R, logcnt, log2phy, scratch_rows, log2phy_width,
+                      max_logcnt);
+    free(scratch_rows);
+    return st;
+}
+
+/* dinf_eplb_log2phy's work, after its argument checks; rows of layer l go to
+ * log2phy (or, if NULL, to the one-layer scratch table). */
+static dinf_status log2phy_fill(const int64_t *phy2log, const int64_t *phy_replica, int64_t L,
+                                int64_t E, int64_t R, int64_t *logcnt, int64_t *log2phy,
+                                int64_t *scratch_rows, int64_t log2phy_width,
+                                int64_t *max_logcnt) {
+    const int64_t width_elems = E * log2phy_width;
 
     int64_t max_count = 0;
     for (int64_t l = 0; l < L; l++) {
         const int64_t *p2l = phy2log + l * R;
         const int64_t *rep = phy_replica ? phy_replica + l * R : NULL;
-        int64_t *rows = log2phy + l * width_elems;
+        int64_t *rows = log2phy ? log2phy + l * width_elems : scratch_rows;
         for (int64_t i = 0; i < width_elems; i++)
             rows[i] = -1;
         /* Count replicas in log2phy's own column 0..width-1 as we go; a count
@@ -650,20 +678,20 @@ DINF_API dinf_status dinf_eplb_log2phy(const int64_t *phy2log, const int64_t *ph
         for (int64_t x = 0; x < R; x++) {
             int64_t e = p2l[x];
             if (e < 0 || e >= E)
-                return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, "dinf_eplb_log2phy",
                                  "phy2log[%lld][%lld]=%lld is not an expert in [0, %lld)",
                                  (long long)l, (long long)x, (long long)e, (long long)E);
             int64_t k;
             if (rep) {
                 k = rep[x];
                 if (k < 0 || k >= log2phy_width)
-                    return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                    return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, "dinf_eplb_log2phy",
                                      "phy_replica[%lld][%lld]=%lld is outside [0, "
                                      "log2phy_width=%lld)",
                                      (long long)l, (long long)x, (long long)k,
                                      (long long)log2phy_width);
                 if (rows[e * log2phy_width + k] != -1)
-                    return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                    return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, "dinf_eplb_log2phy",
                                      "layer %lld: replica %lld of expert %lld appears twice "
                                      "(slots %lld and %lld)",
                                      (long long)l, (long long)k, (long long)e,
@@ -672,7 +700,7 @@ DINF_API dinf_status dinf_eplb_log2phy(const int64_t *phy2log, const int64_t *ph
                 for (k = 0; k < log2phy_width && rows[e * log2phy_width + k] != -1; k++)
                     ;
                 if (k == log2phy_width)
-                    return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                    return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, "dinf_eplb_log2phy",
                                      "layer %lld: expert %lld has more than log2phy_width=%lld "
                                      "replicas",
                                      (long long)l, (long long)e, (long long)log2phy_width);
@@ -686,12 +714,12 @@ DINF_API dinf_status dinf_eplb_log2phy(const int64_t *phy2log, const int64_t *ph
                 c++;
             for (int64_t k = c; k < log2phy_width; k++)
                 if (row[k] != -1)
-                    return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                    return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, "dinf_eplb_log2phy",
                                      "layer %lld: expert %lld has replica %lld but not replica "
                                      "%lld",
                                      (long long)l, (long long)e, (long long)k, (long long)c);
             if (c == 0)
-                return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, "dinf_eplb_log2phy",
                                  "layer %lld: expert %lld has no slot in phy2log", (long long)l,
                                  (long long)e);
             if (logcnt)

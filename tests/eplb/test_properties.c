@@ -168,6 +168,34 @@ Test(eplb_properties, log2phy_without_replica_numbers_uses_slot_order) {
     cr_assert_eq(max, 3);
 }
 
+Test(eplb_properties, log2phy_null_checks_the_plan_and_counts_only) {
+    const int64_t phy2log[] = {2, 0, 2, 1, 0, 2, 1, 1, 0, 2, 1, 1};
+    int64_t logcnt[6], max = -1;
+    cr_assert_eq(dinf_eplb_log2phy(phy2log, NULL, 2, 3, 6, logcnt, NULL, 0, &max), DINF_STATUS_OK,
+                 "%s", dinf_last_error());
+    const int64_t want[] = {2, 1, 3, 1, 4, 1};
+    for (int i = 0; i < 6; i++)
+        cr_assert_eq(logcnt[i], want[i], "logcnt[%d]", i);
+    cr_assert_eq(max, 4);
+    const int64_t bad[] = {2, 0, 2, 2, 0, 2}; /* expert 1 missing */
+    cr_assert_eq(dinf_eplb_log2phy(bad, NULL, 1, 3, 6, logcnt, NULL, 0, &max),
+                 DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "dinf_eplb_log2phy: layer 0: expert 1 has no slot") != NULL,
+              "%s", dinf_last_error());
+}
+
+Test(eplb_properties, distinct_bound_is_the_smaller_cap) {
+    dinf_eplb_options o = DINF_EPLB_OPTIONS_INIT;
+    o.distinct_experts_per_gpu = 1;
+    int64_t bound;
+    /* hierarchical: R/N - E/N + 1 = 3 < 4 GPUs per node */
+    cr_assert_eq(dinf_eplb_max_logcnt_bound(12, 16, 4, 2, 8, &o, &bound), DINF_STATUS_OK);
+    cr_assert_eq(bound, 3);
+    /* global: 8 GPUs < R - E + 1 = 13 */
+    cr_assert_eq(dinf_eplb_max_logcnt_bound(4, 16, 1, 1, 8, &o, &bound), DINF_STATUS_OK);
+    cr_assert_eq(bound, 8);
+}
+
 /* DeepSeek-V3 sizes: prefill (hierarchical) and decode (global). */
 static void deepseek_v3_case(int64_t R, int64_t N, int64_t P) {
     const int64_t L = 58, E = 256, G = 8;

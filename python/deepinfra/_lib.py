@@ -1,0 +1,572 @@
+"""Loading of libdeepinfra, the C function table and error translation.
+
+Standard library only. Nothing here runs at import time except class and
+table definitions: the shared library is located and loaded on first use
+(:func:`lib`), so ``import deepinfra`` never fails, and a missing or
+mismatched library raises :class:`LibraryNotFoundError` /
+:class:`LibraryVersionError` with the places that were tried.
+
+Lookup order (the first location that exists is loaded; a file that exists
+but does not load is an error, not a reason to try the next place):
+
+1. ``DEEPINFRA_LIBRARY_PATH``: a file, or a directory holding
+   ``libdeepinfra.so.0``. When set, it is the only place tried.
+2. ``DINF_BUILD_DIR``: a build directory (absolute, or relative to the
+   repository root, i.e. two levels above this package), library in
+   ``<dir>/lib/libdeepinfra.so.0``. When set, it is the only build tree tried,
+   and if the library is not there the lookup fails (so that a test run never
+   silently picks up another build).
+3. The default build tree ``<repo>/build/lib/libdeepinfra.so.0``.
+4. ``libdeepinfra.so.0`` next to this package's files (a bundled library).
+5. The installed library: ``make install`` writes ``deepinfra/_installed.py``
+   with ``LIBDIR = "/prefix/lib"``; ``LIBDIR/libdeepinfra.so.0``.
+6. ``ctypes.util.find_library("deepinfra")`` (the dynamic loader's paths).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import enum
+import operator
+import os
+import threading
+
+__all__ = [
+    "PACKAGE_VERSION",
+    "PACKAGE_VERSION_CODE",
+    "SONAME",
+    "Status",
+    "DType",
+    "DeepInfraError",
+    "InvalidArgumentError",
+    "UnsupportedError",
+    "OutOfMemoryError",
+    "CudaError",
+    "NcclError",
+    "JitError",
+    "DeepInfraTimeoutError",
+    "InternalError",
+    "LibraryError",
+    "LibraryNotFoundError",
+    "LibraryVersionError",
+    "DeviceInfo",
+    "EplbOptions",
+    "EplbBalanceSummary",
+    "EPLB_OPTIONS_MAGIC",
+    "error_from_status",
+    "lib",
+    "library_path",
+    "int64_arg",
+    "int32_arg",
+    "INT64_MIN",
+    "INT64_MAX",
+]
+
+# The version of the C library this package was written against
+# (include/deepinfra/core.h: DINF_VERSION_MAJOR/MINOR/PATCH).
+PACKAGE_VERSION = "0.1.0"
+_MAJOR, _MINOR, _PATCH = (int(x) for x in PACKAGE_VERSION.split("."))
+# NCCL's formula, as DINF_VERSION_CODE.
+PACKAGE_VERSION_CODE = _MAJOR * 10000 + _MINOR * 100 + _PATCH
+SONAME = "libdeepinfra.so.%d" % _MAJOR
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+
+
+# --------------------------------------------------------------------------
+# Enums (values are part of the C ABI)
+# --------------------------------------------------------------------------
+
+
+class Status(enum.IntEnum):
+    """dinf_status."""
+
+    OK = 0
+    INVALID_ARGUMENT = 1
+    UNSUPPORTED = 2
+    OUT_OF_MEMORY = 3
+    CUDA_ERROR = 4
+    NCCL_ERROR = 5
+    JIT_ERROR = 6
+    TIMEOUT = 7
+    INTERNAL = 8
+
+
+class DType(enum.IntEnum):
+    """dinf_dtype."""
+
+    FLOAT32 = 0
+    FLOAT64 = 1
+    FLOAT16 = 2
+    BFLOAT16 = 3
+    FP8_E4M3 = 4
+    FP8_E5M2 = 5
+    INT8 = 6
+    UINT8 = 7
+    INT32 = 8
+    INT64 = 9
+
+
+# --------------------------------------------------------------------------
+# Exceptions
+# --------------------------------------------------------------------------
+
+
+class DeepInfraError(RuntimeError):
+    """Base of every error raised by the binding.
+
+    Attributes:
+        status: the :class:`Status` of the failed C call (a plain int for a
+            value outside the enum), or None for errors raised by the
+            binding itself before reaching C (library lookup).
+        message: the C library's ``dinf_last_error()`` text, e.g.
+            ``"dinf_eplb_rebalance_experts: num_replicas=10 is smaller than
+            num_logical_experts=12"``, or the binding's own message.
+    """
+
+    default_status = None
+
+    def __init__(self, message="", status=None):
+        if status is None:
+            status = self.default_status
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+    def __str__(self):
+        return self.message
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.status))
+
+
+class InvalidArgumentError(DeepInfraError, ValueError):
+    """The caller broke a documented rule (status 1)."""
+
+    default_status = Status.INVALID_ARGUMENT
+
+
+class UnsupportedError(DeepInfraError):
+    """Valid, but not available in this build / on this device (status 2)."""
+
+    default_status = Status.UNSUPPORTED
+
+
+class OutOfMemoryError(DeepInfraError, MemoryError):
+    """A host or device allocation failed (status 3)."""
+
+    default_status = Status.OUT_OF_MEMORY
+
+
+class CudaError(DeepInfraError):
+    """The CUDA runtime reported an error (status 4)."""
+
+    default_status = Status.CUDA_ERROR
+
+
+class NcclError(DeepInfraError):
+    """NCCL reported an error (status 5)."""
+
+    default_status = Status.NCCL_ERROR
+
+
+class JitError(DeepInfraError):
+    """Run-time compilation or loading failed (status 6)."""
+
+    default_status = Status.JIT_ERROR
+
+
+class DeepInfraTimeoutError(DeepInfraError, TimeoutError):
+    """A wait exceeded its timeout (status 7)."""
+
+    default_status = Status.TIMEOUT
+
+
+class InternalError(DeepInfraError):
+    """A bug in the library (status 8): please report it."""
+
+    default_status = Status.INTERNAL
+
+
+class LibraryError(DeepInfraError, ImportError):
+    """libdeepinfra could not be used (not found, failed to load, wrong version)."""
+
+
+class LibraryNotFoundError(LibraryError):
+    """libdeepinfra.so.0 was not found or did not load; the message lists the places tried."""
+
+
+class LibraryVersionError(LibraryError):
+    """The loaded libdeepinfra is not the version this package expects."""
+
+
+_STATUS_ERRORS = {
+    Status.INVALID_ARGUMENT: InvalidArgumentError,
+    Status.UNSUPPORTED: UnsupportedError,
+    Status.OUT_OF_MEMORY: OutOfMemoryError,
+    Status.CUDA_ERROR: CudaError,
+    Status.NCCL_ERROR: NcclError,
+    Status.JIT_ERROR: JitError,
+    Status.TIMEOUT: DeepInfraTimeoutError,
+    Status.INTERNAL: InternalError,
+}
+
+
+def error_from_status(status, message):
+    """The exception (not raised) for a non-zero dinf_status and its message."""
+    status = int(status)
+    try:
+        status = Status(status)
+    except ValueError:
+        return DeepInfraError(message, status)
+    cls = _STATUS_ERRORS.get(status, DeepInfraError)
+    return cls(message, status)
+
+
+# --------------------------------------------------------------------------
+# Integer arguments: ctypes wraps silently, so range-check first.
+# --------------------------------------------------------------------------
+
+
+def _as_int(name, value):
+    if isinstance(value, bool):
+        raise InvalidArgumentError("%s=%r must be an integer, not a bool" % (name, value))
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise InvalidArgumentError(
+            "%s=%r must be an integer, not %s" % (name, value, type(value).__name__)
+        ) from None
+
+
+def int64_arg(name, value):
+    """``value`` as a Python int in int64 range, else InvalidArgumentError."""
+    v = _as_int(name, value)
+    if not INT64_MIN <= v <= INT64_MAX:
+        raise InvalidArgumentError("%s=%d does not fit in int64" % (name, v))
+    return v
+
+
+def int32_arg(name, value):
+    """``value`` as a Python int in C int range, else InvalidArgumentError."""
+    v = _as_int(name, value)
+    if not INT32_MIN <= v <= INT32_MAX:
+        raise InvalidArgumentError("%s=%d does not fit in a C int" % (name, v))
+    return v
+
+
+# --------------------------------------------------------------------------
+# Structures (mirror the C headers exactly)
+# --------------------------------------------------------------------------
+
+
+class DeviceInfo(ctypes.Structure):
+    """dinf_device_info (core.h). Set ``size = ctypes.sizeof(DeviceInfo)``."""
+
+    _fields_ = [
+        ("size", ctypes.c_uint32),
+        ("built_with_cuda", ctypes.c_int32),
+        ("usable", ctypes.c_int32),
+        ("device_count", ctypes.c_int32),
+        ("device", ctypes.c_int32),
+        ("cc_major", ctypes.c_int32),
+        ("cc_minor", ctypes.c_int32),
+        ("sm_count", ctypes.c_int32),
+        ("runtime_version", ctypes.c_int32),
+        ("driver_version", ctypes.c_int32),
+        ("total_memory_bytes", ctypes.c_uint64),
+        ("shared_memory_per_block_optin_bytes", ctypes.c_uint64),
+        ("name", ctypes.c_char * 256),
+        ("reason", ctypes.c_char * 512),
+    ]
+
+
+EPLB_OPTIONS_MAGIC = 0x424C5045  # "EPLB"
+
+
+class EplbOptions(ctypes.Structure):
+    """dinf_eplb_options (eplb.h)."""
+
+    _fields_ = [
+        ("size", ctypes.c_uint32),
+        ("magic", ctypes.c_uint32),
+        ("distinct_experts_per_gpu", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
+    ]
+
+
+class EplbBalanceSummary(ctypes.Structure):
+    """dinf_eplb_balance_summary (eplb.h)."""
+
+    _fields_ = [
+        ("max_gpu_imbalance", ctypes.c_double),
+        ("mean_gpu_imbalance", ctypes.c_double),
+        ("max_node_imbalance", ctypes.c_double),
+        ("mean_node_imbalance", ctypes.c_double),
+        ("max_gpu_load", ctypes.c_double),
+    ]
+
+
+# --------------------------------------------------------------------------
+# Function table: (name, restype, argtypes). "status" marks a dinf_status
+# return, checked by _check. Follows the headers one to one.
+# --------------------------------------------------------------------------
+
+_i64 = ctypes.c_int64
+_pi64 = ctypes.POINTER(ctypes.c_int64)
+_pf32 = ctypes.POINTER(ctypes.c_float)
+_pf64 = ctypes.POINTER(ctypes.c_double)
+_popt = ctypes.POINTER(EplbOptions)
+_STATUS = "status"
+
+_FUNCTIONS = [
+    # int dinf_version(void);
+    ("dinf_version", ctypes.c_int, []),
+    # const char *dinf_version_string(void);
+    ("dinf_version_string", ctypes.c_char_p, []),
+    # const char *dinf_status_string(dinf_status status);
+    ("dinf_status_string", ctypes.c_char_p, [ctypes.c_int]),
+    # const char *dinf_last_error(void);
+    ("dinf_last_error", ctypes.c_char_p, []),
+    # dinf_status dinf_dtype_size(dinf_dtype dtype, size_t *bytes);
+    ("dinf_dtype_size", _STATUS, [ctypes.c_int, ctypes.POINTER(ctypes.c_size_t)]),
+    # const char *dinf_dtype_name(dinf_dtype dtype);
+    ("dinf_dtype_name", ctypes.c_char_p, [ctypes.c_int]),
+    # dinf_status dinf_device_query(int device, dinf_device_info *info);
+    ("dinf_device_query", _STATUS, [ctypes.c_int, ctypes.POINTER(DeviceInfo)]),
+    # dinf_status dinf_eplb_max_logcnt_bound(int64_t E, int64_t R, int64_t G, int64_t N,
+    #     int64_t P, const dinf_eplb_options *options, int64_t *bound);
+    ("dinf_eplb_max_logcnt_bound", _STATUS, [_i64, _i64, _i64, _i64, _i64, _popt, _pi64]),
+    # dinf_status dinf_eplb_workspace_size(int64_t E, int64_t R, int64_t G, int64_t N,
+    #     int64_t P, const dinf_eplb_options *options, size_t *bytes);
+    (
+        "dinf_eplb_workspace_size",
+        _STATUS,
+        [_i64, _i64, _i64, _i64, _i64, _popt, ctypes.POINTER(ctypes.c_size_t)],
+    ),
+    # dinf_status dinf_eplb_rebalance_experts(const float *weight, int64_t L, int64_t E,
+    #     int64_t R, int64_t G, int64_t N, int64_t P, const dinf_eplb_options *options,
+    #     int64_t *phy2log, int64_t *phy_replica, int64_t *logcnt, int64_t *log2phy,
+    #     int64_t log2phy_width, int64_t *max_logcnt, void *workspace, size_t workspace_bytes);
+    (
+        "dinf_eplb_rebalance_experts",
+        _STATUS,
+        [_pf32, _i64, _i64, _i64, _i64, _i64, _i64, _popt, _pi64, _pi64, _pi64, _pi64, _i64,
+         _pi64, ctypes.c_void_p, ctypes.c_size_t],
+    ),
+    # dinf_status dinf_eplb_log2phy(const int64_t *phy2log, const int64_t *phy_replica,
+    #     int64_t L, int64_t E, int64_t R, int64_t *logcnt, int64_t *log2phy,
+    #     int64_t log2phy_width, int64_t *max_logcnt);
+    (
+        "dinf_eplb_log2phy",
+        _STATUS,
+        [_pi64, _pi64, _i64, _i64, _i64, _pi64, _pi64, _i64, _pi64],
+    ),
+    # dinf_status dinf_eplb_rebalance_incremental(const float *weight, int64_t L, int64_t E,
+    #     int64_t R, int64_t G, int64_t N, int64_t P, const dinf_eplb_options *options,
+    #     double tolerance, const int64_t *current_phy2log, int64_t *phy2log,
+    #     int64_t *phy_replica, int64_t *logcnt, int64_t *moved_per_layer, int64_t *num_moved,
+    #     void *workspace, size_t workspace_bytes);
+    (
+        "dinf_eplb_rebalance_incremental",
+        _STATUS,
+        [_pf32, _i64, _i64, _i64, _i64, _i64, _i64, _popt, ctypes.c_double, _pi64, _pi64,
+         _pi64, _pi64, _pi64, _pi64, ctypes.c_void_p, ctypes.c_size_t],
+    ),
+    # dinf_status dinf_eplb_incremental_workspace_size(int64_t E, int64_t R, int64_t G,
+    #     int64_t N, int64_t P, const dinf_eplb_options *options, size_t *bytes);
+    (
+        "dinf_eplb_incremental_workspace_size",
+        _STATUS,
+        [_i64, _i64, _i64, _i64, _i64, _popt, ctypes.POINTER(ctypes.c_size_t)],
+    ),
+    # dinf_status dinf_eplb_balance_report(const float *weight, const int64_t *phy2log,
+    #     int64_t L, int64_t E, int64_t R, int64_t N, int64_t P, double *gpu_load,
+    #     double *node_load, double *gpu_imbalance, double *node_imbalance,
+    #     dinf_eplb_balance_summary *summary);
+    (
+        "dinf_eplb_balance_report",
+        _STATUS,
+        [_pf32, _pi64, _i64, _i64, _i64, _i64, _i64, _pf64, _pf64, _pf64, _pf64,
+         ctypes.POINTER(EplbBalanceSummary)],
+    ),
+]
+
+
+def _decode(raw):
+    if raw is None:
+        return ""
+    return raw.decode("utf-8", errors="replace")
+
+
+class _Library:
+    """The loaded CDLL with its functions declared; attributes are the C functions."""
+
+    def __init__(self, cdll, path):
+        self.cdll = cdll
+        self.path = path
+        for name, restype, argtypes in _FUNCTIONS:
+            fn = getattr(cdll, name)
+            fn.argtypes = argtypes
+            if restype == _STATUS:
+                fn.restype = ctypes.c_int
+                fn.errcheck = self._check
+            else:
+                fn.restype = restype
+            setattr(self, name, fn)
+
+    def _check(self, result, func, args):
+        # Runs on the calling thread right after the call: dinf_last_error()
+        # is thread-local, so it is this call's message.
+        if result != Status.OK:
+            message = _decode(self.dinf_last_error())
+            if not message:
+                message = "%s failed: %s" % (
+                    getattr(func, "__name__", "dinf call"),
+                    _decode(self.dinf_status_string(result)),
+                )
+            raise error_from_status(result, message)
+        return result
+
+
+_LOCK = threading.Lock()
+_LIB = None
+
+
+def _repo_root():
+    # python/deepinfra/_lib.py -> repository root
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _package_dir():
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+def _candidates():
+    """Yield (description, path or None, strict).
+
+    A strict entry ends the lookup: its path is loaded or the lookup fails.
+    A None path means "nothing to try here" (recorded for the message).
+    """
+    env = os.environ.get("DEEPINFRA_LIBRARY_PATH")
+    if env:
+        path = os.path.join(env, SONAME) if os.path.isdir(env) else env
+        yield ("DEEPINFRA_LIBRARY_PATH=%s" % env, path, True)
+        return
+    build = os.environ.get("DINF_BUILD_DIR")
+    if build:
+        base = build if os.path.isabs(build) else os.path.join(_repo_root(), build)
+        yield ("DINF_BUILD_DIR=%s" % build, os.path.join(base, "lib", SONAME), True)
+        return
+    yield ("build tree", os.path.join(_repo_root(), "build", "lib", SONAME), False)
+    yield ("package directory", os.path.join(_package_dir(), SONAME), False)
+    try:
+        from . import _installed  # written by `make install`
+
+        libdir = getattr(_installed, "LIBDIR", None)
+    except ImportError:
+        libdir = None
+    if libdir:
+        yield ("installed (deepinfra/_installed.py)", os.path.join(libdir, SONAME), False)
+    else:
+        yield ("installed (deepinfra/_installed.py: absent)", None, False)
+    found = ctypes.util.find_library("deepinfra")
+    yield ("ctypes.util.find_library('deepinfra')", found, False)
+
+
+def _dladdr_path(cdll, fallback):
+    """The file the dynamic loader actually opened for cdll (via dladdr)."""
+
+    class _DlInfo(ctypes.Structure):
+        _fields_ = [
+            ("dli_fname", ctypes.c_char_p),
+            ("dli_fbase", ctypes.c_void_p),
+            ("dli_sname", ctypes.c_char_p),
+            ("dli_saddr", ctypes.c_void_p),
+        ]
+
+    try:
+        dladdr = ctypes.CDLL(None).dladdr
+    except (AttributeError, OSError):
+        try:
+            dladdr = ctypes.CDLL(ctypes.util.find_library("dl") or "libdl.so.2").dladdr
+        except (AttributeError, OSError):
+            return fallback
+    dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+    dladdr.restype = ctypes.c_int
+    info = _DlInfo()
+    addr = ctypes.cast(cdll.dinf_version, ctypes.c_void_p)
+    if dladdr(addr, ctypes.byref(info)) and info.dli_fname:
+        return os.path.abspath(os.fsdecode(info.dli_fname))
+    return fallback
+
+
+def _check_version(code, path):
+    """Raise LibraryVersionError unless the library's dinf_version() is ours."""
+    if code != PACKAGE_VERSION_CODE:
+        got = "%d.%d.%d" % (code // 10000, code // 100 % 100, code % 100)
+        raise LibraryVersionError(
+            "%s is libdeepinfra %s (dinf_version()=%d), but this Python package "
+            "(deepinfra %s) expects %d: point DEEPINFRA_LIBRARY_PATH at a matching "
+            "build, or reinstall the package and library together"
+            % (path, got, code, PACKAGE_VERSION, PACKAGE_VERSION_CODE)
+        )
+
+
+def _load():
+    tried = []
+    for what, path, strict in _candidates():
+        if path is None:
+            tried.append("%s: nothing" % what)
+            continue
+        is_bare_name = os.sep not in path  # find_library's soname
+        if not is_bare_name and not os.path.exists(path):
+            tried.append("%s: %s (not found)" % (what, path))
+            if strict:
+                break
+            continue
+        try:
+            cdll = ctypes.CDLL(path)
+        except OSError as e:
+            tried.append("%s: %s (failed to load: %s)" % (what, path, e))
+            raise LibraryNotFoundError(
+                "libdeepinfra could not be loaded; tried:\n  " + "\n  ".join(tried)
+            ) from e
+        real = _dladdr_path(cdll, path) if is_bare_name else os.path.abspath(path)
+        try:
+            library = _Library(cdll, real)
+        except AttributeError as e:
+            raise LibraryNotFoundError(
+                "%s is not a usable libdeepinfra (missing symbol: %s)" % (real, e)
+            ) from e
+        _check_version(library.dinf_version(), real)
+        return library
+    raise LibraryNotFoundError(
+        "libdeepinfra (%s) not found; build it with `make` or set "
+        "DEEPINFRA_LIBRARY_PATH. Tried:\n  %s" % (SONAME, "\n  ".join(tried))
+    )
+
+
+def lib():
+    """The loaded library (loaded and checked on first call, then cached).
+
+    Raises LibraryNotFoundError or LibraryVersionError; a failure is not
+    cached, so a later call tries again.
+    """
+    global _LIB
+    library = _LIB
+    if library is not None:
+        return library
+    with _LOCK:
+        if _LIB is None:
+            _LIB = _load()
+        return _LIB
+
+
+def library_path():
+    """Absolute path of the loaded libdeepinfra (loads it if needed)."""
+    return lib().path

@@ -1,0 +1,184 @@
+"""The library as a built artifact: exported symbols, soname, dependencies,
+self-contained headers, install + pkg-config consumers, kernel resources."""
+import ctypes
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.path.join(ROOT, os.environ.get("DINF_BUILD_DIR", "build"))
+SOFILE = glob.glob(os.path.join(BUILD, "lib", "libdeepinfra.so.*.*.*"))
+HEADERS = ["deepinfra.h"] + ["deepinfra/" + os.path.basename(h)
+                             for h in sorted(glob.glob(os.path.join(ROOT, "include/deepinfra/*.h")))]
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def built_with_cuda():
+    out = run(["make", "-s", "--no-print-directory", "print-config", "BUILDDIR=" + BUILD],
+              cwd=ROOT).stdout
+    return "CUDA=1" in out
+
+
+@pytest.fixture(scope="module")
+def sofile():
+    assert len(SOFILE) == 1, "expected one versioned library in %s/lib: %s" % (BUILD, SOFILE)
+    return SOFILE[0]
+
+
+def test_only_dinf_symbols_are_exported(sofile):
+    out = run(["nm", "-D", "--defined-only", sofile]).stdout
+    names = [line.split()[-1] for line in out.splitlines() if line.strip()]
+    assert names, "no exported symbols"
+    others = [n for n in names if not n.startswith("dinf_")]
+    assert not others, "symbols outside the dinf_ namespace are exported: %s" % others[:20]
+    for api in ("dinf_last_error", "dinf_eplb_rebalance_experts", "dinf_device_query"):
+        assert api in names
+
+
+def test_soname_links_and_dependencies(sofile):
+    dyn = run(["readelf", "-d", sofile]).stdout
+    assert "Library soname: [libdeepinfra.so.0]" in dyn
+    needed = re.findall(r"Shared library: \[([^\]]+)\]", dyn)
+    for forbidden in ("libcuda.so", "libcudart", "libnvrtc", "libnccl"):
+        assert not any(n.startswith(forbidden) for n in needed), (
+            "libdeepinfra must load without %s (NEEDED: %s)" % (forbidden, needed))
+    lib = os.path.join(BUILD, "lib")
+    assert os.readlink(os.path.join(lib, "libdeepinfra.so.0")) == os.path.basename(sofile)
+    assert os.readlink(os.path.join(lib, "libdeepinfra.so")) == "libdeepinfra.so.0"
+    assert os.path.exists(os.path.join(lib, "libdeepinfra.a"))
+
+
+def test_loads_and_answers_without_a_gpu_driver(sofile):
+    lib = ctypes.CDLL(sofile)
+    lib.dinf_version_string.restype = ctypes.c_char_p
+    flavour = lib.dinf_version_string().decode().split("+")[1]
+    assert flavour == ("cuda" if built_with_cuda() else "cpu")
+
+
+@pytest.mark.parametrize("header", HEADERS)
+@pytest.mark.parametrize("lang", ["c11", "c++17"])
+def test_public_header_compiles_alone(header, lang, tmp_path):
+    """Each public header compiles by itself, without a CUDA include path."""
+    src = tmp_path / ("h.c" if lang == "c11" else "h.cc")
+    src.write_text("#include <%s>\nint main(void) { return 0; }\n" % header)
+    compiler = ["gcc", "-std=c11"] if lang == "c11" else ["g++", "-std=c++17"]
+    run(compiler + ["-Wall", "-Wextra", "-Wpedantic", "-Werror", "-fsyntax-only",
+                    "-I" + os.path.join(ROOT, "include"), str(src)])
+
+
+CONSUMER = textwrap.dedent("""
+    #include <deepinfra.h>
+    #include <stdio.h>
+    int main(void) {
+        const float w[4] = {10, 1, 1, 1};
+        int64_t phy2log[8], logcnt[4], max;
+        if (dinf_version() != DINF_VERSION_CODE) return 1;
+        if (dinf_eplb_rebalance_experts(w, 1, 4, 8, 1, 1, 2, NULL, phy2log, NULL, logcnt,
+                                        NULL, 0, &max, NULL, 0) != DINF_STATUS_OK) {
+            fprintf(stderr, "%s\\n", dinf_last_error());
+            return 2;
+        }
+        printf("%s %lld %lld\\n", dinf_version_string(), (long long)logcnt[0], (long long)max);
+        return 0;
+    }
+""")
+
+
+@pytest.fixture(scope="module")
+def staged_install(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("destdir")
+    run(["make", "-s", "--no-print-directory", "install", "BUILDDIR=" + BUILD, "PREFIX=/usr/local",
+         "DESTDIR=" + str(dest), "PYTHON=" + sys.executable], cwd=ROOT)
+    return dest
+
+
+def test_install_honours_destdir_and_prefix(staged_install):
+    root = staged_install / "usr/local"
+    for rel in ["include/deepinfra.h", "include/deepinfra/core.h", "include/deepinfra/eplb.h",
+                "lib/libdeepinfra.a", "lib/libdeepinfra.so", "lib/libdeepinfra.so.0",
+                "lib/pkgconfig/deepinfra.pc"]:
+        assert (root / rel).exists(), rel
+    pc = (root / "lib/pkgconfig/deepinfra.pc").read_text()
+    assert "prefix=/usr/local" in pc and str(staged_install) not in pc, pc
+    assert glob.glob(str(root / "lib/python3*/site-packages/deepinfra/__init__.py")) or \
+        glob.glob(str(root / "lib/python3*/dist-packages/deepinfra/__init__.py"))
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_pkg_config_consumer_builds_and_runs(staged_install, tmp_path, static):
+    env = dict(os.environ, PKG_CONFIG_PATH=str(staged_install / "usr/local/lib/pkgconfig"))
+    relocate = "--define-variable=prefix=%s" % (staged_install / "usr/local")
+    flags = run(["pkg-config", relocate, "--cflags", "--libs"] + (["--static"] if static else []) +
+                ["deepinfra"], env=env).stdout.split()
+    src = tmp_path / "consumer.c"
+    src.write_text(CONSUMER)
+    exe = tmp_path / "consumer"
+    if static:
+        # Prefer the archive: hide the shared library from this link.
+        libdir = str(staged_install / "usr/local/lib")
+        static_dir = tmp_path / "static"
+        static_dir.mkdir()
+        shutil.copy(os.path.join(libdir, "libdeepinfra.a"), static_dir)
+        flags = ["-L" + str(static_dir)] + flags
+    run(["gcc", "-std=c11", str(src), "-o", str(exe)] + flags)
+    libdir = str(staged_install / "usr/local/lib")
+    out = run([str(exe)], env=dict(os.environ, LD_LIBRARY_PATH=libdir)).stdout.split()
+    assert out[0].startswith("0.1.0+") and out[1:] == ["5", "5"], out
+    needed = run(["readelf", "-d", str(exe)]).stdout
+    assert ("libdeepinfra.so.0" in needed) != static
+
+
+def test_python_package_finds_the_installed_library(tmp_path):
+    prefix = tmp_path / "prefix"
+    run(["make", "-s", "--no-print-directory", "install", "BUILDDIR=" + BUILD,
+         "PREFIX=" + str(prefix), "PYTHON=" + sys.executable], cwd=ROOT)
+    site = glob.glob(str(prefix / "lib/python3*/*-packages"))
+    assert site, "Python package not installed under %s" % prefix
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DEEPINFRA_LIBRARY_PATH", "DINF_BUILD_DIR", "PYTHONPATH")}
+    env["PYTHONPATH"] = site[0]
+    code = "import deepinfra; print(deepinfra.library_path()); print(deepinfra.version())"
+    out = run([sys.executable, "-c", code], env=env, cwd=str(tmp_path)).stdout.split()
+    assert out[0].startswith(str(prefix / "lib")), out
+    assert out[1].startswith("0.1.0+")
+
+
+def test_kernel_resource_reports_have_no_spills_or_local_memory():
+    if not built_with_cuda():
+        pytest.skip("CPU-only build (make CUDA=0): no kernels")
+    reports = glob.glob(os.path.join(BUILD, "obj", "kernels", "**", "*.resource"), recursive=True)
+    assert reports, "no nvcc resource reports under %s/obj/kernels" % BUILD
+    checked = 0
+    for path in reports:
+        text = open(path).read()
+        for func, arch, body in re.findall(
+                r"Compiling entry function '([^']+)' for '([^']+)'(.*?)(?=Compiling entry|\Z)",
+                text, re.S):
+            m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill "
+                          r"loads", body)
+            assert m, "%s: no resource line for %s" % (path, func)
+            assert m.groups() == ("0", "0", "0"), (
+                "%s (%s) uses local memory: %s" % (func, arch, m.group(0)))
+            checked += 1
+    assert checked > 0
+
+
+def test_cpu_only_build_from_the_same_sources(tmp_path):
+    """make CUDA=0 builds a library with no CUDA code in it."""
+    build = tmp_path / "cpu"
+    run(["make", "-s", "--no-print-directory", "lib", "CUDA=0", "BUILDDIR=" + str(build)], cwd=ROOT)
+    so = glob.glob(str(build / "lib/libdeepinfra.so.*.*.*"))[0]
+    syms = run(["nm", so]).stdout
+    assert "cudaGetDeviceCount" not in syms
+    lib = ctypes.CDLL(so)
+    lib.dinf_version_string.restype = ctypes.c_char_p
+    assert lib.dinf_version_string().decode().endswith("+cpu")
