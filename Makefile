@@ -22,6 +22,8 @@ PREFIX    ?= /usr/local
 LIBDIR    ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 PYTHON    ?= python3
+# Interpreter with torch + numpy for the upstream EPLB peer (make bench DINF_EPLB_UPSTREAM=...).
+PEER_PYTHON ?= /usr/bin/python3
 CC        ?= gcc
 CXX       ?= g++
 ifeq ($(origin CC),default)
@@ -165,6 +167,9 @@ bench: $(BENCH_BIN) | deps
 	@$(BENCH_BIN) --benchmark_out=$(BUILDDIR)/bench.json --benchmark_out_format=json \
 	    --benchmark_counters_tabular=true $(ARGS)
 	@echo "JSON written to $(BUILDDIR)/bench.json"
+	@if [ -n "$(DINF_EPLB_UPSTREAM)" ]; then \
+	    DINF_BUILD_DIR=$(BUILDDIR) $(PEER_PYTHON) benchmarks/peer_eplb_upstream.py $(DINF_EPLB_UPSTREAM); \
+	else echo "EPLB peer (upstream eplb.py on torch) not run: set DINF_EPLB_UPSTREAM=/path/to/eplb.py"; fi
 
 # --------------------------------------------------------------- install ---
 # The .pc names libdir and includedir relative to ${prefix} when they lie under
@@ -225,4 +230,4 @@ deps-c:
 	@PYTHON=$(PYTHON) tools/deps --c-only
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-cpu
