@@ -223,12 +223,27 @@ static void tournament_init(int32_t *tree, int32_t leaves, const float *key, int
         tree[i] = pick(key, tree[2 * i], tree[2 * i + 1], max_mode);
 }
 
-static void tournament_update(int32_t *tree, int32_t leaves, const float *key, int32_t item,
-                              int32_t value, int max_mode) {
-    int32_t i = leaves + item;
+/* Replace item's leaf by value and replay the matches on its path. The path's
+ * winner stays in registers; only the siblings' winners are loaded, and they
+ * do not depend on this update, so each level costs a compare and a select. */
+static inline void tournament_update(int32_t *tree, int32_t leaves, const float *key, int32_t item,
+                                     int32_t value, int max_mode) {
+    int32_t i = leaves + item, win = value;
+    float win_key = key[value];
     tree[i] = value;
-    for (i >>= 1; i >= 1; i >>= 1)
-        tree[i] = pick(key, tree[2 * i], tree[2 * i + 1], max_mode);
+    for (; i > 1; i >>= 1) {
+        const int32_t sib = tree[i ^ 1];
+        const float sib_key = key[sib];
+        const int sib_better = max_mode ? sib_key > win_key : sib_key < win_key;
+        const int win_better = max_mode ? win_key > sib_key : win_key < sib_key;
+        /* the sibling is the left child when i is odd: it wins ties
+         * (bit arithmetic, not a branch: the path's parity is random) */
+        const int odd = i & 1;
+        const int take_sib = (odd & (win_better ^ 1)) | ((odd ^ 1) & sib_better);
+        win = take_sib ? sib : win;
+        win_key = take_sib ? sib_key : win_key;
+        tree[i >> 1] = win;
+    }
 }
 
 static int32_t tournament_leaves(int32_t m) {
