@@ -6,11 +6,14 @@
  * Modules (one header each, all independent; each depends only on core):
  *   deepinfra/core.h   status codes, dinf_last_error, version, dtypes, device query
  *   deepinfra/eplb.h   expert-parallel load-balancing plans (DeepSeek EPLB)
+ *   deepinfra/dualpipe.h  pipeline schedules (DualPipe, DualPipeV, 1F1B, ZB1P):
+ *                      generate, validate, simulate, draw, execute
  */
 #ifndef DEEPINFRA_H
 #define DEEPINFRA_H
 
 #include "deepinfra/core.h"
+#include "deepinfra/dualpipe.h"
 #include "deepinfra/eplb.h"
 
 #endif /* DEEPINFRA_H */

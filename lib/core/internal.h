@@ -20,6 +20,9 @@ extern "C" {
 #define DINF_PRINTF(fmt_idx, arg_idx)
 #endif
 
+/* Capacity of the thread-local last-error message, NUL included. */
+#define DINF_ERROR_MESSAGE_MAX 1024
+
 /* Record "<func>: <formatted message>" as the thread's last error and return
  * status. Every failing public entry point returns through this. */
 dinf_status dinf__fail(dinf_status status, const char *func, const char *fmt, ...) DINF_PRINTF(3, 4);

@@ -5,9 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#define DINF_ERROR_CAPACITY 1024
-
-static _Thread_local char last_error[DINF_ERROR_CAPACITY];
+static _Thread_local char last_error[DINF_ERROR_MESSAGE_MAX];
 
 dinf_status dinf__fail(dinf_status status, const char *func, const char *fmt, ...) {
     int prefix = snprintf(last_error, sizeof last_error, "%s: ", func);
