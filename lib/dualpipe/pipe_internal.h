@@ -44,7 +44,6 @@ static inline int dinf__pipe_next_rank(const dinf__pipe_shape *s, int d, int r) 
     return d == 0 ? r + 1 : r - 1;
 }
 
-/* Does direction d run on rank r at all? (Always, for every kind here.) */
 static inline int dinf__pipe_is_compute(int32_t type) {
     return type == DINF_PIPE_OP_F || type == DINF_PIPE_OP_B || type == DINF_PIPE_OP_I ||
            type == DINF_PIPE_OP_W || type == DINF_PIPE_OP_FB;
@@ -54,5 +53,12 @@ static inline int dinf__pipe_is_compute(int32_t type) {
  * else writes a reason into why. */
 int dinf__pipe_op_check(const dinf__pipe_shape *s, int32_t rank, const dinf_pipe_op *op,
                         char *why, size_t why_bytes);
+
+/* The validator's work after the shape check (compute_only: skip the
+ * communication rules). Sets *valid and, if non-NULL, *violation. */
+dinf_status dinf__pipe_check_streams(const char *func, const dinf__pipe_shape *s,
+                                     const dinf_pipe_op *const *streams, const int64_t *lengths,
+                                     int compute_only, dinf_pipe_violation *violation,
+                                     int32_t *valid);
 
 #endif

@@ -193,30 +193,30 @@ static void one_f_one_b(gen *g) {
 /*
  * ZB1P (zero-bubble ZB-H1): 1F1B's order with every backward split into I
  * (input gradients, which the previous stage waits for) and W (weight
- * gradients, which nobody waits for). Rank r keeps the W of its last
- * cool-down backwards pending and runs them where 1F1B would idle: in the
- * cool-down each I is followed by one W only once the rank has as many
- * pending as it will idle for, and the rest drain at the end.
+ * gradients, which nobody waits for). Rank r keeps up to r W's pending and
+ * runs the oldest whenever more are pending: the ranks near the head of the
+ * pipe, which 1F1B leaves idle while gradients travel back, spend that time
+ * on deferred W's; the rest drain at the end. With F = I = W this idles
+ * (R-1)(F + B - 2W) per rank, the zero-bubble paper's ZB-H1 figure, with
+ * 1F1B's activation memory.
  */
 static void zb_h1(gen *g) {
     const dinf__pipe_shape *s = &g->shape;
-    const int n = s->num_chunks;
+    const int n = s->num_chunks, lag = s->rank;
     int warmup = s->num_ranks - s->rank - 1;
     if (warmup > n)
         warmup = n;
     int pending = 0;
     for (int i = 0; i < warmup; i++)
         op_f(g, 0, 1, 1);
-    for (int i = 0; i < n - warmup; i++) {
-        op_f(g, 0, 1, 1);
+    for (int i = 0; i < n; i++) {
+        if (i < n - warmup)
+            op_f(g, 0, 1, 1);
         op_b(g, 0, 1, 1, 1);
-        op_w(g);
+        for (pending++; pending > lag; pending--)
+            op_w(g);
     }
-    for (int i = 0; i < warmup; i++) {
-        op_b(g, 0, 1, 1, 1);
-        pending++;
-    }
-    for (int i = 0; i < pending; i++)
+    for (; pending > 0; pending--)
         op_w(g);
     commit(g);
 }
