@@ -164,8 +164,8 @@ typedef struct dinf_device_info {
  *
  * It answers cleanly everywhere: on a machine with no GPU or no driver, or in
  * a CPU-only build (make CUDA=0), it returns DINF_STATUS_OK with usable = 0
- * and `reason` saying why. It never initialises more than the CUDA runtime's
- * own context on the queried device.
+ * and `reason` saying why. It reads device attributes only: it creates no
+ * context and does not change the calling thread's current device.
  *
  * Arguments:
  *   device  [IN]     device ordinal, >= 0

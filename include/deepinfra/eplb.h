@@ -150,9 +150,9 @@ DINF_API dinf_status dinf_eplb_workspace_size(int64_t num_logical_experts, int64
  *                       dinf_eplb_workspace_size; or NULL, in which case the
  *                       library allocates and frees it itself.
  *   workspace_bytes [IN] size of workspace
- * All buffers are caller-owned and must not overlap. On failure the outputs
- * are unspecified, except that max_logcnt is set when log2phy_width was the
- * only problem.
+ * All buffers are caller-owned and must not overlap (checked:
+ * DINF_STATUS_INVALID_ARGUMENT). On failure the outputs are unspecified,
+ * except that max_logcnt is set when log2phy_width was the only problem.
  * Returns DINF_STATUS_OK; DINF_STATUS_INVALID_ARGUMENT for a NULL required
  * pointer, a size rule broken, a bad load, bad options, a workspace that is too
  * small, or log2phy_width < max_logcnt; DINF_STATUS_OUT_OF_MEMORY when the
@@ -176,11 +176,11 @@ DINF_API dinf_status dinf_eplb_rebalance_experts(
  *   num_layers, num_logical_experts, num_replicas [IN]
  *   logcnt        [OUT] int64 [L][E]; may be NULL
  *   log2phy       [OUT] int64 [L][E][log2phy_width], -1 padded; or NULL to
- *                       check the plan and learn logcnt / max_logcnt only (the
- *                       library then allocates an E x (R-E+1) scratch table)
+ *                       check the plan and learn logcnt / max_logcnt only
  *   log2phy_width [IN]  >= the maximum replica count (ignored if log2phy is
  *                       NULL)
  *   max_logcnt    [OUT] int64, may be NULL
+ * No two buffers may overlap. O(L (E + R)) time; allocates O(E + R) scratch.
  * Returns DINF_STATUS_OK, DINF_STATUS_INVALID_ARGUMENT (naming the first
  * layer and slot that break a rule) or DINF_STATUS_OUT_OF_MEMORY.
  */
@@ -211,7 +211,10 @@ DINF_API dinf_status dinf_eplb_log2phy(const int64_t *phy2log, const int64_t *ph
  * and (b) keeps whole groups on nodes. With distinct_experts_per_gpu, both
  * keep one replica per expert per GPU ((a) is skipped if the current plan
  * has duplicates). Minimising moves exactly is NP-hard in general; this is a
- * heuristic with the guarantee above, deterministic.
+ * heuristic with the guarantee above, deterministic. Cost per layer: a fresh
+ * plan, O(N^3 + N (P/N)^3) for the assignments (Hungarian method), and the
+ * local search (each step scans the heaviest GPU's slots against all experts
+ * and all slots of its node).
  *
  * Arguments:
  *   weight           [IN]  float32 [L][E], finite and >= 0: the new loads
@@ -220,8 +223,8 @@ DINF_API dinf_status dinf_eplb_log2phy(const int64_t *phy2log, const int64_t *ph
  *   tolerance        [IN]  >= 0 and finite, e.g. 0.05 for 5%
  *   current_phy2log  [IN]  int64 [L][R]: the plan in service; values in
  *                          [0, E), every expert at least once per layer
- *   phy2log          [OUT] int64 [L][R]: the new plan (must not overlap
- *                          current_phy2log)
+ *   phy2log          [OUT] int64 [L][R]: the new plan
+ * (no two buffers may overlap: checked)
  *   phy_replica      [OUT] int64 [L][R], may be NULL: replica numbers in
  *                          ascending slot order per expert
  *   logcnt           [OUT] int64 [L][E]
@@ -239,7 +242,14 @@ DINF_API dinf_status dinf_eplb_rebalance_incremental(
     int64_t *logcnt, int64_t *moved_per_layer, int64_t *num_moved, void *workspace,
     size_t workspace_bytes);
 
-/* Workspace bytes for dinf_eplb_rebalance_incremental (O(E + R + P^2)). */
+/*
+ * dinf_eplb_incremental_workspace_size - bytes of workspace
+ * dinf_eplb_rebalance_incremental needs: O(E + R + N*E + max(N, P/N)^2),
+ * independent of L.
+ * Arguments: the problem size and options as for dinf_eplb_workspace_size;
+ * bytes [OUT] not NULL.
+ * Returns DINF_STATUS_OK or DINF_STATUS_INVALID_ARGUMENT.
+ */
 DINF_API dinf_status dinf_eplb_incremental_workspace_size(int64_t num_logical_experts,
                                                           int64_t num_replicas, int64_t num_groups,
                                                           int64_t num_nodes, int64_t num_gpus,

@@ -6,10 +6,12 @@
 
 #if DINF_WITH_CUDA
 #include <cuda_runtime_api.h>
-int dinf__probe_kernel_image(int device, int *binary_version, char *reason, size_t reason_bytes);
 #endif
 
-#define DEVICE_INFO_V1_SIZE sizeof(dinf_device_info)
+/* The struct as version 0.1 defined it. Later versions add fields at the end
+ * and keep accepting callers that pass this size. */
+#define DEVICE_INFO_V1_SIZE ((size_t)824)
+_Static_assert(sizeof(dinf_device_info) >= DEVICE_INFO_V1_SIZE, "dinf_device_info shrank");
 
 #if DINF_WITH_CUDA
 static void set_reason(dinf_device_info *info, const char *what, cudaError_t err) {
@@ -81,6 +83,8 @@ DINF_API dinf_status dinf_device_query(int device, dinf_device_info *info) {
     info->shared_memory_per_block_optin_bytes = prop.sharedMemPerBlockOptin;
     snprintf(info->name, sizeof info->name, "%.255s", prop.name);
 
+    /* The kernels are sm_90a machine code, which runs on compute capability
+     * 9.0 only (the compute_90 PTX would not have the Hopper instructions). */
     if (prop.major != 9 || prop.minor != 0) {
         snprintf(info->reason, sizeof info->reason,
                  "device %d (%.255s) has compute capability %d.%d; libdeepinfra's kernels are built "
@@ -88,9 +92,6 @@ DINF_API dinf_status dinf_device_query(int device, dinf_device_info *info) {
                  device, prop.name, prop.major, prop.minor);
         return DINF_STATUS_OK;
     }
-    int binary_version = 0;
-    if (dinf__probe_kernel_image(device, &binary_version, info->reason, sizeof info->reason) != 0)
-        return DINF_STATUS_OK;
     info->usable = 1;
     return DINF_STATUS_OK;
 #endif

@@ -40,6 +40,17 @@ static inline int dinf__add_size(size_t a, size_t b, size_t *out) {
     return __builtin_add_overflow(a, b, out) ? -1 : 0;
 }
 
+/* A caller buffer, for the overlap check below (NULL or 0 bytes: ignored). */
+typedef struct dinf__buffer {
+    const char *name;
+    const void *ptr;
+    size_t bytes;
+} dinf__buffer;
+
+/* Fail with "<a> and <b> overlap" if any two of the n buffers share a byte:
+ * the library must never write through one buffer into another. */
+dinf_status dinf__check_disjoint(const char *func, const dinf__buffer *buffers, int n);
+
 /*
  * A bump allocator over a caller-provided block. With base == NULL it only
  * counts, so the same carving code computes the workspace size (dry run) and

@@ -94,3 +94,21 @@ void *dinf__arena_take(dinf__arena *arena, size_t count, size_t elem) {
         return NULL;
     return arena->base + start;
 }
+
+dinf_status dinf__check_disjoint(const char *func, const dinf__buffer *buffers, int n) {
+    for (int i = 0; i < n; i++) {
+        if (!buffers[i].ptr || !buffers[i].bytes)
+            continue;
+        uintptr_t a = (uintptr_t)buffers[i].ptr, a_end = a + buffers[i].bytes;
+        for (int j = i + 1; j < n; j++) {
+            if (!buffers[j].ptr || !buffers[j].bytes)
+                continue;
+            uintptr_t b = (uintptr_t)buffers[j].ptr, b_end = b + buffers[j].bytes;
+            if (a < b_end && b < a_end)
+                return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                                  "%s and %s overlap: pass separate buffers", buffers[i].name,
+                                  buffers[j].name);
+        }
+    }
+    return DINF_STATUS_OK;
+}

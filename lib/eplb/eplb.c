@@ -25,16 +25,21 @@
 /* Argument checks                                                           */
 /* ------------------------------------------------------------------------ */
 
+/* dinf_eplb_options as version 0.1 defined it; later fields are read only
+ * when options->size covers them. */
+#define EPLB_OPTIONS_V1_SIZE ((size_t)16)
+_Static_assert(sizeof(dinf_eplb_options) >= EPLB_OPTIONS_V1_SIZE, "dinf_eplb_options shrank");
+
 dinf_status dinf__eplb_check_options(const char *func, const dinf_eplb_options *options,
                                      int *distinct) {
     *distinct = 0;
     if (!options)
         return DINF_STATUS_OK;
-    if (options->size < sizeof(dinf_eplb_options))
+    if (options->size < EPLB_OPTIONS_V1_SIZE)
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
-                          "options->size=%u is smaller than sizeof(dinf_eplb_options)=%zu "
-                          "(initialise options with DINF_EPLB_OPTIONS_INIT)",
-                          options->size, sizeof(dinf_eplb_options));
+                          "options->size=%u is smaller than the %zu bytes of the first "
+                          "dinf_eplb_options (initialise options with DINF_EPLB_OPTIONS_INIT)",
+                          options->size, EPLB_OPTIONS_V1_SIZE);
     if (options->magic != DINF_EPLB_OPTIONS_MAGIC)
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                           "options->magic=0x%08x is not DINF_EPLB_OPTIONS_MAGIC (0x%08x): "
@@ -152,9 +157,7 @@ dinf_status dinf__eplb_check_rows(const char *func, int64_t L, const int64_t *in
                           (long long)L);
     for (int i = 0; i < count; i++) {
         int64_t elems;
-        size_t bytes;
-        if (dinf__mul_i64(L, inner[i], &elems) || dinf__mul_size((size_t)elems, 8, &bytes) ||
-            elems > (int64_t)(SIZE_MAX / 8))
+        if (dinf__mul_i64(L, inner[i], &elems) || (uint64_t)elems > SIZE_MAX / 8)
             return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                               "num_layers=%lld times %s=%lld overflows the addressable size",
                               (long long)L, inner_names[i], (long long)inner[i]);
@@ -246,12 +249,7 @@ static inline void tournament_update(int32_t *tree, int32_t leaves, const float 
     }
 }
 
-static int32_t tournament_leaves(int32_t m) {
-    int32_t leaves = 1;
-    while (leaves < m)
-        leaves *= 2;
-    return leaves;
-}
+static int32_t tournament_leaves(int32_t m) { return (int32_t)pow2_ceil((size_t)m); }
 
 /*
  * Pack n items of weight w into m packs of n/m items each (upstream
@@ -515,7 +513,7 @@ DINF_API dinf_status dinf_eplb_workspace_size(int64_t num_logical_experts, int64
     dinf__arena a = {0};
     dinf__eplb_scratch s;
     dinf__eplb_plan_layout(&a, &sz, &s);
-    size_t extra = 2 * (size_t)sz.R * sizeof(int64_t); /* one layer's slot outputs */
+    size_t extra = (size_t)sz.R * sizeof(int64_t); /* one layer's replica numbers */
     if (a.overflow || dinf__add_size(a.used, extra + DINF__ARENA_ALIGN, &a.used))
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "the workspace size overflows size_t");
     *bytes = a.used;
@@ -586,6 +584,18 @@ DINF_API dinf_status dinf_eplb_rebalance_experts(
     st = dinf_eplb_workspace_size(E, R, num_groups, num_nodes, num_gpus, options, &needed);
     if (st != DINF_STATUS_OK)
         return st;
+    const size_t lr = (size_t)(L * R) * 8, le = (size_t)(L * E) * 8;
+    const dinf__buffer buffers[] = {
+        {"weight", weight, le / 2},
+        {"phy2log", phy2log, lr},
+        {"phy_replica", phy_replica, lr},
+        {"logcnt", logcnt, le},
+        {"log2phy", log2phy, log2phy ? (size_t)(L * width_elems) * 8 : 0},
+        {"workspace", workspace, workspace ? workspace_bytes : 0},
+    };
+    st = dinf__check_disjoint(__func__, buffers, (int)(sizeof buffers / sizeof buffers[0]));
+    if (st != DINF_STATUS_OK)
+        return st;
     void *base, *owned;
     st = dinf__eplb_workspace_acquire(__func__, needed, workspace, workspace_bytes, &base, &owned);
     if (st != DINF_STATUS_OK)
@@ -623,11 +633,12 @@ DINF_API dinf_status dinf_eplb_rebalance_experts(
     return DINF_STATUS_OK;
 }
 
-static dinf_status log2phy_fill(const int64_t *phy2log, const int64_t *phy_replica, int64_t L,
-                                int64_t E, int64_t R, int64_t *logcnt, int64_t *log2phy,
-                                int64_t *scratch_rows, int64_t log2phy_width,
-                                int64_t *max_logcnt);
-
+/*
+ * dinf_eplb_log2phy, per layer in O(E + R): count each expert's slots, turn
+ * the counts into offsets, and place every slot at offset[e] + replica number
+ * in a table of R entries (which checks that the numbers are exactly
+ * 0..count-1); then copy the rows out, -1 padded.
+ */
 DINF_API dinf_status dinf_eplb_log2phy(const int64_t *phy2log, const int64_t *phy_replica,
                                        int64_t num_layers, int64_t num_logical_experts,
                                        int64_t num_replicas, int64_t *logcnt, int64_t *log2phy,
@@ -643,107 +654,111 @@ DINF_API dinf_status dinf_eplb_log2phy(const int64_t *phy2log, const int64_t *ph
                          (long long)R, (long long)E);
     if (!phy2log)
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "phy2log is NULL");
-    if (!log2phy) /* counts only: no expert can have more than R - E + 1 slots */
-        log2phy_width = R - E + 1;
-    if (log2phy_width < 1)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "log2phy_width=%lld must be >= 1",
-                         (long long)log2phy_width);
-    int64_t width_elems;
-    if (dinf__mul_i64(E, log2phy_width, &width_elems))
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                         "num_logical_experts=%lld times log2phy_width=%lld overflows",
-                         (long long)E, (long long)log2phy_width);
+    int64_t width_elems = 0;
+    if (log2phy) {
+        if (log2phy_width < 1)
+            return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "log2phy_width=%lld must be >= 1",
+                             (long long)log2phy_width);
+        if (dinf__mul_i64(E, log2phy_width, &width_elems))
+            return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                             "num_logical_experts=%lld times log2phy_width=%lld overflows",
+                             (long long)E, (long long)log2phy_width);
+    }
     const int64_t inner[] = {R, E, width_elems};
     const char *const names[] = {"num_replicas", "num_logical_experts",
                                  "num_logical_experts*log2phy_width"};
     dinf_status st = dinf__eplb_check_rows(__func__, L, inner, names, log2phy ? 3 : 2);
     if (st != DINF_STATUS_OK)
         return st;
-    int64_t *scratch_rows = NULL;
-    if (!log2phy) {
-        /* Check the plan in a table of one layer's widest possible rows. */
-        if ((uint64_t)width_elems > SIZE_MAX / sizeof(int64_t) ||
-            !(scratch_rows = malloc((size_t)width_elems * sizeof(int64_t))))
-            return DINF_FAIL(DINF_STATUS_OUT_OF_MEMORY, "cannot allocate a %lld x %lld scratch table",
-                             (long long)E, (long long)log2phy_width);
-    }
-    st = log2phy_fill(phy2log, phy_replica, L, E, R, logcnt, log2phy, scratch_rows, log2phy_width,
-                      max_logcnt);
-    free(scratch_rows);
-    return st;
-}
-
-/* dinf_eplb_log2phy's work, after its argument checks; rows of layer l go to
- * log2phy (or, if NULL, to the one-layer scratch table). */
-static dinf_status log2phy_fill(const int64_t *phy2log, const int64_t *phy_replica, int64_t L,
-                                int64_t E, int64_t R, int64_t *logcnt, int64_t *log2phy,
-                                int64_t *scratch_rows, int64_t log2phy_width,
-                                int64_t *max_logcnt) {
-    const int64_t width_elems = E * log2phy_width;
-
+    const size_t lr = (size_t)(L * R) * 8, le = (size_t)(L * E) * 8;
+    const dinf__buffer buffers[] = {
+        {"phy2log", phy2log, lr},
+        {"phy_replica", phy_replica, lr},
+        {"logcnt", logcnt, le},
+        {"log2phy", log2phy, (size_t)(L * width_elems) * 8},
+    };
+    st = dinf__check_disjoint(__func__, buffers, 4);
+    if (st != DINF_STATUS_OK)
+        return st;
+    int64_t *count = malloc((size_t)(2 * E + 1 + R) * sizeof(int64_t));
+    if (!count)
+        return DINF_FAIL(DINF_STATUS_OUT_OF_MEMORY, "cannot allocate %lld counters",
+                         (long long)(2 * E + 1 + R));
+    int64_t *offset = count + E, *slots = offset + E + 1;
     int64_t max_count = 0;
-    for (int64_t l = 0; l < L; l++) {
+    for (int64_t l = 0; l < L && st == DINF_STATUS_OK; l++) {
         const int64_t *p2l = phy2log + l * R;
         const int64_t *rep = phy_replica ? phy_replica + l * R : NULL;
-        int64_t *rows = log2phy ? log2phy + l * width_elems : scratch_rows;
-        for (int64_t i = 0; i < width_elems; i++)
-            rows[i] = -1;
-        /* Count replicas in log2phy's own column 0..width-1 as we go; a count
-         * array is not needed: the first free column is the next replica. */
+        for (int64_t e = 0; e < E; e++)
+            count[e] = 0;
         for (int64_t x = 0; x < R; x++) {
             int64_t e = p2l[x];
-            if (e < 0 || e >= E)
-                return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, "dinf_eplb_log2phy",
-                                 "phy2log[%lld][%lld]=%lld is not an expert in [0, %lld)",
-                                 (long long)l, (long long)x, (long long)e, (long long)E);
-            int64_t k;
-            if (rep) {
-                k = rep[x];
-                if (k < 0 || k >= log2phy_width)
-                    return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, "dinf_eplb_log2phy",
-                                     "phy_replica[%lld][%lld]=%lld is outside [0, "
-                                     "log2phy_width=%lld)",
-                                     (long long)l, (long long)x, (long long)k,
-                                     (long long)log2phy_width);
-                if (rows[e * log2phy_width + k] != -1)
-                    return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, "dinf_eplb_log2phy",
-                                     "layer %lld: replica %lld of expert %lld appears twice "
-                                     "(slots %lld and %lld)",
-                                     (long long)l, (long long)k, (long long)e,
-                                     (long long)rows[e * log2phy_width + k], (long long)x);
-            } else {
-                for (k = 0; k < log2phy_width && rows[e * log2phy_width + k] != -1; k++)
-                    ;
-                if (k == log2phy_width)
-                    return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, "dinf_eplb_log2phy",
-                                     "layer %lld: expert %lld has more than log2phy_width=%lld "
-                                     "replicas",
-                                     (long long)l, (long long)e, (long long)log2phy_width);
+            if (e < 0 || e >= E) {
+                st = DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                               "phy2log[%lld][%lld]=%lld is not an expert in [0, %lld)",
+                               (long long)l, (long long)x, (long long)e, (long long)E);
+                goto done;
             }
-            rows[e * log2phy_width + k] = x;
+            count[e]++;
         }
+        offset[0] = 0;
         for (int64_t e = 0; e < E; e++) {
-            const int64_t *row = rows + e * log2phy_width;
-            int64_t c = 0;
-            while (c < log2phy_width && row[c] != -1)
-                c++;
-            for (int64_t k = c; k < log2phy_width; k++)
-                if (row[k] != -1)
-                    return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, "dinf_eplb_log2phy",
-                                     "layer %lld: expert %lld has replica %lld but not replica "
-                                     "%lld",
-                                     (long long)l, (long long)e, (long long)k, (long long)c);
-            if (c == 0)
-                return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, "dinf_eplb_log2phy",
-                                 "layer %lld: expert %lld has no slot in phy2log", (long long)l,
-                                 (long long)e);
+            if (count[e] == 0) {
+                st = DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                               "layer %lld: expert %lld has no slot in phy2log", (long long)l,
+                               (long long)e);
+                goto done;
+            }
+            if (log2phy && count[e] > log2phy_width) {
+                st = DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                               "layer %lld: expert %lld has %lld replicas, more than "
+                               "log2phy_width=%lld",
+                               (long long)l, (long long)e, (long long)count[e],
+                               (long long)log2phy_width);
+                goto done;
+            }
+            offset[e + 1] = offset[e] + count[e];
+            if (count[e] > max_count)
+                max_count = count[e];
             if (logcnt)
-                logcnt[l * E + e] = c;
-            if (c > max_count)
-                max_count = c;
+                logcnt[l * E + e] = count[e];
+        }
+        for (int64_t x = 0; x < R; x++)
+            slots[x] = -1;
+        for (int64_t e = 0; e < E; e++)
+            count[e] = 0; /* now: next replica number in slot order */
+        for (int64_t x = 0; x < R; x++) {
+            int64_t e = p2l[x], k = rep ? rep[x] : count[e]++;
+            int64_t n = offset[e + 1] - offset[e];
+            if (k < 0 || k >= n) {
+                st = DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                               "phy_replica[%lld][%lld]=%lld: expert %lld has %lld replicas, so "
+                               "its replica numbers are 0..%lld",
+                               (long long)l, (long long)x, (long long)k, (long long)e,
+                               (long long)n, (long long)(n - 1));
+                goto done;
+            }
+            if (slots[offset[e] + k] != -1) {
+                st = DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                               "layer %lld: replica %lld of expert %lld appears twice (slots "
+                               "%lld and %lld)",
+                               (long long)l, (long long)k, (long long)e,
+                               (long long)slots[offset[e] + k], (long long)x);
+                goto done;
+            }
+            slots[offset[e] + k] = x;
+        }
+        if (log2phy) {
+            int64_t *rows = log2phy + l * width_elems;
+            for (int64_t e = 0; e < E; e++)
+                for (int64_t k = 0; k < log2phy_width; k++)
+                    rows[e * log2phy_width + k] =
+                        k < offset[e + 1] - offset[e] ? slots[offset[e] + k] : -1;
         }
     }
     if (max_logcnt)
         *max_logcnt = max_count;
-    return DINF_STATUS_OK;
+done:
+    free(count);
+    return st;
 }

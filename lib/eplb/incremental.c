@@ -463,15 +463,22 @@ DINF_API dinf_status dinf_eplb_rebalance_incremental(
     st = dinf__eplb_check_rows(__func__, L, inner, names, 2);
     if (st != DINF_STATUS_OK)
         return st;
-    if (phy2log < current_phy2log + L * R && current_phy2log < phy2log + L * R)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                         "phy2log overlaps current_phy2log: pass a separate output buffer");
     st = dinf__eplb_check_weights(__func__, weight, L, E);
     if (st != DINF_STATUS_OK)
         return st;
 
     size_t needed;
     st = dinf_eplb_incremental_workspace_size(E, R, num_groups, num_nodes, P, options, &needed);
+    if (st != DINF_STATUS_OK)
+        return st;
+    const size_t lr = (size_t)(L * R) * 8, le = (size_t)(L * E) * 8;
+    const dinf__buffer buffers[] = {
+        {"weight", weight, le / 2},           {"current_phy2log", current_phy2log, lr},
+        {"phy2log", phy2log, lr},             {"phy_replica", phy_replica, lr},
+        {"logcnt", logcnt, le},               {"moved_per_layer", moved_per_layer, (size_t)L * 8},
+        {"num_moved", num_moved, 8},          {"workspace", workspace, workspace ? workspace_bytes : 0},
+    };
+    st = dinf__check_disjoint(__func__, buffers, (int)(sizeof buffers / sizeof buffers[0]));
     if (st != DINF_STATUS_OK)
         return st;
     void *base, *owned;

@@ -71,6 +71,18 @@ DINF_API dinf_status dinf_eplb_balance_report(const float *weight, const int64_t
     st = dinf__eplb_check_weights(__func__, weight, L, E);
     if (st != DINF_STATUS_OK)
         return st;
+    const dinf__buffer buffers[] = {
+        {"weight", weight, (size_t)(L * E) * 4},
+        {"phy2log", phy2log, (size_t)(L * R) * 8},
+        {"gpu_load", gpu_load, (size_t)(L * P) * 8},
+        {"node_load", node_load, (size_t)(L * N) * 8},
+        {"gpu_imbalance", gpu_imbalance, (size_t)L * 8},
+        {"node_imbalance", node_imbalance, (size_t)L * 8},
+        {"summary", summary, sizeof *summary},
+    };
+    st = dinf__check_disjoint(__func__, buffers, (int)(sizeof buffers / sizeof buffers[0]));
+    if (st != DINF_STATUS_OK)
+        return st;
     for (int64_t i = 0; i < L * R; i++)
         if (phy2log[i] < 0 || phy2log[i] >= E)
             return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,

@@ -7,7 +7,7 @@ const char *eplb_check_invariants(const int64_t *phy2log, const int64_t *phy_rep
                                   const int64_t *logcnt, const int64_t *log2phy, int64_t width,
                                   int64_t L, int64_t E, int64_t R) {
     static _Thread_local char msg[256];
-    int64_t *seen = calloc((size_t)(E * R), 1 * sizeof(int64_t));
+    int64_t *seen = calloc((size_t)R, sizeof(int64_t));
     int64_t *count = calloc((size_t)E, sizeof(int64_t));
     const char *result = NULL;
 #define FAIL(...)                                                                                  \

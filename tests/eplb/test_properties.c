@@ -27,8 +27,6 @@ static problem random_problem(uint64_t *st) {
         p.P = p.N * (1 + (int64_t)(eplb_rand(st) % 8));
         int64_t per_gpu_min = (p.E + p.P - 1) / p.P;
         p.R = p.P * (per_gpu_min + (int64_t)(eplb_rand(st) % 4));
-        if (p.G % p.N == 0 && p.E % p.N != 0)
-            continue;
         if (p.R >= p.E)
             return p;
     }

@@ -135,6 +135,12 @@ Test(eplb_reference, tie_vector_b_two_nodes) {
     expect_i64_eq(p.phy2log, phy2log, 48, "phy2log", "tie B");
     expect_i64_eq(p.logcnt, logcnt, 32, "logcnt", "tie B");
     cr_assert_eq(p.max_logcnt, 3);
+    const int64_t log2phy[] = {
+        43, 25, 44, 35, -1, -1, 39, 45, -1, 41, -1, -1, 26, 31, 42, 29, -1, -1, 27, -1, -1, 33, 32, -1,
+        20, 1,  18, 16, -1, -1, 5,  -1, -1, 15, 21, -1, 0,  -1, -1, 4,  -1, -1, 23, -1, -1, 10, -1, -1,
+        3,  -1, -1, 8,  9,  -1, 22, -1, -1, 6,  -1, -1, 11, -1, -1, 12, 14, 19, 17, -1, -1, 2,  7,  13,
+        38, 37, 36, 28, -1, -1, 34, -1, -1, 40, -1, -1, 47, -1, -1, 46, -1, -1, 30, -1, -1, 24, -1, -1};
+    cr_assert(log2phy_equal(&p, log2phy, 1, 32, 3), "tie B: log2phy differs");
     const char *why = eplb_check_invariants(p.phy2log, p.phy_replica, p.logcnt, p.log2phy,
                                             p.width, 1, 32, 48);
     cr_assert_null(why, "tie B: %s", why);
