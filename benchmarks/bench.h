@@ -47,6 +47,7 @@ int bench_main(int argc, char **argv);
 
 /* Registration hooks of each benchmark file, called by main. */
 void bench_register_eplb(void);
+void bench_register_dualpipe(void);
 void bench_register_copy(void);
 
 #ifdef __cplusplus

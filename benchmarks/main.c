@@ -13,6 +13,7 @@ int main(int argc, char **argv) {
     if (!info.usable)
         fprintf(stderr, "GPU benchmarks skipped: %s\n", info.reason);
     bench_register_eplb();
+    bench_register_dualpipe();
     if (info.usable)
         bench_register_copy();
     return bench_main(argc, argv);

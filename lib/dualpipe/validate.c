@@ -156,7 +156,8 @@ static int has_comm(const check *c) {
  * forward there needs phase 0's forward of the same micro-batch, and phase
  * 0's backward there needs phase 1's backward.
  */
-static void check_inputs(check *c, int64_t *recv_at /* [2*D*M] */, uint8_t *seen /* [D*M] */) {
+static void check_inputs(check *c, int64_t *recv_at /* [2*D*M] */, int64_t *pending /* [2*D*M] */,
+                         uint8_t *seen /* [D*M] */) {
     const dinf__pipe_shape *s = c->s;
     const int32_t D = s->num_dirs, M = s->mb_per_dir;
     const int v = s->kind == DINF_PIPE_DUALPIPEV;
@@ -166,25 +167,26 @@ static void check_inputs(check *c, int64_t *recv_at /* [2*D*M] */, uint8_t *seen
         for (int64_t j = 0; j < 2 * (int64_t)D * M; j++)
             recv_at[j] = -1; /* index of the receive's post, then -2 once committed */
         memset(seen, 0, (size_t)D * (size_t)M);
-        int64_t last_commit = -1;
+        int64_t last_commit = -1, n_pending = 0;
         for (int64_t i = 0; i < c->lengths[r] && !c->failed; i++) {
             const dinf_pipe_op *op = &ops[i];
             char text[32];
             op_text(op, text, sizeof text);
             switch (op->type) {
             case DINF_PIPE_OP_COMMIT:
-                for (int64_t j = 0; j < 2 * (int64_t)D * M; j++)
-                    if (recv_at[j] >= 0)
-                        recv_at[j] = -2;
+                while (n_pending > 0)
+                    recv_at[pending[--n_pending]] = -2;
                 last_commit = i;
                 break;
             case DINF_PIPE_OP_RECV_ACT:
             case DINF_PIPE_OP_RECV_GRAD: {
-                int64_t *slot = &recv_at[(op->type == DINF_PIPE_OP_RECV_GRAD) * D * M +
-                                         op->dir * M + op->mb];
-                if (*slot != -1)
+                int64_t slot = (op->type == DINF_PIPE_OP_RECV_GRAD) * D * M + op->dir * M + op->mb;
+                if (recv_at[slot] != -1) {
                     violate(c, r, i, "%s: this message is received twice", text);
-                *slot = i;
+                    break;
+                }
+                recv_at[slot] = i;
+                pending[n_pending++] = slot;
                 break;
             }
             case DINF_PIPE_OP_SEND_ACT:
@@ -314,8 +316,9 @@ static dinf_status check_deadlock(check *c, const post *sends, const post *recvs
     int64_t *partner = malloc((size_t)(total ? total : 1) * sizeof *partner);
     int64_t *cover = malloc((size_t)(total ? total : 1) * sizeof *cover);
     int64_t *pos = malloc((size_t)R * sizeof *pos);
-    if (!base || !partner || !cover || !pos) {
-        free(base), free(partner), free(cover), free(pos);
+    int32_t *rank_of = malloc((size_t)(total ? total : 1) * sizeof *rank_of);
+    if (!base || !partner || !cover || !pos || !rank_of) {
+        free(base), free(partner), free(cover), free(pos), free(rank_of);
         return DINF_FAIL(DINF_STATUS_OUT_OF_MEMORY, "cannot allocate the deadlock model");
     }
     base[0] = 0;
@@ -333,10 +336,10 @@ static dinf_status check_deadlock(check *c, const post *sends, const post *recvs
             if (c->streams[r][i].type == DINF_PIPE_OP_COMMIT)
                 next = i;
             cover[base[r] + i] = next;
+            rank_of[base[r] + i] = r;
         }
         pos[r] = 0;
     }
-    /* rank of a flattened index */
     int progress = 1;
     while (progress) {
         progress = 0;
@@ -358,11 +361,7 @@ static dinf_status check_deadlock(check *c, const post *sends, const post *recvs
                     if (dinf__pipe_is_compute(t))
                         continue;
                     int64_t p = partner[base[r] + i];
-                    int32_t pr = 0;
-                    while (base[pr + 1] <= p)
-                        pr++;
-                    int64_t pi = p - base[pr];
-                    ready = pos[pr] >= cover[p] && pos[pr] > pi;
+                    ready = pos[rank_of[p]] >= cover[p];
                 }
                 if (!ready)
                     break;
@@ -375,7 +374,7 @@ static dinf_status check_deadlock(check *c, const post *sends, const post *recvs
         if (pos[r] < c->lengths[r])
             violate(c, r, pos[r],
                     "deadlock: this commit waits for a partner that never reaches its commit");
-    free(base), free(partner), free(cover), free(pos);
+    free(base), free(partner), free(cover), free(pos), free(rank_of);
     return DINF_STATUS_OK;
 }
 
@@ -398,7 +397,7 @@ dinf_status dinf__pipe_check_streams(const char *func, const dinf__pipe_shape *s
     }
     const size_t dm = (size_t)s->num_dirs * (size_t)s->mb_per_dir;
     uint8_t *seen = malloc(dm);
-    int64_t *recv_at = malloc(2 * dm * sizeof *recv_at);
+    int64_t *recv_at = malloc(4 * dm * sizeof *recv_at), *pending = recv_at + 2 * dm;
     if (!seen || !recv_at) {
         free(seen);
         free(recv_at);
@@ -413,7 +412,7 @@ dinf_status dinf__pipe_check_streams(const char *func, const dinf__pipe_shape *s
     dinf_status st = DINF_STATUS_OK;
     check_compute(&c, seen);
     if (!compute_only && !c.failed && has_comm(&c)) {
-        check_inputs(&c, recv_at, seen);
+        check_inputs(&c, recv_at, pending, seen);
         post *sends = NULL, *recvs = NULL;
         int64_t n = 0;
         if (!c.failed)

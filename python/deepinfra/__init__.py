@@ -63,18 +63,19 @@ __all__ = [
     "LibraryNotFoundError",
     "LibraryVersionError",
     "eplb",
+    "dualpipe",
 ]
 
 
 def __getattr__(name):
     # Submodules that need numpy are imported on first access, so that
     # `import deepinfra` works with the standard library alone.
-    if name == "eplb":
+    if name in ("eplb", "dualpipe"):
         import importlib
 
-        return importlib.import_module(".eplb", __name__)
+        return importlib.import_module("." + name, __name__)
     raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 
 def __dir__():
-    return sorted(set(globals()) | {"eplb"})
+    return sorted(set(globals()) | {"eplb", "dualpipe"})

@@ -311,6 +311,42 @@ class EplbBalanceSummary(ctypes.Structure):
     ]
 
 
+class PipeOp(ctypes.Structure):
+    """dinf_pipe_op (dualpipe.h)."""
+
+    _fields_ = [(name, ctypes.c_int32) for name in ("type", "dir", "mb", "dir2", "mb2", "peer")]
+
+
+class PipeViolation(ctypes.Structure):
+    """dinf_pipe_violation (dualpipe.h)."""
+
+    _fields_ = [("rank", ctypes.c_int32), ("op_index", ctypes.c_int64), ("rule", ctypes.c_char * 192)]
+
+
+class PipeCosts(ctypes.Structure):
+    """dinf_pipe_costs (dualpipe.h)."""
+
+    _fields_ = [(name, ctypes.c_double)
+                for name in ("forward", "backward", "weight", "forward_backward", "latency")]
+
+
+class PipeEvent(ctypes.Structure):
+    """dinf_pipe_event (dualpipe.h)."""
+
+    _fields_ = [("rank", ctypes.c_int32), ("op_index", ctypes.c_int64), ("op", PipeOp),
+                ("start", ctypes.c_double), ("end", ctypes.c_double)]
+
+
+class PipeSimResult(ctypes.Structure):
+    """dinf_pipe_sim_result (dualpipe.h)."""
+
+    _fields_ = [("makespan", ctypes.c_double), ("max_bubble", ctypes.c_double),
+                ("max_peak_activations", ctypes.c_int32),
+                ("busy", ctypes.POINTER(ctypes.c_double)),
+                ("bubble", ctypes.POINTER(ctypes.c_double)),
+                ("peak_activations", ctypes.POINTER(ctypes.c_int32))]
+
+
 # --------------------------------------------------------------------------
 # Function table: (name, restype, argtypes). "status" marks a dinf_status
 # return, checked by _check. Follows the headers one to one.
@@ -393,6 +429,56 @@ _FUNCTIONS = [
         _STATUS,
         [_pf32, _pi64, _i64, _i64, _i64, _i64, _i64, _pf64, _pf64, _pf64, _pf64,
          ctypes.POINTER(EplbBalanceSummary)],
+    ),
+    # dinf_status dinf_pipe_schedule(dinf_pipe_kind kind, int32_t num_ranks, int32_t num_chunks,
+    #     uint32_t flags, int32_t rank, dinf_pipe_op *ops, int64_t capacity, int64_t *num_ops);
+    (
+        "dinf_pipe_schedule",
+        _STATUS,
+        [ctypes.c_int, ctypes.c_int32, ctypes.c_int32, ctypes.c_uint32, ctypes.c_int32,
+         ctypes.POINTER(PipeOp), _i64, _pi64],
+    ),
+    # dinf_status dinf_pipe_op_format(const dinf_pipe_op *op, char *buf, size_t bytes);
+    ("dinf_pipe_op_format", _STATUS, [ctypes.POINTER(PipeOp), ctypes.c_char_p, ctypes.c_size_t]),
+    # dinf_status dinf_pipe_stream_parse(const char *text, dinf_pipe_op *ops, int64_t capacity,
+    #     int64_t *num_ops);
+    ("dinf_pipe_stream_parse", _STATUS, [ctypes.c_char_p, ctypes.POINTER(PipeOp), _i64, _pi64]),
+    # dinf_status dinf_pipe_validate(dinf_pipe_kind kind, int32_t num_ranks, int32_t num_chunks,
+    #     const dinf_pipe_op *const *streams, const int64_t *lengths,
+    #     dinf_pipe_violation *violation, int32_t *valid);
+    (
+        "dinf_pipe_validate",
+        _STATUS,
+        [ctypes.c_int, ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(ctypes.POINTER(PipeOp)),
+         _pi64, ctypes.POINTER(PipeViolation), ctypes.POINTER(ctypes.c_int32)],
+    ),
+    # dinf_status dinf_pipe_simulate(dinf_pipe_kind kind, int32_t num_ranks, int32_t num_chunks,
+    #     const dinf_pipe_op *const *streams, const int64_t *lengths, const dinf_pipe_costs *costs,
+    #     dinf_pipe_sim_result *result, dinf_pipe_event *events, int64_t capacity,
+    #     int64_t *num_events);
+    (
+        "dinf_pipe_simulate",
+        _STATUS,
+        [ctypes.c_int, ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(ctypes.POINTER(PipeOp)),
+         _pi64, ctypes.POINTER(PipeCosts), ctypes.POINTER(PipeSimResult),
+         ctypes.POINTER(PipeEvent), _i64, _pi64],
+    ),
+    # dinf_status dinf_pipe_render_svg(const dinf_pipe_event *events, int64_t num_events,
+    #     int32_t num_ranks, const char *title, char *buf, size_t bytes, size_t *written);
+    (
+        "dinf_pipe_render_svg",
+        _STATUS,
+        [ctypes.POINTER(PipeEvent), _i64, ctypes.c_int32, ctypes.c_char_p, ctypes.c_void_p,
+         ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)],
+    ),
+    # dinf_status dinf_pipe_render_trace(const dinf_pipe_event *events, int64_t num_events,
+    #     int32_t num_ranks, const char *title, double time_unit_us, char *buf, size_t bytes,
+    #     size_t *written);
+    (
+        "dinf_pipe_render_trace",
+        _STATUS,
+        [ctypes.POINTER(PipeEvent), _i64, ctypes.c_int32, ctypes.c_char_p, ctypes.c_double,
+         ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)],
     ),
 ]
 
