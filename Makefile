@@ -4,7 +4,9 @@
 #   make test            Criterion C tests, then pytest; ends with a synthesis line
 #   make test SAN=1      the C tests under ASan + UBSan (build tree build-san/)
 #   make bench           benchmarks (Google Benchmark); JSON in build/bench.json
-#   make install         PREFIX=/usr/local DESTDIR= : headers, libraries, deepinfra.pc, Python package
+#   make tools           build/bin/deepinfra-pipe (the pipeline CLI; part of `make`)
+#   make install         PREFIX=/usr/local DESTDIR= : headers, libraries, deepinfra.pc, the CLI,
+#                        Python package
 #   make gpu-check       tools/gpu-check: every GPU test and benchmark (on a GPU machine)
 #   make deps            install Criterion, Google Benchmark, numpy, ml_dtypes, pytest (root) or
 #                        print the command
@@ -21,6 +23,7 @@ SAN       ?= 0
 PREFIX    ?= /usr/local
 LIBDIR    ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
+BINDIR    ?= $(PREFIX)/bin
 PYTHON    ?= python3
 # Interpreter with torch + numpy for the upstream EPLB peer (make bench DINF_EPLB_UPSTREAM=...).
 PEER_PYTHON ?= /usr/bin/python3
@@ -51,10 +54,13 @@ comma := ,
 SANFLAGS  := $(if $(filter 1,$(SAN)),-fsanitize=address$(comma)undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer)
 OPT       := $(if $(filter 1,$(SAN)),-O1,-O2)
 # -ffp-contract=off: float32 results must not depend on FMA contraction (EPLB exactness).
-CFLAGS_LIB := -std=c11 $(OPT) -g -fPIC -fvisibility=hidden -ffp-contract=off $(WARN) $(SANFLAGS) \
+# Objects list the headers they include (-MMD); the stamp rebuilds everything
+# when the configuration (CUDA, SAN, compilers) changes.
+DEPFLAGS  := -MMD -MP
+CFLAGS_LIB := $(DEPFLAGS) -std=c11 $(OPT) -g -fPIC -fvisibility=hidden -ffp-contract=off $(WARN) $(SANFLAGS) \
               -DDINF_BUILD -DDINF_WITH_CUDA=$(CUDA) -Iinclude $(if $(filter 1,$(CUDA)),-I$(CUDA_HOME)/include)
-CXXFLAGS_TEST := -std=c++17 $(OPT) -g $(CXXWARN) $(SANFLAGS) -Iinclude -Ilib
-CFLAGS_TEST := -std=c11 $(OPT) -g -ffp-contract=off $(WARN) $(SANFLAGS) -Iinclude -Ilib \
+CXXFLAGS_TEST := $(DEPFLAGS) -std=c++17 $(OPT) -g $(CXXWARN) $(SANFLAGS) -Iinclude -Ilib
+CFLAGS_TEST := $(DEPFLAGS) -std=c11 $(OPT) -g -ffp-contract=off $(WARN) $(SANFLAGS) -Iinclude -Ilib \
                -DDINF_SOURCE_DIR='"$(CURDIR)"' -DDINF_WITH_CUDA=$(CUDA)
 NVCCFLAGS := -std=c++17 -O3 $(GENCODE) -ccbin $(CXX) -Xcompiler -fPIC,-fvisibility=hidden \
              -Xfatbin -compress-all --resource-usage -DDINF_BUILD -Iinclude
@@ -83,22 +89,35 @@ BENCH_C_SRCS := $(sort $(wildcard benchmarks/*.c))
 BENCH_OBJS := $(BENCH_C_SRCS:%.c=$(BUILDDIR)/obj/%.o) $(BUILDDIR)/obj/benchmarks/shim.o
 BENCH_BIN  := $(BUILDDIR)/bench/deepinfra_bench
 
-.PHONY: all lib test test-c test-python bench install uninstall gpu-check gpu-prep deps deps-c clean print-config
+TOOL_BINS := $(BUILDDIR)/bin/deepinfra-pipe
+CFLAGS_TOOL := $(DEPFLAGS) -std=c11 $(OPT) -g $(WARN) $(SANFLAGS) -Iinclude
 
-all: lib
+.PHONY: FORCE all lib tools test test-c test-python bench install uninstall gpu-check gpu-prep deps deps-c clean print-config
+
+all: lib tools
 lib: $(SHARED) $(STATIC) $(BUILDDIR)/lib/$(SONAME) $(BUILDDIR)/lib/libdeepinfra.so
+tools: $(TOOL_BINS)
+
+CONFIG_STAMP := $(BUILDDIR)/config.stamp
+CONFIG_ID := CUDA=$(CUDA) SAN=$(SAN) CC=$(CC) CXX=$(CXX) NVCC=$(NVCC) GENCODE=$(GENCODE) CUDARTLIB=$(CUDARTLIB)
+$(CONFIG_STAMP): FORCE
+	@mkdir -p $(dir $@)
+	@if [ "$$(cat $@ 2>/dev/null)" != "$(CONFIG_ID)" ]; then echo "$(CONFIG_ID)" > $@; fi
+FORCE:
+
+-include $(shell find $(BUILDDIR)/obj -name '*.d' 2>/dev/null)
 
 print-config:
 	@echo "version=$(VERSION) CUDA=$(CUDA) SAN=$(SAN) BUILDDIR=$(BUILDDIR) CUDA_HOME=$(CUDA_HOME)"
 
-$(BUILDDIR)/obj/lib/%.o: lib/%.c $(HEADERS) $(PRIV_HDRS)
+$(BUILDDIR)/obj/lib/%.o: lib/%.c $(CONFIG_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
 	@$(CC) $(CFLAGS_LIB) -c $< -o $@
 
 # nvcc prints each kernel's resource report (registers, spills, stack, shared
 # memory); it is kept beside the object for the resource test.
-$(BUILDDIR)/obj/kernels/%.o: kernels/%.cu $(HEADERS) $(PRIV_HDRS)
+$(BUILDDIR)/obj/kernels/%.o: kernels/%.cu $(HEADERS) $(PRIV_HDRS) $(CONFIG_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "  NVCC    $<"
 	@$(NVCC) $(NVCCFLAGS) -c $< -o $@ 2> $@.resource || { cat $@.resource; rm -f $@; exit 1; }
@@ -120,13 +139,26 @@ $(STATIC): $(LIB_OBJS)
 	@echo "  AR      $@"
 	@rm -f $@ && ar rcs $@ $(LIB_OBJS)
 
+# ---------------------------------------------------------------- tools ----
+# Command-line tools link the static library: an installed binary needs no
+# LD_LIBRARY_PATH and cannot pick up another libdeepinfra by accident.
+$(BUILDDIR)/obj/tools/%.o: tools/%.c $(CONFIG_STAMP)
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS_TOOL) -c $< -o $@
+
+$(TOOL_BINS): $(BUILDDIR)/bin/%: $(BUILDDIR)/obj/tools/%.o $(STATIC)
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(CC) $(SANFLAGS) -o $@ $< $(STATIC) $(LIBS_PRIVATE)
+
 # ---------------------------------------------------------------- tests ----
-$(BUILDDIR)/obj/tests/%.o: tests/%.c $(HEADERS) $(PRIV_HDRS) | deps-c
+$(BUILDDIR)/obj/tests/%.o: tests/%.c $(CONFIG_STAMP) | deps-c
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
 	@$(CC) $(CFLAGS_TEST) -c $< -o $@
 
-$(BUILDDIR)/obj/tests/%.o: tests/%.cc $(HEADERS) $(PRIV_HDRS) | deps-c
+$(BUILDDIR)/obj/tests/%.o: tests/%.cc $(CONFIG_STAMP) | deps-c
 	@mkdir -p $(dir $@)
 	@echo "  CXX     $<"
 	@$(CXX) $(CXXFLAGS_TEST) -c $< -o $@
@@ -138,32 +170,32 @@ $(TEST_BIN): $(TEST_OBJS) $(STATIC)
 	@echo "  LINK    $@"
 	@$(CXX) $(SANFLAGS) -o $@ $(TEST_OBJS) $(STATIC) -lcriterion $(LIBS_PRIVATE)
 
-test: lib $(TEST_BIN) | deps
+test: lib tools $(TEST_BIN) | deps
 	@$(PYTHON) tools/run-tests --build-dir $(BUILDDIR) --san $(SAN) --python $(PYTHON)
 
 test-c: $(TEST_BIN)
 	@ASAN_OPTIONS=protect_shadow_gap=0 $(TEST_BIN) $(ARGS)
 
-test-python: lib | deps
+test-python: lib tools | deps
 	@DINF_BUILD_DIR=$(BUILDDIR) $(PYTHON) -m pytest tests/python $(ARGS)
 
 # ------------------------------------------------------------ benchmarks ---
-$(BUILDDIR)/obj/benchmarks/%.o: benchmarks/%.c benchmarks/bench.h $(HEADERS) $(PRIV_HDRS) | deps-c
+$(BUILDDIR)/obj/benchmarks/%.o: benchmarks/%.c $(CONFIG_STAMP) | deps-c
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
 	@$(CC) $(CFLAGS_TEST) -O2 $(if $(filter 1,$(CUDA)),-I$(CUDA_HOME)/include) -c $< -o $@
 
-$(BUILDDIR)/obj/benchmarks/shim.o: benchmarks/shim.cc benchmarks/bench.h | deps-c
+$(BUILDDIR)/obj/benchmarks/shim.o: benchmarks/shim.cc $(CONFIG_STAMP) | deps-c
 	@mkdir -p $(dir $@)
 	@echo "  CXX     $<"
-	@$(CXX) -std=c++17 -O2 -g $(CXXWARN) -Iinclude -c $< -o $@
+	@$(CXX) -std=c++17 -O2 -g $(CXXWARN) $(SANFLAGS) $(DEPFLAGS) -Iinclude -c $< -o $@
 
 $(BENCH_BIN): $(BENCH_OBJS) $(STATIC)
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
-	@$(CXX) -o $@ $(BENCH_OBJS) $(STATIC) -lbenchmark -lpthread $(LIBS_PRIVATE)
+	@$(CXX) $(SANFLAGS) -o $@ $(BENCH_OBJS) $(STATIC) -lbenchmark -lpthread $(LIBS_PRIVATE)
 
-bench: $(BENCH_BIN) | deps
+bench: $(BENCH_BIN) | deps-c
 	@$(BENCH_BIN) --benchmark_out=$(BUILDDIR)/bench.json --benchmark_out_format=json \
 	    --benchmark_counters_tabular=true $(ARGS)
 	@echo "JSON written to $(BUILDDIR)/bench.json"
@@ -176,11 +208,14 @@ bench: $(BENCH_BIN) | deps
 # it, so pkg-config --define-variable=prefix=... relocates them.
 PC_LIBDIR := $(patsubst $(PREFIX)%,$${prefix}%,$(LIBDIR))
 PC_INCLUDEDIR := $(patsubst $(PREFIX)%,$${prefix}%,$(INCLUDEDIR))
-PYDIR ?= $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("purelib", vars={"base": "$(PREFIX)", "platbase": "$(PREFIX)"}))' 2>/dev/null)
+# PREFIX/lib/pythonX.Y/<site-packages or dist-packages, as this Python names it>
+# (Debian's posix_local scheme would otherwise add a second /local).
+PYDIR ?= $(shell $(PYTHON) -c 'import os, sys, sysconfig; print(os.path.join("$(PREFIX)", "lib", "python%d.%d" % sys.version_info[:2], os.path.basename(sysconfig.get_path("purelib"))))' 2>/dev/null)
 
-install: lib
+install: lib tools
 	@echo "  INSTALL $(DESTDIR)$(PREFIX)"
-	install -d $(DESTDIR)$(INCLUDEDIR)/deepinfra $(DESTDIR)$(LIBDIR)/pkgconfig
+	install -d $(DESTDIR)$(INCLUDEDIR)/deepinfra $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(BINDIR)
+	install -m 755 $(TOOL_BINS) $(DESTDIR)$(BINDIR)/
 	install -m 644 include/deepinfra.h $(DESTDIR)$(INCLUDEDIR)/
 	install -m 644 $(wildcard include/deepinfra/*.h) $(DESTDIR)$(INCLUDEDIR)/deepinfra/
 	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/
@@ -202,6 +237,7 @@ uninstall:
 	rm -rf $(DESTDIR)$(INCLUDEDIR)/deepinfra
 	rm -f $(DESTDIR)$(LIBDIR)/libdeepinfra.so* $(DESTDIR)$(LIBDIR)/libdeepinfra.a
 	rm -f $(DESTDIR)$(LIBDIR)/pkgconfig/deepinfra.pc
+	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(notdir $(TOOL_BINS)))
 	@if [ -n "$(PYDIR)" ]; then rm -rf $(DESTDIR)$(PYDIR)/deepinfra; fi
 
 # ------------------------------------------------------------------ misc ---
@@ -212,7 +248,7 @@ gpu-check:
 # runner and benchmarks need (Criterion, Google Benchmark and their
 # dependencies, not glibc) into $(BUILDDIR)/runtime, so the build folder can be
 # carried to a GPU machine that lacks them.
-gpu-prep: lib $(TEST_BIN) $(BENCH_BIN)
+gpu-prep: lib tools $(TEST_BIN) $(BENCH_BIN)
 	@rm -rf $(BUILDDIR)/runtime && mkdir -p $(BUILDDIR)/runtime
 	@ldd $(TEST_BIN) $(BENCH_BIN) | awk '/=> \// {print $$3}' | sort -u | \
 	    grep -v -E '/(libc|libm|libdl|libpthread|librt|libresolv|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so' | \
@@ -224,8 +260,8 @@ gpu-prep: lib $(TEST_BIN) $(BENCH_BIN)
 
 # Runs automatically before test/bench: installs what is missing when root,
 # otherwise prints the exact command and stops.
-deps:
-	@PYTHON=$(PYTHON) tools/deps
+deps: deps-c
+	@PYTHON=$(PYTHON) tools/deps --python-only
 deps-c:
 	@PYTHON=$(PYTHON) tools/deps --c-only
 

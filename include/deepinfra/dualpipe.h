@@ -217,7 +217,9 @@ typedef struct dinf_pipe_sim_result {
  * its input is there (an F that is not its direction's first stage waits for
  * the previous stage's F of the same micro-batch to end, plus latency; a
  * backward waits likewise for the next stage's backward; F&B waits for both).
- * Communication ops in the streams are ignored: the data flow alone decides.
+ * Both halves of an F&B deliver their outputs when the F&B ends. Bubble =
+ * makespan - busy time, all ranks starting at 0. Communication ops in the
+ * streams are ignored: the data flow alone decides.
  *
  * Arguments:
  *   kind, num_ranks, num_chunks, streams, lengths [IN] as dinf_pipe_validate
@@ -257,8 +259,21 @@ DINF_API dinf_status dinf_pipe_simulate(dinf_pipe_kind kind, int32_t num_ranks, 
  *   bytes     [IN]  size of buf
  *   written   [OUT] bytes needed / written, excluding the terminating NUL;
  *                   not NULL
- * Returns DINF_STATUS_OK or DINF_STATUS_INVALID_ARGUMENT (also when buf is
- * too small: *written then says how much is needed).
+ * Output is deterministic and independent of the locale; invalid UTF-8 or
+ * characters XML cannot hold in the title become U+FFFD. SVG boxes carry the
+ * classes "op F d0|d1", "op B d0|d1", "op I d0|d1", "op W", "op FB" (with
+ * "half" boxes inside) and rows "row"; labels narrower than 5 px are left out
+ * (each box's tooltip still names its op). Trace events: "X" events with cat
+ * F, B, I, W or FB and args op_index, dir, mb (dir2, mb2 for F&B), plus "M"
+ * metadata naming the process and each rank's thread.
+ * Returns DINF_STATUS_OK; DINF_STATUS_INVALID_ARGUMENT for NULL pointers,
+ * num_events < 0, num_ranks outside [1, 2^20], an event with a rank out of
+ * range, a non-compute op, directions other than 0/1 or micro-batches outside
+ * [0, 2^20], times that are negative, non-finite or end < start,
+ * time_unit_us not finite and > 0 or a scaled time overflowing, and for a
+ * buffer that is too small (*written then says how much is needed and buf[0]
+ * is NUL when bytes > 0); DINF_STATUS_OUT_OF_MEMORY (the SVG's per-rank
+ * totals).
  */
 DINF_API dinf_status dinf_pipe_render_svg(const dinf_pipe_event *events, int64_t num_events,
                                           int32_t num_ranks, const char *title, char *buf,
@@ -281,12 +296,14 @@ typedef struct dinf_pipe_task {
     int32_t module;        /* local module slot: 0 or 1 (DualPipe, DualPipeV), else 0 */
     int32_t first_stage;   /* 1: the input is the engine's own micro-batch (row_offset..) */
     int32_t last_stage;    /* 1: compute the loss here (forward) / start from it (backward) */
-    int32_t local_input;   /* 1: the input is this rank's own output of the other module for
-                            * the same mb (DualPipeV phase 1 on the last rank); for a
-                            * backward, the output-gradient is this rank's own input-gradient */
+    int32_t local_input;   /* forward: 1 = the input is this rank's own output of the other
+                            * module for the same mb; backward: 1 = the output-gradient is this
+                            * rank's own input-gradient of the other module for the same mb
+                            * (both: DualPipeV, last rank: phase 1 forward, phase 0 backward) */
     int32_t defer_weight_grad; /* backward only: 1 = compute input grads now, keep the weight
                                 * gradient for a later weight_grad call (zero-bubble split) */
-    int64_t row_offset;    /* first_stage forward: first row of this micro-batch in the batch */
+    int64_t row_offset;    /* first row of this micro-batch in its direction's batch (for the
+                            * first stage's input and the last stage's labels alike) */
     int64_t row_count;     /* ...and its rows (tensor_split: the first batch % chunks get one
                             * more); both -1 when no batch size was configured */
 } dinf_pipe_task;
@@ -308,14 +325,17 @@ typedef enum dinf_pipe_msg {
  * calls dinf_pipe_executor_step, in stream order.
  */
 typedef struct dinf_pipe_callbacks {
-    uint32_t size;  /* sizeof(dinf_pipe_callbacks) */
+    uint32_t size;  /* sizeof(dinf_pipe_callbacks) as the caller knows it (at least the first
+                     * version's; DINF_PIPE_CALLBACKS_INIT sets it) */
     uint32_t magic; /* DINF_PIPE_CALLBACKS_MAGIC */
     void *user;     /* passed to every callback */
     /* required */
     dinf_status (*forward)(void *user, const dinf_pipe_task *task);
     dinf_status (*backward)(void *user, const dinf_pipe_task *task);
     /* required when the schedule defers weight gradients (DualPipe, DualPipeV,
-     * ZB1P): run the deferred weight gradients of (task->dir, task->mb) */
+     * ZB1P): run the deferred weight gradients of (task->dir, task->mb); task
+     * is the deferred backward's own task (defer_weight_grad = 1), handed back
+     * in FIFO order */
     dinf_status (*weight_grad)(void *user, const dinf_pipe_task *task);
     /* optional: forward f overlapped with backward b; when NULL the executor
      * calls forward(f) then backward(b) */
@@ -337,9 +357,13 @@ typedef struct dinf_pipe_callbacks {
 typedef struct dinf_pipe_executor dinf_pipe_executor;
 
 /*
- * dinf_pipe_executor_create - an executor for one rank. It generates and
- * validates the rank's stream once; each dinf_pipe_executor_step then runs one
- * training step through the callbacks.
+ * dinf_pipe_executor_create - an executor for one rank. It generates the
+ * rank's stream with communication once and checks it (every op well formed,
+ * the deferred weight-gradient FIFO balanced; the cross-rank rules are
+ * dinf_pipe_validate's); each dinf_pipe_executor_step then runs one training
+ * step through the callbacks. An executor is used by one thread at a time;
+ * different executors (ranks) run concurrently. A step that failed leaves the
+ * executor ready for the next step.
  *
  * Arguments:
  *   kind, num_ranks, num_chunks, rank [IN] as dinf_pipe_schedule
@@ -361,8 +385,11 @@ DINF_API dinf_status dinf_pipe_executor_create(dinf_pipe_kind kind, int32_t num_
  * dinf_pipe_executor_step - run the rank's whole stream once: commits,
  * posts, compute ops, and the deferred weight-gradient FIFO. Every rank of the
  * pipeline must call it (each on its own thread or process) for the step to
- * complete. Returns DINF_STATUS_OK, the first failing callback's status, or
- * DINF_STATUS_INTERNAL if the FIFO is not empty at the end.
+ * complete. It allocates nothing. Returns DINF_STATUS_OK, the first failing
+ * callback's status (message: "dinf_pipe_executor_step: rank R op I (B1.3):
+ * backward failed: <dinf_last_error() at that moment>"),
+ * DINF_STATUS_INVALID_ARGUMENT for a NULL executor, or DINF_STATUS_INTERNAL
+ * if the FIFO is not empty at the end.
  */
 DINF_API dinf_status dinf_pipe_executor_step(dinf_pipe_executor *executor);
 

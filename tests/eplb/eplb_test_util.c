@@ -110,6 +110,22 @@ int64_t eplb_count_gpu_duplicates(const int64_t *phy2log, int64_t L, int64_t E, 
     return dups;
 }
 
+const char *eplb_data_path(const char *name) {
+    static _Thread_local char path[4096];
+    const char *roots[] = {getenv("DINF_SOURCE_DIR"), DINF_SOURCE_DIR, "."};
+    for (int i = 0; i < 3; i++) {
+        if (!roots[i])
+            continue;
+        snprintf(path, sizeof path, "%s/tests/eplb/data/%s", roots[i], name);
+        FILE *f = fopen(path, "r");
+        if (f) {
+            fclose(f);
+            return path;
+        }
+    }
+    return path;
+}
+
 static int read_tag(FILE *f, const char *tag) {
     char buf[16];
     if (fscanf(f, "%15s", buf) != 1)

@@ -42,6 +42,11 @@ typedef struct eplb_vector {
     int64_t *phy2log, *logcnt, *log2phy;
 } eplb_vector;
 
+/* Path of a file under tests/eplb/data/: $DINF_SOURCE_DIR, else the source
+ * tree this runner was built from, else relative to the working directory
+ * (a build carried to another machine runs from its checkout's root). */
+const char *eplb_data_path(const char *name);
+
 /* Read all cases; returns the count (or -1 with a message on stderr). The
  * caller frees with eplb_free_vectors. */
 int eplb_read_vectors(const char *path, eplb_vector **cases);

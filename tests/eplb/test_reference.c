@@ -149,7 +149,7 @@ Test(eplb_reference, tie_vector_b_two_nodes) {
 
 Test(eplb_reference, upstream_generated_vectors, .timeout = 120) {
     eplb_vector *cases;
-    int n = eplb_read_vectors(DINF_SOURCE_DIR "/tests/eplb/data/vectors.txt", &cases);
+    int n = eplb_read_vectors(eplb_data_path("vectors.txt"), &cases);
     cr_assert_geq(n, 400, "expected at least 400 vectors, read %d", n);
     for (int i = 0; i < n; i++) {
         const eplb_vector *c = &cases[i];

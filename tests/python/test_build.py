@@ -105,7 +105,7 @@ def test_install_honours_destdir_and_prefix(staged_install):
     root = staged_install / "usr/local"
     for rel in ["include/deepinfra.h", "include/deepinfra/core.h", "include/deepinfra/eplb.h",
                 "lib/libdeepinfra.a", "lib/libdeepinfra.so", "lib/libdeepinfra.so.0",
-                "lib/pkgconfig/deepinfra.pc"]:
+                "lib/pkgconfig/deepinfra.pc", "bin/deepinfra-pipe"]:
         assert (root / rel).exists(), rel
     pc = (root / "lib/pkgconfig/deepinfra.pc").read_text()
     assert "prefix=/usr/local" in pc and str(staged_install) not in pc, pc
