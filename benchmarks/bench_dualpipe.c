@@ -61,12 +61,14 @@ static void add(const char *name, dinf_pipe_kind kind, int task) {
     c->kind = kind;
     c->task = task;
     int64_t total = 0;
+    unsigned flags = task == 1 ? DINF_PIPE_WITH_COMM : 0;
     for (int r = 0; r < RANKS; r++) {
-        dinf_pipe_schedule(kind, RANKS, CHUNKS, DINF_PIPE_WITH_COMM, r, NULL, 0, &c->cap[r]);
+        dinf_pipe_schedule(kind, RANKS, CHUNKS, flags, r, NULL, 0, &c->cap[r]);
         c->ops[r] = malloc((size_t)c->cap[r] * sizeof(dinf_pipe_op));
         total += c->cap[r];
     }
-    snprintf(c->label, sizeof c->label, "%lld ops with communication", (long long)total);
+    snprintf(c->label, sizeof c->label, "%lld ops%s", (long long)total,
+             task == 1 ? " with communication" : " (compute)");
     bench_spec spec = {.name = name, .run = run_pipe, .arg = c, .items = (double)total,
                        .items_name = "ops/s", .label = c->label, .unit = "ms"};
     bench_register(&spec);
