@@ -543,6 +543,27 @@ dinf_status dinf__eplb_workspace_acquire(const char *func, size_t needed, void *
     return DINF_STATUS_OK;
 }
 
+/* log2phy's row width and the products of the [L][R], [L][E] and
+ * [L][E][width] arrays (width only when log2phy is given). */
+static dinf_status check_log2phy_shape(const char *func, int64_t L, int64_t E, int64_t R,
+                                       const int64_t *log2phy, int64_t log2phy_width,
+                                       int64_t *width_elems) {
+    *width_elems = 0;
+    if (log2phy) {
+        if (log2phy_width < 1)
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "log2phy_width=%lld must be >= 1", (long long)log2phy_width);
+        if (dinf__mul_i64(E, log2phy_width, width_elems))
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "num_logical_experts=%lld times log2phy_width=%lld overflows",
+                              (long long)E, (long long)log2phy_width);
+    }
+    const int64_t inner[] = {R, E, *width_elems};
+    const char *const names[] = {"num_replicas", "num_logical_experts",
+                                 "num_logical_experts*log2phy_width"};
+    return dinf__eplb_check_rows(func, L, inner, names, log2phy ? 3 : 2);
+}
+
 DINF_API dinf_status dinf_eplb_rebalance_experts(
     const float *weight, int64_t num_layers, int64_t num_logical_experts, int64_t num_replicas,
     int64_t num_groups, int64_t num_nodes, int64_t num_gpus, const dinf_eplb_options *options,
@@ -561,19 +582,7 @@ DINF_API dinf_status dinf_eplb_rebalance_experts(
     if (!logcnt)
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "logcnt is NULL");
     int64_t width_elems = 0;
-    if (log2phy) {
-        if (log2phy_width < 1)
-            return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "log2phy_width=%lld must be >= 1",
-                             (long long)log2phy_width);
-        if (dinf__mul_i64(E, log2phy_width, &width_elems))
-            return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                             "num_logical_experts=%lld times log2phy_width=%lld overflows",
-                             (long long)E, (long long)log2phy_width);
-    }
-    const int64_t inner[] = {R, E, width_elems};
-    const char *const names[] = {"num_replicas", "num_logical_experts",
-                                 "num_logical_experts*log2phy_width"};
-    st = dinf__eplb_check_rows(__func__, L, inner, names, log2phy ? 3 : 2);
+    st = check_log2phy_shape(__func__, L, E, R, log2phy, log2phy_width, &width_elems);
     if (st != DINF_STATUS_OK)
         return st;
     st = dinf__eplb_check_weights(__func__, weight, L, E);
@@ -655,19 +664,7 @@ DINF_API dinf_status dinf_eplb_log2phy(const int64_t *phy2log, const int64_t *ph
     if (!phy2log)
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "phy2log is NULL");
     int64_t width_elems = 0;
-    if (log2phy) {
-        if (log2phy_width < 1)
-            return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "log2phy_width=%lld must be >= 1",
-                             (long long)log2phy_width);
-        if (dinf__mul_i64(E, log2phy_width, &width_elems))
-            return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                             "num_logical_experts=%lld times log2phy_width=%lld overflows",
-                             (long long)E, (long long)log2phy_width);
-    }
-    const int64_t inner[] = {R, E, width_elems};
-    const char *const names[] = {"num_replicas", "num_logical_experts",
-                                 "num_logical_experts*log2phy_width"};
-    dinf_status st = dinf__eplb_check_rows(__func__, L, inner, names, log2phy ? 3 : 2);
+    dinf_status st = check_log2phy_shape(__func__, L, E, R, log2phy, log2phy_width, &width_elems);
     if (st != DINF_STATUS_OK)
         return st;
     const size_t lr = (size_t)(L * R) * 8, le = (size_t)(L * E) * 8;
