@@ -200,6 +200,7 @@ void dinf__eplb_plan_layout(dinf__arena *a, const dinf__eplb_sizes *sz, dinf__ep
     s->pack_count = dinf__arena_take(a, packs, sizeof(int32_t));
     s->pack_tree = dinf__arena_take(a, 2 * pow2_ceil(packs), sizeof(int32_t));
     s->pack_members = sz->distinct ? dinf__arena_take(a, Rn, sizeof(int32_t)) : NULL;
+    s->pack_holds = sz->distinct ? dinf__arena_take(a, En * Pn, 1) : NULL;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -302,8 +303,9 @@ static void balanced_packing(const float *w, int32_t n, int32_t m, int32_t *pack
  * the candidates the swap minimising max(new sum of P, new sum of Q) wins,
  * ties to the lowest Q, then the lowest position.
  */
-static void balanced_packing_distinct(const float *w, const int32_t *color, int32_t n, int32_t m,
-                                      int32_t *pack, int32_t *rank, const dinf__eplb_scratch *s) {
+static void balanced_packing_distinct(const float *w, const int32_t *color, int32_t n,
+                                      int32_t num_colors, int32_t m, int32_t *pack, int32_t *rank,
+                                      const dinf__eplb_scratch *s) {
     int32_t per_pack = n / m;
     if (per_pack == 1) {
         for (int32_t j = 0; j < n; j++) {
@@ -316,30 +318,22 @@ static void balanced_packing_distinct(const float *w, const int32_t *color, int3
     float *sum = s->pack_sum;
     int32_t *count = s->pack_count;
     int32_t *members = s->pack_members; /* [m][per_pack] item ids by rank */
+    uint8_t *holds = s->pack_holds;     /* [num_colors][m]: pack p holds color c */
+    memset(holds, 0, (size_t)num_colors * (size_t)m);
     for (int32_t p = 0; p < m; p++) {
         sum[p] = 0.0f;
         count[p] = 0;
     }
-#define HAS_COLOR(p, c, result)                                                                    \
-    do {                                                                                           \
-        result = 0;                                                                                \
-        for (int32_t r_ = 0; r_ < count[p]; r_++)                                                  \
-            if (color[members[(p) * per_pack + r_]] == (c)) {                                      \
-                result = 1;                                                                        \
-                break;                                                                             \
-            }                                                                                      \
-    } while (0)
+#define HOLDS(p, c) holds[(size_t)(c) * (size_t)m + (size_t)(p)]
     for (int32_t k = 0; k < n; k++) {
-        int32_t j = s->order[k];
+        const int32_t j = s->order[k], c = color[j];
         int32_t best = -1, open = -1;
         for (int32_t p = 0; p < m; p++) {
             if (count[p] >= per_pack)
                 continue;
             if (open < 0 || sum[p] < sum[open])
                 open = p;
-            int has;
-            HAS_COLOR(p, color[j], has);
-            if (!has && (best < 0 || sum[p] < sum[best]))
+            if (!HOLDS(p, c) && (best < 0 || sum[p] < sum[best]))
                 best = p;
         }
         if (best >= 0) {
@@ -348,23 +342,18 @@ static void balanced_packing_distinct(const float *w, const int32_t *color, int3
             rank[j] = count[best];
             sum[best] = sum[best] + w[j];
             count[best]++;
+            HOLDS(best, c) = 1;
             continue;
         }
-        /* Repair: every open pack holds color[j]; `open` is the lightest. */
+        /* Repair: every open pack holds color c; `open` is the lightest. */
         int32_t P = open, best_q = -1, best_pos = -1;
         float best_cost = 0.0f;
         for (int32_t q = 0; q < m; q++) {
-            if (q == P)
-                continue;
-            int has;
-            HAS_COLOR(q, color[j], has);
-            if (has)
+            if (q == P || HOLDS(q, c))
                 continue;
             for (int32_t pos = 0; pos < count[q]; pos++) {
                 int32_t y = members[q * per_pack + pos];
-                int y_in_p;
-                HAS_COLOR(P, color[y], y_in_p);
-                if (y_in_p)
+                if (HOLDS(P, color[y]))
                     continue;
                 float new_p = sum[P] + w[y];
                 float new_q = (sum[q] - w[y]) + w[j];
@@ -383,12 +372,15 @@ static void balanced_packing_distinct(const float *w, const int32_t *color, int3
         rank[y] = count[P];
         sum[P] = sum[P] + w[y];
         count[P]++;
+        HOLDS(P, color[y]) = 1;
+        HOLDS(best_q, color[y]) = 0;
         members[best_q * per_pack + best_pos] = j;
         pack[j] = best_q;
         rank[j] = best_pos;
         sum[best_q] = (sum[best_q] - w[y]) + w[j];
+        HOLDS(best_q, c) = 1;
     }
-#undef HAS_COLOR
+#undef HOLDS
 }
 
 /* ------------------------------------------------------------------------ */
@@ -466,7 +458,7 @@ void dinf__eplb_plan_layer(const float *w, const dinf__eplb_sizes *sz, const din
             s->replica_load[p] = s->node_load[k] / (float)s->replica_count[k];
         }
         if (sz->distinct)
-            balanced_packing_distinct(s->replica_load, s->phy2mlog, Rn, Pn, s->replica_gpu,
+            balanced_packing_distinct(s->replica_load, s->phy2mlog, Rn, En, Pn, s->replica_gpu,
                                       s->replica_pos, s);
         else
             balanced_packing(s->replica_load, Rn, Pn, s->replica_gpu, s->replica_pos, s);

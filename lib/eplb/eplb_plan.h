@@ -43,6 +43,7 @@ typedef struct dinf__eplb_scratch {
     int32_t *pack_count;      /* [max(Pn, G)] */
     int32_t *pack_tree;       /* [2 * pow2ceil(max(Pn, G))] tournament tree */
     int32_t *pack_members;    /* [Rn], distinct option only */
+    uint8_t *pack_holds;      /* [En][Pn], distinct option only: GPU p holds expert c */
 } dinf__eplb_scratch;
 
 dinf_status dinf__eplb_check_options(const char *func, const dinf_eplb_options *options,
