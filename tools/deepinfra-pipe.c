@@ -73,8 +73,8 @@ static int parse_int(const char *opt, const char *text, int32_t *value) {
     char *end;
     errno = 0;
     long v = strtol(text, &end, 10);
-    if (end == text || *end || errno || v < 1 || v > (1L << 30))
-        usage_error("%s expects a whole number >= 1, got \"%s\"", opt, text);
+    if (end == text || *end || errno || v < 1 || v > (1L << 20))
+        usage_error("%s expects a whole number in [1, 2^20], got \"%s\"", opt, text);
     *value = (int32_t)v;
     return 0;
 }
@@ -179,8 +179,14 @@ static int write_rendering(render_fn render, const char *call, const char *path,
         rc = library_error(call);
     } else {
         FILE *f = fopen(path, "wb");
-        if (!f || fwrite(text, 1, size, f) != size || fclose(f) != 0) {
-            fprintf(stderr, "%s: cannot write %s: %s\n", PROG, path, strerror(errno));
+        int ok = f && fwrite(text, 1, size, f) == size;
+        int saved = errno;
+        if (f && fclose(f) != 0 && ok) {
+            ok = 0;
+            saved = errno;
+        }
+        if (!ok) {
+            fprintf(stderr, "%s: cannot write %s: %s\n", PROG, path, strerror(saved));
             rc = 1;
         } else {
             printf("wrote %s (%zu bytes)\n", path, size);
@@ -206,7 +212,7 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         /* --opt value or --opt=value */
-        char name[32];
+        char name[64];
         const char *value = NULL;
         const char *eq = strchr(arg, '=');
         size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
@@ -312,7 +318,7 @@ int main(int argc, char **argv) {
         for (int32_t r = 0; r < ranks; r++) {
             printf("rank %d:", r);
             for (int64_t i = 0; i < lengths[r]; i++) {
-                char op[32];
+                char op[64];
                 if (dinf_pipe_op_format(&streams[r][i], op, sizeof op) != DINF_STATUS_OK)
                     FAIL(library_error("dinf_pipe_op_format"));
                 printf(" %s", op);

@@ -113,7 +113,7 @@ DINF_API dinf_status dinf_pipe_schedule(dinf_pipe_kind kind, int32_t num_ranks, 
 
 /*
  * dinf_pipe_op_format - write op in the text notation ("F0.3", "Sf0.0@1",
- * "|", ...) into buf (NUL-terminated, at most bytes bytes; 32 always fit).
+ * "|", ...) into buf (NUL-terminated, at most bytes bytes; 64 always fit).
  * Returns DINF_STATUS_OK or DINF_STATUS_INVALID_ARGUMENT (NULL pointers, a
  * malformed op, buffer too small).
  */
@@ -129,8 +129,10 @@ DINF_API dinf_status dinf_pipe_op_parse(const char *text, dinf_pipe_op *op);
 
 /*
  * dinf_pipe_stream_parse - parse a whitespace-separated line of ops into ops
- * (capacity entries; NULL to count). num_ops [OUT] the number of ops.
- * Returns DINF_STATUS_OK or DINF_STATUS_INVALID_ARGUMENT naming the token.
+ * (capacity entries; NULL to count). num_ops [OUT] the number of ops (also
+ * when capacity is too small, as dinf_pipe_schedule does).
+ * Returns DINF_STATUS_OK or DINF_STATUS_INVALID_ARGUMENT naming the token (or
+ * the capacity); ops before the failure may have been written.
  */
 DINF_API dinf_status dinf_pipe_stream_parse(const char *text, dinf_pipe_op *ops, int64_t capacity,
                                             int64_t *num_ops);
@@ -162,7 +164,9 @@ typedef struct dinf_pipe_violation {
  *   - with communication, each compute op's input arrived: a forward that is
  *     not its direction's first stage has had its activation received and
  *     committed, a backward that is not the last stage its gradient.
- * Streams without any send/recv/commit are checked for the compute rules only.
+ * Streams without any send/recv/commit are checked for the compute rules and
+ * for a data-flow deadlock (an op whose input can never arrive). Time and
+ * memory are linear in the number of ops.
  *
  * Arguments:
  *   kind, num_ranks, num_chunks [IN]  what the streams claim to be
@@ -223,15 +227,18 @@ typedef struct dinf_pipe_sim_result {
  *
  * Arguments:
  *   kind, num_ranks, num_chunks, streams, lengths [IN] as dinf_pipe_validate
- *   costs    [IN]  all >= 0 and finite; not NULL
+ *   costs    [IN]  all >= 0 and finite, weight <= backward; not NULL
  *   result   [OUT] not NULL; its per-rank arrays are filled where non-NULL
  *   events   [OUT] caller-owned, one per compute op of all ranks in rank
  *                  order then stream order; may be NULL
  *   capacity [IN]  entries in events
  *   num_events [OUT] compute ops simulated; may be NULL
  * Returns DINF_STATUS_OK; DINF_STATUS_INVALID_ARGUMENT for bad input, for
- * streams that are not valid compute streams for the kind, or for streams
- * that deadlock (the message names a waiting op); DINF_STATUS_OUT_OF_MEMORY.
+ * streams that are not valid compute streams for the kind, for streams that
+ * deadlock (the message names a waiting op), for times that overflow a
+ * double, and for capacity < the number of compute ops (result and
+ * *num_events are still filled then); DINF_STATUS_OUT_OF_MEMORY. Time and
+ * memory are linear in the number of ops.
  */
 DINF_API dinf_status dinf_pipe_simulate(dinf_pipe_kind kind, int32_t num_ranks, int32_t num_chunks,
                                         const dinf_pipe_op *const *streams, const int64_t *lengths,

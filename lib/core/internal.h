@@ -29,6 +29,10 @@ dinf_status dinf__fail(dinf_status status, const char *func, const char *fmt, ..
 
 #define DINF_FAIL(status, ...) dinf__fail((status), __func__, __VA_ARGS__)
 
+/* Put back a message saved from dinf_last_error() (after an internal call
+ * whose failure is not the caller's). */
+void dinf__restore_error(const char *message);
+
 /* Checked arithmetic: return 0 and set *out on success, -1 on overflow. */
 static inline int dinf__mul_i64(int64_t a, int64_t b, int64_t *out) {
     return __builtin_mul_overflow(a, b, out) ? -1 : 0;

@@ -20,6 +20,10 @@ dinf_status dinf__fail(dinf_status status, const char *func, const char *fmt, ..
 
 DINF_API const char *dinf_last_error(void) { return last_error; }
 
+void dinf__restore_error(const char *message) {
+    snprintf(last_error, sizeof last_error, "%s", message);
+}
+
 DINF_API const char *dinf_status_string(dinf_status status) {
     switch (status) {
     case DINF_STATUS_OK: return "ok";

@@ -234,7 +234,7 @@ static dinf_status callback_failed(const dinf_pipe_executor *ex, int64_t index,
                                    const char *callback, dinf_status status) {
     char cause[DINF_ERROR_MESSAGE_MAX];
     snprintf(cause, sizeof cause, "%s", dinf_last_error());
-    char text[32];
+    char text[64];
     if (dinf_pipe_op_format(&ex->ops[index], text, sizeof text) != DINF_STATUS_OK)
         snprintf(text, sizeof text, "?");
     return dinf__fail(status, "dinf_pipe_executor_step", "rank %d op %lld (%s): %s failed: %s",

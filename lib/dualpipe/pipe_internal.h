@@ -61,4 +61,13 @@ dinf_status dinf__pipe_check_streams(const char *func, const dinf__pipe_shape *s
                                      int compute_only, dinf_pipe_violation *violation,
                                      int32_t *valid);
 
+/* The simulator after its argument checks (streams already valid compute
+ * streams). On a data-flow deadlock it fails naming func and, if stuck_rank
+ * is not NULL, reports the first waiting rank and op. */
+dinf_status dinf__pipe_run(const char *func, const dinf__pipe_shape *shape,
+                           const dinf_pipe_op *const *streams, const int64_t *lengths,
+                           const dinf_pipe_costs *costs, dinf_pipe_sim_result *result,
+                           dinf_pipe_event *events, int64_t capacity, int64_t *num_events,
+                           int32_t *stuck_rank, int64_t *stuck_op);
+
 #endif

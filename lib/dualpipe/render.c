@@ -411,7 +411,9 @@ static void svg_layout_compute(svg_layout *L, const dinf_pipe_event *ev, int64_t
         if (d > 0 && d < shortest)
             shortest = d;
     }
-    double span = L->makespan > 0 ? L->makespan : 1.0;
+    /* A positive span below 1e-100 would make the scale infinite: draw such
+     * a timeline on a 1e-100 span instead (ops shrink, coordinates stay finite). */
+    double span = L->makespan > 0 ? fmax(L->makespan, 1e-100) : 1.0;
     L->axis_end = span;
     double want = isfinite(shortest) ? span / shortest * MIN_OP_PX : PLOT_MIN_PX;
     L->plot_w = fmin(PLOT_MAX_PX, fmax(PLOT_MIN_PX, want));
@@ -468,7 +470,7 @@ static void svg_event(out *o, const svg_layout *L, const dinf_pipe_event *e) {
     double x = L->plot_x + e->start * L->px_per_unit;
     double w = fmax((e->end - e->start) * L->px_per_unit, 0.5);
     double y = L->rows_y + ROW_PITCH * e->rank + (ROW_PITCH - BOX_HEIGHT) / 2;
-    char name[32], label[16];
+    char name[64], label[16];
     if (dinf_pipe_op_format(op, name, sizeof name) != DINF_STATUS_OK)
         snprintf(name, sizeof name, "?");
     put(o, "<g><title>");
@@ -695,7 +697,7 @@ DINF_API dinf_status dinf_pipe_render_trace(const dinf_pipe_event *events, int64
     for (int64_t i = 0; i < num_events; i++) {
         const dinf_pipe_event *e = &events[i];
         const dinf_pipe_op *op = &e->op;
-        char name[32];
+        char name[64];
         if (dinf_pipe_op_format(op, name, sizeof name) != DINF_STATUS_OK)
             snprintf(name, sizeof name, "?");
         /* dur from the scaled ends, so that ts + dur is the scaled end. */

@@ -81,6 +81,18 @@ DINF_API dinf_status dinf_pipe_simulate(dinf_pipe_kind kind, int32_t num_ranks, 
                          "the streams are not valid for this kind: rank %d op %lld: %s", why.rank,
                          (long long)why.op_index, why.rule);
 
+    return dinf__pipe_run(__func__, &shape, streams, lengths, costs, result, events, capacity,
+                          num_events, NULL, NULL);
+}
+
+dinf_status dinf__pipe_run(const char *func, const dinf__pipe_shape *shape_in,
+                           const dinf_pipe_op *const *streams, const int64_t *lengths,
+                           const dinf_pipe_costs *costs, dinf_pipe_sim_result *result,
+                           dinf_pipe_event *events, int64_t capacity, int64_t *num_events,
+                           int32_t *stuck_rank, int64_t *stuck_op) {
+    const dinf__pipe_shape shape = *shape_in;
+    const int32_t num_ranks = shape.num_ranks;
+    dinf_status st = DINF_STATUS_OK;
     const int32_t R = num_ranks;
     const size_t cells = (size_t)R * (size_t)shape.num_dirs * (size_t)shape.mb_per_dir;
     sim m = {&shape, malloc(cells * sizeof(double)), malloc(cells * sizeof(double))};
@@ -90,7 +102,7 @@ DINF_API dinf_status dinf_pipe_simulate(dinf_pipe_kind kind, int32_t num_ranks, 
     int32_t *live = calloc((size_t)R, sizeof *live), *peak = calloc((size_t)R, sizeof *peak);
     int64_t *event_base = calloc((size_t)R + 1, sizeof *event_base);
     if (!m.f_end || !m.b_end || !pos || !free_at || !busy || !live || !peak || !event_base) {
-        st = DINF_FAIL(DINF_STATUS_OUT_OF_MEMORY, "cannot allocate the simulator's state for "
+        st = dinf__fail(DINF_STATUS_OUT_OF_MEMORY, func, "cannot allocate the simulator's state for "
                        "%d ranks x %d directions x %d micro-batches",
                        R, shape.num_dirs, shape.mb_per_dir);
         goto out;
@@ -107,16 +119,31 @@ DINF_API dinf_status dinf_pipe_simulate(dinf_pipe_kind kind, int32_t num_ranks, 
     const int64_t total_events = event_base[R];
     int64_t *event_at = calloc((size_t)R, sizeof *event_at);
     if (!event_at) {
-        st = DINF_FAIL(DINF_STATUS_OUT_OF_MEMORY, "cannot allocate the simulator's state");
+        st = dinf__fail(DINF_STATUS_OUT_OF_MEMORY, func, "cannot allocate the simulator's state");
         goto out;
     }
 
+    /* A work list of ranks that may move: a rank runs until it waits; when
+     * it ran anything its neighbours (the only ranks that can wait on it)
+     * are queued again. Linear in the number of ops. */
+    int32_t *queue = malloc((size_t)R * sizeof *queue);
+    uint8_t *queued = calloc((size_t)R, 1);
+    if (!queue || !queued) {
+        free(queue), free(queued), free(event_at);
+        st = dinf__fail(DINF_STATUS_OUT_OF_MEMORY, func, "cannot allocate the simulator's work list");
+        goto out;
+    }
+    int64_t head = 0, count = R;
+    for (int32_t r = 0; r < R; r++)
+        queue[r] = r, queued[r] = 1;
     int64_t done = 0, remaining = 0;
     for (int32_t r = 0; r < R; r++)
         remaining += lengths[r];
-    for (int progress = 1; progress && done < remaining;) {
-        progress = 0;
-        for (int32_t r = 0; r < R; r++) {
+    while (count > 0) {
+        const int32_t r = queue[head];
+        head = (head + 1) % R, count--, queued[r] = 0;
+        int progress = 0;
+        {
             while (pos[r] < lengths[r]) {
                 const dinf_pipe_op *op = &streams[r][pos[r]];
                 if (!dinf__pipe_is_compute(op->type)) {
@@ -150,6 +177,13 @@ DINF_API dinf_status dinf_pipe_simulate(dinf_pipe_kind kind, int32_t num_ranks, 
                 if (isnan(ready))
                     break; /* waits for another rank */
                 double start = ready > free_at[r] ? ready : free_at[r], end = start + duration;
+                if (!isfinite(end)) {
+                    free(queue), free(queued), free(event_at);
+                    st = dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                                   "rank %d op %lld ends at %g: the costs overflow a double", r,
+                                   (long long)pos[r], end);
+                    goto out;
+                }
                 free_at[r] = end;
                 busy[r] += duration;
                 if (op->type == DINF_PIPE_OP_F || op->type == DINF_PIPE_OP_FB) {
@@ -173,15 +207,24 @@ DINF_API dinf_status dinf_pipe_simulate(dinf_pipe_kind kind, int32_t num_ranks, 
                 pos[r]++, done++, progress = 1;
             }
         }
+        if (progress)
+            for (int32_t q = r - 1; q <= r + 1; q += 2)
+                if (q >= 0 && q < R && !queued[q] && pos[q] < lengths[q]) {
+                    queue[(head + count) % R] = q;
+                    queued[q] = 1, count++;
+                }
     }
+    free(queue), free(queued);
     if (done < remaining) {
         for (int32_t r = 0; r < R; r++)
             if (pos[r] < lengths[r]) {
-                char text[32];
+                char text[64];
                 dinf_pipe_op_format(&streams[r][pos[r]], text, sizeof text);
-                st = DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                st = dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                                "the streams deadlock: rank %d waits forever at op %lld (%s)", r,
                                (long long)pos[r], text);
+                if (stuck_rank)
+                    *stuck_rank = r, *stuck_op = pos[r];
                 break;
             }
         free(event_at);
@@ -212,7 +255,7 @@ DINF_API dinf_status dinf_pipe_simulate(dinf_pipe_kind kind, int32_t num_ranks, 
         *num_events = total_events;
     free(event_at);
     if (events && capacity < total_events)
-        st = DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+        st = dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                        "capacity=%lld is smaller than the %lld compute ops simulated",
                        (long long)capacity, (long long)total_events);
 out:

@@ -162,16 +162,16 @@ DINF_API dinf_status dinf_pipe_stream_parse(const char *text, dinf_pipe_op *ops,
             snprintf(inner, sizeof inner, "%s", dinf_last_error());
             return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "token %lld: %s", (long long)n, inner);
         }
-        if (ops) {
-            if (n >= capacity)
-                return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                                 "capacity=%lld is too small: more ops follow", (long long)capacity);
+        if (ops && n < capacity)
             ops[n] = op;
-        }
         n++;
         p += len;
     }
     *num_ops = n;
+    if (ops && n > capacity)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "capacity=%lld is smaller than the %lld ops of the text",
+                         (long long)capacity, (long long)n);
     return DINF_STATUS_OK;
 }
 
@@ -183,6 +183,15 @@ int dinf__pipe_op_check(const dinf__pipe_shape *s, int32_t rank, const dinf_pipe
         snprintf(why, why_bytes, __VA_ARGS__);                                                     \
         return -1;                                                                                 \
     } while (0)
+    /* Fields an op does not use must be -1 (dinf_pipe_op's contract). */
+    const int uses_dir = op->type != DINF_PIPE_OP_COMMIT && op->type != DINF_PIPE_OP_W;
+    const int uses_second = op->type == DINF_PIPE_OP_FB;
+    const int uses_peer = op->type >= DINF_PIPE_OP_SEND_ACT && op->type <= DINF_PIPE_OP_RECV_GRAD;
+    if ((!uses_dir && (op->dir != -1 || op->mb != -1)) ||
+        (!uses_second && (op->dir2 != -1 || op->mb2 != -1)) || (!uses_peer && op->peer != -1))
+        BAD("type %d carries a field it does not use (dir %d mb %d dir2 %d mb2 %d peer %d): unused "
+            "fields must be -1",
+            op->type, op->dir, op->mb, op->dir2, op->mb2, op->peer);
     switch (op->type) {
     case DINF_PIPE_OP_COMMIT:
     case DINF_PIPE_OP_W: return 0;

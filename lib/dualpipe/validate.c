@@ -55,12 +55,13 @@ static void check_compute(check *c, uint8_t *seen /* [D*M] scratch */) {
         int64_t deferred = 0;
         for (int64_t i = 0; i < c->lengths[r] && !c->failed; i++) {
             const dinf_pipe_op *op = &ops[i];
-            char why[160], text[32];
+            char why[160], text[64];
             if (dinf__pipe_op_check(s, r, op, why, sizeof why)) {
                 violate(c, r, i, "malformed op: %s", why);
                 return;
             }
-            op_text(op, text, sizeof text);
+            text[0] = '\0';
+#define TEXT (text[0] ? text : (op_text(op, text, sizeof text), text))
             int fwd = op->type == DINF_PIPE_OP_F || op->type == DINF_PIPE_OP_FB;
             int bwd = op->type == DINF_PIPE_OP_B || op->type == DINF_PIPE_OP_I ||
                       op->type == DINF_PIPE_OP_FB;
@@ -69,11 +70,11 @@ static void check_compute(check *c, uint8_t *seen /* [D*M] scratch */) {
             const int hand_off = s->kind == DINF_PIPE_DUALPIPEV && r == s->num_ranks - 1;
             if (fwd && hand_off && op->dir == 1 && !(seen[0 * M + op->mb] & F_DONE))
                 violate(c, r, i, "%s: phase 1's input is phase 0's output F0.%d, which has not run",
-                        text, op->mb);
+                        TEXT, op->mb);
             if (fwd) {
                 uint8_t *f = &seen[op->dir * M + op->mb];
                 if (*f & F_DONE)
-                    violate(c, r, i, "%s: second forward of F%d.%d on this rank", text, op->dir,
+                    violate(c, r, i, "%s: second forward of F%d.%d on this rank", TEXT, op->dir,
                             op->mb);
                 *f |= F_DONE;
             }
@@ -81,15 +82,15 @@ static void check_compute(check *c, uint8_t *seen /* [D*M] scratch */) {
                 int32_t d = op->type == DINF_PIPE_OP_FB ? op->dir2 : op->dir;
                 int32_t k = op->type == DINF_PIPE_OP_FB ? op->mb2 : op->mb;
                 if (op->type == DINF_PIPE_OP_FB && d == op->dir && k == op->mb)
-                    violate(c, r, i, "%s: a forward cannot overlap its own backward", text);
+                    violate(c, r, i, "%s: a forward cannot overlap its own backward", TEXT);
                 if (hand_off && d == 0 && !(seen[1 * M + k] & B_DONE))
                     violate(c, r, i, "%s: phase 0's output-gradient comes from phase 1's backward "
-                            "of %d, which has not run", text, k);
+                            "of %d, which has not run", TEXT, k);
                 uint8_t *b = &seen[d * M + k];
                 if (!(*b & F_DONE))
-                    violate(c, r, i, "%s: backward of %d.%d before its forward", text, d, k);
+                    violate(c, r, i, "%s: backward of %d.%d before its forward", TEXT, d, k);
                 if (*b & B_DONE)
-                    violate(c, r, i, "%s: second backward of %d.%d on this rank", text, d, k);
+                    violate(c, r, i, "%s: second backward of %d.%d on this rank", TEXT, d, k);
                 *b |= B_DONE;
                 deferred += op->type == DINF_PIPE_OP_I;
             }
@@ -106,6 +107,7 @@ static void check_compute(check *c, uint8_t *seen /* [D*M] scratch */) {
                 else if (!(seen[d * M + k] & B_DONE))
                     violate(c, r, -1, "the backward of %d.%d never runs on rank %d", d, k, r);
             }
+#undef TEXT
         if (!c->failed && deferred != 0)
             violate(c, r, -1, "%lld deferred backward(s) never get their W", (long long)deferred);
     }
@@ -170,8 +172,9 @@ static void check_inputs(check *c, int64_t *recv_at /* [2*D*M] */, int64_t *pend
         int64_t last_commit = -1, n_pending = 0;
         for (int64_t i = 0; i < c->lengths[r] && !c->failed; i++) {
             const dinf_pipe_op *op = &ops[i];
-            char text[32];
-            op_text(op, text, sizeof text);
+            char text[64];
+            text[0] = '\0';
+#define TEXT (text[0] ? text : (op_text(op, text, sizeof text), text))
             switch (op->type) {
             case DINF_PIPE_OP_COMMIT:
                 while (n_pending > 0)
@@ -182,7 +185,7 @@ static void check_inputs(check *c, int64_t *recv_at /* [2*D*M] */, int64_t *pend
             case DINF_PIPE_OP_RECV_GRAD: {
                 int64_t slot = (op->type == DINF_PIPE_OP_RECV_GRAD) * D * M + op->dir * M + op->mb;
                 if (recv_at[slot] != -1) {
-                    violate(c, r, i, "%s: this message is received twice", text);
+                    violate(c, r, i, "%s: this message is received twice", TEXT);
                     break;
                 }
                 recv_at[slot] = i;
@@ -191,11 +194,11 @@ static void check_inputs(check *c, int64_t *recv_at /* [2*D*M] */, int64_t *pend
             }
             case DINF_PIPE_OP_SEND_ACT:
                 if (!(seen[op->dir * M + op->mb] & F_DONE))
-                    violate(c, r, i, "%s: sends an activation before its forward ran", text);
+                    violate(c, r, i, "%s: sends an activation before its forward ran", TEXT);
                 break;
             case DINF_PIPE_OP_SEND_GRAD:
                 if (!(seen[op->dir * M + op->mb] & B_DONE))
-                    violate(c, r, i, "%s: sends a gradient before its backward ran", text);
+                    violate(c, r, i, "%s: sends a gradient before its backward ran", TEXT);
                 break;
             default: {
                 int fwd = op->type == DINF_PIPE_OP_F || op->type == DINF_PIPE_OP_FB;
@@ -206,9 +209,9 @@ static void check_inputs(check *c, int64_t *recv_at /* [2*D*M] */, int64_t *pend
                     if (v && d == 1 && r == s->num_ranks - 1) {
                         if (!(seen[0 * M + k] & F_DONE))
                             violate(c, r, i, "%s: phase 1's input is phase 0's output F0.%d, "
-                                    "which has not run", text, k);
+                                    "which has not run", TEXT, k);
                     } else if (!dinf__pipe_first_stage(s, d, r) && recv_at[d * M + k] != -2) {
-                        violate(c, r, i, "%s: its activation %s", text,
+                        violate(c, r, i, "%s: its activation %s", TEXT,
                                 recv_at[d * M + k] == -1 ? "was never received"
                                                          : "was posted but not yet committed");
                     }
@@ -220,9 +223,9 @@ static void check_inputs(check *c, int64_t *recv_at /* [2*D*M] */, int64_t *pend
                     if (v && d == 0 && r == s->num_ranks - 1) {
                         if (!(seen[1 * M + k] & B_DONE))
                             violate(c, r, i, "%s: phase 0's output-gradient comes from phase "
-                                    "1's backward of %d, which has not run", text, k);
+                                    "1's backward of %d, which has not run", TEXT, k);
                     } else if (!dinf__pipe_last_stage(s, d, r) && recv_at[D * M + d * M + k] != -2) {
-                        violate(c, r, i, "%s: its output-gradient %s", text,
+                        violate(c, r, i, "%s: its output-gradient %s", TEXT,
                                 recv_at[D * M + d * M + k] == -1
                                     ? "was never received"
                                     : "was posted but not yet committed");
@@ -232,10 +235,11 @@ static void check_inputs(check *c, int64_t *recv_at /* [2*D*M] */, int64_t *pend
             }
             }
         }
+#undef TEXT
         /* every post must be committed */
         for (int64_t i = c->lengths[r] - 1; i > last_commit && !c->failed; i--)
             if (!dinf__pipe_is_compute(ops[i].type) && ops[i].type != DINF_PIPE_OP_COMMIT) {
-                char text[32];
+                char text[64];
                 op_text(&ops[i], text, sizeof text);
                 violate(c, r, i, "%s: posted but never committed", text);
             }
@@ -274,7 +278,7 @@ static dinf_status check_matching(check *c, post **sends_out, post **recvs_out, 
     qsort(recvs, (size_t)n_recv, sizeof *recvs, by_key);
     int64_t i = 0, j = 0;
     while (!c->failed && (i < n_send || j < n_recv)) {
-        char text[32];
+        char text[64];
         if (i < n_send && (j == n_recv || sends[i].key < recvs[j].key)) {
             op_text(&c->streams[sends[i].rank][sends[i].index], text, sizeof text);
             violate(c, sends[i].rank, sends[i].index, "%s: no matching receive is posted", text);
@@ -340,10 +344,23 @@ static dinf_status check_deadlock(check *c, const post *sends, const post *recvs
         }
         pos[r] = 0;
     }
-    int progress = 1;
-    while (progress) {
-        progress = 0;
-        for (int32_t r = 0; r < R; r++) {
+    /* Work list: a rank runs until it waits at a commit; when it moved, its
+     * neighbours (its only partners, as every peer is checked to be one) are
+     * queued again. Linear in the number of ops. */
+    int32_t *queue = malloc((size_t)R * sizeof *queue);
+    uint8_t *queued = calloc((size_t)R, 1);
+    if (!queue || !queued) {
+        free(base), free(partner), free(cover), free(pos), free(rank_of), free(queue), free(queued);
+        return DINF_FAIL(DINF_STATUS_OUT_OF_MEMORY, "cannot allocate the deadlock model");
+    }
+    int64_t head = 0, count = R;
+    for (int32_t r = 0; r < R; r++)
+        queue[r] = r, queued[r] = 1;
+    while (count > 0) {
+        const int32_t r = queue[head];
+        head = (head + 1) % R, count--, queued[r] = 0;
+        int progress = 0;
+        {
             for (;;) {
                 if (pos[r] >= c->lengths[r])
                     break;
@@ -369,7 +386,14 @@ static dinf_status check_deadlock(check *c, const post *sends, const post *recvs
                 progress = 1;
             }
         }
+        if (progress)
+            for (int32_t q = r - 1; q <= r + 1; q += 2)
+                if (q >= 0 && q < R && !queued[q] && pos[q] < c->lengths[q]) {
+                    queue[(head + count) % R] = q;
+                    queued[q] = 1, count++;
+                }
     }
+    free(queue), free(queued);
     for (int32_t r = 0; r < R && !c->failed; r++)
         if (pos[r] < c->lengths[r])
             violate(c, r, pos[r],
@@ -411,6 +435,29 @@ dinf_status dinf__pipe_check_streams(const char *func, const dinf__pipe_shape *s
     }
     dinf_status st = DINF_STATUS_OK;
     check_compute(&c, seen);
+    if (!compute_only && !c.failed && !has_comm(&c)) {
+        /* Compute streams alone: the data flow must not deadlock either
+         * (a forward waiting for a forward the other rank runs only after
+         * waiting for this rank). */
+        const dinf_pipe_costs unit = {1, 1, 0, 1, 0};
+        dinf_pipe_sim_result ignored = {0};
+        int32_t stuck_rank = -1;
+        int64_t stuck_op = -1;
+        char saved[DINF_ERROR_MESSAGE_MAX];
+        snprintf(saved, sizeof saved, "%s", dinf_last_error());
+        dinf_status run = dinf__pipe_run(func, s, streams, lengths, &unit, &ignored, NULL, 0, NULL,
+                                         &stuck_rank, &stuck_op);
+        if (run == DINF_STATUS_OUT_OF_MEMORY)
+            st = run;
+        else if (stuck_rank >= 0) {
+            char text[64];
+            op_text(&streams[stuck_rank][stuck_op], text, sizeof text);
+            violate(&c, stuck_rank, stuck_op,
+                    "%s: deadlock: its input never arrives (data-flow order)", text);
+        }
+        if (run != DINF_STATUS_OUT_OF_MEMORY)
+            dinf__restore_error(saved);
+    }
     if (!compute_only && !c.failed && has_comm(&c)) {
         check_inputs(&c, recv_at, pending, seen);
         post *sends = NULL, *recvs = NULL;

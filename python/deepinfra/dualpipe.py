@@ -27,8 +27,11 @@ _README_COSTS = {"F": 1.0, "B": 2.0, "W": 1.0, "FB": 3.0, "latency": 0.0}
 
 
 def _kind(kind):
+    """A kind name (or its dinf_pipe_kind value) -> the value."""
     if isinstance(kind, str) and kind.lower() in KINDS:
         return KINDS[kind.lower()]
+    if isinstance(kind, int) and not isinstance(kind, bool) and kind in KINDS.values():
+        return kind
     raise InvalidArgumentError("kind=%r is not one of %s" % (kind, ", ".join(KINDS)))
 
 
@@ -64,6 +67,8 @@ def _parse(streams, num_ranks):
     lib = _lib.lib()
     out = []
     for r, stream in enumerate(streams):
+        if isinstance(stream, bytes):
+            stream = stream.decode()
         text = stream if isinstance(stream, str) else " ".join(str(op) for op in stream)
         raw = text.encode()
         n = ctypes.c_int64(0)
@@ -169,6 +174,8 @@ def simulate(kind, num_ranks, num_chunks, streams=None, costs=None, events=False
 
 def _render(fn, events, n, R, title, *extra):
     written = ctypes.c_size_t(0)
+    if title is not None and "\0" in title:
+        raise InvalidArgumentError("title contains a NUL character")
     t = None if title is None else title.encode()
     fn(events, n, R, t, *extra, None, 0, ctypes.byref(written))
     buf = ctypes.create_string_buffer(written.value + 1)

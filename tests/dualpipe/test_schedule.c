@@ -188,6 +188,9 @@ Test(pipe_schedule, malformed_text_is_rejected_with_its_position) {
     dinf_pipe_op_parse("F0.1x", &op);
     cr_assert(strstr(dinf_last_error(), "offset 4") != NULL, "%s", dinf_last_error());
     int64_t n;
+    dinf_pipe_op two[2];
+    cr_assert_eq(dinf_pipe_stream_parse("F0.0 | B0.0 W", two, 2, &n), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert_eq(n, 4, "the needed count is reported");
     cr_assert_eq(dinf_pipe_stream_parse("F0.0 | Q1", NULL, 0, &n), DINF_STATUS_INVALID_ARGUMENT);
     cr_assert(strstr(dinf_last_error(), "token 2") != NULL, "%s", dinf_last_error());
 }

@@ -9,7 +9,8 @@ static const dinf_pipe_costs readme_costs = {1, 2, 1, 3, 0}; /* F, B, W, F&B, la
 static dinf_pipe_sim_result simulate(dinf_pipe_kind kind, int R, int N, double *bubble,
                                      int32_t *peak) {
     pipe_set p;
-    pipe_set_make(&p, kind, R, N, (unsigned)(N % 2)); /* with and without comm ops alike */
+    /* with and without comm ops alike (they are ignored) */
+    pipe_set_make(&p, kind, R, N, (unsigned)((N / 2 + R) % 2));
     dinf_pipe_sim_result res = {0};
     res.bubble = bubble;
     res.peak_activations = peak;
@@ -85,9 +86,19 @@ Test(pipe_simulate, events_makespan_latency_and_busy_time) {
         end = ev[i].end > end ? ev[i].end : end;
     }
     cr_assert_float_eq(res.makespan, end, 1e-12);
-    /* busy = 10 forwards and backwards per phase per rank: F, B, FB, I, W costs */
-    for (int r = 0; r < 4; r++)
-        cr_assert_gt(busy[r], 0);
+    /* busy = the sum of each compute op's cost on the rank */
+    for (int r = 0; r < 4; r++) {
+        double want = 0;
+        for (int64_t i = 0; i < p.len[r]; i++)
+            switch (p.ops[r][i].type) {
+            case DINF_PIPE_OP_F: want += costs.forward; break;
+            case DINF_PIPE_OP_B: want += costs.backward; break;
+            case DINF_PIPE_OP_I: want += costs.backward - costs.weight; break;
+            case DINF_PIPE_OP_W: want += costs.weight; break;
+            case DINF_PIPE_OP_FB: want += costs.forward_backward; break;
+            }
+        cr_assert_float_eq(busy[r], want, 1e-9, "rank %d busy %g, want %g", r, busy[r], want);
+    }
     /* latency delays the first forward of rank 1 */
     for (int64_t i = 0; i < n; i++)
         if (ev[i].rank == 1) {
@@ -112,6 +123,11 @@ Test(pipe_simulate, bad_costs_and_invalid_streams_are_rejected) {
                                     NULL, 0, NULL),
                  DINF_STATUS_INVALID_ARGUMENT);
     cr_assert(strstr(dinf_last_error(), "costs->weight=3 exceeds costs->backward=2") != NULL);
+    bad = (dinf_pipe_costs){1e308, 1e308, 0, 0, 0};
+    cr_assert_eq(dinf_pipe_simulate(DINF_PIPE_1F1B, 2, 2, PIPE_STREAMS(&p), p.len, &bad, &res,
+                                    NULL, 0, NULL),
+                 DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "overflow a double") != NULL, "%s", dinf_last_error());
     bad = (dinf_pipe_costs){NAN, 2, 1, 3, 0};
     cr_assert_eq(dinf_pipe_simulate(DINF_PIPE_1F1B, 2, 2, PIPE_STREAMS(&p), p.len, &bad, &res,
                                     NULL, 0, NULL),

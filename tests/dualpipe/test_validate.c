@@ -16,6 +16,38 @@ static void expect_valid(dinf_pipe_kind kind, int R, int N, unsigned flags) {
     pipe_set_free(&p);
 }
 
+/* The deadlock model and the simulator use work lists: linear, not
+ * quadratic, in the ranks (a 1F1B wave over 16384 ranks). */
+Test(pipe_validate, long_pipelines_stay_linear, .timeout = 30) {
+    pipe_set *p = malloc(sizeof *p);
+    const int R = 16384;
+    dinf_pipe_op **ops = malloc((size_t)R * sizeof *ops);
+    int64_t *len = malloc((size_t)R * sizeof *len);
+    for (int r = 0; r < R; r++) {
+        int64_t n;
+        dinf_pipe_schedule(DINF_PIPE_1F1B, R, 1, DINF_PIPE_WITH_COMM, r, NULL, 0, &n);
+        ops[r] = malloc((size_t)n * sizeof(dinf_pipe_op));
+        cr_assert_eq(dinf_pipe_schedule(DINF_PIPE_1F1B, R, 1, DINF_PIPE_WITH_COMM, r, ops[r], n,
+                                        &len[r]),
+                     DINF_STATUS_OK);
+    }
+    dinf_pipe_violation v;
+    int32_t valid;
+    cr_assert_eq(dinf_pipe_validate(DINF_PIPE_1F1B, R, 1, (const dinf_pipe_op *const *)ops, len, &v,
+                                    &valid),
+                 DINF_STATUS_OK);
+    cr_assert_eq(valid, 1, "%s", v.rule);
+    dinf_pipe_costs costs = {1, 2, 1, 3, 0};
+    dinf_pipe_sim_result res = {0};
+    cr_assert_eq(dinf_pipe_simulate(DINF_PIPE_1F1B, R, 1, (const dinf_pipe_op *const *)ops, len,
+                                    &costs, &res, NULL, 0, NULL),
+                 DINF_STATUS_OK, "%s", dinf_last_error());
+    cr_assert_float_eq(res.makespan, (double)R * 3, 1e-9);
+    for (int r = 0; r < R; r++)
+        free(ops[r]);
+    free(ops), free(len), free(p);
+}
+
 Test(pipe_validate, every_generated_schedule_is_valid, .timeout = 60) {
     for (unsigned flags = 0; flags <= DINF_PIPE_WITH_COMM; flags++) {
         for (int R = 2; R <= 18; R += 2)
@@ -84,6 +116,8 @@ Test(pipe_validate, compute_rules) {
     expect_violation(DINF_PIPE_1F1B, 1, 1, range, 0, 1, "outside 1 direction(s) of 1");
     const char *dir[1] = {"F1.0 B0.0"};
     expect_violation(DINF_PIPE_1F1B, 1, 1, dir, 0, 0, "direction 1");
+    const char *second_b[1] = {"F0.0 B0.0 B0.0"};
+    expect_violation(DINF_PIPE_1F1B, 1, 1, second_b, 0, 2, "second backward of 0.0");
     const char *self_fb[1] = {"F0.0 F1.0&B1.0 B0.0"};
     expect_violation(DINF_PIPE_DUALPIPEV, 1, 2, self_fb, 0, 1, "cannot overlap its own");
 }
@@ -105,6 +139,11 @@ Test(pipe_validate, communication_rules) {
     const char *twice[2] = {"| F0.0 Sf0.0@1 Sf0.0@1 Rb0.0@1 | B0.0 |",
                             "Rf0.0@0 | F0.0 | B0.0 Sb0.0@0 |"};
     expect_violation(DINF_PIPE_1F1B, 2, 1, twice, 0, 3, "sent twice");
+    const char *no_send[2] = {"| F0.0 Rb0.0@1 | B0.0 |", "Rf0.0@0 | F0.0 | B0.0 Sb0.0@0 |"};
+    expect_violation(DINF_PIPE_1F1B, 2, 1, no_send, 1, 0, "Rf0.0@0: no matching send is posted");
+    const char *recv_twice[2] = {"| F0.0 Sf0.0@1 Rb0.0@1 | B0.0 |",
+                                 "Rf0.0@0 | Rf0.0@0 | F0.0 | B0.0 Sb0.0@0 |"};
+    expect_violation(DINF_PIPE_1F1B, 2, 1, recv_twice, 1, 2, "received twice");
     /* each rank waits in a batch whose partner sits in a later batch of the other */
     const char *deadlock[2] = {"| F0.0 Rb0.0@1 | Sf0.0@1 | B0.0 |", "Rf0.0@0 | F0.0 | B0.0 Sb0.0@0 |"};
     expect_violation(DINF_PIPE_1F1B, 2, 1, deadlock, 0, 3, "deadlock");
@@ -119,6 +158,27 @@ Test(pipe_validate, dualpipev_local_hand_off) {
     const char *bad_comm[1] = {"| F1.0 | F0.0 | F0.1 | F1.1 | B1.0 | B0.0 | B1.1 | B0.1 |"};
     expect_violation(DINF_PIPE_DUALPIPEV, 1, 2, bad_comm, 0, 1,
                      "phase 1's input is phase 0's output F0.0");
+}
+
+Test(pipe_validate, unused_fields_must_be_minus_one) {
+    dinf_pipe_op ops[3] = {{DINF_PIPE_OP_F, 0, 0, -1, -1, -1},
+                           {DINF_PIPE_OP_B, 0, 0, -1, -1, -1},
+                           {DINF_PIPE_OP_W, -1, -1, -1, -1, -1}};
+    const dinf_pipe_op *streams[1] = {ops};
+    int64_t len[1] = {2};
+    dinf_pipe_violation v;
+    int32_t valid;
+    cr_assert_eq(dinf_pipe_validate(DINF_PIPE_1F1B, 1, 1, streams, len, &v, &valid), DINF_STATUS_OK);
+    cr_assert_eq(valid, 1, "%s", v.rule);
+    ops[0].peer = 5;
+    cr_assert_eq(dinf_pipe_validate(DINF_PIPE_1F1B, 1, 1, streams, len, &v, &valid), DINF_STATUS_OK);
+    cr_assert_eq(valid, 0);
+    cr_assert(strstr(v.rule, "unused fields must be -1") != NULL, "%s", v.rule);
+    ops[0].peer = -1;
+    ops[1].dir2 = 0;
+    cr_assert_eq(dinf_pipe_validate(DINF_PIPE_1F1B, 1, 1, streams, len, &v, &valid), DINF_STATUS_OK);
+    cr_assert_eq(valid, 0);
+    cr_assert_eq(v.op_index, 1);
 }
 
 Test(pipe_validate, bad_arguments) {
@@ -214,6 +274,10 @@ Test(pipe_validate, fuzz_parser_and_validator, .timeout = 60) {
         dinf_status st = dinf_pipe_simulate(kind, R, N, PIPE_STREAMS(&p), p.len, &costs, &res,
                                             NULL, 0, NULL);
         cr_assert(st == DINF_STATUS_OK || st == DINF_STATUS_INVALID_ARGUMENT);
+        /* a set the validator accepts must run in the data-flow model too */
+        if (valid)
+            cr_assert_eq(st, DINF_STATUS_OK, "valid streams failed to simulate: %s",
+                         dinf_last_error());
         pipe_set_free(&p);
     }
     cr_assert_gt(caught, trials / 2, "only %d of %d mutations were caught", caught, trials);
