@@ -4,8 +4,10 @@
  * -ldeepinfra (pkg-config --cflags --libs deepinfra).
  *
  * Modules (one header each, all independent; each depends only on core):
- *   deepinfra/core.h   status codes, dinf_last_error, version, dtypes, device query
+ *   deepinfra/core.h   status codes, dinf_last_error, version, dtypes, device query,
+ *                      execution place, number formats and FP8 quantization
  *   deepinfra/eplb.h   expert-parallel load-balancing plans (DeepSeek EPLB)
+ *   deepinfra/gemm.h   FP8 GEMMs with fine-grained scaling (DeepGEMM-style)
  *   deepinfra/dualpipe.h  pipeline schedules (DualPipe, DualPipeV, 1F1B, ZB1P):
  *                      generate, validate, simulate, draw, execute
  */
@@ -15,5 +17,6 @@
 #include "deepinfra/core.h"
 #include "deepinfra/dualpipe.h"
 #include "deepinfra/eplb.h"
+#include "deepinfra/gemm.h"
 
 #endif /* DEEPINFRA_H */

@@ -136,6 +136,113 @@ DINF_API const char *dinf_dtype_name(dinf_dtype dtype);
  * legacy default stream. GPU calls take it as their last argument. */
 typedef struct CUstream_st *dinf_stream_t;
 
+/* Where a computation runs. Values are part of the ABI. */
+typedef enum dinf_exec_kind {
+    DINF_EXEC_CPU = 0,  /* host threads; every buffer is host memory */
+    DINF_EXEC_CUDA = 1, /* a CUDA device; every buffer is device memory of that device (or
+                         * managed memory), work is enqueued on the stream and the call returns
+                         * without waiting (no device-wide synchronisation) */
+} dinf_exec_kind;
+
+/*
+ * The execution place of a compute call: its last argument. NULL means the
+ * CPU with the library's default thread count. The library never guesses the
+ * place from pointers.
+ */
+typedef struct dinf_exec {
+    uint32_t size;        /* sizeof(dinf_exec) (use the DINF_EXEC_*_INIT macros) */
+    int32_t kind;         /* dinf_exec_kind */
+    int32_t device;       /* CUDA device ordinal (DINF_EXEC_CUDA); ignored for the CPU */
+    int32_t num_threads;  /* CPU worker threads; 0 = all online cores; ignored for CUDA */
+    dinf_stream_t stream; /* CUDA stream (NULL = legacy default stream); ignored for the CPU */
+} dinf_exec;
+
+#define DINF_EXEC_CPU_INIT {sizeof(dinf_exec), DINF_EXEC_CPU, 0, 0, NULL}
+#define DINF_EXEC_CUDA_INIT(device, stream) {sizeof(dinf_exec), DINF_EXEC_CUDA, (device), 0, (stream)}
+
+/* ------------------------------------------------------------------------ */
+/* Number formats and FP8 quantization                                       */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Formats. float8_e4m3fn ("e4m3"): 1 sign, 4 exponent (bias 7), 3 mantissa
+ * bits, no infinities, 0x7F/0xFF are NaN, largest finite 448 (0x7E), smallest
+ * subnormal 2^-9 (0x01). bfloat16: the upper 16 bits of a float32.
+ * Conversions from float32 round to nearest, ties to even; to e4m3 they
+ * saturate (|x| > 448, infinities included, become +-448) and keep NaN a NaN
+ * (0x7F, or 0xFF when the sign is set); to bfloat16 a NaN stays a quiet NaN.
+ * Conversions to float32 are exact.
+ */
+
+/*
+ * dinf_convert - convert count elements from one dtype to another.
+ *
+ * Supported pairs: float32 <-> bfloat16, float32 <-> float8_e4m3fn,
+ * bfloat16 <-> float8_e4m3fn (through float32, which is exact from bf16),
+ * and any dtype to itself (a copy).
+ * Arguments:
+ *   src, src_dtype [IN]  count elements, contiguous
+ *   dst, dst_dtype [OUT] count elements, contiguous, caller-owned, not
+ *                        overlapping src (unless src == dst with equal sizes)
+ *   count          [IN]  >= 0
+ *   exec           [IN]  where it runs; NULL = CPU
+ * Returns DINF_STATUS_OK, DINF_STATUS_INVALID_ARGUMENT (NULL pointers with
+ * count > 0, negative count, a pair not listed, overlap),
+ * DINF_STATUS_UNSUPPORTED (DINF_EXEC_CUDA in a CPU-only build) or
+ * DINF_STATUS_CUDA_ERROR (the launch failed).
+ */
+DINF_API dinf_status dinf_convert(const void *src, dinf_dtype src_dtype, void *dst,
+                                  dinf_dtype dst_dtype, int64_t count, const dinf_exec *exec);
+
+/*
+ * dinf_fp8_quantize - cast a float32 or bfloat16 matrix to e4m3 with one
+ * float32 scale per block, the reference math of DeepGEMM's
+ * per_token_cast_to_fp8 (block 1 x 128, for activations) and
+ * per_block_cast_to_fp8 (block 128 x 128, for weights):
+ *   amax  = max(|x|) over the block (blocks at the edges are partial, as if
+ *           zero-padded), clamped below at 1e-4;
+ *   scale = amax / 448;
+ *   q     = e4m3(clamp(x * (448 / amax), -448, 448)),  so  x ~ q * scale.
+ * Arguments:
+ *   x          [IN]  [m][k] float32 or bfloat16 (x_dtype), row stride x_ld >= k
+ *                    elements; values may be any float (NaN propagates to q)
+ *   x_dtype    [IN]  DINF_DTYPE_FLOAT32 or DINF_DTYPE_BFLOAT16
+ *   m, k       [IN]  >= 0 (m == 0 or k == 0: nothing to do)
+ *   x_ld       [IN]  elements between rows of x
+ *   block_rows [IN]  1 (per token, "1x128") or 128 (per block, "128x128");
+ *                    the block is always 128 wide along k
+ *   q          [OUT] [m][k] e4m3 bytes, row stride q_ld >= k bytes, caller-owned
+ *   q_ld       [IN]  bytes between rows of q
+ *   scales     [OUT] float32 [ceil(m/block_rows)][ceil(k/128)], row-major,
+ *                    contiguous, caller-owned
+ *   exec       [IN]  NULL = CPU
+ * Returns DINF_STATUS_OK, DINF_STATUS_INVALID_ARGUMENT (NULL pointers,
+ * negative sizes, strides below k, block_rows not 1 or 128, bad dtype,
+ * overlapping buffers, products overflowing), DINF_STATUS_UNSUPPORTED,
+ * DINF_STATUS_CUDA_ERROR.
+ */
+DINF_API dinf_status dinf_fp8_quantize(const void *x, dinf_dtype x_dtype, int64_t m, int64_t k,
+                                       int64_t x_ld, int32_t block_rows, uint8_t *q, int64_t q_ld,
+                                       float *scales, const dinf_exec *exec);
+
+/*
+ * dinf_fp8_scale_layout_mn_major - transpose per-token scales [m][kb]
+ * (row-major, as dinf_fp8_quantize writes them) into the M-major,
+ * 16-byte-aligned layout the GEMM kernels read ("TMA-aligned column-major"):
+ * out[j * aligned_m + i] = scales[i * kb + j] with aligned_m = ceil(m/4)*4;
+ * the padding rows i in [m, aligned_m) are written as 0.
+ * Arguments:
+ *   scales [IN]  float32 [m][kb]
+ *   m, kb  [IN]  >= 0
+ *   out    [OUT] float32 [kb][aligned_m], caller-owned, not overlapping scales
+ *   aligned_m [OUT] ceil(m/4)*4, may be NULL (ask with out == NULL to learn it)
+ *   exec   [IN]  NULL = CPU
+ * Returns as dinf_fp8_quantize.
+ */
+DINF_API dinf_status dinf_fp8_scale_layout_mn_major(const float *scales, int64_t m, int64_t kb,
+                                                    float *out, int64_t *aligned_m,
+                                                    const dinf_exec *exec);
+
 /* Output of dinf_device_query. Set .size = sizeof(dinf_device_info) (or use
  * DINF_DEVICE_INFO_INIT) so that later versions can add fields. */
 typedef struct dinf_device_info {

@@ -1,0 +1,112 @@
+/*
+ * libdeepinfra gemm: DeepGEMM-style FP8 GEMMs with fine-grained scaling.
+ *
+ *   D[m][n] (bfloat16) = sum over 128-wide k blocks kb of
+ *       a_scale[m][kb] * b_scale[n/128][kb] * sum_{k in kb} A[m][k] * B[n][k]
+ *
+ * A is e4m3 [m][k] with one float32 scale per token per 128 channels
+ * ("1x128", dinf_fp8_quantize with block_rows = 1), B is e4m3 [n][k] (the
+ * "NT" layout: both operands K-major) with one scale per 128x128 block
+ * (block_rows = 128). A's scales are passed in the M-major, 16-byte-aligned
+ * layout the GPU kernels read (dinf_fp8_scale_layout_mn_major):
+ * a_scales[kb * aligned_m + i], aligned_m = ceil(m/4)*4. Products of each
+ * 128-k block are summed in float32, scaled, accumulated in float32 across
+ * blocks (in block order), and rounded once to bfloat16 (nearest even).
+ *
+ * Three forms, as DeepGEMM v1:
+ *   dinf_fp8_gemm_nt                         one GEMM
+ *   dinf_fp8_m_grouped_gemm_nt_contiguous    MoE experts stacked along m: row i uses
+ *                                            group m_indices[i] (-1: skip the row)
+ *   dinf_fp8_m_grouped_gemm_nt_masked        [G][m_max] rows, only the first masked_m[g]
+ *                                            rows of group g are computed
+ *
+ * Where it runs (exec, the last argument): the CPU implementation (threaded)
+ * is exact to the semantics above and is the oracle of the GPU kernels. The
+ * Hopper kernels (JIT-compiled for sm_90a) are not part of this version:
+ * DINF_EXEC_CUDA returns DINF_STATUS_UNSUPPORTED for now.
+ *
+ * Sizes: m, n, k >= 0 (an empty product writes nothing; k == 0 writes zeros);
+ * partial blocks at the edges of k and n are allowed. Leading dimensions are
+ * in elements (bytes for e4m3) and at least the row length. No output may
+ * overlap an input.
+ */
+#ifndef DEEPINFRA_GEMM_H
+#define DEEPINFRA_GEMM_H
+
+#include "deepinfra/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Rows per group of the contiguous layout: each group's segment of m_indices
+ * is padded to a multiple of this many rows. */
+#define DINF_FP8_GEMM_M_ALIGNMENT 128
+
+/*
+ * dinf_fp8_gemm_nt - D = A * B^T with 1x128 / 128x128 scaling.
+ * Arguments:
+ *   m, n, k   [IN]  sizes, >= 0
+ *   a         [IN]  e4m3 [m][k], row stride lda bytes
+ *   a_scales  [IN]  float32 [ceil(k/128)][aligned_m], M-major (see the top)
+ *   b         [IN]  e4m3 [n][k], row stride ldb bytes
+ *   b_scales  [IN]  float32 [ceil(n/128)][ceil(k/128)], row-major
+ *   d         [OUT] bfloat16 bits [m][n], row stride ldd elements, caller-owned
+ *   exec      [IN]  NULL = CPU
+ * Returns DINF_STATUS_OK, DINF_STATUS_INVALID_ARGUMENT (NULL pointers,
+ * negative sizes, leading dimensions below the row length, overlapping
+ * buffers, products overflowing), DINF_STATUS_UNSUPPORTED (DINF_EXEC_CUDA),
+ * DINF_STATUS_OUT_OF_MEMORY.
+ */
+DINF_API dinf_status dinf_fp8_gemm_nt(int64_t m, int64_t n, int64_t k, const uint8_t *a,
+                                      int64_t lda, const float *a_scales, const uint8_t *b,
+                                      int64_t ldb, const float *b_scales, uint16_t *d, int64_t ldd,
+                                      const dinf_exec *exec);
+
+/*
+ * dinf_fp8_m_grouped_gemm_nt_contiguous - grouped along m, groups stacked.
+ * Arguments:
+ *   m_sum, n, k [IN]  total rows, columns, depth; m_sum % 128 == 0
+ *   num_groups  [IN]  >= 1
+ *   a, lda, a_scales [IN] as dinf_fp8_gemm_nt with m = m_sum
+ *   b           [IN]  e4m3 [num_groups][n][k], row stride ldb, group stride n*ldb
+ *   b_scales    [IN]  float32 [num_groups][ceil(n/128)][ceil(k/128)]
+ *   d, ldd      [OUT] bfloat16 [m_sum][n]; rows whose m_indices is -1 are not written
+ *   m_indices   [IN]  int32 [m_sum]: group of each row, or -1; constant over each
+ *                     aligned block of 128 rows
+ *   exec        [IN]  NULL = CPU
+ * Returns as dinf_fp8_gemm_nt; INVALID_ARGUMENT also for m_sum % 128 != 0,
+ * an index outside [-1, num_groups) or one that changes inside a 128-row
+ * block (the message names the row).
+ */
+DINF_API dinf_status dinf_fp8_m_grouped_gemm_nt_contiguous(
+    int64_t m_sum, int64_t n, int64_t k, int64_t num_groups, const uint8_t *a, int64_t lda,
+    const float *a_scales, const uint8_t *b, int64_t ldb, const float *b_scales, uint16_t *d,
+    int64_t ldd, const int32_t *m_indices, const dinf_exec *exec);
+
+/*
+ * dinf_fp8_m_grouped_gemm_nt_masked - one GEMM per group on padded inputs.
+ * Arguments:
+ *   num_groups, m_max, n, k [IN] >= 0 (num_groups >= 1)
+ *   a           [IN]  e4m3 [num_groups][m_max][k], row stride lda, group stride m_max*lda
+ *   a_scales    [IN]  float32 [num_groups][ceil(k/128)][aligned_m_max], each group
+ *                     M-major (aligned_m_max = ceil(m_max/4)*4)
+ *   b, ldb, b_scales [IN] as the contiguous form
+ *   d, ldd      [OUT] bfloat16 [num_groups][m_max][n]; rows >= masked_m[g] not written
+ *   masked_m    [IN]  int32 [num_groups], 0 <= masked_m[g] <= m_max (device memory
+ *                     for DINF_EXEC_CUDA)
+ *   expected_m  [IN]  a hint of the typical masked_m for the GPU kernel choice; >= 0
+ *   exec        [IN]  NULL = CPU
+ * Returns as dinf_fp8_gemm_nt; INVALID_ARGUMENT also for masked_m out of range
+ * (on the CPU; the message names the group).
+ */
+DINF_API dinf_status dinf_fp8_m_grouped_gemm_nt_masked(
+    int64_t num_groups, int64_t m_max, int64_t n, int64_t k, const uint8_t *a, int64_t lda,
+    const float *a_scales, const uint8_t *b, int64_t ldb, const float *b_scales, uint16_t *d,
+    int64_t ldd, const int32_t *masked_m, int64_t expected_m, const dinf_exec *exec);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* DEEPINFRA_GEMM_H */
