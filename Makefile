@@ -61,7 +61,8 @@ CFLAGS_LIB := $(DEPFLAGS) -std=c11 $(OPT) -g -fPIC -fvisibility=hidden -ffp-cont
               -DDINF_BUILD -DDINF_WITH_CUDA=$(CUDA) -Iinclude $(if $(filter 1,$(CUDA)),-I$(CUDA_HOME)/include)
 CXXFLAGS_TEST := $(DEPFLAGS) -std=c++17 $(OPT) -g $(CXXWARN) $(SANFLAGS) -Iinclude -Ilib
 CFLAGS_TEST := $(DEPFLAGS) -std=c11 $(OPT) -g -ffp-contract=off $(WARN) $(SANFLAGS) -Iinclude -Ilib \
-               -DDINF_SOURCE_DIR='"$(CURDIR)"' -DDINF_WITH_CUDA=$(CUDA)
+               -DDINF_SOURCE_DIR='"$(CURDIR)"' -DDINF_WITH_CUDA=$(CUDA) \
+               $(if $(filter 1,$(CUDA)),-I$(CUDA_HOME)/include)
 NVCCFLAGS := -std=c++17 -O3 $(GENCODE) -ccbin $(CXX) -Xcompiler -fPIC,-fvisibility=hidden \
              -Xfatbin -compress-all --resource-usage -DDINF_BUILD -Iinclude
 
@@ -183,7 +184,7 @@ test-python: lib tools | deps
 $(BUILDDIR)/obj/benchmarks/%.o: benchmarks/%.c $(CONFIG_STAMP) | deps-c
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
-	@$(CC) $(CFLAGS_TEST) -O2 $(if $(filter 1,$(CUDA)),-I$(CUDA_HOME)/include) -c $< -o $@
+	@$(CC) $(CFLAGS_TEST) -O2 -c $< -o $@
 
 $(BUILDDIR)/obj/benchmarks/shim.o: benchmarks/shim.cc $(CONFIG_STAMP) | deps-c
 	@mkdir -p $(dir $@)

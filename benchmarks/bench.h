@@ -49,6 +49,7 @@ int bench_main(int argc, char **argv);
 void bench_register_eplb(void);
 void bench_register_dualpipe(void);
 void bench_register_copy(void);
+void bench_register_gemm(void);
 
 #ifdef __cplusplus
 }

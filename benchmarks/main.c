@@ -14,6 +14,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "GPU benchmarks skipped: %s\n", info.reason);
     bench_register_eplb();
     bench_register_dualpipe();
+    bench_register_gemm();
     if (info.usable)
         bench_register_copy();
     return bench_main(argc, argv);

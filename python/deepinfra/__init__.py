@@ -4,7 +4,8 @@
 is found and loaded on first use (see ``deepinfra._lib`` for the lookup
 order: DEEPINFRA_LIBRARY_PATH, DINF_BUILD_DIR, the build tree, the installed
 location, the dynamic loader). The core needs only the standard library;
-``deepinfra.eplb`` needs numpy and is imported on first access.
+``deepinfra.eplb`` and ``deepinfra.gemm`` need numpy and are imported on
+first access, as is ``deepinfra.dualpipe``.
 
 Every failed C call raises a :class:`DeepInfraError` subclass carrying the
 library's ``dinf_last_error()`` message and its status.
@@ -64,13 +65,14 @@ __all__ = [
     "LibraryVersionError",
     "eplb",
     "dualpipe",
+    "gemm",
 ]
 
 
 def __getattr__(name):
     # Submodules that need numpy are imported on first access, so that
     # `import deepinfra` works with the standard library alone.
-    if name in ("eplb", "dualpipe"):
+    if name in ("eplb", "dualpipe", "gemm"):
         import importlib
 
         return importlib.import_module("." + name, __name__)
@@ -78,4 +80,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | {"eplb", "dualpipe"})
+    return sorted(set(globals()) | {"eplb", "dualpipe", "gemm"})

@@ -54,6 +54,9 @@ __all__ = [
     "EplbOptions",
     "EplbBalanceSummary",
     "EPLB_OPTIONS_MAGIC",
+    "Exec",
+    "EXEC_CPU",
+    "EXEC_CUDA",
     "error_from_status",
     "lib",
     "library_path",
@@ -285,6 +288,28 @@ class DeviceInfo(ctypes.Structure):
     ]
 
 
+EXEC_CPU = 0  # dinf_exec_kind
+EXEC_CUDA = 1
+
+
+class Exec(ctypes.Structure):
+    """dinf_exec (core.h): where a compute call runs. A NULL pointer means the CPU
+    with the library's default thread count; :func:`Exec.cpu` builds the CPU place
+    with a thread count (0 = all cores)."""
+
+    _fields_ = [
+        ("size", ctypes.c_uint32),
+        ("kind", ctypes.c_int32),
+        ("device", ctypes.c_int32),
+        ("num_threads", ctypes.c_int32),
+        ("stream", ctypes.c_void_p),
+    ]
+
+    @classmethod
+    def cpu(cls, num_threads=0):
+        return cls(ctypes.sizeof(cls), EXEC_CPU, 0, int32_arg("num_threads", num_threads), None)
+
+
 EPLB_OPTIONS_MAGIC = 0x424C5045  # "EPLB"
 
 
@@ -357,6 +382,10 @@ _pi64 = ctypes.POINTER(ctypes.c_int64)
 _pf32 = ctypes.POINTER(ctypes.c_float)
 _pf64 = ctypes.POINTER(ctypes.c_double)
 _popt = ctypes.POINTER(EplbOptions)
+_pu8 = ctypes.POINTER(ctypes.c_uint8)
+_pu16 = ctypes.POINTER(ctypes.c_uint16)
+_pi32 = ctypes.POINTER(ctypes.c_int32)
+_pexec = ctypes.POINTER(Exec)
 _STATUS = "status"
 
 _FUNCTIONS = [
@@ -479,6 +508,53 @@ _FUNCTIONS = [
         _STATUS,
         [ctypes.POINTER(PipeEvent), _i64, ctypes.c_int32, ctypes.c_char_p, ctypes.c_double,
          ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)],
+    ),
+    # dinf_status dinf_convert(const void *src, dinf_dtype src_dtype, void *dst,
+    #     dinf_dtype dst_dtype, int64_t count, const dinf_exec *exec);
+    (
+        "dinf_convert",
+        _STATUS,
+        [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, _i64, _pexec],
+    ),
+    # dinf_status dinf_fp8_quantize(const void *x, dinf_dtype x_dtype, int64_t m, int64_t k,
+    #     int64_t x_ld, int32_t block_rows, uint8_t *q, int64_t q_ld, float *scales,
+    #     const dinf_exec *exec);
+    (
+        "dinf_fp8_quantize",
+        _STATUS,
+        [ctypes.c_void_p, ctypes.c_int, _i64, _i64, _i64, ctypes.c_int32, _pu8, _i64, _pf32,
+         _pexec],
+    ),
+    # dinf_status dinf_fp8_scale_layout_mn_major(const float *scales, int64_t m, int64_t kb,
+    #     float *out, int64_t *aligned_m, const dinf_exec *exec);
+    ("dinf_fp8_scale_layout_mn_major", _STATUS, [_pf32, _i64, _i64, _pf32, _pi64, _pexec]),
+    # dinf_status dinf_fp8_gemm_nt(int64_t m, int64_t n, int64_t k, const uint8_t *a,
+    #     int64_t lda, const float *a_scales, const uint8_t *b, int64_t ldb,
+    #     const float *b_scales, uint16_t *d, int64_t ldd, const dinf_exec *exec);
+    (
+        "dinf_fp8_gemm_nt",
+        _STATUS,
+        [_i64, _i64, _i64, _pu8, _i64, _pf32, _pu8, _i64, _pf32, _pu16, _i64, _pexec],
+    ),
+    # dinf_status dinf_fp8_m_grouped_gemm_nt_contiguous(int64_t m_sum, int64_t n, int64_t k,
+    #     int64_t num_groups, const uint8_t *a, int64_t lda, const float *a_scales,
+    #     const uint8_t *b, int64_t ldb, const float *b_scales, uint16_t *d, int64_t ldd,
+    #     const int32_t *m_indices, const dinf_exec *exec);
+    (
+        "dinf_fp8_m_grouped_gemm_nt_contiguous",
+        _STATUS,
+        [_i64, _i64, _i64, _i64, _pu8, _i64, _pf32, _pu8, _i64, _pf32, _pu16, _i64, _pi32,
+         _pexec],
+    ),
+    # dinf_status dinf_fp8_m_grouped_gemm_nt_masked(int64_t num_groups, int64_t m_max,
+    #     int64_t n, int64_t k, const uint8_t *a, int64_t lda, const float *a_scales,
+    #     const uint8_t *b, int64_t ldb, const float *b_scales, uint16_t *d, int64_t ldd,
+    #     const int32_t *masked_m, int64_t expected_m, const dinf_exec *exec);
+    (
+        "dinf_fp8_m_grouped_gemm_nt_masked",
+        _STATUS,
+        [_i64, _i64, _i64, _i64, _pu8, _i64, _pf32, _pu8, _i64, _pf32, _pu16, _i64, _pi32, _i64,
+         _pexec],
     ),
 ]
 

@@ -1,0 +1,490 @@
+/*
+ * FP8 GEMMs with 1x128 (A) / 128x128 (B) scaling: argument checks and the
+ * CPU implementation (the oracle of the GPU kernels).
+ *
+ * Arithmetic, exactly (every operation float32, round to nearest even, no
+ * fused multiply-add: the library is built with -ffp-contract=off):
+ *
+ *   for each output element (i, j), starting from total = +0.0f,
+ *   for each k block kb = 0, 1, ... in increasing order:
+ *       partial = +0.0f
+ *       for k in the block, in increasing order:  partial += a[i][k] * b[j][k]
+ *       total += (a_scale[i][kb] * b_scale[j/128][kb]) * partial
+ *   d[i][j] = bf16(total)                         (one rounding, nearest even)
+ *
+ * with a and b decoded exactly from e4m3 through a 256-entry table. The order
+ * is the same for every element, whatever the tile or thread that computes
+ * it, so results are bit-identical for any thread count and on any x86-64
+ * code path (the AVX2 clone below performs the same operations per lane).
+ *
+ * Work is split into tiles of up to 128 rows x 128 columns (one B scale
+ * block wide); for each k block a tile decodes its A rows and its B columns
+ * (transposed) once into float buffers and runs a 4 x 16 register-blocked
+ * kernel over them. Tiles are distributed over threads with
+ * dinf__parallel_for; each worker owns a scratch slot allocated up front.
+ *
+ * Pointers: a buffer that holds no element (e.g. a and b when k == 0,
+ * everything when m == 0 or n == 0) may be NULL; any other NULL is rejected.
+ */
+#include "../core/internal.h"
+#include "../core/numeric_hd.h"
+#include "../core/parallel.h"
+
+#include "deepinfra/gemm.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BLOCK_K 128
+#define TILE_M 128
+#define TILE_N 128 /* = the B scale block: one b_scale per tile and k block */
+#define MICRO_M 4
+#define MICRO_N 16
+
+typedef float v8f __attribute__((vector_size(32)));
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* p + off, keeping NULL (allowed for empty buffers, k == 0) free of arithmetic. */
+#define OFFSET(p, off) ((p) ? (p) + (off) : (p))
+
+/* One block of TILE_M (or fewer) rows sharing one B matrix. */
+typedef struct row_block {
+    const uint8_t *a;  /* first row of the block */
+    const float *sa;   /* a_scales + first row; element (r, kb) at sa[kb * sa_stride + r] */
+    int64_t sa_stride; /* aligned_m of the scale layout */
+    const uint8_t *b;  /* [n][k] of the group */
+    const float *sb;   /* [ceil(n/128)][kblocks] of the group */
+    uint16_t *d;       /* first output row */
+    int64_t rows;      /* 1..TILE_M */
+} row_block;
+
+/* Per-worker scratch, 64-byte aligned floats. */
+typedef struct scratch {
+    float *a;     /* [TILE_M][BLOCK_K]  decoded A block, row-major */
+    float *bt;    /* [BLOCK_K][TILE_N]  decoded B block, transposed */
+    float *total; /* [TILE_M][TILE_N]   running sum over k blocks */
+} scratch;
+
+typedef struct gemm_job {
+    int64_t n, k, kblocks, n_tiles;
+    int64_t lda, ldb, ldd;
+    const row_block *blocks;
+    int64_t num_blocks;
+    float table[256]; /* e4m3 code -> float32 */
+    scratch *slots;
+    int64_t num_slots;
+    atomic_llong next_slot;
+} gemm_job;
+
+/*
+ * partial (4 rows x 16 columns, in registers) over one k block, then folded
+ * into total with the rows' scales. Sequential in k for every element.
+ */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+static void tile_block_kernel(const float *restrict a, const float *restrict bt, int64_t kk,
+                              int64_t rows_pad, int64_t cols_pad, const float *restrict row_scale,
+                              float *restrict total) {
+    for (int64_t i0 = 0; i0 < rows_pad; i0 += MICRO_M) {
+        const float *a0 = a + (i0 + 0) * BLOCK_K, *a1 = a + (i0 + 1) * BLOCK_K;
+        const float *a2 = a + (i0 + 2) * BLOCK_K, *a3 = a + (i0 + 3) * BLOCK_K;
+        for (int64_t j0 = 0; j0 < cols_pad; j0 += MICRO_N) {
+            v8f c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0};
+            v8f c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
+            const float *bp = bt + j0;
+            for (int64_t k = 0; k < kk; k++, bp += TILE_N) {
+                v8f b0, b1;
+                memcpy(&b0, bp, sizeof b0);
+                memcpy(&b1, bp + 8, sizeof b1);
+                c00 += a0[k] * b0;
+                c01 += a0[k] * b1;
+                c10 += a1[k] * b0;
+                c11 += a1[k] * b1;
+                c20 += a2[k] * b0;
+                c21 += a2[k] * b1;
+                c30 += a3[k] * b0;
+                c31 += a3[k] * b1;
+            }
+            const v8f c[MICRO_M][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}};
+            for (int r = 0; r < MICRO_M; r++) {
+                float *t = total + (i0 + r) * TILE_N + j0;
+                for (int h = 0; h < 2; h++) {
+                    v8f acc;
+                    memcpy(&acc, t + 8 * h, sizeof acc);
+                    acc += row_scale[i0 + r] * c[r][h];
+                    memcpy(t + 8 * h, &acc, sizeof acc);
+                }
+            }
+        }
+    }
+}
+
+static void run_tile(const gemm_job *job, scratch *s, const row_block *rb, int64_t nt) {
+    const int64_t n0 = nt * TILE_N;
+    const int64_t cols = job->n - n0 < TILE_N ? job->n - n0 : TILE_N;
+    const int64_t rows = rb->rows;
+    const int64_t rows_pad = ceil_div(rows, MICRO_M) * MICRO_M;
+    const int64_t cols_pad = ceil_div(cols, MICRO_N) * MICRO_N;
+    const float *tbl = job->table;
+    float row_scale[TILE_M];
+
+    memset(s->total, 0, sizeof(float) * TILE_M * TILE_N);
+    if (rows_pad != rows)
+        memset(s->a + rows * BLOCK_K, 0, sizeof(float) * (size_t)(rows_pad - rows) * BLOCK_K);
+    for (int64_t kb = 0; kb < job->kblocks; kb++) {
+        const int64_t k0 = kb * BLOCK_K;
+        const int64_t kk = job->k - k0 < BLOCK_K ? job->k - k0 : BLOCK_K;
+        for (int64_t r = 0; r < rows; r++) {
+            const uint8_t *src = rb->a + r * job->lda + k0;
+            float *dst = s->a + r * BLOCK_K;
+            for (int64_t k = 0; k < kk; k++)
+                dst[k] = tbl[src[k]];
+        }
+        if (cols_pad != cols)
+            for (int64_t k = 0; k < kk; k++)
+                memset(s->bt + k * TILE_N + cols, 0, sizeof(float) * (size_t)(cols_pad - cols));
+        for (int64_t c = 0; c < cols; c++) {
+            const uint8_t *src = rb->b + (n0 + c) * job->ldb + k0;
+            for (int64_t k = 0; k < kk; k++)
+                s->bt[k * TILE_N + c] = tbl[src[k]];
+        }
+        const float sb = rb->sb[nt * job->kblocks + kb];
+        for (int64_t r = 0; r < rows_pad; r++)
+            row_scale[r] = r < rows ? rb->sa[kb * rb->sa_stride + r] * sb : 0.0f;
+        tile_block_kernel(s->a, s->bt, kk, rows_pad, cols_pad, row_scale, s->total);
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        uint16_t *out = rb->d + r * job->ldd + n0;
+        const float *t = s->total + r * TILE_N;
+        for (int64_t c = 0; c < cols; c++)
+            out[c] = dinf__bf16_from_f32(t[c]);
+    }
+}
+
+static void run_tiles(void *ctx, int64_t begin, int64_t end) {
+    gemm_job *job = ctx;
+    /* dinf__parallel_for makes at most min(threads, tiles) = num_slots calls,
+     * each on its own thread: one slot per call. */
+    long long slot = atomic_fetch_add(&job->next_slot, 1);
+    scratch *s = &job->slots[slot % job->num_slots];
+    for (int64_t t = begin; t < end; t++)
+        run_tile(job, s, &job->blocks[t / job->n_tiles], t % job->n_tiles);
+}
+
+/* Run every (row block x n tile) of blocks on place->threads threads. */
+static dinf_status run_gemm(const char *func, const dinf__place *place, int64_t n, int64_t k,
+                            int64_t lda, int64_t ldb, int64_t ldd, const row_block *blocks,
+                            int64_t num_blocks) {
+    gemm_job *job = malloc(sizeof *job);
+    if (!job)
+        return dinf__fail(DINF_STATUS_OUT_OF_MEMORY, func, "cannot allocate the job descriptor");
+    job->n = n;
+    job->k = k;
+    job->kblocks = ceil_div(k, BLOCK_K);
+    job->n_tiles = ceil_div(n, TILE_N);
+    job->lda = lda;
+    job->ldb = ldb;
+    job->ldd = ldd;
+    job->blocks = blocks;
+    job->num_blocks = num_blocks;
+    for (int c = 0; c < 256; c++)
+        job->table[c] = dinf__f32_from_e4m3((uint8_t)c);
+    const int64_t tiles = num_blocks * job->n_tiles;
+    job->num_slots = tiles < place->threads ? tiles : place->threads;
+    atomic_init(&job->next_slot, 0);
+    job->slots = calloc((size_t)job->num_slots, sizeof *job->slots);
+    const size_t slot_bytes = sizeof(float) * (size_t)(TILE_M * BLOCK_K + BLOCK_K * TILE_N + TILE_M * TILE_N);
+    int ok = job->slots != NULL;
+    for (int64_t i = 0; ok && i < job->num_slots; i++) {
+        float *mem = aligned_alloc(64, slot_bytes);
+        if (!mem) {
+            ok = 0;
+            break;
+        }
+        job->slots[i] = (scratch){mem, mem + TILE_M * BLOCK_K, mem + TILE_M * BLOCK_K + BLOCK_K * TILE_N};
+    }
+    dinf_status st = DINF_STATUS_OK;
+    if (ok)
+        dinf__parallel_for(place->threads, tiles, 1, run_tiles, job);
+    else
+        st = dinf__fail(DINF_STATUS_OUT_OF_MEMORY, func,
+                        "cannot allocate %lld scratch buffers of %zu bytes",
+                        (long long)job->num_slots, slot_bytes);
+    if (job->slots)
+        for (int64_t i = 0; i < job->num_slots; i++)
+            free(job->slots[i].a);
+    free(job->slots);
+    free(job);
+    return st;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Argument checks                                                           */
+/* ------------------------------------------------------------------------ */
+
+/* Bytes spanned by rows x cols elements of elem bytes with row stride ld
+ * elements; 0 when empty; -1 on overflow. */
+static int span_bytes(int64_t rows, int64_t cols, int64_t ld, int64_t elem, size_t *out) {
+    int64_t v;
+    if (rows == 0 || cols == 0) {
+        *out = 0;
+        return 0;
+    }
+    if (dinf__mul_i64(rows - 1, ld, &v) || __builtin_add_overflow(v, cols, &v) ||
+        dinf__mul_i64(v, elem, &v))
+        return -1;
+    *out = (size_t)v;
+    return 0;
+}
+
+typedef struct shape_check {
+    const char *func;
+    int64_t groups;  /* 1 for the plain GEMM */
+    int64_t m_rows;  /* rows of a and d in total (m, m_sum, groups * m_max) */
+    int64_t m_group; /* rows per A group (m_max) for the masked layout; else m_rows */
+    int masked;
+    int64_t n, k, lda, ldb, ldd;
+    const uint8_t *a;
+    const float *a_scales;
+    const uint8_t *b;
+    const float *b_scales;
+    const uint16_t *d;
+} shape_check;
+
+#define CHECK_PTR(ptr, name, needed)                                                              \
+    do {                                                                                          \
+        if ((needed) && (ptr) == NULL)                                                            \
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, c->func, "%s is NULL", name);         \
+    } while (0)
+
+static dinf_status check_common(const shape_check *c) {
+    const char *func = c->func;
+    if (c->n < 0)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "n=%lld is negative", (long long)c->n);
+    if (c->k < 0)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "k=%lld is negative", (long long)c->k);
+    if (c->lda < c->k)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "lda=%lld is below k=%lld",
+                          (long long)c->lda, (long long)c->k);
+    if (c->ldb < c->k)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "ldb=%lld is below k=%lld",
+                          (long long)c->ldb, (long long)c->k);
+    if (c->ldd < c->n)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "ldd=%lld is below n=%lld",
+                          (long long)c->ldd, (long long)c->n);
+    const int work = c->m_rows > 0 && c->n > 0;
+    CHECK_PTR(c->a, "a", work && c->k > 0);
+    CHECK_PTR(c->a_scales, "a_scales", work && c->k > 0);
+    CHECK_PTR(c->b, "b", work && c->k > 0);
+    CHECK_PTR(c->b_scales, "b_scales", work && c->k > 0);
+    CHECK_PTR(c->d, "d", work);
+
+    /* Extents of every buffer, for overflow and overlap. */
+    const int64_t kblocks = ceil_div(c->k, BLOCK_K), nblocks = ceil_div(c->n, TILE_N);
+    const int64_t aligned = ceil_div(c->m_group, 4) * 4;
+    size_t a_bytes, b_bytes, d_bytes, sa_bytes, sb_bytes;
+    int64_t sa_count, sb_count, b_rows;
+    if (span_bytes(c->m_rows, c->k, c->lda, 1, &a_bytes) ||
+        dinf__mul_i64(c->groups, c->n, &b_rows) || span_bytes(b_rows, c->k, c->ldb, 1, &b_bytes) ||
+        span_bytes(c->m_rows, c->n, c->ldd, 2, &d_bytes) ||
+        dinf__mul_i64(kblocks, aligned, &sa_count) ||
+        (c->masked && dinf__mul_i64(sa_count, c->groups, &sa_count)) ||
+        dinf__mul_i64(sa_count, 4, &sa_count) || dinf__mul_i64(nblocks, kblocks, &sb_count) ||
+        dinf__mul_i64(sb_count, c->groups, &sb_count) || dinf__mul_i64(sb_count, 4, &sb_count))
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "buffer sizes overflow int64 (m=%lld, n=%lld, k=%lld, num_groups=%lld, "
+                          "lda=%lld, ldb=%lld, ldd=%lld)",
+                          (long long)c->m_rows, (long long)c->n, (long long)c->k,
+                          (long long)c->groups, (long long)c->lda, (long long)c->ldb,
+                          (long long)c->ldd);
+    if (!work)
+        return DINF_STATUS_OK;
+    sa_bytes = (size_t)sa_count;
+    sb_bytes = (size_t)sb_count;
+    const dinf__buffer buffers[] = {
+        {"d", c->d, d_bytes},           {"a", c->a, a_bytes},
+        {"a_scales", c->a_scales, sa_bytes}, {"b", c->b, b_bytes},
+        {"b_scales", c->b_scales, sb_bytes},
+    };
+    return dinf__check_disjoint(func, buffers, 5);
+}
+
+/* Validate exec; CUDA is valid but not implemented. */
+static dinf_status resolve_place(const char *func, const dinf_exec *exec, dinf__place *place) {
+    dinf_status st = dinf__place_resolve(func, exec, place);
+    if (st != DINF_STATUS_OK)
+        return st;
+    if (place->kind == DINF_EXEC_CUDA)
+        return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
+                          "the Hopper kernels are not implemented yet; use DINF_EXEC_CPU");
+    return DINF_STATUS_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Entry points                                                              */
+/* ------------------------------------------------------------------------ */
+
+dinf_status dinf_fp8_gemm_nt(int64_t m, int64_t n, int64_t k, const uint8_t *a, int64_t lda,
+                             const float *a_scales, const uint8_t *b, int64_t ldb,
+                             const float *b_scales, uint16_t *d, int64_t ldd,
+                             const dinf_exec *exec) {
+    if (m < 0)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "m=%lld is negative", (long long)m);
+    const shape_check c = {__func__, 1, m, m, 0, n, k, lda, ldb, ldd, a, a_scales, b, b_scales, d};
+    dinf_status st = check_common(&c);
+    if (st != DINF_STATUS_OK)
+        return st;
+    dinf__place place;
+    if ((st = resolve_place(__func__, exec, &place)) != DINF_STATUS_OK)
+        return st;
+    if (m == 0 || n == 0)
+        return DINF_STATUS_OK;
+    const int64_t num_blocks = ceil_div(m, TILE_M), aligned_m = ceil_div(m, 4) * 4;
+    row_block *blocks = malloc((size_t)num_blocks * sizeof *blocks);
+    if (!blocks)
+        return DINF_FAIL(DINF_STATUS_OUT_OF_MEMORY, "cannot allocate %lld row blocks",
+                         (long long)num_blocks);
+    for (int64_t i = 0; i < num_blocks; i++) {
+        const int64_t m0 = i * TILE_M;
+        blocks[i] = (row_block){OFFSET(a, m0 * lda), OFFSET(a_scales, m0), aligned_m, b, b_scales,
+                                d + m0 * ldd, m - m0 < TILE_M ? m - m0 : TILE_M};
+    }
+    st = run_gemm(__func__, &place, n, k, lda, ldb, ldd, blocks, num_blocks);
+    free(blocks);
+    return st;
+}
+
+dinf_status dinf_fp8_m_grouped_gemm_nt_contiguous(int64_t m_sum, int64_t n, int64_t k,
+                                                  int64_t num_groups, const uint8_t *a,
+                                                  int64_t lda, const float *a_scales,
+                                                  const uint8_t *b, int64_t ldb,
+                                                  const float *b_scales, uint16_t *d, int64_t ldd,
+                                                  const int32_t *m_indices,
+                                                  const dinf_exec *exec) {
+    if (m_sum < 0)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "m_sum=%lld is negative", (long long)m_sum);
+    if (m_sum % DINF_FP8_GEMM_M_ALIGNMENT != 0)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "m_sum=%lld is not a multiple of %d",
+                         (long long)m_sum, DINF_FP8_GEMM_M_ALIGNMENT);
+    if (num_groups < 1)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_groups=%lld must be >= 1",
+                         (long long)num_groups);
+    const shape_check c = {__func__, num_groups, m_sum, m_sum, 0, n,        k,       lda,
+                           ldb,      ldd,        a,     a_scales, b, b_scales, d};
+    dinf_status st = check_common(&c);
+    if (st != DINF_STATUS_OK)
+        return st;
+    if (m_sum > 0 && !m_indices)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "m_indices is NULL");
+    if (m_sum > 0 && n > 0) {
+        const dinf__buffer buffers[] = {{"d", d, (size_t)((m_sum - 1) * ldd + n) * 2},
+                                        {"m_indices", m_indices, (size_t)m_sum * 4}};
+        if ((st = dinf__check_disjoint(__func__, buffers, 2)) != DINF_STATUS_OK)
+            return st;
+    }
+    dinf__place place;
+    if ((st = resolve_place(__func__, exec, &place)) != DINF_STATUS_OK)
+        return st;
+    for (int64_t i = 0; i < m_sum; i++) {
+        const int32_t g = m_indices[i];
+        if (g < -1 || g >= num_groups)
+            return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                             "m_indices[%lld]=%d is outside [-1, num_groups=%lld)", (long long)i,
+                             (int)g, (long long)num_groups);
+        const int64_t first = i - i % DINF_FP8_GEMM_M_ALIGNMENT;
+        if (g != m_indices[first])
+            return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                             "m_indices[%lld]=%d differs from m_indices[%lld]=%d: the group must "
+                             "be constant over each aligned block of %d rows",
+                             (long long)i, (int)g, (long long)first, (int)m_indices[first],
+                             DINF_FP8_GEMM_M_ALIGNMENT);
+    }
+    if (m_sum == 0 || n == 0)
+        return DINF_STATUS_OK;
+    const int64_t total_blocks = m_sum / TILE_M, kblocks = ceil_div(k, BLOCK_K);
+    const int64_t sb_group = ceil_div(n, TILE_N) * kblocks;
+    row_block *blocks = malloc((size_t)total_blocks * sizeof *blocks);
+    if (!blocks)
+        return DINF_FAIL(DINF_STATUS_OUT_OF_MEMORY, "cannot allocate %lld row blocks",
+                         (long long)total_blocks);
+    int64_t num_blocks = 0;
+    for (int64_t i = 0; i < total_blocks; i++) {
+        const int64_t m0 = i * TILE_M, g = m_indices[m0];
+        if (g < 0)
+            continue; /* padding rows: not computed, not written */
+        blocks[num_blocks++] = (row_block){OFFSET(a, m0 * lda), OFFSET(a_scales, m0), m_sum,
+                                           OFFSET(b, g * n * ldb),
+                                           OFFSET(b_scales, g * sb_group), d + m0 * ldd, TILE_M};
+    }
+    st = run_gemm(__func__, &place, n, k, lda, ldb, ldd, blocks, num_blocks);
+    free(blocks);
+    return st;
+}
+
+dinf_status dinf_fp8_m_grouped_gemm_nt_masked(int64_t num_groups, int64_t m_max, int64_t n,
+                                              int64_t k, const uint8_t *a, int64_t lda,
+                                              const float *a_scales, const uint8_t *b,
+                                              int64_t ldb, const float *b_scales, uint16_t *d,
+                                              int64_t ldd, const int32_t *masked_m,
+                                              int64_t expected_m, const dinf_exec *exec) {
+    if (num_groups < 1)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_groups=%lld must be >= 1",
+                         (long long)num_groups);
+    if (m_max < 0)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "m_max=%lld is negative", (long long)m_max);
+    if (expected_m < 0)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "expected_m=%lld is negative",
+                         (long long)expected_m);
+    int64_t m_rows;
+    if (dinf__mul_i64(num_groups, m_max, &m_rows))
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "num_groups=%lld * m_max=%lld overflows int64", (long long)num_groups,
+                         (long long)m_max);
+    const shape_check c = {__func__, num_groups, m_rows, m_max, 1, n,        k,       lda,
+                           ldb,      ldd,        a,      a_scales, b, b_scales, d};
+    dinf_status st = check_common(&c);
+    if (st != DINF_STATUS_OK)
+        return st;
+    if (!masked_m)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "masked_m is NULL");
+    if (m_rows > 0 && n > 0) {
+        const dinf__buffer buffers[] = {{"d", d, (size_t)((m_rows - 1) * ldd + n) * 2},
+                                        {"masked_m", masked_m, (size_t)num_groups * 4}};
+        if ((st = dinf__check_disjoint(__func__, buffers, 2)) != DINF_STATUS_OK)
+            return st;
+    }
+    dinf__place place;
+    if ((st = resolve_place(__func__, exec, &place)) != DINF_STATUS_OK)
+        return st;
+    int64_t total_blocks = 0;
+    for (int64_t g = 0; g < num_groups; g++) {
+        if (masked_m[g] < 0 || masked_m[g] > m_max)
+            return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                             "masked_m[%lld]=%d is outside [0, m_max=%lld]", (long long)g,
+                             (int)masked_m[g], (long long)m_max);
+        total_blocks += ceil_div(masked_m[g], TILE_M);
+    }
+    if (total_blocks == 0 || n == 0)
+        return DINF_STATUS_OK;
+    const int64_t kblocks = ceil_div(k, BLOCK_K), aligned = ceil_div(m_max, 4) * 4;
+    const int64_t sb_group = ceil_div(n, TILE_N) * kblocks;
+    row_block *blocks = malloc((size_t)total_blocks * sizeof *blocks);
+    if (!blocks)
+        return DINF_FAIL(DINF_STATUS_OUT_OF_MEMORY, "cannot allocate %lld row blocks",
+                         (long long)total_blocks);
+    int64_t num_blocks = 0;
+    for (int64_t g = 0; g < num_groups; g++)
+        for (int64_t m0 = 0; m0 < masked_m[g]; m0 += TILE_M) {
+            const int64_t row = g * m_max + m0;
+            blocks[num_blocks++] = (row_block){
+                OFFSET(a, row * lda), OFFSET(a_scales, g * kblocks * aligned + m0), aligned,
+                OFFSET(b, g * n * ldb), OFFSET(b_scales, g * sb_group), d + row * ldd,
+                masked_m[g] - m0 < TILE_M ? masked_m[g] - m0 : TILE_M};
+        }
+    st = run_gemm(__func__, &place, n, k, lda, ldb, ldd, blocks, num_blocks);
+    free(blocks);
+    return st;
+}
