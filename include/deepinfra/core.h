@@ -153,7 +153,7 @@ typedef struct dinf_exec {
     uint32_t size;        /* sizeof(dinf_exec) (use the DINF_EXEC_*_INIT macros) */
     int32_t kind;         /* dinf_exec_kind */
     int32_t device;       /* CUDA device ordinal (DINF_EXEC_CUDA); ignored for the CPU */
-    int32_t num_threads;  /* CPU worker threads; 0 = all online cores; ignored for CUDA */
+    int32_t num_threads;  /* CPU worker threads, 0..1024; 0 = all online cores; ignored for CUDA */
     dinf_stream_t stream; /* CUDA stream (NULL = legacy default stream); ignored for the CPU */
 } dinf_exec;
 
@@ -205,7 +205,10 @@ DINF_API dinf_status dinf_convert(const void *src, dinf_dtype src_dtype, void *d
  *   q     = e4m3(clamp(x * (448 / amax), -448, 448)),  so  x ~ q * scale.
  * Arguments:
  *   x          [IN]  [m][k] float32 or bfloat16 (x_dtype), row stride x_ld >= k
- *                    elements; values may be any float (NaN propagates to q)
+ *                    elements; any float: amax skips NaNs (a NaN element
+ *                    becomes the NaN code, the rest of its block is quantized
+ *                    as if it were absent); an infinity makes the block's
+ *                    scale inf, its finite elements 0 and itself NaN
  *   x_dtype    [IN]  DINF_DTYPE_FLOAT32 or DINF_DTYPE_BFLOAT16
  *   m, k       [IN]  >= 0 (m == 0 or k == 0: nothing to do)
  *   x_ld       [IN]  elements between rows of x

@@ -21,14 +21,17 @@
  *                                            rows of group g are computed
  *
  * Where it runs (exec, the last argument): the CPU implementation (threaded)
- * is exact to the semantics above and is the oracle of the GPU kernels. The
+ * follows the semantics above in a fixed, documented order, bit for bit for
+ * any thread count; it is the oracle of the GPU kernels, which will be
+ * compared with it within a tolerance (tensor-core accumulation is not
+ * sequential float32). The
  * Hopper kernels (JIT-compiled for sm_90a) are not part of this version:
  * DINF_EXEC_CUDA returns DINF_STATUS_UNSUPPORTED for now.
  *
  * Sizes: m, n, k >= 0 (an empty product writes nothing; k == 0 writes zeros);
  * partial blocks at the edges of k and n are allowed. Leading dimensions are
- * in elements (bytes for e4m3) and at least the row length. No output may
- * overlap an input.
+ * in elements (bytes for e4m3) and at least the row length. The output may
+ * not overlap an input (inputs may share memory).
  */
 #ifndef DEEPINFRA_GEMM_H
 #define DEEPINFRA_GEMM_H

@@ -6,7 +6,7 @@
  * and the dispatch to the CUDA launchers of kernels/core/fp8.cu.
  *
  * Choices the header leaves open, shared bit for bit with the kernels:
- * - amax ignores NaN (fmaxf): a NaN element becomes a NaN code (0x7F/0xFF)
+ * - amax ignores NaN (by comparison, signalling NaNs too): a NaN element becomes a NaN code (0x7F/0xFF)
  *   and the rest of its block is quantized as if it were absent; a block of
  *   only NaN and zeros gets the 1e-4 floor. An infinity makes amax infinite,
  *   the block's factor 448/amax zero, its finite elements 0 and the infinity
@@ -139,9 +139,15 @@ static void quantize_block(const quantize_ctx *c, int64_t r0, int64_t r1, int64_
                            float *scale) {
     float amax = 0.0f;
     for (int64_t r = r0; r < r1; r++)
-        for (int64_t j = c0; j < c1; j++)
-            amax = fmaxf(amax, fabsf(load_f32(c->x, c->x_dtype, r * c->x_ld + j)));
-    amax = fmaxf(amax, 1e-4f);
+        for (int64_t j = c0; j < c1; j++) {
+            /* a comparison skips every NaN, signalling ones too (glibc's
+             * fmaxf does not), as the GPU's max.f32 does */
+            const float v = fabsf(load_f32(c->x, c->x_dtype, r * c->x_ld + j));
+            if (v > amax)
+                amax = v;
+        }
+    if (!(amax > 1e-4f))
+        amax = 1e-4f;
     *scale = amax / DINF_E4M3_MAX;
     const float factor = DINF_E4M3_MAX / amax;
     for (int64_t r = r0; r < r1; r++) {

@@ -48,7 +48,7 @@ DINF_HD float dinf__f32_from_bf16(uint16_t b) { return dinf__f32_from_bits((uint
  * float32 -> e4m3 bits. Normal results (|x| >= 2^-6) round the float's
  * 23-bit mantissa to 3 bits to nearest even on the bit pattern, which also
  * carries into the exponent; subnormal results are multiples of 2^-9, rounded
- * with rintf (to nearest even in the default rounding mode). Anything at or
+ * to nearest even in integer arithmetic. Anything at or
  * beyond 448 in magnitude, infinities included, saturates to 0x7E.
  */
 DINF_HD uint8_t dinf__e4m3_from_f32(float x) {
@@ -60,8 +60,14 @@ DINF_HD uint8_t dinf__e4m3_from_f32(float x) {
     if (a >= 0x43e00000u) /* 448.0f */
         return (uint8_t)(sign | 0x7eu);
     if (a < 0x3c800000u) { /* below 2^-6: subnormal (or zero) */
-        const float m = rintf(dinf__f32_from_bits(a) * 512.0f); /* exact scaling */
-        return (uint8_t)(sign | (uint8_t)m);                     /* 8 becomes 2^-6, 0x08 */
+        /* q = |x| * 2^9 in [0, 8) is exact; round it to the nearest integer,
+         * ties to even, in integer arithmetic (no dependence on the FPU's
+         * rounding mode); 8 becomes 2^-6, code 0x08 */
+        const float q = dinf__f32_from_bits(a) * 512.0f;
+        uint32_t i = (uint32_t)q;
+        const float frac = q - (float)i;
+        i += frac > 0.5f || (frac == 0.5f && (i & 1u));
+        return (uint8_t)(sign | i);
     }
     const uint32_t r = (a + 0x7ffffu + ((a >> 20) & 1u)) >> 20; /* biased exp << 3 | mant */
     uint32_t code = r - (120u << 3);                               /* rebias 127 -> 7 */

@@ -147,7 +147,16 @@ def _bf16_output(out, shape):
     ):
         _fail("out must have unit element stride, a row stride >= n and groups stacked "
               "without gaps (strides %s)" % (s,))
-    ldd = s[-2] // 2 if rows > 1 else shape[-1]
+    if rows > 1:
+        ldd = s[-2] // 2
+    elif len(shape) == 3 and shape[0] > 1:
+        # one row per group: the group stride is the row stride the library uses
+        if s[0] % 2 or s[0] < 2 * shape[-1]:
+            _fail("out must have unit element stride and groups of n elements or more "
+                  "(strides %s)" % (s,))
+        ldd = s[0] // 2
+    else:
+        ldd = shape[-1]
     return out.view(np.uint16), max(ldd, shape[-1])
 
 

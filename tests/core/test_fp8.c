@@ -647,3 +647,88 @@ Test(fp8_errors, cuda_exec_without_a_device_fails_cleanly) {
     expect_fail(dinf_fp8_scale_layout_mn_major(x, 1, 1, out, &am, &cuda), expected,
                 "dinf_fp8_scale_layout_mn_major", fragment);
 }
+
+/* ------------------------------------------------- review regressions ---- */
+
+/* A signalling NaN is skipped by amax like a quiet one (glibc's fmaxf would
+ * not), so the CPU agrees with the GPU's max.f32. */
+Test(fp8_quantize, signalling_nan_does_not_disturb_amax) {
+    float x[128];
+    for (int i = 0; i < 128; i++)
+        x[i] = 1.0f;
+    x[0] = 100.0f;
+    for (int where = 1; where < 128; where += 126) {
+        float y[128];
+        memcpy(y, x, sizeof y);
+        y[where] = dinf__f32_from_bits(0x7f800001u); /* sNaN */
+        uint8_t q[128];
+        float scale;
+        cr_assert_eq(dinf_fp8_quantize(y, DINF_DTYPE_FLOAT32, 1, 128, 128, 1, q, 128, &scale, NULL),
+                     DINF_STATUS_OK);
+        cr_assert_eq(scale, 100.0f / 448.0f, "sNaN at %d: scale %g", where, scale);
+        cr_assert_eq(q[0], 0x7e);
+        cr_assert_eq(q[where] & 0x7f, 0x7f, "the sNaN itself is a NaN code");
+        int other = where == 1 ? 2 : 1;
+        cr_assert_eq(q[other], dinf__e4m3_from_f32(1.0f * (448.0f / 100.0f)));
+    }
+    uint16_t b[128];
+    for (int i = 0; i < 128; i++)
+        b[i] = dinf__bf16_from_f32(i == 0 ? 100.0f : 1.0f);
+    b[127] = 0x7f81; /* bf16 sNaN */
+    uint8_t q[128];
+    float scale;
+    cr_assert_eq(dinf_fp8_quantize(b, DINF_DTYPE_BFLOAT16, 1, 128, 128, 128, q, 128, &scale, NULL),
+                 DINF_STATUS_OK);
+    cr_assert_eq(scale, 100.0f / 448.0f);
+}
+
+Test(fp8_quantize, an_infinity_makes_its_block_nan_and_zero) {
+    float x[256];
+    for (int i = 0; i < 256; i++)
+        x[i] = (float)(i % 7) - 3.0f;
+    x[5] = INFINITY;
+    uint8_t q[256];
+    float scale[2];
+    cr_assert_eq(dinf_fp8_quantize(x, DINF_DTYPE_FLOAT32, 1, 256, 256, 1, q, 256, scale, NULL),
+                 DINF_STATUS_OK);
+    cr_assert(isinf(scale[0]), "scale %g", scale[0]);
+    cr_assert_eq(q[5] & 0x7f, 0x7f, "inf * 0 is NaN");
+    for (int i = 0; i < 128; i++)
+        if (i != 5)
+            cr_assert_eq(q[i] & 0x7f, 0, "element %d of the inf block is zero", i);
+    cr_assert_float_eq(scale[1], 3.0f / 448.0f, 1e-12, "the next block is untouched by the inf");
+}
+
+/* Sizes above the parallel thresholds, so that more than one thread runs. */
+Test(fp8_convert, large_arrays_split_over_threads_give_identical_bits) {
+    const int64_t n = 7 * 65536 + 3, nx = 600000; /* nx covers all three uses below */
+    float *x = malloc((size_t)nx * sizeof(float));
+    uint8_t *a = malloc((size_t)n), *b = malloc((size_t)n);
+    uint64_t s = 99;
+    for (int64_t i = 0; i < nx; i++)
+        x[i] = (rng_uniform(&s) - 0.5f) * 1000.0f;
+    dinf_exec one = DINF_EXEC_CPU_INIT, seven = DINF_EXEC_CPU_INIT;
+    one.num_threads = 1;
+    seven.num_threads = 7;
+    cr_assert_eq(dinf_convert(x, DINF_DTYPE_FLOAT32, a, DINF_DTYPE_FP8_E4M3, n, &one), DINF_STATUS_OK);
+    cr_assert_eq(dinf_convert(x, DINF_DTYPE_FLOAT32, b, DINF_DTYPE_FP8_E4M3, n, &seven),
+                 DINF_STATUS_OK);
+    cr_assert_eq(memcmp(a, b, (size_t)n), 0);
+    /* per-token quantization of 4001 x 130: 8002 blocks */
+    const int64_t m = 4001, k = 130;
+    uint8_t *qa = malloc((size_t)(m * k)), *qb = malloc((size_t)(m * k));
+    float *sa = malloc((size_t)(m * 2) * sizeof(float)), *sb = malloc((size_t)(m * 2) * sizeof(float));
+    cr_assert_eq(dinf_fp8_quantize(x, DINF_DTYPE_FLOAT32, m, k, k, 1, qa, k, sa, &one), DINF_STATUS_OK);
+    cr_assert_eq(dinf_fp8_quantize(x, DINF_DTYPE_FLOAT32, m, k, k, 1, qb, k, sb, &seven),
+                 DINF_STATUS_OK);
+    cr_assert_eq(memcmp(qa, qb, (size_t)(m * k)), 0);
+    cr_assert_eq(memcmp(sa, sb, (size_t)(m * 2) * sizeof(float)), 0);
+    /* scale layout of 8200 x 57 */
+    const int64_t lm = 8200, kb = 57;
+    float *la = malloc((size_t)(kb * lm) * sizeof(float)), *lb = malloc((size_t)(kb * lm) * sizeof(float));
+    int64_t aligned;
+    cr_assert_eq(dinf_fp8_scale_layout_mn_major(x, lm, kb, la, &aligned, &one), DINF_STATUS_OK);
+    cr_assert_eq(dinf_fp8_scale_layout_mn_major(x, lm, kb, lb, &aligned, &seven), DINF_STATUS_OK);
+    cr_assert_eq(memcmp(la, lb, (size_t)(kb * lm) * sizeof(float)), 0);
+    free(x), free(a), free(b), free(qa), free(qb), free(sa), free(sb), free(la), free(lb);
+}

@@ -574,3 +574,31 @@ Test(gemm_errors, masked_rejects_each_rule_with_its_message) {
     cr_assert_eq(MK(G, MMAX, masked, 4, N), DINF_STATUS_OK, "%s", dinf_last_error());
 #undef MK
 }
+
+/* Inputs may share memory (X * X^T); only the output must be apart. */
+Test(gemm_nt, inputs_may_share_memory) {
+    const int64_t m = 4, k = 128;
+    uint8_t x[4 * 128];
+    for (int i = 0; i < 4 * 128; i++)
+        x[i] = (uint8_t)(0x30 + i % 9);
+    float sa[4] = {1, 1, 1, 1}, sb[1] = {1};
+    uint16_t d[16];
+    cr_assert_eq(dinf_fp8_gemm_nt(m, m, k, x, k, sa, x, k, sb, d, m, NULL), DINF_STATUS_OK, "%s",
+                 dinf_last_error());
+    cr_assert_eq(d[1], d[4], "X * X^T is symmetric");
+    cr_assert_eq(dinf_fp8_gemm_nt(m, m, k, x, k, sa, x, k, sb, (uint16_t *)x, m, NULL),
+                 DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "d and a overlap") != NULL, "%s", dinf_last_error());
+}
+
+Test(gemm_errors, extreme_sizes_are_rejected_without_overflow) {
+    uint8_t a[1] = {0};
+    float s[1] = {1};
+    uint16_t d[1] = {0};
+    cr_assert_eq(dinf_fp8_gemm_nt(INT64_MAX, 1, 1, a, 1, s, a, 1, s, d, 1, NULL),
+                 DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert_eq(dinf_fp8_gemm_nt(1, INT64_MAX, 1, a, 1, s, a, 1, s, d, INT64_MAX, NULL),
+                 DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert_eq(dinf_fp8_gemm_nt(1, 1, INT64_MAX, a, INT64_MAX, s, a, INT64_MAX, s, d, 1, NULL),
+                 DINF_STATUS_INVALID_ARGUMENT);
+}

@@ -181,3 +181,26 @@ def test_errors_carry_the_library_message():
         gemm.gemm_fp8_fp8_bf16_nt((a.astype(np.float32), sa), (b, sb), out)
     with pytest.raises(deepinfra.InvalidArgumentError, match="lhs scales must be float32"):
         gemm.gemm_fp8_fp8_bf16_nt((a, sa[:, :0]), (b, sb), out)
+
+
+def test_masked_one_row_per_group_into_a_padded_output():
+    """m_max == 1 with an output whose groups are padded: each group's row
+    lands in its own group, the padding columns stay untouched."""
+    groups, n, k = 3, 40, 128
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((groups, 1, k), dtype=np.float32)
+    w = rng.standard_normal((groups, n, k), dtype=np.float32)
+    qa = [gemm.per_token_cast_to_fp8(x[g]) for g in range(groups)]
+    qb = [gemm.per_block_cast_to_fp8(w[g]) for g in range(groups)]
+    a = np.stack([q for q, _ in qa])
+    sa = np.stack([s for _, s in qa])
+    b = np.stack([q for q, _ in qb])
+    sb = np.stack([s for _, s in qb])
+    big = np.full((groups, 48), POISON, np.uint16).view(BF16)
+    out = big.reshape(groups, 1, 48)[:, :, :n]
+    gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked((a, sa), (b, sb), out,
+                                               np.ones(groups, np.int32), 1)
+    assert (big.view(np.uint16)[:, n:] == POISON).all(), "padding columns were written"
+    for g in range(groups):
+        ref, mag = reference(a[g], sa[g], b[g], sb[g])
+        assert_matches_reference(out[g], ref, mag, "group %d" % g)
