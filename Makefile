@@ -60,7 +60,7 @@ DEPFLAGS  := -MMD -MP
 CFLAGS_LIB := $(DEPFLAGS) -std=c11 $(OPT) -g -fPIC -fvisibility=hidden -ffp-contract=off $(WARN) $(SANFLAGS) \
               -DDINF_BUILD -DDINF_WITH_CUDA=$(CUDA) -Iinclude $(if $(filter 1,$(CUDA)),-I$(CUDA_HOME)/include)
 CXXFLAGS_TEST := $(DEPFLAGS) -std=c++17 $(OPT) -g $(CXXWARN) $(SANFLAGS) -Iinclude -Ilib
-CFLAGS_TEST := $(DEPFLAGS) -std=c11 $(OPT) -g -ffp-contract=off $(WARN) $(SANFLAGS) -Iinclude -Ilib \
+CFLAGS_TEST := $(DEPFLAGS) -std=c11 $(OPT) -g -ffp-contract=off $(WARN) $(SANFLAGS) -Iinclude -Ilib -Ijit \
                -DDINF_SOURCE_DIR='"$(CURDIR)"' -DDINF_WITH_CUDA=$(CUDA) \
                $(if $(filter 1,$(CUDA)),-I$(CUDA_HOME)/include)
 NVCCFLAGS := -std=c++17 -O3 $(GENCODE) -ccbin $(CXX) -Xcompiler -fPIC,-fvisibility=hidden \
@@ -69,19 +69,28 @@ NVCCFLAGS := -std=c++17 -O3 $(GENCODE) -ccbin $(CXX) -Xcompiler -fPIC,-fvisibili
 ifeq ($(CUDA),1)
 LIBS_PRIVATE := -L$(CUDA_HOME)/lib64 -l:lib$(CUDARTLIB).a -ldl -lpthread -lrt -lstdc++ -lm
 else
-LIBS_PRIVATE := -lpthread -lm
+LIBS_PRIVATE := -ldl -lpthread -lm
 endif
 
 LIB_SRCS := $(sort $(wildcard lib/*/*.c))
 CU_SRCS  := $(if $(filter 1,$(CUDA)),$(sort $(wildcard kernels/*/*.cu)))
-LIB_OBJS := $(LIB_SRCS:%.c=$(BUILDDIR)/obj/%.o) $(CU_SRCS:%.cu=$(BUILDDIR)/obj/%.o)
+# The JIT runtime (jit/*.c) and its kernel templates, embedded as bytes
+# (tools/embed-templates.sh -> $(BUILDDIR)/gen/jit_templates.c).
+JIT_SRCS := $(sort $(wildcard jit/*.c))
+JIT_TEMPLATES := $(sort $(wildcard jit/templates/*.cuh))
+JIT_EMBED_C := $(BUILDDIR)/gen/jit_templates.c
+JIT_OBJS := $(JIT_SRCS:%.c=$(BUILDDIR)/obj/%.o) $(BUILDDIR)/obj/gen/jit_templates.o
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILDDIR)/obj/%.o) $(CU_SRCS:%.cu=$(BUILDDIR)/obj/%.o) $(JIT_OBJS)
 HEADERS  := include/deepinfra.h $(wildcard include/deepinfra/*.h)
 PRIV_HDRS := $(wildcard lib/*/*.h)
 
 SHARED := $(BUILDDIR)/lib/$(SOFILE)
 STATIC := $(BUILDDIR)/lib/libdeepinfra.a
 
-TEST_C_SRCS  := $(sort $(wildcard tests/*/*.c))
+# jit_race_helper.c is a program of its own (spawned by the JIT cache tests).
+JIT_RACE_HELPER_SRC := tests/jit/jit_race_helper.c
+JIT_RACE_HELPER := $(BUILDDIR)/tests/jit_race_helper
+TEST_C_SRCS  := $(filter-out $(JIT_RACE_HELPER_SRC),$(sort $(wildcard tests/*/*.c)))
 TEST_CC_SRCS := $(sort $(wildcard tests/*/*.cc))
 TEST_OBJS := $(TEST_C_SRCS:%.c=$(BUILDDIR)/obj/%.o) $(TEST_CC_SRCS:%.cc=$(BUILDDIR)/obj/%.o)
 TEST_BIN  := $(BUILDDIR)/tests/deepinfra_tests
@@ -116,6 +125,21 @@ $(BUILDDIR)/obj/lib/%.o: lib/%.c $(CONFIG_STAMP)
 	@echo "  CC      $<"
 	@$(CC) $(CFLAGS_LIB) -c $< -o $@
 
+$(BUILDDIR)/obj/jit/%.o: jit/%.c $(CONFIG_STAMP)
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS_LIB) -Ilib -Ijit -c $< -o $@
+
+$(JIT_EMBED_C): $(JIT_TEMPLATES) tools/embed-templates.sh
+	@mkdir -p $(dir $@)
+	@echo "  EMBED   $(JIT_TEMPLATES)"
+	@tools/embed-templates.sh $@ $(JIT_TEMPLATES)
+
+$(BUILDDIR)/obj/gen/jit_templates.o: $(JIT_EMBED_C) jit/jit_internal.h $(CONFIG_STAMP)
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS_LIB) -Ilib -Ijit -c $< -o $@
+
 # nvcc prints each kernel's resource report (registers, spills, stack, shared
 # memory); it is kept beside the object for the resource test.
 $(BUILDDIR)/obj/kernels/%.o: kernels/%.cu $(HEADERS) $(PRIV_HDRS) $(CONFIG_STAMP)
@@ -123,6 +147,9 @@ $(BUILDDIR)/obj/kernels/%.o: kernels/%.cu $(HEADERS) $(PRIV_HDRS) $(CONFIG_STAMP
 	@echo "  NVCC    $<"
 	@$(NVCC) $(NVCCFLAGS) -c $< -o $@ 2> $@.resource || { cat $@.resource; rm -f $@; exit 1; }
 	@grep -i -e 'warning' -e 'error' $@.resource >&2 || true
+
+# The format kernels must round exactly as the CPU: no FMA contraction.
+$(BUILDDIR)/obj/kernels/core/%.o: NVCCFLAGS += --fmad=false
 
 $(SHARED): $(LIB_OBJS) lib/deepinfra.map
 	@mkdir -p $(dir $@)
@@ -166,10 +193,15 @@ $(BUILDDIR)/obj/tests/%.o: tests/%.cc $(CONFIG_STAMP) | deps-c
 
 # The runner links the static library so that tests can reach internals
 # (the sort replica); the Python tests exercise the shared library.
-$(TEST_BIN): $(TEST_OBJS) $(STATIC)
+$(TEST_BIN): $(TEST_OBJS) $(STATIC) $(JIT_RACE_HELPER)
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
 	@$(CXX) $(SANFLAGS) -o $@ $(TEST_OBJS) $(STATIC) -lcriterion $(LIBS_PRIVATE)
+
+$(JIT_RACE_HELPER): $(BUILDDIR)/obj/tests/jit/jit_race_helper.o $(STATIC)
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(CXX) $(SANFLAGS) -o $@ $< $(STATIC) $(LIBS_PRIVATE)
 
 test: lib tools $(TEST_BIN) | deps
 	@$(PYTHON) tools/run-tests --build-dir $(BUILDDIR) --san $(SAN) --python $(PYTHON)

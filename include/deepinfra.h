@@ -8,6 +8,8 @@
  *                      execution place, number formats and FP8 quantization
  *   deepinfra/eplb.h   expert-parallel load-balancing plans (DeepSeek EPLB)
  *   deepinfra/gemm.h   FP8 GEMMs with fine-grained scaling (DeepGEMM-style)
+ *   deepinfra/jit.h    the run-time compilation cache behind the GEMM kernels: cache
+ *                      directory, ahead-of-serving precompilation, counters
  *   deepinfra/dualpipe.h  pipeline schedules (DualPipe, DualPipeV, 1F1B, ZB1P):
  *                      generate, validate, simulate, draw, execute
  */
@@ -18,5 +20,6 @@
 #include "deepinfra/dualpipe.h"
 #include "deepinfra/eplb.h"
 #include "deepinfra/gemm.h"
+#include "deepinfra/jit.h"
 
 #endif /* DEEPINFRA_H */

@@ -1,0 +1,120 @@
+/* Loading and launching JIT cubins with the CUDA runtime (context-independent
+ * libraries: cudaLibraryLoadData + cudaLibraryGetKernel, ecosystem.md 2.5). */
+#include "jit_internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#if DINF_WITH_CUDA
+#include <cuda_runtime_api.h>
+
+static dinf_status cuda_fail(const char *func, const char *what, cudaError_t err) {
+    cudaGetLastError(); /* clear a sticky-free error so later calls start clean */
+    return dinf__fail(DINF_STATUS_CUDA_ERROR, func, "%s failed: %s (error %d)", what,
+                      cudaGetErrorString(err), (int)err);
+}
+
+dinf_status dinf__jit_device_arch(const char *func, int device, char arch[16]) {
+    int major = 0, minor = 0;
+    cudaError_t err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    if (err == cudaSuccess)
+        err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    if (err != cudaSuccess)
+        return cuda_fail(func, "querying the device's compute capability", err);
+    /* Architecture-specific targets (wgmma, setmaxnreg, ...) where they exist. */
+    const char *suffix = (major == 9 && minor == 0) || (major >= 10 && minor == 0) ? "a" : "";
+    snprintf(arch, 16, "sm_%d%d%s", major, minor, suffix);
+    return DINF_STATUS_OK;
+}
+
+dinf_status dinf__jit_load_cubin(const char *func, const dinf__jit_cubin *cubin, void **library,
+                                 void **kernel) {
+    cudaLibrary_t lib = NULL;
+    cudaKernel_t k = NULL;
+    cudaError_t err = cudaLibraryLoadData(&lib, cubin->data, NULL, NULL, 0, NULL, NULL, 0);
+    if (err != cudaSuccess) {
+        cudaGetLastError();
+        return dinf__fail(DINF_STATUS_JIT_ERROR, func,
+                          "cudaLibraryLoadData rejected the cubin of %s (%zu bytes): %s (error %d)",
+                          cubin->lowered_name, cubin->bytes, cudaGetErrorString(err), (int)err);
+    }
+    err = cudaLibraryGetKernel(&k, lib, cubin->lowered_name);
+    if (err != cudaSuccess) {
+        cudaGetLastError();
+        cudaLibraryUnload(lib);
+        return dinf__fail(DINF_STATUS_JIT_ERROR, func,
+                          "cudaLibraryGetKernel(%s) failed: %s (error %d)", cubin->lowered_name,
+                          cudaGetErrorString(err), (int)err);
+    }
+    *library = lib;
+    *kernel = k;
+    return DINF_STATUS_OK;
+}
+
+void dinf__jit_unload(void *library);
+void dinf__jit_unload(void *library) {
+    if (library && cudaLibraryUnload((cudaLibrary_t)library) != cudaSuccess)
+        cudaGetLastError();
+}
+
+dinf_status dinf__jit_launch(const char *func, const dinf__jit_kernel *kernel, int device,
+                             const unsigned grid[3], const unsigned block[3],
+                             const unsigned cluster[3], size_t dynamic_shared_bytes,
+                             dinf_stream_t stream, void **args) {
+    if (!kernel || !kernel->kernel)
+        return dinf__fail(DINF_STATUS_INTERNAL, func, "launch of a kernel that is not loaded");
+    cudaKernel_t k = (cudaKernel_t)kernel->kernel;
+    cudaError_t err;
+    if (dynamic_shared_bytes > 48 * 1024) {
+        err = cudaKernelSetAttributeForDevice(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              (int)dynamic_shared_bytes, device);
+        if (err != cudaSuccess)
+            return cuda_fail(func, "cudaKernelSetAttributeForDevice(max dynamic shared memory)",
+                             err);
+    }
+    cudaLaunchConfig_t config;
+    memset(&config, 0, sizeof config);
+    config.gridDim = (dim3){grid[0], grid[1], grid[2]};
+    config.blockDim = (dim3){block[0], block[1], block[2]};
+    config.dynamicSmemBytes = dynamic_shared_bytes;
+    config.stream = (cudaStream_t)stream;
+    cudaLaunchAttribute attrs[1];
+    if (cluster && cluster[0] * cluster[1] * cluster[2] > 1) {
+        attrs[0].id = cudaLaunchAttributeClusterDimension;
+        attrs[0].val.clusterDim.x = cluster[0];
+        attrs[0].val.clusterDim.y = cluster[1];
+        attrs[0].val.clusterDim.z = cluster[2];
+        config.attrs = attrs;
+        config.numAttrs = 1;
+    }
+    err = cudaLaunchKernelExC(&config, (const void *)k, args);
+    if (err != cudaSuccess)
+        return cuda_fail(func, "cudaLaunchKernelExC", err);
+    return DINF_STATUS_OK;
+}
+
+#else /* CPU-only build */
+
+dinf_status dinf__jit_device_arch(const char *func, int device, char arch[16]) {
+    (void)device;
+    arch[0] = '\0';
+    return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "libdeepinfra was built without CUDA");
+}
+
+dinf_status dinf__jit_load_cubin(const char *func, const dinf__jit_cubin *cubin, void **library,
+                                 void **kernel) {
+    (void)cubin;
+    *library = *kernel = NULL;
+    return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "libdeepinfra was built without CUDA");
+}
+
+void dinf__jit_unload(void *library);
+void dinf__jit_unload(void *library) { (void)library; }
+
+dinf_status dinf__jit_launch(const char *func, const dinf__jit_kernel *kernel, int device,
+                             const unsigned grid[3], const unsigned block[3],
+                             const unsigned cluster[3], size_t dynamic_shared_bytes,
+                             dinf_stream_t stream, void **args) {
+    return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "libdeepinfra was built without CUDA");
+}
+#endif
