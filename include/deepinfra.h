@@ -10,6 +10,7 @@
  *   deepinfra/gemm.h   FP8 GEMMs with fine-grained scaling (DeepGEMM-style)
  *   deepinfra/jit.h    the run-time compilation cache behind the GEMM kernels: cache
  *                      directory, ahead-of-serving precompilation, counters
+ *   deepinfra/mla.h    MLA decode over a paged KV cache with split-KV scheduling (FlashMLA)
  *   deepinfra/dualpipe.h  pipeline schedules (DualPipe, DualPipeV, 1F1B, ZB1P):
  *                      generate, validate, simulate, draw, execute
  */
@@ -21,5 +22,6 @@
 #include "deepinfra/eplb.h"
 #include "deepinfra/gemm.h"
 #include "deepinfra/jit.h"
+#include "deepinfra/mla.h"
 
 #endif /* DEEPINFRA_H */

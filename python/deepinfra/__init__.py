@@ -4,7 +4,7 @@
 is found and loaded on first use (see ``deepinfra._lib`` for the lookup
 order: DEEPINFRA_LIBRARY_PATH, DINF_BUILD_DIR, the build tree, the installed
 location, the dynamic loader). The core needs only the standard library;
-``deepinfra.eplb`` and ``deepinfra.gemm`` need numpy and are imported on
+``deepinfra.eplb``, ``deepinfra.gemm`` and ``deepinfra.mla`` need numpy and are imported on
 first access, as is ``deepinfra.dualpipe``.
 
 Every failed C call raises a :class:`DeepInfraError` subclass carrying the
@@ -66,13 +66,14 @@ __all__ = [
     "eplb",
     "dualpipe",
     "gemm",
+    "mla",
 ]
 
 
 def __getattr__(name):
     # Submodules that need numpy are imported on first access, so that
     # `import deepinfra` works with the standard library alone.
-    if name in ("eplb", "dualpipe", "gemm"):
+    if name in ("eplb", "dualpipe", "gemm", "mla"):
         import importlib
 
         return importlib.import_module("." + name, __name__)
@@ -80,4 +81,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | {"eplb", "dualpipe", "gemm"})
+    return sorted(set(globals()) | {"eplb", "dualpipe", "gemm", "mla"})

@@ -556,6 +556,40 @@ _FUNCTIONS = [
         [_i64, _i64, _i64, _i64, _pu8, _i64, _pf32, _pu8, _i64, _pf32, _pu16, _i64, _pi32, _i64,
          _pexec],
     ),
+    # dinf_status dinf_mla_num_sm_parts(int32_t q_rows_per_head_kv, int32_t num_heads_kv,
+    #     int32_t num_sms, int32_t *num_sm_parts);
+    (
+        "dinf_mla_num_sm_parts",
+        _STATUS,
+        [ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _pi32],
+    ),
+    # dinf_status dinf_mla_get_metadata(const int32_t *cache_seqlens, int64_t batch,
+    #     int32_t num_sm_parts, int32_t *tile_scheduler_metadata, int32_t *num_splits,
+    #     const dinf_exec *exec);
+    ("dinf_mla_get_metadata", _STATUS, [_pi32, _i64, ctypes.c_int32, _pi32, _pi32, _pexec]),
+    # dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, int32_t num_heads_q,
+    #     int32_t num_sm_parts, size_t *bytes);
+    (
+        "dinf_mla_workspace_size",
+        _STATUS,
+        [_i64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(ctypes.c_size_t)],
+    ),
+    # dinf_status dinf_mla_decode_with_kvcache(const uint16_t *q, int64_t batch,
+    #     int32_t seq_len_q, int32_t num_heads_q, int32_t head_dim, const uint16_t *k_cache,
+    #     int64_t num_blocks, int32_t page_block_size, int32_t num_heads_kv,
+    #     int64_t kv_block_stride, int64_t kv_token_stride, const int32_t *block_table,
+    #     int64_t max_blocks_per_seq, const int32_t *cache_seqlens, int32_t head_dim_v,
+    #     const int32_t *tile_scheduler_metadata, int32_t num_sm_parts,
+    #     const int32_t *num_splits, float softmax_scale, int32_t causal, void *workspace,
+    #     size_t workspace_bytes, uint16_t *out, float *lse, const dinf_exec *exec);
+    (
+        "dinf_mla_decode_with_kvcache",
+        _STATUS,
+        [_pu16, _i64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _pu16, _i64,
+         ctypes.c_int32, ctypes.c_int32, _i64, _i64, _pi32, _i64, _pi32, ctypes.c_int32, _pi32,
+         ctypes.c_int32, _pi32, ctypes.c_float, ctypes.c_int32, ctypes.c_void_p,
+         ctypes.c_size_t, _pu16, _pf32, _pexec],
+    ),
 ]
 
 

@@ -1,0 +1,208 @@
+/*
+ * libdeepinfra mla: FlashMLA-style decode of DeepSeek's multi-head latent
+ * attention over a paged KV cache, with split-KV scheduling (FlashMLA v1
+ * semantics).
+ *
+ * MLA decode runs in its "absorbed" form, which is multi-query attention:
+ * every cache row holds d_qk = 576 values (512 latent + 64 RoPE key), and V is
+ * the first d_v = 512 columns of the same row. For request b, query position
+ * t (0 <= t < s_q) and query head h (KV head hk = h / (h_q / h_kv)):
+ *
+ *   S[j]    = softmax_scale * sum_d q[b][t][h][d] * K[b][j][hk][d],  j < n_keys
+ *   lse     = ln sum_j exp(S[j])              (+inf when n_keys == 0)
+ *   out[d]  = sum_j exp(S[j] - lse) * K[b][j][hk][d],  d < 512   (0 when n_keys == 0)
+ *
+ * with n_keys = s_k (= cache_seqlens[b]) without causal masking and
+ * s_k - (s_q - 1 - t) with it (bottom-right aligned: the last query position
+ * sees every key; clamped at 0). Key j of request b lives in physical page
+ * block_table[b][j / page_block_size], row j % page_block_size.
+ *
+ * Typical call sequence (once per decode step, the metadata shared by every
+ * layer while cache_seqlens is unchanged):
+ *
+ *   int32_t parts;
+ *   dinf_mla_num_sm_parts(s_q * h_q / h_kv, h_kv, num_sms, &parts);
+ *   int32_t *meta = malloc(parts * DINF_MLA_METADATA_INTS * 4), *splits = malloc((b + 1) * 4);
+ *   dinf_mla_get_metadata(cache_seqlens, b, parts, meta, splits, exec);
+ *   size_t ws_bytes;
+ *   dinf_mla_workspace_size(b, s_q, h_q, parts, &ws_bytes);
+ *   void *ws = aligned_alloc(64, ws_bytes);
+ *   for each layer:
+ *       dinf_mla_decode_with_kvcache(q, b, s_q, h_q, 576, kcache, num_blocks, 64, h_kv,
+ *                                    kv_block_stride, kv_token_stride, block_table, max_blocks,
+ *                                    cache_seqlens, 512, meta, parts, splits, scale, causal,
+ *                                    ws, ws_bytes, out, lse, exec);
+ *
+ * Split-KV plan. The work of the batch is cut into num_sm_parts contiguous
+ * ranges of (request, 64-token block) work in request order, one per
+ * "SM part" (a persistent CTA on the GPU, a task on the CPU); each request
+ * costs ceil(s_k/64) blocks + DINF_MLA_FIXED_OVERHEAD_BLOCKS. A request cut
+ * across k parts yields k partial results (fp32 output and base-2 log-sum-exp
+ * in the workspace), merged by a log-sum-exp combine; a request done by one
+ * part is written straight to out/lse. The CPU path executes exactly this
+ * plan, so the scheduler and the merge are exercised on every CPU call.
+ *
+ * Where it runs (exec, the last argument; NULL = CPU): the CPU
+ * implementation accumulates in float32, reads pages through the block
+ * table, never reads cache rows past a request's length (so stale or NaN
+ * rows never reach a result), and gives bit-identical results for any
+ * thread count. The Hopper kernels are not part of this version:
+ * DINF_EXEC_CUDA returns DINF_STATUS_UNSUPPORTED.
+ *
+ * bfloat16 arrays are passed as uint16_t bits. Rounding to bfloat16 is to
+ * nearest, ties to even.
+ */
+#ifndef DEEPINFRA_MLA_H
+#define DEEPINFRA_MLA_H
+
+#include "deepinfra/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DINF_MLA_HEAD_DIM_QK 576 /* q and cache row width: 512 latent + 64 RoPE */
+#define DINF_MLA_HEAD_DIM_V 512  /* V = the first 512 columns of a cache row */
+#define DINF_MLA_BLOCK_M 64      /* query rows per tile (kernel m-block) */
+#define DINF_MLA_BLOCK_N 64      /* keys per scheduling block (kernel n-block) */
+#define DINF_MLA_METADATA_INTS 8 /* int32 per SM part in tile_scheduler_metadata */
+#define DINF_MLA_FIXED_OVERHEAD_BLOCKS 5 /* scheduler cost of one split, in blocks */
+#define DINF_MLA_MAX_Q_ROWS 8192 /* largest s_q * h_q / h_kv (128 m-blocks) */
+#define DINF_MLA_MAX_BATCH 1048576
+
+/*
+ * Fields of one SM part's row of tile_scheduler_metadata (int32 each).
+ * Block indices count DINF_MLA_BLOCK_N-token blocks of the request.
+ * A part without work has BEGIN_REQ = END_REQ = -1 and every other field 0.
+ */
+enum dinf_mla_metadata_field {
+    DINF_MLA_META_BEGIN_REQ = 0,   /* first request of the part */
+    DINF_MLA_META_BEGIN_BLOCK = 1, /* first block of BEGIN_REQ (inclusive) */
+    DINF_MLA_META_END_REQ = 2,     /* last request of the part (inclusive) */
+    DINF_MLA_META_END_BLOCK = 3,   /* end block of END_REQ (exclusive) */
+    DINF_MLA_META_BEGIN_SPLIT = 4, /* split index of BEGIN_REQ's piece (0: it starts there) */
+    DINF_MLA_META_FIRST_SPLIT = 5, /* 1 if BEGIN_REQ is cut across parts, else 0 */
+    DINF_MLA_META_LAST_SPLIT = 6,  /* 1 if END_REQ is cut across parts, else 0 */
+    DINF_MLA_META_RESERVED = 7,    /* 0 */
+};
+
+/*
+ * dinf_mla_num_sm_parts - how many SM parts the scheduler should use:
+ * max(num_sms / h_kv / ceil(q_rows_per_head_kv / 64), 1), as FlashMLA (the
+ * GPU grid is m-blocks x h_kv x parts, one CTA per SM).
+ * Arguments:
+ *   q_rows_per_head_kv [IN]  s_q * h_q / h_kv, in [1, DINF_MLA_MAX_Q_ROWS]
+ *   num_heads_kv       [IN]  h_kv >= 1
+ *   num_sms            [IN]  >= 1: the device's SM count (132 on H100/H200);
+ *                            on the CPU any value (it fixes the plan only)
+ *   num_sm_parts       [OUT] caller-owned, not NULL
+ * Pure; thread-safe. Returns DINF_STATUS_OK or DINF_STATUS_INVALID_ARGUMENT.
+ */
+DINF_API dinf_status dinf_mla_num_sm_parts(int32_t q_rows_per_head_kv, int32_t num_heads_kv,
+                                           int32_t num_sms, int32_t *num_sm_parts);
+
+/*
+ * dinf_mla_get_metadata - the split-KV plan for one batch (FlashMLA's
+ * get_mla_metadata): a pure function of cache_seqlens and num_sm_parts.
+ * Arguments:
+ *   cache_seqlens [IN]  int32 [batch], contiguous, each >= 0 (0: empty request)
+ *   batch         [IN]  0 <= batch <= DINF_MLA_MAX_BATCH
+ *   num_sm_parts  [IN]  >= 1 (dinf_mla_num_sm_parts)
+ *   tile_scheduler_metadata [OUT] int32 [num_sm_parts][DINF_MLA_METADATA_INTS],
+ *                       contiguous, caller-owned (fields: dinf_mla_metadata_field)
+ *   num_splits    [OUT] int32 [batch + 1], caller-owned: num_splits[0] = 0 and
+ *                       num_splits[i+1] - num_splits[i] = the number of pieces of
+ *                       request i (>= 1); num_splits[batch] <= batch + num_sm_parts
+ *   exec          [IN]  NULL = CPU
+ * The outputs must not overlap cache_seqlens or each other. Every request,
+ * empty ones included, is covered by exactly one piece or by consecutive
+ * pieces whose block ranges tile [0, ceil(s_k/64)).
+ * Returns DINF_STATUS_OK, DINF_STATUS_INVALID_ARGUMENT (NULL pointers,
+ * sizes out of range, a negative length, overlap), DINF_STATUS_UNSUPPORTED
+ * (DINF_EXEC_CUDA).
+ */
+DINF_API dinf_status dinf_mla_get_metadata(const int32_t *cache_seqlens, int64_t batch,
+                                           int32_t num_sm_parts, int32_t *tile_scheduler_metadata,
+                                           int32_t *num_splits, const dinf_exec *exec);
+
+/*
+ * dinf_mla_workspace_size - bytes of the workspace dinf_mla_decode_with_kvcache
+ * needs for the split partials: float32 log-sum-exp [batch + num_sm_parts][h_q * s_q]
+ * and float32 outputs [batch + num_sm_parts][h_q * s_q][512], each 64-byte aligned.
+ * Arguments:
+ *   batch, seq_len_q, num_heads_q, num_sm_parts [IN] as the decode call (>= 1, batch >= 0)
+ *   bytes         [OUT] caller-owned, not NULL
+ * Pure; thread-safe. Returns DINF_STATUS_OK or DINF_STATUS_INVALID_ARGUMENT
+ * (ranges, overflow).
+ */
+DINF_API dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, int32_t num_heads_q,
+                                             int32_t num_sm_parts, size_t *bytes);
+
+/*
+ * dinf_mla_decode_with_kvcache - MLA decode over a paged KV cache
+ * (FlashMLA's flash_mla_with_kvcache), following the plan of
+ * dinf_mla_get_metadata. Semantics: the top of this header.
+ * Arguments:
+ *   q               [IN]  bfloat16 [batch][seq_len_q][num_heads_q][576], contiguous,
+ *                         16-byte aligned
+ *   batch           [IN]  0 <= batch <= DINF_MLA_MAX_BATCH
+ *   seq_len_q       [IN]  s_q >= 1 (query tokens per request, the same for all)
+ *   num_heads_q     [IN]  h_q >= 1, a multiple of num_heads_kv; s_q * h_q / h_kv
+ *                         at most DINF_MLA_MAX_Q_ROWS
+ *   head_dim        [IN]  576 (anything else: UNSUPPORTED)
+ *   k_cache         [IN]  bfloat16 [num_blocks][page_block_size][num_heads_kv][576]:
+ *                         element (p, r, hk, d) at p * kv_block_stride +
+ *                         r * kv_token_stride + hk * 576 + d; 16-byte aligned.
+ *                         Rows past a request's length are never read (may be NaN)
+ *   num_blocks      [IN]  physical pages in k_cache, >= 1
+ *   page_block_size [IN]  tokens per page: 64 (FlashMLA), 32 or 16 (else UNSUPPORTED)
+ *   num_heads_kv    [IN]  h_kv >= 1 (1 for DeepSeek MLA)
+ *   kv_block_stride [IN]  elements between pages, a multiple of 8,
+ *                         >= page_block_size * kv_token_stride
+ *   kv_token_stride [IN]  elements between rows of a page, a multiple of 8, >= h_kv * 576
+ *   block_table     [IN]  int32 [batch][max_blocks_per_seq], contiguous: the physical
+ *                         page of each logical page; entries past
+ *                         ceil(s_k / page_block_size) are never read, the others must
+ *                         be in [0, num_blocks)
+ *   max_blocks_per_seq [IN] >= 0; s_k <= max_blocks_per_seq * page_block_size
+ *   cache_seqlens   [IN]  int32 [batch], each >= 0: s_k per request
+ *   head_dim_v      [IN]  512 (anything else: UNSUPPORTED)
+ *   tile_scheduler_metadata, num_sm_parts, num_splits [IN] what
+ *                         dinf_mla_get_metadata returned for these cache_seqlens and
+ *                         num_sm_parts (the CPU path recomputes and compares them;
+ *                         a stale plan is rejected)
+ *   softmax_scale   [IN]  finite (FlashMLA's default is 1/sqrt(576); DeepSeek models
+ *                         pass their own)
+ *   causal          [IN]  0 or 1; bottom-right aligned mask (no effect when s_q == 1)
+ *   workspace       [IN,OUT] caller-owned scratch of workspace_bytes >=
+ *                         dinf_mla_workspace_size(...), 16-byte aligned (may be NULL
+ *                         when workspace_bytes == 0 and no request is split)
+ *   out             [OUT] bfloat16 [batch][seq_len_q][num_heads_q][512], contiguous,
+ *                         16-byte aligned, caller-owned
+ *   lse             [OUT] float32 [batch][num_heads_q][seq_len_q], contiguous,
+ *                         caller-owned: natural-log log-sum-exp of the scaled scores,
+ *                         +inf for a query position without keys
+ *   exec            [IN]  NULL = CPU
+ * Outputs and workspace must not overlap each other or any input (inputs may
+ * share memory). Not graph-capturable on the CPU (it runs synchronously).
+ * Returns DINF_STATUS_OK, DINF_STATUS_INVALID_ARGUMENT (NULL pointers,
+ * sizes or strides out of range, misaligned pointers, a block_table entry
+ * out of range inside a sequence, a length beyond the block table's
+ * capacity, a plan that does not match, a workspace too small, overlap),
+ * DINF_STATUS_UNSUPPORTED (head dims, page size, DINF_EXEC_CUDA),
+ * DINF_STATUS_OUT_OF_MEMORY (CPU scratch).
+ */
+DINF_API dinf_status dinf_mla_decode_with_kvcache(
+    const uint16_t *q, int64_t batch, int32_t seq_len_q, int32_t num_heads_q, int32_t head_dim,
+    const uint16_t *k_cache, int64_t num_blocks, int32_t page_block_size, int32_t num_heads_kv,
+    int64_t kv_block_stride, int64_t kv_token_stride, const int32_t *block_table,
+    int64_t max_blocks_per_seq, const int32_t *cache_seqlens, int32_t head_dim_v,
+    const int32_t *tile_scheduler_metadata, int32_t num_sm_parts, const int32_t *num_splits,
+    float softmax_scale, int32_t causal, void *workspace, size_t workspace_bytes, uint16_t *out,
+    float *lse, const dinf_exec *exec);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* DEEPINFRA_MLA_H */

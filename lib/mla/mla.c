@@ -1,0 +1,662 @@
+/*
+ * MLA decode: argument checks, the split-KV plan and the CPU implementation
+ * (the oracle of the GPU kernels).
+ *
+ * The CPU path executes the plan of dinf_mla_get_metadata exactly as the
+ * kernels will: one task per (piece of a part, KV head, 64-row m-block),
+ * where a piece is one request's block range inside one SM part. A task
+ * loads its query rows once (bf16 -> float32), streams the piece's 64-token
+ * blocks through the block table (only rows below the request's length; the
+ * causal limit per query row), and keeps an online softmax in base 2:
+ *
+ *   c = softmax_scale * log2(e);  s_j = c * (q . k_j)   (float32, fixed order)
+ *   m' = max(m, max_j s_j);  alpha = 2^(m - m');  p_j = 2^(s_j - m')
+ *   l = alpha * l + sum_j p_j;  acc = alpha * acc + sum_j p_j * v_j
+ *
+ * An unsplit request is finished in the task (out = bf16(acc / l),
+ * lse = (log2 l + m) * ln 2, or 0 / +inf without keys); a split one writes
+ * acc / l and log2 l + m (-inf without keys) to its workspace row
+ * num_splits[req] + split_idx, and a second pass merges the partials with
+ * dinf__mla_combine_weights. Every output element is computed by one task in
+ * a fixed order, so results do not depend on the thread count.
+ */
+#include "../core/internal.h"
+#include "../core/numeric_hd.h"
+#include "../core/parallel.h"
+#include "mla_hd.h"
+
+#include "deepinfra/mla.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DQK DINF_MLA_HEAD_DIM_QK
+#define DV DINF_MLA_HEAD_DIM_V
+#define BM DINF_MLA_BLOCK_M
+#define BN DINF_MLA_BLOCK_N
+#define LOG2E 1.44269504088896340736f
+#define LN2 0.69314718055994530942f
+
+typedef float v8f __attribute__((vector_size(32)));
+
+static int misaligned(const void *p, uintptr_t align) { return ((uintptr_t)p & (align - 1)) != 0; }
+
+/* Validate exec; CUDA is valid but not implemented. */
+static dinf_status cpu_place(const char *func, const dinf_exec *exec, dinf__place *place) {
+    dinf_status st = dinf__place_resolve(func, exec, place);
+    if (st != DINF_STATUS_OK)
+        return st;
+    if (place->kind == DINF_EXEC_CUDA)
+        return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
+                          "the Hopper kernels are not implemented yet; use DINF_EXEC_CPU");
+    return DINF_STATUS_OK;
+}
+
+/* Each output against each other buffer (inputs may share memory). */
+static dinf_status check_outputs_disjoint(const char *func, const dinf__buffer *bufs, int n,
+                                          int num_outputs) {
+    for (int i = 0; i < num_outputs; i++)
+        for (int j = 0; j < n; j++) {
+            if (j == i || (j < num_outputs && j < i))
+                continue;
+            const dinf__buffer pair[2] = {bufs[i], bufs[j]};
+            dinf_status st = dinf__check_disjoint(func, pair, 2);
+            if (st != DINF_STATUS_OK)
+                return st;
+        }
+    return DINF_STATUS_OK;
+}
+
+/* ------------------------------------------------------------ metadata -- */
+
+dinf_status dinf_mla_num_sm_parts(int32_t q_rows_per_head_kv, int32_t num_heads_kv,
+                                  int32_t num_sms, int32_t *num_sm_parts) {
+    if (!num_sm_parts)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_sm_parts is NULL");
+    if (q_rows_per_head_kv < 1 || q_rows_per_head_kv > DINF_MLA_MAX_Q_ROWS)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "q_rows_per_head_kv=%d (s_q * h_q / h_kv) must be in [1, %d]",
+                         (int)q_rows_per_head_kv, DINF_MLA_MAX_Q_ROWS);
+    if (num_heads_kv < 1)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_heads_kv=%d must be >= 1",
+                         (int)num_heads_kv);
+    if (num_sms < 1)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_sms=%d must be >= 1", (int)num_sms);
+    const int32_t m_blocks = (q_rows_per_head_kv + BM - 1) / BM;
+    const int32_t parts = num_sms / num_heads_kv / m_blocks;
+    *num_sm_parts = parts > 1 ? parts : 1;
+    return DINF_STATUS_OK;
+}
+
+/* Checks shared by get_metadata and decode: batch, parts, lengths. */
+static dinf_status check_seqlens(const char *func, const int32_t *cache_seqlens, int64_t batch,
+                                 int32_t num_sm_parts) {
+    if (batch < 0 || batch > DINF_MLA_MAX_BATCH)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "batch=%lld must be in [0, %d]",
+                          (long long)batch, DINF_MLA_MAX_BATCH);
+    if (num_sm_parts < 1)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "num_sm_parts=%d must be >= 1",
+                          (int)num_sm_parts);
+    if (batch > 0 && !cache_seqlens)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "cache_seqlens is NULL");
+    if (misaligned(cache_seqlens, 4))
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "cache_seqlens=%p is not 4-byte aligned", (const void *)cache_seqlens);
+    for (int64_t i = 0; i < batch; i++)
+        if (cache_seqlens[i] < 0)
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "cache_seqlens[%lld]=%d is negative", (long long)i,
+                              (int)cache_seqlens[i]);
+    return DINF_STATUS_OK;
+}
+
+dinf_status dinf_mla_get_metadata(const int32_t *cache_seqlens, int64_t batch,
+                                  int32_t num_sm_parts, int32_t *tile_scheduler_metadata,
+                                  int32_t *num_splits, const dinf_exec *exec) {
+    dinf_status st = check_seqlens(__func__, cache_seqlens, batch, num_sm_parts);
+    if (st != DINF_STATUS_OK)
+        return st;
+    if (!tile_scheduler_metadata)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "tile_scheduler_metadata is NULL");
+    if (!num_splits)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_splits is NULL");
+    if (misaligned(tile_scheduler_metadata, 4) || misaligned(num_splits, 4))
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "tile_scheduler_metadata=%p and num_splits=%p must be 4-byte aligned",
+                         (void *)tile_scheduler_metadata, (void *)num_splits);
+    const dinf__buffer bufs[3] = {
+        {"tile_scheduler_metadata", tile_scheduler_metadata,
+         (size_t)num_sm_parts * DINF_MLA_METADATA_INTS * sizeof(int32_t)},
+        {"num_splits", num_splits, (size_t)(batch + 1) * sizeof(int32_t)},
+        {"cache_seqlens", cache_seqlens, (size_t)batch * sizeof(int32_t)},
+    };
+    st = check_outputs_disjoint(__func__, bufs, 3, 2);
+    if (st != DINF_STATUS_OK)
+        return st;
+    dinf__place place;
+    st = cpu_place(__func__, exec, &place);
+    if (st != DINF_STATUS_OK)
+        return st;
+    if (dinf__mla_plan(cache_seqlens, batch, num_sm_parts, tile_scheduler_metadata, num_splits))
+        return DINF_FAIL(DINF_STATUS_INTERNAL, "the plan left work unassigned (batch=%lld, "
+                         "num_sm_parts=%d)", (long long)batch, (int)num_sm_parts);
+    return DINF_STATUS_OK;
+}
+
+/* ----------------------------------------------------------- workspace -- */
+
+typedef struct workspace_layout {
+    float *lse2; /* [batch + parts][h_kv][q_rows] base-2 partial lse */
+    float *oacc; /* [batch + parts][h_kv][q_rows][512] partial outputs */
+} workspace_layout;
+
+/* Measure (base == NULL) or carve the workspace. Returns -1 on overflow. */
+static int carve_workspace(dinf__arena *arena, int64_t batch, int32_t s_q, int32_t h_q,
+                           int32_t parts, workspace_layout *layout) {
+    size_t rows;
+    if (dinf__mul_size((size_t)(batch + parts), (size_t)s_q * (size_t)h_q, &rows))
+        return -1;
+    layout->lse2 = dinf__arena_take(arena, rows, sizeof(float));
+    size_t elems;
+    if (dinf__mul_size(rows, DV, &elems))
+        return -1;
+    layout->oacc = dinf__arena_take(arena, elems, sizeof(float));
+    return arena->overflow ? -1 : 0;
+}
+
+dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, int32_t num_heads_q,
+                                    int32_t num_sm_parts, size_t *bytes) {
+    if (!bytes)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "bytes is NULL");
+    if (batch < 0 || batch > DINF_MLA_MAX_BATCH)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "batch=%lld must be in [0, %d]",
+                         (long long)batch, DINF_MLA_MAX_BATCH);
+    if (seq_len_q < 1 || num_heads_q < 1 || num_sm_parts < 1)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "seq_len_q=%d, num_heads_q=%d and num_sm_parts=%d must be >= 1",
+                         (int)seq_len_q, (int)num_heads_q, (int)num_sm_parts);
+    dinf__arena arena = {0};
+    workspace_layout layout;
+    if (carve_workspace(&arena, batch, seq_len_q, num_heads_q, num_sm_parts, &layout))
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "the workspace for batch=%lld, seq_len_q=%d, num_heads_q=%d, "
+                         "num_sm_parts=%d overflows size_t",
+                         (long long)batch, (int)seq_len_q, (int)num_heads_q, (int)num_sm_parts);
+    *bytes = arena.used;
+    return DINF_STATUS_OK;
+}
+
+/* -------------------------------------------------------------- decode -- */
+
+/* One request's block range inside one SM part. */
+typedef struct piece {
+    int32_t req, blk_begin, blk_end;
+    int32_t split_row; /* workspace row, or -1: write out/lse directly */
+} piece;
+
+typedef struct decode_job {
+    const uint16_t *q, *kc;
+    const int32_t *block_table, *seqlens;
+    int64_t kv_block_stride, kv_token_stride, max_blocks;
+    int32_t s_q, h_q, h_kv, heads_per_kv, q_rows, m_blocks, page, causal;
+    float scale_log2;
+    const piece *pieces;
+    const int32_t *num_splits;
+    workspace_layout ws;
+    uint16_t *out;
+    float *lse;
+    atomic_int oom;
+} decode_job;
+
+typedef struct task_scratch {
+    float *q;   /* [BM][DQK] */
+    float *k;   /* [BN][DQK] */
+    float *acc; /* [BM][DV] */
+    float m[BM], l[BM], s[BN];
+} task_scratch;
+
+static float dot576(const float *restrict a, const float *restrict b) {
+    v8f acc[4] = {{0}, {0}, {0}, {0}};
+    for (int d = 0; d < DQK; d += 32)
+        for (int u = 0; u < 4; u++) {
+            v8f x, y;
+            memcpy(&x, a + d + 8 * u, sizeof x);
+            memcpy(&y, b + d + 8 * u, sizeof y);
+            acc[u] += x * y;
+        }
+    const v8f t = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    float sum = 0.0f;
+    for (int i = 0; i < 8; i++)
+        sum += t[i];
+    return sum;
+}
+
+/* acc[d] = alpha * acc[d] + sum_j p[j] * k[j][d] for d < 512, j < n, in j order. */
+static void pv_update(float *restrict acc, float alpha, const float *restrict p,
+                      const float *restrict k, int n) {
+    for (int d = 0; d < DV; d++)
+        acc[d] *= alpha;
+    for (int j = 0; j < n; j++) {
+        const float pj = p[j];
+        const float *kr = k + (int64_t)j * DQK;
+        for (int d = 0; d < DV; d++)
+            acc[d] += pj * kr[d];
+    }
+}
+
+static void run_task(decode_job *job, task_scratch *ts, int64_t task) {
+    const int64_t per_piece = (int64_t)job->h_kv * job->m_blocks;
+    const piece *pc = &job->pieces[task / per_piece];
+    const int32_t hk = (int32_t)(task % per_piece / job->m_blocks);
+    const int32_t mb = (int32_t)(task % job->m_blocks);
+    const int32_t row0 = mb * BM;
+    const int32_t rows = job->q_rows - row0 < BM ? job->q_rows - row0 : BM;
+    const int32_t s_k = job->seqlens[pc->req];
+    int32_t limit[BM];
+
+    for (int32_t r = 0; r < rows; r++) {
+        const int32_t qr = row0 + r, t = qr / job->heads_per_kv;
+        const int32_t h = hk * job->heads_per_kv + qr % job->heads_per_kv;
+        const uint16_t *src = job->q + (((int64_t)pc->req * job->s_q + t) * job->h_q + h) * DQK;
+        for (int d = 0; d < DQK; d++)
+            ts->q[r * DQK + d] = dinf__f32_from_bf16(src[d]);
+        limit[r] = dinf__mla_key_limit(s_k, job->s_q, t, job->causal);
+        ts->m[r] = -INFINITY;
+        ts->l[r] = 0.0f;
+        memset(ts->acc + (int64_t)r * DV, 0, sizeof(float) * DV);
+    }
+    const int32_t *bt = job->block_table + (int64_t)pc->req * job->max_blocks;
+    for (int32_t blk = pc->blk_begin; blk < pc->blk_end; blk++) {
+        const int32_t j0 = blk * BN;
+        const int32_t n = s_k - j0 < BN ? s_k - j0 : BN;
+        for (int32_t j = 0; j < n; j++) {
+            const int32_t key = j0 + j;
+            const uint16_t *src = job->kc + (int64_t)bt[key / job->page] * job->kv_block_stride +
+                                  (int64_t)(key % job->page) * job->kv_token_stride +
+                                  (int64_t)hk * DQK;
+            for (int d = 0; d < DQK; d++)
+                ts->k[(int64_t)j * DQK + d] = dinf__f32_from_bf16(src[d]);
+        }
+        for (int32_t r = 0; r < rows; r++) {
+            const int32_t nv = limit[r] - j0 < n ? limit[r] - j0 : n;
+            if (nv <= 0)
+                continue;
+            float mx = -INFINITY;
+            for (int32_t j = 0; j < nv; j++) {
+                ts->s[j] = dot576(ts->q + (int64_t)r * DQK, ts->k + (int64_t)j * DQK) * job->scale_log2;
+                mx = ts->s[j] > mx ? ts->s[j] : mx;
+            }
+            const float m_new = mx > ts->m[r] ? mx : ts->m[r];
+            const float alpha = ts->m[r] == -INFINITY ? 0.0f : exp2f(ts->m[r] - m_new);
+            float sum = 0.0f;
+            for (int32_t j = 0; j < nv; j++) {
+                ts->s[j] = exp2f(ts->s[j] - m_new);
+                sum += ts->s[j];
+            }
+            ts->l[r] = alpha * ts->l[r] + sum;
+            ts->m[r] = m_new;
+            pv_update(ts->acc + (int64_t)r * DV, alpha, ts->s, ts->k, nv);
+        }
+    }
+    for (int32_t r = 0; r < rows; r++) {
+        const int32_t qr = row0 + r, t = qr / job->heads_per_kv;
+        const int32_t h = hk * job->heads_per_kv + qr % job->heads_per_kv;
+        const float l = ts->l[r];
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        const float *acc = ts->acc + (int64_t)r * DV;
+        if (pc->split_row < 0) {
+            uint16_t *o = job->out + (((int64_t)pc->req * job->s_q + t) * job->h_q + h) * DV;
+            for (int d = 0; d < DV; d++)
+                o[d] = dinf__bf16_from_f32(acc[d] * inv);
+            job->lse[((int64_t)pc->req * job->h_q + h) * job->s_q + t] =
+                l > 0.0f ? (log2f(l) + ts->m[r]) * LN2 : INFINITY;
+        } else {
+            const int64_t wrow = ((int64_t)pc->split_row * job->h_kv + hk) * job->q_rows + qr;
+            float *o = job->ws.oacc + wrow * DV;
+            for (int d = 0; d < DV; d++)
+                o[d] = acc[d] * inv;
+            job->ws.lse2[wrow] = l > 0.0f ? log2f(l) + ts->m[r] : -INFINITY;
+        }
+    }
+}
+
+static void run_tasks(void *ctx, int64_t begin, int64_t end) {
+    decode_job *job = ctx;
+    task_scratch ts;
+    ts.q = malloc(sizeof(float) * BM * DQK);
+    ts.k = malloc(sizeof(float) * BN * DQK);
+    ts.acc = malloc(sizeof(float) * BM * DV);
+    if (ts.q && ts.k && ts.acc)
+        for (int64_t t = begin; t < end; t++)
+            run_task(job, &ts, t);
+    else
+        atomic_store(&job->oom, 1);
+    free(ts.q);
+    free(ts.k);
+    free(ts.acc);
+}
+
+/* Merge the partials of split requests: one item per (request, h_kv * q_rows row). */
+static void run_combine(void *ctx, int64_t begin, int64_t end) {
+    decode_job *job = ctx;
+    const int64_t rows_per_req = (int64_t)job->h_kv * job->q_rows;
+    float *weights = NULL;
+    int32_t weights_cap = 0;
+    for (int64_t item = begin; item < end; item++) {
+        const int64_t req = item / rows_per_req;
+        const int32_t first = job->num_splits[req];
+        const int32_t n = job->num_splits[req + 1] - first;
+        if (n <= 1)
+            continue;
+        if (n > weights_cap) {
+            float *w = realloc(weights, sizeof(float) * (size_t)n);
+            if (!w) {
+                atomic_store(&job->oom, 1);
+                break;
+            }
+            weights = w;
+            weights_cap = n;
+        }
+        const int64_t row = item % rows_per_req; /* hk * q_rows + qr */
+        const int32_t hk = (int32_t)(row / job->q_rows), qr = (int32_t)(row % job->q_rows);
+        const int32_t t = qr / job->heads_per_kv;
+        const int32_t h = hk * job->heads_per_kv + qr % job->heads_per_kv;
+        const int64_t w0 = (int64_t)first * rows_per_req + row;
+        const float lse = dinf__mla_combine_weights(job->ws.lse2 + w0, rows_per_req, n, weights);
+        uint16_t *o = job->out + ((req * job->s_q + t) * job->h_q + h) * DV;
+        for (int d = 0; d < DV; d++) {
+            float sum = 0.0f;
+            for (int32_t i = 0; i < n; i++)
+                if (weights[i] != 0.0f)
+                    sum += weights[i] * job->ws.oacc[(w0 + i * rows_per_req) * DV + d];
+            o[d] = dinf__bf16_from_f32(sum);
+        }
+        job->lse[(req * job->h_q + h) * job->s_q + t] = lse;
+    }
+    free(weights);
+}
+
+dinf_status dinf_mla_decode_with_kvcache(
+    const uint16_t *q, int64_t batch, int32_t seq_len_q, int32_t num_heads_q, int32_t head_dim,
+    const uint16_t *k_cache, int64_t num_blocks, int32_t page_block_size, int32_t num_heads_kv,
+    int64_t kv_block_stride, int64_t kv_token_stride, const int32_t *block_table,
+    int64_t max_blocks_per_seq, const int32_t *cache_seqlens, int32_t head_dim_v,
+    const int32_t *tile_scheduler_metadata, int32_t num_sm_parts, const int32_t *num_splits,
+    float softmax_scale, int32_t causal, void *workspace, size_t workspace_bytes, uint16_t *out,
+    float *lse, const dinf_exec *exec) {
+    /* Shapes. */
+    if (head_dim != DQK)
+        return DINF_FAIL(DINF_STATUS_UNSUPPORTED, "head_dim=%d is not supported (only %d)",
+                         (int)head_dim, DQK);
+    if (head_dim_v != DV)
+        return DINF_FAIL(DINF_STATUS_UNSUPPORTED, "head_dim_v=%d is not supported (only %d)",
+                         (int)head_dim_v, DV);
+    if (page_block_size != 64 && page_block_size != 32 && page_block_size != 16)
+        return DINF_FAIL(DINF_STATUS_UNSUPPORTED,
+                         "page_block_size=%d is not supported (64, 32 or 16)",
+                         (int)page_block_size);
+    dinf_status st = check_seqlens(__func__, cache_seqlens, batch, num_sm_parts);
+    if (st != DINF_STATUS_OK)
+        return st;
+    if (seq_len_q < 1)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "seq_len_q=%d must be >= 1",
+                         (int)seq_len_q);
+    if (num_heads_q < 1 || num_heads_kv < 1)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "num_heads_q=%d and num_heads_kv=%d must be >= 1", (int)num_heads_q,
+                         (int)num_heads_kv);
+    if (num_heads_q % num_heads_kv)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "num_heads_q=%d is not a multiple of num_heads_kv=%d", (int)num_heads_q,
+                         (int)num_heads_kv);
+    const int64_t q_rows = (int64_t)seq_len_q * (num_heads_q / num_heads_kv);
+    if (q_rows > DINF_MLA_MAX_Q_ROWS)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "seq_len_q * num_heads_q / num_heads_kv = %d * %d / %d = %lld exceeds "
+                         "DINF_MLA_MAX_Q_ROWS=%d",
+                         (int)seq_len_q, (int)num_heads_q, (int)num_heads_kv, (long long)q_rows,
+                         DINF_MLA_MAX_Q_ROWS);
+    if (num_blocks < 1)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_blocks=%lld must be >= 1",
+                         (long long)num_blocks);
+    if (kv_token_stride < (int64_t)num_heads_kv * DQK || kv_token_stride % 8)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "kv_token_stride=%lld must be a multiple of 8 and >= num_heads_kv * "
+                         "576 = %lld",
+                         (long long)kv_token_stride, (long long)num_heads_kv * DQK);
+    int64_t page_elems;
+    if (dinf__mul_i64(kv_token_stride, page_block_size, &page_elems) ||
+        kv_block_stride < page_elems || kv_block_stride % 8)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "kv_block_stride=%lld must be a multiple of 8 and >= page_block_size * "
+                         "kv_token_stride = %d * %lld",
+                         (long long)kv_block_stride, (int)page_block_size,
+                         (long long)kv_token_stride);
+    if (max_blocks_per_seq < 0 || max_blocks_per_seq > INT32_MAX)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "max_blocks_per_seq=%lld must be in [0, %d]",
+                         (long long)max_blocks_per_seq, INT32_MAX);
+    if (!isfinite(softmax_scale))
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "softmax_scale=%g is not finite",
+                         (double)softmax_scale);
+    if (causal != 0 && causal != 1)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "causal=%d must be 0 or 1", (int)causal);
+
+    /* Sizes in bytes (int64 products checked). */
+    int64_t kc_elems, t1, q_elems, o_elems, bt_elems, q_tokens;
+    if (dinf__mul_i64(batch, seq_len_q, &q_tokens) ||
+        dinf__mul_i64(q_tokens, num_heads_q, &q_tokens) ||dinf__mul_i64(num_blocks - 1, kv_block_stride, &kc_elems) ||
+        dinf__mul_i64(page_block_size - 1, kv_token_stride, &t1) ||
+        __builtin_add_overflow(kc_elems, t1 + (int64_t)num_heads_kv * DQK, &kc_elems) ||
+        dinf__mul_i64(q_tokens, DQK, &q_elems) ||
+        dinf__mul_i64(q_tokens, DV, &o_elems) ||
+        dinf__mul_i64(batch, max_blocks_per_seq, &bt_elems) || kc_elems > INT64_MAX / 2 ||
+        q_elems > INT64_MAX / 2 || o_elems > INT64_MAX / 2)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "the sizes overflow int64 (batch=%lld, num_blocks=%lld, "
+                         "kv_block_stride=%lld, max_blocks_per_seq=%lld)",
+                         (long long)batch, (long long)num_blocks, (long long)kv_block_stride,
+                         (long long)max_blocks_per_seq);
+
+    /* Pointers. */
+    const int have_rows = batch > 0;
+    if (have_rows && (!q || !out || !lse || !num_splits))
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "q=%p, out=%p, lse=%p and num_splits=%p must not be NULL",
+                         (const void *)q, (void *)out, (void *)lse, (const void *)num_splits);
+    if (!k_cache)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "k_cache is NULL");
+    if (!tile_scheduler_metadata)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "tile_scheduler_metadata is NULL");
+    if (have_rows && max_blocks_per_seq > 0 && !block_table)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "block_table is NULL");
+    const struct {
+        const char *name;
+        const void *ptr;
+        uintptr_t align;
+    } aligned[] = {
+        {"q", q, 16},         {"k_cache", k_cache, 16},
+        {"out", out, 16},     {"lse", lse, 4},
+        {"block_table", block_table, 4},
+        {"tile_scheduler_metadata", tile_scheduler_metadata, 4},
+        {"num_splits", num_splits, 4},
+        {"workspace", workspace, 16},
+    };
+    for (size_t i = 0; i < sizeof aligned / sizeof aligned[0]; i++)
+        if (misaligned(aligned[i].ptr, aligned[i].align))
+            return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "%s=%p is not %u-byte aligned",
+                             aligned[i].name, aligned[i].ptr, (unsigned)aligned[i].align);
+
+    /* Lengths against the block table, and the table's entries. */
+    for (int64_t b = 0; b < batch; b++) {
+        const int64_t s_k = cache_seqlens[b];
+        if (s_k > max_blocks_per_seq * page_block_size)
+            return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                             "cache_seqlens[%lld]=%lld exceeds the block table's capacity "
+                             "max_blocks_per_seq * page_block_size = %lld * %d",
+                             (long long)b, (long long)s_k, (long long)max_blocks_per_seq,
+                             (int)page_block_size);
+        const int64_t pages = (s_k + page_block_size - 1) / page_block_size;
+        for (int64_t i = 0; i < pages; i++) {
+            const int32_t e = block_table[b * max_blocks_per_seq + i];
+            if (e < 0 || e >= num_blocks)
+                return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                                 "block_table[%lld][%lld]=%d is outside [0, num_blocks=%lld) "
+                                 "(request %lld has %lld keys)",
+                                 (long long)b, (long long)i, (int)e, (long long)num_blocks,
+                                 (long long)b, (long long)s_k);
+        }
+    }
+
+    /* Workspace. */
+    dinf__arena arena = {0};
+    workspace_layout layout;
+    if (carve_workspace(&arena, batch, seq_len_q, num_heads_q, num_sm_parts, &layout))
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "the workspace size overflows size_t");
+    const size_t ws_needed = arena.used;
+
+    /* Overlap: outputs and workspace against everything. */
+    const dinf__buffer bufs[] = {
+        {"out", out, (size_t)o_elems * 2},
+        {"lse", lse, (size_t)q_tokens * sizeof(float)},
+        {"workspace", workspace, workspace_bytes},
+        {"q", q, (size_t)q_elems * 2},
+        {"k_cache", k_cache, (size_t)kc_elems * 2},
+        {"block_table", block_table, (size_t)bt_elems * sizeof(int32_t)},
+        {"cache_seqlens", cache_seqlens, (size_t)batch * sizeof(int32_t)},
+        {"tile_scheduler_metadata", tile_scheduler_metadata,
+         (size_t)num_sm_parts * DINF_MLA_METADATA_INTS * sizeof(int32_t)},
+        {"num_splits", num_splits, (size_t)(batch + 1) * sizeof(int32_t)},
+    };
+    st = check_outputs_disjoint(__func__, bufs, (int)(sizeof bufs / sizeof bufs[0]), 3);
+    if (st != DINF_STATUS_OK)
+        return st;
+
+    dinf__place place;
+    st = cpu_place(__func__, exec, &place);
+    if (st != DINF_STATUS_OK)
+        return st;
+
+    /* The plan must be the one for these lengths: recompute and compare. */
+    int32_t *want_meta = malloc(sizeof(int32_t) * (size_t)num_sm_parts * DINF_MLA_METADATA_INTS);
+    int32_t *want_splits = malloc(sizeof(int32_t) * (size_t)(batch + 1));
+    piece *pieces = NULL;
+    decode_job *job = NULL;
+    if (!want_meta || !want_splits) {
+        st = DINF_FAIL(DINF_STATUS_OUT_OF_MEMORY, "cannot allocate %d parts of plan",
+                       (int)num_sm_parts);
+        goto done;
+    }
+    if (dinf__mla_plan(cache_seqlens, batch, num_sm_parts, want_meta, want_splits)) {
+        st = DINF_FAIL(DINF_STATUS_INTERNAL, "the plan left work unassigned");
+        goto done;
+    }
+    for (int64_t i = 0; i < (int64_t)num_sm_parts * DINF_MLA_METADATA_INTS; i++)
+        if (tile_scheduler_metadata[i] != want_meta[i]) {
+            st = DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                           "tile_scheduler_metadata[%lld][%lld]=%d does not match the plan for "
+                           "these cache_seqlens and num_sm_parts=%d (expected %d): call "
+                           "dinf_mla_get_metadata again when cache_seqlens change",
+                           (long long)(i / DINF_MLA_METADATA_INTS),
+                           (long long)(i % DINF_MLA_METADATA_INTS),
+                           (int)tile_scheduler_metadata[i], (int)num_sm_parts, (int)want_meta[i]);
+            goto done;
+        }
+    for (int64_t i = 0; i <= batch; i++)
+        if (num_splits[i] != want_splits[i]) {
+            st = DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                           "num_splits[%lld]=%d does not match the plan for these cache_seqlens "
+                           "and num_sm_parts=%d (expected %d)",
+                           (long long)i, (int)num_splits[i], (int)num_sm_parts,
+                           (int)want_splits[i]);
+            goto done;
+        }
+    const int any_split = batch > 0 && num_splits[batch] > batch;
+    if (any_split && workspace_bytes < ws_needed) {
+        st = DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                       "workspace_bytes=%zu is smaller than the %zu bytes "
+                       "dinf_mla_workspace_size requires",
+                       workspace_bytes, ws_needed);
+        goto done;
+    }
+    if (any_split && !workspace) {
+        st = DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "workspace is NULL");
+        goto done;
+    }
+
+    /* Pieces: every (part, request) overlap of the plan. */
+    int64_t num_pieces = 0;
+    for (int32_t p = 0; p < num_sm_parts; p++) {
+        const int32_t *m = tile_scheduler_metadata + (int64_t)p * DINF_MLA_METADATA_INTS;
+        if (m[DINF_MLA_META_BEGIN_REQ] >= 0)
+            num_pieces += m[DINF_MLA_META_END_REQ] - m[DINF_MLA_META_BEGIN_REQ] + 1;
+    }
+    pieces = malloc(sizeof(piece) * (size_t)(num_pieces ? num_pieces : 1));
+    job = malloc(sizeof *job);
+    if (!pieces || !job) {
+        st = DINF_FAIL(DINF_STATUS_OUT_OF_MEMORY, "cannot allocate %lld pieces",
+                       (long long)num_pieces);
+        goto done;
+    }
+    int64_t k = 0;
+    for (int32_t p = 0; p < num_sm_parts; p++) {
+        const int32_t *m = tile_scheduler_metadata + (int64_t)p * DINF_MLA_METADATA_INTS;
+        if (m[DINF_MLA_META_BEGIN_REQ] < 0)
+            continue;
+        for (int32_t r = m[DINF_MLA_META_BEGIN_REQ]; r <= m[DINF_MLA_META_END_REQ]; r++) {
+            const int is_first = r == m[DINF_MLA_META_BEGIN_REQ];
+            const int is_last = r == m[DINF_MLA_META_END_REQ];
+            piece *pc = &pieces[k++];
+            pc->req = r;
+            pc->blk_begin = is_first ? m[DINF_MLA_META_BEGIN_BLOCK] : 0;
+            pc->blk_end = is_last ? m[DINF_MLA_META_END_BLOCK]
+                                  : dinf__mla_num_blocks(cache_seqlens[r]);
+            const int split = (is_first && m[DINF_MLA_META_FIRST_SPLIT]) ||
+                              (is_last && m[DINF_MLA_META_LAST_SPLIT]);
+            pc->split_row =
+                split ? num_splits[r] + (is_first ? m[DINF_MLA_META_BEGIN_SPLIT] : 0) : -1;
+        }
+    }
+
+    dinf__arena real = {.base = workspace, .capacity = workspace_bytes};
+    if (any_split)
+        carve_workspace(&real, batch, seq_len_q, num_heads_q, num_sm_parts, &job->ws);
+    else
+        job->ws = (workspace_layout){0};
+    job->q = q;
+    job->kc = k_cache;
+    job->block_table = block_table;
+    job->seqlens = cache_seqlens;
+    job->kv_block_stride = kv_block_stride;
+    job->kv_token_stride = kv_token_stride;
+    job->max_blocks = max_blocks_per_seq;
+    job->s_q = seq_len_q;
+    job->h_q = num_heads_q;
+    job->h_kv = num_heads_kv;
+    job->heads_per_kv = num_heads_q / num_heads_kv;
+    job->q_rows = (int32_t)q_rows;
+    job->m_blocks = (int32_t)((q_rows + BM - 1) / BM);
+    job->page = page_block_size;
+    job->causal = causal && seq_len_q > 1;
+    job->scale_log2 = softmax_scale * LOG2E;
+    job->pieces = pieces;
+    job->num_splits = num_splits;
+    job->out = out;
+    job->lse = lse;
+    atomic_init(&job->oom, 0);
+
+    dinf__parallel_for(place.threads, num_pieces * num_heads_kv * job->m_blocks, 1, run_tasks, job);
+    if (any_split && !atomic_load(&job->oom))
+        dinf__parallel_for(place.threads, batch * num_heads_kv * q_rows, 64, run_combine, job);
+    if (atomic_load(&job->oom))
+        st = DINF_FAIL(DINF_STATUS_OUT_OF_MEMORY, "cannot allocate the CPU scratch");
+
+done:
+    free(want_meta);
+    free(want_splits);
+    free(pieces);
+    free(job);
+    return st;
+}
