@@ -1,7 +1,7 @@
 /*
  * libdeepinfra mla: FlashMLA-style decode of DeepSeek's multi-head latent
  * attention over a paged KV cache, with split-KV scheduling (FlashMLA v1
- * semantics).
+ * semantics; the scheduling metadata layout is this library's own, see below).
  *
  * MLA decode runs in its "absorbed" form, which is multi-query attention:
  * every cache row holds d_qk = 576 values (512 latent + 64 RoPE key), and V is
@@ -69,11 +69,17 @@ extern "C" {
 #define DINF_MLA_FIXED_OVERHEAD_BLOCKS 5 /* scheduler cost of one split, in blocks */
 #define DINF_MLA_MAX_Q_ROWS 8192 /* largest s_q * h_q / h_kv (128 m-blocks) */
 #define DINF_MLA_MAX_BATCH 1048576
+#define DINF_MLA_MAX_SM_PARTS 65536
+/* |softmax_scale| bound: scale * log2(e) must stay a finite float */
+#define DINF_MLA_MAX_SOFTMAX_SCALE 1e30f
 
 /*
  * Fields of one SM part's row of tile_scheduler_metadata (int32 each).
  * Block indices count DINF_MLA_BLOCK_N-token blocks of the request.
  * A part without work has BEGIN_REQ = END_REQ = -1 and every other field 0.
+ * This layout is libdeepinfra's own (v1's field order, counted in blocks,
+ * with HEAD's first/last-split flags): metadata made by upstream FlashMLA is
+ * not interchangeable with it; pass what dinf_mla_get_metadata produced.
  */
 enum dinf_mla_metadata_field {
     DINF_MLA_META_BEGIN_REQ = 0,   /* first request of the part */
@@ -107,7 +113,7 @@ DINF_API dinf_status dinf_mla_num_sm_parts(int32_t q_rows_per_head_kv, int32_t n
  * Arguments:
  *   cache_seqlens [IN]  int32 [batch], contiguous, each >= 0 (0: empty request)
  *   batch         [IN]  0 <= batch <= DINF_MLA_MAX_BATCH
- *   num_sm_parts  [IN]  >= 1 (dinf_mla_num_sm_parts)
+ *   num_sm_parts  [IN]  in [1, DINF_MLA_MAX_SM_PARTS] (dinf_mla_num_sm_parts)
  *   tile_scheduler_metadata [OUT] int32 [num_sm_parts][DINF_MLA_METADATA_INTS],
  *                       contiguous, caller-owned (fields: dinf_mla_metadata_field)
  *   num_splits    [OUT] int32 [batch + 1], caller-owned: num_splits[0] = 0 and
@@ -171,7 +177,7 @@ DINF_API dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, i
  *                         dinf_mla_get_metadata returned for these cache_seqlens and
  *                         num_sm_parts (the CPU path recomputes and compares them;
  *                         a stale plan is rejected)
- *   softmax_scale   [IN]  finite (FlashMLA's default is 1/sqrt(576); DeepSeek models
+ *   softmax_scale   [IN]  finite, |scale| <= DINF_MLA_MAX_SOFTMAX_SCALE (FlashMLA's default is 1/sqrt(576); DeepSeek models
  *                         pass their own)
  *   causal          [IN]  0 or 1; bottom-right aligned mask (no effect when s_q == 1)
  *   workspace       [IN,OUT] caller-owned scratch of workspace_bytes >=
@@ -190,7 +196,9 @@ DINF_API dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, i
  * out of range inside a sequence, a length beyond the block table's
  * capacity, a plan that does not match, a workspace too small, overlap),
  * DINF_STATUS_UNSUPPORTED (head dims, page size, DINF_EXEC_CUDA),
- * DINF_STATUS_OUT_OF_MEMORY (CPU scratch).
+ * DINF_STATUS_OUT_OF_MEMORY (CPU scratch: the CPU path allocates its plan copy
+ * and about 0.4 MB of scratch per worker thread on each call; the caller's
+ * workspace holds only the split partials).
  */
 DINF_API dinf_status dinf_mla_decode_with_kvcache(
     const uint16_t *q, int64_t batch, int32_t seq_len_q, int32_t num_heads_q, int32_t head_dim,

@@ -96,9 +96,9 @@ static dinf_status check_seqlens(const char *func, const int32_t *cache_seqlens,
     if (batch < 0 || batch > DINF_MLA_MAX_BATCH)
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "batch=%lld must be in [0, %d]",
                           (long long)batch, DINF_MLA_MAX_BATCH);
-    if (num_sm_parts < 1)
-        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "num_sm_parts=%d must be >= 1",
-                          (int)num_sm_parts);
+    if (num_sm_parts < 1 || num_sm_parts > DINF_MLA_MAX_SM_PARTS)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "num_sm_parts=%d must be in [1, %d]",
+                          (int)num_sm_parts, DINF_MLA_MAX_SM_PARTS);
     if (batch > 0 && !cache_seqlens)
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "cache_seqlens is NULL");
     if (misaligned(cache_seqlens, 4))
@@ -177,6 +177,9 @@ dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, int32_t nu
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
                          "seq_len_q=%d, num_heads_q=%d and num_sm_parts=%d must be >= 1",
                          (int)seq_len_q, (int)num_heads_q, (int)num_sm_parts);
+    if (num_sm_parts > DINF_MLA_MAX_SM_PARTS)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_sm_parts=%d must be <= %d",
+                         (int)num_sm_parts, DINF_MLA_MAX_SM_PARTS);
     dinf__arena arena = {0};
     workspace_layout layout;
     if (carve_workspace(&arena, batch, seq_len_q, num_heads_q, num_sm_parts, &layout))
@@ -438,16 +441,18 @@ dinf_status dinf_mla_decode_with_kvcache(
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
                          "max_blocks_per_seq=%lld must be in [0, %d]",
                          (long long)max_blocks_per_seq, INT32_MAX);
-    if (!isfinite(softmax_scale))
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "softmax_scale=%g is not finite",
-                         (double)softmax_scale);
+    if (!(fabsf(softmax_scale) <= DINF_MLA_MAX_SOFTMAX_SCALE))
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "softmax_scale=%g must be finite with |softmax_scale| <= %g",
+                         (double)softmax_scale, (double)DINF_MLA_MAX_SOFTMAX_SCALE);
     if (causal != 0 && causal != 1)
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "causal=%d must be 0 or 1", (int)causal);
 
     /* Sizes in bytes (int64 products checked). */
     int64_t kc_elems, t1, q_elems, o_elems, bt_elems, q_tokens;
     if (dinf__mul_i64(batch, seq_len_q, &q_tokens) ||
-        dinf__mul_i64(q_tokens, num_heads_q, &q_tokens) ||dinf__mul_i64(num_blocks - 1, kv_block_stride, &kc_elems) ||
+        dinf__mul_i64(q_tokens, num_heads_q, &q_tokens) ||
+        dinf__mul_i64(num_blocks - 1, kv_block_stride, &kc_elems) ||
         dinf__mul_i64(page_block_size - 1, kv_token_stride, &t1) ||
         __builtin_add_overflow(kc_elems, t1 + (int64_t)num_heads_kv * DQK, &kc_elems) ||
         dinf__mul_i64(q_tokens, DQK, &q_elems) ||

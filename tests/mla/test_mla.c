@@ -622,7 +622,7 @@ Test(mla_errors, every_rejected_input) {
     c = good; c.b = -1;
     EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "batch=-1 must be in [0, 1048576]");
     c = good; c.parts = 0;
-    EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "num_sm_parts=0 must be >= 1");
+    EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "num_sm_parts=0 must be in [1, 65536]");
     c = good; c.s_q = 0;
     EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "seq_len_q=0 must be >= 1");
     c = good; c.h_kv = 3;
@@ -640,7 +640,9 @@ Test(mla_errors, every_rejected_input) {
     c = good; c.max_blocks = -1;
     EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "max_blocks_per_seq=-1 must be in");
     c = good; c.scale = INFINITY;
-    EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "softmax_scale=inf is not finite");
+    EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "softmax_scale=inf must be finite");
+    c = good; c.scale = 3e38f; /* finite, but scale * log2(e) would overflow */
+    EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "|softmax_scale| <= 1e+30");
     c = good; c.causal = 2;
     EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "causal=2 must be 0 or 1");
     c = good; c.q = NULL;
@@ -724,7 +726,9 @@ Test(mla_errors, every_rejected_input) {
 Test(mla_errors, metadata_and_sizes) {
     int32_t seqlens[3] = {10, 0, 300}, meta[8 * 4], splits[4];
     cr_assert_eq(dinf_mla_get_metadata(seqlens, 3, 0, meta, splits, NULL), DINF_STATUS_INVALID_ARGUMENT);
-    cr_assert_str_eq(dinf_last_error(), "dinf_mla_get_metadata: num_sm_parts=0 must be >= 1");
+    cr_assert_str_eq(dinf_last_error(), "dinf_mla_get_metadata: num_sm_parts=0 must be in [1, 65536]");
+    cr_assert_eq(dinf_mla_get_metadata(seqlens, 3, 65537, meta, splits, NULL), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert_str_eq(dinf_last_error(), "dinf_mla_get_metadata: num_sm_parts=65537 must be in [1, 65536]");
     cr_assert_eq(dinf_mla_get_metadata(seqlens, -2, 4, meta, splits, NULL), DINF_STATUS_INVALID_ARGUMENT);
     cr_assert_str_eq(dinf_last_error(), "dinf_mla_get_metadata: batch=-2 must be in [0, 1048576]");
     cr_assert_eq(dinf_mla_get_metadata(NULL, 3, 4, meta, splits, NULL), DINF_STATUS_INVALID_ARGUMENT);
