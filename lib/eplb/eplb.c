@@ -491,6 +491,21 @@ DINF_API dinf_status dinf_eplb_max_logcnt_bound(int64_t num_logical_experts, int
     return DINF_STATUS_OK;
 }
 
+/* Workspace bytes of dinf_eplb_rebalance_experts for checked sizes: the
+ * per-layer scratch plus one layer's replica numbers. */
+static dinf_status plan_workspace_bytes(const char *func, const dinf__eplb_sizes *sz,
+                                        size_t *bytes) {
+    dinf__arena a = {0};
+    dinf__eplb_scratch s;
+    dinf__eplb_plan_layout(&a, sz, &s);
+    size_t extra = (size_t)sz->R * sizeof(int64_t);
+    if (a.overflow || dinf__add_size(a.used, extra + DINF__ARENA_ALIGN, &a.used))
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "the workspace size overflows size_t");
+    *bytes = a.used;
+    return DINF_STATUS_OK;
+}
+
 DINF_API dinf_status dinf_eplb_workspace_size(int64_t num_logical_experts, int64_t num_replicas,
                                               int64_t num_groups, int64_t num_nodes,
                                               int64_t num_gpus, const dinf_eplb_options *options,
@@ -502,14 +517,7 @@ DINF_API dinf_status dinf_eplb_workspace_size(int64_t num_logical_experts, int64
         return st;
     if (!bytes)
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "bytes is NULL");
-    dinf__arena a = {0};
-    dinf__eplb_scratch s;
-    dinf__eplb_plan_layout(&a, &sz, &s);
-    size_t extra = (size_t)sz.R * sizeof(int64_t); /* one layer's replica numbers */
-    if (a.overflow || dinf__add_size(a.used, extra + DINF__ARENA_ALIGN, &a.used))
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "the workspace size overflows size_t");
-    *bytes = a.used;
-    return DINF_STATUS_OK;
+    return plan_workspace_bytes(__func__, &sz, bytes);
 }
 
 dinf_status dinf__eplb_workspace_acquire(const char *func, size_t needed, void *workspace,
@@ -582,7 +590,7 @@ DINF_API dinf_status dinf_eplb_rebalance_experts(
         return st;
 
     size_t needed;
-    st = dinf_eplb_workspace_size(E, R, num_groups, num_nodes, num_gpus, options, &needed);
+    st = plan_workspace_bytes(__func__, &sz, &needed); /* sizes already checked */
     if (st != DINF_STATUS_OK)
         return st;
     const size_t lr = (size_t)(L * R) * 8, le = (size_t)(L * E) * 8;

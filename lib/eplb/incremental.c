@@ -407,6 +407,19 @@ static int64_t local_repair(const float *w, const int64_t *old, int64_t *plan, d
 /* Entry points                                                              */
 /* ------------------------------------------------------------------------ */
 
+/* Workspace bytes of dinf_eplb_rebalance_incremental for checked sizes. */
+static dinf_status inc_workspace_bytes(const char *func, const dinf__eplb_sizes *sz,
+                                       size_t *bytes) {
+    dinf__arena a = {0};
+    inc_scratch s;
+    inc_layout(&a, sz, &s);
+    if (a.overflow)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "the workspace size overflows size_t");
+    *bytes = a.used;
+    return DINF_STATUS_OK;
+}
+
 DINF_API dinf_status dinf_eplb_incremental_workspace_size(int64_t num_logical_experts,
                                                           int64_t num_replicas, int64_t num_groups,
                                                           int64_t num_nodes, int64_t num_gpus,
@@ -419,13 +432,7 @@ DINF_API dinf_status dinf_eplb_incremental_workspace_size(int64_t num_logical_ex
         return st;
     if (!bytes)
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "bytes is NULL");
-    dinf__arena a = {0};
-    inc_scratch s;
-    inc_layout(&a, &sz, &s);
-    if (a.overflow)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "the workspace size overflows size_t");
-    *bytes = a.used;
-    return DINF_STATUS_OK;
+    return inc_workspace_bytes(__func__, &sz, bytes);
 }
 
 static int64_t count_moves(const int64_t *a, const int64_t *b, int64_t R) {
@@ -468,7 +475,7 @@ DINF_API dinf_status dinf_eplb_rebalance_incremental(
         return st;
 
     size_t needed;
-    st = dinf_eplb_incremental_workspace_size(E, R, num_groups, num_nodes, P, options, &needed);
+    st = inc_workspace_bytes(__func__, &sz, &needed); /* sizes already checked */
     if (st != DINF_STATUS_OK)
         return st;
     const size_t lr = (size_t)(L * R) * 8, le = (size_t)(L * E) * 8;

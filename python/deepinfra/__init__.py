@@ -39,6 +39,9 @@ from .core import (
     version_code,
 )
 
+# Module bindings imported on first access (some need numpy).
+_SUBMODULES = ("eplb", "dualpipe", "gemm", "mla")
+
 __all__ = [
     "__version__",
     "version",
@@ -63,17 +66,13 @@ __all__ = [
     "LibraryError",
     "LibraryNotFoundError",
     "LibraryVersionError",
-    "eplb",
-    "dualpipe",
-    "gemm",
-    "mla",
-]
+] + list(_SUBMODULES)
 
 
 def __getattr__(name):
     # Submodules that need numpy are imported on first access, so that
     # `import deepinfra` works with the standard library alone.
-    if name in ("eplb", "dualpipe", "gemm", "mla"):
+    if name in _SUBMODULES:
         import importlib
 
         return importlib.import_module("." + name, __name__)
@@ -81,4 +80,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | {"eplb", "dualpipe", "gemm", "mla"})
+    return sorted(set(globals()) | set(_SUBMODULES))
