@@ -25,7 +25,7 @@
  *   int32_t *meta = malloc(parts * DINF_MLA_METADATA_INTS * 4), *splits = malloc((b + 1) * 4);
  *   dinf_mla_get_metadata(cache_seqlens, b, parts, meta, splits, exec);
  *   size_t ws_bytes;
- *   dinf_mla_workspace_size(b, s_q, h_q, parts, &ws_bytes);
+ *   dinf_mla_workspace_size(b, s_q, h_q, parts, &ws_bytes, exec);
  *   void *ws = aligned_alloc(64, ws_bytes);
  *   for each layer:
  *       dinf_mla_decode_with_kvcache(q, b, s_q, h_q, 576, kcache, num_blocks, 64, h_kv,
@@ -46,8 +46,38 @@
  * implementation accumulates in float32, reads pages through the block
  * table, never reads cache rows past a request's length (so stale or NaN
  * rows never reach a result), and gives bit-identical results for any
- * thread count. The Hopper kernels are not part of this version:
- * DINF_EXEC_CUDA returns DINF_STATUS_UNSUPPORTED.
+ * thread count. DINF_EXEC_CUDA runs the sm_90a kernels of kernels/mla on
+ * the caller's stream (a Hopper device is required): device-side metadata
+ * (one thread, no host synchronisation, CUDA-graph capturable, equal to the
+ * CPU's plan), the split-KV decode (bf16 tensor cores, mma.sync m16n8k16,
+ * float32 online softmax) and the log-sum-exp combine. On the GPU the
+ * values of cache_seqlens, block_table and the plan stay in device memory
+ * and are not checked on the host (that would synchronise): the kernels
+ * never read or write outside the buffers, and a request whose block_table
+ * entries are out of range, or whose length exceeds the table, gets NaN in
+ * out and lse instead of an error.
+ *
+ * FP8 cache (dinf_mla_decode_with_kvcache_fp8, dinf_mla_quantize_kvcache_fp8).
+ * FlashMLA ships FP8 only with sparse attention; this library also decodes
+ * a dense FP8 cache. Its entry (one token, one KV head) is FlashMLA's own
+ * "V32" layout, so that caches quantized by upstream tools work as is:
+ *
+ *   bytes [0, 512)    512 float8_e4m3fn codes of the latent (NoPE) part
+ *   bytes [512, 528)  4 float32 scales, scale i for channels [128 i, 128 i + 128)
+ *   bytes [528, 656)  64 bfloat16 RoPE values, unquantized
+ *
+ * = DINF_MLA_FP8_ENTRY_BYTES = 656 bytes. The value of channel d < 512 is
+ * e4m3(code[d]) * scale[d / 128]; channels 512..575 are the bf16 RoPE
+ * values. Why this layout: per-128-channel scales keep the error of one
+ * outlier local (DeepSeek's own granularity, also FlashInfer's
+ * ckv_scale_arr), the RoPE part stays bf16 because it is small (128 B of
+ * 656) and sensitive, and the format is the one upstream already produces.
+ * The quantizer (dinf_mla_quantize_kvcache_fp8) picks, per 128 channels,
+ * scale = the smallest power of two >= max(amax, 1e-4) / 448 (as upstream's
+ * quantizer: power-of-two scales make dequantization exact in bf16, so the
+ * kernels dequantize to bf16 and run the BF16 math unchanged), and
+ * code = e4m3(x / scale) rounded to nearest even. A decode on an FP8 cache
+ * is therefore exactly the BF16 decode on the dequantized cache.
  *
  * bfloat16 arrays are passed as uint16_t bits. Rounding to bfloat16 is to
  * nearest, ties to even.
@@ -72,6 +102,10 @@ extern "C" {
 #define DINF_MLA_MAX_SM_PARTS 65536
 /* |softmax_scale| bound: scale * log2(e) must stay a finite float */
 #define DINF_MLA_MAX_SOFTMAX_SCALE 1e30f
+/* FP8 cache entry: 512 e4m3 + 4 float32 scales + 64 bfloat16 (see above) */
+#define DINF_MLA_FP8_ENTRY_BYTES 656
+#define DINF_MLA_FP8_SCALE_OFFSET 512
+#define DINF_MLA_FP8_ROPE_OFFSET 528
 
 /*
  * Fields of one SM part's row of tile_scheduler_metadata (int32 each).
@@ -123,9 +157,12 @@ DINF_API dinf_status dinf_mla_num_sm_parts(int32_t q_rows_per_head_kv, int32_t n
  * The outputs must not overlap cache_seqlens or each other. Every request,
  * empty ones included, is covered by exactly one piece or by consecutive
  * pieces whose block ranges tile [0, ceil(s_k/64)).
+ * On DINF_EXEC_CUDA every array is device memory; the plan is computed by
+ * one GPU thread on exec's stream (asynchronous, graph-capturable; the
+ * lengths are not checked on the host, a negative length counts as 0).
  * Returns DINF_STATUS_OK, DINF_STATUS_INVALID_ARGUMENT (NULL pointers,
  * sizes out of range, a negative length, overlap), DINF_STATUS_UNSUPPORTED
- * (DINF_EXEC_CUDA).
+ * (CUDA in a CPU-only build, a device that is not sm_90), DINF_STATUS_CUDA_ERROR.
  */
 DINF_API dinf_status dinf_mla_get_metadata(const int32_t *cache_seqlens, int64_t batch,
                                            int32_t num_sm_parts, int32_t *tile_scheduler_metadata,
@@ -133,16 +170,24 @@ DINF_API dinf_status dinf_mla_get_metadata(const int32_t *cache_seqlens, int64_t
 
 /*
  * dinf_mla_workspace_size - bytes of the workspace dinf_mla_decode_with_kvcache
- * needs for the split partials: float32 log-sum-exp [batch + num_sm_parts][h_q * s_q]
- * and float32 outputs [batch + num_sm_parts][h_q * s_q][512], each 64-byte aligned.
+ * (and _fp8) needs on exec: the split partials, float32 log-sum-exp
+ * [batch + num_sm_parts][h_q * s_q] and float32 outputs
+ * [batch + num_sm_parts][h_q * s_q][512]; on the CPU also the call's own
+ * scratch (a copy of the plan, the list of pieces and about 0.41 MB per
+ * worker thread of exec), so that a decode call never allocates. Each area is
+ * 64-byte aligned inside the workspace.
  * Arguments:
  *   batch, seq_len_q, num_heads_q, num_sm_parts [IN] as the decode call (>= 1, batch >= 0)
  *   bytes         [OUT] caller-owned, not NULL
+ *   exec          [IN]  where the decode will run (NULL = CPU with all cores);
+ *                       pass the same place to the decode call
  * Pure; thread-safe. Returns DINF_STATUS_OK or DINF_STATUS_INVALID_ARGUMENT
- * (ranges, overflow).
+ * (ranges, overflow, a bad exec), DINF_STATUS_UNSUPPORTED (CUDA place in a
+ * CPU-only build).
  */
 DINF_API dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, int32_t num_heads_q,
-                                             int32_t num_sm_parts, size_t *bytes);
+                                             int32_t num_sm_parts, size_t *bytes,
+                                             const dinf_exec *exec);
 
 /*
  * dinf_mla_decode_with_kvcache - MLA decode over a paged KV cache
@@ -188,17 +233,18 @@ DINF_API dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, i
  *   lse             [OUT] float32 [batch][num_heads_q][seq_len_q], contiguous,
  *                         caller-owned: natural-log log-sum-exp of the scaled scores,
  *                         +inf for a query position without keys
- *   exec            [IN]  NULL = CPU
+ *   exec            [IN]  NULL = CPU; DINF_EXEC_CUDA: every array is device memory
+ *                         and the call is asynchronous on exec->stream
+ *                         (graph-capturable; see "Where it runs")
  * Outputs and workspace must not overlap each other or any input (inputs may
  * share memory). Not graph-capturable on the CPU (it runs synchronously).
  * Returns DINF_STATUS_OK, DINF_STATUS_INVALID_ARGUMENT (NULL pointers,
  * sizes or strides out of range, misaligned pointers, a block_table entry
  * out of range inside a sequence, a length beyond the block table's
  * capacity, a plan that does not match, a workspace too small, overlap),
- * DINF_STATUS_UNSUPPORTED (head dims, page size, DINF_EXEC_CUDA),
- * DINF_STATUS_OUT_OF_MEMORY (CPU scratch: the CPU path allocates its plan copy
- * and about 0.4 MB of scratch per worker thread on each call; the caller's
- * workspace holds only the split partials).
+ * DINF_STATUS_UNSUPPORTED (head dims, page size, CUDA in a CPU-only build or
+ * on a device that is not sm_90), DINF_STATUS_CUDA_ERROR (a failed launch).
+ * The call never allocates: the CPU scratch is part of the workspace.
  */
 DINF_API dinf_status dinf_mla_decode_with_kvcache(
     const uint16_t *q, int64_t batch, int32_t seq_len_q, int32_t num_heads_q, int32_t head_dim,
@@ -208,6 +254,61 @@ DINF_API dinf_status dinf_mla_decode_with_kvcache(
     const int32_t *tile_scheduler_metadata, int32_t num_sm_parts, const int32_t *num_splits,
     float softmax_scale, int32_t causal, void *workspace, size_t workspace_bytes, uint16_t *out,
     float *lse, const dinf_exec *exec);
+
+/*
+ * dinf_mla_decode_with_kvcache_fp8 - dinf_mla_decode_with_kvcache over an FP8
+ * cache (the entry layout at the top of this header). Every argument is as
+ * there, except:
+ *   k_cache         [IN]  bytes [num_blocks][page_block_size][num_heads_kv][656]:
+ *                         entry (p, r, hk) at byte p * kv_block_stride +
+ *                         r * kv_token_stride + hk * 656; 16-byte aligned
+ *   kv_block_stride [IN]  bytes between pages, a multiple of 16,
+ *                         >= page_block_size * kv_token_stride
+ *   kv_token_stride [IN]  bytes between rows of a page, a multiple of 16, >= h_kv * 656
+ * The result equals dinf_mla_decode_with_kvcache on the dequantized cache
+ * (bit for bit on the CPU). Same statuses.
+ */
+DINF_API dinf_status dinf_mla_decode_with_kvcache_fp8(
+    const uint16_t *q, int64_t batch, int32_t seq_len_q, int32_t num_heads_q, int32_t head_dim,
+    const uint8_t *k_cache, int64_t num_blocks, int32_t page_block_size, int32_t num_heads_kv,
+    int64_t kv_block_stride, int64_t kv_token_stride, const int32_t *block_table,
+    int64_t max_blocks_per_seq, const int32_t *cache_seqlens, int32_t head_dim_v,
+    const int32_t *tile_scheduler_metadata, int32_t num_sm_parts, const int32_t *num_splits,
+    float softmax_scale, int32_t causal, void *workspace, size_t workspace_bytes, uint16_t *out,
+    float *lse, const dinf_exec *exec);
+
+/*
+ * dinf_mla_quantize_kvcache_fp8 - quantize new tokens' cache rows into an
+ * FP8 paged cache (vLLM's reshape_and_cache with FlashMLA's FP8 entry):
+ * token i's row of every KV head goes to slot slot_mapping[i] =
+ * page * page_block_size + row of the cache; slot -1 skips the token.
+ * Arguments:
+ *   kv              [IN]  bfloat16 [num_tokens][num_heads_kv][576], token i at
+ *                         kv + i * kv_token_ld, heads contiguous; 16-byte aligned
+ *   num_tokens      [IN]  >= 0
+ *   num_heads_kv    [IN]  >= 1
+ *   kv_token_ld     [IN]  elements between tokens of kv, a multiple of 8, >= h_kv * 576
+ *   slot_mapping    [IN]  int64 [num_tokens], each -1 or in
+ *                         [0, num_blocks * page_block_size); distinct slots
+ *   k_cache         [OUT] the FP8 cache as in dinf_mla_decode_with_kvcache_fp8
+ *                         (num_blocks, page_block_size 16/32/64, strides in
+ *                         bytes); only the entries of the given slots are written
+ *   exec            [IN]  NULL = CPU; DINF_EXEC_CUDA: device memory, asynchronous
+ *                         on the stream (slots are not checked on the host there:
+ *                         out-of-range slots are skipped)
+ * The scale of each 128 channels: smallest power of two >= max(amax, 1e-4) / 448;
+ * codes e4m3(x / scale), RoPE copied. CPU and GPU write identical bytes.
+ * k_cache must not overlap kv or slot_mapping.
+ * Returns DINF_STATUS_OK, DINF_STATUS_INVALID_ARGUMENT (NULL, alignment,
+ * strides, a slot out of range on the CPU, overlap), DINF_STATUS_UNSUPPORTED
+ * (page size, CUDA unavailable), DINF_STATUS_CUDA_ERROR.
+ */
+DINF_API dinf_status dinf_mla_quantize_kvcache_fp8(const uint16_t *kv, int64_t num_tokens,
+                                                   int32_t num_heads_kv, int64_t kv_token_ld,
+                                                   const int64_t *slot_mapping, uint8_t *k_cache,
+                                                   int64_t num_blocks, int32_t page_block_size,
+                                                   int64_t kv_block_stride,
+                                                   int64_t kv_token_stride, const dinf_exec *exec);
 
 #ifdef __cplusplus
 } /* extern "C" */

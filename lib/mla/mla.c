@@ -17,13 +17,23 @@
  * lse = (log2 l + m) * ln 2, or 0 / +inf without keys); a split one writes
  * acc / l and log2 l + m (-inf without keys) to its workspace row
  * num_splits[req] + split_idx, and a second pass merges the partials with
- * dinf__mla_combine_weights. Every output element is computed by one task in
- * a fixed order, so results do not depend on the thread count.
+ * dinf__mla_combine_lse2. Every output element is computed by one task in
+ * a fixed order, so results do not depend on the thread count. An FP8 cache
+ * is dequantized row by row into the same float32 key buffer (exact values),
+ * so the FP8 decode is the BF16 decode of the dequantized cache.
+ *
+ * The CPU path never allocates: the plan copy, the pieces and each worker's
+ * scratch are carved from the caller's workspace (dinf_mla_workspace_size
+ * counts them for the exec's thread count). DINF_EXEC_CUDA goes to the
+ * launchers of kernels/mla (lib/mla/mla_cuda.h).
  */
 #include "../core/internal.h"
 #include "../core/numeric_hd.h"
 #include "../core/parallel.h"
 #include "mla_hd.h"
+#if DINF_WITH_CUDA
+#include "mla_cuda.h"
+#endif
 
 #include "deepinfra/mla.h"
 
@@ -42,17 +52,6 @@
 typedef float v8f __attribute__((vector_size(32)));
 
 static int misaligned(const void *p, uintptr_t align) { return ((uintptr_t)p & (align - 1)) != 0; }
-
-/* Validate exec; CUDA is valid but not implemented. */
-static dinf_status cpu_place(const char *func, const dinf_exec *exec, dinf__place *place) {
-    dinf_status st = dinf__place_resolve(func, exec, place);
-    if (st != DINF_STATUS_OK)
-        return st;
-    if (place->kind == DINF_EXEC_CUDA)
-        return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
-                          "the Hopper kernels are not implemented yet; use DINF_EXEC_CPU");
-    return DINF_STATUS_OK;
-}
 
 /* Each output against each other buffer (inputs may share memory). */
 static dinf_status check_outputs_disjoint(const char *func, const dinf__buffer *bufs, int n,
@@ -90,9 +89,10 @@ dinf_status dinf_mla_num_sm_parts(int32_t q_rows_per_head_kv, int32_t num_heads_
     return DINF_STATUS_OK;
 }
 
-/* Checks shared by get_metadata and decode: batch, parts, lengths. */
+/* Checks shared by get_metadata and decode: batch, parts, lengths (the
+ * values only when they are host memory). */
 static dinf_status check_seqlens(const char *func, const int32_t *cache_seqlens, int64_t batch,
-                                 int32_t num_sm_parts) {
+                                 int32_t num_sm_parts, int read_values) {
     if (batch < 0 || batch > DINF_MLA_MAX_BATCH)
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "batch=%lld must be in [0, %d]",
                           (long long)batch, DINF_MLA_MAX_BATCH);
@@ -104,7 +104,7 @@ static dinf_status check_seqlens(const char *func, const int32_t *cache_seqlens,
     if (misaligned(cache_seqlens, 4))
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                           "cache_seqlens=%p is not 4-byte aligned", (const void *)cache_seqlens);
-    for (int64_t i = 0; i < batch; i++)
+    for (int64_t i = 0; read_values && i < batch; i++)
         if (cache_seqlens[i] < 0)
             return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                               "cache_seqlens[%lld]=%d is negative", (long long)i,
@@ -115,7 +115,11 @@ static dinf_status check_seqlens(const char *func, const int32_t *cache_seqlens,
 dinf_status dinf_mla_get_metadata(const int32_t *cache_seqlens, int64_t batch,
                                   int32_t num_sm_parts, int32_t *tile_scheduler_metadata,
                                   int32_t *num_splits, const dinf_exec *exec) {
-    dinf_status st = check_seqlens(__func__, cache_seqlens, batch, num_sm_parts);
+    dinf__place place;
+    dinf_status st = dinf__place_resolve(__func__, exec, &place);
+    if (st != DINF_STATUS_OK)
+        return st;
+    st = check_seqlens(__func__, cache_seqlens, batch, num_sm_parts, place.kind == DINF_EXEC_CPU);
     if (st != DINF_STATUS_OK)
         return st;
     if (!tile_scheduler_metadata)
@@ -135,10 +139,11 @@ dinf_status dinf_mla_get_metadata(const int32_t *cache_seqlens, int64_t batch,
     st = check_outputs_disjoint(__func__, bufs, 3, 2);
     if (st != DINF_STATUS_OK)
         return st;
-    dinf__place place;
-    st = cpu_place(__func__, exec, &place);
-    if (st != DINF_STATUS_OK)
-        return st;
+#if DINF_WITH_CUDA
+    if (place.kind == DINF_EXEC_CUDA)
+        return dinf__mla_metadata_cuda(__func__, &place, cache_seqlens, batch, num_sm_parts,
+                                       tile_scheduler_metadata, num_splits);
+#endif
     if (dinf__mla_plan(cache_seqlens, batch, num_sm_parts, tile_scheduler_metadata, num_splits))
         return DINF_FAIL(DINF_STATUS_INTERNAL, "the plan left work unassigned (batch=%lld, "
                          "num_sm_parts=%d)", (long long)batch, (int)num_sm_parts);
@@ -147,14 +152,33 @@ dinf_status dinf_mla_get_metadata(const int32_t *cache_seqlens, int64_t batch,
 
 /* ----------------------------------------------------------- workspace -- */
 
+/* One request's block range inside one SM part. */
+typedef struct piece {
+    int32_t req, blk_begin, blk_end;
+    int32_t split_row; /* workspace row, or -1: write out/lse directly */
+} piece;
+
+/* Per-worker CPU scratch. */
+typedef struct task_scratch {
+    float q[BM * DQK];
+    float k[BN * DQK];
+    float acc[BM * DV];
+    float m[BM], l[BM], s[BN];
+} task_scratch;
+
 typedef struct workspace_layout {
-    float *lse2; /* [batch + parts][h_kv][q_rows] base-2 partial lse */
-    float *oacc; /* [batch + parts][h_kv][q_rows][512] partial outputs */
+    float *lse2;          /* [batch + parts][h_kv][q_rows] base-2 partial lse */
+    float *oacc;          /* [batch + parts][h_kv][q_rows][512] partial outputs */
+    int32_t *plan_meta;   /* CPU: [parts][8], the plan recomputed for checking */
+    int32_t *plan_splits; /* CPU: [batch + 1] */
+    piece *pieces;        /* CPU: [batch + parts] */
+    task_scratch *scratch; /* CPU: [threads] */
 } workspace_layout;
 
-/* Measure (base == NULL) or carve the workspace. Returns -1 on overflow. */
+/* Measure (base == NULL) or carve the workspace; cpu_threads = 0 for the
+ * GPU (partials only). Returns -1 on overflow. */
 static int carve_workspace(dinf__arena *arena, int64_t batch, int32_t s_q, int32_t h_q,
-                           int32_t parts, workspace_layout *layout) {
+                           int32_t parts, int32_t cpu_threads, workspace_layout *layout) {
     size_t rows;
     if (dinf__mul_size((size_t)(batch + parts), (size_t)s_q * (size_t)h_q, &rows))
         return -1;
@@ -163,11 +187,35 @@ static int carve_workspace(dinf__arena *arena, int64_t batch, int32_t s_q, int32
     if (dinf__mul_size(rows, DV, &elems))
         return -1;
     layout->oacc = dinf__arena_take(arena, elems, sizeof(float));
+    layout->plan_meta = layout->plan_splits = NULL;
+    layout->pieces = NULL;
+    layout->scratch = NULL;
+    if (cpu_threads > 0) {
+        layout->plan_meta =
+            dinf__arena_take(arena, (size_t)parts * DINF_MLA_METADATA_INTS, sizeof(int32_t));
+        layout->plan_splits = dinf__arena_take(arena, (size_t)batch + 1, sizeof(int32_t));
+        layout->pieces = dinf__arena_take(arena, (size_t)(batch + parts), sizeof(piece));
+        layout->scratch = dinf__arena_take(arena, (size_t)cpu_threads, sizeof(task_scratch));
+    }
     return arena->overflow ? -1 : 0;
 }
 
+static dinf_status workspace_bytes_for(const char *func, int64_t batch, int32_t s_q, int32_t h_q,
+                                       int32_t parts, const dinf__place *place, size_t *bytes) {
+    dinf__arena arena = {0};
+    workspace_layout layout;
+    const int32_t threads = place->kind == DINF_EXEC_CPU ? place->threads : 0;
+    if (carve_workspace(&arena, batch, s_q, h_q, parts, threads, &layout))
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "the workspace for batch=%lld, seq_len_q=%d, num_heads_q=%d, "
+                          "num_sm_parts=%d overflows size_t",
+                          (long long)batch, (int)s_q, (int)h_q, (int)parts);
+    *bytes = arena.used;
+    return DINF_STATUS_OK;
+}
+
 dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, int32_t num_heads_q,
-                                    int32_t num_sm_parts, size_t *bytes) {
+                                    int32_t num_sm_parts, size_t *bytes, const dinf_exec *exec) {
     if (!bytes)
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "bytes is NULL");
     if (batch < 0 || batch > DINF_MLA_MAX_BATCH)
@@ -180,45 +228,32 @@ dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, int32_t nu
     if (num_sm_parts > DINF_MLA_MAX_SM_PARTS)
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_sm_parts=%d must be <= %d",
                          (int)num_sm_parts, DINF_MLA_MAX_SM_PARTS);
-    dinf__arena arena = {0};
-    workspace_layout layout;
-    if (carve_workspace(&arena, batch, seq_len_q, num_heads_q, num_sm_parts, &layout))
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                         "the workspace for batch=%lld, seq_len_q=%d, num_heads_q=%d, "
-                         "num_sm_parts=%d overflows size_t",
-                         (long long)batch, (int)seq_len_q, (int)num_heads_q, (int)num_sm_parts);
-    *bytes = arena.used;
-    return DINF_STATUS_OK;
+    dinf__place place;
+    dinf_status st = dinf__place_resolve(__func__, exec, &place);
+    if (st != DINF_STATUS_OK)
+        return st;
+    return workspace_bytes_for(__func__, batch, seq_len_q, num_heads_q, num_sm_parts, &place,
+                               bytes);
 }
 
 /* -------------------------------------------------------------- decode -- */
 
-/* One request's block range inside one SM part. */
-typedef struct piece {
-    int32_t req, blk_begin, blk_end;
-    int32_t split_row; /* workspace row, or -1: write out/lse directly */
-} piece;
-
 typedef struct decode_job {
-    const uint16_t *q, *kc;
+    const uint16_t *q;
+    const unsigned char *kc; /* bytes */
+    int kv_fp8;
     const int32_t *block_table, *seqlens;
-    int64_t kv_block_stride, kv_token_stride, max_blocks;
+    int64_t kv_block_bytes, kv_token_bytes, max_blocks;
     int32_t s_q, h_q, h_kv, heads_per_kv, q_rows, m_blocks, page, causal;
     float scale_log2;
     const piece *pieces;
+    int64_t num_tasks;
+    int32_t workers;
     const int32_t *num_splits;
     workspace_layout ws;
     uint16_t *out;
     float *lse;
-    atomic_int oom;
 } decode_job;
-
-typedef struct task_scratch {
-    float *q;   /* [BM][DQK] */
-    float *k;   /* [BN][DQK] */
-    float *acc; /* [BM][DV] */
-    float m[BM], l[BM], s[BN];
-} task_scratch;
 
 static float dot576(const float *restrict a, const float *restrict b) {
     v8f acc[4] = {{0}, {0}, {0}, {0}};
@@ -249,7 +284,28 @@ static void pv_update(float *restrict acc, float alpha, const float *restrict p,
     }
 }
 
-static void run_task(decode_job *job, task_scratch *ts, int64_t task) {
+/* One cache row (576 values) as float32: bf16 bits, or an FP8 entry dequantized. */
+static void load_key(const unsigned char *src, int kv_fp8, float *dst) {
+    if (!kv_fp8) {
+        for (int d = 0; d < DQK; d++) {
+            uint16_t b;
+            memcpy(&b, src + 2 * d, 2);
+            dst[d] = dinf__f32_from_bf16(b);
+        }
+        return;
+    }
+    float scales[DV / 128];
+    memcpy(scales, src + DINF_MLA_FP8_SCALE_OFFSET, sizeof scales);
+    for (int d = 0; d < DV; d++)
+        dst[d] = dinf__f32_from_e4m3(src[d]) * scales[d / 128];
+    for (int d = DV; d < DQK; d++) {
+        uint16_t b;
+        memcpy(&b, src + DINF_MLA_FP8_ROPE_OFFSET + 2 * (d - DV), 2);
+        dst[d] = dinf__f32_from_bf16(b);
+    }
+}
+
+static void run_task(const decode_job *job, task_scratch *ts, int64_t task) {
     const int64_t per_piece = (int64_t)job->h_kv * job->m_blocks;
     const piece *pc = &job->pieces[task / per_piece];
     const int32_t hk = (int32_t)(task % per_piece / job->m_blocks);
@@ -257,6 +313,7 @@ static void run_task(decode_job *job, task_scratch *ts, int64_t task) {
     const int32_t row0 = mb * BM;
     const int32_t rows = job->q_rows - row0 < BM ? job->q_rows - row0 : BM;
     const int32_t s_k = job->seqlens[pc->req];
+    const int64_t entry_bytes = job->kv_fp8 ? DINF_MLA_FP8_ENTRY_BYTES : 2 * DQK;
     int32_t limit[BM];
 
     for (int32_t r = 0; r < rows; r++) {
@@ -276,11 +333,10 @@ static void run_task(decode_job *job, task_scratch *ts, int64_t task) {
         const int32_t n = s_k - j0 < BN ? s_k - j0 : BN;
         for (int32_t j = 0; j < n; j++) {
             const int32_t key = j0 + j;
-            const uint16_t *src = job->kc + (int64_t)bt[key / job->page] * job->kv_block_stride +
-                                  (int64_t)(key % job->page) * job->kv_token_stride +
-                                  (int64_t)hk * DQK;
-            for (int d = 0; d < DQK; d++)
-                ts->k[(int64_t)j * DQK + d] = dinf__f32_from_bf16(src[d]);
+            const unsigned char *src = job->kc + (int64_t)bt[key / job->page] * job->kv_block_bytes +
+                                       (int64_t)(key % job->page) * job->kv_token_bytes +
+                                       (int64_t)hk * entry_bytes;
+            load_key(src, job->kv_fp8, ts->k + (int64_t)j * DQK);
         }
         for (int32_t r = 0; r < rows; r++) {
             const int32_t nv = limit[r] - j0 < n ? limit[r] - j0 : n;
@@ -325,165 +381,176 @@ static void run_task(decode_job *job, task_scratch *ts, int64_t task) {
     }
 }
 
-static void run_tasks(void *ctx, int64_t begin, int64_t end) {
-    decode_job *job = ctx;
-    task_scratch ts;
-    ts.q = malloc(sizeof(float) * BM * DQK);
-    ts.k = malloc(sizeof(float) * BN * DQK);
-    ts.acc = malloc(sizeof(float) * BM * DV);
-    if (ts.q && ts.k && ts.acc)
-        for (int64_t t = begin; t < end; t++)
-            run_task(job, &ts, t);
-    else
-        atomic_store(&job->oom, 1);
-    free(ts.q);
-    free(ts.k);
-    free(ts.acc);
+/* Worker w runs tasks [w * T / W, (w + 1) * T / W) with scratch slot w. */
+static void run_workers(void *ctx, int64_t begin, int64_t end) {
+    const decode_job *job = ctx;
+    for (int64_t w = begin; w < end; w++) {
+        const int64_t t0 = w * job->num_tasks / job->workers;
+        const int64_t t1 = (w + 1) * job->num_tasks / job->workers;
+        for (int64_t t = t0; t < t1; t++)
+            run_task(job, &job->ws.scratch[w], t);
+    }
 }
 
 /* Merge the partials of split requests: one item per (request, h_kv * q_rows row). */
 static void run_combine(void *ctx, int64_t begin, int64_t end) {
-    decode_job *job = ctx;
+    const decode_job *job = ctx;
     const int64_t rows_per_req = (int64_t)job->h_kv * job->q_rows;
-    float *weights = NULL;
-    int32_t weights_cap = 0;
+    float sum[DV];
     for (int64_t item = begin; item < end; item++) {
         const int64_t req = item / rows_per_req;
         const int32_t first = job->num_splits[req];
         const int32_t n = job->num_splits[req + 1] - first;
         if (n <= 1)
             continue;
-        if (n > weights_cap) {
-            float *w = realloc(weights, sizeof(float) * (size_t)n);
-            if (!w) {
-                atomic_store(&job->oom, 1);
-                break;
-            }
-            weights = w;
-            weights_cap = n;
-        }
         const int64_t row = item % rows_per_req; /* hk * q_rows + qr */
         const int32_t hk = (int32_t)(row / job->q_rows), qr = (int32_t)(row % job->q_rows);
         const int32_t t = qr / job->heads_per_kv;
         const int32_t h = hk * job->heads_per_kv + qr % job->heads_per_kv;
         const int64_t w0 = (int64_t)first * rows_per_req + row;
-        const float lse = dinf__mla_combine_weights(job->ws.lse2 + w0, rows_per_req, n, weights);
+        const float *lse2 = job->ws.lse2 + w0;
+        const float global = dinf__mla_combine_lse2(lse2, rows_per_req, n);
+        for (int d = 0; d < DV; d++)
+            sum[d] = 0.0f;
+        if (global != -INFINITY)
+            for (int32_t i = 0; i < n; i++) {
+                const float w = exp2f(lse2[i * rows_per_req] - global);
+                if (w == 0.0f)
+                    continue;
+                const float *o = job->ws.oacc + (w0 + i * rows_per_req) * DV;
+                for (int d = 0; d < DV; d++)
+                    sum[d] += w * o[d];
+            }
         uint16_t *o = job->out + ((req * job->s_q + t) * job->h_q + h) * DV;
-        for (int d = 0; d < DV; d++) {
-            float sum = 0.0f;
-            for (int32_t i = 0; i < n; i++)
-                if (weights[i] != 0.0f)
-                    sum += weights[i] * job->ws.oacc[(w0 + i * rows_per_req) * DV + d];
-            o[d] = dinf__bf16_from_f32(sum);
-        }
-        job->lse[(req * job->h_q + h) * job->s_q + t] = lse;
+        for (int d = 0; d < DV; d++)
+            o[d] = dinf__bf16_from_f32(sum[d]);
+        job->lse[(req * job->h_q + h) * job->s_q + t] =
+            global == -INFINITY ? INFINITY : global * LN2;
     }
-    free(weights);
 }
 
-dinf_status dinf_mla_decode_with_kvcache(
-    const uint16_t *q, int64_t batch, int32_t seq_len_q, int32_t num_heads_q, int32_t head_dim,
-    const uint16_t *k_cache, int64_t num_blocks, int32_t page_block_size, int32_t num_heads_kv,
-    int64_t kv_block_stride, int64_t kv_token_stride, const int32_t *block_table,
-    int64_t max_blocks_per_seq, const int32_t *cache_seqlens, int32_t head_dim_v,
-    const int32_t *tile_scheduler_metadata, int32_t num_sm_parts, const int32_t *num_splits,
-    float softmax_scale, int32_t causal, void *workspace, size_t workspace_bytes, uint16_t *out,
-    float *lse, const dinf_exec *exec) {
+/*
+ * Both decode entry points: kv_fp8 = 0 for a bf16 cache (strides in
+ * elements), 1 for FP8 entries (strides in bytes).
+ */
+static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64_t batch,
+                          int32_t seq_len_q, int32_t num_heads_q, int32_t head_dim,
+                          const void *k_cache, int64_t num_blocks, int32_t page_block_size,
+                          int32_t num_heads_kv, int64_t kv_block_stride, int64_t kv_token_stride,
+                          const int32_t *block_table, int64_t max_blocks_per_seq,
+                          const int32_t *cache_seqlens, int32_t head_dim_v,
+                          const int32_t *tile_scheduler_metadata, int32_t num_sm_parts,
+                          const int32_t *num_splits, float softmax_scale, int32_t causal,
+                          void *workspace, size_t workspace_bytes, uint16_t *out, float *lse,
+                          const dinf_exec *exec) {
+    dinf__place place;
+    dinf_status st = dinf__place_resolve(func, exec, &place);
+    if (st != DINF_STATUS_OK)
+        return st;
+    const int host = place.kind == DINF_EXEC_CPU;
     /* Shapes. */
     if (head_dim != DQK)
-        return DINF_FAIL(DINF_STATUS_UNSUPPORTED, "head_dim=%d is not supported (only %d)",
-                         (int)head_dim, DQK);
+        return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "head_dim=%d is not supported (only %d)",
+                          (int)head_dim, DQK);
     if (head_dim_v != DV)
-        return DINF_FAIL(DINF_STATUS_UNSUPPORTED, "head_dim_v=%d is not supported (only %d)",
-                         (int)head_dim_v, DV);
+        return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
+                          "head_dim_v=%d is not supported (only %d)", (int)head_dim_v, DV);
     if (page_block_size != 64 && page_block_size != 32 && page_block_size != 16)
-        return DINF_FAIL(DINF_STATUS_UNSUPPORTED,
-                         "page_block_size=%d is not supported (64, 32 or 16)",
-                         (int)page_block_size);
-    dinf_status st = check_seqlens(__func__, cache_seqlens, batch, num_sm_parts);
+        return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
+                          "page_block_size=%d is not supported (64, 32 or 16)",
+                          (int)page_block_size);
+    st = check_seqlens(func, cache_seqlens, batch, num_sm_parts, host);
     if (st != DINF_STATUS_OK)
         return st;
     if (seq_len_q < 1)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "seq_len_q=%d must be >= 1",
-                         (int)seq_len_q);
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "seq_len_q=%d must be >= 1",
+                          (int)seq_len_q);
     if (num_heads_q < 1 || num_heads_kv < 1)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                         "num_heads_q=%d and num_heads_kv=%d must be >= 1", (int)num_heads_q,
-                         (int)num_heads_kv);
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "num_heads_q=%d and num_heads_kv=%d must be >= 1", (int)num_heads_q,
+                          (int)num_heads_kv);
     if (num_heads_q % num_heads_kv)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                         "num_heads_q=%d is not a multiple of num_heads_kv=%d", (int)num_heads_q,
-                         (int)num_heads_kv);
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "num_heads_q=%d is not a multiple of num_heads_kv=%d", (int)num_heads_q,
+                          (int)num_heads_kv);
     const int64_t q_rows = (int64_t)seq_len_q * (num_heads_q / num_heads_kv);
     if (q_rows > DINF_MLA_MAX_Q_ROWS)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                         "seq_len_q * num_heads_q / num_heads_kv = %d * %d / %d = %lld exceeds "
-                         "DINF_MLA_MAX_Q_ROWS=%d",
-                         (int)seq_len_q, (int)num_heads_q, (int)num_heads_kv, (long long)q_rows,
-                         DINF_MLA_MAX_Q_ROWS);
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "seq_len_q * num_heads_q / num_heads_kv = %d * %d / %d = %lld exceeds "
+                          "DINF_MLA_MAX_Q_ROWS=%d",
+                          (int)seq_len_q, (int)num_heads_q, (int)num_heads_kv, (long long)q_rows,
+                          DINF_MLA_MAX_Q_ROWS);
     if (num_blocks < 1)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_blocks=%lld must be >= 1",
-                         (long long)num_blocks);
-    if (kv_token_stride < (int64_t)num_heads_kv * DQK || kv_token_stride % 8)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                         "kv_token_stride=%lld must be a multiple of 8 and >= num_heads_kv * "
-                         "576 = %lld",
-                         (long long)kv_token_stride, (long long)num_heads_kv * DQK);
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "num_blocks=%lld must be >= 1",
+                          (long long)num_blocks);
+    /* Strides: in bf16 elements (multiple of 8 = 16 bytes) or in bytes (multiple of 16). */
+    const int64_t entry = kv_fp8 ? DINF_MLA_FP8_ENTRY_BYTES : DQK;
+    const int64_t stride_align = kv_fp8 ? 16 : 8;
+    const char *unit = kv_fp8 ? "bytes" : "elements";
+    if (kv_token_stride < (int64_t)num_heads_kv * entry || kv_token_stride % stride_align)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "kv_token_stride=%lld %s must be a multiple of %lld and >= "
+                          "num_heads_kv * %lld = %lld",
+                          (long long)kv_token_stride, unit, (long long)stride_align,
+                          (long long)entry, (long long)num_heads_kv * entry);
     int64_t page_elems;
     if (dinf__mul_i64(kv_token_stride, page_block_size, &page_elems) ||
-        kv_block_stride < page_elems || kv_block_stride % 8)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                         "kv_block_stride=%lld must be a multiple of 8 and >= page_block_size * "
-                         "kv_token_stride = %d * %lld",
-                         (long long)kv_block_stride, (int)page_block_size,
-                         (long long)kv_token_stride);
+        kv_block_stride < page_elems || kv_block_stride % stride_align)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "kv_block_stride=%lld %s must be a multiple of %lld and >= "
+                          "page_block_size * kv_token_stride = %d * %lld",
+                          (long long)kv_block_stride, unit, (long long)stride_align,
+                          (int)page_block_size, (long long)kv_token_stride);
     if (max_blocks_per_seq < 0 || max_blocks_per_seq > INT32_MAX)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                         "max_blocks_per_seq=%lld must be in [0, %d]",
-                         (long long)max_blocks_per_seq, INT32_MAX);
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "max_blocks_per_seq=%lld must be in [0, %d]",
+                          (long long)max_blocks_per_seq, INT32_MAX);
     if (!(fabsf(softmax_scale) <= DINF_MLA_MAX_SOFTMAX_SCALE))
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                         "softmax_scale=%g must be finite with |softmax_scale| <= %g",
-                         (double)softmax_scale, (double)DINF_MLA_MAX_SOFTMAX_SCALE);
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "softmax_scale=%g must be finite with |softmax_scale| <= %g",
+                          (double)softmax_scale, (double)DINF_MLA_MAX_SOFTMAX_SCALE);
     if (causal != 0 && causal != 1)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "causal=%d must be 0 or 1", (int)causal);
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "causal=%d must be 0 or 1",
+                          (int)causal);
 
     /* Sizes in bytes (int64 products checked). */
+    const int64_t elem_bytes = kv_fp8 ? 1 : 2;
     int64_t kc_elems, t1, q_elems, o_elems, bt_elems, q_tokens;
     if (dinf__mul_i64(batch, seq_len_q, &q_tokens) ||
         dinf__mul_i64(q_tokens, num_heads_q, &q_tokens) ||
         dinf__mul_i64(num_blocks - 1, kv_block_stride, &kc_elems) ||
         dinf__mul_i64(page_block_size - 1, kv_token_stride, &t1) ||
-        __builtin_add_overflow(kc_elems, t1 + (int64_t)num_heads_kv * DQK, &kc_elems) ||
-        dinf__mul_i64(q_tokens, DQK, &q_elems) ||
-        dinf__mul_i64(q_tokens, DV, &o_elems) ||
+        __builtin_add_overflow(kc_elems, t1 + (int64_t)num_heads_kv * entry, &kc_elems) ||
+        dinf__mul_i64(q_tokens, DQK, &q_elems) || dinf__mul_i64(q_tokens, DV, &o_elems) ||
         dinf__mul_i64(batch, max_blocks_per_seq, &bt_elems) || kc_elems > INT64_MAX / 2 ||
         q_elems > INT64_MAX / 2 || o_elems > INT64_MAX / 2)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                         "the sizes overflow int64 (batch=%lld, num_blocks=%lld, "
-                         "kv_block_stride=%lld, max_blocks_per_seq=%lld)",
-                         (long long)batch, (long long)num_blocks, (long long)kv_block_stride,
-                         (long long)max_blocks_per_seq);
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "the sizes overflow int64 (batch=%lld, num_blocks=%lld, "
+                          "kv_block_stride=%lld, max_blocks_per_seq=%lld)",
+                          (long long)batch, (long long)num_blocks, (long long)kv_block_stride,
+                          (long long)max_blocks_per_seq);
 
     /* Pointers. */
     const int have_rows = batch > 0;
     if (have_rows && (!q || !out || !lse || !num_splits))
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                         "q=%p, out=%p, lse=%p and num_splits=%p must not be NULL",
-                         (const void *)q, (void *)out, (void *)lse, (const void *)num_splits);
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "q=%p, out=%p, lse=%p and num_splits=%p must not be NULL",
+                          (const void *)q, (void *)out, (void *)lse, (const void *)num_splits);
     if (!k_cache)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "k_cache is NULL");
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "k_cache is NULL");
     if (!tile_scheduler_metadata)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "tile_scheduler_metadata is NULL");
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "tile_scheduler_metadata is NULL");
     if (have_rows && max_blocks_per_seq > 0 && !block_table)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "block_table is NULL");
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "block_table is NULL");
     const struct {
         const char *name;
         const void *ptr;
         uintptr_t align;
     } aligned[] = {
-        {"q", q, 16},         {"k_cache", k_cache, 16},
-        {"out", out, 16},     {"lse", lse, 4},
+        {"q", q, 16},
+        {"k_cache", k_cache, 16},
+        {"out", out, 16},
+        {"lse", lse, 4},
         {"block_table", block_table, 4},
         {"tile_scheduler_metadata", tile_scheduler_metadata, 4},
         {"num_splits", num_splits, 4},
@@ -491,36 +558,35 @@ dinf_status dinf_mla_decode_with_kvcache(
     };
     for (size_t i = 0; i < sizeof aligned / sizeof aligned[0]; i++)
         if (misaligned(aligned[i].ptr, aligned[i].align))
-            return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "%s=%p is not %u-byte aligned",
-                             aligned[i].name, aligned[i].ptr, (unsigned)aligned[i].align);
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "%s=%p is not %u-byte aligned",
+                              aligned[i].name, aligned[i].ptr, (unsigned)aligned[i].align);
 
-    /* Lengths against the block table, and the table's entries. */
-    for (int64_t b = 0; b < batch; b++) {
+    /* Lengths against the block table, and the table's entries (host memory only). */
+    for (int64_t b = 0; host && b < batch; b++) {
         const int64_t s_k = cache_seqlens[b];
         if (s_k > max_blocks_per_seq * page_block_size)
-            return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                             "cache_seqlens[%lld]=%lld exceeds the block table's capacity "
-                             "max_blocks_per_seq * page_block_size = %lld * %d",
-                             (long long)b, (long long)s_k, (long long)max_blocks_per_seq,
-                             (int)page_block_size);
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "cache_seqlens[%lld]=%lld exceeds the block table's capacity "
+                              "max_blocks_per_seq * page_block_size = %lld * %d",
+                              (long long)b, (long long)s_k, (long long)max_blocks_per_seq,
+                              (int)page_block_size);
         const int64_t pages = (s_k + page_block_size - 1) / page_block_size;
         for (int64_t i = 0; i < pages; i++) {
             const int32_t e = block_table[b * max_blocks_per_seq + i];
             if (e < 0 || e >= num_blocks)
-                return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                                 "block_table[%lld][%lld]=%d is outside [0, num_blocks=%lld) "
-                                 "(request %lld has %lld keys)",
-                                 (long long)b, (long long)i, (int)e, (long long)num_blocks,
-                                 (long long)b, (long long)s_k);
+                return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                                  "block_table[%lld][%lld]=%d is outside [0, num_blocks=%lld) "
+                                  "(request %lld has %lld keys)",
+                                  (long long)b, (long long)i, (int)e, (long long)num_blocks,
+                                  (long long)b, (long long)s_k);
         }
     }
 
     /* Workspace. */
-    dinf__arena arena = {0};
-    workspace_layout layout;
-    if (carve_workspace(&arena, batch, seq_len_q, num_heads_q, num_sm_parts, &layout))
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "the workspace size overflows size_t");
-    const size_t ws_needed = arena.used;
+    size_t ws_needed;
+    st = workspace_bytes_for(func, batch, seq_len_q, num_heads_q, num_sm_parts, &place, &ws_needed);
+    if (st != DINF_STATUS_OK)
+        return st;
 
     /* Overlap: outputs and workspace against everything. */
     const dinf__buffer bufs[] = {
@@ -528,84 +594,97 @@ dinf_status dinf_mla_decode_with_kvcache(
         {"lse", lse, (size_t)q_tokens * sizeof(float)},
         {"workspace", workspace, workspace_bytes},
         {"q", q, (size_t)q_elems * 2},
-        {"k_cache", k_cache, (size_t)kc_elems * 2},
+        {"k_cache", k_cache, (size_t)(kc_elems * elem_bytes)},
         {"block_table", block_table, (size_t)bt_elems * sizeof(int32_t)},
         {"cache_seqlens", cache_seqlens, (size_t)batch * sizeof(int32_t)},
         {"tile_scheduler_metadata", tile_scheduler_metadata,
          (size_t)num_sm_parts * DINF_MLA_METADATA_INTS * sizeof(int32_t)},
         {"num_splits", num_splits, (size_t)(batch + 1) * sizeof(int32_t)},
     };
-    st = check_outputs_disjoint(__func__, bufs, (int)(sizeof bufs / sizeof bufs[0]), 3);
+    st = check_outputs_disjoint(func, bufs, (int)(sizeof bufs / sizeof bufs[0]), 3);
     if (st != DINF_STATUS_OK)
         return st;
 
-    dinf__place place;
-    st = cpu_place(__func__, exec, &place);
-    if (st != DINF_STATUS_OK)
-        return st;
+    dinf__mla_params params = {
+        .q = q,
+        .k_cache = k_cache,
+        .block_table = block_table,
+        .seqlens = cache_seqlens,
+        .meta = tile_scheduler_metadata,
+        .num_splits = num_splits,
+        .out = out,
+        .lse = lse,
+        .batch = batch,
+        .num_blocks = num_blocks,
+        .max_blocks = max_blocks_per_seq,
+        .kv_block_stride = kv_block_stride,
+        .kv_token_stride = kv_token_stride,
+        .s_q = seq_len_q,
+        .h_q = num_heads_q,
+        .h_kv = num_heads_kv,
+        .heads_per_kv = num_heads_q / num_heads_kv,
+        .q_rows = (int32_t)q_rows,
+        .m_blocks = (int32_t)((q_rows + BM - 1) / BM),
+        .page = page_block_size,
+        .causal = causal && seq_len_q > 1,
+        .parts = num_sm_parts,
+        .kv_fp8 = kv_fp8,
+        .scale_log2 = softmax_scale * LOG2E,
+    };
+    if (!host) {
+#if DINF_WITH_CUDA
+        if (batch == 0)
+            return DINF_STATUS_OK;
+        if (workspace_bytes < ws_needed || !workspace)
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "workspace=%p with workspace_bytes=%zu: the GPU path needs the "
+                              "%zu bytes dinf_mla_workspace_size gives",
+                              workspace, workspace_bytes, ws_needed);
+        dinf__arena real = {.base = workspace, .capacity = workspace_bytes};
+        workspace_layout ws;
+        carve_workspace(&real, batch, seq_len_q, num_heads_q, num_sm_parts, 0, &ws);
+        params.lse2_acc = ws.lse2;
+        params.o_acc = ws.oacc;
+        return dinf__mla_decode_cuda(func, &place, &params);
+#endif
+    }
+
+    if (batch == 0)
+        return DINF_STATUS_OK;
+    if (workspace_bytes < ws_needed || !workspace)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "workspace=%p with workspace_bytes=%zu: this call needs the %zu bytes "
+                          "dinf_mla_workspace_size gives for %d CPU threads",
+                          workspace, workspace_bytes, ws_needed, (int)place.threads);
+    dinf__arena real = {.base = workspace, .capacity = workspace_bytes};
+    decode_job job;
+    carve_workspace(&real, batch, seq_len_q, num_heads_q, num_sm_parts, place.threads, &job.ws);
 
     /* The plan must be the one for these lengths: recompute and compare. */
-    int32_t *want_meta = malloc(sizeof(int32_t) * (size_t)num_sm_parts * DINF_MLA_METADATA_INTS);
-    int32_t *want_splits = malloc(sizeof(int32_t) * (size_t)(batch + 1));
-    piece *pieces = NULL;
-    decode_job *job = NULL;
-    if (!want_meta || !want_splits) {
-        st = DINF_FAIL(DINF_STATUS_OUT_OF_MEMORY, "cannot allocate %d parts of plan",
-                       (int)num_sm_parts);
-        goto done;
-    }
-    if (dinf__mla_plan(cache_seqlens, batch, num_sm_parts, want_meta, want_splits)) {
-        st = DINF_FAIL(DINF_STATUS_INTERNAL, "the plan left work unassigned");
-        goto done;
-    }
+    if (dinf__mla_plan(cache_seqlens, batch, num_sm_parts, job.ws.plan_meta, job.ws.plan_splits))
+        return dinf__fail(DINF_STATUS_INTERNAL, func, "the plan left work unassigned");
     for (int64_t i = 0; i < (int64_t)num_sm_parts * DINF_MLA_METADATA_INTS; i++)
-        if (tile_scheduler_metadata[i] != want_meta[i]) {
-            st = DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                           "tile_scheduler_metadata[%lld][%lld]=%d does not match the plan for "
-                           "these cache_seqlens and num_sm_parts=%d (expected %d): call "
-                           "dinf_mla_get_metadata again when cache_seqlens change",
-                           (long long)(i / DINF_MLA_METADATA_INTS),
-                           (long long)(i % DINF_MLA_METADATA_INTS),
-                           (int)tile_scheduler_metadata[i], (int)num_sm_parts, (int)want_meta[i]);
-            goto done;
-        }
+        if (tile_scheduler_metadata[i] != job.ws.plan_meta[i])
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "tile_scheduler_metadata[%lld][%lld]=%d does not match the plan for "
+                              "these cache_seqlens and num_sm_parts=%d (expected %d): call "
+                              "dinf_mla_get_metadata again when cache_seqlens change",
+                              (long long)(i / DINF_MLA_METADATA_INTS),
+                              (long long)(i % DINF_MLA_METADATA_INTS),
+                              (int)tile_scheduler_metadata[i], (int)num_sm_parts,
+                              (int)job.ws.plan_meta[i]);
     for (int64_t i = 0; i <= batch; i++)
-        if (num_splits[i] != want_splits[i]) {
-            st = DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                           "num_splits[%lld]=%d does not match the plan for these cache_seqlens "
-                           "and num_sm_parts=%d (expected %d)",
-                           (long long)i, (int)num_splits[i], (int)num_sm_parts,
-                           (int)want_splits[i]);
-            goto done;
-        }
-    const int any_split = batch > 0 && num_splits[batch] > batch;
-    if (any_split && workspace_bytes < ws_needed) {
-        st = DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                       "workspace_bytes=%zu is smaller than the %zu bytes "
-                       "dinf_mla_workspace_size requires",
-                       workspace_bytes, ws_needed);
-        goto done;
-    }
-    if (any_split && !workspace) {
-        st = DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "workspace is NULL");
-        goto done;
-    }
+        if (num_splits[i] != job.ws.plan_splits[i])
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "num_splits[%lld]=%d does not match the plan for these "
+                              "cache_seqlens and num_sm_parts=%d (expected %d)",
+                              (long long)i, (int)num_splits[i], (int)num_sm_parts,
+                              (int)job.ws.plan_splits[i]);
+    const int any_split = num_splits[batch] > batch;
 
-    /* Pieces: every (part, request) overlap of the plan. */
+    /* Pieces: every (part, request) overlap of the plan (at most batch + parts). */
+    piece *pieces = job.ws.pieces;
     int64_t num_pieces = 0;
-    for (int32_t p = 0; p < num_sm_parts; p++) {
-        const int32_t *m = tile_scheduler_metadata + (int64_t)p * DINF_MLA_METADATA_INTS;
-        if (m[DINF_MLA_META_BEGIN_REQ] >= 0)
-            num_pieces += m[DINF_MLA_META_END_REQ] - m[DINF_MLA_META_BEGIN_REQ] + 1;
-    }
-    pieces = malloc(sizeof(piece) * (size_t)(num_pieces ? num_pieces : 1));
-    job = malloc(sizeof *job);
-    if (!pieces || !job) {
-        st = DINF_FAIL(DINF_STATUS_OUT_OF_MEMORY, "cannot allocate %lld pieces",
-                       (long long)num_pieces);
-        goto done;
-    }
-    int64_t k = 0;
     for (int32_t p = 0; p < num_sm_parts; p++) {
         const int32_t *m = tile_scheduler_metadata + (int64_t)p * DINF_MLA_METADATA_INTS;
         if (m[DINF_MLA_META_BEGIN_REQ] < 0)
@@ -613,7 +692,7 @@ dinf_status dinf_mla_decode_with_kvcache(
         for (int32_t r = m[DINF_MLA_META_BEGIN_REQ]; r <= m[DINF_MLA_META_END_REQ]; r++) {
             const int is_first = r == m[DINF_MLA_META_BEGIN_REQ];
             const int is_last = r == m[DINF_MLA_META_END_REQ];
-            piece *pc = &pieces[k++];
+            piece *pc = &pieces[num_pieces++];
             pc->req = r;
             pc->blk_begin = is_first ? m[DINF_MLA_META_BEGIN_BLOCK] : 0;
             pc->blk_end = is_last ? m[DINF_MLA_META_END_BLOCK]
@@ -625,43 +704,197 @@ dinf_status dinf_mla_decode_with_kvcache(
         }
     }
 
-    dinf__arena real = {.base = workspace, .capacity = workspace_bytes};
+    job.q = q;
+    job.kc = k_cache;
+    job.kv_fp8 = kv_fp8;
+    job.block_table = block_table;
+    job.seqlens = cache_seqlens;
+    job.kv_block_bytes = kv_block_stride * elem_bytes;
+    job.kv_token_bytes = kv_token_stride * elem_bytes;
+    job.max_blocks = max_blocks_per_seq;
+    job.s_q = seq_len_q;
+    job.h_q = num_heads_q;
+    job.h_kv = num_heads_kv;
+    job.heads_per_kv = params.heads_per_kv;
+    job.q_rows = params.q_rows;
+    job.m_blocks = params.m_blocks;
+    job.page = page_block_size;
+    job.causal = params.causal;
+    job.scale_log2 = params.scale_log2;
+    job.pieces = pieces;
+    job.num_tasks = num_pieces * num_heads_kv * job.m_blocks;
+    job.workers = job.num_tasks < place.threads ? (int32_t)job.num_tasks : place.threads;
+    job.num_splits = num_splits;
+    job.out = out;
+    job.lse = lse;
+
+    if (job.workers > 0)
+        dinf__parallel_for(job.workers, job.workers, 1, run_workers, &job);
     if (any_split)
-        carve_workspace(&real, batch, seq_len_q, num_heads_q, num_sm_parts, &job->ws);
-    else
-        job->ws = (workspace_layout){0};
-    job->q = q;
-    job->kc = k_cache;
-    job->block_table = block_table;
-    job->seqlens = cache_seqlens;
-    job->kv_block_stride = kv_block_stride;
-    job->kv_token_stride = kv_token_stride;
-    job->max_blocks = max_blocks_per_seq;
-    job->s_q = seq_len_q;
-    job->h_q = num_heads_q;
-    job->h_kv = num_heads_kv;
-    job->heads_per_kv = num_heads_q / num_heads_kv;
-    job->q_rows = (int32_t)q_rows;
-    job->m_blocks = (int32_t)((q_rows + BM - 1) / BM);
-    job->page = page_block_size;
-    job->causal = causal && seq_len_q > 1;
-    job->scale_log2 = softmax_scale * LOG2E;
-    job->pieces = pieces;
-    job->num_splits = num_splits;
-    job->out = out;
-    job->lse = lse;
-    atomic_init(&job->oom, 0);
+        dinf__parallel_for(place.threads, batch * num_heads_kv * q_rows, 64, run_combine, &job);
+    return DINF_STATUS_OK;
+}
 
-    dinf__parallel_for(place.threads, num_pieces * num_heads_kv * job->m_blocks, 1, run_tasks, job);
-    if (any_split && !atomic_load(&job->oom))
-        dinf__parallel_for(place.threads, batch * num_heads_kv * q_rows, 64, run_combine, job);
-    if (atomic_load(&job->oom))
-        st = DINF_FAIL(DINF_STATUS_OUT_OF_MEMORY, "cannot allocate the CPU scratch");
+dinf_status dinf_mla_decode_with_kvcache(
+    const uint16_t *q, int64_t batch, int32_t seq_len_q, int32_t num_heads_q, int32_t head_dim,
+    const uint16_t *k_cache, int64_t num_blocks, int32_t page_block_size, int32_t num_heads_kv,
+    int64_t kv_block_stride, int64_t kv_token_stride, const int32_t *block_table,
+    int64_t max_blocks_per_seq, const int32_t *cache_seqlens, int32_t head_dim_v,
+    const int32_t *tile_scheduler_metadata, int32_t num_sm_parts, const int32_t *num_splits,
+    float softmax_scale, int32_t causal, void *workspace, size_t workspace_bytes, uint16_t *out,
+    float *lse, const dinf_exec *exec) {
+    return decode(__func__, 0, q, batch, seq_len_q, num_heads_q, head_dim, k_cache, num_blocks,
+                  page_block_size, num_heads_kv, kv_block_stride, kv_token_stride, block_table,
+                  max_blocks_per_seq, cache_seqlens, head_dim_v, tile_scheduler_metadata,
+                  num_sm_parts, num_splits, softmax_scale, causal, workspace, workspace_bytes,
+                  out, lse, exec);
+}
 
-done:
-    free(want_meta);
-    free(want_splits);
-    free(pieces);
-    free(job);
-    return st;
+dinf_status dinf_mla_decode_with_kvcache_fp8(
+    const uint16_t *q, int64_t batch, int32_t seq_len_q, int32_t num_heads_q, int32_t head_dim,
+    const uint8_t *k_cache, int64_t num_blocks, int32_t page_block_size, int32_t num_heads_kv,
+    int64_t kv_block_stride, int64_t kv_token_stride, const int32_t *block_table,
+    int64_t max_blocks_per_seq, const int32_t *cache_seqlens, int32_t head_dim_v,
+    const int32_t *tile_scheduler_metadata, int32_t num_sm_parts, const int32_t *num_splits,
+    float softmax_scale, int32_t causal, void *workspace, size_t workspace_bytes, uint16_t *out,
+    float *lse, const dinf_exec *exec) {
+    return decode(__func__, 1, q, batch, seq_len_q, num_heads_q, head_dim, k_cache, num_blocks,
+                  page_block_size, num_heads_kv, kv_block_stride, kv_token_stride, block_table,
+                  max_blocks_per_seq, cache_seqlens, head_dim_v, tile_scheduler_metadata,
+                  num_sm_parts, num_splits, softmax_scale, causal, workspace, workspace_bytes,
+                  out, lse, exec);
+}
+
+/* ------------------------------------------------------- FP8 quantize -- */
+
+/* One token, one head: 576 bf16 values -> one 656-byte entry. */
+static void quantize_entry(const uint16_t *src, unsigned char *dst) {
+    float scales[DV / 128];
+    for (int c = 0; c < DV / 128; c++) {
+        float amax = 0.0f;
+        for (int d = 0; d < 128; d++) {
+            const float a = fabsf(dinf__f32_from_bf16(src[c * 128 + d]));
+            amax = a > amax ? a : amax;
+        }
+        scales[c] = dinf__mla_fp8_scale(amax);
+        const float inv = 1.0f / scales[c];
+        for (int d = 0; d < 128; d++)
+            dst[c * 128 + d] = dinf__mla_fp8_code(dinf__f32_from_bf16(src[c * 128 + d]), inv);
+    }
+    memcpy(dst + DINF_MLA_FP8_SCALE_OFFSET, scales, sizeof scales);
+    memcpy(dst + DINF_MLA_FP8_ROPE_OFFSET, src + DV, 2 * (DQK - DV));
+}
+
+typedef struct quantize_job {
+    const uint16_t *kv;
+    int64_t kv_token_ld;
+    const int64_t *slots;
+    unsigned char *cache;
+    int64_t block_bytes, token_bytes;
+    int32_t h_kv, page;
+} quantize_job;
+
+static void run_quantize(void *ctx, int64_t begin, int64_t end) {
+    const quantize_job *job = ctx;
+    for (int64_t i = begin; i < end; i++) {
+        const int64_t slot = job->slots[i];
+        if (slot < 0)
+            continue;
+        unsigned char *row = job->cache + (slot / job->page) * job->block_bytes +
+                             (slot % job->page) * job->token_bytes;
+        for (int32_t hk = 0; hk < job->h_kv; hk++)
+            quantize_entry(job->kv + i * job->kv_token_ld + (int64_t)hk * DQK,
+                           row + (int64_t)hk * DINF_MLA_FP8_ENTRY_BYTES);
+    }
+}
+
+dinf_status dinf_mla_quantize_kvcache_fp8(const uint16_t *kv, int64_t num_tokens,
+                                          int32_t num_heads_kv, int64_t kv_token_ld,
+                                          const int64_t *slot_mapping, uint8_t *k_cache,
+                                          int64_t num_blocks, int32_t page_block_size,
+                                          int64_t kv_block_stride, int64_t kv_token_stride,
+                                          const dinf_exec *exec) {
+    dinf__place place;
+    dinf_status st = dinf__place_resolve(__func__, exec, &place);
+    if (st != DINF_STATUS_OK)
+        return st;
+    if (page_block_size != 64 && page_block_size != 32 && page_block_size != 16)
+        return DINF_FAIL(DINF_STATUS_UNSUPPORTED,
+                         "page_block_size=%d is not supported (64, 32 or 16)",
+                         (int)page_block_size);
+    if (num_tokens < 0)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_tokens=%lld must be >= 0",
+                         (long long)num_tokens);
+    if (num_heads_kv < 1)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_heads_kv=%d must be >= 1",
+                         (int)num_heads_kv);
+    if (num_blocks < 1)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_blocks=%lld must be >= 1",
+                         (long long)num_blocks);
+    if (kv_token_ld < (int64_t)num_heads_kv * DQK || kv_token_ld % 8)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "kv_token_ld=%lld must be a multiple of 8 and >= num_heads_kv * 576 = "
+                         "%lld",
+                         (long long)kv_token_ld, (long long)num_heads_kv * DQK);
+    const int64_t entry = DINF_MLA_FP8_ENTRY_BYTES;
+    if (kv_token_stride < (int64_t)num_heads_kv * entry || kv_token_stride % 16)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "kv_token_stride=%lld bytes must be a multiple of 16 and >= "
+                         "num_heads_kv * 656 = %lld",
+                         (long long)kv_token_stride, (long long)num_heads_kv * entry);
+    int64_t page_bytes, cache_bytes, t1, kv_elems, slots_total;
+    if (dinf__mul_i64(kv_token_stride, page_block_size, &page_bytes) ||
+        kv_block_stride < page_bytes || kv_block_stride % 16)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "kv_block_stride=%lld bytes must be a multiple of 16 and >= "
+                         "page_block_size * kv_token_stride = %d * %lld",
+                         (long long)kv_block_stride, (int)page_block_size,
+                         (long long)kv_token_stride);
+    if (dinf__mul_i64(num_blocks - 1, kv_block_stride, &cache_bytes) ||
+        dinf__mul_i64(page_block_size - 1, kv_token_stride, &t1) ||
+        __builtin_add_overflow(cache_bytes, t1 + (int64_t)num_heads_kv * entry, &cache_bytes) ||
+        dinf__mul_i64(num_blocks, page_block_size, &slots_total) ||
+        (num_tokens > 0 && (dinf__mul_i64(num_tokens - 1, kv_token_ld, &kv_elems) ||
+                            __builtin_add_overflow(kv_elems, (int64_t)num_heads_kv * DQK,
+                                                   &kv_elems) ||
+                            kv_elems > INT64_MAX / 2)))
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "the sizes overflow int64 (num_tokens=%lld, num_blocks=%lld, "
+                         "kv_block_stride=%lld)",
+                         (long long)num_tokens, (long long)num_blocks, (long long)kv_block_stride);
+    if (num_tokens == 0)
+        return DINF_STATUS_OK;
+    if (!kv || !slot_mapping || !k_cache)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "kv=%p, slot_mapping=%p and k_cache=%p must not be NULL",
+                         (const void *)kv, (const void *)slot_mapping, (void *)k_cache);
+    if (misaligned(kv, 16) || misaligned(k_cache, 16) || misaligned(slot_mapping, 8))
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "kv=%p and k_cache=%p must be 16-byte aligned, slot_mapping=%p 8-byte "
+                         "aligned",
+                         (const void *)kv, (void *)k_cache, (const void *)slot_mapping);
+    const dinf__buffer bufs[] = {
+        {"k_cache", k_cache, (size_t)cache_bytes},
+        {"kv", kv, (size_t)kv_elems * 2},
+        {"slot_mapping", slot_mapping, (size_t)num_tokens * sizeof(int64_t)},
+    };
+    st = check_outputs_disjoint(__func__, bufs, 3, 1);
+    if (st != DINF_STATUS_OK)
+        return st;
+#if DINF_WITH_CUDA
+    if (place.kind == DINF_EXEC_CUDA)
+        return dinf__mla_quantize_fp8_cuda(__func__, &place, kv, num_tokens, num_heads_kv,
+                                           kv_token_ld, slot_mapping, k_cache, slots_total,
+                                           page_block_size, kv_block_stride, kv_token_stride);
+#endif
+    for (int64_t i = 0; i < num_tokens; i++)
+        if (slot_mapping[i] < -1 || slot_mapping[i] >= slots_total)
+            return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                             "slot_mapping[%lld]=%lld is outside [-1, num_blocks * "
+                             "page_block_size = %lld)",
+                             (long long)i, (long long)slot_mapping[i], (long long)slots_total);
+    quantize_job job = {kv, kv_token_ld, slot_mapping, k_cache, kv_block_stride,
+                              kv_token_stride, num_heads_kv, page_block_size};
+    dinf__parallel_for(place.threads, num_tokens, 16, run_quantize, &job);
+    return DINF_STATUS_OK;
 }

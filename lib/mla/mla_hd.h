@@ -1,7 +1,8 @@
 /*
  * MLA decode, host and device: the split-KV scheduler, the causal key
- * limit and the log-sum-exp merge of split partials. One definition serves
- * the CPU implementation, the (future) CUDA kernels and the tests. Not
+ * limit, the log-sum-exp merge of split partials, the FP8 cache entry and
+ * the kernels' parameter block. One definition serves the CPU
+ * implementation, the CUDA kernels (kernels/mla) and the tests. Not
  * installed. Layouts and field meanings: include/deepinfra/mla.h.
  */
 #ifndef DINF_MLA_HD_H
@@ -13,8 +14,11 @@
 #include <math.h>
 #include <stdint.h>
 
-/* 64-token scheduling blocks of a request of seqlen keys (seqlen >= 0). */
+/* 64-token scheduling blocks of a request of seqlen keys (a negative
+ * length, which only the unchecked device path can see, counts as 0). */
 DINF_HD int32_t dinf__mla_num_blocks(int32_t seqlen) {
+    if (seqlen <= 0)
+        return 0;
     return seqlen / DINF_MLA_BLOCK_N + (seqlen % DINF_MLA_BLOCK_N != 0);
 }
 
@@ -103,30 +107,67 @@ DINF_HD int dinf__mla_plan(const int32_t *cache_seqlens, int64_t batch, int32_t 
 }
 
 /*
- * Merge n split partials of one query row. lse2[i * stride] is partial i's
- * log-sum-exp in base 2 of the scaled scores (-inf: no keys in that piece).
- * With M = max lse2 and G = M + log2(sum 2^(lse2_i - M)), writes
- * weights[i] = 2^(lse2_i - G) (partial i's share; out = sum weights[i] * O_i)
- * and returns the natural-log lse G * ln 2, or +inf with all weights 0 when
- * every partial is empty.
+ * The log-sum-exp of n split partials in base 2 (lse2[i * stride], -inf for
+ * an empty piece): G = M + log2(sum 2^(lse2_i - M)), M = max lse2_i; -inf
+ * when every piece is empty. Partial i's weight is 2^(lse2_i - G).
  */
-DINF_HD float dinf__mla_combine_weights(const float *lse2, int64_t stride, int32_t n,
-                                        float *weights) {
+DINF_HD float dinf__mla_combine_lse2(const float *lse2, int64_t stride, int32_t n) {
     float max_lse = -INFINITY;
     for (int32_t i = 0; i < n; i++)
         max_lse = lse2[i * stride] > max_lse ? lse2[i * stride] : max_lse;
-    if (max_lse == -INFINITY) {
-        for (int32_t i = 0; i < n; i++)
-            weights[i] = 0.0f;
-        return INFINITY;
-    }
+    if (max_lse == -INFINITY)
+        return -INFINITY;
     float sum = 0.0f;
     for (int32_t i = 0; i < n; i++)
         sum += exp2f(lse2[i * stride] - max_lse);
-    const float global = log2f(sum) + max_lse;
-    for (int32_t i = 0; i < n; i++)
-        weights[i] = exp2f(lse2[i * stride] - global);
-    return global * 0.69314718055994530942f;
+    return log2f(sum) + max_lse;
 }
+
+/* ------------------------------------------------------- FP8 cache entry -- */
+
+/*
+ * Scale of 128 channels whose largest magnitude is amax: the smallest
+ * power of two >= max(amax, 1e-4) / 448 (exact bit arithmetic after one IEEE
+ * division, so the CPU and the GPU agree). An infinite or NaN amax gives an
+ * infinite or NaN scale (the codes are then NaN or 0).
+ */
+DINF_HD float dinf__mla_fp8_scale(float amax) {
+    const float a = amax > 1e-4f ? amax : (amax != amax ? amax : 1e-4f);
+    const float s = a / DINF_E4M3_MAX;
+    uint32_t u = dinf__f32_bits(s);
+    if ((u & 0x7f800000u) == 0x7f800000u) /* inf or NaN */
+        return s;
+    if (u & 0x007fffffu)
+        u = (u & 0x7f800000u) + 0x00800000u; /* round up to the next power of two */
+    return dinf__f32_from_bits(u);
+}
+
+/* One code: e4m3(x / scale), with x / scale == x * (1 / scale) exactly (power of two). */
+DINF_HD uint8_t dinf__mla_fp8_code(float x, float inv_scale) {
+    const float v = x * inv_scale;
+    return dinf__e4m3_from_f32(v > DINF_E4M3_MAX ? DINF_E4M3_MAX
+                               : v < -DINF_E4M3_MAX ? -DINF_E4M3_MAX : v);
+}
+
+/* ------------------------------------------------------- kernel params -- */
+
+/* Everything the CUDA decode needs, checked by lib/mla/mla.c (shapes,
+ * strides, pointers); the values behind the device pointers are not. */
+typedef struct dinf__mla_params {
+    const uint16_t *q;            /* [batch][s_q][h_q][576] bf16 */
+    const void *k_cache;          /* bf16 elements or FP8 entry bytes, see kv_fp8 */
+    const int32_t *block_table;   /* [batch][max_blocks] */
+    const int32_t *seqlens;       /* [batch] */
+    const int32_t *meta;          /* [parts][8] */
+    const int32_t *num_splits;    /* [batch + 1] */
+    float *lse2_acc;              /* [batch + parts][h_kv][q_rows] base-2 partial lse */
+    float *o_acc;                 /* [batch + parts][h_kv][q_rows][512] partial outputs */
+    uint16_t *out;                /* [batch][s_q][h_q][512] bf16 */
+    float *lse;                   /* [batch][h_q][s_q] natural log */
+    int64_t batch, num_blocks, max_blocks;
+    int64_t kv_block_stride, kv_token_stride; /* in elements of the cache (bf16 or bytes) */
+    int32_t s_q, h_q, h_kv, heads_per_kv, q_rows, m_blocks, page, causal, parts, kv_fp8;
+    float scale_log2; /* softmax_scale * log2(e) */
+} dinf__mla_params;
 
 #endif

@@ -568,11 +568,12 @@ _FUNCTIONS = [
     #     const dinf_exec *exec);
     ("dinf_mla_get_metadata", _STATUS, [_pi32, _i64, ctypes.c_int32, _pi32, _pi32, _pexec]),
     # dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, int32_t num_heads_q,
-    #     int32_t num_sm_parts, size_t *bytes);
+    #     int32_t num_sm_parts, size_t *bytes, const dinf_exec *exec);
     (
         "dinf_mla_workspace_size",
         _STATUS,
-        [_i64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(ctypes.c_size_t)],
+        [_i64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(ctypes.c_size_t),
+         _pexec],
     ),
     # dinf_status dinf_mla_decode_with_kvcache(const uint16_t *q, int64_t batch,
     #     int32_t seq_len_q, int32_t num_heads_q, int32_t head_dim, const uint16_t *k_cache,
@@ -589,6 +590,25 @@ _FUNCTIONS = [
          ctypes.c_int32, ctypes.c_int32, _i64, _i64, _pi32, _i64, _pi32, ctypes.c_int32, _pi32,
          ctypes.c_int32, _pi32, ctypes.c_float, ctypes.c_int32, ctypes.c_void_p,
          ctypes.c_size_t, _pu16, _pf32, _pexec],
+    ),
+    # dinf_mla_decode_with_kvcache_fp8: as above with const uint8_t *k_cache (byte strides).
+    (
+        "dinf_mla_decode_with_kvcache_fp8",
+        _STATUS,
+        [_pu16, _i64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _pu8, _i64,
+         ctypes.c_int32, ctypes.c_int32, _i64, _i64, _pi32, _i64, _pi32, ctypes.c_int32, _pi32,
+         ctypes.c_int32, _pi32, ctypes.c_float, ctypes.c_int32, ctypes.c_void_p,
+         ctypes.c_size_t, _pu16, _pf32, _pexec],
+    ),
+    # dinf_status dinf_mla_quantize_kvcache_fp8(const uint16_t *kv, int64_t num_tokens,
+    #     int32_t num_heads_kv, int64_t kv_token_ld, const int64_t *slot_mapping,
+    #     uint8_t *k_cache, int64_t num_blocks, int32_t page_block_size,
+    #     int64_t kv_block_stride, int64_t kv_token_stride, const dinf_exec *exec);
+    (
+        "dinf_mla_quantize_kvcache_fp8",
+        _STATUS,
+        [_pu16, _i64, ctypes.c_int32, _i64, _pi64, _pu8, _i64, ctypes.c_int32, _i64, _i64,
+         _pexec],
     ),
 ]
 

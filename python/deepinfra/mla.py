@@ -21,6 +21,16 @@ plan and the arithmetic are documented in include/deepinfra/mla.h.
 132 as on H100/H200; on the CPU it only decides how the work is split).
 ``num_threads`` (keyword, 0 = all cores) sets the CPU thread count. The
 split workspace is allocated on each call, as upstream does.
+
+FP8 cache: ``is_fp8_kvcache=True`` with ``k_cache`` [num_blocks, page, h_kv, 656]
+uint8 (or float8_e4m3fn) entries in FlashMLA's layout (512 e4m3, 4 float32
+scales, 64 bfloat16 RoPE; see mla.h); ``quantize_kvcache_fp8`` writes tokens
+into such a cache through a slot mapping.
+
+GPU: when the arrays are torch CUDA tensors (or objects with
+``__cuda_array_interface__``, viewed through torch), the calls run the
+sm_90a kernels on torch's current stream of that device, asynchronously;
+outputs and the workspace are torch tensors on the same device.
 """
 
 from __future__ import annotations
@@ -40,12 +50,61 @@ try:  # ml_dtypes is optional: without it, uint16 bits are returned.
 except ImportError:  # pragma: no cover
     _BF16 = np.dtype(np.uint16)
 
-__all__ = ["get_mla_metadata", "flash_mla_with_kvcache"]
+__all__ = ["get_mla_metadata", "flash_mla_with_kvcache", "quantize_kvcache_fp8"]
 
 HEAD_DIM_QK = 576
 HEAD_DIM_V = 512
 METADATA_INTS = 8
 DEFAULT_NUM_SMS = 132
+FP8_ENTRY_BYTES = 656
+
+
+# ----------------------------------------------------------------- devices --
+
+def _is_torch(x):
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def _on_device(x):
+    """True for torch CUDA tensors and objects exporting __cuda_array_interface__."""
+    if _is_torch(x):
+        return bool(getattr(x, "is_cuda", False))
+    return hasattr(x, "__cuda_array_interface__")
+
+
+def _as_torch_cuda(x, name):
+    import torch
+
+    if _is_torch(x):
+        if not x.is_cuda:
+            _fail("%s is a CPU tensor while other arguments are on the GPU" % name)
+        return x
+    if hasattr(x, "__cuda_array_interface__"):
+        return torch.as_tensor(x, device="cuda")
+    _fail("%s must be on the GPU like the other arguments (a torch CUDA tensor or an object "
+          "with __cuda_array_interface__)" % name)
+
+
+def _cuda_exec(t):
+    import torch
+
+    device = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    stream = torch.cuda.current_stream(device).cuda_stream
+    return Exec(ctypes.sizeof(Exec), _lib.EXEC_CUDA, device, 0, ctypes.c_void_p(stream))
+
+
+def _dev(t, ctype):
+    return ctypes.cast(ctypes.c_void_p(t.data_ptr()), ctypes.POINTER(ctype))
+
+
+def _torch_check(t, name, dtypes, ndim, contiguous=True):
+    if t.dtype not in dtypes:
+        _fail("%s must be %s, got %s" % (name, " or ".join(str(d) for d in dtypes), t.dtype))
+    if t.dim() != ndim:
+        _fail("%s must be %d-D, got shape %s" % (name, ndim, tuple(t.shape)))
+    if contiguous and not t.is_contiguous():
+        _fail("%s must be contiguous" % name)
+    return t
 
 
 def _fail(msg):
@@ -84,8 +143,24 @@ def get_mla_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, *,
     num_heads_per_head_k is s_q * h_q // h_kv and num_heads_k is h_kv, as
     upstream; num_sm_parts = max(num_sms // h_kv // ceil(num_heads_per_head_k / 64), 1).
     """
-    seqlens = _int32_array(cache_seqlens, "cache_seqlens", 1)
     parts = ctypes.c_int32()
+    if _on_device(cache_seqlens):
+        import torch
+
+        seqlens = _torch_check(_as_torch_cuda(cache_seqlens, "cache_seqlens"), "cache_seqlens",
+                               (torch.int32,), 1)
+        _lib.lib().dinf_mla_num_sm_parts(
+            _lib.int32_arg("num_heads_per_head_k", num_heads_per_head_k),
+            _lib.int32_arg("num_heads_k", num_heads_k),
+            _lib.int32_arg("num_sms", num_sms), ctypes.byref(parts))
+        b = seqlens.shape[0]
+        meta = torch.empty((parts.value, METADATA_INTS), dtype=torch.int32, device=seqlens.device)
+        splits = torch.empty((b + 1,), dtype=torch.int32, device=seqlens.device)
+        _lib.lib().dinf_mla_get_metadata(
+            _dev(seqlens, ctypes.c_int32), b, parts.value, _dev(meta, ctypes.c_int32),
+            _dev(splits, ctypes.c_int32), ctypes.byref(_cuda_exec(seqlens)))
+        return meta, splits
+    seqlens = _int32_array(cache_seqlens, "cache_seqlens", 1)
     _lib.lib().dinf_mla_num_sm_parts(
         _lib.int32_arg("num_heads_per_head_k", num_heads_per_head_k),
         _lib.int32_arg("num_heads_k", num_heads_k),
@@ -101,59 +176,200 @@ def get_mla_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, *,
 
 def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v,
                            tile_scheduler_metadata, num_splits, softmax_scale=None,
-                           causal=False, *, num_threads=0):
+                           causal=False, is_fp8_kvcache=False, *, num_threads=0):
     """MLA decode: (out bfloat16 [b, s_q, h_q, head_dim_v], lse float32 [b, h_q, s_q]).
 
     softmax_scale defaults to q.shape[-1] ** -0.5 (1/sqrt(576)), as upstream;
-    causal is bottom-right aligned (no effect when s_q == 1). A non-contiguous
-    k_cache is copied (the C API takes page and token strides; use it directly
-    to avoid the copy).
+    causal is bottom-right aligned (no effect when s_q == 1). is_fp8_kvcache
+    selects the FP8 cache ([num_blocks, page, h_kv, 656] bytes). On the CPU a
+    non-contiguous k_cache is copied (the C API takes page and token strides;
+    use it directly to avoid the copy); on the GPU its page and token strides
+    are passed as they are (last two dimensions contiguous).
     """
+    if _on_device(q):
+        return _flash_mla_device(q, k_cache, block_table, cache_seqlens, head_dim_v,
+                                 tile_scheduler_metadata, num_splits, softmax_scale, causal,
+                                 is_fp8_kvcache)
     q = np.ascontiguousarray(_bf16_array(q, "q", 4))
-    k_cache = _bf16_array(k_cache, "k_cache", 4)
     b, s_q, h_q, d = q.shape
-    num_blocks, page, h_kv, dk = k_cache.shape
-    if dk != d:
-        _fail("k_cache's last dimension %d differs from q's %d" % (dk, d))
+    if is_fp8_kvcache:
+        k_cache = _fp8_cache_array(k_cache)
+        num_blocks, page, h_kv, entry = k_cache.shape
+    else:
+        k_cache = _bf16_array(k_cache, "k_cache", 4)
+        num_blocks, page, h_kv, dk = k_cache.shape
+        if dk == FP8_ENTRY_BYTES:
+            _fail("k_cache has %d-wide rows: pass is_fp8_kvcache=True for an FP8 cache" % dk)
+        if dk != d:
+            _fail("k_cache's last dimension %d differs from q's %d" % (dk, d))
+        entry = dk
     k_cache = np.ascontiguousarray(k_cache)  # no copy when already contiguous
-    token_stride = h_kv * dk
+    token_stride = h_kv * entry
     block_stride = page * token_stride
     block_table = _int32_array(block_table, "block_table", 2)
     seqlens = _int32_array(cache_seqlens, "cache_seqlens", 1)
     meta = _int32_array(tile_scheduler_metadata, "tile_scheduler_metadata", 2)
     splits = _int32_array(num_splits, "num_splits", 1)
-    if block_table.shape[0] != b or seqlens.shape[0] != b:
+    _check_batch(b, block_table.shape, seqlens.shape, meta.shape, splits.shape)
+    softmax_scale = _scale(softmax_scale, d)
+    head_dim_v = _lib.int32_arg("head_dim_v", head_dim_v)
+    parts = meta.shape[0]
+    if parts < 1 or s_q < 1 or h_q < 1:
+        _fail("tile_scheduler_metadata has %d parts, q has s_q=%d, h_q=%d: each must be >= 1"
+              % (parts, s_q, h_q))
+    place = Exec.cpu(num_threads)
+    ws_bytes = ctypes.c_size_t()
+    _lib.lib().dinf_mla_workspace_size(b, s_q, h_q, parts, ctypes.byref(ws_bytes),
+                                       ctypes.byref(place))
+    workspace = np.empty((ws_bytes.value + 64,), np.uint8)
+    ws_off = (-workspace.ctypes.data) % 64
+    out = np.empty((b, s_q, h_q, max(head_dim_v, 0)), np.uint16)
+    lse = np.empty((b, h_q, s_q), np.float32)
+    if is_fp8_kvcache:
+        fn, kc = (_lib.lib().dinf_mla_decode_with_kvcache_fp8,
+                  ctypes.cast(k_cache.ctypes.data, ctypes.POINTER(ctypes.c_uint8)))
+    else:
+        fn, kc = (_lib.lib().dinf_mla_decode_with_kvcache,
+                  ctypes.cast(k_cache.ctypes.data, ctypes.POINTER(ctypes.c_uint16)))
+    fn(_ptr(q.view(np.uint16), ctypes.c_uint16), b, s_q, h_q, d, kc, num_blocks, page,
+       h_kv, block_stride, token_stride, _ptr(block_table, ctypes.c_int32),
+       block_table.shape[1], _ptr(seqlens, ctypes.c_int32), head_dim_v,
+       _ptr(meta, ctypes.c_int32), parts, _ptr(splits, ctypes.c_int32),
+       softmax_scale, 1 if causal else 0,
+       ctypes.c_void_p(workspace.ctypes.data + ws_off), ws_bytes.value,
+       _ptr(out, ctypes.c_uint16), _ptr(lse, ctypes.c_float), ctypes.byref(place))
+    return out.view(_BF16), lse
+
+
+def _fp8_cache_array(k_cache):
+    k_cache = np.asarray(k_cache)
+    if k_cache.dtype.itemsize != 1 or k_cache.dtype.kind not in "uiV" and \
+            "float8" not in str(k_cache.dtype):
+        _fail("an FP8 k_cache must be uint8 or float8_e4m3fn bytes, got %s" % k_cache.dtype)
+    if k_cache.ndim != 4 or k_cache.shape[-1] != FP8_ENTRY_BYTES:
+        _fail("an FP8 k_cache must be [num_blocks, page_block_size, h_kv, %d], got shape %s"
+              % (FP8_ENTRY_BYTES, k_cache.shape))
+    return k_cache.view(np.uint8)
+
+
+def _check_batch(b, bt_shape, sl_shape, meta_shape, splits_shape):
+    if bt_shape[0] != b or sl_shape[0] != b:
         _fail("block_table has %d rows and cache_seqlens %d entries; q has batch %d"
-              % (block_table.shape[0], seqlens.shape[0], b))
-    if meta.shape[1:] != (METADATA_INTS,):
+              % (bt_shape[0], sl_shape[0], b))
+    if tuple(meta_shape[1:]) != (METADATA_INTS,):
         _fail("tile_scheduler_metadata must be [num_sm_parts, %d], got shape %s"
-              % (METADATA_INTS, meta.shape))
-    if splits.shape != (b + 1,):
-        _fail("num_splits must have shape (%d,), got %s" % (b + 1, splits.shape))
+              % (METADATA_INTS, tuple(meta_shape)))
+    if tuple(splits_shape) != (b + 1,):
+        _fail("num_splits must have shape (%d,), got %s" % (b + 1, tuple(splits_shape)))
+
+
+def _scale(softmax_scale, d):
     if softmax_scale is None:
         softmax_scale = d ** -0.5
     softmax_scale = float(softmax_scale)
     if not math.isfinite(softmax_scale):
         _fail("softmax_scale=%r is not finite" % softmax_scale)
+    return softmax_scale
+
+
+def _flash_mla_device(q, k_cache, block_table, cache_seqlens, head_dim_v,
+                      tile_scheduler_metadata, num_splits, softmax_scale, causal, is_fp8_kvcache):
+    import torch
+
+    q = _torch_check(_as_torch_cuda(q, "q"), "q", (torch.bfloat16,), 4)
+    k_cache = _as_torch_cuda(k_cache, "k_cache")
+    if is_fp8_kvcache:
+        if k_cache.element_size() != 1:
+            _fail("an FP8 k_cache must be uint8 or float8_e4m3fn bytes, got %s" % k_cache.dtype)
+        _torch_check(k_cache, "k_cache", (k_cache.dtype,), 4, contiguous=False)
+        if k_cache.shape[-1] != FP8_ENTRY_BYTES:
+            _fail("an FP8 k_cache must be [num_blocks, page_block_size, h_kv, %d], got shape %s"
+                  % (FP8_ENTRY_BYTES, tuple(k_cache.shape)))
+    else:
+        _torch_check(k_cache, "k_cache", (torch.bfloat16,), 4, contiguous=False)
+    entry = k_cache.shape[-1]
+    if k_cache.stride(3) != 1 or k_cache.stride(2) != entry:
+        _fail("k_cache's last two dimensions must be contiguous, strides %s" % (k_cache.stride(),))
+    block_table = _torch_check(_as_torch_cuda(block_table, "block_table"), "block_table",
+                               (torch.int32,), 2)
+    seqlens = _torch_check(_as_torch_cuda(cache_seqlens, "cache_seqlens"), "cache_seqlens",
+                           (torch.int32,), 1)
+    meta = _torch_check(_as_torch_cuda(tile_scheduler_metadata, "tile_scheduler_metadata"),
+                        "tile_scheduler_metadata", (torch.int32,), 2)
+    splits = _torch_check(_as_torch_cuda(num_splits, "num_splits"), "num_splits",
+                          (torch.int32,), 1)
+    b, s_q, h_q, d = q.shape
+    num_blocks, page, h_kv, _ = k_cache.shape
+    _check_batch(b, block_table.shape, seqlens.shape, meta.shape, splits.shape)
+    softmax_scale = _scale(softmax_scale, d)
     head_dim_v = _lib.int32_arg("head_dim_v", head_dim_v)
     parts = meta.shape[0]
+    if parts < 1:
+        _fail("tile_scheduler_metadata has no parts")
+    place = _cuda_exec(q)
     ws_bytes = ctypes.c_size_t()
-    if parts < 1 or s_q < 1 or h_q < 1:
-        _fail("tile_scheduler_metadata has %d parts, q has s_q=%d, h_q=%d: each must be >= 1"
-              % (parts, s_q, h_q))
-    _lib.lib().dinf_mla_workspace_size(b, s_q, h_q, parts, ctypes.byref(ws_bytes))
-    workspace = np.empty((ws_bytes.value + 64,), np.uint8)
-    ws_off = (-workspace.ctypes.data) % 64
-    out = np.empty((b, s_q, h_q, max(head_dim_v, 0)), np.uint16)
-    lse = np.empty((b, h_q, s_q), np.float32)
-    _lib.lib().dinf_mla_decode_with_kvcache(
-        _ptr(q.view(np.uint16), ctypes.c_uint16), b, s_q, h_q, d,
-        ctypes.cast(k_cache.ctypes.data, ctypes.POINTER(ctypes.c_uint16)), num_blocks, page,
-        h_kv, block_stride, token_stride, _ptr(block_table, ctypes.c_int32),
-        block_table.shape[1], _ptr(seqlens, ctypes.c_int32), head_dim_v,
-        _ptr(meta, ctypes.c_int32), parts, _ptr(splits, ctypes.c_int32),
-        softmax_scale, 1 if causal else 0,
-        ctypes.c_void_p(workspace.ctypes.data + ws_off), ws_bytes.value,
-        _ptr(out, ctypes.c_uint16), _ptr(lse, ctypes.c_float),
+    _lib.lib().dinf_mla_workspace_size(b, s_q, h_q, parts, ctypes.byref(ws_bytes),
+                                       ctypes.byref(place))
+    workspace = torch.empty((max(ws_bytes.value, 1),), dtype=torch.uint8, device=q.device)
+    out = torch.empty((b, s_q, h_q, max(head_dim_v, 0)), dtype=torch.bfloat16, device=q.device)
+    lse = torch.empty((b, h_q, s_q), dtype=torch.float32, device=q.device)
+    if is_fp8_kvcache:
+        fn, kc = _lib.lib().dinf_mla_decode_with_kvcache_fp8, _dev(k_cache, ctypes.c_uint8)
+    else:
+        fn, kc = _lib.lib().dinf_mla_decode_with_kvcache, _dev(k_cache, ctypes.c_uint16)
+    fn(_dev(q, ctypes.c_uint16), b, s_q, h_q, d, kc, num_blocks, page, h_kv,
+       k_cache.stride(0), k_cache.stride(1), _dev(block_table, ctypes.c_int32),
+       block_table.shape[1], _dev(seqlens, ctypes.c_int32), head_dim_v,
+       _dev(meta, ctypes.c_int32), parts, _dev(splits, ctypes.c_int32), softmax_scale,
+       1 if causal else 0, ctypes.c_void_p(workspace.data_ptr()), ws_bytes.value,
+       _dev(out, ctypes.c_uint16), _dev(lse, ctypes.c_float), ctypes.byref(place))
+    return out, lse
+
+
+def quantize_kvcache_fp8(kv, slot_mapping, k_cache, *, num_threads=0):
+    """Quantize tokens into an FP8 paged cache, in place, and return k_cache.
+
+    kv: [num_tokens, h_kv, 576] bfloat16; slot_mapping: [num_tokens] int64
+    (page * page_block_size + row, -1 = skip); k_cache: [num_blocks,
+    page_block_size, h_kv, 656] uint8 (or float8_e4m3fn), last two
+    dimensions contiguous. numpy arrays run on the CPU, torch CUDA tensors on
+    the GPU (current stream).
+    """
+    if _on_device(kv):
+        import torch
+
+        kv = _torch_check(_as_torch_cuda(kv, "kv"), "kv", (torch.bfloat16,), 3)
+        slots = _torch_check(_as_torch_cuda(slot_mapping, "slot_mapping"), "slot_mapping",
+                             (torch.int64,), 1)
+        cache = _as_torch_cuda(k_cache, "k_cache")
+        if cache.element_size() != 1 or cache.dim() != 4 or cache.shape[-1] != FP8_ENTRY_BYTES:
+            _fail("k_cache must be [num_blocks, page_block_size, h_kv, %d] bytes, got %s %s"
+                  % (FP8_ENTRY_BYTES, cache.dtype, tuple(cache.shape)))
+        if cache.stride(3) != 1 or cache.stride(2) != FP8_ENTRY_BYTES:
+            _fail("k_cache's last two dimensions must be contiguous")
+        if slots.shape[0] != kv.shape[0] or kv.shape[1] != cache.shape[2]:
+            _fail("kv %s, slot_mapping %s and k_cache %s disagree"
+                  % (tuple(kv.shape), tuple(slots.shape), tuple(cache.shape)))
+        _lib.lib().dinf_mla_quantize_kvcache_fp8(
+            _dev(kv, ctypes.c_uint16), kv.shape[0], kv.shape[1], kv.stride(0),
+            _dev(slots, ctypes.c_int64), _dev(cache, ctypes.c_uint8), cache.shape[0],
+            cache.shape[1], cache.stride(0), cache.stride(1), ctypes.byref(_cuda_exec(kv)))
+        return k_cache
+    kv = np.ascontiguousarray(_bf16_array(kv, "kv", 3))
+    slots = np.asarray(slot_mapping)
+    if slots.dtype.kind not in "iu" or slots.ndim != 1:
+        _fail("slot_mapping must be a 1-D integer array")
+    slots = np.ascontiguousarray(slots, dtype=np.int64)
+    if not isinstance(k_cache, np.ndarray) or not k_cache.flags.c_contiguous:
+        _fail("k_cache must be a C-contiguous numpy array (it is written in place)")
+    cache = _fp8_cache_array(k_cache)
+    if slots.shape[0] != kv.shape[0] or kv.shape[1] != cache.shape[2] or kv.shape[2] != 576:
+        _fail("kv %s, slot_mapping %s and k_cache %s disagree"
+              % (kv.shape, slots.shape, cache.shape))
+    _lib.lib().dinf_mla_quantize_kvcache_fp8(
+        _ptr(kv.view(np.uint16), ctypes.c_uint16), kv.shape[0], kv.shape[1],
+        kv.shape[1] * HEAD_DIM_QK, _ptr(slots, ctypes.c_int64),
+        _ptr(cache, ctypes.c_uint8), cache.shape[0], cache.shape[1],
+        cache.shape[1] * cache.shape[2] * FP8_ENTRY_BYTES, cache.shape[2] * FP8_ENTRY_BYTES,
         ctypes.byref(Exec.cpu(num_threads)))
-    return out.view(_BF16), lse
+    return k_cache

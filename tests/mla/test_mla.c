@@ -307,10 +307,11 @@ static dinf_status problem_run(problem *p, int32_t parts, int32_t threads) {
     dinf_status st = dinf_mla_get_metadata(p->seqlens, p->b, parts, meta, splits, NULL);
     cr_assert_eq(st, DINF_STATUS_OK, "%s", dinf_last_error());
     size_t ws_bytes;
-    cr_assert_eq(dinf_mla_workspace_size(p->b, p->s_q, p->h_q, parts, &ws_bytes), DINF_STATUS_OK);
-    void *ws = aligned_alloc(64, ws_bytes ? (ws_bytes + 63) / 64 * 64 : 64);
     dinf_exec exec = DINF_EXEC_CPU_INIT;
     exec.num_threads = threads;
+    cr_assert_eq(dinf_mla_workspace_size(p->b, p->s_q, p->h_q, parts, &ws_bytes, &exec),
+                 DINF_STATUS_OK);
+    void *ws = aligned_alloc(64, ws_bytes ? (ws_bytes + 63) / 64 * 64 : 64);
     st = dinf_mla_decode_with_kvcache(p->q, p->b, p->s_q, p->h_q, DQK, p->kc, p->num_blocks, p->page,
                                       p->h_kv, p->block_stride, p->token_stride, p->bt, p->max_blocks,
                                       p->seqlens, DV, meta, parts, splits, p->scale, p->causal, ws,
@@ -605,8 +606,10 @@ Test(mla_errors, every_rejected_input) {
     int32_t *meta = calloc(8 * (parts + 1), sizeof(int32_t)), splits[4]; /* room for 9 parts */
     cr_assert_eq(dinf_mla_get_metadata(p.seqlens, 3, parts, meta, splits, NULL), DINF_STATUS_OK);
     size_t ws_bytes;
-    cr_assert_eq(dinf_mla_workspace_size(3, 2, 16, parts, &ws_bytes), DINF_STATUS_OK);
-    void *ws = aligned_alloc(64, (ws_bytes + 63) / 64 * 64);
+    cr_assert_eq(dinf_mla_workspace_size(3, 2, 16, parts, &ws_bytes, NULL), DINF_STATUS_OK);
+    size_t ws9_bytes; /* room for the 9-part plan below */
+    cr_assert_eq(dinf_mla_workspace_size(3, 2, 16, parts + 1, &ws9_bytes, NULL), DINF_STATUS_OK);
+    void *ws = aligned_alloc(64, (ws9_bytes + 63) / 64 * 64);
     const call good = {p.q, 3, 2, 16, 576, p.kc, p.num_blocks, 64, 1, p.block_stride, p.token_stride,
                        p.bt, p.max_blocks, p.seqlens, 512, meta, parts, splits, p.scale, 1, ws,
                        ws_bytes, p.out, p.lse, NULL};
@@ -632,11 +635,11 @@ Test(mla_errors, every_rejected_input) {
     c = good; c.num_blocks = 0;
     EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "num_blocks=0 must be >= 1");
     c = good; c.token_stride = 500;
-    EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "kv_token_stride=500 must be a multiple of 8 and >= num_heads_kv * 576 = 576");
+    EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "kv_token_stride=500 elements must be a multiple of 8 and >= num_heads_kv * 576 = 576");
     c = good; c.token_stride = 580;
-    EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "kv_token_stride=580 must be a multiple of 8");
+    EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "kv_token_stride=580 elements must be a multiple of 8");
     c = good; c.block_stride = 64 * 576 - 8;
-    EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "kv_block_stride=36856 must be a multiple of 8 and >= page_block_size * kv_token_stride = 64 * 576");
+    EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "kv_block_stride=36856 elements must be a multiple of 8 and >= page_block_size * kv_token_stride = 64 * 576");
     c = good; c.max_blocks = -1;
     EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "max_blocks_per_seq=-1 must be in");
     c = good; c.scale = INFINITY;
@@ -687,15 +690,29 @@ Test(mla_errors, every_rejected_input) {
     int32_t other_len[3] = {p.seqlens[0], 17, p.seqlens[2]};
     c = good; c.seqlens = other_len;
     EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "does not match the plan for these cache_seqlens and num_sm_parts=8");
-    c = good; c.parts = 9;
+    c = good; c.parts = 9; c.ws_bytes = ws9_bytes;
     EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "does not match the plan");
     int32_t bad_splits[4] = {splits[0], splits[1], splits[2], splits[3] + 1};
     c = good; c.splits = bad_splits;
     EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "num_splits[3]=");
     c = good; c.ws_bytes = ws_bytes - 1;
-    EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "is smaller than the");
+    EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "this call needs the");
     c = good; c.ws = NULL; c.ws_bytes = 0;
-    EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "workspace_bytes=0 is smaller than the");
+    EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "workspace_bytes=0: this call needs the");
+    /* the CPU scratch is sized for the exec's threads: one thread needs less */
+    dinf_exec one = DINF_EXEC_CPU_INIT;
+    one.num_threads = 1;
+    size_t ws_one;
+    cr_assert_eq(dinf_mla_workspace_size(3, 2, 16, parts, &ws_one, &one), DINF_STATUS_OK);
+    dinf_exec many = DINF_EXEC_CPU_INIT;
+    many.num_threads = 4;
+    size_t ws_many;
+    cr_assert_eq(dinf_mla_workspace_size(3, 2, 16, parts, &ws_many, &many), DINF_STATUS_OK);
+    cr_assert_gt(ws_many, ws_one);
+    c = good; c.ws_bytes = ws_one; c.exec = &many;
+    EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "for 4 CPU threads");
+    c = good; c.ws_bytes = ws_one; c.exec = &one;
+    cr_assert_eq(run_call(&c), DINF_STATUS_OK, "%s", dinf_last_error());
 
     /* Overlap. */
     c = good; c.out = (uint16_t *)p.q;
@@ -710,13 +727,18 @@ Test(mla_errors, every_rejected_input) {
     bad.num_threads = -1;
     c = good; c.exec = &bad;
     EXPECT_FAIL(c, DINF_STATUS_INVALID_ARGUMENT, "exec->num_threads=-1");
-    const dinf_exec cuda = DINF_EXEC_CUDA_INIT(0, NULL);
-    c = good; c.exec = &cuda;
-    const dinf_status st = run_call(&c);
-    cr_assert_eq(st, DINF_STATUS_UNSUPPORTED);
-    cr_assert(strstr(dinf_last_error(), "the Hopper kernels are not implemented yet; use DINF_EXEC_CPU") ||
-                  strstr(dinf_last_error(), "built without CUDA"),
-              "%s", dinf_last_error());
+    /* Without a usable device the CUDA place is refused (with one, host
+     * pointers must not be handed to it: tests/gpu covers that place). */
+    dinf_device_info info = DINF_DEVICE_INFO_INIT;
+    if (dinf_device_query(0, &info) != DINF_STATUS_OK || !info.usable) {
+        const dinf_exec cuda = DINF_EXEC_CUDA_INIT(0, NULL);
+        c = good; c.exec = &cuda;
+        const dinf_status st = run_call(&c);
+        cr_assert_eq(st, DINF_STATUS_UNSUPPORTED, "%s", dinf_last_error());
+        cr_assert(strstr(dinf_last_error(), "no usable CUDA device 0") ||
+                      strstr(dinf_last_error(), "built without CUDA"),
+                  "%s", dinf_last_error());
+    }
 
     free(ws);
     free(meta);
@@ -745,8 +767,12 @@ Test(mla_errors, metadata_and_sizes) {
     cr_assert_str_eq(dinf_last_error(), "dinf_mla_get_metadata: tile_scheduler_metadata and num_splits overlap: pass separate buffers");
     cr_assert_eq(dinf_mla_get_metadata(seqlens, 3, 4, meta, seqlens, NULL), DINF_STATUS_INVALID_ARGUMENT);
     cr_assert_str_eq(dinf_last_error(), "dinf_mla_get_metadata: num_splits and cache_seqlens overlap: pass separate buffers");
-    const dinf_exec cuda = DINF_EXEC_CUDA_INIT(0, NULL);
-    cr_assert_eq(dinf_mla_get_metadata(seqlens, 3, 4, meta, splits, &cuda), DINF_STATUS_UNSUPPORTED);
+    dinf_device_info info = DINF_DEVICE_INFO_INIT;
+    if (dinf_device_query(0, &info) != DINF_STATUS_OK || !info.usable) {
+        const dinf_exec cuda = DINF_EXEC_CUDA_INIT(0, NULL);
+        cr_assert_eq(dinf_mla_get_metadata(seqlens, 3, 4, meta, splits, &cuda),
+                     DINF_STATUS_UNSUPPORTED, "%s", dinf_last_error());
+    }
 
     int32_t parts;
     cr_assert_eq(dinf_mla_num_sm_parts(0, 1, 132, &parts), DINF_STATUS_INVALID_ARGUMENT);
@@ -759,10 +785,314 @@ Test(mla_errors, metadata_and_sizes) {
     cr_assert_eq(dinf_mla_num_sm_parts(64, 1, 132, NULL), DINF_STATUS_INVALID_ARGUMENT);
 
     size_t bytes;
-    cr_assert_eq(dinf_mla_workspace_size(2, 1, 16, 3, &bytes), DINF_STATUS_OK);
+    cr_assert_eq(dinf_mla_workspace_size(2, 1, 16, 3, &bytes, NULL), DINF_STATUS_OK);
     cr_assert_geq(bytes, (size_t)(5 * 16 * 513 * 4));
-    cr_assert_eq(dinf_mla_workspace_size(2, 0, 16, 3, &bytes), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert_eq(dinf_mla_workspace_size(2, 0, 16, 3, &bytes, NULL), DINF_STATUS_INVALID_ARGUMENT);
     cr_assert_str_eq(dinf_last_error(), "dinf_mla_workspace_size: seq_len_q=0, num_heads_q=16 and num_sm_parts=3 must be >= 1");
-    cr_assert_eq(dinf_mla_workspace_size(-1, 1, 16, 3, &bytes), DINF_STATUS_INVALID_ARGUMENT);
-    cr_assert_eq(dinf_mla_workspace_size(2, 1, 16, 3, NULL), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert_eq(dinf_mla_workspace_size(-1, 1, 16, 3, &bytes, NULL), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert_eq(dinf_mla_workspace_size(2, 1, 16, 3, NULL, NULL), DINF_STATUS_INVALID_ARGUMENT);
+}
+
+/* ------------------------------------------------------------ FP8 cache -- */
+
+#define FP8_ENTRY DINF_MLA_FP8_ENTRY_BYTES
+
+typedef struct fp8_cache {
+    uint8_t *bytes;
+    int64_t token_stride, block_stride; /* bytes */
+} fp8_cache;
+
+/* Rows of request keys gathered as [tokens][h_kv][576] with their slots. */
+static int64_t gather_tokens(const problem *p, uint16_t **kv, int64_t **slots) {
+    int64_t n = 0;
+    for (int64_t b = 0; b < p->b; b++)
+        n += p->seqlens[b];
+    *kv = malloc(sizeof(uint16_t) * (size_t)(n * p->h_kv * DQK + 8));
+    *slots = malloc(sizeof(int64_t) * (size_t)(n + 1));
+    int64_t i = 0;
+    for (int64_t b = 0; b < p->b; b++)
+        for (int32_t key = 0; key < p->seqlens[b]; key++, i++) {
+            const int64_t page = p->bt[b * p->max_blocks + key / p->page];
+            const uint16_t *row = p->kc + page * p->block_stride + (int64_t)(key % p->page) * p->token_stride;
+            memcpy(*kv + i * p->h_kv * DQK, row, sizeof(uint16_t) * (size_t)(p->h_kv * DQK));
+            (*slots)[i] = page * p->page + key % p->page;
+        }
+    return n;
+}
+
+/* Dequantize one entry independently of the library's loaders. */
+static void dequant_entry(const uint8_t *e, float *x) {
+    float scales[4];
+    memcpy(scales, e + DINF_MLA_FP8_SCALE_OFFSET, sizeof scales);
+    for (int d = 0; d < DV; d++)
+        x[d] = dinf__f32_from_e4m3(e[d]) * scales[d / 128];
+    for (int d = DV; d < DQK; d++) {
+        uint16_t b;
+        memcpy(&b, e + DINF_MLA_FP8_ROPE_OFFSET + 2 * (d - DV), 2);
+        x[d] = dinf__f32_from_bf16(b);
+    }
+}
+
+/*
+ * Quantize every used row of p into a fresh FP8 cache (unused bytes 0xFF:
+ * NaN codes and NaN scales), then replace p's bf16 rows by the dequantized
+ * values (exact in bf16), so the BF16 decode of p is the oracle of the FP8 one.
+ */
+static void fp8_from_problem(problem *p, fp8_cache *c) {
+    c->token_stride = (int64_t)p->h_kv * FP8_ENTRY;
+    c->block_stride = p->page * c->token_stride;
+    const size_t bytes = (size_t)(p->num_blocks * c->block_stride);
+    c->bytes = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    memset(c->bytes, 0xFF, bytes);
+    uint16_t *kv;
+    int64_t *slots;
+    const int64_t n = gather_tokens(p, &kv, &slots);
+    cr_assert_eq(dinf_mla_quantize_kvcache_fp8(kv, n, p->h_kv, (int64_t)p->h_kv * DQK, slots, c->bytes,
+                                               p->num_blocks, p->page, c->block_stride,
+                                               c->token_stride, NULL),
+                 DINF_STATUS_OK, "%s", dinf_last_error());
+    float x[DQK];
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t page = slots[i] / p->page, r = slots[i] % p->page;
+        for (int32_t hk = 0; hk < p->h_kv; hk++) {
+            dequant_entry(c->bytes + page * c->block_stride + r * c->token_stride + hk * FP8_ENTRY, x);
+            uint16_t *row = p->kc + page * p->block_stride + r * p->token_stride + (int64_t)hk * DQK;
+            for (int d = 0; d < DQK; d++) {
+                row[d] = dinf__bf16_from_f32(x[d]);
+                cr_assert_eq(dinf__f32_from_bf16(row[d]), x[d], "dequantized value not exact in bf16");
+            }
+        }
+    }
+    free(kv);
+    free(slots);
+}
+
+static dinf_status problem_run_fp8(problem *p, const fp8_cache *c, int32_t parts, int32_t threads) {
+    int32_t *meta = malloc(sizeof(int32_t) * 8 * (size_t)parts);
+    int32_t *splits = malloc(sizeof(int32_t) * (size_t)(p->b + 1));
+    cr_assert_eq(dinf_mla_get_metadata(p->seqlens, p->b, parts, meta, splits, NULL), DINF_STATUS_OK);
+    dinf_exec exec = DINF_EXEC_CPU_INIT;
+    exec.num_threads = threads;
+    size_t ws_bytes;
+    cr_assert_eq(dinf_mla_workspace_size(p->b, p->s_q, p->h_q, parts, &ws_bytes, &exec), DINF_STATUS_OK);
+    void *ws = aligned_alloc(64, (ws_bytes + 63) / 64 * 64 + 64);
+    const dinf_status st = dinf_mla_decode_with_kvcache_fp8(
+        p->q, p->b, p->s_q, p->h_q, DQK, c->bytes, p->num_blocks, p->page, p->h_kv, c->block_stride,
+        c->token_stride, p->bt, p->max_blocks, p->seqlens, DV, meta, parts, splits, p->scale,
+        p->causal, ws, ws_bytes, p->out, p->lse, &exec);
+    free(ws);
+    free(meta);
+    free(splits);
+    return st;
+}
+
+Test(mla_fp8, quantize_round_trip_within_e4m3_bounds) {
+    /* 300 tokens x 2 heads, magnitudes from 1e-6 to 1e3 per 128-channel
+     * group, an outlier, an all-zero group; shuffled slots, some skipped. */
+    const int32_t h_kv = 2, page = 16;
+    const int64_t n = 300, num_blocks = 40, token_stride = h_kv * FP8_ENTRY + 16;
+    const int64_t block_stride = page * token_stride + 32;
+    uint64_t s = 99;
+    uint16_t *kv = malloc(sizeof(uint16_t) * (size_t)(n * h_kv * DQK));
+    for (int64_t i = 0; i < n * h_kv; i++) {
+        for (int c = 0; c < 4; c++) {
+            const double mag = pow(10.0, (double)(rng_next(&s) % 10) - 6.0);
+            for (int d = 0; d < 128; d++)
+                kv[i * DQK + c * 128 + d] = dinf__bf16_from_f32((float)(rng_normal(&s) * mag));
+            if (i % 7 == 3 && c == 1)
+                for (int d = 0; d < 128; d++)
+                    kv[i * DQK + c * 128 + d] = 0;
+        }
+        kv[i * DQK + (int)(rng_next(&s) % DV)] = dinf__bf16_from_f32(3000.0f);
+        for (int d = DV; d < DQK; d++)
+            kv[i * DQK + d] = rng_value(&s);
+    }
+    int64_t *slots = malloc(sizeof(int64_t) * (size_t)n);
+    int64_t *perm = malloc(sizeof(int64_t) * (size_t)(num_blocks * page));
+    for (int64_t i = 0; i < num_blocks * page; i++)
+        perm[i] = i;
+    for (int64_t i = num_blocks * page - 1; i > 0; i--) {
+        const int64_t j = (int64_t)(rng_next(&s) % (uint64_t)(i + 1)), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    for (int64_t i = 0; i < n; i++)
+        slots[i] = i % 11 == 5 ? -1 : perm[i];
+    const size_t bytes = (size_t)(num_blocks * block_stride);
+    uint8_t *cache = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    memset(cache, 0xEE, bytes);
+    for (int threads = 1; threads <= 3; threads += 2) {
+        dinf_exec exec = DINF_EXEC_CPU_INIT;
+        exec.num_threads = threads;
+        cr_assert_eq(dinf_mla_quantize_kvcache_fp8(kv, n, h_kv, h_kv * DQK, slots, cache, num_blocks,
+                                                   page, block_stride, token_stride, &exec),
+                     DINF_STATUS_OK, "%s", dinf_last_error());
+    }
+    /* bytes of slots nobody wrote keep their sentinel */
+    uint8_t *written = calloc(bytes, 1);
+    float x[DQK];
+    for (int64_t i = 0; i < n; i++) {
+        if (slots[i] < 0)
+            continue;
+        for (int32_t hk = 0; hk < h_kv; hk++) {
+            const int64_t off = slots[i] / page * block_stride + slots[i] % page * token_stride + hk * FP8_ENTRY;
+            memset(written + off, 1, FP8_ENTRY);
+            const uint8_t *e = cache + off;
+            const uint16_t *src = kv + (i * h_kv + hk) * DQK;
+            dequant_entry(e, x);
+            for (int c = 0; c < 4; c++) {
+                float scale, amax = 0.0f;
+                memcpy(&scale, e + DINF_MLA_FP8_SCALE_OFFSET + 4 * c, 4);
+                for (int d = 0; d < 128; d++)
+                    amax = fmaxf(amax, fabsf(dinf__f32_from_bf16(src[c * 128 + d])));
+                int ex;
+                cr_assert_eq(frexpf(scale, &ex), 0.5f, "token %lld head %d group %d: scale %g is not a power of two",
+                             (long long)i, hk, c, (double)scale);
+                const float lo = fmaxf(amax, 1e-4f) / 448.0f;
+                cr_assert(scale >= lo && scale < 2.0f * lo, "token %lld group %d: scale %g for amax %g",
+                          (long long)i, c, (double)scale, (double)amax);
+                for (int d = 0; d < 128; d++) {
+                    const float v = dinf__f32_from_bf16(src[c * 128 + d]);
+                    const float err = fabsf(x[c * 128 + d] - v);
+                    const float bound = fmaxf(fabsf(v) * 0x1p-4f, scale * 0x1p-10f);
+                    cr_assert(err <= bound, "token %lld head %d channel %d: %g -> %g (error %g > %g)",
+                              (long long)i, hk, c * 128 + d, (double)v, (double)x[c * 128 + d],
+                              (double)err, (double)bound);
+                }
+            }
+            for (int d = DV; d < DQK; d++)
+                cr_assert_eq(x[d], dinf__f32_from_bf16(src[d]), "RoPE channel %d not copied", d);
+        }
+    }
+    for (size_t i = 0; i < bytes; i++)
+        if (!written[i])
+            cr_assert_eq(cache[i], 0xEE, "byte %zu outside every written entry changed", i);
+    free(written);
+    free(cache);
+    free(perm);
+    free(slots);
+    free(kv);
+}
+
+/* FP8 decode == BF16 decode of the dequantized cache, bit for bit; and both
+ * within the reference tolerances of the float64 oracle. */
+static void fp8_point(int64_t b, int32_t s_q, int32_t s_k, int32_t h_q, int32_t h_kv, int varlen,
+                      int zeros, int32_t causal, int32_t page, uint64_t seed) {
+    problem p;
+    problem_make(&p, b, s_q, h_q, h_kv, s_k, varlen, zeros, causal, page, 0, seed);
+    fp8_cache c;
+    fp8_from_problem(&p, &c);
+    const int64_t rows = b * s_q * h_q;
+    char params[160];
+    snprintf(params, sizeof params, "fp8 b=%lld s_q=%d s_k=%d h_q=%d h_kv=%d varlen=%d zeros=%d causal=%d page=%d seed=%llu",
+             (long long)b, s_q, s_k, h_q, h_kv, varlen, zeros, causal, page, (unsigned long long)seed);
+    const int32_t parts = default_parts(&p);
+    problem_poison(&p);
+    cr_assert_eq(problem_run(&p, parts, 2), DINF_STATUS_OK, "%s: %s", params, dinf_last_error());
+    check_against_reference(&p, params);
+    uint16_t *out_bf16 = malloc(sizeof(uint16_t) * (size_t)(rows * DV));
+    float *lse_bf16 = malloc(sizeof(float) * (size_t)rows);
+    memcpy(out_bf16, p.out, sizeof(uint16_t) * (size_t)(rows * DV));
+    memcpy(lse_bf16, p.lse, sizeof(float) * (size_t)rows);
+    problem_poison(&p);
+    cr_assert_eq(problem_run_fp8(&p, &c, parts, 3), DINF_STATUS_OK, "%s: %s", params, dinf_last_error());
+    for (int64_t i = 0; i < rows * DV; i++)
+        cr_assert_eq(p.out[i], out_bf16[i], "%s: out[%lld] fp8 %04x vs bf16-on-dequantized %04x", params,
+                     (long long)i, p.out[i], out_bf16[i]);
+    for (int64_t i = 0; i < rows; i++)
+        cr_assert(memcmp(&p.lse[i], &lse_bf16[i], 4) == 0, "%s: lse[%lld] %g vs %g", params, (long long)i,
+                  (double)p.lse[i], (double)lse_bf16[i]);
+    free(out_bf16);
+    free(lse_bf16);
+    free(c.bytes);
+    problem_free(&p);
+}
+
+Test(mla_fp8, decode_equals_bf16_decode_of_the_dequantized_cache) {
+    fp8_point(2, 1, 140, 16, 1, 0, 0, 0, 64, 501);
+    fp8_point(3, 2, 300, 3, 1, 1, 1, 1, 16, 502);
+    fp8_point(2, 4, 200, 4, 2, 1, 0, 1, 32, 503);
+    fp8_point(6, 1, 20, 64, 1, 1, 1, 0, 64, 504);
+}
+
+Test(mla_fp8, rejected_inputs) {
+    problem p;
+    problem_make(&p, 2, 1, 16, 1, 100, 0, 0, 0, 64, 0, 77);
+    fp8_cache c;
+    fp8_from_problem(&p, &c);
+    const int32_t parts = 4;
+    int32_t meta[8 * 4], splits[3];
+    cr_assert_eq(dinf_mla_get_metadata(p.seqlens, 2, parts, meta, splits, NULL), DINF_STATUS_OK);
+    size_t ws_bytes;
+    cr_assert_eq(dinf_mla_workspace_size(2, 1, 16, parts, &ws_bytes, NULL), DINF_STATUS_OK);
+    void *ws = aligned_alloc(64, (ws_bytes + 63) / 64 * 64);
+#define FP8_DECODE(kc, tok, blk)                                                                   \
+    dinf_mla_decode_with_kvcache_fp8(p.q, 2, 1, 16, DQK, (kc), p.num_blocks, 64, 1, (blk), (tok), p.bt, \
+                                     p.max_blocks, p.seqlens, DV, meta, parts, splits, p.scale, 0, ws, \
+                                     ws_bytes, p.out, p.lse, NULL)
+    cr_assert_eq(FP8_DECODE(c.bytes, c.token_stride, c.block_stride), DINF_STATUS_OK, "%s", dinf_last_error());
+    cr_assert_eq(FP8_DECODE(c.bytes, 640, 640 * 64), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert_str_eq(dinf_last_error(), "dinf_mla_decode_with_kvcache_fp8: kv_token_stride=640 bytes must be a "
+                                        "multiple of 16 and >= num_heads_kv * 656 = 656");
+    cr_assert_eq(FP8_DECODE(c.bytes, 664, 664 * 64), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "kv_token_stride=664 bytes must be a multiple of 16"), "%s", dinf_last_error());
+    cr_assert_eq(FP8_DECODE(c.bytes, 656, 656 * 64 - 16), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "kv_block_stride=41968 bytes must be a multiple of 16 and >= page_block_size"),
+              "%s", dinf_last_error());
+    cr_assert_eq(FP8_DECODE(c.bytes + 8, 656, 656 * 64), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "k_cache=") && strstr(dinf_last_error(), "is not 16-byte aligned"), "%s",
+              dinf_last_error());
+    p.bt[0] = -3;
+    cr_assert_eq(FP8_DECODE(c.bytes, 656, 656 * 64), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "block_table[0][0]=-3 is outside"), "%s", dinf_last_error());
+    p.seqlens[1] = 5000;
+    cr_assert_eq(FP8_DECODE(c.bytes, 656, 656 * 64), DINF_STATUS_INVALID_ARGUMENT);
+#undef FP8_DECODE
+
+    /* quantize */
+    uint16_t *kv = aligned_alloc(64, 4 * DQK * 2);
+    for (int i = 0; i < 4 * DQK; i++)
+        kv[i] = rng_value(&(uint64_t){(uint64_t)i});
+    int64_t slots[4] = {0, 5, -1, 64};
+    const int64_t nb = p.num_blocks;
+#define QUANT(kvp, n, hkv, ld, sl, cache, pg, blk, tok) \
+    dinf_mla_quantize_kvcache_fp8((kvp), (n), (hkv), (ld), (sl), (cache), nb, (pg), (blk), (tok), NULL)
+    cr_assert_eq(QUANT(kv, 4, 1, DQK, slots, c.bytes, 64, c.block_stride, c.token_stride), DINF_STATUS_OK, "%s",
+                 dinf_last_error());
+    cr_assert_eq(QUANT(kv, 4, 1, DQK, slots, c.bytes, 128, c.block_stride, c.token_stride), DINF_STATUS_UNSUPPORTED);
+    cr_assert_str_eq(dinf_last_error(), "dinf_mla_quantize_kvcache_fp8: page_block_size=128 is not supported (64, 32 or 16)");
+    cr_assert_eq(QUANT(kv, -1, 1, DQK, slots, c.bytes, 64, c.block_stride, c.token_stride), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert_str_eq(dinf_last_error(), "dinf_mla_quantize_kvcache_fp8: num_tokens=-1 must be >= 0");
+    cr_assert_eq(QUANT(kv, 4, 0, DQK, slots, c.bytes, 64, c.block_stride, c.token_stride), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert_str_eq(dinf_last_error(), "dinf_mla_quantize_kvcache_fp8: num_heads_kv=0 must be >= 1");
+    cr_assert_eq(QUANT(kv, 4, 1, 570, slots, c.bytes, 64, c.block_stride, c.token_stride), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "kv_token_ld=570 must be a multiple of 8"), "%s", dinf_last_error());
+    cr_assert_eq(QUANT(kv, 4, 1, DQK, slots, c.bytes, 64, c.block_stride, 648), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "kv_token_stride=648 bytes must be a multiple of 16 and >= num_heads_kv * 656"),
+              "%s", dinf_last_error());
+    cr_assert_eq(QUANT(kv, 4, 1, DQK, slots, c.bytes, 64, 100, c.token_stride), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "kv_block_stride=100 bytes"), "%s", dinf_last_error());
+    cr_assert_eq(QUANT(NULL, 4, 1, DQK, slots, c.bytes, 64, c.block_stride, c.token_stride), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "must not be NULL"), "%s", dinf_last_error());
+    cr_assert_eq(QUANT(kv, 4, 1, DQK, slots, c.bytes + 4, 64, c.block_stride, c.token_stride), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "must be 16-byte aligned"), "%s", dinf_last_error());
+    cr_assert_eq(QUANT(kv + 1, 3, 1, DQK, slots, c.bytes, 64, c.block_stride, c.token_stride), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "must be 16-byte aligned"), "%s", dinf_last_error());
+    int64_t bad_slots[4] = {0, nb * 64, 1, 2};
+    cr_assert_eq(QUANT(kv, 4, 1, DQK, bad_slots, c.bytes, 64, c.block_stride, c.token_stride), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "slot_mapping[1]=") && strstr(dinf_last_error(), "is outside [-1, num_blocks"),
+              "%s", dinf_last_error());
+    bad_slots[1] = -2;
+    cr_assert_eq(QUANT(kv, 4, 1, DQK, bad_slots, c.bytes, 64, c.block_stride, c.token_stride), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "slot_mapping[1]=-2 is outside"), "%s", dinf_last_error());
+    cr_assert_eq(QUANT((const uint16_t *)c.bytes, 4, 1, DQK, slots, c.bytes, 64, c.block_stride, c.token_stride),
+                 DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "k_cache and kv overlap"), "%s", dinf_last_error());
+    cr_assert_eq(QUANT(kv, 0, 1, DQK, NULL, NULL, 64, c.block_stride, c.token_stride), DINF_STATUS_OK,
+                 "no tokens: nothing to check or write");
+#undef QUANT
+    free(kv);
+    free(ws);
+    free(c.bytes);
+    problem_free(&p);
 }

@@ -149,3 +149,44 @@ def test_errors_carry_the_library_message():
         mla.get_mla_metadata(lens, 9000, 1)
     with pytest.raises(deepinfra.InvalidArgumentError, match="q must be bfloat16"):
         mla.flash_mla_with_kvcache(q.astype(np.float32), cache, bt, lens, 512, meta, splits)
+
+
+def dequantize(entries):
+    """[..., 656] FP8 entries -> [..., 576] float32 (independent of the library)."""
+    codes = entries[..., :512].copy().view(ml_dtypes.float8_e4m3fn).astype(np.float32)
+    scales = entries[..., 512:528].copy().view(np.float32)  # [..., 4]
+    rope = entries[..., 528:656].copy().view(np.uint16).view(BF16).astype(np.float32)
+    return np.concatenate([codes * np.repeat(scales, 128, axis=-1), rope], axis=-1)
+
+
+@pytest.mark.parametrize("b,s_q,h_q,h_kv,s_k,causal,page", [
+    (2, 1, 16, 1, 140, False, 64),
+    (3, 2, 4, 2, 90, True, 16),
+])
+def test_fp8_cache_equals_bf16_on_dequantized(b, s_q, h_q, h_kv, s_k, causal, page):
+    q, cache, bt, lens = make_problem(b, s_q, h_q, h_kv, s_k, True, page, seed=31 + b)
+    num_blocks = cache.shape[0]
+    fp8 = np.full((num_blocks, page, h_kv, 656), 0xFF, np.uint8)  # NaN codes where unused
+    slots, rows = [], []
+    for i in range(b):
+        for key in range(int(lens[i])):
+            pg = bt[i, key // page]
+            slots.append(pg * page + key % page)
+            rows.append(cache[pg, key % page])
+    kv = np.stack(rows) if rows else np.zeros((0, h_kv, 576), BF16)
+    mla.quantize_kvcache_fp8(kv, np.array(slots, np.int64), fp8)
+    deq = cache.copy()
+    for s, _ in zip(slots, rows):
+        deq[s // page, s % page] = dequantize(fp8[s // page, s % page]).astype(BF16)
+    assert np.isfinite(deq[np.array(slots) // page, np.array(slots) % page].astype(np.float32)).all()
+    meta, splits = mla.get_mla_metadata(lens, s_q * h_q // h_kv, h_kv)
+    out8, lse8 = mla.flash_mla_with_kvcache(q, fp8, bt, lens, 512, meta, splits, None, causal, True)
+    out16, lse16 = mla.flash_mla_with_kvcache(q, deq, bt, lens, 512, meta, splits, None, causal)
+    assert np.array_equal(out8.view(np.uint16), out16.view(np.uint16))
+    assert np.array_equal(lse8, lse16)
+    ref_out, ref_lse = reference(q, deq, bt, lens, 576 ** -0.5, causal and s_q > 1)
+    assert_close(out8, ref_out, 8e-4, 2.01 / 128, 5e-6, "fp8 out")
+    with pytest.raises(deepinfra.InvalidArgumentError, match="pass is_fp8_kvcache=True"):
+        mla.flash_mla_with_kvcache(q, np.zeros(fp8.shape, BF16), bt, lens, 512, meta, splits)
+    with pytest.raises(deepinfra.InvalidArgumentError, match=r"slot_mapping\[0\]=-5 is outside"):
+        mla.quantize_kvcache_fp8(kv[:1], np.array([-5], np.int64), fp8)
