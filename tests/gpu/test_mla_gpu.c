@@ -1,0 +1,479 @@
+/*
+ * GPU tests of the MLA decode (mla.h, kernels/mla): the FlashMLA reference
+ * sweep on DINF_EXEC_CUDA against the CPU implementation (the oracle) with
+ * the upstream tolerances (out: abs 8e-4 or rel 2.01/128 per element, cosine
+ * difference 5e-6; lse: abs 1e-6 or rel 8.01/65536; +inf positions equal, no
+ * NaN), BF16 and FP8 caches, causal and not, varlen with zero-length
+ * requests, shuffled block tables, NaN in every unused cache slot, poisoned
+ * outputs; the device metadata equal to the CPU's; the CUDA FP8 quantizer
+ * byte-identical to the CPU's; a bad block table entry gives NaN, not a
+ * crash; metadata + decode captured in a CUDA graph. Skipped, visibly,
+ * without a usable device; a failure under DINF_REQUIRE_GPU=1.
+ */
+#include <deepinfra.h>
+
+#include "core/numeric_hd.h"
+
+#include <criterion/criterion.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void require_gpu(void) {
+    dinf_device_info info = DINF_DEVICE_INFO_INIT;
+    if (dinf_device_query(0, &info) != DINF_STATUS_OK || !info.usable) {
+        const char *require = getenv("DINF_REQUIRE_GPU");
+        if (require && strcmp(require, "1") == 0)
+            cr_assert_fail("DINF_REQUIRE_GPU=1 but no usable CUDA device: %s", info.reason);
+        cr_skip_test("no usable CUDA device: %s", info.reason);
+    }
+}
+
+TestSuite(mla_gpu, .init = require_gpu, .timeout = 600.0);
+
+#if DINF_WITH_CUDA && defined(__has_include) && __has_include(<cuda_runtime_api.h>)
+#include <cuda_runtime_api.h>
+
+#define DQK 576
+#define DV 512
+#define ENTRY DINF_MLA_FP8_ENTRY_BYTES
+#define UNUSED_PAGE 2147480000
+
+#define CUDA_OK(call)                                                                              \
+    do {                                                                                           \
+        cudaError_t err_ = (call);                                                                 \
+        cr_assert_eq(err_, cudaSuccess, "%s: %s", #call, cudaGetErrorString(err_));               \
+    } while (0)
+
+static void *to_device(const void *host, size_t bytes) {
+    void *dev = NULL;
+    CUDA_OK(cudaMalloc(&dev, bytes ? bytes : 16));
+    if (bytes)
+        CUDA_OK(cudaMemcpy(dev, host, bytes, cudaMemcpyHostToDevice));
+    return dev;
+}
+
+static uint64_t rng_next(uint64_t *s) { /* splitmix64 */
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static double rng_normal(uint64_t *s) {
+    const double u = (double)(rng_next(s) >> 11) * 0x1p-53, v = (double)(rng_next(s) >> 11) * 0x1p-53;
+    return sqrt(-2.0 * log(u + 1e-300)) * cos(6.283185307179586 * v);
+}
+/* Four bf16 values per draw, roughly N(0, 0.1) clamped to [-1, 1] (sum of uniforms). */
+static void fill_values(uint16_t *x, int64_t n, uint64_t *s) {
+    for (int64_t i = 0; i < n; i += 4) {
+        const uint64_t r = rng_next(s);
+        for (int k = 0; k < 4 && i + k < n; k++) {
+            const uint32_t u = (uint32_t)(r >> (16 * k)) & 0xffffu;
+            const float v = ((float)(u & 0xff) + (float)(u >> 8) - 255.0f) * (0.1f / 104.0f);
+            x[i + k] = dinf__bf16_from_f32(v);
+        }
+    }
+}
+
+/* One cache (lengths, shuffled pages, NaN where unused), shared by many
+ * (s_q, h_q, causal) points. */
+typedef struct kv_problem {
+    int64_t b;
+    int32_t h_kv, page;
+    int64_t num_blocks, max_blocks;
+    int32_t *seqlens, *bt;
+    uint16_t *kc; /* [num_blocks][page][h_kv][576] */
+    uint8_t *kc8; /* FP8 entries, quantized by the CPU */
+    void *d_kc, *d_kc8, *d_seqlens, *d_bt;
+} kv_problem;
+
+static void kv_make(kv_problem *p, int64_t b, int32_t h_kv, int32_t s_k, int varlen, int zeros,
+                    int32_t page, int32_t min_len, uint64_t seed) {
+    uint64_t s = seed;
+    *p = (kv_problem){.b = b, .h_kv = h_kv, .page = page};
+    p->seqlens = malloc(sizeof(int32_t) * (size_t)b);
+    int64_t max_len = 1;
+    for (int64_t i = 0; i < b; i++) {
+        int64_t len = s_k;
+        if (varlen) {
+            len = (int64_t)(s_k + rng_normal(&s) * s_k / 2);
+            len = len < min_len ? min_len : len;
+        }
+        if (zeros && rng_next(&s) % 3 == 0)
+            len = 0;
+        p->seqlens[i] = (int32_t)len;
+        max_len = len > max_len ? len : max_len;
+    }
+    p->max_blocks = (max_len + page - 1) / page + 1;
+    p->num_blocks = b * p->max_blocks + 3;
+    int32_t *perm = malloc(sizeof(int32_t) * (size_t)p->num_blocks);
+    for (int64_t i = 0; i < p->num_blocks; i++)
+        perm[i] = (int32_t)i;
+    for (int64_t i = p->num_blocks - 1; i > 0; i--) {
+        const int64_t j = (int64_t)(rng_next(&s) % (uint64_t)(i + 1));
+        const int32_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    p->bt = malloc(sizeof(int32_t) * (size_t)(b * p->max_blocks > 0 ? b * p->max_blocks : 1));
+    int64_t next = 0;
+    for (int64_t i = 0; i < b; i++)
+        for (int64_t j = 0; j < p->max_blocks; j++)
+            p->bt[i * p->max_blocks + j] = j * page < p->seqlens[i] ? perm[next++] : UNUSED_PAGE;
+    free(perm);
+    const int64_t row = (int64_t)h_kv * DQK, elems = p->num_blocks * page * row;
+    p->kc = malloc(sizeof(uint16_t) * (size_t)elems);
+    for (int64_t i = 0; i < elems; i++)
+        p->kc[i] = 0x7FC0u; /* NaN everywhere a request does not use */
+    int64_t n_tokens = 0;
+    for (int64_t i = 0; i < b; i++)
+        n_tokens += p->seqlens[i];
+    uint16_t *tokens = malloc(sizeof(uint16_t) * (size_t)(n_tokens * row + 1));
+    int64_t *slots = malloc(sizeof(int64_t) * (size_t)(n_tokens + 1));
+    fill_values(tokens, n_tokens * row, &s);
+    int64_t t = 0;
+    for (int64_t i = 0; i < b; i++)
+        for (int32_t key = 0; key < p->seqlens[i]; key++, t++) {
+            slots[t] = (int64_t)p->bt[i * p->max_blocks + key / page] * page + key % page;
+            memcpy(p->kc + slots[t] * row, tokens + t * row, sizeof(uint16_t) * (size_t)row);
+        }
+    /* FP8: CPU quantizer; the GPU quantizer must write the same bytes */
+    const size_t bytes8 = (size_t)(p->num_blocks * page * h_kv * ENTRY);
+    p->kc8 = aligned_alloc(64, (bytes8 + 63) / 64 * 64);
+    memset(p->kc8, 0xFF, bytes8);
+    cr_assert_eq(dinf_mla_quantize_kvcache_fp8(tokens, n_tokens, h_kv, row, slots, p->kc8,
+                                               p->num_blocks, page, (int64_t)page * h_kv * ENTRY,
+                                               (int64_t)h_kv * ENTRY, NULL),
+                 DINF_STATUS_OK, "%s", dinf_last_error());
+    p->d_kc = to_device(p->kc, sizeof(uint16_t) * (size_t)elems);
+    p->d_seqlens = to_device(p->seqlens, sizeof(int32_t) * (size_t)b);
+    p->d_bt = to_device(p->bt, sizeof(int32_t) * (size_t)(b * p->max_blocks));
+    void *d_tokens = to_device(tokens, sizeof(uint16_t) * (size_t)(n_tokens * row));
+    void *d_slots = to_device(slots, sizeof(int64_t) * (size_t)n_tokens);
+    CUDA_OK(cudaMalloc(&p->d_kc8, bytes8));
+    CUDA_OK(cudaMemset(p->d_kc8, 0xFF, bytes8));
+    const dinf_exec cuda = DINF_EXEC_CUDA_INIT(0, NULL);
+    if (n_tokens > 0)
+        cr_assert_eq(dinf_mla_quantize_kvcache_fp8(d_tokens, n_tokens, h_kv, row, d_slots, p->d_kc8,
+                                                   p->num_blocks, page,
+                                                   (int64_t)page * h_kv * ENTRY,
+                                                   (int64_t)h_kv * ENTRY, &cuda),
+                     DINF_STATUS_OK, "%s", dinf_last_error());
+    CUDA_OK(cudaDeviceSynchronize());
+    uint8_t *back = malloc(bytes8);
+    CUDA_OK(cudaMemcpy(back, p->d_kc8, bytes8, cudaMemcpyDeviceToHost));
+    cr_assert_eq(memcmp(back, p->kc8, bytes8), 0, "the CUDA FP8 quantizer differs from the CPU's");
+    free(back);
+    CUDA_OK(cudaFree(d_tokens));
+    CUDA_OK(cudaFree(d_slots));
+    free(tokens);
+    free(slots);
+}
+
+static void kv_free(kv_problem *p) {
+    cudaFree(p->d_kc);
+    cudaFree(p->d_kc8);
+    cudaFree(p->d_seqlens);
+    cudaFree(p->d_bt);
+    free(p->seqlens);
+    free(p->bt);
+    free(p->kc);
+    free(p->kc8);
+}
+
+/* Elementwise abs-or-rel check plus the cosine difference (upstream's kk.check_is_allclose). */
+static void check_close(const char *what, const char *params, const float *got, const float *ref,
+                        int64_t n, double abs_tol, double rel_tol, double cos_tol) {
+    double gr = 0, gg = 0;
+    for (int64_t i = 0; i < n; i++) {
+        cr_assert(!isnan(got[i]) && !isnan(ref[i]), "%s %s: NaN at %lld (gpu %g, cpu %g)", what,
+                  params, (long long)i, (double)got[i], (double)ref[i]);
+        if (isinf(ref[i]) || isinf(got[i])) {
+            cr_assert(got[i] == ref[i], "%s %s: [%lld] gpu %g vs cpu %g", what, params, (long long)i,
+                      (double)got[i], (double)ref[i]);
+            continue;
+        }
+        const double err = fabs((double)got[i] - ref[i]);
+        cr_assert(err <= abs_tol || err <= rel_tol * fabs(ref[i]),
+                  "%s %s: [%lld] gpu %.8g vs cpu %.8g (error %g)", what, params, (long long)i,
+                  (double)got[i], (double)ref[i], err);
+        gr += (double)got[i] * ref[i];
+        gg += (double)got[i] * got[i] + (double)ref[i] * ref[i];
+    }
+    const double cos_diff = gg == 0 ? 0 : 1 - 2 * gr / gg;
+    cr_assert(cos_diff <= cos_tol, "%s %s: cos_diff %g > %g", what, params, cos_diff, cos_tol);
+}
+
+/* One (s_q, h_q, causal, dtype) point on a cache: device metadata = CPU
+ * metadata, GPU decode (poisoned outputs) = CPU decode within tolerances. */
+static void gpu_point(const kv_problem *p, int32_t s_q, int32_t h_q, int32_t causal, int fp8,
+                      uint64_t seed, cudaStream_t stream) {
+    char params[192];
+    snprintf(params, sizeof params, "b=%lld s_q=%d h_q=%d h_kv=%d page=%d causal=%d %s seed=%llu",
+             (long long)p->b, s_q, h_q, p->h_kv, p->page, causal, fp8 ? "fp8" : "bf16",
+             (unsigned long long)seed);
+    const int64_t b = p->b, rows = b * s_q * h_q;
+    uint64_t s = seed;
+    uint16_t *q = malloc(sizeof(uint16_t) * (size_t)(rows * DQK));
+    fill_values(q, rows * DQK, &s);
+    int32_t parts;
+    cr_assert_eq(dinf_mla_num_sm_parts(s_q * h_q / p->h_kv, p->h_kv, 132, &parts), DINF_STATUS_OK);
+    int32_t *meta = malloc(sizeof(int32_t) * 8 * (size_t)parts), *splits = malloc(sizeof(int32_t) * (size_t)(b + 1));
+    cr_assert_eq(dinf_mla_get_metadata(p->seqlens, b, parts, meta, splits, NULL), DINF_STATUS_OK);
+    const dinf_exec cuda = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)stream);
+
+    /* device metadata */
+    int32_t *d_meta, *d_splits;
+    CUDA_OK(cudaMalloc((void **)&d_meta, sizeof(int32_t) * 8 * (size_t)parts));
+    CUDA_OK(cudaMalloc((void **)&d_splits, sizeof(int32_t) * (size_t)(b + 1)));
+    CUDA_OK(cudaMemsetAsync(d_meta, 0x5a, sizeof(int32_t) * 8 * (size_t)parts, stream));
+    CUDA_OK(cudaMemsetAsync(d_splits, 0x5a, sizeof(int32_t) * (size_t)(b + 1), stream));
+    cr_assert_eq(dinf_mla_get_metadata(p->d_seqlens, b, parts, d_meta, d_splits, &cuda), DINF_STATUS_OK,
+                 "%s: %s", params, dinf_last_error());
+    int32_t *g_meta = malloc(sizeof(int32_t) * 8 * (size_t)parts), *g_splits = malloc(sizeof(int32_t) * (size_t)(b + 1));
+    CUDA_OK(cudaStreamSynchronize(stream));
+    CUDA_OK(cudaMemcpy(g_meta, d_meta, sizeof(int32_t) * 8 * (size_t)parts, cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(g_splits, d_splits, sizeof(int32_t) * (size_t)(b + 1), cudaMemcpyDeviceToHost));
+    cr_assert_eq(memcmp(g_meta, meta, sizeof(int32_t) * 8 * (size_t)parts), 0, "%s: device metadata differs", params);
+    cr_assert_eq(memcmp(g_splits, splits, sizeof(int32_t) * (size_t)(b + 1)), 0, "%s: device num_splits differs", params);
+
+    /* CPU oracle */
+    size_t ws_cpu, ws_gpu;
+    cr_assert_eq(dinf_mla_workspace_size(b, s_q, h_q, parts, &ws_cpu, NULL), DINF_STATUS_OK);
+    cr_assert_eq(dinf_mla_workspace_size(b, s_q, h_q, parts, &ws_gpu, &cuda), DINF_STATUS_OK);
+    void *ws = aligned_alloc(64, (ws_cpu + 63) / 64 * 64 + 64);
+    uint16_t *out_cpu = malloc(sizeof(uint16_t) * (size_t)(rows * DV + 1)), *out_gpu = malloc(sizeof(uint16_t) * (size_t)(rows * DV + 1));
+    float *lse_cpu = malloc(sizeof(float) * (size_t)(rows + 1)), *lse_gpu = malloc(sizeof(float) * (size_t)(rows + 1));
+    const float scale = 0.0721687836f; /* 1/sqrt(192), as DeepSeek passes */
+    const int64_t tok8 = (int64_t)p->h_kv * ENTRY, blk8 = p->page * tok8;
+    const int64_t tok16 = (int64_t)p->h_kv * DQK, blk16 = p->page * tok16;
+    dinf_status st = fp8 ? dinf_mla_decode_with_kvcache_fp8(q, b, s_q, h_q, DQK, p->kc8, p->num_blocks, p->page, p->h_kv, blk8, tok8, p->bt,
+                                                            p->max_blocks, p->seqlens, DV, meta, parts, splits, scale, causal, ws, ws_cpu,
+                                                            out_cpu, lse_cpu, NULL)
+                         : dinf_mla_decode_with_kvcache(q, b, s_q, h_q, DQK, p->kc, p->num_blocks, p->page, p->h_kv, blk16, tok16, p->bt,
+                                                        p->max_blocks, p->seqlens, DV, meta, parts, splits, scale, causal, ws, ws_cpu,
+                                                        out_cpu, lse_cpu, NULL);
+    cr_assert_eq(st, DINF_STATUS_OK, "%s: %s", params, dinf_last_error());
+
+    /* GPU */
+    void *d_q = to_device(q, sizeof(uint16_t) * (size_t)(rows * DQK)), *d_ws, *d_out, *d_lse;
+    CUDA_OK(cudaMalloc(&d_ws, ws_gpu));
+    CUDA_OK(cudaMalloc(&d_out, sizeof(uint16_t) * (size_t)(rows * DV + 1)));
+    CUDA_OK(cudaMalloc(&d_lse, sizeof(float) * (size_t)(rows + 1)));
+    CUDA_OK(cudaMemsetAsync(d_ws, 0xFF, ws_gpu, stream));
+    CUDA_OK(cudaMemsetAsync(d_out, 0xFF, sizeof(uint16_t) * (size_t)(rows * DV + 1), stream)); /* NaN */
+    CUDA_OK(cudaMemsetAsync(d_lse, 0xFF, sizeof(float) * (size_t)(rows + 1), stream));
+    st = fp8 ? dinf_mla_decode_with_kvcache_fp8(d_q, b, s_q, h_q, DQK, p->d_kc8, p->num_blocks, p->page, p->h_kv, blk8, tok8, p->d_bt,
+                                                p->max_blocks, p->d_seqlens, DV, d_meta, parts, d_splits, scale, causal, d_ws, ws_gpu,
+                                                d_out, d_lse, &cuda)
+             : dinf_mla_decode_with_kvcache(d_q, b, s_q, h_q, DQK, p->d_kc, p->num_blocks, p->page, p->h_kv, blk16, tok16, p->d_bt,
+                                            p->max_blocks, p->d_seqlens, DV, d_meta, parts, d_splits, scale, causal, d_ws, ws_gpu,
+                                            d_out, d_lse, &cuda);
+    cr_assert_eq(st, DINF_STATUS_OK, "%s: %s", params, dinf_last_error());
+    CUDA_OK(cudaStreamSynchronize(stream));
+    CUDA_OK(cudaMemcpy(out_gpu, d_out, sizeof(uint16_t) * (size_t)(rows * DV + 1), cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(lse_gpu, d_lse, sizeof(float) * (size_t)(rows + 1), cudaMemcpyDeviceToHost));
+    cr_assert_eq(out_gpu[rows * DV], 0xFFFFu, "%s: write past out", params);
+    float *fo_gpu = malloc(sizeof(float) * (size_t)(rows * DV + 1)), *fo_cpu = malloc(sizeof(float) * (size_t)(rows * DV + 1));
+    for (int64_t i = 0; i < rows * DV; i++) {
+        fo_gpu[i] = dinf__f32_from_bf16(out_gpu[i]);
+        fo_cpu[i] = dinf__f32_from_bf16(out_cpu[i]);
+    }
+    check_close("out", params, fo_gpu, fo_cpu, rows * DV, 8e-4, 2.01 / 128, 5e-6);
+    check_close("lse", params, lse_gpu, lse_cpu, rows, 1e-6, 8.01 / 65536, 5e-6);
+
+    free(fo_gpu);
+    free(fo_cpu);
+    cudaFree(d_q);
+    cudaFree(d_ws);
+    cudaFree(d_out);
+    cudaFree(d_lse);
+    cudaFree(d_meta);
+    cudaFree(d_splits);
+    free(g_meta);
+    free(g_splits);
+    free(out_cpu);
+    free(out_gpu);
+    free(lse_cpu);
+    free(lse_gpu);
+    free(ws);
+    free(meta);
+    free(splits);
+    free(q);
+}
+
+/*
+ * The reference sweep for one batch size: s_q {1, 2, 4} x s_k {20, 140,
+ * 4096} x h_q {1, 3, 16, 64, 128} x h_kv {1, 2} (h_q % h_kv == 0) x varlen
+ * x causal (upstream's causal is on only with s_q > 1), BF16 every point,
+ * FP8 on the varlen half. Zero-length requests in the varlen caches.
+ */
+static void sweep(int64_t b) {
+    cudaStream_t stream;
+    CUDA_OK(cudaStreamCreate(&stream));
+    const int32_t s_qs[] = {1, 2, 4}, s_ks[] = {20, 140, 4096}, h_qs[] = {1, 3, 16, 64, 128};
+    uint64_t seed = (uint64_t)b * 1000;
+    for (int ki = 0; ki < 3; ki++)
+        for (int32_t h_kv = 1; h_kv <= 2; h_kv++)
+            for (int varlen = 0; varlen <= 1; varlen++) {
+                kv_problem p;
+                kv_make(&p, b, h_kv, s_ks[ki], varlen, varlen, 64, 4, ++seed);
+                for (int qi = 0; qi < 3; qi++)
+                    for (int hi = 0; hi < 5; hi++) {
+                        if (h_qs[hi] % h_kv)
+                            continue;
+                        for (int causal = 0; causal <= (s_qs[qi] > 1); causal++) {
+                            gpu_point(&p, s_qs[qi], h_qs[hi], causal, 0, ++seed, stream);
+                            if (varlen)
+                                gpu_point(&p, s_qs[qi], h_qs[hi], causal, 1, ++seed, stream);
+                        }
+                    }
+                kv_free(&p);
+            }
+    CUDA_OK(cudaStreamDestroy(stream));
+}
+
+Test(mla_gpu, sweep_batch_1) { sweep(1); }
+Test(mla_gpu, sweep_batch_2) { sweep(2); }
+Test(mla_gpu, sweep_batch_6) { sweep(6); }
+Test(mla_gpu, sweep_batch_64) { sweep(64); }
+
+Test(mla_gpu, page_sizes_16_and_32_and_the_corner_case) {
+    cudaStream_t stream;
+    CUDA_OK(cudaStreamCreate(&stream));
+    for (int32_t page = 16; page <= 32; page *= 2) {
+        kv_problem p;
+        kv_make(&p, 5, 1, 300, 1, 1, page, 2, 7000 + page);
+        gpu_point(&p, 2, 64, 1, 0, 1, stream);
+        gpu_point(&p, 1, 128, 0, 1, 2, stream);
+        kv_free(&p);
+    }
+    /* upstream's corner case: b=128, s_q=2, s_k=4096 varlen, about half empty */
+    kv_problem p;
+    kv_make(&p, 128, 1, 4096, 1, 0, 64, 2, 7100);
+    for (int64_t i = 0; i < 128; i += 2)
+        p.seqlens[i] = 0;
+    CUDA_OK(cudaMemcpy(p.d_seqlens, p.seqlens, sizeof(int32_t) * 128, cudaMemcpyHostToDevice));
+    gpu_point(&p, 2, 128, 1, 0, 3, stream);
+    gpu_point(&p, 2, 128, 1, 1, 4, stream);
+    kv_free(&p);
+    CUDA_OK(cudaStreamDestroy(stream));
+}
+
+Test(mla_gpu, out_of_range_block_table_entry_gives_nan_not_a_crash) {
+    kv_problem p;
+    kv_make(&p, 3, 1, 200, 0, 0, 64, 1, 8000);
+    const int64_t b = 3, rows = b * 16;
+    uint16_t *q = malloc(sizeof(uint16_t) * (size_t)(rows * DQK));
+    uint64_t s = 5;
+    fill_values(q, rows * DQK, &s);
+    int32_t meta[8 * 132], splits[4];
+    cr_assert_eq(dinf_mla_get_metadata(p.seqlens, b, 132, meta, splits, NULL), DINF_STATUS_OK);
+    p.bt[1 * p.max_blocks + 2] = -7; /* request 1, third page */
+    CUDA_OK(cudaMemcpy(p.d_bt, p.bt, sizeof(int32_t) * (size_t)(b * p.max_blocks), cudaMemcpyHostToDevice));
+    const dinf_exec cuda = DINF_EXEC_CUDA_INIT(0, NULL);
+    size_t ws_bytes;
+    cr_assert_eq(dinf_mla_workspace_size(b, 1, 16, 132, &ws_bytes, &cuda), DINF_STATUS_OK);
+    void *d_q = to_device(q, sizeof(uint16_t) * (size_t)(rows * DQK)), *d_meta = to_device(meta, sizeof meta),
+         *d_splits = to_device(splits, sizeof splits), *d_ws, *d_out, *d_lse;
+    CUDA_OK(cudaMalloc(&d_ws, ws_bytes));
+    CUDA_OK(cudaMalloc(&d_out, sizeof(uint16_t) * (size_t)(rows * DV)));
+    CUDA_OK(cudaMalloc(&d_lse, sizeof(float) * (size_t)rows));
+    cr_assert_eq(dinf_mla_decode_with_kvcache(d_q, b, 1, 16, DQK, p.d_kc, p.num_blocks, 64, 1, 64 * DQK, DQK, p.d_bt, p.max_blocks,
+                                              p.d_seqlens, DV, d_meta, 132, d_splits, 0.1f, 0, d_ws, ws_bytes, d_out, d_lse, &cuda),
+                 DINF_STATUS_OK, "%s", dinf_last_error());
+    CUDA_OK(cudaDeviceSynchronize());
+    float lse[48];
+    CUDA_OK(cudaMemcpy(lse, d_lse, sizeof lse, cudaMemcpyDeviceToHost));
+    for (int h = 0; h < 16; h++) {
+        cr_assert(isfinite(lse[0 * 16 + h]) && isfinite(lse[2 * 16 + h]), "healthy requests stay finite");
+        cr_assert(isnan(lse[1 * 16 + h]), "request 1 head %d: lse %g, expected NaN", h, (double)lse[16 + h]);
+    }
+    cudaFree(d_q);
+    cudaFree(d_meta);
+    cudaFree(d_splits);
+    cudaFree(d_ws);
+    cudaFree(d_out);
+    cudaFree(d_lse);
+    free(q);
+    kv_free(&p);
+}
+
+Test(mla_gpu, metadata_and_decode_in_a_cuda_graph) {
+    kv_problem p;
+    kv_make(&p, 9, 1, 700, 1, 1, 64, 2, 9000);
+    const int64_t b = 9, rows = b * 2 * 32;
+    uint16_t *q = malloc(sizeof(uint16_t) * (size_t)(rows * DQK));
+    uint64_t s = 11;
+    fill_values(q, rows * DQK, &s);
+    const int32_t parts = 66;
+    int32_t *meta = malloc(sizeof(int32_t) * 8 * parts), *splits = malloc(sizeof(int32_t) * (b + 1));
+    cr_assert_eq(dinf_mla_get_metadata(p.seqlens, b, parts, meta, splits, NULL), DINF_STATUS_OK);
+    size_t ws_cpu, ws_gpu;
+    cr_assert_eq(dinf_mla_workspace_size(b, 2, 32, parts, &ws_cpu, NULL), DINF_STATUS_OK);
+    void *ws = aligned_alloc(64, (ws_cpu + 63) / 64 * 64);
+    uint16_t *out_cpu = malloc(sizeof(uint16_t) * (size_t)(rows * DV)), *out_gpu = malloc(sizeof(uint16_t) * (size_t)(rows * DV));
+    float *lse_cpu = malloc(sizeof(float) * (size_t)rows), *lse_gpu = malloc(sizeof(float) * (size_t)rows);
+    cr_assert_eq(dinf_mla_decode_with_kvcache(q, b, 2, 32, DQK, p.kc, p.num_blocks, 64, 1, 64 * DQK, DQK, p.bt, p.max_blocks,
+                                              p.seqlens, DV, meta, parts, splits, 0.1f, 1, ws, ws_cpu, out_cpu, lse_cpu, NULL),
+                 DINF_STATUS_OK, "%s", dinf_last_error());
+    cudaStream_t stream;
+    CUDA_OK(cudaStreamCreate(&stream));
+    const dinf_exec cuda = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)stream);
+    cr_assert_eq(dinf_mla_workspace_size(b, 2, 32, parts, &ws_gpu, &cuda), DINF_STATUS_OK);
+    void *d_q = to_device(q, sizeof(uint16_t) * (size_t)(rows * DQK)), *d_meta, *d_splits, *d_ws, *d_out, *d_lse;
+    CUDA_OK(cudaMalloc(&d_meta, sizeof(int32_t) * 8 * parts));
+    CUDA_OK(cudaMalloc(&d_splits, sizeof(int32_t) * (b + 1)));
+    CUDA_OK(cudaMalloc(&d_ws, ws_gpu));
+    CUDA_OK(cudaMalloc(&d_out, sizeof(uint16_t) * (size_t)(rows * DV)));
+    CUDA_OK(cudaMalloc(&d_lse, sizeof(float) * (size_t)rows));
+    CUDA_OK(cudaMemset(d_out, 0xFF, sizeof(uint16_t) * (size_t)(rows * DV)));
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    const dinf_status st1 = dinf_mla_get_metadata(p.d_seqlens, b, parts, d_meta, d_splits, &cuda);
+    const dinf_status st2 = dinf_mla_decode_with_kvcache(d_q, b, 2, 32, DQK, p.d_kc, p.num_blocks, 64, 1, 64 * DQK, DQK, p.d_bt,
+                                                         p.max_blocks, p.d_seqlens, DV, d_meta, parts, d_splits, 0.1f, 1, d_ws,
+                                                         ws_gpu, d_out, d_lse, &cuda);
+    CUDA_OK(cudaStreamEndCapture(stream, &graph));
+    cr_assert_eq(st1, DINF_STATUS_OK, "metadata under capture: %s", dinf_last_error());
+    cr_assert_eq(st2, DINF_STATUS_OK, "decode under capture: %s", dinf_last_error());
+    CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+    CUDA_OK(cudaGraphLaunch(exec, stream));
+    CUDA_OK(cudaStreamSynchronize(stream));
+    CUDA_OK(cudaMemcpy(out_gpu, d_out, sizeof(uint16_t) * (size_t)(rows * DV), cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(lse_gpu, d_lse, sizeof(float) * (size_t)rows, cudaMemcpyDeviceToHost));
+    float *fg = malloc(sizeof(float) * (size_t)(rows * DV)), *fc = malloc(sizeof(float) * (size_t)(rows * DV));
+    for (int64_t i = 0; i < rows * DV; i++) {
+        fg[i] = dinf__f32_from_bf16(out_gpu[i]);
+        fc[i] = dinf__f32_from_bf16(out_cpu[i]);
+    }
+    check_close("out", "graph", fg, fc, rows * DV, 8e-4, 2.01 / 128, 5e-6);
+    check_close("lse", "graph", lse_gpu, lse_cpu, rows, 1e-6, 8.01 / 65536, 5e-6);
+    CUDA_OK(cudaGraphExecDestroy(exec));
+    CUDA_OK(cudaGraphDestroy(graph));
+    CUDA_OK(cudaStreamDestroy(stream));
+    free(fg);
+    free(fc);
+    cudaFree(d_q);
+    cudaFree(d_meta);
+    cudaFree(d_splits);
+    cudaFree(d_ws);
+    cudaFree(d_out);
+    cudaFree(d_lse);
+    free(q);
+    free(meta);
+    free(splits);
+    free(ws);
+    free(out_cpu);
+    free(out_gpu);
+    free(lse_cpu);
+    free(lse_gpu);
+    kv_free(&p);
+}
+
+#else
+Test(mla_gpu, built_without_cuda) { cr_skip_test("libdeepinfra was built without CUDA (make CUDA=0)"); }
+#endif
