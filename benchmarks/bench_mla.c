@@ -1,0 +1,360 @@
+/*
+ * MLA decode (mla.h). Metrics are FlashMLA's (flashmla.md 7.1), with
+ * N = sum of s_k over the batch, S = s_q, H = h_q, h_kv = 1:
+ *   FLOP  = 2 * S * H * N * (576 + 512)
+ *   bytes = N * 576 * 2 + B * S * H * (576 + 512) * 2   (BF16 cache)
+ *         = N * 656     + B * S * H * (576 + 512) * 2   (FP8 cache, 656-byte entries)
+ * (split partials, block table and lse not counted). Every row's label
+ * carries the H200 floor max(bytes / 4.8 TB/s, FLOP / 989.4 TFLOPS) and the
+ * reference's projection max(bytes / (0.9 * 4.8 TB/s), FLOP / 660 TFLOPS).
+ *
+ * GPU rows (a usable sm_90 device): the reference grid, b = 128,
+ * h_q {16, 64, 128}, s_q {1, 2}, s_k {4096, 8192, 16384} (uniform lengths,
+ * causal as upstream's benchmark), BF16 and FP8 caches, timed with CUDA
+ * events around one dinf_mla_decode_with_kvcache[_fp8] call (split-KV kernel
+ * + combine; the metadata is computed once, as an engine does per step). The
+ * PyTorch peer (gather pages, then attention) is benchmarks/peer_mla_torch.py,
+ * run by tools/gpu-check with the same shapes.
+ *
+ * CPU rows: the CPU path at b = 4, s_k = 4096, s_q = 1, h_q {16, 128}, BF16
+ * and FP8 (the b = 128 grid would take minutes per iteration on a CPU:
+ * b = 128, h_q = 128, s_k = 16384 is 584 GFLOP), wall clock, all cores.
+ */
+#define _POSIX_C_SOURCE 199309L
+#include "bench.h"
+
+#include <deepinfra.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#if DINF_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+#define DQK 576
+#define DV 512
+#define ENTRY DINF_MLA_FP8_ENTRY_BYTES
+#define PAGE 64
+
+typedef struct mla_case {
+    int64_t b;
+    int32_t s_q, h_q, s_k, fp8, causal, parts, gpu;
+    int64_t max_blocks, num_blocks;
+    /* host (CPU rows) or device (GPU rows) pointers */
+    uint16_t *q, *out;
+    void *kc;
+    int32_t *bt, *seqlens, *meta, *splits;
+    float *lse;
+    void *ws;
+    size_t ws_bytes;
+    char name[96], label[160];
+#if DINF_WITH_CUDA
+    cudaStream_t stream;
+    cudaEvent_t start, stop;
+#endif
+} mla_case;
+
+#if DINF_WITH_CUDA
+static double run_gpu(void *arg);
+#endif
+
+static uint64_t next(uint64_t *s) {
+    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+    return *s >> 33;
+}
+
+static uint16_t value(uint64_t *s) { /* about N(0, 0.1) as bf16 */
+    const float v = ((float)(next(s) % 1024) + (float)(next(s) % 1024) - 1023.0f) * (0.1f / 418.0f);
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+static double seconds(const struct timespec *a, const struct timespec *b) {
+    return (double)(b->tv_sec - a->tv_sec) + 1e-9 * (double)(b->tv_nsec - a->tv_nsec);
+}
+
+static dinf_status decode(mla_case *c, const dinf_exec *exec) {
+    if (c->fp8)
+        return dinf_mla_decode_with_kvcache_fp8(
+            c->q, c->b, c->s_q, c->h_q, DQK, c->kc, c->num_blocks, PAGE, 1, PAGE * ENTRY, ENTRY,
+            c->bt, c->max_blocks, c->seqlens, DV, c->meta, c->parts, c->splits,
+            0.0721687836f, c->causal, c->ws, c->ws_bytes, c->out, c->lse, exec);
+    return dinf_mla_decode_with_kvcache(c->q, c->b, c->s_q, c->h_q, DQK, c->kc, c->num_blocks, PAGE,
+                                        1, PAGE * DQK, DQK, c->bt, c->max_blocks, c->seqlens, DV,
+                                        c->meta, c->parts, c->splits, 0.0721687836f, c->causal,
+                                        c->ws, c->ws_bytes, c->out, c->lse, exec);
+}
+
+static double run_cpu(void *arg) {
+    mla_case *c = arg;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (decode(c, NULL) != DINF_STATUS_OK) {
+        bench_set_error(dinf_last_error());
+        return -1;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return seconds(&t0, &t1);
+}
+
+static void metrics(const mla_case *c, double *flops, double *bytes) {
+    const double n = (double)c->b * c->s_k, bsh = (double)c->b * c->s_q * c->h_q;
+    *flops = 2.0 * c->s_q * c->h_q * n * (DQK + DV);
+    *bytes = n * (c->fp8 ? ENTRY : 2.0 * DQK) + bsh * (DQK + DV) * 2.0;
+}
+
+static void register_case(mla_case *c) {
+    double flops, bytes;
+    metrics(c, &flops, &bytes);
+    const double t_mem = bytes / 4.8e12, t_comp = flops / 989.4e12;
+    const double proj = fmax(bytes / (0.9 * 4.8e12), flops / 660e12);
+    snprintf(c->label, sizeof c->label, "H200 floor %.1f us (%s), proj. %.1f us%s",
+             1e6 * fmax(t_mem, t_comp), t_mem >= t_comp ? "mem" : "compute", 1e6 * proj,
+             c->gpu ? "; peer: mla/torch/* rows (peer_mla_torch.py)" : "; CPU path");
+    bench_spec spec = {.name = c->name,
+                       .run = c->gpu ? NULL : run_cpu,
+                       .arg = c,
+                       .manual_time = 1,
+                       .flops = flops,
+                       .bytes = bytes,
+                       .label = c->label,
+                       .unit = "us"};
+#if DINF_WITH_CUDA
+    if (c->gpu)
+        spec.run = run_gpu;
+#endif
+    if (spec.run)
+        bench_register(&spec);
+}
+
+/* Lengths, block table (pages shuffled), random q and cache. */
+static int32_t *make_block_table(int64_t b, int64_t max_blocks, uint64_t *s) {
+    const int64_t n = b * max_blocks;
+    int32_t *bt = malloc(sizeof(int32_t) * (size_t)n);
+    if (!bt)
+        return NULL;
+    for (int64_t i = 0; i < n; i++)
+        bt[i] = (int32_t)i;
+    for (int64_t i = n - 1; i > 0; i--) {
+        const int64_t j = (int64_t)(next(s) % (uint64_t)(i + 1));
+        const int32_t t = bt[i];
+        bt[i] = bt[j];
+        bt[j] = t;
+    }
+    return bt;
+}
+
+static int plan(mla_case *c, int32_t num_sms) {
+    if (dinf_mla_num_sm_parts(c->s_q * c->h_q, 1, num_sms, &c->parts) != DINF_STATUS_OK)
+        return -1;
+    c->meta = malloc(sizeof(int32_t) * 8 * (size_t)c->parts);
+    c->splits = malloc(sizeof(int32_t) * (size_t)(c->b + 1));
+    return c->meta && c->splits &&
+                   dinf_mla_get_metadata(c->seqlens, c->b, c->parts, c->meta, c->splits, NULL) ==
+                       DINF_STATUS_OK
+               ? 0
+               : -1;
+}
+
+static void add_cpu(int32_t h_q, int fp8) {
+    mla_case *c = calloc(1, sizeof *c); /* lives until exit */
+    if (!c)
+        return;
+    c->b = 4, c->s_q = 1, c->h_q = h_q, c->s_k = 4096, c->fp8 = fp8, c->causal = 1;
+    c->max_blocks = c->s_k / PAGE, c->num_blocks = c->b * c->max_blocks;
+    uint64_t s = (uint64_t)h_q * 7 + (uint64_t)fp8;
+    c->seqlens = malloc(sizeof(int32_t) * (size_t)c->b);
+    for (int64_t i = 0; i < c->b; i++)
+        c->seqlens[i] = c->s_k;
+    c->bt = make_block_table(c->b, c->max_blocks, &s);
+    const int64_t tokens = c->num_blocks * PAGE, rows = c->b * c->s_q * h_q;
+    uint16_t *kv = malloc(sizeof(uint16_t) * (size_t)(tokens * DQK));
+    c->q = malloc(sizeof(uint16_t) * (size_t)(rows * DQK));
+    c->out = malloc(sizeof(uint16_t) * (size_t)(rows * DV));
+    c->lse = malloc(sizeof(float) * (size_t)rows);
+    if (!c->seqlens || !c->bt || !kv || !c->q || !c->out || !c->lse || plan(c, 132)) {
+        fprintf(stderr, "bench_mla: cannot set up the CPU case h_q=%d\n", h_q);
+        return;
+    }
+    for (int64_t i = 0; i < tokens * DQK; i++)
+        kv[i] = value(&s);
+    for (int64_t i = 0; i < rows * DQK; i++)
+        c->q[i] = value(&s);
+    if (fp8) {
+        int64_t *slots = malloc(sizeof(int64_t) * (size_t)tokens);
+        c->kc = aligned_alloc(64, (size_t)(tokens * ENTRY));
+        for (int64_t i = 0; slots && i < tokens; i++)
+            slots[i] = i;
+        if (!slots || !c->kc ||
+            dinf_mla_quantize_kvcache_fp8(kv, tokens, 1, DQK, slots, c->kc, c->num_blocks, PAGE,
+                                          PAGE * ENTRY, ENTRY, NULL) != DINF_STATUS_OK) {
+            fprintf(stderr, "bench_mla: FP8 setup failed: %s\n", dinf_last_error());
+            return;
+        }
+        free(slots);
+        free(kv);
+    } else {
+        c->kc = kv;
+    }
+    dinf_mla_workspace_size(c->b, c->s_q, h_q, c->parts, &c->ws_bytes, NULL);
+    c->ws = aligned_alloc(64, (c->ws_bytes + 63) / 64 * 64);
+    snprintf(c->name, sizeof c->name, "mla/cpu/%s/b%lld_sq%d_hq%d_sk%d", fp8 ? "fp8" : "bf16",
+             (long long)c->b, c->s_q, h_q, c->s_k);
+    register_case(c);
+}
+
+#if DINF_WITH_CUDA
+static double run_gpu(void *arg) {
+    mla_case *c = arg;
+    const dinf_exec exec = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)c->stream);
+    float ms = 0;
+    cudaEventRecord(c->start, c->stream);
+    if (decode(c, &exec) != DINF_STATUS_OK) {
+        bench_set_error(dinf_last_error());
+        return -1;
+    }
+    cudaEventRecord(c->stop, c->stream);
+    cudaError_t err = cudaEventSynchronize(c->stop);
+    if (err == cudaSuccess)
+        err = cudaEventElapsedTime(&ms, c->start, c->stop);
+    if (err != cudaSuccess) {
+        bench_set_error(cudaGetErrorString(err));
+        return -1;
+    }
+    return ms / 1e3;
+}
+
+/* One device cache per dtype at the largest s_k, shared by every GPU row. */
+typedef struct gpu_cache {
+    void *kc;
+    int32_t *bt;
+    int64_t max_blocks, num_blocks;
+} gpu_cache;
+
+static int make_gpu_cache(gpu_cache *g, int fp8, int64_t b, int32_t s_k_max) {
+    g->max_blocks = s_k_max / PAGE, g->num_blocks = b * g->max_blocks;
+    const int64_t tokens = g->num_blocks * PAGE, chunk = 1 << 20;
+    uint64_t s = 12345u + (uint64_t)fp8;
+    int32_t *bt = make_block_table(b, g->max_blocks, &s);
+    uint16_t *host = malloc(sizeof(uint16_t) * (size_t)(chunk * DQK));
+    if (!bt || !host)
+        return -1;
+    if (cudaMalloc((void **)&g->bt, sizeof(int32_t) * (size_t)g->num_blocks) != cudaSuccess ||
+        cudaMemcpy(g->bt, bt, sizeof(int32_t) * (size_t)g->num_blocks, cudaMemcpyHostToDevice) !=
+            cudaSuccess ||
+        cudaMalloc(&g->kc, (size_t)tokens * (fp8 ? ENTRY : 2 * DQK)) != cudaSuccess)
+        return -1;
+    uint16_t *d_tokens = NULL;
+    int64_t *d_slots = NULL, *slots = malloc(sizeof(int64_t) * (size_t)chunk);
+    if (fp8 && (!slots || cudaMalloc((void **)&d_tokens, sizeof(uint16_t) * (size_t)(chunk * DQK)) != cudaSuccess ||
+                cudaMalloc((void **)&d_slots, sizeof(int64_t) * (size_t)chunk) != cudaSuccess))
+        return -1;
+    const dinf_exec exec = DINF_EXEC_CUDA_INIT(0, NULL);
+    for (int64_t t0 = 0; t0 < tokens; t0 += chunk) {
+        const int64_t n = tokens - t0 < chunk ? tokens - t0 : chunk;
+        for (int64_t i = 0; i < n * DQK; i++)
+            host[i] = value(&s);
+        if (!fp8) {
+            if (cudaMemcpy((uint16_t *)g->kc + t0 * DQK, host, sizeof(uint16_t) * (size_t)(n * DQK),
+                           cudaMemcpyHostToDevice) != cudaSuccess)
+                return -1;
+            continue;
+        }
+        for (int64_t i = 0; i < n; i++)
+            slots[i] = t0 + i;
+        if (cudaMemcpy(d_tokens, host, sizeof(uint16_t) * (size_t)(n * DQK), cudaMemcpyHostToDevice) != cudaSuccess ||
+            cudaMemcpy(d_slots, slots, sizeof(int64_t) * (size_t)n, cudaMemcpyHostToDevice) != cudaSuccess ||
+            dinf_mla_quantize_kvcache_fp8(d_tokens, n, 1, DQK, d_slots, g->kc, g->num_blocks, PAGE,
+                                          PAGE * ENTRY, ENTRY, &exec) != DINF_STATUS_OK ||
+            cudaDeviceSynchronize() != cudaSuccess)
+            return -1;
+    }
+    cudaFree(d_tokens);
+    cudaFree(d_slots);
+    free(slots);
+    free(host);
+    free(bt);
+    return 0;
+}
+
+static void add_gpu(const gpu_cache *g, int fp8, int32_t s_q, int32_t h_q, int32_t s_k, int32_t num_sms) {
+    mla_case *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    c->gpu = 1, c->b = 128, c->s_q = s_q, c->h_q = h_q, c->s_k = s_k, c->fp8 = fp8, c->causal = 1;
+    c->max_blocks = g->max_blocks, c->num_blocks = g->num_blocks;
+    c->kc = g->kc, c->bt = g->bt;
+    int32_t *seqlens = malloc(sizeof(int32_t) * (size_t)c->b);
+    for (int64_t i = 0; seqlens && i < c->b; i++)
+        seqlens[i] = s_k;
+    c->seqlens = seqlens;
+    const int64_t rows = c->b * s_q * h_q;
+    if (!seqlens || plan(c, num_sms)) {
+        fprintf(stderr, "bench_mla: plan failed: %s\n", dinf_last_error());
+        return;
+    }
+    const dinf_exec exec = DINF_EXEC_CUDA_INIT(0, NULL);
+    dinf_mla_workspace_size(c->b, s_q, h_q, c->parts, &c->ws_bytes, &exec);
+    uint64_t s = (uint64_t)(s_q * 1000 + h_q);
+    uint16_t *q = malloc(sizeof(uint16_t) * (size_t)(rows * DQK));
+    for (int64_t i = 0; q && i < rows * DQK; i++)
+        q[i] = value(&s);
+    void *d_seqlens, *d_meta, *d_splits;
+    if (!q || cudaMalloc(&d_seqlens, sizeof(int32_t) * (size_t)c->b) != cudaSuccess ||
+        cudaMalloc(&d_meta, sizeof(int32_t) * 8 * (size_t)c->parts) != cudaSuccess ||
+        cudaMalloc(&d_splits, sizeof(int32_t) * (size_t)(c->b + 1)) != cudaSuccess ||
+        cudaMalloc((void **)&c->q, sizeof(uint16_t) * (size_t)(rows * DQK)) != cudaSuccess ||
+        cudaMalloc((void **)&c->out, sizeof(uint16_t) * (size_t)(rows * DV)) != cudaSuccess ||
+        cudaMalloc((void **)&c->lse, sizeof(float) * (size_t)rows) != cudaSuccess ||
+        cudaMalloc(&c->ws, c->ws_bytes) != cudaSuccess ||
+        cudaMemcpy(d_seqlens, seqlens, sizeof(int32_t) * (size_t)c->b, cudaMemcpyHostToDevice) != cudaSuccess ||
+        cudaMemcpy(d_meta, c->meta, sizeof(int32_t) * 8 * (size_t)c->parts, cudaMemcpyHostToDevice) != cudaSuccess ||
+        cudaMemcpy(d_splits, c->splits, sizeof(int32_t) * (size_t)(c->b + 1), cudaMemcpyHostToDevice) != cudaSuccess ||
+        cudaMemcpy(c->q, q, sizeof(uint16_t) * (size_t)(rows * DQK), cudaMemcpyHostToDevice) != cudaSuccess ||
+        cudaStreamCreate(&c->stream) != cudaSuccess || cudaEventCreate(&c->start) != cudaSuccess ||
+        cudaEventCreate(&c->stop) != cudaSuccess) {
+        fprintf(stderr, "bench_mla: CUDA setup failed: %s\n", cudaGetErrorString(cudaGetLastError()));
+        return;
+    }
+    free(q);
+    c->seqlens = d_seqlens, c->meta = d_meta, c->splits = d_splits;
+    snprintf(c->name, sizeof c->name, "mla/gpu/%s/b128_sq%d_hq%d_sk%d", fp8 ? "fp8" : "bf16", s_q,
+             h_q, s_k);
+    register_case(c);
+}
+
+static void register_gpu(void) {
+    dinf_device_info info = DINF_DEVICE_INFO_INIT;
+    if (dinf_device_query(0, &info) != DINF_STATUS_OK || !info.usable)
+        return;
+    static gpu_cache caches[2];
+    const int32_t s_qs[] = {1, 2}, h_qs[] = {16, 64, 128}, s_ks[] = {4096, 8192, 16384};
+    for (int fp8 = 0; fp8 <= 1; fp8++) {
+        if (make_gpu_cache(&caches[fp8], fp8, 128, 16384)) {
+            fprintf(stderr, "bench_mla: GPU cache setup failed: %s / %s\n",
+                    cudaGetErrorString(cudaGetLastError()), dinf_last_error());
+            return;
+        }
+        for (int i = 0; i < 2; i++)
+            for (int j = 0; j < 3; j++)
+                for (int k = 0; k < 3; k++)
+                    add_gpu(&caches[fp8], fp8, s_qs[i], h_qs[j], s_ks[k], info.sm_count);
+    }
+}
+#endif
+
+void bench_register_mla(void) {
+    add_cpu(16, 0);
+    add_cpu(128, 0);
+    add_cpu(16, 1);
+    add_cpu(128, 1);
+#if DINF_WITH_CUDA
+    register_gpu();
+#endif
+}
