@@ -1,0 +1,68 @@
+"""deepinfra.mla on torch CUDA tensors (the sm_90a kernels on torch's current
+stream) against the numpy CPU path. Skipped without torch or a CUDA device;
+tools/gpu-check runs it on the GPU machine."""
+
+import numpy as np
+import pytest
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA device for torch", allow_module_level=True)
+
+from deepinfra import mla  # noqa: E402
+
+from test_mla import BF16, assert_close, make_problem  # noqa: E402
+
+
+def to_gpu_bf16(x):
+    return torch.from_numpy(np.ascontiguousarray(x).view(np.int16).copy()) \
+        .view(torch.bfloat16).cuda()
+
+
+@pytest.mark.parametrize("b,s_q,h_q,h_kv,s_k,causal,page", [
+    (3, 1, 16, 1, 300, False, 64),
+    (4, 2, 128, 1, 700, True, 64),
+    (5, 2, 6, 2, 200, True, 16),
+])
+def test_device_tensors_match_the_cpu(b, s_q, h_q, h_kv, s_k, causal, page):
+    q, cache, bt, lens = make_problem(b, s_q, h_q, h_kv, s_k, True, page, seed=40 + b, zeros=True)
+    meta, splits = mla.get_mla_metadata(lens, s_q * h_q // h_kv, h_kv)
+    out_cpu, lse_cpu = mla.flash_mla_with_kvcache(q, cache, bt, lens, 512, meta, splits,
+                                                  causal=causal)
+    d_lens = torch.from_numpy(lens).cuda()
+    d_meta, d_splits = mla.get_mla_metadata(d_lens, s_q * h_q // h_kv, h_kv)
+    assert np.array_equal(d_meta.cpu().numpy(), meta)
+    assert np.array_equal(d_splits.cpu().numpy(), splits)
+    out, lse = mla.flash_mla_with_kvcache(to_gpu_bf16(q), to_gpu_bf16(cache),
+                                          torch.from_numpy(bt).cuda(), d_lens, 512, d_meta,
+                                          d_splits, causal=causal)
+    torch.cuda.synchronize()
+    out = out.float().cpu().numpy()
+    lse = lse.cpu().numpy()
+    assert_close(out, out_cpu.astype(np.float64), 8e-4, 2.01 / 128, 5e-6, "out")
+    assert_close(lse, lse_cpu.astype(np.float64), 1e-6, 8.01 / 65536, 5e-6, "lse")
+
+    # FP8: quantize on the GPU, same bytes as the CPU; decode against the CPU's FP8 decode
+    num_blocks = cache.shape[0]
+    slots, rows = [], []
+    for i in range(b):
+        for key in range(int(lens[i])):
+            pg = bt[i, key // page]
+            slots.append(pg * page + key % page)
+            rows.append(cache[pg, key % page])
+    kv = np.stack(rows)
+    fp8 = np.full((num_blocks, page, h_kv, 656), 0xFF, np.uint8)
+    mla.quantize_kvcache_fp8(kv, np.array(slots, np.int64), fp8)
+    d_fp8 = torch.full((num_blocks, page, h_kv, 656), 0xFF, dtype=torch.uint8, device="cuda")
+    mla.quantize_kvcache_fp8(to_gpu_bf16(kv), torch.tensor(slots, dtype=torch.int64).cuda(), d_fp8)
+    assert np.array_equal(d_fp8.cpu().numpy(), fp8)
+    out8_cpu, lse8_cpu = mla.flash_mla_with_kvcache(q, fp8, bt, lens, 512, meta, splits,
+                                                    causal=causal, is_fp8_kvcache=True)
+    out8, lse8 = mla.flash_mla_with_kvcache(to_gpu_bf16(q), d_fp8, torch.from_numpy(bt).cuda(),
+                                            d_lens, 512, d_meta, d_splits, causal=causal,
+                                            is_fp8_kvcache=True)
+    assert_close(out8.float().cpu().numpy(), out8_cpu.astype(np.float64), 8e-4, 2.01 / 128, 5e-6,
+                 "fp8 out")
+    assert_close(lse8.cpu().numpy(), lse8_cpu.astype(np.float64), 1e-6, 8.01 / 65536, 5e-6,
+                 "fp8 lse")
