@@ -48,8 +48,9 @@
 #define BN DINF_MLA_BLOCK_N
 #define LOG2E 1.44269504088896340736f
 #define LN2 0.69314718055994530942f
+#define RG 4 /* CPU: query rows sharing each key row read (the helpers below assume 4) */
 
-typedef float v8f __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
 
 static int misaligned(const void *p, uintptr_t align) { return ((uintptr_t)p & (align - 1)) != 0; }
 
@@ -163,7 +164,7 @@ typedef struct task_scratch {
     float q[BM * DQK];
     float k[BN * DQK];
     float acc[BM * DV];
-    float m[BM], l[BM], s[BN];
+    float m[BM], l[BM], s[RG][BN];
 } task_scratch;
 
 typedef struct workspace_layout {
@@ -255,32 +256,89 @@ typedef struct decode_job {
     float *lse;
 } decode_job;
 
-static float dot576(const float *restrict a, const float *restrict b) {
-    v8f acc[4] = {{0}, {0}, {0}, {0}};
-    for (int d = 0; d < DQK; d += 32)
-        for (int u = 0; u < 4; u++) {
-            v8f x, y;
-            memcpy(&x, a + d + 8 * u, sizeof x);
-            memcpy(&y, b + d + 8 * u, sizeof y);
-            acc[u] += x * y;
-        }
-    const v8f t = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    float sum = 0.0f;
-    for (int i = 0; i < 8; i++)
-        sum += t[i];
-    return sum;
+/* SSE-sized vectors with named accumulators: the compiler keeps them all in
+ * registers (arrays of wider vectors went through the stack). */
+static inline v4f load4(const float *p) {
+    v4f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void store4(float *p, v4f v) { memcpy(p, &v, sizeof v); }
+static inline float hsum8(v4f a, v4f b) {
+    const v4f t = a + b;
+    return (t[0] + t[1]) + (t[2] + t[3]);
 }
 
-/* acc[d] = alpha * acc[d] + sum_j p[j] * k[j][d] for d < 512, j < n, in j order. */
-static void pv_update(float *restrict acc, float alpha, const float *restrict p,
-                      const float *restrict k, int n) {
-    for (int d = 0; d < DV; d++)
-        acc[d] *= alpha;
-    for (int j = 0; j < n; j++) {
-        const float pj = p[j];
-        const float *kr = k + (int64_t)j * DQK;
-        for (int d = 0; d < DV; d++)
-            acc[d] += pj * kr[d];
+/* dots[i] = q[i] . k for the RG = 4 rows of q (rows past the tile are zeros;
+ * their results are unused), eight partial sums per row in a fixed order. */
+static void dot576_rows(const float *restrict q, const float *restrict k, float *dots) {
+    const float *q0 = q, *q1 = q + DQK, *q2 = q + 2 * DQK, *q3 = q + 3 * DQK;
+    v4f a0 = {0}, b0 = {0}, a1 = {0}, b1 = {0}, a2 = {0}, b2 = {0}, a3 = {0}, b3 = {0};
+    for (int d = 0; d < DQK; d += 8) {
+        const v4f y0 = load4(k + d), y1 = load4(k + d + 4);
+        a0 += load4(q0 + d) * y0;
+        b0 += load4(q0 + d + 4) * y1;
+        a1 += load4(q1 + d) * y0;
+        b1 += load4(q1 + d + 4) * y1;
+        a2 += load4(q2 + d) * y0;
+        b2 += load4(q2 + d + 4) * y1;
+        a3 += load4(q3 + d) * y0;
+        b3 += load4(q3 + d + 4) * y1;
+    }
+    dots[0] = hsum8(a0, b0);
+    dots[1] = hsum8(a1, b1);
+    dots[2] = hsum8(a2, b2);
+    dots[3] = hsum8(a3, b3);
+}
+
+/* acc[i][d] = alpha[i] * acc[i][d] + sum_{j < nv} p[i][j] * k[j][d] for rows
+ * i < nr, d < 512, in j order; p[i][j] is 0 past row i's own key limit and
+ * for rows i >= nr. Eight columns of four rows stay in registers across the keys. */
+static void pv_update_rows(float *restrict acc, const float *alpha, float (*p)[BN], int32_t nr,
+                           const float *restrict k, int32_t nv) {
+    float *r0 = acc, *r1 = acc + DV, *r2 = acc + 2 * DV, *r3 = acc + 3 * DV;
+    for (int d = 0; d < DV; d += 8) {
+        v4f a0 = {0}, b0 = {0}, a1 = {0}, b1 = {0}, a2 = {0}, b2 = {0}, a3 = {0}, b3 = {0};
+        a0 = load4(r0 + d) * alpha[0];
+        b0 = load4(r0 + d + 4) * alpha[0];
+        if (nr > 1) {
+            a1 = load4(r1 + d) * alpha[1];
+            b1 = load4(r1 + d + 4) * alpha[1];
+        }
+        if (nr > 2) {
+            a2 = load4(r2 + d) * alpha[2];
+            b2 = load4(r2 + d + 4) * alpha[2];
+        }
+        if (nr > 3) {
+            a3 = load4(r3 + d) * alpha[3];
+            b3 = load4(r3 + d + 4) * alpha[3];
+        }
+        for (int32_t j = 0; j < nv; j++) {
+            const v4f y0 = load4(k + (int64_t)j * DQK + d), y1 = load4(k + (int64_t)j * DQK + d + 4);
+            const float p0 = p[0][j], p1 = p[1][j], p2 = p[2][j], p3 = p[3][j];
+            a0 += p0 * y0;
+            b0 += p0 * y1;
+            a1 += p1 * y0;
+            b1 += p1 * y1;
+            a2 += p2 * y0;
+            b2 += p2 * y1;
+            a3 += p3 * y0;
+            b3 += p3 * y1;
+        }
+        store4(r0 + d, a0);
+        store4(r0 + d + 4, b0);
+        if (nr > 1) {
+            store4(r1 + d, a1);
+            store4(r1 + d + 4, b1);
+        }
+        if (nr > 2) {
+            store4(r2 + d, a2);
+            store4(r2 + d + 4, b2);
+        }
+        if (nr > 3) {
+            store4(r3 + d, a3);
+            store4(r3 + d + 4, b3);
+        }
     }
 }
 
@@ -327,6 +385,9 @@ static void run_task(const decode_job *job, task_scratch *ts, int64_t task) {
         ts->l[r] = 0.0f;
         memset(ts->acc + (int64_t)r * DV, 0, sizeof(float) * DV);
     }
+    /* rows past the tile in the last row group: zeros (their dots are unused) */
+    const int32_t rows_padded = (rows + RG - 1) / RG * RG;
+    memset(ts->q + (int64_t)rows * DQK, 0, sizeof(float) * (size_t)(rows_padded - rows) * DQK);
     const int32_t *bt = job->block_table + (int64_t)pc->req * job->max_blocks;
     for (int32_t blk = pc->blk_begin; blk < pc->blk_end; blk++) {
         const int32_t j0 = blk * BN;
@@ -338,25 +399,53 @@ static void run_task(const decode_job *job, task_scratch *ts, int64_t task) {
                                        (int64_t)hk * entry_bytes;
             load_key(src, job->kv_fp8, ts->k + (int64_t)j * DQK);
         }
-        for (int32_t r = 0; r < rows; r++) {
-            const int32_t nv = limit[r] - j0 < n ? limit[r] - j0 : n;
-            if (nv <= 0)
+        /* Rows in groups of RG share each key row read (cache blocking);
+         * every row's arithmetic is the same, in the same order, as alone. */
+        for (int32_t r0 = 0; r0 < rows; r0 += RG) {
+            const int32_t nr = rows - r0 < RG ? rows - r0 : RG;
+            int32_t nv[RG];
+            int32_t nv_max = 0;
+            for (int32_t i = 0; i < RG; i++) {
+                nv[i] = 0;
+                if (i < nr) {
+                    nv[i] = limit[r0 + i] - j0 < n ? limit[r0 + i] - j0 : n;
+                    nv[i] = nv[i] > 0 ? nv[i] : 0;
+                }
+                nv_max = nv[i] > nv_max ? nv[i] : nv_max;
+            }
+            if (nv_max == 0)
                 continue;
-            float mx = -INFINITY;
-            for (int32_t j = 0; j < nv; j++) {
-                ts->s[j] = dot576(ts->q + (int64_t)r * DQK, ts->k + (int64_t)j * DQK) * job->scale_log2;
-                mx = ts->s[j] > mx ? ts->s[j] : mx;
+            for (int32_t j = 0; j < nv_max; j++) {
+                float dots[RG];
+                dot576_rows(ts->q + (int64_t)r0 * DQK, ts->k + (int64_t)j * DQK, dots);
+                for (int32_t i = 0; i < nr; i++)
+                    ts->s[i][j] = dots[i] * job->scale_log2;
             }
-            const float m_new = mx > ts->m[r] ? mx : ts->m[r];
-            const float alpha = ts->m[r] == -INFINITY ? 0.0f : exp2f(ts->m[r] - m_new);
-            float sum = 0.0f;
-            for (int32_t j = 0; j < nv; j++) {
-                ts->s[j] = exp2f(ts->s[j] - m_new);
-                sum += ts->s[j];
+            float alpha[RG];
+            for (int32_t i = 0; i < RG; i++) {
+                const int32_t r = r0 + i;
+                alpha[i] = 1.0f;
+                if (i >= nr || nv[i] == 0) {
+                    for (int32_t j = 0; j < nv_max; j++)
+                        ts->s[i][j] = 0.0f;
+                    continue;
+                }
+                float mx = -INFINITY;
+                for (int32_t j = 0; j < nv[i]; j++)
+                    mx = ts->s[i][j] > mx ? ts->s[i][j] : mx;
+                const float m_new = mx > ts->m[r] ? mx : ts->m[r];
+                alpha[i] = ts->m[r] == -INFINITY ? 0.0f : exp2f(ts->m[r] - m_new);
+                float sum = 0.0f;
+                for (int32_t j = 0; j < nv[i]; j++) {
+                    ts->s[i][j] = exp2f(ts->s[i][j] - m_new);
+                    sum += ts->s[i][j];
+                }
+                for (int32_t j = nv[i]; j < nv_max; j++)
+                    ts->s[i][j] = 0.0f; /* masked: contributes exactly nothing */
+                ts->l[r] = alpha[i] * ts->l[r] + sum;
+                ts->m[r] = m_new;
             }
-            ts->l[r] = alpha * ts->l[r] + sum;
-            ts->m[r] = m_new;
-            pv_update(ts->acc + (int64_t)r * DV, alpha, ts->s, ts->k, nv);
+            pv_update_rows(ts->acc + (int64_t)r0 * DV, alpha, ts->s, nr, ts->k, nv_max);
         }
     }
     for (int32_t r = 0; r < rows; r++) {
