@@ -220,8 +220,9 @@ DINF_API dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, i
  *   head_dim_v      [IN]  512 (anything else: UNSUPPORTED)
  *   tile_scheduler_metadata, num_sm_parts, num_splits [IN] what
  *                         dinf_mla_get_metadata returned for these cache_seqlens and
- *                         num_sm_parts (the CPU path recomputes and compares them;
- *                         a stale plan is rejected)
+ *                         num_sm_parts (the CPU path recomputes and compares them:
+ *                         a stale plan is rejected; the GPU path cannot read them
+ *                         on the host and trusts them, clamping every index)
  *   softmax_scale   [IN]  finite, |scale| <= DINF_MLA_MAX_SOFTMAX_SCALE (FlashMLA's default is 1/sqrt(576); DeepSeek models
  *                         pass their own)
  *   causal          [IN]  0 or 1; bottom-right aligned mask (no effect when s_q == 1)
