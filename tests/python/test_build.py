@@ -158,6 +158,7 @@ def test_kernel_resource_reports_have_no_spills_or_local_memory():
     reports = glob.glob(os.path.join(BUILD, "obj", "kernels", "**", "*.resource"), recursive=True)
     assert reports, "no nvcc resource reports under %s/obj/kernels" % BUILD
     checked = 0
+    seen = set()
     for path in reports:
         text = open(path).read()
         for func, arch, body in re.findall(
@@ -169,7 +170,13 @@ def test_kernel_resource_reports_have_no_spills_or_local_memory():
             assert m.groups() == ("0", "0", "0"), (
                 "%s (%s) uses local memory: %s" % (func, arch, m.group(0)))
             checked += 1
+            seen.add(func)
     assert checked > 0
+    # every MLA kernel (kernels/mla) is among them: metadata, decode (BF16 and FP8 caches),
+    # combine, FP8 quantize-into-cache
+    for kernel in ("mla_metadata_kernel", "mla_decode_kernelILb0E", "mla_decode_kernelILb1E",
+                   "mla_combine_kernel", "mla_quantize_fp8_kernel"):
+        assert any(kernel in f for f in seen), "no resource report for %s" % kernel
 
 
 def test_cpu_only_build_from_the_same_sources(tmp_path):
