@@ -239,7 +239,10 @@ typedef struct gpu_cache {
 
 static int make_gpu_cache(gpu_cache *g, int fp8, int64_t b, int32_t s_k_max) {
     g->max_blocks = s_k_max / PAGE, g->num_blocks = b * g->max_blocks;
-    const int64_t tokens = g->num_blocks * PAGE, chunk = 1 << 20;
+    /* one random chunk of tokens, copied over the whole cache (pages are
+     * shuffled anyway): generating 2M random rows on the host would cost
+     * the GPU machine's minutes */
+    const int64_t tokens = g->num_blocks * PAGE, chunk = 1 << 16;
     uint64_t s = 12345u + (uint64_t)fp8;
     int32_t *bt = make_block_table(b, g->max_blocks, &s);
     uint16_t *host = malloc(sizeof(uint16_t) * (size_t)(chunk * DQK));
@@ -256,10 +259,10 @@ static int make_gpu_cache(gpu_cache *g, int fp8, int64_t b, int32_t s_k_max) {
                 cudaMalloc((void **)&d_slots, sizeof(int64_t) * (size_t)chunk) != cudaSuccess))
         return -1;
     const dinf_exec exec = DINF_EXEC_CUDA_INIT(0, NULL);
+    for (int64_t i = 0; i < chunk * DQK; i++)
+        host[i] = value(&s);
     for (int64_t t0 = 0; t0 < tokens; t0 += chunk) {
         const int64_t n = tokens - t0 < chunk ? tokens - t0 : chunk;
-        for (int64_t i = 0; i < n * DQK; i++)
-            host[i] = value(&s);
         if (!fp8) {
             if (cudaMemcpy((uint16_t *)g->kc + t0 * DQK, host, sizeof(uint16_t) * (size_t)(n * DQK),
                            cudaMemcpyHostToDevice) != cudaSuccess)
