@@ -8,6 +8,7 @@
 #include <deepinfra.h>
 
 #include "core/numeric_hd.h"
+#include "mla/mla_hd.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -1095,4 +1096,23 @@ Test(mla_fp8, rejected_inputs) {
     free(ws);
     free(c.bytes);
     problem_free(&p);
+}
+
+Test(mla_fp8, scale_rule_edge_cases) {
+    /* smallest power of two >= max(amax, 1e-4) / 448 */
+    cr_assert_eq(dinf__mla_fp8_scale(448.0f), 1.0f);
+    cr_assert_eq(dinf__mla_fp8_scale(449.0f), 2.0f);
+    cr_assert_eq(dinf__mla_fp8_scale(224.0f), 0.5f);
+    cr_assert_eq(dinf__mla_fp8_scale(0.0f), ldexpf(1.0f, -22)); /* 1e-4 / 448 = 2.23e-7 -> 2^-22 */
+    cr_assert_eq(dinf__mla_fp8_scale(1e-30f), ldexpf(1.0f, -22));
+    cr_assert(isinf(dinf__mla_fp8_scale(INFINITY)));
+    cr_assert(isnan(dinf__mla_fp8_scale(NAN)));
+    /* codes: x / scale rounded to e4m3, saturating */
+    cr_assert_eq(dinf__mla_fp8_code(448.0f, 1.0f), 0x7E);
+    cr_assert_eq(dinf__mla_fp8_code(-1000.0f, 1.0f), 0xFE);
+    cr_assert_eq(dinf__mla_fp8_code(1.0f, 1.0f), 0x38);
+    /* the plan's block count never goes negative on unchecked device lengths */
+    cr_assert_eq(dinf__mla_num_blocks(-5), 0);
+    cr_assert_eq(dinf__mla_num_blocks(-64), 0);
+    cr_assert_eq(dinf__mla_num_blocks(65), 2);
 }
