@@ -93,7 +93,7 @@ __device__ __forceinline__ void tma_load_3d(void *dst, const tensor_map_t *map, 
  * Shared memory matrix descriptor of a K-major operand tile stored with the
  * 128-byte swizzle (as TMA writes it with CU_TENSOR_MAP_SWIZZLE_128B and a
  * 128-byte inner box): rows of 128 bytes, 8-row core-matrix groups 1024
- * bytes apart (stride byte offset), leading byte offset unused (1), layout
+ * bytes apart (stride byte offset), leading byte offset unused (0), layout
  * type 1 = 128B swizzle in bits 62-63. The tile must start 1024-byte aligned;
  * moving along K inside the 128-byte row is a plain byte offset of the start
  * address (the swizzle is a function of the address bits).
@@ -101,7 +101,7 @@ __device__ __forceinline__ void tma_load_3d(void *dst, const tensor_map_t *map, 
 __device__ __forceinline__ uint64_t wgmma_desc_k_major_sw128(uint32_t smem_addr) {
     uint64_t desc = 0;
     desc |= (uint64_t)((smem_addr & 0x3FFFF) >> 4);   /* bits 0-13: start address >> 4 */
-    desc |= (uint64_t)1 << 16;                        /* bits 16-29: leading byte offset >> 4 */
+    /* bits 16-29: leading byte offset >> 4, unused for swizzled K-major tiles (0) */
     desc |= (uint64_t)(1024 >> 4) << 32;              /* bits 32-45: stride byte offset >> 4 */
     desc |= (uint64_t)1 << 62;                        /* bits 62-63: 128-byte swizzle */
     return desc;

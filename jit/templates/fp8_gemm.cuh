@@ -131,9 +131,8 @@ fp8_gemm(const __grid_constant__ tensor_map_t map_a, const __grid_constant__ ten
     const int lane = (int)(threadIdx.x % 32);
     const int warp_in_wg = (int)((threadIdx.x / 32) % 4);
     /* Tile rows of this thread's accumulators (wgmma's D fragment layout). */
-    const int row0 = math_wg * 64 + warp_in_wg * 16 + lane / 4;
-    const int row1 = row0 + 8;
-    const int col_in_group = 2 * (lane % 4);
+    const int row0 = dinf_fp8_frag_row(math_wg, warp_in_wg, lane, 0);
+    const int row1 = dinf_fp8_frag_row(math_wg, warp_in_wg, lane, 1);
     const float *b_scales = reinterpret_cast<const float *>(args.b_scales);
     uint16_t *d = reinterpret_cast<uint16_t *>(args.d);
 
@@ -197,7 +196,7 @@ fp8_gemm(const __grid_constant__ tensor_map_t map_a, const __grid_constant__ ten
                 continue;
 #pragma unroll
             for (int i = 0; i < kAccum / 4; i++) {
-                const int col = n0 + 8 * i + col_in_group;
+                const int col = n0 + dinf_fp8_frag_col(i, lane);
                 const float lo = total[4 * i + 2 * half], hi = total[4 * i + 2 * half + 1];
                 uint16_t *out = d + dinf_fp8_d_offset(&args, GEMM_TYPE, tile.group, row, col);
                 if (col + 1 < args.n)

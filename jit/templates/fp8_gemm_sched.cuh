@@ -153,4 +153,22 @@ DINF_FP8_HD long long dinf_fp8_d_offset(const dinf_fp8_gemm_args *a, int gemm_ty
     return global_row * a->ldd + col;
 }
 
+/*
+ * The wgmma m64nNk32 accumulator fragment (PTX ISA 9.7.15.5, "Matrix D"):
+ * thread `lane` of warp `warp` (0..3) of a math warpgroup owning tile rows
+ * [64 * math_wg, +64) holds, for column group i (8 columns), accumulators
+ * 4i + 2*half + {0, 1} at tile row dinf_fp8_frag_row(math_wg, warp, lane, half)
+ * and tile columns dinf_fp8_frag_col(i, lane) + {0, 1}.
+ */
+DINF_FP8_HD int dinf_fp8_frag_row(int math_wg, int warp, int lane, int half) {
+    return math_wg * 64 + warp * 16 + lane / 4 + 8 * half;
+}
+DINF_FP8_HD int dinf_fp8_frag_col(int i, int lane) { return 8 * i + 2 * (lane % 4); }
+
+#ifdef __cplusplus
+static_assert(sizeof(dinf_fp8_gemm_args) == 64, "dinf_fp8_gemm_args: host and device layouts differ");
+#else
+_Static_assert(sizeof(dinf_fp8_gemm_args) == 64, "dinf_fp8_gemm_args: host and device layouts differ");
+#endif
+
 #endif /* DINF_FP8_GEMM_SCHED_CUH */
