@@ -337,6 +337,40 @@ static void run_problem(const problem *p) {
 
 static int64_t round16(int64_t x) { return (x + 15) / 16 * 16; }
 
+/* ------------------------------------------------- the reference kernel -- */
+
+Test(gemm_gpu, f32_reference_kernel_matches_a_double_cpu_product) {
+    /* The reference of the large-shape checks is itself checked against the CPU. */
+    const int m = 77, n = 131, k = 1000;
+    float *x = malloc((size_t)m * k * 4), *y = malloc((size_t)n * k * 4);
+    float *got = malloc((size_t)m * n * 4);
+    uint64_t s = 99;
+    for (int i = 0; i < m * k; i++)
+        x[i] = rng_float(&s);
+    for (int i = 0; i < n * k; i++)
+        y[i] = rng_float(&s);
+    float *dx = dmalloc((size_t)m * k * 4), *dy = dmalloc((size_t)n * k * 4);
+    float *dd = dmalloc((size_t)m * n * 4);
+    CUDA_OK(cudaMemcpy(dx, x, (size_t)m * k * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(dy, y, (size_t)n * k * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemset(dd, POISON_BYTE, (size_t)m * n * 4));
+    ref_gemm(dx, k, dy, k, dd, n, m, n, k, NULL);
+    CUDA_OK(cudaDeviceSynchronize());
+    CUDA_OK(cudaMemcpy(got, dd, (size_t)m * n * 4, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            double want = 0, mag = 0;
+            for (int q = 0; q < k; q++) {
+                want += (double)x[i * k + q] * y[j * k + q];
+                mag += fabs((double)x[i * k + q] * y[j * k + q]);
+            }
+            cr_assert(fabs(got[i * n + j] - want) <= 1e-5 * mag + 1e-30,
+                      "ref[%d][%d]=%g, double %g", i, j, got[i * n + j], want);
+        }
+    free(x), free(y), free(got);
+    cudaFree(dx), cudaFree(dy), cudaFree(dd);
+}
+
 /* ----------------------------------------------------------- normal -- */
 
 Test(gemm_gpu, normal_deepseek_v3_shapes_match_the_unquantized_product) {
