@@ -575,6 +575,69 @@ Test(gemm_jit, every_config_for_the_deepseek_v3_shapes_compiles_for_sm90a_withou
 #endif
 }
 
+/* nvdisasm, if this machine has one: $DINF_NVDISASM, else the toolkit's. */
+static const char *find_nvdisasm(void) {
+    const char *env = getenv("DINF_NVDISASM");
+    if (env && *env)
+        return access(env, X_OK) == 0 ? env : NULL;
+    static const char *candidates[] = {"/usr/local/cuda/bin/nvdisasm", "/usr/bin/nvdisasm"};
+    for (size_t i = 0; i < 2; i++)
+        if (access(candidates[i], X_OK) == 0)
+            return candidates[i];
+    return NULL;
+}
+
+/* Occurrences of word in the text read from f. */
+static void count_sass(FILE *f, int *qgmma, int *tma_loads, int *local) {
+    char line[1024];
+    *qgmma = *tma_loads = *local = 0;
+    while (fgets(line, sizeof line, f)) {
+        *qgmma += strstr(line, "QGMMA.64x") != NULL;
+        *tma_loads += strstr(line, "UTMALDG.3D") != NULL;
+        *local += strstr(line, " LDL") != NULL || strstr(line, " STL") != NULL;
+    }
+}
+
+Test(gemm_jit, sass_uses_fp8_tensor_cores_and_tma_where_nvdisasm_exists, .fini = cleanup_cache) {
+#if !DINF_WITH_CUDA
+    cr_skip_test("CPU-only build (make CUDA=0): no JIT");
+#else
+    int major, minor;
+    if (dinf_jit_nvrtc_version(&major, &minor) != DINF_STATUS_OK)
+        cr_skip_test("NVRTC is not available: %s", dinf_last_error());
+    const char *nvdisasm = find_nvdisasm();
+    if (!nvdisasm)
+        cr_skip_test("no nvdisasm (set DINF_NVDISASM): the SASS check needs a disassembler");
+    setup_cache();
+    const long long configs[][4] = {{0, 64, 16, 8}, {1, 128, 128, 6}, {2, 64, 128, 8}};
+    for (int i = 0; i < 3; i++) {
+        dinf_jit_kernel_config c = DINF_JIT_KERNEL_CONFIG_INIT;
+        snprintf(c.name, sizeof c.name, "fp8_gemm");
+        c.num_params = 4;
+        memcpy(c.params, configs[i], sizeof configs[i]);
+        const dinf__jit_cubin *cubin;
+        cr_assert_eq(dinf__jit_get_cubin("test", &c, "sm_90a", &cubin), DINF_STATUS_OK, "%s",
+                     dinf_last_error());
+        char path[128], cmd[512];
+        snprintf(path, sizeof path, "%s/k%d.cubin", cache_dir, i);
+        FILE *f = fopen(path, "wb");
+        cr_assert_not_null(f);
+        cr_assert_eq(fwrite(cubin->data, 1, cubin->bytes, f), cubin->bytes);
+        fclose(f);
+        snprintf(cmd, sizeof cmd, "'%s' '%s'", nvdisasm, path);
+        FILE *p = popen(cmd, "r");
+        cr_assert_not_null(p);
+        int qgmma, tma, local;
+        count_sass(p, &qgmma, &tma, &local);
+        cr_assert_eq(pclose(p), 0, "%s failed", cmd);
+        /* Four wgmma k32 steps per 128-k block (the loop body), three TMA loads per stage. */
+        cr_assert_eq(qgmma, 4, "config %d: %d QGMMA instructions", i, qgmma);
+        cr_assert_eq(tma, 3, "config %d: %d UTMALDG.3D instructions", i, tma);
+        cr_assert_eq(local, 0, "config %d: local memory accesses in the SASS", i);
+    }
+#endif
+}
+
 Test(gemm_jit, kernel_rejects_configs_outside_its_rules, .fini = cleanup_cache) {
 #if !DINF_WITH_CUDA
     cr_skip_test("CPU-only build (make CUDA=0): no JIT");
