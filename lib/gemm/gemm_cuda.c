@@ -93,6 +93,42 @@ dinf_status dinf__fp8_gpu_check(const char *func, const dinf__fp8_gpu_problem *p
     return DINF_STATUS_OK;
 }
 
+void dinf__fp8_plan(const dinf__fp8_gpu_problem *p, int num_sms, dinf__fp8_launch_plan *plan) {
+    memset(plan, 0, sizeof *plan);
+    const int64_t groups = p->num_groups;
+    const int64_t hint = p->gemm_type == DINF_FP8_GEMM_MASKED ? p->expected_m : p->m;
+    plan->config = dinf__fp8_heuristic(p->gemm_type, hint, p->n, p->k, groups, num_sms);
+    const dinf__fp8_config *cfg = &plan->config;
+    const int64_t k_blocks = ceil_div_ll(p->k, 128), aligned_m = ceil_div_ll(p->m, 4) * 4;
+    /* A and its scales have one group per masked group, one in total otherwise. */
+    const int64_t a_groups = p->gemm_type == DINF_FP8_GEMM_MASKED ? groups : 1;
+    plan->map_a = (dinf__fp8_tensor_map_geometry){
+        p->a, 1, 1, {(uint64_t)p->k, (uint64_t)p->m, (uint64_t)a_groups},
+        {(uint64_t)p->lda, (uint64_t)(p->lda * p->m)}, {DINF_FP8_BLOCK_K, (uint32_t)cfg->block_m, 1}};
+    plan->map_b = (dinf__fp8_tensor_map_geometry){
+        p->b, 1, 1, {(uint64_t)p->k, (uint64_t)p->n, (uint64_t)groups},
+        {(uint64_t)p->ldb, (uint64_t)(p->ldb * p->n)}, {DINF_FP8_BLOCK_K, (uint32_t)cfg->block_n, 1}};
+    plan->map_sa = (dinf__fp8_tensor_map_geometry){
+        p->a_scales, 4, 0, {(uint64_t)aligned_m, (uint64_t)k_blocks, (uint64_t)a_groups},
+        {(uint64_t)(aligned_m * 4), (uint64_t)(aligned_m * 4 * k_blocks)},
+        {(uint32_t)cfg->block_m, 1, 1}};
+    dinf_fp8_gemm_args *args = &plan->args;
+    args->d = (unsigned long long)(uintptr_t)p->d;
+    args->b_scales = (unsigned long long)(uintptr_t)p->b_scales;
+    args->group_info = (unsigned long long)(uintptr_t)p->group_info;
+    args->ldd = p->ldd;
+    args->m = (int)p->m;
+    args->n = (int)p->n;
+    args->k = (int)p->k;
+    args->num_groups = (int)groups;
+    args->k_blocks = (int)k_blocks;
+    args->n_scale_blocks = (int)ceil_div_ll(p->n, 128);
+    args->m_blocks = (int)ceil_div_ll(p->m, cfg->block_m);
+    args->n_blocks = (int)ceil_div_ll(p->n, cfg->block_n);
+    const long long bound = dinf_fp8_tile_bound(args, p->gemm_type);
+    plan->grid = (unsigned)(bound < num_sms ? bound : num_sms);
+}
+
 #if DINF_WITH_CUDA
 #include <cuda.h>
 #include <cuda_runtime_api.h>
@@ -125,23 +161,25 @@ static void driver_load(void) {
     driver.encode = (encode_tiled_fn)fn;
 }
 
-/* A 3-D tiled tensor map: dims/strides as documented in fp8_gemm.cuh. */
+/* Encode a planned 3-D tiled tensor map (dims/strides as documented in fp8_gemm.cuh). */
 static dinf_status encode(const char *func, const char *what, CUtensorMap *map,
-                          CUtensorMapDataType dtype, const void *base, const cuuint64_t dims[3],
-                          const cuuint64_t strides_bytes[2], const cuuint32_t box[3],
-                          CUtensorMapSwizzle swizzle) {
+                          const dinf__fp8_tensor_map_geometry *g) {
+    const cuuint64_t dims[3] = {g->dims[0], g->dims[1], g->dims[2]};
+    const cuuint64_t strides[2] = {g->strides[0], g->strides[1]};
+    const cuuint32_t box[3] = {g->box[0], g->box[1], g->box[2]};
     const cuuint32_t element_strides[3] = {1, 1, 1};
-    CUresult r = driver.encode(map, dtype, 3, (void *)base, dims, strides_bytes, box,
-                               element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
-                               CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    CUresult r = driver.encode(
+        map, g->elem_bytes == 1 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3,
+        (void *)g->base, dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+        g->swizzle_128b ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
+        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (r != CUDA_SUCCESS)
         return dinf__fail(DINF_STATUS_INTERNAL, func,
                           "cuTensorMapEncodeTiled(%s: dims %llu x %llu x %llu, strides %llu, "
                           "%llu bytes, box %u x %u x %u) failed with CUresult %d",
                           what, (unsigned long long)dims[0], (unsigned long long)dims[1],
-                          (unsigned long long)dims[2], (unsigned long long)strides_bytes[0],
-                          (unsigned long long)strides_bytes[1], box[0], box[1], box[2], (int)r);
+                          (unsigned long long)dims[2], (unsigned long long)strides[0],
+                          (unsigned long long)strides[1], box[0], box[1], box[2], (int)r);
     return DINF_STATUS_OK;
 }
 
@@ -197,65 +235,25 @@ dinf_status dinf__fp8_gemm_cuda(const char *func, const dinf__place *place,
     if (!driver.encode)
         return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "%s", driver.error);
 
-    const int64_t hint = p->gemm_type == DINF_FP8_GEMM_MASKED ? p->expected_m : p->m;
-    const dinf__fp8_config cfg = dinf__fp8_heuristic(p->gemm_type, hint, p->n, p->k, groups, num_sms);
+    dinf__fp8_launch_plan plan;
+    dinf__fp8_plan(p, num_sms, &plan);
+    const dinf__fp8_config *cfg = &plan.config;
     dinf_jit_kernel_config jc;
-    dinf__fp8_jit_config(&cfg, &jc);
+    dinf__fp8_jit_config(cfg, &jc);
     const dinf__jit_kernel *kernel = NULL;
     if ((st = dinf__jit_get_kernel(func, &jc, place->device, &kernel)) != DINF_STATUS_OK)
         return st;
-
-    /* Tensor maps (3-D: {inner, rows, groups}). */
-    const int64_t k_blocks = ceil_div_ll(p->k, 128), aligned_m = ceil_div_ll(p->m, 4) * 4;
-    const int64_t a_groups = p->gemm_type == DINF_FP8_GEMM_MASKED ? groups : 1;
     CUtensorMap maps[3];
     memset(maps, 0, sizeof maps);
-    {
-        const cuuint64_t dims[3] = {(cuuint64_t)p->k, (cuuint64_t)p->m, (cuuint64_t)a_groups};
-        const cuuint64_t strides[2] = {(cuuint64_t)p->lda, (cuuint64_t)(p->lda * p->m)};
-        const cuuint32_t box[3] = {DINF_FP8_BLOCK_K, (cuuint32_t)cfg.block_m, 1};
-        if ((st = encode(func, "a", &maps[0], CU_TENSOR_MAP_DATA_TYPE_UINT8, p->a, dims, strides,
-                         box, CU_TENSOR_MAP_SWIZZLE_128B)) != DINF_STATUS_OK)
+    const dinf__fp8_tensor_map_geometry *geoms[3] = {&plan.map_a, &plan.map_b, &plan.map_sa};
+    static const char *const names[3] = {"a", "b", "a_scales"};
+    for (int i = 0; i < 3; i++)
+        if ((st = encode(func, names[i], &maps[i], geoms[i])) != DINF_STATUS_OK)
             return st;
-    }
-    {
-        const cuuint64_t dims[3] = {(cuuint64_t)p->k, (cuuint64_t)p->n, (cuuint64_t)groups};
-        const cuuint64_t strides[2] = {(cuuint64_t)p->ldb, (cuuint64_t)(p->ldb * p->n)};
-        const cuuint32_t box[3] = {DINF_FP8_BLOCK_K, (cuuint32_t)cfg.block_n, 1};
-        if ((st = encode(func, "b", &maps[1], CU_TENSOR_MAP_DATA_TYPE_UINT8, p->b, dims, strides,
-                         box, CU_TENSOR_MAP_SWIZZLE_128B)) != DINF_STATUS_OK)
-            return st;
-    }
-    {
-        const cuuint64_t dims[3] = {(cuuint64_t)aligned_m, (cuuint64_t)k_blocks,
-                                    (cuuint64_t)a_groups};
-        const cuuint64_t strides[2] = {(cuuint64_t)(aligned_m * 4),
-                                       (cuuint64_t)(aligned_m * 4 * k_blocks)};
-        const cuuint32_t box[3] = {(cuuint32_t)cfg.block_m, 1, 1};
-        if ((st = encode(func, "a_scales", &maps[2], CU_TENSOR_MAP_DATA_TYPE_FLOAT32, p->a_scales,
-                         dims, strides, box, CU_TENSOR_MAP_SWIZZLE_NONE)) != DINF_STATUS_OK)
-            return st;
-    }
-    dinf_fp8_gemm_args args;
-    memset(&args, 0, sizeof args);
-    args.d = (unsigned long long)(uintptr_t)p->d;
-    args.b_scales = (unsigned long long)(uintptr_t)p->b_scales;
-    args.group_info = (unsigned long long)(uintptr_t)p->group_info;
-    args.ldd = p->ldd;
-    args.m = (int)p->m;
-    args.n = (int)p->n;
-    args.k = (int)p->k;
-    args.num_groups = (int)groups;
-    args.k_blocks = (int)k_blocks;
-    args.n_scale_blocks = (int)ceil_div_ll(p->n, 128);
-    args.m_blocks = (int)ceil_div_ll(p->m, cfg.block_m);
-    args.n_blocks = (int)ceil_div_ll(p->n, cfg.block_n);
-
-    const long long bound = dinf_fp8_tile_bound(&args, p->gemm_type);
-    const unsigned grid[3] = {(unsigned)(bound < num_sms ? bound : num_sms), 1, 1};
-    const unsigned block[3] = {(unsigned)cfg.threads, 1, 1};
+    const unsigned grid[3] = {plan.grid, 1, 1};
+    const unsigned block[3] = {(unsigned)cfg->threads, 1, 1};
     const unsigned cluster[3] = {1, 1, 1};
-    void *params[4] = {&maps[0], &maps[1], &maps[2], &args};
+    void *params[4] = {&maps[0], &maps[1], &maps[2], &plan.args};
 
     int previous = -1;
     cudaError_t err = cudaGetDevice(&previous);
@@ -266,7 +264,7 @@ dinf_status dinf__fp8_gemm_cuda(const char *func, const dinf__place *place,
     if (err != cudaSuccess)
         return cuda_fail(func, "cudaSetDevice", err);
     st = dinf__jit_launch(func, kernel, place->device, grid, block, cluster,
-                          (size_t)cfg.smem_bytes, place->stream, params);
+                          (size_t)cfg->smem_bytes, place->stream, params);
     if (previous >= 0)
         cudaSetDevice(previous);
     return st;

@@ -72,6 +72,30 @@ typedef struct dinf__fp8_gpu_problem {
  * strides beyond the tensor-map limit). Empty problems pass. */
 dinf_status dinf__fp8_gpu_check(const char *func, const dinf__fp8_gpu_problem *p);
 
+/* The geometry of one 3-D tiled tensor map (cuTensorMapEncodeTiled's
+ * arguments): element (c0, c1, c2) lives at base + c0 * elem_bytes +
+ * c1 * strides[0] + c2 * strides[1]; a box of box[0] x box[1] x box[2]
+ * elements lands in shared memory, out-of-bounds elements as zeros. */
+typedef struct dinf__fp8_tensor_map_geometry {
+    const void *base;
+    int elem_bytes;    /* 1 (e4m3) or 4 (float32) */
+    int swizzle_128b;  /* 1: CU_TENSOR_MAP_SWIZZLE_128B, 0: none */
+    uint64_t dims[3];
+    uint64_t strides[2]; /* bytes */
+    uint32_t box[3];
+} dinf__fp8_tensor_map_geometry;
+
+/* Everything one launch needs, computed on the host without a device. */
+typedef struct dinf__fp8_launch_plan {
+    dinf__fp8_config config;
+    dinf_fp8_gemm_args args;
+    dinf__fp8_tensor_map_geometry map_a, map_b, map_sa;
+    unsigned grid; /* persistent CTAs: min(num_sms, tile bound) */
+} dinf__fp8_launch_plan;
+
+/* Plan a checked, non-empty problem for a device with num_sms SMs (pure). */
+void dinf__fp8_plan(const dinf__fp8_gpu_problem *p, int num_sms, dinf__fp8_launch_plan *plan);
+
 /* Run p on place (DINF_EXEC_CUDA): device check (sm_90, else UNSUPPORTED),
  * dinf__fp8_gpu_check, heuristic, JIT, tensor maps, launch on place->stream.
  * Asynchronous. */

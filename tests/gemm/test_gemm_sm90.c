@@ -664,3 +664,210 @@ Test(gemm_jit, kernel_rejects_configs_outside_its_rules, .fini = cleanup_cache) 
     }
 #endif
 }
+
+/* ------------------------------------------------- kernel emulation -- */
+
+/*
+ * A CPU replay of fp8_gemm.cuh's data flow on the host's launch plan
+ * (dinf__fp8_plan): every CTA of the persistent grid walks its tiles with
+ * dinf_fp8_tile_at, "TMA-loads" each stage from the planned tensor-map
+ * geometry (out-of-bounds elements zero), reads the B scale with
+ * dinf_fp8_b_scale_index, and every math thread accumulates its wgmma
+ * fragment (dinf_fp8_frag_row/col) and stores it at dinf_fp8_d_offset, clipped
+ * as the kernel clips. Arithmetic follows the CPU's documented order, so the
+ * replay must equal the CPU implementation bit for bit: this checks the
+ * plan (tensor-map dims, strides, boxes, args), the scheduler, the group
+ * lookup, the scale and output addressing and the fragment map together.
+ * (The tensor cores' own arithmetic and the swizzle are the GPU tests' part.)
+ */
+#include "core/numeric_hd.h"
+
+static void tma_element(const dinf__fp8_tensor_map_geometry *g, long long c0, long long c1,
+                        long long c2, void *out) {
+    if (c0 < 0 || c1 < 0 || c2 < 0 || (uint64_t)c0 >= g->dims[0] || (uint64_t)c1 >= g->dims[1] ||
+        (uint64_t)c2 >= g->dims[2]) {
+        memset(out, 0, (size_t)g->elem_bytes);
+        return;
+    }
+    const unsigned char *p = (const unsigned char *)g->base + c0 * g->elem_bytes +
+                             c1 * (long long)g->strides[0] + c2 * (long long)g->strides[1];
+    memcpy(out, p, (size_t)g->elem_bytes);
+}
+
+static void emulate_kernel(const dinf__fp8_launch_plan *plan, int gemm_type) {
+    const int bm = plan->config.block_m, bn = plan->config.block_n;
+    const dinf_fp8_gemm_args *args = &plan->args;
+    cr_assert_eq(plan->map_a.box[0], 128);
+    cr_assert_eq(plan->map_a.box[1], (uint32_t)bm);
+    cr_assert_eq(plan->map_b.box[1], (uint32_t)bn);
+    cr_assert_eq(plan->map_sa.box[0], (uint32_t)bm);
+    float table[256];
+    for (int c = 0; c < 256; c++)
+        table[c] = dinf__f32_from_e4m3((uint8_t)c);
+    uint8_t *a_tile = malloc((size_t)bm * 128), *b_tile = malloc((size_t)bn * 128);
+    float *sa_tile = malloc((size_t)bm * 4), *total = malloc((size_t)bm * bn * 4);
+    uint16_t *d = (uint16_t *)(uintptr_t)args->d;
+    const float *b_scales = (const float *)(uintptr_t)args->b_scales;
+    for (unsigned cta = 0; cta < plan->grid; cta++)
+        for (long long t = cta;; t += plan->grid) {
+            dinf_fp8_tile tile;
+            const int found = dinf_fp8_tile_at(args, gemm_type, bm, t, &tile);
+            if (found < 0)
+                break;
+            if (found == 0)
+                continue;
+            const int m0 = tile.m_block * bm, n0 = tile.n_block * bn;
+            const int a_group = gemm_type == DINF_FP8_GEMM_MASKED ? tile.group : 0;
+            memset(total, 0, (size_t)bm * bn * 4);
+            for (int kb = 0; kb < args->k_blocks; kb++) {
+                for (int r = 0; r < bm; r++) {
+                    for (int kk = 0; kk < 128; kk++)
+                        tma_element(&plan->map_a, kb * 128 + kk, m0 + r, a_group,
+                                    &a_tile[r * 128 + kk]);
+                    tma_element(&plan->map_sa, m0 + r, kb, a_group, &sa_tile[r]);
+                }
+                for (int c = 0; c < bn; c++)
+                    for (int kk = 0; kk < 128; kk++)
+                        tma_element(&plan->map_b, kb * 128 + kk, n0 + c, tile.group,
+                                    &b_tile[c * 128 + kk]);
+                const float b_scale = b_scales[dinf_fp8_b_scale_index(args, tile.group, n0, kb)];
+                for (int wg = 0; wg < bm / 64; wg++)
+                    for (int warp = 0; warp < 4; warp++)
+                        for (int lane = 0; lane < 32; lane++)
+                            for (int i = 0; i < bn / 8; i++)
+                                for (int half = 0; half < 2; half++)
+                                    for (int j = 0; j < 2; j++) {
+                                        const int row = dinf_fp8_frag_row(wg, warp, lane, half);
+                                        const int col = dinf_fp8_frag_col(i, lane) + j;
+                                        float partial = 0.0f;
+                                        for (int kk = 0; kk < 128; kk++)
+                                            partial += table[a_tile[row * 128 + kk]] *
+                                                       table[b_tile[col * 128 + kk]];
+                                        const float scale = sa_tile[row] * b_scale;
+                                        total[row * bn + col] += scale * partial;
+                                    }
+            }
+            for (int row = 0; row < bm; row++)
+                for (int col = 0; col < bn; col++) {
+                    if (m0 + row >= tile.row_limit || n0 + col >= args->n)
+                        continue;
+                    d[dinf_fp8_d_offset(args, gemm_type, tile.group, m0 + row, n0 + col)] =
+                        dinf__bf16_from_f32(total[row * bn + col]);
+                }
+        }
+    free(a_tile), free(b_tile), free(sa_tile), free(total);
+}
+
+#define EMU_POISON 0x7FC1u
+
+static void fill_codes(uint8_t *p, size_t n, uint64_t *s) {
+    for (size_t i = 0; i < n; i++) {
+        uint8_t c;
+        do
+            c = (uint8_t)rng(s);
+        while ((c & 0x7f) == 0x7f);
+        p[i] = c;
+    }
+}
+static void fill_scales(float *p, size_t n, uint64_t *s) {
+    for (size_t i = 0; i < n; i++)
+        p[i] = (float)(1.0 + (double)(rng(s) % 1000) / 1000.0) / 256.0f;
+}
+
+/* Emulate and run the CPU implementation on the same buffers; compare every
+ * element of d (poison included). rows: m / m_sum / m_max. */
+static void emulate_and_compare(int form, int64_t groups, int64_t rows, int64_t n, int64_t k,
+                                int64_t lda, int64_t ldb, int64_t ldd, const int32_t *info,
+                                const int32_t *cpu_info, int64_t expected_m, int num_sms,
+                                uint64_t seed) {
+    uint64_t s = seed;
+    const int64_t a_rows = form == DINF_FP8_GEMM_MASKED ? groups * rows : rows;
+    const int64_t kb = (k + 127) / 128, nsb = (n + 127) / 128, aligned = (rows + 3) / 4 * 4;
+    const int64_t sa_count = form == DINF_FP8_GEMM_MASKED ? groups * kb * aligned : kb * aligned;
+    uint8_t *a = malloc((size_t)(a_rows * lda)), *b = malloc((size_t)(groups * n * ldb));
+    float *sa = malloc((size_t)sa_count * 4), *sb = malloc((size_t)(groups * nsb * kb) * 4);
+    uint16_t *d_emu = malloc((size_t)(a_rows * ldd) * 2), *d_cpu = malloc((size_t)(a_rows * ldd) * 2);
+    fill_codes(a, (size_t)(a_rows * lda), &s); /* junk in the stride padding too */
+    fill_codes(b, (size_t)(groups * n * ldb), &s);
+    fill_scales(sa, (size_t)sa_count, &s);
+    fill_scales(sb, (size_t)(groups * nsb * kb), &s);
+    for (int64_t i = 0; i < a_rows * ldd; i++)
+        d_emu[i] = d_cpu[i] = EMU_POISON;
+
+    const dinf__fp8_gpu_problem p = {form, rows, n, k, groups, expected_m, a, lda, sa, b, ldb, sb,
+                                     d_emu, ldd, info};
+    cr_assert_eq(dinf__fp8_gpu_check("emu", &p), DINF_STATUS_OK, "%s", dinf_last_error());
+    dinf__fp8_launch_plan plan;
+    dinf__fp8_plan(&p, num_sms, &plan);
+    cr_assert_leq(plan.grid, (unsigned)num_sms);
+    emulate_kernel(&plan, form);
+
+    if (form == DINF_FP8_GEMM_NORMAL)
+        cr_assert_eq(dinf_fp8_gemm_nt(rows, n, k, a, lda, sa, b, ldb, sb, d_cpu, ldd, NULL),
+                     DINF_STATUS_OK, "%s", dinf_last_error());
+    else if (form == DINF_FP8_GEMM_CONTIGUOUS)
+        cr_assert_eq(dinf_fp8_m_grouped_gemm_nt_contiguous(rows, n, k, groups, a, lda, sa, b, ldb,
+                                                           sb, d_cpu, ldd, cpu_info, NULL),
+                     DINF_STATUS_OK, "%s", dinf_last_error());
+    else
+        cr_assert_eq(dinf_fp8_m_grouped_gemm_nt_masked(groups, rows, n, k, a, lda, sa, b, ldb, sb,
+                                                       d_cpu, ldd, cpu_info, expected_m, NULL),
+                     DINF_STATUS_OK, "%s", dinf_last_error());
+    for (int64_t i = 0; i < a_rows * ldd; i++)
+        cr_assert_eq(d_emu[i], d_cpu[i],
+                     "form %d rows=%lld n=%lld k=%lld sms=%d (block %dx%d): d[%lld][%lld] "
+                     "emulated %#x, CPU %#x",
+                     form, (long long)rows, (long long)n, (long long)k, num_sms,
+                     plan.config.block_m, plan.config.block_n, (long long)(i / ldd),
+                     (long long)(i % ldd), d_emu[i], d_cpu[i]);
+    free(a), free(b), free(sa), free(sb), free(d_emu), free(d_cpu);
+}
+
+Test(gemm_emulation, normal_form_replays_the_cpu_implementation) {
+    const int64_t shapes[][6] = {/* m, n, k, lda, ldb, ldd */
+                                 {1, 16, 128, 128, 128, 16},     {5, 200, 100, 112, 128, 208},
+                                 {64, 24, 300, 304, 320, 24},    {70, 136, 256, 256, 272, 144},
+                                 {130, 520, 129, 144, 144, 520}, {200, 40, 640, 640, 656, 48}};
+    const int sms[] = {1, 3, 132};
+    for (int i = 0; i < 6; i++)
+        for (int j = 0; j < 3; j++)
+            emulate_and_compare(DINF_FP8_GEMM_NORMAL, 1, shapes[i][0], shapes[i][1], shapes[i][2],
+                                shapes[i][3], shapes[i][4], shapes[i][5], NULL, NULL, 0, sms[j],
+                                (uint64_t)(100 + 3 * i + j));
+}
+
+Test(gemm_emulation, contiguous_form_replays_the_cpu_implementation) {
+    /* 6 blocks: groups 2, -1, 0, 0, 1, -1 (skipped blocks keep the poison). */
+    const int32_t block_group[] = {2, -1, 0, 0, 1, -1};
+    const int64_t m_sum = 6 * 128;
+    int32_t *idx = malloc((size_t)m_sum * 4);
+    for (int64_t r = 0; r < m_sum; r++)
+        idx[r] = block_group[r / 128];
+    emulate_and_compare(DINF_FP8_GEMM_CONTIGUOUS, 3, m_sum, 200, 300, 304, 320, 208, idx, idx, 0,
+                        2, 7);
+    emulate_and_compare(DINF_FP8_GEMM_CONTIGUOUS, 3, m_sum, 64, 128, 128, 128, 64, idx, idx, 0,
+                        132, 8);
+    /* A block whose index is out of range is skipped on the device (the CPU
+     * rejects it): the replay equals the CPU run with that block at -1. */
+    int32_t *cpu_idx = malloc((size_t)m_sum * 4);
+    memcpy(cpu_idx, idx, (size_t)m_sum * 4);
+    for (int r = 0; r < 128; r++)
+        idx[r] = 7, cpu_idx[r] = -1;
+    emulate_and_compare(DINF_FP8_GEMM_CONTIGUOUS, 3, m_sum, 136, 256, 256, 256, 136, idx, cpu_idx,
+                        0, 5, 9);
+    free(idx), free(cpu_idx);
+}
+
+Test(gemm_emulation, masked_form_replays_the_cpu_implementation) {
+    /* masked_m: zero, ragged, full, above m_max and negative (clamped on the
+     * device; the CPU gets the clamped counts). */
+    const int32_t masked[] = {0, 77, 130, 630, -3, 1};
+    const int32_t clamped[] = {0, 77, 130, 130, 0, 1};
+    emulate_and_compare(DINF_FP8_GEMM_MASKED, 6, 130, 200, 300, 304, 320, 208, masked, clamped,
+                        60, 4, 11);   /* expected_m 60: block_m 64 */
+    emulate_and_compare(DINF_FP8_GEMM_MASKED, 6, 130, 72, 256, 256, 256, 80, masked, clamped, 100,
+                        132, 12);     /* expected_m 100: block_m 128 */
+    const int32_t small[] = {1, 64, 65};
+    emulate_and_compare(DINF_FP8_GEMM_MASKED, 3, 68, 48, 576, 576, 576, 48, small, small, 40, 1,
+                        13);
+}
