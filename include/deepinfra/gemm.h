@@ -20,6 +20,21 @@
  *   dinf_fp8_m_grouped_gemm_nt_masked        [G][m_max] rows, only the first masked_m[g]
  *                                            rows of group g are computed
  *
+ * Typical use on the GPU (all buffers device memory; x [m][k], w [n][k] float32):
+ *
+ *     dinf_exec gpu = DINF_EXEC_CUDA_INIT(0, stream);
+ *     dinf_fp8_quantize(x, DINF_DTYPE_FLOAT32, m, k, k, 1, a, k, sa_rows, &gpu);
+ *     dinf_fp8_scale_layout_mn_major(sa_rows, m, kb, a_scales, NULL, &gpu);
+ *     dinf_fp8_quantize(w, DINF_DTYPE_FLOAT32, n, k, k, 128, b, k, b_scales, &gpu);
+ *     dinf_fp8_gemm_nt(m, n, k, a, k, a_scales, b, k, b_scales, d, n, &gpu);
+ *
+ * (kb = ceil(k/128); pass NULL as exec for the same on the CPU.) The first
+ * GPU call of a tile configuration compiles its kernel; to do that ahead:
+ *
+ *     dinf_jit_kernel_config c;
+ *     dinf_fp8_gemm_kernel_config(DINF_FP8_GEMM_FORM_NORMAL, m, n, k, 1, num_sms, &c);
+ *     dinf_jit_precompile(&c, 1, NULL);
+ *
  * Where it runs (exec, the last argument): the CPU implementation (threaded)
  * follows the semantics above in a fixed, documented order, bit for bit for
  * any thread count; it is the oracle of the GPU kernels, which are compared
