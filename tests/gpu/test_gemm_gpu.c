@@ -430,7 +430,7 @@ Test(gemm_gpu, contiguous_deepseek_v3_shapes_with_minus_one_blocks) {
     /* (G, M per group, K, N) of deepgemm.md 4.2 (v1.0 + v1.3's 32 x 256). */
     const int64_t shapes[][4] = {{4, 8192, 7168, 4096}, {4, 8192, 2048, 7168},
                                  {8, 4096, 7168, 4096}, {8, 4096, 2048, 7168},
-                                 {32, 256, 7168, 4096}};
+                                 {32, 256, 2048, 4096}};
     for (int i = 0; i < 5; i++) {
         int64_t m_sum;
         int32_t *idx = contiguous_indices((int)shapes[i][0], shapes[i][1], 31 + (uint64_t)i, &m_sum);
@@ -479,15 +479,20 @@ Test(gemm_gpu, masked_deepseek_v3_shapes_with_random_masked_m) {
                                    (uint64_t)(900 + 10 * i + 3 * j + trial), 0, 1e-3};
                 run_problem(&p);
             }
+    /* HEAD's (G, expected_m), masked_m = expected * U(0.7, 1.3), m_max just above the
+     * largest count (HEAD's 4096 would only add untouched rows); (N, K) = (7168, 2048)
+     * for 32 groups and (4096, 7168) for 6, to keep the host data to a few GB. */
     const int64_t head[][2] = {{32, 192}, {6, 1024}, {32, 20}, {6, 20}};
     for (int i = 0; i < 4; i++) {
         int32_t masked[32];
-        const int groups = (int)head[i][0], m_max = 1280;
+        const int groups = (int)head[i][0];
+        const int64_t m_max = ((int64_t)(1.3 * (double)head[i][1]) + 4) / 4 * 4;
         for (int g = 0; g < groups; g++) {
             const double u = 0.7 + 0.6 * (double)(rng_next(&s) >> 11) * 0x1p-53;
             masked[g] = (int32_t)(u * (double)head[i][1]);
         }
-        const problem p = {MASKED, groups, m_max, 4096, 7168, 7168, 7168, 4096,
+        const int64_t n = groups == 32 ? 7168 : 4096, k = groups == 32 ? 2048 : 7168;
+        const problem p = {MASKED, groups, m_max, n, k, k, k, n,
                            (int64_t)(1.2 * (double)head[i][1]), masked, 950 + (uint64_t)i, 0, 1e-3};
         run_problem(&p);
     }
