@@ -497,7 +497,10 @@ def _gemm_device(form, a, sa, b, sb, out, info, expected_m):
     want = (1, aligned) if form != MASKED else (aligned * kb, 1, aligned)
 
     def mn_major(v):
-        return all(st == w or dim <= 1 for st, w, dim in zip(v.strides, want, v.shape))
+        # Exact strides, size-1 dimensions included: the kernel reads [kb][aligned_m]
+        # floats (TMA boxes cover the padding rows), so a plain [m, 1] buffer of m
+        # floats would be read past its end when m % 4 != 0.
+        return tuple(v.strides) == want
 
     _check_dev(sa_v, "lhs[1]", ("f32",), sa_shape)
     if not mn_major(sa_v):

@@ -94,6 +94,7 @@ def test_mixing_host_and_device_arrays_is_rejected():
     ("out_dtype", "out must be bf16 or u16 or i16 on the device, got f32"),
     ("k_mismatch", "rhs\\[0\\] has k=256 but lhs\\[0\\] has k=512"),
     ("odd_byte_strides", "not multiples of its element size"),
+    ("one_k_block_unpadded", "must be M-major and TMA-aligned"),
 ])
 def test_device_arrays_are_checked_before_the_call(case, pattern):
     (a, sa), (b, sb), out = normal_operands()
@@ -111,6 +112,12 @@ def test_device_arrays_are_checked_before_the_call(case, pattern):
         out = FakeDeviceArray((128, 256), "<f4")
     elif case == "k_mismatch":
         b = FakeDeviceArray((256, 256), "|u1")
+    elif case == "one_k_block_unpadded":  # k <= 128, m % 4 != 0: [m, 1] of m floats only
+        a = FakeDeviceArray((126, 128), "|u1")
+        sa = FakeDeviceArray((126, 1), "<f4")
+        b = FakeDeviceArray((256, 128), "|u1")
+        sb = FakeDeviceArray((2, 1), "<f4")
+        out = FakeDeviceArray((126, 256), "<u2")
     elif case == "odd_byte_strides":
         out = FakeDeviceArray((128, 256), "<u2", strides=(513, 2))
     with pytest.raises(deepinfra.InvalidArgumentError, match=pattern):
