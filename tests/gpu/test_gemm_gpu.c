@@ -509,6 +509,75 @@ Test(gemm_gpu, masked_odd_shapes_clamped_counts_and_the_cpu_oracle) {
     run_problem(&q);
 }
 
+/* ------------------------------------------------------ CUDA graphs -- */
+
+Test(gemm_gpu, masked_gemm_replays_in_a_cuda_graph_with_new_counts) {
+    /* The decode use: capture once, change masked_m in device memory, replay. */
+    enum { G = 3, MMAX = 96, N = 256, K = 512, KB = 4 };
+    const int64_t aligned = MMAX;
+    uint64_t s = 4242;
+    uint8_t *ha = malloc(G * MMAX * K), *hb = malloc(G * N * K);
+    float *hsa = malloc(G * KB * aligned * 4), *hsb = malloc(G * 2 * KB * 4);
+    for (int i = 0; i < G * MMAX * K; i++)
+        ha[i] = (uint8_t)(rng_next(&s) & 0x7e) | (uint8_t)(rng_next(&s) & 0x80);
+    for (int i = 0; i < G * N * K; i++)
+        hb[i] = (uint8_t)(rng_next(&s) & 0x7e) | (uint8_t)(rng_next(&s) & 0x80);
+    for (int i = 0; i < G * KB * aligned; i++)
+        hsa[i] = 0.001f * (float)(1 + rng_next(&s) % 16);
+    for (int i = 0; i < G * 2 * KB; i++)
+        hsb[i] = 0.001f * (float)(1 + rng_next(&s) % 16);
+    uint8_t *a = dmalloc(G * MMAX * K), *b = dmalloc(G * N * K);
+    float *sa = dmalloc(G * KB * aligned * 4), *sb = dmalloc(G * 2 * KB * 4);
+    uint16_t *d = dmalloc(G * MMAX * N * 2);
+    int32_t *mm = dmalloc(G * 4);
+    CUDA_OK(cudaMemcpy(a, ha, G * MMAX * K, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(b, hb, G * N * K, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(sa, hsa, G * KB * aligned * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(sb, hsb, G * 2 * KB * 4, cudaMemcpyHostToDevice));
+    cudaStream_t stream;
+    CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    dinf_exec exec = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)stream);
+    int32_t counts[2][G] = {{96, 0, 17}, {5, 96, 64}};
+    CUDA_OK(cudaMemcpy(mm, counts[0], sizeof counts[0], cudaMemcpyHostToDevice));
+    /* Eager call first: compiles and loads the kernel outside the capture. */
+    DINF_OK(dinf_fp8_m_grouped_gemm_nt_masked(G, MMAX, N, K, a, K, sa, b, K, sb, d, N, mm, 48,
+                                              &exec));
+    CUDA_OK(cudaStreamSynchronize(stream));
+    cudaGraph_t graph;
+    cudaGraphExec_t instance;
+    CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    DINF_OK(dinf_fp8_m_grouped_gemm_nt_masked(G, MMAX, N, K, a, K, sa, b, K, sb, d, N, mm, 48,
+                                              &exec));
+    CUDA_OK(cudaStreamEndCapture(stream, &graph));
+    CUDA_OK(cudaGraphInstantiate(&instance, graph, 0));
+    uint16_t *got = malloc(G * MMAX * N * 2), *want = malloc(G * MMAX * N * 2);
+    for (int round = 0; round < 2; round++) {
+        CUDA_OK(cudaMemcpyAsync(mm, counts[round], sizeof counts[round], cudaMemcpyHostToDevice,
+                                stream));
+        CUDA_OK(cudaMemsetAsync(d, POISON_BYTE, G * MMAX * N * 2, stream));
+        CUDA_OK(cudaGraphLaunch(instance, stream));
+        CUDA_OK(cudaStreamSynchronize(stream));
+        CUDA_OK(cudaMemcpy(got, d, G * MMAX * N * 2, cudaMemcpyDeviceToHost));
+        memset(want, POISON_BYTE, G * MMAX * N * 2);
+        DINF_OK(dinf_fp8_m_grouped_gemm_nt_masked(G, MMAX, N, K, ha, K, hsa, hb, K, hsb, want, N,
+                                                  counts[round], 48, NULL));
+        diff_acc acc = {0, 0};
+        for (int i = 0; i < G * MMAX * N; i++) {
+            cr_assert_eq(got[i] == POISON, want[i] == POISON,
+                         "round %d: element %d written by one of graph/CPU only", round, i);
+            if (want[i] != POISON)
+                diff_add(&acc, bf16_to_f32(got[i]), bf16_to_f32(want[i]));
+        }
+        cr_assert_lt(diff_value(&acc), 1e-4, "round %d: calc_diff %g against the CPU", round,
+                     diff_value(&acc));
+    }
+    CUDA_OK(cudaGraphExecDestroy(instance));
+    CUDA_OK(cudaGraphDestroy(graph));
+    CUDA_OK(cudaStreamDestroy(stream));
+    free(ha), free(hb), free(hsa), free(hsb), free(got), free(want);
+    cudaFree(a), cudaFree(b), cudaFree(sa), cudaFree(sb), cudaFree(d), cudaFree(mm);
+}
+
 /* -------------------------------------------------------- bad input -- */
 
 Test(gemm_gpu, bad_input_on_the_device_path_is_rejected_before_any_launch) {
