@@ -1,6 +1,8 @@
 /*
  * FP8 GEMMs with 1x128 (A) / 128x128 (B) scaling: argument checks and the
- * CPU implementation (the oracle of the GPU kernels).
+ * CPU implementation (the oracle of the GPU kernels). DINF_EXEC_CUDA calls
+ * leave after the common checks for gemm_cuda.c (the Hopper kernels, their
+ * own rules; gemm_heuristic.c picks the tile configuration).
  *
  * Arithmetic, exactly (every operation float32, round to nearest even, no
  * fused multiply-add: the library is built with -ffp-contract=off):

@@ -25,10 +25,11 @@ synchronising. All arrays of a call must then be device arrays of one device;
 dtypes: e4m3 operands ``torch.float8_e4m3fn`` or ``uint8`` (``|u1``), scales
 float32, the output ``torch.bfloat16`` or 16-bit integers (``<u2``/``<i2``),
 indices int32; element strides 1, row strides as the C API requires (16-byte
-multiples for the operands, 8 elements for the output). A's scales on the
-device must be M-major and TMA-aligned (``get_col_major_tma_aligned_tensor``
-makes them so for torch tensors, on the GPU); ``masked_m`` and ``m_indices``
-stay on the device (gemm.h documents the device-side contract).
+multiples for the operands, 8 elements for the output). A's scales: plain
+torch tensors are transposed on the GPU on each call (as upstream;
+``get_col_major_tma_aligned_tensor`` does it once), other device arrays must
+already be M-major and TMA-aligned; ``masked_m`` and ``m_indices`` stay on the
+device (gemm.h documents the device-side contract).
 ``per_token_cast_to_fp8`` / ``per_block_cast_to_fp8`` of a torch CUDA tensor
 quantize on the GPU and return torch tensors.
 
