@@ -8,7 +8,8 @@
  * GB/s = (M*K + K*N + 2*M*N) / t (grouped: G*(...)), scales not counted.
  * Each timed call is preceded by an L2 flush (a 256 MiB memset, outside the
  * timed events), as DeepGEMM's bench_kineto; times come from CUDA events on
- * one stream. The first call of each shape (JIT compile) is made at
+ * one stream, 30 timed calls per row (bench_kineto's count; a fixed count
+ * keeps the flushes of microsecond kernels from costing minutes). The first call of each shape (JIT compile) is made at
  * registration, untimed.
  *
  * The peer: cuBLASLt, opened with dlopen at run time ("libcublasLt.so.13",
@@ -393,7 +394,7 @@ static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) 
     const double flops = flops_of(c), bytes = bytes_of(c);
     bench_spec spec = {.name = c->name, .run = run_case, .arg = c, .manual_time = 1,
                        .flops = flops, .bytes = bytes, .label = "deepinfra (JIT, sm_90a)",
-                       .unit = "us"};
+                       .unit = "us", .iterations = 30};
     bench_register(&spec);
 
     /* The cuBLASLt peer on the same data. */
@@ -442,7 +443,8 @@ static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) 
     if (!blockwise)
         strncat(c->peer_label, ")", sizeof c->peer_label - strlen(c->peer_label) - 1);
     bench_spec peer = {.name = c->peer_name, .run = run_peer, .arg = c, .manual_time = 1,
-                       .flops = flops, .bytes = bytes, .label = c->peer_label, .unit = "us"};
+                       .flops = flops, .bytes = bytes, .label = c->peer_label, .unit = "us",
+                       .iterations = 30};
     bench_register(&peer);
 }
 
