@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include <deepinfra.h>
 
+#include "core/numeric_hd.h"
 #include "gemm/gemm_sm90.h"
 #include "jit_internal.h"
 
@@ -705,7 +706,6 @@ Test(gemm_jit, kernel_rejects_configs_outside_its_rules, .fini = cleanup_cache) 
  * lookup, the scale and output addressing and the fragment map together.
  * (The tensor cores' own arithmetic and the swizzle are the GPU tests' part.)
  */
-#include "core/numeric_hd.h"
 
 static void tma_element(const dinf__fp8_tensor_map_geometry *g, long long c0, long long c1,
                         long long c2, void *out) {
