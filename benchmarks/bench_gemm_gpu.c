@@ -430,10 +430,29 @@ static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) 
         fprintf(stderr, "%s: no cuBLASLt FP8 algorithm (%s)\n", c->name, c->plan.why);
         return;
     }
-    if (!run_peer_once(c) || cudaStreamSynchronize(g.stream) != cudaSuccess) {
+    /* The peer must compute the same product: compare its output with ours once. */
+    const size_t d_elems = (size_t)(a_rows * n);
+    uint16_t *ours = malloc(d_elems * 2), *theirs = malloc(d_elems * 2);
+    if (!ours || !theirs || run_ours(c) != DINF_STATUS_OK ||
+        cudaStreamSynchronize(g.stream) != cudaSuccess ||
+        cudaMemcpy(ours, c->d, d_elems * 2, cudaMemcpyDeviceToHost) != cudaSuccess ||
+        !run_peer_once(c) || cudaStreamSynchronize(g.stream) != cudaSuccess ||
+        cudaMemcpy(theirs, c->d, d_elems * 2, cudaMemcpyDeviceToHost) != cudaSuccess) {
         fprintf(stderr, "%s: cuBLASLt warm-up failed\n", c->name);
+        free(ours), free(theirs);
         return;
     }
+    double xy = 0, xx_yy = 0;
+    for (size_t i = 0; i < d_elems; i++) {
+        uint32_t ux = (uint32_t)ours[i] << 16, uy = (uint32_t)theirs[i] << 16;
+        float x, y;
+        memcpy(&x, &ux, 4);
+        memcpy(&y, &uy, 4);
+        xy += (double)x * y;
+        xx_yy += (double)x * x + (double)y * y;
+    }
+    free(ours), free(theirs);
+    const double diff = xx_yy > 0 ? 1.0 - 2.0 * xy / xx_yy : 0.0;
     snprintf(c->peer_name, sizeof c->peer_name, "gemm/gpu/cublaslt_%s/%s",
              blockwise ? "blockwise" : "per_tensor", c->name + strlen("gemm/gpu/"));
     snprintf(c->peer_label, sizeof c->peer_label, "peer: cuBLASLt %zu FP8 %s%s%s%s",
@@ -442,6 +461,12 @@ static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) 
              blockwise ? "" : why);
     if (!blockwise)
         strncat(c->peer_label, ")", sizeof c->peer_label - strlen(c->peer_label) - 1);
+    if (blockwise) { /* same math: the outputs must agree */
+        char note[96];
+        snprintf(note, sizeof note, diff < 1e-4 ? ", same output (calc_diff %.1e)"
+                                                 : " [OUTPUT DIFFERS: calc_diff %.3g]", diff);
+        strncat(c->peer_label, note, sizeof c->peer_label - strlen(c->peer_label) - 1);
+    }
     bench_spec peer = {.name = c->peer_name, .run = run_peer, .arg = c, .manual_time = 1,
                        .flops = flops, .bytes = bytes, .label = c->peer_label, .unit = "us",
                        .iterations = 30};
