@@ -140,6 +140,9 @@ $(BUILDDIR)/obj/gen/jit_templates.o: $(JIT_EMBED_C) jit/jit_internal.h $(CONFIG_
 	@echo "  CC      $<"
 	@$(CC) $(CFLAGS_LIB) -Ilib -Ijit -c $< -o $@
 
+# The GEMM host code calls the JIT runtime's internal API (jit/jit_internal.h).
+$(BUILDDIR)/obj/lib/gemm/%.o: CFLAGS_LIB += -Ilib -Ijit
+
 # nvcc prints each kernel's resource report (registers, spills, stack, shared
 # memory); it is kept beside the object for the resource test.
 $(BUILDDIR)/obj/kernels/%.o: kernels/%.cu $(HEADERS) $(PRIV_HDRS) $(CONFIG_STAMP)

@@ -28,6 +28,7 @@ typedef struct bench_spec {
     const char *items_name; /* counter name for items, e.g. "layers/s" */
     const char *label;  /* free text shown beside the row, may be NULL */
     const char *unit;   /* "ns", "us", "ms" or "s"; NULL: "us" */
+    int iterations;     /* fixed iteration count; 0: Google Benchmark decides (min time) */
 } bench_spec;
 
 /* Register a benchmark (the spec is copied; strings must stay valid). */

@@ -83,7 +83,10 @@ static void add_case(int64_t m, int64_t n, int64_t k) {
     bench_register(&spec);
 }
 
+void bench_register_gemm_gpu(void); /* bench_gemm_gpu.c: the Hopper kernels + cuBLASLt */
+
 void bench_register_gemm(void) {
+    bench_register_gemm_gpu();
     static const int64_t shapes[][2] = {{2112, 7168}, {24576, 1536}, {32768, 512},
                                         {7168, 16384}, {4096, 7168}, {7168, 2048}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)

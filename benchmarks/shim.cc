@@ -64,6 +64,8 @@ extern "C" void bench_register(const bench_spec *spec_in) {
     b->Unit(parse_unit(spec.unit));
     if (spec.manual_time)
         b->UseManualTime();
+    if (spec.iterations > 0)
+        b->Iterations(spec.iterations);
 }
 
 extern "C" int bench_main(int argc, char **argv) {

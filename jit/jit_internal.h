@@ -207,6 +207,11 @@ typedef struct dinf__jit_kernel {
     const dinf__jit_cubin *cubin;
     void *library; /* cudaLibrary_t */
     void *kernel;  /* cudaKernel_t */
+    /* Devices (bit d: device d < 64) on which the kernel's dynamic shared
+     * memory limit has been raised to the device maximum; updated atomically
+     * by dinf__jit_launch so that later launches (CUDA-graph captures
+     * included) make no attribute calls. */
+    unsigned long long smem_optin_devices;
 } dinf__jit_kernel;
 
 /* The architecture to compile for on a device ("sm_90a" on compute 9.0,
@@ -218,8 +223,9 @@ dinf_status dinf__jit_get_kernel(const char *func, const dinf_jit_kernel_config 
                                  const dinf__jit_kernel **out);
 
 /* Launch a loaded kernel with cudaLaunchKernelExC. grid/block/cluster are
- * x,y,z (cluster {1,1,1} or {0,0,0}: no cluster attribute); dynamic shared
- * memory above 48 KiB is enabled on device first. args: one pointer per
+ * x,y,z (cluster {1,1,1} or {0,0,0}: no cluster attribute); for dynamic shared
+ * memory above 48 KiB the kernel's limit on device is raised to the device's
+ * opt-in maximum, once per (kernel, device). args: one pointer per
  * kernel parameter, as for cudaLaunchKernel. CUDA_ERROR on failure. */
 dinf_status dinf__jit_launch(const char *func, const dinf__jit_kernel *kernel, int device,
                              const unsigned grid[3], const unsigned block[3],

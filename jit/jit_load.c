@@ -66,11 +66,28 @@ dinf_status dinf__jit_launch(const char *func, const dinf__jit_kernel *kernel, i
     cudaKernel_t k = (cudaKernel_t)kernel->kernel;
     cudaError_t err;
     if (dynamic_shared_bytes > 48 * 1024) {
-        err = cudaKernelSetAttributeForDevice(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              (int)dynamic_shared_bytes, device);
-        if (err != cudaSuccess)
-            return cuda_fail(func, "cudaKernelSetAttributeForDevice(max dynamic shared memory)",
-                             err);
+        /* Once per (kernel, device): raise the limit to the device's opt-in maximum. */
+        dinf__jit_kernel *mutable_kernel = (dinf__jit_kernel *)kernel; /* the table's storage */
+        const unsigned long long bit = device >= 0 && device < 64 ? 1ull << device : 0;
+        if (!bit ||
+            !(__atomic_load_n(&mutable_kernel->smem_optin_devices, __ATOMIC_ACQUIRE) & bit)) {
+            int optin = 0;
+            err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+            if (err != cudaSuccess)
+                return cuda_fail(func, "querying the device's shared memory limit", err);
+            if ((size_t)optin < dynamic_shared_bytes)
+                return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
+                                  "the kernel needs %zu bytes of shared memory per block; device "
+                                  "%d allows %d",
+                                  dynamic_shared_bytes, device, optin);
+            err = cudaKernelSetAttributeForDevice(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                  optin, device);
+            if (err != cudaSuccess)
+                return cuda_fail(func,
+                                 "cudaKernelSetAttributeForDevice(max dynamic shared memory)", err);
+            if (bit)
+                __atomic_fetch_or(&mutable_kernel->smem_optin_devices, bit, __ATOMIC_RELEASE);
+        }
     }
     cudaLaunchConfig_t config;
     memset(&config, 0, sizeof config);

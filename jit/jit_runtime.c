@@ -263,6 +263,7 @@ static dinf_status get_entry(const char *func, const dinf__jit_template *tmpl,
         pthread_cond_broadcast(&table.done);
         if (st != DINF_STATUS_OK) {
             pthread_mutex_unlock(&table.lock);
+            dinf__jit_build_free(&build); /* a failed compile still leaves NVRTC's log */
             return st;
         }
     }

@@ -11,6 +11,11 @@
 static const dinf__jit_template templates[] = {
     {"scale_rows", "scale_rows.cuh", "dinf_jit::scale_rows", 3,
      {{"BLOCK_THREADS", 1, 1024}, {"ELEMS_PER_THREAD", 1, 16}, {"OUT_BF16", 0, 1}}},
+    /* The Hopper FP8 GEMM (fp8_gemm.cuh documents the finer rules). */
+    {"fp8_gemm", "fp8_gemm.cuh", "dinf_jit::fp8_gemm", 4,
+     {{"GEMM_TYPE", 0, 2}, {"BLOCK_M", 64, 128}, {"BLOCK_N", 16, 128}, {"NUM_STAGES", 1, 16}}},
+    /* The float32 reference GEMM of the GPU tests and benchmarks (f32_gemm_ref.cuh). */
+    {"f32_gemm_nt_ref", "f32_gemm_ref.cuh", "dinf_jit::f32_gemm_nt_ref", 1, {{"TILE", 16, 32}}},
 };
 
 const dinf__jit_template *dinf__jit_find_template(const char *name) {

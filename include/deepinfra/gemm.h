@@ -20,13 +20,48 @@
  *   dinf_fp8_m_grouped_gemm_nt_masked        [G][m_max] rows, only the first masked_m[g]
  *                                            rows of group g are computed
  *
+ * Typical use on the GPU (all buffers device memory; x [m][k], w [n][k] float32):
+ *
+ *     dinf_exec gpu = DINF_EXEC_CUDA_INIT(0, stream);
+ *     dinf_fp8_quantize(x, DINF_DTYPE_FLOAT32, m, k, k, 1, a, k, sa_rows, &gpu);
+ *     dinf_fp8_scale_layout_mn_major(sa_rows, m, kb, a_scales, NULL, &gpu);
+ *     dinf_fp8_quantize(w, DINF_DTYPE_FLOAT32, n, k, k, 128, b, k, b_scales, &gpu);
+ *     dinf_fp8_gemm_nt(m, n, k, a, k, a_scales, b, k, b_scales, d, n, &gpu);
+ *
+ * (kb = ceil(k/128); pass NULL as exec for the same on the CPU.) The first
+ * GPU call of a tile configuration compiles its kernel; to do that ahead:
+ *
+ *     dinf_jit_kernel_config c;
+ *     dinf_fp8_gemm_kernel_config(DINF_FP8_GEMM_FORM_NORMAL, m, n, k, 1, num_sms, &c);
+ *     dinf_jit_precompile(&c, 1, NULL);
+ *
  * Where it runs (exec, the last argument): the CPU implementation (threaded)
  * follows the semantics above in a fixed, documented order, bit for bit for
- * any thread count; it is the oracle of the GPU kernels, which will be
- * compared with it within a tolerance (tensor-core accumulation is not
- * sequential float32). The
- * Hopper kernels (JIT-compiled for sm_90a) are not part of this version:
- * DINF_EXEC_CUDA returns DINF_STATUS_UNSUPPORTED for now.
+ * any thread count; it is the oracle of the GPU kernels, which are compared
+ * with it within a tolerance (tensor-core accumulation is not sequential
+ * float32).
+ *
+ * DINF_EXEC_CUDA runs Hopper kernels (sm_90a: TMA loads, an mbarrier
+ * pipeline, wgmma e4m3 with each 128-k block promoted into float32 with its
+ * scales), compiled at run time by the JIT (deepinfra/jit.h) for the shape's
+ * tile configuration on first use (dinf_fp8_gemm_kernel_config +
+ * dinf_jit_precompile compile ahead). Every buffer is device memory of
+ * exec->device; the call enqueues on exec->stream and returns without
+ * synchronising (CUDA-graph capturable once the kernel is compiled). Extra
+ * rules on this path:
+ *   - the device must be compute capability 9.0, else DINF_STATUS_UNSUPPORTED
+ *     (the CPU path stays available);
+ *   - k >= 1 and m, n, k, num_groups below 2^31, else UNSUPPORTED;
+ *   - a, b, a_scales and d 16-byte aligned, lda and ldb multiples of 16 bytes,
+ *     ldd a multiple of 8 elements, b_scales and m_indices/masked_m 4-byte
+ *     aligned, else DINF_STATUS_INVALID_ARGUMENT;
+ *   - m_indices and masked_m are device memory and are not read by the host:
+ *     the kernel reads m_indices at the first row of each 128-row block and
+ *     skips a block whose index is outside [0, num_groups) (-1 included);
+ *     indices changing inside a block are not detected (the block uses its
+ *     first row's group). masked_m[g] is clamped to [0, m_max] on the device,
+ *     so a count above m_max writes m_max rows and never beyond the group.
+ *     The CPU path rejects both with DINF_STATUS_INVALID_ARGUMENT.
  *
  * Sizes: m, n, k >= 0 (an empty product writes nothing; k == 0 writes zeros);
  * partial blocks at the edges of k and n are allowed. Leading dimensions are
@@ -37,6 +72,7 @@
 #define DEEPINFRA_GEMM_H
 
 #include "deepinfra/core.h"
+#include "deepinfra/jit.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -79,8 +115,9 @@ DINF_API dinf_status dinf_fp8_gemm_nt(int64_t m, int64_t n, int64_t k, const uin
  *                     aligned block of 128 rows
  *   exec        [IN]  NULL = CPU
  * Returns as dinf_fp8_gemm_nt; INVALID_ARGUMENT also for m_sum % 128 != 0,
- * an index outside [-1, num_groups) or one that changes inside a 128-row
- * block (the message names the row).
+ * and on the CPU for an index outside [-1, num_groups) or one that changes
+ * inside a 128-row block (the message names the row); on DINF_EXEC_CUDA
+ * m_indices is device memory: see the device-side contract at the top.
  */
 DINF_API dinf_status dinf_fp8_m_grouped_gemm_nt_contiguous(
     int64_t m_sum, int64_t n, int64_t k, int64_t num_groups, const uint8_t *a, int64_t lda,
@@ -101,12 +138,38 @@ DINF_API dinf_status dinf_fp8_m_grouped_gemm_nt_contiguous(
  *   expected_m  [IN]  a hint of the typical masked_m for the GPU kernel choice; >= 0
  *   exec        [IN]  NULL = CPU
  * Returns as dinf_fp8_gemm_nt; INVALID_ARGUMENT also for masked_m out of range
- * (on the CPU; the message names the group).
+ * on the CPU (the message names the group); on DINF_EXEC_CUDA masked_m is
+ * device memory, clamped to [0, m_max] by the kernel (see the top).
  */
 DINF_API dinf_status dinf_fp8_m_grouped_gemm_nt_masked(
     int64_t num_groups, int64_t m_max, int64_t n, int64_t k, const uint8_t *a, int64_t lda,
     const float *a_scales, const uint8_t *b, int64_t ldb, const float *b_scales, uint16_t *d,
     int64_t ldd, const int32_t *masked_m, int64_t expected_m, const dinf_exec *exec);
+
+/* The forms, for dinf_fp8_gemm_kernel_config. */
+typedef enum dinf_fp8_gemm_form {
+    DINF_FP8_GEMM_FORM_NORMAL = 0,     /* dinf_fp8_gemm_nt */
+    DINF_FP8_GEMM_FORM_CONTIGUOUS = 1, /* dinf_fp8_m_grouped_gemm_nt_contiguous */
+    DINF_FP8_GEMM_FORM_MASKED = 2,     /* dinf_fp8_m_grouped_gemm_nt_masked */
+} dinf_fp8_gemm_form;
+
+/*
+ * dinf_fp8_gemm_kernel_config - the JIT kernel the GPU path would choose for
+ * a shape, to compile it ahead of serving with dinf_jit_precompile (warm-up,
+ * or on a machine without a GPU with arch "sm_90a").
+ * Arguments:
+ *   form       [IN]  a dinf_fp8_gemm_form
+ *   m          [IN]  rows: m (normal), m_sum (contiguous), expected_m (masked); >= 0
+ *   n, k       [IN]  >= 1
+ *   num_groups [IN]  >= 1 (1 for normal)
+ *   num_sms    [IN]  streaming multiprocessors of the device (132 on H100/H200 SXM), >= 1
+ *   config     [OUT] caller-owned; written on success
+ * Returns DINF_STATUS_OK or DINF_STATUS_INVALID_ARGUMENT (bad form, sizes,
+ * NULL config). Pure function: no device, no JIT. Thread-safe.
+ */
+DINF_API dinf_status dinf_fp8_gemm_kernel_config(int32_t form, int64_t m, int64_t n, int64_t k,
+                                                 int64_t num_groups, int32_t num_sms,
+                                                 dinf_jit_kernel_config *config);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -1,6 +1,8 @@
 /*
  * FP8 GEMMs with 1x128 (A) / 128x128 (B) scaling: argument checks and the
- * CPU implementation (the oracle of the GPU kernels).
+ * CPU implementation (the oracle of the GPU kernels). DINF_EXEC_CUDA calls
+ * leave after the common checks for gemm_cuda.c (the Hopper kernels, their
+ * own rules; gemm_heuristic.c picks the tile configuration).
  *
  * Arithmetic, exactly (every operation float32, round to nearest even, no
  * fused multiply-add: the library is built with -ffp-contract=off):
@@ -31,6 +33,7 @@
 #include "../core/parallel.h"
 
 #include "deepinfra/gemm.h"
+#include "gemm_sm90.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -321,15 +324,9 @@ static dinf_status check_common(const shape_check *c) {
     return DINF_STATUS_OK;
 }
 
-/* Validate exec; CUDA is valid but not implemented. */
+/* Validate exec (DINF_EXEC_CUDA goes to gemm_cuda.c after the common checks). */
 static dinf_status resolve_place(const char *func, const dinf_exec *exec, dinf__place *place) {
-    dinf_status st = dinf__place_resolve(func, exec, place);
-    if (st != DINF_STATUS_OK)
-        return st;
-    if (place->kind == DINF_EXEC_CUDA)
-        return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
-                          "the Hopper kernels are not implemented yet; use DINF_EXEC_CPU");
-    return DINF_STATUS_OK;
+    return dinf__place_resolve(func, exec, place);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -349,6 +346,11 @@ dinf_status dinf_fp8_gemm_nt(int64_t m, int64_t n, int64_t k, const uint8_t *a, 
     dinf__place place;
     if ((st = resolve_place(__func__, exec, &place)) != DINF_STATUS_OK)
         return st;
+    if (place.kind == DINF_EXEC_CUDA) {
+        const dinf__fp8_gpu_problem p = {DINF_FP8_GEMM_NORMAL, m, n, k, 1, 0, a, lda, a_scales, b,
+                                         ldb, b_scales, d, ldd, NULL};
+        return dinf__fp8_gemm_cuda(__func__, &place, &p);
+    }
     if (m == 0 || n == 0)
         return DINF_STATUS_OK;
     const int64_t num_blocks = ceil_div(m, TILE_M), aligned_m = ceil_div(m, 4) * 4;
@@ -397,6 +399,11 @@ dinf_status dinf_fp8_m_grouped_gemm_nt_contiguous(int64_t m_sum, int64_t n, int6
     dinf__place place;
     if ((st = resolve_place(__func__, exec, &place)) != DINF_STATUS_OK)
         return st;
+    if (place.kind == DINF_EXEC_CUDA) { /* m_indices is device memory: a device-side contract */
+        const dinf__fp8_gpu_problem p = {DINF_FP8_GEMM_CONTIGUOUS, m_sum, n, k, num_groups, 0, a,
+                                         lda, a_scales, b, ldb, b_scales, d, ldd, m_indices};
+        return dinf__fp8_gemm_cuda(__func__, &place, &p);
+    }
     for (int64_t i = 0; i < m_sum; i++) {
         const int32_t g = m_indices[i];
         if (g < -1 || g >= num_groups)
@@ -468,6 +475,11 @@ dinf_status dinf_fp8_m_grouped_gemm_nt_masked(int64_t num_groups, int64_t m_max,
     dinf__place place;
     if ((st = resolve_place(__func__, exec, &place)) != DINF_STATUS_OK)
         return st;
+    if (place.kind == DINF_EXEC_CUDA) { /* masked_m is device memory: clamped on the device */
+        const dinf__fp8_gpu_problem p = {DINF_FP8_GEMM_MASKED, m_max, n, k, num_groups, expected_m,
+                                         a, lda, a_scales, b, ldb, b_scales, d, ldd, masked_m};
+        return dinf__fp8_gemm_cuda(__func__, &place, &p);
+    }
     int64_t total_blocks = 0;
     for (int64_t g = 0; g < num_groups; g++) {
         if (masked_m[g] < 0 || masked_m[g] > m_max)

@@ -231,8 +231,8 @@ Test(jit_compile, sm90a_cubin_is_a_cuda_elf_with_the_kernel) {
 }
 
 /* Issue 4 item 5: every configuration the library can pick compiles for
- * sm_90a without register spills or local memory. For now the only template
- * is scale_rows; the GEMM heuristic's configs join this list. */
+ * sm_90a without register spills or local memory: scale_rows here; the FP8
+ * GEMM heuristic's configs in tests/gemm/test_gemm_sm90.c (gemm_jit). */
 Test(jit_compile, every_config_compiles_for_sm90a_without_spills_or_local_memory) {
     require_nvrtc();
     const int threads[] = {128, 256, 512, 1024};

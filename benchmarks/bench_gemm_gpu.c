@@ -1,0 +1,506 @@
+/*
+ * FP8 GEMMs on the GPU (issue 4 item 8): the Hopper kernels on the
+ * DeepSeek-V3 shapes of deepgemm.md 4.2/4.4 (normal M in {64, 128, 4096};
+ * contiguous and masked grouped tables), with cuBLASLt FP8 on the same shapes
+ * in the same run as the peer row and the physical floor beside each row.
+ *
+ * Metrics (deepgemm.md 4.3): TFLOPS = 2*M*N*K / t (grouped: 2*G*M*N*K);
+ * GB/s = (M*K + K*N + 2*M*N) / t (grouped: G*(...)), scales not counted.
+ * Each timed call is preceded by an L2 flush (a 256 MiB memset, outside the
+ * timed events), as DeepGEMM's bench_kineto; times come from CUDA events on
+ * one stream, 30 timed calls per row (bench_kineto's count; a fixed count
+ * keeps the flushes of microsecond kernels from costing minutes). The first call of each shape (JIT compile) is made at
+ * registration, untimed.
+ *
+ * The peer: cuBLASLt, opened with dlopen at run time ("libcublasLt.so.13",
+ * then "libcublasLt.so"; never linked, never bundled). Blockwise scaling is
+ * the same math as ours, and cuBLASLt 12.9+ offers it on sm_90 only:
+ * activations with CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F (1x128, the
+ * M-major layout our kernels read), weights with _BLK128x128_32F (128x128,
+ * stored K-major with the k-block count padded to 4; copied once at setup).
+ * D (row-major [M][N]) = A * B^T is cuBLAS's column-major D^T = op(B) op(A):
+ * cuBLAS "A" = our B (TRANSA = T, K x N, ld K), cuBLAS "B" = our A (TRANSB = N,
+ * K x M, ld K), D N x M with ld N, bf16, fp32 compute, no fast accumulation.
+ * When the heuristic finds no blockwise algorithm (older cuBLASLt), the peer
+ * falls back to per-tensor FP8 scaling (scalar scales of 1.0, the speed of
+ * light without fine-grained scaling) and its label says so. Grouped forms:
+ * cuBLASLt is called once per group (equal-sized groups).
+ *
+ * Physical floor: the row's counter floor_us = max(FLOPs / 1979 TFLOP/s
+ * (H200 dense FP8, datasheet), bytes / 4.8 TB/s (HBM3e, datasheet)); the
+ * measured copy bandwidth row (copy/d2d) is beside it in the same table.
+ * Registered only with a usable sm_90 device.
+ */
+#define _GNU_SOURCE
+#include "bench.h"
+
+#include <deepinfra.h>
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void bench_register_gemm_gpu(void);
+
+#if DINF_WITH_CUDA && defined(__has_include)
+#if __has_include(<cublasLt.h>)
+#define HAVE_LT_HEADER 1
+#endif
+#endif
+
+#if DINF_WITH_CUDA && HAVE_LT_HEADER
+#include <cublasLt.h> /* types and enums only: the functions come from dlopen */
+#include <cuda_runtime_api.h>
+#include <dlfcn.h>
+
+#define FP8_PEAK_FLOPS 1979e12 /* H200 SXM dense FP8, datasheet */
+#define HBM_BYTES_PER_S 4.8e12 /* H200 HBM3e, datasheet */
+
+/* ------------------------------------------------------------- cuBLASLt -- */
+
+static struct {
+    int tried, ok;
+    char error[256];
+    cublasLtHandle_t handle;
+    cublasStatus_t (*Create)(cublasLtHandle_t *);
+    cublasStatus_t (*MatmulDescCreate)(cublasLtMatmulDesc_t *, cublasComputeType_t, cudaDataType_t);
+    cublasStatus_t (*MatmulDescSetAttribute)(cublasLtMatmulDesc_t, cublasLtMatmulDescAttributes_t,
+                                             const void *, size_t);
+    cublasStatus_t (*MatrixLayoutCreate)(cublasLtMatrixLayout_t *, cudaDataType, uint64_t,
+                                         uint64_t, int64_t);
+    cublasStatus_t (*PreferenceCreate)(cublasLtMatmulPreference_t *);
+    cublasStatus_t (*PreferenceSetAttribute)(cublasLtMatmulPreference_t,
+                                             cublasLtMatmulPreferenceAttributes_t, const void *,
+                                             size_t);
+    cublasStatus_t (*AlgoGetHeuristic)(cublasLtHandle_t, cublasLtMatmulDesc_t,
+                                       cublasLtMatrixLayout_t, cublasLtMatrixLayout_t,
+                                       cublasLtMatrixLayout_t, cublasLtMatrixLayout_t,
+                                       cublasLtMatmulPreference_t, int,
+                                       cublasLtMatmulHeuristicResult_t *, int *);
+    cublasStatus_t (*Matmul)(cublasLtHandle_t, cublasLtMatmulDesc_t, const void *, const void *,
+                             cublasLtMatrixLayout_t, const void *, cublasLtMatrixLayout_t,
+                             const void *, const void *, cublasLtMatrixLayout_t, void *,
+                             cublasLtMatrixLayout_t, const cublasLtMatmulAlgo_t *, void *, size_t,
+                             cudaStream_t);
+    size_t (*GetVersion)(void);
+} lt;
+
+static int lt_load(void) {
+    if (lt.tried)
+        return lt.ok;
+    lt.tried = 1;
+    void *h = dlopen("libcublasLt.so.13", RTLD_NOW | RTLD_LOCAL);
+    if (!h)
+        h = dlopen("libcublasLt.so", RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        snprintf(lt.error, sizeof lt.error, "cuBLASLt not found: %s", dlerror());
+        return 0;
+    }
+#define SYM(field, name)                                                                           \
+    if (!(*(void **)&lt.field = dlsym(h, name))) {                                                 \
+        snprintf(lt.error, sizeof lt.error, "cuBLASLt lacks %s", name);                            \
+        return 0;                                                                                  \
+    }
+    SYM(Create, "cublasLtCreate")
+    SYM(MatmulDescCreate, "cublasLtMatmulDescCreate")
+    SYM(MatmulDescSetAttribute, "cublasLtMatmulDescSetAttribute")
+    SYM(MatrixLayoutCreate, "cublasLtMatrixLayoutCreate")
+    SYM(PreferenceCreate, "cublasLtMatmulPreferenceCreate")
+    SYM(PreferenceSetAttribute, "cublasLtMatmulPreferenceSetAttribute")
+    SYM(AlgoGetHeuristic, "cublasLtMatmulAlgoGetHeuristic")
+    SYM(Matmul, "cublasLtMatmul")
+    SYM(GetVersion, "cublasLtGetVersion")
+#undef SYM
+    if (lt.Create(&lt.handle) != CUBLAS_STATUS_SUCCESS) {
+        snprintf(lt.error, sizeof lt.error, "cublasLtCreate failed");
+        return 0;
+    }
+    lt.ok = 1;
+    return 1;
+}
+
+/* One cuBLASLt plan: D[m][n] (bf16, row-major) = A[m][k] B[n][k]^T. */
+typedef struct lt_plan {
+    int blockwise; /* 1: VEC128 x BLK128x128; 0: per-tensor */
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, ld;
+    cublasLtMatmulAlgo_t algo;
+    void *workspace;
+    size_t workspace_bytes;
+    char why[160]; /* why blockwise is not used, if so */
+} lt_plan;
+
+static float *device_one; /* a device float 1.0 (per-tensor scales) */
+
+/* Plan for the shape; scale pointers are set per call (they differ per group). */
+static int lt_plan_make(lt_plan *p, int64_t m, int64_t n, int64_t k, int blockwise) {
+    memset(p, 0, sizeof *p);
+    p->blockwise = blockwise;
+    if (lt.MatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS)
+        return 0;
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    const int8_t fast = 0;
+    lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+    lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+    lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast);
+    if (blockwise) {
+        const int32_t weights = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
+        const int32_t acts = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+        if (lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &weights,
+                                      sizeof weights) != CUBLAS_STATUS_SUCCESS ||
+            lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &acts,
+                                      sizeof acts) != CUBLAS_STATUS_SUCCESS) {
+            snprintf(p->why, sizeof p->why, "scale modes rejected");
+            return 0;
+        }
+    }
+    /* Representative scale pointers for the heuristic query. */
+    lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &device_one,
+                              sizeof device_one);
+    lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &device_one,
+                              sizeof device_one);
+    if (lt.MatrixLayoutCreate(&p->la, CUDA_R_8F_E4M3, (uint64_t)k, (uint64_t)n, k) ||
+        lt.MatrixLayoutCreate(&p->lb, CUDA_R_8F_E4M3, (uint64_t)k, (uint64_t)m, k) ||
+        lt.MatrixLayoutCreate(&p->ld, CUDA_R_16BF, (uint64_t)n, (uint64_t)m, n))
+        return 0;
+    p->workspace_bytes = (size_t)64 << 20;
+    if (cudaMalloc(&p->workspace, p->workspace_bytes) != cudaSuccess)
+        return 0;
+    cublasLtMatmulPreference_t pref;
+    if (lt.PreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS)
+        return 0;
+    lt.PreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &p->workspace_bytes,
+                              sizeof p->workspace_bytes);
+    cublasLtMatmulHeuristicResult_t result;
+    int count = 0;
+    cublasStatus_t st = lt.AlgoGetHeuristic(lt.handle, p->desc, p->la, p->lb, p->ld, p->ld, pref,
+                                            1, &result, &count);
+    if (st != CUBLAS_STATUS_SUCCESS || count == 0) {
+        snprintf(p->why, sizeof p->why, "no algorithm (status %d, %d results)", (int)st, count);
+        return 0;
+    }
+    p->algo = result.algo;
+    return 1;
+}
+
+static cublasStatus_t lt_run(lt_plan *p, const uint8_t *a, const float *sa, const uint8_t *b,
+                             const float *sb_padded, uint16_t *d, cudaStream_t stream) {
+    const float alpha = 1.0f, beta = 0.0f;
+    const float *scale_w = p->blockwise ? sb_padded : device_one;
+    const float *scale_a = p->blockwise ? sa : device_one;
+    lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &scale_w,
+                              sizeof scale_w);
+    lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &scale_a,
+                              sizeof scale_a);
+    return lt.Matmul(lt.handle, p->desc, &alpha, b, p->la, a, p->lb, &beta, d, p->ld, d, p->ld,
+                     &p->algo, p->workspace, p->workspace_bytes, stream);
+}
+
+/* ------------------------------------------------------------- the cases -- */
+
+enum { NORMAL = 0, CONTIGUOUS = 1, MASKED = 2 };
+
+typedef struct gpu_case {
+    int form;
+    int64_t m, n, k, groups; /* m: rows per group (normal m, contiguous M/group, masked m_max) */
+    int64_t kb, nsb, aligned;
+    uint8_t *a, *b;
+    float *sa, *sb;
+    float **sa_group;   /* cuBLASLt: per-group VEC128 scales [kb][m] */
+    float *sb_padded;   /* cuBLASLt: per-group BLK128x128 scales [nsb][L4] */
+    int64_t l4;
+    uint16_t *d;
+    int32_t *info;      /* m_indices or masked_m (device) */
+    lt_plan plan;
+    int have_plan;
+    char name[96], peer_name[128], peer_label[384];
+} gpu_case;
+
+static struct {
+    int ready;
+    cudaStream_t stream;
+    cudaEvent_t start, stop;
+    void *flush;
+    size_t flush_bytes;
+    uint8_t *pool; /* random finite e4m3 codes */
+    size_t pool_bytes;
+} g;
+
+static uint64_t next_u64(uint64_t *s) {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+static int setup(void) {
+    if (g.ready)
+        return g.ready > 0;
+    g.ready = -1;
+    g.flush_bytes = (size_t)256 << 20;
+    g.pool_bytes = (size_t)64 << 20;
+    if (cudaStreamCreateWithFlags(&g.stream, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaEventCreate(&g.start) != cudaSuccess || cudaEventCreate(&g.stop) != cudaSuccess ||
+        cudaMalloc(&g.flush, g.flush_bytes) != cudaSuccess ||
+        cudaMalloc((void **)&device_one, sizeof(float)) != cudaSuccess)
+        return 0;
+    const float one = 1.0f;
+    cudaMemcpy(device_one, &one, sizeof one, cudaMemcpyHostToDevice);
+    g.pool = malloc(g.pool_bytes);
+    if (!g.pool)
+        return 0;
+    uint64_t s = 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < g.pool_bytes; i += 8) {
+        uint64_t r = next_u64(&s) & 0x7e7e7e7e7e7e7e7eull; /* exponent < 15: finite, no NaN */
+        r |= next_u64(&s) & 0x8080808080808080ull;         /* random signs */
+        memcpy(g.pool + i, &r, 8);
+    }
+    g.ready = 1;
+    return 1;
+}
+
+static int fill_codes(uint8_t *dst, size_t bytes) {
+    for (size_t off = 0; off < bytes; off += g.pool_bytes) {
+        const size_t n = bytes - off < g.pool_bytes ? bytes - off : g.pool_bytes;
+        if (cudaMemcpy(dst + off, g.pool, n, cudaMemcpyHostToDevice) != cudaSuccess)
+            return 0;
+    }
+    return 1;
+}
+
+static int fill_scales(float *dst, size_t count, uint64_t seed) {
+    float *h = malloc(count * sizeof(float));
+    if (!h)
+        return 0;
+    uint64_t s = seed | 1;
+    for (size_t i = 0; i < count; i++)
+        h[i] = (1.0f + (float)(next_u64(&s) % 1024) / 1024.0f) * (1.0f / 256.0f);
+    const int ok = cudaMemcpy(dst, h, count * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess;
+    free(h);
+    return ok;
+}
+
+static double flops_of(const gpu_case *c) { return 2.0 * (double)c->groups * (double)c->m * (double)c->n * (double)c->k; }
+static double bytes_of(const gpu_case *c) {
+    return (double)c->groups *
+           ((double)c->m * (double)c->k + (double)c->k * (double)c->n + 2.0 * (double)c->m * (double)c->n);
+}
+
+static dinf_status run_ours(gpu_case *c) {
+    dinf_exec exec = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)g.stream);
+    const int64_t rows = c->form == CONTIGUOUS ? c->m * c->groups : c->m;
+    if (c->form == NORMAL)
+        return dinf_fp8_gemm_nt(c->m, c->n, c->k, c->a, c->k, c->sa, c->b, c->k, c->sb, c->d,
+                                c->n, &exec);
+    if (c->form == CONTIGUOUS)
+        return dinf_fp8_m_grouped_gemm_nt_contiguous(rows, c->n, c->k, c->groups, c->a, c->k,
+                                                     c->sa, c->b, c->k, c->sb, c->d, c->n,
+                                                     c->info, &exec);
+    return dinf_fp8_m_grouped_gemm_nt_masked(c->groups, c->m, c->n, c->k, c->a, c->k, c->sa, c->b,
+                                             c->k, c->sb, c->d, c->n, c->info, c->m, &exec);
+}
+
+static int run_peer_once(gpu_case *c) {
+    for (int64_t gi = 0; gi < c->groups; gi++) {
+        const int64_t row0 = gi * c->m;
+        if (lt_run(&c->plan, c->a + row0 * c->k, c->sa_group[gi], c->b + gi * c->n * c->k,
+                   c->sb_padded + gi * c->nsb * c->l4, c->d + row0 * c->n, g.stream) !=
+            CUBLAS_STATUS_SUCCESS)
+            return 0;
+    }
+    return 1;
+}
+
+/* One timed iteration: flush L2, then events around the call. */
+static double timed(gpu_case *c, int peer) {
+    cudaMemsetAsync(g.flush, 0, g.flush_bytes, g.stream);
+    cudaEventRecord(g.start, g.stream);
+    if (peer) {
+        if (!run_peer_once(c)) {
+            bench_set_error("cublasLtMatmul failed");
+            return -1;
+        }
+    } else if (run_ours(c) != DINF_STATUS_OK) {
+        bench_set_error(dinf_last_error());
+        return -1;
+    }
+    cudaEventRecord(g.stop, g.stream);
+    float ms = 0;
+    cudaError_t err = cudaEventSynchronize(g.stop);
+    if (err == cudaSuccess)
+        err = cudaEventElapsedTime(&ms, g.start, g.stop);
+    if (err != cudaSuccess) {
+        bench_set_error(cudaGetErrorString(err));
+        return -1;
+    }
+    const double floor_s = flops_of(c) / FP8_PEAK_FLOPS > bytes_of(c) / HBM_BYTES_PER_S
+                               ? flops_of(c) / FP8_PEAK_FLOPS
+                               : bytes_of(c) / HBM_BYTES_PER_S;
+    bench_set_counter("floor_us", floor_s * 1e6);
+    bench_set_counter("TFLOPS", flops_of(c) / ((double)ms * 1e-3) / 1e12);
+    bench_set_counter("GBps", bytes_of(c) / ((double)ms * 1e-3) / 1e9);
+    return (double)ms * 1e-3;
+}
+
+static double run_case(void *arg) { return timed(arg, 0); }
+static double run_peer(void *arg) { return timed(arg, 1); }
+
+static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) {
+    gpu_case *c = calloc(1, sizeof *c); /* lives until exit */
+    if (!c)
+        return;
+    c->form = form, c->groups = groups, c->m = m, c->n = n, c->k = k;
+    c->kb = (k + 127) / 128, c->nsb = (n + 127) / 128, c->aligned = (m + 3) / 4 * 4;
+    c->l4 = (c->kb + 3) / 4 * 4;
+    const int64_t a_rows = m * groups;
+    const int64_t sa_count = form == NORMAL ? c->kb * c->aligned
+                             : form == CONTIGUOUS ? c->kb * a_rows
+                                                  : groups * c->kb * c->aligned;
+    const char *tag = form == NORMAL ? "fp8_nt" : form == CONTIGUOUS ? "fp8_contiguous" : "fp8_masked";
+    if (form == NORMAL)
+        snprintf(c->name, sizeof c->name, "gemm/gpu/%s/m%lld_n%lld_k%lld", tag, (long long)m,
+                 (long long)n, (long long)k);
+    else
+        snprintf(c->name, sizeof c->name, "gemm/gpu/%s/g%lld_m%lld_n%lld_k%lld", tag,
+                 (long long)groups, (long long)m, (long long)n, (long long)k);
+    int ok = cudaMalloc((void **)&c->a, (size_t)(a_rows * k)) == cudaSuccess &&
+             cudaMalloc((void **)&c->b, (size_t)(groups * n * k)) == cudaSuccess &&
+             cudaMalloc((void **)&c->sa, (size_t)sa_count * 4) == cudaSuccess &&
+             cudaMalloc((void **)&c->sb, (size_t)(groups * c->nsb * c->kb) * 4) == cudaSuccess &&
+             cudaMalloc((void **)&c->d, (size_t)(a_rows * n) * 2) == cudaSuccess;
+    ok = ok && fill_codes(c->a, (size_t)(a_rows * k)) && fill_codes(c->b, (size_t)(groups * n * k)) &&
+         fill_scales(c->sa, (size_t)sa_count, (uint64_t)(n + k)) &&
+         fill_scales(c->sb, (size_t)(groups * c->nsb * c->kb), (uint64_t)(n * 3 + k));
+    if (ok && form != NORMAL) {
+        const int64_t count = form == CONTIGUOUS ? a_rows : groups;
+        int32_t *h = malloc((size_t)count * 4);
+        ok = h != NULL && cudaMalloc((void **)&c->info, (size_t)count * 4) == cudaSuccess;
+        for (int64_t i = 0; ok && i < count; i++)
+            h[i] = form == CONTIGUOUS ? (int32_t)(i / m) : (int32_t)m; /* equal, full groups */
+        ok = ok && cudaMemcpy(c->info, h, (size_t)count * 4, cudaMemcpyHostToDevice) == cudaSuccess;
+        free(h);
+    }
+    if (!ok) {
+        fprintf(stderr, "%s: device setup failed: %s\n", c->name,
+                cudaGetErrorString(cudaGetLastError()));
+        return;
+    }
+    /* The first call compiles the kernel (JIT): untimed, and a failure is reported here. */
+    if (run_ours(c) != DINF_STATUS_OK || cudaStreamSynchronize(g.stream) != cudaSuccess) {
+        fprintf(stderr, "%s: %s\n", c->name, dinf_last_error());
+        return;
+    }
+    const double flops = flops_of(c), bytes = bytes_of(c);
+    bench_spec spec = {.name = c->name, .run = run_case, .arg = c, .manual_time = 1,
+                       .flops = flops, .bytes = bytes, .label = "deepinfra (JIT, sm_90a)",
+                       .unit = "us", .iterations = 30};
+    bench_register(&spec);
+
+    /* The cuBLASLt peer on the same data. */
+    if (!lt_load()) {
+        fprintf(stderr, "%s: no cuBLASLt peer: %s\n", c->name, lt.error);
+        return;
+    }
+    c->sa_group = calloc((size_t)groups, sizeof *c->sa_group);
+    ok = c->sa_group != NULL &&
+         cudaMalloc((void **)&c->sb_padded, (size_t)(groups * c->nsb * c->l4) * 4) == cudaSuccess &&
+         cudaMemset(c->sb_padded, 0, (size_t)(groups * c->nsb * c->l4) * 4) == cudaSuccess &&
+         cudaMemcpy2D(c->sb_padded, (size_t)c->l4 * 4, c->sb, (size_t)c->kb * 4, (size_t)c->kb * 4,
+                      (size_t)(groups * c->nsb), cudaMemcpyDeviceToDevice) == cudaSuccess;
+    for (int64_t gi = 0; ok && gi < groups; gi++) {
+        if (form == NORMAL) {
+            c->sa_group[gi] = c->sa; /* [kb][aligned_m], aligned_m == m for these shapes */
+        } else if (form == MASKED) {
+            c->sa_group[gi] = c->sa + gi * c->kb * c->aligned;
+        } else { /* contiguous: [kb][m_sum] -> per group [kb][m] */
+            ok = cudaMalloc((void **)&c->sa_group[gi], (size_t)(c->kb * m) * 4) == cudaSuccess &&
+                 cudaMemcpy2D(c->sa_group[gi], (size_t)m * 4, c->sa + gi * m, (size_t)a_rows * 4,
+                              (size_t)m * 4, (size_t)c->kb, cudaMemcpyDeviceToDevice) == cudaSuccess;
+        }
+    }
+    if (!ok) {
+        fprintf(stderr, "%s: peer setup failed\n", c->name);
+        return;
+    }
+    const int blockwise = m % 4 == 0 && lt_plan_make(&c->plan, m, n, k, 1);
+    char why[160];
+    snprintf(why, sizeof why, "%s", m % 4 ? "m not a multiple of 4" : c->plan.why);
+    if (!blockwise && !lt_plan_make(&c->plan, m, n, k, 0)) {
+        fprintf(stderr, "%s: no cuBLASLt FP8 algorithm (%s)\n", c->name, c->plan.why);
+        return;
+    }
+    /* The peer must compute the same product: compare its output with ours once. */
+    const size_t d_elems = (size_t)(a_rows * n);
+    uint16_t *ours = malloc(d_elems * 2), *theirs = malloc(d_elems * 2);
+    if (!ours || !theirs || run_ours(c) != DINF_STATUS_OK ||
+        cudaStreamSynchronize(g.stream) != cudaSuccess ||
+        cudaMemcpy(ours, c->d, d_elems * 2, cudaMemcpyDeviceToHost) != cudaSuccess ||
+        !run_peer_once(c) || cudaStreamSynchronize(g.stream) != cudaSuccess ||
+        cudaMemcpy(theirs, c->d, d_elems * 2, cudaMemcpyDeviceToHost) != cudaSuccess) {
+        fprintf(stderr, "%s: cuBLASLt warm-up failed\n", c->name);
+        free(ours), free(theirs);
+        return;
+    }
+    double xy = 0, xx_yy = 0;
+    for (size_t i = 0; i < d_elems; i++) {
+        uint32_t ux = (uint32_t)ours[i] << 16, uy = (uint32_t)theirs[i] << 16;
+        float x, y;
+        memcpy(&x, &ux, 4);
+        memcpy(&y, &uy, 4);
+        xy += (double)x * y;
+        xx_yy += (double)x * x + (double)y * y;
+    }
+    free(ours), free(theirs);
+    const double diff = xx_yy > 0 ? 1.0 - 2.0 * xy / xx_yy : 0.0;
+    snprintf(c->peer_name, sizeof c->peer_name, "gemm/gpu/cublaslt_%s/%s",
+             blockwise ? "blockwise" : "per_tensor", c->name + strlen("gemm/gpu/"));
+    snprintf(c->peer_label, sizeof c->peer_label, "peer: cuBLASLt %zu FP8 %s%s%s%s",
+             lt.GetVersion(), blockwise ? "1x128 x 128x128 blockwise" : "per-tensor",
+             groups > 1 ? ", one call per group" : "", blockwise ? "" : " (blockwise: ",
+             blockwise ? "" : why);
+    if (!blockwise)
+        strncat(c->peer_label, ")", sizeof c->peer_label - strlen(c->peer_label) - 1);
+    if (blockwise) { /* same math: the outputs must agree */
+        char note[96];
+        snprintf(note, sizeof note, diff < 1e-4 ? ", same output (calc_diff %.1e)"
+                                                 : " [OUTPUT DIFFERS: calc_diff %.3g]", diff);
+        strncat(c->peer_label, note, sizeof c->peer_label - strlen(c->peer_label) - 1);
+    }
+    bench_spec peer = {.name = c->peer_name, .run = run_peer, .arg = c, .manual_time = 1,
+                       .flops = flops, .bytes = bytes, .label = c->peer_label, .unit = "us",
+                       .iterations = 30};
+    bench_register(&peer);
+}
+
+void bench_register_gemm_gpu(void) {
+    dinf_device_info info = DINF_DEVICE_INFO_INIT;
+    if (dinf_device_query(0, &info) != DINF_STATUS_OK || !info.usable || info.cc_major != 9 ||
+        info.cc_minor != 0)
+        return;
+    if (!setup()) {
+        fprintf(stderr, "gemm GPU benchmarks skipped: setup failed: %s\n",
+                cudaGetErrorString(cudaGetLastError()));
+        return;
+    }
+    static const int64_t normal_nk[][2] = {{2112, 7168}, {24576, 1536}, {32768, 512},
+                                           {7168, 16384}, {4096, 7168}, {7168, 2048}};
+    static const int64_t normal_m[] = {64, 128, 4096};
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 6; j++)
+            add_case(NORMAL, 1, normal_m[i], normal_nk[j][0], normal_nk[j][1]);
+    /* deepgemm.md 4.4 grouped tables: (G, M per group, N, K). */
+    static const int64_t contiguous[][4] = {
+        {4, 8192, 4096, 7168}, {4, 8192, 7168, 2048}, {8, 4096, 4096, 7168}, {8, 4096, 7168, 2048}};
+    for (int i = 0; i < 4; i++)
+        add_case(CONTIGUOUS, contiguous[i][0], contiguous[i][1], contiguous[i][2], contiguous[i][3]);
+    static const int64_t masked[][4] = {{1, 1024, 4096, 7168}, {1, 1024, 7168, 2048},
+                                        {2, 512, 4096, 7168},  {2, 512, 7168, 2048},
+                                        {4, 256, 4096, 7168},  {4, 256, 7168, 2048}};
+    for (int i = 0; i < 6; i++)
+        add_case(MASKED, masked[i][0], masked[i][1], masked[i][2], masked[i][3]);
+}
+
+#else
+void bench_register_gemm_gpu(void) {}
+#endif

@@ -1,0 +1,183 @@
+/*
+ * Hopper (sm_90a) building blocks of the JIT kernels, as inline PTX (no CUDA
+ * headers at run time). Each wrapper names the PTX ISA section it implements
+ * (PTX ISA 8.x, "Parallel Synchronization and Communication Instructions" and
+ * "Warpgroup Level Matrix Multiply-Accumulate Instructions").
+ *
+ *   shared-memory addresses    cvta.to.shared
+ *   mbarrier                   9.7.13.15 mbarrier.{init,arrive,arrive.expect_tx,try_wait.parity}
+ *   TMA (bulk tensor copy)     9.7.9.25 cp.async.bulk.tensor (global -> shared, mbarrier completion)
+ *   wgmma                      9.7.15 wgmma.fence / mma_async / commit_group / wait_group,
+ *                              9.7.15.5.1 shared memory matrix descriptor
+ */
+#pragma once
+#include "dinf_prelude.cuh"
+
+namespace dinf_jit {
+
+/* ------------------------------------------------------------- shared -- */
+
+/* The 32-bit shared-window address of a pointer into shared memory. */
+__device__ __forceinline__ uint32_t smem_u32(const void *p) {
+    uint64_t a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+    return (uint32_t)a;
+}
+
+/* ----------------------------------------------------------- mbarrier -- */
+
+__device__ __forceinline__ void mbar_init(uint64_t *bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count)
+                 : "memory");
+}
+
+/* Make initialised barriers visible to the other threads and to the async
+ * proxy (TMA) before first use; a __syncthreads must follow. */
+__device__ __forceinline__ void mbar_init_fence() {
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(uint64_t *bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(bar)) : "memory");
+}
+
+/* Arrive and announce tx_bytes that asynchronous copies will complete. */
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t *bar, uint32_t tx_bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)),
+                 "r"(tx_bytes)
+                 : "memory");
+}
+
+/* Wait until the phase of parity `parity` has completed. A fresh barrier
+ * counts as having completed the phase of parity 1 (so producers start
+ * waiting on empty slots with parity 1 and pass at once). */
+__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
+    const uint32_t addr = smem_u32(bar);
+    uint32_t done = 0;
+    do {
+        asm volatile("{\n.reg .pred p;\n"
+                     "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     "selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(addr), "r"(parity)
+                     : "memory");
+    } while (!done);
+}
+
+/* ---------------------------------------------------------------- TMA -- */
+
+/* A CUtensorMap (encoded on the host by cuTensorMapEncodeTiled), passed to
+ * kernels by value as a __grid_constant__ parameter. */
+struct alignas(64) tensor_map_t {
+    uint64_t opaque[16];
+};
+
+__device__ __forceinline__ void tma_prefetch_descriptor(const tensor_map_t *map) {
+    asm volatile("prefetch.tensormap [%0];" ::"l"((uint64_t)map) : "memory");
+}
+
+/* 3-D tile load global -> shared, completing tx bytes on bar. c0 is the
+ * innermost (contiguous) coordinate, in elements. */
+__device__ __forceinline__ void tma_load_3d(void *dst, const tensor_map_t *map, uint64_t *bar,
+                                            int c0, int c1, int c2) {
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%3, %4, %5}], [%2];" ::"r"(smem_u32(dst)),
+                 "l"((uint64_t)map), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2)
+                 : "memory");
+}
+
+/* -------------------------------------------------------------- wgmma -- */
+
+/*
+ * Shared memory matrix descriptor of a K-major operand tile stored with the
+ * 128-byte swizzle (as TMA writes it with CU_TENSOR_MAP_SWIZZLE_128B and a
+ * 128-byte inner box): rows of 128 bytes, 8-row core-matrix groups 1024
+ * bytes apart (stride byte offset), leading byte offset unused (0), layout
+ * type 1 = 128B swizzle in bits 62-63. The tile must start 1024-byte aligned;
+ * moving along K inside the 128-byte row is a plain byte offset of the start
+ * address (the swizzle is a function of the address bits).
+ */
+__device__ __forceinline__ uint64_t wgmma_desc_k_major_sw128(uint32_t smem_addr) {
+    uint64_t desc = 0;
+    desc |= (uint64_t)((smem_addr & 0x3FFFF) >> 4);   /* bits 0-13: start address >> 4 */
+    /* bits 16-29: leading byte offset >> 4, unused for swizzled K-major tiles (0) */
+    desc |= (uint64_t)(1024 >> 4) << 32;              /* bits 32-45: stride byte offset >> 4 */
+    desc |= (uint64_t)1 << 62;                        /* bits 62-63: 128-byte swizzle */
+    return desc;
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_wait_all() {
+    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+}
+/* Keep the compiler from moving accesses of an accumulator register across
+ * the asynchronous wgmma (CUTLASS's warpgroup_fence_operand). */
+__device__ __forceinline__ void fence_operand(float &r) { asm volatile("" : "+f"(r)::"memory"); }
+
+/*
+ * D[64 x N] (+)= A[64 x 32] * B[N x 32]^T, e4m3 x e4m3 -> f32, both operands
+ * K-major in shared memory (descriptors). accumulate = 0 overwrites d. The
+ * thread's N/2 accumulators: for column group i (8 columns), d[4i], d[4i+1]
+ * are row warp*16 + lane/4, columns 8i + 2*(lane%4) + {0, 1}; d[4i+2],
+ * d[4i+3] the same columns of row + 8.
+ */
+template <int N> struct wgmma_e4m3;
+
+// GENERATED by tools/gen-wgmma.py: begin
+template <> struct wgmma_e4m3<16> {
+    __device__ __forceinline__ static void mma(uint64_t desc_a, uint64_t desc_b, float *d, int accumulate) {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7}, "
+                     "%8, %9, p, 1, 1;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                     : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+    }
+};
+template <> struct wgmma_e4m3<32> {
+    __device__ __forceinline__ static void mma(uint64_t desc_a, uint64_t desc_b, float *d, int accumulate) {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n32k32.f32.e4m3.e4m3 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+                     "%16, %17, p, 1, 1;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                     : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+    }
+};
+template <> struct wgmma_e4m3<64> {
+    __device__ __forceinline__ static void mma(uint64_t desc_a, uint64_t desc_b, float *d, int accumulate) {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                     "%32, %33, p, 1, 1;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                     , "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                     : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+    }
+};
+template <> struct wgmma_e4m3<128> {
+    __device__ __forceinline__ static void mma(uint64_t desc_a, uint64_t desc_b, float *d, int accumulate) {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                     "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                     "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+                     "%64, %65, p, 1, 1;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                     , "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                     , "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
+                     , "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                     : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+    }
+};
+// GENERATED by tools/gen-wgmma.py: end
+
+} // namespace dinf_jit

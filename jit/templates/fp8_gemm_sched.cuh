@@ -1,0 +1,174 @@
+/*
+ * FP8 GEMM index math shared by the host (lib/gemm, tests: plain C11) and the
+ * Hopper kernel (fp8_gemm.cuh, compiled by NVRTC): the runtime arguments of
+ * one launch, tile scheduling (the order in which a persistent CTA visits
+ * output tiles), the group lookup of the grouped forms and the addressing of
+ * the B scales. Written once so that the CPU tests exercise the code the
+ * kernel runs. Embedded in the library like every template: it includes
+ * nothing and uses only C types (int, long long, unsigned long long).
+ */
+#ifndef DINF_FP8_GEMM_SCHED_CUH
+#define DINF_FP8_GEMM_SCHED_CUH
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define DINF_FP8_HD __device__ __forceinline__
+#else
+#define DINF_FP8_HD static inline
+#endif
+
+/* The three forms (template constant GEMM_TYPE). */
+#define DINF_FP8_GEMM_NORMAL 0
+#define DINF_FP8_GEMM_CONTIGUOUS 1
+#define DINF_FP8_GEMM_MASKED 2
+
+/* K extent of one scale block and of one pipeline stage. */
+#define DINF_FP8_BLOCK_K 128
+/* N-blocks per raster strip: consecutive tiles walk up to this many N-blocks
+ * of one M-block before moving to the next M-block, so CTAs running at the
+ * same time share A rows and a band of B in L2 (DeepGEMM v1's order). */
+#define DINF_FP8_STRIP_N_BLOCKS 16
+
+/* Dynamic shared memory of one CTA (bytes): 1024 for aligning the base,
+ * then per stage an A tile (BLOCK_M x 128 e4m3), a B tile (BLOCK_N x 128
+ * e4m3) and BLOCK_M A scales (float32), then a full and an empty mbarrier
+ * (8 bytes each) per stage. The kernel lays it out in this order. */
+#define DINF_FP8_SMEM_BYTES(block_m, block_n, stages)                                            \
+    (1024 + (stages) * ((block_m) * 128 + (block_n) * 128 + (block_m) * 4) + (stages) * 16)
+
+/* Largest dynamic shared memory per block on sm_90 (227 KiB). */
+#define DINF_FP8_SMEM_LIMIT 232448
+
+/*
+ * Runtime arguments of one launch, passed by value to the kernel (same
+ * layout in C and CUDA: 8-byte fields first, then 4-byte fields).
+ */
+typedef struct dinf_fp8_gemm_args {
+    unsigned long long d;          /* bf16 output [rows][n], row stride ldd elements */
+    unsigned long long b_scales;   /* float32 [num_groups][n_scale_blocks][k_blocks] */
+    unsigned long long group_info; /* int32: m_indices [m] (contiguous), masked_m [G] (masked), 0 */
+    long long ldd;                 /* output row stride, elements */
+    int m;              /* normal: m; contiguous: m_sum; masked: m_max (rows per group) */
+    int n, k;           /* columns, depth */
+    int num_groups;     /* 1 for normal */
+    int k_blocks;       /* ceil(k / 128) */
+    int n_scale_blocks; /* ceil(n / 128) */
+    int m_blocks;       /* normal/contiguous: ceil(m / BLOCK_M); masked: ceil(m_max / BLOCK_M) */
+    int n_blocks;       /* ceil(n / BLOCK_N) */
+} dinf_fp8_gemm_args;
+
+/* One output tile: rows [m_block * BLOCK_M, +BLOCK_M) of group `group`
+ * (within the group for masked; absolute for normal and contiguous),
+ * columns [n_block * BLOCK_N, +BLOCK_N), valid rows below row_limit. */
+typedef struct dinf_fp8_tile {
+    int m_block, n_block;
+    int group;     /* the B matrix (and for masked the A/D group) */
+    int row_limit; /* rows >= row_limit (within the group for masked) are not stored */
+} dinf_fp8_tile;
+
+/* Raster order inside a rectangle of m_blocks x n_blocks tiles: strips of
+ * DINF_FP8_STRIP_N_BLOCKS N-blocks (the last one narrower), M-blocks in order
+ * inside a strip, N-blocks fastest. index < m_blocks * n_blocks. */
+DINF_FP8_HD void dinf_fp8_raster(long long index, int m_blocks, int n_blocks, int *m_block,
+                                 int *n_block) {
+    const long long full = (long long)m_blocks * DINF_FP8_STRIP_N_BLOCKS;
+    const long long strip = index / full;
+    const int n_start = (int)(strip * DINF_FP8_STRIP_N_BLOCKS);
+    const int rest = n_blocks - n_start;
+    const int width = rest < DINF_FP8_STRIP_N_BLOCKS ? rest : DINF_FP8_STRIP_N_BLOCKS;
+    const long long r = index - strip * full;
+    *m_block = (int)(r / width);
+    *n_block = n_start + (int)(r % width);
+}
+
+/* Valid rows of masked group g: masked_m[g] clamped to [0, m_max] (the
+ * device-side contract: an out-of-range count never writes outside the
+ * group's m_max rows). */
+DINF_FP8_HD int dinf_fp8_masked_rows(const int *masked_m, int g, int m_max) {
+    const int v = masked_m[g];
+    return v < 0 ? 0 : v > m_max ? m_max : v;
+}
+
+/* Tiles a launch may have to visit (an upper bound for masked, where the
+ * counts live in device memory). */
+DINF_FP8_HD long long dinf_fp8_tile_bound(const dinf_fp8_gemm_args *a, int gemm_type) {
+    const long long per_group = (long long)a->m_blocks * a->n_blocks;
+    return gemm_type == DINF_FP8_GEMM_MASKED ? per_group * a->num_groups : per_group;
+}
+
+/*
+ * Tile `index` of the launch (0, 1, ... in the order every CTA agrees on).
+ * Returns 1 and fills *tile when the tile is to be computed, 0 when it is
+ * skipped (contiguous: a block whose m_indices entry is outside
+ * [0, num_groups), -1 included), -1 when index is past the last tile.
+ * BLOCK_M = block_m. Contiguous reads m_indices[m_block * block_m] only (the
+ * first row of each block: the group must be constant over the block).
+ */
+DINF_FP8_HD int dinf_fp8_tile_at(const dinf_fp8_gemm_args *a, int gemm_type, int block_m,
+                                 long long index, dinf_fp8_tile *tile) {
+    if (index < 0)
+        return -1;
+    if (gemm_type == DINF_FP8_GEMM_MASKED) {
+        const int *masked_m = (const int *)a->group_info;
+        for (int g = 0; g < a->num_groups; g++) {
+            const int rows = dinf_fp8_masked_rows(masked_m, g, a->m);
+            const int m_blocks = (rows + block_m - 1) / block_m;
+            const long long count = (long long)m_blocks * a->n_blocks;
+            if (index < count) {
+                dinf_fp8_raster(index, m_blocks, a->n_blocks, &tile->m_block, &tile->n_block);
+                tile->group = g;
+                tile->row_limit = rows;
+                return 1;
+            }
+            index -= count;
+        }
+        return -1;
+    }
+    if (index >= (long long)a->m_blocks * a->n_blocks)
+        return -1;
+    dinf_fp8_raster(index, a->m_blocks, a->n_blocks, &tile->m_block, &tile->n_block);
+    tile->row_limit = a->m;
+    tile->group = 0;
+    if (gemm_type == DINF_FP8_GEMM_CONTIGUOUS) {
+        const int g = ((const int *)a->group_info)[(long long)tile->m_block * block_m];
+        if (g < 0 || g >= a->num_groups)
+            return 0;
+        tile->group = g;
+    }
+    return 1;
+}
+
+/* Index of b_scales[group][n / 128][kb] for the tile's columns. BLOCK_N
+ * divides 128, so one N-block lies inside one 128-column scale block. */
+DINF_FP8_HD long long dinf_fp8_b_scale_index(const dinf_fp8_gemm_args *a, int group, int n0,
+                                             int kb) {
+    return ((long long)group * a->n_scale_blocks + n0 / DINF_FP8_BLOCK_K) * a->k_blocks + kb;
+}
+
+/* Output element offset (in elements from d) of row `row` of the tile's
+ * group (masked: rows are per group, m_max rows per group) and column col. */
+DINF_FP8_HD long long dinf_fp8_d_offset(const dinf_fp8_gemm_args *a, int gemm_type, int group,
+                                        int row, int col) {
+    const long long global_row =
+        gemm_type == DINF_FP8_GEMM_MASKED ? (long long)group * a->m + row : (long long)row;
+    return global_row * a->ldd + col;
+}
+
+/*
+ * The wgmma m64nNk32 accumulator fragment (PTX ISA 9.7.15.5, "Matrix D"):
+ * thread `lane` of warp `warp` (0..3) of a math warpgroup owning tile rows
+ * [64 * math_wg, +64) holds, for column group i (8 columns), accumulators
+ * 4i + 2*half + {0, 1} at tile row dinf_fp8_frag_row(math_wg, warp, lane, half)
+ * and tile columns dinf_fp8_frag_col(i, lane) + {0, 1}.
+ */
+DINF_FP8_HD int dinf_fp8_frag_row(int math_wg, int warp, int lane, int half) {
+    return math_wg * 64 + warp * 16 + lane / 4 + 8 * half;
+}
+DINF_FP8_HD int dinf_fp8_frag_col(int i, int lane) { return 8 * i + 2 * (lane % 4); }
+
+#ifdef __cplusplus
+static_assert(sizeof(dinf_fp8_gemm_args) == 64, "dinf_fp8_gemm_args: host and device layouts differ");
+#else
+_Static_assert(sizeof(dinf_fp8_gemm_args) == 64, "dinf_fp8_gemm_args: host and device layouts differ");
+#endif
+
+#endif /* DINF_FP8_GEMM_SCHED_CUH */

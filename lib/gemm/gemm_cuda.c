@@ -1,0 +1,281 @@
+/*
+ * The Hopper path of the FP8 GEMMs: GPU argument rules, tensor maps and the
+ * launch of the JIT kernel (jit/templates/fp8_gemm.cuh).
+ *
+ * Tensor maps are encoded on the host with cuTensorMapEncodeTiled, a driver
+ * function reached through cudaGetDriverEntryPointByVersion (the library
+ * never links libcuda). cuda.h is used at build time for its types only.
+ *
+ * Device-side contracts (device memory is never read by the host, and the
+ * call never synchronises):
+ *   - contiguous: the kernel reads m_indices at the first row of each 128-row
+ *     block; a block whose index is outside [0, num_groups) (-1 included) is
+ *     skipped (not written); indices that change inside a block are the
+ *     caller's bug: the block is computed with its first row's group.
+ *   - masked: masked_m[g] is clamped to [0, m_max] on the device: a count
+ *     above m_max computes and writes m_max rows, never beyond the group.
+ * The CPU path rejects both with INVALID_ARGUMENT.
+ */
+#include "gemm_sm90.h"
+
+#include "../../jit/jit_internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static long long ceil_div_ll(long long a, long long b) { return a / b + (a % b != 0); }
+
+#define INT32_LIMIT 2147483647LL
+/* Tensor-map strides must stay below 2^40 bytes. */
+#define TMA_STRIDE_LIMIT (1LL << 40)
+
+static const char *form_name(int gemm_type) {
+    return gemm_type == DINF_FP8_GEMM_CONTIGUOUS ? "m_sum"
+           : gemm_type == DINF_FP8_GEMM_MASKED   ? "m_max"
+                                                 : "m";
+}
+
+static int misaligned(const void *p, unsigned bytes) { return ((uintptr_t)p % bytes) != 0; }
+
+dinf_status dinf__fp8_gpu_check(const char *func, const dinf__fp8_gpu_problem *p) {
+    const int64_t rows = p->gemm_type == DINF_FP8_GEMM_MASKED ? p->m * p->num_groups : p->m;
+    if (rows == 0 || p->n == 0)
+        return DINF_STATUS_OK;
+    if (p->k == 0)
+        return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
+                          "k=0: the Hopper kernels need k >= 1 (the CPU path writes zeros)");
+    if (p->k > INT32_LIMIT - DINF_FP8_BLOCK_K || p->n > INT32_LIMIT || p->m > INT32_LIMIT ||
+        p->num_groups > INT32_LIMIT)
+        return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
+                          "%s=%lld, n=%lld, k=%lld, num_groups=%lld: the Hopper kernels take "
+                          "sizes below 2^31",
+                          form_name(p->gemm_type), (long long)p->m, (long long)p->n,
+                          (long long)p->k, (long long)p->num_groups);
+    /* Alignment: TMA reads A, B and the A scales (16-byte aligned bases and
+     * row strides); the output is stored in 16-byte-aligned rows. */
+    struct {
+        const char *name;
+        const void *ptr;
+        unsigned bytes;
+    } ptrs[] = {{"a", p->a, 16},        {"a_scales", p->a_scales, 16}, {"b", p->b, 16},
+                {"b_scales", p->b_scales, 4}, {"d", p->d, 16},
+                {p->gemm_type == DINF_FP8_GEMM_MASKED ? "masked_m" : "m_indices", p->group_info, 4}};
+    for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++)
+        if (misaligned(ptrs[i].ptr, ptrs[i].bytes))
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "%s=%p is not %u-byte aligned (required on DINF_EXEC_CUDA)",
+                              ptrs[i].name, ptrs[i].ptr, ptrs[i].bytes);
+    if (p->lda % 16 != 0)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "lda=%lld is not a multiple of 16 bytes (required on DINF_EXEC_CUDA)",
+                          (long long)p->lda);
+    if (p->ldb % 16 != 0)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "ldb=%lld is not a multiple of 16 bytes (required on DINF_EXEC_CUDA)",
+                          (long long)p->ldb);
+    if (p->ldd % 8 != 0)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "ldd=%lld is not a multiple of 8 elements (16 bytes; required on "
+                          "DINF_EXEC_CUDA)",
+                          (long long)p->ldd);
+    /* Tensor-map strides (bytes) of the 3-D views. */
+    const int64_t aligned_m = ceil_div_ll(p->m, 4) * 4, k_blocks = ceil_div_ll(p->k, 128);
+    const long double strides[] = {(long double)p->lda, (long double)p->lda * (long double)p->m,
+                                   (long double)p->ldb, (long double)p->ldb * (long double)p->n,
+                                   (long double)aligned_m * 4.0L * (long double)k_blocks};
+    for (size_t i = 0; i < sizeof strides / sizeof strides[0]; i++)
+        if (strides[i] >= (long double)TMA_STRIDE_LIMIT)
+            return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
+                              "lda=%lld, ldb=%lld, %s=%lld, n=%lld, k=%lld: a tensor-map stride "
+                              "reaches 2^40 bytes (the Hopper kernels' limit)",
+                              (long long)p->lda, (long long)p->ldb, form_name(p->gemm_type),
+                              (long long)p->m, (long long)p->n, (long long)p->k);
+    return DINF_STATUS_OK;
+}
+
+void dinf__fp8_plan(const dinf__fp8_gpu_problem *p, int num_sms, dinf__fp8_launch_plan *plan) {
+    memset(plan, 0, sizeof *plan);
+    const int64_t groups = p->num_groups;
+    const int64_t hint = p->gemm_type == DINF_FP8_GEMM_MASKED ? p->expected_m : p->m;
+    plan->config = dinf__fp8_heuristic(p->gemm_type, hint, p->n, p->k, groups, num_sms);
+    const dinf__fp8_config *cfg = &plan->config;
+    const int64_t k_blocks = ceil_div_ll(p->k, 128), aligned_m = ceil_div_ll(p->m, 4) * 4;
+    /* A and its scales have one group per masked group, one in total otherwise. */
+    const int64_t a_groups = p->gemm_type == DINF_FP8_GEMM_MASKED ? groups : 1;
+    plan->map_a = (dinf__fp8_tensor_map_geometry){
+        p->a, 1, 1, {(uint64_t)p->k, (uint64_t)p->m, (uint64_t)a_groups},
+        {(uint64_t)p->lda, (uint64_t)(p->lda * p->m)}, {DINF_FP8_BLOCK_K, (uint32_t)cfg->block_m, 1}};
+    plan->map_b = (dinf__fp8_tensor_map_geometry){
+        p->b, 1, 1, {(uint64_t)p->k, (uint64_t)p->n, (uint64_t)groups},
+        {(uint64_t)p->ldb, (uint64_t)(p->ldb * p->n)}, {DINF_FP8_BLOCK_K, (uint32_t)cfg->block_n, 1}};
+    plan->map_sa = (dinf__fp8_tensor_map_geometry){
+        p->a_scales, 4, 0, {(uint64_t)aligned_m, (uint64_t)k_blocks, (uint64_t)a_groups},
+        {(uint64_t)(aligned_m * 4), (uint64_t)(aligned_m * 4 * k_blocks)},
+        {(uint32_t)cfg->block_m, 1, 1}};
+    dinf_fp8_gemm_args *args = &plan->args;
+    args->d = (unsigned long long)(uintptr_t)p->d;
+    args->b_scales = (unsigned long long)(uintptr_t)p->b_scales;
+    args->group_info = (unsigned long long)(uintptr_t)p->group_info;
+    args->ldd = p->ldd;
+    args->m = (int)p->m;
+    args->n = (int)p->n;
+    args->k = (int)p->k;
+    args->num_groups = (int)groups;
+    args->k_blocks = (int)k_blocks;
+    args->n_scale_blocks = (int)ceil_div_ll(p->n, 128);
+    args->m_blocks = (int)ceil_div_ll(p->m, cfg->block_m);
+    args->n_blocks = (int)ceil_div_ll(p->n, cfg->block_n);
+    const long long bound = dinf_fp8_tile_bound(args, p->gemm_type);
+    plan->grid = (unsigned)(bound < num_sms ? bound : num_sms);
+}
+
+#if DINF_WITH_CUDA
+#include <cuda.h>
+#include <cuda_runtime_api.h>
+
+typedef CUresult (*encode_tiled_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
+                                    const cuuint64_t *, const cuuint64_t *, const cuuint32_t *,
+                                    const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                    CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+#include <pthread.h>
+
+static struct {
+    pthread_once_t once;
+    encode_tiled_fn encode;
+    char error[256];
+} driver = {.once = PTHREAD_ONCE_INIT};
+
+static void driver_load(void) {
+    void *fn = NULL;
+    enum cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+    cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000,
+                                                       cudaEnableDefault, &q);
+    if (err != cudaSuccess || q != cudaDriverEntryPointSuccess || !fn) {
+        cudaGetLastError();
+        snprintf(driver.error, sizeof driver.error,
+                 "cuTensorMapEncodeTiled is not available from the driver (%s, query result %d)",
+                 cudaGetErrorString(err), (int)q);
+        return;
+    }
+    driver.encode = (encode_tiled_fn)fn;
+}
+
+/* Encode a planned 3-D tiled tensor map (dims/strides as documented in fp8_gemm.cuh). */
+static dinf_status encode(const char *func, const char *what, CUtensorMap *map,
+                          const dinf__fp8_tensor_map_geometry *g) {
+    const cuuint64_t dims[3] = {g->dims[0], g->dims[1], g->dims[2]};
+    const cuuint64_t strides[2] = {g->strides[0], g->strides[1]};
+    const cuuint32_t box[3] = {g->box[0], g->box[1], g->box[2]};
+    const cuuint32_t element_strides[3] = {1, 1, 1};
+    CUresult r = driver.encode(
+        map, g->elem_bytes == 1 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3,
+        (void *)g->base, dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+        g->swizzle_128b ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
+        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS)
+        return dinf__fail(DINF_STATUS_INTERNAL, func,
+                          "cuTensorMapEncodeTiled(%s: dims %llu x %llu x %llu, strides %llu, "
+                          "%llu bytes, box %u x %u x %u) failed with CUresult %d",
+                          what, (unsigned long long)dims[0], (unsigned long long)dims[1],
+                          (unsigned long long)dims[2], (unsigned long long)strides[0],
+                          (unsigned long long)strides[1], box[0], box[1], box[2], (int)r);
+    return DINF_STATUS_OK;
+}
+
+static dinf_status cuda_fail(const char *func, const char *what, cudaError_t err) {
+    cudaGetLastError();
+    return dinf__fail(DINF_STATUS_CUDA_ERROR, func, "%s failed: %s (error %d)", what,
+                      cudaGetErrorString(err), (int)err);
+}
+
+/* The device's compute capability must be 9.0 (the kernels use sm_90a
+ * instructions: wgmma, setmaxnreg-free TMA pipelines). */
+static dinf_status check_device(const char *func, int device, int *num_sms) {
+    int count = 0, major = 0, minor = 0;
+    cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess || count == 0) {
+        cudaGetLastError();
+        return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
+                          "no CUDA device (%s): the Hopper FP8 GEMM needs an sm_90 device; "
+                          "DINF_EXEC_CPU computes the same GEMM on the CPU",
+                          err != cudaSuccess ? cudaGetErrorString(err) : "0 devices");
+    }
+    if (device >= count)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "exec->device=%d but only %d CUDA devices are visible", device, count);
+    err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    if (err == cudaSuccess)
+        err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    if (err == cudaSuccess)
+        err = cudaDeviceGetAttribute(num_sms, cudaDevAttrMultiProcessorCount, device);
+    if (err != cudaSuccess)
+        return cuda_fail(func, "querying the device's attributes", err);
+    if (major != 9 || minor != 0)
+        return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
+                          "device %d is sm_%d%d: the FP8 GEMM kernels need sm_90 (Hopper); "
+                          "DINF_EXEC_CPU computes the same GEMM on the CPU",
+                          device, major, minor);
+    return DINF_STATUS_OK;
+}
+
+dinf_status dinf__fp8_gemm_cuda(const char *func, const dinf__place *place,
+                                const dinf__fp8_gpu_problem *p) {
+    int num_sms = 0;
+    dinf_status st = check_device(func, place->device, &num_sms);
+    if (st != DINF_STATUS_OK)
+        return st;
+    if ((st = dinf__fp8_gpu_check(func, p)) != DINF_STATUS_OK)
+        return st;
+    const int64_t groups = p->num_groups;
+    const int64_t rows = p->gemm_type == DINF_FP8_GEMM_MASKED ? p->m * groups : p->m;
+    if (rows == 0 || p->n == 0)
+        return DINF_STATUS_OK;
+    pthread_once(&driver.once, driver_load);
+    if (!driver.encode)
+        return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "%s", driver.error);
+
+    dinf__fp8_launch_plan plan;
+    dinf__fp8_plan(p, num_sms, &plan);
+    const dinf__fp8_config *cfg = &plan.config;
+    dinf_jit_kernel_config jc;
+    dinf__fp8_jit_config(cfg, &jc);
+    const dinf__jit_kernel *kernel = NULL;
+    if ((st = dinf__jit_get_kernel(func, &jc, place->device, &kernel)) != DINF_STATUS_OK)
+        return st;
+    CUtensorMap maps[3];
+    memset(maps, 0, sizeof maps);
+    const dinf__fp8_tensor_map_geometry *geoms[3] = {&plan.map_a, &plan.map_b, &plan.map_sa};
+    static const char *const names[3] = {"a", "b", "a_scales"};
+    for (int i = 0; i < 3; i++)
+        if ((st = encode(func, names[i], &maps[i], geoms[i])) != DINF_STATUS_OK)
+            return st;
+    const unsigned grid[3] = {plan.grid, 1, 1};
+    const unsigned block[3] = {(unsigned)cfg->threads, 1, 1};
+    const unsigned cluster[3] = {1, 1, 1};
+    void *params[4] = {&maps[0], &maps[1], &maps[2], &plan.args};
+
+    int previous = -1;
+    cudaError_t err = cudaGetDevice(&previous);
+    if (err == cudaSuccess && previous != place->device)
+        err = cudaSetDevice(place->device);
+    else
+        previous = -1;
+    if (err != cudaSuccess)
+        return cuda_fail(func, "cudaSetDevice", err);
+    st = dinf__jit_launch(func, kernel, place->device, grid, block, cluster,
+                          (size_t)cfg->smem_bytes, place->stream, params);
+    if (previous >= 0)
+        cudaSetDevice(previous);
+    return st;
+}
+
+#else /* CPU-only build: dinf__place_resolve already refuses DINF_EXEC_CUDA */
+
+dinf_status dinf__fp8_gemm_cuda(const char *func, const dinf__place *place,
+                                const dinf__fp8_gpu_problem *p) {
+    (void)place;
+    (void)p;
+    return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "libdeepinfra was built without CUDA");
+}
+#endif

@@ -1,0 +1,621 @@
+/*
+ * GPU tests of the Hopper FP8 GEMMs (issue 4 item 6), run by make gpu-check:
+ *   - DeepGEMM's check: calc_diff(D, x * y^T) < 1e-3 against the unquantized
+ *     float32 product (computed on the GPU by the f32_gemm_nt_ref template,
+ *     the simple reference kernel), for the DeepSeek-V3 shape lists of
+ *     deepgemm.md 4.2, all three forms; contiguous with -1 blocks; masked
+ *     with random masked_m;
+ *   - the GPU against the CPU implementation (the oracle) on the same
+ *     quantized inputs, on odd shapes (partial k and n blocks, padded strides);
+ *   - outputs poisoned first: every row the call owns is written, every row it
+ *     does not own (-1 blocks, rows >= masked_m, rows beyond a clamped
+ *     masked_m) keeps the poison;
+ *   - bad input on a real device: misaligned pointers and strides, k = 0.
+ * Inputs are quantized on the GPU by dinf_fp8_quantize (1x128 for A, 128x128
+ * for B) and A's scales transposed by dinf_fp8_scale_layout_mn_major.
+ * Skipped, visibly, without a usable device; a failure under
+ * DINF_REQUIRE_GPU=1 (tools/gpu-check).
+ */
+#define _GNU_SOURCE
+#include <deepinfra.h>
+
+#include "jit_internal.h"
+
+#include <criterion/criterion.h>
+
+#include <ftw.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char cache_dir[64];
+
+static void require_gpu_and_cache(void) {
+    dinf_device_info info = DINF_DEVICE_INFO_INIT;
+    if (dinf_device_query(0, &info) != DINF_STATUS_OK || !info.usable) {
+        const char *require = getenv("DINF_REQUIRE_GPU");
+        if (require && strcmp(require, "1") == 0)
+            cr_assert_fail("DINF_REQUIRE_GPU=1 but no usable CUDA device: %s", info.reason);
+        cr_skip_test("no usable CUDA device: %s", info.reason);
+    }
+    snprintf(cache_dir, sizeof cache_dir, "/tmp/dinf-gemm-gpu-XXXXXX");
+    cr_assert_not_null(mkdtemp(cache_dir));
+    cr_assert_eq(dinf_jit_set_cache_dir(cache_dir), DINF_STATUS_OK, "%s", dinf_last_error());
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static void cleanup(void) {
+    dinf_jit_set_cache_dir(NULL);
+    if (cache_dir[0])
+        nftw(cache_dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+TestSuite(gemm_gpu, .init = require_gpu_and_cache, .fini = cleanup, .timeout = 600.0);
+
+#if DINF_WITH_CUDA && defined(__has_include) && __has_include(<cuda_runtime_api.h>)
+#include <cuda_runtime_api.h>
+
+#define CUDA_OK(call)                                                                              \
+    do {                                                                                           \
+        cudaError_t err_ = (call);                                                                 \
+        cr_assert_eq(err_, cudaSuccess, "%s: %s", #call, cudaGetErrorString(err_));               \
+    } while (0)
+
+#define DINF_OK(call)                                                                              \
+    do {                                                                                           \
+        dinf_status st_ = (call);                                                                  \
+        cr_assert_eq(st_, DINF_STATUS_OK, "%s: %s", #call, dinf_last_error());                    \
+    } while (0)
+
+#define POISON_BYTE 0xFF /* bf16 0xFFFF: a NaN no finite input produces */
+#define POISON 0xFFFFu
+
+enum { NORMAL = 0, CONTIGUOUS = 1, MASKED = 2 };
+
+static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+static uint64_t rng_next(uint64_t *s) {
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return *s * 2685821657736338717ull;
+}
+/* Uniform in [-1, 1). */
+static float rng_float(uint64_t *s) {
+    return (float)(rng_next(s) >> 40) * (2.0f / 16777216.0f) - 1.0f;
+}
+
+static void *dmalloc(size_t bytes) {
+    void *p = NULL;
+    CUDA_OK(cudaMalloc(&p, bytes ? bytes : 16));
+    return p;
+}
+
+static float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* DeepGEMM's calc_diff, in double: 1 - 2 sum(xy) / sum(x^2 + y^2). */
+typedef struct diff_acc {
+    double xy, xx_yy;
+} diff_acc;
+static void diff_add(diff_acc *d, double x, double y) {
+    d->xy += x * y;
+    d->xx_yy += x * x + y * y;
+}
+static double diff_value(const diff_acc *d) {
+    return d->xx_yy == 0 ? 0.0 : 1.0 - 2.0 * d->xy / d->xx_yy;
+}
+
+/* Launch the float32 reference GEMM: d[m][n] = a[m][k] * b[n][k]^T. */
+static void ref_gemm(const float *a, int64_t lda, const float *b, int64_t ldb, float *d,
+                     int64_t ldd, int m, int n, int k, cudaStream_t stream) {
+    if (m == 0 || n == 0)
+        return;
+    dinf_jit_kernel_config c = DINF_JIT_KERNEL_CONFIG_INIT;
+    snprintf(c.name, sizeof c.name, "f32_gemm_nt_ref");
+    c.num_params = 1;
+    c.params[0] = 32;
+    const dinf__jit_kernel *kernel = NULL;
+    DINF_OK(dinf__jit_get_kernel("test", &c, 0, &kernel));
+    void *args[] = {&a, &lda, &b, &ldb, &d, &ldd, &m, &n, &k};
+    const unsigned grid[3] = {(unsigned)cdiv(n, 32), (unsigned)cdiv(m, 32), 1};
+    const unsigned block[3] = {32, 32, 1}, cluster[3] = {1, 1, 1};
+    DINF_OK(dinf__jit_launch("test", kernel, 0, grid, block, cluster, 0, (dinf_stream_t)stream,
+                             args));
+}
+
+/*
+ * One GEMM problem on the GPU.
+ *   rows: normal m, contiguous m_sum, masked m_max (per group)
+ *   group_info: host m_indices [m_sum] or masked_m [groups] (copied to the device)
+ */
+typedef struct problem {
+    int form, groups;
+    int64_t rows, n, k, lda, ldb, ldd, expected_m;
+    const int32_t *group_info;
+    uint64_t seed;
+    int check_cpu;      /* also compare with the CPU implementation */
+    double max_diff;    /* calc_diff bound against the unquantized product */
+} problem;
+
+/* Rows of the output the call owns (computed and written). */
+static int row_owned(const problem *p, int64_t row, int *group, int64_t *row_in_group) {
+    if (p->form == NORMAL) {
+        *group = 0, *row_in_group = row;
+        return 1;
+    }
+    if (p->form == CONTIGUOUS) {
+        const int32_t g = p->group_info[row];
+        *group = g, *row_in_group = row;
+        return g >= 0 && g < p->groups;
+    }
+    const int g = (int)(row / p->rows);
+    const int64_t r = row % p->rows;
+    int32_t limit = p->group_info[g];
+    limit = limit < 0 ? 0 : limit > p->rows ? (int32_t)p->rows : limit;
+    *group = g, *row_in_group = r;
+    return r < limit;
+}
+
+static void run_problem(const problem *p) {
+    const int64_t a_rows = p->form == MASKED ? p->rows * p->groups : p->rows;
+    const int64_t b_rows = p->n * p->groups, kb = cdiv(p->k, 128), nsb = cdiv(p->n, 128);
+    const int64_t aligned = cdiv(p->rows, 4) * 4;
+    const int64_t sa_count = p->form == MASKED ? p->groups * kb * aligned : kb * aligned;
+    char what[160];
+    snprintf(what, sizeof what, "form=%d groups=%d rows=%lld n=%lld k=%lld lda=%lld ldb=%lld ldd=%lld",
+             p->form, p->groups, (long long)p->rows, (long long)p->n, (long long)p->k,
+             (long long)p->lda, (long long)p->ldb, (long long)p->ldd);
+
+    cudaStream_t stream;
+    CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    dinf_exec exec = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)stream);
+
+    /* Unquantized inputs: x [a_rows][k], y [groups][n][k]. */
+    float *hx = malloc((size_t)(a_rows * p->k) * 4), *hy = malloc((size_t)(b_rows * p->k) * 4);
+    cr_assert(hx && hy);
+    uint64_t s = p->seed | 1;
+    for (int64_t i = 0; i < a_rows * p->k; i++)
+        hx[i] = rng_float(&s);
+    for (int64_t i = 0; i < b_rows * p->k; i++)
+        hy[i] = rng_float(&s);
+    float *dx = dmalloc((size_t)(a_rows * p->k) * 4), *dy = dmalloc((size_t)(b_rows * p->k) * 4);
+    CUDA_OK(cudaMemcpy(dx, hx, (size_t)(a_rows * p->k) * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(dy, hy, (size_t)(b_rows * p->k) * 4, cudaMemcpyHostToDevice));
+    free(hx), free(hy);
+
+    /* Quantize on the GPU (padded strides), A scales into the M-major layout. */
+    uint8_t *da = dmalloc((size_t)(a_rows * p->lda)), *db = dmalloc((size_t)(b_rows * p->ldb));
+    CUDA_OK(cudaMemset(da, 0x5a, (size_t)(a_rows * p->lda))); /* junk in the stride padding */
+    CUDA_OK(cudaMemset(db, 0x5a, (size_t)(b_rows * p->ldb)));
+    float *sa_rows = dmalloc((size_t)(a_rows * kb) * 4), *dsa = dmalloc((size_t)sa_count * 4);
+    float *dsb = dmalloc((size_t)(p->groups * nsb * kb) * 4);
+    DINF_OK(dinf_fp8_quantize(dx, DINF_DTYPE_FLOAT32, a_rows, p->k, p->k, 1, da, p->lda, sa_rows,
+                              &exec));
+    for (int g = 0; g < p->groups; g++)
+        DINF_OK(dinf_fp8_quantize(dy + g * p->n * p->k, DINF_DTYPE_FLOAT32, p->n, p->k, p->k, 128,
+                                  db + g * p->n * p->ldb, p->ldb, dsb + g * nsb * kb, &exec));
+    if (p->form == MASKED)
+        for (int g = 0; g < p->groups; g++)
+            DINF_OK(dinf_fp8_scale_layout_mn_major(sa_rows + g * p->rows * kb, p->rows, kb,
+                                                   dsa + g * kb * aligned, NULL, &exec));
+    else
+        DINF_OK(dinf_fp8_scale_layout_mn_major(sa_rows, p->rows, kb, dsa, NULL, &exec));
+
+    int32_t *dinfo = NULL;
+    const int64_t info_count = p->form == CONTIGUOUS ? p->rows : p->form == MASKED ? p->groups : 0;
+    if (info_count) {
+        dinfo = dmalloc((size_t)info_count * 4);
+        CUDA_OK(cudaMemcpy(dinfo, p->group_info, (size_t)info_count * 4, cudaMemcpyHostToDevice));
+    }
+
+    /* The GEMM, into a poisoned output. */
+    const size_t d_bytes = (size_t)(a_rows * p->ldd) * 2;
+    uint16_t *dd = dmalloc(d_bytes);
+    CUDA_OK(cudaMemsetAsync(dd, POISON_BYTE, d_bytes, stream));
+    if (p->form == NORMAL)
+        DINF_OK(dinf_fp8_gemm_nt(p->rows, p->n, p->k, da, p->lda, dsa, db, p->ldb, dsb, dd,
+                                 p->ldd, &exec));
+    else if (p->form == CONTIGUOUS)
+        DINF_OK(dinf_fp8_m_grouped_gemm_nt_contiguous(p->rows, p->n, p->k, p->groups, da, p->lda,
+                                                      dsa, db, p->ldb, dsb, dd, p->ldd, dinfo,
+                                                      &exec));
+    else
+        DINF_OK(dinf_fp8_m_grouped_gemm_nt_masked(p->groups, p->rows, p->n, p->k, da, p->lda, dsa,
+                                                  db, p->ldb, dsb, dd, p->ldd, dinfo,
+                                                  p->expected_m, &exec));
+
+    /* The unquantized reference, per owned 128-row segment (or per group). */
+    float *dref = dmalloc((size_t)(a_rows * p->n) * 4);
+    if (p->form == NORMAL)
+        ref_gemm(dx, p->k, dy, p->k, dref, p->n, (int)p->rows, (int)p->n, (int)p->k, stream);
+    else if (p->form == CONTIGUOUS)
+        for (int64_t r0 = 0; r0 < p->rows; r0 += 128) {
+            const int g = p->group_info[r0];
+            if (g >= 0 && g < p->groups)
+                ref_gemm(dx + r0 * p->k, p->k, dy + g * p->n * p->k, p->k, dref + r0 * p->n,
+                         p->n, 128, (int)p->n, (int)p->k, stream);
+        }
+    else
+        for (int g = 0; g < p->groups; g++)
+            ref_gemm(dx + g * p->rows * p->k, p->k, dy + g * p->n * p->k, p->k,
+                     dref + g * p->rows * p->n, p->n, (int)p->rows, (int)p->n, (int)p->k, stream);
+    CUDA_OK(cudaStreamSynchronize(stream));
+    CUDA_OK(cudaGetLastError());
+
+    uint16_t *hd = malloc(d_bytes);
+    float *href = malloc((size_t)(a_rows * p->n) * 4);
+    cr_assert(hd && href);
+    CUDA_OK(cudaMemcpy(hd, dd, d_bytes, cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(href, dref, (size_t)(a_rows * p->n) * 4, cudaMemcpyDeviceToHost));
+
+    diff_acc acc = {0, 0};
+    int64_t owned_rows = 0;
+    for (int64_t row = 0; row < a_rows; row++) {
+        int g;
+        int64_t r;
+        const int owned = row_owned(p, row, &g, &r);
+        owned_rows += owned;
+        for (int64_t c = 0; c < p->ldd; c++) {
+            const uint16_t v = hd[row * p->ldd + c];
+            if (!owned || c >= p->n) {
+                cr_assert_eq(v, POISON, "%s: d[%lld][%lld]=%#x written, outside the output",
+                             what, (long long)row, (long long)c, v);
+                continue;
+            }
+            const float x = bf16_to_f32(v);
+            cr_assert(isfinite(x), "%s: d[%lld][%lld]=%#x is not finite (not written?)", what,
+                      (long long)row, (long long)c, v);
+            diff_add(&acc, x, href[row * p->n + c]);
+        }
+    }
+    const double diff = diff_value(&acc);
+    cr_log_info("%s: calc_diff vs unquantized = %.3g over %lld rows", what, diff,
+                (long long)owned_rows);
+    cr_assert_lt(diff, p->max_diff, "%s: calc_diff=%g against the unquantized product", what,
+                 diff);
+
+    if (p->check_cpu) { /* the CPU oracle on the same quantized inputs */
+        uint8_t *ha = malloc((size_t)(a_rows * p->lda)), *hb = malloc((size_t)(b_rows * p->ldb));
+        float *hsa = malloc((size_t)sa_count * 4), *hsb = malloc((size_t)(p->groups * nsb * kb) * 4);
+        uint16_t *hc = malloc(d_bytes);
+        cr_assert(ha && hb && hsa && hsb && hc);
+        CUDA_OK(cudaMemcpy(ha, da, (size_t)(a_rows * p->lda), cudaMemcpyDeviceToHost));
+        CUDA_OK(cudaMemcpy(hb, db, (size_t)(b_rows * p->ldb), cudaMemcpyDeviceToHost));
+        CUDA_OK(cudaMemcpy(hsa, dsa, (size_t)sa_count * 4, cudaMemcpyDeviceToHost));
+        CUDA_OK(cudaMemcpy(hsb, dsb, (size_t)(p->groups * nsb * kb) * 4, cudaMemcpyDeviceToHost));
+        memset(hc, POISON_BYTE, d_bytes);
+        if (p->form == NORMAL)
+            DINF_OK(dinf_fp8_gemm_nt(p->rows, p->n, p->k, ha, p->lda, hsa, hb, p->ldb, hsb, hc,
+                                     p->ldd, NULL));
+        else if (p->form == CONTIGUOUS)
+            DINF_OK(dinf_fp8_m_grouped_gemm_nt_contiguous(p->rows, p->n, p->k, p->groups, ha,
+                                                          p->lda, hsa, hb, p->ldb, hsb, hc,
+                                                          p->ldd, p->group_info, NULL));
+        else {
+            /* The CPU rejects masked_m outside [0, m_max]: give it the clamped counts. */
+            int32_t clamped[64];
+            cr_assert_leq(p->groups, 64);
+            for (int g = 0; g < p->groups; g++) {
+                const int32_t v = p->group_info[g];
+                clamped[g] = v < 0 ? 0 : v > p->rows ? (int32_t)p->rows : v;
+            }
+            DINF_OK(dinf_fp8_m_grouped_gemm_nt_masked(p->groups, p->rows, p->n, p->k, ha, p->lda,
+                                                      hsa, hb, p->ldb, hsb, hc, p->ldd, clamped,
+                                                      p->expected_m, NULL));
+        }
+        diff_acc oracle = {0, 0};
+        for (size_t i = 0; i < d_bytes / 2; i++) {
+            cr_assert_eq(hc[i] == POISON, hd[i] == POISON,
+                         "%s: element %zu written by one of GPU/CPU only", what, i);
+            if (hc[i] != POISON)
+                diff_add(&oracle, bf16_to_f32(hd[i]), bf16_to_f32(hc[i]));
+        }
+        const double od = diff_value(&oracle);
+        cr_log_info("%s: calc_diff vs the CPU oracle = %.3g", what, od);
+        cr_assert_lt(od, 1e-4, "%s: calc_diff=%g against the CPU implementation", what, od);
+        free(ha), free(hb), free(hsa), free(hsb), free(hc);
+    }
+
+    free(hd), free(href);
+    cudaFree(dx), cudaFree(dy), cudaFree(da), cudaFree(db), cudaFree(sa_rows), cudaFree(dsa);
+    cudaFree(dsb), cudaFree(dd), cudaFree(dref);
+    if (dinfo)
+        cudaFree(dinfo);
+    CUDA_OK(cudaStreamDestroy(stream));
+}
+
+static int64_t round16(int64_t x) { return (x + 15) / 16 * 16; }
+
+/* ------------------------------------------------- the reference kernel -- */
+
+Test(gemm_gpu, f32_reference_kernel_matches_a_double_cpu_product) {
+    /* The reference of the large-shape checks is itself checked against the CPU. */
+    const int m = 77, n = 131, k = 1000;
+    float *x = malloc((size_t)m * k * 4), *y = malloc((size_t)n * k * 4);
+    float *got = malloc((size_t)m * n * 4);
+    uint64_t s = 99;
+    for (int i = 0; i < m * k; i++)
+        x[i] = rng_float(&s);
+    for (int i = 0; i < n * k; i++)
+        y[i] = rng_float(&s);
+    float *dx = dmalloc((size_t)m * k * 4), *dy = dmalloc((size_t)n * k * 4);
+    float *dd = dmalloc((size_t)m * n * 4);
+    CUDA_OK(cudaMemcpy(dx, x, (size_t)m * k * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(dy, y, (size_t)n * k * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemset(dd, POISON_BYTE, (size_t)m * n * 4));
+    ref_gemm(dx, k, dy, k, dd, n, m, n, k, NULL);
+    CUDA_OK(cudaDeviceSynchronize());
+    CUDA_OK(cudaMemcpy(got, dd, (size_t)m * n * 4, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            double want = 0, mag = 0;
+            for (int q = 0; q < k; q++) {
+                want += (double)x[i * k + q] * y[j * k + q];
+                mag += fabs((double)x[i * k + q] * y[j * k + q]);
+            }
+            cr_assert(fabs(got[i * n + j] - want) <= 1e-5 * mag + 1e-30,
+                      "ref[%d][%d]=%g, double %g", i, j, got[i * n + j], want);
+        }
+    free(x), free(y), free(got);
+    cudaFree(dx), cudaFree(dy), cudaFree(dd);
+}
+
+/* ----------------------------------------------------------- normal -- */
+
+Test(gemm_gpu, normal_deepseek_v3_shapes_match_the_unquantized_product) {
+    const int64_t ms[] = {64, 128, 4096};
+    const int64_t nk[][2] = {{2112, 7168}, {24576, 1536}, {32768, 512}, {7168, 16384},
+                             {4096, 7168}, {7168, 2048},  {7168, 576}};
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 7; j++) {
+            const problem p = {NORMAL, 1, ms[i], nk[j][0], nk[j][1], nk[j][1], nk[j][1], nk[j][0],
+                               0, NULL, 1000 + (uint64_t)(7 * i + j), 0, 1e-3};
+            run_problem(&p);
+        }
+}
+
+Test(gemm_gpu, normal_odd_shapes_match_the_cpu_oracle) {
+    /* m, n, k: partial k blocks, n not a multiple of the tile, tiny and ragged m. */
+    const int64_t shapes[][3] = {{1, 16, 128},   {5, 200, 100},  {64, 2112, 576},
+                                 {65, 136, 1000}, {200, 520, 256}, {257, 1000, 1544},
+                                 {128, 24, 7168}};
+    for (int i = 0; i < 7; i++) {
+        const int64_t m = shapes[i][0], n = shapes[i][1], k = shapes[i][2];
+        const problem p = {NORMAL, 1, m, n, k, round16(k) + 16 * (i % 2), round16(k) + 32,
+                           (n + 7) / 8 * 8 + 8 * (i % 3), 0, NULL, 77 + (uint64_t)i, 1, 1e-3};
+        run_problem(&p);
+    }
+}
+
+/* ------------------------------------------------------- contiguous -- */
+
+/* m_indices for groups of ~m_per_group * U(0.7, 1.3) rows each, rounded up to
+ * whole 128-row blocks, with a -1 block after every third group. */
+static int32_t *contiguous_indices(int groups, int64_t m_per_group, uint64_t seed,
+                                   int64_t *m_sum) {
+    uint64_t s = seed | 1;
+    int64_t total = 0;
+    int64_t *rows = malloc((size_t)groups * sizeof *rows);
+    for (int g = 0; g < groups; g++) {
+        const double u = 0.7 + 0.6 * (double)(rng_next(&s) >> 11) * 0x1p-53;
+        rows[g] = cdiv((int64_t)(u * (double)m_per_group), 128) * 128;
+        total += rows[g] + (g % 3 == 2 ? 128 : 0);
+    }
+    int32_t *idx = malloc((size_t)total * 4);
+    int64_t r = 0;
+    for (int g = 0; g < groups; g++) {
+        for (int64_t i = 0; i < rows[g]; i++)
+            idx[r++] = g;
+        if (g % 3 == 2)
+            for (int i = 0; i < 128; i++)
+                idx[r++] = -1;
+    }
+    free(rows);
+    *m_sum = total;
+    return idx;
+}
+
+Test(gemm_gpu, contiguous_deepseek_v3_shapes_with_minus_one_blocks) {
+    /* (G, M per group, K, N) of deepgemm.md 4.2 (v1.0 + v1.3's 32 x 256). */
+    const int64_t shapes[][4] = {{4, 8192, 7168, 4096}, {4, 8192, 2048, 7168},
+                                 {8, 4096, 7168, 4096}, {8, 4096, 2048, 7168},
+                                 {32, 256, 2048, 4096}};
+    for (int i = 0; i < 5; i++) {
+        int64_t m_sum;
+        int32_t *idx = contiguous_indices((int)shapes[i][0], shapes[i][1], 31 + (uint64_t)i, &m_sum);
+        const problem p = {CONTIGUOUS, (int)shapes[i][0], m_sum, shapes[i][3], shapes[i][2],
+                           shapes[i][2], shapes[i][2], shapes[i][3], 0, idx, 500 + (uint64_t)i, 0,
+                           1e-3};
+        run_problem(&p);
+        free(idx);
+    }
+}
+
+Test(gemm_gpu, contiguous_odd_shapes_and_out_of_range_blocks_match_the_cpu_oracle) {
+    int64_t m_sum;
+    int32_t *idx = contiguous_indices(5, 300, 9, &m_sum);
+    /* A block whose index is out of range is skipped on the device (the CPU
+     * rejects it): compare without it first, then check the skip alone. */
+    const problem p = {CONTIGUOUS, 5, m_sum, 328, 700, 720, 704, 336, 0, idx, 4242, 1, 1e-3};
+    run_problem(&p);
+    for (int i = 0; i < 128; i++)
+        idx[i] = 99; /* group 99 of 5: the first block is not computed, not written */
+    const problem q = {CONTIGUOUS, 5, m_sum, 136, 256, 256, 256, 136, 0, idx, 4243, 0, 1e-3};
+    run_problem(&q);
+    free(idx);
+}
+
+/* ----------------------------------------------------------- masked -- */
+
+Test(gemm_gpu, masked_deepseek_v3_shapes_with_random_masked_m) {
+    /* (G, m_max) x (K, N) of deepgemm.md 4.2 v1.0, masked_m random in
+     * [64, 384] capped at m_max, several trials; HEAD's (G, expected_m). */
+    const int64_t gm[][2] = {{1, 1024}, {2, 512}, {4, 256}};
+    const int64_t kn[][2] = {{7168, 4096}, {2048, 7168}};
+    uint64_t s = 17;
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 2; j++)
+            for (int trial = 0; trial < 3; trial++) {
+                int32_t masked[4];
+                int64_t sum = 0;
+                for (int g = 0; g < gm[i][0]; g++) {
+                    int64_t v = 64 + (int64_t)(rng_next(&s) % 321);
+                    masked[g] = (int32_t)(v > gm[i][1] ? gm[i][1] : v);
+                    sum += masked[g];
+                }
+                const problem p = {MASKED, (int)gm[i][0], gm[i][1], kn[j][1], kn[j][0], kn[j][0],
+                                   kn[j][0], kn[j][1], sum / gm[i][0] + 1, masked,
+                                   (uint64_t)(900 + 10 * i + 3 * j + trial), 0, 1e-3};
+                run_problem(&p);
+            }
+    /* HEAD's (G, expected_m), masked_m = expected * U(0.7, 1.3), m_max just above the
+     * largest count (HEAD's 4096 would only add untouched rows); (N, K) = (7168, 2048)
+     * for 32 groups and (4096, 7168) for 6, to keep the host data to a few GB. */
+    const int64_t head[][2] = {{32, 192}, {6, 1024}, {32, 20}, {6, 20}};
+    for (int i = 0; i < 4; i++) {
+        int32_t masked[32];
+        const int groups = (int)head[i][0];
+        const int64_t m_max = ((int64_t)(1.3 * (double)head[i][1]) + 4) / 4 * 4;
+        for (int g = 0; g < groups; g++) {
+            const double u = 0.7 + 0.6 * (double)(rng_next(&s) >> 11) * 0x1p-53;
+            masked[g] = (int32_t)(u * (double)head[i][1]);
+        }
+        const int64_t n = groups == 32 ? 7168 : 4096, k = groups == 32 ? 2048 : 7168;
+        const problem p = {MASKED, groups, m_max, n, k, k, k, n,
+                           (int64_t)(1.2 * (double)head[i][1]), masked, 950 + (uint64_t)i, 0, 1e-3};
+        run_problem(&p);
+    }
+}
+
+Test(gemm_gpu, masked_odd_shapes_clamped_counts_and_the_cpu_oracle) {
+    /* masked_m: zero, full, ragged, above m_max (clamped on the device to
+     * m_max: never writes past the group) and negative (nothing written). */
+    int32_t masked[6] = {0, 77, 130, 130 + 500, -3, 1};
+    const problem p = {MASKED, 6, 130, 200, 300, 304, 320, 208, 60, masked, 31337, 1, 1e-3};
+    run_problem(&p);
+    int32_t small[3] = {1, 64, 65};
+    const problem q = {MASKED, 3, 68, 2112, 576, 576, 576, 2112, 40, small, 31338, 1, 1e-3};
+    run_problem(&q);
+}
+
+/* ------------------------------------------------------ CUDA graphs -- */
+
+Test(gemm_gpu, masked_gemm_replays_in_a_cuda_graph_with_new_counts) {
+    /* The decode use: capture once, change masked_m in device memory, replay. */
+    enum { G = 3, MMAX = 96, N = 256, K = 512, KB = 4 };
+    const int64_t aligned = MMAX;
+    uint64_t s = 4242;
+    uint8_t *ha = malloc(G * MMAX * K), *hb = malloc(G * N * K);
+    float *hsa = malloc(G * KB * aligned * 4), *hsb = malloc(G * 2 * KB * 4);
+    for (int i = 0; i < G * MMAX * K; i++)
+        ha[i] = (uint8_t)(rng_next(&s) & 0x7e) | (uint8_t)(rng_next(&s) & 0x80);
+    for (int i = 0; i < G * N * K; i++)
+        hb[i] = (uint8_t)(rng_next(&s) & 0x7e) | (uint8_t)(rng_next(&s) & 0x80);
+    for (int i = 0; i < G * KB * aligned; i++)
+        hsa[i] = 0.001f * (float)(1 + rng_next(&s) % 16);
+    for (int i = 0; i < G * 2 * KB; i++)
+        hsb[i] = 0.001f * (float)(1 + rng_next(&s) % 16);
+    uint8_t *a = dmalloc(G * MMAX * K), *b = dmalloc(G * N * K);
+    float *sa = dmalloc(G * KB * aligned * 4), *sb = dmalloc(G * 2 * KB * 4);
+    uint16_t *d = dmalloc(G * MMAX * N * 2);
+    int32_t *mm = dmalloc(G * 4);
+    CUDA_OK(cudaMemcpy(a, ha, G * MMAX * K, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(b, hb, G * N * K, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(sa, hsa, G * KB * aligned * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(sb, hsb, G * 2 * KB * 4, cudaMemcpyHostToDevice));
+    cudaStream_t stream;
+    CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    dinf_exec exec = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)stream);
+    int32_t counts[2][G] = {{96, 0, 17}, {5, 96, 64}};
+    CUDA_OK(cudaMemcpy(mm, counts[0], sizeof counts[0], cudaMemcpyHostToDevice));
+    /* Eager call first: compiles and loads the kernel outside the capture. */
+    DINF_OK(dinf_fp8_m_grouped_gemm_nt_masked(G, MMAX, N, K, a, K, sa, b, K, sb, d, N, mm, 48,
+                                              &exec));
+    CUDA_OK(cudaStreamSynchronize(stream));
+    cudaGraph_t graph;
+    cudaGraphExec_t instance;
+    CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    DINF_OK(dinf_fp8_m_grouped_gemm_nt_masked(G, MMAX, N, K, a, K, sa, b, K, sb, d, N, mm, 48,
+                                              &exec));
+    CUDA_OK(cudaStreamEndCapture(stream, &graph));
+    CUDA_OK(cudaGraphInstantiate(&instance, graph, 0));
+    uint16_t *got = malloc(G * MMAX * N * 2), *want = malloc(G * MMAX * N * 2);
+    for (int round = 0; round < 2; round++) {
+        CUDA_OK(cudaMemcpyAsync(mm, counts[round], sizeof counts[round], cudaMemcpyHostToDevice,
+                                stream));
+        CUDA_OK(cudaMemsetAsync(d, POISON_BYTE, G * MMAX * N * 2, stream));
+        CUDA_OK(cudaGraphLaunch(instance, stream));
+        CUDA_OK(cudaStreamSynchronize(stream));
+        CUDA_OK(cudaMemcpy(got, d, G * MMAX * N * 2, cudaMemcpyDeviceToHost));
+        memset(want, POISON_BYTE, G * MMAX * N * 2);
+        DINF_OK(dinf_fp8_m_grouped_gemm_nt_masked(G, MMAX, N, K, ha, K, hsa, hb, K, hsb, want, N,
+                                                  counts[round], 48, NULL));
+        diff_acc acc = {0, 0};
+        for (int i = 0; i < G * MMAX * N; i++) {
+            cr_assert_eq(got[i] == POISON, want[i] == POISON,
+                         "round %d: element %d written by one of graph/CPU only", round, i);
+            if (want[i] != POISON)
+                diff_add(&acc, bf16_to_f32(got[i]), bf16_to_f32(want[i]));
+        }
+        cr_assert_lt(diff_value(&acc), 1e-4, "round %d: calc_diff %g against the CPU", round,
+                     diff_value(&acc));
+    }
+    CUDA_OK(cudaGraphExecDestroy(instance));
+    CUDA_OK(cudaGraphDestroy(graph));
+    CUDA_OK(cudaStreamDestroy(stream));
+    free(ha), free(hb), free(hsa), free(hsb), free(got), free(want);
+    cudaFree(a), cudaFree(b), cudaFree(sa), cudaFree(sb), cudaFree(d), cudaFree(mm);
+}
+
+/* -------------------------------------------------------- bad input -- */
+
+Test(gemm_gpu, bad_input_on_the_device_path_is_rejected_before_any_launch) {
+    enum { M = 128, N = 128, K = 256 };
+    uint8_t *a = dmalloc(M * K + 64), *b = dmalloc(N * K + 64);
+    float *sa = dmalloc(2 * M * 4 + 64), *sb = dmalloc(8 * 4 + 64);
+    uint16_t *d = dmalloc(M * N * 2 + 64);
+    int32_t *idx = dmalloc(M * 4 + 64);
+    CUDA_OK(cudaMemset(d, POISON_BYTE, M * N * 2 + 64));
+    dinf_exec exec = DINF_EXEC_CUDA_INIT(0, NULL);
+    cr_assert_eq(dinf_fp8_gemm_nt(M, N, K, a + 1, K, sa, b, K, sb, d, N, &exec),
+                 DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "a=") && strstr(dinf_last_error(), "16-byte aligned"),
+              "%s", dinf_last_error());
+    cr_assert_eq(dinf_fp8_gemm_nt(M, N, K - 8, a, K - 8, sa, b, K, sb, d, N, &exec),
+                 DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "lda=248 is not a multiple of 16"), "%s",
+              dinf_last_error());
+    cr_assert_eq(dinf_fp8_gemm_nt(M, N - 4, K, a, K, sa, b, K, sb, d, N - 4, &exec),
+                 DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "ldd=124 is not a multiple of 8"), "%s",
+              dinf_last_error());
+    cr_assert_eq(dinf_fp8_gemm_nt(M, N, 0, a, 0, sa, b, 0, sb, d, N, &exec),
+                 DINF_STATUS_UNSUPPORTED);
+    cr_assert(strstr(dinf_last_error(), "k=0"), "%s", dinf_last_error());
+    cr_assert_eq(dinf_fp8_m_grouped_gemm_nt_contiguous(M, N, K, 1, a, K, sa, b, K, sb, d, N,
+                                                       (int32_t *)((char *)idx + 2), &exec),
+                 DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "m_indices="), "%s", dinf_last_error());
+    exec.device = 4096;
+    cr_assert_eq(dinf_fp8_gemm_nt(M, N, K, a, K, sa, b, K, sb, d, N, &exec),
+                 DINF_STATUS_INVALID_ARGUMENT);
+    CUDA_OK(cudaDeviceSynchronize());
+    uint16_t *hd = malloc(M * N * 2);
+    CUDA_OK(cudaMemcpy(hd, d, M * N * 2, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < M * N; i++)
+        cr_assert_eq(hd[i], POISON, "a rejected call wrote d[%d]", i);
+    free(hd);
+    cudaFree(a), cudaFree(b), cudaFree(sa), cudaFree(sb), cudaFree(d), cudaFree(idx);
+}
+#endif
