@@ -55,20 +55,32 @@ typedef struct dinf__ep_transport dinf__ep_transport;
 /*
  * One per-row payload of an all-to-all step. A row is `elems` elements of
  * `elem_bytes` bytes. Send side: local row s starts at send + s * send_stride
- * and is contiguous. Receive side: local row q, element e is written at
- * recv + q * recv_stride + e * recv_elem_stride (recv_elem_stride ==
- * elem_bytes for a contiguous row; the low-latency FP8 scales use it to land
- * M-major). Both pointers are group memory, caller-owned.
+ * and is contiguous. Receive side: local row q is split into a group
+ * g = q / recv_rows_per_group and a row i = q % recv_rows_per_group (g = 0,
+ * i = q when recv_rows_per_group is 0), and element e is written at
+ *     recv + g * recv_group_stride + i * recv_stride + e * recv_elem_stride
+ * (recv_elem_stride == elem_bytes for a contiguous row; the low-latency FP8
+ * scales [L][H/128][ceil(M/4)*4] use the group and element strides to land
+ * M-major per expert). Both pointers are group memory, caller-owned.
  */
 typedef struct dinf__ep_field {
     const void *send;
     int64_t send_stride; /* bytes */
     void *recv;
-    int64_t recv_stride;      /* bytes */
-    int64_t recv_elem_stride; /* bytes */
+    int64_t recv_stride;         /* bytes */
+    int64_t recv_elem_stride;    /* bytes */
+    int64_t recv_rows_per_group; /* 0: no grouping */
+    int64_t recv_group_stride;   /* bytes */
     int32_t elem_bytes;
     int32_t elems;
 } dinf__ep_field;
+
+/* Receive address of element e of local row q (see dinf__ep_field). */
+static inline char *dinf__ep_field_recv_at(const dinf__ep_field *f, int64_t q, int64_t e) {
+    const int64_t g = f->recv_rows_per_group > 0 ? q / f->recv_rows_per_group : 0;
+    const int64_t i = f->recv_rows_per_group > 0 ? q % f->recv_rows_per_group : q;
+    return (char *)f->recv + g * f->recv_group_stride + i * f->recv_stride + e * f->recv_elem_stride;
+}
 
 /*
  * An all-to-all-v of rows. Rank p's "send order" lists the rows it sends,
@@ -156,6 +168,7 @@ typedef struct dinf__ep_ll_plan {
     /* host */
     int32_t *num_selections_per_expert; /* [E]: selections (t, k) of each expert */
     int64_t *send_offsets;              /* [R + 1] */
+    int64_t *scratch;                   /* [E] host scratch for the CPU planner */
     /* group memory */
     int32_t *send_rows; /* [N * K] capacity: token of each send-order row */
     int64_t *terms;     /* [N][K]: (rank of expert, position in that rank's segment) or -1 */
