@@ -10,15 +10,20 @@
  * group is COLLECTIVE: every rank of the group must make the same sequence
  * of collective calls (same operation, compatible arguments), each from its
  * own thread. A rank whose peers do not arrive waits at most
- * config.timeout_ms, then fails with DINF_STATUS_TIMEOUT; a mismatched call
- * (another operation, another hidden size, another max_tokens_per_rank...)
- * fails on every rank with a message naming the rank and the field. After a
- * timeout or a mismatch the group is BROKEN: every later collective call on
- * any of its ranks fails at once with DINF_STATUS_TIMEOUT or
- * DINF_STATUS_INVALID_ARGUMENT and the original message (no hang, no stale
- * data); destroy and recreate it. Argument errors found on one rank are
- * reported on every rank of the same call (the others name the rank that
+ * config.timeout_ms, then fails with DINF_STATUS_TIMEOUT naming the missing
+ * ranks. Calls that disagree fail on every rank with a message naming the
+ * rank and the field: another operation (dispatch on one rank, combine on
+ * another), or the same operation with another hidden size, num_experts,
+ * num_max_dispatch_tokens_per_rank, dtype, handle... After a timeout, or
+ * calls to different operations at the same step, the group is BROKEN:
+ * every later collective call on any of its ranks fails at once with
+ * DINF_STATUS_TIMEOUT or DINF_STATUS_INVALID_ARGUMENT and the original
+ * message (no hang, no stale data); destroy and recreate it. Argument
+ * errors found on one rank, and disagreeing arguments of the same
+ * operation, fail the call on every rank (the others name the rank that
  * rejected its arguments) and do NOT break the group.
+ * Handles belong to the group (endpoint) they were created on: destroy them
+ * before it.
  *
  * Transports (constructors):
  *   dinf_ep_group_create_threads  num_ranks ranks as threads of this process,
@@ -352,10 +357,13 @@ DINF_API dinf_status dinf_ep_handle_info(const dinf_ep_handle *handle, int64_t *
  *   hidden      [IN]  1..config.max_hidden, same on every rank; a multiple of
  *                     128 when recv_dtype is e4m3; hidden * element size a
  *                     multiple of 16 bytes (upstream's rule)
- *   topk_idx    [IN]  int64 [num_tokens][num_topk] as notified, or NULL (cached
- *                     mode: recv_topk_idx and recv_topk_weights not produced)
+ *   topk_idx    [IN]  int64 [num_tokens][num_topk], the notified one, or NULL
+ *                     (cached mode: topk_weights, recv_topk_idx and
+ *                     recv_topk_weights must all be NULL); NULL or not the same
+ *                     on every rank
  *   topk_weights [IN] float32 [num_tokens][num_topk] or NULL (then
- *                     recv_topk_weights is not produced); needs topk_idx
+ *                     recv_topk_weights must be NULL); needs topk_idx; NULL or
+ *                     not the same on every rank
  *   recv_dtype  [IN]  DINF_DTYPE_BFLOAT16 (x bfloat16, rows copied bitwise) or
  *                     DINF_DTYPE_FP8_E4M3 (x bfloat16: quantized on the send
  *                     side per token and 128 channels exactly as
@@ -366,9 +374,9 @@ DINF_API dinf_status dinf_ep_handle_info(const dinf_ep_handle *handle, int64_t *
  *   recv_x_scales [OUT] float32 [recv_capacity][hidden / 128] for e4m3, NULL
  *                     for bfloat16
  *   recv_topk_idx [OUT] int64 [recv_capacity][num_topk]: local expert ids or
- *                     -1; NULL when not wanted (must be NULL in cached mode)
+ *                     -1; required with topk_idx, NULL in cached mode
  *   recv_topk_weights [OUT] float32 [recv_capacity][num_topk], 0 where
- *                     recv_topk_idx is -1; NULL when not wanted
+ *                     recv_topk_idx is -1; required with topk_weights, else NULL
  *   recv_src_idx [OUT] int32 [recv_capacity]: each received row's token index
  *                     on its source rank; NULL when not wanted
  *   recv_capacity [IN] rows of the receive buffers; must be >= this rank's
@@ -402,8 +410,8 @@ DINF_API dinf_status dinf_ep_dispatch(dinf_ep_group *group, const dinf_ep_handle
  *   combined_x  [OUT] bfloat16 [num_tokens][hidden]; a token sent nowhere gets
  *                     bias0 + bias1 (0 without biases)
  *   combined_topk_weights [OUT] float32 [num_tokens][num_topk], the sum over
- *                     ranks of the returned weights; NULL when not wanted (must
- *                     be NULL when topk_weights is NULL)
+ *                     ranks of the returned weights; given exactly when
+ *                     topk_weights is (and then on every rank)
  *   exec        [IN]  the group's place
  * Returns as dinf_ep_dispatch.
  */

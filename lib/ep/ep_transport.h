@@ -39,8 +39,8 @@
 #ifndef DINF_EP_TRANSPORT_H
 #define DINF_EP_TRANSPORT_H
 
-#include "core/internal.h"
-#include "core/parallel.h"
+#include "../core/internal.h"
+#include "../core/parallel.h"
 #include "deepinfra/ep.h"
 
 #ifdef __cplusplus
@@ -256,6 +256,8 @@ struct dinf_ep_group {
     dinf__ep_transport *transport;
     dinf_ep_config config;
     uint64_t sequence; /* collective calls made so far on this rank */
+    void *scratch;     /* host, for the protocol's small exchanges */
+    size_t scratch_bytes;
 };
 
 /* Validated copy of a public config (defaults applied). */
