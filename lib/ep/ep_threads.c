@@ -270,59 +270,76 @@ static float load_elem(const void *row, int32_t elem, int64_t i) {
                                       : ((const float *)row)[i];
 }
 
+/* One valid term of an output row: the peer's descriptor, the peer's local
+ * row, and its weight. */
+typedef struct term_ref {
+    const dinf__ep_reduce *peer;
+    int64_t row;
+    float weight;
+} term_ref;
+
+#define REDUCE_CHUNK 256 /* elements accumulated at once (a float32 stack tile) */
+
 static void reduce_rows(void *arg, int64_t begin, int64_t end) {
     reduce_ctx *c = arg;
     const dinf__ep_reduce *m = c->mine;
+    /* num_terms <= max(num_ranks, num_topk) <= DINF_EP_MAX_RANKS: 24 KiB of stack */
+    term_ref refs[DINF_EP_MAX_RANKS > DINF_EP_MAX_TOPK ? DINF_EP_MAX_RANKS : DINF_EP_MAX_TOPK];
+    float acc[REDUCE_CHUNK];
     for (int64_t t = begin; t < end; t++) {
+        /* resolve the row's terms once, checking each against its segment */
+        int32_t n = 0;
+        for (int32_t j = 0; j < m->num_terms; j++) {
+            const int64_t term = m->terms[t * m->num_terms + j];
+            if (term == -1)
+                continue;
+            const int32_t src = dinf__ep_unpack_hi(term);
+            const int64_t pos = dinf__ep_unpack_lo(term);
+            const dinf__ep_reduce *peer =
+                src >= 0 && src < c->num_ranks ? c->peers[src] : NULL;
+            if (!peer || pos >= peer->send_offsets[c->rank + 1] - peer->send_offsets[c->rank] ||
+                pos >= m->recv_offsets[src + 1] - m->recv_offsets[src]) {
+                __atomic_store_n(&c->bad, 1, __ATOMIC_RELAXED);
+                continue;
+            }
+            const int64_t s_order = peer->send_offsets[c->rank] + pos;
+            refs[n].peer = peer;
+            refs[n].row = peer->send_rows ? peer->send_rows[s_order] : s_order;
+            refs[n].weight = m->weights ? m->weights[t * m->num_terms + j] : 1.0f;
+            n++;
+        }
         for (int32_t f = 0; f < m->num_fields; f++) {
             const dinf__ep_reduce_field *mf = &m->fields[f];
             char *out = (char *)mf->out + t * mf->out_stride;
-            for (int32_t e0 = 0; e0 < mf->elems; e0 += 64) {
-                const int32_t e1 = e0 + 64 < mf->elems ? e0 + 64 : mf->elems;
-                float acc[64];
-                for (int32_t e = e0; e < e1; e++)
-                    acc[e - e0] = 0.0f;
-                for (int32_t j = 0; j < m->num_terms; j++) {
-                    const int64_t term = m->terms[t * m->num_terms + j];
-                    if (term == -1)
-                        continue;
-                    const int32_t src = dinf__ep_unpack_hi(term);
-                    const int64_t pos = dinf__ep_unpack_lo(term);
-                    const dinf__ep_reduce *peer = src >= 0 && src < c->num_ranks ? c->peers[src] : NULL;
-                    const int64_t count = peer ? peer->send_offsets[c->rank + 1] -
-                                                     peer->send_offsets[c->rank]
-                                               : -1;
-                    if (!peer || pos >= count || pos >= m->recv_offsets[src + 1] - m->recv_offsets[src]) {
-                        __atomic_store_n(&c->bad, 1, __ATOMIC_RELAXED);
-                        continue;
-                    }
-                    const int64_t s_order = peer->send_offsets[c->rank] + pos;
-                    const int64_t s = peer->send_rows ? peer->send_rows[s_order] : s_order;
-                    const dinf__ep_reduce_field *pf = &peer->fields[f];
-                    const void *row = (const char *)pf->in + s * pf->in_stride;
-                    const float w = mf->apply_weights && m->weights
-                                        ? m->weights[t * m->num_terms + j]
-                                        : 1.0f;
+            const char *b0 = mf->bias0 ? (const char *)mf->bias0 + t * mf->out_stride : NULL;
+            const char *b1 = mf->bias1 ? (const char *)mf->bias1 + t * mf->out_stride : NULL;
+            for (int32_t e0 = 0; e0 < mf->elems; e0 += REDUCE_CHUNK) {
+                const int32_t len = mf->elems - e0 < REDUCE_CHUNK ? mf->elems - e0 : REDUCE_CHUNK;
+                for (int32_t e = 0; e < len; e++)
+                    acc[e] = 0.0f;
+                for (int32_t j = 0; j < n; j++) {
+                    const dinf__ep_reduce_field *pf = &refs[j].peer->fields[f];
+                    const char *row = (const char *)pf->in + refs[j].row * pf->in_stride;
+                    const float w = mf->apply_weights ? refs[j].weight : 1.0f;
                     if (pf->in_elem == DINF__EP_ELEM_BF16) {
-                        for (int32_t e = e0; e < e1; e++)
-                            acc[e - e0] = dinf__ep_acc_bf16(acc[e - e0],
-                                                            ((const uint16_t *)row)[e], w);
+                        const uint16_t *v = (const uint16_t *)row + e0;
+                        for (int32_t e = 0; e < len; e++)
+                            acc[e] = dinf__ep_acc_bf16(acc[e], v[e], w);
                     } else {
-                        for (int32_t e = e0; e < e1; e++)
-                            acc[e - e0] = acc[e - e0] + w * ((const float *)row)[e];
+                        const float *v = (const float *)row + e0;
+                        for (int32_t e = 0; e < len; e++)
+                            acc[e] = acc[e] + w * v[e];
                     }
                 }
-                for (int32_t e = e0; e < e1; e++) {
-                    if (mf->bias0)
-                        acc[e - e0] += load_elem((const char *)mf->bias0 + t * mf->out_stride,
-                                                 mf->out_elem, e);
-                    if (mf->bias1)
-                        acc[e - e0] += load_elem((const char *)mf->bias1 + t * mf->out_stride,
-                                                 mf->out_elem, e);
+                for (int32_t e = 0; e < len; e++) {
+                    if (b0)
+                        acc[e] += load_elem(b0, mf->out_elem, e0 + e);
+                    if (b1)
+                        acc[e] += load_elem(b1, mf->out_elem, e0 + e);
                     if (mf->out_elem == DINF__EP_ELEM_BF16)
-                        ((uint16_t *)out)[e] = dinf__bf16_from_f32(acc[e - e0]);
+                        ((uint16_t *)out)[e0 + e] = dinf__bf16_from_f32(acc[e]);
                     else
-                        ((float *)out)[e] = acc[e - e0];
+                        ((float *)out)[e0 + e] = acc[e];
                 }
             }
         }
