@@ -156,7 +156,8 @@ typedef struct dinf__ep_reduce {
 typedef struct dinf__ep_plan {
     /* host */
     int32_t *num_tokens_per_rank;   /* [R] */
-    int32_t *num_tokens_per_expert; /* [E] */
+    int32_t *num_tokens_per_expert; /* [E], = num_tokens_per_rank + R (one block: the
+                                       notify sends [R + E] counts in one all-gather) */
     int64_t *send_offsets;          /* [R + 1] prefix of num_tokens_per_rank */
     /* group memory */
     int32_t *send_rows;  /* [N * R] capacity: token of each send-order row */
