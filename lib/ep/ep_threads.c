@@ -280,6 +280,20 @@ typedef struct term_ref {
 
 #define REDUCE_CHUNK 256 /* elements accumulated at once (a float32 stack tile) */
 
+/* acc[e] += w * v[e] over a tile, element-wise (vectorisable: every element
+ * is rounded exactly as dinf__ep_acc_bf16 rounds it). Called with the
+ * constant REDUCE_CHUNK for full tiles so the compiler sees the trip count. */
+static inline void tile_acc_bf16(float *restrict acc, const uint16_t *restrict v, float w,
+                                 int32_t len) {
+    for (int32_t e = 0; e < len; e++)
+        acc[e] = dinf__ep_acc_bf16(acc[e], v[e], w);
+}
+static inline void tile_acc_f32(float *restrict acc, const float *restrict v, float w,
+                                int32_t len) {
+    for (int32_t e = 0; e < len; e++)
+        acc[e] = acc[e] + w * v[e];
+}
+
 static void reduce_rows(void *arg, int64_t begin, int64_t end) {
     reduce_ctx *c = arg;
     const dinf__ep_reduce *m = c->mine;
@@ -323,12 +337,12 @@ static void reduce_rows(void *arg, int64_t begin, int64_t end) {
                     const float w = mf->apply_weights ? refs[j].weight : 1.0f;
                     if (pf->in_elem == DINF__EP_ELEM_BF16) {
                         const uint16_t *v = (const uint16_t *)row + e0;
-                        for (int32_t e = 0; e < len; e++)
-                            acc[e] = dinf__ep_acc_bf16(acc[e], v[e], w);
+                        if (len == REDUCE_CHUNK)
+                            tile_acc_bf16(acc, v, w, REDUCE_CHUNK);
+                        else
+                            tile_acc_bf16(acc, v, w, len);
                     } else {
-                        const float *v = (const float *)row + e0;
-                        for (int32_t e = 0; e < len; e++)
-                            acc[e] = acc[e] + w * v[e];
+                        tile_acc_f32(acc, (const float *)row + e0, w, len);
                     }
                 }
                 for (int32_t e = 0; e < len; e++) {
