@@ -11,8 +11,10 @@
  * after its owner has left the step (the second barrier). Nothing is staged:
  * rows go straight from the sender's caller buffer to the receiver's.
  *
- * Timeouts and failures: every barrier wait is bounded by timeout_ms
- * (pthread_cond_timedwait on CLOCK_REALTIME deadlines). A rank that times
+ * Timeouts and failures: every wait for a peer to ENTER a step is bounded by
+ * timeout_ms (pthread_cond_timedwait on CLOCK_REALTIME deadlines); the wait
+ * that ends a step is not, because by then every rank is inside the step
+ * doing bounded work (see hub_barrier). A rank that times
  * out marks the hub broken with a message naming the ranks that did not
  * arrive; ranks whose calls differ (another public function at the same
  * step) break it at once. A broken hub fails every later step on every rank
@@ -81,8 +83,15 @@ static void break_hub(hub *h, dinf_status status, const char *fmt, ...) {
  * Wait for every rank. *all_ok gets the AND of the ranks' ok flags. Fails
  * (and breaks the hub) on timeout or when ranks are in different public
  * functions; fails at once on a broken hub.
+ *
+ * timed = 0 is for the barrier that ENDS a step: every rank has passed the
+ * step's first barrier, so each is inside this file doing bounded work and
+ * will arrive; waiting without a deadline there guarantees that no rank
+ * returns (and lets its caller free its buffers) while a slow peer still
+ * reads them.
  */
-static dinf_status hub_barrier(dinf__ep_transport *t, const char *func, int ok, int *all_ok) {
+static dinf_status hub_barrier(dinf__ep_transport *t, const char *func, int ok, int *all_ok,
+                               int timed) {
     hub *h = hub_of(t);
     const int32_t rank = t->rank;
     pthread_mutex_lock(&h->mutex);
@@ -122,6 +131,10 @@ static dinf_status hub_barrier(dinf__ep_transport *t, const char *func, int ok, 
             deadline.tv_nsec -= 1000000000L;
         }
         while (h->generation == my_generation && !h->broken) {
+            if (!timed) {
+                pthread_cond_wait(&h->cond, &h->mutex);
+                continue;
+            }
             if (pthread_cond_timedwait(&h->cond, &h->mutex, &deadline) == ETIMEDOUT &&
                 h->generation == my_generation && !h->broken) {
                 char missing[256] = "";
@@ -154,14 +167,14 @@ static dinf_status publish(dinf__ep_transport *t, const char *func, const void *
     hub *h = hub_of(t);
     h->slots[t->rank] = p; /* read by peers only after the barrier (mutex = fence) */
     int all_ok;
-    return hub_barrier(t, func, 1, &all_ok);
+    return hub_barrier(t, func, 1, &all_ok, 1);
 }
 
 /* Leave a step: wait until every rank has finished reading, then report a
  * failure of any rank to all of them. */
 static dinf_status finish(dinf__ep_transport *t, const char *func, int ok, const char *what) {
     int all_ok;
-    dinf_status st = hub_barrier(t, func, ok, &all_ok);
+    dinf_status st = hub_barrier(t, func, ok, &all_ok, 0);
     if (st != DINF_STATUS_OK)
         return st;
     if (!ok)
@@ -401,7 +414,7 @@ static dinf_status threads_barrier(dinf__ep_transport *t, const char *func,
                                    const dinf__place *place) {
     (void)place;
     int all_ok;
-    return hub_barrier(t, func, 1, &all_ok);
+    return hub_barrier(t, func, 1, &all_ok, 1);
 }
 
 /* ------------------------------------------------------------ memory ---- */
