@@ -52,6 +52,7 @@ void bench_register_dualpipe(void);
 void bench_register_copy(void);
 void bench_register_gemm(void);
 void bench_register_mla(void);
+void bench_register_ep(void);
 
 #ifdef __cplusplus
 }

@@ -16,6 +16,7 @@ int main(int argc, char **argv) {
     bench_register_dualpipe();
     bench_register_gemm();
     bench_register_mla();
+    bench_register_ep();
     if (info.usable)
         bench_register_copy();
     return bench_main(argc, argv);

@@ -11,6 +11,8 @@
  *   deepinfra/jit.h    the run-time compilation cache behind the GEMM kernels: cache
  *                      directory, ahead-of-serving precompilation, counters
  *   deepinfra/mla.h    MLA decode over a paged KV cache with split-KV scheduling (FlashMLA)
+ *   deepinfra/ep.h     MoE expert-parallel dispatch/combine (DeepEP v1 semantics): layout,
+ *                      normal and low-latency modes, FP8 dispatch, over threads/NCCL/CUDA peers
  *   deepinfra/dualpipe.h  pipeline schedules (DualPipe, DualPipeV, 1F1B, ZB1P):
  *                      generate, validate, simulate, draw, execute
  */
@@ -19,6 +21,7 @@
 
 #include "deepinfra/core.h"
 #include "deepinfra/dualpipe.h"
+#include "deepinfra/ep.h"
 #include "deepinfra/eplb.h"
 #include "deepinfra/gemm.h"
 #include "deepinfra/jit.h"
