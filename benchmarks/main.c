@@ -15,7 +15,9 @@ int main(int argc, char **argv) {
     bench_register_eplb();
     bench_register_dualpipe();
     bench_register_gemm();
-    if (info.usable)
+    if (info.usable) {
         bench_register_copy();
+        bench_register_ep_gpu();
+    }
     return bench_main(argc, argv);
 }
