@@ -674,8 +674,13 @@ static dinf_status v_allgather(dinf__ep_transport *t, const char *func, const vo
                                size_t bytes, const dinf__place *place) {
     /* the protocol reads host results right after: finish the device work
      * first (bounded) and surface what it recorded */
-    dinf_status st = wait_stream(func, (cudaStream_t)place->stream, t->device, t->timeout_ms,
-                                 "the EP stream");
+    dev_guard g;
+    cudaError_t err = guard_enter(&g, t->device);
+    dinf_status st = err != cudaSuccess
+                         ? cuda_fail(func, "cudaSetDevice", t->device, err)
+                         : wait_stream(func, (cudaStream_t)place->stream, t->device,
+                                       t->timeout_ms, "the EP stream");
+    guard_leave(&g);
     if (st == DINF_STATUS_OK)
         st = vcheck_errors(t, func);
     if (st != DINF_STATUS_OK) {
