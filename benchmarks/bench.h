@@ -50,6 +50,7 @@ void bench_register_eplb(void);
 void bench_register_dualpipe(void);
 void bench_register_copy(void);
 void bench_register_gemm(void);
+void bench_register_ep(void);
 void bench_register_ep_gpu(void);
 
 #ifdef __cplusplus

@@ -15,6 +15,7 @@ int main(int argc, char **argv) {
     bench_register_eplb();
     bench_register_dualpipe();
     bench_register_gemm();
+    bench_register_ep();
     if (info.usable) {
         bench_register_copy();
         bench_register_ep_gpu();

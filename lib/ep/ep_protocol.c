@@ -412,8 +412,7 @@ DINF_API dinf_status dinf_ep_handle_destroy(dinf_ep_handle *h) {
     free(h->rank_prefix_matrix);
     free(h->num_recv_tokens_per_expert);
     free(h->recv_offsets);
-    free(h->plan.num_tokens_per_rank);
-    free(h->plan.num_tokens_per_expert);
+    free(h->plan.num_tokens_per_rank); /* num_tokens_per_expert lives in the same block */
     free(h->plan.send_offsets);
     t->ops->free(t, h->plan.send_rows);
     t->ops->free(t, h->plan.terms);
@@ -439,8 +438,11 @@ DINF_API dinf_status dinf_ep_handle_create(dinf_ep_group *group, dinf_ep_handle 
     h->rank_prefix_matrix = alloc_host(R * R, 4);
     h->num_recv_tokens_per_expert = alloc_host((size_t)c->max_num_experts / R, 4);
     h->recv_offsets = alloc_host(R + 1, 8);
-    h->plan.num_tokens_per_rank = alloc_host(R, 4);
-    h->plan.num_tokens_per_expert = alloc_host((size_t)c->max_num_experts, 4);
+    /* per-rank then per-expert counts, contiguous: the row this rank contributes to
+     * the notify's count exchange */
+    h->plan.num_tokens_per_rank = alloc_host(R + (size_t)c->max_num_experts, 4);
+    h->plan.num_tokens_per_expert = h->plan.num_tokens_per_rank ? h->plan.num_tokens_per_rank + R
+                                                                : NULL;
     h->plan.send_offsets = alloc_host(R + 1, 8);
     if (!h->rank_prefix_matrix || !h->num_recv_tokens_per_expert || !h->recv_offsets ||
         !h->plan.num_tokens_per_rank || !h->plan.num_tokens_per_expert ||
@@ -555,14 +557,7 @@ DINF_API dinf_status dinf_ep_notify_dispatch(
     const int32_t R = t->num_ranks, me = t->rank, L = num_experts / R;
     const size_t row = (size_t)R + (size_t)num_experts;
     int32_t *all = group->scratch;
-    int32_t *mine = malloc(row * 4);
-    if (!mine)
-        return dinf__fail(DINF_STATUS_OUT_OF_MEMORY, func, "could not allocate %zu bytes",
-                          row * 4);
-    memcpy(mine, handle->plan.num_tokens_per_rank, (size_t)R * 4);
-    memcpy(mine + R, handle->plan.num_tokens_per_expert, (size_t)num_experts * 4);
-    st = t->ops->allgather(t, func, mine, all, row * 4, &place);
-    free(mine);
+    st = t->ops->allgather(t, func, handle->plan.num_tokens_per_rank, all, row * 4, &place);
     if (st != DINF_STATUS_OK)
         return st;
     for (int32_t j = 0; j < R; j++) {

@@ -11,8 +11,10 @@
  * after its owner has left the step (the second barrier). Nothing is staged:
  * rows go straight from the sender's caller buffer to the receiver's.
  *
- * Timeouts and failures: every barrier wait is bounded by timeout_ms
- * (pthread_cond_timedwait on CLOCK_REALTIME deadlines). A rank that times
+ * Timeouts and failures: every wait for a peer to ENTER a step is bounded by
+ * timeout_ms (pthread_cond_timedwait on CLOCK_REALTIME deadlines); the wait
+ * that ends a step is not, because by then every rank is inside the step
+ * doing bounded work (see hub_barrier). A rank that times
  * out marks the hub broken with a message naming the ranks that did not
  * arrive; ranks whose calls differ (another public function at the same
  * step) break it at once. A broken hub fails every later step on every rank
@@ -81,8 +83,15 @@ static void break_hub(hub *h, dinf_status status, const char *fmt, ...) {
  * Wait for every rank. *all_ok gets the AND of the ranks' ok flags. Fails
  * (and breaks the hub) on timeout or when ranks are in different public
  * functions; fails at once on a broken hub.
+ *
+ * timed = 0 is for the barrier that ENDS a step: every rank has passed the
+ * step's first barrier, so each is inside this file doing bounded work and
+ * will arrive; waiting without a deadline there guarantees that no rank
+ * returns (and lets its caller free its buffers) while a slow peer still
+ * reads them.
  */
-static dinf_status hub_barrier(dinf__ep_transport *t, const char *func, int ok, int *all_ok) {
+static dinf_status hub_barrier(dinf__ep_transport *t, const char *func, int ok, int *all_ok,
+                               int timed) {
     hub *h = hub_of(t);
     const int32_t rank = t->rank;
     pthread_mutex_lock(&h->mutex);
@@ -122,6 +131,10 @@ static dinf_status hub_barrier(dinf__ep_transport *t, const char *func, int ok, 
             deadline.tv_nsec -= 1000000000L;
         }
         while (h->generation == my_generation && !h->broken) {
+            if (!timed) {
+                pthread_cond_wait(&h->cond, &h->mutex);
+                continue;
+            }
             if (pthread_cond_timedwait(&h->cond, &h->mutex, &deadline) == ETIMEDOUT &&
                 h->generation == my_generation && !h->broken) {
                 char missing[256] = "";
@@ -154,14 +167,14 @@ static dinf_status publish(dinf__ep_transport *t, const char *func, const void *
     hub *h = hub_of(t);
     h->slots[t->rank] = p; /* read by peers only after the barrier (mutex = fence) */
     int all_ok;
-    return hub_barrier(t, func, 1, &all_ok);
+    return hub_barrier(t, func, 1, &all_ok, 1);
 }
 
 /* Leave a step: wait until every rank has finished reading, then report a
  * failure of any rank to all of them. */
 static dinf_status finish(dinf__ep_transport *t, const char *func, int ok, const char *what) {
     int all_ok;
-    dinf_status st = hub_barrier(t, func, ok, &all_ok);
+    dinf_status st = hub_barrier(t, func, ok, &all_ok, 0);
     if (st != DINF_STATUS_OK)
         return st;
     if (!ok)
@@ -270,59 +283,90 @@ static float load_elem(const void *row, int32_t elem, int64_t i) {
                                       : ((const float *)row)[i];
 }
 
+/* One valid term of an output row: the peer's descriptor, the peer's local
+ * row, and its weight. */
+typedef struct term_ref {
+    const dinf__ep_reduce *peer;
+    int64_t row;
+    float weight;
+} term_ref;
+
+#define REDUCE_CHUNK 256 /* elements accumulated at once (a float32 stack tile) */
+
+/* acc[e] += w * v[e] over a tile, element-wise (vectorisable: every element
+ * is rounded exactly as dinf__ep_acc_bf16 rounds it). Called with the
+ * constant REDUCE_CHUNK for full tiles so the compiler sees the trip count. */
+static inline void tile_acc_bf16(float *restrict acc, const uint16_t *restrict v, float w,
+                                 int32_t len) {
+    for (int32_t e = 0; e < len; e++)
+        acc[e] = dinf__ep_acc_bf16(acc[e], v[e], w);
+}
+static inline void tile_acc_f32(float *restrict acc, const float *restrict v, float w,
+                                int32_t len) {
+    for (int32_t e = 0; e < len; e++)
+        acc[e] = acc[e] + w * v[e];
+}
+
 static void reduce_rows(void *arg, int64_t begin, int64_t end) {
     reduce_ctx *c = arg;
     const dinf__ep_reduce *m = c->mine;
+    /* num_terms <= max(num_ranks, num_topk) <= DINF_EP_MAX_RANKS: 24 KiB of stack */
+    term_ref refs[DINF_EP_MAX_RANKS > DINF_EP_MAX_TOPK ? DINF_EP_MAX_RANKS : DINF_EP_MAX_TOPK];
+    float acc[REDUCE_CHUNK];
     for (int64_t t = begin; t < end; t++) {
+        /* resolve the row's terms once, checking each against its segment */
+        int32_t n = 0;
+        for (int32_t j = 0; j < m->num_terms; j++) {
+            const int64_t term = m->terms[t * m->num_terms + j];
+            if (term == -1)
+                continue;
+            const int32_t src = dinf__ep_unpack_hi(term);
+            const int64_t pos = dinf__ep_unpack_lo(term);
+            const dinf__ep_reduce *peer =
+                src >= 0 && src < c->num_ranks ? c->peers[src] : NULL;
+            if (!peer || pos >= peer->send_offsets[c->rank + 1] - peer->send_offsets[c->rank] ||
+                pos >= m->recv_offsets[src + 1] - m->recv_offsets[src]) {
+                __atomic_store_n(&c->bad, 1, __ATOMIC_RELAXED);
+                continue;
+            }
+            const int64_t s_order = peer->send_offsets[c->rank] + pos;
+            refs[n].peer = peer;
+            refs[n].row = peer->send_rows ? peer->send_rows[s_order] : s_order;
+            refs[n].weight = m->weights ? m->weights[t * m->num_terms + j] : 1.0f;
+            n++;
+        }
         for (int32_t f = 0; f < m->num_fields; f++) {
             const dinf__ep_reduce_field *mf = &m->fields[f];
             char *out = (char *)mf->out + t * mf->out_stride;
-            for (int32_t e0 = 0; e0 < mf->elems; e0 += 64) {
-                const int32_t e1 = e0 + 64 < mf->elems ? e0 + 64 : mf->elems;
-                float acc[64];
-                for (int32_t e = e0; e < e1; e++)
-                    acc[e - e0] = 0.0f;
-                for (int32_t j = 0; j < m->num_terms; j++) {
-                    const int64_t term = m->terms[t * m->num_terms + j];
-                    if (term == -1)
-                        continue;
-                    const int32_t src = dinf__ep_unpack_hi(term);
-                    const int64_t pos = dinf__ep_unpack_lo(term);
-                    const dinf__ep_reduce *peer = src >= 0 && src < c->num_ranks ? c->peers[src] : NULL;
-                    const int64_t count = peer ? peer->send_offsets[c->rank + 1] -
-                                                     peer->send_offsets[c->rank]
-                                               : -1;
-                    if (!peer || pos >= count || pos >= m->recv_offsets[src + 1] - m->recv_offsets[src]) {
-                        __atomic_store_n(&c->bad, 1, __ATOMIC_RELAXED);
-                        continue;
-                    }
-                    const int64_t s_order = peer->send_offsets[c->rank] + pos;
-                    const int64_t s = peer->send_rows ? peer->send_rows[s_order] : s_order;
-                    const dinf__ep_reduce_field *pf = &peer->fields[f];
-                    const void *row = (const char *)pf->in + s * pf->in_stride;
-                    const float w = mf->apply_weights && m->weights
-                                        ? m->weights[t * m->num_terms + j]
-                                        : 1.0f;
+            const char *b0 = mf->bias0 ? (const char *)mf->bias0 + t * mf->out_stride : NULL;
+            const char *b1 = mf->bias1 ? (const char *)mf->bias1 + t * mf->out_stride : NULL;
+            for (int32_t e0 = 0; e0 < mf->elems; e0 += REDUCE_CHUNK) {
+                const int32_t len = mf->elems - e0 < REDUCE_CHUNK ? mf->elems - e0 : REDUCE_CHUNK;
+                for (int32_t e = 0; e < len; e++)
+                    acc[e] = 0.0f;
+                for (int32_t j = 0; j < n; j++) {
+                    const dinf__ep_reduce_field *pf = &refs[j].peer->fields[f];
+                    const char *row = (const char *)pf->in + refs[j].row * pf->in_stride;
+                    const float w = mf->apply_weights ? refs[j].weight : 1.0f;
                     if (pf->in_elem == DINF__EP_ELEM_BF16) {
-                        for (int32_t e = e0; e < e1; e++)
-                            acc[e - e0] = dinf__ep_acc_bf16(acc[e - e0],
-                                                            ((const uint16_t *)row)[e], w);
+                        const uint16_t *v = (const uint16_t *)row + e0;
+                        if (len == REDUCE_CHUNK)
+                            tile_acc_bf16(acc, v, w, REDUCE_CHUNK);
+                        else
+                            tile_acc_bf16(acc, v, w, len);
                     } else {
-                        for (int32_t e = e0; e < e1; e++)
-                            acc[e - e0] = acc[e - e0] + w * ((const float *)row)[e];
+                        tile_acc_f32(acc, (const float *)row + e0, w, len);
                     }
                 }
-                for (int32_t e = e0; e < e1; e++) {
-                    if (mf->bias0)
-                        acc[e - e0] += load_elem((const char *)mf->bias0 + t * mf->out_stride,
-                                                 mf->out_elem, e);
-                    if (mf->bias1)
-                        acc[e - e0] += load_elem((const char *)mf->bias1 + t * mf->out_stride,
-                                                 mf->out_elem, e);
+                for (int32_t e = 0; e < len; e++) {
+                    if (b0)
+                        acc[e] += load_elem(b0, mf->out_elem, e0 + e);
+                    if (b1)
+                        acc[e] += load_elem(b1, mf->out_elem, e0 + e);
                     if (mf->out_elem == DINF__EP_ELEM_BF16)
-                        ((uint16_t *)out)[e] = dinf__bf16_from_f32(acc[e - e0]);
+                        ((uint16_t *)out)[e0 + e] = dinf__bf16_from_f32(acc[e]);
                     else
-                        ((float *)out)[e] = acc[e - e0];
+                        ((float *)out)[e0 + e] = acc[e];
                 }
             }
         }
@@ -370,7 +414,7 @@ static dinf_status threads_barrier(dinf__ep_transport *t, const char *func,
                                    const dinf__place *place) {
     (void)place;
     int all_ok;
-    return hub_barrier(t, func, 1, &all_ok);
+    return hub_barrier(t, func, 1, &all_ok, 1);
 }
 
 /* ------------------------------------------------------------ memory ---- */

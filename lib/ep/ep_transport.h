@@ -26,9 +26,13 @@
  * - "group memory" = host memory for host transports, device memory of the
  *   group's device for GPU transports; "host" = always host memory.
  * - Collective ops (allgather, alltoallv, reduce_a2a, barrier) are entered by
- *   every rank in the same order. Each wait is bounded by t->timeout_ms: on
- *   expiry the op returns DINF_STATUS_TIMEOUT with a message naming the op and
- *   the missing ranks, and marks the transport broken. A broken transport
+ *   every rank in the same order. Every wait for peers that might never come
+ *   is bounded by t->timeout_ms: on expiry the op returns DINF_STATUS_TIMEOUT
+ *   with a message naming the op and the missing ranks, and marks the
+ *   transport broken. (Once every rank is known to be inside a step, waiting
+ *   for its completion without a deadline is allowed when that completion is
+ *   guaranteed; the threads transport does so, so that no rank returns while
+ *   a peer still reads its buffers.) A broken transport
  *   fails every later collective op at once with the recorded status and
  *   message. Ops must never hang and never write outside the described rows.
  * - A collective op either succeeds on every rank or fails on every rank that
@@ -156,7 +160,8 @@ typedef struct dinf__ep_reduce {
 typedef struct dinf__ep_plan {
     /* host */
     int32_t *num_tokens_per_rank;   /* [R] */
-    int32_t *num_tokens_per_expert; /* [E] */
+    int32_t *num_tokens_per_expert; /* [E], = num_tokens_per_rank + R (one block: the
+                                       notify sends [R + E] counts in one all-gather) */
     int64_t *send_offsets;          /* [R + 1] prefix of num_tokens_per_rank */
     /* group memory */
     int32_t *send_rows;  /* [N * R] capacity: token of each send-order row */

@@ -4,7 +4,7 @@
 is found and loaded on first use (see ``deepinfra._lib`` for the lookup
 order: DEEPINFRA_LIBRARY_PATH, DINF_BUILD_DIR, the build tree, the installed
 location, the dynamic loader). The core needs only the standard library;
-``deepinfra.eplb``, ``deepinfra.gemm`` and ``deepinfra.mla`` need numpy and are imported on
+``deepinfra.eplb``, ``deepinfra.gemm``, ``deepinfra.mla`` and ``deepinfra.ep`` need numpy and are imported on
 first access, as is ``deepinfra.dualpipe``.
 
 Every failed C call raises a :class:`DeepInfraError` subclass carrying the
@@ -40,7 +40,7 @@ from .core import (
 )
 
 # Module bindings imported on first access (some need numpy).
-_SUBMODULES = ("eplb", "dualpipe", "gemm", "mla")
+_SUBMODULES = ("eplb", "dualpipe", "gemm", "mla", "ep")
 
 __all__ = [
     "__version__",

@@ -52,6 +52,7 @@ __all__ = [
     "LibraryVersionError",
     "DeviceInfo",
     "EplbOptions",
+    "EpConfig",
     "EplbBalanceSummary",
     "EPLB_OPTIONS_MAGIC",
     "Exec",
@@ -372,6 +373,24 @@ class PipeSimResult(ctypes.Structure):
                 ("peak_activations", ctypes.POINTER(ctypes.c_int32))]
 
 
+# ---- ep (ep.h) ------------------------------------------------------------
+
+
+class EpConfig(ctypes.Structure):
+    """dinf_ep_config (ep.h)."""
+
+    _fields_ = [
+        ("size", ctypes.c_uint32),
+        ("max_hidden", ctypes.c_int32),
+        ("max_tokens_per_rank", ctypes.c_int64),
+        ("max_topk", ctypes.c_int32),
+        ("max_num_experts", ctypes.c_int32),
+        ("timeout_ms", ctypes.c_int64),
+        ("num_threads", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
+    ]
+
+
 # --------------------------------------------------------------------------
 # Function table: (name, restype, argtypes). "status" marks a dinf_status
 # return, checked by _check. Follows the headers one to one.
@@ -589,6 +608,113 @@ _FUNCTIONS = [
          ctypes.c_int32, ctypes.c_int32, _i64, _i64, _pi32, _i64, _pi32, ctypes.c_int32, _pi32,
          ctypes.c_int32, _pi32, ctypes.c_float, ctypes.c_int32, ctypes.c_void_p,
          ctypes.c_size_t, _pu16, _pf32, _pexec],
+    ),
+    # ---- ep (ep.h): the threads transport and the protocol. The GPU transports'
+    # constructors (dinf_ep_group_create_nccl / _cuda_virtual) are added with them.
+    # dinf_status dinf_ep_group_create_threads(int32_t num_ranks, const dinf_ep_config *config,
+    #     dinf_ep_group **groups);
+    (
+        "dinf_ep_group_create_threads",
+        _STATUS,
+        [ctypes.c_int32, ctypes.POINTER(EpConfig), ctypes.POINTER(ctypes.c_void_p)],
+    ),
+    # dinf_status dinf_ep_group_destroy(dinf_ep_group *group);
+    ("dinf_ep_group_destroy", _STATUS, [ctypes.c_void_p]),
+    # dinf_status dinf_ep_group_info(const dinf_ep_group *group, int32_t *rank,
+    #     int32_t *num_ranks, int32_t *memory, int32_t *device);
+    ("dinf_ep_group_info", _STATUS, [ctypes.c_void_p, _pi32, _pi32, _pi32, _pi32]),
+    # dinf_status dinf_ep_group_barrier(dinf_ep_group *group);
+    ("dinf_ep_group_barrier", _STATUS, [ctypes.c_void_p]),
+    # dinf_status dinf_ep_symmetric_buffer_bytes(const dinf_ep_config *config,
+    #     int32_t num_ranks, size_t *normal_bytes, size_t *low_latency_bytes);
+    (
+        "dinf_ep_symmetric_buffer_bytes",
+        _STATUS,
+        [ctypes.POINTER(EpConfig), ctypes.c_int32, ctypes.POINTER(ctypes.c_size_t),
+         ctypes.POINTER(ctypes.c_size_t)],
+    ),
+    # dinf_status dinf_ep_get_dispatch_layout(const int64_t *topk_idx, int64_t num_tokens,
+    #     int32_t num_topk, int32_t num_experts, int32_t num_ranks, int32_t *num_tokens_per_rank,
+    #     int32_t *num_tokens_per_expert, uint8_t *is_token_in_rank, const dinf_exec *exec);
+    (
+        "dinf_ep_get_dispatch_layout",
+        _STATUS,
+        [_pi64, _i64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _pi32, _pi32, _pu8,
+         _pexec],
+    ),
+    # dinf_status dinf_ep_handle_create(dinf_ep_group *group, dinf_ep_handle **handle);
+    ("dinf_ep_handle_create", _STATUS, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]),
+    # dinf_status dinf_ep_handle_destroy(dinf_ep_handle *handle);
+    ("dinf_ep_handle_destroy", _STATUS, [ctypes.c_void_p]),
+    # dinf_status dinf_ep_notify_dispatch(dinf_ep_group *group, const int64_t *topk_idx,
+    #     int64_t num_tokens, int32_t num_topk, int32_t num_experts,
+    #     const int32_t *num_tokens_per_rank, const int32_t *num_tokens_per_expert,
+    #     const uint8_t *is_token_in_rank, int32_t expert_alignment, dinf_ep_handle *handle,
+    #     int64_t *num_recv_tokens, int32_t *num_recv_tokens_per_expert, const dinf_exec *exec);
+    (
+        "dinf_ep_notify_dispatch",
+        _STATUS,
+        [ctypes.c_void_p, _pi64, _i64, ctypes.c_int32, ctypes.c_int32, _pi32, _pi32, _pu8,
+         ctypes.c_int32, ctypes.c_void_p, _pi64, _pi32, _pexec],
+    ),
+    # dinf_status dinf_ep_handle_info(const dinf_ep_handle *handle, int64_t *num_tokens,
+    #     int32_t *num_topk, int32_t *num_experts, int64_t *num_recv_tokens,
+    #     int32_t *rank_prefix_matrix, int32_t *num_recv_tokens_per_expert);
+    (
+        "dinf_ep_handle_info",
+        _STATUS,
+        [ctypes.c_void_p, _pi64, _pi32, _pi32, _pi64, _pi32, _pi32],
+    ),
+    # dinf_status dinf_ep_dispatch(dinf_ep_group *group, const dinf_ep_handle *handle,
+    #     const void *x, dinf_dtype x_dtype, const float *x_scales, int32_t hidden,
+    #     const int64_t *topk_idx, const float *topk_weights, dinf_dtype recv_dtype,
+    #     void *recv_x, float *recv_x_scales, int64_t *recv_topk_idx, float *recv_topk_weights,
+    #     int32_t *recv_src_idx, int64_t recv_capacity, const dinf_exec *exec);
+    (
+        "dinf_ep_dispatch",
+        _STATUS,
+        [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, _pf32,
+         ctypes.c_int32, _pi64, _pf32, ctypes.c_int, ctypes.c_void_p, _pf32, _pi64, _pf32,
+         _pi32, _i64, _pexec],
+    ),
+    # dinf_status dinf_ep_combine(dinf_ep_group *group, const dinf_ep_handle *handle,
+    #     const uint16_t *x, int32_t hidden, const float *topk_weights, const uint16_t *bias0,
+    #     const uint16_t *bias1, uint16_t *combined_x, float *combined_topk_weights,
+    #     const dinf_exec *exec);
+    (
+        "dinf_ep_combine",
+        _STATUS,
+        [ctypes.c_void_p, ctypes.c_void_p, _pu16, ctypes.c_int32, _pf32, _pu16, _pu16, _pu16,
+         _pf32, _pexec],
+    ),
+    # dinf_status dinf_ep_ll_handle_create(dinf_ep_group *group, dinf_ep_ll_handle **handle);
+    ("dinf_ep_ll_handle_create", _STATUS, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]),
+    # dinf_status dinf_ep_ll_handle_destroy(dinf_ep_ll_handle *handle);
+    ("dinf_ep_ll_handle_destroy", _STATUS, [ctypes.c_void_p]),
+    # dinf_status dinf_ep_ll_scale_rows(int32_t num_ranks,
+    #     int64_t num_max_dispatch_tokens_per_rank, int64_t *rows);
+    ("dinf_ep_ll_scale_rows", _STATUS, [ctypes.c_int32, _i64, _pi64]),
+    # dinf_status dinf_ep_low_latency_dispatch(dinf_ep_group *group, const uint16_t *x,
+    #     int64_t num_tokens, int32_t hidden, const int64_t *topk_idx, int32_t num_topk,
+    #     int32_t num_experts, int64_t num_max_dispatch_tokens_per_rank, int32_t use_fp8,
+    #     void *recv_x, float *recv_x_scales, int32_t *recv_count, int32_t *recv_src_info,
+    #     int64_t *recv_layout_range, dinf_ep_ll_handle *handle, const dinf_exec *exec);
+    (
+        "dinf_ep_low_latency_dispatch",
+        _STATUS,
+        [ctypes.c_void_p, _pu16, _i64, ctypes.c_int32, _pi64, ctypes.c_int32, ctypes.c_int32,
+         _i64, ctypes.c_int32, ctypes.c_void_p, _pf32, _pi32, _pi32, _pi64, ctypes.c_void_p,
+         _pexec],
+    ),
+    # dinf_status dinf_ep_low_latency_combine(dinf_ep_group *group, const uint16_t *x,
+    #     int32_t hidden, const int64_t *topk_idx, const float *topk_weights,
+    #     int64_t num_tokens, int32_t num_topk, const dinf_ep_ll_handle *handle,
+    #     uint16_t *combined_x, const dinf_exec *exec);
+    (
+        "dinf_ep_low_latency_combine",
+        _STATUS,
+        [ctypes.c_void_p, _pu16, ctypes.c_int32, _pi64, _pf32, _i64, ctypes.c_int32,
+         ctypes.c_void_p, _pu16, _pexec],
     ),
 ]
 
