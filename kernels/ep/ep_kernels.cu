@@ -96,10 +96,8 @@ __device__ __forceinline__ void get_wire_row(const dinf__ep_step &s, const char 
                                              int lane) {
     for (int32_t i = 0; i < s.num_fields; i++) {
         const dinf__ep_wire_field &f = s.f[i];
-        /* receive rows and groups are < 2^31 (int32 rows): 32-bit division */
-        const uint32_t rpg = uint32_t(f.recv_rows_per_group);
-        const int64_t g = rpg > 0 ? int64_t(uint32_t(q) / rpg) : 0;
-        const int64_t r = rpg > 0 ? int64_t(uint32_t(q) % rpg) : q;
+        int64_t g, r;
+        dinf__ep_recv_split(q, f.recv_rows_per_group, &g, &r);
         char *dst = f.recv + g * f.recv_group_stride + r * f.recv_stride;
         const char *src = wire + f.offset;
         if (f.recv_elem_stride == f.elem_bytes) {
@@ -149,9 +147,8 @@ __device__ __forceinline__ int reduce_row(const dinf__ep_step &s, int64_t t, con
                     bad = 1;
                     continue;
                 }
-                const char *wire = stage + (slot_bytes > 0
-                                                ? int64_t(src) * slot_bytes + pos * s.row_bytes
-                                                : (s.recv_offsets[src] + pos) * s.row_bytes);
+                const char *wire =
+                    stage + dinf__ep_stage_row(slot_bytes, s.recv_offsets, src, pos, s.row_bytes);
                 const float w = weighted ? s.weights[t * s.num_terms + j] : 1.0f;
                 acc = __fadd_rn(acc, __fmul_rn(w, load_elem(wire + offset, in_elem, e)));
             }

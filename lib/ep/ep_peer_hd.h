@@ -136,6 +136,29 @@ DINF_HD int64_t dinf__ep_sent_word(int64_t rows, int64_t row_bytes) {
     return (int64_t)(((uint64_t)rows << 32) | (uint64_t)(uint32_t)row_bytes);
 }
 
+/* Receive row q of a grouped field (rows_per_group > 0): group *g, row *r
+ * in it, as dinf__ep_field_recv_at splits it. Receive rows are < 2^31 (the
+ * protocol's rows are int32), so the kernels divide in 32 bits. */
+DINF_HD void dinf__ep_recv_split(int64_t q, int64_t rows_per_group, int64_t *g, int64_t *r) {
+    if (rows_per_group > 0) {
+        const uint32_t rpg = (uint32_t)rows_per_group, qq = (uint32_t)q;
+        *g = (int64_t)(qq / rpg);
+        *r = (int64_t)(qq % rpg);
+    } else {
+        *g = 0;
+        *r = q;
+    }
+}
+
+/* Byte offset in a receive stage of row pos from source src: the peer
+ * stage's slot (slot_bytes > 0) or the NCCL receive stage, where the rows of
+ * every source follow each other in receive order (slot_bytes == 0). */
+DINF_HD int64_t dinf__ep_stage_row(int64_t slot_bytes, const int64_t *recv_offsets, int32_t src,
+                                   int64_t pos, int64_t row_bytes) {
+    return slot_bytes > 0 ? (int64_t)src * slot_bytes + pos * row_bytes
+                          : (recv_offsets[src] + pos) * row_bytes;
+}
+
 /* Source rank of receive-order row j: the p with recv_offsets[p] <= j <
  * recv_offsets[p + 1] (recv_offsets [R + 1] non-decreasing, 0 <= j <
  * recv_offsets[R]); empty sources are skipped. */

@@ -169,6 +169,62 @@ Test(ep_gpu_cpu, source_of_matches_a_linear_scan_with_empty_sources) {
     }
 }
 
+/* The kernels' receive address of a grouped field equals the transport's
+ * dinf__ep_field_recv_at (the threads oracle's). */
+Test(ep_gpu_cpu, recv_split_matches_the_transport_field_address) {
+    uint64_t s = 17;
+    for (int iter = 0; iter < 20000; iter++) {
+        dinf__ep_field f;
+        memset(&f, 0, sizeof f);
+        f.recv = (void *)(uintptr_t)0x10000;
+        f.recv_stride = 4;
+        f.recv_elem_stride = 4 * 516;
+        f.elem_bytes = 4;
+        f.elems = 56;
+        f.recv_rows_per_group = rng_next(&s) % 4 == 0 ? 0 : 1 + (int64_t)(rng_next(&s) % 4096);
+        f.recv_group_stride = f.recv_elem_stride * f.elems;
+        const int64_t q = (int64_t)(rng_next(&s) % (uint64_t)INT32_MAX);
+        const int64_t e = (int64_t)(rng_next(&s) % 56);
+        int64_t g, r;
+        dinf__ep_recv_split(q, f.recv_rows_per_group, &g, &r);
+        const char *kernel = (const char *)f.recv + g * f.recv_group_stride + r * f.recv_stride +
+                             e * f.recv_elem_stride;
+        cr_assert_eq(kernel, dinf__ep_field_recv_at(&f, q, e), "q=%lld rpg=%lld", (long long)q,
+                     (long long)f.recv_rows_per_group);
+    }
+}
+
+/* NCCL stages: what the pack kernel writes for destination p (send-order
+ * rows j * row_bytes) is the segment ncclSend sends, and what ncclRecv puts
+ * for source p is where the unpack / reduce read row pos of p. Peer stages:
+ * the reduce reads where the sender stored. */
+Test(ep_gpu_cpu, stage_rows_agree_between_senders_and_receivers) {
+    uint64_t s = 23;
+    for (int iter = 0; iter < 300; iter++) {
+        const int32_t R = 1 + (int32_t)(rng_next(&s) % 16);
+        const int64_t row = 16 * (1 + (int64_t)(rng_next(&s) % 100));
+        int64_t offs[17];
+        offs[0] = 0;
+        for (int32_t p = 0; p < R; p++)
+            offs[p + 1] = offs[p] + (int64_t)(rng_next(&s) % 6);
+        for (int32_t p = 0; p < R; p++)
+            for (int64_t pos = 0; pos < offs[p + 1] - offs[p]; pos++) {
+                const int64_t nccl = dinf__ep_stage_row(0, offs, p, pos, row);
+                /* the unpack kernel's receive-order row j = offs[p] + pos */
+                cr_assert_eq(nccl, (offs[p] + pos) * row);
+                /* inside ncclRecv's segment for p */
+                cr_assert_geq(nccl, offs[p] * row);
+                cr_assert_leq(nccl + row, offs[p + 1] * row);
+            }
+        dinf__ep_peer_layout l;
+        cr_assert_eq(dinf__ep_peer_layout_init(&l, R, 0, (int64_t)R * 8 * row + 64), 0);
+        for (int32_t p = 0; p < R; p++)
+            for (int64_t pos = 0; pos < 8; pos++)
+                cr_assert_eq(dinf__ep_stage_row(l.slot_bytes, offs, p, pos, row),
+                             dinf__ep_peer_slot_row(&l, p, pos, row));
+    }
+}
+
 Test(ep_gpu_cpu, copy_unit_is_the_widest_common_alignment) {
     cr_assert_eq(dinf__ep_copy_unit(0x1000, 0x2000, 4096), 16);
     cr_assert_eq(dinf__ep_copy_unit(0x1000, 0x2008, 4096), 8);
