@@ -22,6 +22,7 @@
 
 #include "../../lib/ep/ep_cuda.h"
 #include "../../lib/ep/ep_hd.h"
+#include "../../lib/ep/ep_rows_hd.h"
 
 namespace {
 
@@ -45,128 +46,6 @@ __device__ __forceinline__ void st_release_sys(uint64_t *p, uint64_t v) {
 
 __device__ __forceinline__ void red_add_release_sys(uint64_t *p, uint64_t v) {
     asm volatile("red.release.sys.global.add.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
-}
-
-template <typename T>
-__device__ __forceinline__ void copy_units(char *dst, const char *src, int64_t n, int lane) {
-    T *d = reinterpret_cast<T *>(dst);
-    const T *s = reinterpret_cast<const T *>(src);
-    for (int32_t i = lane; i < int32_t(n); i += kWarp) /* rows < 2^31 bytes */
-        d[i] = s[i];
-}
-
-/* A warp copies bytes bytes, with the widest unit the alignment allows. */
-__device__ __forceinline__ void warp_copy(char *dst, const char *src, int64_t bytes, int lane) {
-    switch (dinf__ep_copy_unit(reinterpret_cast<uint64_t>(dst), reinterpret_cast<uint64_t>(src),
-                               bytes)) {
-    case 16: copy_units<uint4>(dst, src, bytes / 16, lane); break;
-    case 8: copy_units<uint2>(dst, src, bytes / 8, lane); break;
-    case 4: copy_units<uint32_t>(dst, src, bytes / 4, lane); break;
-    case 2: copy_units<uint16_t>(dst, src, bytes / 2, lane); break;
-    default: copy_units<uint8_t>(dst, src, bytes, lane); break;
-    }
-}
-
-/* One element of elem_bytes bytes (a strided receive field; the host
- * accepts strided fields of 1, 2, 4 or 8-byte elements only). */
-__device__ __forceinline__ void copy_elem(char *dst, const char *src, int32_t elem_bytes) {
-    switch (elem_bytes) {
-    case 8: *reinterpret_cast<uint64_t *>(dst) = *reinterpret_cast<const uint64_t *>(src); break;
-    case 4: *reinterpret_cast<uint32_t *>(dst) = *reinterpret_cast<const uint32_t *>(src); break;
-    case 2: *reinterpret_cast<uint16_t *>(dst) = *reinterpret_cast<const uint16_t *>(src); break;
-    default: *dst = *src; break;
-    }
-}
-
-/* ---------------------------------------------------------- wire rows */
-
-/* A warp writes local row `row` of the send fields as one wire row. */
-__device__ __forceinline__ void put_wire_row(const dinf__ep_step &s, int64_t row, char *wire,
-                                             int lane) {
-    for (int32_t i = 0; i < s.num_fields; i++) {
-        const dinf__ep_wire_field &f = s.f[i];
-        warp_copy(wire + f.offset, f.send + row * f.send_stride, f.bytes, lane);
-    }
-    if (lane == 0)
-        *reinterpret_cast<int32_t *>(wire + dinf__ep_wire_trailer(s.row_bytes)) = int32_t(row);
-}
-
-/* A warp stores one wire row at local receive row q (all-to-all). */
-__device__ __forceinline__ void get_wire_row(const dinf__ep_step &s, const char *wire, int64_t q,
-                                             int lane) {
-    for (int32_t i = 0; i < s.num_fields; i++) {
-        const dinf__ep_wire_field &f = s.f[i];
-        int64_t g, r;
-        dinf__ep_recv_split(q, f.recv_rows_per_group, &g, &r);
-        char *dst = f.recv + g * f.recv_group_stride + r * f.recv_stride;
-        const char *src = wire + f.offset;
-        if (f.recv_elem_stride == f.elem_bytes) {
-            warp_copy(dst, src, int64_t(f.elems) * f.elem_bytes, lane);
-        } else {
-            for (int32_t e = lane; e < f.elems; e += kWarp)
-                copy_elem(dst + int64_t(e) * f.recv_elem_stride, src + int64_t(e) * f.elem_bytes,
-                          f.elem_bytes);
-        }
-    }
-    if (s.recv_src_row && lane == 0)
-        s.recv_src_row[q] =
-            *reinterpret_cast<const int32_t *>(wire + dinf__ep_wire_trailer(s.row_bytes));
-}
-
-__device__ __forceinline__ float load_elem(const void *row, int32_t elem, int64_t i) {
-    return elem == DINF__EP_ELEM_BF16 ? dinf__f32_from_bf16(static_cast<const uint16_t *>(row)[i])
-                                      : static_cast<const float *>(row)[i];
-}
-
-/*
- * A warp reduces output row t: lane l owns elements l, l + 32, ...; each
- * element sums the terms in order (float32, no FMA), then bias0, bias1.
- * slot_bytes > 0: term (src, pos) is at stage + src * slot_bytes + pos *
- * row_bytes (peer stage); 0: at (recv_offsets[src] + pos) * row_bytes (NCCL
- * receive stage). Returns 1 when a term names a row outside its segment.
- */
-__device__ __forceinline__ int reduce_row(const dinf__ep_step &s, int64_t t, const char *stage, int64_t slot_bytes,
-                          int lane) {
-    int bad = 0;
-    const int64_t *terms = s.terms + t * s.num_terms;
-    for (int32_t fi = 0; fi < s.num_fields; fi++) {
-        const int64_t offset = s.f[fi].offset;
-        const int32_t in_elem = s.in_elem[fi], out_elem = s.out_elem[fi];
-        const int weighted = s.apply_weights[fi] && s.weights;
-        char *out = static_cast<char *>(s.out[fi]) + t * s.out_stride[fi];
-        for (int32_t e = lane; e < s.red_elems[fi]; e += kWarp) {
-            float acc = 0.0f;
-            for (int32_t j = 0; j < s.num_terms; j++) {
-                const int64_t term = terms[j];
-                if (term == -1)
-                    continue;
-                const int32_t src = dinf__ep_unpack_hi(term);
-                const int64_t pos = int64_t(uint32_t(dinf__ep_unpack_lo(term)));
-                if (src < 0 || src >= s.num_ranks ||
-                    pos >= s.recv_offsets[src + 1] - s.recv_offsets[src]) {
-                    bad = 1;
-                    continue;
-                }
-                const char *wire =
-                    stage + dinf__ep_stage_row(slot_bytes, s.recv_offsets, src, pos, s.row_bytes);
-                const float w = weighted ? s.weights[t * s.num_terms + j] : 1.0f;
-                acc = __fadd_rn(acc, __fmul_rn(w, load_elem(wire + offset, in_elem, e)));
-            }
-            if (s.bias0[fi])
-                acc = __fadd_rn(acc, load_elem(static_cast<const char *>(s.bias0[fi]) +
-                                                   t * s.out_stride[fi],
-                                               out_elem, e));
-            if (s.bias1[fi])
-                acc = __fadd_rn(acc, load_elem(static_cast<const char *>(s.bias1[fi]) +
-                                                   t * s.out_stride[fi],
-                                               out_elem, e));
-            if (out_elem == DINF__EP_ELEM_BF16)
-                reinterpret_cast<uint16_t *>(out)[e] = dinf__bf16_from_f32(acc);
-            else
-                reinterpret_cast<float *>(out)[e] = acc;
-        }
-    }
-    return bad;
 }
 
 /* Record an error for the host (host-mapped; the first one wins). */
@@ -202,7 +81,7 @@ __global__ void __launch_bounds__(kThreads) pack_kernel(const dinf__ep_step *par
     for (int64_t j = int64_t(blockIdx.x) * kWarps + threadIdx.x / kWarp; j < total;
          j += int64_t(gridDim.x) * kWarps) {
         const int64_t row = s.send_rows ? s.send_rows[j] : j;
-        put_wire_row(s, row, stage + j * s.row_bytes, lane);
+        dinf__ep_put_wire_row(&s, row, stage + j * s.row_bytes, lane, kWarp);
     }
 }
 
@@ -215,7 +94,7 @@ __global__ void __launch_bounds__(kThreads) unpack_kernel(const dinf__ep_step *p
     for (int64_t j = int64_t(blockIdx.x) * kWarps + threadIdx.x / kWarp; j < total;
          j += int64_t(gridDim.x) * kWarps) {
         const int64_t q = s.recv_rows ? s.recv_rows[j] : j;
-        get_wire_row(s, stage + j * s.row_bytes, q, lane);
+        dinf__ep_get_wire_row(&s, stage + j * s.row_bytes, q, lane, kWarp);
     }
 }
 
@@ -227,7 +106,7 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel(const dinf__ep_step *p
     int bad = 0;
     for (int64_t t = int64_t(blockIdx.x) * kWarps + threadIdx.x / kWarp; t < s.num_out_rows;
          t += int64_t(gridDim.x) * kWarps)
-        bad |= reduce_row(s, t, stage, 0, lane);
+        bad |= dinf__ep_reduce_row(&s, t, stage, 0, lane, kWarp);
     if (bad)
         note_failure(s.error, DINF__EP_PEER_BAD_TERM, -1, 0);
 }
@@ -287,14 +166,14 @@ __global__ void __launch_bounds__(kThreads) peer_step_kernel(dinf__ep_peer_launc
             const int32_t d = dinf__ep_source_of(s.send_offsets, R, j);
             const int64_t i = j - s.send_offsets[d];
             const int64_t row = s.send_rows ? s.send_rows[j] : j;
-            put_wire_row(s, row,
-                         L.peers[d] + lay.stage_off + dinf__ep_peer_slot_row(&lay, me, i, s.row_bytes),
-                         lane);
+            char *wire =
+                L.peers[d] + lay.stage_off + dinf__ep_peer_slot_row(&lay, me, i, s.row_bytes);
+            dinf__ep_put_wire_row(&s, row, wire, lane, kWarp);
         }
     } else if (s.kind == DINF__EP_STEP_GATHER && b == 0) {
         for (int32_t d = warp; d < R; d += kWarps)
-            warp_copy(L.peers[d] + lay.gather_off + int64_t(me) * lay.gather_bytes,
-                      static_cast<const char *>(s.gather_in), s.gather_bytes, lane);
+            dinf__ep_copy(L.peers[d] + lay.gather_off + int64_t(me) * lay.gather_bytes,
+                          static_cast<const char *>(s.gather_in), s.gather_bytes, lane, kWarp);
     }
     if (b == 0)
         for (int32_t d = tid; d < R; d += blockDim.x) {
@@ -352,12 +231,13 @@ __global__ void __launch_bounds__(kThreads) peer_step_kernel(dinf__ep_peer_launc
             const int32_t p = dinf__ep_source_of(s.recv_offsets, R, j);
             const int64_t i = j - s.recv_offsets[p];
             const int64_t q = s.recv_rows ? s.recv_rows[j] : j;
-            get_wire_row(s, stage + dinf__ep_peer_slot_row(&lay, p, i, s.row_bytes), q, lane);
+            dinf__ep_get_wire_row(&s, stage + dinf__ep_peer_slot_row(&lay, p, i, s.row_bytes), q,
+                                  lane, kWarp);
         }
     } else if (s.kind == DINF__EP_STEP_REDUCE) {
         for (int64_t t = int64_t(b) * kWarps + warp; t < s.num_out_rows;
              t += int64_t(L.blocks_per_rank) * kWarps)
-            bad |= reduce_row(s, t, stage, lay.slot_bytes, lane);
+            bad |= dinf__ep_reduce_row(&s, t, stage, lay.slot_bytes, lane, kWarp);
     }
     if (bad)
         note_failure(s.error, DINF__EP_PEER_BAD_TERM, -1, L.step);
