@@ -22,6 +22,7 @@
 
 #include "../../lib/ep/ep_cuda.h"
 #include "../../lib/ep/ep_hd.h"
+#include "../../lib/ep/ep_plan_hd.h"
 #include "../../lib/ep/ep_rows_hd.h"
 
 namespace {
@@ -286,29 +287,14 @@ __global__ void __launch_bounds__(kPlanThreads)
     for (int64_t i = threadIdx.x; i < N * K; i += blockDim.x)
         if (topk[i] >= 0)
             atomicAdd(&per_expert[topk[i]], 1);
-    for (int32_t r = threadIdx.x; r < R; r += blockDim.x) {
-        int32_t count = 0;
-        for (int64_t t = 0; t < N; t++)
-            terms[t * R + r] = dinf__ep_token_in_rank(topk + t * K, K, r, L)
-                                   ? dinf__ep_pack(r, count++)
-                                   : int64_t(-1);
-        per_rank[r] = count;
-    }
+    for (int32_t r = threadIdx.x; r < R; r += blockDim.x)
+        per_rank[r] = dinf__ep_plan_rank_column(topk, N, K, R, L, r, terms);
     __syncthreads();
-    if (threadIdx.x == 0) {
-        offs[0] = 0;
-        for (int32_t r = 0; r < R; r++)
-            offs[r + 1] = offs[r] + per_rank[r];
-    }
+    if (threadIdx.x == 0)
+        dinf__ep_plan_offsets(per_rank, R, offs);
     __syncthreads();
-    for (int32_t r = threadIdx.x; r < R; r += blockDim.x) {
-        const int64_t base = offs[r];
-        for (int64_t t = 0; t < N; t++) {
-            const int64_t term = terms[t * R + r];
-            if (term != -1)
-                send_rows[base + dinf__ep_unpack_lo(term)] = int32_t(t);
-        }
-    }
+    for (int32_t r = threadIdx.x; r < R; r += blockDim.x)
+        dinf__ep_plan_rank_rows(terms, N, R, r, offs, send_rows);
     if (c_rank) {
         unsigned long long m = 0;
         for (int32_t r = threadIdx.x; r < R; r += blockDim.x)
@@ -371,35 +357,12 @@ __global__ void __launch_bounds__(kPlanThreads)
     __syncthreads();
     if (threadIdx.x == 0) {
         result[0] = -1;
-        offs[0] = 0;
-        for (int32_t r = 0; r < R; r++) {
-            int64_t pos = 0;
-            for (int32_t l = 0; l < L; l++) {
-                const int64_t e = int64_t(r) * L + l;
-                next[e] = pos;
-                pos += count[e];
-            }
-            offs[r + 1] = offs[r] + pos;
-        }
+        dinf__ep_ll_bases(count, R, L, next, offs);
     }
     __syncthreads();
-    for (int32_t e = threadIdx.x; e < E; e += blockDim.x) {
-        if (count[e] == 0)
-            continue;
-        const int32_t r = e / L; /* dinf__ep_rank_of_expert, in 32 bits */
-        const int64_t base = offs[r];
-        int64_t pos = next[e];
-        /* N * K < 2^31 (config check): walk tokens and slots in order */
-        for (int32_t t = 0; t < int32_t(N); t++)
-            for (int32_t k = 0; k < K; k++) {
-                const int64_t i = int64_t(t) * K + k;
-                if (topk[i] == e) {
-                    terms[i] = dinf__ep_pack(r, pos);
-                    send_rows[base + pos] = t;
-                    pos++;
-                }
-            }
-    }
+    for (int32_t e = threadIdx.x; e < E; e += blockDim.x)
+        if (count[e] > 0)
+            dinf__ep_ll_expert_walk(topk, N, K, e, L, offs, next[e], terms, send_rows);
 }
 
 /* rows for the low-latency receive order: segment g = src * L + l starts at

@@ -12,6 +12,7 @@
 #include "ep/ep_hd.h"
 #include "ep/ep_nccl.h"
 #include "ep/ep_peer_hd.h"
+#include "ep/ep_plan_hd.h"
 
 #include <criterion/criterion.h>
 
@@ -351,6 +352,117 @@ Test(ep_gpu_cpu, reduce_step_maps_fields_terms_and_biases) {
     red.num_fields = 2;
     red.num_terms = -1;
     cr_assert_eq(dinf__ep_step_from_reduce("t", &red, &s), DINF_STATUS_INTERNAL);
+}
+
+/* ------------------------------------------------------------- planners -- */
+
+/* Random top-k rows: distinct experts per token, some -1. */
+static void random_topk(uint64_t *s, int64_t *topk, int64_t N, int32_t K, int32_t E) {
+    for (int64_t t = 0; t < N; t++)
+        for (int32_t k = 0; k < K; k++) {
+            int64_t e;
+            int dup;
+            do {
+                e = (int64_t)(rng_next(s) % (uint64_t)E);
+                dup = 0;
+                for (int32_t j = 0; j < k; j++)
+                    dup |= topk[t * K + j] == e;
+            } while (dup);
+            topk[t * K + k] = e;
+        }
+    for (int64_t i = 0; i < N * K; i++)
+        if (rng_next(s) % 5 == 0)
+            topk[i] = -1;
+}
+
+/* The GPU planners' per-thread steps, run one thread after another (in
+ * reverse, to show order independence), equal the CPU planner (the oracle). */
+Test(ep_gpu_cpu, gpu_normal_planner_steps_equal_the_cpu_planner) {
+    uint64_t s = 31;
+    for (int iter = 0; iter < 60; iter++) {
+        const int32_t R = 1 + (int32_t)(rng_next(&s) % 16), L = 1 + (int32_t)(rng_next(&s) % 8);
+        const int32_t E = R * L, K = 1 + (int32_t)(rng_next(&s) % (E < 8 ? E : 8));
+        const int64_t N = (int64_t)(rng_next(&s) % 300);
+        int64_t *topk = malloc((size_t)(N * K + 1) * 8);
+        random_topk(&s, topk, N, K, E);
+        dinf__ep_transport t = {NULL, 0, R, DINF_EP_MEMORY_HOST, -1, 1000};
+        int32_t *cpu_counts = malloc((size_t)(R + E) * 4);
+        int64_t *cpu_offs = malloc((size_t)(R + 1) * 8), *gpu_offs = malloc((size_t)(R + 1) * 8);
+        int64_t *cpu_terms = malloc((size_t)(N * R + 1) * 8), *gpu_terms = malloc((size_t)(N * R + 1) * 8);
+        int32_t *cpu_rows = malloc((size_t)(N * R + 1) * 4), *gpu_rows = malloc((size_t)(N * R + 1) * 4);
+        int32_t *gpu_per_rank = malloc((size_t)R * 4);
+        memset(cpu_rows, 0xee, (size_t)(N * R + 1) * 4);
+        memset(gpu_rows, 0xee, (size_t)(N * R + 1) * 4);
+        dinf__ep_plan plan = {cpu_counts, cpu_counts + R, cpu_offs, cpu_rows, cpu_terms};
+        int64_t bad = 0, mism = 0;
+        cr_assert_eq(dinf__ep_cpu_plan_dispatch(&t, "t", topk, N, K, E, NULL, NULL, NULL, &plan,
+                                                &bad, &mism, NULL),
+                     DINF_STATUS_OK);
+        cr_assert_eq(bad, -1);
+        for (int32_t r = R - 1; r >= 0; r--)
+            gpu_per_rank[r] = dinf__ep_plan_rank_column(topk, N, K, R, L, r, gpu_terms);
+        dinf__ep_plan_offsets(gpu_per_rank, R, gpu_offs);
+        for (int32_t r = R - 1; r >= 0; r--)
+            dinf__ep_plan_rank_rows(gpu_terms, N, R, r, gpu_offs, gpu_rows);
+        cr_assert(memcmp(gpu_per_rank, cpu_counts, (size_t)R * 4) == 0, "iter %d counts", iter);
+        cr_assert(memcmp(gpu_offs, cpu_offs, (size_t)(R + 1) * 8) == 0, "iter %d offsets", iter);
+        cr_assert(memcmp(gpu_terms, cpu_terms, (size_t)(N * R) * 8) == 0, "iter %d terms", iter);
+        cr_assert(memcmp(gpu_rows, cpu_rows, (size_t)cpu_offs[R] * 4) == 0, "iter %d rows", iter);
+        free(topk);
+        free(cpu_counts);
+        free(cpu_offs);
+        free(gpu_offs);
+        free(cpu_terms);
+        free(gpu_terms);
+        free(cpu_rows);
+        free(gpu_rows);
+        free(gpu_per_rank);
+    }
+}
+
+Test(ep_gpu_cpu, gpu_low_latency_planner_steps_equal_the_cpu_planner) {
+    uint64_t s = 37;
+    for (int iter = 0; iter < 60; iter++) {
+        const int32_t R = 1 + (int32_t)(rng_next(&s) % 16), L = 1 + (int32_t)(rng_next(&s) % 8);
+        const int32_t E = R * L, K = 1 + (int32_t)(rng_next(&s) % (E < 8 ? E : 8));
+        const int64_t N = (int64_t)(rng_next(&s) % 200);
+        int64_t *topk = malloc((size_t)(N * K + 1) * 8);
+        random_topk(&s, topk, N, K, E);
+        dinf__ep_transport t = {NULL, 0, R, DINF_EP_MEMORY_HOST, -1, 1000};
+        int32_t *count = malloc((size_t)E * 4);
+        int64_t *scratch = malloc((size_t)E * 8), *next = malloc((size_t)E * 8);
+        int64_t *cpu_offs = malloc((size_t)(R + 1) * 8), *gpu_offs = malloc((size_t)(R + 1) * 8);
+        int64_t *cpu_terms = malloc((size_t)(N * K + 1) * 8), *gpu_terms = malloc((size_t)(N * K + 1) * 8);
+        int32_t *cpu_rows = malloc((size_t)(N * K + 1) * 4), *gpu_rows = malloc((size_t)(N * K + 1) * 4);
+        memset(cpu_rows, 0xee, (size_t)(N * K + 1) * 4);
+        memset(gpu_rows, 0xee, (size_t)(N * K + 1) * 4);
+        dinf__ep_ll_plan plan = {count, cpu_offs, scratch, cpu_rows, cpu_terms};
+        int64_t bad = 0;
+        cr_assert_eq(dinf__ep_cpu_plan_low_latency(&t, "t", topk, N, K, E, &plan, &bad, NULL),
+                     DINF_STATUS_OK);
+        cr_assert_eq(bad, -1);
+        /* the kernel: counts by atomics (exact), -1 terms, bases, one walk per expert */
+        for (int64_t i = 0; i < N * K; i++)
+            if (topk[i] < 0)
+                gpu_terms[i] = -1;
+        dinf__ep_ll_bases(count, R, L, next, gpu_offs);
+        for (int32_t e = E - 1; e >= 0; e--)
+            if (count[e] > 0)
+                dinf__ep_ll_expert_walk(topk, N, K, e, L, gpu_offs, next[e], gpu_terms, gpu_rows);
+        cr_assert(memcmp(gpu_offs, cpu_offs, (size_t)(R + 1) * 8) == 0, "iter %d offsets", iter);
+        cr_assert(memcmp(gpu_terms, cpu_terms, (size_t)(N * K) * 8) == 0, "iter %d terms", iter);
+        cr_assert(memcmp(gpu_rows, cpu_rows, (size_t)cpu_offs[R] * 4) == 0, "iter %d rows", iter);
+        free(topk);
+        free(count);
+        free(scratch);
+        free(next);
+        free(cpu_offs);
+        free(gpu_offs);
+        free(cpu_terms);
+        free(gpu_terms);
+        free(cpu_rows);
+        free(gpu_rows);
+    }
 }
 
 /* ------------------------------------------------------------------ NCCL -- */
