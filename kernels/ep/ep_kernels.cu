@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel(const dinf__ep_step *p
 
 /* ------------------------------------------------------- peer step */
 
-__global__ void __launch_bounds__(kThreads) peer_step_kernel(dinf__ep_peer_launch L) {
+__global__ void __launch_bounds__(kThreads, 1) peer_step_kernel(dinf__ep_peer_launch L) {
     __shared__ dinf__ep_step s;
     __shared__ int fail, fail_peer;
     const int32_t idx = int32_t(blockIdx.x) / L.blocks_per_rank;

@@ -108,11 +108,101 @@ DINF_HD float dinf__ep_load_elem(const void *row, int32_t elem, int64_t i) {
  * Returns 1 when a term names a row outside its source's segment (that term
  * is skipped), else 0.
  */
+/* bf16 element i (0..7) of 16 loaded bytes. */
+DINF_HD float dinf__ep_v16_bf16(dinf__ep_v16 v, int i) {
+    const uint64_t w = i < 4 ? v.lo : v.hi;
+    return dinf__f32_from_bf16((uint16_t)(w >> (16 * (i % 4))));
+}
+
+/* 1 when p is 16-byte aligned. */
+DINF_HD int dinf__ep_aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+/*
+ * The bfloat16 -> bfloat16 field of a reducing step, 8 elements (16 bytes)
+ * per load: the same float32 operations per element, in the same order, as
+ * the scalar path of dinf__ep_reduce_row (so the bits do not depend on the
+ * path). Needs elems % 8 == 0 and 16-byte aligned rows (the caller checks).
+ */
+DINF_HD int dinf__ep_reduce_bf16x8(const dinf__ep_step *s, int32_t fi, int64_t t,
+                                   const char *stage, int64_t slot_bytes, int32_t lane,
+                                   int32_t lanes) {
+    int bad = 0;
+    const int64_t *terms = s->terms + t * s->num_terms;
+    const int weighted = s->apply_weights[fi] && s->weights;
+    const int64_t offset = s->f[fi].offset, stride = s->out_stride[fi];
+    dinf__ep_v16 *out = (dinf__ep_v16 *)((char *)s->out[fi] + t * stride);
+    const dinf__ep_v16 *b0 = s->bias0[fi] ? (const dinf__ep_v16 *)((const char *)s->bias0[fi] + t * stride) : 0;
+    const dinf__ep_v16 *b1 = s->bias1[fi] ? (const dinf__ep_v16 *)((const char *)s->bias1[fi] + t * stride) : 0;
+    for (int32_t c = lane; c < s->red_elems[fi] / 8; c += lanes) {
+        float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        for (int32_t j = 0; j < s->num_terms; j++) {
+            const int64_t term = terms[j];
+            if (term == -1)
+                continue;
+            const int32_t src = dinf__ep_unpack_hi(term);
+            const int64_t pos = (int64_t)(uint32_t)dinf__ep_unpack_lo(term);
+            if (src < 0 || src >= s->num_ranks ||
+                pos >= s->recv_offsets[src + 1] - s->recv_offsets[src]) {
+                bad = 1;
+                continue;
+            }
+            const dinf__ep_v16 v =
+                ((const dinf__ep_v16 *)(stage +
+                                        dinf__ep_stage_row(slot_bytes, s->recv_offsets, src, pos,
+                                                           s->row_bytes) +
+                                        offset))[c];
+            const float w = weighted ? s->weights[t * s->num_terms + j] : 1.0f;
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+            for (int i = 0; i < 8; i++)
+                acc[i] = acc[i] + w * dinf__ep_v16_bf16(v, i);
+        }
+        if (b0) {
+            const dinf__ep_v16 v = b0[c];
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+            for (int i = 0; i < 8; i++)
+                acc[i] += dinf__ep_v16_bf16(v, i);
+        }
+        if (b1) {
+            const dinf__ep_v16 v = b1[c];
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+            for (int i = 0; i < 8; i++)
+                acc[i] += dinf__ep_v16_bf16(v, i);
+        }
+        dinf__ep_v16 r = {0, 0};
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+        for (int i = 0; i < 8; i++) {
+            const uint64_t h = dinf__bf16_from_f32(acc[i]);
+            if (i < 4)
+                r.lo |= h << (16 * i);
+            else
+                r.hi |= h << (16 * (i - 4));
+        }
+        out[c] = r;
+    }
+    return bad;
+}
+
 DINF_HD int dinf__ep_reduce_row(const dinf__ep_step *s, int64_t t, const char *stage,
                                 int64_t slot_bytes, int32_t lane, int32_t lanes) {
     int bad = 0;
     const int64_t *terms = s->terms + t * s->num_terms;
     for (int32_t fi = 0; fi < s->num_fields; fi++) {
+        if (s->in_elem[fi] == DINF__EP_ELEM_BF16 && s->out_elem[fi] == DINF__EP_ELEM_BF16 &&
+            s->red_elems[fi] % 8 == 0 && s->row_bytes % 16 == 0 && s->out_stride[fi] % 16 == 0 &&
+            dinf__ep_aligned16(stage) && dinf__ep_aligned16(s->out[fi]) &&
+            (!s->bias0[fi] || dinf__ep_aligned16(s->bias0[fi])) &&
+            (!s->bias1[fi] || dinf__ep_aligned16(s->bias1[fi]))) {
+            bad |= dinf__ep_reduce_bf16x8(s, fi, t, stage, slot_bytes, lane, lanes);
+            continue;
+        }
         const int64_t offset = s->f[fi].offset;
         const int32_t in_elem = s->in_elem[fi], out_elem = s->out_elem[fi];
         const int weighted = s->apply_weights[fi] && s->weights;

@@ -13,6 +13,7 @@
 #include "ep/ep_nccl.h"
 #include "ep/ep_peer_hd.h"
 #include "ep/ep_plan_hd.h"
+#include "ep/ep_rows_hd.h"
 
 #include <criterion/criterion.h>
 
@@ -352,6 +353,84 @@ Test(ep_gpu_cpu, reduce_step_maps_fields_terms_and_biases) {
     red.num_fields = 2;
     red.num_terms = -1;
     cr_assert_eq(dinf__ep_step_from_reduce("t", &red, &s), DINF_STATUS_INTERNAL);
+}
+
+/* ------------------------------------------------------------ reduction -- */
+
+/* The 8-wide bf16 path of the reduction gives the bits of the scalar path
+ * (forced by a misaligned output), for every lane count, with weights,
+ * biases, missing terms and both stage layouts. */
+Test(ep_gpu_cpu, vector_and_scalar_reductions_agree_bitwise) {
+    uint64_t s = 41;
+    for (int iter = 0; iter < 200; iter++) {
+        const int32_t R = 1 + (int32_t)(rng_next(&s) % 8), T = 1 + (int32_t)(rng_next(&s) % 8);
+        const int32_t H = 8 * (1 + (int32_t)(rng_next(&s) % 40));
+        const int64_t field_bytes[1] = {(int64_t)H * 2};
+        int64_t off[1];
+        const int64_t row = dinf__ep_wire_layout(field_bytes, 1, off);
+        int64_t recv_offsets[9];
+        recv_offsets[0] = 0;
+        for (int32_t p = 0; p < R; p++)
+            recv_offsets[p + 1] = recv_offsets[p] + 1 + (int64_t)(rng_next(&s) % 5);
+        const int slots = (int)(rng_next(&s) % 2);
+        const int64_t slot = slots ? 8 * row : 0;
+        const int64_t stage_bytes = slots ? R * slot : recv_offsets[R] * row;
+        char *stage = aligned_alloc(16, (size_t)stage_bytes);
+        for (int64_t i = 0; i < stage_bytes / 2; i++)
+            ((uint16_t *)stage)[i] = (uint16_t)(0x3c00 + rng_next(&s) % 0x0800) ^
+                                     (uint16_t)(rng_next(&s) % 2 ? 0x8000 : 0);
+        int64_t *terms = malloc((size_t)T * R * 8);
+        float *weights = malloc((size_t)T * R * 4);
+        for (int32_t i = 0; i < T * R; i++) {
+            const int32_t src = (int32_t)(rng_next(&s) % R);
+            const int64_t n = recv_offsets[src + 1] - recv_offsets[src];
+            terms[i] = rng_next(&s) % 4 == 0 ? -1 : dinf__ep_pack(src, (int64_t)(rng_next(&s) % n));
+            weights[i] = (float)(rng_next(&s) % 1000) / 999.0f;
+        }
+        uint16_t *bias = aligned_alloc(16, (size_t)T * H * 2);
+        for (int64_t i = 0; i < (int64_t)T * H; i++)
+            bias[i] = (uint16_t)(0x3000 + rng_next(&s) % 0x1000);
+        uint16_t *out_vec = aligned_alloc(16, (size_t)T * H * 2);
+        char *mis = aligned_alloc(16, (size_t)T * H * 2 + 16);
+        uint16_t *out_scalar = (uint16_t *)(mis + 2); /* misaligned: the scalar path */
+        dinf__ep_step st;
+        memset(&st, 0, sizeof st);
+        st.kind = DINF__EP_STEP_REDUCE;
+        st.num_ranks = R;
+        st.num_fields = 1;
+        st.row_bytes = row;
+        st.f[0].offset = off[0];
+        st.in_elem[0] = st.out_elem[0] = DINF__EP_ELEM_BF16;
+        st.red_elems[0] = H;
+        st.apply_weights[0] = (int32_t)(rng_next(&s) % 2);
+        st.out_stride[0] = (int64_t)H * 2;
+        st.bias0[0] = rng_next(&s) % 2 ? bias : NULL;
+        st.num_terms = R;
+        st.terms = terms;
+        st.weights = weights;
+        st.recv_offsets = recv_offsets;
+        const int32_t lanes = 1 + (int32_t)(rng_next(&s) % 5);
+        for (int64_t t = 0; t < T; t++)
+            for (int32_t lane = 0; lane < lanes; lane++) {
+                st.out[0] = out_vec;
+                cr_assert_eq(dinf__ep_reduce_row(&st, t, stage, slot, lane, lanes), 0);
+                st.out[0] = out_scalar;
+                cr_assert_eq(dinf__ep_reduce_row(&st, t, stage, slot, lane, lanes), 0);
+            }
+        cr_assert(memcmp(out_vec, out_scalar, (size_t)T * H * 2) == 0, "iter %d", iter);
+        /* a term outside its segment is reported on both paths */
+        terms[0] = dinf__ep_pack(0, recv_offsets[1]);
+        st.out[0] = out_vec;
+        cr_assert_eq(dinf__ep_reduce_row(&st, 0, stage, slot, 0, 1), 1);
+        st.out[0] = out_scalar;
+        cr_assert_eq(dinf__ep_reduce_row(&st, 0, stage, slot, 0, 1), 1);
+        free(stage);
+        free(terms);
+        free(weights);
+        free(bias);
+        free(out_vec);
+        free(mis);
+    }
 }
 
 /* ------------------------------------------------------------- planners -- */
