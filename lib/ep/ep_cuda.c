@@ -509,6 +509,7 @@ static dinf_status pick_blocks(const char *func, int device, int32_t ranks_in_la
 /* Host checks of a step against every rank's published offsets (virtual
  * transport: the leader sees them all). */
 typedef struct vpub {
+    int32_t tag; /* which transport op: 1 all-gather, 2 data step, 3 barrier */
     dinf__ep_step step;
     const int64_t *send_offsets, *recv_offsets; /* host [R + 1] */
     cudaStream_t stream;
@@ -527,7 +528,7 @@ typedef struct vhub {
     uint64_t generation;
     int32_t arrived;
     const char *func;
-    int32_t func_rank;
+    int32_t func_rank, tag;
     uint8_t *present;
     int32_t broken;
     dinf_status broken_status;
@@ -588,11 +589,13 @@ static dinf_status vbarrier(dinf__ep_transport *t, const char *func, const vpub 
     if (h->arrived == 0) {
         h->func = func;
         h->func_rank = rank;
-    } else if (strcmp(h->func, func) != 0) {
+        h->tag = mine->tag;
+    } else if (strcmp(h->func, func) != 0 || h->tag != mine->tag) {
         char message[DINF_ERROR_MESSAGE_MAX];
         snprintf(message, sizeof message,
-                 "mismatched collective calls: rank %d called %s while rank %d called %s",
-                 (int)h->func_rank, h->func, (int)rank, func);
+                 "mismatched collective calls: rank %d called %s (transport step %d) while rank "
+                 "%d called %s (transport step %d)",
+                 (int)h->func_rank, h->func, (int)h->tag, (int)rank, func, (int)mine->tag);
         vbreak(h, DINF_STATUS_INVALID_ARGUMENT, message);
         dinf_status st = vfail_broken(h, func);
         pthread_mutex_unlock(&h->mutex);
@@ -694,6 +697,7 @@ static dinf_status v_allgather(dinf__ep_transport *t, const char *func, const vo
     }
     vpub mine;
     memset(&mine, 0, sizeof mine);
+    mine.tag = 1;
     mine.gather = in;
     st = vbarrier(t, func, &mine, NULL);
     if (st != DINF_STATUS_OK)
@@ -709,6 +713,7 @@ static dinf_status v_barrier(dinf__ep_transport *t, const char *func, const dinf
     (void)place;
     vpub mine;
     memset(&mine, 0, sizeof mine);
+    mine.tag = 3;
     return vbarrier(t, func, &mine, NULL);
 }
 
@@ -812,6 +817,7 @@ static dinf_status v_step(dinf__ep_transport *t, const char *func, vpub *mine,
         return cuda_fail(func, "recording the rank's EP event", t->device, err);
     }
     mine->stream = (cudaStream_t)place->stream;
+    mine->tag = 2;
     dinf_status st = vbarrier(t, func, mine, v_launch);
     if (st == DINF_STATUS_OK) {
         err = cudaStreamWaitEvent((cudaStream_t)place->stream, h->done, 0);
