@@ -264,13 +264,17 @@ DINF_API dinf_status dinf_ep_group_info(const dinf_ep_group *group, int32_t *ran
 DINF_API dinf_status dinf_ep_group_barrier(dinf_ep_group *group);
 
 /*
- * dinf_ep_symmetric_buffer_bytes - bytes of symmetric (peer-addressable)
- * memory a peer-store GPU transport allocates per rank for config and
- * num_ranks (normal-mode receive slots for num_ranks * max_tokens_per_rank
- * tokens, plus the low-latency receive slots [L_max][num_ranks * T][row]
- * with L_max = max_num_experts / num_ranks, plus signals). The threads and
- * NCCL transports allocate none; this is the figure to budget for the
- * CUDA IPC and virtual-rank transports.
+ * dinf_ep_symmetric_buffer_bytes - the two receive-stage figures of the GPU
+ * transports for config and num_ranks: normal_bytes = normal-mode receive
+ * slots for num_ranks * max_tokens_per_rank tokens, low_latency_bytes = the
+ * low-latency receive slots [L_max][num_ranks * T][row] with L_max =
+ * max_num_experts / num_ranks (each + 4096). A step moves one kind of rows,
+ * so the GPU transports allocate per rank: CUDA IPC and virtual ranks one
+ * symmetric buffer of max(normal_bytes, low_latency_bytes) plus a header
+ * (3 * num_ranks * 8 bytes of flags; CUDA IPC also num_ranks * max(256,
+ * (num_ranks + max_num_experts) * 4) bytes of all-gather area), NCCL two
+ * stages (send and receive) of max(normal_bytes, low_latency_bytes) each.
+ * The threads transport allocates none.
  * Arguments: config [IN] not NULL; num_ranks [IN] 1..DINF_EP_MAX_RANKS;
  *   normal_bytes, low_latency_bytes [OUT] may be NULL.
  * Returns DINF_STATUS_OK or DINF_STATUS_INVALID_ARGUMENT (bad config,
