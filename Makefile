@@ -153,6 +153,8 @@ $(BUILDDIR)/obj/kernels/%.o: kernels/%.cu $(HEADERS) $(PRIV_HDRS) $(CONFIG_STAMP
 
 # The format kernels must round exactly as the CPU: no FMA contraction.
 $(BUILDDIR)/obj/kernels/core/%.o: NVCCFLAGS += --fmad=false
+# The EP combine sums in float32 exactly as the CPU oracle: no FMA contraction.
+$(BUILDDIR)/obj/kernels/ep/%.o: NVCCFLAGS += --fmad=false
 
 $(SHARED): $(LIB_OBJS) lib/deepinfra.map
 	@mkdir -p $(dir $@)

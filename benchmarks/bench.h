@@ -53,6 +53,7 @@ void bench_register_copy(void);
 void bench_register_gemm(void);
 void bench_register_mla(void);
 void bench_register_ep(void);
+void bench_register_ep_gpu(void);
 
 #ifdef __cplusplus
 }

@@ -17,7 +17,9 @@ int main(int argc, char **argv) {
     bench_register_gemm();
     bench_register_mla();
     bench_register_ep();
-    if (info.usable)
+    if (info.usable) {
         bench_register_copy();
+        bench_register_ep_gpu();
+    }
     return bench_main(argc, argv);
 }

@@ -203,6 +203,43 @@ DINF_API dinf_status dinf_ep_group_create_cuda_virtual(int32_t num_ranks, int32_
                                                        dinf_ep_group **groups);
 
 /*
+ * dinf_ep_allgather_fn - the caller's host all-gather (torch.distributed,
+ * MPI, a socket...): every rank passes `bytes` bytes at `in`; `out`
+ * [num_ranks][bytes] must receive rank p's bytes at p * bytes, on every rank.
+ * Return 0 on success, nonzero on failure. Called from the creating thread,
+ * twice per dinf_ep_group_create_cuda_ipc, on every rank (also when this
+ * rank's setup failed, so that no rank is left waiting).
+ */
+typedef int (*dinf_ep_allgather_fn)(void *ctx, const void *in, void *out, size_t bytes);
+
+/*
+ * dinf_ep_group_create_cuda_ipc - (GPU transport) rank `rank` of num_ranks
+ * processes on one node (one per GPU, or several on one GPU), peers reached
+ * by direct stores into their symmetric buffers (dinf_ep_symmetric_buffer_bytes)
+ * mapped with CUDA IPC. Collective over the ranks: each allocates its buffer
+ * on `device`, exports a cudaIpcMemHandle_t, exchanges the handles through
+ * `allgather` and opens every peer's. A rank never opens its own handle (CUDA
+ * IPC handles cannot be opened in the process that owns the memory): it
+ * uses its own pointer. Each collective step is one cooperative launch of
+ * this rank's blocks on exec->stream; waits on peers are bounded by
+ * config.timeout_ms on the device (clock64) and on the host.
+ * Arguments:
+ *   rank, num_ranks [IN] 0 <= rank < num_ranks <= DINF_EP_MAX_RANKS
+ *   device    [IN]  this rank's CUDA device
+ *   config    [IN]  as dinf_ep_group_create_threads; the same on every rank
+ *   allgather, ctx [IN] the caller's all-gather (see dinf_ep_allgather_fn)
+ *   group     [OUT] the rank's endpoint (NULL on failure)
+ * Returns DINF_STATUS_OK, DINF_STATUS_INVALID_ARGUMENT (bad arguments, a
+ * failed callback, another rank failed or has another config),
+ * DINF_STATUS_UNSUPPORTED (CPU-only build, no usable device),
+ * DINF_STATUS_CUDA_ERROR, DINF_STATUS_OUT_OF_MEMORY.
+ */
+DINF_API dinf_status dinf_ep_group_create_cuda_ipc(int32_t rank, int32_t num_ranks,
+                                                   int32_t device, const dinf_ep_config *config,
+                                                   dinf_ep_allgather_fn allgather, void *ctx,
+                                                   dinf_ep_group **group);
+
+/*
  * dinf_ep_group_destroy - release one rank's endpoint (and the shared state
  * with the last one). NULL is accepted. The rank must not be inside a call.
  * Returns DINF_STATUS_OK.
@@ -227,13 +264,17 @@ DINF_API dinf_status dinf_ep_group_info(const dinf_ep_group *group, int32_t *ran
 DINF_API dinf_status dinf_ep_group_barrier(dinf_ep_group *group);
 
 /*
- * dinf_ep_symmetric_buffer_bytes - bytes of symmetric (peer-addressable)
- * memory a peer-store GPU transport allocates per rank for config and
- * num_ranks (normal-mode receive slots for num_ranks * max_tokens_per_rank
- * tokens, plus the low-latency receive slots [L_max][num_ranks * T][row]
- * with L_max = max_num_experts / num_ranks, plus signals). The threads and
- * NCCL transports allocate none; this is the figure to budget for the
- * CUDA IPC and virtual-rank transports.
+ * dinf_ep_symmetric_buffer_bytes - the two receive-stage figures of the GPU
+ * transports for config and num_ranks: normal_bytes = normal-mode receive
+ * slots for num_ranks * max_tokens_per_rank tokens, low_latency_bytes = the
+ * low-latency receive slots [L_max][num_ranks * T][row] with L_max =
+ * max_num_experts / num_ranks (each + 4096). A step moves one kind of rows,
+ * so the GPU transports allocate per rank: CUDA IPC and virtual ranks one
+ * symmetric buffer of max(normal_bytes, low_latency_bytes) plus a header
+ * (3 * num_ranks * 8 bytes of flags; CUDA IPC also num_ranks * max(256,
+ * (num_ranks + max_num_experts) * 4) bytes of all-gather area), NCCL two
+ * stages (send and receive) of max(normal_bytes, low_latency_bytes) each.
+ * The threads transport allocates none.
  * Arguments: config [IN] not NULL; num_ranks [IN] 1..DINF_EP_MAX_RANKS;
  *   normal_bytes, low_latency_bytes [OUT] may be NULL.
  * Returns DINF_STATUS_OK or DINF_STATUS_INVALID_ARGUMENT (bad config,

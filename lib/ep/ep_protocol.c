@@ -14,6 +14,7 @@
  *      in a later step;
  *   3. the data steps (all-gather of counts, alltoallv, reduce_a2a).
  */
+#include "ep_cuda.h"
 #include "ep_hd.h"
 #include "ep_transport.h"
 
@@ -190,10 +191,18 @@ DINF_API dinf_status dinf_ep_group_info(const dinf_ep_group *group, int32_t *ran
  * groups need DINF_EXEC_CUDA on their device. */
 static dinf_status group_place(const char *func, const dinf_ep_group *group,
                                const dinf_exec *exec, dinf__place *place) {
+    const dinf__ep_transport *t = group->transport;
+    /* the memory-space mismatch first: it is the caller's error in every build
+     * (a CPU-only build would otherwise only say that it has no CUDA) */
+    if (t->memory == DINF_EP_MEMORY_HOST && exec && exec->size >= sizeof(dinf_exec) &&
+        exec->kind == DINF_EXEC_CUDA)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "exec is DINF_EXEC_CUDA but the group (%s transport) lives in host "
+                          "memory: pass NULL or DINF_EXEC_CPU",
+                          t->ops->name);
     dinf_status st = dinf__place_resolve(func, exec, place);
     if (st != DINF_STATUS_OK)
         return st;
-    const dinf__ep_transport *t = group->transport;
     if (t->memory == DINF_EP_MEMORY_HOST) {
         if (place->kind != DINF_EXEC_CPU)
             return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
@@ -327,12 +336,9 @@ static dinf_status bad_expert(const char *func, dinf__ep_transport *t, const int
 
 /* --------------------------------------------------------------- layout -- */
 
-/* The CUDA layout kernel, provided by the GPU transport when linked in. */
-dinf_status dinf__ep_layout_cuda(const char *func, const dinf__place *place,
-                                 const int64_t *topk_idx, int64_t num_tokens, int32_t num_topk,
-                                 int32_t num_experts, int32_t num_ranks,
-                                 int32_t *num_tokens_per_rank, int32_t *num_tokens_per_expert,
-                                 uint8_t *is_token_in_rank) __attribute__((weak));
+/* The CUDA layout (dinf__ep_layout_cuda, kernels/ep/ep_kernels.cu) is
+ * declared in ep_cuda.h and referenced plainly in CUDA builds, so that static
+ * links pull the kernels in. */
 
 DINF_API dinf_status dinf_ep_get_dispatch_layout(const int64_t *topk_idx, int64_t num_tokens,
                                                  int32_t num_topk, int32_t num_experts,
@@ -367,13 +373,14 @@ DINF_API dinf_status dinf_ep_get_dispatch_layout(const int64_t *topk_idx, int64_
     if (st != DINF_STATUS_OK)
         return st;
     if (place.kind == DINF_EXEC_CUDA) {
-        if (!dinf__ep_layout_cuda)
-            return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
-                              "this build has no CUDA EP kernels (the GPU transport is not "
-                              "linked in)");
+#if DINF_WITH_CUDA
         return dinf__ep_layout_cuda(func, &place, topk_idx, num_tokens, num_topk, num_experts,
                                     num_ranks, num_tokens_per_rank, num_tokens_per_expert,
                                     is_token_in_rank);
+#else
+        return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
+                          "libdeepinfra was built without CUDA (make CUDA=0)");
+#endif
     }
     for (int64_t i = 0; i < num_tokens * num_topk; i++)
         CHECK(topk_idx[i] >= -1 && topk_idx[i] < num_experts,

@@ -638,6 +638,32 @@ _FUNCTIONS = [
         _STATUS,
         [ctypes.c_int32, ctypes.POINTER(EpConfig), ctypes.POINTER(ctypes.c_void_p)],
     ),
+    # GPU transports (ep.h). dinf_status dinf_ep_group_create_nccl(void *nccl_comm,
+    #     int32_t device, const dinf_ep_config *config, dinf_ep_group **group);
+    (
+        "dinf_ep_group_create_nccl",
+        _STATUS,
+        [ctypes.c_void_p, ctypes.c_int32, ctypes.POINTER(EpConfig),
+         ctypes.POINTER(ctypes.c_void_p)],
+    ),
+    # dinf_status dinf_ep_group_create_cuda_virtual(int32_t num_ranks, int32_t device,
+    #     const dinf_ep_config *config, dinf_ep_group **groups);
+    (
+        "dinf_ep_group_create_cuda_virtual",
+        _STATUS,
+        [ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(EpConfig),
+         ctypes.POINTER(ctypes.c_void_p)],
+    ),
+    # dinf_status dinf_ep_group_create_cuda_ipc(int32_t rank, int32_t num_ranks, int32_t device,
+    #     const dinf_ep_config *config, dinf_ep_allgather_fn allgather, void *ctx,
+    #     dinf_ep_group **group);  allgather: int (*)(void *ctx, const void *in, void *out,
+    #     size_t bytes)
+    (
+        "dinf_ep_group_create_cuda_ipc",
+        _STATUS,
+        [ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(EpConfig),
+         ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)],
+    ),
     # dinf_status dinf_ep_group_destroy(dinf_ep_group *group);
     ("dinf_ep_group_destroy", _STATUS, [ctypes.c_void_p]),
     # dinf_status dinf_ep_group_info(const dinf_ep_group *group, int32_t *rank,

@@ -179,6 +179,17 @@ def test_kernel_resource_reports_have_no_spills_or_local_memory():
         assert any(kernel in f for f in seen), "no resource report for %s" % kernel
 
 
+def test_every_kernel_directory_has_resource_reports():
+    """The resource check above covers each kernels/<module>/*.cu (ep included)."""
+    if not built_with_cuda():
+        pytest.skip("CPU-only build (make CUDA=0): no kernels")
+    for cu in glob.glob(os.path.join(ROOT, "kernels", "*", "*.cu")):
+        rel = os.path.relpath(cu, ROOT)
+        report = os.path.join(BUILD, "obj", rel[:-3] + ".o.resource")
+        assert os.path.exists(report), "no resource report for %s" % rel
+        assert "Compiling entry function" in open(report).read(), "%s has no kernels" % rel
+
+
 def test_cpu_only_build_from_the_same_sources(tmp_path):
     """make CUDA=0 builds a library with no CUDA code in it."""
     build = tmp_path / "cpu"
