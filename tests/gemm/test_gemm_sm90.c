@@ -2,7 +2,9 @@
  * The Hopper FP8 GEMM path, verified on the CPU (issue 4 items 4, 5 and the
  * bad-input rules): the kernel's index math (jit/templates/fp8_gemm_sched.cuh:
  * raster order, tile lookup of the three forms, scale and output addressing,
- * the wgmma fragment map), the heuristic, the GPU argument rules, the
+ * the wgmma fragment map, the shared-memory carve-up and its alignment rules,
+ * the stage's expect_tx bytes against the planned tensor-map boxes, the wgmma
+ * descriptor's bit fields), the heuristic, the GPU argument rules, the
  * behaviour without a usable device, and an NVRTC compile of every kernel
  * configuration the heuristic can pick (for sm_90a, no GPU needed) without
  * register spills or local memory.
@@ -236,6 +238,132 @@ Test(gemm_sched, wgmma_fragment_map_covers_the_tile_once) {
                 cr_assert_eq(seen[e], 1, "bm=%d bn=%d: element %d not covered", bm, bn, e);
             free(seen);
         }
+}
+
+Test(gemm_sched, shared_memory_carve_up_meets_the_alignment_rules_and_fits) {
+    /* Every (block_m, block_n, stages) the kernel accepts. */
+    int checked = 0;
+    for (int bm = 64; bm <= 128; bm += 64)
+        for (int bn = 16; bn <= 128; bn *= 2)
+            for (int stages = 1; stages <= 16; stages++) {
+                const long long bytes = DINF_FP8_SMEM_BYTES(bm, bn, stages);
+                if (bytes > DINF_FP8_SMEM_LIMIT)
+                    continue;
+                checked++;
+                const dinf_fp8_smem_layout l = dinf_fp8_smem_carve(bm, bn, stages);
+                cr_assert_eq(l.a_stage, (unsigned)bm * 128);
+                cr_assert_eq(l.b_stage, (unsigned)bn * 128);
+                cr_assert_eq(l.sa_stage, (unsigned)bm * 4);
+                for (int s = 0; s < stages; s++) {
+                    /* 128-byte swizzled TMA boxes and wgmma operands: 1024-aligned,
+                     * both math warpgroups' 64-row halves of A included */
+                    for (int wg = 0; wg < bm / 64; wg++)
+                        cr_assert_eq((l.a + s * l.a_stage + wg * 64 * 128) % 1024, 0,
+                                     "A stage %d of %dx%dx%d", s, bm, bn, stages);
+                    cr_assert_eq((l.b + s * l.b_stage) % 1024, 0, "B stage %d of %dx%dx%d", s,
+                                 bm, bn, stages);
+                    /* plain TMA destination (A scales): 128-aligned */
+                    cr_assert_eq((l.sa + s * l.sa_stage) % 128, 0, "scales stage %d of %dx%dx%d",
+                                 s, bm, bn, stages);
+                }
+                cr_assert_eq(l.full % 8, 0);
+                cr_assert_eq(l.empty % 8, 0);
+                /* disjoint, in order, and within the dynamic size after 1024 bytes of
+                 * alignment slack (the base is at least 16-byte aligned) */
+                cr_assert_eq(l.a, 0u);
+                cr_assert_eq(l.b, l.a + stages * l.a_stage);
+                cr_assert_eq(l.sa, l.b + stages * l.b_stage);
+                cr_assert_eq(l.full, l.sa + stages * l.sa_stage);
+                cr_assert_eq(l.empty, l.full + 8u * stages);
+                cr_assert_eq(l.end, l.empty + 8u * stages);
+                cr_assert_leq(1024 + (long long)l.end, bytes, "%dx%dx%d", bm, bn, stages);
+            }
+    /* every depth that fits was visited: (227 KiB - 1024) / per-stage bytes, at most 16 */
+    int expected = 0;
+    for (int bm = 64; bm <= 128; bm += 64)
+        for (int bn = 16; bn <= 128; bn *= 2) {
+            const int depth = (DINF_FP8_SMEM_LIMIT - 1024) / (bm * 128 + bn * 128 + bm * 4 + 16);
+            expected += depth < 16 ? depth : 16;
+        }
+    cr_assert_eq(checked, expected, "%d configs checked, %d fit", checked, expected);
+}
+
+Test(gemm_sched, stage_tx_bytes_equal_the_planned_tensor_map_boxes) {
+    /* The producer's expect_tx must equal what the three TMA loads deliver:
+     * whole boxes of the planned maps (out-of-bounds parts are filled and
+     * counted). Checked on plans of each form and both block_m. */
+    static const long long shapes[][3] = {{1, 16, 128}, {200, 520, 256}, {4096, 7168, 2048}};
+    for (int form = 0; form < 3; form++)
+        for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+            int32_t info[4096];
+            for (int r = 0; r < 4096; r++)
+                info[r] = form == DINF_FP8_GEMM_CONTIGUOUS ? 0 : (int32_t)shapes[i][0];
+            const int64_t rows = form == DINF_FP8_GEMM_CONTIGUOUS
+                                     ? (shapes[i][0] + 127) / 128 * 128
+                                     : shapes[i][0];
+            const dinf__fp8_gpu_problem p = {form,
+                                             rows,
+                                             shapes[i][1],
+                                             shapes[i][2],
+                                             form == DINF_FP8_GEMM_NORMAL ? 1 : 2,
+                                             rows,
+                                             (const uint8_t *)(uintptr_t)0x10000,
+                                             shapes[i][2],
+                                             (const float *)(uintptr_t)0x20000,
+                                             (const uint8_t *)(uintptr_t)0x30000,
+                                             shapes[i][2],
+                                             (const float *)(uintptr_t)0x40000,
+                                             (uint16_t *)(uintptr_t)0x50000,
+                                             shapes[i][1],
+                                             form == DINF_FP8_GEMM_NORMAL ? NULL : info};
+            dinf__fp8_launch_plan plan;
+            dinf__fp8_plan(&p, 132, &plan);
+            const dinf__fp8_tensor_map_geometry *maps[3] = {&plan.map_a, &plan.map_b,
+                                                            &plan.map_sa};
+            unsigned delivered = 0;
+            for (int j = 0; j < 3; j++)
+                delivered += maps[j]->box[0] * maps[j]->box[1] * maps[j]->box[2] *
+                             (unsigned)maps[j]->elem_bytes;
+            cr_assert_eq(delivered,
+                         dinf_fp8_stage_tx_bytes(plan.config.block_m, plan.config.block_n),
+                         "form %d shape %zu", form, i);
+            /* and the TMA encoding rules the plan must meet (cuTensorMapEncodeTiled) */
+            for (int j = 0; j < 3; j++) {
+                const dinf__fp8_tensor_map_geometry *g = maps[j];
+                for (int d = 0; d < 3; d++) {
+                    cr_assert(g->box[d] >= 1 && g->box[d] <= 256);
+                    cr_assert(g->dims[d] >= 1 && g->dims[d] <= (1ull << 32));
+                }
+                cr_assert_eq(g->box[0] * (unsigned)g->elem_bytes % 16, 0);
+                if (g->swizzle_128b)
+                    cr_assert_leq(g->box[0] * (unsigned)g->elem_bytes, 128);
+                for (int d = 0; d < 2; d++)
+                    cr_assert(g->strides[d] % 16 == 0 && g->strides[d] < (1ull << 40));
+                cr_assert_eq((uintptr_t)g->base % 16, 0);
+            }
+        }
+}
+
+Test(gemm_sched, wgmma_descriptor_bit_fields) {
+    /* Every stage start the carve-up produces, plus the three k32 advances. */
+    for (unsigned base = 0; base < DINF_FP8_SMEM_LIMIT + 1024; base += 1024)
+        for (unsigned ks = 0; ks < 4; ks++) {
+            const unsigned addr = base + 32 * ks;
+            const unsigned long long d = dinf_fp8_wgmma_desc_sw128(addr);
+            cr_assert_eq(d & 0x3FFF, (addr >> 4) & 0x3FFF, "start address of %#x", addr);
+            cr_assert_eq((d >> 14) & 0x3, 0);
+            cr_assert_eq((d >> 16) & 0x3FFF, 0, "leading byte offset");
+            cr_assert_eq((d >> 30) & 0x3, 0);
+            cr_assert_eq((d >> 32) & 0x3FFF, 1024 >> 4, "stride byte offset");
+            cr_assert_eq((d >> 46) & 0x7, 0);
+            cr_assert_eq((d >> 49) & 0x7, 0, "base offset");
+            cr_assert_eq((d >> 52) & 0x3FF, 0);
+            cr_assert_eq(d >> 62, 1, "layout type 1 = 128-byte swizzle");
+            /* advancing along K moves the start field only (no carry into other fields) */
+            cr_assert_eq(d, dinf_fp8_wgmma_desc_sw128(base) + 2 * ks);
+        }
+    /* shared-window addresses of 227 KiB fit the 14-bit field (>> 4: 18 bits of address) */
+    cr_assert_lt(DINF_FP8_SMEM_LIMIT + 1024, 1 << 18);
 }
 
 /* ---------------------------------------------------------- heuristic -- */
