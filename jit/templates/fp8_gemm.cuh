@@ -38,7 +38,8 @@
  * end of a tile each thread rounds its totals to bf16 and stores them
  * directly (row < row_limit, column < n), so rows a masked group does not
  * own are never written. Both roles walk the same tile sequence, so their
- * stage/phase counters agree.
+ * stage/phase counters agree (dinf_fp8_pipe_at; a CPU model of the mbarrier
+ * protocol in tests/gemm checks it under random interleavings).
  */
 #pragma once
 #include "dinf_prelude.cuh"
@@ -115,9 +116,9 @@ fp8_gemm(const __grid_constant__ tensor_map_t map_a, const __grid_constant__ ten
             const int m0 = tile.m_block * BLOCK_M, n0 = tile.n_block * BLOCK_N;
             const int a_group = GEMM_TYPE == DINF_FP8_GEMM_MASKED ? tile.group : 0;
             for (int kb = 0; kb < args.k_blocks; kb++, it++) {
-                const int s = (int)(it % NUM_STAGES);
-                const uint32_t phase = (it / NUM_STAGES) & 1u;
-                mbar_wait(&empty[s], phase ^ 1u);
+                const dinf_fp8_pipe_slot slot = dinf_fp8_pipe_at(it, NUM_STAGES);
+                const int s = slot.stage;
+                mbar_wait(&empty[s], slot.empty_parity);
                 mbar_arrive_expect_tx(&full[s], kStageTxBytes);
                 const int k0 = kb * DINF_FP8_BLOCK_K;
                 tma_load_3d(a_tiles + s * lay.a_stage, &map_a, &full[s], k0, m0, a_group);
@@ -154,10 +155,10 @@ fp8_gemm(const __grid_constant__ tensor_map_t map_a, const __grid_constant__ ten
             total[i] = 0.0f;
 
         for (int kb = 0; kb < args.k_blocks; kb++, it++) {
-            const int s = (int)(it % NUM_STAGES);
-            const uint32_t phase = (it / NUM_STAGES) & 1u;
+            const dinf_fp8_pipe_slot slot = dinf_fp8_pipe_at(it, NUM_STAGES);
+            const int s = slot.stage;
             const float b_scale = b_scales[dinf_fp8_b_scale_index(&args, tile.group, n0, kb)];
-            mbar_wait(&full[s], phase);
+            mbar_wait(&full[s], slot.full_parity);
 
             /* partial = A[64 rows x 128] * B[BLOCK_N x 128]^T on the tensor cores. */
             const uint32_t a_base =

@@ -215,6 +215,31 @@ DINF_FP8_HD long long dinf_fp8_d_offset(const dinf_fp8_gemm_args *a, int gemm_ty
 }
 
 /*
+ * The mbarrier pipeline (fp8_gemm.cuh). Both roles count the k blocks they
+ * handle, it = 0, 1, ... over the same tile sequence (skipped tiles count
+ * nothing on either side), and use stage it % stages. The consumers wait on
+ * the stage's full barrier for parity (it / stages) & 1: the completion of
+ * its (it / stages)-th fill. The producer waits on the stage's empty barrier
+ * for the opposite parity: on the first pass a fresh barrier counts as having
+ * completed the phase of parity 1, so it passes at once; on pass p >= 1 it
+ * waits for the consumers' (p - 1)-th release of the stage. Unsigned `it`
+ * wraps after 2^32 k blocks of one CTA (far beyond any kernel's run time).
+ */
+typedef struct dinf_fp8_pipe_slot {
+    int stage;
+    unsigned full_parity;  /* consumers: mbarrier.try_wait.parity on full[stage] */
+    unsigned empty_parity; /* producer: mbarrier.try_wait.parity on empty[stage] */
+} dinf_fp8_pipe_slot;
+
+DINF_FP8_HD_CONST dinf_fp8_pipe_slot dinf_fp8_pipe_at(unsigned it, unsigned stages) {
+    dinf_fp8_pipe_slot p = {0, 0, 0};
+    p.stage = (int)(it % stages);
+    p.full_parity = (it / stages) & 1u;
+    p.empty_parity = p.full_parity ^ 1u;
+    return p;
+}
+
+/*
  * The wgmma m64nNk32 accumulator fragment (PTX ISA 9.7.15.5, "Matrix D"):
  * thread `lane` of warp `warp` (0..3) of a math warpgroup owning tile rows
  * [64 * math_wg, +64) holds, for column group i (8 columns), accumulators

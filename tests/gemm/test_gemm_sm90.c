@@ -366,6 +366,193 @@ Test(gemm_sched, wgmma_descriptor_bit_fields) {
     cr_assert_lt(DINF_FP8_SMEM_LIMIT + 1024, 1 << 18);
 }
 
+/* ---------------------------------------------- mbarrier pipeline model -- */
+
+/* An mbarrier as the PTX ISA defines it: arrivals expected per phase, arrivals
+ * and transaction bytes pending in the current phase, phases completed. */
+typedef struct model_bar {
+    int count, pending;
+    long long tx;
+    unsigned completed;
+} model_bar;
+
+static void bar_init(model_bar *b, int count) {
+    b->count = b->pending = count;
+    b->tx = 0;
+    b->completed = 0;
+}
+static void bar_settle(model_bar *b) {
+    if (b->pending == 0 && b->tx == 0) {
+        b->completed++;
+        b->pending = b->count;
+    }
+}
+/* mbarrier.try_wait.parity: true once the phase of that parity has completed,
+ * i.e. while the current, incomplete phase has the other parity (a fresh
+ * barrier is in phase 0: parity 1 passes, parity 0 waits). */
+static int bar_passes(const model_bar *b, unsigned parity) { return (b->completed & 1u) != parity; }
+
+typedef struct model_step {
+    long long tile;
+    int kb;
+} model_step;
+
+/* The k blocks one role of CTA `cta` handles, in order (the kernel's loops). */
+static int model_steps(const dinf_fp8_gemm_args *a, int form, int bm, unsigned cta, unsigned grid,
+                       model_step *out, int cap) {
+    int n = 0;
+    for (long long t = cta;; t += grid) {
+        dinf_fp8_tile tile;
+        const int found = dinf_fp8_tile_at(a, form, bm, t, &tile);
+        if (found < 0)
+            break;
+        if (found == 0)
+            continue;
+        for (int kb = 0; kb < a->k_blocks; kb++) {
+            cr_assert_lt(n, cap);
+            out[n++] = (model_step){t, kb};
+        }
+    }
+    return n;
+}
+
+/*
+ * Run one CTA's n k blocks (model_steps: the same list for both roles, skipped
+ * tiles counting nothing) through its producer, `consumers` math warpgroups
+ * and the asynchronous TMA
+ * completions under a random interleaving, with the kernel's barrier counts,
+ * expect_tx bytes and dinf_fp8_pipe_at parities (or a deliberately broken
+ * variant). Returns NULL, or what went wrong: a consumer reading a stage that
+ * does not hold its k block, the producer refilling a stage a consumer still
+ * reads, or a deadlock.
+ */
+static const char *model_cta(int n, int stages, int consumers,
+                             int bm, int bn, int broken, uint64_t seed) {
+    enum { MAXS = 16, MAXC = 2, MAXQ = 3 * MAXS };
+    model_bar full[MAXS], empty[MAXS];
+    long long tag[MAXS][3]; /* iteration whose A / B / scales the stage holds */
+    for (int s = 0; s < stages; s++) {
+        bar_init(&full[s], 1);
+        bar_init(&empty[s], consumers);
+        tag[s][0] = tag[s][1] = tag[s][2] = -1;
+    }
+    const long long part_bytes[3] = {(long long)bm * 128, (long long)bn * 128, (long long)bm * 4};
+    struct {
+        int stage, part;
+        long long it;
+    } queue[MAXQ];
+    int queued = 0, produced = 0, consumed[MAXC] = {0};
+    uint64_t r = seed;
+    for (;;) {
+        int done = produced == n && queued == 0;
+        for (int c = 0; c < consumers; c++)
+            done = done && consumed[c] == n;
+        if (done)
+            return NULL;
+        /* runnable agents: 0 = producer, 1..consumers, consumers + 1 + q = TMA load q */
+        int runnable[1 + MAXC + MAXQ], count = 0;
+        if (produced < n) {
+            dinf_fp8_pipe_slot p = dinf_fp8_pipe_at((unsigned)produced, stages);
+            const unsigned parity = broken == 1 ? p.full_parity : p.empty_parity;
+            if (bar_passes(&empty[p.stage], parity))
+                runnable[count++] = 0;
+        }
+        for (int c = 0; c < consumers; c++)
+            if (consumed[c] < n) {
+                dinf_fp8_pipe_slot p = dinf_fp8_pipe_at((unsigned)consumed[c], stages);
+                const unsigned parity = broken == 2 ? p.empty_parity : p.full_parity;
+                if (bar_passes(&full[p.stage], parity))
+                    runnable[count++] = 1 + c;
+            }
+        for (int q = 0; q < queued; q++)
+            runnable[count++] = 1 + consumers + q;
+        if (count == 0)
+            return "deadlock: every agent waits";
+        const int agent = runnable[rng(&r) % (uint64_t)count];
+        if (agent == 0) { /* producer: arrive.expect_tx, then three TMA loads */
+            const int it = produced++;
+            const int s = dinf_fp8_pipe_at((unsigned)it, stages).stage;
+            if (it >= stages)
+                for (int c = 0; c < consumers; c++)
+                    if (consumed[c] <= it - stages)
+                        return "the producer refills a stage a consumer has not released";
+            const unsigned tx = dinf_fp8_stage_tx_bytes(bm, bn) - (broken == 3 ? 4 : 0);
+            full[s].tx += tx;
+            full[s].pending--;
+            bar_settle(&full[s]);
+            for (int part = 0; part < 3; part++) {
+                queue[queued].stage = s, queue[queued].part = part, queue[queued].it = it;
+                queued++;
+            }
+        } else if (agent <= consumers) { /* a math warpgroup reads the stage, releases it */
+            const int c = agent - 1, it = consumed[c]++;
+            const int s = dinf_fp8_pipe_at((unsigned)it, stages).stage;
+            for (int part = 0; part < 3; part++)
+                if (tag[s][part] != it)
+                    return "a consumer reads a stage that does not hold its k block";
+            if (broken != 4 || c != 0)
+                empty[s].pending--, bar_settle(&empty[s]);
+        } else { /* a TMA load lands: data, then complete_tx of its box bytes */
+            const int q = agent - 1 - consumers;
+            const int s = queue[q].stage, part = queue[q].part;
+            tag[s][part] = queue[q].it;
+            full[s].tx -= part_bytes[part];
+            if (full[s].tx < 0)
+                return "more bytes landed than the stage expected";
+            bar_settle(&full[s]);
+            queue[q] = queue[--queued];
+        }
+    }
+}
+
+Test(gemm_sched, mbarrier_pipeline_model_never_races_or_deadlocks) {
+    /* m_indices with -1 and out-of-range blocks; masked counts with empty groups. */
+    static int32_t idx[16 * 128];
+    for (int b = 0; b < 16; b++)
+        for (int r = 0; r < 128; r++)
+            idx[b * 128 + r] = b % 5 == 1 ? -1 : b % 7 == 3 ? 9 : b % 3;
+    static const int32_t masked[4] = {0, 77, 300, 1};
+    static model_step steps[1 << 14];
+    uint64_t seed = 7;
+    int runs = 0;
+    for (int form = 0; form < 3; form++)
+        for (int stages = 1; stages <= 8; stages++)
+            for (int kbs = 1; kbs <= 9; kbs += 4)
+                for (unsigned grid = 1; grid <= 5; grid += 2) {
+                    const int bm = form == DINF_FP8_GEMM_MASKED && stages % 2 ? 64 : 128;
+                    const int bn = 16 << (stages % 4);
+                    const int m = form == DINF_FP8_GEMM_CONTIGUOUS ? 16 * 128 : 300;
+                    const int32_t *info = form == DINF_FP8_GEMM_CONTIGUOUS ? idx
+                                          : form == DINF_FP8_GEMM_MASKED   ? masked
+                                                                           : NULL;
+                    dinf_fp8_gemm_args a = make_args(m, 200, kbs * 128 - 5,
+                                                     form == DINF_FP8_GEMM_NORMAL ? 1 : 4, bm, bn,
+                                                     info);
+                    for (unsigned cta = 0; cta < grid; cta++) {
+                        const int n = model_steps(&a, form, bm, cta, grid, steps, 1 << 14);
+                        for (int trial = 0; trial < 3; trial++) {
+                            const char *why = model_cta(n, stages, bm / 64, bm, bn, 0, seed++);
+                            cr_assert_null(why, "form %d, %d stages, %d k blocks, CTA %u of %u: %s",
+                                           form, stages, kbs, cta, grid, why);
+                            runs++;
+                        }
+                    }
+                }
+    cr_log_info("%d pipeline runs", runs);
+    /* The model catches the mistakes it is there for (so it can fail): the
+     * producer waiting on the wrong parity, consumers waiting on the wrong
+     * parity, expect_tx short of what lands, a warpgroup that never releases. */
+    dinf_fp8_gemm_args a = make_args(300, 200, 9 * 128, 1, 128, 64, NULL);
+    const int n = model_steps(&a, DINF_FP8_GEMM_NORMAL, 128, 0, 1, steps, 1 << 14);
+    for (int broken = 1; broken <= 4; broken++) {
+        int caught = 0;
+        for (int trial = 0; trial < 20; trial++)
+            caught += model_cta(n, 4, 2, 128, 64, broken, 1000 + (uint64_t)trial) != NULL;
+        cr_assert_eq(caught, 20, "broken variant %d went unnoticed in %d of 20 runs", broken,
+                     20 - caught);
+    }
+}
+
 /* ---------------------------------------------------------- heuristic -- */
 
 Test(gemm_heuristic, follows_the_documented_rule) {
