@@ -8,7 +8,7 @@
  *   mbarrier                   9.7.13.15 mbarrier.{init,arrive,arrive.expect_tx,try_wait.parity}
  *   TMA (bulk tensor copy)     9.7.9.25 cp.async.bulk.tensor (global -> shared, mbarrier completion)
  *   wgmma                      9.7.15 wgmma.fence / mma_async / commit_group / wait_group,
- *                              9.7.15.5.1 shared memory matrix descriptor
+ *                              (the matrix descriptor: fp8_gemm_sched.cuh)
  */
 #pragma once
 #include "dinf_prelude.cuh"
@@ -89,23 +89,9 @@ __device__ __forceinline__ void tma_load_3d(void *dst, const tensor_map_t *map, 
 
 /* -------------------------------------------------------------- wgmma -- */
 
-/*
- * Shared memory matrix descriptor of a K-major operand tile stored with the
- * 128-byte swizzle (as TMA writes it with CU_TENSOR_MAP_SWIZZLE_128B and a
- * 128-byte inner box): rows of 128 bytes, 8-row core-matrix groups 1024
- * bytes apart (stride byte offset), leading byte offset unused (0), layout
- * type 1 = 128B swizzle in bits 62-63. The tile must start 1024-byte aligned;
- * moving along K inside the 128-byte row is a plain byte offset of the start
- * address (the swizzle is a function of the address bits).
- */
-__device__ __forceinline__ uint64_t wgmma_desc_k_major_sw128(uint32_t smem_addr) {
-    uint64_t desc = 0;
-    desc |= (uint64_t)((smem_addr & 0x3FFFF) >> 4);   /* bits 0-13: start address >> 4 */
-    /* bits 16-29: leading byte offset >> 4, unused for swizzled K-major tiles (0) */
-    desc |= (uint64_t)(1024 >> 4) << 32;              /* bits 32-45: stride byte offset >> 4 */
-    desc |= (uint64_t)1 << 62;                        /* bits 62-63: 128-byte swizzle */
-    return desc;
-}
+/* The shared memory matrix descriptors of the FP8 GEMM's operands are built
+ * by dinf_fp8_wgmma_desc_sw128 (fp8_gemm_sched.cuh), host-device code whose
+ * bit fields the CPU tests check. */
 
 __device__ __forceinline__ void wgmma_fence() {
     asm volatile("wgmma.fence.sync.aligned;" ::: "memory");

@@ -38,7 +38,8 @@
  * end of a tile each thread rounds its totals to bf16 and stores them
  * directly (row < row_limit, column < n), so rows a masked group does not
  * own are never written. Both roles walk the same tile sequence, so their
- * stage/phase counters agree.
+ * stage/phase counters agree (dinf_fp8_pipe_at; a CPU model of the mbarrier
+ * protocol in tests/gemm checks it under random interleavings).
  */
 #pragma once
 #include "dinf_prelude.cuh"
@@ -69,21 +70,23 @@ fp8_gemm(const __grid_constant__ tensor_map_t map_a, const __grid_constant__ ten
                   "fp8_gemm: NUM_STAGES stages do not fit in shared memory");
 
     constexpr int kMathWarpgroups = BLOCK_M / 64;
-    constexpr uint32_t kABytes = BLOCK_M * DINF_FP8_BLOCK_K;  /* e4m3 */
-    constexpr uint32_t kBBytes = BLOCK_N * DINF_FP8_BLOCK_K;  /* e4m3 */
-    constexpr uint32_t kSABytes = BLOCK_M * 4;                /* float32 */
-    constexpr uint32_t kStageTxBytes = kABytes + kBBytes + kSABytes;
     constexpr int kAccum = BLOCK_N / 2; /* wgmma accumulators per thread */
+    /* What the three TMA loads of a stage deliver (whole boxes). */
+    constexpr uint32_t kStageTxBytes = dinf_fp8_stage_tx_bytes(BLOCK_M, BLOCK_N);
 
-    /* Shared memory: [A tiles][B tiles][A scales][full barriers][empty barriers],
-     * from a 1024-byte aligned base (128-byte swizzled tiles repeat every 1024). */
+    /* Shared memory: [A tiles][B tiles][A scales][full barriers][empty barriers]
+     * (dinf_fp8_smem_carve), from a 1024-byte aligned base (128-byte swizzled
+     * tiles repeat every 1024 bytes). */
     extern __shared__ uint8_t smem_raw[];
     uint8_t *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
-    uint8_t *a_tiles = smem;
-    uint8_t *b_tiles = a_tiles + NUM_STAGES * kABytes;
-    float *sa_tiles = reinterpret_cast<float *>(b_tiles + NUM_STAGES * kBBytes);
-    uint64_t *full = reinterpret_cast<uint64_t *>(sa_tiles + NUM_STAGES * BLOCK_M);
-    uint64_t *empty = full + NUM_STAGES;
+    constexpr dinf_fp8_smem_layout lay = dinf_fp8_smem_carve(BLOCK_M, BLOCK_N, NUM_STAGES);
+    static_assert(1024 + lay.end <= DINF_FP8_SMEM_BYTES(BLOCK_M, BLOCK_N, NUM_STAGES),
+                  "fp8_gemm: the carve-up exceeds the dynamic shared memory size");
+    uint8_t *a_tiles = smem + lay.a;
+    uint8_t *b_tiles = smem + lay.b;
+    float *sa_tiles = reinterpret_cast<float *>(smem + lay.sa);
+    uint64_t *full = reinterpret_cast<uint64_t *>(smem + lay.full);
+    uint64_t *empty = reinterpret_cast<uint64_t *>(smem + lay.empty);
 
     const int warpgroup = (int)(threadIdx.x / 128);
     if (threadIdx.x == 0) {
@@ -113,13 +116,13 @@ fp8_gemm(const __grid_constant__ tensor_map_t map_a, const __grid_constant__ ten
             const int m0 = tile.m_block * BLOCK_M, n0 = tile.n_block * BLOCK_N;
             const int a_group = GEMM_TYPE == DINF_FP8_GEMM_MASKED ? tile.group : 0;
             for (int kb = 0; kb < args.k_blocks; kb++, it++) {
-                const int s = (int)(it % NUM_STAGES);
-                const uint32_t phase = (it / NUM_STAGES) & 1u;
-                mbar_wait(&empty[s], phase ^ 1u);
+                const dinf_fp8_pipe_slot slot = dinf_fp8_pipe_at(it, NUM_STAGES);
+                const int s = slot.stage;
+                mbar_wait(&empty[s], slot.empty_parity);
                 mbar_arrive_expect_tx(&full[s], kStageTxBytes);
                 const int k0 = kb * DINF_FP8_BLOCK_K;
-                tma_load_3d(a_tiles + s * kABytes, &map_a, &full[s], k0, m0, a_group);
-                tma_load_3d(b_tiles + s * kBBytes, &map_b, &full[s], k0, n0, tile.group);
+                tma_load_3d(a_tiles + s * lay.a_stage, &map_a, &full[s], k0, m0, a_group);
+                tma_load_3d(b_tiles + s * lay.b_stage, &map_b, &full[s], k0, n0, tile.group);
                 tma_load_3d(sa_tiles + s * BLOCK_M, &map_sa, &full[s], m0, kb, a_group);
             }
         }
@@ -152,22 +155,23 @@ fp8_gemm(const __grid_constant__ tensor_map_t map_a, const __grid_constant__ ten
             total[i] = 0.0f;
 
         for (int kb = 0; kb < args.k_blocks; kb++, it++) {
-            const int s = (int)(it % NUM_STAGES);
-            const uint32_t phase = (it / NUM_STAGES) & 1u;
+            const dinf_fp8_pipe_slot slot = dinf_fp8_pipe_at(it, NUM_STAGES);
+            const int s = slot.stage;
             const float b_scale = b_scales[dinf_fp8_b_scale_index(&args, tile.group, n0, kb)];
-            mbar_wait(&full[s], phase);
+            mbar_wait(&full[s], slot.full_parity);
 
             /* partial = A[64 rows x 128] * B[BLOCK_N x 128]^T on the tensor cores. */
-            const uint32_t a_base = smem_u32(a_tiles + s * kABytes + math_wg * 64 * DINF_FP8_BLOCK_K);
-            const uint32_t b_base = smem_u32(b_tiles + s * kBBytes);
+            const uint32_t a_base =
+                smem_u32(a_tiles + s * lay.a_stage + math_wg * 64 * DINF_FP8_BLOCK_K);
+            const uint32_t b_base = smem_u32(b_tiles + s * lay.b_stage);
 #pragma unroll
             for (int i = 0; i < kAccum; i++)
                 fence_operand(acc[i]);
             wgmma_fence();
 #pragma unroll
             for (int ks = 0; ks < DINF_FP8_BLOCK_K / 32; ks++)
-                wgmma_e4m3<BLOCK_N>::mma(wgmma_desc_k_major_sw128(a_base + ks * 32),
-                                         wgmma_desc_k_major_sw128(b_base + ks * 32), acc, ks > 0);
+                wgmma_e4m3<BLOCK_N>::mma(dinf_fp8_wgmma_desc_sw128(a_base + ks * 32),
+                                         dinf_fp8_wgmma_desc_sw128(b_base + ks * 32), acc, ks > 0);
             wgmma_commit();
             wgmma_wait_all();
 #pragma unroll

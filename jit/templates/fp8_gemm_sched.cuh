@@ -12,8 +12,11 @@
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define DINF_FP8_HD __device__ __forceinline__
+/* Pure functions of template constants: folded at compile time in the kernel. */
+#define DINF_FP8_HD_CONST constexpr __device__ __forceinline__
 #else
 #define DINF_FP8_HD static inline
+#define DINF_FP8_HD_CONST static inline
 #endif
 
 /* The three forms (template constant GEMM_TYPE). */
@@ -37,6 +40,64 @@
 
 /* Largest dynamic shared memory per block on sm_90 (227 KiB). */
 #define DINF_FP8_SMEM_LIMIT 232448
+
+/*
+ * The kernel's carve-up of that memory, byte offsets from the 1024-aligned
+ * base (the first 1024 bytes of DINF_FP8_SMEM_BYTES pay for aligning it):
+ * stage s of A at a + s * a_stage, of B at b + s * b_stage, its A scales at
+ * sa + s * sa_stage, its full / empty mbarriers at full + 8 s / empty + 8 s.
+ * Rules the hardware sets (checked on the CPU for every config): 128-byte
+ * swizzled TMA destinations and wgmma operands start 1024-byte aligned (the
+ * swizzle repeats every 8 rows of 128 bytes; math warpgroup 1 reads A from
+ * a + 64 * 128), plain TMA destinations 128-byte aligned, mbarriers 8.
+ */
+typedef struct dinf_fp8_smem_layout {
+    unsigned a, b, sa, full, empty, end;
+    unsigned a_stage, b_stage, sa_stage;
+} dinf_fp8_smem_layout;
+
+DINF_FP8_HD_CONST dinf_fp8_smem_layout dinf_fp8_smem_carve(int block_m, int block_n,
+                                                          int stages) {
+    dinf_fp8_smem_layout l = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+    l.a_stage = (unsigned)block_m * DINF_FP8_BLOCK_K; /* e4m3 */
+    l.b_stage = (unsigned)block_n * DINF_FP8_BLOCK_K; /* e4m3 */
+    l.sa_stage = (unsigned)block_m * 4;                /* float32 */
+    l.a = 0;
+    l.b = l.a + (unsigned)stages * l.a_stage;
+    l.sa = l.b + (unsigned)stages * l.b_stage;
+    l.full = l.sa + (unsigned)stages * l.sa_stage;
+    l.empty = l.full + (unsigned)stages * 8;
+    l.end = l.empty + (unsigned)stages * 8;
+    return l;
+}
+
+/* Bytes the three TMA loads of one stage deliver (the expect_tx of its full
+ * barrier): whole boxes, out-of-bounds parts included (TMA fills them and
+ * counts them): A {128, block_m} e4m3, B {128, block_n} e4m3, A scales
+ * {block_m} float32. */
+DINF_FP8_HD_CONST unsigned dinf_fp8_stage_tx_bytes(int block_m, int block_n) {
+    return (unsigned)block_m * DINF_FP8_BLOCK_K + (unsigned)block_n * DINF_FP8_BLOCK_K +
+           (unsigned)block_m * 4;
+}
+
+/*
+ * wgmma shared-memory matrix descriptor (PTX ISA, "Matrix Descriptor Format")
+ * of a K-major operand tile as TMA writes it with the 128-byte swizzle and a
+ * 128-byte inner box: rows of 128 bytes, 8-row core-matrix groups 1024 bytes
+ * apart. Bits 0-13: start address >> 4; 16-29: leading byte offset >> 4
+ * (unused for swizzled K-major layouts: 0); 32-45: stride byte offset >> 4
+ * (1024 >> 4); 49-51: base offset (0: the tile starts 1024-byte aligned);
+ * 62-63: layout type 1 = 128-byte swizzle. Moving along K inside the 128-byte
+ * row (k32 steps of e4m3: 32 bytes) adds to the start address only: the
+ * swizzle is a function of the address bits (DeepGEMM advances it the same way).
+ */
+DINF_FP8_HD_CONST unsigned long long dinf_fp8_wgmma_desc_sw128(unsigned smem_addr) {
+    unsigned long long desc = 0;
+    desc |= (unsigned long long)((smem_addr & 0x3FFFFu) >> 4); /* 14 bits */
+    desc |= (unsigned long long)(1024 >> 4) << 32;
+    desc |= 1ull << 62;
+    return desc;
+}
 
 /*
  * Runtime arguments of one launch, passed by value to the kernel (same
@@ -151,6 +212,31 @@ DINF_FP8_HD long long dinf_fp8_d_offset(const dinf_fp8_gemm_args *a, int gemm_ty
     const long long global_row =
         gemm_type == DINF_FP8_GEMM_MASKED ? (long long)group * a->m + row : (long long)row;
     return global_row * a->ldd + col;
+}
+
+/*
+ * The mbarrier pipeline (fp8_gemm.cuh). Both roles count the k blocks they
+ * handle, it = 0, 1, ... over the same tile sequence (skipped tiles count
+ * nothing on either side), and use stage it % stages. The consumers wait on
+ * the stage's full barrier for parity (it / stages) & 1: the completion of
+ * its (it / stages)-th fill. The producer waits on the stage's empty barrier
+ * for the opposite parity: on the first pass a fresh barrier counts as having
+ * completed the phase of parity 1, so it passes at once; on pass p >= 1 it
+ * waits for the consumers' (p - 1)-th release of the stage. Unsigned `it`
+ * wraps after 2^32 k blocks of one CTA (far beyond any kernel's run time).
+ */
+typedef struct dinf_fp8_pipe_slot {
+    int stage;
+    unsigned full_parity;  /* consumers: mbarrier.try_wait.parity on full[stage] */
+    unsigned empty_parity; /* producer: mbarrier.try_wait.parity on empty[stage] */
+} dinf_fp8_pipe_slot;
+
+DINF_FP8_HD_CONST dinf_fp8_pipe_slot dinf_fp8_pipe_at(unsigned it, unsigned stages) {
+    dinf_fp8_pipe_slot p = {0, 0, 0};
+    p.stage = (int)(it % stages);
+    p.full_parity = (it / stages) & 1u;
+    p.empty_parity = p.full_parity ^ 1u;
+    return p;
 }
 
 /*

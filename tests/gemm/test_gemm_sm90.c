@@ -2,7 +2,9 @@
  * The Hopper FP8 GEMM path, verified on the CPU (issue 4 items 4, 5 and the
  * bad-input rules): the kernel's index math (jit/templates/fp8_gemm_sched.cuh:
  * raster order, tile lookup of the three forms, scale and output addressing,
- * the wgmma fragment map), the heuristic, the GPU argument rules, the
+ * the wgmma fragment map, the shared-memory carve-up and its alignment rules,
+ * the stage's expect_tx bytes against the planned tensor-map boxes, the wgmma
+ * descriptor's bit fields), the heuristic, the GPU argument rules, the
  * behaviour without a usable device, and an NVRTC compile of every kernel
  * configuration the heuristic can pick (for sm_90a, no GPU needed) without
  * register spills or local memory.
@@ -236,6 +238,319 @@ Test(gemm_sched, wgmma_fragment_map_covers_the_tile_once) {
                 cr_assert_eq(seen[e], 1, "bm=%d bn=%d: element %d not covered", bm, bn, e);
             free(seen);
         }
+}
+
+Test(gemm_sched, shared_memory_carve_up_meets_the_alignment_rules_and_fits) {
+    /* Every (block_m, block_n, stages) the kernel accepts. */
+    int checked = 0;
+    for (int bm = 64; bm <= 128; bm += 64)
+        for (int bn = 16; bn <= 128; bn *= 2)
+            for (int stages = 1; stages <= 16; stages++) {
+                const long long bytes = DINF_FP8_SMEM_BYTES(bm, bn, stages);
+                if (bytes > DINF_FP8_SMEM_LIMIT)
+                    continue;
+                checked++;
+                const dinf_fp8_smem_layout l = dinf_fp8_smem_carve(bm, bn, stages);
+                cr_assert_eq(l.a_stage, (unsigned)bm * 128);
+                cr_assert_eq(l.b_stage, (unsigned)bn * 128);
+                cr_assert_eq(l.sa_stage, (unsigned)bm * 4);
+                for (int s = 0; s < stages; s++) {
+                    /* 128-byte swizzled TMA boxes and wgmma operands: 1024-aligned,
+                     * both math warpgroups' 64-row halves of A included */
+                    for (int wg = 0; wg < bm / 64; wg++)
+                        cr_assert_eq((l.a + s * l.a_stage + wg * 64 * 128) % 1024, 0,
+                                     "A stage %d of %dx%dx%d", s, bm, bn, stages);
+                    cr_assert_eq((l.b + s * l.b_stage) % 1024, 0, "B stage %d of %dx%dx%d", s,
+                                 bm, bn, stages);
+                    /* plain TMA destination (A scales): 128-aligned */
+                    cr_assert_eq((l.sa + s * l.sa_stage) % 128, 0, "scales stage %d of %dx%dx%d",
+                                 s, bm, bn, stages);
+                }
+                cr_assert_eq(l.full % 8, 0);
+                cr_assert_eq(l.empty % 8, 0);
+                /* disjoint, in order, and within the dynamic size after 1024 bytes of
+                 * alignment slack (the base is at least 16-byte aligned) */
+                cr_assert_eq(l.a, 0u);
+                cr_assert_eq(l.b, l.a + stages * l.a_stage);
+                cr_assert_eq(l.sa, l.b + stages * l.b_stage);
+                cr_assert_eq(l.full, l.sa + stages * l.sa_stage);
+                cr_assert_eq(l.empty, l.full + 8u * stages);
+                cr_assert_eq(l.end, l.empty + 8u * stages);
+                cr_assert_leq(1024 + (long long)l.end, bytes, "%dx%dx%d", bm, bn, stages);
+            }
+    /* every depth that fits was visited: (227 KiB - 1024) / per-stage bytes, at most 16 */
+    int expected = 0;
+    for (int bm = 64; bm <= 128; bm += 64)
+        for (int bn = 16; bn <= 128; bn *= 2) {
+            const int depth = (DINF_FP8_SMEM_LIMIT - 1024) / (bm * 128 + bn * 128 + bm * 4 + 16);
+            expected += depth < 16 ? depth : 16;
+        }
+    cr_assert_eq(checked, expected, "%d configs checked, %d fit", checked, expected);
+}
+
+Test(gemm_sched, stage_tx_bytes_equal_the_planned_tensor_map_boxes) {
+    /* The producer's expect_tx must equal what the three TMA loads deliver:
+     * whole boxes of the planned maps (out-of-bounds parts are filled and
+     * counted). Checked on plans of each form and both block_m. */
+    static const long long shapes[][3] = {{1, 16, 128}, {200, 520, 256}, {4096, 7168, 2048}};
+    for (int form = 0; form < 3; form++)
+        for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+            int32_t info[4096];
+            for (int r = 0; r < 4096; r++)
+                info[r] = form == DINF_FP8_GEMM_CONTIGUOUS ? 0 : (int32_t)shapes[i][0];
+            const int64_t rows = form == DINF_FP8_GEMM_CONTIGUOUS
+                                     ? (shapes[i][0] + 127) / 128 * 128
+                                     : shapes[i][0];
+            const dinf__fp8_gpu_problem p = {form,
+                                             rows,
+                                             shapes[i][1],
+                                             shapes[i][2],
+                                             form == DINF_FP8_GEMM_NORMAL ? 1 : 2,
+                                             rows,
+                                             (const uint8_t *)(uintptr_t)0x10000,
+                                             shapes[i][2],
+                                             (const float *)(uintptr_t)0x20000,
+                                             (const uint8_t *)(uintptr_t)0x30000,
+                                             shapes[i][2],
+                                             (const float *)(uintptr_t)0x40000,
+                                             (uint16_t *)(uintptr_t)0x50000,
+                                             shapes[i][1],
+                                             form == DINF_FP8_GEMM_NORMAL ? NULL : info};
+            dinf__fp8_launch_plan plan;
+            dinf__fp8_plan(&p, 132, &plan);
+            const dinf__fp8_tensor_map_geometry *maps[3] = {&plan.map_a, &plan.map_b,
+                                                            &plan.map_sa};
+            unsigned delivered = 0;
+            for (int j = 0; j < 3; j++)
+                delivered += maps[j]->box[0] * maps[j]->box[1] * maps[j]->box[2] *
+                             (unsigned)maps[j]->elem_bytes;
+            cr_assert_eq(delivered,
+                         dinf_fp8_stage_tx_bytes(plan.config.block_m, plan.config.block_n),
+                         "form %d shape %zu", form, i);
+            /* and the TMA encoding rules the plan must meet (cuTensorMapEncodeTiled) */
+            for (int j = 0; j < 3; j++) {
+                const dinf__fp8_tensor_map_geometry *g = maps[j];
+                for (int d = 0; d < 3; d++) {
+                    cr_assert(g->box[d] >= 1 && g->box[d] <= 256);
+                    cr_assert(g->dims[d] >= 1 && g->dims[d] <= (1ull << 32));
+                }
+                cr_assert_eq(g->box[0] * (unsigned)g->elem_bytes % 16, 0);
+                if (g->swizzle_128b)
+                    cr_assert_leq(g->box[0] * (unsigned)g->elem_bytes, 128);
+                for (int d = 0; d < 2; d++)
+                    cr_assert(g->strides[d] % 16 == 0 && g->strides[d] < (1ull << 40));
+                cr_assert_eq((uintptr_t)g->base % 16, 0);
+            }
+        }
+}
+
+Test(gemm_sched, wgmma_descriptor_bit_fields) {
+    /* Every stage start the carve-up produces, plus the three k32 advances. */
+    for (unsigned base = 0; base < DINF_FP8_SMEM_LIMIT + 1024; base += 1024)
+        for (unsigned ks = 0; ks < 4; ks++) {
+            const unsigned addr = base + 32 * ks;
+            const unsigned long long d = dinf_fp8_wgmma_desc_sw128(addr);
+            cr_assert_eq(d & 0x3FFF, (addr >> 4) & 0x3FFF, "start address of %#x", addr);
+            cr_assert_eq((d >> 14) & 0x3, 0);
+            cr_assert_eq((d >> 16) & 0x3FFF, 0, "leading byte offset");
+            cr_assert_eq((d >> 30) & 0x3, 0);
+            cr_assert_eq((d >> 32) & 0x3FFF, 1024 >> 4, "stride byte offset");
+            cr_assert_eq((d >> 46) & 0x7, 0);
+            cr_assert_eq((d >> 49) & 0x7, 0, "base offset");
+            cr_assert_eq((d >> 52) & 0x3FF, 0);
+            cr_assert_eq(d >> 62, 1, "layout type 1 = 128-byte swizzle");
+            /* advancing along K moves the start field only (no carry into other fields) */
+            cr_assert_eq(d, dinf_fp8_wgmma_desc_sw128(base) + 2 * ks);
+        }
+    /* shared-window addresses of 227 KiB fit the 14-bit field (>> 4: 18 bits of address) */
+    cr_assert_lt(DINF_FP8_SMEM_LIMIT + 1024, 1 << 18);
+}
+
+/* ---------------------------------------------- mbarrier pipeline model -- */
+
+/* An mbarrier as the PTX ISA defines it: arrivals expected per phase, arrivals
+ * and transaction bytes pending in the current phase, phases completed. */
+typedef struct model_bar {
+    int count, pending;
+    long long tx;
+    unsigned completed;
+} model_bar;
+
+static void bar_init(model_bar *b, int count) {
+    b->count = b->pending = count;
+    b->tx = 0;
+    b->completed = 0;
+}
+static void bar_settle(model_bar *b) {
+    if (b->pending == 0 && b->tx == 0) {
+        b->completed++;
+        b->pending = b->count;
+    }
+}
+/* mbarrier.try_wait.parity: true once the phase of that parity has completed,
+ * i.e. while the current, incomplete phase has the other parity (a fresh
+ * barrier is in phase 0: parity 1 passes, parity 0 waits). */
+static int bar_passes(const model_bar *b, unsigned parity) { return (b->completed & 1u) != parity; }
+
+typedef struct model_step {
+    long long tile;
+    int kb;
+} model_step;
+
+/* The k blocks one role of CTA `cta` handles, in order (the kernel's loops). */
+static int model_steps(const dinf_fp8_gemm_args *a, int form, int bm, unsigned cta, unsigned grid,
+                       model_step *out, int cap) {
+    int n = 0;
+    for (long long t = cta;; t += grid) {
+        dinf_fp8_tile tile;
+        const int found = dinf_fp8_tile_at(a, form, bm, t, &tile);
+        if (found < 0)
+            break;
+        if (found == 0)
+            continue;
+        for (int kb = 0; kb < a->k_blocks; kb++) {
+            cr_assert_lt(n, cap);
+            out[n++] = (model_step){t, kb};
+        }
+    }
+    return n;
+}
+
+/*
+ * Run one CTA's n k blocks (model_steps: the same list for both roles, skipped
+ * tiles counting nothing) through its producer, `consumers` math warpgroups
+ * and the asynchronous TMA
+ * completions under a random interleaving, with the kernel's barrier counts,
+ * expect_tx bytes and dinf_fp8_pipe_at parities (or a deliberately broken
+ * variant). Returns NULL, or what went wrong: a consumer reading a stage that
+ * does not hold its k block, the producer refilling a stage a consumer still
+ * reads, or a deadlock.
+ */
+static const char *model_cta(int n, int stages, int consumers,
+                             int bm, int bn, int broken, uint64_t seed) {
+    enum { MAXS = 16, MAXC = 2, MAXQ = 3 * MAXS };
+    model_bar full[MAXS], empty[MAXS];
+    long long tag[MAXS][3]; /* iteration whose A / B / scales the stage holds */
+    for (int s = 0; s < stages; s++) {
+        bar_init(&full[s], 1);
+        bar_init(&empty[s], consumers);
+        tag[s][0] = tag[s][1] = tag[s][2] = -1;
+    }
+    const long long part_bytes[3] = {(long long)bm * 128, (long long)bn * 128, (long long)bm * 4};
+    struct {
+        int stage, part;
+        long long it;
+    } queue[MAXQ];
+    int queued = 0, produced = 0, consumed[MAXC] = {0};
+    uint64_t r = seed;
+    for (;;) {
+        int done = produced == n && queued == 0;
+        for (int c = 0; c < consumers; c++)
+            done = done && consumed[c] == n;
+        if (done)
+            return NULL;
+        /* runnable agents: 0 = producer, 1..consumers, consumers + 1 + q = TMA load q */
+        int runnable[1 + MAXC + MAXQ], count = 0;
+        if (produced < n) {
+            dinf_fp8_pipe_slot p = dinf_fp8_pipe_at((unsigned)produced, stages);
+            const unsigned parity = broken == 1 ? p.full_parity : p.empty_parity;
+            if (bar_passes(&empty[p.stage], parity))
+                runnable[count++] = 0;
+        }
+        for (int c = 0; c < consumers; c++)
+            if (consumed[c] < n) {
+                dinf_fp8_pipe_slot p = dinf_fp8_pipe_at((unsigned)consumed[c], stages);
+                const unsigned parity = broken == 2 ? p.empty_parity : p.full_parity;
+                if (bar_passes(&full[p.stage], parity))
+                    runnable[count++] = 1 + c;
+            }
+        for (int q = 0; q < queued; q++)
+            runnable[count++] = 1 + consumers + q;
+        if (count == 0)
+            return "deadlock: every agent waits";
+        const int agent = runnable[rng(&r) % (uint64_t)count];
+        if (agent == 0) { /* producer: arrive.expect_tx, then three TMA loads */
+            const int it = produced++;
+            const int s = dinf_fp8_pipe_at((unsigned)it, stages).stage;
+            if (it >= stages)
+                for (int c = 0; c < consumers; c++)
+                    if (consumed[c] <= it - stages)
+                        return "the producer refills a stage a consumer has not released";
+            const unsigned tx = dinf_fp8_stage_tx_bytes(bm, bn) - (broken == 3 ? 4 : 0);
+            full[s].tx += tx;
+            full[s].pending--;
+            bar_settle(&full[s]);
+            for (int part = 0; part < 3; part++) {
+                queue[queued].stage = s, queue[queued].part = part, queue[queued].it = it;
+                queued++;
+            }
+        } else if (agent <= consumers) { /* a math warpgroup reads the stage, releases it */
+            const int c = agent - 1, it = consumed[c]++;
+            const int s = dinf_fp8_pipe_at((unsigned)it, stages).stage;
+            for (int part = 0; part < 3; part++)
+                if (tag[s][part] != it)
+                    return "a consumer reads a stage that does not hold its k block";
+            if (broken != 4 || c != 0)
+                empty[s].pending--, bar_settle(&empty[s]);
+        } else { /* a TMA load lands: data, then complete_tx of its box bytes */
+            const int q = agent - 1 - consumers;
+            const int s = queue[q].stage, part = queue[q].part;
+            tag[s][part] = queue[q].it;
+            full[s].tx -= part_bytes[part];
+            if (full[s].tx < 0)
+                return "more bytes landed than the stage expected";
+            bar_settle(&full[s]);
+            queue[q] = queue[--queued];
+        }
+    }
+}
+
+Test(gemm_sched, mbarrier_pipeline_model_never_races_or_deadlocks) {
+    /* m_indices with -1 and out-of-range blocks; masked counts with empty groups. */
+    static int32_t idx[16 * 128];
+    for (int b = 0; b < 16; b++)
+        for (int r = 0; r < 128; r++)
+            idx[b * 128 + r] = b % 5 == 1 ? -1 : b % 7 == 3 ? 9 : b % 3;
+    static const int32_t masked[4] = {0, 77, 300, 1};
+    static model_step steps[1 << 14];
+    uint64_t seed = 7;
+    int runs = 0;
+    for (int form = 0; form < 3; form++)
+        for (int stages = 1; stages <= 8; stages++)
+            for (int kbs = 1; kbs <= 9; kbs += 4)
+                for (unsigned grid = 1; grid <= 5; grid += 2) {
+                    const int bm = form == DINF_FP8_GEMM_MASKED && stages % 2 ? 64 : 128;
+                    const int bn = 16 << (stages % 4);
+                    const int m = form == DINF_FP8_GEMM_CONTIGUOUS ? 16 * 128 : 300;
+                    const int32_t *info = form == DINF_FP8_GEMM_CONTIGUOUS ? idx
+                                          : form == DINF_FP8_GEMM_MASKED   ? masked
+                                                                           : NULL;
+                    dinf_fp8_gemm_args a = make_args(m, 200, kbs * 128 - 5,
+                                                     form == DINF_FP8_GEMM_NORMAL ? 1 : 4, bm, bn,
+                                                     info);
+                    for (unsigned cta = 0; cta < grid; cta++) {
+                        const int n = model_steps(&a, form, bm, cta, grid, steps, 1 << 14);
+                        for (int trial = 0; trial < 3; trial++) {
+                            const char *why = model_cta(n, stages, bm / 64, bm, bn, 0, seed++);
+                            cr_assert_null(why, "form %d, %d stages, %d k blocks, CTA %u of %u: %s",
+                                           form, stages, kbs, cta, grid, why);
+                            runs++;
+                        }
+                    }
+                }
+    cr_log_info("%d pipeline runs", runs);
+    /* The model catches the mistakes it is there for (so it can fail): the
+     * producer waiting on the wrong parity, consumers waiting on the wrong
+     * parity, expect_tx short of what lands, a warpgroup that never releases. */
+    dinf_fp8_gemm_args a = make_args(300, 200, 9 * 128, 1, 128, 64, NULL);
+    const int n = model_steps(&a, DINF_FP8_GEMM_NORMAL, 128, 0, 1, steps, 1 << 14);
+    for (int broken = 1; broken <= 4; broken++) {
+        int caught = 0;
+        for (int trial = 0; trial < 20; trial++)
+            caught += model_cta(n, 4, 2, 128, 64, broken, 1000 + (uint64_t)trial) != NULL;
+        cr_assert_eq(caught, 20, "broken variant %d went unnoticed in %d of 20 runs", broken,
+                     20 - caught);
+    }
 }
 
 /* ---------------------------------------------------------- heuristic -- */

@@ -116,6 +116,45 @@ static double diff_value(const diff_acc *d) {
     return d->xx_yy == 0 ? 0.0 : 1.0 - 2.0 * d->xy / d->xx_yy;
 }
 
+/*
+ * calc_diff is a global measure: one wrong element among n moves it by about
+ * 1/n, so a localised bug (a wrong tile corner, the last column of an odd n,
+ * one skipped row) can pass it. Every element is also checked on its own:
+ * |got - want| <= rel * |want| + abs_rms * rms(want), rms over the elements
+ * compared. The bounds are per call site (documented there).
+ */
+typedef struct elem_check {
+    double rel, abs_rms;   /* the bound's coefficients */
+    double sum_sq;         /* first pass: sum of want^2 */
+    long long count;
+    double rms;            /* computed at the first elem_second */
+    double worst;          /* second pass: max |got - want| / bound */
+    long long worst_index;
+    double worst_got, worst_want;
+} elem_check;
+static void elem_first(elem_check *e, double want) {
+    e->sum_sq += want * want;
+    e->count++;
+}
+static void elem_second(elem_check *e, long long index, double got, double want) {
+    if (e->rms < 0)
+        e->rms = e->count ? sqrt(e->sum_sq / (double)e->count) : 0.0;
+    const double bound = e->rel * fabs(want) + e->abs_rms * e->rms + 1e-30;
+    const double r = fabs(got - want) / bound;
+    if (!(r <= e->worst)) { /* NaN counts as worst */
+        e->worst = isnan(r) ? INFINITY : r;
+        e->worst_index = index, e->worst_got = got, e->worst_want = want;
+    }
+}
+
+/* GPU against the CPU on the same quantized inputs: they differ only by the
+ * tensor cores' accumulation inside each 128-k block (~14 bits kept, far
+ * below 1e-3 of the output rms), fused multiply-adds in the promotion and
+ * then one bf16 rounding each (a 2^-8 relative step): 1/32 of |want| plus
+ * 1/64 of the rms leaves a wide margin, while a wrong element (another row's
+ * data, a wrong scale, a missing k block) is off by a large part of the rms. */
+#define ORACLE_ELEM_CHECK {.rel = 1.0 / 32, .abs_rms = 1.0 / 64, .rms = -1, .worst_index = -1}
+
 /* Launch the float32 reference GEMM: d[m][n] = a[m][k] * b[n][k]^T. */
 static void ref_gemm(const float *a, int64_t lda, const float *b, int64_t ldb, float *d,
                      int64_t ldd, int m, int n, int k, cudaStream_t stream) {
@@ -259,6 +298,19 @@ static void run_problem(const problem *p) {
     CUDA_OK(cudaMemcpy(hd, dd, d_bytes, cudaMemcpyDeviceToHost));
     CUDA_OK(cudaMemcpy(href, dref, (size_t)(a_rows * p->n) * 4, cudaMemcpyDeviceToHost));
 
+    /* Per element against the unquantized product: the e4m3 rounding of A and
+     * B (relative error up to 2^-4 per value, ~2.5% rms) puts an output ~3.5%
+     * of the rms output away from it on random inputs; 0.5 rms + 0.1 |want|
+     * is over 10 sigma of that, while a wrong element (a wrong row, column,
+     * scale, group) is off by about the rms itself. */
+    elem_check unq = {.rel = 0.1, .abs_rms = 0.5, .rms = -1, .worst_index = -1};
+    for (int64_t row = 0; row < a_rows; row++) {
+        int g;
+        int64_t r;
+        if (row_owned(p, row, &g, &r))
+            for (int64_t c = 0; c < p->n; c++)
+                elem_first(&unq, href[row * p->n + c]);
+    }
     diff_acc acc = {0, 0};
     int64_t owned_rows = 0;
     for (int64_t row = 0; row < a_rows; row++) {
@@ -277,8 +329,13 @@ static void run_problem(const problem *p) {
             cr_assert(isfinite(x), "%s: d[%lld][%lld]=%#x is not finite (not written?)", what,
                       (long long)row, (long long)c, v);
             diff_add(&acc, x, href[row * p->n + c]);
+            elem_second(&unq, row * p->ldd + c, x, href[row * p->n + c]);
         }
     }
+    cr_assert_leq(unq.worst, 1.0,
+                  "%s: d[%lld][%lld]=%g is %.3g bounds away from the unquantized %g", what,
+                  unq.worst_index / p->ldd, unq.worst_index % p->ldd, unq.worst_got, unq.worst,
+                  unq.worst_want);
     const double diff = diff_value(&acc);
     cr_log_info("%s: calc_diff vs unquantized = %.3g over %lld rows", what, diff,
                 (long long)owned_rows);
@@ -315,15 +372,26 @@ static void run_problem(const problem *p) {
                                                       p->expected_m, NULL));
         }
         diff_acc oracle = {0, 0};
+        elem_check ec = ORACLE_ELEM_CHECK;
+        for (size_t i = 0; i < d_bytes / 2; i++)
+            if (hc[i] != POISON)
+                elem_first(&ec, bf16_to_f32(hc[i]));
         for (size_t i = 0; i < d_bytes / 2; i++) {
             cr_assert_eq(hc[i] == POISON, hd[i] == POISON,
                          "%s: element %zu written by one of GPU/CPU only", what, i);
-            if (hc[i] != POISON)
+            if (hc[i] != POISON) {
                 diff_add(&oracle, bf16_to_f32(hd[i]), bf16_to_f32(hc[i]));
+                elem_second(&ec, (long long)i, bf16_to_f32(hd[i]), bf16_to_f32(hc[i]));
+            }
         }
         const double od = diff_value(&oracle);
-        cr_log_info("%s: calc_diff vs the CPU oracle = %.3g", what, od);
+        cr_log_info("%s: calc_diff vs the CPU oracle = %.3g, worst element %.3g bounds", what,
+                    od, ec.worst);
         cr_assert_lt(od, 1e-4, "%s: calc_diff=%g against the CPU implementation", what, od);
+        cr_assert_leq(ec.worst, 1.0,
+                      "%s: d[%lld][%lld] GPU %g, CPU %g: %.3g bounds apart", what,
+                      ec.worst_index / p->ldd, ec.worst_index % p->ldd, ec.worst_got,
+                      ec.worst_want, ec.worst);
         free(ha), free(hb), free(hsa), free(hsb), free(hc);
     }
 
@@ -562,14 +630,22 @@ Test(gemm_gpu, masked_gemm_replays_in_a_cuda_graph_with_new_counts) {
         DINF_OK(dinf_fp8_m_grouped_gemm_nt_masked(G, MMAX, N, K, ha, K, hsa, hb, K, hsb, want, N,
                                                   counts[round], 48, NULL));
         diff_acc acc = {0, 0};
+        elem_check ec = ORACLE_ELEM_CHECK;
+        for (int i = 0; i < G * MMAX * N; i++)
+            if (want[i] != POISON)
+                elem_first(&ec, bf16_to_f32(want[i]));
         for (int i = 0; i < G * MMAX * N; i++) {
             cr_assert_eq(got[i] == POISON, want[i] == POISON,
                          "round %d: element %d written by one of graph/CPU only", round, i);
-            if (want[i] != POISON)
+            if (want[i] != POISON) {
                 diff_add(&acc, bf16_to_f32(got[i]), bf16_to_f32(want[i]));
+                elem_second(&ec, i, bf16_to_f32(got[i]), bf16_to_f32(want[i]));
+            }
         }
         cr_assert_lt(diff_value(&acc), 1e-4, "round %d: calc_diff %g against the CPU", round,
                      diff_value(&acc));
+        cr_assert_leq(ec.worst, 1.0, "round %d: element %lld graph %g, CPU %g: %.3g bounds apart",
+                      round, ec.worst_index, ec.worst_got, ec.worst_want, ec.worst);
     }
     CUDA_OK(cudaGraphExecDestroy(instance));
     CUDA_OK(cudaGraphDestroy(graph));
