@@ -71,9 +71,10 @@
  *   recv_topk_idx holds LOCAL expert ids (e - r * L, or -1 for experts on
  *   other ranks and unselected slots); recv_topk_weights is 0 wherever
  *   recv_topk_idx is -1.
- * - Combine is the reverse: combined[t] = sum over ranks r, ascending, with
- *   is_token_in_rank[t][r] of the row rank r returns for token t, summed in
- *   float32 (then + bias0, then + bias1), rounded once to bfloat16. It does
+ * - Combine is the reverse: combined[t] = the float32 sum that starts at
+ *   float(bias0[t]) + float(bias1[t]) (a missing bias is +0) and then adds,
+ *   over ranks r ascending with is_token_in_rank[t][r], the row rank r
+ *   returns for token t; rounded once to bfloat16 (upstream's order). It does
  *   NOT apply topk weights (upstream: "addition without weights"); the caller
  *   weights its local experts before combine. combined_topk_weights[t][k] is
  *   the float32 sum of the returned weights, which reconstructs the original
@@ -87,9 +88,16 @@
  *   arrival order). Low-latency combine returns
  *   combined[t] = sum over k ascending, topk_idx[t][k] >= 0, of
  *   float32(topk_weights[t][k]) * float32(y[row of (t, k)]), rounded once to
- *   bfloat16.
+ *   bfloat16. Each term is a rounded float32 multiply followed by a rounded
+ *   add, never a fused multiply-add, on every transport (CPU and CUDA).
+ *   Upstream's CUDA kernel lets the compiler fuse them, so its results may
+ *   differ from ours in the last bfloat16 ulp.
  * - FP8: x is quantized on the send side with dinf_fp8_quantize's 1x128
  *   per-token rule (same bits), receivers get e4m3 rows plus float32 scales.
+ *   The scale is amax / 448 (a float32 division, as the gemm module and
+ *   upstream's per_token_cast_to_fp8); upstream's low-latency dispatch
+ *   kernel multiplies amax by 1/448 instead, so its scales may differ from
+ *   ours in the last float32 ulp (the e4m3 codes are the same).
  *
  * bfloat16 arrays are passed as uint16_t bits; bool arrays as uint8_t 0/1.
  */
@@ -350,9 +358,16 @@ DINF_API dinf_status dinf_ep_handle_destroy(dinf_ep_handle *handle);
  *               [IN]  the outputs of dinf_ep_get_dispatch_layout for topk_idx
  *                     (group memory), or all three NULL (computed here); when
  *                     given they are checked against topk_idx (mismatch:
- *                     DINF_STATUS_INVALID_ARGUMENT)
- *   expert_alignment [IN] >= 1: each num_recv_tokens_per_expert entry is
- *                     rounded up to a multiple of it
+ *                     DINF_STATUS_INVALID_ARGUMENT on every rank). This is
+ *                     stricter than upstream on purpose: upstream routes by
+ *                     the given arrays and trusts them to match topk_idx;
+ *                     here the routes always come from topk_idx. There is no
+ *                     num_tokens_per_rdma_rank (one level of ranks; the
+ *                     Python binding returns None for it)
+ *   expert_alignment [IN] 1..2^20, the same on every rank: each
+ *                     num_recv_tokens_per_expert entry is rounded up to a
+ *                     multiple of it (an aligned count beyond 2^31-1 fails
+ *                     the call on every rank)
  *   handle      [OUT] filled with the routes (previous contents replaced)
  *   num_recv_tokens [OUT] host int64: rows this rank will receive; may be NULL
  *   num_recv_tokens_per_expert [OUT] host int32 [L]: selections of each local
@@ -444,10 +459,12 @@ DINF_API dinf_status dinf_ep_dispatch(dinf_ep_group *group, const dinf_ep_handle
  *   group, handle [IN] the handle of the dispatch being reversed
  *   x           [IN]  bfloat16 [num_recv_tokens][hidden]: one row per received
  *                     token, in the dispatch's receive order
- *   hidden      [IN]  1..config.max_hidden, same on every rank
+ *   hidden      [IN]  1..config.max_hidden, same on every rank; hidden * 2
+ *                     bytes a multiple of 16 (upstream's rule; else every
+ *                     rank fails with DINF_STATUS_INVALID_ARGUMENT)
  *   topk_weights [IN] float32 [num_recv_tokens][num_topk] or NULL
- *   bias0, bias1 [IN] bfloat16 [num_tokens][hidden] or NULL: added after the
- *                     ranks' rows, bias0 first
+ *   bias0, bias1 [IN] bfloat16 [num_tokens][hidden] or NULL: the sum starts at
+ *                     float(bias0) + float(bias1), before the ranks' rows
  *   combined_x  [OUT] bfloat16 [num_tokens][hidden]; a token sent nowhere gets
  *                     bias0 + bias1 (0 without biases)
  *   combined_topk_weights [OUT] float32 [num_tokens][num_topk], the sum over

@@ -91,10 +91,19 @@ DINF_HD int64_t dinf__ep_ll_scale_index(int64_t local_expert, int64_t kb, int64_
 }
 
 /* Float32 accumulation of one combine term, as every transport does it:
- * acc += weight * float(bf16 value) (weight 1: a plain add, no rounding
- * difference because x * 1.0f == x). */
+ * acc += weight * float(bf16 value), a rounded multiply then a rounded add,
+ * NEVER contracted to an FMA (weight 1: a plain add, no rounding difference
+ * because x * 1.0f == x). The host side is built with -ffp-contract=off;
+ * device code spells the two roundings out so nvcc cannot contract them
+ * whatever --fmad says. Upstream's low-latency combine kernel lets nvcc
+ * contract to an FMA, so its weighted sums may differ from ours in the last
+ * bfloat16 ulp (see include/deepinfra/ep.h). */
 DINF_HD float dinf__ep_acc_bf16(float acc, uint16_t v, float weight) {
+#ifdef __CUDA_ARCH__
+    return __fadd_rn(acc, __fmul_rn(weight, dinf__f32_from_bf16(v)));
+#else
     return acc + weight * dinf__f32_from_bf16(v);
+#endif
 }
 
 #endif /* DINF_EP_HD_H */

@@ -555,9 +555,9 @@ DINF_API dinf_status dinf_ep_notify_dispatch(
                              expert_alignment, handle, &place);
     if (local != DINF_STATUS_OK)
         place = default_place(group);
-    const int64_t params[] = {num_topk, num_experts};
-    static const char *const names[] = {"num_topk", "num_experts"};
-    dinf_status st = agree(group, func, OP_NOTIFY, local, params, names, 2, &place);
+    const int64_t params[] = {num_topk, num_experts, expert_alignment};
+    static const char *const names[] = {"num_topk", "num_experts", "expert_alignment"};
+    dinf_status st = agree(group, func, OP_NOTIFY, local, params, names, 3, &place);
     if (st != DINF_STATUS_OK)
         return st;
     /* exchange [R][R + E] counts: tokens per destination rank, selections per expert */
@@ -577,15 +577,20 @@ DINF_API dinf_status dinf_ep_notify_dispatch(
     handle->recv_offsets[0] = 0;
     for (int32_t i = 0; i < R; i++)
         handle->recv_offsets[i + 1] = handle->rank_prefix_matrix[(size_t)i * R + me];
-    for (int32_t l = 0; l < L; l++) {
+    /* Every rank checks EVERY expert's aligned count (all hold the same
+     * gathered counts and the agreed expert_alignment), so an overflow fails
+     * all ranks alike, not only the expert's: no rank goes on alone. */
+    for (int32_t e = 0; e < num_experts; e++) {
         int64_t sum = 0;
         for (int32_t i = 0; i < R; i++)
-            sum += all[(size_t)i * row + (size_t)R + (size_t)me * L + l];
+            sum += all[(size_t)i * row + (size_t)R + (size_t)e];
         sum = dinf__ep_align_up(sum, expert_alignment);
         CHECK(sum <= INT32_MAX,
-              "local expert %d receives %lld rows after alignment to %d, beyond int32",
-              (int)l, (long long)sum, (int)expert_alignment);
-        handle->num_recv_tokens_per_expert[l] = (int32_t)sum;
+              "expert %d (local expert %d of rank %d) receives %lld rows after alignment to "
+              "%d, beyond int32",
+              (int)e, (int)(e % L), (int)(e / L), (long long)sum, (int)expert_alignment);
+        if (e / L == me)
+            handle->num_recv_tokens_per_expert[e % L] = (int32_t)sum;
     }
     handle->num_tokens = num_tokens;
     handle->num_recv = handle->recv_offsets[R];
@@ -765,6 +770,8 @@ static dinf_status combine_local(dinf_ep_group *group, const char *func,
     CHECK(hidden >= 1 && hidden <= group->config.max_hidden,
           "hidden=%d must be in [1, config.max_hidden=%d]", (int)hidden,
           (int)group->config.max_hidden);
+    CHECK((hidden * (int64_t)2) % 16 == 0,
+          "hidden=%d * 2 bytes (bfloat16) is not a multiple of 16 bytes", (int)hidden);
     const int64_t N = h->num_tokens, num_recv = h->num_recv, K = h->num_topk;
     CHECK(num_recv == 0 || x, "x is NULL with %lld received tokens", (long long)num_recv);
     CHECK(N == 0 || combined_x, "combined_x is NULL with num_tokens=%lld", (long long)N);

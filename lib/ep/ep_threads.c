@@ -12,7 +12,8 @@
  * rows go straight from the sender's caller buffer to the receiver's.
  *
  * Timeouts and failures: every wait for a peer to ENTER a step is bounded by
- * timeout_ms (pthread_cond_timedwait on CLOCK_REALTIME deadlines); the wait
+ * timeout_ms (pthread_cond_timedwait on CLOCK_MONOTONIC deadlines, so a
+ * wall-clock change neither fires nor stretches a timeout); the wait
  * that ends a step is not, because by then every rank is inside the step
  * doing bounded work (see hub_barrier). A rank that times
  * out marks the hub broken with a message naming the ranks that did not
@@ -123,7 +124,7 @@ static dinf_status hub_barrier(dinf__ep_transport *t, const char *func, int ok, 
         pthread_cond_broadcast(&h->cond);
     } else {
         struct timespec deadline;
-        clock_gettime(CLOCK_REALTIME, &deadline);
+        clock_gettime(CLOCK_MONOTONIC, &deadline); /* the clock of h->cond */
         deadline.tv_sec += (time_t)(t->timeout_ms / 1000);
         deadline.tv_nsec += (long)(t->timeout_ms % 1000) * 1000000L;
         if (deadline.tv_nsec >= 1000000000L) {
@@ -342,8 +343,11 @@ static void reduce_rows(void *arg, int64_t begin, int64_t end) {
             const char *b1 = mf->bias1 ? (const char *)mf->bias1 + t * mf->out_stride : NULL;
             for (int32_t e0 = 0; e0 < mf->elems; e0 += REDUCE_CHUNK) {
                 const int32_t len = mf->elems - e0 < REDUCE_CHUNK ? mf->elems - e0 : REDUCE_CHUNK;
+                /* upstream's order: the sum starts at float(bias0) + float(bias1)
+                 * (a missing bias reads as +0), then the ranks' rows ascending */
                 for (int32_t e = 0; e < len; e++)
-                    acc[e] = 0.0f;
+                    acc[e] = (b0 ? load_elem(b0, mf->out_elem, e0 + e) : 0.0f) +
+                             (b1 ? load_elem(b1, mf->out_elem, e0 + e) : 0.0f);
                 for (int32_t j = 0; j < n; j++) {
                     const dinf__ep_reduce_field *pf = &refs[j].peer->fields[f];
                     const char *row = (const char *)pf->in + refs[j].row * pf->in_stride;
@@ -359,10 +363,6 @@ static void reduce_rows(void *arg, int64_t begin, int64_t end) {
                     }
                 }
                 for (int32_t e = 0; e < len; e++) {
-                    if (b0)
-                        acc[e] += load_elem(b0, mf->out_elem, e0 + e);
-                    if (b1)
-                        acc[e] += load_elem(b1, mf->out_elem, e0 + e);
                     if (mf->out_elem == DINF__EP_ELEM_BF16)
                         ((uint16_t *)out)[e0 + e] = dinf__bf16_from_f32(acc[e]);
                     else
@@ -509,8 +509,18 @@ DINF_API dinf_status dinf_ep_group_create_threads(int32_t num_ranks, const dinf_
         free(h);
         return DINF_FAIL(DINF_STATUS_OUT_OF_MEMORY, "could not allocate the group state");
     }
+    pthread_condattr_t cond_attr;
+    if (pthread_condattr_init(&cond_attr) != 0 ||
+        pthread_condattr_setclock(&cond_attr, CLOCK_MONOTONIC) != 0 ||
+        pthread_cond_init(&h->cond, &cond_attr) != 0) {
+        free(h->present);
+        free(h->slots);
+        free(h);
+        return DINF_FAIL(DINF_STATUS_INTERNAL,
+                         "could not create a condition variable on CLOCK_MONOTONIC");
+    }
+    pthread_condattr_destroy(&cond_attr);
     pthread_mutex_init(&h->mutex, NULL);
-    pthread_cond_init(&h->cond, NULL);
     h->num_ranks = num_ranks;
     h->timeout_ms = cfg.timeout_ms;
     h->all_ok = 1;

@@ -119,7 +119,8 @@ typedef enum dinf__ep_elem { DINF__EP_ELEM_BF16 = 0, DINF__EP_ELEM_F32 = 1 } din
 /* One payload of a reducing step: in rows (send side, `elems` elements of
  * in_elem at in + row * in_stride) are summed into out rows (out_elem, at
  * out + row * out_stride). With apply_weights the term weights multiply the
- * values. bias0/bias1: out_elem rows added after the terms (or NULL). */
+ * values. bias0/bias1: out_elem rows that START the sum, before the terms
+ * (or NULL). */
 typedef struct dinf__ep_reduce_field {
     const void *in;
     int64_t in_stride; /* bytes */
@@ -136,12 +137,15 @@ typedef struct dinf__ep_reduce_field {
  * A reducing all-to-all (combine). Send side: as dinf__ep_a2a (send_offsets,
  * send_rows; the rows are the reduce fields' `in` rows). Receive side: output
  * row t (0 <= t < num_out_rows) is
- *     acc = 0; for j in 0..num_terms-1 with terms[t][j] != -1:
+ *     acc = float(bias0[t]) + float(bias1[t])   (a NULL bias reads as +0;
+ *                                               bias0 first, as upstream)
+ *     for j in 0..num_terms-1 with terms[t][j] != -1:
  *         (src, pos) = unpack(terms[t][j]);
  *         acc = dinf__ep_acc_bf16-style: acc + w * float(row pos of src's segment for me)
- *     acc += bias0[t]; acc += bias1[t]; out[t] = round(acc)
- * in that order exactly (term order, float32, one rounding at the end; w =
- * weights[t][j] when the field applies weights, else 1). A row with no terms
+ *     out[t] = round(acc)
+ * in that order exactly (biases, then term order, float32, one rounding at
+ * the end; w = weights[t][j] when the field applies weights, else 1;
+ * normal-mode terms are by rank ascending). A row with no terms
  * gets the biases (0 without). Every output row is written.
  */
 typedef struct dinf__ep_reduce {

@@ -338,6 +338,16 @@ static void rank_dispatch_variant(int32_t r, void *ctx) {
         st = dinf_ep_combine(g, h, recv, H, r == 0 ? rw : NULL, NULL, NULL, out,
                              r == 0 ? out_w : NULL, NULL);
         break;
+    case 8: /* combine rows of 100 bf16 = 200 bytes (not 16-byte multiples) on rank 1 */
+        st = dinf_ep_combine(g, h, recv, r == 1 ? 100 : H, NULL, NULL, NULL, out, NULL, NULL);
+        break;
+    case 9: /* the same, on every rank */
+        st = dinf_ep_combine(g, h, recv, 100, NULL, NULL, NULL, out, NULL, NULL);
+        break;
+    case 10: /* a second notify with another expert_alignment on rank 2 */
+        st = dinf_ep_notify_dispatch(g, s->topk[r], s->n[r], K, E, NULL, NULL, NULL,
+                                     r == 2 ? 4 : 1, h, NULL, NULL, NULL);
+        break;
     }
     ep_capture(&s->res[r], st);
 }
@@ -355,6 +365,9 @@ Test(ep_errors, dispatch_rejects) {
         {1, "lives in host memory", "rank 1 rejected"},
         {2, "recv_topk_weights must be given exactly when topk_weights is", "rank 2 rejected"},
         {-2, "ranks disagree", "topk_weights given"},
+        {1, "hidden=100 * 2 bytes (bfloat16) is not a multiple of 16 bytes", "rank 1 rejected"},
+        {-1, "hidden=100 * 2 bytes (bfloat16) is not a multiple of 16 bytes", ""},
+        {-2, "ranks disagree", "expert_alignment"},
     };
     scen *s = make_scen(R3, 60000);
     for (int v = 0; v < (int)(sizeof cases / sizeof *cases); v++) {

@@ -1,5 +1,6 @@
 /*
- * EP features beyond the main matrix: combine biases and their order, the
+ * EP features beyond the main matrix: combine biases, the summation order
+ * of combine (biases first, then ranks ascending: bits checked), the
  * bits do not depend on CPU threads per rank, ranks with zero tokens, a
  * bf16 hidden size that is not a multiple of 128, pre-quantized e4m3 input,
  * many successive calls on one group (handles reused, sequence kept), and a
@@ -8,6 +9,7 @@
 #include "ep_test_util.h"
 
 #include <criterion/criterion.h>
+#include <math.h>
 
 #define R 4
 #define T 24
@@ -169,9 +171,13 @@ static void check_round(fx *f) {
                 for (int i = 0; i < reached; i++)
                     acc += v;
                 cr_assert_eq(f->combined[src][t * H + h], dinf__bf16_from_f32(acc));
-                /* rows first, then bias0, then bias1, one rounding */
-                acc += dinf__f32_from_bf16(f->bias0[src][t * H + h]);
-                acc += dinf__f32_from_bf16(f->bias1[src][t * H + h]);
+                /* bias0 + bias1 first, then the rows, one rounding (these
+                 * values sum exactly: the order is tested by
+                 * combine_adds_biases_first_then_ranks_ascending) */
+                acc = dinf__f32_from_bf16(f->bias0[src][t * H + h]) +
+                      dinf__f32_from_bf16(f->bias1[src][t * H + h]);
+                for (int i = 0; i < reached; i++)
+                    acc += v;
                 cr_assert_eq(f->combined_b[src][t * H + h], dinf__bf16_from_f32(acc),
                              "bias order: rank %d token %lld col %d", (int)src, (long long)t, h);
             }
@@ -210,4 +216,166 @@ Test(ep_features, bits_do_not_depend_on_threads_per_rank) {
     }
     free_fx(a);
     free_fx(b);
+}
+
+/* ------------------------------------------------ combine summation order --
+ * Each rank's "expert" returns a DIFFERENT row per (rank, token), chosen so
+ * that the float32 sum depends on the order of the terms, and the bits are
+ * checked against an oracle adding float(bias0) + float(bias1) first, then
+ * the ranks ascending (upstream). The test also proves it can fail: the
+ * oracle in the reverse rank order, and the oracle adding the biases last,
+ * each differ from the expected bits in many elements.
+ *
+ * Values of token t of rank src, element h, returned by rank dst (the ranks
+ * src's token reaches are r_1 < ... < r_m):
+ *   order round: r_1 returns s * 1.0, r_m returns -s * 1.0 (m >= 2), the
+ *     others a small value v ~ 2^-18..2^-21 with 8 significant bits. Rank
+ *     order: (s + v) - s rounds v to the float32 grid of [1, 2) (or
+ *     [0.5, 1)), (-s + v) + s to the other one: the bfloat16 of the result,
+ *     ~v, shows the difference.
+ *   bias round: every rank returns a small value; bias0 = b, bias1 = -b with
+ *     |b| in [1, 2). Upstream's order gives the exact sum of the small values;
+ *     adding the biases last rounds it to the grid of [1, 2).
+ */
+static uint64_t order_hash(int32_t src, int64_t t, int32_t h, int32_t dst, uint32_t salt) {
+    uint64_t s = ((uint64_t)(uint32_t)src << 48) ^ ((uint64_t)t << 24) ^ ((uint64_t)h << 4) ^
+                 ((uint64_t)(uint32_t)dst << 60) ^ ((uint64_t)salt << 32);
+    return ep_rng(&s);
+}
+
+static float order_small(uint64_t z) { /* +-(1 + u/128) * 2^-(18..21), exact in bf16 */
+    const float m = 1.0f + (float)(z & 127) / 128.0f;
+    const float v = ldexpf(m, -18 - (int)((z >> 7) & 3));
+    return (z >> 9) & 1 ? -v : v;
+}
+
+static float order_value(const fx *f, int32_t src, int64_t t, int32_t h, int32_t dst,
+                         int bias_round) {
+    const uint64_t z = order_hash(src, t, h, dst, bias_round ? 2u : 1u);
+    if (bias_round)
+        return order_small(z);
+    int32_t first = -1, last = -1;
+    for (int32_t r = 0; r < R; r++)
+        if (reaches(f, src, t, r)) {
+            if (first < 0)
+                first = r;
+            last = r;
+        }
+    const float s = order_hash(src, t, h, -1, 3u) & 1 ? -1.0f : 1.0f; /* same on every rank */
+    if (dst == first && last != first)
+        return s;
+    if (dst == last && last != first)
+        return -s;
+    return order_small(z);
+}
+
+static uint16_t order_bias(int32_t src, int64_t t, int32_t h, int which) {
+    const uint64_t z = order_hash(src, t, h, -2, 4u);
+    const float b = ((z & 1) ? -1.0f : 1.0f) * (1.0f + (float)((z >> 1) & 127) / 128.0f);
+    return dinf__bf16_from_f32(which == 0 ? b : -b);
+}
+
+typedef struct order_fx {
+    fx *f;
+    uint16_t *y[R], *y_small[R], *out[R], *out_b[R];
+} order_fx;
+
+static void rank_order(int32_t r, void *ctx) {
+    order_fx *o = ctx;
+    fx *f = o->f;
+    dinf_ep_group *g = f->groups[r];
+    const int32_t H = f->hidden;
+    dinf_status st = dinf_ep_notify_dispatch(g, f->topk[r], f->n[r], K, E, NULL, NULL, NULL, 1,
+                                             f->handle[r], &f->num_recv[r], NULL, NULL);
+    if (st == DINF_STATUS_OK)
+        st = dinf_ep_dispatch(g, f->handle[r], f->x[r], DINF_DTYPE_BFLOAT16, NULL, H, NULL,
+                              NULL, DINF_DTYPE_BFLOAT16, f->recv[r], NULL, NULL, NULL, f->src[r],
+                              f->num_recv[r], NULL);
+    int32_t rpm[R * R];
+    if (st == DINF_STATUS_OK)
+        st = dinf_ep_handle_info(f->handle[r], NULL, NULL, NULL, NULL, rpm, NULL);
+    if (st == DINF_STATUS_OK) {
+        /* the expert: a row of its own for each received (source rank, token) */
+        int32_t src = 0;
+        for (int64_t row = 0; row < f->num_recv[r]; row++) {
+            while (row >= rpm[src * R + r])
+                src++;
+            const int64_t t = f->src[r][row];
+            for (int32_t h = 0; h < H; h++) {
+                o->y[r][row * H + h] = dinf__bf16_from_f32(order_value(f, src, t, h, r, 0));
+                o->y_small[r][row * H + h] = dinf__bf16_from_f32(order_value(f, src, t, h, r, 1));
+            }
+        }
+        for (int64_t t = 0; t < f->n[r]; t++)
+            for (int32_t h = 0; h < H; h++) {
+                f->bias0[r][t * H + h] = order_bias(r, t, h, 0);
+                f->bias1[r][t * H + h] = order_bias(r, t, h, 1);
+            }
+        st = dinf_ep_combine(g, f->handle[r], o->y[r], H, NULL, NULL, NULL, o->out[r], NULL,
+                             NULL);
+    }
+    if (st == DINF_STATUS_OK)
+        st = dinf_ep_combine(g, f->handle[r], o->y_small[r], H, NULL, f->bias0[r], f->bias1[r],
+                             o->out_b[r], NULL, NULL);
+    ep_capture(&f->res[r], st);
+}
+
+Test(ep_features, combine_adds_biases_first_then_ranks_ascending) {
+    const int64_t n[R] = {T, T - 3, T, 9};
+    order_fx o = {make_fx(256, 2, n), {0}, {0}, {0}, {0}};
+    fx *f = o.f;
+    const int32_t H = f->hidden;
+    for (int32_t r = 0; r < R; r++) {
+        o.y[r] = malloc((size_t)R * T * H * 2);
+        o.y_small[r] = malloc((size_t)R * T * H * 2);
+        o.out[r] = malloc((size_t)T * H * 2);
+        o.out_b[r] = malloc((size_t)T * H * 2);
+        memset(o.out[r], 0xFF, (size_t)T * H * 2); /* poison */
+        memset(o.out_b[r], 0xFF, (size_t)T * H * 2);
+    }
+    ep_run_ranks(R, rank_order, &o);
+    for (int32_t r = 0; r < R; r++)
+        cr_assert_eq(f->res[r].status, DINF_STATUS_OK, "rank %d: %s", (int)r, f->res[r].message);
+    int64_t reverse_differs = 0, bias_last_differs = 0, checked = 0;
+    for (int32_t src = 0; src < R; src++)
+        for (int64_t t = 0; t < f->n[src]; t++)
+            for (int32_t h = 0; h < H; h++) {
+                float asc = 0.0f, desc = 0.0f;
+                const float b0 = dinf__f32_from_bf16(order_bias(src, t, h, 0));
+                const float b1 = dinf__f32_from_bf16(order_bias(src, t, h, 1));
+                float small = b0 + b1, small_bias_last = 0.0f;
+                for (int32_t d = 0; d < R; d++)
+                    if (reaches(f, src, t, d)) {
+                        asc += order_value(f, src, t, h, d, 0);
+                        small += order_value(f, src, t, h, d, 1);
+                        small_bias_last += order_value(f, src, t, h, d, 1);
+                    }
+                for (int32_t d = R - 1; d >= 0; d--)
+                    if (reaches(f, src, t, d))
+                        desc += order_value(f, src, t, h, d, 0);
+                small_bias_last += b0;
+                small_bias_last += b1;
+                const uint16_t e = dinf__bf16_from_f32(asc), eb = dinf__bf16_from_f32(small);
+                cr_assert_eq(o.out[src][t * H + h], e,
+                             "rank order: rank %d token %lld col %d = %04x, expected %04x",
+                             (int)src, (long long)t, (int)h, o.out[src][t * H + h], e);
+                cr_assert_eq(o.out_b[src][t * H + h], eb,
+                             "bias order: rank %d token %lld col %d = %04x, expected %04x",
+                             (int)src, (long long)t, (int)h, o.out_b[src][t * H + h], eb);
+                reverse_differs += dinf__bf16_from_f32(desc) != e;
+                bias_last_differs += dinf__bf16_from_f32(small_bias_last) != eb;
+                checked++;
+            }
+    /* the data distinguishes the orders: a wrong order cannot pass */
+    cr_assert_gt(reverse_differs, checked / 20, "only %lld of %lld elements depend on rank order",
+                 (long long)reverse_differs, (long long)checked);
+    cr_assert_gt(bias_last_differs, checked / 4, "only %lld of %lld elements depend on bias order",
+                 (long long)bias_last_differs, (long long)checked);
+    for (int32_t r = 0; r < R; r++) {
+        free(o.y[r]);
+        free(o.y_small[r]);
+        free(o.out[r]);
+        free(o.out_b[r]);
+    }
+    free_fx(f);
 }

@@ -53,17 +53,22 @@ def test_dispatch_and_combine_match_the_reference(num_ranks, use_fp8):
     def step(buf):
         r = buf.rank
         per_rank, rdma, per_expert, in_rank, event = buf.get_dispatch_layout(topks[r], experts)
-        assert rdma is None and event is None
-        recv_x, recv_topk, recv_w, counts, handle, _ = buf.dispatch(
+        assert rdma is None and isinstance(event, ep.EventOverlap)
+        recv_x, recv_topk, recv_w, counts, handle, event = buf.dispatch(
             xs[r], num_tokens_per_rank=per_rank, is_token_in_rank=in_rank,
             num_tokens_per_expert=per_expert, topk_idx=topks[r], topk_weights=weights[r],
             expert_alignment=4, use_fp8=use_fp8)
-        cached_x, none_topk, none_w, empty, same, _ = buf.dispatch(xs[r], handle=handle,
-                                                                   use_fp8=use_fp8)
-        assert none_topk is None and none_w is None and empty == [] and same is handle
+        event.current_stream_wait()
+        # upstream's cached dispatch: (recv_x, None, None, None, None, event)
+        cached = buf.dispatch(xs[r], handle=handle, use_fp8=use_fp8)
+        assert len(cached) == 6 and cached[1:5] == (None, None, None, None)
+        cached_x = cached[0]
+        cached[5].current_stream_wait()
         y = recv_x if not use_fp8 else (
             recv_x[0].astype(np.float32) * np.repeat(recv_x[1], 128, axis=1)).astype(BF16)
-        combined, combined_w, _ = buf.combine(y, handle, topk_weights=recv_w)
+        combined, combined_w, event = buf.combine(y, handle, topk_weights=recv_w)
+        with event:
+            pass
         return per_rank, per_expert, in_rank, recv_x, cached_x, recv_topk, recv_w, counts, \
             handle, combined, combined_w
 
@@ -85,6 +90,13 @@ def test_dispatch_and_combine_match_the_reference(num_ranks, use_fp8):
             np.testing.assert_array_equal(recv_x.view(np.uint16), rows.view(np.uint16))
             np.testing.assert_array_equal(cached_x.view(np.uint16), rows.view(np.uint16))
         np.testing.assert_array_equal(handle.recv_src_idx, src_idx)
+        # upstream's 6-tuple: rank_prefix_matrix, channel_prefix_matrix,
+        # recv_channel_prefix_matrix, recv_src_idx, is_token_in_rank, send_head
+        assert len(handle) == 6 and len(tuple(handle)) == 6
+        assert handle[0] is handle.rank_prefix_matrix and handle[3] is handle.recv_src_idx
+        assert handle[1] is None and handle[2] is None and handle[5] is None
+        np.testing.assert_array_equal(handle[4], in_rank)
+        assert handle[0][num_ranks - 1][dst] == rows.shape[0]
         np.testing.assert_array_equal(recv_topk, ref_topk)
         assert np.all((recv_w == 0) == (recv_topk < 0))
         sel = np.concatenate([t.ravel() for t in topks])
@@ -129,12 +141,18 @@ def test_low_latency_layout_combine_and_masked_gemm():
         r = buf.rank
         (q, s), count, handle, event, hook = buf.low_latency_dispatch(xs[r], topks[r], T, experts,
                                                                       use_fp8=True)
-        assert event is None and hook is None
+        assert hook is None
+        event.current_stream_wait()
         out = np.zeros((local, M, 128), BF16)
         gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked((q, s), (b, sb), out, count, T)
-        x_bf16, count2, h2, _, _ = buf.low_latency_dispatch(xs[r], topks[r], T, experts,
-                                                            use_fp8=False)
-        combined, _, _ = buf.low_latency_combine(x_bf16, topks[r], weights[r], h2)
+        x_bf16, count2, h2, _, hook = buf.low_latency_dispatch(xs[r], topks[r], T, experts,
+                                                               use_fp8=False,
+                                                               return_recv_hook=True)
+        hook()  # upstream: launches the receive half; here it has happened
+        combined, event, hook = buf.low_latency_combine(x_bf16, topks[r], weights[r], h2,
+                                                        return_recv_hook=True)
+        hook()
+        event.current_stream_wait()
         return q, s, count, handle, out, x_bf16, count2, combined
 
     res = group.run(step)
@@ -142,6 +160,8 @@ def test_low_latency_layout_combine_and_masked_gemm():
         q, s, count, handle, out, x_bf16, count2, _ = res[dst]
         src_info, layout_range, t_, h_, e_ = handle
         assert (t_, h_, e_) == (T, hidden, experts)
+        assert len(handle) == 5 and handle[0] is src_info and handle[1] is layout_range
+        assert (handle[2], handle[3], handle[4]) == (T, hidden, experts)
         for l in range(local):
             e = dst * local + l
             rows, srcs, begins = [], [], []
@@ -209,3 +229,167 @@ def test_a_missing_rank_times_out_instead_of_hanging():
         group.buffers[0].barrier()
     with pytest.raises(deepinfra.DeepInfraTimeoutError, match="the EP group is broken"):
         group.buffers[1].barrier()
+
+
+def _small(rng, shape):
+    """+-(1 + u/128) * 2^-(18..21): 8 significant bits, exact in bfloat16."""
+    m = 1 + rng.integers(0, 128, shape) / 128
+    v = np.ldexp(m, -rng.integers(18, 22, shape)) * rng.choice([-1.0, 1.0], shape)
+    return v.astype(np.float32)
+
+
+def test_combine_adds_biases_first_then_ranks_ascending():
+    """Each rank's expert returns its own row per (rank, token), chosen so the
+    float32 sum depends on the order; the bits must match an oracle that adds
+    bias0 + bias1 first, then the ranks ascending (upstream). The reverse rank
+    order and biases-last each give other bits (checked), so a wrong order fails.
+
+    Order round, for a token reaching ranks r_1 < ... < r_m: r_1 returns s,
+    r_m returns -s (s = +-1), the others a small value v: (s + v) - s and
+    (-s + v) + s round v to different float32 grids, visible in bfloat16.
+    Bias round: every rank returns a small value, bias0 = b, bias1 = -b with
+    |b| in [1, 2): b + (-b) first keeps the small sum exact; biases last do not.
+    """
+    num_ranks, hidden, k, experts, tokens = 4, 128, 4, 8, 20
+    xs, topks, _ = make_inputs(num_ranks, hidden, k, experts, tokens, 11)
+    local = experts // num_ranks
+    rng = np.random.default_rng(12)
+    reach = [np.stack([np.any((t >= 0) & (t // local == d), axis=1) for d in range(num_ranks)],
+                      axis=1) for t in topks]
+    vals, smalls, b0s = [], [], []
+    for src in range(num_ranks):
+        n = xs[src].shape[0]
+        sign = rng.choice([-1.0, 1.0], (n, 1)).astype(np.float32) * np.ones((n, hidden),
+                                                                            np.float32)
+        per_dst = [_small(rng, (n, hidden)) for _ in range(num_ranks)]
+        idx = [np.flatnonzero(row) for row in reach[src]]
+        for t in range(n):
+            if len(idx[t]) >= 2:
+                per_dst[idx[t][0]][t] = sign[t]
+                per_dst[idx[t][-1]][t] = -sign[t]
+        vals.append(per_dst)
+        smalls.append([_small(rng, (n, hidden)) for _ in range(num_ranks)])
+        b0s.append((rng.choice([-1.0, 1.0], (n, hidden)) *
+                    (1 + rng.integers(0, 128, (n, hidden)) / 128)).astype(np.float32))
+    group = ep.Group(num_ranks, max_hidden=hidden, max_tokens_per_rank=tokens, max_topk=k,
+                     max_num_experts=experts)
+
+    def step(buf):
+        r = buf.rank
+        recv_x, _, _, _, handle, _ = buf.dispatch(xs[r], topk_idx=topks[r], num_experts=experts)
+        rpm, src_idx = handle[0], handle[3]
+        y = np.empty((recv_x.shape[0], hidden), np.float32)
+        y_small = np.empty_like(y)
+        for row in range(recv_x.shape[0]):
+            src = int(np.searchsorted(rpm[:, r], row, side="right"))
+            y[row] = vals[src][r][src_idx[row]]
+            y_small[row] = smalls[src][r][src_idx[row]]
+        combined, _, _ = buf.combine(y.astype(BF16), handle)
+        b0 = b0s[r].astype(BF16)
+        combined_b, _, _ = buf.combine(y_small.astype(BF16), handle, bias=(b0, -b0))
+        return combined, combined_b
+
+    out = group.run(step)
+    reverse_differs = bias_last_differs = total = 0
+    for src in range(num_ranks):
+        shape = xs[src].shape
+        asc, desc = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        b0 = b0s[src]
+        small = b0 + (-b0)
+        small_bias_last = np.zeros(shape, np.float32)
+        for d in range(num_ranks):
+            m = reach[src][:, d:d + 1]
+            asc = np.where(m, asc + vals[src][d], asc)
+            small = np.where(m, small + smalls[src][d], small)
+            small_bias_last = np.where(m, small_bias_last + smalls[src][d], small_bias_last)
+        for d in reversed(range(num_ranks)):
+            m = reach[src][:, d:d + 1]
+            desc = np.where(m, desc + vals[src][d], desc)
+        small_bias_last = (small_bias_last + b0) + (-b0)
+        want, want_b = asc.astype(BF16).view(np.uint16), small.astype(BF16).view(np.uint16)
+        np.testing.assert_array_equal(out[src][0].view(np.uint16), want)
+        np.testing.assert_array_equal(out[src][1].view(np.uint16), want_b)
+        reverse_differs += np.sum(desc.astype(BF16).view(np.uint16) != want)
+        bias_last_differs += np.sum(small_bias_last.astype(BF16).view(np.uint16) != want_b)
+        total += want.size
+    assert reverse_differs > total // 20, (reverse_differs, total)
+    assert bias_last_differs > total // 4, (bias_last_differs, total)
+
+
+def test_a_python_argument_error_fails_every_rank_and_keeps_the_group():
+    """A shape this binding rejects on one rank still makes the rank's C call,
+    so the others fail at once (default 100 s timeout: a hang would break the
+    group and the following calls would fail) and the group goes on working."""
+    num_ranks, hidden, k, experts, T = 3, 128, 2, 6, 8
+    xs, topks, weights = make_inputs(num_ranks, hidden, k, experts, T, 21)
+    group = ep.Group(num_ranks, max_hidden=hidden, max_tokens_per_rank=T, max_topk=k,
+                     max_num_experts=experts)
+
+    def attempt(call):
+        try:
+            call()
+        except deepinfra.InvalidArgumentError as exc:
+            return str(exc)
+        return None
+
+    def step(buf):
+        r = buf.rank
+        msgs = []
+        # notify step: rank 1's topk_idx has the wrong number of rows
+        msgs.append(attempt(lambda: buf.dispatch(
+            xs[r], topk_idx=topks[r][:-1] if r == 1 else topks[r], num_experts=experts)))
+        recv_x, _, recv_w, _, handle, _ = buf.dispatch(
+            xs[r], topk_idx=topks[r], topk_weights=weights[r], num_experts=experts)
+        # cached dispatch: rank 2's x is 1-D
+        msgs.append(attempt(lambda: buf.dispatch(xs[r][0] if r == 2 else xs[r], handle=handle)))
+        # combine: rank 0's x has a row too many
+        y = np.concatenate([recv_x, recv_x[:1]]) if r == 0 else recv_x
+        msgs.append(attempt(lambda: buf.combine(y, handle)))
+        # low-latency dispatch: rank 1 asks for UE8M0 scales
+        msgs.append(attempt(lambda: buf.low_latency_dispatch(xs[r], topks[r], T, experts,
+                                                             use_ue8m0=r == 1)))
+        x_ll, _, ll_handle, _, _ = buf.low_latency_dispatch(xs[r], topks[r], T, experts,
+                                                            use_fp8=False)
+        # low-latency combine: rank 2's weights have the wrong shape
+        w = weights[r][:, :1] if r == 2 else weights[r]
+        msgs.append(attempt(lambda: buf.low_latency_combine(x_ll, topks[r], w, ll_handle)))
+        # the group still works
+        combined, combined_w, _ = buf.combine(recv_x, handle, topk_weights=recv_w)
+        buf.barrier()
+        return msgs, combined_w
+
+    res = group.run(step)
+    culprits = [1, 2, 0, 1, 2]
+    own = ["topk_idx has %d rows, x %d" % (T - 2, T - 1), "x must be 2-D",
+           "rows; the dispatch received", "UE8M0", "topk_weights must have shape"]
+    for i, culprit in enumerate(culprits):
+        for r in range(num_ranks):
+            msg = res[r][0][i]
+            assert msg is not None, (i, r)
+            if r == culprit:
+                assert own[i] in msg, (i, r, msg)
+            else:
+                assert "rank %d rejected its arguments" % culprit in msg, (i, r, msg)
+    for r in range(num_ranks):
+        np.testing.assert_array_equal(res[r][1], np.where(topks[r] >= 0, weights[r], 0))
+
+
+def test_upstream_no_op_settings():
+    assert ep.Buffer.set_num_sms(24) is None
+    ev = ep.Buffer.capture()
+    ev.current_stream_wait()
+    with ev:
+        pass
+    assert ep.Buffer.get_dispatch_config(8) is None and ep.Buffer.get_combine_config(8) is None
+    T, H, R, E = 128, 7168, 8, 256
+
+    def a16(v):
+        return (v + 15) // 16 * 16
+
+    message = a16(H * 2) + a16(H // 128 * 4) + 16
+    assert ep.Buffer.get_low_latency_rdma_size_hint(T, H, R, E) == R * T * (E // R) * message \
+        + 4096
+    with pytest.raises(deepinfra.InvalidArgumentError, match="max_hidden"):
+        ep.Buffer.get_low_latency_rdma_size_hint(T, 0, R, E)
+    group = ep.Group(2, max_hidden=128, max_tokens_per_rank=4, max_topk=2, max_num_experts=4)
+    group.run(lambda buf: buf.clean_low_latency_buffer(4, 128, 4))
