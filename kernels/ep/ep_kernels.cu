@@ -8,10 +8,10 @@
  * Exactness: the planners produce exactly what lib/ep/ep_cpu.c produces
  * (same per-rank / per-expert orders: every position is computed by one
  * thread walking the tokens in ascending order; counts are integer atomics).
- * The reduction accumulates in float32 in term order with explicit
- * __fmul_rn / __fadd_rn (no FMA contraction; the file is also built with
- * --fmad=false), then adds bias0, bias1 and rounds once, as
- * dinf__ep_acc_bf16 and the threads transport do.
+ * The reduction starts at float(bias0) + float(bias1) (upstream's order),
+ * accumulates in float32 in term order with explicit __fmul_rn / __fadd_rn
+ * (no FMA contraction; the file is also built with --fmad=false) and rounds
+ * once, as dinf__ep_acc_bf16 and the threads transport do.
  *
  * Peer-store protocol: see lib/ep/ep_peer_hd.h. Flags are written with
  * st.release.sys / red.release.sys and read with ld.acquire.sys; every wait

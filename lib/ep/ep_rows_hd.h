@@ -101,9 +101,10 @@ DINF_HD float dinf__ep_load_elem(const void *row, int32_t elem, int64_t i) {
 
 /*
  * Output row t of a reducing step: for each field and element (lane of
- * lanes), acc = 0; for each term j in order: acc = acc + w * value (one
- * float32 multiply, one add: dinf__ep_acc_bf16 for bfloat16 values); then +
- * bias0, + bias1; one rounding at the store. The term (src, pos) is read at
+ * lanes), acc = float(bias0) + float(bias1) (a missing bias reads as +0:
+ * upstream's order, as the threads transport); for each term j in order:
+ * acc = acc + w * value (one float32 multiply, one add: dinf__ep_acc_bf16 for
+ * bfloat16 values); one rounding at the store. The term (src, pos) is read at
  * stage + dinf__ep_stage_row(slot_bytes, recv_offsets, src, pos, row_bytes).
  * Returns 1 when a term names a row outside its source's segment (that term
  * is skipped), else 0.
@@ -134,7 +135,19 @@ DINF_HD int dinf__ep_reduce_bf16x8(const dinf__ep_step *s, int32_t fi, int64_t t
     const dinf__ep_v16 *b0 = s->bias0[fi] ? (const dinf__ep_v16 *)((const char *)s->bias0[fi] + t * stride) : 0;
     const dinf__ep_v16 *b1 = s->bias1[fi] ? (const dinf__ep_v16 *)((const char *)s->bias1[fi] + t * stride) : 0;
     for (int32_t c = lane; c < s->red_elems[fi] / 8; c += lanes) {
-        float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        /* upstream's order: acc starts at float(bias0) + float(bias1) (+0 when
+         * missing), then the terms in order */
+        float acc[8];
+        {
+            const dinf__ep_v16 zero = {0, 0};
+            const dinf__ep_v16 v0 = b0 ? b0[c] : zero, v1 = b1 ? b1[c] : zero;
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+            for (int i = 0; i < 8; i++)
+                acc[i] = (b0 ? dinf__ep_v16_bf16(v0, i) : 0.0f) +
+                         (b1 ? dinf__ep_v16_bf16(v1, i) : 0.0f);
+        }
         for (int32_t j = 0; j < s->num_terms; j++) {
             const int64_t term = terms[j];
             if (term == -1)
@@ -157,22 +170,6 @@ DINF_HD int dinf__ep_reduce_bf16x8(const dinf__ep_step *s, int32_t fi, int64_t t
 #endif
             for (int i = 0; i < 8; i++)
                 acc[i] = acc[i] + w * dinf__ep_v16_bf16(v, i);
-        }
-        if (b0) {
-            const dinf__ep_v16 v = b0[c];
-#if defined(__CUDACC__)
-#pragma unroll
-#endif
-            for (int i = 0; i < 8; i++)
-                acc[i] += dinf__ep_v16_bf16(v, i);
-        }
-        if (b1) {
-            const dinf__ep_v16 v = b1[c];
-#if defined(__CUDACC__)
-#pragma unroll
-#endif
-            for (int i = 0; i < 8; i++)
-                acc[i] += dinf__ep_v16_bf16(v, i);
         }
         dinf__ep_v16 r = {0, 0};
 #if defined(__CUDACC__)
@@ -208,7 +205,15 @@ DINF_HD int dinf__ep_reduce_row(const dinf__ep_step *s, int64_t t, const char *s
         const int weighted = s->apply_weights[fi] && s->weights;
         char *out = (char *)s->out[fi] + t * s->out_stride[fi];
         for (int32_t e = lane; e < s->red_elems[fi]; e += lanes) {
-            float acc = 0.0f;
+            /* upstream's order: float(bias0) + float(bias1) (+0 when missing) first */
+            float acc = (s->bias0[fi] ? dinf__ep_load_elem((const char *)s->bias0[fi] +
+                                                                t * s->out_stride[fi],
+                                                            out_elem, e)
+                                      : 0.0f) +
+                        (s->bias1[fi] ? dinf__ep_load_elem((const char *)s->bias1[fi] +
+                                                                t * s->out_stride[fi],
+                                                            out_elem, e)
+                                      : 0.0f);
             for (int32_t j = 0; j < s->num_terms; j++) {
                 const int64_t term = terms[j];
                 if (term == -1)
@@ -230,12 +235,6 @@ DINF_HD int dinf__ep_reduce_row(const dinf__ep_step *s, int64_t t, const char *s
                 else
                     acc = acc + w * ((const float *)value)[e];
             }
-            if (s->bias0[fi])
-                acc += dinf__ep_load_elem((const char *)s->bias0[fi] + t * s->out_stride[fi],
-                                          out_elem, e);
-            if (s->bias1[fi])
-                acc += dinf__ep_load_elem((const char *)s->bias1[fi] + t * s->out_stride[fi],
-                                          out_elem, e);
             if (out_elem == DINF__EP_ELEM_BF16)
                 ((uint16_t *)out)[e] = dinf__bf16_from_f32(acc);
             else
