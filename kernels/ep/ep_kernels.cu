@@ -15,8 +15,9 @@
  *
  * Peer-store protocol: see lib/ep/ep_peer_hd.h. Flags are written with
  * st.release.sys / red.release.sys and read with ld.acquire.sys; every wait
- * is bounded by a clock64 budget and a timeout is recorded for the host in
- * the rank's host-mapped error record (never a trap, never a hang).
+ * is bounded by a %globaltimer (wall-time nanoseconds) budget and a timeout is
+ * recorded for the host in the rank's host-mapped error record (never a
+ * trap, never a hang).
  */
 #include <cuda_runtime_api.h>
 
@@ -47,6 +48,13 @@ __device__ __forceinline__ void st_release_sys(uint64_t *p, uint64_t v) {
 
 __device__ __forceinline__ void red_add_release_sys(uint64_t *p, uint64_t v) {
     asm volatile("red.release.sys.global.add.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
+/* Wall time in nanoseconds (the same clock on every SM, unlike clock64). */
+__device__ __forceinline__ uint64_t global_ns() {
+    uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
 }
 
 /* Record an error for the host (host-mapped; the first one wins). */
@@ -137,10 +145,10 @@ __global__ void __launch_bounds__(kThreads, 1) peer_step_kernel(dinf__ep_peer_la
     if (b == 0)
         for (int32_t d = tid; d < R; d += blockDim.x)
             st_release_sys(reinterpret_cast<uint64_t *>(L.peers[d] + lay.ready_off) + me, L.step);
-    long long t0 = clock64();
+    uint64_t t0 = global_ns();
     for (int32_t p = tid; p < R; p += blockDim.x)
         while (ld_acquire_sys(ready + p) < L.step)
-            if (clock64() - t0 > L.timeout_cycles) {
+            if (dinf__ep_wait_expired(t0, global_ns(), L.timeout_ns)) {
                 atomicCAS(&fail, 0, DINF__EP_PEER_TIMEOUT_READY);
                 fail_peer = p;
                 break;
@@ -193,11 +201,11 @@ __global__ void __launch_bounds__(kThreads, 1) peer_step_kernel(dinf__ep_peer_la
 
     /* 3. wait until every source's blocks have stored, check what they sent */
     const uint64_t target = dinf__ep_arrive_target(L.step, L.blocks_per_rank);
-    t0 = clock64();
+    t0 = global_ns();
     for (int32_t p = tid; p < R; p += blockDim.x) {
         int ok = 1;
         while (ld_acquire_sys(arrive + p) < target)
-            if (clock64() - t0 > L.timeout_cycles) {
+            if (dinf__ep_wait_expired(t0, global_ns(), L.timeout_ns)) {
                 atomicCAS(&fail, 0, DINF__EP_PEER_TIMEOUT_ARRIVE);
                 fail_peer = p;
                 ok = 0;
