@@ -21,6 +21,8 @@
  */
 #include <cuda_runtime_api.h>
 
+#include <time.h>
+
 #include "../../lib/ep/ep_cuda.h"
 #include "../../lib/ep/ep_hd.h"
 #include "../../lib/ep/ep_plan_hd.h"
@@ -442,6 +444,7 @@ struct device_guard {
 };
 
 dinf_status cuda_failed(const char *func, const char *what, int device, cudaError_t err) {
+    cudaGetLastError(); /* clear a non-sticky error so that a later launch check is not blamed */
     return dinf__fail(DINF_STATUS_CUDA_ERROR, func, "%s on CUDA device %d failed: %s (%s)", what,
                       device, cudaGetErrorString(err), cudaGetErrorName(err));
 }
@@ -463,6 +466,39 @@ dinf_status cuda_failed(const char *func, const char *what, int device, cudaErro
 
 cudaStream_t stream_of(const dinf__place *place) {
     return reinterpret_cast<cudaStream_t>(place->stream);
+}
+
+int64_t steady_ms() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * Wait until the stream is idle, at most timeout_ms, polling (never a
+ * blocking cudaStreamSynchronize, never a copy to pageable memory before
+ * it: both would wait without a bound). The planners run before the call's
+ * first collective step, behind the previous call's steps on the same
+ * stream; an NCCL step whose peer never comes never finishes on the device,
+ * so only a bounded host wait keeps the call from hanging.
+ */
+dinf_status wait_idle(const char *func, const dinf__place *place, int64_t timeout_ms,
+                      const char *what) {
+    const int64_t deadline = steady_ms() + timeout_ms;
+    for (;;) {
+        const cudaError_t err = cudaStreamQuery(stream_of(place));
+        if (err == cudaSuccess)
+            return DINF_STATUS_OK;
+        if (err != cudaErrorNotReady)
+            return cuda_failed(func, what, place->device, err);
+        if (steady_ms() > deadline)
+            return dinf__fail(DINF_STATUS_TIMEOUT, func,
+                              "%s on CUDA device %d did not finish within %lld ms (an earlier EP "
+                              "step on the stream is waiting for a peer that does not come)",
+                              what, place->device, (long long)timeout_ms);
+        struct timespec nap = {0, 20000};
+        nanosleep(&nap, nullptr);
+    }
 }
 
 /* Planner scratch regions (dinf__ep_gpu.scratch). */
@@ -568,6 +604,9 @@ extern "C" dinf_status dinf__ep_gpu_plan_dispatch(
         topk_idx, num_tokens, num_topk, E, R, plan->terms, plan->send_rows, sp.result,
         num_tokens_per_rank, num_tokens_per_expert, is_token_in_rank);
     CUDA_TRY(cudaGetLastError(), "the EP dispatch planner launch");
+    dinf_status st = wait_idle(func, place, t->timeout_ms, "the EP dispatch planner");
+    if (st != DINF_STATUS_OK)
+        return st;
     int64_t head[2];
     CUDA_TRY(cudaMemcpyAsync(head, sp.result, sizeof head, cudaMemcpyDeviceToHost, stream),
              "copying the plan to the host");
@@ -618,6 +657,9 @@ extern "C" dinf_status dinf__ep_gpu_plan_low_latency(dinf__ep_transport *t, cons
     plan_ll_kernel<<<1, kPlanThreads, 0, stream>>>(topk_idx, num_tokens, num_topk, E, R,
                                                    plan->terms, plan->send_rows, sp.result, sp.next);
     CUDA_TRY(cudaGetLastError(), "the EP low-latency planner launch");
+    dinf_status st = wait_idle(func, place, t->timeout_ms, "the EP low-latency planner");
+    if (st != DINF_STATUS_OK)
+        return st;
     CUDA_TRY(cudaMemcpyAsync(bad_entry, sp.result, 8, cudaMemcpyDeviceToHost, stream),
              "copying the plan to the host");
     CUDA_TRY(cudaStreamSynchronize(stream), "the EP low-latency planner");
@@ -696,7 +738,9 @@ extern "C" dinf_status dinf__ep_layout_cuda(const char *func, const dinf__place 
     unsigned long long flat = ~0ull;
     if (err == cudaSuccess)
         err = cudaMemcpyAsync(&flat, bad, 8, cudaMemcpyDeviceToHost, stream);
-    cudaFreeAsync(bad, stream);
+    const cudaError_t freed = cudaFreeAsync(bad, stream);
+    if (err == cudaSuccess)
+        err = freed;
     if (err == cudaSuccess)
         err = cudaStreamSynchronize(stream);
     if (err != cudaSuccess)

@@ -712,7 +712,7 @@ static dinf_status v_barrier(dinf__ep_transport *t, const char *func, const dinf
 
 /* The leader's action of a data step: check every rank's counts, then one
  * cooperative launch for all ranks, ordered after every rank's stream. */
-static dinf_status v_launch(vhub *h, const char *func, dinf__ep_transport *leader) {
+static dinf_status v_launch_step(vhub *h, const char *func, dinf__ep_transport *leader) {
     const int32_t R = h->num_ranks;
     const vpub *const *pub = h->slots;
     for (int32_t p = 0; p < R; p++) {
@@ -788,6 +788,14 @@ static dinf_status v_launch(vhub *h, const char *func, dinf__ep_transport *leade
         if (err != cudaSuccess)
             st = cuda_fail(func, "recording the EP step", device, err);
     }
+    return st;
+}
+
+/* v_launch_step; any failure (a count disagreement, a descriptor slot whose
+ * earlier step never finished, a CUDA error) breaks the group: every rank
+ * gets it, and later collective calls fail at once. Runs under the mutex. */
+static dinf_status v_launch(vhub *h, const char *func, dinf__ep_transport *leader) {
+    const dinf_status st = v_launch_step(h, func, leader);
     if (st != DINF_STATUS_OK) {
         char message[DINF_ERROR_MESSAGE_MAX];
         keep_message(message);
@@ -1089,15 +1097,19 @@ static dinf_status ipc_launch(ipc_transport *x, const char *func, const dinf__ep
     dinf_status st = ipc_check(x, func);
     if (st != DINF_STATUS_OK)
         return st;
+    /* every failure from here on breaks the endpoint: the peers launch this
+     * step and wait for this rank on the device, and this rank's step count
+     * would no longer match theirs */
     for (int32_t d = 0; send_offsets && d < t->num_ranks; d++)
         if (!dinf__ep_peer_fits(&x->layout, send_offsets[d + 1] - send_offsets[d], s->row_bytes))
-            return dinf__fail(DINF_STATUS_INTERNAL, func,
-                              "rank %d's rows for rank %d exceed its %lld-byte slot",
-                              (int)t->rank, (int)d, (long long)x->layout.slot_bytes);
+            return ipc_break(x, dinf__fail(DINF_STATUS_INTERNAL, func,
+                                           "rank %d's rows for rank %d exceed its %lld-byte slot",
+                                           (int)t->rank, (int)d,
+                                           (long long)x->layout.slot_bytes));
     dev_guard g;
     cudaError_t err = guard_enter(&g, t->device);
     if (err != cudaSuccess)
-        return cuda_fail(func, "cudaSetDevice", t->device, err);
+        return ipc_break(x, cuda_fail(func, "cudaSetDevice", t->device, err));
     cudaStream_t stream = (cudaStream_t)place->stream;
     int32_t slot;
     char *host, *dev;
@@ -1124,9 +1136,9 @@ static dinf_status ipc_launch(ipc_transport *x, const char *func, const dinf__ep
         st = dinf__ep_cuda_peer_step(func, place, &launch);
         if (st == DINF_STATUS_OK)
             st = ring_release(func, &x->ring, slot, stream, t->device);
-        if (st != DINF_STATUS_OK)
-            ipc_break(x, st);
     }
+    if (st != DINF_STATUS_OK) /* also a descriptor slot that never freed (timeout) */
+        ipc_break(x, st);
     guard_leave(&g);
     return st;
 }
@@ -1607,16 +1619,20 @@ static dinf_status n_move(nccl_transport *x, const char *func, dinf__ep_step *s,
     dinf_status st = n_check(x, func);
     if (st != DINF_STATUS_OK)
         return st;
+    /* every failure from here on breaks the endpoint: the peers post their
+     * sends and receives of this step, and a rank that skipped it would pair
+     * its next step's transfers with them */
     const int64_t send_rows = send_offsets[R], recv_rows = recv_offsets[R];
     if (send_rows > x->stage_bytes / s->row_bytes || recv_rows > x->stage_bytes / s->row_bytes)
-        return dinf__fail(DINF_STATUS_INTERNAL, func,
-                          "%lld / %lld rows of %lld bytes exceed the %lld-byte NCCL stages",
-                          (long long)send_rows, (long long)recv_rows, (long long)s->row_bytes,
-                          (long long)x->stage_bytes);
+        return n_break(x, dinf__fail(DINF_STATUS_INTERNAL, func,
+                                     "%lld / %lld rows of %lld bytes exceed the %lld-byte NCCL "
+                                     "stages",
+                                     (long long)send_rows, (long long)recv_rows,
+                                     (long long)s->row_bytes, (long long)x->stage_bytes));
     dev_guard g;
     cudaError_t err = guard_enter(&g, t->device);
     if (err != cudaSuccess)
-        return cuda_fail(func, "cudaSetDevice", t->device, err);
+        return n_break(x, cuda_fail(func, "cudaSetDevice", t->device, err));
     cudaStream_t stream = (cudaStream_t)place->stream;
     int32_t slot;
     char *host, *dev;
