@@ -1653,14 +1653,18 @@ static dinf_status n_move(nccl_transport *x, const char *func, dinf__ep_step *s,
         for (int32_t p = 0; p < R && result == 0; p++) {
             const size_t n_send = (size_t)(send_offsets[p + 1] - send_offsets[p]) * s->row_bytes;
             const size_t n_recv = (size_t)(recv_offsets[p + 1] - recv_offsets[p]) * s->row_bytes;
+            /* inside the group an answer of ncclInProgress (nonblocking
+             * communicator) is not a failure: the group end settles it */
             if (n_send)
-                result = nccl_settle(nc, x->comm, t->timeout_ms,
-                                     nc->send(x->send_stage + send_offsets[p] * s->row_bytes,
-                                              n_send, DINF__NCCL_UINT8, p, x->comm, stream));
+                result = nc->send(x->send_stage + send_offsets[p] * s->row_bytes, n_send,
+                                  DINF__NCCL_UINT8, p, x->comm, stream);
+            if (result == DINF__NCCL_IN_PROGRESS)
+                result = 0;
             if (result == 0 && n_recv)
-                result = nccl_settle(nc, x->comm, t->timeout_ms,
-                                     nc->recv(x->recv_stage + recv_offsets[p] * s->row_bytes,
-                                              n_recv, DINF__NCCL_UINT8, p, x->comm, stream));
+                result = nc->recv(x->recv_stage + recv_offsets[p] * s->row_bytes, n_recv,
+                                  DINF__NCCL_UINT8, p, x->comm, stream);
+            if (result == DINF__NCCL_IN_PROGRESS)
+                result = 0;
         }
         /* always closed, also after a failed call inside the group */
         const int end = nccl_settle(nc, x->comm, t->timeout_ms, nc->group_end());
