@@ -126,6 +126,15 @@ static void fail(ep_case *c, int32_t rank, const char *what, dinf_status st) {
     snprintf(c->error, sizeof c->error, "rank %d %s: %s", (int)rank, what, dinf_last_error());
 }
 
+/* A CUDA call of the harness: a failure fails the case (never timed). */
+static void cuda_ok(ep_case *c, int32_t rank, const char *what, cudaError_t err) {
+    if (err == cudaSuccess)
+        return;
+    c->pool.failed = 1;
+    snprintf(c->error, sizeof c->error, "rank %d %s: %s", (int)rank, what,
+             cudaGetErrorString(err));
+}
+
 static uint64_t rng_next(uint64_t *s) {
     *s ^= *s >> 12;
     *s ^= *s << 25;
@@ -156,7 +165,8 @@ static int64_t *make_topk(int32_t r, int64_t N, int32_t K, int32_t E) {
 static void setup_rank(ep_case *c, int32_t r) {
     const int64_t N = c->N, K = c->K, H = c->H;
     const int32_t R = c->R, L = c->E / R;
-    cudaStreamCreateWithFlags(&c->streams[r], cudaStreamNonBlocking);
+    cuda_ok(c, r, "cudaStreamCreateWithFlags",
+            cudaStreamCreateWithFlags(&c->streams[r], cudaStreamNonBlocking));
     dinf_exec e = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)c->streams[r]);
     uint64_t s = 99 + (uint64_t)r;
     const int64_t *topk = c->host_topk[r];
@@ -166,13 +176,16 @@ static void setup_rank(ep_case *c, int32_t r) {
         w[i] = 0.125f;
     for (int64_t i = 0; i < N * H; i++)
         x[i] = (uint16_t)(0x3f80 + (rng_next(&s) & 0x7f)); /* [1, 2) */
-    cudaMalloc((void **)&c->topk[r], (size_t)(N * K) * 8);
-    cudaMalloc((void **)&c->w[r], (size_t)(N * K) * 4);
-    cudaMalloc((void **)&c->x[r], (size_t)(N * H) * 2);
-    cudaMalloc((void **)&c->combined[r], (size_t)(N * H) * 2);
-    cudaMemcpy(c->topk[r], topk, (size_t)(N * K) * 8, cudaMemcpyHostToDevice);
-    cudaMemcpy(c->w[r], w, (size_t)(N * K) * 4, cudaMemcpyHostToDevice);
-    cudaMemcpy(c->x[r], x, (size_t)(N * H) * 2, cudaMemcpyHostToDevice);
+    cuda_ok(c, r, "cudaMalloc", cudaMalloc((void **)&c->topk[r], (size_t)(N * K) * 8));
+    cuda_ok(c, r, "cudaMalloc", cudaMalloc((void **)&c->w[r], (size_t)(N * K) * 4));
+    cuda_ok(c, r, "cudaMalloc", cudaMalloc((void **)&c->x[r], (size_t)(N * H) * 2));
+    cuda_ok(c, r, "cudaMalloc", cudaMalloc((void **)&c->combined[r], (size_t)(N * H) * 2));
+    cuda_ok(c, r, "cudaMemcpy",
+            cudaMemcpy(c->topk[r], topk, (size_t)(N * K) * 8, cudaMemcpyHostToDevice));
+    cuda_ok(c, r, "cudaMemcpy",
+            cudaMemcpy(c->w[r], w, (size_t)(N * K) * 4, cudaMemcpyHostToDevice));
+    cuda_ok(c, r, "cudaMemcpy",
+            cudaMemcpy(c->x[r], x, (size_t)(N * H) * 2, cudaMemcpyHostToDevice));
     free(w);
     free(x);
     dinf_ep_group *g = c->groups[r];
@@ -182,27 +195,29 @@ static void setup_rank(ep_case *c, int32_t r) {
              dinf_ep_notify_dispatch(g, c->topk[r], N, (int32_t)K, c->E, NULL, NULL, NULL, 1,
                                      c->h[r], &c->num_recv[r], NULL, &e));
         const int64_t NR = c->num_recv[r];
-        cudaMalloc(&c->recv[r], (size_t)(NR * H) * 2 + 16);
-        cudaMalloc((void **)&c->recv_s[r], (size_t)(NR * (H / 128)) * 4 + 16);
-        cudaMalloc((void **)&c->y[r], (size_t)(NR * H) * 2 + 16);
-        cudaMemset(c->y[r], 0x3c, (size_t)(NR * H) * 2 + 16);
+        cuda_ok(c, r, "cudaMalloc", cudaMalloc(&c->recv[r], (size_t)(NR * H) * 2 + 16));
+        cuda_ok(c, r, "cudaMalloc",
+                cudaMalloc((void **)&c->recv_s[r], (size_t)(NR * (H / 128)) * 4 + 16));
+        cuda_ok(c, r, "cudaMalloc", cudaMalloc((void **)&c->y[r], (size_t)(NR * H) * 2 + 16));
+        cuda_ok(c, r, "cudaMemset", cudaMemset(c->y[r], 0x3c, (size_t)(NR * H) * 2 + 16));
     } else {
         const int64_t M = (int64_t)R * N;
         int64_t scale_rows = 0;
         dinf_ep_ll_scale_rows(R, N, &scale_rows);
         fail(c, r, "ll handle", dinf_ep_ll_handle_create(g, &c->lh[r]));
-        cudaMalloc(&c->recv[r], (size_t)(L * M * H) * 2);
-        cudaMalloc((void **)&c->recv_s[r], (size_t)(L * (H / 128) * scale_rows) * 4);
-        cudaMalloc((void **)&c->count[r], (size_t)L * 4);
-        cudaMalloc((void **)&c->y[r], (size_t)(L * M * H) * 2);
-        cudaMemset(c->y[r], 0x3c, (size_t)(L * M * H) * 2);
+        cuda_ok(c, r, "cudaMalloc", cudaMalloc(&c->recv[r], (size_t)(L * M * H) * 2));
+        cuda_ok(c, r, "cudaMalloc",
+                cudaMalloc((void **)&c->recv_s[r], (size_t)(L * (H / 128) * scale_rows) * 4));
+        cuda_ok(c, r, "cudaMalloc", cudaMalloc((void **)&c->count[r], (size_t)L * 4));
+        cuda_ok(c, r, "cudaMalloc", cudaMalloc((void **)&c->y[r], (size_t)(L * M * H) * 2));
+        cuda_ok(c, r, "cudaMemset", cudaMemset(c->y[r], 0x3c, (size_t)(L * M * H) * 2));
         /* one dispatch so that the combine has its handle */
         fail(c, r, "ll dispatch",
              dinf_ep_low_latency_dispatch(g, c->x[r], N, (int32_t)H, c->topk[r], (int32_t)K, c->E,
-                                          N, 0, c->recv[r], NULL, c->count[r], NULL, NULL,
-                                          c->lh[r], &e));
+                                          N, 0, c->recv[r], NULL, c->count[r], NULL, NULL, c->lh[r],
+                                          &e));
     }
-    cudaStreamSynchronize(c->streams[r]);
+    cuda_ok(c, r, "cudaStreamSynchronize", cudaStreamSynchronize(c->streams[r]));
 }
 
 static void step_rank(ep_case *c, int32_t r) {
@@ -227,10 +242,9 @@ static void step_rank(ep_case *c, int32_t r) {
         break;
     case 3:
     case 4:
-        st = dinf_ep_low_latency_dispatch(g, c->x[r], N, H, c->topk[r], K, c->E, N,
-                                          c->mode == 3, c->recv[r],
-                                          c->mode == 3 ? c->recv_s[r] : NULL, c->count[r], NULL,
-                                          NULL, c->lh[r], &e);
+        st = dinf_ep_low_latency_dispatch(g, c->x[r], N, H, c->topk[r], K, c->E, N, c->mode == 3,
+                                          c->recv[r], c->mode == 3 ? c->recv_s[r] : NULL,
+                                          c->count[r], NULL, NULL, c->lh[r], &e);
         break;
     default:
         st = dinf_ep_low_latency_combine(g, c->y[r], H, c->topk[r], c->w[r], N, K, c->lh[r],
@@ -238,7 +252,7 @@ static void step_rank(ep_case *c, int32_t r) {
         break;
     }
     fail(c, r, "step", st);
-    cudaStreamSynchronize(c->streams[r]);
+    cuda_ok(c, r, "cudaStreamSynchronize", cudaStreamSynchronize(c->streams[r]));
 }
 
 static double wall(void) {

@@ -178,6 +178,8 @@ DINF_API dinf_status dinf_ep_group_create_threads(int32_t num_ranks, const dinf_
  * a group over an NCCL communicator the engine owns (passed as void * so
  * this header needs no nccl.h; the group does not destroy it). Counts are
  * exchanged with ncclAllGather, rows with grouped ncclSend/ncclRecv.
+ * Blocking and nonblocking communicators are accepted (ncclInProgress is
+ * awaited through ncclCommGetAsyncError, at most config.timeout_ms).
  * Collective over the communicator's ranks.
  * Arguments:
  *   nccl_comm [IN]  an initialised ncclComm_t of the caller
@@ -230,7 +232,7 @@ typedef int (*dinf_ep_allgather_fn)(void *ctx, const void *in, void *out, size_t
  * IPC handles cannot be opened in the process that owns the memory): it
  * uses its own pointer. Each collective step is one cooperative launch of
  * this rank's blocks on exec->stream; waits on peers are bounded by
- * config.timeout_ms on the device (clock64) and on the host.
+ * config.timeout_ms on the device (%globaltimer, wall time) and on the host.
  * Arguments:
  *   rank, num_ranks [IN] 0 <= rank < num_ranks <= DINF_EP_MAX_RANKS
  *   device    [IN]  this rank's CUDA device

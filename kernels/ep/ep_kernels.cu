@@ -15,10 +15,13 @@
  *
  * Peer-store protocol: see lib/ep/ep_peer_hd.h. Flags are written with
  * st.release.sys / red.release.sys and read with ld.acquire.sys; every wait
- * is bounded by a clock64 budget and a timeout is recorded for the host in
- * the rank's host-mapped error record (never a trap, never a hang).
+ * is bounded by a %globaltimer (wall-time nanoseconds) budget and a timeout is
+ * recorded for the host in the rank's host-mapped error record (never a
+ * trap, never a hang).
  */
 #include <cuda_runtime_api.h>
+
+#include <time.h>
 
 #include "../../lib/ep/ep_cuda.h"
 #include "../../lib/ep/ep_hd.h"
@@ -47,6 +50,13 @@ __device__ __forceinline__ void st_release_sys(uint64_t *p, uint64_t v) {
 
 __device__ __forceinline__ void red_add_release_sys(uint64_t *p, uint64_t v) {
     asm volatile("red.release.sys.global.add.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
+/* Wall time in nanoseconds (the same clock on every SM, unlike clock64). */
+__device__ __forceinline__ uint64_t global_ns() {
+    uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
 }
 
 /* Record an error for the host (host-mapped; the first one wins). */
@@ -137,10 +147,10 @@ __global__ void __launch_bounds__(kThreads, 1) peer_step_kernel(dinf__ep_peer_la
     if (b == 0)
         for (int32_t d = tid; d < R; d += blockDim.x)
             st_release_sys(reinterpret_cast<uint64_t *>(L.peers[d] + lay.ready_off) + me, L.step);
-    long long t0 = clock64();
+    uint64_t t0 = global_ns();
     for (int32_t p = tid; p < R; p += blockDim.x)
         while (ld_acquire_sys(ready + p) < L.step)
-            if (clock64() - t0 > L.timeout_cycles) {
+            if (dinf__ep_wait_expired(t0, global_ns(), L.timeout_ns)) {
                 atomicCAS(&fail, 0, DINF__EP_PEER_TIMEOUT_READY);
                 fail_peer = p;
                 break;
@@ -193,11 +203,11 @@ __global__ void __launch_bounds__(kThreads, 1) peer_step_kernel(dinf__ep_peer_la
 
     /* 3. wait until every source's blocks have stored, check what they sent */
     const uint64_t target = dinf__ep_arrive_target(L.step, L.blocks_per_rank);
-    t0 = clock64();
+    t0 = global_ns();
     for (int32_t p = tid; p < R; p += blockDim.x) {
         int ok = 1;
         while (ld_acquire_sys(arrive + p) < target)
-            if (clock64() - t0 > L.timeout_cycles) {
+            if (dinf__ep_wait_expired(t0, global_ns(), L.timeout_ns)) {
                 atomicCAS(&fail, 0, DINF__EP_PEER_TIMEOUT_ARRIVE);
                 fail_peer = p;
                 ok = 0;
@@ -434,6 +444,7 @@ struct device_guard {
 };
 
 dinf_status cuda_failed(const char *func, const char *what, int device, cudaError_t err) {
+    cudaGetLastError(); /* clear a non-sticky error so that a later launch check is not blamed */
     return dinf__fail(DINF_STATUS_CUDA_ERROR, func, "%s on CUDA device %d failed: %s (%s)", what,
                       device, cudaGetErrorString(err), cudaGetErrorName(err));
 }
@@ -455,6 +466,39 @@ dinf_status cuda_failed(const char *func, const char *what, int device, cudaErro
 
 cudaStream_t stream_of(const dinf__place *place) {
     return reinterpret_cast<cudaStream_t>(place->stream);
+}
+
+int64_t steady_ms() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * Wait until the stream is idle, at most timeout_ms, polling (never a
+ * blocking cudaStreamSynchronize, never a copy to pageable memory before
+ * it: both would wait without a bound). The planners run before the call's
+ * first collective step, behind the previous call's steps on the same
+ * stream; an NCCL step whose peer never comes never finishes on the device,
+ * so only a bounded host wait keeps the call from hanging.
+ */
+dinf_status wait_idle(const char *func, const dinf__place *place, int64_t timeout_ms,
+                      const char *what) {
+    const int64_t deadline = steady_ms() + timeout_ms;
+    for (;;) {
+        const cudaError_t err = cudaStreamQuery(stream_of(place));
+        if (err == cudaSuccess)
+            return DINF_STATUS_OK;
+        if (err != cudaErrorNotReady)
+            return cuda_failed(func, what, place->device, err);
+        if (steady_ms() > deadline)
+            return dinf__fail(DINF_STATUS_TIMEOUT, func,
+                              "%s on CUDA device %d did not finish within %lld ms (an earlier EP "
+                              "step on the stream is waiting for a peer that does not come)",
+                              what, place->device, (long long)timeout_ms);
+        struct timespec nap = {0, 20000};
+        nanosleep(&nap, nullptr);
+    }
 }
 
 /* Planner scratch regions (dinf__ep_gpu.scratch). */
@@ -560,6 +604,9 @@ extern "C" dinf_status dinf__ep_gpu_plan_dispatch(
         topk_idx, num_tokens, num_topk, E, R, plan->terms, plan->send_rows, sp.result,
         num_tokens_per_rank, num_tokens_per_expert, is_token_in_rank);
     CUDA_TRY(cudaGetLastError(), "the EP dispatch planner launch");
+    dinf_status st = wait_idle(func, place, t->timeout_ms, "the EP dispatch planner");
+    if (st != DINF_STATUS_OK)
+        return st;
     int64_t head[2];
     CUDA_TRY(cudaMemcpyAsync(head, sp.result, sizeof head, cudaMemcpyDeviceToHost, stream),
              "copying the plan to the host");
@@ -610,6 +657,9 @@ extern "C" dinf_status dinf__ep_gpu_plan_low_latency(dinf__ep_transport *t, cons
     plan_ll_kernel<<<1, kPlanThreads, 0, stream>>>(topk_idx, num_tokens, num_topk, E, R,
                                                    plan->terms, plan->send_rows, sp.result, sp.next);
     CUDA_TRY(cudaGetLastError(), "the EP low-latency planner launch");
+    dinf_status st = wait_idle(func, place, t->timeout_ms, "the EP low-latency planner");
+    if (st != DINF_STATUS_OK)
+        return st;
     CUDA_TRY(cudaMemcpyAsync(bad_entry, sp.result, 8, cudaMemcpyDeviceToHost, stream),
              "copying the plan to the host");
     CUDA_TRY(cudaStreamSynchronize(stream), "the EP low-latency planner");
@@ -688,7 +738,9 @@ extern "C" dinf_status dinf__ep_layout_cuda(const char *func, const dinf__place 
     unsigned long long flat = ~0ull;
     if (err == cudaSuccess)
         err = cudaMemcpyAsync(&flat, bad, 8, cudaMemcpyDeviceToHost, stream);
-    cudaFreeAsync(bad, stream);
+    const cudaError_t freed = cudaFreeAsync(bad, stream);
+    if (err == cudaSuccess)
+        err = freed;
     if (err == cudaSuccess)
         err = cudaStreamSynchronize(stream);
     if (err != cudaSuccess)

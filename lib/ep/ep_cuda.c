@@ -21,7 +21,7 @@
  *
  * The two peer-store transports share the step kernel and its protocol
  * (lib/ep/ep_peer_hd.h): stores into the destination's stage, release/acquire
- * system-scope flags, clock64-bounded waits with an error record in
+ * system-scope flags, %globaltimer-bounded waits with an error record in
  * host-mapped memory. Host waits (stream completion, peers at a rendezvous)
  * are bounded by config.timeout_ms. A timeout or a device error breaks the
  * endpoint: later collective ops fail at once with the recorded message.
@@ -427,13 +427,6 @@ static int64_t gather_bytes_for(const dinf_ep_config *cfg, int32_t R) {
     return counts > 256 ? counts : 256;
 }
 
-static int64_t clock_cycles(int device, int64_t timeout_ms) {
-    int khz = 0;
-    if (cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, device) != cudaSuccess || khz <= 0)
-        khz = 2000000; /* 2 GHz: an upper bound of Hopper clocks (waits err long) */
-    return dinf__ep_timeout_cycles(timeout_ms, khz);
-}
-
 /* The message for a device-side error record {code, peer, step}. */
 static dinf_status device_error(const char *func, int32_t rank, const int32_t *rec,
                                 int64_t timeout_ms) {
@@ -547,7 +540,7 @@ typedef struct vhub {
     ring ring;
     uint64_t step;
     int32_t blocks_per_rank;
-    int64_t timeout_cycles;
+    int64_t timeout_ns;
 } vhub;
 
 typedef struct virtual_transport {
@@ -648,8 +641,8 @@ static dinf_status vbarrier(dinf__ep_transport *t, const char *func, const vpub 
         }
     }
     dinf_status st = h->action_status;
-    if (st != DINF_STATUS_OK)
-        dinf__fail(st, func, "%s", h->action_message);
+    if (st != DINF_STATUS_OK) /* the leader's message, already prefixed with func */
+        dinf__restore_error(h->action_message);
     pthread_mutex_unlock(&h->mutex);
     return st;
 }
@@ -719,7 +712,7 @@ static dinf_status v_barrier(dinf__ep_transport *t, const char *func, const dinf
 
 /* The leader's action of a data step: check every rank's counts, then one
  * cooperative launch for all ranks, ordered after every rank's stream. */
-static dinf_status v_launch(vhub *h, const char *func, dinf__ep_transport *leader) {
+static dinf_status v_launch_step(vhub *h, const char *func, dinf__ep_transport *leader) {
     const int32_t R = h->num_ranks;
     const vpub *const *pub = h->slots;
     for (int32_t p = 0; p < R; p++) {
@@ -782,7 +775,7 @@ static dinf_status v_launch(vhub *h, const char *func, dinf__ep_transport *leade
     launch.peers = h->peers_dev;
     launch.layout = h->layout;
     launch.step = h->step;
-    launch.timeout_cycles = h->timeout_cycles;
+    launch.timeout_ns = h->timeout_ns;
     launch.steps = (const dinf__ep_step *)(dev + (size_t)R * blob);
     launch.num_steps = R;
     launch.blocks_per_rank = h->blocks_per_rank;
@@ -795,6 +788,14 @@ static dinf_status v_launch(vhub *h, const char *func, dinf__ep_transport *leade
         if (err != cudaSuccess)
             st = cuda_fail(func, "recording the EP step", device, err);
     }
+    return st;
+}
+
+/* v_launch_step; any failure (a count disagreement, a descriptor slot whose
+ * earlier step never finished, a CUDA error) breaks the group: every rank
+ * gets it, and later collective calls fail at once. Runs under the mutex. */
+static dinf_status v_launch(vhub *h, const char *func, dinf__ep_transport *leader) {
+    const dinf_status st = v_launch_step(h, func, leader);
     if (st != DINF_STATUS_OK) {
         char message[DINF_ERROR_MESSAGE_MAX];
         keep_message(message);
@@ -985,7 +986,7 @@ static dinf_status vhub_create(const char *func, int32_t R, int32_t device,
         vhub_free(h);
         return st;
     }
-    h->timeout_cycles = clock_cycles(device, cfg->timeout_ms);
+    h->timeout_ns = dinf__ep_timeout_ns(cfg->timeout_ms);
     h->refs = R;
     *out = h;
     return DINF_STATUS_OK;
@@ -1058,7 +1059,7 @@ typedef struct ipc_transport {
     ring ring;
     uint64_t step;
     int32_t blocks_per_rank;
-    int64_t timeout_cycles;
+    int64_t timeout_ns;
     int32_t broken;
     dinf_status broken_status;
     char broken_message[DINF_ERROR_MESSAGE_MAX];
@@ -1096,15 +1097,19 @@ static dinf_status ipc_launch(ipc_transport *x, const char *func, const dinf__ep
     dinf_status st = ipc_check(x, func);
     if (st != DINF_STATUS_OK)
         return st;
+    /* every failure from here on breaks the endpoint: the peers launch this
+     * step and wait for this rank on the device, and this rank's step count
+     * would no longer match theirs */
     for (int32_t d = 0; send_offsets && d < t->num_ranks; d++)
         if (!dinf__ep_peer_fits(&x->layout, send_offsets[d + 1] - send_offsets[d], s->row_bytes))
-            return dinf__fail(DINF_STATUS_INTERNAL, func,
-                              "rank %d's rows for rank %d exceed its %lld-byte slot",
-                              (int)t->rank, (int)d, (long long)x->layout.slot_bytes);
+            return ipc_break(x, dinf__fail(DINF_STATUS_INTERNAL, func,
+                                           "rank %d's rows for rank %d exceed its %lld-byte slot",
+                                           (int)t->rank, (int)d,
+                                           (long long)x->layout.slot_bytes));
     dev_guard g;
     cudaError_t err = guard_enter(&g, t->device);
     if (err != cudaSuccess)
-        return cuda_fail(func, "cudaSetDevice", t->device, err);
+        return ipc_break(x, cuda_fail(func, "cudaSetDevice", t->device, err));
     cudaStream_t stream = (cudaStream_t)place->stream;
     int32_t slot;
     char *host, *dev;
@@ -1124,16 +1129,16 @@ static dinf_status ipc_launch(ipc_transport *x, const char *func, const dinf__ep
         launch.peers = x->peers_dev;
         launch.layout = x->layout;
         launch.step = x->step;
-        launch.timeout_cycles = x->timeout_cycles;
+        launch.timeout_ns = x->timeout_ns;
         launch.steps = (const dinf__ep_step *)dev;
         launch.num_steps = 1;
         launch.blocks_per_rank = x->blocks_per_rank;
         st = dinf__ep_cuda_peer_step(func, place, &launch);
         if (st == DINF_STATUS_OK)
             st = ring_release(func, &x->ring, slot, stream, t->device);
-        if (st != DINF_STATUS_OK)
-            ipc_break(x, st);
     }
+    if (st != DINF_STATUS_OK) /* also a descriptor slot that never freed (timeout) */
+        ipc_break(x, st);
     guard_leave(&g);
     return st;
 }
@@ -1420,11 +1425,23 @@ DINF_API dinf_status dinf_ep_group_create_cuda_ipc(int32_t rank, int32_t num_ran
             opened = error_records(func, 1, device, &x->error, &x->error_dev);
         if (opened == DINF_STATUS_OK)
             opened = ring_init(func, &x->ring, step_blob_bytes(R), device);
-        /* second exchange: everyone opened everything (a barrier, too) */
-        ipc_record second = mine;
-        second.ok = opened == DINF_STATUS_OK;
-        dinf_status ex = ipc_exchange(func, allgather, ctx, &second, all, R);
-        st = ex != DINF_STATUS_OK ? ex : opened;
+    }
+    /* second exchange, made by every rank whatever happened so far (the
+     * callback contract: twice per constructor on every rank, so that a rank
+     * whose first exchange or setup failed never leaves its peers waiting in
+     * the second): everyone opened everything (a barrier, too). The first
+     * failure's message is the one reported. */
+    char first_message[DINF_ERROR_MESSAGE_MAX] = "";
+    if (opened != DINF_STATUS_OK)
+        keep_message(first_message);
+    ipc_record second = mine;
+    second.ok = opened == DINF_STATUS_OK;
+    const dinf_status ex = ipc_exchange(func, allgather, ctx, &second, all, R);
+    if (opened != DINF_STATUS_OK) {
+        st = opened;
+        dinf__restore_error(first_message);
+    } else {
+        st = ex;
         for (int32_t p = 0; p < R && st == DINF_STATUS_OK; p++)
             if (!all[p].ok)
                 st = DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
@@ -1439,7 +1456,7 @@ DINF_API dinf_status dinf_ep_group_create_cuda_ipc(int32_t rank, int32_t num_ran
         guard_leave(&g);
         return st;
     }
-    x->timeout_cycles = clock_cycles(device, cfg.timeout_ms);
+    x->timeout_ns = dinf__ep_timeout_ns(cfg.timeout_ms);
     st = dinf__ep_group_wrap(func, &x->gpu.base, &cfg, group);
     guard_leave(&g);
     return st;
@@ -1486,6 +1503,28 @@ static dinf_status n_check(nccl_transport *x, const char *func) {
     return DINF_STATUS_OK;
 }
 
+/* The final result of an NCCL call: a nonblocking communicator answers
+ * ncclInProgress while it enqueues, and ncclCommGetAsyncError then reports
+ * ncclInProgress until the operation is enqueued (or its error); poll it,
+ * bounded by timeout_ms (still in progress then: returned as such). A
+ * blocking communicator never answers ncclInProgress (returned unchanged). */
+static int nccl_settle(const dinf__nccl_api *nccl, void *comm, int64_t timeout_ms, int result) {
+    if (result != DINF__NCCL_IN_PROGRESS)
+        return result;
+    const int64_t deadline = now_ms() + timeout_ms;
+    for (;;) {
+        int async = 0;
+        const int r = nccl->comm_get_async_error(comm, &async);
+        if (r != 0 && r != DINF__NCCL_IN_PROGRESS)
+            return r;
+        if (r == 0 && async != DINF__NCCL_IN_PROGRESS)
+            return async;
+        if (now_ms() > deadline)
+            return DINF__NCCL_IN_PROGRESS;
+        nap();
+    }
+}
+
 static dinf_status nccl_fail(nccl_transport *x, const char *func, const char *what, int result) {
     return n_break(x, dinf__fail(DINF_STATUS_NCCL_ERROR, func, "%s failed: %s (ncclResult %d)",
                                  what, x->nccl->get_error_string(result), result));
@@ -1503,7 +1542,8 @@ static dinf_status n_wait(nccl_transport *x, const char *func, cudaStream_t stre
         if (err != cudaErrorNotReady)
             return n_break(x, cuda_fail(func, what, t->device, err));
         int async = 0;
-        if (x->nccl->comm_get_async_error(x->comm, &async) == 0 && async != 0)
+        if (x->nccl->comm_get_async_error(x->comm, &async) == 0 && async != 0 &&
+            async != DINF__NCCL_IN_PROGRESS)
             return nccl_fail(x, func, what, async);
         if (now_ms() > deadline)
             return n_break(x, dinf__fail(DINF_STATUS_TIMEOUT, func,
@@ -1538,8 +1578,9 @@ static dinf_status n_allgather(dinf__ep_transport *t, const char *func, const vo
         return n_break(x, cuda_fail(func, "the EP all-gather upload", t->device, err));
     }
     char *gathered = x->gather_dev + x->gather_bytes;
-    int result = x->nccl->all_gather(x->gather_dev, gathered, bytes, DINF__NCCL_UINT8, x->comm,
-                                     stream);
+    int result = nccl_settle(x->nccl, x->comm, t->timeout_ms,
+                             x->nccl->all_gather(x->gather_dev, gathered, bytes,
+                                                 DINF__NCCL_UINT8, x->comm, stream));
     if (result != 0) {
         guard_leave(&g);
         return nccl_fail(x, func, "ncclAllGather", result);
@@ -1578,16 +1619,20 @@ static dinf_status n_move(nccl_transport *x, const char *func, dinf__ep_step *s,
     dinf_status st = n_check(x, func);
     if (st != DINF_STATUS_OK)
         return st;
+    /* every failure from here on breaks the endpoint: the peers post their
+     * sends and receives of this step, and a rank that skipped it would pair
+     * its next step's transfers with them */
     const int64_t send_rows = send_offsets[R], recv_rows = recv_offsets[R];
     if (send_rows > x->stage_bytes / s->row_bytes || recv_rows > x->stage_bytes / s->row_bytes)
-        return dinf__fail(DINF_STATUS_INTERNAL, func,
-                          "%lld / %lld rows of %lld bytes exceed the %lld-byte NCCL stages",
-                          (long long)send_rows, (long long)recv_rows, (long long)s->row_bytes,
-                          (long long)x->stage_bytes);
+        return n_break(x, dinf__fail(DINF_STATUS_INTERNAL, func,
+                                     "%lld / %lld rows of %lld bytes exceed the %lld-byte NCCL "
+                                     "stages",
+                                     (long long)send_rows, (long long)recv_rows,
+                                     (long long)s->row_bytes, (long long)x->stage_bytes));
     dev_guard g;
     cudaError_t err = guard_enter(&g, t->device);
     if (err != cudaSuccess)
-        return cuda_fail(func, "cudaSetDevice", t->device, err);
+        return n_break(x, cuda_fail(func, "cudaSetDevice", t->device, err));
     cudaStream_t stream = (cudaStream_t)place->stream;
     int32_t slot;
     char *host, *dev;
@@ -1603,18 +1648,26 @@ static dinf_status n_move(nccl_transport *x, const char *func, dinf__ep_step *s,
     if (st == DINF_STATUS_OK)
         st = dinf__ep_cuda_pack(func, place, ds, send_rows, x->send_stage);
     if (st == DINF_STATUS_OK) {
-        int result = x->nccl->group_start();
+        const dinf__nccl_api *nc = x->nccl;
+        int result = nc->group_start();
         for (int32_t p = 0; p < R && result == 0; p++) {
             const size_t n_send = (size_t)(send_offsets[p + 1] - send_offsets[p]) * s->row_bytes;
             const size_t n_recv = (size_t)(recv_offsets[p + 1] - recv_offsets[p]) * s->row_bytes;
+            /* inside the group an answer of ncclInProgress (nonblocking
+             * communicator) is not a failure: the group end settles it */
             if (n_send)
-                result = x->nccl->send(x->send_stage + send_offsets[p] * s->row_bytes, n_send,
-                                       DINF__NCCL_UINT8, p, x->comm, stream);
+                result = nc->send(x->send_stage + send_offsets[p] * s->row_bytes, n_send,
+                                  DINF__NCCL_UINT8, p, x->comm, stream);
+            if (result == DINF__NCCL_IN_PROGRESS)
+                result = 0;
             if (result == 0 && n_recv)
-                result = x->nccl->recv(x->recv_stage + recv_offsets[p] * s->row_bytes, n_recv,
-                                       DINF__NCCL_UINT8, p, x->comm, stream);
+                result = nc->recv(x->recv_stage + recv_offsets[p] * s->row_bytes, n_recv,
+                                  DINF__NCCL_UINT8, p, x->comm, stream);
+            if (result == DINF__NCCL_IN_PROGRESS)
+                result = 0;
         }
-        const int end = x->nccl->group_end();
+        /* always closed, also after a failed call inside the group */
+        const int end = nccl_settle(nc, x->comm, t->timeout_ms, nc->group_end());
         if (result == 0)
             result = end;
         if (result != 0)
@@ -1703,7 +1756,10 @@ DINF_API dinf_status dinf_ep_group_create_nccl(void *nccl_comm, int32_t device,
     if (st != DINF_STATUS_OK)
         return st;
     int count = 0, rank = 0, cu_device = -1;
-    int result = nccl->comm_count(nccl_comm, &count);
+    /* a nonblocking communicator may still be initialising: wait (bounded) */
+    int result = nccl_settle(nccl, nccl_comm, cfg.timeout_ms, DINF__NCCL_IN_PROGRESS);
+    if (result == 0)
+        result = nccl->comm_count(nccl_comm, &count);
     if (result == 0)
         result = nccl->comm_user_rank(nccl_comm, &rank);
     if (result == 0)

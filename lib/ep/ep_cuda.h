@@ -87,7 +87,7 @@ typedef struct dinf__ep_peer_launch {
     char *const *peers; /* device [R]: symmetric buffer base of every rank */
     dinf__ep_peer_layout layout;
     uint64_t step;
-    int64_t timeout_cycles;
+    int64_t timeout_ns; /* every device-side wait, %globaltimer (dinf__ep_timeout_ns) */
     const dinf__ep_step *steps; /* device [num_steps] */
     int32_t num_steps, blocks_per_rank;
 } dinf__ep_peer_launch;

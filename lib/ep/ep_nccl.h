@@ -18,6 +18,7 @@ extern "C" {
 #endif
 
 #define DINF__NCCL_UINT8 1 /* ncclUint8 */
+#define DINF__NCCL_IN_PROGRESS 7 /* ncclInProgress (nonblocking communicators) */
 #define DINF__NCCL_UNIQUE_ID_BYTES 128
 
 typedef struct dinf__nccl_unique_id {

@@ -30,8 +30,9 @@
  * kernel on the same stream), stores its rows, fences (system scope), then
  * adds 1 to arrive[me] on every peer (release). The receiver waits until
  * arrive[p] >= s * B for every source p (acquire), checks sent[p], and reads
- * its stage. Every wait is bounded by a clock64 budget; on expiry the kernel
- * records an error for the host and skips the rest of the step.
+ * its stage. Every wait is bounded by a %globaltimer (wall-time) budget; on
+ * expiry the kernel records an error for the host and skips the rest of the
+ * step.
  */
 #ifndef DINF_EP_PEER_HD_H
 #define DINF_EP_PEER_HD_H
@@ -192,13 +193,24 @@ DINF_HD int32_t dinf__ep_blocks_per_rank(int64_t max_resident, int32_t num_ranks
     return (int32_t)(b < DINF__EP_PEER_MAX_BLOCKS ? b : DINF__EP_PEER_MAX_BLOCKS);
 }
 
-/* clock64 cycles of timeout_ms at clock_khz (saturating at INT64_MAX). */
-DINF_HD int64_t dinf__ep_timeout_cycles(int64_t timeout_ms, int64_t clock_khz) {
-    if (timeout_ms <= 0 || clock_khz <= 0)
+/* Nanoseconds of the device-side wait budget for timeout_ms (saturating at
+ * INT64_MAX; 0 for timeout_ms <= 0). The step kernel measures its waits with
+ * %globaltimer (nanoseconds of wall time, the same on every SM), not clock64
+ * (cycles of one SM's clock, which runs slower than the rated clock when the
+ * GPU is idle or throttled, so a cycle budget would overshoot the host's
+ * timeout several times over). */
+DINF_HD int64_t dinf__ep_timeout_ns(int64_t timeout_ms) {
+    if (timeout_ms <= 0)
         return 0;
-    if (timeout_ms > INT64_MAX / clock_khz)
+    if (timeout_ms > INT64_MAX / 1000000)
         return INT64_MAX;
-    return timeout_ms * clock_khz;
+    return timeout_ms * 1000000;
+}
+
+/* 1 when a wait that started at start_ns (a %globaltimer reading) has
+ * exceeded budget_ns at now_ns (unsigned difference: no overflow). */
+DINF_HD int dinf__ep_wait_expired(uint64_t start_ns, uint64_t now_ns, int64_t budget_ns) {
+    return now_ns - start_ns > (uint64_t)(budget_ns < 0 ? 0 : budget_ns);
 }
 
 /* Error codes a step kernel records for the host (first one wins). */

@@ -236,7 +236,7 @@ Test(ep_gpu_cpu, copy_unit_is_the_widest_common_alignment) {
     cr_assert_eq(dinf__ep_copy_unit(0x1000, 0x2000, 0), 16);
 }
 
-Test(ep_gpu_cpu, blocks_per_rank_and_timeout_cycles) {
+Test(ep_gpu_cpu, blocks_per_rank_and_timeout_budget) {
     cr_assert_eq(dinf__ep_blocks_per_rank(132 * 2, 8), 16);
     cr_assert_eq(dinf__ep_blocks_per_rank(132, 8), 16);
     cr_assert_eq(dinf__ep_blocks_per_rank(100, 8), 12);
@@ -246,10 +246,29 @@ Test(ep_gpu_cpu, blocks_per_rank_and_timeout_cycles) {
     for (int32_t R = 1; R <= 8; R++)
         for (int64_t cap = R; cap < 300; cap++)
             cr_assert_leq((int64_t)dinf__ep_blocks_per_rank(cap, R) * R, cap);
-    cr_assert_eq(dinf__ep_timeout_cycles(100000, 1980000), 198000000000ll);
-    cr_assert_eq(dinf__ep_timeout_cycles(INT64_MAX / 2, 1980000), INT64_MAX);
-    cr_assert_eq(dinf__ep_timeout_cycles(0, 1980000), 0);
-    cr_assert_eq(dinf__ep_timeout_cycles(10, 0), 0);
+    /* the device budget is wall-time nanoseconds (%globaltimer), not cycles */
+    cr_assert_eq(dinf__ep_timeout_ns(100000), 100000000000ll);
+    cr_assert_eq(dinf__ep_timeout_ns(1), 1000000);
+    cr_assert_eq(dinf__ep_timeout_ns(INT64_MAX / 1000000), INT64_MAX / 1000000 * 1000000);
+    cr_assert_eq(dinf__ep_timeout_ns(INT64_MAX / 1000000 + 1), INT64_MAX);
+    cr_assert_eq(dinf__ep_timeout_ns(INT64_MAX), INT64_MAX);
+    cr_assert_eq(dinf__ep_timeout_ns(0), 0);
+    cr_assert_eq(dinf__ep_timeout_ns(-5), 0);
+}
+
+Test(ep_gpu_cpu, device_wait_expiry_uses_unsigned_elapsed_time) {
+    const int64_t budget = dinf__ep_timeout_ns(300);
+    cr_assert_eq(dinf__ep_wait_expired(1000, 1000, budget), 0);
+    cr_assert_eq(dinf__ep_wait_expired(1000, 1000 + (uint64_t)budget, budget), 0);
+    cr_assert_eq(dinf__ep_wait_expired(1000, 1001 + (uint64_t)budget, budget), 1);
+    /* a start near the top of the counter: the difference wraps correctly */
+    const uint64_t top = UINT64_MAX - 10;
+    cr_assert_eq(dinf__ep_wait_expired(top, top + 100, budget), 0);
+    cr_assert_eq(dinf__ep_wait_expired(top, top + (uint64_t)budget + 1, budget), 1);
+    /* the saturated budget of a huge timeout never expires within 292 years */
+    cr_assert_eq(dinf__ep_wait_expired(0, (uint64_t)INT64_MAX, INT64_MAX), 0);
+    cr_assert_eq(dinf__ep_wait_expired(5, 6, 0), 1);
+    cr_assert_eq(dinf__ep_wait_expired(5, 5, 0), 0);
 }
 
 /* ---------------------------------------------------------- descriptors -- */
@@ -667,8 +686,10 @@ static int failing_gather(void *ctx, const void *in, void *out, size_t bytes) {
     return 1;
 }
 
-/* Without a device the IPC constructor still takes part in the exchange (so
- * that peers are not left waiting) and reports the callback's failure. */
+/* Without a device the IPC constructor still takes part in BOTH exchanges
+ * (the callback contract of dinf_ep_allgather_fn: twice per constructor on
+ * every rank, so that peers whose exchanges succeeded are not left waiting in
+ * the second one) and reports the callback's failure. */
 Test(ep_gpu_cpu, ipc_constructor_calls_the_exchange_even_when_its_setup_failed) {
     if (device_usable() || !DINF_WITH_CUDA)
         cr_skip_test("needs a CUDA build without a usable device");
@@ -677,7 +698,53 @@ Test(ep_gpu_cpu, ipc_constructor_calls_the_exchange_even_when_its_setup_failed) 
     dinf_ep_group *g = NULL;
     cr_assert_eq(dinf_ep_group_create_cuda_ipc(0, 2, 0, &c, failing_gather, &calls, &g),
                  DINF_STATUS_INVALID_ARGUMENT);
-    cr_assert_eq(calls, 1);
+    cr_assert_eq(calls, 2);
+    cr_assert(strstr(dinf_last_error(), "allgather callback failed"), "%s", dinf_last_error());
+    cr_assert_null(g);
+}
+
+/* A callback that succeeds (here: a one-rank copy), counting its calls. */
+static int counting_gather(void *ctx, const void *in, void *out, size_t bytes) {
+    ++*(int *)ctx;
+    memcpy(out, in, bytes);
+    return 0;
+}
+
+/* A callback that fails only on its first call (one rank's transient
+ * failure): the second exchange still happens. */
+static int first_call_fails(void *ctx, const void *in, void *out, size_t bytes) {
+    memcpy(out, in, bytes);
+    return ++*(int *)ctx == 1;
+}
+
+/* Every path through the IPC constructor calls the exchange exactly twice:
+ * this rank's setup failed (no device) with a working callback, and a
+ * callback that failed once. The reported error is the first failure's. */
+Test(ep_gpu_cpu, ipc_constructor_always_calls_the_exchange_twice) {
+    dinf_ep_config c = good_config();
+    int calls = 0;
+    dinf_ep_group *g = NULL;
+    const dinf_status st = dinf_ep_group_create_cuda_ipc(0, 1, 0, &c, counting_gather, &calls, &g);
+    if (!DINF_WITH_CUDA) {
+        /* the CPU-only build rejects before any exchange */
+        cr_assert_eq(st, DINF_STATUS_UNSUPPORTED);
+        cr_assert_eq(calls, 0);
+        return;
+    }
+    cr_assert_eq(calls, 2, "%s", dinf_last_error());
+    if (device_usable()) {
+        cr_assert_eq(st, DINF_STATUS_OK, "%s", dinf_last_error());
+        dinf_ep_group_destroy(g);
+    } else {
+        cr_assert_eq(st, DINF_STATUS_UNSUPPORTED);
+        cr_assert(strstr(dinf_last_error(), "CUDA device 0"), "%s", dinf_last_error());
+        cr_assert_null(g);
+    }
+    calls = 0;
+    g = NULL;
+    cr_assert_eq(dinf_ep_group_create_cuda_ipc(0, 1, 0, &c, first_call_fails, &calls, &g),
+                 DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert_eq(calls, 2);
     cr_assert(strstr(dinf_last_error(), "allgather callback failed"), "%s", dinf_last_error());
     cr_assert_null(g);
 }
