@@ -67,8 +67,10 @@
  *   bytes [528, 656)  64 bfloat16 RoPE values, unquantized
  *
  * = DINF_MLA_FP8_ENTRY_BYTES = 656 bytes. The value of channel d < 512 is
- * e4m3(code[d]) * scale[d / 128]; channels 512..575 are the bf16 RoPE
- * values. Why this layout: per-128-channel scales keep the error of one
+ * e4m3(code[d]) * scale[d / 128] rounded to bfloat16 (exact, no rounding,
+ * with the power-of-two scales the quantizer writes; a cache with other
+ * scales is rounded the same way on the CPU and the GPU); channels 512..575
+ * are the bf16 RoPE values. Why this layout: per-128-channel scales keep the error of one
  * outlier local (DeepSeek's own granularity, also FlashInfer's
  * ckv_scale_arr), the RoPE part stays bf16 because it is small (128 B of
  * 656) and sensitive, and the format is the one upstream already produces.
