@@ -498,6 +498,9 @@ struct device_guard {
 
 dinf_status cuda_failed(const char *func, const dinf__place *place, const char *what,
                         cudaError_t err) {
+    /* Clear a non-sticky error (a failed attribute call or launch) so that it
+     * is not reported again by the next launch check of this or any caller. */
+    (void)cudaGetLastError();
     return dinf__fail(DINF_STATUS_CUDA_ERROR, func, "%s on device %d failed: %s (%s)", what,
                       (int)place->device, cudaGetErrorString(err), cudaGetErrorName(err));
 }
