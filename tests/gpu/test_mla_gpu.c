@@ -387,6 +387,36 @@ Test(mla_gpu, partial_m_blocks_two_kv_heads_small_pages) {
 }
 
 /*
+ * A part that begins with the rest of a cut request and ends by cutting the
+ * next one: that last piece's workspace row is the next request's first
+ * (num_splits[req] + 0), not the part's BEGIN_SPLIT. The sweeps rarely build
+ * such parts (many parts, small budgets); s_q * h_q = 512 rows give 8 m-blocks
+ * and 16 parts on 132 SMs, and the plan is checked to contain one.
+ */
+Test(mla_gpu, part_beginning_with_a_rest_and_ending_with_a_cut) {
+    cudaStream_t stream;
+    CUDA_OK(cudaStreamCreate(&stream));
+    kv_problem p;
+    kv_make(&p, 12, 1, 700, 1, 0, 64, 4, 7400);
+    int32_t parts;
+    cr_assert_eq(dinf_mla_num_sm_parts(4 * 128, 1, 132, &parts), DINF_STATUS_OK);
+    int32_t *meta = malloc(sizeof(int32_t) * 8 * (size_t)parts), splits[13];
+    cr_assert_eq(dinf_mla_get_metadata(p.seqlens, 12, parts, meta, splits, NULL), DINF_STATUS_OK);
+    int found = 0;
+    for (int32_t i = 0; i < parts; i++) {
+        const int32_t *m = meta + 8 * i;
+        found += m[DINF_MLA_META_BEGIN_REQ] >= 0 && m[DINF_MLA_META_BEGIN_SPLIT] > 0 &&
+                 m[DINF_MLA_META_END_REQ] != m[DINF_MLA_META_BEGIN_REQ] && m[DINF_MLA_META_LAST_SPLIT];
+    }
+    cr_assert(found > 0, "the plan has no part that begins with a rest and ends with a cut");
+    gpu_point(&p, 4, 128, 1, 0, 21, stream);
+    gpu_point(&p, 4, 128, 1, 1, 22, stream);
+    free(meta);
+    kv_free(&p);
+    CUDA_OK(cudaStreamDestroy(stream));
+}
+
+/*
  * The GPU path never checks device values on the host: a page outside
  * [0, num_blocks), a length beyond the block table's capacity and a negative
  * length must give NaN in out and lse of that request only, for an unsplit
