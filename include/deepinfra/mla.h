@@ -229,8 +229,8 @@ DINF_API dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, i
  *                         pass their own)
  *   causal          [IN]  0 or 1; bottom-right aligned mask (no effect when s_q == 1)
  *   workspace       [IN,OUT] caller-owned scratch of workspace_bytes >=
- *                         dinf_mla_workspace_size(...), 16-byte aligned (may be NULL
- *                         when workspace_bytes == 0 and no request is split)
+ *                         dinf_mla_workspace_size(...), 16-byte aligned (always
+ *                         needed when batch > 0; may be NULL when batch == 0)
  *   out             [OUT] bfloat16 [batch][seq_len_q][num_heads_q][512], contiguous,
  *                         16-byte aligned, caller-owned
  *   lse             [OUT] float32 [batch][num_heads_q][seq_len_q], contiguous,
