@@ -67,8 +67,10 @@
  *   bytes [528, 656)  64 bfloat16 RoPE values, unquantized
  *
  * = DINF_MLA_FP8_ENTRY_BYTES = 656 bytes. The value of channel d < 512 is
- * e4m3(code[d]) * scale[d / 128]; channels 512..575 are the bf16 RoPE
- * values. Why this layout: per-128-channel scales keep the error of one
+ * e4m3(code[d]) * scale[d / 128] rounded to bfloat16 (exact, no rounding,
+ * with the power-of-two scales the quantizer writes; a cache with other
+ * scales is rounded the same way on the CPU and the GPU); channels 512..575
+ * are the bf16 RoPE values. Why this layout: per-128-channel scales keep the error of one
  * outlier local (DeepSeek's own granularity, also FlashInfer's
  * ckv_scale_arr), the RoPE part stays bf16 because it is small (128 B of
  * 656) and sensitive, and the format is the one upstream already produces.
@@ -227,8 +229,8 @@ DINF_API dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, i
  *                         pass their own)
  *   causal          [IN]  0 or 1; bottom-right aligned mask (no effect when s_q == 1)
  *   workspace       [IN,OUT] caller-owned scratch of workspace_bytes >=
- *                         dinf_mla_workspace_size(...), 16-byte aligned (may be NULL
- *                         when workspace_bytes == 0 and no request is split)
+ *                         dinf_mla_workspace_size(...), 16-byte aligned (always
+ *                         needed when batch > 0; may be NULL when batch == 0)
  *   out             [OUT] bfloat16 [batch][seq_len_q][num_heads_q][512], contiguous,
  *                         16-byte aligned, caller-owned
  *   lse             [OUT] float32 [batch][num_heads_q][seq_len_q], contiguous,

@@ -18,7 +18,8 @@
  *   - every thread copies 16-byte chunks of the block's keys from their pages
  *     (block_table) into shared memory; keys at or past the request's length
  *     are zero-filled and never read from the cache, so NaN in unused slots
- *     cannot leak; an FP8 entry is dequantized to bf16 on the way (exact:
+ *     cannot leak; an FP8 entry is dequantized to bf16 on the way
+ *     (dinf__mla_fp8_value: the product rounded to nearest even, exact with
  *     power-of-two scales);
  *   - S = Q K^T (36 k-steps of 16), mask keys >= the row's causal limit,
  *     m' = max(m, rowmax), alpha = 2^(m - m'), P = 2^(S c - m'),
@@ -497,6 +498,9 @@ struct device_guard {
 
 dinf_status cuda_failed(const char *func, const dinf__place *place, const char *what,
                         cudaError_t err) {
+    /* Clear a non-sticky error (a failed attribute call or launch) so that it
+     * is not reported again by the next launch check of this or any caller. */
+    (void)cudaGetLastError();
     return dinf__fail(DINF_STATUS_CUDA_ERROR, func, "%s on device %d failed: %s (%s)", what,
                       (int)place->device, cudaGetErrorString(err), cudaGetErrorName(err));
 }

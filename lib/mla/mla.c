@@ -19,8 +19,10 @@
  * num_splits[req] + split_idx, and a second pass merges the partials with
  * dinf__mla_combine_lse2. Every output element is computed by one task in
  * a fixed order, so results do not depend on the thread count. An FP8 cache
- * is dequantized row by row into the same float32 key buffer (exact values),
- * so the FP8 decode is the BF16 decode of the dequantized cache.
+ * is dequantized row by row into the same float32 key buffer, each value
+ * rounded to bf16 as the kernels do (dinf__mla_fp8_value; exact with
+ * power-of-two scales), so the FP8 decode is the BF16 decode of the
+ * dequantized cache.
  *
  * The CPU path never allocates: the plan copy, the pieces and each worker's
  * scratch are carved from the caller's workspace (dinf_mla_workspace_size
@@ -355,7 +357,7 @@ static void load_key(const unsigned char *src, int kv_fp8, float *dst) {
     float scales[DV / 128];
     memcpy(scales, src + DINF_MLA_FP8_SCALE_OFFSET, sizeof scales);
     for (int d = 0; d < DV; d++)
-        dst[d] = dinf__f32_from_e4m3(src[d]) * scales[d / 128];
+        dst[d] = dinf__mla_fp8_value(src[d], scales[d / 128]);
     for (int d = DV; d < DQK; d++) {
         uint16_t b;
         memcpy(&b, src + DINF_MLA_FP8_ROPE_OFFSET + 2 * (d - DV), 2);

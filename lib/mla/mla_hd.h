@@ -149,6 +149,17 @@ DINF_HD uint8_t dinf__mla_fp8_code(float x, float inv_scale) {
                                : v < -DINF_E4M3_MAX ? -DINF_E4M3_MAX : v);
 }
 
+/*
+ * The value of one latent channel of an FP8 entry: e4m3(code) * scale,
+ * rounded to bfloat16 (nearest even), as float32. The kernels run bf16 tensor
+ * cores, so they round the product to bf16; the CPU rounds the same way so
+ * that both agree for any scale. With the power-of-two scales the quantizer
+ * writes the product is already a bf16 value and the rounding changes nothing.
+ */
+DINF_HD float dinf__mla_fp8_value(uint8_t code, float scale) {
+    return dinf__f32_from_bf16(dinf__bf16_from_f32(dinf__f32_from_e4m3(code) * scale));
+}
+
 /* ------------------------------------------------------- kernel params -- */
 
 /* Everything the CUDA decode needs, checked by lib/mla/mla.c (shapes,

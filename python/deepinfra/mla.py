@@ -107,6 +107,14 @@ def _torch_check(t, name, dtypes, ndim, contiguous=True):
     return t
 
 
+def _same_device(first_name, first, **others):
+    """The kernels run on first's device; every other tensor must live there too."""
+    for name, t in others.items():
+        if t.device != first.device:
+            _fail("%s is on %s but %s is on %s: every tensor must be on the same device"
+                  % (name, t.device, first_name, first.device))
+
+
 def _fail(msg):
     raise InvalidArgumentError(msg)
 
@@ -298,6 +306,8 @@ def _flash_mla_device(q, k_cache, block_table, cache_seqlens, head_dim_v,
                         "tile_scheduler_metadata", (torch.int32,), 2)
     splits = _torch_check(_as_torch_cuda(num_splits, "num_splits"), "num_splits",
                           (torch.int32,), 1)
+    _same_device("q", q, k_cache=k_cache, block_table=block_table, cache_seqlens=seqlens,
+                 tile_scheduler_metadata=meta, num_splits=splits)
     b, s_q, h_q, d = q.shape
     num_blocks, page, h_kv, _ = k_cache.shape
     _check_batch(b, block_table.shape, seqlens.shape, meta.shape, splits.shape)
@@ -347,6 +357,7 @@ def quantize_kvcache_fp8(kv, slot_mapping, k_cache, *, num_threads=0):
                   % (FP8_ENTRY_BYTES, cache.dtype, tuple(cache.shape)))
         if cache.stride(3) != 1 or cache.stride(2) != FP8_ENTRY_BYTES:
             _fail("k_cache's last two dimensions must be contiguous")
+        _same_device("kv", kv, slot_mapping=slots, k_cache=cache)
         if slots.shape[0] != kv.shape[0] or kv.shape[1] != cache.shape[2]:
             _fail("kv %s, slot_mapping %s and k_cache %s disagree"
                   % (tuple(kv.shape), tuple(slots.shape), tuple(cache.shape)))

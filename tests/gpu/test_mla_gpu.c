@@ -276,6 +276,9 @@ static void gpu_point(const kv_problem *p, int32_t s_q, int32_t h_q, int32_t cau
     CUDA_OK(cudaMemcpy(out_gpu, d_out, sizeof(uint16_t) * (size_t)(rows * DV + 1), cudaMemcpyDeviceToHost));
     CUDA_OK(cudaMemcpy(lse_gpu, d_lse, sizeof(float) * (size_t)(rows + 1), cudaMemcpyDeviceToHost));
     cr_assert_eq(out_gpu[rows * DV], 0xFFFFu, "%s: write past out", params);
+    uint32_t lse_end;
+    memcpy(&lse_end, &lse_gpu[rows], 4);
+    cr_assert_eq(lse_end, 0xFFFFFFFFu, "%s: write past lse", params);
     float *fo_gpu = malloc(sizeof(float) * (size_t)(rows * DV + 1)), *fo_cpu = malloc(sizeof(float) * (size_t)(rows * DV + 1));
     for (int64_t i = 0; i < rows * DV; i++) {
         fo_gpu[i] = dinf__f32_from_bf16(out_gpu[i]);
@@ -362,6 +365,180 @@ Test(mla_gpu, page_sizes_16_and_32_and_the_corner_case) {
     CUDA_OK(cudaStreamDestroy(stream));
 }
 
+/*
+ * Query rows that are not a multiple of the 64-row m-block across several
+ * m-blocks (s_q * h_q / h_kv = 189 and 126: the last tile is partial), two KV
+ * heads (rows [s_q][h_q / h_kv] per KV head), pages of 32 and 16 tokens.
+ */
+Test(mla_gpu, partial_m_blocks_two_kv_heads_small_pages) {
+    cudaStream_t stream;
+    CUDA_OK(cudaStreamCreate(&stream));
+    kv_problem p;
+    kv_make(&p, 7, 2, 300, 1, 1, 32, 3, 7200);
+    gpu_point(&p, 3, 126, 1, 0, 11, stream); /* 189 rows per KV head: 3 m-blocks */
+    gpu_point(&p, 3, 126, 1, 1, 12, stream);
+    gpu_point(&p, 1, 126, 0, 0, 13, stream); /* 63 rows */
+    kv_free(&p);
+    kv_make(&p, 4, 1, 500, 1, 1, 16, 2, 7300);
+    gpu_point(&p, 2, 63, 1, 0, 14, stream); /* 126 rows: 2 m-blocks */
+    gpu_point(&p, 2, 63, 1, 1, 15, stream);
+    kv_free(&p);
+    CUDA_OK(cudaStreamDestroy(stream));
+}
+
+/*
+ * A part that begins with the rest of a cut request and ends by cutting the
+ * next one: that last piece's workspace row is the next request's first
+ * (num_splits[req] + 0), not the part's BEGIN_SPLIT. The sweeps rarely build
+ * such parts (many parts, small budgets); s_q * h_q = 512 rows give 8 m-blocks
+ * and 16 parts on 132 SMs, and the plan is checked to contain one.
+ */
+Test(mla_gpu, part_beginning_with_a_rest_and_ending_with_a_cut) {
+    cudaStream_t stream;
+    CUDA_OK(cudaStreamCreate(&stream));
+    kv_problem p;
+    kv_make(&p, 12, 1, 700, 1, 0, 64, 4, 7400);
+    int32_t parts;
+    cr_assert_eq(dinf_mla_num_sm_parts(4 * 128, 1, 132, &parts), DINF_STATUS_OK);
+    int32_t *meta = malloc(sizeof(int32_t) * 8 * (size_t)parts), splits[13];
+    cr_assert_eq(dinf_mla_get_metadata(p.seqlens, 12, parts, meta, splits, NULL), DINF_STATUS_OK);
+    int found = 0;
+    for (int32_t i = 0; i < parts; i++) {
+        const int32_t *m = meta + 8 * i;
+        found += m[DINF_MLA_META_BEGIN_REQ] >= 0 && m[DINF_MLA_META_BEGIN_SPLIT] > 0 &&
+                 m[DINF_MLA_META_END_REQ] != m[DINF_MLA_META_BEGIN_REQ] && m[DINF_MLA_META_LAST_SPLIT];
+    }
+    cr_assert(found > 0, "the plan has no part that begins with a rest and ends with a cut");
+    gpu_point(&p, 4, 128, 1, 0, 21, stream);
+    gpu_point(&p, 4, 128, 1, 1, 22, stream);
+    free(meta);
+    kv_free(&p);
+    CUDA_OK(cudaStreamDestroy(stream));
+}
+
+/*
+ * The GPU path never checks device values on the host: a page outside
+ * [0, num_blocks), a length beyond the block table's capacity and a negative
+ * length must give NaN in out and lse of that request only, for an unsplit
+ * plan (1 part: the decode's guard) and a split one (132 parts: pieces and
+ * the combine's guard); the healthy request matches the CPU. Outputs are
+ * poisoned with a finite pattern so that NaN can only come from the guards.
+ */
+Test(mla_gpu, bad_device_values_give_nan_for_their_request_only) {
+    kv_problem p;
+    kv_make(&p, 4, 1, 200, 0, 0, 64, 1, 8100);
+    const int64_t b = 4, rows = b * 16, rows0 = 16;
+    uint16_t *q = malloc(sizeof(uint16_t) * (size_t)(rows * DQK));
+    uint64_t s = 6;
+    fill_values(q, rows * DQK, &s);
+    p.bt[1 * p.max_blocks + 2] = -7;                               /* request 1: page -7 */
+    const int32_t lens[4] = {200, 200, (int32_t)(p.max_blocks * 64 + 1), -5}; /* 2: too long, 3: negative */
+    CUDA_OK(cudaMemcpy(p.d_bt, p.bt, sizeof(int32_t) * (size_t)(b * p.max_blocks), cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(p.d_seqlens, lens, sizeof lens, cudaMemcpyHostToDevice));
+    const dinf_exec cuda = DINF_EXEC_CUDA_INIT(0, NULL);
+    /* CPU oracle of request 0 alone */
+    int32_t meta0[8], splits0[2];
+    cr_assert_eq(dinf_mla_get_metadata(lens, 1, 1, meta0, splits0, NULL), DINF_STATUS_OK);
+    size_t ws_cpu;
+    cr_assert_eq(dinf_mla_workspace_size(1, 1, 16, 1, &ws_cpu, NULL), DINF_STATUS_OK);
+    void *ws = aligned_alloc(64, (ws_cpu + 63) / 64 * 64);
+    uint16_t out_cpu[16 * DV];
+    float lse_cpu[16];
+    cr_assert_eq(dinf_mla_decode_with_kvcache(q, 1, 1, 16, DQK, p.kc, p.num_blocks, 64, 1, 64 * DQK, DQK, p.bt, p.max_blocks,
+                                              lens, DV, meta0, 1, splits0, 0.1f, 0, ws, ws_cpu, out_cpu, lse_cpu, NULL),
+                 DINF_STATUS_OK, "%s", dinf_last_error());
+    void *d_q = to_device(q, sizeof(uint16_t) * (size_t)(rows * DQK)), *d_out, *d_lse;
+    CUDA_OK(cudaMalloc(&d_out, sizeof(uint16_t) * (size_t)(rows * DV)));
+    CUDA_OK(cudaMalloc(&d_lse, sizeof(float) * (size_t)rows));
+    uint16_t *out = malloc(sizeof(uint16_t) * (size_t)(rows * DV));
+    float lse[64], *fg = malloc(sizeof(float) * 16 * DV), *fc = malloc(sizeof(float) * 16 * DV);
+    const int32_t parts_list[2] = {1, 132};
+    for (int v = 0; v < 2; v++) {
+        const int32_t parts = parts_list[v];
+        void *d_meta, *d_splits, *d_ws;
+        size_t ws_bytes;
+        cr_assert_eq(dinf_mla_workspace_size(b, 1, 16, parts, &ws_bytes, &cuda), DINF_STATUS_OK);
+        CUDA_OK(cudaMalloc(&d_meta, sizeof(int32_t) * 8 * (size_t)parts));
+        CUDA_OK(cudaMalloc(&d_splits, sizeof(int32_t) * (size_t)(b + 1)));
+        CUDA_OK(cudaMalloc(&d_ws, ws_bytes));
+        CUDA_OK(cudaMemset(d_ws, 0x11, ws_bytes));
+        CUDA_OK(cudaMemset(d_out, 0x11, sizeof(uint16_t) * (size_t)(rows * DV))); /* finite */
+        CUDA_OK(cudaMemset(d_lse, 0x11, sizeof(float) * (size_t)rows));
+        /* the device plan counts the negative length as 0 */
+        cr_assert_eq(dinf_mla_get_metadata(p.d_seqlens, b, parts, d_meta, d_splits, &cuda), DINF_STATUS_OK,
+                     "%s", dinf_last_error());
+        cr_assert_eq(dinf_mla_decode_with_kvcache(d_q, b, 1, 16, DQK, p.d_kc, p.num_blocks, 64, 1, 64 * DQK, DQK, p.d_bt,
+                                                  p.max_blocks, p.d_seqlens, DV, d_meta, parts, d_splits, 0.1f, 0, d_ws,
+                                                  ws_bytes, d_out, d_lse, &cuda),
+                     DINF_STATUS_OK, "parts=%d: %s", parts, dinf_last_error());
+        CUDA_OK(cudaDeviceSynchronize());
+        CUDA_OK(cudaMemcpy(out, d_out, sizeof(uint16_t) * (size_t)(rows * DV), cudaMemcpyDeviceToHost));
+        CUDA_OK(cudaMemcpy(lse, d_lse, sizeof lse, cudaMemcpyDeviceToHost));
+        for (int64_t r = 1; r < b; r++)
+            for (int h = 0; h < 16; h++) {
+                cr_assert(isnan(lse[r * 16 + h]), "parts=%d request %lld head %d: lse %g, expected NaN", parts,
+                          (long long)r, h, (double)lse[r * 16 + h]);
+                for (int d = 0; d < DV; d++)
+                    cr_assert(isnan(dinf__f32_from_bf16(out[(r * 16 + h) * DV + d])),
+                              "parts=%d request %lld head %d: out[%d] = %04x, expected NaN", parts, (long long)r, h, d,
+                              out[(r * 16 + h) * DV + d]);
+            }
+        for (int64_t i = 0; i < rows0 * DV; i++) {
+            fg[i] = dinf__f32_from_bf16(out[i]);
+            fc[i] = dinf__f32_from_bf16(out_cpu[i]);
+        }
+        check_close("out", parts == 1 ? "request 0, 1 part" : "request 0, 132 parts", fg, fc, rows0 * DV, 8e-4,
+                    2.01 / 128, 5e-6);
+        check_close("lse", parts == 1 ? "request 0, 1 part" : "request 0, 132 parts", lse, lse_cpu, rows0, 1e-6,
+                    8.01 / 65536, 5e-6);
+        cudaFree(d_meta);
+        cudaFree(d_splits);
+        cudaFree(d_ws);
+    }
+    free(fg);
+    free(fc);
+    free(out);
+    free(ws);
+    free(q);
+    cudaFree(d_q);
+    cudaFree(d_out);
+    cudaFree(d_lse);
+    kv_free(&p);
+}
+
+/* The CUDA quantizer skips slots outside [0, num_blocks * page) (the CPU
+ * rejects them): only the valid slots' entries change, byte-equal to the CPU's. */
+Test(mla_gpu, fp8_quantizer_skips_out_of_range_slots) {
+    const int32_t page = 16, h_kv = 2;
+    const int64_t num_blocks = 3, n = 6, tok = (int64_t)h_kv * ENTRY, blk = page * tok;
+    const size_t bytes = (size_t)(num_blocks * blk);
+    const int64_t slots[6] = {5, -1, 48, 47, -100, (int64_t)1 << 40}; /* 48 = num_blocks * page */
+    const int64_t cpu_slots[6] = {5, -1, -1, 47, -1, -1};
+    uint16_t *kv = malloc(sizeof(uint16_t) * (size_t)(n * h_kv * DQK));
+    uint64_t s = 77;
+    fill_values(kv, n * h_kv * DQK, &s);
+    uint8_t *want = aligned_alloc(64, (bytes + 63) / 64 * 64), *got = malloc(bytes);
+    memset(want, 0xAB, bytes);
+    cr_assert_eq(dinf_mla_quantize_kvcache_fp8(kv, n, h_kv, h_kv * DQK, cpu_slots, want, num_blocks, page, blk, tok, NULL),
+                 DINF_STATUS_OK, "%s", dinf_last_error());
+    void *d_kv = to_device(kv, sizeof(uint16_t) * (size_t)(n * h_kv * DQK)), *d_slots = to_device(slots, sizeof slots), *d_cache;
+    CUDA_OK(cudaMalloc(&d_cache, bytes));
+    CUDA_OK(cudaMemset(d_cache, 0xAB, bytes));
+    const dinf_exec cuda = DINF_EXEC_CUDA_INIT(0, NULL);
+    cr_assert_eq(dinf_mla_quantize_kvcache_fp8(d_kv, n, h_kv, h_kv * DQK, d_slots, d_cache, num_blocks, page, blk, tok, &cuda),
+                 DINF_STATUS_OK, "%s", dinf_last_error());
+    CUDA_OK(cudaDeviceSynchronize());
+    CUDA_OK(cudaMemcpy(got, d_cache, bytes, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < bytes; i++)
+        cr_assert_eq(got[i], want[i], "byte %zu: gpu %02x, cpu %02x", i, got[i], want[i]);
+    cudaFree(d_kv);
+    cudaFree(d_slots);
+    cudaFree(d_cache);
+    free(kv);
+    free(want);
+    free(got);
+}
+
 Test(mla_gpu, out_of_range_block_table_entry_gives_nan_not_a_crash) {
     kv_problem p;
     kv_make(&p, 3, 1, 200, 0, 0, 64, 1, 8000);
@@ -429,7 +606,11 @@ Test(mla_gpu, metadata_and_decode_in_a_cuda_graph) {
     CUDA_OK(cudaMalloc(&d_ws, ws_gpu));
     CUDA_OK(cudaMalloc(&d_out, sizeof(uint16_t) * (size_t)(rows * DV)));
     CUDA_OK(cudaMalloc(&d_lse, sizeof(float) * (size_t)rows));
-    CUDA_OK(cudaMemset(d_out, 0xFF, sizeof(uint16_t) * (size_t)(rows * DV)));
+    CUDA_OK(cudaMemset(d_out, 0xFF, sizeof(uint16_t) * (size_t)(rows * DV))); /* NaN */
+    CUDA_OK(cudaMemset(d_lse, 0xFF, sizeof(float) * (size_t)rows));
+    CUDA_OK(cudaMemset(d_ws, 0xFF, ws_gpu));
+    CUDA_OK(cudaMemset(d_meta, 0x5a, sizeof(int32_t) * 8 * parts));
+    CUDA_OK(cudaMemset(d_splits, 0x5a, sizeof(int32_t) * (b + 1)));
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));

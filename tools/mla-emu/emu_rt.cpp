@@ -1,0 +1,133 @@
+#include "cuda_emu.h"
+namespace emu {
+int cur = -1;
+std::vector<Fiber> fibers;
+ucontext_t sched_ctx;
+dim3v blockIdx_, gridDim_;
+unsigned nthreads;
+long long barrier_count;
+WarpSlot slots_buf[2][1024];
+unsigned op_count[1024];
+static jmp_buf sched_jb;
+int or_accum;
+void block(int what) {
+    fibers[cur].wait = what;
+    if (!_setjmp(fibers[cur].jb))
+        _longjmp(sched_jb, 1);
+}
+}
+
+namespace emu {
+static std::function<void()> *body;
+static void trampoline() {
+    (*body)();
+    fibers[cur].wait = DONE;
+    _longjmp(sched_jb, 1);
+}
+static int skew = getenv("EMU_SKEW") && strcmp(getenv("EMU_SKEW"), "0") != 0;
+/* another warp than w is also ready: holding w back still makes progress */
+static bool any_ready_elsewhere(unsigned w, unsigned n) {
+    for (unsigned v = 0; v * 32 < n; v++) {
+        if (v == w)
+            continue;
+        unsigned at = 0, lanes = 0;
+        for (unsigned l = v * 32; l < n && l < v * 32 + 32; l++, lanes++)
+            at += fibers[l].wait == WARP_OP;
+        if (at == lanes && lanes)
+            return true;
+    }
+    return false;
+}
+void run_cta(unsigned n, std::function<void()> fn) {
+    body = &fn;
+    fibers.assign(n, Fiber());
+    memset(op_count, 0, sizeof op_count);
+    for (unsigned i = 0; i < n; i++) {
+        Fiber &f = fibers[i];
+        f.tid = i;
+        static std::vector<char *> pool;
+        while (pool.size() <= i)
+            pool.push_back((char *)malloc(256 * 1024));
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = pool[i];
+        f.ctx.uc_stack.ss_size = 256 * 1024;
+        f.ctx.uc_link = nullptr;
+        makecontext(&f.ctx, trampoline, 0);
+    }
+    for (;;) {
+        for (unsigned i = 0; i < n; i++)
+            if (fibers[i].wait == RUN) {
+                cur = (int)i;
+                if (!_setjmp(sched_jb)) {
+                    if (!fibers[i].started) {
+                        fibers[i].started = true;
+                        setcontext(&fibers[i].ctx);
+                    }
+                    _longjmp(fibers[i].jb, 1);
+                }
+            }
+        cur = -1;
+        unsigned done = 0, at_cta = 0;
+        for (auto &f : fibers) {
+            done += f.wait == DONE;
+            at_cta += f.wait == CTA_BAR;
+        }
+        if (done == n)
+            break;
+        bool released = false, held = false;
+        for (unsigned w = 0; w * 32 < n; w++) {
+            unsigned at_warp = 0, lanes = 0;
+            for (unsigned l = w * 32; l < n && l < w * 32 + 32; l++, lanes++)
+                at_warp += fibers[l].wait == WARP_OP;
+            if (at_warp == lanes) {
+                /* skew: hold a ready warp back now and then, so warps drift
+                 * apart between CTA barriers and missing barriers show */
+                static unsigned long long rng = 88172645463325252ull;
+                rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+                if (skew && (rng % 8) < 5 && any_ready_elsewhere(w, n)) {
+                    held = true;
+                    continue;
+                }
+                for (unsigned l = w * 32; l < w * 32 + lanes; l++)
+                    fibers[l].wait = RUN;
+                released = true;
+            } else if (at_warp) {
+                /* some lanes at a warp op, others elsewhere: divergence (or a
+                 * lane waiting while others are at a CTA barrier) */
+                bool others_blocked_elsewhere = true;
+                for (unsigned l = w * 32; l < w * 32 + lanes; l++)
+                    if (fibers[l].wait == RUN)
+                        others_blocked_elsewhere = false;
+                if (others_blocked_elsewhere) {
+                    fprintf(stderr, "EMU: warp %u diverged at a warp-collective op (block %u,%u)\n", w,
+                            blockIdx_.x, blockIdx_.y);
+                    abort();
+                }
+            }
+        }
+        if (!released && held)
+            for (unsigned w = 0; w * 32 < n; w++) {
+                unsigned at = 0, lanes = 0;
+                for (unsigned l = w * 32; l < n && l < w * 32 + 32; l++, lanes++)
+                    at += fibers[l].wait == WARP_OP;
+                if (at == lanes && lanes) {
+                    for (unsigned l = w * 32; l < w * 32 + lanes; l++)
+                        fibers[l].wait = RUN;
+                    released = true;
+                }
+            }
+        if (released)
+            continue;
+        if (at_cta == n) {
+            for (auto &f : fibers)
+                f.wait = RUN;
+            barrier_count++;
+            continue;
+        }
+        fprintf(stderr, "EMU: deadlock in block (%u,%u): %u done, %u at a CTA barrier of %u\n", blockIdx_.x,
+                blockIdx_.y, done, at_cta, n);
+        abort();
+    }
+    fibers.clear();
+}
+}
