@@ -5,6 +5,7 @@
 #   make test SAN=1      the C tests under ASan + UBSan (build tree build-san/)
 #   make bench           benchmarks (Google Benchmark); JSON in build/bench.json
 #   make tools           build/bin/deepinfra-pipe (the pipeline CLI; part of `make`)
+#   make examples        build/examples/* from examples/*.c (see examples/README.md)
 #   make install         PREFIX=/usr/local DESTDIR= : headers, libraries, deepinfra.pc, the CLI,
 #                        Python package
 #   make gpu-check       tools/gpu-check: every GPU test and benchmark (on a GPU machine)
@@ -100,13 +101,15 @@ BENCH_OBJS := $(BENCH_C_SRCS:%.c=$(BUILDDIR)/obj/%.o) $(BUILDDIR)/obj/benchmarks
 BENCH_BIN  := $(BUILDDIR)/bench/deepinfra_bench
 
 TOOL_BINS := $(BUILDDIR)/bin/deepinfra-pipe
+EXAMPLE_BINS := $(patsubst examples/%.c,$(BUILDDIR)/examples/%,$(sort $(wildcard examples/*.c)))
 CFLAGS_TOOL := $(DEPFLAGS) -std=c11 $(OPT) -g $(WARN) $(SANFLAGS) -Iinclude
 
-.PHONY: FORCE all lib tools test test-c test-python bench install uninstall gpu-check gpu-prep deps deps-c clean print-config
+.PHONY: FORCE all lib tools examples test test-c test-python bench install uninstall gpu-check gpu-prep deps deps-c clean print-config
 
 all: lib tools
 lib: $(SHARED) $(STATIC) $(BUILDDIR)/lib/$(SONAME) $(BUILDDIR)/lib/libdeepinfra.so
 tools: $(TOOL_BINS)
+examples: $(EXAMPLE_BINS)
 
 CONFIG_STAMP := $(BUILDDIR)/config.stamp
 CONFIG_ID := CUDA=$(CUDA) SAN=$(SAN) CC=$(CC) CXX=$(CXX) NVCC=$(NVCC) GENCODE=$(GENCODE) CUDARTLIB=$(CUDARTLIB)
@@ -181,6 +184,18 @@ $(BUILDDIR)/obj/tools/%.o: tools/%.c $(CONFIG_STAMP)
 	@$(CC) $(CFLAGS_TOOL) -c $< -o $@
 
 $(TOOL_BINS): $(BUILDDIR)/bin/%: $(BUILDDIR)/obj/tools/%.o $(STATIC)
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(CC) $(SANFLAGS) -o $@ $< $(STATIC) $(LIBS_PRIVATE)
+
+# ------------------------------------------------------------- examples ----
+# Programs to copy from (examples/README.md); linked like the tools.
+$(BUILDDIR)/obj/examples/%.o: examples/%.c $(CONFIG_STAMP)
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS_TOOL) -c $< -o $@
+
+$(EXAMPLE_BINS): $(BUILDDIR)/examples/%: $(BUILDDIR)/obj/examples/%.o $(STATIC)
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
 	@$(CC) $(SANFLAGS) -o $@ $< $(STATIC) $(LIBS_PRIVATE)

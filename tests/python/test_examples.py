@@ -1,0 +1,57 @@
+"""examples/: each program builds with `make examples` (warning-free) and
+passes its own check (exit status 0 and its summary line)."""
+import os
+import re
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.path.join(ROOT, os.environ.get("DINF_BUILD_DIR", "build"))
+
+
+def build_examples():
+    res = subprocess.run(["make", "-s", "--no-print-directory", "examples", "BUILDDIR=" + BUILD],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "warning" not in res.stderr, res.stderr
+    return os.path.join(BUILD, "examples")
+
+
+def run_example(exe, *args):
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_moe_layer_runs_and_checks_itself():
+    exe = os.path.join(build_examples(), "moe_layer")
+    # A smaller hidden than the default keeps this to about a second on 2 cores.
+    res = run_example(exe, "--hidden", "512")
+    assert res.returncode == 0, res.stdout + res.stderr
+    m = re.search(r"^moe_layer: OK calc_diff=(\S+) max_rel_err=(\S+) nan=0 \((\d+) expert rows",
+                  res.stdout, re.M)
+    assert m, res.stdout
+    calc_diff, max_rel, rows = float(m.group(1)), float(m.group(2)), int(m.group(3))
+    # FP8 e4m3 on both operands: about 6.6e-4; an exact pipeline would give ~0,
+    # a wrong layout or scale ~1.
+    assert 1e-5 < calc_diff <= 1e-3
+    assert 0 < max_rel < 0.2
+    assert rows > 0
+    assert re.search(r"^eplb: max/mean GPU load \S+ as placed -> \S+ with 4 redundant slots",
+                     res.stdout, re.M), res.stdout
+    assert res.stdout.count("\nrank ") == 4
+
+
+def test_moe_layer_reports_library_errors():
+    exe = os.path.join(build_examples(), "moe_layer")
+    # 18 experts cannot be split over 4 ranks: the library says so, exit status 1.
+    res = run_example(exe, "--experts", "18")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert ("dinf_ep_get_dispatch_layout failed: invalid argument: "
+            "dinf_ep_get_dispatch_layout: num_experts=18 is not a multiple of num_ranks=4"
+            in res.stderr), res.stderr
+    # hidden must be a multiple of 128 for FP8 dispatch: every rank reports it.
+    res = run_example(exe, "--hidden", "100")
+    assert res.returncode == 1, res.stdout + res.stderr
+    for r in range(4):
+        assert ("moe_layer: rank %d: dinf_ep_low_latency_dispatch failed: invalid argument:" % r
+                in res.stderr), res.stderr
+    res = run_example(exe, "--bogus")
+    assert res.returncode == 2 and "usage:" in res.stderr
