@@ -140,6 +140,8 @@ static void *rank_main(void *arg) {
      *   recv_scales float32 [L][H/128][scale_rows], M-major per expert, which
      *               is exactly the a_scales layout of the masked GEMM with
      *               m_max = M (scale_rows = ceil(M/4)*4, 16-byte columns). */
+    /* (A rank that fails before a collective call leaves its peers waiting
+     * until config.timeout_ms, then they fail with DINF_STATUS_TIMEOUT.) */
     CHECK(dinf_ep_ll_scale_rows(R, c->max_tokens, &scale_rows));
     ALLOC(recv_x, (size_t)L * M * H);
     ALLOC(recv_scales, (size_t)L * kb * scale_rows);
