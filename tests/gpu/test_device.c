@@ -6,20 +6,13 @@
 
 #include <criterion/criterion.h>
 
+#include "gpu_test.h"
+
 #include <stdlib.h>
 #include <string.h>
 
 /* Without a usable device the GPU suite is skipped, visibly; under
  * tools/gpu-check (DINF_REQUIRE_GPU=1) a missing device is a failure. */
-static void require_gpu(void) {
-    dinf_device_info info = DINF_DEVICE_INFO_INIT;
-    if (dinf_device_query(0, &info) != DINF_STATUS_OK || !info.usable) {
-        const char *require = getenv("DINF_REQUIRE_GPU");
-        if (require && strcmp(require, "1") == 0)
-            cr_assert_fail("DINF_REQUIRE_GPU=1 but no usable CUDA device: %s", info.reason);
-        cr_skip_test("no usable CUDA device: %s", info.reason);
-    }
-}
 
 #if DINF_WITH_CUDA
 int dinf__probe_run(int device, char *reason, size_t reason_bytes);

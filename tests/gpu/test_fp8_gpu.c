@@ -9,19 +9,12 @@
 
 #include <criterion/criterion.h>
 
+#include "gpu_test.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-static void require_gpu(void) {
-    dinf_device_info info = DINF_DEVICE_INFO_INIT;
-    if (dinf_device_query(0, &info) != DINF_STATUS_OK || !info.usable) {
-        const char *require = getenv("DINF_REQUIRE_GPU");
-        if (require && strcmp(require, "1") == 0)
-            cr_assert_fail("DINF_REQUIRE_GPU=1 but no usable CUDA device: %s", info.reason);
-        cr_skip_test("no usable CUDA device: %s", info.reason);
-    }
-}
 
 TestSuite(fp8_gpu, .init = require_gpu, .timeout = 120.0);
 

@@ -23,6 +23,8 @@
 
 #include <criterion/criterion.h>
 
+#include "gpu_test.h"
+
 #include <ftw.h>
 #include <math.h>
 #include <stdio.h>
@@ -33,13 +35,7 @@
 static char cache_dir[64];
 
 static void require_gpu_and_cache(void) {
-    dinf_device_info info = DINF_DEVICE_INFO_INIT;
-    if (dinf_device_query(0, &info) != DINF_STATUS_OK || !info.usable) {
-        const char *require = getenv("DINF_REQUIRE_GPU");
-        if (require && strcmp(require, "1") == 0)
-            cr_assert_fail("DINF_REQUIRE_GPU=1 but no usable CUDA device: %s", info.reason);
-        cr_skip_test("no usable CUDA device: %s", info.reason);
-    }
+    require_gpu();
     snprintf(cache_dir, sizeof cache_dir, "/tmp/dinf-gemm-gpu-XXXXXX");
     cr_assert_not_null(mkdtemp(cache_dir));
     cr_assert_eq(dinf_jit_set_cache_dir(cache_dir), DINF_STATUS_OK, "%s", dinf_last_error());

@@ -11,6 +11,8 @@
 
 #include <criterion/criterion.h>
 
+#include "gpu_test.h"
+
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,13 +22,7 @@
 static char cache_dir[64];
 
 static void require_gpu_and_cache(void) {
-    dinf_device_info info = DINF_DEVICE_INFO_INIT;
-    if (dinf_device_query(0, &info) != DINF_STATUS_OK || !info.usable) {
-        const char *require = getenv("DINF_REQUIRE_GPU");
-        if (require && strcmp(require, "1") == 0)
-            cr_assert_fail("DINF_REQUIRE_GPU=1 but no usable CUDA device: %s", info.reason);
-        cr_skip_test("no usable CUDA device: %s", info.reason);
-    }
+    require_gpu();
     dinf__jit_reset();
     snprintf(cache_dir, sizeof cache_dir, "/tmp/dinf-jit-gpu-XXXXXX");
     cr_assert_not_null(mkdtemp(cache_dir));
