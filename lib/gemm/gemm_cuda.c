@@ -249,8 +249,74 @@ static dinf_status check_device(const char *func, int device, int *num_sms) {
     return DINF_STATUS_OK;
 }
 
+/*
+ * Clusters of the kernel that can be resident at once on the device
+ * (cudaOccupancyMaxActiveClusters), cached per (kernel, device): a GPC whose
+ * SM count is odd leaves an SM out of 2-CTA clusters, and a persistent grid
+ * larger than the resident clusters would run its last clusters as a second,
+ * nearly empty wave. 0 when unknown (the grid is then left as planned: still
+ * correct, as every cluster strides over the units).
+ */
+static int resident_clusters(const dinf__jit_kernel *kernel, int device,
+                             const dinf__fp8_config *cfg, unsigned grid) {
+    enum { SLOTS = 64 };
+    static struct {
+        const void *kernel;
+        int device, clusters;
+    } cache[SLOTS];
+    static int used;
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < used; i++)
+        if (cache[i].kernel == kernel->kernel && cache[i].device == device) {
+            const int n = cache[i].clusters;
+            pthread_mutex_unlock(&lock);
+            return n;
+        }
+    pthread_mutex_unlock(&lock);
+    int clusters = 0, optin = 0;
+    cudaError_t err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (err == cudaSuccess && optin >= cfg->smem_bytes)
+        err = cudaKernelSetAttributeForDevice((cudaKernel_t)kernel->kernel,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, optin,
+                                              device);
+    if (err == cudaSuccess) {
+        cudaLaunchConfig_t lc;
+        memset(&lc, 0, sizeof lc);
+        lc.gridDim = (dim3){grid, 1, 1};
+        lc.blockDim = (dim3){(unsigned)cfg->threads, 1, 1};
+        lc.dynamicSmemBytes = (size_t)cfg->smem_bytes;
+        cudaLaunchAttribute attr;
+        attr.id = cudaLaunchAttributeClusterDimension;
+        attr.val.clusterDim.x = (unsigned)cfg->cluster;
+        attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
+        lc.attrs = &attr;
+        lc.numAttrs = 1;
+        err = cudaOccupancyMaxActiveClusters(&clusters, (const void *)kernel->kernel, &lc);
+    }
+    if (err != cudaSuccess) {
+        cudaGetLastError(); /* not the caller's failure: plan the grid as if unlimited */
+        clusters = 0;
+    }
+    pthread_mutex_lock(&lock);
+    if (used < SLOTS) {
+        cache[used].kernel = kernel->kernel;
+        cache[used].device = device;
+        cache[used].clusters = clusters;
+        used++;
+    }
+    pthread_mutex_unlock(&lock);
+    return clusters;
+}
+
 dinf_status dinf__fp8_gemm_cuda(const char *func, const dinf__place *place,
                                 const dinf__fp8_gpu_problem *p) {
+    return dinf__fp8_gemm_cuda_config(func, place, p, NULL);
+}
+
+dinf_status dinf__fp8_gemm_cuda_config(const char *func, const dinf__place *place,
+                                       const dinf__fp8_gpu_problem *p,
+                                       const dinf__fp8_config *forced) {
     int num_sms = 0;
     dinf_status st = check_device(func, place->device, &num_sms);
     if (st != DINF_STATUS_OK)
@@ -265,11 +331,15 @@ dinf_status dinf__fp8_gemm_cuda(const char *func, const dinf__place *place,
     if (!driver.encode)
         return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "%s", driver.error);
 
-    int kernel_rung;
-    if ((st = dinf__fp8_kernel_from_env(func, &kernel_rung)) != DINF_STATUS_OK)
-        return st;
     dinf__fp8_launch_plan plan;
-    dinf__fp8_plan(p, num_sms, kernel_rung, &plan);
+    if (forced) {
+        dinf__fp8_plan_config(p, num_sms, forced, &plan);
+    } else {
+        int kernel_rung;
+        if ((st = dinf__fp8_kernel_from_env(func, &kernel_rung)) != DINF_STATUS_OK)
+            return st;
+        dinf__fp8_plan(p, num_sms, kernel_rung, &plan);
+    }
     const dinf__fp8_config *cfg = &plan.config;
     dinf_jit_kernel_config jc;
     dinf__fp8_jit_config(cfg, &jc);
@@ -286,7 +356,7 @@ dinf_status dinf__fp8_gemm_cuda(const char *func, const dinf__place *place,
     for (int i = 0; i < num_maps; i++)
         if ((st = encode(func, names[i], &maps[i], geoms[i])) != DINF_STATUS_OK)
             return st;
-    const unsigned grid[3] = {plan.grid, 1, 1};
+    unsigned grid[3] = {plan.grid, 1, 1};
     const unsigned block[3] = {(unsigned)cfg->threads, 1, 1};
     const unsigned cluster[3] = {(unsigned)cfg->cluster, 1, 1};
     void *params[5] = {&maps[0], &maps[1], &maps[2], fast ? (void *)&maps[3] : (void *)&plan.args,
@@ -300,6 +370,11 @@ dinf_status dinf__fp8_gemm_cuda(const char *func, const dinf__place *place,
         previous = -1;
     if (err != cudaSuccess)
         return cuda_fail(func, "cudaSetDevice", err);
+    if (cfg->cluster > 1) {
+        const int resident = resident_clusters(kernel, place->device, cfg, plan.grid);
+        if (resident > 0 && (unsigned)resident * (unsigned)cfg->cluster < grid[0])
+            grid[0] = (unsigned)resident * (unsigned)cfg->cluster;
+    }
     st = dinf__jit_launch(func, kernel, place->device, grid, block, cluster,
                           (size_t)cfg->smem_bytes, place->stream, params);
     if (previous >= 0)
@@ -314,5 +389,12 @@ dinf_status dinf__fp8_gemm_cuda(const char *func, const dinf__place *place,
     (void)place;
     (void)p;
     return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "libdeepinfra was built without CUDA");
+}
+
+dinf_status dinf__fp8_gemm_cuda_config(const char *func, const dinf__place *place,
+                                       const dinf__fp8_gpu_problem *p,
+                                       const dinf__fp8_config *forced) {
+    (void)forced;
+    return dinf__fp8_gemm_cuda(func, place, p);
 }
 #endif

@@ -140,4 +140,11 @@ void dinf__fp8_plan_config(const dinf__fp8_gpu_problem *p, int num_sms,
 dinf_status dinf__fp8_gemm_cuda(const char *func, const dinf__place *place,
                                 const dinf__fp8_gpu_problem *p);
 
+/* The same with a given config (GPU tests: every fast-rung block_n and cluster
+ * size, phantom partners) instead of the heuristic's; NULL: the heuristic.
+ * The config must be one its template accepts (the JIT reports the rest). */
+dinf_status dinf__fp8_gemm_cuda_config(const char *func, const dinf__place *place,
+                                       const dinf__fp8_gpu_problem *p,
+                                       const dinf__fp8_config *forced);
+
 #endif
