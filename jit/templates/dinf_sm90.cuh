@@ -203,16 +203,17 @@ __device__ __forceinline__ uint32_t cluster_ctarank() {
  * the cluster-wide barrier; its prior memory accesses (shared memory of any
  * CTA of the cluster included) are released to the threads that complete
  * the matching cluster_wait_acquire. Every thread of every CTA of the cluster
- * must arrive once per barrier phase (.aligned: the whole warp executes it). */
+ * must arrive once per barrier phase. Not .aligned: callable from diverged
+ * code (a warp whose lane 0 ran a loop alone). */
 __device__ __forceinline__ void cluster_arrive_release() {
-    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+    asm volatile("barrier.cluster.arrive.release;" ::: "memory");
 }
 
 /* 9.7.13.4 barrier.cluster.wait.acquire: wait until every thread of the
  * cluster has arrived (cluster_arrive_release) on the current phase; their
- * released accesses are visible afterwards. */
+ * released accesses are visible afterwards. Not .aligned (as above). */
 __device__ __forceinline__ void cluster_wait_acquire() {
-    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+    asm volatile("barrier.cluster.wait.acquire;" ::: "memory");
 }
 
 /* 9.7.9.21 mapa: the shared::cluster address of the variable at shared::cta
