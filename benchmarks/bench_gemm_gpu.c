@@ -421,9 +421,11 @@ static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) 
     const int64_t hint_rows = form == CONTIGUOUS ? m * groups : m;
     if (dinf_fp8_gemm_kernel_config(form, hint_rows, n, k, groups, g.num_sms, &kc) == DINF_STATUS_OK)
         snprintf(c->label, sizeof c->label,
-                 "deepinfra fast rung (JIT sm_90a, %lldx%lld, %lld stages, cluster %lld)",
+                 "deepinfra fast rung (JIT sm_90a, %lldx%lld, %lld stages, %s)",
                  (long long)kc.params[1], (long long)kc.params[2], (long long)kc.params[3],
-                 (long long)kc.params[4]);
+                 kc.params[5] == 2   ? "split-K 2"
+                 : kc.params[4] == 2 ? "2-CTA A multicast"
+                                     : "1 CTA");
     else
         snprintf(c->label, sizeof c->label, "deepinfra fast rung (JIT, sm_90a)");
     bench_spec spec = {.name = c->name, .run = run_case, .arg = c, .manual_time = 1,

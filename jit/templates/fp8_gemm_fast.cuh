@@ -15,13 +15,22 @@
  *               (16, 32, ..., 128, 144, 160); a tile may straddle one
  *               128-column B-scale boundary: columns before it use the first
  *               B scale, the rest the second (dinf_fp8_b_scale_former)
- *   NUM_STAGES  pipeline depth, DINF_FP8_FAST_SMEM_BYTES <= 227 KiB
+ *   NUM_STAGES  pipeline depth, DINF_FP8_FAST_SPLIT_SMEM_BYTES <= 227 KiB
  *   CLUSTER     1, or 2: CTAs 2c and 2c+1 form a cluster that computes two
  *               N-adjacent tiles of one M-block and shares their A tile by
  *               TMA multicast (each CTA loads half of A's rows into both)
+ *   SPLIT_K     1, or 2 (with CLUSTER 2, instead of the multicast): the two
+ *               CTAs of a cluster compute the same tile over the two halves
+ *               of its k blocks (dinf_fp8_split_k_range); rank 1 writes its
+ *               float32 partial into rank 0's shared memory (st.shared::cluster,
+ *               then a release arrive on rank 0's red_full mbarrier), rank 0
+ *               adds it to its own (own + partner's: deterministic) and
+ *               stores, then releases the buffer (a remote arrive on rank 1's
+ *               red_empty). For small problems whose tiles leave SMs idle.
  *
  * Runtime params:
- *   map_a   as fp8_gemm.cuh, but box {128, BLOCK_M / CLUSTER, 1}
+ *   map_a   as fp8_gemm.cuh, but box {128, BLOCK_M / 2, 1} with the multicast
+ *           (CLUSTER 2, SPLIT_K 1)
  *   map_b   as fp8_gemm.cuh (box {128, BLOCK_N, 1})
  *   map_sa  as fp8_gemm.cuh
  *   map_d   3-D tensor map of D, 16-bit elements, dims {n, rows per group,
@@ -31,8 +40,8 @@
  *   args    dinf_fp8_gemm_args
  * Launch: a persistent grid, a multiple of CLUSTER, cluster dims
  * (CLUSTER, 1, 1); 128 * (1 + BLOCK_M / 64) threads;
- * DINF_FP8_FAST_SMEM_BYTES(BLOCK_M, BLOCK_N, NUM_STAGES) bytes of dynamic
- * shared memory.
+ * DINF_FP8_FAST_SPLIT_SMEM_BYTES(BLOCK_M, BLOCK_N, NUM_STAGES, SPLIT_K)
+ * bytes of dynamic shared memory.
  *
  * What the fast rung adds to the simple one:
  *  - Register reallocation (BLOCK_M 128: 384 threads, 168 registers each at
@@ -85,7 +94,7 @@ __device__ __forceinline__ uint32_t fast_pack_bf16x2(float lo, float hi) {
     return r;
 }
 
-template <int GEMM_TYPE, int BLOCK_M, int BLOCK_N, int NUM_STAGES, int CLUSTER>
+template <int GEMM_TYPE, int BLOCK_M, int BLOCK_N, int NUM_STAGES, int CLUSTER, int SPLIT_K>
 __global__ void __launch_bounds__(128 * (1 + BLOCK_M / 64), 1)
 fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant__ tensor_map_t map_b,
               const __grid_constant__ tensor_map_t map_sa,
@@ -97,8 +106,11 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
     static_assert(dinf_fp8_fast_block_n_ok(BLOCK_N),
                   "fp8_gemm_fast: BLOCK_N must be a multiple of 16 in 16..128, or 144 or 160");
     static_assert(CLUSTER == 1 || CLUSTER == 2, "fp8_gemm_fast: CLUSTER must be 1 or 2");
-    static_assert(NUM_STAGES >= 1 && DINF_FP8_FAST_SMEM_BYTES(BLOCK_M, BLOCK_N, NUM_STAGES) <=
-                                         DINF_FP8_SMEM_LIMIT,
+    static_assert(SPLIT_K == 1 || (SPLIT_K == 2 && CLUSTER == 2),
+                  "fp8_gemm_fast: SPLIT_K must be 1, or 2 with CLUSTER = 2 (the partner)");
+    static_assert(NUM_STAGES >= 1 &&
+                      DINF_FP8_FAST_SPLIT_SMEM_BYTES(BLOCK_M, BLOCK_N, NUM_STAGES, SPLIT_K) <=
+                          DINF_FP8_SMEM_LIMIT,
                   "fp8_gemm_fast: NUM_STAGES stages do not fit in shared memory");
 
     constexpr int kMathWarpgroups = BLOCK_M / 64;
@@ -108,16 +120,27 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
     constexpr int kSwizzleD = dinf_fp8_d_swizzle_bytes(BLOCK_N);
     constexpr int kStoresD = BLOCK_N * 2 / kSwizzleD;
     constexpr bool kOneScale = DINF_FP8_BLOCK_K % BLOCK_N == 0;
-    constexpr int kAHalfRows = BLOCK_M / CLUSTER;
+    /* A cluster of 2 either shares A by multicast (SPLIT_K 1: N-adjacent tiles)
+     * or splits one tile's k blocks (SPLIT_K 2: no multicast, same tile). */
+    constexpr bool kMulticast = CLUSTER > 1 && SPLIT_K == 1;
+    constexpr int kTileCluster = SPLIT_K > 1 ? 1 : CLUSTER;
+    constexpr int kAHalfRows = BLOCK_M / (kMulticast ? CLUSTER : 1);
     constexpr uint32_t kEpilogueBarrier = 1; /* named barrier of the math threads */
 
     extern __shared__ uint8_t smem_raw[];
     uint8_t *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
-    constexpr dinf_fp8_smem_layout lay =
-        dinf_fp8_smem_carve_d(BLOCK_M, BLOCK_N, NUM_STAGES, (unsigned)(BLOCK_M * BLOCK_N * 2));
-    static_assert(1024 + lay.end <= DINF_FP8_FAST_SMEM_BYTES(BLOCK_M, BLOCK_N, NUM_STAGES),
+    /* [output tile][split-K partial tile][stages ...][full][empty][red_full][red_empty] */
+    constexpr unsigned kPartialOffset = (unsigned)(BLOCK_M * BLOCK_N * 2);
+    constexpr dinf_fp8_smem_layout lay = dinf_fp8_smem_carve_d(
+        BLOCK_M, BLOCK_N, NUM_STAGES,
+        kPartialOffset + (SPLIT_K > 1 ? (unsigned)(BLOCK_M * BLOCK_N * 4) : 0u));
+    static_assert(1024 + lay.end + (SPLIT_K > 1 ? 16 : 0) <=
+                      DINF_FP8_FAST_SPLIT_SMEM_BYTES(BLOCK_M, BLOCK_N, NUM_STAGES, SPLIT_K),
                   "fp8_gemm_fast: the carve-up exceeds the dynamic shared memory size");
     uint8_t *d_tile = smem + lay.d;
+    float *partial = reinterpret_cast<float *>(smem + kPartialOffset);
+    uint64_t *red_full = reinterpret_cast<uint64_t *>(smem + lay.end);      /* rank 0's */
+    uint64_t *red_empty = reinterpret_cast<uint64_t *>(smem + lay.end + 8); /* rank 1's */
     uint8_t *a_tiles = smem + lay.a;
     uint8_t *b_tiles = smem + lay.b;
     float *sa_tiles = reinterpret_cast<float *>(smem + lay.sa);
@@ -132,7 +155,12 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
     if (threadIdx.x == 0) {
         for (int s = 0; s < NUM_STAGES; s++) {
             mbar_init(&full[s], 1);                               /* own producer's arrive + tx */
-            mbar_init(&empty[s], CLUSTER * kMathWarpgroups * 4); /* every math warp of the cluster */
+            /* every math warp of the CTAs the stage's loads write into */
+            mbar_init(&empty[s], (kMulticast ? CLUSTER : 1) * kMathWarpgroups * 4);
+        }
+        if (SPLIT_K > 1) {
+            mbar_init(red_full, kMathThreads);  /* the partner's partial has landed */
+            mbar_init(red_empty, kMathThreads); /* the leader has read it */
         }
         mbar_init_fence();
     }
@@ -154,22 +182,26 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
             uint32_t it = 0;
             for (long long u = cluster_id;; u += num_clusters) {
                 dinf_fp8_tile tile;
-                const int found =
-                    dinf_fp8_unit_at(&args, GEMM_TYPE, BLOCK_M, CLUSTER, rank, u, &tile);
+                const int found = dinf_fp8_unit_at(&args, GEMM_TYPE, BLOCK_M, kTileCluster,
+                                                   kTileCluster > 1 ? rank : 0, u, &tile);
                 if (found < 0)
                     break;
                 if (found == 0)
                     continue;
                 const int m0 = tile.m_block * BLOCK_M, n0 = tile.n_block * BLOCK_N;
                 const int a_group = GEMM_TYPE == DINF_FP8_GEMM_MASKED ? tile.group : 0;
-                for (int kb = 0; kb < args.k_blocks; kb++, it++) {
+                int kb_begin = 0, kb_end = args.k_blocks;
+                if (SPLIT_K > 1)
+                    dinf_fp8_split_k_range(args.k_blocks, SPLIT_K, rank, &kb_begin, &kb_end);
+                for (int kb = kb_begin; kb < kb_end; kb++, it++) {
                     const dinf_fp8_pipe_slot slot = dinf_fp8_pipe_at(it, NUM_STAGES);
                     const int s = slot.stage;
                     mbar_wait(&empty[s], slot.empty_parity);
                     mbar_arrive_expect_tx(&full[s], kStageTxBytes);
                     const int k0 = kb * DINF_FP8_BLOCK_K;
-                    uint8_t *a_dst = a_tiles + s * lay.a_stage + rank * kAHalfRows * DINF_FP8_BLOCK_K;
-                    if (CLUSTER > 1)
+                    uint8_t *a_dst = a_tiles + s * lay.a_stage +
+                                     (kMulticast ? rank : 0) * kAHalfRows * DINF_FP8_BLOCK_K;
+                    if (kMulticast)
                         tma_load_3d_multicast(a_dst, &map_a, &full[s], k0, m0 + rank * kAHalfRows,
                                               a_group, (uint16_t)((1u << CLUSTER) - 1u));
                     else
@@ -193,6 +225,8 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
         const int row0 = dinf_fp8_frag_row(math_wg, warp_in_wg, lane, 0);
         const int row1 = dinf_fp8_frag_row(math_wg, warp_in_wg, lane, 1);
         const bool store_thread = threadIdx.x == 128;
+        const int math_thread = (int)threadIdx.x - 128;
+        uint32_t reductions = 0; /* split-K tiles reduced so far (the reduction barriers' phase) */
         const float *b_scales = reinterpret_cast<const float *>(args.b_scales);
         uint16_t *d = reinterpret_cast<uint16_t *>(args.d);
 
@@ -201,7 +235,8 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
         uint32_t it = 0;
         for (long long u = cluster_id;; u += num_clusters) {
             dinf_fp8_tile tile;
-            const int found = dinf_fp8_unit_at(&args, GEMM_TYPE, BLOCK_M, CLUSTER, rank, u, &tile);
+            const int found = dinf_fp8_unit_at(&args, GEMM_TYPE, BLOCK_M, kTileCluster,
+                                               kTileCluster > 1 ? rank : 0, u, &tile);
             if (found < 0)
                 break;
             if (found == 0)
@@ -224,7 +259,10 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
             for (int i = 0; i < kAccum; i++)
                 total[i] = 0.0f;
 
-            for (int kb = 0; kb < args.k_blocks; kb++, it++) {
+            int kb_begin = 0, kb_end = args.k_blocks;
+            if (SPLIT_K > 1)
+                dinf_fp8_split_k_range(args.k_blocks, SPLIT_K, rank, &kb_begin, &kb_end);
+            for (int kb = kb_begin; kb < kb_end; kb++, it++) {
                 const dinf_fp8_pipe_slot slot = dinf_fp8_pipe_at(it, NUM_STAGES);
                 const int s = slot.stage;
                 const float b_scale0 = sb_first[kb];
@@ -255,7 +293,7 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
                  * every lane has read its A scales): one arrival per warp on
                  * the empty barrier of every CTA of the cluster. */
                 __syncwarp();
-                if (CLUSTER > 1) {
+                if (kMulticast) {
                     if (lane < CLUSTER)
                         mbar_arrive_cluster(cluster_map_shared(smem_u32(&empty[s]), (uint32_t)lane));
                 } else if (lane == 0) {
@@ -276,6 +314,30 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
                     total[4 * i + 2] += sc1 * acc[4 * i + 2];
                     total[4 * i + 3] += sc1 * acc[4 * i + 3];
                 }
+            }
+
+            if (SPLIT_K > 1) {
+                /* Split-K reduction through distributed shared memory: rank 1
+                 * writes its partial into rank 0's buffer once rank 0 has read
+                 * the previous one; rank 0 adds it to its own and stores. */
+                const uint32_t phase = reductions & 1u;
+                reductions++;
+                if (rank == 1) {
+                    mbar_wait_acquire_cluster(red_empty, phase ^ 1u);
+                    const uint32_t remote = cluster_map_shared(smem_u32(partial), 0);
+#pragma unroll
+                    for (int i = 0; i < kAccum; i++)
+                        st_cluster_f32(remote + 4u * (uint32_t)dinf_fp8_split_slot(i, math_thread,
+                                                                                   kMathThreads),
+                                       total[i]);
+                    mbar_arrive_cluster(cluster_map_shared(smem_u32(red_full), 0));
+                    continue; /* rank 0 stores the tile */
+                }
+                mbar_wait_acquire_cluster(red_full, phase);
+#pragma unroll
+                for (int i = 0; i < kAccum; i++)
+                    total[i] = total[i] + partial[dinf_fp8_split_slot(i, math_thread, kMathThreads)];
+                mbar_arrive_cluster(cluster_map_shared(smem_u32(red_empty), 1));
             }
 
             if (tile.phantom)

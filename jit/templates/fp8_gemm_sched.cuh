@@ -44,6 +44,12 @@
 #define DINF_FP8_FAST_SMEM_BYTES(block_m, block_n, stages)                                       \
     (DINF_FP8_SMEM_BYTES(block_m, block_n, stages) + (block_m) * (block_n) * 2)
 
+/* With split-K 2 (fp8_gemm_fast.cuh, SPLIT_K) also the partner's float32
+ * partial tile (block_m x block_n x 4 bytes) and two reduction mbarriers. */
+#define DINF_FP8_FAST_SPLIT_SMEM_BYTES(block_m, block_n, stages, split_k)                        \
+    (DINF_FP8_FAST_SMEM_BYTES(block_m, block_n, stages) +                                        \
+     ((split_k) > 1 ? (block_m) * (block_n) * 4 + 16 : 0))
+
 /* Largest dynamic shared memory per block on sm_90 (227 KiB). */
 #define DINF_FP8_SMEM_LIMIT 232448
 
@@ -257,6 +263,28 @@ DINF_FP8_HD int dinf_fp8_unit_at(const dinf_fp8_gemm_args *a, int gemm_type, int
 DINF_FP8_HD int dinf_fp8_tile_at(const dinf_fp8_gemm_args *a, int gemm_type, int block_m,
                                  long long index, dinf_fp8_tile *tile) {
     return dinf_fp8_unit_at(a, gemm_type, block_m, 1, 0, index, tile);
+}
+
+/*
+ * Split-K (fast kernel, SPLIT_K = 2): the two CTAs of a cluster compute the
+ * same tile over the two halves of the k blocks, rank r taking
+ * [*begin, *end): rank 0 the first ceil(k_blocks / split) blocks, rank 1 the
+ * rest (possibly none: its partial is then zero). Rank 0 adds rank 1's
+ * float32 partial to its own (total = own + partner's, a fixed order: the
+ * result is deterministic, not bit-equal to the unsplit sum) and stores.
+ */
+DINF_FP8_HD void dinf_fp8_split_k_range(int k_blocks, int split, int rank, int *begin, int *end) {
+    const int per = (k_blocks + split - 1) / split;
+    const int b = rank * per < k_blocks ? rank * per : k_blocks;
+    const int e = b + per < k_blocks ? b + per : k_blocks;
+    *begin = b;
+    *end = e;
+}
+
+/* Position of math thread t's i-th accumulator in the partial-tile buffer
+ * (float index): i-major, so a warp's 32 lanes write 32 consecutive words. */
+DINF_FP8_HD_CONST int dinf_fp8_split_slot(int i, int thread, int math_threads) {
+    return i * math_threads + thread;
 }
 
 /* Index of b_scales[group][n0 / 128][kb]: the scale of column n0. */

@@ -105,8 +105,9 @@ void dinf__fp8_plan_config(const dinf__fp8_gpu_problem *p, int num_sms,
     const int64_t k_blocks = ceil_div_ll(p->k, 128), aligned_m = ceil_div_ll(p->m, 4) * 4;
     /* A, its scales and D have one group per masked group, one in total otherwise. */
     const int64_t a_groups = p->gemm_type == DINF_FP8_GEMM_MASKED ? groups : 1;
-    /* With a cluster each CTA loads (and multicasts) its 1/cluster of A's rows. */
-    const uint32_t a_box_rows = (uint32_t)(cfg->block_m / cfg->cluster);
+    /* With the multicast each CTA loads (into both) its half of A's rows. */
+    const int multicast = cfg->cluster > 1 && cfg->split_k < 2;
+    const uint32_t a_box_rows = (uint32_t)(cfg->block_m / (multicast ? cfg->cluster : 1));
     plan->map_a = (dinf__fp8_tensor_map_geometry){
         p->a, 1, 128, {(uint64_t)p->k, (uint64_t)p->m, (uint64_t)a_groups},
         {(uint64_t)p->lda, (uint64_t)(p->lda * p->m)}, {DINF_FP8_BLOCK_K, a_box_rows, 1}};
@@ -139,7 +140,7 @@ void dinf__fp8_plan_config(const dinf__fp8_gpu_problem *p, int num_sms,
     args->n_blocks = (int)ceil_div_ll(p->n, cfg->block_n);
     /* Persistent grid: a whole number of clusters, at most one CTA per SM,
      * no more clusters than units. */
-    const long long bound = dinf_fp8_unit_bound(args, p->gemm_type, cfg->cluster);
+    const long long bound = dinf_fp8_unit_bound(args, p->gemm_type, multicast ? cfg->cluster : 1);
     const long long slots = num_sms / cfg->cluster;
     plan->grid = (unsigned)((bound < slots ? bound : slots) * cfg->cluster);
 }

@@ -16,6 +16,8 @@ static const int fast_block_n[] = {16, 32, 48, 64, 80, 96, 112, 128, 144, 160};
 
 /* Rows per group at or above which a multi-wave problem multicasts A. */
 #define MULTICAST_MIN_ROWS 512
+/* K blocks (of 128) from which a one-wave problem may split K in two. */
+#define SPLIT_K_MIN_K_BLOCKS 8
 /* Deepest pipeline either rung compiles (the template's range). */
 #define FAST_MAX_STAGES 16
 #define SIMPLE_MAX_STAGES 8
@@ -62,21 +64,22 @@ dinf__fp8_config dinf__fp8_heuristic_simple(int gemm_type, int64_t m, int64_t n,
            DINF_FP8_SMEM_BYTES(best.block_m, best.block_n, best.stages) > DINF_FP8_SMEM_LIMIT)
         best.stages--;
     best.cluster = 1;
+    best.split_k = 1;
     best.threads = 128 * (1 + best.block_m / 64);
     best.smem_bytes = DINF_FP8_SMEM_BYTES(best.block_m, best.block_n, best.stages);
     return best;
 }
 
-static int fast_stages(int block_m, int block_n) {
+static int fast_stages(int block_m, int block_n, int split_k) {
     int stages = FAST_MAX_STAGES;
-    while (stages > 1 && DINF_FP8_FAST_SMEM_BYTES(block_m, block_n, stages) > DINF_FP8_SMEM_LIMIT)
+    while (stages > 1 && DINF_FP8_FAST_SPLIT_SMEM_BYTES(block_m, block_n, stages, split_k) >
+                             DINF_FP8_SMEM_LIMIT)
         stages--;
     return stages;
 }
 
 dinf__fp8_config dinf__fp8_heuristic(int gemm_type, int64_t m, int64_t n, int64_t k,
                                      int64_t num_groups, int num_sms) {
-    (void)k;
     if (m < 1)
         m = 1;
     if (num_sms < 1)
@@ -95,7 +98,7 @@ dinf__fp8_config dinf__fp8_heuristic(int gemm_type, int64_t m, int64_t n, int64_
         const long long tiles = m_blocks * n_blocks * groups;
         int waves, last;
         waves_of(tiles, num_sms, &waves, &last);
-        const int stages = fast_stages(best.block_m, bn);
+        const int stages = fast_stages(best.block_m, bn, 1);
         const int multicast = num_sms % 2 == 0 && n_blocks % 2 == 0 && m >= MULTICAST_MIN_ROWS &&
                               waves > 1;
         /* fewer waves; a fuller last wave; more stages; multicast; the smaller
@@ -121,8 +124,36 @@ dinf__fp8_config dinf__fp8_heuristic(int gemm_type, int64_t m, int64_t n, int64_
             best.cluster = multicast ? 2 : 1;
         }
     }
+    best.split_k = 1;
+    /* Split-K for a one-wave problem that leaves SMs idle. */
+    const long long k_blocks = ceil_div_ll(k < 1 ? 1 : k, DINF_FP8_BLOCK_K);
+    if (best.waves == 1 && num_sms % 2 == 0 && k_blocks >= SPLIT_K_MIN_K_BLOCKS) {
+        int s_found = 0, s_bn = 0, s_stages = 0;
+        long long s_ctas = 0, s_tiles = 0;
+        for (size_t i = 0; i < sizeof fast_block_n / sizeof fast_block_n[0]; i++) {
+            const int bn = fast_block_n[i];
+            const long long tiles = m_blocks * ceil_div_ll(n, bn) * groups;
+            const long long ctas = 2 * tiles;
+            if (ctas > num_sms)
+                continue;
+            const int stages = fast_stages(best.block_m, bn, 2);
+            if (!s_found || ctas > s_ctas || (ctas == s_ctas && stages > s_stages)) {
+                s_found = 1, s_bn = bn, s_stages = stages, s_ctas = ctas, s_tiles = tiles;
+            }
+        }
+        if (s_found && s_ctas > best.tiles) {
+            best.block_n = s_bn;
+            best.stages = s_stages;
+            best.cluster = 2;
+            best.split_k = 2;
+            best.tiles = s_tiles;
+            best.waves = 1;
+            best.last_wave = (int)s_ctas;
+        }
+    }
     best.threads = 128 * (1 + best.block_m / 64);
-    best.smem_bytes = DINF_FP8_FAST_SMEM_BYTES(best.block_m, best.block_n, best.stages);
+    best.smem_bytes =
+        DINF_FP8_FAST_SPLIT_SMEM_BYTES(best.block_m, best.block_n, best.stages, best.split_k);
     return best;
 }
 
@@ -153,13 +184,15 @@ void dinf__fp8_jit_config(const dinf__fp8_config *c, dinf_jit_kernel_config *out
     out->size = sizeof *out;
     const int fast = c->kernel != DINF__FP8_KERNEL_SIMPLE;
     snprintf(out->name, sizeof out->name, fast ? "fp8_gemm_fast" : "fp8_gemm");
-    out->num_params = fast ? 5 : 4;
+    out->num_params = fast ? 6 : 4;
     out->params[0] = c->gemm_type;
     out->params[1] = c->block_m;
     out->params[2] = c->block_n;
     out->params[3] = c->stages;
-    if (fast)
+    if (fast) {
         out->params[4] = c->cluster;
+        out->params[5] = c->split_k < 1 ? 1 : c->split_k;
+    }
 }
 
 DINF_API dinf_status dinf_fp8_gemm_kernel_config(int32_t form, int64_t m, int64_t n, int64_t k,

@@ -26,12 +26,13 @@ typedef struct dinf__fp8_config {
     int block_m;     /* 64 or 128 */
     int block_n;     /* simple: 16, 32, 64, 128; fast: dinf_fp8_fast_block_n_ok */
     int stages;      /* pipeline depth */
-    int cluster;     /* CTAs per cluster: 1, or 2 (fast only: A multicast) */
+    int cluster;     /* CTAs per cluster: 1, or 2 (fast only: A multicast or split-K) */
+    int split_k;     /* 1, or 2 (fast only, cluster 2: the pair splits each tile's k blocks) */
     int threads;     /* 128 * (1 + block_m / 64) */
-    int smem_bytes;  /* DINF_FP8_SMEM_BYTES / DINF_FP8_FAST_SMEM_BYTES */
+    int smem_bytes;  /* DINF_FP8_SMEM_BYTES / DINF_FP8_FAST_SPLIT_SMEM_BYTES */
     long long tiles; /* output tiles of the problem as the heuristic saw it */
-    int waves;       /* ceil(tiles / num_sms) */
-    int last_wave;   /* tiles in the last wave (num_sms when tiles % num_sms == 0) */
+    int waves;       /* ceil(split_k * tiles / num_sms) */
+    int last_wave;   /* CTAs in the last wave (num_sms when they fill it) */
 } dinf__fp8_config;
 
 /*
@@ -47,7 +48,13 @@ typedef struct dinf__fp8_config {
  *   cluster = 2 (A multicast) when num_sms is even, the N-blocks are even in
  *             number (no phantom partner), the rows per group (masked:
  *             expected_m) are >= 512 and there is more than one wave;
- *             else 1.
+ *             else 1;
+ *   split-K: when that choice is a single wave, num_sms is even and k has
+ *             at least 8 blocks of 128, the split-K 2 candidates (cluster 2,
+ *             2 CTAs per tile, one wave: 2 * tiles <= num_sms) are ranked by
+ *             their CTA count, then stages, then the smaller block_n; the
+ *             best replaces the unsplit choice when it keeps strictly more
+ *             SMs busy (2 * tiles > the unsplit tile count).
  * m: rows per group (normal m; contiguous m_sum, num_groups ignored for the
  * tile count; masked expected_m, with num_groups groups). Sizes > 0 except m
  * (0 counts as 1). Pure function, no device needed.
@@ -57,7 +64,8 @@ dinf__fp8_config dinf__fp8_heuristic(int gemm_type, int64_t m, int64_t n, int64_
 
 /* The simple rung's rule (unchanged from part 1): block_m as above; block_n
  * in {16, 32, 64, 128} with the fewest waves, then the fullest last wave,
- * then the larger block_n; stages the most <= 8 that fit; cluster 1. */
+ * then the larger block_n; stages the most <= 8 that fit; cluster 1, no
+ * split. */
 dinf__fp8_config dinf__fp8_heuristic_simple(int gemm_type, int64_t m, int64_t n, int64_t k,
                                             int64_t num_groups, int num_sms);
 
@@ -72,8 +80,8 @@ dinf__fp8_config dinf__fp8_choose(int kernel, int gemm_type, int64_t m, int64_t 
                                   int64_t num_groups, int num_sms);
 
 /* The JIT config of a choice: template "fp8_gemm_fast" {GEMM_TYPE, BLOCK_M,
- * BLOCK_N, NUM_STAGES, CLUSTER} or "fp8_gemm" {GEMM_TYPE, BLOCK_M, BLOCK_N,
- * NUM_STAGES}. */
+ * BLOCK_N, NUM_STAGES, CLUSTER, SPLIT_K} or "fp8_gemm" {GEMM_TYPE, BLOCK_M,
+ * BLOCK_N, NUM_STAGES}. */
 void dinf__fp8_jit_config(const dinf__fp8_config *c, dinf_jit_kernel_config *out);
 
 /* One GPU problem, after the common checks of gemm.c. Pointers are device

@@ -283,6 +283,45 @@ Test(gemm_fast_sched, shared_memory_carve_up_with_the_output_tile) {
     cr_assert_geq(checked, 2 * NUM_FAST_BNS * 5);
 }
 
+Test(gemm_fast_sched, split_k_ranges_partition_the_k_blocks_and_the_partial_buffer_fits) {
+    for (int kb = 1; kb <= 300; kb++) {
+        int b0, e0, b1, e1;
+        dinf_fp8_split_k_range(kb, 2, 0, &b0, &e0);
+        dinf_fp8_split_k_range(kb, 2, 1, &b1, &e1);
+        cr_assert(b0 == 0 && e0 == b1 && e1 == kb && e0 - b0 >= e1 - b1 && e0 - b0 == (kb + 1) / 2,
+                  "k_blocks %d: [%d,%d) [%d,%d)", kb, b0, e0, b1, e1);
+        dinf_fp8_split_k_range(kb, 1, 0, &b0, &e0);
+        cr_assert(b0 == 0 && e0 == kb);
+    }
+    for (int bm = 64; bm <= 128; bm += 64)
+        for (int i = 0; i < NUM_FAST_BNS; i++) {
+            const int bn = fast_bns[i], threads = 128 * (bm / 64);
+            /* the i-major slots cover the tile once, a warp writes 32 consecutive words */
+            char *seen = calloc((size_t)(bm * bn), 1);
+            for (int t = 0; t < threads; t++)
+                for (int a = 0; a < bn / 2; a++) {
+                    const int slot = dinf_fp8_split_slot(a, t, threads);
+                    cr_assert(slot >= 0 && slot < bm * bn && !seen[slot]);
+                    seen[slot] = 1;
+                    if (t % 32)
+                        cr_assert_eq(slot, dinf_fp8_split_slot(a, t - 1, threads) + 1);
+                }
+            free(seen);
+            for (int stages = 1; stages <= 16; stages++) {
+                const long long bytes = DINF_FP8_FAST_SPLIT_SMEM_BYTES(bm, bn, stages, 2);
+                if (bytes > DINF_FP8_SMEM_LIMIT)
+                    break;
+                const unsigned partial = (unsigned)(bm * bn * 2);
+                const dinf_fp8_smem_layout l =
+                    dinf_fp8_smem_carve_d(bm, bn, stages, partial + (unsigned)(bm * bn * 4));
+                cr_assert_eq(partial % 16, 0);
+                cr_assert_geq(l.a, partial + (unsigned)(bm * bn * 4), "stages after the partial");
+                cr_assert_eq(l.a % 1024, 0);
+                cr_assert_leq(1024 + (long long)l.end + 16, bytes, "the reduction barriers fit");
+            }
+        }
+}
+
 /* ---------------------------------------- mbarrier protocol, 1-2 CTAs -- */
 
 typedef struct model_bar {
@@ -491,6 +530,27 @@ Test(gemm_fast_model, mbarrier_protocol_of_1_and_2_cta_clusters_never_races_or_d
                             }
                         }
                     }
+    /* Split-K pairs: each CTA's pipeline is its own (no multicast), over its
+     * half of every tile's k blocks. */
+    for (int kbs = 1; kbs <= 9; kbs += 2)
+        for (int stages = 1; stages <= 6; stages += 5) {
+            dinf_fp8_gemm_args a = make_args(300, 5 * 64, kbs * 128, 1, 128, 64, NULL);
+            for (int rk = 0; rk < 2; rk++) {
+                int steps[2] = {0, 0};
+                for (long long u = 0;; u++) {
+                    dinf_fp8_tile tile;
+                    const int f = dinf_fp8_unit_at(&a, DINF_FP8_GEMM_NORMAL, 128, 1, 0, u, &tile);
+                    if (f < 0)
+                        break;
+                    int b, e;
+                    dinf_fp8_split_k_range(a.k_blocks, 2, rk, &b, &e);
+                    steps[0] += e - b;
+                }
+                for (int trial = 0; trial < 3; trial++, runs++)
+                    cr_assert_null(model_cluster(steps, 1, stages, 8, 128, 64, 0, seed++),
+                                   "split-K rank %d, %d k blocks", rk, kbs);
+            }
+        }
     cr_log_info("%d protocol runs", runs);
     /* Each planted bug is caught (so the model can fail). */
     dinf_fp8_gemm_args a = make_args(300, 5 * 64, 9 * 128, 1, 128, 64, NULL);
@@ -509,6 +569,84 @@ Test(gemm_fast_model, mbarrier_protocol_of_1_and_2_cta_clusters_never_races_or_d
             cr_assert_eq(caught, 20, "broken variant %d (cluster %d) went unnoticed in %d of 20",
                          broken, cluster, 20 - caught);
         }
+}
+
+/*
+ * The split-K reduction handshake of fp8_gemm_fast.cuh: `threads` math
+ * threads per CTA, `tiles` reductions in order. Rank 1's thread t waits on
+ * its red_empty for parity (j & 1) ^ 1, writes its slot of rank 0's buffer,
+ * arrives on rank 0's red_full (count threads); rank 0's thread t waits on
+ * red_full for parity j & 1, reads its slot, arrives on rank 1's red_empty
+ * (count threads). broken: 1 rank 1 waits the wrong parity; 2 rank 0 waits
+ * the wrong parity; 3 red_full counts one arrival short; 4 rank 0 never
+ * releases the buffer.
+ */
+static const char *model_split_reduction(int threads, int tiles, int broken, uint64_t seed) {
+    enum { MAXT = 16 };
+    model_bar red_full, red_empty;
+    bar_init(&red_full, broken == 3 ? threads - 1 : threads);
+    bar_init(&red_empty, threads);
+    int written[MAXT], read[MAXT], slot[MAXT];
+    for (int t = 0; t < threads; t++)
+        written[t] = read[t] = 0, slot[t] = -1;
+    uint64_t r = seed;
+    for (;;) {
+        int runnable[2 * MAXT], count = 0, done = 1;
+        for (int t = 0; t < threads; t++) {
+            done = done && written[t] == tiles && read[t] == tiles;
+            if (written[t] < tiles) {
+                const unsigned parity = ((unsigned)written[t] & 1u) ^ (broken == 1 ? 0u : 1u);
+                if (bar_passes(&red_empty, parity))
+                    runnable[count++] = t;
+            }
+            if (read[t] < tiles) {
+                const unsigned parity = ((unsigned)read[t] & 1u) ^ (broken == 2 ? 1u : 0u);
+                if (bar_passes(&red_full, parity))
+                    runnable[count++] = MAXT + t;
+            }
+        }
+        if (done)
+            return NULL;
+        if (count == 0)
+            return "deadlock: every thread waits";
+        const int agent = runnable[rng(&r) % (uint64_t)count];
+        if (agent < MAXT) { /* rank 1's thread: write the slot, arrive on red_full */
+            const int t = agent, j = written[t]++;
+            if (slot[t] >= 0 && read[t] < j)
+                return "rank 1 overwrites a partial rank 0 has not read";
+            slot[t] = j;
+            red_full.pending--;
+            bar_settle(&red_full);
+        } else { /* rank 0's thread: read the slot, arrive on red_empty */
+            const int t = agent - MAXT, j = read[t]++;
+            for (int u = 0; u < threads; u++)
+                if (written[u] <= j)
+                    return "rank 0 reads before every partial of the tile has landed";
+            if (slot[t] != j)
+                return "rank 0 reads another tile's partial";
+            if (broken != 4) {
+                red_empty.pending--;
+                bar_settle(&red_empty);
+            }
+        }
+    }
+}
+
+Test(gemm_fast_model, split_k_reduction_handshake_never_races_or_deadlocks) {
+    int runs = 0;
+    for (int threads = 1; threads <= 8; threads++)
+        for (int tiles = 0; tiles <= 9; tiles++)
+            for (int trial = 0; trial < 5; trial++, runs++) {
+                const char *why = model_split_reduction(threads, tiles, 0, 77 + (uint64_t)runs);
+                cr_assert_null(why, "%d threads, %d tiles: %s", threads, tiles, why);
+            }
+    for (int broken = 1; broken <= 4; broken++) {
+        int caught = 0;
+        for (int trial = 0; trial < 20; trial++)
+            caught += model_split_reduction(4, 6, broken, 500 + (uint64_t)trial) != NULL;
+        cr_assert_eq(caught, 20, "broken variant %d went unnoticed in %d of 20", broken,
+                     20 - caught);
+    }
 }
 
 /* ---------------------------------------------------------- heuristic -- */
@@ -555,79 +693,111 @@ Test(gemm_fast_heuristic, follows_the_documented_rule) {
                 have = 1, best_bn = bn, best_stages = stages, best_cluster = mc ? 2 : 1;
             }
         }
-        cr_assert_eq(c.block_n, best_bn, "form %d m=%lld n=%lld sms=%d: block_n %d, want %d", form,
-                     m, n, num_sms, c.block_n, best_bn);
+        /* Split-K: a one-wave choice, even SM count, >= 8 k blocks; the split
+         * candidate with the most CTAs (<= num_sms), then stages, then the
+         * smaller block_n, replaces it when it busies strictly more SMs. */
+        int best_split = 1;
+        long long best_waves = best[0], best_last = -best[1];
+        if (best[0] == 1 && num_sms % 2 == 0 && cdiv(k, 128) >= 8) {
+            long long s_ctas = -1;
+            int s_stages = -1, s_bn = 0;
+            for (int i = 0; i < NUM_FAST_BNS; i++) {
+                const int bn = fast_bns[i];
+                const long long ctas = 2LL * cdiv(mm, c.block_m) * cdiv(n, bn) * g;
+                if (ctas > num_sms)
+                    continue;
+                int stages = 0;
+                while (stages < 16 && DINF_FP8_FAST_SPLIT_SMEM_BYTES(c.block_m, bn, stages + 1, 2) <=
+                                          DINF_FP8_SMEM_LIMIT)
+                    stages++;
+                if (ctas > s_ctas || (ctas == s_ctas && stages > s_stages))
+                    s_ctas = ctas, s_stages = stages, s_bn = bn;
+            }
+            if (s_ctas > -best[1]) { /* one wave: the last wave is the tile count */
+                best_split = 2, best_bn = s_bn, best_stages = s_stages, best_cluster = 2;
+                best_waves = 1, best_last = s_ctas;
+            }
+        }
+        cr_assert_eq(c.block_n, best_bn, "form %d m=%lld n=%lld k=%lld sms=%d: block_n %d, want %d",
+                     form, m, n, k, num_sms, c.block_n, best_bn);
+        cr_assert_eq(c.split_k, best_split, "form %d m=%lld n=%lld k=%lld sms=%d", form, m, n, k,
+                     num_sms);
         cr_assert_eq(c.stages, best_stages);
         cr_assert_eq(c.cluster, best_cluster);
-        cr_assert_eq(c.waves, best[0]);
-        cr_assert_eq(c.last_wave, -best[1]);
-        cr_assert_eq(c.smem_bytes, DINF_FP8_FAST_SMEM_BYTES(c.block_m, c.block_n, c.stages));
+        cr_assert_eq(c.waves, best_waves);
+        cr_assert_eq(c.last_wave, best_last);
+        cr_assert_eq(c.smem_bytes,
+                     DINF_FP8_FAST_SPLIT_SMEM_BYTES(c.block_m, c.block_n, c.stages, c.split_k));
         cr_assert_leq(c.smem_bytes, DINF_FP8_SMEM_LIMIT);
         cr_assert_eq(c.threads, 128 * (1 + c.block_m / 64));
     }
 }
 
 Test(gemm_fast_heuristic, choices_for_the_deepseek_v3_shapes_on_132_sms) {
-    /* (form, rows hint, n, k, groups) -> (block_m, block_n, stages, cluster),
+    /* (form, rows hint, n, k, groups) -> (block_m, block_n, stages, cluster, split_k),
      * reviewed against the wave arithmetic (comments: tiles, waves, last
      * wave; the simple rung's tiles and waves beside). */
-    static const long long table[][9] = {
+    static const long long table[][10] = {
         /* normal, M = 64 */
-        {0, 64, 2112, 7168, 1, 64, 16, 16, 1},   /* 132 tiles, 1 wave, full (simple: same) */
-        {0, 64, 24576, 1536, 1, 64, 96, 10, 1},  /* 256, 2 waves, last 124 (simple 192, last 60) */
-        {0, 64, 32768, 512, 1, 64, 128, 8, 1},   /* 256, 2, 124 */
-        {0, 64, 7168, 16384, 1, 64, 64, 13, 1},  /* 112, 1 */
-        {0, 64, 4096, 7168, 1, 64, 32, 16, 1},   /* 128, 1 */
-        {0, 64, 7168, 2048, 1, 64, 64, 13, 1},   /* 112, 1 */
-        {0, 64, 7168, 576, 1, 64, 64, 13, 1},    /* 112, 1 */
+        {0, 64, 2112, 7168, 1, 64, 16, 16, 1, 1},   /* 132 tiles, 1 wave, full (simple: same) */
+        {0, 64, 24576, 1536, 1, 64, 96, 10, 1, 1},  /* 256, 2 waves, last 124 (simple 192, last 60) */
+        {0, 64, 32768, 512, 1, 64, 128, 8, 1, 1},   /* 256, 2, 124 */
+        {0, 64, 7168, 16384, 1, 64, 112, 8, 2, 2}, /* split-K: 64 tiles x 2 = 128 CTAs (unsplit 112) */
+        {0, 64, 4096, 7168, 1, 64, 32, 16, 1, 1},   /* 128, 1 */
+        {0, 64, 7168, 2048, 1, 64, 112, 8, 2, 2},  /* split-K, 128 CTAs */
+        {0, 64, 7168, 576, 1, 64, 64, 13, 1, 1},    /* 112, 1 */
         /* normal, M = 128 */
-        {0, 128, 2112, 7168, 1, 128, 16, 11, 1},
-        {0, 128, 24576, 1536, 1, 128, 96, 7, 1},
-        {0, 128, 32768, 512, 1, 128, 128, 5, 1},
-        {0, 128, 7168, 16384, 1, 128, 64, 8, 1},
-        {0, 128, 4096, 7168, 1, 128, 32, 10, 1},
-        {0, 128, 7168, 2048, 1, 128, 64, 8, 1},
-        {0, 128, 7168, 576, 1, 128, 64, 8, 1},
+        {0, 128, 2112, 7168, 1, 128, 16, 11, 1, 1},
+        {0, 128, 24576, 1536, 1, 128, 96, 7, 1, 1},
+        {0, 128, 32768, 512, 1, 128, 128, 5, 1, 1},
+        {0, 128, 7168, 16384, 1, 128, 112, 4, 2, 2}, /* split-K, 128 CTAs */
+        {0, 128, 4096, 7168, 1, 128, 32, 10, 1, 1},
+        {0, 128, 7168, 2048, 1, 128, 112, 4, 2, 2},  /* split-K, 128 CTAs */
+        {0, 128, 7168, 576, 1, 128, 64, 8, 1, 1},
         /* normal, M = 4096: the non-power-of-two tiles cut the waves */
-        {0, 4096, 2112, 7168, 1, 128, 144, 5, 1},  /* 480 tiles, 4 waves (simple 544, 5) */
-        {0, 4096, 24576, 1536, 1, 128, 160, 5, 2}, /* 4928, 38 (simple 6144, 47); 154 N-blocks */
-        {0, 4096, 32768, 512, 1, 128, 160, 5, 1},  /* 6560, 50; 205 N-blocks: odd */
-        {0, 4096, 7168, 16384, 1, 128, 160, 5, 1}, /* 1440, 11, last 120 (simple 1792, 14) */
-        {0, 4096, 4096, 7168, 1, 128, 160, 5, 2},  /* 832, 7 (simple 1024, 8); 26 N-blocks */
-        {0, 4096, 7168, 2048, 1, 128, 160, 5, 1},
-        {0, 4096, 7168, 576, 1, 128, 160, 5, 1},
+        {0, 4096, 2112, 7168, 1, 128, 144, 5, 1, 1},  /* 480 tiles, 4 waves (simple 544, 5) */
+        {0, 4096, 24576, 1536, 1, 128, 160, 5, 2, 1}, /* 4928, 38 (simple 6144, 47); 154 N-blocks */
+        {0, 4096, 32768, 512, 1, 128, 160, 5, 1, 1},  /* 6560, 50; 205 N-blocks: odd */
+        {0, 4096, 7168, 16384, 1, 128, 160, 5, 1, 1}, /* 1440, 11, last 120 (simple 1792, 14) */
+        {0, 4096, 4096, 7168, 1, 128, 160, 5, 2, 1},  /* 832, 7 (simple 1024, 8); 26 N-blocks */
+        {0, 4096, 7168, 2048, 1, 128, 160, 5, 1, 1},
+        {0, 4096, 7168, 576, 1, 128, 160, 5, 1, 1},
         /* contiguous (m_sum = G * M per group) */
-        {1, 32768, 4096, 7168, 4, 128, 160, 5, 2}, /* 6656, 51 (simple 8192, 63) */
-        {1, 32768, 7168, 2048, 4, 128, 160, 5, 1}, /* 11520, 88 (simple 14336, 109) */
-        {1, 32768, 4096, 7168, 8, 128, 160, 5, 2},
-        {1, 32768, 7168, 2048, 8, 128, 160, 5, 1},
-        {1, 8192, 4096, 7168, 32, 128, 160, 5, 2},
-        {1, 8192, 7168, 2048, 32, 128, 160, 5, 1},
+        {1, 32768, 4096, 7168, 4, 128, 160, 5, 2, 1}, /* 6656, 51 (simple 8192, 63) */
+        {1, 32768, 7168, 2048, 4, 128, 160, 5, 1, 1}, /* 11520, 88 (simple 14336, 109) */
+        {1, 32768, 4096, 7168, 8, 128, 160, 5, 2, 1},
+        {1, 32768, 7168, 2048, 8, 128, 160, 5, 1, 1},
+        {1, 8192, 4096, 7168, 32, 128, 160, 5, 2, 1},
+        {1, 8192, 7168, 2048, 32, 128, 160, 5, 1, 1},
         /* masked: v1.0's (G, m_max) sets by their expected rows, HEAD's (G, expected) */
-        {2, 1024, 4096, 7168, 1, 128, 128, 5, 2},  /* 256, 2 waves, last 124 */
-        {2, 1024, 7168, 2048, 1, 128, 160, 5, 1},  /* 360, 3 (simple 448, 4) */
-        {2, 512, 4096, 7168, 2, 128, 128, 5, 2},
-        {2, 512, 7168, 2048, 2, 128, 160, 5, 1},
-        {2, 256, 4096, 7168, 4, 128, 128, 5, 1},   /* rows < 512: no multicast */
-        {2, 256, 7168, 2048, 4, 128, 160, 5, 1},
-        {2, 192, 4096, 7168, 32, 128, 160, 5, 1},  /* 1664, 13 (simple 2048, 16) */
-        {2, 1024, 4096, 7168, 6, 128, 160, 5, 2},  /* 1248, 10 (simple 1536, 12) */
-        {2, 20, 4096, 7168, 32, 64, 160, 7, 1},    /* 832, 7 (simple 1024, 8) */
-        {2, 20, 7168, 2048, 6, 64, 112, 9, 1},     /* 384, 3, last 120 (simple 336, last 72) */
+        {2, 1024, 4096, 7168, 1, 128, 128, 5, 2, 1},  /* 256, 2 waves, last 124 */
+        {2, 1024, 7168, 2048, 1, 128, 160, 5, 1, 1},  /* 360, 3 (simple 448, 4) */
+        {2, 512, 4096, 7168, 2, 128, 128, 5, 2, 1},
+        {2, 512, 7168, 2048, 2, 128, 160, 5, 1, 1},
+        {2, 256, 4096, 7168, 4, 128, 128, 5, 1, 1},   /* rows < 512: no multicast */
+        {2, 256, 7168, 2048, 4, 128, 160, 5, 1, 1},
+        {2, 192, 4096, 7168, 32, 128, 160, 5, 1, 1},  /* 1664, 13 (simple 2048, 16) */
+        {2, 1024, 4096, 7168, 6, 128, 160, 5, 2, 1},  /* 1248, 10 (simple 1536, 12) */
+        {2, 20, 4096, 7168, 32, 64, 160, 7, 1, 1},    /* 832, 7 (simple 1024, 8) */
+        {2, 20, 7168, 2048, 6, 64, 112, 9, 1, 1},     /* 384, 3, last 120 (simple 336, last 72) */
     };
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
         const long long *t = table[i];
         const dinf__fp8_config c = dinf__fp8_heuristic((int)t[0], t[1], t[2], t[3], t[4], 132);
         const dinf__fp8_config s = dinf__fp8_heuristic_simple((int)t[0], t[1], t[2], t[3], t[4], 132);
-        cr_assert(c.block_m == t[5] && c.block_n == t[6] && c.stages == t[7] && c.cluster == t[8],
-                  "shape %zu (form %lld, %lld x %lld x %lld, G %lld): %dx%d, %d stages, cluster %d; "
-                  "want %lldx%lld, %lld, %lld",
-                  i, t[0], t[1], t[2], t[3], t[4], c.block_m, c.block_n, c.stages, c.cluster, t[5],
-                  t[6], t[7], t[8]);
+        cr_assert(c.block_m == t[5] && c.block_n == t[6] && c.stages == t[7] && c.cluster == t[8] &&
+                      c.split_k == t[9],
+                  "shape %zu (form %lld, %lld x %lld x %lld, G %lld): %dx%d, %d stages, cluster %d, "
+                  "split %d; want %lldx%lld, %lld, %lld, %lld",
+                  i, t[0], t[1], t[2], t[3], t[4], c.block_m, c.block_n, c.stages, c.cluster,
+                  c.split_k, t[5], t[6], t[7], t[8], t[9]);
         /* never more waves than the simple rung's choice */
         cr_assert_leq(c.waves, s.waves, "shape %zu", i);
-        if (c.cluster == 2)
+        if (c.cluster == 2 && c.split_k == 1)
             cr_assert_eq(cdiv(t[2], c.block_n) % 2, 0, "multicast only without phantoms");
+        if (c.split_k == 2)
+            cr_assert(2 * c.tiles <= 132 && 2 * c.tiles > s.tiles, "shape %zu: split-K busies more SMs",
+                      i);
     }
 }
 
@@ -665,7 +835,7 @@ static void tma_store_box(const dinf__fp8_tensor_map_geometry *g, const unsigned
 }
 
 typedef struct replay_stats {
-    long long tma_tiles, direct_tiles, phantom_tiles, straddling_tiles;
+    long long tma_tiles, direct_tiles, phantom_tiles, straddling_tiles, split_tiles;
 } replay_stats;
 
 /*
@@ -680,8 +850,9 @@ typedef struct replay_stats {
  */
 static void replay_fast(const dinf__fp8_launch_plan *plan, int gemm_type, replay_stats *st) {
     const int bm = plan->config.block_m, bn = plan->config.block_n, cl = plan->config.cluster;
+    const int split = plan->config.split_k < 1 ? 1 : plan->config.split_k;
+    const int multicast = cl > 1 && split == 1, tile_cluster = multicast ? cl : 1;
     const dinf_fp8_gemm_args *args = &plan->args;
-    cr_assert_eq(plan->map_a.box[1] * (unsigned)cl, (unsigned)bm);
     cr_assert_eq(plan->grid % (unsigned)cl, 0);
     const int sw = dinf_fp8_d_swizzle_bytes(bn);
     cr_assert_eq(plan->map_d.swizzle_bytes, sw);
@@ -700,7 +871,8 @@ static void replay_fast(const dinf__fp8_launch_plan *plan, int gemm_type, replay
             dinf_fp8_tile tiles[2];
             int found = 0;
             for (int r = 0; r < cl; r++) {
-                const int f = dinf_fp8_unit_at(args, gemm_type, bm, cl, r, u, &tiles[r]);
+                const int f = dinf_fp8_unit_at(args, gemm_type, bm, tile_cluster,
+                                               tile_cluster > 1 ? r : 0, u, &tiles[r]);
                 if (r > 0)
                     cr_assert_eq(f, found, "the CTAs of a cluster disagree on unit %lld", u);
                 found = f;
@@ -710,19 +882,24 @@ static void replay_fast(const dinf__fp8_launch_plan *plan, int gemm_type, replay
             if (found == 0)
                 continue;
             memset(total, 0, (size_t)cl * bm * bn * 4);
-            for (int kb = 0; kb < args->k_blocks; kb++) {
-                /* A: CTA h's half of the rows, with CTA h's coordinates, lands in every CTA */
-                const int half_rows = bm / cl;
-                for (int h = 0; h < cl; h++) {
-                    const dinf_fp8_tile *th = &tiles[h];
-                    const int a_group = gemm_type == DINF_FP8_GEMM_MASKED ? th->group : 0;
-                    for (int rr = 0; rr < half_rows; rr++)
-                        for (int kk = 0; kk < 128; kk++)
-                            tma_element(&plan->map_a, kb * 128 + kk,
-                                        th->m_block * bm + h * half_rows + rr, a_group,
-                                        &a_tile[(h * half_rows + rr) * 128 + kk]);
-                }
-                for (int r = 0; r < cl; r++) {
+            for (int r = 0; r < cl; r++) {
+                int kb_begin = 0, kb_end = args->k_blocks;
+                if (split > 1)
+                    dinf_fp8_split_k_range(args->k_blocks, split, r, &kb_begin, &kb_end);
+                for (int kb = kb_begin; kb < kb_end; kb++) {
+                    /* A: with the multicast, CTA h's half of the rows, with CTA h's
+                     * coordinates, lands in every CTA; else the CTA's own box */
+                    const int parts = multicast ? cl : 1, part_rows = bm / parts;
+                    cr_assert_eq(plan->map_a.box[1], (unsigned)part_rows);
+                    for (int h = 0; h < parts; h++) {
+                        const dinf_fp8_tile *th = &tiles[multicast ? h : r];
+                        const int a_group = gemm_type == DINF_FP8_GEMM_MASKED ? th->group : 0;
+                        for (int rr = 0; rr < part_rows; rr++)
+                            for (int kk = 0; kk < 128; kk++)
+                                tma_element(&plan->map_a, kb * 128 + kk,
+                                            th->m_block * bm + h * part_rows + rr, a_group,
+                                            &a_tile[(h * part_rows + rr) * 128 + kk]);
+                    }
                     const dinf_fp8_tile *t = &tiles[r];
                     const int m0 = t->m_block * bm, n0 = t->n_block * bn;
                     const int a_group = gemm_type == DINF_FP8_GEMM_MASKED ? t->group : 0;
@@ -758,7 +935,15 @@ static void replay_fast(const dinf__fp8_launch_plan *plan, int gemm_type, replay
                                         }
                 }
             }
-            for (int r = 0; r < cl; r++) {
+            if (split > 1) { /* rank 0: own + partner's, per accumulator */
+                cr_assert(tiles[0].m_block == tiles[1].m_block &&
+                          tiles[0].n_block == tiles[1].n_block && tiles[0].group == tiles[1].group,
+                          "split-K partners compute the same tile");
+                for (int e = 0; e < bm * bn; e++)
+                    total[e] = total[e] + total[bm * bn + e];
+                st->split_tiles++;
+            }
+            for (int r = 0; r < (split > 1 ? 1 : cl); r++) {
                 const dinf_fp8_tile *t = &tiles[r];
                 const int m0 = t->m_block * bm, n0 = t->n_block * bn;
                 const float *tot = total + (size_t)r * bm * bn;
@@ -831,6 +1016,7 @@ typedef struct replay_case {
     int64_t expected_m;
     int num_sms;
     int block_m, block_n, cluster; /* 0: the heuristic's choice */
+    int split_k;                   /* with a forced config: 1 or 2 (0 counts as 1) */
 } replay_case;
 
 static replay_stats replay_and_compare(const replay_case *rc, uint64_t seed) {
@@ -859,16 +1045,17 @@ static replay_stats replay_and_compare(const replay_case *rc, uint64_t seed) {
     if (rc->block_n) { /* a forced config (the shapes the heuristic would not pick) */
         dinf__fp8_config c = plan.config;
         c.block_m = rc->block_m, c.block_n = rc->block_n, c.cluster = rc->cluster;
+        c.split_k = rc->split_k < 1 ? 1 : rc->split_k;
         c.stages = 1;
-        while (c.stages < 16 &&
-               DINF_FP8_FAST_SMEM_BYTES(c.block_m, c.block_n, c.stages + 1) <= DINF_FP8_SMEM_LIMIT)
+        while (c.stages < 16 && DINF_FP8_FAST_SPLIT_SMEM_BYTES(c.block_m, c.block_n, c.stages + 1,
+                                                                c.split_k) <= DINF_FP8_SMEM_LIMIT)
             c.stages++;
         c.threads = 128 * (1 + c.block_m / 64);
-        c.smem_bytes = DINF_FP8_FAST_SMEM_BYTES(c.block_m, c.block_n, c.stages);
+        c.smem_bytes = DINF_FP8_FAST_SPLIT_SMEM_BYTES(c.block_m, c.block_n, c.stages, c.split_k);
         dinf__fp8_plan_config(&p, rc->num_sms, &c, &plan);
     }
     cr_assert_leq(plan.grid, (unsigned)rc->num_sms);
-    replay_stats st = {0, 0, 0, 0};
+    replay_stats st = {0, 0, 0, 0, 0};
     replay_fast(&plan, form, &st);
 
     if (form == DINF_FP8_GEMM_NORMAL)
@@ -883,19 +1070,29 @@ static replay_stats replay_and_compare(const replay_case *rc, uint64_t seed) {
                                                        d_cpu, ldd, rc->cpu_info, rc->expected_m,
                                                        NULL),
                      DINF_STATUS_OK, "%s", dinf_last_error());
-    for (int64_t i = 0; i < a_rows * ldd; i++)
-        cr_assert_eq(d_emu[i], d_cpu[i],
-                     "form %d rows=%lld n=%lld k=%lld sms=%d (block %dx%d, cluster %d): "
-                     "d[%lld][%lld] replayed %#x, CPU %#x",
-                     form, (long long)rows, (long long)n, (long long)k, rc->num_sms,
-                     plan.config.block_m, plan.config.block_n, plan.config.cluster,
-                     (long long)(i / ldd), (long long)(i % ldd), d_emu[i], d_cpu[i]);
+    /* Bit for bit, except split-K: its float32 sum runs in another order
+     * (first half + second half), so the bf16 results may differ by one unit
+     * in the last place (same sign, adjacent codes); poison stays exact. */
+    const int split = plan.config.split_k > 1;
+    for (int64_t i = 0; i < a_rows * ldd; i++) {
+        const int same = d_emu[i] == d_cpu[i];
+        const int adjacent = split && d_emu[i] != EMU_POISON && d_cpu[i] != EMU_POISON &&
+                             (d_emu[i] & 0x8000) == (d_cpu[i] & 0x8000) &&
+                             abs((int)(d_emu[i] & 0x7FFF) - (int)(d_cpu[i] & 0x7FFF)) <= 1;
+        cr_assert(same || adjacent,
+                  "form %d rows=%lld n=%lld k=%lld sms=%d (block %dx%d, cluster %d, split %d): "
+                  "d[%lld][%lld] replayed %#x, CPU %#x",
+                  form, (long long)rows, (long long)n, (long long)k, rc->num_sms,
+                  plan.config.block_m, plan.config.block_n, plan.config.cluster,
+                  plan.config.split_k, (long long)(i / ldd), (long long)(i % ldd), d_emu[i],
+                  d_cpu[i]);
+    }
     free(a), free(b), free(sa), free(sb), free(d_emu), free(d_cpu);
     return st;
 }
 
 Test(gemm_fast_replay, normal_form_every_block_n_both_cluster_sizes) {
-    replay_stats total = {0, 0, 0, 0};
+    replay_stats total = {0, 0, 0, 0, 0};
     uint64_t seed = 300;
     for (int i = 0; i < NUM_FAST_BNS; i++)
         for (int cluster = 1; cluster <= 2; cluster++) {
@@ -904,7 +1101,7 @@ Test(gemm_fast_replay, normal_form_every_block_n_both_cluster_sizes) {
              * k with a partial block, rows ragged. */
             const int64_t n = 5 * bn - 8, k = 300, m = bm + 37;
             const replay_case rc = {DINF_FP8_GEMM_NORMAL, 1, m, n, k, 304, 320, n + 8,
-                                    NULL, NULL, 0, 3 + cluster, bm, bn, cluster};
+                                    NULL, NULL, 0, 3 + cluster, bm, bn, cluster, 1};
             const replay_stats st = replay_and_compare(&rc, seed++);
             total.tma_tiles += st.tma_tiles, total.phantom_tiles += st.phantom_tiles;
             total.straddling_tiles += st.straddling_tiles;
@@ -919,7 +1116,7 @@ Test(gemm_fast_replay, normal_form_every_block_n_both_cluster_sizes) {
         for (int j = 0; j < 4; j++) {
             const replay_case rc = {DINF_FP8_GEMM_NORMAL, 1, shapes[s][0], shapes[s][1],
                                     shapes[s][2], shapes[s][3], shapes[s][4], shapes[s][5],
-                                    NULL, NULL, 0, sms[j], 0, 0, 0};
+                                    NULL, NULL, 0, sms[j], 0, 0, 0, 0};
             replay_and_compare(&rc, seed++);
         }
 }
@@ -936,7 +1133,7 @@ Test(gemm_fast_replay, contiguous_form_with_skipped_blocks_and_multicast) {
     for (int i = 0; i < 4; i++)
         for (int cluster = 1; cluster <= 2; cluster++) {
             const replay_case rc = {DINF_FP8_GEMM_CONTIGUOUS, 3, m_sum, 3 * bns[i] + 16, 256, 256,
-                                    256, 3 * bns[i] + 24, idx, cpu_idx, 0, 4, 128, bns[i], cluster};
+                                    256, 3 * bns[i] + 24, idx, cpu_idx, 0, 4, 128, bns[i], cluster, 1};
             replay_and_compare(&rc, 400 + (uint64_t)(2 * i + cluster));
         }
     free(idx), free(cpu_idx);
@@ -946,12 +1143,12 @@ Test(gemm_fast_replay, masked_form_partial_tiles_store_directly_full_tiles_by_tm
     /* zero, ragged, full, above m_max and negative counts (clamped on the device) */
     const int32_t masked[] = {0, 77, 130, 630, -3, 1, 64};
     const int32_t clamped[] = {0, 77, 130, 130, 0, 1, 64};
-    replay_stats total = {0, 0, 0, 0};
+    replay_stats total = {0, 0, 0, 0, 0};
     /* n = 200: 3 N-blocks of 96 with a phantom partner; 2 of 160 and 112 */
     const int cfgs[][3] = {{64, 96, 2}, {64, 160, 1}, {128, 112, 2}, {128, 48, 1}, {0, 0, 0}};
     for (int i = 0; i < 5; i++) {
         const replay_case rc = {DINF_FP8_GEMM_MASKED, 7, 130, 200, 300, 304, 320, 208, masked,
-                                clamped, 100, 5, cfgs[i][0], cfgs[i][1], cfgs[i][2]};
+                                clamped, 100, 5, cfgs[i][0], cfgs[i][1], cfgs[i][2], 1};
         const replay_stats st = replay_and_compare(&rc, 500 + (uint64_t)i);
         total.tma_tiles += st.tma_tiles, total.direct_tiles += st.direct_tiles;
         total.phantom_tiles += st.phantom_tiles;
@@ -959,6 +1156,40 @@ Test(gemm_fast_replay, masked_form_partial_tiles_store_directly_full_tiles_by_tm
     cr_assert_gt(total.tma_tiles, 0);
     cr_assert_gt(total.direct_tiles, 0, "masked partial tiles were exercised");
     cr_assert_gt(total.phantom_tiles, 0);
+}
+
+Test(gemm_fast_replay, split_k_pairs_add_the_partner_partial_every_form) {
+    /* k: 9 blocks (an odd split: 5 + 4), 1 block (rank 1 has none), and the
+     * heuristic's split pick for M = 64, N = 7168-like widths. */
+    replay_stats total = {0, 0, 0, 0, 0};
+    const int32_t masked[] = {0, 77, 130, 129};
+    const int32_t block_group[] = {1, -1, 0, 2};
+    int32_t idx[4 * 128];
+    for (int r = 0; r < 4 * 128; r++)
+        idx[r] = block_group[r / 128];
+    const int64_t ks[] = {9 * 128 - 7, 100};
+    for (int kk = 0; kk < 2; kk++) {
+        const int64_t k = ks[kk], ld = (k + 15) / 16 * 16;
+        const replay_case cases[] = {
+            {DINF_FP8_GEMM_NORMAL, 1, 100, 200, k, ld, ld, 208, NULL, NULL, 0, 6, 64, 112, 2, 2},
+            {DINF_FP8_GEMM_NORMAL, 1, 130, 136, k, ld, ld, 136, NULL, NULL, 0, 4, 128, 48, 2, 2},
+            {DINF_FP8_GEMM_CONTIGUOUS, 3, 4 * 128, 160, k, ld, ld, 168, idx, idx, 0, 8, 128, 80,
+             2, 2},
+            {DINF_FP8_GEMM_MASKED, 4, 130, 200, k, ld, ld, 200, masked, masked, 90, 6, 128, 144,
+             2, 2},
+        };
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+            const replay_stats st = replay_and_compare(&cases[c], 700 + 10 * (uint64_t)kk + c);
+            total.split_tiles += st.split_tiles, total.direct_tiles += st.direct_tiles;
+        }
+    }
+    cr_assert_gt(total.split_tiles, 0);
+    cr_assert_gt(total.direct_tiles, 0, "a masked partial tile went through the split path");
+    /* the heuristic's own split pick on a small-M shape */
+    const replay_case pick = {DINF_FP8_GEMM_NORMAL, 1, 64, 1792, 1024, 1024, 1024, 1792,
+                              NULL, NULL, 0, 32, 0, 0, 0, 0};
+    const replay_stats st = replay_and_compare(&pick, 799);
+    cr_assert_gt(st.split_tiles, 0, "the heuristic split this one-wave shape");
 }
 
 /* ---------------------------------------------------------------- SASS -- */
@@ -1003,13 +1234,14 @@ Test(gemm_fast_jit, sass_has_fp8_wgmma_tma_multicast_stores_and_setmaxnreg_where
     snprintf(cache_dir, sizeof cache_dir, "/tmp/dinf-gemm-fast-XXXXXX");
     cr_assert_not_null(mkdtemp(cache_dir));
     cr_assert_eq(dinf_jit_set_cache_dir(cache_dir), DINF_STATUS_OK, "%s", dinf_last_error());
-    /* {form, block_m, block_n, stages, cluster}: stores = block_n * 2 / swizzle */
-    const long long configs[][5] = {{0, 128, 160, 5, 2}, {2, 64, 112, 9, 1}, {1, 128, 128, 5, 1}};
-    const int stores[] = {5, 7, 2};
-    for (int i = 0; i < 3; i++) {
+    /* {form, block_m, block_n, stages, cluster, split_k}: stores = block_n * 2 / swizzle */
+    const long long configs[][6] = {{0, 128, 160, 5, 2, 1}, {2, 64, 112, 9, 1, 1},
+                                    {1, 128, 128, 5, 1, 1}, {0, 64, 112, 8, 2, 2}};
+    const int stores[] = {5, 7, 2, 7};
+    for (int i = 0; i < 4; i++) {
         dinf_jit_kernel_config c = DINF_JIT_KERNEL_CONFIG_INIT;
         snprintf(c.name, sizeof c.name, "fp8_gemm_fast");
-        c.num_params = 5;
+        c.num_params = 6;
         memcpy(c.params, configs[i], sizeof configs[i]);
         const dinf__jit_cubin *cubin;
         cr_assert_eq(dinf__jit_get_cubin("test", &c, "sm_90a", &cubin), DINF_STATUS_OK, "%s",
@@ -1024,6 +1256,7 @@ Test(gemm_fast_jit, sass_has_fp8_wgmma_tma_multicast_stores_and_setmaxnreg_where
         FILE *p = popen(cmd, "r");
         cr_assert_not_null(p);
         int qgmma = 0, loads = 0, multicast = 0, tma_stores = 0, local = 0, setmaxreg = 0;
+        int remote_stores = 0;
         while (fgets(line, sizeof line, p)) {
             qgmma += strstr(line, "QGMMA.64x") != NULL;
             loads += strstr(line, "UTMALDG.3D") != NULL;
@@ -1031,12 +1264,14 @@ Test(gemm_fast_jit, sass_has_fp8_wgmma_tma_multicast_stores_and_setmaxnreg_where
             tma_stores += strstr(line, "UTMASTG.3D") != NULL;
             local += strstr(line, " LDL") != NULL || strstr(line, " STL") != NULL;
             setmaxreg += strstr(line, "SETMAXREG") != NULL;
+            remote_stores += strstr(line, " ST.E") != NULL || strstr(line, " STS") != NULL;
         }
         cr_assert_eq(pclose(p), 0, "%s failed", cmd);
         cr_assert_eq(qgmma, 4, "config %d: %d QGMMA", i, qgmma);
         cr_assert_eq(loads, 3, "config %d: %d UTMALDG.3D", i, loads);
-        cr_assert_eq(multicast, configs[i][4] == 2 ? 1 : 0, "config %d: %d multicast loads", i,
-                     multicast);
+        cr_assert_eq(multicast, configs[i][4] == 2 && configs[i][5] == 1 ? 1 : 0,
+                     "config %d: %d multicast loads", i, multicast);
+        cr_assert_gt(remote_stores, 0, "config %d: no shared/cluster stores", i);
         cr_assert_eq(tma_stores, stores[i], "config %d: %d UTMASTG.3D", i, tma_stores);
         cr_assert_eq(local, 0, "config %d: local memory in the SASS", i);
         cr_assert_eq(setmaxreg, configs[i][1] == 128 ? 2 : 0, "config %d: %d SETMAXREG", i,

@@ -626,10 +626,10 @@ Test(gemm_heuristic, public_kernel_config_and_its_checks) {
                  DINF_STATUS_OK, "%s", dinf_last_error());
     cr_assert_str_eq(c.name, "fp8_gemm_fast");
     cr_assert_eq(c.size, sizeof c);
-    cr_assert_eq(c.num_params, 5);
+    cr_assert_eq(c.num_params, 6);
     const dinf__fp8_config h = dinf__fp8_heuristic(DINF_FP8_GEMM_MASKED, 192, 4096, 7168, 32, 132);
     cr_assert(c.params[0] == 2 && c.params[1] == h.block_m && c.params[2] == h.block_n &&
-              c.params[3] == h.stages && c.params[4] == h.cluster);
+              c.params[3] == h.stages && c.params[4] == h.cluster && c.params[5] == h.split_k);
     const dinf__jit_template *t;
     cr_assert_eq(dinf__jit_check_config("test", -1, &c, &t), DINF_STATUS_OK, "%s",
                  dinf_last_error());
@@ -878,7 +878,8 @@ static const long long dsv3_shapes[][5] = {
 static int config_smem(const dinf__fp8_config *h) {
     return h->kernel == DINF__FP8_KERNEL_SIMPLE
                ? DINF_FP8_SMEM_BYTES(h->block_m, h->block_n, h->stages)
-               : DINF_FP8_FAST_SMEM_BYTES(h->block_m, h->block_n, h->stages);
+               : DINF_FP8_FAST_SPLIT_SMEM_BYTES(h->block_m, h->block_n, h->stages,
+                                                h->split_k < 1 ? 1 : h->split_k);
 }
 
 /* Append c to configs unless an equal config (name and params) is there. */
@@ -905,7 +906,7 @@ Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_s
 
     /* Distinct configs over the shapes and three SM counts (H20 78, H100 PCIe
      * 114, H100/H200/H800 SXM 132), both rungs. */
-    enum { CAP = 160 };
+    enum { CAP = 200 };
     static dinf_jit_kernel_config configs[CAP];
     int count = 0;
     const int sms[] = {78, 114, 132};
@@ -921,14 +922,16 @@ Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_s
     const int dsv3_count = count;
     /* Every other config the heuristics can produce for any shape: simple (3
      * forms x block_m x block_n {16..128 pow2}, stages by its smem rule) and
-     * fast (3 forms x block_m x its 10 block_n x cluster 1/2, stages by its
-     * smem rule); the same compile each, so cheap to cover. */
+     * fast (3 forms x block_m x its 10 block_n x {cluster 1, A multicast,
+     * split-K}, stages by its smem rule); the same compile each, so cheap to
+     * cover. */
     int expected = 0;
     for (int rung = 0; rung < 2; rung++)
         for (int form = 0; form < 3; form++)
             for (int bm = 64; bm <= 128; bm += 64)
                 for (int bn = 16; bn <= 160; bn += 16)
-                    for (int cluster = 1; cluster <= 2; cluster++) {
+                    for (int mode = 0; mode < 3; mode++) {
+                        const int cluster = mode == 0 ? 1 : 2, split = mode == 2 ? 2 : 1;
                         if (form == DINF_FP8_GEMM_CONTIGUOUS && bm != 128)
                             continue;
                         if (rung == DINF__FP8_KERNEL_SIMPLE && (cluster != 1 || 128 % bn != 0))
@@ -940,6 +943,7 @@ Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_s
                         cr_assert_eq(h.block_m, bm);
                         h.block_n = bn;
                         h.cluster = cluster;
+                        h.split_k = split;
                         h.stages = rung == DINF__FP8_KERNEL_SIMPLE ? 8 : 16;
                         while (config_smem(&h) > DINF_FP8_SMEM_LIMIT)
                             h.stages--;
@@ -950,7 +954,7 @@ Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_s
                     }
     cr_assert_eq(count, expected, "%d configs in the heuristics' space, %d expected (the "
                  "DeepSeek-V3 picks must be among them)", count, expected);
-    cr_assert_eq(expected, 20 + 100);
+    cr_assert_eq(expected, 20 + 150);
     double t0 = dinf__jit_now_seconds(), slowest = 0;
     char slowest_label[128] = "";
     for (int j = 0; j < count; j++) {
@@ -986,6 +990,7 @@ Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_s
         h.kernel = fast ? DINF__FP8_KERNEL_FAST : DINF__FP8_KERNEL_SIMPLE;
         h.block_m = (int)configs[j].params[1], h.block_n = (int)configs[j].params[2];
         h.stages = (int)configs[j].params[3];
+        h.split_k = fast ? (int)configs[j].params[5] : 1;
         cr_assert_leq(config_smem(&h), DINF_FP8_SMEM_LIMIT);
         cr_log_info("%s: %d registers, %d bytes of shared memory, no spills, %.2f s", label,
                     r->registers, config_smem(&h), took);

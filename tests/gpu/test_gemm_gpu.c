@@ -294,8 +294,9 @@ static void run_problem_once(const problem *p) {
         current_rung = rungs[rung_i];
         char rung[64];
         if (p->forced)
-            snprintf(rung, sizeof rung, "fast %dx%d s%d c%d", p->forced->block_m, p->forced->block_n,
-                     p->forced->stages, p->forced->cluster);
+            snprintf(rung, sizeof rung, "fast %dx%d s%d c%d k%d", p->forced->block_m,
+                     p->forced->block_n, p->forced->stages, p->forced->cluster,
+                     p->forced->split_k);
         else
             snprintf(rung, sizeof rung, "%s", current_rung);
         snprintf(what, sizeof what,
@@ -617,31 +618,35 @@ Test(gemm_gpu, masked_odd_shapes_clamped_counts_and_the_cpu_oracle) {
 /* ---------------------------------------- fast rung, forced configs -- */
 
 /* A fast-rung config as the heuristic would finish it (stages, threads, smem). */
-static dinf__fp8_config fast_config(int form, int block_m, int block_n, int cluster) {
+static dinf__fp8_config fast_config(int form, int block_m, int block_n, int cluster, int split_k) {
     dinf__fp8_config c;
     memset(&c, 0, sizeof c);
     c.kernel = DINF__FP8_KERNEL_FAST;
     c.gemm_type = form, c.block_m = block_m, c.block_n = block_n, c.cluster = cluster;
+    c.split_k = split_k;
     c.stages = 16;
-    while (DINF_FP8_FAST_SMEM_BYTES(block_m, block_n, c.stages) > DINF_FP8_SMEM_LIMIT)
+    while (DINF_FP8_FAST_SPLIT_SMEM_BYTES(block_m, block_n, c.stages, split_k) > DINF_FP8_SMEM_LIMIT)
         c.stages--;
     c.threads = 128 * (1 + block_m / 64);
-    c.smem_bytes = DINF_FP8_FAST_SMEM_BYTES(block_m, block_n, c.stages);
+    c.smem_bytes = DINF_FP8_FAST_SPLIT_SMEM_BYTES(block_m, block_n, c.stages, split_k);
     return c;
 }
 
 Test(gemm_gpu, fast_rung_every_block_n_and_cluster_size_matches_the_cpu_oracle) {
     /* n = 5 N-blocks minus a ragged edge: an odd count, so 2-CTA clusters run
      * a phantom partner; non-power-of-two block_n straddle B-scale blocks;
-     * masked counts leave partial tiles (direct stores) beside full ones. */
+     * masked counts leave partial tiles (direct stores) beside full ones;
+     * split-K pairs reduce through distributed shared memory. */
     static const int bns[] = {16, 32, 48, 64, 80, 96, 112, 128, 144, 160};
     int32_t masked[5] = {130, 64, 1, 0, 129};
     for (int i = 0; i < 10; i++)
         for (int form = 0; form < 3; form++) {
-            /* each block_n on each form, alternating cluster sizes (both per block_n) */
-            const int bn = bns[i], cluster = 1 + (i + form) % 2;
+            /* each block_n on each form; over the forms: one CTA, the A multicast
+             * pair, the split-K pair (k = 1000: 8 blocks, 4 + 4) */
+            const int bn = bns[i], mode = (i + form) % 3;
+            const int cluster = mode == 0 ? 1 : 2, split = mode == 2 ? 2 : 1;
             const int bm = form == CONTIGUOUS ? 128 : (i + cluster) % 2 ? 64 : 128;
-            const dinf__fp8_config c = fast_config(form, bm, bn, cluster);
+            const dinf__fp8_config c = fast_config(form, bm, bn, cluster, split);
             const int64_t n = 5 * bn - 8, k = 1000;
             int64_t rows = 300;
             int32_t *idx = NULL;
