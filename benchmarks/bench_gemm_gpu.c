@@ -219,6 +219,7 @@ typedef struct gpu_case {
     lt_plan plan;
     int have_plan;
     char name[96], peer_name[128], peer_label[384], simple_name[128], label[160];
+    double peer_ref_s; /* the peer's median time, measured at registration (0: none) */
 } gpu_case;
 
 static struct {
@@ -328,9 +329,10 @@ static int run_peer_once(gpu_case *c) {
     return 1;
 }
 
-/* One timed iteration: flush L2, then events around the call. peer: 0 ours
- * (fast rung), 1 cuBLASLt, 2 ours on the simple rung. */
-static double timed(gpu_case *c, int peer) {
+/* One call timed: flush L2, then events around the call; seconds, or -1
+ * with the error set. peer: 0 ours (fast rung), 1 cuBLASLt, 2 ours on the
+ * simple rung. Sets no counters (callable at registration). */
+static double time_call(gpu_case *c, int peer) {
     select_rung(peer == 2);
     cudaMemsetAsync(g.flush, 0, g.flush_bytes, g.stream);
     cudaEventRecord(g.start, g.stream);
@@ -352,13 +354,26 @@ static double timed(gpu_case *c, int peer) {
         bench_set_error(cudaGetErrorString(err));
         return -1;
     }
+    return (double)ms * 1e-3;
+}
+
+/* One timed iteration of a row, with its counters; ours also get
+ * vs_cublaslt = the peer's median time (registration) / this time: above 1,
+ * ours is faster. */
+static double timed(gpu_case *c, int peer) {
+    const double seconds = time_call(c, peer);
+    if (seconds <= 0)
+        return seconds;
+    const double ms = seconds * 1e3;
+    if (peer != 1 && c->peer_ref_s > 0)
+        bench_set_counter("vs_cublaslt", c->peer_ref_s / seconds);
     const double floor_s = flops_of(c) / FP8_PEAK_FLOPS > bytes_of(c) / HBM_BYTES_PER_S
                                ? flops_of(c) / FP8_PEAK_FLOPS
                                : bytes_of(c) / HBM_BYTES_PER_S;
     bench_set_counter("floor_us", floor_s * 1e6);
     bench_set_counter("TFLOPS", flops_of(c) / ((double)ms * 1e-3) / 1e12);
     bench_set_counter("GBps", bytes_of(c) / ((double)ms * 1e-3) / 1e9);
-    return (double)ms * 1e-3;
+    return seconds;
 }
 
 static double run_case(void *arg) { return timed(arg, 0); }
@@ -513,6 +528,20 @@ static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) 
                        .flops = flops, .bytes = bytes, .label = c->peer_label, .unit = "us",
                        .iterations = 30};
     bench_register(&peer);
+    /* The peer's reference time for our rows' vs_cublaslt: median of 7. */
+    double t[7];
+    int got = 0;
+    for (int i = 0; i < 7; i++) {
+        const double x = time_call(c, 1);
+        if (x > 0)
+            t[got++] = x;
+    }
+    for (int i = 1; i < got; i++) /* insertion sort */
+        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
+            const double x = t[j];
+            t[j] = t[j - 1], t[j - 1] = x;
+        }
+    c->peer_ref_s = got == 7 ? t[3] : 0;
 }
 
 void bench_register_gemm_gpu(void) {
