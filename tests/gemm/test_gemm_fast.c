@@ -820,6 +820,50 @@ Test(gemm_fast_heuristic, choices_for_the_deepseek_v3_shapes_on_132_sms) {
     }
 }
 
+Test(gemm_fast_heuristic, persistent_grid_keeps_the_waves_and_drops_idle_slots) {
+    uint64_t seed = 91;
+    for (int trial = 0; trial < 2000; trial++) {
+        const int form = trial % 3, num_sms = 1 + (int)(rng(&seed) % 140);
+        int32_t info[4 * 128];
+        const int groups = form == DINF_FP8_GEMM_NORMAL ? 1 : 4;
+        int64_t m = 1 + (int64_t)(rng(&seed) % 3000);
+        if (form == DINF_FP8_GEMM_CONTIGUOUS) {
+            m = 4 * 128;
+            for (int r = 0; r < 4 * 128; r++)
+                info[r] = r / 128;
+        } else if (form == DINF_FP8_GEMM_MASKED) {
+            m = 1 + m % 500;
+            for (int g = 0; g < 4; g++)
+                info[g] = (int32_t)m;
+        }
+        const int64_t n = 16 + 16 * (int64_t)(rng(&seed) % 600), k = 128 * (1 + (int64_t)(rng(&seed) % 20));
+        const dinf__fp8_gpu_problem p = {form, m, n, k, groups, m,
+                                         (const uint8_t *)(uintptr_t)0x10000, k,
+                                         (const float *)(uintptr_t)0x20000,
+                                         (const uint8_t *)(uintptr_t)0x30000, k,
+                                         (const float *)(uintptr_t)0x40000,
+                                         (uint16_t *)(uintptr_t)0x50000, n,
+                                         form == DINF_FP8_GEMM_NORMAL ? NULL : info};
+        dinf__fp8_launch_plan plan;
+        dinf__fp8_plan(&p, num_sms, DINF__FP8_KERNEL_FAST, &plan);
+        const int cl = plan.config.cluster;
+        const int tile_cluster = plan.config.split_k > 1 ? 1 : cl;
+        const long long bound = dinf_fp8_unit_bound(&plan.args, form, tile_cluster);
+        const long long slots = num_sms / cl;
+        const long long full = bound < slots ? bound : slots;
+        cr_assert_eq(plan.grid % (unsigned)cl, 0);
+        const long long clusters = plan.grid / (unsigned)cl;
+        cr_assert(clusters >= 1 && clusters <= full, "trial %d: %lld clusters of %lld", trial,
+                  clusters, full);
+        if (form == DINF_FP8_GEMM_NORMAL) /* as many waves as with every slot */
+            cr_assert_eq((bound + clusters - 1) / clusters, (bound + full - 1) / full,
+                         "trial %d: bound %lld, %lld clusters, %lld slots", trial, bound, clusters,
+                         full);
+        else
+            cr_assert_eq(clusters, full);
+    }
+}
+
 /* ------------------------------------------------------------- replay -- */
 
 static void tma_element(const dinf__fp8_tensor_map_geometry *g, long long c0, long long c1,
