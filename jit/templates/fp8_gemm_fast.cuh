@@ -35,7 +35,7 @@
  *   map_sa  as fp8_gemm.cuh
  *   map_d   3-D tensor map of D, 16-bit elements, dims {n, rows per group,
  *           groups} (normal/contiguous: {n, m, 1}; masked {n, m_max, G}),
- *           strides {ldd * 2, ldd * 2 * rows}, box {S / 2, BLOCK_M, 1},
+ *           strides {ldd * 2, ldd * 2 * rows}, box {S / 2, 64, 1},
  *           swizzle S bytes, S = dinf_fp8_d_swizzle_bytes(BLOCK_N)
  *   args    dinf_fp8_gemm_args
  * Launch: a persistent grid, a multiple of CLUSTER, cluster dims
@@ -51,16 +51,18 @@
  *    threads) already has 255 per thread and does not reallocate.
  *  - The stage count the shared memory allows (heuristic), one empty-barrier
  *    arrival per math warp instead of per thread.
- *  - A TMA-store epilogue: the math threads write their bf16 pairs into a
- *    swizzled shared tile (dinf_fp8_d_smem_offset), fence the generic proxy
- *    against the async proxy, meet at a named barrier, and one thread stores
- *    the tile with block_n * 2 / S bulk tensor stores, which clip rows >= m
- *    (the tensor's row dim) and columns >= n. The tile is reused by the next
- *    tile only after cp.async.bulk.wait_group.read 0 and a named barrier, so
- *    the store of tile t overlaps the main loop of tile t+1. Where a TMA
- *    store would write rows the call does not own (a masked group's rows in
- *    [masked_m, m_max): the tensor map only knows m_max) the tile is stored
- *    directly, clipped per element, as the simple rung does.
+ *  - A TMA-store epilogue, per math warpgroup (its 64 rows): its threads
+ *    write their bf16 pairs into a swizzled shared tile
+ *    (dinf_fp8_d_smem_offset), fence the generic proxy against the async
+ *    proxy, meet at the warpgroup's named barrier, and its first thread
+ *    stores the rows with block_n * 2 / S bulk tensor stores (box
+ *    {S / 2, 64}), which clip rows >= m (the tensor's row dim) and columns
+ *    >= n. The rows are rewritten by the next tile only after that thread's
+ *    cp.async.bulk.wait_group.read 0 and the named barrier, so the store of
+ *    tile t overlaps the main loop of tile t+1. Where a TMA store would write
+ *    rows the call does not own (a masked group's rows in [masked_m, m_max):
+ *    the tensor map only knows m_max) the warpgroup stores directly, clipped
+ *    per element, as the simple rung does.
  *  - CLUSTER 2: A multicast. Per stage, CTA rank r loads A rows
  *    [m0 + r * BLOCK_M / 2, + BLOCK_M / 2) into both CTAs (mask 0b11), its own
  *    B tile and its own A scales; each CTA's full barrier still expects the
@@ -125,7 +127,7 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
     constexpr bool kMulticast = CLUSTER > 1 && SPLIT_K == 1;
     constexpr int kTileCluster = SPLIT_K > 1 ? 1 : CLUSTER;
     constexpr int kAHalfRows = BLOCK_M / (kMulticast ? CLUSTER : 1);
-    constexpr uint32_t kEpilogueBarrier = 1; /* named barrier of the math threads */
+    constexpr uint32_t kEpilogueBarrier = 1; /* + math warpgroup: its named barrier */
 
     extern __shared__ uint8_t smem_raw[];
     uint8_t *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
@@ -224,7 +226,7 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
         const int warp_in_wg = (int)((threadIdx.x / 32) % 4);
         const int row0 = dinf_fp8_frag_row(math_wg, warp_in_wg, lane, 0);
         const int row1 = dinf_fp8_frag_row(math_wg, warp_in_wg, lane, 1);
-        const bool store_thread = threadIdx.x == 128;
+        const bool store_thread = threadIdx.x % 128 == 0; /* one per math warpgroup */
         const int math_thread = (int)threadIdx.x - 128;
         uint32_t reductions = 0; /* split-K tiles reduced so far (the reduction barriers' phase) */
         const float *b_scales = reinterpret_cast<const float *>(args.b_scales);
@@ -343,12 +345,15 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
             if (tile.phantom)
                 continue; /* the multicast partner of an odd last N-block: nothing to store */
 
-            if (GEMM_TYPE != DINF_FP8_GEMM_MASKED || m0 + BLOCK_M <= tile.row_limit) {
-                /* TMA-store epilogue: the previous tile's store must have read
-                 * the shared tile before anyone overwrites it. */
+            /* Each math warpgroup stores its own 64 rows, synchronising only
+             * its 128 threads (named barrier 1 + math_wg). */
+            const int wg_row0 = m0 + math_wg * 64;
+            if (GEMM_TYPE != DINF_FP8_GEMM_MASKED || wg_row0 + 64 <= tile.row_limit) {
+                /* TMA-store epilogue: the warpgroup's previous store must have
+                 * read its part of the shared tile before it is overwritten. */
                 if (store_thread)
                     bulk_wait_group_read_0();
-                named_barrier_sync(kEpilogueBarrier, kMathThreads);
+                named_barrier_sync(kEpilogueBarrier + (uint32_t)math_wg, 128);
 #pragma unroll
                 for (int half = 0; half < 2; half++) {
                     const int row = half ? row1 : row0;
@@ -366,18 +371,19 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
                             fast_pack_bf16x2(total[4 * i + 2 * half], total[4 * i + 2 * half + 1]);
                 }
                 fence_proxy_async_shared(); /* st.shared before the TMA store's reads */
-                named_barrier_sync(kEpilogueBarrier, kMathThreads);
+                named_barrier_sync(kEpilogueBarrier + (uint32_t)math_wg, 128);
                 if (store_thread) {
                     const int d_group = GEMM_TYPE == DINF_FP8_GEMM_MASKED ? tile.group : 0;
 #pragma unroll
                     for (int j = 0; j < kStoresD; j++)
-                        tma_store_3d(&map_d, d_tile + j * BLOCK_M * kSwizzleD,
-                                     n0 + j * (kSwizzleD / 2), m0, d_group);
+                        tma_store_3d(&map_d,
+                                     d_tile + j * BLOCK_M * kSwizzleD + math_wg * 64 * kSwizzleD,
+                                     n0 + j * (kSwizzleD / 2), wg_row0, d_group);
                     bulk_commit_group();
                 }
             } else {
-                /* A masked group's last, partial M-block: direct stores clipped
-                 * to the owned rows (the tensor map would write up to m_max). */
+                /* A masked group's last, partial rows: direct stores clipped to
+                 * the owned rows (the tensor map would write up to m_max). */
 #pragma unroll
                 for (int half = 0; half < 2; half++) {
                     const int row = m0 + (half ? row1 : row0);

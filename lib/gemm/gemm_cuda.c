@@ -123,7 +123,7 @@ void dinf__fp8_plan_config(const dinf__fp8_gpu_problem *p, int num_sms,
         plan->map_d = (dinf__fp8_tensor_map_geometry){
             p->d, 2, swizzle, {(uint64_t)p->n, (uint64_t)p->m, (uint64_t)a_groups},
             {(uint64_t)(p->ldd * 2), (uint64_t)(p->ldd * 2 * p->m)},
-            {(uint32_t)swizzle / 2, (uint32_t)cfg->block_m, 1}};
+            {(uint32_t)swizzle / 2, 64, 1}}; /* one store per math warpgroup's 64 rows */
     }
     dinf_fp8_gemm_args *args = &plan->args;
     args->d = (unsigned long long)(uintptr_t)p->d;

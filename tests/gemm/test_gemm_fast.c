@@ -897,7 +897,7 @@ static void tma_store_box(const dinf__fp8_tensor_map_geometry *g, const unsigned
         }
 }
 
-typedef struct replay_stats {
+typedef struct replay_stats { /* tma_tiles, direct_tiles: per math warpgroup's 64 rows */
     long long tma_tiles, direct_tiles, phantom_tiles, straddling_tiles, split_tiles;
 } replay_stats;
 
@@ -1016,10 +1016,13 @@ static void replay_fast(const dinf__fp8_launch_plan *plan, int gemm_type, replay
                 }
                 if (!one_scale && dinf_fp8_b_scale_former(n0, bn) < bn && n0 + dinf_fp8_b_scale_former(n0, bn) < args->n)
                     st->straddling_tiles++;
-                if (gemm_type != DINF_FP8_GEMM_MASKED || m0 + bm <= t->row_limit) {
-                    st->tma_tiles++;
-                    memset(d_smem, 0xEE, (size_t)bm * bn * 2);
-                    for (int wg = 0; wg < bm / 64; wg++)
+                /* each math warpgroup stores its 64 rows: by TMA unless they
+                 * reach past a masked group's count */
+                memset(d_smem, 0xEE, (size_t)bm * bn * 2);
+                for (int wg = 0; wg < bm / 64; wg++) {
+                    const int wg_row0 = m0 + wg * 64;
+                    if (gemm_type != DINF_FP8_GEMM_MASKED || wg_row0 + 64 <= t->row_limit) {
+                        st->tma_tiles++;
                         for (int warp = 0; warp < 4; warp++)
                             for (int lane = 0; lane < 32; lane++)
                                 for (int half = 0; half < 2; half++) {
@@ -1037,19 +1040,22 @@ static void replay_fast(const dinf__fp8_launch_plan *plan, int gemm_type, replay
                                         memcpy(d_smem + off + 2, &hi, 2);
                                     }
                                 }
-                    const int d_group = gemm_type == DINF_FP8_GEMM_MASKED ? t->group : 0;
-                    for (int j = 0; j < bn * 2 / sw; j++)
-                        tma_store_box(&plan->map_d, d_smem, (unsigned)(j * bm * sw),
-                                      n0 + j * (sw / 2), m0, d_group);
-                } else {
-                    st->direct_tiles++;
-                    for (int row = 0; row < bm; row++)
-                        for (int col = 0; col < bn; col++) {
-                            if (m0 + row >= t->row_limit || n0 + col >= args->n)
-                                continue;
-                            d[dinf_fp8_d_offset(args, gemm_type, t->group, m0 + row, n0 + col)] =
-                                dinf__bf16_from_f32(tot[row * bn + col]);
-                        }
+                        const int d_group = gemm_type == DINF_FP8_GEMM_MASKED ? t->group : 0;
+                        for (int j = 0; j < bn * 2 / sw; j++)
+                            tma_store_box(&plan->map_d, d_smem,
+                                          (unsigned)(j * bm * sw + wg * 64 * sw),
+                                          n0 + j * (sw / 2), wg_row0, d_group);
+                    } else {
+                        st->direct_tiles++;
+                        for (int row = wg * 64; row < wg * 64 + 64; row++)
+                            for (int col = 0; col < bn; col++) {
+                                if (m0 + row >= t->row_limit || n0 + col >= args->n)
+                                    continue;
+                                d[dinf_fp8_d_offset(args, gemm_type, t->group, m0 + row,
+                                                    n0 + col)] =
+                                    dinf__bf16_from_f32(tot[row * bn + col]);
+                            }
+                    }
                 }
             }
         }
