@@ -73,8 +73,8 @@
  *    2 * math warps. The scheduler (dinf_fp8_unit_at) gives the two CTAs of a
  *    cluster the N-blocks 2u and 2u+1 of one M-block; when n_blocks is odd the
  *    last unit's rank-1 tile is a phantom (n_block == n_blocks): it runs the
- *    pipeline on zero-filled B (its multicast half of A is needed by rank 0)
- *    and is never stored. Skipped contiguous blocks are skipped by both CTAs
+ *    pipeline (its multicast half of A is needed by rank 0) on N-block 0's B
+ *    and scales (in bounds) and is never stored. Skipped contiguous blocks are skipped by both CTAs
  *    alike (the group is a function of the M-block). A cluster barrier after
  *    the mbarrier init (the peer's barriers must exist before any multicast
  *    or remote arrive) and one before exit (no CTA may leave while its peer
@@ -208,7 +208,10 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
                                               a_group, (uint16_t)((1u << CLUSTER) - 1u));
                     else
                         tma_load_3d(a_dst, &map_a, &full[s], k0, m0, a_group);
-                    tma_load_3d(b_tiles + s * lay.b_stage, &map_b, &full[s], k0, n0, tile.group);
+                    /* A phantom loads N-block 0's B (in bounds: its bytes land
+                     * like any box; its result is never stored). */
+                    tma_load_3d(b_tiles + s * lay.b_stage, &map_b, &full[s], k0,
+                                tile.phantom ? 0 : n0, tile.group);
                     tma_load_3d(sa_tiles + s * BLOCK_M, &map_sa, &full[s], m0, kb, a_group);
                 }
             }

@@ -149,7 +149,7 @@ typedef struct dinf_fp8_tile {
     int row_limit; /* rows >= row_limit (within the group for masked) are not stored */
     int phantom;   /* 2-CTA cluster only: the partner of the last N-block of an odd
                     * n_blocks (n_block == n_blocks): run through the pipeline (the
-                    * multicast needs both CTAs) on zero-filled B, never stored */
+                    * multicast needs both CTAs) on N-block 0's B, never stored */
 } dinf_fp8_tile;
 
 /* Raster order inside a rectangle of m_blocks x n_units units: strips of

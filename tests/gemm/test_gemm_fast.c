@@ -970,8 +970,8 @@ static void replay_fast(const dinf__fp8_launch_plan *plan, int gemm_type, replay
                         tma_element(&plan->map_sa, m0 + row, kb, a_group, &sa_tile[row]);
                     for (int c = 0; c < bn; c++)
                         for (int kk = 0; kk < 128; kk++)
-                            tma_element(&plan->map_b, kb * 128 + kk, n0 + c, t->group,
-                                        &b_tile[c * 128 + kk]);
+                            tma_element(&plan->map_b, kb * 128 + kk, (t->phantom ? 0 : n0) + c,
+                                        t->group, &b_tile[c * 128 + kk]);
                     const int n0s = t->phantom ? 0 : n0;
                     const float sb0 = b_scales[dinf_fp8_b_scale_index(args, t->group, n0s, kb)];
                     const float sb1 =
