@@ -203,9 +203,13 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
                     const int k0 = kb * DINF_FP8_BLOCK_K;
                     uint8_t *a_dst = a_tiles + s * lay.a_stage +
                                      (kMulticast ? rank : 0) * kAHalfRows * DINF_FP8_BLOCK_K;
+                    /* A half wholly past the rows (the last M-block) loads rows
+                     * from 0 instead: in bounds, and only output rows that are
+                     * never stored depend on it. */
+                    const int a_row = m0 + rank * kAHalfRows < args.m ? m0 + rank * kAHalfRows : 0;
                     if (kMulticast)
-                        tma_load_3d_multicast(a_dst, &map_a, &full[s], k0, m0 + rank * kAHalfRows,
-                                              a_group, (uint16_t)((1u << CLUSTER) - 1u));
+                        tma_load_3d_multicast(a_dst, &map_a, &full[s], k0, a_row, a_group,
+                                              (uint16_t)((1u << CLUSTER) - 1u));
                     else
                         tma_load_3d(a_dst, &map_a, &full[s], k0, m0, a_group);
                     /* A phantom loads N-block 0's B (in bounds: its bytes land

@@ -957,10 +957,13 @@ static void replay_fast(const dinf__fp8_launch_plan *plan, int gemm_type, replay
                     for (int h = 0; h < parts; h++) {
                         const dinf_fp8_tile *th = &tiles[multicast ? h : r];
                         const int a_group = gemm_type == DINF_FP8_GEMM_MASKED ? th->group : 0;
+                        /* a multicast half wholly past the rows loads from row 0 */
+                        int row0 = th->m_block * bm + h * part_rows;
+                        if (multicast && row0 >= args->m)
+                            row0 = 0;
                         for (int rr = 0; rr < part_rows; rr++)
                             for (int kk = 0; kk < 128; kk++)
-                                tma_element(&plan->map_a, kb * 128 + kk,
-                                            th->m_block * bm + h * part_rows + rr, a_group,
+                                tma_element(&plan->map_a, kb * 128 + kk, row0 + rr, a_group,
                                             &a_tile[(h * part_rows + rr) * 128 + kk]);
                     }
                     const dinf_fp8_tile *t = &tiles[r];
