@@ -26,6 +26,10 @@
  * light without fine-grained scaling) and its label says so. Grouped forms:
  * cuBLASLt is called once per group (equal-sized groups).
  *
+ * Rows per shape: ours on the fast rung (the default; its label names the
+ * config), ours on the simple reference rung (gemm/gpu/simple_...: what the
+ * fast rung's features buy), and the peer.
+ *
  * Physical floor: the row's counter floor_us = max(FLOPs / 1979 TFLOP/s
  * (H200 dense FP8, datasheet), bytes / 4.8 TB/s (HBM3e, datasheet)); the
  * measured copy bandwidth row (copy/d2d) is beside it in the same table.
@@ -214,7 +218,8 @@ typedef struct gpu_case {
     int32_t *info;      /* m_indices or masked_m (device) */
     lt_plan plan;
     int have_plan;
-    char name[96], peer_name[128], peer_label[384];
+    char name[96], peer_name[128], peer_label[384], simple_name[128], label[160];
+    double peer_ref_s; /* the peer's median time, measured at registration (0: none) */
 } gpu_case;
 
 static struct {
@@ -225,6 +230,7 @@ static struct {
     size_t flush_bytes;
     uint8_t *pool; /* random finite e4m3 codes */
     size_t pool_bytes;
+    int num_sms; /* of device 0 (the fast rung's config in the row label) */
 } g;
 
 static uint64_t next_u64(uint64_t *s) {
@@ -243,7 +249,8 @@ static int setup(void) {
     if (cudaStreamCreateWithFlags(&g.stream, cudaStreamNonBlocking) != cudaSuccess ||
         cudaEventCreate(&g.start) != cudaSuccess || cudaEventCreate(&g.stop) != cudaSuccess ||
         cudaMalloc(&g.flush, g.flush_bytes) != cudaSuccess ||
-        cudaMalloc((void **)&device_one, sizeof(float)) != cudaSuccess)
+        cudaMalloc((void **)&device_one, sizeof(float)) != cudaSuccess ||
+        cudaDeviceGetAttribute(&g.num_sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess)
         return 0;
     const float one = 1.0f;
     cudaMemcpy(device_one, &one, sizeof one, cudaMemcpyHostToDevice);
@@ -287,6 +294,16 @@ static double bytes_of(const gpu_case *c) {
            ((double)c->m * (double)c->k + (double)c->k * (double)c->n + 2.0 * (double)c->m * (double)c->n);
 }
 
+/* The rung the next run_ours call runs: the fast kernel (the default) or the
+ * simple reference kernel (DINF_FP8_GEMM_KERNEL=simple), whose row shows
+ * what the fast rung's features buy. */
+static void select_rung(int simple) {
+    if (simple)
+        setenv("DINF_FP8_GEMM_KERNEL", "simple", 1);
+    else
+        unsetenv("DINF_FP8_GEMM_KERNEL");
+}
+
 static dinf_status run_ours(gpu_case *c) {
     dinf_exec exec = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)g.stream);
     const int64_t rows = c->form == CONTIGUOUS ? c->m * c->groups : c->m;
@@ -312,11 +329,14 @@ static int run_peer_once(gpu_case *c) {
     return 1;
 }
 
-/* One timed iteration: flush L2, then events around the call. */
-static double timed(gpu_case *c, int peer) {
+/* One call timed: flush L2, then events around the call; seconds, or -1
+ * with the error set. peer: 0 ours (fast rung), 1 cuBLASLt, 2 ours on the
+ * simple rung. Sets no counters (callable at registration). */
+static double time_call(gpu_case *c, int peer) {
+    select_rung(peer == 2);
     cudaMemsetAsync(g.flush, 0, g.flush_bytes, g.stream);
     cudaEventRecord(g.start, g.stream);
-    if (peer) {
+    if (peer == 1) {
         if (!run_peer_once(c)) {
             bench_set_error("cublasLtMatmul failed");
             return -1;
@@ -334,17 +354,31 @@ static double timed(gpu_case *c, int peer) {
         bench_set_error(cudaGetErrorString(err));
         return -1;
     }
+    return (double)ms * 1e-3;
+}
+
+/* One timed iteration of a row, with its counters; ours also get
+ * vs_cublaslt = the peer's median time (registration) / this time: above 1,
+ * ours is faster. */
+static double timed(gpu_case *c, int peer) {
+    const double seconds = time_call(c, peer);
+    if (seconds <= 0)
+        return seconds;
+    const double ms = seconds * 1e3;
+    if (peer != 1 && c->peer_ref_s > 0)
+        bench_set_counter("vs_cublaslt", c->peer_ref_s / seconds);
     const double floor_s = flops_of(c) / FP8_PEAK_FLOPS > bytes_of(c) / HBM_BYTES_PER_S
                                ? flops_of(c) / FP8_PEAK_FLOPS
                                : bytes_of(c) / HBM_BYTES_PER_S;
     bench_set_counter("floor_us", floor_s * 1e6);
     bench_set_counter("TFLOPS", flops_of(c) / ((double)ms * 1e-3) / 1e12);
     bench_set_counter("GBps", bytes_of(c) / ((double)ms * 1e-3) / 1e9);
-    return (double)ms * 1e-3;
+    return seconds;
 }
 
 static double run_case(void *arg) { return timed(arg, 0); }
 static double run_peer(void *arg) { return timed(arg, 1); }
+static double run_simple(void *arg) { return timed(arg, 2); }
 
 static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) {
     gpu_case *c = calloc(1, sizeof *c); /* lives until exit */
@@ -386,16 +420,39 @@ static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) 
                 cudaGetErrorString(cudaGetLastError()));
         return;
     }
-    /* The first call compiles the kernel (JIT): untimed, and a failure is reported here. */
-    if (run_ours(c) != DINF_STATUS_OK || cudaStreamSynchronize(g.stream) != cudaSuccess) {
-        fprintf(stderr, "%s: %s\n", c->name, dinf_last_error());
-        return;
-    }
+    /* The first call of each rung compiles its kernel (JIT): untimed, a
+     * failure is reported here. The fast rung's row names its config. */
     const double flops = flops_of(c), bytes = bytes_of(c);
+    for (int simple = 1; simple >= 0; simple--) {
+        select_rung(simple);
+        if (run_ours(c) != DINF_STATUS_OK || cudaStreamSynchronize(g.stream) != cudaSuccess) {
+            fprintf(stderr, "%s (%s rung): %s\n", c->name, simple ? "simple" : "fast",
+                    dinf_last_error());
+            select_rung(0);
+            return;
+        }
+    }
+    dinf_jit_kernel_config kc = DINF_JIT_KERNEL_CONFIG_INIT;
+    const int64_t hint_rows = form == CONTIGUOUS ? m * groups : m;
+    if (dinf_fp8_gemm_kernel_config(form, hint_rows, n, k, groups, g.num_sms, &kc) == DINF_STATUS_OK)
+        snprintf(c->label, sizeof c->label,
+                 "deepinfra fast rung (JIT sm_90a, %lldx%lld, %lld stages, %s)",
+                 (long long)kc.params[1], (long long)kc.params[2], (long long)kc.params[3],
+                 kc.params[5] == 2   ? "split-K 2"
+                 : kc.params[4] == 2 ? "2-CTA A multicast"
+                                     : "1 CTA");
+    else
+        snprintf(c->label, sizeof c->label, "deepinfra fast rung (JIT, sm_90a)");
     bench_spec spec = {.name = c->name, .run = run_case, .arg = c, .manual_time = 1,
-                       .flops = flops, .bytes = bytes, .label = "deepinfra (JIT, sm_90a)",
+                       .flops = flops, .bytes = bytes, .label = c->label,
                        .unit = "us", .iterations = 30};
     bench_register(&spec);
+    snprintf(c->simple_name, sizeof c->simple_name, "gemm/gpu/simple_%s", c->name + strlen("gemm/gpu/"));
+    bench_spec simple = {.name = c->simple_name, .run = run_simple, .arg = c, .manual_time = 1,
+                         .flops = flops, .bytes = bytes,
+                         .label = "deepinfra simple rung (the reference kernel)", .unit = "us",
+                         .iterations = 30};
+    bench_register(&simple);
 
     /* The cuBLASLt peer on the same data. */
     if (!lt_load()) {
@@ -471,6 +528,20 @@ static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) 
                        .flops = flops, .bytes = bytes, .label = c->peer_label, .unit = "us",
                        .iterations = 30};
     bench_register(&peer);
+    /* The peer's reference time for our rows' vs_cublaslt: median of 7. */
+    double t[7];
+    int got = 0;
+    for (int i = 0; i < 7; i++) {
+        const double x = time_call(c, 1);
+        if (x > 0)
+            t[got++] = x;
+    }
+    for (int i = 1; i < got; i++) /* insertion sort */
+        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
+            const double x = t[j];
+            t[j] = t[j - 1], t[j - 1] = x;
+        }
+    c->peer_ref_s = got == 7 ? t[3] : 0;
 }
 
 void bench_register_gemm_gpu(void) {

@@ -2,8 +2,11 @@
 """Print the wgmma e4m3 wrappers of jit/templates/dinf_sm90.cuh (one
 specialization per supported N). Run after changing the N list:
     tools/gen-wgmma.py > /tmp/w.txt   and paste between the GENERATED markers.
+With arguments, print those N instead (the fast GEMM's extra block sizes:
+    tools/gen-wgmma.py 48 80 96 112 144 160   -> the second GENERATED block).
 """
-NS = (16, 32, 64, 128)
+import sys
+NS = tuple(int(x) for x in sys.argv[1:]) or (16, 32, 64, 128)
 for n in NS:
     regs = n // 2
     outs = ", ".join("%%%d" % i for i in range(regs))

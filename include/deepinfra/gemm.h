@@ -45,7 +45,14 @@
  * pipeline, wgmma e4m3 with each 128-k block promoted into float32 with its
  * scales), compiled at run time by the JIT (deepinfra/jit.h) for the shape's
  * tile configuration on first use (dinf_fp8_gemm_kernel_config +
- * dinf_jit_precompile compile ahead). Every buffer is device memory of
+ * dinf_jit_precompile compile ahead). Two rungs: the fast kernel (the
+ * default: register reallocation, a deep pipeline, a TMA-store epilogue,
+ * block_n up to 160, 2-CTA clusters that multicast A or, for one-wave
+ * problems, split K in two and add the halves in a fixed order) and the
+ * simple reference kernel; the environment variable DINF_FP8_GEMM_KERNEL
+ * ("fast" or unset, "simple") picks one at every call, anything else is
+ * DINF_STATUS_INVALID_ARGUMENT. Both are deterministic; a split-K result may
+ * differ from the unsplit sum by one bf16 unit in the last place. Every buffer is device memory of
  * exec->device; the call enqueues on exec->stream and returns without
  * synchronising (CUDA-graph capturable once the kernel is compiled). Extra
  * rules on this path:
@@ -156,7 +163,8 @@ typedef enum dinf_fp8_gemm_form {
 /*
  * dinf_fp8_gemm_kernel_config - the JIT kernel the GPU path would choose for
  * a shape, to compile it ahead of serving with dinf_jit_precompile (warm-up,
- * or on a machine without a GPU with arch "sm_90a").
+ * or on a machine without a GPU with arch "sm_90a"); the rung
+ * DINF_FP8_GEMM_KERNEL selects now (template "fp8_gemm_fast" by default).
  * Arguments:
  *   form       [IN]  a dinf_fp8_gemm_form
  *   m          [IN]  rows: m (normal), m_sum (contiguous), expected_m (masked); >= 0
@@ -165,7 +173,8 @@ typedef enum dinf_fp8_gemm_form {
  *   num_sms    [IN]  streaming multiprocessors of the device (132 on H100/H200 SXM), >= 1
  *   config     [OUT] caller-owned; written on success
  * Returns DINF_STATUS_OK or DINF_STATUS_INVALID_ARGUMENT (bad form, sizes,
- * NULL config). Pure function: no device, no JIT. Thread-safe.
+ * NULL config, an unknown DINF_FP8_GEMM_KERNEL). Pure function: no device, no
+ * JIT. Thread-safe.
  */
 DINF_API dinf_status dinf_fp8_gemm_kernel_config(int32_t form, int64_t m, int64_t n, int64_t k,
                                                  int64_t num_groups, int32_t num_sms,

@@ -38,37 +38,60 @@
 #define DINF_FP8_SMEM_BYTES(block_m, block_n, stages)                                            \
     (1024 + (stages) * ((block_m) * 128 + (block_n) * 128 + (block_m) * 4) + (stages) * 16)
 
+/* The fast kernel (fp8_gemm_fast.cuh) adds the bf16 output tile of its
+ * TMA-store epilogue (block_m x block_n x 2 bytes, a multiple of 1024 for
+ * the block sizes it takes) in front of the stages. */
+#define DINF_FP8_FAST_SMEM_BYTES(block_m, block_n, stages)                                       \
+    (DINF_FP8_SMEM_BYTES(block_m, block_n, stages) + (block_m) * (block_n) * 2)
+
+/* With split-K 2 (fp8_gemm_fast.cuh, SPLIT_K) also the partner's float32
+ * partial tile (block_m x block_n x 4 bytes) and two reduction mbarriers. */
+#define DINF_FP8_FAST_SPLIT_SMEM_BYTES(block_m, block_n, stages, split_k)                        \
+    (DINF_FP8_FAST_SMEM_BYTES(block_m, block_n, stages) +                                        \
+     ((split_k) > 1 ? (block_m) * (block_n) * 4 + 16 : 0))
+
 /* Largest dynamic shared memory per block on sm_90 (227 KiB). */
 #define DINF_FP8_SMEM_LIMIT 232448
 
 /*
- * The kernel's carve-up of that memory, byte offsets from the 1024-aligned
- * base (the first 1024 bytes of DINF_FP8_SMEM_BYTES pay for aligning it):
- * stage s of A at a + s * a_stage, of B at b + s * b_stage, its A scales at
- * sa + s * sa_stage, its full / empty mbarriers at full + 8 s / empty + 8 s.
+ * The kernels' carve-up of that memory, byte offsets from the 1024-aligned
+ * base (the first 1024 bytes of the dynamic size pay for aligning it): the
+ * output tile of the fast kernel's TMA-store epilogue at d (d_bytes, 0 for
+ * the simple kernel), then stage s of A at a + s * a_stage, of B at
+ * b + s * b_stage, its A scales at sa + s * sa_stage, its full / empty
+ * mbarriers at full + 8 s / empty + 8 s.
  * Rules the hardware sets (checked on the CPU for every config): 128-byte
  * swizzled TMA destinations and wgmma operands start 1024-byte aligned (the
  * swizzle repeats every 8 rows of 128 bytes; math warpgroup 1 reads A from
- * a + 64 * 128), plain TMA destinations 128-byte aligned, mbarriers 8.
+ * a + 64 * 128; with a 2-CTA cluster each CTA's half of A lands at
+ * a + rank * block_m / 2 * 128), plain TMA destinations 128-byte aligned,
+ * mbarriers 8; the swizzled output tile 1024-byte aligned (d = 0).
  */
 typedef struct dinf_fp8_smem_layout {
-    unsigned a, b, sa, full, empty, end;
+    unsigned d, a, b, sa, full, empty, end;
     unsigned a_stage, b_stage, sa_stage;
 } dinf_fp8_smem_layout;
 
-DINF_FP8_HD_CONST dinf_fp8_smem_layout dinf_fp8_smem_carve(int block_m, int block_n,
-                                                          int stages) {
-    dinf_fp8_smem_layout l = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+DINF_FP8_HD_CONST dinf_fp8_smem_layout dinf_fp8_smem_carve_d(int block_m, int block_n, int stages,
+                                                            unsigned d_bytes) {
+    dinf_fp8_smem_layout l = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
     l.a_stage = (unsigned)block_m * DINF_FP8_BLOCK_K; /* e4m3 */
     l.b_stage = (unsigned)block_n * DINF_FP8_BLOCK_K; /* e4m3 */
     l.sa_stage = (unsigned)block_m * 4;                /* float32 */
-    l.a = 0;
+    l.d = 0;
+    l.a = (d_bytes + 1023u) / 1024u * 1024u;
     l.b = l.a + (unsigned)stages * l.a_stage;
     l.sa = l.b + (unsigned)stages * l.b_stage;
     l.full = l.sa + (unsigned)stages * l.sa_stage;
     l.empty = l.full + (unsigned)stages * 8;
     l.end = l.empty + (unsigned)stages * 8;
     return l;
+}
+
+/* The simple kernel's carve-up (no output tile). */
+DINF_FP8_HD_CONST dinf_fp8_smem_layout dinf_fp8_smem_carve(int block_m, int block_n,
+                                                          int stages) {
+    return dinf_fp8_smem_carve_d(block_m, block_n, stages, 0u);
 }
 
 /* Bytes the three TMA loads of one stage deliver (the expect_tx of its full
@@ -124,21 +147,31 @@ typedef struct dinf_fp8_tile {
     int m_block, n_block;
     int group;     /* the B matrix (and for masked the A/D group) */
     int row_limit; /* rows >= row_limit (within the group for masked) are not stored */
+    int phantom;   /* 2-CTA cluster only: the partner of the last N-block of an odd
+                    * n_blocks (n_block == n_blocks): run through the pipeline (the
+                    * multicast needs both CTAs) on N-block 0's B, never stored */
 } dinf_fp8_tile;
 
-/* Raster order inside a rectangle of m_blocks x n_blocks tiles: strips of
- * DINF_FP8_STRIP_N_BLOCKS N-blocks (the last one narrower), M-blocks in order
- * inside a strip, N-blocks fastest. index < m_blocks * n_blocks. */
+/* Raster order inside a rectangle of m_blocks x n_units units: strips of
+ * `strip` units (the last one narrower), M-blocks in order inside a strip,
+ * units fastest. index < m_blocks * n_units. */
+DINF_FP8_HD void dinf_fp8_raster_strip(long long index, int m_blocks, int n_units, int strip,
+                                       int *m_block, int *n_unit) {
+    const long long full = (long long)m_blocks * strip;
+    const long long s = index / full;
+    const int n_start = (int)(s * strip);
+    const int rest = n_units - n_start;
+    const int width = rest < strip ? rest : strip;
+    const long long r = index - s * full;
+    *m_block = (int)(r / width);
+    *n_unit = n_start + (int)(r % width);
+}
+
+/* The simple kernel's order: units are N-blocks, strips of
+ * DINF_FP8_STRIP_N_BLOCKS. */
 DINF_FP8_HD void dinf_fp8_raster(long long index, int m_blocks, int n_blocks, int *m_block,
                                  int *n_block) {
-    const long long full = (long long)m_blocks * DINF_FP8_STRIP_N_BLOCKS;
-    const long long strip = index / full;
-    const int n_start = (int)(strip * DINF_FP8_STRIP_N_BLOCKS);
-    const int rest = n_blocks - n_start;
-    const int width = rest < DINF_FP8_STRIP_N_BLOCKS ? rest : DINF_FP8_STRIP_N_BLOCKS;
-    const long long r = index - strip * full;
-    *m_block = (int)(r / width);
-    *n_block = n_start + (int)(r % width);
+    dinf_fp8_raster_strip(index, m_blocks, n_blocks, DINF_FP8_STRIP_N_BLOCKS, m_block, n_block);
 }
 
 /* Valid rows of masked group g: masked_m[g] clamped to [0, m_max] (the
@@ -156,26 +189,51 @@ DINF_FP8_HD long long dinf_fp8_tile_bound(const dinf_fp8_gemm_args *a, int gemm_
     return gemm_type == DINF_FP8_GEMM_MASKED ? per_group * a->num_groups : per_group;
 }
 
+/* N-units of a cluster of `cluster` CTAs: the CTAs of a cluster take the
+ * `cluster` adjacent N-blocks of one M-block (the A tile they share by
+ * multicast), so the schedule walks units of `cluster` N-blocks. */
+DINF_FP8_HD int dinf_fp8_n_units(const dinf_fp8_gemm_args *a, int cluster) {
+    return (a->n_blocks + cluster - 1) / cluster;
+}
+
+/* Units a launch may have to visit (upper bound for masked), per cluster. */
+DINF_FP8_HD long long dinf_fp8_unit_bound(const dinf_fp8_gemm_args *a, int gemm_type,
+                                          int cluster) {
+    const long long per_group = (long long)a->m_blocks * dinf_fp8_n_units(a, cluster);
+    return gemm_type == DINF_FP8_GEMM_MASKED ? per_group * a->num_groups : per_group;
+}
+
 /*
- * Tile `index` of the launch (0, 1, ... in the order every CTA agrees on).
- * Returns 1 and fills *tile when the tile is to be computed, 0 when it is
- * skipped (contiguous: a block whose m_indices entry is outside
- * [0, num_groups), -1 included), -1 when index is past the last tile.
- * BLOCK_M = block_m. Contiguous reads m_indices[m_block * block_m] only (the
- * first row of each block: the group must be constant over the block).
+ * The tile of CTA `rank` (0 .. cluster-1) of a cluster at unit `index` of the
+ * launch (0, 1, ... in the order every cluster agrees on): unit (m_block,
+ * n_unit) gives CTA rank the N-block n_unit * cluster + rank of that M-block;
+ * units run in strips of DINF_FP8_STRIP_N_BLOCKS / cluster units (the same
+ * band of B as the simple order). Returns 1 and fills *tile when the unit is
+ * to be computed (tile->phantom: the partner of the last N-block of an odd
+ * n_blocks, which runs the pipeline but stores nothing), 0 when it is
+ * skipped by every CTA of the cluster alike (contiguous: a block whose
+ * m_indices entry is outside [0, num_groups), -1 included), -1 past the last
+ * unit. Contiguous reads m_indices[m_block * block_m] only (the group must be
+ * constant over the block). cluster 1, rank 0: the simple kernel's order.
  */
-DINF_FP8_HD int dinf_fp8_tile_at(const dinf_fp8_gemm_args *a, int gemm_type, int block_m,
-                                 long long index, dinf_fp8_tile *tile) {
+DINF_FP8_HD int dinf_fp8_unit_at(const dinf_fp8_gemm_args *a, int gemm_type, int block_m,
+                                 int cluster, int rank, long long index, dinf_fp8_tile *tile) {
     if (index < 0)
         return -1;
+    const int n_units = dinf_fp8_n_units(a, cluster);
+    const int strip = DINF_FP8_STRIP_N_BLOCKS / cluster;
+    int n_unit = 0;
+    tile->phantom = 0;
     if (gemm_type == DINF_FP8_GEMM_MASKED) {
         const int *masked_m = (const int *)a->group_info;
         for (int g = 0; g < a->num_groups; g++) {
             const int rows = dinf_fp8_masked_rows(masked_m, g, a->m);
             const int m_blocks = (rows + block_m - 1) / block_m;
-            const long long count = (long long)m_blocks * a->n_blocks;
+            const long long count = (long long)m_blocks * n_units;
             if (index < count) {
-                dinf_fp8_raster(index, m_blocks, a->n_blocks, &tile->m_block, &tile->n_block);
+                dinf_fp8_raster_strip(index, m_blocks, n_units, strip, &tile->m_block, &n_unit);
+                tile->n_block = n_unit * cluster + rank;
+                tile->phantom = tile->n_block >= a->n_blocks;
                 tile->group = g;
                 tile->row_limit = rows;
                 return 1;
@@ -184,9 +242,11 @@ DINF_FP8_HD int dinf_fp8_tile_at(const dinf_fp8_gemm_args *a, int gemm_type, int
         }
         return -1;
     }
-    if (index >= (long long)a->m_blocks * a->n_blocks)
+    if (index >= (long long)a->m_blocks * n_units)
         return -1;
-    dinf_fp8_raster(index, a->m_blocks, a->n_blocks, &tile->m_block, &tile->n_block);
+    dinf_fp8_raster_strip(index, a->m_blocks, n_units, strip, &tile->m_block, &n_unit);
+    tile->n_block = n_unit * cluster + rank;
+    tile->phantom = tile->n_block >= a->n_blocks;
     tile->row_limit = a->m;
     tile->group = 0;
     if (gemm_type == DINF_FP8_GEMM_CONTIGUOUS) {
@@ -198,11 +258,72 @@ DINF_FP8_HD int dinf_fp8_tile_at(const dinf_fp8_gemm_args *a, int gemm_type, int
     return 1;
 }
 
-/* Index of b_scales[group][n / 128][kb] for the tile's columns. BLOCK_N
- * divides 128, so one N-block lies inside one 128-column scale block. */
+/* Tile `index` of the simple kernel (one CTA per unit): dinf_fp8_unit_at
+ * with cluster 1. */
+DINF_FP8_HD int dinf_fp8_tile_at(const dinf_fp8_gemm_args *a, int gemm_type, int block_m,
+                                 long long index, dinf_fp8_tile *tile) {
+    return dinf_fp8_unit_at(a, gemm_type, block_m, 1, 0, index, tile);
+}
+
+/*
+ * Split-K (fast kernel, SPLIT_K = 2): the two CTAs of a cluster compute the
+ * same tile over the two halves of the k blocks, rank r taking
+ * [*begin, *end): rank 0 the first ceil(k_blocks / split) blocks, rank 1 the
+ * rest (possibly none: its partial is then zero). Rank 0 adds rank 1's
+ * float32 partial to its own (total = own + partner's, a fixed order: the
+ * result is deterministic, not bit-equal to the unsplit sum) and stores.
+ */
+DINF_FP8_HD void dinf_fp8_split_k_range(int k_blocks, int split, int rank, int *begin, int *end) {
+    const int per = (k_blocks + split - 1) / split;
+    const int b = rank * per < k_blocks ? rank * per : k_blocks;
+    const int e = b + per < k_blocks ? b + per : k_blocks;
+    *begin = b;
+    *end = e;
+}
+
+/* Position of math thread t's i-th accumulator in the partial-tile buffer
+ * (float index): i-major, so a warp's 32 lanes write 32 consecutive words. */
+DINF_FP8_HD_CONST int dinf_fp8_split_slot(int i, int thread, int math_threads) {
+    return i * math_threads + thread;
+}
+
+/* Index of b_scales[group][n0 / 128][kb]: the scale of column n0. */
 DINF_FP8_HD long long dinf_fp8_b_scale_index(const dinf_fp8_gemm_args *a, int group, int n0,
                                              int kb) {
     return ((long long)group * a->n_scale_blocks + n0 / DINF_FP8_BLOCK_K) * a->k_blocks + kb;
+}
+
+/*
+ * B scales of a tile whose block_n need not divide 128 (fast kernel): its
+ * first `former` columns, [n0, n0 + former), lie in scale block n0 / 128
+ * (dinf_fp8_b_scale_index(.., n0, ..)), the rest in the next one, whose
+ * first column is dinf_fp8_b_scale_next_col (clamped to the last scale
+ * block: columns there are >= n, computed but never stored). The block sizes
+ * the fast kernel takes (block_n a multiple of 16, and for block_n > 128 a
+ * divisor relation that keeps n0 % 128 <= 256 - block_n) touch at most two
+ * scale blocks and give a former that is a multiple of 16 (the CPU tests
+ * check both for every N-block), so a wgmma column group of 8 never
+ * straddles the boundary.
+ */
+DINF_FP8_HD_CONST int dinf_fp8_gcd(int a, int b) { return b == 0 ? a : dinf_fp8_gcd(b, a % b); }
+
+/* The block_n values the fast kernel takes: multiples of 16 from 16 to 160
+ * whose tiles touch at most two 128-column scale blocks: the largest start
+ * offset n0 % 128 is 128 - gcd(block_n, 128), so block_n - gcd <= 128
+ * (16 .. 128, 144, 160). */
+DINF_FP8_HD_CONST int dinf_fp8_fast_block_n_ok(int block_n) {
+    return block_n >= 16 && block_n <= 160 && block_n % 16 == 0 &&
+           block_n - dinf_fp8_gcd(block_n, DINF_FP8_BLOCK_K) <= DINF_FP8_BLOCK_K;
+}
+
+DINF_FP8_HD int dinf_fp8_b_scale_former(int n0, int block_n) {
+    const int left = DINF_FP8_BLOCK_K - n0 % DINF_FP8_BLOCK_K;
+    return left < block_n ? left : block_n;
+}
+DINF_FP8_HD int dinf_fp8_b_scale_next_col(const dinf_fp8_gemm_args *a, int n0) {
+    const int next = (n0 / DINF_FP8_BLOCK_K + 1) * DINF_FP8_BLOCK_K;
+    const int last = (a->n_scale_blocks - 1) * DINF_FP8_BLOCK_K;
+    return next < last ? next : last;
 }
 
 /* Output element offset (in elements from d) of row `row` of the tile's
@@ -237,6 +358,49 @@ DINF_FP8_HD_CONST dinf_fp8_pipe_slot dinf_fp8_pipe_at(unsigned it, unsigned stag
     p.full_parity = (it / stages) & 1u;
     p.empty_parity = p.full_parity ^ 1u;
     return p;
+}
+
+/*
+ * The fast kernel's output tile in shared memory, as its TMA store reads it
+ * (tensor map of D with box {swizzle / 2, block_m, 1} and the swizzle mode
+ * CU_TENSOR_MAP_SWIZZLE_<swizzle>B): the block_n columns are cut into
+ * block_n * 2 / swizzle chunks of swizzle bytes per row; chunk j holds rows
+ * 0 .. block_m - 1 of swizzle bytes each, at j * block_m * swizzle; inside
+ * each, the 16-byte unit of byte address x is XORed with bits 7.. of x
+ * (128 B: bits 4-6 ^= bits 7-9; 64 B: bits 4-5 ^= 7-8; 32 B: bit 4 ^= bit 7:
+ * the TMA swizzle patterns, a function of the shared address, so chunks start
+ * 1024-byte aligned). This spreads a warp's bf16x2 stores (8 rows x 4 column
+ * pairs) over all 32 banks. swizzle: the widest of 128, 64, 32 bytes that
+ * divides a row of the tile (block_n a multiple of 16).
+ */
+DINF_FP8_HD_CONST int dinf_fp8_d_swizzle_bytes(int block_n) {
+    return (block_n * 2) % 128 == 0 ? 128 : (block_n * 2) % 64 == 0 ? 64 : 32;
+}
+DINF_FP8_HD_CONST unsigned dinf_fp8_d_smem_offset(int row, int col, int block_m, int swizzle) {
+    const unsigned byte = (unsigned)col * 2u;
+    const unsigned lin = (byte / (unsigned)swizzle) * (unsigned)block_m * (unsigned)swizzle +
+                         (unsigned)row * (unsigned)swizzle + byte % (unsigned)swizzle;
+    return lin ^ (((lin >> 7) & ((unsigned)swizzle / 16u - 1u)) << 4);
+}
+
+/* The same offset for the fragment element pair (row, dinf_fp8_frag_col(i,
+ * lane)) split the way the kernel computes it: a per-row part
+ * (row * swizzle + 4 * (lane % 4), and the row's XOR pattern
+ * ((row * swizzle) >> 7) & (swizzle / 16 - 1)) plus a part fixed by the
+ * unrolled i (the chunk i * 16 / swizzle and the 16-byte unit
+ * i % (swizzle / 16)). The chunks start at multiples of block_m * swizzle
+ * >= 2048 bytes, so they leave the XOR bits alone. */
+DINF_FP8_HD_CONST unsigned dinf_fp8_d_smem_row_base(int row, int lane, int swizzle) {
+    return (unsigned)row * (unsigned)swizzle + 4u * (unsigned)(lane % 4);
+}
+DINF_FP8_HD_CONST unsigned dinf_fp8_d_smem_row_xor(int row, int swizzle) {
+    return (((unsigned)row * (unsigned)swizzle) >> 7) & ((unsigned)swizzle / 16u - 1u);
+}
+DINF_FP8_HD_CONST unsigned dinf_fp8_d_smem_frag_offset(unsigned row_base, unsigned row_xor, int i,
+                                                       int block_m, int swizzle) {
+    const unsigned chunk = (unsigned)i * 16u / (unsigned)swizzle;
+    const unsigned unit = (unsigned)i % ((unsigned)swizzle / 16u);
+    return chunk * (unsigned)block_m * (unsigned)swizzle + row_base + ((unit ^ row_xor) << 4);
 }
 
 /*

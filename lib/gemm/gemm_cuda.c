@@ -1,6 +1,7 @@
 /*
  * The Hopper path of the FP8 GEMMs: GPU argument rules, tensor maps and the
- * launch of the JIT kernel (jit/templates/fp8_gemm.cuh).
+ * launch of the JIT kernels (jit/templates/fp8_gemm_fast.cuh, the default,
+ * and the reference rung jit/templates/fp8_gemm.cuh; DINF_FP8_GEMM_KERNEL picks).
  *
  * Tensor maps are encoded on the host with cuTensorMapEncodeTiled, a driver
  * function reached through cudaGetDriverEntryPointByVersion (the library
@@ -82,36 +83,48 @@ dinf_status dinf__fp8_gpu_check(const char *func, const dinf__fp8_gpu_problem *p
     const int64_t aligned_m = ceil_div_ll(p->m, 4) * 4, k_blocks = ceil_div_ll(p->k, 128);
     const long double strides[] = {(long double)p->lda, (long double)p->lda * (long double)p->m,
                                    (long double)p->ldb, (long double)p->ldb * (long double)p->n,
-                                   (long double)aligned_m * 4.0L * (long double)k_blocks};
+                                   (long double)aligned_m * 4.0L * (long double)k_blocks,
+                                   (long double)p->ldd * 2.0L * (long double)p->m};
     for (size_t i = 0; i < sizeof strides / sizeof strides[0]; i++)
         if (strides[i] >= (long double)TMA_STRIDE_LIMIT)
             return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
-                              "lda=%lld, ldb=%lld, %s=%lld, n=%lld, k=%lld: a tensor-map stride "
-                              "reaches 2^40 bytes (the Hopper kernels' limit)",
-                              (long long)p->lda, (long long)p->ldb, form_name(p->gemm_type),
-                              (long long)p->m, (long long)p->n, (long long)p->k);
+                              "lda=%lld, ldb=%lld, ldd=%lld, %s=%lld, n=%lld, k=%lld: a "
+                              "tensor-map stride reaches 2^40 bytes (the Hopper kernels' limit)",
+                              (long long)p->lda, (long long)p->ldb, (long long)p->ldd,
+                              form_name(p->gemm_type), (long long)p->m, (long long)p->n,
+                              (long long)p->k);
     return DINF_STATUS_OK;
 }
 
-void dinf__fp8_plan(const dinf__fp8_gpu_problem *p, int num_sms, dinf__fp8_launch_plan *plan) {
+void dinf__fp8_plan_config(const dinf__fp8_gpu_problem *p, int num_sms,
+                           const dinf__fp8_config *config, dinf__fp8_launch_plan *plan) {
     memset(plan, 0, sizeof *plan);
-    const int64_t groups = p->num_groups;
-    const int64_t hint = p->gemm_type == DINF_FP8_GEMM_MASKED ? p->expected_m : p->m;
-    plan->config = dinf__fp8_heuristic(p->gemm_type, hint, p->n, p->k, groups, num_sms);
+    plan->config = *config;
     const dinf__fp8_config *cfg = &plan->config;
+    const int64_t groups = p->num_groups;
     const int64_t k_blocks = ceil_div_ll(p->k, 128), aligned_m = ceil_div_ll(p->m, 4) * 4;
-    /* A and its scales have one group per masked group, one in total otherwise. */
+    /* A, its scales and D have one group per masked group, one in total otherwise. */
     const int64_t a_groups = p->gemm_type == DINF_FP8_GEMM_MASKED ? groups : 1;
+    /* With the multicast each CTA loads (into both) its half of A's rows. */
+    const int multicast = cfg->cluster > 1 && cfg->split_k < 2;
+    const uint32_t a_box_rows = (uint32_t)(cfg->block_m / (multicast ? cfg->cluster : 1));
     plan->map_a = (dinf__fp8_tensor_map_geometry){
-        p->a, 1, 1, {(uint64_t)p->k, (uint64_t)p->m, (uint64_t)a_groups},
-        {(uint64_t)p->lda, (uint64_t)(p->lda * p->m)}, {DINF_FP8_BLOCK_K, (uint32_t)cfg->block_m, 1}};
+        p->a, 1, 128, {(uint64_t)p->k, (uint64_t)p->m, (uint64_t)a_groups},
+        {(uint64_t)p->lda, (uint64_t)(p->lda * p->m)}, {DINF_FP8_BLOCK_K, a_box_rows, 1}};
     plan->map_b = (dinf__fp8_tensor_map_geometry){
-        p->b, 1, 1, {(uint64_t)p->k, (uint64_t)p->n, (uint64_t)groups},
+        p->b, 1, 128, {(uint64_t)p->k, (uint64_t)p->n, (uint64_t)groups},
         {(uint64_t)p->ldb, (uint64_t)(p->ldb * p->n)}, {DINF_FP8_BLOCK_K, (uint32_t)cfg->block_n, 1}};
     plan->map_sa = (dinf__fp8_tensor_map_geometry){
         p->a_scales, 4, 0, {(uint64_t)aligned_m, (uint64_t)k_blocks, (uint64_t)a_groups},
         {(uint64_t)(aligned_m * 4), (uint64_t)(aligned_m * 4 * k_blocks)},
         {(uint32_t)cfg->block_m, 1, 1}};
+    if (cfg->kernel != DINF__FP8_KERNEL_SIMPLE) {
+        const int swizzle = dinf_fp8_d_swizzle_bytes(cfg->block_n);
+        plan->map_d = (dinf__fp8_tensor_map_geometry){
+            p->d, 2, swizzle, {(uint64_t)p->n, (uint64_t)p->m, (uint64_t)a_groups},
+            {(uint64_t)(p->ldd * 2), (uint64_t)(p->ldd * 2 * p->m)},
+            {(uint32_t)swizzle / 2, 64, 1}}; /* one store per math warpgroup's 64 rows */
+    }
     dinf_fp8_gemm_args *args = &plan->args;
     args->d = (unsigned long long)(uintptr_t)p->d;
     args->b_scales = (unsigned long long)(uintptr_t)p->b_scales;
@@ -125,8 +138,29 @@ void dinf__fp8_plan(const dinf__fp8_gpu_problem *p, int num_sms, dinf__fp8_launc
     args->n_scale_blocks = (int)ceil_div_ll(p->n, 128);
     args->m_blocks = (int)ceil_div_ll(p->m, cfg->block_m);
     args->n_blocks = (int)ceil_div_ll(p->n, cfg->block_n);
-    const long long bound = dinf_fp8_tile_bound(args, p->gemm_type);
-    plan->grid = (unsigned)(bound < num_sms ? bound : num_sms);
+    /* Persistent grid: a whole number of clusters, at most one CTA per SM,
+     * no more clusters than units. The normal form (every unit a real tile of
+     * equal work) also drops the SMs its last wave would leave idle anyway:
+     * ceil(units / waves) clusters take the same number of waves (DeepGEMM
+     * v1.3: less L2 pressure, less clock drop); the grouped forms' bounds
+     * count skipped and absent tiles, so they keep every slot. */
+    const long long bound = dinf_fp8_unit_bound(args, p->gemm_type, multicast ? cfg->cluster : 1);
+    const long long slots = num_sms / cfg->cluster;
+    long long clusters = bound < slots ? bound : slots;
+    if (p->gemm_type == DINF_FP8_GEMM_NORMAL && cfg->kernel != DINF__FP8_KERNEL_SIMPLE &&
+        clusters > 0) {
+        const long long waves = (bound + clusters - 1) / clusters;
+        clusters = (bound + waves - 1) / waves;
+    }
+    plan->grid = (unsigned)(clusters * cfg->cluster);
+}
+
+void dinf__fp8_plan(const dinf__fp8_gpu_problem *p, int num_sms, int kernel,
+                    dinf__fp8_launch_plan *plan) {
+    const int64_t hint = p->gemm_type == DINF_FP8_GEMM_MASKED ? p->expected_m : p->m;
+    const dinf__fp8_config c =
+        dinf__fp8_choose(kernel, p->gemm_type, hint, p->n, p->k, p->num_groups, num_sms);
+    dinf__fp8_plan_config(p, num_sms, &c, plan);
 }
 
 #if DINF_WITH_CUDA
@@ -161,17 +195,24 @@ static void driver_load(void) {
     driver.encode = (encode_tiled_fn)fn;
 }
 
-/* Encode a planned 3-D tiled tensor map (dims/strides as documented in fp8_gemm.cuh). */
+/* Encode a planned 3-D tiled tensor map (dims/strides as documented in fp8_gemm.cuh
+ * and fp8_gemm_fast.cuh). */
 static dinf_status encode(const char *func, const char *what, CUtensorMap *map,
                           const dinf__fp8_tensor_map_geometry *g) {
     const cuuint64_t dims[3] = {g->dims[0], g->dims[1], g->dims[2]};
     const cuuint64_t strides[2] = {g->strides[0], g->strides[1]};
     const cuuint32_t box[3] = {g->box[0], g->box[1], g->box[2]};
     const cuuint32_t element_strides[3] = {1, 1, 1};
+    const CUtensorMapDataType type = g->elem_bytes == 1   ? CU_TENSOR_MAP_DATA_TYPE_UINT8
+                                     : g->elem_bytes == 2 ? CU_TENSOR_MAP_DATA_TYPE_UINT16
+                                                          : CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
+    const CUtensorMapSwizzle swizzle = g->swizzle_bytes == 128  ? CU_TENSOR_MAP_SWIZZLE_128B
+                                       : g->swizzle_bytes == 64 ? CU_TENSOR_MAP_SWIZZLE_64B
+                                       : g->swizzle_bytes == 32 ? CU_TENSOR_MAP_SWIZZLE_32B
+                                                                : CU_TENSOR_MAP_SWIZZLE_NONE;
     CUresult r = driver.encode(
-        map, g->elem_bytes == 1 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3,
-        (void *)g->base, dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-        g->swizzle_128b ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
+        map, type, 3, (void *)g->base, dims, strides, box, element_strides,
+        CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
         CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (r != CUDA_SUCCESS)
         return dinf__fail(DINF_STATUS_INTERNAL, func,
@@ -190,7 +231,7 @@ static dinf_status cuda_fail(const char *func, const char *what, cudaError_t err
 }
 
 /* The device's compute capability must be 9.0 (the kernels use sm_90a
- * instructions: wgmma, setmaxnreg-free TMA pipelines). */
+ * instructions: wgmma, setmaxnreg). */
 static dinf_status check_device(const char *func, int device, int *num_sms) {
     int count = 0, major = 0, minor = 0;
     cudaError_t err = cudaGetDeviceCount(&count);
@@ -219,8 +260,74 @@ static dinf_status check_device(const char *func, int device, int *num_sms) {
     return DINF_STATUS_OK;
 }
 
+/*
+ * Clusters of the kernel that can be resident at once on the device
+ * (cudaOccupancyMaxActiveClusters), cached per (kernel, device): a GPC whose
+ * SM count is odd leaves an SM out of 2-CTA clusters, and a persistent grid
+ * larger than the resident clusters would run its last clusters as a second,
+ * nearly empty wave. 0 when unknown (the grid is then left as planned: still
+ * correct, as every cluster strides over the units).
+ */
+static int resident_clusters(const dinf__jit_kernel *kernel, int device,
+                             const dinf__fp8_config *cfg, unsigned grid) {
+    enum { SLOTS = 64 };
+    static struct {
+        const void *kernel;
+        int device, clusters;
+    } cache[SLOTS];
+    static int used;
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < used; i++)
+        if (cache[i].kernel == kernel->kernel && cache[i].device == device) {
+            const int n = cache[i].clusters;
+            pthread_mutex_unlock(&lock);
+            return n;
+        }
+    pthread_mutex_unlock(&lock);
+    int clusters = 0, optin = 0;
+    cudaError_t err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (err == cudaSuccess && optin >= cfg->smem_bytes)
+        err = cudaKernelSetAttributeForDevice((cudaKernel_t)kernel->kernel,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, optin,
+                                              device);
+    if (err == cudaSuccess) {
+        cudaLaunchConfig_t lc;
+        memset(&lc, 0, sizeof lc);
+        lc.gridDim = (dim3){grid, 1, 1};
+        lc.blockDim = (dim3){(unsigned)cfg->threads, 1, 1};
+        lc.dynamicSmemBytes = (size_t)cfg->smem_bytes;
+        cudaLaunchAttribute attr;
+        attr.id = cudaLaunchAttributeClusterDimension;
+        attr.val.clusterDim.x = (unsigned)cfg->cluster;
+        attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
+        lc.attrs = &attr;
+        lc.numAttrs = 1;
+        err = cudaOccupancyMaxActiveClusters(&clusters, (const void *)kernel->kernel, &lc);
+    }
+    if (err != cudaSuccess) {
+        cudaGetLastError(); /* not the caller's failure: plan the grid as if unlimited */
+        clusters = 0;
+    }
+    pthread_mutex_lock(&lock);
+    if (used < SLOTS) {
+        cache[used].kernel = kernel->kernel;
+        cache[used].device = device;
+        cache[used].clusters = clusters;
+        used++;
+    }
+    pthread_mutex_unlock(&lock);
+    return clusters;
+}
+
 dinf_status dinf__fp8_gemm_cuda(const char *func, const dinf__place *place,
                                 const dinf__fp8_gpu_problem *p) {
+    return dinf__fp8_gemm_cuda_config(func, place, p, NULL);
+}
+
+dinf_status dinf__fp8_gemm_cuda_config(const char *func, const dinf__place *place,
+                                       const dinf__fp8_gpu_problem *p,
+                                       const dinf__fp8_config *forced) {
     int num_sms = 0;
     dinf_status st = check_device(func, place->device, &num_sms);
     if (st != DINF_STATUS_OK)
@@ -236,24 +343,35 @@ dinf_status dinf__fp8_gemm_cuda(const char *func, const dinf__place *place,
         return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "%s", driver.error);
 
     dinf__fp8_launch_plan plan;
-    dinf__fp8_plan(p, num_sms, &plan);
+    if (forced) {
+        dinf__fp8_plan_config(p, num_sms, forced, &plan);
+    } else {
+        int kernel_rung;
+        if ((st = dinf__fp8_kernel_from_env(func, &kernel_rung)) != DINF_STATUS_OK)
+            return st;
+        dinf__fp8_plan(p, num_sms, kernel_rung, &plan);
+    }
     const dinf__fp8_config *cfg = &plan.config;
     dinf_jit_kernel_config jc;
     dinf__fp8_jit_config(cfg, &jc);
     const dinf__jit_kernel *kernel = NULL;
     if ((st = dinf__jit_get_kernel(func, &jc, place->device, &kernel)) != DINF_STATUS_OK)
         return st;
-    CUtensorMap maps[3];
+    const int fast = cfg->kernel != DINF__FP8_KERNEL_SIMPLE;
+    const int num_maps = fast ? 4 : 3;
+    CUtensorMap maps[4];
     memset(maps, 0, sizeof maps);
-    const dinf__fp8_tensor_map_geometry *geoms[3] = {&plan.map_a, &plan.map_b, &plan.map_sa};
-    static const char *const names[3] = {"a", "b", "a_scales"};
-    for (int i = 0; i < 3; i++)
+    const dinf__fp8_tensor_map_geometry *geoms[4] = {&plan.map_a, &plan.map_b, &plan.map_sa,
+                                                     &plan.map_d};
+    static const char *const names[4] = {"a", "b", "a_scales", "d"};
+    for (int i = 0; i < num_maps; i++)
         if ((st = encode(func, names[i], &maps[i], geoms[i])) != DINF_STATUS_OK)
             return st;
-    const unsigned grid[3] = {plan.grid, 1, 1};
+    unsigned grid[3] = {plan.grid, 1, 1};
     const unsigned block[3] = {(unsigned)cfg->threads, 1, 1};
-    const unsigned cluster[3] = {1, 1, 1};
-    void *params[4] = {&maps[0], &maps[1], &maps[2], &plan.args};
+    const unsigned cluster[3] = {(unsigned)cfg->cluster, 1, 1};
+    void *params[5] = {&maps[0], &maps[1], &maps[2], fast ? (void *)&maps[3] : (void *)&plan.args,
+                       &plan.args};
 
     int previous = -1;
     cudaError_t err = cudaGetDevice(&previous);
@@ -263,6 +381,11 @@ dinf_status dinf__fp8_gemm_cuda(const char *func, const dinf__place *place,
         previous = -1;
     if (err != cudaSuccess)
         return cuda_fail(func, "cudaSetDevice", err);
+    if (cfg->cluster > 1) {
+        const int resident = resident_clusters(kernel, place->device, cfg, plan.grid);
+        if (resident > 0 && (unsigned)resident * (unsigned)cfg->cluster < grid[0])
+            grid[0] = (unsigned)resident * (unsigned)cfg->cluster;
+    }
     st = dinf__jit_launch(func, kernel, place->device, grid, block, cluster,
                           (size_t)cfg->smem_bytes, place->stream, params);
     if (previous >= 0)
@@ -277,5 +400,12 @@ dinf_status dinf__fp8_gemm_cuda(const char *func, const dinf__place *place,
     (void)place;
     (void)p;
     return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "libdeepinfra was built without CUDA");
+}
+
+dinf_status dinf__fp8_gemm_cuda_config(const char *func, const dinf__place *place,
+                                       const dinf__fp8_gpu_problem *p,
+                                       const dinf__fp8_config *forced) {
+    (void)forced;
+    return dinf__fp8_gemm_cuda(func, place, p);
 }
 #endif

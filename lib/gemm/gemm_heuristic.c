@@ -1,20 +1,38 @@
 /*
- * Kernel choice of the Hopper FP8 GEMMs (the rule is documented at
- * dinf__fp8_heuristic in gemm_sm90.h). Kept apart from the kernel and the
- * launch, as DeepGEMM keeps its heuristics: part 2 (performance) replaces
- * this file's rule without touching either.
+ * Kernel choice of the Hopper FP8 GEMMs (the rules are documented at
+ * dinf__fp8_heuristic / dinf__fp8_heuristic_simple in gemm_sm90.h). Kept
+ * apart from the kernels and the launch, as DeepGEMM keeps its heuristics.
  */
 #include "gemm_sm90.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static long long ceil_div_ll(long long a, long long b) { return a / b + (a % b != 0); }
 
-static const int block_n_candidates[] = {16, 32, 64, 128};
+static const int simple_block_n[] = {16, 32, 64, 128};
+static const int fast_block_n[] = {16, 32, 48, 64, 80, 96, 112, 128, 144, 160};
 
-dinf__fp8_config dinf__fp8_heuristic(int gemm_type, int64_t m, int64_t n, int64_t k,
-                                     int64_t num_groups, int num_sms) {
+/* Rows per group at or above which a multi-wave problem multicasts A. */
+#define MULTICAST_MIN_ROWS 512
+/* K blocks (of 128) from which a one-wave problem may split K in two. */
+#define SPLIT_K_MIN_K_BLOCKS 8
+/* Deepest pipeline either rung compiles (the template's range). */
+#define FAST_MAX_STAGES 16
+#define SIMPLE_MAX_STAGES 8
+
+static int pick_block_m(int gemm_type, int64_t m) {
+    return gemm_type == DINF_FP8_GEMM_CONTIGUOUS ? DINF_FP8_GEMM_M_ALIGNMENT : m <= 64 ? 64 : 128;
+}
+
+static void waves_of(long long tiles, int num_sms, int *waves, int *last) {
+    *waves = (int)ceil_div_ll(tiles, num_sms);
+    *last = (int)(tiles % num_sms == 0 ? num_sms : tiles % num_sms);
+}
+
+dinf__fp8_config dinf__fp8_heuristic_simple(int gemm_type, int64_t m, int64_t n, int64_t k,
+                                            int64_t num_groups, int num_sms) {
     (void)k; /* K is a runtime argument of the kernel; it does not change the tile choice */
     if (m < 1)
         m = 1;
@@ -22,49 +40,165 @@ dinf__fp8_config dinf__fp8_heuristic(int gemm_type, int64_t m, int64_t n, int64_
         num_sms = 1;
     dinf__fp8_config best;
     memset(&best, 0, sizeof best);
+    best.kernel = DINF__FP8_KERNEL_SIMPLE;
     best.gemm_type = gemm_type;
-    best.block_m = gemm_type == DINF_FP8_GEMM_CONTIGUOUS ? DINF_FP8_GEMM_M_ALIGNMENT
-                   : m <= 64                            ? 64
-                                                        : 128;
+    best.block_m = pick_block_m(gemm_type, m);
     const long long groups = gemm_type == DINF_FP8_GEMM_MASKED ? num_groups : 1;
-    int best_last = -1;
-    for (size_t i = 0; i < sizeof block_n_candidates / sizeof block_n_candidates[0]; i++) {
-        const int bn = block_n_candidates[i];
+    best.last_wave = -1;
+    for (size_t i = 0; i < sizeof simple_block_n / sizeof simple_block_n[0]; i++) {
+        const int bn = simple_block_n[i];
         const long long tiles = ceil_div_ll(m, best.block_m) * ceil_div_ll(n, bn) * groups;
-        const int waves = (int)ceil_div_ll(tiles, num_sms);
-        const int last = (int)(tiles % num_sms == 0 ? num_sms : tiles % num_sms);
+        int waves, last;
+        waves_of(tiles, num_sms, &waves, &last);
         /* fewer waves; then a fuller last wave; then (ascending order) the larger block */
-        if (best_last < 0 || waves < best.waves || (waves == best.waves && last >= best_last)) {
+        if (best.last_wave < 0 || waves < best.waves ||
+            (waves == best.waves && last >= best.last_wave)) {
             best.block_n = bn;
             best.waves = waves;
             best.tiles = tiles;
-            best_last = last;
+            best.last_wave = last;
         }
     }
-    best.stages = 8;
+    best.stages = SIMPLE_MAX_STAGES;
     while (best.stages > 1 &&
            DINF_FP8_SMEM_BYTES(best.block_m, best.block_n, best.stages) > DINF_FP8_SMEM_LIMIT)
         best.stages--;
     best.cluster = 1;
+    best.split_k = 1;
     best.threads = 128 * (1 + best.block_m / 64);
     best.smem_bytes = DINF_FP8_SMEM_BYTES(best.block_m, best.block_n, best.stages);
     return best;
 }
 
+static int fast_stages(int block_m, int block_n, int split_k) {
+    int stages = FAST_MAX_STAGES;
+    while (stages > 1 && DINF_FP8_FAST_SPLIT_SMEM_BYTES(block_m, block_n, stages, split_k) >
+                             DINF_FP8_SMEM_LIMIT)
+        stages--;
+    return stages;
+}
+
+dinf__fp8_config dinf__fp8_heuristic(int gemm_type, int64_t m, int64_t n, int64_t k,
+                                     int64_t num_groups, int num_sms) {
+    if (m < 1)
+        m = 1;
+    if (num_sms < 1)
+        num_sms = 1;
+    dinf__fp8_config best;
+    memset(&best, 0, sizeof best);
+    best.kernel = DINF__FP8_KERNEL_FAST;
+    best.gemm_type = gemm_type;
+    best.block_m = pick_block_m(gemm_type, m);
+    const long long groups = gemm_type == DINF_FP8_GEMM_MASKED ? num_groups : 1;
+    const long long m_blocks = ceil_div_ll(m, best.block_m);
+    int found = 0;
+    for (size_t i = 0; i < sizeof fast_block_n / sizeof fast_block_n[0]; i++) {
+        const int bn = fast_block_n[i];
+        const long long n_blocks = ceil_div_ll(n, bn);
+        const long long tiles = m_blocks * n_blocks * groups;
+        int waves, last;
+        waves_of(tiles, num_sms, &waves, &last);
+        const int stages = fast_stages(best.block_m, bn, 1);
+        const int multicast = num_sms % 2 == 0 && n_blocks % 2 == 0 && m >= MULTICAST_MIN_ROWS &&
+                              waves > 1;
+        /* fewer waves; a fuller last wave; more stages; multicast; the smaller
+         * block_n (ascending order: only a strictly better candidate wins) */
+        int better = !found;
+        if (found) {
+            if (waves != best.waves)
+                better = waves < best.waves;
+            else if (last != best.last_wave)
+                better = last > best.last_wave;
+            else if (stages != best.stages)
+                better = stages > best.stages;
+            else
+                better = multicast > (best.cluster == 2);
+        }
+        if (better) {
+            found = 1;
+            best.block_n = bn;
+            best.waves = waves;
+            best.last_wave = last;
+            best.tiles = tiles;
+            best.stages = stages;
+            best.cluster = multicast ? 2 : 1;
+        }
+    }
+    best.split_k = 1;
+    /* Split-K for a one-wave problem that leaves SMs idle. */
+    const long long k_blocks = ceil_div_ll(k < 1 ? 1 : k, DINF_FP8_BLOCK_K);
+    if (best.waves == 1 && num_sms % 2 == 0 && k_blocks >= SPLIT_K_MIN_K_BLOCKS) {
+        int s_found = 0, s_bn = 0, s_stages = 0;
+        long long s_ctas = 0, s_tiles = 0;
+        for (size_t i = 0; i < sizeof fast_block_n / sizeof fast_block_n[0]; i++) {
+            const int bn = fast_block_n[i];
+            const long long tiles = m_blocks * ceil_div_ll(n, bn) * groups;
+            const long long ctas = 2 * tiles;
+            if (ctas > num_sms)
+                continue;
+            const int stages = fast_stages(best.block_m, bn, 2);
+            if (!s_found || ctas > s_ctas || (ctas == s_ctas && stages > s_stages)) {
+                s_found = 1, s_bn = bn, s_stages = stages, s_ctas = ctas, s_tiles = tiles;
+            }
+        }
+        if (s_found && s_ctas > best.tiles) {
+            best.block_n = s_bn;
+            best.stages = s_stages;
+            best.cluster = 2;
+            best.split_k = 2;
+            best.tiles = s_tiles;
+            best.waves = 1;
+            best.last_wave = (int)s_ctas;
+        }
+    }
+    best.threads = 128 * (1 + best.block_m / 64);
+    best.smem_bytes =
+        DINF_FP8_FAST_SPLIT_SMEM_BYTES(best.block_m, best.block_n, best.stages, best.split_k);
+    return best;
+}
+
+dinf__fp8_config dinf__fp8_choose(int kernel, int gemm_type, int64_t m, int64_t n, int64_t k,
+                                  int64_t num_groups, int num_sms) {
+    return kernel == DINF__FP8_KERNEL_SIMPLE
+               ? dinf__fp8_heuristic_simple(gemm_type, m, n, k, num_groups, num_sms)
+               : dinf__fp8_heuristic(gemm_type, m, n, k, num_groups, num_sms);
+}
+
+dinf_status dinf__fp8_kernel_from_env(const char *func, int *kernel) {
+    const char *v = getenv("DINF_FP8_GEMM_KERNEL");
+    if (!v || !*v || strcmp(v, "fast") == 0) {
+        *kernel = DINF__FP8_KERNEL_FAST;
+        return DINF_STATUS_OK;
+    }
+    if (strcmp(v, "simple") == 0) {
+        *kernel = DINF__FP8_KERNEL_SIMPLE;
+        return DINF_STATUS_OK;
+    }
+    *kernel = DINF__FP8_KERNEL_FAST;
+    return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                      "DINF_FP8_GEMM_KERNEL=\"%.64s\" is not \"fast\" or \"simple\"", v);
+}
+
 void dinf__fp8_jit_config(const dinf__fp8_config *c, dinf_jit_kernel_config *out) {
     memset(out, 0, sizeof *out);
     out->size = sizeof *out;
-    snprintf(out->name, sizeof out->name, "fp8_gemm");
-    out->num_params = 4;
+    const int fast = c->kernel != DINF__FP8_KERNEL_SIMPLE;
+    snprintf(out->name, sizeof out->name, fast ? "fp8_gemm_fast" : "fp8_gemm");
+    out->num_params = fast ? 6 : 4;
     out->params[0] = c->gemm_type;
     out->params[1] = c->block_m;
     out->params[2] = c->block_n;
     out->params[3] = c->stages;
+    if (fast) {
+        out->params[4] = c->cluster;
+        out->params[5] = c->split_k < 1 ? 1 : c->split_k;
+    }
 }
 
 DINF_API dinf_status dinf_fp8_gemm_kernel_config(int32_t form, int64_t m, int64_t n, int64_t k,
                                                  int64_t num_groups, int32_t num_sms,
                                                  dinf_jit_kernel_config *config) {
+    static const char func[] = "dinf_fp8_gemm_kernel_config";
     if (form != DINF_FP8_GEMM_FORM_NORMAL && form != DINF_FP8_GEMM_FORM_CONTIGUOUS &&
         form != DINF_FP8_GEMM_FORM_MASKED)
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
@@ -82,7 +216,11 @@ DINF_API dinf_status dinf_fp8_gemm_kernel_config(int32_t form, int64_t m, int64_
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_sms=%d must be >= 1", (int)num_sms);
     if (!config)
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "config is NULL");
-    const dinf__fp8_config c = dinf__fp8_heuristic(form, m, n, k, num_groups, num_sms);
+    int kernel;
+    dinf_status st = dinf__fp8_kernel_from_env(func, &kernel);
+    if (st != DINF_STATUS_OK)
+        return st;
+    const dinf__fp8_config c = dinf__fp8_choose(kernel, form, m, n, k, num_groups, num_sms);
     dinf__fp8_jit_config(&c, config);
     return DINF_STATUS_OK;
 }

@@ -15,36 +15,73 @@
 #include "deepinfra/gemm.h"
 #include "deepinfra/jit.h"
 
+/* The two rungs of the Hopper kernel. */
+#define DINF__FP8_KERNEL_FAST 0   /* fp8_gemm_fast.cuh (the default) */
+#define DINF__FP8_KERNEL_SIMPLE 1 /* fp8_gemm.cuh, the reference rung */
+
 /* One kernel choice: the template constants and the launch shape. */
 typedef struct dinf__fp8_config {
+    int kernel;      /* DINF__FP8_KERNEL_FAST or _SIMPLE */
     int gemm_type;   /* DINF_FP8_GEMM_NORMAL / _CONTIGUOUS / _MASKED */
     int block_m;     /* 64 or 128 */
-    int block_n;     /* 16, 32, 64 or 128 */
+    int block_n;     /* simple: 16, 32, 64, 128; fast: dinf_fp8_fast_block_n_ok */
     int stages;      /* pipeline depth */
-    int cluster;     /* CTAs per cluster (1: no TMA multicast in this version) */
+    int cluster;     /* CTAs per cluster: 1, or 2 (fast only: A multicast or split-K) */
+    int split_k;     /* 1, or 2 (fast only, cluster 2: the pair splits each tile's k blocks) */
     int threads;     /* 128 * (1 + block_m / 64) */
-    int smem_bytes;  /* DINF_FP8_SMEM_BYTES(block_m, block_n, stages) */
+    int smem_bytes;  /* DINF_FP8_SMEM_BYTES / DINF_FP8_FAST_SPLIT_SMEM_BYTES */
     long long tiles; /* output tiles of the problem as the heuristic saw it */
-    int waves;       /* ceil(tiles / num_sms) */
+    int waves;       /* ceil(split_k * tiles / num_sms) */
+    int last_wave;   /* CTAs in the last wave (num_sms when they fill it) */
 } dinf__fp8_config;
 
 /*
- * The heuristic (DeepGEMM v1.0's rule, restricted to this version's tiles):
+ * The fast rung's heuristic (gemm_heuristic.c), DeepGEMM's v1 rule widened
+ * to its block sizes:
  *   block_m = 128 for the contiguous layout (its alignment); otherwise 64 when
  *             the rows per group (masked: expected_m) are <= 64, else 128;
- *   block_n = the candidate in {16, 32, 64, 128} with the fewest waves
- *             (ceil(tiles / num_sms)), then the fullest last wave, then the
- *             largest block_n;
- *   stages  = the largest depth <= 8 whose shared memory fits 227 KiB;
- *   cluster = 1.
+ *   block_n, in {16, 32, ..., 128, 144, 160} (dinf_fp8_fast_block_n_ok): the
+ *             fewest waves (ceil(tiles / num_sms)); then the fullest last
+ *             wave; then the most stages; then multicast legal (below); then
+ *             the smaller block_n (equal tile counts: less wasted width);
+ *   stages  = the most that fit 227 KiB with the output tile, at most 16;
+ *   cluster = 2 (A multicast) when num_sms is even, the N-blocks are even in
+ *             number (no phantom partner), the rows per group (masked:
+ *             expected_m) are >= 512 and there is more than one wave;
+ *             else 1;
+ *   split-K: when that choice is a single wave, num_sms is even and k has
+ *             at least 8 blocks of 128, the split-K 2 candidates (cluster 2,
+ *             2 CTAs per tile, one wave: 2 * tiles <= num_sms) are ranked by
+ *             their CTA count, then stages, then the smaller block_n; the
+ *             best replaces the unsplit choice when it keeps strictly more
+ *             SMs busy (2 * tiles > the unsplit tile count).
  * m: rows per group (normal m; contiguous m_sum, num_groups ignored for the
- * tile count; masked expected_m, with num_groups groups). All sizes > 0
- * except m (0 counts as 1). Pure function, no device needed.
+ * tile count; masked expected_m, with num_groups groups). Sizes > 0 except m
+ * (0 counts as 1). Pure function, no device needed.
  */
 dinf__fp8_config dinf__fp8_heuristic(int gemm_type, int64_t m, int64_t n, int64_t k,
                                      int64_t num_groups, int num_sms);
 
-/* The JIT config (template "fp8_gemm") of a choice. */
+/* The simple rung's rule (unchanged from part 1): block_m as above; block_n
+ * in {16, 32, 64, 128} with the fewest waves, then the fullest last wave,
+ * then the larger block_n; stages the most <= 8 that fit; cluster 1, no
+ * split. */
+dinf__fp8_config dinf__fp8_heuristic_simple(int gemm_type, int64_t m, int64_t n, int64_t k,
+                                            int64_t num_groups, int num_sms);
+
+/* The rung the GPU path runs: $DINF_FP8_GEMM_KERNEL = "fast" (or unset or
+ * empty) -> DINF__FP8_KERNEL_FAST, "simple" -> DINF__FP8_KERNEL_SIMPLE,
+ * anything else INVALID_ARGUMENT naming the value. Read at every call (tests
+ * switch rungs in one process). */
+dinf_status dinf__fp8_kernel_from_env(const char *func, int *kernel);
+
+/* The heuristic of a rung. */
+dinf__fp8_config dinf__fp8_choose(int kernel, int gemm_type, int64_t m, int64_t n, int64_t k,
+                                  int64_t num_groups, int num_sms);
+
+/* The JIT config of a choice: template "fp8_gemm_fast" {GEMM_TYPE, BLOCK_M,
+ * BLOCK_N, NUM_STAGES, CLUSTER, SPLIT_K} or "fp8_gemm" {GEMM_TYPE, BLOCK_M,
+ * BLOCK_N, NUM_STAGES}. */
 void dinf__fp8_jit_config(const dinf__fp8_config *c, dinf_jit_kernel_config *out);
 
 /* One GPU problem, after the common checks of gemm.c. Pointers are device
@@ -75,11 +112,12 @@ dinf_status dinf__fp8_gpu_check(const char *func, const dinf__fp8_gpu_problem *p
 /* The geometry of one 3-D tiled tensor map (cuTensorMapEncodeTiled's
  * arguments): element (c0, c1, c2) lives at base + c0 * elem_bytes +
  * c1 * strides[0] + c2 * strides[1]; a box of box[0] x box[1] x box[2]
- * elements lands in shared memory, out-of-bounds elements as zeros. */
+ * elements moves between the tensor and shared memory (loads: out-of-bounds
+ * elements as zeros; stores: out-of-bounds elements not written). */
 typedef struct dinf__fp8_tensor_map_geometry {
     const void *base;
-    int elem_bytes;    /* 1 (e4m3) or 4 (float32) */
-    int swizzle_128b;  /* 1: CU_TENSOR_MAP_SWIZZLE_128B, 0: none */
+    int elem_bytes;    /* 1 (e4m3), 2 (bf16, stored as 16-bit) or 4 (float32) */
+    int swizzle_bytes; /* 0 (none), 32, 64 or 128: CU_TENSOR_MAP_SWIZZLE_<n>B */
     uint64_t dims[3];
     uint64_t strides[2]; /* bytes */
     uint32_t box[3];
@@ -90,16 +128,31 @@ typedef struct dinf__fp8_launch_plan {
     dinf__fp8_config config;
     dinf_fp8_gemm_args args;
     dinf__fp8_tensor_map_geometry map_a, map_b, map_sa;
-    unsigned grid; /* persistent CTAs: min(num_sms, tile bound) */
+    dinf__fp8_tensor_map_geometry map_d; /* fast rung only (TMA-store epilogue) */
+    unsigned grid; /* persistent CTAs: cluster * min(num_sms / cluster, unit bound) */
 } dinf__fp8_launch_plan;
 
-/* Plan a checked, non-empty problem for a device with num_sms SMs (pure). */
-void dinf__fp8_plan(const dinf__fp8_gpu_problem *p, int num_sms, dinf__fp8_launch_plan *plan);
+/* Plan a checked, non-empty problem for a device with num_sms SMs on rung
+ * `kernel` (pure). */
+void dinf__fp8_plan(const dinf__fp8_gpu_problem *p, int num_sms, int kernel,
+                    dinf__fp8_launch_plan *plan);
+
+/* Plan with a given config (tests force configs the heuristic would not pick:
+ * phantom partners, every block_n). */
+void dinf__fp8_plan_config(const dinf__fp8_gpu_problem *p, int num_sms,
+                           const dinf__fp8_config *config, dinf__fp8_launch_plan *plan);
 
 /* Run p on place (DINF_EXEC_CUDA): device check (sm_90, else UNSUPPORTED),
  * dinf__fp8_gpu_check, heuristic, JIT, tensor maps, launch on place->stream.
  * Asynchronous. */
 dinf_status dinf__fp8_gemm_cuda(const char *func, const dinf__place *place,
                                 const dinf__fp8_gpu_problem *p);
+
+/* The same with a given config (GPU tests: every fast-rung block_n and cluster
+ * size, phantom partners) instead of the heuristic's; NULL: the heuristic.
+ * The config must be one its template accepts (the JIT reports the rest). */
+dinf_status dinf__fp8_gemm_cuda_config(const char *func, const dinf__place *place,
+                                       const dinf__fp8_gpu_problem *p,
+                                       const dinf__fp8_config *forced);
 
 #endif

@@ -10,7 +10,12 @@
  *   - outputs poisoned first: every row the call owns is written, every row it
  *     does not own (-1 blocks, rows >= masked_m, rows beyond a clamped
  *     masked_m) keeps the poison;
- *   - bad input on a real device: misaligned pointers and strides, k = 0.
+ *   - bad input on a real device: misaligned pointers and strides, k = 0;
+ *   - every correctness test above on both rungs of the kernel (the fast one,
+ *     fp8_gemm_fast.cuh, and the simple reference rung, fp8_gemm.cuh, picked
+ *     with DINF_FP8_GEMM_KERNEL), and the fast rung with configs the
+ *     heuristic does not pick on these shapes (every block_n, 1- and 2-CTA
+ *     clusters, phantom partners, masked partial tiles) against the CPU.
  * Inputs are quantized on the GPU by dinf_fp8_quantize (1x128 for A, 128x128
  * for B) and A's scales transposed by dinf_fp8_scale_layout_mn_major.
  * Skipped, visibly, without a usable device; a failure under
@@ -20,6 +25,7 @@
 #include <deepinfra.h>
 
 #include "jit_internal.h"
+#include "gemm/gemm_sm90.h"
 
 #include <criterion/criterion.h>
 
@@ -181,7 +187,11 @@ typedef struct problem {
     uint64_t seed;
     int check_cpu;      /* also compare with the CPU implementation */
     double max_diff;    /* calc_diff bound against the unquantized product */
+    const dinf__fp8_config *forced; /* run this config (fast rung) instead of the heuristic's */
 } problem;
+
+/* The rung run_problem_once is running (for messages). */
+static const char *current_rung = "fast";
 
 /* Rows of the output the call owns (computed and written). */
 static int row_owned(const problem *p, int64_t row, int *group, int64_t *row_in_group) {
@@ -202,15 +212,12 @@ static int row_owned(const problem *p, int64_t row, int *group, int64_t *row_in_
     return r < limit;
 }
 
-static void run_problem(const problem *p) {
+static void run_problem_once(const problem *p) {
     const int64_t a_rows = p->form == MASKED ? p->rows * p->groups : p->rows;
     const int64_t b_rows = p->n * p->groups, kb = cdiv(p->k, 128), nsb = cdiv(p->n, 128);
     const int64_t aligned = cdiv(p->rows, 4) * 4;
     const int64_t sa_count = p->form == MASKED ? p->groups * kb * aligned : kb * aligned;
     char what[160];
-    snprintf(what, sizeof what, "form=%d groups=%d rows=%lld n=%lld k=%lld lda=%lld ldb=%lld ldd=%lld",
-             p->form, p->groups, (long long)p->rows, (long long)p->n, (long long)p->k,
-             (long long)p->lda, (long long)p->ldb, (long long)p->ldd);
 
     cudaStream_t stream;
     CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -254,22 +261,6 @@ static void run_problem(const problem *p) {
         CUDA_OK(cudaMemcpy(dinfo, p->group_info, (size_t)info_count * 4, cudaMemcpyHostToDevice));
     }
 
-    /* The GEMM, into a poisoned output. */
-    const size_t d_bytes = (size_t)(a_rows * p->ldd) * 2;
-    uint16_t *dd = dmalloc(d_bytes);
-    CUDA_OK(cudaMemsetAsync(dd, POISON_BYTE, d_bytes, stream));
-    if (p->form == NORMAL)
-        DINF_OK(dinf_fp8_gemm_nt(p->rows, p->n, p->k, da, p->lda, dsa, db, p->ldb, dsb, dd,
-                                 p->ldd, &exec));
-    else if (p->form == CONTIGUOUS)
-        DINF_OK(dinf_fp8_m_grouped_gemm_nt_contiguous(p->rows, p->n, p->k, p->groups, da, p->lda,
-                                                      dsa, db, p->ldb, dsb, dd, p->ldd, dinfo,
-                                                      &exec));
-    else
-        DINF_OK(dinf_fp8_m_grouped_gemm_nt_masked(p->groups, p->rows, p->n, p->k, da, p->lda, dsa,
-                                                  db, p->ldb, dsb, dd, p->ldd, dinfo,
-                                                  p->expected_m, &exec));
-
     /* The unquantized reference, per owned 128-row segment (or per group). */
     float *dref = dmalloc((size_t)(a_rows * p->n) * 4);
     if (p->form == NORMAL)
@@ -287,109 +278,155 @@ static void run_problem(const problem *p) {
                      dref + g * p->rows * p->n, p->n, (int)p->rows, (int)p->n, (int)p->k, stream);
     CUDA_OK(cudaStreamSynchronize(stream));
     CUDA_OK(cudaGetLastError());
-
-    uint16_t *hd = malloc(d_bytes);
     float *href = malloc((size_t)(a_rows * p->n) * 4);
-    cr_assert(hd && href);
-    CUDA_OK(cudaMemcpy(hd, dd, d_bytes, cudaMemcpyDeviceToHost));
+    cr_assert(href);
     CUDA_OK(cudaMemcpy(href, dref, (size_t)(a_rows * p->n) * 4, cudaMemcpyDeviceToHost));
+    const size_t d_bytes = (size_t)(a_rows * p->ldd) * 2;
+    uint16_t *dd = dmalloc(d_bytes);
+    uint16_t *hd = malloc(d_bytes);
+    cr_assert(hd);
 
-    /* Per element against the unquantized product: the e4m3 rounding of A and
-     * B (relative error up to 2^-4 per value, ~2.5% rms) puts an output ~3.5%
-     * of the rms output away from it on random inputs; 0.5 rms + 0.1 |want|
-     * is over 10 sigma of that, while a wrong element (a wrong row, column,
-     * scale, group) is off by about the rms itself. */
-    elem_check unq = {.rel = 0.1, .abs_rms = 0.5, .rms = -1, .worst_index = -1};
-    for (int64_t row = 0; row < a_rows; row++) {
-        int g;
-        int64_t r;
-        if (row_owned(p, row, &g, &r))
-            for (int64_t c = 0; c < p->n; c++)
-                elem_first(&unq, href[row * p->n + c]);
-    }
-    diff_acc acc = {0, 0};
-    int64_t owned_rows = 0;
-    for (int64_t row = 0; row < a_rows; row++) {
-        int g;
-        int64_t r;
-        const int owned = row_owned(p, row, &g, &r);
-        owned_rows += owned;
-        for (int64_t c = 0; c < p->ldd; c++) {
-            const uint16_t v = hd[row * p->ldd + c];
-            if (!owned || c >= p->n) {
-                cr_assert_eq(v, POISON, "%s: d[%lld][%lld]=%#x written, outside the output",
-                             what, (long long)row, (long long)c, v);
-                continue;
-            }
-            const float x = bf16_to_f32(v);
-            cr_assert(isfinite(x), "%s: d[%lld][%lld]=%#x is not finite (not written?)", what,
-                      (long long)row, (long long)c, v);
-            diff_add(&acc, x, href[row * p->n + c]);
-            elem_second(&unq, row * p->ldd + c, x, href[row * p->n + c]);
-        }
-    }
-    cr_assert_leq(unq.worst, 1.0,
-                  "%s: d[%lld][%lld]=%g is %.3g bounds away from the unquantized %g", what,
-                  unq.worst_index / p->ldd, unq.worst_index % p->ldd, unq.worst_got, unq.worst,
-                  unq.worst_want);
-    const double diff = diff_value(&acc);
-    cr_log_info("%s: calc_diff vs unquantized = %.3g over %lld rows", what, diff,
-                (long long)owned_rows);
-    cr_assert_lt(diff, p->max_diff, "%s: calc_diff=%g against the unquantized product", what,
-                 diff);
+    /* Each rung in turn: the GEMM into a poisoned output, then the checks. */
+    static const char *const rungs[2] = {"fast", "simple"};
+    for (int rung_i = 0; rung_i < (p->forced ? 1 : 2); rung_i++) {
+        if (!p->forced)
+            cr_assert_eq(setenv("DINF_FP8_GEMM_KERNEL", rungs[rung_i], 1), 0);
+        current_rung = rungs[rung_i];
+        char rung[64];
+        if (p->forced)
+            snprintf(rung, sizeof rung, "fast %dx%d s%d c%d k%d", p->forced->block_m,
+                     p->forced->block_n, p->forced->stages, p->forced->cluster,
+                     p->forced->split_k);
+        else
+            snprintf(rung, sizeof rung, "%s", current_rung);
+        snprintf(what, sizeof what,
+                 "[%s] form=%d groups=%d rows=%lld n=%lld k=%lld lda=%lld ldb=%lld ldd=%lld", rung,
+                 p->form, p->groups, (long long)p->rows, (long long)p->n, (long long)p->k,
+                 (long long)p->lda, (long long)p->ldb, (long long)p->ldd);
 
-    if (p->check_cpu) { /* the CPU oracle on the same quantized inputs */
-        uint8_t *ha = malloc((size_t)(a_rows * p->lda)), *hb = malloc((size_t)(b_rows * p->ldb));
-        float *hsa = malloc((size_t)sa_count * 4), *hsb = malloc((size_t)(p->groups * nsb * kb) * 4);
-        uint16_t *hc = malloc(d_bytes);
-        cr_assert(ha && hb && hsa && hsb && hc);
-        CUDA_OK(cudaMemcpy(ha, da, (size_t)(a_rows * p->lda), cudaMemcpyDeviceToHost));
-        CUDA_OK(cudaMemcpy(hb, db, (size_t)(b_rows * p->ldb), cudaMemcpyDeviceToHost));
-        CUDA_OK(cudaMemcpy(hsa, dsa, (size_t)sa_count * 4, cudaMemcpyDeviceToHost));
-        CUDA_OK(cudaMemcpy(hsb, dsb, (size_t)(p->groups * nsb * kb) * 4, cudaMemcpyDeviceToHost));
-        memset(hc, POISON_BYTE, d_bytes);
-        if (p->form == NORMAL)
-            DINF_OK(dinf_fp8_gemm_nt(p->rows, p->n, p->k, ha, p->lda, hsa, hb, p->ldb, hsb, hc,
-                                     p->ldd, NULL));
+        /* The GEMM, into a poisoned output. */
+        CUDA_OK(cudaMemsetAsync(dd, POISON_BYTE, d_bytes, stream));
+        if (p->forced) {
+            const dinf__place place = {DINF_EXEC_CUDA, 0, 1, (dinf_stream_t)stream};
+            const dinf__fp8_gpu_problem gp = {p->form, p->rows, p->n, p->k, p->groups, p->expected_m,
+                                              da, p->lda, dsa, db, p->ldb, dsb, dd, p->ldd, dinfo};
+            DINF_OK(dinf__fp8_gemm_cuda_config("test", &place, &gp, p->forced));
+        } else if (p->form == NORMAL)
+            DINF_OK(dinf_fp8_gemm_nt(p->rows, p->n, p->k, da, p->lda, dsa, db, p->ldb, dsb, dd,
+                                     p->ldd, &exec));
         else if (p->form == CONTIGUOUS)
-            DINF_OK(dinf_fp8_m_grouped_gemm_nt_contiguous(p->rows, p->n, p->k, p->groups, ha,
-                                                          p->lda, hsa, hb, p->ldb, hsb, hc,
-                                                          p->ldd, p->group_info, NULL));
-        else {
-            /* The CPU rejects masked_m outside [0, m_max]: give it the clamped counts. */
-            int32_t clamped[64];
-            cr_assert_leq(p->groups, 64);
-            for (int g = 0; g < p->groups; g++) {
-                const int32_t v = p->group_info[g];
-                clamped[g] = v < 0 ? 0 : v > p->rows ? (int32_t)p->rows : v;
-            }
-            DINF_OK(dinf_fp8_m_grouped_gemm_nt_masked(p->groups, p->rows, p->n, p->k, ha, p->lda,
-                                                      hsa, hb, p->ldb, hsb, hc, p->ldd, clamped,
-                                                      p->expected_m, NULL));
+            DINF_OK(dinf_fp8_m_grouped_gemm_nt_contiguous(p->rows, p->n, p->k, p->groups, da, p->lda,
+                                                          dsa, db, p->ldb, dsb, dd, p->ldd, dinfo,
+                                                          &exec));
+        else
+            DINF_OK(dinf_fp8_m_grouped_gemm_nt_masked(p->groups, p->rows, p->n, p->k, da, p->lda, dsa,
+                                                      db, p->ldb, dsb, dd, p->ldd, dinfo,
+                                                      p->expected_m, &exec));
+
+        CUDA_OK(cudaStreamSynchronize(stream));
+        CUDA_OK(cudaGetLastError());
+
+        CUDA_OK(cudaMemcpy(hd, dd, d_bytes, cudaMemcpyDeviceToHost));
+
+        /* Per element against the unquantized product: the e4m3 rounding of A and
+         * B (relative error up to 2^-4 per value, ~2.5% rms) puts an output ~3.5%
+         * of the rms output away from it on random inputs; 0.5 rms + 0.1 |want|
+         * is over 10 sigma of that, while a wrong element (a wrong row, column,
+         * scale, group) is off by about the rms itself. */
+        elem_check unq = {.rel = 0.1, .abs_rms = 0.5, .rms = -1, .worst_index = -1};
+        for (int64_t row = 0; row < a_rows; row++) {
+            int g;
+            int64_t r;
+            if (row_owned(p, row, &g, &r))
+                for (int64_t c = 0; c < p->n; c++)
+                    elem_first(&unq, href[row * p->n + c]);
         }
-        diff_acc oracle = {0, 0};
-        elem_check ec = ORACLE_ELEM_CHECK;
-        for (size_t i = 0; i < d_bytes / 2; i++)
-            if (hc[i] != POISON)
-                elem_first(&ec, bf16_to_f32(hc[i]));
-        for (size_t i = 0; i < d_bytes / 2; i++) {
-            cr_assert_eq(hc[i] == POISON, hd[i] == POISON,
-                         "%s: element %zu written by one of GPU/CPU only", what, i);
-            if (hc[i] != POISON) {
-                diff_add(&oracle, bf16_to_f32(hd[i]), bf16_to_f32(hc[i]));
-                elem_second(&ec, (long long)i, bf16_to_f32(hd[i]), bf16_to_f32(hc[i]));
+        diff_acc acc = {0, 0};
+        int64_t owned_rows = 0;
+        for (int64_t row = 0; row < a_rows; row++) {
+            int g;
+            int64_t r;
+            const int owned = row_owned(p, row, &g, &r);
+            owned_rows += owned;
+            for (int64_t c = 0; c < p->ldd; c++) {
+                const uint16_t v = hd[row * p->ldd + c];
+                if (!owned || c >= p->n) {
+                    cr_assert_eq(v, POISON, "%s: d[%lld][%lld]=%#x written, outside the output",
+                                 what, (long long)row, (long long)c, v);
+                    continue;
+                }
+                const float x = bf16_to_f32(v);
+                cr_assert(isfinite(x), "%s: d[%lld][%lld]=%#x is not finite (not written?)", what,
+                          (long long)row, (long long)c, v);
+                diff_add(&acc, x, href[row * p->n + c]);
+                elem_second(&unq, row * p->ldd + c, x, href[row * p->n + c]);
             }
         }
-        const double od = diff_value(&oracle);
-        cr_log_info("%s: calc_diff vs the CPU oracle = %.3g, worst element %.3g bounds", what,
-                    od, ec.worst);
-        cr_assert_lt(od, 1e-4, "%s: calc_diff=%g against the CPU implementation", what, od);
-        cr_assert_leq(ec.worst, 1.0,
-                      "%s: d[%lld][%lld] GPU %g, CPU %g: %.3g bounds apart", what,
-                      ec.worst_index / p->ldd, ec.worst_index % p->ldd, ec.worst_got,
-                      ec.worst_want, ec.worst);
-        free(ha), free(hb), free(hsa), free(hsb), free(hc);
+        cr_assert_leq(unq.worst, 1.0,
+                      "%s: d[%lld][%lld]=%g is %.3g bounds away from the unquantized %g", what,
+                      unq.worst_index / p->ldd, unq.worst_index % p->ldd, unq.worst_got, unq.worst,
+                      unq.worst_want);
+        const double diff = diff_value(&acc);
+        cr_log_info("%s: calc_diff vs unquantized = %.3g over %lld rows", what, diff,
+                    (long long)owned_rows);
+        cr_assert_lt(diff, p->max_diff, "%s: calc_diff=%g against the unquantized product", what,
+                     diff);
+
+        if (p->check_cpu) { /* the CPU oracle on the same quantized inputs */
+            uint8_t *ha = malloc((size_t)(a_rows * p->lda)), *hb = malloc((size_t)(b_rows * p->ldb));
+            float *hsa = malloc((size_t)sa_count * 4), *hsb = malloc((size_t)(p->groups * nsb * kb) * 4);
+            uint16_t *hc = malloc(d_bytes);
+            cr_assert(ha && hb && hsa && hsb && hc);
+            CUDA_OK(cudaMemcpy(ha, da, (size_t)(a_rows * p->lda), cudaMemcpyDeviceToHost));
+            CUDA_OK(cudaMemcpy(hb, db, (size_t)(b_rows * p->ldb), cudaMemcpyDeviceToHost));
+            CUDA_OK(cudaMemcpy(hsa, dsa, (size_t)sa_count * 4, cudaMemcpyDeviceToHost));
+            CUDA_OK(cudaMemcpy(hsb, dsb, (size_t)(p->groups * nsb * kb) * 4, cudaMemcpyDeviceToHost));
+            memset(hc, POISON_BYTE, d_bytes);
+            if (p->form == NORMAL)
+                DINF_OK(dinf_fp8_gemm_nt(p->rows, p->n, p->k, ha, p->lda, hsa, hb, p->ldb, hsb, hc,
+                                         p->ldd, NULL));
+            else if (p->form == CONTIGUOUS)
+                DINF_OK(dinf_fp8_m_grouped_gemm_nt_contiguous(p->rows, p->n, p->k, p->groups, ha,
+                                                              p->lda, hsa, hb, p->ldb, hsb, hc,
+                                                              p->ldd, p->group_info, NULL));
+            else {
+                /* The CPU rejects masked_m outside [0, m_max]: give it the clamped counts. */
+                int32_t clamped[64];
+                cr_assert_leq(p->groups, 64);
+                for (int g = 0; g < p->groups; g++) {
+                    const int32_t v = p->group_info[g];
+                    clamped[g] = v < 0 ? 0 : v > p->rows ? (int32_t)p->rows : v;
+                }
+                DINF_OK(dinf_fp8_m_grouped_gemm_nt_masked(p->groups, p->rows, p->n, p->k, ha, p->lda,
+                                                          hsa, hb, p->ldb, hsb, hc, p->ldd, clamped,
+                                                          p->expected_m, NULL));
+            }
+            diff_acc oracle = {0, 0};
+            elem_check ec = ORACLE_ELEM_CHECK;
+            for (size_t i = 0; i < d_bytes / 2; i++)
+                if (hc[i] != POISON)
+                    elem_first(&ec, bf16_to_f32(hc[i]));
+            for (size_t i = 0; i < d_bytes / 2; i++) {
+                cr_assert_eq(hc[i] == POISON, hd[i] == POISON,
+                             "%s: element %zu written by one of GPU/CPU only", what, i);
+                if (hc[i] != POISON) {
+                    diff_add(&oracle, bf16_to_f32(hd[i]), bf16_to_f32(hc[i]));
+                    elem_second(&ec, (long long)i, bf16_to_f32(hd[i]), bf16_to_f32(hc[i]));
+                }
+            }
+            const double od = diff_value(&oracle);
+            cr_log_info("%s: calc_diff vs the CPU oracle = %.3g, worst element %.3g bounds", what,
+                        od, ec.worst);
+            cr_assert_lt(od, 1e-4, "%s: calc_diff=%g against the CPU implementation", what, od);
+            cr_assert_leq(ec.worst, 1.0,
+                          "%s: d[%lld][%lld] GPU %g, CPU %g: %.3g bounds apart", what,
+                          ec.worst_index / p->ldd, ec.worst_index % p->ldd, ec.worst_got,
+                          ec.worst_want, ec.worst);
+            free(ha), free(hb), free(hsa), free(hsb), free(hc);
+        }
     }
+    unsetenv("DINF_FP8_GEMM_KERNEL");
+    current_rung = "fast";
 
     free(hd), free(href);
     cudaFree(dx), cudaFree(dy), cudaFree(da), cudaFree(db), cudaFree(sa_rows), cudaFree(dsa);
@@ -398,6 +435,11 @@ static void run_problem(const problem *p) {
         cudaFree(dinfo);
     CUDA_OK(cudaStreamDestroy(stream));
 }
+
+/* Every correctness check runs on both rungs (run_problem_once loops over
+ * them: the fast kernel, the default, and the simple reference kernel,
+ * DINF_FP8_GEMM_KERNEL=simple) on the same inputs and reference. */
+static void run_problem(const problem *p) { run_problem_once(p); }
 
 static int64_t round16(int64_t x) { return (x + 15) / 16 * 16; }
 
@@ -444,7 +486,7 @@ Test(gemm_gpu, normal_deepseek_v3_shapes_match_the_unquantized_product) {
     for (int i = 0; i < 3; i++)
         for (int j = 0; j < 7; j++) {
             const problem p = {NORMAL, 1, ms[i], nk[j][0], nk[j][1], nk[j][1], nk[j][1], nk[j][0],
-                               0, NULL, 1000 + (uint64_t)(7 * i + j), 0, 1e-3};
+                               0, NULL, 1000 + (uint64_t)(7 * i + j), 0, 1e-3, NULL};
             run_problem(&p);
         }
 }
@@ -457,7 +499,7 @@ Test(gemm_gpu, normal_odd_shapes_match_the_cpu_oracle) {
     for (int i = 0; i < 7; i++) {
         const int64_t m = shapes[i][0], n = shapes[i][1], k = shapes[i][2];
         const problem p = {NORMAL, 1, m, n, k, round16(k) + 16 * (i % 2), round16(k) + 32,
-                           (n + 7) / 8 * 8 + 8 * (i % 3), 0, NULL, 77 + (uint64_t)i, 1, 1e-3};
+                           (n + 7) / 8 * 8 + 8 * (i % 3), 0, NULL, 77 + (uint64_t)i, 1, 1e-3, NULL};
         run_problem(&p);
     }
 }
@@ -500,7 +542,7 @@ Test(gemm_gpu, contiguous_deepseek_v3_shapes_with_minus_one_blocks) {
         int32_t *idx = contiguous_indices((int)shapes[i][0], shapes[i][1], 31 + (uint64_t)i, &m_sum);
         const problem p = {CONTIGUOUS, (int)shapes[i][0], m_sum, shapes[i][3], shapes[i][2],
                            shapes[i][2], shapes[i][2], shapes[i][3], 0, idx, 500 + (uint64_t)i, 0,
-                           1e-3};
+                           1e-3, NULL};
         run_problem(&p);
         free(idx);
     }
@@ -511,11 +553,11 @@ Test(gemm_gpu, contiguous_odd_shapes_and_out_of_range_blocks_match_the_cpu_oracl
     int32_t *idx = contiguous_indices(5, 300, 9, &m_sum);
     /* A block whose index is out of range is skipped on the device (the CPU
      * rejects it): compare without it first, then check the skip alone. */
-    const problem p = {CONTIGUOUS, 5, m_sum, 328, 700, 720, 704, 336, 0, idx, 4242, 1, 1e-3};
+    const problem p = {CONTIGUOUS, 5, m_sum, 328, 700, 720, 704, 336, 0, idx, 4242, 1, 1e-3, NULL};
     run_problem(&p);
     for (int i = 0; i < 128; i++)
         idx[i] = 99; /* group 99 of 5: the first block is not computed, not written */
-    const problem q = {CONTIGUOUS, 5, m_sum, 136, 256, 256, 256, 136, 0, idx, 4243, 0, 1e-3};
+    const problem q = {CONTIGUOUS, 5, m_sum, 136, 256, 256, 256, 136, 0, idx, 4243, 0, 1e-3, NULL};
     run_problem(&q);
     free(idx);
 }
@@ -540,7 +582,7 @@ Test(gemm_gpu, masked_deepseek_v3_shapes_with_random_masked_m) {
                 }
                 const problem p = {MASKED, (int)gm[i][0], gm[i][1], kn[j][1], kn[j][0], kn[j][0],
                                    kn[j][0], kn[j][1], sum / gm[i][0] + 1, masked,
-                                   (uint64_t)(900 + 10 * i + 3 * j + trial), 0, 1e-3};
+                                   (uint64_t)(900 + 10 * i + 3 * j + trial), 0, 1e-3, NULL};
                 run_problem(&p);
             }
     /* HEAD's (G, expected_m), masked_m = expected * U(0.7, 1.3), m_max just above the
@@ -557,7 +599,7 @@ Test(gemm_gpu, masked_deepseek_v3_shapes_with_random_masked_m) {
         }
         const int64_t n = groups == 32 ? 7168 : 4096, k = groups == 32 ? 2048 : 7168;
         const problem p = {MASKED, groups, m_max, n, k, k, k, n,
-                           (int64_t)(1.2 * (double)head[i][1]), masked, 950 + (uint64_t)i, 0, 1e-3};
+                           (int64_t)(1.2 * (double)head[i][1]), masked, 950 + (uint64_t)i, 0, 1e-3, NULL};
         run_problem(&p);
     }
 }
@@ -566,16 +608,75 @@ Test(gemm_gpu, masked_odd_shapes_clamped_counts_and_the_cpu_oracle) {
     /* masked_m: zero, full, ragged, above m_max (clamped on the device to
      * m_max: never writes past the group) and negative (nothing written). */
     int32_t masked[6] = {0, 77, 130, 130 + 500, -3, 1};
-    const problem p = {MASKED, 6, 130, 200, 300, 304, 320, 208, 60, masked, 31337, 1, 1e-3};
+    const problem p = {MASKED, 6, 130, 200, 300, 304, 320, 208, 60, masked, 31337, 1, 1e-3, NULL};
     run_problem(&p);
     int32_t small[3] = {1, 64, 65};
-    const problem q = {MASKED, 3, 68, 2112, 576, 576, 576, 2112, 40, small, 31338, 1, 1e-3};
+    const problem q = {MASKED, 3, 68, 2112, 576, 576, 576, 2112, 40, small, 31338, 1, 1e-3, NULL};
     run_problem(&q);
+}
+
+/* ---------------------------------------- fast rung, forced configs -- */
+
+/* A fast-rung config as the heuristic would finish it (stages, threads, smem). */
+static dinf__fp8_config fast_config(int form, int block_m, int block_n, int cluster, int split_k) {
+    dinf__fp8_config c;
+    memset(&c, 0, sizeof c);
+    c.kernel = DINF__FP8_KERNEL_FAST;
+    c.gemm_type = form, c.block_m = block_m, c.block_n = block_n, c.cluster = cluster;
+    c.split_k = split_k;
+    c.stages = 16;
+    while (DINF_FP8_FAST_SPLIT_SMEM_BYTES(block_m, block_n, c.stages, split_k) > DINF_FP8_SMEM_LIMIT)
+        c.stages--;
+    c.threads = 128 * (1 + block_m / 64);
+    c.smem_bytes = DINF_FP8_FAST_SPLIT_SMEM_BYTES(block_m, block_n, c.stages, split_k);
+    return c;
+}
+
+Test(gemm_gpu, fast_rung_every_block_n_and_cluster_size_matches_the_cpu_oracle) {
+    /* n = 5 N-blocks minus a ragged edge: an odd count, so 2-CTA clusters run
+     * a phantom partner; non-power-of-two block_n straddle B-scale blocks;
+     * masked counts leave partial tiles (direct stores) beside full ones;
+     * split-K pairs reduce through distributed shared memory. */
+    static const int bns[] = {16, 32, 48, 64, 80, 96, 112, 128, 144, 160};
+    int32_t masked[5] = {130, 64, 1, 0, 129};
+    for (int i = 0; i < 10; i++)
+        for (int form = 0; form < 3; form++) {
+            /* each block_n on each form; over the forms: one CTA, the A multicast
+             * pair, the split-K pair (k = 1000: 8 blocks, 4 + 4) */
+            const int bn = bns[i], mode = (i + form) % 3;
+            const int cluster = mode == 0 ? 1 : 2, split = mode == 2 ? 2 : 1;
+            const int bm = form == CONTIGUOUS ? 128 : (i + cluster) % 2 ? 64 : 128;
+            const dinf__fp8_config c = fast_config(form, bm, bn, cluster, split);
+            const int64_t n = 5 * bn - 8, k = 1000;
+            int64_t rows = 300;
+            int32_t *idx = NULL;
+            if (form == CONTIGUOUS)
+                idx = contiguous_indices(3, 200, 70 + (uint64_t)i, &rows);
+            const problem p = {form, form == NORMAL ? 1 : form == CONTIGUOUS ? 3 : 5,
+                               form == MASKED ? 130 : rows, n, k, 1008, 1024, n + 8,
+                               form == MASKED ? 100 : 0,
+                               form == CONTIGUOUS ? idx : form == MASKED ? masked : NULL,
+                               6000 + (uint64_t)(60 * i + 3 * cluster + form), 1, 1e-3, &c};
+            run_problem_once(&p);
+            free(idx);
+        }
 }
 
 /* ------------------------------------------------------ CUDA graphs -- */
 
+static void graph_replay(void);
+
 Test(gemm_gpu, masked_gemm_replays_in_a_cuda_graph_with_new_counts) {
+    static const char *const rungs[2] = {"fast", "simple"};
+    for (int r = 0; r < 2; r++) {
+        cr_assert_eq(setenv("DINF_FP8_GEMM_KERNEL", rungs[r], 1), 0);
+        cr_log_info("rung %s", rungs[r]);
+        graph_replay();
+    }
+    unsetenv("DINF_FP8_GEMM_KERNEL");
+}
+
+static void graph_replay(void) {
     /* The decode use: capture once, change masked_m in device memory, replay. */
     enum { G = 3, MMAX = 96, N = 256, K = 512, KB = 4 };
     const int64_t aligned = MMAX;

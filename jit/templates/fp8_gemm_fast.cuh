@@ -1,0 +1,422 @@
+/*
+ * fp8_gemm_fast: the fast rung of the Hopper FP8 GEMM of gemm.h. Same
+ * function, same results as the simple rung (fp8_gemm.cuh, which stays the
+ * reference: it documents the semantics and the pipeline both share):
+ *
+ *   D[m][n] = bf16( sum_kb  a_scale[m][kb] * b_scale[n/128][kb] * sum_{k in kb} A[m][k] B[n][k] )
+ *
+ * with float32 promotion per 128-wide k block in the same order, so both
+ * rungs produce the same bits.
+ *
+ * Compile-time constants (the config of template "fp8_gemm_fast"):
+ *   GEMM_TYPE   0 normal, 1 contiguous, 2 masked (DINF_FP8_GEMM_*)
+ *   BLOCK_M     64 or 128 output rows per tile (one math warpgroup per 64 rows)
+ *   BLOCK_N     16 .. 160, a multiple of 16 with dinf_fp8_fast_block_n_ok
+ *               (16, 32, ..., 128, 144, 160); a tile may straddle one
+ *               128-column B-scale boundary: columns before it use the first
+ *               B scale, the rest the second (dinf_fp8_b_scale_former)
+ *   NUM_STAGES  pipeline depth, DINF_FP8_FAST_SPLIT_SMEM_BYTES <= 227 KiB
+ *   CLUSTER     1, or 2: CTAs 2c and 2c+1 form a cluster that computes two
+ *               N-adjacent tiles of one M-block and shares their A tile by
+ *               TMA multicast (each CTA loads half of A's rows into both)
+ *   SPLIT_K     1, or 2 (with CLUSTER 2, instead of the multicast): the two
+ *               CTAs of a cluster compute the same tile over the two halves
+ *               of its k blocks (dinf_fp8_split_k_range); rank 1 writes its
+ *               float32 partial into rank 0's shared memory (st.shared::cluster,
+ *               then a release arrive on rank 0's red_full mbarrier), rank 0
+ *               adds it to its own (own + partner's: deterministic) and
+ *               stores, then releases the buffer (a remote arrive on rank 1's
+ *               red_empty). For small problems whose tiles leave SMs idle.
+ *
+ * Runtime params:
+ *   map_a   as fp8_gemm.cuh, but box {128, BLOCK_M / 2, 1} with the multicast
+ *           (CLUSTER 2, SPLIT_K 1)
+ *   map_b   as fp8_gemm.cuh (box {128, BLOCK_N, 1})
+ *   map_sa  as fp8_gemm.cuh
+ *   map_d   3-D tensor map of D, 16-bit elements, dims {n, rows per group,
+ *           groups} (normal/contiguous: {n, m, 1}; masked {n, m_max, G}),
+ *           strides {ldd * 2, ldd * 2 * rows}, box {S / 2, 64, 1},
+ *           swizzle S bytes, S = dinf_fp8_d_swizzle_bytes(BLOCK_N)
+ *   args    dinf_fp8_gemm_args
+ * Launch: a persistent grid, a multiple of CLUSTER, cluster dims
+ * (CLUSTER, 1, 1); 128 * (1 + BLOCK_M / 64) threads;
+ * DINF_FP8_FAST_SPLIT_SMEM_BYTES(BLOCK_M, BLOCK_N, NUM_STAGES, SPLIT_K)
+ * bytes of dynamic shared memory.
+ *
+ * What the fast rung adds to the simple one:
+ *  - Register reallocation (BLOCK_M 128: 384 threads, 168 registers each at
+ *    entry under __launch_bounds__(384, 1)): the producer warpgroup gives
+ *    back down to 40, the two math warpgroups take 232
+ *    (128 * 40 + 256 * 232 = 64512 <= 65536 = 384 * 168). BLOCK_M 64 (256
+ *    threads) already has 255 per thread and does not reallocate.
+ *  - The stage count the shared memory allows (heuristic), one empty-barrier
+ *    arrival per math warp instead of per thread.
+ *  - A TMA-store epilogue, per math warpgroup (its 64 rows): its threads
+ *    write their bf16 pairs into a swizzled shared tile
+ *    (dinf_fp8_d_smem_offset), fence the generic proxy against the async
+ *    proxy, meet at the warpgroup's named barrier, and its first thread
+ *    stores the rows with block_n * 2 / S bulk tensor stores (box
+ *    {S / 2, 64}), which clip rows >= m (the tensor's row dim) and columns
+ *    >= n. The rows are rewritten by the next tile only after that thread's
+ *    cp.async.bulk.wait_group.read 0 and the named barrier, so the store of
+ *    tile t overlaps the main loop of tile t+1. Where a TMA store would write
+ *    rows the call does not own (a masked group's rows in [masked_m, m_max):
+ *    the tensor map only knows m_max) the warpgroup stores directly, clipped
+ *    per element, as the simple rung does.
+ *  - CLUSTER 2: A multicast. Per stage, CTA rank r loads A rows
+ *    [m0 + r * BLOCK_M / 2, + BLOCK_M / 2) into both CTAs (mask 0b11), its own
+ *    B tile and its own A scales; each CTA's full barrier still expects the
+ *    whole stage (A halves from both CTAs + B + scales). A stage may be
+ *    refilled only when the consumers of BOTH CTAs have released it, so
+ *    every math warp arrives on the empty barrier of both CTAs (lane 0 on
+ *    rank 0's, lane 1 on rank 1's, through mapa), and the empty barriers count
+ *    2 * math warps. The scheduler (dinf_fp8_unit_at) gives the two CTAs of a
+ *    cluster the N-blocks 2u and 2u+1 of one M-block; when n_blocks is odd the
+ *    last unit's rank-1 tile is a phantom (n_block == n_blocks): it runs the
+ *    pipeline (its multicast half of A is needed by rank 0) on N-block 0's B
+ *    and scales (in bounds) and is never stored. Skipped contiguous blocks are skipped by both CTAs
+ *    alike (the group is a function of the M-block). A cluster barrier after
+ *    the mbarrier init (the peer's barriers must exist before any multicast
+ *    or remote arrive) and one before exit (no CTA may leave while its peer
+ *    can still arrive on its barriers or multicast into it).
+ * The mbarrier protocol of both cluster sizes is modelled on the CPU under
+ * random interleavings (tests/gemm/test_gemm_sm90.c, with planted bugs).
+ */
+#pragma once
+#include "dinf_prelude.cuh"
+#include "dinf_sm90.cuh"
+#include "fp8_gemm_sched.cuh"
+
+namespace dinf_jit {
+
+/* Two floats -> packed bf16 pair (lo in the low half), round to nearest even. */
+__device__ __forceinline__ uint32_t fast_pack_bf16x2(float lo, float hi) {
+    uint32_t r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+template <int GEMM_TYPE, int BLOCK_M, int BLOCK_N, int NUM_STAGES, int CLUSTER, int SPLIT_K>
+__global__ void __launch_bounds__(128 * (1 + BLOCK_M / 64), 1)
+fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant__ tensor_map_t map_b,
+              const __grid_constant__ tensor_map_t map_sa,
+              const __grid_constant__ tensor_map_t map_d, const dinf_fp8_gemm_args args) {
+    static_assert(GEMM_TYPE >= 0 && GEMM_TYPE <= 2, "fp8_gemm_fast: GEMM_TYPE must be 0, 1 or 2");
+    static_assert(BLOCK_M == 64 || BLOCK_M == 128, "fp8_gemm_fast: BLOCK_M must be 64 or 128");
+    static_assert(GEMM_TYPE != DINF_FP8_GEMM_CONTIGUOUS || BLOCK_M == 128,
+                  "fp8_gemm_fast: the contiguous layout needs BLOCK_M = 128 (its alignment)");
+    static_assert(dinf_fp8_fast_block_n_ok(BLOCK_N),
+                  "fp8_gemm_fast: BLOCK_N must be a multiple of 16 in 16..128, or 144 or 160");
+    static_assert(CLUSTER == 1 || CLUSTER == 2, "fp8_gemm_fast: CLUSTER must be 1 or 2");
+    static_assert(SPLIT_K == 1 || (SPLIT_K == 2 && CLUSTER == 2),
+                  "fp8_gemm_fast: SPLIT_K must be 1, or 2 with CLUSTER = 2 (the partner)");
+    static_assert(NUM_STAGES >= 1 &&
+                      DINF_FP8_FAST_SPLIT_SMEM_BYTES(BLOCK_M, BLOCK_N, NUM_STAGES, SPLIT_K) <=
+                          DINF_FP8_SMEM_LIMIT,
+                  "fp8_gemm_fast: NUM_STAGES stages do not fit in shared memory");
+
+    constexpr int kMathWarpgroups = BLOCK_M / 64;
+    constexpr int kMathThreads = 128 * kMathWarpgroups;
+    constexpr int kAccum = BLOCK_N / 2;
+    constexpr uint32_t kStageTxBytes = dinf_fp8_stage_tx_bytes(BLOCK_M, BLOCK_N);
+    constexpr int kSwizzleD = dinf_fp8_d_swizzle_bytes(BLOCK_N);
+    constexpr int kStoresD = BLOCK_N * 2 / kSwizzleD;
+    constexpr bool kOneScale = DINF_FP8_BLOCK_K % BLOCK_N == 0;
+    /* A cluster of 2 either shares A by multicast (SPLIT_K 1: N-adjacent tiles)
+     * or splits one tile's k blocks (SPLIT_K 2: no multicast, same tile). */
+    constexpr bool kMulticast = CLUSTER > 1 && SPLIT_K == 1;
+    constexpr int kTileCluster = SPLIT_K > 1 ? 1 : CLUSTER;
+    constexpr int kAHalfRows = BLOCK_M / (kMulticast ? CLUSTER : 1);
+    constexpr uint32_t kEpilogueBarrier = 1; /* + math warpgroup: its named barrier */
+
+    extern __shared__ uint8_t smem_raw[];
+    uint8_t *smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+    /* [output tile][split-K partial tile][stages ...][full][empty][red_full][red_empty] */
+    constexpr unsigned kPartialOffset = (unsigned)(BLOCK_M * BLOCK_N * 2);
+    constexpr dinf_fp8_smem_layout lay = dinf_fp8_smem_carve_d(
+        BLOCK_M, BLOCK_N, NUM_STAGES,
+        kPartialOffset + (SPLIT_K > 1 ? (unsigned)(BLOCK_M * BLOCK_N * 4) : 0u));
+    static_assert(1024 + lay.end + (SPLIT_K > 1 ? 16 : 0) <=
+                      DINF_FP8_FAST_SPLIT_SMEM_BYTES(BLOCK_M, BLOCK_N, NUM_STAGES, SPLIT_K),
+                  "fp8_gemm_fast: the carve-up exceeds the dynamic shared memory size");
+    uint8_t *d_tile = smem + lay.d;
+    float *partial = reinterpret_cast<float *>(smem + kPartialOffset);
+    uint64_t *red_full = reinterpret_cast<uint64_t *>(smem + lay.end);      /* rank 0's */
+    uint64_t *red_empty = reinterpret_cast<uint64_t *>(smem + lay.end + 8); /* rank 1's */
+    uint8_t *a_tiles = smem + lay.a;
+    uint8_t *b_tiles = smem + lay.b;
+    float *sa_tiles = reinterpret_cast<float *>(smem + lay.sa);
+    uint64_t *full = reinterpret_cast<uint64_t *>(smem + lay.full);
+    uint64_t *empty = reinterpret_cast<uint64_t *>(smem + lay.empty);
+
+    const int warpgroup = (int)(threadIdx.x / 128);
+    const int rank = CLUSTER > 1 ? (int)cluster_ctarank() : 0;
+    const long long cluster_id = (long long)(blockIdx.x / CLUSTER);
+    const long long num_clusters = (long long)(gridDim.x / CLUSTER);
+
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < NUM_STAGES; s++) {
+            mbar_init(&full[s], 1);                               /* own producer's arrive + tx */
+            /* every math warp of the CTAs the stage's loads write into */
+            mbar_init(&empty[s], (kMulticast ? CLUSTER : 1) * kMathWarpgroups * 4);
+        }
+        if (SPLIT_K > 1) {
+            mbar_init(red_full, kMathThreads);  /* the partner's partial has landed */
+            mbar_init(red_empty, kMathThreads); /* the leader has read it */
+        }
+        mbar_init_fence();
+    }
+    if (CLUSTER > 1) {
+        cluster_arrive_release();
+        cluster_wait_acquire();
+    } else {
+        __syncthreads();
+    }
+
+    if (warpgroup == 0) {
+        /* ------------------------------------------------------ producer -- */
+        if (kMathWarpgroups == 2)
+            setmaxnreg_dec<40>();
+        if (threadIdx.x == 0) {
+            tma_prefetch_descriptor(&map_a);
+            tma_prefetch_descriptor(&map_b);
+            tma_prefetch_descriptor(&map_sa);
+            uint32_t it = 0;
+            for (long long u = cluster_id;; u += num_clusters) {
+                dinf_fp8_tile tile;
+                const int found = dinf_fp8_unit_at(&args, GEMM_TYPE, BLOCK_M, kTileCluster,
+                                                   kTileCluster > 1 ? rank : 0, u, &tile);
+                if (found < 0)
+                    break;
+                if (found == 0)
+                    continue;
+                const int m0 = tile.m_block * BLOCK_M, n0 = tile.n_block * BLOCK_N;
+                const int a_group = GEMM_TYPE == DINF_FP8_GEMM_MASKED ? tile.group : 0;
+                int kb_begin = 0, kb_end = args.k_blocks;
+                if (SPLIT_K > 1)
+                    dinf_fp8_split_k_range(args.k_blocks, SPLIT_K, rank, &kb_begin, &kb_end);
+                for (int kb = kb_begin; kb < kb_end; kb++, it++) {
+                    const dinf_fp8_pipe_slot slot = dinf_fp8_pipe_at(it, NUM_STAGES);
+                    const int s = slot.stage;
+                    mbar_wait(&empty[s], slot.empty_parity);
+                    mbar_arrive_expect_tx(&full[s], kStageTxBytes);
+                    const int k0 = kb * DINF_FP8_BLOCK_K;
+                    uint8_t *a_dst = a_tiles + s * lay.a_stage +
+                                     (kMulticast ? rank : 0) * kAHalfRows * DINF_FP8_BLOCK_K;
+                    /* A half wholly past the rows (the last M-block) loads rows
+                     * from 0 instead: in bounds, and only output rows that are
+                     * never stored depend on it. */
+                    const int a_row = m0 + rank * kAHalfRows < args.m ? m0 + rank * kAHalfRows : 0;
+                    if (kMulticast)
+                        tma_load_3d_multicast(a_dst, &map_a, &full[s], k0, a_row, a_group,
+                                              (uint16_t)((1u << CLUSTER) - 1u));
+                    else
+                        tma_load_3d(a_dst, &map_a, &full[s], k0, m0, a_group);
+                    /* A phantom loads N-block 0's B (in bounds: its bytes land
+                     * like any box; its result is never stored). */
+                    tma_load_3d(b_tiles + s * lay.b_stage, &map_b, &full[s], k0,
+                                tile.phantom ? 0 : n0, tile.group);
+                    tma_load_3d(sa_tiles + s * BLOCK_M, &map_sa, &full[s], m0, kb, a_group);
+                }
+            }
+        }
+        if (CLUSTER > 1) { /* stay until the peer can no longer touch this CTA */
+            cluster_arrive_release();
+            cluster_wait_acquire();
+        }
+    } else {
+        /* ---------------------------------------------------------- math -- */
+        if (kMathWarpgroups == 2)
+            setmaxnreg_inc<232>();
+        const int math_wg = warpgroup - 1;
+        const int lane = (int)(threadIdx.x % 32);
+        const int warp_in_wg = (int)((threadIdx.x / 32) % 4);
+        const int row0 = dinf_fp8_frag_row(math_wg, warp_in_wg, lane, 0);
+        const int row1 = dinf_fp8_frag_row(math_wg, warp_in_wg, lane, 1);
+        const bool store_thread = threadIdx.x % 128 == 0; /* one per math warpgroup */
+        const int math_thread = (int)threadIdx.x - 128;
+        uint32_t reductions = 0; /* split-K tiles reduced so far (the reduction barriers' phase) */
+        const float *b_scales = reinterpret_cast<const float *>(args.b_scales);
+        uint16_t *d = reinterpret_cast<uint16_t *>(args.d);
+
+        float acc[kAccum];
+        float total[kAccum];
+        uint32_t it = 0;
+        for (long long u = cluster_id;; u += num_clusters) {
+            dinf_fp8_tile tile;
+            const int found = dinf_fp8_unit_at(&args, GEMM_TYPE, BLOCK_M, kTileCluster,
+                                               kTileCluster > 1 ? rank : 0, u, &tile);
+            if (found < 0)
+                break;
+            if (found == 0)
+                continue;
+            const int m0 = tile.m_block * BLOCK_M, n0 = tile.n_block * BLOCK_N;
+            /* B scales: columns [n0, n0 + former) use scale block n0 / 128, the
+             * rest the next one (only when BLOCK_N does not divide 128). A
+             * phantom tile starts at or past n: it reads column 0's scales
+             * (in bounds; its result is never stored). */
+            const int n0_scales = tile.phantom ? 0 : n0;
+            const float *sb_first =
+                b_scales + dinf_fp8_b_scale_index(&args, tile.group, n0_scales, 0);
+            const float *sb_second =
+                kOneScale ? sb_first
+                          : b_scales + dinf_fp8_b_scale_index(
+                                           &args, tile.group,
+                                           dinf_fp8_b_scale_next_col(&args, n0_scales), 0);
+            const int former = kOneScale ? BLOCK_N : dinf_fp8_b_scale_former(n0_scales, BLOCK_N);
+#pragma unroll
+            for (int i = 0; i < kAccum; i++)
+                total[i] = 0.0f;
+
+            int kb_begin = 0, kb_end = args.k_blocks;
+            if (SPLIT_K > 1)
+                dinf_fp8_split_k_range(args.k_blocks, SPLIT_K, rank, &kb_begin, &kb_end);
+            for (int kb = kb_begin; kb < kb_end; kb++, it++) {
+                const dinf_fp8_pipe_slot slot = dinf_fp8_pipe_at(it, NUM_STAGES);
+                const int s = slot.stage;
+                const float b_scale0 = sb_first[kb];
+                const float b_scale1 = kOneScale ? b_scale0 : sb_second[kb];
+                mbar_wait(&full[s], slot.full_parity);
+
+                const uint32_t a_base =
+                    smem_u32(a_tiles + s * lay.a_stage + math_wg * 64 * DINF_FP8_BLOCK_K);
+                const uint32_t b_base = smem_u32(b_tiles + s * lay.b_stage);
+#pragma unroll
+                for (int i = 0; i < kAccum; i++)
+                    fence_operand(acc[i]);
+                wgmma_fence();
+#pragma unroll
+                for (int ks = 0; ks < DINF_FP8_BLOCK_K / 32; ks++)
+                    wgmma_e4m3<BLOCK_N>::mma(dinf_fp8_wgmma_desc_sw128(a_base + ks * 32),
+                                             dinf_fp8_wgmma_desc_sw128(b_base + ks * 32), acc,
+                                             ks > 0);
+                wgmma_commit();
+                wgmma_wait_all();
+#pragma unroll
+                for (int i = 0; i < kAccum; i++)
+                    fence_operand(acc[i]);
+
+                const float a_scale0 = sa_tiles[s * BLOCK_M + row0];
+                const float a_scale1 = sa_tiles[s * BLOCK_M + row1];
+                /* The warp is done with the stage (its wgmma have completed and
+                 * every lane has read its A scales): one arrival per warp on
+                 * the empty barrier of every CTA of the cluster. */
+                __syncwarp();
+                if (kMulticast) {
+                    if (lane < CLUSTER)
+                        mbar_arrive_cluster(cluster_map_shared(smem_u32(&empty[s]), (uint32_t)lane));
+                } else if (lane == 0) {
+                    mbar_arrive(&empty[s]);
+                }
+
+                /* Promotion, the same float32 operations as the simple rung:
+                 * scale = a_scale * b_scale, total += scale * partial. */
+                const float scale00 = a_scale0 * b_scale0, scale10 = a_scale1 * b_scale0;
+                const float scale01 = a_scale0 * b_scale1, scale11 = a_scale1 * b_scale1;
+#pragma unroll
+                for (int i = 0; i < kAccum / 4; i++) {
+                    const bool first = kOneScale || 8 * i < former;
+                    const float sc0 = first ? scale00 : scale01;
+                    const float sc1 = first ? scale10 : scale11;
+                    total[4 * i + 0] += sc0 * acc[4 * i + 0];
+                    total[4 * i + 1] += sc0 * acc[4 * i + 1];
+                    total[4 * i + 2] += sc1 * acc[4 * i + 2];
+                    total[4 * i + 3] += sc1 * acc[4 * i + 3];
+                }
+            }
+
+            if (SPLIT_K > 1) {
+                /* Split-K reduction through distributed shared memory: rank 1
+                 * writes its partial into rank 0's buffer once rank 0 has read
+                 * the previous one; rank 0 adds it to its own and stores. */
+                const uint32_t phase = reductions & 1u;
+                reductions++;
+                if (rank == 1) {
+                    mbar_wait_acquire_cluster(red_empty, phase ^ 1u);
+                    const uint32_t remote = cluster_map_shared(smem_u32(partial), 0);
+#pragma unroll
+                    for (int i = 0; i < kAccum; i++)
+                        st_cluster_f32(remote + 4u * (uint32_t)dinf_fp8_split_slot(i, math_thread,
+                                                                                   kMathThreads),
+                                       total[i]);
+                    mbar_arrive_cluster(cluster_map_shared(smem_u32(red_full), 0));
+                    continue; /* rank 0 stores the tile */
+                }
+                mbar_wait_acquire_cluster(red_full, phase);
+#pragma unroll
+                for (int i = 0; i < kAccum; i++)
+                    total[i] = total[i] + partial[dinf_fp8_split_slot(i, math_thread, kMathThreads)];
+                mbar_arrive_cluster(cluster_map_shared(smem_u32(red_empty), 1));
+            }
+
+            if (tile.phantom)
+                continue; /* the multicast partner of an odd last N-block: nothing to store */
+
+            /* Each math warpgroup stores its own 64 rows, synchronising only
+             * its 128 threads (named barrier 1 + math_wg). */
+            const int wg_row0 = m0 + math_wg * 64;
+            if (GEMM_TYPE != DINF_FP8_GEMM_MASKED || wg_row0 + 64 <= tile.row_limit) {
+                /* TMA-store epilogue: the warpgroup's previous store must have
+                 * read its part of the shared tile before it is overwritten. */
+                if (store_thread)
+                    bulk_wait_group_read_0();
+                named_barrier_sync(kEpilogueBarrier + (uint32_t)math_wg, 128);
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    const int row = half ? row1 : row0;
+                    /* Per-row parts of dinf_fp8_d_smem_offset; the opaque asm
+                     * keeps the compiler from hoisting all BLOCK_N / 4 offsets
+                     * out of the tile loop (registers the accumulators need). */
+                    uint32_t row_base = dinf_fp8_d_smem_row_base(row, lane, kSwizzleD);
+                    asm volatile("" : "+r"(row_base));
+                    const uint32_t row_xor = dinf_fp8_d_smem_row_xor(row, kSwizzleD);
+#pragma unroll
+                    for (int i = 0; i < kAccum / 4; i++)
+                        *reinterpret_cast<uint32_t *>(
+                            d_tile + dinf_fp8_d_smem_frag_offset(row_base, row_xor, i, BLOCK_M,
+                                                                 kSwizzleD)) =
+                            fast_pack_bf16x2(total[4 * i + 2 * half], total[4 * i + 2 * half + 1]);
+                }
+                fence_proxy_async_shared(); /* st.shared before the TMA store's reads */
+                named_barrier_sync(kEpilogueBarrier + (uint32_t)math_wg, 128);
+                if (store_thread) {
+                    const int d_group = GEMM_TYPE == DINF_FP8_GEMM_MASKED ? tile.group : 0;
+#pragma unroll
+                    for (int j = 0; j < kStoresD; j++)
+                        tma_store_3d(&map_d,
+                                     d_tile + j * BLOCK_M * kSwizzleD + math_wg * 64 * kSwizzleD,
+                                     n0 + j * (kSwizzleD / 2), wg_row0, d_group);
+                    bulk_commit_group();
+                }
+            } else {
+                /* A masked group's last, partial rows: direct stores clipped to
+                 * the owned rows (the tensor map would write up to m_max). */
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    const int row = m0 + (half ? row1 : row0);
+                    if (row >= tile.row_limit)
+                        continue;
+#pragma unroll
+                    for (int i = 0; i < kAccum / 4; i++) {
+                        const int col = n0 + dinf_fp8_frag_col(i, lane);
+                        const float lo = total[4 * i + 2 * half], hi = total[4 * i + 2 * half + 1];
+                        uint16_t *out =
+                            d + dinf_fp8_d_offset(&args, GEMM_TYPE, tile.group, row, col);
+                        if (col + 1 < args.n)
+                            *reinterpret_cast<uint32_t *>(out) = fast_pack_bf16x2(lo, hi);
+                        else if (col < args.n)
+                            *out = f32_to_bf16(lo).bits;
+                    }
+                }
+            }
+        }
+        if (store_thread)
+            bulk_wait_group_0(); /* the last stores complete before the CTA exits */
+        if (CLUSTER > 1) {
+            cluster_arrive_release();
+            cluster_wait_acquire();
+        }
+    }
+}
+
+} // namespace dinf_jit

@@ -1,0 +1,1353 @@
+/*
+ * The fast rung of the Hopper FP8 GEMM (jit/templates/fp8_gemm_fast.cuh),
+ * verified on the CPU: its scheduler (2-CTA cluster units, phantom partners),
+ * the B-scale split of block_n values that do not divide 128, the swizzled
+ * output tile of the TMA-store epilogue, its shared-memory carve-up, the
+ * mbarrier protocol of 1- and 2-CTA clusters under random interleavings
+ * (with planted bugs it must catch), the heuristic (its rule, and its
+ * choices for every DeepSeek-V3 shape of deepgemm.md 4.2/4.4 on 132 SMs),
+ * and a replay of the kernel's whole data flow (multicast halves of A, the
+ * two B scales, the swizzled tile and its clipped TMA stores, the direct
+ * stores of masked partial tiles) on the host's launch plan, bit for bit
+ * against the CPU implementation. The SASS check runs where nvdisasm exists.
+ */
+#define _GNU_SOURCE
+#include <deepinfra.h>
+
+#include "core/numeric_hd.h"
+#include "gemm/gemm_sm90.h"
+#include "jit_internal.h"
+
+#include <criterion/criterion.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static uint64_t rng(uint64_t *s) { /* splitmix64 */
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static int cdiv(long long a, long long b) { return (int)((a + b - 1) / b); }
+
+static const int fast_bns[] = {16, 32, 48, 64, 80, 96, 112, 128, 144, 160};
+#define NUM_FAST_BNS ((int)(sizeof fast_bns / sizeof fast_bns[0]))
+
+static dinf_fp8_gemm_args make_args(int m, int n, int k, int groups, int block_m, int block_n,
+                                    const int32_t *group_info) {
+    dinf_fp8_gemm_args a;
+    memset(&a, 0, sizeof a);
+    a.m = m, a.n = n, a.k = k, a.num_groups = groups;
+    a.k_blocks = cdiv(k, 128);
+    a.n_scale_blocks = cdiv(n, 128);
+    a.m_blocks = cdiv(m, block_m);
+    a.n_blocks = cdiv(n, block_n);
+    a.group_info = (unsigned long long)(uintptr_t)group_info;
+    a.ldd = n + 8;
+    return a;
+}
+
+/* ------------------------------------------------------- block sizes -- */
+
+Test(gemm_fast_sched, block_n_set_is_16_to_128_and_144_160) {
+    int count = 0;
+    for (int bn = 0; bn <= 300; bn++)
+        if (dinf_fp8_fast_block_n_ok(bn)) {
+            cr_assert(count < NUM_FAST_BNS && fast_bns[count] == bn, "block_n %d accepted", bn);
+            count++;
+        }
+    cr_assert_eq(count, NUM_FAST_BNS);
+}
+
+Test(gemm_fast_sched, b_scale_split_touches_at_most_two_scale_blocks_at_a_multiple_of_16) {
+    for (int i = 0; i < NUM_FAST_BNS; i++) {
+        const int bn = fast_bns[i];
+        for (int n = 1; n <= 3000; n += (n < 300 ? 1 : 37)) {
+            dinf_fp8_gemm_args a = make_args(64, n, 256, 3, 64, bn, NULL);
+            for (int nb = 0; nb < a.n_blocks; nb++) {
+                const int n0 = nb * bn;
+                const int former = dinf_fp8_b_scale_former(n0, bn);
+                const int next = dinf_fp8_b_scale_next_col(&a, n0);
+                cr_assert(former >= 16 && former <= bn && former % 16 == 0,
+                          "bn=%d n0=%d: former %d", bn, n0, former);
+                if (128 % bn == 0)
+                    cr_assert_eq(former, bn, "bn=%d divides 128: one scale", bn);
+                cr_assert(next % 128 == 0 && next / 128 < a.n_scale_blocks);
+                /* every stored column's true scale block is the one the split gives it */
+                for (int c = 0; c < bn && n0 + c < n; c++) {
+                    const int col = n0 + c;
+                    const int want = col / 128;
+                    const int got = c < former ? n0 / 128 : next / 128;
+                    cr_assert_eq(got, want, "bn=%d n=%d n0=%d col %d: scale block %d, want %d", bn,
+                                 n, n0, col, got, want);
+                    for (int kb = 0; kb < 2; kb++)
+                        cr_assert_eq(dinf_fp8_b_scale_index(&a, 2, c < former ? n0 : next, kb),
+                                     (2LL * a.n_scale_blocks + want) * a.k_blocks + kb);
+                }
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------- cluster schedule -- */
+
+Test(gemm_fast_sched, cluster_units_pair_adjacent_n_blocks_of_one_m_block_with_phantoms) {
+    uint64_t seed = 21;
+    for (int trial = 0; trial < 300; trial++) {
+        const int form = trial % 3, cluster = 1 + (trial / 3) % 2;
+        const int bm = form == DINF_FP8_GEMM_CONTIGUOUS ? 128 : (rng(&seed) % 2 ? 64 : 128);
+        const int bn = fast_bns[rng(&seed) % NUM_FAST_BNS];
+        const int n = 1 + (int)(rng(&seed) % 2500);
+        const int groups = form == DINF_FP8_GEMM_NORMAL ? 1 : 1 + (int)(rng(&seed) % 6);
+        int m = 1 + (int)(rng(&seed) % 900);
+        static int32_t info[8 * 128];
+        int32_t masked[6];
+        const int32_t *gi = NULL;
+        if (form == DINF_FP8_GEMM_CONTIGUOUS) {
+            const int blocks = 1 + (int)(rng(&seed) % 8);
+            m = blocks * 128;
+            for (int b = 0; b < blocks; b++) {
+                const int g = rng(&seed) % 4 == 0 ? -1 : (int)(rng(&seed) % (uint64_t)groups);
+                for (int r = 0; r < 128; r++)
+                    info[b * 128 + r] = g;
+            }
+            gi = info;
+        } else if (form == DINF_FP8_GEMM_MASKED) {
+            for (int g = 0; g < groups; g++)
+                masked[g] = (int)(rng(&seed) % (uint64_t)(m + 40)) - 20;
+            gi = masked;
+        }
+        dinf_fp8_gemm_args a = make_args(m, n, 256, groups, bm, bn, gi);
+        const int units = dinf_fp8_n_units(&a, cluster);
+        cr_assert_eq(units, cdiv(a.n_blocks, cluster));
+        const long long bound = dinf_fp8_unit_bound(&a, form, cluster);
+        const long long tiles = dinf_fp8_tile_bound(&a, form);
+        char *seen = calloc((size_t)tiles, 1);
+        long long real = 0, phantoms = 0, expected_real = 0;
+        for (long long u = 0;; u++) {
+            dinf_fp8_tile t[2];
+            int found[2];
+            for (int r = 0; r < cluster; r++)
+                found[r] = dinf_fp8_unit_at(&a, form, bm, cluster, r, u, &t[r]);
+            if (cluster == 2)
+                cr_assert_eq(found[0], found[1], "trial %d unit %lld: ranks disagree", trial, u);
+            if (found[0] < 0)
+                break;
+            cr_assert_lt(u, bound, "trial %d: unit %lld beyond the bound %lld", trial, u, bound);
+            if (found[0] == 0)
+                continue;
+            for (int r = 0; r < cluster; r++) {
+                cr_assert_eq(t[r].m_block, t[0].m_block, "the pair shares its M-block (A)");
+                cr_assert_eq(t[r].group, t[0].group);
+                cr_assert_eq(t[r].row_limit, t[0].row_limit);
+                cr_assert_eq(t[r].n_block, t[0].n_block + r, "adjacent N-blocks");
+                cr_assert_eq(t[r].n_block % cluster, r);
+                cr_assert_eq(t[r].phantom, t[r].n_block >= a.n_blocks);
+                cr_assert_leq(t[r].n_block, a.n_blocks, "at most one phantom past the end");
+                if (t[r].phantom) {
+                    cr_assert_eq(r, 1, "only rank 1 can be a phantom");
+                    phantoms++;
+                    continue;
+                }
+                const long long gid = form == DINF_FP8_GEMM_MASKED ? t[r].group : 0;
+                const long long id = (gid * a.m_blocks + t[r].m_block) * a.n_blocks + t[r].n_block;
+                cr_assert(id >= 0 && id < tiles);
+                cr_assert_eq(seen[id], 0, "trial %d: tile visited twice", trial);
+                seen[id] = 1;
+                real++;
+            }
+        }
+        /* every owned tile exactly once: the simple kernel's tile set */
+        for (long long t = 0;; t++) {
+            dinf_fp8_tile tile;
+            const int r = dinf_fp8_tile_at(&a, form, bm, t, &tile);
+            if (r < 0)
+                break;
+            if (r == 0)
+                continue;
+            cr_assert_eq(tile.phantom, 0);
+            const long long gid = form == DINF_FP8_GEMM_MASKED ? tile.group : 0;
+            const long long id = (gid * a.m_blocks + tile.m_block) * a.n_blocks + tile.n_block;
+            cr_assert_eq(seen[id], 1, "trial %d: tile (%d,%d,%d) not visited by the clusters", trial,
+                         tile.group, tile.m_block, tile.n_block);
+            expected_real++;
+        }
+        cr_assert_eq(real, expected_real);
+        if (cluster == 1 || a.n_blocks % 2 == 0)
+            cr_assert_eq(phantoms, 0);
+        free(seen);
+    }
+}
+
+Test(gemm_fast_sched, cluster_raster_keeps_the_16_n_block_band) {
+    /* Units of 2 N-blocks in strips of 8 units: the same band of B as the
+     * simple order, M-blocks in order inside a strip. */
+    for (int mb = 1; mb <= 20; mb += 3)
+        for (int nb = 1; nb <= 70; nb += 5) {
+            dinf_fp8_gemm_args a = make_args(mb * 128, nb * 64, 128, 1, 128, 64, NULL);
+            const int units = dinf_fp8_n_units(&a, 2);
+            for (long long u = 0; u < (long long)mb * units; u++) {
+                dinf_fp8_tile t;
+                cr_assert_eq(dinf_fp8_unit_at(&a, DINF_FP8_GEMM_NORMAL, 128, 2, 0, u, &t), 1);
+                cr_assert_eq(t.n_block / 16, (int)(u / (8LL * mb)), "mb=%d nb=%d u=%lld", mb, nb, u);
+            }
+        }
+}
+
+/* ---------------------------------------------------- output swizzle -- */
+
+/* The TMA swizzle pattern, written from its definition (the 16-byte unit
+ * bits 4.. of a shared address XORed with the bits 7.. above it), not from
+ * the kernel's helper. */
+static unsigned tma_swizzle(unsigned addr, int swizzle) {
+    const unsigned mask = (unsigned)swizzle / 16u - 1u;
+    return addr ^ (((addr >> 7) & mask) << 4);
+}
+
+Test(gemm_fast_sched, output_tile_swizzle_is_the_tma_pattern_bijective_and_conflict_free) {
+    for (int bm = 64; bm <= 128; bm += 64)
+        for (int i = 0; i < NUM_FAST_BNS; i++) {
+            const int bn = fast_bns[i], sw = dinf_fp8_d_swizzle_bytes(bn);
+            cr_assert((bn * 2) % sw == 0 && (sw == 128 || (bn * 2) % (2 * sw) != 0),
+                      "bn=%d: swizzle %d is the widest dividing a row", bn, sw);
+            cr_assert_eq((bm * sw) % 1024, 0, "chunks start 1024-byte aligned");
+            const int bytes = bm * bn * 2;
+            unsigned char *hit = calloc((size_t)bytes, 1);
+            for (int row = 0; row < bm; row++)
+                for (int col = 0; col < bn; col += 2) {
+                    const unsigned off = dinf_fp8_d_smem_offset(row, col, bm, sw);
+                    cr_assert_lt(off + 3, (unsigned)bytes);
+                    cr_assert_eq(off % 4, 0);
+                    /* what the TMA store of chunk col*2/sw reads for box element (row, col) */
+                    const int chunk = col * 2 / sw, in_row = (col * 2) % sw;
+                    cr_assert_eq(off, tma_swizzle((unsigned)(chunk * bm * sw + row * sw + in_row), sw),
+                                 "bm=%d bn=%d (%d,%d)", bm, bn, row, col);
+                    for (int b = 0; b < 4; b++) {
+                        cr_assert_eq(hit[off + b], 0, "bm=%d bn=%d: byte %u twice", bm, bn, off + b);
+                        hit[off + b] = 1;
+                    }
+                }
+            free(hit);
+            /* The kernel's split form equals it for every fragment element, and
+             * each warp store (fixed half and i) hits 32 distinct banks. */
+            for (int wg = 0; wg < bm / 64; wg++)
+                for (int warp = 0; warp < 4; warp++)
+                    for (int half = 0; half < 2; half++)
+                        for (int fi = 0; fi < bn / 8; fi++) {
+                            unsigned banks = 0;
+                            for (int lane = 0; lane < 32; lane++) {
+                                const int row = dinf_fp8_frag_row(wg, warp, lane, half);
+                                const int col = dinf_fp8_frag_col(fi, lane);
+                                const unsigned off = dinf_fp8_d_smem_frag_offset(
+                                    dinf_fp8_d_smem_row_base(row, lane, sw),
+                                    dinf_fp8_d_smem_row_xor(row, sw), fi, bm, sw);
+                                cr_assert_eq(off, dinf_fp8_d_smem_offset(row, col, bm, sw),
+                                             "bm=%d bn=%d row %d col %d", bm, bn, row, col);
+                                banks |= 1u << ((off / 4) % 32);
+                            }
+                            cr_assert_eq(banks, 0xFFFFFFFFu, "bm=%d bn=%d i=%d: bank conflicts",
+                                         bm, bn, fi);
+                        }
+        }
+}
+
+Test(gemm_fast_sched, shared_memory_carve_up_with_the_output_tile) {
+    int checked = 0;
+    for (int bm = 64; bm <= 128; bm += 64)
+        for (int i = 0; i < NUM_FAST_BNS; i++)
+            for (int stages = 1; stages <= 16; stages++) {
+                const int bn = fast_bns[i];
+                const long long bytes = DINF_FP8_FAST_SMEM_BYTES(bm, bn, stages);
+                if (bytes > DINF_FP8_SMEM_LIMIT)
+                    continue;
+                checked++;
+                const dinf_fp8_smem_layout l =
+                    dinf_fp8_smem_carve_d(bm, bn, stages, (unsigned)(bm * bn * 2));
+                cr_assert_eq(l.d, 0u);
+                cr_assert_eq(l.a, (unsigned)(bm * bn * 2), "the tile is a multiple of 1024");
+                for (int s = 0; s < stages; s++) {
+                    for (int h = 0; h < 4; h++) /* wgmma halves and multicast halves of A */
+                        cr_assert_eq((l.a + s * l.a_stage + h * bm / 4 * 128) % 1024, 0,
+                                     "A stage %d quarter %d of %dx%dx%d", s, h, bm, bn, stages);
+                    cr_assert_eq((l.b + s * l.b_stage) % 1024, 0);
+                    cr_assert_eq((l.sa + s * l.sa_stage) % 128, 0);
+                }
+                cr_assert_eq(l.full % 8, 0);
+                cr_assert_eq(l.empty, l.full + 8u * stages);
+                cr_assert_leq(1024 + (long long)l.end, bytes, "%dx%dx%d", bm, bn, stages);
+            }
+    cr_assert_geq(checked, 2 * NUM_FAST_BNS * 5);
+}
+
+Test(gemm_fast_sched, split_k_ranges_partition_the_k_blocks_and_the_partial_buffer_fits) {
+    for (int kb = 1; kb <= 300; kb++) {
+        int b0, e0, b1, e1;
+        dinf_fp8_split_k_range(kb, 2, 0, &b0, &e0);
+        dinf_fp8_split_k_range(kb, 2, 1, &b1, &e1);
+        cr_assert(b0 == 0 && e0 == b1 && e1 == kb && e0 - b0 >= e1 - b1 && e0 - b0 == (kb + 1) / 2,
+                  "k_blocks %d: [%d,%d) [%d,%d)", kb, b0, e0, b1, e1);
+        dinf_fp8_split_k_range(kb, 1, 0, &b0, &e0);
+        cr_assert(b0 == 0 && e0 == kb);
+    }
+    for (int bm = 64; bm <= 128; bm += 64)
+        for (int i = 0; i < NUM_FAST_BNS; i++) {
+            const int bn = fast_bns[i], threads = 128 * (bm / 64);
+            /* the i-major slots cover the tile once, a warp writes 32 consecutive words */
+            char *seen = calloc((size_t)(bm * bn), 1);
+            for (int t = 0; t < threads; t++)
+                for (int a = 0; a < bn / 2; a++) {
+                    const int slot = dinf_fp8_split_slot(a, t, threads);
+                    cr_assert(slot >= 0 && slot < bm * bn && !seen[slot]);
+                    seen[slot] = 1;
+                    if (t % 32)
+                        cr_assert_eq(slot, dinf_fp8_split_slot(a, t - 1, threads) + 1);
+                }
+            free(seen);
+            for (int stages = 1; stages <= 16; stages++) {
+                const long long bytes = DINF_FP8_FAST_SPLIT_SMEM_BYTES(bm, bn, stages, 2);
+                if (bytes > DINF_FP8_SMEM_LIMIT)
+                    break;
+                const unsigned partial = (unsigned)(bm * bn * 2);
+                const dinf_fp8_smem_layout l =
+                    dinf_fp8_smem_carve_d(bm, bn, stages, partial + (unsigned)(bm * bn * 4));
+                cr_assert_eq(partial % 16, 0);
+                cr_assert_geq(l.a, partial + (unsigned)(bm * bn * 4), "stages after the partial");
+                cr_assert_eq(l.a % 1024, 0);
+                cr_assert_leq(1024 + (long long)l.end + 16, bytes, "the reduction barriers fit");
+            }
+        }
+}
+
+/* ---------------------------------------- mbarrier protocol, 1-2 CTAs -- */
+
+typedef struct model_bar {
+    int count, pending;
+    long long tx;
+    unsigned completed;
+} model_bar;
+
+static void bar_init(model_bar *b, int count) {
+    b->count = b->pending = count;
+    b->tx = 0;
+    b->completed = 0;
+}
+/* A phase completes when its arrivals are in and its transaction count is
+ * back to zero; bytes may land before the expect_tx (the count goes below
+ * zero meanwhile: a peer's multicast can beat this CTA's producer). */
+static const char *bar_settle(model_bar *b) {
+    if (b->pending == 0 && b->tx < 0)
+        return "more bytes landed than the stage expected";
+    if (b->pending == 0 && b->tx == 0) {
+        b->completed++;
+        b->pending = b->count;
+    }
+    return NULL;
+}
+static int bar_passes(const model_bar *b, unsigned parity) { return (b->completed & 1u) != parity; }
+
+enum { MAXS = 16, MAXW = 8, MAXQ = 4 * MAXS * 2 * 2 };
+
+/*
+ * One cluster of `cluster` CTAs: per CTA a producer, `warps` math warps (one
+ * empty-barrier arrival each, on every CTA of the cluster) and the TMA
+ * landings, under a random interleaving; CTA c runs steps[c] k blocks. The
+ * kernel's counts: full barriers 1 arrival + the stage's bytes (A halves from
+ * every CTA of the cluster, own B, own scales), empty barriers cluster * warps.
+ * broken: 0 none; 1 producer waits on the full parity; 2 consumers wait on
+ * the empty parity; 3 expect_tx 4 bytes short; 4 one warp never releases;
+ * 5 empty barriers count only the CTA's own warps; 6 warps arrive only on
+ * their own CTA; 7 (steps) a partner skipping its phantom; 8 the A half is
+ * loaded into the issuing CTA only (no multicast).
+ */
+static const char *model_cluster(const int steps[2], int cluster, int stages, int warps, int bm,
+                                 int bn, int broken, uint64_t seed) {
+    model_bar full[2][MAXS], empty[2][MAXS];
+    long long tag[2][MAXS][4]; /* A half 0, A half 1, B, scales: the k block held */
+    const int parts = cluster + 2;
+    for (int c = 0; c < cluster; c++)
+        for (int s = 0; s < stages; s++) {
+            bar_init(&full[c][s], 1);
+            bar_init(&empty[c][s], broken == 5 ? warps : cluster * warps);
+            for (int p = 0; p < 4; p++)
+                tag[c][s][p] = -1;
+        }
+    struct {
+        int cta, stage, part;
+        long long it, bytes;
+    } queue[MAXQ];
+    int queued = 0, produced[2] = {0, 0}, consumed[2][MAXW];
+    memset(consumed, 0, sizeof consumed);
+    const long long a_half = (long long)bm / cluster * 128;
+    uint64_t r = seed;
+    for (;;) {
+        int done = queued == 0;
+        for (int c = 0; c < cluster; c++) {
+            done = done && produced[c] == steps[c];
+            for (int w = 0; w < warps; w++)
+                done = done && consumed[c][w] == steps[c];
+        }
+        if (done)
+            return NULL;
+        int runnable[2 * (1 + MAXW) + MAXQ], count = 0;
+        for (int c = 0; c < cluster; c++) {
+            if (produced[c] < steps[c]) {
+                const dinf_fp8_pipe_slot p = dinf_fp8_pipe_at((unsigned)produced[c], stages);
+                if (bar_passes(&empty[c][p.stage], broken == 1 ? p.full_parity : p.empty_parity))
+                    runnable[count++] = c * (1 + MAXW);
+            }
+            for (int w = 0; w < warps; w++)
+                if (consumed[c][w] < steps[c]) {
+                    const dinf_fp8_pipe_slot p = dinf_fp8_pipe_at((unsigned)consumed[c][w], stages);
+                    if (bar_passes(&full[c][p.stage], broken == 2 ? p.empty_parity : p.full_parity))
+                        runnable[count++] = c * (1 + MAXW) + 1 + w;
+                }
+        }
+        for (int q = 0; q < queued; q++)
+            runnable[count++] = 2 * (1 + MAXW) + q;
+        if (count == 0)
+            return "deadlock: every agent waits";
+        const int agent = runnable[rng(&r) % (uint64_t)count];
+        if (agent >= 2 * (1 + MAXW)) { /* a TMA box lands: data, then complete_tx */
+            const int q = agent - 2 * (1 + MAXW);
+            const int c = queue[q].cta, s = queue[q].stage;
+            tag[c][s][queue[q].part] = queue[q].it;
+            full[c][s].tx -= queue[q].bytes;
+            const char *why = bar_settle(&full[c][s]);
+            if (why)
+                return why;
+            queue[q] = queue[--queued];
+            continue;
+        }
+        const int c = agent / (1 + MAXW), role = agent % (1 + MAXW);
+        if (role == 0) { /* producer of CTA c */
+            const int it = produced[c]++;
+            const int s = dinf_fp8_pipe_at((unsigned)it, stages).stage;
+            /* every CTA its loads write into must have released the stage */
+            for (int d = 0; d < cluster; d++) {
+                if (d != c && broken == 8)
+                    continue;
+                for (int w = 0; w < warps; w++)
+                    if (it >= stages && consumed[d][w] <= it - stages)
+                        return "a producer refills a stage a consumer has not released";
+            }
+            full[c][s].tx += dinf_fp8_stage_tx_bytes(bm, bn) - (broken == 3 ? 4 : 0);
+            full[c][s].pending--;
+            const char *why = bar_settle(&full[c][s]);
+            if (why)
+                return why;
+            for (int d = 0; d < cluster; d++) {
+                if (d != c && broken == 8)
+                    continue;
+                cr_assert_lt(queued, MAXQ);
+                queue[queued].cta = d, queue[queued].stage = s, queue[queued].part = c;
+                queue[queued].it = it, queue[queued].bytes = a_half;
+                queued++;
+            }
+            cr_assert_lt(queued + 2, MAXQ);
+            queue[queued].cta = c, queue[queued].stage = s, queue[queued].part = cluster;
+            queue[queued].it = it, queue[queued].bytes = (long long)bn * 128;
+            queued++;
+            queue[queued].cta = c, queue[queued].stage = s, queue[queued].part = cluster + 1;
+            queue[queued].it = it, queue[queued].bytes = (long long)bm * 4;
+            queued++;
+        } else { /* math warp w of CTA c: read the stage, release it on every CTA */
+            const int w = role - 1, it = consumed[c][w]++;
+            const int s = dinf_fp8_pipe_at((unsigned)it, stages).stage;
+            for (int p = 0; p < parts; p++)
+                if (tag[c][s][p] != it)
+                    return "a consumer reads a stage that does not hold its k block";
+            if (broken == 4 && c == 0 && w == 0)
+                continue;
+            for (int d = 0; d < cluster; d++) {
+                if (d != c && broken == 6)
+                    continue;
+                empty[d][s].pending--;
+                if (empty[d][s].pending < 0)
+                    return "an empty barrier got more arrivals than it counts";
+                bar_settle(&empty[d][s]);
+            }
+        }
+    }
+}
+
+/* The k blocks CTA `rank` of cluster `cid` runs (the kernel's loop). */
+static int model_steps(const dinf_fp8_gemm_args *a, int form, int bm, int cluster, int rank,
+                       long long cid, long long num_clusters, int skip_phantoms) {
+    int n = 0;
+    for (long long u = cid;; u += num_clusters) {
+        dinf_fp8_tile tile;
+        const int found = dinf_fp8_unit_at(a, form, bm, cluster, rank, u, &tile);
+        if (found < 0)
+            break;
+        if (found == 0 || (skip_phantoms && tile.phantom))
+            continue;
+        n += a->k_blocks;
+    }
+    return n;
+}
+
+Test(gemm_fast_model, mbarrier_protocol_of_1_and_2_cta_clusters_never_races_or_deadlocks) {
+    static int32_t idx[12 * 128];
+    for (int b = 0; b < 12; b++)
+        for (int r = 0; r < 128; r++)
+            idx[b * 128 + r] = b % 5 == 1 ? -1 : b % 7 == 3 ? 9 : b % 3;
+    static const int32_t masked[4] = {0, 77, 300, 1};
+    uint64_t seed = 17;
+    int runs = 0;
+    for (int form = 0; form < 3; form++)
+        for (int cluster = 1; cluster <= 2; cluster++)
+            for (int stages = 1; stages <= 7; stages += 2)
+                for (int kbs = 1; kbs <= 5; kbs += 4)
+                    for (int clusters = 1; clusters <= 3; clusters++) {
+                        const int bm = form == DINF_FP8_GEMM_MASKED && stages % 3 == 0 ? 64 : 128;
+                        const int bn = fast_bns[(stages + kbs) % NUM_FAST_BNS];
+                        const int m = form == DINF_FP8_GEMM_CONTIGUOUS ? 12 * 128 : 300;
+                        const int32_t *info = form == DINF_FP8_GEMM_CONTIGUOUS ? idx
+                                              : form == DINF_FP8_GEMM_MASKED   ? masked
+                                                                               : NULL;
+                        /* n = 5 N-blocks: an odd count, the last unit has a phantom */
+                        dinf_fp8_gemm_args a = make_args(m, 5 * bn - 3, kbs * 128 - 5,
+                                                         form == DINF_FP8_GEMM_NORMAL ? 1 : 4, bm,
+                                                         bn, info);
+                        for (long long cid = 0; cid < clusters; cid++) {
+                            int steps[2];
+                            for (int rk = 0; rk < cluster; rk++)
+                                steps[rk] = model_steps(&a, form, bm, cluster, rk, cid, clusters, 0);
+                            if (cluster == 2)
+                                cr_assert_eq(steps[0], steps[1], "the pair runs the same k blocks");
+                            for (int trial = 0; trial < 3; trial++) {
+                                const char *why = model_cluster(steps, cluster, stages, bm / 64 * 4,
+                                                                bm, bn, 0, seed++);
+                                cr_assert_null(why,
+                                               "form %d cluster %d, %d stages, %d k blocks, "
+                                               "cluster %lld of %d: %s",
+                                               form, cluster, stages, kbs, cid, clusters, why);
+                                runs++;
+                            }
+                        }
+                    }
+    /* Split-K pairs: each CTA's pipeline is its own (no multicast), over its
+     * half of every tile's k blocks. */
+    for (int kbs = 1; kbs <= 9; kbs += 2)
+        for (int stages = 1; stages <= 6; stages += 5) {
+            dinf_fp8_gemm_args a = make_args(300, 5 * 64, kbs * 128, 1, 128, 64, NULL);
+            for (int rk = 0; rk < 2; rk++) {
+                int steps[2] = {0, 0};
+                for (long long u = 0;; u++) {
+                    dinf_fp8_tile tile;
+                    const int f = dinf_fp8_unit_at(&a, DINF_FP8_GEMM_NORMAL, 128, 1, 0, u, &tile);
+                    if (f < 0)
+                        break;
+                    int b, e;
+                    dinf_fp8_split_k_range(a.k_blocks, 2, rk, &b, &e);
+                    steps[0] += e - b;
+                }
+                for (int trial = 0; trial < 3; trial++, runs++)
+                    cr_assert_null(model_cluster(steps, 1, stages, 8, 128, 64, 0, seed++),
+                                   "split-K rank %d, %d k blocks", rk, kbs);
+            }
+        }
+    cr_log_info("%d protocol runs", runs);
+    /* Each planted bug is caught (so the model can fail). */
+    dinf_fp8_gemm_args a = make_args(300, 5 * 64, 9 * 128, 1, 128, 64, NULL);
+    for (int broken = 1; broken <= 8; broken++)
+        for (int cluster = 1; cluster <= 2; cluster++) {
+            if (broken >= 5 && cluster == 1)
+                continue; /* cluster-only mistakes */
+            int steps[2];
+            for (int rk = 0; rk < cluster; rk++)
+                steps[rk] = model_steps(&a, DINF_FP8_GEMM_NORMAL, 128, cluster, rk, 0, 1,
+                                        broken == 7 && rk == 1);
+            int caught = 0;
+            for (int trial = 0; trial < 20; trial++)
+                caught += model_cluster(steps, cluster, 3, 8, 128, 64, broken,
+                                        1000 + (uint64_t)trial) != NULL;
+            cr_assert_eq(caught, 20, "broken variant %d (cluster %d) went unnoticed in %d of 20",
+                         broken, cluster, 20 - caught);
+        }
+}
+
+/*
+ * The split-K reduction handshake of fp8_gemm_fast.cuh: `threads` math
+ * threads per CTA, `tiles` reductions in order. Rank 1's thread t waits on
+ * its red_empty for parity (j & 1) ^ 1, writes its slot of rank 0's buffer,
+ * arrives on rank 0's red_full (count threads); rank 0's thread t waits on
+ * red_full for parity j & 1, reads its slot, arrives on rank 1's red_empty
+ * (count threads). broken: 1 rank 1 waits the wrong parity; 2 rank 0 waits
+ * the wrong parity; 3 red_full counts one arrival short; 4 rank 0 never
+ * releases the buffer.
+ */
+static const char *model_split_reduction(int threads, int tiles, int broken, uint64_t seed) {
+    enum { MAXT = 16 };
+    model_bar red_full, red_empty;
+    bar_init(&red_full, broken == 3 ? threads - 1 : threads);
+    bar_init(&red_empty, threads);
+    int written[MAXT], read[MAXT], slot[MAXT];
+    for (int t = 0; t < threads; t++)
+        written[t] = read[t] = 0, slot[t] = -1;
+    uint64_t r = seed;
+    for (;;) {
+        int runnable[2 * MAXT], count = 0, done = 1;
+        for (int t = 0; t < threads; t++) {
+            done = done && written[t] == tiles && read[t] == tiles;
+            if (written[t] < tiles) {
+                const unsigned parity = ((unsigned)written[t] & 1u) ^ (broken == 1 ? 0u : 1u);
+                if (bar_passes(&red_empty, parity))
+                    runnable[count++] = t;
+            }
+            if (read[t] < tiles) {
+                const unsigned parity = ((unsigned)read[t] & 1u) ^ (broken == 2 ? 1u : 0u);
+                if (bar_passes(&red_full, parity))
+                    runnable[count++] = MAXT + t;
+            }
+        }
+        if (done)
+            return NULL;
+        if (count == 0)
+            return "deadlock: every thread waits";
+        const int agent = runnable[rng(&r) % (uint64_t)count];
+        if (agent < MAXT) { /* rank 1's thread: write the slot, arrive on red_full */
+            const int t = agent, j = written[t]++;
+            if (slot[t] >= 0 && read[t] < j)
+                return "rank 1 overwrites a partial rank 0 has not read";
+            slot[t] = j;
+            red_full.pending--;
+            bar_settle(&red_full);
+        } else { /* rank 0's thread: read the slot, arrive on red_empty */
+            const int t = agent - MAXT, j = read[t]++;
+            for (int u = 0; u < threads; u++)
+                if (written[u] <= j)
+                    return "rank 0 reads before every partial of the tile has landed";
+            if (slot[t] != j)
+                return "rank 0 reads another tile's partial";
+            if (broken != 4) {
+                red_empty.pending--;
+                bar_settle(&red_empty);
+            }
+        }
+    }
+}
+
+Test(gemm_fast_model, split_k_reduction_handshake_never_races_or_deadlocks) {
+    int runs = 0;
+    for (int threads = 1; threads <= 8; threads++)
+        for (int tiles = 0; tiles <= 9; tiles++)
+            for (int trial = 0; trial < 5; trial++, runs++) {
+                const char *why = model_split_reduction(threads, tiles, 0, 77 + (uint64_t)runs);
+                cr_assert_null(why, "%d threads, %d tiles: %s", threads, tiles, why);
+            }
+    for (int broken = 1; broken <= 4; broken++) {
+        int caught = 0;
+        for (int trial = 0; trial < 20; trial++)
+            caught += model_split_reduction(4, 6, broken, 500 + (uint64_t)trial) != NULL;
+        cr_assert_eq(caught, 20, "broken variant %d went unnoticed in %d of 20", broken,
+                     20 - caught);
+    }
+}
+
+/* ---------------------------------------------------------- heuristic -- */
+
+Test(gemm_fast_heuristic, follows_the_documented_rule) {
+    const int forms[] = {DINF_FP8_GEMM_NORMAL, DINF_FP8_GEMM_CONTIGUOUS, DINF_FP8_GEMM_MASKED};
+    const int sms[] = {1, 78, 114, 132};
+    uint64_t seed = 5;
+    for (int trial = 0; trial < 4000; trial++) {
+        const int form = forms[trial % 3], num_sms = sms[(trial / 3) % 4];
+        long long m = (long long)(rng(&seed) % 9000);
+        if (form == DINF_FP8_GEMM_CONTIGUOUS)
+            m = 128 * (1 + (long long)(rng(&seed) % 64));
+        const long long n = 1 + (long long)(rng(&seed) % 40000), k = 1 + (long long)(rng(&seed) % 20000);
+        const long long groups = 1 + (long long)(rng(&seed) % 32);
+        const dinf__fp8_config c = dinf__fp8_heuristic(form, m, n, k, groups, num_sms);
+        const long long mm = m < 1 ? 1 : m;
+        cr_assert_eq(c.kernel, DINF__FP8_KERNEL_FAST);
+        cr_assert_eq(c.block_m, form == DINF_FP8_GEMM_CONTIGUOUS ? 128 : mm <= 64 ? 64 : 128);
+        /* Rank every candidate by (waves, -last wave, -stages, -multicast, block_n). */
+        const long long g = form == DINF_FP8_GEMM_MASKED ? groups : 1;
+        long long best[5] = {0};
+        int have = 0, best_bn = 0, best_stages = 0, best_cluster = 0;
+        for (int i = 0; i < NUM_FAST_BNS; i++) {
+            const int bn = fast_bns[i];
+            const long long nb = cdiv(n, bn);
+            const long long tiles = (long long)cdiv(mm, c.block_m) * nb * g;
+            const long long waves = (tiles + num_sms - 1) / num_sms;
+            const long long last = tiles % num_sms ? tiles % num_sms : num_sms;
+            int stages = 0;
+            while (stages < 16 &&
+                   DINF_FP8_FAST_SMEM_BYTES(c.block_m, bn, stages + 1) <= DINF_FP8_SMEM_LIMIT)
+                stages++;
+            const int mc = num_sms % 2 == 0 && nb % 2 == 0 && mm >= 512 && waves > 1;
+            const long long key[5] = {waves, -last, -stages, -mc, bn};
+            int less = !have;
+            for (int j = 0; j < 5 && have; j++)
+                if (key[j] != best[j]) {
+                    less = key[j] < best[j];
+                    break;
+                }
+            if (less) {
+                memcpy(best, key, sizeof key);
+                have = 1, best_bn = bn, best_stages = stages, best_cluster = mc ? 2 : 1;
+            }
+        }
+        /* Split-K: a one-wave choice, even SM count, >= 8 k blocks; the split
+         * candidate with the most CTAs (<= num_sms), then stages, then the
+         * smaller block_n, replaces it when it busies strictly more SMs. */
+        int best_split = 1;
+        long long best_waves = best[0], best_last = -best[1];
+        if (best[0] == 1 && num_sms % 2 == 0 && cdiv(k, 128) >= 8) {
+            long long s_ctas = -1;
+            int s_stages = -1, s_bn = 0;
+            for (int i = 0; i < NUM_FAST_BNS; i++) {
+                const int bn = fast_bns[i];
+                const long long ctas = 2LL * cdiv(mm, c.block_m) * cdiv(n, bn) * g;
+                if (ctas > num_sms)
+                    continue;
+                int stages = 0;
+                while (stages < 16 && DINF_FP8_FAST_SPLIT_SMEM_BYTES(c.block_m, bn, stages + 1, 2) <=
+                                          DINF_FP8_SMEM_LIMIT)
+                    stages++;
+                if (ctas > s_ctas || (ctas == s_ctas && stages > s_stages))
+                    s_ctas = ctas, s_stages = stages, s_bn = bn;
+            }
+            if (s_ctas > -best[1]) { /* one wave: the last wave is the tile count */
+                best_split = 2, best_bn = s_bn, best_stages = s_stages, best_cluster = 2;
+                best_waves = 1, best_last = s_ctas;
+            }
+        }
+        cr_assert_eq(c.block_n, best_bn, "form %d m=%lld n=%lld k=%lld sms=%d: block_n %d, want %d",
+                     form, m, n, k, num_sms, c.block_n, best_bn);
+        cr_assert_eq(c.split_k, best_split, "form %d m=%lld n=%lld k=%lld sms=%d", form, m, n, k,
+                     num_sms);
+        cr_assert_eq(c.stages, best_stages);
+        cr_assert_eq(c.cluster, best_cluster);
+        cr_assert_eq(c.waves, best_waves);
+        cr_assert_eq(c.last_wave, best_last);
+        cr_assert_eq(c.smem_bytes,
+                     DINF_FP8_FAST_SPLIT_SMEM_BYTES(c.block_m, c.block_n, c.stages, c.split_k));
+        cr_assert_leq(c.smem_bytes, DINF_FP8_SMEM_LIMIT);
+        cr_assert_eq(c.threads, 128 * (1 + c.block_m / 64));
+    }
+}
+
+Test(gemm_fast_heuristic, choices_for_the_deepseek_v3_shapes_on_132_sms) {
+    /* (form, rows hint, n, k, groups) -> (block_m, block_n, stages, cluster, split_k),
+     * reviewed against the wave arithmetic (comments: tiles, waves, last
+     * wave; the simple rung's tiles and waves beside). */
+    static const long long table[][10] = {
+        /* normal, M = 64 */
+        {0, 64, 2112, 7168, 1, 64, 16, 16, 1, 1},   /* 132 tiles, 1 wave, full (simple: same) */
+        {0, 64, 24576, 1536, 1, 64, 96, 10, 1, 1},  /* 256, 2 waves, last 124 (simple 192, last 60) */
+        {0, 64, 32768, 512, 1, 64, 128, 8, 1, 1},   /* 256, 2, 124 */
+        {0, 64, 7168, 16384, 1, 64, 112, 8, 2, 2}, /* split-K: 64 tiles x 2 = 128 CTAs (unsplit 112) */
+        {0, 64, 4096, 7168, 1, 64, 32, 16, 1, 1},   /* 128, 1 */
+        {0, 64, 7168, 2048, 1, 64, 112, 8, 2, 2},  /* split-K, 128 CTAs */
+        {0, 64, 7168, 576, 1, 64, 64, 13, 1, 1},    /* 112, 1 */
+        /* normal, M = 128 */
+        {0, 128, 2112, 7168, 1, 128, 16, 11, 1, 1},
+        {0, 128, 24576, 1536, 1, 128, 96, 7, 1, 1},
+        {0, 128, 32768, 512, 1, 128, 128, 5, 1, 1},
+        {0, 128, 7168, 16384, 1, 128, 112, 4, 2, 2}, /* split-K, 128 CTAs */
+        {0, 128, 4096, 7168, 1, 128, 32, 10, 1, 1},
+        {0, 128, 7168, 2048, 1, 128, 112, 4, 2, 2},  /* split-K, 128 CTAs */
+        {0, 128, 7168, 576, 1, 128, 64, 8, 1, 1},
+        /* normal, M = 4096: the non-power-of-two tiles cut the waves */
+        {0, 4096, 2112, 7168, 1, 128, 144, 5, 1, 1},  /* 480 tiles, 4 waves (simple 544, 5) */
+        {0, 4096, 24576, 1536, 1, 128, 160, 5, 2, 1}, /* 4928, 38 (simple 6144, 47); 154 N-blocks */
+        {0, 4096, 32768, 512, 1, 128, 160, 5, 1, 1},  /* 6560, 50; 205 N-blocks: odd */
+        {0, 4096, 7168, 16384, 1, 128, 160, 5, 1, 1}, /* 1440, 11, last 120 (simple 1792, 14) */
+        {0, 4096, 4096, 7168, 1, 128, 160, 5, 2, 1},  /* 832, 7 (simple 1024, 8); 26 N-blocks */
+        {0, 4096, 7168, 2048, 1, 128, 160, 5, 1, 1},
+        {0, 4096, 7168, 576, 1, 128, 160, 5, 1, 1},
+        /* contiguous (m_sum = G * M per group) */
+        {1, 32768, 4096, 7168, 4, 128, 160, 5, 2, 1}, /* 6656, 51 (simple 8192, 63) */
+        {1, 32768, 7168, 2048, 4, 128, 160, 5, 1, 1}, /* 11520, 88 (simple 14336, 109) */
+        {1, 32768, 4096, 7168, 8, 128, 160, 5, 2, 1},
+        {1, 32768, 7168, 2048, 8, 128, 160, 5, 1, 1},
+        {1, 8192, 4096, 7168, 32, 128, 160, 5, 2, 1},
+        {1, 8192, 7168, 2048, 32, 128, 160, 5, 1, 1},
+        /* masked: v1.0's (G, m_max) sets by their expected rows, HEAD's (G, expected) */
+        {2, 1024, 4096, 7168, 1, 128, 128, 5, 2, 1},  /* 256, 2 waves, last 124 */
+        {2, 1024, 7168, 2048, 1, 128, 160, 5, 1, 1},  /* 360, 3 (simple 448, 4) */
+        {2, 512, 4096, 7168, 2, 128, 128, 5, 2, 1},
+        {2, 512, 7168, 2048, 2, 128, 160, 5, 1, 1},
+        {2, 256, 4096, 7168, 4, 128, 128, 5, 1, 1},   /* rows < 512: no multicast */
+        {2, 256, 7168, 2048, 4, 128, 160, 5, 1, 1},
+        {2, 192, 4096, 7168, 32, 128, 160, 5, 1, 1},  /* 1664, 13 (simple 2048, 16) */
+        {2, 1024, 4096, 7168, 6, 128, 160, 5, 2, 1},  /* 1248, 10 (simple 1536, 12) */
+        {2, 20, 4096, 7168, 32, 64, 160, 7, 1, 1},    /* 832, 7 (simple 1024, 8) */
+        {2, 20, 7168, 2048, 6, 64, 112, 9, 1, 1},     /* 384, 3, last 120 (simple 336, last 72) */
+        /* HEAD's lists: normal M = 1 and (N, K) = (576, 7168); contiguous (G, M) in
+         * {(4, 8192), (8, 4096)} x (N, K) in {(6144,7168), (7168,3072), (4096,4096), (4096,2048)} */
+        {0, 1, 2112, 7168, 1, 64, 16, 16, 1, 1},      /* 132 tiles, full wave */
+        {0, 1, 576, 7168, 1, 64, 16, 16, 2, 2},       /* split-K: 36 tiles -> 72 CTAs */
+        {0, 1, 24576, 1536, 1, 64, 96, 10, 1, 1},
+        {0, 1, 32768, 512, 1, 64, 128, 8, 1, 1},
+        {0, 1, 7168, 16384, 1, 64, 112, 8, 2, 2},
+        {0, 1, 4096, 7168, 1, 64, 32, 16, 1, 1},
+        {0, 1, 7168, 2048, 1, 64, 112, 8, 2, 2},
+        {0, 128, 576, 7168, 1, 128, 16, 11, 2, 2},    /* split-K: 72 CTAs */
+        {0, 4096, 576, 7168, 1, 128, 144, 5, 1, 1},   /* 128 tiles, 1 wave (simple 160, 2 waves) */
+        {1, 32768, 6144, 7168, 4, 128, 160, 5, 1, 1}, /* 9984 tiles, 76 waves; 39 N-blocks */
+        {1, 32768, 7168, 3072, 4, 128, 160, 5, 1, 1},
+        {1, 32768, 4096, 4096, 4, 128, 160, 5, 2, 1},
+        {1, 32768, 4096, 2048, 4, 128, 160, 5, 2, 1},
+        {1, 32768, 6144, 7168, 8, 128, 160, 5, 1, 1},
+        {1, 32768, 7168, 3072, 8, 128, 160, 5, 1, 1},
+        {1, 32768, 4096, 4096, 8, 128, 160, 5, 2, 1},
+        {1, 32768, 4096, 2048, 8, 128, 160, 5, 2, 1},
+    };
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
+        const long long *t = table[i];
+        const dinf__fp8_config c = dinf__fp8_heuristic((int)t[0], t[1], t[2], t[3], t[4], 132);
+        const dinf__fp8_config s = dinf__fp8_heuristic_simple((int)t[0], t[1], t[2], t[3], t[4], 132);
+        cr_assert(c.block_m == t[5] && c.block_n == t[6] && c.stages == t[7] && c.cluster == t[8] &&
+                      c.split_k == t[9],
+                  "shape %zu (form %lld, %lld x %lld x %lld, G %lld): %dx%d, %d stages, cluster %d, "
+                  "split %d; want %lldx%lld, %lld, %lld, %lld",
+                  i, t[0], t[1], t[2], t[3], t[4], c.block_m, c.block_n, c.stages, c.cluster,
+                  c.split_k, t[5], t[6], t[7], t[8], t[9]);
+        /* never more waves than the simple rung's choice */
+        cr_assert_leq(c.waves, s.waves, "shape %zu", i);
+        if (c.cluster == 2 && c.split_k == 1)
+            cr_assert_eq(cdiv(t[2], c.block_n) % 2, 0, "multicast only without phantoms");
+        if (c.split_k == 2)
+            cr_assert(2 * c.tiles <= 132 && 2 * c.tiles > s.tiles, "shape %zu: split-K busies more SMs",
+                      i);
+    }
+}
+
+Test(gemm_fast_heuristic, persistent_grid_keeps_the_waves_and_drops_idle_slots) {
+    uint64_t seed = 91;
+    for (int trial = 0; trial < 2000; trial++) {
+        const int form = trial % 3, num_sms = 1 + (int)(rng(&seed) % 140);
+        int32_t info[4 * 128];
+        const int groups = form == DINF_FP8_GEMM_NORMAL ? 1 : 4;
+        int64_t m = 1 + (int64_t)(rng(&seed) % 3000);
+        if (form == DINF_FP8_GEMM_CONTIGUOUS) {
+            m = 4 * 128;
+            for (int r = 0; r < 4 * 128; r++)
+                info[r] = r / 128;
+        } else if (form == DINF_FP8_GEMM_MASKED) {
+            m = 1 + m % 500;
+            for (int g = 0; g < 4; g++)
+                info[g] = (int32_t)m;
+        }
+        const int64_t n = 16 + 16 * (int64_t)(rng(&seed) % 600), k = 128 * (1 + (int64_t)(rng(&seed) % 20));
+        const dinf__fp8_gpu_problem p = {form, m, n, k, groups, m,
+                                         (const uint8_t *)(uintptr_t)0x10000, k,
+                                         (const float *)(uintptr_t)0x20000,
+                                         (const uint8_t *)(uintptr_t)0x30000, k,
+                                         (const float *)(uintptr_t)0x40000,
+                                         (uint16_t *)(uintptr_t)0x50000, n,
+                                         form == DINF_FP8_GEMM_NORMAL ? NULL : info};
+        dinf__fp8_launch_plan plan;
+        dinf__fp8_plan(&p, num_sms, DINF__FP8_KERNEL_FAST, &plan);
+        const int cl = plan.config.cluster;
+        const int tile_cluster = plan.config.split_k > 1 ? 1 : cl;
+        const long long bound = dinf_fp8_unit_bound(&plan.args, form, tile_cluster);
+        const long long slots = num_sms / cl;
+        const long long full = bound < slots ? bound : slots;
+        cr_assert_eq(plan.grid % (unsigned)cl, 0);
+        const long long clusters = plan.grid / (unsigned)cl;
+        cr_assert(clusters >= 1 && clusters <= full, "trial %d: %lld clusters of %lld", trial,
+                  clusters, full);
+        if (form == DINF_FP8_GEMM_NORMAL) /* as many waves as with every slot */
+            cr_assert_eq((bound + clusters - 1) / clusters, (bound + full - 1) / full,
+                         "trial %d: bound %lld, %lld clusters, %lld slots", trial, bound, clusters,
+                         full);
+        else
+            cr_assert_eq(clusters, full);
+    }
+}
+
+/* ------------------------------------------------------------- replay -- */
+
+static void tma_element(const dinf__fp8_tensor_map_geometry *g, long long c0, long long c1,
+                        long long c2, void *out) {
+    if (c0 < 0 || c1 < 0 || c2 < 0 || (uint64_t)c0 >= g->dims[0] || (uint64_t)c1 >= g->dims[1] ||
+        (uint64_t)c2 >= g->dims[2]) {
+        memset(out, 0, (size_t)g->elem_bytes);
+        return;
+    }
+    const unsigned char *p = (const unsigned char *)g->base + c0 * g->elem_bytes +
+                             c1 * (long long)g->strides[0] + c2 * (long long)g->strides[1];
+    memcpy(out, p, (size_t)g->elem_bytes);
+}
+
+/* A TMA store of one box: element (c0 + x, c1 + y, c2) from the swizzled
+ * shared box at smem (rows of swizzle bytes), skipped outside the dims. */
+static void tma_store_box(const dinf__fp8_tensor_map_geometry *g, const unsigned char *smem,
+                          unsigned smem_offset, long long c0, long long c1, long long c2) {
+    for (unsigned y = 0; y < g->box[1]; y++)
+        for (unsigned x = 0; x < g->box[0]; x++) {
+            const unsigned addr = tma_swizzle(smem_offset + y * g->box[0] * (unsigned)g->elem_bytes +
+                                                  x * (unsigned)g->elem_bytes,
+                                              g->swizzle_bytes);
+            const long long e0 = c0 + x, e1 = c1 + y;
+            if (e0 >= (long long)g->dims[0] || e1 >= (long long)g->dims[1] ||
+                c2 >= (long long)g->dims[2])
+                continue;
+            unsigned char *dst = (unsigned char *)g->base + e0 * g->elem_bytes +
+                                 e1 * (long long)g->strides[0] + c2 * (long long)g->strides[1];
+            memcpy(dst, smem + addr, (size_t)g->elem_bytes);
+        }
+}
+
+typedef struct replay_stats { /* tma_tiles, direct_tiles: per math warpgroup's 64 rows */
+    long long tma_tiles, direct_tiles, phantom_tiles, straddling_tiles, split_tiles;
+} replay_stats;
+
+/*
+ * The fast kernel's data flow on a plan: clusters of plan->config.cluster
+ * CTAs walk units (dinf_fp8_unit_at); every CTA's A tile is assembled from
+ * the halves the CTAs of its cluster load (each with its own tile's
+ * coordinates: a wrong pairing mixes rows), B and scales from its own tile;
+ * promotion with the kernel's B-scale choice per column group; the epilogue
+ * writes the swizzled tile (the kernel's split offsets) and stores it with the
+ * planned D map's boxes, or stores directly (masked partial tiles), or drops
+ * a phantom.
+ */
+static void replay_fast(const dinf__fp8_launch_plan *plan, int gemm_type, replay_stats *st) {
+    const int bm = plan->config.block_m, bn = plan->config.block_n, cl = plan->config.cluster;
+    const int split = plan->config.split_k < 1 ? 1 : plan->config.split_k;
+    const int multicast = cl > 1 && split == 1, tile_cluster = multicast ? cl : 1;
+    const dinf_fp8_gemm_args *args = &plan->args;
+    cr_assert_eq(plan->grid % (unsigned)cl, 0);
+    const int sw = dinf_fp8_d_swizzle_bytes(bn);
+    cr_assert_eq(plan->map_d.swizzle_bytes, sw);
+    float table[256];
+    for (int c = 0; c < 256; c++)
+        table[c] = dinf__f32_from_e4m3((uint8_t)c);
+    uint8_t *a_tile = malloc((size_t)bm * 128), *b_tile = malloc((size_t)bn * 128);
+    float *sa_tile = malloc((size_t)bm * 4), *total = malloc((size_t)cl * bm * bn * 4);
+    unsigned char *d_smem = malloc((size_t)bm * bn * 2);
+    uint16_t *d = (uint16_t *)(uintptr_t)args->d;
+    const float *b_scales = (const float *)(uintptr_t)args->b_scales;
+    const long long num_clusters = plan->grid / (unsigned)cl;
+    const int one_scale = 128 % bn == 0;
+    for (long long cid = 0; cid < num_clusters; cid++)
+        for (long long u = cid;; u += num_clusters) {
+            dinf_fp8_tile tiles[2];
+            int found = 0;
+            for (int r = 0; r < cl; r++) {
+                const int f = dinf_fp8_unit_at(args, gemm_type, bm, tile_cluster,
+                                               tile_cluster > 1 ? r : 0, u, &tiles[r]);
+                if (r > 0)
+                    cr_assert_eq(f, found, "the CTAs of a cluster disagree on unit %lld", u);
+                found = f;
+            }
+            if (found < 0)
+                break;
+            if (found == 0)
+                continue;
+            memset(total, 0, (size_t)cl * bm * bn * 4);
+            for (int r = 0; r < cl; r++) {
+                int kb_begin = 0, kb_end = args->k_blocks;
+                if (split > 1)
+                    dinf_fp8_split_k_range(args->k_blocks, split, r, &kb_begin, &kb_end);
+                for (int kb = kb_begin; kb < kb_end; kb++) {
+                    /* A: with the multicast, CTA h's half of the rows, with CTA h's
+                     * coordinates, lands in every CTA; else the CTA's own box */
+                    const int parts = multicast ? cl : 1, part_rows = bm / parts;
+                    cr_assert_eq(plan->map_a.box[1], (unsigned)part_rows);
+                    for (int h = 0; h < parts; h++) {
+                        const dinf_fp8_tile *th = &tiles[multicast ? h : r];
+                        const int a_group = gemm_type == DINF_FP8_GEMM_MASKED ? th->group : 0;
+                        /* a multicast half wholly past the rows loads from row 0 */
+                        int row0 = th->m_block * bm + h * part_rows;
+                        if (multicast && row0 >= args->m)
+                            row0 = 0;
+                        for (int rr = 0; rr < part_rows; rr++)
+                            for (int kk = 0; kk < 128; kk++)
+                                tma_element(&plan->map_a, kb * 128 + kk, row0 + rr, a_group,
+                                            &a_tile[(h * part_rows + rr) * 128 + kk]);
+                    }
+                    const dinf_fp8_tile *t = &tiles[r];
+                    const int m0 = t->m_block * bm, n0 = t->n_block * bn;
+                    const int a_group = gemm_type == DINF_FP8_GEMM_MASKED ? t->group : 0;
+                    for (int row = 0; row < bm; row++)
+                        tma_element(&plan->map_sa, m0 + row, kb, a_group, &sa_tile[row]);
+                    for (int c = 0; c < bn; c++)
+                        for (int kk = 0; kk < 128; kk++)
+                            tma_element(&plan->map_b, kb * 128 + kk, (t->phantom ? 0 : n0) + c,
+                                        t->group, &b_tile[c * 128 + kk]);
+                    const int n0s = t->phantom ? 0 : n0;
+                    const float sb0 = b_scales[dinf_fp8_b_scale_index(args, t->group, n0s, kb)];
+                    const float sb1 =
+                        one_scale ? sb0
+                                  : b_scales[dinf_fp8_b_scale_index(
+                                        args, t->group, dinf_fp8_b_scale_next_col(args, n0s), kb)];
+                    const int former = one_scale ? bn : dinf_fp8_b_scale_former(n0s, bn);
+                    float *tot = total + (size_t)r * bm * bn;
+                    for (int wg = 0; wg < bm / 64; wg++)
+                        for (int warp = 0; warp < 4; warp++)
+                            for (int lane = 0; lane < 32; lane++)
+                                for (int i = 0; i < bn / 8; i++)
+                                    for (int half = 0; half < 2; half++)
+                                        for (int j = 0; j < 2; j++) {
+                                            const int row = dinf_fp8_frag_row(wg, warp, lane, half);
+                                            const int col = dinf_fp8_frag_col(i, lane) + j;
+                                            float partial = 0.0f;
+                                            for (int kk = 0; kk < 128; kk++)
+                                                partial += table[a_tile[row * 128 + kk]] *
+                                                           table[b_tile[col * 128 + kk]];
+                                            const float scale =
+                                                sa_tile[row] * (8 * i < former ? sb0 : sb1);
+                                            tot[row * bn + col] += scale * partial;
+                                        }
+                }
+            }
+            if (split > 1) { /* rank 0: own + partner's, per accumulator */
+                cr_assert(tiles[0].m_block == tiles[1].m_block &&
+                          tiles[0].n_block == tiles[1].n_block && tiles[0].group == tiles[1].group,
+                          "split-K partners compute the same tile");
+                for (int e = 0; e < bm * bn; e++)
+                    total[e] = total[e] + total[bm * bn + e];
+                st->split_tiles++;
+            }
+            for (int r = 0; r < (split > 1 ? 1 : cl); r++) {
+                const dinf_fp8_tile *t = &tiles[r];
+                const int m0 = t->m_block * bm, n0 = t->n_block * bn;
+                const float *tot = total + (size_t)r * bm * bn;
+                if (t->phantom) {
+                    st->phantom_tiles++;
+                    continue;
+                }
+                if (!one_scale && dinf_fp8_b_scale_former(n0, bn) < bn && n0 + dinf_fp8_b_scale_former(n0, bn) < args->n)
+                    st->straddling_tiles++;
+                /* each math warpgroup stores its 64 rows: by TMA unless they
+                 * reach past a masked group's count */
+                memset(d_smem, 0xEE, (size_t)bm * bn * 2);
+                for (int wg = 0; wg < bm / 64; wg++) {
+                    const int wg_row0 = m0 + wg * 64;
+                    if (gemm_type != DINF_FP8_GEMM_MASKED || wg_row0 + 64 <= t->row_limit) {
+                        st->tma_tiles++;
+                        for (int warp = 0; warp < 4; warp++)
+                            for (int lane = 0; lane < 32; lane++)
+                                for (int half = 0; half < 2; half++) {
+                                    const int row = dinf_fp8_frag_row(wg, warp, lane, half);
+                                    const unsigned base = dinf_fp8_d_smem_row_base(row, lane, sw);
+                                    const unsigned x = dinf_fp8_d_smem_row_xor(row, sw);
+                                    for (int i = 0; i < bn / 8; i++) {
+                                        const int col = dinf_fp8_frag_col(i, lane);
+                                        const unsigned off =
+                                            dinf_fp8_d_smem_frag_offset(base, x, i, bm, sw);
+                                        const uint16_t lo = dinf__bf16_from_f32(tot[row * bn + col]);
+                                        const uint16_t hi =
+                                            dinf__bf16_from_f32(tot[row * bn + col + 1]);
+                                        memcpy(d_smem + off, &lo, 2);
+                                        memcpy(d_smem + off + 2, &hi, 2);
+                                    }
+                                }
+                        const int d_group = gemm_type == DINF_FP8_GEMM_MASKED ? t->group : 0;
+                        for (int j = 0; j < bn * 2 / sw; j++)
+                            tma_store_box(&plan->map_d, d_smem,
+                                          (unsigned)(j * bm * sw + wg * 64 * sw),
+                                          n0 + j * (sw / 2), wg_row0, d_group);
+                    } else {
+                        st->direct_tiles++;
+                        for (int row = wg * 64; row < wg * 64 + 64; row++)
+                            for (int col = 0; col < bn; col++) {
+                                if (m0 + row >= t->row_limit || n0 + col >= args->n)
+                                    continue;
+                                d[dinf_fp8_d_offset(args, gemm_type, t->group, m0 + row,
+                                                    n0 + col)] =
+                                    dinf__bf16_from_f32(tot[row * bn + col]);
+                            }
+                    }
+                }
+            }
+        }
+    free(a_tile), free(b_tile), free(sa_tile), free(total), free(d_smem);
+}
+
+#define EMU_POISON 0x7FC1u
+
+static void fill_codes(uint8_t *p, size_t n, uint64_t *s) {
+    for (size_t i = 0; i < n; i++) {
+        uint8_t c;
+        do
+            c = (uint8_t)rng(s);
+        while ((c & 0x7f) == 0x7f);
+        p[i] = c;
+    }
+}
+static void fill_scales(float *p, size_t n, uint64_t *s) {
+    for (size_t i = 0; i < n; i++)
+        p[i] = (float)(1.0 + (double)(rng(s) % 1000) / 1000.0) / 256.0f;
+}
+
+typedef struct replay_case {
+    int form;
+    int64_t groups, rows, n, k, lda, ldb, ldd;
+    const int32_t *info, *cpu_info;
+    int64_t expected_m;
+    int num_sms;
+    int block_m, block_n, cluster; /* 0: the heuristic's choice */
+    int split_k;                   /* with a forced config: 1 or 2 (0 counts as 1) */
+} replay_case;
+
+static replay_stats replay_and_compare(const replay_case *rc, uint64_t seed) {
+    uint64_t s = seed;
+    const int form = rc->form;
+    const int64_t groups = rc->groups, rows = rc->rows, n = rc->n, k = rc->k;
+    const int64_t lda = rc->lda, ldb = rc->ldb, ldd = rc->ldd;
+    const int64_t a_rows = form == DINF_FP8_GEMM_MASKED ? groups * rows : rows;
+    const int64_t kb = (k + 127) / 128, nsb = (n + 127) / 128, aligned = (rows + 3) / 4 * 4;
+    const int64_t sa_count = form == DINF_FP8_GEMM_MASKED ? groups * kb * aligned : kb * aligned;
+    uint8_t *a = malloc((size_t)(a_rows * lda)), *b = malloc((size_t)(groups * n * ldb));
+    float *sa = malloc((size_t)sa_count * 4), *sb = malloc((size_t)(groups * nsb * kb) * 4);
+    uint16_t *d_emu = malloc((size_t)(a_rows * ldd) * 2), *d_cpu = malloc((size_t)(a_rows * ldd) * 2);
+    fill_codes(a, (size_t)(a_rows * lda), &s);
+    fill_codes(b, (size_t)(groups * n * ldb), &s);
+    fill_scales(sa, (size_t)sa_count, &s);
+    fill_scales(sb, (size_t)(groups * nsb * kb), &s);
+    for (int64_t i = 0; i < a_rows * ldd; i++)
+        d_emu[i] = d_cpu[i] = EMU_POISON;
+
+    const dinf__fp8_gpu_problem p = {form, rows, n, k, groups, rc->expected_m, a, lda, sa, b, ldb,
+                                     sb, d_emu, ldd, rc->info};
+    cr_assert_eq(dinf__fp8_gpu_check("emu", &p), DINF_STATUS_OK, "%s", dinf_last_error());
+    dinf__fp8_launch_plan plan;
+    dinf__fp8_plan(&p, rc->num_sms, DINF__FP8_KERNEL_FAST, &plan);
+    if (rc->block_n) { /* a forced config (the shapes the heuristic would not pick) */
+        dinf__fp8_config c = plan.config;
+        c.block_m = rc->block_m, c.block_n = rc->block_n, c.cluster = rc->cluster;
+        c.split_k = rc->split_k < 1 ? 1 : rc->split_k;
+        c.stages = 1;
+        while (c.stages < 16 && DINF_FP8_FAST_SPLIT_SMEM_BYTES(c.block_m, c.block_n, c.stages + 1,
+                                                                c.split_k) <= DINF_FP8_SMEM_LIMIT)
+            c.stages++;
+        c.threads = 128 * (1 + c.block_m / 64);
+        c.smem_bytes = DINF_FP8_FAST_SPLIT_SMEM_BYTES(c.block_m, c.block_n, c.stages, c.split_k);
+        dinf__fp8_plan_config(&p, rc->num_sms, &c, &plan);
+    }
+    cr_assert_leq(plan.grid, (unsigned)rc->num_sms);
+    replay_stats st = {0, 0, 0, 0, 0};
+    replay_fast(&plan, form, &st);
+
+    if (form == DINF_FP8_GEMM_NORMAL)
+        cr_assert_eq(dinf_fp8_gemm_nt(rows, n, k, a, lda, sa, b, ldb, sb, d_cpu, ldd, NULL),
+                     DINF_STATUS_OK, "%s", dinf_last_error());
+    else if (form == DINF_FP8_GEMM_CONTIGUOUS)
+        cr_assert_eq(dinf_fp8_m_grouped_gemm_nt_contiguous(rows, n, k, groups, a, lda, sa, b, ldb,
+                                                           sb, d_cpu, ldd, rc->cpu_info, NULL),
+                     DINF_STATUS_OK, "%s", dinf_last_error());
+    else
+        cr_assert_eq(dinf_fp8_m_grouped_gemm_nt_masked(groups, rows, n, k, a, lda, sa, b, ldb, sb,
+                                                       d_cpu, ldd, rc->cpu_info, rc->expected_m,
+                                                       NULL),
+                     DINF_STATUS_OK, "%s", dinf_last_error());
+    /* Bit for bit, except split-K: its float32 sum runs in another order
+     * (first half + second half), so the bf16 results may differ by one unit
+     * in the last place (same sign, adjacent codes); poison stays exact. */
+    const int split = plan.config.split_k > 1;
+    for (int64_t i = 0; i < a_rows * ldd; i++) {
+        const int same = d_emu[i] == d_cpu[i];
+        const int adjacent = split && d_emu[i] != EMU_POISON && d_cpu[i] != EMU_POISON &&
+                             (d_emu[i] & 0x8000) == (d_cpu[i] & 0x8000) &&
+                             abs((int)(d_emu[i] & 0x7FFF) - (int)(d_cpu[i] & 0x7FFF)) <= 1;
+        cr_assert(same || adjacent,
+                  "form %d rows=%lld n=%lld k=%lld sms=%d (block %dx%d, cluster %d, split %d): "
+                  "d[%lld][%lld] replayed %#x, CPU %#x",
+                  form, (long long)rows, (long long)n, (long long)k, rc->num_sms,
+                  plan.config.block_m, plan.config.block_n, plan.config.cluster,
+                  plan.config.split_k, (long long)(i / ldd), (long long)(i % ldd), d_emu[i],
+                  d_cpu[i]);
+    }
+    free(a), free(b), free(sa), free(sb), free(d_emu), free(d_cpu);
+    return st;
+}
+
+Test(gemm_fast_replay, normal_form_every_block_n_both_cluster_sizes) {
+    replay_stats total = {0, 0, 0, 0, 0};
+    uint64_t seed = 300;
+    for (int i = 0; i < NUM_FAST_BNS; i++)
+        for (int cluster = 1; cluster <= 2; cluster++) {
+            const int bn = fast_bns[i], bm = (i % 2) ? 64 : 128;
+            /* n: 5 N-blocks minus a ragged edge (odd: a phantom with cluster 2),
+             * k with a partial block, rows ragged. */
+            const int64_t n = 5 * bn - 8, k = 300, m = bm + 37;
+            const replay_case rc = {DINF_FP8_GEMM_NORMAL, 1, m, n, k, 304, 320, n + 8,
+                                    NULL, NULL, 0, 3 + cluster, bm, bn, cluster, 1};
+            const replay_stats st = replay_and_compare(&rc, seed++);
+            total.tma_tiles += st.tma_tiles, total.phantom_tiles += st.phantom_tiles;
+            total.straddling_tiles += st.straddling_tiles;
+        }
+    cr_assert_gt(total.phantom_tiles, 0, "phantom partners were exercised");
+    cr_assert_gt(total.straddling_tiles, 0, "tiles with two B scales were exercised");
+    /* heuristic picks, every SM count parity */
+    const int64_t shapes[][6] = {{1, 16, 128, 128, 128, 16},     {64, 520, 256, 256, 272, 528},
+                                 {130, 600, 129, 144, 144, 600}, {600, 320, 256, 256, 256, 320}};
+    const int sms[] = {1, 3, 8, 132};
+    for (int s = 0; s < 4; s++)
+        for (int j = 0; j < 4; j++) {
+            const replay_case rc = {DINF_FP8_GEMM_NORMAL, 1, shapes[s][0], shapes[s][1],
+                                    shapes[s][2], shapes[s][3], shapes[s][4], shapes[s][5],
+                                    NULL, NULL, 0, sms[j], 0, 0, 0, 0};
+            replay_and_compare(&rc, seed++);
+        }
+}
+
+Test(gemm_fast_replay, contiguous_form_with_skipped_blocks_and_multicast) {
+    const int32_t block_group[] = {2, -1, 0, 0, 1, -1};
+    const int64_t m_sum = 6 * 128;
+    int32_t *idx = malloc((size_t)m_sum * 4), *cpu_idx = malloc((size_t)m_sum * 4);
+    for (int64_t r = 0; r < m_sum; r++)
+        idx[r] = cpu_idx[r] = block_group[r / 128];
+    for (int r = 0; r < 128; r++) /* out of range on the device: skipped; the CPU gets -1 */
+        idx[256 + r] = 7, cpu_idx[256 + r] = -1;
+    const int bns[] = {80, 144, 160, 128};
+    for (int i = 0; i < 4; i++)
+        for (int cluster = 1; cluster <= 2; cluster++) {
+            const replay_case rc = {DINF_FP8_GEMM_CONTIGUOUS, 3, m_sum, 3 * bns[i] + 16, 256, 256,
+                                    256, 3 * bns[i] + 24, idx, cpu_idx, 0, 4, 128, bns[i], cluster, 1};
+            replay_and_compare(&rc, 400 + (uint64_t)(2 * i + cluster));
+        }
+    free(idx), free(cpu_idx);
+}
+
+Test(gemm_fast_replay, masked_form_partial_tiles_store_directly_full_tiles_by_tma) {
+    /* zero, ragged, full, above m_max and negative counts (clamped on the device) */
+    const int32_t masked[] = {0, 77, 130, 630, -3, 1, 64};
+    const int32_t clamped[] = {0, 77, 130, 130, 0, 1, 64};
+    replay_stats total = {0, 0, 0, 0, 0};
+    /* n = 200: 3 N-blocks of 96 with a phantom partner; 2 of 160 and 112 */
+    const int cfgs[][3] = {{64, 96, 2}, {64, 160, 1}, {128, 112, 2}, {128, 48, 1}, {0, 0, 0}};
+    for (int i = 0; i < 5; i++) {
+        const replay_case rc = {DINF_FP8_GEMM_MASKED, 7, 130, 200, 300, 304, 320, 208, masked,
+                                clamped, 100, 5, cfgs[i][0], cfgs[i][1], cfgs[i][2], 1};
+        const replay_stats st = replay_and_compare(&rc, 500 + (uint64_t)i);
+        total.tma_tiles += st.tma_tiles, total.direct_tiles += st.direct_tiles;
+        total.phantom_tiles += st.phantom_tiles;
+    }
+    cr_assert_gt(total.tma_tiles, 0);
+    cr_assert_gt(total.direct_tiles, 0, "masked partial tiles were exercised");
+    cr_assert_gt(total.phantom_tiles, 0);
+}
+
+Test(gemm_fast_replay, split_k_pairs_add_the_partner_partial_every_form) {
+    /* k: 9 blocks (an odd split: 5 + 4), 1 block (rank 1 has none), and the
+     * heuristic's split pick for M = 64, N = 7168-like widths. */
+    replay_stats total = {0, 0, 0, 0, 0};
+    const int32_t masked[] = {0, 77, 130, 129};
+    const int32_t block_group[] = {1, -1, 0, 2};
+    int32_t idx[4 * 128];
+    for (int r = 0; r < 4 * 128; r++)
+        idx[r] = block_group[r / 128];
+    const int64_t ks[] = {9 * 128 - 7, 100};
+    for (int kk = 0; kk < 2; kk++) {
+        const int64_t k = ks[kk], ld = (k + 15) / 16 * 16;
+        const replay_case cases[] = {
+            {DINF_FP8_GEMM_NORMAL, 1, 100, 200, k, ld, ld, 208, NULL, NULL, 0, 6, 64, 112, 2, 2},
+            {DINF_FP8_GEMM_NORMAL, 1, 130, 136, k, ld, ld, 136, NULL, NULL, 0, 4, 128, 48, 2, 2},
+            {DINF_FP8_GEMM_CONTIGUOUS, 3, 4 * 128, 160, k, ld, ld, 168, idx, idx, 0, 8, 128, 80,
+             2, 2},
+            {DINF_FP8_GEMM_MASKED, 4, 130, 200, k, ld, ld, 200, masked, masked, 90, 6, 128, 144,
+             2, 2},
+        };
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+            const replay_stats st = replay_and_compare(&cases[c], 700 + 10 * (uint64_t)kk + c);
+            total.split_tiles += st.split_tiles, total.direct_tiles += st.direct_tiles;
+        }
+    }
+    cr_assert_gt(total.split_tiles, 0);
+    cr_assert_gt(total.direct_tiles, 0, "a masked partial tile went through the split path");
+    /* the heuristic's own split pick on a small-M shape */
+    const replay_case pick = {DINF_FP8_GEMM_NORMAL, 1, 64, 1792, 1024, 1024, 1024, 1792,
+                              NULL, NULL, 0, 32, 0, 0, 0, 0};
+    const replay_stats st = replay_and_compare(&pick, 799);
+    cr_assert_gt(st.split_tiles, 0, "the heuristic split this one-wave shape");
+}
+
+/* ---------------------------------------------------------------- SASS -- */
+
+static char cache_dir[64];
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static void cleanup_cache(void) {
+    dinf__jit_reset();
+    if (cache_dir[0])
+        nftw(cache_dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+    cache_dir[0] = '\0';
+}
+
+static const char *find_nvdisasm(void) {
+    const char *env = getenv("DINF_NVDISASM");
+    if (env && *env)
+        return access(env, X_OK) == 0 ? env : NULL;
+    static const char *candidates[] = {"/usr/local/cuda/bin/nvdisasm", "/usr/bin/nvdisasm"};
+    for (size_t i = 0; i < 2; i++)
+        if (access(candidates[i], X_OK) == 0)
+            return candidates[i];
+    return NULL;
+}
+
+Test(gemm_fast_jit, sass_has_fp8_wgmma_tma_multicast_stores_and_setmaxnreg_where_nvdisasm_exists,
+     .fini = cleanup_cache) {
+#if !DINF_WITH_CUDA
+    cr_skip_test("CPU-only build (make CUDA=0): no JIT");
+#else
+    int major, minor;
+    if (dinf_jit_nvrtc_version(&major, &minor) != DINF_STATUS_OK)
+        cr_skip_test("NVRTC is not available: %s", dinf_last_error());
+    const char *nvdisasm = find_nvdisasm();
+    if (!nvdisasm)
+        cr_skip_test("no nvdisasm (set DINF_NVDISASM): the SASS check needs a disassembler");
+    dinf__jit_reset();
+    snprintf(cache_dir, sizeof cache_dir, "/tmp/dinf-gemm-fast-XXXXXX");
+    cr_assert_not_null(mkdtemp(cache_dir));
+    cr_assert_eq(dinf_jit_set_cache_dir(cache_dir), DINF_STATUS_OK, "%s", dinf_last_error());
+    /* {form, block_m, block_n, stages, cluster, split_k}: stores = block_n * 2 / swizzle */
+    const long long configs[][6] = {{0, 128, 160, 5, 2, 1}, {2, 64, 112, 9, 1, 1},
+                                    {1, 128, 128, 5, 1, 1}, {0, 64, 112, 8, 2, 2}};
+    const int stores[] = {5, 7, 2, 7};
+    for (int i = 0; i < 4; i++) {
+        dinf_jit_kernel_config c = DINF_JIT_KERNEL_CONFIG_INIT;
+        snprintf(c.name, sizeof c.name, "fp8_gemm_fast");
+        c.num_params = 6;
+        memcpy(c.params, configs[i], sizeof configs[i]);
+        const dinf__jit_cubin *cubin;
+        cr_assert_eq(dinf__jit_get_cubin("test", &c, "sm_90a", &cubin), DINF_STATUS_OK, "%s",
+                     dinf_last_error());
+        char path[128], cmd[512], line[1024];
+        snprintf(path, sizeof path, "%s/k%d.cubin", cache_dir, i);
+        FILE *f = fopen(path, "wb");
+        cr_assert_not_null(f);
+        cr_assert_eq(fwrite(cubin->data, 1, cubin->bytes, f), cubin->bytes);
+        fclose(f);
+        snprintf(cmd, sizeof cmd, "'%s' '%s'", nvdisasm, path);
+        FILE *p = popen(cmd, "r");
+        cr_assert_not_null(p);
+        int qgmma = 0, loads = 0, multicast = 0, tma_stores = 0, local = 0, setmaxreg = 0;
+        int remote_stores = 0;
+        while (fgets(line, sizeof line, p)) {
+            qgmma += strstr(line, "QGMMA.64x") != NULL;
+            loads += strstr(line, "UTMALDG.3D") != NULL;
+            multicast += strstr(line, "UTMALDG.3D.MULTICAST") != NULL;
+            tma_stores += strstr(line, "UTMASTG.3D") != NULL;
+            local += strstr(line, " LDL") != NULL || strstr(line, " STL") != NULL;
+            setmaxreg += strstr(line, "SETMAXREG") != NULL;
+            remote_stores += strstr(line, " ST.E") != NULL || strstr(line, " STS") != NULL;
+        }
+        cr_assert_eq(pclose(p), 0, "%s failed", cmd);
+        cr_assert_eq(qgmma, 4, "config %d: %d QGMMA", i, qgmma);
+        cr_assert_eq(loads, 3, "config %d: %d UTMALDG.3D", i, loads);
+        cr_assert_eq(multicast, configs[i][4] == 2 && configs[i][5] == 1 ? 1 : 0,
+                     "config %d: %d multicast loads", i, multicast);
+        cr_assert_gt(remote_stores, 0, "config %d: no shared/cluster stores", i);
+        cr_assert_eq(tma_stores, stores[i], "config %d: %d UTMASTG.3D", i, tma_stores);
+        cr_assert_eq(local, 0, "config %d: local memory in the SASS", i);
+        cr_assert_eq(setmaxreg, configs[i][1] == 128 ? 2 : 0, "config %d: %d SETMAXREG", i,
+                     setmaxreg);
+    }
+#endif
+}
