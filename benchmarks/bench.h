@@ -43,6 +43,18 @@ void bench_add_context(const char *key, const char *value);
 /* Set the message reported when run returns < 0. */
 void bench_set_error(const char *message);
 
+/* Remember the command line's --benchmark_filter (main calls this before any
+ * registration). */
+void bench_init(int argc, char **argv);
+
+/* 1 when a row with this name will run: no --benchmark_filter, or the filter
+ * (Google Benchmark's: a POSIX extended regex searched in the name, a leading
+ * '-' negates) matches the name. The name tested is the one passed to
+ * bench_register (without the "/iterations:N/manual_time" suffix Google
+ * Benchmark appends). Registration code calls it to skip the device setup of
+ * rows that will not run (tools/gpu-check runs one benchmark family at a time). */
+int bench_selected(const char *name);
+
 /* Parse Google Benchmark flags, run everything registered, return 0/1. */
 int bench_main(int argc, char **argv);
 

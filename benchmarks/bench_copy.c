@@ -36,6 +36,8 @@ static double run_copy(void *arg) {
 static void add_copy(const char *name, size_t bytes) {
     static copy_case cases[4];
     static int n;
+    if (!bench_selected(name))
+        return;
     copy_case *c = &cases[n++];
     c->bytes = bytes;
     if (cudaMalloc(&c->src, bytes) != cudaSuccess || cudaMalloc(&c->dst, bytes) != cudaSuccess ||

@@ -369,6 +369,8 @@ static double run_ceiling(void *arg) {
 
 static void add_case(const char *name, int32_t R, int32_t H, int32_t K, int32_t E, int64_t N,
                      int mode, const char *label) {
+    if (!bench_selected(name))
+        return;
     ep_case *c = calloc(1, sizeof *c);
     c->name = name;
     c->R = R;
@@ -402,7 +404,8 @@ static void add_case(const char *name, int32_t R, int32_t H, int32_t K, int32_t 
 void bench_register_ep_gpu(void) {
     ceiling_case *cc = calloc(1, sizeof *cc);
     cc->bytes = (size_t)1 << 30;
-    if (cudaMalloc(&cc->src, cc->bytes) == cudaSuccess &&
+    if (cc && bench_selected("ep/virtual/ceiling/d2d_copy_1GiB") &&
+        cudaMalloc(&cc->src, cc->bytes) == cudaSuccess &&
         cudaMalloc(&cc->dst, cc->bytes) == cudaSuccess &&
         cudaEventCreate(&cc->start) == cudaSuccess && cudaEventCreate(&cc->stop) == cudaSuccess) {
         cudaMemset(cc->src, 1, cc->bytes);

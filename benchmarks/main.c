@@ -6,6 +6,7 @@
 #include <stdio.h>
 
 int main(int argc, char **argv) {
+    bench_init(argc, argv);
     dinf_device_info info = DINF_DEVICE_INFO_INIT;
     dinf_device_query(0, &info);
     bench_add_context("deepinfra_version", dinf_version_string());

@@ -3,12 +3,16 @@
 
 #include <benchmark/benchmark.h>
 
+#include <regex.h>
+
+#include <cstring>
 #include <map>
 #include <string>
 
 namespace {
 
 thread_local std::map<std::string, double> pending_counters;
+std::string filter; /* --benchmark_filter, "" = none */
 thread_local std::string error_message = "benchmark failed";
 
 benchmark::TimeUnit parse_unit(const char *unit) {
@@ -23,6 +27,26 @@ benchmark::TimeUnit parse_unit(const char *unit) {
 }
 
 }  // namespace
+
+extern "C" void bench_init(int argc, char **argv) {
+    const char *flag = "--benchmark_filter=";
+    for (int i = 1; i < argc; i++) /* the last one wins, as in Google Benchmark */
+        if (std::strncmp(argv[i], flag, std::strlen(flag)) == 0)
+            filter = argv[i] + std::strlen(flag);
+}
+
+extern "C" int bench_selected(const char *name) {
+    if (filter.empty() || filter == "all" || filter == ".")
+        return 1;
+    bool negate = filter[0] == '-';
+    std::string pattern = negate ? filter.substr(1) : filter;
+    regex_t re;
+    if (regcomp(&re, pattern.c_str(), REG_EXTENDED | REG_NOSUB) != 0)
+        return 1; /* Google Benchmark reports the bad filter itself */
+    const bool match = regexec(&re, name, 0, nullptr, 0) == 0;
+    regfree(&re);
+    return match != negate;
+}
 
 extern "C" void bench_set_counter(const char *name, double value) {
     pending_counters[name] = value;

@@ -1,0 +1,127 @@
+"""tools/gpu-check's own logic, on this machine, with stand-in binaries: each
+suite and benchmark family runs as its own command under its share of the
+phase budget; one that runs long is reported as TIMEOUT and the others keep
+their results; the summary table lists every suite, failures included."""
+import os
+import stat
+import subprocess
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# A stand-in for the Criterion runner: --list, and --filter SUITE/* writing
+# the XML Criterion writes; gemm_gpu fails one test, slow_gpu never ends.
+FAKE_TESTS = r'''#!/usr/bin/env python3
+import os, sys, time
+args = sys.argv[1:]
+if "--list" in args:
+    print("core: 5 tests\n|-- a\ngpu: 1 test\nfp8_gpu: 2 tests\ngemm_gpu: 3 tests\nslow_gpu: 1 test")
+    sys.exit(0)
+suite = [a for a in args if a.startswith("--filter")] and args[args.index("--filter") + 1].split("/")[0]
+xml = [a.split(":", 1)[1] for a in args if a.startswith("--output=xml:")][0]
+with open(os.environ["FAKE_CALLS"], "a") as f:
+    f.write(suite + "\n")
+if suite == "slow_gpu":
+    time.sleep(60)
+n = {"gpu": 1, "fp8_gpu": 2, "gemm_gpu": 3}[suite]
+fail = 1 if suite == "gemm_gpu" else 0
+cases = "".join('<testcase name="t%d">%s</testcase>' % (i, "<failure/>" if i < fail else "")
+                for i in range(n))
+open(xml, "w").write('<testsuites><testsuite name="%s" tests="%d" failures="%d" skipped="0">%s'
+                     '</testsuite></testsuites>' % (suite, n, fail, cases))
+print("[====] Synthesis: Tested: %d | Passing: %d | Failing: %d | Crashing: 0" % (n, n - fail, fail))
+sys.exit(1 if fail else 0)
+'''
+
+# A stand-in for the benchmark binary: one row per family; mla/gpu never ends.
+FAKE_BENCH = r'''#!/usr/bin/env python3
+import json, os, sys, time
+flt = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--benchmark_filter=")][0]
+out = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--benchmark_out=")][0]
+with open(os.environ["FAKE_CALLS"], "a") as f:
+    f.write("bench " + flt + "\n")
+if flt == "^mla/gpu/":
+    time.sleep(60)
+name = flt.strip("^") + "row"
+print(name + "   1.0 us")
+json.dump({"benchmarks": [{"name": name, "real_time": 1.5, "time_unit": "us",
+                           "B/s": 2.0e12}]}, open(out, "w"))
+'''
+
+
+def write_exe(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR)
+
+
+@pytest.fixture()
+def fake_build(tmp_path):
+    build = tmp_path / "build"
+    write_exe(str(build / "tests" / "deepinfra_tests"), FAKE_TESTS)
+    write_exe(str(build / "bench" / "deepinfra_bench"), FAKE_BENCH)
+    return build
+
+
+def run_check(build, tmp_path, **budgets):
+    env = dict(os.environ)
+    env.update({"GPU_CHECK_PY_S": "0", "GPU_CHECK_PEER_S": "0",
+                "FAKE_CALLS": str(tmp_path / "calls.log")})
+    env.update({k: str(v) for k, v in budgets.items()})
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    proc = subprocess.run([os.path.join(ROOT, "tools", "gpu-check"), "--build-dir", str(build),
+                           "--out", str(out)], cwd=str(tmp_path), env=env,
+                          capture_output=True, text=True, timeout=120)
+    return proc, out, time.monotonic() - t0
+
+
+def table(stdout):
+    return stdout[stdout.index("gpu-check summary"):]
+
+
+def test_a_long_suite_and_family_time_out_alone(fake_build, tmp_path):
+    proc, out, seconds = run_check(fake_build, tmp_path, GPU_CHECK_C_S=8, GPU_CHECK_BENCH_S=8,
+                                   GPU_CHECK_RESERVE_S=2)
+    assert proc.returncode != 0
+    t = table(proc.stdout)
+    lines = {l.split()[0] + " " + l.split()[1]: l for l in t.splitlines() if l.startswith("C ")}
+    assert "ok" in lines["C gpu"] and "1 tests" in lines["C gpu"]
+    assert "ok" in lines["C fp8_gpu"]
+    assert "FAIL" in lines["C gemm_gpu"] and "1 failed" in lines["C gemm_gpu"]
+    assert "TIMEOUT" in lines["C slow_gpu"]
+    assert "core" not in " ".join(lines)  # a CPU suite is not run by default
+    rows = [l for l in t.splitlines() if "row" in l or "TIMEOUT" in l]
+    assert any(l.startswith("copy/row") and "2.00 TB/s" in l for l in rows)
+    assert any(l.startswith("gemm/gpu/row") for l in rows)
+    assert any(l.startswith("mla/gpu") and "TIMEOUT" in l for l in rows)
+    assert any(l.startswith("ep/virtual/row") for l in rows)  # after the one that ran long
+    # the known GPU suites in their order (quick ones first), then the others;
+    # each long one was stopped within its phase budget
+    calls = (tmp_path / "calls.log").read_text().split("\n")
+    assert calls[:4] == ["gpu", "fp8_gpu", "gemm_gpu", "slow_gpu"]
+    assert calls[4:8] == ["bench ^copy/", "bench ^gemm/gpu/", "bench ^mla/gpu/", "bench ^ep/virtual/"]
+    assert seconds < 8 + 8 + 25
+    assert (out / "c-tests-gemm_gpu.xml").exists() and not (out / "c-tests-slow_gpu.xml").exists()
+    assert "TIMEOUT" in (out / "summary.txt").read_text()
+
+
+def test_selected_suites_and_families_only(fake_build, tmp_path):
+    proc, out, _ = run_check(fake_build, tmp_path, GPU_CHECK_SUITES="fp8_gpu",
+                             GPU_CHECK_BENCH="copy")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    t = table(proc.stdout)
+    assert "C fp8_gpu" in t and "C gemm_gpu" not in t and "C gpu " not in t
+    assert "copy/row" in t and "gemm/gpu/row" not in t
+    assert "Python" in t and "not run" in t
+
+
+def test_a_spent_budget_reports_the_suites_not_run(fake_build, tmp_path):
+    proc, out, _ = run_check(fake_build, tmp_path, GPU_CHECK_SUITES="slow_gpu fp8_gpu",
+                             GPU_CHECK_C_S=3, GPU_CHECK_RESERVE_S=0, GPU_CHECK_BENCH_S=0)
+    t = table(proc.stdout)
+    assert "C slow_gpu" in t and "TIMEOUT" in t
+    assert "not run: GPU_CHECK_C_S was spent" in t  # fp8_gpu had nothing left
