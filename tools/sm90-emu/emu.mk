@@ -21,7 +21,10 @@ $(OUT)/libemu_lib.a: $(LIB_O)
 	rm -f $@ && ar rcs $@ $^
 
 $(OUT)/obj/lib/gemm/gemm_heuristic.o: CFL += -Ddinf__fp8_heuristic=dinf__fp8_heuristic_lib
-$(OUT)/obj/lib/%.o: $(SRC)/lib/%.c $(wildcard $(SRC)/lib/*/*.h) $(wildcard $(SRC)/jit/templates/*.cuh)
+$(OUT)/obj/lib/core/%.o: $(SRC)/lib/core/%.c $(wildcard $(SRC)/lib/core/*.h) $(wildcard $(SRC)/include/*/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFL) -c $< -o $@
+$(OUT)/obj/lib/gemm/%.o: $(SRC)/lib/gemm/%.c $(wildcard $(SRC)/lib/*/*.h) $(wildcard $(SRC)/jit/templates/*.cuh)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFL) -c $< -o $@
 $(OUT)/obj/emu_host.o: $(HERE)/emu_host.c $(HDRS) $(wildcard $(SRC)/lib/*/*.h) $(wildcard $(SRC)/jit/templates/*.cuh)

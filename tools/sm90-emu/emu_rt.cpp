@@ -77,7 +77,9 @@ static std::vector<int> ready;
 struct Async {
     std::function<void()> fn;
     bool may_outlive;
+    long long due; /* scheduler step from which it may land; -1: only when no thread can run */
 };
+static long long step = 0;
 static std::vector<Async> asyncs;
 static std::unordered_map<uintptr_t, Mbar> mbars;
 static int cur = -1;
@@ -375,7 +377,14 @@ void mbar_wait(uint64_t *bar, uint32_t parity) {
 }
 
 void post_async(std::function<void()> fn, bool may_outlive) {
-    asyncs.push_back({std::move(fn), may_outlive});
+    /* When does it land? Without skew: as late as possible (when no thread
+     * can run). With skew: half the time that, else after a random number
+     * of scheduling steps (up to 4096), so a thread that reads the data
+     * without waiting for its barrier sees poison or stale data. */
+    long long due = -1;
+    if (skew && rnd() % 2)
+        due = step + (long long)(rnd() % 4096);
+    asyncs.push_back({std::move(fn), may_outlive, due});
 }
 
 /* ----------------------------------------------------- global memory -- */
@@ -505,8 +514,19 @@ static void run_cluster(const std::vector<U3> &ids, const std::function<void()> 
             if (asyncs.empty())
                 break;
         }
-        if (!asyncs.empty() && (ready.empty() || (skew && rnd() % 16 == 0))) {
-            const size_t i = skew ? rnd() % asyncs.size() : 0;
+        size_t pick = asyncs.size();
+        if (!asyncs.empty()) {
+            if (ready.empty())
+                pick = skew ? rnd() % asyncs.size() : 0;
+            else
+                for (size_t a = 0; a < asyncs.size(); a++)
+                    if (asyncs[a].due >= 0 && asyncs[a].due <= step) {
+                        pick = a;
+                        break;
+                    }
+        }
+        if (pick < asyncs.size()) {
+            const size_t i = pick;
             std::function<void()> fn = std::move(asyncs[i].fn);
             asyncs.erase(asyncs.begin() + (long)i);
             cur = -1;
@@ -517,6 +537,7 @@ static void run_cluster(const std::vector<U3> &ids, const std::function<void()> 
         if (ready.empty())
             deadlock();
         const size_t i = skew ? rnd() % ready.size() : ready.size() - 1;
+        step++;
         const int fi = ready[i];
         ready[i] = ready.back();
         ready.pop_back();

@@ -49,7 +49,7 @@ static const gemm_case cases[] = {
     /* normal: odd m/n/k tails, padded strides, heuristic and forced configs */
     {"normal_heuristic", NORMAL, 100, 200, 300, 1, 16, 32, 8, 3, 0, 0, 0, 0, {0}},
     {"normal_bm64_bn32_s2", NORMAL, 40, 72, 129, 1, 0, 16, 0, 2, 0, 32, 2, 0, {0}},
-    {"normal_bm128_bn64_s1", NORMAL, 130, 130, 256, 1, 48, 0, 24, 3, 128, 64, 1, 0, {0}},
+    {"normal_bm128_bn64_s1", NORMAL, 130, 131, 256, 1, 48, 0, 24, 3, 128, 64, 1, 0, {0}},
     {"normal_bm128_bn16_s3", NORMAL, 129, 40, 520, 1, 0, 0, 0, 4, 128, 16, 3, 0, {0}},
     {"normal_bm64_bn128", NORMAL, 64, 256, 128, 1, 0, 0, 0, 1, 0, 128, 0, 0, {0}},
     {"normal_bm64_bn128_s2", NORMAL, 33, 250, 384, 1, 16, 16, 8, 2, 64, 128, 2, 0, {0}},

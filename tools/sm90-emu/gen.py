@@ -51,6 +51,10 @@ for gemm_type in (0, 1, 2):
                 stages |= {1, 2, 3}
             for st in sorted(stages):
                 INSTANCES.append(('fp8_gemm', (gemm_type, bm, bn, st)))
+only = os.environ.get('EMU_CONFIGS')  # "0,128,128,6;2,64,32,1": build only these fp8_gemm configs
+if only:
+    keep = {tuple(int(v) for v in item.split(',')) for item in only.split(';') if item}
+    INSTANCES = [i for i in INSTANCES if i[1] in keep]
 extra = os.environ.get('EMU_EXTRA_CONFIGS', '')
 for item in filter(None, extra.split(';')):
     name, params = item.split(':')

@@ -8,13 +8,20 @@
 set -e
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-if [ -n "$MUT" ]; then
-    tag=$(printf '%s' "$MUT" | cksum | cut -d' ' -f1)
-    out=${EMU_OUT:-$root/build/sm90-emu}/mut-$tag
+base=${EMU_OUT:-$root/build/sm90-emu}
+san=${EMU_SAN-undefined}
+if [ -n "$MUT$EMU_CONFIGS" ] || [ "$san" != undefined ]; then
+    tag=$(printf '%s|%s|%s' "$MUT" "$EMU_CONFIGS" "$san" | cksum | cut -d' ' -f1)
+    out=$base/var-$tag
+    # start from the unmutated build (same flags, same mtimes): make redoes
+    # only what the mutation touches
+    if [ ! -d "$out" ] && [ -d "$base/base" ] && [ "$san" = undefined ]; then
+        cp -a "$base/base" "$out"
+    fi
 else
-    out=${EMU_OUT:-$root/build/sm90-emu}/base
+    out=$base/base
 fi
 mkdir -p "$out"
 python3 "$here/gen.py" "$root" "$out"
-make -s -j2 -f "$here/emu.mk" HERE="$here" OUT="$out" SAN="${EMU_SAN-undefined}" "$out/emu_gemm" >&2
+make -s -j2 -f "$here/emu.mk" HERE="$here" OUT="$out" SAN="$san" "$out/emu_gemm" >&2
 EMU_SKEW=${EMU_SKEW-1} exec "$out/emu_gemm" "$@"
