@@ -4,7 +4,7 @@ CUDA_HOME ?= /usr/local/cuda
 SAN ?= undefined
 SRC := $(OUT)/src
 SANF := $(if $(SAN),-fsanitize=$(SAN) -fno-sanitize-recover=undefined)
-COMMON := -g -ffp-contract=off $(SANF) -I$(HERE) -I$(CUDA_HOME)/include
+COMMON := -MMD -MP -g -ffp-contract=off $(SANF) -I$(HERE) -I$(CUDA_HOME)/include
 CFL := -std=c11 -O2 $(COMMON) -DDINF_BUILD -DDINF_WITH_CUDA=1 -I$(SRC)/include -I$(SRC)/lib -I$(SRC)/jit
 CXXFL := -std=c++17 -O2 $(COMMON) -Wno-psabi
 
@@ -12,7 +12,8 @@ LIB_C := $(sort $(wildcard $(SRC)/lib/core/*.c) $(wildcard $(SRC)/lib/gemm/*.c))
 LIB_O := $(patsubst $(SRC)/%.c,$(OUT)/obj/%.o,$(LIB_C))
 EMU_O := $(OUT)/obj/emu_rt.o $(OUT)/obj/emu_sm90.o $(OUT)/obj/emu_jit.o $(OUT)/obj/emu_host.o
 KER_O := $(OUT)/obj/kernels_0.o $(OUT)/obj/kernels_1.o
-HDRS := $(wildcard $(HERE)/*.h) $(wildcard $(HERE)/templates/*.cuh)
+# exact header dependencies from the compilers (-MMD)
+-include $(wildcard $(OUT)/obj/*.d $(OUT)/obj/lib/*/*.d)
 
 $(OUT)/emu_gemm: $(OUT)/obj/gemm_emu_test.o $(EMU_O) $(KER_O) $(OUT)/libemu_lib.a
 	$(CXX) $(SANF) $^ -lpthread -ldl -lm -o $@
@@ -21,22 +22,16 @@ $(OUT)/libemu_lib.a: $(LIB_O)
 	rm -f $@ && ar rcs $@ $^
 
 $(OUT)/obj/lib/gemm/gemm_heuristic.o: CFL += -Ddinf__fp8_heuristic=dinf__fp8_heuristic_lib
-$(OUT)/obj/lib/core/%.o: $(SRC)/lib/core/%.c $(wildcard $(SRC)/lib/core/*.h) $(wildcard $(SRC)/include/*/*.h)
+$(OUT)/obj/lib/%.o: $(SRC)/lib/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFL) -c $< -o $@
-$(OUT)/obj/lib/gemm/%.o: $(SRC)/lib/gemm/%.c $(wildcard $(SRC)/lib/*/*.h) $(wildcard $(SRC)/jit/templates/*.cuh)
+$(OUT)/obj/%.o: $(HERE)/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFL) -c $< -o $@
-$(OUT)/obj/emu_host.o: $(HERE)/emu_host.c $(HDRS) $(wildcard $(SRC)/lib/*/*.h) $(wildcard $(SRC)/jit/templates/*.cuh)
-	@mkdir -p $(dir $@)
-	$(CC) $(CFL) -c $< -o $@
-$(OUT)/obj/gemm_emu_test.o: $(HERE)/gemm_emu_test.c $(HERE)/emu_host.h
-	@mkdir -p $(dir $@)
-	$(CC) $(CFL) -c $< -o $@
-$(OUT)/obj/%.o: $(HERE)/%.cpp $(HDRS)
+$(OUT)/obj/%.o: $(HERE)/%.cpp
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFL) -c $< -o $@
 # the kernel instances: -O1 (compile time; the emulated PTX runs at -O2)
-$(OUT)/obj/kernels_%.o: $(OUT)/kernels_%.cpp $(HDRS) $(wildcard $(SRC)/jit/templates/*.cuh)
+$(OUT)/obj/kernels_%.o: $(OUT)/kernels_%.cpp
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFL) -O1 -I$(SRC)/jit/templates -c $< -o $@

@@ -17,6 +17,7 @@ if [ -n "$MUT$EMU_CONFIGS" ] || [ "$san" != undefined ]; then
     # only what the mutation touches
     if [ ! -d "$out" ] && [ -d "$base/base" ] && [ "$san" = undefined ]; then
         cp -a "$base/base" "$out"
+        find "$out/obj" -name '*.d' -exec sed -i "s|$base/base/|$out/|g" {} +
     fi
 else
     out=$base/base
