@@ -161,6 +161,62 @@ dinf_status dinf__jit_launch(const char *func, const dinf__jit_kernel *kernel, i
 /* -------------------------------------------------- heuristic override -- */
 emu_force_config_t emu_force_config;
 
+#ifdef DINF__FP8_KERNEL_FAST
+/* Two rungs (fp8_gemm_fast.cuh and fp8_gemm.cuh): the hook is the rung's
+ * choice, dinf__fp8_choose (renamed _lib in gemm_heuristic.c by emu.mk). */
+int emu_has_fast_rung(void) { return 1; }
+dinf__fp8_config dinf__fp8_choose_lib(int kernel, int gemm_type, int64_t m, int64_t n, int64_t k,
+                                      int64_t num_groups, int num_sms);
+dinf__fp8_config dinf__fp8_choose(int kernel, int gemm_type, int64_t m, int64_t n, int64_t k,
+                                  int64_t num_groups, int num_sms) {
+    dinf__fp8_config c = dinf__fp8_choose_lib(kernel, gemm_type, m, n, k, num_groups, num_sms);
+    emu_host_stats.heuristic_block_m = c.block_m;
+    emu_host_stats.heuristic_block_n = c.block_n;
+    emu_host_stats.heuristic_stages = c.stages;
+    if (emu_force_config.block_m)
+        c.block_m = emu_force_config.block_m;
+    if (emu_force_config.block_n)
+        c.block_n = emu_force_config.block_n;
+    if (emu_force_config.stages)
+        c.stages = emu_force_config.stages;
+    if (emu_force_config.cluster)
+        c.cluster = emu_force_config.cluster;
+    if (emu_force_config.split_k)
+        c.split_k = emu_force_config.split_k;
+    c.threads = 128 * (1 + c.block_m / 64);
+    c.smem_bytes = kernel == DINF__FP8_KERNEL_SIMPLE
+                       ? DINF_FP8_SMEM_BYTES(c.block_m, c.block_n, c.stages)
+                       : DINF_FP8_FAST_SPLIT_SMEM_BYTES(c.block_m, c.block_n, c.stages, c.split_k);
+    emu_host_stats.block_m = c.block_m;
+    emu_host_stats.block_n = c.block_n;
+    emu_host_stats.stages = c.stages;
+    emu_host_stats.cluster = c.cluster;
+    emu_host_stats.split_k = c.split_k;
+    return c;
+}
+
+/* The fast rung's launch asks for these. */
+cudaError_t cudaKernelSetAttributeForDevice(cudaKernel_t kernel, enum cudaFuncAttribute attr, int value,
+                                            int device) {
+    (void)kernel;
+    (void)attr;
+    (void)value;
+    return device == 0 ? cudaSuccess : cudaErrorInvalidDevice;
+}
+cudaError_t cudaOccupancyMaxActiveClusters(int *clusters, const void *func, const cudaLaunchConfig_t *config) {
+    (void)func;
+    unsigned size = 1;
+    for (unsigned i = 0; i < config->numAttrs; i++)
+        if (config->attrs[i].id == cudaLaunchAttributeClusterDimension)
+            size = config->attrs[i].val.clusterDim.x * config->attrs[i].val.clusterDim.y *
+                   config->attrs[i].val.clusterDim.z;
+    *clusters = emu_num_sms() / (int)(size ? size : 1);
+    return cudaSuccess;
+}
+#else
+/* One rung (fp8_gemm.cuh): the hook is dinf__fp8_heuristic (renamed _lib in
+ * gemm_heuristic.c by emu.mk). */
+int emu_has_fast_rung(void) { return 0; }
 dinf__fp8_config dinf__fp8_heuristic_lib(int gemm_type, int64_t m, int64_t n, int64_t k,
                                          int64_t num_groups, int num_sms);
 
@@ -184,5 +240,8 @@ dinf__fp8_config dinf__fp8_heuristic(int gemm_type, int64_t m, int64_t n, int64_
     emu_host_stats.block_m = c.block_m;
     emu_host_stats.block_n = c.block_n;
     emu_host_stats.stages = c.stages;
+    emu_host_stats.cluster = 1;
+    emu_host_stats.split_k = 1;
     return c;
 }
+#endif

@@ -13,15 +13,17 @@ typedef struct emu_host_stats_t {
     unsigned last_grid, last_block, last_cluster;
     size_t last_smem;
     int heuristic_block_m, heuristic_block_n, heuristic_stages; /* the library's choice */
-    int block_m, block_n, stages;                               /* what ran */
+    int block_m, block_n, stages, cluster, split_k;             /* what ran */
 } emu_host_stats_t;
 extern emu_host_stats_t emu_host_stats;
 
 /* Forced tile config for the next FP8 GEMM calls (0 = the heuristic's). */
 typedef struct emu_force_config_t {
-    int block_m, block_n, stages;
+    int block_m, block_n, stages, cluster, split_k; /* cluster / split_k: fast rung only */
 } emu_force_config_t;
 extern emu_force_config_t emu_force_config;
+/* 1 when the library has the fast rung (fp8_gemm_fast.cuh, DINF_FP8_GEMM_KERNEL). */
+int emu_has_fast_rung(void);
 
 /* emu_jit.cpp */
 const void *emu_find_kernel(const char *name, int nparams, const long long *params);

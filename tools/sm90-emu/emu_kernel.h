@@ -34,3 +34,9 @@ static inline unsigned __float_as_uint(float f) {
     memcpy(&u, &f, 4);
     return u;
 }
+/* __syncwarp (bar.warp.sync): every lane of the warp (full mask only). */
+static inline void __syncwarp(unsigned mask = 0xFFFFFFFFu) {
+    if (mask != 0xFFFFFFFFu)
+        emu::fail("__syncwarp(0x%x): only the full mask is emulated", mask);
+    emu::coll_wait(emu::WARP, 301, "__syncwarp");
+}

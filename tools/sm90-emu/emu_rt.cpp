@@ -16,9 +16,10 @@
 
 namespace emu {
 
-enum State { READY, RUNNING, COLL, CTA_BAR, CL_BAR, MBAR, DONE };
-static const char *const state_names[] = {"ready", "running", "collective", "__syncthreads",
-                                          "cluster barrier", "mbarrier wait", "done"};
+enum State { READY, RUNNING, COLL, CTA_BAR, CL_BAR, MBAR, NBAR, DONE };
+static const char *const state_names[] = {"ready",         "running",         "collective",
+                                          "__syncthreads", "cluster barrier", "mbarrier wait",
+                                          "named barrier", "done"};
 
 struct Fiber {
     jmp_buf jb;
@@ -27,6 +28,7 @@ struct Fiber {
     bool started = false;
     int st = READY;
     unsigned tid = 0, rank = 0;
+    unsigned nb_id = 0;       /* NBAR: the named barrier */
     uint64_t *wbar = nullptr; /* MBAR: the barrier and parity waited for */
     uint32_t wpar = 0;
     unsigned coll_n[2] = {0, 0};
@@ -40,6 +42,7 @@ struct Cta {
     U3 idx;
     uint8_t *buf = nullptr; /* window offset 0 */
     unsigned live = 0, bar_count = 0;
+    unsigned nb_count[16] = {0}, nb_threads[16] = {0};
     std::vector<unsigned> coll_count[2];
     std::vector<int> coll_op[2];
     std::vector<Slot> slots[2][2];
@@ -158,6 +161,28 @@ void syncthreads() {
     f.st = CTA_BAR;
     c.bar_count++;
     cta_bar_check(c, f.rank);
+    switch_out();
+}
+
+void named_barrier(unsigned id, unsigned threads) {
+    Fiber &f = self();
+    Cta &c = ctas[f.rank];
+    if (id == 0 || id > 15)
+        fail("bar.sync %u: named barrier ids are 1..15 here (0 is __syncthreads)", id);
+    if (threads == 0 || threads % 32 || threads > nthreads)
+        fail("bar.sync %u, %u: the thread count must be a multiple of 32 up to the block size %u", id,
+             threads, nthreads);
+    if (c.nb_count[id] && c.nb_threads[id] != threads)
+        fail("bar.sync %u: %u threads here, %u in another thread's call", id, threads, c.nb_threads[id]);
+    c.nb_threads[id] = threads;
+    f.st = NBAR;
+    f.nb_id = id;
+    if (++c.nb_count[id] == threads) {
+        c.nb_count[id] = 0;
+        for (size_t i = 0; i < fibers.size(); i++)
+            if (fibers[i].rank == f.rank && fibers[i].st == NBAR && fibers[i].nb_id == id)
+                make_ready((int)i);
+    }
     switch_out();
 }
 

@@ -43,6 +43,8 @@ uint64_t rnd();          /* the scheduler's random stream (EMU_SEED) */
 void maybe_yield();
 /* __syncthreads (bar.sync 0): every live thread of the CTA. */
 void syncthreads();
+/* bar.sync id, threads (named barrier; id 1..15). */
+void named_barrier(unsigned id, unsigned threads);
 /* barrier.cluster.arrive / wait (aligned: every live thread of every CTA of the cluster). */
 void cluster_arrive();
 void cluster_wait();

@@ -43,6 +43,9 @@ typedef struct gemm_case {
     int expected_m;                /* masked */
     int group_spec[8];             /* contiguous: group of each 128-row block (-1 skip, >= G out of
                                       range); masked: masked_m per group (any int: clamped) */
+    int fast;                      /* 1: the fast rung (fp8_gemm_fast.cuh, when the library has
+                                      it; the config must be forced: gen.py builds these) */
+    int cluster, split_k;          /* fast rung: CTAs per cluster, split-K */
 } gemm_case;
 
 static const gemm_case cases[] = {
@@ -61,6 +64,15 @@ static const gemm_case cases[] = {
     {"masked_heuristic", MASKED, 96, 80, 300, 3, 0, 0, 0, 3, 0, 0, 0, 50, {0, 96, 37}},
     {"masked_bm128_bn64_s2", MASKED, 200, 136, 128, 2, 16, 0, 8, 2, 128, 64, 2, 150, {250, 5}},
     {"masked_bm64_bn32_s1", MASKED, 70, 64, 257, 3, 0, 16, 0, 2, 64, 32, 1, 40, {-3, 70, 69}},
+    /* the fast rung (fp8_gemm_fast.cuh): block_n not dividing 128, 2-CTA
+     * clusters (A multicast; an odd N-block count leaves a phantom partner),
+     * split-K pairs, TMA-store epilogue; one line each, gen.py reads them */
+    {"fast_normal_bn96_c1", NORMAL, 150, 200, 300, 1, 16, 0, 8, 3, 128, 96, 3, 0, {0}, 1, 1, 1},
+    {"fast_normal_bn64_c2", NORMAL, 200, 200, 400, 1, 0, 16, 0, 4, 128, 64, 2, 0, {0}, 1, 2, 1},
+    {"fast_normal_bn48_split", NORMAL, 100, 150, 1100, 1, 0, 0, 8, 4, 128, 48, 2, 0, {0}, 1, 2, 2},
+    {"fast_masked_bn160_c2", MASKED, 100, 300, 256, 2, 0, 0, 0, 4, 64, 160, 2, 60, {100, 37}, 1, 2, 1},
+    {"fast_contig_bn112_c1", CONTIG, 384, 230, 200, 2, 0, 0, 8, 3, 128, 112, 2, 0, {1, -1, 0}, 1, 1, 1},
+    {"fast_masked_bn80_c1", MASKED, 70, 90, 300, 3, 0, 16, 0, 2, 64, 80, 3, 40, {70, 0, 9}, 1, 1, 1},
 };
 
 static uint64_t rng;
@@ -166,6 +178,10 @@ static int run_case(const gemm_case *c, unsigned seed, int mode_seq) {
     emu_force_config.block_m = c->block_m;
     emu_force_config.block_n = c->block_n;
     emu_force_config.stages = c->stages;
+    emu_force_config.cluster = c->fast ? c->cluster : 0;
+    emu_force_config.split_k = c->fast ? c->split_k : 0;
+    /* the rung (read by libraries with two; ignored by one with only fp8_gemm.cuh) */
+    setenv("DINF_FP8_GEMM_KERNEL", c->fast ? "fast" : "simple", 1);
     char env[32];
     snprintf(env, sizeof env, "%d", c->num_sms);
     setenv("EMU_NUM_SMS", env, 1);
@@ -255,9 +271,10 @@ static int run_case(const gemm_case *c, unsigned seed, int mode_seq) {
             bad++;
         }
     }
-    printf("%s %s seed %u: form %d m %d n %d k %d G %d, config %dx%d/%d (heuristic %dx%d/%d), grid %u "
-           "of %lld tiles, %u threads, smem %zu, %lld switches, %.2f s%s",
+    printf("%s %s seed %u: form %d m %d n %d k %d G %d, config %dx%d/%d cluster %u split %d (heuristic "
+           "%dx%d/%d), grid %u of %lld tiles, %u threads, smem %zu, %lld switches, %.2f s%s",
            bad ? "FAIL" : "ok  ", c->name, seed, c->form, c->m, n, k, G, bm, bn, emu_host_stats.stages,
+           emu_host_stats.last_cluster, emu_host_stats.split_k,
            emu_host_stats.heuristic_block_m, emu_host_stats.heuristic_block_n,
            emu_host_stats.heuristic_stages, emu_host_stats.last_grid, tiles, emu_host_stats.last_block,
            emu_host_stats.last_smem, emu_switches() - sw0, secs, mode_seq ? ", bitwise" : "");
@@ -286,6 +303,10 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         if (!strstr(cases[i].name, filter))
             continue;
+        if (cases[i].fast && !emu_has_fast_rung()) {
+            printf("skip %s: this library has no fast rung (fp8_gemm_fast.cuh)\n", cases[i].name);
+            continue;
+        }
         for (int s = 0; s < seeds; s++) {
             failed += run_case(&cases[i], (unsigned)s, mode_seq);
             ran++;

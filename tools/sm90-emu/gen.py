@@ -51,9 +51,22 @@ for gemm_type in (0, 1, 2):
                 stages |= {1, 2, 3}
             for st in sorted(stages):
                 INSTANCES.append(('fp8_gemm', (gemm_type, bm, bn, st)))
+# The fast rung (fp8_gemm_fast.cuh, when the tree has it): the forced configs
+# of the harness's fast cases (gemm_emu_test.c, one case per line).
+fast_cases = re.findall(
+    r'\{"(\w+)", (NORMAL|CONTIG|MASKED), ([-\d, ]+), \{[-\d, ]*\}, 1, (\d+), (\d+)\}',
+    open(os.path.join(here, 'gemm_emu_test.c')).read())
+FORMS = {'NORMAL': 0, 'CONTIG': 1, 'MASKED': 2}
+has_fast = os.path.exists(os.path.join(root, 'jit/templates/fp8_gemm_fast.cuh'))
+for name, form, nums, cluster, split in fast_cases:
+    v = [int(x) for x in nums.split(',') if x.strip()]
+    bm, bn, st = v[8], v[9], v[10]
+    if has_fast:
+        INSTANCES.append(('fp8_gemm_fast', (FORMS[form], bm, bn, st, int(cluster), int(split))))
 only = os.environ.get('EMU_CONFIGS')  # "0,128,128,6;2,64,32,1": build only these fp8_gemm configs
 if only:
     keep = {tuple(int(v) for v in item.split(',')) for item in only.split(';') if item}
+    # a fast-rung config has 6 constants, a simple one 4
     INSTANCES = [i for i in INSTANCES if i[1] in keep]
 extra = os.environ.get('EMU_EXTRA_CONFIGS', '')
 for item in filter(None, extra.split(';')):
@@ -109,6 +122,8 @@ files['jit/templates/dinf_prelude.cuh'] = open(os.path.join(here, 'templates/din
 ASM = [
     (r'asm\("cvt\.rn\.bf16x2\.f32 %0, %1, %2;"\s*:\s*"=r"\((\w+)\)\s*:\s*"f"\((\w+)\),\s*"f"\((\w+)\)\);',
      r'\1 = emu::cvt_rn_bf16x2_f32(\2, \3);'),
+    # empty asm: a compiler barrier on a register (no instruction)
+    (r'asm volatile\(""\s*:\s*"\+[rlf]"\((\w+)\)\s*(?::\s*:\s*"memory"\s*)?\);', r'(void)\1;'),
 ]
 registry = files['jit/jit_source.c']
 templates = {m[0]: (m[1], m[2], int(m[3]))
@@ -125,7 +140,7 @@ for k in list(files):
 for name, _ in INSTANCES:
     header = templates[name][0]
     t = files['jit/templates/' + header]
-    left = [l.strip() for l in t.splitlines() if re.search(r'\basm\b', l)]
+    left = [l.strip() for l in t.splitlines() if re.search(r'\basm\s*(volatile\s*)?\(', l)]
     if left:
         sys.exit('gen.py: %s has inline PTX the emulator does not know: %s' % (header, left[0]))
     if '__shared__' in t:
@@ -152,6 +167,11 @@ for u, insts in enumerate(units):
             lines.append('static void run_%d(void **a) { %s<%s>(*(const dinf_jit::tensor_map_t *)a[0], '
                          '*(const dinf_jit::tensor_map_t *)a[1], *(const dinf_jit::tensor_map_t *)a[2], '
                          '*(const dinf_fp8_gemm_args *)a[3]); }' % (i, func, plist))
+        elif name == 'fp8_gemm_fast':
+            lines.append('static void run_%d(void **a) { %s<%s>(*(const dinf_jit::tensor_map_t *)a[0], '
+                         '*(const dinf_jit::tensor_map_t *)a[1], *(const dinf_jit::tensor_map_t *)a[2], '
+                         '*(const dinf_jit::tensor_map_t *)a[3], *(const dinf_fp8_gemm_args *)a[4]); }'
+                         % (i, func, plist))
         else:
             sys.exit('gen.py: no launcher for template %s' % name)
         regs.append('{"%s", %d, {%s}, run_%d}' % (name, nparams, plist, i))

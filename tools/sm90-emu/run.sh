@@ -8,14 +8,16 @@
 set -e
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
+# EMU_ROOT: emulate another checkout's kernels and library code (read only)
+src_root=${EMU_ROOT:-$root}
 base=${EMU_OUT:-$root/build/sm90-emu}
 san=${EMU_SAN-undefined}
-if [ -n "$MUT$EMU_CONFIGS" ] || [ "$san" != undefined ]; then
-    tag=$(printf '%s|%s|%s' "$MUT" "$EMU_CONFIGS" "$san" | cksum | cut -d' ' -f1)
+if [ -n "$MUT$EMU_CONFIGS" ] || [ "$san" != undefined ] || [ "$src_root" != "$root" ]; then
+    tag=$(printf '%s|%s|%s|%s' "$MUT" "$EMU_CONFIGS" "$san" "$src_root" | cksum | cut -d' ' -f1)
     out=$base/var-$tag
     # start from the unmutated build (same flags, same mtimes): make redoes
     # only what the mutation touches
-    if [ ! -d "$out" ] && [ -d "$base/base" ] && [ "$san" = undefined ]; then
+    if [ ! -d "$out" ] && [ -d "$base/base" ] && [ "$san" = undefined ] && [ "$src_root" = "$root" ]; then
         cp -a "$base/base" "$out"
         find "$out/obj" -name '*.d' -exec sed -i "s|$base/base/|$out/|g" {} +
     fi
@@ -23,6 +25,6 @@ else
     out=$base/base
 fi
 mkdir -p "$out"
-python3 "$here/gen.py" "$root" "$out"
+python3 "$here/gen.py" "$src_root" "$out"
 make -s -j2 -f "$here/emu.mk" HERE="$here" OUT="$out" SAN="$san" "$out/emu_gemm" >&2
 EMU_SKEW=${EMU_SKEW-1} exec "$out/emu_gemm" "$@"

@@ -72,4 +72,80 @@ template <int N> struct wgmma_e4m3 {
     }
 };
 
+/* ==========================================================================
+ * The fast FP8 GEMM's wrappers (register reallocation, clusters, TMA-store
+ * epilogue, named barriers), emulated under the same names.
+ * ========================================================================== */
+
+/* setmaxnreg.{dec,inc}.sync.aligned.u32 N: warpgroup-collective (all 128
+ * threads), N in [24, 256] and a multiple of 8; registers are not modelled. */
+template <int N> __device__ __forceinline__ void setmaxnreg_dec() {
+    static_assert(N >= 24 && N <= 256 && N % 8 == 0, "setmaxnreg: N in [24, 256], multiple of 8");
+    emu::coll_wait(emu::WARPGROUP, 201, "setmaxnreg.dec");
+}
+template <int N> __device__ __forceinline__ void setmaxnreg_inc() {
+    static_assert(N >= 24 && N <= 256 && N % 8 == 0, "setmaxnreg: N in [24, 256], multiple of 8");
+    emu::coll_wait(emu::WARPGROUP, 202, "setmaxnreg.inc");
+}
+
+/* %cluster_ctarank */
+__device__ __forceinline__ uint32_t cluster_ctarank() { return emu::cluster_rank(); }
+
+/* barrier.cluster.arrive.release / wait.acquire (per thread, not .aligned):
+ * every live thread of every CTA of the cluster arrives once per phase. */
+__device__ __forceinline__ void cluster_arrive_release() { emu::cluster_arrive(); }
+__device__ __forceinline__ void cluster_wait_acquire() { emu::cluster_wait(); }
+
+/* mapa.shared::cluster.u32: the same offset in CTA `rank`'s shared memory. */
+__device__ __forceinline__ uint32_t cluster_map_shared(uint32_t smem_addr, uint32_t rank) {
+    return emu::mapa(smem_addr, rank);
+}
+
+/* mbarrier.arrive.release.cluster.shared::cluster.b64 on a (possibly remote) barrier. */
+__device__ __forceinline__ void mbar_arrive_cluster(uint32_t cluster_addr) {
+    emu::mbar_arrive(reinterpret_cast<::uint64_t *>(emu::smem_host(cluster_addr, 8, nullptr)), 1,
+                     "mbarrier.arrive.release.cluster.shared::cluster");
+    emu::maybe_yield();
+}
+
+/* cp.async.bulk.tensor.3d ... .multicast::cluster: the box lands in every CTA
+ * of cta_mask at dst's offset and completes tx on each one's barrier at bar's offset. */
+__device__ __forceinline__ void tma_load_3d_multicast(void *dst, const tensor_map_t *map, uint64_t *bar,
+                                                      int c0, int c1, int c2, uint16_t cta_mask) {
+    const int c[3] = {c0, c1, c2};
+    if (cta_mask == 0)
+        emu::fail("tma_load_3d_multicast with an empty CTA mask");
+    emu::tma_load(dst, map, reinterpret_cast<::uint64_t *>(bar), c, 3, cta_mask);
+}
+
+/* cp.async.bulk.tensor.3d.global.shared::cta.bulk_group: shared memory read
+ * at a later point (no later than the covering wait_group.read), global
+ * writes after that; out-of-bounds elements not written. */
+__device__ __forceinline__ void tma_store_3d(const tensor_map_t *map, const void *src, int c0, int c1, int c2) {
+    const int c[3] = {c0, c1, c2};
+    emu::tma_store(map, src, c, 3);
+}
+__device__ __forceinline__ void bulk_commit_group() { emu::bulk_commit_group(); }
+__device__ __forceinline__ void bulk_wait_group_read_0() { emu::bulk_wait_group(0, true); }
+__device__ __forceinline__ void bulk_wait_group_0() { emu::bulk_wait_group(0, false); }
+
+/* fence.proxy.async.shared::cta: ordering only (not modelled). */
+__device__ __forceinline__ void fence_proxy_async_shared() { emu::maybe_yield(); }
+
+/* bar.sync id, threads */
+__device__ __forceinline__ void named_barrier_sync(uint32_t id, uint32_t threads) {
+    emu::named_barrier(id, threads);
+}
+
+/* st.shared::cluster.f32 */
+__device__ __forceinline__ void st_cluster_f32(uint32_t cluster_addr, float v) {
+    memcpy(emu::smem_host(cluster_addr, 4, nullptr), &v, 4);
+    emu::maybe_yield();
+}
+
+/* mbarrier.try_wait.parity.acquire.cluster loop (as mbar_wait). */
+__device__ __forceinline__ void mbar_wait_acquire_cluster(uint64_t *bar, uint32_t parity) {
+    emu::mbar_wait(reinterpret_cast<::uint64_t *>(bar), parity);
+}
+
 } // namespace dinf_jit
