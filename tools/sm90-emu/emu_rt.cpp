@@ -277,9 +277,18 @@ uint8_t *smem_host(uint32_t addr, size_t bytes, unsigned *cta_rank) {
     if (off < dyn_off || (size_t)off + bytes > dyn_off + dyn_bytes)
         fail("shared memory access [0x%x, +%zu) outside the dynamic shared memory [0x%zx, 0x%zx)",
              off, bytes, dyn_off, dyn_off + dyn_bytes);
+    if (ctas[r].live == 0)
+        fail("access to the shared memory of CTA rank %u of the cluster after all its threads "
+             "exited",
+             r);
     if (cta_rank)
         *cta_rank = r;
     return ctas[r].buf + off;
+}
+
+void check_cta_alive(unsigned rank, const char *what) {
+    if (rank < cluster_n && ctas[rank].live == 0)
+        fail("%s into CTA rank %u of the cluster after all its threads exited", what, rank);
 }
 
 uint32_t mapa(uint32_t addr, unsigned rank) {
@@ -308,7 +317,8 @@ static unsigned owner_rank(const void *p) {
 }
 
 static Mbar &mbar_get(uint64_t *bar, const char *op) {
-    owner_rank(bar);
+    if (ctas[owner_rank(bar)].live == 0)
+        fail("%s on an mbarrier of a CTA whose threads have all exited", op);
     if ((uintptr_t)bar % 8)
         fail("%s: mbarrier %p not 8-byte aligned", op, (void *)bar);
     auto it = mbars.find((uintptr_t)bar);
@@ -403,12 +413,14 @@ void mbar_wait(uint64_t *bar, uint32_t parity) {
 
 void post_async(std::function<void()> fn, bool may_outlive) {
     /* When does it land? Without skew: as late as possible (when no thread
-     * can run). With skew: half the time that, else after a random number
-     * of scheduling steps (up to 4096), so a thread that reads the data
-     * without waiting for its barrier sees poison or stale data. */
+     * can run). With skew: half the time that, else after a log-uniform
+     * random number of scheduling steps (0 .. 4095: short delays are as
+     * likely as long ones), so a thread that reads the data without waiting
+     * for its barrier sees poison or stale data, and one that reads a stage
+     * after releasing it sees the refill. */
     long long due = -1;
     if (skew && rnd() % 2)
-        due = step + (long long)(rnd() % 4096);
+        due = step + (long long)(rnd() % (1ull << (rnd() % 13)));
     asyncs.push_back({std::move(fn), may_outlive, due});
 }
 

@@ -67,6 +67,8 @@ uint32_t smem_addr(const void *p);                  /* cvta.to.shared, checked *
 uint8_t *smem_dynamic();                            /* the executing CTA's dynamic shared memory */
 uint8_t *smem_host(uint32_t addr, size_t bytes, unsigned *cta_rank); /* checked, any CTA of the cluster */
 uint32_t mapa(uint32_t addr, unsigned rank);        /* mapa.shared::cluster */
+/* Fail when CTA `rank` of the cluster has exited (its shared memory is gone). */
+void check_cta_alive(unsigned rank, const char *what);
 /* Map a local host pointer into the same offset of CTA `rank`. */
 uint8_t *smem_peer(const void *local, size_t bytes, unsigned rank);
 

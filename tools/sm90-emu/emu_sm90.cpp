@@ -209,23 +209,25 @@ void tma_load(void *dst, const void *map, uint64_t *bar, const int *coords, int 
     struct Dest {
         uint8_t *dst;
         uint64_t *bar;
+        unsigned rank;
     };
     std::vector<Dest> dests;
     if (mask == 0)
-        dests.push_back({(uint8_t *)dst, bar});
+        dests.push_back({(uint8_t *)dst, bar, cluster_rank()});
     else {
         for (unsigned r = 0; r < 16; r++)
             if (mask >> r & 1u) {
                 if (r >= cluster_size())
                     fail("multicast mask 0x%x names CTA rank %u of a cluster of %u", mask, r,
                          cluster_size());
-                dests.push_back({smem_peer(dst, bytes, r), (uint64_t *)smem_peer(bar, 8, r)});
+                dests.push_back({smem_peer(dst, bytes, r), (uint64_t *)smem_peer(bar, 8, r), r});
             }
     }
     post_async([m, c, bytes, dests] {
         std::vector<uint8_t> tmp(bytes);
         tma_gather(m, c.data(), tmp.data());
         for (const Dest &d : dests) {
+            check_cta_alive(d.rank, "a TMA load lands");
             memcpy(d.dst, tmp.data(), bytes);
             mbar_complete_tx(d.bar, (uint32_t)bytes);
         }
