@@ -411,6 +411,16 @@ void mbar_wait(uint64_t *bar, uint32_t parity) {
         fail("internal: woken before the phase completed");
 }
 
+uint32_t mbar_try_wait(uint64_t *bar, uint32_t parity) {
+    if (phase_done(mbar_get(bar, "mbarrier.try_wait.parity"), parity)) {
+        maybe_yield();
+        return 1;
+    }
+    mbar_wait(bar, parity);
+    return skew && rnd() % 2 ? 0 : 1;
+}
+unsigned long long steps() { return (unsigned long long)step; }
+
 void post_async(std::function<void()> fn, bool may_outlive) {
     /* When does it land? Without skew: as late as possible (when no thread
      * can run). With skew: half the time that, else after a log-uniform

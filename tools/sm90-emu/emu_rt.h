@@ -80,6 +80,11 @@ void mbar_expect_tx(uint64_t *bar, uint32_t bytes);
 void mbar_complete_tx(uint64_t *bar, uint32_t bytes);
 bool mbar_test(uint64_t *bar, uint32_t parity); /* try_wait.parity, without blocking */
 void mbar_wait(uint64_t *bar, uint32_t parity);
+/* One try_wait.parity: blocks until the phase completes (a protocol bug is
+ * a deadlock report, not a time-out); under skew sometimes returns 0 first. */
+uint32_t mbar_try_wait(uint64_t *bar, uint32_t parity);
+/* Scheduler steps so far (a monotonic clock for %globaltimer). */
+unsigned long long steps();
 
 /* --------------------------------------------------- asynchronous ops -- */
 /* Run fn at a later scheduling point (never inside the issuing call).

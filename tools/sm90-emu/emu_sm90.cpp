@@ -75,6 +75,7 @@ struct WgOp {
     uint64_t da, db;
     float *d;
     int scale_d;
+    int trans_b = 0;
     long long group; /* -1: not committed yet */
     bool captured = false;
     bool chain_start = false;
@@ -318,7 +319,7 @@ void bulk_wait_group(int n, bool read_only) {
 
 /* ------------------------------------------------------------- wgmma -- */
 struct Desc {
-    uint32_t start, sbo;
+    uint32_t start, lbo, sbo;
 };
 
 /* Decode a matrix descriptor (PTX ISA "Matrix Descriptor Format"): bits
@@ -329,7 +330,7 @@ struct Desc {
  * (unused for K-major swizzled layouts), SBO a non-zero multiple of 1024,
  * the start address at row 0 of a swizzle atom ((start >> 7) & 7 == 0)
  * with the 32-byte K slice inside the 128-byte row. */
-static Desc decode(uint64_t desc, const char *which) {
+static Desc decode(uint64_t desc, const char *which, bool mn_major = false) {
     const uint32_t start = (uint32_t)(desc & 0x3FFF) << 4;
     const uint32_t lbo = (uint32_t)((desc >> 16) & 0x3FFF);
     const uint32_t sbo = (uint32_t)((desc >> 32) & 0x3FFF) << 4;
@@ -343,10 +344,17 @@ static Desc decode(uint64_t desc, const char *which) {
     if (base)
         fail("wgmma descriptor %s = 0x%016llx: base offset %u (our kernels use 0)", which,
              (unsigned long long)desc, base);
-    if (lbo > 1)
+    if (!mn_major && lbo > 1)
         fail("wgmma descriptor %s = 0x%016llx: leading byte offset field %u (unused for K-major "
              "128B-swizzled operands: 0 or 1 expected)",
              which, (unsigned long long)desc, lbo);
+    /* MN-major (CuTe's ((8,n),(8,k)) : ((1,LBO),(8,SBO)) in 16-byte units):
+     * LBO = bytes between 64-element (128-byte) column blocks, SBO = bytes
+     * between 8-row K groups; both whole 1024-byte atoms. */
+    if (mn_major && (lbo == 0 || (lbo << 4) % 1024))
+        fail("wgmma descriptor %s = 0x%016llx: MN-major leading byte offset %u is not a non-zero "
+             "multiple of 1024",
+             which, (unsigned long long)desc, lbo << 4);
     if (sbo == 0 || sbo % 1024)
         fail("wgmma descriptor %s = 0x%016llx: stride byte offset %u is not a non-zero multiple of "
              "1024 (8 rows of 128 bytes)",
@@ -355,10 +363,13 @@ static Desc decode(uint64_t desc, const char *which) {
         fail("wgmma descriptor %s = 0x%016llx: start address 0x%x is not at row 0 of a 1024-byte "
              "swizzle atom (base offset 0)",
              which, (unsigned long long)desc, start);
-    if ((start & 0x7F) + 32 > 128)
+    if (!mn_major && (start & 0x7F) + 32 > 128)
         fail("wgmma descriptor %s = 0x%016llx: the 32-byte K slice at 0x%x crosses the 128-byte row",
              which, (unsigned long long)desc, start);
-    return {start, sbo};
+    if (mn_major && (start & 0x7F))
+        fail("wgmma descriptor %s = 0x%016llx: MN-major start 0x%x not at a row start", which,
+             (unsigned long long)desc, start);
+    return {start, lbo << 4, sbo};
 }
 
 /* 32 bytes of row `row` (K-major, 128B swizzle) into out. */
@@ -370,9 +381,19 @@ static void read_row(const Desc &d, unsigned row, uint8_t *out) {
     }
 }
 
+/* The 16 bf16 K values of column n of an MN-major operand (k16), as a
+ * 32-byte K-major row. */
+static void read_col_mn(const Desc &d, unsigned n, uint8_t *out) {
+    for (unsigned k = 0; k < 16; k++) {
+        uint32_t a = d.start + (n / 64) * d.lbo + (k / 8) * d.sbo + (k % 8) * 128 + (n % 64) * 2;
+        a ^= ((a >> 7) & 7) << 4;
+        memcpy(out + 2 * k, smem_host(a, 2, nullptr), 2);
+    }
+}
+
 static void capture(WgOp &op) {
     const unsigned t = tid() % 128, w = t / 32, lane = t % 32;
-    const Desc da = decode(op.da, "A"), db = decode(op.db, "B");
+    const Desc da = decode(op.da, "A"), db = decode(op.db, "B", op.trans_b);
     const unsigned r0 = 16 * w + lane / 4;
     op.a.resize(64);
     read_row(da, r0, &op.a[0]);
@@ -381,7 +402,10 @@ static void capture(WgOp &op) {
     op.b.resize((size_t)ncols * 32);
     for (unsigned i = 0; i < (unsigned)op.n / 8; i++)
         for (unsigned j = 0; j < 2; j++)
-            read_row(db, 8 * i + 2 * (lane % 4) + j, &op.b[(2 * i + j) * 32]);
+            if (op.trans_b)
+                read_col_mn(db, 8 * i + 2 * (lane % 4) + j, &op.b[(2 * i + j) * 32]);
+            else
+                read_row(db, 8 * i + 2 * (lane % 4) + j, &op.b[(2 * i + j) * 32]);
     op.captured = true;
 }
 
@@ -420,15 +444,17 @@ static void compute(WgOp &op, const float *in, float *out) {
 
 enum { OP_WGMMA = 101, OP_FENCE, OP_COMMIT, OP_WAIT };
 
-void wgmma(WgType type, int n, uint64_t desc_a, uint64_t desc_b, float *d, int scale_d) {
+void wgmma(WgType type, int n, uint64_t desc_a, uint64_t desc_b, float *d, int scale_d, int trans_b) {
     if (n < 8 || n > 256 || n % 8)
         fail("wgmma n = %d", n);
+    if (trans_b && type != WG_BF16)
+        fail("wgmma: imm-trans-b with an 8-bit type (only 16-bit types may be MN-major)");
     Slot *s = coll_slots(WARPGROUP);
     const unsigned t = tid();
     s[t].v[0] = desc_a;
     s[t].v[1] = desc_b;
     s[t].v[2] = (uint64_t)(scale_d != 0);
-    s[t].v[3] = (uint64_t)n | (uint64_t)type << 16;
+    s[t].v[3] = (uint64_t)n | (uint64_t)type << 16 | (uint64_t)trans_b << 24;
     coll_wait(WARPGROUP, OP_WGMMA, "wgmma.mma_async");
     const Slot &o = s[t / 128 * 128];
     for (int i = 0; i < 4; i++)
@@ -437,7 +463,7 @@ void wgmma(WgType type, int n, uint64_t desc_a, uint64_t desc_b, float *d, int s
                  "thread %u)",
                  i, (unsigned long long)s[t].v[i], (unsigned long long)o.v[i], t / 128 * 128);
     decode(desc_a, "A");
-    decode(desc_b, "B");
+    decode(desc_b, "B", trans_b != 0);
     ThreadExt &x = ext();
     bool busy = false;
     for (const WgOp &p : x.ops)
@@ -449,6 +475,7 @@ void wgmma(WgType type, int n, uint64_t desc_a, uint64_t desc_b, float *d, int s
     op.db = desc_b;
     op.d = d;
     op.scale_d = scale_d != 0;
+    op.trans_b = trans_b;
     op.group = -1;
     if (!busy) {
         if (!x.fenced)

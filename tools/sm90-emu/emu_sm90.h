@@ -43,9 +43,10 @@ void bulk_wait_group(int n, bool read_only);
 void tma_prefetch(const void *map);
 
 /* wgmma (warpgroup): D[64 x n] (+)= A[64 x k] * B[n x k]^T from shared-memory
- * descriptors, both operands K-major. */
+ * descriptors, A K-major, B K-major or (bf16) MN-major. */
 enum WgType { WG_E4M3 = 0, WG_BF16 = 1 };
-void wgmma(WgType type, int n, uint64_t desc_a, uint64_t desc_b, float *d, int scale_d);
+/* trans_b = 1 (bf16 only): B MN-major (imm-trans-b). */
+void wgmma(WgType type, int n, uint64_t desc_a, uint64_t desc_b, float *d, int scale_d, int trans_b = 0);
 void wgmma_fence();
 void wgmma_commit();
 void wgmma_wait(int n);

@@ -115,7 +115,8 @@ missing = sorted(names(real) - names(emul))
 if missing:
     sys.exit('gen.py: jit/templates/dinf_sm90.cuh has wrappers the emulated header lacks: '
              + ', '.join(missing))
-files['jit/templates/dinf_sm90.cuh'] = emul
+# the emulated header is a superset: only the wrappers the real one has are compiled
+files['jit/templates/dinf_sm90.cuh'] = ''.join('#define EMU_HAVE_%s 1\n' % n for n in sorted(names(real))) + emul
 files['jit/templates/dinf_prelude.cuh'] = open(os.path.join(here, 'templates/dinf_prelude.cuh')).read()
 
 # Inline PTX left in kernel templates: known patterns -> host code.
