@@ -55,6 +55,15 @@ def test_emulated_gemm_bitwise_in_cpu_order():
     assert "PASSED: 0 of 3 runs failed" in r.stdout and "bitwise" in r.stdout
 
 
+def test_selftest_of_paths_no_kernel_here_uses():
+    """bf16 wgmma (K-major and MN-major B) on TMA boxes, a 4-D box, 2-CTA
+    multicast, remote arrive, cluster barriers, TMA store, mbarrier rules:
+    each against a direct computation."""
+    r = run(["--selftest"], EMU_SEED=2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SELFTEST PASSED" in r.stdout and r.stdout.count("ok  ") == 3, r.stdout
+
+
 # (case, forced config to build, mutation, what must be reported)
 MUTATIONS = [
     ("normal_bm128_bn16_s3", "0,128,16,3",

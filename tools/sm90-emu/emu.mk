@@ -18,6 +18,9 @@ KER_O := $(OUT)/obj/kernels_0.o $(OUT)/obj/kernels_1.o
 $(OUT)/emu_gemm: $(OUT)/obj/gemm_emu_test.o $(EMU_O) $(KER_O) $(OUT)/libemu_lib.a
 	$(CXX) $(SANF) $^ -lpthread -ldl -lm -o $@
 
+$(OUT)/emu_selftest: $(OUT)/obj/emu_selftest.o $(OUT)/obj/emu_rt.o $(OUT)/obj/emu_sm90.o
+	$(CXX) $(SANF) $^ -lpthread -lm -o $@
+
 $(OUT)/libemu_lib.a: $(LIB_O)
 	rm -f $@ && ar rcs $@ $^
 

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Build the sm90-emu FP8 GEMM harness and run it (see README.md):
 #   tools/sm90-emu/run.sh [CASE-SUBSTRING]
+#   tools/sm90-emu/run.sh --selftest     (emulated PTX paths no kernel here uses yet)
 # Env: EMU_SKEW (1 by default here), EMU_SEED (scheduling seed), EMU_SEEDS
 # (data seeds per case), EMU_MMA=double|seq, MUT='old|||new' (plant a bug;
 # built in its own directory), EMU_SAN (sanitizers, default undefined; "" for
@@ -25,6 +26,10 @@ else
     out=$base/base
 fi
 mkdir -p "$out"
+if [ "$1" = --selftest ]; then
+    make -s -j2 -f "$here/emu.mk" HERE="$here" OUT="$out" SAN="$san" "$out/emu_selftest" >&2
+    EMU_SKEW=${EMU_SKEW-1} exec "$out/emu_selftest"
+fi
 python3 "$here/gen.py" "$src_root" "$out"
 make -s -j2 -f "$here/emu.mk" HERE="$here" OUT="$out" SAN="$san" "$out/emu_gemm" >&2
 EMU_SKEW=${EMU_SKEW-1} exec "$out/emu_gemm" "$@"
