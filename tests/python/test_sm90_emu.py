@@ -27,7 +27,9 @@ def run(args=(), timeout=300, **env):
     e = dict(os.environ)
     for k in ("MUT", "EMU_CONFIGS", "EMU_SEED", "EMU_SEEDS", "EMU_MMA", "EMU_SKEW", "MAKEFLAGS", "MFLAGS"):
         e.pop(k, None)
-    e["EMU_OUT"] = os.path.join(REPO, os.environ.get("DINF_BUILD_DIR") or "build", "sm90-emu")
+    # the emulator compiles the library sources itself (not the build under
+    # test): one cached build serves every variant (SAN=1, CUDA=0, ...)
+    e["EMU_OUT"] = os.path.join(REPO, "build", "sm90-emu")
     e.update({k: str(v) for k, v in env.items()})
     return subprocess.run([RUN, *args], cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout)
 
