@@ -27,6 +27,9 @@ int emu_has_fast_rung(void);
 
 /* emu_jit.cpp */
 const void *emu_find_kernel(const char *name, int nparams, const long long *params);
+/* The compiled kernel instances: count, and instance i's name and constants. */
+int emu_kernel_count(void);
+const char *emu_kernel_info(int i, int *nparams, long long params[8]);
 void emu_launch_kernel(const void *entry, const unsigned grid[3], const unsigned block[3],
                        const unsigned cluster[3], size_t smem, void **args);
 void emu_global_add(const void *p, size_t bytes, const char *name);

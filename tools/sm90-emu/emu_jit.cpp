@@ -28,6 +28,15 @@ extern "C" const void *emu_find_kernel(const char *name, int nparams, const long
     return nullptr;
 }
 
+extern "C" int emu_kernel_count(void) { return (int)registry().size(); }
+extern "C" const char *emu_kernel_info(int i, int *nparams, long long params[8]) {
+    const EmuKernel *k = registry()[(size_t)i];
+    *nparams = k->nparams;
+    for (int j = 0; j < 8; j++)
+        params[j] = j < k->nparams ? k->params[j] : 0;
+    return k->name;
+}
+
 extern "C" void emu_launch_kernel(const void *entry, const unsigned grid[3], const unsigned block[3],
                                   const unsigned cluster[3], size_t smem, void **args) {
     const EmuKernel *k = (const EmuKernel *)entry;

@@ -15,7 +15,9 @@
  * and after d) must keep its poison.
  *
  * usage: emu_gemm [CASE-SUBSTRING] ; env EMU_SEEDS (data seeds per case, 1),
- * EMU_SKEW / EMU_SEED (scheduling), EMU_MMA.
+ * EMU_SKEW / EMU_SEED (scheduling), EMU_MMA; EMU_RANDOM=N runs N random
+ * cases instead (random form, sizes, strides, group data and SM count, on a
+ * random compiled kernel instance; EMU_RANDOM_SEED picks the sequence).
  */
 #define _GNU_SOURCE
 #include "emu_host.h"
@@ -294,10 +296,73 @@ static int run_case(const gemm_case *c, unsigned seed, int mode_seq) {
     return bad != 0;
 }
 
+/* A random case on compiled instance `inst` (fills *c; name in buf). */
+static void random_case(int index, gemm_case *c, char *buf, size_t buf_bytes) {
+    int np;
+    long long pr[8];
+    const int inst = (int)(next_u64() % (uint64_t)emu_kernel_count());
+    const char *name = emu_kernel_info(inst, &np, pr);
+    memset(c, 0, sizeof *c);
+    c->fast = strcmp(name, "fp8_gemm_fast") == 0;
+    c->form = (int)pr[0];
+    c->block_m = (int)pr[1];
+    c->block_n = (int)pr[2];
+    c->stages = (int)pr[3];
+    c->cluster = c->fast ? (int)pr[4] : 1;
+    c->split_k = c->fast ? (int)pr[5] : 1;
+    c->groups = c->form == NORMAL ? 1 : 1 + (int)(next_u64() % 3);
+    c->n = 1 + (int)(next_u64() % 300);
+    c->k = c->split_k > 1 ? 129 + (int)(next_u64() % 900) : 1 + (int)(next_u64() % 700);
+    c->lda_pad = 16 * (int)(next_u64() % 3);
+    c->ldb_pad = 16 * (int)(next_u64() % 3);
+    c->ldd_pad = 8 * (int)(next_u64() % 3);
+    c->num_sms = c->cluster > 1 ? 2 * (1 + (int)(next_u64() % 3)) : 1 + (int)(next_u64() % 6);
+    if (c->form == NORMAL)
+        c->m = 1 + (int)(next_u64() % 300);
+    else if (c->form == CONTIG) {
+        const int blocks = 1 + (int)(next_u64() % 4);
+        c->m = 128 * blocks;
+        for (int b = 0; b < blocks; b++) {
+            const int r = (int)(next_u64() % 8);
+            c->group_spec[b] = r == 0 ? -1 : r == 1 ? c->groups : (int)(next_u64() % (uint64_t)c->groups);
+        }
+    } else {
+        c->m = 1 + (int)(next_u64() % 200);
+        c->expected_m = 1 + (int)(next_u64() % (uint64_t)c->m);
+        for (int g = 0; g < c->groups; g++) {
+            const int r = (int)(next_u64() % 6);
+            c->group_spec[g] = r == 0 ? 0 : r == 1 ? c->m : r == 2 ? c->m + 1 + (int)(next_u64() % 5)
+                               : r == 3 ? -1 : 1 + (int)(next_u64() % (uint64_t)c->m);
+        }
+    }
+    snprintf(buf, buf_bytes, "random_%d[%s %d,%d,%d,%d,%d,%d spec %d,%d,%d,%d pads %d,%d,%d sms %d]", index,
+             name, c->form, c->block_m, c->block_n, c->stages, c->cluster, c->split_k, c->group_spec[0],
+             c->group_spec[1], c->group_spec[2], c->group_spec[3], c->lda_pad, c->ldb_pad, c->ldd_pad,
+             c->num_sms);
+    c->name = buf;
+}
+
 int main(int argc, char **argv) {
     const char *filter = argc > 1 ? argv[1] : "";
     const char *mm = getenv("EMU_MMA");
     const int mode_seq = mm && !strcmp(mm, "seq");
+    if (getenv("EMU_RANDOM")) {
+        const int count = atoi(getenv("EMU_RANDOM"));
+        rng = getenv("EMU_RANDOM_SEED") ? strtoull(getenv("EMU_RANDOM_SEED"), NULL, 0) : 99;
+        int failed = 0;
+        for (int i = 0; i < count; i++) {
+            static char name[256];
+            gemm_case c;
+            const uint64_t keep = rng;
+            random_case(i, &c, name, sizeof name);
+            const uint64_t after = rng;
+            failed += run_case(&c, (unsigned)i, mode_seq);
+            rng = after ^ keep; /* the next case does not depend on this one's data */
+        }
+        printf("%s: %d of %d random runs failed (EMU_SKEW=%d, EMU_MMA=%s)\n", failed ? "FAILED" : "PASSED",
+               failed, count, emu_skew(), mode_seq ? "seq" : "double");
+        return failed ? 1 : 0;
+    }
     const int seeds = getenv("EMU_SEEDS") ? atoi(getenv("EMU_SEEDS")) : 1;
     int failed = 0, ran = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

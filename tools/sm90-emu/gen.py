@@ -63,6 +63,16 @@ for name, form, nums, cluster, split in fast_cases:
     bm, bn, st = v[8], v[9], v[10]
     if has_fast:
         INSTANCES.append(('fp8_gemm_fast', (FORMS[form], bm, bn, st, int(cluster), int(split))))
+# EMU_FAST_ALL=1: every fast-rung block_n x block_m x (cluster, split-K) at 2
+# stages, for random sweeps (EMU_RANDOM) over the fast rung.
+if has_fast and os.environ.get('EMU_FAST_ALL') == '1':
+    for form in (0, 1, 2):
+        for bm in ((128,) if form == 1 else (64, 128)):
+            for bn in range(16, 161, 16):
+                for cl, sp in ((1, 1), (2, 1), (2, 2)):
+                    inst = ('fp8_gemm_fast', (form, bm, bn, 2, cl, sp))
+                    if inst not in INSTANCES:
+                        INSTANCES.append(inst)
 only = os.environ.get('EMU_CONFIGS')  # "0,128,128,6;2,64,32,1": build only these fp8_gemm configs
 if only:
     keep = {tuple(int(v) for v in item.split(',')) for item in only.split(';') if item}

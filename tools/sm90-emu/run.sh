@@ -14,7 +14,7 @@ src_root=${EMU_ROOT:-$root}
 base=${EMU_OUT:-$root/build/sm90-emu}
 san=${EMU_SAN-undefined}
 if [ -n "$MUT$EMU_CONFIGS" ] || [ "$san" != undefined ] || [ "$src_root" != "$root" ]; then
-    tag=$(printf '%s|%s|%s|%s' "$MUT" "$EMU_CONFIGS" "$san" "$src_root" | cksum | cut -d' ' -f1)
+    tag=$(printf '%s|%s|%s|%s|%s' "$MUT" "$EMU_CONFIGS" "$san" "$src_root" "$EMU_FAST_ALL" | cksum | cut -d' ' -f1)
     out=$base/var-$tag
     # start from the unmutated build (same flags, same mtimes): make redoes
     # only what the mutation touches
