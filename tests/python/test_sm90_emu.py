@@ -25,7 +25,8 @@ pytestmark = pytest.mark.skipif(
 
 def run(args=(), timeout=300, **env):
     e = dict(os.environ)
-    for k in ("MUT", "EMU_CONFIGS", "EMU_SEED", "EMU_SEEDS", "EMU_MMA", "EMU_SKEW", "MAKEFLAGS", "MFLAGS"):
+    for k in ("MUT", "EMU_CONFIGS", "EMU_SEED", "EMU_SEEDS", "EMU_MMA", "EMU_SKEW", "EMU_RANDOM",
+              "EMU_RANDOM_SEED", "EMU_ROOT", "EMU_FAST_ALL", "EMU_SAN", "MAKEFLAGS", "MFLAGS"):
         e.pop(k, None)
     # the emulator compiles the library sources itself (not the build under
     # test): one cached build serves every variant (SAN=1, CUDA=0, ...)
@@ -65,6 +66,15 @@ def test_selftest_of_paths_no_kernel_here_uses():
     r = run(["--selftest"], EMU_SEED=2)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "SELFTEST PASSED" in r.stdout and r.stdout.count("ok  ") == 3, r.stdout
+
+
+def test_random_cases():
+    """Random forms, sizes, strides, group data and SM counts on random
+    compiled instances, bit-identical to the CPU GEMM in its order."""
+    n = 200 if os.environ.get("SM90_EMU_LONG") == "1" else 12
+    r = run(EMU_RANDOM=n, EMU_RANDOM_SEED=17, EMU_MMA="seq", EMU_SEED=17, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PASSED: 0 of %d random runs failed" % n in r.stdout, r.stdout
 
 
 # (case, forced config to build, mutation, what must be reported)
