@@ -1,0 +1,138 @@
+"""tools/sm90-emu: the Hopper FP8 GEMM JIT kernel run on the CPU by the
+host emulation of its PTX layer (mbarrier, TMA, wgmma), through the library's
+own DINF_EXEC_CUDA path, against the CPU GEMM; planted kernel bugs must fail.
+
+The base build (~25 s of CPU once, cached in build/sm90-emu) and the short
+runs keep this file well under a minute; SM90_EMU_LONG=1 adds several data
+and scheduling seeds and the sanitizer-free full sweep in both accumulation
+models.
+"""
+import os
+import shutil
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RUN = os.path.join(REPO, "tools", "sm90-emu", "run.sh")
+CUDA_H = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include", "cuda.h")
+
+pytestmark = pytest.mark.skipif(
+    not (os.path.exists(CUDA_H) and shutil.which("g++") and shutil.which("make")),
+    reason="sm90-emu needs g++, make and the CUDA headers (cuda.h, cuda_runtime_api.h)",
+)
+
+
+def run(args=(), timeout=300, **env):
+    e = dict(os.environ)
+    for k in ("MUT", "EMU_CONFIGS", "EMU_SEED", "EMU_SEEDS", "EMU_MMA", "EMU_SKEW", "EMU_RANDOM",
+              "EMU_RANDOM_SEED", "EMU_ROOT", "EMU_FAST_ALL", "EMU_SAN", "MAKEFLAGS", "MFLAGS"):
+        e.pop(k, None)
+    # the emulator compiles the library sources itself (not the build under
+    # test): one cached build serves every variant (SAN=1, CUDA=0, ...)
+    e["EMU_OUT"] = os.path.join(REPO, "build", "sm90-emu")
+    e.update({k: str(v) for k, v in env.items()})
+    return subprocess.run([RUN, *args], cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout)
+
+
+def test_emulated_gemm_matches_cpu():
+    """Every case (normal / contiguous / masked; heuristic and forced
+    configs, 1-3 stage rings; odd m/n/k tails; padded strides; -1 and
+    out-of-range contiguous blocks; masked_m 0, m_max, above m_max, negative;
+    persistent grids smaller than the tile count) within the documented
+    bound of the CPU GEMM, poison kept everywhere the kernel must not write."""
+    r = run(EMU_SEED=3)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = [l for l in r.stdout.splitlines() if l.startswith("ok ")]
+    # 12 simple-rung cases, + 6 fast-rung ones when the library has fp8_gemm_fast.cuh
+    assert len(lines) in (12, 18), r.stdout
+    assert "PASSED: 0 of %d runs failed" % len(lines) in r.stdout
+    # the persistent loop is exercised: some launches have fewer CTAs than tiles
+    assert any(" grid 2 of 9 tiles" in l or " grid 3 of 12 tiles" in l for l in lines), r.stdout
+
+
+def test_emulated_gemm_bitwise_in_cpu_order():
+    """With the wgmma modelled in the CPU GEMM's order (float32, sequential
+    in k) the kernel's results are bit-identical to the CPU GEMM's."""
+    r = run(["contig"], EMU_MMA="seq", EMU_SEED=11)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PASSED: 0 of" in r.stdout and "bitwise" in r.stdout and "ok   contig_bn64_s2" in r.stdout
+
+
+def test_selftest_of_paths_no_kernel_here_uses():
+    """bf16 wgmma (K-major and MN-major B) on TMA boxes, a 4-D box, 2-CTA
+    multicast, remote arrive, cluster barriers, TMA store, mbarrier rules:
+    each against a direct computation."""
+    r = run(["--selftest"], EMU_SEED=2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SELFTEST PASSED" in r.stdout and r.stdout.count("ok  ") == 3, r.stdout
+
+
+def test_random_cases():
+    """Random forms, sizes, strides, group data and SM counts on random
+    compiled instances, bit-identical to the CPU GEMM in its order."""
+    n = 200 if os.environ.get("SM90_EMU_LONG") == "1" else 12
+    r = run(EMU_RANDOM=n, EMU_RANDOM_SEED=17, EMU_MMA="seq", EMU_SEED=17, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PASSED: 0 of %d random runs failed" % n in r.stdout, r.stdout
+
+
+# (case, forced config to build, mutation, what must be reported)
+MUTATIONS = [
+    ("normal_bm128_bn16_s3", "0,128,16,3",
+     "mbar_arrive_expect_tx(&full[s], kStageTxBytes);|||mbar_arrive_expect_tx(&full[s], kStageTxBytes - 16);",
+     "EMU: deadlock"),
+    ("normal_bm128_bn16_s3", "0,128,16,3",
+     "const float b_scale = b_scales[dinf_fp8_b_scale_index(&args, tile.group, n0, kb)];|||"
+     "const float b_scale = b_scales[dinf_fp8_b_scale_index(&args, tile.group, n0, kb > 0 ? kb - 1 : 0)];",
+     "bad elements"),
+    ("masked_bm64_bn32_s1", "2,64,32,1",
+     "            if (row >= tile.row_limit)|||            if (row > tile.row_limit)",
+     "bad elements"),
+]
+LONG_MUTATIONS = [
+    ("normal_bm64_bn32_s2", "0,64,32,2", "                mbar_wait(&empty[s], slot.empty_parity);|||",
+     "more arrivals than the barrier was initialised for"),
+    ("normal_bm64_bn32_s2", "0,64,32,2", "            wgmma_fence();|||", "without a wgmma.fence"),
+    ("normal_bm64_bn32_s2", "0,64,32,2", "            wgmma_wait_all();|||", "not waited for"),
+    ("normal_bm128_bn64_s1", "0,128,64,1", "desc |= (unsigned long long)(1024 >> 4) << 32;|||"
+     "desc |= (unsigned long long)(512 >> 4) << 32;", "stride byte offset 512"),
+    ("normal_bm128_bn64_s1", "0,128,64,1", "                if (col + 1 < args.n)|||                if (col < args.n)",
+     "bad elements"),
+    ("normal_bm128_bn64_s1", "0,128,64,1",
+     "tma_load_3d(sa_tiles + s * BLOCK_M, &map_sa, &full[s], m0, kb, a_group);|||"
+     "tma_load_3d(sa_tiles + s * BLOCK_M, &map_sa, &full[s], m0 + 1, kb, a_group);", "bad elements"),
+    ("masked_heuristic", "2,64,128,8",
+     "gemm_type == DINF_FP8_GEMM_MASKED ? (long long)group * a->m + row : (long long)row;|||"
+     "gemm_type == DINF_FP8_GEMM_MASKED ? (long long)group * a->m + row + 1 : (long long)row;", "bad elements"),
+    ("normal_bm64_bn32_s2", "0,64,32,2",
+     "        p->a, 1, 1, {(uint64_t)p->k, (uint64_t)p->m, (uint64_t)a_groups},|||"
+     "        p->a, 1, 1, {(uint64_t)p->k, (uint64_t)p->m + 1, (uint64_t)a_groups},",
+     "not inside one buffer the harness registered"),
+    ("normal_bm64_bn32_s2", "0,64,32,2",
+     "        g->swizzle_128b ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,|||"
+     "        g->swizzle_128b ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_NONE,", "swizzle span"),
+    ("normal_bm128_bn16_s3", "0,128,16,3", "    p.empty_parity = p.full_parity ^ 1u;|||    p.empty_parity = p.full_parity;",
+     "EMU: deadlock"),
+]
+if os.environ.get("SM90_EMU_LONG") == "1":
+    MUTATIONS += LONG_MUTATIONS
+
+
+@pytest.mark.parametrize("case,config,mut,expect", MUTATIONS, ids=[f"{m[0]}-{i}" for i, m in enumerate(MUTATIONS)])
+def test_planted_kernel_bug_is_caught(case, config, mut, expect):
+    r = run([case], MUT=mut, EMU_CONFIGS=config, EMU_SEED=5)
+    out = r.stdout + r.stderr
+    assert "mutation planted" in out, out
+    assert r.returncode != 0, out
+    assert expect in out, out
+
+
+@pytest.mark.skipif(os.environ.get("SM90_EMU_LONG") != "1", reason="long run: SM90_EMU_LONG=1")
+@pytest.mark.parametrize("mma", ["double", "seq"])
+def test_long_seeds(mma):
+    for seed in (1, 2, 3, 4):
+        r = run(EMU_MMA=mma, EMU_SEED=seed, EMU_SEEDS=3, timeout=900)
+        assert r.returncode == 0, r.stdout + r.stderr
+    r = run(EMU_MMA=mma, EMU_SKEW=0, EMU_SEEDS=2)
+    assert r.returncode == 0, r.stdout + r.stderr
