@@ -6,8 +6,9 @@ Copies include/, lib/core, lib/gemm and jit/ (templates + jit_internal.h)
 into OUT_DIR/src (a file is rewritten only when its text changes, so make
 rebuilds only what changed), then:
   - MUT='old|||new' plants one textual change (exactly one occurrence over
-    the copied kernel templates and lib/gemm sources) to check that the
-    harness catches a bug;
+    the copied kernel templates and lib/gemm sources, or in MUT_FILE alone
+    when set, e.g. jit/templates/fp8_gemm.cuh for text both rungs share) to
+    check that the harness catches a bug;
   - replaces jit/templates/dinf_sm90.cuh and dinf_prelude.cuh by the
     emulated ones (refusing to build when the real header has a wrapper the
     emulated one lacks);
@@ -106,6 +107,11 @@ mut = os.environ.get('MUT')
 if mut:
     old, new = mut.split('|||')
     targets = [k for k in files if k.startswith('jit/templates/') or k.startswith('lib/gemm/')]
+    only = os.environ.get('MUT_FILE')  # e.g. jit/templates/fp8_gemm.cuh: text both rungs share
+    if only:
+        if only not in targets:
+            sys.exit('gen.py: MUT_FILE=%s is not one of the copied kernel/lib/gemm sources' % only)
+        targets = [only]
     hits = [(k, files[k].count(old)) for k in targets if files[k].count(old)]
     total = sum(c for _, c in hits)
     if total != 1:

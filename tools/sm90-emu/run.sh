@@ -3,7 +3,7 @@
 #   tools/sm90-emu/run.sh [CASE-SUBSTRING]
 #   tools/sm90-emu/run.sh --selftest     (emulated PTX paths no kernel here uses yet)
 # Env: EMU_SKEW (1 by default here), EMU_SEED (scheduling seed), EMU_SEEDS
-# (data seeds per case), EMU_MMA=double|seq, MUT='old|||new' (plant a bug;
+# (data seeds per case), EMU_MMA=double|seq, MUT='old|||new' (plant a bug; MUT_FILE=path limits it to one file;
 # built in its own directory), EMU_SAN (sanitizers, default undefined; "" for
 # none, address,undefined for ASan too), EMU_OUT (build directory).
 set -e
@@ -14,7 +14,7 @@ src_root=${EMU_ROOT:-$root}
 base=${EMU_OUT:-$root/build/sm90-emu}
 san=${EMU_SAN-undefined}
 if [ -n "$MUT$EMU_CONFIGS" ] || [ "$san" != undefined ] || [ "$src_root" != "$root" ]; then
-    tag=$(printf '%s|%s|%s|%s|%s' "$MUT" "$EMU_CONFIGS" "$san" "$src_root" "$EMU_FAST_ALL" | cksum | cut -d' ' -f1)
+    tag=$(printf '%s|%s|%s|%s|%s|%s' "$MUT" "${MUT_FILE:-}" "$EMU_CONFIGS" "$san" "$src_root" "$EMU_FAST_ALL" | cksum | cut -d' ' -f1)
     out=$base/var-$tag
     # start from the unmutated build (same flags, same mtimes): make redoes
     # only what the mutation touches
