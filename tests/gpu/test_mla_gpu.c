@@ -648,7 +648,9 @@ Test(mla_gpu, metadata_and_decode_in_a_cuda_graph) {
     for (int64_t i = 0; i < rows * DV; i++)
         fc[i] = dinf__f32_from_bf16(out_cpu[i]);
     /* each rung captured (the fast rung chains the combine by programmatic
-     * dependent launch) and the graph replayed twice, poisoned in between */
+     * dependent launch) on poisoned outputs, then replayed (capture runs
+     * nothing on a GPU; tools/mla-emu's mock runs it eagerly, so the outputs
+     * are poisoned before the capture, not between capture and replay) */
     for (int ri = 0; ri < NUM_RUNGS; ri++) {
         if (!rung_enabled(ri))
             continue;
@@ -656,6 +658,8 @@ Test(mla_gpu, metadata_and_decode_in_a_cuda_graph) {
         char what[64];
         snprintf(what, sizeof what, "graph, rung %s", RUNGS[ri]);
         CUDA_OK(cudaMemset(d_ws, 0xFF, ws_gpu));
+        CUDA_OK(cudaMemset(d_out, 0xFF, sizeof(uint16_t) * (size_t)(rows * DV))); /* NaN */
+        CUDA_OK(cudaMemset(d_lse, 0xFF, sizeof(float) * (size_t)rows));
         CUDA_OK(cudaMemset(d_meta, 0x5a, sizeof(int32_t) * 8 * parts));
         CUDA_OK(cudaMemset(d_splits, 0x5a, sizeof(int32_t) * (b + 1)));
         cudaGraph_t graph;
@@ -669,9 +673,7 @@ Test(mla_gpu, metadata_and_decode_in_a_cuda_graph) {
         cr_assert_eq(st1, DINF_STATUS_OK, "%s: metadata under capture: %s", what, dinf_last_error());
         cr_assert_eq(st2, DINF_STATUS_OK, "%s: decode under capture: %s", what, dinf_last_error());
         CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
-        for (int replay = 0; replay < 2; replay++) {
-            CUDA_OK(cudaMemset(d_out, 0xFF, sizeof(uint16_t) * (size_t)(rows * DV))); /* NaN */
-            CUDA_OK(cudaMemset(d_lse, 0xFF, sizeof(float) * (size_t)rows));
+        for (int replay = 0; replay < 2; replay++) { /* replays are repeatable */
             CUDA_OK(cudaGraphLaunch(exec, stream));
             CUDA_OK(cudaStreamSynchronize(stream));
             CUDA_OK(cudaMemcpy(out_gpu, d_out, sizeof(uint16_t) * (size_t)(rows * DV), cudaMemcpyDeviceToHost));
