@@ -248,6 +248,33 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     return r;
 }
 
+/* One mbarrier.try_wait.parity.shared::cta.b64 (PTX ISA 9.7.13.15.16): 1 if
+ * the phase of parity `parity` has completed (a fresh barrier counts as
+ * having completed parity 1), else 0 after the instruction's own bounded
+ * wait. Acquire semantics at CTA scope when it returns 1. */
+__device__ __forceinline__ uint32_t mbar_try_wait(uint64_t *bar, uint32_t parity) {
+    uint32_t done;
+    asm volatile("{\n.reg .pred p;\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                 "selp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done)
+                 : "r"(smem_u32(bar)), "r"(parity)
+                 : "memory");
+    return done;
+}
+
+/* mov.u64 %globaltimer (PTX ISA 10 special registers): nanoseconds of a
+ * global wall clock (coarse ticks), for bounding waits. */
+__device__ __forceinline__ uint64_t globaltimer_ns() {
+    uint64_t t;
+    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+    return t;
+}
+
+/* trap (PTX ISA 9.7.19.6): abort the kernel (the launch fails with an
+ * unspecified launch failure). */
+__device__ __forceinline__ void trap() { asm volatile("trap;"); }
+
 /* wgmma.wait_group.sync.aligned N (PTX ISA 9.7.15.7): wait until at most N
  * of this warpgroup's committed wgmma groups are pending. */
 template <int N> __device__ __forceinline__ void wgmma_wait() {

@@ -53,6 +53,23 @@ constexpr int kDv = DINF_MLA_HEAD_DIM_V;
 constexpr int kChunks = kDqk / 8; /* 16-byte chunks of a bf16 row */
 constexpr int kWgThreads = 128;
 
+/*
+ * Wait for the phase of parity `parity` of bar, at most DINF_MLA_FAST_WAIT_NS
+ * of wall time: a protocol bug (or a hardware fault) must fail the launch
+ * in seconds, not hang the stream (tools/gpu-check's budgets).
+ */
+__device__ __forceinline__ void mbar_wait_bounded(mbar_t *bar, uint32_t parity) {
+    if (jit::mbar_try_wait(bar, parity))
+        return;
+    const uint64_t start = jit::globaltimer_ns();
+    for (uint32_t spins = 1;; spins++) {
+        if (jit::mbar_try_wait(bar, parity))
+            return;
+        if (spins % 256 == 0 && jit::globaltimer_ns() - start > DINF_MLA_FAST_WAIT_NS)
+            jit::trap();
+    }
+}
+
 /* The CTA's view of its shared memory (1024-aligned base) and its place in the grid. */
 struct cta_ctx {
     uint8_t *smem;
@@ -151,7 +168,7 @@ __device__ __forceinline__ void produce(const dinf__mla_params &p, const jit::te
     for (int32_t req = c.first; req <= c.last; req++, rq++) {
         const dinf__mla_piece pc =
             dinf__mla_fast_piece(&p, c.meta, req, p.seqlens[req], c.first, c.last);
-        jit::mbar_wait(c.bar(c.lay.q_empty), dinf__mla_fast_q_empty_parity(rq));
+        mbar_wait_bounded(c.bar(c.lay.q_empty), dinf__mla_fast_q_empty_parity(rq));
         load_q(p, c, req, t);
         jit::fence_proxy_async_shared();
         jit::mbar_arrive(c.bar(c.lay.q_full));
@@ -161,7 +178,7 @@ __device__ __forceinline__ void produce(const dinf__mla_params &p, const jit::te
             if (!kFp8) {
                 if (t != 0)
                     continue;
-                jit::mbar_wait(c.empty(s), dinf__mla_fast_empty_parity(it));
+                mbar_wait_bounded(c.empty(s), dinf__mla_fast_empty_parity(it));
                 int32_t page = __ldg(bt + blk); /* 64-token pages: logical page = block */
                 const int bad = page < 0 || page >= p.num_blocks;
                 *c.bad_flag(s) = bad;
@@ -172,7 +189,7 @@ __device__ __forceinline__ void produce(const dinf__mla_params &p, const jit::te
                     jit::tma_load_4d(c.k_tile(s) + box * DINF_MLA_FAST_BOX_BYTES, kmap, c.full(s),
                                      box * DINF_MLA_FAST_BOX_COLS, 0, c.hk, page);
             } else {
-                jit::mbar_wait(c.empty(s), dinf__mla_fast_empty_parity(it));
+                mbar_wait_bounded(c.empty(s), dinf__mla_fast_empty_parity(it));
                 const int32_t page = __ldg(bt + blk);
                 const int bad = page < 0 || page >= p.num_blocks;
                 if (t == 0)
@@ -197,6 +214,24 @@ template <int N> __device__ __forceinline__ void fence_acc(float (&a)[N]) {
         jit::fence_operand(a[i]);
 }
 
+/* The consumers' bounded wait: a trap inside the block loop costs the loop
+ * registers (ptxas spills), so a timed-out wait sets hung, later waits
+ * return at once (the WGs still meet at every named barrier and finish
+ * their blocks with garbage), and consume() traps after its loop. */
+__device__ __forceinline__ void mbar_wait_or_flag(mbar_t *bar, uint32_t parity, uint32_t &hung) {
+    if (hung || jit::mbar_try_wait(bar, parity))
+        return;
+    const uint64_t start = jit::globaltimer_ns();
+    for (uint32_t spins = 1;; spins++) {
+        if (jit::mbar_try_wait(bar, parity))
+            return;
+        if (spins % 256 == 0 && jit::globaltimer_ns() - start > DINF_MLA_FAST_WAIT_NS) {
+            hung = 1;
+            return;
+        }
+    }
+}
+
 template <bool kFp8>
 __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx &c) {
     const int wg = int(threadIdx.x) / kWgThreads; /* 0 or 1 */
@@ -207,6 +242,7 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
     float *s_lsum = reinterpret_cast<float *>(c.smem + c.lay.lsum); /* [2][2][64] */
     const uint32_t q_addr = c.smem_addr + c.lay.q, p_addr = c.smem_addr + c.lay.p;
     int64_t it = 0, rq = 0;
+    uint32_t hung = 0;
     for (int32_t req = c.first; req <= c.last; req++, rq++) {
         const dinf__mla_piece pc =
             dinf__mla_fast_piece(&p, c.meta, req, p.seqlens[req], c.first, c.last);
@@ -224,14 +260,14 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
 #pragma unroll
         for (int v = 0; v < 128; v++)
             o[v] = 0.0f;
-        jit::mbar_wait(c.bar(c.lay.q_full), dinf__mla_fast_q_full_parity(rq));
+        mbar_wait_or_flag(c.bar(c.lay.q_full), dinf__mla_fast_q_full_parity(rq), hung);
 
         for (int32_t blk = pc.blk_begin; blk < pc.blk_end; blk++, it++) {
             const int s = dinf__mla_fast_stage(it);
             const int32_t j0 = blk * kBN;
             const int32_t n = dinf__mla_fast_block_keys(pc.s_k, blk);
             const uint32_t k_addr = c.k_addr(s);
-            jit::mbar_wait(c.full(s), dinf__mla_fast_full_parity(it));
+            mbar_wait_or_flag(c.full(s), dinf__mla_fast_full_parity(it), hung);
             bad |= *c.bad_flag(s);
 
             /* S_w = Q K_w^T: 64 rows x this WG's 32 keys */
@@ -359,6 +395,8 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
             }
         }
     }
+    if (hung)
+        jit::trap();
     jit::griddep_launch_dependents();
 }
 

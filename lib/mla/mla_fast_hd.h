@@ -59,6 +59,8 @@
 #define DINF_MLA_FAST_COLS_PER_WG 256     /* PV: output columns [256 w, 256 w + 256) */
 #define DINF_MLA_FAST_SMEM_ALIGN 1024     /* swizzled tiles start 1024-byte aligned */
 #define DINF_MLA_FAST_SMEM_LIMIT 232448   /* sm_90 opt-in dynamic shared memory per block */
+/* longest mbarrier wait before the kernel traps (a hang fails the launch) */
+#define DINF_MLA_FAST_WAIT_NS 4000000000ull
 /* named barriers (0 is __syncthreads), each over the 256 consumer threads */
 #define DINF_MLA_FAST_BAR_MAX 1           /* both WGs' block row maxima are in sMax */
 #define DINF_MLA_FAST_BAR_P 2             /* both halves of P are in sP */
