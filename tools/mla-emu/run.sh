@@ -9,7 +9,7 @@ root=$(cd "$here/../.." && pwd)
 out=$root/build/mla-emu
 mkdir -p "$out"
 [ -f "$root/build/lib/libdeepinfra.a" ] || { echo "build the library first (make lib)"; exit 1; }
-FL="-U_FORTIFY_SOURCE -O2 -g -fsanitize=${EMU_SAN:-undefined} -fno-sanitize-recover=undefined"
+FL="-U_FORTIFY_SOURCE -O2 -g -Wno-psabi -fsanitize=${EMU_SAN:-undefined} -fno-sanitize-recover=undefined"
 # the GPU test with the sweep's longest caches shortened (4096 -> 333 keys,
 # b = 64 off, the b = 128 corner case at b = 12): an emulated CTA-block takes ~20 ms
 sed -e 's/s_ks\[\] = {20, 140, 4096}/s_ks[] = {20, 140, 333}/' \
