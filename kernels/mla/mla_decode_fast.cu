@@ -118,44 +118,63 @@ __device__ __forceinline__ void load_q(const dinf__mla_params &p, const cta_ctx 
     }
 }
 
-/* One 64-token FP8 page dequantized into stage s (rows >= n and a bad page: zeros). */
+/* One 64-token FP8 page dequantized into stage s (rows >= n and a bad page:
+ * zeros). Thread t takes items t + 128 j (item i: row i / 40, 16-byte chunk
+ * i % 40: 32 chunks of 16 codes, then 8 RoPE chunks) in batches whose loads
+ * are all issued before the first conversion (memory-level parallelism). */
 __device__ __forceinline__ void load_fp8_page(const dinf__mla_params &p, const cta_ctx &c, int s,
                                               int32_t page, int32_t n, int bad, int t) {
-    constexpr int kPerRow = kDv / 16 + 8; /* 32 chunks of 16 codes + 8 RoPE chunks */
+    constexpr int kPerRow = DINF_MLA_FAST_FP8_CHUNKS;
+    constexpr int kItems = kBN * kPerRow / kWgThreads;
+    constexpr int kBatch = DINF_MLA_FAST_FP8_BATCH;
+    static_assert(kBN * kPerRow % kWgThreads == 0 && kItems % kBatch == 0, "FP8 page items");
     uint8_t *tile = c.k_tile(s);
     const uint8_t *base = static_cast<const uint8_t *>(p.k_cache) +
                           int64_t(page) * p.kv_block_stride +
                           int64_t(c.hk) * DINF_MLA_FP8_ENTRY_BYTES;
-#pragma unroll 2
-    for (int i = t; i < kBN * kPerRow; i += kWgThreads) {
-        const int r = i / kPerRow, ch = i % kPerRow;
-        const bool live = !bad && r < n;
-        const uint8_t *entry = base + int64_t(r) * p.kv_token_stride;
-        if (ch < kDv / 16) { /* channels [16 ch, 16 ch + 16) */
-            uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
-            if (live) {
-                const float scale = __ldg(
-                    reinterpret_cast<const float *>(entry + DINF_MLA_FP8_SCALE_OFFSET) + ch / 8);
-                const uint4 codes = __ldg(reinterpret_cast<const uint4 *>(entry) + ch);
-                const uint32_t w[4] = {codes.x, codes.y, codes.z, codes.w};
+#pragma unroll 1
+    for (int b0 = 0; b0 < kItems; b0 += kBatch) {
+        uint4 raw[kBatch];
+        float scale[kBatch];
+#pragma unroll
+        for (int j = 0; j < kBatch; j++) {
+            const int i = t + kWgThreads * (b0 + j);
+            const int r = i / kPerRow, ch = i % kPerRow;
+            const uint8_t *entry = base + int64_t(r) * p.kv_token_stride;
+            raw[j] = make_uint4(0, 0, 0, 0);
+            scale[j] = 0.0f;
+            if (!bad && r < n) {
+                if (ch < kDv / 16) {
+                    raw[j] = __ldg(reinterpret_cast<const uint4 *>(entry) + ch);
+                    scale[j] = __ldg(reinterpret_cast<const float *>(entry + DINF_MLA_FP8_SCALE_OFFSET) +
+                                     ch / 8);
+                } else {
+                    raw[j] = __ldg(reinterpret_cast<const uint4 *>(entry + DINF_MLA_FP8_ROPE_OFFSET) +
+                                   (ch - kDv / 16));
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < kBatch; j++) {
+            const int i = t + kWgThreads * (b0 + j);
+            const int r = i / kPerRow, ch = i % kPerRow;
+            if (ch < kDv / 16) { /* channels [16 ch, 16 ch + 16): e4m3 * scale, rounded to bf16 */
+                const uint32_t w[4] = {raw[j].x, raw[j].y, raw[j].z, raw[j].w};
                 uint32_t packed[8];
 #pragma unroll
-                for (int j = 0; j < 8; j++) {
-                    float a, b;
-                    jit::e4m3x2_to_f32x2(uint16_t(w[j / 2] >> (16 * (j % 2))), a, b);
-                    packed[j] = jit::pack_bf16x2(a * scale, b * scale);
+                for (int k = 0; k < 8; k++) {
+                    float lo, hi;
+                    jit::e4m3x2_to_f32x2(uint16_t(w[k / 2] >> (16 * (k % 2))), lo, hi);
+                    packed[k] = jit::pack_bf16x2(lo * scale[j], hi * scale[j]);
                 }
-                lo = make_uint4(packed[0], packed[1], packed[2], packed[3]);
-                hi = make_uint4(packed[4], packed[5], packed[6], packed[7]);
+                *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, 16 * ch)) =
+                    make_uint4(packed[0], packed[1], packed[2], packed[3]);
+                *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, 16 * ch + 8)) =
+                    make_uint4(packed[4], packed[5], packed[6], packed[7]);
+            } else { /* RoPE: bf16 as stored */
+                *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, kDv + 8 * (ch - kDv / 16))) =
+                    raw[j];
             }
-            *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, 16 * ch)) = lo;
-            *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, 16 * ch + 8)) = hi;
-        } else { /* RoPE: bf16 as stored */
-            const int rr = ch - kDv / 16;
-            uint4 v = make_uint4(0, 0, 0, 0);
-            if (live)
-                v = __ldg(reinterpret_cast<const uint4 *>(entry + DINF_MLA_FP8_ROPE_OFFSET) + rr);
-            *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, kDv + 8 * rr)) = v;
         }
     }
 }

@@ -14,7 +14,7 @@
  * Kernel design (the numbers below are the constants of this header):
  *   CTA = 384 threads = 3 warpgroups, one CTA per SM (about 226 KiB of
  *   shared memory), grid (m_blocks * parts, h_kv) as the simple rung.
- *   WG 0 and WG 1 are consumers (setmaxnreg 224 registers). Per 64-key block
+ *   WG 0 and WG 1 are consumers (setmaxnreg 200 registers). Per 64-key block
  *   consumer WG w computes S_w = Q K_w^T for keys [32 w, 32 w + 32) of the
  *   block (wgmma m64n32k16, Q and K from shared memory, 36 k-steps over 576),
  *   exchanges the row maxima with the other WG through shared memory (named
@@ -24,7 +24,7 @@
  *   O[:, 256 w, 256 w + 256) += P V (wgmma m64n256k16, P K-major and V
  *   MN-major from the same shared K tile, 4 k-steps). Each WG keeps its own
  *   row-sum partial (same rescaling factors), summed at the end.
- *   WG 2 is the producer (setmaxnreg 56): per request it loads the 64 x 576
+ *   WG 2 is the producer (setmaxnreg 104): per request it loads the 64 x 576
  *   Q tile with 16-byte loads into the swizzled layout; per block it fills
  *   one stage of a 2-deep ring: BF16 cache: one thread issues 9 TMA boxes of
  *   64 dims x 64 tokens (128-byte swizzle) completing on the stage's full
@@ -47,8 +47,10 @@
 #define DINF_MLA_FAST_THREADS 384         /* 3 warpgroups */
 #define DINF_MLA_FAST_CONSUMERS 256       /* WG 0 and WG 1 */
 #define DINF_MLA_FAST_PRODUCER_WG 2
-#define DINF_MLA_FAST_CONSUMER_REGS 224   /* setmaxnreg.inc */
-#define DINF_MLA_FAST_PRODUCER_REGS 56    /* setmaxnreg.dec */
+#define DINF_MLA_FAST_CONSUMER_REGS 200   /* setmaxnreg.inc (ptxas spills below about 190) */
+#define DINF_MLA_FAST_PRODUCER_REGS 104   /* setmaxnreg.dec: 168 - 2 (200 - 168) */
+#define DINF_MLA_FAST_FP8_CHUNKS 40       /* 16-byte chunks of an FP8 entry's row: 32 code + 8 RoPE */
+#define DINF_MLA_FAST_FP8_BATCH 10        /* FP8 chunks a producer thread loads before converting */
 #define DINF_MLA_FAST_STAGES 2            /* K ring depth */
 #define DINF_MLA_FAST_PAGE 64             /* the only page size of the fast rung */
 #define DINF_MLA_FAST_BOX_COLS 64         /* bf16 per 128-byte swizzled row */
