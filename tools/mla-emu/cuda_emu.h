@@ -59,6 +59,9 @@ extern WarpSlot slots_buf[2][1024];
 extern unsigned op_count[1024];
 extern int or_accum;
 extern bool progress_since_last_pass; /* a fiber did something but spin */
+/* called by the scheduler after every pass over the fibers (asynchronous
+ * copies complete there); returns whether it completed anything */
+extern bool (*end_of_pass_hook)();
 void block(int what);
 }
 static inline void __trap() {

@@ -11,6 +11,7 @@ unsigned op_count[1024];
 static jmp_buf sched_jb;
 int or_accum;
 bool progress_since_last_pass;
+bool (*end_of_pass_hook)() = nullptr;
 void block(int what) {
     if (what != YIELD)
         progress_since_last_pass = true;
@@ -71,6 +72,8 @@ void run_cta(unsigned n, std::function<void()> fn) {
                 }
             }
         cur = -1;
+        if (end_of_pass_hook && end_of_pass_hook())
+            progress_since_last_pass = true;
         unsigned done = 0, at_cta = 0, yielded = 0;
         for (auto &f : fibers) {
             done += f.wait == DONE;

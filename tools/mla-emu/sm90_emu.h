@@ -9,11 +9,12 @@
  *                (a side table keyed by address); try_wait.parity passes iff
  *                the current phase's parity differs; a spinning thread yields;
  *                an arrival on a completed count aborts (a protocol bug)
- *   TMA          the box is copied at issue, out-of-range elements zero, the
- *                128-byte swizzle applied on the shared address, its bytes
- *                completed on the barrier
- *   wgmma        executed at wgmma_wait (the latest point the hardware may
- *                read its operands): each thread computes its own accumulator
+ *   TMA          the box is copied later (end of a scheduling pass, at random),
+ *                out-of-range elements zero, the 128-byte swizzle applied on
+ *                the shared address, its bytes completed on the barrier
+ *   wgmma        executed at wgmma_wait after a scheduling pass (the latest
+ *                point the hardware may read its operands, other threads and
+ *                copies having run meanwhile): each thread computes its own accumulator
  *                fragment from shared memory through the descriptor's canonical
  *                layout, products summed in double, one rounding to float
  *   bar.sync     a named barrier of bar_count fibers (emu_rt.cpp)
@@ -145,9 +146,7 @@ static inline uint32_t swizzle128(uint32_t a) { return a ^ (((a >> 7) & 7u) << 4
 
 static inline void tma_prefetch_descriptor(const tensor_map_t *) {}
 
-static inline void tma_load_4d(void *dst, const tensor_map_t *map, uint64_t *bar, int c0, int c1, int c2,
-                               int c3) {
-    const emu_tmap *m = reinterpret_cast<const emu_tmap *>(map);
+static inline void tma_copy_now(void *dst, const emu_tmap *m, uint64_t *bar, int c0, int c1, int c2, int c3) {
     const uint32_t d0 = smem_u32(dst);
     if (d0 % (m->swizzle128 ? 1024 : 128)) {
         fprintf(stderr, "EMU: TMA destination %u misaligned\n", d0);
@@ -181,6 +180,42 @@ static inline void tma_load_4d(void *dst, const tensor_map_t *map, uint64_t *bar
                     memcpy(to, from, eb);
                 }
     emu_complete_tx(bar, lin);
+}
+
+/* Issued copies complete later: at the end of a scheduling pass, each with
+ * probability 1/2 (so consumers run between issue and completion). */
+struct emu_tma_op {
+    void *dst;
+    emu_tmap map;
+    uint64_t *bar;
+    int c[4];
+};
+static std::vector<emu_tma_op> &tma_pending() {
+    static std::vector<emu_tma_op> v;
+    return v;
+}
+static inline bool tma_deliver() {
+    static unsigned long long rng = 0x9E3779B97F4A7C15ull;
+    bool any = false;
+    std::vector<emu_tma_op> &v = tma_pending();
+    for (size_t i = 0; i < v.size();) {
+        rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+        if (rng & 1) {
+            const emu_tma_op op = v[i];
+            v.erase(v.begin() + (long)i);
+            tma_copy_now(op.dst, &op.map, op.bar, op.c[0], op.c[1], op.c[2], op.c[3]);
+            any = true;
+        } else {
+            i++;
+        }
+    }
+    return any || !v.empty(); /* pending copies are progress still to come */
+}
+static inline void tma_load_4d(void *dst, const tensor_map_t *map, uint64_t *bar, int c0, int c1, int c2,
+                               int c3) {
+    emu::end_of_pass_hook = tma_deliver;
+    mbar_of(bar); /* initialised */
+    tma_pending().push_back({dst, *reinterpret_cast<const emu_tmap *>(map), bar, {c0, c1, c2, c3}});
 }
 
 /* ------------------------------------------------------------ others -- */
@@ -244,6 +279,8 @@ static inline void wgmma_commit() {}
 template <int N> static inline void wgmma_wait() {
     static_assert(N == 0, "the emulation waits for all groups");
     const unsigned t = threadIdx.x % 128;
+    if (!pending_wgmma().empty())
+        emu::block(emu::YIELD); /* other threads (and copies) run before the operands are read */
     for (const emu_wgmma &op : pending_wgmma()) {
         for (int v = 0; v < op.n / 2; v++) {
             /* PTX ISA wgmma D fragment (m64nNk16, f32): */
