@@ -179,6 +179,44 @@ __device__ __forceinline__ void load_fp8_page(const dinf__mla_params &p, const c
     }
 }
 
+/* Block blk of the request (block table row bt) into stage it % 2, once the
+ * consumers released it: BF16, thread 0 issues the nine TMA boxes; FP8, the
+ * 128 threads dequantize the page. A page outside [0, num_blocks) flags the
+ * stage bad and page 0 is read instead. */
+template <bool kFp8>
+__device__ __forceinline__ void fill_stage(const dinf__mla_params &p, const jit::tensor_map_t *kmap,
+                                           const cta_ctx &c, const int32_t *bt, int32_t s_k,
+                                           int32_t blk, int64_t it, int t) {
+    const int s = dinf__mla_fast_stage(it);
+    if (!kFp8) {
+        if (t != 0)
+            return;
+        mbar_wait_bounded(c.empty(s), dinf__mla_fast_empty_parity(it));
+        int32_t page = __ldg(bt + blk); /* 64-token pages: logical page = block */
+        const int bad = page < 0 || page >= p.num_blocks;
+        *c.bad_flag(s) = bad;
+        page = bad ? 0 : page;
+        jit::mbar_arrive_expect_tx(c.full(s), dinf__mla_fast_stage_tx_bytes());
+#pragma unroll
+        for (int box = 0; box < DINF_MLA_FAST_BOXES; box++)
+            jit::tma_load_4d(c.k_tile(s) + box * DINF_MLA_FAST_BOX_BYTES, kmap, c.full(s),
+                             box * DINF_MLA_FAST_BOX_COLS, 0, c.hk, page);
+    } else {
+        mbar_wait_bounded(c.empty(s), dinf__mla_fast_empty_parity(it));
+        const int32_t page = __ldg(bt + blk);
+        const int bad = page < 0 || page >= p.num_blocks;
+        if (t == 0)
+            *c.bad_flag(s) = bad;
+        load_fp8_page(p, c, s, bad ? 0 : page, dinf__mla_fast_block_keys(s_k, blk), bad, t);
+        jit::fence_proxy_async_shared();
+        jit::mbar_arrive(c.full(s));
+    }
+}
+
+/* Per request: its first block (which waits only for the consumers'
+ * release of block it - 2, a block of an earlier request: no cycle), then
+ * the Q tile once the consumers are done with the previous one, then the
+ * other blocks. The ring's order is the consumers' order. */
 template <bool kFp8>
 __device__ __forceinline__ void produce(const dinf__mla_params &p, const jit::tensor_map_t *kmap,
                                         const cta_ctx &c) {
@@ -187,38 +225,16 @@ __device__ __forceinline__ void produce(const dinf__mla_params &p, const jit::te
     for (int32_t req = c.first; req <= c.last; req++, rq++) {
         const dinf__mla_piece pc =
             dinf__mla_fast_piece(&p, c.meta, req, p.seqlens[req], c.first, c.last);
+        const int32_t *bt = p.block_table + int64_t(req) * p.max_blocks;
+        int32_t blk = pc.blk_begin;
+        if (blk < pc.blk_end)
+            fill_stage<kFp8>(p, kmap, c, bt, pc.s_k, blk++, it++, t);
         mbar_wait_bounded(c.bar(c.lay.q_empty), dinf__mla_fast_q_empty_parity(rq));
         load_q(p, c, req, t);
         jit::fence_proxy_async_shared();
         jit::mbar_arrive(c.bar(c.lay.q_full));
-        const int32_t *bt = p.block_table + int64_t(req) * p.max_blocks;
-        for (int32_t blk = pc.blk_begin; blk < pc.blk_end; blk++, it++) {
-            const int s = dinf__mla_fast_stage(it);
-            if (!kFp8) {
-                if (t != 0)
-                    continue;
-                mbar_wait_bounded(c.empty(s), dinf__mla_fast_empty_parity(it));
-                int32_t page = __ldg(bt + blk); /* 64-token pages: logical page = block */
-                const int bad = page < 0 || page >= p.num_blocks;
-                *c.bad_flag(s) = bad;
-                page = bad ? 0 : page;
-                jit::mbar_arrive_expect_tx(c.full(s), dinf__mla_fast_stage_tx_bytes());
-#pragma unroll
-                for (int box = 0; box < DINF_MLA_FAST_BOXES; box++)
-                    jit::tma_load_4d(c.k_tile(s) + box * DINF_MLA_FAST_BOX_BYTES, kmap, c.full(s),
-                                     box * DINF_MLA_FAST_BOX_COLS, 0, c.hk, page);
-            } else {
-                mbar_wait_bounded(c.empty(s), dinf__mla_fast_empty_parity(it));
-                const int32_t page = __ldg(bt + blk);
-                const int bad = page < 0 || page >= p.num_blocks;
-                if (t == 0)
-                    *c.bad_flag(s) = bad;
-                load_fp8_page(p, c, s, bad ? 0 : page, dinf__mla_fast_block_keys(pc.s_k, blk),
-                              bad, t);
-                jit::fence_proxy_async_shared();
-                jit::mbar_arrive(c.full(s));
-            }
-        }
+        for (; blk < pc.blk_end; blk++, it++)
+            fill_stage<kFp8>(p, kmap, c, bt, pc.s_k, blk, it, t);
     }
     jit::griddep_launch_dependents();
 }

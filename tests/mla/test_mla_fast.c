@@ -229,8 +229,8 @@ static void mbar_arrive_m(mbar *b) {
 /*
  * A producer and two consumers walk a random piece list (requests with
  * 0..5 blocks) through the kernel's protocol, one step of a random actor at
- * a time: Q per request (q_full / q_empty), blocks through the 2-stage ring
- * (full / empty). Every consumer sees the Q of its request and the block it
+ * a time: per request the producer fills the first block, then Q (q_full /
+ * q_empty), then the other blocks, through the 2-stage ring (full / empty). Every consumer sees the Q of its request and the block it
  * expects in the stage, the producer never overwrites a stage or Q still in
  * use, and nobody deadlocks.
  */
@@ -269,14 +269,25 @@ Test(mla_fast_hd, ring_protocol_under_random_interleavings) {
                 done[who] = 1;
                 continue;
             }
-            if (who == 0) { /* producer */
-                if (x->step == 0) { /* Q of request r */
+            if (who == 0) { /* producer: the first block, then Q, then the other blocks */
+                if (x->step == 0) {
+                    if (blocks[x->r] > 0) {
+                        const int st = dinf__mla_fast_stage(x->it);
+                        if (!mbar_ready(&empty[st], dinf__mla_fast_empty_parity(x->it)))
+                            continue;
+                        cr_assert_eq(readers[st], 0, "trial %d: stage %d overwritten while read", trial, st);
+                        stage_data[st] = x->it;
+                        mbar_arrive_m(&full[st]);
+                        x->b++, x->it++;
+                    }
+                    x->step = 1;
+                } else if (x->step == 1) { /* Q of request r */
                     if (!mbar_ready(&q_empty, dinf__mla_fast_q_empty_parity(x->r)))
                         continue;
                     cr_assert_eq(q_readers, 0, "trial %d: Q overwritten while read", trial);
                     q_data = x->r;
                     mbar_arrive_m(&q_full);
-                    x->step = 1;
+                    x->step = 2;
                 } else if (x->b < blocks[x->r]) {
                     const int st = dinf__mla_fast_stage(x->it);
                     if (!mbar_ready(&empty[st], dinf__mla_fast_empty_parity(x->it)))
