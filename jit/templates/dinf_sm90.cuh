@@ -172,9 +172,12 @@ template <> struct wgmma_e4m3<128> {
  * MLA fast decode rung (kernels/mla/mla_decode_fast.cu): wrappers added for
  * it. Appended block: the wrappers above are unchanged. Each is one PTX
  * instruction (or a fixed short sequence) with the semantics stated in its
- * comment, so that a host emulator can implement each on its own.
+ * comment, so that a host emulator can implement each on its own. They live
+ * in dinf_jit::mla so that wrappers of the same name added for other kernels
+ * (the GEMM's setmaxnreg, fences, ...) never collide with these.
  * ====================================================================== */
 namespace dinf_jit {
+namespace mla {
 
 /* fence.proxy.async.shared::cta (PTX ISA 9.7.13.4.19 membar/fence, proxy
  * fences): orders this thread's earlier generic-proxy accesses of shared
@@ -340,4 +343,5 @@ __device__ __forceinline__ void wgmma_bf16_m64n256k16_kt(uint64_t desc_a, uint64
                  : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 }
 
+} // namespace mla
 } // namespace dinf_jit (MLA block)

@@ -41,7 +41,8 @@
 
 namespace {
 
-namespace jit = dinf_jit;
+namespace jit = dinf_jit;      /* the shared sm_90a wrappers */
+namespace ptx = dinf_jit::mla; /* the wrappers added for this kernel */
 typedef unsigned long long mbar_t;
 
 constexpr int kDqk = DINF_MLA_HEAD_DIM_QK;
@@ -59,14 +60,14 @@ constexpr int kWgThreads = 128;
  * in seconds, not hang the stream (tools/gpu-check's budgets).
  */
 __device__ __forceinline__ void mbar_wait_bounded(mbar_t *bar, uint32_t parity) {
-    if (jit::mbar_try_wait(bar, parity))
+    if (ptx::mbar_try_wait(bar, parity))
         return;
-    const uint64_t start = jit::globaltimer_ns();
+    const uint64_t start = ptx::globaltimer_ns();
     for (uint32_t spins = 1;; spins++) {
-        if (jit::mbar_try_wait(bar, parity))
+        if (ptx::mbar_try_wait(bar, parity))
             return;
-        if (spins % 256 == 0 && jit::globaltimer_ns() - start > DINF_MLA_FAST_WAIT_NS)
-            jit::trap();
+        if (spins % 256 == 0 && ptx::globaltimer_ns() - start > DINF_MLA_FAST_WAIT_NS)
+            ptx::trap();
     }
 }
 
@@ -164,8 +165,8 @@ __device__ __forceinline__ void load_fp8_page(const dinf__mla_params &p, const c
 #pragma unroll
                 for (int k = 0; k < 8; k++) {
                     float lo, hi;
-                    jit::e4m3x2_to_f32x2(uint16_t(w[k / 2] >> (16 * (k % 2))), lo, hi);
-                    packed[k] = jit::pack_bf16x2(lo * scale[j], hi * scale[j]);
+                    ptx::e4m3x2_to_f32x2(uint16_t(w[k / 2] >> (16 * (k % 2))), lo, hi);
+                    packed[k] = ptx::pack_bf16x2(lo * scale[j], hi * scale[j]);
                 }
                 *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, 16 * ch)) =
                     make_uint4(packed[0], packed[1], packed[2], packed[3]);
@@ -199,7 +200,7 @@ __device__ __forceinline__ void fill_stage(const dinf__mla_params &p, const jit:
         jit::mbar_arrive_expect_tx(c.full(s), dinf__mla_fast_stage_tx_bytes());
 #pragma unroll
         for (int box = 0; box < DINF_MLA_FAST_BOXES; box++)
-            jit::tma_load_4d(c.k_tile(s) + box * DINF_MLA_FAST_BOX_BYTES, kmap, c.full(s),
+            ptx::tma_load_4d(c.k_tile(s) + box * DINF_MLA_FAST_BOX_BYTES, kmap, c.full(s),
                              box * DINF_MLA_FAST_BOX_COLS, 0, c.hk, page);
     } else {
         mbar_wait_bounded(c.empty(s), dinf__mla_fast_empty_parity(it));
@@ -208,7 +209,7 @@ __device__ __forceinline__ void fill_stage(const dinf__mla_params &p, const jit:
         if (t == 0)
             *c.bad_flag(s) = bad;
         load_fp8_page(p, c, s, bad ? 0 : page, dinf__mla_fast_block_keys(s_k, blk), bad, t);
-        jit::fence_proxy_async_shared();
+        ptx::fence_proxy_async_shared();
         jit::mbar_arrive(c.full(s));
     }
 }
@@ -231,12 +232,12 @@ __device__ __forceinline__ void produce(const dinf__mla_params &p, const jit::te
             fill_stage<kFp8>(p, kmap, c, bt, pc.s_k, blk++, it++, t);
         mbar_wait_bounded(c.bar(c.lay.q_empty), dinf__mla_fast_q_empty_parity(rq));
         load_q(p, c, req, t);
-        jit::fence_proxy_async_shared();
+        ptx::fence_proxy_async_shared();
         jit::mbar_arrive(c.bar(c.lay.q_full));
         for (; blk < pc.blk_end; blk++, it++)
             fill_stage<kFp8>(p, kmap, c, bt, pc.s_k, blk, it, t);
     }
-    jit::griddep_launch_dependents();
+    ptx::griddep_launch_dependents();
 }
 
 /* ------------------------------------------------------------ consumers -- */
@@ -254,13 +255,13 @@ template <int N> __device__ __forceinline__ void fence_acc(float (&a)[N]) {
  * return at once (the WGs still meet at every named barrier and finish
  * their blocks with garbage), and consume() traps after its loop. */
 __device__ __forceinline__ void mbar_wait_or_flag(mbar_t *bar, uint32_t parity, uint32_t &hung) {
-    if (hung || jit::mbar_try_wait(bar, parity))
+    if (hung || ptx::mbar_try_wait(bar, parity))
         return;
-    const uint64_t start = jit::globaltimer_ns();
+    const uint64_t start = ptx::globaltimer_ns();
     for (uint32_t spins = 1;; spins++) {
-        if (jit::mbar_try_wait(bar, parity))
+        if (ptx::mbar_try_wait(bar, parity))
             return;
-        if (spins % 256 == 0 && jit::globaltimer_ns() - start > DINF_MLA_FAST_WAIT_NS) {
+        if (spins % 256 == 0 && ptx::globaltimer_ns() - start > DINF_MLA_FAST_WAIT_NS) {
             hung = 1;
             return;
         }
@@ -313,11 +314,11 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
             jit::wgmma_fence();
 #pragma unroll
             for (int ks = 0; ks < kDqk / 16; ks++)
-                jit::wgmma_bf16_m64n32k16_kk(
+                ptx::wgmma_bf16_m64n32k16_kk(
                     dinf__mla_fast_desc_k(q_addr + dinf__mla_fast_qk_a(ks)),
                     dinf__mla_fast_desc_k(k_addr + dinf__mla_fast_qk_b(ks, wg)), sacc, ks > 0);
             jit::wgmma_commit();
-            jit::wgmma_wait<0>();
+            ptx::wgmma_wait<0>();
             fence_acc(sacc);
 
             /* scale, mask, this WG's row maxima, then both WGs' */
@@ -338,7 +339,7 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
                 if (t % 4 == 0)
                     s_max[wg * kBM + rows[i]] = mx[i];
             }
-            jit::named_bar_sync(DINF_MLA_FAST_BAR_MAX, DINF_MLA_FAST_CONSUMERS);
+            ptx::named_bar_sync(DINF_MLA_FAST_BAR_MAX, DINF_MLA_FAST_CONSUMERS);
 #pragma unroll
             for (int i = 0; i < 2; i++) {
                 const float both = fmaxf(mx[i], s_max[(1 - wg) * kBM + rows[i]]);
@@ -371,20 +372,20 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
                 const int row = dinf__mla_fast_acc_row(t, v);
                 const int key = wg * DINF_MLA_FAST_KEYS_PER_WG + dinf__mla_fast_acc_col(t, v);
                 *reinterpret_cast<uint32_t *>(c.smem + c.lay.p + dinf__mla_fast_sw128(row, key)) =
-                    jit::pack_bf16x2(sacc[v], sacc[v + 1]);
+                    ptx::pack_bf16x2(sacc[v], sacc[v + 1]);
             }
-            jit::fence_proxy_async_shared();
-            jit::named_bar_sync(DINF_MLA_FAST_BAR_P, DINF_MLA_FAST_CONSUMERS);
+            ptx::fence_proxy_async_shared();
+            ptx::named_bar_sync(DINF_MLA_FAST_BAR_P, DINF_MLA_FAST_CONSUMERS);
 
             /* O_w += P V_w: 64 rows x this WG's 256 output columns */
             jit::wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < kBN / 16; kk++)
-                jit::wgmma_bf16_m64n256k16_kt(
+                ptx::wgmma_bf16_m64n256k16_kt(
                     dinf__mla_fast_desc_k(p_addr + dinf__mla_fast_pv_a(kk)),
                     dinf__mla_fast_desc_mn(k_addr + dinf__mla_fast_pv_b(kk, wg)), o, 1);
             jit::wgmma_commit();
-            jit::wgmma_wait<0>();
+            ptx::wgmma_wait<0>();
             fence_acc(o);
             jit::mbar_arrive(c.empty(s));
         }
@@ -399,7 +400,7 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
             if (t % 4 == 0)
                 lsum[wg * kBM + rows[i]] = l[i];
         }
-        jit::named_bar_sync(DINF_MLA_FAST_BAR_L, DINF_MLA_FAST_CONSUMERS);
+        ptx::named_bar_sync(DINF_MLA_FAST_BAR_L, DINF_MLA_FAST_CONSUMERS);
 #pragma unroll
         for (int i = 0; i < 2; i++) {
             const int qr = c.row0 + rows[i];
@@ -415,7 +416,7 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
 #pragma unroll
                 for (int nt = 0; nt < 32; nt++)
                     *reinterpret_cast<uint32_t *>(dst + 8 * nt) =
-                        jit::pack_bf16x2(o[4 * nt + 2 * i] * e.inv, o[4 * nt + 2 * i + 1] * e.inv);
+                        ptx::pack_bf16x2(o[4 * nt + 2 * i] * e.inv, o[4 * nt + 2 * i + 1] * e.inv);
                 if (wg == 0 && t % 4 == 0)
                     p.lse[(int64_t(req) * p.h_q + h) * p.s_q + tq] = e.lse;
             } else {
@@ -431,8 +432,8 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
         }
     }
     if (hung)
-        jit::trap();
-    jit::griddep_launch_dependents();
+        ptx::trap();
+    ptx::griddep_launch_dependents();
 }
 
 #endif /* DINF_MLA_FAST_DEVICE_CODE */
@@ -472,10 +473,10 @@ __global__ void __launch_bounds__(DINF_MLA_FAST_THREADS, 1)
     __syncthreads();
 
     if (int(threadIdx.x) / kWgThreads == DINF_MLA_FAST_PRODUCER_WG) {
-        jit::setmaxnreg_dec<DINF_MLA_FAST_PRODUCER_REGS>();
+        ptx::setmaxnreg_dec<DINF_MLA_FAST_PRODUCER_REGS>();
         produce<kFp8>(p, &kmap, c);
     } else {
-        jit::setmaxnreg_inc<DINF_MLA_FAST_CONSUMER_REGS>();
+        ptx::setmaxnreg_inc<DINF_MLA_FAST_CONSUMER_REGS>();
         consume<kFp8>(p, c);
     }
 #else

@@ -301,4 +301,23 @@ static inline void wgmma_bf16_m64n256k16_kt(uint64_t desc_a, uint64_t desc_b, fl
     pending_wgmma().push_back({desc_a, desc_b, d, 256, 1, scale_d});
 }
 
+/* the MLA block of dinf_sm90.cuh (dinf_jit::mla) */
+namespace mla {
+using dinf_jit::fence_proxy_async_shared;
+using dinf_jit::named_bar_sync;
+using dinf_jit::griddep_wait;
+using dinf_jit::griddep_launch_dependents;
+using dinf_jit::tma_load_4d;
+using dinf_jit::e4m3x2_to_f32x2;
+using dinf_jit::pack_bf16x2;
+using dinf_jit::mbar_try_wait;
+using dinf_jit::globaltimer_ns;
+using dinf_jit::trap;
+using dinf_jit::wgmma_bf16_m64n32k16_kk;
+using dinf_jit::wgmma_bf16_m64n256k16_kt;
+template <int N> static inline void setmaxnreg_inc() {}
+template <int N> static inline void setmaxnreg_dec() {}
+template <int N> static inline void wgmma_wait() { dinf_jit::wgmma_wait<N>(); }
+} // namespace mla
+
 } // namespace dinf_jit
