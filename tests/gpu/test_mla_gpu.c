@@ -391,7 +391,8 @@ Test(mla_gpu, page_sizes_16_and_32_and_the_corner_case) {
 /*
  * Query rows that are not a multiple of the 64-row m-block across several
  * m-blocks (s_q * h_q / h_kv = 189 and 126: the last tile is partial), two KV
- * heads (rows [s_q][h_q / h_kv] per KV head), pages of 32 and 16 tokens.
+ * heads (rows [s_q][h_q / h_kv] per KV head), pages of 32 and 16 tokens, and
+ * of 64 tokens (both rungs).
  */
 Test(mla_gpu, partial_m_blocks_two_kv_heads_small_pages) {
     cudaStream_t stream;
@@ -405,6 +406,11 @@ Test(mla_gpu, partial_m_blocks_two_kv_heads_small_pages) {
     kv_make(&p, 4, 1, 500, 1, 1, 16, 2, 7300);
     gpu_point(&p, 2, 63, 1, 0, 14, stream); /* 126 rows: 2 m-blocks */
     gpu_point(&p, 2, 63, 1, 1, 15, stream);
+    kv_free(&p);
+    /* the same with 64-token pages, which the fast rung takes too */
+    kv_make(&p, 7, 2, 300, 1, 1, 64, 3, 7250);
+    gpu_point(&p, 3, 126, 1, 0, 16, stream); /* 189 rows per KV head: 3 m-blocks */
+    gpu_point(&p, 3, 126, 1, 1, 17, stream);
     kv_free(&p);
     CUDA_OK(cudaStreamDestroy(stream));
 }
