@@ -10,17 +10,21 @@
  *
  * GPU rows (a usable sm_90 device): the reference grid, b = 128,
  * h_q {16, 64, 128}, s_q {1, 2}, s_k {4096, 8192, 16384} (uniform lengths,
- * causal as upstream's benchmark), BF16 and FP8 caches, timed with CUDA
- * events around one dinf_mla_decode_with_kvcache[_fp8] call (split-KV kernel
- * + combine; the metadata is computed once, as an engine does per step). The
- * PyTorch peer (gather pages, then attention) is benchmarks/peer_mla_torch.py,
- * run by tools/gpu-check with the same shapes.
+ * causal as upstream's benchmark), BF16 and FP8 caches, each shape on both
+ * kernel rungs side by side (.../simple: the mma.sync reference rung,
+ * .../fast: the TMA + wgmma rung; chosen with DINF_MLA_KERNEL), timed with
+ * CUDA events around one dinf_mla_decode_with_kvcache[_fp8] call (split-KV
+ * kernel + combine; the metadata is computed once, as an engine does per
+ * step), one untimed warm-up call, then GPU_ITERATIONS timed calls (fixed, so
+ * that the 72 rows fit tools/gpu-check's benchmark budget). The PyTorch peer
+ * (gather pages, then attention) is benchmarks/peer_mla_torch.py, run by
+ * tools/gpu-check with the same shapes.
  *
  * CPU rows: the CPU path at b = 4, s_k = 4096, s_q = 1, h_q {16, 128}, BF16
  * and FP8 (the b = 128 grid would take minutes per iteration on a CPU:
  * b = 128, h_q = 128, s_k = 16384 is 584 GFLOP), wall clock, all cores.
  */
-#define _POSIX_C_SOURCE 199309L
+#define _POSIX_C_SOURCE 200809L /* clock_gettime, setenv */
 #include "bench.h"
 
 #include <deepinfra.h>
@@ -40,10 +44,12 @@
 #define DV 512
 #define ENTRY DINF_MLA_FP8_ENTRY_BYTES
 #define PAGE 64
+#define GPU_ITERATIONS 20
 
 typedef struct mla_case {
     int64_t b;
-    int32_t s_q, h_q, s_k, fp8, causal, parts, gpu;
+    int32_t s_q, h_q, s_k, fp8, causal, parts, gpu, warmed;
+    const char *rung; /* GPU rows: DINF_MLA_KERNEL for this row */
     int64_t max_blocks, num_blocks;
     /* host (CPU rows) or device (GPU rows) pointers */
     uint16_t *q, *out;
@@ -124,7 +130,8 @@ static void register_case(mla_case *c) {
                        .flops = flops,
                        .bytes = bytes,
                        .label = c->label,
-                       .unit = "us"};
+                       .unit = "us",
+                       .iterations = c->gpu ? GPU_ITERATIONS : 0};
 #if DINF_WITH_CUDA
     if (c->gpu)
         spec.run = run_gpu;
@@ -214,6 +221,14 @@ static double run_gpu(void *arg) {
     mla_case *c = arg;
     const dinf_exec exec = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)c->stream);
     float ms = 0;
+    setenv("DINF_MLA_KERNEL", c->rung, 1);
+    if (!c->warmed) { /* module load, attributes, tensor-map lookup: untimed */
+        if (decode(c, &exec) != DINF_STATUS_OK || cudaStreamSynchronize(c->stream) != cudaSuccess) {
+            bench_set_error(dinf_last_error());
+            return -1;
+        }
+        c->warmed = 1;
+    }
     cudaEventRecord(c->start, c->stream);
     if (decode(c, &exec) != DINF_STATUS_OK) {
         bench_set_error(dinf_last_error());
@@ -327,9 +342,23 @@ static void add_gpu(const gpu_cache *g, int fp8, int32_t s_q, int32_t h_q, int32
     }
     free(q);
     c->seqlens = d_seqlens, c->meta = d_meta, c->splits = d_splits;
-    snprintf(c->name, sizeof c->name, "mla/gpu/%s/b128_sq%d_hq%d_sk%d", fp8 ? "fp8" : "bf16", s_q,
-             h_q, s_k);
-    register_case(c);
+    /* the same inputs and outputs on both rungs, registered side by side */
+    static const char *const rungs[2] = {"simple", "fast"};
+    for (int r = 0; r < 2; r++) {
+        mla_case *rc = r ? calloc(1, sizeof *rc) : c;
+        if (!rc)
+            return;
+        if (r) {
+            *rc = *c;
+            if (cudaStreamCreate(&rc->stream) != cudaSuccess || cudaEventCreate(&rc->start) != cudaSuccess ||
+                cudaEventCreate(&rc->stop) != cudaSuccess)
+                return;
+        }
+        rc->rung = rungs[r];
+        snprintf(rc->name, sizeof rc->name, "mla/gpu/%s/b128_sq%d_hq%d_sk%d/%s", fp8 ? "fp8" : "bf16",
+                 s_q, h_q, s_k, rungs[r]);
+        register_case(rc);
+    }
 }
 
 static void register_gpu(void) {

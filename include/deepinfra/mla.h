@@ -49,8 +49,22 @@
  * thread count. DINF_EXEC_CUDA runs the sm_90a kernels of kernels/mla on
  * the caller's stream (a Hopper device is required): device-side metadata
  * (one thread, no host synchronisation, CUDA-graph capturable, equal to the
- * CPU's plan), the split-KV decode (bf16 tensor cores, mma.sync m16n8k16,
- * float32 online softmax) and the log-sum-exp combine. On the GPU the
+ * CPU's plan), the split-KV decode and the log-sum-exp combine. The decode
+ * has two rungs with the same plan, numerics (float32 online softmax in base
+ * 2, P rounded to bf16) and guards:
+ *   - fast (kernels/mla/mla_decode_fast.cu): TMA page loads into a
+ *     two-stage shared-memory ring completed on mbarriers, wgmma for Q K^T and
+ *     P V, a producer warpgroup (TMA for a BF16 cache; 16-byte loads and
+ *     dequantization to bf16 for an FP8 cache) and two consumer warpgroups
+ *     splitting the keys of Q K^T and the columns of the output; the combine
+ *     is chained by programmatic dependent launch. It takes 64-token pages
+ *     (BF16 cache: strides below 2^40 bytes, num_blocks below 2^31);
+ *   - simple (kernels/mla/mla_decode.cu): mma.sync m16n8k16, every page size;
+ *     the reference rung.
+ * The fast rung runs wherever its constraints hold, the simple one
+ * otherwise. The environment variable DINF_MLA_KERNEL (read on every call)
+ * forces one: "simple", "fast" (UNSUPPORTED, with the reason, on a decode
+ * the fast rung cannot take), or "auto"/unset. On the GPU the
  * values of cache_seqlens, block_table and the plan stay in device memory
  * and are not checked on the host (that would synchronise): the kernels
  * never read or write outside the buffers, and a request whose block_table
@@ -206,7 +220,9 @@ DINF_API dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, i
  *   k_cache         [IN]  bfloat16 [num_blocks][page_block_size][num_heads_kv][576]:
  *                         element (p, r, hk, d) at p * kv_block_stride +
  *                         r * kv_token_stride + hk * 576 + d; 16-byte aligned.
- *                         Rows past a request's length are never read (may be NaN)
+ *                         Rows past a request's length never reach a result (may
+ *                         be NaN; the fast GPU rung copies whole 64-token pages
+ *                         and masks and zeroes those rows in shared memory)
  *   num_blocks      [IN]  physical pages in k_cache, >= 1
  *   page_block_size [IN]  tokens per page: 64 (FlashMLA), 32 or 16 (else UNSUPPORTED)
  *   num_heads_kv    [IN]  h_kv >= 1 (1 for DeepSeek MLA)
@@ -246,7 +262,9 @@ DINF_API dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, i
  * out of range inside a sequence, a length beyond the block table's
  * capacity, a plan that does not match, a workspace too small, overlap),
  * DINF_STATUS_UNSUPPORTED (head dims, page size, CUDA in a CPU-only build or
- * on a device that is not sm_90), DINF_STATUS_CUDA_ERROR (a failed launch).
+ * on a device that is not sm_90, DINF_MLA_KERNEL=fast on a decode the fast
+ * rung cannot take), DINF_STATUS_CUDA_ERROR (a failed launch); on
+ * DINF_EXEC_CUDA an unknown DINF_MLA_KERNEL value is INVALID_ARGUMENT.
  * The call never allocates: the CPU scratch is part of the workspace.
  */
 DINF_API dinf_status dinf_mla_decode_with_kvcache(

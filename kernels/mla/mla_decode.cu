@@ -35,6 +35,8 @@
  */
 #include <cuda_runtime_api.h>
 
+#include <string.h>
+
 #include "../../lib/core/internal.h"
 #include "../../lib/mla/mla_cuda.h"
 
@@ -78,6 +80,13 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 
 __device__ __forceinline__ uint32_t ld_shared_u32(const uint16_t *p) {
     return *reinterpret_cast<const uint32_t *>(p);
+}
+
+/* griddepcontrol.wait (PTX ISA 9.7.13.13): wait for the prerequisite grid
+ * (the fast decode, launched before a programmatic dependent combine) to
+ * complete and its writes to be visible; a no-op without such a dependency. */
+__device__ __forceinline__ void grid_dependency_wait() {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
 }
 
 /* ------------------------------------------------------------- metadata -- */
@@ -361,6 +370,7 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const dinf__mla
 /* One warp per (request, KV head, q row) of a split request; lane owns
  * columns 4 lane + 128 i, i < 4. */
 __global__ void __launch_bounds__(kThreads) mla_combine_kernel(const dinf__mla_params p) {
+    grid_dependency_wait();
     const int lane = threadIdx.x % 32;
     const int64_t rows_per_req = int64_t(p.h_kv) * p.q_rows;
     const int64_t items = p.batch * rows_per_req;
@@ -574,9 +584,26 @@ extern "C" dinf_status dinf__mla_decode_cuda(const char *func, const dinf__place
         err = cudaGetLastError();
     if (err != cudaSuccess)
         return cuda_failed(func, place, "decode launch", err);
-    mla_combine_kernel<<<grid_for(p->batch * p->h_kv * p->q_rows, kThreads / 32), kThreads, 0,
-                         stream>>>(*p);
-    err = cudaGetLastError();
+    return dinf__mla_combine_cuda(func, place, p, 0);
+}
+
+extern "C" dinf_status dinf__mla_combine_cuda(const char *func, const dinf__place *place,
+                                              const dinf__mla_params *p, int pdl) {
+    cudaLaunchConfig_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.gridDim = dim3(grid_for(p->batch * p->h_kv * p->q_rows, kThreads / 32));
+    cfg.blockDim = dim3(kThreads);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = reinterpret_cast<cudaStream_t>(place->stream);
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    dinf__mla_params params = *p;
+    void *args[1] = {&params};
+    const cudaError_t err =
+        cudaLaunchKernelExC(&cfg, reinterpret_cast<const void *>(mla_combine_kernel), args);
     return err == cudaSuccess ? DINF_STATUS_OK : cuda_failed(func, place, "combine launch", err);
 }
 

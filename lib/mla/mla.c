@@ -32,6 +32,7 @@
 #include "../core/internal.h"
 #include "../core/numeric_hd.h"
 #include "../core/parallel.h"
+#include "mla_fast_hd.h"
 #include "mla_hd.h"
 #if DINF_WITH_CUDA
 #include "mla_cuda.h"
@@ -724,6 +725,17 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
     };
     if (!host) {
 #if DINF_WITH_CUDA
+        /* The kernel rung: DINF_MLA_KERNEL (read on every call) or the fast
+         * rung wherever its constraints hold (mla_fast_hd.h). */
+        int rung;
+        char msg[320];
+        const int rc = dinf__mla_choose_rung(getenv("DINF_MLA_KERNEL"), kv_fp8, page_block_size,
+                                             kv_block_stride, kv_token_stride, num_blocks,
+                                             num_heads_kv, &rung, msg, sizeof msg);
+        if (rc == -1)
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "%s", msg);
+        if (rc == -2)
+            return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "%s", msg);
         if (batch == 0)
             return DINF_STATUS_OK;
         if (workspace_bytes < ws_needed || !workspace)
@@ -736,7 +748,8 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
         carve_workspace(&real, batch, seq_len_q, num_heads_q, num_sm_parts, 0, &ws);
         params.lse2_acc = ws.lse2;
         params.o_acc = ws.oacc;
-        return dinf__mla_decode_cuda(func, &place, &params);
+        return rung == DINF__MLA_RUNG_FAST ? dinf__mla_decode_fast_cuda(func, &place, &params)
+                                           : dinf__mla_decode_cuda(func, &place, &params);
 #endif
     }
 

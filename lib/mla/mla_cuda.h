@@ -27,6 +27,18 @@ dinf_status dinf__mla_metadata_cuda(const char *func, const dinf__place *place,
 dinf_status dinf__mla_decode_cuda(const char *func, const dinf__place *place,
                                   const dinf__mla_params *p);
 
+/* The fast rung (kernels/mla/mla_decode_fast.cu): TMA + wgmma decode, then
+ * the combine as a programmatic dependent launch. The caller checked
+ * dinf__mla_fast_unsupported (lib/mla/mla_fast_hd.h). */
+dinf_status dinf__mla_decode_fast_cuda(const char *func, const dinf__place *place,
+                                       const dinf__mla_params *p);
+
+/* The log-sum-exp combine of split requests (kernels/mla/mla_decode.cu);
+ * pdl = 1 launches it with cudaLaunchAttributeProgrammaticStreamSerialization
+ * (it waits for the previous kernel with griddepcontrol.wait either way). */
+dinf_status dinf__mla_combine_cuda(const char *func, const dinf__place *place,
+                                   const dinf__mla_params *p, int pdl);
+
 /* FP8 quantize-into-cache; num_tokens > 0; slots outside [0, num_slots) skipped. */
 dinf_status dinf__mla_quantize_fp8_cuda(const char *func, const dinf__place *place,
                                         const uint16_t *kv, int64_t num_tokens, int32_t h_kv,

@@ -5,6 +5,7 @@
  * an independent double-precision reference with the upstream tolerances,
  * and every rejected input.
  */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include <deepinfra.h>
 
 #include "core/numeric_hd.h"
@@ -744,6 +745,51 @@ Test(mla_errors, every_rejected_input) {
     free(ws);
     free(meta);
     problem_free(&p);
+}
+
+/*
+ * The GPU place chooses the kernel rung before touching the device
+ * (DINF_MLA_KERNEL): an unknown value and "fast" on pages the fast rung
+ * cannot take fail with their reason, with or without a device (the host
+ * pointers below are never dereferenced on that path).
+ */
+Test(mla_errors, kernel_rung_choice_on_the_gpu_place) {
+#if DINF_WITH_CUDA
+    for (int32_t page = 32; page <= 64; page *= 2) {
+        problem p;
+        problem_make(&p, 3, 2, 16, 1, 300, 0, 0, 1, page, 0, 71);
+        int32_t meta[8 * 4], splits[4];
+        cr_assert_eq(dinf_mla_get_metadata(p.seqlens, 3, 4, meta, splits, NULL), DINF_STATUS_OK);
+        const dinf_exec cuda = DINF_EXEC_CUDA_INIT(0, NULL);
+        size_t ws_bytes;
+        cr_assert_eq(dinf_mla_workspace_size(3, 2, 16, 4, &ws_bytes, &cuda), DINF_STATUS_OK);
+        void *ws = aligned_alloc(64, (ws_bytes + 63) / 64 * 64);
+        const call good = {p.q, 3, 2, 16, 576, p.kc, p.num_blocks, page, 1, p.block_stride, p.token_stride,
+                           p.bt, p.max_blocks, p.seqlens, 512, meta, 4, splits, p.scale, 1, ws,
+                           ws_bytes, p.out, p.lse, &cuda};
+        setenv("DINF_MLA_KERNEL", "bogus", 1);
+        EXPECT_FAIL(good, DINF_STATUS_INVALID_ARGUMENT, "DINF_MLA_KERNEL='bogus' is not one of simple, fast, auto");
+        setenv("DINF_MLA_KERNEL", "fast", 1);
+        if (page != 64) {
+            EXPECT_FAIL(good, DINF_STATUS_UNSUPPORTED,
+                        "DINF_MLA_KERNEL=fast, but the fast rung cannot take this decode: page_block_size=32 "
+                        "(the fast rung takes 64-token pages only)");
+        } else {
+            dinf_device_info info = DINF_DEVICE_INFO_INIT;
+            if (dinf_device_query(0, &info) != DINF_STATUS_OK || !info.usable) {
+                /* the choice passes; the launcher finds no device */
+                EXPECT_FAIL(good, DINF_STATUS_UNSUPPORTED, "no usable CUDA device 0");
+                setenv("DINF_MLA_KERNEL", "simple", 1);
+                EXPECT_FAIL(good, DINF_STATUS_UNSUPPORTED, "no usable CUDA device 0");
+            }
+        }
+        unsetenv("DINF_MLA_KERNEL");
+        free(ws);
+        problem_free(&p);
+    }
+#else
+    cr_skip_test("built without CUDA (make CUDA=0)");
+#endif
 }
 
 Test(mla_errors, metadata_and_sizes) {

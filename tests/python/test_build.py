@@ -173,10 +173,26 @@ def test_kernel_resource_reports_have_no_spills_or_local_memory():
             seen.add(func)
     assert checked > 0
     # every MLA kernel (kernels/mla) is among them: metadata, decode (BF16 and FP8 caches),
-    # combine, FP8 quantize-into-cache
+    # combine, FP8 quantize-into-cache, the fast rung (BF16 and FP8 caches)
     for kernel in ("mla_metadata_kernel", "mla_decode_kernelILb0E", "mla_decode_kernelILb1E",
-                   "mla_combine_kernel", "mla_quantize_fp8_kernel"):
+                   "mla_combine_kernel", "mla_quantize_fp8_kernel", "mla_decode_fast_kernelILb0E",
+                   "mla_decode_fast_kernelILb1E"):
         assert any(kernel in f for f in seen), "no resource report for %s" % kernel
+
+
+def test_mla_fast_rung_register_budget():
+    """The fast MLA rung starts every thread at the __launch_bounds__(384, 1) cap of
+    168 registers; its producer warpgroup gives back 168 - 56 per thread and its two
+    consumer warpgroups take 224 - 168 (setmaxnreg, lib/mla/mla_fast_hd.h): with any
+    other count at entry the consumers' setmaxnreg.inc would wait forever."""
+    if not built_with_cuda():
+        pytest.skip("CPU-only build (make CUDA=0): no kernels")
+    path = os.path.join(BUILD, "obj", "kernels", "mla", "mla_decode_fast.o.resource")
+    text = open(path).read()
+    found = re.findall(r"Compiling entry function '[^']*mla_decode_fast_kernel[^']*' for 'sm_90a'"
+                       r".*?Used (\d+) registers", text, re.S)
+    assert len(found) == 2, "expected the BF16 and FP8 fast kernels in %s" % path
+    assert found == ["168", "168"], "fast MLA kernels use %s registers at entry, not 168" % found
 
 
 def test_every_kernel_directory_has_resource_reports():

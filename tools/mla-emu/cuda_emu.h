@@ -1,4 +1,5 @@
-// Minimal host emulation of the CUDA features kernels/mla/mla_decode.cu uses.
+// Minimal host emulation of the CUDA features kernels/mla/mla_decode.cu and
+// kernels/mla/mla_decode_fast.cu use (the latter's sm_90a PTX: sm90_emu.h).
 // Threads of one CTA are ucontext fibers run cooperatively in one OS thread;
 // warp-collective operations and barriers block until every participant arrived.
 #pragma once
@@ -29,11 +30,14 @@ struct dim3 { unsigned x, y, z; dim3(unsigned a = 1, unsigned b = 1, unsigned c 
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n)
+#define __grid_constant__
 
 template <class T> static inline T __ldg(const T *p) { return *p; }
 
 namespace emu {
-enum Wait { RUN = 0, CTA_BAR = 1, WARP_OP = 2, DONE = 3 };
+/* YIELD: a spin-wait (mbarrier try_wait) gave way, runnable again next pass;
+ * NAMED_BAR: at bar.sync bar_id with bar_count participants */
+enum Wait { RUN = 0, CTA_BAR = 1, WARP_OP = 2, DONE = 3, YIELD = 4, NAMED_BAR = 5 };
 struct Fiber {
     ucontext_t ctx;
     jmp_buf jb;
@@ -41,6 +45,7 @@ struct Fiber {
     std::vector<char> stack;
     int wait = RUN;
     unsigned tid;
+    unsigned bar_id = 0, bar_count = 0;
 };
 extern int cur;            // fiber index
 extern std::vector<Fiber> fibers;
@@ -53,7 +58,16 @@ struct WarpSlot { uint64_t v[8]; const void *addr; };
 extern WarpSlot slots_buf[2][1024];
 extern unsigned op_count[1024];
 extern int or_accum;
+extern bool progress_since_last_pass; /* a fiber did something but spin */
+/* called by the scheduler after every pass over the fibers (asynchronous
+ * copies complete there); returns whether it completed anything */
+extern bool (*end_of_pass_hook)();
 void block(int what);
+}
+static inline void __trap() {
+    fprintf(stderr, "EMU: trap in block (%u,%u) thread %u\n", emu::blockIdx_.x, emu::blockIdx_.y,
+            emu::fibers[emu::cur].tid);
+    abort();
 }
 struct ThreadIdx { unsigned x, y, z; };
 #define threadIdx (ThreadIdx{emu::fibers[emu::cur].tid, 0, 0})

@@ -10,7 +10,11 @@ WarpSlot slots_buf[2][1024];
 unsigned op_count[1024];
 static jmp_buf sched_jb;
 int or_accum;
+bool progress_since_last_pass;
+bool (*end_of_pass_hook)() = nullptr;
 void block(int what) {
+    if (what != YIELD)
+        progress_since_last_pass = true;
     fibers[cur].wait = what;
     if (!_setjmp(fibers[cur].jb))
         _longjmp(sched_jb, 1);
@@ -22,6 +26,7 @@ static std::function<void()> *body;
 static void trampoline() {
     (*body)();
     fibers[cur].wait = DONE;
+    progress_since_last_pass = true;
     _longjmp(sched_jb, 1);
 }
 static int skew = getenv("EMU_SKEW") && strcmp(getenv("EMU_SKEW"), "0") != 0;
@@ -67,14 +72,37 @@ void run_cta(unsigned n, std::function<void()> fn) {
                 }
             }
         cur = -1;
-        unsigned done = 0, at_cta = 0;
+        if (end_of_pass_hook && end_of_pass_hook())
+            progress_since_last_pass = true;
+        unsigned done = 0, at_cta = 0, yielded = 0;
         for (auto &f : fibers) {
             done += f.wait == DONE;
             at_cta += f.wait == CTA_BAR;
+            yielded += f.wait == YIELD;
         }
         if (done == n)
             break;
         bool released = false, held = false;
+        /* named barriers: release an id once bar_count fibers wait at it */
+        for (unsigned i = 0; i < n; i++) {
+            if (fibers[i].wait != NAMED_BAR)
+                continue;
+            unsigned at = 0;
+            for (unsigned j = 0; j < n; j++)
+                at += fibers[j].wait == NAMED_BAR && fibers[j].bar_id == fibers[i].bar_id;
+            if (at > fibers[i].bar_count) {
+                fprintf(stderr, "EMU: %u threads at named barrier %u of %u (block %u,%u)\n", at,
+                        fibers[i].bar_id, fibers[i].bar_count, blockIdx_.x, blockIdx_.y);
+                abort();
+            }
+            if (at == fibers[i].bar_count) {
+                const unsigned id = fibers[i].bar_id;
+                for (unsigned j = 0; j < n; j++)
+                    if (fibers[j].wait == NAMED_BAR && fibers[j].bar_id == id)
+                        fibers[j].wait = RUN;
+                released = true;
+            }
+        }
         for (unsigned w = 0; w * 32 < n; w++) {
             unsigned at_warp = 0, lanes = 0;
             for (unsigned l = w * 32; l < n && l < w * 32 + 32; l++, lanes++)
@@ -96,7 +124,7 @@ void run_cta(unsigned n, std::function<void()> fn) {
                  * lane waiting while others are at a CTA barrier) */
                 bool others_blocked_elsewhere = true;
                 for (unsigned l = w * 32; l < w * 32 + lanes; l++)
-                    if (fibers[l].wait == RUN)
+                    if (fibers[l].wait == RUN || fibers[l].wait == YIELD)
                         others_blocked_elsewhere = false;
                 if (others_blocked_elsewhere) {
                     fprintf(stderr, "EMU: warp %u diverged at a warp-collective op (block %u,%u)\n", w,
@@ -116,14 +144,35 @@ void run_cta(unsigned n, std::function<void()> fn) {
                     released = true;
                 }
             }
-        if (released)
-            continue;
         if (at_cta == n) {
             for (auto &f : fibers)
                 f.wait = RUN;
             barrier_count++;
             continue;
         }
+        /* spin-waits (mbarrier try_wait): a pass in which every runnable fiber
+         * only yielded again, and nothing was released, changed nothing that
+         * a spinning fiber could wait for */
+        if (yielded) {
+            static long long stalls = 0;
+            if (!released && !progress_since_last_pass) {
+                if (++stalls > 3) {
+                    fprintf(stderr, "EMU: deadlock in block (%u,%u): %u fibers spin on mbarriers, %u done, "
+                                    "%u at a CTA barrier\n",
+                            blockIdx_.x, blockIdx_.y, yielded, done, at_cta);
+                    abort();
+                }
+            } else {
+                stalls = 0;
+            }
+            for (auto &f : fibers)
+                if (f.wait == YIELD)
+                    f.wait = RUN;
+            progress_since_last_pass = false;
+            continue;
+        }
+        if (released)
+            continue;
         fprintf(stderr, "EMU: deadlock in block (%u,%u): %u done, %u at a CTA barrier of %u\n", blockIdx_.x,
                 blockIdx_.y, done, at_cta, n);
         abort();

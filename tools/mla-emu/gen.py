@@ -66,6 +66,8 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16
         r[i] = (uint32_t)rlo[lane / 4] | ((uint32_t)rhi[lane / 4] << 16);
     }
 }
+/* griddepcontrol.wait: the emulated grids run one after the other */
+__device__ __forceinline__ void grid_dependency_wait() {}
 __device__ __forceinline__ uint32_t ld_shared_u32(const uint16_t *p) {
     if ((const char *)p < emu_smem_lo || (const char *)p + 4 > emu_smem_hi || (uintptr_t)p % 4) { fprintf(stderr, "EMU: bad shared load\n"); abort(); }
     return *reinterpret_cast<const uint32_t *>(p);

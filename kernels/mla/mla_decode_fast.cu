@@ -1,0 +1,627 @@
+/*
+ * MLA decode on Hopper (sm_90a), the fast rung (issue 8): the same split-KV
+ * plan, numerics and guards as the simple rung (mla_decode.cu), with TMA page
+ * loads into a 2-stage shared-memory ring completed on mbarriers, wgmma for
+ * Q K^T and P V, a producer warpgroup and two consumer warpgroups, and the
+ * combine chained by programmatic dependent launch. Design, layouts and every
+ * piece of index math: lib/mla/mla_fast_hd.h (CPU-tested). PTX wrappers:
+ * jit/templates/dinf_sm90.cuh (the MLA block at its end).
+ *
+ * Constraints (checked by lib/mla/mla.c before launching,
+ * dinf__mla_fast_unsupported): 64-token pages; BF16 cache strides below
+ * 2^40 bytes and num_blocks below 2^31 (the tensor map); the alignments
+ * every GPU decode already has (16-byte base and strides).
+ *
+ * Guards (as the simple rung): a request whose length is negative or beyond
+ * its block table, or whose split row is outside the workspace, reads no
+ * block and gets NaN (or, for a bad split row, writes nothing); a block
+ * table entry outside [0, num_blocks) makes the request NaN and its TMA box
+ * is read from page 0 instead (never out of bounds); keys at or past a row's
+ * limit are masked by selection (stale NaN rows of the last page never reach
+ * the max or the sums) and V rows past the request's length are zeroed in
+ * shared memory before P V (0 * NaN would be NaN).
+ */
+#include <cuda.h>
+#include <cuda_runtime_api.h>
+
+#include <string.h>
+
+#include "../../lib/core/internal.h"
+#include "../../lib/mla/mla_cuda.h"
+#include "../../lib/mla/mla_fast_hd.h"
+#include "../../jit/templates/dinf_sm90.cuh"
+
+/* Device code exists for sm_90a (and the host pass); the portable compute_90
+ * PTX pass compiles the kernel to a trap (see the kernel). */
+#if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define DINF_MLA_FAST_DEVICE_CODE 1
+#else
+#define DINF_MLA_FAST_DEVICE_CODE 0
+#endif
+
+namespace {
+
+namespace jit = dinf_jit;      /* the shared sm_90a wrappers */
+namespace ptx = dinf_jit::mla; /* the wrappers added for this kernel */
+typedef unsigned long long mbar_t;
+
+constexpr int kDqk = DINF_MLA_HEAD_DIM_QK;
+
+#if DINF_MLA_FAST_DEVICE_CODE
+constexpr int kBM = DINF_MLA_BLOCK_M;
+constexpr int kBN = DINF_MLA_BLOCK_N;
+constexpr int kDv = DINF_MLA_HEAD_DIM_V;
+constexpr int kChunks = kDqk / 8; /* 16-byte chunks of a bf16 row */
+constexpr int kWgThreads = 128;
+
+/*
+ * Wait for the phase of parity `parity` of bar, at most DINF_MLA_FAST_WAIT_NS
+ * of wall time: a protocol bug (or a hardware fault) must fail the launch
+ * in seconds, not hang the stream (tools/gpu-check's budgets).
+ */
+__device__ __forceinline__ void mbar_wait_bounded(mbar_t *bar, uint32_t parity) {
+    if (ptx::mbar_try_wait(bar, parity))
+        return;
+    const uint64_t start = ptx::globaltimer_ns();
+    for (uint32_t spins = 1;; spins++) {
+        if (ptx::mbar_try_wait(bar, parity))
+            return;
+        if (spins % 256 == 0 && ptx::globaltimer_ns() - start > DINF_MLA_FAST_WAIT_NS)
+            ptx::trap();
+    }
+}
+
+/* The CTA's view of its shared memory (1024-aligned base) and its place in the grid. */
+struct cta_ctx {
+    uint8_t *smem;
+    uint32_t smem_addr; /* shared-window address of smem */
+    dinf__mla_fast_smem lay;
+    int m_block, hk, row0;
+    const int32_t *meta;
+    int32_t first, last; /* request range of the part (empty: first > last) */
+
+    __device__ __forceinline__ uint8_t *k_tile(int s) const {
+        return smem + (s ? lay.k1 : lay.k0);
+    }
+    __device__ __forceinline__ uint32_t k_addr(int s) const {
+        return smem_addr + (s ? lay.k1 : lay.k0);
+    }
+    __device__ __forceinline__ mbar_t *bar(uint32_t off) const {
+        return reinterpret_cast<mbar_t *>(smem + off);
+    }
+    __device__ __forceinline__ mbar_t *full(int s) const { return bar(s ? lay.full1 : lay.full0); }
+    __device__ __forceinline__ mbar_t *empty(int s) const {
+        return bar(s ? lay.empty1 : lay.empty0);
+    }
+    __device__ __forceinline__ volatile int32_t *bad_flag(int s) const {
+        return reinterpret_cast<volatile int32_t *>(smem + lay.bad) + s;
+    }
+};
+
+/* ------------------------------------------------------------ producer -- */
+
+/* The Q tile of request req (rows [row0, row0 + 64) of KV head hk; rows past
+ * q_rows zero) into the swizzled layout, by the 128 producer threads. */
+__device__ __forceinline__ void load_q(const dinf__mla_params &p, const cta_ctx &c, int32_t req,
+                                       int t) {
+    for (int i = t; i < kBM * kChunks; i += kWgThreads) {
+        const int r = i / kChunks, ch = i % kChunks;
+        const int qr = c.row0 + r;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (qr < p.q_rows) {
+            const int tq = qr / p.heads_per_kv;
+            const int h = c.hk * p.heads_per_kv + qr % p.heads_per_kv;
+            v = __ldg(reinterpret_cast<const uint4 *>(
+                          p.q + ((int64_t(req) * p.s_q + tq) * p.h_q + h) * kDqk) +
+                      ch);
+        }
+        *reinterpret_cast<uint4 *>(c.smem + c.lay.q + dinf__mla_fast_sw128(r, 8 * ch)) = v;
+    }
+}
+
+/* One 64-token FP8 page dequantized into stage s (rows >= n and a bad page:
+ * zeros). Thread t takes items t + 128 j (item i: row i / 40, 16-byte chunk
+ * i % 40: 32 chunks of 16 codes, then 8 RoPE chunks) in batches whose loads
+ * are all issued before the first conversion (memory-level parallelism). */
+__device__ __forceinline__ void load_fp8_page(const dinf__mla_params &p, const cta_ctx &c, int s,
+                                              int32_t page, int32_t n, int bad, int t) {
+    constexpr int kPerRow = DINF_MLA_FAST_FP8_CHUNKS;
+    constexpr int kItems = kBN * kPerRow / kWgThreads;
+    constexpr int kBatch = DINF_MLA_FAST_FP8_BATCH;
+    static_assert(kBN * kPerRow % kWgThreads == 0 && kItems % kBatch == 0, "FP8 page items");
+    uint8_t *tile = c.k_tile(s);
+    const uint8_t *base = static_cast<const uint8_t *>(p.k_cache) +
+                          int64_t(page) * p.kv_block_stride +
+                          int64_t(c.hk) * DINF_MLA_FP8_ENTRY_BYTES;
+#pragma unroll 1
+    for (int b0 = 0; b0 < kItems; b0 += kBatch) {
+        uint4 raw[kBatch];
+        float scale[kBatch];
+#pragma unroll
+        for (int j = 0; j < kBatch; j++) {
+            const int i = t + kWgThreads * (b0 + j);
+            const int r = i / kPerRow, ch = i % kPerRow;
+            const uint8_t *entry = base + int64_t(r) * p.kv_token_stride;
+            raw[j] = make_uint4(0, 0, 0, 0);
+            scale[j] = 0.0f;
+            if (!bad && r < n) {
+                if (ch < kDv / 16) {
+                    raw[j] = __ldg(reinterpret_cast<const uint4 *>(entry) + ch);
+                    scale[j] = __ldg(reinterpret_cast<const float *>(entry + DINF_MLA_FP8_SCALE_OFFSET) +
+                                     ch / 8);
+                } else {
+                    raw[j] = __ldg(reinterpret_cast<const uint4 *>(entry + DINF_MLA_FP8_ROPE_OFFSET) +
+                                   (ch - kDv / 16));
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < kBatch; j++) {
+            const int i = t + kWgThreads * (b0 + j);
+            const int r = i / kPerRow, ch = i % kPerRow;
+            if (ch < kDv / 16) { /* channels [16 ch, 16 ch + 16): e4m3 * scale, rounded to bf16 */
+                const uint32_t w[4] = {raw[j].x, raw[j].y, raw[j].z, raw[j].w};
+                uint32_t packed[8];
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    float lo, hi;
+                    ptx::e4m3x2_to_f32x2(uint16_t(w[k / 2] >> (16 * (k % 2))), lo, hi);
+                    packed[k] = ptx::pack_bf16x2(lo * scale[j], hi * scale[j]);
+                }
+                *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, 16 * ch)) =
+                    make_uint4(packed[0], packed[1], packed[2], packed[3]);
+                *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, 16 * ch + 8)) =
+                    make_uint4(packed[4], packed[5], packed[6], packed[7]);
+            } else { /* RoPE: bf16 as stored */
+                *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, kDv + 8 * (ch - kDv / 16))) =
+                    raw[j];
+            }
+        }
+    }
+}
+
+/* Block blk of the request (block table row bt) into stage it % 2, once the
+ * consumers released it: BF16, thread 0 issues the nine TMA boxes; FP8, the
+ * 128 threads dequantize the page. A page outside [0, num_blocks) flags the
+ * stage bad and page 0 is read instead. */
+template <bool kFp8>
+__device__ __forceinline__ void fill_stage(const dinf__mla_params &p, const jit::tensor_map_t *kmap,
+                                           const cta_ctx &c, const int32_t *bt, int32_t s_k,
+                                           int32_t blk, int64_t it, int t) {
+    const int s = dinf__mla_fast_stage(it);
+    if (!kFp8) {
+        if (t != 0)
+            return;
+        mbar_wait_bounded(c.empty(s), dinf__mla_fast_empty_parity(it));
+        int32_t page = __ldg(bt + blk); /* 64-token pages: logical page = block */
+        const int bad = page < 0 || page >= p.num_blocks;
+        *c.bad_flag(s) = bad;
+        page = bad ? 0 : page;
+        jit::mbar_arrive_expect_tx(c.full(s), dinf__mla_fast_stage_tx_bytes());
+#pragma unroll
+        for (int box = 0; box < DINF_MLA_FAST_BOXES; box++)
+            ptx::tma_load_4d(c.k_tile(s) + box * DINF_MLA_FAST_BOX_BYTES, kmap, c.full(s),
+                             box * DINF_MLA_FAST_BOX_COLS, 0, c.hk, page);
+    } else {
+        mbar_wait_bounded(c.empty(s), dinf__mla_fast_empty_parity(it));
+        const int32_t page = __ldg(bt + blk);
+        const int bad = page < 0 || page >= p.num_blocks;
+        if (t == 0)
+            *c.bad_flag(s) = bad;
+        load_fp8_page(p, c, s, bad ? 0 : page, dinf__mla_fast_block_keys(s_k, blk), bad, t);
+        ptx::fence_proxy_async_shared();
+        jit::mbar_arrive(c.full(s));
+    }
+}
+
+/* Per request: its first block (which waits only for the consumers'
+ * release of block it - 2, a block of an earlier request: no cycle), then
+ * the Q tile once the consumers are done with the previous one, then the
+ * other blocks. The ring's order is the consumers' order. */
+template <bool kFp8>
+__device__ __forceinline__ void produce(const dinf__mla_params &p, const jit::tensor_map_t *kmap,
+                                        const cta_ctx &c) {
+    const int t = int(threadIdx.x) - DINF_MLA_FAST_PRODUCER_WG * kWgThreads;
+    int64_t it = 0, rq = 0;
+    for (int32_t req = c.first; req <= c.last; req++, rq++) {
+        const dinf__mla_piece pc =
+            dinf__mla_fast_piece(&p, c.meta, req, p.seqlens[req], c.first, c.last);
+        const int32_t *bt = p.block_table + int64_t(req) * p.max_blocks;
+        int32_t blk = pc.blk_begin;
+        if (blk < pc.blk_end)
+            fill_stage<kFp8>(p, kmap, c, bt, pc.s_k, blk++, it++, t);
+        mbar_wait_bounded(c.bar(c.lay.q_empty), dinf__mla_fast_q_empty_parity(rq));
+        load_q(p, c, req, t);
+        ptx::fence_proxy_async_shared();
+        jit::mbar_arrive(c.bar(c.lay.q_full));
+        for (; blk < pc.blk_end; blk++, it++)
+            fill_stage<kFp8>(p, kmap, c, bt, pc.s_k, blk, it, t);
+    }
+    ptx::griddep_launch_dependents();
+}
+
+/* ------------------------------------------------------------ consumers -- */
+
+/* After wgmma_wait: later reads of the accumulators depend on these (the
+ * compiler sees the wgmma's register results at its issue, not at the wait). */
+template <int N> __device__ __forceinline__ void fence_acc(float (&a)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; i++)
+        jit::fence_operand(a[i]);
+}
+
+/* The consumers' bounded wait: a trap inside the block loop costs the loop
+ * registers (ptxas spills), so a timed-out wait sets hung, later waits
+ * return at once (the WGs still meet at every named barrier and finish
+ * their blocks with garbage), and consume() traps after its loop. */
+__device__ __forceinline__ void mbar_wait_or_flag(mbar_t *bar, uint32_t parity, uint32_t &hung) {
+    if (hung || ptx::mbar_try_wait(bar, parity))
+        return;
+    const uint64_t start = ptx::globaltimer_ns();
+    for (uint32_t spins = 1;; spins++) {
+        if (ptx::mbar_try_wait(bar, parity))
+            return;
+        if (spins % 256 == 0 && ptx::globaltimer_ns() - start > DINF_MLA_FAST_WAIT_NS) {
+            hung = 1;
+            return;
+        }
+    }
+}
+
+template <bool kFp8>
+__device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx &c) {
+    const int wg = int(threadIdx.x) / kWgThreads; /* 0 or 1 */
+    const int t = int(threadIdx.x) % kWgThreads;
+    /* this thread's two rows of the tile (accumulator values v with (v / 2) % 2 = i) */
+    const int rows[2] = {dinf__mla_fast_acc_row(t, 0), dinf__mla_fast_acc_row(t, 2)};
+    float *s_max = reinterpret_cast<float *>(c.smem + c.lay.max);   /* [2][64] */
+    float *s_lsum = reinterpret_cast<float *>(c.smem + c.lay.lsum); /* [2][2][64] */
+    const uint32_t q_addr = c.smem_addr + c.lay.q, p_addr = c.smem_addr + c.lay.p;
+    int64_t it = 0, rq = 0;
+    uint32_t hung = 0;
+    for (int32_t req = c.first; req <= c.last; req++, rq++) {
+        const dinf__mla_piece pc =
+            dinf__mla_fast_piece(&p, c.meta, req, p.seqlens[req], c.first, c.last);
+        int bad = pc.bad;
+        int32_t limit[2];
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int qr = c.row0 + rows[i];
+            limit[i] = qr < p.q_rows ? dinf__mla_key_limit(pc.s_k, p.s_q, qr / p.heads_per_kv,
+                                                           p.causal)
+                                     : 0;
+        }
+        float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+        float o[128];
+#pragma unroll
+        for (int v = 0; v < 128; v++)
+            o[v] = 0.0f;
+        mbar_wait_or_flag(c.bar(c.lay.q_full), dinf__mla_fast_q_full_parity(rq), hung);
+
+        for (int32_t blk = pc.blk_begin; blk < pc.blk_end; blk++, it++) {
+            const int s = dinf__mla_fast_stage(it);
+            const int32_t j0 = blk * kBN;
+            const int32_t n = dinf__mla_fast_block_keys(pc.s_k, blk);
+            const uint32_t k_addr = c.k_addr(s);
+            mbar_wait_or_flag(c.full(s), dinf__mla_fast_full_parity(it), hung);
+            bad |= *c.bad_flag(s);
+
+            /* S_w = Q K_w^T: 64 rows x this WG's 32 keys */
+            float sacc[16];
+#pragma unroll
+            for (int v = 0; v < 16; v++)
+                sacc[v] = 0.0f;
+            jit::wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < kDqk / 16; ks++)
+                ptx::wgmma_bf16_m64n32k16_kk(
+                    dinf__mla_fast_desc_k(q_addr + dinf__mla_fast_qk_a(ks)),
+                    dinf__mla_fast_desc_k(k_addr + dinf__mla_fast_qk_b(ks, wg)), sacc, ks > 0);
+            jit::wgmma_commit();
+            ptx::wgmma_wait<0>();
+            fence_acc(sacc);
+
+            /* scale, mask, this WG's row maxima, then both WGs' */
+            float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+            for (int v = 0; v < 16; v++) {
+                const int i = (v / 2) % 2;
+                const int32_t key = j0 + wg * DINF_MLA_FAST_KEYS_PER_WG + dinf__mla_fast_acc_col(t, v);
+                const float x = key < limit[i] ? sacc[v] * p.scale_log2 : -INFINITY;
+                sacc[v] = x;
+                mx[i] = fmaxf(mx[i], x);
+            }
+            float alpha[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+                if (t % 4 == 0)
+                    s_max[wg * kBM + rows[i]] = mx[i];
+            }
+            ptx::named_bar_sync(DINF_MLA_FAST_BAR_MAX, DINF_MLA_FAST_CONSUMERS);
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const float both = fmaxf(mx[i], s_max[(1 - wg) * kBM + rows[i]]);
+                m[i] = dinf__mla_fast_max_update(m[i], both, &alpha[i]);
+                l[i] *= alpha[i];
+            }
+#pragma unroll
+            for (int v = 0; v < 16; v++) {
+                const int i = (v / 2) % 2;
+                const float pv = dinf__mla_fast_prob(sacc[v], m[i]);
+                sacc[v] = pv;
+                l[i] += pv;
+            }
+#pragma unroll
+            for (int v = 0; v < 128; v++)
+                o[v] *= alpha[(v / 2) % 2];
+
+            /* V rows past the request's length: zeros (this WG's columns only) */
+            if (n < kBN) {
+                uint8_t *tile = c.k_tile(s);
+                for (int i = t; i < (kBN - n) * 32; i += kWgThreads) {
+                    const int row = n + i / 32, box = 4 * wg + (i % 32) / 8, chunk = i % 8;
+                    *reinterpret_cast<uint4 *>(tile + box * DINF_MLA_FAST_BOX_BYTES + row * 128 +
+                                               chunk * 16) = make_uint4(0, 0, 0, 0);
+                }
+            }
+            /* P_w (bf16) into the shared P tile, keys [32 w, 32 w + 32) */
+#pragma unroll
+            for (int v = 0; v < 16; v += 2) {
+                const int row = dinf__mla_fast_acc_row(t, v);
+                const int key = wg * DINF_MLA_FAST_KEYS_PER_WG + dinf__mla_fast_acc_col(t, v);
+                *reinterpret_cast<uint32_t *>(c.smem + c.lay.p + dinf__mla_fast_sw128(row, key)) =
+                    ptx::pack_bf16x2(sacc[v], sacc[v + 1]);
+            }
+            ptx::fence_proxy_async_shared();
+            ptx::named_bar_sync(DINF_MLA_FAST_BAR_P, DINF_MLA_FAST_CONSUMERS);
+
+            /* O_w += P V_w: 64 rows x this WG's 256 output columns */
+            jit::wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < kBN / 16; kk++)
+                ptx::wgmma_bf16_m64n256k16_kt(
+                    dinf__mla_fast_desc_k(p_addr + dinf__mla_fast_pv_a(kk)),
+                    dinf__mla_fast_desc_mn(k_addr + dinf__mla_fast_pv_b(kk, wg)), o, 1);
+            jit::wgmma_commit();
+            ptx::wgmma_wait<0>();
+            fence_acc(o);
+            jit::mbar_arrive(c.empty(s));
+        }
+        jit::mbar_arrive(c.bar(c.lay.q_empty));
+
+        /* row sums over the quad, then over the two WGs */
+        float *lsum = s_lsum + (rq & 1) * 2 * kBM;
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+            l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+            if (t % 4 == 0)
+                lsum[wg * kBM + rows[i]] = l[i];
+        }
+        ptx::named_bar_sync(DINF_MLA_FAST_BAR_L, DINF_MLA_FAST_CONSUMERS);
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int qr = c.row0 + rows[i];
+            if (qr >= p.q_rows || pc.dest < 0)
+                continue;
+            const float l_total = l[i] + lsum[(1 - wg) * kBM + rows[i]];
+            const dinf__mla_row_end e = dinf__mla_fast_row_end(l_total, m[i], bad);
+            const int tq = qr / p.heads_per_kv;
+            const int h = c.hk * p.heads_per_kv + qr % p.heads_per_kv;
+            const int col0 = wg * DINF_MLA_FAST_COLS_PER_WG + 2 * (t % 4);
+            if (pc.dest == 0) {
+                uint16_t *dst = p.out + ((int64_t(req) * p.s_q + tq) * p.h_q + h) * kDv + col0;
+#pragma unroll
+                for (int nt = 0; nt < 32; nt++)
+                    *reinterpret_cast<uint32_t *>(dst + 8 * nt) =
+                        ptx::pack_bf16x2(o[4 * nt + 2 * i] * e.inv, o[4 * nt + 2 * i + 1] * e.inv);
+                if (wg == 0 && t % 4 == 0)
+                    p.lse[(int64_t(req) * p.h_q + h) * p.s_q + tq] = e.lse;
+            } else {
+                const int64_t wrow = (pc.split_row * p.h_kv + c.hk) * p.q_rows + qr;
+                float *dst = p.o_acc + wrow * kDv + col0;
+#pragma unroll
+                for (int nt = 0; nt < 32; nt++)
+                    *reinterpret_cast<float2 *>(dst + 8 * nt) =
+                        make_float2(o[4 * nt + 2 * i] * e.inv, o[4 * nt + 2 * i + 1] * e.inv);
+                if (wg == 0 && t % 4 == 0)
+                    p.lse2_acc[wrow] = e.lse2;
+            }
+        }
+    }
+    if (hung)
+        ptx::trap();
+    ptx::griddep_launch_dependents();
+}
+
+#endif /* DINF_MLA_FAST_DEVICE_CODE */
+
+template <bool kFp8>
+__global__ void __launch_bounds__(DINF_MLA_FAST_THREADS, 1)
+    mla_decode_fast_kernel(const __grid_constant__ dinf__mla_params p,
+                           const __grid_constant__ jit::tensor_map_t kmap) {
+#if DINF_MLA_FAST_DEVICE_CODE
+    extern __shared__ __align__(1024) uint8_t smem_raw[];
+    cta_ctx c;
+    const uint32_t raw = jit::smem_u32(smem_raw);
+    const uint32_t pad = (DINF_MLA_FAST_SMEM_ALIGN - raw % DINF_MLA_FAST_SMEM_ALIGN) %
+                         DINF_MLA_FAST_SMEM_ALIGN;
+    c.smem = smem_raw + pad;
+    c.smem_addr = raw + pad;
+    c.lay = dinf__mla_fast_smem_carve();
+    c.m_block = int(blockIdx.x % unsigned(p.m_blocks));
+    const int part = int(blockIdx.x / unsigned(p.m_blocks));
+    c.hk = int(blockIdx.y);
+    c.row0 = c.m_block * kBM;
+    c.meta = p.meta + int64_t(part) * DINF_MLA_METADATA_INTS;
+    dinf__mla_fast_requests(&p, c.meta, &c.first, &c.last);
+
+    if (threadIdx.x == 0) {
+        const uint32_t full_count = dinf__mla_fast_full_count(kFp8);
+        jit::mbar_init(c.full(0), full_count);
+        jit::mbar_init(c.full(1), full_count);
+        jit::mbar_init(c.empty(0), DINF_MLA_FAST_CONSUMERS);
+        jit::mbar_init(c.empty(1), DINF_MLA_FAST_CONSUMERS);
+        jit::mbar_init(c.bar(c.lay.q_full), kWgThreads);
+        jit::mbar_init(c.bar(c.lay.q_empty), DINF_MLA_FAST_CONSUMERS);
+        jit::mbar_init_fence();
+    }
+    if (!kFp8 && threadIdx.x == DINF_MLA_FAST_PRODUCER_WG * kWgThreads)
+        jit::tma_prefetch_descriptor(&kmap);
+    __syncthreads();
+
+    if (int(threadIdx.x) / kWgThreads == DINF_MLA_FAST_PRODUCER_WG) {
+        ptx::setmaxnreg_dec<DINF_MLA_FAST_PRODUCER_REGS>();
+        produce<kFp8>(p, &kmap, c);
+    } else {
+        ptx::setmaxnreg_inc<DINF_MLA_FAST_CONSUMER_REGS>();
+        consume<kFp8>(p, c);
+    }
+#else
+    /* wgmma and setmaxnreg exist only on sm_90a: the portable compute_90 PTX
+     * of this file has no body (the launcher runs on sm_90 devices only,
+     * where the sm_90a code is chosen). */
+    __trap();
+#endif
+}
+
+/* ------------------------------------------------------------- launcher -- */
+
+struct device_guard {
+    int previous = -1;
+    cudaError_t enter(int device) {
+        cudaError_t err = cudaGetDevice(&previous);
+        if (err == cudaSuccess && previous != device)
+            err = cudaSetDevice(device);
+        else
+            previous = -1;
+        return err;
+    }
+    ~device_guard() {
+        if (previous >= 0)
+            cudaSetDevice(previous);
+    }
+};
+
+dinf_status cuda_failed(const char *func, const dinf__place *place, const char *what,
+                        cudaError_t err) {
+    (void)cudaGetLastError();
+    return dinf__fail(DINF_STATUS_CUDA_ERROR, func, "%s on device %d failed: %s (%s)", what,
+                      (int)place->device, cudaGetErrorString(err), cudaGetErrorName(err));
+}
+
+typedef CUresult (*encode_tiled_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
+                                    const cuuint64_t *, const cuuint64_t *, const cuuint32_t *,
+                                    const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                    CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+/* cuTensorMapEncodeTiled from the driver (no libcuda link), looked up once. */
+encode_tiled_fn encoder(cudaError_t *err_out) {
+    static cudaError_t err = cudaSuccess;
+    static encode_tiled_fn fn = [] {
+        void *f = nullptr;
+        cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+        err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000,
+                                               cudaEnableDefault, &q);
+        if (err == cudaSuccess && (q != cudaDriverEntryPointSuccess || !f))
+            err = cudaErrorSymbolNotFound;
+        (void)cudaGetLastError();
+        return err == cudaSuccess ? reinterpret_cast<encode_tiled_fn>(f) : nullptr;
+    }();
+    *err_out = err;
+    return fn;
+}
+
+/*
+ * The BF16 cache as a 4-D tensor (dims innermost first): 576 columns, 64
+ * tokens of a page (stride kv_token_stride), h_kv heads (stride 576), the
+ * pages (stride kv_block_stride); box 64 columns x 64 tokens, 128-byte swizzle.
+ */
+dinf_status encode_kv_map(const char *func, const dinf__mla_params *p, jit::tensor_map_t *out) {
+    cudaError_t err;
+    const encode_tiled_fn encode = encoder(&err);
+    if (!encode)
+        return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
+                          "cuTensorMapEncodeTiled is not available from the driver (%s): the "
+                          "fast MLA rung needs it (DINF_MLA_KERNEL=simple avoids it)",
+                          cudaGetErrorString(err));
+    CUtensorMap map;
+    const cuuint64_t dims[4] = {cuuint64_t(kDqk), cuuint64_t(DINF_MLA_FAST_PAGE),
+                                cuuint64_t(p->h_kv), cuuint64_t(p->num_blocks)};
+    const cuuint64_t strides[3] = {cuuint64_t(p->kv_token_stride) * 2, cuuint64_t(kDqk) * 2,
+                                   cuuint64_t(p->kv_block_stride) * 2};
+    const cuuint32_t box[4] = {DINF_MLA_FAST_BOX_COLS, DINF_MLA_FAST_PAGE, 1, 1};
+    const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+    const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4,
+                              const_cast<void *>(p->k_cache), dims, strides, box, element_strides,
+                              CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS)
+        return dinf__fail(DINF_STATUS_INTERNAL, func,
+                          "cuTensorMapEncodeTiled(k_cache=%p: dims 576 x 64 x %d x %lld, strides "
+                          "%lld, 1152, %lld bytes) failed with CUresult %d",
+                          p->k_cache, (int)p->h_kv, (long long)p->num_blocks,
+                          (long long)p->kv_token_stride * 2, (long long)p->kv_block_stride * 2,
+                          (int)r);
+    static_assert(sizeof(CUtensorMap) == sizeof(jit::tensor_map_t), "tensor map size");
+    memcpy(out, &map, sizeof map);
+    return DINF_STATUS_OK;
+}
+
+} // namespace
+
+extern "C" dinf_status dinf__mla_decode_fast_cuda(const char *func, const dinf__place *place,
+                                                  const dinf__mla_params *p) {
+    device_guard guard;
+    cudaError_t err = guard.enter(place->device);
+    if (err != cudaSuccess) {
+        cudaGetLastError();
+        return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "no usable CUDA device %d: %s (%s)",
+                          (int)place->device, cudaGetErrorString(err), cudaGetErrorName(err));
+    }
+    int major = 0, minor = 0;
+    err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, place->device);
+    if (err == cudaSuccess)
+        err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, place->device);
+    if (err != cudaSuccess)
+        return cuda_failed(func, place, "reading the compute capability", err);
+    if (major != 9 || minor != 0)
+        return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
+                          "device %d has compute capability %d.%d; the MLA kernels need sm_90 "
+                          "(Hopper)",
+                          (int)place->device, major, minor);
+    if (p->h_kv > 65535)
+        return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
+                          "num_heads_kv=%d exceeds the GPU grid limit 65535", (int)p->h_kv);
+    jit::tensor_map_t kmap;
+    memset(&kmap, 0, sizeof kmap);
+    if (!p->kv_fp8) {
+        const dinf_status st = encode_kv_map(func, p, &kmap);
+        if (st != DINF_STATUS_OK)
+            return st;
+    }
+    const unsigned smem_bytes = dinf__mla_fast_smem_carve().bytes;
+    cudaStream_t stream = reinterpret_cast<cudaStream_t>(place->stream);
+    const dim3 grid(unsigned(int64_t(p->m_blocks) * p->parts), unsigned(p->h_kv));
+    if (p->kv_fp8) {
+        err = cudaFuncSetAttribute(mla_decode_fast_kernel<true>,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes));
+        if (err == cudaSuccess)
+            mla_decode_fast_kernel<true>
+                <<<grid, DINF_MLA_FAST_THREADS, smem_bytes, stream>>>(*p, kmap);
+    } else {
+        err = cudaFuncSetAttribute(mla_decode_fast_kernel<false>,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes));
+        if (err == cudaSuccess)
+            mla_decode_fast_kernel<false>
+                <<<grid, DINF_MLA_FAST_THREADS, smem_bytes, stream>>>(*p, kmap);
+    }
+    if (err == cudaSuccess)
+        err = cudaGetLastError();
+    if (err != cudaSuccess)
+        return cuda_failed(func, place, "fast decode launch", err);
+    /* the combine, launched as a programmatic dependent of the decode */
+    return dinf__mla_combine_cuda(func, place, p, 1);
+}

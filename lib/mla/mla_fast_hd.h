@@ -1,0 +1,386 @@
+/*
+ * The fast MLA decode rung (kernels/mla/mla_decode_fast.cu), host and
+ * device: everything of that kernel that is not a tensor-core or copy-engine
+ * instruction. The shared-memory carve, the 128-byte swizzle that TMA writes
+ * and wgmma reads, the wgmma shared-memory descriptors, the accumulator
+ * fragment coordinates (which thread holds which row and column, which
+ * warpgroup owns which keys and output columns), the mbarrier ring's stage
+ * and parity sequence, the transaction byte counts, the piece of the plan a
+ * CTA works on (identical for the producer and the consumers), the online
+ * softmax step and its two-warpgroup merge, and the rung selection. The CPU
+ * tests (tests/mla/test_mla_fast.c) exercise every function here; the
+ * kernel calls them unchanged. Not installed.
+ *
+ * Kernel design (the numbers below are the constants of this header):
+ *   CTA = 384 threads = 3 warpgroups, one CTA per SM (about 226 KiB of
+ *   shared memory), grid (m_blocks * parts, h_kv) as the simple rung.
+ *   WG 0 and WG 1 are consumers (setmaxnreg 200 registers). Per 64-key block
+ *   consumer WG w computes S_w = Q K_w^T for keys [32 w, 32 w + 32) of the
+ *   block (wgmma m64n32k16, Q and K from shared memory, 36 k-steps over 576),
+ *   exchanges the row maxima with the other WG through shared memory (named
+ *   barrier), so both hold the same running max m; computes its probabilities,
+ *   rescales its output half, writes P_w (bf16) into the shared 64 x 64 P
+ *   tile, and after a second named barrier accumulates
+ *   O[:, 256 w, 256 w + 256) += P V (wgmma m64n256k16, P K-major and V
+ *   MN-major from the same shared K tile, 4 k-steps). Each WG keeps its own
+ *   row-sum partial (same rescaling factors), summed at the end.
+ *   WG 2 is the producer (setmaxnreg 104): per request it loads the 64 x 576
+ *   Q tile with 16-byte loads into the swizzled layout; per block it fills
+ *   one stage of a 2-deep ring: BF16 cache: one thread issues 9 TMA boxes of
+ *   64 dims x 64 tokens (128-byte swizzle) completing on the stage's full
+ *   barrier; FP8 cache: the 128 threads load the 656-byte entries with
+ *   16-byte loads and write the dequantized bf16 values (dinf__mla_fp8_value)
+ *   into the same swizzled layout, then arrive. Consumers release a stage on
+ *   its empty barrier after their P V of it completed, and the Q tile on
+ *   q_empty after their last block of the request.
+ */
+#ifndef DINF_MLA_FAST_HD_H
+#define DINF_MLA_FAST_HD_H
+
+#include "mla_hd.h"
+
+#include <math.h>
+#include <stdint.h>
+
+/* ---------------------------------------------------------- constants -- */
+
+#define DINF_MLA_FAST_THREADS 384         /* 3 warpgroups */
+#define DINF_MLA_FAST_CONSUMERS 256       /* WG 0 and WG 1 */
+#define DINF_MLA_FAST_PRODUCER_WG 2
+#define DINF_MLA_FAST_CONSUMER_REGS 200   /* setmaxnreg.inc (ptxas spills below about 190) */
+#define DINF_MLA_FAST_PRODUCER_REGS 104   /* setmaxnreg.dec: 168 - 2 (200 - 168) */
+#define DINF_MLA_FAST_FP8_CHUNKS 40       /* 16-byte chunks of an FP8 entry's row: 32 code + 8 RoPE */
+#define DINF_MLA_FAST_FP8_BATCH 10        /* FP8 chunks a producer thread loads before converting */
+#define DINF_MLA_FAST_STAGES 2            /* K ring depth */
+#define DINF_MLA_FAST_PAGE 64             /* the only page size of the fast rung */
+#define DINF_MLA_FAST_BOX_COLS 64         /* bf16 per 128-byte swizzled row */
+#define DINF_MLA_FAST_BOXES 9             /* 576 / 64 column boxes per tile */
+#define DINF_MLA_FAST_BOX_BYTES 8192      /* 64 rows x 128 bytes */
+#define DINF_MLA_FAST_TILE_BYTES 73728    /* 9 boxes: a 64 x 576 bf16 tile */
+#define DINF_MLA_FAST_KEYS_PER_WG 32      /* QK^T: keys [32 w, 32 w + 32) of a block */
+#define DINF_MLA_FAST_COLS_PER_WG 256     /* PV: output columns [256 w, 256 w + 256) */
+#define DINF_MLA_FAST_SMEM_ALIGN 1024     /* swizzled tiles start 1024-byte aligned */
+#define DINF_MLA_FAST_SMEM_LIMIT 232448   /* sm_90 opt-in dynamic shared memory per block */
+/* longest mbarrier wait before the kernel traps (a hang fails the launch) */
+#define DINF_MLA_FAST_WAIT_NS 4000000000ull
+/* named barriers (0 is __syncthreads), each over the 256 consumer threads */
+#define DINF_MLA_FAST_BAR_MAX 1           /* both WGs' block row maxima are in sMax */
+#define DINF_MLA_FAST_BAR_P 2             /* both halves of P are in sP */
+#define DINF_MLA_FAST_BAR_L 3             /* both WGs' row sums are in sL */
+
+/* ------------------------------------------------------- shared memory -- */
+
+/*
+ * Byte offsets from the 1024-aligned base of the dynamic shared memory:
+ *   q       Q tile, 9 swizzled boxes [64 rows][128 B]           73,728
+ *   k[s]    K/V stage s (the same layout, 64 tokens)       2 x 73,728
+ *   p       P tile, one swizzled box [64 rows][64 keys]          8,192
+ *   max     float [2 WGs][64 rows]: block row maxima               512
+ *   lsum    float [2 request parities][2 WGs][64 rows]           1,024
+ *   bad     int32 [2 stages]: the stage's page was out of range     16
+ *   full[s], empty[s], q_full, q_empty: mbarriers (8 B each)        48
+ * bytes = end + 1024 (the launcher's slack for aligning the base).
+ */
+typedef struct dinf__mla_fast_smem {
+    uint32_t q, k0, k1, p, max, lsum, bad, full0, full1, empty0, empty1, q_full, q_empty, end;
+    uint32_t bytes;
+} dinf__mla_fast_smem;
+
+DINF_HD dinf__mla_fast_smem dinf__mla_fast_smem_carve(void) {
+    dinf__mla_fast_smem s;
+    s.q = 0;
+    s.k0 = s.q + DINF_MLA_FAST_TILE_BYTES;
+    s.k1 = s.k0 + DINF_MLA_FAST_TILE_BYTES;
+    s.p = s.k1 + DINF_MLA_FAST_TILE_BYTES;
+    s.max = s.p + DINF_MLA_FAST_BOX_BYTES;
+    s.lsum = s.max + 2 * DINF_MLA_BLOCK_M * 4;
+    s.bad = s.lsum + 2 * 2 * DINF_MLA_BLOCK_M * 4;
+    s.full0 = s.bad + 16;
+    s.full1 = s.full0 + 8;
+    s.empty0 = s.full1 + 8;
+    s.empty1 = s.empty0 + 8;
+    s.q_full = s.empty1 + 8;
+    s.q_empty = s.q_full + 8;
+    s.end = s.q_empty + 8;
+    s.bytes = s.end + DINF_MLA_FAST_SMEM_ALIGN;
+    return s;
+}
+
+/*
+ * The 128-byte swizzle (TMA CU_TENSOR_MAP_SWIZZLE_128B, wgmma layout type 1,
+ * CuTe Swizzle<3,4,3>): inside a 1024-byte-aligned box of rows of 128 bytes,
+ * the 16-byte chunk c of row r lives at chunk position c ^ (r % 8).
+ * Byte offset, from the tile base, of element (row, col) of a tile of
+ * 64-column boxes (bf16: box col / 64, chunk (col % 64) / 8, byte 2 (col % 8)).
+ */
+DINF_HD uint32_t dinf__mla_fast_sw128(uint32_t row, uint32_t col) {
+    const uint32_t box = col / DINF_MLA_FAST_BOX_COLS, c = col % DINF_MLA_FAST_BOX_COLS;
+    return box * DINF_MLA_FAST_BOX_BYTES + row * 128u + (((c / 8u) ^ (row % 8u)) * 16u) +
+           (c % 8u) * 2u;
+}
+
+/*
+ * wgmma shared-memory matrix descriptors (PTX ISA 9.7.15.5.1, "Matrix
+ * Descriptor Format"): bits 0-13 start address >> 4, 16-29 leading byte
+ * offset >> 4, 32-45 stride byte offset >> 4, 49-51 base offset (0: every
+ * pattern starts 1024-byte aligned), 62-63 layout type (1 = 128-byte swizzle).
+ *
+ * K-major operand (Q and K for S = Q K^T, P for P V): rows of 128 bytes,
+ * 8-row groups 1024 bytes apart (SBO); LBO is unused with the swizzle (1, as
+ * CuTe encodes it). A k16 step inside the 64-column box adds 32 bytes to the
+ * start address; the next box is + 8192.
+ */
+DINF_HD uint64_t dinf__mla_fast_desc_k(uint32_t smem_addr) {
+    return (uint64_t)((smem_addr & 0x3FFFFu) >> 4) | ((uint64_t)1 << 16) |
+           ((uint64_t)(1024u >> 4) << 32) | ((uint64_t)1 << 62);
+}
+
+/*
+ * MN-major operand (V for P V, a transposed view of the K tile: N = output
+ * columns are contiguous inside a row, K = keys are the rows). CuTe's
+ * canonical SW128 MN-major layout ((8,n),(8,k)) : ((1,LBO),(8,SBO)) in
+ * 16-byte units: 64 columns contiguous, the next 64 columns (the next box)
+ * LBO = 8192 bytes away, 8 key rows of 128 bytes then the next 8 rows
+ * SBO = 1024 bytes away. A k16 step (16 keys) adds 2048 bytes.
+ */
+DINF_HD uint64_t dinf__mla_fast_desc_mn(uint32_t smem_addr) {
+    return (uint64_t)((smem_addr & 0x3FFFFu) >> 4) |
+           ((uint64_t)(DINF_MLA_FAST_BOX_BYTES >> 4) << 16) | ((uint64_t)(1024u >> 4) << 32) |
+           ((uint64_t)1 << 62);
+}
+
+/* Byte offsets inside a tile of the operands of one wgmma:
+ * S = Q K^T k-step ks (0..35): Q at qk_a, the WG's 32 key rows at qk_b;
+ * O += P V k-step kk (0..3): P at pv_a (inside the P box), V at pv_b. */
+DINF_HD uint32_t dinf__mla_fast_qk_a(int ks) {
+    return (uint32_t)(ks / 4) * DINF_MLA_FAST_BOX_BYTES + (uint32_t)(ks % 4) * 32u;
+}
+DINF_HD uint32_t dinf__mla_fast_qk_b(int ks, int wg) {
+    return dinf__mla_fast_qk_a(ks) + (uint32_t)wg * DINF_MLA_FAST_KEYS_PER_WG * 128u;
+}
+DINF_HD uint32_t dinf__mla_fast_pv_a(int kk) { return (uint32_t)kk * 32u; }
+DINF_HD uint32_t dinf__mla_fast_pv_b(int kk, int wg) {
+    return (uint32_t)wg * 4u * DINF_MLA_FAST_BOX_BYTES + (uint32_t)kk * 16u * 128u;
+}
+
+/*
+ * wgmma accumulator fragment (PTX ISA 9.7.15.5.2, "Register Fragments",
+ * m64nNk16 with float32 D): thread t of the warpgroup (0..127) holds N / 2
+ * values; value v is row 16 (t / 32) + (t % 32) / 4 + 8 ((v / 2) % 2) and
+ * column 8 (v / 4) + 2 (t % 4) + v % 2.
+ */
+DINF_HD int dinf__mla_fast_acc_row(int t, int v) { return 16 * (t / 32) + (t % 32) / 4 + 8 * ((v / 2) % 2); }
+DINF_HD int dinf__mla_fast_acc_col(int t, int v) { return 8 * (v / 4) + 2 * (t % 4) + v % 2; }
+
+/* ------------------------------------------------------------ the ring -- */
+
+/*
+ * Block it (counted over the CTA's whole piece list, from 0) uses stage
+ * it % 2. mbarrier phases (PTX ISA 9.7.13.15.16 try_wait.parity): a barrier
+ * starts in phase 0; waiting for parity P passes once the phase of parity P
+ * has completed, and a fresh barrier counts as having completed parity 1.
+ * Consumers wait full[stage] for parity (it / 2) % 2 (the (it / 2)-th fill);
+ * the producer waits empty[stage] for parity ((it / 2) % 2) ^ 1 (passes at
+ * once for the first two blocks, then waits for the consumers' release of
+ * block it - 2). The Q tile follows the same rule with the request count.
+ */
+DINF_HD int dinf__mla_fast_stage(int64_t it) { return (int)(it & 1); }
+DINF_HD uint32_t dinf__mla_fast_full_parity(int64_t it) { return (uint32_t)((it >> 1) & 1); }
+DINF_HD uint32_t dinf__mla_fast_empty_parity(int64_t it) { return (uint32_t)(((it >> 1) & 1) ^ 1); }
+DINF_HD uint32_t dinf__mla_fast_q_full_parity(int64_t r) { return (uint32_t)(r & 1); }
+DINF_HD uint32_t dinf__mla_fast_q_empty_parity(int64_t r) { return (uint32_t)((r & 1) ^ 1); }
+
+/* Arrival counts: full = 1 (the TMA thread's arrive.expect_tx) for BF16,
+ * 128 (every producer thread after its stores) for FP8; empty = 256
+ * (every consumer thread after its P V of the stage completed); q_full =
+ * 128; q_empty = 256. */
+DINF_HD uint32_t dinf__mla_fast_full_count(int kv_fp8) { return kv_fp8 ? 128u : 1u; }
+
+/* Bytes one BF16 stage's TMA boxes complete on full[s] (expect_tx): nine
+ * boxes of 64 columns x 64 tokens of bf16. */
+DINF_HD uint32_t dinf__mla_fast_stage_tx_bytes(void) {
+    return DINF_MLA_FAST_BOXES * DINF_MLA_FAST_BOX_COLS * DINF_MLA_FAST_PAGE * 2u;
+}
+
+/* --------------------------------------------------------------- pieces -- */
+
+/*
+ * One request's piece inside the CTA's SM part, exactly as the simple rung
+ * reads the plan (kernels/mla/mla_decode.cu): block range [blk_begin,
+ * blk_end) clamped to the request's blocks, the workspace row (-1: write
+ * out/lse), and bad = 1 (NaN for the request, no block read) when the length
+ * is negative or beyond the block table or the split row is outside the
+ * workspace. The producer and the consumers call this with the same values
+ * and so walk the same blocks.
+ */
+typedef struct dinf__mla_piece {
+    int32_t s_k, blk_begin, blk_end, bad;
+    int32_t dest;      /* 0: out/lse, 1: workspace row split_row, -1: nothing (a bad split row) */
+    int64_t split_row;
+} dinf__mla_piece;
+
+/* The CTA's request range [*first, *last] of part meta (empty: *first > *last). */
+DINF_HD void dinf__mla_fast_requests(const dinf__mla_params *p, const int32_t *meta,
+                                     int32_t *first, int32_t *last) {
+    const int32_t begin_req = meta[DINF_MLA_META_BEGIN_REQ];
+    int32_t end_req = meta[DINF_MLA_META_END_REQ];
+    if (begin_req < 0 || begin_req >= p->batch) {
+        *first = 0;
+        *last = -1;
+        return;
+    }
+    if (end_req >= p->batch)
+        end_req = (int32_t)(p->batch - 1);
+    *first = begin_req;
+    *last = end_req;
+}
+
+DINF_HD dinf__mla_piece dinf__mla_fast_piece(const dinf__mla_params *p, const int32_t *meta,
+                                             int32_t req, int32_t s_k, int32_t begin_req,
+                                             int32_t end_req) {
+    dinf__mla_piece pc;
+    const int32_t nblk = dinf__mla_num_blocks(s_k);
+    const int first = req == begin_req, last = req == end_req;
+    int32_t b0 = first ? meta[DINF_MLA_META_BEGIN_BLOCK] : 0;
+    int32_t b1 = last ? meta[DINF_MLA_META_END_BLOCK] : nblk;
+    b0 = b0 < 0 ? 0 : b0;
+    b1 = b1 > nblk ? nblk : b1;
+    const int split = (first && meta[DINF_MLA_META_FIRST_SPLIT]) ||
+                      (last && meta[DINF_MLA_META_LAST_SPLIT]);
+    const int64_t max_rows = (p->batch + p->parts) * (int64_t)p->h_kv * p->q_rows;
+    pc.split_row = split ? (int64_t)p->num_splits[req] + (first ? meta[DINF_MLA_META_BEGIN_SPLIT] : 0)
+                         : -1;
+    const int row_bad =
+        split && (pc.split_row < 0 || (pc.split_row + 1) * p->h_kv * p->q_rows > max_rows);
+    pc.s_k = s_k;
+    pc.bad = s_k < 0 || (int64_t)s_k > p->max_blocks * p->page || row_bad;
+    pc.dest = !split ? 0 : row_bad ? -1 : 1;
+    pc.blk_begin = b0;
+    pc.blk_end = pc.bad || b1 < b0 ? b0 : b1;
+    return pc;
+}
+
+/* Keys of block blk that exist (< s_k): rows at or past this are zeroed in V. */
+DINF_HD int32_t dinf__mla_fast_block_keys(int32_t s_k, int32_t blk) {
+    const int32_t n = s_k - blk * DINF_MLA_BLOCK_N;
+    return n < DINF_MLA_BLOCK_N ? (n > 0 ? n : 0) : DINF_MLA_BLOCK_N;
+}
+
+/* ------------------------------------------------------------- softmax -- */
+
+/*
+ * One block of the online softmax for one row (base 2, scores already
+ * scaled by softmax_scale * log2 e, masked scores -inf), split over the two
+ * consumer WGs: both see the same block maximum (max of the two halves'
+ * maxima), so both compute the same new running max and rescaling factor;
+ * each WG rescales its own row-sum partial and output columns by alpha and
+ * adds its own keys' probabilities. The simple rung's arithmetic: alpha = 0
+ * from an empty (-inf) running max, p = 0 for a masked score.
+ */
+DINF_HD float dinf__mla_fast_max_update(float m_old, float block_max, float *alpha) {
+    const float m_new = fmaxf(m_old, block_max);
+    *alpha = m_old == -INFINITY ? 0.0f : exp2f(m_old - m_new);
+    return m_new;
+}
+DINF_HD float dinf__mla_fast_prob(float s, float m_new) {
+    return s == -INFINITY ? 0.0f : exp2f(s - m_new);
+}
+
+/*
+ * The end of a piece for one row: l = l_wg0 + l_wg1, then (as the simple
+ * rung) inv = 1 / l (0 without keys, NaN when bad), the natural-log lse of
+ * an unsplit request ((log2 l + m) ln 2, +inf without keys) and the base-2
+ * lse of a partial (log2 l + m, -inf without keys); NaN when bad.
+ */
+typedef struct dinf__mla_row_end {
+    float inv, lse, lse2;
+} dinf__mla_row_end;
+
+DINF_HD dinf__mla_row_end dinf__mla_fast_row_end(float l, float m, int bad) {
+    dinf__mla_row_end e;
+    const float ln2 = 0.69314718055994530942f;
+    e.inv = bad ? NAN : (l > 0.0f ? 1.0f / l : 0.0f);
+    e.lse = bad ? NAN : (l > 0.0f ? (log2f(l) + m) * ln2 : INFINITY);
+    e.lse2 = bad ? NAN : (l > 0.0f ? log2f(l) + m : -INFINITY);
+    return e;
+}
+
+/* --------------------------------------------------------- selection -- */
+
+#if !defined(__CUDACC__)
+#include <stdio.h>
+#include <string.h>
+
+enum { DINF__MLA_RUNG_SIMPLE = 0, DINF__MLA_RUNG_FAST = 1 };
+
+/*
+ * Why the fast rung cannot take a decode (NULL: it can). Its constraints:
+ * page_block_size 64 (one TMA box row range and one FP8 block per page),
+ * and for the BF16 cache the tensor map over the paged cache (4-D: 576
+ * dims, 64 tokens, h_kv heads, num_blocks pages; strides kv_token_stride,
+ * 576 and kv_block_stride elements): a 16-byte-aligned base and strides
+ * (already required of every call), byte strides below 2^40 and dimensions
+ * that fit in 32 bits (num_blocks below 2^31: the block table is int32).
+ */
+static inline const char *dinf__mla_fast_unsupported(int kv_fp8, int32_t page,
+                                                     int64_t kv_block_stride,
+                                                     int64_t kv_token_stride, int64_t num_blocks,
+                                                     int32_t h_kv, char *buf, size_t n) {
+    if (page != DINF_MLA_FAST_PAGE) {
+        snprintf(buf, n, "page_block_size=%d (the fast rung takes 64-token pages only)", (int)page);
+        return buf;
+    }
+    if (kv_fp8)
+        return NULL;
+    const int64_t limit = (int64_t)1 << 40;
+    if (kv_block_stride >= limit / 2 || kv_token_stride >= limit / 2) {
+        snprintf(buf, n,
+                 "kv_block_stride=%lld / kv_token_stride=%lld elements reach 2^40 bytes (the "
+                 "TMA tensor map's stride limit)",
+                 (long long)kv_block_stride, (long long)kv_token_stride);
+        return buf;
+    }
+    if (num_blocks > 2147483647LL || h_kv > 65535) {
+        snprintf(buf, n, "num_blocks=%lld or num_heads_kv=%d exceeds the TMA tensor map's range",
+                 (long long)num_blocks, (int)h_kv);
+        return buf;
+    }
+    return NULL;
+}
+
+/*
+ * The rung of a GPU decode from DINF_MLA_KERNEL (env: NULL or "" = auto,
+ * "simple", "fast") and the fast rung's constraints. Returns 0 with *rung
+ * set; -1 for an unknown value (msg says so); -2 when "fast" is forced on a
+ * decode it cannot take (msg says why).
+ */
+static inline int dinf__mla_choose_rung(const char *env, int kv_fp8, int32_t page,
+                                        int64_t kv_block_stride, int64_t kv_token_stride,
+                                        int64_t num_blocks, int32_t h_kv, int *rung, char *msg,
+                                        size_t n) {
+    char why[160];
+    const char *no = dinf__mla_fast_unsupported(kv_fp8, page, kv_block_stride, kv_token_stride,
+                                                num_blocks, h_kv, why, sizeof why);
+    if (!env || !*env || !strcmp(env, "auto")) {
+        *rung = no ? DINF__MLA_RUNG_SIMPLE : DINF__MLA_RUNG_FAST;
+        return 0;
+    }
+    if (!strcmp(env, "simple")) {
+        *rung = DINF__MLA_RUNG_SIMPLE;
+        return 0;
+    }
+    if (!strcmp(env, "fast")) {
+        if (no) {
+            snprintf(msg, n, "DINF_MLA_KERNEL=fast, but the fast rung cannot take this decode: %s",
+                     no);
+            return -2;
+        }
+        *rung = DINF__MLA_RUNG_FAST;
+        return 0;
+    }
+    snprintf(msg, n, "DINF_MLA_KERNEL='%.40s' is not one of simple, fast, auto", env);
+    return -1;
+}
+#endif
+
+#endif
