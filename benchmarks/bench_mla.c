@@ -170,6 +170,10 @@ static int plan(mla_case *c, int32_t num_sms) {
 }
 
 static void add_cpu(int32_t h_q, int fp8) {
+    char probe[96]; /* the name registered below: skip the setup of a row that will not run */
+    snprintf(probe, sizeof probe, "mla/cpu/%s/b4_sq1_hq%d_sk4096", fp8 ? "fp8" : "bf16", h_q);
+    if (!bench_selected(probe))
+        return;
     mla_case *c = calloc(1, sizeof *c); /* lives until exit */
     if (!c)
         return;
@@ -301,7 +305,22 @@ static int make_gpu_cache(gpu_cache *g, int fp8, int64_t b, int32_t s_k_max) {
     return 0;
 }
 
+/* Whether the filter selects either rung's row of this shape (the names add_gpu registers). */
+static int gpu_selected(int fp8, int32_t s_q, int32_t h_q, int32_t s_k) {
+    static const char *const rungs[2] = {"simple", "fast"};
+    for (int r = 0; r < 2; r++) {
+        char name[128];
+        snprintf(name, sizeof name, "mla/gpu/%s/b128_sq%d_hq%d_sk%d/%s", fp8 ? "fp8" : "bf16", s_q,
+                 h_q, s_k, rungs[r]);
+        if (bench_selected(name))
+            return 1;
+    }
+    return 0;
+}
+
 static void add_gpu(const gpu_cache *g, int fp8, int32_t s_q, int32_t h_q, int32_t s_k, int32_t num_sms) {
+    if (!gpu_selected(fp8, s_q, h_q, s_k))
+        return;
     mla_case *c = calloc(1, sizeof *c);
     if (!c)
         return;
@@ -368,6 +387,13 @@ static void register_gpu(void) {
     static gpu_cache caches[2];
     const int32_t s_qs[] = {1, 2}, h_qs[] = {16, 64, 128}, s_ks[] = {4096, 8192, 16384};
     for (int fp8 = 0; fp8 <= 1; fp8++) {
+        int any = 0; /* build the 2.4 GB cache only for a dtype with selected rows */
+        for (int i = 0; i < 2; i++)
+            for (int j = 0; j < 3; j++)
+                for (int k = 0; k < 3; k++)
+                    any |= gpu_selected(fp8, s_qs[i], h_qs[j], s_ks[k]);
+        if (!any)
+            continue;
         if (make_gpu_cache(&caches[fp8], fp8, 128, 16384)) {
             fprintf(stderr, "bench_mla: GPU cache setup failed: %s / %s\n",
                     cudaGetErrorString(cudaGetLastError()), dinf_last_error());

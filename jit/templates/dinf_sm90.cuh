@@ -423,39 +423,21 @@ template <> struct wgmma_e4m3<160> {
  * it. Appended block: the wrappers above are unchanged. Each is one PTX
  * instruction (or a fixed short sequence) with the semantics stated in its
  * comment, so that a host emulator can implement each on its own. They live
- * in dinf_jit::mla so that wrappers of the same name added for other kernels
- * (the GEMM's setmaxnreg, fences, ...) never collide with these.
+ * in dinf_jit::mla (fp8_gemm.cuh has its own pack_bf16x2); the generic ones
+ * it shares with the GEMM (setmaxnreg, fences, named barriers) are brought
+ * in by using-declarations.
  * ====================================================================== */
 namespace dinf_jit {
 namespace mla {
 
-/* fence.proxy.async.shared::cta (PTX ISA 9.7.13.4.19 membar/fence, proxy
- * fences): orders this thread's earlier generic-proxy accesses of shared
- * memory (ordinary st.shared) before later async-proxy accesses (wgmma
- * operand reads, TMA writes) of shared memory. A thread that writes an
- * operand that wgmma will read executes it after its stores and before the
- * barrier or mbarrier arrive that publishes them. */
-__device__ __forceinline__ void fence_proxy_async_shared() {
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-}
-
-/* bar.sync id, count (PTX ISA 9.7.13.1 bar/barrier): named CTA barrier
- * `id` (0..15; 0 is __syncthreads) over `count` threads (a multiple of 32,
- * whole warps); also orders the participants' shared-memory accesses. */
-__device__ __forceinline__ void named_bar_sync(uint32_t id, uint32_t count) {
-    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory");
-}
-
-/* setmaxnreg.{inc,dec}.sync.aligned.u32 N (PTX ISA 9.7.17.1, sm_90a):
- * every thread of the warpgroup raises (blocks until the registers are
- * free in the CTA's pool) or lowers its register allotment to N (a multiple
- * of 8 in [24, 256]). All warps of the warpgroup execute the same one. */
-template <int N> __device__ __forceinline__ void setmaxnreg_inc() {
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(N));
-}
-template <int N> __device__ __forceinline__ void setmaxnreg_dec() {
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(N));
-}
+/* The generic wrappers above, under the names this block's kernel calls
+ * them by (ptx::...): fence_proxy_async_shared (a thread that writes an
+ * operand wgmma will read fences after its stores and before the barrier or
+ * mbarrier arrive that publishes them), named_barrier_sync, setmaxnreg_*. */
+using dinf_jit::fence_proxy_async_shared;
+using dinf_jit::named_barrier_sync;
+using dinf_jit::setmaxnreg_dec;
+using dinf_jit::setmaxnreg_inc;
 
 /* griddepcontrol (PTX ISA 9.7.13.13, sm_90; programmatic dependent launch):
  * griddep_wait blocks until every prerequisite grid has completed and its

@@ -339,7 +339,7 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
                 if (t % 4 == 0)
                     s_max[wg * kBM + rows[i]] = mx[i];
             }
-            ptx::named_bar_sync(DINF_MLA_FAST_BAR_MAX, DINF_MLA_FAST_CONSUMERS);
+            ptx::named_barrier_sync(DINF_MLA_FAST_BAR_MAX, DINF_MLA_FAST_CONSUMERS);
 #pragma unroll
             for (int i = 0; i < 2; i++) {
                 const float both = fmaxf(mx[i], s_max[(1 - wg) * kBM + rows[i]]);
@@ -375,7 +375,7 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
                     ptx::pack_bf16x2(sacc[v], sacc[v + 1]);
             }
             ptx::fence_proxy_async_shared();
-            ptx::named_bar_sync(DINF_MLA_FAST_BAR_P, DINF_MLA_FAST_CONSUMERS);
+            ptx::named_barrier_sync(DINF_MLA_FAST_BAR_P, DINF_MLA_FAST_CONSUMERS);
 
             /* O_w += P V_w: 64 rows x this WG's 256 output columns */
             jit::wgmma_fence();
@@ -400,7 +400,7 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
             if (t % 4 == 0)
                 lsum[wg * kBM + rows[i]] = l[i];
         }
-        ptx::named_bar_sync(DINF_MLA_FAST_BAR_L, DINF_MLA_FAST_CONSUMERS);
+        ptx::named_barrier_sync(DINF_MLA_FAST_BAR_L, DINF_MLA_FAST_CONSUMERS);
 #pragma unroll
         for (int i = 0; i < 2; i++) {
             const int qr = c.row0 + rows[i];

@@ -221,7 +221,7 @@ static inline void tma_load_4d(void *dst, const tensor_map_t *map, uint64_t *bar
 /* ------------------------------------------------------------ others -- */
 
 static inline void fence_proxy_async_shared() {}
-static inline void named_bar_sync(uint32_t id, uint32_t count) {
+static inline void named_barrier_sync(uint32_t id, uint32_t count) {
     emu::fibers[emu::cur].bar_id = id;
     emu::fibers[emu::cur].bar_count = count;
     emu::block(emu::NAMED_BAR);
@@ -304,7 +304,7 @@ static inline void wgmma_bf16_m64n256k16_kt(uint64_t desc_a, uint64_t desc_b, fl
 /* the MLA block of dinf_sm90.cuh (dinf_jit::mla) */
 namespace mla {
 using dinf_jit::fence_proxy_async_shared;
-using dinf_jit::named_bar_sync;
+using dinf_jit::named_barrier_sync;
 using dinf_jit::griddep_wait;
 using dinf_jit::griddep_launch_dependents;
 using dinf_jit::tma_load_4d;
