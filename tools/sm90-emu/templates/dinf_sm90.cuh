@@ -179,8 +179,10 @@ __device__ __forceinline__ void mbar_wait_acquire_cluster(uint64_t *bar, uint32_
 #endif
 
 /* ==========================================================================
- * The fast MLA decode's wrappers (kernels/mla/mla_decode_fast.cu).
+ * The fast MLA decode's wrappers (kernels/mla/mla_decode_fast.cu), in
+ * dinf_jit::mla as in the real header (fp8_gemm.cuh has its own pack_bf16x2).
  * ========================================================================== */
+namespace mla {
 
 #ifdef EMU_HAVE_named_bar_sync
 /* bar.sync id, count */
@@ -256,5 +258,7 @@ __device__ __forceinline__ void wgmma_bf16_m64n256k16_kt(uint64_t desc_a, uint64
     emu::wgmma(emu::WG_BF16, 256, desc_a, desc_b, d, scale_d, 1);
 }
 #endif
+
+} // namespace mla
 
 } // namespace dinf_jit
