@@ -311,6 +311,7 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
 #pragma unroll
             for (int v = 0; v < 16; v++)
                 sacc[v] = 0.0f;
+            fence_acc(sacc); /* the zeroing stays before the fence (wgmma.fence orders register accesses) */
             jit::wgmma_fence();
 #pragma unroll
             for (int ks = 0; ks < kDqk / 16; ks++)
@@ -378,6 +379,7 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
             ptx::named_barrier_sync(DINF_MLA_FAST_BAR_P, DINF_MLA_FAST_CONSUMERS);
 
             /* O_w += P V_w: 64 rows x this WG's 256 output columns */
+            fence_acc(o); /* the alpha rescale of o stays before the fence */
             jit::wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < kBN / 16; kk++)
