@@ -234,6 +234,18 @@ __device__ __forceinline__ void mbar_arrive_cluster(uint32_t cluster_addr) {
                  : "memory");
 }
 
+/* 9.7.13.15.13 mbarrier.arrive.shared::cluster (.release.cta, the defaults):
+ * arrive once on the mbarrier at shared::cluster address `cluster_addr`
+ * (this CTA's or a peer's) without a cluster-scope release. For signals
+ * that publish no data, only "I am done reading": a consumer freeing a
+ * pipeline stage whose reads have completed (wgmma waited for, loads
+ * consumed). ptxas emits a bare SYNCS arrive for it, where the .cluster
+ * release form costs a GPU-scope MEMBAR per call (DeepGEMM/CUTLASS's
+ * ClusterBarrier::arrive(cta_id) is this form). */
+__device__ __forceinline__ void mbar_arrive_remote(uint32_t cluster_addr) {
+    asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(cluster_addr) : "memory");
+}
+
 /* 9.7.9.25 cp.async.bulk.tensor (.multicast::cluster): 3-D tile load global
  * -> shared into every CTA of the cluster whose rank bit is set in cta_mask,
  * each at the same CTA-relative offset as dst, each completing the tx bytes

@@ -176,7 +176,7 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
     if (warpgroup == 0) {
         /* ------------------------------------------------------ producer -- */
         if (kMathWarpgroups == 2)
-            setmaxnreg_dec<40>();
+            setmaxnreg_dec<DINF_FP8_FAST_PRODUCER_REGS>();
         if (threadIdx.x == 0) {
             tma_prefetch_descriptor(&map_a);
             tma_prefetch_descriptor(&map_b);
@@ -227,7 +227,7 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
     } else {
         /* ---------------------------------------------------------- math -- */
         if (kMathWarpgroups == 2)
-            setmaxnreg_inc<232>();
+            setmaxnreg_inc<DINF_FP8_FAST_MATH_REGS>();
         const int math_wg = warpgroup - 1;
         const int lane = (int)(threadIdx.x % 32);
         const int warp_in_wg = (int)((threadIdx.x / 32) % 4);
@@ -304,7 +304,7 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
                 __syncwarp();
                 if (kMulticast) {
                     if (lane < CLUSTER)
-                        mbar_arrive_cluster(cluster_map_shared(smem_u32(&empty[s]), (uint32_t)lane));
+                        mbar_arrive_remote(cluster_map_shared(smem_u32(&empty[s]), (uint32_t)lane));
                 } else if (lane == 0) {
                     mbar_arrive(&empty[s]);
                 }

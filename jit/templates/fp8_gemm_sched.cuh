@@ -50,6 +50,16 @@
     (DINF_FP8_FAST_SMEM_BYTES(block_m, block_n, stages) +                                        \
      ((split_k) > 1 ? (block_m) * (block_n) * 4 + 16 : 0))
 
+/* Register reallocation of the fast rung at BLOCK_M 128 (384 threads under
+ * __launch_bounds__(384, 1): ptxas gives each thread the 168-register cap at
+ * entry): the producer warpgroup lowers itself to 40, the two math
+ * warpgroups raise themselves to 232; 128 * 40 + 256 * 232 = 64512 <= 384 *
+ * 168. setmaxnreg.inc blocks until the pool has the registers, so the launch
+ * checks the entry count ptxas reported (a kernel built with fewer would hang). */
+#define DINF_FP8_FAST_ENTRY_REGS 168
+#define DINF_FP8_FAST_PRODUCER_REGS 40
+#define DINF_FP8_FAST_MATH_REGS 232
+
 /* Largest dynamic shared memory per block on sm_90 (227 KiB). */
 #define DINF_FP8_SMEM_LIMIT 232448
 

@@ -182,8 +182,9 @@ def test_kernel_resource_reports_have_no_spills_or_local_memory():
 
 def test_mla_fast_rung_register_budget():
     """The fast MLA rung starts every thread at the __launch_bounds__(384, 1) cap of
-    168 registers; its producer warpgroup gives back 168 - 56 per thread and its two
-    consumer warpgroups take 224 - 168 (setmaxnreg, lib/mla/mla_fast_hd.h): with any
+    168 registers; its producer warpgroup lowers itself to DINF_MLA_FAST_PRODUCER_REGS and
+    its two consumer warpgroups raise themselves to DINF_MLA_FAST_CONSUMER_REGS
+    (setmaxnreg, lib/mla/mla_fast_hd.h), a split that balances only from 168: with any
     other count at entry the consumers' setmaxnreg.inc would wait forever."""
     if not built_with_cuda():
         pytest.skip("CPU-only build (make CUDA=0): no kernels")
@@ -193,6 +194,41 @@ def test_mla_fast_rung_register_budget():
                        r".*?Used (\d+) registers", text, re.S)
     assert len(found) == 2, "expected the BF16 and FP8 fast kernels in %s" % path
     assert found == ["168", "168"], "fast MLA kernels use %s registers at entry, not 168" % found
+
+
+def test_mla_fast_rung_sass_uses_wgmma_and_tma():
+    """The fast MLA kernels' SASS (sm_90a, the Makefile's nvcc flags) holds the bf16 wgmma
+    of QK^T (m64n32k16) and PV (m64n256k16), register reallocation, and no local memory;
+    the BF16-cache kernel loads pages with 4-D TMA. Needs a disassembler (make deps
+    installs nvdisasm from PyPI; tools/find-nvdisasm)."""
+    if not built_with_cuda():
+        pytest.skip("CPU-only build (make CUDA=0): no kernels")
+    found = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "find-nvdisasm")],
+                           capture_output=True, text=True)
+    if found.returncode != 0:
+        pytest.skip("no nvdisasm (make deps installs one): the SASS check needs a disassembler")
+    nvcc = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
+    if not os.access(nvcc, os.X_OK):
+        pytest.skip("no nvcc at %s" % nvcc)
+    out = os.path.join(BUILD, "test-mla-fast.cubin")
+    subprocess.run([nvcc, "-std=c++17", "-O3", "-cubin", "-arch=sm_90a", "-DDINF_BUILD",
+                    "-I" + os.path.join(ROOT, "include"), "-o", out,
+                    os.path.join(ROOT, "kernels", "mla", "mla_decode_fast.cu")],
+                   check=True, cwd=ROOT, capture_output=True)
+    sass = subprocess.run([found.stdout.strip(), out], check=True, capture_output=True,
+                          text=True).stdout
+    os.remove(out)
+    # one function body per kernel instantiation (BF16 cache: b0, FP8 cache: b1)
+    bodies = re.split(r"\.text\.", sass)
+    kernels = {("fp8" if "ILb1E" in b.split(":")[0] else "bf16"): b for b in bodies
+               if "mla_decode_fast_kernel" in b.split("\n")[0]}
+    assert set(kernels) == {"bf16", "fp8"}, "fast kernels not found in the SASS"
+    for name, body in kernels.items():
+        assert re.search(r"HGMMA\.64x32x16\.F32\.BF16", body), name + ": no QK^T wgmma"
+        assert re.search(r"HGMMA\.64x256x16\.F32\.BF16", body), name + ": no PV wgmma"
+        assert "USETMAXREG" in body, name + ": no register reallocation"
+        assert not re.search(r"\b(LDL|STL)\b", body), name + ": local memory in the SASS"
+    assert "UTMALDG.4D" in kernels["bf16"], "the BF16-cache kernel issues no 4-D TMA load"
 
 
 def test_every_kernel_directory_has_resource_reports():

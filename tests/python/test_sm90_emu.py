@@ -106,12 +106,12 @@ LONG_MUTATIONS = [
      "gemm_type == DINF_FP8_GEMM_MASKED ? (long long)group * a->m + row : (long long)row;|||"
      "gemm_type == DINF_FP8_GEMM_MASKED ? (long long)group * a->m + row + 1 : (long long)row;", "bad elements"),
     ("normal_bm64_bn32_s2", "0,64,32,2",
-     "        p->a, 1, 1, {(uint64_t)p->k, (uint64_t)p->m, (uint64_t)a_groups},|||"
-     "        p->a, 1, 1, {(uint64_t)p->k, (uint64_t)p->m + 1, (uint64_t)a_groups},",
+     "        p->a, 1, 128, {(uint64_t)p->k, (uint64_t)p->m, (uint64_t)a_groups},|||"
+     "        p->a, 1, 128, {(uint64_t)p->k, (uint64_t)p->m + 1, (uint64_t)a_groups},",
      "not inside one buffer the harness registered"),
     ("normal_bm64_bn32_s2", "0,64,32,2",
-     "        g->swizzle_128b ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,|||"
-     "        g->swizzle_128b ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_NONE,", "swizzle span"),
+     "g->swizzle_bytes == 128  ? CU_TENSOR_MAP_SWIZZLE_128B|||"
+     "g->swizzle_bytes == 128  ? CU_TENSOR_MAP_SWIZZLE_64B", "swizzle span"),
     ("normal_bm128_bn16_s3", "0,128,16,3", "    p.empty_parity = p.full_parity ^ 1u;|||    p.empty_parity = p.full_parity;",
      "EMU: deadlock"),
 ]

@@ -133,6 +133,17 @@ dinf_status dinf__jit_get_kernel(const char *func, const dinf_jit_kernel_config 
         return dinf__fail(DINF_STATUS_INTERNAL, func, "sm90-emu: kernel table full");
     memset(&slots[used], 0, sizeof slots[used]);
     slots[used].kernel = (void *)entry;
+    /* The cubin's ptxas report, as far as the launch reads it: the fast rung
+     * at BLOCK_M 128 checks the registers at entry (its setmaxnreg split
+     * needs the __launch_bounds__(384, 1) cap). */
+    static dinf__jit_cubin cubins[256];
+    memset(&cubins[used], 0, sizeof cubins[used]);
+    cubins[used].resources.registers =
+        strcmp(config->name, "fp8_gemm_fast") == 0 && config->num_params > 1 &&
+                config->params[1] == 128
+            ? DINF_FP8_FAST_ENTRY_REGS
+            : 255;
+    slots[used].cubin = &cubins[used];
     *out = &slots[used++];
     return DINF_STATUS_OK;
 }

@@ -235,8 +235,13 @@ static int run_case(const gemm_case *c, unsigned seed, int mode_seq) {
         } else if (e == POISON) {
             why = "not written";
         } else if (mode_seq) {
-            if (e != r)
-                why = "differs (EMU_MMA=seq must be bit-identical)";
+            /* split-K adds its two float32 halves once (gemm.h): it may
+             * differ from the sequential sum in the last bf16 place */
+            const int split = c->fast && c->split_k > 1;
+            const int adjacent = (e ^ r) < 0x8000 && abs((int)e - (int)r) == 1;
+            if (e != r && !(split && adjacent))
+                why = split ? "differs by more than one bf16 ulp (split-K in EMU_MMA=seq)"
+                            : "differs (EMU_MMA=seq must be bit-identical)";
         } else {
             /* the bound: E = sum over k blocks of |sa sb| sum |a b| */
             const int g_row = (int)row;

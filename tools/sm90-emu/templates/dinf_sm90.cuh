@@ -111,6 +111,15 @@ __device__ __forceinline__ uint32_t cluster_map_shared(uint32_t smem_addr, uint3
 }
 #endif
 
+#ifdef EMU_HAVE_mbar_arrive_remote
+/* mbarrier.arrive.shared::cluster.b64 (release.cta) on a (possibly remote) barrier. */
+__device__ __forceinline__ void mbar_arrive_remote(uint32_t cluster_addr) {
+    emu::mbar_arrive(reinterpret_cast<::uint64_t *>(emu::smem_host(cluster_addr, 8, nullptr)), 1,
+                     "mbarrier.arrive.shared::cluster");
+    emu::maybe_yield();
+}
+#endif
+
 #ifdef EMU_HAVE_mbar_arrive_cluster
 /* mbarrier.arrive.release.cluster.shared::cluster.b64 on a (possibly remote) barrier. */
 __device__ __forceinline__ void mbar_arrive_cluster(uint32_t cluster_addr) {
