@@ -308,6 +308,10 @@ gpu-prep: lib tools $(TEST_BIN) $(BENCH_BIN)
 	    xargs -r -I{} cp -L {} $(BUILDDIR)/runtime/
 	@{ echo "commit: $$(git rev-parse --short HEAD 2>/dev/null)$$(git diff --quiet 2>/dev/null || echo -dirty)"; \
 	   echo "built: $$(date -u +%Y-%m-%dT%H:%M:%SZ) on $$(hostname)"; } > $(BUILDDIR)/build-info.txt
+	@rm -rf $(BUILDDIR)/sm90-emu $(BUILDDIR)/mla-emu # emulator caches of older checkouts (now build-emu/)
+	@size=$$(du -sm $(BUILDDIR) | cut -f1); [ $$size -le 64 ] || { \
+	    echo "gpu-prep: $(BUILDDIR) is $$size MiB, over the device tool's 64 MiB carry limit:"; \
+	    du -sm $(BUILDDIR)/* | sort -rn | head -5; exit 1; }
 	@echo "gpu-prep: $(BUILDDIR) is ready to carry ($$(du -sh $(BUILDDIR) | cut -f1)); runtime libraries:"
 	@ls $(BUILDDIR)/runtime | tr '\n' ' '; echo
 

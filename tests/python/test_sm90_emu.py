@@ -2,7 +2,7 @@
 host emulation of its PTX layer (mbarrier, TMA, wgmma), through the library's
 own DINF_EXEC_CUDA path, against the CPU GEMM; planted kernel bugs must fail.
 
-The base build (~25 s of CPU once, cached in build/sm90-emu) and the short
+The base build (~25 s of CPU once, cached in build-emu/sm90-emu) and the short
 runs keep this file well under a minute; SM90_EMU_LONG=1 adds several data
 and scheduling seeds and the sanitizer-free full sweep in both accumulation
 models.
@@ -30,7 +30,7 @@ def run(args=(), timeout=300, **env):
         e.pop(k, None)
     # the emulator compiles the library sources itself (not the build under
     # test): one cached build serves every variant (SAN=1, CUDA=0, ...)
-    e["EMU_OUT"] = os.path.join(REPO, "build", "sm90-emu")
+    e["EMU_OUT"] = os.path.join(REPO, "build-emu", "sm90-emu")
     e.update({k: str(v) for k, v in env.items()})
     return subprocess.run([RUN, *args], cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout)
 

@@ -6,7 +6,7 @@
 set -e
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-out=${EMU_OUT:-$root/build/mla-emu}
+out=${EMU_OUT:-$root/build-emu/mla-emu}
 mkdir -p "$out"
 [ -f "$root/build/lib/libdeepinfra.a" ] || { echo "build the library first (make lib)"; exit 1; }
 FL="-U_FORTIFY_SOURCE -O2 -g -Wno-psabi -fsanitize=${EMU_SAN:-undefined} -fno-sanitize-recover=undefined"

@@ -11,7 +11,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 # EMU_ROOT: emulate another checkout's kernels and library code (read only)
 src_root=${EMU_ROOT:-$root}
-base=${EMU_OUT:-$root/build/sm90-emu}
+base=${EMU_OUT:-$root/build-emu/sm90-emu}
 san=${EMU_SAN-undefined}
 if [ -n "$MUT$EMU_CONFIGS" ] || [ "$san" != undefined ] || [ "$src_root" != "$root" ]; then
     tag=$(printf '%s|%s|%s|%s|%s|%s' "$MUT" "${MUT_FILE:-}" "$EMU_CONFIGS" "$san" "$src_root" "$EMU_FAST_ALL" | cksum | cut -d' ' -f1)
