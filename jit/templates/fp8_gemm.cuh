@@ -48,13 +48,6 @@
 
 namespace dinf_jit {
 
-/* Two floats -> packed bf16 pair (lo in the low half), round to nearest even. */
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-    uint32_t r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-
 template <int GEMM_TYPE, int BLOCK_M, int BLOCK_N, int NUM_STAGES>
 __global__ void __launch_bounds__(128 * (1 + BLOCK_M / 64), 1)
 fp8_gemm(const __grid_constant__ tensor_map_t map_a, const __grid_constant__ tensor_map_t map_b,

@@ -89,13 +89,6 @@
 
 namespace dinf_jit {
 
-/* Two floats -> packed bf16 pair (lo in the low half), round to nearest even. */
-__device__ __forceinline__ uint32_t fast_pack_bf16x2(float lo, float hi) {
-    uint32_t r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-
 template <int GEMM_TYPE, int BLOCK_M, int BLOCK_N, int NUM_STAGES, int CLUSTER, int SPLIT_K>
 __global__ void __launch_bounds__(128 * (1 + BLOCK_M / 64), 1)
 fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant__ tensor_map_t map_b,
@@ -375,7 +368,7 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
                         *reinterpret_cast<uint32_t *>(
                             d_tile + dinf_fp8_d_smem_frag_offset(row_base, row_xor, i, BLOCK_M,
                                                                  kSwizzleD)) =
-                            fast_pack_bf16x2(total[4 * i + 2 * half], total[4 * i + 2 * half + 1]);
+                            pack_bf16x2(total[4 * i + 2 * half], total[4 * i + 2 * half + 1]);
                 }
                 fence_proxy_async_shared(); /* st.shared before the TMA store's reads */
                 named_barrier_sync(kEpilogueBarrier + (uint32_t)math_wg, 128);
@@ -403,7 +396,7 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
                         uint16_t *out =
                             d + dinf_fp8_d_offset(&args, GEMM_TYPE, tile.group, row, col);
                         if (col + 1 < args.n)
-                            *reinterpret_cast<uint32_t *>(out) = fast_pack_bf16x2(lo, hi);
+                            *reinterpret_cast<uint32_t *>(out) = pack_bf16x2(lo, hi);
                         else if (col < args.n)
                             *out = f32_to_bf16(lo).bits;
                     }

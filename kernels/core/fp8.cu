@@ -13,6 +13,7 @@
 
 #include "../../lib/core/fp8_cuda.h"
 #include "../../lib/core/internal.h"
+#include "../../lib/core/cuda_guard.h"
 #include "../../lib/core/numeric_hd.h"
 
 namespace {
@@ -155,22 +156,7 @@ unsigned grid_for(int64_t items, int64_t items_per_cta) {
     return unsigned(grid < 1 ? 1 : grid > kMaxGrid ? kMaxGrid : grid);
 }
 
-/* Makes place->device current for the launch and puts the caller's back. */
-struct device_guard {
-    int previous = -1;
-    cudaError_t enter(int device) {
-        cudaError_t err = cudaGetDevice(&previous);
-        if (err == cudaSuccess && previous != device)
-            err = cudaSetDevice(device);
-        else
-            previous = -1; /* nothing to restore */
-        return err;
-    }
-    ~device_guard() {
-        if (previous >= 0)
-            cudaSetDevice(previous);
-    }
-};
+using dinf_cuda::device_guard;
 
 dinf_status launch_failed(const char *func, const dinf__place *place, cudaError_t err) {
     return dinf__fail(DINF_STATUS_CUDA_ERROR, func, "kernel launch on device %d failed: %s (%s)",

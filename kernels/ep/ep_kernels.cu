@@ -27,6 +27,7 @@
 #include "../../lib/ep/ep_hd.h"
 #include "../../lib/ep/ep_plan_hd.h"
 #include "../../lib/ep/ep_rows_hd.h"
+#include "../../lib/core/cuda_guard.h"
 
 namespace {
 
@@ -427,21 +428,7 @@ unsigned grid_for(int64_t items, int64_t per_cta) {
     return unsigned(g < 1 ? 1 : g > kMaxGrid ? kMaxGrid : g);
 }
 
-struct device_guard {
-    int previous = -1;
-    cudaError_t enter(int device) {
-        cudaError_t err = cudaGetDevice(&previous);
-        if (err == cudaSuccess && previous != device)
-            err = cudaSetDevice(device);
-        else
-            previous = -1;
-        return err;
-    }
-    ~device_guard() {
-        if (previous >= 0)
-            cudaSetDevice(previous);
-    }
-};
+using dinf_cuda::device_guard;
 
 dinf_status cuda_failed(const char *func, const char *what, int device, cudaError_t err) {
     cudaGetLastError(); /* clear a non-sticky error so that a later launch check is not blamed */

@@ -38,6 +38,7 @@
 #include <string.h>
 
 #include "../../lib/core/internal.h"
+#include "../../lib/core/cuda_guard.h"
 #include "../../lib/mla/mla_cuda.h"
 
 namespace {
@@ -490,21 +491,7 @@ __global__ void __launch_bounds__(kThreads)
 
 /* ------------------------------------------------------------- launchers -- */
 
-struct device_guard {
-    int previous = -1;
-    cudaError_t enter(int device) {
-        cudaError_t err = cudaGetDevice(&previous);
-        if (err == cudaSuccess && previous != device)
-            err = cudaSetDevice(device);
-        else
-            previous = -1;
-        return err;
-    }
-    ~device_guard() {
-        if (previous >= 0)
-            cudaSetDevice(previous);
-    }
-};
+using dinf_cuda::device_guard;
 
 dinf_status cuda_failed(const char *func, const dinf__place *place, const char *what,
                         cudaError_t err) {
@@ -517,24 +504,7 @@ dinf_status cuda_failed(const char *func, const dinf__place *place, const char *
 
 /* Make the device current and require sm_90 (the kernels are sm_90a code). */
 dinf_status enter_hopper(const char *func, const dinf__place *place, device_guard &guard) {
-    cudaError_t err = guard.enter(place->device);
-    if (err != cudaSuccess) {
-        cudaGetLastError(); /* not sticky: no context was made */
-        return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "no usable CUDA device %d: %s (%s)",
-                          (int)place->device, cudaGetErrorString(err), cudaGetErrorName(err));
-    }
-    int major = 0, minor = 0;
-    err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, place->device);
-    if (err == cudaSuccess)
-        err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, place->device);
-    if (err != cudaSuccess)
-        return cuda_failed(func, place, "reading the compute capability", err);
-    if (major != 9 || minor != 0)
-        return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
-                          "device %d has compute capability %d.%d; the MLA kernels need sm_90 "
-                          "(Hopper)",
-                          (int)place->device, major, minor);
-    return DINF_STATUS_OK;
+    return dinf_cuda::enter_sm90(func, (int)place->device, guard, "the MLA kernels");
 }
 
 unsigned grid_for(int64_t items, int64_t per_cta) {

@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "../../lib/core/internal.h"
+#include "../../lib/core/cuda_guard.h"
 #include "../../lib/mla/mla_cuda.h"
 #include "../../lib/mla/mla_fast_hd.h"
 #include "../../jit/templates/dinf_sm90.cuh"
@@ -491,21 +492,7 @@ __global__ void __launch_bounds__(DINF_MLA_FAST_THREADS, 1)
 
 /* ------------------------------------------------------------- launcher -- */
 
-struct device_guard {
-    int previous = -1;
-    cudaError_t enter(int device) {
-        cudaError_t err = cudaGetDevice(&previous);
-        if (err == cudaSuccess && previous != device)
-            err = cudaSetDevice(device);
-        else
-            previous = -1;
-        return err;
-    }
-    ~device_guard() {
-        if (previous >= 0)
-            cudaSetDevice(previous);
-    }
-};
+using dinf_cuda::device_guard;
 
 dinf_status cuda_failed(const char *func, const dinf__place *place, const char *what,
                         cudaError_t err) {
@@ -577,36 +564,20 @@ dinf_status encode_kv_map(const char *func, const dinf__mla_params *p, jit::tens
 extern "C" dinf_status dinf__mla_decode_fast_cuda(const char *func, const dinf__place *place,
                                                   const dinf__mla_params *p) {
     device_guard guard;
-    cudaError_t err = guard.enter(place->device);
-    if (err != cudaSuccess) {
-        cudaGetLastError();
-        return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "no usable CUDA device %d: %s (%s)",
-                          (int)place->device, cudaGetErrorString(err), cudaGetErrorName(err));
-    }
-    int major = 0, minor = 0;
-    err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, place->device);
-    if (err == cudaSuccess)
-        err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, place->device);
-    if (err != cudaSuccess)
-        return cuda_failed(func, place, "reading the compute capability", err);
-    if (major != 9 || minor != 0)
-        return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
-                          "device %d has compute capability %d.%d; the MLA kernels need sm_90 "
-                          "(Hopper)",
-                          (int)place->device, major, minor);
+    dinf_status st = dinf_cuda::enter_sm90(func, (int)place->device, guard, "the MLA kernels");
+    if (st != DINF_STATUS_OK)
+        return st;
     if (p->h_kv > 65535)
         return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
                           "num_heads_kv=%d exceeds the GPU grid limit 65535", (int)p->h_kv);
     jit::tensor_map_t kmap;
     memset(&kmap, 0, sizeof kmap);
-    if (!p->kv_fp8) {
-        const dinf_status st = encode_kv_map(func, p, &kmap);
-        if (st != DINF_STATUS_OK)
-            return st;
-    }
+    if (!p->kv_fp8 && (st = encode_kv_map(func, p, &kmap)) != DINF_STATUS_OK)
+        return st;
     const unsigned smem_bytes = dinf__mla_fast_smem_carve().bytes;
     cudaStream_t stream = reinterpret_cast<cudaStream_t>(place->stream);
     const dim3 grid(unsigned(int64_t(p->m_blocks) * p->parts), unsigned(p->h_kv));
+    cudaError_t err;
     if (p->kv_fp8) {
         err = cudaFuncSetAttribute(mla_decode_fast_kernel<true>,
                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes));

@@ -15,6 +15,8 @@ if mut:
     src = src.replace(old, new)
 # includes
 src = src.replace('#include <cuda_runtime_api.h>\n', '#include "cuda_emu.h"\n')
+# the launchers' device guard (the launchers are replaced below)
+src = src.replace('#include "../../lib/core/cuda_guard.h"\n', '')
 src = src.replace('"../../lib/', '"' + os.path.join(root, 'lib') + '/')
 # PTX helpers
 a = src.index('/* ------------------------------------------------------------ PTX helpers -- */')

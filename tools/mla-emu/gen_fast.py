@@ -21,6 +21,7 @@ def rep(old, new):
 rep('#include <cuda.h>\n', '')
 rep('#include <cuda_runtime_api.h>\n', '#include "cuda_emu.h"\n')
 rep('#include "../../jit/templates/dinf_sm90.cuh"\n', '#include "sm90_emu.h"\n')
+rep('#include "../../lib/core/cuda_guard.h"\n', '')  # the launcher's (replaced below)
 src = src.replace('"../../lib/', '"' + os.path.join(root, 'lib') + '/')
 rep('extern __shared__ __align__(1024) uint8_t smem_raw[];',
     'uint8_t *smem_raw = reinterpret_cast<uint8_t *>(emu_fast_smem_lo);')

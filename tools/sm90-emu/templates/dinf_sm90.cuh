@@ -189,8 +189,13 @@ __device__ __forceinline__ void mbar_wait_acquire_cluster(uint64_t *bar, uint32_
 
 /* ==========================================================================
  * The fast MLA decode's wrappers (kernels/mla/mla_decode_fast.cu), in
- * dinf_jit::mla as in the real header (fp8_gemm.cuh has its own pack_bf16x2).
+ * dinf_jit::mla as in the real header (pack_bf16x2 is a generic one above).
  * ========================================================================== */
+#ifdef EMU_HAVE_pack_bf16x2
+/* cvt.rn.bf16x2.f32 (lo in bits 0-15) */
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) { return emu::cvt_rn_bf16x2_f32(hi, lo); }
+#endif
+
 namespace mla {
 
 #ifdef EMU_HAVE_named_bar_sync
@@ -224,8 +229,7 @@ __device__ __forceinline__ void e4m3x2_to_f32x2(uint16_t codes, float &lo, float
 #endif
 
 #ifdef EMU_HAVE_pack_bf16x2
-/* cvt.rn.bf16x2.f32 (lo in bits 0-15) */
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) { return emu::cvt_rn_bf16x2_f32(hi, lo); }
+using dinf_jit::pack_bf16x2;
 #endif
 
 #ifdef EMU_HAVE_mbar_try_wait
