@@ -17,6 +17,7 @@
 #include "core/numeric_hd.h"
 #include "gemm/gemm_sm90.h"
 #include "jit_internal.h"
+#include "gemm_test_util.h"
 
 #include <criterion/criterion.h>
 #include <ftw.h>
@@ -24,13 +25,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static uint64_t rng(uint64_t *s) { /* splitmix64 */
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
 
 static int cdiv(long long a, long long b) { return (int)((a + b - 1) / b); }
 
@@ -324,17 +318,6 @@ Test(gemm_fast_sched, split_k_ranges_partition_the_k_blocks_and_the_partial_buff
 
 /* ---------------------------------------- mbarrier protocol, 1-2 CTAs -- */
 
-typedef struct model_bar {
-    int count, pending;
-    long long tx;
-    unsigned completed;
-} model_bar;
-
-static void bar_init(model_bar *b, int count) {
-    b->count = b->pending = count;
-    b->tx = 0;
-    b->completed = 0;
-}
 /* A phase completes when its arrivals are in and its transaction count is
  * back to zero; bytes may land before the expect_tx (the count goes below
  * zero meanwhile: a peer's multicast can beat this CTA's producer). */
@@ -866,18 +849,6 @@ Test(gemm_fast_heuristic, persistent_grid_keeps_the_waves_and_drops_idle_slots) 
 
 /* ------------------------------------------------------------- replay -- */
 
-static void tma_element(const dinf__fp8_tensor_map_geometry *g, long long c0, long long c1,
-                        long long c2, void *out) {
-    if (c0 < 0 || c1 < 0 || c2 < 0 || (uint64_t)c0 >= g->dims[0] || (uint64_t)c1 >= g->dims[1] ||
-        (uint64_t)c2 >= g->dims[2]) {
-        memset(out, 0, (size_t)g->elem_bytes);
-        return;
-    }
-    const unsigned char *p = (const unsigned char *)g->base + c0 * g->elem_bytes +
-                             c1 * (long long)g->strides[0] + c2 * (long long)g->strides[1];
-    memcpy(out, p, (size_t)g->elem_bytes);
-}
-
 /* A TMA store of one box: element (c0 + x, c1 + y, c2) from the swizzled
  * shared box at smem (rows of swizzle bytes), skipped outside the dims. */
 static void tma_store_box(const dinf__fp8_tensor_map_geometry *g, const unsigned char *smem,
@@ -1067,20 +1038,6 @@ static void replay_fast(const dinf__fp8_launch_plan *plan, int gemm_type, replay
 
 #define EMU_POISON 0x7FC1u
 
-static void fill_codes(uint8_t *p, size_t n, uint64_t *s) {
-    for (size_t i = 0; i < n; i++) {
-        uint8_t c;
-        do
-            c = (uint8_t)rng(s);
-        while ((c & 0x7f) == 0x7f);
-        p[i] = c;
-    }
-}
-static void fill_scales(float *p, size_t n, uint64_t *s) {
-    for (size_t i = 0; i < n; i++)
-        p[i] = (float)(1.0 + (double)(rng(s) % 1000) / 1000.0) / 256.0f;
-}
-
 typedef struct replay_case {
     int form;
     int64_t groups, rows, n, k, lda, ldb, ldd;
@@ -1266,31 +1223,6 @@ Test(gemm_fast_replay, split_k_pairs_add_the_partner_partial_every_form) {
 
 /* ---------------------------------------------------------------- SASS -- */
 
-static char cache_dir[64];
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
-static void cleanup_cache(void) {
-    dinf__jit_reset();
-    if (cache_dir[0])
-        nftw(cache_dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
-    cache_dir[0] = '\0';
-}
-
-static const char *find_nvdisasm(void) {
-    const char *env = getenv("DINF_NVDISASM");
-    if (env && *env)
-        return access(env, X_OK) == 0 ? env : NULL;
-    static const char *candidates[] = {"/usr/local/cuda/bin/nvdisasm", "/usr/bin/nvdisasm"};
-    for (size_t i = 0; i < 2; i++)
-        if (access(candidates[i], X_OK) == 0)
-            return candidates[i];
-    return NULL;
-}
-
 Test(gemm_fast_jit, sass_has_fp8_wgmma_tma_multicast_stores_and_setmaxnreg_where_nvdisasm_exists,
      .fini = cleanup_cache) {
 #if !DINF_WITH_CUDA
@@ -1302,10 +1234,7 @@ Test(gemm_fast_jit, sass_has_fp8_wgmma_tma_multicast_stores_and_setmaxnreg_where
     const char *nvdisasm = find_nvdisasm();
     if (!nvdisasm)
         cr_skip_test("no nvdisasm (set DINF_NVDISASM): the SASS check needs a disassembler");
-    dinf__jit_reset();
-    snprintf(cache_dir, sizeof cache_dir, "/tmp/dinf-gemm-fast-XXXXXX");
-    cr_assert_not_null(mkdtemp(cache_dir));
-    cr_assert_eq(dinf_jit_set_cache_dir(cache_dir), DINF_STATUS_OK, "%s", dinf_last_error());
+    setup_cache();
     /* {form, block_m, block_n, stages, cluster, split_k}: stores = block_n * 2 / swizzle */
     const long long configs[][6] = {{0, 128, 160, 5, 2, 1}, {2, 64, 112, 9, 1, 1},
                                     {1, 128, 128, 5, 1, 1}, {0, 64, 112, 8, 2, 2}};

@@ -15,6 +15,7 @@
 #include "core/numeric_hd.h"
 #include "gemm/gemm_sm90.h"
 #include "jit_internal.h"
+#include "gemm_test_util.h"
 
 #include <criterion/criterion.h>
 #include <ftw.h>
@@ -22,13 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static uint64_t rng(uint64_t *s) { /* splitmix64 */
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
 
 static int cdiv(long long a, long long b) { return (int)((a + b - 1) / b); }
 
@@ -386,19 +380,6 @@ Test(gemm_sched, wgmma_descriptor_bit_fields) {
 
 /* ---------------------------------------------- mbarrier pipeline model -- */
 
-/* An mbarrier as the PTX ISA defines it: arrivals expected per phase, arrivals
- * and transaction bytes pending in the current phase, phases completed. */
-typedef struct model_bar {
-    int count, pending;
-    long long tx;
-    unsigned completed;
-} model_bar;
-
-static void bar_init(model_bar *b, int count) {
-    b->count = b->pending = count;
-    b->tx = 0;
-    b->completed = 0;
-}
 static void bar_settle(model_bar *b) {
     if (b->pending == 0 && b->tx == 0) {
         b->completed++;
@@ -830,28 +811,6 @@ Test(gemm_gpu_rules, cuda_without_an_sm90_device_is_unsupported_and_the_cpu_path
 
 /* ------------------------------------------------- NVRTC, no spills -- */
 
-static char cache_dir[64];
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
-static void cleanup_cache(void) {
-    dinf__jit_reset();
-    if (cache_dir[0])
-        nftw(cache_dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
-    cache_dir[0] = '\0';
-}
-
-/* A fresh cache directory (after the skip checks: no .fini runs after a skip). */
-static void setup_cache(void) {
-    dinf__jit_reset();
-    snprintf(cache_dir, sizeof cache_dir, "/tmp/dinf-gemm-jit-XXXXXX");
-    cr_assert_not_null(mkdtemp(cache_dir));
-    cr_assert_eq(dinf_jit_set_cache_dir(cache_dir), DINF_STATUS_OK, "%s", dinf_last_error());
-}
-
 /* DeepSeek-V3 shapes of deepgemm.md 4.2 (v1.0 lists + v1.3's K=576 and
  * grouped additions): (form, rows hint, n, k, groups). */
 static const long long dsv3_shapes[][5] = {
@@ -1019,18 +978,6 @@ Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_s
 #endif
 }
 
-/* nvdisasm, if this machine has one: $DINF_NVDISASM, else the toolkit's. */
-static const char *find_nvdisasm(void) {
-    const char *env = getenv("DINF_NVDISASM");
-    if (env && *env)
-        return access(env, X_OK) == 0 ? env : NULL;
-    static const char *candidates[] = {"/usr/local/cuda/bin/nvdisasm", "/usr/bin/nvdisasm"};
-    for (size_t i = 0; i < 2; i++)
-        if (access(candidates[i], X_OK) == 0)
-            return candidates[i];
-    return NULL;
-}
-
 /* Occurrences of word in the text read from f. */
 static void count_sass(FILE *f, int *qgmma, int *tma_loads, int *local) {
     char line[1024];
@@ -1125,18 +1072,6 @@ Test(gemm_jit, kernel_rejects_configs_outside_its_rules, .fini = cleanup_cache) 
  * (The tensor cores' own arithmetic and the swizzle are the GPU tests' part.)
  */
 
-static void tma_element(const dinf__fp8_tensor_map_geometry *g, long long c0, long long c1,
-                        long long c2, void *out) {
-    if (c0 < 0 || c1 < 0 || c2 < 0 || (uint64_t)c0 >= g->dims[0] || (uint64_t)c1 >= g->dims[1] ||
-        (uint64_t)c2 >= g->dims[2]) {
-        memset(out, 0, (size_t)g->elem_bytes);
-        return;
-    }
-    const unsigned char *p = (const unsigned char *)g->base + c0 * g->elem_bytes +
-                             c1 * (long long)g->strides[0] + c2 * (long long)g->strides[1];
-    memcpy(out, p, (size_t)g->elem_bytes);
-}
-
 static void emulate_kernel(const dinf__fp8_launch_plan *plan, int gemm_type) {
     const int bm = plan->config.block_m, bn = plan->config.block_n;
     const dinf_fp8_gemm_args *args = &plan->args;
@@ -1202,20 +1137,6 @@ static void emulate_kernel(const dinf__fp8_launch_plan *plan, int gemm_type) {
 }
 
 #define EMU_POISON 0x7FC1u
-
-static void fill_codes(uint8_t *p, size_t n, uint64_t *s) {
-    for (size_t i = 0; i < n; i++) {
-        uint8_t c;
-        do
-            c = (uint8_t)rng(s);
-        while ((c & 0x7f) == 0x7f);
-        p[i] = c;
-    }
-}
-static void fill_scales(float *p, size_t n, uint64_t *s) {
-    for (size_t i = 0; i < n; i++)
-        p[i] = (float)(1.0 + (double)(rng(s) % 1000) / 1000.0) / 256.0f;
-}
 
 /* Emulate and run the CPU implementation on the same buffers; compare every
  * element of d (poison included). rows: m / m_sum / m_max. */

@@ -1,0 +1,103 @@
+/*
+ * Helpers shared by the GEMM kernel tests (test_gemm_sm90.c: the simple rung,
+ * test_gemm_fast.c: the fast rung): random e4m3 codes and scales, one
+ * tensor-map element read as TMA would, the CPU mbarrier model's barrier,
+ * a throw-away JIT cache directory, the disassembler lookup.
+ */
+#ifndef DINF_GEMM_TEST_UTIL_H
+#define DINF_GEMM_TEST_UTIL_H
+
+#include "gemm/gemm_sm90.h"
+#include "jit_internal.h"
+
+#include <criterion/criterion.h>
+#include <ftw.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static inline uint64_t rng(uint64_t *s) { /* splitmix64 */
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static inline void fill_codes(uint8_t *p, size_t n, uint64_t *s) {
+    for (size_t i = 0; i < n; i++) {
+        uint8_t c;
+        do
+            c = (uint8_t)rng(s);
+        while ((c & 0x7f) == 0x7f);
+        p[i] = c;
+    }
+}
+
+static inline void fill_scales(float *p, size_t n, uint64_t *s) {
+    for (size_t i = 0; i < n; i++)
+        p[i] = (float)(1.0 + (double)(rng(s) % 1000) / 1000.0) / 256.0f;
+}
+
+static inline void tma_element(const dinf__fp8_tensor_map_geometry *g, long long c0, long long c1,
+                               long long c2, void *out) {
+    if (c0 < 0 || c1 < 0 || c2 < 0 || (uint64_t)c0 >= g->dims[0] || (uint64_t)c1 >= g->dims[1] ||
+        (uint64_t)c2 >= g->dims[2]) {
+        memset(out, 0, (size_t)g->elem_bytes);
+        return;
+    }
+    const unsigned char *p = (const unsigned char *)g->base + c0 * g->elem_bytes +
+                             c1 * (long long)g->strides[0] + c2 * (long long)g->strides[1];
+    memcpy(out, p, (size_t)g->elem_bytes);
+}
+
+/* An mbarrier as the PTX ISA defines it: arrivals expected per phase, arrivals
+ * and transaction bytes pending in the current phase, phases completed. */
+typedef struct model_bar {
+    int count, pending;
+    long long tx;
+    unsigned completed;
+} model_bar;
+
+static inline void bar_init(model_bar *b, int count) {
+    b->count = b->pending = count;
+    b->tx = 0;
+    b->completed = 0;
+}
+
+static char cache_dir[64]; /* the current test's JIT cache (setup_cache) */
+
+static inline int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static inline void cleanup_cache(void) {
+    dinf__jit_reset();
+    if (cache_dir[0])
+        nftw(cache_dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+    cache_dir[0] = '\0';
+}
+
+/* nvdisasm, if this machine has one: $DINF_NVDISASM, else the toolkit's. */
+static inline const char *find_nvdisasm(void) {
+    const char *env = getenv("DINF_NVDISASM");
+    if (env && *env)
+        return access(env, X_OK) == 0 ? env : NULL;
+    static const char *candidates[] = {"/usr/local/cuda/bin/nvdisasm", "/usr/bin/nvdisasm"};
+    for (size_t i = 0; i < 2; i++)
+        if (access(candidates[i], X_OK) == 0)
+            return candidates[i];
+    return NULL;
+}
+
+/* A fresh cache directory (after the skip checks: no .fini runs after a skip). */
+static inline void setup_cache(void) {
+    dinf__jit_reset();
+    snprintf(cache_dir, sizeof cache_dir, "/tmp/dinf-gemm-jit-XXXXXX");
+    cr_assert_not_null(mkdtemp(cache_dir));
+    cr_assert_eq(dinf_jit_set_cache_dir(cache_dir), DINF_STATUS_OK, "%s", dinf_last_error());
+}
+
+#endif
