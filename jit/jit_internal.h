@@ -212,6 +212,11 @@ typedef struct dinf__jit_kernel {
      * by dinf__jit_launch so that later launches (CUDA-graph captures
      * included) make no attribute calls. */
     unsigned long long smem_optin_devices;
+    /* What the runtime reports for the loaded kernel (cudaFuncGetAttributes:
+     * numRegs, sharedSizeBytes), -1 when it could not be asked. Launch
+     * checks prefer these to the ptxas log, whose format NVRTC may change. */
+    int32_t loaded_registers;
+    int32_t loaded_static_smem;
 } dinf__jit_kernel;
 
 /* The architecture to compile for on a device ("sm_90a" on compute 9.0,
@@ -232,9 +237,24 @@ dinf_status dinf__jit_launch(const char *func, const dinf__jit_kernel *kernel, i
                              const unsigned cluster[3], size_t dynamic_shared_bytes,
                              dinf_stream_t stream, void **args);
 
-/* Load a cubin (jit_load.c; called by the runtime once per table entry). */
+/* Load a cubin (jit_load.c; called by the runtime once per table entry) on
+ * the current device; *registers and *static_smem get the loaded kernel's
+ * numRegs / sharedSizeBytes (-1 when the runtime cannot report them). The
+ * load runs in relaxed stream-capture mode, so a first use inside a CUDA
+ * graph capture does not invalidate the capture. */
 dinf_status dinf__jit_load_cubin(const char *func, const dinf__jit_cubin *cubin, void **library,
-                                 void **kernel);
+                                 void **kernel, int32_t *registers, int32_t *static_smem);
+
+/* The static shared memory of a loaded kernel (runtime's figure, else the
+ * ptxas log's, else 0): the dynamic limit is the device's opt-in maximum
+ * minus this. */
+static inline int32_t dinf__jit_static_smem(const dinf__jit_kernel *kernel) {
+    if (kernel->loaded_static_smem >= 0)
+        return kernel->loaded_static_smem;
+    if (kernel->cubin && kernel->cubin->resources.shared_bytes > 0)
+        return kernel->cubin->resources.shared_bytes;
+    return 0;
+}
 
 /* Tests: forget the in-process table (unloading nothing), zero the stats,
  * drop the cache-dir override and let NVRTC be looked up again. Not

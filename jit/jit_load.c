@@ -28,23 +28,41 @@ dinf_status dinf__jit_device_arch(const char *func, int device, char arch[16]) {
 }
 
 dinf_status dinf__jit_load_cubin(const char *func, const dinf__jit_cubin *cubin, void **library,
-                                 void **kernel) {
+                                 void **kernel, int32_t *registers, int32_t *static_smem) {
     cudaLibrary_t lib = NULL;
     cudaKernel_t k = NULL;
+    *registers = *static_smem = -1;
+    /* Loading a module is a "potentially unsafe" call while this thread's
+     * stream is being captured in global mode; relaxed mode is the runtime's
+     * documented way to make it anyway without invalidating the capture. */
+    enum cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    const int exchanged = cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess;
+    if (!exchanged)
+        cudaGetLastError();
+    const char *failed = NULL;
     cudaError_t err = cudaLibraryLoadData(&lib, cubin->data, NULL, NULL, 0, NULL, NULL, 0);
     if (err != cudaSuccess) {
-        cudaGetLastError();
-        return dinf__fail(DINF_STATUS_JIT_ERROR, func,
-                          "cudaLibraryLoadData rejected the cubin of %s (%zu bytes): %s (error %d)",
-                          cubin->lowered_name, cubin->bytes, cudaGetErrorString(err), (int)err);
-    }
-    err = cudaLibraryGetKernel(&k, lib, cubin->lowered_name);
-    if (err != cudaSuccess) {
+        failed = "cudaLibraryLoadData rejected the cubin";
+    } else if ((err = cudaLibraryGetKernel(&k, lib, cubin->lowered_name)) != cudaSuccess) {
+        failed = "cudaLibraryGetKernel could not find the kernel in the cubin";
         cudaGetLastError();
         cudaLibraryUnload(lib);
-        return dinf__fail(DINF_STATUS_JIT_ERROR, func,
-                          "cudaLibraryGetKernel(%s) failed: %s (error %d)", cubin->lowered_name,
-                          cudaGetErrorString(err), (int)err);
+    } else {
+        struct cudaFuncAttributes fa;
+        if (cudaFuncGetAttributes(&fa, (const void *)k) == cudaSuccess) {
+            *registers = fa.numRegs;
+            *static_smem = (int32_t)fa.sharedSizeBytes;
+        } else {
+            cudaGetLastError(); /* the ptxas log's figures stand in */
+        }
+    }
+    if (exchanged)
+        cudaThreadExchangeStreamCaptureMode(&mode);
+    if (failed) {
+        cudaGetLastError();
+        return dinf__fail(DINF_STATUS_JIT_ERROR, func, "%s of %s (%zu bytes): %s (%s)", failed,
+                          cubin->lowered_name, cubin->bytes, cudaGetErrorString(err),
+                          cudaGetErrorName(err));
     }
     *library = lib;
     *kernel = k;
@@ -75,13 +93,15 @@ dinf_status dinf__jit_launch(const char *func, const dinf__jit_kernel *kernel, i
             err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
             if (err != cudaSuccess)
                 return cuda_fail(func, "querying the device's shared memory limit", err);
-            if ((size_t)optin < dynamic_shared_bytes)
+            const int32_t static_smem = dinf__jit_static_smem(kernel);
+            if ((size_t)optin < dynamic_shared_bytes + (size_t)static_smem)
                 return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
-                                  "the kernel needs %zu bytes of shared memory per block; device "
-                                  "%d allows %d",
-                                  dynamic_shared_bytes, device, optin);
+                                  "the kernel needs %zu bytes of dynamic and %d of static shared "
+                                  "memory per block; device %d allows %d in all",
+                                  dynamic_shared_bytes, (int)static_smem, device, optin);
+            /* The dynamic limit plus the static shared memory may not exceed opt-in. */
             err = cudaKernelSetAttributeForDevice(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                  optin, device);
+                                                  optin - dinf__jit_static_smem(kernel), device);
             if (err != cudaSuccess)
                 return cuda_fail(func,
                                  "cudaKernelSetAttributeForDevice(max dynamic shared memory)", err);
@@ -119,9 +139,10 @@ dinf_status dinf__jit_device_arch(const char *func, int device, char arch[16]) {
 }
 
 dinf_status dinf__jit_load_cubin(const char *func, const dinf__jit_cubin *cubin, void **library,
-                                 void **kernel) {
+                                 void **kernel, int32_t *registers, int32_t *static_smem) {
     (void)cubin;
     *library = *kernel = NULL;
+    *registers = *static_smem = -1;
     return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "libdeepinfra was built without CUDA");
 }
 

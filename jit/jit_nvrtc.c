@@ -17,7 +17,7 @@ static struct {
     pthread_mutex_t lock;
     int tried;
     dinf_status status;
-    char message[512];
+    char message[768];
     void *handle;
     int major, minor;
     const char *(*GetErrorString)(nvrtc_result);
@@ -36,13 +36,15 @@ static struct {
 
 static dinf_status load_locked(void) {
     const char *override = getenv("DINF_NVRTC_LIBRARY");
-    const char *names[2] = {"libnvrtc.so.13", "libnvrtc.so"};
-    int count = 2;
+    /* 13 first (the toolkit we build with); a runtime-only install ships no
+     * unversioned link, so 12 is named too (NVRTC >= 12 is accepted below). */
+    const char *names[3] = {"libnvrtc.so.13", "libnvrtc.so", "libnvrtc.so.12"};
+    int count = 3;
     if (override && *override) {
         names[0] = override;
         count = 1;
     }
-    char errors[384] = "";
+    char errors[512] = "";
     size_t used = 0;
     for (int i = 0; i < count && !nv.handle; i++) {
         nv.handle = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);

@@ -236,10 +236,12 @@ static dinf_status get_entry(const char *func, const dinf__jit_template *tmpl,
         dinf__jit_key key = {0, 0};
         int from_disk = 0;
         void *library = NULL, *kernel = NULL;
+        int32_t registers = -1, static_smem = -1;
         if (need_cubin)
             st = build_kernel(func, tmpl, config, arch, &build, &key, &from_disk);
         else
-            st = dinf__jit_load_cubin(func, &e->cubin, &library, &kernel);
+            st = dinf__jit_load_cubin(func, &e->cubin, &library, &kernel, &registers,
+                                      &static_smem);
 
         pthread_mutex_lock(&table.lock);
         e->busy = 0;
@@ -257,6 +259,8 @@ static dinf_status get_entry(const char *func, const dinf__jit_template *tmpl,
             e->kernel.cubin = &e->cubin;
             e->kernel.library = library;
             e->kernel.kernel = kernel;
+            e->kernel.loaded_registers = registers;
+            e->kernel.loaded_static_smem = static_smem;
             e->loaded = 1;
             table.counters[DINF_JIT_COUNT_LOAD]++;
         }

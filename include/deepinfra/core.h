@@ -147,7 +147,12 @@ typedef enum dinf_exec_kind {
 /*
  * The execution place of a compute call: its last argument. NULL means the
  * CPU with the library's default thread count. The library never guesses the
- * place from pointers.
+ * place from pointers. On DINF_EXEC_CUDA a non-NULL stream must belong to
+ * `device` (else DINF_STATUS_INVALID_ARGUMENT); the call makes `device`
+ * current for its own work and leaves the calling thread's CUDA context as it
+ * found it (a thread without a current context has none afterwards; a
+ * context of `device` that is current, the caller's own included, is used as
+ * it is).
  */
 typedef struct dinf_exec {
     uint32_t size;        /* sizeof(dinf_exec) (use the DINF_EXEC_*_INIT macros) */

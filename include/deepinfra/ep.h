@@ -41,7 +41,9 @@
  * Small per-rank/per-expert outputs (counts, prefix matrices) are always
  * host memory. The normal-mode notify step and the low-latency count
  * exchange read counts on the host: on GPU groups these calls synchronise
- * exec->stream and are not CUDA-graph capturable in this version.
+ * exec->stream and are not CUDA-graph capturable in this version (called
+ * while exec->stream is being captured, the layout and the planners return
+ * DINF_STATUS_UNSUPPORTED and leave the capture intact).
  *
  * Normal mode (high throughput), per step:
  *

@@ -53,9 +53,15 @@
  * ("fast" or unset, "simple") picks one at every call, anything else is
  * DINF_STATUS_INVALID_ARGUMENT. Both are deterministic; a split-K result may
  * differ from the unsplit sum by one bf16 unit in the last place. Every buffer is device memory of
- * exec->device; the call enqueues on exec->stream and returns without
- * synchronising (CUDA-graph capturable once the kernel is compiled). Extra
- * rules on this path:
+ * exec->device (exec->stream, when not NULL, must belong to that device:
+ * else DINF_STATUS_INVALID_ARGUMENT); the call enqueues on exec->stream and
+ * returns without synchronising. It is CUDA-graph capturable; a first call
+ * inside a capture compiles (NVRTC, seconds) and loads the kernel there
+ * (the load runs in relaxed capture mode and leaves the capture intact), so
+ * warm up with dinf_jit_precompile or one eager call to keep compilation
+ * out of the captured region. The calling thread's CUDA context is left as
+ * it was (a thread without one has none afterwards). Extra rules on this
+ * path:
  *   - the device must be compute capability 9.0, else DINF_STATUS_UNSUPPORTED
  *     (the CPU path stays available);
  *   - k >= 1 and m, n, k, num_groups below 2^31, else UNSUPPORTED;

@@ -159,8 +159,21 @@ unsigned grid_for(int64_t items, int64_t items_per_cta) {
 using dinf_cuda::device_guard;
 
 dinf_status launch_failed(const char *func, const dinf__place *place, cudaError_t err) {
+    cudaGetLastError();
     return dinf__fail(DINF_STATUS_CUDA_ERROR, func, "kernel launch on device %d failed: %s (%s)",
                       (int)place->device, cudaGetErrorString(err), cudaGetErrorName(err));
+}
+
+/* Make the place's device current and check that its stream belongs to it. */
+dinf_status enter(const char *func, const dinf__place *place, device_guard &guard) {
+    cudaError_t err = guard.enter(place->device);
+    if (err != cudaSuccess) {
+        cudaGetLastError();
+        return dinf__fail(DINF_STATUS_CUDA_ERROR, func,
+                          "making CUDA device %d current failed: %s (%s)", (int)place->device,
+                          cudaGetErrorString(err), cudaGetErrorName(err));
+    }
+    return dinf__cuda_check_stream(func, (int)place->device, place->stream);
 }
 
 template <typename Src, typename Dst>
@@ -203,9 +216,10 @@ extern "C" dinf_status dinf__fp8_convert_cuda(const char *func, const dinf__plac
                                               const void *src, dinf_dtype src_dtype, void *dst,
                                               dinf_dtype dst_dtype, int64_t count) {
     device_guard guard;
-    cudaError_t err = guard.enter(place->device);
-    if (err != cudaSuccess)
-        return launch_failed(func, place, err);
+    dinf_status st = enter(func, place, guard);
+    if (st != DINF_STATUS_OK)
+        return st;
+    cudaError_t err;
     cudaStream_t stream = reinterpret_cast<cudaStream_t>(place->stream);
     switch (src_dtype) {
     case DINF_DTYPE_BFLOAT16: launch_convert_from<uint16_t>(dst_dtype, src, dst, count, stream); break;
@@ -219,9 +233,10 @@ extern "C" dinf_status dinf__fp8_convert_cuda(const char *func, const dinf__plac
 extern "C" dinf_status dinf__fp8_copy_cuda(const char *func, const dinf__place *place,
                                            const void *src, void *dst, size_t bytes) {
     device_guard guard;
-    cudaError_t err = guard.enter(place->device);
-    if (err == cudaSuccess)
-        err = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault,
+    dinf_status st = enter(func, place, guard);
+    if (st != DINF_STATUS_OK)
+        return st;
+    cudaError_t err = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault,
                               reinterpret_cast<cudaStream_t>(place->stream));
     if (err != cudaSuccess)
         return dinf__fail(DINF_STATUS_CUDA_ERROR, func, "copy on device %d failed: %s (%s)",
@@ -234,9 +249,10 @@ extern "C" dinf_status dinf__fp8_quantize_cuda(const char *func, const dinf__pla
                                                int64_t k, int64_t x_ld, int32_t block_rows,
                                                uint8_t *q, int64_t q_ld, float *scales) {
     device_guard guard;
-    cudaError_t err = guard.enter(place->device);
-    if (err != cudaSuccess)
-        return launch_failed(func, place, err);
+    dinf_status st = enter(func, place, guard);
+    if (st != DINF_STATUS_OK)
+        return st;
+    cudaError_t err;
     cudaStream_t stream = reinterpret_cast<cudaStream_t>(place->stream);
     if (x_dtype == DINF_DTYPE_BFLOAT16)
         launch_quantize<uint16_t>(x, m, k, x_ld, block_rows, q, q_ld, scales, stream);
@@ -252,9 +268,10 @@ extern "C" dinf_status dinf__fp8_scale_layout_mn_major_cuda(const char *func,
                                                             int64_t kb, int64_t aligned_m,
                                                             float *out) {
     device_guard guard;
-    cudaError_t err = guard.enter(place->device);
-    if (err != cudaSuccess)
-        return launch_failed(func, place, err);
+    dinf_status st = enter(func, place, guard);
+    if (st != DINF_STATUS_OK)
+        return st;
+    cudaError_t err;
     scale_layout_kernel<<<grid_for(kb * aligned_m, kThreads), kThreads, 0,
                           reinterpret_cast<cudaStream_t>(place->stream)>>>(scales, m, kb,
                                                                            aligned_m, out);

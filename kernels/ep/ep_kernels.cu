@@ -441,7 +441,23 @@ dinf_status cuda_failed(const char *func, const char *what, int device, cudaErro
     do {                                                                                           \
         cudaError_t e_ = guard_.enter((place)->device);                                            \
         if (e_ != cudaSuccess)                                                                     \
-            return cuda_failed(func, "cudaSetDevice", (place)->device, e_);                        \
+            return cuda_failed(func, "making the device current", (place)->device, e_);           \
+        dinf_status s_ = dinf__cuda_check_stream(func, (int)(place)->device, (place)->stream);    \
+        if (s_ != DINF_STATUS_OK)                                                                  \
+            return s_;                                                                             \
+    } while (0)
+
+/* The planners and the layout read results back on the host (they validate
+ * topk_idx and size the exchange), so they cannot run inside a CUDA graph
+ * capture: refuse it with a clear status instead of invalidating the
+ * caller's capture with a synchronisation. */
+#define NO_CAPTURE(place, what)                                                                    \
+    do {                                                                                           \
+        if (dinf__cuda_stream_capturing((place)->stream) == 1)                                    \
+            return dinf__fail(DINF_STATUS_UNSUPPORTED, func,                                       \
+                              "%s waits on the host for its results and cannot be captured "      \
+                              "into a CUDA graph; call it outside stream capture",                \
+                              what);                                                               \
     } while (0)
 
 #define CUDA_TRY(call, what)                                                                       \
@@ -583,6 +599,7 @@ extern "C" dinf_status dinf__ep_gpu_plan_dispatch(
     const int32_t *num_tokens_per_expert, const uint8_t *is_token_in_rank, dinf__ep_plan *plan,
     int64_t *bad_entry, int64_t *layout_mismatches, const dinf__place *place) {
     GUARD(place);
+    NO_CAPTURE(place, "the EP dispatch planner");
     const dinf__ep_gpu *g = reinterpret_cast<const dinf__ep_gpu *>(t);
     const int32_t R = t->num_ranks, E = num_experts;
     scratch_parts sp = scratch_of(g, R, E);
@@ -637,6 +654,7 @@ extern "C" dinf_status dinf__ep_gpu_plan_low_latency(dinf__ep_transport *t, cons
                                                      dinf__ep_ll_plan *plan, int64_t *bad_entry,
                                                      const dinf__place *place) {
     GUARD(place);
+    NO_CAPTURE(place, "the EP low-latency planner");
     const dinf__ep_gpu *g = reinterpret_cast<const dinf__ep_gpu *>(t);
     const int32_t R = t->num_ranks, E = num_experts;
     scratch_parts sp = scratch_of(g, R, E);
@@ -707,6 +725,7 @@ extern "C" dinf_status dinf__ep_layout_cuda(const char *func, const dinf__place 
                                             int32_t *num_tokens_per_expert,
                                             uint8_t *is_token_in_rank) {
     GUARD(place);
+    NO_CAPTURE(place, "the EP layout");
     cudaStream_t stream = stream_of(place);
     unsigned long long *bad = nullptr;
     CUDA_TRY(cudaMallocAsync(reinterpret_cast<void **>(&bad), 8, stream),

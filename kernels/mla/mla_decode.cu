@@ -504,7 +504,8 @@ dinf_status cuda_failed(const char *func, const dinf__place *place, const char *
 
 /* Make the device current and require sm_90 (the kernels are sm_90a code). */
 dinf_status enter_hopper(const char *func, const dinf__place *place, device_guard &guard) {
-    return dinf_cuda::enter_sm90(func, (int)place->device, guard, "the MLA kernels");
+    return dinf_cuda::enter_sm90(func, (int)place->device, guard, "the MLA kernels",
+                                 place->stream);
 }
 
 unsigned grid_for(int64_t items, int64_t per_cta) {

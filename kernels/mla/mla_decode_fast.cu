@@ -564,7 +564,8 @@ dinf_status encode_kv_map(const char *func, const dinf__mla_params *p, jit::tens
 extern "C" dinf_status dinf__mla_decode_fast_cuda(const char *func, const dinf__place *place,
                                                   const dinf__mla_params *p) {
     device_guard guard;
-    dinf_status st = dinf_cuda::enter_sm90(func, (int)place->device, guard, "the MLA kernels");
+    dinf_status st = dinf_cuda::enter_sm90(func, (int)place->device, guard, "the MLA kernels",
+                                           place->stream);
     if (st != DINF_STATUS_OK)
         return st;
     if (p->h_kv > 65535)

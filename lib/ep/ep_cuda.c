@@ -133,6 +133,7 @@ DINF_API dinf_status dinf_ep_group_create_cuda_ipc(int32_t rank, int32_t num_ran
 #else /* DINF_WITH_CUDA */
 
 #include <cuda_runtime_api.h>
+#include "../core/cuda_ctx.h"
 #include <errno.h>
 #include <pthread.h>
 #include <time.h>
@@ -141,26 +142,12 @@ DINF_API dinf_status dinf_ep_group_create_cuda_ipc(int32_t rank, int32_t num_ran
 /* CUDA helpers                                                               */
 /* ------------------------------------------------------------------------ */
 
-typedef struct dev_guard {
-    int previous;
-} dev_guard;
+/* The context-exact device guard (lib/core/cuda_ctx.h). */
+typedef dinf__cuda_guard dev_guard;
 
-static cudaError_t guard_enter(dev_guard *g, int device) {
-    g->previous = -1;
-    int current = -1;
-    cudaError_t err = cudaGetDevice(&current);
-    if (err == cudaSuccess && current != device) {
-        err = cudaSetDevice(device);
-        if (err == cudaSuccess)
-            g->previous = current;
-    }
-    return err;
-}
+static cudaError_t guard_enter(dev_guard *g, int device) { return dinf__cuda_guard_enter(g, device); }
 
-static void guard_leave(dev_guard *g) {
-    if (g->previous >= 0)
-        cudaSetDevice(g->previous);
-}
+static void guard_leave(dev_guard *g) { dinf__cuda_guard_leave(g); }
 
 static dinf_status cuda_fail(const char *func, const char *what, int device, cudaError_t err) {
     cudaGetLastError(); /* clear a sticky-free error so later calls are not blamed */
@@ -673,7 +660,7 @@ static dinf_status v_allgather(dinf__ep_transport *t, const char *func, const vo
     dev_guard g;
     cudaError_t err = guard_enter(&g, t->device);
     dinf_status st = err != cudaSuccess
-                         ? cuda_fail(func, "cudaSetDevice", t->device, err)
+                         ? cuda_fail(func, "making the device current", t->device, err)
                          : wait_stream(func, (cudaStream_t)place->stream, t->device,
                                        t->timeout_ms, "the EP stream");
     guard_leave(&g);
@@ -1010,7 +997,7 @@ DINF_API dinf_status dinf_ep_group_create_cuda_virtual(int32_t num_ranks, int32_
     dev_guard g;
     cudaError_t err = guard_enter(&g, device);
     if (err != cudaSuccess)
-        return cuda_fail(func, "cudaSetDevice", device, err);
+        return cuda_fail(func, "making the device current", device, err);
     vhub *h = NULL;
     st = vhub_create(func, num_ranks, device, &cfg, &h);
     for (int32_t r = 0; r < num_ranks && st == DINF_STATUS_OK; r++) {
@@ -1109,7 +1096,7 @@ static dinf_status ipc_launch(ipc_transport *x, const char *func, const dinf__ep
     dev_guard g;
     cudaError_t err = guard_enter(&g, t->device);
     if (err != cudaSuccess)
-        return ipc_break(x, cuda_fail(func, "cudaSetDevice", t->device, err));
+        return ipc_break(x, cuda_fail(func, "making the device current", t->device, err));
     cudaStream_t stream = (cudaStream_t)place->stream;
     int32_t slot;
     char *host, *dev;
@@ -1318,11 +1305,11 @@ DINF_API dinf_status dinf_ep_group_create_cuda_ipc(int32_t rank, int32_t num_ran
                                         (int)rank);
     if (local == DINF_STATUS_OK)
         local = require_device(func, device);
-    dev_guard g = {-1};
+    dev_guard g = {0}; /* left untouched when enter is never reached */
     if (local == DINF_STATUS_OK) {
         cudaError_t err = guard_enter(&g, device);
         if (err != cudaSuccess)
-            local = cuda_fail(func, "cudaSetDevice", device, err);
+            local = cuda_fail(func, "making the device current", device, err);
     }
     ipc_record mine;
     memset(&mine, 0, sizeof mine);
@@ -1632,7 +1619,7 @@ static dinf_status n_move(nccl_transport *x, const char *func, dinf__ep_step *s,
     dev_guard g;
     cudaError_t err = guard_enter(&g, t->device);
     if (err != cudaSuccess)
-        return n_break(x, cuda_fail(func, "cudaSetDevice", t->device, err));
+        return n_break(x, cuda_fail(func, "making the device current", t->device, err));
     cudaStream_t stream = (cudaStream_t)place->stream;
     int32_t slot;
     char *host, *dev;
@@ -1786,7 +1773,7 @@ DINF_API dinf_status dinf_ep_group_create_nccl(void *nccl_comm, int32_t device,
     cudaError_t err = guard_enter(&g, device);
     if (err != cudaSuccess) {
         free(x);
-        return cuda_fail(func, "cudaSetDevice", device, err);
+        return cuda_fail(func, "making the device current", device, err);
     }
     x->nccl = nccl;
     x->comm = nccl_comm;

@@ -474,7 +474,7 @@ DINF_API dinf_status dinf_eplb_rebalance_incremental(
     if (st != DINF_STATUS_OK)
         return st;
 
-    size_t needed;
+    size_t needed = 0;
     st = inc_workspace_bytes(__func__, &sz, &needed); /* sizes already checked */
     if (st != DINF_STATUS_OK)
         return st;

@@ -20,6 +20,7 @@
 #include "gemm_sm90.h"
 
 #include "../../jit/jit_internal.h"
+#include "../core/cuda_ctx.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -210,6 +211,7 @@ static dinf_status encode(const char *func, const char *what, CUtensorMap *map,
                                        : g->swizzle_bytes == 64 ? CU_TENSOR_MAP_SWIZZLE_64B
                                        : g->swizzle_bytes == 32 ? CU_TENSOR_MAP_SWIZZLE_32B
                                                                 : CU_TENSOR_MAP_SWIZZLE_NONE;
+    char name_buf[32];
     CUresult r = driver.encode(
         map, type, 3, (void *)g->base, dims, strides, box, element_strides,
         CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
@@ -217,10 +219,11 @@ static dinf_status encode(const char *func, const char *what, CUtensorMap *map,
     if (r != CUDA_SUCCESS)
         return dinf__fail(DINF_STATUS_INTERNAL, func,
                           "cuTensorMapEncodeTiled(%s: dims %llu x %llu x %llu, strides %llu, "
-                          "%llu bytes, box %u x %u x %u) failed with CUresult %d",
+                          "%llu bytes, box %u x %u x %u) failed: %s",
                           what, (unsigned long long)dims[0], (unsigned long long)dims[1],
                           (unsigned long long)dims[2], (unsigned long long)strides[0],
-                          (unsigned long long)strides[1], box[0], box[1], box[2], (int)r);
+                          (unsigned long long)strides[1], box[0], box[1], box[2],
+                          dinf__cu_result_name((int)r, name_buf));
     return DINF_STATUS_OK;
 }
 
@@ -272,14 +275,15 @@ static int resident_clusters(const dinf__jit_kernel *kernel, int device,
                              const dinf__fp8_config *cfg, unsigned grid) {
     enum { SLOTS = 64 };
     static struct {
-        const void *kernel;
+        dinf__jit_key key;
         int device, clusters;
     } cache[SLOTS];
+    const dinf__jit_key key = kernel->cubin->key;
     static int used;
     static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
     pthread_mutex_lock(&lock);
     for (int i = 0; i < used; i++)
-        if (cache[i].kernel == kernel->kernel && cache[i].device == device) {
+        if (cache[i].key.lo == key.lo && cache[i].key.hi == key.hi && cache[i].device == device) {
             const int n = cache[i].clusters;
             pthread_mutex_unlock(&lock);
             return n;
@@ -287,10 +291,10 @@ static int resident_clusters(const dinf__jit_kernel *kernel, int device,
     pthread_mutex_unlock(&lock);
     int clusters = 0, optin = 0;
     cudaError_t err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-    if (err == cudaSuccess && optin >= cfg->smem_bytes)
+    if (err == cudaSuccess && optin >= cfg->smem_bytes + dinf__jit_static_smem(kernel))
         err = cudaKernelSetAttributeForDevice((cudaKernel_t)kernel->kernel,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, optin,
-                                              device);
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              optin - dinf__jit_static_smem(kernel), device);
     if (err == cudaSuccess) {
         cudaLaunchConfig_t lc;
         memset(&lc, 0, sizeof lc);
@@ -307,17 +311,63 @@ static int resident_clusters(const dinf__jit_kernel *kernel, int device,
     }
     if (err != cudaSuccess) {
         cudaGetLastError(); /* not the caller's failure: plan the grid as if unlimited */
-        clusters = 0;
+        return 0;
     }
     pthread_mutex_lock(&lock);
     if (used < SLOTS) {
-        cache[used].kernel = kernel->kernel;
+        cache[used].key = key;
         cache[used].device = device;
         cache[used].clusters = clusters;
         used++;
     }
     pthread_mutex_unlock(&lock);
     return clusters;
+}
+
+/* Load, encode and launch a planned GEMM on the current device (the caller's
+ * guard made place->device current). */
+static dinf_status launch_planned(const char *func, const dinf__place *place,
+                                  dinf__fp8_launch_plan *plan) {
+    dinf_status st;
+    const dinf__fp8_config *cfg = &plan->config;
+    dinf_jit_kernel_config jc;
+    dinf__fp8_jit_config(cfg, &jc);
+    const dinf__jit_kernel *kernel = NULL;
+    if ((st = dinf__jit_get_kernel(func, &jc, place->device, &kernel)) != DINF_STATUS_OK)
+        return st;
+    const int fast = cfg->kernel != DINF__FP8_KERNEL_SIMPLE;
+    /* The runtime's count for the loaded kernel; the ptxas log's without it. */
+    const int registers = kernel->loaded_registers >= 0 ? kernel->loaded_registers
+                                                        : kernel->cubin->resources.registers;
+    if (fast && cfg->block_m == 128 && registers != DINF_FP8_FAST_ENTRY_REGS)
+        return dinf__fail(DINF_STATUS_JIT_ERROR, func,
+                          "the fast GEMM kernel (block_m 128) was built with %d registers per "
+                          "thread, not %d: its register reallocation (%d/%d) would not balance "
+                          "and the kernel would hang; DINF_FP8_GEMM_KERNEL=simple avoids it",
+                          registers, DINF_FP8_FAST_ENTRY_REGS,
+                          DINF_FP8_FAST_PRODUCER_REGS, DINF_FP8_FAST_MATH_REGS);
+    const int num_maps = fast ? 4 : 3;
+    CUtensorMap maps[4];
+    memset(maps, 0, sizeof maps);
+    const dinf__fp8_tensor_map_geometry *geoms[4] = {&plan->map_a, &plan->map_b, &plan->map_sa,
+                                                     &plan->map_d};
+    static const char *const names[4] = {"a", "b", "a_scales", "d"};
+    for (int i = 0; i < num_maps; i++)
+        if ((st = encode(func, names[i], &maps[i], geoms[i])) != DINF_STATUS_OK)
+            return st;
+    unsigned grid[3] = {plan->grid, 1, 1};
+    const unsigned block[3] = {(unsigned)cfg->threads, 1, 1};
+    const unsigned cluster[3] = {(unsigned)cfg->cluster, 1, 1};
+    void *params[5] = {&maps[0], &maps[1], &maps[2], fast ? (void *)&maps[3] : (void *)&plan->args,
+                       &plan->args};
+
+    if (cfg->cluster > 1) {
+        const int resident = resident_clusters(kernel, place->device, cfg, plan->grid);
+        if (resident > 0 && (unsigned)resident * (unsigned)cfg->cluster < grid[0])
+            grid[0] = (unsigned)resident * (unsigned)cfg->cluster;
+    }
+    return dinf__jit_launch(func, kernel, place->device, grid, block, cluster,
+                            (size_t)cfg->smem_bytes, place->stream, params);
 }
 
 dinf_status dinf__fp8_gemm_cuda(const char *func, const dinf__place *place,
@@ -351,53 +401,16 @@ dinf_status dinf__fp8_gemm_cuda_config(const char *func, const dinf__place *plac
             return st;
         dinf__fp8_plan(p, num_sms, kernel_rung, &plan);
     }
-    const dinf__fp8_config *cfg = &plan.config;
-    dinf_jit_kernel_config jc;
-    dinf__fp8_jit_config(cfg, &jc);
-    const dinf__jit_kernel *kernel = NULL;
-    if ((st = dinf__jit_get_kernel(func, &jc, place->device, &kernel)) != DINF_STATUS_OK)
-        return st;
-    const int fast = cfg->kernel != DINF__FP8_KERNEL_SIMPLE;
-    if (fast && cfg->block_m == 128 &&
-        kernel->cubin->resources.registers != DINF_FP8_FAST_ENTRY_REGS)
-        return dinf__fail(DINF_STATUS_JIT_ERROR, func,
-                          "the fast GEMM kernel (block_m 128) was built with %d registers per "
-                          "thread, not %d: its register reallocation (%d/%d) would not balance "
-                          "and the kernel would hang; DINF_FP8_GEMM_KERNEL=simple avoids it",
-                          (int)kernel->cubin->resources.registers, DINF_FP8_FAST_ENTRY_REGS,
-                          DINF_FP8_FAST_PRODUCER_REGS, DINF_FP8_FAST_MATH_REGS);
-    const int num_maps = fast ? 4 : 3;
-    CUtensorMap maps[4];
-    memset(maps, 0, sizeof maps);
-    const dinf__fp8_tensor_map_geometry *geoms[4] = {&plan.map_a, &plan.map_b, &plan.map_sa,
-                                                     &plan.map_d};
-    static const char *const names[4] = {"a", "b", "a_scales", "d"};
-    for (int i = 0; i < num_maps; i++)
-        if ((st = encode(func, names[i], &maps[i], geoms[i])) != DINF_STATUS_OK)
-            return st;
-    unsigned grid[3] = {plan.grid, 1, 1};
-    const unsigned block[3] = {(unsigned)cfg->threads, 1, 1};
-    const unsigned cluster[3] = {(unsigned)cfg->cluster, 1, 1};
-    void *params[5] = {&maps[0], &maps[1], &maps[2], fast ? (void *)&maps[3] : (void *)&plan.args,
-                       &plan.args};
-
-    int previous = -1;
-    cudaError_t err = cudaGetDevice(&previous);
-    if (err == cudaSuccess && previous != place->device)
-        err = cudaSetDevice(place->device);
-    else
-        previous = -1;
+    /* Everything from here runs on the target device: the JIT load, the
+     * tensor-map encodes, the occupancy query and the launch. */
+    dinf__cuda_guard guard;
+    cudaError_t err = dinf__cuda_guard_enter(&guard, place->device);
     if (err != cudaSuccess)
-        return cuda_fail(func, "cudaSetDevice", err);
-    if (cfg->cluster > 1) {
-        const int resident = resident_clusters(kernel, place->device, cfg, plan.grid);
-        if (resident > 0 && (unsigned)resident * (unsigned)cfg->cluster < grid[0])
-            grid[0] = (unsigned)resident * (unsigned)cfg->cluster;
-    }
-    st = dinf__jit_launch(func, kernel, place->device, grid, block, cluster,
-                          (size_t)cfg->smem_bytes, place->stream, params);
-    if (previous >= 0)
-        cudaSetDevice(previous);
+        return cuda_fail(func, "making the device current", err);
+    st = dinf__cuda_check_stream(func, place->device, place->stream);
+    if (st == DINF_STATUS_OK)
+        st = launch_planned(func, place, &plan);
+    dinf__cuda_guard_leave(&guard);
     return st;
 }
 

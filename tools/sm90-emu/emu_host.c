@@ -72,6 +72,20 @@ cudaError_t cudaDriverGetVersion(int *v) {
     return cudaSuccess;
 }
 cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+const char *cudaGetErrorName(cudaError_t err) {
+    return err == cudaSuccess ? "cudaSuccess" : "cudaErrorEmulated";
+}
+/* lib/core/cuda_ctx.c: the launch's stream checks (one device, no capture). */
+cudaError_t cudaStreamGetDevice(cudaStream_t stream, int *device) {
+    (void)stream;
+    *device = 0;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, enum cudaStreamCaptureStatus *status) {
+    (void)stream;
+    *status = cudaStreamCaptureStatusNone;
+    return cudaSuccess;
+}
 const char *cudaGetErrorString(cudaError_t err) {
     return err == cudaSuccess ? "no error" : "emulated CUDA error";
 }
@@ -133,6 +147,7 @@ dinf_status dinf__jit_get_kernel(const char *func, const dinf_jit_kernel_config 
         return dinf__fail(DINF_STATUS_INTERNAL, func, "sm90-emu: kernel table full");
     memset(&slots[used], 0, sizeof slots[used]);
     slots[used].kernel = (void *)entry;
+    slots[used].loaded_registers = slots[used].loaded_static_smem = -1; /* the cubin's figures */
     /* The cubin's ptxas report, as far as the launch reads it: the fast rung
      * at BLOCK_M 128 checks the registers at entry (its setmaxnreg split
      * needs the __launch_bounds__(384, 1) cap). */
@@ -143,6 +158,7 @@ dinf_status dinf__jit_get_kernel(const char *func, const dinf_jit_kernel_config 
                 config->params[1] == 128
             ? DINF_FP8_FAST_ENTRY_REGS
             : 255;
+    cubins[used].key.lo = (uint64_t)used + 1; /* distinct per kernel, as a content hash is */
     slots[used].cubin = &cubins[used];
     *out = &slots[used++];
     return DINF_STATUS_OK;
