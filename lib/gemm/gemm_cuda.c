@@ -358,13 +358,14 @@ dinf_status dinf__fp8_gemm_cuda_config(const char *func, const dinf__place *plac
     if ((st = dinf__jit_get_kernel(func, &jc, place->device, &kernel)) != DINF_STATUS_OK)
         return st;
     const int fast = cfg->kernel != DINF__FP8_KERNEL_SIMPLE;
-    if (fast && cfg->block_m == 128 &&
+    if (fast && cfg->block_m >= 128 &&
         kernel->cubin->resources.registers != DINF_FP8_FAST_ENTRY_REGS)
         return dinf__fail(DINF_STATUS_JIT_ERROR, func,
-                          "the fast GEMM kernel (block_m 128) was built with %d registers per "
+                          "the fast GEMM kernel (block_m %d) was built with %d registers per "
                           "thread, not %d: its register reallocation (%d/%d) would not balance "
                           "and the kernel would hang; DINF_FP8_GEMM_KERNEL=simple avoids it",
-                          (int)kernel->cubin->resources.registers, DINF_FP8_FAST_ENTRY_REGS,
+                          cfg->block_m, (int)kernel->cubin->resources.registers,
+                          DINF_FP8_FAST_ENTRY_REGS,
                           DINF_FP8_FAST_PRODUCER_REGS, DINF_FP8_FAST_MATH_REGS);
     const int num_maps = fast ? 4 : 3;
     CUtensorMap maps[4];

@@ -65,7 +65,7 @@ dinf__fp8_config dinf__fp8_heuristic_simple(int gemm_type, int64_t m, int64_t n,
         best.stages--;
     best.cluster = 1;
     best.split_k = 1;
-    best.threads = 128 * (1 + best.block_m / 64);
+    best.threads = dinf_fp8_threads(best.block_m);
     best.smem_bytes = DINF_FP8_SMEM_BYTES(best.block_m, best.block_n, best.stages);
     return best;
 }
@@ -151,7 +151,7 @@ dinf__fp8_config dinf__fp8_heuristic(int gemm_type, int64_t m, int64_t n, int64_
             best.last_wave = (int)s_ctas;
         }
     }
-    best.threads = 128 * (1 + best.block_m / 64);
+    best.threads = dinf_fp8_threads(best.block_m);
     best.smem_bytes =
         DINF_FP8_FAST_SPLIT_SMEM_BYTES(best.block_m, best.block_n, best.stages, best.split_k);
     return best;
