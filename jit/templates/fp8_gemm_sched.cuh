@@ -50,7 +50,7 @@
     (DINF_FP8_FAST_SMEM_BYTES(block_m, block_n, stages) +                                        \
      ((split_k) > 1 ? (block_m) * (block_n) * 4 + 16 : 0))
 
-/* Register reallocation of the fast rung at BLOCK_M 128 (384 threads under
+/* Register reallocation of the fast rung at BLOCK_M 128 and 256 (384 threads under
  * __launch_bounds__(384, 1): ptxas gives each thread the 168-register cap at
  * entry): the producer warpgroup lowers itself to 40, the two math
  * warpgroups raise themselves to 232; 128 * 40 + 256 * 232 = 64512 <= 384 *
@@ -94,7 +94,8 @@ DINF_FP8_HD_CONST int dinf_fp8_threads(int block_m) {
  * Rules the hardware sets (checked on the CPU for every config): 128-byte
  * swizzled TMA destinations and wgmma operands start 1024-byte aligned (the
  * swizzle repeats every 8 rows of 128 bytes; math warpgroup 1 reads A from
- * a + 64 * 128; with a 2-CTA cluster each CTA's half of A lands at
+ * a + 64 * 128, and at block_m 256 wave w of warpgroup g from
+ * a + (2 g + w) * 64 * 128; with a 2-CTA cluster each CTA's half of A lands at
  * a + rank * block_m / 2 * 128), plain TMA destinations 128-byte aligned,
  * mbarriers 8; the swizzled output tile 1024-byte aligned (d = 0).
  */
