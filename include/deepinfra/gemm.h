@@ -47,7 +47,9 @@
  * tile configuration on first use (dinf_fp8_gemm_kernel_config +
  * dinf_jit_precompile compile ahead). Two rungs: the fast kernel (the
  * default: register reallocation, a deep pipeline, a TMA-store epilogue,
- * block_n up to 160, 2-CTA clusters that multicast A or, for one-wave
+ * block_n up to 160, 256-row tiles for large normal and masked problems
+ * (two 64-row wgmma waves per math warpgroup; same bits as 128-row tiles),
+ * 2-CTA clusters that multicast A or, for one-wave
  * problems, split K in two and add the halves in a fixed order) and the
  * simple reference kernel; the environment variable DINF_FP8_GEMM_KERNEL
  * ("fast" or unset, "simple") picks one at every call, anything else is

@@ -10,7 +10,19 @@
  *
  * Compile-time constants (the config of template "fp8_gemm_fast"):
  *   GEMM_TYPE   0 normal, 1 contiguous, 2 masked (DINF_FP8_GEMM_*)
- *   BLOCK_M     64 or 128 output rows per tile (one math warpgroup per 64 rows)
+ *   BLOCK_M     64 or 128 output rows per tile (one math warpgroup per 64 rows),
+ *               or 256 (normal and masked forms, BLOCK_N <= 128, no split-K):
+ *               two math warpgroups of 128 rows each, every one computing
+ *               its rows as two 64-row wgmma "waves" per 128-K block that
+ *               reuse one accumulator register set (DeepGEMM's WAVE_BLOCK_M):
+ *               wave 0's four wgmma, wait, promotion into wave 0's float32
+ *               totals, then wave 1's; the stage is released after the last
+ *               wave. Per thread: 2 x BLOCK_N / 2 totals + BLOCK_N / 2
+ *               accumulators (BLOCK_N 128: 192 of the 232 registers). Each
+ *               element is still promoted once per k block in the same
+ *               order: the results are the simple rung's bits. The contiguous
+ *               layout aligns its segments to 128 rows only (a 256-row tile
+ *               could span two groups, i.e. two B matrices): not taken there.
  *   BLOCK_N     16 .. 160, a multiple of 16 with dinf_fp8_fast_block_n_ok
  *               (16, 32, ..., 128, 144, 160); a tile may straddle one
  *               128-column B-scale boundary: columns before it use the first
@@ -39,24 +51,25 @@
  *           swizzle S bytes, S = dinf_fp8_d_swizzle_bytes(BLOCK_N)
  *   args    dinf_fp8_gemm_args
  * Launch: a persistent grid, a multiple of CLUSTER, cluster dims
- * (CLUSTER, 1, 1); 128 * (1 + BLOCK_M / 64) threads;
+ * (CLUSTER, 1, 1); dinf_fp8_threads(BLOCK_M) threads (128 * (1 + math
+ * warpgroups): 256 for BLOCK_M 64, 384 for 128 and 256);
  * DINF_FP8_FAST_SPLIT_SMEM_BYTES(BLOCK_M, BLOCK_N, NUM_STAGES, SPLIT_K)
  * bytes of dynamic shared memory.
  *
  * What the fast rung adds to the simple one:
- *  - Register reallocation (BLOCK_M 128: 384 threads, 168 registers each at
+ *  - Register reallocation (BLOCK_M 128 and 256: 384 threads, 168 registers each at
  *    entry under __launch_bounds__(384, 1)): the producer warpgroup gives
  *    back down to 40, the two math warpgroups take 232
  *    (128 * 40 + 256 * 232 = 64512 <= 65536 = 384 * 168). BLOCK_M 64 (256
  *    threads) already has 255 per thread and does not reallocate.
  *  - The stage count the shared memory allows (heuristic), one empty-barrier
  *    arrival per math warp instead of per thread.
- *  - A TMA-store epilogue, per math warpgroup (its 64 rows): its threads
+ *  - A TMA-store epilogue, per math warpgroup (its 64 or 128 rows): its threads
  *    write their bf16 pairs into a swizzled shared tile
  *    (dinf_fp8_d_smem_offset), fence the generic proxy against the async
  *    proxy, meet at the warpgroup's named barrier, and its first thread
- *    stores the rows with block_n * 2 / S bulk tensor stores (box
- *    {S / 2, 64}), which clip rows >= m (the tensor's row dim) and columns
+ *    stores the rows with block_n * 2 / S bulk tensor stores per 64 rows
+ *    (box {S / 2, 64}), which clip rows >= m (the tensor's row dim) and columns
  *    >= n. The rows are rewritten by the next tile only after that thread's
  *    cp.async.bulk.wait_group.read 0 and the named barrier, so the store of
  *    tile t overlaps the main loop of tile t+1. Where a TMA store would write
@@ -90,14 +103,19 @@
 namespace dinf_jit {
 
 template <int GEMM_TYPE, int BLOCK_M, int BLOCK_N, int NUM_STAGES, int CLUSTER, int SPLIT_K>
-__global__ void __launch_bounds__(128 * (1 + BLOCK_M / 64), 1)
+__global__ void __launch_bounds__(dinf_fp8_threads(BLOCK_M), 1)
 fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant__ tensor_map_t map_b,
               const __grid_constant__ tensor_map_t map_sa,
               const __grid_constant__ tensor_map_t map_d, const dinf_fp8_gemm_args args) {
     static_assert(GEMM_TYPE >= 0 && GEMM_TYPE <= 2, "fp8_gemm_fast: GEMM_TYPE must be 0, 1 or 2");
-    static_assert(BLOCK_M == 64 || BLOCK_M == 128, "fp8_gemm_fast: BLOCK_M must be 64 or 128");
+    static_assert(BLOCK_M == 64 || BLOCK_M == 128 || BLOCK_M == 256,
+                  "fp8_gemm_fast: BLOCK_M must be 64, 128 or 256");
+    /* Contiguous segments are aligned to 128 rows only: a 256-row tile could
+     * span two groups (two B matrices), so BLOCK_M 256 is normal / masked. */
     static_assert(GEMM_TYPE != DINF_FP8_GEMM_CONTIGUOUS || BLOCK_M == 128,
                   "fp8_gemm_fast: the contiguous layout needs BLOCK_M = 128 (its alignment)");
+    static_assert(BLOCK_M != 256 || (BLOCK_N <= DINF_FP8_FAST_BM256_MAX_BLOCK_N && SPLIT_K == 1),
+                  "fp8_gemm_fast: BLOCK_M 256 takes BLOCK_N <= 128 (registers) and no split-K");
     static_assert(dinf_fp8_fast_block_n_ok(BLOCK_N),
                   "fp8_gemm_fast: BLOCK_N must be a multiple of 16 in 16..128, or 144 or 160");
     static_assert(CLUSTER == 1 || CLUSTER == 2, "fp8_gemm_fast: CLUSTER must be 1 or 2");
@@ -108,7 +126,9 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
                           DINF_FP8_SMEM_LIMIT,
                   "fp8_gemm_fast: NUM_STAGES stages do not fit in shared memory");
 
-    constexpr int kMathWarpgroups = BLOCK_M / 64;
+    constexpr int kMathWarpgroups = dinf_fp8_math_warpgroups(BLOCK_M);
+    constexpr int kWaves = dinf_fp8_waves(BLOCK_M); /* 64-row waves per math warpgroup */
+    constexpr int kWgRows = 64 * kWaves;            /* rows a math warpgroup owns */
     constexpr int kMathThreads = 128 * kMathWarpgroups;
     constexpr int kAccum = BLOCK_N / 2;
     constexpr uint32_t kStageTxBytes = dinf_fp8_stage_tx_bytes(BLOCK_M, BLOCK_N);
@@ -224,16 +244,16 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
         const int math_wg = warpgroup - 1;
         const int lane = (int)(threadIdx.x % 32);
         const int warp_in_wg = (int)((threadIdx.x / 32) % 4);
-        const int row0 = dinf_fp8_frag_row(math_wg, warp_in_wg, lane, 0);
-        const int row1 = dinf_fp8_frag_row(math_wg, warp_in_wg, lane, 1);
         const bool store_thread = threadIdx.x % 128 == 0; /* one per math warpgroup */
         const int math_thread = (int)threadIdx.x - 128;
         uint32_t reductions = 0; /* split-K tiles reduced so far (the reduction barriers' phase) */
         const float *b_scales = reinterpret_cast<const float *>(args.b_scales);
         uint16_t *d = reinterpret_cast<uint16_t *>(args.d);
 
+        /* One wgmma accumulator set, reused by every wave; the float32
+         * totals of each wave (BLOCK_M 256: 2 x BLOCK_N / 2 + BLOCK_N / 2). */
         float acc[kAccum];
-        float total[kAccum];
+        float total[kWaves][kAccum];
         uint32_t it = 0;
         for (long long u = cluster_id;; u += num_clusters) {
             dinf_fp8_tile tile;
@@ -258,8 +278,10 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
                                            dinf_fp8_b_scale_next_col(&args, n0_scales), 0);
             const int former = kOneScale ? BLOCK_N : dinf_fp8_b_scale_former(n0_scales, BLOCK_N);
 #pragma unroll
-            for (int i = 0; i < kAccum; i++)
-                total[i] = 0.0f;
+            for (int w = 0; w < kWaves; w++)
+#pragma unroll
+                for (int i = 0; i < kAccum; i++)
+                    total[w][i] = 0.0f;
 
             int kb_begin = 0, kb_end = args.k_blocks;
             if (SPLIT_K > 1)
@@ -271,50 +293,62 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
                 const float b_scale1 = kOneScale ? b_scale0 : sb_second[kb];
                 mbar_wait(&full[s], slot.full_parity);
 
-                const uint32_t a_base =
-                    smem_u32(a_tiles + s * lay.a_stage + math_wg * 64 * DINF_FP8_BLOCK_K);
                 const uint32_t b_base = smem_u32(b_tiles + s * lay.b_stage);
 #pragma unroll
-                for (int i = 0; i < kAccum; i++)
-                    fence_operand(acc[i]);
-                wgmma_fence();
+                for (int w = 0; w < kWaves; w++) {
+                    /* Wave w: the warpgroup's rows [64 w, +64) of its kWgRows. */
+                    const uint32_t a_base =
+                        smem_u32(a_tiles + s * lay.a_stage +
+                                 (math_wg * kWgRows + w * 64) * DINF_FP8_BLOCK_K);
 #pragma unroll
-                for (int ks = 0; ks < DINF_FP8_BLOCK_K / 32; ks++)
-                    wgmma_e4m3<BLOCK_N>::mma(dinf_fp8_wgmma_desc_sw128(a_base + ks * 32),
-                                             dinf_fp8_wgmma_desc_sw128(b_base + ks * 32), acc,
-                                             ks > 0);
-                wgmma_commit();
-                wgmma_wait_all();
+                    for (int i = 0; i < kAccum; i++)
+                        fence_operand(acc[i]);
+                    wgmma_fence();
 #pragma unroll
-                for (int i = 0; i < kAccum; i++)
-                    fence_operand(acc[i]);
+                    for (int ks = 0; ks < DINF_FP8_BLOCK_K / 32; ks++)
+                        wgmma_e4m3<BLOCK_N>::mma(dinf_fp8_wgmma_desc_sw128(a_base + ks * 32),
+                                                 dinf_fp8_wgmma_desc_sw128(b_base + ks * 32), acc,
+                                                 ks > 0);
+                    wgmma_commit();
+                    wgmma_wait_all();
+#pragma unroll
+                    for (int i = 0; i < kAccum; i++)
+                        fence_operand(acc[i]);
 
-                const float a_scale0 = sa_tiles[s * BLOCK_M + row0];
-                const float a_scale1 = sa_tiles[s * BLOCK_M + row1];
-                /* The warp is done with the stage (its wgmma have completed and
-                 * every lane has read its A scales): one arrival per warp on
-                 * the empty barrier of every CTA of the cluster. */
-                __syncwarp();
-                if (kMulticast) {
-                    if (lane < CLUSTER)
-                        mbar_arrive_remote(cluster_map_shared(smem_u32(&empty[s]), (uint32_t)lane));
-                } else if (lane == 0) {
-                    mbar_arrive(&empty[s]);
-                }
+                    const int row0 = dinf_fp8_frag_row_wave(math_wg, kWaves, w, warp_in_wg, lane, 0);
+                    const int row1 = dinf_fp8_frag_row_wave(math_wg, kWaves, w, warp_in_wg, lane, 1);
+                    const float a_scale0 = sa_tiles[s * BLOCK_M + row0];
+                    const float a_scale1 = sa_tiles[s * BLOCK_M + row1];
+                    if (w == kWaves - 1) {
+                        /* The warp is done with the stage (every wave's wgmma
+                         * have completed and every lane has read its A
+                         * scales): one arrival per warp on the empty barrier
+                         * of every CTA of the cluster. */
+                        __syncwarp();
+                        if (kMulticast) {
+                            if (lane < CLUSTER)
+                                mbar_arrive_remote(
+                                    cluster_map_shared(smem_u32(&empty[s]), (uint32_t)lane));
+                        } else if (lane == 0) {
+                            mbar_arrive(&empty[s]);
+                        }
+                    }
 
-                /* Promotion, the same float32 operations as the simple rung:
-                 * scale = a_scale * b_scale, total += scale * partial. */
-                const float scale00 = a_scale0 * b_scale0, scale10 = a_scale1 * b_scale0;
-                const float scale01 = a_scale0 * b_scale1, scale11 = a_scale1 * b_scale1;
+                    /* Promotion, the same float32 operations as the simple
+                     * rung: scale = a_scale * b_scale, total += scale * partial
+                     * (once per 128-K block per element, whatever the wave). */
+                    const float scale00 = a_scale0 * b_scale0, scale10 = a_scale1 * b_scale0;
+                    const float scale01 = a_scale0 * b_scale1, scale11 = a_scale1 * b_scale1;
 #pragma unroll
-                for (int i = 0; i < kAccum / 4; i++) {
-                    const bool first = kOneScale || 8 * i < former;
-                    const float sc0 = first ? scale00 : scale01;
-                    const float sc1 = first ? scale10 : scale11;
-                    total[4 * i + 0] += sc0 * acc[4 * i + 0];
-                    total[4 * i + 1] += sc0 * acc[4 * i + 1];
-                    total[4 * i + 2] += sc1 * acc[4 * i + 2];
-                    total[4 * i + 3] += sc1 * acc[4 * i + 3];
+                    for (int i = 0; i < kAccum / 4; i++) {
+                        const bool first = kOneScale || 8 * i < former;
+                        const float sc0 = first ? scale00 : scale01;
+                        const float sc1 = first ? scale10 : scale11;
+                        total[w][4 * i + 0] += sc0 * acc[4 * i + 0];
+                        total[w][4 * i + 1] += sc0 * acc[4 * i + 1];
+                        total[w][4 * i + 2] += sc1 * acc[4 * i + 2];
+                        total[w][4 * i + 3] += sc1 * acc[4 * i + 3];
+                    }
                 }
             }
 
@@ -331,76 +365,91 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
                     for (int i = 0; i < kAccum; i++)
                         st_cluster_f32(remote + 4u * (uint32_t)dinf_fp8_split_slot(i, math_thread,
                                                                                    kMathThreads),
-                                       total[i]);
+                                       total[0][i]);
                     mbar_arrive_cluster(cluster_map_shared(smem_u32(red_full), 0));
                     continue; /* rank 0 stores the tile */
                 }
                 mbar_wait_acquire_cluster(red_full, phase);
 #pragma unroll
                 for (int i = 0; i < kAccum; i++)
-                    total[i] = total[i] + partial[dinf_fp8_split_slot(i, math_thread, kMathThreads)];
+                    total[0][i] =
+                        total[0][i] + partial[dinf_fp8_split_slot(i, math_thread, kMathThreads)];
                 mbar_arrive_cluster(cluster_map_shared(smem_u32(red_empty), 1));
             }
 
             if (tile.phantom)
                 continue; /* the multicast partner of an odd last N-block: nothing to store */
 
-            /* Each math warpgroup stores its own 64 rows, synchronising only
-             * its 128 threads (named barrier 1 + math_wg). */
-            const int wg_row0 = m0 + math_wg * 64;
-            if (GEMM_TYPE != DINF_FP8_GEMM_MASKED || wg_row0 + 64 <= tile.row_limit) {
+            /* Each math warpgroup stores its own kWgRows rows (64, or two
+             * 64-row waves with BLOCK_M 256), synchronising only its 128
+             * threads (named barrier 1 + math_wg). */
+            const int wg_row0 = m0 + math_wg * kWgRows;
+            if (GEMM_TYPE != DINF_FP8_GEMM_MASKED || wg_row0 + kWgRows <= tile.row_limit) {
                 /* TMA-store epilogue: the warpgroup's previous store must have
                  * read its part of the shared tile before it is overwritten. */
                 if (store_thread)
                     bulk_wait_group_read_0();
                 named_barrier_sync(kEpilogueBarrier + (uint32_t)math_wg, 128);
 #pragma unroll
-                for (int half = 0; half < 2; half++) {
-                    const int row = half ? row1 : row0;
-                    /* Per-row parts of dinf_fp8_d_smem_offset; the opaque asm
-                     * keeps the compiler from hoisting all BLOCK_N / 4 offsets
-                     * out of the tile loop (registers the accumulators need). */
-                    uint32_t row_base = dinf_fp8_d_smem_row_base(row, lane, kSwizzleD);
-                    asm volatile("" : "+r"(row_base));
-                    const uint32_t row_xor = dinf_fp8_d_smem_row_xor(row, kSwizzleD);
+                for (int w = 0; w < kWaves; w++)
 #pragma unroll
-                    for (int i = 0; i < kAccum / 4; i++)
-                        *reinterpret_cast<uint32_t *>(
-                            d_tile + dinf_fp8_d_smem_frag_offset(row_base, row_xor, i, BLOCK_M,
-                                                                 kSwizzleD)) =
-                            pack_bf16x2(total[4 * i + 2 * half], total[4 * i + 2 * half + 1]);
-                }
+                    for (int half = 0; half < 2; half++) {
+                        const int row =
+                            dinf_fp8_frag_row_wave(math_wg, kWaves, w, warp_in_wg, lane, half);
+                        /* Per-row parts of dinf_fp8_d_smem_offset; the opaque
+                         * asm keeps the compiler from hoisting all BLOCK_N / 4
+                         * offsets out of the tile loop (registers the
+                         * accumulators need). */
+                        uint32_t row_base = dinf_fp8_d_smem_row_base(row, lane, kSwizzleD);
+                        asm volatile("" : "+r"(row_base));
+                        const uint32_t row_xor = dinf_fp8_d_smem_row_xor(row, kSwizzleD);
+#pragma unroll
+                        for (int i = 0; i < kAccum / 4; i++)
+                            *reinterpret_cast<uint32_t *>(
+                                d_tile + dinf_fp8_d_smem_frag_offset(row_base, row_xor, i,
+                                                                     BLOCK_M, kSwizzleD)) =
+                                pack_bf16x2(total[w][4 * i + 2 * half],
+                                            total[w][4 * i + 2 * half + 1]);
+                    }
                 fence_proxy_async_shared(); /* st.shared before the TMA store's reads */
                 named_barrier_sync(kEpilogueBarrier + (uint32_t)math_wg, 128);
                 if (store_thread) {
                     const int d_group = GEMM_TYPE == DINF_FP8_GEMM_MASKED ? tile.group : 0;
+                    /* boxes of 64 rows: one per wave and swizzle-wide chunk */
 #pragma unroll
-                    for (int j = 0; j < kStoresD; j++)
-                        tma_store_3d(&map_d,
-                                     d_tile + j * BLOCK_M * kSwizzleD + math_wg * 64 * kSwizzleD,
-                                     n0 + j * (kSwizzleD / 2), wg_row0, d_group);
+                    for (int w = 0; w < kWaves; w++)
+#pragma unroll
+                        for (int j = 0; j < kStoresD; j++)
+                            tma_store_3d(&map_d,
+                                         d_tile + j * BLOCK_M * kSwizzleD +
+                                             (math_wg * kWgRows + w * 64) * kSwizzleD,
+                                         n0 + j * (kSwizzleD / 2), wg_row0 + w * 64, d_group);
                     bulk_commit_group();
                 }
             } else {
                 /* A masked group's last, partial rows: direct stores clipped to
                  * the owned rows (the tensor map would write up to m_max). */
 #pragma unroll
-                for (int half = 0; half < 2; half++) {
-                    const int row = m0 + (half ? row1 : row0);
-                    if (row >= tile.row_limit)
-                        continue;
+                for (int w = 0; w < kWaves; w++)
 #pragma unroll
-                    for (int i = 0; i < kAccum / 4; i++) {
-                        const int col = n0 + dinf_fp8_frag_col(i, lane);
-                        const float lo = total[4 * i + 2 * half], hi = total[4 * i + 2 * half + 1];
-                        uint16_t *out =
-                            d + dinf_fp8_d_offset(&args, GEMM_TYPE, tile.group, row, col);
-                        if (col + 1 < args.n)
-                            *reinterpret_cast<uint32_t *>(out) = pack_bf16x2(lo, hi);
-                        else if (col < args.n)
-                            *out = f32_to_bf16(lo).bits;
+                    for (int half = 0; half < 2; half++) {
+                        const int row =
+                            m0 + dinf_fp8_frag_row_wave(math_wg, kWaves, w, warp_in_wg, lane, half);
+                        if (row >= tile.row_limit)
+                            continue;
+#pragma unroll
+                        for (int i = 0; i < kAccum / 4; i++) {
+                            const int col = n0 + dinf_fp8_frag_col(i, lane);
+                            const float lo = total[w][4 * i + 2 * half];
+                            const float hi = total[w][4 * i + 2 * half + 1];
+                            uint16_t *out =
+                                d + dinf_fp8_d_offset(&args, GEMM_TYPE, tile.group, row, col);
+                            if (col + 1 < args.n)
+                                *reinterpret_cast<uint32_t *>(out) = pack_bf16x2(lo, hi);
+                            else if (col < args.n)
+                                *out = f32_to_bf16(lo).bits;
+                        }
                     }
-                }
             }
         }
         if (store_thread)

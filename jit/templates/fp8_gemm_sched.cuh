@@ -50,7 +50,7 @@
     (DINF_FP8_FAST_SMEM_BYTES(block_m, block_n, stages) +                                        \
      ((split_k) > 1 ? (block_m) * (block_n) * 4 + 16 : 0))
 
-/* Register reallocation of the fast rung at BLOCK_M 128 (384 threads under
+/* Register reallocation of the fast rung at BLOCK_M 128 and 256 (384 threads under
  * __launch_bounds__(384, 1): ptxas gives each thread the 168-register cap at
  * entry): the producer warpgroup lowers itself to 40, the two math
  * warpgroups raise themselves to 232; 128 * 40 + 256 * 232 = 64512 <= 384 *
@@ -59,6 +59,27 @@
 #define DINF_FP8_FAST_ENTRY_REGS 168
 #define DINF_FP8_FAST_PRODUCER_REGS 40
 #define DINF_FP8_FAST_MATH_REGS 232
+
+/*
+ * Math warpgroups and 64-row wgmma waves of a tile (fast rung): one math
+ * warpgroup per 64 rows up to block_m 128 (one wave each); block_m 256 keeps
+ * two math warpgroups, warpgroup g owning the 128 rows [128 g, +128) as two
+ * m64 "waves" (rows 128 g + 64 w, w = 0, 1) that reuse one set of wgmma
+ * accumulator registers: per 128-K block wave 0's four wgmma, their promotion
+ * into wave 0's float32 totals, then wave 1's (DeepGEMM #81, WAVE_BLOCK_M).
+ * Threads per CTA: one producer warpgroup + the math warpgroups (the simple
+ * rung's block_m 64 / 128 give the same counts).
+ */
+DINF_FP8_HD_CONST int dinf_fp8_math_warpgroups(int block_m) { return block_m >= 128 ? 2 : 1; }
+DINF_FP8_HD_CONST int dinf_fp8_waves(int block_m) { return block_m == 256 ? 2 : 1; }
+DINF_FP8_HD_CONST int dinf_fp8_threads(int block_m) {
+    return 128 * (1 + dinf_fp8_math_warpgroups(block_m));
+}
+/* The block_n values the fast rung takes with block_m 256: totals of both
+ * waves (block_n floats) + one wave's accumulators (block_n / 2) must stay
+ * inside the 232-register math budget with no spills: up to 128 (checked
+ * for every block_n by compiling through NVRTC). */
+#define DINF_FP8_FAST_BM256_MAX_BLOCK_N 128
 
 /* Largest dynamic shared memory per block on sm_90 (227 KiB). */
 #define DINF_FP8_SMEM_LIMIT 232448
@@ -73,7 +94,8 @@
  * Rules the hardware sets (checked on the CPU for every config): 128-byte
  * swizzled TMA destinations and wgmma operands start 1024-byte aligned (the
  * swizzle repeats every 8 rows of 128 bytes; math warpgroup 1 reads A from
- * a + 64 * 128; with a 2-CTA cluster each CTA's half of A lands at
+ * a + 64 * 128, and at block_m 256 wave w of warpgroup g from
+ * a + (2 g + w) * 64 * 128; with a 2-CTA cluster each CTA's half of A lands at
  * a + rank * block_m / 2 * 128), plain TMA destinations 128-byte aligned,
  * mbarriers 8; the swizzled output tile 1024-byte aligned (d = 0).
  */
@@ -422,6 +444,14 @@ DINF_FP8_HD_CONST unsigned dinf_fp8_d_smem_frag_offset(unsigned row_base, unsign
  */
 DINF_FP8_HD int dinf_fp8_frag_row(int math_wg, int warp, int lane, int half) {
     return math_wg * 64 + warp * 16 + lane / 4 + 8 * half;
+}
+/* The same with `waves` 64-row waves per math warpgroup (dinf_fp8_waves):
+ * warpgroup math_wg owns rows [64 * waves * math_wg, +64 * waves), its wave
+ * `wave` the 64 rows from 64 * (waves * math_wg + wave). waves 1:
+ * dinf_fp8_frag_row. */
+DINF_FP8_HD int dinf_fp8_frag_row_wave(int math_wg, int waves, int wave, int warp, int lane,
+                                       int half) {
+    return (math_wg * waves + wave) * 64 + warp * 16 + lane / 4 + 8 * half;
 }
 DINF_FP8_HD int dinf_fp8_frag_col(int i, int lane) { return 8 * i + 2 * (lane % 4); }
 

@@ -339,12 +339,12 @@ static dinf_status launch_planned(const char *func, const dinf__place *place,
     /* The runtime's count for the loaded kernel; the ptxas log's without it. */
     const int registers = kernel->loaded_registers >= 0 ? kernel->loaded_registers
                                                         : kernel->cubin->resources.registers;
-    if (fast && cfg->block_m == 128 && registers != DINF_FP8_FAST_ENTRY_REGS)
+    if (fast && cfg->block_m >= 128 && registers != DINF_FP8_FAST_ENTRY_REGS)
         return dinf__fail(DINF_STATUS_JIT_ERROR, func,
-                          "the fast GEMM kernel (block_m 128) was built with %d registers per "
+                          "the fast GEMM kernel (block_m %d) was built with %d registers per "
                           "thread, not %d: its register reallocation (%d/%d) would not balance "
                           "and the kernel would hang; DINF_FP8_GEMM_KERNEL=simple avoids it",
-                          registers, DINF_FP8_FAST_ENTRY_REGS,
+                          cfg->block_m, registers, DINF_FP8_FAST_ENTRY_REGS,
                           DINF_FP8_FAST_PRODUCER_REGS, DINF_FP8_FAST_MATH_REGS);
     const int num_maps = fast ? 4 : 3;
     CUtensorMap maps[4];

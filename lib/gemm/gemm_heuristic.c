@@ -65,7 +65,7 @@ dinf__fp8_config dinf__fp8_heuristic_simple(int gemm_type, int64_t m, int64_t n,
         best.stages--;
     best.cluster = 1;
     best.split_k = 1;
-    best.threads = 128 * (1 + best.block_m / 64);
+    best.threads = dinf_fp8_threads(best.block_m);
     best.smem_bytes = DINF_FP8_SMEM_BYTES(best.block_m, best.block_n, best.stages);
     return best;
 }
@@ -78,6 +78,50 @@ static int fast_stages(int block_m, int block_n, int split_k) {
     return stages;
 }
 
+/* The block_n search of one block_m (block_n <= max_bn): the fewest waves,
+ * the fullest last wave, the most stages, multicast legal, the smaller
+ * block_n. Fills block_m, block_n, waves, last_wave, tiles, stages, cluster. */
+static void search_block_n(int block_m, int max_bn, int64_t m, int64_t n, long long groups,
+                           int num_sms, dinf__fp8_config *best) {
+    const long long m_blocks = ceil_div_ll(m, block_m);
+    int found = 0;
+    best->block_m = block_m;
+    for (size_t i = 0; i < sizeof fast_block_n / sizeof fast_block_n[0]; i++) {
+        const int bn = fast_block_n[i];
+        if (bn > max_bn)
+            break;
+        const long long n_blocks = ceil_div_ll(n, bn);
+        const long long tiles = m_blocks * n_blocks * groups;
+        int waves, last;
+        waves_of(tiles, num_sms, &waves, &last);
+        const int stages = fast_stages(block_m, bn, 1);
+        const int multicast = num_sms % 2 == 0 && n_blocks % 2 == 0 && m >= MULTICAST_MIN_ROWS &&
+                              waves > 1;
+        /* fewer waves; a fuller last wave; more stages; multicast; the smaller
+         * block_n (ascending order: only a strictly better candidate wins) */
+        int better = !found;
+        if (found) {
+            if (waves != best->waves)
+                better = waves < best->waves;
+            else if (last != best->last_wave)
+                better = last > best->last_wave;
+            else if (stages != best->stages)
+                better = stages > best->stages;
+            else
+                better = multicast > (best->cluster == 2);
+        }
+        if (better) {
+            found = 1;
+            best->block_n = bn;
+            best->waves = waves;
+            best->last_wave = last;
+            best->tiles = tiles;
+            best->stages = stages;
+            best->cluster = multicast ? 2 : 1;
+        }
+    }
+}
+
 dinf__fp8_config dinf__fp8_heuristic(int gemm_type, int64_t m, int64_t n, int64_t k,
                                      int64_t num_groups, int num_sms) {
     if (m < 1)
@@ -88,42 +132,11 @@ dinf__fp8_config dinf__fp8_heuristic(int gemm_type, int64_t m, int64_t n, int64_
     memset(&best, 0, sizeof best);
     best.kernel = DINF__FP8_KERNEL_FAST;
     best.gemm_type = gemm_type;
-    best.block_m = pick_block_m(gemm_type, m);
     const long long groups = gemm_type == DINF_FP8_GEMM_MASKED ? num_groups : 1;
+    search_block_n(pick_block_m(gemm_type, m), fast_block_n[sizeof fast_block_n /
+                                                            sizeof fast_block_n[0] - 1],
+                   m, n, groups, num_sms, &best);
     const long long m_blocks = ceil_div_ll(m, best.block_m);
-    int found = 0;
-    for (size_t i = 0; i < sizeof fast_block_n / sizeof fast_block_n[0]; i++) {
-        const int bn = fast_block_n[i];
-        const long long n_blocks = ceil_div_ll(n, bn);
-        const long long tiles = m_blocks * n_blocks * groups;
-        int waves, last;
-        waves_of(tiles, num_sms, &waves, &last);
-        const int stages = fast_stages(best.block_m, bn, 1);
-        const int multicast = num_sms % 2 == 0 && n_blocks % 2 == 0 && m >= MULTICAST_MIN_ROWS &&
-                              waves > 1;
-        /* fewer waves; a fuller last wave; more stages; multicast; the smaller
-         * block_n (ascending order: only a strictly better candidate wins) */
-        int better = !found;
-        if (found) {
-            if (waves != best.waves)
-                better = waves < best.waves;
-            else if (last != best.last_wave)
-                better = last > best.last_wave;
-            else if (stages != best.stages)
-                better = stages > best.stages;
-            else
-                better = multicast > (best.cluster == 2);
-        }
-        if (better) {
-            found = 1;
-            best.block_n = bn;
-            best.waves = waves;
-            best.last_wave = last;
-            best.tiles = tiles;
-            best.stages = stages;
-            best.cluster = multicast ? 2 : 1;
-        }
-    }
     best.split_k = 1;
     /* Split-K for a one-wave problem that leaves SMs idle. */
     const long long k_blocks = ceil_div_ll(k < 1 ? 1 : k, DINF_FP8_BLOCK_K);
@@ -151,7 +164,20 @@ dinf__fp8_config dinf__fp8_heuristic(int gemm_type, int64_t m, int64_t n, int64_
             best.last_wave = (int)s_ctas;
         }
     }
-    best.threads = 128 * (1 + best.block_m / 64);
+    /* BLOCK_M 256 (normal and masked, more than 128 rows per group, no
+     * split-K): the same block_n search over block_n <= 128, taken when its
+     * wave time, waves x 256 x block_n (the tile area an SM computes one
+     * tile after another), is strictly below the 128-row choice's: it never
+     * loses SM fill, and the larger tile loads fewer A and B bytes per
+     * output. */
+    if (gemm_type != DINF_FP8_GEMM_CONTIGUOUS && best.block_m == 128 && best.split_k == 1 &&
+        m > 128) {
+        dinf__fp8_config big = best;
+        search_block_n(256, DINF_FP8_FAST_BM256_MAX_BLOCK_N, m, n, groups, num_sms, &big);
+        if ((long long)big.waves * 256 * big.block_n < (long long)best.waves * 128 * best.block_n)
+            best = big;
+    }
+    best.threads = dinf_fp8_threads(best.block_m);
     best.smem_bytes =
         DINF_FP8_FAST_SPLIT_SMEM_BYTES(best.block_m, best.block_n, best.stages, best.split_k);
     return best;

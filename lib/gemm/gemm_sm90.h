@@ -23,12 +23,12 @@
 typedef struct dinf__fp8_config {
     int kernel;      /* DINF__FP8_KERNEL_FAST or _SIMPLE */
     int gemm_type;   /* DINF_FP8_GEMM_NORMAL / _CONTIGUOUS / _MASKED */
-    int block_m;     /* 64 or 128 */
+    int block_m;     /* 64 or 128; fast rung also 256 (normal / masked, block_n <= 128, split_k 1) */
     int block_n;     /* simple: 16, 32, 64, 128; fast: dinf_fp8_fast_block_n_ok */
     int stages;      /* pipeline depth */
     int cluster;     /* CTAs per cluster: 1, or 2 (fast only: A multicast or split-K) */
     int split_k;     /* 1, or 2 (fast only, cluster 2: the pair splits each tile's k blocks) */
-    int threads;     /* 128 * (1 + block_m / 64) */
+    int threads;     /* dinf_fp8_threads(block_m): 256 (block_m 64) or 384 */
     int smem_bytes;  /* DINF_FP8_SMEM_BYTES / DINF_FP8_FAST_SPLIT_SMEM_BYTES */
     long long tiles; /* output tiles of the problem as the heuristic saw it */
     int waves;       /* ceil(split_k * tiles / num_sms) */
@@ -55,6 +55,16 @@ typedef struct dinf__fp8_config {
  *             their CTA count, then stages, then the smaller block_n; the
  *             best replaces the unsplit choice when it keeps strictly more
  *             SMs busy (2 * tiles > the unsplit tile count).
+ *   block_m 256: when the choice so far has block_m 128 and no split, the
+ *             form is normal or masked and the rows per group exceed 128,
+ *             the same block_n ranking (waves, last wave, stages, multicast
+ *             by the same rule, smaller block_n) over block_n <= 128 (the
+ *             register budget of two waves) gives the 256-row candidate; it
+ *             replaces the choice when its wave time waves x 256 x block_n
+ *             is strictly below waves x 128 x block_n of the 128-row choice
+ *             (never loses SM fill; larger tiles load fewer A/B bytes per
+ *             output). Contiguous stays at 128 (its segments align to 128
+ *             rows only: a 256-row tile could span two groups).
  * m: rows per group (normal m; contiguous m_sum, num_groups ignored for the
  * tile count; masked expected_m, with num_groups groups). Sizes > 0 except m
  * (0 counts as 1). Pure function, no device needed.

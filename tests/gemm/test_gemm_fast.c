@@ -93,8 +93,8 @@ Test(gemm_fast_sched, cluster_units_pair_adjacent_n_blocks_of_one_m_block_with_p
     uint64_t seed = 21;
     for (int trial = 0; trial < 300; trial++) {
         const int form = trial % 3, cluster = 1 + (trial / 3) % 2;
-        const int bm = form == DINF_FP8_GEMM_CONTIGUOUS ? 128 : (rng(&seed) % 2 ? 64 : 128);
-        const int bn = fast_bns[rng(&seed) % NUM_FAST_BNS];
+        const int bm = form == DINF_FP8_GEMM_CONTIGUOUS ? 128 : 64 << (rng(&seed) % 3);
+        const int bn = fast_bns[rng(&seed) % (bm == 256 ? 8 : NUM_FAST_BNS)];
         const int n = 1 + (int)(rng(&seed) % 2500);
         const int groups = form == DINF_FP8_GEMM_NORMAL ? 1 : 1 + (int)(rng(&seed) % 6);
         int m = 1 + (int)(rng(&seed) % 900);
@@ -250,11 +250,13 @@ Test(gemm_fast_sched, output_tile_swizzle_is_the_tma_pattern_bijective_and_confl
 }
 
 Test(gemm_fast_sched, shared_memory_carve_up_with_the_output_tile) {
-    int checked = 0;
-    for (int bm = 64; bm <= 128; bm += 64)
+    int checked = 0, checked256 = 0;
+    for (int bm = 64; bm <= 256; bm *= 2)
         for (int i = 0; i < NUM_FAST_BNS; i++)
             for (int stages = 1; stages <= 16; stages++) {
                 const int bn = fast_bns[i];
+                if (bm == 256 && bn > DINF_FP8_FAST_BM256_MAX_BLOCK_N)
+                    continue;
                 const long long bytes = DINF_FP8_FAST_SMEM_BYTES(bm, bn, stages);
                 if (bytes > DINF_FP8_SMEM_LIMIT)
                     continue;
@@ -264,17 +266,26 @@ Test(gemm_fast_sched, shared_memory_carve_up_with_the_output_tile) {
                 cr_assert_eq(l.d, 0u);
                 cr_assert_eq(l.a, (unsigned)(bm * bn * 2), "the tile is a multiple of 1024");
                 for (int s = 0; s < stages; s++) {
-                    for (int h = 0; h < 4; h++) /* wgmma halves and multicast halves of A */
+                    /* wgmma halves / waves (64 rows) and multicast halves of A */
+                    for (int h = 0; h < 4; h++)
                         cr_assert_eq((l.a + s * l.a_stage + h * bm / 4 * 128) % 1024, 0,
                                      "A stage %d quarter %d of %dx%dx%d", s, h, bm, bn, stages);
+                    for (int wave = 0; wave < bm / 64; wave++)
+                        cr_assert_eq((l.a + s * l.a_stage + wave * 64 * 128) % 1024, 0);
                     cr_assert_eq((l.b + s * l.b_stage) % 1024, 0);
                     cr_assert_eq((l.sa + s * l.sa_stage) % 128, 0);
                 }
                 cr_assert_eq(l.full % 8, 0);
                 cr_assert_eq(l.empty, l.full + 8u * stages);
                 cr_assert_leq(1024 + (long long)l.end, bytes, "%dx%dx%d", bm, bn, stages);
+                checked256 += bm == 256;
             }
     cr_assert_geq(checked, 2 * NUM_FAST_BNS * 5);
+    /* BLOCK_M 256: A 32 KiB + B + 1 KiB of scales per stage beside a 256 x block_n output
+     * tile: block_n 16 fits 6 stages, 32-48 5, 64-80 4, 96-128 3 */
+    cr_assert_eq(checked256, 6 + 5 + 5 + 4 + 4 + 3 + 3 + 3);
+    cr_assert_leq(DINF_FP8_FAST_SMEM_BYTES(256, 128, 3), DINF_FP8_SMEM_LIMIT);
+    cr_assert_gt(DINF_FP8_FAST_SMEM_BYTES(256, 128, 4), DINF_FP8_SMEM_LIMIT);
 }
 
 Test(gemm_fast_sched, split_k_ranges_partition_the_k_blocks_and_the_partial_buffer_fits) {
@@ -486,7 +497,10 @@ Test(gemm_fast_model, mbarrier_protocol_of_1_and_2_cta_clusters_never_races_or_d
             for (int stages = 1; stages <= 7; stages += 2)
                 for (int kbs = 1; kbs <= 5; kbs += 4)
                     for (int clusters = 1; clusters <= 3; clusters++) {
-                        const int bm = form == DINF_FP8_GEMM_MASKED && stages % 3 == 0 ? 64 : 128;
+                        /* BLOCK_M 256 (normal, masked) at 5 stages: block_n 112 or 16 */
+                        const int bm = form == DINF_FP8_GEMM_MASKED && stages % 3 == 0 ? 64
+                                       : form != DINF_FP8_GEMM_CONTIGUOUS && stages == 5 ? 256
+                                                                                        : 128;
                         const int bn = fast_bns[(stages + kbs) % NUM_FAST_BNS];
                         const int m = form == DINF_FP8_GEMM_CONTIGUOUS ? 12 * 128 : 300;
                         const int32_t *info = form == DINF_FP8_GEMM_CONTIGUOUS ? idx
@@ -503,8 +517,9 @@ Test(gemm_fast_model, mbarrier_protocol_of_1_and_2_cta_clusters_never_races_or_d
                             if (cluster == 2)
                                 cr_assert_eq(steps[0], steps[1], "the pair runs the same k blocks");
                             for (int trial = 0; trial < 3; trial++) {
-                                const char *why = model_cluster(steps, cluster, stages, bm / 64 * 4,
-                                                                bm, bn, 0, seed++);
+                                const char *why =
+                                    model_cluster(steps, cluster, stages,
+                                                  dinf_fp8_math_warpgroups(bm) * 4, bm, bn, 0, seed++);
                                 cr_assert_null(why,
                                                "form %d cluster %d, %d stages, %d k blocks, "
                                                "cluster %lld of %d: %s",
@@ -535,23 +550,27 @@ Test(gemm_fast_model, mbarrier_protocol_of_1_and_2_cta_clusters_never_races_or_d
             }
         }
     cr_log_info("%d protocol runs", runs);
-    /* Each planted bug is caught (so the model can fail). */
-    dinf_fp8_gemm_args a = make_args(300, 5 * 64, 9 * 128, 1, 128, 64, NULL);
-    for (int broken = 1; broken <= 8; broken++)
-        for (int cluster = 1; cluster <= 2; cluster++) {
-            if (broken >= 5 && cluster == 1)
-                continue; /* cluster-only mistakes */
-            int steps[2];
-            for (int rk = 0; rk < cluster; rk++)
-                steps[rk] = model_steps(&a, DINF_FP8_GEMM_NORMAL, 128, cluster, rk, 0, 1,
-                                        broken == 7 && rk == 1);
-            int caught = 0;
-            for (int trial = 0; trial < 20; trial++)
-                caught += model_cluster(steps, cluster, 3, 8, 128, 64, broken,
-                                        1000 + (uint64_t)trial) != NULL;
-            cr_assert_eq(caught, 20, "broken variant %d (cluster %d) went unnoticed in %d of 20",
-                         broken, cluster, 20 - caught);
-        }
+    /* Each planted bug is caught (so the model can fail), at BLOCK_M 128 and
+     * 256 (its 128-row multicast halves, 50176-byte stages). */
+    for (int bm = 128; bm <= 256; bm *= 2) {
+        dinf_fp8_gemm_args a = make_args(bm == 256 ? 600 : 300, 5 * 64, 9 * 128, 1, bm, 64, NULL);
+        for (int broken = 1; broken <= 8; broken++)
+            for (int cluster = 1; cluster <= 2; cluster++) {
+                if (broken >= 5 && cluster == 1)
+                    continue; /* cluster-only mistakes */
+                int steps[2];
+                for (int rk = 0; rk < cluster; rk++)
+                    steps[rk] = model_steps(&a, DINF_FP8_GEMM_NORMAL, bm, cluster, rk, 0, 1,
+                                            broken == 7 && rk == 1);
+                int caught = 0;
+                for (int trial = 0; trial < 20; trial++)
+                    caught += model_cluster(steps, cluster, 3, 8, bm, bm == 256 ? 128 : 64,
+                                            broken, 1000 + (uint64_t)trial) != NULL;
+                cr_assert_eq(caught, 20,
+                             "broken variant %d (cluster %d, block_m %d) went unnoticed in %d of 20",
+                             broken, cluster, bm, 20 - caught);
+            }
+    }
 }
 
 /*
@@ -638,6 +657,7 @@ Test(gemm_fast_heuristic, follows_the_documented_rule) {
     const int forms[] = {DINF_FP8_GEMM_NORMAL, DINF_FP8_GEMM_CONTIGUOUS, DINF_FP8_GEMM_MASKED};
     const int sms[] = {1, 78, 114, 132};
     uint64_t seed = 5;
+    int picked256 = 0;
     for (int trial = 0; trial < 4000; trial++) {
         const int form = forms[trial % 3], num_sms = sms[(trial / 3) % 4];
         long long m = (long long)(rng(&seed) % 9000);
@@ -648,7 +668,9 @@ Test(gemm_fast_heuristic, follows_the_documented_rule) {
         const dinf__fp8_config c = dinf__fp8_heuristic(form, m, n, k, groups, num_sms);
         const long long mm = m < 1 ? 1 : m;
         cr_assert_eq(c.kernel, DINF__FP8_KERNEL_FAST);
-        cr_assert_eq(c.block_m, form == DINF_FP8_GEMM_CONTIGUOUS ? 128 : mm <= 64 ? 64 : 128);
+        const int bm128 = form == DINF_FP8_GEMM_CONTIGUOUS ? 128 : mm <= 64 ? 64 : 128;
+        cr_assert(c.block_m == bm128 || (c.block_m == 256 && bm128 == 128),
+                  "block_m %d", c.block_m);
         /* Rank every candidate by (waves, -last wave, -stages, -multicast, block_n). */
         const long long g = form == DINF_FP8_GEMM_MASKED ? groups : 1;
         long long best[5] = {0};
@@ -656,12 +678,12 @@ Test(gemm_fast_heuristic, follows_the_documented_rule) {
         for (int i = 0; i < NUM_FAST_BNS; i++) {
             const int bn = fast_bns[i];
             const long long nb = cdiv(n, bn);
-            const long long tiles = (long long)cdiv(mm, c.block_m) * nb * g;
+            const long long tiles = (long long)cdiv(mm, bm128) * nb * g;
             const long long waves = (tiles + num_sms - 1) / num_sms;
             const long long last = tiles % num_sms ? tiles % num_sms : num_sms;
             int stages = 0;
             while (stages < 16 &&
-                   DINF_FP8_FAST_SMEM_BYTES(c.block_m, bn, stages + 1) <= DINF_FP8_SMEM_LIMIT)
+                   DINF_FP8_FAST_SMEM_BYTES(bm128, bn, stages + 1) <= DINF_FP8_SMEM_LIMIT)
                 stages++;
             const int mc = num_sms % 2 == 0 && nb % 2 == 0 && mm >= 512 && waves > 1;
             const long long key[5] = {waves, -last, -stages, -mc, bn};
@@ -686,11 +708,11 @@ Test(gemm_fast_heuristic, follows_the_documented_rule) {
             int s_stages = -1, s_bn = 0;
             for (int i = 0; i < NUM_FAST_BNS; i++) {
                 const int bn = fast_bns[i];
-                const long long ctas = 2LL * cdiv(mm, c.block_m) * cdiv(n, bn) * g;
+                const long long ctas = 2LL * cdiv(mm, bm128) * cdiv(n, bn) * g;
                 if (ctas > num_sms)
                     continue;
                 int stages = 0;
-                while (stages < 16 && DINF_FP8_FAST_SPLIT_SMEM_BYTES(c.block_m, bn, stages + 1, 2) <=
+                while (stages < 16 && DINF_FP8_FAST_SPLIT_SMEM_BYTES(bm128, bn, stages + 1, 2) <=
                                           DINF_FP8_SMEM_LIMIT)
                     stages++;
                 if (ctas > s_ctas || (ctas == s_ctas && stages > s_stages))
@@ -701,8 +723,46 @@ Test(gemm_fast_heuristic, follows_the_documented_rule) {
                 best_waves = 1, best_last = s_ctas;
             }
         }
+        /* BLOCK_M 256: normal / masked, > 128 rows, unsplit; the same ranking over
+         * block_n <= 128; taken when waves x 256 x block_n is strictly below the
+         * 128-row choice's waves x 128 x block_n. */
+        int best_bm = bm128;
+        if (form != DINF_FP8_GEMM_CONTIGUOUS && bm128 == 128 && best_split == 1 && mm > 128) {
+            long long key256[5] = {0};
+            int have256 = 0, bn256 = 0, st256 = 0, cl256 = 0;
+            for (int i = 0; i < NUM_FAST_BNS && fast_bns[i] <= 128; i++) {
+                const int bn = fast_bns[i];
+                const long long nb = cdiv(n, bn);
+                const long long tiles = (long long)cdiv(mm, 256) * nb * g;
+                const long long waves = (tiles + num_sms - 1) / num_sms;
+                const long long last = tiles % num_sms ? tiles % num_sms : num_sms;
+                int stages = 0;
+                while (stages < 16 &&
+                       DINF_FP8_FAST_SMEM_BYTES(256, bn, stages + 1) <= DINF_FP8_SMEM_LIMIT)
+                    stages++;
+                const int mc = num_sms % 2 == 0 && nb % 2 == 0 && mm >= 512 && waves > 1;
+                const long long key[5] = {waves, -last, -stages, -mc, bn};
+                int less = !have256;
+                for (int j = 0; j < 5 && have256; j++)
+                    if (key[j] != key256[j]) {
+                        less = key[j] < key256[j];
+                        break;
+                    }
+                if (less) {
+                    memcpy(key256, key, sizeof key);
+                    have256 = 1, bn256 = bn, st256 = stages, cl256 = mc ? 2 : 1;
+                }
+            }
+            if (have256 && key256[0] * 256 * bn256 < best_waves * 128 * best_bn) {
+                best_bm = 256, best_bn = bn256, best_stages = st256, best_cluster = cl256;
+                best_waves = key256[0], best_last = -key256[1];
+            }
+        }
+        cr_assert_eq(c.block_m, best_bm, "form %d m=%lld n=%lld k=%lld sms=%d: block_m %d, want %d",
+                     form, m, n, k, num_sms, c.block_m, best_bm);
         cr_assert_eq(c.block_n, best_bn, "form %d m=%lld n=%lld k=%lld sms=%d: block_n %d, want %d",
                      form, m, n, k, num_sms, c.block_n, best_bn);
+        picked256 += c.block_m == 256;
         cr_assert_eq(c.split_k, best_split, "form %d m=%lld n=%lld k=%lld sms=%d", form, m, n, k,
                      num_sms);
         cr_assert_eq(c.stages, best_stages);
@@ -712,8 +772,9 @@ Test(gemm_fast_heuristic, follows_the_documented_rule) {
         cr_assert_eq(c.smem_bytes,
                      DINF_FP8_FAST_SPLIT_SMEM_BYTES(c.block_m, c.block_n, c.stages, c.split_k));
         cr_assert_leq(c.smem_bytes, DINF_FP8_SMEM_LIMIT);
-        cr_assert_eq(c.threads, 128 * (1 + c.block_m / 64));
+        cr_assert_eq(c.threads, c.block_m == 64 ? 256 : 384);
     }
+    cr_assert_gt(picked256, 100, "the random shapes reach BLOCK_M 256 (%d)", picked256);
 }
 
 Test(gemm_fast_heuristic, choices_for_the_deepseek_v3_shapes_on_132_sms) {
@@ -741,8 +802,13 @@ Test(gemm_fast_heuristic, choices_for_the_deepseek_v3_shapes_on_132_sms) {
         {0, 4096, 2112, 7168, 1, 128, 144, 5, 1, 1},  /* 480 tiles, 4 waves (simple 544, 5) */
         {0, 4096, 24576, 1536, 1, 128, 160, 5, 2, 1}, /* 4928, 38 (simple 6144, 47); 154 N-blocks */
         {0, 4096, 32768, 512, 1, 128, 160, 5, 1, 1},  /* 6560, 50; 205 N-blocks: odd */
-        {0, 4096, 7168, 16384, 1, 128, 160, 5, 1, 1}, /* 1440, 11, last 120 (simple 1792, 14) */
-        {0, 4096, 4096, 7168, 1, 128, 160, 5, 2, 1},  /* 832, 7 (simple 1024, 8); 26 N-blocks */
+        /* 1440, 11, last 120 (simple 1792, 14); 256x128 would take 896 tiles, 7 waves:
+         * 229376 > 11 x 128 x 160 = 225280 (it loses SM fill: kept at 128 rows, like the
+         * other N = 7168 shapes) */
+        {0, 4096, 7168, 16384, 1, 128, 160, 5, 1, 1},
+        /* 256x128: 512 tiles, 4 waves, last 116: wave time 4 x 256 x 128 = 131072 < 128x160's
+         * 832 tiles, 7 waves, last 40: 143360 (simple 1024, 8); 32 N-blocks: multicast */
+        {0, 4096, 4096, 7168, 1, 256, 128, 3, 2, 1},
         {0, 4096, 7168, 2048, 1, 128, 160, 5, 1, 1},
         {0, 4096, 7168, 576, 1, 128, 160, 5, 1, 1},
         /* contiguous (m_sum = G * M per group) */
@@ -754,13 +820,17 @@ Test(gemm_fast_heuristic, choices_for_the_deepseek_v3_shapes_on_132_sms) {
         {1, 8192, 7168, 2048, 32, 128, 160, 5, 1, 1},
         /* masked: v1.0's (G, m_max) sets by their expected rows, HEAD's (G, expected) */
         {2, 1024, 4096, 7168, 1, 128, 128, 5, 2, 1},  /* 256, 2 waves, last 124 */
-        {2, 1024, 7168, 2048, 1, 128, 160, 5, 1, 1},  /* 360, 3 (simple 448, 4) */
+        /* 256x112: 256 tiles, 2 waves, last 124: 57344 < 128x160's 360, 3: 61440 (simple 448, 4) */
+        {2, 1024, 7168, 2048, 1, 256, 112, 3, 2, 1},
         {2, 512, 4096, 7168, 2, 128, 128, 5, 2, 1},
-        {2, 512, 7168, 2048, 2, 128, 160, 5, 1, 1},
+        {2, 512, 7168, 2048, 2, 256, 112, 3, 2, 1},   /* as above: 256 tiles, 2 waves vs 360, 3 */
         {2, 256, 4096, 7168, 4, 128, 128, 5, 1, 1},   /* rows < 512: no multicast */
-        {2, 256, 7168, 2048, 4, 128, 160, 5, 1, 1},
-        {2, 192, 4096, 7168, 32, 128, 160, 5, 1, 1},  /* 1664, 13 (simple 2048, 16) */
-        {2, 1024, 4096, 7168, 6, 128, 160, 5, 2, 1},  /* 1248, 10 (simple 1536, 12) */
+        {2, 256, 7168, 2048, 4, 256, 112, 3, 1, 1},   /* the same counts; rows < 512: no multicast */
+        /* 256x128: 1024 tiles (one M-block per group), 8 waves: 262144 < 128x160's 1664, 13:
+         * 266240 (simple 2048, 16) */
+        {2, 192, 4096, 7168, 32, 256, 128, 3, 1, 1},
+        /* 256x128: 768, 6 waves: 196608 < 128x160's 1248, 10: 204800 (simple 1536, 12) */
+        {2, 1024, 4096, 7168, 6, 256, 128, 3, 2, 1},
         {2, 20, 4096, 7168, 32, 64, 160, 7, 1, 1},    /* 832, 7 (simple 1024, 8) */
         {2, 20, 7168, 2048, 6, 64, 112, 9, 1, 1},     /* 384, 3, last 120 (simple 336, last 72) */
         /* HEAD's lists: normal M = 1 and (N, K) = (576, 7168); contiguous (G, M) in
@@ -884,6 +954,8 @@ typedef struct replay_stats { /* tma_tiles, direct_tiles: per math warpgroup's 6
  */
 static void replay_fast(const dinf__fp8_launch_plan *plan, int gemm_type, replay_stats *st) {
     const int bm = plan->config.block_m, bn = plan->config.block_n, cl = plan->config.cluster;
+    /* math warpgroups, 64-row waves per warpgroup, rows per warpgroup */
+    const int mwg = dinf_fp8_math_warpgroups(bm), nw = dinf_fp8_waves(bm), wg_rows = 64 * nw;
     const int split = plan->config.split_k < 1 ? 1 : plan->config.split_k;
     const int multicast = cl > 1 && split == 1, tile_cluster = multicast ? cl : 1;
     const dinf_fp8_gemm_args *args = &plan->args;
@@ -954,13 +1026,14 @@ static void replay_fast(const dinf__fp8_launch_plan *plan, int gemm_type, replay
                                         args, t->group, dinf_fp8_b_scale_next_col(args, n0s), kb)];
                     const int former = one_scale ? bn : dinf_fp8_b_scale_former(n0s, bn);
                     float *tot = total + (size_t)r * bm * bn;
-                    for (int wg = 0; wg < bm / 64; wg++)
+                    for (int wg = 0; wg < mwg * nw; wg++) /* (warpgroup, wave) pairs */
                         for (int warp = 0; warp < 4; warp++)
                             for (int lane = 0; lane < 32; lane++)
                                 for (int i = 0; i < bn / 8; i++)
                                     for (int half = 0; half < 2; half++)
                                         for (int j = 0; j < 2; j++) {
-                                            const int row = dinf_fp8_frag_row(wg, warp, lane, half);
+                                            const int row = dinf_fp8_frag_row_wave(
+                                                wg / nw, nw, wg % nw, warp, lane, half);
                                             const int col = dinf_fp8_frag_col(i, lane) + j;
                                             float partial = 0.0f;
                                             for (int kk = 0; kk < 128; kk++)
@@ -990,17 +1063,20 @@ static void replay_fast(const dinf__fp8_launch_plan *plan, int gemm_type, replay
                 }
                 if (!one_scale && dinf_fp8_b_scale_former(n0, bn) < bn && n0 + dinf_fp8_b_scale_former(n0, bn) < args->n)
                     st->straddling_tiles++;
-                /* each math warpgroup stores its 64 rows: by TMA unless they
-                 * reach past a masked group's count */
+                /* each math warpgroup stores its wg_rows rows (64, or two
+                 * waves of 64): by TMA unless they reach past a masked
+                 * group's count */
                 memset(d_smem, 0xEE, (size_t)bm * bn * 2);
-                for (int wg = 0; wg < bm / 64; wg++) {
-                    const int wg_row0 = m0 + wg * 64;
-                    if (gemm_type != DINF_FP8_GEMM_MASKED || wg_row0 + 64 <= t->row_limit) {
+                for (int wg = 0; wg < mwg; wg++) {
+                    const int wg_row0 = m0 + wg * wg_rows;
+                    if (gemm_type != DINF_FP8_GEMM_MASKED || wg_row0 + wg_rows <= t->row_limit) {
                         st->tma_tiles++;
+                        for (int w = 0; w < nw; w++)
                         for (int warp = 0; warp < 4; warp++)
                             for (int lane = 0; lane < 32; lane++)
                                 for (int half = 0; half < 2; half++) {
-                                    const int row = dinf_fp8_frag_row(wg, warp, lane, half);
+                                    const int row =
+                                        dinf_fp8_frag_row_wave(wg, nw, w, warp, lane, half);
                                     const unsigned base = dinf_fp8_d_smem_row_base(row, lane, sw);
                                     const unsigned x = dinf_fp8_d_smem_row_xor(row, sw);
                                     for (int i = 0; i < bn / 8; i++) {
@@ -1015,13 +1091,15 @@ static void replay_fast(const dinf__fp8_launch_plan *plan, int gemm_type, replay
                                     }
                                 }
                         const int d_group = gemm_type == DINF_FP8_GEMM_MASKED ? t->group : 0;
-                        for (int j = 0; j < bn * 2 / sw; j++)
-                            tma_store_box(&plan->map_d, d_smem,
-                                          (unsigned)(j * bm * sw + wg * 64 * sw),
-                                          n0 + j * (sw / 2), wg_row0, d_group);
+                        cr_assert_eq(plan->map_d.box[1], 64u);
+                        for (int w = 0; w < nw; w++)
+                            for (int j = 0; j < bn * 2 / sw; j++)
+                                tma_store_box(&plan->map_d, d_smem,
+                                              (unsigned)(j * bm * sw + (wg * wg_rows + w * 64) * sw),
+                                              n0 + j * (sw / 2), wg_row0 + w * 64, d_group);
                     } else {
                         st->direct_tiles++;
-                        for (int row = wg * 64; row < wg * 64 + 64; row++)
+                        for (int row = wg * wg_rows; row < wg * wg_rows + wg_rows; row++)
                             for (int col = 0; col < bn; col++) {
                                 if (m0 + row >= t->row_limit || n0 + col >= args->n)
                                     continue;
@@ -1079,7 +1157,7 @@ static replay_stats replay_and_compare(const replay_case *rc, uint64_t seed) {
         while (c.stages < 16 && DINF_FP8_FAST_SPLIT_SMEM_BYTES(c.block_m, c.block_n, c.stages + 1,
                                                                 c.split_k) <= DINF_FP8_SMEM_LIMIT)
             c.stages++;
-        c.threads = 128 * (1 + c.block_m / 64);
+        c.threads = dinf_fp8_threads(c.block_m);
         c.smem_bytes = DINF_FP8_FAST_SPLIT_SMEM_BYTES(c.block_m, c.block_n, c.stages, c.split_k);
         dinf__fp8_plan_config(&p, rc->num_sms, &c, &plan);
     }
@@ -1187,6 +1265,43 @@ Test(gemm_fast_replay, masked_form_partial_tiles_store_directly_full_tiles_by_tm
     cr_assert_gt(total.phantom_tiles, 0);
 }
 
+Test(gemm_fast_replay, block_m_256_two_waves_per_warpgroup_normal_and_masked) {
+    /* Normal: a partial second M-block (293 rows: wave 1 of warpgroup 0 and
+     * all of warpgroup 1 past m), 5 N-blocks (a phantom partner with the
+     * multicast of 128-row halves), block_n dividing 128 or not. */
+    replay_stats total = {0, 0, 0, 0, 0};
+    uint64_t seed = 900;
+    const int bns[] = {16, 48, 96, 128};
+    for (int i = 0; i < 4; i++)
+        for (int cluster = 1; cluster <= 2; cluster++) {
+            const int bn = bns[i];
+            const int64_t n = 5 * bn - 8, k = 300, m = 256 + 37;
+            const replay_case rc = {DINF_FP8_GEMM_NORMAL, 1, m, n, k, 304, 320, n + 8,
+                                    NULL, NULL, 0, 2 + cluster, 256, bn, cluster, 1};
+            const replay_stats st = replay_and_compare(&rc, seed++);
+            total.tma_tiles += st.tma_tiles, total.phantom_tiles += st.phantom_tiles;
+        }
+    cr_assert_gt(total.phantom_tiles, 0);
+    /* Masked, m_max 300: counts 0, inside warpgroup 0's rows (77), inside
+     * warpgroup 1's (200), exactly one tile (256: both TMA), two M-blocks
+     * (300, and 630 clamped to 300), negative: each warpgroup stores its 128
+     * rows by TMA only when all are owned, else directly. */
+    const int32_t masked[] = {0, 77, 200, 256, 300, 630, -3};
+    const int32_t clamped[] = {0, 77, 200, 256, 300, 300, 0};
+    const int cfgs[][2] = {{96, 2}, {128, 1}, {32, 2}};
+    replay_stats mt = {0, 0, 0, 0, 0};
+    for (int i = 0; i < 3; i++) {
+        const replay_case rc = {DINF_FP8_GEMM_MASKED, 7, 300, 200, 260, 272, 272, 208, masked,
+                                clamped, 150, 4, 256, cfgs[i][0], cfgs[i][1], 1};
+        const replay_stats st = replay_and_compare(&rc, seed++);
+        mt.tma_tiles += st.tma_tiles, mt.direct_tiles += st.direct_tiles;
+        mt.phantom_tiles += st.phantom_tiles;
+    }
+    cr_assert_gt(mt.tma_tiles, 0);
+    cr_assert_gt(mt.direct_tiles, 0, "masked partial warpgroups were exercised");
+    cr_assert_gt(mt.phantom_tiles, 0);
+}
+
 Test(gemm_fast_replay, split_k_pairs_add_the_partner_partial_every_form) {
     /* k: 9 blocks (an odd split: 5 + 4), 1 block (rank 1 has none), and the
      * heuristic's split pick for M = 64, N = 7168-like widths. */
@@ -1235,11 +1350,13 @@ Test(gemm_fast_jit, sass_has_fp8_wgmma_tma_multicast_stores_and_setmaxnreg_where
     if (!nvdisasm)
         cr_skip_test("no nvdisasm (set DINF_NVDISASM): the SASS check needs a disassembler");
     setup_cache();
-    /* {form, block_m, block_n, stages, cluster, split_k}: stores = block_n * 2 / swizzle */
+    /* {form, block_m, block_n, stages, cluster, split_k}: stores = block_n * 2 / swizzle
+     * per 64-row wave (block_m 256: two per math warpgroup, and 2 x 4 wgmma) */
     const long long configs[][6] = {{0, 128, 160, 5, 2, 1}, {2, 64, 112, 9, 1, 1},
-                                    {1, 128, 128, 5, 1, 1}, {0, 64, 112, 8, 2, 2}};
-    const int stores[] = {5, 7, 2, 7};
-    for (int i = 0; i < 4; i++) {
+                                    {1, 128, 128, 5, 1, 1}, {0, 64, 112, 8, 2, 2},
+                                    {0, 256, 128, 3, 2, 1}, {2, 256, 96, 3, 1, 1}};
+    const int stores[] = {5, 7, 2, 7, 2 * 2, 2 * 3};
+    for (int i = 0; i < 6; i++) {
         dinf_jit_kernel_config c = DINF_JIT_KERNEL_CONFIG_INIT;
         snprintf(c.name, sizeof c.name, "fp8_gemm_fast");
         c.num_params = 6;
@@ -1268,14 +1385,15 @@ Test(gemm_fast_jit, sass_has_fp8_wgmma_tma_multicast_stores_and_setmaxnreg_where
             remote_stores += strstr(line, " ST.E") != NULL || strstr(line, " STS") != NULL;
         }
         cr_assert_eq(pclose(p), 0, "%s failed", cmd);
-        cr_assert_eq(qgmma, 4, "config %d: %d QGMMA", i, qgmma);
+        cr_assert_eq(qgmma, 4 * dinf_fp8_waves((int)configs[i][1]), "config %d: %d QGMMA", i,
+                     qgmma);
         cr_assert_eq(loads, 3, "config %d: %d UTMALDG.3D", i, loads);
         cr_assert_eq(multicast, configs[i][4] == 2 && configs[i][5] == 1 ? 1 : 0,
                      "config %d: %d multicast loads", i, multicast);
         cr_assert_gt(remote_stores, 0, "config %d: no shared/cluster stores", i);
         cr_assert_eq(tma_stores, stores[i], "config %d: %d UTMASTG.3D", i, tma_stores);
         cr_assert_eq(local, 0, "config %d: local memory in the SASS", i);
-        cr_assert_eq(setmaxreg, configs[i][1] == 128 ? 2 : 0, "config %d: %d SETMAXREG", i,
+        cr_assert_eq(setmaxreg, configs[i][1] >= 128 ? 2 : 0, "config %d: %d SETMAXREG", i,
                      setmaxreg);
     }
 #endif

@@ -234,6 +234,42 @@ Test(gemm_sched, wgmma_fragment_map_covers_the_tile_once) {
         }
 }
 
+Test(gemm_sched, wave_fragment_map_of_block_m_256_covers_the_tile_once) {
+    /* BLOCK_M 256 (fast rung): 2 math warpgroups x 2 waves of 64 rows; each
+     * warpgroup's rows are its own 128, each wave's its own 64; waves 1
+     * reduces to dinf_fp8_frag_row. */
+    cr_assert_eq(dinf_fp8_math_warpgroups(64), 1);
+    cr_assert_eq(dinf_fp8_math_warpgroups(128), 2);
+    cr_assert_eq(dinf_fp8_math_warpgroups(256), 2);
+    cr_assert_eq(dinf_fp8_waves(64) + dinf_fp8_waves(128), 2);
+    cr_assert_eq(dinf_fp8_waves(256), 2);
+    cr_assert(dinf_fp8_threads(64) == 256 && dinf_fp8_threads(128) == 384 &&
+              dinf_fp8_threads(256) == 384);
+    for (int bn = 16; bn <= 128; bn += 16) {
+        char *seen = calloc((size_t)(256 * bn), 1);
+        for (int wg = 0; wg < 2; wg++)
+            for (int wave = 0; wave < 2; wave++)
+                for (int warp = 0; warp < 4; warp++)
+                    for (int lane = 0; lane < 32; lane++)
+                        for (int half = 0; half < 2; half++) {
+                            const int r = dinf_fp8_frag_row_wave(wg, 2, wave, warp, lane, half);
+                            cr_assert_eq(dinf_fp8_frag_row_wave(wg, 1, 0, warp, lane, half),
+                                         dinf_fp8_frag_row(wg, warp, lane, half));
+                            cr_assert_eq(r / 128, wg, "warpgroup %d owns rows [128 wg, +128)", wg);
+                            cr_assert_eq(r / 64, 2 * wg + wave);
+                            for (int i = 0; i < bn / 8; i++)
+                                for (int j = 0; j < 2; j++) {
+                                    const int c = dinf_fp8_frag_col(i, lane) + j;
+                                    cr_assert(r < 256 && c < bn && !seen[r * bn + c]);
+                                    seen[r * bn + c] = 1;
+                                }
+                        }
+        for (int e = 0; e < 256 * bn; e++)
+            cr_assert_eq(seen[e], 1, "bn=%d: element %d not covered", bn, e);
+        free(seen);
+    }
+}
+
 Test(gemm_sched, shared_memory_carve_up_meets_the_alignment_rules_and_fits) {
     /* Every (block_m, block_n, stages) the kernel accepts. */
     int checked = 0;
@@ -286,7 +322,9 @@ Test(gemm_sched, stage_tx_bytes_equal_the_planned_tensor_map_boxes) {
     /* The producer's expect_tx must equal what the three TMA loads deliver:
      * whole boxes of the planned maps (out-of-bounds parts are filled and
      * counted). Checked on plans of each form and both block_m. */
-    static const long long shapes[][3] = {{1, 16, 128}, {200, 520, 256}, {4096, 7168, 2048}};
+    static const long long shapes[][3] = {
+        {1, 16, 128}, {200, 520, 256}, {4096, 7168, 2048}, {4096, 4096, 7168}};
+    int block_m_256 = 0; /* plans with BLOCK_M 256 (the last shape, normal and masked) */
     for (int form = 0; form < 3; form++)
         for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
             int32_t info[4096];
@@ -324,8 +362,11 @@ Test(gemm_sched, stage_tx_bytes_equal_the_planned_tensor_map_boxes) {
             cr_assert_eq(delivered,
                          dinf_fp8_stage_tx_bytes(plan.config.block_m, plan.config.block_n),
                          "form %d shape %zu rung %d", form, i, rung);
-            cr_assert_eq(plan.map_a.box[1] * (unsigned)plan.config.cluster,
+            const int mc = plan.config.cluster > 1 && plan.config.split_k < 2;
+            cr_assert_eq(plan.map_a.box[1] * (unsigned)(mc ? plan.config.cluster : 1),
                          (unsigned)plan.config.block_m);
+            block_m_256 += plan.config.block_m == 256;
+            cr_assert_eq(plan.config.threads, dinf_fp8_threads(plan.config.block_m));
             cr_assert_eq(plan.grid % (unsigned)plan.config.cluster, 0);
             /* and the TMA encoding rules the plan must meet (cuTensorMapEncodeTiled) */
             const int num_maps = rung == DINF__FP8_KERNEL_SIMPLE ? 3 : 4;
@@ -354,6 +395,7 @@ Test(gemm_sched, stage_tx_bytes_equal_the_planned_tensor_map_boxes) {
             }
             }
         }
+    cr_assert_eq(block_m_256, 2, "4096 x 4096 x 7168, normal and masked, on the fast rung");
 }
 
 Test(gemm_sched, wgmma_descriptor_bit_fields) {
@@ -865,7 +907,7 @@ Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_s
 
     /* Distinct configs over the shapes and three SM counts (H20 78, H100 PCIe
      * 114, H100/H200/H800 SXM 132), both rungs. */
-    enum { CAP = 200 };
+    enum { CAP = 240 };
     static dinf_jit_kernel_config configs[CAP];
     int count = 0;
     const int sms[] = {78, 114, 132};
@@ -882,16 +924,20 @@ Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_s
     /* Every other config the heuristics can produce for any shape: simple (3
      * forms x block_m x block_n {16..128 pow2}, stages by its smem rule) and
      * fast (3 forms x block_m x its 10 block_n x {cluster 1, A multicast,
-     * split-K}, stages by its smem rule); the same compile each, so cheap to
-     * cover. */
+     * split-K}, stages by its smem rule; block_m 256: normal and masked,
+     * block_n <= 128, cluster 1 or A multicast); the same compile each, so
+     * cheap to cover. */
     int expected = 0;
     for (int rung = 0; rung < 2; rung++)
         for (int form = 0; form < 3; form++)
-            for (int bm = 64; bm <= 128; bm += 64)
+            for (int bm = 64; bm <= 256; bm *= 2)
                 for (int bn = 16; bn <= 160; bn += 16)
                     for (int mode = 0; mode < 3; mode++) {
                         const int cluster = mode == 0 ? 1 : 2, split = mode == 2 ? 2 : 1;
                         if (form == DINF_FP8_GEMM_CONTIGUOUS && bm != 128)
+                            continue;
+                        if (bm == 256 && (rung == DINF__FP8_KERNEL_SIMPLE ||
+                                          bn > DINF_FP8_FAST_BM256_MAX_BLOCK_N || split != 1))
                             continue;
                         if (rung == DINF__FP8_KERNEL_SIMPLE && (cluster != 1 || 128 % bn != 0))
                             continue;
@@ -899,7 +945,8 @@ Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_s
                             continue;
                         dinf__fp8_config h = dinf__fp8_choose(rung, form, bm == 64 ? 64 : 4096, 4096,
                                                               4096, 1, 132);
-                        cr_assert_eq(h.block_m, bm);
+                        cr_assert_eq(h.block_m == 64, bm == 64);
+                        h.block_m = bm;
                         h.block_n = bn;
                         h.cluster = cluster;
                         h.split_k = split;
@@ -913,7 +960,7 @@ Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_s
                     }
     cr_assert_eq(count, expected, "%d configs in the heuristics' space, %d expected (the "
                  "DeepSeek-V3 picks must be among them)", count, expected);
-    cr_assert_eq(expected, 20 + 150);
+    cr_assert_eq(expected, 20 + 150 + 2 * 8 * 2);
     double t0 = dinf__jit_now_seconds(), slowest = 0;
     char slowest_label[128] = "";
     for (int j = 0; j < count; j++) {
@@ -927,7 +974,7 @@ Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_s
         if (took > slowest)
             slowest = took, snprintf(slowest_label, sizeof slowest_label, "%s", label);
         const dinf__jit_resources *r = &cubin->resources;
-        const int threads = 128 * (1 + (int)configs[j].params[1] / 64);
+        const int threads = dinf_fp8_threads((int)configs[j].params[1]);
         cr_assert_gt(r->registers, 0, "%s: no resource report", label);
         cr_assert(r->stack_frame_bytes == 0 && r->spill_store_bytes == 0 &&
                       r->spill_load_bytes == 0,
@@ -1056,6 +1103,28 @@ Test(gemm_jit, kernel_rejects_configs_outside_its_rules, .fini = cleanup_cache) 
         cr_assert_eq(dinf__jit_get_cubin("test", &c, "sm_90a", &cubin), DINF_STATUS_JIT_ERROR,
                      "case %d", i);
         cr_assert(strstr(dinf_last_error(), why[i]), "case %d: %s", i, dinf_last_error());
+    }
+    /* The fast rung's BLOCK_M 256 rules (and the range check of the registry). */
+    const long long bad_fast[][6] = {{1, 256, 128, 3, 1, 1},  /* contiguous: 128-row segments */
+                                     {0, 256, 144, 2, 1, 1},  /* two waves of 144 would spill */
+                                     {2, 256, 128, 3, 2, 2},  /* no split-K */
+                                     {0, 192, 64, 3, 1, 1},   /* 64, 128 or 256 */
+                                     {0, 256, 128, 4, 1, 1},  /* 4 stages do not fit */
+                                     {0, 512, 64, 2, 1, 1}};  /* outside [64, 256] */
+    const char *why_fast[] = {"BLOCK_M = 128", "BLOCK_M 256 takes BLOCK_N <= 128",
+                              "BLOCK_M 256 takes BLOCK_N <= 128", "BLOCK_M must be 64, 128 or 256",
+                              "do not fit in shared memory", "outside [64, 256]"};
+    for (int i = 0; i < 6; i++) {
+        dinf_jit_kernel_config c = DINF_JIT_KERNEL_CONFIG_INIT;
+        snprintf(c.name, sizeof c.name, "fp8_gemm_fast");
+        c.num_params = 6;
+        memcpy(c.params, bad_fast[i], sizeof bad_fast[i]);
+        const dinf__jit_cubin *cubin;
+        const dinf_status st = dinf__jit_get_cubin("test", &c, "sm_90a", &cubin);
+        cr_assert(st == DINF_STATUS_JIT_ERROR || st == DINF_STATUS_INVALID_ARGUMENT,
+                  "fast case %d", i);
+        cr_assert(strstr(dinf_last_error(), why_fast[i]), "fast case %d: %s", i,
+                  dinf_last_error());
     }
 #endif
 }

@@ -627,7 +627,7 @@ static dinf__fp8_config fast_config(int form, int block_m, int block_n, int clus
     c.stages = 16;
     while (DINF_FP8_FAST_SPLIT_SMEM_BYTES(block_m, block_n, c.stages, split_k) > DINF_FP8_SMEM_LIMIT)
         c.stages--;
-    c.threads = 128 * (1 + block_m / 64);
+    c.threads = dinf_fp8_threads(block_m);
     c.smem_bytes = DINF_FP8_FAST_SPLIT_SMEM_BYTES(block_m, block_n, c.stages, split_k);
     return c;
 }
@@ -660,6 +660,21 @@ Test(gemm_gpu, fast_rung_every_block_n_and_cluster_size_matches_the_cpu_oracle) 
             run_problem_once(&p);
             free(idx);
         }
+    /* BLOCK_M 256 (two 64-row waves per math warpgroup): normal (300 rows: a
+     * partial second M-block) and masked (counts filling one tile, one
+     * warpgroup, part of either, none), every block_n it takes, one CTA and
+     * the A-multicast pair (128-row halves; an odd N-block count: phantom). */
+    int32_t masked256[5] = {300, 256, 130, 0, 77};
+    for (int bn = 16; bn <= DINF_FP8_FAST_BM256_MAX_BLOCK_N; bn += 16)
+        for (int form = 0; form < 3; form += 2)
+            for (int cluster = 1; cluster <= 2; cluster++) {
+                const dinf__fp8_config c = fast_config(form, 256, bn, cluster, 1);
+                const int64_t n = 5 * bn - 8, k = 1000;
+                const problem p = {form, form == NORMAL ? 1 : 5, 300, n, k, 1008, 1024, n + 8,
+                                   form == MASKED ? 150 : 0, form == MASKED ? masked256 : NULL,
+                                   7000 + (uint64_t)(10 * bn + 3 * cluster + form), 1, 1e-3, &c};
+                run_problem_once(&p);
+            }
 }
 
 /* ------------------------------------------------------ CUDA graphs -- */

@@ -44,8 +44,9 @@ def test_emulated_gemm_matches_cpu():
     r = run(EMU_SEED=3)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = [l for l in r.stdout.splitlines() if l.startswith("ok ")]
-    # 12 simple-rung cases, + 6 fast-rung ones when the library has fp8_gemm_fast.cuh
-    assert len(lines) in (12, 18), r.stdout
+    # 12 simple-rung cases, + 10 fast-rung ones (4 of them BLOCK_M 256) when
+    # the library has fp8_gemm_fast.cuh
+    assert len(lines) in (12, 22), r.stdout
     assert "PASSED: 0 of %d runs failed" % len(lines) in r.stdout
     # the persistent loop is exercised: some launches have fewer CTAs than tiles
     assert any(" grid 2 of 9 tiles" in l or " grid 3 of 12 tiles" in l for l in lines), r.stdout
@@ -57,6 +58,18 @@ def test_emulated_gemm_bitwise_in_cpu_order():
     r = run(["contig"], EMU_MMA="seq", EMU_SEED=11)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "PASSED: 0 of" in r.stdout and "bitwise" in r.stdout and "ok   contig_bn64_s2" in r.stdout
+
+
+def test_block_m_256_waves_bitwise_in_cpu_order():
+    """The fast rung's BLOCK_M 256 (two 64-row wgmma waves per math
+    warpgroup sharing one accumulator set): normal with a partial last
+    M-block, A multicast with a phantom partner, masked groups stored by TMA
+    and directly; bit-identical to the CPU GEMM in its order, two data seeds."""
+    r = run(["bm256"], EMU_MMA="seq", EMU_SEED=7, EMU_SEEDS=2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ok = [l for l in r.stdout.splitlines() if l.startswith("ok ")]
+    assert len(ok) == 8 and all("bitwise" in l and " config 256x" in l for l in ok), r.stdout
+    assert "PASSED: 0 of 8 runs failed" in r.stdout
 
 
 def test_selftest_of_paths_no_kernel_here_uses():
@@ -89,6 +102,18 @@ MUTATIONS = [
     ("masked_bm64_bn32_s1", "2,64,32,1",
      "            if (row >= tile.row_limit)|||            if (row > tile.row_limit)",
      "bad elements"),
+    # BLOCK_M 256 waves (fast rung): wave 1 reading wave 0's A rows; the stage
+    # released after wave 0 (refilled under wave 1's wgmma); a masked
+    # warpgroup TMA-storing when only its first wave's rows are owned
+    ("fast_normal_bm256_bn128_c1", "0,256,128,2,1,1",
+     "(math_wg * kWgRows + w * 64) * DINF_FP8_BLOCK_K);|||(math_wg * kWgRows) * DINF_FP8_BLOCK_K);",
+     "bad elements"),
+    ("fast_normal_bm256_bn128_c1", "0,256,128,2,1,1",
+     "                    if (w == kWaves - 1) {|||                    if (w == 0) {", "bad elements"),
+    ("fast_masked_bm256_bn96_c2", "2,256,96,2,2,1",
+     "            if (GEMM_TYPE != DINF_FP8_GEMM_MASKED || wg_row0 + kWgRows <= tile.row_limit) {|||"
+     "            if (GEMM_TYPE != DINF_FP8_GEMM_MASKED || wg_row0 + 64 <= tile.row_limit) {",
+     "bad elements"),
 ]
 LONG_MUTATIONS = [
     ("normal_bm64_bn32_s2", "0,64,32,2", "                mbar_wait(&empty[s], slot.empty_parity);|||",
@@ -114,6 +139,9 @@ LONG_MUTATIONS = [
      "g->swizzle_bytes == 128  ? CU_TENSOR_MAP_SWIZZLE_64B", "swizzle span"),
     ("normal_bm128_bn16_s3", "0,128,16,3", "    p.empty_parity = p.full_parity ^ 1u;|||    p.empty_parity = p.full_parity;",
      "EMU: deadlock"),
+    ("fast_normal_bm256_bn128_c1", "0,256,128,2,1,1",
+     "    return (math_wg * waves + wave) * 64 + warp * 16 + lane / 4 + 8 * half;|||"
+     "    return (math_wg + wave) * 64 + warp * 16 + lane / 4 + 8 * half;", "bad elements"),
 ]
 if os.environ.get("SM90_EMU_LONG") == "1":
     MUTATIONS += LONG_MUTATIONS
@@ -129,8 +157,8 @@ def mut_file(mut):
 
 @pytest.mark.parametrize("case,config,mut,expect", MUTATIONS, ids=[f"{m[0]}-{i}" for i, m in enumerate(MUTATIONS)])
 def test_planted_kernel_bug_is_caught(case, config, mut, expect):
-    # the configs above have the simple rung's four parameters: plant there
-    # (the fast rung shares much of its text)
+    # configs with the simple rung's four parameters: plant there when the
+    # text is in it (the fast rung shares much of its text); six: the fast rung
     r = run([case], MUT=mut, MUT_FILE=mut_file(mut), EMU_CONFIGS=config, EMU_SEED=5)
     out = r.stdout + r.stderr
     assert "mutation planted" in out, out

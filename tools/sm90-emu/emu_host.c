@@ -149,13 +149,13 @@ dinf_status dinf__jit_get_kernel(const char *func, const dinf_jit_kernel_config 
     slots[used].kernel = (void *)entry;
     slots[used].loaded_registers = slots[used].loaded_static_smem = -1; /* the cubin's figures */
     /* The cubin's ptxas report, as far as the launch reads it: the fast rung
-     * at BLOCK_M 128 checks the registers at entry (its setmaxnreg split
-     * needs the __launch_bounds__(384, 1) cap). */
+     * at BLOCK_M 128 and 256 (384 threads) checks the registers at entry (its
+     * setmaxnreg split needs the __launch_bounds__(384, 1) cap). */
     static dinf__jit_cubin cubins[256];
     memset(&cubins[used], 0, sizeof cubins[used]);
     cubins[used].resources.registers =
         strcmp(config->name, "fp8_gemm_fast") == 0 && config->num_params > 1 &&
-                config->params[1] == 128
+                config->params[1] >= 128
             ? DINF_FP8_FAST_ENTRY_REGS
             : 255;
     cubins[used].key.lo = (uint64_t)used + 1; /* distinct per kernel, as a content hash is */
@@ -210,7 +210,7 @@ dinf__fp8_config dinf__fp8_choose(int kernel, int gemm_type, int64_t m, int64_t 
         c.cluster = emu_force_config.cluster;
     if (emu_force_config.split_k)
         c.split_k = emu_force_config.split_k;
-    c.threads = 128 * (1 + c.block_m / 64);
+    c.threads = dinf_fp8_threads(c.block_m);
     c.smem_bytes = kernel == DINF__FP8_KERNEL_SIMPLE
                        ? DINF_FP8_SMEM_BYTES(c.block_m, c.block_n, c.stages)
                        : DINF_FP8_FAST_SPLIT_SMEM_BYTES(c.block_m, c.block_n, c.stages, c.split_k);
@@ -262,7 +262,7 @@ dinf__fp8_config dinf__fp8_heuristic(int gemm_type, int64_t m, int64_t n, int64_
         c.block_n = emu_force_config.block_n;
     if (emu_force_config.stages)
         c.stages = emu_force_config.stages;
-    c.threads = 128 * (1 + c.block_m / 64);
+    c.threads = dinf_fp8_threads(c.block_m);
     c.smem_bytes = DINF_FP8_SMEM_BYTES(c.block_m, c.block_n, c.stages);
     emu_host_stats.block_m = c.block_m;
     emu_host_stats.block_n = c.block_n;

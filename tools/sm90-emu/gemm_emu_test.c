@@ -75,6 +75,14 @@ static const gemm_case cases[] = {
     {"fast_masked_bn160_c2", MASKED, 100, 300, 256, 2, 0, 0, 0, 4, 64, 160, 2, 60, {100, 37}, 1, 2, 1},
     {"fast_contig_bn112_c1", CONTIG, 384, 230, 200, 2, 0, 0, 8, 3, 128, 112, 2, 0, {1, -1, 0}, 1, 1, 1},
     {"fast_masked_bn80_c1", MASKED, 70, 90, 300, 3, 0, 16, 0, 2, 64, 80, 3, 40, {70, 0, 9}, 1, 1, 1},
+    /* BLOCK_M 256: two 64-row waves per math warpgroup; a partial last
+     * M-block (rows past m in wave 1 of warpgroup 0, all of warpgroup 1),
+     * the multicast halves of 128 rows with a phantom partner, masked groups
+     * whose warpgroups store by TMA (all 128 rows owned) or directly */
+    {"fast_normal_bm256_bn128_c1", NORMAL, 300, 200, 300, 1, 16, 0, 8, 3, 256, 128, 2, 0, {0}, 1, 1, 1},
+    {"fast_normal_bm256_bn64_c2", NORMAL, 400, 150, 400, 1, 0, 16, 0, 4, 256, 64, 2, 0, {0}, 1, 2, 1},
+    {"fast_masked_bm256_bn96_c2", MASKED, 300, 200, 256, 4, 0, 0, 8, 2, 256, 96, 2, 150, {300, 130, 0, 200}, 1, 2, 1},
+    {"fast_masked_bm256_bn32_c1", MASKED, 260, 72, 300, 2, 16, 0, 0, 3, 256, 32, 3, 128, {128, 259}, 1, 1, 1},
 };
 
 static uint64_t rng;
