@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #if DINF_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -400,6 +401,73 @@ DINF_API dinf_status dinf_jit_get_cache_dir(char *buf, size_t buf_bytes, size_t 
 #endif
 }
 
+#if DINF_WITH_CUDA
+/* --------------------------------------------------- parallel precompile -- */
+
+#define DINF_JIT_MAX_THREADS 64
+
+/* Compile threads for n kernels: $DINF_JIT_THREADS (1..64) if set, else the
+ * online cores (at most 16); never more than n. */
+static dinf_status precompile_threads(const char *func, int64_t n, int *out) {
+    long want;
+    const char *env = getenv("DINF_JIT_THREADS");
+    if (env && *env) {
+        char *end = NULL;
+        want = strtol(env, &end, 10);
+        if (*end != '\0' || want < 1 || want > DINF_JIT_MAX_THREADS)
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "DINF_JIT_THREADS=\"%s\" is not a thread count in [1, %d]", env,
+                              DINF_JIT_MAX_THREADS);
+    } else {
+        want = sysconf(_SC_NPROCESSORS_ONLN);
+        want = want < 1 ? 1 : want > 16 ? 16 : want;
+    }
+    if (want > n)
+        want = n < 1 ? 1 : (long)n;
+    *out = (int)want;
+    return DINF_STATUS_OK;
+}
+
+typedef struct precompile_job {
+    const dinf_jit_kernel_config *configs;
+    int64_t count;
+    const char *arch;
+    int64_t next;         /* the next index to take (atomic) */
+    int stop;             /* a failure was recorded (atomic) */
+    pthread_mutex_t lock; /* guards the failure record */
+    int64_t failed_index; /* lowest failing index, -1 while none */
+    dinf_status failed_status;
+    char message[DINF_ERROR_MESSAGE_MAX];
+} precompile_job;
+
+static void precompile_record(precompile_job *job, int64_t index, dinf_status st,
+                              const char *message) {
+    pthread_mutex_lock(&job->lock);
+    if (job->failed_index < 0 || index < job->failed_index) {
+        job->failed_index = index;
+        job->failed_status = st;
+        snprintf(job->message, sizeof job->message, "%s", message);
+    }
+    pthread_mutex_unlock(&job->lock);
+    __atomic_store_n(&job->stop, 1, __ATOMIC_RELEASE);
+}
+
+static void *precompile_worker(void *arg) {
+    precompile_job *job = arg;
+    while (!__atomic_load_n(&job->stop, __ATOMIC_ACQUIRE)) {
+        const int64_t i = __atomic_fetch_add(&job->next, 1, __ATOMIC_ACQ_REL);
+        if (i >= job->count)
+            break;
+        const dinf__jit_cubin *cubin;
+        const dinf_status st = dinf__jit_get_cubin("dinf_jit_precompile", &job->configs[i],
+                                                   job->arch, &cubin);
+        if (st != DINF_STATUS_OK)
+            precompile_record(job, i, st, dinf_last_error()); /* this thread's message */
+    }
+    return NULL;
+}
+#endif
+
 DINF_API dinf_status dinf_jit_precompile(const dinf_jit_kernel_config *configs, int64_t count,
                                          const char *arch) {
     if (count < 0)
@@ -420,7 +488,12 @@ DINF_API dinf_status dinf_jit_precompile(const dinf_jit_kernel_config *configs, 
 #if !DINF_WITH_CUDA
     return DINF_FAIL(DINF_STATUS_UNSUPPORTED, UNSUPPORTED_CPU_BUILD);
 #else
+    int threads;
+    dinf_status st = precompile_threads(__func__, count, &threads);
+    if (st != DINF_STATUS_OK)
+        return st;
     int device = 0;
+    char device_arch[16];
     if (!arch) {
         cudaError_t err = cudaGetDevice(&device);
         if (err != cudaSuccess) {
@@ -429,26 +502,46 @@ DINF_API dinf_status dinf_jit_precompile(const dinf_jit_kernel_config *configs, 
                              "arch=NULL needs the current CUDA device: cudaGetDevice: %s",
                              cudaGetErrorString(err));
         }
+        if ((st = dinf__jit_device_arch(__func__, device, device_arch)) != DINF_STATUS_OK)
+            return st;
     }
-    for (int64_t i = 0; i < count; i++) {
-        dinf_status st;
-        if (arch) {
-            const dinf__jit_cubin *cubin;
-            st = dinf__jit_get_cubin(__func__, &configs[i], arch, &cubin);
-        } else {
+    /* Phase 1: the cubins, `threads` compiles at a time (NVRTC compiles
+     * independent programs concurrently; the table makes concurrent requests
+     * for one kernel wait for the first). Workers take indices in order and
+     * stop taking new ones after a failure, so every index below a failure
+     * has been attempted: the lowest failing index is the one a sequential
+     * loop would have stopped at. */
+    precompile_job job = {.configs = configs, .count = count,
+                          .arch = arch ? arch : device_arch, .failed_index = -1,
+                          .lock = PTHREAD_MUTEX_INITIALIZER};
+    pthread_t workers[DINF_JIT_MAX_THREADS];
+    int started = 0;
+    for (int t = 1; t < threads; t++) {
+        if (pthread_create(&workers[started], NULL, precompile_worker, &job) != 0)
+            break; /* fewer helpers: the calling thread still does all the rest */
+        started++;
+    }
+    precompile_worker(&job);
+    for (int t = 0; t < started; t++)
+        pthread_join(workers[t], NULL);
+    if (job.failed_index < 0 && !arch) {
+        /* Phase 2: load each kernel on the current device (cubins in memory). */
+        for (int64_t i = 0; i < count && job.failed_index < 0; i++) {
             const dinf__jit_kernel *kernel;
-            st = dinf__jit_get_kernel(__func__, &configs[i], device, &kernel);
+            if ((st = dinf__jit_get_kernel(__func__, &configs[i], device, &kernel)) !=
+                DINF_STATUS_OK)
+                precompile_record(&job, i, st, dinf_last_error());
         }
-        if (st != DINF_STATUS_OK) {
-            char msg[DINF_ERROR_MESSAGE_MAX], label[256];
-            const char *inner = dinf_last_error();
-            size_t prefix = strlen(__func__);
-            if (strncmp(inner, __func__, prefix) == 0 && strncmp(inner + prefix, ": ", 2) == 0)
-                inner += prefix + 2; /* the inner call already named us */
-            snprintf(msg, sizeof msg, "%s", inner);
-            dinf__jit_config_label(&configs[i], label, sizeof label);
-            return DINF_FAIL(st, "configs[%lld] (%s): %s", (long long)i, label, msg);
-        }
+    }
+    if (job.failed_index >= 0) {
+        char label[256];
+        const char *inner = job.message;
+        size_t prefix = strlen(__func__);
+        if (strncmp(inner, __func__, prefix) == 0 && strncmp(inner + prefix, ": ", 2) == 0)
+            inner += prefix + 2; /* the inner call already named us */
+        dinf__jit_config_label(&configs[job.failed_index], label, sizeof label);
+        return DINF_FAIL(job.failed_status, "configs[%lld] (%s): %s",
+                         (long long)job.failed_index, label, inner);
     }
     return DINF_STATUS_OK;
 #endif

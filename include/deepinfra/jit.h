@@ -131,11 +131,17 @@ DINF_API dinf_status dinf_jit_get_cache_dir(char *buf, size_t buf_bytes, size_t 
  *                for it but not loaded (no GPU or driver needed); NULL: the
  *                architecture of the current CUDA device, and the kernels
  *                are loaded too (ready to launch)
- * Stops at the first failure; the message names its index and config.
+ * Kernels not yet cached compile in parallel: $DINF_JIT_THREADS threads
+ * (1..64) if set, else one per online core up to 16 (never more than count);
+ * the loads (arch NULL) follow on the calling thread. After a failure no new
+ * kernel is started; the message names the lowest failing index and its
+ * config (the one a one-by-one loop would have stopped at), and kernels
+ * already compiled stay cached.
  * Returns DINF_STATUS_OK, DINF_STATUS_INVALID_ARGUMENT (NULL configs with
  * count > 0, negative count, a bad size, unknown template name, wrong number
- * of params, a value outside the template's range, a malformed arch),
- * DINF_STATUS_UNSUPPORTED (CPU-only build, NVRTC missing), DINF_STATUS_JIT_ERROR
+ * of params, a value outside the template's range, a malformed arch,
+ * DINF_JIT_THREADS not a count in [1, 64]), DINF_STATUS_UNSUPPORTED
+ * (CPU-only build, NVRTC missing), DINF_STATUS_JIT_ERROR
  * (compile error with NVRTC's log, cache directory refused or unwritable,
  * cubin rejected by the driver), DINF_STATUS_CUDA_ERROR (no usable device for
  * arch NULL), DINF_STATUS_OUT_OF_MEMORY.

@@ -38,12 +38,21 @@
 #include <string.h>
 #include <unistd.h>
 
-static char cache_dir[64];
+static char cache_dir[256];
+static int shared_cache; /* $DINF_TEST_JIT_CACHE_DIR: kept, shared by the tests */
 
+/* A fresh cache directory per test, or the one tools/gpu-check shares
+ * between every test process of the run (so each kernel compiles once). */
 static void require_gpu_and_cache(void) {
     require_gpu();
-    snprintf(cache_dir, sizeof cache_dir, "/tmp/dinf-gemm-gpu-XXXXXX");
-    cr_assert_not_null(mkdtemp(cache_dir));
+    const char *shared = getenv("DINF_TEST_JIT_CACHE_DIR");
+    shared_cache = shared && shared[0] == '/';
+    if (shared_cache) {
+        snprintf(cache_dir, sizeof cache_dir, "%s", shared);
+    } else {
+        snprintf(cache_dir, sizeof cache_dir, "/tmp/dinf-gemm-gpu-XXXXXX");
+        cr_assert_not_null(mkdtemp(cache_dir));
+    }
     cr_assert_eq(dinf_jit_set_cache_dir(cache_dir), DINF_STATUS_OK, "%s", dinf_last_error());
 }
 
@@ -54,7 +63,7 @@ static int rm_one(const char *path, const struct stat *st, int flag, struct FTW 
 
 static void cleanup(void) {
     dinf_jit_set_cache_dir(NULL);
-    if (cache_dir[0])
+    if (cache_dir[0] && !shared_cache)
         nftw(cache_dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
 }
 
@@ -632,7 +641,33 @@ static dinf__fp8_config fast_config(int form, int block_m, int block_n, int clus
     return c;
 }
 
+/* The sweep below runs twice: first collecting its configs (compiled up
+ * front by one parallel dinf_jit_precompile), then running the problems. */
+enum { SWEEP_MAX = 96 };
+static dinf_jit_kernel_config sweep_jit[SWEEP_MAX];
+static int sweep_count;
+static void sweep(int run);
+
 Test(gemm_gpu, fast_rung_every_block_n_and_cluster_size_matches_the_cpu_oracle) {
+    sweep_count = 0;
+    sweep(0);
+    const double t0 = dinf__jit_now_seconds();
+    DINF_OK(dinf_jit_precompile(sweep_jit, sweep_count, NULL));
+    cr_log_info("%d sweep kernels compiled and loaded in %.1f s", sweep_count,
+                dinf__jit_now_seconds() - t0);
+    sweep(1);
+}
+
+static void sweep_problem(int run, const problem *p) {
+    if (run) {
+        run_problem_once(p);
+        return;
+    }
+    cr_assert_lt(sweep_count, SWEEP_MAX);
+    dinf__fp8_jit_config(p->forced, &sweep_jit[sweep_count++]);
+}
+
+static void sweep(int run) {
     /* n = 5 N-blocks minus a ragged edge: an odd count, so 2-CTA clusters run
      * a phantom partner; non-power-of-two block_n straddle B-scale blocks;
      * masked counts leave partial tiles (direct stores) beside full ones;
@@ -657,7 +692,7 @@ Test(gemm_gpu, fast_rung_every_block_n_and_cluster_size_matches_the_cpu_oracle) 
                                form == MASKED ? 100 : 0,
                                form == CONTIGUOUS ? idx : form == MASKED ? masked : NULL,
                                6000 + (uint64_t)(60 * i + 3 * cluster + form), 1, 1e-3, &c};
-            run_problem_once(&p);
+            sweep_problem(run, &p);
             free(idx);
         }
     /* BLOCK_M 256 (two 64-row waves per math warpgroup): normal (300 rows: a
@@ -673,7 +708,7 @@ Test(gemm_gpu, fast_rung_every_block_n_and_cluster_size_matches_the_cpu_oracle) 
                 const problem p = {form, form == NORMAL ? 1 : 5, 300, n, k, 1008, 1024, n + 8,
                                    form == MASKED ? 150 : 0, form == MASKED ? masked256 : NULL,
                                    7000 + (uint64_t)(10 * bn + 3 * cluster + form), 1, 1e-3, &c};
-                run_problem_once(&p);
+                sweep_problem(run, &p);
             }
 }
 

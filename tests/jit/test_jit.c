@@ -373,3 +373,55 @@ Test(jit_api, nvrtc_version_and_stats) {
     cr_assert_eq(s.loads, 0);
     cr_assert_gt(s.compile_seconds, 0.0);
 }
+
+/* ------------------------------------------------- parallel precompile -- */
+
+Test(jit_api, precompile_runs_in_parallel_and_names_the_lowest_failing_index) {
+    require_nvrtc();
+    cr_assert_eq(setenv("DINF_JIT_THREADS", "3", 1), 0);
+    /* Two configs that do not compile (BLOCK_THREADS not a multiple of 32),
+     * at indices 2 and 4, among valid ones: whatever the interleaving of the
+     * three compile threads, the error names configs[2], as a sequential
+     * loop would. */
+    dinf_jit_kernel_config c[6] = {scale_rows_config(256, 4, 0), scale_rows_config(128, 2, 1),
+                                   scale_rows_config(48, 4, 0),  scale_rows_config(64, 1, 0),
+                                   scale_rows_config(80, 2, 0),  scale_rows_config(32, 3, 1)};
+    cr_assert_eq(dinf_jit_precompile(c, 6, "sm_90a"), DINF_STATUS_JIT_ERROR);
+    cr_assert_not_null(strstr(dinf_last_error(), "dinf_jit_precompile: configs[2] "
+                                                 "(scale_rows<48,4,0>): NVRTC failed"),
+                       "%s", dinf_last_error());
+    /* Indices 0..2 were certainly attempted: 0 and 1 compiled. */
+    dinf_jit_stats s = jit_stats();
+    cr_assert_geq(s.compiles, 2);
+    cr_assert_geq(s.compile_errors, 1);
+    /* The valid ones, in parallel: every one ends up compiled exactly once
+     * over both calls (the table and the disk cache serve the rest). */
+    dinf_jit_kernel_config good[4] = {c[0], c[1], c[3], c[5]};
+    cr_assert_eq(dinf_jit_precompile(good, 4, "sm_90a"), DINF_STATUS_OK, "%s", dinf_last_error());
+    s = jit_stats();
+    cr_assert_eq(s.compiles, 4, "%llu compiles", (unsigned long long)s.compiles);
+    for (int i = 0; i < 4; i++) {
+        const dinf__jit_cubin *cubin = NULL;
+        cr_assert_eq(dinf__jit_get_cubin("test", &good[i], "sm_90a", &cubin), DINF_STATUS_OK);
+        cr_assert_gt(cubin->bytes, 0);
+    }
+    unsetenv("DINF_JIT_THREADS");
+}
+
+Test(jit_api, precompile_thread_count_from_the_environment_is_checked) {
+    dinf_jit_kernel_config c = scale_rows_config(256, 4, 0);
+    static const char *const bad[] = {"0", "65", "-2", "abc", "4x"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cr_assert_eq(setenv("DINF_JIT_THREADS", bad[i], 1), 0);
+#if DINF_WITH_CUDA
+        cr_assert_eq(dinf_jit_precompile(&c, 1, "sm_90a"), DINF_STATUS_INVALID_ARGUMENT, "%s",
+                     bad[i]);
+        cr_assert_not_null(strstr(dinf_last_error(), "DINF_JIT_THREADS="), "%s",
+                           dinf_last_error());
+        cr_assert_not_null(strstr(dinf_last_error(), bad[i]), "%s", dinf_last_error());
+#else
+        cr_assert_eq(dinf_jit_precompile(&c, 1, "sm_90a"), DINF_STATUS_UNSUPPORTED);
+#endif
+    }
+    unsetenv("DINF_JIT_THREADS");
+}
