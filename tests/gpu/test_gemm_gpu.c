@@ -171,8 +171,8 @@ static void ref_gemm(const float *a, int64_t lda, const float *b, int64_t ldb, f
     void *args[] = {&a, &lda, &b, &ldb, &d, &ldd, &m, &n, &k};
     const unsigned grid[3] = {(unsigned)cdiv(n, 32), (unsigned)cdiv(m, 32), 1};
     const unsigned block[3] = {32, 32, 1}, cluster[3] = {1, 1, 1};
-    DINF_OK(dinf__jit_launch("test", kernel, 0, grid, block, cluster, 0, (dinf_stream_t)stream,
-                             args));
+    DINF_OK(dinf__jit_launch("test", kernel, 0, grid, block, cluster, 0, 0,
+                             (dinf_stream_t)stream, args));
 }
 
 /*
