@@ -92,6 +92,9 @@
  *    the mbarrier init (the peer's barriers must exist before any multicast
  *    or remote arrive) and one before exit (no CTA may leave while its peer
  *    can still arrive on its barriers or multicast into it).
+ *  - Programmatic dependent launch (gemm.h, DINF_FP8_GEMM_PDL): every thread
+ *    passes griddepcontrol.wait after the prologue and before any global
+ *    access (see the comment at the call), then signals launch_dependents.
  * The mbarrier protocol of both cluster sizes is modelled on the CPU under
  * random interleavings (tests/gemm/test_gemm_sm90.c, with planted bugs).
  */
