@@ -794,13 +794,17 @@ static void graph_replay(int eager_first) {
  * while the previous kernel on the stream is still running; they must read
  * nothing before it has completed. Each round quantizes fresh A and B on the
  * stream (dinf_fp8_quantize, dinf_fp8_scale_layout_mn_major) into buffers
- * that start as NaN codes, the B quantize immediately before the GEMM (its
+ * that start as NaN codes, the B quantize immediately before GEMM 1 (its
  * direct predecessor writes B and the B scales; A and its scales were written
- * two and one kernels before), rounds back-to-back with no synchronisation,
- * each into its own poisoned output. Then every output is compared with the
- * CPU GEMM on the quantized data the GPU produced: a read before the wait sees
- * NaN codes (or a partial quantization) and the round fails. Run with PDL on
- * and off.
+ * two and one kernels before); then GEMM 2 = A B^T again, but with its A and
+ * B scales read from GEMM 1's output d1 (its float32 view; d1 starts as NaN):
+ * GEMM 1 signals launch_dependents at its start, so GEMM 2's CTAs really run
+ * beside GEMM 1 on the SMs it leaves idle (small m: few tiles) and only the
+ * wait keeps their TMA loads of the A scales and plain loads of the B scales
+ * behind GEMM 1's stores. Rounds go back-to-back with no synchronisation,
+ * each into its own poisoned outputs; then every output is compared with the
+ * CPU GEMM on the data the GPU produced: a read before the wait sees NaN (or
+ * a partial result) and the round fails. Run with PDL on and off.
  */
 enum { PDL_N = 512, PDL_K = 1024, PDL_KB = PDL_K / 128, PDL_NSB = PDL_N / 128 };
 
@@ -810,8 +814,15 @@ typedef struct pdl_bufs {
     float *dx, *dy;           /* unquantized inputs, one slice per round */
     uint8_t *da, *db;         /* [rounds][m][K], [rounds][N][K] */
     float *sa_rows, *dsa, *dsb;
-    uint16_t *dd;             /* [rounds][m][N] */
+    uint16_t *dd, *dd2;       /* [rounds][m][N]: GEMM 1, GEMM 2 */
 } pdl_bufs;
+
+/* GEMM 2's scales inside round r's d1 (its float32 view): A's [KB][aligned]
+ * first, then B's [NSB][KB]. */
+static float *pdl_scales2(const pdl_bufs *b, int r, int which_b) {
+    float *base = (float *)(void *)(b->dd + r * b->m * PDL_N);
+    return which_b ? base + PDL_KB * b->aligned : base;
+}
 
 static void pdl_setup(pdl_bufs *b, int64_t m, int rounds, uint64_t seed) {
     b->m = m, b->rounds = rounds, b->aligned = cdiv(m, 4) * 4;
@@ -832,6 +843,9 @@ static void pdl_setup(pdl_bufs *b, int64_t m, int rounds, uint64_t seed) {
     b->dsa = dmalloc((size_t)(rounds * PDL_KB * b->aligned) * 4);
     b->dsb = dmalloc((size_t)rounds * PDL_NSB * PDL_KB * 4);
     b->dd = dmalloc((size_t)(rounds * m * PDL_N) * 2);
+    b->dd2 = dmalloc((size_t)(rounds * m * PDL_N) * 2);
+    cr_assert_leq((PDL_KB * b->aligned + PDL_NSB * PDL_KB) * 4, m * PDL_N * 2,
+                  "GEMM 2's scales fit in d1");
     /* NaN codes everywhere a producer writes (e4m3 0x7F, float 0xFFFFFFFF) */
     CUDA_OK(cudaMemset(b->da, 0x7F, xs));
     CUDA_OK(cudaMemset(b->db, 0x7F, ys));
@@ -839,15 +853,16 @@ static void pdl_setup(pdl_bufs *b, int64_t m, int rounds, uint64_t seed) {
     CUDA_OK(cudaMemset(b->dsa, 0xFF, (size_t)(rounds * PDL_KB * b->aligned) * 4));
     CUDA_OK(cudaMemset(b->dsb, 0xFF, (size_t)rounds * PDL_NSB * PDL_KB * 4));
     CUDA_OK(cudaMemset(b->dd, POISON_BYTE, (size_t)(rounds * m * PDL_N) * 2));
+    CUDA_OK(cudaMemset(b->dd2, POISON_BYTE, (size_t)(rounds * m * PDL_N) * 2));
     CUDA_OK(cudaDeviceSynchronize());
 }
 
 static void pdl_free(pdl_bufs *b) {
     cudaFree(b->dx), cudaFree(b->dy), cudaFree(b->da), cudaFree(b->db), cudaFree(b->sa_rows);
-    cudaFree(b->dsa), cudaFree(b->dsb), cudaFree(b->dd);
+    cudaFree(b->dsa), cudaFree(b->dsb), cudaFree(b->dd), cudaFree(b->dd2);
 }
 
-/* Round r's producers and GEMM, enqueued on exec's stream. */
+/* Round r's producers and two GEMMs, enqueued on exec's stream. */
 static void pdl_enqueue_round(const pdl_bufs *b, int r, const dinf_exec *exec) {
     const int64_t m = b->m;
     uint8_t *a = b->da + r * m * PDL_K, *bq = b->db + (size_t)r * PDL_N * PDL_K;
@@ -860,6 +875,27 @@ static void pdl_enqueue_round(const pdl_bufs *b, int r, const dinf_exec *exec) {
                               PDL_K, 128, bq, PDL_K, sb, exec));
     DINF_OK(dinf_fp8_gemm_nt(m, PDL_N, PDL_K, a, PDL_K, sa, bq, PDL_K, sb,
                              b->dd + r * m * PDL_N, PDL_N, exec));
+    DINF_OK(dinf_fp8_gemm_nt(m, PDL_N, PDL_K, a, PDL_K, pdl_scales2(b, r, 0), bq, PDL_K,
+                             pdl_scales2(b, r, 1), b->dd2 + r * m * PDL_N, PDL_N, exec));
+}
+
+/* got against want (the CPU's), every element written. */
+static void pdl_compare(const uint16_t *got, const uint16_t *want, int64_t count,
+                        const char *what, int r, int gemm) {
+    diff_acc acc = {0, 0};
+    elem_check ec = ORACLE_ELEM_CHECK;
+    for (int64_t i = 0; i < count; i++)
+        elem_first(&ec, bf16_to_f32(want[i]));
+    for (int64_t i = 0; i < count; i++) {
+        cr_assert_neq(got[i], POISON, "%s round %d GEMM %d: d[%lld] not written", what, r, gemm,
+                      (long long)i);
+        diff_add(&acc, bf16_to_f32(got[i]), bf16_to_f32(want[i]));
+        elem_second(&ec, (long long)i, bf16_to_f32(got[i]), bf16_to_f32(want[i]));
+    }
+    cr_assert_lt(diff_value(&acc), 1e-4, "%s round %d GEMM %d: calc_diff %g against the CPU",
+                 what, r, gemm, diff_value(&acc));
+    cr_assert_leq(ec.worst, 1.0, "%s round %d GEMM %d: d[%lld] GPU %g, CPU %g: %.3g bounds apart",
+                  what, r, gemm, ec.worst_index, ec.worst_got, ec.worst_want, ec.worst);
 }
 
 /* Every round's output against the CPU GEMM on that round's quantized data. */
@@ -882,20 +918,16 @@ static void pdl_check_rounds(const pdl_bufs *b, int first, int count, const char
         memset(want, POISON_BYTE, (size_t)(m * PDL_N) * 2);
         DINF_OK(dinf_fp8_gemm_nt(m, PDL_N, PDL_K, ha, PDL_K, hsa, hb, PDL_K, hsb, want, PDL_N,
                                  NULL));
-        diff_acc acc = {0, 0};
-        elem_check ec = ORACLE_ELEM_CHECK;
-        for (int64_t i = 0; i < m * PDL_N; i++)
-            elem_first(&ec, bf16_to_f32(want[i]));
-        for (int64_t i = 0; i < m * PDL_N; i++) {
-            cr_assert_neq(got[i], POISON, "%s round %d: d[%lld] not written", what, r,
-                          (long long)i);
-            diff_add(&acc, bf16_to_f32(got[i]), bf16_to_f32(want[i]));
-            elem_second(&ec, (long long)i, bf16_to_f32(got[i]), bf16_to_f32(want[i]));
-        }
-        cr_assert_lt(diff_value(&acc), 1e-4, "%s round %d: calc_diff %g against the CPU", what, r,
-                     diff_value(&acc));
-        cr_assert_leq(ec.worst, 1.0, "%s round %d: d[%lld] GPU %g, CPU %g: %.3g bounds apart",
-                      what, r, ec.worst_index, ec.worst_got, ec.worst_want, ec.worst);
+        pdl_compare(got, want, m * PDL_N, what, r, 1);
+        /* GEMM 2: the same A and B, its scales the float32 view of d1 (got) */
+        memcpy(hsa, got, (size_t)(PDL_KB * b->aligned) * 4);
+        memcpy(hsb, (const float *)(const void *)got + PDL_KB * b->aligned, PDL_NSB * PDL_KB * 4);
+        CUDA_OK(cudaMemcpy(got, b->dd2 + r * m * PDL_N, (size_t)(m * PDL_N) * 2,
+                           cudaMemcpyDeviceToHost));
+        memset(want, POISON_BYTE, (size_t)(m * PDL_N) * 2);
+        DINF_OK(dinf_fp8_gemm_nt(m, PDL_N, PDL_K, ha, PDL_K, hsa, hb, PDL_K, hsb, want, PDL_N,
+                                 NULL));
+        pdl_compare(got, want, m * PDL_N, what, r, 2);
     }
     free(ha), free(hb), free(hsa), free(hsb), free(got), free(want);
 }
@@ -934,9 +966,9 @@ Test(gemm_gpu, pdl_gemm_right_behind_its_producers_reads_only_their_finished_out
 }
 
 Test(gemm_gpu, pdl_gemm_in_a_graph_capture_is_a_programmatic_edge_and_replays) {
-    /* Captured into a CUDA graph, the PDL launch becomes a programmatic edge
-     * from the B quantize to the GEMM (none with DINF_FP8_GEMM_PDL=0); the
-     * graph replays and matches the CPU. */
+    /* Captured into a CUDA graph, each PDL launch becomes a programmatic
+     * edge: the B quantize -> GEMM 1, GEMM 1 -> GEMM 2 (none with
+     * DINF_FP8_GEMM_PDL=0); the graph replays and matches the CPU. */
     const char *const settings[] = {"1", "0"};
     for (int si = 0; si < 2; si++) {
         cr_assert_eq(setenv("DINF_FP8_GEMM_PDL", settings[si], 1), 0);
@@ -949,6 +981,7 @@ Test(gemm_gpu, pdl_gemm_in_a_graph_capture_is_a_programmatic_edge_and_replays) {
         pdl_enqueue_round(&b, 0, &exec);
         CUDA_OK(cudaStreamSynchronize(stream));
         CUDA_OK(cudaMemset(b.dd, POISON_BYTE, (size_t)(b.m * PDL_N) * 2));
+        CUDA_OK(cudaMemset(b.dd2, POISON_BYTE, (size_t)(b.m * PDL_N) * 2));
         CUDA_OK(cudaMemset(b.da, 0x7F, (size_t)(b.m * PDL_K)));
         CUDA_OK(cudaMemset(b.db, 0x7F, (size_t)PDL_N * PDL_K));
         CUDA_OK(cudaDeviceSynchronize());
@@ -971,7 +1004,7 @@ Test(gemm_gpu, pdl_gemm_in_a_graph_capture_is_a_programmatic_edge_and_replays) {
                 cr_log_info("PDL=%s: programmatic edge, from port %u", settings[si],
                             (unsigned)data[e].from_port);
             }
-        cr_assert_eq(programmatic, si == 0 ? 1 : 0, "PDL=%s: %d programmatic edges of %zu",
+        cr_assert_eq(programmatic, si == 0 ? 2 : 0, "PDL=%s: %d programmatic edges of %zu",
                      settings[si], programmatic, edges);
         free(from), free(to), free(data);
         CUDA_OK(cudaGraphInstantiate(&instance, graph, 0));
