@@ -164,10 +164,22 @@ dinf_status dinf__jit_get_kernel(const char *func, const dinf_jit_kernel_config 
     return DINF_STATUS_OK;
 }
 
+#ifdef DINF__JIT_LAUNCH_PDL
+int emu_has_pdl(void) { return 1; }
 dinf_status dinf__jit_launch(const char *func, const dinf__jit_kernel *kernel, int device,
                              const unsigned grid[3], const unsigned block[3], const unsigned cluster[3],
                              unsigned flags, size_t dynamic_shared_bytes, dinf_stream_t stream,
                              void **args) {
+#else
+/* A checkout (EMU_ROOT) from before programmatic dependent launch: the
+ * launch has no flags argument. */
+#define DINF__JIT_LAUNCH_PDL 1u
+int emu_has_pdl(void) { return 0; }
+dinf_status dinf__jit_launch(const char *func, const dinf__jit_kernel *kernel, int device,
+                             const unsigned grid[3], const unsigned block[3], const unsigned cluster[3],
+                             size_t dynamic_shared_bytes, dinf_stream_t stream, void **args) {
+    const unsigned flags = 0;
+#endif
     (void)stream;
     /* jit_load.c's rule: unknown flag bits are the library's bug */
     if (flags & ~DINF__JIT_LAUNCH_PDL)

@@ -24,6 +24,8 @@ typedef struct emu_force_config_t {
 extern emu_force_config_t emu_force_config;
 /* 1 when the library has the fast rung (fp8_gemm_fast.cuh, DINF_FP8_GEMM_KERNEL). */
 int emu_has_fast_rung(void);
+/* 1 when the library's dinf__jit_launch takes flags (programmatic dependent launch). */
+int emu_has_pdl(void);
 
 /* emu_jit.cpp */
 const void *emu_find_kernel(const char *name, int nparams, const long long *params);

@@ -239,7 +239,8 @@ static int run_case(const gemm_case *c, unsigned seed, int mode_seq) {
      * every thread of every CTA passes griddepcontrol.wait (the emulator
      * fails any global access or TMA issue before it). */
     const char *pdl_env = getenv("DINF_FP8_GEMM_PDL");
-    const unsigned want_pdl = c->fast && !(pdl_env && strcmp(pdl_env, "0") == 0);
+    const unsigned want_pdl =
+        emu_has_pdl() && c->fast && !(pdl_env && strcmp(pdl_env, "0") == 0);
     if (emu_host_stats.last_pdl != want_pdl) {
         printf("FAIL %s: launched %s programmatic dependent launch, expected %s\n", c->name,
                emu_host_stats.last_pdl ? "with" : "without", want_pdl ? "with" : "without");
