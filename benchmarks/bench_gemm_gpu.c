@@ -28,7 +28,11 @@
  *
  * Rows per shape: ours on the fast rung (the default; its label names the
  * config), ours on the simple reference rung (gemm/gpu/simple_...: what the
- * fast rung's features buy), and the peer.
+ * fast rung's features buy), and the peer. For normal m = 64 and 128 at
+ * n = 2112, k = 7168 also gemm/gpu/chain8_pdl_{on,off}/...: 8 back-to-back
+ * fast-rung calls per timed iteration, time per call, with programmatic
+ * dependent launch on (the default) and off (DINF_FP8_GEMM_PDL=0): the A/B
+ * of the overlap of each call's prologue with the previous call's tail.
  *
  * Physical floor: the row's counter floor_us = max(FLOPs / 1979 TFLOP/s
  * (H200 dense FP8, datasheet), bytes / 4.8 TB/s (HBM3e, datasheet)); the
@@ -376,6 +380,63 @@ static double timed(gpu_case *c, int peer) {
     return seconds;
 }
 
+/* Programmatic dependent launch A/B (DINF_FP8_GEMM_PDL): CHAIN fast-rung
+ * calls back-to-back on the stream between the events (one L2 flush before
+ * them), seconds per call. A single timed call has no kernel right before it
+ * (the flush is a memset, then an event), so PDL shows only here: each call's
+ * CTAs may start their prologue while the previous call drains. */
+#define CHAIN 8
+typedef struct chain_case {
+    gpu_case *c;
+    int pdl;
+    char name[160], label[200];
+} chain_case;
+
+static double run_chain(void *arg) {
+    chain_case *cc = arg;
+    gpu_case *c = cc->c;
+    select_rung(0);
+    setenv("DINF_FP8_GEMM_PDL", cc->pdl ? "1" : "0", 1);
+    cudaMemsetAsync(g.flush, 0, g.flush_bytes, g.stream);
+    cudaEventRecord(g.start, g.stream);
+    for (int i = 0; i < CHAIN; i++)
+        if (run_ours(c) != DINF_STATUS_OK) {
+            bench_set_error(dinf_last_error());
+            unsetenv("DINF_FP8_GEMM_PDL");
+            return -1;
+        }
+    cudaEventRecord(g.stop, g.stream);
+    unsetenv("DINF_FP8_GEMM_PDL");
+    float ms = 0;
+    cudaError_t err = cudaEventSynchronize(g.stop);
+    if (err == cudaSuccess)
+        err = cudaEventElapsedTime(&ms, g.start, g.stop);
+    if (err != cudaSuccess) {
+        bench_set_error(cudaGetErrorString(err));
+        return -1;
+    }
+    const double seconds = (double)ms * 1e-3 / CHAIN;
+    if (c->peer_ref_s > 0)
+        bench_set_counter("vs_cublaslt", c->peer_ref_s / seconds);
+    const double floor_s = flops_of(c) / FP8_PEAK_FLOPS > bytes_of(c) / HBM_BYTES_PER_S
+                               ? flops_of(c) / FP8_PEAK_FLOPS
+                               : bytes_of(c) / HBM_BYTES_PER_S;
+    bench_set_counter("floor_us", floor_s * 1e6);
+    bench_set_counter("TFLOPS", flops_of(c) / seconds / 1e12);
+    bench_set_counter("GBps", bytes_of(c) / seconds / 1e9);
+    return seconds;
+}
+
+/* The chain rows' names for a shape (PDL on, off). */
+static void chain_names(const char *shape, char names[2][160]) {
+    snprintf(names[0], 160, "gemm/gpu/chain%d_pdl_on/%s", CHAIN, shape);
+    snprintf(names[1], 160, "gemm/gpu/chain%d_pdl_off/%s", CHAIN, shape);
+}
+/* The small-M DeepSeek-V3 shapes PDL is for get the A/B rows. */
+static int has_chain_rows(int form, int64_t m, int64_t n, int64_t k) {
+    return form == NORMAL && (m == 64 || m == 128) && n == 2112 && k == 7168;
+}
+
 static double run_case(void *arg) { return timed(arg, 0); }
 static double run_peer(void *arg) { return timed(arg, 1); }
 static double run_simple(void *arg) { return timed(arg, 2); }
@@ -404,8 +465,12 @@ static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) 
     snprintf(probe[0], sizeof probe[0], "gemm/gpu/simple_%s", shape);
     snprintf(probe[1], sizeof probe[1], "gemm/gpu/cublaslt_blockwise/%s", shape);
     snprintf(probe[2], sizeof probe[2], "gemm/gpu/cublaslt_per_tensor/%s", shape);
+    char chain[2][160];
+    chain_names(shape, chain);
+    const int chained = has_chain_rows(form, m, n, k);
     if (!bench_selected(c->name) && !bench_selected(probe[0]) && !bench_selected(probe[1]) &&
-        !bench_selected(probe[2])) {
+        !bench_selected(probe[2]) &&
+        !(chained && (bench_selected(chain[0]) || bench_selected(chain[1])))) {
         free(c);
         return;
     }
@@ -475,6 +540,21 @@ static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) 
                          .label = "deepinfra simple rung (the reference kernel)", .unit = "us",
                          .iterations = 30};
     bench_register(&simple);
+    for (int on = 1; chained && on >= 0; on--) {
+        chain_case *cc = calloc(1, sizeof *cc); /* lives until exit */
+        if (!cc)
+            break;
+        cc->c = c, cc->pdl = on;
+        snprintf(cc->name, sizeof cc->name, "%s", chain[on ? 0 : 1]);
+        snprintf(cc->label, sizeof cc->label,
+                 "deepinfra fast rung, %d back-to-back calls, PDL %s (DINF_FP8_GEMM_PDL=%d), "
+                 "time per call",
+                 CHAIN, on ? "on" : "off", on);
+        bench_spec chain_spec = {.name = cc->name, .run = run_chain, .arg = cc,
+                                 .manual_time = 1, .flops = flops, .bytes = bytes,
+                                 .label = cc->label, .unit = "us", .iterations = 30};
+        bench_register(&chain_spec);
+    }
 
     /* The cuBLASLt peer on the same data. */
     if (!lt_load()) {

@@ -227,15 +227,24 @@ dinf_status dinf__jit_device_arch(const char *func, int device, char arch[16]);
 dinf_status dinf__jit_get_kernel(const char *func, const dinf_jit_kernel_config *config, int device,
                                  const dinf__jit_kernel **out);
 
+/* dinf__jit_launch flags. PDL: add cudaLaunchAttributeProgrammaticStreamSerialization
+ * (programmaticStreamSerializationAllowed = 1): the kernel may start while the
+ * previous kernel on the stream is still running; it must execute
+ * griddepcontrol.wait (dinf_sm90.cuh griddep_wait) in every thread before any
+ * access to global memory that kernel may write (or read). Inside a CUDA-graph
+ * capture the dependency is recorded as a programmatic edge. */
+#define DINF__JIT_LAUNCH_PDL 1u
+
 /* Launch a loaded kernel with cudaLaunchKernelExC. grid/block/cluster are
- * x,y,z (cluster {1,1,1} or {0,0,0}: no cluster attribute); for dynamic shared
+ * x,y,z (cluster {1,1,1} or {0,0,0}: no cluster attribute); flags: 0 or
+ * DINF__JIT_LAUNCH_PDL (other bits: INTERNAL); for dynamic shared
  * memory above 48 KiB the kernel's limit on device is raised to the device's
  * opt-in maximum, once per (kernel, device). args: one pointer per
  * kernel parameter, as for cudaLaunchKernel. CUDA_ERROR on failure. */
 dinf_status dinf__jit_launch(const char *func, const dinf__jit_kernel *kernel, int device,
                              const unsigned grid[3], const unsigned block[3],
-                             const unsigned cluster[3], size_t dynamic_shared_bytes,
-                             dinf_stream_t stream, void **args);
+                             const unsigned cluster[3], unsigned flags,
+                             size_t dynamic_shared_bytes, dinf_stream_t stream, void **args);
 
 /* Load a cubin (jit_load.c; called by the runtime once per table entry) on
  * the current device; *registers and *static_smem get the loaded kernel's

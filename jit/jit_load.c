@@ -77,10 +77,12 @@ void dinf__jit_unload(void *library) {
 
 dinf_status dinf__jit_launch(const char *func, const dinf__jit_kernel *kernel, int device,
                              const unsigned grid[3], const unsigned block[3],
-                             const unsigned cluster[3], size_t dynamic_shared_bytes,
-                             dinf_stream_t stream, void **args) {
+                             const unsigned cluster[3], unsigned flags,
+                             size_t dynamic_shared_bytes, dinf_stream_t stream, void **args) {
     if (!kernel || !kernel->kernel)
         return dinf__fail(DINF_STATUS_INTERNAL, func, "launch of a kernel that is not loaded");
+    if (flags & ~DINF__JIT_LAUNCH_PDL)
+        return dinf__fail(DINF_STATUS_INTERNAL, func, "launch flags 0x%x: unknown bits", flags);
     cudaKernel_t k = (cudaKernel_t)kernel->kernel;
     cudaError_t err;
     if (dynamic_shared_bytes > 48 * 1024) {
@@ -115,14 +117,26 @@ dinf_status dinf__jit_launch(const char *func, const dinf__jit_kernel *kernel, i
     config.blockDim = (dim3){block[0], block[1], block[2]};
     config.dynamicSmemBytes = dynamic_shared_bytes;
     config.stream = (cudaStream_t)stream;
-    cudaLaunchAttribute attrs[1];
+    cudaLaunchAttribute attrs[2];
+    memset(attrs, 0, sizeof attrs);
+    unsigned num_attrs = 0;
     if (cluster && cluster[0] * cluster[1] * cluster[2] > 1) {
-        attrs[0].id = cudaLaunchAttributeClusterDimension;
-        attrs[0].val.clusterDim.x = cluster[0];
-        attrs[0].val.clusterDim.y = cluster[1];
-        attrs[0].val.clusterDim.z = cluster[2];
+        attrs[num_attrs].id = cudaLaunchAttributeClusterDimension;
+        attrs[num_attrs].val.clusterDim.x = cluster[0];
+        attrs[num_attrs].val.clusterDim.y = cluster[1];
+        attrs[num_attrs].val.clusterDim.z = cluster[2];
+        num_attrs++;
+    }
+    if (flags & DINF__JIT_LAUNCH_PDL) {
+        /* Programmatic dependent launch: the kernel's griddepcontrol.wait
+         * orders it after the previous kernel on the stream. */
+        attrs[num_attrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attrs[num_attrs].val.programmaticStreamSerializationAllowed = 1;
+        num_attrs++;
+    }
+    if (num_attrs) {
         config.attrs = attrs;
-        config.numAttrs = 1;
+        config.numAttrs = num_attrs;
     }
     err = cudaLaunchKernelExC(&config, (const void *)k, args);
     if (err != cudaSuccess)
@@ -151,8 +165,9 @@ void dinf__jit_unload(void *library) { (void)library; }
 
 dinf_status dinf__jit_launch(const char *func, const dinf__jit_kernel *kernel, int device,
                              const unsigned grid[3], const unsigned block[3],
-                             const unsigned cluster[3], size_t dynamic_shared_bytes,
-                             dinf_stream_t stream, void **args) {
+                             const unsigned cluster[3], unsigned flags,
+                             size_t dynamic_shared_bytes, dinf_stream_t stream, void **args) {
+    (void)flags;
     return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "libdeepinfra was built without CUDA");
 }
 #endif

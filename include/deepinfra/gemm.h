@@ -62,8 +62,22 @@
  * (the load runs in relaxed capture mode and leaves the capture intact), so
  * warm up with dinf_jit_precompile or one eager call to keep compilation
  * out of the captured region. The calling thread's CUDA context is left as
- * it was (a thread without one has none afterwards). Extra rules on this
- * path:
+ * it was (a thread without one has none afterwards).
+ *
+ * Programmatic dependent launch (fast kernel; DINF_FP8_GEMM_PDL = "1" or
+ * unset: on, "0": off, anything else DINF_STATUS_INVALID_ARGUMENT naming the
+ * value; read at every call): the GEMM is launched with
+ * cudaLaunchAttributeProgrammaticStreamSerialization, so its thread blocks
+ * may start (set up shared memory, barriers, tensor maps) while the previous
+ * kernel on exec->stream is still running; every thread then waits
+ * (griddepcontrol.wait) until that kernel has completed and its writes are
+ * visible before it reads or writes any global memory: a, b, the scales,
+ * m_indices / masked_m and d may be produced by the kernel right before the
+ * call, exactly as without PDL. Stream order is otherwise unchanged (memory
+ * copies, events and kernels of other streams order the GEMM as usual). In a
+ * CUDA-graph capture the dependency is recorded as a programmatic edge and
+ * the graph replays with the same guarantee. The simple kernel never uses
+ * PDL. Extra rules on this path:
  *   - the device must be compute capability 9.0, else DINF_STATUS_UNSUPPORTED
  *     (the CPU path stays available);
  *   - k >= 1 and m, n, k, num_groups below 2^31, else UNSUPPORTED;

@@ -436,6 +436,22 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     return r;
 }
 
+/* ------------------------------------------ programmatic dependent launch -- */
+
+/* griddepcontrol (PTX ISA 9.7.13.13, sm_90; programmatic dependent launch,
+ * cudaLaunchAttributeProgrammaticStreamSerialization on the host):
+ * griddep_wait blocks until every prerequisite grid has completed and its
+ * memory operations are visible to this grid (a no-op when the grid was
+ * launched without a programmatic dependency); griddep_launch_dependents
+ * signals that the dependent grid may be scheduled once every CTA of this
+ * grid has signalled or exited (it orders nothing: the dependent still waits
+ * with griddep_wait before reading this grid's results). Shared by the fast
+ * FP8 GEMM (fp8_gemm_fast.cuh) and the MLA block below. */
+__device__ __forceinline__ void griddep_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void griddep_launch_dependents() {
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
 } // namespace dinf_jit
 
 /* ======================================================================
@@ -459,17 +475,8 @@ using dinf_jit::pack_bf16x2;
 using dinf_jit::setmaxnreg_dec;
 using dinf_jit::setmaxnreg_inc;
 
-/* griddepcontrol (PTX ISA 9.7.13.13, sm_90; programmatic dependent launch):
- * griddep_wait blocks until every prerequisite grid has completed and its
- * memory operations are visible (a no-op when the grid was launched without
- * a programmatic dependency); griddep_launch_dependents signals that the
- * dependent grid may be scheduled once every CTA of this grid has signalled
- * or exited (it orders nothing: the dependent still waits with griddep_wait
- * before reading this grid's results). */
-__device__ __forceinline__ void griddep_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void griddep_launch_dependents() {
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-}
+using dinf_jit::griddep_launch_dependents;
+using dinf_jit::griddep_wait;
 
 /* 4-D tile load global -> shared (PTX ISA 9.7.9.25.5.2 cp.async.bulk.tensor,
  * .tile mode): the box of the tensor map at coordinates {c0, c1, c2, c3}

@@ -92,6 +92,9 @@
  *    the mbarrier init (the peer's barriers must exist before any multicast
  *    or remote arrive) and one before exit (no CTA may leave while its peer
  *    can still arrive on its barriers or multicast into it).
+ *  - Programmatic dependent launch (gemm.h, DINF_FP8_GEMM_PDL): every thread
+ *    passes griddepcontrol.wait after the prologue and before any global
+ *    access (see the comment at the call), then signals launch_dependents.
  * The mbarrier protocol of both cluster sizes is modelled on the CPU under
  * random interleavings (tests/gemm/test_gemm_sm90.c, with planted bugs).
  */
@@ -178,6 +181,11 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
             mbar_init(red_empty, kMathThreads); /* the leader has read it */
         }
         mbar_init_fence();
+        /* The tensor maps are __grid_constant__ kernel parameters, not memory
+         * an upstream kernel writes: prefetching them may precede the wait. */
+        tma_prefetch_descriptor(&map_a);
+        tma_prefetch_descriptor(&map_b);
+        tma_prefetch_descriptor(&map_sa);
     }
     if (CLUSTER > 1) {
         cluster_arrive_release();
@@ -186,14 +194,40 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
         __syncthreads();
     }
 
+    /* Programmatic dependent launch (PDL; gemm.h): with
+     * DINF_FP8_GEMM_PDL=1 the launch carries
+     * cudaLaunchAttributeProgrammaticStreamSerialization, so this grid may
+     * start while the previous kernel on the stream is still running. All
+     * of the above (smem carve-up, mbarrier init, tensor-map prefetch,
+     * cluster start barrier) touches no global memory; every thread passes
+     * griddepcontrol.wait here, before the role split, so that every global
+     * access of the kernel follows it on every path:
+     *   producer (thread 0): the scheduler's reads of m_indices /
+     *     masked_m (dinf_fp8_unit_at, args.group_info), the TMA loads of A
+     *     (plain or multicast), B and the A scales;
+     *   math warpgroups: the scheduler's reads (dinf_fp8_unit_at), the B
+     *     scales (sb_first / sb_second, args.b_scales), the epilogue's TMA
+     *     stores of D (map_d) and its direct stores (args.d, masked partial
+     *     rows), bulk_wait_group on those stores;
+     *   split-K reduction: distributed shared memory only (no global).
+     * griddepcontrol.wait is a no-op without a programmatic dependency (PDL
+     * off, or the first kernel of a stream / graph).
+     * launch_dependents right after: it only lets the next kernel's CTAs be
+     * scheduled (their prologue then overlaps this grid's tail on the SMs
+     * this grid leaves free); it orders no memory, because the dependent's
+     * own griddepcontrol.wait still waits for this whole grid to complete
+     * and flush. All CTAs of this persistent grid are resident by the time
+     * every one of them has issued it, so dependents never delay our CTAs'
+     * start. The emulator (tools/sm90-emu) fails any global access or TMA
+     * issue by a thread that has not passed the wait. */
+    griddep_wait();
+    griddep_launch_dependents();
+
     if (warpgroup == 0) {
         /* ------------------------------------------------------ producer -- */
         if (kMathWarpgroups == 2)
             setmaxnreg_dec<DINF_FP8_FAST_PRODUCER_REGS>();
         if (threadIdx.x == 0) {
-            tma_prefetch_descriptor(&map_a);
-            tma_prefetch_descriptor(&map_b);
-            tma_prefetch_descriptor(&map_sa);
             uint32_t it = 0;
             for (long long u = cluster_id;; u += num_clusters) {
                 dinf_fp8_tile tile;

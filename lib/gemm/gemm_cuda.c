@@ -327,7 +327,7 @@ static int resident_clusters(const dinf__jit_kernel *kernel, int device,
 /* Load, encode and launch a planned GEMM on the current device (the caller's
  * guard made place->device current). */
 static dinf_status launch_planned(const char *func, const dinf__place *place,
-                                  dinf__fp8_launch_plan *plan) {
+                                  dinf__fp8_launch_plan *plan, int pdl) {
     dinf_status st;
     const dinf__fp8_config *cfg = &plan->config;
     dinf_jit_kernel_config jc;
@@ -366,7 +366,11 @@ static dinf_status launch_planned(const char *func, const dinf__place *place,
         if (resident > 0 && (unsigned)resident * (unsigned)cfg->cluster < grid[0])
             grid[0] = (unsigned)resident * (unsigned)cfg->cluster;
     }
-    return dinf__jit_launch(func, kernel, place->device, grid, block, cluster,
+    /* The fast rung waits (griddepcontrol.wait) before its first global
+     * access: it may be launched as a programmatic dependent of the previous
+     * kernel on the stream. The simple rung (the reference) never is. */
+    const unsigned flags = fast && pdl ? DINF__JIT_LAUNCH_PDL : 0u;
+    return dinf__jit_launch(func, kernel, place->device, grid, block, cluster, flags,
                             (size_t)cfg->smem_bytes, place->stream, params);
 }
 
@@ -392,6 +396,9 @@ dinf_status dinf__fp8_gemm_cuda_config(const char *func, const dinf__place *plac
     if (!driver.encode)
         return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "%s", driver.error);
 
+    int pdl;
+    if ((st = dinf__fp8_pdl_from_env(func, &pdl)) != DINF_STATUS_OK)
+        return st;
     dinf__fp8_launch_plan plan;
     if (forced) {
         dinf__fp8_plan_config(p, num_sms, forced, &plan);
@@ -409,7 +416,7 @@ dinf_status dinf__fp8_gemm_cuda_config(const char *func, const dinf__place *plac
         return cuda_fail(func, "making the device current", err);
     st = dinf__cuda_check_stream(func, place->device, place->stream);
     if (st == DINF_STATUS_OK)
-        st = launch_planned(func, place, &plan);
+        st = launch_planned(func, place, &plan, pdl);
     dinf__cuda_guard_leave(&guard);
     return st;
 }

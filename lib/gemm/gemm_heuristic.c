@@ -205,6 +205,19 @@ dinf_status dinf__fp8_kernel_from_env(const char *func, int *kernel) {
                       "DINF_FP8_GEMM_KERNEL=\"%.64s\" is not \"fast\" or \"simple\"", v);
 }
 
+dinf_status dinf__fp8_pdl_from_env(const char *func, int *pdl) {
+    const char *v = getenv("DINF_FP8_GEMM_PDL");
+    *pdl = 1;
+    if (!v || !*v || strcmp(v, "1") == 0)
+        return DINF_STATUS_OK;
+    if (strcmp(v, "0") == 0) {
+        *pdl = 0;
+        return DINF_STATUS_OK;
+    }
+    return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                      "DINF_FP8_GEMM_PDL=\"%.64s\" is not \"0\" or \"1\"", v);
+}
+
 void dinf__fp8_jit_config(const dinf__fp8_config *c, dinf_jit_kernel_config *out) {
     memset(out, 0, sizeof *out);
     out->size = sizeof *out;

@@ -85,6 +85,11 @@ dinf__fp8_config dinf__fp8_heuristic_simple(int gemm_type, int64_t m, int64_t n,
  * switch rungs in one process). */
 dinf_status dinf__fp8_kernel_from_env(const char *func, int *kernel);
 
+/* Programmatic dependent launch of the fast rung: $DINF_FP8_GEMM_PDL = "1"
+ * (or unset or empty) -> *pdl = 1, "0" -> 0, anything else INVALID_ARGUMENT
+ * naming the value (*pdl = 1). Read at every GPU call (an A/B switch). */
+dinf_status dinf__fp8_pdl_from_env(const char *func, int *pdl);
+
 /* The heuristic of a rung. */
 dinf__fp8_config dinf__fp8_choose(int kernel, int gemm_type, int64_t m, int64_t n, int64_t k,
                                   int64_t num_groups, int num_sms);

@@ -1338,7 +1338,8 @@ Test(gemm_fast_replay, split_k_pairs_add_the_partner_partial_every_form) {
 
 /* ---------------------------------------------------------------- SASS -- */
 
-Test(gemm_fast_jit, sass_has_fp8_wgmma_tma_multicast_stores_and_setmaxnreg_where_nvdisasm_exists,
+Test(gemm_fast_jit,
+     sass_has_fp8_wgmma_tma_multicast_stores_setmaxnreg_and_griddep_where_nvdisasm_exists,
      .fini = cleanup_cache) {
 #if !DINF_WITH_CUDA
     cr_skip_test("CPU-only build (make CUDA=0): no JIT");
@@ -1375,7 +1376,23 @@ Test(gemm_fast_jit, sass_has_fp8_wgmma_tma_multicast_stores_and_setmaxnreg_where
         cr_assert_not_null(p);
         int qgmma = 0, loads = 0, multicast = 0, tma_stores = 0, local = 0, setmaxreg = 0;
         int remote_stores = 0;
+        /* griddepcontrol.wait is ACQBULK in the SASS, launch_dependents
+         * PREEXIT (nvdisasm of CUDA 13). Global accesses (TMA, LDG/STG,
+         * generic LD/ST, atomics) listed before the ACQBULK: none (the
+         * kernel's straight-line prologue precedes the role split). */
+        int acqbulk = 0, preexit = 0, global_before_wait = 0;
+        char first_global[256] = "";
         while (fgets(line, sizeof line, p)) {
+            acqbulk += strstr(line, "ACQBULK") != NULL;
+            preexit += strstr(line, "PREEXIT") != NULL;
+            if (!acqbulk && (strstr(line, "UTMALDG") || strstr(line, "UTMASTG") ||
+                             strstr(line, "UBLKCP") || strstr(line, " LDG") ||
+                             strstr(line, " STG") || strstr(line, " LD.E") ||
+                             strstr(line, " ST.E") || strstr(line, " RED") ||
+                             strstr(line, " ATOM"))) {
+                if (!global_before_wait++)
+                    snprintf(first_global, sizeof first_global, "%.200s", line);
+            }
             qgmma += strstr(line, "QGMMA.64x") != NULL;
             loads += strstr(line, "UTMALDG.3D") != NULL;
             multicast += strstr(line, "UTMALDG.3D.MULTICAST") != NULL;
@@ -1395,6 +1412,12 @@ Test(gemm_fast_jit, sass_has_fp8_wgmma_tma_multicast_stores_and_setmaxnreg_where
         cr_assert_eq(local, 0, "config %d: local memory in the SASS", i);
         cr_assert_eq(setmaxreg, configs[i][1] >= 128 ? 2 : 0, "config %d: %d SETMAXREG", i,
                      setmaxreg);
+        cr_assert_eq(acqbulk, 1, "config %d: %d ACQBULK (griddepcontrol.wait)", i, acqbulk);
+        cr_assert_eq(preexit, 1, "config %d: %d PREEXIT (griddepcontrol.launch_dependents)", i,
+                     preexit);
+        cr_assert_eq(global_before_wait, 0,
+                     "config %d: %d global accesses listed before griddepcontrol.wait, first: %s",
+                     i, global_before_wait, first_global);
     }
 #endif
 }

@@ -736,6 +736,47 @@ static dinf__fp8_gpu_problem fake_problem(int form) {
         cr_assert_str_eq(dinf_last_error(), (msg));                                                \
     } while (0)
 
+/* DINF_FP8_GEMM_PDL: programmatic dependent launch of the fast rung, on by
+ * default ("1", unset or empty), off with "0", anything else refused with a
+ * message naming the value (the GPU path reads it at every call; the
+ * emulator's harness checks the launch attribute each way). */
+Test(gemm_heuristic, pdl_switch_from_env) {
+    int pdl = -1;
+    cr_assert_eq(unsetenv("DINF_FP8_GEMM_PDL"), 0);
+    cr_assert_eq(dinf__fp8_pdl_from_env("f", &pdl), DINF_STATUS_OK);
+    cr_assert_eq(pdl, 1);
+    cr_assert_eq(setenv("DINF_FP8_GEMM_PDL", "", 1), 0);
+    pdl = -1;
+    cr_assert_eq(dinf__fp8_pdl_from_env("f", &pdl), DINF_STATUS_OK);
+    cr_assert_eq(pdl, 1);
+    cr_assert_eq(setenv("DINF_FP8_GEMM_PDL", "0", 1), 0);
+    cr_assert_eq(dinf__fp8_pdl_from_env("f", &pdl), DINF_STATUS_OK);
+    cr_assert_eq(pdl, 0);
+    cr_assert_eq(setenv("DINF_FP8_GEMM_PDL", "1", 1), 0);
+    cr_assert_eq(dinf__fp8_pdl_from_env("f", &pdl), DINF_STATUS_OK);
+    cr_assert_eq(pdl, 1);
+    const char *bad[] = {"2", "on", "true", "01", " 1", "1 ", "-1", "yes"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cr_assert_eq(setenv("DINF_FP8_GEMM_PDL", bad[i], 1), 0);
+        pdl = -1;
+        cr_assert_eq(dinf__fp8_pdl_from_env("dinf_fp8_gemm_nt", &pdl), DINF_STATUS_INVALID_ARGUMENT,
+                     "\"%s\" accepted", bad[i]);
+        cr_assert_eq(pdl, 1);
+        char want[128];
+        snprintf(want, sizeof want, "dinf_fp8_gemm_nt: DINF_FP8_GEMM_PDL=\"%s\" is not \"0\" or \"1\"",
+                 bad[i]);
+        cr_assert_str_eq(dinf_last_error(), want);
+    }
+    /* a long value is cut in the message, never overflows it */
+    char longv[300];
+    memset(longv, 'x', sizeof longv - 1);
+    longv[sizeof longv - 1] = '\0';
+    cr_assert_eq(setenv("DINF_FP8_GEMM_PDL", longv, 1), 0);
+    cr_assert_eq(dinf__fp8_pdl_from_env("f", &pdl), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert_eq(strlen(dinf_last_error()), strlen("f: DINF_FP8_GEMM_PDL=\"\" is not \"0\" or \"1\"") + 64);
+    cr_assert_eq(unsetenv("DINF_FP8_GEMM_PDL"), 0);
+}
+
 Test(gemm_gpu_rules, each_rule_is_rejected_with_its_message) {
     const dinf_status INV = DINF_STATUS_INVALID_ARGUMENT, UNS = DINF_STATUS_UNSUPPORTED;
     for (int form = 0; form < 3; form++) {
@@ -1030,10 +1071,12 @@ Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_s
 }
 
 /* Occurrences of word in the text read from f. */
-static void count_sass(FILE *f, int *qgmma, int *tma_loads, int *local) {
+static void count_sass(FILE *f, int *qgmma, int *tma_loads, int *local, int *griddep) {
     char line[1024];
-    *qgmma = *tma_loads = *local = 0;
+    *qgmma = *tma_loads = *local = *griddep = 0;
     while (fgets(line, sizeof line, f)) {
+        /* griddepcontrol.wait / launch_dependents (ACQBULK / PREEXIT) */
+        *griddep += strstr(line, "ACQBULK") != NULL || strstr(line, "PREEXIT") != NULL;
         *qgmma += strstr(line, "QGMMA.64x") != NULL;
         *tma_loads += strstr(line, "UTMALDG.3D") != NULL;
         *local += strstr(line, " LDL") != NULL || strstr(line, " STL") != NULL;
@@ -1069,13 +1112,15 @@ Test(gemm_jit, sass_uses_fp8_tensor_cores_and_tma_where_nvdisasm_exists, .fini =
         snprintf(cmd, sizeof cmd, "'%s' '%s'", nvdisasm, path);
         FILE *p = popen(cmd, "r");
         cr_assert_not_null(p);
-        int qgmma, tma, local;
-        count_sass(p, &qgmma, &tma, &local);
+        int qgmma, tma, local, griddep;
+        count_sass(p, &qgmma, &tma, &local, &griddep);
         cr_assert_eq(pclose(p), 0, "%s failed", cmd);
         /* Four wgmma k32 steps per 128-k block (the loop body), three TMA loads per stage. */
         cr_assert_eq(qgmma, 4, "config %d: %d QGMMA instructions", i, qgmma);
         cr_assert_eq(tma, 3, "config %d: %d UTMALDG.3D instructions", i, tma);
         cr_assert_eq(local, 0, "config %d: local memory accesses in the SASS", i);
+        /* the simple rung (the reference) is never launched with PDL */
+        cr_assert_eq(griddep, 0, "config %d: griddepcontrol in the simple rung's SASS", i);
     }
 #endif
 }

@@ -16,6 +16,10 @@
  *     with DINF_FP8_GEMM_KERNEL), and the fast rung with configs the
  *     heuristic does not pick on these shapes (every block_n, 1- and 2-CTA
  *     clusters, phantom partners, masked partial tiles) against the CPU.
+ *   - programmatic dependent launch (DINF_FP8_GEMM_PDL, on and off): GEMMs
+ *     launched right behind the kernels that produce their inputs, many
+ *     rounds back-to-back, each against the CPU; captured into a graph as a
+ *     programmatic edge.
  * Inputs are quantized on the GPU by dinf_fp8_quantize (1x128 for A, 128x128
  * for B) and A's scales transposed by dinf_fp8_scale_layout_mn_major.
  * Skipped, visibly, without a usable device; a failure under
@@ -180,8 +184,8 @@ static void ref_gemm(const float *a, int64_t lda, const float *b, int64_t ldb, f
     void *args[] = {&a, &lda, &b, &ldb, &d, &ldd, &m, &n, &k};
     const unsigned grid[3] = {(unsigned)cdiv(n, 32), (unsigned)cdiv(m, 32), 1};
     const unsigned block[3] = {32, 32, 1}, cluster[3] = {1, 1, 1};
-    DINF_OK(dinf__jit_launch("test", kernel, 0, grid, block, cluster, 0, (dinf_stream_t)stream,
-                             args));
+    DINF_OK(dinf__jit_launch("test", kernel, 0, grid, block, cluster, 0, 0,
+                             (dinf_stream_t)stream, args));
 }
 
 /*
@@ -816,6 +820,238 @@ static void graph_replay(int eager_first) {
     CUDA_OK(cudaStreamDestroy(stream));
     free(ha), free(hb), free(hsa), free(hsb), free(got), free(want);
     cudaFree(a), cudaFree(b), cudaFree(sa), cudaFree(sb), cudaFree(d), cudaFree(mm);
+}
+
+/* ----------------------------------------- programmatic dependent launch -- */
+
+/*
+ * With PDL (DINF_FP8_GEMM_PDL=1, the default) the fast GEMM's CTAs may start
+ * while the previous kernel on the stream is still running; they must read
+ * nothing before it has completed. Each round quantizes fresh A and B on the
+ * stream (dinf_fp8_quantize, dinf_fp8_scale_layout_mn_major) into buffers
+ * that start as NaN codes, the B quantize immediately before GEMM 1 (its
+ * direct predecessor writes B and the B scales; A and its scales were written
+ * two and one kernels before); then GEMM 2 = A B^T again, but with its A and
+ * B scales read from GEMM 1's output d1 (its float32 view; d1 starts as NaN):
+ * GEMM 1 signals launch_dependents at its start, so GEMM 2's CTAs really run
+ * beside GEMM 1 on the SMs it leaves idle (small m: few tiles) and only the
+ * wait keeps their TMA loads of the A scales and plain loads of the B scales
+ * behind GEMM 1's stores. Rounds go back-to-back with no synchronisation,
+ * each into its own poisoned outputs; then every output is compared with the
+ * CPU GEMM on the data the GPU produced: a read before the wait sees NaN (or
+ * a partial result) and the round fails. Run with PDL on and off.
+ */
+enum { PDL_N = 512, PDL_K = 1024, PDL_KB = PDL_K / 128, PDL_NSB = PDL_N / 128 };
+
+typedef struct pdl_bufs {
+    int64_t m, aligned;
+    int rounds;
+    float *dx, *dy;           /* unquantized inputs, one slice per round */
+    uint8_t *da, *db;         /* [rounds][m][K], [rounds][N][K] */
+    float *sa_rows, *dsa, *dsb;
+    uint16_t *dd, *dd2;       /* [rounds][m][N]: GEMM 1, GEMM 2 */
+} pdl_bufs;
+
+/* GEMM 2's scales inside round r's d1 (its float32 view): A's [KB][aligned]
+ * first, then B's [NSB][KB]. */
+static float *pdl_scales2(const pdl_bufs *b, int r, int which_b) {
+    float *base = (float *)(void *)(b->dd + r * b->m * PDL_N);
+    return which_b ? base + PDL_KB * b->aligned : base;
+}
+
+static void pdl_setup(pdl_bufs *b, int64_t m, int rounds, uint64_t seed) {
+    b->m = m, b->rounds = rounds, b->aligned = cdiv(m, 4) * 4;
+    const size_t xs = (size_t)(rounds * m * PDL_K), ys = (size_t)rounds * PDL_N * PDL_K;
+    float *hx = malloc(xs * 4), *hy = malloc(ys * 4);
+    cr_assert(hx && hy);
+    uint64_t s = seed | 1;
+    for (size_t i = 0; i < xs; i++)
+        hx[i] = rng_float(&s);
+    for (size_t i = 0; i < ys; i++)
+        hy[i] = rng_float(&s);
+    b->dx = dmalloc(xs * 4), b->dy = dmalloc(ys * 4);
+    CUDA_OK(cudaMemcpy(b->dx, hx, xs * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(b->dy, hy, ys * 4, cudaMemcpyHostToDevice));
+    free(hx), free(hy);
+    b->da = dmalloc(xs), b->db = dmalloc(ys);
+    b->sa_rows = dmalloc((size_t)(rounds * m * PDL_KB) * 4);
+    b->dsa = dmalloc((size_t)(rounds * PDL_KB * b->aligned) * 4);
+    b->dsb = dmalloc((size_t)rounds * PDL_NSB * PDL_KB * 4);
+    b->dd = dmalloc((size_t)(rounds * m * PDL_N) * 2);
+    b->dd2 = dmalloc((size_t)(rounds * m * PDL_N) * 2);
+    cr_assert_leq((PDL_KB * b->aligned + PDL_NSB * PDL_KB) * 4, m * PDL_N * 2,
+                  "GEMM 2's scales fit in d1");
+    /* NaN codes everywhere a producer writes (e4m3 0x7F, float 0xFFFFFFFF) */
+    CUDA_OK(cudaMemset(b->da, 0x7F, xs));
+    CUDA_OK(cudaMemset(b->db, 0x7F, ys));
+    CUDA_OK(cudaMemset(b->sa_rows, 0xFF, (size_t)(rounds * m * PDL_KB) * 4));
+    CUDA_OK(cudaMemset(b->dsa, 0xFF, (size_t)(rounds * PDL_KB * b->aligned) * 4));
+    CUDA_OK(cudaMemset(b->dsb, 0xFF, (size_t)rounds * PDL_NSB * PDL_KB * 4));
+    CUDA_OK(cudaMemset(b->dd, POISON_BYTE, (size_t)(rounds * m * PDL_N) * 2));
+    CUDA_OK(cudaMemset(b->dd2, POISON_BYTE, (size_t)(rounds * m * PDL_N) * 2));
+    CUDA_OK(cudaDeviceSynchronize());
+}
+
+static void pdl_free(pdl_bufs *b) {
+    cudaFree(b->dx), cudaFree(b->dy), cudaFree(b->da), cudaFree(b->db), cudaFree(b->sa_rows);
+    cudaFree(b->dsa), cudaFree(b->dsb), cudaFree(b->dd), cudaFree(b->dd2);
+}
+
+/* Round r's producers and two GEMMs, enqueued on exec's stream. */
+static void pdl_enqueue_round(const pdl_bufs *b, int r, const dinf_exec *exec) {
+    const int64_t m = b->m;
+    uint8_t *a = b->da + r * m * PDL_K, *bq = b->db + (size_t)r * PDL_N * PDL_K;
+    float *sa_rows = b->sa_rows + r * m * PDL_KB, *sa = b->dsa + r * PDL_KB * b->aligned;
+    float *sb = b->dsb + r * PDL_NSB * PDL_KB;
+    DINF_OK(dinf_fp8_quantize(b->dx + r * m * PDL_K, DINF_DTYPE_FLOAT32, m, PDL_K, PDL_K, 1, a,
+                              PDL_K, sa_rows, exec));
+    DINF_OK(dinf_fp8_scale_layout_mn_major(sa_rows, m, PDL_KB, sa, NULL, exec));
+    DINF_OK(dinf_fp8_quantize(b->dy + (size_t)r * PDL_N * PDL_K, DINF_DTYPE_FLOAT32, PDL_N, PDL_K,
+                              PDL_K, 128, bq, PDL_K, sb, exec));
+    DINF_OK(dinf_fp8_gemm_nt(m, PDL_N, PDL_K, a, PDL_K, sa, bq, PDL_K, sb,
+                             b->dd + r * m * PDL_N, PDL_N, exec));
+    DINF_OK(dinf_fp8_gemm_nt(m, PDL_N, PDL_K, a, PDL_K, pdl_scales2(b, r, 0), bq, PDL_K,
+                             pdl_scales2(b, r, 1), b->dd2 + r * m * PDL_N, PDL_N, exec));
+}
+
+/* got against want (the CPU's), every element written. */
+static void pdl_compare(const uint16_t *got, const uint16_t *want, int64_t count,
+                        const char *what, int r, int gemm) {
+    diff_acc acc = {0, 0};
+    elem_check ec = ORACLE_ELEM_CHECK;
+    for (int64_t i = 0; i < count; i++)
+        elem_first(&ec, bf16_to_f32(want[i]));
+    for (int64_t i = 0; i < count; i++) {
+        cr_assert_neq(got[i], POISON, "%s round %d GEMM %d: d[%lld] not written", what, r, gemm,
+                      (long long)i);
+        diff_add(&acc, bf16_to_f32(got[i]), bf16_to_f32(want[i]));
+        elem_second(&ec, (long long)i, bf16_to_f32(got[i]), bf16_to_f32(want[i]));
+    }
+    cr_assert_lt(diff_value(&acc), 1e-4, "%s round %d GEMM %d: calc_diff %g against the CPU",
+                 what, r, gemm, diff_value(&acc));
+    cr_assert_leq(ec.worst, 1.0, "%s round %d GEMM %d: d[%lld] GPU %g, CPU %g: %.3g bounds apart",
+                  what, r, gemm, ec.worst_index, ec.worst_got, ec.worst_want, ec.worst);
+}
+
+/* Every round's output against the CPU GEMM on that round's quantized data. */
+static void pdl_check_rounds(const pdl_bufs *b, int first, int count, const char *what) {
+    const int64_t m = b->m;
+    uint8_t *ha = malloc((size_t)(m * PDL_K)), *hb = malloc((size_t)PDL_N * PDL_K);
+    float *hsa = malloc((size_t)(PDL_KB * b->aligned) * 4), *hsb = malloc(PDL_NSB * PDL_KB * 4);
+    uint16_t *got = malloc((size_t)(m * PDL_N) * 2), *want = malloc((size_t)(m * PDL_N) * 2);
+    cr_assert(ha && hb && hsa && hsb && got && want);
+    for (int r = first; r < first + count; r++) {
+        CUDA_OK(cudaMemcpy(ha, b->da + r * m * PDL_K, (size_t)(m * PDL_K), cudaMemcpyDeviceToHost));
+        CUDA_OK(cudaMemcpy(hb, b->db + (size_t)r * PDL_N * PDL_K, (size_t)PDL_N * PDL_K,
+                           cudaMemcpyDeviceToHost));
+        CUDA_OK(cudaMemcpy(hsa, b->dsa + r * PDL_KB * b->aligned,
+                           (size_t)(PDL_KB * b->aligned) * 4, cudaMemcpyDeviceToHost));
+        CUDA_OK(cudaMemcpy(hsb, b->dsb + r * PDL_NSB * PDL_KB, PDL_NSB * PDL_KB * 4,
+                           cudaMemcpyDeviceToHost));
+        CUDA_OK(cudaMemcpy(got, b->dd + r * m * PDL_N, (size_t)(m * PDL_N) * 2,
+                           cudaMemcpyDeviceToHost));
+        memset(want, POISON_BYTE, (size_t)(m * PDL_N) * 2);
+        DINF_OK(dinf_fp8_gemm_nt(m, PDL_N, PDL_K, ha, PDL_K, hsa, hb, PDL_K, hsb, want, PDL_N,
+                                 NULL));
+        pdl_compare(got, want, m * PDL_N, what, r, 1);
+        /* GEMM 2: the same A and B, its scales the float32 view of d1 (got) */
+        memcpy(hsa, got, (size_t)(PDL_KB * b->aligned) * 4);
+        memcpy(hsb, (const float *)(const void *)got + PDL_KB * b->aligned, PDL_NSB * PDL_KB * 4);
+        CUDA_OK(cudaMemcpy(got, b->dd2 + r * m * PDL_N, (size_t)(m * PDL_N) * 2,
+                           cudaMemcpyDeviceToHost));
+        memset(want, POISON_BYTE, (size_t)(m * PDL_N) * 2);
+        DINF_OK(dinf_fp8_gemm_nt(m, PDL_N, PDL_K, ha, PDL_K, hsa, hb, PDL_K, hsb, want, PDL_N,
+                                 NULL));
+        pdl_compare(got, want, m * PDL_N, what, r, 2);
+    }
+    free(ha), free(hb), free(hsa), free(hsb), free(got), free(want);
+}
+
+Test(gemm_gpu, pdl_gemm_right_behind_its_producers_reads_only_their_finished_output) {
+    const int64_t ms[] = {64, 128}; /* the small-M DeepSeek-V3 decode sizes PDL is for */
+    const char *const settings[] = {"1", "0"};
+    enum { ROUNDS = 12 };
+    for (int si = 0; si < 2; si++)
+        for (int mi = 0; mi < 2; mi++) {
+            cr_assert_eq(setenv("DINF_FP8_GEMM_PDL", settings[si], 1), 0);
+            char what[64];
+            snprintf(what, sizeof what, "PDL=%s m=%lld", settings[si], (long long)ms[mi]);
+            pdl_bufs b;
+            pdl_setup(&b, ms[mi], ROUNDS, 777 + (uint64_t)(10 * si + mi));
+            cudaStream_t stream;
+            CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+            dinf_exec exec = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)stream);
+            /* Compile and load outside the rounds (a first call JIT-compiles),
+             * on scratch data, so the rounds' launches go back-to-back. */
+            uint16_t *scratch = dmalloc((size_t)(ms[mi] * PDL_N) * 2);
+            DINF_OK(dinf_fp8_gemm_nt(ms[mi], PDL_N, PDL_K, b.da, PDL_K, b.dsa, b.db, PDL_K, b.dsb,
+                                     scratch, PDL_N, &exec));
+            CUDA_OK(cudaStreamSynchronize(stream));
+            for (int r = 0; r < ROUNDS; r++)
+                pdl_enqueue_round(&b, r, &exec);
+            CUDA_OK(cudaStreamSynchronize(stream));
+            CUDA_OK(cudaGetLastError());
+            pdl_check_rounds(&b, 0, ROUNDS, what);
+            cr_log_info("%s: %d back-to-back rounds match the CPU", what, ROUNDS);
+            cudaFree(scratch);
+            CUDA_OK(cudaStreamDestroy(stream));
+            pdl_free(&b);
+        }
+    unsetenv("DINF_FP8_GEMM_PDL");
+}
+
+Test(gemm_gpu, pdl_gemm_in_a_graph_capture_is_a_programmatic_edge_and_replays) {
+    /* Captured into a CUDA graph, each PDL launch becomes a programmatic
+     * edge: the B quantize -> GEMM 1, GEMM 1 -> GEMM 2 (none with
+     * DINF_FP8_GEMM_PDL=0); the graph replays and matches the CPU. */
+    const char *const settings[] = {"1", "0"};
+    for (int si = 0; si < 2; si++) {
+        cr_assert_eq(setenv("DINF_FP8_GEMM_PDL", settings[si], 1), 0);
+        pdl_bufs b;
+        pdl_setup(&b, 128, 1, 4242 + (uint64_t)si);
+        cudaStream_t stream;
+        CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+        dinf_exec exec = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)stream);
+        /* first call outside the capture (compile and load) */
+        pdl_enqueue_round(&b, 0, &exec);
+        CUDA_OK(cudaStreamSynchronize(stream));
+        CUDA_OK(cudaMemset(b.dd, POISON_BYTE, (size_t)(b.m * PDL_N) * 2));
+        CUDA_OK(cudaMemset(b.dd2, POISON_BYTE, (size_t)(b.m * PDL_N) * 2));
+        CUDA_OK(cudaMemset(b.da, 0x7F, (size_t)(b.m * PDL_K)));
+        CUDA_OK(cudaMemset(b.db, 0x7F, (size_t)PDL_N * PDL_K));
+        CUDA_OK(cudaDeviceSynchronize());
+        cudaGraph_t graph;
+        cudaGraphExec_t instance;
+        CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+        pdl_enqueue_round(&b, 0, &exec);
+        CUDA_OK(cudaStreamEndCapture(stream, &graph));
+        size_t edges = 0;
+        CUDA_OK(cudaGraphGetEdges(graph, NULL, NULL, NULL, &edges));
+        cr_assert_gt(edges, 0);
+        cudaGraphNode_t *from = calloc(edges, sizeof *from), *to = calloc(edges, sizeof *to);
+        cudaGraphEdgeData *data = calloc(edges, sizeof *data);
+        cr_assert(from && to && data);
+        CUDA_OK(cudaGraphGetEdges(graph, from, to, data, &edges));
+        int programmatic = 0;
+        for (size_t e = 0; e < edges; e++)
+            if (data[e].type == cudaGraphDependencyTypeProgrammatic) {
+                programmatic++;
+                cr_log_info("PDL=%s: programmatic edge, from port %u", settings[si],
+                            (unsigned)data[e].from_port);
+            }
+        cr_assert_eq(programmatic, si == 0 ? 2 : 0, "PDL=%s: %d programmatic edges of %zu",
+                     settings[si], programmatic, edges);
+        free(from), free(to), free(data);
+        CUDA_OK(cudaGraphInstantiate(&instance, graph, 0));
+        CUDA_OK(cudaGraphLaunch(instance, stream));
+        CUDA_OK(cudaStreamSynchronize(stream));
+        pdl_check_rounds(&b, 0, 1, si == 0 ? "graph PDL=1" : "graph PDL=0");
+        CUDA_OK(cudaGraphExecDestroy(instance));
+        CUDA_OK(cudaGraphDestroy(graph));
+        CUDA_OK(cudaStreamDestroy(stream));
+        pdl_free(&b);
+    }
+    unsetenv("DINF_FP8_GEMM_PDL");
 }
 
 /* -------------------------------------------------------- bad input -- */

@@ -98,7 +98,7 @@ static void run_scale_rows(int block_threads, int elems, int bf16, int64_t rows,
     unsigned grid[3] = {(unsigned)(rows < 64 ? rows : 64), 1, 1};
     unsigned block[3] = {(unsigned)block_threads, 1, 1};
     unsigned cluster[3] = {1, 1, 1};
-    cr_assert_eq(dinf__jit_launch("test", kernel, 0, grid, block, cluster, 0, NULL, args),
+    cr_assert_eq(dinf__jit_launch("test", kernel, 0, grid, block, cluster, 0, 0, NULL, args),
                  DINF_STATUS_OK, "%s", dinf_last_error());
     CUDA_OK(cudaDeviceSynchronize());
     CUDA_OK(cudaMemcpy(y, dy, (size_t)(rows * ld_y) * out_elem, cudaMemcpyDeviceToHost));

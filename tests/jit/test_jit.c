@@ -357,6 +357,31 @@ Test(jit_api, argument_checks) {
 #endif
 }
 
+/* dinf__jit_launch flags: DINF__JIT_LAUNCH_PDL only (the attribute itself is
+ * exercised by the GPU suites and the sm90-emu harness); an unknown bit is
+ * the library's bug, refused before any CUDA call. */
+Test(jit_api, launch_refuses_unknown_flag_bits_before_any_cuda_call) {
+    dinf__jit_kernel fake;
+    memset(&fake, 0, sizeof fake);
+    fake.kernel = &fake; /* never dereferenced: the flags are checked first */
+    fake.loaded_registers = fake.loaded_static_smem = -1;
+    const unsigned grid[3] = {1, 1, 1}, block[3] = {32, 1, 1}, cluster[3] = {1, 1, 1};
+    cr_assert_eq(DINF__JIT_LAUNCH_PDL, 1u);
+    const unsigned bad[] = {2u, 4u, 0x80000000u, DINF__JIT_LAUNCH_PDL | 8u};
+    for (int i = 0; i < 4; i++) {
+        const dinf_status st =
+            dinf__jit_launch("test", &fake, 0, grid, block, cluster, bad[i], 0, NULL, NULL);
+#if DINF_WITH_CUDA
+        cr_assert_eq(st, DINF_STATUS_INTERNAL, "flags 0x%x: %s", bad[i], dinf_last_error());
+        char want[64];
+        snprintf(want, sizeof want, "test: launch flags 0x%x: unknown bits", bad[i]);
+        cr_assert_str_eq(dinf_last_error(), want);
+#else
+        cr_assert_eq(st, DINF_STATUS_UNSUPPORTED);
+#endif
+    }
+}
+
 Test(jit_api, nvrtc_version_and_stats) {
     require_nvrtc();
     int major = 0, minor = -1;

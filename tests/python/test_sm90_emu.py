@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 
 def run(args=(), timeout=300, **env):
     e = dict(os.environ)
-    for k in ("MUT", "MUT_FILE", "EMU_CONFIGS", "EMU_SEED", "EMU_SEEDS", "EMU_MMA", "EMU_SKEW", "EMU_RANDOM",
+    for k in ("MUT", "MUT_FILE", "DINF_FP8_GEMM_PDL", "EMU_CONFIGS", "EMU_SEED", "EMU_SEEDS", "EMU_MMA", "EMU_SKEW", "EMU_RANDOM",
               "EMU_RANDOM_SEED", "EMU_ROOT", "EMU_FAST_ALL", "EMU_SAN", "MAKEFLAGS", "MFLAGS"):
         e.pop(k, None)
     # the emulator compiles the library sources itself (not the build under
@@ -70,6 +70,27 @@ def test_block_m_256_waves_bitwise_in_cpu_order():
     ok = [l for l in r.stdout.splitlines() if l.startswith("ok ")]
     assert len(ok) == 8 and all("bitwise" in l and " config 256x" in l for l in ok), r.stdout
     assert "PASSED: 0 of 8 runs failed" in r.stdout
+
+
+def test_fast_rung_launches_with_pdl_unless_switched_off():
+    """DINF_FP8_GEMM_PDL: the fast rung's launches carry the programmatic
+    stream serialization attribute by default (and every thread of the grid
+    passes griddepcontrol.wait: the harness counts them), not with "0"; the
+    simple rung never; any other value is refused before a launch."""
+    r = run(["fast_"], EMU_SEED=4)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ok = [l for l in r.stdout.splitlines() if l.startswith("ok ")]
+    assert len(ok) == 10 and all(", pdl 1," in l for l in ok), r.stdout
+    r = run(["fast_masked"], EMU_SEED=4, DINF_FP8_GEMM_PDL="0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    ok = [l for l in r.stdout.splitlines() if l.startswith("ok ")]
+    assert len(ok) == 4 and all(", pdl 0," in l for l in ok), r.stdout
+    r = run(["normal_bm64_bn32_s2"], EMU_SEED=4)
+    assert r.returncode == 0 and ", pdl 0," in r.stdout, r.stdout + r.stderr
+    r = run(["fast_normal_bn96_c1"], EMU_SEED=4, DINF_FP8_GEMM_PDL="on")
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert ('emulated run returned invalid argument: dinf_fp8_gemm_nt: DINF_FP8_GEMM_PDL="on" '
+            'is not "0" or "1"') in r.stdout, r.stdout
 
 
 def test_selftest_of_paths_no_kernel_here_uses():
@@ -143,6 +164,31 @@ LONG_MUTATIONS = [
      "    return (math_wg * waves + wave) * 64 + warp * 16 + lane / 4 + 8 * half;|||"
      "    return (math_wg + wave) * 64 + warp * 16 + lane / 4 + 8 * half;", "bad elements"),
 ]
+# Programmatic dependent launch (fast rung): every thread must pass
+# griddepcontrol.wait before its first global access. The emulator closes
+# every buffer the kernel can reach (PROT_NONE) to a thread that has not,
+# and refuses a TMA issued before it. '&&&' joins several changes.
+_PDL = "    griddep_wait();\n    griddep_launch_dependents();"
+PDL_MUTATIONS = [
+    # the wait removed
+    ("fast_normal_bn96_c1", "0,128,96,3,1,1", _PDL + "|||    griddep_launch_dependents();",
+     "before griddepcontrol.wait"),
+    # the producer waits only after its first TMA load (of A)
+    ("fast_normal_bn96_c1", "0,128,96,3,1,1",
+     _PDL + "|||    if (warpgroup != 0)\n        griddep_wait();\n    griddep_launch_dependents();&&&"
+     "                        tma_load_3d(a_dst, &map_a, &full[s], k0, m0, a_group);|||"
+     "                        { tma_load_3d(a_dst, &map_a, &full[s], k0, m0, a_group); griddep_wait(); }",
+     "cp.async.bulk.tensor (TMA load) issued before griddepcontrol.wait"),
+    # the math warpgroups never wait: the scheduler's read of masked_m faults
+    ("fast_masked_bn80_c1", "2,64,80,3,1,1",
+     _PDL + "|||    if (warpgroup == 0)\n        griddep_wait();\n    griddep_launch_dependents();",
+     "global memory access to group_info (m_indices / masked_m) (byte 0) before griddepcontrol.wait"),
+    # split-K cluster, multicast partner: only rank 0 waits
+    ("fast_normal_bn48_split", "0,128,48,2,2,2",
+     _PDL + "|||    if (rank == 0)\n        griddep_wait();\n    griddep_launch_dependents();",
+     "before griddepcontrol.wait"),
+]
+MUTATIONS += PDL_MUTATIONS
 if os.environ.get("SM90_EMU_LONG") == "1":
     MUTATIONS += LONG_MUTATIONS
 

@@ -164,10 +164,26 @@ dinf_status dinf__jit_get_kernel(const char *func, const dinf_jit_kernel_config 
     return DINF_STATUS_OK;
 }
 
+#ifdef DINF__JIT_LAUNCH_PDL
+int emu_has_pdl(void) { return 1; }
+dinf_status dinf__jit_launch(const char *func, const dinf__jit_kernel *kernel, int device,
+                             const unsigned grid[3], const unsigned block[3], const unsigned cluster[3],
+                             unsigned flags, size_t dynamic_shared_bytes, dinf_stream_t stream,
+                             void **args) {
+#else
+/* A checkout (EMU_ROOT) from before programmatic dependent launch: the
+ * launch has no flags argument. */
+#define DINF__JIT_LAUNCH_PDL 1u
+int emu_has_pdl(void) { return 0; }
 dinf_status dinf__jit_launch(const char *func, const dinf__jit_kernel *kernel, int device,
                              const unsigned grid[3], const unsigned block[3], const unsigned cluster[3],
                              size_t dynamic_shared_bytes, dinf_stream_t stream, void **args) {
+    const unsigned flags = 0;
+#endif
     (void)stream;
+    /* jit_load.c's rule: unknown flag bits are the library's bug */
+    if (flags & ~DINF__JIT_LAUNCH_PDL)
+        return dinf__fail(DINF_STATUS_INTERNAL, func, "launch flags 0x%x: unknown bits", flags);
     if (device != 0)
         return dinf__fail(DINF_STATUS_CUDA_ERROR, func, "sm90-emu: device %d", device);
     if (dynamic_shared_bytes > 232448)
@@ -181,7 +197,9 @@ dinf_status dinf__jit_launch(const char *func, const dinf__jit_kernel *kernel, i
     emu_host_stats.last_block = block[0];
     emu_host_stats.last_smem = dynamic_shared_bytes;
     emu_host_stats.last_cluster = cluster[0] ? cluster[0] * cluster[1] * cluster[2] : 1;
-    emu_launch_kernel(kernel->kernel, grid, block, cluster, dynamic_shared_bytes, args);
+    emu_host_stats.last_pdl = (flags & DINF__JIT_LAUNCH_PDL) != 0;
+    emu_launch_kernel(kernel->kernel, grid, block, cluster, dynamic_shared_bytes,
+                      (flags & DINF__JIT_LAUNCH_PDL) != 0, args);
     return DINF_STATUS_OK;
 }
 

@@ -38,11 +38,15 @@ extern "C" const char *emu_kernel_info(int i, int *nparams, long long params[8])
 }
 
 extern "C" void emu_launch_kernel(const void *entry, const unsigned grid[3], const unsigned block[3],
-                                  const unsigned cluster[3], size_t smem, void **args) {
+                                  const unsigned cluster[3], size_t smem, int pdl, void **args) {
     const EmuKernel *k = (const EmuKernel *)entry;
     emu::launch({grid[0], grid[1], grid[2]}, {block[0], block[1], block[2]},
-                {cluster[0], cluster[1], cluster[2]}, smem, [k, args] { k->run(args); });
+                {cluster[0], cluster[1], cluster[2]}, smem, [k, args] { k->run(args); }, pdl != 0);
 }
+extern "C" void emu_global_guard_add(const void *p, size_t bytes, const char *name) {
+    emu::global_guard_add(p, bytes, name);
+}
+extern "C" long long emu_griddep_waits(void) { return emu::stat_griddep_waits; }
 extern "C" void emu_global_add(const void *p, size_t bytes, const char *name) { emu::global_add(p, bytes, name); }
 extern "C" void emu_global_clear(void) { emu::global_clear(); }
 extern "C" int emu_skew(void) { return emu::skew; }

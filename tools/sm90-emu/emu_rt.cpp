@@ -6,6 +6,7 @@
 #include "emu_rt.h"
 
 #include <setjmp.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -35,6 +36,7 @@ struct Fiber {
     const char *coll_name = "";
     unsigned long long cl_arrived_phase = 0; /* cluster barrier: phase of its arrive */
     bool cl_pending = false;
+    bool griddep = false; /* passed griddepcontrol.wait */
     void *ext = nullptr;
 };
 
@@ -447,7 +449,63 @@ static std::vector<GBuf> gbufs;
 void global_add(const void *p, size_t bytes, const char *name) {
     gbufs.push_back({(uintptr_t)p, (uintptr_t)p + bytes, name});
 }
-void global_clear() { gbufs.clear(); }
+/* PDL guards (see emu_rt.h). */
+struct GGuard {
+    uintptr_t lo, hi;
+    const char *name;
+};
+static std::vector<GGuard> gguards;
+static bool g_pdl = false, guards_closed = false;
+long long stat_griddep_waits = 0;
+static size_t page_bytes() { return (size_t)sysconf(_SC_PAGESIZE); }
+static void guards_set(bool closed) {
+    if (closed == guards_closed)
+        return;
+    for (const GGuard &g : gguards)
+        if (mprotect((void *)g.lo, g.hi - g.lo, closed ? PROT_NONE : PROT_READ | PROT_WRITE) != 0)
+            fail("mprotect of the PDL guard of %s failed", g.name);
+    guards_closed = closed;
+}
+static void on_segv(int sig, siginfo_t *info, void *) {
+    const uintptr_t a = (uintptr_t)info->si_addr;
+    if (guards_closed)
+        for (const GGuard &g : gguards)
+            if (a >= g.lo && a < g.hi) {
+                guards_closed = false; /* fail() may print through the harness's buffers */
+                for (const GGuard &h : gguards)
+                    mprotect((void *)h.lo, h.hi - h.lo, PROT_READ | PROT_WRITE);
+                fail("global memory access to %s (byte %zu) before griddepcontrol.wait in a kernel "
+                     "launched with programmatic dependent launch",
+                     g.name, (size_t)(a - g.lo));
+            }
+    signal(sig, SIG_DFL); /* not ours: fault again, as without the handler */
+}
+void global_guard_add(const void *p, size_t bytes, const char *name) {
+    const size_t page = page_bytes();
+    if ((uintptr_t)p % page)
+        fail("global_guard_add(%s): %p is not page-aligned", name, p);
+    gguards.push_back({(uintptr_t)p, (uintptr_t)p + (bytes + page - 1) / page * page, name});
+}
+void griddep_wait() {
+    if (cur >= 0 && !fibers[cur].griddep) {
+        fibers[cur].griddep = true;
+        if (g_pdl)
+            stat_griddep_waits++;
+    }
+    guards_set(false);
+    maybe_yield();
+}
+void griddep_check(const char *what) {
+    if (g_pdl && cur >= 0 && !fibers[cur].griddep)
+        fail("%s before griddepcontrol.wait in a kernel launched with programmatic dependent "
+             "launch",
+             what);
+}
+void global_clear() {
+    guards_set(false);
+    gbufs.clear();
+    gguards.clear();
+}
 void global_check(const void *p, size_t bytes, const char *what) {
     const uintptr_t a = (uintptr_t)p;
     for (const GBuf &g : gbufs)
@@ -581,6 +639,7 @@ static void run_cluster(const std::vector<U3> &ids, const std::function<void()> 
             std::function<void()> fn = std::move(asyncs[i].fn);
             asyncs.erase(asyncs.begin() + (long)i);
             cur = -1;
+            guards_set(false); /* the copy engine: issued by a thread that passed the wait */
             fn();
             stat_async++;
             continue;
@@ -595,6 +654,7 @@ static void run_cluster(const std::vector<U3> &ids, const std::function<void()> 
         cur = fi;
         Fiber &f = fibers[fi];
         f.st = RUNNING;
+        guards_set(g_pdl && !f.griddep);
         if (!_setjmp(sched_jb)) {
             if (!f.started) {
                 f.started = true;
@@ -605,6 +665,7 @@ static void run_cluster(const std::vector<U3> &ids, const std::function<void()> 
         cur = -1;
     }
     cur = -1;
+    guards_set(false);
     for (unsigned r = 0; r < cluster_n; r++) {
         for (auto it = mbars.begin(); it != mbars.end();) {
             const uint8_t *p = (const uint8_t *)it->first;
@@ -619,7 +680,21 @@ static void run_cluster(const std::vector<U3> &ids, const std::function<void()> 
     fibers.clear();
 }
 
-void launch(U3 grid, U3 block, U3 cluster, size_t smem, const std::function<void()> &body) {
+void launch(U3 grid, U3 block, U3 cluster, size_t smem, const std::function<void()> &body,
+            bool pdl) {
+    g_pdl = pdl;
+    if (pdl && !gguards.empty()) {
+        static bool installed = false;
+        if (!installed) {
+            struct sigaction sa;
+            memset(&sa, 0, sizeof sa);
+            sa.sa_sigaction = on_segv;
+            sa.sa_flags = SA_SIGINFO;
+            sigemptyset(&sa.sa_mask);
+            sigaction(SIGSEGV, &sa, nullptr);
+            installed = true;
+        }
+    }
     if (block.y != 1 || block.z != 1 || block.x == 0 || block.x > 1024)
         fail("launch: block (%u,%u,%u): the emulator runs 1-D blocks of 1..1024 threads", block.x,
              block.y, block.z);
@@ -656,6 +731,7 @@ void launch(U3 grid, U3 block, U3 cluster, size_t smem, const std::function<void
             std::swap(clusters[i - 1], clusters[rnd() % i]);
     for (auto &ids : clusters)
         run_cluster(ids, body);
+    g_pdl = false;
 }
 
 } // namespace emu

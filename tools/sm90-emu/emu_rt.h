@@ -100,14 +100,34 @@ void global_clear();
 /* p .. p+bytes inside one registered buffer, else fail(what). */
 void global_check(const void *p, size_t bytes, const char *what);
 
+/* ------------------------------------- programmatic dependent launch -- */
+/* Global memory a kernel launched with programmatic dependent launch (PDL)
+ * must not touch before its griddepcontrol.wait: p page-aligned, the range
+ * rounded up to whole pages (the harness allocates it so). While a thread
+ * that has not passed the wait runs, every guarded range is PROT_NONE (any
+ * load or store of it faults and is reported as an access before
+ * griddepcontrol.wait); otherwise, and outside launches, read-write.
+ * Cleared by global_clear. */
+void global_guard_add(const void *p, size_t bytes, const char *name);
+/* griddepcontrol.wait: this thread may now access global memory. */
+void griddep_wait();
+/* fail(what ...) when the running thread of a PDL launch has not passed
+ * griddepcontrol.wait (TMA issue: the copy itself runs later). */
+void griddep_check(const char *what);
+/* Threads (over all launches) that passed griddepcontrol.wait in a PDL launch. */
+extern long long stat_griddep_waits;
+
 /* --------------------------------------------------------- per thread -- */
 /* One pointer of per-thread storage for the PTX emulation (emu_sm90.cpp). */
 void *&thread_ext_slot();
 
 /* -------------------------------------------------------------- launch -- */
 /* Run body on every thread of grid x block, clusters of `cluster` CTAs run
- * together, `smem` bytes of dynamic shared memory per CTA (poisoned 0xFF). */
-void launch(U3 grid, U3 block, U3 cluster, size_t smem, const std::function<void()> &body);
+ * together, `smem` bytes of dynamic shared memory per CTA (poisoned 0xFF).
+ * pdl: launched with programmatic dependent launch (the global_guard_add
+ * ranges are closed to threads that have not passed griddepcontrol.wait). */
+void launch(U3 grid, U3 block, U3 cluster, size_t smem, const std::function<void()> &body,
+            bool pdl = false);
 /* Called when a thread leaves the kernel (wgmma bookkeeping checks). */
 extern void (*on_thread_exit)();
 extern long long stat_switches, stat_async;

@@ -200,6 +200,7 @@ static void check_dst(const TensorMap &m, const void *dst, const char *what) {
 }
 
 void tma_load(void *dst, const void *map, uint64_t *bar, const int *coords, int rank, uint16_t mask) {
+    griddep_check("cp.async.bulk.tensor (TMA load) issued");
     const TensorMap m = map_check(map, "cp.async.bulk.tensor (load)");
     if (m.rank != rank)
         fail("cp.async.bulk.tensor.%dd with a tensor map of rank %d", rank, m.rank);
@@ -237,6 +238,7 @@ void tma_load(void *dst, const void *map, uint64_t *bar, const int *coords, int 
 }
 
 void tma_store(const void *map, const void *src, const int *coords, int rank) {
+    griddep_check("cp.async.bulk.tensor (TMA store) issued");
     const TensorMap m = map_check(map, "cp.async.bulk.tensor (store)");
     if (m.rank != rank)
         fail("cp.async.bulk.tensor.%dd store with a tensor map of rank %d", rank, m.rank);

@@ -116,8 +116,11 @@ static double bf16_val(uint16_t b) {
     return f;
 }
 
+/* Page-aligned, whole pages: the emulator can close a buffer to threads of a
+ * PDL launch that have not passed griddepcontrol.wait (emu_global_guard_add). */
+static size_t xalloc_bytes(size_t bytes) { return (bytes + 4095) / 4096 * 4096 + 4096; }
 static void *xalloc(size_t bytes) {
-    void *p = aligned_alloc(256, (bytes + 255) / 256 * 256);
+    void *p = aligned_alloc(4096, xalloc_bytes(bytes));
     if (!p) {
         fprintf(stderr, "out of memory\n");
         exit(2);
@@ -182,6 +185,15 @@ static int run_case(const gemm_case *c, unsigned seed, int mode_seq) {
     emu_global_add(sb, sb_count * 4, "b_scales");
     emu_global_add(d_emu, d_count * 2, "d");
     emu_global_add(info, sizeof(int32_t) * (size_t)(c->form == CONTIG ? rows : G), "group_info");
+    /* Every buffer the kernel can reach, closed (PROT_NONE) to a thread of a
+     * PDL launch until it passes griddepcontrol.wait. */
+    emu_global_guard_add(a, a_bytes, "a");
+    emu_global_guard_add(b, b_bytes, "b");
+    emu_global_guard_add(sa, sa_count * 4, "a_scales");
+    emu_global_guard_add(sb, sb_count * 4, "b_scales");
+    emu_global_guard_add(d_emu_all, (d_count + 2 * GUARD) * 2, "d");
+    emu_global_guard_add(info, sizeof(int32_t) * (size_t)(c->form == CONTIG ? rows : G) + 4,
+                         "group_info (m_indices / masked_m)");
 
     dinf_status st;
     const dinf_exec gpu = DINF_EXEC_CUDA_INIT(0, NULL);
@@ -195,7 +207,8 @@ static int run_case(const gemm_case *c, unsigned seed, int mode_seq) {
     char env[32];
     snprintf(env, sizeof env, "%d", c->num_sms);
     setenv("EMU_NUM_SMS", env, 1);
-    const long long launches0 = emu_host_stats.launches, sw0 = emu_switches();
+    const long long launches0 = emu_host_stats.launches, sw0 = emu_switches(),
+                    waits0 = emu_griddep_waits();
     const clock_t t0 = clock();
     for (int pass = 0; pass < 2; pass++) {
         const dinf_exec *ex = pass ? &gpu : NULL;
@@ -219,6 +232,24 @@ static int run_case(const gemm_case *c, unsigned seed, int mode_seq) {
     if (emu_host_stats.launches != launches0 + 1) {
         printf("FAIL %s: expected one kernel launch, saw %lld\n", c->name,
                emu_host_stats.launches - launches0);
+        return 1;
+    }
+    /* Programmatic dependent launch: the fast rung's launches carry it
+     * unless DINF_FP8_GEMM_PDL=0, the simple rung's never; in a PDL launch
+     * every thread of every CTA passes griddepcontrol.wait (the emulator
+     * fails any global access or TMA issue before it). */
+    const char *pdl_env = getenv("DINF_FP8_GEMM_PDL");
+    const unsigned want_pdl =
+        emu_has_pdl() && c->fast && !(pdl_env && strcmp(pdl_env, "0") == 0);
+    if (emu_host_stats.last_pdl != want_pdl) {
+        printf("FAIL %s: launched %s programmatic dependent launch, expected %s\n", c->name,
+               emu_host_stats.last_pdl ? "with" : "without", want_pdl ? "with" : "without");
+        return 1;
+    }
+    const long long waits = emu_griddep_waits() - waits0;
+    if (want_pdl && waits != (long long)emu_host_stats.last_grid * emu_host_stats.last_block) {
+        printf("FAIL %s: %lld threads passed griddepcontrol.wait, the grid has %u x %u\n", c->name,
+               waits, emu_host_stats.last_grid, emu_host_stats.last_block);
         return 1;
     }
     /* tiles of the launch (masked: with the clamped counts) */
@@ -287,12 +318,13 @@ static int run_case(const gemm_case *c, unsigned seed, int mode_seq) {
         }
     }
     printf("%s %s seed %u: form %d m %d n %d k %d G %d, config %dx%d/%d cluster %u split %d (heuristic "
-           "%dx%d/%d), grid %u of %lld tiles, %u threads, smem %zu, %lld switches, %.2f s%s",
+           "%dx%d/%d), grid %u of %lld tiles, %u threads, smem %zu, pdl %u, %lld switches, %.2f s%s",
            bad ? "FAIL" : "ok  ", c->name, seed, c->form, c->m, n, k, G, bm, bn, emu_host_stats.stages,
            emu_host_stats.last_cluster, emu_host_stats.split_k,
            emu_host_stats.heuristic_block_m, emu_host_stats.heuristic_block_n,
            emu_host_stats.heuristic_stages, emu_host_stats.last_grid, tiles, emu_host_stats.last_block,
-           emu_host_stats.last_smem, emu_switches() - sw0, secs, mode_seq ? ", bitwise" : "");
+           emu_host_stats.last_smem, emu_host_stats.last_pdl, emu_switches() - sw0, secs,
+           mode_seq ? ", bitwise" : "");
     if (!mode_seq)
         printf(", worst |diff|/tol %.3f", worst);
     printf("\n");

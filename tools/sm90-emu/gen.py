@@ -5,7 +5,8 @@ usage: gen.py REPO_ROOT OUT_DIR
 Copies include/, lib/core, lib/gemm and jit/ (templates + jit_internal.h)
 into OUT_DIR/src (a file is rewritten only when its text changes, so make
 rebuilds only what changed), then:
-  - MUT='old|||new' plants one textual change (exactly one occurrence over
+  - MUT='old|||new' plants one textual change ('&&&' separates several,
+    applied in order; each must match exactly once) (exactly one occurrence over
     the copied kernel templates and lib/gemm sources, or in MUT_FILE alone
     when set, e.g. jit/templates/fp8_gemm.cuh for text both rungs share) to
     check that the harness catches a bug;
@@ -104,8 +105,9 @@ for n in ('jit/jit_internal.h', 'jit/jit_source.c'):
     files[n] = open(os.path.join(root, n)).read()
 
 mut = os.environ.get('MUT')
-if mut:
-    old, new = mut.split('|||')
+# several changes at once: 'old1|||new1&&&old2|||new2' (each must match once)
+for one in (mut.split('&&&') if mut else []):
+    old, new = one.split('|||')
     targets = [k for k in files if k.startswith('jit/templates/') or k.startswith('lib/gemm/')]
     only = os.environ.get('MUT_FILE')  # e.g. jit/templates/fp8_gemm.cuh: text both rungs share
     if only:

@@ -187,6 +187,18 @@ __device__ __forceinline__ void mbar_wait_acquire_cluster(uint64_t *bar, uint32_
 }
 #endif
 
+#ifdef EMU_HAVE_griddep_wait
+/* griddepcontrol.wait: the emulator runs grids one after another, so the
+ * prerequisite grid has always completed (a no-op for memory); the thread is
+ * marked as having passed it: in a launch with programmatic dependent launch
+ * a global access or TMA issue by a thread that has not is an error. */
+__device__ __forceinline__ void griddep_wait() { emu::griddep_wait(); }
+#endif
+#ifdef EMU_HAVE_griddep_launch_dependents
+/* griddepcontrol.launch_dependents: nothing to schedule early here (no-op). */
+__device__ __forceinline__ void griddep_launch_dependents() { emu::maybe_yield(); }
+#endif
+
 /* ==========================================================================
  * The fast MLA decode's wrappers (kernels/mla/mla_decode_fast.cu), in
  * dinf_jit::mla as in the real header (pack_bf16x2 is a generic one above).
@@ -204,11 +216,10 @@ __device__ __forceinline__ void named_bar_sync(uint32_t id, uint32_t count) { em
 #endif
 
 #ifdef EMU_HAVE_griddep_wait
-/* griddepcontrol.wait: the emulator runs grids one after another (no-op). */
-__device__ __forceinline__ void griddep_wait() { emu::maybe_yield(); }
+using dinf_jit::griddep_wait;
 #endif
 #ifdef EMU_HAVE_griddep_launch_dependents
-__device__ __forceinline__ void griddep_launch_dependents() { emu::maybe_yield(); }
+using dinf_jit::griddep_launch_dependents;
 #endif
 
 #ifdef EMU_HAVE_tma_load_4d
