@@ -33,6 +33,11 @@
  * fast-rung calls per timed iteration, time per call, with programmatic
  * dependent launch on (the default) and off (DINF_FP8_GEMM_PDL=0): the A/B
  * of the overlap of each call's prologue with the previous call's tail.
+ * For the normal m = 4096 shapes also gemm/gpu/tile_<BM>x<BN>_c<cluster>/...:
+ * the fast rung with a forced tile (the library's internal launch with a
+ * config, stages as many as fit), the heuristic's neighbours (128x160,
+ * 128x128, 256x128, 256x112, all with the 2-CTA A multicast), so one run
+ * shows whether its wave model picks the fastest tile.
  *
  * Physical floor: the row's counter floor_us = max(FLOPs / 1979 TFLOP/s
  * (H200 dense FP8, datasheet), bytes / 4.8 TB/s (HBM3e, datasheet)); the
@@ -43,6 +48,9 @@
 #include "bench.h"
 
 #include <deepinfra.h>
+
+#include "core/parallel.h"
+#include "gemm/gemm_sm90.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -437,6 +445,108 @@ static int has_chain_rows(int form, int64_t m, int64_t n, int64_t k) {
     return form == NORMAL && (m == 64 || m == 128) && n == 2112 && k == 7168;
 }
 
+/* ------------------------------------------------ forced-tile rows -- */
+
+typedef struct tile_case {
+    gpu_case *c;
+    dinf__fp8_config config;
+    char name[160], label[200];
+} tile_case;
+
+static const int tile_alternatives[][2] = {{128, 160}, {128, 128}, {256, 128}, {256, 112}};
+
+static void tile_name(const char *shape, const int bm_bn[2], char name[160]) {
+    snprintf(name, 160, "gemm/gpu/tile_%dx%d_c2/%s", bm_bn[0], bm_bn[1], shape);
+}
+/* The shapes that get the forced-tile rows (where 256-row tiles compete). */
+static int has_tile_rows(int form, int64_t m) { return form == NORMAL && m == 4096; }
+
+static dinf__fp8_config tile_config(int form, int bm, int bn) {
+    dinf__fp8_config c;
+    memset(&c, 0, sizeof c);
+    c.kernel = DINF__FP8_KERNEL_FAST;
+    c.gemm_type = form, c.block_m = bm, c.block_n = bn, c.cluster = 2, c.split_k = 1;
+    c.stages = 16;
+    while (c.stages > 1 &&
+           DINF_FP8_FAST_SPLIT_SMEM_BYTES(bm, bn, c.stages, 1) > DINF_FP8_SMEM_LIMIT)
+        c.stages--;
+    c.threads = dinf_fp8_threads(bm);
+    c.smem_bytes = DINF_FP8_FAST_SPLIT_SMEM_BYTES(bm, bn, c.stages, 1);
+    return c;
+}
+
+static dinf_status run_tile_once(tile_case *t) {
+    gpu_case *c = t->c;
+    const dinf__place place = {DINF_EXEC_CUDA, 0, 1, (dinf_stream_t)g.stream};
+    const dinf__fp8_gpu_problem p = {c->form, c->m, c->n, c->k, 1, 0, c->a, c->k, c->sa,
+                                     c->b, c->k, c->sb, c->d, c->n, NULL};
+    return dinf__fp8_gemm_cuda_config("bench_gemm_gpu", &place, &p, &t->config);
+}
+
+static double run_tile(void *arg) {
+    tile_case *t = arg;
+    gpu_case *c = t->c;
+    cudaMemsetAsync(g.flush, 0, g.flush_bytes, g.stream);
+    cudaEventRecord(g.start, g.stream);
+    if (run_tile_once(t) != DINF_STATUS_OK) {
+        bench_set_error(dinf_last_error());
+        return -1;
+    }
+    cudaEventRecord(g.stop, g.stream);
+    float ms = 0;
+    cudaError_t err = cudaEventSynchronize(g.stop);
+    if (err == cudaSuccess)
+        err = cudaEventElapsedTime(&ms, g.start, g.stop);
+    if (err != cudaSuccess) {
+        bench_set_error(cudaGetErrorString(err));
+        return -1;
+    }
+    const double seconds = (double)ms * 1e-3;
+    if (c->peer_ref_s > 0)
+        bench_set_counter("vs_cublaslt", c->peer_ref_s / seconds);
+    const double floor_s = flops_of(c) / FP8_PEAK_FLOPS > bytes_of(c) / HBM_BYTES_PER_S
+                               ? flops_of(c) / FP8_PEAK_FLOPS
+                               : bytes_of(c) / HBM_BYTES_PER_S;
+    bench_set_counter("floor_us", floor_s * 1e6);
+    bench_set_counter("TFLOPS", flops_of(c) / seconds / 1e12);
+    bench_set_counter("GBps", bytes_of(c) / seconds / 1e9);
+    return seconds;
+}
+
+/* Register the forced-tile rows of a shape (its buffers are set up). */
+static void add_tile_rows(gpu_case *c, const char *shape, const dinf_jit_kernel_config *picked) {
+    for (size_t i = 0; i < sizeof tile_alternatives / sizeof tile_alternatives[0]; i++) {
+        char name[160];
+        tile_name(shape, tile_alternatives[i], name);
+        if (!bench_selected(name))
+            continue;
+        tile_case *t = calloc(1, sizeof *t); /* lives until exit */
+        if (!t)
+            return;
+        t->c = c;
+        t->config = tile_config(c->form, tile_alternatives[i][0], tile_alternatives[i][1]);
+        snprintf(t->name, sizeof t->name, "%s", name);
+        const long long tiles = (c->m + t->config.block_m - 1) / t->config.block_m *
+                                ((c->n + t->config.block_n - 1) / t->config.block_n);
+        snprintf(t->label, sizeof t->label,
+                 "deepinfra fast rung, forced %dx%d, %d stages, 2-CTA A multicast (%lld tiles, "
+                 "%.2f waves on %d SMs; the heuristic picks %lldx%lld)",
+                 t->config.block_m, t->config.block_n, t->config.stages, tiles,
+                 (double)tiles / g.num_sms, g.num_sms, (long long)picked->params[1],
+                 (long long)picked->params[2]);
+        /* First call untimed (JIT compile); a failure is reported here. */
+        if (run_tile_once(t) != DINF_STATUS_OK || cudaStreamSynchronize(g.stream) != cudaSuccess) {
+            fprintf(stderr, "%s: %s\n", t->name, dinf_last_error());
+            free(t);
+            continue;
+        }
+        bench_spec spec = {.name = t->name, .run = run_tile, .arg = t, .manual_time = 1,
+                           .flops = flops_of(c), .bytes = bytes_of(c), .label = t->label,
+                           .unit = "us", .iterations = 30};
+        bench_register(&spec);
+    }
+}
+
 static double run_case(void *arg) { return timed(arg, 0); }
 static double run_peer(void *arg) { return timed(arg, 1); }
 static double run_simple(void *arg) { return timed(arg, 2); }
@@ -468,8 +578,16 @@ static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) 
     char chain[2][160];
     chain_names(shape, chain);
     const int chained = has_chain_rows(form, m, n, k);
+    int tiles_selected = 0;
+    for (size_t i = 0; has_tile_rows(form, m) &&
+                       i < sizeof tile_alternatives / sizeof tile_alternatives[0];
+         i++) {
+        char name[160];
+        tile_name(shape, tile_alternatives[i], name);
+        tiles_selected |= bench_selected(name);
+    }
     if (!bench_selected(c->name) && !bench_selected(probe[0]) && !bench_selected(probe[1]) &&
-        !bench_selected(probe[2]) &&
+        !bench_selected(probe[2]) && !tiles_selected &&
         !(chained && (bench_selected(chain[0]) || bench_selected(chain[1])))) {
         free(c);
         return;
@@ -521,7 +639,11 @@ static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) 
     }
     dinf_jit_kernel_config kc = DINF_JIT_KERNEL_CONFIG_INIT;
     const int64_t hint_rows = form == CONTIGUOUS ? m * groups : m;
-    if (dinf_fp8_gemm_kernel_config(form, hint_rows, n, k, groups, g.num_sms, &kc) == DINF_STATUS_OK)
+    const int have_kc =
+        dinf_fp8_gemm_kernel_config(form, hint_rows, n, k, groups, g.num_sms, &kc) == DINF_STATUS_OK;
+    if (have_kc && has_tile_rows(form, m))
+        add_tile_rows(c, shape, &kc);
+    if (have_kc)
         snprintf(c->label, sizeof c->label,
                  "deepinfra fast rung (JIT sm_90a, %lldx%lld, %lld stages, %s)",
                  (long long)kc.params[1], (long long)kc.params[2], (long long)kc.params[3],
