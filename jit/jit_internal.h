@@ -232,7 +232,9 @@ dinf_status dinf__jit_get_kernel(const char *func, const dinf_jit_kernel_config 
  * previous kernel on the stream is still running; it must execute
  * griddepcontrol.wait (dinf_sm90.cuh griddep_wait) in every thread before any
  * access to global memory that kernel may write (or read). Inside a CUDA-graph
- * capture the dependency is recorded as a programmatic edge. */
+ * capture the dependency is recorded as a programmatic edge when the capture
+ * dependency is exactly one kernel node; otherwise dinf__jit_launch drops the
+ * attribute (an ordinary edge). */
 #define DINF__JIT_LAUNCH_PDL 1u
 
 /* Launch a loaded kernel with cudaLaunchKernelExC. grid/block/cluster are

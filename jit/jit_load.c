@@ -75,6 +75,35 @@ void dinf__jit_unload(void *library) {
         cudaGetLastError();
 }
 
+/* Whether a PDL launch on `stream` may carry the programmatic attribute.
+ * Outside capture: always (the runtime orders it after any predecessor).
+ * Under capture a programmatic edge may only join two kernel nodes
+ * (cudaGraphKernelNodePortProgrammatic / cudaGraphDependencyTypeProgrammatic,
+ * driver_types.h): the launch keeps the attribute only when its capture
+ * dependency is exactly one kernel node; after a memset, a copy, a join of
+ * several branches or nothing it is launched without it (an ordinary full
+ * dependency: the same results, no overlap). */
+static int pdl_fits_capture(cudaStream_t stream) {
+    enum cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    const cudaGraphNode_t *deps = NULL;
+    size_t count = 0;
+    if (cudaStreamGetCaptureInfo(stream, &status, NULL, NULL, &deps, NULL, &count) !=
+        cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    if (status == cudaStreamCaptureStatusNone)
+        return 1;
+    if (status != cudaStreamCaptureStatusActive || count != 1 || !deps)
+        return 0;
+    enum cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
+    if (cudaGraphNodeGetType(deps[0], &type) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return type == cudaGraphNodeTypeKernel;
+}
+
 dinf_status dinf__jit_launch(const char *func, const dinf__jit_kernel *kernel, int device,
                              const unsigned grid[3], const unsigned block[3],
                              const unsigned cluster[3], unsigned flags,
@@ -127,7 +156,7 @@ dinf_status dinf__jit_launch(const char *func, const dinf__jit_kernel *kernel, i
         attrs[num_attrs].val.clusterDim.z = cluster[2];
         num_attrs++;
     }
-    if (flags & DINF__JIT_LAUNCH_PDL) {
+    if ((flags & DINF__JIT_LAUNCH_PDL) && pdl_fits_capture((cudaStream_t)stream)) {
         /* Programmatic dependent launch: the kernel's griddepcontrol.wait
          * orders it after the previous kernel on the stream. */
         attrs[num_attrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;

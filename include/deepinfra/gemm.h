@@ -75,9 +75,15 @@
  * m_indices / masked_m and d may be produced by the kernel right before the
  * call, exactly as without PDL. Stream order is otherwise unchanged (memory
  * copies, events and kernels of other streams order the GEMM as usual). In a
- * CUDA-graph capture the dependency is recorded as a programmatic edge and
- * the graph replays with the same guarantee. The simple kernel never uses
- * PDL. Extra rules on this path:
+ * CUDA-graph capture the dependency is recorded as a programmatic edge when
+ * the GEMM follows exactly one kernel node (after a memset, a copy or a join
+ * of several branches it is captured as an ordinary edge), and the graph
+ * replays with the same guarantee. The GEMM also signals early
+ * (griddepcontrol.launch_dependents): a kernel of yours launched after it
+ * with the programmatic attribute may start while the GEMM runs, and must
+ * itself execute griddepcontrol.wait (cudaGridDependencySynchronize) before
+ * touching memory the GEMM reads or writes, as the PDL rules require. The
+ * simple kernel never uses PDL. Extra rules on this path:
  *   - the device must be compute capability 9.0, else DINF_STATUS_UNSUPPORTED
  *     (the CPU path stays available);
  *   - k >= 1 and m, n, k, num_groups below 2^31, else UNSUPPORTED;

@@ -1054,6 +1054,88 @@ Test(gemm_gpu, pdl_gemm_in_a_graph_capture_is_a_programmatic_edge_and_replays) {
     unsetenv("DINF_FP8_GEMM_PDL");
 }
 
+/* Programmatic edges of a captured graph (counted), the graph instantiated. */
+static int count_programmatic_edges(cudaGraph_t graph) {
+    size_t edges = 0;
+    CUDA_OK(cudaGraphGetEdges(graph, NULL, NULL, NULL, &edges));
+    cudaGraphNode_t *from = calloc(edges + 1, sizeof *from), *to = calloc(edges + 1, sizeof *to);
+    cudaGraphEdgeData *data = calloc(edges + 1, sizeof *data);
+    cr_assert(from && to && data);
+    CUDA_OK(cudaGraphGetEdges(graph, from, to, data, &edges));
+    int programmatic = 0;
+    for (size_t e = 0; e < edges; e++)
+        programmatic += data[e].type == cudaGraphDependencyTypeProgrammatic;
+    free(from), free(to), free(data);
+    return programmatic;
+}
+
+Test(gemm_gpu, pdl_gemm_captured_after_a_memset_or_a_join_gets_an_ordinary_edge) {
+    /* A programmatic edge joins two kernel nodes only: captured right after
+     * a memset (case 0) or after a join of two branches (case 1), GEMM 1 is
+     * launched without the PDL attribute (an ordinary, full dependency);
+     * GEMM 2, right after GEMM 1, keeps its programmatic edge. The capture
+     * must survive, and the graph replay match the CPU. */
+    cr_assert_eq(setenv("DINF_FP8_GEMM_PDL", "1", 1), 0);
+    for (int kind = 0; kind < 2; kind++) {
+        pdl_bufs b;
+        pdl_setup(&b, 128, 1, 5151 + (uint64_t)kind);
+        cudaStream_t stream, side;
+        cudaEvent_t fork, join;
+        CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+        CUDA_OK(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
+        CUDA_OK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+        CUDA_OK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
+        dinf_exec exec = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)stream);
+        pdl_enqueue_round(&b, 0, &exec); /* compile and load outside the capture */
+        CUDA_OK(cudaStreamSynchronize(stream));
+        const int64_t m = b.m;
+        uint8_t *a = b.da, *bq = b.db;
+        float *sa = b.dsa, *sb = b.dsb;
+        cudaGraph_t graph;
+        cudaGraphExec_t instance;
+        CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+        DINF_OK(dinf_fp8_quantize(b.dx, DINF_DTYPE_FLOAT32, m, PDL_K, PDL_K, 1, a, PDL_K,
+                                  b.sa_rows, &exec));
+        DINF_OK(dinf_fp8_scale_layout_mn_major(b.sa_rows, m, PDL_KB, sa, NULL, &exec));
+        DINF_OK(dinf_fp8_quantize(b.dy, DINF_DTYPE_FLOAT32, PDL_N, PDL_K, PDL_K, 128, bq, PDL_K,
+                                  sb, &exec));
+        if (kind == 0) {
+            CUDA_OK(cudaMemsetAsync(b.dd, POISON_BYTE, (size_t)(m * PDL_N) * 2, stream));
+        } else {
+            CUDA_OK(cudaEventRecord(fork, stream));
+            CUDA_OK(cudaStreamWaitEvent(side, fork, 0));
+            CUDA_OK(cudaMemsetAsync(b.dd2, POISON_BYTE, (size_t)(m * PDL_N) * 2, side));
+            CUDA_OK(cudaEventRecord(join, side));
+            CUDA_OK(cudaStreamWaitEvent(stream, join, 0));
+        }
+        DINF_OK(dinf_fp8_gemm_nt(m, PDL_N, PDL_K, a, PDL_K, sa, bq, PDL_K, sb, b.dd, PDL_N,
+                                 &exec));
+        DINF_OK(dinf_fp8_gemm_nt(m, PDL_N, PDL_K, a, PDL_K, pdl_scales2(&b, 0, 0), bq, PDL_K,
+                                 pdl_scales2(&b, 0, 1), b.dd2, PDL_N, &exec));
+        CUDA_OK(cudaStreamEndCapture(stream, &graph));
+        const int programmatic = count_programmatic_edges(graph);
+        /* The producers' kernels and GEMM 1 -> GEMM 2; B's quantize -> GEMM 1
+         * is not there (a memset or a join sits between them). */
+        cr_assert_eq(programmatic, 1, "%s: %d programmatic edges, want 1 (GEMM 1 -> GEMM 2)",
+                     kind == 0 ? "after a memset" : "after a join", programmatic);
+        CUDA_OK(cudaMemset(b.dd, POISON_BYTE, (size_t)(m * PDL_N) * 2));
+        CUDA_OK(cudaMemset(b.dd2, POISON_BYTE, (size_t)(m * PDL_N) * 2));
+        CUDA_OK(cudaMemset(b.da, 0x7F, (size_t)(m * PDL_K)));
+        CUDA_OK(cudaGraphInstantiate(&instance, graph, 0));
+        CUDA_OK(cudaGraphLaunch(instance, stream));
+        CUDA_OK(cudaStreamSynchronize(stream));
+        pdl_check_rounds(&b, 0, 1, kind == 0 ? "graph after a memset" : "graph after a join");
+        CUDA_OK(cudaGraphExecDestroy(instance));
+        CUDA_OK(cudaGraphDestroy(graph));
+        CUDA_OK(cudaEventDestroy(fork));
+        CUDA_OK(cudaEventDestroy(join));
+        CUDA_OK(cudaStreamDestroy(side));
+        CUDA_OK(cudaStreamDestroy(stream));
+        pdl_free(&b);
+    }
+    unsetenv("DINF_FP8_GEMM_PDL");
+}
+
 /* -------------------------------------------------------- bad input -- */
 
 Test(gemm_gpu, bad_input_on_the_device_path_is_rejected_before_any_launch) {
