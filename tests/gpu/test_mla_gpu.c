@@ -43,16 +43,24 @@ TestSuite(mla_gpu, .init = require_gpu, .timeout = 600.0);
 
 /*
  * The kernel rungs every GPU check runs (DINF_MLA_KERNEL, read by the library
- * on each call): the simple reference rung and the fast TMA/wgmma rung.
- * DINF_MLA_TEST_RUNGS (a list such as "simple") narrows them; tools/mla-emu
- * sets it to "simple" (its host emulation covers the simple rung only).
+ * on each call): the simple reference rung, the fast TMA/wgmma rung and the
+ * seesaw rung (the fast rung's producer with FlashMLA's seesaw consumers).
+ * DINF_MLA_TEST_RUNGS (a comma-separated list such as "simple,seesaw")
+ * narrows them; tools/mla-emu sets it from EMU_RUNGS.
  */
-#define NUM_RUNGS 2
-#define RUNG_FAST 1
-static const char *const RUNGS[NUM_RUNGS] = {"simple", "fast"};
+#define NUM_RUNGS 3
+#define RUNG_FAST 1   /* the fast rung and the seesaw rung take 64-token pages only */
+#define RUNG_SEESAW 2
+static const char *const RUNGS[NUM_RUNGS] = {"simple", "fast", "seesaw"};
 static int rung_enabled(int ri) {
     const char *only = getenv("DINF_MLA_TEST_RUNGS");
-    return !only || strstr(only, RUNGS[ri]) != NULL;
+    if (!only)
+        return 1;
+    const size_t n = strlen(RUNGS[ri]);
+    for (const char *s = only; (s = strstr(s, RUNGS[ri])) != NULL; s += n)
+        if ((s == only || s[-1] == ',') && (s[n] == ',' || s[n] == 0))
+            return 1;
+    return 0;
 }
 
 static void *to_device(const void *host, size_t bytes) {
@@ -288,11 +296,13 @@ static void gpu_point(const kv_problem *p, int32_t s_q, int32_t h_q, int32_t cau
                  : dinf_mla_decode_with_kvcache(d_q, b, s_q, h_q, DQK, p->d_kc, p->num_blocks, p->page, p->h_kv, blk16, tok16, p->d_bt,
                                                 p->max_blocks, p->d_seqlens, DV, d_meta, parts, d_splits, scale, causal, d_ws, ws_gpu,
                                                 d_out, d_lse, &cuda);
-        if (ri == RUNG_FAST && p->page != 64) {
-            cr_assert_eq(st, DINF_STATUS_UNSUPPORTED, "%s: the fast rung took page_block_size=%d", what, p->page);
-            cr_assert(strstr(dinf_last_error(), "DINF_MLA_KERNEL=fast, but the fast rung cannot take this decode: "
-                                                "page_block_size="),
-                      "%s: %s", what, dinf_last_error());
+        if (ri >= RUNG_FAST && p->page != 64) {
+            char want[128];
+            snprintf(want, sizeof want, "DINF_MLA_KERNEL=%s, but the %s rung cannot take this decode: page_block_size=",
+                     RUNGS[ri], RUNGS[ri]);
+            cr_assert_eq(st, DINF_STATUS_UNSUPPORTED, "%s: the %s rung took page_block_size=%d", what, RUNGS[ri],
+                         p->page);
+            cr_assert(strstr(dinf_last_error(), want), "%s: %s", what, dinf_last_error());
             continue;
         }
         cr_assert_eq(st, DINF_STATUS_OK, "%s: %s", what, dinf_last_error());
