@@ -7,6 +7,12 @@
  * piece of index math: lib/mla/mla_fast_hd.h (CPU-tested). PTX wrappers:
  * jit/templates/dinf_sm90.cuh (the MLA block at its end).
  *
+ * Two kernels share the CTA (fast_cta: carve, barriers, producer): the fast
+ * rung (mla_decode_fast_kernel: consume, the two WGs split each block's keys)
+ * and the seesaw rung (mla_decode_seesaw_kernel: consume_seesaw, two blocks
+ * per step, FlashMLA's schedule; lib/mla/mla_fast_hd.h "seesaw",
+ * kernels/mla/NOTES.md). The launcher takes either (DINF_MLA_KERNEL).
+ *
  * Constraints (checked by lib/mla/mla.c before launching,
  * dinf__mla_fast_unsupported): 64-token pages; BF16 cache strides below
  * 2^40 bytes and num_blocks below 2^31 (the tensor map); the alignments
