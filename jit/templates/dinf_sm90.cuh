@@ -560,6 +560,28 @@ __device__ __forceinline__ void wgmma_bf16_m64n32k16_kk(uint64_t desc_a, uint64_
                  : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 }
 
+/* S block of one seesaw consumer WG: 64 rows x 64 keys (the whole block). */
+__device__ __forceinline__ void wgmma_bf16_m64n64k16_kk(uint64_t desc_a, uint64_t desc_b, float (&d)[32],
+                                                       int scale_d) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+                 "{"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+                 "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+
+/* bar.arrive id, threads (PTX ISA 9.7.13.4 bar, barrier): the calling
+ * thread counts as one of the `threads` arrivals at named barrier id and goes
+ * on without waiting; the threads that bar.sync id with the same count are
+ * released once `threads` threads arrived in all. Shared-memory writes before
+ * the arrive are visible to the waiters after their bar.sync (the
+ * producer -> consumer use of a named barrier). A warp's threads all arrive. */
+__device__ __forceinline__ void named_barrier_arrive(uint32_t id, uint32_t threads) {
+    asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
 /* O half of one consumer WG: 64 rows x 256 output columns. */
 __device__ __forceinline__ void wgmma_bf16_m64n256k16_kt(uint64_t desc_a, uint64_t desc_b, float (&d)[128],
                                                         int scale_d) {

@@ -7,6 +7,12 @@
  * piece of index math: lib/mla/mla_fast_hd.h (CPU-tested). PTX wrappers:
  * jit/templates/dinf_sm90.cuh (the MLA block at its end).
  *
+ * Two kernels share the CTA (fast_cta: carve, barriers, producer): the fast
+ * rung (mla_decode_fast_kernel: consume, the two WGs split each block's keys)
+ * and the seesaw rung (mla_decode_seesaw_kernel: consume_seesaw, two blocks
+ * per step, FlashMLA's schedule; lib/mla/mla_fast_hd.h "seesaw",
+ * kernels/mla/NOTES.md). The launcher takes either (DINF_MLA_KERNEL).
+ *
  * Constraints (checked by lib/mla/mla.c before launching,
  * dinf__mla_fast_unsupported): 64-token pages; BF16 cache strides below
  * 2^40 bytes and num_blocks below 2^31 (the tensor map); the alignments
@@ -124,11 +130,11 @@ __device__ __forceinline__ void load_q(const dinf__mla_params &p, const cta_ctx 
  * zeros). Thread t takes items t + 128 j (item i: row i / 40, 16-byte chunk
  * i % 40: 32 chunks of 16 codes, then 8 RoPE chunks) in batches whose loads
  * are all issued before the first conversion (memory-level parallelism). */
+template <int kBatch>
 __device__ __forceinline__ void load_fp8_page(const dinf__mla_params &p, const cta_ctx &c, int s,
                                               int32_t page, int32_t n, int bad, int t) {
     constexpr int kPerRow = DINF_MLA_FAST_FP8_CHUNKS;
     constexpr int kItems = kBN * kPerRow / kWgThreads;
-    constexpr int kBatch = DINF_MLA_FAST_FP8_BATCH;
     static_assert(kBN * kPerRow % kWgThreads == 0 && kItems % kBatch == 0, "FP8 page items");
     uint8_t *tile = c.k_tile(s);
     const uint8_t *base = static_cast<const uint8_t *>(p.k_cache) +
@@ -185,7 +191,7 @@ __device__ __forceinline__ void load_fp8_page(const dinf__mla_params &p, const c
  * consumers released it: BF16, thread 0 issues the nine TMA boxes; FP8, the
  * 128 threads dequantize the page. A page outside [0, num_blocks) flags the
  * stage bad and page 0 is read instead. */
-template <bool kFp8>
+template <bool kFp8, int kBatch>
 __device__ __forceinline__ void fill_stage(const dinf__mla_params &p, const jit::tensor_map_t *kmap,
                                            const cta_ctx &c, const int32_t *bt, int32_t s_k,
                                            int32_t blk, int64_t it, int t) {
@@ -209,7 +215,7 @@ __device__ __forceinline__ void fill_stage(const dinf__mla_params &p, const jit:
         const int bad = page < 0 || page >= p.num_blocks;
         if (t == 0)
             *c.bad_flag(s) = bad;
-        load_fp8_page(p, c, s, bad ? 0 : page, dinf__mla_fast_block_keys(s_k, blk), bad, t);
+        load_fp8_page<kBatch>(p, c, s, bad ? 0 : page, dinf__mla_fast_block_keys(s_k, blk), bad, t);
         ptx::fence_proxy_async_shared();
         jit::mbar_arrive(c.full(s));
     }
@@ -219,7 +225,7 @@ __device__ __forceinline__ void fill_stage(const dinf__mla_params &p, const jit:
  * release of block it - 2, a block of an earlier request: no cycle), then
  * the Q tile once the consumers are done with the previous one, then the
  * other blocks. The ring's order is the consumers' order. */
-template <bool kFp8>
+template <bool kFp8, int kBatch>
 __device__ __forceinline__ void produce(const dinf__mla_params &p, const jit::tensor_map_t *kmap,
                                         const cta_ctx &c) {
     const int t = int(threadIdx.x) - DINF_MLA_FAST_PRODUCER_WG * kWgThreads;
@@ -230,13 +236,13 @@ __device__ __forceinline__ void produce(const dinf__mla_params &p, const jit::te
         const int32_t *bt = p.block_table + int64_t(req) * p.max_blocks;
         int32_t blk = pc.blk_begin;
         if (blk < pc.blk_end)
-            fill_stage<kFp8>(p, kmap, c, bt, pc.s_k, blk++, it++, t);
+            fill_stage<kFp8, kBatch>(p, kmap, c, bt, pc.s_k, blk++, it++, t);
         mbar_wait_bounded(c.bar(c.lay.q_empty), dinf__mla_fast_q_empty_parity(rq));
         load_q(p, c, req, t);
         ptx::fence_proxy_async_shared();
         jit::mbar_arrive(c.bar(c.lay.q_full));
         for (; blk < pc.blk_end; blk++, it++)
-            fill_stage<kFp8>(p, kmap, c, bt, pc.s_k, blk, it, t);
+            fill_stage<kFp8, kBatch>(p, kmap, c, bt, pc.s_k, blk, it, t);
     }
     ptx::griddep_launch_dependents();
 }
@@ -269,6 +275,78 @@ __device__ __forceinline__ void mbar_wait_or_flag(mbar_t *bar, uint32_t parity, 
     }
 }
 
+/* The key limits of this thread's two rows (0 for rows past q_rows). */
+__device__ __forceinline__ void row_limits(const dinf__mla_params &p, const cta_ctx &c,
+                                           const dinf__mla_piece &pc, const int (&rows)[2],
+                                           int32_t (&limit)[2]) {
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int qr = c.row0 + rows[i];
+        limit[i] = qr < p.q_rows ? dinf__mla_key_limit(pc.s_k, p.s_q, qr / p.heads_per_kv,
+                                                       p.causal)
+                                 : 0;
+    }
+}
+
+/* V rows [n, 64) of stage s set to zero in output columns [256 half, 256 half + 256)
+ * (boxes 4 half .. 4 half + 3), by the 128 threads of one WG (0 * NaN would be NaN). */
+__device__ __forceinline__ void zero_v_tail(const cta_ctx &c, int s, int32_t n, int half, int t) {
+    uint8_t *tile = c.k_tile(s);
+    for (int i = t; i < (kBN - n) * 32; i += kWgThreads) {
+        const int row = n + i / 32, box = 4 * half + (i % 32) / 8, chunk = i % 8;
+        *reinterpret_cast<uint4 *>(tile + box * DINF_MLA_FAST_BOX_BYTES + row * 128 + chunk * 16) =
+            make_uint4(0, 0, 0, 0);
+    }
+}
+
+/* The end of a request: row sums over the quad, then over the two WGs
+ * (named barrier BAR_L; sums double-buffered by request parity), then this
+ * WG's 256 output columns (and WG 0 the lse) to out / the workspace. */
+__device__ __forceinline__ void finish_request(const dinf__mla_params &p, const cta_ctx &c,
+                                               const dinf__mla_piece &pc, int32_t req, int64_t rq,
+                                               int wg, int t, const int (&rows)[2], float (&l)[2],
+                                               const float (&m)[2], int bad, float (&o)[128]) {
+    float *s_lsum = reinterpret_cast<float *>(c.smem + c.lay.lsum); /* [2][2][64] */
+    float *lsum = s_lsum + (rq & 1) * 2 * kBM;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+        if (t % 4 == 0)
+            lsum[wg * kBM + rows[i]] = l[i];
+    }
+    ptx::named_barrier_sync(DINF_MLA_FAST_BAR_L, DINF_MLA_FAST_CONSUMERS);
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int qr = c.row0 + rows[i];
+        if (qr >= p.q_rows || pc.dest < 0)
+            continue;
+        const float l_total = l[i] + lsum[(1 - wg) * kBM + rows[i]];
+        const dinf__mla_row_end e = dinf__mla_fast_row_end(l_total, m[i], bad);
+        const int tq = qr / p.heads_per_kv;
+        const int h = c.hk * p.heads_per_kv + qr % p.heads_per_kv;
+        const int col0 = wg * DINF_MLA_FAST_COLS_PER_WG + 2 * (t % 4);
+        if (pc.dest == 0) {
+            uint16_t *dst = p.out + ((int64_t(req) * p.s_q + tq) * p.h_q + h) * kDv + col0;
+#pragma unroll
+            for (int nt = 0; nt < 32; nt++)
+                *reinterpret_cast<uint32_t *>(dst + 8 * nt) =
+                    ptx::pack_bf16x2(o[4 * nt + 2 * i] * e.inv, o[4 * nt + 2 * i + 1] * e.inv);
+            if (wg == 0 && t % 4 == 0)
+                p.lse[(int64_t(req) * p.h_q + h) * p.s_q + tq] = e.lse;
+        } else {
+            const int64_t wrow = (pc.split_row * p.h_kv + c.hk) * p.q_rows + qr;
+            float *dst = p.o_acc + wrow * kDv + col0;
+#pragma unroll
+            for (int nt = 0; nt < 32; nt++)
+                *reinterpret_cast<float2 *>(dst + 8 * nt) =
+                    make_float2(o[4 * nt + 2 * i] * e.inv, o[4 * nt + 2 * i + 1] * e.inv);
+            if (wg == 0 && t % 4 == 0)
+                p.lse2_acc[wrow] = e.lse2;
+        }
+    }
+}
+
 template <bool kFp8>
 __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx &c) {
     const int wg = int(threadIdx.x) / kWgThreads; /* 0 or 1 */
@@ -276,7 +354,6 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
     /* this thread's two rows of the tile (accumulator values v with (v / 2) % 2 = i) */
     const int rows[2] = {dinf__mla_fast_acc_row(t, 0), dinf__mla_fast_acc_row(t, 2)};
     float *s_max = reinterpret_cast<float *>(c.smem + c.lay.max);   /* [2][64] */
-    float *s_lsum = reinterpret_cast<float *>(c.smem + c.lay.lsum); /* [2][2][64] */
     const uint32_t q_addr = c.smem_addr + c.lay.q, p_addr = c.smem_addr + c.lay.p;
     int64_t it = 0, rq = 0;
     uint32_t hung = 0;
@@ -285,13 +362,7 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
             dinf__mla_fast_piece(&p, c.meta, req, p.seqlens[req], c.first, c.last);
         int bad = pc.bad;
         int32_t limit[2];
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            const int qr = c.row0 + rows[i];
-            limit[i] = qr < p.q_rows ? dinf__mla_key_limit(pc.s_k, p.s_q, qr / p.heads_per_kv,
-                                                           p.causal)
-                                     : 0;
-        }
+        row_limits(p, c, pc, rows, limit);
         float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
         float o[128];
 #pragma unroll
@@ -360,14 +431,8 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
                 o[v] *= alpha[(v / 2) % 2];
 
             /* V rows past the request's length: zeros (this WG's columns only) */
-            if (n < kBN) {
-                uint8_t *tile = c.k_tile(s);
-                for (int i = t; i < (kBN - n) * 32; i += kWgThreads) {
-                    const int row = n + i / 32, box = 4 * wg + (i % 32) / 8, chunk = i % 8;
-                    *reinterpret_cast<uint4 *>(tile + box * DINF_MLA_FAST_BOX_BYTES + row * 128 +
-                                               chunk * 16) = make_uint4(0, 0, 0, 0);
-                }
-            }
+            if (n < kBN)
+                zero_v_tail(c, s, n, wg, t);
             /* P_w (bf16) into the shared P tile, keys [32 w, 32 w + 32) */
 #pragma unroll
             for (int v = 0; v < 16; v += 2) {
@@ -393,58 +458,289 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
             jit::mbar_arrive(c.empty(s));
         }
         jit::mbar_arrive(c.bar(c.lay.q_empty));
-
-        /* row sums over the quad, then over the two WGs */
-        float *lsum = s_lsum + (rq & 1) * 2 * kBM;
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
-            l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
-            if (t % 4 == 0)
-                lsum[wg * kBM + rows[i]] = l[i];
-        }
-        ptx::named_barrier_sync(DINF_MLA_FAST_BAR_L, DINF_MLA_FAST_CONSUMERS);
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            const int qr = c.row0 + rows[i];
-            if (qr >= p.q_rows || pc.dest < 0)
-                continue;
-            const float l_total = l[i] + lsum[(1 - wg) * kBM + rows[i]];
-            const dinf__mla_row_end e = dinf__mla_fast_row_end(l_total, m[i], bad);
-            const int tq = qr / p.heads_per_kv;
-            const int h = c.hk * p.heads_per_kv + qr % p.heads_per_kv;
-            const int col0 = wg * DINF_MLA_FAST_COLS_PER_WG + 2 * (t % 4);
-            if (pc.dest == 0) {
-                uint16_t *dst = p.out + ((int64_t(req) * p.s_q + tq) * p.h_q + h) * kDv + col0;
-#pragma unroll
-                for (int nt = 0; nt < 32; nt++)
-                    *reinterpret_cast<uint32_t *>(dst + 8 * nt) =
-                        ptx::pack_bf16x2(o[4 * nt + 2 * i] * e.inv, o[4 * nt + 2 * i + 1] * e.inv);
-                if (wg == 0 && t % 4 == 0)
-                    p.lse[(int64_t(req) * p.h_q + h) * p.s_q + tq] = e.lse;
-            } else {
-                const int64_t wrow = (pc.split_row * p.h_kv + c.hk) * p.q_rows + qr;
-                float *dst = p.o_acc + wrow * kDv + col0;
-#pragma unroll
-                for (int nt = 0; nt < 32; nt++)
-                    *reinterpret_cast<float2 *>(dst + 8 * nt) =
-                        make_float2(o[4 * nt + 2 * i] * e.inv, o[4 * nt + 2 * i + 1] * e.inv);
-                if (wg == 0 && t % 4 == 0)
-                    p.lse2_acc[wrow] = e.lse2;
-            }
-        }
+        finish_request(p, c, pc, req, rq, wg, t, rows, l, m, bad, o);
     }
     if (hung)
         ptx::trap();
     ptx::griddep_launch_dependents();
 }
 
+/* ------------------------------------------------- seesaw consumers -- */
+
+/* S = Q K^T over the whole 64-key block of the stage at k_addr (wgmma
+ * m64n64k16, 36 k-steps), waited for. */
+__device__ __forceinline__ void qk_block(uint32_t q_addr, uint32_t k_addr, float (&sacc)[32]) {
+#pragma unroll
+    for (int v = 0; v < 32; v++)
+        sacc[v] = 0.0f;
+    fence_acc(sacc);
+    jit::wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kDqk / 16; ks++)
+        ptx::wgmma_bf16_m64n64k16_kk(dinf__mla_fast_desc_k(q_addr + dinf__mla_fast_qk_a(ks)),
+                                     dinf__mla_fast_desc_k(k_addr + dinf__mla_fast_qk_a(ks)), sacc,
+                                     ks > 0);
+    jit::wgmma_commit();
+    ptx::wgmma_wait<0>();
+    fence_acc(sacc);
+}
+
+/* Scale by softmax_scale log2 e, mask keys at or past each row's limit
+ * (-inf), and the rows' maxima over the quad (both rows of this thread). */
+__device__ __forceinline__ void mask_scores(float (&sacc)[32], int32_t j0,
+                                            const int32_t (&limit)[2], float scale_log2, int t,
+                                            float (&mx)[2]) {
+    mx[0] = mx[1] = -INFINITY;
+#pragma unroll
+    for (int v = 0; v < 32; v++) {
+        const int i = (v / 2) % 2;
+        const float x = j0 + dinf__mla_fast_acc_col(t, v) < limit[i] ? sacc[v] * scale_log2 : -INFINITY;
+        sacc[v] = x;
+        mx[i] = fmaxf(mx[i], x);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+    }
+}
+
+/* Probabilities against the running max m, added to the row sums l. */
+__device__ __forceinline__ void probs(float (&sacc)[32], const float (&m)[2], float (&l)[2]) {
+#pragma unroll
+    for (int v = 0; v < 32; v++) {
+        const int i = (v / 2) % 2;
+        const float pv = dinf__mla_fast_prob(sacc[v], m[i]);
+        sacc[v] = pv;
+        l[i] += pv;
+    }
+}
+
+/* This thread's 32 probabilities as bf16 pairs (pk[w]: values 2w, 2w + 1). */
+__device__ __forceinline__ void pack_p(const float (&pr)[32], uint32_t (&pk)[16]) {
+#pragma unroll
+    for (int w = 0; w < 16; w++)
+        pk[w] = ptx::pack_bf16x2(pr[2 * w], pr[2 * w + 1]);
+}
+
+/* The packed pairs into the P tile at byte offset p_off of the CTA's shared
+ * memory (64 rows x 64 keys, one swizzled box, K-major for the P V wgmma). */
+__device__ __forceinline__ void store_p(const cta_ctx &c, uint32_t p_off, int t,
+                                        const uint32_t (&pk)[16]) {
+#pragma unroll
+    for (int w = 0; w < 16; w++)
+        *reinterpret_cast<uint32_t *>(c.smem + p_off +
+                                      dinf__mla_fast_sw128(dinf__mla_fast_acc_row(t, 2 * w),
+                                                           dinf__mla_fast_acc_col(t, 2 * w))) = pk[w];
+}
+
+/* Issue O_w += P V_w (4 x wgmma m64n256k16; P in box 8 of the stage at
+ * k_addr, V the MN-major view of this WG's four boxes of it); the caller
+ * waits (ptx::wgmma_wait<0>, then fence_acc). */
+__device__ __forceinline__ void pv_issue(uint32_t k_addr, int half, float (&o)[128]) {
+    const uint32_t p_addr = k_addr + dinf__mla_seesaw_p_tile();
+    fence_acc(o);
+    jit::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; kk++)
+        ptx::wgmma_bf16_m64n256k16_kt(dinf__mla_fast_desc_k(p_addr + dinf__mla_fast_pv_a(kk)),
+                                      dinf__mla_fast_desc_mn(k_addr + dinf__mla_fast_pv_b(kk, half)),
+                                      o, 1);
+    jit::wgmma_commit();
+}
+
+/*
+ * The seesaw consumers (lib/mla/mla_fast_hd.h, "seesaw"): per step of two
+ * blocks A (stage sa) and B (stage sb, when the piece has it), WG 0 owns
+ * S0 and O_L, WG 1 owns S1 and O_R; the comments name the operations of
+ * dinf__mla_seesaw_ops, in its order.
+ */
+template <int wg> /* the warpgroup: each has its own copy of the loops (registers) */
+__device__ __forceinline__ void consume_seesaw_wg(const dinf__mla_params &p, const cta_ctx &c) {
+    const int t = int(threadIdx.x) % kWgThreads;
+    const int rows[2] = {dinf__mla_fast_acc_row(t, 0), dinf__mla_fast_acc_row(t, 2)};
+    float *s_a0 = reinterpret_cast<float *>(c.smem + c.lay.sc); /* [4][64]: a0, a1, m0, m1 */
+    float *s_a1 = s_a0 + kBM, *s_m0 = s_a0 + 2 * kBM, *s_m1 = s_a0 + 3 * kBM;
+    const uint32_t q_addr = c.smem_addr + c.lay.q;
+    const uint32_t p_tile = dinf__mla_seesaw_p_tile();
+    int64_t it = 0, rq = 0;
+    uint32_t hung = 0;
+    for (int32_t req = c.first; req <= c.last; req++, rq++) {
+        const dinf__mla_piece pc =
+            dinf__mla_fast_piece(&p, c.meta, req, p.seqlens[req], c.first, c.last);
+        int bad = pc.bad;
+        int32_t limit[2];
+        row_limits(p, c, pc, rows, limit);
+        float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+        float o[128];
+#pragma unroll
+        for (int v = 0; v < 128; v++)
+            o[v] = 0.0f;
+        mbar_wait_or_flag(c.bar(c.lay.q_full), dinf__mla_fast_q_full_parity(rq), hung);
+
+        const int32_t nblk = pc.blk_end - pc.blk_begin;
+        const int32_t steps = dinf__mla_seesaw_steps(nblk);
+        for (int32_t k = 0; k < steps; k++) {
+            const int has_b = dinf__mla_seesaw_has_b(nblk, k);
+            const int32_t blk_a = pc.blk_begin + 2 * k;
+            const int sa = dinf__mla_fast_stage(it), sb = dinf__mla_fast_stage(it + 1);
+            const uint32_t ka = c.k_addr(sa), kb = c.k_addr(sb);
+            const uint32_t pa = (sa ? c.lay.k1 : c.lay.k0) + p_tile;
+            const uint32_t pb = (sb ? c.lay.k1 : c.lay.k0) + p_tile;
+            const int32_t n_a = dinf__mla_fast_block_keys(pc.s_k, blk_a);
+            const int32_t n_b = dinf__mla_fast_block_keys(pc.s_k, blk_a + 1);
+            float sacc[32];
+            uint32_t pk[16];
+            float mx[2], a0[2], a1[2];
+            if (wg == 0) {
+                /* WAIT_A, QK_A, MMA_WAIT */
+                mbar_wait_or_flag(c.full(sa), dinf__mla_fast_full_parity(it), hung);
+                bad |= *c.bad_flag(sa);
+                qk_block(q_addr, ka, sacc);
+                mask_scores(sacc, blk_a * kBN, limit, p.scale_log2, t, mx);
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                    m[i] = dinf__mla_fast_max_update(m[i], mx[i], &a0[i]);
+                    l[i] *= a0[i];
+                }
+                probs(sacc, m, l);
+#pragma unroll
+                for (int v = 0; v < 128; v++)
+                    o[v] *= a0[(v / 2) % 2];
+                /* PUT_SC0 */
+                if (t % 4 == 0)
+#pragma unroll
+                    for (int i = 0; i < 2; i++) {
+                        s_a0[rows[i]] = a0[i];
+                        s_m0[rows[i]] = m[i];
+                    }
+                /* ZERO_A, PUT_P_A */
+                if (n_a < kBN)
+                    zero_v_tail(c, sa, n_a, 0, t);
+                pack_p(sacc, pk);
+                store_p(c, pa, t, pk);
+                ptx::fence_proxy_async_shared();
+                /* ARRIVE_A0, LOCAL, PV_A (P0 V_A[:, L]) */
+                ptx::named_barrier_arrive(DINF_MLA_SEESAW_BAR_A0, DINF_MLA_FAST_CONSUMERS);
+                ptx::named_barrier_sync(DINF_MLA_SEESAW_BAR_LOCAL, kWgThreads);
+                pv_issue(ka, 0, o);
+                /* SYNC_A1, GET_SC1 (m becomes m1), MMA_WAIT, RELEASE_A */
+                ptx::named_barrier_sync(DINF_MLA_SEESAW_BAR_A1, DINF_MLA_FAST_CONSUMERS);
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                    a1[i] = s_a1[rows[i]];
+                    m[i] = s_m1[rows[i]];
+                    l[i] *= a1[i];
+                }
+                ptx::wgmma_wait<0>();
+                fence_acc(o);
+                jit::mbar_arrive(c.empty(sa));
+#pragma unroll
+                for (int v = 0; v < 128; v++)
+                    o[v] *= a1[(v / 2) % 2];
+                if (has_b) { /* WAIT_B, ZERO_B, LOCAL, PV_B (P1 V_B[:, L]), MMA_WAIT, RELEASE_B */
+                    mbar_wait_or_flag(c.full(sb), dinf__mla_fast_full_parity(it + 1), hung);
+                    bad |= *c.bad_flag(sb);
+                    if (n_b < kBN) {
+                        zero_v_tail(c, sb, n_b, 0, t);
+                        ptx::fence_proxy_async_shared();
+                    }
+                    ptx::named_barrier_sync(DINF_MLA_SEESAW_BAR_LOCAL, kWgThreads);
+                    pv_issue(kb, 0, o);
+                    ptx::wgmma_wait<0>();
+                    fence_acc(o);
+                    jit::mbar_arrive(c.empty(sb));
+                }
+            } else {
+                mx[0] = mx[1] = -INFINITY; /* no block B: m1 = m0 */
+                if (has_b) { /* WAIT_B, QK_B, MMA_WAIT */
+                    mbar_wait_or_flag(c.full(sb), dinf__mla_fast_full_parity(it + 1), hung);
+                    bad |= *c.bad_flag(sb);
+                    qk_block(q_addr, kb, sacc);
+                    mask_scores(sacc, (blk_a + 1) * kBN, limit, p.scale_log2, t, mx);
+                }
+                /* SYNC_A0, GET_SC0: O_R and l_R at the scale of m0 */
+                ptx::named_barrier_sync(DINF_MLA_SEESAW_BAR_A0, DINF_MLA_FAST_CONSUMERS);
+                float m0[2];
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                    a0[i] = s_a0[rows[i]];
+                    m0[i] = s_m0[rows[i]];
+                    l[i] *= a0[i];
+                }
+#pragma unroll
+                for (int v = 0; v < 128; v++)
+                    o[v] *= a0[(v / 2) % 2];
+                /* WAIT_A, ZERO_A, LOCAL, PV_A (P0 V_A[:, R], WG 0's P0 as stored) */
+                mbar_wait_or_flag(c.full(sa), dinf__mla_fast_full_parity(it), hung);
+                bad |= *c.bad_flag(sa);
+                if (n_a < kBN) {
+                    zero_v_tail(c, sa, n_a, 1, t);
+                    ptx::fence_proxy_async_shared();
+                }
+                ptx::named_barrier_sync(DINF_MLA_SEESAW_BAR_LOCAL + 1, kWgThreads);
+                pv_issue(ka, 1, o);
+                /* meanwhile the softmax of block B: m1, a1, P1 */
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                    m[i] = dinf__mla_fast_max_update(m0[i], mx[i], &a1[i]);
+                    l[i] *= a1[i];
+                }
+                /* PUT_SC1 */
+                if (t % 4 == 0)
+#pragma unroll
+                    for (int i = 0; i < 2; i++) {
+                        s_a1[rows[i]] = a1[i];
+                        s_m1[rows[i]] = m[i];
+                    }
+                if (has_b) { /* ZERO_B, PUT_P_B */
+                    probs(sacc, m, l);
+                    if (n_b < kBN)
+                        zero_v_tail(c, sb, n_b, 1, t);
+                    pack_p(sacc, pk);
+                    store_p(c, pb, t, pk);
+                }
+                ptx::fence_proxy_async_shared();
+                /* ARRIVE_A1, MMA_WAIT, RELEASE_A */
+                ptx::named_barrier_arrive(DINF_MLA_SEESAW_BAR_A1, DINF_MLA_FAST_CONSUMERS);
+                ptx::wgmma_wait<0>();
+                fence_acc(o);
+                jit::mbar_arrive(c.empty(sa));
+#pragma unroll
+                for (int v = 0; v < 128; v++)
+                    o[v] *= a1[(v / 2) % 2];
+                if (has_b) { /* LOCAL, PV_B (P1 V_B[:, R]), MMA_WAIT, RELEASE_B */
+                    ptx::named_barrier_sync(DINF_MLA_SEESAW_BAR_LOCAL + 1, kWgThreads);
+                    pv_issue(kb, 1, o);
+                    ptx::wgmma_wait<0>();
+                    fence_acc(o);
+                    jit::mbar_arrive(c.empty(sb));
+                }
+            }
+            it += has_b ? 2 : 1;
+        }
+        jit::mbar_arrive(c.bar(c.lay.q_empty));
+        finish_request(p, c, pc, req, rq, wg, t, rows, l, m, bad, o);
+    }
+    if (hung)
+        ptx::trap();
+    ptx::griddep_launch_dependents();
+}
+
+__device__ __forceinline__ void consume_seesaw(const dinf__mla_params &p, const cta_ctx &c) {
+    if (threadIdx.x < kWgThreads)
+        consume_seesaw_wg<0>(p, c);
+    else
+        consume_seesaw_wg<1>(p, c);
+}
+
 #endif /* DINF_MLA_FAST_DEVICE_CODE */
 
-template <bool kFp8>
-__global__ void __launch_bounds__(DINF_MLA_FAST_THREADS, 1)
-    mla_decode_fast_kernel(const __grid_constant__ dinf__mla_params p,
-                           const __grid_constant__ jit::tensor_map_t kmap) {
+/* The CTA of either rung: the same carve but for the P tile and scalars
+ * (dinf__mla_seesaw_smem_carve), barriers, producer; the consumers of the
+ * rung. */
+template <bool kFp8, bool kSeesaw>
+__device__ __forceinline__ void fast_cta(const dinf__mla_params &p, const jit::tensor_map_t &kmap) {
 #if DINF_MLA_FAST_DEVICE_CODE
     extern __shared__ __align__(1024) uint8_t smem_raw[];
     cta_ctx c;
@@ -453,7 +749,7 @@ __global__ void __launch_bounds__(DINF_MLA_FAST_THREADS, 1)
                          DINF_MLA_FAST_SMEM_ALIGN;
     c.smem = smem_raw + pad;
     c.smem_addr = raw + pad;
-    c.lay = dinf__mla_fast_smem_carve();
+    c.lay = kSeesaw ? dinf__mla_seesaw_smem_carve() : dinf__mla_fast_smem_carve();
     c.m_block = int(blockIdx.x % unsigned(p.m_blocks));
     const int part = int(blockIdx.x / unsigned(p.m_blocks));
     c.hk = int(blockIdx.y);
@@ -476,11 +772,14 @@ __global__ void __launch_bounds__(DINF_MLA_FAST_THREADS, 1)
     __syncthreads();
 
     if (int(threadIdx.x) / kWgThreads == DINF_MLA_FAST_PRODUCER_WG) {
-        ptx::setmaxnreg_dec<DINF_MLA_FAST_PRODUCER_REGS>();
-        produce<kFp8>(p, &kmap, c);
+        ptx::setmaxnreg_dec<kSeesaw ? DINF_MLA_SEESAW_PRODUCER_REGS : DINF_MLA_FAST_PRODUCER_REGS>();
+        produce<kFp8, kSeesaw ? DINF_MLA_SEESAW_FP8_BATCH : DINF_MLA_FAST_FP8_BATCH>(p, &kmap, c);
     } else {
-        ptx::setmaxnreg_inc<DINF_MLA_FAST_CONSUMER_REGS>();
-        consume<kFp8>(p, c);
+        ptx::setmaxnreg_inc<kSeesaw ? DINF_MLA_SEESAW_CONSUMER_REGS : DINF_MLA_FAST_CONSUMER_REGS>();
+        if (kSeesaw)
+            consume_seesaw(p, c);
+        else
+            consume<kFp8>(p, c);
     }
 #else
     /* wgmma and setmaxnreg exist only on sm_90a: the portable compute_90 PTX
@@ -488,6 +787,21 @@ __global__ void __launch_bounds__(DINF_MLA_FAST_THREADS, 1)
      * where the sm_90a code is chosen). */
     __trap();
 #endif
+}
+
+template <bool kFp8>
+__global__ void __launch_bounds__(DINF_MLA_FAST_THREADS, 1)
+    mla_decode_fast_kernel(const __grid_constant__ dinf__mla_params p,
+                           const __grid_constant__ jit::tensor_map_t kmap) {
+    fast_cta<kFp8, false>(p, kmap);
+}
+
+/* The seesaw rung (DINF_MLA_KERNEL=seesaw): the same CTA with the seesaw consumers. */
+template <bool kFp8>
+__global__ void __launch_bounds__(DINF_MLA_FAST_THREADS, 1)
+    mla_decode_seesaw_kernel(const __grid_constant__ dinf__mla_params p,
+                             const __grid_constant__ jit::tensor_map_t kmap) {
+    fast_cta<kFp8, true>(p, kmap);
 }
 
 /* ------------------------------------------------------------- launcher -- */
@@ -562,7 +876,7 @@ dinf_status encode_kv_map(const char *func, const dinf__mla_params *p, jit::tens
 } // namespace
 
 extern "C" dinf_status dinf__mla_decode_fast_cuda(const char *func, const dinf__place *place,
-                                                  const dinf__mla_params *p) {
+                                                  const dinf__mla_params *p, int seesaw) {
     device_guard guard;
     dinf_status st = dinf_cuda::enter_sm90(func, (int)place->device, guard, "the MLA kernels",
                                            place->stream);
@@ -575,27 +889,21 @@ extern "C" dinf_status dinf__mla_decode_fast_cuda(const char *func, const dinf__
     memset(&kmap, 0, sizeof kmap);
     if (!p->kv_fp8 && (st = encode_kv_map(func, p, &kmap)) != DINF_STATUS_OK)
         return st;
-    const unsigned smem_bytes = dinf__mla_fast_smem_carve().bytes;
+    const unsigned smem_bytes =
+        (seesaw ? dinf__mla_seesaw_smem_carve() : dinf__mla_fast_smem_carve()).bytes;
     cudaStream_t stream = reinterpret_cast<cudaStream_t>(place->stream);
     const dim3 grid(unsigned(int64_t(p->m_blocks) * p->parts), unsigned(p->h_kv));
-    cudaError_t err;
-    if (p->kv_fp8) {
-        err = cudaFuncSetAttribute(mla_decode_fast_kernel<true>,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes));
-        if (err == cudaSuccess)
-            mla_decode_fast_kernel<true>
-                <<<grid, DINF_MLA_FAST_THREADS, smem_bytes, stream>>>(*p, kmap);
-    } else {
-        err = cudaFuncSetAttribute(mla_decode_fast_kernel<false>,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes));
-        if (err == cudaSuccess)
-            mla_decode_fast_kernel<false>
-                <<<grid, DINF_MLA_FAST_THREADS, smem_bytes, stream>>>(*p, kmap);
-    }
+    void (*kernel)(dinf__mla_params, jit::tensor_map_t) =
+        p->kv_fp8 ? (seesaw ? mla_decode_seesaw_kernel<true> : mla_decode_fast_kernel<true>)
+                  : (seesaw ? mla_decode_seesaw_kernel<false> : mla_decode_fast_kernel<false>);
+    cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes));
+    if (err == cudaSuccess)
+        kernel<<<grid, DINF_MLA_FAST_THREADS, smem_bytes, stream>>>(*p, kmap);
     if (err == cudaSuccess)
         err = cudaGetLastError();
     if (err != cudaSuccess)
-        return cuda_failed(func, place, "fast decode launch", err);
+        return cuda_failed(func, place, seesaw ? "seesaw decode launch" : "fast decode launch", err);
     /* the combine, launched as a programmatic dependent of the decode */
     return dinf__mla_combine_cuda(func, place, p, 1);
 }

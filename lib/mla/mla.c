@@ -748,8 +748,9 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
         carve_workspace(&real, batch, seq_len_q, num_heads_q, num_sm_parts, 0, &ws);
         params.lse2_acc = ws.lse2;
         params.o_acc = ws.oacc;
-        return rung == DINF__MLA_RUNG_FAST ? dinf__mla_decode_fast_cuda(func, &place, &params)
-                                           : dinf__mla_decode_cuda(func, &place, &params);
+        return rung == DINF__MLA_RUNG_SIMPLE
+                   ? dinf__mla_decode_cuda(func, &place, &params)
+                   : dinf__mla_decode_fast_cuda(func, &place, &params, rung == DINF__MLA_RUNG_SEESAW);
 #endif
     }
 

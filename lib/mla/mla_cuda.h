@@ -31,7 +31,7 @@ dinf_status dinf__mla_decode_cuda(const char *func, const dinf__place *place,
  * the combine as a programmatic dependent launch. The caller checked
  * dinf__mla_fast_unsupported (lib/mla/mla_fast_hd.h). */
 dinf_status dinf__mla_decode_fast_cuda(const char *func, const dinf__place *place,
-                                       const dinf__mla_params *p);
+                                       const dinf__mla_params *p, int seesaw);
 
 /* The log-sum-exp combine of split requests (kernels/mla/mla_decode.cu);
  * pdl = 1 launches it with cudaLaunchAttributeProgrammaticStreamSerialization

@@ -49,6 +49,15 @@
 #define DINF_MLA_FAST_PRODUCER_WG 2
 #define DINF_MLA_FAST_CONSUMER_REGS 200   /* setmaxnreg.inc (ptxas spills below about 190) */
 #define DINF_MLA_FAST_PRODUCER_REGS 104   /* setmaxnreg.dec: 168 - 2 (200 - 168) */
+#ifndef DINF_MLA_SEESAW_CONSUMER_REGS
+#define DINF_MLA_SEESAW_CONSUMER_REGS 224 /* the seesaw consumers: O 128 + S 32 (ptxas spills at 216) */
+#endif
+#ifndef DINF_MLA_SEESAW_PRODUCER_REGS
+#define DINF_MLA_SEESAW_PRODUCER_REGS 56  /* 168 - 2 (224 - 168): 128 x 56 + 256 x 224 = 168 x 384 */
+#endif
+#ifndef DINF_MLA_SEESAW_FP8_BATCH
+#define DINF_MLA_SEESAW_FP8_BATCH 4       /* FP8 chunks in flight per producer thread (5 spills at 56 registers) */
+#endif
 #define DINF_MLA_FAST_FP8_CHUNKS 40       /* 16-byte chunks of an FP8 entry's row: 32 code + 8 RoPE */
 #define DINF_MLA_FAST_FP8_BATCH 10        /* FP8 chunks a producer thread loads before converting */
 #define DINF_MLA_FAST_STAGES 2            /* K ring depth */
@@ -67,6 +76,13 @@
 #define DINF_MLA_FAST_BAR_MAX 1           /* both WGs' block row maxima are in sMax */
 #define DINF_MLA_FAST_BAR_P 2             /* both halves of P are in sP */
 #define DINF_MLA_FAST_BAR_L 3             /* both WGs' row sums are in sL */
+/* the seesaw rung's named barriers (see "seesaw" below): WG 0 arrives and
+ * WG 1 syncs (A0) or the reverse (A1), 256 threads each; LOCAL + w: the 128
+ * threads of WG w (their own shared-memory stores before their wgmma) */
+#define DINF_MLA_SEESAW_BAR_A0 4          /* WG 0 -> 1: a0, m0 in sc, P0 stored; block A's QK^T done */
+#define DINF_MLA_SEESAW_BAR_A1 5          /* WG 1 -> 0: a1, m1 in sc, P1 stored; block B's QK^T done */
+#define DINF_MLA_SEESAW_BAR_LOCAL 6       /* 6 + w: warpgroup w alone */
+#define DINF_MLA_SEESAW_P_BOX 8           /* block i's P lives in box 8 (RoPE columns) of its stage */
 
 /* ------------------------------------------------------- shared memory -- */
 
@@ -84,6 +100,7 @@
 typedef struct dinf__mla_fast_smem {
     uint32_t q, k0, k1, p, max, lsum, bad, full0, full1, empty0, empty1, q_full, q_empty, end;
     uint32_t bytes;
+    uint32_t sc; /* seesaw carve only: float [4][64] alpha0, alpha1, m0, m1 (fast carve: = max) */
 } dinf__mla_fast_smem;
 
 DINF_HD dinf__mla_fast_smem dinf__mla_fast_smem_carve(void) {
@@ -103,7 +120,51 @@ DINF_HD dinf__mla_fast_smem dinf__mla_fast_smem_carve(void) {
     s.q_empty = s.q_full + 8;
     s.end = s.q_empty + 8;
     s.bytes = s.end + DINF_MLA_FAST_SMEM_ALIGN;
+    s.sc = s.max;
     return s;
+}
+
+/*
+ * The seesaw rung's carve (smem plan choice: P in the RoPE box, not Q's RoPE
+ * tile in registers). It needs two P tiles per step (P0 of block A for WG 1,
+ * P1 of block B for WG 0). Columns 512..575 of a K stage (its box 8) are read
+ * by Q K^T only, so once the one warpgroup that computes S_i = Q K_i^T has
+ * waited for its wgmma, box 8 of stage i holds P_i (64 rows x 64 keys, the
+ * same swizzled box layout as the fast rung's P tile) until both
+ * warpgroups release the stage (empty[s] counts all 256 consumer threads,
+ * the producer refills it only then). So the fast carve's separate P tile
+ * goes and the per-row scalars take its place:
+ *   q, k[s]   as the fast carve                                3 x 73,728
+ *   sc        float [4][64]: alpha0, alpha1, m0, m1 of the step      1,024
+ *   lsum      float [2 request parities][2 WGs][64 rows]            1,024
+ *   bad, full[s], empty[s], q_full, q_empty                          64
+ * p = max = sc (no P tile of its own). tests/mla/test_mla_fast.c checks the
+ * carve and (in the protocol model) that no P_i is written before S_i's read of
+ * box 8 or read after the stage's refill.
+ */
+DINF_HD dinf__mla_fast_smem dinf__mla_seesaw_smem_carve(void) {
+    dinf__mla_fast_smem s;
+    s.q = 0;
+    s.k0 = s.q + DINF_MLA_FAST_TILE_BYTES;
+    s.k1 = s.k0 + DINF_MLA_FAST_TILE_BYTES;
+    s.sc = s.k1 + DINF_MLA_FAST_TILE_BYTES;
+    s.p = s.max = s.sc;
+    s.lsum = s.sc + 4 * DINF_MLA_BLOCK_M * 4;
+    s.bad = s.lsum + 2 * 2 * DINF_MLA_BLOCK_M * 4;
+    s.full0 = s.bad + 16;
+    s.full1 = s.full0 + 8;
+    s.empty0 = s.full1 + 8;
+    s.empty1 = s.empty0 + 8;
+    s.q_full = s.empty1 + 8;
+    s.q_empty = s.q_full + 8;
+    s.end = s.q_empty + 8;
+    s.bytes = s.end + DINF_MLA_FAST_SMEM_ALIGN;
+    return s;
+}
+
+/* Offset, from the tile base of a stage, of the P tile of the seesaw rung. */
+DINF_HD uint32_t dinf__mla_seesaw_p_tile(void) {
+    return DINF_MLA_SEESAW_P_BOX * DINF_MLA_FAST_BOX_BYTES;
 }
 
 /*
@@ -305,13 +366,103 @@ DINF_HD dinf__mla_row_end dinf__mla_fast_row_end(float l, float m, int bad) {
     return e;
 }
 
+/* -------------------------------------------------------------- seesaw -- */
+
+/*
+ * The seesaw rung (FlashMLA's schedule, reference 3.1) on the fast rung's
+ * producer, ring, plan and epilogue. A request's piece [blk_begin, blk_end)
+ * is walked in steps of two blocks: step k takes block A = blk_begin + 2k
+ * (ring index it, stage it % 2) and, when it exists, block B = A + 1 (it + 1,
+ * the other stage); the last step of a piece with an odd block count has A
+ * only. The ring index keeps counting over the CTA's pieces, so a step's A
+ * may sit in stage 1. Both warpgroups hold the running max m, WG 0 the
+ * output columns 0..255 (O_L) and WG 1 256..511 (O_R), each a row-sum partial.
+ *   WG 0: S0 = Q K_A^T (wgmma m64n64k16, all 64 keys); m0 = max(m, rowmax S0),
+ *         a0 = 2^(m - m0), P0 = 2^(S0 - m0); l_L = a0 l_L + sum P0;
+ *         O_L = a0 O_L + P0 V_A[:, L]; publishes a0, m0 and P0 (BAR_A0); after
+ *         BAR_A1: O_L *= a1, l_L *= a1, O_L += P1 V_B[:, L].
+ *   WG 1: S1 = Q K_B^T (while WG 0 does its softmax); after BAR_A0:
+ *         O_R = a0 O_R + P0 V_A[:, R] (issued, and while it runs:) m1 = max(m0,
+ *         rowmax S1), a1 = 2^(m0 - m1), P1 = 2^(S1 - m1), publishes a1, m1 and
+ *         P1 (BAR_A1); then O_R *= a1, l_R = a1 a0 l_R + sum P1,
+ *         O_R += P1 V_B[:, R].
+ * Without B, WG 1 takes rowmax S1 = -inf (m1 = m0, a1 = 1, or 0 when m0 = -inf)
+ * and skips everything of B. After a step both WGs hold m = m1 and
+ * O = a1 (a0 O_old + P0 V_A) + P1 V_B at the scale of m1: per block exactly
+ * the online softmax of the simple and fast rungs (each P rounded to bf16 at
+ * its own block's running max, the rescaling in fp32). FlashMLA's order
+ * (reference 3.1: WG 1 first P1 V_B, then the cross term with a1 P0 rounded
+ * to bf16 again) measured cos_diff 5.2e-6..7.6e-6 against the oracle in
+ * tools/mla-emu, over upstream's 5e-6 tolerance; WG 1's cross term first
+ * keeps the rounding of the other rungs, needs no second store of P0 nor a
+ * third barrier, and still overlaps WG 1's softmax with P V on the tensor cores.
+ *
+ * The protocol, as the ordered operations each warpgroup performs per step
+ * (dinf__mla_seesaw_ops; the kernel follows these lists in this order, and
+ * tests/mla/test_mla_fast.c runs them against the producer under random
+ * interleavings, with planted bugs):
+ *   WAIT_X     wait full[stage of X] (and read the stage's bad flag)
+ *   QK_X       issue S = Q K_X^T (reads Q and boxes 0..8 of X's stage)
+ *   PV_X       issue O_w += P_X V_X[:, w] (reads box 8 and this WG's 4 V boxes)
+ *   MMA_WAIT   wgmma.wait_group 0: this WG's issued wgmma have read their operands
+ *   PUT_SC0/1, GET_SC0/1  write / read the step's (a0, m0) / (a1, m1) rows
+ *   ZERO_X     V rows of X past the request's length set to 0 (this WG's boxes)
+ *   PUT_P_X    P (bf16) of X into box 8 of X's stage
+ *   ARRIVE_/SYNC_A0, A1   the named barriers above (bar.arrive / bar.sync)
+ *   LOCAL      the WG's own barrier after its stores, before its wgmma reads them
+ *   RELEASE_X  arrive on empty[stage of X] (the WG will not touch X again)
+ * Every thread of a WG performs its WG's list; each shared-memory store is
+ * followed by fence.proxy.async before the barrier that publishes it.
+ */
+enum {
+    DINF__SS_WAIT_A, DINF__SS_WAIT_B, DINF__SS_QK_A, DINF__SS_QK_B, DINF__SS_PV_A, DINF__SS_PV_B,
+    DINF__SS_MMA_WAIT, DINF__SS_PUT_SC0, DINF__SS_GET_SC0, DINF__SS_PUT_SC1, DINF__SS_GET_SC1,
+    DINF__SS_ZERO_A, DINF__SS_ZERO_B, DINF__SS_PUT_P_A, DINF__SS_PUT_P_B,
+    DINF__SS_ARRIVE_A0, DINF__SS_SYNC_A0, DINF__SS_ARRIVE_A1, DINF__SS_SYNC_A1,
+    DINF__SS_LOCAL, DINF__SS_RELEASE_A, DINF__SS_RELEASE_B,
+    DINF__SS_NUM_OPS
+};
+#define DINF_MLA_SEESAW_MAX_OPS 24
+
+/* The operations of warpgroup wg (0 or 1) in a step with (has_b = 1) or
+ * without block B, in order, into ops (DINF_MLA_SEESAW_MAX_OPS entries);
+ * returns their count. WG 0's list without B is its first 13 operations. */
+DINF_HD int dinf__mla_seesaw_ops(int wg, int has_b, uint8_t *ops) {
+    static const uint8_t wg0[] = {
+        DINF__SS_WAIT_A, DINF__SS_QK_A, DINF__SS_MMA_WAIT, DINF__SS_PUT_SC0, DINF__SS_ZERO_A,
+        DINF__SS_PUT_P_A, DINF__SS_ARRIVE_A0, DINF__SS_LOCAL, DINF__SS_PV_A, DINF__SS_SYNC_A1,
+        DINF__SS_GET_SC1, DINF__SS_MMA_WAIT, DINF__SS_RELEASE_A,
+        /* with B: */
+        DINF__SS_WAIT_B, DINF__SS_ZERO_B, DINF__SS_LOCAL, DINF__SS_PV_B, DINF__SS_MMA_WAIT,
+        DINF__SS_RELEASE_B};
+    static const uint8_t wg1_ab[] = {
+        DINF__SS_WAIT_B, DINF__SS_QK_B, DINF__SS_MMA_WAIT, DINF__SS_SYNC_A0, DINF__SS_GET_SC0,
+        DINF__SS_WAIT_A, DINF__SS_ZERO_A, DINF__SS_LOCAL, DINF__SS_PV_A, DINF__SS_PUT_SC1,
+        DINF__SS_ZERO_B, DINF__SS_PUT_P_B, DINF__SS_ARRIVE_A1, DINF__SS_MMA_WAIT,
+        DINF__SS_RELEASE_A, DINF__SS_LOCAL, DINF__SS_PV_B, DINF__SS_MMA_WAIT, DINF__SS_RELEASE_B};
+    static const uint8_t wg1_a[] = {
+        DINF__SS_SYNC_A0, DINF__SS_GET_SC0, DINF__SS_WAIT_A, DINF__SS_ZERO_A, DINF__SS_LOCAL,
+        DINF__SS_PV_A, DINF__SS_PUT_SC1, DINF__SS_ARRIVE_A1, DINF__SS_MMA_WAIT,
+        DINF__SS_RELEASE_A};
+    const uint8_t *src = wg == 0 ? wg0 : (has_b ? wg1_ab : wg1_a);
+    const int n = wg == 0 ? (has_b ? (int)sizeof wg0 : 13)
+                          : (has_b ? (int)sizeof wg1_ab : (int)sizeof wg1_a);
+    for (int i = 0; i < n; i++)
+        ops[i] = src[i];
+    return n;
+}
+
+/* Steps of a piece of nblk blocks, and whether step k has a block B. */
+DINF_HD int32_t dinf__mla_seesaw_steps(int32_t nblk) { return nblk > 0 ? (nblk + 1) / 2 : 0; }
+DINF_HD int dinf__mla_seesaw_has_b(int32_t nblk, int32_t k) { return 2 * k + 1 < nblk; }
+
 /* --------------------------------------------------------- selection -- */
 
 #if !defined(__CUDACC__)
 #include <stdio.h>
 #include <string.h>
 
-enum { DINF__MLA_RUNG_SIMPLE = 0, DINF__MLA_RUNG_FAST = 1 };
+enum { DINF__MLA_RUNG_SIMPLE = 0, DINF__MLA_RUNG_FAST = 1, DINF__MLA_RUNG_SEESAW = 2 };
 
 /*
  * Why the fast rung cannot take a decode (NULL: it can). Its constraints:
@@ -350,9 +501,11 @@ static inline const char *dinf__mla_fast_unsupported(int kv_fp8, int32_t page,
 
 /*
  * The rung of a GPU decode from DINF_MLA_KERNEL (env: NULL or "" = auto,
- * "simple", "fast") and the fast rung's constraints. Returns 0 with *rung
- * set; -1 for an unknown value (msg says so); -2 when "fast" is forced on a
- * decode it cannot take (msg says why).
+ * "simple", "fast", "seesaw") and the fast rungs' constraints (the seesaw
+ * rung has the fast rung's: same producer, pages and tensor map). auto is
+ * the fast rung where it can take the decode, else simple. Returns 0 with
+ * *rung set; -1 for an unknown value (msg says so); -2 when "fast" or
+ * "seesaw" is forced on a decode it cannot take (msg says why).
  */
 static inline int dinf__mla_choose_rung(const char *env, int kv_fp8, int32_t page,
                                         int64_t kv_block_stride, int64_t kv_token_stride,
@@ -369,16 +522,16 @@ static inline int dinf__mla_choose_rung(const char *env, int kv_fp8, int32_t pag
         *rung = DINF__MLA_RUNG_SIMPLE;
         return 0;
     }
-    if (!strcmp(env, "fast")) {
+    if (!strcmp(env, "fast") || !strcmp(env, "seesaw")) {
         if (no) {
-            snprintf(msg, n, "DINF_MLA_KERNEL=fast, but the fast rung cannot take this decode: %s",
-                     no);
+            snprintf(msg, n, "DINF_MLA_KERNEL=%s, but the %s rung cannot take this decode: %s",
+                     env, env, no);
             return -2;
         }
-        *rung = DINF__MLA_RUNG_FAST;
+        *rung = !strcmp(env, "fast") ? DINF__MLA_RUNG_FAST : DINF__MLA_RUNG_SEESAW;
         return 0;
     }
-    snprintf(msg, n, "DINF_MLA_KERNEL='%.40s' is not one of simple, fast, auto", env);
+    snprintf(msg, n, "DINF_MLA_KERNEL='%.40s' is not one of simple, fast, seesaw, auto", env);
     return -1;
 }
 #endif

@@ -43,16 +43,24 @@ TestSuite(mla_gpu, .init = require_gpu, .timeout = 600.0);
 
 /*
  * The kernel rungs every GPU check runs (DINF_MLA_KERNEL, read by the library
- * on each call): the simple reference rung and the fast TMA/wgmma rung.
- * DINF_MLA_TEST_RUNGS (a list such as "simple") narrows them; tools/mla-emu
- * sets it to "simple" (its host emulation covers the simple rung only).
+ * on each call): the simple reference rung, the fast TMA/wgmma rung and the
+ * seesaw rung (the fast rung's producer with FlashMLA's seesaw consumers).
+ * DINF_MLA_TEST_RUNGS (a comma-separated list such as "simple,seesaw")
+ * narrows them; tools/mla-emu sets it from EMU_RUNGS.
  */
-#define NUM_RUNGS 2
-#define RUNG_FAST 1
-static const char *const RUNGS[NUM_RUNGS] = {"simple", "fast"};
+#define NUM_RUNGS 3
+#define RUNG_FAST 1   /* the fast rung and the seesaw rung take 64-token pages only */
+#define RUNG_SEESAW 2
+static const char *const RUNGS[NUM_RUNGS] = {"simple", "fast", "seesaw"};
 static int rung_enabled(int ri) {
     const char *only = getenv("DINF_MLA_TEST_RUNGS");
-    return !only || strstr(only, RUNGS[ri]) != NULL;
+    if (!only)
+        return 1;
+    const size_t n = strlen(RUNGS[ri]);
+    for (const char *s = only; (s = strstr(s, RUNGS[ri])) != NULL; s += n)
+        if ((s == only || s[-1] == ',') && (s[n] == ',' || s[n] == 0))
+            return 1;
+    return 0;
 }
 
 static void *to_device(const void *host, size_t bytes) {
@@ -214,6 +222,10 @@ static void check_close(const char *what, const char *params, const float *got, 
     cr_assert(cos_diff <= cos_tol, "%s %s: cos_diff %g > %g", what, params, cos_diff, cos_tol);
 }
 
+/* Gain on Q's values (1: fill_values' std 0.1, scores std about 0.02 after
+ * softmax_scale, a nearly flat softmax whose rescaling factors stay near 1). */
+static float q_gain = 1.0f;
+
 /* One (s_q, h_q, causal, dtype) point on a cache: device metadata = CPU
  * metadata, GPU decode (poisoned outputs) = CPU decode within tolerances. */
 static void gpu_point(const kv_problem *p, int32_t s_q, int32_t h_q, int32_t causal, int fp8,
@@ -226,6 +238,8 @@ static void gpu_point(const kv_problem *p, int32_t s_q, int32_t h_q, int32_t cau
     uint64_t s = seed;
     uint16_t *q = malloc(sizeof(uint16_t) * (size_t)(rows * DQK));
     fill_values(q, rows * DQK, &s);
+    for (int64_t i = 0; q_gain != 1.0f && i < rows * DQK; i++)
+        q[i] = dinf__bf16_from_f32(dinf__f32_from_bf16(q[i]) * q_gain);
     int32_t parts;
     cr_assert_eq(dinf_mla_num_sm_parts(s_q * h_q / p->h_kv, p->h_kv, 132, &parts), DINF_STATUS_OK);
     int32_t *meta = malloc(sizeof(int32_t) * 8 * (size_t)parts), *splits = malloc(sizeof(int32_t) * (size_t)(b + 1));
@@ -288,11 +302,13 @@ static void gpu_point(const kv_problem *p, int32_t s_q, int32_t h_q, int32_t cau
                  : dinf_mla_decode_with_kvcache(d_q, b, s_q, h_q, DQK, p->d_kc, p->num_blocks, p->page, p->h_kv, blk16, tok16, p->d_bt,
                                                 p->max_blocks, p->d_seqlens, DV, d_meta, parts, d_splits, scale, causal, d_ws, ws_gpu,
                                                 d_out, d_lse, &cuda);
-        if (ri == RUNG_FAST && p->page != 64) {
-            cr_assert_eq(st, DINF_STATUS_UNSUPPORTED, "%s: the fast rung took page_block_size=%d", what, p->page);
-            cr_assert(strstr(dinf_last_error(), "DINF_MLA_KERNEL=fast, but the fast rung cannot take this decode: "
-                                                "page_block_size="),
-                      "%s: %s", what, dinf_last_error());
+        if (ri >= RUNG_FAST && p->page != 64) {
+            char want[128];
+            snprintf(want, sizeof want, "DINF_MLA_KERNEL=%s, but the %s rung cannot take this decode: page_block_size=",
+                     RUNGS[ri], RUNGS[ri]);
+            cr_assert_eq(st, DINF_STATUS_UNSUPPORTED, "%s: the %s rung took page_block_size=%d", what, RUNGS[ri],
+                         p->page);
+            cr_assert(strstr(dinf_last_error(), want), "%s: %s", what, dinf_last_error());
             continue;
         }
         cr_assert_eq(st, DINF_STATUS_OK, "%s: %s", what, dinf_last_error());
@@ -411,6 +427,28 @@ Test(mla_gpu, partial_m_blocks_two_kv_heads_small_pages) {
     kv_make(&p, 7, 2, 300, 1, 1, 64, 3, 7250);
     gpu_point(&p, 3, 126, 1, 0, 16, stream); /* 189 rows per KV head: 3 m-blocks */
     gpu_point(&p, 3, 126, 1, 1, 17, stream);
+    kv_free(&p);
+    CUDA_OK(cudaStreamDestroy(stream));
+}
+
+/*
+ * Scores as peaked as upstream's randn inputs (Q x 100: scores std about 1.7
+ * after softmax_scale): the running max moves from block to block, so every
+ * rescaling factor of the online softmax (the seesaw rung's a0 and a1, the
+ * fast rung's alpha) is far from 1 and a wrong one shows far beyond the
+ * tolerances. Varlen lengths around 4096 keys (odd and even block counts,
+ * partial last blocks; pieces of several blocks, so the seesaw rung's steps
+ * rescale accumulated output), 64-token pages, split requests, BF16 and FP8.
+ */
+Test(mla_gpu, peaked_scores_exercise_the_rescaling) {
+    cudaStream_t stream;
+    CUDA_OK(cudaStreamCreate(&stream));
+    kv_problem p;
+    kv_make(&p, 8, 1, 4096, 1, 0, 64, 2, 7500); /* about 500 blocks: several per part (66 parts) */
+    q_gain = 100.0f;
+    gpu_point(&p, 1, 128, 0, 0, 21, stream);
+    gpu_point(&p, 2, 64, 1, 1, 22, stream);
+    q_gain = 1.0f;
     kv_free(&p);
     CUDA_OK(cudaStreamDestroy(stream));
 }

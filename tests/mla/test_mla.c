@@ -749,8 +749,8 @@ Test(mla_errors, every_rejected_input) {
 
 /*
  * The GPU place chooses the kernel rung before touching the device
- * (DINF_MLA_KERNEL): an unknown value and "fast" on pages the fast rung
- * cannot take fail with their reason, with or without a device (the host
+ * (DINF_MLA_KERNEL): an unknown value, and "fast" or "seesaw" on pages those
+ * rungs cannot take, fail with their reason, with or without a device (the host
  * pointers below are never dereferenced on that path).
  */
 Test(mla_errors, kernel_rung_choice_on_the_gpu_place) {
@@ -768,19 +768,29 @@ Test(mla_errors, kernel_rung_choice_on_the_gpu_place) {
                            p.bt, p.max_blocks, p.seqlens, 512, meta, 4, splits, p.scale, 1, ws,
                            ws_bytes, p.out, p.lse, &cuda};
         setenv("DINF_MLA_KERNEL", "bogus", 1);
-        EXPECT_FAIL(good, DINF_STATUS_INVALID_ARGUMENT, "DINF_MLA_KERNEL='bogus' is not one of simple, fast, auto");
-        setenv("DINF_MLA_KERNEL", "fast", 1);
+        EXPECT_FAIL(good, DINF_STATUS_INVALID_ARGUMENT,
+                    "DINF_MLA_KERNEL='bogus' is not one of simple, fast, seesaw, auto");
+        setenv("DINF_MLA_KERNEL", "seesaw2", 1);
+        EXPECT_FAIL(good, DINF_STATUS_INVALID_ARGUMENT,
+                    "DINF_MLA_KERNEL='seesaw2' is not one of simple, fast, seesaw, auto");
         if (page != 64) {
+            setenv("DINF_MLA_KERNEL", "fast", 1);
             EXPECT_FAIL(good, DINF_STATUS_UNSUPPORTED,
                         "DINF_MLA_KERNEL=fast, but the fast rung cannot take this decode: page_block_size=32 "
+                        "(the fast rung takes 64-token pages only)");
+            setenv("DINF_MLA_KERNEL", "seesaw", 1);
+            EXPECT_FAIL(good, DINF_STATUS_UNSUPPORTED,
+                        "DINF_MLA_KERNEL=seesaw, but the seesaw rung cannot take this decode: page_block_size=32 "
                         "(the fast rung takes 64-token pages only)");
         } else {
             dinf_device_info info = DINF_DEVICE_INFO_INIT;
             if (dinf_device_query(0, &info) != DINF_STATUS_OK || !info.usable) {
                 /* the choice passes; the launcher finds no device */
-                EXPECT_FAIL(good, DINF_STATUS_UNSUPPORTED, "no usable CUDA device 0");
-                setenv("DINF_MLA_KERNEL", "simple", 1);
-                EXPECT_FAIL(good, DINF_STATUS_UNSUPPORTED, "no usable CUDA device 0");
+                static const char *const rungs[3] = {"fast", "seesaw", "simple"};
+                for (int r = 0; r < 3; r++) {
+                    setenv("DINF_MLA_KERNEL", rungs[r], 1);
+                    EXPECT_FAIL(good, DINF_STATUS_UNSUPPORTED, "no usable CUDA device 0");
+                }
             }
         }
         unsetenv("DINF_MLA_KERNEL");

@@ -5,9 +5,11 @@
  * canonical SW128 layouts (every operand element of every wgmma the kernel
  * issues lands on the element the algorithm means), the accumulator
  * fragments, the mbarrier ring under random interleavings of a producer and
- * two consumers, the pieces of the plan against the CPU path's reading of
- * it, the two-warpgroup online softmax against a float64 softmax, the row
- * ends, and the rung selection.
+ * two consumers, the seesaw rung's carve, steps and protocol (its operation
+ * lists against the producer under random interleavings, and planted bugs
+ * the model must catch), the pieces of the plan against the CPU path's
+ * reading of it, the two-warpgroup online softmax against a float64 softmax,
+ * the row ends, and the rung selection.
  */
 #include <deepinfra.h>
 
@@ -334,6 +336,396 @@ Test(mla_fast_hd, ring_protocol_under_random_interleavings) {
     }
 }
 
+/* -------------------------------------------------------------- seesaw -- */
+
+Test(mla_fast_hd, seesaw_shared_memory_carve) {
+    const dinf__mla_fast_smem f = dinf__mla_fast_smem_carve(), s = dinf__mla_seesaw_smem_carve();
+    /* Q and the two stages where the fast rung has them (same producer, same TMA boxes) */
+    cr_assert_eq(s.q, f.q);
+    cr_assert_eq(s.k0, f.k0);
+    cr_assert_eq(s.k1, f.k1);
+    cr_assert_eq(s.k0 % 1024 + s.k1 % 1024 + s.q % 1024, 0u);
+    /* the P tile of a stage is its box 8: 1024-aligned (a swizzled wgmma operand),
+     * inside the stage, and exactly the RoPE columns 512..575 of every key row */
+    const uint32_t pt = dinf__mla_seesaw_p_tile();
+    cr_assert_eq(pt % 1024, 0u);
+    cr_assert_eq(pt + DINF_MLA_FAST_BOX_BYTES, (uint32_t)DINF_MLA_FAST_TILE_BYTES);
+    for (uint32_t row = 0; row < 64; row++)
+        for (uint32_t col = 0; col < 576; col++) {
+            const uint32_t off = dinf__mla_fast_sw128(row, col);
+            cr_assert_eq(off >= pt, col >= DINF_MLA_HEAD_DIM_V, "row %u col %u at %u", row, col, off);
+        }
+    /* every P element (64 q rows x 64 keys) the kernel stores lands in box 8 */
+    for (int t = 0; t < 128; t++)
+        for (int v = 0; v < 32; v++) {
+            const uint32_t off =
+                pt + dinf__mla_fast_sw128((uint32_t)dinf__mla_fast_acc_row(t, v), (uint32_t)dinf__mla_fast_acc_col(t, v));
+            cr_assert(off >= pt && off + 2 <= pt + DINF_MLA_FAST_BOX_BYTES);
+        }
+    /* the per-row scalars: a0, a1, m0, m1 (4 x 64 floats), then the fast carve's tail */
+    cr_assert_eq(s.sc, s.k1 + DINF_MLA_FAST_TILE_BYTES);
+    cr_assert_eq(s.lsum - s.sc, 4u * 64 * 4);
+    cr_assert_eq(s.bad - s.lsum, 2u * 2 * 64 * 4);
+    cr_assert_geq(s.full0 - s.bad, 2u * 4);
+    const uint32_t bars[6] = {s.full0, s.full1, s.empty0, s.empty1, s.q_full, s.q_empty};
+    for (int i = 0; i < 6; i++) {
+        cr_assert_eq(bars[i] % 8, 0u);
+        if (i)
+            cr_assert_eq(bars[i], bars[i - 1] + 8);
+    }
+    cr_assert_eq(s.end, s.q_empty + 8);
+    cr_assert_eq(s.bytes, s.end + 1024u);
+    cr_assert_leq(s.bytes, (uint32_t)DINF_MLA_FAST_SMEM_LIMIT);
+    cr_assert_lt(s.bytes, f.bytes, "the seesaw carve has no P tile of its own");
+    cr_assert_eq(s.bytes, 224320u, "kernels/mla/NOTES.md quotes this size");
+    /* registers: the seesaw kernel enters with the same 168 (launch bounds 384, 1) */
+    cr_assert_leq(DINF_MLA_SEESAW_PRODUCER_REGS * 128 + DINF_MLA_SEESAW_CONSUMER_REGS * 256, 65536);
+    cr_assert_eq((DINF_MLA_SEESAW_CONSUMER_REGS - 168) * 256, (168 - DINF_MLA_SEESAW_PRODUCER_REGS) * 128,
+                 "the producer frees what the consumers take");
+    cr_assert_eq(DINF_MLA_SEESAW_CONSUMER_REGS % 8 + DINF_MLA_SEESAW_PRODUCER_REGS % 8, 0);
+    cr_assert_eq(64 * DINF_MLA_FAST_FP8_CHUNKS / 128 % DINF_MLA_SEESAW_FP8_BATCH, 0);
+    /* named barriers: distinct, above the fast rung's and below 16 */
+    const int ids[5] = {DINF_MLA_FAST_BAR_L, DINF_MLA_SEESAW_BAR_A0, DINF_MLA_SEESAW_BAR_A1, DINF_MLA_SEESAW_BAR_LOCAL,
+                        DINF_MLA_SEESAW_BAR_LOCAL + 1};
+    for (int i = 0; i < 5; i++) {
+        cr_assert(ids[i] > 0 && ids[i] < 16);
+        for (int j = 0; j < i; j++)
+            cr_assert_neq(ids[i], ids[j]);
+    }
+}
+
+Test(mla_fast_hd, seesaw_steps) {
+    for (int32_t nblk = 0; nblk < 40; nblk++) {
+        const int32_t steps = dinf__mla_seesaw_steps(nblk);
+        int32_t covered = 0;
+        for (int32_t k = 0; k < steps; k++)
+            covered += 1 + dinf__mla_seesaw_has_b(nblk, k);
+        cr_assert_eq(covered, nblk, "%d blocks", nblk);
+        if (steps)
+            cr_assert_eq(dinf__mla_seesaw_has_b(nblk, steps - 1), nblk % 2 == 0, "%d blocks: the last step", nblk);
+    }
+    cr_assert_eq(dinf__mla_seesaw_steps(-3), 0);
+}
+
+/*
+ * The seesaw protocol (dinf__mla_seesaw_ops) against the producer, one
+ * operation of a random actor at a time. State per stage: the ring index it
+ * holds, box 8 (RoPE, or P of which block), which halves of V are zeroed,
+ * whether its QK^T ran, the wgmma reading it in flight, which WGs hold it
+ * (waited full, not yet released). Checked: the producer refills a stage
+ * only when nobody holds it or reads it; a wgmma reads the block it wants
+ * (at issue and at its wait: the hardware may read anywhere in between),
+ * QK^T box 8 as RoPE and K rows intact, P V the P of its block and V rows
+ * past the length zeroed by its own WG; P and zeros are written only after
+ * the block's QK^T completed and while no wgmma reads them; the scalars a0, m0
+ * / a1, m1 are read in the step they were written for and never overwritten
+ * unread; a named barrier never sees a second bar.arrive before its waiter;
+ * nobody deadlocks. Requests have 0..5 blocks, the last one partial at
+ * random. bug != 0 plants a protocol bug (the operation lists edited); the
+ * model must catch each. Returns NULL or what went wrong (msg).
+ */
+enum { SS_ROPE = -1 };
+typedef struct ss_stage {
+    int64_t it;     /* ring index held (-1: never filled) */
+    int64_t box8;   /* SS_ROPE or the ring index whose P is there */
+    int zeroed[2];  /* V half zeroed for this fill */
+    int qk_done, qk_flight, pv_flight[2], holds[2];
+    int partial;    /* the block's last key row is past the request's length */
+} ss_stage;
+typedef struct ss_wg {
+    int r, k, op, nops;
+    int64_t it, step;
+    uint8_t ops[DINF_MLA_SEESAW_MAX_OPS];
+    int pend_qk, pend_pv[2]; /* in-flight wgmma: QK stage (-1 none), PV on stage s */
+} ss_wg;
+
+enum {
+    SS_BUG_NONE, SS_BUG_WG1_RELEASE_A_EARLY, SS_BUG_WG0_NO_SYNC_A1, SS_BUG_WG0_ARRIVE_BEFORE_P,
+    SS_BUG_WG0_P_BEFORE_QK_WAIT, SS_BUG_WG0_NO_RELEASE_B, SS_BUG_WG1_ZERO_A_EARLY, SS_BUG_WG1_NO_PV_A_WAIT,
+    SS_NUM_BUGS
+};
+
+static int ss_find(const uint8_t *ops, int n, int op) {
+    for (int i = 0; i < n; i++)
+        if (ops[i] == op)
+            return i;
+    return -1;
+}
+static void ss_move(uint8_t *ops, int n, int from, int to) { /* ops[from] to position to */
+    const uint8_t x = ops[from];
+    if (from < to)
+        memmove(ops + from, ops + from + 1, (size_t)(to - from));
+    else
+        memmove(ops + to + 1, ops + to, (size_t)(from - to));
+    ops[to] = x;
+    (void)n;
+}
+static int ss_remove(uint8_t *ops, int n, int at) {
+    memmove(ops + at, ops + at + 1, (size_t)(n - at - 1));
+    return n - 1;
+}
+
+static int ss_ops(int wg, int has_b, int bug, uint8_t *ops) {
+    int n = dinf__mla_seesaw_ops(wg, has_b, ops);
+    if (wg == 1 && bug == SS_BUG_WG1_RELEASE_A_EARLY) /* release A right after issuing P0 V_A */
+        ss_move(ops, n, ss_find(ops, n, DINF__SS_RELEASE_A), ss_find(ops, n, DINF__SS_PV_A) + 1);
+    if (wg == 0 && bug == SS_BUG_WG0_NO_SYNC_A1)
+        n = ss_remove(ops, n, ss_find(ops, n, DINF__SS_SYNC_A1));
+    if (wg == 0 && bug == SS_BUG_WG0_ARRIVE_BEFORE_P) /* A0 published before P0 is stored */
+        ss_move(ops, n, ss_find(ops, n, DINF__SS_ARRIVE_A0), ss_find(ops, n, DINF__SS_PUT_P_A));
+    if (wg == 0 && bug == SS_BUG_WG0_P_BEFORE_QK_WAIT)
+        ss_move(ops, n, ss_find(ops, n, DINF__SS_PUT_P_A), ss_find(ops, n, DINF__SS_QK_A) + 1);
+    if (wg == 0 && bug == SS_BUG_WG0_NO_RELEASE_B && has_b)
+        n = ss_remove(ops, n, ss_find(ops, n, DINF__SS_RELEASE_B));
+    if (wg == 1 && bug == SS_BUG_WG1_ZERO_A_EARLY) /* zero A's V tail before WG 0's QK_A is known done */
+        ss_move(ops, n, ss_find(ops, n, DINF__SS_ZERO_A), 0);
+    if (wg == 1 && bug == SS_BUG_WG1_NO_PV_A_WAIT && has_b) { /* P V_B issued before the wait of P V_A */
+        const int pv_a = ss_find(ops, n, DINF__SS_PV_A);
+        ss_move(ops, n, pv_a + ss_find(ops + pv_a, n - pv_a, DINF__SS_MMA_WAIT), ss_find(ops, n, DINF__SS_PV_B));
+    }
+    return n;
+}
+
+#define SS_CHECK(cond, ...)                                                                                           \
+    do {                                                                                                              \
+        if (!(cond)) {                                                                                                \
+            snprintf(msg, msg_n, __VA_ARGS__);                                                                        \
+            return msg;                                                                                               \
+        }                                                                                                             \
+    } while (0)
+
+static const char *ss_model(int bug, uint64_t seed, int trials, char *msg, size_t msg_n) {
+    uint64_t s = seed;
+    for (int trial = 0; trial < trials; trial++) {
+        int nreq = 1 + (int)(rng_next(&s) % 6), blocks[6], partial_last[6];
+        for (int r = 0; r < nreq; r++) {
+            blocks[r] = (int)(rng_next(&s) % 6);
+            partial_last[r] = (int)(rng_next(&s) % 2);
+        }
+        mbar full[2], empty[2];
+        ss_stage st[2];
+        for (int i = 0; i < 2; i++) {
+            mbar_init_m(&full[i], 1);
+            mbar_init_m(&empty[i], 2); /* the two WGs (256 threads in the kernel) */
+            memset(&st[i], 0, sizeof st[i]);
+            st[i].it = -1;
+            st[i].box8 = SS_ROPE;
+        }
+        int arrived_a0 = 0, arrived_a1 = 0;
+        int64_t sc0 = -1, sc1 = -1; /* step whose values are in the slots */
+        int sc0_read = 1, sc1_read = 1;
+        /* producer */
+        int pr = 0, pb = 0;
+        int64_t pit = 0;
+        ss_wg w[2];
+        memset(w, 0, sizeof w);
+        for (int i = 0; i < 2; i++)
+            w[i].pend_qk = -1, w[i].nops = -1;
+        for (int steps = 0;; steps++) {
+            SS_CHECK(steps < 200000, "trial %d: deadlock", trial);
+            if (pr >= nreq && w[0].r >= nreq && w[1].r >= nreq)
+                break;
+            const int who = (int)(rng_next(&s) % 3);
+            if (who == 2) { /* the producer: blocks in ring order */
+                if (pr >= nreq)
+                    continue;
+                if (pb >= blocks[pr]) {
+                    pr++, pb = 0;
+                    continue;
+                }
+                const int sx = dinf__mla_fast_stage(pit);
+                if (!mbar_ready(&empty[sx], dinf__mla_fast_empty_parity(pit)))
+                    continue;
+                SS_CHECK(!st[sx].holds[0] && !st[sx].holds[1], "trial %d: stage %d refilled while held", trial, sx);
+                SS_CHECK(!st[sx].qk_flight && !st[sx].pv_flight[0] && !st[sx].pv_flight[1],
+                         "trial %d: stage %d refilled while a wgmma reads it", trial, sx);
+                memset(&st[sx], 0, sizeof st[sx]);
+                st[sx].it = pit;
+                st[sx].box8 = SS_ROPE;
+                st[sx].partial = pb == blocks[pr] - 1 && partial_last[pr];
+                mbar_arrive_m(&full[sx]);
+                pb++, pit++;
+                continue;
+            }
+            ss_wg *x = &w[who];
+            if (x->r >= nreq)
+                continue;
+            const int32_t nblk = blocks[x->r];
+            if (x->k >= dinf__mla_seesaw_steps(nblk)) {
+                x->r++, x->k = 0, x->nops = -1;
+                continue;
+            }
+            const int has_b = dinf__mla_seesaw_has_b(nblk, x->k);
+            if (x->nops < 0) {
+                x->nops = ss_ops(who, has_b, bug, x->ops);
+                x->op = 0;
+            }
+            const int64_t it_x[2] = {x->it, x->it + 1};
+            const int op = x->ops[x->op];
+            int blocked = 0;
+            int xb = -1; /* the block an operation is about: 0 = A, 1 = B */
+            switch (op) {
+            case DINF__SS_WAIT_A: case DINF__SS_QK_A: case DINF__SS_PV_A: case DINF__SS_ZERO_A:
+            case DINF__SS_PUT_P_A: case DINF__SS_RELEASE_A: xb = 0; break;
+            case DINF__SS_WAIT_B: case DINF__SS_QK_B: case DINF__SS_PV_B: case DINF__SS_ZERO_B:
+            case DINF__SS_PUT_P_B: case DINF__SS_RELEASE_B: xb = 1; break;
+            default: break;
+            }
+            const int sx = xb >= 0 ? dinf__mla_fast_stage(it_x[xb]) : -1;
+            ss_stage *g = sx >= 0 ? &st[sx] : NULL;
+            if (g && op != DINF__SS_WAIT_A && op != DINF__SS_WAIT_B)
+                SS_CHECK(g->it == it_x[xb], "trial %d: WG %d op %d on block %lld finds stage %d holding %lld", trial,
+                         who, op, (long long)it_x[xb], sx, (long long)g->it);
+            switch (op) {
+            case DINF__SS_WAIT_A:
+            case DINF__SS_WAIT_B:
+                if (!mbar_ready(&full[sx], dinf__mla_fast_full_parity(it_x[xb]))) {
+                    blocked = 1;
+                    break;
+                }
+                SS_CHECK(g->it == it_x[xb], "trial %d: WG %d waits block %lld, stage %d holds %lld", trial, who,
+                         (long long)it_x[xb], sx, (long long)g->it);
+                g->holds[who] = 1;
+                break;
+            case DINF__SS_QK_A:
+            case DINF__SS_QK_B:
+                SS_CHECK(g->holds[who], "trial %d: WG %d QK on a stage it did not wait for", trial, who);
+                SS_CHECK(g->box8 == SS_ROPE && !g->zeroed[0] && !g->zeroed[1],
+                         "trial %d: QK^T of block %lld reads a written-over K tile", trial, (long long)g->it);
+                g->qk_flight = 1;
+                x->pend_qk = sx;
+                break;
+            case DINF__SS_PV_A:
+            case DINF__SS_PV_B:
+                SS_CHECK(g->holds[who], "trial %d: WG %d P V on a stage it did not wait for", trial, who);
+                SS_CHECK(g->box8 == g->it, "trial %d: WG %d P V of block %lld reads box 8 = %lld", trial, who,
+                         (long long)g->it, (long long)g->box8);
+                SS_CHECK(!g->partial || g->zeroed[who], "trial %d: WG %d P V of a partial block before its zeros",
+                         trial, who);
+                SS_CHECK(!x->pend_pv[sx], "trial %d: WG %d second P V on stage %d in flight", trial, who, sx);
+                g->pv_flight[who] = 1;
+                x->pend_pv[sx] = 1;
+                break;
+            case DINF__SS_MMA_WAIT: /* the wgmma read their operands somewhere since issue: check again */
+                if (x->pend_qk >= 0) {
+                    ss_stage *q = &st[x->pend_qk];
+                    SS_CHECK(q->box8 == SS_ROPE && !q->zeroed[0] && !q->zeroed[1],
+                             "trial %d: K tile written during WG %d's QK^T", trial, who);
+                    q->qk_flight = 0;
+                    q->qk_done = 1;
+                    x->pend_qk = -1;
+                }
+                for (int i = 0; i < 2; i++)
+                    if (x->pend_pv[i]) {
+                        SS_CHECK(st[i].box8 == st[i].it, "trial %d: P of stage %d changed during WG %d's P V", trial,
+                                 i, who);
+                        st[i].pv_flight[who] = 0;
+                        x->pend_pv[i] = 0;
+                    }
+                break;
+            case DINF__SS_PUT_SC0:
+                SS_CHECK(sc0_read, "trial %d: a0/m0 of step %lld overwritten unread", trial, (long long)sc0);
+                sc0 = x->step, sc0_read = 0;
+                break;
+            case DINF__SS_GET_SC0:
+                SS_CHECK(sc0 == x->step, "trial %d: WG 1 step %lld reads a0/m0 of step %lld", trial,
+                         (long long)x->step, (long long)sc0);
+                sc0_read = 1;
+                break;
+            case DINF__SS_PUT_SC1:
+                SS_CHECK(sc1_read, "trial %d: a1/m1 of step %lld overwritten unread", trial, (long long)sc1);
+                sc1 = x->step, sc1_read = 0;
+                break;
+            case DINF__SS_GET_SC1:
+                SS_CHECK(sc1 == x->step, "trial %d: WG 0 step %lld reads a1/m1 of step %lld", trial,
+                         (long long)x->step, (long long)sc1);
+                sc1_read = 1;
+                break;
+            case DINF__SS_ZERO_A:
+            case DINF__SS_ZERO_B:
+                if (!g->partial)
+                    break;
+                SS_CHECK(g->qk_done && !g->qk_flight, "trial %d: WG %d zeroes V rows of block %lld before its QK^T",
+                         trial, who, (long long)g->it);
+                SS_CHECK(!g->pv_flight[who], "trial %d: WG %d zeroes V rows its P V reads", trial, who);
+                g->zeroed[who] = 1;
+                break;
+            case DINF__SS_PUT_P_A:
+            case DINF__SS_PUT_P_B:
+                SS_CHECK(g->qk_done && !g->qk_flight, "trial %d: P of block %lld over RoPE columns QK^T still reads",
+                         trial, (long long)g->it);
+                SS_CHECK(!g->pv_flight[0] && !g->pv_flight[1], "trial %d: P written while P V reads it", trial);
+                g->box8 = g->it;
+                break;
+            case DINF__SS_ARRIVE_A0:
+                SS_CHECK(!arrived_a0, "trial %d: second bar.arrive A0 before WG 1's sync", trial);
+                arrived_a0 = 1;
+                break;
+            case DINF__SS_ARRIVE_A1:
+                SS_CHECK(!arrived_a1, "trial %d: second bar.arrive A1 before WG 0's sync", trial);
+                arrived_a1 = 1;
+                break;
+            case DINF__SS_SYNC_A0:
+                if (!arrived_a0)
+                    blocked = 1;
+                else
+                    arrived_a0 = 0;
+                break;
+            case DINF__SS_SYNC_A1:
+                if (!arrived_a1)
+                    blocked = 1;
+                else
+                    arrived_a1 = 0;
+                break;
+            case DINF__SS_LOCAL:
+                break;
+            case DINF__SS_RELEASE_A:
+            case DINF__SS_RELEASE_B:
+                SS_CHECK(g->holds[who], "trial %d: WG %d releases a stage it does not hold", trial, who);
+                g->holds[who] = 0;
+                mbar_arrive_m(&empty[sx]);
+                break;
+            default:
+                SS_CHECK(0, "unknown op %d", op);
+            }
+            if (blocked)
+                continue;
+            if (++x->op == x->nops) {
+                SS_CHECK(x->pend_qk < 0 && !x->pend_pv[0] && !x->pend_pv[1], "trial %d: WG %d ends a step with wgmma in flight",
+                         trial, who);
+                x->it += has_b ? 2 : 1;
+                x->step++, x->k++, x->nops = -1;
+            }
+        }
+        int64_t total = 0;
+        for (int r = 0; r < nreq; r++)
+            total += blocks[r];
+        SS_CHECK(w[0].it == total && w[1].it == total && pit == total, "trial %d: blocks walked %lld %lld %lld of %lld",
+                 trial, (long long)w[0].it, (long long)w[1].it, (long long)pit, (long long)total);
+        SS_CHECK(!arrived_a0 && !arrived_a1, "trial %d: a bar.arrive left unmatched", trial);
+    }
+    return NULL;
+}
+
+Test(mla_fast_hd, seesaw_protocol_under_random_interleavings) {
+    char msg[256];
+    const char *err = ss_model(SS_BUG_NONE, 1234, 3000, msg, sizeof msg);
+    cr_assert_null(err, "%s", err);
+}
+
+Test(mla_fast_hd, seesaw_protocol_model_catches_planted_bugs) {
+    static const char *const names[SS_NUM_BUGS] = {
+        "", "WG 1 releases A before its P V wait", "WG 0 skips the A1 sync",
+        "WG 0 arrives on A0 before storing P0", "WG 0 stores P0 before its QK^T wait",
+        "WG 0 never releases B", "WG 1 zeroes A's V tail before the A0 sync",
+        "WG 1 issues P V_B before waiting for P V_A"};
+    for (int bug = 1; bug < SS_NUM_BUGS; bug++) {
+        char msg[256];
+        const char *err = ss_model(bug, 1234, 3000, msg, sizeof msg);
+        cr_assert_not_null(err, "planted bug not caught: %s", names[bug]);
+    }
+}
+
 /* ---------------------------------------------------------------- pieces -- */
 
 /* The plan's pieces of part `part` as the CPU path reads them (lib/mla/mla.c). */
@@ -545,5 +937,21 @@ Test(mla_fast_hd, rung_selection) {
     cr_assert_eq(dinf__mla_choose_rung("fast", 0, 64, blk, tok, 3000000000LL, 1, &rung, msg, sizeof msg), -2);
     cr_assert(strstr(msg, "num_blocks=3000000000"), "%s", msg);
     cr_assert_eq(dinf__mla_choose_rung("Fast", 0, 64, blk, tok, 100, 1, &rung, msg, sizeof msg), -1);
-    cr_assert_str_eq(msg, "DINF_MLA_KERNEL='Fast' is not one of simple, fast, auto");
+    cr_assert_str_eq(msg, "DINF_MLA_KERNEL='Fast' is not one of simple, fast, seesaw, auto");
+    /* the seesaw rung: chosen only by name, with the fast rung's constraints */
+    cr_assert_eq(dinf__mla_choose_rung("seesaw", 0, 64, blk, tok, 100, 2, &rung, msg, sizeof msg), 0);
+    cr_assert_eq(rung, DINF__MLA_RUNG_SEESAW);
+    cr_assert_eq(dinf__mla_choose_rung("seesaw", 1, 64, 64 * 656, 656, 100, 1, &rung, msg, sizeof msg), 0);
+    cr_assert_eq(rung, DINF__MLA_RUNG_SEESAW);
+    cr_assert_eq(dinf__mla_choose_rung("seesaw", 1, 16, 16 * 656, 656, 100, 1, &rung, msg, sizeof msg), -2);
+    cr_assert_str_eq(msg, "DINF_MLA_KERNEL=seesaw, but the seesaw rung cannot take this decode: "
+                          "page_block_size=16 (the fast rung takes 64-token pages only)");
+    cr_assert_eq(dinf__mla_choose_rung("seesaw", 0, 64, blk, tok, 3000000000LL, 1, &rung, msg, sizeof msg), -2);
+    cr_assert(strstr(msg, "DINF_MLA_KERNEL=seesaw") && strstr(msg, "num_blocks=3000000000"), "%s", msg);
+    cr_assert_eq(dinf__mla_choose_rung("Seesaw", 0, 64, blk, tok, 100, 1, &rung, msg, sizeof msg), -1);
+    cr_assert_str_eq(msg, "DINF_MLA_KERNEL='Seesaw' is not one of simple, fast, seesaw, auto");
+    cr_assert_eq(dinf__mla_choose_rung("seesaw ", 0, 64, blk, tok, 100, 1, &rung, msg, sizeof msg), -1);
+    /* auto stays the fast rung (the default is unchanged until a GPU run measures both) */
+    cr_assert_eq(dinf__mla_choose_rung("auto", 1, 64, 64 * 656, 656, 100, 1, &rung, msg, sizeof msg), 0);
+    cr_assert_eq(rung, DINF__MLA_RUNG_FAST);
 }

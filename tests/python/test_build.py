@@ -173,10 +173,11 @@ def test_kernel_resource_reports_have_no_spills_or_local_memory():
             seen.add(func)
     assert checked > 0
     # every MLA kernel (kernels/mla) is among them: metadata, decode (BF16 and FP8 caches),
-    # combine, FP8 quantize-into-cache, the fast rung (BF16 and FP8 caches)
+    # combine, FP8 quantize-into-cache, the fast and seesaw rungs (BF16 and FP8 caches)
     for kernel in ("mla_metadata_kernel", "mla_decode_kernelILb0E", "mla_decode_kernelILb1E",
                    "mla_combine_kernel", "mla_quantize_fp8_kernel", "mla_decode_fast_kernelILb0E",
-                   "mla_decode_fast_kernelILb1E"):
+                   "mla_decode_fast_kernelILb1E", "mla_decode_seesaw_kernelILb0E",
+                   "mla_decode_seesaw_kernelILb1E"):
         assert any(kernel in f for f in seen), "no resource report for %s" % kernel
 
 
@@ -185,21 +186,24 @@ def test_mla_fast_rung_register_budget():
     168 registers; its producer warpgroup lowers itself to DINF_MLA_FAST_PRODUCER_REGS and
     its two consumer warpgroups raise themselves to DINF_MLA_FAST_CONSUMER_REGS
     (setmaxnreg, lib/mla/mla_fast_hd.h), a split that balances only from 168: with any
-    other count at entry the consumers' setmaxnreg.inc would wait forever."""
+    other count at entry the consumers' setmaxnreg.inc would wait forever. The seesaw
+    rung's kernels (DINF_MLA_SEESAW_PRODUCER_REGS / _CONSUMER_REGS) start at 168 too."""
     if not built_with_cuda():
         pytest.skip("CPU-only build (make CUDA=0): no kernels")
     path = os.path.join(BUILD, "obj", "kernels", "mla", "mla_decode_fast.o.resource")
     text = open(path).read()
-    found = re.findall(r"Compiling entry function '[^']*mla_decode_fast_kernel[^']*' for 'sm_90a'"
-                       r".*?Used (\d+) registers", text, re.S)
-    assert len(found) == 2, "expected the BF16 and FP8 fast kernels in %s" % path
-    assert found == ["168", "168"], "fast MLA kernels use %s registers at entry, not 168" % found
+    for kind in ("fast", "seesaw"):
+        found = re.findall(r"Compiling entry function '[^']*mla_decode_%s_kernel[^']*' for 'sm_90a'"
+                           r"[^\n]*\n[^\n]*\n[^\n]*\n[^\n]*Used (\d+) registers" % kind, text)
+        assert len(found) == 2, "expected the BF16 and FP8 %s kernels in %s" % (kind, path)
+        assert found == ["168", "168"], (
+            "%s MLA kernels use %s registers at entry, not 168" % (kind, found))
 
 
 def test_mla_fast_rung_sass_uses_wgmma_and_tma():
     """The fast MLA kernels' SASS (sm_90a, the Makefile's nvcc flags) holds the bf16 wgmma
-    of QK^T (m64n32k16) and PV (m64n256k16), register reallocation, and no local memory;
-    the BF16-cache kernel loads pages with 4-D TMA. Needs a disassembler (make deps
+    of QK^T (m64n32k16; the seesaw rung m64n64k16) and PV (m64n256k16), register
+    reallocation, and no local memory; the BF16-cache kernels load pages with 4-D TMA. Needs a disassembler (make deps
     installs nvdisasm from PyPI; tools/find-nvdisasm)."""
     if not built_with_cuda():
         pytest.skip("CPU-only build (make CUDA=0): no kernels")
@@ -220,15 +224,17 @@ def test_mla_fast_rung_sass_uses_wgmma_and_tma():
     os.remove(out)
     # one function body per kernel instantiation (BF16 cache: b0, FP8 cache: b1)
     bodies = re.split(r"\.text\.", sass)
-    kernels = {("fp8" if "ILb1E" in b.split(":")[0] else "bf16"): b for b in bodies
-               if "mla_decode_fast_kernel" in b.split("\n")[0]}
-    assert set(kernels) == {"bf16", "fp8"}, "fast kernels not found in the SASS"
-    for name, body in kernels.items():
-        assert re.search(r"HGMMA\.64x32x16\.F32\.BF16", body), name + ": no QK^T wgmma"
-        assert re.search(r"HGMMA\.64x256x16\.F32\.BF16", body), name + ": no PV wgmma"
-        assert "USETMAXREG" in body, name + ": no register reallocation"
-        assert not re.search(r"\b(LDL|STL)\b", body), name + ": local memory in the SASS"
-    assert "UTMALDG.4D" in kernels["bf16"], "the BF16-cache kernel issues no 4-D TMA load"
+    for kind, qk in (("fast", "64x32x16"), ("seesaw", "64x64x16")):
+        kernels = {("fp8" if "ILb1E" in b.split(":")[0] else "bf16"): b for b in bodies
+                   if "mla_decode_%s_kernel" % kind in b.split("\n")[0]}
+        assert set(kernels) == {"bf16", "fp8"}, "%s kernels not found in the SASS" % kind
+        for name, body in kernels.items():
+            name = kind + "/" + name
+            assert re.search(r"HGMMA\.%s\.F32\.BF16" % qk, body), name + ": no QK^T wgmma " + qk
+            assert re.search(r"HGMMA\.64x256x16\.F32\.BF16", body), name + ": no PV wgmma"
+            assert "USETMAXREG" in body, name + ": no register reallocation"
+            assert not re.search(r"\b(LDL|STL)\b", body), name + ": local memory in the SASS"
+        assert "UTMALDG.4D" in kernels["bf16"], kind + ": the BF16-cache kernel issues no 4-D TMA load"
 
 
 def test_every_kernel_directory_has_resource_reports():

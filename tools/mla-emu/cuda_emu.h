@@ -33,6 +33,7 @@ struct dim3 { unsigned x, y, z; dim3(unsigned a = 1, unsigned b = 1, unsigned c 
 #define __grid_constant__
 
 template <class T> static inline T __ldg(const T *p) { return *p; }
+static inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 
 namespace emu {
 /* YIELD: a spin-wait (mbarrier try_wait) gave way, runnable again next pass;
@@ -63,6 +64,7 @@ extern bool progress_since_last_pass; /* a fiber did something but spin */
  * copies complete there); returns whether it completed anything */
 extern bool (*end_of_pass_hook)();
 void block(int what);
+void named_arrive(unsigned id, unsigned count); /* bar.arrive (emu_rt.cpp) */
 }
 static inline void __trap() {
     fprintf(stderr, "EMU: trap in block (%u,%u) thread %u\n", emu::blockIdx_.x, emu::blockIdx_.y,

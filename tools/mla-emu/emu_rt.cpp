@@ -12,6 +12,21 @@ static jmp_buf sched_jb;
 int or_accum;
 bool progress_since_last_pass;
 bool (*end_of_pass_hook)() = nullptr;
+/* bar.arrive arrivals per named barrier id, not yet matched by a release */
+static unsigned named_arrived[32], named_arrive_count[32];
+void named_arrive(unsigned id, unsigned count) {
+    if (id >= 32 || (named_arrived[id] && named_arrive_count[id] != count)) {
+        fprintf(stderr, "EMU: bar.arrive %u, %u: bad id or a count other than the pending arrivals'\n", id, count);
+        abort();
+    }
+    named_arrive_count[id] = count;
+    if (++named_arrived[id] >= count) {
+        fprintf(stderr, "EMU: bar.arrive %u: %u arrivals reach the count %u without a waiter (block %u,%u)\n", id,
+                named_arrived[id], count, blockIdx_.x, blockIdx_.y);
+        abort();
+    }
+    progress_since_last_pass = true;
+}
 void block(int what) {
     if (what != YIELD)
         progress_since_last_pass = true;
@@ -46,6 +61,7 @@ static bool any_ready_elsewhere(unsigned w, unsigned n) {
 void run_cta(unsigned n, std::function<void()> fn) {
     body = &fn;
     fibers.assign(n, Fiber());
+    memset(named_arrived, 0, sizeof named_arrived);
     memset(op_count, 0, sizeof op_count);
     for (unsigned i = 0; i < n; i++) {
         Fiber &f = fibers[i];
@@ -90,6 +106,15 @@ void run_cta(unsigned n, std::function<void()> fn) {
             unsigned at = 0;
             for (unsigned j = 0; j < n; j++)
                 at += fibers[j].wait == NAMED_BAR && fibers[j].bar_id == fibers[i].bar_id;
+            const unsigned bid = fibers[i].bar_id;
+            if (bid < 32 && named_arrived[bid]) {
+                if (named_arrive_count[bid] != fibers[i].bar_count) {
+                    fprintf(stderr, "EMU: named barrier %u: bar.arrive count %u, bar.sync count %u\n", bid,
+                            named_arrive_count[bid], fibers[i].bar_count);
+                    abort();
+                }
+                at += named_arrived[bid];
+            }
             if (at > fibers[i].bar_count) {
                 fprintf(stderr, "EMU: %u threads at named barrier %u of %u (block %u,%u)\n", at,
                         fibers[i].bar_id, fibers[i].bar_count, blockIdx_.x, blockIdx_.y);
@@ -100,6 +125,8 @@ void run_cta(unsigned n, std::function<void()> fn) {
                 for (unsigned j = 0; j < n; j++)
                     if (fibers[j].wait == NAMED_BAR && fibers[j].bar_id == id)
                         fibers[j].wait = RUN;
+                if (id < 32)
+                    named_arrived[id] = 0;
                 released = true;
             }
         }
@@ -177,6 +204,12 @@ void run_cta(unsigned n, std::function<void()> fn) {
                 blockIdx_.y, done, at_cta, n);
         abort();
     }
+    for (unsigned id = 0; id < 32; id++)
+        if (named_arrived[id]) {
+            fprintf(stderr, "EMU: block (%u,%u) exited with %u unmatched bar.arrive at named barrier %u\n",
+                    blockIdx_.x, blockIdx_.y, named_arrived[id], id);
+            abort();
+        }
     fibers.clear();
 }
 }

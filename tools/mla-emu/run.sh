@@ -2,7 +2,8 @@
 # Build tests/gpu/test_mla_gpu.c against the host emulation of kernels/mla
 # (see README.md) and run it: tools/mla-emu/run.sh [criterion filter]
 # Env: EMU_SKEW=1 (default) lets warps drift apart; MUT='old|||new' plants a bug.
-# Both rungs (EMU_RUNGS=simple or fast narrows); MUT_FAST='old|||new' plants a bug in the fast rung.
+# All three rungs (EMU_RUNGS=simple, fast, seesaw or a comma-separated list narrows);
+# MUT_FAST='old|||new' plants a bug in kernels/mla/mla_decode_fast.cu (the fast and seesaw rungs).
 set -e
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -28,4 +29,4 @@ g++ -std=c++17 $FL -DDINF_BUILD -I"$root/include" -I"$root/lib" -I"$here" -c "$o
 g++ -std=c++17 $FL -I"$here" -c "$here/emu_rt.cpp" -o "$out/emu_rt.o"
 g++ $FL "$out/t.o" "$out/emu_device.o" "$out/emu_kernel.o" "$out/emu_fast.o" "$out/emu_rt.o" "$root/build/lib/libdeepinfra.a" \
     -L/usr/local/cuda/lib64 -l:libcudart_static.a -lcriterion -ldl -lpthread -lrt -lm -o "$out/emu_tests"
-DINF_MLA_TEST_RUNGS=${EMU_RUNGS:-simple,fast} EMU_SKEW=${EMU_SKEW-1} ASAN_OPTIONS=detect_leaks=0 "$out/emu_tests" -j1 --filter "${1:-mla_gpu/*}"
+DINF_MLA_TEST_RUNGS=${EMU_RUNGS:-simple,fast,seesaw} EMU_SKEW=${EMU_SKEW-1} ASAN_OPTIONS=detect_leaks=0 "$out/emu_tests" -j1 --filter "${1:-mla_gpu/*}"

@@ -226,6 +226,13 @@ static inline void named_barrier_sync(uint32_t id, uint32_t count) {
     emu::fibers[emu::cur].bar_count = count;
     emu::block(emu::NAMED_BAR);
 }
+/* bar.arrive: counts toward the barrier's arrivals without waiting
+ * (emu_rt.cpp releases the bar.sync waiters once arrivals + waiters reach
+ * the count; more than the count aborts, as does a count that arrivals alone
+ * reach: our kernels always have waiters, so that is a protocol bug). */
+static inline void named_barrier_arrive(uint32_t id, uint32_t count) {
+    emu::named_arrive(id, count);
+}
 template <int N> static inline void setmaxnreg_inc() {}
 template <int N> static inline void setmaxnreg_dec() {}
 static inline void griddep_wait() {}
@@ -297,6 +304,9 @@ template <int N> static inline void wgmma_wait() {
 static inline void wgmma_bf16_m64n32k16_kk(uint64_t desc_a, uint64_t desc_b, float (&d)[16], int scale_d) {
     pending_wgmma().push_back({desc_a, desc_b, d, 32, 0, scale_d});
 }
+static inline void wgmma_bf16_m64n64k16_kk(uint64_t desc_a, uint64_t desc_b, float (&d)[32], int scale_d) {
+    pending_wgmma().push_back({desc_a, desc_b, d, 64, 0, scale_d});
+}
 static inline void wgmma_bf16_m64n256k16_kt(uint64_t desc_a, uint64_t desc_b, float (&d)[128], int scale_d) {
     pending_wgmma().push_back({desc_a, desc_b, d, 256, 1, scale_d});
 }
@@ -315,6 +325,8 @@ using dinf_jit::globaltimer_ns;
 using dinf_jit::trap;
 using dinf_jit::wgmma_bf16_m64n32k16_kk;
 using dinf_jit::wgmma_bf16_m64n256k16_kt;
+using dinf_jit::wgmma_bf16_m64n64k16_kk;
+using dinf_jit::named_barrier_arrive;
 template <int N> static inline void setmaxnreg_inc() {}
 template <int N> static inline void setmaxnreg_dec() {}
 template <int N> static inline void wgmma_wait() { dinf_jit::wgmma_wait<N>(); }

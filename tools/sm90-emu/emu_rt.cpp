@@ -188,6 +188,27 @@ void named_barrier(unsigned id, unsigned threads) {
     switch_out();
 }
 
+/* bar.arrive id, threads: counts toward the barrier without waiting; the
+ * arrival that completes the count releases the bar.sync waiters. */
+void named_barrier_arrive(unsigned id, unsigned threads) {
+    Fiber &f = self();
+    Cta &c = ctas[f.rank];
+    if (id == 0 || id > 15)
+        fail("bar.arrive %u: named barrier ids are 1..15 here (0 is __syncthreads)", id);
+    if (threads == 0 || threads % 32 || threads > nthreads)
+        fail("bar.arrive %u, %u: the thread count must be a multiple of 32 up to the block size %u", id,
+             threads, nthreads);
+    if (c.nb_count[id] && c.nb_threads[id] != threads)
+        fail("bar.arrive %u: %u threads here, %u in another thread's call", id, threads, c.nb_threads[id]);
+    c.nb_threads[id] = threads;
+    if (++c.nb_count[id] == threads) {
+        c.nb_count[id] = 0;
+        for (size_t i = 0; i < fibers.size(); i++)
+            if (fibers[i].rank == f.rank && fibers[i].st == NBAR && fibers[i].nb_id == id)
+                make_ready((int)i);
+    }
+}
+
 static void cluster_check() {
     if (cl_arrived == 0 || cl_arrived < cl_live)
         return;

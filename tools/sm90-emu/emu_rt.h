@@ -45,6 +45,8 @@ void maybe_yield();
 void syncthreads();
 /* bar.sync id, threads (named barrier; id 1..15). */
 void named_barrier(unsigned id, unsigned threads);
+/* bar.arrive id, threads (counts toward the named barrier, does not wait). */
+void named_barrier_arrive(unsigned id, unsigned threads);
 /* barrier.cluster.arrive / wait (aligned: every live thread of every CTA of the cluster). */
 void cluster_arrive();
 void cluster_wait();

@@ -275,6 +275,21 @@ __device__ __forceinline__ void wgmma_bf16_m64n32k16_kk(uint64_t desc_a, uint64_
 }
 #endif
 
+#ifdef EMU_HAVE_wgmma_bf16_m64n64k16_kk
+/* wgmma m64n64k16 bf16, A and B K-major (the seesaw rung's QK^T) */
+__device__ __forceinline__ void wgmma_bf16_m64n64k16_kk(uint64_t desc_a, uint64_t desc_b, float (&d)[32],
+                                                       int scale_d) {
+    emu::wgmma(emu::WG_BF16, 64, desc_a, desc_b, d, scale_d, 0);
+}
+#endif
+
+#ifdef EMU_HAVE_named_barrier_arrive
+/* bar.arrive id, threads */
+__device__ __forceinline__ void named_barrier_arrive(uint32_t id, uint32_t threads) {
+    emu::named_barrier_arrive(id, threads);
+}
+#endif
+
 #ifdef EMU_HAVE_wgmma_bf16_m64n256k16_kt
 /* wgmma m64n256k16 bf16, A K-major, B MN-major (imm-trans-b = 1) */
 __device__ __forceinline__ void wgmma_bf16_m64n256k16_kt(uint64_t desc_a, uint64_t desc_b, float (&d)[128],
