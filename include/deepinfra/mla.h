@@ -59,12 +59,18 @@
  *     splitting the keys of Q K^T and the columns of the output; the combine
  *     is chained by programmatic dependent launch. It takes 64-token pages
  *     (BF16 cache: strides below 2^40 bytes, num_blocks below 2^31);
+ *   - seesaw (same file): the fast rung's producer, ring, plan and combine
+ *     with FlashMLA's "seesaw" consumers: two 64-key blocks per step, each
+ *     consumer warpgroup computing one block's whole Q K^T (so one
+ *     warpgroup's softmax overlaps the other's tensor-core work), P kept in
+ *     the RoPE columns of its K stage; same constraints as fast;
  *   - simple (kernels/mla/mla_decode.cu): mma.sync m16n8k16, every page size;
  *     the reference rung.
  * The fast rung runs wherever its constraints hold, the simple one
- * otherwise. The environment variable DINF_MLA_KERNEL (read on every call)
- * forces one: "simple", "fast" (UNSUPPORTED, with the reason, on a decode
- * the fast rung cannot take), or "auto"/unset. On the GPU the
+ * otherwise (seesaw only when asked for, until measured). The environment
+ * variable DINF_MLA_KERNEL (read on every call) forces one: "simple", "fast"
+ * or "seesaw" (UNSUPPORTED, with the reason, on a decode those rungs cannot
+ * take), or "auto"/unset. On the GPU the
  * values of cache_seqlens, block_table and the plan stay in device memory
  * and are not checked on the host (that would synchronise): the kernels
  * never read or write outside the buffers, and a request whose block_table
@@ -262,8 +268,8 @@ DINF_API dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, i
  * out of range inside a sequence, a length beyond the block table's
  * capacity, a plan that does not match, a workspace too small, overlap),
  * DINF_STATUS_UNSUPPORTED (head dims, page size, CUDA in a CPU-only build or
- * on a device that is not sm_90, DINF_MLA_KERNEL=fast on a decode the fast
- * rung cannot take), DINF_STATUS_CUDA_ERROR (a failed launch); on
+ * on a device that is not sm_90, DINF_MLA_KERNEL=fast or seesaw on a decode
+ * those rungs cannot take), DINF_STATUS_CUDA_ERROR (a failed launch); on
  * DINF_EXEC_CUDA an unknown DINF_MLA_KERNEL value is INVALID_ARGUMENT.
  * The call never allocates: the CPU scratch is part of the workspace.
  */
