@@ -245,6 +245,14 @@ __device__ __forceinline__ void produce(const dinf__mla_params &p, const jit::te
             fill_stage<kFp8, kBatch>(p, kmap, c, bt, pc.s_k, blk, it, t);
     }
     ptx::griddep_launch_dependents();
+    /* Drain: the waits the next two fills and the next Q load would make,
+     * i.e. until the consumers have released every stage this CTA filled and
+     * the last Q tile. The consumers meet at named barriers, which have no
+     * time bound; if they deadlock there, this bounded wait traps within
+     * DINF_MLA_FAST_WAIT_NS and the launch fails instead of hanging. */
+    mbar_wait_bounded(c.empty(dinf__mla_fast_stage(it)), dinf__mla_fast_empty_parity(it));
+    mbar_wait_bounded(c.empty(dinf__mla_fast_stage(it + 1)), dinf__mla_fast_empty_parity(it + 1));
+    mbar_wait_bounded(c.bar(c.lay.q_empty), dinf__mla_fast_q_empty_parity(rq));
 }
 
 /* ------------------------------------------------------------ consumers -- */
