@@ -341,6 +341,35 @@ static int run_peer_once(gpu_case *c) {
     return 1;
 }
 
+/* Record the stop event after the timed work and return the seconds since
+ * the start event, or -1 with the error set. */
+static double stop_timer(void) {
+    cudaEventRecord(g.stop, g.stream);
+    float ms = 0;
+    cudaError_t err = cudaEventSynchronize(g.stop);
+    if (err == cudaSuccess)
+        err = cudaEventElapsedTime(&ms, g.start, g.stop);
+    if (err != cudaSuccess) {
+        bench_set_error(cudaGetErrorString(err));
+        return -1;
+    }
+    return (double)ms * 1e-3;
+}
+
+/* A row's counters for one call of `seconds`: floor_us, TFLOPS, GBps, and
+ * vs_cublaslt (the peer's median time / this time: above 1, ours is faster)
+ * when `versus_peer`. */
+static void set_row_counters(const gpu_case *c, double seconds, int versus_peer) {
+    if (versus_peer && c->peer_ref_s > 0)
+        bench_set_counter("vs_cublaslt", c->peer_ref_s / seconds);
+    const double floor_s = flops_of(c) / FP8_PEAK_FLOPS > bytes_of(c) / HBM_BYTES_PER_S
+                               ? flops_of(c) / FP8_PEAK_FLOPS
+                               : bytes_of(c) / HBM_BYTES_PER_S;
+    bench_set_counter("floor_us", floor_s * 1e6);
+    bench_set_counter("TFLOPS", flops_of(c) / seconds / 1e12);
+    bench_set_counter("GBps", bytes_of(c) / seconds / 1e9);
+}
+
 /* One call timed: flush L2, then events around the call; seconds, or -1
  * with the error set. peer: 0 ours (fast rung), 1 cuBLASLt, 2 ours on the
  * simple rung. Sets no counters (callable at registration). */
@@ -357,16 +386,7 @@ static double time_call(gpu_case *c, int peer) {
         bench_set_error(dinf_last_error());
         return -1;
     }
-    cudaEventRecord(g.stop, g.stream);
-    float ms = 0;
-    cudaError_t err = cudaEventSynchronize(g.stop);
-    if (err == cudaSuccess)
-        err = cudaEventElapsedTime(&ms, g.start, g.stop);
-    if (err != cudaSuccess) {
-        bench_set_error(cudaGetErrorString(err));
-        return -1;
-    }
-    return (double)ms * 1e-3;
+    return stop_timer();
 }
 
 /* One timed iteration of a row, with its counters; ours also get
@@ -374,17 +394,8 @@ static double time_call(gpu_case *c, int peer) {
  * ours is faster. */
 static double timed(gpu_case *c, int peer) {
     const double seconds = time_call(c, peer);
-    if (seconds <= 0)
-        return seconds;
-    const double ms = seconds * 1e3;
-    if (peer != 1 && c->peer_ref_s > 0)
-        bench_set_counter("vs_cublaslt", c->peer_ref_s / seconds);
-    const double floor_s = flops_of(c) / FP8_PEAK_FLOPS > bytes_of(c) / HBM_BYTES_PER_S
-                               ? flops_of(c) / FP8_PEAK_FLOPS
-                               : bytes_of(c) / HBM_BYTES_PER_S;
-    bench_set_counter("floor_us", floor_s * 1e6);
-    bench_set_counter("TFLOPS", flops_of(c) / ((double)ms * 1e-3) / 1e12);
-    bench_set_counter("GBps", bytes_of(c) / ((double)ms * 1e-3) / 1e9);
+    if (seconds > 0)
+        set_row_counters(c, seconds, peer != 1);
     return seconds;
 }
 
@@ -413,25 +424,12 @@ static double run_chain(void *arg) {
             unsetenv("DINF_FP8_GEMM_PDL");
             return -1;
         }
-    cudaEventRecord(g.stop, g.stream);
     unsetenv("DINF_FP8_GEMM_PDL");
-    float ms = 0;
-    cudaError_t err = cudaEventSynchronize(g.stop);
-    if (err == cudaSuccess)
-        err = cudaEventElapsedTime(&ms, g.start, g.stop);
-    if (err != cudaSuccess) {
-        bench_set_error(cudaGetErrorString(err));
-        return -1;
-    }
-    const double seconds = (double)ms * 1e-3 / CHAIN;
-    if (c->peer_ref_s > 0)
-        bench_set_counter("vs_cublaslt", c->peer_ref_s / seconds);
-    const double floor_s = flops_of(c) / FP8_PEAK_FLOPS > bytes_of(c) / HBM_BYTES_PER_S
-                               ? flops_of(c) / FP8_PEAK_FLOPS
-                               : bytes_of(c) / HBM_BYTES_PER_S;
-    bench_set_counter("floor_us", floor_s * 1e6);
-    bench_set_counter("TFLOPS", flops_of(c) / seconds / 1e12);
-    bench_set_counter("GBps", bytes_of(c) / seconds / 1e9);
+    const double total = stop_timer();
+    if (total <= 0)
+        return total;
+    const double seconds = total / CHAIN;
+    set_row_counters(c, seconds, 1);
     return seconds;
 }
 
@@ -492,24 +490,9 @@ static double run_tile(void *arg) {
         bench_set_error(dinf_last_error());
         return -1;
     }
-    cudaEventRecord(g.stop, g.stream);
-    float ms = 0;
-    cudaError_t err = cudaEventSynchronize(g.stop);
-    if (err == cudaSuccess)
-        err = cudaEventElapsedTime(&ms, g.start, g.stop);
-    if (err != cudaSuccess) {
-        bench_set_error(cudaGetErrorString(err));
-        return -1;
-    }
-    const double seconds = (double)ms * 1e-3;
-    if (c->peer_ref_s > 0)
-        bench_set_counter("vs_cublaslt", c->peer_ref_s / seconds);
-    const double floor_s = flops_of(c) / FP8_PEAK_FLOPS > bytes_of(c) / HBM_BYTES_PER_S
-                               ? flops_of(c) / FP8_PEAK_FLOPS
-                               : bytes_of(c) / HBM_BYTES_PER_S;
-    bench_set_counter("floor_us", floor_s * 1e6);
-    bench_set_counter("TFLOPS", flops_of(c) / seconds / 1e12);
-    bench_set_counter("GBps", bytes_of(c) / seconds / 1e9);
+    const double seconds = stop_timer();
+    if (seconds > 0)
+        set_row_counters(c, seconds, 1);
     return seconds;
 }
 

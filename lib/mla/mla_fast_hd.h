@@ -103,6 +103,20 @@ typedef struct dinf__mla_fast_smem {
     uint32_t sc; /* seesaw carve only: float [4][64] alpha0, alpha1, m0, m1 (fast carve: = max) */
 } dinf__mla_fast_smem;
 
+/* Both carves end alike: after lsum, the bad flags, the mbarriers, the end
+ * and the byte count with the alignment slack. */
+DINF_HD void dinf__mla_fast_carve_tail(dinf__mla_fast_smem *s) {
+    s->bad = s->lsum + 2 * 2 * DINF_MLA_BLOCK_M * 4;
+    s->full0 = s->bad + 16;
+    s->full1 = s->full0 + 8;
+    s->empty0 = s->full1 + 8;
+    s->empty1 = s->empty0 + 8;
+    s->q_full = s->empty1 + 8;
+    s->q_empty = s->q_full + 8;
+    s->end = s->q_empty + 8;
+    s->bytes = s->end + DINF_MLA_FAST_SMEM_ALIGN;
+}
+
 DINF_HD dinf__mla_fast_smem dinf__mla_fast_smem_carve(void) {
     dinf__mla_fast_smem s;
     s.q = 0;
@@ -111,15 +125,7 @@ DINF_HD dinf__mla_fast_smem dinf__mla_fast_smem_carve(void) {
     s.p = s.k1 + DINF_MLA_FAST_TILE_BYTES;
     s.max = s.p + DINF_MLA_FAST_BOX_BYTES;
     s.lsum = s.max + 2 * DINF_MLA_BLOCK_M * 4;
-    s.bad = s.lsum + 2 * 2 * DINF_MLA_BLOCK_M * 4;
-    s.full0 = s.bad + 16;
-    s.full1 = s.full0 + 8;
-    s.empty0 = s.full1 + 8;
-    s.empty1 = s.empty0 + 8;
-    s.q_full = s.empty1 + 8;
-    s.q_empty = s.q_full + 8;
-    s.end = s.q_empty + 8;
-    s.bytes = s.end + DINF_MLA_FAST_SMEM_ALIGN;
+    dinf__mla_fast_carve_tail(&s);
     s.sc = s.max;
     return s;
 }
@@ -150,15 +156,7 @@ DINF_HD dinf__mla_fast_smem dinf__mla_seesaw_smem_carve(void) {
     s.sc = s.k1 + DINF_MLA_FAST_TILE_BYTES;
     s.p = s.max = s.sc;
     s.lsum = s.sc + 4 * DINF_MLA_BLOCK_M * 4;
-    s.bad = s.lsum + 2 * 2 * DINF_MLA_BLOCK_M * 4;
-    s.full0 = s.bad + 16;
-    s.full1 = s.full0 + 8;
-    s.empty0 = s.full1 + 8;
-    s.empty1 = s.empty0 + 8;
-    s.q_full = s.empty1 + 8;
-    s.q_empty = s.q_full + 8;
-    s.end = s.q_empty + 8;
-    s.bytes = s.end + DINF_MLA_FAST_SMEM_ALIGN;
+    dinf__mla_fast_carve_tail(&s);
     return s;
 }
 

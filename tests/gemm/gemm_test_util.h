@@ -18,6 +18,23 @@
 #include <string.h>
 #include <unistd.h>
 
+static inline int cdiv(long long a, long long b) { return (int)((a + b - 1) / b); }
+
+/* Kernel arguments of an m x n x k problem tiled block_m x block_n (ldd n + 8). */
+static inline dinf_fp8_gemm_args make_args(int m, int n, int k, int groups, int block_m,
+                                           int block_n, const int32_t *group_info) {
+    dinf_fp8_gemm_args a;
+    memset(&a, 0, sizeof a);
+    a.m = m, a.n = n, a.k = k, a.num_groups = groups;
+    a.k_blocks = cdiv(k, 128);
+    a.n_scale_blocks = cdiv(n, 128);
+    a.m_blocks = cdiv(m, block_m);
+    a.n_blocks = cdiv(n, block_n);
+    a.group_info = (unsigned long long)(uintptr_t)group_info;
+    a.ldd = n + 8;
+    return a;
+}
+
 static inline uint64_t rng(uint64_t *s) { /* splitmix64 */
     uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;

@@ -26,24 +26,9 @@
 #include <string.h>
 #include <unistd.h>
 
-static int cdiv(long long a, long long b) { return (int)((a + b - 1) / b); }
 
 static const int fast_bns[] = {16, 32, 48, 64, 80, 96, 112, 128, 144, 160};
 #define NUM_FAST_BNS ((int)(sizeof fast_bns / sizeof fast_bns[0]))
-
-static dinf_fp8_gemm_args make_args(int m, int n, int k, int groups, int block_m, int block_n,
-                                    const int32_t *group_info) {
-    dinf_fp8_gemm_args a;
-    memset(&a, 0, sizeof a);
-    a.m = m, a.n = n, a.k = k, a.num_groups = groups;
-    a.k_blocks = cdiv(k, 128);
-    a.n_scale_blocks = cdiv(n, 128);
-    a.m_blocks = cdiv(m, block_m);
-    a.n_blocks = cdiv(n, block_n);
-    a.group_info = (unsigned long long)(uintptr_t)group_info;
-    a.ldd = n + 8;
-    return a;
-}
 
 /* ------------------------------------------------------- block sizes -- */
 

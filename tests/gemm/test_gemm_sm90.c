@@ -24,7 +24,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static int cdiv(long long a, long long b) { return (int)((a + b - 1) / b); }
 
 /* ------------------------------------------------------------ raster -- */
 
@@ -55,20 +54,6 @@ Test(gemm_sched, raster_visits_every_tile_once_in_strips_of_16_n_blocks) {
 }
 
 /* -------------------------------------------------------- tile lookup -- */
-
-static dinf_fp8_gemm_args make_args(int m, int n, int k, int groups, int block_m, int block_n,
-                                    const int32_t *group_info) {
-    dinf_fp8_gemm_args a;
-    memset(&a, 0, sizeof a);
-    a.m = m, a.n = n, a.k = k, a.num_groups = groups;
-    a.k_blocks = cdiv(k, 128);
-    a.n_scale_blocks = cdiv(n, 128);
-    a.m_blocks = cdiv(m, block_m);
-    a.n_blocks = cdiv(n, block_n);
-    a.group_info = (unsigned long long)(uintptr_t)group_info;
-    a.ldd = n + 8;
-    return a;
-}
 
 Test(gemm_sched, normal_form_covers_every_tile_and_stops) {
     const int shapes[][3] = {{1, 16, 64}, {64, 2112, 64}, {129, 300, 128}, {4096, 7168, 128}};
