@@ -1,7 +1,8 @@
 # libdeepinfra — GNU make.
 #
 #   make                 build/lib/libdeepinfra.so (+ soname links) and libdeepinfra.a
-#   make test            Criterion C tests, then pytest; ends with a synthesis line
+#   make test            Criterion C tests, then pytest (it runs the benchmark binary
+#                        too, built here); ends with a synthesis line
 #   make test SAN=1      the C tests under ASan + UBSan (build tree build-san/)
 #   make bench           benchmarks (Google Benchmark); JSON in build/bench.json
 #   make tools           build/bin/deepinfra-pipe (the pipeline CLI; part of `make`)
@@ -223,7 +224,7 @@ $(JIT_RACE_HELPER): $(BUILDDIR)/obj/tests/jit/jit_race_helper.o $(STATIC)
 	@echo "  LINK    $@"
 	@$(CXX) $(SANFLAGS) -o $@ $< $(STATIC) $(LIBS_PRIVATE)
 
-test: lib tools $(TEST_BIN) | deps
+test: lib tools $(TEST_BIN) $(BENCH_BIN) | deps
 	@$(PYTHON) tools/run-tests --build-dir $(BUILDDIR) --san $(SAN) --python $(PYTHON)
 
 test-c: $(TEST_BIN)

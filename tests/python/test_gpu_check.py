@@ -39,14 +39,24 @@ print("[====] Synthesis: Tested: %d | Passing: %d | Failing: %d | Crashing: 0" %
 sys.exit(1 if fail else 0)
 '''
 
-# A stand-in for the benchmark binary: one row per family; mla/gpu never ends.
+# A stand-in for the benchmark binary: one row per family; mla/gpu finishes
+# one row (written to DINF_BENCH_ROWS as the shim does, then half a line) and
+# never ends; crash/ finishes one row, leaves its JSON cut short and dies.
 FAKE_BENCH = r'''#!/usr/bin/env python3
 import json, os, sys, time
 flt = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--benchmark_filter=")][0]
 out = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--benchmark_out=")][0]
 with open(os.environ["FAKE_CALLS"], "a") as f:
     f.write("bench " + flt + "\n")
-if flt == "^mla/gpu/":
+if flt in ("^mla/gpu/", "^crash/"):
+    rows = open(os.environ["DINF_BENCH_ROWS"], "a")
+    rows.write(json.dumps({"name": flt.strip("^") + "row0/manual_time", "run_type": "iteration",
+                           "real_time": 7.25, "time_unit": "us", "FLOP/s": 6.5e14}) + "\n")
+    rows.write('{"name": "' + flt.strip("^") + 'row1", "real_ti')
+    rows.flush()
+    if flt == "^crash/":
+        open(out, "w").write('{"context": {}, "benchmarks": [')
+        os.kill(os.getpid(), 11)
     time.sleep(60)
 name = flt.strip("^") + "row"
 print(name + "   1.0 us")
@@ -104,7 +114,12 @@ def test_a_long_suite_and_family_time_out_alone(fake_build, tmp_path):
     rows = [l for l in t.splitlines() if "row" in l or "TIMEOUT" in l]
     assert any(l.startswith("copy/row") and "2.00 TB/s" in l for l in rows)
     assert any(l.startswith("gemm/gpu/row") for l in rows)
-    assert any(l.startswith("mla/gpu") and "TIMEOUT" in l for l in rows)
+    assert any(l.startswith("mla/gpu") and "TIMEOUT" in l and "after 1 finished rows" in l
+               for l in rows)
+    # the row mla/gpu finished before its stop is kept (its half-written next one is not)
+    assert any(l.startswith("mla/gpu/row0 ") and "7.2 us" in l and "650.00 TFLOP/s" in l
+               for l in rows)
+    assert not any("row1" in l for l in rows)
     assert any(l.startswith("ep/virtual/row") for l in rows)  # after the one that ran long
     # the known GPU suites in their order (quick ones first), then the others;
     # each long one was stopped within its phase budget
@@ -132,3 +147,17 @@ def test_a_spent_budget_reports_the_suites_not_run(fake_build, tmp_path):
     t = table(proc.stdout)
     assert "C slow_gpu" in t and "TIMEOUT" in t
     assert "not run: GPU_CHECK_C_S was spent" in t  # fp8_gpu had nothing left
+
+
+def test_a_crashed_family_keeps_its_finished_rows(fake_build, tmp_path):
+    proc, out, _ = run_check(fake_build, tmp_path, GPU_CHECK_SUITES="fp8_gpu",
+                             GPU_CHECK_BENCH="crash copy")
+    assert proc.returncode != 0
+    t = table(proc.stdout)
+    lines = t.splitlines()
+    assert any(l.startswith("crash/row0 ") and "650.00 TFLOP/s" in l for l in lines)
+    assert any(l.startswith("crash ") and "ERROR" in l and "after 1 finished rows" in l
+               for l in lines), t
+    assert not any("unreadable JSON" in l for l in lines)  # its cut JSON is not read
+    assert any(l.startswith("copy/row") for l in lines)  # the next family still ran
+    assert (out / "bench-exit.txt").read_text().split()[0] == "crash"
