@@ -132,8 +132,9 @@ std::string json_number(double v) {
  * each finished row also appended to PATH as one JSON object per line (the
  * keys of Google Benchmark's JSON output: name, real_time, time_unit, label,
  * error_occurred, error_message, the counters), flushed at once. Google
- * Benchmark writes --benchmark_out only when the whole run ends, so a run
- * stopped by a time limit (tools/gpu-check) keeps the rows it finished here.
+ * Benchmark closes its --benchmark_out JSON only when the whole run ends (a
+ * run stopped part-way leaves it invalid), so a run stopped by a time limit
+ * (tools/gpu-check) keeps the rows it finished here.
  */
 class RowsReporter : public benchmark::ConsoleReporter {
   public:
