@@ -862,6 +862,37 @@ Test(gemm_fast_heuristic, choices_for_the_deepseek_v3_shapes_on_132_sms) {
     }
 }
 
+Test(gemm_fast_heuristic, the_gpu_pdl_round_at_m_4096_gets_block_m_256_multicast_and_every_sm) {
+    /* tests/gpu/test_gemm_gpu.c runs a PDL round at m = 4096, n = 8448,
+     * k = 1024 (pdl_gemm_behind_a_full_gpu_block_m_256_...) to put a PDL GEMM
+     * behind a BLOCK_M 256 multicast primary on every SM; its premise on 132
+     * SMs: 1056 tiles, 528 units = 8 full waves of 66 clusters. (m = n =
+     * 4096 gets the same tile, but 256 units = 4 waves of 64 clusters: a
+     * 128-CTA grid.) */
+    const dinf__fp8_gpu_problem p = {DINF_FP8_GEMM_NORMAL, 4096, 8448, 1024, 1, 0,
+                                     (const uint8_t *)(uintptr_t)0x10000, 1024,
+                                     (const float *)(uintptr_t)0x20000,
+                                     (const uint8_t *)(uintptr_t)0x30000, 1024,
+                                     (const float *)(uintptr_t)0x40000,
+                                     (uint16_t *)(uintptr_t)0x50000, 8448, NULL};
+    dinf__fp8_launch_plan plan;
+    dinf__fp8_plan(&p, 132, DINF__FP8_KERNEL_FAST, &plan);
+    cr_assert(plan.config.block_m == 256 && plan.config.block_n == 128 &&
+                  plan.config.cluster == 2 && plan.config.split_k == 1,
+              "%dx%d cluster %d split %d", plan.config.block_m, plan.config.block_n,
+              plan.config.cluster, plan.config.split_k);
+    cr_assert_eq(plan.grid, 132u, "a persistent grid of every SM: %u", plan.grid);
+    cr_assert_eq(plan.config.tiles, 1056, "%lld tiles", plan.config.tiles);
+    cr_assert_eq(plan.config.waves, 8, "%d waves", plan.config.waves);
+    /* the 4096 x 4096 shape of the reviewer's example: not every SM */
+    dinf__fp8_gpu_problem square = p;
+    square.n = square.ldd = 4096;
+    dinf__fp8_plan(&square, 132, DINF__FP8_KERNEL_FAST, &plan);
+    cr_assert(plan.config.block_m == 256 && plan.config.cluster == 2 && plan.grid == 128,
+              "4096 x 4096: %dx%d cluster %d grid %u", plan.config.block_m, plan.config.block_n,
+              plan.config.cluster, plan.grid);
+}
+
 Test(gemm_fast_heuristic, persistent_grid_keeps_the_waves_and_drops_idle_slots) {
     uint64_t seed = 91;
     for (int trial = 0; trial < 2000; trial++) {
