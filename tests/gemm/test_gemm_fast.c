@@ -1633,7 +1633,7 @@ static char *fast_rung_sass(const char *nvdisasm, const long long params[6], int
 #endif
 
 Test(gemm_fast_jit, sass_wave_order_no_accumulator_access_in_flight_one_release_per_k_block,
-     .fini = cleanup_cache) {
+     .fini = cleanup_cache, .timeout = 900.0) {
 #if !DINF_WITH_CUDA
     cr_skip_test("CPU-only build (make CUDA=0): no JIT");
 #else
@@ -1647,11 +1647,37 @@ Test(gemm_fast_jit, sass_wave_order_no_accumulator_access_in_flight_one_release_
     /* {form, block_m, block_n, stages, cluster, split_k}: BLOCK_M 256 (two
      * waves) normal and masked, with and without the multicast (remote
      * release), the widest and a narrower BLOCK_N; one-wave configs too
-     * (BLOCK_M 128 multicast, BLOCK_M 64 split-K). */
-    const long long configs[][6] = {{0, 256, 128, 3, 2, 1}, {0, 256, 128, 3, 1, 1},
-                                    {2, 256, 96, 3, 2, 1},  {2, 256, 112, 3, 1, 1},
-                                    {0, 128, 160, 5, 2, 1}, {0, 64, 112, 8, 2, 2}};
-    for (int i = 0; i < 6; i++) {
+     * (BLOCK_M 128 multicast, BLOCK_M 64 split-K). DINF_SASS_WAVES_ALL=1:
+     * every fast-rung config of the heuristics' space instead (182, the
+     * stages by the shared-memory rule; ~1 s of CPU each). */
+    enum { CAP = 200 };
+    static long long configs[CAP][6] = {{0, 256, 128, 3, 2, 1}, {0, 256, 128, 3, 1, 1},
+                                        {2, 256, 96, 3, 2, 1},  {2, 256, 112, 3, 1, 1},
+                                        {0, 128, 160, 5, 2, 1}, {0, 64, 112, 8, 2, 2}};
+    int count = 6;
+    const char *all = getenv("DINF_SASS_WAVES_ALL");
+    if (all && strcmp(all, "1") == 0) {
+        count = 0;
+        for (int form = 0; form < 3; form++)
+            for (int bm = 64; bm <= 256; bm *= 2)
+                for (int i = 0; i < NUM_FAST_BNS; i++)
+                    for (int mode = 0; mode < 3; mode++) {
+                        const int bn = fast_bns[i], cluster = mode == 0 ? 1 : 2,
+                                  split = mode == 2 ? 2 : 1;
+                        if ((form == DINF_FP8_GEMM_CONTIGUOUS && bm != 128) ||
+                            (bm == 256 && (bn > DINF_FP8_FAST_BM256_MAX_BLOCK_N || split != 1)))
+                            continue;
+                        int stages = 16;
+                        while (DINF_FP8_FAST_SPLIT_SMEM_BYTES(bm, bn, stages, split) >
+                               DINF_FP8_SMEM_LIMIT)
+                            stages--;
+                        cr_assert_lt(count, CAP);
+                        const long long c[6] = {form, bm, bn, stages, cluster, split};
+                        memcpy(configs[count++], c, sizeof c);
+                    }
+        cr_assert_eq(count, 150 + 32);
+    }
+    for (int i = 0; i < count; i++) {
         const int waves = dinf_fp8_waves((int)configs[i][1]);
         char *sass = fast_rung_sass(nvdisasm, configs[i], i);
         sass_wave_report rep;
