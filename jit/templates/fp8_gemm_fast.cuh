@@ -327,6 +327,22 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
                 const float b_scale1 = kOneScale ? b_scale0 : sb_second[kb];
                 mbar_wait(&full[s], slot.full_parity);
 
+                /* The A scales of every wave (rows half 0 / half 1 of this
+                 * thread's fragment), read right after the full-barrier wait
+                 * and before the k block's first wgmma (as DeepGEMM does: all
+                 * shared-memory reads of the stage precede warpgroup_arrive):
+                 * their latency hides behind the wgmma, and every read of the
+                 * stage is issued long before the release after the last
+                 * wave. 2 * kWaves registers. */
+                float a_sc[kWaves][2];
+#pragma unroll
+                for (int w = 0; w < kWaves; w++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++)
+                        a_sc[w][h] = sa_tiles[s * BLOCK_M + dinf_fp8_frag_row_wave(
+                                                                math_wg, kWaves, w, warp_in_wg,
+                                                                lane, h)];
+
                 const uint32_t b_base = smem_u32(b_tiles + s * lay.b_stage);
 #pragma unroll
                 for (int w = 0; w < kWaves; w++) {
@@ -349,15 +365,13 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
                     for (int i = 0; i < kAccum; i++)
                         fence_operand(acc[i]);
 
-                    const int row0 = dinf_fp8_frag_row_wave(math_wg, kWaves, w, warp_in_wg, lane, 0);
-                    const int row1 = dinf_fp8_frag_row_wave(math_wg, kWaves, w, warp_in_wg, lane, 1);
-                    const float a_scale0 = sa_tiles[s * BLOCK_M + row0];
-                    const float a_scale1 = sa_tiles[s * BLOCK_M + row1];
+                    const float a_scale0 = a_sc[w][0];
+                    const float a_scale1 = a_sc[w][1];
                     if (w == kWaves - 1) {
                         /* The warp is done with the stage (every wave's wgmma
-                         * have completed and every lane has read its A
-                         * scales): one arrival per warp on the empty barrier
-                         * of every CTA of the cluster. */
+                         * have completed and every lane read its A scales
+                         * before the first wave): one arrival per warp on the
+                         * empty barrier of every CTA of the cluster. */
                         __syncwarp();
                         if (kMulticast) {
                             if (lane < CLUSTER)

@@ -9,7 +9,10 @@
  * and a replay of the kernel's whole data flow (multicast halves of A, the
  * two B scales, the swizzled tile and its clipped TMA stores, the direct
  * stores of masked partial tiles) on the host's launch plan, bit for bit
- * against the CPU implementation. The SASS check runs where nvdisasm exists.
+ * against the CPU implementation. The SASS checks run where nvdisasm exists:
+ * instruction counts, and (sass_waves.h) the order of the math loop's wgmma
+ * windows, accumulator accesses, A-scale loads and stage release; the
+ * latter's checker is itself tested on planted violations.
  */
 #define _GNU_SOURCE
 #include <deepinfra.h>
@@ -18,6 +21,7 @@
 #include "gemm/gemm_sm90.h"
 #include "jit_internal.h"
 #include "gemm_test_util.h"
+#include "sass_waves.h"
 
 #include <criterion/criterion.h>
 #include <ftw.h>
@@ -858,6 +862,37 @@ Test(gemm_fast_heuristic, choices_for_the_deepseek_v3_shapes_on_132_sms) {
     }
 }
 
+Test(gemm_fast_heuristic, the_gpu_pdl_round_at_m_4096_gets_block_m_256_multicast_and_every_sm) {
+    /* tests/gpu/test_gemm_gpu.c runs a PDL round at m = 4096, n = 8448,
+     * k = 1024 (pdl_gemm_behind_a_full_gpu_block_m_256_...) to put a PDL GEMM
+     * behind a BLOCK_M 256 multicast primary on every SM; its premise on 132
+     * SMs: 1056 tiles, 528 units = 8 full waves of 66 clusters. (m = n =
+     * 4096 gets the same tile, but 256 units = 4 waves of 64 clusters: a
+     * 128-CTA grid.) */
+    const dinf__fp8_gpu_problem p = {DINF_FP8_GEMM_NORMAL, 4096, 8448, 1024, 1, 0,
+                                     (const uint8_t *)(uintptr_t)0x10000, 1024,
+                                     (const float *)(uintptr_t)0x20000,
+                                     (const uint8_t *)(uintptr_t)0x30000, 1024,
+                                     (const float *)(uintptr_t)0x40000,
+                                     (uint16_t *)(uintptr_t)0x50000, 8448, NULL};
+    dinf__fp8_launch_plan plan;
+    dinf__fp8_plan(&p, 132, DINF__FP8_KERNEL_FAST, &plan);
+    cr_assert(plan.config.block_m == 256 && plan.config.block_n == 128 &&
+                  plan.config.cluster == 2 && plan.config.split_k == 1,
+              "%dx%d cluster %d split %d", plan.config.block_m, plan.config.block_n,
+              plan.config.cluster, plan.config.split_k);
+    cr_assert_eq(plan.grid, 132u, "a persistent grid of every SM: %u", plan.grid);
+    cr_assert_eq(plan.config.tiles, 1056, "%lld tiles", plan.config.tiles);
+    cr_assert_eq(plan.config.waves, 8, "%d waves", plan.config.waves);
+    /* the 4096 x 4096 shape of the reviewer's example: not every SM */
+    dinf__fp8_gpu_problem square = p;
+    square.n = square.ldd = 4096;
+    dinf__fp8_plan(&square, 132, DINF__FP8_KERNEL_FAST, &plan);
+    cr_assert(plan.config.block_m == 256 && plan.config.cluster == 2 && plan.grid == 128,
+              "4096 x 4096: %dx%d cluster %d grid %u", plan.config.block_m, plan.config.block_n,
+              plan.config.cluster, plan.grid);
+}
+
 Test(gemm_fast_heuristic, persistent_grid_keeps_the_waves_and_drops_idle_slots) {
     uint64_t seed = 91;
     for (int trial = 0; trial < 2000; trial++) {
@@ -1403,6 +1438,286 @@ Test(gemm_fast_jit,
         cr_assert_eq(global_before_wait, 0,
                      "config %d: %d global accesses listed before griddepcontrol.wait, first: %s",
                      i, global_before_wait, first_global);
+    }
+#endif
+}
+
+/* ------------------------------------------- SASS: wgmma waves (T2) -- */
+
+/* A k-block loop as nvdisasm prints it for BLOCK_M 256, BLOCK_N 64
+ * (accumulators R40..R71, to show the range is parsed, not assumed), two
+ * waves. Tokens {P0}..{P5} mark where the planted violations go. */
+static const char wave_loop[] =
+    "        /*1200*/                   MOV R40, RZ ;\n"
+    ".L_x_15:\n"
+    "        /*1270*/                   SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR19], R28 ;\n"
+    "        /*1280*/              @!P0 BRA `(.L_x_14) ;\n"
+    ".L_x_50:\n"
+    "        /*1290*/                   LDS R225, [R220] ;\n"
+    "        /*12a0*/                   LDS R223, [R220+0x20] ;\n"
+    "        /*12b0*/                   LDS R219, [R220+0x100] ;\n"
+    "        /*12c0*/                   LDS R218, [R220+0x120] ;\n"
+    "        /*12d0*/                   WARPGROUP.ARRIVE ;\n"
+    "        /*12e0*/                   QGMMA.64x64x32.F32.E4M3.E4M3 R40, gdesc[UR32], RZ, !UPT ;\n"
+    "        /*12f0*/                   IADD3 R24, R72, UR40, RZ ;\n"
+    "{P0}"
+    "        /*1300*/                   QGMMA.64x64x32.F32.E4M3.E4M3 R40, gdesc[UR28], R40 ;\n"
+    ".L_x_53:\n"
+    "        /*1310*/                   LDG.E.128 R36, desc[UR36][R2.64] ;\n"
+    "        /*1320*/                   QGMMA.64x64x32.F32.E4M3.E4M3 R40, gdesc[UR24], R40 ;\n"
+    "{P1}"
+    "        /*1330*/                   QGMMA.64x64x32.F32.E4M3.E4M3 R40, gdesc[UR20], R40, gsb0 ;\n"
+    "        /*1340*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;\n"
+    "        /*1350*/                   FMUL R225, R217, R225 ;\n"
+    "        /*1360*/                   FFMA R153, R40, R225, R153 ;\n"
+    "        /*1370*/                   FFMA R154, R71, R225, R154 ;\n"
+    "{P2}"
+    "        /*1380*/                   WARPGROUP.ARRIVE ;\n"
+    "        /*1390*/                   QGMMA.64x64x32.F32.E4M3.E4M3 R40, gdesc[UR32], RZ, !UPT ;\n"
+    "        /*13a0*/                   QGMMA.64x64x32.F32.E4M3.E4M3 R40, gdesc[UR28], R40 ;\n"
+    "        /*13b0*/                   QGMMA.64x64x32.F32.E4M3.E4M3 R40, gdesc[UR24], R40 ;\n"
+    "{P3}"
+    "        /*13c0*/                   QGMMA.64x64x32.F32.E4M3.E4M3 R40, gdesc[UR20], R40, gsb0 ;\n"
+    "        /*13d0*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;\n"
+    "{P4}"
+    "        /*13e0*/              @!P0 SYNCS.ARRIVE.TRANS64.RED.A1T0 RZ, [R221+URZ], RZ ;\n"
+    "        /*13f0*/                   FFMA R155, R41, R219, R155 ;\n"
+    "{P5}"
+    "        /*1400*/              @!P1 BRA `(.L_x_15) ;\n"
+    "        /*1410*/                   EXIT ;\n"
+    ".L_x_14:\n"
+    "        /*1420*/                   SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR19], R28 ;\n"
+    "        /*1430*/              @!P0 BRA `(.L_x_14) ;\n"
+    "        /*1440*/                   BRA `(.L_x_50) ;\n";
+
+/* wave_loop with `plant` at marker {P<at>} (the other markers removed). */
+static char *planted_loop(int at, const char *plant) {
+    const size_t cap = sizeof wave_loop + strlen(plant) + 1;
+    char *out = malloc(cap);
+    cr_assert_not_null(out);
+    size_t o = 0;
+    for (const char *p = wave_loop; *p;) {
+        if (p[0] == '{' && p[1] == 'P' && p[3] == '}') {
+            if (p[2] - '0' == at) {
+                memcpy(out + o, plant, strlen(plant));
+                o += strlen(plant);
+            }
+            p += 4;
+            continue;
+        }
+        out[o++] = *p++;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+static void expect_wave_check(const char *sass, int waves, const char *want_error,
+                              const char *what) {
+    sass_wave_report rep;
+    char err[1024];
+    const int rc = sass_check_waves(sass, waves, 4, &rep, err, sizeof err);
+    if (!want_error) {
+        cr_assert_eq(rc, 0, "%s: the clean loop failed: %s", what, err);
+        return;
+    }
+    cr_assert_neq(rc, 0, "%s: not caught", what);
+    cr_assert_not_null(strstr(err, want_error), "%s: reported \"%s\", expected \"%s\"", what, err,
+                       want_error);
+}
+
+Test(gemm_fast_sass, wave_checker_passes_the_clean_loop_and_catches_planted_violations) {
+    char *clean = planted_loop(-1, "");
+    sass_wave_report rep;
+    char err[1024];
+    cr_assert_eq(sass_check_waves(clean, 2, 4, &rep, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(rep.acc_lo, 40, "the QGMMA destination is parsed: R%d", rep.acc_lo);
+    cr_assert_eq(rep.acc_hi, 71, "QGMMA.64x64x32: 32 registers: R%d", rep.acc_hi);
+    cr_assert_eq(rep.windows, 2);
+    cr_assert_eq(rep.k_blocks, 1);
+    cr_assert_eq(rep.qgmma, 8);
+    cr_assert_eq(rep.releases, 1);
+    cr_assert_eq(rep.loads_hoisted, 4);
+    free(clean);
+
+    static const struct {
+        int at;
+        const char *plant, *error, *what;
+    } cases[] = {
+        /* an accumulator read inside wave 0's window (wave 0's promotion
+         * moved past the wgmma issue) */
+        {1, "        /*1325*/                   FFMA R153, R40, R225, R153 ;\n",
+         "names R40 of the accumulators R40..R71", "read of R40 in wave 0's window"},
+        /* wave 0's promotion sinking into wave 1's window (the wave-order
+         * hazard of the shared accumulators), last register of the range */
+        {3, "        /*13b5*/                   FFMA R154, R71, R225, R154 ;\n",
+         "names R71 of the accumulators R40..R71", "read of R71 in wave 1's window"},
+        /* a write of an accumulator while the wgmma runs */
+        {0, "        /*12f5*/                   MOV R55, RZ ;\n", "names R55",
+         "write of R55 in a window"},
+        /* a 64-bit pair whose second half is the first accumulator */
+        {0, "        /*12f5*/                   STS.64 [R1], R39 ;\n", "names R40",
+         "a .64 operand reaching into the range"},
+        /* the release after wave 0 (before wave 1's wgmma) */
+        {2, "        /*1375*/              @!P0 SYNCS.ARRIVE.TRANS64.RED.A1T0 RZ, [R221+URZ], RZ ;\n",
+         "before the DEPBAR of its last wave", "release after wave 0"},
+        /* a second release after the last wave */
+        {5, "        /*13f5*/                   SYNCS.ARRIVE.TRANS64.A1T0 RZ, [R3+URZ], RZ ;\n",
+         "2 SYNCS.ARRIVE after its last wave's DEPBAR", "two releases"},
+        /* an A-scale load between the first wgmma and the release (B1) */
+        {4, "        /*13d5*/                   LDS R219, [R220+0x100] ;\n",
+         "between its first WARPGROUP.ARRIVE and the release", "a late A-scale load"},
+        /* control flow out of a window */
+        {1, "        /*1325*/              @P3 BRA `(.L_x_15) ;\n", "control flow inside it",
+         "a branch in a window"},
+        /* control flow into a window (.L_x_53 becomes a branch target) */
+        {5, "        /*13f5*/              @P3 BRA `(.L_x_53) ;\n", "label .L_x_53 inside it",
+         "a branch into a window"},
+        /* a serialised wave (ptxas's own fix for an accumulator read: a
+         * wait after the first wgmma) */
+        {0, "        /*12f5*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;\n"
+            "        /*12f6*/                   WARPGROUP.ARRIVE ;\n",
+         "1 QGMMA, expected 4", "a serialised wave"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *text = planted_loop(cases[i].at, cases[i].plant);
+        expect_wave_check(text, 2, cases[i].error, cases[i].what);
+        free(text);
+    }
+    /* not violations: uniform registers and registers next to the range */
+    char *near = planted_loop(0, "        /*12f5*/                   IMAD.WIDE R36, R72, UR40, R38 ;\n"
+                                 "        /*12f6*/                   MOV R72, UR55 ;\n");
+    expect_wave_check(near, 2, NULL, "R36..R39, R72 and UR40/UR55 in a window");
+    free(near);
+    /* the wave count is checked: read as a one-wave loop, these two windows
+     * are two k blocks, and the first has no release of its own */
+    clean = planted_loop(-1, "");
+    expect_wave_check(clean, 1, "k block 0: 0 SYNCS.ARRIVE after its last wave's DEPBAR",
+                      "two windows read as one wave each");
+    free(clean);
+}
+
+#if DINF_WITH_CUDA
+/* The whole nvdisasm output of one fast-rung config's cubin (malloc'ed). */
+static char *fast_rung_sass(const char *nvdisasm, const long long params[6], int index) {
+    dinf_jit_kernel_config c = DINF_JIT_KERNEL_CONFIG_INIT;
+    snprintf(c.name, sizeof c.name, "fp8_gemm_fast");
+    c.num_params = 6;
+    memcpy(c.params, params, 6 * sizeof params[0]);
+    const dinf__jit_cubin *cubin;
+    cr_assert_eq(dinf__jit_get_cubin("test", &c, "sm_90a", &cubin), DINF_STATUS_OK, "%s",
+                 dinf_last_error());
+    char path[128], cmd[512];
+    snprintf(path, sizeof path, "%s/w%d.cubin", cache_dir, index);
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f);
+    cr_assert_eq(fwrite(cubin->data, 1, cubin->bytes, f), cubin->bytes);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "'%s' '%s'", nvdisasm, path);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    size_t cap = 1 << 16, len = 0;
+    char *text = malloc(cap);
+    cr_assert_not_null(text);
+    for (size_t got; (got = fread(text + len, 1, cap - len - 1, p)) > 0;) {
+        len += got;
+        if (cap - len - 1 == 0) {
+            cap *= 2;
+            text = realloc(text, cap);
+            cr_assert_not_null(text);
+        }
+    }
+    text[len] = '\0';
+    cr_assert_eq(pclose(p), 0, "%s failed", cmd);
+    return text;
+}
+#endif
+
+Test(gemm_fast_jit, sass_wave_order_no_accumulator_access_in_flight_one_release_per_k_block,
+     .fini = cleanup_cache, .timeout = 900.0) {
+#if !DINF_WITH_CUDA
+    cr_skip_test("CPU-only build (make CUDA=0): no JIT");
+#else
+    int major, minor;
+    if (dinf_jit_nvrtc_version(&major, &minor) != DINF_STATUS_OK)
+        cr_skip_test("NVRTC is not available: %s", dinf_last_error());
+    const char *nvdisasm = find_nvdisasm();
+    if (!nvdisasm)
+        cr_skip_test("no nvdisasm (set DINF_NVDISASM): the SASS check needs a disassembler");
+    setup_cache();
+    /* {form, block_m, block_n, stages, cluster, split_k}: BLOCK_M 256 (two
+     * waves) normal and masked, with and without the multicast (remote
+     * release), the widest and a narrower BLOCK_N; one-wave configs too
+     * (BLOCK_M 128 multicast, BLOCK_M 64 split-K). DINF_SASS_WAVES_ALL=1:
+     * every fast-rung config of the heuristics' space instead (182, the
+     * stages by the shared-memory rule; ~1 s of CPU each). */
+    enum { CAP = 200 };
+    static long long configs[CAP][6] = {{0, 256, 128, 3, 2, 1}, {0, 256, 128, 3, 1, 1},
+                                        {2, 256, 96, 3, 2, 1},  {2, 256, 112, 3, 1, 1},
+                                        {0, 128, 160, 5, 2, 1}, {0, 64, 112, 8, 2, 2}};
+    int count = 6;
+    const char *all = getenv("DINF_SASS_WAVES_ALL");
+    if (all && strcmp(all, "1") == 0) {
+        count = 0;
+        for (int form = 0; form < 3; form++)
+            for (int bm = 64; bm <= 256; bm *= 2)
+                for (int i = 0; i < NUM_FAST_BNS; i++)
+                    for (int mode = 0; mode < 3; mode++) {
+                        const int bn = fast_bns[i], cluster = mode == 0 ? 1 : 2,
+                                  split = mode == 2 ? 2 : 1;
+                        if ((form == DINF_FP8_GEMM_CONTIGUOUS && bm != 128) ||
+                            (bm == 256 && (bn > DINF_FP8_FAST_BM256_MAX_BLOCK_N || split != 1)))
+                            continue;
+                        int stages = 16;
+                        while (DINF_FP8_FAST_SPLIT_SMEM_BYTES(bm, bn, stages, split) >
+                               DINF_FP8_SMEM_LIMIT)
+                            stages--;
+                        cr_assert_lt(count, CAP);
+                        const long long c[6] = {form, bm, bn, stages, cluster, split};
+                        memcpy(configs[count++], c, sizeof c);
+                    }
+        cr_assert_eq(count, 150 + 32);
+    }
+    for (int i = 0; i < count; i++) {
+        const int waves = dinf_fp8_waves((int)configs[i][1]);
+        char *sass = fast_rung_sass(nvdisasm, configs[i], i);
+        sass_wave_report rep;
+        char err[1024];
+        const int rc = sass_check_waves(sass, waves, 4, &rep, err, sizeof err);
+        cr_assert_eq(rc, 0, "config %d <%lld,%lld,%lld,%lld,%lld,%lld>: %s", i, configs[i][0],
+                     configs[i][1], configs[i][2], configs[i][3], configs[i][4], configs[i][5],
+                     err);
+        cr_assert_eq(rep.acc_hi - rep.acc_lo + 1, (int)configs[i][2] / 2,
+                     "config %d: accumulators R%d..R%d for BLOCK_N %lld", i, rep.acc_lo,
+                     rep.acc_hi, configs[i][2]);
+        cr_assert_eq(rep.qgmma, 4 * waves * rep.k_blocks, "config %d: %d QGMMA", i, rep.qgmma);
+        cr_assert_eq(rep.releases, rep.k_blocks, "config %d", i);
+        cr_assert_eq(rep.loads_hoisted, 2 * waves * rep.k_blocks,
+                     "config %d: %d A-scale loads before the first wgmma", i, rep.loads_hoisted);
+        cr_log_info("config %d: %d k block(s) per loop turn, %d windows, accumulators R%d..R%d",
+                    i, rep.k_blocks, rep.windows, rep.acc_lo, rep.acc_hi);
+        /* The same text with an accumulator read planted before the last
+         * DEPBAR (inside the last wave's window) must fail. */
+        char *last = NULL;
+        for (char *q = strstr(sass, "WARPGROUP.DEPBAR"); q; q = strstr(q + 1, "WARPGROUP.DEPBAR"))
+            last = q;
+        cr_assert_not_null(last);
+        while (last > sass && last[-1] != '\n')
+            last--;
+        char plant[96];
+        snprintf(plant, sizeof plant, "        /*ffff*/                   FADD R0, R%d, R0 ;\n",
+                 rep.acc_hi);
+        const size_t at = (size_t)(last - sass), pl = strlen(plant), len = strlen(sass);
+        char *mutated = malloc(len + pl + 1);
+        cr_assert_not_null(mutated);
+        memcpy(mutated, sass, at);
+        memcpy(mutated + at, plant, pl);
+        memcpy(mutated + at + pl, sass + at, len - at + 1);
+        cr_assert_neq(sass_check_waves(mutated, waves, 4, &rep, err, sizeof err), 0,
+                      "config %d: a planted accumulator read inside the window passed", i);
+        cr_assert_not_null(strstr(err, "between WARPGROUP.ARRIVE and WARPGROUP.DEPBAR"), "%s",
+                           err);
+        free(mutated);
+        free(sass);
     }
 #endif
 }

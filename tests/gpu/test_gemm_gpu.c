@@ -18,8 +18,9 @@
  *     clusters, phantom partners, masked partial tiles) against the CPU.
  *   - programmatic dependent launch (DINF_FP8_GEMM_PDL, on and off): GEMMs
  *     launched right behind the kernels that produce their inputs, many
- *     rounds back-to-back, each against the CPU; captured into a graph as a
- *     programmatic edge.
+ *     rounds back-to-back, each against the CPU (small m, and m = n = 4096
+ *     behind a full-GPU BLOCK_M 256 multicast GEMM); captured into a graph
+ *     as a programmatic edge.
  * Inputs are quantized on the GPU by dinf_fp8_quantize (1x128 for A, 128x128
  * for B) and A's scales transposed by dinf_fp8_scale_layout_mn_major.
  * Skipped, visibly, without a usable device; a failure under
@@ -840,28 +841,37 @@ static void graph_replay(int eager_first) {
  * each into its own poisoned outputs; then every output is compared with the
  * CPU GEMM on the data the GPU produced: a read before the wait sees NaN (or
  * a partial result) and the round fails. Run with PDL on and off.
+ * N is PDL_N (m 64 / 128) or 8448 (the full-GPU BLOCK_M 256 round, m 4096).
  */
-enum { PDL_N = 512, PDL_K = 1024, PDL_KB = PDL_K / 128, PDL_NSB = PDL_N / 128 };
+enum { PDL_N = 512, PDL_K = 1024, PDL_KB = PDL_K / 128 };
 
 typedef struct pdl_bufs {
-    int64_t m, aligned;
+    int64_t m, n, nsb, aligned; /* nsb = n / 128 B-scale blocks */
     int rounds;
+    int64_t scales2;          /* GEMM 2's scales: float index into d1's float32 view */
     float *dx, *dy;           /* unquantized inputs, one slice per round */
-    uint8_t *da, *db;         /* [rounds][m][K], [rounds][N][K] */
+    uint8_t *da, *db;         /* [rounds][m][K], [rounds][n][K] */
     float *sa_rows, *dsa, *dsb;
-    uint16_t *dd, *dd2;       /* [rounds][m][N]: GEMM 1, GEMM 2 */
+    uint16_t *dd, *dd2;       /* [rounds][m][n]: GEMM 1, GEMM 2 */
 } pdl_bufs;
 
-/* GEMM 2's scales inside round r's d1 (its float32 view): A's [KB][aligned]
- * first, then B's [NSB][KB]. */
+/* GEMM 2's scales inside round r's d1 (its float32 view): A's [KB][aligned],
+ * then B's [NSB][KB], at float b->scales2 (the start of d1, or its end). */
 static float *pdl_scales2(const pdl_bufs *b, int r, int which_b) {
-    float *base = (float *)(void *)(b->dd + r * b->m * PDL_N);
+    float *base = (float *)(void *)(b->dd + r * b->m * b->n) + b->scales2;
     return which_b ? base + PDL_KB * b->aligned : base;
 }
 
-static void pdl_setup(pdl_bufs *b, int64_t m, int rounds, uint64_t seed) {
-    b->m = m, b->rounds = rounds, b->aligned = cdiv(m, 4) * 4;
-    const size_t xs = (size_t)(rounds * m * PDL_K), ys = (size_t)rounds * PDL_N * PDL_K;
+/* at_end: GEMM 2's scales in the last bytes of d1 (16-byte aligned: GEMM 1's
+ * last rows), else at its start (GEMM 1's first rows). */
+static void pdl_setup_shape(pdl_bufs *b, int64_t m, int64_t n, int rounds, int at_end,
+                            uint64_t seed) {
+    cr_assert_eq(n % 128, 0);
+    b->m = m, b->n = n, b->nsb = n / 128, b->rounds = rounds, b->aligned = cdiv(m, 4) * 4;
+    const int64_t need = PDL_KB * b->aligned + b->nsb * PDL_KB; /* floats */
+    cr_assert_leq(need * 4, m * n * 2, "GEMM 2's scales fit in d1");
+    b->scales2 = at_end ? (m * n * 2 / 4 - need) / 4 * 4 : 0;
+    const size_t xs = (size_t)(rounds * m * PDL_K), ys = (size_t)(rounds * n * PDL_K);
     float *hx = malloc(xs * 4), *hy = malloc(ys * 4);
     cr_assert(hx && hy);
     uint64_t s = seed | 1;
@@ -876,20 +886,22 @@ static void pdl_setup(pdl_bufs *b, int64_t m, int rounds, uint64_t seed) {
     b->da = dmalloc(xs), b->db = dmalloc(ys);
     b->sa_rows = dmalloc((size_t)(rounds * m * PDL_KB) * 4);
     b->dsa = dmalloc((size_t)(rounds * PDL_KB * b->aligned) * 4);
-    b->dsb = dmalloc((size_t)rounds * PDL_NSB * PDL_KB * 4);
-    b->dd = dmalloc((size_t)(rounds * m * PDL_N) * 2);
-    b->dd2 = dmalloc((size_t)(rounds * m * PDL_N) * 2);
-    cr_assert_leq((PDL_KB * b->aligned + PDL_NSB * PDL_KB) * 4, m * PDL_N * 2,
-                  "GEMM 2's scales fit in d1");
+    b->dsb = dmalloc((size_t)(rounds * b->nsb * PDL_KB) * 4);
+    b->dd = dmalloc((size_t)(rounds * m * n) * 2);
+    b->dd2 = dmalloc((size_t)(rounds * m * n) * 2);
     /* NaN codes everywhere a producer writes (e4m3 0x7F, float 0xFFFFFFFF) */
     CUDA_OK(cudaMemset(b->da, 0x7F, xs));
     CUDA_OK(cudaMemset(b->db, 0x7F, ys));
     CUDA_OK(cudaMemset(b->sa_rows, 0xFF, (size_t)(rounds * m * PDL_KB) * 4));
     CUDA_OK(cudaMemset(b->dsa, 0xFF, (size_t)(rounds * PDL_KB * b->aligned) * 4));
-    CUDA_OK(cudaMemset(b->dsb, 0xFF, (size_t)rounds * PDL_NSB * PDL_KB * 4));
-    CUDA_OK(cudaMemset(b->dd, POISON_BYTE, (size_t)(rounds * m * PDL_N) * 2));
-    CUDA_OK(cudaMemset(b->dd2, POISON_BYTE, (size_t)(rounds * m * PDL_N) * 2));
+    CUDA_OK(cudaMemset(b->dsb, 0xFF, (size_t)(rounds * b->nsb * PDL_KB) * 4));
+    CUDA_OK(cudaMemset(b->dd, POISON_BYTE, (size_t)(rounds * m * n) * 2));
+    CUDA_OK(cudaMemset(b->dd2, POISON_BYTE, (size_t)(rounds * m * n) * 2));
     CUDA_OK(cudaDeviceSynchronize());
+}
+
+static void pdl_setup(pdl_bufs *b, int64_t m, int rounds, uint64_t seed) {
+    pdl_setup_shape(b, m, PDL_N, rounds, 0, seed);
 }
 
 static void pdl_free(pdl_bufs *b) {
@@ -899,19 +911,19 @@ static void pdl_free(pdl_bufs *b) {
 
 /* Round r's producers and two GEMMs, enqueued on exec's stream. */
 static void pdl_enqueue_round(const pdl_bufs *b, int r, const dinf_exec *exec) {
-    const int64_t m = b->m;
-    uint8_t *a = b->da + r * m * PDL_K, *bq = b->db + (size_t)r * PDL_N * PDL_K;
+    const int64_t m = b->m, n = b->n;
+    uint8_t *a = b->da + r * m * PDL_K, *bq = b->db + r * n * PDL_K;
     float *sa_rows = b->sa_rows + r * m * PDL_KB, *sa = b->dsa + r * PDL_KB * b->aligned;
-    float *sb = b->dsb + r * PDL_NSB * PDL_KB;
+    float *sb = b->dsb + r * b->nsb * PDL_KB;
     DINF_OK(dinf_fp8_quantize(b->dx + r * m * PDL_K, DINF_DTYPE_FLOAT32, m, PDL_K, PDL_K, 1, a,
                               PDL_K, sa_rows, exec));
     DINF_OK(dinf_fp8_scale_layout_mn_major(sa_rows, m, PDL_KB, sa, NULL, exec));
-    DINF_OK(dinf_fp8_quantize(b->dy + (size_t)r * PDL_N * PDL_K, DINF_DTYPE_FLOAT32, PDL_N, PDL_K,
-                              PDL_K, 128, bq, PDL_K, sb, exec));
-    DINF_OK(dinf_fp8_gemm_nt(m, PDL_N, PDL_K, a, PDL_K, sa, bq, PDL_K, sb,
-                             b->dd + r * m * PDL_N, PDL_N, exec));
-    DINF_OK(dinf_fp8_gemm_nt(m, PDL_N, PDL_K, a, PDL_K, pdl_scales2(b, r, 0), bq, PDL_K,
-                             pdl_scales2(b, r, 1), b->dd2 + r * m * PDL_N, PDL_N, exec));
+    DINF_OK(dinf_fp8_quantize(b->dy + r * n * PDL_K, DINF_DTYPE_FLOAT32, n, PDL_K, PDL_K, 128, bq,
+                              PDL_K, sb, exec));
+    DINF_OK(dinf_fp8_gemm_nt(m, n, PDL_K, a, PDL_K, sa, bq, PDL_K, sb, b->dd + r * m * n, n,
+                             exec));
+    DINF_OK(dinf_fp8_gemm_nt(m, n, PDL_K, a, PDL_K, pdl_scales2(b, r, 0), bq, PDL_K,
+                             pdl_scales2(b, r, 1), b->dd2 + r * m * n, n, exec));
 }
 
 /* got against want (the CPU's), every element written. */
@@ -933,38 +945,83 @@ static void pdl_compare(const uint16_t *got, const uint16_t *want, int64_t count
                   what, r, gemm, ec.worst_index, ec.worst_got, ec.worst_want, ec.worst);
 }
 
-/* Every round's output against the CPU GEMM on that round's quantized data. */
+/* Rows compared with the CPU: all of them up to 1024 rows; beyond, the
+ * first and the last 256-row M-blocks whole (every warpgroup, wave and
+ * fragment row of a BLOCK_M 256 tile, both CTAs' multicast halves) and every
+ * 61st row between (61 is prime to 256: every row position of a tile, across
+ * the M-blocks). Every element of d is still checked to be written. */
+static int64_t pdl_sample_rows(int64_t m, int64_t *rows) {
+    int64_t count = 0;
+    for (int64_t r = 0; r < m; r++)
+        if (m <= 1024 || r < 256 || r >= m - 256 || r % 61 == 0)
+            rows[count++] = r;
+    return count;
+}
+
+/* The CPU GEMM of the sampled rows: A and its MN-major scales [KB][aligned]
+ * gathered into a problem of `count` rows (each output element depends on
+ * its row's data only: the same bits as the full product's rows). */
+static void pdl_cpu_rows(const pdl_bufs *b, const int64_t *rows, int64_t count, const uint8_t *ha,
+                         const float *hsa, const uint8_t *hb, const float *hsb, uint16_t *want) {
+    const int64_t aligned = cdiv(count, 4) * 4;
+    uint8_t *sa_rows = malloc((size_t)(count * PDL_K));
+    float *ssa = malloc((size_t)(PDL_KB * aligned) * 4);
+    cr_assert(sa_rows && ssa);
+    for (int64_t i = 0; i < count; i++) {
+        memcpy(sa_rows + i * PDL_K, ha + rows[i] * PDL_K, PDL_K);
+        for (int kb = 0; kb < PDL_KB; kb++)
+            ssa[kb * aligned + i] = hsa[kb * b->aligned + rows[i]];
+    }
+    memset(want, POISON_BYTE, (size_t)(count * b->n) * 2);
+    DINF_OK(dinf_fp8_gemm_nt(count, b->n, PDL_K, sa_rows, PDL_K, ssa, hb, PDL_K, hsb, want, b->n,
+                             NULL));
+    free(sa_rows), free(ssa);
+}
+
+/* Every round's output against the CPU GEMM on that round's quantized data
+ * (the sampled rows; every element checked written). */
 static void pdl_check_rounds(const pdl_bufs *b, int first, int count, const char *what) {
-    const int64_t m = b->m;
-    uint8_t *ha = malloc((size_t)(m * PDL_K)), *hb = malloc((size_t)PDL_N * PDL_K);
-    float *hsa = malloc((size_t)(PDL_KB * b->aligned) * 4), *hsb = malloc(PDL_NSB * PDL_KB * 4);
-    uint16_t *got = malloc((size_t)(m * PDL_N) * 2), *want = malloc((size_t)(m * PDL_N) * 2);
-    cr_assert(ha && hb && hsa && hsb && got && want);
+    const int64_t m = b->m, n = b->n, nsb = b->nsb;
+    uint8_t *ha = malloc((size_t)(m * PDL_K)), *hb = malloc((size_t)(n * PDL_K));
+    float *hsa = malloc((size_t)(PDL_KB * b->aligned) * 4), *hsb = malloc((size_t)(nsb * PDL_KB) * 4);
+    uint16_t *got = malloc((size_t)(m * n) * 2);
+    int64_t *rows = malloc((size_t)m * sizeof *rows);
+    cr_assert(ha && hb && hsa && hsb && got && rows);
+    const int64_t nrows = pdl_sample_rows(m, rows);
+    uint16_t *want = malloc((size_t)(nrows * n) * 2), *got_rows = malloc((size_t)(nrows * n) * 2);
+    cr_assert(want && got_rows);
     for (int r = first; r < first + count; r++) {
         CUDA_OK(cudaMemcpy(ha, b->da + r * m * PDL_K, (size_t)(m * PDL_K), cudaMemcpyDeviceToHost));
-        CUDA_OK(cudaMemcpy(hb, b->db + (size_t)r * PDL_N * PDL_K, (size_t)PDL_N * PDL_K,
-                           cudaMemcpyDeviceToHost));
+        CUDA_OK(cudaMemcpy(hb, b->db + r * n * PDL_K, (size_t)(n * PDL_K), cudaMemcpyDeviceToHost));
         CUDA_OK(cudaMemcpy(hsa, b->dsa + r * PDL_KB * b->aligned,
                            (size_t)(PDL_KB * b->aligned) * 4, cudaMemcpyDeviceToHost));
-        CUDA_OK(cudaMemcpy(hsb, b->dsb + r * PDL_NSB * PDL_KB, PDL_NSB * PDL_KB * 4,
+        CUDA_OK(cudaMemcpy(hsb, b->dsb + r * nsb * PDL_KB, (size_t)(nsb * PDL_KB) * 4,
                            cudaMemcpyDeviceToHost));
-        CUDA_OK(cudaMemcpy(got, b->dd + r * m * PDL_N, (size_t)(m * PDL_N) * 2,
-                           cudaMemcpyDeviceToHost));
-        memset(want, POISON_BYTE, (size_t)(m * PDL_N) * 2);
-        DINF_OK(dinf_fp8_gemm_nt(m, PDL_N, PDL_K, ha, PDL_K, hsa, hb, PDL_K, hsb, want, PDL_N,
-                                 NULL));
-        pdl_compare(got, want, m * PDL_N, what, r, 1);
-        /* GEMM 2: the same A and B, its scales the float32 view of d1 (got) */
-        memcpy(hsa, got, (size_t)(PDL_KB * b->aligned) * 4);
-        memcpy(hsb, (const float *)(const void *)got + PDL_KB * b->aligned, PDL_NSB * PDL_KB * 4);
-        CUDA_OK(cudaMemcpy(got, b->dd2 + r * m * PDL_N, (size_t)(m * PDL_N) * 2,
-                           cudaMemcpyDeviceToHost));
-        memset(want, POISON_BYTE, (size_t)(m * PDL_N) * 2);
-        DINF_OK(dinf_fp8_gemm_nt(m, PDL_N, PDL_K, ha, PDL_K, hsa, hb, PDL_K, hsb, want, PDL_N,
-                                 NULL));
-        pdl_compare(got, want, m * PDL_N, what, r, 2);
+        for (int gemm = 1; gemm <= 2; gemm++) {
+            if (gemm == 2) {
+                /* the same A and B, its scales the float32 view of d1 (got) */
+                const float *scales = (const float *)(const void *)got + b->scales2;
+                memcpy(hsa, scales, (size_t)(PDL_KB * b->aligned) * 4);
+                memcpy(hsb, scales + PDL_KB * b->aligned, (size_t)(nsb * PDL_KB) * 4);
+            }
+            CUDA_OK(cudaMemcpy(got, (gemm == 1 ? b->dd : b->dd2) + r * m * n,
+                               (size_t)(m * n) * 2, cudaMemcpyDeviceToHost));
+            if (nrows < m) { /* the rows not compared: written at least */
+                int64_t unwritten = 0, first_unwritten = -1;
+                for (int64_t i = 0; i < m * n; i++)
+                    if (got[i] == POISON && unwritten++ == 0)
+                        first_unwritten = i;
+                cr_assert_eq(unwritten, 0, "%s round %d GEMM %d: %lld elements not written, "
+                             "first d[%lld]", what, r, gemm, (long long)unwritten,
+                             (long long)first_unwritten);
+            }
+            for (int64_t i = 0; i < nrows; i++)
+                memcpy(got_rows + i * n, got + rows[i] * n, (size_t)n * 2);
+            pdl_cpu_rows(b, rows, nrows, ha, hsa, hb, hsb, want);
+            pdl_compare(got_rows, want, nrows * n, what, r, gemm);
+        }
     }
-    free(ha), free(hb), free(hsa), free(hsb), free(got), free(want);
+    free(ha), free(hb), free(hsa), free(hsb), free(got), free(rows), free(want), free(got_rows);
 }
 
 Test(gemm_gpu, pdl_gemm_right_behind_its_producers_reads_only_their_finished_output) {
@@ -997,6 +1054,72 @@ Test(gemm_gpu, pdl_gemm_right_behind_its_producers_reads_only_their_finished_out
             CUDA_OK(cudaStreamDestroy(stream));
             pdl_free(&b);
         }
+    unsetenv("DINF_FP8_GEMM_PDL");
+}
+
+Test(gemm_gpu, pdl_gemm_behind_a_full_gpu_block_m_256_multicast_gemm_reads_only_its_output) {
+    /* The same rounds at m = 4096, n = 8448, k = 1024: on 132 SMs the
+     * heuristic picks BLOCK_M 256 x BLOCK_N 128 with the 2-CTA A multicast,
+     * 1056 tiles = 528 cluster units = 8 full waves of 66 clusters, so the
+     * persistent grid is every SM (test_gemm_fast.c pins that choice; m = n
+     * = 4096 gets the same tile but a 128-CTA grid: 4 waves of 64 clusters).
+     * GEMM 2 (PDL) runs behind a primary that fills the GPU at one CTA per SM
+     * in 2-CTA clusters and signals launch_dependents at its start (review
+     * T1 / D3: its CTAs can only start on the SMs the primary's CTAs free at
+     * its tail, then wait). GEMM 2's scales are the last ~133 KB of d1 (its
+     * last 8 rows): GEMM 1 stores their right quarter (raster strips 3 and 4:
+     * N-blocks 48..65), which holds all of GEMM 2's B scales, in its last
+     * wave. Two rounds back-to-back, PDL on and off; outputs poisoned; the
+     * sampled rows (pdl_sample_rows) against the CPU, every element checked
+     * written. */
+    enum { M = 4096, N = 8448, ROUNDS = 2 };
+    const char *const settings[] = {"1", "0"};
+    int sms = 0;
+    CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    for (int si = 0; si < 2; si++) {
+        cr_assert_eq(setenv("DINF_FP8_GEMM_PDL", settings[si], 1), 0);
+        char what[64];
+        snprintf(what, sizeof what, "PDL=%s m=%d n=%d", settings[si], M, N);
+        pdl_bufs b;
+        pdl_setup_shape(&b, M, N, ROUNDS, 1, 909 + (uint64_t)si);
+        /* the heuristic's plan for this shape on this device */
+        const dinf__fp8_gpu_problem gp = {NORMAL, M, N, PDL_K, 1, 0, b.da, PDL_K, b.dsa,
+                                          b.db, PDL_K, b.dsb, b.dd, N, NULL};
+        dinf__fp8_launch_plan plan;
+        dinf__fp8_plan(&gp, sms, DINF__FP8_KERNEL_FAST, &plan);
+        cr_log_info("%s on %d SMs: %dx%d, %d stages, cluster %d, split %d, grid %u of %lld tiles",
+                    what, sms, plan.config.block_m, plan.config.block_n, plan.config.stages,
+                    plan.config.cluster, plan.config.split_k, plan.grid, plan.config.tiles);
+        if (sms == 132) /* H100/H200/H800 SXM: the case this test is for */
+            cr_assert(plan.config.block_m == 256 && plan.config.block_n == 128 &&
+                          plan.config.cluster == 2 && plan.config.split_k == 1 &&
+                          plan.grid == 132,
+                      "%s: the heuristic no longer picks BLOCK_M 256, multicast, a full grid "
+                      "(%dx%d cluster %d split %d grid %u): pick another shape",
+                      what, plan.config.block_m, plan.config.block_n, plan.config.cluster,
+                      plan.config.split_k, plan.grid);
+        else
+            cr_log_warn("%d SMs: the shape was chosen for 132 (this device gets %dx%d cluster "
+                        "%d); the rounds still run", sms, plan.config.block_m,
+                        plan.config.block_n, plan.config.cluster);
+        cudaStream_t stream;
+        CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+        dinf_exec exec = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)stream);
+        /* compile and load outside the rounds, on scratch output */
+        uint16_t *scratch = dmalloc((size_t)M * N * 2);
+        DINF_OK(dinf_fp8_gemm_nt(M, N, PDL_K, b.da, PDL_K, b.dsa, b.db, PDL_K, b.dsb, scratch, N,
+                                 &exec));
+        CUDA_OK(cudaStreamSynchronize(stream));
+        for (int r = 0; r < ROUNDS; r++)
+            pdl_enqueue_round(&b, r, &exec);
+        CUDA_OK(cudaStreamSynchronize(stream));
+        CUDA_OK(cudaGetLastError());
+        pdl_check_rounds(&b, 0, ROUNDS, what);
+        cr_log_info("%s: %d back-to-back rounds match the CPU", what, ROUNDS);
+        cudaFree(scratch);
+        CUDA_OK(cudaStreamDestroy(stream));
+        pdl_free(&b);
+    }
     unsetenv("DINF_FP8_GEMM_PDL");
 }
 
