@@ -245,6 +245,19 @@ static inline int sass_check_waves(const char *sass, int waves, int qgmma_per_wa
             rc = sass__fail(err, errlen, "WARPGROUP.ARRIVE without a DEPBAR: %s", ls[i].text);
             break;
         }
+        /* the DEPBAR must wait for every wgmma group (count 0): with
+         * "DEPBAR.LE gsb0, 0x1" a wgmma may still run after it */
+        {
+            const char *imm = strrchr(ls[j].args, ',');
+            while (imm && (*imm == ',' || *imm == ' '))
+                imm++;
+            if (!imm || strncmp(imm, "0x0", 3) != 0 ||
+                (imm[3] != '\0' && imm[3] != ' ' && imm[3] != ';')) {
+                rc = sass__fail(err, errlen, "window %d: the DEPBAR does not wait for every wgmma "
+                                "group (count 0): %s", nw, ls[j].text);
+                break;
+            }
+        }
         if (nw == MAXW) {
             rc = sass__fail(err, errlen, "more than %d wgmma windows", MAXW);
             break;

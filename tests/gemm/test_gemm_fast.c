@@ -1583,6 +1583,16 @@ Test(gemm_fast_sass, wave_checker_passes_the_clean_loop_and_catches_planted_viol
         expect_wave_check(text, 2, cases[i].error, cases[i].what);
         free(text);
     }
+    /* a DEPBAR that leaves one wgmma group running (count 1, not 0) */
+    {
+        char *text = planted_loop(-1, "");
+        char *dep = strstr(text, "WARPGROUP.DEPBAR.LE gsb0, 0x0");
+        cr_assert_not_null(dep);
+        dep[strlen("WARPGROUP.DEPBAR.LE gsb0, 0x")] = '1';
+        expect_wave_check(text, 2, "window 0: the DEPBAR does not wait for every wgmma group",
+                          "DEPBAR.LE gsb0, 0x1");
+        free(text);
+    }
     /* not violations: uniform registers and registers next to the range */
     char *near = planted_loop(0, "        /*12f5*/                   IMAD.WIDE R36, R72, UR40, R38 ;\n"
                                  "        /*12f6*/                   MOV R72, UR55 ;\n");
