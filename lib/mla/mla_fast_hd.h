@@ -346,8 +346,8 @@ DINF_HD int32_t dinf__mla_fast_block_keys(int32_t s_k, int32_t blk) {
  * producer fills and the consumers drain: the pieces of requests c.first ..
  * c.last, block by block, across request boundaries); the first fill of a
  * CTA also prefetches blocks 0 .. ahead - 1 (its own page included, so its
- * first page's bytes are all requested at once). Runtime: the params' fp8_prefetch,
- * from DINF_MLA_FP8_PREFETCH (default DINF_MLA_FP8_PREFETCH_DEFAULT, 0 = off,
+ * first page's bytes are all requested at once). Runtime: the params'
+ * fp8_prefetch, from DINF_MLA_FP8_PREFETCH (default DINF_MLA_FP8_PREFETCH_DEFAULT, 0 = off,
  * at most DINF_MLA_FP8_PREFETCH_MAX). A page takes 64 x 656 = 41 KiB, about
  * 1.2 us of one SM's HBM share, so 2 blocks ahead is about 2.4 us ahead,
  * past the HBM latency, with up to 3 pages (123 KiB) per SM requested;
@@ -359,9 +359,10 @@ DINF_HD int32_t dinf__mla_fast_block_keys(int32_t s_k, int32_t blk) {
  * one range when those rows are contiguous (h_kv = 1, unpadded: the usual
  * MLA cache), else one 656-byte range per row (a range over whole tokens
  * would fetch the other heads' entries too, which other CTAs read). One
- * thread because the copy engine takes its operands from uniform registers:
- * a per-thread address costs a loop over the warp's lanes. Exactly the
- * bytes the producer will load, never a byte outside the cache.
+ * thread: the instruction (SASS UBLKPF) takes its operands from uniform
+ * registers, so per-lane addresses would be issued one lane at a time
+ * anyway. Exactly the bytes the producer will load, never a byte outside
+ * the cache.
  */
 #define DINF_MLA_FP8_PREFETCH_DEFAULT 2 /* blocks ahead when DINF_MLA_FP8_PREFETCH is unset */
 #define DINF_MLA_FP8_PREFETCH_MAX 8     /* (8 + 1) pages x 132 SMs: the whole 50 MB L2 */
