@@ -15,11 +15,15 @@
  * .../fast: the TMA + wgmma rung; chosen with DINF_MLA_KERNEL), and the
  * h_q = 64 and 128 shapes (where the tensor cores matter) on the seesaw rung
  * too (.../seesaw), registered after every other row (a seesaw launch that
- * traps would poison the CUDA context for the rows after it), timed with
+ * traps would poison the CUDA context for the rows after it), and for the
+ * FP8 cache's memory-bound shapes at s_k = 8192 (s_q h_q <= 64: 3 shapes)
+ * the fast and seesaw rungs again with the producer's L2 prefetch off
+ * (.../fast_nopf, .../seesaw_nopf: DINF_MLA_FP8_PREFETCH=0; the other rows
+ * run the default), timed with
  * CUDA events around one dinf_mla_decode_with_kvcache[_fp8] call (split-KV
  * kernel + combine; the metadata is computed once, as an engine does per
  * step), one untimed warm-up call, then GPU_ITERATIONS timed calls (fixed, so
- * that the 96 rows fit tools/gpu-check's benchmark budget: a fast-rung row
+ * that the 100 rows fit tools/gpu-check's benchmark budget: a fast-rung row
  * is at most about 21 x 1 ms). The PyTorch peer
  * (gather pages, then attention) is benchmarks/peer_mla_torch.py, run by
  * tools/gpu-check with the same shapes.
@@ -53,7 +57,8 @@
 typedef struct mla_case {
     int64_t b;
     int32_t s_q, h_q, s_k, fp8, causal, parts, gpu, warmed;
-    const char *rung; /* GPU rows: DINF_MLA_KERNEL for this row */
+    const char *rung;     /* GPU rows: DINF_MLA_KERNEL for this row */
+    const char *prefetch; /* GPU rows: DINF_MLA_FP8_PREFETCH for this row (NULL: unset, the default) */
     int64_t max_blocks, num_blocks;
     /* host (CPU rows) or device (GPU rows) pointers */
     uint16_t *q, *out;
@@ -124,9 +129,10 @@ static void register_case(mla_case *c) {
     metrics(c, &flops, &bytes);
     const double t_mem = bytes / 4.8e12, t_comp = flops / 989.4e12;
     const double proj = fmax(bytes / (0.9 * 4.8e12), flops / 660e12);
-    snprintf(c->label, sizeof c->label, "H200 floor %.1f us (%s), proj. %.1f us%s",
+    snprintf(c->label, sizeof c->label, "H200 floor %.1f us (%s), proj. %.1f us%s%s%s",
              1e6 * fmax(t_mem, t_comp), t_mem >= t_comp ? "mem" : "compute", 1e6 * proj,
-             c->gpu ? "; peer: mla/torch/* rows (peer_mla_torch.py)" : "; CPU path");
+             c->gpu ? "; peer: mla/torch/* rows (peer_mla_torch.py)" : "; CPU path",
+             c->prefetch ? "; DINF_MLA_FP8_PREFETCH=" : "", c->prefetch ? c->prefetch : "");
     bench_spec spec = {.name = c->name,
                        .run = c->gpu ? NULL : run_cpu,
                        .arg = c,
@@ -230,6 +236,10 @@ static double run_gpu(void *arg) {
     const dinf_exec exec = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)c->stream);
     float ms = 0;
     setenv("DINF_MLA_KERNEL", c->rung, 1);
+    if (c->prefetch)
+        setenv("DINF_MLA_FP8_PREFETCH", c->prefetch, 1);
+    else
+        unsetenv("DINF_MLA_FP8_PREFETCH");
     if (!c->warmed) { /* module load, attributes, tensor-map lookup: untimed */
         if (decode(c, &exec) != DINF_STATUS_OK || cudaStreamSynchronize(c->stream) != cudaSuccess) {
             bench_set_error(dinf_last_error());
@@ -309,19 +319,43 @@ static int make_gpu_cache(gpu_cache *g, int fp8, int64_t b, int32_t s_k_max) {
     return 0;
 }
 
-/* The rungs of the GPU rows; the seesaw rung only for h_q >= SEESAW_MIN_HQ. */
+/* The rows of a GPU shape: one per rung (the seesaw rung only for h_q >=
+ * SEESAW_MIN_HQ), then, for the FP8 cache's memory-bound shapes at s_k =
+ * NOPF_S_K (s_q h_q <= NOPF_MAX_ROWS), the fast rungs again with the L2
+ * prefetch off (DINF_MLA_FP8_PREFETCH=0, name suffix _nopf): the A/B of
+ * the FP8 producer's prefetch (lib/mla/mla_fast_hd.h), 4 rows. */
 #define NUM_GPU_RUNGS 3
 #define SEESAW_MIN_HQ 64
+#define NOPF_S_K 8192
+#define NOPF_MAX_ROWS 64
 static const char *const gpu_rungs[NUM_GPU_RUNGS] = {"simple", "fast", "seesaw"};
-static int gpu_rung_rows(int32_t h_q) { return h_q >= SEESAW_MIN_HQ ? 3 : 2; }
+typedef struct gpu_row {
+    const char *rung, *prefetch, *suffix;
+} gpu_row;
+static int gpu_rows(int fp8, int32_t s_q, int32_t h_q, int32_t s_k, gpu_row *rows) {
+    int n = 0;
+    for (int r = 0; r < NUM_GPU_RUNGS; r++)
+        if (r < 2 || h_q >= SEESAW_MIN_HQ)
+            rows[n++] = (gpu_row){gpu_rungs[r], NULL, ""};
+    if (fp8 && s_k == NOPF_S_K && s_q * h_q <= NOPF_MAX_ROWS)
+        for (int r = 1; r < NUM_GPU_RUNGS; r++)
+            if (r < 2 || h_q >= SEESAW_MIN_HQ)
+                rows[n++] = (gpu_row){gpu_rungs[r], "0", "_nopf"};
+    return n;
+}
+static void gpu_row_name(char *name, size_t n, int fp8, int32_t s_q, int32_t h_q, int32_t s_k,
+                         const gpu_row *row) {
+    snprintf(name, n, "mla/gpu/%s/b128_sq%d_hq%d_sk%d/%s%s", fp8 ? "fp8" : "bf16", s_q, h_q, s_k,
+             row->rung, row->suffix);
+}
 
-/* Whether the filter selects any rung's row of this shape (the names add_gpu registers). */
+/* Whether the filter selects any row of this shape (the names add_gpu registers). */
 static int gpu_selected(int fp8, int32_t s_q, int32_t h_q, int32_t s_k) {
-    const char *const *rungs = gpu_rungs;
-    for (int r = 0; r < gpu_rung_rows(h_q); r++) {
+    gpu_row rows[2 * NUM_GPU_RUNGS];
+    const int n = gpu_rows(fp8, s_q, h_q, s_k, rows);
+    for (int r = 0; r < n; r++) {
         char name[128];
-        snprintf(name, sizeof name, "mla/gpu/%s/b128_sq%d_hq%d_sk%d/%s", fp8 ? "fp8" : "bf16", s_q,
-                 h_q, s_k, rungs[r]);
+        gpu_row_name(name, sizeof name, fp8, s_q, h_q, s_k, &rows[r]);
         if (bench_selected(name))
             return 1;
     }
@@ -329,7 +363,7 @@ static int gpu_selected(int fp8, int32_t s_q, int32_t h_q, int32_t s_k) {
 }
 
 /* seesaw rows, registered after all the others (register_gpu) */
-static mla_case *deferred[NUM_GPU_RUNGS * 2 * 2 * 3 * 3];
+static mla_case *deferred[2 * NUM_GPU_RUNGS * 2 * 2 * 3 * 3];
 static int num_deferred;
 
 static void add_gpu(const gpu_cache *g, int fp8, int32_t s_q, int32_t h_q, int32_t s_k, int32_t num_sms) {
@@ -375,9 +409,10 @@ static void add_gpu(const gpu_cache *g, int fp8, int32_t s_q, int32_t h_q, int32
     }
     free(q);
     c->seqlens = d_seqlens, c->meta = d_meta, c->splits = d_splits;
-    /* the same inputs and outputs on every rung, registered side by side (seesaw: later) */
-    const char *const *rungs = gpu_rungs;
-    for (int r = 0; r < gpu_rung_rows(h_q); r++) {
+    /* the same inputs and outputs on every row, registered side by side (seesaw: later) */
+    gpu_row rows_of[2 * NUM_GPU_RUNGS];
+    const int n_rows = gpu_rows(fp8, s_q, h_q, s_k, rows_of);
+    for (int r = 0; r < n_rows; r++) {
         mla_case *rc = r ? calloc(1, sizeof *rc) : c;
         if (!rc)
             return;
@@ -387,10 +422,10 @@ static void add_gpu(const gpu_cache *g, int fp8, int32_t s_q, int32_t h_q, int32
                 cudaEventCreate(&rc->stop) != cudaSuccess)
                 return;
         }
-        rc->rung = rungs[r];
-        snprintf(rc->name, sizeof rc->name, "mla/gpu/%s/b128_sq%d_hq%d_sk%d/%s", fp8 ? "fp8" : "bf16",
-                 s_q, h_q, s_k, rungs[r]);
-        if (r < 2 || num_deferred == (int)(sizeof deferred / sizeof deferred[0]))
+        rc->rung = rows_of[r].rung;
+        rc->prefetch = rows_of[r].prefetch;
+        gpu_row_name(rc->name, sizeof rc->name, fp8, s_q, h_q, s_k, &rows_of[r]);
+        if (strcmp(rc->rung, "seesaw") || num_deferred == (int)(sizeof deferred / sizeof deferred[0]))
             register_case(rc);
         else
             deferred[num_deferred++] = rc;

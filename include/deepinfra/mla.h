@@ -70,8 +70,16 @@
  * otherwise (seesaw only when asked for, until measured). The environment
  * variable DINF_MLA_KERNEL (read on every call) forces one: "simple", "fast"
  * or "seesaw" (UNSUPPORTED, with the reason, on a decode those rungs cannot
- * take), or "auto"/unset. On the GPU the
- * values of cache_seqlens, block_table and the plan stay in device memory
+ * take), or "auto"/unset. With an FP8 cache the fast and seesaw rungs'
+ * producer also prefetches the pages of the blocks it will fill next into
+ * L2 (cp.async.bulk.prefetch; its 16-byte register loads then hit L2); the
+ * environment variable DINF_MLA_FP8_PREFETCH (read on every call) sets how
+ * many blocks ahead: a decimal count 0..8, 0 = no prefetch, unset or empty
+ * = 2 (anything else: INVALID_ARGUMENT on DINF_EXEC_CUDA, whatever the
+ * cache; the BF16 cache and the simple rung ignore the count). The
+ * prefetch asks for exactly the bytes the decode reads, never outside the
+ * cache. On the GPU the values of cache_seqlens, block_table and the plan
+ * stay in device memory
  * and are not checked on the host (that would synchronise): the kernels
  * never read or write outside the buffers, and a request whose block_table
  * entries are out of range, or whose length exceeds the table, gets NaN in
@@ -270,7 +278,8 @@ DINF_API dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, i
  * DINF_STATUS_UNSUPPORTED (head dims, page size, CUDA in a CPU-only build or
  * on a device that is not sm_90, DINF_MLA_KERNEL=fast or seesaw on a decode
  * those rungs cannot take), DINF_STATUS_CUDA_ERROR (a failed launch); on
- * DINF_EXEC_CUDA an unknown DINF_MLA_KERNEL value is INVALID_ARGUMENT.
+ * DINF_EXEC_CUDA an unknown DINF_MLA_KERNEL value or a DINF_MLA_FP8_PREFETCH
+ * value other than 0..8 is INVALID_ARGUMENT.
  * The call never allocates: the CPU scratch is part of the workspace.
  */
 DINF_API dinf_status dinf_mla_decode_with_kvcache(

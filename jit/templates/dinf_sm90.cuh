@@ -491,6 +491,17 @@ __device__ __forceinline__ void tma_load_4d(void *dst, const tensor_map_t *map, 
                  : "memory");
 }
 
+/* cp.async.bulk.prefetch.L2.global [src], bytes (PTX ISA, data movement
+ * instructions, "cp.async.bulk.prefetch"; PTX ISA 8.0, sm_90; SASS
+ * UBLKPF.L2): ask for the global memory [src, src + bytes) to be brought
+ * into L2, asynchronously, as a hint (no completion, no register or
+ * shared-memory destination, nothing to wait for). src 16-byte aligned,
+ * bytes a multiple of 16; the range must lie inside an allocation (the
+ * callers guarantee it). */
+__device__ __forceinline__ void bulk_prefetch_l2(const void *src, uint32_t bytes) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes) : "memory");
+}
+
 /* cvt.rn.f16x2.e4m3x2 then cvt.f32.f16 (PTX ISA 9.7.9.21 cvt, sm_89+): two
  * float8_e4m3fn codes (low byte = lo) to float32, exactly (every e4m3 value,
  * NaN included, is a half value). */

@@ -7,6 +7,11 @@
  * piece of index math: lib/mla/mla_fast_hd.h (CPU-tested). PTX wrappers:
  * jit/templates/dinf_sm90.cuh (the MLA block at its end).
  *
+ * FP8 cache: the producer dequantizes pages it loads with 16-byte loads, and
+ * prefetches the pages of the next blocks of its ring order into L2 first
+ * (cp.async.bulk.prefetch, DINF_MLA_FP8_PREFETCH blocks ahead; lib/mla/
+ * mla_fast_hd.h "FP8 L2 prefetch"). The BF16 cache's TMA path has none.
+ *
  * Two kernels share the CTA (fast_cta: carve, barriers, producer): the fast
  * rung (mla_decode_fast_kernel: consume, the two WGs split each block's keys)
  * and the seesaw rung (mla_decode_seesaw_kernel: consume_seesaw, two blocks
@@ -187,15 +192,49 @@ __device__ __forceinline__ void load_fp8_page(const dinf__mla_params &p, const c
     }
 }
 
-/* Block blk of the request (block table row bt) into stage it % 2, once the
- * consumers released it: BF16, thread 0 issues the nine TMA boxes; FP8, the
- * 128 threads dequantize the page. A page outside [0, num_blocks) flags the
- * stage bad and page 0 is read instead. */
+/* L2 prefetch of the FP8 page of the block `ahead` blocks after block blk
+ * of request req (piece pc) in this CTA's ring order, by one thread
+ * (lib/mla/mla_fast_hd.h, "FP8 L2 prefetch"): the rows the block has, of
+ * this CTA's KV head, if its page is in [0, num_blocks) (a bad page is not
+ * read: its stage reads page 0 and is flagged bad).
+ * The params are read through an opaque copy of their address: otherwise
+ * ptxas hoists the walk's loop invariants (pointers and products of the
+ * params) out of the producer's loop into registers held by all 128
+ * producer threads, and the seesaw rung's 56-register producer spills (in
+ * load_q); the parameter space is read by generic loads instead, a few
+ * per fill, cached. */
+__device__ __forceinline__ void prefetch_fp8_block(const dinf__mla_params &params,
+                                                   const cta_ctx &c, int32_t req,
+                                                   const dinf__mla_piece &pc, int32_t blk,
+                                                   int32_t ahead) {
+    const dinf__mla_params *p = &params; /* __grid_constant__: addressable */
+    asm volatile("" : "+l"(p));
+    int32_t r, b, keys;
+    if (!dinf__mla_fast_block_ahead(p, c.meta, c.first, c.last, req, blk, pc.blk_end, pc.s_k,
+                                    ahead, &r, &b, &keys))
+        return;
+    const int32_t page = __ldg(p->block_table + int64_t(r) * p->max_blocks + b);
+    if (page < 0 || page >= p->num_blocks)
+        return;
+    const dinf__mla_fp8_prefetch f = dinf__mla_fp8_prefetch_ranges(p, page, keys, c.hk);
+    const uint8_t *src = static_cast<const uint8_t *>(p->k_cache) + f.first;
+    for (int32_t i = 0; i < f.count; i++, src += f.step)
+        ptx::bulk_prefetch_l2(src, f.bytes);
+}
+
+/* Block blk of request req (piece pc, block table row bt) into stage it % 2,
+ * once the consumers released it: BF16, thread 0 issues the nine TMA boxes;
+ * FP8, first the L2 prefetch of the block p.fp8_prefetch blocks ahead (of
+ * blocks 0 .. p.fp8_prefetch at the CTA's first fill), then the 128 threads
+ * dequantize the page. A page outside [0, num_blocks) flags the stage bad
+ * and page 0 is read instead. */
 template <bool kFp8, int kBatch>
 __device__ __forceinline__ void fill_stage(const dinf__mla_params &p, const jit::tensor_map_t *kmap,
-                                           const cta_ctx &c, const int32_t *bt, int32_t s_k,
+                                           const cta_ctx &c, int32_t req,
+                                           const dinf__mla_piece &pc, const int32_t *bt,
                                            int32_t blk, int64_t it, int t) {
     const int s = dinf__mla_fast_stage(it);
+    const int32_t s_k = pc.s_k;
     if (!kFp8) {
         if (t != 0)
             return;
@@ -210,6 +249,9 @@ __device__ __forceinline__ void fill_stage(const dinf__mla_params &p, const jit:
             ptx::tma_load_4d(c.k_tile(s) + box * DINF_MLA_FAST_BOX_BYTES, kmap, c.full(s),
                              box * DINF_MLA_FAST_BOX_COLS, 0, c.hk, page);
     } else {
+        if (t == 0 && p.fp8_prefetch > 0) /* before the wait: the stage is not touched */
+            for (int32_t a = it == 0 ? 0 : p.fp8_prefetch; a <= p.fp8_prefetch; a++)
+                prefetch_fp8_block(p, c, req, pc, blk, a);
         mbar_wait_bounded(c.empty(s), dinf__mla_fast_empty_parity(it));
         const int32_t page = __ldg(bt + blk);
         const int bad = page < 0 || page >= p.num_blocks;
@@ -236,13 +278,13 @@ __device__ __forceinline__ void produce(const dinf__mla_params &p, const jit::te
         const int32_t *bt = p.block_table + int64_t(req) * p.max_blocks;
         int32_t blk = pc.blk_begin;
         if (blk < pc.blk_end)
-            fill_stage<kFp8, kBatch>(p, kmap, c, bt, pc.s_k, blk++, it++, t);
+            fill_stage<kFp8, kBatch>(p, kmap, c, req, pc, bt, blk++, it++, t);
         mbar_wait_bounded(c.bar(c.lay.q_empty), dinf__mla_fast_q_empty_parity(rq));
         load_q(p, c, req, t);
         ptx::fence_proxy_async_shared();
         jit::mbar_arrive(c.bar(c.lay.q_full));
         for (; blk < pc.blk_end; blk++, it++)
-            fill_stage<kFp8, kBatch>(p, kmap, c, bt, pc.s_k, blk, it, t);
+            fill_stage<kFp8, kBatch>(p, kmap, c, req, pc, bt, blk, it, t);
     }
     ptx::griddep_launch_dependents();
     /* Drain: the waits the next two fills and the next Q load would make,

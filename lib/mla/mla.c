@@ -736,6 +736,15 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
             return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "%s", msg);
         if (rc == -2)
             return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "%s", msg);
+        /* The FP8 producer's L2 prefetch distance (fast and seesaw rungs):
+         * DINF_MLA_FP8_PREFETCH, read on every call like DINF_MLA_KERNEL and
+         * checked whatever the cache and rung, so that a typo never passes
+         * silently. */
+        int32_t prefetch;
+        if (dinf__mla_fp8_prefetch_choice(getenv("DINF_MLA_FP8_PREFETCH"), &prefetch, msg,
+                                          sizeof msg))
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "%s", msg);
+        params.fp8_prefetch = kv_fp8 ? prefetch : 0;
         if (batch == 0)
             return DINF_STATUS_OK;
         if (workspace_bytes < ws_needed || !workspace)

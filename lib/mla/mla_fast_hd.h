@@ -30,7 +30,10 @@
  *   64 dims x 64 tokens (128-byte swizzle) completing on the stage's full
  *   barrier; FP8 cache: the 128 threads load the 656-byte entries with
  *   16-byte loads and write the dequantized bf16 values (dinf__mla_fp8_value)
- *   into the same swizzled layout, then arrive. Consumers release a stage on
+ *   into the same swizzled layout, then arrive; before each FP8 fill one
+ *   producer thread asks the copy engine to bring the page of a later block
+ *   into L2 (cp.async.bulk.prefetch, "FP8 L2 prefetch" below), so those
+ *   16-byte loads hit L2. Consumers release a stage on
  *   its empty barrier after their P V of it completed, and the Q tile on
  *   q_empty after their last block of the request.
  */
@@ -325,6 +328,102 @@ DINF_HD int32_t dinf__mla_fast_block_keys(int32_t s_k, int32_t blk) {
     return n < DINF_MLA_BLOCK_N ? (n > 0 ? n : 0) : DINF_MLA_BLOCK_N;
 }
 
+/* -------------------------------------------------- FP8 L2 prefetch -- */
+
+/*
+ * The FP8 producer's L2 prefetch. BF16 pages come in as nine TMA boxes per
+ * stage, all in flight at once; the FP8 producer loads its pages with
+ * 16-byte register loads, DINF_MLA_FAST_FP8_BATCH (fast rung) or
+ * DINF_MLA_SEESAW_FP8_BATCH (seesaw rung, 56 registers) per thread in flight,
+ * 20 KiB or 8 KiB per SM, in serialized batches: below the ~25 KiB per SM
+ * that Little's law asks of HBM (4.8 TB/s x ~0.7 us / 132 SMs). So before it
+ * waits for a stage, the producer asks the copy engine to bring a later
+ * block's page into L2 (cp.async.bulk.prefetch.L2.global: no register, no
+ * shared memory, no completion to wait for), and its register loads of that
+ * page hit L2 when its turn comes.
+ *
+ * How far: `ahead` blocks of the CTA's own ring order (the order the
+ * producer fills and the consumers drain: the pieces of requests c.first ..
+ * c.last, block by block, across request boundaries); the first fill of a
+ * CTA also prefetches blocks 0 .. ahead - 1 (its own page included, so its
+ * first page's bytes are all requested at once). Runtime: the params'
+ * fp8_prefetch, from DINF_MLA_FP8_PREFETCH (default DINF_MLA_FP8_PREFETCH_DEFAULT, 0 = off,
+ * at most DINF_MLA_FP8_PREFETCH_MAX). A page takes 64 x 656 = 41 KiB, about
+ * 1.2 us of one SM's HBM share, so 2 blocks ahead is about 2.4 us ahead,
+ * past the HBM latency, with up to 3 pages (123 KiB) per SM requested;
+ * 132 SMs x (8 + 1) pages = 50 MB is the whole L2 of an H200, hence the bound.
+ *
+ * Who: producer thread 0, for a page in [0, num_blocks) (a bad page is
+ * not read: its stage reads page 0 and is flagged bad), the rows below the
+ * block's key count, of the CTA's KV head (dinf__mla_fp8_prefetch_ranges):
+ * one range when those rows are contiguous (h_kv = 1, unpadded: the usual
+ * MLA cache), else one 656-byte range per row (a range over whole tokens
+ * would fetch the other heads' entries too, which other CTAs read). One
+ * thread: the instruction (SASS UBLKPF) takes its operands from uniform
+ * registers, so per-lane addresses would be issued one lane at a time
+ * anyway. Exactly the bytes the producer will load, never a byte outside
+ * the cache.
+ */
+#define DINF_MLA_FP8_PREFETCH_DEFAULT 2 /* blocks ahead when DINF_MLA_FP8_PREFETCH is unset */
+#define DINF_MLA_FP8_PREFETCH_MAX 8     /* (8 + 1) pages x 132 SMs: the whole 50 MB L2 */
+
+/*
+ * The block `ahead` (>= 0) blocks after block blk in the CTA's ring order:
+ * blk is a block of request req's piece, which ends at blk_end, with s_k
+ * keys; first, last the CTA's request range (dinf__mla_fast_requests) and
+ * meta its part of the plan. Returns 1 with *req_out, *blk_out and *keys
+ * (the block's key count, 1..64) set, or 0 when the CTA's work ends before.
+ * Empty pieces (zero or bad lengths, bad split rows) hold no block: the walk
+ * passes them, as the producer does.
+ */
+DINF_HD int dinf__mla_fast_block_ahead(const dinf__mla_params *p, const int32_t *meta,
+                                       int32_t first, int32_t last, int32_t req, int32_t blk,
+                                       int32_t blk_end, int32_t s_k, int32_t ahead,
+                                       int32_t *req_out, int32_t *blk_out, int32_t *keys) {
+    int32_t b = blk + ahead; /* blk < 2^31 / 64 and ahead <= 8: no overflow */
+    while (b >= blk_end) {
+        if (req >= last)
+            return 0;
+        req++;
+        const dinf__mla_piece pc = dinf__mla_fast_piece(p, meta, req, p->seqlens[req], first, last);
+        b = pc.blk_begin + (b - blk_end);
+        blk_end = pc.blk_end;
+        s_k = pc.s_k;
+    }
+    *req_out = req;
+    *blk_out = b;
+    *keys = dinf__mla_fast_block_keys(s_k, b);
+    return 1;
+}
+
+/*
+ * The prefetches of the first `keys` rows of FP8 page `page`, KV head hk:
+ * `count` ranges of `bytes` bytes, range i at byte offset first + i * step
+ * from k_cache. Rows of one head are contiguous when kv_token_stride is
+ * one entry (h_kv = 1, no padding: the usual MLA cache): one range of
+ * keys x 656 bytes; else one 656-byte range per row. Exactly the bytes
+ * load_fp8_page reads (entry (page, row, hk) at page * kv_block_stride +
+ * row * kv_token_stride + hk * 656); 16-byte aligned offsets and sizes, as
+ * the bulk prefetch asks (k_cache, the strides and 656 are multiples of 16).
+ */
+typedef struct dinf__mla_fp8_prefetch {
+    int64_t first, step;
+    uint32_t bytes;
+    int32_t count;
+} dinf__mla_fp8_prefetch;
+
+DINF_HD dinf__mla_fp8_prefetch dinf__mla_fp8_prefetch_ranges(const dinf__mla_params *p,
+                                                             int32_t page, int32_t keys,
+                                                             int32_t hk) {
+    dinf__mla_fp8_prefetch r;
+    r.first = (int64_t)page * p->kv_block_stride + (int64_t)hk * DINF_MLA_FP8_ENTRY_BYTES;
+    const int contiguous = p->kv_token_stride == DINF_MLA_FP8_ENTRY_BYTES;
+    r.step = p->kv_token_stride;
+    r.bytes = (uint32_t)(contiguous ? keys : 1) * DINF_MLA_FP8_ENTRY_BYTES;
+    r.count = contiguous ? 1 : keys;
+    return r;
+}
+
 /* ------------------------------------------------------------- softmax -- */
 
 /*
@@ -495,6 +594,33 @@ static inline const char *dinf__mla_fast_unsupported(int kv_fp8, int32_t page,
         return buf;
     }
     return NULL;
+}
+
+/*
+ * The FP8 L2 prefetch distance of a GPU decode from DINF_MLA_FP8_PREFETCH
+ * (env: NULL or "" = DINF_MLA_FP8_PREFETCH_DEFAULT; else a decimal block
+ * count 0 .. DINF_MLA_FP8_PREFETCH_MAX, 0 = off, digits only). Returns 0 with
+ * *blocks set, or -1 with msg saying why the value is not one.
+ */
+static inline int dinf__mla_fp8_prefetch_choice(const char *env, int32_t *blocks, char *msg,
+                                                size_t n) {
+    if (!env || !*env) {
+        *blocks = DINF_MLA_FP8_PREFETCH_DEFAULT;
+        return 0;
+    }
+    int32_t v = 0;
+    const char *c = env;
+    for (; *c >= '0' && *c <= '9' && v <= DINF_MLA_FP8_PREFETCH_MAX; c++)
+        v = 10 * v + (*c - '0');
+    if (*c || v > DINF_MLA_FP8_PREFETCH_MAX) {
+        snprintf(msg, n,
+                 "DINF_MLA_FP8_PREFETCH='%.40s' is not a block count in [0, %d] (0 = no L2 "
+                 "prefetch; unset = %d)",
+                 env, DINF_MLA_FP8_PREFETCH_MAX, DINF_MLA_FP8_PREFETCH_DEFAULT);
+        return -1;
+    }
+    *blocks = v;
+    return 0;
 }
 
 /*

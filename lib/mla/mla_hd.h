@@ -179,6 +179,10 @@ typedef struct dinf__mla_params {
     int64_t kv_block_stride, kv_token_stride; /* in elements of the cache (bf16 or bytes) */
     int32_t s_q, h_q, h_kv, heads_per_kv, q_rows, m_blocks, page, causal, parts, kv_fp8;
     float scale_log2; /* softmax_scale * log2(e) */
+    /* FP8 cache, fast and seesaw rungs: how many blocks of the CTA's ring
+     * order the producer prefetches into L2 ahead of the block it fills
+     * (0: no prefetch; DINF_MLA_FP8_PREFETCH, lib/mla/mla_fast_hd.h) */
+    int32_t fp8_prefetch;
 } dinf__mla_params;
 
 #endif

@@ -7,7 +7,8 @@
  * requests, shuffled block tables, NaN in every unused cache slot, poisoned
  * outputs; the device metadata equal to the CPU's; the CUDA FP8 quantizer
  * byte-identical to the CPU's; a bad block table entry gives NaN, not a
- * crash; metadata + decode captured in a CUDA graph. Skipped, visibly,
+ * crash; the FP8 L2 prefetch off and deep; metadata + decode captured in a
+ * CUDA graph. Skipped, visibly,
  * without a usable device; a failure under DINF_REQUIRE_GPU=1.
  */
 #define _POSIX_C_SOURCE 200809L /* setenv */
@@ -488,8 +489,10 @@ Test(mla_gpu, part_beginning_with_a_rest_and_ending_with_a_cut) {
  * [0, num_blocks), a length beyond the block table's capacity and a negative
  * length must give NaN in out and lse of that request only, for an unsplit
  * plan (1 part: the decode's guard) and a split one (132 parts: pieces and
- * the combine's guard); the healthy request matches the CPU. Outputs are
- * poisoned with a finite pattern so that NaN can only come from the guards.
+ * the combine's guard), BF16 and FP8 caches (FP8: the fast rungs' L2
+ * prefetch must skip the bad page and requests); the healthy request
+ * matches the CPU. Outputs are poisoned with a finite pattern so that NaN
+ * can only come from the guards.
  */
 Test(mla_gpu, bad_device_values_give_nan_for_their_request_only) {
     kv_problem p;
@@ -503,16 +506,20 @@ Test(mla_gpu, bad_device_values_give_nan_for_their_request_only) {
     CUDA_OK(cudaMemcpy(p.d_bt, p.bt, sizeof(int32_t) * (size_t)(b * p.max_blocks), cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemcpy(p.d_seqlens, lens, sizeof lens, cudaMemcpyHostToDevice));
     const dinf_exec cuda = DINF_EXEC_CUDA_INIT(0, NULL);
-    /* CPU oracle of request 0 alone */
+    /* CPU oracle of request 0 alone, BF16 and FP8 caches */
     int32_t meta0[8], splits0[2];
     cr_assert_eq(dinf_mla_get_metadata(lens, 1, 1, meta0, splits0, NULL), DINF_STATUS_OK);
     size_t ws_cpu;
     cr_assert_eq(dinf_mla_workspace_size(1, 1, 16, 1, &ws_cpu, NULL), DINF_STATUS_OK);
     void *ws = aligned_alloc(64, (ws_cpu + 63) / 64 * 64);
-    uint16_t out_cpu[16 * DV];
-    float lse_cpu[16];
+    uint16_t out_cpu[2][16 * DV];
+    float lse_cpu[2][16];
     cr_assert_eq(dinf_mla_decode_with_kvcache(q, 1, 1, 16, DQK, p.kc, p.num_blocks, 64, 1, 64 * DQK, DQK, p.bt, p.max_blocks,
-                                              lens, DV, meta0, 1, splits0, 0.1f, 0, ws, ws_cpu, out_cpu, lse_cpu, NULL),
+                                              lens, DV, meta0, 1, splits0, 0.1f, 0, ws, ws_cpu, out_cpu[0], lse_cpu[0], NULL),
+                 DINF_STATUS_OK, "%s", dinf_last_error());
+    cr_assert_eq(dinf_mla_decode_with_kvcache_fp8(q, 1, 1, 16, DQK, p.kc8, p.num_blocks, 64, 1, 64 * ENTRY, ENTRY, p.bt,
+                                                  p.max_blocks, lens, DV, meta0, 1, splits0, 0.1f, 0, ws, ws_cpu,
+                                                  out_cpu[1], lse_cpu[1], NULL),
                  DINF_STATUS_OK, "%s", dinf_last_error());
     void *d_q = to_device(q, sizeof(uint16_t) * (size_t)(rows * DQK)), *d_out, *d_lse;
     CUDA_OK(cudaMalloc(&d_out, sizeof(uint16_t) * (size_t)(rows * DV)));
@@ -520,11 +527,19 @@ Test(mla_gpu, bad_device_values_give_nan_for_their_request_only) {
     uint16_t *out = malloc(sizeof(uint16_t) * (size_t)(rows * DV));
     float lse[64], *fg = malloc(sizeof(float) * 16 * DV), *fc = malloc(sizeof(float) * 16 * DV);
     const int32_t parts_list[2] = {1, 132};
-    for (int rv = 0; rv < 2 * NUM_RUNGS; rv++) {
-        const int ri = rv / 2, v = rv % 2;
+    /* caches: BF16; FP8 with the default L2 prefetch; FP8 with the deepest
+     * (with one part, one CTA walks all four requests: the prefetch passes
+     * the bad page, the too-long and the negative request) */
+    static const char *const caches[3] = {"bf16", "fp8", "fp8 prefetch 8"};
+    for (int rv = 0; rv < 6 * NUM_RUNGS; rv++) {
+        const int ri = rv / 6, v = rv % 2, kind = (rv / 2) % 3, fp8 = kind > 0;
         if (!rung_enabled(ri))
             continue;
         setenv("DINF_MLA_KERNEL", RUNGS[ri], 1);
+        if (kind == 2)
+            setenv("DINF_MLA_FP8_PREFETCH", "8", 1);
+        else
+            unsetenv("DINF_MLA_FP8_PREFETCH");
         const int32_t parts = parts_list[v];
         void *d_meta, *d_splits, *d_ws;
         size_t ws_bytes;
@@ -538,35 +553,40 @@ Test(mla_gpu, bad_device_values_give_nan_for_their_request_only) {
         /* the device plan counts the negative length as 0 */
         cr_assert_eq(dinf_mla_get_metadata(p.d_seqlens, b, parts, d_meta, d_splits, &cuda), DINF_STATUS_OK,
                      "%s", dinf_last_error());
-        cr_assert_eq(dinf_mla_decode_with_kvcache(d_q, b, 1, 16, DQK, p.d_kc, p.num_blocks, 64, 1, 64 * DQK, DQK, p.d_bt,
-                                                  p.max_blocks, p.d_seqlens, DV, d_meta, parts, d_splits, 0.1f, 0, d_ws,
-                                                  ws_bytes, d_out, d_lse, &cuda),
-                     DINF_STATUS_OK, "rung %s parts=%d: %s", RUNGS[ri], parts, dinf_last_error());
+        const dinf_status st =
+            fp8 ? dinf_mla_decode_with_kvcache_fp8(d_q, b, 1, 16, DQK, p.d_kc8, p.num_blocks, 64, 1, 64 * ENTRY, ENTRY,
+                                                   p.d_bt, p.max_blocks, p.d_seqlens, DV, d_meta, parts, d_splits, 0.1f,
+                                                   0, d_ws, ws_bytes, d_out, d_lse, &cuda)
+                : dinf_mla_decode_with_kvcache(d_q, b, 1, 16, DQK, p.d_kc, p.num_blocks, 64, 1, 64 * DQK, DQK, p.d_bt,
+                                               p.max_blocks, p.d_seqlens, DV, d_meta, parts, d_splits, 0.1f, 0, d_ws,
+                                               ws_bytes, d_out, d_lse, &cuda);
+        cr_assert_eq(st, DINF_STATUS_OK, "rung %s parts=%d %s: %s", RUNGS[ri], parts, caches[kind], dinf_last_error());
         CUDA_OK(cudaDeviceSynchronize());
         CUDA_OK(cudaMemcpy(out, d_out, sizeof(uint16_t) * (size_t)(rows * DV), cudaMemcpyDeviceToHost));
         CUDA_OK(cudaMemcpy(lse, d_lse, sizeof lse, cudaMemcpyDeviceToHost));
         for (int64_t r = 1; r < b; r++)
             for (int h = 0; h < 16; h++) {
-                cr_assert(isnan(lse[r * 16 + h]), "rung %s parts=%d request %lld head %d: lse %g, expected NaN",
-                          RUNGS[ri], parts, (long long)r, h, (double)lse[r * 16 + h]);
+                cr_assert(isnan(lse[r * 16 + h]), "rung %s parts=%d %s request %lld head %d: lse %g, expected NaN",
+                          RUNGS[ri], parts, caches[kind], (long long)r, h, (double)lse[r * 16 + h]);
                 for (int d = 0; d < DV; d++)
                     cr_assert(isnan(dinf__f32_from_bf16(out[(r * 16 + h) * DV + d])),
-                              "rung %s parts=%d request %lld head %d: out[%d] = %04x, expected NaN", RUNGS[ri], parts,
-                              (long long)r, h, d, out[(r * 16 + h) * DV + d]);
+                              "rung %s parts=%d %s request %lld head %d: out[%d] = %04x, expected NaN", RUNGS[ri],
+                              parts, caches[kind], (long long)r, h, d, out[(r * 16 + h) * DV + d]);
             }
         for (int64_t i = 0; i < rows0 * DV; i++) {
             fg[i] = dinf__f32_from_bf16(out[i]);
-            fc[i] = dinf__f32_from_bf16(out_cpu[i]);
+            fc[i] = dinf__f32_from_bf16(out_cpu[fp8][i]);
         }
         char what[96];
-        snprintf(what, sizeof what, "request 0, %d part(s), rung %s", (int)parts, RUNGS[ri]);
+        snprintf(what, sizeof what, "request 0, %d part(s), rung %s, %s", (int)parts, RUNGS[ri], caches[kind]);
         check_close("out", what, fg, fc, rows0 * DV, 8e-4, 2.01 / 128, 5e-6);
-        check_close("lse", what, lse, lse_cpu, rows0, 1e-6, 8.01 / 65536, 5e-6);
+        check_close("lse", what, lse, lse_cpu[fp8], rows0, 1e-6, 8.01 / 65536, 5e-6);
         cudaFree(d_meta);
         cudaFree(d_splits);
         cudaFree(d_ws);
     }
     unsetenv("DINF_MLA_KERNEL");
+    unsetenv("DINF_MLA_FP8_PREFETCH");
     free(fg);
     free(fc);
     free(out);
@@ -576,6 +596,36 @@ Test(mla_gpu, bad_device_values_give_nan_for_their_request_only) {
     cudaFree(d_out);
     cudaFree(d_lse);
     kv_free(&p);
+}
+
+/*
+ * The FP8 producer's L2 prefetch (DINF_MLA_FP8_PREFETCH) changes no result:
+ * with it off (0) and at its deepest (8 blocks ahead) the fast rungs match
+ * the CPU on caches where the prefetch walks across requests (many short
+ * requests, several per CTA, zero lengths), partial last blocks, split
+ * requests, two KV heads (one 656-byte range per row) and one (one range
+ * per page, two m-blocks sharing it). The default (2) runs in every other
+ * FP8 check. Small: a few milliseconds of GPU time.
+ */
+Test(mla_gpu, fp8_l2_prefetch_off_and_deep_match_the_cpu) {
+    cudaStream_t stream;
+    CUDA_OK(cudaStreamCreate(&stream));
+    static const char *const distances[2] = {"0", "8"};
+    kv_problem p;
+    kv_make(&p, 160, 2, 100, 1, 1, 64, 2, 7600); /* about 3 requests per part */
+    for (int d = 0; d < 2; d++) {
+        setenv("DINF_MLA_FP8_PREFETCH", distances[d], 1);
+        gpu_point(&p, 1, 32, 0, 1, 31 + (uint64_t)d, stream);
+    }
+    kv_free(&p);
+    kv_make(&p, 24, 1, 700, 1, 1, 64, 2, 7700); /* split requests, 2 m-blocks */
+    for (int d = 0; d < 2; d++) {
+        setenv("DINF_MLA_FP8_PREFETCH", distances[d], 1);
+        gpu_point(&p, 2, 64, 1, 1, 33 + (uint64_t)d, stream);
+    }
+    kv_free(&p);
+    unsetenv("DINF_MLA_FP8_PREFETCH");
+    CUDA_OK(cudaStreamDestroy(stream));
 }
 
 /* The CUDA quantizer skips slots outside [0, num_blocks * page) (the CPU

@@ -1181,6 +1181,72 @@ Test(mla_fp8, rejected_inputs) {
     problem_free(&p);
 }
 
+/*
+ * DINF_MLA_FP8_PREFETCH (the FP8 producer's L2 prefetch distance) is read on
+ * every GPU call, like DINF_MLA_KERNEL: a value other than 0..8 fails with
+ * its reason before the device is touched (the host pointers below are
+ * never dereferenced on that path), for the FP8 and the BF16 cache; valid
+ * values pass on to the launcher. The CPU place does not read it.
+ */
+Test(mla_fp8, prefetch_distance_from_the_environment) {
+    problem p;
+    problem_make(&p, 2, 1, 16, 1, 100, 0, 0, 0, 64, 0, 78);
+    fp8_cache c;
+    fp8_from_problem(&p, &c);
+    const int32_t parts = 4;
+    int32_t meta[8 * 4], splits[3];
+    cr_assert_eq(dinf_mla_get_metadata(p.seqlens, 2, parts, meta, splits, NULL), DINF_STATUS_OK);
+    size_t ws_bytes;
+    cr_assert_eq(dinf_mla_workspace_size(2, 1, 16, parts, &ws_bytes, NULL), DINF_STATUS_OK);
+    void *ws = aligned_alloc(64, (ws_bytes + 63) / 64 * 64);
+#define FP8_DECODE(place)                                                                          \
+    dinf_mla_decode_with_kvcache_fp8(p.q, 2, 1, 16, DQK, c.bytes, p.num_blocks, 64, 1, c.block_stride,      \
+                                     c.token_stride, p.bt, p.max_blocks, p.seqlens, DV, meta, parts, splits, \
+                                     p.scale, 0, ws, ws_bytes, p.out, p.lse, (place))
+#define BF16_DECODE(place)                                                                         \
+    dinf_mla_decode_with_kvcache(p.q, 2, 1, 16, DQK, p.kc, p.num_blocks, 64, 1, p.block_stride, p.token_stride, \
+                                 p.bt, p.max_blocks, p.seqlens, DV, meta, parts, splits, p.scale, 0, ws,     \
+                                 ws_bytes, p.out, p.lse, (place))
+    static const char *const bad[] = {"9", "-1", "two", "2 ", "1e1"};
+    for (int i = 0; i < 5; i++) {
+        setenv("DINF_MLA_FP8_PREFETCH", bad[i], 1);
+        cr_assert_eq(FP8_DECODE(NULL), DINF_STATUS_OK, "the CPU place ignores '%s': %s", bad[i],
+                     dinf_last_error());
+#if DINF_WITH_CUDA
+        const dinf_exec cuda = DINF_EXEC_CUDA_INIT(0, NULL);
+        char want[200];
+        for (int fp8 = 1; fp8 >= 0; fp8--) {
+            snprintf(want, sizeof want,
+                     "dinf_mla_decode_with_kvcache%s: DINF_MLA_FP8_PREFETCH='%s' is not a block count "
+                     "in [0, 8] (0 = no L2 prefetch; unset = 2)",
+                     fp8 ? "_fp8" : "", bad[i]);
+            cr_assert_eq(fp8 ? FP8_DECODE(&cuda) : BF16_DECODE(&cuda), DINF_STATUS_INVALID_ARGUMENT,
+                         "'%s' accepted (fp8=%d)", bad[i], fp8);
+            cr_assert_str_eq(dinf_last_error(), want);
+        }
+#endif
+    }
+#if DINF_WITH_CUDA
+    dinf_device_info info = DINF_DEVICE_INFO_INIT;
+    if (dinf_device_query(0, &info) != DINF_STATUS_OK || !info.usable) {
+        /* valid values pass the check; the launcher then finds no device */
+        const dinf_exec cuda = DINF_EXEC_CUDA_INIT(0, NULL);
+        static const char *const ok[] = {"0", "8", ""};
+        for (int i = 0; i < 3; i++) {
+            setenv("DINF_MLA_FP8_PREFETCH", ok[i], 1);
+            cr_assert_eq(FP8_DECODE(&cuda), DINF_STATUS_UNSUPPORTED, "'%s': %s", ok[i], dinf_last_error());
+            cr_assert(strstr(dinf_last_error(), "no usable CUDA device 0"), "'%s': %s", ok[i], dinf_last_error());
+        }
+    }
+#endif
+#undef FP8_DECODE
+#undef BF16_DECODE
+    unsetenv("DINF_MLA_FP8_PREFETCH");
+    free(ws);
+    free(c.bytes);
+    problem_free(&p);
+}
+
 Test(mla_fp8, scale_rule_edge_cases) {
     /* smallest power of two >= max(amax, 1e-4) / 448 */
     cr_assert_eq(dinf__mla_fp8_scale(448.0f), 1.0f);

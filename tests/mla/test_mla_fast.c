@@ -8,8 +8,10 @@
  * two consumers, the seesaw rung's carve, steps and protocol (its operation
  * lists against the producer under random interleavings, and planted bugs
  * the model must catch), the pieces of the plan against the CPU path's
- * reading of it, the two-warpgroup online softmax against a float64 softmax,
- * the row ends, and the rung selection.
+ * reading of it, the FP8 producer's L2 prefetch (the ring order it walks,
+ * the bytes it asks for, its distance from the environment), the
+ * two-warpgroup online softmax against a float64 softmax, the row ends, and
+ * the rung selection.
  */
 #include <deepinfra.h>
 
@@ -815,6 +817,164 @@ Test(mla_fast_hd, pieces_guard_bad_device_values) {
     cr_assert_eq(dinf__mla_fast_block_keys(200, 3), 8);
     cr_assert_eq(dinf__mla_fast_block_keys(200, 4), 0);
     cr_assert_eq(dinf__mla_fast_block_keys(128, 1), 64);
+}
+
+/* ------------------------------------------------------ FP8 L2 prefetch -- */
+
+/*
+ * dinf__mla_fast_block_ahead against the ring order written out: for random
+ * plans (zero lengths, and device values the host never checks: negative
+ * lengths, lengths beyond the block table, split rows outside the
+ * workspace), every part's blocks in the order the producer fills them
+ * (pieces of first .. last, block by block); from every block, the block
+ * `ahead` places later (0 .. DINF_MLA_FP8_PREFETCH_MAX + 1), with its
+ * request and key count, or none past the part's last block.
+ */
+Test(mla_fast_hd, fp8_prefetch_walks_the_ring_order) {
+    uint64_t s = 11;
+    enum { MAXB = 24, MAXL = 4096 };
+    int32_t (*order)[5] = malloc(sizeof(int32_t[5]) * MAXB * (MAXL / 64 + 1)); /* req, blk, end, s_k, keys */
+    int walked = 0, crossed = 0, ends = 0;
+    for (int trial = 0; trial < 300; trial++) {
+        const int64_t b = 1 + (int64_t)(rng_next(&s) % MAXB);
+        const int32_t parts = 1 + (int32_t)(rng_next(&s) % 40);
+        int32_t seqlens[MAXB], splits[MAXB + 1], far_splits[MAXB + 1];
+        for (int64_t i = 0; i < b; i++)
+            seqlens[i] = rng_next(&s) % 4 == 0 ? 0 : (int32_t)(rng_next(&s) % (trial % 3 ? 400 : 3000));
+        int32_t *meta = malloc(sizeof(int32_t) * 8 * (size_t)parts);
+        cr_assert_eq(dinf_mla_get_metadata(seqlens, b, parts, meta, splits, NULL), DINF_STATUS_OK);
+        dinf__mla_params p;
+        memset(&p, 0, sizeof p);
+        p.batch = b, p.parts = parts, p.h_kv = 1, p.q_rows = 16, p.page = 64, p.max_blocks = 50;
+        p.num_splits = splits;
+        if (trial % 5 == 4) { /* split rows outside the workspace: those pieces read nothing */
+            for (int64_t i = 0; i <= b; i++)
+                far_splits[i] = splits[i] + 100000;
+            p.num_splits = far_splits;
+        }
+        if (trial % 2) /* device values the plan did not see */
+            for (int64_t i = 0; i < b; i++) {
+                const uint64_t r = rng_next(&s) % 8;
+                seqlens[i] = r == 0 ? -5 : r == 1 ? 50 * 64 + 1 : seqlens[i];
+            }
+        p.seqlens = seqlens;
+        for (int32_t part = 0; part < parts; part++) {
+            const int32_t *m = meta + 8 * part;
+            int32_t first, last, n = 0;
+            dinf__mla_fast_requests(&p, m, &first, &last);
+            for (int32_t r = first; r <= last; r++) {
+                const dinf__mla_piece pc = dinf__mla_fast_piece(&p, m, r, seqlens[r], first, last);
+                for (int32_t blk = pc.blk_begin; blk < pc.blk_end; blk++, n++) {
+                    int32_t *o = order[n];
+                    o[0] = r, o[1] = blk, o[2] = pc.blk_end, o[3] = pc.s_k;
+                    o[4] = dinf__mla_fast_block_keys(pc.s_k, blk);
+                    cr_assert(o[4] >= 1 && o[4] <= 64);
+                }
+            }
+            for (int32_t i = 0; i < n; i++)
+                for (int32_t ahead = 0; ahead <= DINF_MLA_FP8_PREFETCH_MAX + 1; ahead++) {
+                    int32_t r = -1, blk = -1, keys = -1;
+                    const int got = dinf__mla_fast_block_ahead(&p, m, first, last, order[i][0], order[i][1],
+                                                               order[i][2], order[i][3], ahead, &r, &blk,
+                                                               &keys);
+                    cr_assert_eq(got, i + ahead < n, "trial %d part %d block %d of %d, ahead %d", trial, part,
+                                 i, n, ahead);
+                    if (!got) {
+                        ends++;
+                        continue;
+                    }
+                    const int32_t *w = order[i + ahead];
+                    cr_assert(r == w[0] && blk == w[1] && keys == w[4],
+                              "trial %d part %d block %d ahead %d: (req %d, blk %d, keys %d), expected "
+                              "(%d, %d, %d)",
+                              trial, part, i, ahead, r, blk, keys, w[0], w[1], w[4]);
+                    walked++;
+                    crossed += r != order[i][0];
+                }
+        }
+        free(meta);
+    }
+    free(order);
+    cr_assert(walked > 10000 && crossed > 1000 && ends > 1000, "walked %d, crossed %d, ends %d", walked,
+              crossed, ends);
+}
+
+/*
+ * The prefetch ranges of a page are exactly the bytes the producer loads
+ * (entries (page, row < keys, hk) of 656 bytes at page * kv_block_stride +
+ * row * kv_token_stride + hk * 656), 16-byte aligned and multiples of 16,
+ * inside the cache's extent ((num_blocks - 1) * kv_block_stride +
+ * 63 * kv_token_stride + h_kv * 656 bytes, what lib/mla/mla.c checks): one
+ * range for an unpadded single-head cache, one per row otherwise.
+ */
+Test(mla_fast_hd, fp8_prefetch_ranges_are_the_bytes_the_producer_reads) {
+    const int64_t entry = DINF_MLA_FP8_ENTRY_BYTES;
+    for (int32_t h_kv = 1; h_kv <= 3; h_kv++)
+        for (int pad_tok = 0; pad_tok <= 32; pad_tok += 32)
+            for (int pad_blk = 0; pad_blk <= 48; pad_blk += 48) {
+                dinf__mla_params p;
+                memset(&p, 0, sizeof p);
+                p.h_kv = h_kv, p.num_blocks = 3;
+                p.kv_token_stride = h_kv * entry + pad_tok;
+                p.kv_block_stride = 64 * p.kv_token_stride + pad_blk;
+                const int64_t extent = (p.num_blocks - 1) * p.kv_block_stride + 63 * p.kv_token_stride + h_kv * entry;
+                uint8_t *want = malloc((size_t)extent), *got = malloc((size_t)extent);
+                for (int32_t page = 0; page < p.num_blocks; page++)
+                    for (int32_t hk = 0; hk < h_kv; hk++)
+                        for (int32_t keys = 1; keys <= 64; keys += keys < 3 || keys > 60 ? 1 : 13) {
+                            memset(want, 0, (size_t)extent);
+                            memset(got, 0, (size_t)extent);
+                            for (int32_t r = 0; r < keys; r++)
+                                memset(want + page * p.kv_block_stride + r * p.kv_token_stride + hk * entry, 1,
+                                       (size_t)entry);
+                            const dinf__mla_fp8_prefetch f = dinf__mla_fp8_prefetch_ranges(&p, page, keys, hk);
+                            const int contiguous = h_kv == 1 && pad_tok == 0;
+                            cr_assert_eq(f.count, contiguous ? 1 : keys, "h_kv=%d pad %d", h_kv, pad_tok);
+                            cr_assert(f.bytes % 16 == 0 && f.first % 16 == 0 && f.step % 16 == 0);
+                            for (int32_t i = 0; i < f.count; i++) {
+                                const int64_t lo = f.first + i * f.step;
+                                cr_assert(lo >= 0 && lo + f.bytes <= extent,
+                                          "h_kv=%d page %d hk %d keys %d: range %d [%lld, +%u) outside %lld",
+                                          h_kv, page, hk, keys, i, (long long)lo, f.bytes, (long long)extent);
+                                memset(got + lo, 1, f.bytes);
+                            }
+                            cr_assert(memcmp(got, want, (size_t)extent) == 0,
+                                      "h_kv=%d pad_tok=%d pad_blk=%d page %d hk %d keys %d: other bytes", h_kv,
+                                      pad_tok, pad_blk, page, hk, keys);
+                        }
+                free(want);
+                free(got);
+            }
+}
+
+Test(mla_fast_hd, fp8_prefetch_distance_from_the_environment) {
+    char msg[200];
+    int32_t blocks = -1;
+    cr_assert_eq(dinf__mla_fp8_prefetch_choice(NULL, &blocks, msg, sizeof msg), 0);
+    cr_assert_eq(blocks, DINF_MLA_FP8_PREFETCH_DEFAULT);
+    cr_assert_eq(DINF_MLA_FP8_PREFETCH_DEFAULT, 2);
+    blocks = -1;
+    cr_assert_eq(dinf__mla_fp8_prefetch_choice("", &blocks, msg, sizeof msg), 0);
+    cr_assert_eq(blocks, 2, "empty = unset");
+    static const char *const ok[] = {"0", "1", "2", "7", "8", "08"};
+    static const int32_t ok_v[] = {0, 1, 2, 7, 8, 8};
+    for (int i = 0; i < 6; i++) {
+        blocks = -1;
+        cr_assert_eq(dinf__mla_fp8_prefetch_choice(ok[i], &blocks, msg, sizeof msg), 0, "%s", ok[i]);
+        cr_assert_eq(blocks, ok_v[i], "%s", ok[i]);
+    }
+    static const char *const bad[] = {"9", "10", "-1", "+2", " 2", "2 ", "2x", "abc", "0x2", "1e1",
+                                      "99999999999999999999", "2.0"};
+    for (int i = 0; i < 12; i++) {
+        blocks = -1;
+        cr_assert_eq(dinf__mla_fp8_prefetch_choice(bad[i], &blocks, msg, sizeof msg), -1, "'%s' accepted", bad[i]);
+        cr_assert_eq(blocks, -1, "'%s' set the count", bad[i]);
+        char want[200];
+        snprintf(want, sizeof want,
+                 "DINF_MLA_FP8_PREFETCH='%s' is not a block count in [0, 8] (0 = no L2 prefetch; unset = 2)",
+                 bad[i]);
+        cr_assert_str_eq(msg, want);
+    }
 }
 
 /* --------------------------------------------------------------- softmax -- */

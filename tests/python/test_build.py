@@ -203,7 +203,8 @@ def test_mla_fast_rung_register_budget():
 def test_mla_fast_rung_sass_uses_wgmma_and_tma():
     """The fast MLA kernels' SASS (sm_90a, the Makefile's nvcc flags) holds the bf16 wgmma
     of QK^T (m64n32k16; the seesaw rung m64n64k16) and PV (m64n256k16), register
-    reallocation, and no local memory; the BF16-cache kernels load pages with 4-D TMA. Needs a disassembler (make deps
+    reallocation, and no local memory; the BF16-cache kernels load pages with 4-D TMA, the
+    FP8-cache kernels (only they) prefetch pages into L2 (UBLKPF). Needs a disassembler (make deps
     installs nvdisasm from PyPI; tools/find-nvdisasm)."""
     if not built_with_cuda():
         pytest.skip("CPU-only build (make CUDA=0): no kernels")
@@ -235,6 +236,10 @@ def test_mla_fast_rung_sass_uses_wgmma_and_tma():
             assert "USETMAXREG" in body, name + ": no register reallocation"
             assert not re.search(r"\b(LDL|STL)\b", body), name + ": local memory in the SASS"
         assert "UTMALDG.4D" in kernels["bf16"], kind + ": the BF16-cache kernel issues no 4-D TMA load"
+        # the FP8 producer's L2 prefetch of later pages (cp.async.bulk.prefetch.L2.global);
+        # the BF16 cache's TMA path has none
+        assert re.search(r"\bUBLKPF\.L2\b", kernels["fp8"]), kind + ": the FP8-cache kernel has no bulk L2 prefetch"
+        assert "UBLKPF" not in kernels["bf16"], kind + ": the BF16-cache kernel issues a bulk L2 prefetch"
 
 
 def test_every_kernel_directory_has_resource_reports():

@@ -90,3 +90,53 @@ def test_device_tensors_match_the_cpu(b, s_q, h_q, h_kv, s_k, causal, page, pois
                  "fp8 out")
     assert_close(lse8.cpu().numpy(), lse8_cpu.astype(np.float64), 1e-6, 8.01 / 65536, 5e-6,
                  "fp8 lse")
+
+
+def test_fp8_l2_prefetch_distance_changes_no_bit(monkeypatch):
+    """DINF_MLA_FP8_PREFETCH (how many blocks ahead the FP8 producer of the fast
+    and seesaw rungs prefetches pages into L2; the library reads it on every
+    call) reaches the library from Python: off (0), the default (unset) and the
+    deepest (8) give bit-identical outputs, on both rungs, equal to the CPU
+    within the upstream tolerances; a value outside 0..8 raises
+    InvalidArgumentError with the library's message."""
+    import deepinfra
+
+    b, s_q, h_q, h_kv, s_k, page = 12, 1, 16, 1, 500, 64  # several requests per part
+    q, cache, bt, lens = make_problem(b, s_q, h_q, h_kv, s_k, True, page, seed=77, zeros=True)
+    meta, splits = mla.get_mla_metadata(lens, s_q * h_q // h_kv, h_kv)
+    slots, rows = [], []
+    for i in range(b):
+        for key in range(int(lens[i])):
+            pg = bt[i, key // page]
+            slots.append(pg * page + key % page)
+            rows.append(cache[pg, key % page])
+    fp8 = np.full((cache.shape[0], page, h_kv, 656), 0xFF, np.uint8)
+    mla.quantize_kvcache_fp8(np.stack(rows), np.array(slots, np.int64), fp8)
+    out_cpu, lse_cpu = mla.flash_mla_with_kvcache(q, fp8, bt, lens, 512, meta, splits,
+                                                  is_fp8_kvcache=True)
+    args = (to_gpu_bf16(q), torch.from_numpy(fp8).cuda(), torch.from_numpy(bt).cuda(),
+            torch.from_numpy(lens).cuda(), 512, torch.from_numpy(meta).cuda(),
+            torch.from_numpy(splits).cuda())
+    for rung in ("fast", "seesaw"):
+        monkeypatch.setenv("DINF_MLA_KERNEL", rung)
+        results = []
+        for distance in ("0", None, "8"):
+            if distance is None:
+                monkeypatch.delenv("DINF_MLA_FP8_PREFETCH", raising=False)
+            else:
+                monkeypatch.setenv("DINF_MLA_FP8_PREFETCH", distance)
+            out, lse = mla.flash_mla_with_kvcache(*args, is_fp8_kvcache=True)
+            torch.cuda.synchronize()
+            results.append((out.view(torch.int16).cpu().numpy(), lse.cpu().numpy()))
+        for other in results[1:]:
+            assert np.array_equal(other[0], results[0][0]), rung + ": out differs with the prefetch"
+            assert np.array_equal(other[1].view(np.int32), results[0][1].view(np.int32)), \
+                rung + ": lse differs with the prefetch"
+        out = results[0][0].view(BF16).astype(np.float64)
+        assert_close(out, out_cpu.astype(np.float64), 8e-4, 2.01 / 128, 5e-6, rung + " out")
+        assert_close(results[0][1], lse_cpu.astype(np.float64), 1e-6, 8.01 / 65536, 5e-6,
+                     rung + " lse")
+    monkeypatch.setenv("DINF_MLA_FP8_PREFETCH", "9")
+    with pytest.raises(deepinfra.InvalidArgumentError,
+                       match=r"DINF_MLA_FP8_PREFETCH='9' is not a block count in \[0, 8\]"):
+        mla.flash_mla_with_kvcache(*args, is_fp8_kvcache=True)

@@ -12,6 +12,7 @@ static jmp_buf sched_jb;
 int or_accum;
 bool progress_since_last_pass;
 bool (*end_of_pass_hook)() = nullptr;
+void (*ldg_hook)(const void *, size_t) = nullptr;
 /* bar.arrive arrivals per named barrier id, not yet matched by a release */
 static unsigned named_arrived[32], named_arrive_count[32];
 void named_arrive(unsigned id, unsigned count) {

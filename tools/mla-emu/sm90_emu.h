@@ -17,6 +17,12 @@
  *                copies having run meanwhile): each thread computes its own accumulator
  *                fragment from shared memory through the descriptor's canonical
  *                layout, products summed in double, one rounding to float
+ *   bulk L2 prefetch  no data effect; checked: 16-byte aligned address,
+ *                a nonzero multiple of 16 bytes, inside the k_cache allocation
+ *                and inside the cache's extent (as lib/mla/mla.c computes it),
+ *                and every prefetched 16-byte chunk read (__ldg) later by the
+ *                same CTA (launchers_fast.inc): never a byte the decode does
+ *                not read
  *   bar.sync     a named barrier of bar_count fibers (emu_rt.cpp)
  *   others       setmaxnreg, fences, griddepcontrol: no effect here;
  *                %globaltimer: a counter (waits never time out: the
@@ -31,6 +37,12 @@
 #include "core/numeric_hd.h"
 
 extern char *emu_fast_smem_lo, *emu_fast_smem_hi; /* this CTA's shared memory (1024-aligned) */
+/* What the emulated launcher (launchers_fast.inc) knows of the cache: the
+ * mock allocation holding k_cache, and k_cache's extent (the bytes the decode
+ * may read: (num_blocks - 1) * kv_block_stride + 63 * kv_token_stride +
+ * h_kv * 656 for the FP8 cache); the prefetches checked. */
+extern const char *emu_kcache_alloc_lo, *emu_kcache_alloc_hi, *emu_kcache_lo, *emu_kcache_hi;
+extern long long emu_prefetch_count, emu_prefetch_bytes;
 
 namespace dinf_jit {
 
@@ -218,6 +230,45 @@ static inline void tma_load_4d(void *dst, const tensor_map_t *map, uint64_t *bar
     tma_pending().push_back({dst, *reinterpret_cast<const emu_tmap *>(map), bar, {c0, c1, c2, c3}});
 }
 
+/* ------------------------------------------------- bulk L2 prefetch -- */
+
+/* this CTA's prefetched ranges, checked against its reads at its end */
+struct emu_prefetch {
+    const char *lo;
+    uint32_t bytes;
+};
+static std::vector<emu_prefetch> &cta_prefetches() {
+    static std::vector<emu_prefetch> v;
+    return v;
+}
+/* cp.async.bulk.prefetch.L2.global [src], bytes: a hint without effect here;
+ * the operands are checked as the PTX ISA states them (16-byte aligned
+ * source, size a multiple of 16), and the range against the cache. */
+static inline void bulk_prefetch_l2(const void *src, uint32_t bytes) {
+    const char *lo = (const char *)src;
+    if ((uintptr_t)lo % 16 || bytes % 16 || bytes == 0) {
+        fprintf(stderr, "EMU: bulk prefetch [%p, +%u): address not 16-byte aligned or size not a nonzero "
+                        "multiple of 16 (block %u,%u thread %u)\n",
+                src, bytes, emu::blockIdx_.x, emu::blockIdx_.y, threadIdx.x);
+        abort();
+    }
+    if (lo < emu_kcache_alloc_lo || lo + bytes > emu_kcache_alloc_hi || bytes > (size_t)(emu_kcache_alloc_hi - lo)) {
+        fprintf(stderr, "EMU: bulk prefetch [%p, +%u) outside the k_cache allocation [%p, %p) (block %u,%u thread %u)\n",
+                src, bytes, (const void *)emu_kcache_alloc_lo, (const void *)emu_kcache_alloc_hi, emu::blockIdx_.x,
+                emu::blockIdx_.y, threadIdx.x);
+        abort();
+    }
+    if (lo < emu_kcache_lo || lo + bytes > emu_kcache_hi) {
+        fprintf(stderr, "EMU: bulk prefetch [%p, +%u) outside the cache's extent [%p, %p) (block %u,%u thread %u)\n",
+                src, bytes, (const void *)emu_kcache_lo, (const void *)emu_kcache_hi, emu::blockIdx_.x,
+                emu::blockIdx_.y, threadIdx.x);
+        abort();
+    }
+    cta_prefetches().push_back({lo, bytes});
+    emu_prefetch_count++;
+    emu_prefetch_bytes += bytes;
+}
+
 /* ------------------------------------------------------------ others -- */
 
 static inline void fence_proxy_async_shared() {}
@@ -327,6 +378,7 @@ using dinf_jit::wgmma_bf16_m64n32k16_kk;
 using dinf_jit::wgmma_bf16_m64n256k16_kt;
 using dinf_jit::wgmma_bf16_m64n64k16_kk;
 using dinf_jit::named_barrier_arrive;
+using dinf_jit::bulk_prefetch_l2;
 template <int N> static inline void setmaxnreg_inc() {}
 template <int N> static inline void setmaxnreg_dec() {}
 template <int N> static inline void wgmma_wait() { dinf_jit::wgmma_wait<N>(); }

@@ -11,12 +11,19 @@ typedef void *cudaGraph_t;
 typedef void *cudaGraphExec_t;
 enum { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaStreamCaptureModeGlobal = 0 };
 static inline const char *cudaGetErrorString(cudaError_t e) { (void)e; return "emu"; }
+/* the allocation table (emu_device.c): the emulated kernels check that what
+ * they touch lies inside an allocation (the FP8 L2 prefetch) */
+void emu_alloc_note(const void *p, size_t n);
+void emu_alloc_forget(const void *p);
 static inline cudaError_t cudaMalloc(void **p, size_t n) {
     *p = aligned_alloc(256, (n + 255) / 256 * 256);
+    if (!*p)
+        return 2;
     memset(*p, 0xA5, (n + 255) / 256 * 256);
-    return *p ? 0 : 2;
+    emu_alloc_note(*p, n);
+    return 0;
 }
-static inline cudaError_t cudaFree(void *p) { free(p); return 0; }
+static inline cudaError_t cudaFree(void *p) { emu_alloc_forget(p); free(p); return 0; }
 static inline cudaError_t cudaMemcpy(void *d, const void *s, size_t n, int k) { (void)k; memcpy(d, s, n); return 0; }
 static inline cudaError_t cudaMemset(void *d, int v, size_t n) { memset(d, v, n); return 0; }
 static inline cudaError_t cudaMemsetAsync(void *d, int v, size_t n, cudaStream_t s) { (void)s; memset(d, v, n); return 0; }

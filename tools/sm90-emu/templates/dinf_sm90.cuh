@@ -231,6 +231,17 @@ __device__ __forceinline__ void tma_load_4d(void *dst, const tensor_map_t *map, 
 }
 #endif
 
+#ifdef EMU_HAVE_bulk_prefetch_l2
+/* cp.async.bulk.prefetch.L2.global [src], bytes: a hint, no effect here; the
+ * operand rules are checked (16-byte aligned address, a nonzero multiple of
+ * 16 bytes). tools/mla-emu, which runs the MLA kernels that issue it, also
+ * checks the range against the cache. */
+__device__ __forceinline__ void bulk_prefetch_l2(const void *src, uint32_t bytes) {
+    if (reinterpret_cast<uintptr_t>(src) % 16 || bytes % 16 || bytes == 0)
+        emu::fail("cp.async.bulk.prefetch.L2 with a misaligned address or a size not a nonzero multiple of 16");
+}
+#endif
+
 #ifdef EMU_HAVE_e4m3x2_to_f32x2
 /* cvt.rn.f16x2.e4m3x2 + cvt.f32.f16: exact (low byte = lo). */
 __device__ __forceinline__ void e4m3x2_to_f32x2(uint16_t codes, float &lo, float &hi) {
