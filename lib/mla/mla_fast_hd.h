@@ -345,7 +345,7 @@ DINF_HD int32_t dinf__mla_fast_block_keys(int32_t s_k, int32_t blk) {
  * How far: `ahead` blocks of the CTA's own ring order (the order the
  * producer fills and the consumers drain: the pieces of requests c.first ..
  * c.last, block by block, across request boundaries); the first fill of a
- * CTA also prefetches blocks 0 .. ahead - 1 (its own page included, so its
+ * CTA also prefetches blocks 0 .. ahead (its own page included, so its
  * first page's bytes are all requested at once). Runtime: the params'
  * fp8_prefetch, from DINF_MLA_FP8_PREFETCH (default DINF_MLA_FP8_PREFETCH_DEFAULT, 0 = off,
  * at most DINF_MLA_FP8_PREFETCH_MAX). A page takes 64 x 656 = 41 KiB, about
@@ -366,6 +366,7 @@ DINF_HD int32_t dinf__mla_fast_block_keys(int32_t s_k, int32_t blk) {
  */
 #define DINF_MLA_FP8_PREFETCH_DEFAULT 2 /* blocks ahead when DINF_MLA_FP8_PREFETCH is unset */
 #define DINF_MLA_FP8_PREFETCH_MAX 8     /* (8 + 1) pages x 132 SMs: the whole 50 MB L2 */
+#define DINF_MLA_FP8_PREFETCH_HOPS 8    /* requests the walk may step to (empties included) */
 
 /*
  * The block `ahead` (>= 0) blocks after block blk in the CTA's ring order:
@@ -374,15 +375,21 @@ DINF_HD int32_t dinf__mla_fast_block_keys(int32_t s_k, int32_t blk) {
  * meta its part of the plan. Returns 1 with *req_out, *blk_out and *keys
  * (the block's key count, 1..64) set, or 0 when the CTA's work ends before.
  * Empty pieces (zero or bad lengths, bad split rows) hold no block: the walk
- * passes them, as the producer does.
+ * passes them, as the producer does, but steps to at most
+ * DINF_MLA_FP8_PREFETCH_HOPS later requests (returning 0 past them: a
+ * prefetch is only a hint): each step is a dependent load by the one
+ * prefetching thread, and a batch padded with empty requests (CUDA-graph
+ * engines pad to the graph's size) would otherwise be walked again by each
+ * of the last fills before it.
  */
 DINF_HD int dinf__mla_fast_block_ahead(const dinf__mla_params *p, const int32_t *meta,
                                        int32_t first, int32_t last, int32_t req, int32_t blk,
                                        int32_t blk_end, int32_t s_k, int32_t ahead,
                                        int32_t *req_out, int32_t *blk_out, int32_t *keys) {
     int32_t b = blk + ahead; /* blk < 2^31 / 64 and ahead <= 8: no overflow */
+    int32_t hops = 0;
     while (b >= blk_end) {
-        if (req >= last)
+        if (req >= last || ++hops > DINF_MLA_FP8_PREFETCH_HOPS)
             return 0;
         req++;
         const dinf__mla_piece pc = dinf__mla_fast_piece(p, meta, req, p->seqlens[req], first, last);

@@ -92,7 +92,7 @@ def test_device_tensors_match_the_cpu(b, s_q, h_q, h_kv, s_k, causal, page, pois
                  "fp8 lse")
 
 
-def test_fp8_l2_prefetch_distance_changes_no_bit(monkeypatch):
+def test_fp8_l2_prefetch_distance_changes_no_bit(monkeypatch, poisoned_empty):
     """DINF_MLA_FP8_PREFETCH (how many blocks ahead the FP8 producer of the fast
     and seesaw rungs prefetches pages into L2; the library reads it on every
     call) reaches the library from Python: off (0), the default (unset) and the
