@@ -2,7 +2,7 @@
  * Helpers shared by the GEMM kernel tests (test_gemm_sm90.c: the simple rung,
  * test_gemm_fast.c: the fast rung): random e4m3 codes and scales, one
  * tensor-map element read as TMA would, the CPU mbarrier model's barrier,
- * a throw-away JIT cache directory, the disassembler lookup.
+ * a throw-away JIT cache directory, the disassembler lookup, a kernel's SASS.
  */
 #ifndef DINF_GEMM_TEST_UTIL_H
 #define DINF_GEMM_TEST_UTIL_H
@@ -108,6 +108,38 @@ static inline const char *find_nvdisasm(void) {
             return candidates[i];
     return NULL;
 }
+
+#if DINF_WITH_CUDA
+/* The SASS of JIT kernel `name` with `params`: compiled for sm_90a (into the
+ * test's cache, setup_cache), the cubin written to cache_dir/k<index>.cubin
+ * and nvdisasm started on it; returns the pipe to read the listing from,
+ * with the command in cmd for messages. Close it with close_sass. */
+static inline FILE *open_sass(const char *nvdisasm, const char *name, const long long *params,
+                              int num_params, int index, char cmd[512]) {
+    dinf_jit_kernel_config c = DINF_JIT_KERNEL_CONFIG_INIT;
+    snprintf(c.name, sizeof c.name, "%s", name);
+    c.num_params = num_params;
+    memcpy(c.params, params, (size_t)num_params * sizeof params[0]);
+    const dinf__jit_cubin *cubin;
+    cr_assert_eq(dinf__jit_get_cubin("test", &c, "sm_90a", &cubin), DINF_STATUS_OK, "%s",
+                 dinf_last_error());
+    char path[128];
+    snprintf(path, sizeof path, "%s/k%d.cubin", cache_dir, index);
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f);
+    cr_assert_eq(fwrite(cubin->data, 1, cubin->bytes, f), cubin->bytes);
+    fclose(f);
+    snprintf(cmd, 512, "'%s' '%s'", nvdisasm, path);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p, "%s", cmd);
+    return p;
+}
+
+/* Closes open_sass's pipe: nvdisasm must have succeeded. */
+static inline void close_sass(FILE *p, const char *cmd) {
+    cr_assert_eq(pclose(p), 0, "%s failed", cmd);
+}
+#endif
 
 /* A fresh cache directory (after the skip checks: no .fini runs after a skip). */
 static inline void setup_cache(void) {

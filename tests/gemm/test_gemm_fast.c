@@ -1378,22 +1378,8 @@ Test(gemm_fast_jit,
                                     {0, 256, 128, 3, 2, 1}, {2, 256, 96, 3, 1, 1}};
     const int stores[] = {5, 7, 2, 7, 2 * 2, 2 * 3};
     for (int i = 0; i < 6; i++) {
-        dinf_jit_kernel_config c = DINF_JIT_KERNEL_CONFIG_INIT;
-        snprintf(c.name, sizeof c.name, "fp8_gemm_fast");
-        c.num_params = 6;
-        memcpy(c.params, configs[i], sizeof configs[i]);
-        const dinf__jit_cubin *cubin;
-        cr_assert_eq(dinf__jit_get_cubin("test", &c, "sm_90a", &cubin), DINF_STATUS_OK, "%s",
-                     dinf_last_error());
-        char path[128], cmd[512], line[1024];
-        snprintf(path, sizeof path, "%s/k%d.cubin", cache_dir, i);
-        FILE *f = fopen(path, "wb");
-        cr_assert_not_null(f);
-        cr_assert_eq(fwrite(cubin->data, 1, cubin->bytes, f), cubin->bytes);
-        fclose(f);
-        snprintf(cmd, sizeof cmd, "'%s' '%s'", nvdisasm, path);
-        FILE *p = popen(cmd, "r");
-        cr_assert_not_null(p);
+        char cmd[512], line[1024];
+        FILE *p = open_sass(nvdisasm, "fp8_gemm_fast", configs[i], 6, i, cmd);
         int qgmma = 0, loads = 0, multicast = 0, tma_stores = 0, local = 0, setmaxreg = 0;
         int remote_stores = 0;
         /* griddepcontrol.wait is ACQBULK in the SASS, launch_dependents
@@ -1421,7 +1407,7 @@ Test(gemm_fast_jit,
             setmaxreg += strstr(line, "SETMAXREG") != NULL;
             remote_stores += strstr(line, " ST.E") != NULL || strstr(line, " STS") != NULL;
         }
-        cr_assert_eq(pclose(p), 0, "%s failed", cmd);
+        close_sass(p, cmd);
         cr_assert_eq(qgmma, 4 * dinf_fp8_waves((int)configs[i][1]), "config %d: %d QGMMA", i,
                      qgmma);
         cr_assert_eq(loads, 3, "config %d: %d UTMALDG.3D", i, loads);
@@ -1609,22 +1595,8 @@ Test(gemm_fast_sass, wave_checker_passes_the_clean_loop_and_catches_planted_viol
 #if DINF_WITH_CUDA
 /* The whole nvdisasm output of one fast-rung config's cubin (malloc'ed). */
 static char *fast_rung_sass(const char *nvdisasm, const long long params[6], int index) {
-    dinf_jit_kernel_config c = DINF_JIT_KERNEL_CONFIG_INIT;
-    snprintf(c.name, sizeof c.name, "fp8_gemm_fast");
-    c.num_params = 6;
-    memcpy(c.params, params, 6 * sizeof params[0]);
-    const dinf__jit_cubin *cubin;
-    cr_assert_eq(dinf__jit_get_cubin("test", &c, "sm_90a", &cubin), DINF_STATUS_OK, "%s",
-                 dinf_last_error());
-    char path[128], cmd[512];
-    snprintf(path, sizeof path, "%s/w%d.cubin", cache_dir, index);
-    FILE *f = fopen(path, "wb");
-    cr_assert_not_null(f);
-    cr_assert_eq(fwrite(cubin->data, 1, cubin->bytes, f), cubin->bytes);
-    fclose(f);
-    snprintf(cmd, sizeof cmd, "'%s' '%s'", nvdisasm, path);
-    FILE *p = popen(cmd, "r");
-    cr_assert_not_null(p);
+    char cmd[512];
+    FILE *p = open_sass(nvdisasm, "fp8_gemm_fast", params, 6, index, cmd);
     size_t cap = 1 << 16, len = 0;
     char *text = malloc(cap);
     cr_assert_not_null(text);
@@ -1637,7 +1609,7 @@ static char *fast_rung_sass(const char *nvdisasm, const long long params[6], int
         }
     }
     text[len] = '\0';
-    cr_assert_eq(pclose(p), 0, "%s failed", cmd);
+    close_sass(p, cmd);
     return text;
 }
 #endif

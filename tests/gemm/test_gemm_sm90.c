@@ -1081,25 +1081,11 @@ Test(gemm_jit, sass_uses_fp8_tensor_cores_and_tma_where_nvdisasm_exists, .fini =
     setup_cache();
     const long long configs[][4] = {{0, 64, 16, 8}, {1, 128, 128, 6}, {2, 64, 128, 8}};
     for (int i = 0; i < 3; i++) {
-        dinf_jit_kernel_config c = DINF_JIT_KERNEL_CONFIG_INIT;
-        snprintf(c.name, sizeof c.name, "fp8_gemm");
-        c.num_params = 4;
-        memcpy(c.params, configs[i], sizeof configs[i]);
-        const dinf__jit_cubin *cubin;
-        cr_assert_eq(dinf__jit_get_cubin("test", &c, "sm_90a", &cubin), DINF_STATUS_OK, "%s",
-                     dinf_last_error());
-        char path[128], cmd[512];
-        snprintf(path, sizeof path, "%s/k%d.cubin", cache_dir, i);
-        FILE *f = fopen(path, "wb");
-        cr_assert_not_null(f);
-        cr_assert_eq(fwrite(cubin->data, 1, cubin->bytes, f), cubin->bytes);
-        fclose(f);
-        snprintf(cmd, sizeof cmd, "'%s' '%s'", nvdisasm, path);
-        FILE *p = popen(cmd, "r");
-        cr_assert_not_null(p);
+        char cmd[512];
+        FILE *p = open_sass(nvdisasm, "fp8_gemm", configs[i], 4, i, cmd);
         int qgmma, tma, local, griddep;
         count_sass(p, &qgmma, &tma, &local, &griddep);
-        cr_assert_eq(pclose(p), 0, "%s failed", cmd);
+        close_sass(p, cmd);
         /* Four wgmma k32 steps per 128-k block (the loop body), three TMA loads per stage. */
         cr_assert_eq(qgmma, 4, "config %d: %d QGMMA instructions", i, qgmma);
         cr_assert_eq(tma, 3, "config %d: %d UTMALDG.3D instructions", i, tma);

@@ -1029,6 +1029,27 @@ static void pdl_check_rounds(const pdl_bufs *b, int first, int count, const char
     free(ha), free(hb), free(hsa), free(hsb), free(got), free(rows), free(want), free(got_rows);
 }
 
+/* All of b's rounds back-to-back on a fresh stream, after one untimed call
+ * that compiles and loads the kernel (on scratch output, so that the
+ * rounds' launches follow one another), then checked against the CPU. */
+static void pdl_run_rounds(pdl_bufs *b, const char *what) {
+    cudaStream_t stream;
+    CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    dinf_exec exec = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)stream);
+    uint16_t *scratch = dmalloc((size_t)(b->m * b->n) * 2);
+    DINF_OK(dinf_fp8_gemm_nt(b->m, b->n, PDL_K, b->da, PDL_K, b->dsa, b->db, PDL_K, b->dsb,
+                             scratch, b->n, &exec));
+    CUDA_OK(cudaStreamSynchronize(stream));
+    for (int r = 0; r < b->rounds; r++)
+        pdl_enqueue_round(b, r, &exec);
+    CUDA_OK(cudaStreamSynchronize(stream));
+    CUDA_OK(cudaGetLastError());
+    pdl_check_rounds(b, 0, b->rounds, what);
+    cr_log_info("%s: %d back-to-back rounds match the CPU", what, b->rounds);
+    cudaFree(scratch);
+    CUDA_OK(cudaStreamDestroy(stream));
+}
+
 Test(gemm_gpu, pdl_gemm_right_behind_its_producers_reads_only_their_finished_output) {
     const int64_t ms[] = {64, 128}; /* the small-M DeepSeek-V3 decode sizes PDL is for */
     const char *const settings[] = {"1", "0"};
@@ -1040,23 +1061,7 @@ Test(gemm_gpu, pdl_gemm_right_behind_its_producers_reads_only_their_finished_out
             snprintf(what, sizeof what, "PDL=%s m=%lld", settings[si], (long long)ms[mi]);
             pdl_bufs b;
             pdl_setup(&b, ms[mi], ROUNDS, 777 + (uint64_t)(10 * si + mi));
-            cudaStream_t stream;
-            CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-            dinf_exec exec = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)stream);
-            /* Compile and load outside the rounds (a first call JIT-compiles),
-             * on scratch data, so the rounds' launches go back-to-back. */
-            uint16_t *scratch = dmalloc((size_t)(ms[mi] * PDL_N) * 2);
-            DINF_OK(dinf_fp8_gemm_nt(ms[mi], PDL_N, PDL_K, b.da, PDL_K, b.dsa, b.db, PDL_K, b.dsb,
-                                     scratch, PDL_N, &exec));
-            CUDA_OK(cudaStreamSynchronize(stream));
-            for (int r = 0; r < ROUNDS; r++)
-                pdl_enqueue_round(&b, r, &exec);
-            CUDA_OK(cudaStreamSynchronize(stream));
-            CUDA_OK(cudaGetLastError());
-            pdl_check_rounds(&b, 0, ROUNDS, what);
-            cr_log_info("%s: %d back-to-back rounds match the CPU", what, ROUNDS);
-            cudaFree(scratch);
-            CUDA_OK(cudaStreamDestroy(stream));
+            pdl_run_rounds(&b, what);
             pdl_free(&b);
         }
     unsetenv("DINF_FP8_GEMM_PDL");
@@ -1108,22 +1113,7 @@ Test(gemm_gpu, pdl_gemm_behind_a_full_gpu_block_m_256_multicast_gemm_reads_only_
             cr_log_warn("%d SMs: the shape was chosen for 132 (this device gets %dx%d cluster "
                         "%d); the rounds still run", sms, plan.config.block_m,
                         plan.config.block_n, plan.config.cluster);
-        cudaStream_t stream;
-        CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-        dinf_exec exec = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)stream);
-        /* compile and load outside the rounds, on scratch output */
-        uint16_t *scratch = dmalloc((size_t)M * N * 2);
-        DINF_OK(dinf_fp8_gemm_nt(M, N, PDL_K, b.da, PDL_K, b.dsa, b.db, PDL_K, b.dsb, scratch, N,
-                                 &exec));
-        CUDA_OK(cudaStreamSynchronize(stream));
-        for (int r = 0; r < ROUNDS; r++)
-            pdl_enqueue_round(&b, r, &exec);
-        CUDA_OK(cudaStreamSynchronize(stream));
-        CUDA_OK(cudaGetLastError());
-        pdl_check_rounds(&b, 0, ROUNDS, what);
-        cr_log_info("%s: %d back-to-back rounds match the CPU", what, ROUNDS);
-        cudaFree(scratch);
-        CUDA_OK(cudaStreamDestroy(stream));
+        pdl_run_rounds(&b, what);
         pdl_free(&b);
     }
     unsetenv("DINF_FP8_GEMM_PDL");
