@@ -33,11 +33,14 @@
  * fast-rung calls per timed iteration, time per call, with programmatic
  * dependent launch on (the default) and off (DINF_FP8_GEMM_PDL=0): the A/B
  * of the overlap of each call's prologue with the previous call's tail.
- * For the normal m = 4096 shapes also gemm/gpu/tile_<BM>x<BN>_c<cluster>/...:
- * the fast rung with a forced tile (the library's internal launch with a
- * config, stages as many as fit), the heuristic's neighbours (128x160,
- * 128x128, 256x128, 256x112, all with the 2-CTA A multicast), so one run
- * shows whether its wave model picks the fastest tile.
+ * Forced-tile rows gemm/gpu/tile_<BM>x<BN>_c<cluster>[_s2]/... (the fast
+ * rung with a forced config through the library's internal launch, stages
+ * as many as fit; _s2: split-K 2): for the normal m = 4096 shapes the wave
+ * model's neighbours (128x160, 128x128, 256x128, 256x112, all with the 2-CTA
+ * A multicast); for m = 64 and 128 at n = 2112 and 4096 (k = 7168), where
+ * the one-wave cost model replaced the fullest-last-wave pick, that old pick
+ * (unsplit) and a split-K 2 neighbour. One run shows whether each model
+ * picks the fastest tile.
  *
  * Physical floor: the row's counter floor_us = max(FLOPs / 1979 TFLOP/s
  * (H200 dense FP8, datasheet), bytes / 4.8 TB/s (HBM3e, datasheet)); the
@@ -451,25 +454,47 @@ typedef struct tile_case {
     char name[160], label[200];
 } tile_case;
 
-static const int tile_alternatives[][2] = {{128, 160}, {128, 128}, {256, 128}, {256, 112}};
+/* Forced tiles: rows of the normal shapes (m, n; 0 = any n) that get a row
+ * of the fast rung with config {bm, bn, cluster, split_k}. */
+typedef struct tile_alt {
+    int64_t m, n;
+    int bm, bn, cluster, split;
+} tile_alt;
+static const tile_alt tile_alternatives[] = {
+    /* m = 4096: the wave model's neighbours, all with the A multicast */
+    {4096, 0, 128, 160, 2, 1}, {4096, 0, 128, 128, 2, 1},
+    {4096, 0, 256, 128, 2, 1}, {4096, 0, 256, 112, 2, 1},
+    /* one-wave small-M shapes the cost model re-ranks: the fullest-last-wave
+     * pick it replaced (unsplit, 1 CTA) and a split-K 2 neighbour */
+    {64, 2112, 64, 16, 1, 1},    {64, 2112, 64, 32, 2, 2},
+    {64, 4096, 64, 32, 1, 1},    {64, 4096, 64, 128, 2, 2},
+    {128, 2112, 128, 16, 1, 1},  {128, 2112, 128, 32, 2, 2},
+    {128, 4096, 128, 32, 1, 1},  {128, 4096, 128, 64, 2, 2},
+};
+#define NUM_TILE_ALTS (sizeof tile_alternatives / sizeof tile_alternatives[0])
 
-static void tile_name(const char *shape, const int bm_bn[2], char name[160]) {
-    snprintf(name, 160, "gemm/gpu/tile_%dx%d_c2/%s", bm_bn[0], bm_bn[1], shape);
+static void tile_name(const char *shape, const tile_alt *t, char name[160]) {
+    snprintf(name, 160, "gemm/gpu/tile_%dx%d_c%d%s/%s", t->bm, t->bn, t->cluster,
+             t->split > 1 ? "_s2" : "", shape);
 }
-/* The shapes that get the forced-tile rows (where 256-row tiles compete). */
-static int has_tile_rows(int form, int64_t m) { return form == NORMAL && m == 4096; }
+/* Whether forced-tile row i belongs to a shape. */
+static int tile_row_of(size_t i, int form, int64_t m, int64_t n, int64_t k) {
+    const tile_alt *t = &tile_alternatives[i];
+    return form == NORMAL && m == t->m && (t->n == 0 || (n == t->n && k == 7168));
+}
 
-static dinf__fp8_config tile_config(int form, int bm, int bn) {
+static dinf__fp8_config tile_config(int form, const tile_alt *alt) {
     dinf__fp8_config c;
     memset(&c, 0, sizeof c);
     c.kernel = DINF__FP8_KERNEL_FAST;
-    c.gemm_type = form, c.block_m = bm, c.block_n = bn, c.cluster = 2, c.split_k = 1;
+    c.gemm_type = form, c.block_m = alt->bm, c.block_n = alt->bn;
+    c.cluster = alt->cluster, c.split_k = alt->split;
     c.stages = 16;
-    while (c.stages > 1 &&
-           DINF_FP8_FAST_SPLIT_SMEM_BYTES(bm, bn, c.stages, 1) > DINF_FP8_SMEM_LIMIT)
+    while (c.stages > 1 && DINF_FP8_FAST_SPLIT_SMEM_BYTES(c.block_m, c.block_n, c.stages,
+                                                          c.split_k) > DINF_FP8_SMEM_LIMIT)
         c.stages--;
-    c.threads = dinf_fp8_threads(bm);
-    c.smem_bytes = DINF_FP8_FAST_SPLIT_SMEM_BYTES(bm, bn, c.stages, 1);
+    c.threads = dinf_fp8_threads(c.block_m);
+    c.smem_bytes = DINF_FP8_FAST_SPLIT_SMEM_BYTES(c.block_m, c.block_n, c.stages, c.split_k);
     return c;
 }
 
@@ -498,25 +523,31 @@ static double run_tile(void *arg) {
 
 /* Register the forced-tile rows of a shape (its buffers are set up). */
 static void add_tile_rows(gpu_case *c, const char *shape, const dinf_jit_kernel_config *picked) {
-    for (size_t i = 0; i < sizeof tile_alternatives / sizeof tile_alternatives[0]; i++) {
+    for (size_t i = 0; i < NUM_TILE_ALTS; i++) {
+        if (!tile_row_of(i, c->form, c->m, c->n, c->k))
+            continue;
         char name[160];
-        tile_name(shape, tile_alternatives[i], name);
+        tile_name(shape, &tile_alternatives[i], name);
         if (!bench_selected(name))
             continue;
         tile_case *t = calloc(1, sizeof *t); /* lives until exit */
         if (!t)
             return;
         t->c = c;
-        t->config = tile_config(c->form, tile_alternatives[i][0], tile_alternatives[i][1]);
+        t->config = tile_config(c->form, &tile_alternatives[i]);
         snprintf(t->name, sizeof t->name, "%s", name);
         const long long tiles = (c->m + t->config.block_m - 1) / t->config.block_m *
                                 ((c->n + t->config.block_n - 1) / t->config.block_n);
+        const long long ctas = tiles * t->config.split_k;
         snprintf(t->label, sizeof t->label,
-                 "deepinfra fast rung, forced %dx%d, %d stages, 2-CTA A multicast (%lld tiles, "
-                 "%.2f waves on %d SMs; the heuristic picks %lldx%lld)",
-                 t->config.block_m, t->config.block_n, t->config.stages, tiles,
-                 (double)tiles / g.num_sms, g.num_sms, (long long)picked->params[1],
-                 (long long)picked->params[2]);
+                 "deepinfra fast rung, forced %dx%d, %d stages, %s (%lld CTAs of work, "
+                 "%.2f waves on %d SMs; the heuristic picks %lldx%lld%s)",
+                 t->config.block_m, t->config.block_n, t->config.stages,
+                 t->config.split_k > 1     ? "split-K 2"
+                 : t->config.cluster > 1 ? "2-CTA A multicast"
+                                         : "1 CTA",
+                 ctas, (double)ctas / g.num_sms, g.num_sms, (long long)picked->params[1],
+                 (long long)picked->params[2], picked->params[5] == 2 ? " split-K 2" : "");
         /* First call untimed (JIT compile); a failure is reported here. */
         if (run_tile_once(t) != DINF_STATUS_OK || cudaStreamSynchronize(g.stream) != cudaSuccess) {
             fprintf(stderr, "%s: %s\n", t->name, dinf_last_error());
@@ -562,11 +593,11 @@ static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) 
     chain_names(shape, chain);
     const int chained = has_chain_rows(form, m, n, k);
     int tiles_selected = 0;
-    for (size_t i = 0; has_tile_rows(form, m) &&
-                       i < sizeof tile_alternatives / sizeof tile_alternatives[0];
-         i++) {
+    for (size_t i = 0; i < NUM_TILE_ALTS; i++) {
+        if (!tile_row_of(i, form, m, n, k))
+            continue;
         char name[160];
-        tile_name(shape, tile_alternatives[i], name);
+        tile_name(shape, &tile_alternatives[i], name);
         tiles_selected |= bench_selected(name);
     }
     if (!bench_selected(c->name) && !bench_selected(probe[0]) && !bench_selected(probe[1]) &&
@@ -624,7 +655,7 @@ static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) 
     const int64_t hint_rows = form == CONTIGUOUS ? m * groups : m;
     const int have_kc =
         dinf_fp8_gemm_kernel_config(form, hint_rows, n, k, groups, g.num_sms, &kc) == DINF_STATUS_OK;
-    if (have_kc && has_tile_rows(form, m))
+    if (have_kc)
         add_tile_rows(c, shape, &kc);
     if (have_kc)
         snprintf(c->label, sizeof c->label,

@@ -78,6 +78,34 @@ static int fast_stages(int block_m, int block_n, int split_k) {
     return stages;
 }
 
+long long dinf__fp8_hbm_cycles(int gemm_type, int64_t m, int64_t n, int64_t k,
+                               int64_t num_groups) {
+    const long long rows = gemm_type == DINF_FP8_GEMM_MASKED ? (long long)m * num_groups : m;
+    const long long b_mats = gemm_type == DINF_FP8_GEMM_NORMAL ? 1 : num_groups;
+    const long long bytes = b_mats * n * k + rows * k + 2 * rows * n;
+    return bytes / DINF__FP8_MODEL_HBM_BYTES_PER_CYCLE;
+}
+
+long long dinf__fp8_one_wave_cycles(int block_m, int block_n, int split_k, long long k_blocks,
+                                    long long ctas, long long hbm_cycles) {
+    const long long kc = ceil_div_ll(k_blocks, split_k); /* rank 0's share, the largest */
+    const long long per_cta = kc * DINF_FP8_BLOCK_K * (block_m + block_n);
+    long long l2_rate = DINF__FP8_MODEL_SM_BYTES_PER_CYCLE * ctas;
+    if (l2_rate > DINF__FP8_MODEL_L2_BYTES_PER_CYCLE)
+        l2_rate = DINF__FP8_MODEL_L2_BYTES_PER_CYCLE;
+    const long long l2 = ctas * per_cta / l2_rate;
+    /* wgmma reads A once and B once per 64-row wave, 128 bytes per cycle */
+    const long long smem = kc * (block_m + (long long)(block_m / 64) * block_n);
+    /* block_m x block_n x 128 multiply-adds at 4096 per cycle */
+    const long long mma = kc * block_m * block_n / 32;
+    /* rank 1's float32 partial over distributed shared memory */
+    const long long reduce = (long long)(split_k - 1) * block_m * block_n * 4 /
+                             DINF__FP8_MODEL_DSMEM_BYTES_PER_CYCLE;
+    long long chain = l2 > smem ? l2 : smem;
+    chain = (chain > mma ? chain : mma) + reduce;
+    return chain > hbm_cycles ? chain : hbm_cycles;
+}
+
 /* The block_n search of one block_m (block_n <= max_bn): the fewest waves,
  * the fullest last wave, the most stages, multicast legal, the smaller
  * block_n. Fills block_m, block_n, waves, last_wave, tiles, stages, cluster. */
@@ -136,32 +164,51 @@ dinf__fp8_config dinf__fp8_heuristic(int gemm_type, int64_t m, int64_t n, int64_
     search_block_n(pick_block_m(gemm_type, m), fast_block_n[sizeof fast_block_n /
                                                             sizeof fast_block_n[0] - 1],
                    m, n, groups, num_sms, &best);
-    const long long m_blocks = ceil_div_ll(m, best.block_m);
     best.split_k = 1;
-    /* Split-K for a one-wave problem that leaves SMs idle. */
+    /* A one-wave problem: re-rank every one-wave candidate, unsplit or
+     * split-K 2, by its modelled time (dinf__fp8_one_wave_cycles). */
     const long long k_blocks = ceil_div_ll(k < 1 ? 1 : k, DINF_FP8_BLOCK_K);
-    if (best.waves == 1 && num_sms % 2 == 0 && k_blocks >= SPLIT_K_MIN_K_BLOCKS) {
-        int s_found = 0, s_bn = 0, s_stages = 0;
-        long long s_ctas = 0, s_tiles = 0;
-        for (size_t i = 0; i < sizeof fast_block_n / sizeof fast_block_n[0]; i++) {
-            const int bn = fast_block_n[i];
-            const long long tiles = m_blocks * ceil_div_ll(n, bn) * groups;
-            const long long ctas = 2 * tiles;
-            if (ctas > num_sms)
-                continue;
-            const int stages = fast_stages(best.block_m, bn, 2);
-            if (!s_found || ctas > s_ctas || (ctas == s_ctas && stages > s_stages)) {
-                s_found = 1, s_bn = bn, s_stages = stages, s_ctas = ctas, s_tiles = tiles;
+    if (best.waves == 1) {
+        const long long m_blocks = ceil_div_ll(m, best.block_m);
+        const long long hbm = dinf__fp8_hbm_cycles(gemm_type, m, n, k, num_groups);
+        long long b_cycles = 0, b_ctas = 0;
+        int found = 0;
+        for (int split = 1; split <= 2; split++) {
+            if (split == 2 && (num_sms % 2 != 0 || k_blocks < SPLIT_K_MIN_K_BLOCKS))
+                break;
+            for (size_t i = 0; i < sizeof fast_block_n / sizeof fast_block_n[0]; i++) {
+                const int bn = fast_block_n[i];
+                const long long tiles = m_blocks * ceil_div_ll(n, bn) * groups;
+                if (tiles > num_sms / split)
+                    continue;
+                const long long ctas = split * tiles;
+                const long long cycles =
+                    dinf__fp8_one_wave_cycles(best.block_m, bn, split, k_blocks, ctas, hbm);
+                const int stages = fast_stages(best.block_m, bn, split);
+                /* the fewest cycles; then more CTAs; then no split; then more
+                 * stages; then (ascending order) the smaller block_n */
+                int better = !found;
+                if (found) {
+                    if (cycles != b_cycles)
+                        better = cycles < b_cycles;
+                    else if (ctas != b_ctas)
+                        better = ctas > b_ctas;
+                    else if (split != best.split_k)
+                        better = split < best.split_k;
+                    else
+                        better = stages > best.stages;
+                }
+                if (better) {
+                    found = 1, b_cycles = cycles, b_ctas = ctas;
+                    best.block_n = bn;
+                    best.stages = stages;
+                    best.cluster = split;
+                    best.split_k = split;
+                    best.tiles = tiles;
+                    best.waves = 1;
+                    best.last_wave = (int)ctas;
+                }
             }
-        }
-        if (s_found && s_ctas > best.tiles) {
-            best.block_n = s_bn;
-            best.stages = s_stages;
-            best.cluster = 2;
-            best.split_k = 2;
-            best.tiles = s_tiles;
-            best.waves = 1;
-            best.last_wave = (int)s_ctas;
         }
     }
     /* BLOCK_M 256 (normal and masked, more than 128 rows per group, no

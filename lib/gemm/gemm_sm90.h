@@ -49,12 +49,16 @@ typedef struct dinf__fp8_config {
  *             number (no phantom partner), the rows per group (masked:
  *             expected_m) are >= 512 and there is more than one wave;
  *             else 1;
- *   split-K: when that choice is a single wave, num_sms is even and k has
- *             at least 8 blocks of 128, the split-K 2 candidates (cluster 2,
- *             2 CTAs per tile, one wave: 2 * tiles <= num_sms) are ranked by
- *             their CTA count, then stages, then the smaller block_n; the
- *             best replaces the unsplit choice when it keeps strictly more
- *             SMs busy (2 * tiles > the unsplit tile count).
+ *   one wave: when that choice is a single wave, every one-wave candidate
+ *             is re-ranked by its modelled time (dinf__fp8_one_wave_cycles):
+ *             each block_n unsplit (tiles <= num_sms, cluster 1) and, when
+ *             num_sms is even and k has at least 8 blocks of 128, with
+ *             split-K 2 (cluster 2, 2 * tiles <= num_sms); the fewest
+ *             modelled cycles win, then more CTAs, then no split, then more
+ *             stages, then the smaller block_n. (The fullest-last-wave rule
+ *             alone picks block_n 16 for N = 2112 at M <= 128: every CTA then
+ *             streams all of A for a 16-column tile, and the SMs load 4-8x
+ *             the bytes of B from L2.)
  *   block_m 256: when the choice so far has block_m 128 and no split, the
  *             form is normal or masked and the rows per group exceed 128,
  *             the same block_n ranking (waves, last wave, stages, multicast
@@ -71,6 +75,35 @@ typedef struct dinf__fp8_config {
  */
 dinf__fp8_config dinf__fp8_heuristic(int gemm_type, int64_t m, int64_t n, int64_t k,
                                      int64_t num_groups, int num_sms);
+
+/*
+ * The cost model of the one-wave choice, in SM clock cycles (constants: the
+ * H100/H200 datasheets and DeepGEMM HEAD's own L2 model; leads, not
+ * measurements). A candidate (block_m, block_n, split_k) runs `ctas` CTAs,
+ * each over kc = ceil(k_blocks / split_k) k blocks (rank 0's share):
+ *   L2     ctas * kc * 128 * (block_m + block_n) bytes loaded from L2, at
+ *          min(64 * ctas, 6144) bytes per cycle (an SM ingests at most 64,
+ *          the L2 delivers about 6 KiB per cycle, ~11 TB/s at 1.8 GHz);
+ *   smem   kc * (block_m + block_m / 64 * block_n): the bytes the wgmma read
+ *          from shared memory (A once, B once per 64-row wave), 128 per cycle;
+ *   mma    kc * block_m * block_n / 32: 128-K multiply-adds at 4096 per cycle;
+ *   reduce (split_k - 1) * block_m * block_n * 4 / 64: the partner's float32
+ *          partial through distributed shared memory at 64 bytes per cycle;
+ *   time   max(hbm_cycles, max(L2, smem, mma) + reduce).
+ * dinf__fp8_hbm_cycles: the problem's unique bytes (B of every group once,
+ * the A rows and the bf16 D rows once; masked rows = m * num_groups) at
+ * 2600 bytes per cycle (the H200's 4.8 TB/s at ~1.85 GHz). A problem at the
+ * HBM floor ties there, and the tie goes to more CTAs (more loads in flight).
+ * Pure functions.
+ */
+#define DINF__FP8_MODEL_SM_BYTES_PER_CYCLE 64
+#define DINF__FP8_MODEL_L2_BYTES_PER_CYCLE 6144
+#define DINF__FP8_MODEL_DSMEM_BYTES_PER_CYCLE 64
+#define DINF__FP8_MODEL_HBM_BYTES_PER_CYCLE 2600
+long long dinf__fp8_hbm_cycles(int gemm_type, int64_t m, int64_t n, int64_t k,
+                               int64_t num_groups);
+long long dinf__fp8_one_wave_cycles(int block_m, int block_n, int split_k, long long k_blocks,
+                                    long long ctas, long long hbm_cycles);
 
 /* The simple rung's rule (unchanged from part 1): block_m as above; block_n
  * in {16, 32, 64, 128} with the fewest waves, then the fullest last wave,

@@ -646,13 +646,16 @@ Test(gemm_fast_heuristic, follows_the_documented_rule) {
     const int forms[] = {DINF_FP8_GEMM_NORMAL, DINF_FP8_GEMM_CONTIGUOUS, DINF_FP8_GEMM_MASKED};
     const int sms[] = {1, 78, 114, 132};
     uint64_t seed = 5;
-    int picked256 = 0;
+    int picked256 = 0, picked_split = 0, remodelled = 0;
     for (int trial = 0; trial < 4000; trial++) {
         const int form = forms[trial % 3], num_sms = sms[(trial / 3) % 4];
-        long long m = (long long)(rng(&seed) % 9000);
+        /* every other trial small (mostly one wave: the cost model's ground) */
+        const int small = trial % 2;
+        long long m = (long long)(rng(&seed) % (small ? 300 : 9000));
         if (form == DINF_FP8_GEMM_CONTIGUOUS)
-            m = 128 * (1 + (long long)(rng(&seed) % 64));
-        const long long n = 1 + (long long)(rng(&seed) % 40000), k = 1 + (long long)(rng(&seed) % 20000);
+            m = 128 * (1 + (long long)(rng(&seed) % (small ? 2 : 64)));
+        const long long n = 1 + (long long)(rng(&seed) % (small ? 8000 : 40000)),
+                        k = 1 + (long long)(rng(&seed) % 20000);
         const long long groups = 1 + (long long)(rng(&seed) % 32);
         const dinf__fp8_config c = dinf__fp8_heuristic(form, m, n, k, groups, num_sms);
         const long long mm = m < 1 ? 1 : m;
@@ -687,30 +690,55 @@ Test(gemm_fast_heuristic, follows_the_documented_rule) {
                 have = 1, best_bn = bn, best_stages = stages, best_cluster = mc ? 2 : 1;
             }
         }
-        /* Split-K: a one-wave choice, even SM count, >= 8 k blocks; the split
-         * candidate with the most CTAs (<= num_sms), then stages, then the
-         * smaller block_n, replaces it when it busies strictly more SMs. */
+        /* One wave: every one-wave candidate, unsplit (tiles <= num_sms) or
+         * split-K 2 (even SM count, >= 8 k blocks, 2 tiles <= num_sms), by
+         * the modelled cycles (recomputed here from the documented terms),
+         * then more CTAs, no split, more stages, the smaller block_n. */
         int best_split = 1;
         long long best_waves = best[0], best_last = -best[1];
-        if (best[0] == 1 && num_sms % 2 == 0 && cdiv(k, 128) >= 8) {
-            long long s_ctas = -1;
-            int s_stages = -1, s_bn = 0;
-            for (int i = 0; i < NUM_FAST_BNS; i++) {
-                const int bn = fast_bns[i];
-                const long long ctas = 2LL * cdiv(mm, bm128) * cdiv(n, bn) * g;
-                if (ctas > num_sms)
+        if (best[0] == 1) {
+            const long long kb = cdiv(k, 128);
+            const long long rows = form == DINF_FP8_GEMM_MASKED ? mm * groups : mm;
+            const long long mats = form == DINF_FP8_GEMM_NORMAL ? 1 : groups;
+            const long long hbm = (mats * n * k + rows * k + 2 * rows * n) / 2600;
+            long long key1[5] = {0};
+            int have1 = 0;
+            for (int split = 1; split <= 2; split++) {
+                if (split == 2 && (num_sms % 2 || kb < 8))
                     continue;
-                int stages = 0;
-                while (stages < 16 && DINF_FP8_FAST_SPLIT_SMEM_BYTES(bm128, bn, stages + 1, 2) <=
-                                          DINF_FP8_SMEM_LIMIT)
-                    stages++;
-                if (ctas > s_ctas || (ctas == s_ctas && stages > s_stages))
-                    s_ctas = ctas, s_stages = stages, s_bn = bn;
+                for (int i = 0; i < NUM_FAST_BNS; i++) {
+                    const int bn = fast_bns[i];
+                    const long long tiles = cdiv(mm, bm128) * cdiv(n, bn) * g;
+                    if (split * tiles > num_sms)
+                        continue;
+                    const long long ctas = split * tiles, kc = cdiv(kb, split);
+                    const long long rate = 64 * ctas < 6144 ? 64 * ctas : 6144;
+                    long long t = ctas * kc * 128 * (bm128 + bn) / rate;
+                    const long long smem = kc * (bm128 + (bm128 / 64) * bn);
+                    const long long mma = kc * bm128 * bn / 32;
+                    t = (t > smem ? t : smem);
+                    t = (t > mma ? t : mma) + (split - 1) * bm128 * bn * 4 / 64;
+                    t = t > hbm ? t : hbm;
+                    int stages = 0;
+                    while (stages < 16 && DINF_FP8_FAST_SPLIT_SMEM_BYTES(bm128, bn, stages + 1,
+                                                                         split) <=
+                                              DINF_FP8_SMEM_LIMIT)
+                        stages++;
+                    const long long key[5] = {t, -ctas, split, -stages, bn};
+                    int less = !have1;
+                    for (int j = 0; j < 5 && have1; j++)
+                        if (key[j] != key1[j]) {
+                            less = key[j] < key1[j];
+                            break;
+                        }
+                    if (less) {
+                        memcpy(key1, key, sizeof key);
+                        have1 = 1, best_split = split, best_bn = bn, best_stages = stages;
+                        best_cluster = split, best_waves = 1, best_last = ctas;
+                    }
+                }
             }
-            if (s_ctas > -best[1]) { /* one wave: the last wave is the tile count */
-                best_split = 2, best_bn = s_bn, best_stages = s_stages, best_cluster = 2;
-                best_waves = 1, best_last = s_ctas;
-            }
+            cr_assert(have1, "a one-wave choice has a one-wave candidate");
         }
         /* BLOCK_M 256: normal / masked, > 128 rows, unsplit; the same ranking over
          * block_n <= 128; taken when waves x 256 x block_n is strictly below the
@@ -752,6 +780,9 @@ Test(gemm_fast_heuristic, follows_the_documented_rule) {
         cr_assert_eq(c.block_n, best_bn, "form %d m=%lld n=%lld k=%lld sms=%d: block_n %d, want %d",
                      form, m, n, k, num_sms, c.block_n, best_bn);
         picked256 += c.block_m == 256;
+        picked_split += c.split_k == 2;
+        /* a one-wave choice the fullest-last-wave rule alone would not make */
+        remodelled += best[0] == 1 && (c.split_k == 2 || c.block_n != (int)best[4]);
         cr_assert_eq(c.split_k, best_split, "form %d m=%lld n=%lld k=%lld sms=%d", form, m, n, k,
                      num_sms);
         cr_assert_eq(c.stages, best_stages);
@@ -764,6 +795,8 @@ Test(gemm_fast_heuristic, follows_the_documented_rule) {
         cr_assert_eq(c.threads, c.block_m == 64 ? 256 : 384);
     }
     cr_assert_gt(picked256, 100, "the random shapes reach BLOCK_M 256 (%d)", picked256);
+    cr_assert_gt(picked_split, 100, "the random shapes reach split-K (%d)", picked_split);
+    cr_assert_gt(remodelled, 100, "the cost model moves one-wave choices (%d)", remodelled);
 }
 
 Test(gemm_fast_heuristic, choices_for_the_deepseek_v3_shapes_on_132_sms) {
@@ -772,19 +805,22 @@ Test(gemm_fast_heuristic, choices_for_the_deepseek_v3_shapes_on_132_sms) {
      * wave; the simple rung's tiles and waves beside). */
     static const long long table[][10] = {
         /* normal, M = 64 */
-        {0, 64, 2112, 7168, 1, 64, 16, 16, 1, 1},   /* 132 tiles, 1 wave, full (simple: same) */
+        /* one wave, re-ranked by the cost model: 64x48 split-K 2, 88 CTAs, 6464 modelled
+         * cycles (HBM floor 6103) against the fullest wave's 64x16, 132 CTAs: 12320 (each
+         * CTA streams all of A for 16 columns: L2-bound) */
+        {0, 64, 2112, 7168, 1, 64, 48, 14, 2, 2},
         {0, 64, 24576, 1536, 1, 64, 96, 10, 1, 1},  /* 256, 2 waves, last 124 (simple 192, last 60) */
         {0, 64, 32768, 512, 1, 64, 128, 8, 1, 1},   /* 256, 2, 124 */
         {0, 64, 7168, 16384, 1, 64, 112, 8, 2, 2}, /* split-K: 64 tiles x 2 = 128 CTAs (unsplit 112) */
-        {0, 64, 4096, 7168, 1, 64, 32, 16, 1, 1},   /* 128, 1 */
+        {0, 64, 4096, 7168, 1, 64, 64, 12, 2, 2},   /* 128 CTAs: 11670 (the HBM floor) vs 64x32's 14336 */
         {0, 64, 7168, 2048, 1, 64, 112, 8, 2, 2},  /* split-K, 128 CTAs */
         {0, 64, 7168, 576, 1, 64, 64, 13, 1, 1},    /* 112, 1 */
         /* normal, M = 128 */
-        {0, 128, 2112, 7168, 1, 128, 16, 11, 1, 1},
+        {0, 128, 2112, 7168, 1, 128, 48, 8, 2, 2},   /* 88 CTAs: 10240 vs 128x16's 132: 22176 */
         {0, 128, 24576, 1536, 1, 128, 96, 7, 1, 1},
         {0, 128, 32768, 512, 1, 128, 128, 5, 1, 1},
         {0, 128, 7168, 16384, 1, 128, 112, 4, 2, 2}, /* split-K, 128 CTAs */
-        {0, 128, 4096, 7168, 1, 128, 32, 10, 1, 1},
+        {0, 128, 4096, 7168, 1, 128, 80, 6, 2, 2},   /* 104 CTAs: 13258 vs 128x32's 128: 23893 */
         {0, 128, 7168, 2048, 1, 128, 112, 4, 2, 2},  /* split-K, 128 CTAs */
         {0, 128, 7168, 576, 1, 128, 64, 8, 1, 1},
         /* normal, M = 4096: the non-power-of-two tiles cut the waves */
@@ -824,12 +860,12 @@ Test(gemm_fast_heuristic, choices_for_the_deepseek_v3_shapes_on_132_sms) {
         {2, 20, 7168, 2048, 6, 64, 112, 9, 1, 1},     /* 384, 3, last 120 (simple 336, last 72) */
         /* HEAD's lists: normal M = 1 and (N, K) = (576, 7168); contiguous (G, M) in
          * {(4, 8192), (8, 4096)} x (N, K) in {(6144,7168), (7168,3072), (4096,4096), (4096,2048)} */
-        {0, 1, 2112, 7168, 1, 64, 16, 16, 1, 1},      /* 132 tiles, full wave */
+        {0, 1, 2112, 7168, 1, 64, 48, 14, 2, 2},      /* as M = 64: 6464 vs 12320 */
         {0, 1, 576, 7168, 1, 64, 16, 16, 2, 2},       /* split-K: 36 tiles -> 72 CTAs */
         {0, 1, 24576, 1536, 1, 64, 96, 10, 1, 1},
         {0, 1, 32768, 512, 1, 64, 128, 8, 1, 1},
         {0, 1, 7168, 16384, 1, 64, 112, 8, 2, 2},
-        {0, 1, 4096, 7168, 1, 64, 32, 16, 1, 1},
+        {0, 1, 4096, 7168, 1, 64, 64, 12, 2, 2},      /* 11298 (HBM) vs 14336 */
         {0, 1, 7168, 2048, 1, 64, 112, 8, 2, 2},
         {0, 128, 576, 7168, 1, 128, 16, 11, 2, 2},    /* split-K: 72 CTAs */
         {0, 4096, 576, 7168, 1, 128, 144, 5, 1, 1},   /* 128 tiles, 1 wave (simple 160, 2 waves) */
@@ -856,9 +892,17 @@ Test(gemm_fast_heuristic, choices_for_the_deepseek_v3_shapes_on_132_sms) {
         cr_assert_leq(c.waves, s.waves, "shape %zu", i);
         if (c.cluster == 2 && c.split_k == 1)
             cr_assert_eq(cdiv(t[2], c.block_n) % 2, 0, "multicast only without phantoms");
-        if (c.split_k == 2)
-            cr_assert(2 * c.tiles <= 132 && 2 * c.tiles > s.tiles, "shape %zu: split-K busies more SMs",
-                      i);
+        if (c.waves == 1 && s.waves == 1) {
+            /* one wave: the simple rung's choice (the fullest last wave, the
+             * old rule's kind of pick) never models faster than the choice */
+            const long long kb = cdiv(t[3], 128);
+            const long long hbm = dinf__fp8_hbm_cycles((int)t[0], t[1], t[2], t[3], t[4]);
+            const long long mine = dinf__fp8_one_wave_cycles(c.block_m, c.block_n, c.split_k, kb,
+                                                             c.split_k * c.tiles, hbm);
+            cr_assert_leq(mine, dinf__fp8_one_wave_cycles(s.block_m, s.block_n, 1, kb, s.tiles, hbm),
+                          "shape %zu", i);
+            cr_assert_leq(c.split_k * c.tiles, 132, "shape %zu", i);
+        }
     }
 }
 

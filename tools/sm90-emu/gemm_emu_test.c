@@ -72,6 +72,9 @@ static const gemm_case cases[] = {
     {"fast_normal_bn96_c1", NORMAL, 150, 200, 300, 1, 16, 0, 8, 3, 128, 96, 3, 0, {0}, 1, 1, 1},
     {"fast_normal_bn64_c2", NORMAL, 200, 200, 400, 1, 0, 16, 0, 4, 128, 64, 2, 0, {0}, 1, 2, 1},
     {"fast_normal_bn48_split", NORMAL, 100, 150, 1100, 1, 0, 0, 8, 4, 128, 48, 2, 0, {0}, 1, 2, 2},
+    /* the one-wave picks of the cost model at M = 64 and 128 (64x48, 128x80 split-K 2) */
+    {"fast_normal_bm64_bn48_split", NORMAL, 60, 150, 1100, 1, 16, 0, 8, 4, 64, 48, 3, 0, {0}, 1, 2, 2},
+    {"fast_normal_bn80_split", NORMAL, 130, 170, 900, 1, 0, 16, 0, 6, 128, 80, 2, 0, {0}, 1, 2, 2},
     {"fast_masked_bn160_c2", MASKED, 100, 300, 256, 2, 0, 0, 0, 4, 64, 160, 2, 60, {100, 37}, 1, 2, 1},
     {"fast_contig_bn112_c1", CONTIG, 384, 230, 200, 2, 0, 0, 8, 3, 128, 112, 2, 0, {1, -1, 0}, 1, 1, 1},
     {"fast_masked_bn80_c1", MASKED, 70, 90, 300, 3, 0, 16, 0, 2, 64, 80, 3, 40, {70, 0, 9}, 1, 1, 1},
