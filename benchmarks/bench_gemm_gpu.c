@@ -33,14 +33,14 @@
  * fast-rung calls per timed iteration, time per call, with programmatic
  * dependent launch on (the default) and off (DINF_FP8_GEMM_PDL=0): the A/B
  * of the overlap of each call's prologue with the previous call's tail.
- * Forced-tile rows gemm/gpu/tile_<BM>x<BN>_c<cluster>[_s2]/... (the fast
- * rung with a forced config through the library's internal launch, stages
- * as many as fit; _s2: split-K 2): for the normal m = 4096 shapes the wave
+ * Forced-tile rows gemm/gpu/tile_<BM>x<BN>_c<cluster>[_s<split>]/... (the
+ * fast rung with a forced config through the library's internal launch,
+ * stages as many as fit; _s<split>: split-K): for the normal m = 4096 shapes the wave
  * model's neighbours (128x160, 128x128, 256x128, 256x112, all with the 2-CTA
  * A multicast); for m = 64 and 128 at n = 2112 and 4096 (k = 7168), where
- * the one-wave cost model replaced the fullest-last-wave pick, that old pick
- * (unsplit) and a split-K 2 neighbour. One run shows whether each model
- * picks the fastest tile.
+ * the one-wave cost model replaced the fullest-last-wave pick (with split-K
+ * 3 or 4 on 132 SMs), that old pick (unsplit) and the model's best with at
+ * most split-K 2. One run shows whether each model picks the fastest tile.
  *
  * Physical floor: the row's counter floor_us = max(FLOPs / 1979 TFLOP/s
  * (H200 dense FP8, datasheet), bytes / 4.8 TB/s (HBM3e, datasheet)); the
@@ -464,18 +464,21 @@ static const tile_alt tile_alternatives[] = {
     /* m = 4096: the wave model's neighbours, all with the A multicast */
     {4096, 0, 128, 160, 2, 1}, {4096, 0, 128, 128, 2, 1},
     {4096, 0, 256, 128, 2, 1}, {4096, 0, 256, 112, 2, 1},
-    /* one-wave small-M shapes the cost model re-ranks: the fullest-last-wave
-     * pick it replaced (unsplit, 1 CTA) and a split-K 2 neighbour */
-    {64, 2112, 64, 16, 1, 1},    {64, 2112, 64, 32, 2, 2},
-    {64, 4096, 64, 32, 1, 1},    {64, 4096, 64, 128, 2, 2},
-    {128, 2112, 128, 16, 1, 1},  {128, 2112, 128, 32, 2, 2},
-    {128, 4096, 128, 32, 1, 1},  {128, 4096, 128, 64, 2, 2},
+    /* one-wave small-M shapes the cost model re-ranks (it picks split-K 3
+     * or 4 there on 132 SMs): the fullest-last-wave pick it replaced
+     * (unsplit, 1 CTA) and the model's best with at most split-K 2 */
+    {64, 2112, 64, 16, 1, 1},    {64, 2112, 64, 48, 2, 2},
+    {64, 4096, 64, 32, 1, 1},    {64, 4096, 64, 64, 2, 2},
+    {128, 2112, 128, 16, 1, 1},  {128, 2112, 128, 48, 2, 2},
+    {128, 4096, 128, 32, 1, 1},  {128, 4096, 128, 80, 2, 2},
 };
 #define NUM_TILE_ALTS (sizeof tile_alternatives / sizeof tile_alternatives[0])
 
 static void tile_name(const char *shape, const tile_alt *t, char name[160]) {
-    snprintf(name, 160, "gemm/gpu/tile_%dx%d_c%d%s/%s", t->bm, t->bn, t->cluster,
-             t->split > 1 ? "_s2" : "", shape);
+    char split[16] = "";
+    if (t->split > 1)
+        snprintf(split, sizeof split, "_s%d", t->split);
+    snprintf(name, 160, "gemm/gpu/tile_%dx%d_c%d%s/%s", t->bm, t->bn, t->cluster, split, shape);
 }
 /* Whether forced-tile row i belongs to a shape. */
 static int tile_row_of(size_t i, int form, int64_t m, int64_t n, int64_t k) {
@@ -541,13 +544,13 @@ static void add_tile_rows(gpu_case *c, const char *shape, const dinf_jit_kernel_
         const long long ctas = tiles * t->config.split_k;
         snprintf(t->label, sizeof t->label,
                  "deepinfra fast rung, forced %dx%d, %d stages, %s (%lld CTAs of work, "
-                 "%.2f waves on %d SMs; the heuristic picks %lldx%lld%s)",
+                 "%.2f waves on %d SMs; the heuristic picks %lldx%lld, split-K %lld)",
                  t->config.block_m, t->config.block_n, t->config.stages,
-                 t->config.split_k > 1     ? "split-K 2"
+                 t->config.split_k > 1     ? "split-K"
                  : t->config.cluster > 1 ? "2-CTA A multicast"
                                          : "1 CTA",
                  ctas, (double)ctas / g.num_sms, g.num_sms, (long long)picked->params[1],
-                 (long long)picked->params[2], picked->params[5] == 2 ? " split-K 2" : "");
+                 (long long)picked->params[2], (long long)picked->params[5]);
         /* First call untimed (JIT compile); a failure is reported here. */
         if (run_tile_once(t) != DINF_STATUS_OK || cudaStreamSynchronize(g.stream) != cudaSuccess) {
             fprintf(stderr, "%s: %s\n", t->name, dinf_last_error());
@@ -653,19 +656,23 @@ static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) 
     }
     dinf_jit_kernel_config kc = DINF_JIT_KERNEL_CONFIG_INIT;
     const int64_t hint_rows = form == CONTIGUOUS ? m * groups : m;
+    /* num_sms 0: the device's own description (its cluster slots), as the GPU path */
     const int have_kc =
-        dinf_fp8_gemm_kernel_config(form, hint_rows, n, k, groups, g.num_sms, &kc) == DINF_STATUS_OK;
+        dinf_fp8_gemm_kernel_config(form, hint_rows, n, k, groups, 0, &kc) == DINF_STATUS_OK;
     if (have_kc)
         add_tile_rows(c, shape, &kc);
-    if (have_kc)
+    if (have_kc) {
+        char mode[32];
+        if (kc.params[5] > 1)
+            snprintf(mode, sizeof mode, "split-K %lld", (long long)kc.params[5]);
+        else
+            snprintf(mode, sizeof mode, "%s", kc.params[4] == 2 ? "2-CTA A multicast" : "1 CTA");
         snprintf(c->label, sizeof c->label,
                  "deepinfra fast rung (JIT sm_90a, %lldx%lld, %lld stages, %s)",
-                 (long long)kc.params[1], (long long)kc.params[2], (long long)kc.params[3],
-                 kc.params[5] == 2   ? "split-K 2"
-                 : kc.params[4] == 2 ? "2-CTA A multicast"
-                                     : "1 CTA");
-    else
+                 (long long)kc.params[1], (long long)kc.params[2], (long long)kc.params[3], mode);
+    } else {
         snprintf(c->label, sizeof c->label, "deepinfra fast rung (JIT, sm_90a)");
+    }
     bench_spec spec = {.name = c->name, .run = run_case, .arg = c, .manual_time = 1,
                        .flops = flops, .bytes = bytes, .label = c->label,
                        .unit = "us", .iterations = 30};

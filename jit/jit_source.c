@@ -15,10 +15,10 @@ static const dinf__jit_template templates[] = {
     {"fp8_gemm", "fp8_gemm.cuh", "dinf_jit::fp8_gemm", 4,
      {{"GEMM_TYPE", 0, 2}, {"BLOCK_M", 64, 128}, {"BLOCK_N", 16, 128}, {"NUM_STAGES", 1, 16}}},
     /* Its fast rung (fp8_gemm_fast.cuh): TMA-store epilogue, setmaxnreg, 2-CTA
-     * multicast or split-K. */
+     * multicast or split-K over clusters of 2..4. */
     {"fp8_gemm_fast", "fp8_gemm_fast.cuh", "dinf_jit::fp8_gemm_fast", 6,
      {{"GEMM_TYPE", 0, 2}, {"BLOCK_M", 64, 256}, {"BLOCK_N", 16, 160}, {"NUM_STAGES", 1, 16},
-      {"CLUSTER", 1, 2}, {"SPLIT_K", 1, 2}}},
+      {"CLUSTER", 1, 4}, {"SPLIT_K", 1, 4}}},
     /* The float32 reference GEMM of the GPU tests and benchmarks (f32_gemm_ref.cuh). */
     {"f32_gemm_nt_ref", "f32_gemm_ref.cuh", "dinf_jit::f32_gemm_nt_ref", 1, {{"TILE", 16, 32}}},
 };

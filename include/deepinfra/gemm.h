@@ -50,11 +50,13 @@
  * block_n up to 160, 256-row tiles for large normal and masked problems
  * (two 64-row wgmma waves per math warpgroup; same bits as 128-row tiles),
  * 2-CTA clusters that multicast A or, for one-wave
- * problems, split K in two and add the halves in a fixed order) and the
+ * problems, clusters of 2 to 4 CTAs that split K and add their float32
+ * partials in a fixed order) and the
  * simple reference kernel; the environment variable DINF_FP8_GEMM_KERNEL
  * ("fast" or unset, "simple") picks one at every call, anything else is
  * DINF_STATUS_INVALID_ARGUMENT. Both are deterministic; a split-K result may
- * differ from the unsplit sum by one bf16 unit in the last place. Every buffer is device memory of
+ * differ from the unsplit sum in the last bf16 place (the same float32
+ * partials, added in another order). Every buffer is device memory of
  * exec->device (exec->stream, when not NULL, must belong to that device:
  * else DINF_STATUS_INVALID_ARGUMENT); the call enqueues on exec->stream and
  * returns without synchronising. It is CUDA-graph capturable; a first call
@@ -198,11 +200,19 @@ typedef enum dinf_fp8_gemm_form {
  *   m          [IN]  rows: m (normal), m_sum (contiguous), expected_m (masked); >= 0
  *   n, k       [IN]  >= 1
  *   num_groups [IN]  >= 1 (1 for normal)
- *   num_sms    [IN]  streaming multiprocessors of the device (132 on H100/H200 SXM), >= 1
+ *   num_sms    [IN]  streaming multiprocessors of the device (132 on H100/H200 SXM), >= 1;
+ *                    or 0: the current CUDA device, as the GPU path sees it (its SM
+ *                    count and how many clusters of 2, 3 and 4 CTAs it holds at once;
+ *                    a positive count assumes its clusters pack every SM, which
+ *                    H100/H200 GPCs do for pairs but not always for the split-K
+ *                    clusters of 3 and 4 small-M shapes may get: pass 0 on the
+ *                    serving machine to precompile exactly what it will run)
  *   config     [OUT] caller-owned; written on success
  * Returns DINF_STATUS_OK or DINF_STATUS_INVALID_ARGUMENT (bad form, sizes,
- * NULL config, an unknown DINF_FP8_GEMM_KERNEL). Pure function: no device, no
- * JIT. Thread-safe.
+ * negative num_sms, NULL config, an unknown DINF_FP8_GEMM_KERNEL); with
+ * num_sms 0 also DINF_STATUS_UNSUPPORTED (no current CUDA device, not sm_90,
+ * or a build without CUDA). num_sms > 0: pure function, no device, no JIT;
+ * num_sms 0: queries the device once (cached). Thread-safe.
  */
 DINF_API dinf_status dinf_fp8_gemm_kernel_config(int32_t form, int64_t m, int64_t n, int64_t k,
                                                  int64_t num_groups, int32_t num_sms,

@@ -307,11 +307,15 @@ __device__ __forceinline__ void named_barrier_sync(uint32_t id, uint32_t threads
     asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
-/* 9.7.9.9 st.shared::cluster: store v to the float at shared::cluster
- * address cluster_addr (cluster_map_shared: another CTA's shared memory).
- * Weak store: publish it with a release (mbar_arrive_cluster). */
-__device__ __forceinline__ void st_cluster_f32(uint32_t cluster_addr, float v) {
-    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(cluster_addr), "f"(v) : "memory");
+/* 9.7.9.8 ld.shared::cluster: load the float at shared::cluster address
+ * cluster_addr (cluster_map_shared: another CTA's shared memory). Weak load:
+ * order it after the owner's stores with an acquire
+ * (mbar_wait_acquire_cluster on a barrier the owner arrived on with
+ * mbar_arrive_cluster). */
+__device__ __forceinline__ float ld_cluster_f32(uint32_t cluster_addr) {
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(cluster_addr) : "memory");
+    return v;
 }
 
 /* 9.7.13.15.16 mbarrier.try_wait.parity.acquire.cluster: as mbar_wait (wait

@@ -31,14 +31,18 @@
  *   CLUSTER     1, or 2: CTAs 2c and 2c+1 form a cluster that computes two
  *               N-adjacent tiles of one M-block and shares their A tile by
  *               TMA multicast (each CTA loads half of A's rows into both)
- *   SPLIT_K     1, or 2 (with CLUSTER 2, instead of the multicast): the two
- *               CTAs of a cluster compute the same tile over the two halves
- *               of its k blocks (dinf_fp8_split_k_range); rank 1 writes its
- *               float32 partial into rank 0's shared memory (st.shared::cluster,
- *               then a release arrive on rank 0's red_full mbarrier), rank 0
- *               adds it to its own (own + partner's: deterministic) and
- *               stores, then releases the buffer (a remote arrive on rank 1's
- *               red_empty). For small problems whose tiles leave SMs idle.
+ *   SPLIT_K     1, or 2..4 (with CLUSTER = SPLIT_K, no multicast): the
+ *               CTAs of a cluster compute the same tile over consecutive runs
+ *               of its k blocks (dinf_fp8_split_k_range). Every rank r > 0
+ *               waits until rank 0 has read its previous partial (its own
+ *               red_empty), writes its float32 totals into its own shared
+ *               buffer and arrives, releasing at cluster scope, on rank 0's
+ *               red_full; rank 0 waits there (acquire), reads the partials of
+ *               ranks 1, 2, ... in rank order through distributed shared
+ *               memory (ld.shared::cluster), adds each to its own (own + r1 +
+ *               r2 + ...: deterministic), arrives on every rank's red_empty
+ *               and stores. For one-wave problems (the heuristic's cost
+ *               model).
  *
  * Runtime params:
  *   map_a   as fp8_gemm.cuh, but box {128, BLOCK_M / 2, 1} with the multicast
@@ -121,9 +125,11 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
                   "fp8_gemm_fast: BLOCK_M 256 takes BLOCK_N <= 128 (registers) and no split-K");
     static_assert(dinf_fp8_fast_block_n_ok(BLOCK_N),
                   "fp8_gemm_fast: BLOCK_N must be a multiple of 16 in 16..128, or 144 or 160");
-    static_assert(CLUSTER == 1 || CLUSTER == 2, "fp8_gemm_fast: CLUSTER must be 1 or 2");
-    static_assert(SPLIT_K == 1 || (SPLIT_K == 2 && CLUSTER == 2),
-                  "fp8_gemm_fast: SPLIT_K must be 1, or 2 with CLUSTER = 2 (the partner)");
+    static_assert(SPLIT_K >= 1 && SPLIT_K <= DINF_FP8_FAST_MAX_SPLIT_K,
+                  "fp8_gemm_fast: SPLIT_K must be 1 .. 4");
+    static_assert(SPLIT_K == 1 ? (CLUSTER == 1 || CLUSTER == 2) : CLUSTER == SPLIT_K,
+                  "fp8_gemm_fast: CLUSTER must be 1 or 2 (A multicast) without split-K, and "
+                  "equal SPLIT_K with it");
     static_assert(NUM_STAGES >= 1 &&
                       DINF_FP8_FAST_SPLIT_SMEM_BYTES(BLOCK_M, BLOCK_N, NUM_STAGES, SPLIT_K) <=
                           DINF_FP8_SMEM_LIMIT,
@@ -138,8 +144,9 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
     constexpr int kSwizzleD = dinf_fp8_d_swizzle_bytes(BLOCK_N);
     constexpr int kStoresD = BLOCK_N * 2 / kSwizzleD;
     constexpr bool kOneScale = DINF_FP8_BLOCK_K % BLOCK_N == 0;
-    /* A cluster of 2 either shares A by multicast (SPLIT_K 1: N-adjacent tiles)
-     * or splits one tile's k blocks (SPLIT_K 2: no multicast, same tile). */
+    /* A cluster either shares A by multicast (CLUSTER 2, SPLIT_K 1: N-adjacent
+     * tiles) or splits one tile's k blocks (CLUSTER = SPLIT_K: no multicast,
+     * the same tile). */
     constexpr bool kMulticast = CLUSTER > 1 && SPLIT_K == 1;
     constexpr int kTileCluster = SPLIT_K > 1 ? 1 : CLUSTER;
     constexpr int kAHalfRows = BLOCK_M / (kMulticast ? CLUSTER : 1);
@@ -157,8 +164,8 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
                   "fp8_gemm_fast: the carve-up exceeds the dynamic shared memory size");
     uint8_t *d_tile = smem + lay.d;
     float *partial = reinterpret_cast<float *>(smem + kPartialOffset);
-    uint64_t *red_full = reinterpret_cast<uint64_t *>(smem + lay.end);      /* rank 0's */
-    uint64_t *red_empty = reinterpret_cast<uint64_t *>(smem + lay.end + 8); /* rank 1's */
+    uint64_t *red_full = reinterpret_cast<uint64_t *>(smem + lay.end);      /* used: rank 0's */
+    uint64_t *red_empty = reinterpret_cast<uint64_t *>(smem + lay.end + 8); /* used: ranks > 0 */
     uint8_t *a_tiles = smem + lay.a;
     uint8_t *b_tiles = smem + lay.b;
     float *sa_tiles = reinterpret_cast<float *>(smem + lay.sa);
@@ -177,8 +184,9 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
             mbar_init(&empty[s], (kMulticast ? CLUSTER : 1) * kMathWarpgroups * 4);
         }
         if (SPLIT_K > 1) {
-            mbar_init(red_full, kMathThreads);  /* the partner's partial has landed */
-            mbar_init(red_empty, kMathThreads); /* the leader has read it */
+            /* rank 0's: every math thread of ranks 1.. has published its partial */
+            mbar_init(red_full, (SPLIT_K - 1) * kMathThreads);
+            mbar_init(red_empty, kMathThreads); /* rank r's: rank 0 has read r's partial */
         }
         mbar_init_fence();
         /* The tensor maps are __grid_constant__ kernel parameters, not memory
@@ -401,28 +409,34 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
             }
 
             if (SPLIT_K > 1) {
-                /* Split-K reduction through distributed shared memory: rank 1
-                 * writes its partial into rank 0's buffer once rank 0 has read
-                 * the previous one; rank 0 adds it to its own and stores. */
+                /* Split-K reduction through distributed shared memory: ranks
+                 * 1.. publish their partials in their own buffers once rank 0
+                 * has read the previous ones; rank 0 adds them in rank order
+                 * to its own, releases the buffers and stores. */
                 const uint32_t phase = reductions & 1u;
                 reductions++;
-                if (rank == 1) {
+                if (rank != 0) {
                     mbar_wait_acquire_cluster(red_empty, phase ^ 1u);
-                    const uint32_t remote = cluster_map_shared(smem_u32(partial), 0);
 #pragma unroll
                     for (int i = 0; i < kAccum; i++)
-                        st_cluster_f32(remote + 4u * (uint32_t)dinf_fp8_split_slot(i, math_thread,
-                                                                                   kMathThreads),
-                                       total[0][i]);
+                        partial[dinf_fp8_split_slot(i, math_thread, kMathThreads)] = total[0][i];
                     mbar_arrive_cluster(cluster_map_shared(smem_u32(red_full), 0));
                     continue; /* rank 0 stores the tile */
                 }
                 mbar_wait_acquire_cluster(red_full, phase);
 #pragma unroll
-                for (int i = 0; i < kAccum; i++)
-                    total[0][i] =
-                        total[0][i] + partial[dinf_fp8_split_slot(i, math_thread, kMathThreads)];
-                mbar_arrive_cluster(cluster_map_shared(smem_u32(red_empty), 1));
+                for (int r = 1; r < SPLIT_K; r++) {
+                    const uint32_t remote = cluster_map_shared(smem_u32(partial), (uint32_t)r);
+#pragma unroll
+                    for (int i = 0; i < kAccum; i++)
+                        total[0][i] =
+                            total[0][i] +
+                            ld_cluster_f32(remote + 4u * (uint32_t)dinf_fp8_split_slot(
+                                                             i, math_thread, kMathThreads));
+                }
+#pragma unroll
+                for (int r = 1; r < SPLIT_K; r++)
+                    mbar_arrive_cluster(cluster_map_shared(smem_u32(red_empty), (uint32_t)r));
             }
 
             if (tile.phantom)

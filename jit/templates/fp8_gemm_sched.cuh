@@ -44,8 +44,10 @@
 #define DINF_FP8_FAST_SMEM_BYTES(block_m, block_n, stages)                                       \
     (DINF_FP8_SMEM_BYTES(block_m, block_n, stages) + (block_m) * (block_n) * 2)
 
-/* With split-K 2 (fp8_gemm_fast.cuh, SPLIT_K) also the partner's float32
- * partial tile (block_m x block_n x 4 bytes) and two reduction mbarriers. */
+/* With split-K (fp8_gemm_fast.cuh, SPLIT_K 2..4) also the CTA's float32
+ * partial tile (block_m x block_n x 4 bytes: ranks 1.. publish theirs in it
+ * for rank 0 to read) and two reduction mbarriers. */
+#define DINF_FP8_FAST_MAX_SPLIT_K 4
 #define DINF_FP8_FAST_SPLIT_SMEM_BYTES(block_m, block_n, stages, split_k)                        \
     (DINF_FP8_FAST_SMEM_BYTES(block_m, block_n, stages) +                                        \
      ((split_k) > 1 ? (block_m) * (block_n) * 4 + 16 : 0))
@@ -298,12 +300,12 @@ DINF_FP8_HD int dinf_fp8_tile_at(const dinf_fp8_gemm_args *a, int gemm_type, int
 }
 
 /*
- * Split-K (fast kernel, SPLIT_K = 2): the two CTAs of a cluster compute the
- * same tile over the two halves of the k blocks, rank r taking
- * [*begin, *end): rank 0 the first ceil(k_blocks / split) blocks, rank 1 the
- * rest (possibly none: its partial is then zero). Rank 0 adds rank 1's
- * float32 partial to its own (total = own + partner's, a fixed order: the
- * result is deterministic, not bit-equal to the unsplit sum) and stores.
+ * Split-K (fast kernel, SPLIT_K 2..4): the SPLIT_K CTAs of a cluster compute
+ * the same tile over consecutive runs of its k blocks, rank r taking
+ * [*begin, *end): ceil(k_blocks / split) blocks each from rank 0 on, the
+ * last ranks fewer or none (an empty run leaves a zero partial). Rank 0 adds
+ * the partials of ranks 1, 2, ... in that order to its own (a fixed order:
+ * the result is deterministic, not bit-equal to the unsplit sum) and stores.
  */
 DINF_FP8_HD void dinf_fp8_split_k_range(int k_blocks, int split, int rank, int *begin, int *end) {
     const int per = (k_blocks + split - 1) / split;

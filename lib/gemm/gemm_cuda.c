@@ -99,6 +99,13 @@ dinf_status dinf__fp8_gpu_check(const char *func, const dinf__fp8_gpu_problem *p
 
 void dinf__fp8_plan_config(const dinf__fp8_gpu_problem *p, int num_sms,
                            const dinf__fp8_config *config, dinf__fp8_launch_plan *plan) {
+    dinf__fp8_device dev;
+    dinf__fp8_device_ideal(num_sms, &dev);
+    dinf__fp8_plan_config_dev(p, &dev, config, plan);
+}
+
+void dinf__fp8_plan_config_dev(const dinf__fp8_gpu_problem *p, const dinf__fp8_device *dev,
+                               const dinf__fp8_config *config, dinf__fp8_launch_plan *plan) {
     memset(plan, 0, sizeof *plan);
     plan->config = *config;
     const dinf__fp8_config *cfg = &plan->config;
@@ -146,7 +153,10 @@ void dinf__fp8_plan_config(const dinf__fp8_gpu_problem *p, int num_sms,
      * v1.3: less L2 pressure, less clock drop); the grouped forms' bounds
      * count skipped and absent tiles, so they keep every slot. */
     const long long bound = dinf_fp8_unit_bound(args, p->gemm_type, multicast ? cfg->cluster : 1);
-    const long long slots = num_sms / cfg->cluster;
+    const int cluster_size = cfg->cluster >= 1 && cfg->cluster <= DINF_FP8_FAST_MAX_SPLIT_K
+                                 ? cfg->cluster
+                                 : 1;
+    const long long slots = dev->slots[cluster_size];
     long long clusters = bound < slots ? bound : slots;
     if (p->gemm_type == DINF_FP8_GEMM_NORMAL && cfg->kernel != DINF__FP8_KERNEL_SIMPLE &&
         clusters > 0) {
@@ -158,10 +168,17 @@ void dinf__fp8_plan_config(const dinf__fp8_gpu_problem *p, int num_sms,
 
 void dinf__fp8_plan(const dinf__fp8_gpu_problem *p, int num_sms, int kernel,
                     dinf__fp8_launch_plan *plan) {
+    dinf__fp8_device dev;
+    dinf__fp8_device_ideal(num_sms, &dev);
+    dinf__fp8_plan_dev(p, &dev, kernel, plan);
+}
+
+void dinf__fp8_plan_dev(const dinf__fp8_gpu_problem *p, const dinf__fp8_device *dev, int kernel,
+                        dinf__fp8_launch_plan *plan) {
     const int64_t hint = p->gemm_type == DINF_FP8_GEMM_MASKED ? p->expected_m : p->m;
     const dinf__fp8_config c =
-        dinf__fp8_choose(kernel, p->gemm_type, hint, p->n, p->k, p->num_groups, num_sms);
-    dinf__fp8_plan_config(p, num_sms, &c, plan);
+        dinf__fp8_choose_dev(kernel, p->gemm_type, hint, p->n, p->k, p->num_groups, dev);
+    dinf__fp8_plan_config_dev(p, dev, &c, plan);
 }
 
 #if DINF_WITH_CUDA
@@ -260,6 +277,63 @@ static dinf_status check_device(const char *func, int device, int *num_sms) {
                           "device %d is sm_%d%d: the FP8 GEMM kernels need sm_90 (Hopper); "
                           "DINF_EXEC_CPU computes the same GEMM on the CPU",
                           device, major, minor);
+    return DINF_STATUS_OK;
+}
+
+/* kernels/core/cluster_slots.cu: clusters of `cluster` CTAs the current
+ * device holds at once, one CTA per SM. */
+cudaError_t dinf__cuda_cluster_slots(int cluster, int *slots);
+
+dinf_status dinf__fp8_device_query(const char *func, int device, dinf__fp8_device *dev) {
+    enum { CACHED = 64 };
+    static struct {
+        int device;
+        dinf__fp8_device dev;
+    } cache[CACHED];
+    static int used;
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    int num_sms = 0;
+    if (device < 0) {
+        const cudaError_t err = cudaGetDevice(&device);
+        if (err != cudaSuccess) {
+            cudaGetLastError();
+            return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "no current CUDA device: %s",
+                              cudaGetErrorString(err));
+        }
+    }
+    dinf_status st = check_device(func, device, &num_sms);
+    if (st != DINF_STATUS_OK)
+        return st;
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < used; i++)
+        if (cache[i].device == device && cache[i].dev.num_sms == num_sms) {
+            *dev = cache[i].dev;
+            pthread_mutex_unlock(&lock);
+            return DINF_STATUS_OK;
+        }
+    pthread_mutex_unlock(&lock);
+    dinf__fp8_device_ideal(num_sms, dev);
+    dinf__cuda_guard guard;
+    if (dinf__cuda_guard_enter(&guard, device) == cudaSuccess) {
+        for (int c = 2; c <= DINF_FP8_FAST_MAX_SPLIT_K; c++) {
+            int slots = 0;
+            if (dinf__cuda_cluster_slots(c, &slots) == cudaSuccess && slots > 0 &&
+                slots <= dev->slots[c])
+                dev->slots[c] = slots;
+            else /* not the caller's failure: plan as if the GPCs packed fully */
+                cudaGetLastError();
+        }
+        dinf__cuda_guard_leave(&guard);
+    } else {
+        cudaGetLastError();
+    }
+    pthread_mutex_lock(&lock);
+    if (used < CACHED) {
+        cache[used].device = device;
+        cache[used].dev = *dev;
+        used++;
+    }
+    pthread_mutex_unlock(&lock);
     return DINF_STATUS_OK;
 }
 
@@ -382,8 +456,8 @@ dinf_status dinf__fp8_gemm_cuda(const char *func, const dinf__place *place,
 dinf_status dinf__fp8_gemm_cuda_config(const char *func, const dinf__place *place,
                                        const dinf__fp8_gpu_problem *p,
                                        const dinf__fp8_config *forced) {
-    int num_sms = 0;
-    dinf_status st = check_device(func, place->device, &num_sms);
+    dinf__fp8_device dev;
+    dinf_status st = dinf__fp8_device_query(func, place->device, &dev);
     if (st != DINF_STATUS_OK)
         return st;
     if ((st = dinf__fp8_gpu_check(func, p)) != DINF_STATUS_OK)
@@ -401,12 +475,12 @@ dinf_status dinf__fp8_gemm_cuda_config(const char *func, const dinf__place *plac
         return st;
     dinf__fp8_launch_plan plan;
     if (forced) {
-        dinf__fp8_plan_config(p, num_sms, forced, &plan);
+        dinf__fp8_plan_config_dev(p, &dev, forced, &plan);
     } else {
         int kernel_rung;
         if ((st = dinf__fp8_kernel_from_env(func, &kernel_rung)) != DINF_STATUS_OK)
             return st;
-        dinf__fp8_plan(p, num_sms, kernel_rung, &plan);
+        dinf__fp8_plan_dev(p, &dev, kernel_rung, &plan);
     }
     /* Everything from here runs on the target device: the JIT load, the
      * tensor-map encodes, the occupancy query and the launch. */
@@ -422,6 +496,12 @@ dinf_status dinf__fp8_gemm_cuda_config(const char *func, const dinf__place *plac
 }
 
 #else /* CPU-only build: dinf__place_resolve already refuses DINF_EXEC_CUDA */
+
+dinf_status dinf__fp8_device_query(const char *func, int device, dinf__fp8_device *dev) {
+    (void)device;
+    memset(dev, 0, sizeof *dev);
+    return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "libdeepinfra was built without CUDA");
+}
 
 dinf_status dinf__fp8_gemm_cuda(const char *func, const dinf__place *place,
                                 const dinf__fp8_gpu_problem *p) {

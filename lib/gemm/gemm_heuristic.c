@@ -150,12 +150,25 @@ static void search_block_n(int block_m, int max_bn, int64_t m, int64_t n, long l
     }
 }
 
+void dinf__fp8_device_ideal(int num_sms, dinf__fp8_device *dev) {
+    memset(dev, 0, sizeof *dev);
+    dev->num_sms = num_sms < 1 ? 1 : num_sms;
+    for (int c = 1; c <= DINF_FP8_FAST_MAX_SPLIT_K; c++)
+        dev->slots[c] = dev->num_sms / c;
+}
+
 dinf__fp8_config dinf__fp8_heuristic(int gemm_type, int64_t m, int64_t n, int64_t k,
                                      int64_t num_groups, int num_sms) {
+    dinf__fp8_device dev;
+    dinf__fp8_device_ideal(num_sms, &dev);
+    return dinf__fp8_heuristic_dev(gemm_type, m, n, k, num_groups, &dev);
+}
+
+dinf__fp8_config dinf__fp8_heuristic_dev(int gemm_type, int64_t m, int64_t n, int64_t k,
+                                         int64_t num_groups, const dinf__fp8_device *dev) {
     if (m < 1)
         m = 1;
-    if (num_sms < 1)
-        num_sms = 1;
+    const int num_sms = dev->num_sms < 1 ? 1 : dev->num_sms;
     dinf__fp8_config best;
     memset(&best, 0, sizeof best);
     best.kernel = DINF__FP8_KERNEL_FAST;
@@ -166,20 +179,22 @@ dinf__fp8_config dinf__fp8_heuristic(int gemm_type, int64_t m, int64_t n, int64_
                    m, n, groups, num_sms, &best);
     best.split_k = 1;
     /* A one-wave problem: re-rank every one-wave candidate, unsplit or
-     * split-K 2, by its modelled time (dinf__fp8_one_wave_cycles). */
+     * split-K 2..4, by its modelled time (dinf__fp8_one_wave_cycles). */
     const long long k_blocks = ceil_div_ll(k < 1 ? 1 : k, DINF_FP8_BLOCK_K);
     if (best.waves == 1) {
         const long long m_blocks = ceil_div_ll(m, best.block_m);
         const long long hbm = dinf__fp8_hbm_cycles(gemm_type, m, n, k, num_groups);
         long long b_cycles = 0, b_ctas = 0;
         int found = 0;
-        for (int split = 1; split <= 2; split++) {
-            if (split == 2 && (num_sms % 2 != 0 || k_blocks < SPLIT_K_MIN_K_BLOCKS))
+        for (int split = 1; split <= DINF_FP8_FAST_MAX_SPLIT_K; split++) {
+            if (split > 1 && k_blocks < SPLIT_K_MIN_K_BLOCKS)
                 break;
+            /* one wave: a unit per resident cluster at most (unsplit: per SM) */
+            const long long slots = split == 1 ? num_sms : dev->slots[split];
             for (size_t i = 0; i < sizeof fast_block_n / sizeof fast_block_n[0]; i++) {
                 const int bn = fast_block_n[i];
                 const long long tiles = m_blocks * ceil_div_ll(n, bn) * groups;
-                if (tiles > num_sms / split)
+                if (tiles > slots)
                     continue;
                 const long long ctas = split * tiles;
                 const long long cycles =
@@ -232,9 +247,16 @@ dinf__fp8_config dinf__fp8_heuristic(int gemm_type, int64_t m, int64_t n, int64_
 
 dinf__fp8_config dinf__fp8_choose(int kernel, int gemm_type, int64_t m, int64_t n, int64_t k,
                                   int64_t num_groups, int num_sms) {
+    dinf__fp8_device dev;
+    dinf__fp8_device_ideal(num_sms, &dev);
+    return dinf__fp8_choose_dev(kernel, gemm_type, m, n, k, num_groups, &dev);
+}
+
+dinf__fp8_config dinf__fp8_choose_dev(int kernel, int gemm_type, int64_t m, int64_t n, int64_t k,
+                                      int64_t num_groups, const dinf__fp8_device *dev) {
     return kernel == DINF__FP8_KERNEL_SIMPLE
-               ? dinf__fp8_heuristic_simple(gemm_type, m, n, k, num_groups, num_sms)
-               : dinf__fp8_heuristic(gemm_type, m, n, k, num_groups, num_sms);
+               ? dinf__fp8_heuristic_simple(gemm_type, m, n, k, num_groups, dev->num_sms)
+               : dinf__fp8_heuristic_dev(gemm_type, m, n, k, num_groups, dev);
 }
 
 dinf_status dinf__fp8_kernel_from_env(const char *func, int *kernel) {
@@ -298,15 +320,23 @@ DINF_API dinf_status dinf_fp8_gemm_kernel_config(int32_t form, int64_t m, int64_
     if (num_groups < 1)
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_groups=%lld must be >= 1",
                          (long long)num_groups);
-    if (num_sms < 1)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_sms=%d must be >= 1", (int)num_sms);
+    if (num_sms < 0)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "num_sms=%d must be >= 1, or 0 for the current CUDA device", (int)num_sms);
     if (!config)
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "config is NULL");
     int kernel;
     dinf_status st = dinf__fp8_kernel_from_env(func, &kernel);
     if (st != DINF_STATUS_OK)
         return st;
-    const dinf__fp8_config c = dinf__fp8_choose(kernel, form, m, n, k, num_groups, num_sms);
+    dinf__fp8_device dev;
+    if (num_sms > 0) {
+        dinf__fp8_device_ideal(num_sms, &dev);
+    } else {
+        if ((st = dinf__fp8_device_query(func, -1, &dev)) != DINF_STATUS_OK)
+            return st;
+    }
+    const dinf__fp8_config c = dinf__fp8_choose_dev(kernel, form, m, n, k, num_groups, &dev);
     dinf__fp8_jit_config(&c, config);
     return DINF_STATUS_OK;
 }

@@ -19,6 +19,28 @@
 #define DINF__FP8_KERNEL_FAST 0   /* fp8_gemm_fast.cuh (the default) */
 #define DINF__FP8_KERNEL_SIMPLE 1 /* fp8_gemm.cuh, the reference rung */
 
+/* What the heuristic and the plan know of the device: its SM count and how
+ * many clusters of c CTAs (c = 1 .. DINF_FP8_FAST_MAX_SPLIT_K; slots[0]
+ * unused) it holds at once, one CTA per SM. A cluster lives in one GPC, so
+ * clusters of 3 and 4 may not pack all SMs (a 132-SM H100/H200 holds 66
+ * pairs but, depending on its GPCs, fewer than 33 fours). */
+typedef struct dinf__fp8_device {
+    int num_sms;
+    int slots[DINF_FP8_FAST_MAX_SPLIT_K + 1];
+} dinf__fp8_device;
+
+/* A device of num_sms SMs (< 1 counts as 1) whose GPCs pack every cluster
+ * size fully: slots[c] = num_sms / c. */
+void dinf__fp8_device_ideal(int num_sms, dinf__fp8_device *dev);
+
+/* The CUDA device `device` (-1: the current one) as the GPU path sees it
+ * (cached per device and SM count):
+ * UNSUPPORTED / INVALID_ARGUMENT as the GPU path's device check (not sm_90,
+ * no such device); slots from cudaOccupancyMaxActiveClusters
+ * (kernels/core/cluster_slots.cu), the ideal count where the query fails.
+ * CPU-only build: UNSUPPORTED. */
+dinf_status dinf__fp8_device_query(const char *func, int device, dinf__fp8_device *dev);
+
 /* One kernel choice: the template constants and the launch shape. */
 typedef struct dinf__fp8_config {
     int kernel;      /* DINF__FP8_KERNEL_FAST or _SIMPLE */
@@ -26,8 +48,9 @@ typedef struct dinf__fp8_config {
     int block_m;     /* 64 or 128; fast rung also 256 (normal / masked, block_n <= 128, split_k 1) */
     int block_n;     /* simple: 16, 32, 64, 128; fast: dinf_fp8_fast_block_n_ok */
     int stages;      /* pipeline depth */
-    int cluster;     /* CTAs per cluster: 1, or 2 (fast only: A multicast or split-K) */
-    int split_k;     /* 1, or 2 (fast only, cluster 2: the pair splits each tile's k blocks) */
+    int cluster;     /* CTAs per cluster: 1, 2 (fast only: A multicast), or split_k */
+    int split_k;     /* 1, or 2..4 (fast only, cluster = split_k: the cluster splits each
+                        tile's k blocks) */
     int threads;     /* dinf_fp8_threads(block_m): 256 (block_m 64) or 384 */
     int smem_bytes;  /* DINF_FP8_SMEM_BYTES / DINF_FP8_FAST_SPLIT_SMEM_BYTES */
     long long tiles; /* output tiles of the problem as the heuristic saw it */
@@ -52,10 +75,10 @@ typedef struct dinf__fp8_config {
  *   one wave: when that choice is a single wave, every one-wave candidate
  *             is re-ranked by its modelled time (dinf__fp8_one_wave_cycles):
  *             each block_n unsplit (tiles <= num_sms, cluster 1) and, when
- *             num_sms is even and k has at least 8 blocks of 128, with
- *             split-K 2 (cluster 2, 2 * tiles <= num_sms); the fewest
- *             modelled cycles win, then more CTAs, then no split, then more
- *             stages, then the smaller block_n. (The fullest-last-wave rule
+ *             k has at least 8 blocks of 128, with split-K s = 2, 3, 4
+ *             (cluster s, tiles <= the device's slots for clusters of s);
+ *             the fewest modelled cycles win, then more CTAs, then the
+ *             smaller split, then more stages, then the smaller block_n. (The fullest-last-wave rule
  *             alone picks block_n 16 for N = 2112 at M <= 128: every CTA then
  *             streams all of A for a 16-column tile, and the SMs load 4-8x
  *             the bytes of B from L2.)
@@ -71,10 +94,14 @@ typedef struct dinf__fp8_config {
  *             rows only: a 256-row tile could span two groups).
  * m: rows per group (normal m; contiguous m_sum, num_groups ignored for the
  * tile count; masked expected_m, with num_groups groups). Sizes > 0 except m
- * (0 counts as 1). Pure function, no device needed.
+ * (0 counts as 1). Pure function, no device needed: dinf__fp8_heuristic
+ * assumes fully packed clusters (dinf__fp8_device_ideal), _dev takes the
+ * device's slots.
  */
 dinf__fp8_config dinf__fp8_heuristic(int gemm_type, int64_t m, int64_t n, int64_t k,
                                      int64_t num_groups, int num_sms);
+dinf__fp8_config dinf__fp8_heuristic_dev(int gemm_type, int64_t m, int64_t n, int64_t k,
+                                         int64_t num_groups, const dinf__fp8_device *dev);
 
 /*
  * The cost model of the one-wave choice, in SM clock cycles (constants: the
@@ -123,9 +150,11 @@ dinf_status dinf__fp8_kernel_from_env(const char *func, int *kernel);
  * naming the value (*pdl = 1). Read at every GPU call (an A/B switch). */
 dinf_status dinf__fp8_pdl_from_env(const char *func, int *pdl);
 
-/* The heuristic of a rung. */
+/* The heuristic of a rung (ideal cluster packing; _dev: the device's). */
 dinf__fp8_config dinf__fp8_choose(int kernel, int gemm_type, int64_t m, int64_t n, int64_t k,
                                   int64_t num_groups, int num_sms);
+dinf__fp8_config dinf__fp8_choose_dev(int kernel, int gemm_type, int64_t m, int64_t n, int64_t k,
+                                      int64_t num_groups, const dinf__fp8_device *dev);
 
 /* The JIT config of a choice: template "fp8_gemm_fast" {GEMM_TYPE, BLOCK_M,
  * BLOCK_N, NUM_STAGES, CLUSTER, SPLIT_K} or "fp8_gemm" {GEMM_TYPE, BLOCK_M,
@@ -177,18 +206,22 @@ typedef struct dinf__fp8_launch_plan {
     dinf_fp8_gemm_args args;
     dinf__fp8_tensor_map_geometry map_a, map_b, map_sa;
     dinf__fp8_tensor_map_geometry map_d; /* fast rung only (TMA-store epilogue) */
-    unsigned grid; /* persistent CTAs: cluster * min(num_sms / cluster, unit bound) */
+    unsigned grid; /* persistent CTAs: cluster * min(slots[cluster], unit bound) */
 } dinf__fp8_launch_plan;
 
-/* Plan a checked, non-empty problem for a device with num_sms SMs on rung
- * `kernel` (pure). */
+/* Plan a checked, non-empty problem for a device with num_sms SMs (ideal
+ * cluster packing; _dev: the device's slots) on rung `kernel` (pure). */
 void dinf__fp8_plan(const dinf__fp8_gpu_problem *p, int num_sms, int kernel,
                     dinf__fp8_launch_plan *plan);
+void dinf__fp8_plan_dev(const dinf__fp8_gpu_problem *p, const dinf__fp8_device *dev, int kernel,
+                        dinf__fp8_launch_plan *plan);
 
 /* Plan with a given config (tests force configs the heuristic would not pick:
  * phantom partners, every block_n). */
 void dinf__fp8_plan_config(const dinf__fp8_gpu_problem *p, int num_sms,
                            const dinf__fp8_config *config, dinf__fp8_launch_plan *plan);
+void dinf__fp8_plan_config_dev(const dinf__fp8_gpu_problem *p, const dinf__fp8_device *dev,
+                               const dinf__fp8_config *config, dinf__fp8_launch_plan *plan);
 
 /* Run p on place (DINF_EXEC_CUDA): device check (sm_90, else UNSUPPORTED),
  * dinf__fp8_gpu_check, heuristic, JIT, tensor maps, launch on place->stream.

@@ -278,15 +278,22 @@ Test(gemm_fast_sched, shared_memory_carve_up_with_the_output_tile) {
 }
 
 Test(gemm_fast_sched, split_k_ranges_partition_the_k_blocks_and_the_partial_buffer_fits) {
-    for (int kb = 1; kb <= 300; kb++) {
-        int b0, e0, b1, e1;
-        dinf_fp8_split_k_range(kb, 2, 0, &b0, &e0);
-        dinf_fp8_split_k_range(kb, 2, 1, &b1, &e1);
-        cr_assert(b0 == 0 && e0 == b1 && e1 == kb && e0 - b0 >= e1 - b1 && e0 - b0 == (kb + 1) / 2,
-                  "k_blocks %d: [%d,%d) [%d,%d)", kb, b0, e0, b1, e1);
-        dinf_fp8_split_k_range(kb, 1, 0, &b0, &e0);
-        cr_assert(b0 == 0 && e0 == kb);
-    }
+    for (int kb = 1; kb <= 300; kb++)
+        for (int split = 1; split <= DINF_FP8_FAST_MAX_SPLIT_K; split++) {
+            /* consecutive runs from 0 to kb, ceil(kb / split) each until the
+             * blocks run out (rank 0 the largest share) */
+            int prev_end = 0;
+            for (int r = 0; r < split; r++) {
+                int b, e;
+                dinf_fp8_split_k_range(kb, split, r, &b, &e);
+                const int per = (kb + split - 1) / split;
+                const int want = kb - prev_end < per ? kb - prev_end : per;
+                cr_assert(b == prev_end && e - b == want,
+                          "k_blocks %d split %d rank %d: [%d,%d)", kb, split, r, b, e);
+                prev_end = e;
+            }
+            cr_assert_eq(prev_end, kb, "k_blocks %d split %d: every block once", kb, split);
+        }
     for (int bm = 64; bm <= 128; bm += 64)
         for (int i = 0; i < NUM_FAST_BNS; i++) {
             const int bn = fast_bns[i], threads = 128 * (bm / 64);
@@ -303,6 +310,9 @@ Test(gemm_fast_sched, split_k_ranges_partition_the_k_blocks_and_the_partial_buff
             free(seen);
             for (int stages = 1; stages <= 16; stages++) {
                 const long long bytes = DINF_FP8_FAST_SPLIT_SMEM_BYTES(bm, bn, stages, 2);
+                /* one partial buffer per CTA whatever the split */
+                cr_assert(bytes == DINF_FP8_FAST_SPLIT_SMEM_BYTES(bm, bn, stages, 3) &&
+                          bytes == DINF_FP8_FAST_SPLIT_SMEM_BYTES(bm, bn, stages, 4));
                 if (bytes > DINF_FP8_SMEM_LIMIT)
                     break;
                 const unsigned partial = (unsigned)(bm * bn * 2);
@@ -563,61 +573,76 @@ Test(gemm_fast_model, mbarrier_protocol_of_1_and_2_cta_clusters_never_races_or_d
 }
 
 /*
- * The split-K reduction handshake of fp8_gemm_fast.cuh: `threads` math
- * threads per CTA, `tiles` reductions in order. Rank 1's thread t waits on
- * its red_empty for parity (j & 1) ^ 1, writes its slot of rank 0's buffer,
- * arrives on rank 0's red_full (count threads); rank 0's thread t waits on
- * red_full for parity j & 1, reads its slot, arrives on rank 1's red_empty
- * (count threads). broken: 1 rank 1 waits the wrong parity; 2 rank 0 waits
- * the wrong parity; 3 red_full counts one arrival short; 4 rank 0 never
- * releases the buffer.
+ * The split-K reduction handshake of fp8_gemm_fast.cuh: a cluster of `ranks`
+ * CTAs, `threads` math threads each, `tiles` reductions in order. Rank r > 0's
+ * thread t waits on its own red_empty for parity (j & 1) ^ 1, writes its slot
+ * of its own buffer, arrives on rank 0's red_full (count (ranks - 1) *
+ * threads); rank 0's thread t waits on red_full for parity j & 1, reads its
+ * slot of every other rank's buffer in rank order, then arrives on every such
+ * rank's red_empty (count threads). broken: 1 ranks > 0 wait the wrong
+ * parity; 2 rank 0 waits the wrong parity; 3 red_full counts one arrival
+ * short; 4 rank 0 never releases the buffers; 5 rank 0 releases rank 1's
+ * buffer only; 6 red_full counts one rank's threads only.
  */
-static const char *model_split_reduction(int threads, int tiles, int broken, uint64_t seed) {
-    enum { MAXT = 16 };
-    model_bar red_full, red_empty;
-    bar_init(&red_full, broken == 3 ? threads - 1 : threads);
-    bar_init(&red_empty, threads);
-    int written[MAXT], read[MAXT], slot[MAXT];
-    for (int t = 0; t < threads; t++)
-        written[t] = read[t] = 0, slot[t] = -1;
-    uint64_t r = seed;
+static const char *model_split_reduction(int ranks, int threads, int tiles, int broken,
+                                         uint64_t seed) {
+    enum { MAXT = 16, MAXR = 4 };
+    model_bar red_full, red_empty[MAXR];
+    const int full_count = broken == 6 ? threads : (ranks - 1) * threads;
+    bar_init(&red_full, broken == 3 ? full_count - 1 : full_count);
+    for (int r = 1; r < ranks; r++)
+        bar_init(&red_empty[r], threads);
+    int written[MAXR][MAXT], read[MAXT], slot[MAXR][MAXT];
+    for (int t = 0; t < threads; t++) {
+        read[t] = 0;
+        for (int r = 0; r < ranks; r++)
+            written[r][t] = 0, slot[r][t] = -1;
+    }
+    uint64_t rs = seed;
     for (;;) {
-        int runnable[2 * MAXT], count = 0, done = 1;
+        int runnable[MAXR * MAXT], count = 0, done = 1;
         for (int t = 0; t < threads; t++) {
-            done = done && written[t] == tiles && read[t] == tiles;
-            if (written[t] < tiles) {
-                const unsigned parity = ((unsigned)written[t] & 1u) ^ (broken == 1 ? 0u : 1u);
-                if (bar_passes(&red_empty, parity))
-                    runnable[count++] = t;
+            done = done && read[t] == tiles;
+            for (int r = 1; r < ranks; r++) {
+                done = done && written[r][t] == tiles;
+                if (written[r][t] < tiles) {
+                    const unsigned parity = ((unsigned)written[r][t] & 1u) ^ (broken == 1 ? 0u : 1u);
+                    if (bar_passes(&red_empty[r], parity))
+                        runnable[count++] = r * MAXT + t;
+                }
             }
             if (read[t] < tiles) {
                 const unsigned parity = ((unsigned)read[t] & 1u) ^ (broken == 2 ? 1u : 0u);
                 if (bar_passes(&red_full, parity))
-                    runnable[count++] = MAXT + t;
+                    runnable[count++] = t;
             }
         }
         if (done)
             return NULL;
         if (count == 0)
             return "deadlock: every thread waits";
-        const int agent = runnable[rng(&r) % (uint64_t)count];
-        if (agent < MAXT) { /* rank 1's thread: write the slot, arrive on red_full */
-            const int t = agent, j = written[t]++;
-            if (slot[t] >= 0 && read[t] < j)
-                return "rank 1 overwrites a partial rank 0 has not read";
-            slot[t] = j;
+        const int agent = runnable[rng(&rs) % (uint64_t)count];
+        const int r = agent / MAXT, t = agent % MAXT;
+        if (r > 0) { /* rank r's thread: write its own slot, arrive on rank 0's red_full */
+            const int j = written[r][t]++;
+            if (slot[r][t] >= 0 && read[t] < j)
+                return "a rank overwrites a partial rank 0 has not read";
+            slot[r][t] = j;
             red_full.pending--;
             bar_settle(&red_full);
-        } else { /* rank 0's thread: read the slot, arrive on red_empty */
-            const int t = agent - MAXT, j = read[t]++;
-            for (int u = 0; u < threads; u++)
-                if (written[u] <= j)
-                    return "rank 0 reads before every partial of the tile has landed";
-            if (slot[t] != j)
-                return "rank 0 reads another tile's partial";
-            if (broken != 4) {
-                red_empty.pending--;
-                bar_settle(&red_empty);
+        } else { /* rank 0's thread: read every rank's slot, release the buffers */
+            const int j = read[t]++;
+            for (int q = 1; q < ranks; q++) {
+                if (written[q][t] <= j)
+                    return "rank 0 reads a partial before it has landed";
+                if (slot[q][t] != j)
+                    return "rank 0 reads another tile's partial";
+            }
+            for (int q = 1; q < ranks && broken != 4; q++) {
+                if (broken == 5 && q > 1)
+                    break;
+                red_empty[q].pending--;
+                bar_settle(&red_empty[q]);
             }
         }
     }
@@ -625,19 +650,25 @@ static const char *model_split_reduction(int threads, int tiles, int broken, uin
 
 Test(gemm_fast_model, split_k_reduction_handshake_never_races_or_deadlocks) {
     int runs = 0;
-    for (int threads = 1; threads <= 8; threads++)
-        for (int tiles = 0; tiles <= 9; tiles++)
-            for (int trial = 0; trial < 5; trial++, runs++) {
-                const char *why = model_split_reduction(threads, tiles, 0, 77 + (uint64_t)runs);
-                cr_assert_null(why, "%d threads, %d tiles: %s", threads, tiles, why);
-            }
-    for (int broken = 1; broken <= 4; broken++) {
-        int caught = 0;
-        for (int trial = 0; trial < 20; trial++)
-            caught += model_split_reduction(4, 6, broken, 500 + (uint64_t)trial) != NULL;
-        cr_assert_eq(caught, 20, "broken variant %d went unnoticed in %d of 20", broken,
-                     20 - caught);
-    }
+    for (int ranks = 2; ranks <= 4; ranks++)
+        for (int threads = 1; threads <= 8; threads++)
+            for (int tiles = 0; tiles <= 9; tiles++)
+                for (int trial = 0; trial < 5; trial++, runs++) {
+                    const char *why =
+                        model_split_reduction(ranks, threads, tiles, 0, 77 + (uint64_t)runs);
+                    cr_assert_null(why, "%d ranks, %d threads, %d tiles: %s", ranks, threads,
+                                   tiles, why);
+                }
+    for (int broken = 1; broken <= 6; broken++)
+        for (int ranks = 2; ranks <= 4; ranks++) {
+            if ((broken == 5 || broken == 6) && ranks == 2)
+                continue; /* the same protocol as the correct one with two ranks */
+            int caught = 0;
+            for (int trial = 0; trial < 20; trial++)
+                caught += model_split_reduction(ranks, 4, 6, broken, 500 + (uint64_t)trial) != NULL;
+            cr_assert_eq(caught, 20, "broken variant %d with %d ranks went unnoticed in %d of 20",
+                         broken, ranks, 20 - caught);
+        }
 }
 
 /* ---------------------------------------------------------- heuristic -- */
@@ -646,7 +677,7 @@ Test(gemm_fast_heuristic, follows_the_documented_rule) {
     const int forms[] = {DINF_FP8_GEMM_NORMAL, DINF_FP8_GEMM_CONTIGUOUS, DINF_FP8_GEMM_MASKED};
     const int sms[] = {1, 78, 114, 132};
     uint64_t seed = 5;
-    int picked256 = 0, picked_split = 0, remodelled = 0;
+    int picked256 = 0, picked_split = 0, remodelled = 0, picked_split34[2] = {0, 0};
     for (int trial = 0; trial < 4000; trial++) {
         const int form = forms[trial % 3], num_sms = sms[(trial / 3) % 4];
         /* every other trial small (mostly one wave: the cost model's ground) */
@@ -657,7 +688,16 @@ Test(gemm_fast_heuristic, follows_the_documented_rule) {
         const long long n = 1 + (long long)(rng(&seed) % (small ? 8000 : 40000)),
                         k = 1 + (long long)(rng(&seed) % 20000);
         const long long groups = 1 + (long long)(rng(&seed) % 32);
-        const dinf__fp8_config c = dinf__fp8_heuristic(form, m, n, k, groups, num_sms);
+        /* half the trials on a device whose GPCs leave clusters of 3 and 4
+         * short of num_sms / c (random counts below the ideal) */
+        dinf__fp8_device dev;
+        dinf__fp8_device_ideal(num_sms, &dev);
+        if (trial % 4 >= 2)
+            for (int cs = 3; cs <= 4; cs++)
+                dev.slots[cs] -= (int)(rng(&seed) % (uint64_t)(dev.slots[cs] / 4 + 1));
+        const dinf__fp8_config c =
+            trial % 4 >= 2 ? dinf__fp8_heuristic_dev(form, m, n, k, groups, &dev)
+                           : dinf__fp8_heuristic(form, m, n, k, groups, num_sms);
         const long long mm = m < 1 ? 1 : m;
         cr_assert_eq(c.kernel, DINF__FP8_KERNEL_FAST);
         const int bm128 = form == DINF_FP8_GEMM_CONTIGUOUS ? 128 : mm <= 64 ? 64 : 128;
@@ -691,9 +731,10 @@ Test(gemm_fast_heuristic, follows_the_documented_rule) {
             }
         }
         /* One wave: every one-wave candidate, unsplit (tiles <= num_sms) or
-         * split-K 2 (even SM count, >= 8 k blocks, 2 tiles <= num_sms), by
-         * the modelled cycles (recomputed here from the documented terms),
-         * then more CTAs, no split, more stages, the smaller block_n. */
+         * split-K s = 2..4 (>= 8 k blocks, tiles <= the slots of clusters of
+         * s: num_sms / s here, or the device's), by the modelled cycles
+         * (recomputed here from the documented terms), then more CTAs, the
+         * smaller split, more stages, the smaller block_n. */
         int best_split = 1;
         long long best_waves = best[0], best_last = -best[1];
         if (best[0] == 1) {
@@ -703,13 +744,13 @@ Test(gemm_fast_heuristic, follows_the_documented_rule) {
             const long long hbm = (mats * n * k + rows * k + 2 * rows * n) / 2600;
             long long key1[5] = {0};
             int have1 = 0;
-            for (int split = 1; split <= 2; split++) {
-                if (split == 2 && (num_sms % 2 || kb < 8))
+            for (int split = 1; split <= 4; split++) {
+                if (split > 1 && kb < 8)
                     continue;
                 for (int i = 0; i < NUM_FAST_BNS; i++) {
                     const int bn = fast_bns[i];
                     const long long tiles = cdiv(mm, bm128) * cdiv(n, bn) * g;
-                    if (split * tiles > num_sms)
+                    if (tiles > (split == 1 ? num_sms : dev.slots[split]))
                         continue;
                     const long long ctas = split * tiles, kc = cdiv(kb, split);
                     const long long rate = 64 * ctas < 6144 ? 64 * ctas : 6144;
@@ -781,6 +822,10 @@ Test(gemm_fast_heuristic, follows_the_documented_rule) {
                      form, m, n, k, num_sms, c.block_n, best_bn);
         picked256 += c.block_m == 256;
         picked_split += c.split_k == 2;
+        picked_split34[c.split_k >= 3 ? c.split_k - 3 : 0] += c.split_k >= 3;
+        cr_assert_eq(c.cluster, c.split_k > 1 ? c.split_k : c.cluster);
+        if (c.split_k > 1)
+            cr_assert_leq(c.tiles, dev.slots[c.split_k], "one unit per resident cluster");
         /* a one-wave choice the fullest-last-wave rule alone would not make */
         remodelled += best[0] == 1 && (c.split_k == 2 || c.block_n != (int)best[4]);
         cr_assert_eq(c.split_k, best_split, "form %d m=%lld n=%lld k=%lld sms=%d", form, m, n, k,
@@ -795,7 +840,9 @@ Test(gemm_fast_heuristic, follows_the_documented_rule) {
         cr_assert_eq(c.threads, c.block_m == 64 ? 256 : 384);
     }
     cr_assert_gt(picked256, 100, "the random shapes reach BLOCK_M 256 (%d)", picked256);
-    cr_assert_gt(picked_split, 100, "the random shapes reach split-K (%d)", picked_split);
+    cr_assert_gt(picked_split, 100, "the random shapes reach split-K 2 (%d)", picked_split);
+    cr_assert_gt(picked_split34[0], 50, "... split-K 3 (%d)", picked_split34[0]);
+    cr_assert_gt(picked_split34[1], 50, "... split-K 4 (%d)", picked_split34[1]);
     cr_assert_gt(remodelled, 100, "the cost model moves one-wave choices (%d)", remodelled);
 }
 
@@ -805,22 +852,23 @@ Test(gemm_fast_heuristic, choices_for_the_deepseek_v3_shapes_on_132_sms) {
      * wave; the simple rung's tiles and waves beside). */
     static const long long table[][10] = {
         /* normal, M = 64 */
-        /* one wave, re-ranked by the cost model: 64x48 split-K 2, 88 CTAs, 6464 modelled
-         * cycles (HBM floor 6103) against the fullest wave's 64x16, 132 CTAs: 12320 (each
-         * CTA streams all of A for 16 columns: L2-bound) */
-        {0, 64, 2112, 7168, 1, 64, 48, 14, 2, 2},
+        /* one wave, re-ranked by the cost model (132 SMs, clusters packing fully):
+         * 64x64 split-K 4, 33 tiles = 132 CTAs, 6103 modelled cycles (the HBM floor)
+         * against the fullest wave's 64x16, 132 CTAs: 12320 (each CTA streams all of A
+         * for 16 columns: L2-bound) */
+        {0, 64, 2112, 7168, 1, 64, 64, 12, 4, 4},
         {0, 64, 24576, 1536, 1, 64, 96, 10, 1, 1},  /* 256, 2 waves, last 124 (simple 192, last 60) */
         {0, 64, 32768, 512, 1, 64, 128, 8, 1, 1},   /* 256, 2, 124 */
         {0, 64, 7168, 16384, 1, 64, 112, 8, 2, 2}, /* split-K: 64 tiles x 2 = 128 CTAs (unsplit 112) */
-        {0, 64, 4096, 7168, 1, 64, 64, 12, 2, 2},   /* 128 CTAs: 11670 (the HBM floor) vs 64x32's 14336 */
+        {0, 64, 4096, 7168, 1, 64, 96, 9, 3, 3},    /* 129 CTAs: 11670 (HBM) vs 64x32's 14336 */
         {0, 64, 7168, 2048, 1, 64, 112, 8, 2, 2},  /* split-K, 128 CTAs */
         {0, 64, 7168, 576, 1, 64, 64, 13, 1, 1},    /* 112, 1 */
         /* normal, M = 128 */
-        {0, 128, 2112, 7168, 1, 128, 48, 8, 2, 2},   /* 88 CTAs: 10240 vs 128x16's 132: 22176 */
+        {0, 128, 2112, 7168, 1, 128, 80, 6, 4, 4},   /* 108 CTAs: 8472 vs 128x16's 132: 22176 */
         {0, 128, 24576, 1536, 1, 128, 96, 7, 1, 1},
         {0, 128, 32768, 512, 1, 128, 128, 5, 1, 1},
         {0, 128, 7168, 16384, 1, 128, 112, 4, 2, 2}, /* split-K, 128 CTAs */
-        {0, 128, 4096, 7168, 1, 128, 80, 6, 2, 2},   /* 104 CTAs: 13258 vs 128x32's 128: 23893 */
+        {0, 128, 4096, 7168, 1, 128, 128, 3, 3, 3},  /* 96 CTAs: 12048 (HBM) vs 128x32's 23893 */
         {0, 128, 7168, 2048, 1, 128, 112, 4, 2, 2},  /* split-K, 128 CTAs */
         {0, 128, 7168, 576, 1, 128, 64, 8, 1, 1},
         /* normal, M = 4096: the non-power-of-two tiles cut the waves */
@@ -860,14 +908,14 @@ Test(gemm_fast_heuristic, choices_for_the_deepseek_v3_shapes_on_132_sms) {
         {2, 20, 7168, 2048, 6, 64, 112, 9, 1, 1},     /* 384, 3, last 120 (simple 336, last 72) */
         /* HEAD's lists: normal M = 1 and (N, K) = (576, 7168); contiguous (G, M) in
          * {(4, 8192), (8, 4096)} x (N, K) in {(6144,7168), (7168,3072), (4096,4096), (4096,2048)} */
-        {0, 1, 2112, 7168, 1, 64, 48, 14, 2, 2},      /* as M = 64: 6464 vs 12320 */
-        {0, 1, 576, 7168, 1, 64, 16, 16, 2, 2},       /* split-K: 36 tiles -> 72 CTAs */
+        {0, 1, 2112, 7168, 1, 64, 64, 12, 4, 4},      /* as M = 64: 5827 (HBM) vs 12320 */
+        {0, 1, 576, 7168, 1, 64, 32, 16, 4, 4},       /* 18 tiles x 4 = 72 CTAs: 3072 */
         {0, 1, 24576, 1536, 1, 64, 96, 10, 1, 1},
         {0, 1, 32768, 512, 1, 64, 128, 8, 1, 1},
         {0, 1, 7168, 16384, 1, 64, 112, 8, 2, 2},
-        {0, 1, 4096, 7168, 1, 64, 64, 12, 2, 2},      /* 11298 (HBM) vs 14336 */
+        {0, 1, 4096, 7168, 1, 64, 96, 9, 3, 3},       /* 11298 (HBM) vs 14336 */
         {0, 1, 7168, 2048, 1, 64, 112, 8, 2, 2},
-        {0, 128, 576, 7168, 1, 128, 16, 11, 2, 2},    /* split-K: 72 CTAs */
+        {0, 128, 576, 7168, 1, 128, 32, 9, 4, 4},     /* 72 CTAs: 5248 */
         {0, 4096, 576, 7168, 1, 128, 144, 5, 1, 1},   /* 128 tiles, 1 wave (simple 160, 2 waves) */
         {1, 32768, 6144, 7168, 4, 128, 160, 5, 1, 1}, /* 9984 tiles, 76 waves; 39 N-blocks */
         {1, 32768, 7168, 3072, 4, 128, 160, 5, 1, 1},
@@ -903,6 +951,50 @@ Test(gemm_fast_heuristic, choices_for_the_deepseek_v3_shapes_on_132_sms) {
                           "shape %zu", i);
             cr_assert_leq(c.split_k * c.tiles, 132, "shape %zu", i);
         }
+    }
+}
+
+Test(gemm_fast_heuristic, split_k_clusters_fit_the_devices_cluster_slots) {
+    /* A 132-SM device whose GPCs hold 42 clusters of 3 and 32 of 4 (e.g. two
+     * GPCs of 18 SMs and six of 16): a split-K cluster per unit, every unit
+     * resident at once, so the persistent grid is one wave. */
+    dinf__fp8_device dev;
+    dinf__fp8_device_ideal(132, &dev);
+    cr_assert(dev.num_sms == 132 && dev.slots[1] == 132 && dev.slots[2] == 66 &&
+              dev.slots[3] == 44 && dev.slots[4] == 33);
+    dev.slots[3] = 42, dev.slots[4] = 32;
+    static const long long table[][9] = {
+        /* m, n, k -> block_m, block_n, stages, cluster, split_k, grid */
+        {64, 2112, 7168, 64, 80, 10, 4, 4, 108},  /* 64x64 would need 33 fours */
+        {64, 4096, 7168, 64, 64, 12, 2, 2, 128},  /* 64x96 would need 43 threes */
+        {128, 2112, 7168, 128, 80, 6, 4, 4, 108}, /* 27 fours fit: as packed fully */
+        {128, 4096, 7168, 128, 128, 3, 3, 3, 96}, /* 32 threes fit */
+        {64, 7168, 2048, 64, 112, 8, 2, 2, 128},  /* pairs: unchanged */
+    };
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
+        const long long *t = table[i];
+        const dinf__fp8_gpu_problem p = {DINF_FP8_GEMM_NORMAL, t[0], t[1], t[2], 1, 0,
+                                         (const uint8_t *)(uintptr_t)0x10000, t[2],
+                                         (const float *)(uintptr_t)0x20000,
+                                         (const uint8_t *)(uintptr_t)0x30000, t[2],
+                                         (const float *)(uintptr_t)0x40000,
+                                         (uint16_t *)(uintptr_t)0x50000, t[1], NULL};
+        dinf__fp8_launch_plan plan;
+        dinf__fp8_plan_dev(&p, &dev, DINF__FP8_KERNEL_FAST, &plan);
+        const dinf__fp8_config *c = &plan.config;
+        cr_assert(c->block_m == t[3] && c->block_n == t[4] && c->stages == t[5] &&
+                      c->cluster == t[6] && c->split_k == t[7] && plan.grid == (unsigned)t[8],
+                  "%lld x %lld x %lld: %dx%d, %d stages, cluster %d, split %d, grid %u", t[0],
+                  t[1], t[2], c->block_m, c->block_n, c->stages, c->cluster, c->split_k,
+                  plan.grid);
+        cr_assert_leq(c->tiles, dev.slots[c->cluster]);
+        cr_assert_eq(plan.grid, (unsigned)(c->tiles * c->split_k), "one wave of clusters");
+        /* a forced split-K 4 config on this device: the grid stays within its 32 fours */
+        dinf__fp8_config forced = *c;
+        forced.block_n = 16, forced.cluster = forced.split_k = 4;
+        dinf__fp8_plan_config_dev(&p, &dev, &forced, &plan);
+        cr_assert_leq(plan.grid, 4u * 32u);
+        cr_assert_eq(plan.grid % 4u, 0u);
     }
 }
 
@@ -1004,6 +1096,7 @@ static void tma_store_box(const dinf__fp8_tensor_map_geometry *g, const unsigned
 
 typedef struct replay_stats { /* tma_tiles, direct_tiles: per math warpgroup's 64 rows */
     long long tma_tiles, direct_tiles, phantom_tiles, straddling_tiles, split_tiles;
+    long long split_ranks[DINF_FP8_FAST_MAX_SPLIT_K + 1]; /* split tiles by split_k */
 } replay_stats;
 
 /*
@@ -1038,8 +1131,9 @@ static void replay_fast(const dinf__fp8_launch_plan *plan, int gemm_type, replay
     const int one_scale = 128 % bn == 0;
     for (long long cid = 0; cid < num_clusters; cid++)
         for (long long u = cid;; u += num_clusters) {
-            dinf_fp8_tile tiles[2];
+            dinf_fp8_tile tiles[DINF_FP8_FAST_MAX_SPLIT_K];
             int found = 0;
+            cr_assert_leq(cl, DINF_FP8_FAST_MAX_SPLIT_K);
             for (int r = 0; r < cl; r++) {
                 const int f = dinf_fp8_unit_at(args, gemm_type, bm, tile_cluster,
                                                tile_cluster > 1 ? r : 0, u, &tiles[r]);
@@ -1109,13 +1203,18 @@ static void replay_fast(const dinf__fp8_launch_plan *plan, int gemm_type, replay
                                         }
                 }
             }
-            if (split > 1) { /* rank 0: own + partner's, per accumulator */
-                cr_assert(tiles[0].m_block == tiles[1].m_block &&
-                          tiles[0].n_block == tiles[1].n_block && tiles[0].group == tiles[1].group,
-                          "split-K partners compute the same tile");
-                for (int e = 0; e < bm * bn; e++)
-                    total[e] = total[e] + total[bm * bn + e];
+            if (split > 1) { /* rank 0: own + rank 1's + rank 2's ..., per accumulator */
+                cr_assert_eq(cl, split, "a split-K cluster is its ranks");
+                for (int r = 1; r < split; r++) {
+                    cr_assert(tiles[0].m_block == tiles[r].m_block &&
+                                  tiles[0].n_block == tiles[r].n_block &&
+                                  tiles[0].group == tiles[r].group,
+                              "split-K ranks compute the same tile");
+                    for (int e = 0; e < bm * bn; e++)
+                        total[e] = total[e] + total[(size_t)r * bm * bn + e];
+                }
                 st->split_tiles++;
+                st->split_ranks[split]++;
             }
             for (int r = 0; r < (split > 1 ? 1 : cl); r++) {
                 const dinf_fp8_tile *t = &tiles[r];
@@ -1187,7 +1286,7 @@ typedef struct replay_case {
     int64_t expected_m;
     int num_sms;
     int block_m, block_n, cluster; /* 0: the heuristic's choice */
-    int split_k;                   /* with a forced config: 1 or 2 (0 counts as 1) */
+    int split_k;                   /* with a forced config: 1 .. 4 (0 counts as 1) */
 } replay_case;
 
 static replay_stats replay_and_compare(const replay_case *rc, uint64_t seed) {
@@ -1226,7 +1325,7 @@ static replay_stats replay_and_compare(const replay_case *rc, uint64_t seed) {
         dinf__fp8_plan_config(&p, rc->num_sms, &c, &plan);
     }
     cr_assert_leq(plan.grid, (unsigned)rc->num_sms);
-    replay_stats st = {0, 0, 0, 0, 0};
+    replay_stats st = {0};
     replay_fast(&plan, form, &st);
 
     if (form == DINF_FP8_GEMM_NORMAL)
@@ -1263,7 +1362,7 @@ static replay_stats replay_and_compare(const replay_case *rc, uint64_t seed) {
 }
 
 Test(gemm_fast_replay, normal_form_every_block_n_both_cluster_sizes) {
-    replay_stats total = {0, 0, 0, 0, 0};
+    replay_stats total = {0};
     uint64_t seed = 300;
     for (int i = 0; i < NUM_FAST_BNS; i++)
         for (int cluster = 1; cluster <= 2; cluster++) {
@@ -1314,7 +1413,7 @@ Test(gemm_fast_replay, masked_form_partial_tiles_store_directly_full_tiles_by_tm
     /* zero, ragged, full, above m_max and negative counts (clamped on the device) */
     const int32_t masked[] = {0, 77, 130, 630, -3, 1, 64};
     const int32_t clamped[] = {0, 77, 130, 130, 0, 1, 64};
-    replay_stats total = {0, 0, 0, 0, 0};
+    replay_stats total = {0};
     /* n = 200: 3 N-blocks of 96 with a phantom partner; 2 of 160 and 112 */
     const int cfgs[][3] = {{64, 96, 2}, {64, 160, 1}, {128, 112, 2}, {128, 48, 1}, {0, 0, 0}};
     for (int i = 0; i < 5; i++) {
@@ -1333,7 +1432,7 @@ Test(gemm_fast_replay, block_m_256_two_waves_per_warpgroup_normal_and_masked) {
     /* Normal: a partial second M-block (293 rows: wave 1 of warpgroup 0 and
      * all of warpgroup 1 past m), 5 N-blocks (a phantom partner with the
      * multicast of 128-row halves), block_n dividing 128 or not. */
-    replay_stats total = {0, 0, 0, 0, 0};
+    replay_stats total = {0};
     uint64_t seed = 900;
     const int bns[] = {16, 48, 96, 128};
     for (int i = 0; i < 4; i++)
@@ -1353,7 +1452,7 @@ Test(gemm_fast_replay, block_m_256_two_waves_per_warpgroup_normal_and_masked) {
     const int32_t masked[] = {0, 77, 200, 256, 300, 630, -3};
     const int32_t clamped[] = {0, 77, 200, 256, 300, 300, 0};
     const int cfgs[][2] = {{96, 2}, {128, 1}, {32, 2}};
-    replay_stats mt = {0, 0, 0, 0, 0};
+    replay_stats mt = {0};
     for (int i = 0; i < 3; i++) {
         const replay_case rc = {DINF_FP8_GEMM_MASKED, 7, 300, 200, 260, 272, 272, 208, masked,
                                 clamped, 150, 4, 256, cfgs[i][0], cfgs[i][1], 1};
@@ -1366,10 +1465,12 @@ Test(gemm_fast_replay, block_m_256_two_waves_per_warpgroup_normal_and_masked) {
     cr_assert_gt(mt.phantom_tiles, 0);
 }
 
-Test(gemm_fast_replay, split_k_pairs_add_the_partner_partial_every_form) {
-    /* k: 9 blocks (an odd split: 5 + 4), 1 block (rank 1 has none), and the
-     * heuristic's split pick for M = 64, N = 7168-like widths. */
-    replay_stats total = {0, 0, 0, 0, 0};
+Test(gemm_fast_replay, split_k_clusters_add_the_ranks_partials_every_form) {
+    /* k: 9 blocks (split 2: 5 + 4; 3: 3 + 3 + 3; 4: 3 + 3 + 3 + 0), 1 block
+     * (only rank 0 has any), and the heuristic's split pick for M = 64,
+     * N = 7168-like widths. */
+    replay_stats total;
+    memset(&total, 0, sizeof total);
     const int32_t masked[] = {0, 77, 130, 129};
     const int32_t block_group[] = {1, -1, 0, 2};
     int32_t idx[4 * 128];
@@ -1385,13 +1486,24 @@ Test(gemm_fast_replay, split_k_pairs_add_the_partner_partial_every_form) {
              2, 2},
             {DINF_FP8_GEMM_MASKED, 4, 130, 200, k, ld, ld, 200, masked, masked, 90, 6, 128, 144,
              2, 2},
+            /* clusters of 3 and 4 (the grid a multiple of the cluster: 6 / 4 / 8 SMs) */
+            {DINF_FP8_GEMM_NORMAL, 1, 100, 200, k, ld, ld, 208, NULL, NULL, 0, 7, 64, 80, 3, 3},
+            {DINF_FP8_GEMM_NORMAL, 1, 130, 136, k, ld, ld, 136, NULL, NULL, 0, 9, 128, 64, 4, 4},
+            {DINF_FP8_GEMM_CONTIGUOUS, 3, 4 * 128, 160, k, ld, ld, 168, idx, idx, 0, 8, 128, 96,
+             4, 4},
+            {DINF_FP8_GEMM_MASKED, 4, 130, 200, k, ld, ld, 200, masked, masked, 90, 6, 64, 160,
+             3, 3},
         };
         for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
             const replay_stats st = replay_and_compare(&cases[c], 700 + 10 * (uint64_t)kk + c);
             total.split_tiles += st.split_tiles, total.direct_tiles += st.direct_tiles;
+            for (int sk = 2; sk <= DINF_FP8_FAST_MAX_SPLIT_K; sk++)
+                total.split_ranks[sk] += st.split_ranks[sk];
         }
     }
     cr_assert_gt(total.split_tiles, 0);
+    for (int sk = 2; sk <= DINF_FP8_FAST_MAX_SPLIT_K; sk++)
+        cr_assert_gt(total.split_ranks[sk], 0, "split-K %d replayed", sk);
     cr_assert_gt(total.direct_tiles, 0, "a masked partial tile went through the split path");
     /* the heuristic's own split pick on a small-M shape */
     const replay_case pick = {DINF_FP8_GEMM_NORMAL, 1, 64, 1792, 1024, 1024, 1024, 1792,
@@ -1419,13 +1531,14 @@ Test(gemm_fast_jit,
      * per 64-row wave (block_m 256: two per math warpgroup, and 2 x 4 wgmma) */
     const long long configs[][6] = {{0, 128, 160, 5, 2, 1}, {2, 64, 112, 9, 1, 1},
                                     {1, 128, 128, 5, 1, 1}, {0, 64, 112, 8, 2, 2},
-                                    {0, 256, 128, 3, 2, 1}, {2, 256, 96, 3, 1, 1}};
-    const int stores[] = {5, 7, 2, 7, 2 * 2, 2 * 3};
-    for (int i = 0; i < 6; i++) {
+                                    {0, 256, 128, 3, 2, 1}, {2, 256, 96, 3, 1, 1},
+                                    {0, 128, 80, 6, 4, 4},  {2, 64, 96, 9, 3, 3}};
+    const int stores[] = {5, 7, 2, 7, 2 * 2, 2 * 3, 5, 3};
+    for (int i = 0; i < 8; i++) {
         char cmd[512], line[1024];
         FILE *p = open_sass(nvdisasm, "fp8_gemm_fast", configs[i], 6, i, cmd);
         int qgmma = 0, loads = 0, multicast = 0, tma_stores = 0, local = 0, setmaxreg = 0;
-        int remote_stores = 0;
+        int remote_stores = 0, remote_loads = 0;
         /* griddepcontrol.wait is ACQBULK in the SASS, launch_dependents
          * PREEXIT (nvdisasm of CUDA 13). Global accesses (TMA, LDG/STG,
          * generic LD/ST, atomics) listed before the ACQBULK: none (the
@@ -1450,6 +1563,7 @@ Test(gemm_fast_jit,
             local += strstr(line, " LDL") != NULL || strstr(line, " STL") != NULL;
             setmaxreg += strstr(line, "SETMAXREG") != NULL;
             remote_stores += strstr(line, " ST.E") != NULL || strstr(line, " STS") != NULL;
+            remote_loads += strstr(line, " LD.E ") != NULL;
         }
         close_sass(p, cmd);
         cr_assert_eq(qgmma, 4 * dinf_fp8_waves((int)configs[i][1]), "config %d: %d QGMMA", i,
@@ -1458,6 +1572,11 @@ Test(gemm_fast_jit,
         cr_assert_eq(multicast, configs[i][4] == 2 && configs[i][5] == 1 ? 1 : 0,
                      "config %d: %d multicast loads", i, multicast);
         cr_assert_gt(remote_stores, 0, "config %d: no shared/cluster stores", i);
+        /* split-K: rank 0 reads each other rank's partial (block_n / 2 floats
+         * per thread) through distributed shared memory, generic LD.E in the
+         * SASS; no generic loads otherwise */
+        cr_assert_eq(remote_loads, (int)((configs[i][5] - 1) * configs[i][2] / 2),
+                     "config %d: %d LD.E", i, remote_loads);
         cr_assert_eq(tma_stores, stores[i], "config %d: %d UTMASTG.3D", i, tma_stores);
         cr_assert_eq(local, 0, "config %d: local memory in the SASS", i);
         cr_assert_eq(setmaxreg, configs[i][1] >= 128 ? 2 : 0, "config %d: %d SETMAXREG", i,
@@ -1673,23 +1792,26 @@ Test(gemm_fast_jit, sass_wave_order_no_accumulator_access_in_flight_one_release_
     /* {form, block_m, block_n, stages, cluster, split_k}: BLOCK_M 256 (two
      * waves) normal and masked, with and without the multicast (remote
      * release), the widest and a narrower BLOCK_N; one-wave configs too
-     * (BLOCK_M 128 multicast, BLOCK_M 64 split-K). DINF_SASS_WAVES_ALL=1:
-     * every fast-rung config of the heuristics' space instead (182, the
-     * stages by the shared-memory rule; ~1 s of CPU each). */
-    enum { CAP = 200 };
+     * (BLOCK_M 128 multicast, BLOCK_M 64 split-K 2, BLOCK_M 128 split-K 4,
+     * BLOCK_M 64 split-K 3). DINF_SASS_WAVES_ALL=1: every fast-rung config
+     * of the heuristics' space instead (282, the stages by the shared-memory
+     * rule; ~1 s of CPU each). */
+    enum { CAP = 300 };
     static long long configs[CAP][6] = {{0, 256, 128, 3, 2, 1}, {0, 256, 128, 3, 1, 1},
                                         {2, 256, 96, 3, 2, 1},  {2, 256, 112, 3, 1, 1},
-                                        {0, 128, 160, 5, 2, 1}, {0, 64, 112, 8, 2, 2}};
-    int count = 6;
+                                        {0, 128, 160, 5, 2, 1}, {0, 64, 112, 8, 2, 2},
+                                        {0, 128, 80, 6, 4, 4},  {2, 64, 96, 9, 3, 3}};
+    int count = 8;
     const char *all = getenv("DINF_SASS_WAVES_ALL");
     if (all && strcmp(all, "1") == 0) {
         count = 0;
         for (int form = 0; form < 3; form++)
             for (int bm = 64; bm <= 256; bm *= 2)
                 for (int i = 0; i < NUM_FAST_BNS; i++)
-                    for (int mode = 0; mode < 3; mode++) {
-                        const int bn = fast_bns[i], cluster = mode == 0 ? 1 : 2,
-                                  split = mode == 2 ? 2 : 1;
+                    for (int mode = 0; mode < 5; mode++) {
+                        /* (cluster, split): (1, 1), (2, 1), (2, 2), (3, 3), (4, 4) */
+                        const int bn = fast_bns[i], cluster = mode == 0 ? 1 : mode <= 2 ? 2 : mode,
+                                  split = mode <= 1 ? 1 : cluster;
                         if ((form == DINF_FP8_GEMM_CONTIGUOUS && bm != 128) ||
                             (bm == 256 && (bn > DINF_FP8_FAST_BM256_MAX_BLOCK_N || split != 1)))
                             continue;
@@ -1701,7 +1823,7 @@ Test(gemm_fast_jit, sass_wave_order_no_accumulator_access_in_flight_one_release_
                         const long long c[6] = {form, bm, bn, stages, cluster, split};
                         memcpy(configs[count++], c, sizeof c);
                     }
-        cr_assert_eq(count, 150 + 32);
+        cr_assert_eq(count, 250 + 32);
     }
     for (int i = 0; i < count; i++) {
         const int waves = dinf_fp8_waves((int)configs[i][1]);

@@ -682,7 +682,7 @@ Test(gemm_heuristic, public_kernel_config_and_its_checks) {
         {0, 1, 0, 1, 1, 1, 0, "dinf_fp8_gemm_kernel_config: n=0 and k=1 must be >= 1"},
         {0, 1, 1, 0, 1, 1, 0, "dinf_fp8_gemm_kernel_config: n=1 and k=0 must be >= 1"},
         {1, 128, 1, 1, 0, 1, 0, "dinf_fp8_gemm_kernel_config: num_groups=0 must be >= 1"},
-        {0, 1, 1, 1, 1, 0, 0, "dinf_fp8_gemm_kernel_config: num_sms=0 must be >= 1"},
+        {0, 1, 1, 1, 1, -1, 0, "dinf_fp8_gemm_kernel_config: num_sms=-1 must be >= 1, or 0 for the current CUDA device"},
         {0, 1, 1, 1, 1, 1, 1, "dinf_fp8_gemm_kernel_config: config is NULL"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -692,6 +692,26 @@ Test(gemm_heuristic, public_kernel_config_and_its_checks) {
                      DINF_STATUS_INVALID_ARGUMENT, "case %zu", i);
         cr_assert_str_eq(dinf_last_error(), bad[i].message);
     }
+    /* num_sms 0: the current CUDA device, as the GPU path sees it. Without
+     * one (this machine, a CPU-only build) UNSUPPORTED naming why; with one
+     * the same config as the heuristic on the device's own description. */
+    const dinf_status st0 = dinf_fp8_gemm_kernel_config(0, 64, 2112, 7168, 1, 0, &c);
+    char message0[512];
+    snprintf(message0, sizeof message0, "%s", dinf_last_error());
+#if DINF_WITH_CUDA
+    dinf__fp8_device dev;
+    if (dinf__fp8_device_query("test", -1, &dev) == DINF_STATUS_OK) {
+        cr_assert_eq(st0, DINF_STATUS_OK, "%s", dinf_last_error());
+        const dinf__fp8_config hd = dinf__fp8_heuristic_dev(0, 64, 2112, 7168, 1, &dev);
+        cr_assert(c.params[1] == hd.block_m && c.params[2] == hd.block_n &&
+                  c.params[4] == hd.cluster && c.params[5] == hd.split_k);
+        return;
+    }
+#endif
+    cr_assert_eq(st0, DINF_STATUS_UNSUPPORTED, "%s", message0);
+    cr_assert(strstr(message0, "dinf_fp8_gemm_kernel_config: ") == message0 &&
+                  (strstr(message0, "CUDA") || strstr(message0, "sm_90")),
+              "%s", message0);
 }
 
 /* ------------------------------------------------------- GPU arguments -- */
@@ -933,7 +953,7 @@ Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_s
 
     /* Distinct configs over the shapes and three SM counts (H20 78, H100 PCIe
      * 114, H100/H200/H800 SXM 132), both rungs. */
-    enum { CAP = 240 };
+    enum { CAP = 340 };
     static dinf_jit_kernel_config configs[CAP];
     int count = 0;
     const int sms[] = {78, 114, 132};
@@ -950,16 +970,18 @@ Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_s
     /* Every other config the heuristics can produce for any shape: simple (3
      * forms x block_m x block_n {16..128 pow2}, stages by its smem rule) and
      * fast (3 forms x block_m x its 10 block_n x {cluster 1, A multicast,
-     * split-K}, stages by its smem rule; block_m 256: normal and masked,
-     * block_n <= 128, cluster 1 or A multicast); the same compile each, so
-     * cheap to cover. */
+     * split-K 2, 3, 4}, stages by its smem rule; block_m 256: normal and
+     * masked, block_n <= 128, cluster 1 or A multicast); the same compile
+     * each, so cheap to cover. */
     int expected = 0;
     for (int rung = 0; rung < 2; rung++)
         for (int form = 0; form < 3; form++)
             for (int bm = 64; bm <= 256; bm *= 2)
                 for (int bn = 16; bn <= 160; bn += 16)
-                    for (int mode = 0; mode < 3; mode++) {
-                        const int cluster = mode == 0 ? 1 : 2, split = mode == 2 ? 2 : 1;
+                    for (int mode = 0; mode < 5; mode++) {
+                        /* (cluster, split): (1, 1), (2, 1), (2, 2), (3, 3), (4, 4) */
+                        const int cluster = mode == 0 ? 1 : mode <= 2 ? 2 : mode;
+                        const int split = mode <= 1 ? 1 : cluster;
                         if (form == DINF_FP8_GEMM_CONTIGUOUS && bm != 128)
                             continue;
                         if (bm == 256 && (rung == DINF__FP8_KERNEL_SIMPLE ||
@@ -986,7 +1008,7 @@ Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_s
                     }
     cr_assert_eq(count, expected, "%d configs in the heuristics' space, %d expected (the "
                  "DeepSeek-V3 picks must be among them)", count, expected);
-    cr_assert_eq(expected, 20 + 150 + 2 * 8 * 2);
+    cr_assert_eq(expected, 20 + 250 + 2 * 8 * 2);
     double t0 = dinf__jit_now_seconds(), slowest = 0;
     char slowest_label[128] = "";
     for (int j = 0; j < count; j++) {
@@ -1126,11 +1148,15 @@ Test(gemm_jit, kernel_rejects_configs_outside_its_rules, .fini = cleanup_cache) 
                                      {2, 256, 128, 3, 2, 2},  /* no split-K */
                                      {0, 192, 64, 3, 1, 1},   /* 64, 128 or 256 */
                                      {0, 256, 128, 4, 1, 1},  /* 4 stages do not fit */
-                                     {0, 512, 64, 2, 1, 1}};  /* outside [64, 256] */
+                                     {0, 512, 64, 2, 1, 1},   /* outside [64, 256] */
+                                     {0, 128, 64, 2, 2, 3},   /* split-K 3 needs a cluster of 3 */
+                                     {0, 128, 64, 2, 4, 1},   /* no multicast over 4 CTAs */
+                                     {0, 128, 64, 2, 5, 5}};  /* outside [1, 4] */
     const char *why_fast[] = {"BLOCK_M = 128", "BLOCK_M 256 takes BLOCK_N <= 128",
                               "BLOCK_M 256 takes BLOCK_N <= 128", "BLOCK_M must be 64, 128 or 256",
-                              "do not fit in shared memory", "outside [64, 256]"};
-    for (int i = 0; i < 6; i++) {
+                              "do not fit in shared memory", "outside [64, 256]",
+                              "equal SPLIT_K with it", "CLUSTER must be 1 or 2", "outside [1, 4]"};
+    for (int i = 0; i < 9; i++) {
         dinf_jit_kernel_config c = DINF_JIT_KERNEL_CONFIG_INIT;
         snprintf(c.name, sizeof c.name, "fp8_gemm_fast");
         c.num_params = 6;

@@ -491,6 +491,53 @@ Test(gemm_gpu, f32_reference_kernel_matches_a_double_cpu_product) {
     cudaFree(dx), cudaFree(dy), cudaFree(dd);
 }
 
+/* ------------------------------------------------- device description -- */
+
+Test(gemm_gpu, device_cluster_slots_bound_the_split_k_plans) {
+    /* What the GPU path knows of the device: the SM count and how many
+     * clusters of 2, 3, 4 CTAs it holds at once (its GPCs); every one-wave
+     * split-K plan fits them, so no split-K cluster waits for a second wave. */
+    int sms = 0;
+    CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    dinf__fp8_device dev;
+    DINF_OK(dinf__fp8_device_query("test", 0, &dev));
+    cr_assert_eq(dev.num_sms, sms);
+    cr_assert_eq(dev.slots[1], sms);
+    for (int c = 2; c <= DINF_FP8_FAST_MAX_SPLIT_K; c++)
+        cr_assert(dev.slots[c] >= 1 && dev.slots[c] <= sms / c, "clusters of %d: %d", c,
+                  dev.slots[c]);
+    cr_log_info("device 0: %d SMs; resident clusters of 2, 3, 4 CTAs: %d, %d, %d", sms,
+                dev.slots[2], dev.slots[3], dev.slots[4]);
+    static const int64_t shapes[][3] = {{64, 2112, 7168}, {64, 4096, 7168}, {128, 2112, 7168},
+                                        {128, 4096, 7168}, {64, 7168, 2048}, {1, 576, 7168}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        const int64_t m = shapes[i][0], n = shapes[i][1], k = shapes[i][2];
+        const dinf__fp8_gpu_problem p = {DINF_FP8_GEMM_NORMAL, m, n, k, 1, 0,
+                                         (const uint8_t *)(uintptr_t)0x10000, k,
+                                         (const float *)(uintptr_t)0x20000,
+                                         (const uint8_t *)(uintptr_t)0x30000, k,
+                                         (const float *)(uintptr_t)0x40000,
+                                         (uint16_t *)(uintptr_t)0x50000, n, NULL};
+        dinf__fp8_launch_plan plan;
+        dinf__fp8_plan_dev(&p, &dev, DINF__FP8_KERNEL_FAST, &plan);
+        const dinf__fp8_config *c = &plan.config;
+        cr_log_info("m %lld n %lld k %lld: %dx%d, %d stages, cluster %d, split-K %d, grid %u",
+                    (long long)m, (long long)n, (long long)k, c->block_m, c->block_n, c->stages,
+                    c->cluster, c->split_k, plan.grid);
+        if (c->split_k > 1) {
+            cr_assert_leq(c->tiles, dev.slots[c->cluster], "m %lld n %lld", (long long)m,
+                          (long long)n);
+            cr_assert_eq(plan.grid, (unsigned)(c->tiles * c->split_k), "one wave of clusters");
+        }
+        /* the public query with num_sms 0 names the same kernel */
+        dinf_jit_kernel_config jc;
+        DINF_OK(dinf_fp8_gemm_kernel_config(DINF_FP8_GEMM_FORM_NORMAL, m, n, k, 1, 0, &jc));
+        cr_assert(jc.params[1] == c->block_m && jc.params[2] == c->block_n &&
+                  jc.params[3] == c->stages && jc.params[4] == c->cluster &&
+                  jc.params[5] == c->split_k);
+    }
+}
+
 /* ----------------------------------------------------------- normal -- */
 
 Test(gemm_gpu, normal_deepseek_v3_shapes_match_the_unquantized_product) {
@@ -648,7 +695,7 @@ static dinf__fp8_config fast_config(int form, int block_m, int block_n, int clus
 
 /* The sweep below runs twice: first collecting its configs (compiled up
  * front by one parallel dinf_jit_precompile), then running the problems. */
-enum { SWEEP_MAX = 96 };
+enum { SWEEP_MAX = 128 };
 static dinf_jit_kernel_config sweep_jit[SWEEP_MAX];
 static int sweep_count;
 static void sweep(int run);
@@ -676,7 +723,7 @@ static void sweep(int run) {
     /* n = 5 N-blocks minus a ragged edge: an odd count, so 2-CTA clusters run
      * a phantom partner; non-power-of-two block_n straddle B-scale blocks;
      * masked counts leave partial tiles (direct stores) beside full ones;
-     * split-K pairs reduce through distributed shared memory. */
+     * split-K clusters reduce through distributed shared memory. */
     static const int bns[] = {16, 32, 48, 64, 80, 96, 112, 128, 144, 160};
     int32_t masked[5] = {130, 64, 1, 0, 129};
     for (int i = 0; i < 10; i++)
@@ -714,6 +761,32 @@ static void sweep(int run) {
                                    form == MASKED ? 150 : 0, form == MASKED ? masked256 : NULL,
                                    7000 + (uint64_t)(10 * bn + 3 * cluster + form), 1, 1e-3, &c};
                 sweep_problem(run, &p);
+            }
+    /* Split-K over clusters of 3 and 4 (rank 0 adds the other ranks'
+     * partials in rank order through distributed shared memory): every form,
+     * BLOCK_M 64 and 128, k = 1000 (8 blocks: 3 + 3 + 2, 2 + 2 + 2 + 2) and
+     * k = 300 (3 blocks: split 4 leaves rank 3 none). */
+    static const int split_bns[] = {16, 48, 96, 160};
+    int32_t masked_split[5] = {130, 64, 1, 0, 129};
+    for (int i = 0; i < 4; i++)
+        for (int form = 0; form < 3; form++)
+            for (int split = 3; split <= 4; split++) {
+                const int bn = split_bns[i];
+                const int bm = form == CONTIGUOUS ? 128 : (i + split) % 2 ? 64 : 128;
+                const dinf__fp8_config c = fast_config(form, bm, bn, split, split);
+                const int64_t n = 5 * bn - 8, k = (i + form) % 2 ? 300 : 1000;
+                int64_t rows = 300;
+                int32_t *idx = NULL;
+                if (form == CONTIGUOUS)
+                    idx = contiguous_indices(3, 200, 90 + (uint64_t)i, &rows);
+                const problem p = {form, form == NORMAL ? 1 : form == CONTIGUOUS ? 3 : 5,
+                                   form == MASKED ? 130 : rows, n, k, (k + 15) / 16 * 16 + 16,
+                                   (k + 15) / 16 * 16 + 32, n + 8,
+                                   form == MASKED ? 100 : 0,
+                                   form == CONTIGUOUS ? idx : form == MASKED ? masked_split : NULL,
+                                   8000 + (uint64_t)(60 * i + 3 * split + form), 1, 1e-3, &c};
+                sweep_problem(run, &p);
+                free(idx);
             }
 }
 

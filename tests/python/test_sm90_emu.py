@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 
 def run(args=(), timeout=300, **env):
     e = dict(os.environ)
-    for k in ("MUT", "MUT_FILE", "DINF_FP8_GEMM_PDL", "EMU_CONFIGS", "EMU_SEED", "EMU_SEEDS", "EMU_MMA", "EMU_SKEW", "EMU_RANDOM",
+    for k in ("MUT", "MUT_FILE", "DINF_FP8_GEMM_PDL", "EMU_CONFIGS", "EMU_SEED", "EMU_SEEDS", "EMU_MMA", "EMU_SKEW", "EMU_RANDOM", "EMU_CLUSTER_SLOTS",
               "EMU_RANDOM_SEED", "EMU_ROOT", "EMU_FAST_ALL", "EMU_SAN", "MAKEFLAGS", "MFLAGS"):
         e.pop(k, None)
     # the emulator compiles the library sources itself (not the build under
@@ -44,9 +44,9 @@ def test_emulated_gemm_matches_cpu():
     r = run(EMU_SEED=3)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = [l for l in r.stdout.splitlines() if l.startswith("ok ")]
-    # 12 simple-rung cases, + 10 fast-rung ones (4 of them BLOCK_M 256) when
-    # the library has fp8_gemm_fast.cuh
-    assert len(lines) in (12, 22), r.stdout
+    # 12 simple-rung cases, + 17 fast-rung ones (4 of them BLOCK_M 256, 8
+    # split-K over clusters of 2, 3 and 4) when the library has fp8_gemm_fast.cuh
+    assert len(lines) in (12, 29), r.stdout
     assert "PASSED: 0 of %d runs failed" % len(lines) in r.stdout
     # the persistent loop is exercised: some launches have fewer CTAs than tiles
     assert any(" grid 2 of 9 tiles" in l or " grid 3 of 12 tiles" in l for l in lines), r.stdout
@@ -72,6 +72,25 @@ def test_block_m_256_waves_bitwise_in_cpu_order():
     assert "PASSED: 0 of 8 runs failed" in r.stdout
 
 
+def test_split_k_clusters_of_2_3_4_bitwise_up_to_the_last_place():
+    """Split-K over clusters of 2, 3 and 4 CTAs (rank 0 adds the other ranks'
+    float32 partials in rank order, read through distributed shared memory),
+    every form, ranks without k blocks, clusters looping over several tiles:
+    within one bf16 place of the CPU GEMM's sequential order, two data seeds;
+    and the same on a device whose GPCs hold one cluster of 3 or 4 at a time."""
+    r = run(["split"], EMU_MMA="seq", EMU_SEED=5, EMU_SEEDS=2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ok = [l for l in r.stdout.splitlines() if l.startswith("ok ")]
+    assert len(ok) == 16 and all("bitwise" in l for l in ok), r.stdout
+    for split in (2, 3, 4):
+        assert any(" cluster %d split %d " % (split, split) in l for l in ok), r.stdout
+    r = run(["split"], EMU_SEED=6, EMU_CLUSTER_SLOTS="3:1,4:1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    ok = [l for l in r.stdout.splitlines() if l.startswith("ok ")]
+    assert len(ok) == 8, r.stdout
+    assert any(" cluster 4 split 4 " in l and " grid 4 of " in l for l in ok), r.stdout
+
+
 def test_fast_rung_launches_with_pdl_unless_switched_off():
     """DINF_FP8_GEMM_PDL: the fast rung's launches carry the programmatic
     stream serialization attribute by default (and every thread of the grid
@@ -80,11 +99,11 @@ def test_fast_rung_launches_with_pdl_unless_switched_off():
     r = run(["fast_"], EMU_SEED=4)
     assert r.returncode == 0, r.stdout + r.stderr
     ok = [l for l in r.stdout.splitlines() if l.startswith("ok ")]
-    assert len(ok) == 10 and all(", pdl 1," in l for l in ok), r.stdout
+    assert len(ok) == 17 and all(", pdl 1," in l for l in ok), r.stdout
     r = run(["fast_masked"], EMU_SEED=4, DINF_FP8_GEMM_PDL="0")
     assert r.returncode == 0, r.stdout + r.stderr
     ok = [l for l in r.stdout.splitlines() if l.startswith("ok ")]
-    assert len(ok) == 4 and all(", pdl 0," in l for l in ok), r.stdout
+    assert len(ok) == 5 and all(", pdl 0," in l for l in ok), r.stdout
     r = run(["normal_bm64_bn32_s2"], EMU_SEED=4)
     assert r.returncode == 0 and ", pdl 0," in r.stdout, r.stdout + r.stderr
     r = run(["fast_normal_bn96_c1"], EMU_SEED=4, DINF_FP8_GEMM_PDL="on")

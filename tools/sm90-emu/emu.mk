@@ -26,8 +26,8 @@ $(OUT)/libemu_lib.a: $(LIB_O)
 
 # the harness's config hook (emu_host.c) wraps the library's choice
 $(OUT)/obj/lib/gemm/gemm_heuristic.o: CFL += -Ddinf__fp8_heuristic=dinf__fp8_heuristic_lib \
-                                             -Ddinf__fp8_choose=dinf__fp8_choose_lib
-$(OUT)/obj/lib/%.o: $(SRC)/lib/%.c
+                                             -Ddinf__fp8_choose_dev=dinf__fp8_choose_dev_lib
+$(OUT)/obj/lib/%.o: $(SRC)/lib/%.c $(HERE)/emu.mk
 	@mkdir -p $(dir $@)
 	$(CC) $(CFL) -c $< -o $@
 $(OUT)/obj/%.o: $(HERE)/%.c

@@ -208,13 +208,15 @@ emu_force_config_t emu_force_config;
 
 #ifdef DINF__FP8_KERNEL_FAST
 /* Two rungs (fp8_gemm_fast.cuh and fp8_gemm.cuh): the hook is the rung's
- * choice, dinf__fp8_choose (renamed _lib in gemm_heuristic.c by emu.mk). */
+ * choice for the device, dinf__fp8_choose_dev (renamed _lib in
+ * gemm_heuristic.c by emu.mk), which the GPU path's plan calls. */
 int emu_has_fast_rung(void) { return 1; }
-dinf__fp8_config dinf__fp8_choose_lib(int kernel, int gemm_type, int64_t m, int64_t n, int64_t k,
-                                      int64_t num_groups, int num_sms);
-dinf__fp8_config dinf__fp8_choose(int kernel, int gemm_type, int64_t m, int64_t n, int64_t k,
-                                  int64_t num_groups, int num_sms) {
-    dinf__fp8_config c = dinf__fp8_choose_lib(kernel, gemm_type, m, n, k, num_groups, num_sms);
+dinf__fp8_config dinf__fp8_choose_dev_lib(int kernel, int gemm_type, int64_t m, int64_t n,
+                                          int64_t k, int64_t num_groups,
+                                          const dinf__fp8_device *dev);
+dinf__fp8_config dinf__fp8_choose_dev(int kernel, int gemm_type, int64_t m, int64_t n, int64_t k,
+                                      int64_t num_groups, const dinf__fp8_device *dev) {
+    dinf__fp8_config c = dinf__fp8_choose_dev_lib(kernel, gemm_type, m, n, k, num_groups, dev);
     emu_host_stats.heuristic_block_m = c.block_m;
     emu_host_stats.heuristic_block_n = c.block_n;
     emu_host_stats.heuristic_stages = c.stages;
@@ -248,6 +250,24 @@ cudaError_t cudaKernelSetAttributeForDevice(cudaKernel_t kernel, enum cudaFuncAt
     (void)value;
     return device == 0 ? cudaSuccess : cudaErrorInvalidDevice;
 }
+/* Clusters of `size` CTAs the emulated device holds: EMU_NUM_SMS / size, or
+ * fewer where $EMU_CLUSTER_SLOTS ("size:count,...", e.g. "4:1") says so (a
+ * device whose GPCs leave clusters of 3 and 4 short). */
+static int emu_cluster_slots(int size) {
+    int slots = emu_num_sms() / (size > 0 ? size : 1);
+    const char *e = getenv("EMU_CLUSTER_SLOTS");
+    for (const char *q = e; q && *q;) {
+        int sz = 0, count = 0, used = 0;
+        if (sscanf(q, "%d:%d%n", &sz, &count, &used) != 2)
+            break;
+        if (sz == size && count >= 1 && count < slots)
+            slots = count;
+        q += used;
+        if (*q == ',')
+            q++;
+    }
+    return slots;
+}
 cudaError_t cudaOccupancyMaxActiveClusters(int *clusters, const void *func, const cudaLaunchConfig_t *config) {
     (void)func;
     unsigned size = 1;
@@ -255,7 +275,13 @@ cudaError_t cudaOccupancyMaxActiveClusters(int *clusters, const void *func, cons
         if (config->attrs[i].id == cudaLaunchAttributeClusterDimension)
             size = config->attrs[i].val.clusterDim.x * config->attrs[i].val.clusterDim.y *
                    config->attrs[i].val.clusterDim.z;
-    *clusters = emu_num_sms() / (int)(size ? size : 1);
+    *clusters = emu_cluster_slots((int)size);
+    return cudaSuccess;
+}
+/* kernels/core/cluster_slots.cu's query (the library's device description). */
+cudaError_t dinf__cuda_cluster_slots(int cluster, int *slots);
+cudaError_t dinf__cuda_cluster_slots(int cluster, int *slots) {
+    *slots = emu_cluster_slots(cluster);
     return cudaSuccess;
 }
 #else

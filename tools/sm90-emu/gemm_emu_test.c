@@ -75,6 +75,14 @@ static const gemm_case cases[] = {
     /* the one-wave picks of the cost model at M = 64 and 128 (64x48, 128x80 split-K 2) */
     {"fast_normal_bm64_bn48_split", NORMAL, 60, 150, 1100, 1, 16, 0, 8, 4, 64, 48, 3, 0, {0}, 1, 2, 2},
     {"fast_normal_bn80_split", NORMAL, 130, 170, 900, 1, 0, 16, 0, 6, 128, 80, 2, 0, {0}, 1, 2, 2},
+    /* split-K over clusters of 3 and 4: k blocks 9 (3 + 3 + 3; 3 + 3 + 3 + 0:
+     * a rank without blocks), 2 (ranks 2.. without), persistent clusters
+     * (fewer SMs than units), every form */
+    {"fast_normal_bm64_bn96_split3", NORMAL, 60, 250, 1100, 1, 16, 0, 8, 6, 64, 96, 3, 0, {0}, 1, 3, 3},
+    {"fast_normal_bn64_split4", NORMAL, 130, 136, 1100, 1, 0, 16, 0, 8, 128, 64, 2, 0, {0}, 1, 4, 4},
+    {"fast_normal_bn32_split4_k2", NORMAL, 100, 72, 200, 1, 0, 0, 0, 4, 128, 32, 2, 0, {0}, 1, 4, 4},
+    {"fast_contig_bn48_split3", CONTIG, 384, 100, 900, 2, 0, 16, 0, 6, 128, 48, 2, 0, {1, -1, 0}, 1, 3, 3},
+    {"fast_masked_bm64_bn80_split4", MASKED, 70, 90, 1000, 3, 0, 0, 8, 8, 64, 80, 3, 40, {70, 0, 9}, 1, 4, 4},
     {"fast_masked_bn160_c2", MASKED, 100, 300, 256, 2, 0, 0, 0, 4, 64, 160, 2, 60, {100, 37}, 1, 2, 1},
     {"fast_contig_bn112_c1", CONTIG, 384, 230, 200, 2, 0, 0, 8, 3, 128, 112, 2, 0, {1, -1, 0}, 1, 1, 1},
     {"fast_masked_bn80_c1", MASKED, 70, 90, 300, 3, 0, 16, 0, 2, 64, 80, 3, 40, {70, 0, 9}, 1, 1, 1},

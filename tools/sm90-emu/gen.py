@@ -71,7 +71,7 @@ if has_fast and os.environ.get('EMU_FAST_ALL') == '1':
     for form in (0, 1, 2):
         for bm in ((128,) if form == 1 else (64, 128, 256)):
             for bn in range(16, 161 if bm < 256 else 129, 16):
-                for cl, sp in ((1, 1), (2, 1)) if bm == 256 else ((1, 1), (2, 1), (2, 2)):
+                for cl, sp in ((1, 1), (2, 1)) if bm == 256 else ((1, 1), (2, 1), (2, 2), (3, 3), (4, 4)):
                     inst = ('fp8_gemm_fast', (form, bm, bn, 2, cl, sp))
                     if inst not in INSTANCES:
                         INSTANCES.append(inst)

@@ -3,7 +3,7 @@
 #   tools/sm90-emu/run.sh [CASE-SUBSTRING]
 #   tools/sm90-emu/run.sh --selftest     (emulated PTX paths no kernel here uses yet)
 # Env: EMU_SKEW (1 by default here), EMU_SEED (scheduling seed), EMU_SEEDS
-# (data seeds per case), EMU_MMA=double|seq, MUT='old|||new' (plant a bug; MUT_FILE=path limits it to one file;
+# (data seeds per case), EMU_CLUSTER_SLOTS ("4:1": resident clusters per size), EMU_MMA=double|seq, MUT='old|||new' (plant a bug; MUT_FILE=path limits it to one file;
 # built in its own directory), EMU_SAN (sanitizers, default undefined; "" for
 # none, address,undefined for ASan too), EMU_OUT (build directory).
 set -e

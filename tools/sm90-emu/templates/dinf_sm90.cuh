@@ -172,11 +172,13 @@ __device__ __forceinline__ void named_barrier_sync(uint32_t id, uint32_t threads
 }
 #endif
 
-#ifdef EMU_HAVE_st_cluster_f32
-/* st.shared::cluster.f32 */
-__device__ __forceinline__ void st_cluster_f32(uint32_t cluster_addr, float v) {
-    memcpy(emu::smem_host(cluster_addr, 4, nullptr), &v, 4);
+#ifdef EMU_HAVE_ld_cluster_f32
+/* ld.shared::cluster.f32 */
+__device__ __forceinline__ float ld_cluster_f32(uint32_t cluster_addr) {
+    float v;
+    memcpy(&v, emu::smem_host(cluster_addr, 4, nullptr), 4);
     emu::maybe_yield();
+    return v;
 }
 #endif
 
