@@ -313,6 +313,15 @@ dinf_status dinf__fp8_device_query(const char *func, int device, dinf__fp8_devic
         }
     pthread_mutex_unlock(&lock);
     dinf__fp8_device_ideal(num_sms, dev);
+    /* The first query loads the probe kernel's module (lazy loading) and
+     * sets its attribute: "potentially unsafe" calls while this thread's
+     * stream is being captured in global mode (a first GEMM inside a graph
+     * capture); relaxed mode makes them without invalidating the capture,
+     * as the JIT's module load does (jit/jit_load.c). */
+    enum cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    const int exchanged = cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess;
+    if (!exchanged)
+        cudaGetLastError();
     dinf__cuda_guard guard;
     if (dinf__cuda_guard_enter(&guard, device) == cudaSuccess) {
         for (int c = 2; c <= DINF_FP8_FAST_MAX_SPLIT_K; c++) {
@@ -327,6 +336,8 @@ dinf_status dinf__fp8_device_query(const char *func, int device, dinf__fp8_devic
     } else {
         cudaGetLastError();
     }
+    if (exchanged)
+        cudaThreadExchangeStreamCaptureMode(&mode);
     pthread_mutex_lock(&lock);
     if (used < CACHED) {
         cache[used].device = device;

@@ -278,6 +278,11 @@ cudaError_t cudaOccupancyMaxActiveClusters(int *clusters, const void *func, cons
     *clusters = emu_cluster_slots((int)size);
     return cudaSuccess;
 }
+/* No stream capture in the emulator: the mode swap is accepted and changes nothing. */
+cudaError_t cudaThreadExchangeStreamCaptureMode(enum cudaStreamCaptureMode *mode) {
+    (void)mode;
+    return cudaSuccess;
+}
 /* kernels/core/cluster_slots.cu's query (the library's device description). */
 cudaError_t dinf__cuda_cluster_slots(int cluster, int *slots);
 cudaError_t dinf__cuda_cluster_slots(int cluster, int *slots) {
