@@ -39,8 +39,8 @@
  * model's neighbours (128x160, 128x128, 256x128, 256x112, all with the 2-CTA
  * A multicast); for m = 64 and 128 at n = 2112 and 4096 (k = 7168), where
  * the one-wave cost model replaced the fullest-last-wave pick (with split-K
- * 3 or 4 on 132 SMs), that old pick (unsplit) and the model's best with at
- * most split-K 2. One run shows whether each model picks the fastest tile.
+ * over clusters of 2 to 4), that old pick (unsplit) and a split neighbour of
+ * the model's pick. One run shows whether each model picks the fastest tile.
  *
  * Physical floor: the row's counter floor_us = max(FLOPs / 1979 TFLOP/s
  * (H200 dense FP8, datasheet), bytes / 4.8 TB/s (HBM3e, datasheet)); the
@@ -464,11 +464,12 @@ static const tile_alt tile_alternatives[] = {
     /* m = 4096: the wave model's neighbours, all with the A multicast */
     {4096, 0, 128, 160, 2, 1}, {4096, 0, 128, 128, 2, 1},
     {4096, 0, 256, 128, 2, 1}, {4096, 0, 256, 112, 2, 1},
-    /* one-wave small-M shapes the cost model re-ranks (it picks split-K 3
-     * or 4 there on 132 SMs): the fullest-last-wave pick it replaced
-     * (unsplit, 1 CTA) and the model's best with at most split-K 2 */
+    /* one-wave small-M shapes the cost model re-ranks (on 132 SMs whose
+     * GPCs pack clusters fully it picks 64x48 split 3, 64x64 split 2,
+     * 128x80 split 4, 128x96 split 3): the fullest-last-wave pick it
+     * replaced (unsplit, 1 CTA) and a split neighbour of the pick */
     {64, 2112, 64, 16, 1, 1},    {64, 2112, 64, 48, 2, 2},
-    {64, 4096, 64, 32, 1, 1},    {64, 4096, 64, 64, 2, 2},
+    {64, 4096, 64, 32, 1, 1},    {64, 4096, 64, 96, 3, 3},
     {128, 2112, 128, 16, 1, 1},  {128, 2112, 128, 48, 2, 2},
     {128, 4096, 128, 32, 1, 1},  {128, 4096, 128, 80, 2, 2},
 };

@@ -212,7 +212,10 @@ typedef enum dinf_fp8_gemm_form {
  * negative num_sms, NULL config, an unknown DINF_FP8_GEMM_KERNEL); with
  * num_sms 0 also DINF_STATUS_UNSUPPORTED (no current CUDA device, not sm_90,
  * or a build without CUDA). num_sms > 0: pure function, no device, no JIT;
- * num_sms 0: queries the device once (cached). Thread-safe.
+ * num_sms 0: queries the device once (cached; like any GPU call of the
+ * library it initialises the device's primary context, leaving the thread's
+ * current context as it was, and it loads the library's small probe
+ * kernel). Thread-safe.
  */
 DINF_API dinf_status dinf_fp8_gemm_kernel_config(int32_t form, int64_t m, int64_t n, int64_t k,
                                                  int64_t num_groups, int32_t num_sms,

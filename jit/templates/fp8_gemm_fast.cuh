@@ -37,12 +37,13 @@
  *               waits until rank 0 has read its previous partial (its own
  *               red_empty), writes its float32 totals into its own shared
  *               buffer and arrives, releasing at cluster scope, on rank 0's
- *               red_full; rank 0 waits there (acquire), reads the partials of
- *               ranks 1, 2, ... in rank order through distributed shared
- *               memory (ld.shared::cluster), adds each to its own (own + r1 +
- *               r2 + ...: deterministic), arrives on every rank's red_empty
- *               and stores. For one-wave problems (the heuristic's cost
- *               model).
+ *               red_full (one arrival per warp, after __syncwarp); rank 0
+ *               waits there (acquire), reads the partials of ranks 1, 2, ...
+ *               in rank order through distributed shared memory
+ *               (ld.shared::cluster), adds each to its own (own + r1 + r2 +
+ *               ...: deterministic), arrives on every rank's red_empty (lane
+ *               r of each warp for rank r) and stores. For one-wave
+ *               problems (the heuristic's cost model).
  *
  * Runtime params:
  *   map_a   as fp8_gemm.cuh, but box {128, BLOCK_M / 2, 1} with the multicast
@@ -184,9 +185,10 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
             mbar_init(&empty[s], (kMulticast ? CLUSTER : 1) * kMathWarpgroups * 4);
         }
         if (SPLIT_K > 1) {
-            /* rank 0's: every math thread of ranks 1.. has published its partial */
-            mbar_init(red_full, (SPLIT_K - 1) * kMathThreads);
-            mbar_init(red_empty, kMathThreads); /* rank r's: rank 0 has read r's partial */
+            /* rank 0's: every math warp of ranks 1.. has published its partial */
+            mbar_init(red_full, (SPLIT_K - 1) * (kMathThreads / 32));
+            /* rank r's: every math warp of rank 0 has read r's partial */
+            mbar_init(red_empty, kMathThreads / 32);
         }
         mbar_init_fence();
         /* The tensor maps are __grid_constant__ kernel parameters, not memory
@@ -420,7 +422,11 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
 #pragma unroll
                     for (int i = 0; i < kAccum; i++)
                         partial[dinf_fp8_split_slot(i, math_thread, kMathThreads)] = total[0][i];
-                    mbar_arrive_cluster(cluster_map_shared(smem_u32(red_full), 0));
+                    /* one arrival per warp: __syncwarp orders the lanes' stores
+                     * before lane 0's release (as the stage releases) */
+                    __syncwarp();
+                    if (lane == 0)
+                        mbar_arrive_cluster(cluster_map_shared(smem_u32(red_full), 0));
                     continue; /* rank 0 stores the tile */
                 }
                 mbar_wait_acquire_cluster(red_full, phase);
@@ -434,9 +440,12 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
                             ld_cluster_f32(remote + 4u * (uint32_t)dinf_fp8_split_slot(
                                                              i, math_thread, kMathThreads));
                 }
-#pragma unroll
-                for (int r = 1; r < SPLIT_K; r++)
-                    mbar_arrive_cluster(cluster_map_shared(smem_u32(red_empty), (uint32_t)r));
+                /* every lane's loads are done (their values are in
+                 * registers); one arrival per warp on each rank's red_empty,
+                 * lane r for rank r */
+                __syncwarp();
+                if (lane >= 1 && lane < SPLIT_K)
+                    mbar_arrive_cluster(cluster_map_shared(smem_u32(red_empty), (uint32_t)lane));
             }
 
             if (tile.phantom)

@@ -322,15 +322,18 @@ dinf_status dinf__fp8_device_query(const char *func, int device, dinf__fp8_devic
     const int exchanged = cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess;
     if (!exchanged)
         cudaGetLastError();
+    int answered = 0; /* cluster sizes the query answered */
     dinf__cuda_guard guard;
     if (dinf__cuda_guard_enter(&guard, device) == cudaSuccess) {
         for (int c = 2; c <= DINF_FP8_FAST_MAX_SPLIT_K; c++) {
             int slots = 0;
             if (dinf__cuda_cluster_slots(c, &slots) == cudaSuccess && slots > 0 &&
-                slots <= dev->slots[c])
+                slots <= dev->slots[c]) {
                 dev->slots[c] = slots;
-            else /* not the caller's failure: plan as if the GPCs packed fully */
+                answered++;
+            } else { /* not the caller's failure: plan as if the GPCs packed fully */
                 cudaGetLastError();
+            }
         }
         dinf__cuda_guard_leave(&guard);
     } else {
@@ -338,8 +341,10 @@ dinf_status dinf__fp8_device_query(const char *func, int device, dinf__fp8_devic
     }
     if (exchanged)
         cudaThreadExchangeStreamCaptureMode(&mode);
+    /* a description with a failed query is used but not kept: the next
+     * call asks again */
     pthread_mutex_lock(&lock);
-    if (used < CACHED) {
+    if (answered == DINF_FP8_FAST_MAX_SPLIT_K - 1 && used < CACHED) {
         cache[used].device = device;
         cache[used].dev = *dev;
         used++;

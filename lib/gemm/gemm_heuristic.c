@@ -16,8 +16,11 @@ static const int fast_block_n[] = {16, 32, 48, 64, 80, 96, 112, 128, 144, 160};
 
 /* Rows per group at or above which a multi-wave problem multicasts A. */
 #define MULTICAST_MIN_ROWS 512
-/* K blocks (of 128) from which a one-wave problem may split K in two. */
+/* K blocks (of 128) from which a one-wave problem may split K. */
 #define SPLIT_K_MIN_K_BLOCKS 8
+/* One-wave candidates whose modelled cycles are within 1/32 of the fewest
+ * count as equal (then more CTAs win). */
+#define ONE_WAVE_TOLERANCE 32
 /* Deepest pipeline either rung compiles (the template's range). */
 #define FAST_MAX_STAGES 16
 #define SIMPLE_MAX_STAGES 8
@@ -87,9 +90,12 @@ long long dinf__fp8_hbm_cycles(int gemm_type, int64_t m, int64_t n, int64_t k,
 }
 
 long long dinf__fp8_one_wave_cycles(int block_m, int block_n, int split_k, long long k_blocks,
-                                    long long ctas, long long hbm_cycles) {
+                                    long long a_rows, long long ctas, long long hbm_cycles) {
     const long long kc = ceil_div_ll(k_blocks, split_k); /* rank 0's share, the largest */
-    const long long per_cta = kc * DINF_FP8_BLOCK_K * (block_m + block_n);
+    /* TMA reads only the rows inside the tensor (the rest of the box is
+     * zero-filled): A costs min(block_m, rows) rows of L2 traffic */
+    const long long rows = a_rows < 1 ? 1 : a_rows < block_m ? a_rows : block_m;
+    const long long per_cta = kc * DINF_FP8_BLOCK_K * (rows + block_n);
     long long l2_rate = DINF__FP8_MODEL_SM_BYTES_PER_CYCLE * ctas;
     if (l2_rate > DINF__FP8_MODEL_L2_BYTES_PER_CYCLE)
         l2_rate = DINF__FP8_MODEL_L2_BYTES_PER_CYCLE;
@@ -98,12 +104,14 @@ long long dinf__fp8_one_wave_cycles(int block_m, int block_n, int split_k, long 
     const long long smem = kc * (block_m + (long long)(block_m / 64) * block_n);
     /* block_m x block_n x 128 multiply-adds at 4096 per cycle */
     const long long mma = kc * block_m * block_n / 32;
-    /* rank 1's float32 partial over distributed shared memory */
+    /* the other ranks' float32 partials over distributed shared memory: a
+     * tail after the last loads */
     const long long reduce = (long long)(split_k - 1) * block_m * block_n * 4 /
                              DINF__FP8_MODEL_DSMEM_BYTES_PER_CYCLE;
-    long long chain = l2 > smem ? l2 : smem;
-    chain = (chain > mma ? chain : mma) + reduce;
-    return chain > hbm_cycles ? chain : hbm_cycles;
+    long long t = l2 > smem ? l2 : smem;
+    t = t > mma ? t : mma;
+    t = t > hbm_cycles ? t : hbm_cycles;
+    return t + reduce;
 }
 
 /* The block_n search of one block_m (block_n <= max_bn): the fewest waves,
@@ -184,47 +192,59 @@ dinf__fp8_config dinf__fp8_heuristic_dev(int gemm_type, int64_t m, int64_t n, in
     if (best.waves == 1) {
         const long long m_blocks = ceil_div_ll(m, best.block_m);
         const long long hbm = dinf__fp8_hbm_cycles(gemm_type, m, n, k, num_groups);
-        long long b_cycles = 0, b_ctas = 0;
+        /* Two passes over the candidates: the fewest modelled cycles, then,
+         * among those within 1/ONE_WAVE_TOLERANCE of it (the model cannot
+         * tell them apart), more CTAs; then the smaller split; then more
+         * stages; then (ascending order) the smaller block_n. */
+        long long fewest = -1, b_ctas = 0;
         int found = 0;
-        for (int split = 1; split <= DINF_FP8_FAST_MAX_SPLIT_K; split++) {
-            if (split > 1 && k_blocks < SPLIT_K_MIN_K_BLOCKS)
-                break;
-            /* one wave: a unit per resident cluster at most (unsplit: per SM) */
-            const long long slots = split == 1 ? num_sms : dev->slots[split];
-            for (size_t i = 0; i < sizeof fast_block_n / sizeof fast_block_n[0]; i++) {
-                const int bn = fast_block_n[i];
-                const long long tiles = m_blocks * ceil_div_ll(n, bn) * groups;
-                if (tiles > slots)
+        for (int pass = 0; pass < 2; pass++)
+            for (int split = 1; split <= DINF_FP8_FAST_MAX_SPLIT_K; split++) {
+                if (split > 1 && k_blocks < SPLIT_K_MIN_K_BLOCKS)
+                    break;
+                /* every rank gets k blocks ((split - 1) runs of ceil(kb / split)
+                 * leave some for the last) */
+                if (split > 1 && (split - 1) * ceil_div_ll(k_blocks, split) >= k_blocks)
                     continue;
-                const long long ctas = split * tiles;
-                const long long cycles =
-                    dinf__fp8_one_wave_cycles(best.block_m, bn, split, k_blocks, ctas, hbm);
-                const int stages = fast_stages(best.block_m, bn, split);
-                /* the fewest cycles; then more CTAs; then no split; then more
-                 * stages; then (ascending order) the smaller block_n */
-                int better = !found;
-                if (found) {
-                    if (cycles != b_cycles)
-                        better = cycles < b_cycles;
-                    else if (ctas != b_ctas)
-                        better = ctas > b_ctas;
-                    else if (split != best.split_k)
-                        better = split < best.split_k;
-                    else
-                        better = stages > best.stages;
-                }
-                if (better) {
-                    found = 1, b_cycles = cycles, b_ctas = ctas;
-                    best.block_n = bn;
-                    best.stages = stages;
-                    best.cluster = split;
-                    best.split_k = split;
-                    best.tiles = tiles;
-                    best.waves = 1;
-                    best.last_wave = (int)ctas;
+                /* one wave: a unit per resident cluster at most (unsplit: per SM) */
+                const long long slots = split == 1 ? num_sms : dev->slots[split];
+                for (size_t i = 0; i < sizeof fast_block_n / sizeof fast_block_n[0]; i++) {
+                    const int bn = fast_block_n[i];
+                    const long long tiles = m_blocks * ceil_div_ll(n, bn) * groups;
+                    if (tiles > slots)
+                        continue;
+                    const long long ctas = split * tiles;
+                    const long long cycles = dinf__fp8_one_wave_cycles(best.block_m, bn, split,
+                                                                       k_blocks, m, ctas, hbm);
+                    if (pass == 0) {
+                        if (fewest < 0 || cycles < fewest)
+                            fewest = cycles;
+                        continue;
+                    }
+                    if (cycles > fewest + fewest / ONE_WAVE_TOLERANCE)
+                        continue;
+                    const int stages = fast_stages(best.block_m, bn, split);
+                    int better = !found;
+                    if (found) {
+                        if (ctas != b_ctas)
+                            better = ctas > b_ctas;
+                        else if (split != best.split_k)
+                            better = split < best.split_k;
+                        else
+                            better = stages > best.stages;
+                    }
+                    if (better) {
+                        found = 1, b_ctas = ctas;
+                        best.block_n = bn;
+                        best.stages = stages;
+                        best.cluster = split;
+                        best.split_k = split;
+                        best.tiles = tiles;
+                        best.waves = 1;
+                        best.last_wave = (int)ctas;
+                    }
                 }
             }
-        }
     }
     /* BLOCK_M 256 (normal and masked, more than 128 rows per group, no
      * split-K): the same block_n search over block_n <= 128, taken when its
@@ -320,6 +340,11 @@ DINF_API dinf_status dinf_fp8_gemm_kernel_config(int32_t form, int64_t m, int64_
     if (num_groups < 1)
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_groups=%lld must be >= 1",
                          (long long)num_groups);
+    if (m > INT32_MAX || n > INT32_MAX || k > INT32_MAX || num_groups > INT32_MAX)
+        return DINF_FAIL(DINF_STATUS_UNSUPPORTED,
+                         "m=%lld, n=%lld, k=%lld, num_groups=%lld: a size above 2^31 - 1 (the "
+                         "Hopper kernels' limit)",
+                         (long long)m, (long long)n, (long long)k, (long long)num_groups);
     if (num_sms < 0)
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
                          "num_sms=%d must be >= 1, or 0 for the current CUDA device", (int)num_sms);

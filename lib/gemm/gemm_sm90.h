@@ -34,7 +34,7 @@ typedef struct dinf__fp8_device {
 void dinf__fp8_device_ideal(int num_sms, dinf__fp8_device *dev);
 
 /* The CUDA device `device` (-1: the current one) as the GPU path sees it
- * (cached per device and SM count):
+ * (cached per device and SM count once every query answered):
  * UNSUPPORTED / INVALID_ARGUMENT as the GPU path's device check (not sm_90,
  * no such device); slots from cudaOccupancyMaxActiveClusters
  * (kernels/core/cluster_slots.cu), the ideal count where the query fails.
@@ -76,9 +76,11 @@ typedef struct dinf__fp8_config {
  *             is re-ranked by its modelled time (dinf__fp8_one_wave_cycles):
  *             each block_n unsplit (tiles <= num_sms, cluster 1) and, when
  *             k has at least 8 blocks of 128, with split-K s = 2, 3, 4
- *             (cluster s, tiles <= the device's slots for clusters of s);
- *             the fewest modelled cycles win, then more CTAs, then the
- *             smaller split, then more stages, then the smaller block_n. (The fullest-last-wave rule
+ *             (cluster s, tiles <= the device's slots for clusters of s;
+ *             only when every rank gets k blocks); among the candidates
+ *             within 1/32 of the fewest modelled cycles (the model cannot
+ *             rank them) more CTAs win, then the smaller split, then more
+ *             stages, then the smaller block_n. (The fullest-last-wave rule
  *             alone picks block_n 16 for N = 2112 at M <= 128: every CTA then
  *             streams all of A for a 16-column tile, and the SMs load 4-8x
  *             the bytes of B from L2.)
@@ -107,20 +109,24 @@ dinf__fp8_config dinf__fp8_heuristic_dev(int gemm_type, int64_t m, int64_t n, in
  * The cost model of the one-wave choice, in SM clock cycles (constants: the
  * H100/H200 datasheets and DeepGEMM HEAD's own L2 model; leads, not
  * measurements). A candidate (block_m, block_n, split_k) runs `ctas` CTAs,
- * each over kc = ceil(k_blocks / split_k) k blocks (rank 0's share):
- *   L2     ctas * kc * 128 * (block_m + block_n) bytes loaded from L2, at
+ * each over kc = ceil(k_blocks / split_k) k blocks (rank 0's share); a_rows
+ * is the rows per group (the hint m):
+ *   L2     ctas * kc * 128 * (min(block_m, a_rows) + block_n) bytes loaded
+ *          from L2 (TMA fetches no rows past the tensor), at
  *          min(64 * ctas, 6144) bytes per cycle (an SM ingests at most 64,
  *          the L2 delivers about 6 KiB per cycle, ~11 TB/s at 1.8 GHz);
  *   smem   kc * (block_m + block_m / 64 * block_n): the bytes the wgmma read
  *          from shared memory (A once, B once per 64-row wave), 128 per cycle;
  *   mma    kc * block_m * block_n / 32: 128-K multiply-adds at 4096 per cycle;
- *   reduce (split_k - 1) * block_m * block_n * 4 / 64: the partner's float32
- *          partial through distributed shared memory at 64 bytes per cycle;
- *   time   max(hbm_cycles, max(L2, smem, mma) + reduce).
+ *   reduce (split_k - 1) * block_m * block_n * 4 / 64: the other ranks'
+ *          float32 partials through distributed shared memory at 64 bytes
+ *          per cycle, after the last loads;
+ *   time   max(hbm_cycles, L2, smem, mma) + reduce.
  * dinf__fp8_hbm_cycles: the problem's unique bytes (B of every group once,
  * the A rows and the bf16 D rows once; masked rows = m * num_groups) at
- * 2600 bytes per cycle (the H200's 4.8 TB/s at ~1.85 GHz). A problem at the
- * HBM floor ties there, and the tie goes to more CTAs (more loads in flight).
+ * 2600 bytes per cycle (the H200's 4.8 TB/s at ~1.85 GHz). Candidates at
+ * the HBM floor differ by their reduction tails only, within the heuristic's
+ * 1/32 tolerance: the tie goes to more CTAs (more loads in flight).
  * Pure functions.
  */
 #define DINF__FP8_MODEL_SM_BYTES_PER_CYCLE 64
@@ -130,7 +136,7 @@ dinf__fp8_config dinf__fp8_heuristic_dev(int gemm_type, int64_t m, int64_t n, in
 long long dinf__fp8_hbm_cycles(int gemm_type, int64_t m, int64_t n, int64_t k,
                                int64_t num_groups);
 long long dinf__fp8_one_wave_cycles(int block_m, int block_n, int split_k, long long k_blocks,
-                                    long long ctas, long long hbm_cycles);
+                                    long long a_rows, long long ctas, long long hbm_cycles);
 
 /* The simple rung's rule (unchanged from part 1): block_m as above; block_n
  * in {16, 32, 64, 128} with the fewest waves, then the fullest last wave,

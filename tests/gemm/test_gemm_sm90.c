@@ -685,6 +685,19 @@ Test(gemm_heuristic, public_kernel_config_and_its_checks) {
         {0, 1, 1, 1, 1, -1, 0, "dinf_fp8_gemm_kernel_config: num_sms=-1 must be >= 1, or 0 for the current CUDA device"},
         {0, 1, 1, 1, 1, 1, 1, "dinf_fp8_gemm_kernel_config: config is NULL"},
     };
+    /* sizes the kernels do not take (above int32: the model's products would
+     * overflow) are UNSUPPORTED, as on the GPU path */
+    const long long big = (long long)INT32_MAX + 1;
+    const long long huge[][4] = {{big, 1, 1, 1}, {1, big, 1, 1}, {1, 1, big, 1}, {1, 1, 1, big},
+                                 {1, 1, 1LL << 50, 1}};
+    for (int i = 0; i < 5; i++) {
+        cr_assert_eq(dinf_fp8_gemm_kernel_config(0, huge[i][0], huge[i][1], huge[i][2],
+                                                 huge[i][3], 132, &c),
+                     DINF_STATUS_UNSUPPORTED, "huge case %d", i);
+        cr_assert(strstr(dinf_last_error(), "a size above 2^31 - 1"), "%s", dinf_last_error());
+    }
+    cr_assert_eq(dinf_fp8_gemm_kernel_config(0, INT32_MAX, INT32_MAX, INT32_MAX, 1, 132, &c),
+                 DINF_STATUS_OK, "the largest sizes: %s", dinf_last_error());
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         cr_assert_eq(dinf_fp8_gemm_kernel_config(bad[i].form, bad[i].m, bad[i].n, bad[i].k,
                                                  bad[i].g, bad[i].sms,

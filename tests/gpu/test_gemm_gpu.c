@@ -528,6 +528,37 @@ Test(gemm_gpu, device_cluster_slots_bound_the_split_k_plans) {
             cr_assert_leq(c->tiles, dev.slots[c->cluster], "m %lld n %lld", (long long)m,
                           (long long)n);
             cr_assert_eq(plan.grid, (unsigned)(c->tiles * c->split_k), "one wave of clusters");
+            /* the probe's count holds for the GEMM kernel itself: its own
+             * resident clusters (what the launch clamps the grid to) fit the
+             * plan, so every cluster runs one unit at once */
+            dinf_jit_kernel_config kc;
+            dinf__fp8_jit_config(c, &kc);
+            const dinf__jit_kernel *kernel = NULL;
+            DINF_OK(dinf__jit_get_kernel("test", &kc, 0, &kernel));
+            int optin = 0, resident = 0;
+            CUDA_OK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
+            CUDA_OK(cudaKernelSetAttributeForDevice((cudaKernel_t)kernel->kernel,
+                                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                    optin - dinf__jit_static_smem(kernel), 0));
+            cudaLaunchConfig_t lc;
+            memset(&lc, 0, sizeof lc);
+            lc.gridDim = (dim3){plan.grid, 1, 1};
+            lc.blockDim = (dim3){(unsigned)c->threads, 1, 1};
+            lc.dynamicSmemBytes = (size_t)c->smem_bytes;
+            cudaLaunchAttribute attr;
+            memset(&attr, 0, sizeof attr);
+            attr.id = cudaLaunchAttributeClusterDimension;
+            attr.val.clusterDim.x = (unsigned)c->cluster;
+            attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
+            lc.attrs = &attr;
+            lc.numAttrs = 1;
+            CUDA_OK(cudaOccupancyMaxActiveClusters(&resident, (const void *)kernel->kernel, &lc));
+            cr_log_info("  the kernel itself: %d resident clusters of %d (probe: %d)", resident,
+                        c->cluster, dev.slots[c->cluster]);
+            cr_assert_geq(resident, dev.slots[c->cluster],
+                          "m %lld n %lld: the kernel holds %d clusters of %d, the probe said %d",
+                          (long long)m, (long long)n, resident, c->cluster,
+                          dev.slots[c->cluster]);
         }
         /* the public query with num_sms 0 names the same kernel */
         dinf_jit_kernel_config jc;

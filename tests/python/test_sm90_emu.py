@@ -154,6 +154,19 @@ MUTATIONS = [
      "            if (GEMM_TYPE != DINF_FP8_GEMM_MASKED || wg_row0 + kWgRows <= tile.row_limit) {|||"
      "            if (GEMM_TYPE != DINF_FP8_GEMM_MASKED || wg_row0 + 64 <= tile.row_limit) {",
      "bad elements"),
+    # split-K over a cluster of 4 (the pull reduction): ranks > 0 overwrite a
+    # partial rank 0 has not read; rank 0 releases rank 1's buffer only; rank 0
+    # reads without waiting; red_full completes after one rank's warps
+    ("fast_normal_bn64_split4", "0,128,64,2,4,4",
+     "mbar_wait_acquire_cluster(red_empty, phase ^ 1u);|||mbar_wait_acquire_cluster(red_empty, phase);",
+     "EMU: deadlock"),
+    ("fast_normal_bn64_split4", "0,128,64,2,4,4",
+     "smem_u32(red_empty), (uint32_t)lane));|||smem_u32(red_empty), 1u));", "EMU: deadlock"),
+    ("fast_normal_bn64_split4", "0,128,64,2,4,4",
+     "                mbar_wait_acquire_cluster(red_full, phase);|||", "EMU: deadlock"),
+    ("fast_normal_bn64_split4", "0,128,64,2,4,4",
+     "mbar_init(red_full, (SPLIT_K - 1) * (kMathThreads / 32));|||"
+     "mbar_init(red_full, kMathThreads / 32);", "EMU: deadlock"),
 ]
 LONG_MUTATIONS = [
     ("normal_bm64_bn32_s2", "0,64,32,2", "                mbar_wait(&empty[s], slot.empty_parity);|||",
