@@ -161,3 +161,37 @@ def test_a_crashed_family_keeps_its_finished_rows(fake_build, tmp_path):
     assert not any("unreadable JSON" in l for l in lines)  # its cut JSON is not read
     assert any(l.startswith("copy/row") for l in lines)  # the next family still ran
     assert (out / "bench-exit.txt").read_text().split()[0] == "crash"
+
+
+def test_summary_answers_the_ab_questions(tmp_path):
+    """tools/gpu-summary ends with one line per A/B the benchmark rows answer:
+    the GEMM heuristic's pick against each forced tile (and which is
+    fastest), PDL on/off, the MLA rungs side by side, the FP8 prefetch on/off."""
+    import json
+    rows = [("gemm/gpu/fp8_nt/m64_n2112_k7168", 10.0),
+            ("gemm/gpu/tile_64x16_c1/fp8_nt/m64_n2112_k7168", 12.0),
+            ("gemm/gpu/tile_64x48_c2_s2/fp8_nt/m64_n2112_k7168", 9.0),
+            ("gemm/gpu/fp8_nt/m4096_n7168_k2048", 100.0),
+            ("gemm/gpu/tile_128x128_c2/fp8_nt/m4096_n7168_k2048", 130.0),
+            ("gemm/gpu/chain8_pdl_on/fp8_nt/m64_n2112_k7168", 8.0),
+            ("gemm/gpu/chain8_pdl_off/fp8_nt/m64_n2112_k7168", 10.0),
+            ("mla/gpu/fp8/b128_sq1_hq64_sk8192/simple", 500.0),
+            ("mla/gpu/fp8/b128_sq1_hq64_sk8192/fast", 300.0),
+            ("mla/gpu/fp8/b128_sq1_hq64_sk8192/seesaw", 290.0),
+            ("mla/gpu/fp8/b128_sq1_hq64_sk8192/fast_nopf", 330.0)]
+    out = tmp_path / "out"
+    out.mkdir()
+    json.dump({"benchmarks": [{"name": n + "/manual_time", "real_time": t * 1000.0,
+                               "time_unit": "ns", "run_type": "iteration"} for n, t in rows]},
+              open(str(out / "bench-gemm_gpu.json"), "w"))
+    proc = subprocess.run([os.path.join(ROOT, "tools", "gpu-summary"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    ab = proc.stdout[proc.stdout.index("A/B"):]
+    assert ("gemm fp8_nt/m64_n2112_k7168: pick 10.0 us; 64x48_c2_s2 0.90x, 64x16_c1 1.20x; "
+            "FORCED 64x48_c2_s2 IS FASTER (0.90x the pick's time)") in ab, ab
+    assert "gemm fp8_nt/m4096_n7168_k2048: pick 100.0 us; 128x128_c2 1.30x; the pick is fastest" in ab
+    assert "gemm PDL fp8_nt/m64_n2112_k7168: on 8.00 us, off 10.00 us per call (on/off 0.80x)" in ab
+    assert ("mla fp8 b128_sq1_hq64_sk8192: simple 500.0 us, fast 300.0 us, seesaw 290.0 us "
+            "-> seesaw") in ab
+    assert "mla fp8 b128_sq1_hq64_sk8192: fast prefetch on 300.0 us, off 330.0 us (on/off 0.91x)" in ab
