@@ -7,8 +7,9 @@ pages into a dense [b, s_k, 576] tensor (dequantizing FP8 entries to bf16),
 then Q K^T, softmax in float32 and P V with bf16 matmuls. Timed with CUDA
 events (median of 5 after 2 warm-ups, L2 not flushed, like ours), rates by
 FlashMLA's formulas (flashmla.md 7.1). Writes Google-Benchmark-style JSON
-(--out FILE) that tools/gpu-summary prints beside our rows, and prints one
-line per row.
+(--out FILE, rewritten after every row, so a run stopped by its time budget
+keeps the rows it finished) that tools/gpu-summary prints beside our rows,
+and prints one line per row.
 
     python3 benchmarks/peer_mla_torch.py --out build/gpu-check/peer-mla-torch.json
 """
@@ -36,6 +37,7 @@ def main():
         print("peer_mla_torch: no CUDA device; no peer rows", file=sys.stderr)
         json.dump({"benchmarks": []}, open(a.out, "w"))
         return 0
+    json.dump({"benchmarks": []}, open(a.out, "w"))
     dev = torch.device("cuda")
     torch.manual_seed(0)
     b, s_k_max = 128, 16384
@@ -108,6 +110,8 @@ def main():
             rows.append({"name": name, "real_time": t_us, "time_unit": "us",
                          "FLOP/s": flops / (t_us * 1e-6), "B/s": nbytes / (t_us * 1e-6),
                          "label": "peer: PyTorch gather + attention (torch %s)" % torch.__version__})
+            # the JSON after every row: a run stopped by gpu-check's budget keeps its rows
+            json.dump({"benchmarks": rows}, open(a.out, "w"), indent=1)
             print("%-44s %10.1f us  %8.2f TFLOP/s  %8.1f GB/s" % (
                 name, t_us, flops / t_us / 1e6, nbytes / t_us / 1e3))
             torch.cuda.empty_cache()

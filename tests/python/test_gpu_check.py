@@ -166,7 +166,8 @@ def test_a_crashed_family_keeps_its_finished_rows(fake_build, tmp_path):
 def test_summary_answers_the_ab_questions(tmp_path):
     """tools/gpu-summary ends with one line per A/B the benchmark rows answer:
     the GEMM heuristic's pick against each forced tile (and which is
-    fastest), PDL on/off, the MLA rungs side by side, the FP8 prefetch on/off."""
+    fastest), ours against cuBLASLt, PDL on/off, the MLA rungs side by side
+    and against PyTorch, the FP8 prefetch on/off."""
     import json
     rows = [("gemm/gpu/fp8_nt/m64_n2112_k7168", 10.0),
             ("gemm/gpu/tile_64x16_c1/fp8_nt/m64_n2112_k7168", 12.0),
@@ -178,12 +179,17 @@ def test_summary_answers_the_ab_questions(tmp_path):
             ("mla/gpu/fp8/b128_sq1_hq64_sk8192/simple", 500.0),
             ("mla/gpu/fp8/b128_sq1_hq64_sk8192/fast", 300.0),
             ("mla/gpu/fp8/b128_sq1_hq64_sk8192/seesaw", 290.0),
-            ("mla/gpu/fp8/b128_sq1_hq64_sk8192/fast_nopf", 330.0)]
+            ("mla/gpu/fp8/b128_sq1_hq64_sk8192/fast_nopf", 330.0),
+            ("gemm/gpu/cublaslt_blockwise/fp8_nt/m64_n2112_k7168", 12.5)]
     out = tmp_path / "out"
     out.mkdir()
-    json.dump({"benchmarks": [{"name": n + "/manual_time", "real_time": t * 1000.0,
+    # named as Google Benchmark names rows with a fixed iteration count and manual time
+    json.dump({"benchmarks": [{"name": n + "/iterations:30/manual_time", "real_time": t * 1000.0,
                                "time_unit": "ns", "run_type": "iteration"} for n, t in rows]},
               open(str(out / "bench-gemm_gpu.json"), "w"))
+    # the PyTorch peer's file (benchmarks/peer_mla_torch.py)
+    json.dump({"benchmarks": [{"name": "mla/torch/fp8/b128_sq1_hq64_sk8192", "real_time": 580.0,
+                               "time_unit": "us"}]}, open(str(out / "peer-mla-torch.json"), "w"))
     proc = subprocess.run([os.path.join(ROOT, "tools", "gpu-summary"), "--out", str(out)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -195,3 +201,24 @@ def test_summary_answers_the_ab_questions(tmp_path):
     assert ("mla fp8 b128_sq1_hq64_sk8192: simple 500.0 us, fast 300.0 us, seesaw 290.0 us "
             "-> seesaw") in ab
     assert "mla fp8 b128_sq1_hq64_sk8192: fast prefetch on 300.0 us, off 330.0 us (on/off 0.91x)" in ab
+    assert ("gemm fp8_nt/m64_n2112_k7168: ours 10.0 us, cuBLASLt blockwise 12.5 us "
+            "(ours/peer 0.80x: ours faster)") in ab, ab
+    assert ("mla fp8 b128_sq1_hq64_sk8192: ours (fastest rung) 290.0 us, PyTorch 580.0 us "
+            "(ours/peer 0.50x)") in ab, ab
+    # the table's own rows carry the names without Google Benchmark's suffixes
+    assert "gemm/gpu/fp8_nt/m64_n2112_k7168 " in proc.stdout and "iterations:" not in proc.stdout
+
+
+def test_summary_names_an_empty_peer_file(tmp_path):
+    """A peer script that ran but measured nothing (no torch, no device, or
+    stopped by its budget before its first row) leaves an ERROR row naming
+    its log instead of silence."""
+    import json
+    out = tmp_path / "out"
+    out.mkdir()
+    json.dump({"benchmarks": []}, open(str(out / "peer-mla-torch.json"), "w"))
+    proc = subprocess.run([os.path.join(ROOT, "tools", "gpu-summary"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "peer-mla-torch" in proc.stdout and "no peer rows" in proc.stdout, proc.stdout
+    assert "peer-mla-torch.log" in proc.stdout
