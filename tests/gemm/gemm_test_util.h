@@ -20,6 +20,25 @@
 
 static inline int cdiv(long long a, long long b) { return (int)((a + b - 1) / b); }
 
+/* The fast rung's cluster modes, 0 .. FAST_MODES - 1: (cluster, split_k) =
+ * (1, 1), (2, 1) A multicast, (2, 2), (3, 3), (4, 4) split-K. */
+enum { FAST_MODES = 5 };
+static inline void fast_mode(int mode, int *cluster, int *split_k) {
+    *cluster = mode == 0 ? 1 : mode <= 2 ? 2 : mode;
+    *split_k = mode <= 1 ? 1 : *cluster;
+}
+
+/* Whether the fast rung takes {form, block_m, block_n, split_k}: its block_n
+ * set, block_m 128 for the contiguous form, block_m 256 only with block_n <=
+ * 128 and no split-K (the heuristics' space; fp8_gemm_fast.cuh's asserts). */
+static inline int fast_config_in_space(int form, int block_m, int block_n, int split_k) {
+    if (!dinf_fp8_fast_block_n_ok(block_n))
+        return 0;
+    if (form == DINF_FP8_GEMM_CONTIGUOUS && block_m != 128)
+        return 0;
+    return block_m != 256 || (block_n <= DINF_FP8_FAST_BM256_MAX_BLOCK_N && split_k == 1);
+}
+
 /* Kernel arguments of an m x n x k problem tiled block_m x block_n (ldd n + 8). */
 static inline dinf_fp8_gemm_args make_args(int m, int n, int k, int groups, int block_m,
                                            int block_n, const int32_t *group_info) {

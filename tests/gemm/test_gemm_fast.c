@@ -1827,12 +1827,11 @@ Test(gemm_fast_jit, sass_wave_order_no_accumulator_access_in_flight_one_release_
         for (int form = 0; form < 3; form++)
             for (int bm = 64; bm <= 256; bm *= 2)
                 for (int i = 0; i < NUM_FAST_BNS; i++)
-                    for (int mode = 0; mode < 5; mode++) {
-                        /* (cluster, split): (1, 1), (2, 1), (2, 2), (3, 3), (4, 4) */
-                        const int bn = fast_bns[i], cluster = mode == 0 ? 1 : mode <= 2 ? 2 : mode,
-                                  split = mode <= 1 ? 1 : cluster;
-                        if ((form == DINF_FP8_GEMM_CONTIGUOUS && bm != 128) ||
-                            (bm == 256 && (bn > DINF_FP8_FAST_BM256_MAX_BLOCK_N || split != 1)))
+                    for (int mode = 0; mode < FAST_MODES; mode++) {
+                        const int bn = fast_bns[i];
+                        int cluster, split;
+                        fast_mode(mode, &cluster, &split);
+                        if (!fast_config_in_space(form, bm, bn, split))
                             continue;
                         int stages = 16;
                         while (DINF_FP8_FAST_SPLIT_SMEM_BYTES(bm, bn, stages, split) >

@@ -991,18 +991,13 @@ Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_s
         for (int form = 0; form < 3; form++)
             for (int bm = 64; bm <= 256; bm *= 2)
                 for (int bn = 16; bn <= 160; bn += 16)
-                    for (int mode = 0; mode < 5; mode++) {
-                        /* (cluster, split): (1, 1), (2, 1), (2, 2), (3, 3), (4, 4) */
-                        const int cluster = mode == 0 ? 1 : mode <= 2 ? 2 : mode;
-                        const int split = mode <= 1 ? 1 : cluster;
-                        if (form == DINF_FP8_GEMM_CONTIGUOUS && bm != 128)
-                            continue;
-                        if (bm == 256 && (rung == DINF__FP8_KERNEL_SIMPLE ||
-                                          bn > DINF_FP8_FAST_BM256_MAX_BLOCK_N || split != 1))
-                            continue;
-                        if (rung == DINF__FP8_KERNEL_SIMPLE && (cluster != 1 || 128 % bn != 0))
-                            continue;
-                        if (rung == DINF__FP8_KERNEL_FAST && !dinf_fp8_fast_block_n_ok(bn))
+                    for (int mode = 0; mode < FAST_MODES; mode++) {
+                        int cluster, split;
+                        fast_mode(mode, &cluster, &split);
+                        if (rung == DINF__FP8_KERNEL_SIMPLE
+                                ? (form == DINF_FP8_GEMM_CONTIGUOUS && bm != 128) || bm == 256 ||
+                                      cluster != 1 || 128 % bn != 0
+                                : !fast_config_in_space(form, bm, bn, split))
                             continue;
                         dinf__fp8_config h = dinf__fp8_choose(rung, form, bm == 64 ? 64 : 4096, 4096,
                                                               4096, 1, 132);
