@@ -5,7 +5,8 @@ is found and loaded on first use (see ``deepinfra._lib`` for the lookup
 order: DEEPINFRA_LIBRARY_PATH, DINF_BUILD_DIR, the build tree, the installed
 location, the dynamic loader). The core needs only the standard library;
 ``deepinfra.eplb``, ``deepinfra.gemm``, ``deepinfra.mla`` and ``deepinfra.ep`` need numpy and are imported on
-first access, as is ``deepinfra.dualpipe``.
+first access, as are ``deepinfra.dualpipe`` and ``deepinfra.jit`` (the JIT
+cache: directory, warm-up, counters).
 
 Every failed C call raises a :class:`DeepInfraError` subclass carrying the
 library's ``dinf_last_error()`` message and its status.
@@ -40,7 +41,7 @@ from .core import (
 )
 
 # Module bindings imported on first access (some need numpy).
-_SUBMODULES = ("eplb", "dualpipe", "gemm", "mla", "ep")
+_SUBMODULES = ("eplb", "dualpipe", "gemm", "mla", "ep", "jit")
 
 __all__ = [
     "__version__",

@@ -56,6 +56,10 @@ __all__ = [
     "EplbBalanceSummary",
     "EPLB_OPTIONS_MAGIC",
     "Exec",
+    "JitKernelConfig",
+    "JitStats",
+    "JIT_MAX_PARAMS",
+    "JIT_NAME_MAX",
     "EXEC_CPU",
     "EXEC_CUDA",
     "error_from_status",
@@ -309,6 +313,38 @@ class Exec(ctypes.Structure):
     @classmethod
     def cpu(cls, num_threads=0):
         return cls(ctypes.sizeof(cls), EXEC_CPU, 0, int32_arg("num_threads", num_threads), None)
+
+
+# jit.h: DINF_JIT_MAX_PARAMS, DINF_JIT_NAME_MAX (name capacity, NUL included).
+JIT_MAX_PARAMS = 24
+JIT_NAME_MAX = 64
+
+
+class JitKernelConfig(ctypes.Structure):
+    """dinf_jit_kernel_config (jit.h): a kernel template's name and constants."""
+
+    _fields_ = [
+        ("size", ctypes.c_uint32),
+        ("name", ctypes.c_char * JIT_NAME_MAX),
+        ("num_params", ctypes.c_int32),
+        ("params", ctypes.c_int64 * JIT_MAX_PARAMS),
+    ]
+
+
+class JitStats(ctypes.Structure):
+    """dinf_jit_stats (jit.h): the JIT's counters."""
+
+    _fields_ = [
+        ("size", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+        ("compiles", ctypes.c_uint64),
+        ("compile_errors", ctypes.c_uint64),
+        ("memory_hits", ctypes.c_uint64),
+        ("disk_hits", ctypes.c_uint64),
+        ("disk_rejects", ctypes.c_uint64),
+        ("loads", ctypes.c_uint64),
+        ("compile_seconds", ctypes.c_double),
+    ]
 
 
 EPLB_OPTIONS_MAGIC = 0x424C5045  # "EPLB"
@@ -581,6 +617,32 @@ _FUNCTIONS = [
         "dinf_mla_num_sm_parts",
         _STATUS,
         [ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _pi32],
+    ),
+    # dinf_status dinf_fp8_gemm_kernel_config(int32_t form, int64_t m, int64_t n, int64_t k,
+    #     int64_t num_groups, int32_t num_sms, dinf_jit_kernel_config *config);
+    (
+        "dinf_fp8_gemm_kernel_config",
+        _STATUS,
+        [ctypes.c_int32, _i64, _i64, _i64, _i64, ctypes.c_int32, ctypes.POINTER(JitKernelConfig)],
+    ),
+    # dinf_status dinf_jit_set_cache_dir(const char *path);
+    ("dinf_jit_set_cache_dir", _STATUS, [ctypes.c_char_p]),
+    # dinf_status dinf_jit_get_cache_dir(char *buf, size_t buf_bytes, size_t *needed);
+    (
+        "dinf_jit_get_cache_dir",
+        _STATUS,
+        [ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)],
+    ),
+    # dinf_status dinf_jit_precompile(const dinf_jit_kernel_config *configs, int64_t count,
+    #     const char *arch);
+    ("dinf_jit_precompile", _STATUS, [ctypes.POINTER(JitKernelConfig), _i64, ctypes.c_char_p]),
+    # dinf_status dinf_jit_get_stats(dinf_jit_stats *stats);
+    ("dinf_jit_get_stats", _STATUS, [ctypes.POINTER(JitStats)]),
+    # dinf_status dinf_jit_nvrtc_version(int *major, int *minor);
+    (
+        "dinf_jit_nvrtc_version",
+        _STATUS,
+        [ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)],
     ),
     # dinf_status dinf_mla_get_metadata(const int32_t *cache_seqlens, int64_t batch,
     #     int32_t num_sm_parts, int32_t *tile_scheduler_metadata, int32_t *num_splits,

@@ -33,6 +33,11 @@ device (gemm.h documents the device-side contract).
 ``per_token_cast_to_fp8`` / ``per_block_cast_to_fp8`` of a torch CUDA tensor
 quantize on the GPU and return torch tensors.
 
+Warm-up. The GPU path compiles each tile configuration's kernel on first use
+(NVRTC, 0.2-0.4 s). :func:`precompile` compiles every distinct kernel a list
+of batch sizes will run, ahead of serving; :func:`kernel_config` names one
+shape's kernel; :mod:`deepinfra.jit` holds the cache directory and counters.
+
 A's scales may be passed plain (``[m, ceil(k/128)]`` row-major, as the
 quantizer returns them) or already M-major (what
 :func:`get_col_major_tma_aligned_tensor` returns); plain ones are transposed
@@ -67,6 +72,9 @@ __all__ = [
     "gemm_fp8_fp8_bf16_nt",
     "m_grouped_gemm_fp8_fp8_bf16_nt_contiguous",
     "m_grouped_gemm_fp8_fp8_bf16_nt_masked",
+    "FORMS",
+    "kernel_config",
+    "precompile",
 ]
 
 _BLOCK = 128
@@ -601,3 +609,76 @@ def _col_major_device(x):
             ctypes.cast(ctypes.c_void_p(buf[i].data_ptr()), f32p), None, ctypes.byref(ex))
     view = buf.as_strided((g, m, kb), (aligned * kb, 1, aligned))
     return view[0] if squeeze else view
+
+
+# --------------------------------------------------------------------------
+# Warm-up: the JIT kernels a shape will run (include/deepinfra/gemm.h,
+# dinf_fp8_gemm_kernel_config; deepinfra.jit compiles them)
+# --------------------------------------------------------------------------
+
+# dinf_fp8_gemm_form: the call each form stands for.
+FORMS = {
+    "normal": 0,      # gemm_fp8_fp8_bf16_nt
+    "contiguous": 1,  # m_grouped_gemm_fp8_fp8_bf16_nt_contiguous
+    "masked": 2,      # m_grouped_gemm_fp8_fp8_bf16_nt_masked
+}
+
+
+def _form(form):
+    if isinstance(form, str):
+        if form not in FORMS:
+            _fail("form=%r is not one of %s" % (form, ", ".join(sorted(FORMS))))
+        return FORMS[form]
+    return _lib.int32_arg("form", form)
+
+
+def kernel_config(form, m, n, k, num_groups=1, *, num_sms=0):
+    """The JIT kernel the GPU path runs for a shape (dinf_fp8_gemm_kernel_config),
+    as a :class:`deepinfra.jit.KernelConfig` (``.constants``: GEMM_TYPE,
+    BLOCK_M, BLOCK_N, NUM_STAGES, CLUSTER, SPLIT_K of the fast rung, the first
+    four of the simple one).
+
+    ``form``: ``"normal"``, ``"contiguous"`` or ``"masked"`` (or its
+    dinf_fp8_gemm_form value); ``m``: rows (normal), m_sum (contiguous) or
+    expected_m (masked), >= 0; ``n``, ``k`` >= 1; ``num_groups`` >= 1 (1 for
+    normal). ``num_sms``: 0 asks the current CUDA device (its SM count and
+    how many clusters of 2, 3 and 4 CTAs it holds: exactly what it will run;
+    needs a GPU), or the SM count of the target (132 on H100/H200 SXM), which
+    assumes its clusters pack every SM. The rung is the one
+    ``DINF_FP8_GEMM_KERNEL`` selects now. Raises InvalidArgumentError, or
+    UnsupportedError for ``num_sms=0`` without a usable sm_90 device."""
+    from . import jit
+
+    c = _lib.JitKernelConfig()
+    c.size = ctypes.sizeof(_lib.JitKernelConfig)
+    _lib.lib().dinf_fp8_gemm_kernel_config(
+        _form(form), int64_arg("m", m), int64_arg("n", n), int64_arg("k", k),
+        int64_arg("num_groups", num_groups), _lib.int32_arg("num_sms", num_sms),
+        ctypes.byref(c))
+    return jit.KernelConfig._from_c(c)
+
+
+def precompile(form, n, k, m, num_groups=1, *, num_sms=0, arch=None):
+    """Compile ahead of serving every kernel that the shapes (``form``, ``m``,
+    ``n``, ``k``, ``num_groups``) run, for each ``m`` of an int or an iterable
+    of ints (e.g. ``range(1, 4097)``: every batch size an engine may see; many
+    share a kernel). Returns the distinct :class:`deepinfra.jit.KernelConfig`
+    compiled, in order of first use.
+
+    ``arch=None`` (with ``num_sms=0``: the current device) compiles and loads
+    for this process's GPU; ``arch="sm_90a"`` with the target's ``num_sms``
+    compiles into the disk cache without a GPU (a build box, a container
+    image). Arguments as :func:`kernel_config`; raises as it and
+    :func:`deepinfra.jit.precompile`. Synchronous; kernels compile in
+    parallel."""
+    from . import jit
+
+    ms = [m] if isinstance(m, int) or not hasattr(m, "__iter__") else list(m)
+    seen = {}
+    for mi in ms:
+        cfg = kernel_config(form, mi, n, k, num_groups, num_sms=num_sms)
+        seen.setdefault(cfg, None)
+    configs = list(seen)
+    if configs:
+        jit.precompile(configs, arch=arch)
+    return configs
