@@ -149,7 +149,8 @@ $(BUILDDIR)/obj/lib/gemm/%.o: CFLAGS_LIB += -Ilib -Ijit
 
 # nvcc prints each kernel's resource report (registers, spills, stack, shared
 # memory); it is kept beside the object for the resource test.
-$(BUILDDIR)/obj/kernels/%.o: kernels/%.cu $(HEADERS) $(PRIV_HDRS) $(CONFIG_STAMP)
+# (the MLA kernels include jit/templates/dinf_sm90.cuh: a change there rebuilds them)
+$(BUILDDIR)/obj/kernels/%.o: kernels/%.cu $(HEADERS) $(PRIV_HDRS) $(JIT_TEMPLATES) $(CONFIG_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "  NVCC    $<"
 	@$(NVCC) $(NVCCFLAGS) -c $< -o $@ 2> $@.resource || { cat $@.resource; rm -f $@; exit 1; }

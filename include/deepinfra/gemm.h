@@ -85,7 +85,17 @@
  * with the programmatic attribute may start while the GEMM runs, and must
  * itself execute griddepcontrol.wait (cudaGridDependencySynchronize) before
  * touching memory the GEMM reads or writes, as the PDL rules require. The
- * simple kernel never uses PDL. Extra rules on this path:
+ * simple kernel never uses PDL.
+ *
+ * Hang guard (both kernels): every mbarrier wait of the producer (and of the
+ * split-K reduction) gives up after 4 s and executes trap, so a kernel whose
+ * pipeline cannot make progress (a fault, a bug) fails its launch with a
+ * sticky CUDA error, reported by the next synchronising call, instead of
+ * hanging the stream; the math warpgroups' waits are covered by the
+ * producer's (it waits, bounded, for them to release every stage). The
+ * clock starts after griddepcontrol.wait, so a long upstream kernel never
+ * counts; a debugger pausing the kernel for longer than 4 s trips it.
+ * Extra rules on this path:
  *   - the device must be compute capability 9.0, else DINF_STATUS_UNSUPPORTED
  *     (the CPU path stays available);
  *   - k >= 1 and m, n, k, num_groups below 2^31, else UNSUPPORTED;

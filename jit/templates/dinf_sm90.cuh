@@ -49,20 +49,73 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t *bar, uint32_t tx
                  : "memory");
 }
 
+/* One mbarrier.try_wait.parity.shared::cta.b64 (PTX ISA 9.7.13.15.16): 1 if
+ * the phase of parity `parity` has completed (a fresh barrier counts as
+ * having completed parity 1), else 0 after the instruction's own bounded
+ * wait. Acquire semantics at CTA scope when it returns 1. */
+__device__ __forceinline__ uint32_t mbar_try_wait(uint64_t *bar, uint32_t parity) {
+    uint32_t done;
+    asm volatile("{\n.reg .pred p;\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                 "selp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done)
+                 : "r"(smem_u32(bar)), "r"(parity)
+                 : "memory");
+    return done;
+}
+
+/* mov.u64 %globaltimer (PTX ISA 10 special registers): nanoseconds of a
+ * global wall clock (coarse ticks), for bounding waits. */
+__device__ __forceinline__ uint64_t globaltimer_ns() {
+    uint64_t t;
+    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+    return t;
+}
+
+/* trap (PTX ISA 9.7.19.6): abort the kernel (the launch fails with an
+ * unspecified launch failure). */
+__device__ __forceinline__ void trap() { asm volatile("trap;"); }
+
+/* The bound of every mbarrier wait of the JIT kernels, in nanoseconds of
+ * %globaltimer: a wait still unfinished after it traps, so a protocol bug,
+ * a wrong expect_tx byte count or a hardware fault fails the launch ("an
+ * illegal instruction / unspecified launch failure" at the next
+ * synchronisation) within seconds instead of hanging the stream. Every
+ * thread of a GEMM kernel passes griddepcontrol.wait before its first
+ * mbarrier wait, so the time an upstream kernel runs (PDL) never counts;
+ * a tile's longest legitimate wait is microseconds. A debugger stopping the
+ * kernel for longer than this makes the next wait trap. */
+#ifndef DINF_JIT_WAIT_NS
+#define DINF_JIT_WAIT_NS 4000000000ull
+#endif
+
 /* Wait until the phase of parity `parity` has completed. A fresh barrier
  * counts as having completed the phase of parity 1 (so producers start
- * waiting on empty slots with parity 1 and pass at once). */
+ * waiting on empty slots with parity 1 and pass at once). Traps after
+ * DINF_JIT_WAIT_NS (the clock is read only once the first try has failed,
+ * then every 64 tries). */
 __device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
-    const uint32_t addr = smem_u32(bar);
-    uint32_t done = 0;
-    do {
-        asm volatile("{\n.reg .pred p;\n"
-                     "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-                     "selp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done)
-                     : "r"(addr), "r"(parity)
-                     : "memory");
-    } while (!done);
+    if (mbar_try_wait(bar, parity))
+        return;
+    const uint64_t start = globaltimer_ns();
+    for (uint32_t tries = 1;; tries++) {
+        if (mbar_try_wait(bar, parity))
+            return;
+        if (tries % 64 == 0 && globaltimer_ns() - start > DINF_JIT_WAIT_NS)
+            trap();
+    }
+}
+
+/* As mbar_wait without the time bound: for the math warpgroups' waits on
+ * full stages, inside loops whose accumulators leave no registers for a
+ * trap path (ptxas spills with it). Each such wait is covered by a bounded
+ * one: the producer's waits on the empty stages, which cannot complete
+ * while a math warpgroup is stuck, and its drain after the last fill
+ * (mbar_wait on the releases of its last NUM_STAGES fills), so a stuck
+ * math warpgroup still makes the kernel trap within DINF_JIT_WAIT_NS. */
+__device__ __forceinline__ void mbar_wait_unbounded(uint64_t *bar, uint32_t parity) {
+    while (!mbar_try_wait(bar, parity)) {
+    }
 }
 
 /* ---------------------------------------------------------------- TMA -- */
@@ -322,18 +375,26 @@ __device__ __forceinline__ float ld_cluster_f32(uint32_t cluster_addr) {
  * until the phase of parity `parity` of this CTA's barrier has completed),
  * with acquire semantics at cluster scope: memory accesses that other CTAs
  * of the cluster released by arriving (mbar_arrive_cluster), their stores
- * into this CTA's shared memory included, are visible afterwards. */
+ * into this CTA's shared memory included, are visible afterwards. Traps
+ * after DINF_JIT_WAIT_NS, as mbar_wait. */
 __device__ __forceinline__ void mbar_wait_acquire_cluster(uint64_t *bar, uint32_t parity) {
     const uint32_t addr = smem_u32(bar);
-    uint32_t done = 0;
-    do {
+    uint64_t start = 0;
+    for (uint32_t tries = 0;; tries++) {
+        uint32_t done;
         asm volatile("{\n.reg .pred p;\n"
                      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
                      "selp.u32 %0, 1, 0, p;\n}\n"
                      : "=r"(done)
                      : "r"(addr), "r"(parity)
                      : "memory");
-    } while (!done);
+        if (done)
+            return;
+        if (tries == 0)
+            start = globaltimer_ns();
+        else if (tries % 64 == 0 && globaltimer_ns() - start > DINF_JIT_WAIT_NS)
+            trap(); /* bounded as mbar_wait */
+    }
 }
 
 /* wgmma e4m3 for N = 48, 80, 96, 112, 144, 160 (same contract as above). */
@@ -482,6 +543,12 @@ using dinf_jit::setmaxnreg_inc;
 using dinf_jit::griddep_launch_dependents;
 using dinf_jit::griddep_wait;
 
+/* Defined above (they bound the GEMM kernels' waits too): mbar_try_wait,
+ * globaltimer_ns, trap. */
+using dinf_jit::globaltimer_ns;
+using dinf_jit::mbar_try_wait;
+using dinf_jit::trap;
+
 /* 4-D tile load global -> shared (PTX ISA 9.7.9.25.5.2 cp.async.bulk.tensor,
  * .tile mode): the box of the tensor map at coordinates {c0, c1, c2, c3}
  * (c0 innermost, in elements) is written to dst (the map's swizzle applied,
@@ -516,33 +583,6 @@ __device__ __forceinline__ void e4m3x2_to_f32x2(uint16_t codes, float &lo, float
         : "=f"(lo), "=f"(hi)
         : "r"(h2));
 }
-
-/* One mbarrier.try_wait.parity.shared::cta.b64 (PTX ISA 9.7.13.15.16): 1 if
- * the phase of parity `parity` has completed (a fresh barrier counts as
- * having completed parity 1), else 0 after the instruction's own bounded
- * wait. Acquire semantics at CTA scope when it returns 1. */
-__device__ __forceinline__ uint32_t mbar_try_wait(uint64_t *bar, uint32_t parity) {
-    uint32_t done;
-    asm volatile("{\n.reg .pred p;\n"
-                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-                 "selp.u32 %0, 1, 0, p;\n}\n"
-                 : "=r"(done)
-                 : "r"(smem_u32(bar)), "r"(parity)
-                 : "memory");
-    return done;
-}
-
-/* mov.u64 %globaltimer (PTX ISA 10 special registers): nanoseconds of a
- * global wall clock (coarse ticks), for bounding waits. */
-__device__ __forceinline__ uint64_t globaltimer_ns() {
-    uint64_t t;
-    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
-    return t;
-}
-
-/* trap (PTX ISA 9.7.19.6): abort the kernel (the launch fails with an
- * unspecified launch failure). */
-__device__ __forceinline__ void trap() { asm volatile("trap;"); }
 
 /* wgmma.wait_group.sync.aligned N (PTX ISA 9.7.15.7): wait until at most N
  * of this warpgroup's committed wgmma groups are pending. */

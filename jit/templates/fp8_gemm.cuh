@@ -119,6 +119,14 @@ fp8_gemm(const __grid_constant__ tensor_map_t map_a, const __grid_constant__ ten
                 tma_load_3d(sa_tiles + s * BLOCK_M, &map_sa, &full[s], m0, kb, a_group);
             }
         }
+        /* Drain: wait, as the next NUM_STAGES fills would, until every stage
+         * filled so far has been released: it bounds the math warpgroups'
+         * unbounded waits on full stages (one stuck never releases its
+         * stage, so this wait traps within DINF_JIT_WAIT_NS). */
+        for (uint32_t j = it; j < it + NUM_STAGES; j++) {
+            const dinf_fp8_pipe_slot slot = dinf_fp8_pipe_at(j, NUM_STAGES);
+            mbar_wait(&empty[slot.stage], slot.empty_parity);
+        }
         return;
     }
 
@@ -151,7 +159,7 @@ fp8_gemm(const __grid_constant__ tensor_map_t map_a, const __grid_constant__ ten
             const dinf_fp8_pipe_slot slot = dinf_fp8_pipe_at(it, NUM_STAGES);
             const int s = slot.stage;
             const float b_scale = b_scales[dinf_fp8_b_scale_index(&args, tile.group, n0, kb)];
-            mbar_wait(&full[s], slot.full_parity);
+            mbar_wait_unbounded(&full[s], slot.full_parity); /* bounded by the producer */
 
             /* partial = A[64 rows x 128] * B[BLOCK_N x 128]^T on the tensor cores. */
             const uint32_t a_base =

@@ -276,6 +276,17 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
                     tma_load_3d(sa_tiles + s * BLOCK_M, &map_sa, &full[s], m0, kb, a_group);
                 }
             }
+            /* Drain: wait, as the next NUM_STAGES fills would, until every
+             * stage filled so far has been released. The math warpgroups'
+             * waits on full stages are unbounded (mbar_wait_unbounded: a
+             * trap path there spills); one of them stuck never releases its
+             * stage, so this bounded wait traps within DINF_JIT_WAIT_NS and
+             * the launch fails instead of hanging. Free: this thread has
+             * nothing left to do. */
+            for (uint32_t j = it; j < it + NUM_STAGES; j++) {
+                const dinf_fp8_pipe_slot slot = dinf_fp8_pipe_at(j, NUM_STAGES);
+                mbar_wait(&empty[slot.stage], slot.empty_parity);
+            }
         }
         if (CLUSTER > 1) { /* stay until the peer can no longer touch this CTA */
             cluster_arrive_release();
@@ -335,7 +346,7 @@ fp8_gemm_fast(const __grid_constant__ tensor_map_t map_a, const __grid_constant_
                 const int s = slot.stage;
                 const float b_scale0 = sb_first[kb];
                 const float b_scale1 = kOneScale ? b_scale0 : sb_second[kb];
-                mbar_wait(&full[s], slot.full_parity);
+                mbar_wait_unbounded(&full[s], slot.full_parity); /* bounded by the producer */
 
                 /* The A scales of every wave (rows half 0 / half 1 of this
                  * thread's fragment), read right after the full-barrier wait

@@ -347,7 +347,10 @@ enum { MAXS = 16, MAXW = 8, MAXQ = 4 * MAXS * 2 * 2 };
 /*
  * One cluster of `cluster` CTAs: per CTA a producer, `warps` math warps (one
  * empty-barrier arrival each, on every CTA of the cluster) and the TMA
- * landings, under a random interleaving; CTA c runs steps[c] k blocks. The
+ * landings, under a random interleaving; CTA c runs steps[c] k blocks, its
+ * producer then drains (bounded waits, as its next `stages` fills would make,
+ * for the releases of its last fills: they must pass in every correct run,
+ * and only once every warp arriving there is done). The
  * kernel's counts: full barriers 1 arrival + the stage's bytes (A halves from
  * every CTA of the cluster, own B, own scales), empty barriers cluster * warps.
  * broken: 0 none; 1 producer waits on the full parity; 2 consumers wait on
@@ -372,14 +375,14 @@ static const char *model_cluster(const int steps[2], int cluster, int stages, in
         int cta, stage, part;
         long long it, bytes;
     } queue[MAXQ];
-    int queued = 0, produced[2] = {0, 0}, consumed[2][MAXW];
+    int queued = 0, produced[2] = {0, 0}, drained[2] = {0, 0}, consumed[2][MAXW];
     memset(consumed, 0, sizeof consumed);
     const long long a_half = (long long)bm / cluster * 128;
     uint64_t r = seed;
     for (;;) {
         int done = queued == 0;
         for (int c = 0; c < cluster; c++) {
-            done = done && produced[c] == steps[c];
+            done = done && produced[c] == steps[c] && drained[c] == stages;
             for (int w = 0; w < warps; w++)
                 done = done && consumed[c][w] == steps[c];
         }
@@ -387,8 +390,9 @@ static const char *model_cluster(const int steps[2], int cluster, int stages, in
             return NULL;
         int runnable[2 * (1 + MAXW) + MAXQ], count = 0;
         for (int c = 0; c < cluster; c++) {
-            if (produced[c] < steps[c]) {
-                const dinf_fp8_pipe_slot p = dinf_fp8_pipe_at((unsigned)produced[c], stages);
+            if (produced[c] < steps[c] || drained[c] < stages) { /* a fill, or the drain */
+                const dinf_fp8_pipe_slot p =
+                    dinf_fp8_pipe_at((unsigned)(produced[c] + drained[c]), stages);
                 if (bar_passes(&empty[c][p.stage], broken == 1 ? p.full_parity : p.empty_parity))
                     runnable[count++] = c * (1 + MAXW);
             }
@@ -416,7 +420,19 @@ static const char *model_cluster(const int steps[2], int cluster, int stages, in
             continue;
         }
         const int c = agent / (1 + MAXW), role = agent % (1 + MAXW);
-        if (role == 0) { /* producer of CTA c */
+        if (role == 0 && produced[c] == steps[c]) {
+            /* producer of CTA c, after its last fill: one drain wait passed
+             * (the kernel's bounded waits on the releases of its last
+             * `stages` fills, by every warp arriving on its empty barriers) */
+            const int j = steps[c] + drained[c]++;
+            for (int d = 0; d < cluster; d++) {
+                if (d != c && broken == 6)
+                    continue;
+                for (int w = 0; w < warps; w++)
+                    if (j >= stages && consumed[d][w] <= j - stages)
+                        return "a drain passed before a consumer released its stage";
+            }
+        } else if (role == 0) { /* producer of CTA c */
             const int it = produced[c]++;
             const int s = dinf_fp8_pipe_at((unsigned)it, stages).stage;
             /* every CTA its loads write into must have released the stage */
@@ -1564,7 +1580,15 @@ Test(gemm_fast_jit,
          * kernel's straight-line prologue precedes the role split). */
         int acqbulk = 0, preexit = 0, global_before_wait = 0;
         char first_global[256] = "";
+        /* The hang guard (DINF_JIT_WAIT_NS): BPT.TRAP in the producer's
+         * fill wait and drain, and in both split-K reduction waits (without
+         * them, none: the kernel has no other trap); their
+         * clock (SR_GLOBALTIMER) read only after griddepcontrol.wait. */
+        int traps = 0, timer_reads = 0, timer_before_wait = 0;
         while (fgets(line, sizeof line, p)) {
+            traps += strstr(line, "BPT.TRAP") != NULL;
+            timer_reads += strstr(line, "SR_GLOBALTIMER") != NULL;
+            timer_before_wait += !acqbulk && strstr(line, "SR_GLOBALTIMER") != NULL;
             acqbulk += strstr(line, "ACQBULK") != NULL;
             preexit += strstr(line, "PREEXIT") != NULL;
             if (!acqbulk && (strstr(line, "UTMALDG") || strstr(line, "UTMASTG") ||
@@ -1606,6 +1630,10 @@ Test(gemm_fast_jit,
         cr_assert_eq(global_before_wait, 0,
                      "config %d: %d global accesses listed before griddepcontrol.wait, first: %s",
                      i, global_before_wait, first_global);
+        /* at least one per wait site (ptxas may duplicate a loop's copy) */
+        cr_assert_geq(traps, configs[i][5] > 1 ? 4 : 2, "config %d: %d BPT.TRAP", i, traps);
+        cr_assert_geq(timer_reads, traps, "config %d: %d SR_GLOBALTIMER reads", i, timer_reads);
+        cr_assert_eq(timer_before_wait, 0, "config %d: the wait clock is read before ACQBULK", i);
     }
 #endif
 }

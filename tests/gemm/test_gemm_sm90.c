@@ -448,9 +448,12 @@ static int model_steps(const dinf_fp8_gemm_args *a, int form, int bm, unsigned c
  * and the asynchronous TMA
  * completions under a random interleaving, with the kernel's barrier counts,
  * expect_tx bytes and dinf_fp8_pipe_at parities (or a deliberately broken
- * variant). Returns NULL, or what went wrong: a consumer reading a stage that
- * does not hold its k block, the producer refilling a stage a consumer still
- * reads, or a deadlock.
+ * variant), the producer ending with its drain (the bounded waits, after the
+ * last fill, for the releases of the last `stages` fills: they must pass in
+ * every correct run, and only once every consumer is done). Returns NULL, or
+ * what went wrong: a consumer reading a stage that does not hold its k block,
+ * the producer refilling a stage a consumer still reads, the drain passing
+ * early, or a deadlock.
  */
 static const char *model_cta(int n, int stages, int consumers,
                              int bm, int bn, int broken, uint64_t seed) {
@@ -467,18 +470,21 @@ static const char *model_cta(int n, int stages, int consumers,
         int stage, part;
         long long it;
     } queue[MAXQ];
-    int queued = 0, produced = 0, consumed[MAXC] = {0};
+    int queued = 0, produced = 0, drained = 0, consumed[MAXC] = {0};
     uint64_t r = seed;
     for (;;) {
-        int done = produced == n && queued == 0;
+        int done = produced == n && drained == stages && queued == 0;
         for (int c = 0; c < consumers; c++)
             done = done && consumed[c] == n;
         if (done)
             return NULL;
         /* runnable agents: 0 = producer, 1..consumers, consumers + 1 + q = TMA load q */
         int runnable[1 + MAXC + MAXQ], count = 0;
-        if (produced < n) {
-            dinf_fp8_pipe_slot p = dinf_fp8_pipe_at((unsigned)produced, stages);
+        if (produced < n || drained < stages) {
+            /* a fill, or after the last one the drain (the kernels' bounded
+             * waits on the releases of the last `stages` fills, the waits the
+             * next fills would make) */
+            dinf_fp8_pipe_slot p = dinf_fp8_pipe_at((unsigned)(produced + drained), stages);
             const unsigned parity = broken == 1 ? p.full_parity : p.empty_parity;
             if (bar_passes(&empty[p.stage], parity))
                 runnable[count++] = 0;
@@ -495,7 +501,13 @@ static const char *model_cta(int n, int stages, int consumers,
         if (count == 0)
             return "deadlock: every agent waits";
         const int agent = runnable[rng(&r) % (uint64_t)count];
-        if (agent == 0) { /* producer: arrive.expect_tx, then three TMA loads */
+        if (agent == 0 && produced == n) { /* producer: one drain wait passed */
+            const int j = n + drained++;
+            if (j >= stages)
+                for (int c = 0; c < consumers; c++)
+                    if (consumed[c] <= j - stages)
+                        return "the drain passed before a consumer released its stage";
+        } else if (agent == 0) { /* producer: arrive.expect_tx, then three TMA loads */
             const int it = produced++;
             const int s = dinf_fp8_pipe_at((unsigned)it, stages).stage;
             if (it >= stages)
@@ -1086,10 +1098,12 @@ Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_s
 }
 
 /* Occurrences of word in the text read from f. */
-static void count_sass(FILE *f, int *qgmma, int *tma_loads, int *local, int *griddep) {
+static void count_sass(FILE *f, int *qgmma, int *tma_loads, int *local, int *griddep,
+                       int *traps) {
     char line[1024];
-    *qgmma = *tma_loads = *local = *griddep = 0;
+    *qgmma = *tma_loads = *local = *griddep = *traps = 0;
     while (fgets(line, sizeof line, f)) {
+        *traps += strstr(line, "BPT.TRAP") != NULL; /* the producer's bounded waits */
         /* griddepcontrol.wait / launch_dependents (ACQBULK / PREEXIT) */
         *griddep += strstr(line, "ACQBULK") != NULL || strstr(line, "PREEXIT") != NULL;
         *qgmma += strstr(line, "QGMMA.64x") != NULL;
@@ -1113,9 +1127,11 @@ Test(gemm_jit, sass_uses_fp8_tensor_cores_and_tma_where_nvdisasm_exists, .fini =
     for (int i = 0; i < 3; i++) {
         char cmd[512];
         FILE *p = open_sass(nvdisasm, "fp8_gemm", configs[i], 4, i, cmd);
-        int qgmma, tma, local, griddep;
-        count_sass(p, &qgmma, &tma, &local, &griddep);
+        int qgmma, tma, local, griddep, traps;
+        count_sass(p, &qgmma, &tma, &local, &griddep, &traps);
         close_sass(p, cmd);
+        /* the hang guard: the producer's fill wait and drain trap after DINF_JIT_WAIT_NS */
+        cr_assert_geq(traps, 2, "config %d: %d BPT.TRAP", i, traps);
         /* Four wgmma k32 steps per 128-k block (the loop body), three TMA loads per stage. */
         cr_assert_eq(qgmma, 4, "config %d: %d QGMMA instructions", i, qgmma);
         cr_assert_eq(tma, 3, "config %d: %d UTMALDG.3D instructions", i, tma);

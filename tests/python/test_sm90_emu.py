@@ -237,7 +237,10 @@ def mut_file(mut):
 def test_planted_kernel_bug_is_caught(case, config, mut, expect):
     # configs with the simple rung's four parameters: plant there when the
     # text is in it (the fast rung shares much of its text); six: the fast rung
-    r = run([case], MUT=mut, MUT_FILE=mut_file(mut), EMU_CONFIGS=config, EMU_SEED=5)
+    # three data seeds, one scheduling stream: a race that a given interleaving
+    # happens to survive (e.g. red_full completing early, caught by 7 of 8
+    # scheduling seeds) is caught by one of the three runs
+    r = run([case], MUT=mut, MUT_FILE=mut_file(mut), EMU_CONFIGS=config, EMU_SEED=5, EMU_SEEDS=3)
     out = r.stdout + r.stderr
     assert "mutation planted" in out, out
     assert r.returncode != 0, out

@@ -42,6 +42,14 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
     emu::mbar_wait(reinterpret_cast<::uint64_t *>(bar), parity);
 }
 
+#ifdef EMU_HAVE_mbar_wait_unbounded
+/* The same wait without the real header's time bound (the emulator's waits
+ * never time out: a protocol bug is a deadlock report). */
+__device__ __forceinline__ void mbar_wait_unbounded(uint64_t *bar, uint32_t parity) {
+    emu::mbar_wait(reinterpret_cast<::uint64_t *>(bar), parity);
+}
+#endif
+
 /* A CUtensorMap as the harness's cuTensorMapEncodeTiled emulation encoded it. */
 struct alignas(64) tensor_map_t {
     uint64_t opaque[16];
