@@ -237,3 +237,37 @@ def test_torch_cuda_grouped_gemms():
             ref = xm[g, :rows].float() @ y[g].float().t()
             assert calc_diff(outm[g, :rows], ref) < 1e-3
             assert_each_close(outm[g, :rows], ref)
+
+
+def _sm90_device():
+    info = deepinfra.device_query(0)
+    return bool(info["usable"]) and (info["cc_major"], info["cc_minor"]) == (9, 0)
+
+
+@pytest.mark.skipif(not _sm90_device(), reason="needs an sm_90 GPU")
+def test_precompile_on_the_device_loads_what_the_calls_then_run(tmp_path):
+    """gemm.precompile with num_sms=0 asks this GPU for its configs and loads
+    them: the GEMM calls that follow neither compile nor load (fresh process,
+    own cache)."""
+    from conftest import run_python
+
+    code = """
+import torch
+from deepinfra import gemm, jit
+ms = [1, 64, 128]
+configs = gemm.precompile("normal", 2112, 7168, ms)
+before = jit.stats()
+assert before.loads == len(configs) and before.compiles == len(configs), (before, configs)
+for m in ms:
+    x = torch.randn((m, 7168), device="cuda", dtype=torch.bfloat16)
+    y = torch.randn((2112, 7168), device="cuda", dtype=torch.bfloat16)
+    out = torch.empty((m, 2112), device="cuda", dtype=torch.bfloat16)
+    gemm.gemm_fp8_fp8_bf16_nt(gemm.per_token_cast_to_fp8(x), gemm.per_block_cast_to_fp8(y), out)
+torch.cuda.synchronize()
+after = jit.stats()
+assert after.compiles == before.compiles and after.loads == before.loads, (before, after)
+print("ok", len(configs), [str(c) for c in configs])
+"""
+    p = run_python(code, {"DINF_JIT_CACHE_DIR": str(tmp_path / "cache"),
+                          "DEEPINFRA_LIBRARY_PATH": deepinfra.library_path()})
+    assert p.returncode == 0 and p.stdout.startswith("ok"), p.stdout + p.stderr

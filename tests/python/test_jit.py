@@ -31,7 +31,8 @@ needs_nvrtc = pytest.mark.skipif(NVRTC_MISSING is not None,
 
 def run_ok(code, tmp_path, **env):
     """Run code in a fresh interpreter with DINF_JIT_CACHE_DIR=tmp_path/cache."""
-    overrides = {"DINF_JIT_CACHE_DIR": str(tmp_path / "cache"), "DINF_JIT_THREADS": "2"}
+    overrides = {"DINF_JIT_CACHE_DIR": str(tmp_path / "cache"), "DINF_JIT_THREADS": "2",
+                 "DEEPINFRA_LIBRARY_PATH": deepinfra.library_path()}  # the library under test
     overrides.update(env)
     p = run_python("import deepinfra\nfrom deepinfra import jit, gemm\n" + code, overrides)
     assert p.returncode == 0, "stdout:\n%s\nstderr:\n%s" % (p.stdout, p.stderr)
@@ -110,7 +111,8 @@ def test_gemm_kernel_config_follows_the_rung_selected_by_the_environment(tmp_pat
                  DINF_FP8_GEMM_KERNEL="simple")
     assert re.fullmatch(r"fp8_gemm<0,64,\d+,\d+>\n", out), out
     p = run_python("from deepinfra import gemm\ngemm.kernel_config('normal', 1, 16, 16, "
-                   "num_sms=132)", {"DINF_FP8_GEMM_KERNEL": "fastest"})
+                   "num_sms=132)", {"DINF_FP8_GEMM_KERNEL": "fastest",
+                                    "DEEPINFRA_LIBRARY_PATH": deepinfra.library_path()})
     assert p.returncode != 0 and "DINF_FP8_GEMM_KERNEL=\"fastest\"" in p.stderr, p.stderr
 
 
