@@ -26,12 +26,19 @@
  * falls back to per-tensor FP8 scaling (scalar scales of 1.0, the speed of
  * light without fine-grained scaling) and its label says so. The heuristic
  * is asked for up to 8 algorithms; the first that runs is used (its output
- * compared with ours once: the label says "same output" or OUTPUT DIFFERS).
- * Every peer is set up after all of our rows are registered, so its rows
- * run after ours (a fault inside cuBLASLt cannot take our rows with it); a
- * shape without a peer gets an error row gemm/gpu/cublaslt_blockwise/...
- * saying why. tools/gpu-summary compares ours with the peer from the two
- * rows' times. Grouped forms: cuBLASLt is called once per group
+ * checked once against a float64 CPU dot product at 64 sampled output
+ * elements per group, from the same device data: the label says "checked"
+ * or OUTPUT WRONG). The peer rows are named gemm/peer/cublaslt_<mode>/<shape>
+ * (a family of their own: tools/gpu-check runs it in its own process before
+ * ours, so a fault of our kernels, which poisons the process's CUDA
+ * context, cannot cost the peer figures; nothing of ours runs in a process
+ * whose filter selects only peer rows). In one process with both (make
+ * bench), every peer is set up after all of our rows are registered, so its
+ * rows run after ours (a fault inside cuBLASLt cannot take our rows with
+ * it); a shape without a peer gets an error row
+ * gemm/peer/cublaslt_blockwise/... saying why, also when our first call of
+ * the shape failed. tools/gpu-summary compares ours with the peer from the
+ * two rows' times. Grouped forms: cuBLASLt is called once per group
  * (equal-sized groups).
  *
  * Rows per shape: ours on the fast rung (the default; its label names the
@@ -57,12 +64,14 @@
  */
 #define _GNU_SOURCE
 #include "bench.h"
+#include "gemm_check.h"
 
 #include <deepinfra.h>
 
 #include "core/parallel.h"
 #include "gemm/gemm_sm90.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -265,6 +274,7 @@ typedef struct gpu_case {
     int32_t *info;      /* m_indices or masked_m (device) */
     lt_plan plan;
     int have_plan;
+    char ours_error[256]; /* why our first call of the shape failed ("" if it ran or was not run) */
     char name[96], peer_name[128], peer_label[384], simple_name[128], label[160];
 } gpu_case;
 
@@ -599,6 +609,8 @@ static double run_simple(void *arg) { return timed(arg, 2); }
 static gpu_case *peer_cases[64];
 static int num_peer_cases;
 
+static void add_peer_error(const gpu_case *c, const char *why);
+
 static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) {
     gpu_case *c = calloc(1, sizeof *c); /* lives until exit */
     if (!c)
@@ -621,8 +633,8 @@ static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) 
     const char *shape = c->name + strlen("gemm/gpu/");
     char probe[3][192];
     snprintf(probe[0], sizeof probe[0], "gemm/gpu/simple_%s", shape);
-    snprintf(probe[1], sizeof probe[1], "gemm/gpu/cublaslt_blockwise/%s", shape);
-    snprintf(probe[2], sizeof probe[2], "gemm/gpu/cublaslt_per_tensor/%s", shape);
+    snprintf(probe[1], sizeof probe[1], "gemm/peer/cublaslt_blockwise/%s", shape);
+    snprintf(probe[2], sizeof probe[2], "gemm/peer/cublaslt_per_tensor/%s", shape);
     char chain[2][160];
     chain_names(shape, chain);
     const int chained = has_chain_rows(form, m, n, k);
@@ -634,9 +646,11 @@ static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) 
         tile_name(shape, &tile_alternatives[i], name);
         tiles_selected |= bench_selected(name);
     }
-    if (!bench_selected(c->name) && !bench_selected(probe[0]) && !bench_selected(probe[1]) &&
-        !bench_selected(probe[2]) && !tiles_selected &&
-        !(chained && (bench_selected(chain[0]) || bench_selected(chain[1])))) {
+    const int ours_selected = bench_selected(c->name) || bench_selected(probe[0]) ||
+                              tiles_selected ||
+                              (chained && (bench_selected(chain[0]) || bench_selected(chain[1])));
+    const int peer_selected = bench_selected(probe[1]) || bench_selected(probe[2]);
+    if (!ours_selected && !peer_selected) {
         free(c);
         return;
     }
@@ -671,16 +685,30 @@ static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) 
     if (!ok) {
         fprintf(stderr, "%s: device setup failed: %s\n", c->name,
                 cudaGetErrorString(cudaGetLastError()));
+        if (peer_selected)
+            add_peer_error(c, "the shape's device setup failed");
         return;
     }
+    /* The cuBLASLt peer on the same data: set up after every shape's own rows
+     * are registered (add_peers), so its warm-up inside cuBLASLt runs, and its
+     * rows run, after ours; queued even when our first call below fails (its
+     * row then says whether the device still works). */
+    if (peer_selected && num_peer_cases < (int)(sizeof peer_cases / sizeof peer_cases[0]))
+        peer_cases[num_peer_cases++] = c;
+    if (!ours_selected)
+        return; /* a peer-only run (the gemm/peer family): none of our kernels runs */
     /* The first call of each rung compiles its kernel (JIT): untimed, a
      * failure is reported here. The fast rung's row names its config. */
     const double flops = flops_of(c), bytes = bytes_of(c);
     for (int simple = 1; simple >= 0; simple--) {
         select_rung(simple);
-        if (run_ours(c) != DINF_STATUS_OK || cudaStreamSynchronize(g.stream) != cudaSuccess) {
-            fprintf(stderr, "%s (%s rung): %s\n", c->name, simple ? "simple" : "fast",
-                    dinf_last_error());
+        dinf_status st = run_ours(c);
+        const cudaError_t err = st == DINF_STATUS_OK ? cudaStreamSynchronize(g.stream) : cudaSuccess;
+        if (st != DINF_STATUS_OK || err != cudaSuccess) {
+            snprintf(c->ours_error, sizeof c->ours_error, "our %s rung failed: %s",
+                     simple ? "simple" : "fast",
+                     st != DINF_STATUS_OK ? dinf_last_error() : cudaGetErrorString(err));
+            fprintf(stderr, "%s: %s\n", c->name, c->ours_error);
             select_rung(0);
             return;
         }
@@ -729,12 +757,6 @@ static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) 
                                  .label = cc->label, .unit = "us", .iterations = 30};
         bench_register(&chain_spec);
     }
-
-    /* The cuBLASLt peer on the same data: set up after every shape's own rows
-     * are registered (add_peers), so its warm-up inside cuBLASLt runs, and its
-     * rows run, after ours. */
-    if (num_peer_cases < (int)(sizeof peer_cases / sizeof peer_cases[0]))
-        peer_cases[num_peer_cases++] = c;
 }
 
 /* A peer row that only reports why there is no peer figure for its shape. */
@@ -751,9 +773,12 @@ static void add_peer_error(const gpu_case *c, const char *why) {
     peer_error *e = calloc(1, sizeof *e); /* lives until exit */
     if (!e)
         return;
-    snprintf(e->name, sizeof e->name, "gemm/gpu/cublaslt_blockwise/%s",
+    snprintf(e->name, sizeof e->name, "gemm/peer/cublaslt_blockwise/%s",
              c->name + strlen("gemm/gpu/"));
-    snprintf(e->message, sizeof e->message, "no cuBLASLt peer: %s", why);
+    snprintf(e->message, sizeof e->message, "no cuBLASLt peer: %s%s%s", why,
+             c->ours_error[0] ? " (earlier in this process " : "", c->ours_error);
+    if (c->ours_error[0])
+        strncat(e->message, ")", sizeof e->message - strlen(e->message) - 1);
     fprintf(stderr, "%s: %s\n", c->name, e->message);
     if (!bench_selected(e->name))
         return;
@@ -762,31 +787,79 @@ static void add_peer_error(const gpu_case *c, const char *why) {
     bench_register(&spec);
 }
 
-/* Run the peer once into D and compare with ours (same math: same output);
- * tries the plan's algorithms in the heuristic's order until one runs.
- * Returns 1 with *diff set, 0 when none runs. */
-static int peer_warm_up(gpu_case *c, const uint16_t *ours, uint16_t *theirs, size_t d_elems,
-                        double *diff) {
+/* Run the peer once into D, trying the plan's algorithms in the heuristic's
+ * order until one runs. Returns 1, or 0 when none runs. */
+static int peer_warm_up(gpu_case *c) {
     for (c->plan.used = 0; c->plan.used < c->plan.num_algos; c->plan.used++) {
         c->plan.algo = c->plan.algos[c->plan.used];
-        if (!run_peer_once(c) || cudaStreamSynchronize(g.stream) != cudaSuccess ||
-            cudaMemcpy(theirs, c->d, d_elems * 2, cudaMemcpyDeviceToHost) != cudaSuccess) {
-            cudaGetLastError();
-            continue;
-        }
-        double xy = 0, xx_yy = 0;
-        for (size_t i = 0; i < d_elems; i++) {
-            uint32_t ux = (uint32_t)ours[i] << 16, uy = (uint32_t)theirs[i] << 16;
-            float x, y;
-            memcpy(&x, &ux, 4);
-            memcpy(&y, &uy, 4);
-            xy += (double)x * y;
-            xx_yy += (double)x * x + (double)y * y;
-        }
-        *diff = xx_yy > 0 ? 1.0 - 2.0 * xy / xx_yy : 0.0;
-        return 1;
+        if (run_peer_once(c) && cudaStreamSynchronize(g.stream) == cudaSuccess)
+            return 1;
+        cudaGetLastError();
     }
     return 0;
+}
+
+/* Samples per group of the peer's output check. */
+#define PEER_CHECK_SAMPLES 64
+
+/* The peer's output (in D after peer_warm_up) against a float64 CPU dot
+ * product (gemm_check.h) at PEER_CHECK_SAMPLES (row, column) elements of
+ * each group, from the same device data, read back: blockwise the same
+ * math as ours, per-tensor with unit scales. Independent of our kernels.
+ * Returns 1 with a note for the label, -1 with " [OUTPUT WRONG ...]" (the
+ * row is still timed, its label says so), 0 when the data could not be read
+ * (note: why). */
+static int peer_check(const gpu_case *c, int blockwise, char *note, size_t note_bytes) {
+    const gemm_check_shape sh = {c->form, c->m, c->n, c->k, c->groups};
+    const int64_t k = c->k, sa_count = gemm_check_sa_count(&sh);
+    const int64_t sb_count = c->groups * gemm_check_nsb(&sh) * gemm_check_kb(&sh);
+    float *sa = malloc((size_t)sa_count * 4), *sb = malloc((size_t)sb_count * 4);
+    uint8_t *codes = malloc((size_t)k * 2);
+    float *x = malloc((size_t)k * 2 * sizeof(float));
+    int ok = sa && sb && codes && x &&
+             cudaMemcpy(sa, c->sa, (size_t)sa_count * 4, cudaMemcpyDeviceToHost) == cudaSuccess &&
+             cudaMemcpy(sb, c->sb, (size_t)sb_count * 4, cudaMemcpyDeviceToHost) == cudaSuccess;
+    double worst = 0;
+    uint64_t r = (uint64_t)(c->m * 131 + c->n * 7 + k) | 1;
+    for (int64_t gi = 0; ok == 1 && gi < c->groups; gi++)
+        for (int t = 0; ok == 1 && t < PEER_CHECK_SAMPLES; t++) {
+            const int64_t row = (int64_t)(next_u64(&r) % (uint64_t)c->m);
+            const int64_t col = (int64_t)(next_u64(&r) % (uint64_t)c->n);
+            const int64_t drow = gemm_check_row(&sh, gi, row);
+            uint16_t bits = 0;
+            if (cudaMemcpy(codes, c->a + drow * k, (size_t)k, cudaMemcpyDeviceToHost) != cudaSuccess ||
+                cudaMemcpy(codes + k, c->b + (gi * c->n + col) * k, (size_t)k,
+                           cudaMemcpyDeviceToHost) != cudaSuccess ||
+                cudaMemcpy(&bits, c->d + drow * c->n + col, 2, cudaMemcpyDeviceToHost) !=
+                    cudaSuccess ||
+                dinf_convert(codes, DINF_DTYPE_FP8_E4M3, x, DINF_DTYPE_FLOAT32, 2 * k, NULL) !=
+                    DINF_STATUS_OK) {
+                ok = 0;
+                break;
+            }
+            double mag;
+            const double ref = gemm_check_ref(&sh, x, x + k, sa, sb, gi, row, col, blockwise, &mag);
+            const uint32_t u = (uint32_t)bits << 16;
+            float got;
+            memcpy(&got, &u, 4);
+            const double ratio = gemm_check_ratio(got, ref, mag);
+            if (!(ratio <= 1.0)) { /* NaN fails too */
+                snprintf(note, note_bytes,
+                         " [OUTPUT WRONG: group %lld row %lld column %lld is %.6g, float64 %.6g]",
+                         (long long)gi, (long long)row, (long long)col, (double)got, ref);
+                ok = -1;
+            } else if (ratio > worst) {
+                worst = ratio;
+            }
+        }
+    if (ok == 0)
+        snprintf(note, note_bytes, "could not read its inputs and output back: %s",
+                 cudaGetErrorString(cudaGetLastError()));
+    else if (ok == 1)
+        snprintf(note, note_bytes, ", output checked (float64 at %d elements%s: worst %.2f of the "
+                 "tolerance)", PEER_CHECK_SAMPLES, c->groups > 1 ? " per group" : "", worst);
+    free(sa), free(sb), free(codes), free(x);
+    return ok;
 }
 
 static void add_peer(gpu_case *c) {
@@ -821,36 +894,27 @@ static void add_peer(gpu_case *c) {
         add_peer_error(c, "its device setup failed");
         return;
     }
-    /* Ours once, for the comparison. */
-    const size_t d_elems = (size_t)(a_rows * n);
-    uint16_t *ours = malloc(d_elems * 2), *theirs = malloc(d_elems * 2);
-    if (!ours || !theirs || run_ours(c) != DINF_STATUS_OK ||
-        cudaStreamSynchronize(g.stream) != cudaSuccess ||
-        cudaMemcpy(ours, c->d, d_elems * 2, cudaMemcpyDeviceToHost) != cudaSuccess) {
-        free(ours), free(theirs);
-        add_peer_error(c, "our reference call failed");
-        return;
-    }
     /* Blockwise scaling (the same math as ours), else per-tensor. */
-    double diff = 0;
     int blockwise = m % 4 == 0 && lt_plan_make(&c->plan, m, n, k, 1);
     char why[200];
     snprintf(why, sizeof why, "%s", m % 4 ? "m not a multiple of 4" : c->plan.why);
-    if (blockwise && !peer_warm_up(c, ours, theirs, d_elems, &diff)) {
+    if (blockwise && !peer_warm_up(c)) {
         snprintf(why, sizeof why, "none of its %d blockwise algorithms ran", c->plan.num_algos);
         blockwise = 0;
     }
-    if (!blockwise && (!lt_plan_make(&c->plan, m, n, k, 0) ||
-                       !peer_warm_up(c, ours, theirs, d_elems, &diff))) {
+    if (!blockwise && (!lt_plan_make(&c->plan, m, n, k, 0) || !peer_warm_up(c))) {
         char msg[512];
         snprintf(msg, sizeof msg, "no cuBLASLt FP8 algorithm ran (blockwise: %s; per-tensor: %s)",
                  why, c->plan.why[0] ? c->plan.why : "its algorithms failed");
-        free(ours), free(theirs);
         add_peer_error(c, msg);
         return;
     }
-    free(ours), free(theirs);
-    snprintf(c->peer_name, sizeof c->peer_name, "gemm/gpu/cublaslt_%s/%s",
+    char check[256];
+    if (peer_check(c, blockwise, check, sizeof check) == 0) {
+        add_peer_error(c, check);
+        return;
+    }
+    snprintf(c->peer_name, sizeof c->peer_name, "gemm/peer/cublaslt_%s/%s",
              blockwise ? "blockwise" : "per_tensor", c->name + strlen("gemm/gpu/"));
     snprintf(c->peer_label, sizeof c->peer_label, "peer: cuBLASLt %zu FP8 %s%s%s%s",
              lt.GetVersion(), blockwise ? "1x128 x 128x128 blockwise" : "per-tensor",
@@ -863,12 +927,7 @@ static void add_peer(gpu_case *c) {
         snprintf(note, sizeof note, ", heuristic algorithm %d", c->plan.used);
         strncat(c->peer_label, note, sizeof c->peer_label - strlen(c->peer_label) - 1);
     }
-    if (blockwise) { /* same math: the outputs must agree */
-        char note[96];
-        snprintf(note, sizeof note, diff < 1e-4 ? ", same output (calc_diff %.1e)"
-                                                 : " [OUTPUT DIFFERS: calc_diff %.3g]", diff);
-        strncat(c->peer_label, note, sizeof c->peer_label - strlen(c->peer_label) - 1);
-    }
+    strncat(c->peer_label, check, sizeof c->peer_label - strlen(c->peer_label) - 1);
     bench_spec peer = {.name = c->peer_name, .run = run_peer, .arg = c, .manual_time = 1,
                        .flops = flops, .bytes = bytes, .label = c->peer_label, .unit = "us",
                        .iterations = 30};

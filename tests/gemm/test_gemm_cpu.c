@@ -614,3 +614,96 @@ Test(gemm_errors, extreme_sizes_are_rejected_without_overflow) {
     cr_assert_eq(dinf_fp8_gemm_nt(1, 1, INT64_MAX, a, INT64_MAX, s, a, INT64_MAX, s, d, 1, NULL),
                  DINF_STATUS_INVALID_ARGUMENT);
 }
+
+/* ------------------------------------- the benchmark's peer check (T) -- */
+
+#include "../../benchmarks/gemm_check.h"
+
+/* The float64 element check the GPU benchmark applies to the cuBLASLt peer
+ * (benchmarks/gemm_check.h: layouts and tolerance) passes every element of
+ * the CPU GEMM's output in the three forms, with unit scales as the
+ * per-tensor peer too, and fails when the output is another element's:
+ * the same row and column against another group's B (a swapped group), or
+ * the same row against a column 129 away (another B row and, across 128
+ * columns, another B scale block). */
+Test(gemm_bench_check, peer_element_check_passes_the_cpu_gemm_and_catches_wrong_outputs) {
+    const gemm_check_shape shapes[] = {{GEMM_CHECK_NORMAL, 37, 200, 700, 1},
+                                       {GEMM_CHECK_CONTIGUOUS, 128, 136, 300, 3},
+                                       {GEMM_CHECK_MASKED, 45, 130, 257, 2}};
+    uint64_t seed = 99;
+    for (int si = 0; si < 3; si++) {
+        const gemm_check_shape *s = &shapes[si];
+        const int64_t rows = s->m * s->groups, n = s->n, k = s->k, kb = gemm_check_kb(s);
+        const int64_t nsb = gemm_check_nsb(s), sa_count = gemm_check_sa_count(s);
+        for (int blockwise = 1; blockwise >= 0; blockwise--) {
+            uint8_t *a = malloc((size_t)(rows * k)), *b = malloc((size_t)(s->groups * n * k));
+            float *sa = malloc((size_t)sa_count * 4), *sb = malloc((size_t)(s->groups * nsb * kb) * 4);
+            float *af = malloc((size_t)(rows * k) * 4), *bf = malloc((size_t)(s->groups * n * k) * 4);
+            uint16_t *d = malloc((size_t)(rows * n) * 2);
+            int32_t *info = malloc((size_t)(rows > s->groups ? rows : s->groups) * 4);
+            cr_assert(a && b && sa && sb && af && bf && d && info);
+            for (int64_t i = 0; i < rows * k; i++)
+                a[i] = rng_e4m3(&seed);
+            for (int64_t i = 0; i < s->groups * n * k; i++)
+                b[i] = rng_e4m3(&seed);
+            for (int64_t i = 0; i < sa_count; i++)
+                sa[i] = blockwise ? (float)(0.5 + rng_uniform(&seed)) / 64 : 1.0f;
+            for (int64_t i = 0; i < s->groups * nsb * kb; i++)
+                sb[i] = blockwise ? (float)(0.5 + rng_uniform(&seed)) / 64 : 1.0f;
+            cr_assert_eq(dinf_convert(a, DINF_DTYPE_FP8_E4M3, af, DINF_DTYPE_FLOAT32, rows * k, NULL),
+                         DINF_STATUS_OK);
+            cr_assert_eq(dinf_convert(b, DINF_DTYPE_FP8_E4M3, bf, DINF_DTYPE_FLOAT32,
+                                      s->groups * n * k, NULL),
+                         DINF_STATUS_OK);
+            dinf_status st;
+            if (s->form == GEMM_CHECK_NORMAL) {
+                st = dinf_fp8_gemm_nt(s->m, n, k, a, k, sa, b, k, sb, d, n, NULL);
+            } else if (s->form == GEMM_CHECK_CONTIGUOUS) {
+                for (int64_t i = 0; i < rows; i++)
+                    info[i] = (int32_t)(i / s->m);
+                st = dinf_fp8_m_grouped_gemm_nt_contiguous(rows, n, k, s->groups, a, k, sa, b, k, sb,
+                                                           d, n, info, NULL);
+            } else {
+                for (int64_t g = 0; g < s->groups; g++)
+                    info[g] = (int32_t)s->m;
+                st = dinf_fp8_m_grouped_gemm_nt_masked(s->groups, s->m, n, k, a, k, sa, b, k, sb, d,
+                                                       n, info, s->m, NULL);
+            }
+            cr_assert_eq(st, DINF_STATUS_OK, "%s", dinf_last_error());
+            double worst = 0, caught_group = 0, caught_column = 0;
+            for (int64_t g = 0; g < s->groups; g++)
+                for (int64_t row = 0; row < s->m; row++)
+                    for (int64_t col = 0; col < n; col++) {
+                        const int64_t drow = gemm_check_row(s, g, row);
+                        const float *ar = af + drow * k, *br = bf + (g * n + col) * k;
+                        double mag;
+                        const double ref = gemm_check_ref(s, ar, br, sa, sb, g, row, col, blockwise, &mag);
+                        const double got = dinf__f32_from_bf16(d[drow * n + col]);
+                        const double ratio = gemm_check_ratio(got, ref, mag);
+                        cr_assert(ratio <= 1.0, "form %d blockwise %d: [%lld][%lld][%lld] %g vs %g",
+                                  s->form, blockwise, (long long)g, (long long)row, (long long)col,
+                                  got, ref);
+                        worst = ratio > worst ? ratio : worst;
+                        /* wrong outputs it must catch: another group's B, a column's
+                         * neighbour (another B row, and across 128: another scale) */
+                        const int64_t og = (g + 1) % s->groups, oc = (col + 129) % n;
+                        double mag2;
+                        const double sw = gemm_check_ref(s, ar, bf + (og * n + col) * k, sa, sb, og,
+                                                          row, col, blockwise, &mag2);
+                        if (s->groups > 1)
+                            caught_group += gemm_check_ratio(sw, ref, mag) > 1.0;
+                        const double sh = gemm_check_ref(s, ar, bf + (g * n + oc) * k, sa, sb, g, row,
+                                                          oc, blockwise, &mag2);
+                        caught_column += gemm_check_ratio(sh, ref, mag) > 1.0;
+                    }
+            const double elements = (double)(s->groups * s->m * n);
+            cr_log_info("form %d blockwise %d: worst %.3f of the tolerance; wrong group caught %.0f%%, "
+                        "wrong column %.0f%%", s->form, blockwise, worst,
+                        100 * caught_group / elements, 100 * caught_column / elements);
+            if (s->groups > 1)
+                cr_assert_gt(caught_group, 0.99 * elements, "a wrong group passes too often");
+            cr_assert_gt(caught_column, 0.99 * elements, "a wrong column passes too often");
+            free(a), free(b), free(sa), free(sb), free(af), free(bf), free(d), free(info);
+        }
+    }
+}

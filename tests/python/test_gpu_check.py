@@ -125,7 +125,8 @@ def test_a_long_suite_and_family_time_out_alone(fake_build, tmp_path):
     # each long one was stopped within its phase budget
     calls = (tmp_path / "calls.log").read_text().split("\n")
     assert calls[:4] == ["gpu", "fp8_gpu", "gemm_gpu", "slow_gpu"]
-    assert calls[4:8] == ["bench ^copy/", "bench ^gemm/gpu/", "bench ^mla/gpu/", "bench ^ep/virtual/"]
+    assert calls[4:9] == ["bench ^copy/", "bench ^gemm/peer/", "bench ^gemm/gpu/", "bench ^mla/gpu/",
+                          "bench ^ep/virtual/"]
     assert seconds < 8 + 8 + 25
     assert (out / "c-tests-gemm_gpu.xml").exists() and not (out / "c-tests-slow_gpu.xml").exists()
     assert "TIMEOUT" in (out / "summary.txt").read_text()
@@ -180,7 +181,7 @@ def test_summary_answers_the_ab_questions(tmp_path):
             ("mla/gpu/fp8/b128_sq1_hq64_sk8192/fast", 300.0),
             ("mla/gpu/fp8/b128_sq1_hq64_sk8192/seesaw", 290.0),
             ("mla/gpu/fp8/b128_sq1_hq64_sk8192/fast_nopf", 330.0),
-            ("gemm/gpu/cublaslt_blockwise/fp8_nt/m64_n2112_k7168", 12.5)]
+            ("gemm/peer/cublaslt_blockwise/fp8_nt/m64_n2112_k7168", 12.5)]
     out = tmp_path / "out"
     out.mkdir()
     # named as Google Benchmark names rows with a fixed iteration count and manual time
