@@ -88,13 +88,18 @@
  * simple kernel never uses PDL.
  *
  * Hang guard (both kernels): every mbarrier wait of the producer (and of the
- * split-K reduction) gives up after 4 s and executes trap, so a kernel whose
- * pipeline cannot make progress (a fault, a bug) fails its launch with a
- * sticky CUDA error, reported by the next synchronising call, instead of
- * hanging the stream; the math warpgroups' waits are covered by the
- * producer's (it waits, bounded, for them to release every stage). The
- * clock starts after griddepcontrol.wait, so a long upstream kernel never
- * counts; a debugger pausing the kernel for longer than 4 s trips it.
+ * split-K reduction) gives up after 4 s and executes trap, so a pipeline
+ * that stops (a TMA load that never lands, a stage never released, a
+ * reduction partner that never arrives) fails the launch with a sticky CUDA
+ * error, reported by the next synchronising call, instead of hanging the
+ * stream. The math warpgroups' waits on loaded stages are covered through
+ * the producer, which waits (bounded) for every stage it filled to be
+ * released; not covered: named and cluster barriers (hardware waits
+ * without a time-out) and a math warpgroup waiting for a stage the producer
+ * never fills (a scheduler disagreement; the CPU models and the emulator
+ * check it never happens). The clock starts after griddepcontrol.wait, so a
+ * long upstream kernel never counts; a debugger or an instrumenting tool
+ * pausing the kernel for more than 4 s trips it.
  * Extra rules on this path:
  *   - the device must be compute capability 9.0, else DINF_STATUS_UNSUPPORTED
  *     (the CPU path stays available);

@@ -111,8 +111,10 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
  * trap path (ptxas spills with it). Each such wait is covered by a bounded
  * one: the producer's waits on the empty stages, which cannot complete
  * while a math warpgroup is stuck, and its drain after the last fill
- * (mbar_wait on the releases of its last NUM_STAGES fills), so a stuck
- * math warpgroup still makes the kernel trap within DINF_JIT_WAIT_NS. */
+ * (mbar_wait on the releases of its last NUM_STAGES fills), so a math
+ * warpgroup stuck on a stage the producer filled still makes the kernel trap
+ * within DINF_JIT_WAIT_NS (one waiting for a fill the producer never makes,
+ * a scheduler disagreement, is not covered). */
 __device__ __forceinline__ void mbar_wait_unbounded(uint64_t *bar, uint32_t parity) {
     while (!mbar_try_wait(bar, parity)) {
     }

@@ -485,7 +485,8 @@ static const char *model_cta(int n, int stages, int consumers,
              * waits on the releases of the last `stages` fills, the waits the
              * next fills would make) */
             dinf_fp8_pipe_slot p = dinf_fp8_pipe_at((unsigned)(produced + drained), stages);
-            const unsigned parity = broken == 1 ? p.full_parity : p.empty_parity;
+            const unsigned parity = broken == 1 || (broken == 5 && produced == n) ? p.full_parity
+                                                                                  : p.empty_parity;
             if (bar_passes(&empty[p.stage], parity))
                 runnable[count++] = 0;
         }
@@ -579,10 +580,12 @@ Test(gemm_sched, mbarrier_pipeline_model_never_races_or_deadlocks) {
     cr_log_info("%d pipeline runs", runs);
     /* The model catches the mistakes it is there for (so it can fail): the
      * producer waiting on the wrong parity, consumers waiting on the wrong
-     * parity, expect_tx short of what lands, a warpgroup that never releases. */
+     * parity, expect_tx short of what lands, a warpgroup that never releases,
+     * the drain alone waiting on the wrong parity (it would pass early, and a
+     * stuck consumer would hang instead of trapping). */
     dinf_fp8_gemm_args a = make_args(300, 200, 9 * 128, 1, 128, 64, NULL);
     const int n = model_steps(&a, DINF_FP8_GEMM_NORMAL, 128, 0, 1, steps, 1 << 14);
-    for (int broken = 1; broken <= 4; broken++) {
+    for (int broken = 1; broken <= 5; broken++) {
         int caught = 0;
         for (int trial = 0; trial < 20; trial++)
             caught += model_cta(n, 4, 2, 128, 64, broken, 1000 + (uint64_t)trial) != NULL;
