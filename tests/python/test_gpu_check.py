@@ -180,14 +180,18 @@ def test_summary_answers_the_ab_questions(tmp_path):
             ("mla/gpu/fp8/b128_sq1_hq64_sk8192/simple", 500.0),
             ("mla/gpu/fp8/b128_sq1_hq64_sk8192/fast", 300.0),
             ("mla/gpu/fp8/b128_sq1_hq64_sk8192/seesaw", 290.0),
-            ("mla/gpu/fp8/b128_sq1_hq64_sk8192/fast_nopf", 330.0),
-            ("gemm/peer/cublaslt_blockwise/fp8_nt/m64_n2112_k7168", 12.5)]
+            ("mla/gpu/fp8/b128_sq1_hq64_sk8192/fast_nopf", 330.0)]
+    peer_rows = [("gemm/peer/cublaslt_blockwise/fp8_nt/m64_n2112_k7168", 12.5)]
     out = tmp_path / "out"
     out.mkdir()
-    # named as Google Benchmark names rows with a fixed iteration count and manual time
-    json.dump({"benchmarks": [{"name": n + "/iterations:30/manual_time", "real_time": t * 1000.0,
-                               "time_unit": "ns", "run_type": "iteration"} for n, t in rows]},
-              open(str(out / "bench-gemm_gpu.json"), "w"))
+    # named as Google Benchmark names rows with a fixed iteration count and manual
+    # time; the cuBLASLt rows come from their own family's file (gpu-check runs
+    # gemm/peer in its own process)
+    for fname, rs in (("bench-gemm_gpu.json", rows), ("bench-gemm_peer.json", peer_rows)):
+        json.dump({"benchmarks": [{"name": n + "/iterations:30/manual_time",
+                                   "real_time": t * 1000.0, "time_unit": "ns",
+                                   "run_type": "iteration"} for n, t in rs]},
+                  open(str(out / fname), "w"))
     # the PyTorch peer's file (benchmarks/peer_mla_torch.py)
     json.dump({"benchmarks": [{"name": "mla/torch/fp8/b128_sq1_hq64_sk8192", "real_time": 580.0,
                                "time_unit": "us"}]}, open(str(out / "peer-mla-torch.json"), "w"))
