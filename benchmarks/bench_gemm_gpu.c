@@ -22,28 +22,28 @@
  * D (row-major [M][N]) = A * B^T is cuBLAS's column-major D^T = op(B) op(A):
  * cuBLAS "A" = our B (TRANSA = T, K x N, ld K), cuBLAS "B" = our A (TRANSB = N,
  * K x M, ld K), D N x M with ld N, bf16, fp32 compute, no fast accumulation.
- * When the heuristic finds no blockwise algorithm (older cuBLASLt), the peer
- * falls back to per-tensor FP8 scaling (scalar scales of 1.0, the speed of
- * light without fine-grained scaling) and its label says so. The heuristic
- * is asked for up to 8 algorithms; the first that runs is used (its output
- * checked once against a float64 CPU dot product at 64 sampled output
- * elements per group, from the same device data: the label says "checked"
- * or OUTPUT WRONG). The peer rows are named gemm/peer/cublaslt_<mode>/<shape>
- * (a family of their own: tools/gpu-check runs it in its own process before
- * ours, so a fault of our kernels, which poisons the process's CUDA
- * context, cannot cost the peer figures; nothing of ours runs in a process
- * whose filter selects only peer rows). In one process with both (make
- * bench), every peer is set up after all of our rows are registered, so its
- * rows run after ours (a fault inside cuBLASLt cannot take our rows with
- * it); a shape without a peer gets an error row
- * gemm/peer/cublaslt_blockwise/... saying why, also when our first call of
- * the shape failed. tools/gpu-summary compares ours with the peer from the
- * two rows' times. Grouped forms: cuBLASLt is called once per group
- * (equal-sized groups).
+ * Two peer rows per shape: gemm/peer/cublaslt_blockwise/<shape> (the same
+ * math as ours) and gemm/peer/cublaslt_per_tensor/<shape> (scalar scales of
+ * 1.0: the speed of FP8 without fine-grained scaling, what DeepGEMM compares
+ * with); a mode cuBLASLt cannot run (e.g. blockwise on an older cuBLASLt)
+ * gets an error row saying why. The heuristic is asked for up to 8
+ * algorithms; the first that runs is used (its output checked once against
+ * a float64 CPU dot product at 64 sampled output elements per group, from
+ * the same device data, benchmarks/gemm_check.h: the label says "checked"
+ * or OUTPUT WRONG). The peer rows are a family of their own: tools/gpu-check
+ * runs it in its own process before ours, so a fault of our kernels, which
+ * poisons the process's CUDA context, cannot cost the peer figures; nothing
+ * of ours runs in a process whose filter selects only peer rows. In one
+ * process with both (make bench), every peer is set up after all of our
+ * rows are registered, so its rows run after ours (a fault inside cuBLASLt
+ * cannot take our rows with it); a peer row whose shape's own first call
+ * failed in the same process says so in its error. tools/gpu-summary
+ * compares ours with each peer from the rows' times. Grouped forms: cuBLASLt
+ * is called once per group (equal-sized groups).
  *
  * Rows per shape: ours on the fast rung (the default; its label names the
  * config), ours on the simple reference rung (gemm/gpu/simple_...: what the
- * fast rung's features buy), and the peer. For normal m = 64 and 128 at
+ * fast rung's features buy), and the two peers. For normal m = 64 and 128 at
  * n = 2112, k = 7168 also gemm/gpu/chain8_pdl_{on,off}/...: 8 back-to-back
  * fast-rung calls per timed iteration, time per call, with programmatic
  * dependent launch on (the default) and off (DINF_FP8_GEMM_PDL=0): the A/B
@@ -272,10 +272,9 @@ typedef struct gpu_case {
     int64_t l4;
     uint16_t *d;
     int32_t *info;      /* m_indices or masked_m (device) */
-    lt_plan plan;
-    int have_plan;
+    lt_plan plan[2];    /* cuBLASLt: [0] per-tensor, [1] blockwise (PEER_*) */
     char ours_error[256]; /* why our first call of the shape failed ("" if it ran or was not run) */
-    char name[96], peer_name[128], peer_label[384], simple_name[128], label[160];
+    char name[96], peer_name[2][128], peer_label[2][384], simple_name[128], label[160];
 } gpu_case;
 
 static struct {
@@ -374,10 +373,13 @@ static dinf_status run_ours(gpu_case *c) {
                                              c->k, c->sb, c->d, c->n, c->info, c->m, &exec);
 }
 
-static int run_peer_once(gpu_case *c) {
+/* The two cuBLASLt peer rows of a shape (the index of its plan). */
+enum { PEER_PER_TENSOR = 0, PEER_BLOCKWISE = 1 };
+
+static int run_peer_once(gpu_case *c, int mode) {
     for (int64_t gi = 0; gi < c->groups; gi++) {
         const int64_t row0 = gi * c->m;
-        if (lt_run(&c->plan, c->a + row0 * c->k, c->sa_group[gi], c->b + gi * c->n * c->k,
+        if (lt_run(&c->plan[mode], c->a + row0 * c->k, c->sa_group[gi], c->b + gi * c->n * c->k,
                    c->sb_padded + gi * c->nsb * c->l4, c->d + row0 * c->n, g.stream) !=
             CUBLAS_STATUS_SUCCESS)
             return 0;
@@ -412,14 +414,15 @@ static void set_row_counters(const gpu_case *c, double seconds) {
 }
 
 /* One call timed: flush L2, then events around the call; seconds, or -1
- * with the error set. peer: 0 ours (fast rung), 1 cuBLASLt, 2 ours on the
- * simple rung. Sets no counters (callable at registration). */
+ * with the error set. peer: 0 ours (fast rung), 1 cuBLASLt blockwise, 2 ours
+ * on the simple rung, 3 cuBLASLt per-tensor. Sets no counters (callable at
+ * registration). */
 static double time_call(gpu_case *c, int peer) {
     select_rung(peer == 2);
     cudaMemsetAsync(g.flush, 0, g.flush_bytes, g.stream);
     cudaEventRecord(g.start, g.stream);
-    if (peer == 1) {
-        if (!run_peer_once(c)) {
+    if (peer == 1 || peer == 3) {
+        if (!run_peer_once(c, peer == 1 ? PEER_BLOCKWISE : PEER_PER_TENSOR)) {
             bench_set_error("cublasLtMatmul failed");
             return -1;
         }
@@ -602,14 +605,15 @@ static void add_tile_rows(gpu_case *c, const char *shape, const dinf_jit_kernel_
 }
 
 static double run_case(void *arg) { return timed(arg, 0); }
-static double run_peer(void *arg) { return timed(arg, 1); }
+static double run_peer_blockwise(void *arg) { return timed(arg, 1); }
+static double run_peer_per_tensor(void *arg) { return timed(arg, 3); }
 static double run_simple(void *arg) { return timed(arg, 2); }
 
 /* Shapes whose cuBLASLt peer is set up after every shape's own rows. */
 static gpu_case *peer_cases[64];
 static int num_peer_cases;
 
-static void add_peer_error(const gpu_case *c, const char *why);
+static void add_peer_error(const gpu_case *c, int mode, const char *why);
 
 static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) {
     gpu_case *c = calloc(1, sizeof *c); /* lives until exit */
@@ -686,7 +690,8 @@ static void add_case(int form, int64_t groups, int64_t m, int64_t n, int64_t k) 
         fprintf(stderr, "%s: device setup failed: %s\n", c->name,
                 cudaGetErrorString(cudaGetLastError()));
         if (peer_selected)
-            add_peer_error(c, "the shape's device setup failed");
+            for (int mode = 0; mode < 2; mode++)
+                add_peer_error(c, mode, "the shape's device setup failed");
         return;
     }
     /* The cuBLASLt peer on the same data: set up after every shape's own rows
@@ -769,12 +774,12 @@ static double run_peer_error(void *arg) {
     return -1;
 }
 
-static void add_peer_error(const gpu_case *c, const char *why) {
+static void add_peer_error(const gpu_case *c, int mode, const char *why) {
     peer_error *e = calloc(1, sizeof *e); /* lives until exit */
     if (!e)
         return;
-    snprintf(e->name, sizeof e->name, "gemm/peer/cublaslt_blockwise/%s",
-             c->name + strlen("gemm/gpu/"));
+    snprintf(e->name, sizeof e->name, "gemm/peer/cublaslt_%s/%s",
+             mode == PEER_BLOCKWISE ? "blockwise" : "per_tensor", c->name + strlen("gemm/gpu/"));
     snprintf(e->message, sizeof e->message, "no cuBLASLt peer: %s%s%s", why,
              c->ours_error[0] ? " (earlier in this process " : "", c->ours_error);
     if (c->ours_error[0])
@@ -789,10 +794,11 @@ static void add_peer_error(const gpu_case *c, const char *why) {
 
 /* Run the peer once into D, trying the plan's algorithms in the heuristic's
  * order until one runs. Returns 1, or 0 when none runs. */
-static int peer_warm_up(gpu_case *c) {
-    for (c->plan.used = 0; c->plan.used < c->plan.num_algos; c->plan.used++) {
-        c->plan.algo = c->plan.algos[c->plan.used];
-        if (run_peer_once(c) && cudaStreamSynchronize(g.stream) == cudaSuccess)
+static int peer_warm_up(gpu_case *c, int mode) {
+    lt_plan *p = &c->plan[mode];
+    for (p->used = 0; p->used < p->num_algos; p->used++) {
+        p->algo = p->algos[p->used];
+        if (run_peer_once(c, mode) && cudaStreamSynchronize(g.stream) == cudaSuccess)
             return 1;
         cudaGetLastError();
     }
@@ -868,7 +874,8 @@ static void add_peer(gpu_case *c) {
     const int64_t a_rows = m * groups;
     const double flops = flops_of(c), bytes = bytes_of(c);
     if (!lt_load()) {
-        add_peer_error(c, lt.error);
+        for (int mode = 0; mode < 2; mode++)
+            add_peer_error(c, mode, lt.error);
         return;
     }
     c->sa_group = calloc((size_t)groups, sizeof *c->sa_group);
@@ -891,47 +898,62 @@ static void add_peer(gpu_case *c) {
         }
     }
     if (!ok) {
-        add_peer_error(c, "its device setup failed");
+        for (int mode = 0; mode < 2; mode++)
+            add_peer_error(c, mode, "its device setup failed");
         return;
     }
-    /* Blockwise scaling (the same math as ours), else per-tensor. */
-    int blockwise = m % 4 == 0 && lt_plan_make(&c->plan, m, n, k, 1);
-    char why[200];
-    snprintf(why, sizeof why, "%s", m % 4 ? "m not a multiple of 4" : c->plan.why);
-    if (blockwise && !peer_warm_up(c)) {
-        snprintf(why, sizeof why, "none of its %d blockwise algorithms ran", c->plan.num_algos);
-        blockwise = 0;
+    /* Two rows: blockwise scaling (the same math as ours) and per-tensor
+     * scaling (unit scales: the speed of FP8 without fine-grained scaling,
+     * what DeepGEMM compares with). Each is checked against float64 after its
+     * warm-up, which leaves its output in D. */
+    const char *shape = c->name + strlen("gemm/gpu/");
+    for (int mode = PEER_BLOCKWISE; mode >= PEER_PER_TENSOR; mode--) {
+        const int blockwise = mode == PEER_BLOCKWISE;
+        snprintf(c->peer_name[mode], sizeof c->peer_name[mode], "gemm/peer/cublaslt_%s/%s",
+                 blockwise ? "blockwise" : "per_tensor", shape);
+        if (!bench_selected(c->peer_name[mode]))
+            continue;
+        lt_plan *p = &c->plan[mode];
+        if (blockwise && m % 4) {
+            add_peer_error(c, mode, "blockwise scaling needs m a multiple of 4");
+            continue;
+        }
+        if (!lt_plan_make(p, m, n, k, blockwise)) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "cuBLASLt has no %s FP8 algorithm for it (%s)",
+                     blockwise ? "blockwise" : "per-tensor", p->why);
+            add_peer_error(c, mode, msg);
+            continue;
+        }
+        if (!peer_warm_up(c, mode)) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "none of its %d %s algorithms ran", p->num_algos,
+                     blockwise ? "blockwise" : "per-tensor");
+            add_peer_error(c, mode, msg);
+            continue;
+        }
+        char check[256];
+        if (peer_check(c, blockwise, check, sizeof check) == 0) {
+            add_peer_error(c, mode, check);
+            continue;
+        }
+        char *label = c->peer_label[mode];
+        const size_t cap = sizeof c->peer_label[mode];
+        snprintf(label, cap, "peer: cuBLASLt %zu FP8 %s%s", lt.GetVersion(),
+                 blockwise ? "1x128 x 128x128 blockwise" : "per-tensor (unit scales)",
+                 groups > 1 ? ", one call per group" : "");
+        if (p->used > 0) {
+            char note[64];
+            snprintf(note, sizeof note, ", heuristic algorithm %d", p->used);
+            strncat(label, note, cap - strlen(label) - 1);
+        }
+        strncat(label, check, cap - strlen(label) - 1);
+        bench_spec peer = {.name = c->peer_name[mode],
+                           .run = blockwise ? run_peer_blockwise : run_peer_per_tensor,
+                           .arg = c, .manual_time = 1, .flops = flops, .bytes = bytes,
+                           .label = label, .unit = "us", .iterations = 30};
+        bench_register(&peer);
     }
-    if (!blockwise && (!lt_plan_make(&c->plan, m, n, k, 0) || !peer_warm_up(c))) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "no cuBLASLt FP8 algorithm ran (blockwise: %s; per-tensor: %s)",
-                 why, c->plan.why[0] ? c->plan.why : "its algorithms failed");
-        add_peer_error(c, msg);
-        return;
-    }
-    char check[256];
-    if (peer_check(c, blockwise, check, sizeof check) == 0) {
-        add_peer_error(c, check);
-        return;
-    }
-    snprintf(c->peer_name, sizeof c->peer_name, "gemm/peer/cublaslt_%s/%s",
-             blockwise ? "blockwise" : "per_tensor", c->name + strlen("gemm/gpu/"));
-    snprintf(c->peer_label, sizeof c->peer_label, "peer: cuBLASLt %zu FP8 %s%s%s%s",
-             lt.GetVersion(), blockwise ? "1x128 x 128x128 blockwise" : "per-tensor",
-             groups > 1 ? ", one call per group" : "", blockwise ? "" : " (blockwise: ",
-             blockwise ? "" : why);
-    if (!blockwise)
-        strncat(c->peer_label, ")", sizeof c->peer_label - strlen(c->peer_label) - 1);
-    if (c->plan.used > 0) {
-        char note[64];
-        snprintf(note, sizeof note, ", heuristic algorithm %d", c->plan.used);
-        strncat(c->peer_label, note, sizeof c->peer_label - strlen(c->peer_label) - 1);
-    }
-    strncat(c->peer_label, check, sizeof c->peer_label - strlen(c->peer_label) - 1);
-    bench_spec peer = {.name = c->peer_name, .run = run_peer, .arg = c, .manual_time = 1,
-                       .flops = flops, .bytes = bytes, .label = c->peer_label, .unit = "us",
-                       .iterations = 30};
-    bench_register(&peer);
 }
 
 void bench_register_gemm_gpu(void) {

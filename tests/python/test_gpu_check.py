@@ -181,7 +181,8 @@ def test_summary_answers_the_ab_questions(tmp_path):
             ("mla/gpu/fp8/b128_sq1_hq64_sk8192/fast", 300.0),
             ("mla/gpu/fp8/b128_sq1_hq64_sk8192/seesaw", 290.0),
             ("mla/gpu/fp8/b128_sq1_hq64_sk8192/fast_nopf", 330.0)]
-    peer_rows = [("gemm/peer/cublaslt_blockwise/fp8_nt/m64_n2112_k7168", 12.5)]
+    peer_rows = [("gemm/peer/cublaslt_blockwise/fp8_nt/m64_n2112_k7168", 12.5),
+                 ("gemm/peer/cublaslt_per_tensor/fp8_nt/m64_n2112_k7168", 9.5)]
     out = tmp_path / "out"
     out.mkdir()
     # named as Google Benchmark names rows with a fixed iteration count and manual
@@ -208,6 +209,8 @@ def test_summary_answers_the_ab_questions(tmp_path):
     assert "mla fp8 b128_sq1_hq64_sk8192: fast prefetch on 300.0 us, off 330.0 us (on/off 0.91x)" in ab
     assert ("gemm fp8_nt/m64_n2112_k7168: ours 10.0 us, cuBLASLt blockwise 12.5 us "
             "(ours/peer 0.80x: ours faster)") in ab, ab
+    assert ("gemm fp8_nt/m64_n2112_k7168: ours 10.0 us, cuBLASLt per_tensor 9.5 us "
+            "(ours/peer 1.05x: PEER FASTER)") in ab, ab
     assert ("mla fp8 b128_sq1_hq64_sk8192: ours (fastest rung) 290.0 us, PyTorch 580.0 us "
             "(ours/peer 0.50x)") in ab, ab
     # the table's own rows carry the names without Google Benchmark's suffixes
