@@ -230,3 +230,58 @@ def test_summary_names_an_empty_peer_file(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "peer-mla-torch" in proc.stdout and "no peer rows" in proc.stdout, proc.stdout
     assert "peer-mla-torch.log" in proc.stdout
+
+
+def test_summary_states_the_issue_goals(tmp_path):
+    """The Goals block: ours against each cuBLASLt mode over every shape with
+    both rows; per MLA shape, on its fastest rung, the memory-bound ones
+    against 90% of the measured copy bandwidth, the compute-bound (h_q = 128)
+    against 600 TFLOPS, and FP8 against 1.5x BF16's tokens/s."""
+    import json
+    rows = [  # (name, us, FLOP/s, B/s)
+        ("copy/d2d/2GiB", 1000.0, None, 4.0e12),
+        ("gemm/gpu/fp8_nt/m64_n2112_k7168", 10.0, None, None),
+        ("gemm/gpu/fp8_nt/m128_n2112_k7168", 20.0, None, None),
+        ("gemm/peer/cublaslt_blockwise/fp8_nt/m64_n2112_k7168", 12.0, None, None),
+        ("gemm/peer/cublaslt_blockwise/fp8_nt/m128_n2112_k7168", 18.0, None, None),
+        ("gemm/peer/cublaslt_per_tensor/fp8_nt/m64_n2112_k7168", 11.0, None, None),
+        # memory-bound (s_q h_q = 16): bf16 fast is its fastest rung, 3.8 TB/s = 95%
+        ("mla/gpu/bf16/b128_sq1_hq16_sk8192/simple", 400.0, 1e14, 2.0e12),
+        ("mla/gpu/bf16/b128_sq1_hq16_sk8192/fast", 200.0, 2e14, 3.8e12),
+        # fp8 of that shape: 1.6x faster, 2.9 TB/s of its (smaller) bytes = 72%
+        ("mla/gpu/fp8/b128_sq1_hq16_sk8192/fast", 125.0, 3e14, 2.9e12),
+        ("mla/gpu/fp8/b128_sq1_hq16_sk8192/fast_nopf", 100.0, 3e14, 3.5e12),  # not a rung row
+        # compute-bound: seesaw fastest at 610 TFLOPS; the other shape at 500
+        ("mla/gpu/bf16/b128_sq2_hq128_sk16384/fast", 900.0, 5.0e14, 1e12),
+        ("mla/gpu/bf16/b128_sq2_hq128_sk16384/seesaw", 750.0, 6.1e14, 1e12),
+        ("mla/gpu/fp8/b128_sq1_hq128_sk4096/fast", 300.0, 5.0e14, 1e12),
+    ]
+    out = tmp_path / "out"
+    out.mkdir()
+    bench = []
+    for n, us, flops, bps in rows:
+        b = {"name": n + "/iterations:20/manual_time", "real_time": us, "time_unit": "us",
+             "run_type": "iteration"}
+        if flops is not None:
+            b["FLOP/s"] = flops
+        if bps is not None:
+            b["B/s"] = bps
+        bench.append(b)
+    json.dump({"benchmarks": bench}, open(str(out / "bench-all.json"), "w"))
+    proc = subprocess.run([os.path.join(ROOT, "tools", "gpu-summary"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    g = proc.stdout[proc.stdout.index("Goals"):]
+    assert ("goal gemm vs cuBLASLt blockwise: ours faster on 1 of 2 shapes; peer faster on "
+            "fp8_nt/m128_n2112_k7168") in g, g
+    assert "goal gemm vs cuBLASLt per_tensor: ours faster on 1 of 1 shapes" in g, g
+    assert ("goal mla bf16 b128_sq1_hq16_sk8192 (memory-bound, fast): 3800 GB/s = 95% of the "
+            "copy bandwidth 4000 GB/s (goal 90%): met") in g, g
+    assert ("goal mla fp8 b128_sq1_hq16_sk8192 (memory-bound, fast): 2900 GB/s = 72% of the "
+            "copy bandwidth 4000 GB/s (goal 90%): NOT MET") in g, g
+    assert ("goal mla bf16 b128_sq2_hq128_sk16384 (compute-bound, seesaw): 610 TFLOPS "
+            "(goal 600): met") in g, g
+    assert ("goal mla fp8 b128_sq1_hq128_sk4096 (compute-bound, fast): 500 TFLOPS (goal 600): "
+            "NOT MET") in g, g
+    assert ("goal mla b128_sq1_hq16_sk8192: FP8 cache 1.60x the BF16 cache's tokens/s "
+            "(goal 1.5x): met") in g, g
