@@ -54,9 +54,13 @@
  * partials in a fixed order) and the
  * simple reference kernel; the environment variable DINF_FP8_GEMM_KERNEL
  * ("fast" or unset, "simple") picks one at every call, anything else is
- * DINF_STATUS_INVALID_ARGUMENT. Both are deterministic; a split-K result may
- * differ from the unsplit sum in the last bf16 place (the same float32
- * partials, added in another order). Every buffer is device memory of
+ * DINF_STATUS_INVALID_ARGUMENT. Both are deterministic. A split-K result
+ * adds the same float32 block values in another order (each rank's run of k
+ * blocks, then the ranks' partials), so it may differ from the unsplit
+ * result by the float32 rounding of that order, which is relative to the
+ * magnitudes of the terms, not of the result: usually the last bf16 place,
+ * more where the sum cancels (a result far smaller than its terms). Every
+ * buffer is device memory of
  * exec->device (exec->stream, when not NULL, must belong to that device:
  * else DINF_STATUS_INVALID_ARGUMENT); the call enqueues on exec->stream and
  * returns without synchronising. It is CUDA-graph capturable; a first call
