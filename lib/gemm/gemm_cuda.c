@@ -446,6 +446,10 @@ static dinf_status launch_planned(const char *func, const dinf__place *place,
         if ((st = encode(func, names[i], &maps[i], geoms[i])) != DINF_STATUS_OK)
             return st;
     unsigned grid[3] = {plan->grid, 1, 1};
+    if (grid[0] == 0) /* a (forced) cluster size the device holds no cluster of */
+        return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
+                          "the %dx%d tile config needs clusters of %d CTAs and device %d holds none",
+                          cfg->block_m, cfg->block_n, cfg->cluster, place->device);
     const unsigned block[3] = {(unsigned)cfg->threads, 1, 1};
     const unsigned cluster[3] = {(unsigned)cfg->cluster, 1, 1};
     void *params[5] = {&maps[0], &maps[1], &maps[2], fast ? (void *)&maps[3] : (void *)&plan->args,

@@ -380,7 +380,9 @@ static void random_case(int index, gemm_case *c, char *buf, size_t buf_bytes) {
     c->lda_pad = 16 * (int)(next_u64() % 3);
     c->ldb_pad = 16 * (int)(next_u64() % 3);
     c->ldd_pad = 8 * (int)(next_u64() % 3);
-    c->num_sms = c->cluster > 1 ? 2 * (1 + (int)(next_u64() % 3)) : 1 + (int)(next_u64() % 6);
+    /* clusters of c CTAs: room for 1 to 3 of them (a device with fewer SMs
+     * than a forced cluster holds none; the heuristic never picks that) */
+    c->num_sms = c->cluster > 1 ? c->cluster * (1 + (int)(next_u64() % 3)) : 1 + (int)(next_u64() % 6);
     if (c->form == NORMAL)
         c->m = 1 + (int)(next_u64() % 300);
     else if (c->form == CONTIG) {
