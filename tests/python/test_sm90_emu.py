@@ -124,7 +124,7 @@ def test_selftest_of_paths_no_kernel_here_uses():
 def test_random_cases():
     """Random forms, sizes, strides, group data and SM counts on random
     compiled instances, bit-identical to the CPU GEMM in its order."""
-    n = 200 if os.environ.get("SM90_EMU_LONG") == "1" else 12
+    n = 400 if os.environ.get("SM90_EMU_LONG") == "1" else 120
     r = run(EMU_RANDOM=n, EMU_RANDOM_SEED=17, EMU_MMA="seq", EMU_SEED=17, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "PASSED: 0 of %d random runs failed" % n in r.stdout, r.stdout
