@@ -4,6 +4,7 @@ Compiles run for "sm_90a" with NVRTC only (no GPU), each in a fresh process
 with its own cache directory, so the counters and the disk cache start empty.
 """
 
+import ast
 import os
 import re
 import stat
@@ -144,6 +145,7 @@ def test_gemm_kernel_config_of_the_current_device_needs_one():
 @needs_nvrtc
 def test_precompile_for_sm90a_fills_the_cache_and_a_second_process_reads_it(tmp_path):
     code = """
+import ast
 import os
 cfgs = [jit.KernelConfig("scale_rows", (128, 4, 1)),
         gemm.kernel_config("normal", 128, 2112, 7168, num_sms=132)]
@@ -157,7 +159,7 @@ print(sorted(os.listdir(jit.cache_dir())))
     out = run_ok(code, tmp_path).splitlines()
     assert out[0] == "2 0 1 0 0 True", out
     assert out[1] == str(tmp_path / "cache")
-    files = eval(out[2])
+    files = ast.literal_eval(out[2])
     assert len(files) == 2, files
     assert any(re.fullmatch(r"scale_rows-[0-9a-f]{32}\.cubin", f) for f in files), files
     assert any(re.fullmatch(r"fp8_gemm_fast-[0-9a-f]{32}\.cubin", f) for f in files), files
