@@ -361,6 +361,21 @@ enum { MAXS = 16, MAXW = 8, MAXQ = 4 * MAXS * 2 * 2 };
  * loaded into the issuing CTA only (no multicast); 9 the drain alone waits on
  * the full parity (it passes early).
  */
+/* model_cluster: every warp of the cluster's CTAs (own_only: CTA c's alone)
+ * has released fill j - stages, the one a pass of the empty wait for
+ * iteration j stands for (trivially so for j < stages). */
+static int released_by_all(int (*consumed)[MAXW], int cluster, int warps, int c,
+                           int own_only, int j, int stages) {
+    for (int d = 0; d < cluster; d++) {
+        if (d != c && own_only)
+            continue;
+        for (int w = 0; w < warps; w++)
+            if (j >= stages && consumed[d][w] <= j - stages)
+                return 0;
+    }
+    return 1;
+}
+
 static const char *model_cluster(const int steps[2], int cluster, int stages, int warps, int bm,
                                  int bn, int broken, uint64_t seed) {
     model_bar full[2][MAXS], empty[2][MAXS];
@@ -428,24 +443,14 @@ static const char *model_cluster(const int steps[2], int cluster, int stages, in
              * (the kernel's bounded waits on the releases of its last
              * `stages` fills, by every warp arriving on its empty barriers) */
             const int j = steps[c] + drained[c]++;
-            for (int d = 0; d < cluster; d++) {
-                if (d != c && broken == 6)
-                    continue;
-                for (int w = 0; w < warps; w++)
-                    if (j >= stages && consumed[d][w] <= j - stages)
-                        return "a drain passed before a consumer released its stage";
-            }
+            if (!released_by_all(consumed, cluster, warps, c, broken == 6, j, stages))
+                return "a drain passed before a consumer released its stage";
         } else if (role == 0) { /* producer of CTA c */
             const int it = produced[c]++;
             const int s = dinf_fp8_pipe_at((unsigned)it, stages).stage;
             /* every CTA its loads write into must have released the stage */
-            for (int d = 0; d < cluster; d++) {
-                if (d != c && broken == 8)
-                    continue;
-                for (int w = 0; w < warps; w++)
-                    if (it >= stages && consumed[d][w] <= it - stages)
-                        return "a producer refills a stage a consumer has not released";
-            }
+            if (!released_by_all(consumed, cluster, warps, c, broken == 8, it, stages))
+                return "a producer refills a stage a consumer has not released";
             full[c][s].tx += dinf_fp8_stage_tx_bytes(bm, bn) - (broken == 3 ? 4 : 0);
             full[c][s].pending--;
             const char *why = bar_settle(&full[c][s]);

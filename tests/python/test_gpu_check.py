@@ -97,6 +97,12 @@ def table(stdout):
     return stdout[stdout.index("gpu-check summary"):]
 
 
+def run_summary(out):
+    """tools/gpu-summary on an output directory."""
+    return subprocess.run([os.path.join(ROOT, "tools", "gpu-summary"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=60)
+
+
 def test_a_long_suite_and_family_time_out_alone(fake_build, tmp_path):
     proc, out, seconds = run_check(fake_build, tmp_path, GPU_CHECK_C_S=8, GPU_CHECK_BENCH_S=8,
                                    GPU_CHECK_RESERVE_S=2)
@@ -196,8 +202,7 @@ def test_summary_answers_the_ab_questions(tmp_path):
     # the PyTorch peer's file (benchmarks/peer_mla_torch.py)
     json.dump({"benchmarks": [{"name": "mla/torch/fp8/b128_sq1_hq64_sk8192", "real_time": 580.0,
                                "time_unit": "us"}]}, open(str(out / "peer-mla-torch.json"), "w"))
-    proc = subprocess.run([os.path.join(ROOT, "tools", "gpu-summary"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=60)
+    proc = run_summary(out)
     assert proc.returncode == 0, proc.stderr
     ab = proc.stdout[proc.stdout.index("A/B"):]
     assert ("gemm fp8_nt/m64_n2112_k7168: pick 10.0 us; 64x48_c2_s2 0.90x, 64x16_c1 1.20x; "
@@ -225,8 +230,7 @@ def test_summary_names_an_empty_peer_file(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     json.dump({"benchmarks": []}, open(str(out / "peer-mla-torch.json"), "w"))
-    proc = subprocess.run([os.path.join(ROOT, "tools", "gpu-summary"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=60)
+    proc = run_summary(out)
     assert proc.returncode == 0, proc.stderr
     assert "peer-mla-torch" in proc.stdout and "no peer rows" in proc.stdout, proc.stdout
     assert "peer-mla-torch.log" in proc.stdout
@@ -268,8 +272,7 @@ def test_summary_states_the_issue_goals(tmp_path):
             b["B/s"] = bps
         bench.append(b)
     json.dump({"benchmarks": bench}, open(str(out / "bench-all.json"), "w"))
-    proc = subprocess.run([os.path.join(ROOT, "tools", "gpu-summary"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=60)
+    proc = run_summary(out)
     assert proc.returncode == 0, proc.stderr
     g = proc.stdout[proc.stdout.index("Goals"):]
     assert ("goal gemm vs cuBLASLt blockwise: ours faster on 1 of 2 shapes; peer faster on "
