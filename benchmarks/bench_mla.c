@@ -28,6 +28,13 @@
  * (gather pages, then attention) is benchmarks/peer_mla_torch.py, run by
  * tools/gpu-check with the same shapes.
  *
+ * Sparse rows (dinf_mla_sparse_decode_with_kvcache_fp8, DeepSeek V3.2's
+ * decode): FLOP = 2 * H * (B * S * topk) * (576 + 512), bytes = B * S * topk
+ * * 656 + B * S * H * (576 + 512) * 2; on the GPU b {64, 128}, s_q 2,
+ * h_q 128, topk 2048 (FlashMLA's sparse benchmark; upstream's H800 figure,
+ * 410 TFLOPS, is in the label), slots spread over the FP8 cache of the dense
+ * rows, the simple rung; on the CPU b 2, s_q 2, h_q 64, topk 2048.
+ *
  * CPU rows: the CPU path at b = 4, s_k = 4096, s_q = 1, h_q {16, 128}, BF16
  * and FP8 (the b = 128 grid would take minutes per iteration on a CPU:
  * b = 128, h_q = 128, s_k = 16384 is 584 GFLOP), wall clock, all cores.
@@ -57,6 +64,8 @@
 typedef struct mla_case {
     int64_t b;
     int32_t s_q, h_q, s_k, fp8, causal, parts, gpu, warmed;
+    int32_t topk; /* sparse rows: indices per query position (s_k unused); 0 = dense */
+    int32_t *indices; /* sparse rows: [b][s_q][topk] slots */
     const char *rung;     /* GPU rows: DINF_MLA_KERNEL for this row */
     const char *prefetch; /* GPU rows: DINF_MLA_FP8_PREFETCH for this row (NULL: unset, the default) */
     int64_t max_blocks, num_blocks;
@@ -95,6 +104,11 @@ static double seconds(const struct timespec *a, const struct timespec *b) {
 }
 
 static dinf_status decode(mla_case *c, const dinf_exec *exec) {
+    if (c->topk) /* sparse rows: FP8 cache, 64-token pages, every list full */
+        return dinf_mla_sparse_decode_with_kvcache_fp8(
+            c->q, c->b, c->s_q, c->h_q, DQK, c->kc, c->num_blocks, PAGE, 1, PAGE * ENTRY, ENTRY,
+            c->indices, c->topk, NULL, DV, c->meta, c->parts, c->splits, 0.0721687836f, c->ws,
+            c->ws_bytes, c->out, c->lse, exec);
     if (c->fp8)
         return dinf_mla_decode_with_kvcache_fp8(
             c->q, c->b, c->s_q, c->h_q, DQK, c->kc, c->num_blocks, PAGE, 1, PAGE * ENTRY, ENTRY,
@@ -119,8 +133,11 @@ static double run_cpu(void *arg) {
 }
 
 static void metrics(const mla_case *c, double *flops, double *bytes) {
-    const double n = (double)c->b * c->s_k, bsh = (double)c->b * c->s_q * c->h_q;
-    *flops = 2.0 * c->s_q * c->h_q * n * (DQK + DV);
+    const double bsh = (double)c->b * c->s_q * c->h_q;
+    /* keys read: dense, s_k per request (shared by its s_q positions); sparse,
+     * topk per query position (FlashMLA's sparse metric) */
+    const double n = c->topk ? (double)c->b * c->s_q * c->topk : (double)c->b * c->s_k;
+    *flops = 2.0 * (c->topk ? 1 : c->s_q) * c->h_q * n * (DQK + DV);
     *bytes = n * (c->fp8 ? ENTRY : 2.0 * DQK) + bsh * (DQK + DV) * 2.0;
 }
 
@@ -131,7 +148,9 @@ static void register_case(mla_case *c) {
     const double proj = fmax(bytes / (0.9 * 4.8e12), flops / 660e12);
     snprintf(c->label, sizeof c->label, "H200 floor %.1f us (%s), proj. %.1f us%s%s%s",
              1e6 * fmax(t_mem, t_comp), t_mem >= t_comp ? "mem" : "compute", 1e6 * proj,
-             c->gpu ? "; peer: mla/torch/* rows (peer_mla_torch.py)" : "; CPU path",
+             c->topk ? (c->gpu ? "; sparse, upstream H800: 410 TFLOPS (b128 topk2048)"
+                               : "; sparse, CPU path")
+             : c->gpu ? "; peer: mla/torch/* rows (peer_mla_torch.py)" : "; CPU path",
              c->prefetch ? "; DINF_MLA_FP8_PREFETCH=" : "", c->prefetch ? c->prefetch : "");
     bench_spec spec = {.name = c->name,
                        .run = c->gpu ? NULL : run_cpu,
@@ -168,6 +187,17 @@ static int32_t *make_block_table(int64_t b, int64_t max_blocks, uint64_t *s) {
 }
 
 static int plan(mla_case *c, int32_t num_sms) {
+    if (c->topk) { /* one request per query position */
+        if (dinf_mla_num_sm_parts(c->h_q, 1, num_sms, &c->parts) != DINF_STATUS_OK)
+            return -1;
+        c->meta = malloc(sizeof(int32_t) * 8 * (size_t)c->parts);
+        c->splits = malloc(sizeof(int32_t) * (size_t)(c->b * c->s_q + 1));
+        return c->meta && c->splits &&
+                       dinf_mla_get_sparse_metadata(NULL, c->b, c->s_q, c->topk, c->parts, c->meta,
+                                                    c->splits, NULL) == DINF_STATUS_OK
+                   ? 0
+                   : -1;
+    }
     if (dinf_mla_num_sm_parts(c->s_q * c->h_q, 1, num_sms, &c->parts) != DINF_STATUS_OK)
         return -1;
     c->meta = malloc(sizeof(int32_t) * 8 * (size_t)c->parts);
@@ -227,6 +257,64 @@ static void add_cpu(int32_t h_q, int fp8) {
     c->ws = aligned_alloc(64, (c->ws_bytes + 63) / 64 * 64);
     snprintf(c->name, sizeof c->name, "mla/cpu/%s/b%lld_sq%d_hq%d_sk%d", fp8 ? "fp8" : "bf16",
              (long long)c->b, c->s_q, h_q, c->s_k);
+    register_case(c);
+}
+
+/* Random slots of a cache of `slots` tokens: [b][s_q][topk], distinct
+ * within a list (a random walk with steps 1..2 * slots / topk). */
+static int32_t *make_indices(int64_t b, int32_t s_q, int32_t topk, int64_t slots, uint64_t *s) {
+    const int64_t n = b * s_q * topk;
+    int32_t *idx = malloc(sizeof(int32_t) * (size_t)n);
+    const uint64_t step = (uint64_t)(slots / topk > 1 ? slots / topk : 1);
+    for (int64_t r = 0; idx && r < b * s_q; r++) {
+        int64_t at = (int64_t)(next(s) % (uint64_t)slots);
+        for (int32_t j = 0; j < topk; j++) {
+            idx[r * topk + j] = (int32_t)(at % slots);
+            at += 1 + (int64_t)(next(s) % (2 * step - 1));
+        }
+    }
+    return idx;
+}
+
+/* The sparse decode on the CPU: V3.2's FP8 cache, h_q 64, s_q 2, topk 2048. */
+static void add_cpu_sparse(void) {
+    const char *name = "mla/cpu/sparse_fp8/b2_sq2_hq64_topk2048";
+    if (!bench_selected(name))
+        return;
+    mla_case *c = calloc(1, sizeof *c); /* lives until exit */
+    if (!c)
+        return;
+    c->b = 2, c->s_q = 2, c->h_q = 64, c->topk = 2048, c->fp8 = 1;
+    c->num_blocks = 256; /* 16384 tokens */
+    const int64_t tokens = c->num_blocks * PAGE, rows = c->b * c->s_q * c->h_q;
+    uint64_t s = 4242;
+    uint16_t *kv = malloc(sizeof(uint16_t) * (size_t)(tokens * DQK));
+    int64_t *slots = malloc(sizeof(int64_t) * (size_t)tokens);
+    c->kc = aligned_alloc(64, (size_t)(tokens * ENTRY));
+    c->q = malloc(sizeof(uint16_t) * (size_t)(rows * DQK));
+    c->out = malloc(sizeof(uint16_t) * (size_t)(rows * DV));
+    c->lse = malloc(sizeof(float) * (size_t)rows);
+    c->indices = make_indices(c->b, c->s_q, c->topk, tokens, &s);
+    if (!kv || !slots || !c->kc || !c->q || !c->out || !c->lse || !c->indices || plan(c, 132)) {
+        fprintf(stderr, "bench_mla: cannot set up the CPU sparse case\n");
+        return;
+    }
+    for (int64_t i = 0; i < tokens * DQK; i++)
+        kv[i] = value(&s);
+    for (int64_t i = 0; i < tokens; i++)
+        slots[i] = i;
+    for (int64_t i = 0; i < rows * DQK; i++)
+        c->q[i] = value(&s);
+    if (dinf_mla_quantize_kvcache_fp8(kv, tokens, 1, DQK, slots, c->kc, c->num_blocks, PAGE,
+                                      PAGE * ENTRY, ENTRY, NULL) != DINF_STATUS_OK) {
+        fprintf(stderr, "bench_mla: FP8 setup failed: %s\n", dinf_last_error());
+        return;
+    }
+    free(kv);
+    free(slots);
+    dinf_mla_workspace_size(c->b * c->s_q, 1, c->h_q, c->parts, &c->ws_bytes, NULL);
+    c->ws = aligned_alloc(64, (c->ws_bytes + 63) / 64 * 64);
+    snprintf(c->name, sizeof c->name, "%s", name);
     register_case(c);
 }
 
@@ -432,6 +520,61 @@ static void add_gpu(const gpu_cache *g, int fp8, int32_t s_q, int32_t h_q, int32
     }
 }
 
+/* Sparse decode rows (V3.2: FP8 cache, h_q 128, s_q 2, topk 2048; FlashMLA's
+ * sparse benchmark batches 64 and 128) over the FP8 cache of the dense rows,
+ * slots spread over all of it; the simple rung (the only one that takes a
+ * sparse decode). */
+static const int64_t sparse_batches[2] = {64, 128};
+static void sparse_gpu_name(char *name, size_t n, int64_t b) {
+    snprintf(name, n, "mla/gpu/sparse_fp8/b%lld_sq2_hq128_topk2048/simple", (long long)b);
+}
+static void add_gpu_sparse(const gpu_cache *g, int64_t b, int32_t num_sms) {
+    char name[96];
+    sparse_gpu_name(name, sizeof name, b);
+    if (!bench_selected(name))
+        return;
+    mla_case *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    c->gpu = 1, c->b = b, c->s_q = 2, c->h_q = 128, c->topk = 2048, c->fp8 = 1, c->rung = "simple";
+    c->max_blocks = g->max_blocks, c->num_blocks = g->num_blocks;
+    c->kc = g->kc;
+    uint64_t s = 777u + (uint64_t)b;
+    const int64_t rows = b * c->s_q * c->h_q, n_idx = b * c->s_q * c->topk;
+    int32_t *idx = make_indices(b, c->s_q, c->topk, g->num_blocks * PAGE, &s);
+    uint16_t *q = malloc(sizeof(uint16_t) * (size_t)(rows * DQK));
+    if (!idx || !q || plan(c, num_sms)) {
+        fprintf(stderr, "bench_mla: sparse setup failed: %s\n", dinf_last_error());
+        return;
+    }
+    for (int64_t i = 0; i < rows * DQK; i++)
+        q[i] = value(&s);
+    const dinf_exec exec = DINF_EXEC_CUDA_INIT(0, NULL);
+    dinf_mla_workspace_size(b * c->s_q, 1, c->h_q, c->parts, &c->ws_bytes, &exec);
+    void *d_meta, *d_splits, *d_idx;
+    if (cudaMalloc(&d_meta, sizeof(int32_t) * 8 * (size_t)c->parts) != cudaSuccess ||
+        cudaMalloc(&d_splits, sizeof(int32_t) * (size_t)(b * c->s_q + 1)) != cudaSuccess ||
+        cudaMalloc(&d_idx, sizeof(int32_t) * (size_t)n_idx) != cudaSuccess ||
+        cudaMalloc((void **)&c->q, sizeof(uint16_t) * (size_t)(rows * DQK)) != cudaSuccess ||
+        cudaMalloc((void **)&c->out, sizeof(uint16_t) * (size_t)(rows * DV)) != cudaSuccess ||
+        cudaMalloc((void **)&c->lse, sizeof(float) * (size_t)rows) != cudaSuccess ||
+        cudaMalloc(&c->ws, c->ws_bytes) != cudaSuccess ||
+        cudaMemcpy(d_meta, c->meta, sizeof(int32_t) * 8 * (size_t)c->parts, cudaMemcpyHostToDevice) != cudaSuccess ||
+        cudaMemcpy(d_splits, c->splits, sizeof(int32_t) * (size_t)(b * c->s_q + 1), cudaMemcpyHostToDevice) != cudaSuccess ||
+        cudaMemcpy(d_idx, idx, sizeof(int32_t) * (size_t)n_idx, cudaMemcpyHostToDevice) != cudaSuccess ||
+        cudaMemcpy(c->q, q, sizeof(uint16_t) * (size_t)(rows * DQK), cudaMemcpyHostToDevice) != cudaSuccess ||
+        cudaStreamCreate(&c->stream) != cudaSuccess || cudaEventCreate(&c->start) != cudaSuccess ||
+        cudaEventCreate(&c->stop) != cudaSuccess) {
+        fprintf(stderr, "bench_mla: CUDA setup failed: %s\n", cudaGetErrorString(cudaGetLastError()));
+        return;
+    }
+    free(q);
+    free(idx);
+    c->meta = d_meta, c->splits = d_splits, c->indices = d_idx;
+    snprintf(c->name, sizeof c->name, "%s", name);
+    register_case(c);
+}
+
 static void register_gpu(void) {
     dinf_device_info info = DINF_DEVICE_INFO_INIT;
     if (dinf_device_query(0, &info) != DINF_STATUS_OK || !info.usable)
@@ -444,6 +587,11 @@ static void register_gpu(void) {
             for (int j = 0; j < 3; j++)
                 for (int k = 0; k < 3; k++)
                     any |= gpu_selected(fp8, s_qs[i], h_qs[j], s_ks[k]);
+        for (int i = 0; fp8 && i < 2; i++) { /* the sparse rows read the FP8 cache */
+            char name[96];
+            sparse_gpu_name(name, sizeof name, sparse_batches[i]);
+            any |= bench_selected(name);
+        }
         if (!any)
             continue;
         if (make_gpu_cache(&caches[fp8], fp8, 128, 16384)) {
@@ -455,6 +603,8 @@ static void register_gpu(void) {
             for (int j = 0; j < 3; j++)
                 for (int k = 0; k < 3; k++)
                     add_gpu(&caches[fp8], fp8, s_qs[i], h_qs[j], s_ks[k], info.sm_count);
+        for (int i = 0; fp8 && i < 2; i++)
+            add_gpu_sparse(&caches[fp8], sparse_batches[i], info.sm_count);
     }
     for (int i = 0; i < num_deferred; i++)
         register_case(deferred[i]);
@@ -466,6 +616,7 @@ void bench_register_mla(void) {
     add_cpu(128, 0);
     add_cpu(16, 1);
     add_cpu(128, 1);
+    add_cpu_sparse();
 #if DINF_WITH_CUDA
     register_gpu();
 #endif

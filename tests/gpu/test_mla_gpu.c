@@ -8,7 +8,8 @@
  * outputs; the device metadata equal to the CPU's; the CUDA FP8 quantizer
  * byte-identical to the CPU's; a bad block table entry gives NaN, not a
  * crash; the FP8 L2 prefetch off and deep; metadata + decode captured in a
- * CUDA graph. Skipped, visibly,
+ * CUDA graph; the sparse decode (indices) against the CPU, with its device
+ * plan, the fast rungs' refusal and NaN for bad device values. Skipped, visibly,
  * without a usable device; a failure under DINF_REQUIRE_GPU=1.
  */
 #define _POSIX_C_SOURCE 200809L /* setenv */
@@ -799,6 +800,216 @@ Test(mla_gpu, metadata_and_decode_in_a_cuda_graph) {
     free(lse_cpu);
     free(lse_gpu);
     kv_free(&p);
+}
+
+/* ------------------------------------------------------- sparse decode -- */
+
+#include "../mla/mla_sparse_problem.h"
+
+/* Device copies of a sparse problem's inputs, its plan on the device and
+ * on the CPU, and the GPU workspace. */
+typedef struct sp_device {
+    int32_t parts;
+    int32_t *meta, *splits;  /* CPU plan */
+    sp_args a;               /* device pointers */
+    size_t ws_gpu;
+} sp_device;
+
+static void sp_device_make(sp_device *d, const sp_problem *p, int32_t parts, const dinf_exec *cuda,
+                           cudaStream_t stream, const char *params) {
+    const int64_t reqs = p->b * p->s_q, rows = reqs * p->h_q;
+    d->parts = parts;
+    d->meta = malloc(sizeof(int32_t) * 8 * (size_t)parts);
+    d->splits = malloc(sizeof(int32_t) * (size_t)(reqs + 1));
+    cr_assert_eq(dinf_mla_get_sparse_metadata(p->topk_length, p->b, p->s_q, p->topk, parts, d->meta,
+                                              d->splits, NULL),
+                 DINF_STATUS_OK, "%s: %s", params, dinf_last_error());
+    memset(&d->a, 0, sizeof d->a);
+    d->a.q = to_device(p->q, sizeof(uint16_t) * (size_t)(rows * SP_DQK));
+    const int64_t slots = p->num_blocks * p->page;
+    d->a.kc = p->kv_fp8 ? to_device(p->kc8, (size_t)(slots * p->h_kv * SP_ENTRY))
+                        : to_device(p->kc, sizeof(uint16_t) * (size_t)(slots * p->h_kv * SP_DQK));
+    d->a.indices = to_device(p->indices, sizeof(int32_t) * (size_t)(reqs * p->topk));
+    d->a.topk_length = p->topk_length ? to_device(p->topk_length, sizeof(int32_t) * (size_t)p->b) : NULL;
+    CUDA_OK(cudaMalloc((void **)&d->a.meta, sizeof(int32_t) * 8 * (size_t)parts));
+    CUDA_OK(cudaMalloc((void **)&d->a.splits, sizeof(int32_t) * (size_t)(reqs + 1)));
+    CUDA_OK(cudaMemsetAsync(d->a.meta, 0x5a, sizeof(int32_t) * 8 * (size_t)parts, stream));
+    CUDA_OK(cudaMemsetAsync(d->a.splits, 0x5a, sizeof(int32_t) * (size_t)(reqs + 1), stream));
+    /* the device plan equals the CPU's */
+    cr_assert_eq(dinf_mla_get_sparse_metadata(d->a.topk_length, p->b, p->s_q, p->topk, parts,
+                                              d->a.meta, d->a.splits, cuda),
+                 DINF_STATUS_OK, "%s: %s", params, dinf_last_error());
+    int32_t *g_meta = malloc(sizeof(int32_t) * 8 * (size_t)parts);
+    int32_t *g_splits = malloc(sizeof(int32_t) * (size_t)(reqs + 1));
+    CUDA_OK(cudaStreamSynchronize(stream));
+    CUDA_OK(cudaMemcpy(g_meta, d->a.meta, sizeof(int32_t) * 8 * (size_t)parts, cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(g_splits, d->a.splits, sizeof(int32_t) * (size_t)(reqs + 1), cudaMemcpyDeviceToHost));
+    cr_assert_eq(memcmp(g_meta, d->meta, sizeof(int32_t) * 8 * (size_t)parts), 0,
+                 "%s: device sparse metadata differs", params);
+    cr_assert_eq(memcmp(g_splits, d->splits, sizeof(int32_t) * (size_t)(reqs + 1)), 0,
+                 "%s: device sparse num_splits differs", params);
+    free(g_meta);
+    free(g_splits);
+    cr_assert_eq(dinf_mla_workspace_size(reqs, 1, p->h_q, parts, &d->ws_gpu, cuda), DINF_STATUS_OK);
+    CUDA_OK(cudaMalloc(&d->a.ws, d->ws_gpu));
+    d->a.ws_bytes = d->ws_gpu;
+    CUDA_OK(cudaMalloc((void **)&d->a.out, sizeof(uint16_t) * (size_t)(rows * SP_DV + 1)));
+    CUDA_OK(cudaMalloc((void **)&d->a.lse, sizeof(float) * (size_t)(rows + 1)));
+}
+
+static void sp_device_free(sp_device *d) {
+    cudaFree((void *)d->a.q);
+    cudaFree((void *)d->a.kc);
+    cudaFree((void *)d->a.indices);
+    cudaFree((void *)d->a.topk_length);
+    cudaFree(d->a.meta);
+    cudaFree(d->a.splits);
+    cudaFree(d->a.ws);
+    cudaFree(d->a.out);
+    cudaFree(d->a.lse);
+    free(d->meta);
+    free(d->splits);
+}
+
+/* Poisoned outputs, the GPU decode, outputs copied back (with the guard
+ * element past each checked). */
+static void sp_device_run(const sp_problem *p, sp_device *d, const dinf_exec *cuda,
+                          cudaStream_t stream, uint16_t *out, float *lse, const char *what) {
+    const int64_t rows = p->b * p->s_q * p->h_q;
+    CUDA_OK(cudaMemsetAsync(d->a.ws, 0xFF, d->ws_gpu, stream));
+    CUDA_OK(cudaMemsetAsync(d->a.out, 0xFF, sizeof(uint16_t) * (size_t)(rows * SP_DV + 1), stream));
+    CUDA_OK(cudaMemsetAsync(d->a.lse, 0xFF, sizeof(float) * (size_t)(rows + 1), stream));
+    cr_assert_eq(sp_decode(p, &d->a, d->parts, cuda), DINF_STATUS_OK, "%s: %s", what, dinf_last_error());
+    CUDA_OK(cudaStreamSynchronize(stream));
+    CUDA_OK(cudaMemcpy(out, d->a.out, sizeof(uint16_t) * (size_t)(rows * SP_DV + 1), cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(lse, d->a.lse, sizeof(float) * (size_t)(rows + 1), cudaMemcpyDeviceToHost));
+    cr_assert_eq(out[rows * SP_DV], 0xFFFFu, "%s: write past out", what);
+    uint32_t lse_end;
+    memcpy(&lse_end, &lse[rows], 4);
+    cr_assert_eq(lse_end, 0xFFFFFFFFu, "%s: write past lse", what);
+}
+
+/* One sparse point: device plan = CPU plan, GPU decode = CPU decode within
+ * the upstream tolerances; the fast rungs refuse it by name. */
+static void sparse_point(int64_t b, int32_t s_q, int32_t h_q, int32_t h_kv, int32_t page,
+                         int32_t topk, int lengths, double skip, int kv_fp8, uint64_t seed) {
+    char params[200];
+    snprintf(params, sizeof params, "sparse b=%lld s_q=%d h_q=%d h_kv=%d page=%d topk=%d lengths=%d %s seed=%llu",
+             (long long)b, s_q, h_q, h_kv, page, topk, lengths, kv_fp8 ? "fp8" : "bf16",
+             (unsigned long long)seed);
+    cudaStream_t stream;
+    CUDA_OK(cudaStreamCreate(&stream));
+    const dinf_exec cuda = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)stream);
+    sp_problem p;
+    sp_make(&p, b, s_q, h_q, h_kv, page, topk, lengths, skip, kv_fp8, seed);
+    const int32_t parts = sp_parts(&p, 132);
+    sp_poison(&p);
+    cr_assert_eq(sp_run_cpu(&p, parts, 0), DINF_STATUS_OK, "%s: %s", params, dinf_last_error());
+    const int64_t rows = b * s_q * h_q;
+    sp_device d;
+    sp_device_make(&d, &p, parts, &cuda, stream, params);
+    uint16_t *out = malloc(sizeof(uint16_t) * (size_t)(rows * SP_DV + 1));
+    float *lse = malloc(sizeof(float) * (size_t)(rows + 1));
+    float *fo_gpu = malloc(sizeof(float) * (size_t)(rows * SP_DV)), *fo_cpu = malloc(sizeof(float) * (size_t)(rows * SP_DV));
+    for (int64_t i = 0; i < rows * SP_DV; i++)
+        fo_cpu[i] = dinf__f32_from_bf16(p.out[i]);
+    for (int ri = 0; ri < NUM_RUNGS; ri++) {
+        char what[256];
+        snprintf(what, sizeof what, "%s rung=%s", params, RUNGS[ri]);
+        setenv("DINF_MLA_KERNEL", RUNGS[ri], 1);
+        if (ri >= RUNG_FAST) {
+            cr_assert_eq(sp_decode(&p, &d.a, parts, &cuda), DINF_STATUS_UNSUPPORTED, "%s", what);
+            cr_assert(strstr(dinf_last_error(), "a sparse decode (indices) runs on the simple rung only"),
+                      "%s: %s", what, dinf_last_error());
+            continue;
+        }
+        sp_device_run(&p, &d, &cuda, stream, out, lse, what);
+        for (int64_t i = 0; i < rows * SP_DV; i++)
+            fo_gpu[i] = dinf__f32_from_bf16(out[i]);
+        check_close("out", what, fo_gpu, fo_cpu, rows * SP_DV, 8e-4, 2.01 / 128, 5e-6);
+        check_close("lse", what, lse, p.lse, rows, 1e-6, 8.01 / 65536, 5e-6);
+    }
+    unsetenv("DINF_MLA_KERNEL");
+    /* auto runs the same rung */
+    sp_device_run(&p, &d, &cuda, stream, out, lse, params);
+    for (int64_t i = 0; i < rows * SP_DV; i++)
+        fo_gpu[i] = dinf__f32_from_bf16(out[i]);
+    check_close("out", params, fo_gpu, fo_cpu, rows * SP_DV, 8e-4, 2.01 / 128, 5e-6);
+    free(fo_gpu);
+    free(fo_cpu);
+    free(out);
+    free(lse);
+    sp_device_free(&d);
+    sp_free(&p);
+    CUDA_OK(cudaStreamDestroy(stream));
+}
+
+/* V3.2's decode (h_kv 1, h_q 128, s_q 2, FP8 cache, 64-token pages; topk
+ * 2048 upstream, 640 here), smaller ones, odd pages, h_kv 2, skipped and
+ * repeated slots, topk_length with zeros, a position listing -1 only. */
+Test(mla_gpu, sparse_decode_matches_the_cpu) {
+    sparse_point(2, 2, 128, 1, 64, 640, 1, 0.1, 1, 8801);
+    sparse_point(3, 1, 64, 1, 7, 300, 0, 0.2, 0, 8802);
+    sparse_point(2, 2, 16, 2, 1, 129, 1, 0.3, 1, 8803);
+    sparse_point(4, 3, 16, 1, 64, 64, 1, 0.1, 0, 8804);
+}
+
+/* Values the host cannot check: a slot past the cache makes its query
+ * position NaN (every head), a topk_length past topk its request's
+ * positions; every other position matches the CPU. */
+Test(mla_gpu, sparse_bad_device_values_give_nan_for_their_positions_only) {
+    cudaStream_t stream;
+    CUDA_OK(cudaStreamCreate(&stream));
+    const dinf_exec cuda = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)stream);
+    sp_problem p;
+    sp_make(&p, 3, 2, 16, 1, 64, 100, 0, 0.1, 0, 8901);
+    p.topk_length = malloc(sizeof(int32_t) * 3);
+    p.topk_length[0] = 90;
+    p.topk_length[1] = 100;
+    p.topk_length[2] = 77;
+    const int32_t parts = 5;
+    sp_poison(&p);
+    cr_assert_eq(sp_run_cpu(&p, parts, 0), DINF_STATUS_OK, "%s", dinf_last_error());
+    sp_device d;
+    sp_device_make(&d, &p, parts, &cuda, stream, "bad values");
+    /* position (0, 0): slot 5 past the cache; request 2: topk_length 101 */
+    const int32_t bad_slot = (int32_t)(p.num_blocks * p.page);
+    CUDA_OK(cudaMemcpy((int32_t *)d.a.indices + 5, &bad_slot, 4, cudaMemcpyHostToDevice));
+    const int32_t bad_len = p.topk + 1;
+    CUDA_OK(cudaMemcpy((int32_t *)d.a.topk_length + 2, &bad_len, 4, cudaMemcpyHostToDevice));
+    const int64_t rows = p.b * p.s_q * p.h_q;
+    uint16_t *out = malloc(sizeof(uint16_t) * (size_t)(rows * SP_DV + 1));
+    float *lse = malloc(sizeof(float) * (size_t)(rows + 1));
+    sp_device_run(&p, &d, &cuda, stream, out, lse, "bad values");
+    for (int64_t b = 0; b < p.b; b++)
+        for (int32_t t = 0; t < p.s_q; t++)
+            for (int32_t h = 0; h < p.h_q; h++) {
+                const int nan_expected = (b == 0 && t == 0) || b == 2;
+                const int64_t row = (b * p.s_q + t) * p.h_q + h;
+                const float l = lse[(b * p.h_q + h) * p.s_q + t];
+                if (nan_expected) {
+                    cr_assert(isnan(l), "b=%lld t=%d h=%d: lse %g, wanted NaN", (long long)b, t, h, l);
+                    for (int c = 0; c < SP_DV; c++)
+                        cr_assert(isnan(dinf__f32_from_bf16(out[row * SP_DV + c])),
+                                  "b=%lld t=%d h=%d: out[%d] not NaN", (long long)b, t, h, c);
+                    continue;
+                }
+                const float want = p.lse[(b * p.h_q + h) * p.s_q + t];
+                cr_assert(l == want || fabsf(l - want) <= 1e-6f ||
+                              fabsf(l - want) <= 8.01f / 65536 * fabsf(want),
+                          "b=%lld t=%d h=%d: lse %g vs cpu %g", (long long)b, t, h, l, want);
+                for (int c = 0; c < SP_DV; c++) {
+                    const float g = dinf__f32_from_bf16(out[row * SP_DV + c]);
+                    const float w = dinf__f32_from_bf16(p.out[row * SP_DV + c]);
+                    cr_assert(fabsf(g - w) <= 8e-4f || fabsf(g - w) <= 2.01f / 128 * fabsf(w),
+                              "b=%lld t=%d h=%d: out[%d] %g vs cpu %g", (long long)b, t, h, c, g, w);
+                }
+            }
+    free(out);
+    free(lse);
+    sp_device_free(&d);
+    sp_free(&p);
+    CUDA_OK(cudaStreamDestroy(stream));
 }
 
 #else

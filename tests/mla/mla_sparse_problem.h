@@ -26,15 +26,15 @@
 #define SP_PAST_LENGTH 2147480000 /* entries past topk_length: never read */
 #define SP_ENTRY 656
 
-static uint64_t sp_next(uint64_t *s) { /* splitmix64 */
+static inline uint64_t sp_next(uint64_t *s) { /* splitmix64 */
     uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
 }
-static double sp_uniform(uint64_t *s) { return (double)(sp_next(s) >> 11) * 0x1p-53; }
+static inline double sp_uniform(uint64_t *s) { return (double)(sp_next(s) >> 11) * 0x1p-53; }
 /* randn / 10 clamped to [-1, 1], as bf16 (the upstream tests' data) */
-static uint16_t sp_value(uint64_t *s) {
+static inline uint16_t sp_value(uint64_t *s) {
     const double u = sp_uniform(s), v = sp_uniform(s);
     double x = sqrt(-2.0 * log(u + 1e-300)) * cos(6.283185307179586 * v) / 10;
     x = x < -1 ? -1 : x > 1 ? 1 : x;
@@ -63,7 +63,7 @@ typedef struct sp_problem {
  * cache is quantized by dinf_mla_quantize_kvcache_fp8 and the BF16 copy is
  * replaced by its dequantized values (the reference's input).
  */
-static void sp_make(sp_problem *p, int64_t b, int32_t s_q, int32_t h_q, int32_t h_kv, int32_t page,
+static inline void sp_make(sp_problem *p, int64_t b, int32_t s_q, int32_t h_q, int32_t h_kv, int32_t page,
                     int32_t topk, int lengths, double skip, int kv_fp8, uint64_t seed) {
     uint64_t s = seed;
     *p = (sp_problem){.b = b, .s_q = s_q, .h_q = h_q, .h_kv = h_kv, .page = page, .topk = topk,
@@ -151,7 +151,7 @@ static void sp_make(sp_problem *p, int64_t b, int32_t s_q, int32_t h_q, int32_t 
     }
 }
 
-static void sp_free(sp_problem *p) {
+static inline void sp_free(sp_problem *p) {
     free(p->q);
     free(p->kc);
     free(p->kc8);
@@ -161,21 +161,21 @@ static void sp_free(sp_problem *p) {
     free(p->lse);
 }
 
-static void sp_poison(sp_problem *p) {
+static inline void sp_poison(sp_problem *p) {
     for (int64_t i = 0; i < p->b * p->s_q * p->h_q * SP_DV; i++)
         p->out[i] = SP_POISON;
     for (int64_t i = 0; i < p->b * p->s_q * p->h_q; i++)
         p->lse[i] = NAN;
 }
 
-static int32_t sp_parts(const sp_problem *p, int32_t num_sms) {
+static inline int32_t sp_parts(const sp_problem *p, int32_t num_sms) {
     int32_t parts = 0;
     cr_assert_eq(dinf_mla_num_sm_parts(p->h_q / p->h_kv, p->h_kv, num_sms, &parts), DINF_STATUS_OK);
     return parts;
 }
 
 /* The float64 reference: out rounded to bf16 as upstream does, lse natural log. */
-static void sp_reference(const sp_problem *p, double *ref_out, double *ref_lse) {
+static inline void sp_reference(const sp_problem *p, double *ref_out, double *ref_lse) {
     const int32_t hpk = p->h_q / p->h_kv;
     double *sc = malloc(sizeof(double) * (size_t)p->topk);
     for (int64_t b = 0; b < p->b; b++)
@@ -228,7 +228,7 @@ static void sp_reference(const sp_problem *p, double *ref_out, double *ref_lse) 
 
 /* Per element abs or rel, inf/NaN positions equal, cosine difference (the
  * upstream test's check, as tests/mla/test_mla.c). */
-static void sp_check_close(const char *what, const char *params, const double *ref, int64_t n,
+static inline void sp_check_close(const char *what, const char *params, const double *ref, int64_t n,
                            const uint16_t *got_bf16, const float *got_f32, double abs_tol,
                            double rel_tol, double cos_tol) {
     double xy = 0, xx_yy = 0;
@@ -250,7 +250,7 @@ static void sp_check_close(const char *what, const char *params, const double *r
     cr_assert_leq(cos_diff, cos_tol, "%s [%s]: cos_diff %g", what, params, cos_diff);
 }
 
-static void sp_check_reference(const sp_problem *p, const char *params) {
+static inline void sp_check_reference(const sp_problem *p, const char *params) {
     const int64_t rows = p->b * p->s_q * p->h_q;
     double *ref_out = malloc(sizeof(double) * (size_t)(rows * SP_DV + 1));
     double *ref_lse = malloc(sizeof(double) * (size_t)(rows + 1));
@@ -276,7 +276,7 @@ typedef struct sp_args {
     float *lse;
 } sp_args;
 
-static dinf_status sp_decode(const sp_problem *p, const sp_args *a, int32_t parts,
+static inline dinf_status sp_decode(const sp_problem *p, const sp_args *a, int32_t parts,
                              const dinf_exec *exec) {
     return p->kv_fp8
                ? dinf_mla_sparse_decode_with_kvcache_fp8(
@@ -292,7 +292,7 @@ static dinf_status sp_decode(const sp_problem *p, const sp_args *a, int32_t part
 }
 
 /* The whole CPU call: metadata, workspace, decode into p->out / p->lse. */
-static dinf_status sp_run_cpu(sp_problem *p, int32_t parts, int32_t threads) {
+static inline dinf_status sp_run_cpu(sp_problem *p, int32_t parts, int32_t threads) {
     int32_t *meta = malloc(sizeof(int32_t) * 8 * (size_t)parts);
     int32_t *splits = malloc(sizeof(int32_t) * (size_t)(p->b * p->s_q + 1));
     dinf_status st = dinf_mla_get_sparse_metadata(p->topk_length, p->b, p->s_q, p->topk, parts, meta,
