@@ -173,8 +173,8 @@ def get_mla_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, num_heads
 
     Dense (topk None): num_heads_per_head_k is s_q * h_q // h_kv and
     num_heads_k is h_kv, as upstream; num_sm_parts =
-    max(num_sms // h_kv // ceil(num_heads_per_head_k / 64), 1); num_heads_q,
-    is_fp8_kvcache and topk_length are not used.
+    max(num_sms // h_kv // ceil(num_heads_per_head_k / 64), 1); num_heads_q
+    and is_fp8_kvcache are not used (topk_length is an error).
 
     Sparse (topk set, FlashMLA's Sept-2025 signature): num_heads_q (h_q) is
     required, s_q = num_heads_per_head_k * h_kv // h_q; each query position
@@ -186,6 +186,8 @@ def get_mla_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, num_heads
     if topk is not None:
         return _sparse_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, num_heads_q,
                                 topk, num_sms, topk_length)
+    if topk_length is not None:
+        _fail("topk_length is only used with topk (a sparse plan)")
     if cache_seqlens is None:
         _fail("cache_seqlens is required for a dense plan (topk is None)")
     parts = ctypes.c_int32()

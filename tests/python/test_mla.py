@@ -494,6 +494,8 @@ def test_sparse_errors_are_precise():
         mla.get_mla_metadata(lens, 32, 1, 16, topk=0)
     with pytest.raises(err, match="cache_seqlens is required for a dense plan"):
         mla.get_mla_metadata(None, 32, 1)
+    with pytest.raises(err, match="topk_length is only used with topk"):
+        mla.get_mla_metadata(lens, 32, 1, 16, topk_length=lengths)
 
     # flash_mla_with_kvcache with indices
     with pytest.raises(err, match="causal=True is not supported with indices"):
