@@ -130,6 +130,8 @@ extern "C" {
 #define DINF_MLA_MAX_Q_ROWS 8192 /* largest s_q * h_q / h_kv (128 m-blocks) */
 #define DINF_MLA_MAX_BATCH 1048576
 #define DINF_MLA_MAX_SM_PARTS 65536
+#define DINF_MLA_MAX_TOPK 1048576 /* largest sparse topk */
+#define DINF_MLA_MAX_SPARSE_PAGE 65536 /* largest page_block_size of a sparse decode */
 /* |softmax_scale| bound: scale * log2(e) must stay a finite float */
 #define DINF_MLA_MAX_SOFTMAX_SCALE 1e30f
 /* FP8 cache entry: 512 e4m3 + 4 float32 scales + 64 bfloat16 (see above) */
@@ -312,6 +314,109 @@ DINF_API dinf_status dinf_mla_decode_with_kvcache_fp8(
     const int32_t *tile_scheduler_metadata, int32_t num_sm_parts, const int32_t *num_splits,
     float softmax_scale, int32_t causal, void *workspace, size_t workspace_bytes, uint16_t *out,
     float *lse, const dinf_exec *exec);
+
+/*
+ * Sparse decode (DeepSeek Sparse Attention, FlashMLA's
+ * flash_mla_with_kvcache(..., indices=...)). Query position t of request b
+ * attends only to the cache slots listed in indices[b][t][0 .. n_b), where a
+ * slot is physical_page * page_block_size + row (the block table already
+ * applied, as upstream) and n_b = topk_length[b] (topk when topk_length is
+ * NULL). A negative slot (upstream writes -1) is invalid and skipped: it
+ * adds nothing to the softmax. With the valid slots j of the list:
+ *
+ *   S[j]  = softmax_scale * sum_d q[b][t][h][d] * K[slot j][hk][d]
+ *   lse   = ln sum_j exp(S[j])        (+inf when no slot is valid)
+ *   out   = sum_j exp(S[j] - lse) * K[slot j][hk][0..512)   (0 when none)
+ *
+ * A slot listed twice counts twice (as upstream). There is no causal mask:
+ * the list decides what each position sees. Every query head of a KV head
+ * shares the list (upstream has h_kv = 1; any h_kv works here).
+ *
+ * Scheduling: each (b, t) is one "sparse request" of n_b keys, numbered
+ * b * seq_len_q + t, split across SM parts like a dense request of n_b keys
+ * (dinf_mla_get_sparse_metadata). Sizes for the calls it shares with the
+ * dense decode:
+ *   dinf_mla_num_sm_parts(num_heads_q / num_heads_kv, num_heads_kv, num_sms, &parts)
+ *   dinf_mla_workspace_size(batch * seq_len_q, 1, num_heads_q, parts, &bytes, exec)
+ * On the GPU the sparse decode runs the simple rung (kernels/mla/mla_decode.cu:
+ * per-token gathers, so any page size); DINF_MLA_KERNEL=fast or seesaw is
+ * UNSUPPORTED there, with the reason.
+ */
+
+/*
+ * dinf_mla_get_sparse_metadata - the split-KV plan of a sparse decode.
+ * Arguments:
+ *   topk_length   [IN]  int32 [batch], each in [0, topk], or NULL (every
+ *                       position has topk keys)
+ *   batch         [IN]  0 <= batch; batch * seq_len_q <= DINF_MLA_MAX_BATCH
+ *   seq_len_q     [IN]  s_q >= 1
+ *   topk          [IN]  indices per query position, in [1, DINF_MLA_MAX_TOPK]
+ *   num_sm_parts  [IN]  in [1, DINF_MLA_MAX_SM_PARTS]
+ *   tile_scheduler_metadata [OUT] int32 [num_sm_parts][DINF_MLA_METADATA_INTS]
+ *   num_splits    [OUT] int32 [batch * seq_len_q + 1], caller-owned
+ *   exec          [IN]  NULL = CPU
+ * The plan is dinf_mla_get_metadata's for cache_seqlens'[b * s_q + t] =
+ * topk_length[b] (or topk). On DINF_EXEC_CUDA every array is device memory
+ * and the plan is computed by one GPU thread on the stream (lengths not
+ * checked on the host). Returns as dinf_mla_get_metadata (a length outside
+ * [0, topk] is INVALID_ARGUMENT on the CPU).
+ */
+DINF_API dinf_status dinf_mla_get_sparse_metadata(const int32_t *topk_length, int64_t batch,
+                                                  int32_t seq_len_q, int32_t topk,
+                                                  int32_t num_sm_parts,
+                                                  int32_t *tile_scheduler_metadata,
+                                                  int32_t *num_splits, const dinf_exec *exec);
+
+/*
+ * dinf_mla_sparse_decode_with_kvcache - sparse MLA decode over a BF16 paged
+ * cache, following the plan of dinf_mla_get_sparse_metadata. Arguments as
+ * dinf_mla_decode_with_kvcache, except:
+ *   batch           [IN]  0 <= batch, batch * seq_len_q <= DINF_MLA_MAX_BATCH
+ *   num_heads_q     [IN]  a multiple of num_heads_kv, h_q / h_kv <= DINF_MLA_MAX_Q_ROWS
+ *   page_block_size [IN]  tokens per page, in [1, 65536] (any: the gathers are
+ *                         per token)
+ *   indices         [IN]  int32 [batch][seq_len_q][topk], contiguous, 4-byte
+ *                         aligned: slots (page * page_block_size + row), each
+ *                         negative (skipped) or below num_blocks * page_block_size;
+ *                         entries at or past topk_length[b] are never read
+ *   topk            [IN]  in [1, DINF_MLA_MAX_TOPK]
+ *   topk_length     [IN]  int32 [batch] in [0, topk], or NULL (= topk)
+ *   tile_scheduler_metadata, num_sm_parts, num_splits [IN] what
+ *                         dinf_mla_get_sparse_metadata returned for the same
+ *                         topk_length, batch, seq_len_q, topk and num_sm_parts
+ *                         (num_splits has batch * seq_len_q + 1 entries; the CPU
+ *                         path recomputes and compares them)
+ *   workspace       [IN,OUT] >= dinf_mla_workspace_size(batch * seq_len_q, 1,
+ *                         num_heads_q, num_sm_parts) bytes, 16-byte aligned
+ * (no block_table, max_blocks_per_seq, cache_seqlens or causal).
+ * out [b][t][h][512] and lse [b][h][t] as the dense decode. On the GPU,
+ * where values are not checked on the host, a query position whose list
+ * holds a slot at or past num_blocks * page_block_size, or whose request's
+ * topk_length is outside [0, topk], gets NaN in out and lse (all its heads).
+ * Returns as dinf_mla_decode_with_kvcache (an index out of range or a
+ * topk_length outside [0, topk] is INVALID_ARGUMENT on the CPU).
+ */
+DINF_API dinf_status dinf_mla_sparse_decode_with_kvcache(
+    const uint16_t *q, int64_t batch, int32_t seq_len_q, int32_t num_heads_q, int32_t head_dim,
+    const uint16_t *k_cache, int64_t num_blocks, int32_t page_block_size, int32_t num_heads_kv,
+    int64_t kv_block_stride, int64_t kv_token_stride, const int32_t *indices, int32_t topk,
+    const int32_t *topk_length, int32_t head_dim_v, const int32_t *tile_scheduler_metadata,
+    int32_t num_sm_parts, const int32_t *num_splits, float softmax_scale, void *workspace,
+    size_t workspace_bytes, uint16_t *out, float *lse, const dinf_exec *exec);
+
+/*
+ * dinf_mla_sparse_decode_with_kvcache_fp8 - the sparse decode over an FP8
+ * cache (656-byte entries, strides in bytes as
+ * dinf_mla_decode_with_kvcache_fp8): FlashMLA's V3.2 configuration. Equals
+ * the BF16 sparse decode of the dequantized cache (bit for bit on the CPU).
+ */
+DINF_API dinf_status dinf_mla_sparse_decode_with_kvcache_fp8(
+    const uint16_t *q, int64_t batch, int32_t seq_len_q, int32_t num_heads_q, int32_t head_dim,
+    const uint8_t *k_cache, int64_t num_blocks, int32_t page_block_size, int32_t num_heads_kv,
+    int64_t kv_block_stride, int64_t kv_token_stride, const int32_t *indices, int32_t topk,
+    const int32_t *topk_length, int32_t head_dim_v, const int32_t *tile_scheduler_metadata,
+    int32_t num_sm_parts, const int32_t *num_splits, float softmax_scale, void *workspace,
+    size_t workspace_bytes, uint16_t *out, float *lse, const dinf_exec *exec);
 
 /*
  * dinf_mla_quantize_kvcache_fp8 - quantize new tokens' cache rows into an

@@ -50,7 +50,7 @@ constexpr int kDqk = DINF_MLA_HEAD_DIM_QK;
 constexpr int kDv = DINF_MLA_HEAD_DIM_V;
 constexpr int kLd = kDqk + 8; /* shared row stride (bf16): 1168 B, conflict-free fragments */
 constexpr int kChunks = kDqk / 8; /* 16-byte chunks per bf16 row */
-constexpr int kSmemBytes = 2 * kBM * kLd * 2;
+constexpr int kSmemBytes = 2 * kBM * kLd * 2 + kBN; /* sQ, sK, sMasked */
 constexpr float kLn2 = 0.69314718055994530942f;
 
 /* ------------------------------------------------------------ PTX helpers -- */
@@ -98,18 +98,36 @@ __global__ void __launch_bounds__(1) mla_metadata_kernel(const int32_t *seqlens,
     dinf__mla_plan(seqlens, batch, parts, meta, num_splits);
 }
 
+/* The sparse plan (lengths by group; L.lens device memory or NULL). */
+__global__ void __launch_bounds__(1) mla_metadata_lengths_kernel(const dinf__mla_lengths L,
+                                                                 int64_t requests, int32_t parts,
+                                                                 int32_t *meta,
+                                                                 int32_t *num_splits) {
+    dinf__mla_plan_lengths(&L, requests, parts, meta, num_splits);
+}
+
 /* ---------------------------------------------------------------- decode -- */
 
-/* One 16-byte chunk of key row j of the block into shared memory (bf16). */
+/* One 16-byte chunk of key row j of the block into shared memory (bf16).
+ * sMasked[j] = 1 for a skipped sparse slot (zero row, score -inf), else 0. */
 template <bool kFp8>
 __device__ __forceinline__ void load_key_chunks(const dinf__mla_params &p, const int32_t *bt,
                                                 int32_t j0, int32_t n, int32_t hk, uint16_t *sK,
-                                                int &bad) {
+                                                uint8_t *sMasked, int &bad) {
     constexpr int kPerKey = kFp8 ? (kDv / 16 + 8) : kChunks; /* FP8: 32 code chunks + 8 RoPE */
     for (int c = threadIdx.x; c < kBN * kPerKey; c += kThreads) {
         const int j = c / kPerKey, ch = c % kPerKey;
         uint16_t *dst_row = sK + j * kLd;
-        if (j >= n) { /* past the request: zeros, never the cache */
+        int64_t page = 0;
+        int32_t row = 0;
+        const int loc = j < n ? dinf__mla_key_loc(&p, bt, j0 + j, &page, &row) : 1;
+        if (loc < 0) {
+            bad = 1;
+            continue;
+        }
+        if (ch == 0)
+            sMasked[j] = uint8_t(loc);
+        if (loc) { /* past the request or a skipped slot: zeros, never the cache */
             const uint4 zero = make_uint4(0, 0, 0, 0);
             if (!kFp8) {
                 *reinterpret_cast<uint4 *>(dst_row + 8 * ch) = zero;
@@ -121,22 +139,15 @@ __device__ __forceinline__ void load_key_chunks(const dinf__mla_params &p, const
             }
             continue;
         }
-        const int32_t key = j0 + j;
-        const int32_t page = __ldg(bt + key / p.page);
-        if (page < 0 || page >= p.num_blocks) {
-            bad = 1;
-            continue;
-        }
         if (!kFp8) {
             const uint16_t *src = static_cast<const uint16_t *>(p.k_cache) +
-                                  int64_t(page) * p.kv_block_stride +
-                                  int64_t(key % p.page) * p.kv_token_stride + int64_t(hk) * kDqk;
+                                  page * p.kv_block_stride + int64_t(row) * p.kv_token_stride +
+                                  int64_t(hk) * kDqk;
             *reinterpret_cast<uint4 *>(dst_row + 8 * ch) =
                 __ldg(reinterpret_cast<const uint4 *>(src) + ch);
         } else {
             const uint8_t *entry = static_cast<const uint8_t *>(p.k_cache) +
-                                   int64_t(page) * p.kv_block_stride +
-                                   int64_t(key % p.page) * p.kv_token_stride +
+                                   page * p.kv_block_stride + int64_t(row) * p.kv_token_stride +
                                    int64_t(hk) * DINF_MLA_FP8_ENTRY_BYTES;
             if (ch < kDv / 16) { /* 16 codes of channels [16 ch, 16 ch + 16) */
                 const float scale = __ldg(reinterpret_cast<const float *>(
@@ -172,6 +183,8 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const dinf__mla
     extern __shared__ __align__(16) uint16_t smem[];
     uint16_t *sQ = smem;             /* [64][kLd] */
     uint16_t *sK = smem + kBM * kLd; /* [64][kLd] */
+    /* [64]: key j of the block is a skipped sparse slot */
+    uint8_t *sMasked = reinterpret_cast<uint8_t *>(smem + 2 * kBM * kLd);
 
     const int m_block = int(blockIdx.x % unsigned(p.m_blocks));
     const int part = int(blockIdx.x / unsigned(p.m_blocks));
@@ -191,7 +204,7 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const dinf__mla
     const int64_t max_rows = (p.batch + p.parts) * int64_t(p.h_kv) * p.q_rows;
 
     for (int32_t req = begin_req; req <= end_req; req++) {
-        const int32_t s_k = p.seqlens[req];
+        const int32_t s_k = dinf__mla_req_keys(&p, req);
         const int32_t nblk = dinf__mla_num_blocks(s_k);
         const bool first = req == begin_req, last = req == end_req;
         int32_t blk_begin = first ? meta[DINF_MLA_META_BEGIN_BLOCK] : 0;
@@ -203,7 +216,7 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const dinf__mla
         const int64_t split_row =
             split ? int64_t(p.num_splits[req]) + (first ? meta[DINF_MLA_META_BEGIN_SPLIT] : 0)
                   : -1;
-        int bad = s_k < 0 || int64_t(s_k) > p.max_blocks * p.page ||
+        int bad = dinf__mla_req_keys_bad(&p, s_k) ||
                   (split && (split_row < 0 || (split_row + 1) * p.h_kv * p.q_rows > max_rows));
 
         __syncthreads(); /* the previous request is done with sQ and sK */
@@ -239,12 +252,13 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const dinf__mla
                 o[nt][e] = 0.0f;
 
         const int32_t *bt = p.block_table + int64_t(req) * p.max_blocks;
+        const bool sparse = p.sparse_s_q > 0;
         for (int32_t blk = blk_begin; blk < blk_end && !bad; blk++) {
             const int32_t j0 = blk * kBN;
             const int32_t n = s_k - j0 < kBN ? s_k - j0 : kBN;
             __syncthreads(); /* everyone is done with the previous block */
             int page_bad = 0;
-            load_key_chunks<kFp8>(p, bt, j0, n, hk, sK, page_bad);
+            load_key_chunks<kFp8>(p, bt, j0, n, hk, sK, sMasked, page_bad);
             bad = __syncthreads_or(page_bad);
             if (bad)
                 break;
@@ -275,8 +289,9 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const dinf__mla
             for (int nt = 0; nt < 8; nt++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    const int key = j0 + nt * 8 + 2 * t + (e & 1);
-                    const float v = key < limit[e / 2] ? s[nt][e] * p.scale_log2 : -INFINITY;
+                    const int j = nt * 8 + 2 * t + (e & 1);
+                    const bool live = j0 + j < limit[e / 2] && !(sparse && sMasked[j]);
+                    const float v = live ? s[nt][e] * p.scale_log2 : -INFINITY;
                     s[nt][e] = v;
                     mx[e / 2] = fmaxf(mx[e / 2], v);
                 }
@@ -349,7 +364,7 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const dinf__mla
                     *reinterpret_cast<uint32_t *>(dst + 8 * nt) =
                         pack_bf16(o[nt][2 * i] * inv, o[nt][2 * i + 1] * inv);
                 if (wc == 0 && t == 0)
-                    p.lse[(int64_t(req) * p.h_q + h) * p.s_q + tq] =
+                    p.lse[dinf__mla_lse_index(&p, req, h, tq)] =
                         bad ? NAN : (l[i] > 0.0f ? (log2f(l[i]) + m[i]) * kLn2 : INFINITY);
             } else if (!(split && (split_row < 0 ||
                                    (split_row + 1) * p.h_kv * p.q_rows > max_rows))) {
@@ -389,7 +404,7 @@ __global__ void __launch_bounds__(kThreads) mla_combine_kernel(const dinf__mla_p
         const int tq = qr / p.heads_per_kv;
         const int h = hk * p.heads_per_kv + qr % p.heads_per_kv;
         uint16_t *dst = p.out + ((req * p.s_q + tq) * p.h_q + h) * kDv;
-        float *lse = p.lse + (req * p.h_q + h) * p.s_q + tq;
+        float *lse = p.lse + dinf__mla_lse_index(&p, req, h, tq);
         if (first < 0 || first + int64_t(n) > max_split) { /* a plan that is not ours */
             for (int c = lane; c < kDv; c += 32)
                 dst[c] = 0x7fc0u;
@@ -524,6 +539,21 @@ extern "C" dinf_status dinf__mla_metadata_cuda(const char *func, const dinf__pla
         return st;
     mla_metadata_kernel<<<1, 1, 0, reinterpret_cast<cudaStream_t>(place->stream)>>>(
         cache_seqlens, batch, parts, meta, num_splits);
+    const cudaError_t err = cudaGetLastError();
+    return err == cudaSuccess ? DINF_STATUS_OK : cuda_failed(func, place, "metadata launch", err);
+}
+
+extern "C" dinf_status dinf__mla_metadata_lengths_cuda(const char *func,
+                                                       const dinf__place *place,
+                                                       const dinf__mla_lengths *L,
+                                                       int64_t requests, int32_t parts,
+                                                       int32_t *meta, int32_t *num_splits) {
+    device_guard guard;
+    dinf_status st = enter_hopper(func, place, guard);
+    if (st != DINF_STATUS_OK)
+        return st;
+    mla_metadata_lengths_kernel<<<1, 1, 0, reinterpret_cast<cudaStream_t>(place->stream)>>>(
+        *L, requests, parts, meta, num_splits);
     const cudaError_t err = cudaGetLastError();
     return err == cudaSuccess ? DINF_STATUS_OK : cuda_failed(func, place, "metadata launch", err);
 }

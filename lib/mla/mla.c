@@ -168,6 +168,7 @@ typedef struct task_scratch {
     float k[BN * DQK];
     float acc[BM * DV];
     float m[BM], l[BM], s[RG][BN];
+    unsigned char masked[BN]; /* sparse: key j of the block is a skipped slot */
 } task_scratch;
 
 typedef struct workspace_layout {
@@ -243,10 +244,11 @@ dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, int32_t nu
 /* -------------------------------------------------------------- decode -- */
 
 typedef struct decode_job {
+    dinf__mla_params prm; /* the request/key/lse addressing (mla_hd.h), dense or sparse */
     const uint16_t *q;
     const unsigned char *kc; /* bytes */
     int kv_fp8;
-    const int32_t *block_table, *seqlens;
+    const int32_t *block_table;
     int64_t kv_block_bytes, kv_token_bytes, max_blocks;
     int32_t s_q, h_q, h_kv, heads_per_kv, q_rows, m_blocks, page, causal;
     float scale_log2;
@@ -373,7 +375,7 @@ static void run_task(const decode_job *job, task_scratch *ts, int64_t task) {
     const int32_t mb = (int32_t)(task % job->m_blocks);
     const int32_t row0 = mb * BM;
     const int32_t rows = job->q_rows - row0 < BM ? job->q_rows - row0 : BM;
-    const int32_t s_k = job->seqlens[pc->req];
+    const int32_t s_k = dinf__mla_req_keys(&job->prm, pc->req);
     const int64_t entry_bytes = job->kv_fp8 ? DINF_MLA_FP8_ENTRY_BYTES : 2 * DQK;
     int32_t limit[BM];
 
@@ -395,10 +397,20 @@ static void run_task(const decode_job *job, task_scratch *ts, int64_t task) {
     for (int32_t blk = pc->blk_begin; blk < pc->blk_end; blk++) {
         const int32_t j0 = blk * BN;
         const int32_t n = s_k - j0 < BN ? s_k - j0 : BN;
+        int any_masked = 0;
         for (int32_t j = 0; j < n; j++) {
-            const int32_t key = j0 + j;
-            const unsigned char *src = job->kc + (int64_t)bt[key / job->page] * job->kv_block_bytes +
-                                       (int64_t)(key % job->page) * job->kv_token_bytes +
+            int64_t page = 0;
+            int32_t row = 0;
+            /* the host checked every page / slot: 0 (found) or 1 (a masked
+             * sparse slot, whose zero row adds nothing: its score is -inf) */
+            ts->masked[j] = dinf__mla_key_loc(&job->prm, bt, j0 + j, &page, &row) != 0;
+            if (ts->masked[j]) {
+                any_masked = 1;
+                memset(ts->k + (int64_t)j * DQK, 0, sizeof(float) * DQK);
+                continue;
+            }
+            const unsigned char *src = job->kc + page * job->kv_block_bytes +
+                                       (int64_t)row * job->kv_token_bytes +
                                        (int64_t)hk * entry_bytes;
             load_key(src, job->kv_fp8, ts->k + (int64_t)j * DQK);
         }
@@ -422,7 +434,8 @@ static void run_task(const decode_job *job, task_scratch *ts, int64_t task) {
                 float dots[RG];
                 dot576_rows(ts->q + (int64_t)r0 * DQK, ts->k + (int64_t)j * DQK, dots);
                 for (int32_t i = 0; i < nr; i++)
-                    ts->s[i][j] = dots[i] * job->scale_log2;
+                    ts->s[i][j] = any_masked && ts->masked[j] ? -INFINITY
+                                                              : dots[i] * job->scale_log2;
             }
             float alpha[RG];
             for (int32_t i = 0; i < RG; i++) {
@@ -440,7 +453,9 @@ static void run_task(const decode_job *job, task_scratch *ts, int64_t task) {
                 alpha[i] = ts->m[r] == -INFINITY ? 0.0f : exp2f(ts->m[r] - m_new);
                 float sum = 0.0f;
                 for (int32_t j = 0; j < nv[i]; j++) {
-                    ts->s[i][j] = exp2f(ts->s[i][j] - m_new);
+                    /* a masked key (-inf) weighs exactly 0, also while
+                     * every key so far is masked (m_new = -inf) */
+                    ts->s[i][j] = ts->s[i][j] == -INFINITY ? 0.0f : exp2f(ts->s[i][j] - m_new);
                     sum += ts->s[i][j];
                 }
                 for (int32_t j = nv[i]; j < nv_max; j++)
@@ -461,7 +476,7 @@ static void run_task(const decode_job *job, task_scratch *ts, int64_t task) {
             uint16_t *o = job->out + (((int64_t)pc->req * job->s_q + t) * job->h_q + h) * DV;
             for (int d = 0; d < DV; d++)
                 o[d] = dinf__bf16_from_f32(acc[d] * inv);
-            job->lse[((int64_t)pc->req * job->h_q + h) * job->s_q + t] =
+            job->lse[dinf__mla_lse_index(&job->prm, pc->req, h, t)] =
                 l > 0.0f ? (log2f(l) + ts->m[r]) * LN2 : INFINITY;
         } else {
             const int64_t wrow = ((int64_t)pc->split_row * job->h_kv + hk) * job->q_rows + qr;
@@ -516,7 +531,7 @@ static void run_combine(void *ctx, int64_t begin, int64_t end) {
         uint16_t *o = job->out + ((req * job->s_q + t) * job->h_q + h) * DV;
         for (int d = 0; d < DV; d++)
             o[d] = dinf__bf16_from_f32(sum[d]);
-        job->lse[(req * job->h_q + h) * job->s_q + t] =
+        job->lse[dinf__mla_lse_index(&job->prm, req, h, t)] =
             global == -INFINITY ? INFINITY : global * LN2;
     }
 }
@@ -525,6 +540,42 @@ static void run_combine(void *ctx, int64_t begin, int64_t end) {
  * Both decode entry points: kv_fp8 = 0 for a bf16 cache (strides in
  * elements), 1 for FP8 entries (strides in bytes).
  */
+/* The sparse decode's own arguments (NULL: a dense decode). */
+typedef struct sparse_args {
+    const int32_t *indices;     /* [batch][s_q][topk] slots */
+    const int32_t *topk_length; /* [batch] or NULL */
+    int32_t topk;
+} sparse_args;
+
+/* Sparse: topk and the topk_length values (host memory only). */
+static dinf_status check_sparse_lengths(const char *func, const int32_t *topk_length,
+                                        int64_t batch, int32_t topk, int read_values) {
+    if (topk < 1 || topk > DINF_MLA_MAX_TOPK)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "topk=%d must be in [1, %d]",
+                          (int)topk, DINF_MLA_MAX_TOPK);
+    if (misaligned(topk_length, 4))
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "topk_length=%p is not 4-byte aligned", (const void *)topk_length);
+    for (int64_t b = 0; read_values && topk_length && b < batch; b++)
+        if (topk_length[b] < 0 || topk_length[b] > topk)
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "topk_length[%lld]=%d must be in [0, topk=%d]", (long long)b,
+                              (int)topk_length[b], (int)topk);
+    return DINF_STATUS_OK;
+}
+
+/* Sparse: the plan's request count batch * s_q, in range. */
+static dinf_status sparse_requests(const char *func, int64_t batch, int32_t seq_len_q,
+                                   int64_t *reqs) {
+    if (batch < 0 || seq_len_q < 1 || batch > DINF_MLA_MAX_BATCH / seq_len_q)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "batch=%lld and seq_len_q=%d: need batch >= 0, seq_len_q >= 1 and "
+                          "batch * seq_len_q <= %d (each query position is one sparse request)",
+                          (long long)batch, (int)seq_len_q, DINF_MLA_MAX_BATCH);
+    *reqs = batch * seq_len_q;
+    return DINF_STATUS_OK;
+}
+
 static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64_t batch,
                           int32_t seq_len_q, int32_t num_heads_q, int32_t head_dim,
                           const void *k_cache, int64_t num_blocks, int32_t page_block_size,
@@ -534,12 +585,26 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
                           const int32_t *tile_scheduler_metadata, int32_t num_sm_parts,
                           const int32_t *num_splits, float softmax_scale, int32_t causal,
                           void *workspace, size_t workspace_bytes, uint16_t *out, float *lse,
-                          const dinf_exec *exec) {
+                          const dinf_exec *exec, const sparse_args *sp) {
     dinf__place place;
     dinf_status st = dinf__place_resolve(func, exec, &place);
     if (st != DINF_STATUS_OK)
         return st;
     const int host = place.kind == DINF_EXEC_CPU;
+    /* The plan's requests: the batch's, or (sparse) its query positions,
+     * each one request with one query position. */
+    int64_t reqs = batch;
+    int32_t req_s_q = seq_len_q;
+    const char *table_name = sp ? "indices" : "block_table";
+    if (sp) {
+        st = sparse_requests(func, batch, seq_len_q, &reqs);
+        if (st != DINF_STATUS_OK)
+            return st;
+        req_s_q = 1;
+        block_table = sp->indices;
+        max_blocks_per_seq = sp->topk;
+        causal = 0;
+    }
     /* Shapes. */
     if (head_dim != DQK)
         return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "head_dim=%d is not supported (only %d)",
@@ -547,11 +612,23 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
     if (head_dim_v != DV)
         return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
                           "head_dim_v=%d is not supported (only %d)", (int)head_dim_v, DV);
-    if (page_block_size != 64 && page_block_size != 32 && page_block_size != 16)
+    if (sp) {
+        if (page_block_size < 1 || page_block_size > DINF_MLA_MAX_SPARSE_PAGE)
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "page_block_size=%d must be in [1, %d]", (int)page_block_size,
+                              DINF_MLA_MAX_SPARSE_PAGE);
+        if (num_sm_parts < 1 || num_sm_parts > DINF_MLA_MAX_SM_PARTS)
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "num_sm_parts=%d must be in [1, %d]", (int)num_sm_parts,
+                              DINF_MLA_MAX_SM_PARTS);
+        st = check_sparse_lengths(func, sp->topk_length, batch, sp->topk, host);
+    } else if (page_block_size != 64 && page_block_size != 32 && page_block_size != 16) {
         return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
                           "page_block_size=%d is not supported (64, 32 or 16)",
                           (int)page_block_size);
-    st = check_seqlens(func, cache_seqlens, batch, num_sm_parts, host);
+    } else {
+        st = check_seqlens(func, cache_seqlens, batch, num_sm_parts, host);
+    }
     if (st != DINF_STATUS_OK)
         return st;
     if (seq_len_q < 1)
@@ -565,12 +642,14 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                           "num_heads_q=%d is not a multiple of num_heads_kv=%d", (int)num_heads_q,
                           (int)num_heads_kv);
-    const int64_t q_rows = (int64_t)seq_len_q * (num_heads_q / num_heads_kv);
+    /* query rows of one request per KV head (sparse: one query position) */
+    const int64_t q_rows = (int64_t)req_s_q * (num_heads_q / num_heads_kv);
     if (q_rows > DINF_MLA_MAX_Q_ROWS)
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
-                          "seq_len_q * num_heads_q / num_heads_kv = %d * %d / %d = %lld exceeds "
-                          "DINF_MLA_MAX_Q_ROWS=%d",
-                          (int)seq_len_q, (int)num_heads_q, (int)num_heads_kv, (long long)q_rows,
+                          "%s%d * %d / %d = %lld exceeds DINF_MLA_MAX_Q_ROWS=%d",
+                          sp ? "num_heads_q / num_heads_kv = 1 * " :
+                               "seq_len_q * num_heads_q / num_heads_kv = ",
+                          (int)req_s_q, (int)num_heads_q, (int)num_heads_kv, (long long)q_rows,
                           DINF_MLA_MAX_Q_ROWS);
     if (num_blocks < 1)
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "num_blocks=%lld must be >= 1",
@@ -614,7 +693,7 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
         dinf__mul_i64(page_block_size - 1, kv_token_stride, &t1) ||
         __builtin_add_overflow(kc_elems, t1 + (int64_t)num_heads_kv * entry, &kc_elems) ||
         dinf__mul_i64(q_tokens, DQK, &q_elems) || dinf__mul_i64(q_tokens, DV, &o_elems) ||
-        dinf__mul_i64(batch, max_blocks_per_seq, &bt_elems) || kc_elems > INT64_MAX / 2 ||
+        dinf__mul_i64(reqs, max_blocks_per_seq, &bt_elems) || kc_elems > INT64_MAX / 2 ||
         q_elems > INT64_MAX / 2 || o_elems > INT64_MAX / 2)
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                           "the sizes overflow int64 (batch=%lld, num_blocks=%lld, "
@@ -633,7 +712,7 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
     if (!tile_scheduler_metadata)
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "tile_scheduler_metadata is NULL");
     if (have_rows && max_blocks_per_seq > 0 && !block_table)
-        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "block_table is NULL");
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "%s is NULL", table_name);
     const struct {
         const char *name;
         const void *ptr;
@@ -643,7 +722,7 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
         {"k_cache", k_cache, 16},
         {"out", out, 16},
         {"lse", lse, 4},
-        {"block_table", block_table, 4},
+        {table_name, block_table, 4},
         {"tile_scheduler_metadata", tile_scheduler_metadata, 4},
         {"num_splits", num_splits, 4},
         {"workspace", workspace, 16},
@@ -653,8 +732,29 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
             return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "%s=%p is not %u-byte aligned",
                               aligned[i].name, aligned[i].ptr, (unsigned)aligned[i].align);
 
+    /* Sparse: every slot read (the first topk_length[b] of each list) is
+     * negative (skipped) or in the cache (host memory only). */
+    int64_t num_slots = 0;
+    if (sp && dinf__mul_i64(num_blocks, page_block_size, &num_slots))
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "num_blocks * page_block_size = %lld * %d overflows int64",
+                          (long long)num_blocks, (int)page_block_size);
+    for (int64_t r = 0; sp && host && r < reqs; r++) {
+        const int64_t b = r / seq_len_q, t = r % seq_len_q;
+        const int32_t n = sp->topk_length ? sp->topk_length[b] : sp->topk;
+        for (int32_t j = 0; j < n; j++) {
+            const int32_t e = sp->indices[r * sp->topk + j];
+            if (e >= num_slots)
+                return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                                  "indices[%lld][%lld][%d]=%d is outside the cache: slots are "
+                                  "below num_blocks * page_block_size = %lld * %d (negative: "
+                                  "skipped)",
+                                  (long long)b, (long long)t, (int)j, (int)e,
+                                  (long long)num_blocks, (int)page_block_size);
+        }
+    }
     /* Lengths against the block table, and the table's entries (host memory only). */
-    for (int64_t b = 0; host && b < batch; b++) {
+    for (int64_t b = 0; !sp && host && b < batch; b++) {
         const int64_t s_k = cache_seqlens[b];
         if (s_k > max_blocks_per_seq * page_block_size)
             return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
@@ -676,7 +776,7 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
 
     /* Workspace. */
     size_t ws_needed;
-    st = workspace_bytes_for(func, batch, seq_len_q, num_heads_q, num_sm_parts, &place, &ws_needed);
+    st = workspace_bytes_for(func, reqs, req_s_q, num_heads_q, num_sm_parts, &place, &ws_needed);
     if (st != DINF_STATUS_OK)
         return st;
 
@@ -687,11 +787,12 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
         {"workspace", workspace, workspace_bytes},
         {"q", q, (size_t)q_elems * 2},
         {"k_cache", k_cache, (size_t)(kc_elems * elem_bytes)},
-        {"block_table", block_table, (size_t)bt_elems * sizeof(int32_t)},
-        {"cache_seqlens", cache_seqlens, (size_t)batch * sizeof(int32_t)},
+        {table_name, block_table, (size_t)bt_elems * sizeof(int32_t)},
+        {sp ? "topk_length" : "cache_seqlens", sp ? sp->topk_length : cache_seqlens,
+         (size_t)batch * sizeof(int32_t)},
         {"tile_scheduler_metadata", tile_scheduler_metadata,
          (size_t)num_sm_parts * DINF_MLA_METADATA_INTS * sizeof(int32_t)},
-        {"num_splits", num_splits, (size_t)(batch + 1) * sizeof(int32_t)},
+        {"num_splits", num_splits, (size_t)(reqs + 1) * sizeof(int32_t)},
     };
     st = check_outputs_disjoint(func, bufs, (int)(sizeof bufs / sizeof bufs[0]), 3);
     if (st != DINF_STATUS_OK)
@@ -706,12 +807,12 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
         .num_splits = num_splits,
         .out = out,
         .lse = lse,
-        .batch = batch,
+        .batch = reqs,
         .num_blocks = num_blocks,
         .max_blocks = max_blocks_per_seq,
         .kv_block_stride = kv_block_stride,
         .kv_token_stride = kv_token_stride,
-        .s_q = seq_len_q,
+        .s_q = req_s_q,
         .h_q = num_heads_q,
         .h_kv = num_heads_kv,
         .heads_per_kv = num_heads_q / num_heads_kv,
@@ -722,6 +823,9 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
         .parts = num_sm_parts,
         .kv_fp8 = kv_fp8,
         .scale_log2 = softmax_scale * LOG2E,
+        .topk_length = sp ? sp->topk_length : NULL,
+        .topk = sp ? sp->topk : 0,
+        .sparse_s_q = sp ? seq_len_q : 0,
     };
     if (!host) {
 #if DINF_WITH_CUDA
@@ -731,7 +835,7 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
         char msg[320];
         const int rc = dinf__mla_choose_rung(getenv("DINF_MLA_KERNEL"), kv_fp8, page_block_size,
                                              kv_block_stride, kv_token_stride, num_blocks,
-                                             num_heads_kv, &rung, msg, sizeof msg);
+                                             num_heads_kv, sp != NULL, &rung, msg, sizeof msg);
         if (rc == -1)
             return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "%s", msg);
         if (rc == -2)
@@ -754,7 +858,7 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
                               workspace, workspace_bytes, ws_needed);
         dinf__arena real = {.base = workspace, .capacity = workspace_bytes};
         workspace_layout ws;
-        carve_workspace(&real, batch, seq_len_q, num_heads_q, num_sm_parts, 0, &ws);
+        carve_workspace(&real, reqs, req_s_q, num_heads_q, num_sm_parts, 0, &ws);
         params.lse2_acc = ws.lse2;
         params.o_acc = ws.oacc;
         return rung == DINF__MLA_RUNG_SIMPLE
@@ -772,29 +876,36 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
                           workspace, workspace_bytes, ws_needed, (int)place.threads);
     dinf__arena real = {.base = workspace, .capacity = workspace_bytes};
     decode_job job;
-    carve_workspace(&real, batch, seq_len_q, num_heads_q, num_sm_parts, place.threads, &job.ws);
+    carve_workspace(&real, reqs, req_s_q, num_heads_q, num_sm_parts, place.threads, &job.ws);
 
     /* The plan must be the one for these lengths: recompute and compare. */
-    if (dinf__mla_plan(cache_seqlens, batch, num_sm_parts, job.ws.plan_meta, job.ws.plan_splits))
+    const dinf__mla_lengths lengths = {
+        sp ? sp->topk_length : cache_seqlens, sp ? seq_len_q : 1, sp ? sp->topk : 0};
+    if (dinf__mla_plan_lengths(&lengths, reqs, num_sm_parts, job.ws.plan_meta,
+                               job.ws.plan_splits))
         return dinf__fail(DINF_STATUS_INTERNAL, func, "the plan left work unassigned");
     for (int64_t i = 0; i < (int64_t)num_sm_parts * DINF_MLA_METADATA_INTS; i++)
         if (tile_scheduler_metadata[i] != job.ws.plan_meta[i])
             return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                               "tile_scheduler_metadata[%lld][%lld]=%d does not match the plan for "
-                              "these cache_seqlens and num_sm_parts=%d (expected %d): call "
-                              "dinf_mla_get_metadata again when cache_seqlens change",
+                              "these %s and num_sm_parts=%d (expected %d): call %s again when "
+                              "%s change",
                               (long long)(i / DINF_MLA_METADATA_INTS),
                               (long long)(i % DINF_MLA_METADATA_INTS),
-                              (int)tile_scheduler_metadata[i], (int)num_sm_parts,
-                              (int)job.ws.plan_meta[i]);
-    for (int64_t i = 0; i <= batch; i++)
+                              (int)tile_scheduler_metadata[i],
+                              sp ? "topk_length, topk, batch, seq_len_q" : "cache_seqlens",
+                              (int)num_sm_parts, (int)job.ws.plan_meta[i],
+                              sp ? "dinf_mla_get_sparse_metadata" : "dinf_mla_get_metadata",
+                              sp ? "they" : "cache_seqlens");
+    for (int64_t i = 0; i <= reqs; i++)
         if (num_splits[i] != job.ws.plan_splits[i])
             return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                               "num_splits[%lld]=%d does not match the plan for these "
-                              "cache_seqlens and num_sm_parts=%d (expected %d)",
-                              (long long)i, (int)num_splits[i], (int)num_sm_parts,
-                              (int)job.ws.plan_splits[i]);
-    const int any_split = num_splits[batch] > batch;
+                              "%s and num_sm_parts=%d (expected %d)",
+                              (long long)i, (int)num_splits[i],
+                              sp ? "topk_length, topk, batch, seq_len_q" : "cache_seqlens",
+                              (int)num_sm_parts, (int)job.ws.plan_splits[i]);
+    const int any_split = num_splits[reqs] > reqs;
 
     /* Pieces: every (part, request) overlap of the plan (at most batch + parts). */
     piece *pieces = job.ws.pieces;
@@ -810,7 +921,7 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
             pc->req = r;
             pc->blk_begin = is_first ? m[DINF_MLA_META_BEGIN_BLOCK] : 0;
             pc->blk_end = is_last ? m[DINF_MLA_META_END_BLOCK]
-                                  : dinf__mla_num_blocks(cache_seqlens[r]);
+                                  : dinf__mla_num_blocks(dinf__mla_length_at(&lengths, r));
             const int split = (is_first && m[DINF_MLA_META_FIRST_SPLIT]) ||
                               (is_last && m[DINF_MLA_META_LAST_SPLIT]);
             pc->split_row =
@@ -818,15 +929,15 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
         }
     }
 
+    job.prm = params;
     job.q = q;
     job.kc = k_cache;
     job.kv_fp8 = kv_fp8;
     job.block_table = block_table;
-    job.seqlens = cache_seqlens;
     job.kv_block_bytes = kv_block_stride * elem_bytes;
     job.kv_token_bytes = kv_token_stride * elem_bytes;
     job.max_blocks = max_blocks_per_seq;
-    job.s_q = seq_len_q;
+    job.s_q = req_s_q;
     job.h_q = num_heads_q;
     job.h_kv = num_heads_kv;
     job.heads_per_kv = params.heads_per_kv;
@@ -845,7 +956,7 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
     if (job.workers > 0)
         dinf__parallel_for(job.workers, job.workers, 1, run_workers, &job);
     if (any_split)
-        dinf__parallel_for(place.threads, batch * num_heads_kv * q_rows, 64, run_combine, &job);
+        dinf__parallel_for(place.threads, reqs * num_heads_kv * q_rows, 64, run_combine, &job);
     return DINF_STATUS_OK;
 }
 
@@ -861,7 +972,7 @@ dinf_status dinf_mla_decode_with_kvcache(
                   page_block_size, num_heads_kv, kv_block_stride, kv_token_stride, block_table,
                   max_blocks_per_seq, cache_seqlens, head_dim_v, tile_scheduler_metadata,
                   num_sm_parts, num_splits, softmax_scale, causal, workspace, workspace_bytes,
-                  out, lse, exec);
+                  out, lse, exec, NULL);
 }
 
 dinf_status dinf_mla_decode_with_kvcache_fp8(
@@ -876,7 +987,86 @@ dinf_status dinf_mla_decode_with_kvcache_fp8(
                   page_block_size, num_heads_kv, kv_block_stride, kv_token_stride, block_table,
                   max_blocks_per_seq, cache_seqlens, head_dim_v, tile_scheduler_metadata,
                   num_sm_parts, num_splits, softmax_scale, causal, workspace, workspace_bytes,
-                  out, lse, exec);
+                  out, lse, exec, NULL);
+}
+
+/* ------------------------------------------------------ sparse decode -- */
+
+dinf_status dinf_mla_get_sparse_metadata(const int32_t *topk_length, int64_t batch,
+                                         int32_t seq_len_q, int32_t topk, int32_t num_sm_parts,
+                                         int32_t *tile_scheduler_metadata, int32_t *num_splits,
+                                         const dinf_exec *exec) {
+    dinf__place place;
+    dinf_status st = dinf__place_resolve(__func__, exec, &place);
+    if (st != DINF_STATUS_OK)
+        return st;
+    int64_t reqs = 0;
+    st = sparse_requests(__func__, batch, seq_len_q, &reqs);
+    if (st != DINF_STATUS_OK)
+        return st;
+    if (num_sm_parts < 1 || num_sm_parts > DINF_MLA_MAX_SM_PARTS)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_sm_parts=%d must be in [1, %d]",
+                         (int)num_sm_parts, DINF_MLA_MAX_SM_PARTS);
+    st = check_sparse_lengths(__func__, topk_length, batch, topk, place.kind == DINF_EXEC_CPU);
+    if (st != DINF_STATUS_OK)
+        return st;
+    if (!tile_scheduler_metadata)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "tile_scheduler_metadata is NULL");
+    if (!num_splits)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_splits is NULL");
+    if (misaligned(tile_scheduler_metadata, 4) || misaligned(num_splits, 4))
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "tile_scheduler_metadata=%p and num_splits=%p must be 4-byte aligned",
+                         (void *)tile_scheduler_metadata, (void *)num_splits);
+    const dinf__buffer bufs[3] = {
+        {"tile_scheduler_metadata", tile_scheduler_metadata,
+         (size_t)num_sm_parts * DINF_MLA_METADATA_INTS * sizeof(int32_t)},
+        {"num_splits", num_splits, (size_t)(reqs + 1) * sizeof(int32_t)},
+        {"topk_length", topk_length, topk_length ? (size_t)batch * sizeof(int32_t) : 0},
+    };
+    st = check_outputs_disjoint(__func__, bufs, 3, 2);
+    if (st != DINF_STATUS_OK)
+        return st;
+    const dinf__mla_lengths lengths = {topk_length, seq_len_q, topk};
+#if DINF_WITH_CUDA
+    if (place.kind == DINF_EXEC_CUDA)
+        return dinf__mla_metadata_lengths_cuda(__func__, &place, &lengths, reqs, num_sm_parts,
+                                               tile_scheduler_metadata, num_splits);
+#endif
+    if (dinf__mla_plan_lengths(&lengths, reqs, num_sm_parts, tile_scheduler_metadata,
+                               num_splits))
+        return DINF_FAIL(DINF_STATUS_INTERNAL, "the plan left work unassigned (batch=%lld, "
+                         "seq_len_q=%d, num_sm_parts=%d)", (long long)batch, (int)seq_len_q,
+                         (int)num_sm_parts);
+    return DINF_STATUS_OK;
+}
+
+dinf_status dinf_mla_sparse_decode_with_kvcache(
+    const uint16_t *q, int64_t batch, int32_t seq_len_q, int32_t num_heads_q, int32_t head_dim,
+    const uint16_t *k_cache, int64_t num_blocks, int32_t page_block_size, int32_t num_heads_kv,
+    int64_t kv_block_stride, int64_t kv_token_stride, const int32_t *indices, int32_t topk,
+    const int32_t *topk_length, int32_t head_dim_v, const int32_t *tile_scheduler_metadata,
+    int32_t num_sm_parts, const int32_t *num_splits, float softmax_scale, void *workspace,
+    size_t workspace_bytes, uint16_t *out, float *lse, const dinf_exec *exec) {
+    const sparse_args sp = {indices, topk_length, topk};
+    return decode(__func__, 0, q, batch, seq_len_q, num_heads_q, head_dim, k_cache, num_blocks,
+                  page_block_size, num_heads_kv, kv_block_stride, kv_token_stride, NULL, 0, NULL,
+                  head_dim_v, tile_scheduler_metadata, num_sm_parts, num_splits, softmax_scale,
+                  0, workspace, workspace_bytes, out, lse, exec, &sp);
+}
+
+dinf_status dinf_mla_sparse_decode_with_kvcache_fp8(
+    const uint16_t *q, int64_t batch, int32_t seq_len_q, int32_t num_heads_q, int32_t head_dim,
+    const uint8_t *k_cache, int64_t num_blocks, int32_t page_block_size, int32_t num_heads_kv,
+    int64_t kv_block_stride, int64_t kv_token_stride, const int32_t *indices, int32_t topk,
+    const int32_t *topk_length, int32_t head_dim_v, const int32_t *tile_scheduler_metadata,
+    int32_t num_sm_parts, const int32_t *num_splits, float softmax_scale, void *workspace,
+    size_t workspace_bytes, uint16_t *out, float *lse, const dinf_exec *exec) {
+    const sparse_args sp = {indices, topk_length, topk};
+    return decode(__func__, 1, q, batch, seq_len_q, num_heads_q, head_dim, k_cache, num_blocks,
+                  page_block_size, num_heads_kv, kv_block_stride, kv_token_stride, NULL, 0, NULL,
+                  head_dim_v, tile_scheduler_metadata, num_sm_parts, num_splits, softmax_scale,
+                  0, workspace, workspace_bytes, out, lse, exec, &sp);
 }
 
 /* ------------------------------------------------------- FP8 quantize -- */

@@ -570,6 +570,7 @@ enum { DINF__MLA_RUNG_SIMPLE = 0, DINF__MLA_RUNG_FAST = 1, DINF__MLA_RUNG_SEESAW
 
 /*
  * Why the fast rung cannot take a decode (NULL: it can). Its constraints:
+ * a dense decode (a sparse one gathers per token: the simple rung),
  * page_block_size 64 (one TMA box row range and one FP8 block per page),
  * and for the BF16 cache the tensor map over the paged cache (4-D: 576
  * dims, 64 tokens, h_kv heads, num_blocks pages; strides kv_token_stride,
@@ -580,7 +581,12 @@ enum { DINF__MLA_RUNG_SIMPLE = 0, DINF__MLA_RUNG_FAST = 1, DINF__MLA_RUNG_SEESAW
 static inline const char *dinf__mla_fast_unsupported(int kv_fp8, int32_t page,
                                                      int64_t kv_block_stride,
                                                      int64_t kv_token_stride, int64_t num_blocks,
-                                                     int32_t h_kv, char *buf, size_t n) {
+                                                     int32_t h_kv, int sparse, char *buf,
+                                                     size_t n) {
+    if (sparse) {
+        snprintf(buf, n, "a sparse decode (indices) runs on the simple rung only");
+        return buf;
+    }
     if (page != DINF_MLA_FAST_PAGE) {
         snprintf(buf, n, "page_block_size=%d (the fast rung takes 64-token pages only)", (int)page);
         return buf;
@@ -640,11 +646,11 @@ static inline int dinf__mla_fp8_prefetch_choice(const char *env, int32_t *blocks
  */
 static inline int dinf__mla_choose_rung(const char *env, int kv_fp8, int32_t page,
                                         int64_t kv_block_stride, int64_t kv_token_stride,
-                                        int64_t num_blocks, int32_t h_kv, int *rung, char *msg,
-                                        size_t n) {
+                                        int64_t num_blocks, int32_t h_kv, int sparse, int *rung,
+                                        char *msg, size_t n) {
     char why[160];
     const char *no = dinf__mla_fast_unsupported(kv_fp8, page, kv_block_stride, kv_token_stride,
-                                                num_blocks, h_kv, why, sizeof why);
+                                                num_blocks, h_kv, sparse, why, sizeof why);
     if (!env || !*env || !strcmp(env, "auto")) {
         *rung = no ? DINF__MLA_RUNG_SIMPLE : DINF__MLA_RUNG_FAST;
         return 0;

@@ -41,12 +41,26 @@ DINF_HD int32_t dinf__mla_key_limit(int32_t s_k, int32_t s_q, int32_t t, int32_t
  * some work was left unassigned (cannot happen; the caller reports it as an
  * internal error). Sizes were validated by the caller.
  */
-DINF_HD int dinf__mla_plan(const int32_t *cache_seqlens, int64_t batch, int32_t num_parts,
-                           int32_t *meta, int32_t *num_splits) {
+/* The key counts the plan splits: request i has lens[i / group] keys
+ * (dense: cache_seqlens, group 1; sparse: topk_length, group s_q, request
+ * b * s_q + t), or `all` keys each when lens is NULL (sparse without
+ * topk_length). */
+typedef struct dinf__mla_lengths {
+    const int32_t *lens;
+    int32_t group;
+    int32_t all;
+} dinf__mla_lengths;
+
+DINF_HD int32_t dinf__mla_length_at(const dinf__mla_lengths *L, int64_t i) {
+    return L->lens ? L->lens[i / L->group] : L->all;
+}
+
+DINF_HD int dinf__mla_plan_lengths(const dinf__mla_lengths *L, int64_t batch, int32_t num_parts,
+                                   int32_t *meta, int32_t *num_splits) {
     const int64_t fixed = DINF_MLA_FIXED_OVERHEAD_BLOCKS;
     int64_t total = 0;
     for (int64_t i = 0; i < batch; i++)
-        total += dinf__mla_num_blocks(cache_seqlens[i]) + fixed;
+        total += dinf__mla_num_blocks(dinf__mla_length_at(L, i)) + fixed;
     const int64_t payload = total / num_parts + (total % num_parts != 0) + fixed;
 
     int64_t req = 0;         /* current request */
@@ -69,7 +83,7 @@ DINF_HD int dinf__mla_plan(const int32_t *cache_seqlens, int64_t batch, int32_t 
         int64_t remain = payload;
         int64_t end_req = req, end_blk = blk;
         while (req < batch) {
-            const int64_t left = dinf__mla_num_blocks(cache_seqlens[req]) - blk;
+            const int64_t left = dinf__mla_num_blocks(dinf__mla_length_at(L, req)) - blk;
             if (remain >= left + fixed) { /* the rest of the request fits */
                 remain -= left + fixed;
                 end_req = req;
@@ -104,6 +118,13 @@ DINF_HD int dinf__mla_plan(const int32_t *cache_seqlens, int64_t batch, int32_t 
         m[DINF_MLA_META_LAST_SPLIT] = num_splits[b1 + 1] - num_splits[b1] > 1;
     }
     return 0;
+}
+
+/* The dense plan: request i has cache_seqlens[i] keys. */
+DINF_HD int dinf__mla_plan(const int32_t *cache_seqlens, int64_t batch, int32_t num_parts,
+                           int32_t *meta, int32_t *num_splits) {
+    const dinf__mla_lengths L = {cache_seqlens, 1, 0};
+    return dinf__mla_plan_lengths(&L, batch, num_parts, meta, num_splits);
 }
 
 /*
@@ -183,6 +204,63 @@ typedef struct dinf__mla_params {
      * order the producer prefetches into L2 ahead of the block it fills
      * (0: no prefetch; DINF_MLA_FP8_PREFETCH, lib/mla/mla_fast_hd.h) */
     int32_t fp8_prefetch;
+    /* Sparse decode (sparse_s_q > 0): the plan's requests are the (b, t)
+     * query positions, r = b * sparse_s_q + t, each with s_q = 1 and
+     * q_rows = heads_per_kv; block_table points at indices [r][topk]
+     * (max_blocks = topk) holding slots instead of pages; the key count
+     * is topk_length[b] or topk (dinf__mla_req_keys), no causal mask. */
+    const int32_t *topk_length; /* [batch / sparse_s_q] or NULL */
+    int32_t topk, sparse_s_q;
 } dinf__mla_params;
+
+/* Keys of the plan's request req (dense: cache_seqlens[req]). */
+DINF_HD int32_t dinf__mla_req_keys(const dinf__mla_params *p, int64_t req) {
+    if (p->sparse_s_q <= 0)
+        return p->seqlens[req];
+    return p->topk_length ? p->topk_length[req / p->sparse_s_q] : p->topk;
+}
+
+/* A key count the request cannot have: negative, past the block table's
+ * capacity (dense) or past topk (sparse). Such a request gets NaN. */
+DINF_HD int dinf__mla_req_keys_bad(const dinf__mla_params *p, int32_t keys) {
+    if (keys < 0)
+        return 1;
+    return p->sparse_s_q > 0 ? keys > p->topk : (int64_t)keys > p->max_blocks * p->page;
+}
+
+/* Index of lse for query row (req, head h, position tq of the request):
+ * [batch][h_q][s_q]; a sparse request r = (b, t) writes lse[b][h][t]. */
+DINF_HD int64_t dinf__mla_lse_index(const dinf__mla_params *p, int64_t req, int32_t h,
+                                    int32_t tq) {
+    if (p->sparse_s_q > 0) {
+        const int64_t b = req / p->sparse_s_q, t = req % p->sparse_s_q;
+        return (b * p->h_q + h) * p->sparse_s_q + t;
+    }
+    return (req * p->h_q + h) * p->s_q + tq;
+}
+
+/* Where key `key` of a request lives, given the request's row of the table
+ * (block_table + req * max_blocks): dense, page table[key / page] and row
+ * key % page; sparse, slot = table[key], page slot / page, row slot % page.
+ * Returns 0 (found), 1 (a sparse slot < 0: masked, adds nothing) or -1 (a
+ * page outside [0, num_blocks): the request gets NaN). */
+DINF_HD int dinf__mla_key_loc(const dinf__mla_params *p, const int32_t *table, int32_t key,
+                              int64_t *page, int32_t *row) {
+    int64_t pg;
+    if (p->sparse_s_q > 0) {
+        const int32_t slot = table[key];
+        if (slot < 0)
+            return 1;
+        pg = slot / p->page;
+        *row = slot % p->page;
+    } else {
+        pg = table[key / p->page];
+        *row = key % p->page;
+    }
+    if (pg < 0 || pg >= p->num_blocks)
+        return -1;
+    *page = pg;
+    return 0;
+}
 
 #endif

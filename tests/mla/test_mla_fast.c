@@ -1087,41 +1087,55 @@ Test(mla_fast_hd, rung_selection) {
     char msg[320];
     int rung = -1;
     const int64_t blk = 64 * 576, tok = 576;
-    cr_assert_eq(dinf__mla_choose_rung(NULL, 0, 64, blk, tok, 100, 1, &rung, msg, sizeof msg), 0);
+    cr_assert_eq(dinf__mla_choose_rung(NULL, 0, 64, blk, tok, 100, 1, 0, &rung, msg, sizeof msg), 0);
     cr_assert_eq(rung, DINF__MLA_RUNG_FAST, "auto on 64-token pages: fast");
-    cr_assert_eq(dinf__mla_choose_rung("", 1, 64, 64 * 656, 656, 100, 1, &rung, msg, sizeof msg), 0);
+    cr_assert_eq(dinf__mla_choose_rung("", 1, 64, 64 * 656, 656, 100, 1, 0, &rung, msg, sizeof msg), 0);
     cr_assert_eq(rung, DINF__MLA_RUNG_FAST, "auto, FP8 cache: fast");
-    cr_assert_eq(dinf__mla_choose_rung("auto", 0, 32, 32 * 576, 576, 100, 1, &rung, msg, sizeof msg), 0);
+    cr_assert_eq(dinf__mla_choose_rung("auto", 0, 32, 32 * 576, 576, 100, 1, 0, &rung, msg, sizeof msg), 0);
     cr_assert_eq(rung, DINF__MLA_RUNG_SIMPLE, "auto on 32-token pages: simple");
-    cr_assert_eq(dinf__mla_choose_rung("simple", 0, 64, blk, tok, 100, 1, &rung, msg, sizeof msg), 0);
+    cr_assert_eq(dinf__mla_choose_rung("simple", 0, 64, blk, tok, 100, 1, 0, &rung, msg, sizeof msg), 0);
     cr_assert_eq(rung, DINF__MLA_RUNG_SIMPLE);
-    cr_assert_eq(dinf__mla_choose_rung("fast", 0, 64, blk, tok, 100, 2, &rung, msg, sizeof msg), 0);
+    cr_assert_eq(dinf__mla_choose_rung("fast", 0, 64, blk, tok, 100, 2, 0, &rung, msg, sizeof msg), 0);
     cr_assert_eq(rung, DINF__MLA_RUNG_FAST);
-    cr_assert_eq(dinf__mla_choose_rung("fast", 1, 16, 16 * 656, 656, 100, 1, &rung, msg, sizeof msg), -2);
+    cr_assert_eq(dinf__mla_choose_rung("fast", 1, 16, 16 * 656, 656, 100, 1, 0, &rung, msg, sizeof msg), -2);
     cr_assert_str_eq(msg, "DINF_MLA_KERNEL=fast, but the fast rung cannot take this decode: "
                           "page_block_size=16 (the fast rung takes 64-token pages only)");
-    cr_assert_eq(dinf__mla_choose_rung("fast", 0, 64, (int64_t)1 << 39, tok, 100, 1, &rung, msg, sizeof msg), -2);
+    cr_assert_eq(dinf__mla_choose_rung("fast", 0, 64, (int64_t)1 << 39, tok, 100, 1, 0, &rung, msg, sizeof msg), -2);
     cr_assert(strstr(msg, "kv_block_stride=549755813888") && strstr(msg, "2^40 bytes"), "%s", msg);
-    cr_assert_eq(dinf__mla_choose_rung("auto", 0, 64, (int64_t)1 << 39, tok, 100, 1, &rung, msg, sizeof msg), 0);
+    cr_assert_eq(dinf__mla_choose_rung("auto", 0, 64, (int64_t)1 << 39, tok, 100, 1, 0, &rung, msg, sizeof msg), 0);
     cr_assert_eq(rung, DINF__MLA_RUNG_SIMPLE, "auto falls back where the tensor map cannot reach");
-    cr_assert_eq(dinf__mla_choose_rung("fast", 0, 64, blk, tok, 3000000000LL, 1, &rung, msg, sizeof msg), -2);
+    cr_assert_eq(dinf__mla_choose_rung("fast", 0, 64, blk, tok, 3000000000LL, 1, 0, &rung, msg, sizeof msg), -2);
     cr_assert(strstr(msg, "num_blocks=3000000000"), "%s", msg);
-    cr_assert_eq(dinf__mla_choose_rung("Fast", 0, 64, blk, tok, 100, 1, &rung, msg, sizeof msg), -1);
+    cr_assert_eq(dinf__mla_choose_rung("Fast", 0, 64, blk, tok, 100, 1, 0, &rung, msg, sizeof msg), -1);
     cr_assert_str_eq(msg, "DINF_MLA_KERNEL='Fast' is not one of simple, fast, seesaw, auto");
     /* the seesaw rung: chosen only by name, with the fast rung's constraints */
-    cr_assert_eq(dinf__mla_choose_rung("seesaw", 0, 64, blk, tok, 100, 2, &rung, msg, sizeof msg), 0);
+    cr_assert_eq(dinf__mla_choose_rung("seesaw", 0, 64, blk, tok, 100, 2, 0, &rung, msg, sizeof msg), 0);
     cr_assert_eq(rung, DINF__MLA_RUNG_SEESAW);
-    cr_assert_eq(dinf__mla_choose_rung("seesaw", 1, 64, 64 * 656, 656, 100, 1, &rung, msg, sizeof msg), 0);
+    cr_assert_eq(dinf__mla_choose_rung("seesaw", 1, 64, 64 * 656, 656, 100, 1, 0, &rung, msg, sizeof msg), 0);
     cr_assert_eq(rung, DINF__MLA_RUNG_SEESAW);
-    cr_assert_eq(dinf__mla_choose_rung("seesaw", 1, 16, 16 * 656, 656, 100, 1, &rung, msg, sizeof msg), -2);
+    cr_assert_eq(dinf__mla_choose_rung("seesaw", 1, 16, 16 * 656, 656, 100, 1, 0, &rung, msg, sizeof msg), -2);
     cr_assert_str_eq(msg, "DINF_MLA_KERNEL=seesaw, but the seesaw rung cannot take this decode: "
                           "page_block_size=16 (the fast rung takes 64-token pages only)");
-    cr_assert_eq(dinf__mla_choose_rung("seesaw", 0, 64, blk, tok, 3000000000LL, 1, &rung, msg, sizeof msg), -2);
+    cr_assert_eq(dinf__mla_choose_rung("seesaw", 0, 64, blk, tok, 3000000000LL, 1, 0, &rung, msg, sizeof msg), -2);
     cr_assert(strstr(msg, "DINF_MLA_KERNEL=seesaw") && strstr(msg, "num_blocks=3000000000"), "%s", msg);
-    cr_assert_eq(dinf__mla_choose_rung("Seesaw", 0, 64, blk, tok, 100, 1, &rung, msg, sizeof msg), -1);
+    cr_assert_eq(dinf__mla_choose_rung("Seesaw", 0, 64, blk, tok, 100, 1, 0, &rung, msg, sizeof msg), -1);
     cr_assert_str_eq(msg, "DINF_MLA_KERNEL='Seesaw' is not one of simple, fast, seesaw, auto");
-    cr_assert_eq(dinf__mla_choose_rung("seesaw ", 0, 64, blk, tok, 100, 1, &rung, msg, sizeof msg), -1);
+    cr_assert_eq(dinf__mla_choose_rung("seesaw ", 0, 64, blk, tok, 100, 1, 0, &rung, msg, sizeof msg), -1);
     /* auto stays the fast rung (the default is unchanged until a GPU run measures both) */
-    cr_assert_eq(dinf__mla_choose_rung("auto", 1, 64, 64 * 656, 656, 100, 1, &rung, msg, sizeof msg), 0);
+    cr_assert_eq(dinf__mla_choose_rung("auto", 1, 64, 64 * 656, 656, 100, 1, 0, &rung, msg, sizeof msg), 0);
     cr_assert_eq(rung, DINF__MLA_RUNG_FAST);
+    /* a sparse decode: the simple rung, whatever else holds; forcing a fast one names why */
+    for (int fp8 = 0; fp8 < 2; fp8++) {
+        const int64_t e = fp8 ? 656 : 576;
+        rung = -1;
+        cr_assert_eq(dinf__mla_choose_rung(NULL, fp8, 64, 64 * e, e, 100, 1, 1, &rung, msg, sizeof msg), 0);
+        cr_assert_eq(rung, DINF__MLA_RUNG_SIMPLE, "a sparse decode on 64-token pages: simple");
+        cr_assert_eq(dinf__mla_choose_rung("simple", fp8, 7, 7 * e, e, 100, 1, 1, &rung, msg, sizeof msg), 0);
+        cr_assert_eq(rung, DINF__MLA_RUNG_SIMPLE);
+        cr_assert_eq(dinf__mla_choose_rung("fast", fp8, 64, 64 * e, e, 100, 1, 1, &rung, msg, sizeof msg), -2);
+        cr_assert_str_eq(msg, "DINF_MLA_KERNEL=fast, but the fast rung cannot take this decode: "
+                              "a sparse decode (indices) runs on the simple rung only");
+        cr_assert_eq(dinf__mla_choose_rung("seesaw", fp8, 64, 64 * e, e, 100, 1, 1, &rung, msg, sizeof msg), -2);
+        cr_assert_eq(dinf__mla_choose_rung("bogus", fp8, 64, 64 * e, e, 100, 1, 1, &rung, msg, sizeof msg), -1);
+    }
 }

@@ -1,0 +1,316 @@
+/*
+ * Sparse MLA decode test problems, shared by the CPU suite
+ * (tests/mla/test_mla_sparse.c) and the GPU suite (tests/gpu/test_mla_gpu.c):
+ * a random paged cache (BF16, and its FP8 quantization), random index lists
+ * with skipped (-1) and repeated slots, an independent float64 reference of
+ * the semantics in mla.h ("Sparse decode") and the upstream tolerances.
+ * Header-only (static functions); include it once per test file.
+ */
+#ifndef DINF_TEST_MLA_SPARSE_PROBLEM_H
+#define DINF_TEST_MLA_SPARSE_PROBLEM_H
+
+#include <deepinfra.h>
+
+#include "core/numeric_hd.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SP_DQK 576
+#define SP_DV 512
+#define SP_POISON 0x7FC1u  /* a bf16 NaN no computation produces */
+#define SP_NAN_ROW 0x7FC0u /* bf16 NaN in cache rows no index lists */
+#define SP_PAST_LENGTH 2147480000 /* entries past topk_length: never read */
+#define SP_ENTRY 656
+
+static uint64_t sp_next(uint64_t *s) { /* splitmix64 */
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static double sp_uniform(uint64_t *s) { return (double)(sp_next(s) >> 11) * 0x1p-53; }
+/* randn / 10 clamped to [-1, 1], as bf16 (the upstream tests' data) */
+static uint16_t sp_value(uint64_t *s) {
+    const double u = sp_uniform(s), v = sp_uniform(s);
+    double x = sqrt(-2.0 * log(u + 1e-300)) * cos(6.283185307179586 * v) / 10;
+    x = x < -1 ? -1 : x > 1 ? 1 : x;
+    return dinf__bf16_from_f32((float)x);
+}
+
+typedef struct sp_problem {
+    int64_t b;
+    int32_t s_q, h_q, h_kv, page, topk, kv_fp8;
+    int64_t num_blocks, token_stride, block_stride; /* strides in elements (bf16) or bytes (fp8) */
+    float scale;
+    uint16_t *q, *kc;       /* the BF16 cache (dequantized FP8 cache when kv_fp8) */
+    uint8_t *kc8;           /* the FP8 cache when kv_fp8 */
+    int32_t *indices;       /* [b][s_q][topk] */
+    int32_t *topk_length;   /* [b] or NULL */
+    uint16_t *out;
+    float *lse;
+} sp_problem;
+
+/*
+ * Random problem: num_blocks pages of `page` rows, one in four rows NaN
+ * (never listed); each list holds random live slots, with probability
+ * `skip` a -1, and repeats; with `lengths`, topk_length[b] random in
+ * [0, topk] (some 0, some topk) and entries past it SP_PAST_LENGTH; one
+ * query position of a multi-position problem lists -1 only. kv_fp8: the
+ * cache is quantized by dinf_mla_quantize_kvcache_fp8 and the BF16 copy is
+ * replaced by its dequantized values (the reference's input).
+ */
+static void sp_make(sp_problem *p, int64_t b, int32_t s_q, int32_t h_q, int32_t h_kv, int32_t page,
+                    int32_t topk, int lengths, double skip, int kv_fp8, uint64_t seed) {
+    uint64_t s = seed;
+    *p = (sp_problem){.b = b, .s_q = s_q, .h_q = h_q, .h_kv = h_kv, .page = page, .topk = topk,
+                      .kv_fp8 = kv_fp8};
+    p->scale = (float)(1.0 / sqrt(576.0));
+    const int64_t want = (int64_t)topk * 2 + 8; /* slots to draw from */
+    p->num_blocks = (want + page - 1) / page + 1;
+    p->token_stride = (int64_t)h_kv * SP_DQK;
+    p->block_stride = page * p->token_stride;
+    const int64_t slots = p->num_blocks * page;
+    const int64_t kc_elems = p->num_blocks * p->block_stride;
+    p->kc = malloc(sizeof(uint16_t) * (size_t)kc_elems);
+    unsigned char *live = malloc((size_t)slots);
+    int64_t n_live = 0;
+    for (int64_t sl = 0; sl < slots; sl++) {
+        live[sl] = sp_next(&s) % 4 != 0;
+        n_live += live[sl];
+        for (int64_t d = 0; d < p->token_stride; d++)
+            p->kc[sl * p->token_stride + d] = live[sl] ? sp_value(&s) : SP_NAN_ROW;
+    }
+    cr_assert_gt(n_live, 0);
+    int32_t *live_list = malloc(sizeof(int32_t) * (size_t)n_live);
+    for (int64_t sl = 0, k = 0; sl < slots; sl++)
+        if (live[sl])
+            live_list[k++] = (int32_t)sl;
+    p->topk_length = NULL;
+    if (lengths) {
+        p->topk_length = malloc(sizeof(int32_t) * (size_t)(b + 1));
+        for (int64_t i = 0; i < b; i++) {
+            const uint64_t r = sp_next(&s) % 6;
+            p->topk_length[i] = r == 0 ? 0 : r == 1 ? topk : (int32_t)(sp_next(&s) % (uint64_t)(topk + 1));
+        }
+    }
+    const int64_t n_idx = b * s_q * topk;
+    p->indices = malloc(sizeof(int32_t) * (size_t)(n_idx + 1));
+    for (int64_t r = 0; r < b * s_q; r++) {
+        const int32_t n = p->topk_length ? p->topk_length[r / s_q] : topk;
+        const int all_skipped = s_q > 1 && r == 1;
+        for (int32_t j = 0; j < topk; j++) {
+            int32_t *e = &p->indices[r * topk + j];
+            if (j >= n)
+                *e = SP_PAST_LENGTH;
+            else if (all_skipped || sp_uniform(&s) < skip)
+                *e = -1;
+            else if (j > 0 && sp_next(&s) % 8 == 0 && p->indices[r * topk + j - 1] >= 0)
+                *e = p->indices[r * topk + j - 1]; /* a repeat */
+            else
+                *e = live_list[sp_next(&s) % (uint64_t)n_live];
+        }
+    }
+    free(live);
+    free(live_list);
+    const int64_t q_elems = b * s_q * h_q * SP_DQK;
+    p->q = malloc(sizeof(uint16_t) * (size_t)(q_elems + 8));
+    for (int64_t i = 0; i < q_elems; i++)
+        p->q[i] = sp_value(&s);
+    p->out = malloc(sizeof(uint16_t) * (size_t)(b * s_q * h_q * SP_DV + 8));
+    p->lse = malloc(sizeof(float) * (size_t)(b * s_q * h_q + 1));
+    p->kc8 = NULL;
+    if (kv_fp8) {
+        /* quantize every slot (NaN rows too: their entries are never read) */
+        p->kc8 = malloc((size_t)(((slots + 63) / 64 * 64) * h_kv * SP_ENTRY));
+        int64_t *map = malloc(sizeof(int64_t) * (size_t)slots);
+        for (int64_t sl = 0; sl < slots; sl++)
+            map[sl] = sl;
+        const int64_t pages64 = (slots + 63) / 64; /* the same bytes seen as 64-slot pages */
+        const dinf_status st = dinf_mla_quantize_kvcache_fp8(
+            p->kc, slots, h_kv, p->token_stride, map, p->kc8, pages64, 64,
+            (int64_t)64 * h_kv * SP_ENTRY, (int64_t)h_kv * SP_ENTRY, NULL);
+        cr_assert_eq(st, DINF_STATUS_OK, "%s", dinf_last_error());
+        free(map);
+        p->token_stride = (int64_t)h_kv * SP_ENTRY;
+        p->block_stride = page * p->token_stride;
+        /* the BF16 copy becomes the dequantized cache */
+        for (int64_t sl = 0; sl < slots; sl++)
+            for (int32_t hk = 0; hk < h_kv; hk++) {
+                const uint8_t *e = p->kc8 + (sl * h_kv + hk) * SP_ENTRY;
+                uint16_t *row = p->kc + (sl * h_kv + hk) * SP_DQK;
+                float sc[4];
+                memcpy(sc, e + 512, sizeof sc);
+                for (int d = 0; d < SP_DV; d++)
+                    row[d] = dinf__bf16_from_f32(dinf__f32_from_e4m3(e[d]) * sc[d / 128]);
+                memcpy(row + SP_DV, e + 528, 128);
+            }
+    }
+}
+
+static void sp_free(sp_problem *p) {
+    free(p->q);
+    free(p->kc);
+    free(p->kc8);
+    free(p->indices);
+    free(p->topk_length);
+    free(p->out);
+    free(p->lse);
+}
+
+static void sp_poison(sp_problem *p) {
+    for (int64_t i = 0; i < p->b * p->s_q * p->h_q * SP_DV; i++)
+        p->out[i] = SP_POISON;
+    for (int64_t i = 0; i < p->b * p->s_q * p->h_q; i++)
+        p->lse[i] = NAN;
+}
+
+static int32_t sp_parts(const sp_problem *p, int32_t num_sms) {
+    int32_t parts = 0;
+    cr_assert_eq(dinf_mla_num_sm_parts(p->h_q / p->h_kv, p->h_kv, num_sms, &parts), DINF_STATUS_OK);
+    return parts;
+}
+
+/* The float64 reference: out rounded to bf16 as upstream does, lse natural log. */
+static void sp_reference(const sp_problem *p, double *ref_out, double *ref_lse) {
+    const int32_t hpk = p->h_q / p->h_kv;
+    double *sc = malloc(sizeof(double) * (size_t)p->topk);
+    for (int64_t b = 0; b < p->b; b++)
+        for (int32_t t = 0; t < p->s_q; t++) {
+            const int64_t r = b * p->s_q + t;
+            const int32_t n = p->topk_length ? p->topk_length[b] : p->topk;
+            for (int32_t h = 0; h < p->h_q; h++) {
+                const int32_t hk = h / hpk;
+                const uint16_t *qv = p->q + (r * p->h_q + h) * SP_DQK;
+                double *o = ref_out + (r * p->h_q + h) * SP_DV;
+                double *l = ref_lse + (b * p->h_q + h) * p->s_q + t;
+                for (int d = 0; d < SP_DV; d++)
+                    o[d] = 0;
+                double mx = -INFINITY;
+                for (int32_t j = 0; j < n; j++) {
+                    const int32_t slot = p->indices[r * p->topk + j];
+                    sc[j] = -INFINITY;
+                    if (slot < 0)
+                        continue;
+                    const uint16_t *kr = p->kc + ((int64_t)slot * p->h_kv + hk) * SP_DQK;
+                    double dot = 0;
+                    for (int d = 0; d < SP_DQK; d++)
+                        dot += (double)dinf__f32_from_bf16(qv[d]) * dinf__f32_from_bf16(kr[d]);
+                    sc[j] = dot * p->scale;
+                    mx = sc[j] > mx ? sc[j] : mx;
+                }
+                if (mx == -INFINITY) {
+                    *l = INFINITY;
+                    continue;
+                }
+                double sum = 0;
+                for (int32_t j = 0; j < n; j++)
+                    sum += sc[j] == -INFINITY ? 0 : exp(sc[j] - mx);
+                *l = mx + log(sum);
+                for (int32_t j = 0; j < n; j++) {
+                    const int32_t slot = p->indices[r * p->topk + j];
+                    if (slot < 0)
+                        continue;
+                    const uint16_t *kr = p->kc + ((int64_t)slot * p->h_kv + hk) * SP_DQK;
+                    const double w = exp(sc[j] - *l);
+                    for (int d = 0; d < SP_DV; d++)
+                        o[d] += w * dinf__f32_from_bf16(kr[d]);
+                }
+                for (int d = 0; d < SP_DV; d++)
+                    o[d] = dinf__f32_from_bf16(dinf__bf16_from_f32((float)o[d]));
+            }
+        }
+    free(sc);
+}
+
+/* Per element abs or rel, inf/NaN positions equal, cosine difference (the
+ * upstream test's check, as tests/mla/test_mla.c). */
+static void sp_check_close(const char *what, const char *params, const double *ref, int64_t n,
+                           const uint16_t *got_bf16, const float *got_f32, double abs_tol,
+                           double rel_tol, double cos_tol) {
+    double xy = 0, xx_yy = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const double g = got_bf16 ? dinf__f32_from_bf16(got_bf16[i]) : got_f32[i];
+        const double r = ref[i];
+        if (!isfinite(r) || !isfinite(g)) {
+            cr_assert(g == r, "%s [%s]: element %lld got %g, reference %g", what, params,
+                      (long long)i, g, r);
+            continue;
+        }
+        const double err = fabs(g - r);
+        cr_assert(err <= abs_tol || err <= rel_tol * fabs(r),
+                  "%s [%s]: element %lld got %.9g, reference %.9g", what, params, (long long)i, g, r);
+        xy += g * r;
+        xx_yy += g * g + r * r;
+    }
+    const double cos_diff = xx_yy == 0 ? 0 : 1 - 2 * xy / xx_yy;
+    cr_assert_leq(cos_diff, cos_tol, "%s [%s]: cos_diff %g", what, params, cos_diff);
+}
+
+static void sp_check_reference(const sp_problem *p, const char *params) {
+    const int64_t rows = p->b * p->s_q * p->h_q;
+    double *ref_out = malloc(sizeof(double) * (size_t)(rows * SP_DV + 1));
+    double *ref_lse = malloc(sizeof(double) * (size_t)(rows + 1));
+    sp_reference(p, ref_out, ref_lse);
+    sp_check_close("out", params, ref_out, rows * SP_DV, p->out, NULL, 8e-4, 2.01 / 128, 5e-6);
+    sp_check_close("lse", params, ref_lse, rows, NULL, p->lse, 1e-6, 8.01 / 65536, 5e-6);
+    free(ref_out);
+    free(ref_lse);
+}
+
+/*
+ * Plan (on exec's place) and decode with the given pointers (host or device
+ * copies of the problem's arrays). out/lse are the problem's own on the CPU.
+ */
+typedef struct sp_args {
+    const uint16_t *q;
+    const void *kc; /* bf16 or fp8 */
+    const int32_t *indices, *topk_length;
+    int32_t *meta, *splits;
+    void *ws;
+    size_t ws_bytes;
+    uint16_t *out;
+    float *lse;
+} sp_args;
+
+static dinf_status sp_decode(const sp_problem *p, const sp_args *a, int32_t parts,
+                             const dinf_exec *exec) {
+    return p->kv_fp8
+               ? dinf_mla_sparse_decode_with_kvcache_fp8(
+                     a->q, p->b, p->s_q, p->h_q, SP_DQK, (const uint8_t *)a->kc, p->num_blocks,
+                     p->page, p->h_kv, p->block_stride, p->token_stride, a->indices, p->topk,
+                     a->topk_length, SP_DV, a->meta, parts, a->splits, p->scale, a->ws,
+                     a->ws_bytes, a->out, a->lse, exec)
+               : dinf_mla_sparse_decode_with_kvcache(
+                     a->q, p->b, p->s_q, p->h_q, SP_DQK, (const uint16_t *)a->kc, p->num_blocks,
+                     p->page, p->h_kv, p->block_stride, p->token_stride, a->indices, p->topk,
+                     a->topk_length, SP_DV, a->meta, parts, a->splits, p->scale, a->ws,
+                     a->ws_bytes, a->out, a->lse, exec);
+}
+
+/* The whole CPU call: metadata, workspace, decode into p->out / p->lse. */
+static dinf_status sp_run_cpu(sp_problem *p, int32_t parts, int32_t threads) {
+    int32_t *meta = malloc(sizeof(int32_t) * 8 * (size_t)parts);
+    int32_t *splits = malloc(sizeof(int32_t) * (size_t)(p->b * p->s_q + 1));
+    dinf_status st = dinf_mla_get_sparse_metadata(p->topk_length, p->b, p->s_q, p->topk, parts, meta,
+                                                  splits, NULL);
+    cr_assert_eq(st, DINF_STATUS_OK, "%s", dinf_last_error());
+    dinf_exec exec = DINF_EXEC_CPU_INIT;
+    exec.num_threads = threads;
+    size_t ws_bytes = 0;
+    cr_assert_eq(dinf_mla_workspace_size(p->b * p->s_q, 1, p->h_q, parts, &ws_bytes, &exec),
+                 DINF_STATUS_OK, "%s", dinf_last_error());
+    void *ws = aligned_alloc(64, ws_bytes ? (ws_bytes + 63) / 64 * 64 : 64);
+    const sp_args a = {p->q, p->kv_fp8 ? (const void *)p->kc8 : (const void *)p->kc, p->indices,
+                       p->topk_length, meta, splits, ws, ws_bytes, p->out, p->lse};
+    st = sp_decode(p, &a, parts, &exec);
+    free(ws);
+    free(meta);
+    free(splits);
+    return st;
+}
+
+#endif
