@@ -334,6 +334,7 @@ def check_sparse(out, lse, ref_out, ref_lse, what):
         (2, 2, 64, 1, 100, 64, True, True, 132, None),     # FP8 (V3.2 configuration)
         (3, 1, 128, 1, 64, 7, True, False, 20, 0.25),      # FP8, odd page
         (2, 2, 32, 2, 80, 32, False, True, 132, None),     # h_kv = 2
+        (1, 2, 128, 1, 2048, 64, True, True, 132, None),   # FlashMLA's V3.2 decode shape
     ],
 )
 def test_sparse_matches_float64_reference(b, s_q, h_q, h_kv, topk, page, fp8, varlen, num_sms,
@@ -486,11 +487,12 @@ def test_sparse_errors_are_precise():
         mla.get_mla_metadata(None, 32, 1, 16, topk=topk)
     with pytest.raises(err, match="topk_length has 3 entries but cache_seqlens 2"):
         mla.get_mla_metadata(lens, 32, 1, 16, topk=topk, topk_length=np.ones(3, np.int32))
-    with pytest.raises(err, match=r"topk_length\[1\]=65"):
+    with pytest.raises(err, match=r"dinf_mla_get_sparse_metadata: topk_length\[1\]=65 must be "
+                                  r"in \[0, topk=64\]"):
         mla.get_mla_metadata(lens, 32, 1, 16, topk=topk, topk_length=np.array([3, 65], np.int32))
-    with pytest.raises(err, match=r"topk_length\[0\]=-1"):
+    with pytest.raises(err, match=r"topk_length\[0\]=-1 must be in \[0, topk=64\]"):
         mla.get_mla_metadata(lens, 32, 1, 16, topk=topk, topk_length=np.array([-1, 6], np.int32))
-    with pytest.raises(err, match="topk=0"):
+    with pytest.raises(err, match=r"topk=0 must be in \[1, 1048576\]"):
         mla.get_mla_metadata(lens, 32, 1, 16, topk=0)
     with pytest.raises(err, match="cache_seqlens is required for a dense plan"):
         mla.get_mla_metadata(None, 32, 1)
@@ -525,18 +527,27 @@ def test_sparse_errors_are_precise():
     full_len = np.array([topk // 2, topk], np.int32)
     fmeta, fsplits = mla.get_mla_metadata(lens, s_q * h_q, 1, h_q, topk=topk,
                                           topk_length=full_len)
-    with pytest.raises(err, match=r"indices\[1\]\[0\]\[3\]=%d is outside" % n_slots):
+    with pytest.raises(err, match=r"dinf_mla_sparse_decode_with_kvcache: indices\[1\]\[0\]\[3\]=%d "
+                                  r"is outside the cache: slots are below num_blocks \* "
+                                  r"page_block_size = 3 \* 64" % n_slots):
         sparse_call(q, cache, bad, full_len, fmeta, fsplits)
-    with pytest.raises(err, match=r"topk_length\[1\]=65"):
+    with pytest.raises(err, match=r"dinf_mla_sparse_decode_with_kvcache: topk_length\[1\]=65 "
+                                  r"must be in \[0, topk=64\]"):
         sparse_call(q, cache, idx, np.array([3, 65], np.int32), meta, splits)
     # a plan made for another topk (other block counts) or other lengths
     other = mla.get_mla_metadata(lens, s_q * h_q, 1, h_q, topk=200)
-    with pytest.raises(err, match="does not match the plan"):
+    stale = "does not match the plan for these topk_length, topk, batch, seq_len_q"
+    with pytest.raises(err, match=stale):
         sparse_call(q, cache, idx, None, *other)
     zmeta, zsplits = mla.get_mla_metadata(lens, s_q * h_q, 1, h_q, topk=topk,
                                           topk_length=np.array([0, topk], np.int32))
-    with pytest.raises(err, match="does not match the plan"):
+    with pytest.raises(err, match=stale):
         sparse_call(q, cache, idx, np.array([3, topk], np.int32), zmeta, zsplits)
+    with pytest.raises(err, match="num_heads_q=16 is not a multiple of num_heads_kv=3"):
+        sparse_call(q, np.concatenate([cache] * 3, axis=2), idx, lengths, meta, splits)
+    with pytest.raises(deepinfra.UnsupportedError, match="head_dim_v=256 is not supported"):
+        mla.flash_mla_with_kvcache(q, cache, None, None, 256, meta, splits, indices=idx,
+                                   topk_length=lengths)
     with pytest.raises(err, match="pass is_fp8_kvcache=True"):
         sparse_call(q, np.zeros((2, page, 1, 656), BF16), idx, lengths, meta, splits)
 
