@@ -552,7 +552,7 @@ def test_sparse_errors_are_precise():
         sparse_call(q, np.zeros((2, page, 1, 656), BF16), idx, lengths, meta, splits)
 
 
-def test_sparse_entries_past_topk_length_are_never_read():
+def test_sparse_entries_past_topk_length_are_never_read(poisoned_np_empty):
     """mla.h: entries at or past topk_length[b] are never read, so even an
     out-of-range slot there is neither an error nor a change of the result."""
     b, s_q, h_q, topk = 2, 2, 16, 40
@@ -568,3 +568,31 @@ def test_sparse_entries_past_topk_length_are_never_read():
     assert np.array_equal(lse.view(np.int32), lse2.view(np.int32))
     ref_out, ref_lse = sparse_reference(q, cache, idx, lengths, 576 ** -0.5)
     check_sparse(out, lse, ref_out, ref_lse, "lengths 10, 25")
+
+
+def test_sparse_result_depends_on_slots_not_on_the_page_size(poisoned_np_empty):
+    """A slot is page * page_block_size + row, i.e. the flat row of a
+    contiguous cache: viewing the same cache with pages of 1, 7 or 112 rows
+    gives the same result, bit for bit; batch 0 and all-zero topk_length
+    work (+inf lse, zero out)."""
+    q, cache, idx, _ = make_sparse_problem(2, 2, 16, 1, 30, 112, seed=8)
+    lengths = np.array([30, 11], np.int32)
+    meta, splits = mla.get_mla_metadata(None, 32, 1, 16, topk=30, topk_length=lengths)
+    results = []
+    for page in (1, 7, 112):
+        view = cache.reshape(-1, page, 1, 576)
+        out, lse = sparse_call(q, view, idx, lengths, meta, splits)
+        results.append((out.view(np.uint16), lse.view(np.int32)))
+    for r in results[1:]:
+        assert np.array_equal(r[0], results[0][0]) and np.array_equal(r[1], results[0][1])
+    ref_out, ref_lse = sparse_reference(q, cache, idx, lengths, 576 ** -0.5)
+    check_sparse(results[0][0].view(BF16), results[0][1].view(np.float32), ref_out, ref_lse,
+                 "page 1")
+    zero = np.zeros(2, np.int32)
+    meta, splits = mla.get_mla_metadata(None, 32, 1, 16, topk=30, topk_length=zero)
+    out, lse = sparse_call(q, cache, idx, zero, meta, splits)
+    assert np.isinf(lse).all() and (lse > 0).all() and (out.astype(np.float32) == 0).all()
+    meta, splits = mla.get_mla_metadata(np.zeros(0, np.int32), 32, 1, 16, topk=30)
+    assert splits.tolist() == [0]
+    out, lse = sparse_call(q[:0], cache, idx[:0], None, meta, splits)
+    assert out.shape == (0, 2, 16, 512) and lse.shape == (0, 16, 2)
