@@ -179,3 +179,26 @@ def test_sparse_device_tensors_match_the_cpu(b, s_q, h_q, h_kv, topk, page, fp8,
                  "sparse out")
     assert_close(lse.cpu().numpy(), lse_cpu.astype(np.float64), 1e-6, 8.01 / 65536, 5e-6,
                  "sparse lse")
+
+
+def test_sparse_device_refuses_the_fast_rungs(monkeypatch):
+    """mla.h: the sparse decode runs the simple rung; DINF_MLA_KERNEL=fast or
+    seesaw is UNSUPPORTED with the reason (reaches Python as UnsupportedError)."""
+    import deepinfra
+    from test_mla import make_sparse_problem
+
+    q, cache, idx, _ = make_sparse_problem(2, 1, 64, 1, 64, 64, seed=3)
+    d_meta, d_splits = mla.get_mla_metadata(torch.zeros(2, dtype=torch.int32, device="cuda"),
+                                            64, 1, 64, False, 64)
+    args = (to_gpu_bf16(q), to_gpu_bf16(cache), None, None, 512, d_meta, d_splits)
+    for rung in ("fast", "seesaw"):
+        monkeypatch.setenv("DINF_MLA_KERNEL", rung)
+        with pytest.raises(deepinfra.UnsupportedError,
+                           match="DINF_MLA_KERNEL=%s, but the %s rung cannot take this decode: "
+                                 r"a sparse decode \(indices\) runs on the simple rung only"
+                                 % (rung, rung)):
+            mla.flash_mla_with_kvcache(*args, indices=torch.from_numpy(idx).cuda())
+    monkeypatch.setenv("DINF_MLA_KERNEL", "simple")
+    out, lse = mla.flash_mla_with_kvcache(*args, indices=torch.from_numpy(idx).cuda())
+    torch.cuda.synchronize()
+    assert torch.isfinite(out.float()).all()
