@@ -681,6 +681,40 @@ _FUNCTIONS = [
          ctypes.c_int32, _pi32, ctypes.c_float, ctypes.c_int32, ctypes.c_void_p,
          ctypes.c_size_t, _pu16, _pf32, _pexec],
     ),
+    # dinf_status dinf_mla_get_sparse_metadata(const int32_t *topk_length, int64_t batch,
+    #     int32_t seq_len_q, int32_t topk, int32_t num_sm_parts,
+    #     int32_t *tile_scheduler_metadata, int32_t *num_splits, const dinf_exec *exec);
+    (
+        "dinf_mla_get_sparse_metadata",
+        _STATUS,
+        [_pi32, _i64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _pi32, _pi32, _pexec],
+    ),
+    # dinf_status dinf_mla_sparse_decode_with_kvcache(const uint16_t *q, int64_t batch,
+    #     int32_t seq_len_q, int32_t num_heads_q, int32_t head_dim, const uint16_t *k_cache,
+    #     int64_t num_blocks, int32_t page_block_size, int32_t num_heads_kv,
+    #     int64_t kv_block_stride, int64_t kv_token_stride, const int32_t *indices,
+    #     int32_t topk, const int32_t *topk_length, int32_t head_dim_v,
+    #     const int32_t *tile_scheduler_metadata, int32_t num_sm_parts,
+    #     const int32_t *num_splits, float softmax_scale, void *workspace,
+    #     size_t workspace_bytes, uint16_t *out, float *lse, const dinf_exec *exec);
+    (
+        "dinf_mla_sparse_decode_with_kvcache",
+        _STATUS,
+        [_pu16, _i64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _pu16, _i64,
+         ctypes.c_int32, ctypes.c_int32, _i64, _i64, _pi32, ctypes.c_int32, _pi32,
+         ctypes.c_int32, _pi32, ctypes.c_int32, _pi32, ctypes.c_float, ctypes.c_void_p,
+         ctypes.c_size_t, _pu16, _pf32, _pexec],
+    ),
+    # dinf_mla_sparse_decode_with_kvcache_fp8: as above with const uint8_t *k_cache (byte
+    # strides).
+    (
+        "dinf_mla_sparse_decode_with_kvcache_fp8",
+        _STATUS,
+        [_pu16, _i64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _pu8, _i64,
+         ctypes.c_int32, ctypes.c_int32, _i64, _i64, _pi32, ctypes.c_int32, _pi32,
+         ctypes.c_int32, _pi32, ctypes.c_int32, _pi32, ctypes.c_float, ctypes.c_void_p,
+         ctypes.c_size_t, _pu16, _pf32, _pexec],
+    ),
     # dinf_status dinf_mla_quantize_kvcache_fp8(const uint16_t *kv, int64_t num_tokens,
     #     int32_t num_heads_kv, int64_t kv_token_ld, const int64_t *slot_mapping,
     #     uint8_t *k_cache, int64_t num_blocks, int32_t page_block_size,

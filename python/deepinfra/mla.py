@@ -1,4 +1,4 @@
-"""MLA decode over a paged KV cache (FlashMLA v1 API), backed by libdeepinfra.
+"""MLA decode over a paged KV cache (FlashMLA's API), backed by libdeepinfra.
 
 Drop-in names and argument order of upstream ``flash_mla``::
 
@@ -27,10 +27,30 @@ uint8 (or float8_e4m3fn) entries in FlashMLA's layout (512 e4m3, 4 float32
 scales, 64 bfloat16 RoPE; see mla.h); ``quantize_kvcache_fp8`` writes tokens
 into such a cache through a slot mapping.
 
+Sparse decode (DeepSeek Sparse Attention, FlashMLA's Sept-2025 API)::
+
+    tile_scheduler_metadata, num_splits = get_mla_metadata(
+        cache_seqlens, s_q * h_q // h_kv, h_kv, h_q, is_fp8_kvcache, topk)
+    out, lse = flash_mla_with_kvcache(
+        q, k_cache, None, None, 512, tile_scheduler_metadata, num_splits,
+        softmax_scale, causal=False, is_fp8_kvcache=is_fp8_kvcache, indices=indices)
+
+``indices`` [b, s_q, topk] int32 lists, per query position, the cache slots
+it attends to (slot = physical_page * page_block_size + row, the block table
+already applied; negative = skipped, a slot listed twice counts twice). Any
+page size works, BF16 or FP8 caches, any h_kv. ``topk_length`` (keyword of
+both calls, int32 [b], each in [0, topk]; FlashMLA's 2026 addition) limits
+request b to its first topk_length[b] indices; the plan depends on it, so
+pass the same array to both calls. block_table and cache_seqlens are not
+used by the sparse decode (may be None); ``causal`` must be False.
+``get_mla_metadata`` takes its batch from cache_seqlens (or topk_length when
+cache_seqlens is None); is_fp8_kvcache does not change the plan.
+
 GPU: when the arrays are torch CUDA tensors (or objects with
 ``__cuda_array_interface__``, viewed through torch), the calls run the
 sm_90a kernels on torch's current stream of that device, asynchronously;
-outputs and the workspace are torch tensors on the same device.
+outputs and the workspace are torch tensors on the same device (the sparse
+decode runs the simple rung there, see mla.h).
 """
 
 from __future__ import annotations
@@ -57,6 +77,8 @@ HEAD_DIM_V = 512
 METADATA_INTS = 8
 DEFAULT_NUM_SMS = 132
 FP8_ENTRY_BYTES = 656
+MAX_BATCH = 1048576  # DINF_MLA_MAX_BATCH: largest b (dense) or b * s_q (sparse)
+MAX_TOPK = 1048576  # DINF_MLA_MAX_TOPK
 
 
 # ----------------------------------------------------------------- devices --
@@ -143,14 +165,31 @@ def _bf16_array(x, name, ndim):
     return x
 
 
-def get_mla_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, *,
-                     num_sms=DEFAULT_NUM_SMS):
+def get_mla_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, num_heads_q=None,
+                     is_fp8_kvcache=False, topk=None, *, num_sms=DEFAULT_NUM_SMS,
+                     topk_length=None):
     """The split-KV plan: (tile_scheduler_metadata int32 [num_sm_parts, 8],
-    num_splits int32 [b + 1]).
+    num_splits int32 [b + 1], or [b * s_q + 1] for a sparse decode).
 
-    num_heads_per_head_k is s_q * h_q // h_kv and num_heads_k is h_kv, as
-    upstream; num_sm_parts = max(num_sms // h_kv // ceil(num_heads_per_head_k / 64), 1).
+    Dense (topk None): num_heads_per_head_k is s_q * h_q // h_kv and
+    num_heads_k is h_kv, as upstream; num_sm_parts =
+    max(num_sms // h_kv // ceil(num_heads_per_head_k / 64), 1); num_heads_q
+    and is_fp8_kvcache are not used (topk_length is an error).
+
+    Sparse (topk set, FlashMLA's Sept-2025 signature): num_heads_q (h_q) is
+    required, s_q = num_heads_per_head_k * h_kv // h_q; each query position
+    (b, t) is one request of topk_length[b] (or topk) keys and num_sm_parts =
+    max(num_sms // h_kv // ceil((h_q // h_kv) / 64), 1). The batch is
+    len(cache_seqlens) (its values are not used), or len(topk_length) when
+    cache_seqlens is None. is_fp8_kvcache does not change the plan.
     """
+    if topk is not None:
+        return _sparse_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, num_heads_q,
+                                topk, num_sms, topk_length)
+    if topk_length is not None:
+        _fail("topk_length is only used with topk (a sparse plan)")
+    if cache_seqlens is None:
+        _fail("cache_seqlens is required for a dense plan (topk is None)")
     parts = ctypes.c_int32()
     if _on_device(cache_seqlens):
         import torch
@@ -182,9 +221,89 @@ def get_mla_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, *,
     return meta, splits
 
 
+def _sparse_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, num_heads_q, topk,
+                     num_sms, topk_length):
+    """get_mla_metadata with topk: dinf_mla_get_sparse_metadata."""
+    if num_heads_q is None:
+        _fail("num_heads_q is required with topk (a sparse plan): s_q = "
+              "num_heads_per_head_k * num_heads_k // num_heads_q")
+    rows = _lib.int32_arg("num_heads_per_head_k", num_heads_per_head_k)
+    h_kv = _lib.int32_arg("num_heads_k", num_heads_k)
+    h_q = _lib.int32_arg("num_heads_q", num_heads_q)
+    topk = _lib.int32_arg("topk", topk)
+    num_sms = _lib.int32_arg("num_sms", num_sms)
+    if h_kv < 1 or h_q < 1 or rows < 1:
+        _fail("num_heads_per_head_k=%d, num_heads_k=%d and num_heads_q=%d must be >= 1"
+              % (rows, h_kv, h_q))
+    if h_q % h_kv:
+        _fail("num_heads_q=%d is not a multiple of num_heads_k=%d" % (h_q, h_kv))
+    if rows * h_kv % h_q:
+        _fail("num_heads_per_head_k=%d is not s_q * num_heads_q / num_heads_k for any s_q "
+              "(num_heads_q=%d, num_heads_k=%d)" % (rows, h_q, h_kv))
+    s_q = rows * h_kv // h_q
+    parts = ctypes.c_int32()
+    _lib.lib().dinf_mla_num_sm_parts(h_q // h_kv, h_kv, num_sms, ctypes.byref(parts))
+    parts = parts.value
+    if cache_seqlens is None and topk_length is None:
+        _fail("a sparse plan needs the batch size: pass cache_seqlens or topk_length")
+    if topk_length is not None:
+        where = topk_length
+    else:
+        where = cache_seqlens
+    b = None
+    if cache_seqlens is not None:
+        b = _batch_of(cache_seqlens, "cache_seqlens")
+    if _on_device(where):
+        import torch
+
+        lengths = None
+        if topk_length is not None:
+            lengths = _torch_check(_as_torch_cuda(topk_length, "topk_length"), "topk_length",
+                                   (torch.int32,), 1)
+            device = lengths.device
+        else:
+            device = _as_torch_cuda(cache_seqlens, "cache_seqlens").device
+    else:
+        lengths = None if topk_length is None else _int32_array(topk_length, "topk_length", 1)
+        device = None
+    if lengths is not None:
+        if b is not None and lengths.shape[0] != b:
+            _fail("topk_length has %d entries but cache_seqlens %d: both are [b]"
+                  % (lengths.shape[0], b))
+        b = lengths.shape[0]
+    if b * s_q > MAX_BATCH:  # before allocating num_splits
+        _fail("batch * s_q = %d * %d exceeds %d (DINF_MLA_MAX_BATCH)" % (b, s_q, MAX_BATCH))
+    n = b * s_q + 1
+    if device is not None:
+        import torch
+
+        meta = torch.empty((parts, METADATA_INTS), dtype=torch.int32, device=device)
+        splits = torch.empty((n,), dtype=torch.int32, device=device)
+        _lib.lib().dinf_mla_get_sparse_metadata(
+            None if lengths is None else _dev(lengths, ctypes.c_int32), b, s_q, topk, parts,
+            _dev(meta, ctypes.c_int32), _dev(splits, ctypes.c_int32),
+            ctypes.byref(_cuda_exec(meta)))
+        return meta, splits
+    meta = np.empty((parts, METADATA_INTS), np.int32)
+    splits = np.empty((n,), np.int32)
+    _lib.lib().dinf_mla_get_sparse_metadata(
+        None if lengths is None else _ptr(lengths, ctypes.c_int32), b, s_q, topk, parts,
+        _ptr(meta, ctypes.c_int32), _ptr(splits, ctypes.c_int32), None)
+    return meta, splits
+
+
+def _batch_of(x, name):
+    """len(x) of a 1-D array on either side (only the length is used)."""
+    shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+    if len(shape) != 1:
+        _fail("%s must be 1-D, got shape %s" % (name, shape))
+    return shape[0]
+
+
 def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v,
                            tile_scheduler_metadata, num_splits, softmax_scale=None,
-                           causal=False, is_fp8_kvcache=False, *, num_threads=0):
+                           causal=False, is_fp8_kvcache=False, indices=None, *,
+                           topk_length=None, num_threads=0):
     """MLA decode: (out bfloat16 [b, s_q, h_q, head_dim_v], lse float32 [b, h_q, s_q]).
 
     softmax_scale defaults to q.shape[-1] ** -0.5 (1/sqrt(576)), as upstream;
@@ -193,13 +312,69 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v,
     non-contiguous k_cache is copied (the C API takes page and token strides;
     use it directly to avoid the copy); on the GPU its page and token strides
     are passed as they are (last two dimensions contiguous).
+
+    indices (int32 [b, s_q, topk]) selects the sparse decode: each query
+    position attends to the cache slots it lists (see the module docstring);
+    block_table and cache_seqlens are then ignored (may be None), causal
+    must be False, topk_length (int32 [b] or None) must be the one given to
+    get_mla_metadata, and the metadata must come from get_mla_metadata with
+    the same topk, num_heads_q and topk_length.
     """
+    if indices is not None:
+        if causal:
+            _fail("causal=True is not supported with indices: a sparse decode has no causal "
+                  "mask (the indices decide which keys each query position sees)")
+        if _on_device(q):
+            return _sparse_device(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits,
+                                  softmax_scale, is_fp8_kvcache, indices, topk_length)
+        return _sparse_cpu(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits,
+                           softmax_scale, is_fp8_kvcache, indices, topk_length, num_threads)
+    if topk_length is not None:
+        _fail("topk_length is only used with indices (a sparse decode)")
     if _on_device(q):
         return _flash_mla_device(q, k_cache, block_table, cache_seqlens, head_dim_v,
                                  tile_scheduler_metadata, num_splits, softmax_scale, causal,
                                  is_fp8_kvcache)
     q = np.ascontiguousarray(_bf16_array(q, "q", 4))
     b, s_q, h_q, d = q.shape
+    k_cache, (num_blocks, page, h_kv), block_stride, token_stride = \
+        _cpu_cache(k_cache, is_fp8_kvcache, d)
+    if block_table is None or cache_seqlens is None:
+        _fail("block_table and cache_seqlens are required for a dense decode (no indices)")
+    block_table = _int32_array(block_table, "block_table", 2)
+    seqlens = _int32_array(cache_seqlens, "cache_seqlens", 1)
+    meta = _int32_array(tile_scheduler_metadata, "tile_scheduler_metadata", 2)
+    splits = _int32_array(num_splits, "num_splits", 1)
+    _check_batch(b, block_table.shape, seqlens.shape, meta.shape, splits.shape)
+    softmax_scale = _scale(softmax_scale, d)
+    head_dim_v = _lib.int32_arg("head_dim_v", head_dim_v)
+    parts = meta.shape[0]
+    if parts < 1 or s_q < 1 or h_q < 1:
+        _fail("tile_scheduler_metadata has %d parts, q has s_q=%d, h_q=%d: each must be >= 1"
+              % (parts, s_q, h_q))
+    place = Exec.cpu(num_threads)
+    workspace, ws_ptr, ws_bytes = _cpu_workspace(b, s_q, h_q, parts, place)
+    out = np.empty((b, s_q, h_q, max(head_dim_v, 0)), np.uint16)
+    lse = np.empty((b, h_q, s_q), np.float32)
+    if is_fp8_kvcache:
+        fn, kc = (_lib.lib().dinf_mla_decode_with_kvcache_fp8,
+                  ctypes.cast(k_cache.ctypes.data, ctypes.POINTER(ctypes.c_uint8)))
+    else:
+        fn, kc = (_lib.lib().dinf_mla_decode_with_kvcache,
+                  ctypes.cast(k_cache.ctypes.data, ctypes.POINTER(ctypes.c_uint16)))
+    fn(_ptr(q.view(np.uint16), ctypes.c_uint16), b, s_q, h_q, d, kc, num_blocks, page,
+       h_kv, block_stride, token_stride, _ptr(block_table, ctypes.c_int32),
+       block_table.shape[1], _ptr(seqlens, ctypes.c_int32), head_dim_v,
+       _ptr(meta, ctypes.c_int32), parts, _ptr(splits, ctypes.c_int32),
+       softmax_scale, 1 if causal else 0, ws_ptr, ws_bytes,
+       _ptr(out, ctypes.c_uint16), _ptr(lse, ctypes.c_float), ctypes.byref(place))
+    del workspace  # kept alive through the call
+    return out.view(_BF16), lse
+
+
+def _cpu_cache(k_cache, is_fp8_kvcache, d):
+    """The CPU k_cache (contiguous) with (num_blocks, page, h_kv) and its page and
+    token strides (elements for BF16, bytes for FP8)."""
     if is_fp8_kvcache:
         k_cache = _fp8_cache_array(k_cache)
         num_blocks, page, h_kv, entry = k_cache.shape
@@ -213,39 +388,69 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v,
         entry = dk
     k_cache = np.ascontiguousarray(k_cache)  # no copy when already contiguous
     token_stride = h_kv * entry
-    block_stride = page * token_stride
-    block_table = _int32_array(block_table, "block_table", 2)
-    seqlens = _int32_array(cache_seqlens, "cache_seqlens", 1)
-    meta = _int32_array(tile_scheduler_metadata, "tile_scheduler_metadata", 2)
-    splits = _int32_array(num_splits, "num_splits", 1)
-    _check_batch(b, block_table.shape, seqlens.shape, meta.shape, splits.shape)
-    softmax_scale = _scale(softmax_scale, d)
-    head_dim_v = _lib.int32_arg("head_dim_v", head_dim_v)
-    parts = meta.shape[0]
-    if parts < 1 or s_q < 1 or h_q < 1:
-        _fail("tile_scheduler_metadata has %d parts, q has s_q=%d, h_q=%d: each must be >= 1"
-              % (parts, s_q, h_q))
-    place = Exec.cpu(num_threads)
+    return k_cache, (num_blocks, page, h_kv), page * token_stride, token_stride
+
+
+def _cpu_workspace(batch, s_q, h_q, parts, place):
+    """(owner array, 64-byte aligned pointer, bytes) of the decode's CPU workspace."""
     ws_bytes = ctypes.c_size_t()
-    _lib.lib().dinf_mla_workspace_size(b, s_q, h_q, parts, ctypes.byref(ws_bytes),
+    _lib.lib().dinf_mla_workspace_size(batch, s_q, h_q, parts, ctypes.byref(ws_bytes),
                                        ctypes.byref(place))
     workspace = np.empty((ws_bytes.value + 64,), np.uint8)
     ws_off = (-workspace.ctypes.data) % 64
+    return workspace, ctypes.c_void_p(workspace.ctypes.data + ws_off), ws_bytes.value
+
+
+def _check_sparse(q_shape, indices_shape, lengths_shape, meta_shape, splits_shape):
+    b, s_q = q_shape[0], q_shape[1]
+    if tuple(indices_shape[:2]) != (b, s_q) or indices_shape[2] < 1:
+        _fail("indices must be [b, s_q, topk] = [%d, %d, topk >= 1] as q %s, got shape %s"
+              % (b, s_q, tuple(q_shape), tuple(indices_shape)))
+    if lengths_shape is not None and tuple(lengths_shape) != (b,):
+        _fail("topk_length must have shape (%d,) (one length per request), got %s"
+              % (b, tuple(lengths_shape)))
+    if tuple(meta_shape[1:]) != (METADATA_INTS,) or meta_shape[0] < 1:
+        _fail("tile_scheduler_metadata must be [num_sm_parts >= 1, %d], got shape %s"
+              % (METADATA_INTS, tuple(meta_shape)))
+    if tuple(splits_shape) != (b * s_q + 1,):
+        _fail("num_splits must have shape (%d,) = (b * s_q + 1,) for a sparse decode, got %s "
+              "(pass the plan of get_mla_metadata(..., num_heads_q, topk=...))"
+              % (b * s_q + 1, tuple(splits_shape)))
+
+
+def _sparse_cpu(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits, softmax_scale,
+                is_fp8_kvcache, indices, topk_length, num_threads):
+    q = np.ascontiguousarray(_bf16_array(q, "q", 4))
+    b, s_q, h_q, d = q.shape
+    k_cache, (num_blocks, page, h_kv), block_stride, token_stride = \
+        _cpu_cache(k_cache, is_fp8_kvcache, d)
+    indices = _int32_array(indices, "indices", 3)
+    lengths = None if topk_length is None else _int32_array(topk_length, "topk_length", 1)
+    meta = _int32_array(tile_scheduler_metadata, "tile_scheduler_metadata", 2)
+    splits = _int32_array(num_splits, "num_splits", 1)
+    _check_sparse(q.shape, indices.shape, None if lengths is None else lengths.shape,
+                  meta.shape, splits.shape)
+    topk = _lib.int32_arg("topk (indices.shape[2])", indices.shape[2])
+    softmax_scale = _scale(softmax_scale, d)
+    head_dim_v = _lib.int32_arg("head_dim_v", head_dim_v)
+    parts = meta.shape[0]
+    place = Exec.cpu(num_threads)
+    workspace, ws_ptr, ws_bytes = _cpu_workspace(b * s_q, 1, h_q, parts, place)
     out = np.empty((b, s_q, h_q, max(head_dim_v, 0)), np.uint16)
     lse = np.empty((b, h_q, s_q), np.float32)
     if is_fp8_kvcache:
-        fn, kc = (_lib.lib().dinf_mla_decode_with_kvcache_fp8,
+        fn, kc = (_lib.lib().dinf_mla_sparse_decode_with_kvcache_fp8,
                   ctypes.cast(k_cache.ctypes.data, ctypes.POINTER(ctypes.c_uint8)))
     else:
-        fn, kc = (_lib.lib().dinf_mla_decode_with_kvcache,
+        fn, kc = (_lib.lib().dinf_mla_sparse_decode_with_kvcache,
                   ctypes.cast(k_cache.ctypes.data, ctypes.POINTER(ctypes.c_uint16)))
-    fn(_ptr(q.view(np.uint16), ctypes.c_uint16), b, s_q, h_q, d, kc, num_blocks, page,
-       h_kv, block_stride, token_stride, _ptr(block_table, ctypes.c_int32),
-       block_table.shape[1], _ptr(seqlens, ctypes.c_int32), head_dim_v,
-       _ptr(meta, ctypes.c_int32), parts, _ptr(splits, ctypes.c_int32),
-       softmax_scale, 1 if causal else 0,
-       ctypes.c_void_p(workspace.ctypes.data + ws_off), ws_bytes.value,
-       _ptr(out, ctypes.c_uint16), _ptr(lse, ctypes.c_float), ctypes.byref(place))
+    fn(_ptr(q.view(np.uint16), ctypes.c_uint16), b, s_q, h_q, d, kc, num_blocks, page, h_kv,
+       block_stride, token_stride, _ptr(indices, ctypes.c_int32), topk,
+       None if lengths is None else _ptr(lengths, ctypes.c_int32), head_dim_v,
+       _ptr(meta, ctypes.c_int32), parts, _ptr(splits, ctypes.c_int32), softmax_scale,
+       ws_ptr, ws_bytes, _ptr(out, ctypes.c_uint16), _ptr(lse, ctypes.c_float),
+       ctypes.byref(place))
+    del workspace  # kept alive through the call
     return out.view(_BF16), lse
 
 
@@ -280,11 +485,11 @@ def _scale(softmax_scale, d):
     return softmax_scale
 
 
-def _flash_mla_device(q, k_cache, block_table, cache_seqlens, head_dim_v,
-                      tile_scheduler_metadata, num_splits, softmax_scale, causal, is_fp8_kvcache):
+def _device_cache(k_cache, is_fp8_kvcache):
+    """The GPU k_cache as a torch tensor (last two dimensions contiguous) and its
+    C pointer (uint16 for BF16, uint8 for FP8)."""
     import torch
 
-    q = _torch_check(_as_torch_cuda(q, "q"), "q", (torch.bfloat16,), 4)
     k_cache = _as_torch_cuda(k_cache, "k_cache")
     if is_fp8_kvcache:
         if k_cache.element_size() != 1:
@@ -298,6 +503,17 @@ def _flash_mla_device(q, k_cache, block_table, cache_seqlens, head_dim_v,
     entry = k_cache.shape[-1]
     if k_cache.stride(3) != 1 or k_cache.stride(2) != entry:
         _fail("k_cache's last two dimensions must be contiguous, strides %s" % (k_cache.stride(),))
+    return k_cache, _dev(k_cache, ctypes.c_uint8 if is_fp8_kvcache else ctypes.c_uint16)
+
+
+def _flash_mla_device(q, k_cache, block_table, cache_seqlens, head_dim_v,
+                      tile_scheduler_metadata, num_splits, softmax_scale, causal, is_fp8_kvcache):
+    import torch
+
+    q = _torch_check(_as_torch_cuda(q, "q"), "q", (torch.bfloat16,), 4)
+    k_cache, kc = _device_cache(k_cache, is_fp8_kvcache)
+    if block_table is None or cache_seqlens is None:
+        _fail("block_table and cache_seqlens are required for a dense decode (no indices)")
     block_table = _torch_check(_as_torch_cuda(block_table, "block_table"), "block_table",
                                (torch.int32,), 2)
     seqlens = _torch_check(_as_torch_cuda(cache_seqlens, "cache_seqlens"), "cache_seqlens",
@@ -317,22 +533,70 @@ def _flash_mla_device(q, k_cache, block_table, cache_seqlens, head_dim_v,
     if parts < 1:
         _fail("tile_scheduler_metadata has no parts")
     place = _cuda_exec(q)
-    ws_bytes = ctypes.c_size_t()
-    _lib.lib().dinf_mla_workspace_size(b, s_q, h_q, parts, ctypes.byref(ws_bytes),
-                                       ctypes.byref(place))
-    workspace = torch.empty((max(ws_bytes.value, 1),), dtype=torch.uint8, device=q.device)
+    workspace, ws_bytes = _device_workspace(b, s_q, h_q, parts, place, q.device)
     out = torch.empty((b, s_q, h_q, max(head_dim_v, 0)), dtype=torch.bfloat16, device=q.device)
     lse = torch.empty((b, h_q, s_q), dtype=torch.float32, device=q.device)
-    if is_fp8_kvcache:
-        fn, kc = _lib.lib().dinf_mla_decode_with_kvcache_fp8, _dev(k_cache, ctypes.c_uint8)
-    else:
-        fn, kc = _lib.lib().dinf_mla_decode_with_kvcache, _dev(k_cache, ctypes.c_uint16)
+    fn = (_lib.lib().dinf_mla_decode_with_kvcache_fp8 if is_fp8_kvcache
+          else _lib.lib().dinf_mla_decode_with_kvcache)
     fn(_dev(q, ctypes.c_uint16), b, s_q, h_q, d, kc, num_blocks, page, h_kv,
        k_cache.stride(0), k_cache.stride(1), _dev(block_table, ctypes.c_int32),
        block_table.shape[1], _dev(seqlens, ctypes.c_int32), head_dim_v,
        _dev(meta, ctypes.c_int32), parts, _dev(splits, ctypes.c_int32), softmax_scale,
-       1 if causal else 0, ctypes.c_void_p(workspace.data_ptr()), ws_bytes.value,
+       1 if causal else 0, ctypes.c_void_p(workspace.data_ptr()), ws_bytes,
        _dev(out, ctypes.c_uint16), _dev(lse, ctypes.c_float), ctypes.byref(place))
+    return out, lse
+
+
+def _device_workspace(batch, s_q, h_q, parts, place, device):
+    import torch
+
+    ws_bytes = ctypes.c_size_t()
+    _lib.lib().dinf_mla_workspace_size(batch, s_q, h_q, parts, ctypes.byref(ws_bytes),
+                                       ctypes.byref(place))
+    workspace = torch.empty((max(ws_bytes.value, 1),), dtype=torch.uint8, device=device)
+    return workspace, ws_bytes.value
+
+
+def _sparse_device(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits, softmax_scale,
+                   is_fp8_kvcache, indices, topk_length):
+    import torch
+
+    q = _torch_check(_as_torch_cuda(q, "q"), "q", (torch.bfloat16,), 4)
+    k_cache, kc = _device_cache(k_cache, is_fp8_kvcache)
+    indices = _torch_check(_as_torch_cuda(indices, "indices"), "indices", (torch.int32,), 3)
+    lengths = None
+    if topk_length is not None:
+        lengths = _torch_check(_as_torch_cuda(topk_length, "topk_length"), "topk_length",
+                               (torch.int32,), 1)
+    meta = _torch_check(_as_torch_cuda(tile_scheduler_metadata, "tile_scheduler_metadata"),
+                        "tile_scheduler_metadata", (torch.int32,), 2)
+    splits = _torch_check(_as_torch_cuda(num_splits, "num_splits"), "num_splits",
+                          (torch.int32,), 1)
+    others = dict(k_cache=k_cache, indices=indices, tile_scheduler_metadata=meta,
+                  num_splits=splits)
+    if lengths is not None:
+        others["topk_length"] = lengths
+    _same_device("q", q, **others)
+    b, s_q, h_q, d = q.shape
+    num_blocks, page, h_kv, _ = k_cache.shape
+    _check_sparse(q.shape, indices.shape, None if lengths is None else lengths.shape,
+                  meta.shape, splits.shape)
+    topk = _lib.int32_arg("topk (indices.shape[2])", indices.shape[2])
+    softmax_scale = _scale(softmax_scale, d)
+    head_dim_v = _lib.int32_arg("head_dim_v", head_dim_v)
+    parts = meta.shape[0]
+    place = _cuda_exec(q)
+    workspace, ws_bytes = _device_workspace(b * s_q, 1, h_q, parts, place, q.device)
+    out = torch.empty((b, s_q, h_q, max(head_dim_v, 0)), dtype=torch.bfloat16, device=q.device)
+    lse = torch.empty((b, h_q, s_q), dtype=torch.float32, device=q.device)
+    fn = (_lib.lib().dinf_mla_sparse_decode_with_kvcache_fp8 if is_fp8_kvcache
+          else _lib.lib().dinf_mla_sparse_decode_with_kvcache)
+    fn(_dev(q, ctypes.c_uint16), b, s_q, h_q, d, kc, num_blocks, page, h_kv,
+       k_cache.stride(0), k_cache.stride(1), _dev(indices, ctypes.c_int32), topk,
+       None if lengths is None else _dev(lengths, ctypes.c_int32), head_dim_v,
+       _dev(meta, ctypes.c_int32), parts, _dev(splits, ctypes.c_int32), softmax_scale,
+       ctypes.c_void_p(workspace.data_ptr()), ws_bytes, _dev(out, ctypes.c_uint16),
+       _dev(lse, ctypes.c_float), ctypes.byref(place))
     return out, lse
 
 

@@ -190,3 +190,409 @@ def test_fp8_cache_equals_bf16_on_dequantized(b, s_q, h_q, h_kv, s_k, causal, pa
         mla.flash_mla_with_kvcache(q, np.zeros(fp8.shape, BF16), bt, lens, 512, meta, splits)
     with pytest.raises(deepinfra.InvalidArgumentError, match=r"slot_mapping\[0\]=-5 is outside"):
         mla.quantize_kvcache_fp8(kv[:1], np.array([-5], np.int64), fp8)
+
+
+# ------------------------------------------------------------ sparse decode --
+# DeepSeek Sparse Attention (FlashMLA's Sept-2025 API): get_mla_metadata(...,
+# num_heads_q, is_fp8_kvcache, topk) and flash_mla_with_kvcache(..., indices=).
+
+INT32_MIN = -(2**31)
+
+
+@pytest.fixture
+def poisoned_np_empty(monkeypatch):
+    """Every np.empty (the wrapper's out, lse, workspace and metadata) starts
+    as NaN / 0xFFFF bf16 NaN / 0xFF bytes (floats and bf16 bits) or 0x5A5A5A5A
+    (other integers), so an element the library leaves unwritten fails."""
+    real_empty = np.empty
+
+    def empty(*args, **kwargs):
+        a = real_empty(*args, **kwargs)
+        if a.dtype.kind == "f" or a.dtype in (np.uint16, np.uint8):
+            a.view(np.uint8).fill(0xFF)
+        elif a.dtype.kind in "iu":
+            a.view(np.uint8).fill(0x5A)
+        return a
+
+    monkeypatch.setattr(np, "empty", empty)
+
+
+def make_sparse_problem(b, s_q, h_q, h_kv, topk, page, seed, varlen=False, num_blocks=None):
+    """Random q and cache (randn/10 clamped, never zero-filled) with about 60%
+    of the slots in use and NaN in every other slot; indices [b, s_q, topk]
+    drawn from the used slots with duplicates, -1 and other negative entries,
+    the last position of request 0 all -1, and entries at or past
+    topk_length[b] pointing at NaN slots (they must never be read).
+    topk_length (varlen) is random in [0, topk] with the last request at topk
+    and (b >= 3) request 1 at 0; None otherwise."""
+    rng = np.random.default_rng(seed)
+    if num_blocks is None:
+        num_blocks = -(-max(2 * topk, 32) // page) + 1
+    n_slots = num_blocks * page
+    cache = np.clip(rng.standard_normal((num_blocks, page, h_kv, 576)) / 10, -1, 1)
+    cache = cache.astype(np.float32).astype(BF16)
+    used = rng.random(n_slots) < 0.6
+    used[rng.integers(0, n_slots)] = True
+    pool = np.flatnonzero(used).astype(np.int32)
+    unused = np.flatnonzero(~used).astype(np.int32)
+    cache.reshape(n_slots, h_kv, 576)[~used] = np.nan
+    indices = pool[rng.integers(0, len(pool), (b, s_q, topk))]
+    if topk >= 4:  # explicit duplicates (the draw with replacement makes more)
+        indices[..., 1] = indices[..., 0]
+        indices[..., -1] = indices[..., topk // 2]
+    neg = rng.random((b, s_q, topk)) < 0.15
+    indices[neg] = -1
+    if topk >= 8:
+        indices[..., 2] = INT32_MIN
+        indices[..., 3] = -7
+    indices[0, s_q - 1, :] = -1  # a position without any valid slot
+    if varlen:
+        lengths = rng.integers(0, topk + 1, b).astype(np.int32)
+        lengths[-1] = topk
+        if b >= 3:
+            lengths[1] = 0
+        for i in range(b):  # never read: NaN slots
+            if lengths[i] < topk and len(unused):
+                indices[i, :, lengths[i]:] = unused[rng.integers(0, len(unused),
+                                                                  (s_q, topk - lengths[i]))]
+    else:
+        lengths = None
+    q = np.clip(rng.standard_normal((b, s_q, h_q, 576)) / 10, -1, 1).astype(np.float32).astype(BF16)
+    return q, cache, indices.astype(np.int32), lengths
+
+
+def sparse_reference(q, cache, indices, topk_length, scale):
+    """float64: per query position, gather the valid listed slots (duplicates
+    count twice), softmax; +inf lse and 0 out without a valid slot."""
+    b, s_q, h_q, _ = q.shape
+    h_kv = cache.shape[2]
+    group = h_q // h_kv
+    flat = cache.reshape(-1, h_kv, 576)
+    topk = indices.shape[2]
+    out = np.zeros((b, s_q, h_q, 512))
+    lse = np.full((b, h_q, s_q), np.inf)
+    for i in range(b):
+        n = topk if topk_length is None else int(topk_length[i])
+        for t in range(s_q):
+            slots = indices[i, t, :n]
+            slots = slots[slots >= 0]
+            if len(slots) == 0:
+                continue
+            keys = flat[slots].astype(np.float64)  # [m, h_kv, 576]
+            for hk in range(h_kv):
+                heads = slice(hk * group, (hk + 1) * group)
+                k = keys[:, hk]
+                s = (q[i, t, heads].astype(np.float64) @ k.T) * scale  # [group, m]
+                m = s.max(axis=1, keepdims=True)
+                l = m + np.log(np.exp(s - m).sum(axis=1, keepdims=True))
+                lse[i, heads, t] = l[:, 0]
+                out[i, t, heads] = np.exp(s - l) @ k[:, :512]
+    return out.astype(np.float32).astype(BF16).astype(np.float64), lse
+
+
+def quantize_all(cache):
+    """FP8 cache of a BF16 cache with the library's quantizer (NaN rows stay
+    NaN: 0xFF entries), and its dequantization as a BF16 cache. Any page size:
+    the quantizer takes 16-token pages, and a contiguous cache's slot s is
+    flat row s whatever the page size (num_blocks * page must divide by 16)."""
+    num_blocks, page, h_kv, _ = cache.shape
+    n_slots = num_blocks * page
+    assert n_slots % 16 == 0
+    rows = cache.reshape(n_slots, h_kv, 576)
+    finite = np.isfinite(rows.astype(np.float32)).all(axis=(1, 2))
+    fp8 = np.full((n_slots // 16, 16, h_kv, 656), 0xFF, np.uint8)
+    slots = np.flatnonzero(finite).astype(np.int64)
+    mla.quantize_kvcache_fp8(np.ascontiguousarray(rows[slots]), slots, fp8)
+    fp8 = fp8.reshape(num_blocks, page, h_kv, 656)
+    deq = dequantize(fp8).astype(BF16)
+    assert np.isfinite(deq.reshape(n_slots, h_kv, 576)[finite].astype(np.float32)).all()
+    return fp8, deq
+
+
+def sparse_call(q, cache, indices, lengths, meta, splits, scale=None, fp8=False, **kw):
+    return mla.flash_mla_with_kvcache(q, cache, None, None, 512, meta, splits, scale, False,
+                                      fp8, indices, topk_length=lengths, **kw)
+
+
+def check_sparse(out, lse, ref_out, ref_lse, what):
+    assert out.dtype == BF16 and lse.dtype == np.float32
+    assert out.shape == ref_out.shape and lse.shape == ref_lse.shape, what
+    assert_close(out, ref_out, 8e-4, 2.01 / 128, 5e-6, "out " + what)
+    assert_close(lse, ref_lse, 1e-6, 8.01 / 65536, 5e-6, "lse " + what)
+    empty = np.isinf(ref_lse)  # [b, h_q, s_q]: no valid slot -> out exactly 0
+    assert (out.astype(np.float32).transpose(0, 2, 1, 3)[empty] == 0).all(), what
+
+
+@pytest.mark.parametrize(
+    "b,s_q,h_q,h_kv,topk,page,fp8,varlen,num_sms,scale",
+    [
+        (2, 1, 16, 1, 1, 64, False, False, 132, None),     # topk 1
+        (3, 2, 64, 1, 64, 64, False, True, 132, 0.3),      # topk_length, a 0 length
+        (2, 2, 128, 1, 100, 7, False, False, 132, None),   # odd page
+        (1, 2, 16, 1, 2048, 64, False, False, 132, None),  # long lists, split across parts
+        (4, 1, 64, 1, 256, 16, False, True, 8, 0.2),
+        (2, 2, 64, 1, 100, 64, True, True, 132, None),     # FP8 (V3.2 configuration)
+        (3, 1, 128, 1, 64, 7, True, False, 20, 0.25),      # FP8, odd page
+        (2, 2, 32, 2, 80, 32, False, True, 132, None),     # h_kv = 2
+        (1, 2, 128, 1, 2048, 64, True, True, 132, None),   # FlashMLA's V3.2 decode shape
+    ],
+)
+def test_sparse_matches_float64_reference(b, s_q, h_q, h_kv, topk, page, fp8, varlen, num_sms,
+                                          scale, poisoned_np_empty):
+    nb = None
+    if fp8 and page % 16:
+        nb = 16 * -(-max(2 * topk, 32) // (16 * page) + 1)  # num_blocks * page % 16 == 0
+    q, cache, idx, lengths = make_sparse_problem(b, s_q, h_q, h_kv, topk, page,
+                                                 seed=1000 + topk + h_q, varlen=varlen,
+                                                 num_blocks=nb)
+    what = "b=%d s_q=%d h_q=%d h_kv=%d topk=%d page=%d fp8=%s varlen=%s num_sms=%d" % (
+        b, s_q, h_q, h_kv, topk, page, fp8, varlen, num_sms)
+    meta, splits = mla.get_mla_metadata(np.zeros(b, np.int32), s_q * h_q // h_kv, h_kv, h_q,
+                                        fp8, topk, num_sms=num_sms, topk_length=lengths)
+    assert meta.dtype == np.int32 and meta.shape[1] == 8
+    assert splits.dtype == np.int32 and splits.shape == (b * s_q + 1,) and splits[0] == 0
+    assert (np.diff(splits) >= 1).all()
+    if fp8:
+        kc, deq = quantize_all(cache)
+    else:
+        kc = deq = cache
+    out, lse = sparse_call(q, kc, idx, lengths, meta, splits, scale, fp8)
+    ref_out, ref_lse = sparse_reference(q, deq, idx, lengths, 576 ** -0.5 if scale is None
+                                        else scale)
+    check_sparse(out, lse, ref_out, ref_lse, what)
+    if fp8:  # the FP8 decode is the BF16 decode of the dequantized cache, bit for bit
+        out16, lse16 = sparse_call(q, deq, idx, lengths, meta, splits, scale)
+        assert np.array_equal(out.view(np.uint16), out16.view(np.uint16)), what
+        assert np.array_equal(lse.view(np.int32), lse16.view(np.int32)), what
+
+
+def test_sparse_split_plans_and_threads(poisoned_np_empty):
+    """One problem under several plans (1 part: nothing split .. 1000 parts:
+    every position cut across many) and thread counts, all against the
+    reference; a plan's result does not depend on the thread count."""
+    b, s_q, h_q, topk = 3, 2, 64, 300
+    q, cache, idx, lengths = make_sparse_problem(b, s_q, h_q, 1, topk, 64, seed=77, varlen=True)
+    ref_out, ref_lse = sparse_reference(q, cache, idx, lengths, 0.15)
+    for num_sms in (1, 5, 132, 1000):
+        meta, splits = mla.get_mla_metadata(None, s_q * h_q, 1, h_q, topk=topk, num_sms=num_sms,
+                                            topk_length=lengths)
+        results = []
+        for threads in (1, 0):
+            out, lse = sparse_call(q, cache, idx, lengths, meta, splits, 0.15, num_threads=threads)
+            check_sparse(out, lse, ref_out, ref_lse, "num_sms=%d threads=%d" % (num_sms, threads))
+            results.append((out.view(np.uint16).copy(), lse.view(np.int32).copy()))
+        assert np.array_equal(results[0][0], results[1][0])
+        assert np.array_equal(results[0][1], results[1][1])
+        if num_sms == 1:
+            assert splits[-1] == b * s_q  # one part: no position split
+    assert splits[-1] >= b * s_q + 4  # 1000 parts: positions cut into several pieces
+
+
+def test_sparse_plan_is_the_dense_plan_of_the_positions():
+    """mla.h: the sparse plan is dinf_mla_get_metadata's for
+    cache_seqlens'[b * s_q + t] = topk_length[b] (or topk), with parts from
+    num_sm_parts(h_q / h_kv, h_kv, num_sms)."""
+    lengths = np.array([700, 0, 65, 64, 1, 3000], np.int32)
+    for s_q, h_q, h_kv, num_sms in ((1, 16, 1, 132), (2, 128, 1, 132), (3, 64, 2, 300),
+                                    (2, 16, 1, 7)):
+        rows = s_q * h_q // h_kv
+        meta, splits = mla.get_mla_metadata(lengths, rows, h_kv, h_q, True, 3000, num_sms=num_sms,
+                                            topk_length=lengths)
+        dmeta, dsplits = mla.get_mla_metadata(np.repeat(lengths, s_q), h_q // h_kv, h_kv,
+                                              num_sms=num_sms)
+        assert np.array_equal(meta, dmeta) and np.array_equal(splits, dsplits)
+        # without topk_length every position has topk keys
+        meta, splits = mla.get_mla_metadata(lengths, rows, h_kv, h_q, topk=100, num_sms=num_sms)
+        dmeta, dsplits = mla.get_mla_metadata(np.full(len(lengths) * s_q, 100, np.int32),
+                                              h_q // h_kv, h_kv, num_sms=num_sms)
+        assert np.array_equal(meta, dmeta) and np.array_equal(splits, dsplits)
+
+
+def dense_as_sparse(bt, lens, page, nan_slot):
+    """indices [b, 1, topk] listing keys 0..s_k-1 of each dense request through
+    its block table; the tail (past topk_length = lens) points at a NaN slot."""
+    b = len(lens)
+    topk = max(int(lens.max()), 1)
+    idx = np.full((b, 1, topk), nan_slot, np.int32)
+    for i in range(b):
+        j = np.arange(int(lens[i]))
+        idx[i, 0, :len(j)] = bt[i, j // page] * page + j % page
+    return idx
+
+
+@pytest.mark.parametrize("fp8,page,num_sms", [(False, 64, 132), (False, 16, 1000), (True, 16, 40)])
+def test_sparse_over_dense_keys_is_the_dense_decode_bit_for_bit(fp8, page, num_sms,
+                                                                poisoned_np_empty):
+    """s_q = 1 and indices = keys 0..s_k-1 of a dense request: same plan
+    lengths, same plan, same arithmetic on the CPU: identical bits."""
+    b, h_q = 6, 32
+    q, cache, bt, lens = make_problem(b, 1, h_q, 1, 150, True, page, seed=90 + page, zeros=True)
+    lens[2] = 0
+    nan_page = int(np.setdiff1d(np.arange(cache.shape[0]), bt[bt < cache.shape[0]])[0])
+    assert np.isnan(cache[nan_page].astype(np.float32)).all()
+    idx = dense_as_sparse(bt, lens, page, nan_page * page + 3)
+    topk = idx.shape[2]
+    if fp8:
+        kc, _ = quantize_all(cache)
+    else:
+        kc = cache
+    dmeta, dsplits = mla.get_mla_metadata(lens, h_q, 1, num_sms=num_sms)
+    smeta, ssplits = mla.get_mla_metadata(lens, h_q, 1, h_q, fp8, topk, num_sms=num_sms,
+                                          topk_length=lens)
+    assert np.array_equal(dmeta, smeta) and np.array_equal(dsplits, ssplits)
+    dout, dlse = mla.flash_mla_with_kvcache(q, kc, bt, lens, 512, dmeta, dsplits, 0.2, False, fp8)
+    sout, slse = sparse_call(q, kc, idx, lens, smeta, ssplits, 0.2, fp8)
+    assert np.isinf(slse[2]).all()
+    assert np.array_equal(dout.view(np.uint16), sout.view(np.uint16))
+    assert np.array_equal(dlse.view(np.int32), slse.view(np.int32))
+    # every request of length topk: no topk_length needed
+    full = np.full(b, topk, np.int32)
+    q, cache, bt, _ = make_problem(b, 1, h_q, 1, topk, False, page, seed=91)
+    idx = dense_as_sparse(bt, full, page, 0)
+    dmeta, dsplits = mla.get_mla_metadata(full, h_q, 1, num_sms=num_sms)
+    smeta, ssplits = mla.get_mla_metadata(full, h_q, 1, h_q, topk=topk, num_sms=num_sms)
+    dout, dlse = mla.flash_mla_with_kvcache(q, cache, bt, full, 512, dmeta, dsplits)
+    sout, slse = sparse_call(q, cache, idx, None, smeta, ssplits)
+    assert np.array_equal(dout.view(np.uint16), sout.view(np.uint16))
+    assert np.array_equal(dlse.view(np.int32), slse.view(np.int32))
+
+
+def test_sparse_ignores_block_table_and_cache_seqlens():
+    q, cache, idx, lengths = make_sparse_problem(2, 2, 16, 1, 50, 64, seed=3, varlen=True)
+    meta, splits = mla.get_mla_metadata(None, 32, 1, 16, topk=50, topk_length=lengths)
+    out, lse = sparse_call(q, cache, idx, lengths, meta, splits)
+    garbage = mla.flash_mla_with_kvcache(q, cache, np.full((2, 1), -9, np.int32),
+                                         np.full(2, -9, np.int32), 512, meta, splits,
+                                         indices=idx, topk_length=lengths)
+    assert np.array_equal(out.view(np.uint16), garbage[0].view(np.uint16))
+    assert np.array_equal(lse.view(np.int32), garbage[1].view(np.int32))
+
+
+def test_sparse_errors_are_precise():
+    b, s_q, h_q, topk, page = 2, 2, 16, 64, 64
+    q, cache, idx, lengths = make_sparse_problem(b, s_q, h_q, 1, topk, page, seed=11, varlen=True)
+    lens = np.full(b, 5, np.int32)
+    meta, splits = mla.get_mla_metadata(lens, s_q * h_q, 1, h_q, topk=topk, topk_length=lengths)
+    err = deepinfra.InvalidArgumentError
+
+    # get_mla_metadata with topk
+    with pytest.raises(err, match="num_heads_q is required with topk"):
+        mla.get_mla_metadata(lens, s_q * h_q, 1, topk=topk)
+    with pytest.raises(err, match=r"num_heads_per_head_k=32 is not s_q \* num_heads_q / "
+                                  r"num_heads_k for any s_q \(num_heads_q=3, num_heads_k=1\)"):
+        mla.get_mla_metadata(lens, 32, 1, 3, topk=topk)
+    with pytest.raises(err, match="num_heads_q=16 is not a multiple of num_heads_k=3"):
+        mla.get_mla_metadata(lens, 32, 3, 16, topk=topk)
+    with pytest.raises(err, match="pass cache_seqlens or topk_length"):
+        mla.get_mla_metadata(None, 32, 1, 16, topk=topk)
+    with pytest.raises(err, match="topk_length has 3 entries but cache_seqlens 2"):
+        mla.get_mla_metadata(lens, 32, 1, 16, topk=topk, topk_length=np.ones(3, np.int32))
+    with pytest.raises(err, match=r"dinf_mla_get_sparse_metadata: topk_length\[1\]=65 must be "
+                                  r"in \[0, topk=64\]"):
+        mla.get_mla_metadata(lens, 32, 1, 16, topk=topk, topk_length=np.array([3, 65], np.int32))
+    with pytest.raises(err, match=r"topk_length\[0\]=-1 must be in \[0, topk=64\]"):
+        mla.get_mla_metadata(lens, 32, 1, 16, topk=topk, topk_length=np.array([-1, 6], np.int32))
+    with pytest.raises(err, match=r"topk=0 must be in \[1, 1048576\]"):
+        mla.get_mla_metadata(lens, 32, 1, 16, topk=0)
+    with pytest.raises(err, match="cache_seqlens is required for a dense plan"):
+        mla.get_mla_metadata(None, 32, 1)
+    with pytest.raises(err, match="topk_length is only used with topk"):
+        mla.get_mla_metadata(lens, 32, 1, 16, topk_length=lengths)
+
+    # flash_mla_with_kvcache with indices
+    with pytest.raises(err, match="causal=True is not supported with indices"):
+        mla.flash_mla_with_kvcache(q, cache, None, None, 512, meta, splits, None, True,
+                                   indices=idx, topk_length=lengths)
+    with pytest.raises(err, match="indices must be 3-D"):
+        sparse_call(q, cache, idx[:, 0], lengths, meta, splits)
+    with pytest.raises(err, match=r"indices must be \[b, s_q, topk\] = \[2, 2, topk >= 1\]"):
+        sparse_call(q, cache, idx[:, :1], lengths, meta, splits)
+    with pytest.raises(err, match=r"indices must be \[b, s_q, topk\] = \[2, 2, topk >= 1\]"):
+        sparse_call(q, cache, idx[:, :, :0], lengths, meta, splits)
+    with pytest.raises(err, match="indices must be an integer array"):
+        sparse_call(q, cache, idx.astype(np.float32), lengths, meta, splits)
+    with pytest.raises(err, match=r"topk_length must have shape \(2,\)"):
+        sparse_call(q, cache, idx, lengths[:1], meta, splits)
+    dmeta, dsplits = mla.get_mla_metadata(lens, s_q * h_q, 1)
+    with pytest.raises(err, match=r"num_splits must have shape \(5,\) = \(b \* s_q \+ 1,\)"):
+        sparse_call(q, cache, idx, lengths, dmeta, dsplits)
+    with pytest.raises(err, match="topk_length is only used with indices"):
+        mla.flash_mla_with_kvcache(q, cache, np.zeros((b, 1), np.int32), lens, 512, meta, splits,
+                                   topk_length=lengths)
+    with pytest.raises(err, match="block_table and cache_seqlens are required"):
+        mla.flash_mla_with_kvcache(q, cache, None, None, 512, meta, splits)
+    n_slots = cache.shape[0] * page
+    bad = idx.copy()
+    bad[1, 0, 3] = n_slots  # one past the cache
+    full_len = np.array([topk // 2, topk], np.int32)
+    fmeta, fsplits = mla.get_mla_metadata(lens, s_q * h_q, 1, h_q, topk=topk,
+                                          topk_length=full_len)
+    with pytest.raises(err, match=r"dinf_mla_sparse_decode_with_kvcache: indices\[1\]\[0\]\[3\]=%d "
+                                  r"is outside the cache: slots are below num_blocks \* "
+                                  r"page_block_size = 3 \* 64" % n_slots):
+        sparse_call(q, cache, bad, full_len, fmeta, fsplits)
+    with pytest.raises(err, match=r"dinf_mla_sparse_decode_with_kvcache: topk_length\[1\]=65 "
+                                  r"must be in \[0, topk=64\]"):
+        sparse_call(q, cache, idx, np.array([3, 65], np.int32), meta, splits)
+    # a plan made for another topk (other block counts) or other lengths
+    other = mla.get_mla_metadata(lens, s_q * h_q, 1, h_q, topk=200)
+    stale = "does not match the plan for these topk_length, topk, batch, seq_len_q"
+    with pytest.raises(err, match=stale):
+        sparse_call(q, cache, idx, None, *other)
+    zmeta, zsplits = mla.get_mla_metadata(lens, s_q * h_q, 1, h_q, topk=topk,
+                                          topk_length=np.array([0, topk], np.int32))
+    with pytest.raises(err, match=stale):
+        sparse_call(q, cache, idx, np.array([3, topk], np.int32), zmeta, zsplits)
+    with pytest.raises(err, match="num_heads_q=16 is not a multiple of num_heads_kv=3"):
+        sparse_call(q, np.concatenate([cache] * 3, axis=2), idx, lengths, meta, splits)
+    with pytest.raises(deepinfra.UnsupportedError, match="head_dim_v=256 is not supported"):
+        mla.flash_mla_with_kvcache(q, cache, None, None, 256, meta, splits, indices=idx,
+                                   topk_length=lengths)
+    with pytest.raises(err, match="pass is_fp8_kvcache=True"):
+        sparse_call(q, np.zeros((2, page, 1, 656), BF16), idx, lengths, meta, splits)
+
+
+def test_sparse_entries_past_topk_length_are_never_read(poisoned_np_empty):
+    """mla.h: entries at or past topk_length[b] are never read, so even an
+    out-of-range slot there is neither an error nor a change of the result."""
+    b, s_q, h_q, topk = 2, 2, 16, 40
+    q, cache, idx, _ = make_sparse_problem(b, s_q, h_q, 1, topk, 64, seed=21)
+    lengths = np.array([10, 25], np.int32)
+    meta, splits = mla.get_mla_metadata(None, s_q * h_q, 1, h_q, topk=topk, topk_length=lengths)
+    out, lse = sparse_call(q, cache, idx, lengths, meta, splits)
+    tail = idx.copy()
+    tail[0, :, 10:] = 2**31 - 1
+    tail[1, :, 25:] = cache.shape[0] * 64
+    out2, lse2 = sparse_call(q, cache, tail, lengths, meta, splits)
+    assert np.array_equal(out.view(np.uint16), out2.view(np.uint16))
+    assert np.array_equal(lse.view(np.int32), lse2.view(np.int32))
+    ref_out, ref_lse = sparse_reference(q, cache, idx, lengths, 576 ** -0.5)
+    check_sparse(out, lse, ref_out, ref_lse, "lengths 10, 25")
+
+
+def test_sparse_result_depends_on_slots_not_on_the_page_size(poisoned_np_empty):
+    """A slot is page * page_block_size + row, i.e. the flat row of a
+    contiguous cache: viewing the same cache with pages of 1, 7 or 112 rows
+    gives the same result, bit for bit; batch 0 and all-zero topk_length
+    work (+inf lse, zero out)."""
+    q, cache, idx, _ = make_sparse_problem(2, 2, 16, 1, 30, 112, seed=8)
+    lengths = np.array([30, 11], np.int32)
+    meta, splits = mla.get_mla_metadata(None, 32, 1, 16, topk=30, topk_length=lengths)
+    results = []
+    for page in (1, 7, 112):
+        view = cache.reshape(-1, page, 1, 576)
+        out, lse = sparse_call(q, view, idx, lengths, meta, splits)
+        results.append((out.view(np.uint16), lse.view(np.int32)))
+    for r in results[1:]:
+        assert np.array_equal(r[0], results[0][0]) and np.array_equal(r[1], results[0][1])
+    ref_out, ref_lse = sparse_reference(q, cache, idx, lengths, 576 ** -0.5)
+    check_sparse(results[0][0].view(BF16), results[0][1].view(np.float32), ref_out, ref_lse,
+                 "page 1")
+    zero = np.zeros(2, np.int32)
+    meta, splits = mla.get_mla_metadata(None, 32, 1, 16, topk=30, topk_length=zero)
+    out, lse = sparse_call(q, cache, idx, zero, meta, splits)
+    assert np.isinf(lse).all() and (lse > 0).all() and (out.astype(np.float32) == 0).all()
+    meta, splits = mla.get_mla_metadata(np.zeros(0, np.int32), 32, 1, 16, topk=30)
+    assert splits.tolist() == [0]
+    out, lse = sparse_call(q[:0], cache, idx[:0], None, meta, splits)
+    assert out.shape == (0, 2, 16, 512) and lse.shape == (0, 16, 2)

@@ -140,3 +140,65 @@ def test_fp8_l2_prefetch_distance_changes_no_bit(monkeypatch, poisoned_empty):
     with pytest.raises(deepinfra.InvalidArgumentError,
                        match=r"DINF_MLA_FP8_PREFETCH='9' is not a block count in \[0, 8\]"):
         mla.flash_mla_with_kvcache(*args, is_fp8_kvcache=True)
+
+
+@pytest.mark.parametrize("b,s_q,h_q,h_kv,topk,page,fp8,varlen", [
+    (3, 2, 64, 1, 300, 64, False, True),
+    (2, 1, 128, 1, 2048, 64, True, False),   # FlashMLA's V3.2 shape (h_q 128, FP8)
+    (2, 2, 64, 1, 100, 7, True, True),       # odd page
+    (2, 2, 32, 2, 80, 32, False, True),      # h_kv = 2
+])
+def test_sparse_device_tensors_match_the_cpu(b, s_q, h_q, h_kv, topk, page, fp8, varlen,
+                                             poisoned_empty):
+    """The sparse decode on torch CUDA tensors (device metadata, the simple
+    rung's per-token gathers) against the numpy CPU path."""
+    from test_mla import make_sparse_problem, quantize_all, sparse_call
+
+    nb = 16 * -(-max(2 * topk, 32) // (16 * page) + 1)  # num_blocks * page % 16 == 0
+    q, cache, idx, lengths = make_sparse_problem(b, s_q, h_q, h_kv, topk, page, seed=500 + topk,
+                                                 varlen=varlen, num_blocks=nb)
+    kc = quantize_all(cache)[0] if fp8 else cache
+    meta, splits = mla.get_mla_metadata(None if varlen else np.zeros(b, np.int32),
+                                        s_q * h_q // h_kv, h_kv, h_q, fp8, topk,
+                                        topk_length=lengths)
+    out_cpu, lse_cpu = sparse_call(q, kc, idx, lengths, meta, splits, 0.3, fp8)
+    d_len = None if lengths is None else torch.from_numpy(lengths).cuda()
+    d_meta, d_splits = mla.get_mla_metadata(
+        None if varlen else torch.zeros(b, dtype=torch.int32, device="cuda"),
+        s_q * h_q // h_kv, h_kv, h_q, fp8, topk, topk_length=d_len)
+    assert d_meta.is_cuda and d_splits.is_cuda
+    assert np.array_equal(d_meta.cpu().numpy(), meta)
+    assert np.array_equal(d_splits.cpu().numpy(), splits)
+    d_kc = torch.from_numpy(kc).cuda() if fp8 else to_gpu_bf16(kc)
+    out, lse = mla.flash_mla_with_kvcache(to_gpu_bf16(q), d_kc, None, None, 512, d_meta,
+                                          d_splits, 0.3, False, fp8,
+                                          torch.from_numpy(idx).cuda(), topk_length=d_len)
+    torch.cuda.synchronize()
+    assert out.shape == (b, s_q, h_q, 512) and lse.shape == (b, h_q, s_q)
+    assert_close(out.float().cpu().numpy(), out_cpu.astype(np.float64), 8e-4, 2.01 / 128, 5e-6,
+                 "sparse out")
+    assert_close(lse.cpu().numpy(), lse_cpu.astype(np.float64), 1e-6, 8.01 / 65536, 5e-6,
+                 "sparse lse")
+
+
+def test_sparse_device_refuses_the_fast_rungs(monkeypatch):
+    """mla.h: the sparse decode runs the simple rung; DINF_MLA_KERNEL=fast or
+    seesaw is UNSUPPORTED with the reason (reaches Python as UnsupportedError)."""
+    import deepinfra
+    from test_mla import make_sparse_problem
+
+    q, cache, idx, _ = make_sparse_problem(2, 1, 64, 1, 64, 64, seed=3)
+    d_meta, d_splits = mla.get_mla_metadata(torch.zeros(2, dtype=torch.int32, device="cuda"),
+                                            64, 1, 64, False, 64)
+    args = (to_gpu_bf16(q), to_gpu_bf16(cache), None, None, 512, d_meta, d_splits)
+    for rung in ("fast", "seesaw"):
+        monkeypatch.setenv("DINF_MLA_KERNEL", rung)
+        with pytest.raises(deepinfra.UnsupportedError,
+                           match="DINF_MLA_KERNEL=%s, but the %s rung cannot take this decode: "
+                                 r"a sparse decode \(indices\) runs on the simple rung only"
+                                 % (rung, rung)):
+            mla.flash_mla_with_kvcache(*args, indices=torch.from_numpy(idx).cuda())
+    monkeypatch.setenv("DINF_MLA_KERNEL", "simple")
+    out, lse = mla.flash_mla_with_kvcache(*args, indices=torch.from_numpy(idx).cuda())
+    torch.cuda.synchronize()
+    assert torch.isfinite(out.float()).all()
