@@ -33,7 +33,8 @@
  * * 656 + B * S * H * (576 + 512) * 2; on the GPU b {64, 128}, s_q 2,
  * h_q 128, topk 2048 (FlashMLA's sparse benchmark; upstream's H800 figure,
  * 410 TFLOPS, is in the label), slots spread over the FP8 cache of the dense
- * rows, the simple rung; on the CPU b 2, s_q 2, h_q 64, topk 2048.
+ * rows, the simple and the fast rung side by side; on the CPU b 2, s_q 2,
+ * h_q 64, topk 2048.
  *
  * CPU rows: the CPU path at b = 4, s_k = 4096, s_q = 1, h_q {16, 128}, BF16
  * and FP8 (the b = 128 grid would take minutes per iteration on a CPU:
@@ -525,18 +526,26 @@ static void add_gpu(const gpu_cache *g, int fp8, int32_t s_q, int32_t h_q, int32
  * slots spread over all of it; the simple rung (the only one that takes a
  * sparse decode). */
 static const int64_t sparse_batches[2] = {64, 128};
-static void sparse_gpu_name(char *name, size_t n, int64_t b) {
-    snprintf(name, n, "mla/gpu/sparse_fp8/b%lld_sq2_hq128_topk2048/simple", (long long)b);
+static const char *const sparse_rungs[2] = {"simple", "fast"};
+static void sparse_gpu_name(char *name, size_t n, int64_t b, const char *rung) {
+    snprintf(name, n, "mla/gpu/sparse_fp8/b%lld_sq2_hq128_topk2048/%s", (long long)b, rung);
+}
+static int sparse_selected(int64_t b) {
+    char name[96];
+    int any = 0;
+    for (int r = 0; r < 2; r++) {
+        sparse_gpu_name(name, sizeof name, b, sparse_rungs[r]);
+        any |= bench_selected(name);
+    }
+    return any;
 }
 static void add_gpu_sparse(const gpu_cache *g, int64_t b, int32_t num_sms) {
-    char name[96];
-    sparse_gpu_name(name, sizeof name, b);
-    if (!bench_selected(name))
+    if (!sparse_selected(b))
         return;
     mla_case *c = calloc(1, sizeof *c);
     if (!c)
         return;
-    c->gpu = 1, c->b = b, c->s_q = 2, c->h_q = 128, c->topk = 2048, c->fp8 = 1, c->rung = "simple";
+    c->gpu = 1, c->b = b, c->s_q = 2, c->h_q = 128, c->topk = 2048, c->fp8 = 1;
     c->max_blocks = g->max_blocks, c->num_blocks = g->num_blocks;
     c->kc = g->kc;
     uint64_t s = 777u + (uint64_t)b;
@@ -571,8 +580,21 @@ static void add_gpu_sparse(const gpu_cache *g, int64_t b, int32_t num_sms) {
     free(q);
     free(idx);
     c->meta = d_meta, c->splits = d_splits, c->indices = d_idx;
-    snprintf(c->name, sizeof c->name, "%s", name);
-    register_case(c);
+    /* the same inputs and outputs on both rungs, side by side */
+    for (int r = 0; r < 2; r++) {
+        mla_case *rc = r ? calloc(1, sizeof *rc) : c;
+        if (!rc)
+            return;
+        if (r) {
+            *rc = *c;
+            if (cudaStreamCreate(&rc->stream) != cudaSuccess || cudaEventCreate(&rc->start) != cudaSuccess ||
+                cudaEventCreate(&rc->stop) != cudaSuccess)
+                return;
+        }
+        rc->rung = sparse_rungs[r];
+        sparse_gpu_name(rc->name, sizeof rc->name, b, rc->rung);
+        register_case(rc);
+    }
 }
 
 static void register_gpu(void) {
@@ -587,11 +609,8 @@ static void register_gpu(void) {
             for (int j = 0; j < 3; j++)
                 for (int k = 0; k < 3; k++)
                     any |= gpu_selected(fp8, s_qs[i], h_qs[j], s_ks[k]);
-        for (int i = 0; fp8 && i < 2; i++) { /* the sparse rows read the FP8 cache */
-            char name[96];
-            sparse_gpu_name(name, sizeof name, sparse_batches[i]);
-            any |= bench_selected(name);
-        }
+        for (int i = 0; fp8 && i < 2; i++) /* the sparse rows read the FP8 cache */
+            any |= sparse_selected(sparse_batches[i]);
         if (!any)
             continue;
         if (make_gpu_cache(&caches[fp8], fp8, 128, 16384)) {

@@ -338,9 +338,14 @@ DINF_API dinf_status dinf_mla_decode_with_kvcache_fp8(
  * dense decode:
  *   dinf_mla_num_sm_parts(num_heads_q / num_heads_kv, num_heads_kv, num_sms, &parts)
  *   dinf_mla_workspace_size(batch * seq_len_q, 1, num_heads_q, parts, &bytes, exec)
- * On the GPU the sparse decode runs the simple rung (kernels/mla/mla_decode.cu:
- * per-token gathers, so any page size); DINF_MLA_KERNEL=fast or seesaw is
- * UNSUPPORTED there, with the reason.
+ * On the GPU (any page size: the slots are gathered per token) an FP8 cache
+ * runs the fast rung (kernels/mla/mla_decode_fast.cu: its producer gathers
+ * the listed 656-byte entries with 16-byte loads, after asking for them in L2
+ * DINF_MLA_FP8_PREFETCH blocks ahead, and dequantizes them into the same
+ * shared-memory ring; the consumers mask skipped slots), a BF16 cache the
+ * simple rung (kernels/mla/mla_decode.cu). DINF_MLA_KERNEL=simple forces the
+ * simple rung; fast with a BF16 cache, and seesaw, are UNSUPPORTED with the
+ * reason.
  */
 
 /*

@@ -222,13 +222,114 @@ __device__ __forceinline__ void prefetch_fp8_block(const dinf__mla_params &param
         ptx::bulk_prefetch_l2(src, f.bytes);
 }
 
+/* Sparse (FP8 cache): the block's listed entries into stage s, as
+ * load_fp8_page does a page: key j0 + r of the request is slot bt[j0 + r]
+ * of its indices row bt (dinf__mla_key_loc); rows r >= n and skipped slots
+ * (< 0) are zeros with mask[s][r] = 1 (their scores are masked, their V
+ * rows add nothing); a slot past the cache reads nothing and sets the
+ * stage's bad flag (the request gets NaN; the consumers clear the flag
+ * once both warpgroups have read it, before they release the stage). */
+template <int kBatch>
+__device__ __forceinline__ void load_fp8_sparse(const dinf__mla_params &p, const cta_ctx &c, int s,
+                                                const int32_t *bt, int32_t j0, int32_t n, int t) {
+    constexpr int kPerRow = DINF_MLA_FAST_FP8_CHUNKS;
+    constexpr int kItems = kBN * kPerRow / kWgThreads;
+    static_assert(kBN * kPerRow % kWgThreads == 0 && kItems % kBatch == 0, "FP8 page items");
+    uint8_t *tile = c.k_tile(s);
+    uint8_t *mask = c.smem + c.lay.mask + s * kBN;
+    const uint8_t *cache =
+        static_cast<const uint8_t *>(p.k_cache) + int64_t(c.hk) * DINF_MLA_FP8_ENTRY_BYTES;
+    int bad = 0;
+#pragma unroll 1
+    for (int b0 = 0; b0 < kItems; b0 += kBatch) {
+        uint4 raw[kBatch];
+        float scale[kBatch];
+#pragma unroll
+        for (int j = 0; j < kBatch; j++) {
+            const int i = t + kWgThreads * (b0 + j);
+            const int r = i / kPerRow, ch = i % kPerRow;
+            raw[j] = make_uint4(0, 0, 0, 0);
+            scale[j] = 0.0f;
+            int64_t page = 0;
+            int32_t row = 0;
+            const int loc = r < n ? dinf__mla_key_loc(&p, bt, j0 + r, &page, &row) : 1;
+            bad |= loc < 0;
+            if (ch == 0)
+                mask[r] = uint8_t(loc != 0);
+            if (loc == 0) {
+                const uint8_t *entry = cache + page * p.kv_block_stride + int64_t(row) * p.kv_token_stride;
+                if (ch < kDv / 16) {
+                    raw[j] = __ldg(reinterpret_cast<const uint4 *>(entry) + ch);
+                    scale[j] = __ldg(reinterpret_cast<const float *>(entry + DINF_MLA_FP8_SCALE_OFFSET) +
+                                     ch / 8);
+                } else {
+                    raw[j] = __ldg(reinterpret_cast<const uint4 *>(entry + DINF_MLA_FP8_ROPE_OFFSET) +
+                                   (ch - kDv / 16));
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < kBatch; j++) {
+            const int i = t + kWgThreads * (b0 + j);
+            const int r = i / kPerRow, ch = i % kPerRow;
+            if (ch < kDv / 16) { /* channels [16 ch, 16 ch + 16): e4m3 * scale, rounded to bf16 */
+                const uint32_t w[4] = {raw[j].x, raw[j].y, raw[j].z, raw[j].w};
+                uint32_t packed[8];
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    float lo, hi;
+                    ptx::e4m3x2_to_f32x2(uint16_t(w[k / 2] >> (16 * (k % 2))), lo, hi);
+                    packed[k] = ptx::pack_bf16x2(lo * scale[j], hi * scale[j]);
+                }
+                *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, 16 * ch)) =
+                    make_uint4(packed[0], packed[1], packed[2], packed[3]);
+                *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, 16 * ch + 8)) =
+                    make_uint4(packed[4], packed[5], packed[6], packed[7]);
+            } else { /* RoPE: bf16 as stored */
+                *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, kDv + 8 * (ch - kDv / 16))) =
+                    raw[j];
+            }
+        }
+    }
+    if (bad)
+        *c.bad_flag(s) = 1;
+}
+
+/* Sparse: the L2 prefetch of row t (< 64) of the block `ahead` blocks after
+ * block blk in the CTA's ring order: its listed entry (656 bytes of this
+ * CTA's KV head), if the slot is in the cache. One entry per producer
+ * thread t < 64 (the slots are scattered: no page to fetch whole). Exactly
+ * the bytes load_fp8_sparse will read. The params through an opaque copy
+ * of their address, as prefetch_fp8_block. */
+__device__ __forceinline__ void prefetch_fp8_sparse_row(const dinf__mla_params &params,
+                                                        const cta_ctx &c, int32_t req,
+                                                        const dinf__mla_piece &pc, int32_t blk,
+                                                        int32_t ahead, int t) {
+    const dinf__mla_params *p = &params;
+    asm volatile("" : "+l"(p));
+    int32_t r, b, keys;
+    if (!dinf__mla_fast_block_ahead(p, c.meta, c.first, c.last, req, blk, pc.blk_end, pc.s_k,
+                                    ahead, &r, &b, &keys) ||
+        t >= keys)
+        return;
+    int64_t page;
+    int32_t row;
+    if (dinf__mla_key_loc(p, p->block_table + int64_t(r) * p->max_blocks, b * kBN + t, &page,
+                          &row) != 0)
+        return;
+    ptx::bulk_prefetch_l2(static_cast<const uint8_t *>(p->k_cache) + page * p->kv_block_stride +
+                              int64_t(row) * p->kv_token_stride +
+                              int64_t(c.hk) * DINF_MLA_FP8_ENTRY_BYTES,
+                          DINF_MLA_FP8_ENTRY_BYTES);
+}
+
 /* Block blk of request req (piece pc, block table row bt) into stage it % 2,
  * once the consumers released it: BF16, thread 0 issues the nine TMA boxes;
  * FP8, first the L2 prefetch of the block p.fp8_prefetch blocks ahead (of
  * blocks 0 .. p.fp8_prefetch at the CTA's first fill), then the 128 threads
  * dequantize the page. A page outside [0, num_blocks) flags the stage bad
  * and page 0 is read instead. */
-template <bool kFp8, int kBatch>
+template <bool kFp8, int kBatch, bool kSparse>
 __device__ __forceinline__ void fill_stage(const dinf__mla_params &p, const jit::tensor_map_t *kmap,
                                            const cta_ctx &c, int32_t req,
                                            const dinf__mla_piece &pc, const int32_t *bt,
@@ -248,6 +349,14 @@ __device__ __forceinline__ void fill_stage(const dinf__mla_params &p, const jit:
         for (int box = 0; box < DINF_MLA_FAST_BOXES; box++)
             ptx::tma_load_4d(c.k_tile(s) + box * DINF_MLA_FAST_BOX_BYTES, kmap, c.full(s),
                              box * DINF_MLA_FAST_BOX_COLS, 0, c.hk, page);
+    } else if (kSparse) {
+        if (t < kBN && p.fp8_prefetch > 0) /* before the wait: the stage is not touched */
+            for (int32_t a = it == 0 ? 0 : p.fp8_prefetch; a <= p.fp8_prefetch; a++)
+                prefetch_fp8_sparse_row(p, c, req, pc, blk, a, t);
+        mbar_wait_bounded(c.empty(s), dinf__mla_fast_empty_parity(it));
+        load_fp8_sparse<kBatch>(p, c, s, bt, blk * kBN, dinf__mla_fast_block_keys(s_k, blk), t);
+        ptx::fence_proxy_async_shared();
+        jit::mbar_arrive(c.full(s));
     } else {
         if (t == 0 && p.fp8_prefetch > 0) /* before the wait: the stage is not touched */
             for (int32_t a = it == 0 ? 0 : p.fp8_prefetch; a <= p.fp8_prefetch; a++)
@@ -267,24 +376,24 @@ __device__ __forceinline__ void fill_stage(const dinf__mla_params &p, const jit:
  * release of block it - 2, a block of an earlier request: no cycle), then
  * the Q tile once the consumers are done with the previous one, then the
  * other blocks. The ring's order is the consumers' order. */
-template <bool kFp8, int kBatch>
+template <bool kFp8, int kBatch, bool kSparse>
 __device__ __forceinline__ void produce(const dinf__mla_params &p, const jit::tensor_map_t *kmap,
                                         const cta_ctx &c) {
     const int t = int(threadIdx.x) - DINF_MLA_FAST_PRODUCER_WG * kWgThreads;
     int64_t it = 0, rq = 0;
     for (int32_t req = c.first; req <= c.last; req++, rq++) {
         const dinf__mla_piece pc =
-            dinf__mla_fast_piece(&p, c.meta, req, p.seqlens[req], c.first, c.last);
+            dinf__mla_fast_piece(&p, c.meta, req, dinf__mla_req_keys(&p, req), c.first, c.last);
         const int32_t *bt = p.block_table + int64_t(req) * p.max_blocks;
         int32_t blk = pc.blk_begin;
         if (blk < pc.blk_end)
-            fill_stage<kFp8, kBatch>(p, kmap, c, req, pc, bt, blk++, it++, t);
+            fill_stage<kFp8, kBatch, kSparse>(p, kmap, c, req, pc, bt, blk++, it++, t);
         mbar_wait_bounded(c.bar(c.lay.q_empty), dinf__mla_fast_q_empty_parity(rq));
         load_q(p, c, req, t);
         ptx::fence_proxy_async_shared();
         jit::mbar_arrive(c.bar(c.lay.q_full));
         for (; blk < pc.blk_end; blk++, it++)
-            fill_stage<kFp8, kBatch>(p, kmap, c, req, pc, bt, blk, it, t);
+            fill_stage<kFp8, kBatch, kSparse>(p, kmap, c, req, pc, bt, blk, it, t);
     }
     ptx::griddep_launch_dependents();
     /* Drain: the waits the next two fills and the next Q load would make,
@@ -383,7 +492,7 @@ __device__ __forceinline__ void finish_request(const dinf__mla_params &p, const 
                 *reinterpret_cast<uint32_t *>(dst + 8 * nt) =
                     ptx::pack_bf16x2(o[4 * nt + 2 * i] * e.inv, o[4 * nt + 2 * i + 1] * e.inv);
             if (wg == 0 && t % 4 == 0)
-                p.lse[(int64_t(req) * p.h_q + h) * p.s_q + tq] = e.lse;
+                p.lse[dinf__mla_lse_index(&p, req, h, tq)] = e.lse;
         } else {
             const int64_t wrow = (pc.split_row * p.h_kv + c.hk) * p.q_rows + qr;
             float *dst = p.o_acc + wrow * kDv + col0;
@@ -397,7 +506,7 @@ __device__ __forceinline__ void finish_request(const dinf__mla_params &p, const 
     }
 }
 
-template <bool kFp8>
+template <bool kFp8, bool kSparse>
 __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx &c) {
     const int wg = int(threadIdx.x) / kWgThreads; /* 0 or 1 */
     const int t = int(threadIdx.x) % kWgThreads;
@@ -409,7 +518,7 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
     uint32_t hung = 0;
     for (int32_t req = c.first; req <= c.last; req++, rq++) {
         const dinf__mla_piece pc =
-            dinf__mla_fast_piece(&p, c.meta, req, p.seqlens[req], c.first, c.last);
+            dinf__mla_fast_piece(&p, c.meta, req, dinf__mla_req_keys(&p, req), c.first, c.last);
         int bad = pc.bad;
         int32_t limit[2];
         row_limits(p, c, pc, rows, limit);
@@ -444,13 +553,24 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
             ptx::wgmma_wait<0>();
             fence_acc(sacc);
 
+            /* sparse: this WG's 32 keys' skipped-slot flags as one word, bit k
+             * for key 32 wg + k (lane k of each warp reads one flag), shifted
+             * so that bit 8 (v / 4) + v % 2 is this thread's value v */
+            uint32_t skipped = 0;
+            if (kSparse)
+                skipped = __ballot_sync(0xffffffffu, c.smem[c.lay.mask + s * kBN +
+                                                             wg * DINF_MLA_FAST_KEYS_PER_WG +
+                                                             t % 32] != 0) >>
+                          (2 * (t % 4));
             /* scale, mask, this WG's row maxima, then both WGs' */
             float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
             for (int v = 0; v < 16; v++) {
                 const int i = (v / 2) % 2;
                 const int32_t key = j0 + wg * DINF_MLA_FAST_KEYS_PER_WG + dinf__mla_fast_acc_col(t, v);
-                const float x = key < limit[i] ? sacc[v] * p.scale_log2 : -INFINITY;
+                /* sparse: a skipped slot's score is masked like a key past the limit */
+                const bool live = key < limit[i] && !(kSparse && ((skipped >> (8 * (v / 4) + v % 2)) & 1u));
+                const float x = live ? sacc[v] * p.scale_log2 : -INFINITY;
                 sacc[v] = x;
                 mx[i] = fmaxf(mx[i], x);
             }
@@ -463,6 +583,11 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
                     s_max[wg * kBM + rows[i]] = mx[i];
             }
             ptx::named_barrier_sync(DINF_MLA_FAST_BAR_MAX, DINF_MLA_FAST_CONSUMERS);
+            /* sparse: both WGs read the stage's bad flag before this barrier;
+             * clear it for the stage's next fill (the producer sets it only
+             * when a slot is bad, after the release below) */
+            if (kSparse && wg == 0 && t == 0)
+                *c.bad_flag(s) = 0;
 #pragma unroll
             for (int i = 0; i < 2; i++) {
                 const float both = fmaxf(mx[i], s_max[(1 - wg) * kBM + rows[i]]);
@@ -617,7 +742,7 @@ __device__ __forceinline__ void consume_seesaw_wg(const dinf__mla_params &p, con
     uint32_t hung = 0;
     for (int32_t req = c.first; req <= c.last; req++, rq++) {
         const dinf__mla_piece pc =
-            dinf__mla_fast_piece(&p, c.meta, req, p.seqlens[req], c.first, c.last);
+            dinf__mla_fast_piece(&p, c.meta, req, dinf__mla_req_keys(&p, req), c.first, c.last);
         int bad = pc.bad;
         int32_t limit[2];
         row_limits(p, c, pc, rows, limit);
@@ -789,7 +914,7 @@ __device__ __forceinline__ void consume_seesaw(const dinf__mla_params &p, const 
 /* The CTA of either rung: the same carve but for the P tile and scalars
  * (dinf__mla_seesaw_smem_carve), barriers, producer; the consumers of the
  * rung. */
-template <bool kFp8, bool kSeesaw>
+template <bool kFp8, bool kSeesaw, bool kSparse>
 __device__ __forceinline__ void fast_cta(const dinf__mla_params &p, const jit::tensor_map_t &kmap) {
 #if DINF_MLA_FAST_DEVICE_CODE
     extern __shared__ __align__(1024) uint8_t smem_raw[];
@@ -816,6 +941,10 @@ __device__ __forceinline__ void fast_cta(const dinf__mla_params &p, const jit::t
         jit::mbar_init(c.bar(c.lay.q_full), kWgThreads);
         jit::mbar_init(c.bar(c.lay.q_empty), DINF_MLA_FAST_CONSUMERS);
         jit::mbar_init_fence();
+        if (kSparse) { /* the sparse producer only ever sets the flags (load_fp8_sparse) */
+            *c.bad_flag(0) = 0;
+            *c.bad_flag(1) = 0;
+        }
     }
     if (!kFp8 && threadIdx.x == DINF_MLA_FAST_PRODUCER_WG * kWgThreads)
         jit::tma_prefetch_descriptor(&kmap);
@@ -823,13 +952,14 @@ __device__ __forceinline__ void fast_cta(const dinf__mla_params &p, const jit::t
 
     if (int(threadIdx.x) / kWgThreads == DINF_MLA_FAST_PRODUCER_WG) {
         ptx::setmaxnreg_dec<kSeesaw ? DINF_MLA_SEESAW_PRODUCER_REGS : DINF_MLA_FAST_PRODUCER_REGS>();
-        produce<kFp8, kSeesaw ? DINF_MLA_SEESAW_FP8_BATCH : DINF_MLA_FAST_FP8_BATCH>(p, &kmap, c);
+        produce<kFp8, kSeesaw ? DINF_MLA_SEESAW_FP8_BATCH : DINF_MLA_FAST_FP8_BATCH, kSparse>(
+            p, &kmap, c);
     } else {
         ptx::setmaxnreg_inc<kSeesaw ? DINF_MLA_SEESAW_CONSUMER_REGS : DINF_MLA_FAST_CONSUMER_REGS>();
         if (kSeesaw)
             consume_seesaw(p, c);
         else
-            consume<kFp8>(p, c);
+            consume<kFp8, kSparse>(p, c);
     }
 #else
     /* wgmma and setmaxnreg exist only on sm_90a: the portable compute_90 PTX
@@ -843,7 +973,16 @@ template <bool kFp8>
 __global__ void __launch_bounds__(DINF_MLA_FAST_THREADS, 1)
     mla_decode_fast_kernel(const __grid_constant__ dinf__mla_params p,
                            const __grid_constant__ jit::tensor_map_t kmap) {
-    fast_cta<kFp8, false>(p, kmap);
+    fast_cta<kFp8, false, false>(p, kmap);
+}
+
+/* The fast rung on a sparse decode (FP8 cache): the same CTA, the producer
+ * gathering the listed entries (load_fp8_sparse), the consumers masking
+ * skipped slots. */
+__global__ void __launch_bounds__(DINF_MLA_FAST_THREADS, 1)
+    mla_decode_fast_sparse_kernel(const __grid_constant__ dinf__mla_params p,
+                                  const __grid_constant__ jit::tensor_map_t kmap) {
+    fast_cta<true, false, true>(p, kmap);
 }
 
 /* The seesaw rung (DINF_MLA_KERNEL=seesaw): the same CTA with the seesaw consumers. */
@@ -851,7 +990,7 @@ template <bool kFp8>
 __global__ void __launch_bounds__(DINF_MLA_FAST_THREADS, 1)
     mla_decode_seesaw_kernel(const __grid_constant__ dinf__mla_params p,
                              const __grid_constant__ jit::tensor_map_t kmap) {
-    fast_cta<kFp8, true>(p, kmap);
+    fast_cta<kFp8, true, false>(p, kmap);
 }
 
 /* ------------------------------------------------------------- launcher -- */
@@ -935,6 +1074,11 @@ extern "C" dinf_status dinf__mla_decode_fast_cuda(const char *func, const dinf__
     if (p->h_kv > 65535)
         return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
                           "num_heads_kv=%d exceeds the GPU grid limit 65535", (int)p->h_kv);
+    const int sparse = p->sparse_s_q > 0;
+    if (sparse && (seesaw || !p->kv_fp8))
+        return dinf__fail(DINF_STATUS_INTERNAL, func,
+                          "a sparse decode reached the %s rung with a %s cache",
+                          seesaw ? "seesaw" : "fast", p->kv_fp8 ? "FP8" : "BF16");
     jit::tensor_map_t kmap;
     memset(&kmap, 0, sizeof kmap);
     if (!p->kv_fp8 && (st = encode_kv_map(func, p, &kmap)) != DINF_STATUS_OK)
@@ -944,8 +1088,9 @@ extern "C" dinf_status dinf__mla_decode_fast_cuda(const char *func, const dinf__
     cudaStream_t stream = reinterpret_cast<cudaStream_t>(place->stream);
     const dim3 grid(unsigned(int64_t(p->m_blocks) * p->parts), unsigned(p->h_kv));
     void (*kernel)(dinf__mla_params, jit::tensor_map_t) =
-        p->kv_fp8 ? (seesaw ? mla_decode_seesaw_kernel<true> : mla_decode_fast_kernel<true>)
-                  : (seesaw ? mla_decode_seesaw_kernel<false> : mla_decode_fast_kernel<false>);
+        sparse ? mla_decode_fast_sparse_kernel
+        : p->kv_fp8 ? (seesaw ? mla_decode_seesaw_kernel<true> : mla_decode_fast_kernel<true>)
+                    : (seesaw ? mla_decode_seesaw_kernel<false> : mla_decode_fast_kernel<false>);
     cudaError_t err =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes));
     if (err == cudaSuccess)

@@ -97,6 +97,7 @@
  *   max     float [2 WGs][64 rows]: block row maxima               512
  *   lsum    float [2 request parities][2 WGs][64 rows]           1,024
  *   bad     int32 [2 stages]: the stage's page was out of range     16
+ *   mask    uint8 [2 stages][64 keys]: a skipped sparse slot       128
  *   full[s], empty[s], q_full, q_empty: mbarriers (8 B each)        48
  * bytes = end + 1024 (the launcher's slack for aligning the base).
  */
@@ -104,13 +105,15 @@ typedef struct dinf__mla_fast_smem {
     uint32_t q, k0, k1, p, max, lsum, bad, full0, full1, empty0, empty1, q_full, q_empty, end;
     uint32_t bytes;
     uint32_t sc; /* seesaw carve only: float [4][64] alpha0, alpha1, m0, m1 (fast carve: = max) */
+    uint32_t mask; /* uint8 [2][64]: key j of stage s is a skipped sparse slot (sparse kernel) */
 } dinf__mla_fast_smem;
 
 /* Both carves end alike: after lsum, the bad flags, the mbarriers, the end
  * and the byte count with the alignment slack. */
 DINF_HD void dinf__mla_fast_carve_tail(dinf__mla_fast_smem *s) {
     s->bad = s->lsum + 2 * 2 * DINF_MLA_BLOCK_M * 4;
-    s->full0 = s->bad + 16;
+    s->mask = s->bad + 16;
+    s->full0 = s->mask + DINF_MLA_FAST_STAGES * DINF_MLA_BLOCK_N;
     s->full1 = s->full0 + 8;
     s->empty0 = s->full1 + 8;
     s->empty1 = s->empty0 + 8;
@@ -146,7 +149,7 @@ DINF_HD dinf__mla_fast_smem dinf__mla_fast_smem_carve(void) {
  *   q, k[s]   as the fast carve                                3 x 73,728
  *   sc        float [4][64]: alpha0, alpha1, m0, m1 of the step      1,024
  *   lsum      float [2 request parities][2 WGs][64 rows]            1,024
- *   bad, full[s], empty[s], q_full, q_empty                          64
+ *   bad, mask, full[s], empty[s], q_full, q_empty                   192
  * p = max = sc (no P tile of its own). tests/mla/test_mla_fast.c checks the
  * carve and (in the protocol model) that no P_i is written before S_i's read of
  * box 8 or read after the stage's refill.
@@ -272,8 +275,9 @@ DINF_HD uint32_t dinf__mla_fast_stage_tx_bytes(void) {
  * blk_end) clamped to the request's blocks, the workspace row (-1: write
  * out/lse), and bad = 1 (NaN for the request, no block read) when the length
  * is negative or beyond the block table or the split row is outside the
- * workspace. The producer and the consumers call this with the same values
- * and so walk the same blocks.
+ * workspace (a sparse request: a length outside [0, topk]). The producer
+ * and the consumers call this with the same values (s_k =
+ * dinf__mla_req_keys) and so walk the same blocks.
  */
 typedef struct dinf__mla_piece {
     int32_t s_k, blk_begin, blk_end, bad;
@@ -315,7 +319,7 @@ DINF_HD dinf__mla_piece dinf__mla_fast_piece(const dinf__mla_params *p, const in
     const int row_bad =
         split && (pc.split_row < 0 || (pc.split_row + 1) * p->h_kv * p->q_rows > max_rows);
     pc.s_k = s_k;
-    pc.bad = s_k < 0 || (int64_t)s_k > p->max_blocks * p->page || row_bad;
+    pc.bad = dinf__mla_req_keys_bad(p, s_k) || row_bad;
     pc.dest = !split ? 0 : row_bad ? -1 : 1;
     pc.blk_begin = b0;
     pc.blk_end = pc.bad || b1 < b0 ? b0 : b1;
@@ -392,7 +396,8 @@ DINF_HD int dinf__mla_fast_block_ahead(const dinf__mla_params *p, const int32_t 
         if (req >= last || ++hops > DINF_MLA_FP8_PREFETCH_HOPS)
             return 0;
         req++;
-        const dinf__mla_piece pc = dinf__mla_fast_piece(p, meta, req, p->seqlens[req], first, last);
+        const dinf__mla_piece pc =
+            dinf__mla_fast_piece(p, meta, req, dinf__mla_req_keys(p, req), first, last);
         b = pc.blk_begin + (b - blk_end);
         blk_end = pc.blk_end;
         s_k = pc.s_k;
@@ -570,7 +575,8 @@ enum { DINF__MLA_RUNG_SIMPLE = 0, DINF__MLA_RUNG_FAST = 1, DINF__MLA_RUNG_SEESAW
 
 /*
  * Why the fast rung cannot take a decode (NULL: it can). Its constraints:
- * a dense decode (a sparse one gathers per token: the simple rung),
+ * a sparse decode only with the FP8 cache (its producer gathers the
+ * listed entries with 16-byte loads: any page size), else
  * page_block_size 64 (one TMA box row range and one FP8 block per page),
  * and for the BF16 cache the tensor map over the paged cache (4-D: 576
  * dims, 64 tokens, h_kv heads, num_blocks pages; strides kv_token_stride,
@@ -583,8 +589,11 @@ static inline const char *dinf__mla_fast_unsupported(int kv_fp8, int32_t page,
                                                      int64_t kv_token_stride, int64_t num_blocks,
                                                      int32_t h_kv, int sparse, char *buf,
                                                      size_t n) {
-    if (sparse) {
-        snprintf(buf, n, "a sparse decode (indices) runs on the simple rung only");
+    if (sparse) { /* per-token gathers: any page size, no tensor map */
+        if (kv_fp8)
+            return NULL;
+        snprintf(buf, n, "a sparse decode on the fast rung needs the FP8 cache (a BF16 sparse "
+                         "decode runs on the simple rung)");
         return buf;
     }
     if (page != DINF_MLA_FAST_PAGE) {
@@ -658,6 +667,11 @@ static inline int dinf__mla_choose_rung(const char *env, int kv_fp8, int32_t pag
     if (!strcmp(env, "simple")) {
         *rung = DINF__MLA_RUNG_SIMPLE;
         return 0;
+    }
+    if (!strcmp(env, "seesaw") && sparse) {
+        snprintf(msg, n, "DINF_MLA_KERNEL=seesaw, but the seesaw rung takes dense decodes only "
+                         "(a sparse decode runs on the fast rung with the FP8 cache, else simple)");
+        return -2;
     }
     if (!strcmp(env, "fast") || !strcmp(env, "seesaw")) {
         if (no) {

@@ -217,7 +217,9 @@ typedef struct dinf__mla_params {
 DINF_HD int32_t dinf__mla_req_keys(const dinf__mla_params *p, int64_t req) {
     if (p->sparse_s_q <= 0)
         return p->seqlens[req];
-    return p->topk_length ? p->topk_length[req / p->sparse_s_q] : p->topk;
+    /* 32-bit division (requests < DINF_MLA_MAX_BATCH): a 64-bit one is a
+     * subroutine call on the GPU */
+    return p->topk_length ? p->topk_length[(int32_t)req / p->sparse_s_q] : p->topk;
 }
 
 /* A key count the request cannot have: negative, past the block table's
@@ -233,8 +235,8 @@ DINF_HD int dinf__mla_req_keys_bad(const dinf__mla_params *p, int32_t keys) {
 DINF_HD int64_t dinf__mla_lse_index(const dinf__mla_params *p, int64_t req, int32_t h,
                                     int32_t tq) {
     if (p->sparse_s_q > 0) {
-        const int64_t b = req / p->sparse_s_q, t = req % p->sparse_s_q;
-        return (b * p->h_q + h) * p->sparse_s_q + t;
+        const int32_t b = (int32_t)req / p->sparse_s_q, t = (int32_t)req % p->sparse_s_q;
+        return ((int64_t)b * p->h_q + h) * p->sparse_s_q + t;
     }
     return (req * p->h_q + h) * p->s_q + tq;
 }

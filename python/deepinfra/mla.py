@@ -50,7 +50,8 @@ GPU: when the arrays are torch CUDA tensors (or objects with
 ``__cuda_array_interface__``, viewed through torch), the calls run the
 sm_90a kernels on torch's current stream of that device, asynchronously;
 outputs and the workspace are torch tensors on the same device (the sparse
-decode runs the simple rung there, see mla.h).
+decode runs the fast rung with an FP8 cache, the simple rung with BF16; see
+mla.h).
 """
 
 from __future__ import annotations

@@ -44,7 +44,8 @@ Test(mla_fast_hd, shared_memory_carve) {
     cr_assert_eq(s.max - s.p, (uint32_t)DINF_MLA_FAST_BOX_BYTES);
     cr_assert_eq(s.lsum - s.max, 2u * 64 * 4);
     cr_assert_eq(s.bad - s.lsum, 2u * 2 * 64 * 4);
-    cr_assert_geq(s.full0 - s.bad, 2u * 4);
+    cr_assert_geq(s.mask - s.bad, 2u * 4, "the two stages' bad flags");
+    cr_assert_geq(s.full0 - s.mask, 2u * 64, "the two stages' 64 sparse-slot flags");
     const uint32_t bars[6] = {s.full0, s.full1, s.empty0, s.empty1, s.q_full, s.q_empty};
     for (int i = 0; i < 6; i++) {
         cr_assert_eq(bars[i] % 8, 0u, "mbarrier %d at %u", i, bars[i]);
@@ -368,7 +369,8 @@ Test(mla_fast_hd, seesaw_shared_memory_carve) {
     cr_assert_eq(s.sc, s.k1 + DINF_MLA_FAST_TILE_BYTES);
     cr_assert_eq(s.lsum - s.sc, 4u * 64 * 4);
     cr_assert_eq(s.bad - s.lsum, 2u * 2 * 64 * 4);
-    cr_assert_geq(s.full0 - s.bad, 2u * 4);
+    cr_assert_geq(s.mask - s.bad, 2u * 4);
+    cr_assert_geq(s.full0 - s.mask, 2u * 64);
     const uint32_t bars[6] = {s.full0, s.full1, s.empty0, s.empty1, s.q_full, s.q_empty};
     for (int i = 0; i < 6; i++) {
         cr_assert_eq(bars[i] % 8, 0u);
@@ -379,7 +381,7 @@ Test(mla_fast_hd, seesaw_shared_memory_carve) {
     cr_assert_eq(s.bytes, s.end + 1024u);
     cr_assert_leq(s.bytes, (uint32_t)DINF_MLA_FAST_SMEM_LIMIT);
     cr_assert_lt(s.bytes, f.bytes, "the seesaw carve has no P tile of its own");
-    cr_assert_eq(s.bytes, 224320u, "kernels/mla/NOTES.md quotes this size");
+    cr_assert_eq(s.bytes, 224448u, "kernels/mla/NOTES.md quotes this size");
     /* registers: the seesaw kernel enters with the same 168 (launch bounds 384, 1) */
     cr_assert_leq(DINF_MLA_SEESAW_PRODUCER_REGS * 128 + DINF_MLA_SEESAW_CONSUMER_REGS * 256, 65536);
     cr_assert_eq((DINF_MLA_SEESAW_CONSUMER_REGS - 168) * 256, (168 - DINF_MLA_SEESAW_PRODUCER_REGS) * 128,
@@ -819,6 +821,60 @@ Test(mla_fast_hd, pieces_guard_bad_device_values) {
     cr_assert_eq(dinf__mla_fast_block_keys(128, 1), 64);
 }
 
+/* A sparse request (mla_hd.h): its key count is topk_length[b] (or topk), bad
+ * outside [0, topk] whatever the table's size; slots map through the page
+ * size, negative ones are skipped, ones past the cache are bad; lse lands at
+ * [b][h][t]. */
+Test(mla_fast_hd, sparse_requests_keys_slots_and_lse) {
+    int32_t tl[2] = {100, 7}, splits[5], meta[8 * 3];
+    cr_assert_eq(dinf_mla_get_sparse_metadata(tl, 2, 2, 120, 3, meta, splits, NULL), DINF_STATUS_OK);
+    dinf__mla_params p;
+    memset(&p, 0, sizeof p);
+    p.batch = 4, p.parts = 3, p.h_kv = 1, p.h_q = 16, p.q_rows = 16, p.s_q = 1, p.page = 7;
+    p.num_blocks = 10, p.max_blocks = 120, p.topk = 120, p.sparse_s_q = 2, p.topk_length = tl;
+    p.num_splits = splits;
+    cr_assert_eq(dinf__mla_req_keys(&p, 0), 100);
+    cr_assert_eq(dinf__mla_req_keys(&p, 1), 100, "request 1 is (b 0, t 1)");
+    cr_assert_eq(dinf__mla_req_keys(&p, 3), 7);
+    p.topk_length = NULL;
+    cr_assert_eq(dinf__mla_req_keys(&p, 3), 120);
+    cr_assert(!dinf__mla_req_keys_bad(&p, 120) && dinf__mla_req_keys_bad(&p, 121) &&
+              dinf__mla_req_keys_bad(&p, -1) && !dinf__mla_req_keys_bad(&p, 0));
+    /* the dense rule would allow max_blocks * page = 840 keys: the sparse one stops at topk */
+    dinf__mla_piece pc = dinf__mla_fast_piece(&p, meta, 0, 121, 0, 0);
+    cr_assert_eq(pc.bad, 1);
+    cr_assert_eq(pc.blk_end, pc.blk_begin);
+    pc = dinf__mla_fast_piece(&p, meta, 0, 120, 0, 0);
+    cr_assert_eq(pc.bad, 0);
+    /* slots: page 7, 10 pages = 70 slots */
+    const int32_t row_of_slots[4] = {0, 69, -1, 70};
+    int64_t page = -1;
+    int32_t row = -1;
+    cr_assert_eq(dinf__mla_key_loc(&p, row_of_slots, 0, &page, &row), 0);
+    cr_assert(page == 0 && row == 0);
+    cr_assert_eq(dinf__mla_key_loc(&p, row_of_slots, 1, &page, &row), 0);
+    cr_assert(page == 9 && row == 6, "slot 69 = page 9 row 6, got %lld %d", (long long)page, row);
+    cr_assert_eq(dinf__mla_key_loc(&p, row_of_slots, 2, &page, &row), 1, "a skipped slot");
+    cr_assert_eq(dinf__mla_key_loc(&p, row_of_slots, 3, &page, &row), -1, "past the cache");
+    const int32_t huge[1] = {2147483647};
+    cr_assert_eq(dinf__mla_key_loc(&p, huge, 0, &page, &row), -1);
+    /* lse [b][h_q][s_q]: request 3 = (b 1, t 1), head 5 */
+    cr_assert_eq(dinf__mla_lse_index(&p, 3, 5, 0), (1 * 16 + 5) * 2 + 1);
+    cr_assert_eq(dinf__mla_lse_index(&p, 0, 15, 0), 15 * 2);
+    /* the dense forms are unchanged */
+    p.sparse_s_q = 0, p.s_q = 3, p.page = 64, p.max_blocks = 4;
+    int32_t lens[1] = {256};
+    p.seqlens = lens;
+    cr_assert_eq(dinf__mla_req_keys(&p, 0), 256);
+    cr_assert(!dinf__mla_req_keys_bad(&p, 256) && dinf__mla_req_keys_bad(&p, 257));
+    cr_assert_eq(dinf__mla_lse_index(&p, 2, 5, 1), (2 * 16 + 5) * 3 + 1);
+    const int32_t bt[4] = {3, 9, -1, 10};
+    cr_assert_eq(dinf__mla_key_loc(&p, bt, 70, &page, &row), 0);
+    cr_assert(page == 9 && row == 6);
+    cr_assert_eq(dinf__mla_key_loc(&p, bt, 130, &page, &row), -1, "a negative page is bad, not skipped");
+    cr_assert_eq(dinf__mla_key_loc(&p, bt, 200, &page, &row), -1);
+}
+
 /* ------------------------------------------------------ FP8 L2 prefetch -- */
 
 /*
@@ -1124,18 +1180,30 @@ Test(mla_fast_hd, rung_selection) {
     /* auto stays the fast rung (the default is unchanged until a GPU run measures both) */
     cr_assert_eq(dinf__mla_choose_rung("auto", 1, 64, 64 * 656, 656, 100, 1, 0, &rung, msg, sizeof msg), 0);
     cr_assert_eq(rung, DINF__MLA_RUNG_FAST);
-    /* a sparse decode: the simple rung, whatever else holds; forcing a fast one names why */
+    /* a sparse decode: the fast rung with the FP8 cache (any page size: per-token
+     * gathers), the simple rung with BF16; seesaw never */
     for (int fp8 = 0; fp8 < 2; fp8++) {
         const int64_t e = fp8 ? 656 : 576;
         rung = -1;
         cr_assert_eq(dinf__mla_choose_rung(NULL, fp8, 64, 64 * e, e, 100, 1, 1, &rung, msg, sizeof msg), 0);
-        cr_assert_eq(rung, DINF__MLA_RUNG_SIMPLE, "a sparse decode on 64-token pages: simple");
+        cr_assert_eq(rung, fp8 ? DINF__MLA_RUNG_FAST : DINF__MLA_RUNG_SIMPLE, "auto, sparse, fp8=%d", fp8);
+        cr_assert_eq(dinf__mla_choose_rung("auto", fp8, 7, 7 * e, e, 100, 1, 1, &rung, msg, sizeof msg), 0);
+        cr_assert_eq(rung, fp8 ? DINF__MLA_RUNG_FAST : DINF__MLA_RUNG_SIMPLE, "7-token pages too");
         cr_assert_eq(dinf__mla_choose_rung("simple", fp8, 7, 7 * e, e, 100, 1, 1, &rung, msg, sizeof msg), 0);
         cr_assert_eq(rung, DINF__MLA_RUNG_SIMPLE);
-        cr_assert_eq(dinf__mla_choose_rung("fast", fp8, 64, 64 * e, e, 100, 1, 1, &rung, msg, sizeof msg), -2);
-        cr_assert_str_eq(msg, "DINF_MLA_KERNEL=fast, but the fast rung cannot take this decode: "
-                              "a sparse decode (indices) runs on the simple rung only");
+        const int rc = dinf__mla_choose_rung("fast", fp8, 64, 64 * e, e, 100, 1, 1, &rung, msg, sizeof msg);
+        if (fp8) {
+            cr_assert_eq(rc, 0);
+            cr_assert_eq(rung, DINF__MLA_RUNG_FAST);
+        } else {
+            cr_assert_eq(rc, -2);
+            cr_assert_str_eq(msg, "DINF_MLA_KERNEL=fast, but the fast rung cannot take this decode: "
+                                  "a sparse decode on the fast rung needs the FP8 cache (a BF16 sparse "
+                                  "decode runs on the simple rung)");
+        }
         cr_assert_eq(dinf__mla_choose_rung("seesaw", fp8, 64, 64 * e, e, 100, 1, 1, &rung, msg, sizeof msg), -2);
+        cr_assert_str_eq(msg, "DINF_MLA_KERNEL=seesaw, but the seesaw rung takes dense decodes only (a "
+                              "sparse decode runs on the fast rung with the FP8 cache, else simple)");
         cr_assert_eq(dinf__mla_choose_rung("bogus", fp8, 64, 64 * e, e, 100, 1, 1, &rung, msg, sizeof msg), -1);
     }
 }

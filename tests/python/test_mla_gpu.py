@@ -150,8 +150,8 @@ def test_fp8_l2_prefetch_distance_changes_no_bit(monkeypatch, poisoned_empty):
 ])
 def test_sparse_device_tensors_match_the_cpu(b, s_q, h_q, h_kv, topk, page, fp8, varlen,
                                              poisoned_empty):
-    """The sparse decode on torch CUDA tensors (device metadata, the simple
-    rung's per-token gathers) against the numpy CPU path."""
+    """The sparse decode on torch CUDA tensors (device metadata; the simple rung
+    with BF16, the fast rung with FP8) against the numpy CPU path."""
     from test_mla import make_sparse_problem, quantize_all, sparse_call
 
     nb = 16 * -(-max(2 * topk, 32) // (16 * page) + 1)  # num_blocks * page % 16 == 0
@@ -182,8 +182,9 @@ def test_sparse_device_tensors_match_the_cpu(b, s_q, h_q, h_kv, topk, page, fp8,
 
 
 def test_sparse_device_refuses_the_fast_rungs(monkeypatch):
-    """mla.h: the sparse decode runs the simple rung; DINF_MLA_KERNEL=fast or
-    seesaw is UNSUPPORTED with the reason (reaches Python as UnsupportedError)."""
+    """mla.h: a BF16 sparse decode runs the simple rung (DINF_MLA_KERNEL=fast or
+    seesaw is UNSUPPORTED with the reason, reaching Python as UnsupportedError);
+    the seesaw rung refuses every sparse decode."""
     import deepinfra
     from test_mla import make_sparse_problem
 
@@ -191,12 +192,12 @@ def test_sparse_device_refuses_the_fast_rungs(monkeypatch):
     d_meta, d_splits = mla.get_mla_metadata(torch.zeros(2, dtype=torch.int32, device="cuda"),
                                             64, 1, 64, False, 64)
     args = (to_gpu_bf16(q), to_gpu_bf16(cache), None, None, 512, d_meta, d_splits)
-    for rung in ("fast", "seesaw"):
+    reasons = {"fast": "a sparse decode on the fast rung needs the FP8 cache",
+               "seesaw": "the seesaw rung takes dense decodes only"}
+    for rung, reason in reasons.items():
         monkeypatch.setenv("DINF_MLA_KERNEL", rung)
-        with pytest.raises(deepinfra.UnsupportedError,
-                           match="DINF_MLA_KERNEL=%s, but the %s rung cannot take this decode: "
-                                 r"a sparse decode \(indices\) runs on the simple rung only"
-                                 % (rung, rung)):
+        with pytest.raises(deepinfra.UnsupportedError, match="DINF_MLA_KERNEL=%s, but the %s rung "
+                           % (rung, rung) + reason):
             mla.flash_mla_with_kvcache(*args, indices=torch.from_numpy(idx).cuda())
     monkeypatch.setenv("DINF_MLA_KERNEL", "simple")
     out, lse = mla.flash_mla_with_kvcache(*args, indices=torch.from_numpy(idx).cuda())

@@ -99,6 +99,18 @@ static inline int __syncthreads_or(int p) {
 static inline void warp_sync() { emu::block(emu::WARP_OP); }
 /* double-buffered warp exchange: one warp barrier per collective op */
 static inline emu::WarpSlot *warp_slots() { return emu::slots_buf[emu::op_count[threadIdx.x]++ & 1]; }
+/* __ballot_sync with the full mask: bit l = lane l's predicate (every lane takes part) */
+static inline unsigned __ballot_sync(unsigned mask, int pred) {
+    if (mask != 0xffffffffu) { fprintf(stderr, "EMU: __ballot_sync with a partial mask\n"); abort(); }
+    unsigned t = threadIdx.x;
+    emu::WarpSlot *sl = warp_slots();
+    sl[t].v[0] = pred != 0;
+    warp_sync();
+    unsigned r = 0;
+    for (unsigned l = 0; l < 32; l++)
+        r |= (unsigned)sl[(t & ~31u) | l].v[0] << l;
+    return r;
+}
 static inline float __shfl_xor_sync(unsigned, float v, int off) {
     unsigned t = threadIdx.x;
     uint32_t b; memcpy(&b, &v, 4);
