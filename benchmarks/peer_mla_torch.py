@@ -6,7 +6,9 @@ pages through a shuffled block table), computed the plain way: gather the
 pages into a dense [b, s_k, 576] tensor (dequantizing FP8 entries to bf16),
 then Q K^T, softmax in float32 and P V with bf16 matmuls. Timed with CUDA
 events (median of 5 after 2 warm-ups, L2 not flushed, like ours), rates by
-FlashMLA's formulas (flashmla.md 7.1). Writes Google-Benchmark-style JSON
+FlashMLA's formulas (flashmla.md 7.1); then the sparse decode's rows (b 64 and
+128, s_q 2, h_q 128, topk 2048 slots per position over the FP8 cache: gather,
+dequantize, attention). Writes Google-Benchmark-style JSON
 (--out FILE, rewritten after every row, so a run stopped by its time budget
 keeps the rows it finished) that tools/gpu-summary prints beside our rows,
 and prints one line per row.
@@ -115,6 +117,53 @@ def main():
             print("%-44s %10.1f us  %8.2f TFLOP/s  %8.1f GB/s" % (
                 name, t_us, flops / t_us / 1e6, nbytes / t_us / 1e3))
             torch.cuda.empty_cache()
+    # the sparse decode (DeepSeek V3.2, benchmarks/bench_mla.c's mla/gpu/sparse_fp8 rows): per
+    # query position, topk slots spread over the FP8 cache; gather the entries, dequantize,
+    # then attention over the gathered keys
+    topk = 2048
+    for b_sp in (() if a.quick else (64, 128)):
+        s_q, h_q = 2, 128
+        idx = torch.randint(0, num_blocks * PAGE, (b_sp * s_q, topk), device=dev)
+        q = (torch.randn(b_sp * s_q, h_q, DQK, device=dev) / 10).to(torch.bfloat16)
+        flat = kv8.view(num_blocks * PAGE, ENTRY)
+
+        def sparse_decode():
+            k = flat[idx]  # [b s_q, topk, 656]
+            codes = k[..., :DV].view(torch.float8_e4m3fn).float().view(b_sp * s_q, topk, 4, 128)
+            sc = k[..., DV:DV + 16].contiguous().view(torch.float32).view(b_sp * s_q, topk, 4, 1)
+            rope = k[..., DV + 16:].contiguous().view(torch.bfloat16)
+            kd = torch.cat([(codes * sc).view(b_sp * s_q, topk, DV).to(torch.bfloat16), rope], -1)
+            s = torch.bmm(q, kd.transpose(1, 2)).float() * (192 ** -0.5)
+            lse = torch.logsumexp(s, -1)
+            p = torch.softmax(s, -1).to(torch.bfloat16)
+            return torch.bmm(p, kd[..., :DV]), lse
+
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        try:
+            for i in range(7):
+                start.record()
+                sparse_decode()
+                stop.record()
+                stop.synchronize()
+                if i >= 2:
+                    times.append(start.elapsed_time(stop) * 1e3)
+        except torch.cuda.OutOfMemoryError as e:
+            print("peer_mla_torch: out of memory at sparse b=%d: %s" % (b_sp, e), file=sys.stderr)
+            torch.cuda.empty_cache()
+            continue
+        t_us = sorted(times)[len(times) // 2]
+        n = b_sp * s_q * topk
+        flops = 2.0 * h_q * n * (DQK + DV)
+        nbytes = n * ENTRY + b_sp * s_q * h_q * (DQK + DV) * 2.0
+        name = "mla/torch/sparse_fp8/b%d_sq2_hq128_topk%d" % (b_sp, topk)
+        rows.append({"name": name, "real_time": t_us, "time_unit": "us",
+                     "FLOP/s": flops / (t_us * 1e-6), "B/s": nbytes / (t_us * 1e-6),
+                     "label": "peer: PyTorch gather + attention (torch %s)" % torch.__version__})
+        json.dump({"benchmarks": rows}, open(a.out, "w"), indent=1)
+        print("%-44s %10.1f us  %8.2f TFLOP/s  %8.1f GB/s" % (
+            name, t_us, flops / t_us / 1e6, nbytes / t_us / 1e3))
+        torch.cuda.empty_cache()
     json.dump({"benchmarks": rows}, open(a.out, "w"), indent=1)
     return 0
 

@@ -186,7 +186,9 @@ def test_summary_answers_the_ab_questions(tmp_path):
             ("mla/gpu/fp8/b128_sq1_hq64_sk8192/simple", 500.0),
             ("mla/gpu/fp8/b128_sq1_hq64_sk8192/fast", 300.0),
             ("mla/gpu/fp8/b128_sq1_hq64_sk8192/seesaw", 290.0),
-            ("mla/gpu/fp8/b128_sq1_hq64_sk8192/fast_nopf", 330.0)]
+            ("mla/gpu/fp8/b128_sq1_hq64_sk8192/fast_nopf", 330.0),
+            ("mla/gpu/sparse_fp8/b64_sq2_hq128_topk2048/simple", 900.0),
+            ("mla/gpu/sparse_fp8/b64_sq2_hq128_topk2048/fast", 450.0)]
     peer_rows = [("gemm/peer/cublaslt_blockwise/fp8_nt/m64_n2112_k7168", 12.5),
                  ("gemm/peer/cublaslt_per_tensor/fp8_nt/m64_n2112_k7168", 9.5)]
     out = tmp_path / "out"
@@ -201,7 +203,10 @@ def test_summary_answers_the_ab_questions(tmp_path):
                   open(str(out / fname), "w"))
     # the PyTorch peer's file (benchmarks/peer_mla_torch.py)
     json.dump({"benchmarks": [{"name": "mla/torch/fp8/b128_sq1_hq64_sk8192", "real_time": 580.0,
-                               "time_unit": "us"}]}, open(str(out / "peer-mla-torch.json"), "w"))
+                               "time_unit": "us"},
+                              {"name": "mla/torch/sparse_fp8/b64_sq2_hq128_topk2048",
+                               "real_time": 1800.0, "time_unit": "us"}]},
+              open(str(out / "peer-mla-torch.json"), "w"))
     proc = run_summary(out)
     assert proc.returncode == 0, proc.stderr
     ab = proc.stdout[proc.stdout.index("A/B"):]
@@ -218,6 +223,11 @@ def test_summary_answers_the_ab_questions(tmp_path):
             "(ours/peer 1.05x: PEER FASTER)") in ab, ab
     assert ("mla fp8 b128_sq1_hq64_sk8192: ours (fastest rung) 290.0 us, PyTorch 580.0 us "
             "(ours/peer 0.50x)") in ab, ab
+    # the sparse decode: its rungs side by side and against PyTorch; not a goal row
+    assert "mla sparse_fp8 b64_sq2_hq128_topk2048: simple 900.0 us, fast 450.0 us -> fast" in ab, ab
+    assert ("mla sparse_fp8 b64_sq2_hq128_topk2048: ours (fastest rung) 450.0 us, PyTorch "
+            "1800.0 us (ours/peer 0.25x)") in ab, ab
+    assert "goal mla sparse" not in proc.stdout
     # the table's own rows carry the names without Google Benchmark's suffixes
     assert "gemm/gpu/fp8_nt/m64_n2112_k7168 " in proc.stdout and "iterations:" not in proc.stdout
 
