@@ -261,8 +261,9 @@ static void add_cpu(int32_t h_q, int fp8) {
     register_case(c);
 }
 
-/* Random slots of a cache of `slots` tokens: [b][s_q][topk], distinct
- * within a list (a random walk with steps 1..2 * slots / topk). */
+/* Random slots of a cache of `slots` tokens: [b][s_q][topk], a random walk
+ * with steps 1..2 * slots / topk from a random start, modulo slots (so a
+ * list repeats a slot only where the walk wraps). */
 static int32_t *make_indices(int64_t b, int32_t s_q, int32_t topk, int64_t slots, uint64_t *s) {
     const int64_t n = b * s_q * topk;
     int32_t *idx = malloc(sizeof(int32_t) * (size_t)n);

@@ -1,7 +1,9 @@
 /*
  * libdeepinfra mla: FlashMLA-style decode of DeepSeek's multi-head latent
  * attention over a paged KV cache, with split-KV scheduling (FlashMLA v1
- * semantics; the scheduling metadata layout is this library's own, see below).
+ * semantics; the scheduling metadata layout is this library's own, see below),
+ * and its sparse form (FlashMLA's indices API, DeepSeek V3.2: "Sparse
+ * decode" below).
  *
  * MLA decode runs in its "absorbed" form, which is multi-query attention:
  * every cache row holds d_qk = 576 values (512 latent + 64 RoPE key), and V is
@@ -127,7 +129,7 @@ extern "C" {
 #define DINF_MLA_BLOCK_N 64      /* keys per scheduling block (kernel n-block) */
 #define DINF_MLA_METADATA_INTS 8 /* int32 per SM part in tile_scheduler_metadata */
 #define DINF_MLA_FIXED_OVERHEAD_BLOCKS 5 /* scheduler cost of one split, in blocks */
-#define DINF_MLA_MAX_Q_ROWS 8192 /* largest s_q * h_q / h_kv (128 m-blocks) */
+#define DINF_MLA_MAX_Q_ROWS 8192 /* largest s_q * h_q / h_kv (sparse: h_q / h_kv; 128 m-blocks) */
 #define DINF_MLA_MAX_BATCH 1048576
 #define DINF_MLA_MAX_SM_PARTS 65536
 #define DINF_MLA_MAX_TOPK 1048576 /* largest sparse topk */
@@ -397,7 +399,10 @@ DINF_API dinf_status dinf_mla_get_sparse_metadata(const int32_t *topk_length, in
  * out [b][t][h][512] and lse [b][h][t] as the dense decode. On the GPU,
  * where values are not checked on the host, a query position whose list
  * holds a slot at or past num_blocks * page_block_size, or whose request's
- * topk_length is outside [0, topk], gets NaN in out and lse (all its heads).
+ * topk_length is outside [0, topk], gets NaN in out and lse (all its heads);
+ * the plan is trusted as in the dense decode (its indices are clamped, so a
+ * plan made for other topk_length values reads nothing out of bounds but
+ * covers the keys it was made for).
  * Returns as dinf_mla_decode_with_kvcache (an index out of range or a
  * topk_length outside [0, topk] is INVALID_ARGUMENT on the CPU).
  */

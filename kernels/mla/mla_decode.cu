@@ -16,9 +16,11 @@
  * column halves compute the same 16 x 64 score tile (same instructions, same
  * data, so bit-identical running max and sum). Per 64-key block:
  *   - every thread copies 16-byte chunks of the block's keys from their pages
- *     (block_table) into shared memory; keys at or past the request's length
- *     are zero-filled and never read from the cache, so NaN in unused slots
- *     cannot leak; an FP8 entry is dequantized to bf16 on the way
+ *     (block_table; a sparse decode's indices: slot = page * page_block_size +
+ *     row, dinf__mla_key_loc) into shared memory; keys at or past the
+ *     request's length and skipped sparse slots (< 0) are zero-filled and
+ *     never read from the cache, so NaN in unused slots cannot leak (the
+ *     skipped ones are flagged in sMasked and their scores masked); an FP8 entry is dequantized to bf16 on the way
  *     (dinf__mla_fp8_value: the product rounded to nearest even, exact with
  *     power-of-two scales);
  *   - S = Q K^T (36 k-steps of 16), mask keys >= the row's causal limit,
@@ -29,9 +31,10 @@
  * float32 partial and base-2 lse to the workspace; the combine kernel merges.
  *
  * Guards for values in device memory (never checked on the host): a request
- * whose length is negative or exceeds the block table, or whose block table
- * holds a page outside [0, num_blocks), gets NaN in out and lse; plan fields
- * out of range are clamped so nothing is read or written out of bounds.
+ * whose length is negative or exceeds the block table (sparse: topk), or
+ * whose block table holds a page outside [0, num_blocks) (sparse: a slot past
+ * the cache), gets NaN in out and lse; plan fields out of range are clamped
+ * so nothing is read or written out of bounds.
  */
 #include <cuda_runtime_api.h>
 

@@ -645,12 +645,16 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
     /* query rows of one request per KV head (sparse: one query position) */
     const int64_t q_rows = (int64_t)req_s_q * (num_heads_q / num_heads_kv);
     if (q_rows > DINF_MLA_MAX_Q_ROWS)
-        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
-                          "%s%d * %d / %d = %lld exceeds DINF_MLA_MAX_Q_ROWS=%d",
-                          sp ? "num_heads_q / num_heads_kv = 1 * " :
-                               "seq_len_q * num_heads_q / num_heads_kv = ",
-                          (int)req_s_q, (int)num_heads_q, (int)num_heads_kv, (long long)q_rows,
-                          DINF_MLA_MAX_Q_ROWS);
+        return sp ? dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                               "num_heads_q / num_heads_kv = %d / %d = %lld exceeds "
+                               "DINF_MLA_MAX_Q_ROWS=%d (a sparse request has one query position)",
+                               (int)num_heads_q, (int)num_heads_kv, (long long)q_rows,
+                               DINF_MLA_MAX_Q_ROWS)
+                  : dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                               "seq_len_q * num_heads_q / num_heads_kv = %d * %d / %d = %lld "
+                               "exceeds DINF_MLA_MAX_Q_ROWS=%d",
+                               (int)seq_len_q, (int)num_heads_q, (int)num_heads_kv,
+                               (long long)q_rows, DINF_MLA_MAX_Q_ROWS);
     if (num_blocks < 1)
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "num_blocks=%lld must be >= 1",
                           (long long)num_blocks);
@@ -697,9 +701,9 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
         q_elems > INT64_MAX / 2 || o_elems > INT64_MAX / 2)
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                           "the sizes overflow int64 (batch=%lld, num_blocks=%lld, "
-                          "kv_block_stride=%lld, max_blocks_per_seq=%lld)",
+                          "kv_block_stride=%lld, %s=%lld)",
                           (long long)batch, (long long)num_blocks, (long long)kv_block_stride,
-                          (long long)max_blocks_per_seq);
+                          sp ? "topk" : "max_blocks_per_seq", (long long)max_blocks_per_seq);
 
     /* Pointers. */
     const int have_rows = batch > 0;
@@ -734,11 +738,9 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
 
     /* Sparse: every slot read (the first topk_length[b] of each list) is
      * negative (skipped) or in the cache (host memory only). */
-    int64_t num_slots = 0;
-    if (sp && dinf__mul_i64(num_blocks, page_block_size, &num_slots))
-        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
-                          "num_blocks * page_block_size = %lld * %d overflows int64",
-                          (long long)num_blocks, (int)page_block_size);
+    /* (no overflow: num_blocks * kv_block_stride fits, and kv_block_stride
+     * >= page_block_size) */
+    const int64_t num_slots = num_blocks * page_block_size;
     for (int64_t r = 0; sp && host && r < reqs; r++) {
         const int64_t b = r / seq_len_q, t = r % seq_len_q;
         const int32_t n = sp->topk_length ? sp->topk_length[b] : sp->topk;

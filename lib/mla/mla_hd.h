@@ -31,16 +31,6 @@ DINF_HD int32_t dinf__mla_key_limit(int32_t s_k, int32_t s_q, int32_t t, int32_t
     return limit > 0 ? limit : 0;
 }
 
-/*
- * The split-KV plan (FlashMLA's get_mla_metadata, serial part): each
- * request costs nblk + FIXED blocks; every part gets a budget of
- * payload = ceil(total / parts) + FIXED and walks the requests in order,
- * taking a whole request when the rest of it fits (remain >= left + FIXED),
- * else remain - FIXED blocks of it (a split) and ending there.
- * Writes meta [parts][8] and num_splits [batch + 1]. Returns 0, or -1 if
- * some work was left unassigned (cannot happen; the caller reports it as an
- * internal error). Sizes were validated by the caller.
- */
 /* The key counts the plan splits: request i has lens[i / group] keys
  * (dense: cache_seqlens, group 1; sparse: topk_length, group s_q, request
  * b * s_q + t), or `all` keys each when lens is NULL (sparse without
@@ -52,9 +42,19 @@ typedef struct dinf__mla_lengths {
 } dinf__mla_lengths;
 
 DINF_HD int32_t dinf__mla_length_at(const dinf__mla_lengths *L, int64_t i) {
-    return L->lens ? L->lens[i / L->group] : L->all;
+    return L->lens ? L->lens[(int32_t)i / L->group] : L->all; /* i < DINF_MLA_MAX_BATCH */
 }
 
+/*
+ * The split-KV plan (FlashMLA's get_mla_metadata, serial part): each
+ * request costs nblk + FIXED blocks; every part gets a budget of
+ * payload = ceil(total / parts) + FIXED and walks the requests in order,
+ * taking a whole request when the rest of it fits (remain >= left + FIXED),
+ * else remain - FIXED blocks of it (a split) and ending there.
+ * Writes meta [parts][8] and num_splits [batch + 1]. Returns 0, or -1 if
+ * some work was left unassigned (cannot happen; the caller reports it as an
+ * internal error). Sizes were validated by the caller.
+ */
 DINF_HD int dinf__mla_plan_lengths(const dinf__mla_lengths *L, int64_t batch, int32_t num_parts,
                                    int32_t *meta, int32_t *num_splits) {
     const int64_t fixed = DINF_MLA_FIXED_OVERHEAD_BLOCKS;

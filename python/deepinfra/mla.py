@@ -62,7 +62,7 @@ import math
 import numpy as np
 
 from . import _lib
-from ._lib import Exec, InvalidArgumentError
+from ._lib import Exec, InvalidArgumentError, UnsupportedError
 
 try:  # ml_dtypes is optional: without it, uint16 bits are returned.
     import ml_dtypes as _ml
@@ -304,7 +304,8 @@ def _batch_of(x, name):
 def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v,
                            tile_scheduler_metadata, num_splits, softmax_scale=None,
                            causal=False, is_fp8_kvcache=False, indices=None, *,
-                           topk_length=None, num_threads=0):
+                           topk_length=None, num_threads=0, attn_sink=None, extra_k_cache=None,
+                           extra_indices_in_kvcache=None, extra_topk_length=None):
     """MLA decode: (out bfloat16 [b, s_q, h_q, head_dim_v], lse float32 [b, h_q, s_q]).
 
     softmax_scale defaults to q.shape[-1] ** -0.5 (1/sqrt(576)), as upstream;
@@ -320,7 +321,17 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v,
     must be False, topk_length (int32 [b] or None) must be the one given to
     get_mla_metadata, and the metadata must come from get_mla_metadata with
     the same topk, num_heads_q and topk_length.
+
+    attn_sink, extra_k_cache, extra_indices_in_kvcache and extra_topk_length
+    (FlashMLA's 2026 additions) are accepted as None only: any other value
+    raises UnsupportedError (not implemented by this library).
     """
+    for name, value in (("attn_sink", attn_sink), ("extra_k_cache", extra_k_cache),
+                        ("extra_indices_in_kvcache", extra_indices_in_kvcache),
+                        ("extra_topk_length", extra_topk_length)):
+        if value is not None:
+            raise UnsupportedError("flash_mla_with_kvcache: %s is not supported by libdeepinfra "
+                                   "(FlashMLA's 2026 API addition; pass None)" % name)
     if indices is not None:
         if causal:
             _fail("causal=True is not supported with indices: a sparse decode has no causal "

@@ -960,29 +960,31 @@ Test(mla_gpu, sparse_decode_matches_the_cpu) {
 }
 
 /* Values the host cannot check: a slot past the cache makes its query
- * position NaN (every head), a topk_length past topk its request's
+ * position NaN (every head), a topk_length outside [0, topk] its request's
  * positions; every other position matches the CPU. */
 static void sparse_bad_values(int kv_fp8, const char *rung) {
     cudaStream_t stream;
     CUDA_OK(cudaStreamCreate(&stream));
     const dinf_exec cuda = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)stream);
     sp_problem p;
-    sp_make(&p, 3, 2, 16, 1, 64, 100, 0, 0.1, kv_fp8, 8901);
+    sp_make(&p, 4, 2, 16, 1, 64, 100, 0, 0.1, kv_fp8, 8901);
     setenv("DINF_MLA_KERNEL", rung, 1);
-    p.topk_length = malloc(sizeof(int32_t) * 3);
+    p.topk_length = malloc(sizeof(int32_t) * 4);
     p.topk_length[0] = 90;
     p.topk_length[1] = 100;
     p.topk_length[2] = 77;
+    p.topk_length[3] = 64;
     const int32_t parts = 5;
     sp_poison(&p);
     cr_assert_eq(sp_run_cpu(&p, parts, 0), DINF_STATUS_OK, "%s", dinf_last_error());
     sp_device d;
     sp_device_make(&d, &p, parts, &cuda, stream, "bad values");
-    /* position (0, 0): slot 5 past the cache; request 2: topk_length 101 */
+    /* position (0, 0): slot 5 past the cache; request 1: topk_length -1; request 2: 101 */
     const int32_t bad_slot = (int32_t)(p.num_blocks * p.page);
     CUDA_OK(cudaMemcpy((int32_t *)d.a.indices + 5, &bad_slot, 4, cudaMemcpyHostToDevice));
-    const int32_t bad_len = p.topk + 1;
+    const int32_t bad_len = p.topk + 1, neg_len = -1; /* request 1: a negative length */
     CUDA_OK(cudaMemcpy((int32_t *)d.a.topk_length + 2, &bad_len, 4, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy((int32_t *)d.a.topk_length + 1, &neg_len, 4, cudaMemcpyHostToDevice));
     const int64_t rows = p.b * p.s_q * p.h_q;
     uint16_t *out = malloc(sizeof(uint16_t) * (size_t)(rows * SP_DV + 1));
     float *lse = malloc(sizeof(float) * (size_t)(rows + 1));
@@ -990,7 +992,7 @@ static void sparse_bad_values(int kv_fp8, const char *rung) {
     for (int64_t b = 0; b < p.b; b++)
         for (int32_t t = 0; t < p.s_q; t++)
             for (int32_t h = 0; h < p.h_q; h++) {
-                const int nan_expected = (b == 0 && t == 0) || b == 2;
+                const int nan_expected = (b == 0 && t == 0) || b == 1 || b == 2;
                 const int64_t row = (b * p.s_q + t) * p.h_q + h;
                 const float l = lse[(b * p.h_q + h) * p.s_q + t];
                 if (nan_expected) {

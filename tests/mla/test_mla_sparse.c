@@ -383,12 +383,39 @@ Test(mla_sparse, every_rejected_input) {
     expect_fail(sp_decode(&bad, &a, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
                 "DINF_MLA_MAX_Q_ROWS");
     bad = p;
-    /* workspace sized for the dense call of (b, s_q) is too small with s_q > 1 */
+    /* a workspace below dinf_mla_workspace_size(b * s_q, 1, h_q, parts): here one sized for a
+     * single request */
     size_t dense_ws = 0;
     cr_assert_eq(dinf_mla_workspace_size(1, 1, p.h_q, parts, &dense_ws, NULL), DINF_STATUS_OK);
     ba.ws_bytes = dense_ws;
     expect_fail(sp_decode(&p, &ba, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
                 "dinf_mla_workspace_size");
+    ba = a;
+    /* the sparse branch's own range checks, through the decode call */
+    expect_fail(sp_decode(&p, &a, 0, NULL), DINF_STATUS_INVALID_ARGUMENT, "num_sm_parts=0");
+    expect_fail(sp_decode(&p, &a, DINF_MLA_MAX_SM_PARTS + 1, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "num_sm_parts=65537");
+    bad.topk = DINF_MLA_MAX_TOPK + 1;
+    expect_fail(sp_decode(&bad, &a, parts, NULL), DINF_STATUS_INVALID_ARGUMENT, "topk=1048577");
+    bad = p;
+    bad.s_q = 0;
+    expect_fail(sp_decode(&bad, &a, parts, NULL), DINF_STATUS_INVALID_ARGUMENT, "seq_len_q=0");
+    bad = p;
+    bad.b = -1;
+    expect_fail(sp_decode(&bad, &a, parts, NULL), DINF_STATUS_INVALID_ARGUMENT, "batch=-1");
+    bad = p;
+    int32_t tl_neg[2] = {-3, p.topk_length[1]};
+    ba.topk_length = tl_neg;
+    expect_fail(sp_decode(&p, &ba, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "topk_length[0]=-3 must be in [0, topk=100]");
+    ba = a;
+    /* num_splits alone not the plan's */
+    int32_t splits_bad[5];
+    memcpy(splits_bad, splits, sizeof splits_bad);
+    splits_bad[4] += 1;
+    ba.splits = splits_bad;
+    expect_fail(sp_decode(&p, &ba, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "num_splits[4]=");
     ba = a;
     /* outputs overlapping the index lists */
     ba.lse = (float *)p.indices;

@@ -596,3 +596,18 @@ def test_sparse_result_depends_on_slots_not_on_the_page_size(poisoned_np_empty):
     assert splits.tolist() == [0]
     out, lse = sparse_call(q[:0], cache, idx[:0], None, meta, splits)
     assert out.shape == (0, 2, 16, 512) and lse.shape == (0, 16, 2)
+
+
+def test_flashmla_2026_keywords_are_refused_unless_none():
+    """attn_sink and the extra-cache keywords of FlashMLA's 2026 API: None is
+    accepted (the call runs), any value raises UnsupportedError naming it."""
+    q, cache, idx, _ = make_sparse_problem(1, 1, 16, 1, 64, 64, seed=11)
+    meta, splits = mla.get_mla_metadata(np.zeros(1, np.int32), 16, 1, 16, False, 64)
+    out, lse = mla.flash_mla_with_kvcache(q, cache, None, None, 512, meta, splits, indices=idx,
+                                          attn_sink=None, extra_k_cache=None,
+                                          extra_indices_in_kvcache=None, extra_topk_length=None)
+    assert out.shape == (1, 1, 16, 512) and not np.isnan(lse).any()
+    for kw in ("attn_sink", "extra_k_cache", "extra_indices_in_kvcache", "extra_topk_length"):
+        with pytest.raises(deepinfra.UnsupportedError, match="%s is not supported" % kw):
+            mla.flash_mla_with_kvcache(q, cache, None, None, 512, meta, splits, indices=idx,
+                                       **{kw: np.zeros(16, np.float32)})
