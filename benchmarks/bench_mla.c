@@ -524,18 +524,21 @@ static void add_gpu(const gpu_cache *g, int fp8, int32_t s_q, int32_t h_q, int32
 
 /* Sparse decode rows (V3.2: FP8 cache, h_q 128, s_q 2, topk 2048; FlashMLA's
  * sparse benchmark batches 64 and 128) over the FP8 cache of the dense rows,
- * slots spread over all of it; the simple rung (the only one that takes a
- * sparse decode). */
+ * slots spread over all of it; the simple rung, the fast rung, and the fast
+ * rung without its L2 prefetch (fast_nopf). */
 static const int64_t sparse_batches[2] = {64, 128};
-static const char *const sparse_rungs[2] = {"simple", "fast"};
-static void sparse_gpu_name(char *name, size_t n, int64_t b, const char *rung) {
-    snprintf(name, n, "mla/gpu/sparse_fp8/b%lld_sq2_hq128_topk2048/%s", (long long)b, rung);
+#define NUM_SPARSE_ROWS 3
+static const gpu_row sparse_rows[NUM_SPARSE_ROWS] = {
+    {"simple", NULL, ""}, {"fast", NULL, ""}, {"fast", "0", "_nopf"}};
+static void sparse_gpu_name(char *name, size_t n, int64_t b, const gpu_row *row) {
+    snprintf(name, n, "mla/gpu/sparse_fp8/b%lld_sq2_hq128_topk2048/%s%s", (long long)b, row->rung,
+             row->suffix);
 }
 static int sparse_selected(int64_t b) {
     char name[96];
     int any = 0;
-    for (int r = 0; r < 2; r++) {
-        sparse_gpu_name(name, sizeof name, b, sparse_rungs[r]);
+    for (int r = 0; r < NUM_SPARSE_ROWS; r++) {
+        sparse_gpu_name(name, sizeof name, b, &sparse_rows[r]);
         any |= bench_selected(name);
     }
     return any;
@@ -581,8 +584,8 @@ static void add_gpu_sparse(const gpu_cache *g, int64_t b, int32_t num_sms) {
     free(q);
     free(idx);
     c->meta = d_meta, c->splits = d_splits, c->indices = d_idx;
-    /* the same inputs and outputs on both rungs, side by side */
-    for (int r = 0; r < 2; r++) {
+    /* the same inputs and outputs on every row, side by side */
+    for (int r = 0; r < NUM_SPARSE_ROWS; r++) {
         mla_case *rc = r ? calloc(1, sizeof *rc) : c;
         if (!rc)
             return;
@@ -592,8 +595,9 @@ static void add_gpu_sparse(const gpu_cache *g, int64_t b, int32_t num_sms) {
                 cudaEventCreate(&rc->stop) != cudaSuccess)
                 return;
         }
-        rc->rung = sparse_rungs[r];
-        sparse_gpu_name(rc->name, sizeof rc->name, b, rc->rung);
+        rc->rung = sparse_rows[r].rung;
+        rc->prefetch = sparse_rows[r].prefetch;
+        sparse_gpu_name(rc->name, sizeof rc->name, b, &sparse_rows[r]);
         register_case(rc);
     }
 }

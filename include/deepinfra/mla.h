@@ -60,7 +60,8 @@
  *     dequantization to bf16 for an FP8 cache) and two consumer warpgroups
  *     splitting the keys of Q K^T and the columns of the output; the combine
  *     is chained by programmatic dependent launch. It takes 64-token pages
- *     (BF16 cache: strides below 2^40 bytes, num_blocks below 2^31);
+ *     (BF16 cache: strides below 2^40 bytes, num_blocks below 2^31), and a
+ *     sparse decode with the FP8 cache (any page size; "Sparse decode");
  *   - seesaw (same file): the fast rung's producer, ring, plan and combine
  *     with FlashMLA's "seesaw" consumers: two 64-key blocks per step, each
  *     consumer warpgroup computing one block's whole Q K^T (so one

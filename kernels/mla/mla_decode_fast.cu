@@ -12,22 +12,27 @@
  * (cp.async.bulk.prefetch, DINF_MLA_FP8_PREFETCH blocks ahead; lib/mla/
  * mla_fast_hd.h "FP8 L2 prefetch"). The BF16 cache's TMA path has none.
  *
- * Two kernels share the CTA (fast_cta: carve, barriers, producer): the fast
- * rung (mla_decode_fast_kernel: consume, the two WGs split each block's keys)
- * and the seesaw rung (mla_decode_seesaw_kernel: consume_seesaw, two blocks
- * per step, FlashMLA's schedule; lib/mla/mla_fast_hd.h "seesaw",
- * kernels/mla/NOTES.md). The launcher takes either (DINF_MLA_KERNEL).
+ * Three kernels share the CTA (fast_cta: carve, barriers, producer): the fast
+ * rung (mla_decode_fast_kernel: consume, the two WGs split each block's keys),
+ * the seesaw rung (mla_decode_seesaw_kernel: consume_seesaw, two blocks per
+ * step, FlashMLA's schedule; lib/mla/mla_fast_hd.h "seesaw",
+ * kernels/mla/NOTES.md), and the fast rung on a sparse decode
+ * (mla_decode_fast_sparse_kernel, FP8 cache: load_fp8_sparse gathers the
+ * listed entries, the consumers mask skipped slots). The launcher takes one
+ * (DINF_MLA_KERNEL, the params' sparse_s_q).
  *
  * Constraints (checked by lib/mla/mla.c before launching,
- * dinf__mla_fast_unsupported): 64-token pages; BF16 cache strides below
- * 2^40 bytes and num_blocks below 2^31 (the tensor map); the alignments
- * every GPU decode already has (16-byte base and strides).
+ * dinf__mla_fast_unsupported): a dense decode takes 64-token pages, BF16
+ * cache strides below 2^40 bytes and num_blocks below 2^31 (the tensor map);
+ * a sparse decode the FP8 cache (any page size); the alignments every GPU
+ * decode already has (16-byte base and strides).
  *
  * Guards (as the simple rung): a request whose length is negative or beyond
- * its block table, or whose split row is outside the workspace, reads no
- * block and gets NaN (or, for a bad split row, writes nothing); a block
- * table entry outside [0, num_blocks) makes the request NaN and its TMA box
- * is read from page 0 instead (never out of bounds); keys at or past a row's
+ * its block table (sparse: outside [0, topk]), or whose split row is outside
+ * the workspace, reads no block and gets NaN (or, for a bad split row, writes
+ * nothing); a block table entry outside [0, num_blocks) makes the request NaN
+ * and its TMA box is read from page 0 instead (never out of bounds), a sparse
+ * slot past the cache makes it NaN and is not read; keys at or past a row's
  * limit are masked by selection (stale NaN rows of the last page never reach
  * the max or the sums) and V rows past the request's length are zeroed in
  * shared memory before P V (0 * NaN would be NaN).
@@ -328,7 +333,9 @@ __device__ __forceinline__ void prefetch_fp8_sparse_row(const dinf__mla_params &
  * FP8, first the L2 prefetch of the block p.fp8_prefetch blocks ahead (of
  * blocks 0 .. p.fp8_prefetch at the CTA's first fill), then the 128 threads
  * dequantize the page. A page outside [0, num_blocks) flags the stage bad
- * and page 0 is read instead. */
+ * and page 0 is read instead. Sparse (FP8): threads 0..63 prefetch one
+ * listed entry each of the block ahead, then load_fp8_sparse gathers the
+ * block's entries (bt is the request's indices row). */
 template <bool kFp8, int kBatch, bool kSparse>
 __device__ __forceinline__ void fill_stage(const dinf__mla_params &p, const jit::tensor_map_t *kmap,
                                            const cta_ctx &c, int32_t req,

@@ -96,7 +96,8 @@
  *   p       P tile, one swizzled box [64 rows][64 keys]          8,192
  *   max     float [2 WGs][64 rows]: block row maxima               512
  *   lsum    float [2 request parities][2 WGs][64 rows]           1,024
- *   bad     int32 [2 stages]: the stage's page was out of range     16
+ *   bad     int32 [2 stages]: the stage's page (sparse: a slot) was
+ *           out of range                                              16
  *   mask    uint8 [2 stages][64 keys]: a skipped sparse slot       128
  *   full[s], empty[s], q_full, q_empty: mbarriers (8 B each)        48
  * bytes = end + 1024 (the launcher's slack for aligning the base).
@@ -357,6 +358,10 @@ DINF_HD int32_t dinf__mla_fast_block_keys(int32_t s_k, int32_t blk) {
  * past the HBM latency, with up to 3 pages (123 KiB) per SM requested;
  * 132 SMs x (8 + 1) pages = 50 MB is the whole L2 of an H200, hence the bound.
  *
+ * Sparse decode: no page to fetch whole; producer threads 0..63 each ask
+ * for the 656-byte entry of one listed slot of the block ahead
+ * (prefetch_fp8_sparse_row in the kernel), skipped and out-of-range slots
+ * not. Dense:
  * Who: producer thread 0, for a page in [0, num_blocks) (a bad page is
  * not read: its stage reads page 0 and is flagged bad), the rows below the
  * block's key count, of the CTA's KV head (dinf__mla_fp8_prefetch_ranges):

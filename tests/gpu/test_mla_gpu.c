@@ -9,7 +9,8 @@
  * byte-identical to the CPU's; a bad block table entry gives NaN, not a
  * crash; the FP8 L2 prefetch off and deep; metadata + decode captured in a
  * CUDA graph; the sparse decode (indices) against the CPU, with its device
- * plan, the fast rungs' refusal and NaN for bad device values. Skipped, visibly,
+ * plan, on the simple and (FP8) fast rungs, seesaw's refusal, NaN for bad
+ * device values, the L2 prefetch off and deep. Skipped, visibly,
  * without a usable device; a failure under DINF_REQUIRE_GPU=1.
  */
 #define _POSIX_C_SOURCE 200809L /* setenv */
@@ -890,7 +891,8 @@ static void sp_device_run(const sp_problem *p, sp_device *d, const dinf_exec *cu
 }
 
 /* One sparse point: device plan = CPU plan, GPU decode = CPU decode within
- * the upstream tolerances; the fast rungs refuse it by name. */
+ * the upstream tolerances on the simple rung and (FP8 cache) the fast rung;
+ * seesaw, and fast with a BF16 cache, refuse it by name. */
 static void sparse_point(int64_t b, int32_t s_q, int32_t h_q, int32_t h_kv, int32_t page,
                          int32_t topk, int lengths, double skip, int kv_fp8, uint64_t seed) {
     char params[200];
@@ -957,6 +959,17 @@ Test(mla_gpu, sparse_decode_matches_the_cpu) {
     sparse_point(3, 1, 64, 1, 7, 300, 0, 0.2, 0, 8802);
     sparse_point(2, 2, 16, 2, 1, 129, 1, 0.3, 1, 8803);
     sparse_point(4, 3, 16, 1, 64, 64, 1, 0.1, 0, 8804);
+    sparse_point(3, 3, 32, 1, 16, 200, 1, 0.1, 1, 8805);
+}
+
+/* The fast rung's per-entry L2 prefetch off and at its deepest: the same results. */
+Test(mla_gpu, sparse_fp8_prefetch_off_and_deep) {
+    const char *const depths[2] = {"0", "8"};
+    for (int i = 0; i < 2; i++) {
+        setenv("DINF_MLA_FP8_PREFETCH", depths[i], 1);
+        sparse_point(3, 2, 64, 1, 64, 300, 1, 0.15, 1, 8810 + (uint64_t)i);
+    }
+    unsetenv("DINF_MLA_FP8_PREFETCH");
 }
 
 /* Values the host cannot check: a slot past the cache makes its query

@@ -58,7 +58,8 @@ typedef struct sp_problem {
  * Random problem: num_blocks pages of `page` rows, one in four rows NaN
  * (never listed); each list holds random live slots, with probability
  * `skip` a -1, and repeats; with `lengths`, topk_length[b] random in
- * [0, topk] (some 0, some topk) and entries past it SP_PAST_LENGTH; one
+ * [0, topk] (some 0, some topk) and entries past it alternately a NaN row's
+ * slot and SP_PAST_LENGTH (never read); one
  * query position of a multi-position problem lists -1 only. kv_fp8: the
  * cache is quantized by dinf_mla_quantize_kvcache_fp8 and the BF16 copy is
  * replaced by its dequantized values (the reference's input).
@@ -86,9 +87,13 @@ static inline void sp_make(sp_problem *p, int64_t b, int32_t s_q, int32_t h_q, i
     }
     cr_assert_gt(n_live, 0);
     int32_t *live_list = malloc(sizeof(int32_t) * (size_t)n_live);
-    for (int64_t sl = 0, k = 0; sl < slots; sl++)
+    int32_t nan_slot = SP_PAST_LENGTH; /* a NaN row inside the cache, if any */
+    for (int64_t sl = 0, k = 0; sl < slots; sl++) {
         if (live[sl])
             live_list[k++] = (int32_t)sl;
+        else if (nan_slot == SP_PAST_LENGTH)
+            nan_slot = (int32_t)sl;
+    }
     p->topk_length = NULL;
     if (lengths) {
         p->topk_length = malloc(sizeof(int32_t) * (size_t)(b + 1));
@@ -104,8 +109,9 @@ static inline void sp_make(sp_problem *p, int64_t b, int32_t s_q, int32_t h_q, i
         const int all_skipped = s_q > 1 && r == 1;
         for (int32_t j = 0; j < topk; j++) {
             int32_t *e = &p->indices[r * topk + j];
-            if (j >= n)
-                *e = SP_PAST_LENGTH;
+            if (j >= n) /* never read: a NaN row in the cache (a stray read or
+                         * prefetch of it shows), else a slot past the cache */
+                *e = j % 2 ? nan_slot : SP_PAST_LENGTH;
             else if (all_skipped || sp_uniform(&s) < skip)
                 *e = -1;
             else if (j > 0 && sp_next(&s) % 8 == 0 && p->indices[r * topk + j - 1] >= 0)
