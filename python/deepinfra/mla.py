@@ -71,7 +71,8 @@ try:  # ml_dtypes is optional: without it, uint16 bits are returned.
 except ImportError:  # pragma: no cover
     _BF16 = np.dtype(np.uint16)
 
-__all__ = ["get_mla_metadata", "flash_mla_with_kvcache", "quantize_kvcache_fp8"]
+__all__ = ["get_mla_metadata", "flash_mla_with_kvcache", "quantize_kvcache_fp8",
+           "FlashMLASchedMeta"]
 
 HEAD_DIM_QK = 576
 HEAD_DIM_V = 512
@@ -166,11 +167,39 @@ def _bf16_array(x, name, ndim):
     return x
 
 
-def get_mla_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, num_heads_q=None,
-                     is_fp8_kvcache=False, topk=None, *, num_sms=DEFAULT_NUM_SMS,
-                     topk_length=None):
+class FlashMLASchedMeta:
+    """The lazy plan of FlashMLA's 2026 API: ``get_mla_metadata()`` (no
+    arguments) returns ``(FlashMLASchedMeta(), None)``; the first
+    ``flash_mla_with_kvcache`` call given it (with ``num_splits=None``)
+    computes the plan for its arguments and keeps it, later calls reuse it
+    and must have the same configuration (batch, s_q, h_q, h_kv, page size,
+    causal, FP8 cache, topk, device). As upstream, reuse it across layers
+    only while cache_seqlens and topk_length keep their values (on the CPU
+    a stale plan is rejected by the library; on the GPU it is trusted).
+
+    Attributes: num_sms (the SM count the plan is made for), config (None
+    until the first call), tile_scheduler_metadata, num_splits.
+    """
+
+    def __init__(self, num_sms=DEFAULT_NUM_SMS):
+        self.num_sms = num_sms
+        self.config = None
+        self.tile_scheduler_metadata = None
+        self.num_splits = None
+
+    def __repr__(self):
+        return "FlashMLASchedMeta(num_sms=%d, config=%r)" % (self.num_sms, self.config)
+
+
+def get_mla_metadata(cache_seqlens=None, num_heads_per_head_k=None, num_heads_k=None,
+                     num_heads_q=None, is_fp8_kvcache=False, topk=None, *,
+                     num_sms=DEFAULT_NUM_SMS, topk_length=None):
     """The split-KV plan: (tile_scheduler_metadata int32 [num_sm_parts, 8],
     num_splits int32 [b + 1], or [b * s_q + 1] for a sparse decode).
+
+    Called without cache_seqlens, num_heads_per_head_k, num_heads_k and
+    topk_length (FlashMLA's 2026 API), it returns (FlashMLASchedMeta(num_sms),
+    None): the plan is made by the first flash_mla_with_kvcache call.
 
     Dense (topk None): num_heads_per_head_k is s_q * h_q // h_kv and
     num_heads_k is h_kv, as upstream; num_sm_parts =
@@ -184,6 +213,12 @@ def get_mla_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, num_heads
     len(cache_seqlens) (its values are not used), or len(topk_length) when
     cache_seqlens is None. is_fp8_kvcache does not change the plan.
     """
+    if (cache_seqlens is None and num_heads_per_head_k is None and num_heads_k is None
+            and topk_length is None):
+        return FlashMLASchedMeta(num_sms), None
+    if num_heads_per_head_k is None or num_heads_k is None:
+        _fail("num_heads_per_head_k and num_heads_k are required with cache_seqlens or "
+              "topk_length (call get_mla_metadata() without arguments for the lazy plan)")
     if topk is not None:
         return _sparse_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, num_heads_q,
                                 topk, num_sms, topk_length)
@@ -326,6 +361,10 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v,
     (FlashMLA's 2026 additions) are accepted as None only: any other value
     raises UnsupportedError (not implemented by this library).
     """
+    if isinstance(tile_scheduler_metadata, FlashMLASchedMeta):
+        tile_scheduler_metadata, num_splits = _lazy_plan(
+            tile_scheduler_metadata, num_splits, q, k_cache, cache_seqlens, causal,
+            is_fp8_kvcache, indices, topk_length)
     for name, value in (("attn_sink", attn_sink), ("extra_k_cache", extra_k_cache),
                         ("extra_indices_in_kvcache", extra_indices_in_kvcache),
                         ("extra_topk_length", extra_topk_length)):
@@ -464,6 +503,49 @@ def _sparse_cpu(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits, sof
        ctypes.byref(place))
     del workspace  # kept alive through the call
     return out.view(_BF16), lse
+
+
+def _lazy_plan(sched, num_splits, q, k_cache, cache_seqlens, causal, is_fp8_kvcache, indices,
+               topk_length):
+    """The plan of a FlashMLASchedMeta: made on its first call, reused after
+    (the configuration must not change)."""
+    if num_splits is not None:
+        _fail("num_splits must be None with a FlashMLASchedMeta (the plan is made by the call)")
+    shape = tuple(int(d) for d in q.shape)
+    kshape = tuple(int(d) for d in k_cache.shape)
+    if len(shape) != 4 or len(kshape) != 4:
+        _fail("q and k_cache must be 4-D, got shapes %s and %s" % (shape, kshape))
+    b, s_q, h_q, _ = shape
+    page, h_kv = kshape[1], kshape[2]
+    if h_kv < 1 or h_q % h_kv:
+        _fail("num_heads_q=%d is not a multiple of num_heads_k=%d" % (h_q, h_kv))
+    topk = None if indices is None else int(indices.shape[-1])
+    device = str(q.device) if _on_device(q) else "cpu"
+    config = {"b": b, "s_q": s_q, "h_q": h_q, "h_kv": h_kv, "page_block_size": page,
+              "causal": bool(causal), "is_fp8_kvcache": bool(is_fp8_kvcache), "topk": topk,
+              "device": device}
+    if sched.config is None:
+        if indices is None:
+            lengths = cache_seqlens
+        else:  # the batch size only (the sparse plan reads topk_length)
+            lengths = cache_seqlens
+            if lengths is None and topk_length is None:
+                if _on_device(q):
+                    import torch
+
+                    lengths = torch.zeros(b, dtype=torch.int32, device=q.device)
+                else:
+                    lengths = np.zeros(b, np.int32)
+        meta, splits = get_mla_metadata(lengths, s_q * h_q // h_kv, h_kv, h_q, is_fp8_kvcache,
+                                        topk, num_sms=sched.num_sms, topk_length=topk_length)
+        sched.config = config
+        sched.tile_scheduler_metadata, sched.num_splits = meta, splits
+    elif sched.config != config:
+        changed = ", ".join("%s %r -> %r" % (k, sched.config[k], config[k])
+                            for k in config if sched.config[k] != config[k])
+        _fail("this FlashMLASchedMeta was made for another configuration (%s): use one per "
+              "configuration" % changed)
+    return sched.tile_scheduler_metadata, sched.num_splits
 
 
 def _fp8_cache_array(k_cache):

@@ -611,3 +611,41 @@ def test_flashmla_2026_keywords_are_refused_unless_none():
         with pytest.raises(deepinfra.UnsupportedError, match="%s is not supported" % kw):
             mla.flash_mla_with_kvcache(q, cache, None, None, 512, meta, splits, indices=idx,
                                        **{kw: np.zeros(16, np.float32)})
+
+
+def test_lazy_plan_of_the_2026_api_equals_the_eager_plan():
+    """get_mla_metadata() without arguments (FlashMLA's 2026 API) returns
+    (FlashMLASchedMeta, None); the first flash_mla_with_kvcache call makes the
+    plan, later calls reuse it, and the results are the eager plan's bits;
+    another configuration or a num_splits is refused by name."""
+    q, cache, bt, lens = make_problem(3, 2, 16, 1, 200, True, 64, seed=71)
+    meta, splits = mla.get_mla_metadata(lens, 32, 1)
+    want_out, want_lse = mla.flash_mla_with_kvcache(q, cache, bt, lens, 512, meta, splits,
+                                                    causal=True)
+    sched, none = mla.get_mla_metadata()
+    assert isinstance(sched, mla.FlashMLASchedMeta) and none is None and sched.config is None
+    for _ in range(2):  # made by the first call, reused by the second
+        out, lse = mla.flash_mla_with_kvcache(q, cache, bt, lens, 512, sched, None, causal=True)
+        assert np.array_equal(out.view(np.uint16), want_out.view(np.uint16))
+        assert np.array_equal(lse, want_lse)
+        assert np.array_equal(sched.tile_scheduler_metadata, meta)
+        assert np.array_equal(sched.num_splits, splits)
+    assert sched.config["causal"] is True and sched.config["b"] == 3
+    with pytest.raises(deepinfra.InvalidArgumentError, match=r"another configuration \(causal "
+                       r"True -> False\)"):
+        mla.flash_mla_with_kvcache(q, cache, bt, lens, 512, sched, None, causal=False)
+    with pytest.raises(deepinfra.InvalidArgumentError, match="num_splits must be None"):
+        mla.flash_mla_with_kvcache(q, cache, bt, lens, 512, mla.get_mla_metadata()[0], splits)
+    with pytest.raises(deepinfra.InvalidArgumentError, match="num_heads_per_head_k and "
+                       "num_heads_k are required"):
+        mla.get_mla_metadata(lens)
+    # the sparse decode (FP8 cache, no topk_length: the batch comes from q)
+    q, cache, idx, lengths = make_sparse_problem(2, 2, 16, 1, 100, 16, seed=72)
+    kc = quantize_all(cache)[0]
+    meta, splits = mla.get_mla_metadata(np.zeros(2, np.int32), 32, 1, 16, True, 100)
+    want_out, want_lse = sparse_call(q, kc, idx, None, meta, splits, None, True)
+    sched, _ = mla.get_mla_metadata(num_sms=132)
+    out, lse = sparse_call(q, kc, idx, None, sched, None, None, True)
+    assert np.array_equal(out.view(np.uint16), want_out.view(np.uint16))
+    assert np.array_equal(lse, want_lse)  # +inf where a position has no valid slot
+    assert sched.config["topk"] == 100 and sched.config["is_fp8_kvcache"] is True
