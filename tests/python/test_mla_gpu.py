@@ -203,3 +203,24 @@ def test_sparse_device_refuses_the_fast_rungs(monkeypatch):
     out, lse = mla.flash_mla_with_kvcache(*args, indices=torch.from_numpy(idx).cuda())
     torch.cuda.synchronize()
     assert torch.isfinite(out.float()).all()
+
+
+def test_lazy_plan_on_device_tensors(poisoned_empty):
+    """FlashMLA's 2026 form on the GPU: get_mla_metadata() then the first call
+    makes the plan on the device (from the device cache_seqlens), the same
+    plan and results as the eager device call."""
+    q, cache, bt, lens = make_problem(3, 2, 64, 1, 300, True, 64, seed=91)
+    d_q, d_cache = to_gpu_bf16(q), to_gpu_bf16(cache)
+    d_bt, d_lens = torch.from_numpy(bt).cuda(), torch.from_numpy(lens).cuda()
+    d_meta, d_splits = mla.get_mla_metadata(d_lens, 2 * 64, 1)
+    want_out, want_lse = mla.flash_mla_with_kvcache(d_q, d_cache, d_bt, d_lens, 512, d_meta,
+                                                    d_splits, causal=True)
+    sched, _ = mla.get_mla_metadata()
+    out, lse = mla.flash_mla_with_kvcache(d_q, d_cache, d_bt, d_lens, 512, sched, None,
+                                          causal=True)
+    torch.cuda.synchronize()
+    assert sched.tile_scheduler_metadata.is_cuda
+    assert torch.equal(sched.tile_scheduler_metadata, d_meta)
+    assert torch.equal(sched.num_splits, d_splits)
+    assert torch.equal(out.view(torch.int16), want_out.view(torch.int16))
+    assert torch.equal(lse, want_lse)
