@@ -452,6 +452,24 @@ static int gpu_selected(int fp8, int32_t s_q, int32_t h_q, int32_t s_k) {
     return 0;
 }
 
+/* Row r of a shape whose inputs and outputs case c holds: c itself for the
+ * first row, else a copy with its own stream and events; the row's rung and
+ * prefetch setting. NULL when a CUDA object cannot be made. */
+static mla_case *row_case(mla_case *c, int r, const gpu_row *row) {
+    mla_case *rc = r ? calloc(1, sizeof *rc) : c;
+    if (!rc)
+        return NULL;
+    if (r) {
+        *rc = *c;
+        if (cudaStreamCreate(&rc->stream) != cudaSuccess || cudaEventCreate(&rc->start) != cudaSuccess ||
+            cudaEventCreate(&rc->stop) != cudaSuccess)
+            return NULL;
+    }
+    rc->rung = row->rung;
+    rc->prefetch = row->prefetch;
+    return rc;
+}
+
 /* seesaw rows, registered after all the others (register_gpu) */
 static mla_case *deferred[2 * NUM_GPU_RUNGS * 2 * 2 * 3 * 3];
 static int num_deferred;
@@ -503,17 +521,9 @@ static void add_gpu(const gpu_cache *g, int fp8, int32_t s_q, int32_t h_q, int32
     gpu_row rows_of[2 * NUM_GPU_RUNGS];
     const int n_rows = gpu_rows(fp8, s_q, h_q, s_k, rows_of);
     for (int r = 0; r < n_rows; r++) {
-        mla_case *rc = r ? calloc(1, sizeof *rc) : c;
+        mla_case *rc = row_case(c, r, &rows_of[r]);
         if (!rc)
             return;
-        if (r) {
-            *rc = *c;
-            if (cudaStreamCreate(&rc->stream) != cudaSuccess || cudaEventCreate(&rc->start) != cudaSuccess ||
-                cudaEventCreate(&rc->stop) != cudaSuccess)
-                return;
-        }
-        rc->rung = rows_of[r].rung;
-        rc->prefetch = rows_of[r].prefetch;
         gpu_row_name(rc->name, sizeof rc->name, fp8, s_q, h_q, s_k, &rows_of[r]);
         if (strcmp(rc->rung, "seesaw") || num_deferred == (int)(sizeof deferred / sizeof deferred[0]))
             register_case(rc);
@@ -586,17 +596,9 @@ static void add_gpu_sparse(const gpu_cache *g, int64_t b, int32_t num_sms) {
     c->meta = d_meta, c->splits = d_splits, c->indices = d_idx;
     /* the same inputs and outputs on every row, side by side */
     for (int r = 0; r < NUM_SPARSE_ROWS; r++) {
-        mla_case *rc = r ? calloc(1, sizeof *rc) : c;
+        mla_case *rc = row_case(c, r, &sparse_rows[r]);
         if (!rc)
             return;
-        if (r) {
-            *rc = *c;
-            if (cudaStreamCreate(&rc->stream) != cudaSuccess || cudaEventCreate(&rc->start) != cudaSuccess ||
-                cudaEventCreate(&rc->stop) != cudaSuccess)
-                return;
-        }
-        rc->rung = sparse_rows[r].rung;
-        rc->prefetch = sparse_rows[r].prefetch;
         sparse_gpu_name(rc->name, sizeof rc->name, b, &sparse_rows[r]);
         register_case(rc);
     }

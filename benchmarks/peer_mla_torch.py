@@ -82,6 +82,36 @@ def main():
         return out.view(b, s_q, h_q, DV), lse
 
     rows = []
+
+    def median_us(fn, what):
+        """Median of 5 timed calls after 2 warm-ups (CUDA events, L2 not
+        flushed), or None when the device runs out of memory."""
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        try:
+            for i in range(7):
+                start.record()
+                fn()
+                stop.record()
+                stop.synchronize()
+                if i >= 2:
+                    times.append(start.elapsed_time(stop) * 1e3)  # us
+        except torch.cuda.OutOfMemoryError as e:
+            print("peer_mla_torch: out of memory at %s: %s" % (what, e), file=sys.stderr)
+            torch.cuda.empty_cache()
+            return None
+        return sorted(times)[len(times) // 2]
+
+    def record(name, t_us, flops, nbytes):
+        rows.append({"name": name, "real_time": t_us, "time_unit": "us",
+                     "FLOP/s": flops / (t_us * 1e-6), "B/s": nbytes / (t_us * 1e-6),
+                     "label": "peer: PyTorch gather + attention (torch %s)" % torch.__version__})
+        # the JSON after every row: a run stopped by gpu-check's budget keeps its rows
+        json.dump({"benchmarks": rows}, open(a.out, "w"), indent=1)
+        print("%-44s %10.1f us  %8.2f TFLOP/s  %8.1f GB/s" % (
+            name, t_us, flops / t_us / 1e6, nbytes / t_us / 1e3))
+        torch.cuda.empty_cache()
+
     shapes = [(s_q, h_q, s_k) for s_q in (1, 2) for h_q in (16, 64, 128)
               for s_k in (4096, 8192, 16384)]
     if a.quick:
@@ -89,34 +119,15 @@ def main():
     for fp8 in (False, True):
         for s_q, h_q, s_k in shapes:
             q = (torch.randn(b, s_q, h_q, DQK, device=dev) / 10).to(torch.bfloat16)
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            times = []
-            try:
-                for i in range(7):
-                    start.record()
-                    decode(q, s_q, h_q, s_k, fp8)
-                    stop.record()
-                    stop.synchronize()
-                    if i >= 2:
-                        times.append(start.elapsed_time(stop) * 1e3)  # us
-            except torch.cuda.OutOfMemoryError as e:
-                print("peer_mla_torch: out of memory at s_q=%d h_q=%d s_k=%d: %s"
-                      % (s_q, h_q, s_k, e), file=sys.stderr)
-                torch.cuda.empty_cache()
+            t_us = median_us(lambda: decode(q, s_q, h_q, s_k, fp8),
+                             "s_q=%d h_q=%d s_k=%d" % (s_q, h_q, s_k))
+            if t_us is None:
                 continue
-            t_us = sorted(times)[len(times) // 2]
             n = b * s_k
             flops = 2.0 * s_q * h_q * n * (DQK + DV)
             nbytes = n * (ENTRY if fp8 else 2 * DQK) + b * s_q * h_q * (DQK + DV) * 2.0
-            name = "mla/torch/%s/b128_sq%d_hq%d_sk%d" % ("fp8" if fp8 else "bf16", s_q, h_q, s_k)
-            rows.append({"name": name, "real_time": t_us, "time_unit": "us",
-                         "FLOP/s": flops / (t_us * 1e-6), "B/s": nbytes / (t_us * 1e-6),
-                         "label": "peer: PyTorch gather + attention (torch %s)" % torch.__version__})
-            # the JSON after every row: a run stopped by gpu-check's budget keeps its rows
-            json.dump({"benchmarks": rows}, open(a.out, "w"), indent=1)
-            print("%-44s %10.1f us  %8.2f TFLOP/s  %8.1f GB/s" % (
-                name, t_us, flops / t_us / 1e6, nbytes / t_us / 1e3))
-            torch.cuda.empty_cache()
+            record("mla/torch/%s/b128_sq%d_hq%d_sk%d" % ("fp8" if fp8 else "bf16", s_q, h_q, s_k),
+                   t_us, flops, nbytes)
     # the sparse decode (DeepSeek V3.2, benchmarks/bench_mla.c's mla/gpu/sparse_fp8 rows): per
     # query position, topk slots spread over the FP8 cache; gather the entries, dequantize,
     # then attention over the gathered keys
@@ -138,32 +149,12 @@ def main():
             p = torch.softmax(s, -1).to(torch.bfloat16)
             return torch.bmm(p, kd[..., :DV]), lse
 
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
-        try:
-            for i in range(7):
-                start.record()
-                sparse_decode()
-                stop.record()
-                stop.synchronize()
-                if i >= 2:
-                    times.append(start.elapsed_time(stop) * 1e3)
-        except torch.cuda.OutOfMemoryError as e:
-            print("peer_mla_torch: out of memory at sparse b=%d: %s" % (b_sp, e), file=sys.stderr)
-            torch.cuda.empty_cache()
+        t_us = median_us(sparse_decode, "sparse b=%d" % b_sp)
+        if t_us is None:
             continue
-        t_us = sorted(times)[len(times) // 2]
         n = b_sp * s_q * topk
-        flops = 2.0 * h_q * n * (DQK + DV)
-        nbytes = n * ENTRY + b_sp * s_q * h_q * (DQK + DV) * 2.0
-        name = "mla/torch/sparse_fp8/b%d_sq2_hq128_topk%d" % (b_sp, topk)
-        rows.append({"name": name, "real_time": t_us, "time_unit": "us",
-                     "FLOP/s": flops / (t_us * 1e-6), "B/s": nbytes / (t_us * 1e-6),
-                     "label": "peer: PyTorch gather + attention (torch %s)" % torch.__version__})
-        json.dump({"benchmarks": rows}, open(a.out, "w"), indent=1)
-        print("%-44s %10.1f us  %8.2f TFLOP/s  %8.1f GB/s" % (
-            name, t_us, flops / t_us / 1e6, nbytes / t_us / 1e3))
-        torch.cuda.empty_cache()
+        record("mla/torch/sparse_fp8/b%d_sq2_hq128_topk%d" % (b_sp, topk), t_us,
+               2.0 * h_q * n * (DQK + DV), n * ENTRY + b_sp * s_q * h_q * (DQK + DV) * 2.0)
     json.dump({"benchmarks": rows}, open(a.out, "w"), indent=1)
     return 0
 

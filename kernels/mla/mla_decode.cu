@@ -95,17 +95,11 @@ __device__ __forceinline__ void grid_dependency_wait() {
 
 /* ------------------------------------------------------------- metadata -- */
 
-__global__ void __launch_bounds__(1) mla_metadata_kernel(const int32_t *seqlens, int64_t batch,
-                                                         int32_t parts, int32_t *meta,
-                                                         int32_t *num_splits) {
-    dinf__mla_plan(seqlens, batch, parts, meta, num_splits);
-}
-
-/* The sparse plan (lengths by group; L.lens device memory or NULL). */
-__global__ void __launch_bounds__(1) mla_metadata_lengths_kernel(const dinf__mla_lengths L,
-                                                                 int64_t requests, int32_t parts,
-                                                                 int32_t *meta,
-                                                                 int32_t *num_splits) {
+/* The plan of requests with lengths L (dense: cache_seqlens; sparse:
+ * topk_length by query position; device memory or NULL). */
+__global__ void __launch_bounds__(1) mla_metadata_kernel(const dinf__mla_lengths L,
+                                                         int64_t requests, int32_t parts,
+                                                         int32_t *meta, int32_t *num_splits) {
     dinf__mla_plan_lengths(&L, requests, parts, meta, num_splits);
 }
 
@@ -534,28 +528,14 @@ unsigned grid_for(int64_t items, int64_t per_cta) {
 } // namespace
 
 extern "C" dinf_status dinf__mla_metadata_cuda(const char *func, const dinf__place *place,
-                                               const int32_t *cache_seqlens, int64_t batch,
-                                               int32_t parts, int32_t *meta, int32_t *num_splits) {
+                                               const dinf__mla_lengths *L, int64_t requests,
+                                               int32_t parts, int32_t *meta,
+                                               int32_t *num_splits) {
     device_guard guard;
     dinf_status st = enter_hopper(func, place, guard);
     if (st != DINF_STATUS_OK)
         return st;
     mla_metadata_kernel<<<1, 1, 0, reinterpret_cast<cudaStream_t>(place->stream)>>>(
-        cache_seqlens, batch, parts, meta, num_splits);
-    const cudaError_t err = cudaGetLastError();
-    return err == cudaSuccess ? DINF_STATUS_OK : cuda_failed(func, place, "metadata launch", err);
-}
-
-extern "C" dinf_status dinf__mla_metadata_lengths_cuda(const char *func,
-                                                       const dinf__place *place,
-                                                       const dinf__mla_lengths *L,
-                                                       int64_t requests, int32_t parts,
-                                                       int32_t *meta, int32_t *num_splits) {
-    device_guard guard;
-    dinf_status st = enter_hopper(func, place, guard);
-    if (st != DINF_STATUS_OK)
-        return st;
-    mla_metadata_lengths_kernel<<<1, 1, 0, reinterpret_cast<cudaStream_t>(place->stream)>>>(
         *L, requests, parts, meta, num_splits);
     const cudaError_t err = cudaGetLastError();
     return err == cudaSuccess ? DINF_STATUS_OK : cuda_failed(func, place, "metadata launch", err);

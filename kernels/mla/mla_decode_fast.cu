@@ -136,6 +136,42 @@ __device__ __forceinline__ void load_q(const dinf__mla_params &p, const cta_ctx 
     }
 }
 
+/* One 16-byte item of an FP8 entry (656 bytes at `entry`): chunk ch < 32
+ * is codes [16 ch, 16 ch + 16) and the scale of their 128 channels; chunk
+ * 32..39 is RoPE values [8 (ch - 32), + 8). */
+__device__ __forceinline__ void fp8_chunk_load(const uint8_t *entry, int ch, uint4 &raw,
+                                               float &scale) {
+    if (ch < kDv / 16) {
+        raw = __ldg(reinterpret_cast<const uint4 *>(entry) + ch);
+        scale = __ldg(reinterpret_cast<const float *>(entry + DINF_MLA_FP8_SCALE_OFFSET) + ch / 8);
+    } else {
+        raw = __ldg(reinterpret_cast<const uint4 *>(entry + DINF_MLA_FP8_ROPE_OFFSET) +
+                    (ch - kDv / 16));
+    }
+}
+
+/* That item into row r of the swizzled bf16 tile: codes as e4m3 * scale
+ * rounded to bf16 (channels [16 ch, 16 ch + 16)), RoPE as stored. */
+__device__ __forceinline__ void fp8_chunk_store(uint8_t *tile, int r, int ch, const uint4 &raw,
+                                                float scale) {
+    if (ch < kDv / 16) {
+        const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+        uint32_t packed[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            float lo, hi;
+            ptx::e4m3x2_to_f32x2(uint16_t(w[k / 2] >> (16 * (k % 2))), lo, hi);
+            packed[k] = ptx::pack_bf16x2(lo * scale, hi * scale);
+        }
+        *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, 16 * ch)) =
+            make_uint4(packed[0], packed[1], packed[2], packed[3]);
+        *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, 16 * ch + 8)) =
+            make_uint4(packed[4], packed[5], packed[6], packed[7]);
+    } else {
+        *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, kDv + 8 * (ch - kDv / 16))) = raw;
+    }
+}
+
 /* One 64-token FP8 page dequantized into stage s (rows >= n and a bad page:
  * zeros). Thread t takes items t + 128 j (item i: row i / 40, 16-byte chunk
  * i % 40: 32 chunks of 16 codes, then 8 RoPE chunks) in batches whose loads
@@ -162,37 +198,13 @@ __device__ __forceinline__ void load_fp8_page(const dinf__mla_params &p, const c
             raw[j] = make_uint4(0, 0, 0, 0);
             scale[j] = 0.0f;
             if (!bad && r < n) {
-                if (ch < kDv / 16) {
-                    raw[j] = __ldg(reinterpret_cast<const uint4 *>(entry) + ch);
-                    scale[j] = __ldg(reinterpret_cast<const float *>(entry + DINF_MLA_FP8_SCALE_OFFSET) +
-                                     ch / 8);
-                } else {
-                    raw[j] = __ldg(reinterpret_cast<const uint4 *>(entry + DINF_MLA_FP8_ROPE_OFFSET) +
-                                   (ch - kDv / 16));
-                }
+                fp8_chunk_load(entry, ch, raw[j], scale[j]);
             }
         }
 #pragma unroll
         for (int j = 0; j < kBatch; j++) {
             const int i = t + kWgThreads * (b0 + j);
-            const int r = i / kPerRow, ch = i % kPerRow;
-            if (ch < kDv / 16) { /* channels [16 ch, 16 ch + 16): e4m3 * scale, rounded to bf16 */
-                const uint32_t w[4] = {raw[j].x, raw[j].y, raw[j].z, raw[j].w};
-                uint32_t packed[8];
-#pragma unroll
-                for (int k = 0; k < 8; k++) {
-                    float lo, hi;
-                    ptx::e4m3x2_to_f32x2(uint16_t(w[k / 2] >> (16 * (k % 2))), lo, hi);
-                    packed[k] = ptx::pack_bf16x2(lo * scale[j], hi * scale[j]);
-                }
-                *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, 16 * ch)) =
-                    make_uint4(packed[0], packed[1], packed[2], packed[3]);
-                *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, 16 * ch + 8)) =
-                    make_uint4(packed[4], packed[5], packed[6], packed[7]);
-            } else { /* RoPE: bf16 as stored */
-                *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, kDv + 8 * (ch - kDv / 16))) =
-                    raw[j];
-            }
+            fp8_chunk_store(tile, i / kPerRow, i % kPerRow, raw[j], scale[j]);
         }
     }
 }
@@ -263,37 +275,13 @@ __device__ __forceinline__ void load_fp8_sparse(const dinf__mla_params &p, const
                 mask[r] = uint8_t(loc != 0);
             if (loc == 0) {
                 const uint8_t *entry = cache + page * p.kv_block_stride + int64_t(row) * p.kv_token_stride;
-                if (ch < kDv / 16) {
-                    raw[j] = __ldg(reinterpret_cast<const uint4 *>(entry) + ch);
-                    scale[j] = __ldg(reinterpret_cast<const float *>(entry + DINF_MLA_FP8_SCALE_OFFSET) +
-                                     ch / 8);
-                } else {
-                    raw[j] = __ldg(reinterpret_cast<const uint4 *>(entry + DINF_MLA_FP8_ROPE_OFFSET) +
-                                   (ch - kDv / 16));
-                }
+                fp8_chunk_load(entry, ch, raw[j], scale[j]);
             }
         }
 #pragma unroll
         for (int j = 0; j < kBatch; j++) {
             const int i = t + kWgThreads * (b0 + j);
-            const int r = i / kPerRow, ch = i % kPerRow;
-            if (ch < kDv / 16) { /* channels [16 ch, 16 ch + 16): e4m3 * scale, rounded to bf16 */
-                const uint32_t w[4] = {raw[j].x, raw[j].y, raw[j].z, raw[j].w};
-                uint32_t packed[8];
-#pragma unroll
-                for (int k = 0; k < 8; k++) {
-                    float lo, hi;
-                    ptx::e4m3x2_to_f32x2(uint16_t(w[k / 2] >> (16 * (k % 2))), lo, hi);
-                    packed[k] = ptx::pack_bf16x2(lo * scale[j], hi * scale[j]);
-                }
-                *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, 16 * ch)) =
-                    make_uint4(packed[0], packed[1], packed[2], packed[3]);
-                *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, 16 * ch + 8)) =
-                    make_uint4(packed[4], packed[5], packed[6], packed[7]);
-            } else { /* RoPE: bf16 as stored */
-                *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, kDv + 8 * (ch - kDv / 16))) =
-                    raw[j];
-            }
+            fp8_chunk_store(tile, i / kPerRow, i % kPerRow, raw[j], scale[j]);
         }
     }
     if (bad)

@@ -116,6 +116,44 @@ static dinf_status check_seqlens(const char *func, const int32_t *cache_seqlens,
     return DINF_STATUS_OK;
 }
 
+/* Both metadata calls after their own checks: the output pointers, their
+ * overlap with each other and with the lengths (lens_name, lens_bytes), then
+ * the plan of `requests` requests with lengths L, on the place. */
+static dinf_status plan_into(const char *func, const dinf__place *place,
+                             const dinf__mla_lengths *L, const char *lens_name,
+                             size_t lens_bytes, int64_t requests, int32_t num_sm_parts,
+                             int32_t *tile_scheduler_metadata, int32_t *num_splits) {
+    if (!tile_scheduler_metadata)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "tile_scheduler_metadata is NULL");
+    if (!num_splits)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "num_splits is NULL");
+    if (misaligned(tile_scheduler_metadata, 4) || misaligned(num_splits, 4))
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "tile_scheduler_metadata=%p and num_splits=%p must be 4-byte aligned",
+                          (void *)tile_scheduler_metadata, (void *)num_splits);
+    const dinf__buffer bufs[3] = {
+        {"tile_scheduler_metadata", tile_scheduler_metadata,
+         (size_t)num_sm_parts * DINF_MLA_METADATA_INTS * sizeof(int32_t)},
+        {"num_splits", num_splits, (size_t)(requests + 1) * sizeof(int32_t)},
+        {lens_name, L->lens, L->lens ? lens_bytes : 0},
+    };
+    dinf_status st = check_outputs_disjoint(func, bufs, 3, 2);
+    if (st != DINF_STATUS_OK)
+        return st;
+#if DINF_WITH_CUDA
+    if (place->kind == DINF_EXEC_CUDA)
+        return dinf__mla_metadata_cuda(func, place, L, requests, num_sm_parts,
+                                       tile_scheduler_metadata, num_splits);
+#else
+    (void)place;
+#endif
+    if (dinf__mla_plan_lengths(L, requests, num_sm_parts, tile_scheduler_metadata, num_splits))
+        return dinf__fail(DINF_STATUS_INTERNAL, func,
+                          "the plan left work unassigned (%lld requests, num_sm_parts=%d)",
+                          (long long)requests, (int)num_sm_parts);
+    return DINF_STATUS_OK;
+}
+
 dinf_status dinf_mla_get_metadata(const int32_t *cache_seqlens, int64_t batch,
                                   int32_t num_sm_parts, int32_t *tile_scheduler_metadata,
                                   int32_t *num_splits, const dinf_exec *exec) {
@@ -126,32 +164,9 @@ dinf_status dinf_mla_get_metadata(const int32_t *cache_seqlens, int64_t batch,
     st = check_seqlens(__func__, cache_seqlens, batch, num_sm_parts, place.kind == DINF_EXEC_CPU);
     if (st != DINF_STATUS_OK)
         return st;
-    if (!tile_scheduler_metadata)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "tile_scheduler_metadata is NULL");
-    if (!num_splits)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_splits is NULL");
-    if (misaligned(tile_scheduler_metadata, 4) || misaligned(num_splits, 4))
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                         "tile_scheduler_metadata=%p and num_splits=%p must be 4-byte aligned",
-                         (void *)tile_scheduler_metadata, (void *)num_splits);
-    const dinf__buffer bufs[3] = {
-        {"tile_scheduler_metadata", tile_scheduler_metadata,
-         (size_t)num_sm_parts * DINF_MLA_METADATA_INTS * sizeof(int32_t)},
-        {"num_splits", num_splits, (size_t)(batch + 1) * sizeof(int32_t)},
-        {"cache_seqlens", cache_seqlens, (size_t)batch * sizeof(int32_t)},
-    };
-    st = check_outputs_disjoint(__func__, bufs, 3, 2);
-    if (st != DINF_STATUS_OK)
-        return st;
-#if DINF_WITH_CUDA
-    if (place.kind == DINF_EXEC_CUDA)
-        return dinf__mla_metadata_cuda(__func__, &place, cache_seqlens, batch, num_sm_parts,
-                                       tile_scheduler_metadata, num_splits);
-#endif
-    if (dinf__mla_plan(cache_seqlens, batch, num_sm_parts, tile_scheduler_metadata, num_splits))
-        return DINF_FAIL(DINF_STATUS_INTERNAL, "the plan left work unassigned (batch=%lld, "
-                         "num_sm_parts=%d)", (long long)batch, (int)num_sm_parts);
-    return DINF_STATUS_OK;
+    const dinf__mla_lengths lengths = {cache_seqlens, 1, 0};
+    return plan_into(__func__, &place, &lengths, "cache_seqlens", (size_t)batch * sizeof(int32_t),
+                     batch, num_sm_parts, tile_scheduler_metadata, num_splits);
 }
 
 /* ----------------------------------------------------------- workspace -- */
@@ -1012,35 +1027,9 @@ dinf_status dinf_mla_get_sparse_metadata(const int32_t *topk_length, int64_t bat
     st = check_sparse_lengths(__func__, topk_length, batch, topk, place.kind == DINF_EXEC_CPU);
     if (st != DINF_STATUS_OK)
         return st;
-    if (!tile_scheduler_metadata)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "tile_scheduler_metadata is NULL");
-    if (!num_splits)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_splits is NULL");
-    if (misaligned(tile_scheduler_metadata, 4) || misaligned(num_splits, 4))
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                         "tile_scheduler_metadata=%p and num_splits=%p must be 4-byte aligned",
-                         (void *)tile_scheduler_metadata, (void *)num_splits);
-    const dinf__buffer bufs[3] = {
-        {"tile_scheduler_metadata", tile_scheduler_metadata,
-         (size_t)num_sm_parts * DINF_MLA_METADATA_INTS * sizeof(int32_t)},
-        {"num_splits", num_splits, (size_t)(reqs + 1) * sizeof(int32_t)},
-        {"topk_length", topk_length, topk_length ? (size_t)batch * sizeof(int32_t) : 0},
-    };
-    st = check_outputs_disjoint(__func__, bufs, 3, 2);
-    if (st != DINF_STATUS_OK)
-        return st;
     const dinf__mla_lengths lengths = {topk_length, seq_len_q, topk};
-#if DINF_WITH_CUDA
-    if (place.kind == DINF_EXEC_CUDA)
-        return dinf__mla_metadata_lengths_cuda(__func__, &place, &lengths, reqs, num_sm_parts,
-                                               tile_scheduler_metadata, num_splits);
-#endif
-    if (dinf__mla_plan_lengths(&lengths, reqs, num_sm_parts, tile_scheduler_metadata,
-                               num_splits))
-        return DINF_FAIL(DINF_STATUS_INTERNAL, "the plan left work unassigned (batch=%lld, "
-                         "seq_len_q=%d, num_sm_parts=%d)", (long long)batch, (int)seq_len_q,
-                         (int)num_sm_parts);
-    return DINF_STATUS_OK;
+    return plan_into(__func__, &place, &lengths, "topk_length", (size_t)batch * sizeof(int32_t),
+                     reqs, num_sm_parts, tile_scheduler_metadata, num_splits);
 }
 
 dinf_status dinf_mla_sparse_decode_with_kvcache(

@@ -18,16 +18,12 @@
 extern "C" {
 #endif
 
-/* dinf__mla_plan on the device: one thread, writes meta [parts][8] and num_splits [batch + 1]. */
+/* dinf__mla_plan_lengths on the device (one thread): the dense plan
+ * (cache_seqlens) or the sparse one (requests b * s_q + t); L->lens is device
+ * memory or NULL. Writes meta [parts][8] and num_splits [requests + 1]. */
 dinf_status dinf__mla_metadata_cuda(const char *func, const dinf__place *place,
-                                    const int32_t *cache_seqlens, int64_t batch, int32_t parts,
+                                    const dinf__mla_lengths *L, int64_t requests, int32_t parts,
                                     int32_t *meta, int32_t *num_splits);
-
-/* dinf__mla_plan_lengths on the device (the sparse plan: requests
- * b * s_q + t); L->lens is device memory or NULL. */
-dinf_status dinf__mla_metadata_lengths_cuda(const char *func, const dinf__place *place,
-                                            const dinf__mla_lengths *L, int64_t requests,
-                                            int32_t parts, int32_t *meta, int32_t *num_splits);
 
 /* The split-KV decode then the combine; p->batch > 0, workspace carved. */
 dinf_status dinf__mla_decode_cuda(const char *func, const dinf__place *place,

@@ -3,7 +3,8 @@
  * (tests/mla/test_mla_sparse.c) and the GPU suite (tests/gpu/test_mla_gpu.c):
  * a random paged cache (BF16, and its FP8 quantization), random index lists
  * with skipped (-1) and repeated slots, an independent float64 reference of
- * the semantics in mla.h ("Sparse decode") and the upstream tolerances.
+ * the semantics in mla.h ("Sparse decode") and the upstream tolerance check
+ * (sp_check_close, which the dense suite tests/mla/test_mla.c uses too).
  * Header-only (static functions); include it once per test file.
  */
 #ifndef DINF_TEST_MLA_SPARSE_PROBLEM_H
@@ -232,8 +233,9 @@ static inline void sp_reference(const sp_problem *p, double *ref_out, double *re
     free(sc);
 }
 
-/* Per element abs or rel, inf/NaN positions equal, cosine difference (the
- * upstream test's check, as tests/mla/test_mla.c). */
+/* The upstream (FlashMLA HEAD) test's check: per element abs or rel,
+ * inf/NaN positions equal, and the cosine difference over all elements
+ * (also the dense suite's, tests/mla/test_mla.c). */
 static inline void sp_check_close(const char *what, const char *params, const double *ref, int64_t n,
                            const uint16_t *got_bf16, const float *got_f32, double abs_tol,
                            double rel_tol, double cos_tol) {

@@ -10,6 +10,7 @@
 
 #include "core/numeric_hd.h"
 #include "mla/mla_hd.h"
+#include "mla_sparse_problem.h" /* sp_check_close: the upstream tolerance check */
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -386,37 +387,13 @@ static void reference(const problem *p, double *ref_out, double *ref_lse) {
     free(sc);
 }
 
-/* The HEAD test's check: per element abs or rel, inf/NaN positions equal,
- * and the cosine difference over all elements. */
-static void check_close(const char *what, const char *params, const double *ref, int64_t n,
-                        const uint16_t *got_bf16, const float *got_f32, double abs_tol,
-                        double rel_tol, double cos_tol) {
-    double xy = 0, xx_yy = 0;
-    for (int64_t i = 0; i < n; i++) {
-        const double g = got_bf16 ? dinf__f32_from_bf16(got_bf16[i]) : got_f32[i];
-        const double r = ref[i];
-        if (!isfinite(r) || !isfinite(g)) {
-            cr_assert(g == r, "%s [%s]: element %lld got %g, reference %g", what, params,
-                      (long long)i, g, r);
-            continue;
-        }
-        const double err = fabs(g - r);
-        cr_assert(err <= abs_tol || err <= rel_tol * fabs(r),
-                  "%s [%s]: element %lld got %.9g, reference %.9g", what, params, (long long)i, g, r);
-        xy += g * r;
-        xx_yy += g * g + r * r;
-    }
-    const double cos_diff = xx_yy == 0 ? 0 : 1 - 2 * xy / xx_yy;
-    cr_assert_leq(cos_diff, cos_tol, "%s [%s]: cos_diff %g", what, params, cos_diff);
-}
-
 static void check_against_reference(const problem *p, const char *params) {
     const int64_t rows = p->b * p->s_q * p->h_q;
     double *ref_out = malloc(sizeof(double) * (size_t)(rows * DV + 1));
     double *ref_lse = malloc(sizeof(double) * (size_t)(rows + 1));
     reference(p, ref_out, ref_lse);
-    check_close("out", params, ref_out, rows * DV, p->out, NULL, 8e-4, 2.01 / 128, 5e-6);
-    check_close("lse", params, ref_lse, rows, NULL, p->lse, 1e-6, 8.01 / 65536, 5e-6);
+    sp_check_close("out", params, ref_out, rows * DV, p->out, NULL, 8e-4, 2.01 / 128, 5e-6);
+    sp_check_close("lse", params, ref_lse, rows, NULL, p->lse, 1e-6, 8.01 / 65536, 5e-6);
     free(ref_out);
     free(ref_lse);
 }
@@ -519,8 +496,8 @@ Test(mla_merge, split_equals_unsplit) {
             rl[i] = a.lse[i];
         char params[64];
         snprintf(params, sizeof params, "parts=%d vs 1", parts_list[v]);
-        check_close("out", params, ro, rows * DV, b.out, NULL, 8e-4, 2.01 / 128, 5e-6);
-        check_close("lse", params, rl, rows, NULL, b.lse, 1e-6, 8.01 / 65536, 5e-6);
+        sp_check_close("out", params, ro, rows * DV, b.out, NULL, 8e-4, 2.01 / 128, 5e-6);
+        sp_check_close("lse", params, rl, rows, NULL, b.lse, 1e-6, 8.01 / 65536, 5e-6);
         check_against_reference(&b, params);
         free(ro);
         free(rl);

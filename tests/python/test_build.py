@@ -174,12 +174,11 @@ def test_kernel_resource_reports_have_no_spills_or_local_memory():
     assert checked > 0
     # every MLA kernel (kernels/mla) is among them: metadata, decode (BF16 and FP8 caches),
     # combine, FP8 quantize-into-cache, the fast and seesaw rungs (BF16 and FP8 caches), the
-    # sparse plan and the fast rung's sparse (FP8) kernel
+    # fast rung's sparse (FP8) kernel
     for kernel in ("mla_metadata_kernel", "mla_decode_kernelILb0E", "mla_decode_kernelILb1E",
                    "mla_combine_kernel", "mla_quantize_fp8_kernel", "mla_decode_fast_kernelILb0E",
                    "mla_decode_fast_kernelILb1E", "mla_decode_seesaw_kernelILb0E",
-                   "mla_decode_seesaw_kernelILb1E", "mla_metadata_lengths_kernel",
-                   "mla_decode_fast_sparse_kernel"):
+                   "mla_decode_seesaw_kernelILb1E", "mla_decode_fast_sparse_kernel"):
         assert any(kernel in f for f in seen), "no resource report for %s" % kernel
 
 
