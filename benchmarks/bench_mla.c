@@ -67,6 +67,11 @@ typedef struct mla_case {
     int32_t s_q, h_q, s_k, fp8, causal, parts, gpu, warmed;
     int32_t topk; /* sparse rows: indices per query position (s_k unused); 0 = dense */
     int32_t *indices; /* sparse rows: [b][s_q][topk] slots */
+    /* sparse extras rows: an extra list of etopk slots of the same cache
+     * (0: none) and a sink per head (NULL: none); device pointers */
+    int32_t etopk;
+    int32_t *eindices;
+    float *sink;
     const char *rung;     /* GPU rows: DINF_MLA_KERNEL for this row */
     const char *prefetch; /* GPU rows: DINF_MLA_FP8_PREFETCH for this row (NULL: unset, the default) */
     int64_t max_blocks, num_blocks;
@@ -104,12 +109,30 @@ static double seconds(const struct timespec *a, const struct timespec *b) {
     return (double)(b->tv_sec - a->tv_sec) + 1e-9 * (double)(b->tv_nsec - a->tv_nsec);
 }
 
+/* A sparse row's extras (NULL: none): the extra list reads the same cache. */
+static const dinf_mla_sparse_extras *extras_of(const mla_case *c, dinf_mla_sparse_extras *ex) {
+    if (!c->etopk && !c->sink)
+        return NULL;
+    *ex = (dinf_mla_sparse_extras){.attn_sink = c->sink};
+    if (c->etopk) {
+        ex->extra_topk = c->etopk;
+        ex->extra_indices = c->eindices;
+        ex->extra_k_cache = c->kc;
+        ex->extra_num_blocks = c->num_blocks;
+        ex->extra_page_block_size = PAGE;
+        ex->extra_kv_block_stride = PAGE * ENTRY;
+        ex->extra_kv_token_stride = ENTRY;
+    }
+    return ex;
+}
+
 static dinf_status decode(mla_case *c, const dinf_exec *exec) {
+    dinf_mla_sparse_extras ex;
     if (c->topk) /* sparse rows: FP8 cache, 64-token pages, every list full */
         return dinf_mla_sparse_decode_with_kvcache_fp8(
             c->q, c->b, c->s_q, c->h_q, DQK, c->kc, c->num_blocks, PAGE, 1, PAGE * ENTRY, ENTRY,
             c->indices, c->topk, NULL, DV, c->meta, c->parts, c->splits, 0.0721687836f, c->ws,
-            c->ws_bytes, c->out, c->lse, exec);
+            c->ws_bytes, c->out, c->lse, extras_of(c, &ex), exec);
     if (c->fp8)
         return dinf_mla_decode_with_kvcache_fp8(
             c->q, c->b, c->s_q, c->h_q, DQK, c->kc, c->num_blocks, PAGE, 1, PAGE * ENTRY, ENTRY,
@@ -136,8 +159,9 @@ static double run_cpu(void *arg) {
 static void metrics(const mla_case *c, double *flops, double *bytes) {
     const double bsh = (double)c->b * c->s_q * c->h_q;
     /* keys read: dense, s_k per request (shared by its s_q positions); sparse,
-     * topk per query position (FlashMLA's sparse metric) */
-    const double n = c->topk ? (double)c->b * c->s_q * c->topk : (double)c->b * c->s_k;
+     * topk (+ extra_topk) per query position (FlashMLA's sparse metric) */
+    const double n =
+        c->topk ? (double)c->b * c->s_q * (c->topk + c->etopk) : (double)c->b * c->s_k;
     *flops = 2.0 * (c->topk ? 1 : c->s_q) * c->h_q * n * (DQK + DV);
     *bytes = n * (c->fp8 ? ENTRY : 2.0 * DQK) + bsh * (DQK + DV) * 2.0;
 }
@@ -195,7 +219,9 @@ static int plan(mla_case *c, int32_t num_sms) {
         c->splits = malloc(sizeof(int32_t) * (size_t)(c->b * c->s_q + 1));
         return c->meta && c->splits &&
                        dinf_mla_get_sparse_metadata(NULL, c->b, c->s_q, c->topk, c->parts, c->meta,
-                                                    c->splits, NULL) == DINF_STATUS_OK
+                                                    c->splits,
+                                                    &(dinf_mla_sparse_extras){.extra_topk = c->etopk},
+                                                    NULL) == DINF_STATUS_OK
                    ? 0
                    : -1;
     }
@@ -535,7 +561,10 @@ static void add_gpu(const gpu_cache *g, int fp8, int32_t s_q, int32_t h_q, int32
 /* Sparse decode rows (V3.2: FP8 cache, h_q 128, s_q 2, topk 2048; FlashMLA's
  * sparse benchmark batches 64 and 128) over the FP8 cache of the dense rows,
  * slots spread over all of it; the simple rung, the fast rung, and the fast
- * rung without its L2 prefetch (fast_nopf). */
+ * rung without its L2 prefetch (fast_nopf). Then the fast rung with the
+ * 2026 extras (an extra list of 512 slots of the same cache and a sink per
+ * head: .../topk2048_extra512_sink/fast), whose cost per key the A/B
+ * compares with the plain row's. */
 static const int64_t sparse_batches[2] = {64, 128};
 #define NUM_SPARSE_ROWS 3
 static const gpu_row sparse_rows[NUM_SPARSE_ROWS] = {
@@ -553,13 +582,21 @@ static int sparse_selected(int64_t b) {
     }
     return any;
 }
-static void add_gpu_sparse(const gpu_cache *g, int64_t b, int32_t num_sms) {
-    if (!sparse_selected(b))
+#define SPARSE_EXTRA_TOPK 512
+static void sparse_extra_name(char *name, size_t n, int64_t b) {
+    snprintf(name, n, "mla/gpu/sparse_fp8/b%lld_sq2_hq128_topk2048_extra%d_sink/fast",
+             (long long)b, SPARSE_EXTRA_TOPK);
+}
+static void add_gpu_sparse(const gpu_cache *g, int64_t b, int32_t num_sms, int extras) {
+    char probe[96];
+    sparse_extra_name(probe, sizeof probe, b);
+    if (extras ? !bench_selected(probe) : !sparse_selected(b))
         return;
     mla_case *c = calloc(1, sizeof *c);
     if (!c)
         return;
     c->gpu = 1, c->b = b, c->s_q = 2, c->h_q = 128, c->topk = 2048, c->fp8 = 1;
+    c->etopk = extras ? SPARSE_EXTRA_TOPK : 0;
     c->max_blocks = g->max_blocks, c->num_blocks = g->num_blocks;
     c->kc = g->kc;
     uint64_t s = 777u + (uint64_t)b;
@@ -594,6 +631,25 @@ static void add_gpu_sparse(const gpu_cache *g, int64_t b, int32_t num_sms) {
     free(q);
     free(idx);
     c->meta = d_meta, c->splits = d_splits, c->indices = d_idx;
+    if (extras) {
+        const int64_t n_e = b * c->s_q * c->etopk;
+        int32_t *eidx = make_indices(b, c->s_q, c->etopk, g->num_blocks * PAGE, &s);
+        float sink[128];
+        for (int h = 0; h < c->h_q; h++)
+            sink[h] = (float)(next(&s) % 1000) / 100.0f; /* 0 .. 10: about the scores' lse */
+        if (!eidx || cudaMalloc((void **)&c->eindices, sizeof(int32_t) * (size_t)n_e) != cudaSuccess ||
+            cudaMalloc((void **)&c->sink, sizeof sink) != cudaSuccess ||
+            cudaMemcpy(c->eindices, eidx, sizeof(int32_t) * (size_t)n_e, cudaMemcpyHostToDevice) != cudaSuccess ||
+            cudaMemcpy(c->sink, sink, sizeof sink, cudaMemcpyHostToDevice) != cudaSuccess) {
+            fprintf(stderr, "bench_mla: sparse extras setup failed\n");
+            return;
+        }
+        free(eidx);
+        mla_case *rc = row_case(c, 0, &sparse_rows[1]); /* the fast rung */
+        sparse_extra_name(rc->name, sizeof rc->name, b);
+        register_case(rc);
+        return;
+    }
     /* the same inputs and outputs on every row, side by side */
     for (int r = 0; r < NUM_SPARSE_ROWS; r++) {
         mla_case *rc = row_case(c, r, &sparse_rows[r]);
@@ -616,8 +672,11 @@ static void register_gpu(void) {
             for (int j = 0; j < 3; j++)
                 for (int k = 0; k < 3; k++)
                     any |= gpu_selected(fp8, s_qs[i], h_qs[j], s_ks[k]);
-        for (int i = 0; fp8 && i < 2; i++) /* the sparse rows read the FP8 cache */
-            any |= sparse_selected(sparse_batches[i]);
+        char probe[96];
+        for (int i = 0; fp8 && i < 2; i++) { /* the sparse rows read the FP8 cache */
+            sparse_extra_name(probe, sizeof probe, sparse_batches[i]);
+            any |= sparse_selected(sparse_batches[i]) || bench_selected(probe);
+        }
         if (!any)
             continue;
         if (make_gpu_cache(&caches[fp8], fp8, 128, 16384)) {
@@ -630,7 +689,9 @@ static void register_gpu(void) {
                 for (int k = 0; k < 3; k++)
                     add_gpu(&caches[fp8], fp8, s_qs[i], h_qs[j], s_ks[k], info.sm_count);
         for (int i = 0; fp8 && i < 2; i++)
-            add_gpu_sparse(&caches[fp8], sparse_batches[i], info.sm_count);
+            add_gpu_sparse(&caches[fp8], sparse_batches[i], info.sm_count, 0);
+        for (int i = 0; fp8 && i < 2; i++)
+            add_gpu_sparse(&caches[fp8], sparse_batches[i], info.sm_count, 1);
     }
     for (int i = 0; i < num_deferred; i++)
         register_case(deferred[i]);

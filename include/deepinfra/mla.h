@@ -2,8 +2,8 @@
  * libdeepinfra mla: FlashMLA-style decode of DeepSeek's multi-head latent
  * attention over a paged KV cache, with split-KV scheduling (FlashMLA v1
  * semantics; the scheduling metadata layout is this library's own, see below),
- * and its sparse form (FlashMLA's indices API, DeepSeek V3.2: "Sparse
- * decode" below).
+ * and its sparse form (FlashMLA's indices API, DeepSeek V3.2, with the
+ * 2026 API's attention sink and extra cache: "Sparse decode" below).
  *
  * MLA decode runs in its "absorbed" form, which is multi-query attention:
  * every cache row holds d_qk = 576 values (512 latent + 64 RoPE key), and V is
@@ -335,9 +335,23 @@ DINF_API dinf_status dinf_mla_decode_with_kvcache_fp8(
  * the list decides what each position sees. Every query head of a KV head
  * shares the list (upstream has h_kv = 1; any h_kv works here).
  *
+ * Optional extras (dinf_mla_sparse_extras, FlashMLA's 2026 keywords):
+ *
+ *   attn_sink[h]: a per-head sink logit in the softmax's denominator only:
+ *     out = sum_j exp(S[j]) * V[j] / (sum_j exp(S[j]) + exp(attn_sink[h])),
+ *     i.e. out times exp(lse) / (exp(lse) + exp(sink)); lse is returned
+ *     without the sink (as upstream). -inf is no sink; no valid slot: out 0.
+ *   a second ("extra") cache with its own lists: position t of request b
+ *     also attends to extra_indices[b][t][0 .. e_b) of extra_k_cache
+ *     (e_b = extra_topk_length[b], or extra_topk), in the same softmax.
+ *     Its slots use its own page size and strides; skipped the same way.
+ *
  * Scheduling: each (b, t) is one "sparse request" of n_b keys, numbered
  * b * seq_len_q + t, split across SM parts like a dense request of n_b keys
- * (dinf_mla_get_sparse_metadata). Sizes for the calls it shares with the
+ * (dinf_mla_get_sparse_metadata). With an extra cache the request has
+ * ceil(n_b / 64) * 64 + e_b keys: the main list's slots, skipped keys up to
+ * the next multiple of 64 (each 64-key block reads one cache), then the
+ * extra list's (as upstream). Sizes for the calls it shares with the
  * dense decode:
  *   dinf_mla_num_sm_parts(num_heads_q / num_heads_kv, num_heads_kv, num_sms, &parts)
  *   dinf_mla_workspace_size(batch * seq_len_q, 1, num_heads_q, parts, &bytes, exec)
@@ -352,6 +366,47 @@ DINF_API dinf_status dinf_mla_decode_with_kvcache_fp8(
  */
 
 /*
+ * Optional inputs of a sparse decode: zero-initialise ({0}) and set what
+ * you use, or pass NULL for none. Pointers are host memory for a CPU call
+ * and device memory on DINF_EXEC_CUDA, like the call's other arrays.
+ *   attn_sink         [IN] float32 [num_heads_q], contiguous, 4-byte aligned, or
+ *                          NULL: each query head's sink logit, in the units of
+ *                          the scaled scores (softmax_scale * q.k); -inf = none,
+ *                          +inf gives out 0, NaN gives NaN for that head
+ *   extra_topk        [IN] 0 (no extra cache: every extra_* pointer NULL) or the
+ *                          extra lists' length, in [1, DINF_MLA_MAX_TOPK]
+ *   extra_topk_length [IN] int32 [batch], each in [0, extra_topk], or NULL
+ *                          (= extra_topk); 4-byte aligned
+ *   extra_indices     [IN] int32 [batch][seq_len_q][extra_topk], contiguous,
+ *                          4-byte aligned: slots of the extra cache (page *
+ *                          extra_page_block_size + row), negative = skipped,
+ *                          each below extra_num_blocks * extra_page_block_size;
+ *                          entries at or past extra_topk_length[b] never read
+ *   extra_k_cache     [IN] the extra cache, the same element type and entry
+ *                          layout as k_cache (bfloat16 rows of 576 for the BF16
+ *                          call, 656-byte FP8 entries for the _fp8 call) and the
+ *                          same num_heads_kv: row (p, r, hk) at p *
+ *                          extra_kv_block_stride + r * extra_kv_token_stride +
+ *                          hk * (576 elements or 656 bytes); 16-byte aligned
+ *   extra_num_blocks  [IN] pages of extra_k_cache, >= 1
+ *   extra_page_block_size [IN] rows per page, in [1, DINF_MLA_MAX_SPARSE_PAGE]
+ *   extra_kv_block_stride, extra_kv_token_stride [IN] as k_cache's strides (in
+ *                          elements for BF16, bytes for FP8; the same rules)
+ * dinf_mla_get_sparse_metadata reads only extra_topk and extra_topk_length.
+ */
+typedef struct dinf_mla_sparse_extras {
+    const float *attn_sink;
+    int32_t extra_topk;
+    const int32_t *extra_topk_length;
+    const int32_t *extra_indices;
+    const void *extra_k_cache;
+    int64_t extra_num_blocks;
+    int32_t extra_page_block_size;
+    int64_t extra_kv_block_stride;
+    int64_t extra_kv_token_stride;
+} dinf_mla_sparse_extras;
+
+/*
  * dinf_mla_get_sparse_metadata - the split-KV plan of a sparse decode.
  * Arguments:
  *   topk_length   [IN]  int32 [batch], each in [0, topk], or NULL (every
@@ -362,18 +417,24 @@ DINF_API dinf_status dinf_mla_decode_with_kvcache_fp8(
  *   num_sm_parts  [IN]  in [1, DINF_MLA_MAX_SM_PARTS]
  *   tile_scheduler_metadata [OUT] int32 [num_sm_parts][DINF_MLA_METADATA_INTS]
  *   num_splits    [OUT] int32 [batch * seq_len_q + 1], caller-owned
+ *   extras        [IN]  NULL, or the decode's extras (only extra_topk and
+ *                       extra_topk_length are read; the same values as the
+ *                       decode call's)
  *   exec          [IN]  NULL = CPU
  * The plan is dinf_mla_get_metadata's for cache_seqlens'[b * s_q + t] =
- * topk_length[b] (or topk). On DINF_EXEC_CUDA every array is device memory
- * and the plan is computed by one GPU thread on the stream (lengths not
- * checked on the host). Returns as dinf_mla_get_metadata (a length outside
- * [0, topk] is INVALID_ARGUMENT on the CPU).
+ * n_b = topk_length[b] (or topk), with an extra cache ceil(n_b / 64) * 64 +
+ * e_b. On DINF_EXEC_CUDA every array is device memory and the plan is
+ * computed by one GPU thread on the stream (lengths not checked on the
+ * host). Returns as dinf_mla_get_metadata (a length outside [0, topk] or
+ * [0, extra_topk] is INVALID_ARGUMENT on the CPU).
  */
 DINF_API dinf_status dinf_mla_get_sparse_metadata(const int32_t *topk_length, int64_t batch,
                                                   int32_t seq_len_q, int32_t topk,
                                                   int32_t num_sm_parts,
                                                   int32_t *tile_scheduler_metadata,
-                                                  int32_t *num_splits, const dinf_exec *exec);
+                                                  int32_t *num_splits,
+                                                  const dinf_mla_sparse_extras *extras,
+                                                  const dinf_exec *exec);
 
 /*
  * dinf_mla_sparse_decode_with_kvcache - sparse MLA decode over a BF16 paged
@@ -396,16 +457,23 @@ DINF_API dinf_status dinf_mla_get_sparse_metadata(const int32_t *topk_length, in
  *                         path recomputes and compares them)
  *   workspace       [IN,OUT] >= dinf_mla_workspace_size(batch * seq_len_q, 1,
  *                         num_heads_q, num_sm_parts) bytes, 16-byte aligned
+ *   extras          [IN]  NULL or the attention sink and extra cache
+ *                         (dinf_mla_sparse_extras; pass the same extra_topk and
+ *                         extra_topk_length to dinf_mla_get_sparse_metadata)
  * (no block_table, max_blocks_per_seq, cache_seqlens or causal).
  * out [b][t][h][512] and lse [b][h][t] as the dense decode. On the GPU,
  * where values are not checked on the host, a query position whose list
- * holds a slot at or past num_blocks * page_block_size, or whose request's
- * topk_length is outside [0, topk], gets NaN in out and lse (all its heads);
+ * holds a slot at or past num_blocks * page_block_size (an extra list: past
+ * extra_num_blocks * extra_page_block_size), or whose request's topk_length
+ * is outside [0, topk] (extra_topk_length outside [0, extra_topk]), gets NaN
+ * in out and lse (all its heads);
  * the plan is trusted as in the dense decode (its indices are clamped, so a
  * plan made for other topk_length values reads nothing out of bounds but
  * covers the keys it was made for).
  * Returns as dinf_mla_decode_with_kvcache (an index out of range or a
- * topk_length outside [0, topk] is INVALID_ARGUMENT on the CPU).
+ * topk_length outside [0, topk], in either list, is INVALID_ARGUMENT on the
+ * CPU; so are extras that are inconsistent: extra_topk 0 with an extra
+ * pointer set, or extra_topk > 0 without extra_k_cache or extra_indices).
  */
 DINF_API dinf_status dinf_mla_sparse_decode_with_kvcache(
     const uint16_t *q, int64_t batch, int32_t seq_len_q, int32_t num_heads_q, int32_t head_dim,
@@ -413,7 +481,8 @@ DINF_API dinf_status dinf_mla_sparse_decode_with_kvcache(
     int64_t kv_block_stride, int64_t kv_token_stride, const int32_t *indices, int32_t topk,
     const int32_t *topk_length, int32_t head_dim_v, const int32_t *tile_scheduler_metadata,
     int32_t num_sm_parts, const int32_t *num_splits, float softmax_scale, void *workspace,
-    size_t workspace_bytes, uint16_t *out, float *lse, const dinf_exec *exec);
+    size_t workspace_bytes, uint16_t *out, float *lse, const dinf_mla_sparse_extras *extras,
+    const dinf_exec *exec);
 
 /*
  * dinf_mla_sparse_decode_with_kvcache_fp8 - the sparse decode over an FP8
@@ -427,7 +496,8 @@ DINF_API dinf_status dinf_mla_sparse_decode_with_kvcache_fp8(
     int64_t kv_block_stride, int64_t kv_token_stride, const int32_t *indices, int32_t topk,
     const int32_t *topk_length, int32_t head_dim_v, const int32_t *tile_scheduler_metadata,
     int32_t num_sm_parts, const int32_t *num_splits, float softmax_scale, void *workspace,
-    size_t workspace_bytes, uint16_t *out, float *lse, const dinf_exec *exec);
+    size_t workspace_bytes, uint16_t *out, float *lse, const dinf_mla_sparse_extras *extras,
+    const dinf_exec *exec);
 
 /*
  * dinf_mla_quantize_kvcache_fp8 - quantize new tokens' cache rows into an

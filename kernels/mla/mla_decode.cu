@@ -16,8 +16,9 @@
  * column halves compute the same 16 x 64 score tile (same instructions, same
  * data, so bit-identical running max and sum). Per 64-key block:
  *   - every thread copies 16-byte chunks of the block's keys from their pages
- *     (block_table; a sparse decode's indices: slot = page * page_block_size +
- *     row, dinf__mla_key_loc) into shared memory; keys at or past the
+ *     (block_table, dinf__mla_key_loc; a sparse decode's lists: slot = page *
+ *     page_block_size + row of the block's cache, main or extra,
+ *     dinf__mla_sparse_block / dinf__mla_slot_loc) into shared memory; keys at or past the
  *     request's length and skipped sparse slots (< 0) are zero-filled and
  *     never read from the cache, so NaN in unused slots cannot leak (the
  *     skipped ones are flagged in sMasked and their scores masked); an FP8 entry is dequantized to bf16 on the way
@@ -106,18 +107,24 @@ __global__ void __launch_bounds__(1) mla_metadata_kernel(const dinf__mla_lengths
 /* ---------------------------------------------------------------- decode -- */
 
 /* One 16-byte chunk of key row j of the block into shared memory (bf16).
- * sMasked[j] = 1 for a skipped sparse slot (zero row, score -inf), else 0. */
+ * Dense: key j0 + j of the request's block table row bt. Sparse (slots
+ * non-NULL): slots[j] of the block's list, of the main or extra cache,
+ * for j < valid (dinf__mla_sparse_block). sMasked[j] = 1 for a skipped
+ * sparse slot (zero row, score -inf), else 0. */
 template <bool kFp8>
 __device__ __forceinline__ void load_key_chunks(const dinf__mla_params &p, const int32_t *bt,
+                                                const int32_t *slots, int32_t valid, int extra,
                                                 int32_t j0, int32_t n, int32_t hk, uint16_t *sK,
                                                 uint8_t *sMasked, int &bad) {
     constexpr int kPerKey = kFp8 ? (kDv / 16 + 8) : kChunks; /* FP8: 32 code chunks + 8 RoPE */
+    const void *cache = dinf__mla_cache(&p, extra);
     for (int c = threadIdx.x; c < kBN * kPerKey; c += kThreads) {
         const int j = c / kPerKey, ch = c % kPerKey;
         uint16_t *dst_row = sK + j * kLd;
-        int64_t page = 0;
-        int32_t row = 0;
-        const int loc = j < n ? dinf__mla_key_loc(&p, bt, j0 + j, &page, &row) : 1;
+        int64_t off = 0;
+        const int loc = j >= n  ? 1
+                        : slots ? (j < valid ? dinf__mla_slot_loc(&p, extra, slots[j], &off) : 1)
+                                : dinf__mla_key_loc(&p, bt, j0 + j, &off);
         if (loc < 0) {
             bad = 1;
             continue;
@@ -137,14 +144,11 @@ __device__ __forceinline__ void load_key_chunks(const dinf__mla_params &p, const
             continue;
         }
         if (!kFp8) {
-            const uint16_t *src = static_cast<const uint16_t *>(p.k_cache) +
-                                  page * p.kv_block_stride + int64_t(row) * p.kv_token_stride +
-                                  int64_t(hk) * kDqk;
+            const uint16_t *src = static_cast<const uint16_t *>(cache) + off + int64_t(hk) * kDqk;
             *reinterpret_cast<uint4 *>(dst_row + 8 * ch) =
                 __ldg(reinterpret_cast<const uint4 *>(src) + ch);
         } else {
-            const uint8_t *entry = static_cast<const uint8_t *>(p.k_cache) +
-                                   page * p.kv_block_stride + int64_t(row) * p.kv_token_stride +
+            const uint8_t *entry = static_cast<const uint8_t *>(cache) + off +
                                    int64_t(hk) * DINF_MLA_FP8_ENTRY_BYTES;
             if (ch < kDv / 16) { /* 16 codes of channels [16 ch, 16 ch + 16) */
                 const float scale = __ldg(reinterpret_cast<const float *>(
@@ -213,7 +217,7 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const dinf__mla
         const int64_t split_row =
             split ? int64_t(p.num_splits[req]) + (first ? meta[DINF_MLA_META_BEGIN_SPLIT] : 0)
                   : -1;
-        int bad = dinf__mla_req_keys_bad(&p, s_k) ||
+        int bad = dinf__mla_req_keys_bad(&p, req, s_k) ||
                   (split && (split_row < 0 || (split_row + 1) * p.h_kv * p.q_rows > max_rows));
 
         __syncthreads(); /* the previous request is done with sQ and sK */
@@ -255,7 +259,11 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const dinf__mla
             const int32_t n = s_k - j0 < kBN ? s_k - j0 : kBN;
             __syncthreads(); /* everyone is done with the previous block */
             int page_bad = 0;
-            load_key_chunks<kFp8>(p, bt, j0, n, hk, sK, sMasked, page_bad);
+            int32_t valid = n;
+            int extra = 0;
+            const int32_t *slots =
+                sparse ? dinf__mla_sparse_block(&p, req, blk, &valid, &extra) : nullptr;
+            load_key_chunks<kFp8>(p, bt, slots, valid, extra, j0, n, hk, sK, sMasked, page_bad);
             bad = __syncthreads_or(page_bad);
             if (bad)
                 break;
@@ -356,10 +364,13 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const dinf__mla
             if (split_row < 0) {
                 uint16_t *dst = p.out + ((int64_t(req) * p.s_q + tq) * p.h_q + h) * kDv +
                                 256 * wc + 2 * t;
+                /* the whole softmax here: with the sink (1 / l without one) */
+                const float out_inv =
+                    bad ? NAN : dinf__mla_out_inv(l[i], m[i], dinf__mla_sink2(p.attn_sink, h));
 #pragma unroll
                 for (int nt = 0; nt < 32; nt++)
                     *reinterpret_cast<uint32_t *>(dst + 8 * nt) =
-                        pack_bf16(o[nt][2 * i] * inv, o[nt][2 * i + 1] * inv);
+                        pack_bf16(o[nt][2 * i] * out_inv, o[nt][2 * i + 1] * out_inv);
                 if (wc == 0 && t == 0)
                     p.lse[dinf__mla_lse_index(&p, req, h, tq)] =
                         bad ? NAN : (l[i] > 0.0f ? (log2f(l[i]) + m[i]) * kLn2 : INFINITY);
@@ -422,13 +433,15 @@ __global__ void __launch_bounds__(kThreads) mla_combine_kernel(const dinf__mla_p
             continue;
         }
         const float global = dinf__mla_combine_lse2(lse2, rows_per_req, n);
+        /* the partials' weights include the sink; lse does not */
+        const float with_sink = dinf__mla_lse2_with_sink(global, dinf__mla_sink2(p.attn_sink, h));
         float4 acc[4];
 #pragma unroll
         for (int i = 0; i < 4; i++)
             acc[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         if (global != -INFINITY)
             for (int32_t s = 0; s < n; s++) {
-                const float w = exp2f(lse2[s * rows_per_req] - global);
+                const float w = exp2f(lse2[s * rows_per_req] - with_sink);
                 if (w == 0.0f)
                     continue;
                 const float4 *src =

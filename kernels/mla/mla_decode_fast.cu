@@ -227,7 +227,7 @@ __device__ __forceinline__ void prefetch_fp8_block(const dinf__mla_params &param
     const dinf__mla_params *p = &params; /* __grid_constant__: addressable */
     asm volatile("" : "+l"(p));
     int32_t r, b, keys;
-    if (!dinf__mla_fast_block_ahead(p, c.meta, c.first, c.last, req, blk, pc.blk_end, pc.s_k,
+    if (!dinf__mla_fast_block_ahead_in(p, 0, c.meta, c.first, c.last, req, blk, pc.blk_end, pc.s_k,
                                     ahead, &r, &b, &keys))
         return;
     const int32_t page = __ldg(p->block_table + int64_t(r) * p->max_blocks + b);
@@ -239,23 +239,27 @@ __device__ __forceinline__ void prefetch_fp8_block(const dinf__mla_params &param
         ptx::bulk_prefetch_l2(src, f.bytes);
 }
 
-/* Sparse (FP8 cache): the block's listed entries into stage s, as
- * load_fp8_page does a page: key j0 + r of the request is slot bt[j0 + r]
- * of its indices row bt (dinf__mla_key_loc); rows r >= n and skipped slots
- * (< 0) are zeros with mask[s][r] = 1 (their scores are masked, their V
- * rows add nothing); a slot past the cache reads nothing and sets the
- * stage's bad flag (the request gets NaN; the consumers clear the flag
- * once both warpgroups have read it, before they release the stage). */
+/* Sparse (FP8 cache): block blk's listed entries of request req into stage
+ * s, as load_fp8_page does a page: the block's keys all come from one list
+ * and cache, main or extra (dinf__mla_sparse_block), row r from slot
+ * slots[r] for r < valid; rows past valid and skipped slots (< 0) are zeros
+ * with mask[s][r] = 1 (their scores are masked, their V rows add nothing);
+ * a slot past its cache reads nothing and sets the stage's bad flag (the
+ * request gets NaN; the consumers clear the flag once both warpgroups have
+ * read it, before they release the stage). */
 template <int kBatch>
 __device__ __forceinline__ void load_fp8_sparse(const dinf__mla_params &p, const cta_ctx &c, int s,
-                                                const int32_t *bt, int32_t j0, int32_t n, int t) {
+                                                int32_t req, int32_t blk, int t) {
     constexpr int kPerRow = DINF_MLA_FAST_FP8_CHUNKS;
     constexpr int kItems = kBN * kPerRow / kWgThreads;
     static_assert(kBN * kPerRow % kWgThreads == 0 && kItems % kBatch == 0, "FP8 page items");
+    int32_t valid;
+    int extra;
+    const int32_t *slots = dinf__mla_sparse_block(&p, req, blk, &valid, &extra);
     uint8_t *tile = c.k_tile(s);
     uint8_t *mask = c.smem + c.lay.mask + s * kBN;
-    const uint8_t *cache =
-        static_cast<const uint8_t *>(p.k_cache) + int64_t(c.hk) * DINF_MLA_FP8_ENTRY_BYTES;
+    const uint8_t *cache = static_cast<const uint8_t *>(dinf__mla_cache(&p, extra)) +
+                           int64_t(c.hk) * DINF_MLA_FP8_ENTRY_BYTES;
     int bad = 0;
 #pragma unroll 1
     for (int b0 = 0; b0 < kItems; b0 += kBatch) {
@@ -267,16 +271,13 @@ __device__ __forceinline__ void load_fp8_sparse(const dinf__mla_params &p, const
             const int r = i / kPerRow, ch = i % kPerRow;
             raw[j] = make_uint4(0, 0, 0, 0);
             scale[j] = 0.0f;
-            int64_t page = 0;
-            int32_t row = 0;
-            const int loc = r < n ? dinf__mla_key_loc(&p, bt, j0 + r, &page, &row) : 1;
+            int64_t off = 0;
+            const int loc = r < valid ? dinf__mla_slot_loc(&p, extra, __ldg(slots + r), &off) : 1;
             bad |= loc < 0;
             if (ch == 0)
                 mask[r] = uint8_t(loc != 0);
-            if (loc == 0) {
-                const uint8_t *entry = cache + page * p.kv_block_stride + int64_t(row) * p.kv_token_stride;
-                fp8_chunk_load(entry, ch, raw[j], scale[j]);
-            }
+            if (loc == 0)
+                fp8_chunk_load(cache + off, ch, raw[j], scale[j]);
         }
 #pragma unroll
         for (int j = 0; j < kBatch; j++) {
@@ -290,7 +291,8 @@ __device__ __forceinline__ void load_fp8_sparse(const dinf__mla_params &p, const
 
 /* Sparse: the L2 prefetch of row t (< 64) of the block `ahead` blocks after
  * block blk in the CTA's ring order: its listed entry (656 bytes of this
- * CTA's KV head), if the slot is in the cache. One entry per producer
+ * CTA's KV head, of the block's cache, main or extra), if the slot is in
+ * that cache. One entry per producer
  * thread t < 64 (the slots are scattered: no page to fetch whole). Exactly
  * the bytes load_fp8_sparse will read. The params through an opaque copy
  * of their address, as prefetch_fp8_block. */
@@ -301,17 +303,17 @@ __device__ __forceinline__ void prefetch_fp8_sparse_row(const dinf__mla_params &
     const dinf__mla_params *p = &params;
     asm volatile("" : "+l"(p));
     int32_t r, b, keys;
-    if (!dinf__mla_fast_block_ahead(p, c.meta, c.first, c.last, req, blk, pc.blk_end, pc.s_k,
+    if (!dinf__mla_fast_block_ahead_in(p, 1, c.meta, c.first, c.last, req, blk, pc.blk_end, pc.s_k,
                                     ahead, &r, &b, &keys) ||
         t >= keys)
         return;
-    int64_t page;
-    int32_t row;
-    if (dinf__mla_key_loc(p, p->block_table + int64_t(r) * p->max_blocks, b * kBN + t, &page,
-                          &row) != 0)
+    int32_t valid;
+    int extra;
+    const int32_t *slots = dinf__mla_sparse_block(p, r, b, &valid, &extra);
+    int64_t off;
+    if (t >= valid || dinf__mla_slot_loc(p, extra, __ldg(slots + t), &off) != 0)
         return;
-    ptx::bulk_prefetch_l2(static_cast<const uint8_t *>(p->k_cache) + page * p->kv_block_stride +
-                              int64_t(row) * p->kv_token_stride +
+    ptx::bulk_prefetch_l2(static_cast<const uint8_t *>(dinf__mla_cache(p, extra)) + off +
                               int64_t(c.hk) * DINF_MLA_FP8_ENTRY_BYTES,
                           DINF_MLA_FP8_ENTRY_BYTES);
 }
@@ -349,7 +351,7 @@ __device__ __forceinline__ void fill_stage(const dinf__mla_params &p, const jit:
             for (int32_t a = it == 0 ? 0 : p.fp8_prefetch; a <= p.fp8_prefetch; a++)
                 prefetch_fp8_sparse_row(p, c, req, pc, blk, a, t);
         mbar_wait_bounded(c.empty(s), dinf__mla_fast_empty_parity(it));
-        load_fp8_sparse<kBatch>(p, c, s, bt, blk * kBN, dinf__mla_fast_block_keys(s_k, blk), t);
+        load_fp8_sparse<kBatch>(p, c, s, req, blk, t);
         ptx::fence_proxy_async_shared();
         jit::mbar_arrive(c.full(s));
     } else {
@@ -378,7 +380,8 @@ __device__ __forceinline__ void produce(const dinf__mla_params &p, const jit::te
     int64_t it = 0, rq = 0;
     for (int32_t req = c.first; req <= c.last; req++, rq++) {
         const dinf__mla_piece pc =
-            dinf__mla_fast_piece(&p, c.meta, req, dinf__mla_req_keys(&p, req), c.first, c.last);
+            dinf__mla_fast_piece_in(&p, kSparse, c.meta, req,
+                                    dinf__mla_req_keys_in(&p, req, kSparse), c.first, c.last);
         const int32_t *bt = p.block_table + int64_t(req) * p.max_blocks;
         int32_t blk = pc.blk_begin;
         if (blk < pc.blk_end)
@@ -455,7 +458,11 @@ __device__ __forceinline__ void zero_v_tail(const cta_ctx &c, int s, int32_t n, 
 
 /* The end of a request: row sums over the quad, then over the two WGs
  * (named barrier BAR_L; sums double-buffered by request parity), then this
- * WG's 256 output columns (and WG 0 the lse) to out / the workspace. */
+ * WG's 256 output columns (and WG 0 the lse) to out / the workspace. The
+ * attention sink is a sparse decode's (kSink: the sparse kernel; the dense
+ * kernels never carry one, and the seesaw consumers have no registers for
+ * it). */
+template <bool kSink>
 __device__ __forceinline__ void finish_request(const dinf__mla_params &p, const cta_ctx &c,
                                                const dinf__mla_piece &pc, int32_t req, int64_t rq,
                                                int wg, int t, const int (&rows)[2], float (&l)[2],
@@ -476,16 +483,18 @@ __device__ __forceinline__ void finish_request(const dinf__mla_params &p, const 
         if (qr >= p.q_rows || pc.dest < 0)
             continue;
         const float l_total = l[i] + lsum[(1 - wg) * kBM + rows[i]];
-        const dinf__mla_row_end e = dinf__mla_fast_row_end(l_total, m[i], bad);
         const int tq = qr / p.heads_per_kv;
         const int h = c.hk * p.heads_per_kv + qr % p.heads_per_kv;
+        const dinf__mla_row_end e = dinf__mla_fast_row_end(
+            l_total, m[i], bad, kSink ? dinf__mla_sink2(p.attn_sink, h) : -INFINITY);
         const int col0 = wg * DINF_MLA_FAST_COLS_PER_WG + 2 * (t % 4);
         if (pc.dest == 0) {
             uint16_t *dst = p.out + ((int64_t(req) * p.s_q + tq) * p.h_q + h) * kDv + col0;
 #pragma unroll
             for (int nt = 0; nt < 32; nt++)
                 *reinterpret_cast<uint32_t *>(dst + 8 * nt) =
-                    ptx::pack_bf16x2(o[4 * nt + 2 * i] * e.inv, o[4 * nt + 2 * i + 1] * e.inv);
+                    ptx::pack_bf16x2(o[4 * nt + 2 * i] * e.out_inv,
+                                     o[4 * nt + 2 * i + 1] * e.out_inv);
             if (wg == 0 && t % 4 == 0)
                 p.lse[dinf__mla_lse_index(&p, req, h, tq)] = e.lse;
         } else {
@@ -513,7 +522,8 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
     uint32_t hung = 0;
     for (int32_t req = c.first; req <= c.last; req++, rq++) {
         const dinf__mla_piece pc =
-            dinf__mla_fast_piece(&p, c.meta, req, dinf__mla_req_keys(&p, req), c.first, c.last);
+            dinf__mla_fast_piece_in(&p, kSparse, c.meta, req,
+                                    dinf__mla_req_keys_in(&p, req, kSparse), c.first, c.last);
         int bad = pc.bad;
         int32_t limit[2];
         row_limits(p, c, pc, rows, limit);
@@ -628,7 +638,7 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
             jit::mbar_arrive(c.empty(s));
         }
         jit::mbar_arrive(c.bar(c.lay.q_empty));
-        finish_request(p, c, pc, req, rq, wg, t, rows, l, m, bad, o);
+        finish_request<kSparse>(p, c, pc, req, rq, wg, t, rows, l, m, bad, o);
     }
     if (hung)
         ptx::trap();
@@ -737,7 +747,8 @@ __device__ __forceinline__ void consume_seesaw_wg(const dinf__mla_params &p, con
     uint32_t hung = 0;
     for (int32_t req = c.first; req <= c.last; req++, rq++) {
         const dinf__mla_piece pc =
-            dinf__mla_fast_piece(&p, c.meta, req, dinf__mla_req_keys(&p, req), c.first, c.last);
+            dinf__mla_fast_piece_in(&p, 0, c.meta, req, dinf__mla_req_keys_in(&p, req, 0),
+                                    c.first, c.last);
         int bad = pc.bad;
         int32_t limit[2];
         row_limits(p, c, pc, rows, limit);
@@ -890,7 +901,7 @@ __device__ __forceinline__ void consume_seesaw_wg(const dinf__mla_params &p, con
             it += has_b ? 2 : 1;
         }
         jit::mbar_arrive(c.bar(c.lay.q_empty));
-        finish_request(p, c, pc, req, rq, wg, t, rows, l, m, bad, o);
+        finish_request<false>(p, c, pc, req, rq, wg, t, rows, l, m, bad, o);
     }
     if (hung)
         ptx::trap();

@@ -131,13 +131,14 @@ static dinf_status plan_into(const char *func, const dinf__place *place,
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                           "tile_scheduler_metadata=%p and num_splits=%p must be 4-byte aligned",
                           (void *)tile_scheduler_metadata, (void *)num_splits);
-    const dinf__buffer bufs[3] = {
+    const dinf__buffer bufs[4] = {
         {"tile_scheduler_metadata", tile_scheduler_metadata,
          (size_t)num_sm_parts * DINF_MLA_METADATA_INTS * sizeof(int32_t)},
         {"num_splits", num_splits, (size_t)(requests + 1) * sizeof(int32_t)},
         {lens_name, L->lens, L->lens ? lens_bytes : 0},
+        {"extra_topk_length", L->lens2, L->lens2 ? lens_bytes : 0},
     };
-    dinf_status st = check_outputs_disjoint(func, bufs, 3, 2);
+    dinf_status st = check_outputs_disjoint(func, bufs, 4, 2);
     if (st != DINF_STATUS_OK)
         return st;
 #if DINF_WITH_CUDA
@@ -164,7 +165,7 @@ dinf_status dinf_mla_get_metadata(const int32_t *cache_seqlens, int64_t batch,
     st = check_seqlens(__func__, cache_seqlens, batch, num_sm_parts, place.kind == DINF_EXEC_CPU);
     if (st != DINF_STATUS_OK)
         return st;
-    const dinf__mla_lengths lengths = {cache_seqlens, 1, 0};
+    const dinf__mla_lengths lengths = {cache_seqlens, 1, 0, NULL, 0};
     return plan_into(__func__, &place, &lengths, "cache_seqlens", (size_t)batch * sizeof(int32_t),
                      batch, num_sm_parts, tile_scheduler_metadata, num_splits);
 }
@@ -261,10 +262,9 @@ dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, int32_t nu
 typedef struct decode_job {
     dinf__mla_params prm; /* the request/key/lse addressing (mla_hd.h), dense or sparse */
     const uint16_t *q;
-    const unsigned char *kc; /* bytes */
     int kv_fp8;
     const int32_t *block_table;
-    int64_t kv_block_bytes, kv_token_bytes, max_blocks;
+    int64_t max_blocks;
     int32_t s_q, h_q, h_kv, heads_per_kv, q_rows, m_blocks, page, causal;
     float scale_log2;
     const piece *pieces;
@@ -409,24 +409,31 @@ static void run_task(const decode_job *job, task_scratch *ts, int64_t task) {
     const int32_t rows_padded = (rows + RG - 1) / RG * RG;
     memset(ts->q + (int64_t)rows * DQK, 0, sizeof(float) * (size_t)(rows_padded - rows) * DQK);
     const int32_t *bt = job->block_table + (int64_t)pc->req * job->max_blocks;
+    const int sparse = job->prm.sparse_s_q > 0;
+    const int64_t elem_bytes = job->kv_fp8 ? 1 : 2;
     for (int32_t blk = pc->blk_begin; blk < pc->blk_end; blk++) {
         const int32_t j0 = blk * BN;
         const int32_t n = s_k - j0 < BN ? s_k - j0 : BN;
+        /* sparse: the block's list and cache (main or extra) */
+        int32_t valid = n;
+        int extra = 0;
+        const int32_t *slots =
+            sparse ? dinf__mla_sparse_block(&job->prm, pc->req, blk, &valid, &extra) : NULL;
+        const unsigned char *cache = dinf__mla_cache(&job->prm, extra);
         int any_masked = 0;
         for (int32_t j = 0; j < n; j++) {
-            int64_t page = 0;
-            int32_t row = 0;
-            /* the host checked every page / slot: 0 (found) or 1 (a masked
+            int64_t off = 0;
+            /* the host checked every page / slot: 0 (found) or 1 (a skipped
              * sparse slot, whose zero row adds nothing: its score is -inf) */
-            ts->masked[j] = dinf__mla_key_loc(&job->prm, bt, j0 + j, &page, &row) != 0;
+            ts->masked[j] = sparse ? (j >= valid || dinf__mla_slot_loc(&job->prm, extra, slots[j],
+                                                                       &off) != 0)
+                                   : dinf__mla_key_loc(&job->prm, bt, j0 + j, &off) != 0;
             if (ts->masked[j]) {
                 any_masked = 1;
                 memset(ts->k + (int64_t)j * DQK, 0, sizeof(float) * DQK);
                 continue;
             }
-            const unsigned char *src = job->kc + page * job->kv_block_bytes +
-                                       (int64_t)row * job->kv_token_bytes +
-                                       (int64_t)hk * entry_bytes;
+            const unsigned char *src = cache + off * elem_bytes + (int64_t)hk * entry_bytes;
             load_key(src, job->kv_fp8, ts->k + (int64_t)j * DQK);
         }
         /* Rows in groups of RG share each key row read (cache blocking);
@@ -489,8 +496,11 @@ static void run_task(const decode_job *job, task_scratch *ts, int64_t task) {
         const float *acc = ts->acc + (int64_t)r * DV;
         if (pc->split_row < 0) {
             uint16_t *o = job->out + (((int64_t)pc->req * job->s_q + t) * job->h_q + h) * DV;
+            /* the whole softmax here: with the sink (1 / l without one) */
+            const float out_inv =
+                dinf__mla_out_inv(l, ts->m[r], dinf__mla_sink2(job->prm.attn_sink, h));
             for (int d = 0; d < DV; d++)
-                o[d] = dinf__bf16_from_f32(acc[d] * inv);
+                o[d] = dinf__bf16_from_f32(acc[d] * out_inv);
             job->lse[dinf__mla_lse_index(&job->prm, pc->req, h, t)] =
                 l > 0.0f ? (log2f(l) + ts->m[r]) * LN2 : INFINITY;
         } else {
@@ -532,11 +542,14 @@ static void run_combine(void *ctx, int64_t begin, int64_t end) {
         const int64_t w0 = (int64_t)first * rows_per_req + row;
         const float *lse2 = job->ws.lse2 + w0;
         const float global = dinf__mla_combine_lse2(lse2, rows_per_req, n);
+        /* the partials' weights include the sink; lse does not */
+        const float with_sink =
+            dinf__mla_lse2_with_sink(global, dinf__mla_sink2(job->prm.attn_sink, h));
         for (int d = 0; d < DV; d++)
             sum[d] = 0.0f;
         if (global != -INFINITY)
             for (int32_t i = 0; i < n; i++) {
-                const float w = exp2f(lse2[i * rows_per_req] - global);
+                const float w = exp2f(lse2[i * rows_per_req] - with_sink);
                 if (w == 0.0f)
                     continue;
                 const float *o = job->ws.oacc + (w0 + i * rows_per_req) * DV;
@@ -560,7 +573,81 @@ typedef struct sparse_args {
     const int32_t *indices;     /* [batch][s_q][topk] slots */
     const int32_t *topk_length; /* [batch] or NULL */
     int32_t topk;
+    dinf_mla_sparse_extras ex;  /* all zero: none */
 } sparse_args;
+
+/* Sparse extras: consistent, extra_topk in range, the extra lengths in
+ * [0, extra_topk] (host memory only). for_decode: also the pointers only
+ * the decode reads (the metadata call reads extra_topk and
+ * extra_topk_length). */
+static dinf_status check_extras(const char *func, const dinf_mla_sparse_extras *ex,
+                                int64_t batch, int read_values, int for_decode) {
+    if (ex->extra_topk < 0 || ex->extra_topk > DINF_MLA_MAX_TOPK)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "extras->extra_topk=%d must be 0 (no extra cache) or in [1, %d]",
+                          (int)ex->extra_topk, DINF_MLA_MAX_TOPK);
+    if (ex->extra_topk == 0) {
+        if (ex->extra_topk_length || (for_decode && (ex->extra_indices || ex->extra_k_cache)))
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "extras->extra_topk=0 (no extra cache) but extra_k_cache=%p, "
+                              "extra_indices=%p, extra_topk_length=%p: all must be NULL",
+                              ex->extra_k_cache, (const void *)ex->extra_indices,
+                              (const void *)ex->extra_topk_length);
+        return DINF_STATUS_OK;
+    }
+    if (misaligned(ex->extra_topk_length, 4))
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "extras->extra_topk_length=%p is not 4-byte aligned",
+                          (const void *)ex->extra_topk_length);
+    for (int64_t b = 0; read_values && ex->extra_topk_length && b < batch; b++)
+        if (ex->extra_topk_length[b] < 0 || ex->extra_topk_length[b] > ex->extra_topk)
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "extras->extra_topk_length[%lld]=%d must be in [0, extra_topk=%d]",
+                              (long long)b, (int)ex->extra_topk_length[b], (int)ex->extra_topk);
+    if (for_decode && (!ex->extra_k_cache || (batch > 0 && !ex->extra_indices)))
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "extras->extra_topk=%d needs extra_k_cache=%p and extra_indices=%p",
+                          (int)ex->extra_topk, ex->extra_k_cache,
+                          (const void *)ex->extra_indices);
+    return DINF_STATUS_OK;
+}
+
+/* One cache's geometry (the main cache, or the extra cache with prefix
+ * "extras->extra_"): pages, strides (in bf16 elements, multiple of 8, or
+ * bytes, multiple of 16) against the entry and page size; *span = the
+ * cache's extent in its elements. */
+static dinf_status check_cache(const char *func, const char *prefix, int kv_fp8,
+                               int64_t num_blocks, int32_t page_block_size, int32_t num_heads_kv,
+                               int64_t kv_block_stride, int64_t kv_token_stride, int64_t *span) {
+    if (num_blocks < 1)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "%snum_blocks=%lld must be >= 1",
+                          prefix, (long long)num_blocks);
+    const int64_t entry = kv_fp8 ? DINF_MLA_FP8_ENTRY_BYTES : DQK;
+    const int64_t stride_align = kv_fp8 ? 16 : 8;
+    const char *unit = kv_fp8 ? "bytes" : "elements";
+    if (kv_token_stride < (int64_t)num_heads_kv * entry || kv_token_stride % stride_align)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "%skv_token_stride=%lld %s must be a multiple of %lld and >= "
+                          "num_heads_kv * %lld = %lld",
+                          prefix, (long long)kv_token_stride, unit, (long long)stride_align,
+                          (long long)entry, (long long)num_heads_kv * entry);
+    int64_t page_elems, t1;
+    if (dinf__mul_i64(kv_token_stride, page_block_size, &page_elems) ||
+        kv_block_stride < page_elems || kv_block_stride % stride_align)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "%skv_block_stride=%lld %s must be a multiple of %lld and >= "
+                          "page_block_size * kv_token_stride = %d * %lld",
+                          prefix, (long long)kv_block_stride, unit, (long long)stride_align,
+                          (int)page_block_size, (long long)kv_token_stride);
+    if (dinf__mul_i64(num_blocks - 1, kv_block_stride, span) ||
+        dinf__mul_i64(page_block_size - 1, kv_token_stride, &t1) ||
+        __builtin_add_overflow(*span, t1 + (int64_t)num_heads_kv * entry, span) ||
+        *span > INT64_MAX / 2)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "the sizes overflow int64 (%snum_blocks=%lld, %skv_block_stride=%lld)",
+                          prefix, (long long)num_blocks, prefix, (long long)kv_block_stride);
+    return DINF_STATUS_OK;
+}
 
 /* Sparse: topk and the topk_length values (host memory only). */
 static dinf_status check_sparse_lengths(const char *func, const int32_t *topk_length,
@@ -670,27 +757,32 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
                                "exceeds DINF_MLA_MAX_Q_ROWS=%d",
                                (int)seq_len_q, (int)num_heads_q, (int)num_heads_kv,
                                (long long)q_rows, DINF_MLA_MAX_Q_ROWS);
-    if (num_blocks < 1)
-        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "num_blocks=%lld must be >= 1",
-                          (long long)num_blocks);
-    /* Strides: in bf16 elements (multiple of 8 = 16 bytes) or in bytes (multiple of 16). */
-    const int64_t entry = kv_fp8 ? DINF_MLA_FP8_ENTRY_BYTES : DQK;
-    const int64_t stride_align = kv_fp8 ? 16 : 8;
-    const char *unit = kv_fp8 ? "bytes" : "elements";
-    if (kv_token_stride < (int64_t)num_heads_kv * entry || kv_token_stride % stride_align)
-        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
-                          "kv_token_stride=%lld %s must be a multiple of %lld and >= "
-                          "num_heads_kv * %lld = %lld",
-                          (long long)kv_token_stride, unit, (long long)stride_align,
-                          (long long)entry, (long long)num_heads_kv * entry);
-    int64_t page_elems;
-    if (dinf__mul_i64(kv_token_stride, page_block_size, &page_elems) ||
-        kv_block_stride < page_elems || kv_block_stride % stride_align)
-        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
-                          "kv_block_stride=%lld %s must be a multiple of %lld and >= "
-                          "page_block_size * kv_token_stride = %d * %lld",
-                          (long long)kv_block_stride, unit, (long long)stride_align,
-                          (int)page_block_size, (long long)kv_token_stride);
+    int64_t kc_elems = 0;
+    st = check_cache(func, "", kv_fp8, num_blocks, page_block_size, num_heads_kv, kv_block_stride,
+                     kv_token_stride, &kc_elems);
+    if (st != DINF_STATUS_OK)
+        return st;
+    /* The sparse extras: the extra cache's geometry (the same entry and
+     * h_kv as the main cache). */
+    const dinf_mla_sparse_extras *ex = sp ? &sp->ex : NULL;
+    int64_t extra_elems = 0;
+    if (ex) {
+        st = check_extras(func, ex, batch, host, 1);
+        if (st != DINF_STATUS_OK)
+            return st;
+        if (ex->extra_topk > 0) {
+            if (ex->extra_page_block_size < 1 ||
+                ex->extra_page_block_size > DINF_MLA_MAX_SPARSE_PAGE)
+                return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                                  "extras->extra_page_block_size=%d must be in [1, %d]",
+                                  (int)ex->extra_page_block_size, DINF_MLA_MAX_SPARSE_PAGE);
+            st = check_cache(func, "extras->extra_", kv_fp8, ex->extra_num_blocks,
+                             ex->extra_page_block_size, num_heads_kv, ex->extra_kv_block_stride,
+                             ex->extra_kv_token_stride, &extra_elems);
+            if (st != DINF_STATUS_OK)
+                return st;
+        }
+    }
     if (max_blocks_per_seq < 0 || max_blocks_per_seq > INT32_MAX)
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                           "max_blocks_per_seq=%lld must be in [0, %d]",
@@ -705,14 +797,12 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
 
     /* Sizes in bytes (int64 products checked). */
     const int64_t elem_bytes = kv_fp8 ? 1 : 2;
-    int64_t kc_elems, t1, q_elems, o_elems, bt_elems, q_tokens;
+    int64_t q_elems, o_elems, bt_elems, q_tokens, extra_bt_elems = 0;
     if (dinf__mul_i64(batch, seq_len_q, &q_tokens) ||
         dinf__mul_i64(q_tokens, num_heads_q, &q_tokens) ||
-        dinf__mul_i64(num_blocks - 1, kv_block_stride, &kc_elems) ||
-        dinf__mul_i64(page_block_size - 1, kv_token_stride, &t1) ||
-        __builtin_add_overflow(kc_elems, t1 + (int64_t)num_heads_kv * entry, &kc_elems) ||
         dinf__mul_i64(q_tokens, DQK, &q_elems) || dinf__mul_i64(q_tokens, DV, &o_elems) ||
-        dinf__mul_i64(reqs, max_blocks_per_seq, &bt_elems) || kc_elems > INT64_MAX / 2 ||
+        dinf__mul_i64(reqs, max_blocks_per_seq, &bt_elems) ||
+        (ex && dinf__mul_i64(reqs, ex->extra_topk, &extra_bt_elems)) ||
         q_elems > INT64_MAX / 2 || o_elems > INT64_MAX / 2)
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                           "the sizes overflow int64 (batch=%lld, num_blocks=%lld, "
@@ -745,6 +835,9 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
         {"tile_scheduler_metadata", tile_scheduler_metadata, 4},
         {"num_splits", num_splits, 4},
         {"workspace", workspace, 16},
+        {"extras->attn_sink", ex ? ex->attn_sink : NULL, 4},
+        {"extras->extra_k_cache", ex ? ex->extra_k_cache : NULL, 16},
+        {"extras->extra_indices", ex ? ex->extra_indices : NULL, 4},
     };
     for (size_t i = 0; i < sizeof aligned / sizeof aligned[0]; i++)
         if (misaligned(aligned[i].ptr, aligned[i].align))
@@ -768,6 +861,22 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
                                   "skipped)",
                                   (long long)b, (long long)t, (int)j, (int)e,
                                   (long long)num_blocks, (int)page_block_size);
+        }
+        if (ex->extra_topk <= 0)
+            continue;
+        const int32_t n2 = ex->extra_topk_length ? ex->extra_topk_length[b] : ex->extra_topk;
+        /* (no overflow: as num_slots) */
+        const int64_t extra_slots = ex->extra_num_blocks * ex->extra_page_block_size;
+        for (int32_t j = 0; j < n2; j++) {
+            const int32_t e = ex->extra_indices[r * ex->extra_topk + j];
+            if (e >= extra_slots)
+                return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                                  "extras->extra_indices[%lld][%lld][%d]=%d is outside the extra "
+                                  "cache: slots are below extra_num_blocks * "
+                                  "extra_page_block_size = %lld * %d (negative: skipped)",
+                                  (long long)b, (long long)t, (int)j, (int)e,
+                                  (long long)ex->extra_num_blocks,
+                                  (int)ex->extra_page_block_size);
         }
     }
     /* Lengths against the block table, and the table's entries (host memory only). */
@@ -810,6 +919,14 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
         {"tile_scheduler_metadata", tile_scheduler_metadata,
          (size_t)num_sm_parts * DINF_MLA_METADATA_INTS * sizeof(int32_t)},
         {"num_splits", num_splits, (size_t)(reqs + 1) * sizeof(int32_t)},
+        {"extras->attn_sink", ex ? ex->attn_sink : NULL,
+         ex && ex->attn_sink ? (size_t)num_heads_q * sizeof(float) : 0},
+        {"extras->extra_k_cache", ex ? ex->extra_k_cache : NULL,
+         (size_t)(extra_elems * elem_bytes)},
+        {"extras->extra_indices", ex ? ex->extra_indices : NULL,
+         (size_t)extra_bt_elems * sizeof(int32_t)},
+        {"extras->extra_topk_length", ex ? ex->extra_topk_length : NULL,
+         ex && ex->extra_topk_length ? (size_t)batch * sizeof(int32_t) : 0},
     };
     st = check_outputs_disjoint(func, bufs, (int)(sizeof bufs / sizeof bufs[0]), 3);
     if (st != DINF_STATUS_OK)
@@ -843,6 +960,15 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
         .topk_length = sp ? sp->topk_length : NULL,
         .topk = sp ? sp->topk : 0,
         .sparse_s_q = sp ? seq_len_q : 0,
+        .extra_k_cache = ex ? ex->extra_k_cache : NULL,
+        .extra_indices = ex ? ex->extra_indices : NULL,
+        .extra_topk_length = ex ? ex->extra_topk_length : NULL,
+        .extra_num_blocks = ex ? ex->extra_num_blocks : 0,
+        .extra_block_stride = ex ? ex->extra_kv_block_stride : 0,
+        .extra_token_stride = ex ? ex->extra_kv_token_stride : 0,
+        .extra_topk = ex ? ex->extra_topk : 0,
+        .extra_page = ex ? ex->extra_page_block_size : 0,
+        .attn_sink = ex ? ex->attn_sink : NULL,
     };
     if (!host) {
 #if DINF_WITH_CUDA
@@ -896,8 +1022,9 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
     carve_workspace(&real, reqs, req_s_q, num_heads_q, num_sm_parts, place.threads, &job.ws);
 
     /* The plan must be the one for these lengths: recompute and compare. */
-    const dinf__mla_lengths lengths = {
-        sp ? sp->topk_length : cache_seqlens, sp ? seq_len_q : 1, sp ? sp->topk : 0};
+    const dinf__mla_lengths lengths = {sp ? sp->topk_length : cache_seqlens, sp ? seq_len_q : 1,
+                                       sp ? sp->topk : 0, ex ? ex->extra_topk_length : NULL,
+                                       ex ? ex->extra_topk : 0};
     if (dinf__mla_plan_lengths(&lengths, reqs, num_sm_parts, job.ws.plan_meta,
                                job.ws.plan_splits))
         return dinf__fail(DINF_STATUS_INTERNAL, func, "the plan left work unassigned");
@@ -910,7 +1037,7 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
                               (long long)(i / DINF_MLA_METADATA_INTS),
                               (long long)(i % DINF_MLA_METADATA_INTS),
                               (int)tile_scheduler_metadata[i],
-                              sp ? "topk_length, topk, batch, seq_len_q" : "cache_seqlens",
+                              sp ? "topk_length, topk, extras, batch, seq_len_q" : "cache_seqlens",
                               (int)num_sm_parts, (int)job.ws.plan_meta[i],
                               sp ? "dinf_mla_get_sparse_metadata" : "dinf_mla_get_metadata",
                               sp ? "they" : "cache_seqlens");
@@ -920,7 +1047,7 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
                               "num_splits[%lld]=%d does not match the plan for these "
                               "%s and num_sm_parts=%d (expected %d)",
                               (long long)i, (int)num_splits[i],
-                              sp ? "topk_length, topk, batch, seq_len_q" : "cache_seqlens",
+                              sp ? "topk_length, topk, extras, batch, seq_len_q" : "cache_seqlens",
                               (int)num_sm_parts, (int)job.ws.plan_splits[i]);
     const int any_split = num_splits[reqs] > reqs;
 
@@ -948,11 +1075,8 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
 
     job.prm = params;
     job.q = q;
-    job.kc = k_cache;
     job.kv_fp8 = kv_fp8;
     job.block_table = block_table;
-    job.kv_block_bytes = kv_block_stride * elem_bytes;
-    job.kv_token_bytes = kv_token_stride * elem_bytes;
     job.max_blocks = max_blocks_per_seq;
     job.s_q = req_s_q;
     job.h_q = num_heads_q;
@@ -1012,6 +1136,7 @@ dinf_status dinf_mla_decode_with_kvcache_fp8(
 dinf_status dinf_mla_get_sparse_metadata(const int32_t *topk_length, int64_t batch,
                                          int32_t seq_len_q, int32_t topk, int32_t num_sm_parts,
                                          int32_t *tile_scheduler_metadata, int32_t *num_splits,
+                                         const dinf_mla_sparse_extras *extras,
                                          const dinf_exec *exec) {
     dinf__place place;
     dinf_status st = dinf__place_resolve(__func__, exec, &place);
@@ -1027,7 +1152,13 @@ dinf_status dinf_mla_get_sparse_metadata(const int32_t *topk_length, int64_t bat
     st = check_sparse_lengths(__func__, topk_length, batch, topk, place.kind == DINF_EXEC_CPU);
     if (st != DINF_STATUS_OK)
         return st;
-    const dinf__mla_lengths lengths = {topk_length, seq_len_q, topk};
+    const dinf_mla_sparse_extras none = {0};
+    const dinf_mla_sparse_extras *ex = extras ? extras : &none;
+    st = check_extras(__func__, ex, batch, place.kind == DINF_EXEC_CPU, 0);
+    if (st != DINF_STATUS_OK)
+        return st;
+    const dinf__mla_lengths lengths = {topk_length, seq_len_q, topk, ex->extra_topk_length,
+                                       ex->extra_topk};
     return plan_into(__func__, &place, &lengths, "topk_length", (size_t)batch * sizeof(int32_t),
                      reqs, num_sm_parts, tile_scheduler_metadata, num_splits);
 }
@@ -1038,8 +1169,11 @@ dinf_status dinf_mla_sparse_decode_with_kvcache(
     int64_t kv_block_stride, int64_t kv_token_stride, const int32_t *indices, int32_t topk,
     const int32_t *topk_length, int32_t head_dim_v, const int32_t *tile_scheduler_metadata,
     int32_t num_sm_parts, const int32_t *num_splits, float softmax_scale, void *workspace,
-    size_t workspace_bytes, uint16_t *out, float *lse, const dinf_exec *exec) {
-    const sparse_args sp = {indices, topk_length, topk};
+    size_t workspace_bytes, uint16_t *out, float *lse, const dinf_mla_sparse_extras *extras,
+    const dinf_exec *exec) {
+    sparse_args sp = {indices, topk_length, topk, {0}};
+    if (extras)
+        sp.ex = *extras;
     return decode(__func__, 0, q, batch, seq_len_q, num_heads_q, head_dim, k_cache, num_blocks,
                   page_block_size, num_heads_kv, kv_block_stride, kv_token_stride, NULL, 0, NULL,
                   head_dim_v, tile_scheduler_metadata, num_sm_parts, num_splits, softmax_scale,
@@ -1052,8 +1186,11 @@ dinf_status dinf_mla_sparse_decode_with_kvcache_fp8(
     int64_t kv_block_stride, int64_t kv_token_stride, const int32_t *indices, int32_t topk,
     const int32_t *topk_length, int32_t head_dim_v, const int32_t *tile_scheduler_metadata,
     int32_t num_sm_parts, const int32_t *num_splits, float softmax_scale, void *workspace,
-    size_t workspace_bytes, uint16_t *out, float *lse, const dinf_exec *exec) {
-    const sparse_args sp = {indices, topk_length, topk};
+    size_t workspace_bytes, uint16_t *out, float *lse, const dinf_mla_sparse_extras *extras,
+    const dinf_exec *exec) {
+    sparse_args sp = {indices, topk_length, topk, {0}};
+    if (extras)
+        sp.ex = *extras;
     return decode(__func__, 1, q, batch, seq_len_q, num_heads_q, head_dim, k_cache, num_blocks,
                   page_block_size, num_heads_kv, kv_block_stride, kv_token_stride, NULL, 0, NULL,
                   head_dim_v, tile_scheduler_metadata, num_sm_parts, num_splits, softmax_scale,

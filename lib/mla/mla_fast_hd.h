@@ -302,9 +302,10 @@ DINF_HD void dinf__mla_fast_requests(const dinf__mla_params *p, const int32_t *m
     *last = end_req;
 }
 
-DINF_HD dinf__mla_piece dinf__mla_fast_piece(const dinf__mla_params *p, const int32_t *meta,
-                                             int32_t req, int32_t s_k, int32_t begin_req,
-                                             int32_t end_req) {
+/* (sparse: p->sparse_s_q > 0, see dinf__mla_req_keys_in) */
+DINF_HD dinf__mla_piece dinf__mla_fast_piece_in(const dinf__mla_params *p, int sparse,
+                                                const int32_t *meta, int32_t req, int32_t s_k,
+                                                int32_t begin_req, int32_t end_req) {
     dinf__mla_piece pc;
     const int32_t nblk = dinf__mla_num_blocks(s_k);
     const int first = req == begin_req, last = req == end_req;
@@ -320,11 +321,16 @@ DINF_HD dinf__mla_piece dinf__mla_fast_piece(const dinf__mla_params *p, const in
     const int row_bad =
         split && (pc.split_row < 0 || (pc.split_row + 1) * p->h_kv * p->q_rows > max_rows);
     pc.s_k = s_k;
-    pc.bad = dinf__mla_req_keys_bad(p, s_k) || row_bad;
+    pc.bad = dinf__mla_req_keys_bad_in(p, req, s_k, sparse) || row_bad;
     pc.dest = !split ? 0 : row_bad ? -1 : 1;
     pc.blk_begin = b0;
     pc.blk_end = pc.bad || b1 < b0 ? b0 : b1;
     return pc;
+}
+DINF_HD dinf__mla_piece dinf__mla_fast_piece(const dinf__mla_params *p, const int32_t *meta,
+                                             int32_t req, int32_t s_k, int32_t begin_req,
+                                             int32_t end_req) {
+    return dinf__mla_fast_piece_in(p, p->sparse_s_q > 0, meta, req, s_k, begin_req, end_req);
 }
 
 /* Keys of block blk that exist (< s_k): rows at or past this are zeroed in V. */
@@ -391,18 +397,19 @@ DINF_HD int32_t dinf__mla_fast_block_keys(int32_t s_k, int32_t blk) {
  * engines pad to the graph's size) would otherwise be walked again by each
  * of the last fills before it.
  */
-DINF_HD int dinf__mla_fast_block_ahead(const dinf__mla_params *p, const int32_t *meta,
-                                       int32_t first, int32_t last, int32_t req, int32_t blk,
-                                       int32_t blk_end, int32_t s_k, int32_t ahead,
-                                       int32_t *req_out, int32_t *blk_out, int32_t *keys) {
+DINF_HD int dinf__mla_fast_block_ahead_in(const dinf__mla_params *p, int sparse,
+                                          const int32_t *meta, int32_t first, int32_t last,
+                                          int32_t req, int32_t blk, int32_t blk_end, int32_t s_k,
+                                          int32_t ahead, int32_t *req_out, int32_t *blk_out,
+                                          int32_t *keys) {
     int32_t b = blk + ahead; /* blk < 2^31 / 64 and ahead <= 8: no overflow */
     int32_t hops = 0;
     while (b >= blk_end) {
         if (req >= last || ++hops > DINF_MLA_FP8_PREFETCH_HOPS)
             return 0;
         req++;
-        const dinf__mla_piece pc =
-            dinf__mla_fast_piece(p, meta, req, dinf__mla_req_keys(p, req), first, last);
+        const dinf__mla_piece pc = dinf__mla_fast_piece_in(
+            p, sparse, meta, req, dinf__mla_req_keys_in(p, req, sparse), first, last);
         b = pc.blk_begin + (b - blk_end);
         blk_end = pc.blk_end;
         s_k = pc.s_k;
@@ -411,6 +418,13 @@ DINF_HD int dinf__mla_fast_block_ahead(const dinf__mla_params *p, const int32_t 
     *blk_out = b;
     *keys = dinf__mla_fast_block_keys(s_k, b);
     return 1;
+}
+DINF_HD int dinf__mla_fast_block_ahead(const dinf__mla_params *p, const int32_t *meta,
+                                       int32_t first, int32_t last, int32_t req, int32_t blk,
+                                       int32_t blk_end, int32_t s_k, int32_t ahead,
+                                       int32_t *req_out, int32_t *blk_out, int32_t *keys) {
+    return dinf__mla_fast_block_ahead_in(p, p->sparse_s_q > 0, meta, first, last, req, blk,
+                                         blk_end, s_k, ahead, req_out, blk_out, keys);
 }
 
 /*
@@ -463,18 +477,21 @@ DINF_HD float dinf__mla_fast_prob(float s, float m_new) {
 
 /*
  * The end of a piece for one row: l = l_wg0 + l_wg1, then (as the simple
- * rung) inv = 1 / l (0 without keys, NaN when bad), the natural-log lse of
- * an unsplit request ((log2 l + m) ln 2, +inf without keys) and the base-2
- * lse of a partial (log2 l + m, -inf without keys); NaN when bad.
+ * rung) inv = 1 / l for a partial and out_inv = dinf__mla_out_inv (1 / l
+ * without a sink, sink2 = -inf) for an unsplit request's out (0 without
+ * keys, NaN when bad), the natural-log lse of an unsplit request
+ * ((log2 l + m) ln 2, +inf without keys) and the base-2 lse of a partial
+ * (log2 l + m, -inf without keys); NaN when bad.
  */
 typedef struct dinf__mla_row_end {
-    float inv, lse, lse2;
+    float inv, out_inv, lse, lse2;
 } dinf__mla_row_end;
 
-DINF_HD dinf__mla_row_end dinf__mla_fast_row_end(float l, float m, int bad) {
+DINF_HD dinf__mla_row_end dinf__mla_fast_row_end(float l, float m, int bad, float sink2) {
     dinf__mla_row_end e;
     const float ln2 = 0.69314718055994530942f;
     e.inv = bad ? NAN : (l > 0.0f ? 1.0f / l : 0.0f);
+    e.out_inv = bad ? NAN : dinf__mla_out_inv(l, m, sink2);
     e.lse = bad ? NAN : (l > 0.0f ? (log2f(l) + m) * ln2 : INFINITY);
     e.lse2 = bad ? NAN : (l > 0.0f ? log2f(l) + m : -INFINITY);
     return e;

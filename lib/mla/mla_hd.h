@@ -31,18 +31,41 @@ DINF_HD int32_t dinf__mla_key_limit(int32_t s_k, int32_t s_q, int32_t t, int32_t
     return limit > 0 ? limit : 0;
 }
 
+/*
+ * Keys of a sparse request with an extra cache (mla.h, "Sparse decode"):
+ * the main list's n1 padded to whole 64-key blocks, then the extra list's
+ * n2 (each clamped to [0, DINF_MLA_MAX_TOPK]: only the unchecked device
+ * path sees other values, and its request gets NaN without reading).
+ */
+DINF_HD int32_t dinf__mla_clamp_topk(int32_t n) {
+    return n < 0 ? 0 : n > DINF_MLA_MAX_TOPK ? DINF_MLA_MAX_TOPK : n;
+}
+DINF_HD int32_t dinf__mla_main_span(int32_t n1) {
+    return dinf__mla_num_blocks(dinf__mla_clamp_topk(n1)) * DINF_MLA_BLOCK_N;
+}
+DINF_HD int32_t dinf__mla_sparse_keys(int32_t n1, int32_t n2) {
+    return dinf__mla_main_span(n1) + dinf__mla_clamp_topk(n2);
+}
+
 /* The key counts the plan splits: request i has lens[i / group] keys
  * (dense: cache_seqlens, group 1; sparse: topk_length, group s_q, request
  * b * s_q + t), or `all` keys each when lens is NULL (sparse without
- * topk_length). */
+ * topk_length); with all2 > 0 (a sparse extra cache of extra_topk = all2)
+ * dinf__mla_sparse_keys of that and lens2[i / group] (or all2). */
 typedef struct dinf__mla_lengths {
     const int32_t *lens;
     int32_t group;
     int32_t all;
+    const int32_t *lens2;
+    int32_t all2;
 } dinf__mla_lengths;
 
 DINF_HD int32_t dinf__mla_length_at(const dinf__mla_lengths *L, int64_t i) {
-    return L->lens ? L->lens[(int32_t)i / L->group] : L->all; /* i < DINF_MLA_MAX_BATCH */
+    const int32_t g = (int32_t)i / L->group; /* i < DINF_MLA_MAX_BATCH */
+    const int32_t n = L->lens ? L->lens[g] : L->all;
+    if (L->all2 <= 0)
+        return n;
+    return dinf__mla_sparse_keys(n, L->lens2 ? L->lens2[g] : L->all2);
 }
 
 /*
@@ -123,7 +146,7 @@ DINF_HD int dinf__mla_plan_lengths(const dinf__mla_lengths *L, int64_t batch, in
 /* The dense plan: request i has cache_seqlens[i] keys. */
 DINF_HD int dinf__mla_plan(const int32_t *cache_seqlens, int64_t batch, int32_t num_parts,
                            int32_t *meta, int32_t *num_splits) {
-    const dinf__mla_lengths L = {cache_seqlens, 1, 0};
+    const dinf__mla_lengths L = {cache_seqlens, 1, 0, 0, 0};
     return dinf__mla_plan_lengths(&L, batch, num_parts, meta, num_splits);
 }
 
@@ -142,6 +165,31 @@ DINF_HD float dinf__mla_combine_lse2(const float *lse2, int64_t stride, int32_t 
     for (int32_t i = 0; i < n; i++)
         sum += exp2f(lse2[i * stride] - max_lse);
     return log2f(sum) + max_lse;
+}
+
+/*
+ * Attention sink (sparse extras): sink2 = attn_sink[h] * log2(e), or -inf
+ * without one. An unsplit row ends with out = acc / (l + 2^(sink2 - m))
+ * (FlashMLA's o_scale; l > 0 with running max m; 0 without keys); a split
+ * row's combine weighs partial i by 2^(lse2_i - G'), G' the base-2 lse with
+ * the sink, while lse keeps G. With sink2 = -inf both are the plain 1 / l
+ * and G bit for bit.
+ */
+DINF_HD float dinf__mla_sink2(const float *attn_sink, int32_t h) {
+    return attn_sink ? attn_sink[h] * 1.44269504088896340736f : -INFINITY;
+}
+DINF_HD float dinf__mla_out_inv(float l, float m, float sink2) {
+    if (sink2 == -INFINITY) /* (a constant -inf folds this to 1 / l in the kernels) */
+        return l > 0.0f ? 1.0f / l : 0.0f;
+    return l > 0.0f ? 1.0f / (l + exp2f(sink2 - m)) : 0.0f;
+}
+DINF_HD float dinf__mla_lse2_with_sink(float g, float sink2) {
+    if (g == -INFINITY || sink2 == -INFINITY)
+        return g;
+    if (sink2 == INFINITY) /* takes all the weight: out 0 */
+        return INFINITY;
+    const float mx = g > sink2 ? g : sink2; /* a NaN sink2 gives NaN */
+    return mx + log2f(exp2f(g - mx) + exp2f(sink2 - mx));
 }
 
 /* ------------------------------------------------------- FP8 cache entry -- */
@@ -211,23 +259,60 @@ typedef struct dinf__mla_params {
      * is topk_length[b] or topk (dinf__mla_req_keys), no causal mask. */
     const int32_t *topk_length; /* [batch / sparse_s_q] or NULL */
     int32_t topk, sparse_s_q;
+    /* Sparse extras (dinf_mla_sparse_extras): extra_topk > 0 adds the extra
+     * cache's keys after the main list's, padded to 64 (dinf__mla_sparse_keys);
+     * attn_sink [h_q] or NULL (either decode may carry one). */
+    const void *extra_k_cache;
+    const int32_t *extra_indices;     /* [batch][s_q][extra_topk] */
+    const int32_t *extra_topk_length; /* [batch / sparse_s_q] or NULL */
+    int64_t extra_num_blocks, extra_block_stride, extra_token_stride;
+    int32_t extra_topk, extra_page;
+    const float *attn_sink;
 } dinf__mla_params;
 
-/* Keys of the plan's request req (dense: cache_seqlens[req]). */
-DINF_HD int32_t dinf__mla_req_keys(const dinf__mla_params *p, int64_t req) {
-    if (p->sparse_s_q <= 0)
-        return p->seqlens[req];
-    /* 32-bit division (requests < DINF_MLA_MAX_BATCH): a 64-bit one is a
-     * subroutine call on the GPU */
+/* The main and extra list lengths of sparse request req (b = req / s_q).
+ * 32-bit division (requests < DINF_MLA_MAX_BATCH): a 64-bit one is a
+ * subroutine call on the GPU. */
+DINF_HD int32_t dinf__mla_sparse_n1(const dinf__mla_params *p, int64_t req) {
     return p->topk_length ? p->topk_length[(int32_t)req / p->sparse_s_q] : p->topk;
 }
+DINF_HD int32_t dinf__mla_sparse_n2(const dinf__mla_params *p, int64_t req) {
+    return p->extra_topk_length ? p->extra_topk_length[(int32_t)req / p->sparse_s_q]
+                                : p->extra_topk;
+}
 
-/* A key count the request cannot have: negative, past the block table's
- * capacity (dense) or past topk (sparse). Such a request gets NaN. */
-DINF_HD int dinf__mla_req_keys_bad(const dinf__mla_params *p, int32_t keys) {
-    if (keys < 0)
+/*
+ * Keys of the plan's request req (dense: cache_seqlens[req]). The _in
+ * forms take `sparse` (= p->sparse_s_q > 0) from a caller that knows it at
+ * compile time, so that the fast dense kernels carry no sparse code.
+ */
+DINF_HD int32_t dinf__mla_req_keys_in(const dinf__mla_params *p, int64_t req, int sparse) {
+    if (!sparse)
+        return p->seqlens[req];
+    const int32_t n1 = dinf__mla_sparse_n1(p, req);
+    return p->extra_topk > 0 ? dinf__mla_sparse_keys(n1, dinf__mla_sparse_n2(p, req)) : n1;
+}
+DINF_HD int32_t dinf__mla_req_keys(const dinf__mla_params *p, int64_t req) {
+    return dinf__mla_req_keys_in(p, req, p->sparse_s_q > 0);
+}
+
+/* A request that cannot be: a negative key count or one past the block
+ * table's capacity (dense), a list length outside [0, topk] or
+ * [0, extra_topk] (sparse; keys = dinf__mla_req_keys). It gets NaN. */
+DINF_HD int dinf__mla_req_keys_bad_in(const dinf__mla_params *p, int64_t req, int32_t keys,
+                                      int sparse) {
+    if (!sparse)
+        return keys < 0 || (int64_t)keys > p->max_blocks * p->page;
+    const int32_t n1 = p->extra_topk > 0 ? dinf__mla_sparse_n1(p, req) : keys;
+    if (n1 < 0 || n1 > p->topk)
         return 1;
-    return p->sparse_s_q > 0 ? keys > p->topk : (int64_t)keys > p->max_blocks * p->page;
+    if (p->extra_topk <= 0)
+        return 0;
+    const int32_t n2 = dinf__mla_sparse_n2(p, req);
+    return n2 < 0 || n2 > p->extra_topk;
+}
+DINF_HD int dinf__mla_req_keys_bad(const dinf__mla_params *p, int64_t req, int32_t keys) {
+    return dinf__mla_req_keys_bad_in(p, req, keys, p->sparse_s_q > 0);
 }
 
 /* Index of lse for query row (req, head h, position tq of the request):
@@ -241,28 +326,68 @@ DINF_HD int64_t dinf__mla_lse_index(const dinf__mla_params *p, int64_t req, int3
     return (req * p->h_q + h) * p->s_q + tq;
 }
 
-/* Where key `key` of a request lives, given the request's row of the table
- * (block_table + req * max_blocks): dense, page table[key / page] and row
- * key % page; sparse, slot = table[key], page slot / page, row slot % page.
- * Returns 0 (found), 1 (a sparse slot < 0: masked, adds nothing) or -1 (a
- * page outside [0, num_blocks): the request gets NaN). */
+/* Dense: where key `key` of a request lives, given the request's row of
+ * the block table (block_table + req * max_blocks): page table[key / page],
+ * row key % page. Returns 0 (found, *off = page * kv_block_stride + row *
+ * kv_token_stride, in cache elements) or -1 (a page outside [0,
+ * num_blocks): the request gets NaN). */
 DINF_HD int dinf__mla_key_loc(const dinf__mla_params *p, const int32_t *table, int32_t key,
-                              int64_t *page, int32_t *row) {
-    int64_t pg;
-    if (p->sparse_s_q > 0) {
-        const int32_t slot = table[key];
-        if (slot < 0)
-            return 1;
-        pg = slot / p->page;
-        *row = slot % p->page;
-    } else {
-        pg = table[key / p->page];
-        *row = key % p->page;
-    }
+                              int64_t *off) {
+    const int64_t pg = table[key / p->page];
     if (pg < 0 || pg >= p->num_blocks)
         return -1;
-    *page = pg;
+    *off = pg * p->kv_block_stride + (int64_t)(key % p->page) * p->kv_token_stride;
     return 0;
+}
+
+/*
+ * Sparse: the keys of 64-key block blk of request req (0 <= blk <
+ * dinf__mla_num_blocks(dinf__mla_req_keys(p, req)), a request that is not
+ * dinf__mla_req_keys_bad) all come from one list. Returns its slots for the
+ * block's keys (table[r] is key blk * 64 + r) with *valid = how many of
+ * them are listed (rows r >= *valid are skipped: past the list, or the
+ * main list's padding) and *extra = 0 (main cache) or 1 (extra cache).
+ */
+DINF_HD const int32_t *dinf__mla_sparse_block(const dinf__mla_params *p, int64_t req,
+                                              int32_t blk, int32_t *valid, int *extra) {
+    const int32_t j0 = blk * DINF_MLA_BLOCK_N;
+    int32_t n1 = dinf__mla_sparse_n1(p, req), span = 0x7fffffff;
+    if (p->extra_topk > 0)
+        span = dinf__mla_main_span(n1);
+    int32_t v;
+    const int32_t *t;
+    if (j0 < span) {
+        *extra = 0;
+        v = n1 - j0;
+        t = p->block_table + req * p->topk + j0;
+    } else {
+        *extra = 1;
+        v = dinf__mla_sparse_n2(p, req) - (j0 - span);
+        t = p->extra_indices + req * p->extra_topk + (j0 - span);
+    }
+    *valid = v < 0 ? 0 : v > DINF_MLA_BLOCK_N ? DINF_MLA_BLOCK_N : v;
+    return t;
+}
+
+/* Sparse: where slot `slot` of the main (extra = 0) or extra cache lives:
+ * 0 (found, *off = page * block stride + row * token stride of that cache,
+ * in its elements), 1 (slot < 0: skipped, adds nothing) or -1 (past the
+ * cache: the request gets NaN). */
+DINF_HD int dinf__mla_slot_loc(const dinf__mla_params *p, int extra, int32_t slot, int64_t *off) {
+    if (slot < 0)
+        return 1;
+    const int32_t page_size = extra ? p->extra_page : p->page;
+    const int64_t pg = slot / page_size;
+    if (pg >= (extra ? p->extra_num_blocks : p->num_blocks))
+        return -1;
+    *off = pg * (extra ? p->extra_block_stride : p->kv_block_stride) +
+           (int64_t)(slot % page_size) * (extra ? p->extra_token_stride : p->kv_token_stride);
+    return 0;
+}
+
+/* The cache a sparse block reads (dinf__mla_sparse_block's *extra). */
+DINF_HD const void *dinf__mla_cache(const dinf__mla_params *p, int extra) {
+    return extra ? p->extra_k_cache : p->k_cache;
 }
 
 #endif

@@ -58,6 +58,7 @@ __all__ = [
     "Exec",
     "JitKernelConfig",
     "JitStats",
+    "MlaSparseExtras",
     "JIT_MAX_PARAMS",
     "JIT_NAME_MAX",
     "EXEC_CPU",
@@ -392,6 +393,22 @@ class PipeCosts(ctypes.Structure):
                 for name in ("forward", "backward", "weight", "forward_backward", "latency")]
 
 
+class MlaSparseExtras(ctypes.Structure):
+    """dinf_mla_sparse_extras (mla.h): a sparse decode's attention sink and extra cache."""
+
+    _fields_ = [
+        ("attn_sink", ctypes.POINTER(ctypes.c_float)),
+        ("extra_topk", ctypes.c_int32),
+        ("extra_topk_length", ctypes.POINTER(ctypes.c_int32)),
+        ("extra_indices", ctypes.POINTER(ctypes.c_int32)),
+        ("extra_k_cache", ctypes.c_void_p),
+        ("extra_num_blocks", ctypes.c_int64),
+        ("extra_page_block_size", ctypes.c_int32),
+        ("extra_kv_block_stride", ctypes.c_int64),
+        ("extra_kv_token_stride", ctypes.c_int64),
+    ]
+
+
 class PipeEvent(ctypes.Structure):
     """dinf_pipe_event (dualpipe.h)."""
 
@@ -441,6 +458,7 @@ _pu8 = ctypes.POINTER(ctypes.c_uint8)
 _pu16 = ctypes.POINTER(ctypes.c_uint16)
 _pi32 = ctypes.POINTER(ctypes.c_int32)
 _pexec = ctypes.POINTER(Exec)
+_pextras = ctypes.POINTER(MlaSparseExtras)
 _STATUS = "status"
 
 _FUNCTIONS = [
@@ -683,11 +701,13 @@ _FUNCTIONS = [
     ),
     # dinf_status dinf_mla_get_sparse_metadata(const int32_t *topk_length, int64_t batch,
     #     int32_t seq_len_q, int32_t topk, int32_t num_sm_parts,
-    #     int32_t *tile_scheduler_metadata, int32_t *num_splits, const dinf_exec *exec);
+    #     int32_t *tile_scheduler_metadata, int32_t *num_splits,
+    #     const dinf_mla_sparse_extras *extras, const dinf_exec *exec);
     (
         "dinf_mla_get_sparse_metadata",
         _STATUS,
-        [_pi32, _i64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _pi32, _pi32, _pexec],
+        [_pi32, _i64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _pi32, _pi32, _pextras,
+         _pexec],
     ),
     # dinf_status dinf_mla_sparse_decode_with_kvcache(const uint16_t *q, int64_t batch,
     #     int32_t seq_len_q, int32_t num_heads_q, int32_t head_dim, const uint16_t *k_cache,
@@ -696,14 +716,15 @@ _FUNCTIONS = [
     #     int32_t topk, const int32_t *topk_length, int32_t head_dim_v,
     #     const int32_t *tile_scheduler_metadata, int32_t num_sm_parts,
     #     const int32_t *num_splits, float softmax_scale, void *workspace,
-    #     size_t workspace_bytes, uint16_t *out, float *lse, const dinf_exec *exec);
+    #     size_t workspace_bytes, uint16_t *out, float *lse,
+    #     const dinf_mla_sparse_extras *extras, const dinf_exec *exec);
     (
         "dinf_mla_sparse_decode_with_kvcache",
         _STATUS,
         [_pu16, _i64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _pu16, _i64,
          ctypes.c_int32, ctypes.c_int32, _i64, _i64, _pi32, ctypes.c_int32, _pi32,
          ctypes.c_int32, _pi32, ctypes.c_int32, _pi32, ctypes.c_float, ctypes.c_void_p,
-         ctypes.c_size_t, _pu16, _pf32, _pexec],
+         ctypes.c_size_t, _pu16, _pf32, _pextras, _pexec],
     ),
     # dinf_mla_sparse_decode_with_kvcache_fp8: as above with const uint8_t *k_cache (byte
     # strides).
@@ -713,7 +734,7 @@ _FUNCTIONS = [
         [_pu16, _i64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _pu8, _i64,
          ctypes.c_int32, ctypes.c_int32, _i64, _i64, _pi32, ctypes.c_int32, _pi32,
          ctypes.c_int32, _pi32, ctypes.c_int32, _pi32, ctypes.c_float, ctypes.c_void_p,
-         ctypes.c_size_t, _pu16, _pf32, _pexec],
+         ctypes.c_size_t, _pu16, _pf32, _pextras, _pexec],
     ),
     # dinf_status dinf_mla_quantize_kvcache_fp8(const uint16_t *kv, int64_t num_tokens,
     #     int32_t num_heads_kv, int64_t kv_token_ld, const int64_t *slot_mapping,

@@ -46,6 +46,16 @@ used by the sparse decode (may be None); ``causal`` must be False.
 ``get_mla_metadata`` takes its batch from cache_seqlens (or topk_length when
 cache_seqlens is None); is_fp8_kvcache does not change the plan.
 
+The sparse decode also takes FlashMLA's 2026 keywords: ``attn_sink``
+(float32 [h_q]: a per-head logit added to the softmax's denominator only;
+lse is returned without it) and a second cache in the same softmax,
+``extra_k_cache`` ([num_blocks', page', h_kv, 576 or 656], its own page
+size), ``extra_indices_in_kvcache`` (int32 [b, s_q, extra_topk], slots of
+that cache) and ``extra_topk_length`` (int32 [b] or None). The extra list
+changes the plan: with the lazy plan (below) nothing more is needed; the
+eager ``get_mla_metadata(..., topk)`` takes ``extra_topk`` and
+``extra_topk_length`` keywords (this library's addition).
+
 GPU: when the arrays are torch CUDA tensors (or objects with
 ``__cuda_array_interface__``, viewed through torch), the calls run the
 sm_90a kernels on torch's current stream of that device, asynchronously;
@@ -193,7 +203,8 @@ class FlashMLASchedMeta:
 
 def get_mla_metadata(cache_seqlens=None, num_heads_per_head_k=None, num_heads_k=None,
                      num_heads_q=None, is_fp8_kvcache=False, topk=None, *,
-                     num_sms=DEFAULT_NUM_SMS, topk_length=None):
+                     num_sms=DEFAULT_NUM_SMS, topk_length=None, extra_topk=None,
+                     extra_topk_length=None):
     """The split-KV plan: (tile_scheduler_metadata int32 [num_sm_parts, 8],
     num_splits int32 [b + 1], or [b * s_q + 1] for a sparse decode).
 
@@ -211,7 +222,10 @@ def get_mla_metadata(cache_seqlens=None, num_heads_per_head_k=None, num_heads_k=
     (b, t) is one request of topk_length[b] (or topk) keys and num_sm_parts =
     max(num_sms // h_kv // ceil((h_q // h_kv) / 64), 1). The batch is
     len(cache_seqlens) (its values are not used), or len(topk_length) when
-    cache_seqlens is None. is_fp8_kvcache does not change the plan.
+    cache_seqlens is None. is_fp8_kvcache does not change the plan. With an
+    extra cache pass extra_topk (extra_indices_in_kvcache.shape[2]) and the
+    decode's extra_topk_length: request (b, t) then has
+    ceil(n_b / 64) * 64 + e_b keys (mla.h, "Sparse decode").
     """
     if (cache_seqlens is None and num_heads_per_head_k is None and num_heads_k is None
             and topk_length is None):
@@ -221,9 +235,11 @@ def get_mla_metadata(cache_seqlens=None, num_heads_per_head_k=None, num_heads_k=
               "topk_length (call get_mla_metadata() without arguments for the lazy plan)")
     if topk is not None:
         return _sparse_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, num_heads_q,
-                                topk, num_sms, topk_length)
-    if topk_length is not None:
-        _fail("topk_length is only used with topk (a sparse plan)")
+                                topk, num_sms, topk_length, extra_topk, extra_topk_length)
+    for name, value in (("topk_length", topk_length), ("extra_topk", extra_topk),
+                        ("extra_topk_length", extra_topk_length)):
+        if value is not None:
+            _fail("%s is only used with topk (a sparse plan)" % name)
     if cache_seqlens is None:
         _fail("cache_seqlens is required for a dense plan (topk is None)")
     parts = ctypes.c_int32()
@@ -257,8 +273,33 @@ def get_mla_metadata(cache_seqlens=None, num_heads_per_head_k=None, num_heads_k=
     return meta, splits
 
 
+def _plan_extras(extra_topk, extra_topk_length, b, on_device):
+    """(MlaSparseExtras or None, the lengths array to keep alive) for a sparse plan."""
+    if extra_topk is None:
+        if extra_topk_length is not None:
+            _fail("extra_topk_length needs extra_topk (the extra lists' length)")
+        return None, None
+    ex = _lib.MlaSparseExtras()
+    ex.extra_topk = _lib.int32_arg("extra_topk", extra_topk)
+    lengths = None
+    if extra_topk_length is not None:
+        if on_device:
+            import torch
+
+            lengths = _torch_check(_as_torch_cuda(extra_topk_length, "extra_topk_length"),
+                                   "extra_topk_length", (torch.int32,), 1)
+            ex.extra_topk_length = _dev(lengths, ctypes.c_int32)
+        else:
+            lengths = _int32_array(extra_topk_length, "extra_topk_length", 1)
+            ex.extra_topk_length = _ptr(lengths, ctypes.c_int32)
+        if lengths.shape[0] != b:
+            _fail("extra_topk_length has %d entries, the batch is %d: it is [b]"
+                  % (lengths.shape[0], b))
+    return ex, lengths
+
+
 def _sparse_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, num_heads_q, topk,
-                     num_sms, topk_length):
+                     num_sms, topk_length, extra_topk=None, extra_topk_length=None):
     """get_mla_metadata with topk: dinf_mla_get_sparse_metadata."""
     if num_heads_q is None:
         _fail("num_heads_q is required with topk (a sparse plan): s_q = "
@@ -310,6 +351,11 @@ def _sparse_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, num_heads
     if b * s_q > MAX_BATCH:  # before allocating num_splits
         _fail("batch * s_q = %d * %d exceeds %d (DINF_MLA_MAX_BATCH)" % (b, s_q, MAX_BATCH))
     n = b * s_q + 1
+    ex, ex_lengths = _plan_extras(extra_topk, extra_topk_length, b, device is not None)
+    if ex_lengths is not None and device is not None and ex_lengths.device != device:
+        _fail("extra_topk_length is on %s but the plan's lengths are on %s"
+              % (ex_lengths.device, device))
+    pex = None if ex is None else ctypes.byref(ex)
     if device is not None:
         import torch
 
@@ -317,14 +363,14 @@ def _sparse_metadata(cache_seqlens, num_heads_per_head_k, num_heads_k, num_heads
         splits = torch.empty((n,), dtype=torch.int32, device=device)
         _lib.lib().dinf_mla_get_sparse_metadata(
             None if lengths is None else _dev(lengths, ctypes.c_int32), b, s_q, topk, parts,
-            _dev(meta, ctypes.c_int32), _dev(splits, ctypes.c_int32),
+            _dev(meta, ctypes.c_int32), _dev(splits, ctypes.c_int32), pex,
             ctypes.byref(_cuda_exec(meta)))
         return meta, splits
     meta = np.empty((parts, METADATA_INTS), np.int32)
     splits = np.empty((n,), np.int32)
     _lib.lib().dinf_mla_get_sparse_metadata(
         None if lengths is None else _ptr(lengths, ctypes.c_int32), b, s_q, topk, parts,
-        _ptr(meta, ctypes.c_int32), _ptr(splits, ctypes.c_int32), None)
+        _ptr(meta, ctypes.c_int32), _ptr(splits, ctypes.c_int32), pex, None)
     return meta, splits
 
 
@@ -357,29 +403,37 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v,
     get_mla_metadata, and the metadata must come from get_mla_metadata with
     the same topk, num_heads_q and topk_length.
 
-    attn_sink, extra_k_cache, extra_indices_in_kvcache and extra_topk_length
-    (FlashMLA's 2026 additions) are accepted as None only: any other value
-    raises UnsupportedError (not implemented by this library).
+    The sparse decode also takes FlashMLA's 2026 keywords (module
+    docstring): attn_sink (float32 [h_q]), extra_k_cache (the same dtype and
+    h_kv as k_cache, any page size), extra_indices_in_kvcache (int32
+    [b, s_q, extra_topk], required with extra_k_cache) and
+    extra_topk_length (int32 [b] or None). With an eager plan, make it with
+    get_mla_metadata(..., extra_topk=, extra_topk_length=). The dense decode
+    takes none of them (UnsupportedError, as upstream).
     """
+    extras = dict(attn_sink=attn_sink, extra_k_cache=extra_k_cache,
+                  extra_indices=extra_indices_in_kvcache, extra_topk_length=extra_topk_length)
+    if indices is None:
+        for name, value in (("attn_sink", attn_sink), ("extra_k_cache", extra_k_cache),
+                            ("extra_indices_in_kvcache", extra_indices_in_kvcache),
+                            ("extra_topk_length", extra_topk_length)):
+            if value is not None:
+                raise UnsupportedError("flash_mla_with_kvcache: %s is supported by the sparse "
+                                       "decode only (pass indices), as upstream" % name)
     if isinstance(tile_scheduler_metadata, FlashMLASchedMeta):
         tile_scheduler_metadata, num_splits = _lazy_plan(
             tile_scheduler_metadata, num_splits, q, k_cache, cache_seqlens, causal,
-            is_fp8_kvcache, indices, topk_length)
-    for name, value in (("attn_sink", attn_sink), ("extra_k_cache", extra_k_cache),
-                        ("extra_indices_in_kvcache", extra_indices_in_kvcache),
-                        ("extra_topk_length", extra_topk_length)):
-        if value is not None:
-            raise UnsupportedError("flash_mla_with_kvcache: %s is not supported by libdeepinfra "
-                                   "(FlashMLA's 2026 API addition; pass None)" % name)
+            is_fp8_kvcache, indices, topk_length, extra_indices_in_kvcache, extra_topk_length)
     if indices is not None:
         if causal:
             _fail("causal=True is not supported with indices: a sparse decode has no causal "
                   "mask (the indices decide which keys each query position sees)")
         if _on_device(q):
             return _sparse_device(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits,
-                                  softmax_scale, is_fp8_kvcache, indices, topk_length)
+                                  softmax_scale, is_fp8_kvcache, indices, topk_length, extras)
         return _sparse_cpu(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits,
-                           softmax_scale, is_fp8_kvcache, indices, topk_length, num_threads)
+                           softmax_scale, is_fp8_kvcache, indices, topk_length, num_threads,
+                           extras)
     if topk_length is not None:
         _fail("topk_length is only used with indices (a sparse decode)")
     if _on_device(q):
@@ -469,8 +523,56 @@ def _check_sparse(q_shape, indices_shape, lengths_shape, meta_shape, splits_shap
               % (b * s_q + 1, tuple(splits_shape)))
 
 
+def _check_extras_given(extras):
+    if extras["extra_k_cache"] is None:
+        if extras["extra_indices"] is not None or extras["extra_topk_length"] is not None:
+            _fail("extra_indices_in_kvcache and extra_topk_length need extra_k_cache")
+    elif extras["extra_indices"] is None:
+        _fail("extra_indices_in_kvcache must be given with extra_k_cache")
+
+
+def _cpu_extras(extras, is_fp8_kvcache, d, b, s_q, h_q, h_kv):
+    """(MlaSparseExtras or None, arrays to keep alive) of a CPU sparse decode."""
+    _check_extras_given(extras)
+    if extras["attn_sink"] is None and extras["extra_k_cache"] is None:
+        return None, []
+    ex = _lib.MlaSparseExtras()
+    keep = []
+    if extras["attn_sink"] is not None:
+        sink = np.asarray(extras["attn_sink"])
+        if sink.dtype.kind != "f" or sink.shape != (h_q,):
+            _fail("attn_sink must be a float array of shape (%d,) (one per query head), got %s %s"
+                  % (h_q, sink.dtype, sink.shape))
+        sink = np.ascontiguousarray(sink, dtype=np.float32)
+        keep.append(sink)
+        ex.attn_sink = _ptr(sink, ctypes.c_float)
+    if extras["extra_k_cache"] is not None:
+        ekc, (e_blocks, e_page, e_h_kv), e_bs, e_ts = \
+            _cpu_cache(extras["extra_k_cache"], is_fp8_kvcache, d)
+        if e_h_kv != h_kv:
+            _fail("extra_k_cache has %d KV heads, k_cache %d: they must agree" % (e_h_kv, h_kv))
+        eidx = _int32_array(extras["extra_indices"], "extra_indices_in_kvcache", 3)
+        if tuple(eidx.shape[:2]) != (b, s_q) or eidx.shape[2] < 1:
+            _fail("extra_indices_in_kvcache must be [b, s_q, extra_topk] = [%d, %d, >= 1], got %s"
+                  % (b, s_q, eidx.shape))
+        keep += [ekc, eidx]
+        ex.extra_topk = _lib.int32_arg("extra_topk (extra_indices_in_kvcache.shape[2])",
+                                       eidx.shape[2])
+        ex.extra_indices = _ptr(eidx, ctypes.c_int32)
+        ex.extra_k_cache = ctypes.c_void_p(ekc.ctypes.data)
+        ex.extra_num_blocks, ex.extra_page_block_size = e_blocks, e_page
+        ex.extra_kv_block_stride, ex.extra_kv_token_stride = e_bs, e_ts
+        if extras["extra_topk_length"] is not None:
+            etl = _int32_array(extras["extra_topk_length"], "extra_topk_length", 1)
+            if etl.shape != (b,):
+                _fail("extra_topk_length must have shape (%d,), got %s" % (b, etl.shape))
+            keep.append(etl)
+            ex.extra_topk_length = _ptr(etl, ctypes.c_int32)
+    return ex, keep
+
+
 def _sparse_cpu(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits, softmax_scale,
-                is_fp8_kvcache, indices, topk_length, num_threads):
+                is_fp8_kvcache, indices, topk_length, num_threads, extras):
     q = np.ascontiguousarray(_bf16_array(q, "q", 4))
     b, s_q, h_q, d = q.shape
     k_cache, (num_blocks, page, h_kv), block_stride, token_stride = \
@@ -485,6 +587,7 @@ def _sparse_cpu(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits, sof
     softmax_scale = _scale(softmax_scale, d)
     head_dim_v = _lib.int32_arg("head_dim_v", head_dim_v)
     parts = meta.shape[0]
+    ex, keep = _cpu_extras(extras, is_fp8_kvcache, d, b, s_q, h_q, h_kv)
     place = Exec.cpu(num_threads)
     workspace, ws_ptr, ws_bytes = _cpu_workspace(b * s_q, 1, h_q, parts, place)
     out = np.empty((b, s_q, h_q, max(head_dim_v, 0)), np.uint16)
@@ -500,13 +603,13 @@ def _sparse_cpu(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits, sof
        None if lengths is None else _ptr(lengths, ctypes.c_int32), head_dim_v,
        _ptr(meta, ctypes.c_int32), parts, _ptr(splits, ctypes.c_int32), softmax_scale,
        ws_ptr, ws_bytes, _ptr(out, ctypes.c_uint16), _ptr(lse, ctypes.c_float),
-       ctypes.byref(place))
-    del workspace  # kept alive through the call
+       None if ex is None else ctypes.byref(ex), ctypes.byref(place))
+    del workspace, keep  # kept alive through the call
     return out.view(_BF16), lse
 
 
 def _lazy_plan(sched, num_splits, q, k_cache, cache_seqlens, causal, is_fp8_kvcache, indices,
-               topk_length):
+               topk_length, extra_indices=None, extra_topk_length=None):
     """The plan of a FlashMLASchedMeta: made on its first call, reused after
     (the configuration must not change)."""
     if num_splits is not None:
@@ -520,10 +623,11 @@ def _lazy_plan(sched, num_splits, q, k_cache, cache_seqlens, causal, is_fp8_kvca
     if h_kv < 1 or h_q % h_kv:
         _fail("num_heads_q=%d is not a multiple of num_heads_k=%d" % (h_q, h_kv))
     topk = None if indices is None else int(indices.shape[-1])
+    extra_topk = None if extra_indices is None else int(extra_indices.shape[-1])
     device = str(q.device) if _on_device(q) else "cpu"
     config = {"b": b, "s_q": s_q, "h_q": h_q, "h_kv": h_kv, "page_block_size": page,
               "causal": bool(causal), "is_fp8_kvcache": bool(is_fp8_kvcache), "topk": topk,
-              "device": device}
+              "extra_topk": extra_topk, "device": device}
     if sched.config is None:
         if indices is None:
             lengths = cache_seqlens
@@ -537,7 +641,10 @@ def _lazy_plan(sched, num_splits, q, k_cache, cache_seqlens, causal, is_fp8_kvca
                 else:
                     lengths = np.zeros(b, np.int32)
         meta, splits = get_mla_metadata(lengths, s_q * h_q // h_kv, h_kv, h_q, is_fp8_kvcache,
-                                        topk, num_sms=sched.num_sms, topk_length=topk_length)
+                                        topk, num_sms=sched.num_sms, topk_length=topk_length,
+                                        **({} if indices is None else
+                                           {"extra_topk": extra_topk,
+                                            "extra_topk_length": extra_topk_length}))
         sched.config = config
         sched.tile_scheduler_metadata, sched.num_splits = meta, splits
     elif sched.config != config:
@@ -651,8 +758,53 @@ def _device_workspace(batch, s_q, h_q, parts, place, device):
     return workspace, ws_bytes.value
 
 
+def _device_extras(extras, is_fp8_kvcache, q, b, s_q, h_q, h_kv):
+    """(MlaSparseExtras or None, tensors to keep alive) of a GPU sparse decode."""
+    import torch
+
+    _check_extras_given(extras)
+    if extras["attn_sink"] is None and extras["extra_k_cache"] is None:
+        return None, []
+    ex = _lib.MlaSparseExtras()
+    keep = []
+    if extras["attn_sink"] is not None:
+        sink = _torch_check(_as_torch_cuda(extras["attn_sink"], "attn_sink"), "attn_sink",
+                            (torch.float32,), 1)
+        if tuple(sink.shape) != (h_q,):
+            _fail("attn_sink must have shape (%d,) (one per query head), got %s"
+                  % (h_q, tuple(sink.shape)))
+        keep.append(sink)
+        ex.attn_sink = _dev(sink, ctypes.c_float)
+    if extras["extra_k_cache"] is not None:
+        ekc, _ = _device_cache(extras["extra_k_cache"], is_fp8_kvcache)
+        if ekc.shape[2] != h_kv:
+            _fail("extra_k_cache has %d KV heads, k_cache %d: they must agree"
+                  % (ekc.shape[2], h_kv))
+        eidx = _torch_check(_as_torch_cuda(extras["extra_indices"], "extra_indices_in_kvcache"),
+                            "extra_indices_in_kvcache", (torch.int32,), 3)
+        if tuple(eidx.shape[:2]) != (b, s_q) or eidx.shape[2] < 1:
+            _fail("extra_indices_in_kvcache must be [b, s_q, extra_topk] = [%d, %d, >= 1], got %s"
+                  % (b, s_q, tuple(eidx.shape)))
+        keep += [ekc, eidx]
+        ex.extra_topk = _lib.int32_arg("extra_topk (extra_indices_in_kvcache.shape[2])",
+                                       eidx.shape[2])
+        ex.extra_indices = _dev(eidx, ctypes.c_int32)
+        ex.extra_k_cache = ekc.data_ptr()
+        ex.extra_num_blocks, ex.extra_page_block_size = ekc.shape[0], ekc.shape[1]
+        ex.extra_kv_block_stride, ex.extra_kv_token_stride = ekc.stride(0), ekc.stride(1)
+        if extras["extra_topk_length"] is not None:
+            etl = _torch_check(_as_torch_cuda(extras["extra_topk_length"], "extra_topk_length"),
+                               "extra_topk_length", (torch.int32,), 1)
+            if tuple(etl.shape) != (b,):
+                _fail("extra_topk_length must have shape (%d,), got %s" % (b, tuple(etl.shape)))
+            keep.append(etl)
+            ex.extra_topk_length = _dev(etl, ctypes.c_int32)
+    _same_device("q", q, **{"extra_%d" % i: t for i, t in enumerate(keep)})
+    return ex, keep
+
+
 def _sparse_device(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits, softmax_scale,
-                   is_fp8_kvcache, indices, topk_length):
+                   is_fp8_kvcache, indices, topk_length, extras):
     import torch
 
     q = _torch_check(_as_torch_cuda(q, "q"), "q", (torch.bfloat16,), 4)
@@ -679,6 +831,7 @@ def _sparse_device(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits, 
     softmax_scale = _scale(softmax_scale, d)
     head_dim_v = _lib.int32_arg("head_dim_v", head_dim_v)
     parts = meta.shape[0]
+    ex, keep = _device_extras(extras, is_fp8_kvcache, q, b, s_q, h_q, h_kv)
     place = _cuda_exec(q)
     workspace, ws_bytes = _device_workspace(b * s_q, 1, h_q, parts, place, q.device)
     out = torch.empty((b, s_q, h_q, max(head_dim_v, 0)), dtype=torch.bfloat16, device=q.device)
@@ -690,7 +843,8 @@ def _sparse_device(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits, 
        None if lengths is None else _dev(lengths, ctypes.c_int32), head_dim_v,
        _dev(meta, ctypes.c_int32), parts, _dev(splits, ctypes.c_int32), softmax_scale,
        ctypes.c_void_p(workspace.data_ptr()), ws_bytes, _dev(out, ctypes.c_uint16),
-       _dev(lse, ctypes.c_float), ctypes.byref(place))
+       _dev(lse, ctypes.c_float), None if ex is None else ctypes.byref(ex), ctypes.byref(place))
+    del keep  # (the caller's tensors; the call has queued its kernels)
     return out, lse
 
 

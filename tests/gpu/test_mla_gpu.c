@@ -822,10 +822,22 @@ static void sp_device_make(sp_device *d, const sp_problem *p, int32_t parts, con
     d->parts = parts;
     d->meta = malloc(sizeof(int32_t) * 8 * (size_t)parts);
     d->splits = malloc(sizeof(int32_t) * (size_t)(reqs + 1));
+    const sp_args host = sp_host_args(p);
+    dinf_mla_sparse_extras hx, dx;
     cr_assert_eq(dinf_mla_get_sparse_metadata(p->topk_length, p->b, p->s_q, p->topk, parts, d->meta,
-                                              d->splits, NULL),
+                                              d->splits, sp_extras(p, &host, &hx), NULL),
                  DINF_STATUS_OK, "%s: %s", params, dinf_last_error());
     memset(&d->a, 0, sizeof d->a);
+    if (p->sink)
+        d->a.sink = to_device(p->sink, sizeof(float) * (size_t)p->h_q);
+    if (p->etopk > 0) {
+        const int64_t e_slots = p->e_num_blocks * p->epage;
+        d->a.ekc = p->kv_fp8 ? to_device(p->ekc8, (size_t)(e_slots * p->e_token_stride))
+                             : to_device(p->ekc, sizeof(uint16_t) * (size_t)(e_slots * p->ekc_ld));
+        d->a.eindices = to_device(p->eindices, sizeof(int32_t) * (size_t)(reqs * p->etopk));
+        d->a.etopk_length =
+            p->etopk_length ? to_device(p->etopk_length, sizeof(int32_t) * (size_t)p->b) : NULL;
+    }
     d->a.q = to_device(p->q, sizeof(uint16_t) * (size_t)(rows * SP_DQK));
     const int64_t slots = p->num_blocks * p->page;
     d->a.kc = p->kv_fp8 ? to_device(p->kc8, (size_t)(slots * p->h_kv * SP_ENTRY))
@@ -838,7 +850,8 @@ static void sp_device_make(sp_device *d, const sp_problem *p, int32_t parts, con
     CUDA_OK(cudaMemsetAsync(d->a.splits, 0x5a, sizeof(int32_t) * (size_t)(reqs + 1), stream));
     /* the device plan equals the CPU's */
     cr_assert_eq(dinf_mla_get_sparse_metadata(d->a.topk_length, p->b, p->s_q, p->topk, parts,
-                                              d->a.meta, d->a.splits, cuda),
+                                              d->a.meta, d->a.splits, sp_extras(p, &d->a, &dx),
+                                              cuda),
                  DINF_STATUS_OK, "%s: %s", params, dinf_last_error());
     int32_t *g_meta = malloc(sizeof(int32_t) * 8 * (size_t)parts);
     int32_t *g_splits = malloc(sizeof(int32_t) * (size_t)(reqs + 1));
@@ -863,6 +876,10 @@ static void sp_device_free(sp_device *d) {
     cudaFree((void *)d->a.kc);
     cudaFree((void *)d->a.indices);
     cudaFree((void *)d->a.topk_length);
+    cudaFree((void *)d->a.sink);
+    cudaFree((void *)d->a.ekc);
+    cudaFree((void *)d->a.eindices);
+    cudaFree((void *)d->a.etopk_length);
     cudaFree(d->a.meta);
     cudaFree(d->a.splits);
     cudaFree(d->a.ws);
@@ -893,17 +910,31 @@ static void sp_device_run(const sp_problem *p, sp_device *d, const dinf_exec *cu
 /* One sparse point: device plan = CPU plan, GPU decode = CPU decode within
  * the upstream tolerances on the simple rung and (FP8 cache) the fast rung;
  * seesaw, and fast with a BF16 cache, refuse it by name. */
-static void sparse_point(int64_t b, int32_t s_q, int32_t h_q, int32_t h_kv, int32_t page,
-                         int32_t topk, int lengths, double skip, int kv_fp8, uint64_t seed) {
-    char params[200];
-    snprintf(params, sizeof params, "sparse b=%lld s_q=%d h_q=%d h_kv=%d page=%d topk=%d lengths=%d %s seed=%llu",
+/* The extras of a sparse point: an extra cache of etopk-long lists (0:
+ * none) with its own page size, extra_topk_length or not, the sink or not. */
+typedef struct sp_extra_opts {
+    int32_t etopk, epage;
+    int elengths, sink;
+} sp_extra_opts;
+
+static void sparse_point_ex(int64_t b, int32_t s_q, int32_t h_q, int32_t h_kv, int32_t page,
+                            int32_t topk, int lengths, double skip, int kv_fp8, uint64_t seed,
+                            sp_extra_opts ex) {
+    char params[240];
+    snprintf(params, sizeof params,
+             "sparse b=%lld s_q=%d h_q=%d h_kv=%d page=%d topk=%d lengths=%d %s seed=%llu "
+             "etopk=%d epage=%d elengths=%d sink=%d",
              (long long)b, s_q, h_q, h_kv, page, topk, lengths, kv_fp8 ? "fp8" : "bf16",
-             (unsigned long long)seed);
+             (unsigned long long)seed, ex.etopk, ex.epage, ex.elengths, ex.sink);
     cudaStream_t stream;
     CUDA_OK(cudaStreamCreate(&stream));
     const dinf_exec cuda = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)stream);
     sp_problem p;
     sp_make(&p, b, s_q, h_q, h_kv, page, topk, lengths, skip, kv_fp8, seed);
+    if (ex.etopk > 0)
+        sp_add_extra(&p, ex.etopk, ex.epage, ex.elengths, skip, seed + 1000);
+    if (ex.sink)
+        sp_add_sink(&p, seed + 2000);
     const int32_t parts = sp_parts(&p, 132);
     sp_poison(&p);
     cr_assert_eq(sp_run_cpu(&p, parts, 0), DINF_STATUS_OK, "%s: %s", params, dinf_last_error());
@@ -916,7 +947,7 @@ static void sparse_point(int64_t b, int32_t s_q, int32_t h_q, int32_t h_kv, int3
     for (int64_t i = 0; i < rows * SP_DV; i++)
         fo_cpu[i] = dinf__f32_from_bf16(p.out[i]);
     for (int ri = 0; ri < NUM_RUNGS; ri++) {
-        char what[256];
+        char what[300];
         snprintf(what, sizeof what, "%s rung=%s", params, RUNGS[ri]);
         setenv("DINF_MLA_KERNEL", RUNGS[ri], 1);
         /* the fast rung takes a sparse decode with the FP8 cache; seesaw none */
@@ -951,6 +982,12 @@ static void sparse_point(int64_t b, int32_t s_q, int32_t h_q, int32_t h_kv, int3
     CUDA_OK(cudaStreamDestroy(stream));
 }
 
+static void sparse_point(int64_t b, int32_t s_q, int32_t h_q, int32_t h_kv, int32_t page,
+                         int32_t topk, int lengths, double skip, int kv_fp8, uint64_t seed) {
+    sparse_point_ex(b, s_q, h_q, h_kv, page, topk, lengths, skip, kv_fp8, seed,
+                    (sp_extra_opts){0, 0, 0, 0});
+}
+
 /* V3.2's decode (h_kv 1, h_q 128, s_q 2, FP8 cache, 64-token pages; topk
  * 2048 upstream, 640 here), smaller ones, odd pages, h_kv 2, skipped and
  * repeated slots, topk_length with zeros, a position listing -1 only. */
@@ -972,32 +1009,133 @@ Test(mla_gpu, sparse_fp8_prefetch_off_and_deep) {
     unsetenv("DINF_MLA_FP8_PREFETCH");
 }
 
+/* FlashMLA's 2026 keywords: the attention sink (per head, with -inf and
+ * +inf heads) and an extra cache (own page size, padded rows, lengths),
+ * alone and together, on the simple rung and (FP8) the fast rung; with the
+ * fast rung's prefetch off and deepest too (the extra entries are
+ * prefetched from the extra cache). */
+Test(mla_gpu, sparse_extras_match_the_cpu) {
+    sparse_point_ex(2, 2, 128, 1, 64, 300, 1, 0.1, 1, 8831, (sp_extra_opts){130, 64, 1, 1});
+    sparse_point_ex(3, 1, 64, 1, 7, 100, 0, 0.2, 1, 8832, (sp_extra_opts){70, 5, 0, 0});
+    sparse_point_ex(2, 2, 16, 2, 3, 90, 1, 0.2, 0, 8833, (sp_extra_opts){65, 1, 1, 1});
+    sparse_point_ex(2, 2, 64, 1, 64, 64, 1, 0.1, 1, 8834, (sp_extra_opts){0, 0, 0, 1});
+    const char *const depths[2] = {"0", "8"};
+    for (int i = 0; i < 2; i++) {
+        setenv("DINF_MLA_FP8_PREFETCH", depths[i], 1);
+        sparse_point_ex(2, 2, 64, 1, 64, 150, 1, 0.15, 1, 8835 + (uint64_t)i,
+                        (sp_extra_opts){100, 13, 1, 1});
+    }
+    unsetenv("DINF_MLA_FP8_PREFETCH");
+}
+
+/* A sparse decode with the extras (FP8 cache, extra cache, sink) captured
+ * in a CUDA graph with its device plan, on the simple and fast rungs,
+ * replayed twice: the CPU's results each time (tools/mla-emu's mock runs a
+ * capture eagerly: the outputs are poisoned before it). */
+Test(mla_gpu, sparse_metadata_and_decode_in_a_cuda_graph) {
+    cudaStream_t stream;
+    CUDA_OK(cudaStreamCreate(&stream));
+    const dinf_exec cuda = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)stream);
+    sp_problem p;
+    sp_make(&p, 3, 2, 64, 1, 64, 300, 1, 0.1, 1, 8951);
+    sp_add_extra(&p, 100, 13, 1, 0.1, 8952);
+    sp_add_sink(&p, 8953);
+    const int32_t parts = sp_parts(&p, 132);
+    sp_poison(&p);
+    cr_assert_eq(sp_run_cpu(&p, parts, 0), DINF_STATUS_OK, "%s", dinf_last_error());
+    sp_device d;
+    sp_device_make(&d, &p, parts, &cuda, stream, "sparse graph");
+    const int64_t rows = p.b * p.s_q * p.h_q, reqs = p.b * p.s_q;
+    uint16_t *out = malloc(sizeof(uint16_t) * (size_t)(rows * SP_DV));
+    float *lse = malloc(sizeof(float) * (size_t)rows);
+    float *fg = malloc(sizeof(float) * (size_t)(rows * SP_DV)), *fc = malloc(sizeof(float) * (size_t)(rows * SP_DV));
+    for (int64_t i = 0; i < rows * SP_DV; i++)
+        fc[i] = dinf__f32_from_bf16(p.out[i]);
+    for (int ri = 0; ri < NUM_RUNGS; ri++) {
+        if (ri == RUNG_SEESAW || !rung_enabled(ri))
+            continue;
+        setenv("DINF_MLA_KERNEL", RUNGS[ri], 1);
+        char what[64];
+        snprintf(what, sizeof what, "sparse graph, rung %s", RUNGS[ri]);
+        CUDA_OK(cudaMemset(d.a.ws, 0xFF, d.ws_gpu));
+        CUDA_OK(cudaMemset(d.a.out, 0xFF, sizeof(uint16_t) * (size_t)(rows * SP_DV)));
+        CUDA_OK(cudaMemset(d.a.lse, 0xFF, sizeof(float) * (size_t)rows));
+        CUDA_OK(cudaMemset(d.a.meta, 0x5a, sizeof(int32_t) * 8 * (size_t)parts));
+        CUDA_OK(cudaMemset(d.a.splits, 0x5a, sizeof(int32_t) * (size_t)(reqs + 1)));
+        dinf_mla_sparse_extras dx;
+        cudaGraph_t graph;
+        cudaGraphExec_t exec;
+        CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+        const dinf_status st1 = dinf_mla_get_sparse_metadata(
+            d.a.topk_length, p.b, p.s_q, p.topk, parts, d.a.meta, d.a.splits, sp_extras(&p, &d.a, &dx), &cuda);
+        const dinf_status st2 = sp_decode(&p, &d.a, parts, &cuda);
+        CUDA_OK(cudaStreamEndCapture(stream, &graph));
+        cr_assert_eq(st1, DINF_STATUS_OK, "%s: metadata under capture: %s", what, dinf_last_error());
+        cr_assert_eq(st2, DINF_STATUS_OK, "%s: decode under capture: %s", what, dinf_last_error());
+        CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+        for (int replay = 0; replay < 2; replay++) {
+            CUDA_OK(cudaGraphLaunch(exec, stream));
+            CUDA_OK(cudaStreamSynchronize(stream));
+            CUDA_OK(cudaMemcpy(out, d.a.out, sizeof(uint16_t) * (size_t)(rows * SP_DV), cudaMemcpyDeviceToHost));
+            CUDA_OK(cudaMemcpy(lse, d.a.lse, sizeof(float) * (size_t)rows, cudaMemcpyDeviceToHost));
+            for (int64_t i = 0; i < rows * SP_DV; i++)
+                fg[i] = dinf__f32_from_bf16(out[i]);
+            check_close("out", what, fg, fc, rows * SP_DV, 8e-4, 2.01 / 128, 5e-6);
+            check_close("lse", what, lse, p.lse, rows, 1e-6, 8.01 / 65536, 5e-6);
+        }
+        CUDA_OK(cudaGraphExecDestroy(exec));
+        CUDA_OK(cudaGraphDestroy(graph));
+    }
+    unsetenv("DINF_MLA_KERNEL");
+    free(fg);
+    free(fc);
+    free(out);
+    free(lse);
+    sp_device_free(&d);
+    sp_free(&p);
+    CUDA_OK(cudaStreamDestroy(stream));
+}
+
 /* Values the host cannot check: a slot past the cache makes its query
  * position NaN (every head), a topk_length outside [0, topk] its request's
- * positions; every other position matches the CPU. */
-static void sparse_bad_values(int kv_fp8, const char *rung) {
+ * positions; every other position matches the CPU. With `extra` the same
+ * through the extra cache's list and extra_topk_length (the main list's
+ * values are valid, and a sink is on). */
+static void sparse_bad_values(int kv_fp8, const char *rung, int extra) {
     cudaStream_t stream;
     CUDA_OK(cudaStreamCreate(&stream));
     const dinf_exec cuda = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)stream);
     sp_problem p;
     sp_make(&p, 4, 2, 16, 1, 64, 100, 0, 0.1, kv_fp8, 8901);
     setenv("DINF_MLA_KERNEL", rung, 1);
-    p.topk_length = malloc(sizeof(int32_t) * 4);
-    p.topk_length[0] = 90;
-    p.topk_length[1] = 100;
-    p.topk_length[2] = 77;
-    p.topk_length[3] = 64;
+    int32_t *lens = malloc(sizeof(int32_t) * 4);
+    lens[0] = 90;
+    lens[1] = 100;
+    lens[2] = 77;
+    lens[3] = 64;
+    if (extra) {
+        p.topk_length = malloc(sizeof(int32_t) * 4);
+        for (int i = 0; i < 4; i++)
+            p.topk_length[i] = 30 + 20 * i;
+        sp_add_extra(&p, 100, 9, 0, 0.1, 8902);
+        p.etopk_length = lens;
+        sp_add_sink(&p, 8903);
+    } else {
+        p.topk_length = lens;
+    }
     const int32_t parts = 5;
     sp_poison(&p);
     cr_assert_eq(sp_run_cpu(&p, parts, 0), DINF_STATUS_OK, "%s", dinf_last_error());
     sp_device d;
     sp_device_make(&d, &p, parts, &cuda, stream, "bad values");
-    /* position (0, 0): slot 5 past the cache; request 1: topk_length -1; request 2: 101 */
-    const int32_t bad_slot = (int32_t)(p.num_blocks * p.page);
-    CUDA_OK(cudaMemcpy((int32_t *)d.a.indices + 5, &bad_slot, 4, cudaMemcpyHostToDevice));
-    const int32_t bad_len = p.topk + 1, neg_len = -1; /* request 1: a negative length */
-    CUDA_OK(cudaMemcpy((int32_t *)d.a.topk_length + 2, &bad_len, 4, cudaMemcpyHostToDevice));
-    CUDA_OK(cudaMemcpy((int32_t *)d.a.topk_length + 1, &neg_len, 4, cudaMemcpyHostToDevice));
+    /* position (0, 0): slot 5 past the cache; request 1: a length of -1; request 2: 101 */
+    const int32_t bad_slot = (int32_t)(extra ? p.e_num_blocks * p.epage : p.num_blocks * p.page);
+    CUDA_OK(cudaMemcpy((int32_t *)(extra ? d.a.eindices : d.a.indices) + 5, &bad_slot, 4,
+                       cudaMemcpyHostToDevice));
+    const int32_t bad_len = 101, neg_len = -1; /* request 1: a negative length */
+    int32_t *d_lens = (int32_t *)(extra ? d.a.etopk_length : d.a.topk_length);
+    CUDA_OK(cudaMemcpy(d_lens + 2, &bad_len, 4, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(d_lens + 1, &neg_len, 4, cudaMemcpyHostToDevice));
     const int64_t rows = p.b * p.s_q * p.h_q;
     uint16_t *out = malloc(sizeof(uint16_t) * (size_t)(rows * SP_DV + 1));
     float *lse = malloc(sizeof(float) * (size_t)(rows + 1));
@@ -1035,10 +1173,12 @@ static void sparse_bad_values(int kv_fp8, const char *rung) {
 }
 
 Test(mla_gpu, sparse_bad_device_values_give_nan_for_their_positions_only) {
-    if (rung_enabled(0))
-        sparse_bad_values(0, "simple");
-    if (rung_enabled(RUNG_FAST))
-        sparse_bad_values(1, "fast");
+    for (int extra = 0; extra < 2; extra++) {
+        if (rung_enabled(0))
+            sparse_bad_values(0, "simple", extra);
+        if (rung_enabled(RUNG_FAST))
+            sparse_bad_values(1, "fast", extra);
+    }
 }
 
 #else

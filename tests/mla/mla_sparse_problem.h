@@ -53,6 +53,16 @@ typedef struct sp_problem {
     int32_t *topk_length;   /* [b] or NULL */
     uint16_t *out;
     float *lse;
+    /* extras (sp_add_sink, sp_add_extra): the attention sink and an extra
+     * cache with its own page size and padded rows (etopk 0: none) */
+    float *sink;            /* [h_q] or NULL */
+    int32_t etopk, epage;
+    int64_t e_num_blocks, e_token_stride, e_block_stride; /* elements (bf16) or bytes (fp8) */
+    int64_t ekc_ld;         /* elements between slots of ekc */
+    uint16_t *ekc;          /* the extra BF16 cache (dequantized when kv_fp8) */
+    uint8_t *ekc8;          /* the extra FP8 cache when kv_fp8 */
+    int32_t *eindices;      /* [b][s_q][etopk] */
+    int32_t *etopk_length;  /* [b] or NULL */
 } sp_problem;
 
 /*
@@ -158,7 +168,114 @@ static inline void sp_make(sp_problem *p, int64_t b, int32_t s_q, int32_t h_q, i
     }
 }
 
+/* A sink per query head: random in [-2, 8] (the scores' lse is about
+ * ln(topk)), head 0 -inf (no sink), head 1 +inf (out 0) when h_q > 2. */
+static inline void sp_add_sink(sp_problem *p, uint64_t seed) {
+    uint64_t s = seed;
+    p->sink = malloc(sizeof(float) * (size_t)p->h_q);
+    for (int32_t h = 0; h < p->h_q; h++)
+        p->sink[h] = (float)(-2.0 + 10.0 * sp_uniform(&s));
+    if (p->h_q > 2) {
+        p->sink[0] = -INFINITY;
+        p->sink[1] = INFINITY;
+    }
+}
+
+/*
+ * An extra cache of etopk-long lists, page size epage, rows padded by 16
+ * bytes (so its strides differ from the main cache's), one row in four NaN
+ * (never listed); lists as sp_make's (skips, repeats, with `lengths`
+ * extra_topk_length random in [0, etopk], entries past it never read); the
+ * FP8 form quantized like the main cache.
+ */
+static inline void sp_add_extra(sp_problem *p, int32_t etopk, int32_t epage, int lengths,
+                                double skip, uint64_t seed) {
+    uint64_t s = seed;
+    const int32_t h_kv = p->h_kv;
+    p->etopk = etopk;
+    p->epage = epage;
+    const int64_t want = (int64_t)etopk + 8;
+    /* whole 64-slot groups too, so that the quantizer can write every slot */
+    p->e_num_blocks = ((want + epage - 1) / epage + 1 + 63) / 64 * 64;
+    const int64_t slots = p->e_num_blocks * epage;
+    p->ekc_ld = (int64_t)h_kv * SP_DQK + 8;
+    p->ekc = malloc(sizeof(uint16_t) * (size_t)(slots * p->ekc_ld));
+    unsigned char *live = malloc((size_t)slots);
+    int64_t n_live = 0;
+    int32_t nan_slot = SP_PAST_LENGTH;
+    for (int64_t sl = 0; sl < slots; sl++) {
+        live[sl] = sp_next(&s) % 4 != 0;
+        n_live += live[sl];
+        if (!live[sl] && nan_slot == SP_PAST_LENGTH)
+            nan_slot = (int32_t)sl;
+        for (int64_t d = 0; d < p->ekc_ld; d++)
+            p->ekc[sl * p->ekc_ld + d] = live[sl] ? sp_value(&s) : SP_NAN_ROW;
+    }
+    cr_assert_gt(n_live, 0);
+    int32_t *live_list = malloc(sizeof(int32_t) * (size_t)n_live);
+    for (int64_t sl = 0, k = 0; sl < slots; sl++)
+        if (live[sl])
+            live_list[k++] = (int32_t)sl;
+    p->etopk_length = NULL;
+    if (lengths) {
+        p->etopk_length = malloc(sizeof(int32_t) * (size_t)(p->b + 1));
+        for (int64_t i = 0; i < p->b; i++) {
+            const uint64_t r = sp_next(&s) % 5;
+            p->etopk_length[i] =
+                r == 0 ? 0 : r == 1 ? etopk : (int32_t)(sp_next(&s) % (uint64_t)(etopk + 1));
+        }
+    }
+    p->eindices = malloc(sizeof(int32_t) * (size_t)(p->b * p->s_q * etopk + 1));
+    for (int64_t r = 0; r < p->b * p->s_q; r++) {
+        const int32_t n = p->etopk_length ? p->etopk_length[r / p->s_q] : etopk;
+        for (int32_t j = 0; j < etopk; j++) {
+            int32_t *e = &p->eindices[r * etopk + j];
+            if (j >= n)
+                *e = j % 2 ? nan_slot : SP_PAST_LENGTH;
+            else if (sp_uniform(&s) < skip)
+                *e = -1;
+            else if (j > 0 && sp_next(&s) % 8 == 0 && p->eindices[r * etopk + j - 1] >= 0)
+                *e = p->eindices[r * etopk + j - 1];
+            else
+                *e = live_list[sp_next(&s) % (uint64_t)n_live];
+        }
+    }
+    free(live);
+    free(live_list);
+    p->e_token_stride = p->ekc_ld;
+    p->e_block_stride = epage * p->e_token_stride;
+    p->ekc8 = NULL;
+    if (p->kv_fp8) {
+        const int64_t ld8 = (int64_t)h_kv * SP_ENTRY + 16;
+        p->ekc8 = malloc((size_t)(slots * ld8));
+        int64_t *map = malloc(sizeof(int64_t) * (size_t)slots);
+        for (int64_t sl = 0; sl < slots; sl++)
+            map[sl] = sl;
+        const dinf_status st = dinf_mla_quantize_kvcache_fp8(
+            p->ekc, slots, h_kv, p->ekc_ld, map, p->ekc8, slots / 64, 64, 64 * ld8, ld8, NULL);
+        cr_assert_eq(st, DINF_STATUS_OK, "%s", dinf_last_error());
+        free(map);
+        p->e_token_stride = ld8;
+        p->e_block_stride = epage * ld8;
+        for (int64_t sl = 0; sl < slots; sl++)
+            for (int32_t hk = 0; hk < h_kv; hk++) {
+                const uint8_t *e = p->ekc8 + sl * ld8 + (int64_t)hk * SP_ENTRY;
+                uint16_t *row = p->ekc + sl * p->ekc_ld + (int64_t)hk * SP_DQK;
+                float sc[4];
+                memcpy(sc, e + 512, sizeof sc);
+                for (int d = 0; d < SP_DV; d++)
+                    row[d] = dinf__bf16_from_f32(dinf__f32_from_e4m3(e[d]) * sc[d / 128]);
+                memcpy(row + SP_DV, e + 528, 128);
+            }
+    }
+}
+
 static inline void sp_free(sp_problem *p) {
+    free(p->sink);
+    free(p->ekc);
+    free(p->ekc8);
+    free(p->eindices);
+    free(p->etopk_length);
     free(p->q);
     free(p->kc);
     free(p->kc8);
@@ -184,11 +301,15 @@ static inline int32_t sp_parts(const sp_problem *p, int32_t num_sms) {
 /* The float64 reference: out rounded to bf16 as upstream does, lse natural log. */
 static inline void sp_reference(const sp_problem *p, double *ref_out, double *ref_lse) {
     const int32_t hpk = p->h_q / p->h_kv;
-    double *sc = malloc(sizeof(double) * (size_t)p->topk);
+    /* the keys of one position: the main list's, then the extra list's */
+    const int32_t most = p->topk + p->etopk;
+    double *sc = malloc(sizeof(double) * (size_t)most);
+    const uint16_t **rows = malloc(sizeof(uint16_t *) * (size_t)most);
     for (int64_t b = 0; b < p->b; b++)
         for (int32_t t = 0; t < p->s_q; t++) {
             const int64_t r = b * p->s_q + t;
-            const int32_t n = p->topk_length ? p->topk_length[b] : p->topk;
+            const int32_t n1 = p->topk_length ? p->topk_length[b] : p->topk;
+            const int32_t n2 = p->etopk == 0 ? 0 : p->etopk_length ? p->etopk_length[b] : p->etopk;
             for (int32_t h = 0; h < p->h_q; h++) {
                 const int32_t hk = h / hpk;
                 const uint16_t *qv = p->q + (r * p->h_q + h) * SP_DQK;
@@ -197,15 +318,18 @@ static inline void sp_reference(const sp_problem *p, double *ref_out, double *re
                 for (int d = 0; d < SP_DV; d++)
                     o[d] = 0;
                 double mx = -INFINITY;
-                for (int32_t j = 0; j < n; j++) {
-                    const int32_t slot = p->indices[r * p->topk + j];
+                for (int32_t j = 0; j < n1 + n2; j++) {
+                    const int32_t slot = j < n1 ? p->indices[r * p->topk + j]
+                                                : p->eindices[r * p->etopk + j - n1];
                     sc[j] = -INFINITY;
+                    rows[j] = NULL;
                     if (slot < 0)
                         continue;
-                    const uint16_t *kr = p->kc + ((int64_t)slot * p->h_kv + hk) * SP_DQK;
+                    rows[j] = j < n1 ? p->kc + ((int64_t)slot * p->h_kv + hk) * SP_DQK
+                                     : p->ekc + (int64_t)slot * p->ekc_ld + (int64_t)hk * SP_DQK;
                     double dot = 0;
                     for (int d = 0; d < SP_DQK; d++)
-                        dot += (double)dinf__f32_from_bf16(qv[d]) * dinf__f32_from_bf16(kr[d]);
+                        dot += (double)dinf__f32_from_bf16(qv[d]) * dinf__f32_from_bf16(rows[j][d]);
                     sc[j] = dot * p->scale;
                     mx = sc[j] > mx ? sc[j] : mx;
                 }
@@ -214,22 +338,26 @@ static inline void sp_reference(const sp_problem *p, double *ref_out, double *re
                     continue;
                 }
                 double sum = 0;
-                for (int32_t j = 0; j < n; j++)
+                for (int32_t j = 0; j < n1 + n2; j++)
                     sum += sc[j] == -INFINITY ? 0 : exp(sc[j] - mx);
                 *l = mx + log(sum);
-                for (int32_t j = 0; j < n; j++) {
-                    const int32_t slot = p->indices[r * p->topk + j];
-                    if (slot < 0)
+                /* the sink joins the denominator only: weights exp(S - lse') */
+                const double sink = p->sink ? p->sink[h] : -INFINITY;
+                const double den = sink == -INFINITY ? *l
+                                   : sink == INFINITY ? INFINITY
+                                   : mx + log(sum + exp(sink - mx));
+                for (int32_t j = 0; j < n1 + n2; j++) {
+                    if (!rows[j])
                         continue;
-                    const uint16_t *kr = p->kc + ((int64_t)slot * p->h_kv + hk) * SP_DQK;
-                    const double w = exp(sc[j] - *l);
+                    const double w = exp(sc[j] - den);
                     for (int d = 0; d < SP_DV; d++)
-                        o[d] += w * dinf__f32_from_bf16(kr[d]);
+                        o[d] += w * dinf__f32_from_bf16(rows[j][d]);
                 }
                 for (int d = 0; d < SP_DV; d++)
                     o[d] = dinf__f32_from_bf16(dinf__bf16_from_f32((float)o[d]));
             }
         }
+    free(rows);
     free(sc);
 }
 
@@ -282,29 +410,70 @@ typedef struct sp_args {
     size_t ws_bytes;
     uint16_t *out;
     float *lse;
+    /* the extras' arrays (NULL where the problem has none) */
+    const float *sink;
+    const void *ekc; /* bf16 or fp8 */
+    const int32_t *eindices, *etopk_length;
 } sp_args;
+
+/* The problem's extras with a's pointers; NULL when it has none. */
+static inline const dinf_mla_sparse_extras *sp_extras(const sp_problem *p, const sp_args *a,
+                                                      dinf_mla_sparse_extras *ex) {
+    if (!p->sink && p->etopk == 0)
+        return NULL;
+    *ex = (dinf_mla_sparse_extras){.attn_sink = a->sink};
+    if (p->etopk > 0) {
+        ex->extra_topk = p->etopk;
+        ex->extra_topk_length = a->etopk_length;
+        ex->extra_indices = a->eindices;
+        ex->extra_k_cache = a->ekc;
+        ex->extra_num_blocks = p->e_num_blocks;
+        ex->extra_page_block_size = p->epage;
+        ex->extra_kv_block_stride = p->e_block_stride;
+        ex->extra_kv_token_stride = p->e_token_stride;
+    }
+    return ex;
+}
+
+/* The problem's host arrays as sp_args (plan, workspace and outputs unset). */
+static inline sp_args sp_host_args(const sp_problem *p) {
+    return (sp_args){.q = p->q,
+                     .kc = p->kv_fp8 ? (const void *)p->kc8 : (const void *)p->kc,
+                     .indices = p->indices,
+                     .topk_length = p->topk_length,
+                     .out = p->out,
+                     .lse = p->lse,
+                     .sink = p->sink,
+                     .ekc = p->kv_fp8 ? (const void *)p->ekc8 : (const void *)p->ekc,
+                     .eindices = p->eindices,
+                     .etopk_length = p->etopk_length};
+}
 
 static inline dinf_status sp_decode(const sp_problem *p, const sp_args *a, int32_t parts,
                              const dinf_exec *exec) {
+    dinf_mla_sparse_extras ex_storage;
+    const dinf_mla_sparse_extras *ex = sp_extras(p, a, &ex_storage);
     return p->kv_fp8
                ? dinf_mla_sparse_decode_with_kvcache_fp8(
                      a->q, p->b, p->s_q, p->h_q, SP_DQK, (const uint8_t *)a->kc, p->num_blocks,
                      p->page, p->h_kv, p->block_stride, p->token_stride, a->indices, p->topk,
                      a->topk_length, SP_DV, a->meta, parts, a->splits, p->scale, a->ws,
-                     a->ws_bytes, a->out, a->lse, exec)
+                     a->ws_bytes, a->out, a->lse, ex, exec)
                : dinf_mla_sparse_decode_with_kvcache(
                      a->q, p->b, p->s_q, p->h_q, SP_DQK, (const uint16_t *)a->kc, p->num_blocks,
                      p->page, p->h_kv, p->block_stride, p->token_stride, a->indices, p->topk,
                      a->topk_length, SP_DV, a->meta, parts, a->splits, p->scale, a->ws,
-                     a->ws_bytes, a->out, a->lse, exec);
+                     a->ws_bytes, a->out, a->lse, ex, exec);
 }
 
 /* The whole CPU call: metadata, workspace, decode into p->out / p->lse. */
 static inline dinf_status sp_run_cpu(sp_problem *p, int32_t parts, int32_t threads) {
     int32_t *meta = malloc(sizeof(int32_t) * 8 * (size_t)parts);
     int32_t *splits = malloc(sizeof(int32_t) * (size_t)(p->b * p->s_q + 1));
+    sp_args a = sp_host_args(p);
+    dinf_mla_sparse_extras ex_storage;
     dinf_status st = dinf_mla_get_sparse_metadata(p->topk_length, p->b, p->s_q, p->topk, parts, meta,
-                                                  splits, NULL);
+                                                  splits, sp_extras(p, &a, &ex_storage), NULL);
     cr_assert_eq(st, DINF_STATUS_OK, "%s", dinf_last_error());
     dinf_exec exec = DINF_EXEC_CPU_INIT;
     exec.num_threads = threads;
@@ -312,8 +481,10 @@ static inline dinf_status sp_run_cpu(sp_problem *p, int32_t parts, int32_t threa
     cr_assert_eq(dinf_mla_workspace_size(p->b * p->s_q, 1, p->h_q, parts, &ws_bytes, &exec),
                  DINF_STATUS_OK, "%s", dinf_last_error());
     void *ws = aligned_alloc(64, ws_bytes ? (ws_bytes + 63) / 64 * 64 : 64);
-    const sp_args a = {p->q, p->kv_fp8 ? (const void *)p->kc8 : (const void *)p->kc, p->indices,
-                       p->topk_length, meta, splits, ws, ws_bytes, p->out, p->lse};
+    a.meta = meta;
+    a.splits = splits;
+    a.ws = ws;
+    a.ws_bytes = ws_bytes;
     st = sp_decode(p, &a, parts, &exec);
     free(ws);
     free(meta);

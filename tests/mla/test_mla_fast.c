@@ -827,19 +827,20 @@ Test(mla_fast_hd, pieces_guard_bad_device_values) {
  * [b][h][t]. */
 Test(mla_fast_hd, sparse_requests_keys_slots_and_lse) {
     int32_t tl[2] = {100, 7}, splits[5], meta[8 * 3];
-    cr_assert_eq(dinf_mla_get_sparse_metadata(tl, 2, 2, 120, 3, meta, splits, NULL), DINF_STATUS_OK);
+    cr_assert_eq(dinf_mla_get_sparse_metadata(tl, 2, 2, 120, 3, meta, splits, NULL, NULL), DINF_STATUS_OK);
     dinf__mla_params p;
     memset(&p, 0, sizeof p);
     p.batch = 4, p.parts = 3, p.h_kv = 1, p.h_q = 16, p.q_rows = 16, p.s_q = 1, p.page = 7;
     p.num_blocks = 10, p.max_blocks = 120, p.topk = 120, p.sparse_s_q = 2, p.topk_length = tl;
+    p.kv_block_stride = 1000, p.kv_token_stride = 100;
     p.num_splits = splits;
     cr_assert_eq(dinf__mla_req_keys(&p, 0), 100);
     cr_assert_eq(dinf__mla_req_keys(&p, 1), 100, "request 1 is (b 0, t 1)");
     cr_assert_eq(dinf__mla_req_keys(&p, 3), 7);
     p.topk_length = NULL;
     cr_assert_eq(dinf__mla_req_keys(&p, 3), 120);
-    cr_assert(!dinf__mla_req_keys_bad(&p, 120) && dinf__mla_req_keys_bad(&p, 121) &&
-              dinf__mla_req_keys_bad(&p, -1) && !dinf__mla_req_keys_bad(&p, 0));
+    cr_assert(!dinf__mla_req_keys_bad(&p, 0, 120) && dinf__mla_req_keys_bad(&p, 0, 121) &&
+              dinf__mla_req_keys_bad(&p, 0, -1) && !dinf__mla_req_keys_bad(&p, 0, 0));
     /* the dense rule would allow max_blocks * page = 840 keys: the sparse one stops at topk */
     dinf__mla_piece pc = dinf__mla_fast_piece(&p, meta, 0, 121, 0, 0);
     cr_assert_eq(pc.bad, 1);
@@ -847,17 +848,24 @@ Test(mla_fast_hd, sparse_requests_keys_slots_and_lse) {
     pc = dinf__mla_fast_piece(&p, meta, 0, 120, 0, 0);
     cr_assert_eq(pc.bad, 0);
     /* slots: page 7, 10 pages = 70 slots */
-    const int32_t row_of_slots[4] = {0, 69, -1, 70};
-    int64_t page = -1;
-    int32_t row = -1;
-    cr_assert_eq(dinf__mla_key_loc(&p, row_of_slots, 0, &page, &row), 0);
-    cr_assert(page == 0 && row == 0);
-    cr_assert_eq(dinf__mla_key_loc(&p, row_of_slots, 1, &page, &row), 0);
-    cr_assert(page == 9 && row == 6, "slot 69 = page 9 row 6, got %lld %d", (long long)page, row);
-    cr_assert_eq(dinf__mla_key_loc(&p, row_of_slots, 2, &page, &row), 1, "a skipped slot");
-    cr_assert_eq(dinf__mla_key_loc(&p, row_of_slots, 3, &page, &row), -1, "past the cache");
-    const int32_t huge[1] = {2147483647};
-    cr_assert_eq(dinf__mla_key_loc(&p, huge, 0, &page, &row), -1);
+    int64_t off = -1;
+    cr_assert_eq(dinf__mla_slot_loc(&p, 0, 0, &off), 0);
+    cr_assert_eq(off, 0);
+    cr_assert_eq(dinf__mla_slot_loc(&p, 0, 69, &off), 0);
+    cr_assert_eq(off, 9 * 1000 + 6 * 100, "slot 69 = page 9 row 6, got %lld", (long long)off);
+    cr_assert_eq(dinf__mla_slot_loc(&p, 0, -1, &off), 1, "a skipped slot");
+    cr_assert_eq(dinf__mla_slot_loc(&p, 0, 70, &off), -1, "past the cache");
+    cr_assert_eq(dinf__mla_slot_loc(&p, 0, 2147483647, &off), -1);
+    /* without an extra cache every block reads the main list of its request */
+    int32_t idx[4 * 120];
+    p.block_table = idx;
+    p.topk_length = tl;
+    int32_t valid = -1;
+    int extra = -1;
+    cr_assert_eq(dinf__mla_sparse_block(&p, 3, 0, &valid, &extra), idx + 3 * 120);
+    cr_assert(valid == 7 && extra == 0);
+    cr_assert_eq(dinf__mla_sparse_block(&p, 1, 1, &valid, &extra), idx + 120 + 64);
+    cr_assert(valid == 36 && extra == 0, "valid %d", valid);
     /* lse [b][h_q][s_q]: request 3 = (b 1, t 1), head 5 */
     cr_assert_eq(dinf__mla_lse_index(&p, 3, 5, 0), (1 * 16 + 5) * 2 + 1);
     cr_assert_eq(dinf__mla_lse_index(&p, 0, 15, 0), 15 * 2);
@@ -866,13 +874,113 @@ Test(mla_fast_hd, sparse_requests_keys_slots_and_lse) {
     int32_t lens[1] = {256};
     p.seqlens = lens;
     cr_assert_eq(dinf__mla_req_keys(&p, 0), 256);
-    cr_assert(!dinf__mla_req_keys_bad(&p, 256) && dinf__mla_req_keys_bad(&p, 257));
+    cr_assert(!dinf__mla_req_keys_bad(&p, 0, 256) && dinf__mla_req_keys_bad(&p, 0, 257));
     cr_assert_eq(dinf__mla_lse_index(&p, 2, 5, 1), (2 * 16 + 5) * 3 + 1);
     const int32_t bt[4] = {3, 9, -1, 10};
-    cr_assert_eq(dinf__mla_key_loc(&p, bt, 70, &page, &row), 0);
-    cr_assert(page == 9 && row == 6);
-    cr_assert_eq(dinf__mla_key_loc(&p, bt, 130, &page, &row), -1, "a negative page is bad, not skipped");
-    cr_assert_eq(dinf__mla_key_loc(&p, bt, 200, &page, &row), -1);
+    cr_assert_eq(dinf__mla_key_loc(&p, bt, 70, &off), 0);
+    cr_assert_eq(off, 9 * 1000 + 6 * 100);
+    cr_assert_eq(dinf__mla_key_loc(&p, bt, 130, &off), -1, "a negative page is bad, not skipped");
+    cr_assert_eq(dinf__mla_key_loc(&p, bt, 200, &off), -1);
+}
+
+/* The extra cache (mla_hd.h): a request's keys are the main list padded to
+ * 64, then the extra list; each block reads one list; the plan's lengths,
+ * the kernels' key counts and the bad rule agree; the extra cache's own
+ * page size, pages and strides. */
+Test(mla_fast_hd, sparse_extra_cache_blocks_and_lengths) {
+    int32_t tl[2] = {100, 0}, etl[2] = {5, 70};
+    dinf__mla_params p;
+    memset(&p, 0, sizeof p);
+    p.batch = 4, p.sparse_s_q = 2, p.topk = 120, p.topk_length = tl, p.page = 7;
+    p.num_blocks = 10, p.kv_block_stride = 1000, p.kv_token_stride = 100;
+    p.extra_topk = 80, p.extra_topk_length = etl, p.extra_page = 3, p.extra_num_blocks = 4;
+    p.extra_block_stride = 50, p.extra_token_stride = 16;
+    int32_t idx[4 * 120], eidx[4 * 80];
+    p.block_table = idx, p.extra_indices = eidx;
+    cr_assert_eq(dinf__mla_sparse_keys(100, 5), 128 + 5);
+    cr_assert_eq(dinf__mla_sparse_keys(0, 70), 70, "an empty main list takes no block");
+    cr_assert_eq(dinf__mla_sparse_keys(64, 0), 64);
+    cr_assert_eq(dinf__mla_sparse_keys(-5, -3), 0, "device garbage clamps");
+    cr_assert_eq(dinf__mla_sparse_keys(0x7fffffff, 0x7fffffff), 2 * DINF_MLA_MAX_TOPK);
+    cr_assert_eq(dinf__mla_req_keys(&p, 1), 133);
+    cr_assert_eq(dinf__mla_req_keys(&p, 2), 70);
+    /* the plan splits the same counts */
+    const dinf__mla_lengths L = {tl, 2, 120, etl, 80};
+    for (int r = 0; r < 4; r++)
+        cr_assert_eq(dinf__mla_length_at(&L, r), dinf__mla_req_keys(&p, r));
+    /* request 1 = (b 0, t 1): blocks 0, 1 main (36 listed in block 1), block 2 extra */
+    int32_t valid;
+    int extra;
+    cr_assert_eq(dinf__mla_sparse_block(&p, 1, 0, &valid, &extra), idx + 120);
+    cr_assert(valid == 64 && extra == 0);
+    cr_assert_eq(dinf__mla_sparse_block(&p, 1, 1, &valid, &extra), idx + 120 + 64);
+    cr_assert(valid == 36 && extra == 0, "the main list's padding is skipped");
+    cr_assert_eq(dinf__mla_sparse_block(&p, 1, 2, &valid, &extra), eidx + 80);
+    cr_assert(valid == 5 && extra == 1);
+    /* request 3 = (b 1, t 1): no main block; extra blocks 0 and 1 */
+    cr_assert_eq(dinf__mla_sparse_block(&p, 3, 0, &valid, &extra), eidx + 3 * 80);
+    cr_assert(valid == 64 && extra == 1);
+    cr_assert_eq(dinf__mla_sparse_block(&p, 3, 1, &valid, &extra), eidx + 3 * 80 + 64);
+    cr_assert(valid == 6 && extra == 1);
+    /* the extra cache's slots: page 3, 4 pages = 12 slots */
+    int64_t off;
+    cr_assert_eq(dinf__mla_slot_loc(&p, 1, 11, &off), 0);
+    cr_assert_eq(off, 3 * 50 + 2 * 16);
+    cr_assert_eq(dinf__mla_slot_loc(&p, 1, 12, &off), -1);
+    cr_assert_eq(dinf__mla_slot_loc(&p, 0, 12, &off), 0, "the main cache has 70 slots");
+    cr_assert_eq(off, 1 * 1000 + 5 * 100);
+    cr_assert_eq(dinf__mla_slot_loc(&p, 1, -1, &off), 1);
+    int dummy_main, dummy_extra;
+    p.k_cache = &dummy_main, p.extra_k_cache = &dummy_extra;
+    cr_assert(dinf__mla_cache(&p, 0) == &dummy_main && dinf__mla_cache(&p, 1) == &dummy_extra);
+    /* bad: either length out of its range */
+    cr_assert(!dinf__mla_req_keys_bad(&p, 0, dinf__mla_req_keys(&p, 0)));
+    etl[1] = 81;
+    cr_assert(dinf__mla_req_keys_bad(&p, 2, dinf__mla_req_keys(&p, 2)));
+    cr_assert(!dinf__mla_req_keys_bad(&p, 0, dinf__mla_req_keys(&p, 0)), "b 0 is still fine");
+    etl[1] = -1;
+    cr_assert(dinf__mla_req_keys_bad(&p, 3, dinf__mla_req_keys(&p, 3)));
+    etl[1] = 70, tl[0] = 121;
+    cr_assert(dinf__mla_req_keys_bad(&p, 0, dinf__mla_req_keys(&p, 0)));
+    tl[0] = 100;
+    p.extra_topk_length = NULL;
+    cr_assert_eq(dinf__mla_req_keys(&p, 0), 128 + 80);
+}
+
+/* The attention sink's arithmetic (mla_hd.h): out_inv = 1 / (l + 2^(sink2 - m)),
+ * exactly 1 / l without a sink; the combine's lse with the sink, exactly G
+ * without one; the limits. */
+Test(mla_fast_hd, attention_sink_arithmetic) {
+    const float sink[2] = {0.5f, -INFINITY};
+    cr_assert_eq(dinf__mla_sink2(NULL, 0), -INFINITY);
+    cr_assert_float_eq(dinf__mla_sink2(sink, 0), 0.5f * 1.4426950408889634f, 1e-7);
+    cr_assert_eq(dinf__mla_sink2(sink, 1), -INFINITY);
+    uint64_t s = 5;
+    for (int i = 0; i < 1000; i++) {
+        const float l = 1.0f + (float)(rng_next(&s) % 10000) / 100.0f;
+        const float m = (float)(rng_next(&s) % 2000) / 100.0f - 10.0f;
+        cr_assert_eq(dinf__mla_out_inv(l, m, -INFINITY), 1.0f / l, "bit for bit without a sink");
+        const float g = m + log2f(l);
+        cr_assert_eq(dinf__mla_lse2_with_sink(g, -INFINITY), g);
+        const float s2 = (float)(rng_next(&s) % 4000) / 100.0f - 20.0f;
+        /* both forms scale the output by 1 / (sum + 2^s2) against 2^g = sum */
+        const double want = 1.0 / (exp2((double)g) + exp2((double)s2));
+        const double by_inv = dinf__mla_out_inv(l, m, s2) / exp2((double)m);
+        const double by_lse = exp2(-(double)dinf__mla_lse2_with_sink(g, s2));
+        cr_assert(fabs(by_inv - want) <= 1e-5 * want, "%g vs %g", by_inv, want);
+        cr_assert(fabs(by_lse - want) <= 1e-5 * want, "%g vs %g", by_lse, want);
+    }
+    cr_assert_eq(dinf__mla_out_inv(0.0f, -INFINITY, 3.0f), 0.0f, "no keys: out 0");
+    cr_assert_eq(dinf__mla_lse2_with_sink(-INFINITY, 3.0f), -INFINITY, "no keys: out 0");
+    cr_assert_eq(dinf__mla_out_inv(2.0f, 1.0f, INFINITY), 0.0f, "an infinite sink takes all");
+    cr_assert_eq(dinf__mla_lse2_with_sink(4.0f, INFINITY), INFINITY);
+    cr_assert(isnan(dinf__mla_out_inv(2.0f, 1.0f, NAN)));
+    cr_assert(isnan(dinf__mla_lse2_with_sink(4.0f, NAN)));
+    /* the fast epilogue: inv for a partial, out_inv for out */
+    const dinf__mla_row_end e = dinf__mla_fast_row_end(4.0f, 3.0f, 0, 3.0f);
+    cr_assert_eq(e.inv, 0.25f);
+    cr_assert_eq(e.out_inv, 0.2f, "1 / (4 + 2^0)");
+    cr_assert(isnan(dinf__mla_fast_row_end(4.0f, 3.0f, 1, 3.0f).out_inv));
 }
 
 /* ------------------------------------------------------ FP8 L2 prefetch -- */
@@ -1088,7 +1196,7 @@ Test(mla_fast_hd, two_warpgroup_online_softmax_equals_softmax) {
             }
             m = m_new;
         }
-        const dinf__mla_row_end e = dinf__mla_fast_row_end(l[0] + l[1], m, 0);
+        const dinf__mla_row_end e = dinf__mla_fast_row_end(l[0] + l[1], m, 0, -INFINITY);
         if (limit == 0) {
             cr_assert_eq(e.inv, 0.0f);
             cr_assert(isinf(e.lse) && e.lse > 0);
@@ -1115,17 +1223,17 @@ Test(mla_fast_hd, two_warpgroup_online_softmax_equals_softmax) {
 }
 
 Test(mla_fast_hd, row_end_cases) {
-    dinf__mla_row_end e = dinf__mla_fast_row_end(0.0f, -INFINITY, 0);
+    dinf__mla_row_end e = dinf__mla_fast_row_end(0.0f, -INFINITY, 0, -INFINITY);
     cr_assert_eq(e.inv, 0.0f);
     cr_assert(isinf(e.lse) && e.lse > 0);
     cr_assert(isinf(e.lse2) && e.lse2 < 0);
-    e = dinf__mla_fast_row_end(4.0f, 3.0f, 0);
+    e = dinf__mla_fast_row_end(4.0f, 3.0f, 0, -INFINITY);
     cr_assert_float_eq(e.inv, 0.25f, 0.0f);
     cr_assert_float_eq(e.lse2, 5.0f, 1e-6f);
     cr_assert_float_eq(e.lse, 5.0f * 0.6931472f, 1e-6f);
-    e = dinf__mla_fast_row_end(4.0f, 3.0f, 1);
+    e = dinf__mla_fast_row_end(4.0f, 3.0f, 1, -INFINITY);
     cr_assert(isnan(e.inv) && isnan(e.lse) && isnan(e.lse2));
-    e = dinf__mla_fast_row_end(0.0f, -INFINITY, 1);
+    e = dinf__mla_fast_row_end(0.0f, -INFINITY, 1, -INFINITY);
     cr_assert(isnan(e.inv) && isnan(e.lse) && isnan(e.lse2));
     /* the update from an empty running max, and a fully masked block */
     float alpha;

@@ -123,7 +123,7 @@ static void dense_vs_sparse(int32_t s_q, int32_t parts, int kv_fp8, uint64_t see
         lse_d[i] = lse_s[i] = NAN;
     int32_t meta_d[8 * 64], splits_d[5], meta_s[8 * 64], splits_s[9];
     cr_assert_eq(dinf_mla_get_metadata(lens, b, parts, meta_d, splits_d, NULL), DINF_STATUS_OK);
-    cr_assert_eq(dinf_mla_get_sparse_metadata(tl, b, s_q, topk, parts, meta_s, splits_s, NULL),
+    cr_assert_eq(dinf_mla_get_sparse_metadata(tl, b, s_q, topk, parts, meta_s, splits_s, NULL, NULL),
                  DINF_STATUS_OK, "%s", dinf_last_error());
     if (s_q == 1) { /* the same lengths: the same plan */
         cr_assert_arr_eq(meta_d, meta_s, sizeof(int32_t) * 8 * (size_t)parts);
@@ -149,12 +149,12 @@ static void dense_vs_sparse(int32_t s_q, int32_t parts, int kv_fp8, uint64_t see
         st = dinf_mla_sparse_decode_with_kvcache_fp8(q, b, s_q, h_q, SP_DQK, cache, num_blocks, page,
                                                      h_kv, (int64_t)page * e, e, idx, topk, tl,
                                                      SP_DV, meta_s, parts, splits_s, scale, wsp,
-                                                     ws_s, out_s, lse_s, NULL);
+                                                     ws_s, out_s, lse_s, NULL, NULL);
     else
         st = dinf_mla_sparse_decode_with_kvcache(q, b, s_q, h_q, SP_DQK, cache, num_blocks, page,
                                                  h_kv, (int64_t)page * e, e, idx, topk, tl, SP_DV,
                                                  meta_s, parts, splits_s, scale, wsp, ws_s, out_s,
-                                                 lse_s, NULL);
+                                                 lse_s, NULL, NULL);
     cr_assert_eq(st, DINF_STATUS_OK, "%s", dinf_last_error());
     for (int64_t i = 0; i < rows * SP_DV; i++)
         cr_assert_eq(out_s[i], out_d[i], "s_q=%d parts=%d fp8=%d: out[%lld] 0x%04x vs dense 0x%04x",
@@ -247,7 +247,7 @@ Test(mla_sparse, metadata_is_the_dense_plan_of_the_query_positions) {
         int32_t *md = malloc(sizeof(int32_t) * 8 * (size_t)parts), *ms = malloc(sizeof(int32_t) * 8 * (size_t)parts);
         int32_t sd[28], ss[28];
         cr_assert_eq(dinf_mla_get_metadata(lens, b * s_q, parts, md, sd, NULL), DINF_STATUS_OK);
-        cr_assert_eq(dinf_mla_get_sparse_metadata(with_len ? tl : NULL, b, s_q, topk, parts, ms, ss,
+        cr_assert_eq(dinf_mla_get_sparse_metadata(with_len ? tl : NULL, b, s_q, topk, parts, ms, ss, NULL,
                                                   NULL),
                      DINF_STATUS_OK, "%s", dinf_last_error());
         cr_assert_arr_eq(md, ms, sizeof(int32_t) * 8 * (size_t)parts, "it %d", it);
@@ -257,7 +257,7 @@ Test(mla_sparse, metadata_is_the_dense_plan_of_the_query_positions) {
     }
     /* batch 0: every part empty, num_splits = {0} */
     int32_t meta[16], splits[1] = {99};
-    cr_assert_eq(dinf_mla_get_sparse_metadata(NULL, 0, 2, 64, 2, meta, splits, NULL), DINF_STATUS_OK);
+    cr_assert_eq(dinf_mla_get_sparse_metadata(NULL, 0, 2, 64, 2, meta, splits, NULL, NULL), DINF_STATUS_OK);
     cr_assert(splits[0] == 0 && meta[0] == -1 && meta[8] == -1);
 }
 
@@ -269,34 +269,34 @@ static void expect_fail(dinf_status st, dinf_status want, const char *needle) {
 Test(mla_sparse, metadata_rejects) {
     int32_t meta[8 * 4], splits[16];
     const int32_t tl[3] = {5, 70, 64};
-    expect_fail(dinf_mla_get_sparse_metadata(tl, 3, 2, 64, 4, meta, splits, NULL),
+    expect_fail(dinf_mla_get_sparse_metadata(tl, 3, 2, 64, 4, meta, splits, NULL, NULL),
                 DINF_STATUS_INVALID_ARGUMENT, "topk_length[1]=70 must be in [0, topk=64]");
     const int32_t neg[1] = {-1};
-    expect_fail(dinf_mla_get_sparse_metadata(neg, 1, 1, 64, 4, meta, splits, NULL),
+    expect_fail(dinf_mla_get_sparse_metadata(neg, 1, 1, 64, 4, meta, splits, NULL, NULL),
                 DINF_STATUS_INVALID_ARGUMENT, "topk_length[0]=-1");
-    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 0, 4, meta, splits, NULL),
+    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 0, 4, meta, splits, NULL, NULL),
                 DINF_STATUS_INVALID_ARGUMENT, "topk=0 must be in [1, 1048576]");
-    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, DINF_MLA_MAX_TOPK + 1, 4, meta, splits, NULL),
+    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, DINF_MLA_MAX_TOPK + 1, 4, meta, splits, NULL, NULL),
                 DINF_STATUS_INVALID_ARGUMENT, "topk=1048577");
-    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 0, 64, 4, meta, splits, NULL),
+    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 0, 64, 4, meta, splits, NULL, NULL),
                 DINF_STATUS_INVALID_ARGUMENT, "seq_len_q=0");
-    expect_fail(dinf_mla_get_sparse_metadata(NULL, DINF_MLA_MAX_BATCH, 2, 64, 4, meta, splits, NULL),
+    expect_fail(dinf_mla_get_sparse_metadata(NULL, DINF_MLA_MAX_BATCH, 2, 64, 4, meta, splits, NULL, NULL),
                 DINF_STATUS_INVALID_ARGUMENT, "batch * seq_len_q <= 1048576");
-    expect_fail(dinf_mla_get_sparse_metadata(NULL, -1, 1, 64, 4, meta, splits, NULL),
+    expect_fail(dinf_mla_get_sparse_metadata(NULL, -1, 1, 64, 4, meta, splits, NULL, NULL),
                 DINF_STATUS_INVALID_ARGUMENT, "batch=-1");
-    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 0, meta, splits, NULL),
+    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 0, meta, splits, NULL, NULL),
                 DINF_STATUS_INVALID_ARGUMENT, "num_sm_parts=0");
-    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, NULL, splits, NULL),
+    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, NULL, splits, NULL, NULL),
                 DINF_STATUS_INVALID_ARGUMENT, "tile_scheduler_metadata is NULL");
-    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, meta, NULL, NULL),
+    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, meta, NULL, NULL, NULL),
                 DINF_STATUS_INVALID_ARGUMENT, "num_splits is NULL");
-    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, meta, (int32_t *)((char *)splits + 2), NULL),
+    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, meta, (int32_t *)((char *)splits + 2), NULL, NULL),
                 DINF_STATUS_INVALID_ARGUMENT, "4-byte aligned");
     int32_t tl_ok[3] = {5, 60, 64};
-    expect_fail(dinf_mla_get_sparse_metadata(tl_ok, 3, 2, 64, 4, meta, tl_ok, NULL),
+    expect_fail(dinf_mla_get_sparse_metadata(tl_ok, 3, 2, 64, 4, meta, tl_ok, NULL, NULL),
                 DINF_STATUS_INVALID_ARGUMENT, "overlap");
     /* num_splits and the metadata overlap */
-    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, meta, meta + 30, NULL),
+    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, meta, meta + 30, NULL, NULL),
                 DINF_STATUS_INVALID_ARGUMENT, "overlap");
 }
 
@@ -307,14 +307,15 @@ Test(mla_sparse, every_rejected_input) {
     sp_make(&p, 2, 2, 16, 1, 64, 100, 1, 0.1, 0, 7801);
     const int32_t parts = 3;
     int32_t meta[8 * 3], splits[5];
-    cr_assert_eq(dinf_mla_get_sparse_metadata(p.topk_length, p.b, p.s_q, p.topk, parts, meta, splits,
+    cr_assert_eq(dinf_mla_get_sparse_metadata(p.topk_length, p.b, p.s_q, p.topk, parts, meta, splits, NULL,
                                               NULL),
                  DINF_STATUS_OK);
     size_t ws_bytes = 0;
     cr_assert_eq(dinf_mla_workspace_size(p.b * p.s_q, 1, p.h_q, parts, &ws_bytes, NULL),
                  DINF_STATUS_OK);
     void *ws = aligned_alloc(64, (ws_bytes + 63) / 64 * 64);
-    sp_args a = {p.q, p.kc, p.indices, p.topk_length, meta, splits, ws, ws_bytes, p.out, p.lse};
+    sp_args a = sp_host_args(&p);
+    a.meta = meta, a.splits = splits, a.ws = ws, a.ws_bytes = ws_bytes;
     cr_assert_eq(sp_decode(&p, &a, parts, NULL), DINF_STATUS_OK, "%s", dinf_last_error());
 
     sp_problem bad = p;
@@ -340,7 +341,7 @@ Test(mla_sparse, every_rejected_input) {
     ba = a;
     /* a plan made for other lengths (no topk_length) */
     int32_t meta2[8 * 3], splits2[5];
-    cr_assert_eq(dinf_mla_get_sparse_metadata(NULL, p.b, p.s_q, p.topk, parts, meta2, splits2, NULL),
+    cr_assert_eq(dinf_mla_get_sparse_metadata(NULL, p.b, p.s_q, p.topk, parts, meta2, splits2, NULL, NULL),
                  DINF_STATUS_OK);
     ba.meta = meta2;
     ba.splits = splits2;
@@ -426,15 +427,411 @@ Test(mla_sparse, every_rejected_input) {
                                                     p.page, p.h_kv, p.block_stride, p.token_stride,
                                                     p.indices, p.topk, p.topk_length, SP_DV, meta,
                                                     parts, splits, p.scale, ws, ws_bytes, p.out,
-                                                    p.lse, NULL),
+                                                    p.lse, NULL, NULL),
                 DINF_STATUS_UNSUPPORTED, "head_dim=512");
     /* a non-finite scale */
     expect_fail(dinf_mla_sparse_decode_with_kvcache(p.q, p.b, p.s_q, p.h_q, SP_DQK, p.kc,
                                                     p.num_blocks, p.page, p.h_kv, p.block_stride,
                                                     p.token_stride, p.indices, p.topk,
                                                     p.topk_length, SP_DV, meta, parts, splits,
-                                                    NAN, ws, ws_bytes, p.out, p.lse, NULL),
+                                                    NAN, ws, ws_bytes, p.out, p.lse, NULL, NULL),
                 DINF_STATUS_INVALID_ARGUMENT, "softmax_scale");
+    free(ws);
+    sp_free(&p);
+}
+
+/* ---------------------------------------------------------------- extras -- */
+
+/* One problem with extras (sink, extra cache) against the float64 reference. */
+static void point_ex(int64_t b, int32_t s_q, int32_t h_q, int32_t h_kv, int32_t page, int32_t topk,
+                     int lengths, int32_t etopk, int32_t epage, int elengths, int sink, int kv_fp8,
+                     int32_t num_sms, int32_t threads, uint64_t seed) {
+    char params[300];
+    snprintf(params, sizeof params,
+             "b=%lld s_q=%d h_q=%d h_kv=%d page=%d topk=%d lengths=%d etopk=%d epage=%d "
+             "elengths=%d sink=%d fp8=%d sms=%d threads=%d seed=%llu",
+             (long long)b, s_q, h_q, h_kv, page, topk, lengths, etopk, epage, elengths, sink,
+             kv_fp8, num_sms, threads, (unsigned long long)seed);
+    sp_problem p;
+    sp_make(&p, b, s_q, h_q, h_kv, page, topk, lengths, 0.15, kv_fp8, seed);
+    if (etopk > 0)
+        sp_add_extra(&p, etopk, epage, elengths, 0.15, seed + 1000);
+    if (sink)
+        sp_add_sink(&p, seed + 2000);
+    sp_poison(&p);
+    cr_assert_eq(sp_run_cpu(&p, sp_parts(&p, num_sms), threads), DINF_STATUS_OK, "[%s] %s", params,
+                 dinf_last_error());
+    sp_check_reference(&p, params);
+    sp_free(&p);
+}
+
+/* The attention sink and the extra cache (FlashMLA's 2026 keywords), alone
+ * and together, BF16 and FP8, odd page sizes for either cache, h_kv 2,
+ * split plans (many SM parts) and threads. */
+Test(mla_sparse, extras_match_the_float64_reference) {
+    uint64_t seed = 9100;
+    point_ex(3, 2, 16, 1, 64, 100, 1, 70, 5, 1, 1, 0, 132, 0, ++seed);
+    point_ex(2, 1, 64, 1, 7, 37, 0, 150, 64, 0, 0, 0, 132, 0, ++seed); /* extra only */
+    point_ex(2, 2, 16, 1, 64, 64, 1, 0, 0, 0, 1, 0, 40, 0, ++seed);    /* sink only */
+    point_ex(2, 2, 6, 2, 3, 90, 1, 40, 1, 1, 1, 0, 40, 3, ++seed);     /* h_kv 2 */
+    point_ex(1, 3, 4, 1, 1, 1, 0, 1, 1, 0, 1, 0, 8, 0, ++seed);        /* one key each */
+    point_ex(3, 2, 16, 1, 64, 150, 1, 80, 64, 1, 1, 1, 132, 0, ++seed);
+    point_ex(2, 1, 128, 1, 64, 200, 0, 130, 3, 1, 1, 1, 132, 0, ++seed); /* V3.2's heads */
+    point_ex(2, 2, 8, 2, 11, 70, 1, 65, 13, 0, 1, 1, 24, 2, ++seed);
+}
+
+/*
+ * A decode with an extra cache equals the decode of one list over one cache
+ * holding both (the extra cache's pages after the main cache's, the main
+ * list's padding written as -1): the same keys in the same order under the
+ * same plan, so the same bits (with a sink too, BF16 and FP8, split plans).
+ */
+static void extra_vs_joined(int kv_fp8, int32_t num_sms, uint64_t seed) {
+    const int32_t page = 5;
+    sp_problem p;
+    sp_make(&p, 3, 2, 16, 1, page, 90, 1, 0.15, kv_fp8, seed);
+    sp_add_extra(&p, 70, page, 1, 0.15, seed + 1);
+    sp_add_sink(&p, seed + 2);
+    const int32_t parts = sp_parts(&p, num_sms);
+    sp_poison(&p);
+    cr_assert_eq(sp_run_cpu(&p, parts, 0), DINF_STATUS_OK, "%s", dinf_last_error());
+    const int64_t rows = p.b * p.s_q * p.h_q, reqs = p.b * p.s_q;
+    uint16_t *out_ex = malloc(sizeof(uint16_t) * (size_t)(rows * SP_DV));
+    float *lse_ex = malloc(sizeof(float) * (size_t)rows);
+    memcpy(out_ex, p.out, sizeof(uint16_t) * (size_t)(rows * SP_DV));
+    memcpy(lse_ex, p.lse, sizeof(float) * (size_t)rows);
+
+    /* the joined cache: the extra cache's (padded) row stride for both */
+    const int64_t es = kv_fp8 ? 1 : 2;
+    const int64_t T = p.e_token_stride, main_slots = p.num_blocks * page;
+    const int64_t slots = main_slots + p.e_num_blocks * page;
+    unsigned char *joined = calloc((size_t)(slots * T), (size_t)es);
+    const unsigned char *mc = kv_fp8 ? (const unsigned char *)p.kc8 : (const unsigned char *)p.kc;
+    const unsigned char *ec = kv_fp8 ? (const unsigned char *)p.ekc8 : (const unsigned char *)p.ekc;
+    for (int64_t sl = 0; sl < main_slots; sl++)
+        memcpy(joined + sl * T * es, mc + sl * p.token_stride * es, (size_t)(p.token_stride * es));
+    for (int64_t sl = 0; sl < p.e_num_blocks * page; sl++)
+        memcpy(joined + (main_slots + sl) * T * es, ec + sl * T * es, (size_t)(T * es));
+    const int32_t topk_j = (p.topk + 63) / 64 * 64 + p.etopk;
+    int32_t *idx = malloc(sizeof(int32_t) * (size_t)(reqs * topk_j));
+    int32_t *tl = malloc(sizeof(int32_t) * (size_t)p.b);
+    for (int64_t b = 0; b < p.b; b++) {
+        const int32_t n1 = p.topk_length[b], n2 = p.etopk_length[b], pad = (n1 + 63) / 64 * 64;
+        tl[b] = pad + n2;
+        for (int32_t t = 0; t < p.s_q; t++) {
+            const int64_t r = b * p.s_q + t;
+            for (int32_t j = 0; j < topk_j; j++) {
+                int32_t v = -1;
+                if (j < n1)
+                    v = p.indices[r * p.topk + j];
+                else if (j >= pad && j < pad + n2) {
+                    const int32_t e = p.eindices[r * p.etopk + j - pad];
+                    v = e < 0 ? -1 : (int32_t)(main_slots + e);
+                }
+                idx[r * topk_j + j] = v;
+            }
+        }
+    }
+    int32_t *meta = malloc(sizeof(int32_t) * 8 * (size_t)parts);
+    int32_t *splits = malloc(sizeof(int32_t) * (size_t)(reqs + 1));
+    cr_assert_eq(dinf_mla_get_sparse_metadata(tl, p.b, p.s_q, topk_j, parts, meta, splits, NULL, NULL),
+                 DINF_STATUS_OK, "%s", dinf_last_error());
+    size_t ws_bytes = 0;
+    cr_assert_eq(dinf_mla_workspace_size(reqs, 1, p.h_q, parts, &ws_bytes, NULL), DINF_STATUS_OK);
+    void *ws = aligned_alloc(64, (ws_bytes + 63) / 64 * 64);
+    const dinf_mla_sparse_extras sink_only = {.attn_sink = p.sink};
+    sp_poison(&p);
+    dinf_status st =
+        kv_fp8 ? dinf_mla_sparse_decode_with_kvcache_fp8(
+                     p.q, p.b, p.s_q, p.h_q, SP_DQK, joined, slots / page, page, p.h_kv, page * T, T,
+                     idx, topk_j, tl, SP_DV, meta, parts, splits, p.scale, ws, ws_bytes, p.out,
+                     p.lse, &sink_only, NULL)
+               : dinf_mla_sparse_decode_with_kvcache(
+                     p.q, p.b, p.s_q, p.h_q, SP_DQK, (const uint16_t *)joined, slots / page, page,
+                     p.h_kv, page * T, T, idx, topk_j, tl, SP_DV, meta, parts, splits, p.scale, ws,
+                     ws_bytes, p.out, p.lse, &sink_only, NULL);
+    cr_assert_eq(st, DINF_STATUS_OK, "%s", dinf_last_error());
+    for (int64_t i = 0; i < rows * SP_DV; i++)
+        cr_assert_eq(p.out[i], out_ex[i], "fp8=%d parts=%d: out[%lld] 0x%04x vs extra 0x%04x",
+                     kv_fp8, parts, (long long)i, p.out[i], out_ex[i]);
+    cr_assert_arr_eq(p.lse, lse_ex, sizeof(float) * (size_t)rows);
+    free(ws);
+    free(meta);
+    free(splits);
+    free(idx);
+    free(tl);
+    free(joined);
+    free(out_ex);
+    free(lse_ex);
+    sp_free(&p);
+}
+
+Test(mla_sparse, extra_cache_equals_one_list_over_a_joined_cache) {
+    extra_vs_joined(0, 4, 9201);
+    extra_vs_joined(0, 132, 9202); /* split plans */
+    extra_vs_joined(1, 132, 9203);
+}
+
+/* Extras that add nothing: NULL, all zero, every sink -inf: the plain decode, bit for bit. */
+Test(mla_sparse, empty_extras_and_minus_inf_sinks_are_the_plain_decode) {
+    sp_problem p;
+    sp_make(&p, 3, 2, 16, 1, 64, 150, 1, 0.1, 1, 9301);
+    const int32_t parts = sp_parts(&p, 132);
+    sp_poison(&p);
+    cr_assert_eq(sp_run_cpu(&p, parts, 0), DINF_STATUS_OK, "%s", dinf_last_error());
+    const int64_t rows = p.b * p.s_q * p.h_q;
+    uint16_t *out0 = malloc(sizeof(uint16_t) * (size_t)(rows * SP_DV));
+    float *lse0 = malloc(sizeof(float) * (size_t)rows);
+    memcpy(out0, p.out, sizeof(uint16_t) * (size_t)(rows * SP_DV));
+    memcpy(lse0, p.lse, sizeof(float) * (size_t)rows);
+    p.sink = malloc(sizeof(float) * (size_t)p.h_q);
+    for (int32_t h = 0; h < p.h_q; h++)
+        p.sink[h] = -INFINITY;
+    sp_poison(&p);
+    cr_assert_eq(sp_run_cpu(&p, parts, 0), DINF_STATUS_OK, "%s", dinf_last_error());
+    cr_assert_arr_eq(out0, p.out, sizeof(uint16_t) * (size_t)(rows * SP_DV));
+    cr_assert_arr_eq(lse0, p.lse, sizeof(float) * (size_t)rows);
+    /* all-zero extras through the raw call */
+    int32_t *meta = malloc(sizeof(int32_t) * 8 * (size_t)parts);
+    int32_t splits[7];
+    const dinf_mla_sparse_extras zero = {0};
+    cr_assert_eq(dinf_mla_get_sparse_metadata(p.topk_length, p.b, p.s_q, p.topk, parts, meta, splits,
+                                              &zero, NULL),
+                 DINF_STATUS_OK);
+    size_t ws_bytes = 0;
+    cr_assert_eq(dinf_mla_workspace_size(p.b * p.s_q, 1, p.h_q, parts, &ws_bytes, NULL), DINF_STATUS_OK);
+    void *ws = aligned_alloc(64, (ws_bytes + 63) / 64 * 64);
+    sp_poison(&p);
+    cr_assert_eq(dinf_mla_sparse_decode_with_kvcache_fp8(
+                     p.q, p.b, p.s_q, p.h_q, SP_DQK, p.kc8, p.num_blocks, p.page, p.h_kv,
+                     p.block_stride, p.token_stride, p.indices, p.topk, p.topk_length, SP_DV, meta,
+                     parts, splits, p.scale, ws, ws_bytes, p.out, p.lse, &zero, NULL),
+                 DINF_STATUS_OK, "%s", dinf_last_error());
+    cr_assert_arr_eq(out0, p.out, sizeof(uint16_t) * (size_t)(rows * SP_DV));
+    cr_assert_arr_eq(lse0, p.lse, sizeof(float) * (size_t)rows);
+    free(ws);
+    free(meta);
+    free(out0);
+    free(lse0);
+    sp_free(&p);
+}
+
+/* A sink never changes lse, and no valid slot in either list is out 0 and lse +inf. */
+Test(mla_sparse, sink_leaves_lse_and_empty_positions_alone) {
+    sp_problem p;
+    sp_make(&p, 2, 2, 16, 1, 64, 100, 1, 0.1, 0, 9401);
+    sp_add_extra(&p, 50, 7, 1, 0.1, 9402);
+    const int32_t parts = sp_parts(&p, 132);
+    sp_poison(&p);
+    cr_assert_eq(sp_run_cpu(&p, parts, 0), DINF_STATUS_OK, "%s", dinf_last_error());
+    const int64_t rows = p.b * p.s_q * p.h_q;
+    float *lse0 = malloc(sizeof(float) * (size_t)rows);
+    memcpy(lse0, p.lse, sizeof(float) * (size_t)rows);
+    sp_add_sink(&p, 9403);
+    sp_poison(&p);
+    cr_assert_eq(sp_run_cpu(&p, parts, 0), DINF_STATUS_OK, "%s", dinf_last_error());
+    cr_assert_arr_eq(lse0, p.lse, sizeof(float) * (size_t)rows);
+    /* head 1's sink is +inf: its out is 0 everywhere (either sign) */
+    for (int64_t r = 0; r < p.b * p.s_q; r++)
+        for (int d = 0; d < SP_DV; d++)
+            cr_assert_eq(dinf__f32_from_bf16(p.out[(r * p.h_q + 1) * SP_DV + d]), 0.0f);
+    free(lse0);
+    sp_free(&p);
+    /* every slot of both lists skipped */
+    sp_make(&p, 2, 2, 16, 1, 64, 70, 0, 1.0, 0, 9404);
+    sp_add_extra(&p, 30, 3, 0, 1.0, 9405);
+    sp_add_sink(&p, 9406);
+    sp_poison(&p);
+    cr_assert_eq(sp_run_cpu(&p, 5, 0), DINF_STATUS_OK, "%s", dinf_last_error());
+    for (int64_t i = 0; i < p.b * p.s_q * p.h_q * SP_DV; i++)
+        cr_assert_eq(p.out[i], 0, "out[%lld] = 0x%04x", (long long)i, p.out[i]);
+    for (int64_t i = 0; i < p.b * p.s_q * p.h_q; i++)
+        cr_assert(isinf(p.lse[i]) && p.lse[i] > 0, "lse[%lld] = %g", (long long)i, p.lse[i]);
+    sp_free(&p);
+}
+
+/* The plan with an extra cache is the dense plan of ceil(n1 / 64) * 64 + n2. */
+Test(mla_sparse, metadata_with_an_extra_cache) {
+    uint64_t s = 9501;
+    for (int it = 0; it < 40; it++) {
+        const int64_t b = 1 + (int64_t)(sp_next(&s) % 9);
+        const int32_t s_q = 1 + (int32_t)(sp_next(&s) % 3);
+        const int32_t topk = 1 + (int32_t)(sp_next(&s) % 2000);
+        const int32_t etopk = 1 + (int32_t)(sp_next(&s) % 700);
+        const int32_t parts = 1 + (int32_t)(sp_next(&s) % 70);
+        int32_t tl[9], etl[9], lens[27];
+        for (int64_t i = 0; i < b; i++) {
+            tl[i] = (int32_t)(sp_next(&s) % (uint64_t)(topk + 1));
+            etl[i] = (int32_t)(sp_next(&s) % (uint64_t)(etopk + 1));
+        }
+        const int with_len = it % 2, with_elen = it % 3 != 0;
+        for (int64_t r = 0; r < b * s_q; r++) {
+            const int32_t n1 = with_len ? tl[r / s_q] : topk;
+            lens[r] = (n1 + 63) / 64 * 64 + (with_elen ? etl[r / s_q] : etopk);
+        }
+        const dinf_mla_sparse_extras ex = {.extra_topk = etopk,
+                                           .extra_topk_length = with_elen ? etl : NULL};
+        int32_t *md = malloc(sizeof(int32_t) * 8 * (size_t)parts), *ms = malloc(sizeof(int32_t) * 8 * (size_t)parts);
+        int32_t sd[28], ss[28];
+        cr_assert_eq(dinf_mla_get_metadata(lens, b * s_q, parts, md, sd, NULL), DINF_STATUS_OK);
+        cr_assert_eq(dinf_mla_get_sparse_metadata(with_len ? tl : NULL, b, s_q, topk, parts, ms, ss,
+                                                  &ex, NULL),
+                     DINF_STATUS_OK, "%s", dinf_last_error());
+        cr_assert_arr_eq(md, ms, sizeof(int32_t) * 8 * (size_t)parts, "it %d", it);
+        cr_assert_arr_eq(sd, ss, sizeof(int32_t) * (size_t)(b * s_q + 1), "it %d", it);
+        free(md);
+        free(ms);
+    }
+    /* rejections of the extras the plan reads */
+    int32_t meta[8 * 4], splits[16];
+    const int32_t etl_bad[3] = {5, 31, 0};
+    dinf_mla_sparse_extras ex = {.extra_topk = 30, .extra_topk_length = etl_bad};
+    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, meta, splits, &ex, NULL),
+                DINF_STATUS_INVALID_ARGUMENT, "extras->extra_topk_length[1]=31 must be in [0, extra_topk=30]");
+    ex.extra_topk = -1;
+    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, meta, splits, &ex, NULL),
+                DINF_STATUS_INVALID_ARGUMENT, "extras->extra_topk=-1");
+    ex.extra_topk = DINF_MLA_MAX_TOPK + 1;
+    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, meta, splits, &ex, NULL),
+                DINF_STATUS_INVALID_ARGUMENT, "extras->extra_topk=1048577");
+    ex.extra_topk = 0; /* lengths without an extra cache */
+    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, meta, splits, &ex, NULL),
+                DINF_STATUS_INVALID_ARGUMENT, "all must be NULL");
+    int32_t etl_ok[3] = {1, 2, 3};
+    ex = (dinf_mla_sparse_extras){.extra_topk = 30, .extra_topk_length = etl_ok};
+    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, meta, etl_ok, &ex, NULL),
+                DINF_STATUS_INVALID_ARGUMENT, "overlap");
+    ex.extra_topk_length = (const int32_t *)((const char *)etl_ok + 2);
+    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, meta, splits, &ex, NULL),
+                DINF_STATUS_INVALID_ARGUMENT, "extras->extra_topk_length=");
+    /* the decode's own pointers are not the plan's business */
+    ex = (dinf_mla_sparse_extras){.extra_topk = 30};
+    cr_assert_eq(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, meta, splits, &ex, NULL), DINF_STATUS_OK,
+                 "%s", dinf_last_error());
+}
+
+/* Every extras input the decode rejects, with its message. */
+Test(mla_sparse, every_rejected_extra) {
+    sp_problem p;
+    sp_make(&p, 2, 2, 16, 1, 64, 100, 1, 0.1, 0, 9601);
+    sp_add_extra(&p, 60, 7, 1, 0.1, 9602);
+    sp_add_sink(&p, 9603);
+    const int32_t parts = 3;
+    sp_args a = sp_host_args(&p);
+    dinf_mla_sparse_extras exs;
+    int32_t meta[8 * 3], splits[5];
+    cr_assert_eq(dinf_mla_get_sparse_metadata(p.topk_length, p.b, p.s_q, p.topk, parts, meta, splits,
+                                              sp_extras(&p, &a, &exs), NULL),
+                 DINF_STATUS_OK, "%s", dinf_last_error());
+    size_t ws_bytes = 0;
+    cr_assert_eq(dinf_mla_workspace_size(p.b * p.s_q, 1, p.h_q, parts, &ws_bytes, NULL), DINF_STATUS_OK);
+    void *ws = aligned_alloc(64, (ws_bytes + 63) / 64 * 64);
+    a.meta = meta, a.splits = splits, a.ws = ws, a.ws_bytes = ws_bytes;
+    cr_assert_eq(sp_decode(&p, &a, parts, NULL), DINF_STATUS_OK, "%s", dinf_last_error());
+    sp_problem bad = p;
+    sp_args ba = a;
+    /* an extra slot past the extra cache, inside its length */
+    const int32_t n0 = p.etopk_length[0] > 0 ? p.etopk_length[0] : 1;
+    p.etopk_length[0] = n0;
+    int32_t meta2[8 * 3], splits2[5];
+    cr_assert_eq(dinf_mla_get_sparse_metadata(p.topk_length, p.b, p.s_q, p.topk, parts, meta2, splits2,
+                                              sp_extras(&p, &a, &exs), NULL),
+                 DINF_STATUS_OK);
+    ba.meta = meta2, ba.splits = splits2;
+    const int32_t keep = p.eindices[n0 - 1];
+    p.eindices[n0 - 1] = (int32_t)(p.e_num_blocks * p.epage);
+    char want[128];
+    snprintf(want, sizeof want, "extras->extra_indices[0][0][%d]=%d is outside the extra cache",
+             n0 - 1, (int)(p.e_num_blocks * p.epage));
+    expect_fail(sp_decode(&p, &ba, parts, NULL), DINF_STATUS_INVALID_ARGUMENT, want);
+    p.eindices[n0 - 1] = keep;
+    cr_assert_eq(sp_decode(&p, &ba, parts, NULL), DINF_STATUS_OK, "%s", dinf_last_error());
+    /* the plan made without the extra cache */
+    int32_t meta3[8 * 3], splits3[5];
+    cr_assert_eq(dinf_mla_get_sparse_metadata(p.topk_length, p.b, p.s_q, p.topk, parts, meta3, splits3,
+                                              NULL, NULL),
+                 DINF_STATUS_OK);
+    ba.meta = meta3, ba.splits = splits3;
+    expect_fail(sp_decode(&p, &ba, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "topk_length, topk, extras, batch, seq_len_q");
+    ba = a;
+    ba.meta = meta2, ba.splits = splits2;
+    a = ba;
+    /* extra lengths out of range */
+    int32_t etl_bad[2] = {p.etopk_length[0], p.etopk + 1};
+    ba.etopk_length = etl_bad;
+    expect_fail(sp_decode(&p, &ba, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "extras->extra_topk_length[1]=61 must be in [0, extra_topk=60]");
+    ba = a;
+    /* missing and inconsistent pointers */
+    ba.ekc = NULL;
+    expect_fail(sp_decode(&p, &ba, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "extras->extra_topk=60 needs extra_k_cache=");
+    ba = a;
+    ba.eindices = NULL;
+    expect_fail(sp_decode(&p, &ba, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "needs extra_k_cache=");
+    ba = a;
+    bad.etopk = 0; /* pointers without an extra cache */
+    {
+        dinf_mla_sparse_extras ex = {.extra_k_cache = p.ekc};
+        expect_fail(dinf_mla_sparse_decode_with_kvcache(
+                        p.q, p.b, p.s_q, p.h_q, SP_DQK, p.kc, p.num_blocks, p.page, p.h_kv,
+                        p.block_stride, p.token_stride, p.indices, p.topk, p.topk_length, SP_DV,
+                        meta, parts, splits, p.scale, ws, ws_bytes, p.out, p.lse, &ex, NULL),
+                    DINF_STATUS_INVALID_ARGUMENT, "extras->extra_topk=0 (no extra cache)");
+    }
+    bad = p;
+    /* the extra cache's geometry */
+    bad.epage = 0;
+    expect_fail(sp_decode(&bad, &a, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "extras->extra_page_block_size=0 must be in [1, 65536]");
+    bad.epage = DINF_MLA_MAX_SPARSE_PAGE + 1;
+    expect_fail(sp_decode(&bad, &a, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "extras->extra_page_block_size=65537");
+    bad = p;
+    bad.e_num_blocks = 0;
+    expect_fail(sp_decode(&bad, &a, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "extras->extra_num_blocks=0 must be >= 1");
+    bad = p;
+    bad.e_token_stride = SP_DQK - 8;
+    expect_fail(sp_decode(&bad, &a, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "extras->extra_kv_token_stride=568");
+    bad.e_token_stride = p.e_token_stride + 4; /* not a multiple of 8 elements */
+    expect_fail(sp_decode(&bad, &a, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "extras->extra_kv_token_stride=");
+    bad = p;
+    bad.e_block_stride = p.e_block_stride - 8;
+    expect_fail(sp_decode(&bad, &a, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "extras->extra_kv_block_stride=");
+    bad = p;
+    bad.e_num_blocks = INT64_MAX / 4;
+    expect_fail(sp_decode(&bad, &a, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "the sizes overflow int64 (extras->extra_num_blocks=");
+    bad = p;
+    /* alignment */
+    ba.sink = (const float *)((const char *)p.sink + 2);
+    expect_fail(sp_decode(&p, &ba, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "extras->attn_sink=");
+    ba = a;
+    ba.ekc = (const uint16_t *)p.ekc + 1;
+    expect_fail(sp_decode(&p, &ba, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "extras->extra_k_cache=");
+    ba = a;
+    ba.eindices = (const int32_t *)((const char *)p.eindices + 2);
+    expect_fail(sp_decode(&p, &ba, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "extras->extra_indices=");
+    ba = a;
+    /* outputs overlapping an extra input */
+    ba.lse = (float *)p.eindices;
+    expect_fail(sp_decode(&p, &ba, parts, NULL), DINF_STATUS_INVALID_ARGUMENT, "overlap");
+    ba = a;
+    ba.out = (uint16_t *)p.ekc;
+    expect_fail(sp_decode(&p, &ba, parts, NULL), DINF_STATUS_INVALID_ARGUMENT, "overlap");
+    ba = a;
+    ba.lse = p.sink;
+    expect_fail(sp_decode(&p, &ba, parts, NULL), DINF_STATUS_INVALID_ARGUMENT, "overlap");
+    ba = a;
     free(ws);
     sp_free(&p);
 }

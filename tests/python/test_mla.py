@@ -536,7 +536,7 @@ def test_sparse_errors_are_precise():
         sparse_call(q, cache, idx, np.array([3, 65], np.int32), meta, splits)
     # a plan made for another topk (other block counts) or other lengths
     other = mla.get_mla_metadata(lens, s_q * h_q, 1, h_q, topk=200)
-    stale = "does not match the plan for these topk_length, topk, batch, seq_len_q"
+    stale = "does not match the plan for these topk_length, topk, extras, batch, seq_len_q"
     with pytest.raises(err, match=stale):
         sparse_call(q, cache, idx, None, *other)
     zmeta, zsplits = mla.get_mla_metadata(lens, s_q * h_q, 1, h_q, topk=topk,
@@ -598,19 +598,161 @@ def test_sparse_result_depends_on_slots_not_on_the_page_size(poisoned_np_empty):
     assert out.shape == (0, 2, 16, 512) and lse.shape == (0, 16, 2)
 
 
-def test_flashmla_2026_keywords_are_refused_unless_none():
-    """attn_sink and the extra-cache keywords of FlashMLA's 2026 API: None is
-    accepted (the call runs), any value raises UnsupportedError naming it."""
-    q, cache, idx, _ = make_sparse_problem(1, 1, 16, 1, 64, 64, seed=11)
-    meta, splits = mla.get_mla_metadata(np.zeros(1, np.int32), 16, 1, 16, False, 64)
-    out, lse = mla.flash_mla_with_kvcache(q, cache, None, None, 512, meta, splits, indices=idx,
-                                          attn_sink=None, extra_k_cache=None,
-                                          extra_indices_in_kvcache=None, extra_topk_length=None)
-    assert out.shape == (1, 1, 16, 512) and not np.isnan(lse).any()
-    for kw in ("attn_sink", "extra_k_cache", "extra_indices_in_kvcache", "extra_topk_length"):
-        with pytest.raises(deepinfra.UnsupportedError, match="%s is not supported" % kw):
-            mla.flash_mla_with_kvcache(q, cache, None, None, 512, meta, splits, indices=idx,
-                                       **{kw: np.zeros(16, np.float32)})
+def sparse_reference_ex(q, cache, indices, topk_length, scale, sink=None, ecache=None,
+                        eindices=None, elengths=None):
+    """float64 with FlashMLA's 2026 extras: the keys of both lists in one
+    softmax, the sink (per head) in the denominator only, lse without it."""
+    b, s_q, h_q, _ = q.shape
+    h_kv = cache.shape[2]
+    group = h_q // h_kv
+    flat = cache.reshape(-1, h_kv, 576)
+    out = np.zeros((b, s_q, h_q, 512))
+    lse = np.full((b, h_q, s_q), np.inf)
+    for i in range(b):
+        n = indices.shape[2] if topk_length is None else int(topk_length[i])
+        for t in range(s_q):
+            slots = indices[i, t, :n]
+            keys = flat[slots[slots >= 0]].astype(np.float64)
+            if ecache is not None:
+                e = eindices.shape[2] if elengths is None else int(elengths[i])
+                es = eindices[i, t, :e]
+                ekeys = ecache.reshape(-1, h_kv, 576)[es[es >= 0]].astype(np.float64)
+                keys = np.concatenate([keys, ekeys])
+            if len(keys) == 0:
+                continue
+            for hk in range(h_kv):
+                heads = slice(hk * group, (hk + 1) * group)
+                k = keys[:, hk]
+                s = (q[i, t, heads].astype(np.float64) @ k.T) * scale
+                m = s.max(axis=1, keepdims=True)
+                total = np.exp(s - m).sum(axis=1, keepdims=True)
+                lse[i, heads, t] = (m + np.log(total))[:, 0]
+                den = m + np.log(total)
+                if sink is not None:
+                    sk = sink[heads].astype(np.float64)[:, None]
+                    with np.errstate(over="ignore"):
+                        den = np.where(np.isposinf(sk), np.inf,
+                                       m + np.log(total + np.exp(np.minimum(sk - m, 700))))
+                out[i, t, heads] = np.exp(s - den) @ k[:, :512]
+    return out.astype(np.float32).astype(BF16).astype(np.float64), lse
+
+
+@pytest.mark.parametrize(
+    "fp8,with_sink,with_extra,elen,epage,num_sms",
+    [
+        (False, True, False, False, 0, 132),   # sink only
+        (False, False, True, True, 5, 132),    # extra cache only, odd page, split plans
+        (False, True, True, False, 64, 8),
+        (True, True, True, True, 64, 132),     # FP8 (V3.2 layout) with both
+        (True, True, True, False, 3, 20),
+    ],
+)
+def test_sparse_extras_match_float64_reference(fp8, with_sink, with_extra, elen, epage, num_sms,
+                                               poisoned_np_empty):
+    """attn_sink and the extra cache (FlashMLA's 2026 keywords) against float64."""
+    b, s_q, h_q, topk, etopk = 3, 2, 16, 100, 70
+    q, cache, idx, lengths = make_sparse_problem(b, s_q, h_q, 1, topk, 64, seed=31, varlen=True)
+    rng = np.random.default_rng(32)
+    sink = None
+    if with_sink:
+        sink = rng.uniform(-2, 8, h_q).astype(np.float32)
+        sink[0], sink[1] = -np.inf, np.inf
+    ecache = eidx = elengths = None
+    if with_extra:
+        blocks = 16 * -(-2 * etopk // (16 * epage))  # slots a multiple of 16 (quantize_all)
+        _, ecache, eidx, elengths = make_sparse_problem(b, s_q, h_q, 1, etopk, epage,
+                                                        seed=33, varlen=elen, num_blocks=blocks)
+    kc, deq, ekc, edeq = cache, cache, ecache, ecache
+    if fp8:
+        kc, deq = quantize_all(cache)
+        if with_extra:
+            ekc, edeq = quantize_all(ecache)
+    meta, splits = mla.get_mla_metadata(None, s_q * h_q, 1, h_q, fp8, topk, num_sms=num_sms,
+                                        topk_length=lengths,
+                                        extra_topk=etopk if with_extra else None,
+                                        extra_topk_length=elengths)
+    out, lse = sparse_call(q, kc, idx, lengths, meta, splits, None, fp8, attn_sink=sink,
+                           extra_k_cache=ekc, extra_indices_in_kvcache=eidx,
+                           extra_topk_length=elengths)
+    ref_out, ref_lse = sparse_reference_ex(q, deq, idx, lengths, 576 ** -0.5, sink, edeq, eidx,
+                                           elengths)
+    what = "fp8=%s sink=%s extra=%s" % (fp8, with_sink, with_extra)
+    assert_close(out, ref_out, 8e-4, 2.01 / 128, 5e-6, "out " + what)
+    assert_close(lse, ref_lse, 1e-6, 8.01 / 65536, 5e-6, "lse " + what)
+    if with_sink:  # +inf sink: out 0; the sink never changes lse
+        assert (out[:, :, 1].astype(np.float32) == 0).all()
+        _, lse0 = sparse_call(q, kc, idx, lengths, meta, splits, None, fp8, extra_k_cache=ekc,
+                              extra_indices_in_kvcache=eidx, extra_topk_length=elengths)
+        assert np.array_equal(lse, lse0)
+
+
+def test_sparse_extras_lazy_plan_and_errors():
+    """The lazy plan makes the extra cache's plan by itself (the eager plan's
+    bits); extras on a dense decode, half-given extras, wrong shapes and a
+    plan made without the extra lists are refused by name."""
+    b, s_q, h_q = 2, 2, 16
+    q, cache, idx, lengths = make_sparse_problem(b, s_q, h_q, 1, 64, 64, seed=41, varlen=True)
+    _, ecache, eidx, elengths = make_sparse_problem(b, s_q, h_q, 1, 40, 7, seed=42, varlen=True)
+    sink = np.linspace(-1, 3, h_q).astype(np.float32)
+    kw = dict(attn_sink=sink, extra_k_cache=ecache, extra_indices_in_kvcache=eidx,
+              extra_topk_length=elengths)
+    meta, splits = mla.get_mla_metadata(None, s_q * h_q, 1, h_q, False, 64, topk_length=lengths,
+                                        extra_topk=40, extra_topk_length=elengths)
+    want_out, want_lse = sparse_call(q, cache, idx, lengths, meta, splits, **kw)
+    sched, _ = mla.get_mla_metadata()
+    for _ in range(2):
+        out, lse = sparse_call(q, cache, idx, lengths, sched, None, **kw)
+        assert np.array_equal(out.view(np.uint16), want_out.view(np.uint16))
+        assert np.array_equal(lse, want_lse)
+    assert sched.config["extra_topk"] == 40
+    with pytest.raises(deepinfra.InvalidArgumentError, match=r"extra_topk 40 -> 41"):
+        sparse_call(q, cache, idx, lengths, sched, None, extra_k_cache=ecache,
+                    extra_indices_in_kvcache=np.concatenate([eidx, eidx[..., :1]], axis=2))
+    err = deepinfra.InvalidArgumentError
+    # a plan made without the extra lists
+    pmeta, psplits = mla.get_mla_metadata(None, s_q * h_q, 1, h_q, False, 64, topk_length=lengths)
+    with pytest.raises(err, match="topk_length, topk, extras, batch, seq_len_q"):
+        sparse_call(q, cache, idx, lengths, pmeta, psplits, **kw)
+    # the dense decode takes none of them
+    dq, dcache, bt, lens = make_problem(1, 1, 16, 1, 100, True, 64, seed=43)
+    dmeta, dsplits = mla.get_mla_metadata(lens, 16, 1)
+    for name, value in (("attn_sink", sink), ("extra_k_cache", ecache),
+                        ("extra_indices_in_kvcache", eidx), ("extra_topk_length", elengths)):
+        with pytest.raises(deepinfra.UnsupportedError, match="%s is supported by the sparse "
+                           "decode only" % name):
+            mla.flash_mla_with_kvcache(dq, dcache, bt, lens, 512, dmeta, dsplits, **{name: value})
+    with pytest.raises(err, match="extra_indices_in_kvcache must be given with extra_k_cache"):
+        sparse_call(q, cache, idx, lengths, meta, splits, extra_k_cache=ecache)
+    with pytest.raises(err, match="need extra_k_cache"):
+        sparse_call(q, cache, idx, lengths, meta, splits, extra_indices_in_kvcache=eidx)
+    with pytest.raises(err, match=r"attn_sink must be a float array of shape \(16,\)"):
+        sparse_call(q, cache, idx, lengths, meta, splits, **dict(kw, attn_sink=sink[:3]))
+    with pytest.raises(err, match="extra_indices_in_kvcache must be"):
+        sparse_call(q, cache, idx, lengths, meta, splits, **dict(kw, extra_indices_in_kvcache=eidx[:1]))
+    with pytest.raises(err, match="extra_k_cache has 2 KV heads, k_cache 1"):
+        sparse_call(q, cache, idx, lengths, meta, splits,
+                    **dict(kw, extra_k_cache=np.concatenate([ecache] * 2, axis=2)))
+    with pytest.raises(err, match=r"extra_topk_length must have shape \(2,\)"):
+        sparse_call(q, cache, idx, lengths, meta, splits,
+                    **dict(kw, extra_topk_length=elengths[:1]))
+    with pytest.raises(err, match=r"extras->extra_topk_length\[1\]=41 must be in \[0, "
+                       r"extra_topk=40\]"):
+        mla.get_mla_metadata(None, s_q * h_q, 1, h_q, False, 64, topk_length=lengths,
+                             extra_topk=40, extra_topk_length=np.array([3, 41], np.int32))
+    with pytest.raises(err, match="extra_topk_length needs extra_topk"):
+        mla.get_mla_metadata(None, s_q * h_q, 1, h_q, False, 64, topk_length=lengths,
+                             extra_topk_length=elengths)
+    with pytest.raises(err, match="only used with topk"):
+        mla.get_mla_metadata(lens, 16, 1, extra_topk=4)
+    bad = eidx.copy()
+    bad[0, 0, 0] = ecache.shape[0] * ecache.shape[1]
+    elen_full = np.full(b, 40, np.int32)
+    fmeta, fsplits = mla.get_mla_metadata(None, s_q * h_q, 1, h_q, False, 64, topk_length=lengths,
+                                          extra_topk=40, extra_topk_length=elen_full)
+    with pytest.raises(err, match=r"extras->extra_indices\[0\]\[0\]\[0\]=\d+ is outside "
+                       "the extra cache"):
+        sparse_call(q, cache, idx, lengths, fmeta, fsplits, extra_k_cache=ecache,
+                    extra_indices_in_kvcache=bad, extra_topk_length=elen_full)
 
 
 def test_lazy_plan_of_the_2026_api_equals_the_eager_plan():

@@ -181,6 +181,44 @@ def test_sparse_device_tensors_match_the_cpu(b, s_q, h_q, h_kv, topk, page, fp8,
                  "sparse lse")
 
 
+@pytest.mark.parametrize("fp8,epage,elen", [(True, 64, True), (True, 5, False), (False, 3, True)])
+def test_sparse_extras_on_device_match_the_cpu(fp8, epage, elen, poisoned_empty):
+    """attn_sink and the extra cache (FlashMLA's 2026 keywords) on torch CUDA
+    tensors, through the lazy plan (made on the device), against the numpy
+    CPU path with an eager plan."""
+    from test_mla import make_sparse_problem, quantize_all, sparse_call
+
+    b, s_q, h_q, topk, etopk = 2, 2, 64, 200, 90
+    q, cache, idx, lengths = make_sparse_problem(b, s_q, h_q, 1, topk, 64, seed=610,
+                                                 varlen=True, num_blocks=16)
+    blocks = 16 * -(-2 * etopk // (16 * epage))
+    _, ecache, eidx, elengths = make_sparse_problem(b, s_q, h_q, 1, etopk, epage, seed=611,
+                                                    varlen=elen, num_blocks=blocks)
+    sink = np.random.default_rng(612).uniform(-2, 8, h_q).astype(np.float32)
+    sink[0], sink[1] = -np.inf, np.inf
+    kc, ekc = (quantize_all(cache)[0], quantize_all(ecache)[0]) if fp8 else (cache, ecache)
+    meta, splits = mla.get_mla_metadata(None, s_q * h_q, 1, h_q, fp8, topk, topk_length=lengths,
+                                        extra_topk=etopk, extra_topk_length=elengths)
+    out_cpu, lse_cpu = sparse_call(q, kc, idx, lengths, meta, splits, None, fp8, attn_sink=sink,
+                                   extra_k_cache=ekc, extra_indices_in_kvcache=eidx,
+                                   extra_topk_length=elengths)
+    dev = (lambda a: torch.from_numpy(a).cuda()) if fp8 else to_gpu_bf16
+    sched, _ = mla.get_mla_metadata()
+    out, lse = mla.flash_mla_with_kvcache(
+        to_gpu_bf16(q), dev(kc), None, None, 512, sched, None, None, False, fp8,
+        torch.from_numpy(idx).cuda(), topk_length=torch.from_numpy(lengths).cuda(),
+        attn_sink=torch.from_numpy(sink).cuda(), extra_k_cache=dev(ekc),
+        extra_indices_in_kvcache=torch.from_numpy(eidx).cuda(),
+        extra_topk_length=None if elengths is None else torch.from_numpy(elengths).cuda())
+    torch.cuda.synchronize()
+    assert np.array_equal(sched.tile_scheduler_metadata.cpu().numpy(), meta)
+    assert np.array_equal(sched.num_splits.cpu().numpy(), splits)
+    assert_close(out.float().cpu().numpy(), out_cpu.astype(np.float64), 8e-4, 2.01 / 128, 5e-6,
+                 "extras out")
+    assert_close(lse.cpu().numpy(), lse_cpu.astype(np.float64), 1e-6, 8.01 / 65536, 5e-6,
+                 "extras lse")
+
+
 def test_sparse_device_refuses_the_fast_rungs(monkeypatch):
     """mla.h: a BF16 sparse decode runs the simple rung (DINF_MLA_KERNEL=fast or
     seesaw is UNSUPPORTED with the reason, reaching Python as UnsupportedError);

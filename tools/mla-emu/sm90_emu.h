@@ -37,11 +37,16 @@
 #include "core/numeric_hd.h"
 
 extern char *emu_fast_smem_lo, *emu_fast_smem_hi; /* this CTA's shared memory (1024-aligned) */
-/* What the emulated launcher (launchers_fast.inc) knows of the cache: the
- * mock allocation holding k_cache, and k_cache's extent (the bytes the decode
- * may read: (num_blocks - 1) * kv_block_stride + 63 * kv_token_stride +
- * h_kv * 656 for the FP8 cache); the prefetches checked. */
-extern const char *emu_kcache_alloc_lo, *emu_kcache_alloc_hi, *emu_kcache_lo, *emu_kcache_hi;
+/* What the emulated launcher (launchers_fast.inc) knows of each cache the
+ * decode reads (k_cache, and a sparse decode's extra cache): the mock
+ * allocation holding it, and its extent (the bytes the decode may read:
+ * (num_blocks - 1) * kv_block_stride + (page - 1) * kv_token_stride +
+ * h_kv * 656 for an FP8 cache); the prefetches checked against them. */
+struct emu_cache_region {
+    const char *alloc_lo, *alloc_hi, *lo, *hi;
+};
+extern emu_cache_region emu_caches[2];
+extern int emu_num_caches;
 extern long long emu_prefetch_count, emu_prefetch_bytes;
 
 namespace dinf_jit {
@@ -252,15 +257,18 @@ static inline void bulk_prefetch_l2(const void *src, uint32_t bytes) {
                 src, bytes, emu::blockIdx_.x, emu::blockIdx_.y, threadIdx.x);
         abort();
     }
-    if (lo < emu_kcache_alloc_lo || lo + bytes > emu_kcache_alloc_hi || bytes > (size_t)(emu_kcache_alloc_hi - lo)) {
-        fprintf(stderr, "EMU: bulk prefetch [%p, +%u) outside the k_cache allocation [%p, %p) (block %u,%u thread %u)\n",
-                src, bytes, (const void *)emu_kcache_alloc_lo, (const void *)emu_kcache_alloc_hi, emu::blockIdx_.x,
-                emu::blockIdx_.y, threadIdx.x);
+    const emu_cache_region *c = nullptr;
+    for (int i = 0; i < emu_num_caches; i++)
+        if (lo >= emu_caches[i].alloc_lo && lo < emu_caches[i].alloc_hi)
+            c = &emu_caches[i];
+    if (!c || lo + bytes > c->alloc_hi || bytes > (size_t)(c->alloc_hi - lo)) {
+        fprintf(stderr, "EMU: bulk prefetch [%p, +%u) outside the cache allocations (block %u,%u thread %u)\n",
+                src, bytes, emu::blockIdx_.x, emu::blockIdx_.y, threadIdx.x);
         abort();
     }
-    if (lo < emu_kcache_lo || lo + bytes > emu_kcache_hi) {
+    if (lo < c->lo || lo + bytes > c->hi) {
         fprintf(stderr, "EMU: bulk prefetch [%p, +%u) outside the cache's extent [%p, %p) (block %u,%u thread %u)\n",
-                src, bytes, (const void *)emu_kcache_lo, (const void *)emu_kcache_hi, emu::blockIdx_.x,
+                src, bytes, (const void *)c->lo, (const void *)c->hi, emu::blockIdx_.x,
                 emu::blockIdx_.y, threadIdx.x);
         abort();
     }
