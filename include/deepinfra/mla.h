@@ -106,11 +106,29 @@
  * ckv_scale_arr), the RoPE part stays bf16 because it is small (128 B of
  * 656) and sensitive, and the format is the one upstream already produces.
  * The quantizer (dinf_mla_quantize_kvcache_fp8) picks, per 128 channels,
- * scale = the smallest power of two >= max(amax, 1e-4) / 448 (as upstream's
- * quantizer: power-of-two scales make dequantization exact in bf16, so the
- * kernels dequantize to bf16 and run the BF16 math unchanged), and
+ * scale = the smallest power of two >= max(amax, 1e-4) / 448 (power-of-two
+ * scales, as upstream's: they make dequantization exact in bf16, so the
+ * kernels dequantize to bf16 and run the BF16 math unchanged; upstream's
+ * test quantizer clamps amax / 448 at 1e-4 instead, a coarser scale where
+ * amax < 0.0448, and a cache from either decodes alike: the decode reads
+ * the stored scales), and
  * code = e4m3(x / scale) rounded to nearest even. A decode on an FP8 cache
  * is therefore exactly the BF16 decode on the dequantized cache.
+ *
+ * MODEL1 cache (FlashMLA 2026's second FP8 format, d_qk = 512: the sparse
+ * FP8 decode with head_dim 512 reads it; upstream names the model only
+ * "MODEL1"). q rows are 512 bf16 values (448 latent + 64 RoPE) and V is the
+ * whole 512-wide key row (the RoPE part included), so out stays 512 wide.
+ * One KV head. Page p (byte p * kv_block_stride) holds, for its rows r < P
+ * (P = page_block_size): at byte r * 576, 448 e4m3 codes then 64 bf16 RoPE
+ * values; at byte P * 576 + r * 8, seven ue8m0 scale exponents (channel c's
+ * scale is 2^(e[c / 64] - 127); 255 is NaN) and a pad byte. That is 584
+ * bytes per token (upstream views the cache as [num_blocks, P, 1, 584]
+ * bytes, pages padded to a multiple of 576 bytes). Channel c < 448 is
+ * e4m3(code[c]) * scale rounded to bfloat16 (exact for these scales).
+ * dinf_mla_quantize_kvcache_model1 writes it: per 64 channels scale = the
+ * smallest power of two >= max(amax / 448, 1e-4) (upstream's rule for this
+ * format), code = e4m3(x / scale).
  *
  * bfloat16 arrays are passed as uint16_t bits. Rounding to bfloat16 is to
  * nearest, ties to even.
@@ -141,6 +159,11 @@ extern "C" {
 #define DINF_MLA_FP8_ENTRY_BYTES 656
 #define DINF_MLA_FP8_SCALE_OFFSET 512
 #define DINF_MLA_FP8_ROPE_OFFSET 528
+/* MODEL1 FP8 cache (sparse decode with head_dim 512; "MODEL1 cache" below) */
+#define DINF_MLA_MODEL1_HEAD_DIM 512    /* d_qk = d_v: 448 latent + 64 RoPE */
+#define DINF_MLA_MODEL1_NOPE 448        /* e4m3 latent channels, 7 scales of 64 */
+#define DINF_MLA_MODEL1_ROW_BYTES 576   /* a row's 448 codes + 64 bf16 RoPE values */
+#define DINF_MLA_MODEL1_TOKEN_BYTES 584 /* + its 8 scale bytes (7 ue8m0, 1 pad) */
 
 /*
  * Fields of one SM part's row of tile_scheduler_metadata (int32 each).
@@ -489,6 +512,13 @@ DINF_API dinf_status dinf_mla_sparse_decode_with_kvcache(
  * cache (656-byte entries, strides in bytes as
  * dinf_mla_decode_with_kvcache_fp8): FlashMLA's V3.2 configuration. Equals
  * the BF16 sparse decode of the dequantized cache (bit for bit on the CPU).
+ * With head_dim = 512 it reads the MODEL1 cache (top of this header): q is
+ * bfloat16 [batch][seq_len_q][num_heads_q][512], num_heads_kv must be 1,
+ * kv_token_stride must be 584 (DINF_MLA_MODEL1_TOKEN_BYTES: the cache's
+ * layout is fixed, this only confirms it), kv_block_stride a multiple of 16
+ * and >= page_block_size * 584; an extra cache has the same format (its
+ * extra_kv_token_stride 584). out is [..][512] as always: V is the whole
+ * dequantized key row. On the GPU both rungs take it (fast: the default).
  */
 DINF_API dinf_status dinf_mla_sparse_decode_with_kvcache_fp8(
     const uint16_t *q, int64_t batch, int32_t seq_len_q, int32_t num_heads_q, int32_t head_dim,
@@ -531,6 +561,38 @@ DINF_API dinf_status dinf_mla_quantize_kvcache_fp8(const uint16_t *kv, int64_t n
                                                    int64_t num_blocks, int32_t page_block_size,
                                                    int64_t kv_block_stride,
                                                    int64_t kv_token_stride, const dinf_exec *exec);
+
+/*
+ * dinf_mla_quantize_kvcache_model1 - quantize new tokens into a MODEL1 FP8
+ * cache (top of this header; FlashMLA's quantizer for that format): token
+ * i goes to slot slot_mapping[i] = page * page_block_size + row, -1 skips it.
+ * Arguments:
+ *   kv              [IN]  bfloat16 [num_tokens][512] (448 latent + 64 RoPE), token i
+ *                         at kv + i * kv_token_ld; 16-byte aligned
+ *   num_tokens      [IN]  >= 0
+ *   kv_token_ld     [IN]  elements between tokens, a multiple of 8, >= 512
+ *   slot_mapping    [IN]  int64 [num_tokens], each -1 or in [0, num_blocks *
+ *                         page_block_size); distinct slots
+ *   k_cache         [OUT] the MODEL1 cache: num_blocks pages of page_block_size
+ *                         (1..65536) rows, page p at byte p * kv_block_stride (a
+ *                         multiple of 16, >= page_block_size * 584); 16-byte
+ *                         aligned; only the given slots' bytes are written (codes,
+ *                         RoPE, the 7 scales and the pad byte, written 0)
+ *   exec            [IN]  NULL = CPU; DINF_EXEC_CUDA: device memory, asynchronous
+ *                         (slots not checked on the host there: out-of-range
+ *                         slots are skipped)
+ * CPU and GPU write identical bytes. k_cache must not overlap kv or
+ * slot_mapping. Returns DINF_STATUS_OK, DINF_STATUS_INVALID_ARGUMENT (NULL,
+ * alignment, sizes, a slot out of range on the CPU, overlap),
+ * DINF_STATUS_UNSUPPORTED (CUDA unavailable), DINF_STATUS_CUDA_ERROR.
+ */
+DINF_API dinf_status dinf_mla_quantize_kvcache_model1(const uint16_t *kv, int64_t num_tokens,
+                                                      int64_t kv_token_ld,
+                                                      const int64_t *slot_mapping,
+                                                      uint8_t *k_cache, int64_t num_blocks,
+                                                      int32_t page_block_size,
+                                                      int64_t kv_block_stride,
+                                                      const dinf_exec *exec);
 
 #ifdef __cplusplus
 } /* extern "C" */

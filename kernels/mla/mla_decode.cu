@@ -110,72 +110,85 @@ __global__ void __launch_bounds__(1) mla_metadata_kernel(const dinf__mla_lengths
  * Dense: key j0 + j of the request's block table row bt. Sparse (slots
  * non-NULL): slots[j] of the block's list, of the main or extra cache,
  * for j < valid (dinf__mla_sparse_block). sMasked[j] = 1 for a skipped
- * sparse slot (zero row, score -inf), else 0. */
+ * sparse slot (zero row, score -inf), else 0. An FP8 row is 40 items
+ * (dinf__mla_fp8_item: codes, RoPE, and for the MODEL1 cache the zeros of
+ * the tile's last 64 columns). */
 template <bool kFp8>
 __device__ __forceinline__ void load_key_chunks(const dinf__mla_params &p, const int32_t *bt,
                                                 const int32_t *slots, int32_t valid, int extra,
                                                 int32_t j0, int32_t n, int32_t hk, uint16_t *sK,
                                                 uint8_t *sMasked, int &bad) {
-    constexpr int kPerKey = kFp8 ? (kDv / 16 + 8) : kChunks; /* FP8: 32 code chunks + 8 RoPE */
+    constexpr int kPerKey = kFp8 ? DINF_MLA_FP8_ITEMS : kChunks;
     const void *cache = dinf__mla_cache(&p, extra);
+    const int32_t page_size = extra ? p.extra_page : p.page;
     for (int c = threadIdx.x; c < kBN * kPerKey; c += kThreads) {
         const int j = c / kPerKey, ch = c % kPerKey;
         uint16_t *dst_row = sK + j * kLd;
         int64_t off = 0;
-        const int loc = j >= n  ? 1
-                        : slots ? (j < valid ? dinf__mla_slot_loc(&p, extra, slots[j], &off) : 1)
-                                : dinf__mla_key_loc(&p, bt, j0 + j, &off);
+        int32_t row = 0;
+        const int loc = j >= n ? 1
+                        : slots
+                            ? (j < valid ? dinf__mla_slot_loc(&p, extra, slots[j], &off, &row) : 1)
+                            : dinf__mla_key_loc(&p, bt, j0 + j, &off);
         if (loc < 0) {
             bad = 1;
             continue;
         }
         if (ch == 0)
             sMasked[j] = uint8_t(loc);
-        if (loc) { /* past the request or a skipped slot: zeros, never the cache */
-            const uint4 zero = make_uint4(0, 0, 0, 0);
-            if (!kFp8) {
-                *reinterpret_cast<uint4 *>(dst_row + 8 * ch) = zero;
-            } else if (ch < kDv / 16) {
-                *reinterpret_cast<uint4 *>(dst_row + 16 * ch) = zero;
-                *reinterpret_cast<uint4 *>(dst_row + 16 * ch + 8) = zero;
-            } else {
-                *reinterpret_cast<uint4 *>(dst_row + kDv + 8 * (ch - kDv / 16)) = zero;
-            }
+        const uint4 zero = make_uint4(0, 0, 0, 0);
+        if (!kFp8) {
+            *reinterpret_cast<uint4 *>(dst_row + 8 * ch) =
+                loc ? zero /* past the request or a skipped slot: never the cache */
+                    : __ldg(reinterpret_cast<const uint4 *>(static_cast<const uint16_t *>(cache) +
+                                                            off + int64_t(hk) * kDqk) +
+                            ch);
             continue;
         }
-        if (!kFp8) {
-            const uint16_t *src = static_cast<const uint16_t *>(cache) + off + int64_t(hk) * kDqk;
-            *reinterpret_cast<uint4 *>(dst_row + 8 * ch) =
-                __ldg(reinterpret_cast<const uint4 *>(src) + ch);
-        } else {
-            const uint8_t *entry = static_cast<const uint8_t *>(cache) + off +
-                                   int64_t(hk) * DINF_MLA_FP8_ENTRY_BYTES;
-            if (ch < kDv / 16) { /* 16 codes of channels [16 ch, 16 ch + 16) */
-                const float scale = __ldg(reinterpret_cast<const float *>(
-                                              entry + DINF_MLA_FP8_SCALE_OFFSET) +
-                                          ch / 8);
-                const uint4 codes = __ldg(reinterpret_cast<const uint4 *>(entry) + ch);
-                const uint32_t w[4] = {codes.x, codes.y, codes.z, codes.w};
-                uint32_t packed[8];
-#pragma unroll
-                for (int i = 0; i < 4; i++)
-#pragma unroll
-                    for (int k = 0; k < 2; k++) {
-                        const float lo =
-                            dinf__f32_from_e4m3(uint8_t(w[i] >> (16 * k))) * scale;
-                        const float hi =
-                            dinf__f32_from_e4m3(uint8_t(w[i] >> (16 * k + 8))) * scale;
-                        packed[2 * i + k] = pack_bf16(lo, hi);
-                    }
-                uint4 *dst = reinterpret_cast<uint4 *>(dst_row + 16 * ch);
-                dst[0] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
-                dst[1] = make_uint4(packed[4], packed[5], packed[6], packed[7]);
-            } else { /* RoPE: bf16 as stored */
-                const int r = ch - kDv / 16;
-                *reinterpret_cast<uint4 *>(dst_row + kDv + 8 * r) = __ldg(
-                    reinterpret_cast<const uint4 *>(entry + DINF_MLA_FP8_ROPE_OFFSET) + r);
-            }
+        int col;
+        const int kind = dinf__mla_fp8_item(p.model1, ch, &col);
+        uint4 *dst = reinterpret_cast<uint4 *>(dst_row + col);
+        if (loc || kind == 2) { /* zeros: a skipped row, or MODEL1's last 64 columns */
+            dst[0] = zero;
+            if (kind != 1)
+                dst[1] = zero;
+            continue;
         }
+        const uint8_t *entry = static_cast<const uint8_t *>(cache) + off;
+        float scale;
+        const uint8_t *src;
+        if (p.model1) { /* data row at off, its 7 scale exponents after the page's rows */
+            src = entry + (kind ? DINF_MLA_MODEL1_NOPE + 16 * (ch - DINF_MLA_MODEL1_NOPE / 16)
+                                : 16 * ch);
+            scale = kind ? 0.0f
+                         : dinf__mla_e8m0_scale(__ldg(
+                               static_cast<const uint8_t *>(cache) +
+                               dinf__mla_model1_scale_off(off, row, page_size) + ch / 4));
+        } else {
+            entry += int64_t(hk) * DINF_MLA_FP8_ENTRY_BYTES;
+            src = entry + (kind ? DINF_MLA_FP8_ROPE_OFFSET + 16 * (ch - kDv / 16) : 16 * ch);
+            scale = kind ? 0.0f
+                         : __ldg(reinterpret_cast<const float *>(entry + DINF_MLA_FP8_SCALE_OFFSET) +
+                                 ch / 8);
+        }
+        const uint4 raw = __ldg(reinterpret_cast<const uint4 *>(src));
+        if (kind == 1) { /* RoPE: bf16 as stored */
+            dst[0] = raw;
+            continue;
+        }
+        /* 16 codes of channels [16 ch, 16 ch + 16) */
+        const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+        uint32_t packed[8];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int k = 0; k < 2; k++) {
+                const float lo = dinf__f32_from_e4m3(uint8_t(w[i] >> (16 * k))) * scale;
+                const float hi = dinf__f32_from_e4m3(uint8_t(w[i] >> (16 * k + 8))) * scale;
+                packed[2 * i + k] = pack_bf16(lo, hi);
+            }
+        dst[0] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+        dst[1] = make_uint4(packed[4], packed[5], packed[6], packed[7]);
     }
 }
 
@@ -221,15 +234,16 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const dinf__mla
                   (split && (split_row < 0 || (split_row + 1) * p.h_kv * p.q_rows > max_rows));
 
         __syncthreads(); /* the previous request is done with sQ and sK */
+        const int32_t q_dim = dinf__mla_q_dim(&p); /* 576, or 512 (MODEL1: zeros after) */
         for (int c = threadIdx.x; c < kBM * kChunks; c += kThreads) {
             const int r = c / kChunks, ch = c % kChunks;
             const int qr = row0 + r;
             uint4 v = make_uint4(0, 0, 0, 0);
-            if (qr < p.q_rows) {
+            if (qr < p.q_rows && 8 * ch < q_dim) {
                 const int tq = qr / p.heads_per_kv;
                 const int h = hk * p.heads_per_kv + qr % p.heads_per_kv;
                 v = __ldg(reinterpret_cast<const uint4 *>(
-                              p.q + ((int64_t(req) * p.s_q + tq) * p.h_q + h) * kDqk) +
+                              p.q + ((int64_t(req) * p.s_q + tq) * p.h_q + h) * q_dim) +
                           ch);
             }
             *reinterpret_cast<uint4 *>(sQ + r * kLd + 8 * ch) = v;
@@ -514,6 +528,63 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+/* One warp per token into the MODEL1 cache (mla.h, "MODEL1 cache"): lane
+ * l < 28 owns latent channels [16 l, 16 l + 16) (its 64-channel group:
+ * lanes 4g .. 4g + 3) and writes their codes and (l % 4 == 0) the group's
+ * scale byte; lanes 28..31 copy the 128 RoPE bytes; lane 28 writes the
+ * pad byte 0. Bytes equal the CPU's (dinf__mla_model1_scale_exp). */
+__global__ void __launch_bounds__(kThreads)
+    mla_quantize_model1_kernel(const uint16_t *kv, int64_t num_tokens, int64_t kv_token_ld,
+                               const int64_t *slots, uint8_t *cache, int64_t num_slots,
+                               int32_t page, int64_t block_stride) {
+    const int lane = threadIdx.x % 32;
+    const int64_t warps = int64_t(gridDim.x) * (kThreads / 32);
+    for (int64_t tok = int64_t(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32; tok < num_tokens;
+         tok += warps) {
+        const int64_t slot = slots[tok];
+        if (slot < 0 || slot >= num_slots)
+            continue;
+        const uint16_t *src = kv + tok * kv_token_ld;
+        const int64_t row = slot % page;
+        uint8_t *page_base = cache + (slot / page) * block_stride;
+        uint8_t *data = page_base + row * DINF_MLA_MODEL1_ROW_BYTES;
+        uint8_t *scales = page_base + int64_t(page) * DINF_MLA_MODEL1_ROW_BYTES + row * 8;
+        const bool latent = lane < DINF_MLA_MODEL1_NOPE / 16;
+        float x[16];
+        float amax = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            x[i] = latent ? dinf__f32_from_bf16(src[16 * lane + i]) : 0.0f;
+            const float a = fabsf(x[i]);
+            amax = a > amax ? a : amax;
+        }
+#pragma unroll
+        for (int off = 1; off < 4; off *= 2) { /* lanes 28..31 reduce among themselves */
+            const float o = __shfl_xor_sync(0xffffffffu, amax, off);
+            amax = o > amax ? o : amax;
+        }
+        if (latent) {
+            const uint8_t e = dinf__mla_model1_scale_exp(amax);
+            const float inv = 1.0f / dinf__mla_e8m0_scale(e);
+            uint32_t w[4] = {0, 0, 0, 0};
+#pragma unroll
+            for (int i = 0; i < 16; i++)
+                w[i / 4] |= uint32_t(dinf__mla_fp8_code(x[i], inv)) << (8 * (i % 4));
+            *reinterpret_cast<uint4 *>(data + 16 * lane) = make_uint4(w[0], w[1], w[2], w[3]);
+            if (lane % 4 == 0)
+                scales[lane / 4] = e;
+        } else {
+            const int r = lane - DINF_MLA_MODEL1_NOPE / 16; /* 0..3: 32 bytes each */
+            const uint4 *rope = reinterpret_cast<const uint4 *>(src + DINF_MLA_MODEL1_NOPE);
+            uint4 *dst = reinterpret_cast<uint4 *>(data + DINF_MLA_MODEL1_NOPE);
+            dst[2 * r] = rope[2 * r];
+            dst[2 * r + 1] = rope[2 * r + 1];
+            if (r == 0)
+                scales[DINF_MLA_MODEL1_NOPE / 64] = 0;
+        }
+    }
+}
+
 /* ------------------------------------------------------------- launchers -- */
 
 using dinf_cuda::device_guard;
@@ -619,6 +690,23 @@ extern "C" dinf_status dinf__mla_quantize_fp8_cuda(const char *func, const dinf_
                               reinterpret_cast<cudaStream_t>(place->stream)>>>(
         kv, num_tokens, h_kv, kv_token_ld, slot_mapping, k_cache, num_slots, page,
         kv_block_stride, kv_token_stride);
+    const cudaError_t err = cudaGetLastError();
+    return err == cudaSuccess ? DINF_STATUS_OK : cuda_failed(func, place, "quantize launch", err);
+}
+
+extern "C" dinf_status dinf__mla_quantize_model1_cuda(const char *func, const dinf__place *place,
+                                                      const uint16_t *kv, int64_t num_tokens,
+                                                      int64_t kv_token_ld,
+                                                      const int64_t *slot_mapping, uint8_t *k_cache,
+                                                      int64_t num_slots, int32_t page,
+                                                      int64_t kv_block_stride) {
+    device_guard guard;
+    dinf_status st = enter_hopper(func, place, guard);
+    if (st != DINF_STATUS_OK)
+        return st;
+    cudaStream_t stream = reinterpret_cast<cudaStream_t>(place->stream);
+    mla_quantize_model1_kernel<<<grid_for(num_tokens, kThreads / 32), kThreads, 0, stream>>>(
+        kv, num_tokens, kv_token_ld, slot_mapping, k_cache, num_slots, page, kv_block_stride);
     const cudaError_t err = cudaGetLastError();
     return err == cudaSuccess ? DINF_STATUS_OK : cuda_failed(func, place, "quantize launch", err);
 }

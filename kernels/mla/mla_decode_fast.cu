@@ -118,18 +118,21 @@ struct cta_ctx {
 /* ------------------------------------------------------------ producer -- */
 
 /* The Q tile of request req (rows [row0, row0 + 64) of KV head hk; rows past
- * q_rows zero) into the swizzled layout, by the 128 producer threads. */
+ * q_rows zero) into the swizzled layout, by the 128 producer threads. The
+ * MODEL1 cache's q rows are 512 wide: the tile's last 64 columns zero. */
+template <bool kModel1 = false>
 __device__ __forceinline__ void load_q(const dinf__mla_params &p, const cta_ctx &c, int32_t req,
                                        int t) {
+    constexpr int kQDim = kModel1 ? DINF_MLA_MODEL1_HEAD_DIM : kDqk;
     for (int i = t; i < kBM * kChunks; i += kWgThreads) {
         const int r = i / kChunks, ch = i % kChunks;
         const int qr = c.row0 + r;
         uint4 v = make_uint4(0, 0, 0, 0);
-        if (qr < p.q_rows) {
+        if (qr < p.q_rows && 8 * ch < kQDim) {
             const int tq = qr / p.heads_per_kv;
             const int h = c.hk * p.heads_per_kv + qr % p.heads_per_kv;
             v = __ldg(reinterpret_cast<const uint4 *>(
-                          p.q + ((int64_t(req) * p.s_q + tq) * p.h_q + h) * kDqk) +
+                          p.q + ((int64_t(req) * p.s_q + tq) * p.h_q + h) * kQDim) +
                       ch);
         }
         *reinterpret_cast<uint4 *>(c.smem + c.lay.q + dinf__mla_fast_sw128(r, 8 * ch)) = v;
@@ -170,6 +173,49 @@ __device__ __forceinline__ void fp8_chunk_store(uint8_t *tile, int r, int ch, co
     } else {
         *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, kDv + 8 * (ch - kDv / 16))) = raw;
     }
+}
+
+/* MODEL1 cache: item ch of a row (dinf__mla_fp8_item: codes, RoPE, zeros)
+ * whose 576 data bytes are at `data` and 8 scale bytes at `scales`: its
+ * 16 bytes (none for zeros) and, for codes, the scale of their 64
+ * channels. */
+__device__ __forceinline__ void model1_chunk_load(const uint8_t *data, const uint8_t *scales,
+                                                  int ch, uint4 &raw, float &scale) {
+    int col;
+    const int kind = dinf__mla_fp8_item(1, ch, &col);
+    if (kind == 0) {
+        raw = __ldg(reinterpret_cast<const uint4 *>(data) + ch);
+        scale = dinf__mla_e8m0_scale(__ldg(scales + ch / 4));
+    } else if (kind == 1) {
+        raw = __ldg(reinterpret_cast<const uint4 *>(data + DINF_MLA_MODEL1_NOPE) +
+                    (ch - DINF_MLA_MODEL1_NOPE / 16));
+    }
+}
+
+/* That item into row r of the swizzled bf16 tile: codes dequantized as
+ * fp8_chunk_store's, RoPE as stored, zeros for the last 64 columns. */
+__device__ __forceinline__ void model1_chunk_store(uint8_t *tile, int r, int ch, const uint4 &raw,
+                                                   float scale) {
+    int col;
+    const int kind = dinf__mla_fp8_item(1, ch, &col);
+    if (kind == 1) {
+        *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, col)) = raw;
+        return;
+    }
+    uint32_t packed[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (kind == 0) {
+        const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            float lo, hi;
+            ptx::e4m3x2_to_f32x2(uint16_t(w[k / 2] >> (16 * (k % 2))), lo, hi);
+            packed[k] = ptx::pack_bf16x2(lo * scale, hi * scale);
+        }
+    }
+    *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, col)) =
+        make_uint4(packed[0], packed[1], packed[2], packed[3]);
+    *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, col + 8)) =
+        make_uint4(packed[4], packed[5], packed[6], packed[7]);
 }
 
 /* One 64-token FP8 page dequantized into stage s (rows >= n and a bad page:
@@ -246,8 +292,9 @@ __device__ __forceinline__ void prefetch_fp8_block(const dinf__mla_params &param
  * with mask[s][r] = 1 (their scores are masked, their V rows add nothing);
  * a slot past its cache reads nothing and sets the stage's bad flag (the
  * request gets NaN; the consumers clear the flag once both warpgroups have
- * read it, before they release the stage). */
-template <int kBatch>
+ * read it, before they release the stage). kModel1: the MODEL1 cache's
+ * rows (model1_chunk_load / _store; one KV head). */
+template <int kBatch, bool kModel1>
 __device__ __forceinline__ void load_fp8_sparse(const dinf__mla_params &p, const cta_ctx &c, int s,
                                                 int32_t req, int32_t blk, int t) {
     constexpr int kPerRow = DINF_MLA_FAST_FP8_CHUNKS;
@@ -259,7 +306,8 @@ __device__ __forceinline__ void load_fp8_sparse(const dinf__mla_params &p, const
     uint8_t *tile = c.k_tile(s);
     uint8_t *mask = c.smem + c.lay.mask + s * kBN;
     const uint8_t *cache = static_cast<const uint8_t *>(dinf__mla_cache(&p, extra)) +
-                           int64_t(c.hk) * DINF_MLA_FP8_ENTRY_BYTES;
+                           int64_t(c.hk) * DINF_MLA_FP8_ENTRY_BYTES; /* MODEL1: hk = 0 */
+    const int32_t page_size = extra ? p.extra_page : p.page;
     int bad = 0;
 #pragma unroll 1
     for (int b0 = 0; b0 < kItems; b0 += kBatch) {
@@ -272,17 +320,25 @@ __device__ __forceinline__ void load_fp8_sparse(const dinf__mla_params &p, const
             raw[j] = make_uint4(0, 0, 0, 0);
             scale[j] = 0.0f;
             int64_t off = 0;
-            const int loc = r < valid ? dinf__mla_slot_loc(&p, extra, __ldg(slots + r), &off) : 1;
+            int32_t row = 0;
+            const int loc =
+                r < valid ? dinf__mla_slot_loc(&p, extra, __ldg(slots + r), &off, &row) : 1;
             bad |= loc < 0;
             if (ch == 0)
                 mask[r] = uint8_t(loc != 0);
-            if (loc == 0)
+            if (loc == 0 && kModel1)
+                model1_chunk_load(cache + off, cache + dinf__mla_model1_scale_off(off, row, page_size),
+                                  ch, raw[j], scale[j]);
+            else if (loc == 0)
                 fp8_chunk_load(cache + off, ch, raw[j], scale[j]);
         }
 #pragma unroll
         for (int j = 0; j < kBatch; j++) {
             const int i = t + kWgThreads * (b0 + j);
-            fp8_chunk_store(tile, i / kPerRow, i % kPerRow, raw[j], scale[j]);
+            if (kModel1)
+                model1_chunk_store(tile, i / kPerRow, i % kPerRow, raw[j], scale[j]);
+            else
+                fp8_chunk_store(tile, i / kPerRow, i % kPerRow, raw[j], scale[j]);
         }
     }
     if (bad)
@@ -296,6 +352,7 @@ __device__ __forceinline__ void load_fp8_sparse(const dinf__mla_params &p, const
  * thread t < 64 (the slots are scattered: no page to fetch whole). Exactly
  * the bytes load_fp8_sparse will read. The params through an opaque copy
  * of their address, as prefetch_fp8_block. */
+template <bool kModel1>
 __device__ __forceinline__ void prefetch_fp8_sparse_row(const dinf__mla_params &params,
                                                         const cta_ctx &c, int32_t req,
                                                         const dinf__mla_piece &pc, int32_t blk,
@@ -311,10 +368,23 @@ __device__ __forceinline__ void prefetch_fp8_sparse_row(const dinf__mla_params &
     int extra;
     const int32_t *slots = dinf__mla_sparse_block(p, r, b, &valid, &extra);
     int64_t off;
-    if (t >= valid || dinf__mla_slot_loc(p, extra, __ldg(slots + t), &off) != 0)
+    int32_t row;
+    if (t >= valid || dinf__mla_slot_loc(p, extra, __ldg(slots + t), &off, &row) != 0)
         return;
-    ptx::bulk_prefetch_l2(static_cast<const uint8_t *>(dinf__mla_cache(p, extra)) + off +
-                              int64_t(c.hk) * DINF_MLA_FP8_ENTRY_BYTES,
+    const uint8_t *cache = static_cast<const uint8_t *>(dinf__mla_cache(p, extra));
+    if (kModel1) { /* the data row, and the 16 bytes holding its scales */
+        ptx::bulk_prefetch_l2(cache + off, DINF_MLA_MODEL1_ROW_BYTES);
+        const int32_t page_size = extra ? p->extra_page : p->page;
+        const int64_t so = dinf__mla_model1_scale_off(off, row, page_size) & ~int64_t(15);
+        /* not past the page's 584-byte rows (the last even row of an odd-sized
+         * page: its 16-byte chunk would reach 8 bytes into what may be the end
+         * of the allocation) */
+        if (so + 16 <= off + (int64_t)(page_size - row) * DINF_MLA_MODEL1_ROW_BYTES +
+                           (int64_t)page_size * 8)
+            ptx::bulk_prefetch_l2(cache + so, 16);
+        return;
+    }
+    ptx::bulk_prefetch_l2(cache + off + int64_t(c.hk) * DINF_MLA_FP8_ENTRY_BYTES,
                           DINF_MLA_FP8_ENTRY_BYTES);
 }
 
@@ -326,7 +396,7 @@ __device__ __forceinline__ void prefetch_fp8_sparse_row(const dinf__mla_params &
  * and page 0 is read instead. Sparse (FP8): threads 0..63 prefetch one
  * listed entry each of the block ahead, then load_fp8_sparse gathers the
  * block's entries (bt is the request's indices row). */
-template <bool kFp8, int kBatch, bool kSparse>
+template <bool kFp8, int kBatch, int kSparse>
 __device__ __forceinline__ void fill_stage(const dinf__mla_params &p, const jit::tensor_map_t *kmap,
                                            const cta_ctx &c, int32_t req,
                                            const dinf__mla_piece &pc, const int32_t *bt,
@@ -349,9 +419,9 @@ __device__ __forceinline__ void fill_stage(const dinf__mla_params &p, const jit:
     } else if (kSparse) {
         if (t < kBN && p.fp8_prefetch > 0) /* before the wait: the stage is not touched */
             for (int32_t a = it == 0 ? 0 : p.fp8_prefetch; a <= p.fp8_prefetch; a++)
-                prefetch_fp8_sparse_row(p, c, req, pc, blk, a, t);
+                prefetch_fp8_sparse_row<kSparse == 2>(p, c, req, pc, blk, a, t);
         mbar_wait_bounded(c.empty(s), dinf__mla_fast_empty_parity(it));
-        load_fp8_sparse<kBatch>(p, c, s, req, blk, t);
+        load_fp8_sparse<kBatch, kSparse == 2>(p, c, s, req, blk, t);
         ptx::fence_proxy_async_shared();
         jit::mbar_arrive(c.full(s));
     } else {
@@ -373,7 +443,7 @@ __device__ __forceinline__ void fill_stage(const dinf__mla_params &p, const jit:
  * release of block it - 2, a block of an earlier request: no cycle), then
  * the Q tile once the consumers are done with the previous one, then the
  * other blocks. The ring's order is the consumers' order. */
-template <bool kFp8, int kBatch, bool kSparse>
+template <bool kFp8, int kBatch, int kSparse>
 __device__ __forceinline__ void produce(const dinf__mla_params &p, const jit::tensor_map_t *kmap,
                                         const cta_ctx &c) {
     const int t = int(threadIdx.x) - DINF_MLA_FAST_PRODUCER_WG * kWgThreads;
@@ -387,7 +457,7 @@ __device__ __forceinline__ void produce(const dinf__mla_params &p, const jit::te
         if (blk < pc.blk_end)
             fill_stage<kFp8, kBatch, kSparse>(p, kmap, c, req, pc, bt, blk++, it++, t);
         mbar_wait_bounded(c.bar(c.lay.q_empty), dinf__mla_fast_q_empty_parity(rq));
-        load_q(p, c, req, t);
+        load_q<kSparse == 2>(p, c, req, t);
         ptx::fence_proxy_async_shared();
         jit::mbar_arrive(c.bar(c.lay.q_full));
         for (; blk < pc.blk_end; blk++, it++)
@@ -510,7 +580,7 @@ __device__ __forceinline__ void finish_request(const dinf__mla_params &p, const 
     }
 }
 
-template <bool kFp8, bool kSparse>
+template <bool kFp8, int kSparse>
 __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx &c) {
     const int wg = int(threadIdx.x) / kWgThreads; /* 0 or 1 */
     const int t = int(threadIdx.x) % kWgThreads;
@@ -638,7 +708,7 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
             jit::mbar_arrive(c.empty(s));
         }
         jit::mbar_arrive(c.bar(c.lay.q_empty));
-        finish_request<kSparse>(p, c, pc, req, rq, wg, t, rows, l, m, bad, o);
+        finish_request<kSparse != 0>(p, c, pc, req, rq, wg, t, rows, l, m, bad, o);
     }
     if (hung)
         ptx::trap();
@@ -920,7 +990,7 @@ __device__ __forceinline__ void consume_seesaw(const dinf__mla_params &p, const 
 /* The CTA of either rung: the same carve but for the P tile and scalars
  * (dinf__mla_seesaw_smem_carve), barriers, producer; the consumers of the
  * rung. */
-template <bool kFp8, bool kSeesaw, bool kSparse>
+template <bool kFp8, bool kSeesaw, int kSparse>
 __device__ __forceinline__ void fast_cta(const dinf__mla_params &p, const jit::tensor_map_t &kmap) {
 #if DINF_MLA_FAST_DEVICE_CODE
     extern __shared__ __align__(1024) uint8_t smem_raw[];
@@ -979,7 +1049,7 @@ template <bool kFp8>
 __global__ void __launch_bounds__(DINF_MLA_FAST_THREADS, 1)
     mla_decode_fast_kernel(const __grid_constant__ dinf__mla_params p,
                            const __grid_constant__ jit::tensor_map_t kmap) {
-    fast_cta<kFp8, false, false>(p, kmap);
+    fast_cta<kFp8, false, 0>(p, kmap);
 }
 
 /* The fast rung on a sparse decode (FP8 cache): the same CTA, the producer
@@ -988,7 +1058,15 @@ __global__ void __launch_bounds__(DINF_MLA_FAST_THREADS, 1)
 __global__ void __launch_bounds__(DINF_MLA_FAST_THREADS, 1)
     mla_decode_fast_sparse_kernel(const __grid_constant__ dinf__mla_params p,
                                   const __grid_constant__ jit::tensor_map_t kmap) {
-    fast_cta<true, false, true>(p, kmap);
+    fast_cta<true, false, 1>(p, kmap);
+}
+
+/* The same over the MODEL1 cache (q rows of 512, the tile's last 64
+ * columns zero in Q and K, scales per 64 channels after the page's rows). */
+__global__ void __launch_bounds__(DINF_MLA_FAST_THREADS, 1)
+    mla_decode_fast_sparse_model1_kernel(const __grid_constant__ dinf__mla_params p,
+                                         const __grid_constant__ jit::tensor_map_t kmap) {
+    fast_cta<true, false, 2>(p, kmap);
 }
 
 /* The seesaw rung (DINF_MLA_KERNEL=seesaw): the same CTA with the seesaw consumers. */
@@ -996,7 +1074,7 @@ template <bool kFp8>
 __global__ void __launch_bounds__(DINF_MLA_FAST_THREADS, 1)
     mla_decode_seesaw_kernel(const __grid_constant__ dinf__mla_params p,
                              const __grid_constant__ jit::tensor_map_t kmap) {
-    fast_cta<kFp8, true, false>(p, kmap);
+    fast_cta<kFp8, true, 0>(p, kmap);
 }
 
 /* ------------------------------------------------------------- launcher -- */
@@ -1094,7 +1172,7 @@ extern "C" dinf_status dinf__mla_decode_fast_cuda(const char *func, const dinf__
     cudaStream_t stream = reinterpret_cast<cudaStream_t>(place->stream);
     const dim3 grid(unsigned(int64_t(p->m_blocks) * p->parts), unsigned(p->h_kv));
     void (*kernel)(dinf__mla_params, jit::tensor_map_t) =
-        sparse ? mla_decode_fast_sparse_kernel
+        sparse ? (p->model1 ? mla_decode_fast_sparse_model1_kernel : mla_decode_fast_sparse_kernel)
         : p->kv_fp8 ? (seesaw ? mla_decode_seesaw_kernel<true> : mla_decode_fast_kernel<true>)
                     : (seesaw ? mla_decode_seesaw_kernel<false> : mla_decode_fast_kernel<false>);
     cudaError_t err =

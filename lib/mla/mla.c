@@ -383,6 +383,22 @@ static void load_key(const unsigned char *src, int kv_fp8, float *dst) {
     }
 }
 
+/* One MODEL1 cache row (mla.h, "MODEL1 cache") as float32 in the 576-wide
+ * layout: 448 dequantized latent channels, the 64 RoPE values, 64 zeros
+ * (q's columns 512..575 are zero too, so the score is the 512-wide dot and
+ * V, the first 512 columns, is the whole row). */
+static void load_key_model1(const unsigned char *data, const unsigned char *scales, float *dst) {
+    for (int d = 0; d < DINF_MLA_MODEL1_NOPE; d++)
+        dst[d] = dinf__mla_fp8_value(data[d], dinf__mla_e8m0_scale(scales[d / 64]));
+    for (int d = DINF_MLA_MODEL1_NOPE; d < DINF_MLA_MODEL1_HEAD_DIM; d++) {
+        uint16_t b;
+        memcpy(&b, data + DINF_MLA_MODEL1_NOPE + 2 * (d - DINF_MLA_MODEL1_NOPE), 2);
+        dst[d] = dinf__f32_from_bf16(b);
+    }
+    for (int d = DINF_MLA_MODEL1_HEAD_DIM; d < DQK; d++)
+        dst[d] = 0.0f;
+}
+
 static void run_task(const decode_job *job, task_scratch *ts, int64_t task) {
     const int64_t per_piece = (int64_t)job->h_kv * job->m_blocks;
     const piece *pc = &job->pieces[task / per_piece];
@@ -394,12 +410,13 @@ static void run_task(const decode_job *job, task_scratch *ts, int64_t task) {
     const int64_t entry_bytes = job->kv_fp8 ? DINF_MLA_FP8_ENTRY_BYTES : 2 * DQK;
     int32_t limit[BM];
 
+    const int32_t q_dim = dinf__mla_q_dim(&job->prm); /* 576, or 512 (MODEL1: zeros after) */
     for (int32_t r = 0; r < rows; r++) {
         const int32_t qr = row0 + r, t = qr / job->heads_per_kv;
         const int32_t h = hk * job->heads_per_kv + qr % job->heads_per_kv;
-        const uint16_t *src = job->q + (((int64_t)pc->req * job->s_q + t) * job->h_q + h) * DQK;
+        const uint16_t *src = job->q + (((int64_t)pc->req * job->s_q + t) * job->h_q + h) * q_dim;
         for (int d = 0; d < DQK; d++)
-            ts->q[r * DQK + d] = dinf__f32_from_bf16(src[d]);
+            ts->q[r * DQK + d] = d < q_dim ? dinf__f32_from_bf16(src[d]) : 0.0f;
         limit[r] = dinf__mla_key_limit(s_k, job->s_q, t, job->causal);
         ts->m[r] = -INFINITY;
         ts->l[r] = 0.0f;
@@ -421,20 +438,26 @@ static void run_task(const decode_job *job, task_scratch *ts, int64_t task) {
             sparse ? dinf__mla_sparse_block(&job->prm, pc->req, blk, &valid, &extra) : NULL;
         const unsigned char *cache = dinf__mla_cache(&job->prm, extra);
         int any_masked = 0;
+        const int32_t page_size = extra ? job->prm.extra_page : job->prm.page;
         for (int32_t j = 0; j < n; j++) {
             int64_t off = 0;
+            int32_t row = 0;
             /* the host checked every page / slot: 0 (found) or 1 (a skipped
              * sparse slot, whose zero row adds nothing: its score is -inf) */
             ts->masked[j] = sparse ? (j >= valid || dinf__mla_slot_loc(&job->prm, extra, slots[j],
-                                                                       &off) != 0)
+                                                                       &off, &row) != 0)
                                    : dinf__mla_key_loc(&job->prm, bt, j0 + j, &off) != 0;
             if (ts->masked[j]) {
                 any_masked = 1;
                 memset(ts->k + (int64_t)j * DQK, 0, sizeof(float) * DQK);
                 continue;
             }
-            const unsigned char *src = cache + off * elem_bytes + (int64_t)hk * entry_bytes;
-            load_key(src, job->kv_fp8, ts->k + (int64_t)j * DQK);
+            if (job->prm.model1)
+                load_key_model1(cache + off, cache + dinf__mla_model1_scale_off(off, row, page_size),
+                                ts->k + (int64_t)j * DQK);
+            else
+                load_key(cache + off * elem_bytes + (int64_t)hk * entry_bytes, job->kv_fp8,
+                         ts->k + (int64_t)j * DQK);
         }
         /* Rows in groups of RG share each key row read (cache blocking);
          * every row's arithmetic is the same, in the same order, as alone. */
@@ -615,13 +638,35 @@ static dinf_status check_extras(const char *func, const dinf_mla_sparse_extras *
 /* One cache's geometry (the main cache, or the extra cache with prefix
  * "extras->extra_"): pages, strides (in bf16 elements, multiple of 8, or
  * bytes, multiple of 16) against the entry and page size; *span = the
- * cache's extent in its elements. */
-static dinf_status check_cache(const char *func, const char *prefix, int kv_fp8,
+ * cache's extent in its elements. format: 0 BF16, 1 FP8 (656-byte
+ * entries), 2 the MODEL1 cache (one KV head, a token stride of 584: the
+ * format's; pages of page_block_size * 584 bytes or more). */
+static dinf_status check_cache(const char *func, const char *prefix, int format,
                                int64_t num_blocks, int32_t page_block_size, int32_t num_heads_kv,
                                int64_t kv_block_stride, int64_t kv_token_stride, int64_t *span) {
     if (num_blocks < 1)
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "%snum_blocks=%lld must be >= 1",
                           prefix, (long long)num_blocks);
+    if (format == 2) {
+        if (kv_token_stride != DINF_MLA_MODEL1_TOKEN_BYTES)
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "%skv_token_stride=%lld: the MODEL1 cache has %d bytes per token "
+                              "(its layout is fixed)",
+                              prefix, (long long)kv_token_stride, DINF_MLA_MODEL1_TOKEN_BYTES);
+        const int64_t page_bytes = (int64_t)page_block_size * DINF_MLA_MODEL1_TOKEN_BYTES;
+        if (kv_block_stride < page_bytes || kv_block_stride % 16)
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "%skv_block_stride=%lld bytes must be a multiple of 16 and >= "
+                              "page_block_size * 584 = %lld (the MODEL1 cache)",
+                              prefix, (long long)kv_block_stride, (long long)page_bytes);
+        if (dinf__mul_i64(num_blocks - 1, kv_block_stride, span) ||
+            __builtin_add_overflow(*span, page_bytes, span) || *span > INT64_MAX / 2)
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "the sizes overflow int64 (%snum_blocks=%lld, %skv_block_stride=%lld)",
+                              prefix, (long long)num_blocks, prefix, (long long)kv_block_stride);
+        return DINF_STATUS_OK;
+    }
+    const int kv_fp8 = format == 1;
     const int64_t entry = kv_fp8 ? DINF_MLA_FP8_ENTRY_BYTES : DQK;
     const int64_t stride_align = kv_fp8 ? 16 : 8;
     const char *unit = kv_fp8 ? "bytes" : "elements";
@@ -707,10 +752,21 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
         max_blocks_per_seq = sp->topk;
         causal = 0;
     }
-    /* Shapes. */
-    if (head_dim != DQK)
-        return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "head_dim=%d is not supported (only %d)",
-                          (int)head_dim, DQK);
+    /* Shapes (head_dim 512: the MODEL1 cache, sparse FP8 decode only). */
+    const int model1 = head_dim == DINF_MLA_MODEL1_HEAD_DIM && sp && kv_fp8;
+    if (head_dim == DINF_MLA_MODEL1_HEAD_DIM && !model1)
+        return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
+                          "head_dim=512 (the MODEL1 cache) is supported by the sparse FP8 decode "
+                          "only (dinf_mla_sparse_decode_with_kvcache_fp8)");
+    if (head_dim != DQK && !model1)
+        return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
+                          "head_dim=%d is not supported (576, or 512 for the MODEL1 cache)",
+                          (int)head_dim);
+    if (model1 && num_heads_kv != 1)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "num_heads_kv=%d: the MODEL1 cache holds one KV head",
+                          (int)num_heads_kv);
+    const int32_t q_dim = model1 ? DINF_MLA_MODEL1_HEAD_DIM : DQK;
     if (head_dim_v != DV)
         return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
                           "head_dim_v=%d is not supported (only %d)", (int)head_dim_v, DV);
@@ -758,8 +814,8 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
                                (int)seq_len_q, (int)num_heads_q, (int)num_heads_kv,
                                (long long)q_rows, DINF_MLA_MAX_Q_ROWS);
     int64_t kc_elems = 0;
-    st = check_cache(func, "", kv_fp8, num_blocks, page_block_size, num_heads_kv, kv_block_stride,
-                     kv_token_stride, &kc_elems);
+    st = check_cache(func, "", kv_fp8 + model1, num_blocks, page_block_size, num_heads_kv,
+                     kv_block_stride, kv_token_stride, &kc_elems);
     if (st != DINF_STATUS_OK)
         return st;
     /* The sparse extras: the extra cache's geometry (the same entry and
@@ -776,7 +832,7 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
                 return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                                   "extras->extra_page_block_size=%d must be in [1, %d]",
                                   (int)ex->extra_page_block_size, DINF_MLA_MAX_SPARSE_PAGE);
-            st = check_cache(func, "extras->extra_", kv_fp8, ex->extra_num_blocks,
+            st = check_cache(func, "extras->extra_", kv_fp8 + model1, ex->extra_num_blocks,
                              ex->extra_page_block_size, num_heads_kv, ex->extra_kv_block_stride,
                              ex->extra_kv_token_stride, &extra_elems);
             if (st != DINF_STATUS_OK)
@@ -800,7 +856,7 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
     int64_t q_elems, o_elems, bt_elems, q_tokens, extra_bt_elems = 0;
     if (dinf__mul_i64(batch, seq_len_q, &q_tokens) ||
         dinf__mul_i64(q_tokens, num_heads_q, &q_tokens) ||
-        dinf__mul_i64(q_tokens, DQK, &q_elems) || dinf__mul_i64(q_tokens, DV, &o_elems) ||
+        dinf__mul_i64(q_tokens, q_dim, &q_elems) || dinf__mul_i64(q_tokens, DV, &o_elems) ||
         dinf__mul_i64(reqs, max_blocks_per_seq, &bt_elems) ||
         (ex && dinf__mul_i64(reqs, ex->extra_topk, &extra_bt_elems)) ||
         q_elems > INT64_MAX / 2 || o_elems > INT64_MAX / 2)
@@ -969,7 +1025,10 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
         .extra_topk = ex ? ex->extra_topk : 0,
         .extra_page = ex ? ex->extra_page_block_size : 0,
         .attn_sink = ex ? ex->attn_sink : NULL,
+        .model1 = model1,
     };
+    if (model1) /* the data rows (mla_hd.h: dinf__mla_params.model1) */
+        params.kv_token_stride = params.extra_token_stride = DINF_MLA_MODEL1_ROW_BYTES;
     if (!host) {
 #if DINF_WITH_CUDA
         /* The kernel rung: DINF_MLA_KERNEL (read on every call) or the fast
@@ -1328,5 +1387,117 @@ dinf_status dinf_mla_quantize_kvcache_fp8(const uint16_t *kv, int64_t num_tokens
     quantize_job job = {kv, kv_token_ld, slot_mapping, k_cache, kv_block_stride,
                               kv_token_stride, num_heads_kv, page_block_size};
     dinf__parallel_for(place.threads, num_tokens, 16, run_quantize, &job);
+    return DINF_STATUS_OK;
+}
+
+/* ---------------------------------------------------- MODEL1 quantize -- */
+
+/* One token: 512 bf16 values -> its 576 data bytes and 8 scale bytes. */
+static void quantize_model1_row(const uint16_t *src, unsigned char *data, unsigned char *scales) {
+    for (int c = 0; c < DINF_MLA_MODEL1_NOPE / 64; c++) {
+        float amax = 0.0f;
+        for (int d = 0; d < 64; d++) {
+            const float a = fabsf(dinf__f32_from_bf16(src[c * 64 + d]));
+            amax = a > amax ? a : amax;
+        }
+        scales[c] = dinf__mla_model1_scale_exp(amax);
+        const float inv = 1.0f / dinf__mla_e8m0_scale(scales[c]);
+        for (int d = 0; d < 64; d++)
+            data[c * 64 + d] = dinf__mla_fp8_code(dinf__f32_from_bf16(src[c * 64 + d]), inv);
+    }
+    scales[DINF_MLA_MODEL1_NOPE / 64] = 0; /* the pad byte */
+    memcpy(data + DINF_MLA_MODEL1_NOPE, src + DINF_MLA_MODEL1_NOPE,
+           2 * (DINF_MLA_MODEL1_HEAD_DIM - DINF_MLA_MODEL1_NOPE));
+}
+
+typedef struct quantize_model1_job {
+    const uint16_t *kv;
+    int64_t kv_token_ld;
+    const int64_t *slots;
+    unsigned char *cache;
+    int64_t block_bytes;
+    int32_t page;
+} quantize_model1_job;
+
+static void run_quantize_model1(void *ctx, int64_t begin, int64_t end) {
+    const quantize_model1_job *job = ctx;
+    for (int64_t i = begin; i < end; i++) {
+        const int64_t slot = job->slots[i];
+        if (slot < 0)
+            continue;
+        unsigned char *page = job->cache + (slot / job->page) * job->block_bytes;
+        const int64_t row = slot % job->page;
+        quantize_model1_row(job->kv + i * job->kv_token_ld,
+                            page + row * DINF_MLA_MODEL1_ROW_BYTES,
+                            page + (int64_t)job->page * DINF_MLA_MODEL1_ROW_BYTES + row * 8);
+    }
+}
+
+dinf_status dinf_mla_quantize_kvcache_model1(const uint16_t *kv, int64_t num_tokens,
+                                             int64_t kv_token_ld, const int64_t *slot_mapping,
+                                             uint8_t *k_cache, int64_t num_blocks,
+                                             int32_t page_block_size, int64_t kv_block_stride,
+                                             const dinf_exec *exec) {
+    dinf__place place;
+    dinf_status st = dinf__place_resolve(__func__, exec, &place);
+    if (st != DINF_STATUS_OK)
+        return st;
+    if (num_tokens < 0)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_tokens=%lld must be >= 0",
+                         (long long)num_tokens);
+    if (page_block_size < 1 || page_block_size > DINF_MLA_MAX_SPARSE_PAGE)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "page_block_size=%d must be in [1, %d]",
+                         (int)page_block_size, DINF_MLA_MAX_SPARSE_PAGE);
+    if (kv_token_ld < DINF_MLA_MODEL1_HEAD_DIM || kv_token_ld % 8)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "kv_token_ld=%lld must be a multiple of 8 and >= 512",
+                         (long long)kv_token_ld);
+    int64_t cache_bytes = 0, kv_elems = 0, slots_total;
+    st = check_cache(__func__, "", 2, num_blocks, page_block_size, 1, kv_block_stride,
+                     DINF_MLA_MODEL1_TOKEN_BYTES, &cache_bytes);
+    if (st != DINF_STATUS_OK)
+        return st;
+    if (dinf__mul_i64(num_blocks, page_block_size, &slots_total) ||
+        (num_tokens > 0 && (dinf__mul_i64(num_tokens - 1, kv_token_ld, &kv_elems) ||
+                            __builtin_add_overflow(kv_elems, (int64_t)DINF_MLA_MODEL1_HEAD_DIM,
+                                                   &kv_elems) ||
+                            kv_elems > INT64_MAX / 2)))
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "the sizes overflow int64 (num_tokens=%lld, num_blocks=%lld)",
+                         (long long)num_tokens, (long long)num_blocks);
+    if (num_tokens == 0)
+        return DINF_STATUS_OK;
+    if (!kv || !slot_mapping || !k_cache)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "kv=%p, slot_mapping=%p and k_cache=%p must not be NULL",
+                         (const void *)kv, (const void *)slot_mapping, (void *)k_cache);
+    if (misaligned(kv, 16) || misaligned(k_cache, 16) || misaligned(slot_mapping, 8))
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "kv=%p and k_cache=%p must be 16-byte aligned, slot_mapping=%p 8-byte "
+                         "aligned",
+                         (const void *)kv, (void *)k_cache, (const void *)slot_mapping);
+    const dinf__buffer bufs[] = {
+        {"k_cache", k_cache, (size_t)cache_bytes},
+        {"kv", kv, (size_t)kv_elems * 2},
+        {"slot_mapping", slot_mapping, (size_t)num_tokens * sizeof(int64_t)},
+    };
+    st = check_outputs_disjoint(__func__, bufs, 3, 1);
+    if (st != DINF_STATUS_OK)
+        return st;
+#if DINF_WITH_CUDA
+    if (place.kind == DINF_EXEC_CUDA)
+        return dinf__mla_quantize_model1_cuda(__func__, &place, kv, num_tokens, kv_token_ld,
+                                              slot_mapping, k_cache, slots_total,
+                                              page_block_size, kv_block_stride);
+#endif
+    for (int64_t i = 0; i < num_tokens; i++)
+        if (slot_mapping[i] < -1 || slot_mapping[i] >= slots_total)
+            return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                             "slot_mapping[%lld]=%lld is outside [-1, num_blocks * "
+                             "page_block_size = %lld)",
+                             (long long)i, (long long)slot_mapping[i], (long long)slots_total);
+    quantize_model1_job job = {kv, kv_token_ld, slot_mapping, k_cache, kv_block_stride,
+                               page_block_size};
+    dinf__parallel_for(place.threads, num_tokens, 16, run_quantize_model1, &job);
     return DINF_STATUS_OK;
 }

@@ -48,6 +48,13 @@ dinf_status dinf__mla_quantize_fp8_cuda(const char *func, const dinf__place *pla
                                         uint8_t *k_cache, int64_t num_slots, int32_t page,
                                         int64_t kv_block_stride, int64_t kv_token_stride);
 
+/* MODEL1 quantize-into-cache; num_tokens > 0; slots outside [0, num_slots) skipped. */
+dinf_status dinf__mla_quantize_model1_cuda(const char *func, const dinf__place *place,
+                                           const uint16_t *kv, int64_t num_tokens,
+                                           int64_t kv_token_ld, const int64_t *slot_mapping,
+                                           uint8_t *k_cache, int64_t num_slots, int32_t page,
+                                           int64_t kv_block_stride);
+
 #ifdef __cplusplus
 }
 #endif

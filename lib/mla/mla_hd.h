@@ -229,6 +229,55 @@ DINF_HD float dinf__mla_fp8_value(uint8_t code, float scale) {
     return dinf__f32_from_bf16(dinf__bf16_from_f32(dinf__f32_from_e4m3(code) * scale));
 }
 
+/* ---------------------------------------------------- MODEL1 FP8 cache -- */
+
+/* The scale a ue8m0 exponent byte stands for: 2^(e - 127) (e = 0: the
+ * float32 subnormal 2^-127), NaN for 255. */
+DINF_HD float dinf__mla_e8m0_scale(uint8_t e) {
+    if (e == 255)
+        return NAN;
+    return dinf__f32_from_bits(e ? (uint32_t)e << 23 : 0x00400000u);
+}
+
+/* The exponent byte the MODEL1 quantizer stores for 64 channels whose
+ * largest magnitude is amax: scale = the smallest power of two >=
+ * max(amax / 448, 1e-4) (exact bit arithmetic after one IEEE division);
+ * 255 (NaN) for an infinite or NaN amax. */
+DINF_HD uint8_t dinf__mla_model1_scale_exp(float amax) {
+    float s = amax / DINF_E4M3_MAX;
+    if (s != s || s == INFINITY)
+        return 255;
+    s = s > 1e-4f ? s : 1e-4f;
+    uint32_t u = dinf__f32_bits(s);
+    if (u & 0x007fffffu)
+        u = (u & 0x7f800000u) + 0x00800000u; /* round up to the next power of two */
+    return (uint8_t)(u >> 23); /* s <= 2^128 / 448: below 255 */
+}
+
+/*
+ * The kernels' FP8 items: a key row is 40 16-byte items. V3.2 entry: item
+ * ch < 32 is codes [16 ch, + 16) (2 x 16 bytes of bf16 after dequantizing,
+ * at column 16 ch), 32..39 RoPE values [8 (ch - 32), + 8) at column 512 +
+ * 8 (ch - 32). MODEL1 row: ch < 28 codes at column 16 ch, 28..35 RoPE at
+ * column 448 + 8 (ch - 28), 36..39 zeros at column 512 + 16 (ch - 36)
+ * (2 x 16 bytes: the 576-wide tile's last 64 columns). Returns the item's
+ * kind (0 codes, 1 RoPE, 2 zeros) and its first bf16 column.
+ */
+#define DINF_MLA_FP8_ITEMS 40
+DINF_HD int dinf__mla_fp8_item(int model1, int ch, int *col) {
+    const int codes = model1 ? DINF_MLA_MODEL1_NOPE / 16 : DINF_MLA_HEAD_DIM_V / 16;
+    if (ch < codes) {
+        *col = 16 * ch;
+        return 0;
+    }
+    if (ch < codes + 8) {
+        *col = 16 * codes + 8 * (ch - codes);
+        return 1;
+    }
+    *col = DINF_MLA_HEAD_DIM_V + 16 * (ch - codes - 8);
+    return 2;
+}
+
 /* ------------------------------------------------------- kernel params -- */
 
 /* Everything the CUDA decode needs, checked by lib/mla/mla.c (shapes,
@@ -268,7 +317,24 @@ typedef struct dinf__mla_params {
     int64_t extra_num_blocks, extra_block_stride, extra_token_stride;
     int32_t extra_topk, extra_page;
     const float *attn_sink;
+    /* MODEL1 cache (sparse FP8 decode with head_dim 512): q rows of 512
+     * values; kv_token_stride and extra_token_stride are the data rows' 576
+     * bytes (the API's 584 is the format's), a row's scale bytes at page
+     * byte page_size * 576 + row * 8 (dinf__mla_model1_scale_off). */
+    int32_t model1;
 } dinf__mla_params;
+
+/* Elements per q row: 576, or 512 for the MODEL1 cache. */
+DINF_HD int32_t dinf__mla_q_dim(const dinf__mla_params *p) {
+    return p->model1 ? DINF_MLA_MODEL1_HEAD_DIM : DINF_MLA_HEAD_DIM_QK;
+}
+
+/* MODEL1: the byte offset of the scale bytes of the row at data offset off
+ * (dinf__mla_slot_loc: page * block stride + row * 576), row `row` of a
+ * page of page_size rows. */
+DINF_HD int64_t dinf__mla_model1_scale_off(int64_t off, int32_t row, int32_t page_size) {
+    return off + (int64_t)(page_size - row) * DINF_MLA_MODEL1_ROW_BYTES + (int64_t)row * 8;
+}
 
 /* The main and extra list lengths of sparse request req (b = req / s_q).
  * 32-bit division (requests < DINF_MLA_MAX_BATCH): a 64-bit one is a
@@ -371,17 +437,19 @@ DINF_HD const int32_t *dinf__mla_sparse_block(const dinf__mla_params *p, int64_t
 
 /* Sparse: where slot `slot` of the main (extra = 0) or extra cache lives:
  * 0 (found, *off = page * block stride + row * token stride of that cache,
- * in its elements), 1 (slot < 0: skipped, adds nothing) or -1 (past the
- * cache: the request gets NaN). */
-DINF_HD int dinf__mla_slot_loc(const dinf__mla_params *p, int extra, int32_t slot, int64_t *off) {
+ * in its elements, and *row = the row in its page), 1 (slot < 0: skipped,
+ * adds nothing) or -1 (past the cache: the request gets NaN). */
+DINF_HD int dinf__mla_slot_loc(const dinf__mla_params *p, int extra, int32_t slot, int64_t *off,
+                               int32_t *row) {
     if (slot < 0)
         return 1;
     const int32_t page_size = extra ? p->extra_page : p->page;
     const int64_t pg = slot / page_size;
     if (pg >= (extra ? p->extra_num_blocks : p->num_blocks))
         return -1;
+    *row = slot % page_size;
     *off = pg * (extra ? p->extra_block_stride : p->kv_block_stride) +
-           (int64_t)(slot % page_size) * (extra ? p->extra_token_stride : p->kv_token_stride);
+           (int64_t)*row * (extra ? p->extra_token_stride : p->kv_token_stride);
     return 0;
 }
 

@@ -746,6 +746,15 @@ _FUNCTIONS = [
         [_pu16, _i64, ctypes.c_int32, _i64, _pi64, _pu8, _i64, ctypes.c_int32, _i64, _i64,
          _pexec],
     ),
+    # dinf_status dinf_mla_quantize_kvcache_model1(const uint16_t *kv, int64_t num_tokens,
+    #     int64_t kv_token_ld, const int64_t *slot_mapping, uint8_t *k_cache,
+    #     int64_t num_blocks, int32_t page_block_size, int64_t kv_block_stride,
+    #     const dinf_exec *exec);
+    (
+        "dinf_mla_quantize_kvcache_model1",
+        _STATUS,
+        [_pu16, _i64, _i64, _pi64, _pu8, _i64, ctypes.c_int32, _i64, _pexec],
+    ),
     # ---- ep (ep.h): the threads transport and the protocol. The GPU transports'
     # constructors (dinf_ep_group_create_nccl / _cuda_virtual) are added with them.
     # dinf_status dinf_ep_group_create_threads(int32_t num_ranks, const dinf_ep_config *config,

@@ -27,6 +27,13 @@ uint8 (or float8_e4m3fn) entries in FlashMLA's layout (512 e4m3, 4 float32
 scales, 64 bfloat16 RoPE; see mla.h); ``quantize_kvcache_fp8`` writes tokens
 into such a cache through a slot mapping.
 
+MODEL1 cache (FlashMLA 2026's d_qk = 512 format, sparse decode only): q is
+[b, s_q, h_q, 512] and ``k_cache`` FlashMLA's view [num_blocks, page, 1, 584]
+bytes of a block-major cache whose pages may be padded (stride(0); the view's
+other strides 584, 584, 1); ``empty_model1_kvcache`` allocates one as
+upstream does (pages padded to a multiple of 576 bytes) and
+``quantize_kvcache_fp8`` with kv [n, 1, 512] writes it.
+
 Sparse decode (DeepSeek Sparse Attention, FlashMLA's Sept-2025 API)::
 
     tile_scheduler_metadata, num_splits = get_mla_metadata(
@@ -82,13 +89,16 @@ except ImportError:  # pragma: no cover
     _BF16 = np.dtype(np.uint16)
 
 __all__ = ["get_mla_metadata", "flash_mla_with_kvcache", "quantize_kvcache_fp8",
-           "FlashMLASchedMeta"]
+           "empty_model1_kvcache", "FlashMLASchedMeta"]
 
 HEAD_DIM_QK = 576
 HEAD_DIM_V = 512
 METADATA_INTS = 8
 DEFAULT_NUM_SMS = 132
 FP8_ENTRY_BYTES = 656
+MODEL1_HEAD_DIM = 512  # DINF_MLA_MODEL1_HEAD_DIM: q rows of the MODEL1 cache's decode
+MODEL1_ROW_BYTES = 576  # DINF_MLA_MODEL1_ROW_BYTES
+MODEL1_TOKEN_BYTES = 584  # DINF_MLA_MODEL1_TOKEN_BYTES
 MAX_BATCH = 1048576  # DINF_MLA_MAX_BATCH: largest b (dense) or b * s_q (sparse)
 MAX_TOPK = 1048576  # DINF_MLA_MAX_TOPK
 
@@ -477,9 +487,30 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v,
     return out.view(_BF16), lse
 
 
-def _cpu_cache(k_cache, is_fp8_kvcache, d):
+def _model1_strides(shape, strides, name):
+    """(page stride) of a MODEL1 cache view [num_blocks, page, 1, 584] in bytes."""
+    if len(shape) != 4 or shape[2] != 1 or shape[3] != MODEL1_TOKEN_BYTES:
+        _fail("a MODEL1 %s (head_dim 512) must be [num_blocks, page_block_size, 1, %d] bytes, "
+              "got shape %s" % (name, MODEL1_TOKEN_BYTES, tuple(shape)))
+    if tuple(strides[1:]) != (MODEL1_TOKEN_BYTES, MODEL1_TOKEN_BYTES, 1):
+        _fail("a MODEL1 %s must have byte strides (page, 584, 584, 1) (FlashMLA's view of the "
+              "block-major pages), got %s" % (name, tuple(strides)))
+    return strides[0]
+
+
+def _cpu_cache(k_cache, is_fp8_kvcache, d, name="k_cache"):
     """The CPU k_cache (contiguous) with (num_blocks, page, h_kv) and its page and
-    token strides (elements for BF16, bytes for FP8)."""
+    token strides (elements for BF16, bytes for FP8). The MODEL1 cache (d = 512,
+    FP8) keeps its own strides (its pages may be padded)."""
+    if is_fp8_kvcache and d == MODEL1_HEAD_DIM:
+        k_cache = np.asarray(k_cache)
+        if k_cache.dtype.itemsize != 1:
+            _fail("a MODEL1 %s must be uint8 or float8_e4m3fn bytes, got %s"
+                  % (name, k_cache.dtype))
+        k_cache = k_cache.view(np.uint8)
+        page_stride = _model1_strides(k_cache.shape, k_cache.strides, name)
+        num_blocks, page, h_kv, _ = k_cache.shape
+        return k_cache, (num_blocks, page, h_kv), page_stride, MODEL1_TOKEN_BYTES
     if is_fp8_kvcache:
         k_cache = _fp8_cache_array(k_cache)
         num_blocks, page, h_kv, entry = k_cache.shape
@@ -548,7 +579,7 @@ def _cpu_extras(extras, is_fp8_kvcache, d, b, s_q, h_q, h_kv):
         ex.attn_sink = _ptr(sink, ctypes.c_float)
     if extras["extra_k_cache"] is not None:
         ekc, (e_blocks, e_page, e_h_kv), e_bs, e_ts = \
-            _cpu_cache(extras["extra_k_cache"], is_fp8_kvcache, d)
+            _cpu_cache(extras["extra_k_cache"], is_fp8_kvcache, d, "extra_k_cache")
         if e_h_kv != h_kv:
             _fail("extra_k_cache has %d KV heads, k_cache %d: they must agree" % (e_h_kv, h_kv))
         eidx = _int32_array(extras["extra_indices"], "extra_indices_in_kvcache", 3)
@@ -686,12 +717,19 @@ def _scale(softmax_scale, d):
     return softmax_scale
 
 
-def _device_cache(k_cache, is_fp8_kvcache):
+def _device_cache(k_cache, is_fp8_kvcache, d=HEAD_DIM_QK, name="k_cache"):
     """The GPU k_cache as a torch tensor (last two dimensions contiguous) and its
-    C pointer (uint16 for BF16, uint8 for FP8)."""
+    C pointer (uint16 for BF16, uint8 for FP8). The MODEL1 cache (d = 512, FP8):
+    FlashMLA's [num_blocks, page, 1, 584] byte view, strides (page, 584, 584, 1)."""
     import torch
 
-    k_cache = _as_torch_cuda(k_cache, "k_cache")
+    k_cache = _as_torch_cuda(k_cache, name)
+    if is_fp8_kvcache and d == MODEL1_HEAD_DIM:
+        if k_cache.element_size() != 1:
+            _fail("a MODEL1 %s must be uint8 or float8_e4m3fn bytes, got %s"
+                  % (name, k_cache.dtype))
+        _model1_strides(tuple(k_cache.shape), tuple(k_cache.stride()), name)
+        return k_cache, _dev(k_cache, ctypes.c_uint8)
     if is_fp8_kvcache:
         if k_cache.element_size() != 1:
             _fail("an FP8 k_cache must be uint8 or float8_e4m3fn bytes, got %s" % k_cache.dtype)
@@ -712,7 +750,7 @@ def _flash_mla_device(q, k_cache, block_table, cache_seqlens, head_dim_v,
     import torch
 
     q = _torch_check(_as_torch_cuda(q, "q"), "q", (torch.bfloat16,), 4)
-    k_cache, kc = _device_cache(k_cache, is_fp8_kvcache)
+    k_cache, kc = _device_cache(k_cache, is_fp8_kvcache, q.shape[-1])
     if block_table is None or cache_seqlens is None:
         _fail("block_table and cache_seqlens are required for a dense decode (no indices)")
     block_table = _torch_check(_as_torch_cuda(block_table, "block_table"), "block_table",
@@ -776,7 +814,8 @@ def _device_extras(extras, is_fp8_kvcache, q, b, s_q, h_q, h_kv):
         keep.append(sink)
         ex.attn_sink = _dev(sink, ctypes.c_float)
     if extras["extra_k_cache"] is not None:
-        ekc, _ = _device_cache(extras["extra_k_cache"], is_fp8_kvcache)
+        ekc, _ = _device_cache(extras["extra_k_cache"], is_fp8_kvcache, q.shape[-1],
+                                "extra_k_cache")
         if ekc.shape[2] != h_kv:
             _fail("extra_k_cache has %d KV heads, k_cache %d: they must agree"
                   % (ekc.shape[2], h_kv))
@@ -808,7 +847,7 @@ def _sparse_device(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits, 
     import torch
 
     q = _torch_check(_as_torch_cuda(q, "q"), "q", (torch.bfloat16,), 4)
-    k_cache, kc = _device_cache(k_cache, is_fp8_kvcache)
+    k_cache, kc = _device_cache(k_cache, is_fp8_kvcache, q.shape[-1])
     indices = _torch_check(_as_torch_cuda(indices, "indices"), "indices", (torch.int32,), 3)
     lengths = None
     if topk_length is not None:
@@ -848,15 +887,81 @@ def _sparse_device(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits, 
     return out, lse
 
 
+def empty_model1_kvcache(num_blocks, page_block_size, device=None):
+    """An uninitialised MODEL1 cache as FlashMLA allocates one: pages of
+    page_block_size * 584 bytes padded to a multiple of 576, returned as the
+    [num_blocks, page_block_size, 1, 584] uint8 view the decode takes (numpy;
+    a torch tensor on `device` when given)."""
+    num_blocks = int(num_blocks)
+    page = int(page_block_size)
+    if num_blocks < 1 or not 1 <= page <= 65536:
+        _fail("num_blocks=%d must be >= 1 and page_block_size=%d in [1, 65536]"
+              % (num_blocks, page))
+    padded = -(-page * MODEL1_TOKEN_BYTES // MODEL1_ROW_BYTES) * MODEL1_ROW_BYTES
+    if device is not None:
+        import torch
+
+        flat = torch.empty((num_blocks, padded), dtype=torch.uint8, device=device)
+        return flat[:, :page * MODEL1_TOKEN_BYTES].view(num_blocks, page, 1, MODEL1_TOKEN_BYTES)
+    flat = np.empty((num_blocks, padded), np.uint8)
+    return np.lib.stride_tricks.as_strided(
+        flat, (num_blocks, page, 1, MODEL1_TOKEN_BYTES),
+        (padded, MODEL1_TOKEN_BYTES, MODEL1_TOKEN_BYTES, 1))
+
+
+def _quantize_model1(kv, slot_mapping, k_cache, num_threads):
+    """quantize_kvcache_fp8 into the MODEL1 cache (kv [n, 1, 512])."""
+    if kv.shape[1] != 1:
+        _fail("MODEL1 kv must be [num_tokens, 1, 512] (one KV head), got %s" % (tuple(kv.shape),))
+    if _on_device(kv):
+        import torch
+
+        slots = _torch_check(_as_torch_cuda(slot_mapping, "slot_mapping"), "slot_mapping",
+                             (torch.int64,), 1)
+        cache, _ = _device_cache(k_cache, True, MODEL1_HEAD_DIM)
+        _same_device("kv", kv, slot_mapping=slots, k_cache=cache)
+        if slots.shape[0] != kv.shape[0]:
+            _fail("kv %s and slot_mapping %s disagree" % (tuple(kv.shape), tuple(slots.shape)))
+        _lib.lib().dinf_mla_quantize_kvcache_model1(
+            _dev(kv, ctypes.c_uint16), kv.shape[0], kv.stride(0), _dev(slots, ctypes.c_int64),
+            _dev(cache, ctypes.c_uint8), cache.shape[0], cache.shape[1], cache.stride(0),
+            ctypes.byref(_cuda_exec(kv)))
+        return k_cache
+    slots = np.asarray(slot_mapping)
+    if slots.dtype.kind not in "iu" or slots.ndim != 1 or slots.shape[0] != kv.shape[0]:
+        _fail("slot_mapping must be a 1-D integer array of %d entries" % kv.shape[0])
+    slots = np.ascontiguousarray(slots, dtype=np.int64)
+    if not isinstance(k_cache, np.ndarray) or not k_cache.flags.writeable:
+        _fail("k_cache must be a writable numpy array (it is written in place)")
+    cache, (num_blocks, page, _), page_stride, _ = _cpu_cache(k_cache, True, MODEL1_HEAD_DIM)
+    _lib.lib().dinf_mla_quantize_kvcache_model1(
+        _ptr(kv.view(np.uint16), ctypes.c_uint16), kv.shape[0], MODEL1_HEAD_DIM,
+        _ptr(slots, ctypes.c_int64), ctypes.cast(cache.ctypes.data, ctypes.POINTER(ctypes.c_uint8)),
+        num_blocks, page, page_stride, ctypes.byref(Exec.cpu(num_threads)))
+    return k_cache
+
+
 def quantize_kvcache_fp8(kv, slot_mapping, k_cache, *, num_threads=0):
     """Quantize tokens into an FP8 paged cache, in place, and return k_cache.
 
     kv: [num_tokens, h_kv, 576] bfloat16; slot_mapping: [num_tokens] int64
     (page * page_block_size + row, -1 = skip); k_cache: [num_blocks,
     page_block_size, h_kv, 656] uint8 (or float8_e4m3fn), last two
-    dimensions contiguous. numpy arrays run on the CPU, torch CUDA tensors on
-    the GPU (current stream).
+    dimensions contiguous. With kv [num_tokens, 1, 512] it writes the MODEL1
+    cache (k_cache as empty_model1_kvcache makes it). numpy arrays run on the
+    CPU, torch CUDA tensors on the GPU (current stream).
     """
+    if _on_device(kv):
+        import torch
+
+        kv_t = _torch_check(_as_torch_cuda(kv, "kv"), "kv", (torch.bfloat16,), 3)
+        if kv_t.shape[2] == MODEL1_HEAD_DIM:
+            return _quantize_model1(kv_t, slot_mapping, k_cache, num_threads)
+    else:
+        kv_np = np.asarray(kv)
+        if kv_np.ndim == 3 and kv_np.shape[2] == MODEL1_HEAD_DIM:
+            return _quantize_model1(np.ascontiguousarray(_bf16_array(kv_np, "kv", 3)),
+                                    slot_mapping, k_cache, num_threads)
     if _on_device(kv):
         import torch
 

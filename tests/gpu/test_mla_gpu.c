@@ -663,6 +663,45 @@ Test(mla_gpu, fp8_quantizer_skips_out_of_range_slots) {
     free(got);
 }
 
+/* The MODEL1 quantizer on the GPU writes the CPU's bytes (codes, RoPE, the
+ * 7 scale exponents, the pad byte) and skips out-of-range slots; odd page
+ * size, padded pages, a zero and a huge 64-channel group. */
+Test(mla_gpu, model1_quantizer_matches_the_cpu) {
+    const int32_t page = 7;
+    const int64_t num_blocks = 3, n = 8, ld = 520;
+    const int64_t pb = ((int64_t)page * 584 + 575) / 576 * 576;
+    const size_t bytes = (size_t)(num_blocks * pb);
+    const int64_t slots[8] = {5, -1, 21, 20, -100, (int64_t)1 << 40, 0, 13}; /* 21 = num_blocks * page */
+    const int64_t cpu_slots[8] = {5, -1, -1, 20, -1, -1, 0, 13};
+    uint16_t *kv = malloc(sizeof(uint16_t) * (size_t)(n * ld));
+    uint64_t s = 78;
+    fill_values(kv, n * ld, &s);
+    for (int d = 0; d < 64; d++) {
+        kv[6 * ld + d] = 0;
+        kv[7 * ld + 128 + d] = dinf__bf16_from_f32(2.0e4f);
+    }
+    uint8_t *want = aligned_alloc(64, (bytes + 63) / 64 * 64), *got = malloc(bytes);
+    memset(want, 0xAB, bytes);
+    cr_assert_eq(dinf_mla_quantize_kvcache_model1(kv, n, ld, cpu_slots, want, num_blocks, page, pb, NULL),
+                 DINF_STATUS_OK, "%s", dinf_last_error());
+    void *d_kv = to_device(kv, sizeof(uint16_t) * (size_t)(n * ld)), *d_slots = to_device(slots, sizeof slots), *d_cache;
+    CUDA_OK(cudaMalloc(&d_cache, bytes));
+    CUDA_OK(cudaMemset(d_cache, 0xAB, bytes));
+    const dinf_exec cuda = DINF_EXEC_CUDA_INIT(0, NULL);
+    cr_assert_eq(dinf_mla_quantize_kvcache_model1(d_kv, n, ld, d_slots, d_cache, num_blocks, page, pb, &cuda),
+                 DINF_STATUS_OK, "%s", dinf_last_error());
+    CUDA_OK(cudaDeviceSynchronize());
+    CUDA_OK(cudaMemcpy(got, d_cache, bytes, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < bytes; i++)
+        cr_assert_eq(got[i], want[i], "byte %zu: gpu %02x, cpu %02x", i, got[i], want[i]);
+    cudaFree(d_kv);
+    cudaFree(d_slots);
+    cudaFree(d_cache);
+    free(kv);
+    free(want);
+    free(got);
+}
+
 Test(mla_gpu, out_of_range_block_table_entry_gives_nan_not_a_crash) {
     kv_problem p;
     kv_make(&p, 3, 1, 200, 0, 0, 64, 1, 8000);
@@ -831,17 +870,13 @@ static void sp_device_make(sp_device *d, const sp_problem *p, int32_t parts, con
     if (p->sink)
         d->a.sink = to_device(p->sink, sizeof(float) * (size_t)p->h_q);
     if (p->etopk > 0) {
-        const int64_t e_slots = p->e_num_blocks * p->epage;
-        d->a.ekc = p->kv_fp8 ? to_device(p->ekc8, (size_t)(e_slots * p->e_token_stride))
-                             : to_device(p->ekc, sizeof(uint16_t) * (size_t)(e_slots * p->ekc_ld));
+        d->a.ekc = to_device(p->kv_fp8 ? (const void *)p->ekc8 : (const void *)p->ekc, sp_extra_bytes(p));
         d->a.eindices = to_device(p->eindices, sizeof(int32_t) * (size_t)(reqs * p->etopk));
         d->a.etopk_length =
             p->etopk_length ? to_device(p->etopk_length, sizeof(int32_t) * (size_t)p->b) : NULL;
     }
-    d->a.q = to_device(p->q, sizeof(uint16_t) * (size_t)(rows * SP_DQK));
-    const int64_t slots = p->num_blocks * p->page;
-    d->a.kc = p->kv_fp8 ? to_device(p->kc8, (size_t)(slots * p->h_kv * SP_ENTRY))
-                        : to_device(p->kc, sizeof(uint16_t) * (size_t)(slots * p->h_kv * SP_DQK));
+    d->a.q = to_device(p->q, sizeof(uint16_t) * (size_t)(rows * sp_qd(p)));
+    d->a.kc = to_device(p->kv_fp8 ? (const void *)p->kc8 : (const void *)p->kc, sp_cache_bytes(p));
     d->a.indices = to_device(p->indices, sizeof(int32_t) * (size_t)(reqs * p->topk));
     d->a.topk_length = p->topk_length ? to_device(p->topk_length, sizeof(int32_t) * (size_t)p->b) : NULL;
     CUDA_OK(cudaMalloc((void **)&d->a.meta, sizeof(int32_t) * 8 * (size_t)parts));
@@ -924,7 +959,7 @@ static void sparse_point_ex(int64_t b, int32_t s_q, int32_t h_q, int32_t h_kv, i
     snprintf(params, sizeof params,
              "sparse b=%lld s_q=%d h_q=%d h_kv=%d page=%d topk=%d lengths=%d %s seed=%llu "
              "etopk=%d epage=%d elengths=%d sink=%d",
-             (long long)b, s_q, h_q, h_kv, page, topk, lengths, kv_fp8 ? "fp8" : "bf16",
+             (long long)b, s_q, h_q, h_kv, page, topk, lengths, kv_fp8 == 2 ? "model1" : kv_fp8 ? "fp8" : "bf16",
              (unsigned long long)seed, ex.etopk, ex.epage, ex.elengths, ex.sink);
     cudaStream_t stream;
     CUDA_OK(cudaStreamCreate(&stream));
@@ -1024,6 +1059,24 @@ Test(mla_gpu, sparse_extras_match_the_cpu) {
         setenv("DINF_MLA_FP8_PREFETCH", depths[i], 1);
         sparse_point_ex(2, 2, 64, 1, 64, 150, 1, 0.15, 1, 8835 + (uint64_t)i,
                         (sp_extra_opts){100, 13, 1, 1});
+    }
+    unsetenv("DINF_MLA_FP8_PREFETCH");
+}
+
+/* The MODEL1 cache (head_dim 512): GPU = CPU on the simple and fast rungs
+ * (the fast rung's MODEL1 kernel: 512-wide q, the tile's last 64 columns
+ * zero, scales after the page's rows), odd and padded pages, V3.2's heads,
+ * with the extras, and the fast rung's prefetch off and deepest. */
+Test(mla_gpu, sparse_model1_matches_the_cpu) {
+    sparse_point(2, 2, 128, 1, 64, 300, 1, 0.1, 2, 8861);
+    sparse_point(3, 1, 64, 1, 61, 130, 0, 0.2, 2, 8862);
+    sparse_point(2, 2, 16, 1, 1, 70, 1, 0.3, 2, 8863);
+    sparse_point_ex(2, 2, 64, 1, 64, 150, 1, 0.1, 2, 8864, (sp_extra_opts){100, 53, 1, 1});
+    const char *const depths[2] = {"0", "8"};
+    for (int i = 0; i < 2; i++) {
+        setenv("DINF_MLA_FP8_PREFETCH", depths[i], 1);
+        sparse_point_ex(2, 2, 64, 1, 7, 120, 1, 0.15, 2, 8865 + (uint64_t)i,
+                        (sp_extra_opts){70, 3, 1, 1});
     }
     unsetenv("DINF_MLA_FP8_PREFETCH");
 }
@@ -1174,10 +1227,14 @@ static void sparse_bad_values(int kv_fp8, const char *rung, int extra) {
 
 Test(mla_gpu, sparse_bad_device_values_give_nan_for_their_positions_only) {
     for (int extra = 0; extra < 2; extra++) {
-        if (rung_enabled(0))
+        if (rung_enabled(0)) {
             sparse_bad_values(0, "simple", extra);
-        if (rung_enabled(RUNG_FAST))
+            sparse_bad_values(2, "simple", extra); /* the MODEL1 cache */
+        }
+        if (rung_enabled(RUNG_FAST)) {
             sparse_bad_values(1, "fast", extra);
+            sparse_bad_values(2, "fast", extra);
+        }
     }
 }
 

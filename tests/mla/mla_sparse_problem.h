@@ -26,6 +26,9 @@
 #define SP_NAN_ROW 0x7FC0u /* bf16 NaN in cache rows no index lists */
 #define SP_PAST_LENGTH 2147480000 /* entries past topk_length: never read */
 #define SP_ENTRY 656
+#define SP_M1_DIM 512  /* MODEL1: q rows, V */
+#define SP_M1_ROW 576  /* MODEL1: a row's codes + RoPE bytes */
+#define SP_M1_TOKEN 584 /* MODEL1: bytes per token (the API's token stride) */
 
 static inline uint64_t sp_next(uint64_t *s) { /* splitmix64 */
     uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
@@ -44,10 +47,12 @@ static inline uint16_t sp_value(uint64_t *s) {
 
 typedef struct sp_problem {
     int64_t b;
-    int32_t s_q, h_q, h_kv, page, topk, kv_fp8;
+    int32_t s_q, h_q, h_kv, page, topk;
+    int32_t kv_fp8; /* 0 BF16, 1 FP8 (V3.2's 656-byte entries), 2 the MODEL1 cache (h_kv 1) */
     int64_t num_blocks, token_stride, block_stride; /* strides in elements (bf16) or bytes (fp8) */
     float scale;
-    uint16_t *q, *kc;       /* the BF16 cache (dequantized FP8 cache when kv_fp8) */
+    uint16_t *q, *kc;       /* the BF16 cache (dequantized FP8 cache when kv_fp8; MODEL1:
+                             * 576-wide rows, [448 latent | 64 RoPE | 64 zeros]) */
     uint8_t *kc8;           /* the FP8 cache when kv_fp8 */
     int32_t *indices;       /* [b][s_q][topk] */
     int32_t *topk_length;   /* [b] or NULL */
@@ -73,14 +78,66 @@ typedef struct sp_problem {
  * slot and SP_PAST_LENGTH (never read); one
  * query position of a multi-position problem lists -1 only. kv_fp8: the
  * cache is quantized by dinf_mla_quantize_kvcache_fp8 and the BF16 copy is
- * replaced by its dequantized values (the reference's input).
+ * replaced by its dequantized values (the reference's input). kv_fp8 = 2:
+ * the MODEL1 cache (dinf_mla_quantize_kvcache_model1, pages padded to a
+ * multiple of 576 bytes as upstream's), q rows of 512; the BF16 copy holds
+ * the dequantized rows decoded here from the bytes (sp_model1_value).
  */
+/* MODEL1: the q / V width, and the page stride the tests use (upstream's:
+ * page * 584 bytes rounded up to a multiple of 576). */
+static inline int32_t sp_qd(const sp_problem *p) { return p->kv_fp8 == 2 ? SP_M1_DIM : SP_DQK; }
+static inline int64_t sp_m1_page_bytes(int32_t page) {
+    return ((int64_t)page * SP_M1_TOKEN + SP_M1_ROW - 1) / SP_M1_ROW * SP_M1_ROW;
+}
+
+/* MODEL1: channel c < 448 of the row at `data` whose scales are at `scales`,
+ * decoded from the format's definition (mla.h): e4m3(code) * 2^(e - 127),
+ * rounded to bfloat16. */
+static inline uint16_t sp_model1_value(const uint8_t *data, const uint8_t *scales, int c) {
+    const uint8_t e = scales[c / 64];
+    const double scale = e == 255 ? NAN : ldexp(1.0, (int)e - 127);
+    return dinf__bf16_from_f32((float)(dinf__f32_from_e4m3(data[c]) * scale));
+}
+
+/* MODEL1: quantize rows [slots][ld] (512 values used, h_kv 1) into a new
+ * cache of num_blocks pages of `page` rows (stride sp_m1_page_bytes), then
+ * overwrite the rows with their decoded values (576 wide, zeros after 512). */
+static inline uint8_t *sp_model1_quantize(uint16_t *rows, int64_t ld, int64_t num_blocks,
+                                          int32_t page) {
+    const int64_t slots = num_blocks * page, pb = sp_m1_page_bytes(page);
+    uint8_t *cache = aligned_alloc(64, (size_t)((num_blocks * pb + 63) / 64 * 64));
+    memset(cache, 0xEE, (size_t)(num_blocks * pb)); /* bytes the quantizer must write differ */
+    uint16_t *kv = aligned_alloc(64, sizeof(uint16_t) * (size_t)(slots * SP_M1_DIM));
+    int64_t *map = malloc(sizeof(int64_t) * (size_t)slots);
+    for (int64_t sl = 0; sl < slots; sl++) {
+        map[sl] = sl;
+        memcpy(kv + sl * SP_M1_DIM, rows + sl * ld, sizeof(uint16_t) * SP_M1_DIM);
+    }
+    const dinf_status st = dinf_mla_quantize_kvcache_model1(kv, slots, SP_M1_DIM, map, cache,
+                                                            num_blocks, page, pb, NULL);
+    cr_assert_eq(st, DINF_STATUS_OK, "%s", dinf_last_error());
+    for (int64_t sl = 0; sl < slots; sl++) {
+        const uint8_t *pg = cache + (sl / page) * pb;
+        const uint8_t *data = pg + (sl % page) * SP_M1_ROW;
+        const uint8_t *scales = pg + (int64_t)page * SP_M1_ROW + (sl % page) * 8;
+        uint16_t *row = rows + sl * ld;
+        for (int c = 0; c < 448; c++)
+            row[c] = sp_model1_value(data, scales, c);
+        memcpy(row + 448, data + 448, 128);
+        for (int c = SP_M1_DIM; c < SP_DQK; c++)
+            row[c] = 0;
+    }
+    free(kv);
+    free(map);
+    return cache;
+}
+
 static inline void sp_make(sp_problem *p, int64_t b, int32_t s_q, int32_t h_q, int32_t h_kv, int32_t page,
                     int32_t topk, int lengths, double skip, int kv_fp8, uint64_t seed) {
     uint64_t s = seed;
     *p = (sp_problem){.b = b, .s_q = s_q, .h_q = h_q, .h_kv = h_kv, .page = page, .topk = topk,
                       .kv_fp8 = kv_fp8};
-    p->scale = (float)(1.0 / sqrt(576.0));
+    p->scale = (float)(1.0 / sqrt(kv_fp8 == 2 ? 512.0 : 576.0));
     const int64_t want = (int64_t)topk * 2 + 8; /* slots to draw from */
     p->num_blocks = (want + page - 1) / page + 1;
     p->token_stride = (int64_t)h_kv * SP_DQK;
@@ -133,14 +190,19 @@ static inline void sp_make(sp_problem *p, int64_t b, int32_t s_q, int32_t h_q, i
     }
     free(live);
     free(live_list);
-    const int64_t q_elems = b * s_q * h_q * SP_DQK;
+    const int64_t q_elems = b * s_q * h_q * sp_qd(p);
     p->q = malloc(sizeof(uint16_t) * (size_t)(q_elems + 8));
     for (int64_t i = 0; i < q_elems; i++)
         p->q[i] = sp_value(&s);
     p->out = malloc(sizeof(uint16_t) * (size_t)(b * s_q * h_q * SP_DV + 8));
     p->lse = malloc(sizeof(float) * (size_t)(b * s_q * h_q + 1));
     p->kc8 = NULL;
-    if (kv_fp8) {
+    if (kv_fp8 == 2) { /* MODEL1: one KV head, rows of 512 */
+        cr_assert_eq(h_kv, 1, "the MODEL1 cache holds one KV head");
+        p->kc8 = sp_model1_quantize(p->kc, SP_DQK, p->num_blocks, page);
+        p->token_stride = SP_M1_TOKEN;
+        p->block_stride = sp_m1_page_bytes(page);
+    } else if (kv_fp8) {
         /* quantize every slot (NaN rows too: their entries are never read) */
         p->kc8 = malloc((size_t)(((slots + 63) / 64 * 64) * h_kv * SP_ENTRY));
         int64_t *map = malloc(sizeof(int64_t) * (size_t)slots);
@@ -245,7 +307,11 @@ static inline void sp_add_extra(sp_problem *p, int32_t etopk, int32_t epage, int
     p->e_token_stride = p->ekc_ld;
     p->e_block_stride = epage * p->e_token_stride;
     p->ekc8 = NULL;
-    if (p->kv_fp8) {
+    if (p->kv_fp8 == 2) {
+        p->ekc8 = sp_model1_quantize(p->ekc, p->ekc_ld, p->e_num_blocks, epage);
+        p->e_token_stride = SP_M1_TOKEN;
+        p->e_block_stride = sp_m1_page_bytes(epage);
+    } else if (p->kv_fp8) {
         const int64_t ld8 = (int64_t)h_kv * SP_ENTRY + 16;
         p->ekc8 = malloc((size_t)(slots * ld8));
         int64_t *map = malloc(sizeof(int64_t) * (size_t)slots);
@@ -268,6 +334,20 @@ static inline void sp_add_extra(sp_problem *p, int32_t etopk, int32_t epage, int
                 memcpy(row + SP_DV, e + 528, 128);
             }
     }
+}
+
+/* Bytes of the caches as the calls read them (for device copies). */
+static inline size_t sp_cache_bytes(const sp_problem *p) {
+    const int64_t slots = p->num_blocks * p->page;
+    return p->kv_fp8 == 2 ? (size_t)(p->num_blocks * p->block_stride)
+           : p->kv_fp8    ? (size_t)(slots * p->h_kv * SP_ENTRY)
+                          : sizeof(uint16_t) * (size_t)(slots * p->h_kv * SP_DQK);
+}
+static inline size_t sp_extra_bytes(const sp_problem *p) {
+    const int64_t e_slots = p->e_num_blocks * p->epage;
+    return p->kv_fp8 == 2 ? (size_t)(p->e_num_blocks * p->e_block_stride)
+           : p->kv_fp8    ? (size_t)(e_slots * p->e_token_stride)
+                          : sizeof(uint16_t) * (size_t)(e_slots * p->ekc_ld);
 }
 
 static inline void sp_free(sp_problem *p) {
@@ -312,7 +392,7 @@ static inline void sp_reference(const sp_problem *p, double *ref_out, double *re
             const int32_t n2 = p->etopk == 0 ? 0 : p->etopk_length ? p->etopk_length[b] : p->etopk;
             for (int32_t h = 0; h < p->h_q; h++) {
                 const int32_t hk = h / hpk;
-                const uint16_t *qv = p->q + (r * p->h_q + h) * SP_DQK;
+                const uint16_t *qv = p->q + (r * p->h_q + h) * sp_qd(p);
                 double *o = ref_out + (r * p->h_q + h) * SP_DV;
                 double *l = ref_lse + (b * p->h_q + h) * p->s_q + t;
                 for (int d = 0; d < SP_DV; d++)
@@ -328,7 +408,7 @@ static inline void sp_reference(const sp_problem *p, double *ref_out, double *re
                     rows[j] = j < n1 ? p->kc + ((int64_t)slot * p->h_kv + hk) * SP_DQK
                                      : p->ekc + (int64_t)slot * p->ekc_ld + (int64_t)hk * SP_DQK;
                     double dot = 0;
-                    for (int d = 0; d < SP_DQK; d++)
+                    for (int d = 0; d < sp_qd(p); d++)
                         dot += (double)dinf__f32_from_bf16(qv[d]) * dinf__f32_from_bf16(rows[j][d]);
                     sc[j] = dot * p->scale;
                     mx = sc[j] > mx ? sc[j] : mx;
@@ -455,7 +535,7 @@ static inline dinf_status sp_decode(const sp_problem *p, const sp_args *a, int32
     const dinf_mla_sparse_extras *ex = sp_extras(p, a, &ex_storage);
     return p->kv_fp8
                ? dinf_mla_sparse_decode_with_kvcache_fp8(
-                     a->q, p->b, p->s_q, p->h_q, SP_DQK, (const uint8_t *)a->kc, p->num_blocks,
+                     a->q, p->b, p->s_q, p->h_q, sp_qd(p), (const uint8_t *)a->kc, p->num_blocks,
                      p->page, p->h_kv, p->block_stride, p->token_stride, a->indices, p->topk,
                      a->topk_length, SP_DV, a->meta, parts, a->splits, p->scale, a->ws,
                      a->ws_bytes, a->out, a->lse, ex, exec)

@@ -595,8 +595,10 @@ Test(mla_errors, every_rejected_input) {
     cr_assert_eq(run_call(&good), DINF_STATUS_OK, "%s", dinf_last_error());
     call c;
 
-    c = good; c.head_dim = 512;
-    EXPECT_FAIL(c, DINF_STATUS_UNSUPPORTED, "head_dim=512 is not supported");
+    c = good; c.head_dim = 448;
+    EXPECT_FAIL(c, DINF_STATUS_UNSUPPORTED, "head_dim=448 is not supported");
+    c = good; c.head_dim = 512; /* the MODEL1 cache: sparse FP8 only */
+    EXPECT_FAIL(c, DINF_STATUS_UNSUPPORTED, "head_dim=512 (the MODEL1 cache) is supported by the sparse");
     c = good; c.head_dim_v = 576;
     EXPECT_FAIL(c, DINF_STATUS_UNSUPPORTED, "head_dim_v=576 is not supported");
     c = good; c.page = 128;

@@ -849,13 +849,15 @@ Test(mla_fast_hd, sparse_requests_keys_slots_and_lse) {
     cr_assert_eq(pc.bad, 0);
     /* slots: page 7, 10 pages = 70 slots */
     int64_t off = -1;
-    cr_assert_eq(dinf__mla_slot_loc(&p, 0, 0, &off), 0);
+    int32_t row = -1;
+    cr_assert_eq(dinf__mla_slot_loc(&p, 0, 0, &off, &row), 0);
     cr_assert_eq(off, 0);
-    cr_assert_eq(dinf__mla_slot_loc(&p, 0, 69, &off), 0);
+    cr_assert_eq(dinf__mla_slot_loc(&p, 0, 69, &off, &row), 0);
     cr_assert_eq(off, 9 * 1000 + 6 * 100, "slot 69 = page 9 row 6, got %lld", (long long)off);
-    cr_assert_eq(dinf__mla_slot_loc(&p, 0, -1, &off), 1, "a skipped slot");
-    cr_assert_eq(dinf__mla_slot_loc(&p, 0, 70, &off), -1, "past the cache");
-    cr_assert_eq(dinf__mla_slot_loc(&p, 0, 2147483647, &off), -1);
+    cr_assert_eq(row, 6);
+    cr_assert_eq(dinf__mla_slot_loc(&p, 0, -1, &off, &row), 1, "a skipped slot");
+    cr_assert_eq(dinf__mla_slot_loc(&p, 0, 70, &off, &row), -1, "past the cache");
+    cr_assert_eq(dinf__mla_slot_loc(&p, 0, 2147483647, &off, &row), -1);
     /* without an extra cache every block reads the main list of its request */
     int32_t idx[4 * 120];
     p.block_table = idx;
@@ -924,12 +926,14 @@ Test(mla_fast_hd, sparse_extra_cache_blocks_and_lengths) {
     cr_assert(valid == 6 && extra == 1);
     /* the extra cache's slots: page 3, 4 pages = 12 slots */
     int64_t off;
-    cr_assert_eq(dinf__mla_slot_loc(&p, 1, 11, &off), 0);
+    int32_t row;
+    cr_assert_eq(dinf__mla_slot_loc(&p, 1, 11, &off, &row), 0);
     cr_assert_eq(off, 3 * 50 + 2 * 16);
-    cr_assert_eq(dinf__mla_slot_loc(&p, 1, 12, &off), -1);
-    cr_assert_eq(dinf__mla_slot_loc(&p, 0, 12, &off), 0, "the main cache has 70 slots");
+    cr_assert_eq(row, 2);
+    cr_assert_eq(dinf__mla_slot_loc(&p, 1, 12, &off, &row), -1);
+    cr_assert_eq(dinf__mla_slot_loc(&p, 0, 12, &off, &row), 0, "the main cache has 70 slots");
     cr_assert_eq(off, 1 * 1000 + 5 * 100);
-    cr_assert_eq(dinf__mla_slot_loc(&p, 1, -1, &off), 1);
+    cr_assert_eq(dinf__mla_slot_loc(&p, 1, -1, &off, &row), 1);
     int dummy_main, dummy_extra;
     p.k_cache = &dummy_main, p.extra_k_cache = &dummy_extra;
     cr_assert(dinf__mla_cache(&p, 0) == &dummy_main && dinf__mla_cache(&p, 1) == &dummy_extra);
@@ -981,6 +985,51 @@ Test(mla_fast_hd, attention_sink_arithmetic) {
     cr_assert_eq(e.inv, 0.25f);
     cr_assert_eq(e.out_inv, 0.2f, "1 / (4 + 2^0)");
     cr_assert(isnan(dinf__mla_fast_row_end(4.0f, 3.0f, 1, 3.0f).out_inv));
+}
+
+/* MODEL1 (mla_hd.h): ue8m0 scales, the quantizer's exponent rule, the scale
+ * bytes' offset, and the 40 FP8 items of a row covering the 576-wide tile
+ * exactly once (V3.2: codes then RoPE; MODEL1: codes, RoPE, zeros). */
+Test(mla_fast_hd, model1_scales_items_and_offsets) {
+    cr_assert_eq(dinf__mla_e8m0_scale(127), 1.0f);
+    cr_assert_eq(dinf__mla_e8m0_scale(114), 0x1p-13f);
+    cr_assert_eq(dinf__mla_e8m0_scale(254), 0x1p127f);
+    cr_assert_eq(dinf__mla_e8m0_scale(0), 0x1p-127f, "the float32 subnormal");
+    cr_assert(isnan(dinf__mla_e8m0_scale(255)));
+    for (int e = 0; e < 255; e++)
+        cr_assert_eq(dinf__mla_e8m0_scale((uint8_t)e), (float)ldexp(1.0, e - 127), "e=%d", e);
+    cr_assert_eq(dinf__mla_model1_scale_exp(0.0f), 114, "clamped at 1e-4: 2^-13");
+    cr_assert_eq(dinf__mla_model1_scale_exp(448.0f), 127, "amax 448: scale 1");
+    cr_assert_eq(dinf__mla_model1_scale_exp(449.0f), 128);
+    cr_assert_eq(dinf__mla_model1_scale_exp(0.0448f), 114, "1e-4 exactly-ish");
+    cr_assert_eq(dinf__mla_model1_scale_exp(1.0f), 119, "1 / 448 -> 2^-8");
+    cr_assert_eq(dinf__mla_model1_scale_exp(INFINITY), 255);
+    cr_assert_eq(dinf__mla_model1_scale_exp(NAN), 255);
+    uint64_t s = 77;
+    for (int i = 0; i < 2000; i++) {
+        const float amax = (float)ldexp((double)(rng_next(&s) % 100000) / 1000.0,
+                                        (int)(rng_next(&s) % 40) - 20);
+        const double want = ceil(log2(fmax((double)(amax / 448.0f), (double)1e-4f)));
+        cr_assert_eq(dinf__mla_model1_scale_exp(amax), (int)want + 127, "amax %g", (double)amax);
+    }
+    /* row 3 of a 5-row page at data offset off: scales at page start + 5 * 576 + 3 * 8 */
+    const int64_t page_start = 7 * 4096, off = page_start + 3 * 576;
+    cr_assert_eq(dinf__mla_model1_scale_off(off, 3, 5), page_start + 5 * 576 + 3 * 8);
+    for (int model1 = 0; model1 < 2; model1++) {
+        int cover[576] = {0}, kinds[3] = {0, 0, 0};
+        for (int ch = 0; ch < DINF_MLA_FP8_ITEMS; ch++) {
+            int col;
+            const int kind = dinf__mla_fp8_item(model1, ch, &col);
+            kinds[kind]++;
+            for (int c = col; c < col + (kind == 1 ? 8 : 16); c++)
+                cover[c]++;
+        }
+        for (int c = 0; c < 576; c++)
+            cr_assert_eq(cover[c], 1, "model1=%d column %d covered %d times", model1, c, cover[c]);
+        cr_assert_eq(kinds[0], model1 ? 28 : 32);
+        cr_assert_eq(kinds[1], 8);
+        cr_assert_eq(kinds[2], model1 ? 4 : 0);
+    }
 }
 
 /* ------------------------------------------------------ FP8 L2 prefetch -- */

@@ -835,3 +835,209 @@ Test(mla_sparse, every_rejected_extra) {
     free(ws);
     sp_free(&p);
 }
+
+/* ---------------------------------------------------------------- MODEL1 -- */
+
+/* The MODEL1 cache (head_dim 512): against float64 over the decoded rows,
+ * pages of 64 and odd sizes (pages padded to 576-byte multiples), V3.2-like
+ * heads, topk_length, split plans, with the extras (a MODEL1 extra cache
+ * with its own page size, the sink). */
+Test(mla_sparse, model1_matches_the_float64_reference) {
+    uint64_t seed = 9700;
+    point(3, 2, 16, 1, 64, 100, 1, 0.15, 2, 132, 0, ++seed);
+    point(2, 1, 64, 1, 61, 200, 0, 0.1, 2, 132, 0, ++seed);
+    point(2, 2, 128, 1, 1, 70, 1, 0.2, 2, 132, 3, ++seed);
+    point(1, 3, 8, 1, 7, 1, 0, 0.0, 2, 4, 0, ++seed);
+    point_ex(2, 2, 64, 1, 64, 150, 1, 90, 53, 1, 1, 2, 132, 0, ++seed);
+    point_ex(3, 1, 16, 1, 2, 64, 0, 65, 69, 0, 1, 2, 24, 2, ++seed);
+}
+
+/*
+ * The MODEL1 decode is the BF16 sparse decode of its decoded rows in the
+ * 576-wide layout ([448 latent | 64 RoPE | 64 zeros]) with q padded by 64
+ * zeros, bit for bit: the same keys, order, plan and arithmetic (the zero
+ * columns add exact zeros; V is the first 512 columns either way).
+ */
+Test(mla_sparse, model1_equals_bf16_of_the_decoded_rows) {
+    sp_problem p;
+    sp_make(&p, 3, 2, 16, 1, 13, 120, 1, 0.2, 2, 9801);
+    sp_add_extra(&p, 70, 5, 1, 0.1, 9802);
+    sp_add_sink(&p, 9803);
+    const int32_t parts = sp_parts(&p, 132);
+    sp_poison(&p);
+    cr_assert_eq(sp_run_cpu(&p, parts, 0), DINF_STATUS_OK, "%s", dinf_last_error());
+    const int64_t rows = p.b * p.s_q * p.h_q;
+    uint16_t *out8 = malloc(sizeof(uint16_t) * (size_t)(rows * SP_DV));
+    float *lse8 = malloc(sizeof(float) * (size_t)rows);
+    memcpy(out8, p.out, sizeof(uint16_t) * (size_t)(rows * SP_DV));
+    memcpy(lse8, p.lse, sizeof(float) * (size_t)rows);
+    /* q padded to 576, the decoded caches as BF16 */
+    uint16_t *q576 = malloc(sizeof(uint16_t) * (size_t)(rows * SP_DQK));
+    for (int64_t r = 0; r < rows; r++)
+        for (int d = 0; d < SP_DQK; d++)
+            q576[r * SP_DQK + d] = d < SP_M1_DIM ? p.q[r * SP_M1_DIM + d] : 0;
+    free(p.q);
+    p.q = q576;
+    p.kv_fp8 = 0;
+    p.token_stride = SP_DQK;
+    p.block_stride = (int64_t)p.page * SP_DQK;
+    p.e_token_stride = p.ekc_ld;
+    p.e_block_stride = (int64_t)p.epage * p.ekc_ld;
+    sp_poison(&p);
+    cr_assert_eq(sp_run_cpu(&p, parts, 0), DINF_STATUS_OK, "%s", dinf_last_error());
+    cr_assert_arr_eq(out8, p.out, sizeof(uint16_t) * (size_t)(rows * SP_DV));
+    cr_assert_arr_eq(lse8, p.lse, sizeof(float) * (size_t)rows);
+    free(out8);
+    free(lse8);
+    sp_free(&p);
+}
+
+/* The MODEL1 quantizer's bytes against the format's definition written out
+ * here: per 64 channels e = log2 of the smallest power of two >=
+ * max(amax / 448, 1e-4) plus 127, codes e4m3(x / 2^(e-127)) (nearest even),
+ * RoPE copied, the pad byte 0; rows at page * stride + row * 576, scales at
+ * + page_size * 576 + row * 8; slot -1 and untouched slots keep their bytes;
+ * zero, tiny and huge rows. */
+Test(mla_sparse, model1_quantizer_writes_the_format) {
+    const int32_t page = 5, num_blocks = 4;
+    const int64_t pb = sp_m1_page_bytes(page), n = 9;
+    uint64_t s = 9901;
+    uint16_t *kv = aligned_alloc(64, sizeof(uint16_t) * (size_t)(n * 520));
+    for (int64_t i = 0; i < n * 520; i++)
+        kv[i] = sp_value(&s);
+    for (int d = 0; d < 64; d++) {
+        kv[0 * 520 + d] = 0;                                  /* token 0: a zero group */
+        kv[1 * 520 + 64 + d] = dinf__bf16_from_f32(1e-6f);    /* token 1: a tiny group */
+        kv[2 * 520 + 128 + d] = dinf__bf16_from_f32(3.0e4f);  /* token 2: a huge group */
+    }
+    const int64_t slots[9] = {3, 19, 0, -1, 7, 12, 4, 15, 9};
+    uint8_t *cache = aligned_alloc(64, (size_t)((num_blocks * pb + 63) / 64 * 64));
+    memset(cache, 0xEE, (size_t)(num_blocks * pb));
+    cr_assert_eq(dinf_mla_quantize_kvcache_model1(kv, n, 520, slots, cache, num_blocks, page, pb,
+                                                  NULL),
+                 DINF_STATUS_OK, "%s", dinf_last_error());
+    int written[20] = {0};
+    for (int64_t i = 0; i < n; i++) {
+        if (slots[i] < 0)
+            continue;
+        written[slots[i]] = 1;
+        const int64_t pg = slots[i] / page, row = slots[i] % page;
+        const uint8_t *data = cache + pg * pb + row * SP_M1_ROW;
+        const uint8_t *sc = cache + pg * pb + page * SP_M1_ROW + row * 8;
+        const uint16_t *x = kv + i * 520;
+        for (int g = 0; g < 7; g++) {
+            double amax = 0;
+            for (int d = 0; d < 64; d++)
+                amax = fmax(amax, fabs((double)dinf__f32_from_bf16(x[g * 64 + d])));
+            const double want_scale = exp2(ceil(log2(fmax((double)(float)(amax / 448.0), 1e-4))));
+            cr_assert_eq(sc[g], (uint8_t)(log2(want_scale) + 127), "token %lld group %d: e=%d",
+                         (long long)i, g, sc[g]);
+            for (int d = 0; d < 64; d++) {
+                const float v = dinf__f32_from_bf16(x[g * 64 + d]) / (float)want_scale;
+                cr_assert_eq(data[g * 64 + d],
+                             dinf__e4m3_from_f32(v > 448 ? 448 : v < -448 ? -448 : v),
+                             "token %lld channel %d", (long long)i, g * 64 + d);
+            }
+        }
+        cr_assert_eq(sc[7], 0, "the pad byte");
+        cr_assert_eq(memcmp(data + 448, x + 448, 128), 0, "RoPE of token %lld", (long long)i);
+    }
+    for (int sl = 0; sl < num_blocks * page; sl++) /* untouched slots keep their bytes */
+        if (!written[sl]) {
+            const uint8_t *data = cache + (sl / page) * pb + (sl % page) * SP_M1_ROW;
+            for (int k = 0; k < SP_M1_ROW; k++)
+                cr_assert_eq(data[k], 0xEE, "slot %d byte %d", sl, k);
+        }
+    /* rejects */
+    expect_fail(dinf_mla_quantize_kvcache_model1(kv, n, 520, slots, cache, num_blocks, page,
+                                                 page * SP_M1_TOKEN - 16, NULL),
+                DINF_STATUS_INVALID_ARGUMENT, "page_block_size * 584");
+    expect_fail(dinf_mla_quantize_kvcache_model1(kv, n, 520, slots, cache, num_blocks, page, pb + 8,
+                                                 NULL),
+                DINF_STATUS_INVALID_ARGUMENT, "a multiple of 16");
+    expect_fail(dinf_mla_quantize_kvcache_model1(kv, n, 500, slots, cache, num_blocks, page, pb,
+                                                 NULL),
+                DINF_STATUS_INVALID_ARGUMENT, "kv_token_ld=500");
+    expect_fail(dinf_mla_quantize_kvcache_model1(kv, n, 520, slots, cache, num_blocks, 0, pb, NULL),
+                DINF_STATUS_INVALID_ARGUMENT, "page_block_size=0");
+    const int64_t bad_slots[2] = {3, 20};
+    expect_fail(dinf_mla_quantize_kvcache_model1(kv, 2, 520, bad_slots, cache, num_blocks, page, pb,
+                                                 NULL),
+                DINF_STATUS_INVALID_ARGUMENT, "slot_mapping[1]=20 is outside");
+    expect_fail(dinf_mla_quantize_kvcache_model1(kv, n, 520, slots, (uint8_t *)kv, num_blocks, page,
+                                                 pb, NULL),
+                DINF_STATUS_INVALID_ARGUMENT, "overlap");
+    free(kv);
+    free(cache);
+}
+
+/* The MODEL1 cache's own rejections, and head_dim 512 elsewhere. */
+Test(mla_sparse, model1_rejects) {
+    sp_problem p;
+    sp_make(&p, 2, 2, 16, 1, 7, 60, 1, 0.1, 2, 9951);
+    const int32_t parts = 3;
+    sp_args a = sp_host_args(&p);
+    int32_t meta[8 * 3], splits[5];
+    cr_assert_eq(dinf_mla_get_sparse_metadata(p.topk_length, p.b, p.s_q, p.topk, parts, meta, splits,
+                                              NULL, NULL),
+                 DINF_STATUS_OK);
+    size_t ws_bytes = 0;
+    cr_assert_eq(dinf_mla_workspace_size(p.b * p.s_q, 1, p.h_q, parts, &ws_bytes, NULL), DINF_STATUS_OK);
+    void *ws = aligned_alloc(64, (ws_bytes + 63) / 64 * 64);
+    a.meta = meta, a.splits = splits, a.ws = ws, a.ws_bytes = ws_bytes;
+    cr_assert_eq(sp_decode(&p, &a, parts, NULL), DINF_STATUS_OK, "%s", dinf_last_error());
+    sp_problem bad = p;
+    bad.token_stride = SP_ENTRY;
+    expect_fail(sp_decode(&bad, &a, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "kv_token_stride=656: the MODEL1 cache has 584 bytes per token");
+    bad = p;
+    bad.block_stride = (int64_t)p.page * SP_M1_TOKEN - 8;
+    expect_fail(sp_decode(&bad, &a, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "page_block_size * 584");
+    bad.block_stride = p.block_stride + 8;
+    expect_fail(sp_decode(&bad, &a, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "a multiple of 16");
+    bad = p;
+    bad.h_kv = 2, bad.h_q = 16;
+    expect_fail(sp_decode(&bad, &a, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "num_heads_kv=2: the MODEL1 cache holds one KV head");
+    /* head_dim 512 on the BF16 sparse decode and on the dense decodes */
+    expect_fail(dinf_mla_sparse_decode_with_kvcache(p.q, p.b, p.s_q, p.h_q, 512, p.kc, p.num_blocks,
+                                                    p.page, 1, (int64_t)p.page * SP_DQK, SP_DQK,
+                                                    p.indices, p.topk, p.topk_length, SP_DV, meta,
+                                                    parts, splits, p.scale, ws, ws_bytes, p.out,
+                                                    p.lse, NULL, NULL),
+                DINF_STATUS_UNSUPPORTED, "head_dim=512 (the MODEL1 cache) is supported by the "
+                                         "sparse FP8 decode only");
+    int32_t lens[2] = {5, 6}, bt[2] = {0, 1}, dmeta[8 * 3], dsplits[3];
+    cr_assert_eq(dinf_mla_get_metadata(lens, 2, parts, dmeta, dsplits, NULL), DINF_STATUS_OK);
+    expect_fail(dinf_mla_decode_with_kvcache_fp8(p.q, 2, 1, 16, 512, p.kc8, p.num_blocks, 16, 1,
+                                                 16 * SP_ENTRY, SP_ENTRY, bt, 1, lens, SP_DV, dmeta,
+                                                 parts, dsplits, p.scale, 0, ws, ws_bytes, p.out,
+                                                 p.lse, NULL),
+                DINF_STATUS_UNSUPPORTED, "head_dim=512 (the MODEL1 cache)");
+    expect_fail(dinf_mla_sparse_decode_with_kvcache_fp8(p.q, p.b, p.s_q, p.h_q, 448, p.kc8,
+                                                        p.num_blocks, p.page, 1, p.block_stride,
+                                                        p.token_stride, p.indices, p.topk,
+                                                        p.topk_length, SP_DV, meta, parts, splits,
+                                                        p.scale, ws, ws_bytes, p.out, p.lse, NULL,
+                                                        NULL),
+                DINF_STATUS_UNSUPPORTED, "head_dim=448 is not supported (576, or 512 for the "
+                                         "MODEL1 cache)");
+    /* an extra cache in the V3.2 layout next to a MODEL1 main cache */
+    sp_add_extra(&p, 30, 3, 0, 0.1, 9952);
+    int32_t meta2[8 * 3], splits2[5];
+    dinf_mla_sparse_extras ex;
+    a = sp_host_args(&p);
+    cr_assert_eq(dinf_mla_get_sparse_metadata(p.topk_length, p.b, p.s_q, p.topk, parts, meta2,
+                                              splits2, sp_extras(&p, &a, &ex), NULL),
+                 DINF_STATUS_OK);
+    a.meta = meta2, a.splits = splits2, a.ws = ws, a.ws_bytes = ws_bytes;
+    cr_assert_eq(sp_decode(&p, &a, parts, NULL), DINF_STATUS_OK, "%s", dinf_last_error());
+    bad = p;
+    bad.e_token_stride = SP_ENTRY;
+    expect_fail(sp_decode(&bad, &a, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
+                "extras->extra_kv_token_stride=656: the MODEL1 cache has 584 bytes per token");
+    free(ws);
+    sp_free(&p);
+}

@@ -174,11 +174,12 @@ def test_kernel_resource_reports_have_no_spills_or_local_memory():
     assert checked > 0
     # every MLA kernel (kernels/mla) is among them: metadata, decode (BF16 and FP8 caches),
     # combine, FP8 quantize-into-cache, the fast and seesaw rungs (BF16 and FP8 caches), the
-    # fast rung's sparse (FP8) kernel
+    # fast rung's sparse (FP8) kernels (the V3.2 and MODEL1 caches), the MODEL1 quantizer
     for kernel in ("mla_metadata_kernel", "mla_decode_kernelILb0E", "mla_decode_kernelILb1E",
                    "mla_combine_kernel", "mla_quantize_fp8_kernel", "mla_decode_fast_kernelILb0E",
                    "mla_decode_fast_kernelILb1E", "mla_decode_seesaw_kernelILb0E",
-                   "mla_decode_seesaw_kernelILb1E", "mla_decode_fast_sparse_kernel"):
+                   "mla_decode_seesaw_kernelILb1E", "mla_decode_fast_sparse_kernel",
+                   "mla_decode_fast_sparse_model1_kernel", "mla_quantize_model1_kernel"):
         assert any(kernel in f for f in seen), "no resource report for %s" % kernel
 
 
@@ -199,9 +200,11 @@ def test_mla_fast_rung_register_budget():
         assert len(found) == 2, "expected the BF16 and FP8 %s kernels in %s" % (kind, path)
         assert found == ["168", "168"], (
             "%s MLA kernels use %s registers at entry, not 168" % (kind, found))
-    found = re.findall(r"Compiling entry function '[^']*mla_decode_fast_sparse_kernel[^']*' for "
-                       r"'sm_90a'[^\n]*\n[^\n]*\n[^\n]*\n[^\n]*Used (\d+) registers", text)
-    assert found == ["168"], "the sparse fast kernel uses %s registers at entry, not 168" % found
+    for name in ("mla_decode_fast_sparse_kernel", "mla_decode_fast_sparse_model1_kernel"):
+        found = re.findall(r"Compiling entry function '[^']*%s[^']*' for "
+                           r"'sm_90a'[^\n]*\n[^\n]*\n[^\n]*\n[^\n]*Used (\d+) registers" % name,
+                           text)
+        assert found == ["168"], "%s uses %s registers at entry, not 168" % (name, found)
 
 
 def test_mla_fast_rung_sass_uses_wgmma_and_tma():
@@ -244,16 +247,18 @@ def test_mla_fast_rung_sass_uses_wgmma_and_tma():
         # the BF16 cache's TMA path has none
         assert re.search(r"\bUBLKPF\.L2\b", kernels["fp8"]), kind + ": the FP8-cache kernel has no bulk L2 prefetch"
         assert "UBLKPF" not in kernels["bf16"], kind + ": the BF16-cache kernel issues a bulk L2 prefetch"
-    # the fast rung's sparse kernel (FP8 cache): the same tensor-core work and per-entry L2
-    # prefetches, no TMA (the listed entries are gathered with 16-byte loads)
-    sparse = [b for b in bodies if "mla_decode_fast_sparse_kernel" in b.split("\n")[0]]
-    assert sparse, "the sparse fast kernel is not in the SASS"
-    body = max(sparse, key=len)  # its code section (the others are its small data sections)
-    assert re.search(r"HGMMA\.64x32x16\.F32\.BF16", body), "sparse: no QK^T wgmma"
-    assert re.search(r"HGMMA\.64x256x16\.F32\.BF16", body), "sparse: no PV wgmma"
-    assert "USETMAXREG" in body and re.search(r"\bUBLKPF\.L2\b", body)
-    assert "UTMALDG" not in body, "sparse: a TMA load in the gathering kernel"
-    assert not re.search(r"\b(LDL|STL)\b", body), "sparse: local memory in the SASS"
+    # the fast rung's sparse kernels (FP8 caches: V3.2's entries and MODEL1's rows): the same
+    # tensor-core work and per-entry L2 prefetches, no TMA (the listed entries are gathered
+    # with 16-byte loads)
+    for name in ("mla_decode_fast_sparse_kernel", "mla_decode_fast_sparse_model1_kernel"):
+        sparse = [b for b in bodies if name in b.split("\n")[0]]
+        assert sparse, "%s is not in the SASS" % name
+        body = max(sparse, key=len)  # its code section (the others are its small data sections)
+        assert re.search(r"HGMMA\.64x32x16\.F32\.BF16", body), name + ": no QK^T wgmma"
+        assert re.search(r"HGMMA\.64x256x16\.F32\.BF16", body), name + ": no PV wgmma"
+        assert "USETMAXREG" in body and re.search(r"\bUBLKPF\.L2\b", body)
+        assert "UTMALDG" not in body, name + ": a TMA load in the gathering kernel"
+        assert not re.search(r"\b(LDL|STL)\b", body), name + ": local memory in the SASS"
 
 
 def test_every_kernel_directory_has_resource_reports():

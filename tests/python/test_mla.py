@@ -602,10 +602,10 @@ def sparse_reference_ex(q, cache, indices, topk_length, scale, sink=None, ecache
                         eindices=None, elengths=None):
     """float64 with FlashMLA's 2026 extras: the keys of both lists in one
     softmax, the sink (per head) in the denominator only, lse without it."""
-    b, s_q, h_q, _ = q.shape
+    b, s_q, h_q, d = q.shape  # d: 576, or 512 for the MODEL1 cache (V = the whole row)
     h_kv = cache.shape[2]
     group = h_q // h_kv
-    flat = cache.reshape(-1, h_kv, 576)
+    flat = cache.reshape(-1, h_kv, d)
     out = np.zeros((b, s_q, h_q, 512))
     lse = np.full((b, h_q, s_q), np.inf)
     for i in range(b):
@@ -616,7 +616,7 @@ def sparse_reference_ex(q, cache, indices, topk_length, scale, sink=None, ecache
             if ecache is not None:
                 e = eindices.shape[2] if elengths is None else int(elengths[i])
                 es = eindices[i, t, :e]
-                ekeys = ecache.reshape(-1, h_kv, 576)[es[es >= 0]].astype(np.float64)
+                ekeys = ecache.reshape(-1, h_kv, d)[es[es >= 0]].astype(np.float64)
                 keys = np.concatenate([keys, ekeys])
             if len(keys) == 0:
                 continue
@@ -791,3 +791,136 @@ def test_lazy_plan_of_the_2026_api_equals_the_eager_plan():
     assert np.array_equal(out.view(np.uint16), want_out.view(np.uint16))
     assert np.array_equal(lse, want_lse)  # +inf where a position has no valid slot
     assert sched.config["topk"] == 100 and sched.config["is_fp8_kvcache"] is True
+
+
+# ----------------------------------------------------------- MODEL1 cache --
+# FlashMLA 2026's second FP8 format (d_qk = 512): block-major pages, ue8m0
+# scales per 64 channels, V = the whole 512-wide row.
+
+
+def model1_reference_bytes(rows, page):
+    """FlashMLA's MODEL1 quantizer written out in numpy (independent of the
+    library): rows [slots, 512] bf16 -> [num_blocks, padded page bytes]."""
+    slots = rows.shape[0]
+    nb = slots // page
+    padded = -(-page * 584 // 576) * 576
+    out = np.zeros((nb, padded), np.uint8)
+    x = rows.astype(np.float32)
+    for sl in range(slots):
+        pg, r = divmod(sl, page)
+        data = out[pg, r * 576:(r + 1) * 576]
+        sc = out[pg, page * 576 + r * 8:page * 576 + r * 8 + 8]
+        for g in range(7):
+            grp = x[sl, g * 64:(g + 1) * 64]
+            inv = max(np.float32(np.abs(grp).max()) / np.float32(448.0), np.float32(1e-4))
+            e = int(np.ceil(np.log2(np.float64(inv))))
+            sc[g] = e + 127
+            q = (grp.astype(np.float64) / 2.0 ** e).astype(np.float32)
+            data[g * 64:(g + 1) * 64] = q.astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
+        data[448:576] = rows[sl, 448:512].view(np.uint8)
+    return out
+
+
+def model1_decode(cache_view):
+    """[nb, page, 1, 584] MODEL1 view -> [nb, page, 1, 512] float32 rows."""
+    nb, page = cache_view.shape[:2]
+    out = np.zeros((nb, page, 1, 512), np.float32)
+    for pg in range(nb):
+        flat = np.lib.stride_tricks.as_strided(cache_view[pg, 0, 0], (page * 584,), (1,))
+        for r in range(page):
+            data = flat[r * 576:(r + 1) * 576]
+            sc = flat[page * 576 + r * 8:page * 576 + r * 8 + 7].astype(np.int32)
+            codes = data[:448].copy().view(ml_dtypes.float8_e4m3fn).astype(np.float32)
+            scale = np.where(sc == 255, np.nan, np.exp2(np.minimum(sc, 254) - 127.0))
+            out[pg, r, 0, :448] = codes * np.repeat(scale, 64).astype(np.float32)
+            out[pg, r, 0, 448:] = data[448:].copy().view(BF16).astype(np.float32)
+    return out.astype(BF16)
+
+
+def make_model1_problem(b, s_q, h_q, topk, page, seed, varlen):
+    """A sparse problem over a MODEL1 cache quantized by the library from the
+    rows of make_sparse_problem (their first 512 values), pages padded as
+    upstream's; returns (q [.., 512], cache view, decoded rows, indices, lengths)."""
+    q, cache, idx, lengths = make_sparse_problem(b, s_q, h_q, 1, topk, page, seed, varlen=varlen,
+                                                 num_blocks=-(-2 * topk // page) + 1)
+    nb = cache.shape[0]
+    rows = np.ascontiguousarray(cache.reshape(nb * page, 1, 576)[:, :, :512])
+    finite = np.isfinite(rows.astype(np.float32)).all(axis=(1, 2))
+    kc = mla.empty_model1_kvcache(nb, page)
+    kc[...] = 0xFF
+    slots = np.flatnonzero(finite).astype(np.int64)
+    mla.quantize_kvcache_fp8(np.ascontiguousarray(rows[slots]), slots, kc)
+    return np.ascontiguousarray(q[..., :512]), kc, model1_decode(kc), rows, idx, lengths
+
+
+@pytest.mark.parametrize("b,s_q,h_q,topk,page,varlen,num_sms", [
+    (2, 2, 64, 100, 64, True, 132),
+    (3, 1, 128, 70, 7, False, 132),
+    (2, 2, 16, 130, 61, True, 8),
+])
+def test_model1_cache_matches_float64_reference(b, s_q, h_q, topk, page, varlen, num_sms,
+                                                poisoned_np_empty):
+    """head_dim 512 reads the MODEL1 cache (FlashMLA 2026): against float64 over
+    rows decoded here from the bytes (ue8m0 scales per 64 channels, V the whole row)."""
+    q, kc, deq, _, idx, lengths = make_model1_problem(b, s_q, h_q, topk, page, 600 + page, varlen)
+    meta, splits = mla.get_mla_metadata(None if varlen else np.zeros(b, np.int32), s_q * h_q, 1,
+                                        h_q, True, topk, num_sms=num_sms, topk_length=lengths)
+    out, lse = sparse_call(q, kc, idx, lengths, meta, splits, None, True)
+    assert out.shape == (b, s_q, h_q, 512)
+    ref_out, ref_lse = sparse_reference_ex(q, deq, idx, lengths, 512 ** -0.5)
+    assert_close(out, ref_out, 8e-4, 2.01 / 128, 5e-6, "model1 out")
+    assert_close(lse, ref_lse, 1e-6, 8.01 / 65536, 5e-6, "model1 lse")
+
+
+def test_model1_quantizer_bytes_equal_flashmla_rule():
+    """quantize_kvcache_fp8 with kv [n, 1, 512] writes FlashMLA's MODEL1 bytes
+    (its quantizer's rule written out in numpy), into upstream's padded pages."""
+    rng = np.random.default_rng(5)
+    page, nb = 7, 3
+    rows = np.clip(rng.standard_normal((nb * page, 512)) / 10, -1, 1).astype(np.float32)
+    rows[3, :64] = 0.0
+    rows[4, 64:128] *= 1e-3
+    rows[5, 128:192] *= 1e4
+    rows = rows.astype(BF16)
+    kc = mla.empty_model1_kvcache(nb, page)
+    mla.quantize_kvcache_fp8(rows.reshape(-1, 1, 512), np.arange(nb * page), kc)
+    want = model1_reference_bytes(rows, page)
+    for pg in range(nb):
+        got = np.lib.stride_tricks.as_strided(kc[pg, 0, 0], (page * 584,), (1,))
+        assert np.array_equal(got, want[pg, :page * 584]), "page %d" % pg
+    err = deepinfra.InvalidArgumentError
+    with pytest.raises(err, match=r"must have byte strides \(page, 584, 584, 1\)"):
+        mla.quantize_kvcache_fp8(rows.reshape(-1, 1, 512), np.arange(nb * page),
+                                 np.zeros((nb, page, 1, 584), np.uint8)[:, ::-1])
+    with pytest.raises(err, match=r"MODEL1 kv must be \[num_tokens, 1, 512\]"):
+        mla.quantize_kvcache_fp8(np.zeros((2, 2, 512), BF16), np.arange(2), kc)
+
+
+def test_model1_with_extras_lazy_plan_and_errors(poisoned_np_empty):
+    """A MODEL1 extra cache (own page size) and the sink through the lazy plan:
+    the eager plan's bits and the float64 reference; MODEL1-only refusals."""
+    b, s_q, h_q = 2, 2, 16
+    q, kc, deq, _, idx, lengths = make_model1_problem(b, s_q, h_q, 80, 64, 71, True)
+    _, ekc, edeq, _, eidx, elengths = make_model1_problem(b, s_q, h_q, 50, 5, 72, True)
+    sink = np.linspace(-1, 4, h_q).astype(np.float32)
+    kw = dict(attn_sink=sink, extra_k_cache=ekc, extra_indices_in_kvcache=eidx,
+              extra_topk_length=elengths)
+    meta, splits = mla.get_mla_metadata(None, s_q * h_q, 1, h_q, True, 80, topk_length=lengths,
+                                        extra_topk=50, extra_topk_length=elengths)
+    want_out, want_lse = sparse_call(q, kc, idx, lengths, meta, splits, None, True, **kw)
+    sched, _ = mla.get_mla_metadata()
+    out, lse = sparse_call(q, kc, idx, lengths, sched, None, None, True, **kw)
+    assert np.array_equal(out.view(np.uint16), want_out.view(np.uint16))
+    assert np.array_equal(lse, want_lse)
+    ref_out, ref_lse = sparse_reference_ex(q, deq, idx, lengths, 512 ** -0.5, sink, edeq, eidx,
+                                           elengths)
+    assert_close(out, ref_out, 8e-4, 2.01 / 128, 5e-6, "model1 extras out")
+    assert_close(lse, ref_lse, 1e-6, 8.01 / 65536, 5e-6, "model1 extras lse")
+    err = deepinfra.InvalidArgumentError
+    with pytest.raises(err, match=r"a MODEL1 k_cache \(head_dim 512\) must be"):
+        sparse_call(q, np.zeros((4, 64, 1, 656), np.uint8), idx, lengths, meta, splits, None, True)
+    with pytest.raises(err, match=r"a MODEL1 extra_k_cache \(head_dim 512\) must be"):
+        sparse_call(q, kc, idx, lengths, meta, splits, None, True,
+                    **dict(kw, extra_k_cache=np.zeros((4, 5, 1, 656), np.uint8)))
+    with pytest.raises(deepinfra.UnsupportedError, match="supported by the sparse FP8 decode only"):
+        sparse_call(q, deq, idx, lengths, meta, splits, None, False)

@@ -219,6 +219,50 @@ def test_sparse_extras_on_device_match_the_cpu(fp8, epage, elen, poisoned_empty)
                  "extras lse")
 
 
+def test_model1_cache_on_device_matches_the_cpu(poisoned_empty):
+    """The MODEL1 cache (head_dim 512) on torch CUDA tensors: the GPU quantizer
+    writes the CPU's bytes into upstream's padded pages, and the sparse decode
+    (fast rung's MODEL1 kernel, with a MODEL1 extra cache and the sink, lazy
+    plan on the device) matches the numpy CPU path."""
+    from test_mla import make_model1_problem, sparse_call
+
+    b, s_q, h_q = 2, 2, 64
+    q, kc, _, rows, idx, lengths = make_model1_problem(b, s_q, h_q, 150, 61, 700, True)
+    _, ekc, _, _, eidx, elengths = make_model1_problem(b, s_q, h_q, 70, 5, 701, True)
+    d_kc = mla.empty_model1_kvcache(kc.shape[0], kc.shape[1], device="cuda")
+    d_kc.fill_(0xFF)
+    finite = np.isfinite(rows.astype(np.float32)).all(axis=(1, 2))
+    slots = np.flatnonzero(finite).astype(np.int64)
+    mla.quantize_kvcache_fp8(to_gpu_bf16(rows[slots]), torch.from_numpy(slots).cuda(), d_kc)
+    torch.cuda.synchronize()
+    padded = d_kc.stride(0)
+    got = torch.as_strided(d_kc, (kc.shape[0], kc.shape[1] * 584), (padded, 1)).cpu().numpy()
+    want = np.lib.stride_tricks.as_strided(kc, (kc.shape[0], kc.shape[1] * 584),
+                                           (kc.strides[0], 1))
+    assert np.array_equal(got, want), "GPU MODEL1 quantizer bytes differ from the CPU's"
+    sink = np.random.default_rng(702).uniform(-2, 8, h_q).astype(np.float32)
+    kw = dict(attn_sink=sink, extra_k_cache=ekc, extra_indices_in_kvcache=eidx,
+              extra_topk_length=elengths)
+    meta, splits = mla.get_mla_metadata(None, s_q * h_q, 1, h_q, True, 150, topk_length=lengths,
+                                        extra_topk=70, extra_topk_length=elengths)
+    out_cpu, lse_cpu = sparse_call(q, kc, idx, lengths, meta, splits, None, True, **kw)
+    e_nb, e_page = ekc.shape[:2]  # the whole padded buffer to the device, viewed the same way
+    e_flat = np.lib.stride_tricks.as_strided(ekc, (e_nb, ekc.strides[0]), (ekc.strides[0], 1))
+    d_ekc = torch.from_numpy(e_flat.copy()).cuda()[:, :e_page * 584].view(e_nb, e_page, 1, 584)
+    sched, _ = mla.get_mla_metadata()
+    out, lse = mla.flash_mla_with_kvcache(
+        to_gpu_bf16(q), d_kc, None, None, 512, sched, None, None, False, True,
+        torch.from_numpy(idx).cuda(), topk_length=torch.from_numpy(lengths).cuda(),
+        attn_sink=torch.from_numpy(sink).cuda(), extra_k_cache=d_ekc,
+        extra_indices_in_kvcache=torch.from_numpy(eidx).cuda(),
+        extra_topk_length=torch.from_numpy(elengths).cuda())
+    torch.cuda.synchronize()
+    assert_close(out.float().cpu().numpy(), out_cpu.astype(np.float64), 8e-4, 2.01 / 128, 5e-6,
+                 "model1 out")
+    assert_close(lse.cpu().numpy(), lse_cpu.astype(np.float64), 1e-6, 8.01 / 65536, 5e-6,
+                 "model1 lse")
+
+
 def test_sparse_device_refuses_the_fast_rungs(monkeypatch):
     """mla.h: a BF16 sparse decode runs the simple rung (DINF_MLA_KERNEL=fast or
     seesaw is UNSUPPORTED with the reason, reaching Python as UnsupportedError);
