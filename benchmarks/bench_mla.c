@@ -72,6 +72,7 @@ typedef struct mla_case {
     int32_t etopk;
     int32_t *eindices;
     float *sink;
+    int32_t model1; /* sparse rows over the MODEL1 cache (head_dim 512, 584-byte tokens) */
     const char *rung;     /* GPU rows: DINF_MLA_KERNEL for this row */
     const char *prefetch; /* GPU rows: DINF_MLA_FP8_PREFETCH for this row (NULL: unset, the default) */
     int64_t max_blocks, num_blocks;
@@ -113,7 +114,7 @@ static double seconds(const struct timespec *a, const struct timespec *b) {
 static const dinf_mla_sparse_extras *extras_of(const mla_case *c, dinf_mla_sparse_extras *ex) {
     if (!c->etopk && !c->sink)
         return NULL;
-    *ex = (dinf_mla_sparse_extras){.attn_sink = c->sink};
+    *ex = (dinf_mla_sparse_extras){.size = sizeof *ex, .attn_sink = c->sink};
     if (c->etopk) {
         ex->extra_topk = c->etopk;
         ex->extra_indices = c->eindices;
@@ -128,6 +129,12 @@ static const dinf_mla_sparse_extras *extras_of(const mla_case *c, dinf_mla_spars
 
 static dinf_status decode(mla_case *c, const dinf_exec *exec) {
     dinf_mla_sparse_extras ex;
+    if (c->topk && c->model1) /* the MODEL1 cache: q rows of 512, unpadded 64-token pages */
+        return dinf_mla_sparse_decode_with_kvcache_fp8(
+            c->q, c->b, c->s_q, c->h_q, DINF_MLA_MODEL1_HEAD_DIM, c->kc, c->num_blocks, PAGE, 1,
+            PAGE * DINF_MLA_MODEL1_TOKEN_BYTES, DINF_MLA_MODEL1_TOKEN_BYTES, c->indices, c->topk,
+            NULL, DV, c->meta, c->parts, c->splits, 0.0441941738f, c->ws, c->ws_bytes, c->out,
+            c->lse, NULL, exec);
     if (c->topk) /* sparse rows: FP8 cache, 64-token pages, every list full */
         return dinf_mla_sparse_decode_with_kvcache_fp8(
             c->q, c->b, c->s_q, c->h_q, DQK, c->kc, c->num_blocks, PAGE, 1, PAGE * ENTRY, ENTRY,
@@ -162,8 +169,10 @@ static void metrics(const mla_case *c, double *flops, double *bytes) {
      * topk (+ extra_topk) per query position (FlashMLA's sparse metric) */
     const double n =
         c->topk ? (double)c->b * c->s_q * (c->topk + c->etopk) : (double)c->b * c->s_k;
-    *flops = 2.0 * (c->topk ? 1 : c->s_q) * c->h_q * n * (DQK + DV);
-    *bytes = n * (c->fp8 ? ENTRY : 2.0 * DQK) + bsh * (DQK + DV) * 2.0;
+    const double d_qk = c->model1 ? DINF_MLA_MODEL1_HEAD_DIM : DQK;
+    *flops = 2.0 * (c->topk ? 1 : c->s_q) * c->h_q * n * (d_qk + DV);
+    *bytes = n * (c->model1 ? DINF_MLA_MODEL1_TOKEN_BYTES : c->fp8 ? ENTRY : 2.0 * DQK) +
+             bsh * (d_qk + DV) * 2.0;
 }
 
 static void register_case(mla_case *c) {
@@ -220,7 +229,8 @@ static int plan(mla_case *c, int32_t num_sms) {
         return c->meta && c->splits &&
                        dinf_mla_get_sparse_metadata(NULL, c->b, c->s_q, c->topk, c->parts, c->meta,
                                                     c->splits,
-                                                    &(dinf_mla_sparse_extras){.extra_topk = c->etopk},
+                                                    &(dinf_mla_sparse_extras){.size = sizeof(dinf_mla_sparse_extras),
+                                                                              .extra_topk = c->etopk},
                                                     NULL) == DINF_STATUS_OK
                    ? 0
                    : -1;
@@ -587,21 +597,89 @@ static void sparse_extra_name(char *name, size_t n, int64_t b) {
     snprintf(name, n, "mla/gpu/sparse_fp8/b%lld_sq2_hq128_topk2048_extra%d_sink/fast",
              (long long)b, SPARSE_EXTRA_TOPK);
 }
-static void add_gpu_sparse(const gpu_cache *g, int64_t b, int32_t num_sms, int extras) {
+/* The MODEL1 cache's rows (FlashMLA 2026, head_dim 512): the same shape on
+ * the simple and fast rungs, over a MODEL1 cache of its own. */
+static const gpu_row model1_rows[2] = {{"simple", NULL, ""}, {"fast", NULL, ""}};
+static void sparse_model1_name(char *name, size_t n, int64_t b, const gpu_row *row) {
+    snprintf(name, n, "mla/gpu/sparse_model1/b%lld_sq2_hq128_topk2048/%s", (long long)b,
+             row->rung);
+}
+static int model1_selected(int64_t b) {
+    char name[96];
+    int any = 0;
+    for (int r = 0; r < 2; r++) {
+        sparse_model1_name(name, sizeof name, b, &model1_rows[r]);
+        any |= bench_selected(name);
+    }
+    return any;
+}
+#define MODEL1_BLOCKS 4096 /* 262,144 tokens, 153 MB: three times the L2 */
+/* A MODEL1 cache of MODEL1_BLOCKS unpadded 64-token pages on the device,
+ * quantized there from one random chunk of rows. */
+static void *make_model1_cache(void) {
+    const int64_t tokens = (int64_t)MODEL1_BLOCKS * PAGE, chunk = 1 << 15;
+    uint64_t s = 4242u;
+    void *kc = NULL;
+    uint16_t *host = malloc(sizeof(uint16_t) * (size_t)(chunk * DINF_MLA_MODEL1_HEAD_DIM)), *d_rows;
+    int64_t *slots = malloc(sizeof(int64_t) * (size_t)chunk), *d_slots;
+    if (!host || !slots ||
+        cudaMalloc(&kc, (size_t)tokens * DINF_MLA_MODEL1_TOKEN_BYTES) != cudaSuccess ||
+        cudaMalloc((void **)&d_rows, sizeof(uint16_t) * (size_t)(chunk * DINF_MLA_MODEL1_HEAD_DIM)) != cudaSuccess ||
+        cudaMalloc((void **)&d_slots, sizeof(int64_t) * (size_t)chunk) != cudaSuccess)
+        return NULL;
+    for (int64_t i = 0; i < chunk * DINF_MLA_MODEL1_HEAD_DIM; i++)
+        host[i] = value(&s);
+    const dinf_exec exec = DINF_EXEC_CUDA_INIT(0, NULL);
+    if (cudaMemcpy(d_rows, host, sizeof(uint16_t) * (size_t)(chunk * DINF_MLA_MODEL1_HEAD_DIM),
+                   cudaMemcpyHostToDevice) != cudaSuccess)
+        return NULL;
+    for (int64_t t0 = 0; t0 < tokens; t0 += chunk) {
+        for (int64_t i = 0; i < chunk; i++)
+            slots[i] = t0 + i;
+        if (cudaMemcpy(d_slots, slots, sizeof(int64_t) * (size_t)chunk, cudaMemcpyHostToDevice) != cudaSuccess ||
+            dinf_mla_quantize_kvcache_model1(d_rows, chunk, DINF_MLA_MODEL1_HEAD_DIM, d_slots, kc,
+                                             MODEL1_BLOCKS, PAGE, PAGE * DINF_MLA_MODEL1_TOKEN_BYTES,
+                                             &exec) != DINF_STATUS_OK ||
+            cudaDeviceSynchronize() != cudaSuccess)
+            return NULL;
+    }
+    cudaFree(d_rows);
+    cudaFree(d_slots);
+    free(host);
+    free(slots);
+    return kc;
+}
+
+/* kind: 0 the plain rows, 1 the extras row, 2 the MODEL1 rows */
+static void add_gpu_sparse(const gpu_cache *g, int64_t b, int32_t num_sms, int kind) {
     char probe[96];
     sparse_extra_name(probe, sizeof probe, b);
-    if (extras ? !bench_selected(probe) : !sparse_selected(b))
+    if (kind == 1 ? !bench_selected(probe) : kind == 2 ? !model1_selected(b) : !sparse_selected(b))
         return;
+    const int extras = kind == 1;
     mla_case *c = calloc(1, sizeof *c);
     if (!c)
         return;
     c->gpu = 1, c->b = b, c->s_q = 2, c->h_q = 128, c->topk = 2048, c->fp8 = 1;
     c->etopk = extras ? SPARSE_EXTRA_TOPK : 0;
-    c->max_blocks = g->max_blocks, c->num_blocks = g->num_blocks;
-    c->kc = g->kc;
+    if (kind == 2) {
+        static void *model1_kc;
+        if (!model1_kc && !(model1_kc = make_model1_cache())) {
+            fprintf(stderr, "bench_mla: MODEL1 cache setup failed: %s / %s\n",
+                    cudaGetErrorString(cudaGetLastError()), dinf_last_error());
+            return;
+        }
+        c->model1 = 1;
+        c->kc = model1_kc;
+        c->num_blocks = MODEL1_BLOCKS;
+    }
+    if (kind != 2) {
+        c->max_blocks = g->max_blocks, c->num_blocks = g->num_blocks;
+        c->kc = g->kc;
+    }
     uint64_t s = 777u + (uint64_t)b;
     const int64_t rows = b * c->s_q * c->h_q, n_idx = b * c->s_q * c->topk;
-    int32_t *idx = make_indices(b, c->s_q, c->topk, g->num_blocks * PAGE, &s);
+    int32_t *idx = make_indices(b, c->s_q, c->topk, c->num_blocks * PAGE, &s);
     uint16_t *q = malloc(sizeof(uint16_t) * (size_t)(rows * DQK));
     if (!idx || !q || plan(c, num_sms)) {
         fprintf(stderr, "bench_mla: sparse setup failed: %s\n", dinf_last_error());
@@ -650,6 +728,16 @@ static void add_gpu_sparse(const gpu_cache *g, int64_t b, int32_t num_sms, int e
         register_case(rc);
         return;
     }
+    if (kind == 2) { /* (q holds 576-wide rows; the MODEL1 decode reads 512-wide ones) */
+        for (int r = 0; r < 2; r++) {
+            mla_case *rc = row_case(c, r, &model1_rows[r]);
+            if (!rc)
+                return;
+            sparse_model1_name(rc->name, sizeof rc->name, b, &model1_rows[r]);
+            register_case(rc);
+        }
+        return;
+    }
     /* the same inputs and outputs on every row, side by side */
     for (int r = 0; r < NUM_SPARSE_ROWS; r++) {
         mla_case *rc = row_case(c, r, &sparse_rows[r]);
@@ -677,6 +765,8 @@ static void register_gpu(void) {
             sparse_extra_name(probe, sizeof probe, sparse_batches[i]);
             any |= sparse_selected(sparse_batches[i]) || bench_selected(probe);
         }
+        for (int i = 0; fp8 && i < 2; i++) /* the MODEL1 rows have their own cache */
+            add_gpu_sparse(&caches[fp8], sparse_batches[i], info.sm_count, 2);
         if (!any)
             continue;
         if (make_gpu_cache(&caches[fp8], fp8, 128, 16384)) {

@@ -389,13 +389,18 @@ DINF_API dinf_status dinf_mla_decode_with_kvcache_fp8(
  */
 
 /*
- * Optional inputs of a sparse decode: zero-initialise ({0}) and set what
- * you use, or pass NULL for none. Pointers are host memory for a CPU call
- * and device memory on DINF_EXEC_CUDA, like the call's other arrays.
+ * Optional inputs of a sparse decode: start from DINF_MLA_SPARSE_EXTRAS_INIT
+ * (size set, everything else zero) and set what you use, or pass NULL for
+ * none. Pointers are host memory for a CPU call and device memory on
+ * DINF_EXEC_CUDA, like the call's other arrays.
+ *   size              [IN] sizeof(dinf_mla_sparse_extras) as the caller knows it
+ *                          (later versions append fields and read only those
+ *                          within size; smaller than this version's is rejected)
  *   attn_sink         [IN] float32 [num_heads_q], contiguous, 4-byte aligned, or
  *                          NULL: each query head's sink logit, in the units of
  *                          the scaled scores (softmax_scale * q.k); -inf = none,
- *                          +inf gives out 0, NaN gives NaN for that head
+ *                          +inf gives out 0, NaN gives NaN for that head (where a
+ *                          position has no valid key, out stays 0)
  *   extra_topk        [IN] 0 (no extra cache: every extra_* pointer NULL) or the
  *                          extra lists' length, in [1, DINF_MLA_MAX_TOPK]
  *   extra_topk_length [IN] int32 [batch], each in [0, extra_topk], or NULL
@@ -415,9 +420,16 @@ DINF_API dinf_status dinf_mla_decode_with_kvcache_fp8(
  *   extra_page_block_size [IN] rows per page, in [1, DINF_MLA_MAX_SPARSE_PAGE]
  *   extra_kv_block_stride, extra_kv_token_stride [IN] as k_cache's strides (in
  *                          elements for BF16, bytes for FP8; the same rules)
- * dinf_mla_get_sparse_metadata reads only extra_topk and extra_topk_length.
+ * dinf_mla_get_sparse_metadata reads only size, extra_topk and
+ * extra_topk_length.
+ * Differences from upstream FlashMLA (whose SM90 kernels take the extra
+ * cache and topk_length only with the MODEL1 cache): here every sparse
+ * decode takes them (BF16, V3.2 FP8, MODEL1); any negative slot is skipped
+ * (upstream: -1); an empty main list (n_b = 0) takes no block (upstream pads
+ * it to one), so the plan differs while the results agree.
  */
 typedef struct dinf_mla_sparse_extras {
+    uint32_t size;
     const float *attn_sink;
     int32_t extra_topk;
     const int32_t *extra_topk_length;
@@ -428,6 +440,7 @@ typedef struct dinf_mla_sparse_extras {
     int64_t extra_kv_block_stride;
     int64_t extra_kv_token_stride;
 } dinf_mla_sparse_extras;
+#define DINF_MLA_SPARSE_EXTRAS_INIT {sizeof(dinf_mla_sparse_extras), NULL, 0, NULL, NULL, NULL, 0, 0, 0, 0}
 
 /*
  * dinf_mla_get_sparse_metadata - the split-KV plan of a sparse decode.

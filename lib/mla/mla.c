@@ -605,12 +605,22 @@ typedef struct sparse_args {
  * extra_topk_length). */
 static dinf_status check_extras(const char *func, const dinf_mla_sparse_extras *ex,
                                 int64_t batch, int read_values, int for_decode) {
+    if (ex->size < sizeof(dinf_mla_sparse_extras))
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "extras->size=%u is smaller than the %zu bytes of "
+                          "dinf_mla_sparse_extras (start from DINF_MLA_SPARSE_EXTRAS_INIT)",
+                          ex->size, sizeof(dinf_mla_sparse_extras));
     if (ex->extra_topk < 0 || ex->extra_topk > DINF_MLA_MAX_TOPK)
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                           "extras->extra_topk=%d must be 0 (no extra cache) or in [1, %d]",
                           (int)ex->extra_topk, DINF_MLA_MAX_TOPK);
     if (ex->extra_topk == 0) {
-        if (ex->extra_topk_length || (for_decode && (ex->extra_indices || ex->extra_k_cache)))
+        if (!for_decode && ex->extra_topk_length)
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "extras->extra_topk=0 (no extra cache) but extra_topk_length=%p: "
+                              "it must be NULL",
+                              (const void *)ex->extra_topk_length);
+        if (for_decode && (ex->extra_topk_length || ex->extra_indices || ex->extra_k_cache))
             return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                               "extras->extra_topk=0 (no extra cache) but extra_k_cache=%p, "
                               "extra_indices=%p, extra_topk_length=%p: all must be NULL",
@@ -657,8 +667,8 @@ static dinf_status check_cache(const char *func, const char *prefix, int format,
         if (kv_block_stride < page_bytes || kv_block_stride % 16)
             return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                               "%skv_block_stride=%lld bytes must be a multiple of 16 and >= "
-                              "page_block_size * 584 = %lld (the MODEL1 cache)",
-                              prefix, (long long)kv_block_stride, (long long)page_bytes);
+                              "%spage_block_size * 584 = %lld (the MODEL1 cache)",
+                              prefix, (long long)kv_block_stride, prefix, (long long)page_bytes);
         if (dinf__mul_i64(num_blocks - 1, kv_block_stride, span) ||
             __builtin_add_overflow(*span, page_bytes, span) || *span > INT64_MAX / 2)
             return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
@@ -681,9 +691,9 @@ static dinf_status check_cache(const char *func, const char *prefix, int format,
         kv_block_stride < page_elems || kv_block_stride % stride_align)
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                           "%skv_block_stride=%lld %s must be a multiple of %lld and >= "
-                          "page_block_size * kv_token_stride = %d * %lld",
+                          "%spage_block_size * %skv_token_stride = %d * %lld",
                           prefix, (long long)kv_block_stride, unit, (long long)stride_align,
-                          (int)page_block_size, (long long)kv_token_stride);
+                          prefix, prefix, (int)page_block_size, (long long)kv_token_stride);
     if (dinf__mul_i64(num_blocks - 1, kv_block_stride, span) ||
         dinf__mul_i64(page_block_size - 1, kv_token_stride, &t1) ||
         __builtin_add_overflow(*span, t1 + (int64_t)num_heads_kv * entry, span) ||
@@ -1211,7 +1221,7 @@ dinf_status dinf_mla_get_sparse_metadata(const int32_t *topk_length, int64_t bat
     st = check_sparse_lengths(__func__, topk_length, batch, topk, place.kind == DINF_EXEC_CPU);
     if (st != DINF_STATUS_OK)
         return st;
-    const dinf_mla_sparse_extras none = {0};
+    const dinf_mla_sparse_extras none = DINF_MLA_SPARSE_EXTRAS_INIT;
     const dinf_mla_sparse_extras *ex = extras ? extras : &none;
     st = check_extras(__func__, ex, batch, place.kind == DINF_EXEC_CPU, 0);
     if (st != DINF_STATUS_OK)
@@ -1230,9 +1240,11 @@ dinf_status dinf_mla_sparse_decode_with_kvcache(
     int32_t num_sm_parts, const int32_t *num_splits, float softmax_scale, void *workspace,
     size_t workspace_bytes, uint16_t *out, float *lse, const dinf_mla_sparse_extras *extras,
     const dinf_exec *exec) {
-    sparse_args sp = {indices, topk_length, topk, {0}};
-    if (extras)
-        sp.ex = *extras;
+    sparse_args sp = {indices, topk_length, topk, DINF_MLA_SPARSE_EXTRAS_INIT};
+    if (extras) { /* no more than the caller's struct holds (a short one is rejected) */
+        memcpy(&sp.ex, extras, extras->size < sizeof sp.ex ? extras->size : sizeof sp.ex);
+        sp.ex.size = extras->size;
+    }
     return decode(__func__, 0, q, batch, seq_len_q, num_heads_q, head_dim, k_cache, num_blocks,
                   page_block_size, num_heads_kv, kv_block_stride, kv_token_stride, NULL, 0, NULL,
                   head_dim_v, tile_scheduler_metadata, num_sm_parts, num_splits, softmax_scale,
@@ -1247,9 +1259,11 @@ dinf_status dinf_mla_sparse_decode_with_kvcache_fp8(
     int32_t num_sm_parts, const int32_t *num_splits, float softmax_scale, void *workspace,
     size_t workspace_bytes, uint16_t *out, float *lse, const dinf_mla_sparse_extras *extras,
     const dinf_exec *exec) {
-    sparse_args sp = {indices, topk_length, topk, {0}};
-    if (extras)
-        sp.ex = *extras;
+    sparse_args sp = {indices, topk_length, topk, DINF_MLA_SPARSE_EXTRAS_INIT};
+    if (extras) { /* no more than the caller's struct holds (a short one is rejected) */
+        memcpy(&sp.ex, extras, extras->size < sizeof sp.ex ? extras->size : sizeof sp.ex);
+        sp.ex.size = extras->size;
+    }
     return decode(__func__, 1, q, batch, seq_len_q, num_heads_q, head_dim, k_cache, num_blocks,
                   page_block_size, num_heads_kv, kv_block_stride, kv_token_stride, NULL, 0, NULL,
                   head_dim_v, tile_scheduler_metadata, num_sm_parts, num_splits, softmax_scale,

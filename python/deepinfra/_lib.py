@@ -397,6 +397,7 @@ class MlaSparseExtras(ctypes.Structure):
     """dinf_mla_sparse_extras (mla.h): a sparse decode's attention sink and extra cache."""
 
     _fields_ = [
+        ("size", ctypes.c_uint32),
         ("attn_sink", ctypes.POINTER(ctypes.c_float)),
         ("extra_topk", ctypes.c_int32),
         ("extra_topk_length", ctypes.POINTER(ctypes.c_int32)),
@@ -407,6 +408,9 @@ class MlaSparseExtras(ctypes.Structure):
         ("extra_kv_block_stride", ctypes.c_int64),
         ("extra_kv_token_stride", ctypes.c_int64),
     ]
+
+    def __init__(self, **kwargs):  # DINF_MLA_SPARSE_EXTRAS_INIT: size set, the rest zero
+        super().__init__(size=ctypes.sizeof(MlaSparseExtras), **kwargs)
 
 
 class PipeEvent(ctypes.Structure):

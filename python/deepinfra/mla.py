@@ -193,9 +193,10 @@ class FlashMLASchedMeta:
     ``flash_mla_with_kvcache`` call given it (with ``num_splits=None``)
     computes the plan for its arguments and keeps it, later calls reuse it
     and must have the same configuration (batch, s_q, h_q, h_kv, page size,
-    causal, FP8 cache, topk, device). As upstream, reuse it across layers
-    only while cache_seqlens and topk_length keep their values (on the CPU
-    a stale plan is rejected by the library; on the GPU it is trusted).
+    causal, FP8 cache, topk, the extra cache's topk and page size, device).
+    As upstream, reuse it across layers only while cache_seqlens,
+    topk_length and extra_topk_length keep their values (on the CPU a stale
+    plan is rejected by the library; on the GPU it is trusted).
 
     Attributes: num_sms (the SM count the plan is made for), config (None
     until the first call), tile_scheduler_metadata, num_splits.
@@ -417,9 +418,12 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v,
     docstring): attn_sink (float32 [h_q]), extra_k_cache (the same dtype and
     h_kv as k_cache, any page size), extra_indices_in_kvcache (int32
     [b, s_q, extra_topk], required with extra_k_cache) and
-    extra_topk_length (int32 [b] or None). With an eager plan, make it with
-    get_mla_metadata(..., extra_topk=, extra_topk_length=). The dense decode
-    takes none of them (UnsupportedError, as upstream).
+    extra_topk_length (int32 [b] or None). The lazy plan (get_mla_metadata()
+    without arguments) accounts for the extra lists by itself; an eager plan
+    must be made with get_mla_metadata(..., extra_topk=, extra_topk_length=)
+    (the CPU path rejects one made without; the GPU path trusts it and would
+    stop at the keys it planned). The dense decode takes none of them
+    (UnsupportedError, as upstream).
     """
     extras = dict(attn_sink=attn_sink, extra_k_cache=extra_k_cache,
                   extra_indices=extra_indices_in_kvcache, extra_topk_length=extra_topk_length)
@@ -430,10 +434,12 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v,
             if value is not None:
                 raise UnsupportedError("flash_mla_with_kvcache: %s is supported by the sparse "
                                        "decode only (pass indices), as upstream" % name)
+    _check_extras_given(extras)  # before a lazy plan records the configuration
     if isinstance(tile_scheduler_metadata, FlashMLASchedMeta):
         tile_scheduler_metadata, num_splits = _lazy_plan(
             tile_scheduler_metadata, num_splits, q, k_cache, cache_seqlens, causal,
-            is_fp8_kvcache, indices, topk_length, extra_indices_in_kvcache, extra_topk_length)
+            is_fp8_kvcache, indices, topk_length, extra_indices_in_kvcache, extra_topk_length,
+            extra_k_cache)
     if indices is not None:
         if causal:
             _fail("causal=True is not supported with indices: a sparse decode has no causal "
@@ -512,15 +518,15 @@ def _cpu_cache(k_cache, is_fp8_kvcache, d, name="k_cache"):
         num_blocks, page, h_kv, _ = k_cache.shape
         return k_cache, (num_blocks, page, h_kv), page_stride, MODEL1_TOKEN_BYTES
     if is_fp8_kvcache:
-        k_cache = _fp8_cache_array(k_cache)
+        k_cache = _fp8_cache_array(k_cache, name)
         num_blocks, page, h_kv, entry = k_cache.shape
     else:
-        k_cache = _bf16_array(k_cache, "k_cache", 4)
+        k_cache = _bf16_array(k_cache, name, 4)
         num_blocks, page, h_kv, dk = k_cache.shape
         if dk == FP8_ENTRY_BYTES:
-            _fail("k_cache has %d-wide rows: pass is_fp8_kvcache=True for an FP8 cache" % dk)
+            _fail("%s has %d-wide rows: pass is_fp8_kvcache=True for an FP8 cache" % (name, dk))
         if dk != d:
-            _fail("k_cache's last dimension %d differs from q's %d" % (dk, d))
+            _fail("%s's last dimension %d differs from q's %d" % (name, dk, d))
         entry = dk
     k_cache = np.ascontiguousarray(k_cache)  # no copy when already contiguous
     token_stride = h_kv * entry
@@ -640,7 +646,7 @@ def _sparse_cpu(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits, sof
 
 
 def _lazy_plan(sched, num_splits, q, k_cache, cache_seqlens, causal, is_fp8_kvcache, indices,
-               topk_length, extra_indices=None, extra_topk_length=None):
+               topk_length, extra_indices=None, extra_topk_length=None, extra_k_cache=None):
     """The plan of a FlashMLASchedMeta: made on its first call, reused after
     (the configuration must not change)."""
     if num_splits is not None:
@@ -655,10 +661,11 @@ def _lazy_plan(sched, num_splits, q, k_cache, cache_seqlens, causal, is_fp8_kvca
         _fail("num_heads_q=%d is not a multiple of num_heads_k=%d" % (h_q, h_kv))
     topk = None if indices is None else int(indices.shape[-1])
     extra_topk = None if extra_indices is None else int(extra_indices.shape[-1])
+    extra_page = None if extra_k_cache is None else int(extra_k_cache.shape[1])
     device = str(q.device) if _on_device(q) else "cpu"
     config = {"b": b, "s_q": s_q, "h_q": h_q, "h_kv": h_kv, "page_block_size": page,
               "causal": bool(causal), "is_fp8_kvcache": bool(is_fp8_kvcache), "topk": topk,
-              "extra_topk": extra_topk, "device": device}
+              "extra_topk": extra_topk, "extra_page_block_size": extra_page, "device": device}
     if sched.config is None:
         if indices is None:
             lengths = cache_seqlens
@@ -686,14 +693,14 @@ def _lazy_plan(sched, num_splits, q, k_cache, cache_seqlens, causal, is_fp8_kvca
     return sched.tile_scheduler_metadata, sched.num_splits
 
 
-def _fp8_cache_array(k_cache):
+def _fp8_cache_array(k_cache, name="k_cache"):
     k_cache = np.asarray(k_cache)
     if k_cache.dtype.itemsize != 1 or k_cache.dtype.kind not in "uiV" and \
             "float8" not in str(k_cache.dtype):
-        _fail("an FP8 k_cache must be uint8 or float8_e4m3fn bytes, got %s" % k_cache.dtype)
+        _fail("an FP8 %s must be uint8 or float8_e4m3fn bytes, got %s" % (name, k_cache.dtype))
     if k_cache.ndim != 4 or k_cache.shape[-1] != FP8_ENTRY_BYTES:
-        _fail("an FP8 k_cache must be [num_blocks, page_block_size, h_kv, %d], got shape %s"
-              % (FP8_ENTRY_BYTES, k_cache.shape))
+        _fail("an FP8 %s must be [num_blocks, page_block_size, h_kv, %d], got shape %s"
+              % (name, FP8_ENTRY_BYTES, k_cache.shape))
     return k_cache.view(np.uint8)
 
 
@@ -732,16 +739,19 @@ def _device_cache(k_cache, is_fp8_kvcache, d=HEAD_DIM_QK, name="k_cache"):
         return k_cache, _dev(k_cache, ctypes.c_uint8)
     if is_fp8_kvcache:
         if k_cache.element_size() != 1:
-            _fail("an FP8 k_cache must be uint8 or float8_e4m3fn bytes, got %s" % k_cache.dtype)
-        _torch_check(k_cache, "k_cache", (k_cache.dtype,), 4, contiguous=False)
+            _fail("an FP8 %s must be uint8 or float8_e4m3fn bytes, got %s" % (name, k_cache.dtype))
+        _torch_check(k_cache, name, (k_cache.dtype,), 4, contiguous=False)
         if k_cache.shape[-1] != FP8_ENTRY_BYTES:
-            _fail("an FP8 k_cache must be [num_blocks, page_block_size, h_kv, %d], got shape %s"
-                  % (FP8_ENTRY_BYTES, tuple(k_cache.shape)))
+            _fail("an FP8 %s must be [num_blocks, page_block_size, h_kv, %d], got shape %s"
+                  % (name, FP8_ENTRY_BYTES, tuple(k_cache.shape)))
     else:
-        _torch_check(k_cache, "k_cache", (torch.bfloat16,), 4, contiguous=False)
+        _torch_check(k_cache, name, (torch.bfloat16,), 4, contiguous=False)
+        if k_cache.shape[-1] != d:
+            _fail("%s's last dimension %d differs from q's %d" % (name, k_cache.shape[-1], d))
     entry = k_cache.shape[-1]
     if k_cache.stride(3) != 1 or k_cache.stride(2) != entry:
-        _fail("k_cache's last two dimensions must be contiguous, strides %s" % (k_cache.stride(),))
+        _fail("%s's last two dimensions must be contiguous, strides %s"
+              % (name, k_cache.stride(),))
     return k_cache, _dev(k_cache, ctypes.c_uint8 if is_fp8_kvcache else ctypes.c_uint16)
 
 

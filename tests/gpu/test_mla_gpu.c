@@ -1054,6 +1054,8 @@ Test(mla_gpu, sparse_extras_match_the_cpu) {
     sparse_point_ex(3, 1, 64, 1, 7, 100, 0, 0.2, 1, 8832, (sp_extra_opts){70, 5, 0, 0});
     sparse_point_ex(2, 2, 16, 2, 3, 90, 1, 0.2, 0, 8833, (sp_extra_opts){65, 1, 1, 1});
     sparse_point_ex(2, 2, 64, 1, 64, 64, 1, 0.1, 1, 8834, (sp_extra_opts){0, 0, 0, 1});
+    /* a main list of whole blocks (no padding) right before the extra list */
+    sparse_point_ex(2, 2, 64, 1, 64, 128, 0, 0.1, 1, 8837, (sp_extra_opts){70, 5, 1, 1});
     const char *const depths[2] = {"0", "8"};
     for (int i = 0; i < 2; i++) {
         setenv("DINF_MLA_FP8_PREFETCH", depths[i], 1);

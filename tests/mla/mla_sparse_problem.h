@@ -501,7 +501,7 @@ static inline const dinf_mla_sparse_extras *sp_extras(const sp_problem *p, const
                                                       dinf_mla_sparse_extras *ex) {
     if (!p->sink && p->etopk == 0)
         return NULL;
-    *ex = (dinf_mla_sparse_extras){.attn_sink = a->sink};
+    *ex = (dinf_mla_sparse_extras){.size = sizeof *ex, .attn_sink = a->sink};
     if (p->etopk > 0) {
         ex->extra_topk = p->etopk;
         ex->extra_topk_length = a->etopk_length;

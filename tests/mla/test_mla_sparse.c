@@ -10,6 +10,8 @@
 
 #include "mla/mla_hd.h"
 
+#include <stddef.h>
+
 /* ------------------------------------------------------------- reference -- */
 
 static void point(int64_t b, int32_t s_q, int32_t h_q, int32_t h_kv, int32_t page, int32_t topk,
@@ -442,6 +444,12 @@ Test(mla_sparse, every_rejected_input) {
 
 /* ---------------------------------------------------------------- extras -- */
 
+/* The struct's layout, as python/deepinfra/_lib.py's MlaSparseExtras mirrors it
+ * (tests/python/test_mla.py checks the same numbers there). */
+_Static_assert(sizeof(dinf_mla_sparse_extras) == 80, "dinf_mla_sparse_extras size");
+_Static_assert(offsetof(dinf_mla_sparse_extras, extra_page_block_size) == 56, "layout");
+_Static_assert(offsetof(dinf_mla_sparse_extras, extra_kv_token_stride) == 72, "layout");
+
 /* One problem with extras (sink, extra cache) against the float64 reference. */
 static void point_ex(int64_t b, int32_t s_q, int32_t h_q, int32_t h_kv, int32_t page, int32_t topk,
                      int lengths, int32_t etopk, int32_t epage, int elengths, int sink, int kv_fp8,
@@ -478,6 +486,7 @@ Test(mla_sparse, extras_match_the_float64_reference) {
     point_ex(3, 2, 16, 1, 64, 150, 1, 80, 64, 1, 1, 1, 132, 0, ++seed);
     point_ex(2, 1, 128, 1, 64, 200, 0, 130, 3, 1, 1, 1, 132, 0, ++seed); /* V3.2's heads */
     point_ex(2, 2, 8, 2, 11, 70, 1, 65, 13, 0, 1, 1, 24, 2, ++seed);
+    point_ex(2, 2, 16, 1, 64, 128, 0, 70, 5, 1, 1, 1, 132, 0, ++seed); /* whole main blocks */
 }
 
 /*
@@ -539,7 +548,7 @@ static void extra_vs_joined(int kv_fp8, int32_t num_sms, uint64_t seed) {
     size_t ws_bytes = 0;
     cr_assert_eq(dinf_mla_workspace_size(reqs, 1, p.h_q, parts, &ws_bytes, NULL), DINF_STATUS_OK);
     void *ws = aligned_alloc(64, (ws_bytes + 63) / 64 * 64);
-    const dinf_mla_sparse_extras sink_only = {.attn_sink = p.sink};
+    const dinf_mla_sparse_extras sink_only = {.size = sizeof sink_only, .attn_sink = p.sink};
     sp_poison(&p);
     dinf_status st =
         kv_fp8 ? dinf_mla_sparse_decode_with_kvcache_fp8(
@@ -594,7 +603,7 @@ Test(mla_sparse, empty_extras_and_minus_inf_sinks_are_the_plain_decode) {
     /* all-zero extras through the raw call */
     int32_t *meta = malloc(sizeof(int32_t) * 8 * (size_t)parts);
     int32_t splits[7];
-    const dinf_mla_sparse_extras zero = {0};
+    const dinf_mla_sparse_extras zero = DINF_MLA_SPARSE_EXTRAS_INIT;
     cr_assert_eq(dinf_mla_get_sparse_metadata(p.topk_length, p.b, p.s_q, p.topk, parts, meta, splits,
                                               &zero, NULL),
                  DINF_STATUS_OK);
@@ -669,7 +678,8 @@ Test(mla_sparse, metadata_with_an_extra_cache) {
             const int32_t n1 = with_len ? tl[r / s_q] : topk;
             lens[r] = (n1 + 63) / 64 * 64 + (with_elen ? etl[r / s_q] : etopk);
         }
-        const dinf_mla_sparse_extras ex = {.extra_topk = etopk,
+        const dinf_mla_sparse_extras ex = {.size = sizeof ex,
+                                           .extra_topk = etopk,
                                            .extra_topk_length = with_elen ? etl : NULL};
         int32_t *md = malloc(sizeof(int32_t) * 8 * (size_t)parts), *ms = malloc(sizeof(int32_t) * 8 * (size_t)parts);
         int32_t sd[28], ss[28];
@@ -685,7 +695,7 @@ Test(mla_sparse, metadata_with_an_extra_cache) {
     /* rejections of the extras the plan reads */
     int32_t meta[8 * 4], splits[16];
     const int32_t etl_bad[3] = {5, 31, 0};
-    dinf_mla_sparse_extras ex = {.extra_topk = 30, .extra_topk_length = etl_bad};
+    dinf_mla_sparse_extras ex = {.size = sizeof ex, .extra_topk = 30, .extra_topk_length = etl_bad};
     expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, meta, splits, &ex, NULL),
                 DINF_STATUS_INVALID_ARGUMENT, "extras->extra_topk_length[1]=31 must be in [0, extra_topk=30]");
     ex.extra_topk = -1;
@@ -696,16 +706,27 @@ Test(mla_sparse, metadata_with_an_extra_cache) {
                 DINF_STATUS_INVALID_ARGUMENT, "extras->extra_topk=1048577");
     ex.extra_topk = 0; /* lengths without an extra cache */
     expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, meta, splits, &ex, NULL),
-                DINF_STATUS_INVALID_ARGUMENT, "all must be NULL");
+                DINF_STATUS_INVALID_ARGUMENT, "extras->extra_topk=0 (no extra cache) but "
+                                              "extra_topk_length=");
+    /* the struct's size */
+    ex = (dinf_mla_sparse_extras){.size = 0};
+    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, meta, splits, &ex, NULL),
+                DINF_STATUS_INVALID_ARGUMENT, "extras->size=0 is smaller than");
+    ex.size = sizeof ex - 8;
+    expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, meta, splits, &ex, NULL),
+                DINF_STATUS_INVALID_ARGUMENT, "start from DINF_MLA_SPARSE_EXTRAS_INIT");
+    ex.size = sizeof ex + 64; /* a later version's larger struct: its known fields are read */
+    cr_assert_eq(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, meta, splits, &ex, NULL),
+                 DINF_STATUS_OK, "%s", dinf_last_error());
     int32_t etl_ok[3] = {1, 2, 3};
-    ex = (dinf_mla_sparse_extras){.extra_topk = 30, .extra_topk_length = etl_ok};
+    ex = (dinf_mla_sparse_extras){.size = sizeof ex, .extra_topk = 30, .extra_topk_length = etl_ok};
     expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, meta, etl_ok, &ex, NULL),
                 DINF_STATUS_INVALID_ARGUMENT, "overlap");
     ex.extra_topk_length = (const int32_t *)((const char *)etl_ok + 2);
     expect_fail(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, meta, splits, &ex, NULL),
                 DINF_STATUS_INVALID_ARGUMENT, "extras->extra_topk_length=");
     /* the decode's own pointers are not the plan's business */
-    ex = (dinf_mla_sparse_extras){.extra_topk = 30};
+    ex = (dinf_mla_sparse_extras){.size = sizeof ex, .extra_topk = 30};
     cr_assert_eq(dinf_mla_get_sparse_metadata(NULL, 3, 2, 64, 4, meta, splits, &ex, NULL), DINF_STATUS_OK,
                  "%s", dinf_last_error());
 }
@@ -772,14 +793,20 @@ Test(mla_sparse, every_rejected_extra) {
     expect_fail(sp_decode(&p, &ba, parts, NULL), DINF_STATUS_INVALID_ARGUMENT,
                 "needs extra_k_cache=");
     ba = a;
-    bad.etopk = 0; /* pointers without an extra cache */
+    /* pointers without an extra cache */
     {
-        dinf_mla_sparse_extras ex = {.extra_k_cache = p.ekc};
+        dinf_mla_sparse_extras ex = {.size = sizeof ex, .extra_k_cache = p.ekc};
         expect_fail(dinf_mla_sparse_decode_with_kvcache(
                         p.q, p.b, p.s_q, p.h_q, SP_DQK, p.kc, p.num_blocks, p.page, p.h_kv,
                         p.block_stride, p.token_stride, p.indices, p.topk, p.topk_length, SP_DV,
                         meta, parts, splits, p.scale, ws, ws_bytes, p.out, p.lse, &ex, NULL),
                     DINF_STATUS_INVALID_ARGUMENT, "extras->extra_topk=0 (no extra cache)");
+        ex = (dinf_mla_sparse_extras){.attn_sink = p.sink}; /* size 0: not initialised */
+        expect_fail(dinf_mla_sparse_decode_with_kvcache(
+                        p.q, p.b, p.s_q, p.h_q, SP_DQK, p.kc, p.num_blocks, p.page, p.h_kv,
+                        p.block_stride, p.token_stride, p.indices, p.topk, p.topk_length, SP_DV,
+                        meta, parts, splits, p.scale, ws, ws_bytes, p.out, p.lse, &ex, NULL),
+                    DINF_STATUS_INVALID_ARGUMENT, "extras->size=0 is smaller than");
     }
     bad = p;
     /* the extra cache's geometry */

@@ -1,5 +1,7 @@
 """deepinfra.mla: the FlashMLA v1 names against a numpy float64 reference."""
 
+import ctypes
+
 import numpy as np
 import pytest
 
@@ -709,6 +711,22 @@ def test_sparse_extras_lazy_plan_and_errors():
         sparse_call(q, cache, idx, lengths, sched, None, extra_k_cache=ecache,
                     extra_indices_in_kvcache=np.concatenate([eidx, eidx[..., :1]], axis=2))
     err = deepinfra.InvalidArgumentError
+    # a refused first call leaves the lazy plan unmade (the extras are checked first)
+    sched2, _ = mla.get_mla_metadata()
+    with pytest.raises(err, match="extra_indices_in_kvcache must be given with extra_k_cache"):
+        sparse_call(q, cache, idx, lengths, sched2, None, extra_k_cache=ecache)
+    assert sched2.config is None
+    out2, _ = sparse_call(q, cache, idx, lengths, sched2, None, **kw)
+    assert np.array_equal(out2.view(np.uint16), want_out.view(np.uint16))
+    # the extra cache is named in its own errors
+    with pytest.raises(err, match="extra_k_cache's last dimension 512 differs from q's 576"):
+        sparse_call(q, cache, idx, lengths, meta, splits,
+                    **dict(kw, extra_k_cache=np.ascontiguousarray(ecache[..., :512])))
+    # the C struct's layout (mla.h, dinf_mla_sparse_extras; tests/mla/test_mla_sparse.c pins it too)
+    ex = deepinfra._lib.MlaSparseExtras()
+    assert ctypes.sizeof(ex) == 80 and ex.size == 80
+    assert deepinfra._lib.MlaSparseExtras.extra_kv_token_stride.offset == 72
+    assert deepinfra._lib.MlaSparseExtras.extra_page_block_size.offset == 56
     # a plan made without the extra lists
     pmeta, psplits = mla.get_mla_metadata(None, s_q * h_q, 1, h_q, False, 64, topk_length=lengths)
     with pytest.raises(err, match="topk_length, topk, extras, batch, seq_len_q"):

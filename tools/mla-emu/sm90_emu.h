@@ -257,19 +257,15 @@ static inline void bulk_prefetch_l2(const void *src, uint32_t bytes) {
                 src, bytes, emu::blockIdx_.x, emu::blockIdx_.y, threadIdx.x);
         abort();
     }
+    /* inside the extent of a cache (chosen by extent: both caches may be
+     * slices of one allocation); the extents lie inside their allocations */
     const emu_cache_region *c = nullptr;
-    for (int i = 0; i < emu_num_caches; i++)
-        if (lo >= emu_caches[i].alloc_lo && lo < emu_caches[i].alloc_hi)
+    for (int i = 0; i < emu_num_caches && !c; i++)
+        if (lo >= emu_caches[i].lo && lo < emu_caches[i].hi)
             c = &emu_caches[i];
-    if (!c || lo + bytes > c->alloc_hi || bytes > (size_t)(c->alloc_hi - lo)) {
-        fprintf(stderr, "EMU: bulk prefetch [%p, +%u) outside the cache allocations (block %u,%u thread %u)\n",
-                src, bytes, emu::blockIdx_.x, emu::blockIdx_.y, threadIdx.x);
-        abort();
-    }
-    if (lo < c->lo || lo + bytes > c->hi) {
-        fprintf(stderr, "EMU: bulk prefetch [%p, +%u) outside the cache's extent [%p, %p) (block %u,%u thread %u)\n",
-                src, bytes, (const void *)c->lo, (const void *)c->hi, emu::blockIdx_.x,
-                emu::blockIdx_.y, threadIdx.x);
+    if (!c || bytes > (size_t)(c->hi - lo)) {
+        fprintf(stderr, "EMU: bulk prefetch [%p, +%u) outside the cache's extent%s (block %u,%u thread %u)\n",
+                src, bytes, c ? "" : "s", emu::blockIdx_.x, emu::blockIdx_.y, threadIdx.x);
         abort();
     }
     cta_prefetches().push_back({lo, bytes});
