@@ -929,7 +929,7 @@ Test(mla_sparse, model1_quantizer_writes_the_format) {
     const int32_t page = 5, num_blocks = 4;
     const int64_t pb = sp_m1_page_bytes(page), n = 9;
     uint64_t s = 9901;
-    uint16_t *kv = aligned_alloc(64, sizeof(uint16_t) * (size_t)(n * 520));
+    uint16_t *kv = aligned_alloc(64, (sizeof(uint16_t) * (size_t)(n * 520) + 63) / 64 * 64);
     for (int64_t i = 0; i < n * 520; i++)
         kv[i] = sp_value(&s);
     for (int d = 0; d < 64; d++) {
