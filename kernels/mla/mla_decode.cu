@@ -556,16 +556,16 @@ __global__ void __launch_bounds__(kThreads)
         for (int i = 0; i < 16; i++) {
             x[i] = latent ? dinf__f32_from_bf16(src[16 * lane + i]) : 0.0f;
             const float a = fabsf(x[i]);
-            amax = a > amax ? a : amax;
+            amax = a > amax || a != a ? a : amax; /* NaN wins, as on the CPU */
         }
 #pragma unroll
         for (int off = 1; off < 4; off *= 2) { /* lanes 28..31 reduce among themselves */
             const float o = __shfl_xor_sync(0xffffffffu, amax, off);
-            amax = o > amax ? o : amax;
+            amax = o > amax || o != o ? o : amax;
         }
         if (latent) {
             const uint8_t e = dinf__mla_model1_scale_exp(amax);
-            const float inv = 1.0f / dinf__mla_e8m0_scale(e);
+            const float inv = dinf__mla_model1_inv_scale(amax, e);
             uint32_t w[4] = {0, 0, 0, 0};
 #pragma unroll
             for (int i = 0; i < 16; i++)

@@ -177,7 +177,7 @@ __device__ __forceinline__ void fp8_chunk_store(uint8_t *tile, int r, int ch, co
 
 /* MODEL1 cache: item ch of a row (dinf__mla_fp8_item: codes, RoPE, zeros)
  * whose 576 data bytes are at `data` and 8 scale bytes at `scales`: its
- * 16 bytes (none for zeros) and, for codes, the scale of their 64
+ * 16 bytes (none for the zero items) and, for codes, the scale of their 64
  * channels. */
 __device__ __forceinline__ void model1_chunk_load(const uint8_t *data, const uint8_t *scales,
                                                   int ch, uint4 &raw, float &scale) {
@@ -193,24 +193,26 @@ __device__ __forceinline__ void model1_chunk_load(const uint8_t *data, const uin
 }
 
 /* That item into row r of the swizzled bf16 tile: codes dequantized as
- * fp8_chunk_store's, RoPE as stored, zeros for the last 64 columns. */
+ * fp8_chunk_store's, RoPE as stored; the zero items store nothing (the
+ * MODEL1 kernel's QK^T stops at column 512 and PV reads columns < 512, so
+ * the tile's last 64 columns are never read). */
 __device__ __forceinline__ void model1_chunk_store(uint8_t *tile, int r, int ch, const uint4 &raw,
                                                    float scale) {
     int col;
     const int kind = dinf__mla_fp8_item(1, ch, &col);
+    if (kind == 2)
+        return;
     if (kind == 1) {
         *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, col)) = raw;
         return;
     }
-    uint32_t packed[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (kind == 0) {
-        const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+    uint32_t packed[8];
+    const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
-        for (int k = 0; k < 8; k++) {
-            float lo, hi;
-            ptx::e4m3x2_to_f32x2(uint16_t(w[k / 2] >> (16 * (k % 2))), lo, hi);
-            packed[k] = ptx::pack_bf16x2(lo * scale, hi * scale);
-        }
+    for (int k = 0; k < 8; k++) {
+        float lo, hi;
+        ptx::e4m3x2_to_f32x2(uint16_t(w[k / 2] >> (16 * (k % 2))), lo, hi);
+        packed[k] = ptx::pack_bf16x2(lo * scale, hi * scale);
     }
     *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, col)) =
         make_uint4(packed[0], packed[1], packed[2], packed[3]);
@@ -619,8 +621,10 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
                 sacc[v] = 0.0f;
             fence_acc(sacc); /* the zeroing stays before the fence (wgmma.fence orders register accesses) */
             jit::wgmma_fence();
+            /* (the MODEL1 cache: its 512 columns; the tile's last 64 are zeros anyway) */
+            constexpr int kQkSteps = (kSparse == 2 ? DINF_MLA_MODEL1_HEAD_DIM : kDqk) / 16;
 #pragma unroll
-            for (int ks = 0; ks < kDqk / 16; ks++)
+            for (int ks = 0; ks < kQkSteps; ks++)
                 ptx::wgmma_bf16_m64n32k16_kk(
                     dinf__mla_fast_desc_k(q_addr + dinf__mla_fast_qk_a(ks)),
                     dinf__mla_fast_desc_k(k_addr + dinf__mla_fast_qk_b(ks, wg)), sacc, ks > 0);

@@ -1412,10 +1412,10 @@ static void quantize_model1_row(const uint16_t *src, unsigned char *data, unsign
         float amax = 0.0f;
         for (int d = 0; d < 64; d++) {
             const float a = fabsf(dinf__f32_from_bf16(src[c * 64 + d]));
-            amax = a > amax ? a : amax;
+            amax = a > amax || a != a ? a : amax; /* NaN wins, as torch's max */
         }
         scales[c] = dinf__mla_model1_scale_exp(amax);
-        const float inv = 1.0f / dinf__mla_e8m0_scale(scales[c]);
+        const float inv = dinf__mla_model1_inv_scale(amax, scales[c]);
         for (int d = 0; d < 64; d++)
             data[c * 64 + d] = dinf__mla_fp8_code(dinf__f32_from_bf16(src[c * 64 + d]), inv);
     }

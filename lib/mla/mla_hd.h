@@ -240,9 +240,9 @@ DINF_HD float dinf__mla_e8m0_scale(uint8_t e) {
 }
 
 /* The exponent byte the MODEL1 quantizer stores for 64 channels whose
- * largest magnitude is amax: scale = the smallest power of two >=
- * max(amax / 448, 1e-4) (exact bit arithmetic after one IEEE division);
- * 255 (NaN) for an infinite or NaN amax. */
+ * largest magnitude is amax (NaN if any channel is NaN): scale = the
+ * smallest power of two >= max(amax / 448, 1e-4) (exact bit arithmetic
+ * after one IEEE division); 255 (NaN) for an infinite or NaN amax. */
 DINF_HD uint8_t dinf__mla_model1_scale_exp(float amax) {
     float s = amax / DINF_E4M3_MAX;
     if (s != s || s == INFINITY)
@@ -276,6 +276,16 @@ DINF_HD int dinf__mla_fp8_item(int model1, int ch, int *col) {
     }
     *col = DINF_MLA_HEAD_DIM_V + 16 * (ch - codes - 8);
     return 2;
+}
+
+/* The MODEL1 quantizer's multiplier for the codes of a group with scale
+ * byte e and largest magnitude amax: 1 / scale, or as upstream's x / scale
+ * for the groups its scale cannot represent: a NaN amax gives NaN codes, an
+ * infinite one 0 codes (NaN for the infinite values). */
+DINF_HD float dinf__mla_model1_inv_scale(float amax, uint8_t e) {
+    if (e == 255)
+        return amax != amax ? amax : 0.0f;
+    return 1.0f / dinf__mla_e8m0_scale(e);
 }
 
 /* ------------------------------------------------------- kernel params -- */

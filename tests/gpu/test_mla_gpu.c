@@ -680,6 +680,8 @@ Test(mla_gpu, model1_quantizer_matches_the_cpu) {
         kv[6 * ld + d] = 0;
         kv[7 * ld + 128 + d] = dinf__bf16_from_f32(2.0e4f);
     }
+    kv[0 * ld + 300] = 0x7FC0;                          /* a NaN: its group's scale 255 */
+    kv[3 * ld + 70] = dinf__bf16_from_f32(-INFINITY);  /* -inf: scale 255, codes 0 */
     uint8_t *want = aligned_alloc(64, (bytes + 63) / 64 * 64), *got = malloc(bytes);
     memset(want, 0xAB, bytes);
     cr_assert_eq(dinf_mla_quantize_kvcache_model1(kv, n, ld, cpu_slots, want, num_blocks, page, pb, NULL),
@@ -1081,6 +1083,11 @@ Test(mla_gpu, sparse_model1_matches_the_cpu) {
                         (sp_extra_opts){70, 3, 1, 1});
     }
     unsetenv("DINF_MLA_FP8_PREFETCH");
+    /* unpadded pages (stride page * 584 rounded to 16): the last row's scales end the cache */
+    sp_m1_tight = 1;
+    sparse_point_ex(2, 2, 64, 1, 64, 130, 1, 0.1, 2, 8867, (sp_extra_opts){60, 2, 1, 1});
+    sparse_point(2, 1, 16, 1, 7, 90, 0, 0.1, 2, 8868);
+    sp_m1_tight = 0;
 }
 
 /* A sparse decode with the extras (FP8 cache, extra cache, sink) captured

@@ -998,6 +998,52 @@ Test(mla_sparse, model1_quantizer_writes_the_format) {
     free(cache);
 }
 
+/* Unpadded MODEL1 pages (stride page * 584 rounded up to 16 only: even pages
+ * end where the next begins, the last row's scales end the cache). */
+Test(mla_sparse, model1_unpadded_pages) {
+    sp_m1_tight = 1;
+    point(3, 2, 16, 1, 64, 100, 1, 0.15, 2, 132, 0, 9760);
+    point(2, 2, 16, 1, 7, 60, 0, 0.1, 2, 40, 0, 9761);
+    point_ex(2, 2, 16, 1, 2, 64, 1, 40, 4, 1, 1, 2, 132, 0, 9762);
+    sp_m1_tight = 0;
+}
+
+/* The MODEL1 quantizer on groups upstream's rule cannot scale: a NaN value
+ * makes the group's scale byte 255 (NaN) and every code NaN; an infinite one
+ * 255 too, codes 0 (signed) for the finite values and NaN for the infinite
+ * one (x / inf); the decode then gives NaN for positions listing the row. */
+Test(mla_sparse, model1_quantizer_nan_and_inf_groups) {
+    const int32_t page = 4;
+    const int64_t pb = sp_m1_page_bytes(page);
+    uint16_t *kv = aligned_alloc(64, sizeof(uint16_t) * 2 * SP_M1_DIM);
+    uint64_t s = 9771;
+    for (int i = 0; i < 2 * SP_M1_DIM; i++)
+        kv[i] = sp_value(&s);
+    kv[70] = 0x7FC0;                                  /* token 0, group 1: NaN */
+    kv[SP_M1_DIM + 200] = dinf__bf16_from_f32(-INFINITY); /* token 1, group 3: -inf */
+    const int64_t slots[2] = {1, 2};
+    uint8_t *cache = aligned_alloc(64, (size_t)((pb + 63) / 64 * 64));
+    memset(cache, 0, (size_t)pb);
+    cr_assert_eq(dinf_mla_quantize_kvcache_model1(kv, 2, SP_M1_DIM, slots, cache, 1, page, pb, NULL),
+                 DINF_STATUS_OK, "%s", dinf_last_error());
+    const uint8_t *d0 = cache + 1 * SP_M1_ROW, *s0 = cache + page * SP_M1_ROW + 1 * 8;
+    const uint8_t *d1 = cache + 2 * SP_M1_ROW, *s1 = cache + page * SP_M1_ROW + 2 * 8;
+    cr_assert_eq(s0[1], 255);
+    for (int d = 64; d < 128; d++)
+        cr_assert_eq(d0[d] & 0x7F, 0x7F, "token 0 channel %d: code 0x%02x, not NaN", d, d0[d]);
+    cr_assert_neq(s0[0], 255, "the other groups keep their scales");
+    cr_assert_eq(s1[3], 255);
+    for (int d = 192; d < 256; d++) {
+        const float x = dinf__f32_from_bf16(kv[SP_M1_DIM + d]);
+        if (isinf(x))
+            cr_assert_eq(d1[d] & 0x7F, 0x7F, "the infinite value: NaN");
+        else
+            cr_assert_eq(d1[d], x < 0 ? 0x80 : 0x00, "channel %d: 0x%02x for %g", d, d1[d], x);
+    }
+    free(kv);
+    free(cache);
+}
+
 /* The MODEL1 cache's own rejections, and head_dim 512 elsewhere. */
 Test(mla_sparse, model1_rejects) {
     sp_problem p;

@@ -907,7 +907,7 @@ def test_model1_quantizer_bytes_equal_flashmla_rule():
         got = np.lib.stride_tricks.as_strided(kc[pg, 0, 0], (page * 584,), (1,))
         assert np.array_equal(got, want[pg, :page * 584]), "page %d" % pg
     err = deepinfra.InvalidArgumentError
-    with pytest.raises(err, match=r"must have byte strides \(page, 584, 584, 1\)"):
+    with pytest.raises(err, match=r"must have byte strides \(page, 584, any, 1\)"):
         mla.quantize_kvcache_fp8(rows.reshape(-1, 1, 512), np.arange(nb * page),
                                  np.zeros((nb, page, 1, 584), np.uint8)[:, ::-1])
     with pytest.raises(err, match=r"MODEL1 kv must be \[num_tokens, 1, 512\]"):
