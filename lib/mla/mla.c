@@ -136,7 +136,7 @@ static dinf_status plan_into(const char *func, const dinf__place *place,
          (size_t)num_sm_parts * DINF_MLA_METADATA_INTS * sizeof(int32_t)},
         {"num_splits", num_splits, (size_t)(requests + 1) * sizeof(int32_t)},
         {lens_name, L->lens, L->lens ? lens_bytes : 0},
-        {"extra_topk_length", L->lens2, L->lens2 ? lens_bytes : 0},
+        {"extras->extra_topk_length", L->lens2, L->lens2 ? lens_bytes : 0},
     };
     dinf_status st = check_outputs_disjoint(func, bufs, 4, 2);
     if (st != DINF_STATUS_OK)
@@ -596,7 +596,7 @@ typedef struct sparse_args {
     const int32_t *indices;     /* [batch][s_q][topk] slots */
     const int32_t *topk_length; /* [batch] or NULL */
     int32_t topk;
-    dinf_mla_sparse_extras ex;  /* all zero: none */
+    dinf_mla_sparse_extras ex;  /* DINF_MLA_SPARSE_EXTRAS_INIT: none */
 } sparse_args;
 
 /* Sparse extras: consistent, extra_topk in range, the extra lengths in
