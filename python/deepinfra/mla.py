@@ -29,8 +29,8 @@ into such a cache through a slot mapping.
 
 MODEL1 cache (FlashMLA 2026's d_qk = 512 format, sparse decode only): q is
 [b, s_q, h_q, 512] and ``k_cache`` FlashMLA's view [num_blocks, page, 1, 584]
-bytes of a block-major cache whose pages may be padded (stride(0); the view's
-other strides 584, 584, 1); ``empty_model1_kvcache`` allocates one as
+bytes of a block-major cache whose pages may be padded (stride(0); stride(1)
+584, the bytes contiguous); ``empty_model1_kvcache`` allocates one as
 upstream does (pages padded to a multiple of 576 bytes) and
 ``quantize_kvcache_fp8`` with kv [n, 1, 512] writes it.
 
@@ -56,8 +56,8 @@ cache_seqlens is None); is_fp8_kvcache does not change the plan.
 The sparse decode also takes FlashMLA's 2026 keywords: ``attn_sink``
 (float32 [h_q]: a per-head logit added to the softmax's denominator only;
 lse is returned without it) and a second cache in the same softmax,
-``extra_k_cache`` ([num_blocks', page', h_kv, 576 or 656], its own page
-size), ``extra_indices_in_kvcache`` (int32 [b, s_q, extra_topk], slots of
+``extra_k_cache`` (k_cache's format, [num_blocks', page', h_kv, 576, 656 or
+584], its own page size), ``extra_indices_in_kvcache`` (int32 [b, s_q, extra_topk], slots of
 that cache) and ``extra_topk_length`` (int32 [b] or None). The extra list
 changes the plan: with the lazy plan (below) nothing more is needed; the
 eager ``get_mla_metadata(..., topk)`` takes ``extra_topk`` and
