@@ -621,7 +621,7 @@ __device__ __forceinline__ void consume(const dinf__mla_params &p, const cta_ctx
                 sacc[v] = 0.0f;
             fence_acc(sacc); /* the zeroing stays before the fence (wgmma.fence orders register accesses) */
             jit::wgmma_fence();
-            /* (the MODEL1 cache: its 512 columns; the tile's last 64 are zeros anyway) */
+            /* (the MODEL1 cache: its 512 columns; the K tile's last 64 are never written) */
             constexpr int kQkSteps = (kSparse == 2 ? DINF_MLA_MODEL1_HEAD_DIM : kDqk) / 16;
 #pragma unroll
             for (int ks = 0; ks < kQkSteps; ks++)
@@ -1065,8 +1065,8 @@ __global__ void __launch_bounds__(DINF_MLA_FAST_THREADS, 1)
     fast_cta<true, false, 1>(p, kmap);
 }
 
-/* The same over the MODEL1 cache (q rows of 512, the tile's last 64
- * columns zero in Q and K, scales per 64 channels after the page's rows). */
+/* The same over the MODEL1 cache (q rows of 512 and QK^T over them, V the
+ * first 512 columns, scales per 64 channels after the page's rows). */
 __global__ void __launch_bounds__(DINF_MLA_FAST_THREADS, 1)
     mla_decode_fast_sparse_model1_kernel(const __grid_constant__ dinf__mla_params p,
                                          const __grid_constant__ jit::tensor_map_t kmap) {
