@@ -153,23 +153,30 @@ __device__ __forceinline__ void fp8_chunk_load(const uint8_t *entry, int ch, uin
     }
 }
 
+/* 16 e4m3 codes (raw) times scale, rounded to bf16, into row r of the
+ * swizzled bf16 tile at columns [col, col + 16). */
+__device__ __forceinline__ void fp8_codes_store(uint8_t *tile, int r, int col, const uint4 &raw,
+                                                float scale) {
+    const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+    uint32_t packed[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        float lo, hi;
+        ptx::e4m3x2_to_f32x2(uint16_t(w[k / 2] >> (16 * (k % 2))), lo, hi);
+        packed[k] = ptx::pack_bf16x2(lo * scale, hi * scale);
+    }
+    *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, col)) =
+        make_uint4(packed[0], packed[1], packed[2], packed[3]);
+    *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, col + 8)) =
+        make_uint4(packed[4], packed[5], packed[6], packed[7]);
+}
+
 /* That item into row r of the swizzled bf16 tile: codes as e4m3 * scale
  * rounded to bf16 (channels [16 ch, 16 ch + 16)), RoPE as stored. */
 __device__ __forceinline__ void fp8_chunk_store(uint8_t *tile, int r, int ch, const uint4 &raw,
                                                 float scale) {
     if (ch < kDv / 16) {
-        const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-        uint32_t packed[8];
-#pragma unroll
-        for (int k = 0; k < 8; k++) {
-            float lo, hi;
-            ptx::e4m3x2_to_f32x2(uint16_t(w[k / 2] >> (16 * (k % 2))), lo, hi);
-            packed[k] = ptx::pack_bf16x2(lo * scale, hi * scale);
-        }
-        *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, 16 * ch)) =
-            make_uint4(packed[0], packed[1], packed[2], packed[3]);
-        *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, 16 * ch + 8)) =
-            make_uint4(packed[4], packed[5], packed[6], packed[7]);
+        fp8_codes_store(tile, r, 16 * ch, raw, scale);
     } else {
         *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, kDv + 8 * (ch - kDv / 16))) = raw;
     }
@@ -202,22 +209,10 @@ __device__ __forceinline__ void model1_chunk_store(uint8_t *tile, int r, int ch,
     const int kind = dinf__mla_fp8_item(1, ch, &col);
     if (kind == 2)
         return;
-    if (kind == 1) {
+    if (kind == 1)
         *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, col)) = raw;
-        return;
-    }
-    uint32_t packed[8];
-    const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-    for (int k = 0; k < 8; k++) {
-        float lo, hi;
-        ptx::e4m3x2_to_f32x2(uint16_t(w[k / 2] >> (16 * (k % 2))), lo, hi);
-        packed[k] = ptx::pack_bf16x2(lo * scale, hi * scale);
-    }
-    *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, col)) =
-        make_uint4(packed[0], packed[1], packed[2], packed[3]);
-    *reinterpret_cast<uint4 *>(tile + dinf__mla_fast_sw128(r, col + 8)) =
-        make_uint4(packed[4], packed[5], packed[6], packed[7]);
+    else
+        fp8_codes_store(tile, r, col, raw, scale);
 }
 
 /* One 64-token FP8 page dequantized into stage s (rows >= n and a bad page:

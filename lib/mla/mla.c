@@ -1272,6 +1272,29 @@ dinf_status dinf_mla_sparse_decode_with_kvcache_fp8(
 
 /* ------------------------------------------------------- FP8 quantize -- */
 
+/* Both quantizers' pointers (num_tokens > 0): not NULL, kv and k_cache
+ * 16-byte aligned, slot_mapping 8-byte aligned, k_cache (cache_bytes)
+ * disjoint from kv (kv_elems bf16 values) and slot_mapping. */
+static dinf_status check_quantize_io(const char *func, const uint16_t *kv, int64_t kv_elems,
+                                     const int64_t *slot_mapping, int64_t num_tokens,
+                                     const uint8_t *k_cache, int64_t cache_bytes) {
+    if (!kv || !slot_mapping || !k_cache)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "kv=%p, slot_mapping=%p and k_cache=%p must not be NULL",
+                          (const void *)kv, (const void *)slot_mapping, (const void *)k_cache);
+    if (misaligned(kv, 16) || misaligned(k_cache, 16) || misaligned(slot_mapping, 8))
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                          "kv=%p and k_cache=%p must be 16-byte aligned, slot_mapping=%p 8-byte "
+                          "aligned",
+                          (const void *)kv, (const void *)k_cache, (const void *)slot_mapping);
+    const dinf__buffer bufs[] = {
+        {"k_cache", k_cache, (size_t)cache_bytes},
+        {"kv", kv, (size_t)kv_elems * 2},
+        {"slot_mapping", slot_mapping, (size_t)num_tokens * sizeof(int64_t)},
+    };
+    return check_outputs_disjoint(func, bufs, 3, 1);
+}
+
 /* One token, one head: 576 bf16 values -> one 656-byte entry. */
 static void quantize_entry(const uint16_t *src, unsigned char *dst) {
     float scales[DV / 128];
@@ -1369,21 +1392,7 @@ dinf_status dinf_mla_quantize_kvcache_fp8(const uint16_t *kv, int64_t num_tokens
                          (long long)num_tokens, (long long)num_blocks, (long long)kv_block_stride);
     if (num_tokens == 0)
         return DINF_STATUS_OK;
-    if (!kv || !slot_mapping || !k_cache)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                         "kv=%p, slot_mapping=%p and k_cache=%p must not be NULL",
-                         (const void *)kv, (const void *)slot_mapping, (void *)k_cache);
-    if (misaligned(kv, 16) || misaligned(k_cache, 16) || misaligned(slot_mapping, 8))
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                         "kv=%p and k_cache=%p must be 16-byte aligned, slot_mapping=%p 8-byte "
-                         "aligned",
-                         (const void *)kv, (void *)k_cache, (const void *)slot_mapping);
-    const dinf__buffer bufs[] = {
-        {"k_cache", k_cache, (size_t)cache_bytes},
-        {"kv", kv, (size_t)kv_elems * 2},
-        {"slot_mapping", slot_mapping, (size_t)num_tokens * sizeof(int64_t)},
-    };
-    st = check_outputs_disjoint(__func__, bufs, 3, 1);
+    st = check_quantize_io(__func__, kv, kv_elems, slot_mapping, num_tokens, k_cache, cache_bytes);
     if (st != DINF_STATUS_OK)
         return st;
 #if DINF_WITH_CUDA
@@ -1481,21 +1490,7 @@ dinf_status dinf_mla_quantize_kvcache_model1(const uint16_t *kv, int64_t num_tok
                          (long long)num_tokens, (long long)num_blocks);
     if (num_tokens == 0)
         return DINF_STATUS_OK;
-    if (!kv || !slot_mapping || !k_cache)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                         "kv=%p, slot_mapping=%p and k_cache=%p must not be NULL",
-                         (const void *)kv, (const void *)slot_mapping, (void *)k_cache);
-    if (misaligned(kv, 16) || misaligned(k_cache, 16) || misaligned(slot_mapping, 8))
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                         "kv=%p and k_cache=%p must be 16-byte aligned, slot_mapping=%p 8-byte "
-                         "aligned",
-                         (const void *)kv, (void *)k_cache, (const void *)slot_mapping);
-    const dinf__buffer bufs[] = {
-        {"k_cache", k_cache, (size_t)cache_bytes},
-        {"kv", kv, (size_t)kv_elems * 2},
-        {"slot_mapping", slot_mapping, (size_t)num_tokens * sizeof(int64_t)},
-    };
-    st = check_outputs_disjoint(__func__, bufs, 3, 1);
+    st = check_quantize_io(__func__, kv, kv_elems, slot_mapping, num_tokens, k_cache, cache_bytes);
     if (st != DINF_STATUS_OK)
         return st;
 #if DINF_WITH_CUDA
