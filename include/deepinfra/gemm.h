@@ -37,9 +37,12 @@
  *
  * Where it runs (exec, the last argument): the CPU implementation (threaded)
  * follows the semantics above in a fixed, documented order, bit for bit for
- * any thread count; it is the oracle of the GPU kernels, which are compared
- * with it within a tolerance (tensor-core accumulation is not sequential
- * float32).
+ * any thread count and in every vector instruction set it runs in (the
+ * widest the CPU and OS support: AVX-512, AVX2 or the build's baseline; the
+ * environment variable DINF_CPU_ISA=base|avx2|avx512, read on every call,
+ * caps it, and any other value is INVALID_ARGUMENT); it is the oracle of the
+ * GPU kernels, which are compared with it within a tolerance (tensor-core
+ * accumulation is not sequential float32).
  *
  * DINF_EXEC_CUDA runs Hopper kernels (sm_90a: TMA loads, an mbarrier
  * pipeline, wgmma e4m3 with each 128-k block promoted into float32 with its

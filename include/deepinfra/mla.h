@@ -87,6 +87,12 @@
  * never read or write outside the buffers, and a request whose block_table
  * entries are out of range, or whose length exceeds the table, gets NaN in
  * out and lse instead of an error.
+ * On the CPU the decode runs its products as vector kernels in the widest
+ * instruction set the CPU and OS support (AVX-512, AVX2, or the build's
+ * baseline), all giving the same bits (NaN signs aside); the environment
+ * variable DINF_CPU_ISA (read on every call) caps it: "base", "avx2" or
+ * "avx512" (a set above the CPU's gives the CPU's widest), unset or empty =
+ * the widest (anything else: INVALID_ARGUMENT on the CPU).
  *
  * FP8 cache (dinf_mla_decode_with_kvcache_fp8, dinf_mla_quantize_kvcache_fp8).
  * FlashMLA ships FP8 only with sparse attention; this library also decodes
@@ -307,7 +313,8 @@ DINF_API dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, i
  * on a device that is not sm_90, DINF_MLA_KERNEL=fast or seesaw on a decode
  * those rungs cannot take), DINF_STATUS_CUDA_ERROR (a failed launch); on
  * DINF_EXEC_CUDA an unknown DINF_MLA_KERNEL value or a DINF_MLA_FP8_PREFETCH
- * value other than 0..8 is INVALID_ARGUMENT.
+ * value other than 0..8 is INVALID_ARGUMENT, on the CPU an unknown
+ * DINF_CPU_ISA value.
  * The call never allocates: the CPU scratch is part of the workspace.
  */
 DINF_API dinf_status dinf_mla_decode_with_kvcache(

@@ -75,6 +75,23 @@ typedef struct dinf__arena {
  * dinf__arena_fits before use). */
 void *dinf__arena_take(dinf__arena *arena, size_t count, size_t elem);
 
+/*
+ * The instruction sets of the CPU paths' vector kernels (x86-64; elsewhere
+ * only BASE). Every variant computes the same lane-wise float32 operations
+ * in the same order (no FMA contraction: the library builds with
+ * -ffp-contract=off), so all of them give the same bits; wider ones are
+ * faster. BASE is the build's baseline (SSE2 on x86-64).
+ */
+typedef enum dinf__isa { DINF__ISA_BASE = 0, DINF__ISA_AVX2 = 1, DINF__ISA_AVX512 = 2 } dinf__isa;
+
+/* The widest set this CPU and OS support (cached), capped by the
+ * environment variable DINF_CPU_ISA=base|avx2|avx512 (read on every call;
+ * asking for more than the CPU has gives what it has). Returns -1 with a
+ * message in msg (at most cap bytes) for any other value, which the caller
+ * reports as DINF_STATUS_INVALID_ARGUMENT. */
+int dinf__cpu_isa(char *msg, size_t cap);
+const char *dinf__isa_name(int isa);
+
 #ifdef __cplusplus
 }
 #endif

@@ -42,10 +42,12 @@
 #define BLOCK_K 128
 #define TILE_M 128
 #define TILE_N 128 /* = the B scale block: one b_scale per tile and k block */
-#define MICRO_M 4
-#define MICRO_N 16
 
 typedef float v8f __attribute__((vector_size(32)));
+/* the k-block kernel (tile_block below) */
+typedef void (*tile_block_fn)(const float *restrict a, const float *restrict bt, int64_t kk,
+                              int64_t rows_pad, int64_t cols_pad, const float *restrict row_scale,
+                              float *restrict total);
 
 static int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0); } /* no overflow */
 
@@ -76,61 +78,91 @@ typedef struct gemm_job {
     const row_block *blocks;
     int64_t num_blocks;
     float table[256]; /* e4m3 code -> float32 */
+    tile_block_fn tile_block; /* the CPU's widest vector set (DINF_CPU_ISA) */
     scratch *slots;
     int64_t num_slots;
     atomic_llong next_slot;
 } gemm_job;
 
 /*
- * partial (4 rows x 16 columns, in registers) over one k block, then folded
- * into total with the rows' scales. Sequential in k for every element.
+ * tile_block: for every row r < rows_pad and column j < cols_pad of the
+ * tile, c = a[r][0] * bt[0][j] + ... + a[r][kk - 1] * bt[kk - 1][j] (added
+ * left to right from 0), then total[r][j] += row_scale[r] * c. One variant
+ * per vector instruction set (gemm_cpu_body.h); they differ only in how many
+ * rows and columns share the registers, so all give the same bits (no FMA:
+ * the library builds with -ffp-contract=off). rows_pad is a multiple of
+ * PAD_M, cols_pad of PAD_N.
  */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-__attribute__((target_clones("avx2", "default")))
+#define PAD_M 8
+#define PAD_N 32
+typedef float v4f __attribute__((vector_size(16)));
+typedef float v16f __attribute__((vector_size(64)));
+/* vectors of 16 floats never cross a call (the body is one function) */
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+/* SSE2 (the x86-64 baseline; or whatever the build's is): 16 registers of 4 */
+#define NAME base
+#define TARGET
+#define VT v4f
+#define VW 4
+#define MR 4
+#define NV 2
+#include "gemm_cpu_body.h"
+#undef NAME
+#undef TARGET
+#undef VT
+#undef VW
+#undef MR
+#undef NV
+#if defined(__x86_64__) && defined(__GNUC__)
+#define DINF_GEMM_CPU_X86 1
+/* AVX2: 16 registers of 8 */
+#define NAME avx2
+#define TARGET __attribute__((target("avx2")))
+#define VT v8f
+#define VW 8
+#define MR 4
+#define NV 2
+#include "gemm_cpu_body.h"
+#undef NAME
+#undef TARGET
+#undef VT
+#undef VW
+#undef MR
+#undef NV
+/* AVX-512: 32 registers of 16 */
+#define NAME avx512
+#define TARGET __attribute__((target("avx512f")))
+#define VT v16f
+#define VW 16
+#define MR 8
+#define NV 2
+#include "gemm_cpu_body.h"
+#undef NAME
+#undef TARGET
+#undef VT
+#undef VW
+#undef MR
+#undef NV
 #endif
-static void tile_block_kernel(const float *restrict a, const float *restrict bt, int64_t kk,
-                              int64_t rows_pad, int64_t cols_pad, const float *restrict row_scale,
-                              float *restrict total) {
-    for (int64_t i0 = 0; i0 < rows_pad; i0 += MICRO_M) {
-        const float *a0 = a + (i0 + 0) * BLOCK_K, *a1 = a + (i0 + 1) * BLOCK_K;
-        const float *a2 = a + (i0 + 2) * BLOCK_K, *a3 = a + (i0 + 3) * BLOCK_K;
-        for (int64_t j0 = 0; j0 < cols_pad; j0 += MICRO_N) {
-            v8f c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0};
-            v8f c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
-            const float *bp = bt + j0;
-            for (int64_t k = 0; k < kk; k++, bp += TILE_N) {
-                v8f b0, b1;
-                memcpy(&b0, bp, sizeof b0);
-                memcpy(&b1, bp + 8, sizeof b1);
-                c00 += a0[k] * b0;
-                c01 += a0[k] * b1;
-                c10 += a1[k] * b0;
-                c11 += a1[k] * b1;
-                c20 += a2[k] * b0;
-                c21 += a2[k] * b1;
-                c30 += a3[k] * b0;
-                c31 += a3[k] * b1;
-            }
-            const v8f c[MICRO_M][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}};
-            for (int r = 0; r < MICRO_M; r++) {
-                float *t = total + (i0 + r) * TILE_N + j0;
-                for (int h = 0; h < 2; h++) {
-                    v8f acc;
-                    memcpy(&acc, t + 8 * h, sizeof acc);
-                    acc += row_scale[i0 + r] * c[r][h];
-                    memcpy(t + 8 * h, &acc, sizeof acc);
-                }
-            }
-        }
-    }
+
+static tile_block_fn tile_block_for(int isa) {
+#ifdef DINF_GEMM_CPU_X86
+    if (isa == DINF__ISA_AVX512)
+        return tile_block_avx512;
+    if (isa == DINF__ISA_AVX2)
+        return tile_block_avx2;
+#endif
+    (void)isa;
+    return tile_block_base;
 }
 
 static void run_tile(const gemm_job *job, scratch *s, const row_block *rb, int64_t nt) {
     const int64_t n0 = nt * TILE_N;
     const int64_t cols = job->n - n0 < TILE_N ? job->n - n0 : TILE_N;
     const int64_t rows = rb->rows;
-    const int64_t rows_pad = ceil_div(rows, MICRO_M) * MICRO_M;
-    const int64_t cols_pad = ceil_div(cols, MICRO_N) * MICRO_N;
+    const int64_t rows_pad = ceil_div(rows, PAD_M) * PAD_M;
+    const int64_t cols_pad = ceil_div(cols, PAD_N) * PAD_N;
     const float *tbl = job->table;
     float row_scale[TILE_M];
 
@@ -157,7 +189,7 @@ static void run_tile(const gemm_job *job, scratch *s, const row_block *rb, int64
         const float sb = rb->sb[nt * job->kblocks + kb];
         for (int64_t r = 0; r < rows_pad; r++)
             row_scale[r] = r < rows ? rb->sa[kb * rb->sa_stride + r] * sb : 0.0f;
-        tile_block_kernel(s->a, s->bt, kk, rows_pad, cols_pad, row_scale, s->total);
+        job->tile_block(s->a, s->bt, kk, rows_pad, cols_pad, row_scale, s->total);
     }
     for (int64_t r = 0; r < rows; r++) {
         uint16_t *out = rb->d + r * job->ldd + n0;
@@ -181,9 +213,15 @@ static void run_tiles(void *ctx, int64_t begin, int64_t end) {
 static dinf_status run_gemm(const char *func, const dinf__place *place, int64_t n, int64_t k,
                             int64_t lda, int64_t ldb, int64_t ldd, const row_block *blocks,
                             int64_t num_blocks) {
+    /* the vector set: the CPU's widest, or DINF_CPU_ISA (read on every call) */
+    char isa_msg[160];
+    const int isa = dinf__cpu_isa(isa_msg, sizeof isa_msg);
+    if (isa < 0)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "%s", isa_msg);
     gemm_job *job = malloc(sizeof *job);
     if (!job)
         return dinf__fail(DINF_STATUS_OUT_OF_MEMORY, func, "cannot allocate the job descriptor");
+    job->tile_block = tile_block_for(isa);
     job->n = n;
     job->k = k;
     job->kblocks = ceil_div(k, BLOCK_K);

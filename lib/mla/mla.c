@@ -32,6 +32,7 @@
 #include "../core/internal.h"
 #include "../core/numeric_hd.h"
 #include "../core/parallel.h"
+#include "mla_cpu.h"
 #include "mla_fast_hd.h"
 #include "mla_hd.h"
 #if DINF_WITH_CUDA
@@ -51,9 +52,6 @@
 #define BN DINF_MLA_BLOCK_N
 #define LOG2E 1.44269504088896340736f
 #define LN2 0.69314718055994530942f
-#define RG 4 /* CPU: query rows sharing each key row read (the helpers below assume 4) */
-
-typedef float v4f __attribute__((vector_size(16)));
 
 static int misaligned(const void *p, uintptr_t align) { return ((uintptr_t)p & (align - 1)) != 0; }
 
@@ -183,7 +181,7 @@ typedef struct task_scratch {
     float q[BM * DQK];
     float k[BN * DQK];
     float acc[BM * DV];
-    float m[BM], l[BM], s[RG][BN];
+    float m[BM], l[BM], s[BM][BN]; /* s: scores, then the block's softmax weights */
     unsigned char masked[BN]; /* sparse: key j of the block is a skipped slot */
 } task_scratch;
 
@@ -261,6 +259,7 @@ dinf_status dinf_mla_workspace_size(int64_t batch, int32_t seq_len_q, int32_t nu
 
 typedef struct decode_job {
     dinf__mla_params prm; /* the request/key/lse addressing (mla_hd.h), dense or sparse */
+    const dinf__mla_cpu_kernels *kern; /* QK^T and P V in the CPU's widest vector set */
     const uint16_t *q;
     int kv_fp8;
     const int32_t *block_table;
@@ -276,127 +275,31 @@ typedef struct decode_job {
     float *lse;
 } decode_job;
 
-/* SSE-sized vectors with named accumulators: the compiler keeps them all in
- * registers (arrays of wider vectors went through the stack). */
-static inline v4f load4(const float *p) {
-    v4f v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-static inline void store4(float *p, v4f v) { memcpy(p, &v, sizeof v); }
-static inline float hsum8(v4f a, v4f b) {
-    const v4f t = a + b;
-    return (t[0] + t[1]) + (t[2] + t[3]);
-}
-
-/* dots[i] = q[i] . k for the RG = 4 rows of q (rows past the tile are zeros;
- * their results are unused), eight partial sums per row in a fixed order. */
-static void dot576_rows(const float *restrict q, const float *restrict k, float *dots) {
-    const float *q0 = q, *q1 = q + DQK, *q2 = q + 2 * DQK, *q3 = q + 3 * DQK;
-    v4f a0 = {0}, b0 = {0}, a1 = {0}, b1 = {0}, a2 = {0}, b2 = {0}, a3 = {0}, b3 = {0};
-    for (int d = 0; d < DQK; d += 8) {
-        const v4f y0 = load4(k + d), y1 = load4(k + d + 4);
-        a0 += load4(q0 + d) * y0;
-        b0 += load4(q0 + d + 4) * y1;
-        a1 += load4(q1 + d) * y0;
-        b1 += load4(q1 + d + 4) * y1;
-        a2 += load4(q2 + d) * y0;
-        b2 += load4(q2 + d + 4) * y1;
-        a3 += load4(q3 + d) * y0;
-        b3 += load4(q3 + d + 4) * y1;
-    }
-    dots[0] = hsum8(a0, b0);
-    dots[1] = hsum8(a1, b1);
-    dots[2] = hsum8(a2, b2);
-    dots[3] = hsum8(a3, b3);
-}
-
-/* acc[i][d] = alpha[i] * acc[i][d] + sum_{j < nv} p[i][j] * k[j][d] for rows
- * i < nr, d < 512, in j order; p[i][j] is 0 past row i's own key limit and
- * for rows i >= nr. Eight columns of four rows stay in registers across the keys. */
-static void pv_update_rows(float *restrict acc, const float *alpha, float (*p)[BN], int32_t nr,
-                           const float *restrict k, int32_t nv) {
-    float *r0 = acc, *r1 = acc + DV, *r2 = acc + 2 * DV, *r3 = acc + 3 * DV;
-    for (int d = 0; d < DV; d += 8) {
-        v4f a0 = {0}, b0 = {0}, a1 = {0}, b1 = {0}, a2 = {0}, b2 = {0}, a3 = {0}, b3 = {0};
-        a0 = load4(r0 + d) * alpha[0];
-        b0 = load4(r0 + d + 4) * alpha[0];
-        if (nr > 1) {
-            a1 = load4(r1 + d) * alpha[1];
-            b1 = load4(r1 + d + 4) * alpha[1];
-        }
-        if (nr > 2) {
-            a2 = load4(r2 + d) * alpha[2];
-            b2 = load4(r2 + d + 4) * alpha[2];
-        }
-        if (nr > 3) {
-            a3 = load4(r3 + d) * alpha[3];
-            b3 = load4(r3 + d + 4) * alpha[3];
-        }
-        for (int32_t j = 0; j < nv; j++) {
-            const v4f y0 = load4(k + (int64_t)j * DQK + d), y1 = load4(k + (int64_t)j * DQK + d + 4);
-            const float p0 = p[0][j], p1 = p[1][j], p2 = p[2][j], p3 = p[3][j];
-            a0 += p0 * y0;
-            b0 += p0 * y1;
-            a1 += p1 * y0;
-            b1 += p1 * y1;
-            a2 += p2 * y0;
-            b2 += p2 * y1;
-            a3 += p3 * y0;
-            b3 += p3 * y1;
-        }
-        store4(r0 + d, a0);
-        store4(r0 + d + 4, b0);
-        if (nr > 1) {
-            store4(r1 + d, a1);
-            store4(r1 + d + 4, b1);
-        }
-        if (nr > 2) {
-            store4(r2 + d, a2);
-            store4(r2 + d + 4, b2);
-        }
-        if (nr > 3) {
-            store4(r3 + d, a3);
-            store4(r3 + d + 4, b3);
-        }
-    }
-}
-
 /* One cache row (576 values) as float32: bf16 bits, or an FP8 entry dequantized. */
-static void load_key(const unsigned char *src, int kv_fp8, float *dst) {
+static void load_key(const dinf__mla_cpu_kernels *kern, const unsigned char *src, int kv_fp8,
+                     float *dst) {
     if (!kv_fp8) {
-        for (int d = 0; d < DQK; d++) {
-            uint16_t b;
-            memcpy(&b, src + 2 * d, 2);
-            dst[d] = dinf__f32_from_bf16(b);
-        }
+        kern->widen(src, DQK, dst);
         return;
     }
     float scales[DV / 128];
     memcpy(scales, src + DINF_MLA_FP8_SCALE_OFFSET, sizeof scales);
-    for (int d = 0; d < DV; d++)
-        dst[d] = dinf__mla_fp8_value(src[d], scales[d / 128]);
-    for (int d = DV; d < DQK; d++) {
-        uint16_t b;
-        memcpy(&b, src + DINF_MLA_FP8_ROPE_OFFSET + 2 * (d - DV), 2);
-        dst[d] = dinf__f32_from_bf16(b);
-    }
+    for (int g = 0; g < DV / 128; g++)
+        kern->dequant(src + g * 128, 128, scales[g], dst + g * 128);
+    kern->widen(src + DINF_MLA_FP8_ROPE_OFFSET, DQK - DV, dst + DV);
 }
 
 /* One MODEL1 cache row (mla.h, "MODEL1 cache") as float32 in the 576-wide
  * layout: 448 dequantized latent channels, the 64 RoPE values, 64 zeros
  * (q's columns 512..575 are zero too, so the score is the 512-wide dot and
  * V, the first 512 columns, is the whole row). */
-static void load_key_model1(const unsigned char *data, const unsigned char *scales, float *dst) {
-    for (int d = 0; d < DINF_MLA_MODEL1_NOPE; d++)
-        dst[d] = dinf__mla_fp8_value(data[d], dinf__mla_e8m0_scale(scales[d / 64]));
-    for (int d = DINF_MLA_MODEL1_NOPE; d < DINF_MLA_MODEL1_HEAD_DIM; d++) {
-        uint16_t b;
-        memcpy(&b, data + DINF_MLA_MODEL1_NOPE + 2 * (d - DINF_MLA_MODEL1_NOPE), 2);
-        dst[d] = dinf__f32_from_bf16(b);
-    }
-    for (int d = DINF_MLA_MODEL1_HEAD_DIM; d < DQK; d++)
-        dst[d] = 0.0f;
+static void load_key_model1(const dinf__mla_cpu_kernels *kern, const unsigned char *data,
+                            const unsigned char *scales, float *dst) {
+    for (int g = 0; g < DINF_MLA_MODEL1_NOPE / 64; g++)
+        kern->dequant(data + g * 64, 64, dinf__mla_e8m0_scale(scales[g]), dst + g * 64);
+    kern->widen(data + DINF_MLA_MODEL1_NOPE, DINF_MLA_MODEL1_HEAD_DIM - DINF_MLA_MODEL1_NOPE,
+                dst + DINF_MLA_MODEL1_NOPE);
+    memset(dst + DINF_MLA_MODEL1_HEAD_DIM, 0, sizeof(float) * (DQK - DINF_MLA_MODEL1_HEAD_DIM));
 }
 
 static void run_task(const decode_job *job, task_scratch *ts, int64_t task) {
@@ -422,9 +325,11 @@ static void run_task(const decode_job *job, task_scratch *ts, int64_t task) {
         ts->l[r] = 0.0f;
         memset(ts->acc + (int64_t)r * DV, 0, sizeof(float) * DV);
     }
-    /* rows past the tile in the last row group: zeros (their dots are unused) */
-    const int32_t rows_padded = (rows + RG - 1) / RG * RG;
+    /* rows the kernels compute past the tile's last (mla_cpu.h): zeros, and
+     * their results are never used */
+    const int32_t rows_padded = (rows + DINF__MLA_CPU_PAD - 1) / DINF__MLA_CPU_PAD * DINF__MLA_CPU_PAD;
     memset(ts->q + (int64_t)rows * DQK, 0, sizeof(float) * (size_t)(rows_padded - rows) * DQK);
+    memset(ts->acc + (int64_t)rows * DV, 0, sizeof(float) * (size_t)(rows_padded - rows) * DV);
     const int32_t *bt = job->block_table + (int64_t)pc->req * job->max_blocks;
     const int sparse = job->prm.sparse_s_q > 0;
     const int64_t elem_bytes = job->kv_fp8 ? 1 : 2;
@@ -453,63 +358,59 @@ static void run_task(const decode_job *job, task_scratch *ts, int64_t task) {
                 continue;
             }
             if (job->prm.model1)
-                load_key_model1(cache + off, cache + dinf__mla_model1_scale_off(off, row, page_size),
+                load_key_model1(job->kern, cache + off,
+                                cache + dinf__mla_model1_scale_off(off, row, page_size),
                                 ts->k + (int64_t)j * DQK);
             else
-                load_key(cache + off * elem_bytes + (int64_t)hk * entry_bytes, job->kv_fp8,
-                         ts->k + (int64_t)j * DQK);
+                load_key(job->kern, cache + off * elem_bytes + (int64_t)hk * entry_bytes,
+                         job->kv_fp8, ts->k + (int64_t)j * DQK);
         }
-        /* Rows in groups of RG share each key row read (cache blocking);
-         * every row's arithmetic is the same, in the same order, as alone. */
-        for (int32_t r0 = 0; r0 < rows; r0 += RG) {
-            const int32_t nr = rows - r0 < RG ? rows - r0 : RG;
-            int32_t nv[RG];
-            int32_t nv_max = 0;
-            for (int32_t i = 0; i < RG; i++) {
-                nv[i] = 0;
-                if (i < nr) {
-                    nv[i] = limit[r0 + i] - j0 < n ? limit[r0 + i] - j0 : n;
-                    nv[i] = nv[i] > 0 ? nv[i] : 0;
-                }
-                nv_max = nv[i] > nv_max ? nv[i] : nv_max;
-            }
-            if (nv_max == 0)
+        /* the keys the kernels compute past the block's last: zeros */
+        const int32_t n_padded = (n + DINF__MLA_CPU_PAD - 1) / DINF__MLA_CPU_PAD * DINF__MLA_CPU_PAD;
+        if (n_padded > n)
+            memset(ts->k + (int64_t)n * DQK, 0, sizeof(float) * (size_t)(n_padded - n) * DQK);
+        int32_t nv[BM];
+        int32_t nv_max = 0;
+        for (int32_t r = 0; r < rows; r++) {
+            nv[r] = limit[r] - j0 < n ? limit[r] - j0 : n;
+            nv[r] = nv[r] > 0 ? nv[r] : 0;
+            nv_max = nv[r] > nv_max ? nv[r] : nv_max;
+        }
+        if (nv_max == 0)
+            continue;
+        /* Every row's scores against the keys before nv_max, then each row's
+         * online softmax (scalar), then P V: each row's arithmetic is the
+         * same, in the same order, whatever the other rows are. */
+        job->kern->qk(ts->q, rows, ts->k, nv_max, &ts->s[0][0]);
+        float alpha[BM];
+        for (int32_t r = 0; r < rows_padded; r++) {
+            float *sr = ts->s[r];
+            alpha[r] = 1.0f;
+            if (r >= rows || nv[r] == 0) {
+                for (int32_t j = 0; j < nv_max; j++)
+                    sr[j] = 0.0f; /* adds exactly nothing */
                 continue;
-            for (int32_t j = 0; j < nv_max; j++) {
-                float dots[RG];
-                dot576_rows(ts->q + (int64_t)r0 * DQK, ts->k + (int64_t)j * DQK, dots);
-                for (int32_t i = 0; i < nr; i++)
-                    ts->s[i][j] = any_masked && ts->masked[j] ? -INFINITY
-                                                              : dots[i] * job->scale_log2;
             }
-            float alpha[RG];
-            for (int32_t i = 0; i < RG; i++) {
-                const int32_t r = r0 + i;
-                alpha[i] = 1.0f;
-                if (i >= nr || nv[i] == 0) {
-                    for (int32_t j = 0; j < nv_max; j++)
-                        ts->s[i][j] = 0.0f;
-                    continue;
-                }
-                float mx = -INFINITY;
-                for (int32_t j = 0; j < nv[i]; j++)
-                    mx = ts->s[i][j] > mx ? ts->s[i][j] : mx;
-                const float m_new = mx > ts->m[r] ? mx : ts->m[r];
-                alpha[i] = ts->m[r] == -INFINITY ? 0.0f : exp2f(ts->m[r] - m_new);
-                float sum = 0.0f;
-                for (int32_t j = 0; j < nv[i]; j++) {
-                    /* a masked key (-inf) weighs exactly 0, also while
-                     * every key so far is masked (m_new = -inf) */
-                    ts->s[i][j] = ts->s[i][j] == -INFINITY ? 0.0f : exp2f(ts->s[i][j] - m_new);
-                    sum += ts->s[i][j];
-                }
-                for (int32_t j = nv[i]; j < nv_max; j++)
-                    ts->s[i][j] = 0.0f; /* masked: contributes exactly nothing */
-                ts->l[r] = alpha[i] * ts->l[r] + sum;
-                ts->m[r] = m_new;
+            float mx = -INFINITY;
+            for (int32_t j = 0; j < nv[r]; j++) {
+                sr[j] = any_masked && ts->masked[j] ? -INFINITY : sr[j] * job->scale_log2;
+                mx = sr[j] > mx ? sr[j] : mx;
             }
-            pv_update_rows(ts->acc + (int64_t)r0 * DV, alpha, ts->s, nr, ts->k, nv_max);
+            const float m_new = mx > ts->m[r] ? mx : ts->m[r];
+            alpha[r] = ts->m[r] == -INFINITY ? 0.0f : exp2f(ts->m[r] - m_new);
+            float sum = 0.0f;
+            for (int32_t j = 0; j < nv[r]; j++) {
+                /* a masked key (-inf) weighs exactly 0, also while every key
+                 * so far is masked (m_new = -inf) */
+                sr[j] = sr[j] == -INFINITY ? 0.0f : exp2f(sr[j] - m_new);
+                sum += sr[j];
+            }
+            for (int32_t j = nv[r]; j < nv_max; j++)
+                sr[j] = 0.0f; /* past the row's limit: contributes exactly nothing */
+            ts->l[r] = alpha[r] * ts->l[r] + sum;
+            ts->m[r] = m_new;
         }
+        job->kern->pv(ts->acc, alpha, &ts->s[0][0], rows, ts->k, nv_max);
     }
     for (int32_t r = 0; r < rows; r++) {
         const int32_t qr = row0 + r, t = qr / job->heads_per_kv;
@@ -1079,6 +980,12 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
 #endif
     }
 
+    /* The CPU kernels' vector set: the widest this CPU has, or DINF_CPU_ISA
+     * (read on every call, checked even when there is nothing to compute). */
+    char isa_msg[160];
+    const int isa = dinf__cpu_isa(isa_msg, sizeof isa_msg);
+    if (isa < 0)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "%s", isa_msg);
     if (batch == 0)
         return DINF_STATUS_OK;
     if (workspace_bytes < ws_needed || !workspace)
@@ -1143,6 +1050,7 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
     }
 
     job.prm = params;
+    job.kern = dinf__mla_cpu_kernels_for(isa);
     job.q = q;
     job.kv_fp8 = kv_fp8;
     job.block_table = block_table;

@@ -2,8 +2,10 @@
  * FP8 GEMMs on the CPU (gemm.h): against an independent double-precision
  * reference of the block math, against a float32 replay of the documented
  * summation order (bit-exact), against the unquantized product (calc_diff),
- * thread-count independence, the grouped layouts, and every rejected input.
+ * thread-count independence, every vector instruction set (DINF_CPU_ISA),
+ * the grouped layouts, and every rejected input.
  */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include <deepinfra.h>
 
 #include "core/numeric_hd.h"
@@ -284,6 +286,29 @@ Test(gemm_nt, thread_counts_give_identical_bits) {
                       threads[t]);
     }
     free(first);
+    problem_free(&p);
+}
+
+/* The k-block kernel in each vector set (a set above this CPU's gives its
+ * widest): the documented order's bits in every one, tails of the 8-row and
+ * 32-column register padding included; other DINF_CPU_ISA values fail. */
+Test(gemm_nt, every_cpu_isa_gives_the_documented_bits) {
+    problem p;
+    problem_alloc(&p, 131, 203, 400, 400, 401, 205);
+    problem_random(&p, 17);
+    const char *const sets[] = {"base", "avx2", "avx512"};
+    for (int i = 0; i < 3; i++) {
+        setenv("DINF_CPU_ISA", sets[i], 1);
+        for (int64_t j = 0; j < p.m * p.ldd; j++)
+            p.d[j] = POISON;
+        cr_assert_eq(problem_run(&p, NULL), DINF_STATUS_OK, "%s: %s", sets[i], dinf_last_error());
+        check_problem(sets[i], &p);
+    }
+    setenv("DINF_CPU_ISA", "avx-512", 1);
+    cr_assert_eq(problem_run(&p, NULL), DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "dinf_fp8_gemm_nt: DINF_CPU_ISA=avx-512: must be base, avx2 or avx512"),
+              "%s", dinf_last_error());
+    unsetenv("DINF_CPU_ISA");
     problem_free(&p);
 }
 

@@ -526,6 +526,34 @@ Test(mla_merge, bit_identical_for_any_thread_count) {
     problem_free(&a);
 }
 
+/* The CPU kernels' vector sets (DINF_CPU_ISA; a set above this CPU's gives
+ * its widest): the same bits in every one, causal rows and h_kv 2 included. */
+Test(mla_merge, bit_identical_for_every_cpu_isa) {
+    problem a;
+    problem_make(&a, 3, 4, 6, 2, 300, 1, 1, 1, 64, 1, 51);
+    const int64_t rows = a.b * a.s_q * a.h_q;
+    uint16_t *out1 = malloc(sizeof(uint16_t) * (size_t)(rows * DV));
+    float *lse1 = malloc(sizeof(float) * (size_t)rows);
+    const char *const sets[] = {"base", "avx2", "avx512"};
+    for (int i = 0; i < 3; i++) {
+        setenv("DINF_CPU_ISA", sets[i], 1);
+        problem_poison(&a);
+        cr_assert_eq(problem_run(&a, 20, 2), DINF_STATUS_OK, "%s", dinf_last_error());
+        if (i == 0) {
+            check_against_reference(&a, "DINF_CPU_ISA=base");
+            memcpy(out1, a.out, sizeof(uint16_t) * (size_t)(rows * DV));
+            memcpy(lse1, a.lse, sizeof(float) * (size_t)rows);
+            continue;
+        }
+        cr_assert_arr_eq(a.out, out1, sizeof(uint16_t) * (size_t)(rows * DV), "DINF_CPU_ISA=%s", sets[i]);
+        cr_assert_arr_eq(a.lse, lse1, sizeof(float) * (size_t)rows, "DINF_CPU_ISA=%s", sets[i]);
+    }
+    unsetenv("DINF_CPU_ISA");
+    free(out1);
+    free(lse1);
+    problem_free(&a);
+}
+
 Test(mla_merge, empty_batch) {
     problem p;
     problem_make(&p, 0, 1, 16, 1, 10, 0, 0, 0, 64, 0, 60);

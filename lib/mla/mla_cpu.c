@@ -1,0 +1,110 @@
+/*
+ * The CPU decode's vector kernels (mla_cpu.h), compiled once per instruction
+ * set from one body: the body is always inlined into a wrapper carrying a
+ * target attribute, so GCC vector types of 16 floats become four SSE, two
+ * AVX2 or one AVX-512 register. Only the register tiles differ between the
+ * variants (how many rows and keys are computed together); each output
+ * element's operations and their order are the same in all of them, and the
+ * library builds with -ffp-contract=off (no FMA), so they give the same bits
+ * (NaN signs and payloads aside: where both operands of an operation are
+ * NaN, IEEE 754 leaves open which one the result carries, and the compiler
+ * picks the operand order of commutative instructions).
+ */
+#include "mla_cpu.h"
+
+#include "../core/internal.h"
+
+#include <string.h>
+
+/* v16f values never cross a function boundary (every helper is inlined):
+ * no ABI note needed. */
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#define DQK DINF_MLA_HEAD_DIM_QK
+#define DV DINF_MLA_HEAD_DIM_V
+#define BN DINF_MLA_BLOCK_N
+
+#if defined(__GNUC__)
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE static inline
+#endif
+
+typedef float v16f __attribute__((vector_size(64)));
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+
+#define STR_(x) #x
+#define CAT_STR(x) STR_(x)
+
+/* SSE2 (the x86-64 baseline; or whatever the build's baseline is): 16
+ * registers of 4 floats */
+#define NAME base
+#define TARGET
+#define VT v4f
+#define VW 4
+#define QR 2
+#define QKK 1
+#define PR 4
+#define PC 2
+#include "mla_cpu_body.h"
+#undef NAME
+#undef TARGET
+#undef VT
+#undef VW
+#undef QR
+#undef QKK
+#undef PR
+#undef PC
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define DINF_MLA_CPU_X86 1
+/* AVX2: 16 registers of 8 floats */
+#define NAME avx2
+#define TARGET __attribute__((target("avx2")))
+#define VT v8f
+#define VW 8
+#define QR 2
+#define QKK 2
+#define PR 4
+#define PC 2
+#include "mla_cpu_body.h"
+#undef NAME
+#undef TARGET
+#undef VT
+#undef VW
+#undef QR
+#undef QKK
+#undef PR
+#undef PC
+
+/* AVX-512: 32 registers of 16 floats */
+#define NAME avx512
+#define TARGET __attribute__((target("avx512f")))
+#define VT v16f
+#define VW 16
+#define QR 4
+#define QKK 4
+#define PR 4
+#define PC 4
+#include "mla_cpu_body.h"
+#undef NAME
+#undef TARGET
+#undef VT
+#undef VW
+#undef QR
+#undef QKK
+#undef PR
+#undef PC
+#endif
+
+const dinf__mla_cpu_kernels *dinf__mla_cpu_kernels_for(int isa) {
+#ifdef DINF_MLA_CPU_X86
+    if (isa == DINF__ISA_AVX512)
+        return &kernels_avx512;
+    if (isa == DINF__ISA_AVX2)
+        return &kernels_avx2;
+#endif
+    (void)isa;
+    return &kernels_base;
+}
