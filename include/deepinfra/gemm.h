@@ -38,9 +38,10 @@
  * Where it runs (exec, the last argument): the CPU implementation (threaded)
  * follows the semantics above in a fixed, documented order, bit for bit for
  * any thread count and in every vector instruction set it runs in (the
- * widest the CPU and OS support: AVX-512, AVX2 or the build's baseline; the
- * environment variable DINF_CPU_ISA=base|avx2|avx512, read on every call,
- * caps it, and any other value is INVALID_ARGUMENT); it is the oracle of the
+ * widest the CPU and OS support: AVX-512, AVX2 or the build's baseline;
+ * only a NaN's sign and payload may differ where two NaNs meet; the
+ * environment variable DINF_CPU_ISA=base|avx2|avx512, read on every CPU
+ * call, caps it, and any other value is INVALID_ARGUMENT); it is the oracle of the
  * GPU kernels, which are compared with it within a tolerance (tensor-core
  * accumulation is not sequential float32).
  *

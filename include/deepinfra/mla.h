@@ -89,7 +89,8 @@
  * out and lse instead of an error.
  * On the CPU the decode runs its products as vector kernels in the widest
  * instruction set the CPU and OS support (AVX-512, AVX2, or the build's
- * baseline), all giving the same bits (NaN signs aside); the environment
+ * baseline), all giving the same bits (NaN signs and payloads aside); the
+ * environment
  * variable DINF_CPU_ISA (read on every call) caps it: "base", "avx2" or
  * "avx512" (a set above the CPU's gives the CPU's widest), unset or empty =
  * the widest (anything else: INVALID_ARGUMENT on the CPU).
@@ -237,7 +238,7 @@ DINF_API dinf_status dinf_mla_get_metadata(const int32_t *cache_seqlens, int64_t
  * (and _fp8) needs on exec: the split partials, float32 log-sum-exp
  * [batch + num_sm_parts][h_q * s_q] and float32 outputs
  * [batch + num_sm_parts][h_q * s_q][512]; on the CPU also the call's own
- * scratch (a copy of the plan, the list of pieces and about 0.41 MB per
+ * scratch (a copy of the plan, the list of pieces and about 0.44 MB per
  * worker thread of exec), so that a decode call never allocates. Each area is
  * 64-byte aligned inside the workspace.
  * Arguments:

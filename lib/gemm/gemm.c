@@ -16,18 +16,22 @@
  *
  * with a and b decoded exactly from e4m3 through a 256-entry table. The order
  * is the same for every element, whatever the tile or thread that computes
- * it, so results are bit-identical for any thread count and on any x86-64
- * code path (the AVX2 clone below performs the same operations per lane).
+ * it, so results are bit-identical for any thread count and in every
+ * vector instruction set (tile_block below: SSE2, AVX2 and AVX-512 variants
+ * of one body, gemm_cpu_body.h, chosen per call by dinf__cpu_isa /
+ * DINF_CPU_ISA; NaN signs and payloads aside where two NaNs meet).
  *
  * Work is split into tiles of up to 128 rows x 128 columns (one B scale
  * block wide); for each k block a tile decodes its A rows and its B columns
- * (transposed) once into float buffers and runs a 4 x 16 register-blocked
- * kernel over them. Tiles are distributed over threads with
+ * (transposed) once into float buffers and runs the register-blocked
+ * tile_block over them (4 x 8, 4 x 16 or 8 x 32 rows x columns in
+ * registers). Tiles are distributed over threads with
  * dinf__parallel_for; each worker owns a scratch slot allocated up front.
  *
  * Pointers: a buffer that holds no element (e.g. a and b when k == 0,
  * everything when m == 0 or n == 0) may be NULL; any other NULL is rejected.
  */
+#include "gemm_cpu.h"
 #include "../core/internal.h"
 #include "../core/numeric_hd.h"
 #include "../core/parallel.h"
@@ -44,10 +48,8 @@
 #define TILE_N 128 /* = the B scale block: one b_scale per tile and k block */
 
 typedef float v8f __attribute__((vector_size(32)));
-/* the k-block kernel (tile_block below) */
-typedef void (*tile_block_fn)(const float *restrict a, const float *restrict bt, int64_t kk,
-                              int64_t rows_pad, int64_t cols_pad, const float *restrict row_scale,
-                              float *restrict total);
+/* the k-block kernel (tile_block below, gemm_cpu.h) */
+typedef dinf__gemm_tile_block_fn tile_block_fn;
 
 static int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0); } /* no overflow */
 
@@ -93,12 +95,22 @@ typedef struct gemm_job {
  * the library builds with -ffp-contract=off). rows_pad is a multiple of
  * PAD_M, cols_pad of PAD_N.
  */
-#define PAD_M 8
-#define PAD_N 32
+#define PAD_M DINF__GEMM_CPU_PAD_M
+#define PAD_N DINF__GEMM_CPU_PAD_N
+_Static_assert(TILE_N == DINF__GEMM_CPU_TILE_N && BLOCK_K == DINF__GEMM_CPU_BLOCK_K,
+               "gemm_cpu.h's strides");
+_Static_assert(TILE_M % PAD_M == 0 && TILE_N % PAD_N == 0, "padding inside the scratch tiles");
 typedef float v4f __attribute__((vector_size(16)));
 typedef float v16f __attribute__((vector_size(64)));
 /* vectors of 16 floats never cross a call (the body is one function) */
 #pragma GCC diagnostic ignored "-Wpsabi"
+/* No FMA contraction whatever the build's flags (the variants' equal bits
+ * rest on it): clang honours the pragma; GCC has none, and the Makefile's
+ * -ffp-contract=off is checked by tests/python/test_build.py (no vfmadd in
+ * these objects). */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
 
 /* SSE2 (the x86-64 baseline; or whatever the build's is): 16 registers of 4 */
 #define NAME base
@@ -146,7 +158,7 @@ typedef float v16f __attribute__((vector_size(64)));
 #undef NV
 #endif
 
-static tile_block_fn tile_block_for(int isa) {
+dinf__gemm_tile_block_fn dinf__gemm_tile_block_for(int isa) {
 #ifdef DINF_GEMM_CPU_X86
     if (isa == DINF__ISA_AVX512)
         return tile_block_avx512;
@@ -221,7 +233,7 @@ static dinf_status run_gemm(const char *func, const dinf__place *place, int64_t 
     gemm_job *job = malloc(sizeof *job);
     if (!job)
         return dinf__fail(DINF_STATUS_OUT_OF_MEMORY, func, "cannot allocate the job descriptor");
-    job->tile_block = tile_block_for(isa);
+    job->tile_block = dinf__gemm_tile_block_for(isa);
     job->n = n;
     job->k = k;
     job->kblocks = ceil_div(k, BLOCK_K);
@@ -363,8 +375,16 @@ static dinf_status check_common(const shape_check *c) {
 }
 
 /* Validate exec (DINF_EXEC_CUDA goes to gemm_cuda.c after the common checks). */
+/* The place, and on the CPU the vector set (DINF_CPU_ISA is checked on every
+ * CPU call, also when there is nothing to compute, as the MLA decode does). */
 static dinf_status resolve_place(const char *func, const dinf_exec *exec, dinf__place *place) {
-    return dinf__place_resolve(func, exec, place);
+    const dinf_status st = dinf__place_resolve(func, exec, place);
+    if (st != DINF_STATUS_OK || place->kind != DINF_EXEC_CPU)
+        return st;
+    char isa_msg[160];
+    if (dinf__cpu_isa(isa_msg, sizeof isa_msg) < 0)
+        return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "%s", isa_msg);
+    return DINF_STATUS_OK;
 }
 
 /* ------------------------------------------------------------------------ */

@@ -410,7 +410,17 @@ static void run_task(const decode_job *job, task_scratch *ts, int64_t task) {
             ts->l[r] = alpha[r] * ts->l[r] + sum;
             ts->m[r] = m_new;
         }
-        job->kern->pv(ts->acc, alpha, &ts->s[0][0], rows, ts->k, nv_max);
+        /* P V per group of DINF__MLA_CPU_PAD rows over the group's keys only:
+         * a key past every row's limit in the group is never multiplied in
+         * (0 * inf would be NaN) */
+        for (int32_t r0 = 0; r0 < rows; r0 += DINF__MLA_CPU_PAD) {
+            int32_t nv_group = 0;
+            for (int32_t r = r0; r < r0 + DINF__MLA_CPU_PAD && r < rows; r++)
+                nv_group = nv[r] > nv_group ? nv[r] : nv_group;
+            if (nv_group > 0)
+                job->kern->pv(ts->acc + (int64_t)r0 * DV, alpha + r0, ts->s[r0],
+                              DINF__MLA_CPU_PAD, ts->k, nv_group);
+        }
     }
     for (int32_t r = 0; r < rows; r++) {
         const int32_t qr = row0 + r, t = qr / job->heads_per_kv;

@@ -1,8 +1,8 @@
 /*
  * The CPU decode's vector kernels (mla_cpu.h), compiled once per instruction
- * set from one body: the body is always inlined into a wrapper carrying a
- * target attribute, so GCC vector types of 16 floats become four SSE, two
- * AVX2 or one AVX-512 register. Only the register tiles differ between the
+ * set from one body (mla_cpu_body.h, included once per set): each kernel
+ * carries its set's target attribute, and a 16-lane accumulator is four SSE,
+ * two AVX2 or one AVX-512 register. Only the register tiles differ between the
  * variants (how many rows and keys are computed together); each output
  * element's operations and their order are the same in all of them, and the
  * library builds with -ffp-contract=off (no FMA), so they give the same bits
@@ -19,6 +19,13 @@
 /* v16f values never cross a function boundary (every helper is inlined):
  * no ABI note needed. */
 #pragma GCC diagnostic ignored "-Wpsabi"
+/* No FMA contraction whatever the build's flags (the variants' equal bits
+ * rest on it): clang honours the pragma; GCC has none, and the Makefile's
+ * -ffp-contract=off is checked by tests/python/test_build.py (no vfmadd in
+ * these objects). */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
 
 #define DQK DINF_MLA_HEAD_DIM_QK
 #define DV DINF_MLA_HEAD_DIM_V
@@ -33,6 +40,17 @@
 typedef float v16f __attribute__((vector_size(64)));
 typedef float v8f __attribute__((vector_size(32)));
 typedef float v4f __attribute__((vector_size(16)));
+
+/* __builtin_shufflevector (GCC 12, clang); the two tests nested, as a
+ * compiler without __has_builtin cannot parse the second */
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define DINF_MLA_CPU_SHUFFLE 1
+#endif
+#endif
+#ifndef DINF_MLA_CPU_SHUFFLE
+#define DINF_MLA_CPU_SHUFFLE 0
+#endif
 
 #define STR_(x) #x
 #define CAT_STR(x) STR_(x)

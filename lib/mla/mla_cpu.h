@@ -1,7 +1,8 @@
 /*
  * The CPU decode's two products (mla.c's run_task), as vector kernels in
  * each instruction set of internal.h's dinf__isa. Every variant gives the
- * same bits (mla_cpu.c says why, and the one exception: NaN signs);
+ * same bits (mla_cpu.c says why, and the one exception: NaN signs and
+ * payloads where two NaNs meet);
  * tests/mla/test_mla_cpu.c runs each one this machine has and compares. Not
  * installed.
  */
@@ -19,8 +20,8 @@
 typedef struct dinf__mla_cpu_kernels {
     const char *isa;
     /* s[r * 64 + j] = q_r . k_j for r < rows, j < keys, both rounded up to
-     * DINF__MLA_CPU_PAD (the padding rows / keys must be finite): q rows and
-     * k rows are 576 floats apart. Each dot is a 16-lane sum, lane l adding
+     * DINF__MLA_CPU_PAD (the padding rows and keys must be readable; their
+     * scores are not used): q rows and k rows are 576 floats apart. Each dot is a 16-lane sum, lane l adding
      * q[d] * k[d] for d = l, l + 16, ... in order, then the lanes folded
      * in halves: (l, l + 8), then (l, l + 4), (l, l + 2), (0, 1). */
     void (*qk)(const float *q, int32_t rows, const float *k, int32_t keys, float *s);

@@ -8,7 +8,9 @@
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include <deepinfra.h>
 
+#include "core/internal.h"
 #include "core/numeric_hd.h"
+#include "gemm/gemm_cpu.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -287,6 +289,64 @@ Test(gemm_nt, thread_counts_give_identical_bits) {
     }
     free(first);
     problem_free(&p);
+}
+
+/* The k-block kernel of every set this CPU has against a scalar replay of
+ * gemm_cpu.h's order, float32 bit for bit (the scale step included, which
+ * the bf16 outputs would hide), and nothing written outside rows_pad x
+ * cols_pad. */
+Test(gemm_nt, every_cpu_isa_kernel_follows_the_documented_order) {
+    unsetenv("DINF_CPU_ISA");
+    char msg[160];
+    const int top = dinf__cpu_isa(msg, sizeof msg);
+    cr_assert_geq(top, DINF__ISA_BASE);
+    if (top < DINF__ISA_AVX512)
+        cr_log_warn("this CPU runs only the sets up to %s: the wider ones are not tested here",
+                    dinf__isa_name(top));
+    enum { BK = DINF__GEMM_CPU_BLOCK_K, TN = DINF__GEMM_CPU_TILE_N };
+    const int64_t kk = 100, rows_pad = 24, cols_pad = 96;
+    uint64_t s = 31;
+    float *a = malloc(sizeof(float) * 128 * BK), *bt = malloc(sizeof(float) * BK * TN);
+    float *t0 = malloc(sizeof(float) * 128 * TN), *t = malloc(sizeof(float) * 128 * TN);
+    float scale[128];
+    for (int i = 0; i < 128 * BK; i++)
+        a[i] = (float)rng_normal(&s);
+    for (int i = 0; i < BK * TN; i++)
+        bt[i] = (float)rng_normal(&s);
+    for (int i = 0; i < 128 * TN; i++)
+        t0[i] = (float)rng_normal(&s);
+    for (int i = 0; i < 128; i++)
+        scale[i] = (float)rng_normal(&s) * 0.37f;
+    for (int isa = DINF__ISA_BASE; isa <= top; isa++) {
+        memcpy(t, t0, sizeof(float) * 128 * TN);
+        for (int64_t r = rows_pad; r < 128; r++)
+            for (int j = 0; j < TN; j++)
+                t[r * TN + j] = NAN;
+        for (int64_t r = 0; r < rows_pad; r++)
+            for (int64_t j = cols_pad; j < TN; j++)
+                t[r * TN + j] = NAN;
+        dinf__gemm_tile_block_for(isa)(a, bt, kk, rows_pad, cols_pad, scale, t);
+        for (int64_t r = 0; r < 128; r++)
+            for (int64_t j = 0; j < TN; j++) {
+                const float got = t[r * TN + j];
+                if (r >= rows_pad || j >= cols_pad) {
+                    cr_assert(isnan(got), "%s wrote [%lld][%lld]", dinf__isa_name(isa), (long long)r,
+                              (long long)j);
+                    continue;
+                }
+                float c = 0.0f;
+                for (int64_t k = 0; k < kk; k++)
+                    c += a[r * BK + k] * bt[k * TN + j];
+                volatile float prod = scale[r] * c; /* rounded on its own: no FMA */
+                const float want = t0[r * TN + j] + prod;
+                cr_assert(memcmp(&got, &want, 4) == 0, "%s: total[%lld][%lld] = %a, want %a",
+                          dinf__isa_name(isa), (long long)r, (long long)j, got, want);
+            }
+    }
+    free(a);
+    free(bt);
+    free(t0);
+    free(t);
 }
 
 /* The k-block kernel in each vector set (a set above this CPU's gives its

@@ -23,6 +23,9 @@ static int widest(void) {
     char msg[160];
     const int isa = dinf__cpu_isa(msg, sizeof msg);
     cr_assert_geq(isa, DINF__ISA_BASE);
+    if (isa < DINF__ISA_AVX512)
+        cr_log_warn("this CPU runs only the sets up to %s: the wider ones are not tested here",
+                    dinf__isa_name(isa));
     return isa;
 }
 

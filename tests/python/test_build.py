@@ -3,6 +3,7 @@ self-contained headers, install + pkg-config consumers, kernel resources."""
 import ctypes
 import glob
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -150,6 +151,26 @@ def test_python_package_finds_the_installed_library(tmp_path):
     out = run([sys.executable, "-c", code], env=env, cwd=str(tmp_path)).stdout.split()
     assert out[0].startswith(str(prefix / "lib")), out
     assert out[1].startswith("0.1.0+")
+
+
+def test_cpu_vector_kernels_have_no_fma():
+    """The CPU kernels' sets give the same bits only without FMA contraction
+    (lib/mla/mla_cpu.c, lib/gemm/gemm.c): the build's -ffp-contract=off must
+    reach their AVX-512 and AVX2 variants (a fused multiply-add in any of
+    them would make it differ from the others)."""
+    objdump = shutil.which("objdump")
+    if not objdump:
+        pytest.skip("objdump not installed")
+    for rel, widest in (("lib/mla/mla_cpu.o", "qk_avx512"), ("lib/gemm/gemm.o", "tile_block_avx512")):
+        obj = os.path.join(BUILD, "obj", rel)
+        assert os.path.exists(obj), "%s not built" % obj
+        dis = run([objdump, "-d", "--no-show-raw-insn", obj]).stdout
+        if platform.machine() == "x86_64":
+            assert "<%s>:" % widest in dis, "%s: no %s" % (rel, widest)
+            assert "zmm" in dis, "%s: the AVX-512 variant uses no zmm register" % rel
+        fma = [line for line in dis.splitlines() if "vfmadd" in line or "vfmsub" in line
+               or "vfnmadd" in line]
+        assert not fma, "%s has fused multiply-adds: %s" % (rel, fma[:3])
 
 
 def test_kernel_resource_reports_have_no_spills_or_local_memory():
