@@ -104,7 +104,7 @@ typedef float v4f __attribute__((vector_size(16)));
 typedef float v16f __attribute__((vector_size(64)));
 /* vectors of 16 floats never cross a call (the body is one function) */
 #pragma GCC diagnostic ignored "-Wpsabi"
-/* No FMA contraction whatever the build's flags (the variants' equal bits
+/* No FMA contraction (the variants' equal bits
  * rest on it): clang honours the pragma; GCC has none, and the Makefile's
  * -ffp-contract=off is checked by tests/python/test_build.py (no vfmadd in
  * these objects). */

@@ -19,7 +19,7 @@
 /* v16f values never cross a function boundary (every helper is inlined):
  * no ABI note needed. */
 #pragma GCC diagnostic ignored "-Wpsabi"
-/* No FMA contraction whatever the build's flags (the variants' equal bits
+/* No FMA contraction (the variants' equal bits
  * rest on it): clang honours the pragma; GCC has none, and the Makefile's
  * -ffp-contract=off is checked by tests/python/test_build.py (no vfmadd in
  * these objects). */
