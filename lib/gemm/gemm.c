@@ -120,12 +120,6 @@ typedef float v16f __attribute__((vector_size(64)));
 #define MR 4
 #define NV 2
 #include "gemm_cpu_body.h"
-#undef NAME
-#undef TARGET
-#undef VT
-#undef VW
-#undef MR
-#undef NV
 #if defined(__x86_64__) && defined(__GNUC__)
 #define DINF_GEMM_CPU_X86 1
 /* AVX2: 16 registers of 8 */
@@ -136,12 +130,6 @@ typedef float v16f __attribute__((vector_size(64)));
 #define MR 4
 #define NV 2
 #include "gemm_cpu_body.h"
-#undef NAME
-#undef TARGET
-#undef VT
-#undef VW
-#undef MR
-#undef NV
 /* AVX-512: 32 registers of 16 */
 #define NAME avx512
 #define TARGET __attribute__((target("avx512f")))
@@ -150,12 +138,6 @@ typedef float v16f __attribute__((vector_size(64)));
 #define MR 8
 #define NV 2
 #include "gemm_cpu_body.h"
-#undef NAME
-#undef TARGET
-#undef VT
-#undef VW
-#undef MR
-#undef NV
 #endif
 
 dinf__gemm_tile_block_fn dinf__gemm_tile_block_for(int isa) {

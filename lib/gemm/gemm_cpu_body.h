@@ -7,7 +7,7 @@
  *   MR, NV  the register tile: MR rows x NV registers of columns
  * MR divides PAD_M and NV * VW divides PAD_N (gemm.c). Every variant computes
  * each element the same way (gemm.c: tile_block), so all give the same bits.
- * No include guard: included once per variant.
+ * No include guard: included once per variant; it undefines them at its end.
  */
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
@@ -52,3 +52,10 @@ TARGET static void CAT(tile_block, NAME)(const float *restrict a, const float *r
 
 #undef CAT
 #undef CAT_
+/* the variant's parameters, for the next include */
+#undef NAME
+#undef TARGET
+#undef VT
+#undef VW
+#undef MR
+#undef NV

@@ -66,14 +66,6 @@ typedef float v4f __attribute__((vector_size(16)));
 #define PR 4
 #define PC 2
 #include "mla_cpu_body.h"
-#undef NAME
-#undef TARGET
-#undef VT
-#undef VW
-#undef QR
-#undef QKK
-#undef PR
-#undef PC
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define DINF_MLA_CPU_X86 1
@@ -87,14 +79,6 @@ typedef float v4f __attribute__((vector_size(16)));
 #define PR 4
 #define PC 2
 #include "mla_cpu_body.h"
-#undef NAME
-#undef TARGET
-#undef VT
-#undef VW
-#undef QR
-#undef QKK
-#undef PR
-#undef PC
 
 /* AVX-512: 32 registers of 16 floats */
 #define NAME avx512
@@ -106,14 +90,6 @@ typedef float v4f __attribute__((vector_size(16)));
 #define PR 4
 #define PC 4
 #include "mla_cpu_body.h"
-#undef NAME
-#undef TARGET
-#undef VT
-#undef VW
-#undef QR
-#undef QKK
-#undef PR
-#undef PC
 #endif
 
 const dinf__mla_cpu_kernels *dinf__mla_cpu_kernels_for(int isa) {

@@ -8,7 +8,7 @@
  *           accumulator of 16 / VW registers
  *   PR, PC  the P V tile: PR rows x PC registers of output columns
  * QR and PR divide DINF__MLA_CPU_PAD, QKK divides it too.
- * No include guard: included once per variant.
+ * No include guard: included once per variant; it undefines them at its end.
  */
 #define H (16 / VW)
 #define CAT_(a, b) a##_##b
@@ -176,3 +176,12 @@ static const dinf__mla_cpu_kernels CAT(kernels, NAME) = {.isa = CAT_STR(NAME),
 #undef H
 #undef CAT
 #undef CAT_
+/* the variant's parameters, for the next include */
+#undef NAME
+#undef TARGET
+#undef VT
+#undef VW
+#undef QR
+#undef QKK
+#undef PR
+#undef PC
