@@ -14,19 +14,20 @@
  *       total += (a_scale[i][kb] * b_scale[j/128][kb]) * partial
  *   d[i][j] = bf16(total)                         (one rounding, nearest even)
  *
- * with a and b decoded exactly from e4m3 through a 256-entry table. The order
- * is the same for every element, whatever the tile or thread that computes
- * it, so results are bit-identical for any thread count and in every
- * vector instruction set (tile_block below: SSE2, AVX2 and AVX-512 variants
- * of one body, gemm_cpu_body.h, chosen per call by dinf__cpu_isa /
+ * with a and b decoded exactly from e4m3 (numeric_hd.h: dinf__f32_from_e4m3).
+ * The order is the same for every element, whatever the tile or thread that
+ * computes it, so results are bit-identical for any thread count and in
+ * every vector instruction set (the kernels below: SSE2, AVX2 and AVX-512
+ * variants of one body, gemm_cpu_body.h, chosen per call by dinf__cpu_isa /
  * DINF_CPU_ISA; NaN signs and payloads aside where two NaNs meet).
  *
  * Work is split into tiles of up to 128 rows x 128 columns (one B scale
- * block wide); for each k block a tile decodes its A rows and its B columns
- * (transposed) once into float buffers and runs the register-blocked
- * tile_block over them (4 x 8, 4 x 16 or 8 x 32 rows x columns in
- * registers). Tiles are distributed over threads with
- * dinf__parallel_for; each worker owns a scratch slot allocated up front.
+ * block wide); for each k block a tile decodes its A rows (load_a) and its B
+ * columns, transposed (load_bt), once into float buffers, a vector of codes
+ * at a time, and runs the register-blocked tile_block over them (4 x 8,
+ * 4 x 16 or 8 x 32 rows x columns in registers). Tiles are distributed over
+ * threads with dinf__parallel_for; each worker owns a scratch slot
+ * allocated up front.
  *
  * Pointers: a buffer that holds no element (e.g. a and b when k == 0,
  * everything when m == 0 or n == 0) may be NULL; any other NULL is rejected.
@@ -48,8 +49,6 @@
 #define TILE_N 128 /* = the B scale block: one b_scale per tile and k block */
 
 typedef float v8f __attribute__((vector_size(32)));
-/* the k-block kernel (tile_block below, gemm_cpu.h) */
-typedef dinf__gemm_tile_block_fn tile_block_fn;
 
 static int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0); } /* no overflow */
 
@@ -79,8 +78,7 @@ typedef struct gemm_job {
     int64_t lda, ldb, ldd;
     const row_block *blocks;
     int64_t num_blocks;
-    float table[256]; /* e4m3 code -> float32 */
-    tile_block_fn tile_block; /* the CPU's widest vector set (DINF_CPU_ISA) */
+    const dinf__gemm_cpu_kernels *kernels; /* the CPU's widest vector set (DINF_CPU_ISA) */
     scratch *slots;
     int64_t num_slots;
     atomic_llong next_slot;
@@ -112,6 +110,20 @@ typedef float v16f __attribute__((vector_size(64)));
 #pragma STDC FP_CONTRACT OFF
 #endif
 
+/* __builtin_shufflevector (GCC 12, clang) for load_bt's 8 x 8 transposes; the
+ * two tests nested, as a compiler without __has_builtin cannot parse the
+ * second. Without it the transpose is a scalar loop (same bits). */
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define DINF_GEMM_CPU_SHUFFLE 1
+#endif
+#endif
+#ifndef DINF_GEMM_CPU_SHUFFLE
+#define DINF_GEMM_CPU_SHUFFLE 0
+#endif
+#define STR_(x) #x
+#define CAT_STR(x) STR_(x)
+
 /* SSE2 (the x86-64 baseline; or whatever the build's is): 16 registers of 4 */
 #define NAME base
 #define TARGET
@@ -140,15 +152,15 @@ typedef float v16f __attribute__((vector_size(64)));
 #include "gemm_cpu_body.h"
 #endif
 
-dinf__gemm_tile_block_fn dinf__gemm_tile_block_for(int isa) {
+const dinf__gemm_cpu_kernels *dinf__gemm_cpu_kernels_for(int isa) {
 #ifdef DINF_GEMM_CPU_X86
     if (isa == DINF__ISA_AVX512)
-        return tile_block_avx512;
+        return &kernels_avx512;
     if (isa == DINF__ISA_AVX2)
-        return tile_block_avx2;
+        return &kernels_avx2;
 #endif
     (void)isa;
-    return tile_block_base;
+    return &kernels_base;
 }
 
 static void run_tile(const gemm_job *job, scratch *s, const row_block *rb, int64_t nt) {
@@ -157,7 +169,7 @@ static void run_tile(const gemm_job *job, scratch *s, const row_block *rb, int64
     const int64_t rows = rb->rows;
     const int64_t rows_pad = ceil_div(rows, PAD_M) * PAD_M;
     const int64_t cols_pad = ceil_div(cols, PAD_N) * PAD_N;
-    const float *tbl = job->table;
+    const dinf__gemm_cpu_kernels *kern = job->kernels;
     float row_scale[TILE_M];
 
     memset(s->total, 0, sizeof(float) * TILE_M * TILE_N);
@@ -166,24 +178,12 @@ static void run_tile(const gemm_job *job, scratch *s, const row_block *rb, int64
     for (int64_t kb = 0; kb < job->kblocks; kb++) {
         const int64_t k0 = kb * BLOCK_K;
         const int64_t kk = job->k - k0 < BLOCK_K ? job->k - k0 : BLOCK_K;
-        for (int64_t r = 0; r < rows; r++) {
-            const uint8_t *src = rb->a + r * job->lda + k0;
-            float *dst = s->a + r * BLOCK_K;
-            for (int64_t k = 0; k < kk; k++)
-                dst[k] = tbl[src[k]];
-        }
-        if (cols_pad != cols)
-            for (int64_t k = 0; k < kk; k++)
-                memset(s->bt + k * TILE_N + cols, 0, sizeof(float) * (size_t)(cols_pad - cols));
-        for (int64_t c = 0; c < cols; c++) {
-            const uint8_t *src = rb->b + (n0 + c) * job->ldb + k0;
-            for (int64_t k = 0; k < kk; k++)
-                s->bt[k * TILE_N + c] = tbl[src[k]];
-        }
+        kern->load_a(rb->a + k0, job->lda, rows, kk, s->a);
+        kern->load_bt(rb->b + n0 * job->ldb + k0, job->ldb, cols, cols_pad, kk, s->bt);
         const float sb = rb->sb[nt * job->kblocks + kb];
         for (int64_t r = 0; r < rows_pad; r++)
             row_scale[r] = r < rows ? rb->sa[kb * rb->sa_stride + r] * sb : 0.0f;
-        job->tile_block(s->a, s->bt, kk, rows_pad, cols_pad, row_scale, s->total);
+        kern->tile_block(s->a, s->bt, kk, rows_pad, cols_pad, row_scale, s->total);
     }
     for (int64_t r = 0; r < rows; r++) {
         uint16_t *out = rb->d + r * job->ldd + n0;
@@ -215,7 +215,7 @@ static dinf_status run_gemm(const char *func, const dinf__place *place, int64_t 
     gemm_job *job = malloc(sizeof *job);
     if (!job)
         return dinf__fail(DINF_STATUS_OUT_OF_MEMORY, func, "cannot allocate the job descriptor");
-    job->tile_block = dinf__gemm_tile_block_for(isa);
+    job->kernels = dinf__gemm_cpu_kernels_for(isa);
     job->n = n;
     job->k = k;
     job->kblocks = ceil_div(k, BLOCK_K);
@@ -225,8 +225,6 @@ static dinf_status run_gemm(const char *func, const dinf__place *place, int64_t 
     job->ldd = ldd;
     job->blocks = blocks;
     job->num_blocks = num_blocks;
-    for (int c = 0; c < 256; c++)
-        job->table[c] = dinf__f32_from_e4m3((uint8_t)c);
     const int64_t tiles = num_blocks * job->n_tiles;
     job->num_slots = tiles < place->threads ? tiles : place->threads;
     atomic_init(&job->next_slot, 0);

@@ -6,11 +6,17 @@
  *   VT, VW  a GCC vector type of VW floats, the set's register width
  *   MR, NV  the register tile: MR rows x NV registers of columns
  * MR divides PAD_M and NV * VW divides PAD_N (gemm.c). Every variant computes
- * each element the same way (gemm.c: tile_block), so all give the same bits.
+ * each element the same way (gemm.c: tile_block), so all give the same bits;
+ * the loads (gemm_cpu.h) decode e4m3 exactly, so theirs are equal too.
  * No include guard: included once per variant; it undefines them at its end.
  */
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
+#define VI CAT(vi, NAME) /* VW int32 */
+#define VU CAT(vu, NAME) /* VW uint32 */
+typedef int32_t VI __attribute__((vector_size(VW * 4)));
+typedef uint32_t VU __attribute__((vector_size(VW * 4)));
+#include "../core/cpu_vec_body.h"
 
 TARGET static void CAT(tile_block, NAME)(const float *restrict a, const float *restrict bt,
                                          int64_t kk, int64_t rows_pad, int64_t cols_pad,
@@ -50,6 +56,110 @@ TARGET static void CAT(tile_block, NAME)(const float *restrict a, const float *r
         }
 }
 
+/* kk codes -> float32, exactly numeric_hd.h's dinf__f32_from_e4m3 (VW at a
+ * time, the tail one by one through it) */
+TARGET static inline void CAT(decode_row, NAME)(const uint8_t *restrict src, int64_t kk,
+                                                float *restrict dst) {
+    int64_t k = 0;
+    for (; k + VW <= kk; k += VW) {
+        const VU bits = CAT(e4m3_bits, NAME)(CAT(u8_u32, NAME)(src + k));
+        memcpy(dst + k, &bits, sizeof bits);
+    }
+    for (; k < kk; k++)
+        dst[k] = dinf__f32_from_e4m3(src[k]);
+}
+
+TARGET static void CAT(load_a, NAME)(const uint8_t *restrict src, int64_t lda, int64_t rows,
+                                     int64_t kk, float *restrict dst) {
+    for (int64_t r = 0; r < rows; r++)
+        CAT(decode_row, NAME)(src + r * lda, kk, dst + r * BLOCK_K);
+}
+
+/* SQ columns at a time (8; 4 with 4-float registers): their codes decoded
+ * into rows of tmp, then each SQ x SQ square transposed into bt (a data
+ * move: the bits are the decode's). */
+#if VW == 4
+#define SQ 4
+#else
+#define SQ 8
+#endif
+TARGET static void CAT(load_bt, NAME)(const uint8_t *restrict src, int64_t ldb, int64_t cols,
+                                      int64_t cols_pad, int64_t kk, float *restrict bt) {
+    _Alignas(64) float tmp[SQ][BLOCK_K];
+    const int64_t kk_sq = (kk + SQ - 1) / SQ * SQ;
+    for (int64_t c0 = 0; c0 < cols_pad; c0 += SQ) {
+        for (int64_t i = 0; i < SQ; i++) {
+            int64_t done = 0;
+            if (c0 + i < cols) {
+                CAT(decode_row, NAME)(src + (c0 + i) * ldb, kk, tmp[i]);
+                done = kk;
+            }
+            for (int64_t k = done; k < kk_sq; k++) /* padding columns; the k tail */
+                tmp[i][k] = 0.0f;
+        }
+        for (int64_t k0 = 0; k0 < kk; k0 += SQ) {
+            const int64_t rows_out = kk - k0 < SQ ? kk - k0 : SQ;
+#if DINF_GEMM_CPU_SHUFFLE && SQ == 8
+            v8f r[8], t[8], u[8], o[8];
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++)
+                memcpy(&r[i], &tmp[i][k0], sizeof r[i]);
+            /* pairs interleaved, then pairs of pairs, then halves: o[j][i] = r[i][j] */
+#pragma GCC unroll 4
+            for (int i = 0; i < 8; i += 2) {
+                t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+                t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+            }
+#pragma GCC unroll 2
+            for (int i = 0; i < 8; i += 4) {
+                u[i] = __builtin_shufflevector(t[i], t[i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+                u[i + 1] = __builtin_shufflevector(t[i], t[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+                u[i + 2] = __builtin_shufflevector(t[i + 1], t[i + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+                u[i + 3] = __builtin_shufflevector(t[i + 1], t[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+            }
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                o[j] = __builtin_shufflevector(u[j], u[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+                o[j + 4] = __builtin_shufflevector(u[j], u[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+            }
+            for (int64_t j = 0; j < rows_out; j++)
+                memcpy(bt + (k0 + j) * TILE_N + c0, &o[j], sizeof o[j]);
+#elif DINF_GEMM_CPU_SHUFFLE && SQ == 4
+            v4f r[4], t[4], o[4];
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++)
+                memcpy(&r[i], &tmp[i][k0], sizeof r[i]);
+            /* pairs interleaved, then halves: o[j][i] = r[i][j] */
+#pragma GCC unroll 2
+            for (int i = 0; i < 4; i += 2) {
+                t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 4, 1, 5);
+                t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 6, 3, 7);
+            }
+#pragma GCC unroll 2
+            for (int j = 0; j < 2; j++) {
+                o[2 * j] = __builtin_shufflevector(t[j], t[j + 2], 0, 1, 4, 5);
+                o[2 * j + 1] = __builtin_shufflevector(t[j], t[j + 2], 2, 3, 6, 7);
+            }
+            for (int64_t j = 0; j < rows_out; j++)
+                memcpy(bt + (k0 + j) * TILE_N + c0, &o[j], sizeof o[j]);
+#else
+            for (int64_t j = 0; j < rows_out; j++)
+                for (int i = 0; i < SQ; i++)
+                    bt[(k0 + j) * TILE_N + c0 + i] = tmp[i][k0 + j];
+#endif
+        }
+    }
+}
+#undef SQ
+
+static const dinf__gemm_cpu_kernels CAT(kernels, NAME) = {.isa = CAT_STR(NAME),
+                                                          .tile_block = CAT(tile_block, NAME),
+                                                          .load_a = CAT(load_a, NAME),
+                                                          .load_bt = CAT(load_bt, NAME)};
+
+#undef PICK
+#undef VI
+#undef VU
 #undef CAT
 #undef CAT_
 /* the variant's parameters, for the next include */

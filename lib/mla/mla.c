@@ -644,6 +644,30 @@ static dinf_status sparse_requests(const char *func, int64_t batch, int32_t seq_
     return DINF_STATUS_OK;
 }
 
+/* One request's sparse list: names for the messages. */
+typedef struct slot_list {
+    const char *name;   /* "indices" */
+    const char *cache;  /* "cache" */
+    const char *blocks; /* "num_blocks" */
+    const char *page;   /* "page_block_size" */
+} slot_list;
+
+/* The first n entries of one request's list (request b, query t) are
+ * negative (skipped) or below blocks * page, the cache's slots (the caller
+ * checked that the product fits). */
+static dinf_status check_slot_list(const char *func, const slot_list *l, const int32_t *row,
+                                   int32_t n, int64_t b, int64_t t, int64_t blocks, int page) {
+    const int64_t num_slots = blocks * page;
+    for (int32_t j = 0; j < n; j++)
+        if (row[j] >= num_slots)
+            return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
+                              "%s[%lld][%lld][%d]=%d is outside the %s: slots are below %s * %s = "
+                              "%lld * %d (negative: skipped)",
+                              l->name, (long long)b, (long long)t, (int)j, (int)row[j], l->cache,
+                              l->blocks, l->page, (long long)blocks, page);
+    return DINF_STATUS_OK;
+}
+
 static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64_t batch,
                           int32_t seq_len_q, int32_t num_heads_q, int32_t head_dim,
                           const void *k_cache, int64_t num_blocks, int32_t page_block_size,
@@ -822,39 +846,26 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
                               aligned[i].name, aligned[i].ptr, (unsigned)aligned[i].align);
 
     /* Sparse: every slot read (the first topk_length[b] of each list) is
-     * negative (skipped) or in the cache (host memory only). */
-    /* (no overflow: num_blocks * kv_block_stride fits, and kv_block_stride
-     * >= page_block_size) */
-    const int64_t num_slots = num_blocks * page_block_size;
+     * negative (skipped) or in its cache (host memory only). No overflow in
+     * blocks * page: num_blocks * kv_block_stride fits, and kv_block_stride
+     * >= page_block_size (the same for the extra cache). */
     for (int64_t r = 0; sp && host && r < reqs; r++) {
         const int64_t b = r / seq_len_q, t = r % seq_len_q;
         const int32_t n = sp->topk_length ? sp->topk_length[b] : sp->topk;
-        for (int32_t j = 0; j < n; j++) {
-            const int32_t e = sp->indices[r * sp->topk + j];
-            if (e >= num_slots)
-                return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
-                                  "indices[%lld][%lld][%d]=%d is outside the cache: slots are "
-                                  "below num_blocks * page_block_size = %lld * %d (negative: "
-                                  "skipped)",
-                                  (long long)b, (long long)t, (int)j, (int)e,
-                                  (long long)num_blocks, (int)page_block_size);
-        }
+        const slot_list main_list = {"indices", "cache", "num_blocks", "page_block_size"};
+        st = check_slot_list(func, &main_list, sp->indices + r * sp->topk, n, b, t, num_blocks,
+                             page_block_size);
+        if (st != DINF_STATUS_OK)
+            return st;
         if (ex->extra_topk <= 0)
             continue;
         const int32_t n2 = ex->extra_topk_length ? ex->extra_topk_length[b] : ex->extra_topk;
-        /* (no overflow: as num_slots) */
-        const int64_t extra_slots = ex->extra_num_blocks * ex->extra_page_block_size;
-        for (int32_t j = 0; j < n2; j++) {
-            const int32_t e = ex->extra_indices[r * ex->extra_topk + j];
-            if (e >= extra_slots)
-                return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
-                                  "extras->extra_indices[%lld][%lld][%d]=%d is outside the extra "
-                                  "cache: slots are below extra_num_blocks * "
-                                  "extra_page_block_size = %lld * %d (negative: skipped)",
-                                  (long long)b, (long long)t, (int)j, (int)e,
-                                  (long long)ex->extra_num_blocks,
-                                  (int)ex->extra_page_block_size);
-        }
+        const slot_list extra_list = {"extras->extra_indices", "extra cache", "extra_num_blocks",
+                                      "extra_page_block_size"};
+        st = check_slot_list(func, &extra_list, ex->extra_indices + r * ex->extra_topk, n2, b, t,
+                             ex->extra_num_blocks, ex->extra_page_block_size);
+        if (st != DINF_STATUS_OK)
+            return st;
     }
     /* Lengths against the block table, and the table's entries (host memory only). */
     for (int64_t b = 0; !sp && host && b < batch; b++) {

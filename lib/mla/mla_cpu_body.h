@@ -14,12 +14,11 @@
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
 
-typedef uint8_t CAT(vb, NAME) __attribute__((vector_size(VW)));
-typedef uint16_t CAT(vh, NAME) __attribute__((vector_size(2 * VW)));
+typedef int32_t CAT(vi, NAME) __attribute__((vector_size(4 * VW)));
 typedef uint32_t CAT(vu, NAME) __attribute__((vector_size(4 * VW)));
-#define VB CAT(vb, NAME)
-#define VH CAT(vh, NAME)
+#define VI CAT(vi, NAME)
 #define VU CAT(vu, NAME)
+#include "../core/cpu_vec_body.h"
 
 TARGET ALWAYS_INLINE VT CAT(ld, NAME)(const float *p) {
     VT v;
@@ -123,24 +122,11 @@ TARGET static void CAT(pv, NAME)(float *acc, const float *alpha, const float *p,
         }
 }
 
-/* m ? a : b, lane by lane (m: all ones or all zeros per lane; a macro: no
- * vector crosses a call) */
-#define PICK(m, a, b) (((a) & (m)) | ((b) & ~(m)))
-
 TARGET static void CAT(dequant, NAME)(const unsigned char *codes, int32_t n, float scale,
                                       float *dst) {
     for (int32_t i = 0; i < n; i += VW) {
-        VB b;
-        memcpy(&b, codes + i, sizeof b);
-        const VU c = __builtin_convertvector(b, VU);
         /* e4m3 -> float32 (numeric_hd.h: dinf__f32_from_e4m3) */
-        const VU sign = (c & 0x80u) << 24, e = (c >> 3) & 0xfu, m = c & 7u;
-        const VT sub = __builtin_convertvector(m, VT) * (1.0f / 512.0f);
-        VU sub_bits;
-        memcpy(&sub_bits, &sub, sizeof sub_bits);
-        VU bits = PICK((VU)(e == 0u), sign | sub_bits,
-                                  sign | ((e + 120u) << 23) | (m << 20));
-        bits = PICK((VU)((c & 0x7fu) == 0x7fu), sign | 0x7fc00000u, bits);
+        const VU bits = CAT(e4m3_bits, NAME)(CAT(u8_u32, NAME)(codes + i));
         VT f;
         memcpy(&f, &bits, sizeof f);
         f = f * scale;
@@ -155,9 +141,7 @@ TARGET static void CAT(dequant, NAME)(const unsigned char *codes, int32_t n, flo
 
 TARGET static void CAT(widen, NAME)(const unsigned char *src, int32_t n, float *dst) {
     for (int32_t i = 0; i < n; i += VW) {
-        VH h;
-        memcpy(&h, src + 2 * (int64_t)i, sizeof h);
-        const VU u = __builtin_convertvector(h, VU) << 16;
+        const VU u = CAT(u16_u32, NAME)(src + 2 * (int64_t)i) << 16;
         memcpy(dst + i, &u, sizeof u);
     }
 }
@@ -169,8 +153,7 @@ static const dinf__mla_cpu_kernels CAT(kernels, NAME) = {.isa = CAT_STR(NAME),
                                                          .widen = CAT(widen, NAME)};
 
 #undef PICK
-#undef VB
-#undef VH
+#undef VI
 #undef VU
 
 #undef H

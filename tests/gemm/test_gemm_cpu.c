@@ -291,18 +291,47 @@ Test(gemm_nt, thread_counts_give_identical_bits) {
     problem_free(&p);
 }
 
+static uint32_t f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+/* The top set this CPU has, with a warning when it is not the widest. */
+static int top_cpu_isa(void) {
+    unsetenv("DINF_CPU_ISA");
+    char msg[160];
+    const int top = dinf__cpu_isa(msg, sizeof msg);
+    cr_assert_geq(top, DINF__ISA_BASE, "%s", msg);
+    if (top < DINF__ISA_AVX512)
+        cr_log_warn("this CPU runs only the sets up to %s: the wider ones are not tested here",
+                    dinf__isa_name(top));
+    return top;
+}
+
+/* Random codes with every code present (rows 0 and 1 hold 0..255 in order
+ * where kk allows), in a buffer that ends at the last code read, so that
+ * SAN=1 catches a read past it. */
+static uint8_t *random_codes(int64_t rows, int64_t ld, int64_t kk, uint64_t seed) {
+    const size_t bytes = (size_t)((rows - 1) * ld + kk);
+    uint8_t *p = malloc(bytes);
+    cr_assert_not_null(p);
+    uint64_t s = seed;
+    for (size_t i = 0; i < bytes; i++)
+        p[i] = (uint8_t)rng_next(&s);
+    for (int64_t i = 0; i < 256 && i / kk < rows && i / kk < 2; i++)
+        p[(i / kk) * ld + i % kk] = (uint8_t)i;
+    return p;
+}
+
+#define POISON_F32 0x7fbadbadu /* a float32 NaN no decode produces */
+
 /* The k-block kernel of every set this CPU has against a scalar replay of
  * gemm_cpu.h's order, float32 bit for bit (the scale step included, which
  * the bf16 outputs would hide), and nothing written outside rows_pad x
  * cols_pad. */
 Test(gemm_nt, every_cpu_isa_kernel_follows_the_documented_order) {
-    unsetenv("DINF_CPU_ISA");
-    char msg[160];
-    const int top = dinf__cpu_isa(msg, sizeof msg);
-    cr_assert_geq(top, DINF__ISA_BASE);
-    if (top < DINF__ISA_AVX512)
-        cr_log_warn("this CPU runs only the sets up to %s: the wider ones are not tested here",
-                    dinf__isa_name(top));
+    const int top = top_cpu_isa();
     enum { BK = DINF__GEMM_CPU_BLOCK_K, TN = DINF__GEMM_CPU_TILE_N };
     const int64_t kk = 100, rows_pad = 24, cols_pad = 96;
     uint64_t s = 31;
@@ -325,7 +354,7 @@ Test(gemm_nt, every_cpu_isa_kernel_follows_the_documented_order) {
         for (int64_t r = 0; r < rows_pad; r++)
             for (int64_t j = cols_pad; j < TN; j++)
                 t[r * TN + j] = NAN;
-        dinf__gemm_tile_block_for(isa)(a, bt, kk, rows_pad, cols_pad, scale, t);
+        dinf__gemm_cpu_kernels_for(isa)->tile_block(a, bt, kk, rows_pad, cols_pad, scale, t);
         for (int64_t r = 0; r < 128; r++)
             for (int64_t j = 0; j < TN; j++) {
                 const float got = t[r * TN + j];
@@ -347,6 +376,76 @@ Test(gemm_nt, every_cpu_isa_kernel_follows_the_documented_order) {
     free(bt);
     free(t0);
     free(t);
+}
+
+/* load_a of every set this CPU has: each code decoded as
+ * dinf__f32_from_e4m3, bit for bit (NaNs, signed zeros and subnormals
+ * included), over vector bodies and scalar tails, and nothing written
+ * outside rows x kk. */
+Test(gemm_nt, every_cpu_isa_load_a_decodes_exactly) {
+    const int top = top_cpu_isa();
+    enum { BK = DINF__GEMM_CPU_BLOCK_K };
+    const int64_t kks[] = {128, 100, 13, 1}, rows_list[] = {128, 9, 2};
+    float *dst = malloc(sizeof(float) * 128 * BK);
+    for (int isa = DINF__ISA_BASE; isa <= top; isa++)
+        for (int ki = 0; ki < 4; ki++)
+            for (int ri = 0; ri < 3; ri++) {
+                const int64_t kk = kks[ki], rows = rows_list[ri], lda = kk + 173;
+                uint8_t *src = random_codes(rows, lda, kk, 7 + (uint64_t)(ki * 3 + ri));
+                for (int i = 0; i < 128 * BK; i++)
+                    memcpy(&dst[i], &(uint32_t){POISON_F32}, 4);
+                dinf__gemm_cpu_kernels_for(isa)->load_a(src, lda, rows, kk, dst);
+                for (int64_t r = 0; r < 128; r++)
+                    for (int64_t k = 0; k < BK; k++) {
+                        const uint32_t got = f32_bits(dst[r * BK + k]);
+                        const uint32_t want = r < rows && k < kk
+                                                  ? f32_bits(dinf__f32_from_e4m3(src[r * lda + k]))
+                                                  : POISON_F32;
+                        cr_assert_eq(got, want,
+                                     "%s, kk=%lld rows=%lld: dst[%lld][%lld] = 0x%08x, want 0x%08x",
+                                     dinf__isa_name(isa), (long long)kk, (long long)rows,
+                                     (long long)r, (long long)k, got, want);
+                    }
+                free(src);
+            }
+    free(dst);
+}
+
+/* load_bt of every set this CPU has: bt[k][c] is column c's code k decoded
+ * bit for bit, +0.0f in the padding columns up to cols_pad, over full and
+ * partial 8 x 8 squares (cols and kk not multiples of 8), and nothing
+ * written for k >= kk or c >= cols_pad. */
+Test(gemm_nt, every_cpu_isa_load_bt_transposes_exactly) {
+    const int top = top_cpu_isa();
+    enum { BK = DINF__GEMM_CPU_BLOCK_K, TN = DINF__GEMM_CPU_TILE_N };
+    const int64_t kks[] = {128, 100, 13, 1};
+    const int64_t cols_list[][2] = {{128, 128}, {97, 128}, {5, 32}, {16, 16}, {3, 8}};
+    float *bt = malloc(sizeof(float) * BK * TN);
+    for (int isa = DINF__ISA_BASE; isa <= top; isa++)
+        for (int ki = 0; ki < 4; ki++)
+            for (int ci = 0; ci < 5; ci++) {
+                const int64_t kk = kks[ki], cols = cols_list[ci][0], cols_pad = cols_list[ci][1];
+                const int64_t ldb = kk + 301;
+                uint8_t *src = random_codes(cols, ldb, kk, 91 + (uint64_t)(ki * 5 + ci));
+                for (int i = 0; i < BK * TN; i++)
+                    memcpy(&bt[i], &(uint32_t){POISON_F32}, 4);
+                dinf__gemm_cpu_kernels_for(isa)->load_bt(src, ldb, cols, cols_pad, kk, bt);
+                for (int64_t k = 0; k < BK; k++)
+                    for (int64_t c = 0; c < TN; c++) {
+                        const uint32_t got = f32_bits(bt[k * TN + c]);
+                        uint32_t want = POISON_F32;
+                        if (k < kk && c < cols)
+                            want = f32_bits(dinf__f32_from_e4m3(src[c * ldb + k]));
+                        else if (k < kk && c < cols_pad)
+                            want = 0;
+                        cr_assert_eq(got, want,
+                                     "%s, kk=%lld cols=%lld/%lld: bt[%lld][%lld] = 0x%08x, want 0x%08x",
+                                     dinf__isa_name(isa), (long long)kk, (long long)cols,
+                                     (long long)cols_pad, (long long)k, (long long)c, got, want);
+                    }
+                free(src);
+            }
+    free(bt);
 }
 
 /* The k-block kernel in each vector set (a set above this CPU's gives its

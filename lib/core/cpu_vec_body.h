@@ -1,0 +1,69 @@
+/*
+ * Loads and the e4m3 decode shared by the CPU vector kernels' variant bodies
+ * (lib/mla/mla_cpu_body.h, lib/gemm/gemm_cpu_body.h). A body includes this
+ * once per variant, after defining
+ *   NAME, TARGET, VT, VW   as its own (internal.h: one per dinf__isa)
+ *   VI, VU                 vectors of VW int32 / uint32
+ *   CAT(a, b)              a##_##b, expanded
+ * and gets, for that variant (always inlined: no vector crosses a call):
+ *   CAT(u8_u32, NAME)(p)   VW bytes at p, zero-extended to VU
+ *   CAT(u16_u32, NAME)(p)  VW uint16 at p (any alignment), zero-extended to VU
+ *   CAT(e4m3_bits, NAME)(c) the float32 bits of VW e4m3 codes (one per
+ *                          lane of c, < 256), exactly numeric_hd.h's
+ *                          dinf__f32_from_e4m3, NaNs included
+ *   PICK(m, a, b)          m ? a : b lane by lane (m all ones or all zeros)
+ * The widening loads are x86 instructions where the set has them (GCC 12
+ * turns __builtin_convertvector of bytes into byte-by-byte inserts); the
+ * generic form elsewhere gives the same values. No include guard; it
+ * undefines nothing (the body's own end does).
+ */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
+#ifndef PICK
+#define PICK(m, a, b) (((a) & (m)) | ((b) & ~(m)))
+#endif
+
+TARGET static inline __attribute__((always_inline)) VU CAT(u8_u32, NAME)(const unsigned char *p) {
+#if defined(__x86_64__) && defined(__GNUC__) && VW == 16
+    return (VU)_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)p));
+#elif defined(__x86_64__) && defined(__GNUC__) && VW == 8
+    return (VU)_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)p));
+#elif defined(__x86_64__) && defined(__GNUC__) && VW == 4
+    int32_t w;
+    memcpy(&w, p, sizeof w);
+    const __m128i z = _mm_setzero_si128();
+    return (VU)_mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(w), z), z);
+#else
+    unsigned char b __attribute__((vector_size(VW)));
+    memcpy(&b, p, sizeof b);
+    return __builtin_convertvector(b, VU);
+#endif
+}
+
+TARGET static inline __attribute__((always_inline)) VU CAT(u16_u32, NAME)(const unsigned char *p) {
+#if defined(__x86_64__) && defined(__GNUC__) && VW == 16
+    return (VU)_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)p));
+#elif defined(__x86_64__) && defined(__GNUC__) && VW == 8
+    return (VU)_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)p));
+#elif defined(__x86_64__) && defined(__GNUC__) && VW == 4
+    return (VU)_mm_unpacklo_epi16(_mm_loadl_epi64((const __m128i *)(const void *)p),
+                                  _mm_setzero_si128());
+#else
+    uint16_t h __attribute__((vector_size(2 * VW)));
+    memcpy(&h, p, sizeof h);
+    return __builtin_convertvector(h, VU);
+#endif
+}
+
+TARGET static inline __attribute__((always_inline)) VU CAT(e4m3_bits, NAME)(VU c) {
+    const VU sign = (c & 0x80u) << 24, e = (c >> 3) & 0xfu, m = c & 7u;
+    /* subnormal (e == 0): m * 2^-9, exact (m converted as signed: one
+     * instruction on x86, where unsigned takes several) */
+    const VT sub = __builtin_convertvector((VI)m, VT) * (1.0f / 512.0f);
+    VU sub_bits;
+    memcpy(&sub_bits, &sub, sizeof sub_bits);
+    const VU bits = PICK((VU)(e == 0u), sign | sub_bits, sign | ((e + 120u) << 23) | (m << 20));
+    return PICK((VU)((c & 0x7fu) == 0x7fu), sign | 0x7fc00000u, bits);
+}
