@@ -5,11 +5,13 @@
  *   NAME, TARGET, VT, VW   as its own (internal.h: one per dinf__isa)
  *   VI, VU                 vectors of VW int32 / uint32
  *   CAT(a, b)              a##_##b, expanded
- * and gets, for that variant (always inlined: no vector crosses a call):
+ * with <stdint.h> and <string.h> included and -Wpsabi silenced (GNU C: the
+ * vector extensions), and gets, for that variant (always inlined: no vector
+ * crosses a call):
  *   CAT(u8_u32, NAME)(p)   VW bytes at p, zero-extended to VU
  *   CAT(u16_u32, NAME)(p)  VW uint16 at p (any alignment), zero-extended to VU
  *   CAT(e4m3_bits, NAME)(c) the float32 bits of VW e4m3 codes (one per
- *                          lane of c, < 256), exactly numeric_hd.h's
+ *                          lane of c, its low 8 bits), exactly numeric_hd.h's
  *                          dinf__f32_from_e4m3, NaNs included
  *   PICK(m, a, b)          m ? a : b lane by lane (m all ones or all zeros)
  * The widening loads are x86 instructions where the set has them (GCC 12
@@ -27,9 +29,9 @@
 
 TARGET static inline __attribute__((always_inline)) VU CAT(u8_u32, NAME)(const unsigned char *p) {
 #if defined(__x86_64__) && defined(__GNUC__) && VW == 16
-    return (VU)_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)p));
+    return (VU)_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i_u *)(const void *)p));
 #elif defined(__x86_64__) && defined(__GNUC__) && VW == 8
-    return (VU)_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)p));
+    return (VU)_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i_u *)(const void *)p));
 #elif defined(__x86_64__) && defined(__GNUC__) && VW == 4
     int32_t w;
     memcpy(&w, p, sizeof w);
@@ -44,11 +46,11 @@ TARGET static inline __attribute__((always_inline)) VU CAT(u8_u32, NAME)(const u
 
 TARGET static inline __attribute__((always_inline)) VU CAT(u16_u32, NAME)(const unsigned char *p) {
 #if defined(__x86_64__) && defined(__GNUC__) && VW == 16
-    return (VU)_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)p));
+    return (VU)_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i_u *)(const void *)p));
 #elif defined(__x86_64__) && defined(__GNUC__) && VW == 8
-    return (VU)_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)p));
+    return (VU)_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i_u *)(const void *)p));
 #elif defined(__x86_64__) && defined(__GNUC__) && VW == 4
-    return (VU)_mm_unpacklo_epi16(_mm_loadl_epi64((const __m128i *)(const void *)p),
+    return (VU)_mm_unpacklo_epi16(_mm_loadl_epi64((const __m128i_u *)(const void *)p),
                                   _mm_setzero_si128());
 #else
     uint16_t h __attribute__((vector_size(2 * VW)));

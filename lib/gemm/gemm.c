@@ -98,6 +98,7 @@ typedef struct gemm_job {
 _Static_assert(TILE_N == DINF__GEMM_CPU_TILE_N && BLOCK_K == DINF__GEMM_CPU_BLOCK_K,
                "gemm_cpu.h's strides");
 _Static_assert(TILE_M % PAD_M == 0 && TILE_N % PAD_N == 0, "padding inside the scratch tiles");
+_Static_assert(PAD_N % 8 == 0 && BLOCK_K % 8 == 0, "load_bt's squares of 8 (or 4) columns");
 typedef float v4f __attribute__((vector_size(16)));
 typedef float v16f __attribute__((vector_size(64)));
 /* vectors of 16 floats never cross a call (the body is one function) */
@@ -110,9 +111,10 @@ typedef float v16f __attribute__((vector_size(64)));
 #pragma STDC FP_CONTRACT OFF
 #endif
 
-/* __builtin_shufflevector (GCC 12, clang) for load_bt's 8 x 8 transposes; the
- * two tests nested, as a compiler without __has_builtin cannot parse the
- * second. Without it the transpose is a scalar loop (same bits). */
+/* __builtin_shufflevector (GCC 12, clang) for load_bt's 8 x 8 transposes (4 x 4
+ * in the SSE2 variant); the two tests nested, as a compiler without
+ * __has_builtin cannot parse the second. Without it the transpose is a
+ * scalar loop (same bits). */
 #if defined(__has_builtin)
 #if __has_builtin(__builtin_shufflevector)
 #define DINF_GEMM_CPU_SHUFFLE 1

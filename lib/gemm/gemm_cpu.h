@@ -32,8 +32,8 @@ typedef void (*dinf__gemm_load_a_fn)(const uint8_t *restrict src, int64_t lda, i
 /* B's k block, transposed: column c < cols of the tile is the row of codes
  * src[c * ldb + k] (k < kk <= BLOCK_K); writes bt[k * TILE_N + c] =
  * dinf__f32_from_e4m3(src[c * ldb + k]) for c < cols and +0.0f for cols <= c
- * < cols_pad, for every k < kk (cols_pad: a multiple of 8, at most TILE_N);
- * nothing else is read or written. */
+ * < cols_pad, for every k < kk (cols <= cols_pad; cols_pad a multiple of 8,
+ * at most TILE_N); nothing else is read or written. */
 typedef void (*dinf__gemm_load_bt_fn)(const uint8_t *restrict src, int64_t ldb, int64_t cols,
                                       int64_t cols_pad, int64_t kk, float *restrict bt);
 

@@ -1,14 +1,19 @@
 /*
- * One variant of the CPU GEMM's k-block kernel (gemm.c); gemm.c includes
- * this once per instruction set (internal.h: dinf__isa), after defining:
+ * One variant of the CPU GEMM's per-k-block kernels (gemm_cpu.h: tile_block,
+ * load_a, load_bt) and their dinf__gemm_cpu_kernels table kernels_NAME.
+ * gemm.c includes this once per instruction set (internal.h: dinf__isa),
+ * after defining:
  *   NAME    the variant's name (base, avx2, avx512)
  *   TARGET  its function attribute (empty for the build's baseline)
  *   VT, VW  a GCC vector type of VW floats, the set's register width
- *   MR, NV  the register tile: MR rows x NV registers of columns
- * MR divides PAD_M and NV * VW divides PAD_N (gemm.c). Every variant computes
+ *   MR, NV  tile_block's register tile: MR rows x NV registers of columns
+ * and, once for all variants: BLOCK_K, TILE_N, v4f, v8f, CAT_STR and
+ * DINF_GEMM_CPU_SHUFFLE (1 where __builtin_shufflevector exists). MR
+ * divides PAD_M and NV * VW divides PAD_N (gemm.c). Every variant computes
  * each element the same way (gemm.c: tile_block), so all give the same bits;
- * the loads (gemm_cpu.h) decode e4m3 exactly, so theirs are equal too.
- * No include guard: included once per variant; it undefines them at its end.
+ * the loads decode e4m3 exactly (lib/core/cpu_vec_body.h), so theirs are
+ * equal too. No include guard: included once per variant; it undefines its
+ * parameters and its own helpers (PICK, VI, VU) at its end.
  */
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)

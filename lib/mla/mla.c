@@ -847,8 +847,9 @@ static dinf_status decode(const char *func, int kv_fp8, const uint16_t *q, int64
 
     /* Sparse: every slot read (the first topk_length[b] of each list) is
      * negative (skipped) or in its cache (host memory only). No overflow in
-     * blocks * page: num_blocks * kv_block_stride fits, and kv_block_stride
-     * >= page_block_size (the same for the extra cache). */
+     * blocks * page: check_cache bounded (blocks - 1) * block stride + one
+     * page's extent for each cache, and both are at least page (a page is
+     * page rows of at least one element each). */
     for (int64_t r = 0; sp && host && r < reqs; r++) {
         const int64_t b = r / seq_len_q, t = r % seq_len_q;
         const int32_t n = sp->topk_length ? sp->topk_length[b] : sp->topk;

@@ -291,10 +291,19 @@ Test(gemm_nt, thread_counts_give_identical_bits) {
     problem_free(&p);
 }
 
-static uint32_t f32_bits(float f) {
+/* the bits of *p, read as stored (a float value could quiet a signalling NaN) */
+static uint32_t f32_bits(const float *p) {
     uint32_t u;
-    memcpy(&u, &f, 4);
+    memcpy(&u, p, 4);
     return u;
+}
+
+/* the variants of one set, checked to be that set's */
+static const dinf__gemm_cpu_kernels *kernels_of(int isa) {
+    const dinf__gemm_cpu_kernels *k = dinf__gemm_cpu_kernels_for(isa);
+    cr_assert_not_null(k);
+    cr_assert_str_eq(k->isa, dinf__isa_name(isa));
+    return k;
 }
 
 /* The top set this CPU has, with a warning when it is not the widest. */
@@ -354,7 +363,7 @@ Test(gemm_nt, every_cpu_isa_kernel_follows_the_documented_order) {
         for (int64_t r = 0; r < rows_pad; r++)
             for (int64_t j = cols_pad; j < TN; j++)
                 t[r * TN + j] = NAN;
-        dinf__gemm_cpu_kernels_for(isa)->tile_block(a, bt, kk, rows_pad, cols_pad, scale, t);
+        kernels_of(isa)->tile_block(a, bt, kk, rows_pad, cols_pad, scale, t);
         for (int64_t r = 0; r < 128; r++)
             for (int64_t j = 0; j < TN; j++) {
                 const float got = t[r * TN + j];
@@ -387,6 +396,7 @@ Test(gemm_nt, every_cpu_isa_load_a_decodes_exactly) {
     enum { BK = DINF__GEMM_CPU_BLOCK_K };
     const int64_t kks[] = {128, 100, 13, 1}, rows_list[] = {128, 9, 2};
     float *dst = malloc(sizeof(float) * 128 * BK);
+    cr_assert_not_null(dst);
     for (int isa = DINF__ISA_BASE; isa <= top; isa++)
         for (int ki = 0; ki < 4; ki++)
             for (int ri = 0; ri < 3; ri++) {
@@ -394,13 +404,15 @@ Test(gemm_nt, every_cpu_isa_load_a_decodes_exactly) {
                 uint8_t *src = random_codes(rows, lda, kk, 7 + (uint64_t)(ki * 3 + ri));
                 for (int i = 0; i < 128 * BK; i++)
                     memcpy(&dst[i], &(uint32_t){POISON_F32}, 4);
-                dinf__gemm_cpu_kernels_for(isa)->load_a(src, lda, rows, kk, dst);
+                kernels_of(isa)->load_a(src, lda, rows, kk, dst);
                 for (int64_t r = 0; r < 128; r++)
                     for (int64_t k = 0; k < BK; k++) {
-                        const uint32_t got = f32_bits(dst[r * BK + k]);
-                        const uint32_t want = r < rows && k < kk
-                                                  ? f32_bits(dinf__f32_from_e4m3(src[r * lda + k]))
-                                                  : POISON_F32;
+                        const uint32_t got = f32_bits(&dst[r * BK + k]);
+                        uint32_t want = POISON_F32;
+                        if (r < rows && k < kk) {
+                            const float dec = dinf__f32_from_e4m3(src[r * lda + k]);
+                            want = f32_bits(&dec);
+                        }
                         cr_assert_eq(got, want,
                                      "%s, kk=%lld rows=%lld: dst[%lld][%lld] = 0x%08x, want 0x%08x",
                                      dinf__isa_name(isa), (long long)kk, (long long)rows,
@@ -421,6 +433,7 @@ Test(gemm_nt, every_cpu_isa_load_bt_transposes_exactly) {
     const int64_t kks[] = {128, 100, 13, 1};
     const int64_t cols_list[][2] = {{128, 128}, {97, 128}, {5, 32}, {16, 16}, {3, 8}};
     float *bt = malloc(sizeof(float) * BK * TN);
+    cr_assert_not_null(bt);
     for (int isa = DINF__ISA_BASE; isa <= top; isa++)
         for (int ki = 0; ki < 4; ki++)
             for (int ci = 0; ci < 5; ci++) {
@@ -429,17 +442,20 @@ Test(gemm_nt, every_cpu_isa_load_bt_transposes_exactly) {
                 uint8_t *src = random_codes(cols, ldb, kk, 91 + (uint64_t)(ki * 5 + ci));
                 for (int i = 0; i < BK * TN; i++)
                     memcpy(&bt[i], &(uint32_t){POISON_F32}, 4);
-                dinf__gemm_cpu_kernels_for(isa)->load_bt(src, ldb, cols, cols_pad, kk, bt);
+                kernels_of(isa)->load_bt(src, ldb, cols, cols_pad, kk, bt);
                 for (int64_t k = 0; k < BK; k++)
                     for (int64_t c = 0; c < TN; c++) {
-                        const uint32_t got = f32_bits(bt[k * TN + c]);
+                        const uint32_t got = f32_bits(&bt[k * TN + c]);
                         uint32_t want = POISON_F32;
-                        if (k < kk && c < cols)
-                            want = f32_bits(dinf__f32_from_e4m3(src[c * ldb + k]));
-                        else if (k < kk && c < cols_pad)
+                        if (k < kk && c < cols) {
+                            const float dec = dinf__f32_from_e4m3(src[c * ldb + k]);
+                            want = f32_bits(&dec);
+                        } else if (k < kk && c < cols_pad) {
                             want = 0;
+                        }
                         cr_assert_eq(got, want,
-                                     "%s, kk=%lld cols=%lld/%lld: bt[%lld][%lld] = 0x%08x, want 0x%08x",
+                                     "%s, kk=%lld cols=%lld/%lld: bt[%lld][%lld] = 0x%08x, "
+                                     "want 0x%08x",
                                      dinf__isa_name(isa), (long long)kk, (long long)cols,
                                      (long long)cols_pad, (long long)k, (long long)c, got, want);
                     }
