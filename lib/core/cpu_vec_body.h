@@ -60,12 +60,17 @@ TARGET static inline __attribute__((always_inline)) VU CAT(u16_u32, NAME)(const 
 }
 
 TARGET static inline __attribute__((always_inline)) VU CAT(e4m3_bits, NAME)(VU c) {
-    const VU sign = (c & 0x80u) << 24, e = (c >> 3) & 0xfu, m = c & 7u;
-    /* subnormal (e == 0): m * 2^-9, exact (m converted as signed: one
-     * instruction on x86, where unsigned takes several) */
-    const VT sub = __builtin_convertvector((VI)m, VT) * (1.0f / 512.0f);
-    VU sub_bits;
-    memcpy(&sub_bits, &sub, sizeof sub_bits);
-    const VU bits = PICK((VU)(e == 0u), sign | sub_bits, sign | ((e + 120u) << 23) | (m << 20));
-    return PICK((VU)((c & 0x7fu) == 0x7fu), sign | 0x7fc00000u, bits);
+    const VU mag = c & 0x7fu;
+    /* exponent field e >= 1: the bits of 2^(e-7) * (1 + m/8) */
+    const VU normal = (mag << 20) + (120u << 23);
+    /* e == 0 (mag < 8): the same bits give 2^-7 + m * 2^-10, and m * 2^-9 =
+     * (that - 2^-7) * 2, both steps exact (Sterbenz; a power of two) */
+    VT f;
+    memcpy(&f, &normal, sizeof f);
+    f = (f - 0x1p-7f) * 2.0f;
+    VU sub;
+    memcpy(&sub, &f, sizeof sub);
+    VU bits = PICK((VU)((VI)mag < 8), sub, normal);
+    bits = PICK((VU)(mag == 0x7fu), (VU){0} + 0x7fc00000u, bits); /* NaN */
+    return bits | (c & 0x80u) << 24;
 }

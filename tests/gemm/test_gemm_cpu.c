@@ -339,7 +339,7 @@ static uint8_t *random_codes(int64_t rows, int64_t ld, int64_t kk, uint64_t seed
  * gemm_cpu.h's order, float32 bit for bit (the scale step included, which
  * the bf16 outputs would hide), and nothing written outside rows_pad x
  * cols_pad. */
-Test(gemm_nt, every_cpu_isa_kernel_follows_the_documented_order) {
+Test(gemm_cpu_isa, every_cpu_isa_kernel_follows_the_documented_order) {
     const int top = top_cpu_isa();
     enum { BK = DINF__GEMM_CPU_BLOCK_K, TN = DINF__GEMM_CPU_TILE_N };
     const int64_t kk = 100, rows_pad = 24, cols_pad = 96;
@@ -391,7 +391,7 @@ Test(gemm_nt, every_cpu_isa_kernel_follows_the_documented_order) {
  * dinf__f32_from_e4m3, bit for bit (NaNs, signed zeros and subnormals
  * included), over vector bodies and scalar tails, and nothing written
  * outside rows x kk. */
-Test(gemm_nt, every_cpu_isa_load_a_decodes_exactly) {
+Test(gemm_cpu_isa, every_cpu_isa_load_a_decodes_exactly) {
     const int top = top_cpu_isa();
     enum { BK = DINF__GEMM_CPU_BLOCK_K };
     const int64_t kks[] = {128, 100, 13, 1}, rows_list[] = {128, 9, 2};
@@ -427,7 +427,7 @@ Test(gemm_nt, every_cpu_isa_load_a_decodes_exactly) {
  * bit for bit, +0.0f in the padding columns up to cols_pad, over full and
  * partial 8 x 8 squares (cols and kk not multiples of 8), and nothing
  * written for k >= kk or c >= cols_pad. */
-Test(gemm_nt, every_cpu_isa_load_bt_transposes_exactly) {
+Test(gemm_cpu_isa, every_cpu_isa_load_bt_transposes_exactly) {
     const int top = top_cpu_isa();
     enum { BK = DINF__GEMM_CPU_BLOCK_K, TN = DINF__GEMM_CPU_TILE_N };
     const int64_t kks[] = {128, 100, 13, 1};
@@ -467,7 +467,7 @@ Test(gemm_nt, every_cpu_isa_load_bt_transposes_exactly) {
 /* The k-block kernel in each vector set (a set above this CPU's gives its
  * widest): the documented order's bits in every one, tails of the 8-row and
  * 32-column register padding included; other DINF_CPU_ISA values fail. */
-Test(gemm_nt, every_cpu_isa_gives_the_documented_bits) {
+Test(gemm_cpu_isa, every_cpu_isa_gives_the_documented_bits) {
     problem p;
     problem_alloc(&p, 131, 203, 400, 400, 401, 205);
     problem_random(&p, 17);
