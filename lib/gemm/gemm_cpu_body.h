@@ -62,16 +62,23 @@ TARGET static void CAT(tile_block, NAME)(const float *restrict a, const float *r
 }
 
 /* kk codes -> float32, exactly numeric_hd.h's dinf__f32_from_e4m3 (VW at a
- * time, the tail one by one through it) */
+ * time, the tail one by one through it; with VW 4, one by one from gemm.c's
+ * e4m3_table) */
 TARGET static inline void CAT(decode_row, NAME)(const uint8_t *restrict src, int64_t kk,
                                                 float *restrict dst) {
     int64_t k = 0;
+#if VW == 4
+    /* 4-float registers (SSE2): the table (gemm.c: e4m3_table) is faster */
+    for (; k < kk; k++)
+        memcpy(dst + k, &e4m3_table[src[k]], sizeof *dst);
+#else
     for (; k + VW <= kk; k += VW) {
         const VU bits = CAT(e4m3_bits, NAME)(CAT(u8_u32, NAME)(src + k));
         memcpy(dst + k, &bits, sizeof bits);
     }
     for (; k < kk; k++)
         dst[k] = dinf__f32_from_e4m3(src[k]);
+#endif
 }
 
 TARGET static void CAT(load_a, NAME)(const uint8_t *restrict src, int64_t lda, int64_t rows,
