@@ -23,11 +23,11 @@
  *
  * Work is split into tiles of up to 128 rows x 128 columns (one B scale
  * block wide); for each k block a tile decodes its A rows (load_a) and its B
- * columns, transposed (load_bt), once into float buffers, a vector of codes
- * at a time, and runs the register-blocked tile_block over them (4 x 8,
- * 4 x 16 or 8 x 32 rows x columns in registers). Tiles are distributed over
- * threads with dinf__parallel_for; each worker owns a scratch slot
- * allocated up front.
+ * columns, transposed (load_bt), once into float buffers (a vector of codes
+ * at a time; SSE2 a code at a time from a table, with 4 x 4 transposes), and
+ * runs the register-blocked tile_block over them (4 x 8, 4 x 16 or 8 x 32
+ * rows x columns in registers). Tiles are distributed over threads with
+ * dinf__parallel_for; each worker owns a scratch slot allocated up front.
  *
  * Pointers: a buffer that holds no element (e.g. a and b when k == 0,
  * everything when m == 0 or n == 0) may be NULL; any other NULL is rejected.

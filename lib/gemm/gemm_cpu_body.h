@@ -11,8 +11,8 @@
  * DINF_GEMM_CPU_SHUFFLE (1 where __builtin_shufflevector exists). MR
  * divides PAD_M and NV * VW divides PAD_N (gemm.c). Every variant computes
  * each element the same way (gemm.c: tile_block), so all give the same bits;
- * the loads decode e4m3 exactly (lib/core/cpu_vec_body.h), so theirs are
- * equal too. No include guard: included once per variant; it undefines its
+ * the loads decode e4m3 exactly (lib/core/cpu_vec_body.h; SSE2 through
+ * gemm.c's e4m3_table), so theirs are equal too. No include guard: included once per variant; it undefines its
  * parameters and its own helpers (PICK, VI, VU) at its end.
  */
 #define CAT_(a, b) a##_##b
