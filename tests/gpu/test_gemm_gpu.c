@@ -1214,7 +1214,8 @@ Test(gemm_gpu, pdl_gemm_behind_a_full_gpu_block_m_256_multicast_gemm_reads_only_
                       what, plan.config.block_m, plan.config.block_n, plan.config.cluster,
                       plan.config.split_k, plan.grid);
         else
-            cr_log_warn("%d SMs: the shape was chosen for 132 (this device gets %dx%d cluster "
+            /* info, not warn: Criterion exits 1 after a warning, all tests passed */
+            cr_log_info("%d SMs: the shape was chosen for 132 (this device gets %dx%d cluster "
                         "%d); the rounds still run", sms, plan.config.block_m,
                         plan.config.block_n, plan.config.cluster);
         pdl_run_rounds(&b, what);

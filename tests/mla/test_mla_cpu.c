@@ -24,7 +24,8 @@ static int widest(void) {
     const int isa = dinf__cpu_isa(msg, sizeof msg);
     cr_assert_geq(isa, DINF__ISA_BASE);
     if (isa < DINF__ISA_AVX512)
-        cr_log_warn("this CPU runs only the sets up to %s: the wider ones are not tested here",
+        /* info, not warn: Criterion exits 1 after a warning, all tests passed */
+        cr_log_info("this CPU runs only the sets up to %s: the wider ones are not tested here",
                     dinf__isa_name(isa));
     return isa;
 }
