@@ -18,6 +18,18 @@
 #include <string.h>
 #include <unistd.h>
 
+/* 1 when the tests are built with AddressSanitizer (make test SAN=1). */
+#if defined(__SANITIZE_ADDRESS__)
+#define DINF_TEST_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define DINF_TEST_SANITIZED 1
+#endif
+#endif
+#ifndef DINF_TEST_SANITIZED
+#define DINF_TEST_SANITIZED 0
+#endif
+
 static inline int cdiv(long long a, long long b) { return (int)((a + b - 1) / b); }
 
 /* The fast rung's cluster modes, 0 .. FAST_MODES - 1: (cluster, split_k) =

@@ -10,6 +10,7 @@ sys.path), and the library is found by the package's own lookup
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -21,6 +22,36 @@ if sys.path[:1] != [PYTHON_DIR]:
     sys.path.insert(0, PYTHON_DIR)
 
 import deepinfra  # noqa: E402
+
+BUILD_DIR = os.path.join(REPO, os.environ.get("DINF_BUILD_DIR", "build"))
+_STAMP_KEYS = ("CUDA", "SAN", "CC", "CXX", "NVCC", "GENCODE", "CUDARTLIB")
+
+
+def build_make_args(build=BUILD_DIR):
+    """The make arguments that name the build under test and its configuration.
+
+    make writes the configuration into <build>/config.stamp (CUDA=1 SAN=0
+    CC=gcc ... GENCODE=-gencode arch=... CUDARTLIB=...) and rebuilds the whole
+    tree when it changes; a test that runs make on that build must pass the
+    same variables, or make's defaults (CUDA=1 wherever nvcc exists) would
+    reconfigure a CPU-only build and rebuild the library under test.
+    """
+    args = ["BUILDDIR=" + build]
+    try:
+        with open(os.path.join(build, "config.stamp")) as f:
+            stamp = f.read().strip()
+    except OSError:
+        return args
+    keys = "|".join(_STAMP_KEYS)
+    for key, value in re.findall(r"(?:^| )(%s)=(.*?)(?= (?:%s)=|$)" % (keys, keys), stamp):
+        args.append("%s=%s" % (key, value))
+    return args
+
+
+def library_has_cuda():
+    """Whether the library under test was built with CUDA: its version ends
+    in +cuda (a make CUDA=0 build's in +cpu, and it ships no GPU kernels)."""
+    return deepinfra.version().endswith("+cuda")
 
 
 @pytest.fixture(scope="session", autouse=True)

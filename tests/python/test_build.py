@@ -12,6 +12,8 @@ import textwrap
 
 import pytest
 
+from conftest import build_make_args, library_has_cuda
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.path.join(ROOT, os.environ.get("DINF_BUILD_DIR", "build"))
 SOFILE = glob.glob(os.path.join(BUILD, "lib", "libdeepinfra.so.*.*.*"))
@@ -21,12 +23,6 @@ HEADERS = ["deepinfra.h"] + ["deepinfra/" + os.path.basename(h)
 
 def run(cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
-
-
-def built_with_cuda():
-    out = run(["make", "-s", "--no-print-directory", "print-config", "BUILDDIR=" + BUILD],
-              cwd=ROOT).stdout
-    return "CUDA=1" in out
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +58,8 @@ def test_loads_and_answers_without_a_gpu_driver(sofile):
     lib = ctypes.CDLL(sofile)
     lib.dinf_version_string.restype = ctypes.c_char_p
     flavour = lib.dinf_version_string().decode().split("+")[1]
-    assert flavour == ("cuda" if built_with_cuda() else "cpu")
+    # against the configuration make recorded for this build (config.stamp)
+    assert flavour == ("cuda" if "CUDA=1" in build_make_args(BUILD) else "cpu")
 
 
 @pytest.mark.parametrize("header", HEADERS)
@@ -97,8 +94,8 @@ CONSUMER = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def staged_install(tmp_path_factory):
     dest = tmp_path_factory.mktemp("destdir")
-    run(["make", "-s", "--no-print-directory", "install", "BUILDDIR=" + BUILD, "PREFIX=/usr/local",
-         "DESTDIR=" + str(dest), "PYTHON=" + sys.executable], cwd=ROOT)
+    run(["make", "-s", "--no-print-directory", "install", *build_make_args(BUILD),
+         "PREFIX=/usr/local", "DESTDIR=" + str(dest), "PYTHON=" + sys.executable], cwd=ROOT)
     return dest
 
 
@@ -140,7 +137,7 @@ def test_pkg_config_consumer_builds_and_runs(staged_install, tmp_path, static):
 
 def test_python_package_finds_the_installed_library(tmp_path):
     prefix = tmp_path / "prefix"
-    run(["make", "-s", "--no-print-directory", "install", "BUILDDIR=" + BUILD,
+    run(["make", "-s", "--no-print-directory", "install", *build_make_args(BUILD),
          "PREFIX=" + str(prefix), "PYTHON=" + sys.executable], cwd=ROOT)
     site = glob.glob(str(prefix / "lib/python3*/*-packages"))
     assert site, "Python package not installed under %s" % prefix
@@ -174,7 +171,7 @@ def test_cpu_vector_kernels_have_no_fma():
 
 
 def test_kernel_resource_reports_have_no_spills_or_local_memory():
-    if not built_with_cuda():
+    if not library_has_cuda():
         pytest.skip("CPU-only build (make CUDA=0): no kernels")
     reports = glob.glob(os.path.join(BUILD, "obj", "kernels", "**", "*.resource"), recursive=True)
     assert reports, "no nvcc resource reports under %s/obj/kernels" % BUILD
@@ -211,7 +208,7 @@ def test_mla_fast_rung_register_budget():
     (setmaxnreg, lib/mla/mla_fast_hd.h), a split that balances only from 168: with any
     other count at entry the consumers' setmaxnreg.inc would wait forever. The seesaw
     rung's kernels (DINF_MLA_SEESAW_PRODUCER_REGS / _CONSUMER_REGS) start at 168 too."""
-    if not built_with_cuda():
+    if not library_has_cuda():
         pytest.skip("CPU-only build (make CUDA=0): no kernels")
     path = os.path.join(BUILD, "obj", "kernels", "mla", "mla_decode_fast.o.resource")
     text = open(path).read()
@@ -234,7 +231,7 @@ def test_mla_fast_rung_sass_uses_wgmma_and_tma():
     reallocation, and no local memory; the BF16-cache kernels load pages with 4-D TMA, the
     FP8-cache kernels (only they) prefetch pages into L2 (UBLKPF). Needs a disassembler (make deps
     installs nvdisasm from PyPI; tools/find-nvdisasm)."""
-    if not built_with_cuda():
+    if not library_has_cuda():
         pytest.skip("CPU-only build (make CUDA=0): no kernels")
     found = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "find-nvdisasm")],
                            capture_output=True, text=True)
@@ -284,7 +281,7 @@ def test_mla_fast_rung_sass_uses_wgmma_and_tma():
 
 def test_every_kernel_directory_has_resource_reports():
     """The resource check above covers each kernels/<module>/*.cu (ep included)."""
-    if not built_with_cuda():
+    if not library_has_cuda():
         pytest.skip("CPU-only build (make CUDA=0): no kernels")
     for cu in glob.glob(os.path.join(ROOT, "kernels", "*", "*.cu")):
         rel = os.path.relpath(cu, ROOT)
@@ -294,10 +291,16 @@ def test_every_kernel_directory_has_resource_reports():
 
 
 def test_cpu_only_build_from_the_same_sources(tmp_path):
-    """make CUDA=0 builds a library with no CUDA code in it."""
-    build = tmp_path / "cpu"
-    run(["make", "-s", "--no-print-directory", "lib", "CUDA=0", "BUILDDIR=" + str(build)], cwd=ROOT)
-    so = glob.glob(str(build / "lib/libdeepinfra.so.*.*.*"))[0]
+    """make CUDA=0 builds a library with no CUDA code in it: the library under
+    test when it is such a build (make test CUDA=0), else one built here."""
+    if library_has_cuda():
+        build = tmp_path / "cpu"
+        run(["make", "-s", "--no-print-directory", "lib", "CUDA=0", "BUILDDIR=" + str(build)],
+            cwd=ROOT)
+        so = glob.glob(str(build / "lib/libdeepinfra.so.*.*.*"))[0]
+    else:
+        assert len(SOFILE) == 1, SOFILE
+        so = SOFILE[0]
     syms = run(["nm", so]).stdout
     assert "cudaGetDeviceCount" not in syms
     lib = ctypes.CDLL(so)

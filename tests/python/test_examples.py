@@ -6,6 +6,8 @@ import subprocess
 
 import pytest
 
+from conftest import build_make_args
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.path.join(ROOT, os.environ.get("DINF_BUILD_DIR", "build"))
 
@@ -15,7 +17,7 @@ def examples_dir():
     # A clean environment: under `make test` the parent make's jobserver
     # flags would reach this make and make it warn.
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    res = subprocess.run(["make", "-s", "--no-print-directory", "examples", "BUILDDIR=" + BUILD],
+    res = subprocess.run(["make", "-s", "--no-print-directory", "examples", *build_make_args(BUILD)],
                          cwd=ROOT, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert not re.search(r"\.c:\d+:\d+: warning:", res.stderr), res.stderr

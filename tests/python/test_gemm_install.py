@@ -13,6 +13,8 @@ import textwrap
 
 import pytest
 
+from conftest import build_make_args, library_has_cuda
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.path.join(ROOT, os.environ.get("DINF_BUILD_DIR", "build"))
 CUDA_HOME = os.environ.get("CUDA_HOME", "/usr/local/cuda")
@@ -44,12 +46,6 @@ def run(cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
 
 
-def built_with_cuda():
-    out = run(["make", "-s", "--no-print-directory", "print-config", "BUILDDIR=" + BUILD],
-              cwd=ROOT).stdout
-    return "CUDA=1" in out
-
-
 def hidden_headers_runner(include_dir):
     """The argv prefix that runs a command with include_dir masked by an empty
     tmpfs (unshare -m), or None where mount namespaces are not permitted."""
@@ -66,10 +62,10 @@ def hidden_headers_runner(include_dir):
 
 
 def test_installed_library_jit_compiles_a_gemm_kernel_without_toolkit_headers(tmp_path):
-    if not built_with_cuda():
+    if not library_has_cuda():
         pytest.skip("CPU-only build (make CUDA=0): no JIT")
     dest = tmp_path / "destdir"
-    run(["make", "-s", "--no-print-directory", "install", "BUILDDIR=" + BUILD,
+    run(["make", "-s", "--no-print-directory", "install", *build_make_args(BUILD),
          "PREFIX=/usr/local", "DESTDIR=" + str(dest), "PYTHON=" + sys.executable], cwd=ROOT)
     prefix = dest / "usr/local"
     env = dict(os.environ, PKG_CONFIG_PATH=str(prefix / "lib/pkgconfig"))
