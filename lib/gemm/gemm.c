@@ -33,6 +33,7 @@
  * everything when m == 0 or n == 0) may be NULL; any other NULL is rejected.
  */
 #include "gemm_cpu.h"
+#include "../core/cpu_vec.h"
 #include "../core/internal.h"
 #include "../core/numeric_hd.h"
 #include "../core/parallel.h"
@@ -47,8 +48,6 @@
 #define BLOCK_K 128
 #define TILE_M 128
 #define TILE_N 128 /* = the B scale block: one b_scale per tile and k block */
-
-typedef float v8f __attribute__((vector_size(32)));
 
 static int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0); } /* no overflow */
 
@@ -99,8 +98,6 @@ _Static_assert(TILE_N == DINF__GEMM_CPU_TILE_N && BLOCK_K == DINF__GEMM_CPU_BLOC
                "gemm_cpu.h's strides");
 _Static_assert(TILE_M % PAD_M == 0 && TILE_N % PAD_N == 0, "padding inside the scratch tiles");
 _Static_assert(PAD_N % 8 == 0 && BLOCK_K % 8 == 0, "load_bt's squares of 8 (or 4) columns");
-typedef float v4f __attribute__((vector_size(16)));
-typedef float v16f __attribute__((vector_size(64)));
 /* vectors of 16 floats never cross a call (the body is one function) */
 #pragma GCC diagnostic ignored "-Wpsabi"
 /* No FMA contraction (the variants' equal bits
@@ -110,21 +107,6 @@ typedef float v16f __attribute__((vector_size(64)));
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
 #endif
-
-/* __builtin_shufflevector (GCC 12, clang) for load_bt's 8 x 8 transposes (4 x 4
- * in the SSE2 variant); the two tests nested, as a compiler without
- * __has_builtin cannot parse the second. Without it the transpose is a
- * scalar loop (same bits). */
-#if defined(__has_builtin)
-#if __has_builtin(__builtin_shufflevector)
-#define DINF_GEMM_CPU_SHUFFLE 1
-#endif
-#endif
-#ifndef DINF_GEMM_CPU_SHUFFLE
-#define DINF_GEMM_CPU_SHUFFLE 0
-#endif
-#define STR_(x) #x
-#define CAT_STR(x) STR_(x)
 
 /* e4m3 code -> float32 bits, as a constant expression (numeric_hd.h's
  * dinf__f32_from_e4m3; the tests compare every code): the SSE2 variant's

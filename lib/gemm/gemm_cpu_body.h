@@ -7,8 +7,8 @@
  *   TARGET  its function attribute (empty for the build's baseline)
  *   VT, VW  a GCC vector type of VW floats, the set's register width
  *   MR, NV  tile_block's register tile: MR rows x NV registers of columns
- * and, once for all variants: BLOCK_K, TILE_N, v4f, v8f, CAT_STR and
- * DINF_GEMM_CPU_SHUFFLE (1 where __builtin_shufflevector exists). MR
+ * and, once for all variants: BLOCK_K and TILE_N (gemm.c); v4f, v8f, CAT_STR
+ * and DINF_CPU_SHUFFLE come from lib/core/cpu_vec.h. MR
  * divides PAD_M and NV * VW divides PAD_N (gemm.c). Every variant computes
  * each element the same way (gemm.c: tile_block), so all give the same bits;
  * the loads decode e4m3 exactly (lib/core/cpu_vec_body.h; SSE2 through
@@ -111,7 +111,7 @@ TARGET static void CAT(load_bt, NAME)(const uint8_t *restrict src, int64_t ldb, 
         }
         for (int64_t k0 = 0; k0 < kk; k0 += SQ) {
             const int64_t rows_out = kk - k0 < SQ ? kk - k0 : SQ;
-#if DINF_GEMM_CPU_SHUFFLE && SQ == 8
+#if DINF_CPU_SHUFFLE && SQ == 8
             v8f r[8], t[8], u[8], o[8];
 #pragma GCC unroll 8
             for (int i = 0; i < 8; i++)
@@ -136,7 +136,7 @@ TARGET static void CAT(load_bt, NAME)(const uint8_t *restrict src, int64_t ldb, 
             }
             for (int64_t j = 0; j < rows_out; j++)
                 memcpy(bt + (k0 + j) * TILE_N + c0, &o[j], sizeof o[j]);
-#elif DINF_GEMM_CPU_SHUFFLE && SQ == 4
+#elif DINF_CPU_SHUFFLE && SQ == 4
             v4f r[4], t[4], o[4];
 #pragma GCC unroll 4
             for (int i = 0; i < 4; i++)

@@ -12,6 +12,7 @@
  */
 #include "mla_cpu.h"
 
+#include "../core/cpu_vec.h"
 #include "../core/internal.h"
 
 #include <string.h>
@@ -36,24 +37,6 @@
 #else
 #define ALWAYS_INLINE static inline
 #endif
-
-typedef float v16f __attribute__((vector_size(64)));
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v4f __attribute__((vector_size(16)));
-
-/* __builtin_shufflevector (GCC 12, clang); the two tests nested, as a
- * compiler without __has_builtin cannot parse the second */
-#if defined(__has_builtin)
-#if __has_builtin(__builtin_shufflevector)
-#define DINF_MLA_CPU_SHUFFLE 1
-#endif
-#endif
-#ifndef DINF_MLA_CPU_SHUFFLE
-#define DINF_MLA_CPU_SHUFFLE 0
-#endif
-
-#define STR_(x) #x
-#define CAT_STR(x) STR_(x)
 
 /* SSE2 (the x86-64 baseline; or whatever the build's baseline is): 16
  * registers of 4 floats */

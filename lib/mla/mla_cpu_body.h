@@ -29,7 +29,7 @@ TARGET ALWAYS_INLINE VT CAT(ld, NAME)(const float *p) {
 /* The 16 lanes of one dot, folded in halves: (l, l + 8), (l, l + 4), then
  * (0, 2) + (1, 3). x[h] holds lanes h * VW .. h * VW + VW - 1. */
 TARGET ALWAYS_INLINE float CAT(fold, NAME)(const VT *x) {
-#if !DINF_MLA_CPU_SHUFFLE
+#if !DINF_CPU_SHUFFLE
     /* compilers without the builtin (GCC < 12): the same sums, lane by lane */
     float h8[8], h4[4];
     for (int l = 0; l < 8; l++)
