@@ -92,6 +92,21 @@ DINF_API const char *dinf_status_string(dinf_status status);
  */
 DINF_API const char *dinf_last_error(void);
 
+/*
+ * dinf_set_last_error - set the calling thread's dinf_last_error() text. For
+ * code the library calls back (dinf_pipe_callbacks) that fails for a reason
+ * of its own: the caller quotes the text in its own message, e.g.
+ * "dinf_pipe_executor_step: rank 1 op 7 (B0.2): backward failed: <message>".
+ *   message [IN] NUL-terminated, copied (its first DINF_ERROR_MESSAGE_BYTES
+ *                - 1 bytes; it may be dinf_last_error()'s own text); NULL or
+ *                "" clears the text
+ * Thread-safe: each thread has its own text.
+ */
+DINF_API void dinf_set_last_error(const char *message);
+
+/* Capacity of the dinf_last_error() text, its terminating NUL included. */
+#define DINF_ERROR_MESSAGE_BYTES 1024
+
 /* ------------------------------------------------------------------------ */
 /* Data types                                                                */
 /* ------------------------------------------------------------------------ */

@@ -21,7 +21,7 @@ extern "C" {
 #endif
 
 /* Capacity of the thread-local last-error message, NUL included. */
-#define DINF_ERROR_MESSAGE_MAX 1024
+#define DINF_ERROR_MESSAGE_MAX DINF_ERROR_MESSAGE_BYTES
 
 /* Record "<func>: <formatted message>" as the thread's last error and return
  * status. Every failing public entry point returns through this. */

@@ -20,6 +20,19 @@ dinf_status dinf__fail(dinf_status status, const char *func, const char *fmt, ..
 
 DINF_API const char *dinf_last_error(void) { return last_error; }
 
+DINF_API void dinf_set_last_error(const char *message) {
+    if (!message) {
+        last_error[0] = '\0';
+        return;
+    }
+    /* message may lie inside last_error (its own text, or a suffix of it) */
+    size_t n = 0;
+    while (n < sizeof last_error - 1 && message[n] != '\0')
+        n++;
+    memmove(last_error, message, n);
+    last_error[n] = '\0';
+}
+
 void dinf__restore_error(const char *message) {
     snprintf(last_error, sizeof last_error, "%s", message);
 }

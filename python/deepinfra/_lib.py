@@ -420,6 +420,33 @@ class PipeEvent(ctypes.Structure):
                 ("start", ctypes.c_double), ("end", ctypes.c_double)]
 
 
+class PipeTask(ctypes.Structure):
+    """dinf_pipe_task (dualpipe.h)."""
+
+    _fields_ = [(name, ctypes.c_int32) for name in (
+        "rank", "dir", "mb", "stage", "module", "first_stage", "last_stage", "local_input",
+        "defer_weight_grad")] + [("row_offset", ctypes.c_int64), ("row_count", ctypes.c_int64)]
+
+
+#: The dinf_pipe_callbacks function types (user first; statuses as int).
+PipeTaskFn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(PipeTask))
+PipeTaskPairFn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(PipeTask),
+                                  ctypes.POINTER(PipeTask))
+PipePostFn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int,
+                              ctypes.c_int32, ctypes.c_int32, ctypes.c_int32)
+PipeCommitFn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int32)
+PIPE_CALLBACKS_MAGIC = 0x50495045
+
+
+class PipeCallbacks(ctypes.Structure):
+    """dinf_pipe_callbacks (dualpipe.h); unset entries are NULL."""
+
+    _fields_ = [("size", ctypes.c_uint32), ("magic", ctypes.c_uint32), ("user", ctypes.c_void_p),
+                ("forward", PipeTaskFn), ("backward", PipeTaskFn), ("weight_grad", PipeTaskFn),
+                ("forward_backward", PipeTaskPairFn), ("post_send", PipePostFn),
+                ("post_recv", PipePostFn), ("commit", PipeCommitFn)]
+
+
 class PipeSimResult(ctypes.Structure):
     """dinf_pipe_sim_result (dualpipe.h)."""
 
@@ -474,6 +501,8 @@ _FUNCTIONS = [
     ("dinf_status_string", ctypes.c_char_p, [ctypes.c_int]),
     # const char *dinf_last_error(void);
     ("dinf_last_error", ctypes.c_char_p, []),
+    # void dinf_set_last_error(const char *message);
+    ("dinf_set_last_error", None, [ctypes.c_char_p]),
     # dinf_status dinf_dtype_size(dinf_dtype dtype, size_t *bytes);
     ("dinf_dtype_size", _STATUS, [ctypes.c_int, ctypes.POINTER(ctypes.c_size_t)]),
     # const char *dinf_dtype_name(dinf_dtype dtype);
@@ -586,6 +615,21 @@ _FUNCTIONS = [
         [ctypes.POINTER(PipeEvent), _i64, ctypes.c_int32, ctypes.c_char_p, ctypes.c_double,
          ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)],
     ),
+    # dinf_status dinf_pipe_executor_create(dinf_pipe_kind kind, int32_t num_ranks,
+    #     int32_t num_chunks, int32_t rank, int64_t batch_size,
+    #     const dinf_pipe_callbacks *callbacks, dinf_pipe_executor **executor);
+    (
+        "dinf_pipe_executor_create",
+        _STATUS,
+        [ctypes.c_int, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _i64,
+         ctypes.POINTER(PipeCallbacks), ctypes.POINTER(ctypes.c_void_p)],
+    ),
+    # dinf_status dinf_pipe_executor_step(dinf_pipe_executor *executor);
+    ("dinf_pipe_executor_step", _STATUS, [ctypes.c_void_p]),
+    # void dinf_pipe_executor_destroy(dinf_pipe_executor *executor);
+    ("dinf_pipe_executor_destroy", None, [ctypes.c_void_p]),
+    # dinf_status dinf_pipe_split(int64_t batch_size, int32_t num_chunks, int64_t *offsets);
+    ("dinf_pipe_split", _STATUS, [_i64, ctypes.c_int32, _pi64]),
     # dinf_status dinf_convert(const void *src, dinf_dtype src_dtype, void *dst,
     #     dinf_dtype dst_dtype, int64_t count, const dinf_exec *exec);
     (

@@ -1,6 +1,10 @@
 """Pipeline schedules (DualPipe, DualPipeV, 1F1B, ZB1P): generate, validate,
 simulate and draw them, backed by libdeepinfra (include/deepinfra/dualpipe.h).
 
+An :class:`Executor` runs one rank's stream through an engine's own
+methods (forward, backward, weight_grad, sends and receives): one training
+step per :meth:`Executor.step`.
+
 Ops are strings in the reference notation: ``F0.3`` forward of direction 0,
 micro-batch 3; ``B1.2`` full backward; ``I0.2`` backward for inputs with the
 weight gradient deferred; ``W`` the oldest deferred weight gradients;
@@ -14,11 +18,16 @@ post the send of an activation / gradient to rank 1; ``Rf1.2@0`` /
 """
 
 import ctypes
+import enum
+import threading
+import typing
 
 from . import _lib
-from ._lib import InvalidArgumentError, PipeCosts, PipeEvent, PipeOp, PipeSimResult, PipeViolation
+from ._lib import (DeepInfraError, InvalidArgumentError, PipeCallbacks, PipeCosts, PipeEvent,
+                   PipeOp, PipeSimResult, PipeTask, PipeViolation, Status)
 
-__all__ = ["KINDS", "schedule", "validate", "simulate", "timeline_svg", "chrome_trace"]
+__all__ = ["KINDS", "schedule", "validate", "simulate", "timeline_svg", "chrome_trace", "split",
+           "Msg", "Task", "Executor"]
 
 #: Schedule kinds, by name, with their dinf_pipe_kind values.
 KINDS = {"dualpipe": 0, "dualpipev": 1, "1f1b": 2, "zb1p": 3}
@@ -196,3 +205,247 @@ def chrome_trace(kind, num_ranks, num_chunks, streams=None, costs=None, title=No
     chrome://tracing; one cost unit lasts time_unit_us microseconds."""
     _, evs, n, R = _simulate(kind, num_ranks, num_chunks, streams, costs)
     return _render(_lib.lib().dinf_pipe_render_trace, evs, n, R, title, float(time_unit_us))
+
+
+def split(batch_size, num_chunks):
+    """tensor_split boundaries (dinf_pipe_split): micro-batch k of a batch of
+    batch_size rows is rows ``[offsets[k], offsets[k + 1])`` of the returned
+    list of num_chunks + 1 ints; the first ``batch_size % num_chunks``
+    micro-batches get one extra row (``numpy.array_split``'s rule)."""
+    b = _lib.int64_arg("batch_size", batch_size)
+    n = _lib.int32_arg("num_chunks", num_chunks)
+    offsets = (ctypes.c_int64 * (max(n, 0) + 1))()
+    _lib.lib().dinf_pipe_split(b, n, offsets)
+    return list(offsets)
+
+
+class Msg(enum.IntEnum):
+    """What a post_send / post_recv carries (dinf_pipe_msg)."""
+
+    ACT = 0   #: the activation of (dir, mb): the forward's output
+    GRAD = 1  #: the input-gradient of (dir, mb): the backward's output
+
+
+class Task(typing.NamedTuple):
+    """What one compute call is asked to do (dinf_pipe_task)."""
+
+    rank: int          #: this rank
+    dir: int           #: direction (dualpipe) or phase (dualpipev); 0 otherwise
+    mb: int            #: micro-batch within the direction
+    stage: int         #: global stage index of the module that runs
+    module: int        #: local module slot: 0 or 1 (dualpipe, dualpipev), else 0
+    first_stage: bool  #: the input is the engine's own micro-batch (row_offset ...)
+    last_stage: bool   #: forward: compute the loss here; backward: start from it
+    local_input: bool  #: forward: the input is this rank's own output of the other
+    #: module for the same mb; backward: the output-gradient is this rank's own
+    #: input-gradient of the other module (dualpipev, last rank)
+    defer_weight_grad: bool  #: backward: input gradients now, the weight gradient
+    #: in a later weight_grad call (zero-bubble split)
+    row_offset: typing.Optional[int]  #: first row of the micro-batch in its direction's
+    #: batch; None when the executor was made with batch_size=0
+    row_count: typing.Optional[int]   #: its rows; None likewise
+
+
+def _task(p):
+    t = p.contents
+    rows = t.row_count >= 0
+    return Task(t.rank, t.dir, t.mb, t.stage, t.module, bool(t.first_stage), bool(t.last_stage),
+                bool(t.local_input), bool(t.defer_weight_grad),
+                t.row_offset if rows else None, t.row_count if rows else None)
+
+
+def _status_of(exc):
+    """The dinf_status a failing callback hands the C executor for exc."""
+    if isinstance(exc, DeepInfraError) and exc.status in set(Status) - {Status.OK}:
+        return int(exc.status)
+    if isinstance(exc, TimeoutError):
+        return int(Status.TIMEOUT)
+    if isinstance(exc, MemoryError):
+        return int(Status.OUT_OF_MEMORY)
+    return int(Status.INTERNAL)
+
+
+#: engine method -> (dinf_pipe_callbacks field, ctypes function type, argument adapter)
+_METHODS = {
+    "forward": (_lib.PipeTaskFn, lambda fn: lambda user, t: fn(_task(t))),
+    "backward": (_lib.PipeTaskFn, lambda fn: lambda user, t: fn(_task(t))),
+    "weight_grad": (_lib.PipeTaskFn, lambda fn: lambda user, t: fn(_task(t))),
+    "forward_backward": (_lib.PipeTaskPairFn,
+                         lambda fn: lambda user, f, b: fn(_task(f), _task(b))),
+    "post_send": (_lib.PipePostFn, lambda fn: lambda user, rank, msg, d, mb, peer:
+                  fn(rank, Msg(msg), d, mb, peer)),
+    "post_recv": (_lib.PipePostFn, lambda fn: lambda user, rank, msg, d, mb, peer:
+                  fn(rank, Msg(msg), d, mb, peer)),
+    "commit": (_lib.PipeCommitFn, lambda fn: lambda user, rank: fn(rank)),
+}
+
+
+class Executor:
+    """One rank's pipeline executor (dinf_pipe_executor_create): it generates
+    the rank's op stream with communication once, and each :meth:`step` runs
+    it through the engine's methods, in stream order, on the calling thread.
+
+    kind, num_ranks, num_chunks, rank: as :func:`schedule`. batch_size: rows
+    of the batch each first stage splits into micro-batches (then every
+    :class:`Task` carries its ``row_offset`` and ``row_count``, as
+    :func:`split` gives them), or 0 if the engine splits itself.
+
+    engine: an object with these methods (dinf_pipe_callbacks, less the user
+    pointer); what they return is ignored, and an exception stops the step:
+
+    ============================== =============================================
+    ``forward(task)``              required
+    ``backward(task)``             required; ``task.defer_weight_grad``: the
+                                   weight gradient waits for weight_grad
+    ``weight_grad(task)``          required where the schedule defers weight
+                                   gradients (dualpipe, dualpipev, zb1p): the
+                                   deferred backward's task, in FIFO order
+    ``forward_backward(f, b)``     optional: the overlapped pair (otherwise
+                                   forward(f), then backward(b))
+    ``post_send(rank, msg, dir,    required for num_ranks > 1: post the send of
+    mb, peer)``                    :class:`Msg` ``msg`` of (dir, mb) to peer;
+                                   nothing may block until commit
+    ``post_recv(rank, msg, dir,    required for num_ranks > 1: post the receive
+    mb, peer)``                    from peer
+    ``commit(rank)``               required for num_ranks > 1: run what was
+                                   posted since the last commit and wait for it
+    ============================== =============================================
+
+    Every rank of the pipeline must step for a step to complete: one
+    executor per rank, each stepped on its own thread (the library releases
+    the GIL while it runs) or in its own process. An executor is stepped by
+    one thread at a time. Close it with :meth:`close` or a ``with`` block.
+
+        >>> with Executor("dualpipev", 1, 2, 0, engine, batch_size=8) as ex:
+        ...     ex.step()                                  # doctest: +SKIP
+
+    With torch.distributed, the communication methods are what upstream
+    DualPipe does between its commits (one process per rank)::
+
+        def post_send(self, rank, msg, dir, mb, peer):
+            t = self.out[dir, mb] if msg == Msg.ACT else self.grad_in[dir, mb]
+            self.ops.append(dist.P2POp(dist.isend, t, peer))
+
+        def post_recv(self, rank, msg, dir, mb, peer):
+            t = torch.empty(self.shape(dir, mb), device="cuda")
+            (self.inp if msg == Msg.ACT else self.grad_out)[dir, mb] = t
+            self.ops.append(dist.P2POp(dist.irecv, t, peer))
+
+        def commit(self, rank):
+            for req in dist.batch_isend_irecv(self.ops) if self.ops else []:
+                req.wait()
+            self.ops = []
+    """
+
+    def __init__(self, kind, num_ranks, num_chunks, rank, engine, batch_size=0):
+        k = _kind(kind)
+        R = _lib.int32_arg("num_ranks", num_ranks)
+        N = _lib.int32_arg("num_chunks", num_chunks)
+        r = _lib.int32_arg("rank", rank)
+        b = _lib.int64_arg("batch_size", batch_size)
+        self._handle = None
+        self._lock = threading.Lock()
+        self._error = None
+        self._engine = engine
+        cb = PipeCallbacks()
+        cb.size = ctypes.sizeof(PipeCallbacks)
+        cb.magic = _lib.PIPE_CALLBACKS_MAGIC
+        self._keep = []  # the C function pointers live as long as the executor
+        for name, (fntype, adapt) in _METHODS.items():
+            method = getattr(engine, name, None)
+            if method is None:
+                continue
+            if not callable(method):
+                raise InvalidArgumentError("engine.%s is %s, not a method"
+                                           % (name, type(method).__name__))
+            c_fn = fntype(self._trampoline(adapt(method)))
+            self._keep.append(c_fn)
+            setattr(cb, name, c_fn)
+        self._callbacks = cb
+        handle = ctypes.c_void_p()
+        try:
+            _lib.lib().dinf_pipe_executor_create(k, R, N, r, b, ctypes.byref(cb),
+                                                 ctypes.byref(handle))
+        except InvalidArgumentError as e:
+            # the C rule names the struct field; here it is the engine's method
+            msg = e.message
+            for name in _METHODS:
+                msg = msg.replace("callbacks->%s is NULL" % name, "the engine has no %s method" % name)
+            raise InvalidArgumentError(msg, e.status) from None
+        self._handle = handle.value
+        self.kind, self.num_ranks, self.num_chunks, self.rank = k, R, N, r
+
+    def _trampoline(self, call):
+        lib = _lib.lib()
+
+        def run(*args):
+            try:
+                call(*args)
+                return 0
+            except BaseException as e:  # noqa: B902 - carried across C, re-raised by step()
+                if self._error is None:
+                    self._error = e
+                text = "%s: %s" % (type(e).__name__, e)
+                lib.dinf_set_last_error(text.encode("utf-8", "replace")[:1023])
+                return _status_of(e)
+
+        return run
+
+    def step(self):
+        """Run one training step: the rank's whole stream (commits, posts,
+        compute ops, the deferred weight gradients).
+
+        Raises the first exception an engine method raised (the step stops
+        there), as it was raised, with the library's account added as a note
+        (``dinf_pipe_executor_step: rank 1 op 7 (B0.2): backward failed:
+        ValueError: ...``); the executor stays usable for the next step. Raises
+        InvalidArgumentError when closed or already stepping (another thread,
+        or an engine method of this executor calling step())."""
+        if not self._lock.acquire(blocking=False):
+            raise InvalidArgumentError("Executor.step: rank %d is already stepping (an executor is "
+                                       "stepped by one thread at a time)" % self.rank)
+        try:
+            if self._handle is None:
+                raise InvalidArgumentError("Executor.step: the executor is closed")
+            self._error = None
+            failure = None
+            try:
+                _lib.lib().dinf_pipe_executor_step(self._handle)
+            except DeepInfraError as e:
+                failure = e
+            err, self._error = self._error, None
+        finally:
+            self._lock.release()
+        if failure is None:
+            return
+        if err is None:
+            raise failure
+        if hasattr(err, "add_note"):  # Python 3.11+
+            err.add_note(failure.message)
+        raise err  # outside the except block: its own context and cause stay as they were
+
+    def close(self):
+        """Free the executor (dinf_pipe_executor_destroy); closing twice is a no-op."""
+        if not self._lock.acquire(blocking=False):
+            raise InvalidArgumentError("Executor.close: rank %d is stepping" % self.rank)
+        try:
+            handle, self._handle = self._handle, None
+            if handle is not None:
+                _lib.lib().dinf_pipe_executor_destroy(handle)
+        finally:
+            self._lock.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        handle = getattr(self, "_handle", None)
+        if handle is not None:
+            self._handle = None
+            try:
+                _lib.lib().dinf_pipe_executor_destroy(handle)
+            except Exception:  # interpreter shutdown
+                pass

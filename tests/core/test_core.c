@@ -67,6 +67,55 @@ Test(core, last_error_is_thread_local) {
               dinf_last_error());
 }
 
+static void *set_in_thread(void *arg) {
+    (void)arg;
+    dinf_set_last_error("the other thread's text");
+    return (void *)(intptr_t)(strcmp(dinf_last_error(), "the other thread's text") == 0);
+}
+
+Test(core, set_last_error_sets_copies_truncates_and_clears) {
+    dinf_set_last_error("engine: NCCL send to rank 3 failed");
+    cr_assert_str_eq(dinf_last_error(), "engine: NCCL send to rank 3 failed");
+    char text[64];
+    snprintf(text, sizeof text, "copied");
+    dinf_set_last_error(text);
+    text[0] = 'X';
+    cr_assert_str_eq(dinf_last_error(), "copied", "the text is copied, not referenced");
+
+    /* its own text, and a suffix of it (overlapping copies) */
+    dinf_set_last_error(dinf_last_error());
+    cr_assert_str_eq(dinf_last_error(), "copied");
+    dinf_set_last_error(dinf_last_error() + 2);
+    cr_assert_str_eq(dinf_last_error(), "pied");
+
+    /* longer than the capacity: the first DINF_ERROR_MESSAGE_BYTES - 1 bytes */
+    static char big[3 * DINF_ERROR_MESSAGE_BYTES];
+    for (size_t i = 0; i + 1 < sizeof big; i++)
+        big[i] = (char)('a' + i % 26);
+    dinf_set_last_error(big);
+    cr_assert_eq(strlen(dinf_last_error()), DINF_ERROR_MESSAGE_BYTES - 1);
+    cr_assert_eq(strncmp(dinf_last_error(), big, DINF_ERROR_MESSAGE_BYTES - 1), 0);
+
+    /* a failing call replaces it; NULL and "" clear it */
+    size_t b;
+    dinf_dtype_size((dinf_dtype)66, &b);
+    cr_assert(strstr(dinf_last_error(), "dtype=66") != NULL, "%s", dinf_last_error());
+    dinf_set_last_error(NULL);
+    cr_assert_str_eq(dinf_last_error(), "");
+    dinf_set_last_error("x");
+    dinf_set_last_error("");
+    cr_assert_str_eq(dinf_last_error(), "");
+
+    /* per thread */
+    dinf_set_last_error("this thread's text");
+    pthread_t t;
+    void *ok;
+    pthread_create(&t, NULL, set_in_thread, NULL);
+    pthread_join(t, &ok);
+    cr_assert(ok, "the other thread sees its own text");
+    cr_assert_str_eq(dinf_last_error(), "this thread's text");
+}
+
 Test(core, device_query_answers_without_a_gpu) {
     dinf_device_info info = DINF_DEVICE_INFO_INIT;
     cr_assert_eq(dinf_device_query(0, &info), DINF_STATUS_OK, "%s", dinf_last_error());

@@ -215,8 +215,12 @@ static dinf_status enter(exec_engine *e, int callback) {
     int n = e->calls[callback]++;
     if (callback == e->fail_callback && n == e->fail_at) {
         e->failed = 1;
-        return dinf__fail(e->fail_status, "exec_toy", "injected %s failure (call %d)",
-                          exec_callback_names[callback], n);
+        /* as an engine sets its own reason: the executor quotes it */
+        char text[128];
+        snprintf(text, sizeof text, "exec_toy: injected %s failure (call %d)",
+                 exec_callback_names[callback], n);
+        dinf_set_last_error(text);
+        return e->fail_status;
     }
     return DINF_STATUS_OK;
 }
