@@ -978,9 +978,14 @@ static int first_of_kernel_and_form(const dinf_jit_kernel_config *configs, int j
     return 1;
 }
 
-Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_spills,
-     .fini = cleanup_cache, .timeout = 900.0) {
+/* The sweep below runs as SWEEP_SHARDS tests, shard i compiling the configs
+ * j with j % SWEEP_SHARDS == i: the test runner's workers share the ~300
+ * compiles instead of one worker doing them all. */
+enum { SWEEP_SHARDS = 4 };
+
+static void compile_every_config(int shard) {
 #if !DINF_WITH_CUDA
+    (void)shard;
     cr_skip_test("CPU-only build (make CUDA=0): no JIT");
 #else
     int major, minor;
@@ -1049,9 +1054,16 @@ Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_s
      * compiles, 4 minutes of a 2-core CI machine under the sanitizers. */
     double t0 = dinf__jit_now_seconds(), slowest = 0;
     char slowest_label[128] = "";
-    int compiled = 0;
+    int compiled = 0, to_compile = 0, firsts = 0;
     for (int j = 0; j < count; j++) {
-        if (DINF_TEST_SANITIZED && !first_of_kernel_and_form(configs, j))
+        firsts += first_of_kernel_and_form(configs, j);
+        to_compile += j % SWEEP_SHARDS == shard &&
+                      (!DINF_TEST_SANITIZED || first_of_kernel_and_form(configs, j));
+    }
+    cr_assert_eq(firsts, 6, "two kernels x three forms");
+    for (int j = 0; j < count; j++) {
+        if (j % SWEEP_SHARDS != shard ||
+            (DINF_TEST_SANITIZED && !first_of_kernel_and_form(configs, j)))
             continue;
         compiled++;
         char label[128];
@@ -1099,16 +1111,19 @@ Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_s
         cr_log_info("%s: %d registers, %d bytes of shared memory, no spills, %.2f s", label,
                     r->registers, config_smem(&h), took);
     }
-    cr_log_info("%d of %d fp8_gemm/fp8_gemm_fast configs (%d picked for the DeepSeek-V3 "
-                "shapes) compiled in %.1f s%s; slowest %s %.2f s",
-                compiled, count, dsv3_count, dinf__jit_now_seconds() - t0,
+    cr_log_info("shard %d of %d: %d of %d fp8_gemm/fp8_gemm_fast configs (%d picked for the "
+                "DeepSeek-V3 shapes) compiled in %.1f s%s; slowest %s %.2f s",
+                shard + 1, SWEEP_SHARDS, compiled, count, dsv3_count,
+                dinf__jit_now_seconds() - t0,
                 DINF_TEST_SANITIZED ? " (sanitized build: one per kernel and form)" : "",
                 slowest_label, slowest);
-    cr_assert_eq(compiled, DINF_TEST_SANITIZED ? 6 : count, "%d configs compiled", compiled);
+    cr_assert_eq(compiled, to_compile, "%d configs compiled", compiled);
+    if (!DINF_TEST_SANITIZED)
+        cr_assert_geq(compiled, count / SWEEP_SHARDS);
     cr_assert_geq(dsv3_count, 6, "the shapes exercise every form and both block_m");
 
     /* The reference kernel of the GPU tests compiles clean too. */
-    for (int tile = 16; tile <= 32; tile += 16) {
+    for (int tile = 16; shard == 0 && tile <= 32; tile += 16) {
         dinf_jit_kernel_config c = DINF_JIT_KERNEL_CONFIG_INIT;
         snprintf(c.name, sizeof c.name, "f32_gemm_nt_ref");
         c.num_params = 1;
@@ -1121,6 +1136,17 @@ Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_s
     }
 #endif
 }
+
+#define SWEEP_TEST(i)                                                                              \
+    Test(gemm_jit, every_config_the_heuristics_can_pick_compiles_for_sm90a_without_spills_##i,    \
+         .fini = cleanup_cache, .timeout = 600.0) {                                                \
+        compile_every_config(i - 1);                                                               \
+    }
+_Static_assert(SWEEP_SHARDS == 4, "one SWEEP_TEST per shard");
+SWEEP_TEST(1)
+SWEEP_TEST(2)
+SWEEP_TEST(3)
+SWEEP_TEST(4)
 
 /* Occurrences of word in the text read from f. */
 static void count_sass(FILE *f, int *qgmma, int *tma_loads, int *local, int *griddep,
