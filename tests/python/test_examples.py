@@ -3,10 +3,11 @@ passes its own check (exit status 0 and its summary line)."""
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 
-from conftest import build_make_args
+from conftest import PYTHON_DIR, build_make_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.path.join(ROOT, os.environ.get("DINF_BUILD_DIR", "build"))
@@ -63,3 +64,27 @@ def test_moe_layer_reports_library_errors(examples_dir):
                 in res.stderr), res.stderr
     res = run_example(exe, "--bogus")
     assert res.returncode == 2 and "usage:" in res.stderr
+
+
+def run_python_example(*args):
+    env = dict(os.environ, PYTHONPATH=PYTHON_DIR)  # DINF_BUILD_DIR: the library under test
+    return subprocess.run([sys.executable, os.path.join(ROOT, "examples", "pipeline_train.py"),
+                           *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_pipeline_train_matches_its_sequential_run():
+    res = run_python_example("--ranks", "3", "--chunks", "7", "--steps", "3")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.startswith("pipeline_train: DualPipeV, 3 ranks x 2 stages, 7 micro-batches")
+    steps = re.findall(r"^step (\d): loss (\S+) \(sequential (\S+)\)$", res.stdout, re.M)
+    assert [int(s) for s, _, _ in steps] == [0, 1, 2]
+    assert all(a == b for _, a, b in steps)
+    assert float(steps[-1][1]) < float(steps[0][1])  # it learns
+    assert re.search(r"^pipeline_train: OK max_rel_loss_diff=\S+ over 3 steps$", res.stdout, re.M)
+
+
+def test_pipeline_train_reports_library_errors():
+    res = run_python_example("--ranks", "4", "--chunks", "6")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert ("pipeline_train: dinf_pipe_executor_create: dualpipev: num_chunks=6 must be >= "
+            "2 * num_ranks = 8" in res.stderr), res.stderr
