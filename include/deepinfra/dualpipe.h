@@ -327,9 +327,12 @@ typedef enum dinf_pipe_msg {
  * The engine's side. Every callback returns DINF_STATUS_OK or a failure
  * status; on failure the step stops at once and returns that status, with a
  * message naming the rank, the op and the callback, followed by the text of
- * dinf_last_error() at the time of the failure (a callback may set it by
- * failing a dinf_* call, or leave it). All callbacks run on the thread that
- * calls dinf_pipe_executor_step, in stream order.
+ * dinf_last_error() at the time of the failure: the executor clears that
+ * text before each callback, and the callback sets it with
+ * dinf_set_last_error or by failing a dinf_* call, or leaves it empty ("(the
+ * callback set no message)"). A step that succeeds leaves the caller's
+ * dinf_last_error() as it was. All callbacks run on the thread that calls
+ * dinf_pipe_executor_step, in stream order.
  */
 typedef struct dinf_pipe_callbacks {
     uint32_t size;  /* sizeof(dinf_pipe_callbacks) as the caller knows it (at least the first

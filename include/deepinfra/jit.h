@@ -20,9 +20,9 @@
  *         fprintf(stderr, "%s\n", dinf_last_error());
  *
  * Run-time dependencies. NVRTC is opened lazily with dlopen
- * ("libnvrtc.so.13", then "libnvrtc.so"; DINF_NVRTC_LIBRARY=<path> names
- * another file), never linked: without it, the JIT functions return
- * DINF_STATUS_UNSUPPORTED and say why (the NVRTC version is part of every
+ * ("libnvrtc.so.13", then "libnvrtc.so", then "libnvrtc.so.12";
+ * DINF_NVRTC_LIBRARY=<path> names another file), never linked: without it,
+ * the JIT functions return DINF_STATUS_UNSUPPORTED and say why (the NVRTC version is part of every
  * cache key, so even cached kernels need it). The
  * templates and the few types and intrinsics they use are part of the
  * library binary: no source tree and no CUDA headers are needed at run time

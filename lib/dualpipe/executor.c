@@ -229,11 +229,20 @@ DINF_API dinf_status dinf_pipe_executor_create(dinf_pipe_kind kind, int32_t num_
     return DINF_STATUS_OK;
 }
 
+/* Before each callback: the thread's dinf_last_error() text cleared, so that
+ * a callback that fails without setting one is not quoted with an older,
+ * unrelated text. */
+static const char *begin_callback(const char *name) {
+    dinf_set_last_error(NULL);
+    return name;
+}
+
 /* "rank R op I (<op>): <callback> failed: <the callback's last error>" */
 static dinf_status callback_failed(const dinf_pipe_executor *ex, int64_t index,
                                    const char *callback, dinf_status status) {
     char cause[DINF_ERROR_MESSAGE_MAX];
-    snprintf(cause, sizeof cause, "%s", dinf_last_error());
+    snprintf(cause, sizeof cause, "%s",
+             dinf_last_error()[0] ? dinf_last_error() : "(the callback set no message)");
     char text[64];
     if (dinf_pipe_op_format(&ex->ops[index], text, sizeof text) != DINF_STATUS_OK)
         snprintf(text, sizeof text, "?");
@@ -249,6 +258,10 @@ DINF_API dinf_status dinf_pipe_executor_step(dinf_pipe_executor *executor) {
     void *user = cb->user;
     const int32_t rank = ex->rank;
     int64_t head = 0, tail = 0; /* FIFO of deferred backwards: fifo[head .. tail) */
+    /* the caller's last error, back in place when the step succeeds (the
+     * callbacks' texts are cleared before each: begin_callback) */
+    char caller_error[DINF_ERROR_MESSAGE_MAX];
+    snprintf(caller_error, sizeof caller_error, "%s", dinf_last_error());
 
     for (int64_t i = 0; i < ex->num_ops; i++) {
         const dinf_pipe_op *op = &ex->ops[i];
@@ -258,13 +271,13 @@ DINF_API dinf_status dinf_pipe_executor_step(dinf_pipe_executor *executor) {
         switch (op->type) {
         case DINF_PIPE_OP_COMMIT:
             if (cb->commit) {
-                callback = "commit";
+                callback = begin_callback("commit");
                 st = cb->commit(user, rank);
             }
             break;
         case DINF_PIPE_OP_SEND_ACT:
         case DINF_PIPE_OP_SEND_GRAD:
-            callback = "post_send";
+            callback = begin_callback("post_send");
             st = cb->post_send(user, rank,
                                op->type == DINF_PIPE_OP_SEND_ACT ? DINF_PIPE_MSG_ACT
                                                                  : DINF_PIPE_MSG_GRAD,
@@ -272,7 +285,7 @@ DINF_API dinf_status dinf_pipe_executor_step(dinf_pipe_executor *executor) {
             break;
         case DINF_PIPE_OP_RECV_ACT:
         case DINF_PIPE_OP_RECV_GRAD:
-            callback = "post_recv";
+            callback = begin_callback("post_recv");
             st = cb->post_recv(user, rank,
                                op->type == DINF_PIPE_OP_RECV_ACT ? DINF_PIPE_MSG_ACT
                                                                  : DINF_PIPE_MSG_GRAD,
@@ -280,17 +293,17 @@ DINF_API dinf_status dinf_pipe_executor_step(dinf_pipe_executor *executor) {
             break;
         case DINF_PIPE_OP_F:
             fill_task(ex, op->dir, op->mb, 0, 0, &task);
-            callback = "forward";
+            callback = begin_callback("forward");
             st = cb->forward(user, &task);
             break;
         case DINF_PIPE_OP_B:
             fill_task(ex, op->dir, op->mb, 1, 0, &task);
-            callback = "backward";
+            callback = begin_callback("backward");
             st = cb->backward(user, &task);
             break;
         case DINF_PIPE_OP_I:
             fill_task(ex, op->dir, op->mb, 1, 1, &task);
-            callback = "backward";
+            callback = begin_callback("backward");
             st = cb->backward(user, &task);
             if (st == DINF_STATUS_OK) {
                 ex->fifo[tail].dir = op->dir;
@@ -304,20 +317,20 @@ DINF_API dinf_status dinf_pipe_executor_step(dinf_pipe_executor *executor) {
                                  rank, (long long)i);
             fill_task(ex, ex->fifo[head].dir, ex->fifo[head].mb, 1, 1, &task);
             head++;
-            callback = "weight_grad";
+            callback = begin_callback("weight_grad");
             st = cb->weight_grad(user, &task);
             break;
         case DINF_PIPE_OP_FB:
             fill_task(ex, op->dir, op->mb, 0, 0, &task);
             fill_task(ex, op->dir2, op->mb2, 1, 0, &task2);
             if (cb->forward_backward) {
-                callback = "forward_backward";
+                callback = begin_callback("forward_backward");
                 st = cb->forward_backward(user, &task, &task2);
             } else {
-                callback = "forward";
+                callback = begin_callback("forward");
                 st = cb->forward(user, &task);
                 if (st == DINF_STATUS_OK) {
-                    callback = "backward";
+                    callback = begin_callback("backward");
                     st = cb->backward(user, &task2);
                 }
             }
@@ -333,6 +346,7 @@ DINF_API dinf_status dinf_pipe_executor_step(dinf_pipe_executor *executor) {
         return DINF_FAIL(DINF_STATUS_INTERNAL,
                          "rank %d: %lld deferred weight gradients left at the end of the step",
                          rank, (long long)(tail - head));
+    dinf__restore_error(caller_error);
     return DINF_STATUS_OK;
 }
 

@@ -254,10 +254,14 @@ def _task(p):
                 t.row_offset if rows else None, t.row_count if rows else None)
 
 
+_FAILURE_STATUSES = frozenset(int(s) for s in Status if s != Status.OK)
+
+
 def _status_of(exc):
     """The dinf_status a failing callback hands the C executor for exc."""
-    if isinstance(exc, DeepInfraError) and exc.status in set(Status) - {Status.OK}:
-        return int(exc.status)
+    status = getattr(exc, "status", None) if isinstance(exc, DeepInfraError) else None
+    if isinstance(status, int) and int(status) in _FAILURE_STATUSES:
+        return int(status)
     if isinstance(exc, TimeoutError):
         return int(Status.TIMEOUT)
     if isinstance(exc, MemoryError):
@@ -265,7 +269,50 @@ def _status_of(exc):
     return int(Status.INTERNAL)
 
 
-#: engine method -> (dinf_pipe_callbacks field, ctypes function type, argument adapter)
+class _Step:
+    """What a step's callbacks share with step(): the first exception. The
+    callbacks hold this, not the Executor, so an executor dropped without
+    close() is freed at once (no reference cycle)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self):
+        self.error = None
+
+
+def _trampoline(state, call, set_last_error):
+    """call wrapped for C: 0 when it returns; when it raises, the exception
+    kept in state (the first one of the step), its text set as the thread's
+    dinf_last_error() and a failure status returned. Nothing in the handler
+    may raise: an exception escaping a ctypes callback is printed and lost,
+    and C would read an undefined status."""
+
+    def run(*args):
+        try:
+            call(*args)
+            return 0
+        except BaseException as e:  # noqa: B902 - carried across C, re-raised by step()
+            try:
+                if state.error is None:
+                    state.error = e
+                status = _status_of(e)
+            except BaseException:  # noqa: B902
+                status = int(Status.INTERNAL)
+            try:
+                text = "%s: %s" % (type(e).__name__, e)
+            except BaseException:  # noqa: B902 - a __str__ that raises
+                text = "%s: <unprintable>" % type(e).__name__
+            try:
+                set_last_error(text.replace("\0", "\\0").encode("utf-8", "replace"))
+            except BaseException:  # noqa: B902
+                pass
+            return status
+
+    return run
+
+
+#: engine method -> (ctypes function type, adapter of the C arguments); the
+#: method's name is the dinf_pipe_callbacks field
 _METHODS = {
     "forward": (_lib.PipeTaskFn, lambda fn: lambda user, t: fn(_task(t))),
     "backward": (_lib.PipeTaskFn, lambda fn: lambda user, t: fn(_task(t))),
@@ -345,8 +392,9 @@ class Executor:
         b = _lib.int64_arg("batch_size", batch_size)
         self._handle = None
         self._lock = threading.Lock()
-        self._error = None
+        self._step = _Step()
         self._engine = engine
+        self.last_error = None
         cb = PipeCallbacks()
         cb.size = ctypes.sizeof(PipeCallbacks)
         cb.magic = _lib.PIPE_CALLBACKS_MAGIC
@@ -358,7 +406,7 @@ class Executor:
             if not callable(method):
                 raise InvalidArgumentError("engine.%s is %s, not a method"
                                            % (name, type(method).__name__))
-            c_fn = fntype(self._trampoline(adapt(method)))
+            c_fn = fntype(_trampoline(self._step, adapt(method), _lib.lib().dinf_set_last_error))
             self._keep.append(c_fn)
             setattr(cb, name, c_fn)
         self._callbacks = cb
@@ -375,53 +423,46 @@ class Executor:
         self._handle = handle.value
         self.kind, self.num_ranks, self.num_chunks, self.rank = k, R, N, r
 
-    def _trampoline(self, call):
-        lib = _lib.lib()
-
-        def run(*args):
-            try:
-                call(*args)
-                return 0
-            except BaseException as e:  # noqa: B902 - carried across C, re-raised by step()
-                if self._error is None:
-                    self._error = e
-                text = "%s: %s" % (type(e).__name__, e)
-                lib.dinf_set_last_error(text.encode("utf-8", "replace")[:1023])
-                return _status_of(e)
-
-        return run
-
     def step(self):
         """Run one training step: the rank's whole stream (commits, posts,
         compute ops, the deferred weight gradients).
 
         Raises the first exception an engine method raised (the step stops
-        there), as it was raised, with the library's account added as a note
-        (``dinf_pipe_executor_step: rank 1 op 7 (B0.2): backward failed:
-        ValueError: ...``); the executor stays usable for the next step. Raises
-        InvalidArgumentError when closed or already stepping (another thread,
-        or an engine method of this executor calling step())."""
+        there), as it was raised; on Python 3.11+ with the library's account
+        added as a note (``dinf_pipe_executor_step: rank 1 op 7 (B0.2):
+        backward failed: ValueError: ...``). That account, as a
+        DeepInfraError with the status the C executor returned (an engine's
+        DeepInfraError: its own; TimeoutError: TIMEOUT; MemoryError:
+        OUT_OF_MEMORY; anything else: INTERNAL), is also
+        :attr:`last_error`, None after a step that succeeded. The executor
+        stays usable for the next step. Raises InvalidArgumentError when
+        closed or already stepping (another thread, or an engine method of
+        this executor calling step())."""
         if not self._lock.acquire(blocking=False):
             raise InvalidArgumentError("Executor.step: rank %d is already stepping (an executor is "
                                        "stepped by one thread at a time)" % self.rank)
         try:
             if self._handle is None:
                 raise InvalidArgumentError("Executor.step: the executor is closed")
-            self._error = None
+            self._step.error = None
             failure = None
             try:
                 _lib.lib().dinf_pipe_executor_step(self._handle)
             except DeepInfraError as e:
                 failure = e
-            err, self._error = self._error, None
+            err, self._step.error = self._step.error, None
+            self.last_error = failure
         finally:
             self._lock.release()
-        if failure is None:
-            return
         if err is None:
-            raise failure
-        if hasattr(err, "add_note"):  # Python 3.11+
-            err.add_note(failure.message)
+            if failure is not None:
+                raise failure
+            return
+        note = failure.message if failure is not None else (
+            "Executor.step: rank %d: an engine method raised this, but the step went on"
+            % self.rank)
+        if hasattr(err, "add_note") and note not in getattr(err, "__notes__", ()):
+            err.add_note(note)  # Python 3.11+
         raise err  # outside the except block: its own context and cause stay as they were
 
     def close(self):

@@ -34,7 +34,7 @@ device (gemm.h documents the device-side contract).
 quantize on the GPU and return torch tensors.
 
 Warm-up. The GPU path compiles each tile configuration's kernel on first use
-(NVRTC, 0.2-0.4 s). :func:`precompile` compiles every distinct kernel a list
+(NVRTC, about 0.15-0.4 s; up to 0.8 s for the largest configurations). :func:`precompile` compiles every distinct kernel a list
 of batch sizes will run, ahead of serving; :func:`kernel_config` names one
 shape's kernel; :mod:`deepinfra.jit` holds the cache directory and counters.
 

@@ -781,6 +781,54 @@ Test(pipe_exec, step_and_destroy_accept_what_they_document) {
     dinf_pipe_executor_destroy(NULL);
 }
 
+/* A 1F1B engine whose backward fails on call fail_at, silently or with a
+ * text of its own, after some earlier call on the thread left a text. */
+typedef struct quiet_engine {
+    int calls, fail_at, set_text;
+} quiet_engine;
+
+static dinf_status quiet_forward(void *user, const dinf_pipe_task *t) {
+    (void)user, (void)t;
+    size_t bytes;
+    dinf_dtype_size((dinf_dtype)99, &bytes); /* an unrelated failure inside a callback */
+    return DINF_STATUS_OK;
+}
+
+static dinf_status quiet_backward(void *user, const dinf_pipe_task *t) {
+    (void)t;
+    quiet_engine *e = user;
+    if (e->calls++ != e->fail_at)
+        return DINF_STATUS_OK;
+    if (e->set_text)
+        dinf_set_last_error("engine: stage 0 ran out of activations");
+    return DINF_STATUS_CUDA_ERROR;
+}
+
+Test(pipe_exec, a_failing_callback_is_quoted_with_its_own_text_or_none_never_an_older_one) {
+    for (int set_text = 0; set_text < 2; set_text++) {
+        quiet_engine e = {0, 1, set_text};
+        dinf_pipe_callbacks cb = DINF_PIPE_CALLBACKS_INIT;
+        cb.user = &e;
+        cb.forward = quiet_forward;
+        cb.backward = quiet_backward;
+        dinf_pipe_executor *ex = NULL;
+        cr_assert_eq(dinf_pipe_executor_create(DINF_PIPE_1F1B, 1, 3, 0, 0, &cb, &ex),
+                     DINF_STATUS_OK, "%s", dinf_last_error());
+        cr_assert_eq(dinf_pipe_executor_step(ex), DINF_STATUS_CUDA_ERROR);
+        cr_assert_str_eq(dinf_last_error(),
+                         set_text ? "dinf_pipe_executor_step: rank 0 op 7 (B0.1): backward failed: "
+                                    "engine: stage 0 ran out of activations"
+                                  : "dinf_pipe_executor_step: rank 0 op 7 (B0.1): backward failed: "
+                                    "(the callback set no message)");
+        /* a step that succeeds leaves the caller's text as it was */
+        e.calls = 0, e.fail_at = -1;
+        dinf_set_last_error("the caller's own text");
+        cr_assert_eq(dinf_pipe_executor_step(ex), DINF_STATUS_OK);
+        cr_assert_str_eq(dinf_last_error(), "the caller's own text");
+        dinf_pipe_executor_destroy(ex);
+    }
+}
+
 /* --------------------------------------------------------------- split --- */
 
 Test(pipe_exec, split_follows_tensor_split) {

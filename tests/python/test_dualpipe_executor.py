@@ -3,7 +3,9 @@ float64) on 1..4 ranks, each a Python thread with its own executor and an
 in-process mailbox, against a sequential single-rank reference; the tasks
 and calls each rank gets; exceptions carried through the C executor; bad
 engines and arguments; split()."""
+import gc
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -209,12 +211,16 @@ def run_ranks(toy, engines, N, batch, steps=1):
             errors[r] = e
             engines[r].world.fail()
 
-    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(toy.R)]
+    # daemon threads: a rank that hangs fails this test instead of blocking pytest's exit
+    threads = [threading.Thread(target=rank_main, args=(r,), daemon=True) for r in range(toy.R)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-        assert not t.is_alive(), "a rank hangs"
+    hung = [r for r, t in enumerate(threads) if t.is_alive()]
+    if hung:
+        engines[0].world.fail()
+        pytest.fail("ranks %s hang" % hung)
     for ex in executors:
         ex.close()
     return errors
@@ -336,7 +342,95 @@ def test_the_status_the_c_executor_sees(exc, status):
     with dualpipe.Executor("1f1b", 1, 1, 0, Engine()) as ex:
         with pytest.raises(type(exc)) as info:
             ex.step()
+        # what the C executor returned: that status and its account of the failure
+        assert isinstance(ex.last_error, DeepInfraError) and ex.last_error.status == status
+        assert ex.last_error.message == ("dinf_pipe_executor_step: rank 0 op 1 (F0.0): forward "
+                                         "failed: %s: %s" % (type(exc).__name__, exc))
     assert info.value is exc
+
+
+def test_last_error_is_none_after_a_step_that_succeeds():
+    class Engine:
+        fail = True
+
+        def forward(self, t):
+            if self.fail:
+                raise ValueError("once")
+
+        def backward(self, t):
+            pass
+
+    engine = Engine()
+    with dualpipe.Executor("1f1b", 1, 1, 0, engine) as ex:
+        assert ex.last_error is None
+        with pytest.raises(ValueError):
+            ex.step()
+        assert ex.last_error is not None
+        engine.fail = False
+        ex.step()
+        assert ex.last_error is None
+
+
+def test_an_exception_whose_text_cannot_be_made_still_stops_the_step():
+    class Unprintable(Exception):
+        def __str__(self):
+            raise RuntimeError("no text")
+
+    calls = []
+
+    class Engine:
+        def forward(self, t):
+            calls.append(t.mb)
+            if t.mb == 1:
+                raise Unprintable()
+
+        def backward(self, t):
+            pass
+
+    with dualpipe.Executor("1f1b", 1, 3, 0, Engine()) as ex:
+        with pytest.raises(Unprintable):
+            ex.step()
+        assert calls == [0, 1]  # stopped at the failure, not carried on
+        assert ex.last_error.message.endswith("forward failed: Unprintable: <unprintable>")
+
+
+def test_the_same_exception_raised_twice_gets_one_note():
+    boom = ValueError("again")
+
+    class Engine:
+        def forward(self, t):
+            raise boom
+
+        def backward(self, t):
+            pass
+
+    with dualpipe.Executor("1f1b", 1, 1, 0, Engine()) as ex:
+        for _ in range(3):
+            with pytest.raises(ValueError):
+                ex.step()
+    assert len(getattr(boom, "__notes__", [None])) == 1
+
+
+def test_an_executor_left_unclosed_is_freed_without_the_garbage_collector():
+    class Engine:
+        def forward(self, t):
+            pass
+
+        def backward(self, t):
+            pass
+
+    engine = Engine()
+    ex = dualpipe.Executor("1f1b", 1, 2, 0, engine)
+    ex.step()
+    ref = weakref.ref(ex)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del ex
+        assert ref() is None, "a reference cycle keeps the executor (and its engine) alive"
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def test_a_keyboard_interrupt_in_a_method_reaches_the_caller():
