@@ -60,6 +60,7 @@ int bench_main(int argc, char **argv);
 
 /* Registration hooks of each benchmark file, called by main. */
 void bench_register_eplb(void);
+void bench_register_fp8(void);
 void bench_register_dualpipe(void);
 void bench_register_copy(void);
 void bench_register_gemm(void);

@@ -14,6 +14,7 @@ int main(int argc, char **argv) {
     if (!info.usable)
         fprintf(stderr, "GPU benchmarks skipped: %s\n", info.reason);
     bench_register_eplb();
+    bench_register_fp8();
     bench_register_dualpipe();
     bench_register_gemm();
     bench_register_mla();

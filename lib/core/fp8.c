@@ -13,6 +13,8 @@
  *   itself NaN (inf * 0), as torch's reference would.
  * - the clamp to +-448 keeps NaN (comparisons, not fminf/fmaxf).
  */
+#include "cpu_vec.h"
+#include "fp8_cpu.h"
 #include "internal.h"
 #include "numeric_hd.h"
 #include "parallel.h"
@@ -23,6 +25,42 @@
 #include <string.h>
 
 #define FP8_BLOCK_K 128
+
+/* ------------------------------------------- the quantizer's CPU kernels -- */
+
+/* vectors never cross a call (the kernels inline their helpers) */
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+/* SSE2 (the x86-64 baseline; or whatever the build's is) */
+#define NAME base
+#define TARGET
+#define VT v4f
+#define VW 4
+#include "fp8_cpu_body.h"
+#if defined(__x86_64__) && defined(__GNUC__)
+#define DINF_FP8_CPU_X86 1
+#define NAME avx2
+#define TARGET __attribute__((target("avx2")))
+#define VT v8f
+#define VW 8
+#include "fp8_cpu_body.h"
+#define NAME avx512
+#define TARGET __attribute__((target("avx512f")))
+#define VT v16f
+#define VW 16
+#include "fp8_cpu_body.h"
+#endif
+
+const dinf__fp8_cpu_kernels *dinf__fp8_cpu_kernels_for(int isa) {
+#ifdef DINF_FP8_CPU_X86
+    if (isa == DINF__ISA_AVX512)
+        return &kernels_avx512;
+    if (isa == DINF__ISA_AVX2)
+        return &kernels_avx2;
+#endif
+    (void)isa;
+    return &kernels_base;
+}
 
 /* ----------------------------------------------------------- convert ---- */
 
@@ -132,32 +170,23 @@ typedef struct quantize_ctx {
     int32_t block_rows;
     uint8_t *q;
     float *scales;
+    const dinf__fp8_cpu_kernels *kernels;
 } quantize_ctx;
 
-/* One block [rows r0..r1) x [cols c0..c1): its amax, scale and codes. */
+/* One block [rows r0..r1) x [cols c0..c1): its amax, scale and codes. The
+ * amax skips every NaN by comparison, signalling ones too (glibc's fmaxf
+ * does not), as the GPU's max.f32 does; the kernels (fp8_cpu.h) encode
+ * x * factor, whose clamp to +-448 would change no code. */
 static void quantize_block(const quantize_ctx *c, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
                            float *scale) {
-    float amax = 0.0f;
-    for (int64_t r = r0; r < r1; r++)
-        for (int64_t j = c0; j < c1; j++) {
-            /* a comparison skips every NaN, signalling ones too (glibc's
-             * fmaxf does not), as the GPU's max.f32 does */
-            const float v = fabsf(load_f32(c->x, c->x_dtype, r * c->x_ld + j));
-            if (v > amax)
-                amax = v;
-        }
+    const int bf16 = c->x_dtype == DINF_DTYPE_BFLOAT16;
+    const void *x = (const char *)c->x + (size_t)(r0 * c->x_ld + c0) * (bf16 ? 2 : 4);
+    float amax = c->kernels->amax(x, bf16, r1 - r0, c1 - c0, c->x_ld);
     if (!(amax > 1e-4f))
         amax = 1e-4f;
     *scale = amax / DINF_E4M3_MAX;
-    const float factor = DINF_E4M3_MAX / amax;
-    for (int64_t r = r0; r < r1; r++) {
-        uint8_t *q_row = c->q + r * c->q_ld;
-        for (int64_t j = c0; j < c1; j++) {
-            float v = load_f32(c->x, c->x_dtype, r * c->x_ld + j) * factor;
-            v = v > DINF_E4M3_MAX ? DINF_E4M3_MAX : v < -DINF_E4M3_MAX ? -DINF_E4M3_MAX : v;
-            q_row[j] = dinf__e4m3_from_f32(v);
-        }
-    }
+    c->kernels->encode(x, bf16, r1 - r0, c1 - c0, c->x_ld, DINF_E4M3_MAX / amax,
+                       c->q + r0 * c->q_ld + c0, c->q_ld);
 }
 
 /* Items are blocks, numbered row-block-major like the scales. */
@@ -232,7 +261,13 @@ DINF_API dinf_status dinf_fp8_quantize(const void *x, dinf_dtype x_dtype, int64_
         return dinf__fp8_quantize_cuda(__func__, &place, x, x_dtype, m, k, x_ld, block_rows, q,
                                        q_ld, scales);
 #endif
-    quantize_ctx ctx = {x, x_dtype, m, k, x_ld, q_ld, k_blocks, block_rows, q, scales};
+    /* the vector set: the CPU's widest, or DINF_CPU_ISA (read on every call) */
+    char isa_msg[160];
+    const int isa = dinf__cpu_isa(isa_msg, sizeof isa_msg);
+    if (isa < 0)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "%s", isa_msg);
+    quantize_ctx ctx = {x,  x_dtype, m,      k, x_ld, q_ld, k_blocks, block_rows,
+                        q,  scales,  dinf__fp8_cpu_kernels_for(isa)};
     /* ~64 K elements per chunk at least: per-token blocks are 128 elements. */
     const int64_t min_chunk = block_rows == 1 ? 512 : 4;
     return dinf__parallel_for(place.threads, num_blocks, min_chunk, quantize_range, &ctx);

@@ -2,10 +2,14 @@
  * FP8 / BF16 number formats and quantization (core.h): the scalar
  * conversions against ml_dtypes' table and exhaustive rounding properties,
  * dinf_convert, dinf_fp8_quantize against an independent straightforward
- * implementation, dinf_fp8_scale_layout_mn_major, and every rejected input.
+ * implementation, the quantizer's per-set vector kernels against the scalar
+ * functions, dinf_fp8_scale_layout_mn_major, and every rejected input.
  */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include <deepinfra.h>
 
+#include "core/fp8_cpu.h"
+#include "core/internal.h" /* dinf__cpu_isa */
 #include "core/numeric_hd.h"
 
 #include <criterion/criterion.h>
@@ -731,4 +735,183 @@ Test(fp8_convert, large_arrays_split_over_threads_give_identical_bits) {
     cr_assert_eq(dinf_fp8_scale_layout_mn_major(x, lm, kb, lb, &aligned, &seven), DINF_STATUS_OK);
     cr_assert_eq(memcmp(la, lb, (size_t)(kb * lm) * sizeof(float)), 0);
     free(x), free(a), free(b), free(qa), free(qb), free(sa), free(sb), free(la), free(lb);
+}
+
+/* ------------------------------------------ the quantizer's CPU kernels --- */
+
+/* The top vector set this CPU has (DINF_CPU_ISA unset). */
+static int fp8_top_isa(void) {
+    unsetenv("DINF_CPU_ISA");
+    char msg[160];
+    const int top = dinf__cpu_isa(msg, sizeof msg);
+    cr_assert_geq(top, DINF__ISA_BASE, "%s", msg);
+    if (top < DINF__ISA_AVX512) /* info: Criterion exits 1 after a warning */
+        cr_log_info("this CPU runs only the sets up to %s: the wider ones are not tested here",
+                    dinf__isa_name(top));
+    return top;
+}
+
+static const dinf__fp8_cpu_kernels *fp8_kernels_of(int isa) {
+    const dinf__fp8_cpu_kernels *k = dinf__fp8_cpu_kernels_for(isa);
+    cr_assert_not_null(k);
+    cr_assert_str_eq(k->isa, dinf__isa_name(isa));
+    return k;
+}
+
+/* Inputs that reach every branch of the encoder: every e4m3 value, the
+ * midpoints between neighbours and one float ulp either side, the
+ * subnormal range, 448 and beyond, infinities, NaNs (quiet, signalling,
+ * both signs), zeros, and a sweep of bit patterns. */
+static int64_t encoder_inputs(float *v, int64_t cap) {
+    int64_t n = 0;
+#define PUT(x)                                                                                     \
+    do {                                                                                           \
+        cr_assert_lt(n, cap);                                                                      \
+        v[n++] = (x);                                                                              \
+    } while (0)
+    for (int c = 0; c < 256; c++) {
+        const float a = dinf__f32_from_e4m3((uint8_t)c);
+        if (isnan(a))
+            continue;
+        const float b = dinf__f32_from_e4m3((uint8_t)(c + 1 < 256 ? c + 1 : c));
+        PUT(a);
+        PUT(nextafterf(a, INFINITY));
+        PUT(nextafterf(a, -INFINITY));
+        if (!isnan(b)) {
+            const float mid = (a + b) / 2;
+            PUT(mid);
+            PUT(nextafterf(mid, INFINITY));
+            PUT(nextafterf(mid, -INFINITY));
+        }
+    }
+    const float specials[] = {0.0f, -0.0f, 448.0f, -448.0f, 464.0f, 480.0f, 1e30f, -1e30f,
+                              INFINITY, -INFINITY, NAN, -NAN, FLT_MIN, -FLT_MIN, 1e-45f,
+                              0x1p-10f, 0x1p-9f, 0x1.8p-9f, 0x1p-7f, 0x1.fp-7f, 0x1.fffffep-7f};
+    for (size_t i = 0; i < sizeof specials / sizeof specials[0]; i++)
+        PUT(specials[i]);
+    PUT(dinf__f32_from_bits(0x7fa00001u)); /* signalling NaNs */
+    PUT(dinf__f32_from_bits(0xff800001u));
+    for (uint64_t u = 0; u < (1ull << 32); u += 0x10003ull) /* a sweep of patterns */
+        PUT(dinf__f32_from_bits((uint32_t)u));
+#undef PUT
+    return n;
+}
+
+Test(fp8_cpu_isa, every_set_encodes_as_the_scalar_function) {
+    enum { CAP = 70000, ROWS = 3, LD = 53 };
+    static float v[CAP];
+    const int64_t n = encoder_inputs(v, CAP);
+    const float factors[] = {1.0f, 0.75f, 3.5f, 448.0f / 3.1f, 0.0f};
+    static float x[ROWS * LD];
+    static uint16_t xb[ROWS * LD];
+    static uint8_t q[ROWS * LD];
+    const int top = fp8_top_isa();
+    for (int isa = DINF__ISA_BASE; isa <= top; isa++) {
+        const dinf__fp8_cpu_kernels *k = fp8_kernels_of(isa);
+        for (int64_t at = 0; at < n; at += ROWS * 37)
+            for (size_t fi = 0; fi < sizeof factors / sizeof factors[0]; fi++)
+                for (int bf16 = 0; bf16 < 2; bf16++) {
+                    const int64_t cols = 1 + (at / 37) % 37; /* ragged: 1 .. 37 columns */
+                    for (int64_t i = 0; i < ROWS * LD; i++) {
+                        const float e = v[(at + i) % n];
+                        xb[i] = dinf__bf16_from_f32(e);
+                        x[i] = bf16 ? dinf__f32_from_bf16(xb[i]) : e;
+                    }
+                    memset(q, 0xA5, sizeof q);
+                    k->encode(bf16 ? (const void *)xb : (const void *)x, bf16, ROWS, cols, LD,
+                              factors[fi], q, LD);
+                    for (int64_t r = 0; r < ROWS; r++)
+                        for (int64_t j = 0; j < LD; j++) {
+                            const int64_t i = r * LD + j;
+                            const uint8_t want =
+                                j < cols ? dinf__e4m3_from_f32(x[i] * factors[fi]) : 0xA5;
+                            cr_assert_eq(q[i], want,
+                                         "%s %s factor %g: x=%a (bits %08x) at [%lld][%lld] gave "
+                                         "0x%02x, want 0x%02x",
+                                         k->isa, bf16 ? "bf16" : "f32", (double)factors[fi],
+                                         (double)x[i], bits(x[i]), (long long)r, (long long)j,
+                                         q[i], want);
+                        }
+                }
+    }
+}
+
+Test(fp8_cpu_isa, every_set_finds_the_scalar_amax) {
+    enum { ROWS = 5, LD = 141 };
+    static float x[ROWS * LD];
+    static uint16_t xb[ROWS * LD];
+    const int top = fp8_top_isa();
+    uint64_t seed = 99;
+    for (int trial = 0; trial < 400; trial++) {
+        const int64_t rows = 1 + trial % ROWS, cols = 1 + (trial * 7) % 128;
+        for (int64_t i = 0; i < ROWS * LD; i++) {
+            const uint64_t r = rng_next(&seed);
+            float e = (float)((double)(r >> 11) / 9007199254740992.0 * 2.0 - 1.0) *
+                      ldexpf(1.0f, (int)(r % 40) - 20);
+            if (r % 97 == 0)
+                e = (r & 1) ? NAN : -NAN; /* skipped */
+            else if (r % 89 == 0)
+                e = -0.0f;
+            else if (trial % 50 == 7 && r % 83 == 0)
+                e = (r & 2) ? INFINITY : -INFINITY;
+            /* outside the block: larger than anything inside, must not be read */
+            if (i % LD >= cols || i / LD >= rows)
+                e = 1e30f;
+            xb[i] = dinf__bf16_from_f32(e);
+            x[i] = e;
+        }
+        if (trial % 40 == 3) /* a block of only NaN and zeros */
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t j = 0; j < cols; j++)
+                    x[r * LD + j] = (j & 1) ? NAN : 0.0f, xb[r * LD + j] = dinf__bf16_from_f32(x[r * LD + j]);
+        for (int bf16 = 0; bf16 < 2; bf16++) {
+            float want = 0.0f;
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t j = 0; j < cols; j++) {
+                    const float e = fabsf(bf16 ? dinf__f32_from_bf16(xb[r * LD + j]) : x[r * LD + j]);
+                    if (e > want)
+                        want = e;
+                }
+            for (int isa = DINF__ISA_BASE; isa <= top; isa++) {
+                const float got = fp8_kernels_of(isa)->amax(bf16 ? (const void *)xb : (const void *)x,
+                                                            bf16, rows, cols, LD);
+                cr_assert_eq(bits(got), bits(want), "%s %s trial %d (%lld x %lld): %a, want %a",
+                             dinf__isa_name(isa), bf16 ? "bf16" : "f32", trial, (long long)rows,
+                             (long long)cols, (double)got, (double)want);
+            }
+        }
+    }
+}
+
+/* dinf_fp8_quantize with each DINF_CPU_ISA gives the same bits (the widest
+ * this CPU lacks falls back to what it has), and a bad value is refused. */
+Test(fp8_cpu_isa, quantize_gives_the_same_bits_in_every_set) {
+    enum { M = 131, K = 300, LD = 307 };
+    static float x[M * LD];
+    static uint8_t q[3][M * LD];
+    static float sc[3][12 * 3]; /* per token: 12 rows x 3 k blocks; per block: 2 x 3 */
+    uint64_t seed = 5;
+    for (int i = 0; i < M * LD; i++)
+        x[i] = (float)((double)(rng_next(&seed) >> 11) / 9007199254740992.0 - 0.5) * 37.0f;
+    const char *const sets[] = {"base", "avx2", "avx512"};
+    for (int br = 1; br <= 128; br += 127) {
+        for (int i = 0; i < 3; i++) {
+            setenv("DINF_CPU_ISA", sets[i], 1);
+            memset(q[i], 0xA5, sizeof q[i]);
+            cr_assert_eq(dinf_fp8_quantize(x, DINF_DTYPE_FLOAT32, br == 1 ? 12 : M, K, LD, br,
+                                           q[i], LD, sc[i], NULL),
+                         DINF_STATUS_OK, "%s", dinf_last_error());
+        }
+        for (int i = 1; i < 3; i++) {
+            cr_assert_eq(memcmp(q[i], q[0], sizeof q[0]), 0, "%s codes differ from base", sets[i]);
+            cr_assert_eq(memcmp(sc[i], sc[0], sizeof sc[0]), 0, "%s scales differ", sets[i]);
+        }
+    }
+    setenv("DINF_CPU_ISA", "avx1024", 1);
+    cr_assert_eq(dinf_fp8_quantize(x, DINF_DTYPE_FLOAT32, 1, K, LD, 1, q[0], LD, sc[0], NULL),
+                 DINF_STATUS_INVALID_ARGUMENT);
+    cr_assert(strstr(dinf_last_error(), "dinf_fp8_quantize: ") == dinf_last_error() &&
+                  strstr(dinf_last_error(), "avx1024"),
+              "%s", dinf_last_error());
+    unsetenv("DINF_CPU_ISA");
 }

@@ -152,13 +152,14 @@ def test_python_package_finds_the_installed_library(tmp_path):
 
 def test_cpu_vector_kernels_have_no_fma():
     """The CPU kernels' sets give the same bits only without FMA contraction
-    (lib/mla/mla_cpu.c, lib/gemm/gemm.c): the build's -ffp-contract=off must
+    (lib/mla/mla_cpu.c, lib/gemm/gemm.c, lib/core/fp8.c): the build's -ffp-contract=off must
     reach their AVX-512 and AVX2 variants (a fused multiply-add in any of
     them would make it differ from the others)."""
     objdump = shutil.which("objdump")
     if not objdump:
         pytest.skip("objdump not installed")
-    for rel, widest in (("lib/mla/mla_cpu.o", "qk_avx512"), ("lib/gemm/gemm.o", "tile_block_avx512")):
+    for rel, widest in (("lib/mla/mla_cpu.o", "qk_avx512"), ("lib/gemm/gemm.o", "tile_block_avx512"),
+                        ("lib/core/fp8.o", "encode_avx512")):
         obj = os.path.join(BUILD, "obj", rel)
         assert os.path.exists(obj), "%s not built" % obj
         dis = run([objdump, "-d", "--no-show-raw-insn", obj]).stdout
