@@ -239,10 +239,13 @@ DINF_API dinf_status dinf_convert(const void *src, dinf_dtype src_dtype, void *d
  *   scales     [OUT] float32 [ceil(m/block_rows)][ceil(k/128)], row-major,
  *                    contiguous, caller-owned
  *   exec       [IN]  NULL = CPU
+ * On the CPU it runs vector kernels in the widest set the CPU has (AVX-512,
+ * AVX2 or the baseline), all giving the same bits; the environment variable
+ * DINF_CPU_ISA=base|avx2|avx512 (read on every call) caps the set.
  * Returns DINF_STATUS_OK, DINF_STATUS_INVALID_ARGUMENT (NULL pointers,
  * negative sizes, strides below k, block_rows not 1 or 128, bad dtype,
- * overlapping buffers, products overflowing), DINF_STATUS_UNSUPPORTED,
- * DINF_STATUS_CUDA_ERROR.
+ * overlapping buffers, products overflowing, another DINF_CPU_ISA value on
+ * the CPU path), DINF_STATUS_UNSUPPORTED, DINF_STATUS_CUDA_ERROR.
  */
 DINF_API dinf_status dinf_fp8_quantize(const void *x, dinf_dtype x_dtype, int64_t m, int64_t k,
                                        int64_t x_ld, int32_t block_rows, uint8_t *q, int64_t q_ld,
