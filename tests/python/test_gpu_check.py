@@ -18,7 +18,7 @@ import os, sys, time
 args = sys.argv[1:]
 if "--list" in args:
     print("core: 5 tests\n|-- a\ngpu: 1 test\nfp8_gpu: 2 tests\ngemm_gpu: 3 tests\nslow_gpu: 1 test\n"
-          "gemm_cpu_isa: 1 test")
+          "gemm_cpu_isa: 1 test\nfp8_cpu_isa: 1 test")
     sys.exit(0)
 suite = [a for a in args if a.startswith("--filter")] and args[args.index("--filter") + 1].split("/")[0]
 xml = [a.split(":", 1)[1] for a in args if a.startswith("--output=xml:")][0]
@@ -26,7 +26,7 @@ with open(os.environ["FAKE_CALLS"], "a") as f:
     f.write(suite + "\n")
 if suite == "slow_gpu":
     time.sleep(60)
-n = {"gpu": 1, "fp8_gpu": 2, "gemm_gpu": 3, "gemm_cpu_isa": 1}[suite]
+n = {"gpu": 1, "fp8_gpu": 2, "gemm_gpu": 3, "gemm_cpu_isa": 1, "fp8_cpu_isa": 1}[suite]
 fail = 1 if suite == "gemm_gpu" else 0
 cases = "".join('<testcase name="t%d">%s</testcase>' % (i, "<failure/>" if i < fail else "")
                 for i in range(n))
@@ -114,11 +114,11 @@ def test_a_long_suite_and_family_time_out_alone(fake_build, tmp_path):
     assert "ok" in lines["C fp8_gpu"]
     assert "FAIL" in lines["C gemm_gpu"] and "1 failed" in lines["C gemm_gpu"]
     assert "TIMEOUT" in lines["C slow_gpu"]
-    assert "ok" in lines["C gemm_cpu_isa"]
+    assert "ok" in lines["C gemm_cpu_isa"] and "ok" in lines["C fp8_cpu_isa"]
     assert "core" not in " ".join(lines)  # a CPU suite is not run by default
     # one row per suite, from its own file, in the order they ran
     assert [l.split()[1] for l in t.splitlines() if l.startswith("C ")] == \
-        ["gemm_cpu_isa", "gpu", "fp8_gpu", "gemm_gpu", "slow_gpu"]
+        ["gemm_cpu_isa", "fp8_cpu_isa", "gpu", "fp8_gpu", "gemm_gpu", "slow_gpu"]
     rows = [l for l in t.splitlines() if "row" in l or "TIMEOUT" in l]
     assert any(l.startswith("copy/row") and "2.00 TB/s" in l for l in rows)
     assert any(l.startswith("gemm/gpu/row") for l in rows)
@@ -134,8 +134,8 @@ def test_a_long_suite_and_family_time_out_alone(fake_build, tmp_path):
     # CPU-only suite "core" is not run; each long one was stopped within its
     # phase budget
     calls = (tmp_path / "calls.log").read_text().split("\n")
-    assert calls[:5] == ["gemm_cpu_isa", "gpu", "fp8_gpu", "gemm_gpu", "slow_gpu"]
-    assert calls[5:10] == ["bench ^copy/", "bench ^gemm/peer/", "bench ^gemm/gpu/", "bench ^mla/gpu/",
+    assert calls[:6] == ["gemm_cpu_isa", "fp8_cpu_isa", "gpu", "fp8_gpu", "gemm_gpu", "slow_gpu"]
+    assert calls[6:11] == ["bench ^copy/", "bench ^gemm/peer/", "bench ^gemm/gpu/", "bench ^mla/gpu/",
                           "bench ^ep/virtual/"]
     assert seconds < 8 + 8 + 25
     assert (out / "c-tests-gemm_gpu.xml").exists() and not (out / "c-tests-slow_gpu.xml").exists()
