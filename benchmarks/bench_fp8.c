@@ -47,16 +47,43 @@ static void add_case(const char *name, int64_t m, int64_t k, int32_t block_rows,
                      int floor) {
     if (!bench_selected(name))
         return;
-    quant_case *c = calloc(1, sizeof *c); /* lives until exit: the shim keeps the pointer */
     const size_t elem = dtype == DINF_DTYPE_FLOAT32 ? 4 : 2;
     const int64_t scales = (m + block_rows - 1) / block_rows * ((k + 127) / 128);
     const size_t bytes = (size_t)(m * k) * (elem + 1) + (size_t)scales * 4;
+    if (floor) {
+        quant_case *c = calloc(1, sizeof *c); /* lives until exit: the shim keeps the pointer */
+        if (c) {
+            c->copy_bytes = bytes / 2; /* read + written: the quantizer's traffic */
+            c->copy_src = malloc(c->copy_bytes);
+            c->copy_dst = malloc(c->copy_bytes);
+        }
+        if (!c || !c->copy_src || !c->copy_dst) {
+            fprintf(stderr, "%s: out of memory\n", name);
+            if (c)
+                free(c->copy_src), free(c->copy_dst), free(c);
+            return;
+        }
+        memset(c->copy_src, 1, c->copy_bytes);
+        memset(c->copy_dst, 2, c->copy_bytes);
+        bench_spec spec = {.name = name, .run = run_copy, .arg = c, .bytes = (double)bytes,
+                           .unit = "ms",
+                           .label = "floor: memcpy moving as many bytes (half read, half "
+                                    "written), one thread"};
+        bench_register(&spec);
+        return;
+    }
+    quant_case *c = calloc(1, sizeof *c); /* lives until exit: the shim keeps the pointer */
+    if (!c) {
+        fprintf(stderr, "%s: out of memory\n", name);
+        return;
+    }
     c->m = m, c->k = k, c->block_rows = block_rows, c->dtype = dtype;
     c->x = malloc((size_t)(m * k) * elem);
     c->q = malloc((size_t)(m * k));
     c->scales = malloc((size_t)scales * 4);
-    if (!c || !c->x || !c->q || !c->scales) {
+    if (!c->x || !c->q || !c->scales) {
         fprintf(stderr, "%s: out of memory\n", name);
+        free(c->x), free(c->q), free(c->scales), free(c);
         return;
     }
     uint64_t s = 0x9e3779b97f4a7c15ull;
@@ -75,19 +102,6 @@ static void add_case(const char *name, int64_t m, int64_t k, int32_t block_rows,
                        .unit = "ms",
                        .label = block_rows == 1 ? "1x128 blocks (per_token_cast_to_fp8)"
                                                 : "128x128 blocks (per_block_cast_to_fp8)"};
-    if (floor) {
-        c->copy_bytes = bytes / 2; /* read + written: the quantizer's traffic */
-        c->copy_src = malloc(bytes);
-        c->copy_dst = malloc(bytes);
-        if (!c->copy_src || !c->copy_dst) {
-            fprintf(stderr, "%s: out of memory\n", name);
-            return;
-        }
-        memset(c->copy_src, 1, bytes);
-        memset(c->copy_dst, 2, bytes);
-        spec.run = run_copy;
-        spec.label = "floor: memcpy moving as many bytes (half read, half written), one thread";
-    }
     bench_register(&spec);
 }
 

@@ -99,7 +99,9 @@
  *   The scale is amax / 448 (a float32 division, as the gemm module and
  *   upstream's per_token_cast_to_fp8); upstream's low-latency dispatch
  *   kernel multiplies amax by 1/448 instead, so its scales may differ from
- *   ours in the last float32 ulp (the e4m3 codes are the same).
+ *   ours in the last float32 ulp (the e4m3 codes are the same). On the CPU
+ *   path that quantizer runs in the CPU's widest vector set, capped by
+ *   DINF_CPU_ISA (another value fails the dispatch with its message).
  *
  * bfloat16 arrays are passed as uint16_t bits; bool arrays as uint8_t 0/1.
  */

@@ -254,18 +254,21 @@ DINF_API dinf_status dinf_fp8_quantize(const void *x, dinf_dtype x_dtype, int64_
         return st;
     dinf__place place;
     st = dinf__place_resolve(__func__, exec, &place);
-    if (st != DINF_STATUS_OK || empty)
+    if (st != DINF_STATUS_OK)
         return st;
+    /* the CPU's vector set: its widest, or DINF_CPU_ISA (read on every call;
+     * a bad value fails the call even when there is nothing to do) */
+    char isa_msg[160];
+    const int isa = place.kind == DINF_EXEC_CPU ? dinf__cpu_isa(isa_msg, sizeof isa_msg) : 0;
+    if (isa < 0)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "%s", isa_msg);
+    if (empty)
+        return DINF_STATUS_OK;
 #if DINF_WITH_CUDA
     if (place.kind == DINF_EXEC_CUDA)
         return dinf__fp8_quantize_cuda(__func__, &place, x, x_dtype, m, k, x_ld, block_rows, q,
                                        q_ld, scales);
 #endif
-    /* the vector set: the CPU's widest, or DINF_CPU_ISA (read on every call) */
-    char isa_msg[160];
-    const int isa = dinf__cpu_isa(isa_msg, sizeof isa_msg);
-    if (isa < 0)
-        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "%s", isa_msg);
     quantize_ctx ctx = {x,  x_dtype, m,      k, x_ld, q_ld, k_blocks, block_rows,
                         q,  scales,  dinf__fp8_cpu_kernels_for(isa)};
     /* ~64 K elements per chunk at least: per-token blocks are 128 elements. */

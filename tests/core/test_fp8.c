@@ -808,12 +808,18 @@ Test(fp8_cpu_isa, every_set_encodes_as_the_scalar_function) {
     const int top = fp8_top_isa();
     for (int isa = DINF__ISA_BASE; isa <= top; isa++) {
         const dinf__fp8_cpu_kernels *k = fp8_kernels_of(isa);
-        for (int64_t at = 0; at < n; at += ROWS * 37)
+        /* pass 0: 48 columns, a multiple of every set's width: each input goes
+         * through a vector lane; pass 1: ragged 1 .. 37 columns, the tails */
+        for (int pass = 0; pass < 2; pass++)
+            for (int64_t at = 0, iter = 0, cols = 48; at < n;
+                 at += ROWS * cols, iter++, cols = pass == 0 ? 48 : 1 + iter % 37)
             for (size_t fi = 0; fi < sizeof factors / sizeof factors[0]; fi++)
                 for (int bf16 = 0; bf16 < 2; bf16++) {
-                    const int64_t cols = 1 + (at / 37) % 37; /* ragged: 1 .. 37 columns */
+                    /* row r's first cols elements are inputs at + r * cols ..; the
+                     * rest of the row (never read) more inputs */
                     for (int64_t i = 0; i < ROWS * LD; i++) {
-                        const float e = v[(at + i) % n];
+                        const int64_t r = i / LD, j = i % LD;
+                        const float e = v[(at + (j < cols ? r * cols + j : i)) % n];
                         xb[i] = dinf__bf16_from_f32(e);
                         x[i] = bf16 ? dinf__f32_from_bf16(xb[i]) : e;
                     }
@@ -826,9 +832,9 @@ Test(fp8_cpu_isa, every_set_encodes_as_the_scalar_function) {
                             const uint8_t want =
                                 j < cols ? dinf__e4m3_from_f32(x[i] * factors[fi]) : 0xA5;
                             cr_assert_eq(q[i], want,
-                                         "%s %s factor %g: x=%a (bits %08x) at [%lld][%lld] gave "
-                                         "0x%02x, want 0x%02x",
-                                         k->isa, bf16 ? "bf16" : "f32", (double)factors[fi],
+                                         "%s pass %d %s factor %g: x=%a (bits %08x) at [%lld][%lld] "
+                                         "gave 0x%02x, want 0x%02x",
+                                         k->isa, pass, bf16 ? "bf16" : "f32", (double)factors[fi],
                                          (double)x[i], bits(x[i]), (long long)r, (long long)j,
                                          q[i], want);
                         }
@@ -888,30 +894,41 @@ Test(fp8_cpu_isa, every_set_finds_the_scalar_amax) {
 Test(fp8_cpu_isa, quantize_gives_the_same_bits_in_every_set) {
     enum { M = 131, K = 300, LD = 307 };
     static float x[M * LD];
+    static uint16_t xb[M * LD];
     static uint8_t q[3][M * LD];
     static float sc[3][12 * 3]; /* per token: 12 rows x 3 k blocks; per block: 2 x 3 */
     uint64_t seed = 5;
-    for (int i = 0; i < M * LD; i++)
+    for (int i = 0; i < M * LD; i++) {
         x[i] = (float)((double)(rng_next(&seed) >> 11) / 9007199254740992.0 - 0.5) * 37.0f;
-    const char *const sets[] = {"base", "avx2", "avx512"};
-    for (int br = 1; br <= 128; br += 127) {
-        for (int i = 0; i < 3; i++) {
-            setenv("DINF_CPU_ISA", sets[i], 1);
-            memset(q[i], 0xA5, sizeof q[i]);
-            cr_assert_eq(dinf_fp8_quantize(x, DINF_DTYPE_FLOAT32, br == 1 ? 12 : M, K, LD, br,
-                                           q[i], LD, sc[i], NULL),
-                         DINF_STATUS_OK, "%s", dinf_last_error());
-        }
-        for (int i = 1; i < 3; i++) {
-            cr_assert_eq(memcmp(q[i], q[0], sizeof q[0]), 0, "%s codes differ from base", sets[i]);
-            cr_assert_eq(memcmp(sc[i], sc[0], sizeof sc[0]), 0, "%s scales differ", sets[i]);
-        }
+        xb[i] = dinf__bf16_from_f32(x[i] * 3.0f);
     }
+    const char *const sets[] = {"base", "avx2", "avx512"};
+    for (int bf16 = 0; bf16 < 2; bf16++)
+        for (int br = 1; br <= 128; br += 127) {
+            for (int i = 0; i < 3; i++) {
+                setenv("DINF_CPU_ISA", sets[i], 1);
+                memset(q[i], 0xA5, sizeof q[i]);
+                memset(sc[i], 0xA5, sizeof sc[i]);
+                cr_assert_eq(dinf_fp8_quantize(bf16 ? (const void *)xb : (const void *)x,
+                                               bf16 ? DINF_DTYPE_BFLOAT16 : DINF_DTYPE_FLOAT32,
+                                               br == 1 ? 12 : M, K, LD, br, q[i], LD, sc[i], NULL),
+                             DINF_STATUS_OK, "%s", dinf_last_error());
+            }
+            for (int i = 1; i < 3; i++) {
+                cr_assert_eq(memcmp(q[i], q[0], sizeof q[0]), 0, "%s codes differ from base (%s)",
+                             sets[i], bf16 ? "bf16" : "f32");
+                cr_assert_eq(memcmp(sc[i], sc[0], sizeof sc[0]), 0, "%s scales differ (%s)",
+                             sets[i], bf16 ? "bf16" : "f32");
+            }
+        }
     setenv("DINF_CPU_ISA", "avx1024", 1);
     cr_assert_eq(dinf_fp8_quantize(x, DINF_DTYPE_FLOAT32, 1, K, LD, 1, q[0], LD, sc[0], NULL),
                  DINF_STATUS_INVALID_ARGUMENT);
     cr_assert(strstr(dinf_last_error(), "dinf_fp8_quantize: ") == dinf_last_error() &&
                   strstr(dinf_last_error(), "avx1024"),
               "%s", dinf_last_error());
+    /* refused even when there is nothing to quantize, as the GEMM does */
+    cr_assert_eq(dinf_fp8_quantize(x, DINF_DTYPE_FLOAT32, 0, K, LD, 1, q[0], LD, sc[0], NULL),
+                 DINF_STATUS_INVALID_ARGUMENT);
     unsetenv("DINF_CPU_ISA");
 }
