@@ -19,15 +19,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 RUN = os.path.join(REPO, "tools", "sm90-emu", "run.sh")
 CUDA_H = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include", "cuda.h")
 
-pytestmark = [
-    pytest.mark.skipif(
-        not (os.path.exists(CUDA_H) and shutil.which("g++") and shutil.which("make")),
-        reason="sm90-emu needs g++, make and the CUDA headers (cuda.h, cuda_runtime_api.h)"),
-    # the emulator builds the kernels and the library sources itself, the same
-    # for any build under test: a CPU-only library ships no kernels to check
-    pytest.mark.skipif(not library_has_cuda(),
-                       reason="CPU-only build (make CUDA=0): it ships no GPU kernels"),
-]
+pytestmark = pytest.mark.skipif(
+    not (os.path.exists(CUDA_H) and shutil.which("g++") and shutil.which("make")),
+    reason="sm90-emu needs g++, make and the CUDA headers (cuda.h, cuda_runtime_api.h)")
+
+
+@pytest.fixture(autouse=True)
+def _library_with_kernels(loaded_library):
+    """The emulator builds the kernels and the library sources itself, the same
+    for any build under test: a CPU-only library ships no kernels to check.
+    (A fixture, not a mark: the library is loaded when a test runs, not when
+    this file is collected.)"""
+    if not library_has_cuda():
+        pytest.skip("CPU-only build (make CUDA=0): it ships no GPU kernels")
 
 
 def run(args=(), timeout=300, **env):
