@@ -1,9 +1,10 @@
 /*
- * What the CPU vector kernels (lib/gemm/gemm.c, lib/mla/mla_cpu.c) share
- * ahead of their per-variant bodies: the GNU C vector types of 4, 8 and 16
+ * What the CPU vector kernels (lib/gemm/gemm.c, lib/mla/mla_cpu.c,
+ * lib/core/fp8.c) share ahead of their per-variant bodies: the GNU C vector types of 4, 8 and 16
  * floats, DINF_CPU_SHUFFLE (1 where __builtin_shufflevector exists: GCC 12,
- * clang) and CAT_STR (a macro argument, expanded, as a string). Each variant
- * body then includes lib/core/cpu_vec_body.h. Not installed.
+ * clang), DINF_CPU_X86, DINF_CPU_KERNELS_FOR and CAT_STR (a macro argument,
+ * expanded, as a string). Each variant body then includes
+ * lib/core/cpu_vec_body.h. Not installed.
  *
  * The files that include this keep their own pragmas (no -Wpsabi note; no FMA
  * contraction), as those apply to the rest of their translation unit.
@@ -28,5 +29,32 @@ typedef float v16f __attribute__((vector_size(64)));
 
 #define DINF_CPU_STR_(x) #x
 #define CAT_STR(x) DINF_CPU_STR_(x)
+
+/* 1 where the files compile their AVX2 and AVX-512 variants (x86-64, GNU C:
+ * the target attribute), defining kernels_avx2 and kernels_avx512 beside
+ * kernels_base. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define DINF_CPU_X86 1
+#else
+#define DINF_CPU_X86 0
+#endif
+
+/* Defines `const type *func(int isa)`: the table of one set of internal.h's
+ * dinf__isa (kernels_avx512, kernels_avx2 or kernels_base of the including
+ * file); a set the build has no variant for gives the baseline's. */
+#if DINF_CPU_X86
+#define DINF_CPU_KERNELS_FOR(type, func)                                                           \
+    const type *func(int isa) {                                                                    \
+        return isa == DINF__ISA_AVX512 ? &kernels_avx512                                           \
+               : isa == DINF__ISA_AVX2 ? &kernels_avx2                                             \
+                                       : &kernels_base;                                            \
+    }
+#else
+#define DINF_CPU_KERNELS_FOR(type, func)                                                           \
+    const type *func(int isa) {                                                                    \
+        (void)isa;                                                                                 \
+        return &kernels_base;                                                                      \
+    }
+#endif
 
 #endif /* DINF_CPU_VEC_H */

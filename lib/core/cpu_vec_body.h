@@ -1,13 +1,14 @@
 /*
- * Loads and the e4m3 decode shared by the CPU vector kernels' variant bodies
- * (lib/mla/mla_cpu_body.h, lib/gemm/gemm_cpu_body.h). A body includes this
- * once per variant, after defining
+ * The start of every CPU vector kernel variant body (lib/mla/mla_cpu_body.h,
+ * lib/gemm/gemm_cpu_body.h, lib/core/fp8_cpu_body.h): names, vector types,
+ * loads and the e4m3 decode. A body includes this first, once per variant,
+ * after its file defined
  *   NAME, TARGET, VT, VW   as its own (internal.h: one per dinf__isa)
- *   VI, VU                 vectors of VW int32 / uint32
- *   CAT(a, b)              a##_##b, expanded
  * with <stdint.h> and <string.h> included and -Wpsabi silenced (GNU C: the
  * vector extensions), and gets, for that variant (always inlined: no vector
  * crosses a call):
+ *   CAT(a, b)              a##_##b, expanded
+ *   VI, VU                 the types of VW int32 / uint32 (vi_NAME, vu_NAME)
  *   CAT(u8_u32, NAME)(p)   VW bytes at p, zero-extended to VU
  *   CAT(u16_u32, NAME)(p)  VW uint16 at p (any alignment), zero-extended to VU
  *   CAT(e4m3_bits, NAME)(c) the float32 bits of VW e4m3 codes (one per
@@ -17,11 +18,18 @@
  * The widening loads are x86 instructions where the set has them (GCC 12
  * turns __builtin_convertvector of bytes into byte-by-byte inserts); the
  * generic form elsewhere gives the same values. No include guard; it
- * undefines nothing (the body's own end does).
+ * undefines nothing (the body's own end undefines CAT, CAT_, VI, VU, PICK).
  */
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #endif
+
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+typedef int32_t CAT(vi, NAME) __attribute__((vector_size(4 * VW)));
+typedef uint32_t CAT(vu, NAME) __attribute__((vector_size(4 * VW)));
+#define VI CAT(vi, NAME)
+#define VU CAT(vu, NAME)
 
 #ifndef PICK
 #define PICK(m, a, b) (((a) & (m)) | ((b) & ~(m)))

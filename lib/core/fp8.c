@@ -37,8 +37,7 @@
 #define VT v4f
 #define VW 4
 #include "fp8_cpu_body.h"
-#if defined(__x86_64__) && defined(__GNUC__)
-#define DINF_FP8_CPU_X86 1
+#if DINF_CPU_X86
 #define NAME avx2
 #define TARGET __attribute__((target("avx2")))
 #define VT v8f
@@ -51,16 +50,7 @@
 #include "fp8_cpu_body.h"
 #endif
 
-const dinf__fp8_cpu_kernels *dinf__fp8_cpu_kernels_for(int isa) {
-#ifdef DINF_FP8_CPU_X86
-    if (isa == DINF__ISA_AVX512)
-        return &kernels_avx512;
-    if (isa == DINF__ISA_AVX2)
-        return &kernels_avx2;
-#endif
-    (void)isa;
-    return &kernels_base;
-}
+DINF_CPU_KERNELS_FOR(dinf__fp8_cpu_kernels, dinf__fp8_cpu_kernels_for)
 
 /* ----------------------------------------------------------- convert ---- */
 

@@ -8,13 +8,7 @@
  * include guard: included once per variant; it undefines its parameters and
  * helpers at its end.
  */
-#define CAT_(a, b) a##_##b
-#define CAT(a, b) CAT_(a, b)
-typedef int32_t CAT(vi, NAME) __attribute__((vector_size(4 * VW)));
-typedef uint32_t CAT(vu, NAME) __attribute__((vector_size(4 * VW)));
-#define VI CAT(vi, NAME)
-#define VU CAT(vu, NAME)
-#include "cpu_vec_body.h"
+#include "cpu_vec_body.h" /* CAT, VI, VU, the loads and the decode */
 
 /* VW elements of row p (float32, or bf16 widened exactly) as floats */
 TARGET static inline __attribute__((always_inline)) VT CAT(load_x, NAME)(const void *p, int bf16) {

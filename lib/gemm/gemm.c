@@ -138,8 +138,7 @@ static const uint32_t e4m3_table[256] = {E4M3_R64(0), E4M3_R64(64), E4M3_R64(128
 #define MR 4
 #define NV 2
 #include "gemm_cpu_body.h"
-#if defined(__x86_64__) && defined(__GNUC__)
-#define DINF_GEMM_CPU_X86 1
+#if DINF_CPU_X86
 /* AVX2: 16 registers of 8 */
 #define NAME avx2
 #define TARGET __attribute__((target("avx2")))
@@ -158,16 +157,7 @@ static const uint32_t e4m3_table[256] = {E4M3_R64(0), E4M3_R64(64), E4M3_R64(128
 #include "gemm_cpu_body.h"
 #endif
 
-const dinf__gemm_cpu_kernels *dinf__gemm_cpu_kernels_for(int isa) {
-#ifdef DINF_GEMM_CPU_X86
-    if (isa == DINF__ISA_AVX512)
-        return &kernels_avx512;
-    if (isa == DINF__ISA_AVX2)
-        return &kernels_avx2;
-#endif
-    (void)isa;
-    return &kernels_base;
-}
+DINF_CPU_KERNELS_FOR(dinf__gemm_cpu_kernels, dinf__gemm_cpu_kernels_for)
 
 static void run_tile(const gemm_job *job, scratch *s, const row_block *rb, int64_t nt) {
     const int64_t n0 = nt * TILE_N;

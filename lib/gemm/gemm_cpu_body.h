@@ -15,13 +15,7 @@
  * gemm.c's e4m3_table), so theirs are equal too. No include guard: included once per variant; it undefines its
  * parameters and its own helpers (PICK, VI, VU) at its end.
  */
-#define CAT_(a, b) a##_##b
-#define CAT(a, b) CAT_(a, b)
-#define VI CAT(vi, NAME) /* VW int32 */
-#define VU CAT(vu, NAME) /* VW uint32 */
-typedef int32_t VI __attribute__((vector_size(VW * 4)));
-typedef uint32_t VU __attribute__((vector_size(VW * 4)));
-#include "../core/cpu_vec_body.h"
+#include "../core/cpu_vec_body.h" /* CAT, VI, VU, the loads and the decode */
 
 TARGET static void CAT(tile_block, NAME)(const float *restrict a, const float *restrict bt,
                                          int64_t kk, int64_t rows_pad, int64_t cols_pad,

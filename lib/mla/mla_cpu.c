@@ -50,8 +50,7 @@
 #define PC 2
 #include "mla_cpu_body.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define DINF_MLA_CPU_X86 1
+#if DINF_CPU_X86
 /* AVX2: 16 registers of 8 floats */
 #define NAME avx2
 #define TARGET __attribute__((target("avx2")))
@@ -75,13 +74,4 @@
 #include "mla_cpu_body.h"
 #endif
 
-const dinf__mla_cpu_kernels *dinf__mla_cpu_kernels_for(int isa) {
-#ifdef DINF_MLA_CPU_X86
-    if (isa == DINF__ISA_AVX512)
-        return &kernels_avx512;
-    if (isa == DINF__ISA_AVX2)
-        return &kernels_avx2;
-#endif
-    (void)isa;
-    return &kernels_base;
-}
+DINF_CPU_KERNELS_FOR(dinf__mla_cpu_kernels, dinf__mla_cpu_kernels_for)

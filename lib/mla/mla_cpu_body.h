@@ -11,14 +11,7 @@
  * No include guard: included once per variant; it undefines them at its end.
  */
 #define H (16 / VW)
-#define CAT_(a, b) a##_##b
-#define CAT(a, b) CAT_(a, b)
-
-typedef int32_t CAT(vi, NAME) __attribute__((vector_size(4 * VW)));
-typedef uint32_t CAT(vu, NAME) __attribute__((vector_size(4 * VW)));
-#define VI CAT(vi, NAME)
-#define VU CAT(vu, NAME)
-#include "../core/cpu_vec_body.h"
+#include "../core/cpu_vec_body.h" /* CAT, VI, VU, the loads and the decode */
 
 TARGET ALWAYS_INLINE VT CAT(ld, NAME)(const float *p) {
     VT v;

@@ -9,7 +9,8 @@
 #include <deepinfra.h>
 
 #include "core/fp8_cpu.h"
-#include "core/internal.h" /* dinf__cpu_isa */
+#include "cpu_isa_test.h"
+#include "core/internal.h"
 #include "core/numeric_hd.h"
 
 #include <criterion/criterion.h>
@@ -739,18 +740,6 @@ Test(fp8_convert, large_arrays_split_over_threads_give_identical_bits) {
 
 /* ------------------------------------------ the quantizer's CPU kernels --- */
 
-/* The top vector set this CPU has (DINF_CPU_ISA unset). */
-static int fp8_top_isa(void) {
-    unsetenv("DINF_CPU_ISA");
-    char msg[160];
-    const int top = dinf__cpu_isa(msg, sizeof msg);
-    cr_assert_geq(top, DINF__ISA_BASE, "%s", msg);
-    if (top < DINF__ISA_AVX512) /* info: Criterion exits 1 after a warning */
-        cr_log_info("this CPU runs only the sets up to %s: the wider ones are not tested here",
-                    dinf__isa_name(top));
-    return top;
-}
-
 static const dinf__fp8_cpu_kernels *fp8_kernels_of(int isa) {
     const dinf__fp8_cpu_kernels *k = dinf__fp8_cpu_kernels_for(isa);
     cr_assert_not_null(k);
@@ -805,7 +794,7 @@ Test(fp8_cpu_isa, every_set_encodes_as_the_scalar_function) {
     static float x[ROWS * LD];
     static uint16_t xb[ROWS * LD];
     static uint8_t q[ROWS * LD];
-    const int top = fp8_top_isa();
+    const int top = widest_cpu_isa();
     for (int isa = DINF__ISA_BASE; isa <= top; isa++) {
         const dinf__fp8_cpu_kernels *k = fp8_kernels_of(isa);
         /* pass 0: 48 columns, a multiple of every set's width: each input goes
@@ -846,7 +835,7 @@ Test(fp8_cpu_isa, every_set_finds_the_scalar_amax) {
     enum { ROWS = 5, LD = 141 };
     static float x[ROWS * LD];
     static uint16_t xb[ROWS * LD];
-    const int top = fp8_top_isa();
+    const int top = widest_cpu_isa();
     uint64_t seed = 99;
     for (int trial = 0; trial < 400; trial++) {
         const int64_t rows = 1 + trial % ROWS, cols = 1 + (trial * 7) % 128;

@@ -8,6 +8,7 @@
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include <deepinfra.h>
 
+#include "../core/cpu_isa_test.h"
 #include "core/internal.h"
 #include "core/numeric_hd.h"
 #include "gemm/gemm_cpu.h"
@@ -306,19 +307,6 @@ static const dinf__gemm_cpu_kernels *kernels_of(int isa) {
     return k;
 }
 
-/* The top set this CPU has, with a warning when it is not the widest. */
-static int top_cpu_isa(void) {
-    unsetenv("DINF_CPU_ISA");
-    char msg[160];
-    const int top = dinf__cpu_isa(msg, sizeof msg);
-    cr_assert_geq(top, DINF__ISA_BASE, "%s", msg);
-    if (top < DINF__ISA_AVX512)
-        /* info, not warn: Criterion exits 1 after a warning, all tests passed */
-        cr_log_info("this CPU runs only the sets up to %s: the wider ones are not tested here",
-                    dinf__isa_name(top));
-    return top;
-}
-
 /* Random codes with every code present (rows 0 and 1 hold 0..255 in order
  * where kk allows), in a buffer that ends at the last code read, so that
  * SAN=1 catches a read past it. */
@@ -341,7 +329,7 @@ static uint8_t *random_codes(int64_t rows, int64_t ld, int64_t kk, uint64_t seed
  * the bf16 outputs would hide), and nothing written outside rows_pad x
  * cols_pad. */
 Test(gemm_cpu_isa, every_cpu_isa_kernel_follows_the_documented_order) {
-    const int top = top_cpu_isa();
+    const int top = widest_cpu_isa();
     enum { BK = DINF__GEMM_CPU_BLOCK_K, TN = DINF__GEMM_CPU_TILE_N };
     const int64_t kk = 100, rows_pad = 24, cols_pad = 96;
     uint64_t s = 31;
@@ -393,7 +381,7 @@ Test(gemm_cpu_isa, every_cpu_isa_kernel_follows_the_documented_order) {
  * included), over vector bodies and scalar tails, and nothing written
  * outside rows x kk. */
 Test(gemm_cpu_isa, every_cpu_isa_load_a_decodes_exactly) {
-    const int top = top_cpu_isa();
+    const int top = widest_cpu_isa();
     enum { BK = DINF__GEMM_CPU_BLOCK_K };
     const int64_t kks[] = {128, 100, 13, 1}, rows_list[] = {128, 9, 2};
     float *dst = malloc(sizeof(float) * 128 * BK);
@@ -429,7 +417,7 @@ Test(gemm_cpu_isa, every_cpu_isa_load_a_decodes_exactly) {
  * partial 8 x 8 squares (cols and kk not multiples of 8), and nothing
  * written for k >= kk or c >= cols_pad. */
 Test(gemm_cpu_isa, every_cpu_isa_load_bt_transposes_exactly) {
-    const int top = top_cpu_isa();
+    const int top = widest_cpu_isa();
     enum { BK = DINF__GEMM_CPU_BLOCK_K, TN = DINF__GEMM_CPU_TILE_N };
     const int64_t kks[] = {128, 100, 13, 1};
     const int64_t cols_list[][2] = {{128, 128}, {97, 128}, {5, 32}, {16, 16}, {3, 8}};

@@ -8,6 +8,7 @@
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include "mla_sparse_problem.h"
 
+#include "../core/cpu_isa_test.h"
 #include "core/internal.h"
 #include "mla/mla_cpu.h"
 #include "mla/mla_hd.h"
@@ -16,19 +17,6 @@
 #define BM DINF_MLA_BLOCK_M
 
 static uint32_t bits_of(float x) { return dinf__f32_bits(x); }
-
-/* The sets this machine runs: base .. the widest it has. */
-static int widest(void) {
-    unsetenv("DINF_CPU_ISA");
-    char msg[160];
-    const int isa = dinf__cpu_isa(msg, sizeof msg);
-    cr_assert_geq(isa, DINF__ISA_BASE);
-    if (isa < DINF__ISA_AVX512)
-        /* info, not warn: Criterion exits 1 after a warning, all tests passed */
-        cr_log_info("this CPU runs only the sets up to %s: the wider ones are not tested here",
-                    dinf__isa_name(isa));
-    return isa;
-}
 
 /* random float32 values with every exponent the decode meets, some zeros */
 static float rand_value(uint64_t *s) {
@@ -53,7 +41,7 @@ static float model_dot(const float *q, const float *k) {
 }
 
 Test(mla_cpu_isa, kernels_of_every_set_follow_the_documented_order) {
-    const int top = widest();
+    const int top = widest_cpu_isa();
     uint64_t s = 4242;
     const int32_t rows = 13, keys = 37; /* both padded to 16 / 40 by the kernels */
     const int32_t rows_pad = 16, keys_pad = 40;
@@ -123,7 +111,7 @@ Test(mla_cpu_isa, kernels_of_every_set_follow_the_documented_order) {
 }
 
 Test(mla_cpu_isa, dequantize_and_widen_equal_the_scalar_conversions) {
-    const int top = widest();
+    const int top = widest_cpu_isa();
     /* every e4m3 code, twice, at an odd address; scales: powers of two (the
      * quantizers'), others (rounded to bf16), a subnormal result range,
      * overflow to inf, zero, inf and NaN */
@@ -164,7 +152,7 @@ Test(mla_cpu_isa, dequantize_and_widen_equal_the_scalar_conversions) {
 }
 
 Test(mla_cpu_isa, the_environment_caps_the_set_and_typos_fail) {
-    const int top = widest();
+    const int top = widest_cpu_isa();
     char msg[160];
     setenv("DINF_CPU_ISA", "base", 1);
     cr_assert_eq(dinf__cpu_isa(msg, sizeof msg), DINF__ISA_BASE);
@@ -201,7 +189,7 @@ Test(mla_cpu_isa, the_environment_caps_the_set_and_typos_fail) {
 
 /* One sparse problem decoded under every set: the same bits. */
 static void same_bits_every_set(sp_problem *p, const char *what) {
-    const int top = widest();
+    const int top = widest_cpu_isa();
     const int64_t rows = p->b * p->s_q * p->h_q;
     uint16_t *out0 = malloc(sizeof(uint16_t) * (size_t)(rows * SP_DV));
     float *lse0 = malloc(sizeof(float) * (size_t)rows);

@@ -259,6 +259,23 @@ def test_a_step_trains_like_the_sequential_reference(kind, R, N, batch, fb):
         assert not any(s for s in e.state.values() if s.get("deferred"))
 
 
+class Compute:
+    """An engine whose compute methods do nothing; tests override what they need."""
+
+    def forward(self, t):
+        pass
+
+    def backward(self, t):
+        pass
+
+
+class Deferring(Compute):
+    """Compute, with the weight_grad method zb1p, dualpipe and dualpipev need."""
+
+    def weight_grad(self, t):
+        pass
+
+
 def test_rows_are_none_without_a_batch_size():
     seen = []
 
@@ -302,19 +319,13 @@ def test_an_engine_exception_is_raised_by_step_with_the_library_note():
 
 
 def test_an_executor_steps_again_after_a_failure():
-    class Engine:
+    class Engine(Deferring):
         fail = True
 
         def forward(self, t):
             if self.fail:
                 self.fail = False
                 raise ValueError("first step fails")
-
-        def backward(self, t):
-            pass
-
-        def weight_grad(self, t):
-            pass
 
     with dualpipe.Executor("zb1p", 1, 2, 0, Engine()) as ex:
         with pytest.raises(ValueError, match="first step fails"):
@@ -332,12 +343,9 @@ def test_an_executor_steps_again_after_a_failure():
 def test_the_status_the_c_executor_sees(exc, status):
     assert dualpipe._status_of(exc) == status
 
-    class Engine:
+    class Engine(Compute):
         def forward(self, t):
             raise exc
-
-        def backward(self, t):
-            pass
 
     with dualpipe.Executor("1f1b", 1, 1, 0, Engine()) as ex:
         with pytest.raises(type(exc)) as info:
@@ -350,15 +358,12 @@ def test_the_status_the_c_executor_sees(exc, status):
 
 
 def test_last_error_is_none_after_a_step_that_succeeds():
-    class Engine:
+    class Engine(Compute):
         fail = True
 
         def forward(self, t):
             if self.fail:
                 raise ValueError("once")
-
-        def backward(self, t):
-            pass
 
     engine = Engine()
     with dualpipe.Executor("1f1b", 1, 1, 0, engine) as ex:
@@ -378,14 +383,11 @@ def test_an_exception_whose_text_cannot_be_made_still_stops_the_step():
 
     calls = []
 
-    class Engine:
+    class Engine(Compute):
         def forward(self, t):
             calls.append(t.mb)
             if t.mb == 1:
                 raise Unprintable()
-
-        def backward(self, t):
-            pass
 
     with dualpipe.Executor("1f1b", 1, 3, 0, Engine()) as ex:
         with pytest.raises(Unprintable):
@@ -397,12 +399,9 @@ def test_an_exception_whose_text_cannot_be_made_still_stops_the_step():
 def test_the_same_exception_raised_twice_gets_one_note():
     boom = ValueError("again")
 
-    class Engine:
+    class Engine(Compute):
         def forward(self, t):
             raise boom
-
-        def backward(self, t):
-            pass
 
     with dualpipe.Executor("1f1b", 1, 1, 0, Engine()) as ex:
         for _ in range(3):
@@ -412,14 +411,7 @@ def test_the_same_exception_raised_twice_gets_one_note():
 
 
 def test_an_executor_left_unclosed_is_freed_without_the_garbage_collector():
-    class Engine:
-        def forward(self, t):
-            pass
-
-        def backward(self, t):
-            pass
-
-    engine = Engine()
+    engine = Compute()
     ex = dualpipe.Executor("1f1b", 1, 2, 0, engine)
     ex.step()
     ref = weakref.ref(ex)
@@ -434,12 +426,9 @@ def test_an_executor_left_unclosed_is_freed_without_the_garbage_collector():
 
 
 def test_a_keyboard_interrupt_in_a_method_reaches_the_caller():
-    class Engine:
+    class Engine(Compute):
         def forward(self, t):
             raise KeyboardInterrupt
-
-        def backward(self, t):
-            pass
 
     with dualpipe.Executor("1f1b", 1, 1, 0, Engine()) as ex:
         with pytest.raises(KeyboardInterrupt):
@@ -447,13 +436,6 @@ def test_a_keyboard_interrupt_in_a_method_reaches_the_caller():
 
 
 def test_missing_or_bad_engine_methods_are_named():
-    class Compute:
-        def forward(self, t):
-            pass
-
-        def backward(self, t):
-            pass
-
     class NoBackward:
         def forward(self, t):
             pass
@@ -473,16 +455,7 @@ def test_missing_or_bad_engine_methods_are_named():
 
 
 def test_bad_arguments_raise_the_library_message():
-    class Engine:
-        def forward(self, t):
-            pass
-
-        def backward(self, t):
-            pass
-
-        def weight_grad(self, t):
-            pass
-
+    Engine = Deferring
     with pytest.raises(InvalidArgumentError, match="kind"):
         dualpipe.Executor("gpipe", 1, 2, 0, Engine())
     with pytest.raises(InvalidArgumentError, match="rank"):
@@ -494,14 +467,11 @@ def test_bad_arguments_raise_the_library_message():
 
 
 def test_closed_and_reentered_executors_refuse_to_step():
-    class Engine:
+    class Engine(Compute):
         ex = None
 
         def forward(self, t):
             self.ex.step()  # re-entered from its own callback
-
-        def backward(self, t):
-            pass
 
     engine = Engine()
     ex = dualpipe.Executor("1f1b", 1, 1, 0, engine)
