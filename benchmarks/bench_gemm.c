@@ -27,6 +27,7 @@ typedef struct gemm_case {
     uint8_t *a, *b;
     float *sa, *sb;
     uint16_t *d;
+    float *df; /* the weight-gradient rows: float32 d, accumulated into */
     char name[64];
 } gemm_case;
 
@@ -36,8 +37,11 @@ static double run_gemm(void *arg) {
     gemm_case *c = arg;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    dinf_status st = dinf_fp8_gemm_nt(c->m, c->n, c->k, c->a, c->k, c->sa, c->b, c->k, c->sb,
-                                      c->d, c->n, NULL);
+    dinf_status st =
+        c->df ? dinf_fp8_wgrad_gemm_nt(c->m, c->n, c->k, c->a, c->k, c->sa, c->b, c->k, c->sb,
+                                       c->df, c->n, NULL)
+              : dinf_fp8_gemm_nt(c->m, c->n, c->k, c->a, c->k, c->sa, c->b, c->k, c->sb, c->d,
+                                 c->n, NULL);
     if (st != DINF_STATUS_OK) {
         bench_set_error(dinf_last_error());
         return -1;
@@ -51,18 +55,24 @@ static uint64_t next(uint64_t *s) {
     return *s >> 33;
 }
 
-static void add_case(int64_t m, int64_t n, int64_t k) {
+/* wgrad 0: the 1x128/128x128 GEMM (bf16 out); 1: the weight-gradient GEMM
+ * (1x128 on both operands, float32 d += ; its bytes count d twice: read and
+ * written). */
+static void add_case(int64_t m, int64_t n, int64_t k, int wgrad) {
     gemm_case *c = calloc(1, sizeof *c); /* lives until exit: the shim keeps the pointer */
     if (!c)
         return;
-    const int64_t kb = (k + 127) / 128, nb = (n + 127) / 128;
+    const int64_t kb = (k + 127) / 128, nb = wgrad ? (n + 3) / 4 * 4 : (n + 127) / 128;
     c->m = m, c->n = n, c->k = k, c->aligned_m = (m + 3) / 4 * 4;
     c->a = malloc((size_t)(m * k));
     c->b = malloc((size_t)(n * k));
     c->sa = malloc((size_t)(kb * c->aligned_m) * sizeof(float));
     c->sb = malloc((size_t)(nb * kb) * sizeof(float));
-    c->d = malloc((size_t)(m * n) * 2);
-    if (!c->a || !c->b || !c->sa || !c->sb || !c->d) {
+    if (wgrad)
+        c->df = calloc((size_t)(m * n), sizeof(float));
+    else
+        c->d = malloc((size_t)(m * n) * 2);
+    if (!c->a || !c->b || !c->sa || !c->sb || !(c->d || c->df)) {
         fprintf(stderr, "bench_gemm: cannot allocate m=%lld n=%lld k=%lld\n", (long long)m,
                 (long long)n, (long long)k);
         return;
@@ -76,15 +86,16 @@ static void add_case(int64_t m, int64_t n, int64_t k) {
         c->sa[i] = 1e-3f * (float)(1 + next(&s) % 8);
     for (int64_t i = 0; i < nb * kb; i++)
         c->sb[i] = 1e-3f * (float)(1 + next(&s) % 8);
-    snprintf(c->name, sizeof c->name, "gemm/cpu/fp8_nt/m%lld_n%lld_k%lld", (long long)m,
-             (long long)n, (long long)k);
+    snprintf(c->name, sizeof c->name, "gemm/cpu/%s/m%lld_n%lld_k%lld",
+             wgrad ? "fp8_wgrad_nt" : "fp8_nt", (long long)m, (long long)n, (long long)k);
     bench_spec spec = {.name = c->name,
                        .run = run_gemm,
                        .arg = c,
                        .manual_time = 1,
                        .flops = 2.0 * (double)m * (double)n * (double)k,
-                       .bytes = (double)(m * k + k * n + 2 * m * n),
-                       .label = "CPU oracle, all cores",
+                       .bytes = (double)(m * k + k * n + (wgrad ? 8 : 2) * m * n),
+                       .label = wgrad ? "CPU oracle, all cores (float32 d +=)"
+                                      : "CPU oracle, all cores",
                        .unit = "ms"};
     bench_register(&spec);
 }
@@ -173,6 +184,14 @@ static void add_jit_cases(void) {
         }
     for (size_t i = 0; i < sizeof grouped / sizeof grouped[0]; i++)
         memcpy(shapes[num_shapes++], grouped[i], sizeof grouped[i]);
+    /* the weight-gradient kernel on DeepGEMM v1.3's wgrad shapes (m, n; its
+     * choice does not depend on k): form 3 */
+    static const int64_t wgrad_mn[][2] = {{7168, 2112}, {1536, 24576}, {512, 32768},
+                                          {16384, 7168}, {7168, 4096}, {2048, 7168}};
+    for (size_t i = 0; i < sizeof wgrad_mn / sizeof wgrad_mn[0]; i++) {
+        const int64_t row[5] = {3, 1, wgrad_mn[i][0], wgrad_mn[i][1], 4096};
+        memcpy(shapes[num_shapes++], row, sizeof row);
+    }
     for (int i = 0; i < num_shapes && count < MAX_CASES; i++) {
         const int64_t *sh = shapes[i];
         /* contiguous: m is the sum over the groups */
@@ -213,5 +232,8 @@ void bench_register_gemm(void) {
     static const int64_t shapes[][2] = {{2112, 7168}, {24576, 1536}, {32768, 512},
                                         {7168, 16384}, {4096, 7168}, {7168, 2048}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
-        add_case(128, shapes[i][0], shapes[i][1]);
+        add_case(128, shapes[i][0], shapes[i][1], 0);
+    /* the weight gradient of the first two: dW [n][k] += dy^T x over 4096 tokens */
+    add_case(2112, 7168, 4096, 1);
+    add_case(1536, 512, 4096, 1);
 }

@@ -545,7 +545,7 @@ static dinf_status run_tile_once(tile_case *t) {
     gpu_case *c = t->c;
     const dinf__place place = {DINF_EXEC_CUDA, 0, 1, (dinf_stream_t)g.stream};
     const dinf__fp8_gpu_problem p = {c->form, c->m, c->n, c->k, 1, 0, c->a, c->k, c->sa,
-                                     c->b, c->k, c->sb, c->d, c->n, NULL};
+                                     c->b, c->k, c->sb, c->d, c->n, NULL, 0};
     return dinf__fp8_gemm_cuda_config("bench_gemm_gpu", &place, &p, &t->config);
 }
 
@@ -956,6 +956,280 @@ static void add_peer(gpu_case *c) {
     }
 }
 
+/* ------------------------------------------------- weight-gradient GEMM -- */
+
+/*
+ * dinf_fp8_wgrad_gemm_nt (1x128 scales on both operands, float32 D += A B^T)
+ * on DeepGEMM v1.3's wgrad shapes: gemm/gpu/fp8_wgrad_nt/<shape> (ours) and
+ * gemm/peer/cublaslt_1d1d/fp8_wgrad_nt/<shape>: cuBLASLt with VEC128 scales on both
+ * operands, float32 C = D, beta 1 (the same math), if this cuBLASLt offers
+ * it (else an error row saying so); its output checked once against float64
+ * at sampled elements after a run from D = 0. Bytes: A, B, and D read and
+ * written (float32). Same timing as the rows above (L2 flush, events, 30
+ * calls; D keeps accumulating: the values do not change the time).
+ */
+typedef struct wgrad_case {
+    int64_t m, n, k, kb;
+    uint8_t *a, *b;
+    float *sa, *sb, *d; /* sa [kb][m], sb [kb][n] (m, n multiples of 4: no padding) */
+    lt_plan plan;
+    char name[96], peer_name[128], label[160], peer_label[384];
+} wgrad_case;
+
+static double wgrad_flops(const wgrad_case *c) { return 2.0 * (double)c->m * (double)c->n * (double)c->k; }
+static double wgrad_bytes(const wgrad_case *c) {
+    return (double)c->m * (double)c->k + (double)c->n * (double)c->k + 8.0 * (double)c->m * (double)c->n;
+}
+
+static cublasStatus_t wgrad_peer_call(wgrad_case *c) {
+    const float alpha = 1.0f, beta = 1.0f;
+    lt.MatmulDescSetAttribute(c->plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &c->sb,
+                              sizeof c->sb);
+    lt.MatmulDescSetAttribute(c->plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &c->sa,
+                              sizeof c->sa);
+    return lt.Matmul(lt.handle, c->plan.desc, &alpha, c->b, c->plan.la, c->a, c->plan.lb, &beta,
+                     c->d, c->plan.ld, c->d, c->plan.ld, &c->plan.algo, c->plan.workspace,
+                     c->plan.workspace_bytes, g.stream);
+}
+
+static double wgrad_timed(wgrad_case *c, int peer) {
+    cudaMemsetAsync(g.flush, 0, g.flush_bytes, g.stream);
+    cudaEventRecord(g.start, g.stream);
+    if (peer) {
+        if (wgrad_peer_call(c) != CUBLAS_STATUS_SUCCESS) {
+            bench_set_error("cublasLtMatmul failed");
+            return -1;
+        }
+    } else {
+        dinf_exec exec = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)g.stream);
+        if (dinf_fp8_wgrad_gemm_nt(c->m, c->n, c->k, c->a, c->k, c->sa, c->b, c->k, c->sb, c->d,
+                                   c->n, &exec) != DINF_STATUS_OK) {
+            bench_set_error(dinf_last_error());
+            return -1;
+        }
+    }
+    const double seconds = stop_timer();
+    if (seconds > 0) {
+        const double f = wgrad_flops(c) / FP8_PEAK_FLOPS, b = wgrad_bytes(c) / HBM_BYTES_PER_S;
+        bench_set_counter("floor_us", (f > b ? f : b) * 1e6);
+        bench_set_counter("TFLOPS", wgrad_flops(c) / seconds / 1e12);
+        bench_set_counter("GBps", wgrad_bytes(c) / seconds / 1e9);
+    }
+    return seconds;
+}
+static double run_wgrad(void *arg) { return wgrad_timed(arg, 0); }
+static double run_wgrad_peer(void *arg) { return wgrad_timed(arg, 1); }
+
+static void wgrad_peer_error(const char *name, const char *why) {
+    peer_error *e = calloc(1, sizeof *e); /* lives until exit */
+    if (!e)
+        return;
+    snprintf(e->name, sizeof e->name, "%s", name);
+    snprintf(e->message, sizeof e->message, "no cuBLASLt peer: %s", why);
+    fprintf(stderr, "%s: %s\n", name, e->message);
+    bench_spec spec = {.name = e->name, .run = run_peer_error, .arg = e, .manual_time = 1,
+                       .label = "peer: cuBLASLt", .unit = "us", .iterations = 1};
+    bench_register(&spec);
+}
+
+/* The cuBLASLt plan of the 1D x 1D problem: cuBLAS "A" = our B (VEC128 scales
+ * [kb][n]), "B" = our A (VEC128 [kb][m]), C = D float32 N x M, ld N. */
+static int wgrad_plan(wgrad_case *c) {
+    lt_plan *p = &c->plan;
+    memset(p, 0, sizeof *p);
+    p->blockwise = 1;
+    if (lt.MatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) {
+        snprintf(p->why, sizeof p->why, "cublasLtMatmulDescCreate failed");
+        return 0;
+    }
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    const int8_t fast = 0;
+    const int32_t vec128 = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+    lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+    lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+    lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast);
+    if (lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &vec128,
+                                  sizeof vec128) != CUBLAS_STATUS_SUCCESS ||
+        lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &vec128,
+                                  sizeof vec128) != CUBLAS_STATUS_SUCCESS) {
+        snprintf(p->why, sizeof p->why, "the VEC128 scale mode is rejected");
+        return 0;
+    }
+    lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &c->sb, sizeof c->sb);
+    lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &c->sa, sizeof c->sa);
+    if (lt.MatrixLayoutCreate(&p->la, CUDA_R_8F_E4M3, (uint64_t)c->k, (uint64_t)c->n, c->k) ||
+        lt.MatrixLayoutCreate(&p->lb, CUDA_R_8F_E4M3, (uint64_t)c->k, (uint64_t)c->m, c->k) ||
+        lt.MatrixLayoutCreate(&p->ld, CUDA_R_32F, (uint64_t)c->n, (uint64_t)c->m, c->n)) {
+        snprintf(p->why, sizeof p->why, "cublasLtMatrixLayoutCreate failed");
+        return 0;
+    }
+    p->workspace_bytes = (size_t)64 << 20;
+    cublasLtMatmulPreference_t pref;
+    if (cudaMalloc(&p->workspace, p->workspace_bytes) != cudaSuccess ||
+        lt.PreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) {
+        snprintf(p->why, sizeof p->why, "workspace or preference failed");
+        return 0;
+    }
+    lt.PreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &p->workspace_bytes,
+                              sizeof p->workspace_bytes);
+    cublasLtMatmulHeuristicResult_t results[LT_ALGOS];
+    int count = 0;
+    const cublasStatus_t st = lt.AlgoGetHeuristic(lt.handle, p->desc, p->la, p->lb, p->ld, p->ld,
+                                                  pref, LT_ALGOS, results, &count);
+    for (int i = 0; st == CUBLAS_STATUS_SUCCESS && i < count && i < LT_ALGOS; i++)
+        if (results[i].state == CUBLAS_STATUS_SUCCESS)
+            p->algos[p->num_algos++] = results[i].algo;
+    if (p->num_algos == 0) {
+        snprintf(p->why, sizeof p->why,
+                 "no VEC128 x VEC128 FP8 algorithm with float32 C/D (status %d, %d results)",
+                 (int)st, count);
+        return 0;
+    }
+    /* warm up from D = 0 with the heuristic's algorithms in order */
+    for (p->used = 0; p->used < p->num_algos; p->used++) {
+        p->algo = p->algos[p->used];
+        if (cudaMemsetAsync(c->d, 0, (size_t)(c->m * c->n) * 4, g.stream) == cudaSuccess &&
+            wgrad_peer_call(c) == CUBLAS_STATUS_SUCCESS &&
+            cudaStreamSynchronize(g.stream) == cudaSuccess)
+            return 1;
+        cudaGetLastError();
+    }
+    snprintf(p->why, sizeof p->why, "none of its %d VEC128 x VEC128 algorithms ran", p->num_algos);
+    return 0;
+}
+
+/* The peer's D (from 0) at sampled elements against float64; 1 with a note,
+ * -1 (OUTPUT WRONG note), 0 (could not read). */
+static int wgrad_peer_check(const wgrad_case *c, char *note, size_t note_bytes) {
+    const int64_t k = c->k, kb = c->kb;
+    float *sa = malloc((size_t)(kb * c->m) * 4), *sb = malloc((size_t)(kb * c->n) * 4);
+    uint8_t *codes = malloc((size_t)k * 2);
+    float *x = malloc((size_t)k * 2 * sizeof(float));
+    int ok = sa && sb && codes && x &&
+             cudaMemcpy(sa, c->sa, (size_t)(kb * c->m) * 4, cudaMemcpyDeviceToHost) == cudaSuccess &&
+             cudaMemcpy(sb, c->sb, (size_t)(kb * c->n) * 4, cudaMemcpyDeviceToHost) == cudaSuccess;
+    double worst = 0;
+    uint64_t r = (uint64_t)(c->m * 131 + c->n * 7 + k) | 1;
+    for (int t = 0; ok == 1 && t < PEER_CHECK_SAMPLES; t++) {
+        const int64_t row = (int64_t)(next_u64(&r) % (uint64_t)c->m);
+        const int64_t col = (int64_t)(next_u64(&r) % (uint64_t)c->n);
+        float got = 0;
+        if (cudaMemcpy(codes, c->a + row * k, (size_t)k, cudaMemcpyDeviceToHost) != cudaSuccess ||
+            cudaMemcpy(codes + k, c->b + col * k, (size_t)k, cudaMemcpyDeviceToHost) != cudaSuccess ||
+            cudaMemcpy(&got, c->d + row * c->n + col, 4, cudaMemcpyDeviceToHost) != cudaSuccess ||
+            dinf_convert(codes, DINF_DTYPE_FP8_E4M3, x, DINF_DTYPE_FLOAT32, 2 * k, NULL) !=
+                DINF_STATUS_OK) {
+            ok = 0;
+            break;
+        }
+        double ref = 0, mag = 0;
+        for (int64_t b = 0; b < kb; b++) {
+            double part = 0, part_mag = 0;
+            for (int64_t i = b * 128; i < k && i < b * 128 + 128; i++) {
+                part += (double)x[i] * x[k + i];
+                part_mag += fabs((double)x[i] * x[k + i]);
+            }
+            const double scale = (double)sa[b * c->m + row] * sb[b * c->n + col];
+            ref += scale * part;
+            mag += fabs(scale) * part_mag;
+        }
+        const double ratio = gemm_check_ratio(got, ref, mag);
+        if (!(ratio <= 1.0)) {
+            snprintf(note, note_bytes, " [OUTPUT WRONG: row %lld column %lld is %.6g, float64 %.6g]",
+                     (long long)row, (long long)col, (double)got, ref);
+            ok = -1;
+        } else if (ratio > worst) {
+            worst = ratio;
+        }
+    }
+    if (ok == 0)
+        snprintf(note, note_bytes, "could not read its inputs and output back: %s",
+                 cudaGetErrorString(cudaGetLastError()));
+    else if (ok == 1)
+        snprintf(note, note_bytes, ", output checked (float64 at %d elements: worst %.2f of the "
+                 "tolerance)", PEER_CHECK_SAMPLES, worst);
+    free(sa), free(sb), free(codes), free(x);
+    return ok;
+}
+
+static wgrad_case *wgrad_cases[16];
+static int num_wgrad_cases;
+
+static void add_wgrad_case(int64_t m, int64_t n, int64_t k) {
+    wgrad_case *c = calloc(1, sizeof *c); /* lives until exit */
+    if (!c)
+        return;
+    c->m = m, c->n = n, c->k = k, c->kb = (k + 127) / 128;
+    snprintf(c->name, sizeof c->name, "gemm/gpu/fp8_wgrad_nt/m%lld_n%lld_k%lld", (long long)m,
+             (long long)n, (long long)k);
+    snprintf(c->peer_name, sizeof c->peer_name, "gemm/peer/cublaslt_1d1d/fp8_wgrad_nt/m%lld_n%lld_k%lld",
+             (long long)m, (long long)n, (long long)k);
+    const int ours = bench_selected(c->name), peer = bench_selected(c->peer_name);
+    if ((!ours && !peer) || !setup()) {
+        free(c);
+        return;
+    }
+    int ok = cudaMalloc((void **)&c->a, (size_t)(m * k)) == cudaSuccess &&
+             cudaMalloc((void **)&c->b, (size_t)(n * k)) == cudaSuccess &&
+             cudaMalloc((void **)&c->sa, (size_t)(c->kb * m) * 4) == cudaSuccess &&
+             cudaMalloc((void **)&c->sb, (size_t)(c->kb * n) * 4) == cudaSuccess &&
+             cudaMalloc((void **)&c->d, (size_t)(m * n) * 4) == cudaSuccess &&
+             cudaMemset(c->d, 0, (size_t)(m * n) * 4) == cudaSuccess &&
+             fill_codes(c->a, (size_t)(m * k)) && fill_codes(c->b, (size_t)(n * k)) &&
+             fill_scales(c->sa, (size_t)(c->kb * m), (uint64_t)(m + k)) &&
+             fill_scales(c->sb, (size_t)(c->kb * n), (uint64_t)(n * 3 + k));
+    if (!ok) {
+        fprintf(stderr, "%s: device setup failed: %s\n", c->name,
+                cudaGetErrorString(cudaGetLastError()));
+        return;
+    }
+    if (peer && num_wgrad_cases < (int)(sizeof wgrad_cases / sizeof wgrad_cases[0]))
+        wgrad_cases[num_wgrad_cases++] = c;
+    if (!ours)
+        return;
+    dinf_exec exec = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)g.stream);
+    dinf_status st = dinf_fp8_wgrad_gemm_nt(m, n, k, c->a, k, c->sa, c->b, k, c->sb, c->d, n, &exec);
+    if (st != DINF_STATUS_OK || cudaStreamSynchronize(g.stream) != cudaSuccess) { /* JIT, untimed */
+        fprintf(stderr, "%s: the first call failed: %s\n", c->name,
+                st != DINF_STATUS_OK ? dinf_last_error() : cudaGetErrorString(cudaGetLastError()));
+        return;
+    }
+    dinf_jit_kernel_config kc = DINF_JIT_KERNEL_CONFIG_INIT;
+    if (dinf_fp8_gemm_kernel_config(DINF_FP8_GEMM_FORM_WGRAD, m, n, k, 1, 0, &kc) == DINF_STATUS_OK)
+        snprintf(c->label, sizeof c->label,
+                 "deepinfra wgrad kernel (JIT sm_90a, %lldx%lld, %lld stages; float32 D +=)",
+                 (long long)kc.params[0], (long long)kc.params[1], (long long)kc.params[2]);
+    else
+        snprintf(c->label, sizeof c->label, "deepinfra wgrad kernel (JIT sm_90a; float32 D +=)");
+    bench_spec spec = {.name = c->name, .run = run_wgrad, .arg = c, .manual_time = 1,
+                       .flops = wgrad_flops(c), .bytes = wgrad_bytes(c), .label = c->label,
+                       .unit = "us", .iterations = 30};
+    bench_register(&spec);
+}
+
+static void add_wgrad_peer(wgrad_case *c) {
+    if (!lt_load()) {
+        wgrad_peer_error(c->peer_name, lt.error);
+        return;
+    }
+    if (!wgrad_plan(c)) {
+        wgrad_peer_error(c->peer_name, c->plan.why);
+        return;
+    }
+    char check[256];
+    if (wgrad_peer_check(c, check, sizeof check) == 0) {
+        wgrad_peer_error(c->peer_name, check);
+        return;
+    }
+    snprintf(c->peer_label, sizeof c->peer_label,
+             "peer: cuBLASLt %zu FP8 1x128 x 1x128 (VEC128 both), float32 C = D, beta 1%s",
+             lt.GetVersion(), check);
+    bench_spec spec = {.name = c->peer_name, .run = run_wgrad_peer, .arg = c, .manual_time = 1,
+                       .flops = wgrad_flops(c), .bytes = wgrad_bytes(c), .label = c->peer_label,
+                       .unit = "us", .iterations = 30};
+    bench_register(&spec);
+}
+
 void bench_register_gemm_gpu(void) {
     dinf_device_info info = DINF_DEVICE_INFO_INIT;
     if (dinf_device_query(0, &info) != DINF_STATUS_OK || !info.usable || info.cc_major != 9 ||
@@ -978,9 +1252,16 @@ void bench_register_gemm_gpu(void) {
                                         {4, 256, 4096, 7168},  {4, 256, 7168, 2048}};
     for (int i = 0; i < 6; i++)
         add_case(MASKED, masked[i][0], masked[i][1], masked[i][2], masked[i][3]);
+    /* DeepGEMM v1.3's wgrad shapes (m, n) at k = 4096 */
+    static const int64_t wgrad_mn[][2] = {{7168, 2112}, {1536, 24576}, {512, 32768},
+                                          {16384, 7168}, {7168, 4096}, {2048, 7168}};
+    for (int i = 0; i < 6; i++)
+        add_wgrad_case(wgrad_mn[i][0], wgrad_mn[i][1], 4096);
     /* the peers last: their set-up runs inside cuBLASLt, their rows after ours */
     for (int i = 0; i < num_peer_cases; i++)
         add_peer(peer_cases[i]);
+    for (int i = 0; i < num_wgrad_cases; i++)
+        add_wgrad_peer(wgrad_cases[i]);
 }
 
 #else

@@ -19,6 +19,10 @@ static const dinf__jit_template templates[] = {
     {"fp8_gemm_fast", "fp8_gemm_fast.cuh", "dinf_jit::fp8_gemm_fast", 6,
      {{"GEMM_TYPE", 0, 2}, {"BLOCK_M", 64, 256}, {"BLOCK_N", 16, 160}, {"NUM_STAGES", 1, 16},
       {"CLUSTER", 1, 4}, {"SPLIT_K", 1, 4}}},
+    /* The weight-gradient GEMM, 1x128 scales on both operands, float32 d +=
+     * (fp8_gemm_1d1d.cuh). */
+    {"fp8_gemm_1d1d", "fp8_gemm_1d1d.cuh", "dinf_jit::fp8_gemm_1d1d", 3,
+     {{"BLOCK_M", 64, 128}, {"BLOCK_N", 16, 128}, {"NUM_STAGES", 1, 16}}},
     /* The float32 reference GEMM of the GPU tests and benchmarks (f32_gemm_ref.cuh). */
     {"f32_gemm_nt_ref", "f32_gemm_ref.cuh", "dinf_jit::f32_gemm_nt_ref", 1, {{"TILE", 16, 32}}},
 };

@@ -19,6 +19,10 @@
  *                                            group m_indices[i] (-1: skip the row)
  *   dinf_fp8_m_grouped_gemm_nt_masked        [G][m_max] rows, only the first masked_m[g]
  *                                            rows of group g are computed
+ * and the weight-gradient GEMMs of training (1x128 scales on both operands,
+ * float32 output accumulated in place; described before their declarations):
+ *   dinf_fp8_wgrad_gemm_nt                   one GEMM
+ *   dinf_fp8_k_grouped_wgrad_gemm_nt         one per MoE expert, k_g tokens each
  *
  * Typical use on the GPU (all buffers device memory; x [m][k], w [n][k] float32):
  *
@@ -206,23 +210,112 @@ DINF_API dinf_status dinf_fp8_m_grouped_gemm_nt_masked(
     const float *a_scales, const uint8_t *b, int64_t ldb, const float *b_scales, uint16_t *d,
     int64_t ldd, const int32_t *masked_m, int64_t expected_m, const dinf_exec *exec);
 
+/*
+ * The weight-gradient GEMMs ("1D1D" scaling; DeepGEMM v1.3's
+ * wgrad_gemm_fp8_fp8_fp32_nt and k_grouped_wgrad_gemm_fp8_fp8_fp32_nt):
+ * both operands carry one float32 scale per row per 128 k (dinf_fp8_quantize
+ * with block_rows = 1 on each), and the float32 output is accumulated in
+ * place:
+ *
+ *   D[i][j] (float32) += sum over 128-wide k blocks kb of
+ *       a_scale[i][kb] * b_scale[j][kb] * sum_{k in kb} A[i][k] * B[j][k]
+ *
+ * In training k is the token dimension: for a layer y = x W^T (W [n_out][n_in]),
+ * dW += dy^T x is this GEMM with A = dy^T [n_out][tokens] and B = x^T
+ * [n_in][tokens], each quantized 1x128 along the tokens, and D = dW, the
+ * float32 gradient accumulator (zero it first for a plain product).
+ *
+ * Order (the CPU path, exactly; the GPU within a tolerance, as the forms
+ * above): total is summed from +0.0f block by block as at the top, with
+ * (a_scale[i][kb] * b_scale[j][kb]) as the block's scale, then
+ * d[i][j] = d[i][j] + total, one float32 addition (nearest even). A sum with
+ * no k (k == 0, or a group with k_g == 0) leaves d as it is. Both scale
+ * tensors are M-major / N-major as A's scales above
+ * (dinf_fp8_scale_layout_mn_major): a_scales[kb * aligned_m + i],
+ * b_scales[kb * aligned_n + j], aligned_x = ceil(x/4)*4.
+ *
+ * DINF_EXEC_CUDA: a Hopper kernel of its own (JIT template "fp8_gemm_1d1d":
+ * TMA loads of A, B and both scale tiles into an mbarrier pipeline, wgmma
+ * e4m3, each 128-k block promoted with its row and column scales, float32
+ * read-add-write of d), on the stream, asynchronous, graph-capturable, the
+ * hang guard as above; no PDL, no clusters; DINF_FP8_GEMM_KERNEL and
+ * DINF_FP8_GEMM_PDL do not apply. Extra rules there: as the forms above
+ * (sm_90, k >= 1 (k == 0 returns at once), sizes below 2^31; a, b and both
+ * scale tensors 16-byte aligned, lda and ldb multiples of 16 bytes) but d
+ * only 4-byte aligned, any ldd; the k-grouped form runs one launch per group
+ * with k_g > 0, in group order, and every k_g must be a multiple of 16 (the
+ * row stride of A_g and B_g), else DINF_STATUS_INVALID_ARGUMENT.
+ */
+
+/*
+ * dinf_fp8_wgrad_gemm_nt - D += A * B^T with 1x128 scales on both operands.
+ * Arguments:
+ *   m, n, k   [IN]     sizes, >= 0
+ *   a         [IN]     e4m3 [m][k], row stride lda bytes
+ *   a_scales  [IN]     float32 [ceil(k/128)][aligned_m], M-major
+ *   b         [IN]     e4m3 [n][k], row stride ldb bytes
+ *   b_scales  [IN]     float32 [ceil(k/128)][aligned_n], N-major
+ *   d         [IN/OUT] float32 [m][n], row stride ldd elements, caller-owned;
+ *                      accumulated into (read, then written)
+ *   exec      [IN]     NULL = CPU
+ * Returns DINF_STATUS_OK, DINF_STATUS_INVALID_ARGUMENT (NULL pointers,
+ * negative sizes, leading dimensions below the row length, d overlapping an
+ * input, products overflowing, a bad DINF_CPU_ISA), DINF_STATUS_UNSUPPORTED
+ * (DINF_EXEC_CUDA without an sm_90 device or in a CPU-only build),
+ * DINF_STATUS_OUT_OF_MEMORY.
+ */
+DINF_API dinf_status dinf_fp8_wgrad_gemm_nt(int64_t m, int64_t n, int64_t k, const uint8_t *a,
+                                            int64_t lda, const float *a_scales, const uint8_t *b,
+                                            int64_t ldb, const float *b_scales, float *d,
+                                            int64_t ldd, const dinf_exec *exec);
+
+/*
+ * dinf_fp8_k_grouped_wgrad_gemm_nt - one weight-gradient GEMM per group, the
+ * groups differing in k (MoE experts: k_g = the tokens routed to expert g):
+ *   D[g] += A_g * B_g^T, for g < num_groups.
+ * Arguments:
+ *   num_groups [IN]     >= 1
+ *   m, n       [IN]     rows of every A_g and B_g, >= 0
+ *   ks         [IN]     host int64 [num_groups]: k_g >= 0 (0: group g adds nothing)
+ *   a          [IN]     e4m3, the groups one after another, each dense: A_g [m][k_g]
+ *                       (row stride k_g) at byte offset m * (k_0 + ... + k_{g-1})
+ *   a_scales   [IN]     float32, per group [ceil(k_g/128)][aligned_m] (M-major) at
+ *                       offset aligned_m * (ceil(k_0/128) + ... + ceil(k_{g-1}/128))
+ *   b          [IN]     e4m3, B_g [n][k_g] at byte offset n * (k_0 + ... + k_{g-1})
+ *   b_scales   [IN]     float32, per group [ceil(k_g/128)][aligned_n] at offset
+ *                       aligned_n * (ceil(k_0/128) + ... + ceil(k_{g-1}/128))
+ *   d          [IN/OUT] float32 [num_groups][m][n], dense, accumulated into
+ *   exec       [IN]     NULL = CPU
+ * Returns as dinf_fp8_wgrad_gemm_nt; INVALID_ARGUMENT also for a NULL ks, a
+ * negative k_g (the message names the group) and totals overflowing.
+ */
+DINF_API dinf_status dinf_fp8_k_grouped_wgrad_gemm_nt(int64_t num_groups, int64_t m, int64_t n,
+                                                      const int64_t *ks, const uint8_t *a,
+                                                      const float *a_scales, const uint8_t *b,
+                                                      const float *b_scales, float *d,
+                                                      const dinf_exec *exec);
+
 /* The forms, for dinf_fp8_gemm_kernel_config. */
 typedef enum dinf_fp8_gemm_form {
     DINF_FP8_GEMM_FORM_NORMAL = 0,     /* dinf_fp8_gemm_nt */
     DINF_FP8_GEMM_FORM_CONTIGUOUS = 1, /* dinf_fp8_m_grouped_gemm_nt_contiguous */
     DINF_FP8_GEMM_FORM_MASKED = 2,     /* dinf_fp8_m_grouped_gemm_nt_masked */
+    DINF_FP8_GEMM_FORM_WGRAD = 3,      /* dinf_fp8_wgrad_gemm_nt, and each group of
+                                          dinf_fp8_k_grouped_wgrad_gemm_nt (its k_g) */
 } dinf_fp8_gemm_form;
 
 /*
  * dinf_fp8_gemm_kernel_config - the JIT kernel the GPU path would choose for
  * a shape, to compile it ahead of serving with dinf_jit_precompile (warm-up,
  * or on a machine without a GPU with arch "sm_90a"); the rung
- * DINF_FP8_GEMM_KERNEL selects now (template "fp8_gemm_fast" by default).
+ * DINF_FP8_GEMM_KERNEL selects now (template "fp8_gemm_fast" by default);
+ * form DINF_FP8_GEMM_FORM_WGRAD: template "fp8_gemm_1d1d" {BLOCK_M, BLOCK_N,
+ * NUM_STAGES}, whatever DINF_FP8_GEMM_KERNEL says (one kernel).
  * Arguments:
  *   form       [IN]  a dinf_fp8_gemm_form
- *   m          [IN]  rows: m (normal), m_sum (contiguous), expected_m (masked); >= 0
+ *   m          [IN]  rows: m (normal, wgrad), m_sum (contiguous), expected_m (masked); >= 0
  *   n, k       [IN]  >= 1
- *   num_groups [IN]  >= 1 (1 for normal)
+ *   num_groups [IN]  >= 1 (1 for normal and wgrad)
  *   num_sms    [IN]  streaming multiprocessors of the device (132 on H100/H200 SXM), >= 1;
  *                    or 0: the current CUDA device, as the GPU path sees it (its SM
  *                    count and how many clusters of 2, 3 and 4 CTAs it holds at once;
@@ -232,7 +325,8 @@ typedef enum dinf_fp8_gemm_form {
  *                    serving machine to precompile exactly what it will run)
  *   config     [OUT] caller-owned; written on success
  * Returns DINF_STATUS_OK or DINF_STATUS_INVALID_ARGUMENT (bad form, sizes,
- * negative num_sms, NULL config, an unknown DINF_FP8_GEMM_KERNEL); with
+ * negative num_sms, NULL config, an unknown DINF_FP8_GEMM_KERNEL for forms
+ * 0-2); with
  * num_sms 0 also DINF_STATUS_UNSUPPORTED (no current CUDA device, not sm_90,
  * or a build without CUDA). num_sms > 0: pure function, no device, no JIT;
  * num_sms 0: queries the device once (cached; like any GPU call of the

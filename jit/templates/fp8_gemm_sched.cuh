@@ -128,6 +128,42 @@ DINF_FP8_HD_CONST dinf_fp8_smem_layout dinf_fp8_smem_carve(int block_m, int bloc
     return dinf_fp8_smem_carve_d(block_m, block_n, stages, 0u);
 }
 
+/*
+ * The weight-gradient kernel (fp8_gemm_1d1d.cuh) also loads each stage's B
+ * scales (block_n float32, one per column) into a fourth ring after the
+ * simple kernel's carve-up: slot s at sb + s * sb_stage, sb_stage block_n * 4
+ * rounded up to 128 bytes (a TMA destination), sb 128-byte aligned after the
+ * mbarriers. Its dynamic shared memory is the simple kernel's plus 128 (the
+ * rounding) plus stages * sb_stage.
+ */
+DINF_FP8_HD_CONST unsigned dinf_fp8_wgrad_sb_stage(int block_n) {
+    return ((unsigned)block_n * 4u + 127u) / 128u * 128u;
+}
+#define DINF_FP8_WGRAD_SMEM_BYTES(block_m, block_n, stages)                                      \
+    (DINF_FP8_SMEM_BYTES(block_m, block_n, stages) + 128 +                                       \
+     (stages) * (((block_n) * 4 + 127) / 128 * 128))
+
+typedef struct dinf_fp8_wgrad_smem_layout {
+    dinf_fp8_smem_layout l; /* A, B, A scales, barriers: the simple kernel's */
+    unsigned sb, sb_stage, end;
+} dinf_fp8_wgrad_smem_layout;
+
+DINF_FP8_HD_CONST dinf_fp8_wgrad_smem_layout dinf_fp8_wgrad_smem_carve(int block_m, int block_n,
+                                                                      int stages) {
+    dinf_fp8_wgrad_smem_layout w = {dinf_fp8_smem_carve(block_m, block_n, stages), 0, 0, 0};
+    w.sb_stage = dinf_fp8_wgrad_sb_stage(block_n);
+    w.sb = (w.l.end + 127u) / 128u * 128u;
+    w.end = w.sb + (unsigned)stages * w.sb_stage;
+    return w;
+}
+
+/* Bytes the four TMA loads of one wgrad stage deliver: the simple kernel's
+ * three boxes and the B scales' {block_n} float32. */
+DINF_FP8_HD_CONST unsigned dinf_fp8_wgrad_stage_tx_bytes(int block_m, int block_n) {
+    return (unsigned)block_m * DINF_FP8_BLOCK_K + (unsigned)block_n * DINF_FP8_BLOCK_K +
+           (unsigned)block_m * 4 + (unsigned)block_n * 4;
+}
+
 /* Bytes the three TMA loads of one stage deliver (the expect_tx of its full
  * barrier): whole boxes, out-of-bounds parts included (TMA fills them and
  * counts them): A {128, block_m} e4m3, B {128, block_n} e4m3, A scales

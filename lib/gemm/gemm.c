@@ -60,8 +60,12 @@ typedef struct row_block {
     const float *sa;   /* a_scales + first row; element (r, kb) at sa[kb * sa_stride + r] */
     int64_t sa_stride; /* aligned_m of the scale layout */
     const uint8_t *b;  /* [n][k] of the group */
-    const float *sb;   /* [ceil(n/128)][kblocks] of the group */
-    uint16_t *d;       /* first output row */
+    const float *sb;   /* 1x128/128x128: [ceil(n/128)][kblocks] of the group;
+                          wgrad (sb_stride > 0): column j's scale of block kb at
+                          sb[kb * sb_stride + j] */
+    int64_t sb_stride; /* 0, or aligned_n of the wgrad's N-major B scales */
+    uint16_t *d;       /* first output row (bf16), or NULL for wgrad: */
+    float *df;         /* first output row of the wgrad's float32 accumulator */
     int64_t rows;      /* 1..TILE_M */
 } row_block;
 
@@ -166,7 +170,12 @@ static void run_tile(const gemm_job *job, scratch *s, const row_block *rb, int64
     const int64_t rows_pad = ceil_div(rows, PAD_M) * PAD_M;
     const int64_t cols_pad = ceil_div(cols, PAD_N) * PAD_N;
     const dinf__gemm_cpu_kernels *kern = job->kernels;
-    float row_scale[TILE_M];
+    const int wgrad = rb->sb_stride > 0;
+    _Alignas(64) float row_scale[TILE_M];
+    _Alignas(64) float col_scale[TILE_N];
+    if (!wgrad) /* one B scale per tile and k block: folded into row_scale */
+        for (int64_t c = 0; c < cols_pad; c++)
+            col_scale[c] = 1.0f;
 
     memset(s->total, 0, sizeof(float) * TILE_M * TILE_N);
     if (rows_pad != rows)
@@ -176,10 +185,26 @@ static void run_tile(const gemm_job *job, scratch *s, const row_block *rb, int64
         const int64_t kk = job->k - k0 < BLOCK_K ? job->k - k0 : BLOCK_K;
         kern->load_a(rb->a + k0, job->lda, rows, kk, s->a);
         kern->load_bt(rb->b + n0 * job->ldb + k0, job->ldb, cols, cols_pad, kk, s->bt);
-        const float sb = rb->sb[nt * job->kblocks + kb];
-        for (int64_t r = 0; r < rows_pad; r++)
-            row_scale[r] = r < rows ? rb->sa[kb * rb->sa_stride + r] * sb : 0.0f;
-        kern->tile_block(s->a, s->bt, kk, rows_pad, cols_pad, row_scale, s->total);
+        if (wgrad) {
+            for (int64_t r = 0; r < rows_pad; r++)
+                row_scale[r] = r < rows ? rb->sa[kb * rb->sa_stride + r] : 0.0f;
+            for (int64_t c = 0; c < cols_pad; c++)
+                col_scale[c] = c < cols ? rb->sb[kb * rb->sb_stride + n0 + c] : 0.0f;
+        } else {
+            const float sb = rb->sb[nt * job->kblocks + kb];
+            for (int64_t r = 0; r < rows_pad; r++)
+                row_scale[r] = r < rows ? rb->sa[kb * rb->sa_stride + r] * sb : 0.0f;
+        }
+        kern->tile_block(s->a, s->bt, kk, rows_pad, cols_pad, row_scale, col_scale, s->total);
+    }
+    if (wgrad) { /* d += total: one float32 addition per element */
+        for (int64_t r = 0; r < rows; r++) {
+            float *out = rb->df + r * job->ldd + n0;
+            const float *t = s->total + r * TILE_N;
+            for (int64_t c = 0; c < cols; c++)
+                out[c] = out[c] + t[c];
+        }
+        return;
     }
     for (int64_t r = 0; r < rows; r++) {
         uint16_t *out = rb->d + r * job->ldd + n0;
@@ -280,7 +305,8 @@ typedef struct shape_check {
     const float *a_scales;
     const uint8_t *b;
     const float *b_scales;
-    const uint16_t *d;
+    const void *d;
+    int wgrad; /* float32 d; b_scales N-major [kblocks][aligned_n] */
 } shape_check;
 
 #define CHECK_PTR(ptr, name, needed)                                                              \
@@ -304,7 +330,8 @@ static dinf_status check_common(const shape_check *c) {
     if (c->ldd < c->n)
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func, "ldd=%lld is below n=%lld",
                           (long long)c->ldd, (long long)c->n);
-    const int work = c->m_rows > 0 && c->n > 0;
+    /* the wgrad with k == 0 adds nothing: d is not touched either */
+    const int work = c->m_rows > 0 && c->n > 0 && (!c->wgrad || c->k > 0);
     CHECK_PTR(c->a, "a", work && c->k > 0);
     CHECK_PTR(c->a_scales, "a_scales", work && c->k > 0);
     CHECK_PTR(c->b, "b", work && c->k > 0);
@@ -314,14 +341,16 @@ static dinf_status check_common(const shape_check *c) {
     /* Extents of every buffer, for overflow and overlap. */
     const int64_t kblocks = ceil_div(c->k, BLOCK_K), nblocks = ceil_div(c->n, TILE_N);
     const int64_t aligned = ceil_div(c->m_group, 4) * 4;
+    /* B scales: [groups][nblocks][kblocks], or the wgrad's [kblocks][aligned_n] */
+    const int64_t sb_rows = c->wgrad ? ceil_div(c->n, 4) * 4 : nblocks;
     size_t a_bytes, b_bytes, d_bytes, sa_bytes, sb_bytes;
     int64_t sa_count, sb_count, b_rows;
     if (span_bytes(c->m_rows, c->k, c->lda, 1, &a_bytes) ||
         dinf__mul_i64(c->groups, c->n, &b_rows) || span_bytes(b_rows, c->k, c->ldb, 1, &b_bytes) ||
-        span_bytes(c->m_rows, c->n, c->ldd, 2, &d_bytes) ||
+        span_bytes(c->m_rows, c->n, c->ldd, c->wgrad ? 4 : 2, &d_bytes) ||
         dinf__mul_i64(kblocks, aligned, &sa_count) ||
         (c->masked && dinf__mul_i64(sa_count, c->groups, &sa_count)) ||
-        dinf__mul_i64(sa_count, 4, &sa_count) || dinf__mul_i64(nblocks, kblocks, &sb_count) ||
+        dinf__mul_i64(sa_count, 4, &sa_count) || dinf__mul_i64(sb_rows, kblocks, &sb_count) ||
         dinf__mul_i64(sb_count, c->groups, &sb_count) || dinf__mul_i64(sb_count, 4, &sb_count))
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                           "buffer sizes overflow int64 (m=%lld, n=%lld, k=%lld, num_groups=%lld, "
@@ -373,7 +402,7 @@ dinf_status dinf_fp8_gemm_nt(int64_t m, int64_t n, int64_t k, const uint8_t *a, 
                              const dinf_exec *exec) {
     if (m < 0)
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "m=%lld is negative", (long long)m);
-    const shape_check c = {__func__, 1, m, m, 0, n, k, lda, ldb, ldd, a, a_scales, b, b_scales, d};
+    const shape_check c = {__func__, 1, m, m, 0, n, k, lda, ldb, ldd, a, a_scales, b, b_scales, d, 0};
     dinf_status st = check_common(&c);
     if (st != DINF_STATUS_OK)
         return st;
@@ -382,7 +411,7 @@ dinf_status dinf_fp8_gemm_nt(int64_t m, int64_t n, int64_t k, const uint8_t *a, 
         return st;
     if (place.kind == DINF_EXEC_CUDA) {
         const dinf__fp8_gpu_problem p = {DINF_FP8_GEMM_NORMAL, m, n, k, 1, 0, a, lda, a_scales, b,
-                                         ldb, b_scales, d, ldd, NULL};
+                                         ldb, b_scales, d, ldd, NULL, 0};
         return dinf__fp8_gemm_cuda(__func__, &place, &p);
     }
     if (m == 0 || n == 0)
@@ -395,7 +424,7 @@ dinf_status dinf_fp8_gemm_nt(int64_t m, int64_t n, int64_t k, const uint8_t *a, 
     for (int64_t i = 0; i < num_blocks; i++) {
         const int64_t m0 = i * TILE_M;
         blocks[i] = (row_block){OFFSET(a, m0 * lda), OFFSET(a_scales, m0), aligned_m, b, b_scales,
-                                d + m0 * ldd, m - m0 < TILE_M ? m - m0 : TILE_M};
+                                0, d + m0 * ldd, NULL, m - m0 < TILE_M ? m - m0 : TILE_M};
     }
     st = run_gemm(__func__, &place, n, k, lda, ldb, ldd, blocks, num_blocks);
     free(blocks);
@@ -418,7 +447,7 @@ dinf_status dinf_fp8_m_grouped_gemm_nt_contiguous(int64_t m_sum, int64_t n, int6
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_groups=%lld must be >= 1",
                          (long long)num_groups);
     const shape_check c = {__func__, num_groups, m_sum, m_sum, 0, n,        k,       lda,
-                           ldb,      ldd,        a,     a_scales, b, b_scales, d};
+                           ldb,      ldd,        a,     a_scales, b, b_scales, d, 0};
     dinf_status st = check_common(&c);
     if (st != DINF_STATUS_OK)
         return st;
@@ -435,7 +464,7 @@ dinf_status dinf_fp8_m_grouped_gemm_nt_contiguous(int64_t m_sum, int64_t n, int6
         return st;
     if (place.kind == DINF_EXEC_CUDA) { /* m_indices is device memory: a device-side contract */
         const dinf__fp8_gpu_problem p = {DINF_FP8_GEMM_CONTIGUOUS, m_sum, n, k, num_groups, 0, a,
-                                         lda, a_scales, b, ldb, b_scales, d, ldd, m_indices};
+                                         lda, a_scales, b, ldb, b_scales, d, ldd, m_indices, 0};
         return dinf__fp8_gemm_cuda(__func__, &place, &p);
     }
     for (int64_t i = 0; i < m_sum; i++) {
@@ -467,7 +496,8 @@ dinf_status dinf_fp8_m_grouped_gemm_nt_contiguous(int64_t m_sum, int64_t n, int6
             continue; /* padding rows: not computed, not written */
         blocks[num_blocks++] = (row_block){OFFSET(a, m0 * lda), OFFSET(a_scales, m0), m_sum,
                                            OFFSET(b, g * n * ldb),
-                                           OFFSET(b_scales, g * sb_group), d + m0 * ldd, TILE_M};
+                                           OFFSET(b_scales, g * sb_group), 0, d + m0 * ldd, NULL,
+                                           TILE_M};
     }
     st = run_gemm(__func__, &place, n, k, lda, ldb, ldd, blocks, num_blocks);
     free(blocks);
@@ -494,7 +524,7 @@ dinf_status dinf_fp8_m_grouped_gemm_nt_masked(int64_t num_groups, int64_t m_max,
                          "num_groups=%lld * m_max=%lld overflows int64", (long long)num_groups,
                          (long long)m_max);
     const shape_check c = {__func__, num_groups, m_rows, m_max, 1, n,        k,       lda,
-                           ldb,      ldd,        a,      a_scales, b, b_scales, d};
+                           ldb,      ldd,        a,      a_scales, b, b_scales, d, 0};
     dinf_status st = check_common(&c);
     if (st != DINF_STATUS_OK)
         return st;
@@ -511,7 +541,7 @@ dinf_status dinf_fp8_m_grouped_gemm_nt_masked(int64_t num_groups, int64_t m_max,
         return st;
     if (place.kind == DINF_EXEC_CUDA) { /* masked_m is device memory: clamped on the device */
         const dinf__fp8_gpu_problem p = {DINF_FP8_GEMM_MASKED, m_max, n, k, num_groups, expected_m,
-                                         a, lda, a_scales, b, ldb, b_scales, d, ldd, masked_m};
+                                         a, lda, a_scales, b, ldb, b_scales, d, ldd, masked_m, 0};
         return dinf__fp8_gemm_cuda(__func__, &place, &p);
     }
     int64_t total_blocks = 0;
@@ -536,10 +566,154 @@ dinf_status dinf_fp8_m_grouped_gemm_nt_masked(int64_t num_groups, int64_t m_max,
             const int64_t row = g * m_max + m0;
             blocks[num_blocks++] = (row_block){
                 OFFSET(a, row * lda), OFFSET(a_scales, g * kblocks * aligned + m0), aligned,
-                OFFSET(b, g * n * ldb), OFFSET(b_scales, g * sb_group), d + row * ldd,
+                OFFSET(b, g * n * ldb), OFFSET(b_scales, g * sb_group), 0, d + row * ldd, NULL,
                 masked_m[g] - m0 < TILE_M ? masked_m[g] - m0 : TILE_M};
         }
     st = run_gemm(__func__, &place, n, k, lda, ldb, ldd, blocks, num_blocks);
     free(blocks);
+    return st;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The weight-gradient GEMMs (1x128 scales on both operands, float32 d +=)   */
+/* ------------------------------------------------------------------------ */
+
+/* One checked wgrad GEMM on the CPU. */
+static dinf_status wgrad_cpu(const char *func, const dinf__place *place, int64_t m, int64_t n,
+                             int64_t k, const uint8_t *a, int64_t lda, const float *a_scales,
+                             const uint8_t *b, int64_t ldb, const float *b_scales, float *d,
+                             int64_t ldd) {
+    if (m == 0 || n == 0 || k == 0)
+        return DINF_STATUS_OK; /* nothing to add */
+    const int64_t num_blocks = ceil_div(m, TILE_M);
+    const int64_t aligned_m = ceil_div(m, 4) * 4, aligned_n = ceil_div(n, 4) * 4;
+    row_block *blocks = malloc((size_t)num_blocks * sizeof *blocks);
+    if (!blocks)
+        return dinf__fail(DINF_STATUS_OUT_OF_MEMORY, func, "cannot allocate %lld row blocks",
+                          (long long)num_blocks);
+    for (int64_t i = 0; i < num_blocks; i++) {
+        const int64_t m0 = i * TILE_M;
+        blocks[i] = (row_block){a + m0 * lda, a_scales + m0, aligned_m, b, b_scales, aligned_n,
+                                NULL, d + m0 * ldd, m - m0 < TILE_M ? m - m0 : TILE_M};
+    }
+    const dinf_status st = run_gemm(func, place, n, k, lda, ldb, ldd, blocks, num_blocks);
+    free(blocks);
+    return st;
+}
+
+dinf_status dinf_fp8_wgrad_gemm_nt(int64_t m, int64_t n, int64_t k, const uint8_t *a, int64_t lda,
+                                   const float *a_scales, const uint8_t *b, int64_t ldb,
+                                   const float *b_scales, float *d, int64_t ldd,
+                                   const dinf_exec *exec) {
+    if (m < 0)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "m=%lld is negative", (long long)m);
+    const shape_check c = {__func__, 1,   m,   m,        0, n,        k, lda, ldb,
+                           ldd,      a,   a_scales, b,   b_scales, d, 1};
+    dinf_status st = check_common(&c);
+    if (st != DINF_STATUS_OK)
+        return st;
+    dinf__place place;
+    if ((st = resolve_place(__func__, exec, &place)) != DINF_STATUS_OK)
+        return st;
+    if (place.kind == DINF_EXEC_CUDA) {
+        if (k == 0)
+            return DINF_STATUS_OK; /* nothing to add (the device is not needed) */
+        const dinf__fp8_gpu_problem p = {DINF_FP8_GEMM_NORMAL, m, n, k, 1, 0, a, lda, a_scales, b,
+                                         ldb, b_scales, d, ldd, NULL, 1};
+        return dinf__fp8_gemm_cuda(__func__, &place, &p);
+    }
+    return wgrad_cpu(__func__, &place, m, n, k, a, lda, a_scales, b, ldb, b_scales, d, ldd);
+}
+
+dinf_status dinf_fp8_k_grouped_wgrad_gemm_nt(int64_t num_groups, int64_t m, int64_t n,
+                                             const int64_t *ks, const uint8_t *a,
+                                             const float *a_scales, const uint8_t *b,
+                                             const float *b_scales, float *d,
+                                             const dinf_exec *exec) {
+    if (num_groups < 1)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "num_groups=%lld must be >= 1",
+                         (long long)num_groups);
+    if (m < 0)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "m=%lld is negative", (long long)m);
+    if (n < 0)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "n=%lld is negative", (long long)n);
+    if (!ks)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "ks is NULL");
+    /* Totals: k_sum (codes per row of A and B over all groups) and kb_sum
+     * (scale rows over all groups), with overflow checks. */
+    int64_t k_sum = 0, kb_sum = 0;
+    for (int64_t g = 0; g < num_groups; g++) {
+        if (ks[g] < 0)
+            return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "ks[%lld]=%lld is negative",
+                             (long long)g, (long long)ks[g]);
+        if (__builtin_add_overflow(k_sum, ks[g], &k_sum))
+            return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                             "the sum of ks overflows int64 at group %lld", (long long)g);
+        kb_sum += ceil_div(ks[g], BLOCK_K);
+    }
+    const int64_t aligned_m = ceil_div(m, 4) * 4, aligned_n = ceil_div(n, 4) * 4;
+    int64_t a_bytes, b_bytes, sa_bytes, sb_bytes, d_bytes;
+    if (dinf__mul_i64(m, k_sum, &a_bytes) || dinf__mul_i64(n, k_sum, &b_bytes) ||
+        dinf__mul_i64(aligned_m, kb_sum, &sa_bytes) || dinf__mul_i64(sa_bytes, 4, &sa_bytes) ||
+        dinf__mul_i64(aligned_n, kb_sum, &sb_bytes) || dinf__mul_i64(sb_bytes, 4, &sb_bytes) ||
+        dinf__mul_i64(num_groups, m, &d_bytes) || dinf__mul_i64(d_bytes, n, &d_bytes) ||
+        dinf__mul_i64(d_bytes, 4, &d_bytes))
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                         "buffer sizes overflow int64 (num_groups=%lld, m=%lld, n=%lld, sum of "
+                         "ks=%lld)",
+                         (long long)num_groups, (long long)m, (long long)n, (long long)k_sum);
+    const int work = m > 0 && n > 0 && k_sum > 0;
+    if (work) {
+        const struct {
+            const char *name;
+            const void *ptr;
+        } ptrs[] = {{"a", a}, {"a_scales", a_scales}, {"b", b}, {"b_scales", b_scales}, {"d", d}};
+        for (int i = 0; i < 5; i++)
+            if (!ptrs[i].ptr)
+                return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "%s is NULL", ptrs[i].name);
+        const dinf__buffer inputs[] = {{"a", a, (size_t)a_bytes},
+                                       {"a_scales", a_scales, (size_t)sa_bytes},
+                                       {"b", b, (size_t)b_bytes},
+                                       {"b_scales", b_scales, (size_t)sb_bytes}};
+        for (int i = 0; i < 4; i++) {
+            const dinf__buffer pair[] = {{"d", d, (size_t)d_bytes}, inputs[i]};
+            dinf_status st = dinf__check_disjoint(__func__, pair, 2);
+            if (st != DINF_STATUS_OK)
+                return st;
+        }
+    }
+    dinf__place place;
+    dinf_status st = resolve_place(__func__, exec, &place);
+    if (st != DINF_STATUS_OK)
+        return st;
+    if (place.kind == DINF_EXEC_CUDA)
+        for (int64_t g = 0; g < num_groups; g++)
+            if (ks[g] % 16 != 0)
+                return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                                 "ks[%lld]=%lld is not a multiple of 16 (the row stride of A_g "
+                                 "and B_g in bytes; required on DINF_EXEC_CUDA)",
+                                 (long long)g, (long long)ks[g]);
+    if (!work)
+        return DINF_STATUS_OK;
+    /* Group by group, on the CPU threaded inside each; on the GPU one launch
+     * per group with k_g > 0, in group order on the stream. */
+    int64_t k_off = 0, kb_off = 0;
+    for (int64_t g = 0; g < num_groups && st == DINF_STATUS_OK; g++) {
+        const int64_t kg = ks[g];
+        const uint8_t *ag = a + m * k_off, *bg = b + n * k_off;
+        const float *sag = a_scales + aligned_m * kb_off, *sbg = b_scales + aligned_n * kb_off;
+        float *dg = d + g * m * n;
+        if (kg > 0) {
+            if (place.kind == DINF_EXEC_CUDA) {
+                const dinf__fp8_gpu_problem p = {DINF_FP8_GEMM_NORMAL, m, n, kg, 1, 0, ag, kg, sag,
+                                                 bg, kg, sbg, dg, n, NULL, 1};
+                st = dinf__fp8_gemm_cuda(__func__, &place, &p);
+            } else {
+                st = wgrad_cpu(__func__, &place, m, n, kg, ag, kg, sag, bg, kg, sbg, dg, n);
+            }
+        }
+        k_off += kg;
+        kb_off += ceil_div(kg, BLOCK_K);
+    }
     return st;
 }

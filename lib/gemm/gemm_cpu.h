@@ -16,11 +16,14 @@
 
 /* For every r < rows_pad and j < cols_pad: c = a[r][0] * bt[0][j] + ... +
  * a[r][kk - 1] * bt[kk - 1][j] (float32, added left to right from 0), then
- * total[r][j] += row_scale[r] * c. a is [rows][BLOCK_K], bt [kk][TILE_N],
- * total [rows][TILE_N]; nothing else is read or written. */
+ * total[r][j] += (row_scale[r] * col_scale[j]) * c (each operation rounded
+ * on its own). a is [rows][BLOCK_K], bt [kk][TILE_N], col_scale [cols_pad],
+ * total [rows][TILE_N]; nothing else is read or written. (The 1x128/128x128
+ * GEMMs pass col_scale all 1.0f: row_scale[r] * 1.0f is row_scale[r].) */
 typedef void (*dinf__gemm_tile_block_fn)(const float *restrict a, const float *restrict bt,
                                          int64_t kk, int64_t rows_pad, int64_t cols_pad,
-                                         const float *restrict row_scale, float *restrict total);
+                                         const float *restrict row_scale,
+                                         const float *restrict col_scale, float *restrict total);
 
 /* A's k block: the rows x kk e4m3 codes src[r * lda + k] (r < rows, k < kk
  * <= BLOCK_K), each decoded exactly as numeric_hd.h's dinf__f32_from_e4m3

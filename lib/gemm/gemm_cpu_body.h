@@ -19,7 +19,8 @@
 
 TARGET static void CAT(tile_block, NAME)(const float *restrict a, const float *restrict bt,
                                          int64_t kk, int64_t rows_pad, int64_t cols_pad,
-                                         const float *restrict row_scale, float *restrict total) {
+                                         const float *restrict row_scale,
+                                         const float *restrict col_scale, float *restrict total) {
     for (int64_t i0 = 0; i0 < rows_pad; i0 += MR)
         for (int64_t j0 = 0; j0 < cols_pad; j0 += NV * VW) {
             VT c[MR][NV];
@@ -42,6 +43,10 @@ TARGET static void CAT(tile_block, NAME)(const float *restrict a, const float *r
                         c[r][v] += ar * b[v];
                 }
             }
+            VT cs[NV];
+#pragma GCC unroll 16
+            for (int v = 0; v < NV; v++)
+                memcpy(&cs[v], col_scale + j0 + v * VW, sizeof(VT));
 #pragma GCC unroll 16
             for (int r = 0; r < MR; r++)
 #pragma GCC unroll 16
@@ -49,7 +54,7 @@ TARGET static void CAT(tile_block, NAME)(const float *restrict a, const float *r
                     float *t = total + (i0 + r) * TILE_N + j0 + v * VW;
                     VT acc;
                     memcpy(&acc, t, sizeof acc);
-                    acc += row_scale[i0 + r] * c[r][v];
+                    acc += (row_scale[i0 + r] * cs[v]) * c[r][v];
                     memcpy(t, &acc, sizeof acc);
                 }
         }

@@ -60,7 +60,7 @@ dinf_status dinf__fp8_gpu_check(const char *func, const dinf__fp8_gpu_problem *p
         const void *ptr;
         unsigned bytes;
     } ptrs[] = {{"a", p->a, 16},        {"a_scales", p->a_scales, 16}, {"b", p->b, 16},
-                {"b_scales", p->b_scales, 4}, {"d", p->d, 16},
+                {"b_scales", p->b_scales, p->wgrad ? 16 : 4}, {"d", p->d, p->wgrad ? 4 : 16},
                 {p->gemm_type == DINF_FP8_GEMM_MASKED ? "masked_m" : "m_indices", p->group_info, 4}};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++)
         if (misaligned(ptrs[i].ptr, ptrs[i].bytes))
@@ -75,7 +75,10 @@ dinf_status dinf__fp8_gpu_check(const char *func, const dinf__fp8_gpu_problem *p
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                           "ldb=%lld is not a multiple of 16 bytes (required on DINF_EXEC_CUDA)",
                           (long long)p->ldb);
-    if (p->ldd % 8 != 0)
+    /* bf16 rows are stored in 16-byte units; the wgrad kernel reads and
+     * writes float32 elements one by one (any ldd) */
+    const int d_bytes = p->wgrad ? 4 : 2;
+    if (!p->wgrad && p->ldd % 8 != 0)
         return dinf__fail(DINF_STATUS_INVALID_ARGUMENT, func,
                           "ldd=%lld is not a multiple of 8 elements (16 bytes; required on "
                           "DINF_EXEC_CUDA)",
@@ -85,7 +88,11 @@ dinf_status dinf__fp8_gpu_check(const char *func, const dinf__fp8_gpu_problem *p
     const long double strides[] = {(long double)p->lda, (long double)p->lda * (long double)p->m,
                                    (long double)p->ldb, (long double)p->ldb * (long double)p->n,
                                    (long double)aligned_m * 4.0L * (long double)k_blocks,
-                                   (long double)p->ldd * 2.0L * (long double)p->m};
+                                   (long double)p->ldd * d_bytes * (long double)p->m,
+                                   /* the wgrad's N-major B scales */
+                                   p->wgrad ? (long double)(ceil_div_ll(p->n, 4) * 4) * 4.0L *
+                                                  (long double)k_blocks
+                                            : 0.0L};
     for (size_t i = 0; i < sizeof strides / sizeof strides[0]; i++)
         if (strides[i] >= (long double)TMA_STRIDE_LIMIT)
             return dinf__fail(DINF_STATUS_UNSUPPORTED, func,
@@ -126,7 +133,14 @@ void dinf__fp8_plan_config_dev(const dinf__fp8_gpu_problem *p, const dinf__fp8_d
         p->a_scales, 4, 0, {(uint64_t)aligned_m, (uint64_t)k_blocks, (uint64_t)a_groups},
         {(uint64_t)(aligned_m * 4), (uint64_t)(aligned_m * 4 * k_blocks)},
         {(uint32_t)cfg->block_m, 1, 1}};
-    if (cfg->kernel != DINF__FP8_KERNEL_SIMPLE) {
+    if (cfg->kernel == DINF__FP8_KERNEL_WGRAD) {
+        const int64_t aligned_n = ceil_div_ll(p->n, 4) * 4;
+        plan->map_sb = (dinf__fp8_tensor_map_geometry){
+            p->b_scales, 4, 0, {(uint64_t)aligned_n, (uint64_t)k_blocks, 1},
+            {(uint64_t)(aligned_n * 4), (uint64_t)(aligned_n * 4 * k_blocks)},
+            {(uint32_t)cfg->block_n, 1, 1}};
+    }
+    if (cfg->kernel == DINF__FP8_KERNEL_FAST) {
         const int swizzle = dinf_fp8_d_swizzle_bytes(cfg->block_n);
         plan->map_d = (dinf__fp8_tensor_map_geometry){
             p->d, 2, swizzle, {(uint64_t)p->n, (uint64_t)p->m, (uint64_t)a_groups},
@@ -158,7 +172,7 @@ void dinf__fp8_plan_config_dev(const dinf__fp8_gpu_problem *p, const dinf__fp8_d
                                  : 1;
     const long long slots = dev->slots[cluster_size];
     long long clusters = bound < slots ? bound : slots;
-    if (p->gemm_type == DINF_FP8_GEMM_NORMAL && cfg->kernel != DINF__FP8_KERNEL_SIMPLE &&
+    if (p->gemm_type == DINF_FP8_GEMM_NORMAL && cfg->kernel == DINF__FP8_KERNEL_FAST &&
         clusters > 0) {
         const long long waves = (bound + clusters - 1) / clusters;
         clusters = (bound + waves - 1) / waves;
@@ -176,8 +190,9 @@ void dinf__fp8_plan(const dinf__fp8_gpu_problem *p, int num_sms, int kernel,
 void dinf__fp8_plan_dev(const dinf__fp8_gpu_problem *p, const dinf__fp8_device *dev, int kernel,
                         dinf__fp8_launch_plan *plan) {
     const int64_t hint = p->gemm_type == DINF_FP8_GEMM_MASKED ? p->expected_m : p->m;
-    const dinf__fp8_config c =
-        dinf__fp8_choose_dev(kernel, p->gemm_type, hint, p->n, p->k, p->num_groups, dev);
+    const dinf__fp8_config c = dinf__fp8_choose_dev(p->wgrad ? DINF__FP8_KERNEL_WGRAD : kernel,
+                                                    p->gemm_type, hint, p->n, p->k,
+                                                    p->num_groups, dev);
     dinf__fp8_plan_config_dev(p, dev, &c, plan);
 }
 
@@ -425,7 +440,8 @@ static dinf_status launch_planned(const char *func, const dinf__place *place,
     const dinf__jit_kernel *kernel = NULL;
     if ((st = dinf__jit_get_kernel(func, &jc, place->device, &kernel)) != DINF_STATUS_OK)
         return st;
-    const int fast = cfg->kernel != DINF__FP8_KERNEL_SIMPLE;
+    const int fast = cfg->kernel == DINF__FP8_KERNEL_FAST;
+    const int wgrad = cfg->kernel == DINF__FP8_KERNEL_WGRAD;
     /* The runtime's count for the loaded kernel; the ptxas log's without it. */
     const int registers = kernel->loaded_registers >= 0 ? kernel->loaded_registers
                                                         : kernel->cubin->resources.registers;
@@ -436,12 +452,14 @@ static dinf_status launch_planned(const char *func, const dinf__place *place,
                           "and the kernel would hang; DINF_FP8_GEMM_KERNEL=simple avoids it",
                           cfg->block_m, registers, DINF_FP8_FAST_ENTRY_REGS,
                           DINF_FP8_FAST_PRODUCER_REGS, DINF_FP8_FAST_MATH_REGS);
-    const int num_maps = fast ? 4 : 3;
+    /* The kernels' tensor-map parameters, in order: a, b, a_scales, then d
+     * (fast) or b_scales (wgrad). */
+    const int num_maps = fast || wgrad ? 4 : 3;
     CUtensorMap maps[4];
     memset(maps, 0, sizeof maps);
     const dinf__fp8_tensor_map_geometry *geoms[4] = {&plan->map_a, &plan->map_b, &plan->map_sa,
-                                                     &plan->map_d};
-    static const char *const names[4] = {"a", "b", "a_scales", "d"};
+                                                     wgrad ? &plan->map_sb : &plan->map_d};
+    const char *const names[4] = {"a", "b", "a_scales", wgrad ? "b_scales" : "d"};
     for (int i = 0; i < num_maps; i++)
         if ((st = encode(func, names[i], &maps[i], geoms[i])) != DINF_STATUS_OK)
             return st;
@@ -452,8 +470,8 @@ static dinf_status launch_planned(const char *func, const dinf__place *place,
                           cfg->block_m, cfg->block_n, cfg->cluster, place->device);
     const unsigned block[3] = {(unsigned)cfg->threads, 1, 1};
     const unsigned cluster[3] = {(unsigned)cfg->cluster, 1, 1};
-    void *params[5] = {&maps[0], &maps[1], &maps[2], fast ? (void *)&maps[3] : (void *)&plan->args,
-                       &plan->args};
+    void *params[5] = {&maps[0], &maps[1], &maps[2],
+                       num_maps == 4 ? (void *)&maps[3] : (void *)&plan->args, &plan->args};
 
     if (cfg->cluster > 1) {
         const int resident = resident_clusters(kernel, place->device, cfg, plan->grid);
@@ -490,15 +508,17 @@ dinf_status dinf__fp8_gemm_cuda_config(const char *func, const dinf__place *plac
     if (!driver.encode)
         return dinf__fail(DINF_STATUS_UNSUPPORTED, func, "%s", driver.error);
 
-    int pdl;
-    if ((st = dinf__fp8_pdl_from_env(func, &pdl)) != DINF_STATUS_OK)
+    /* The rung and PDL switches concern the 1x128/128x128 forms only: the
+     * wgrad GEMM has one kernel, without PDL. */
+    int pdl = 0;
+    if (!p->wgrad && (st = dinf__fp8_pdl_from_env(func, &pdl)) != DINF_STATUS_OK)
         return st;
     dinf__fp8_launch_plan plan;
     if (forced) {
         dinf__fp8_plan_config_dev(p, &dev, forced, &plan);
     } else {
-        int kernel_rung;
-        if ((st = dinf__fp8_kernel_from_env(func, &kernel_rung)) != DINF_STATUS_OK)
+        int kernel_rung = DINF__FP8_KERNEL_WGRAD;
+        if (!p->wgrad && (st = dinf__fp8_kernel_from_env(func, &kernel_rung)) != DINF_STATUS_OK)
             return st;
         dinf__fp8_plan_dev(p, &dev, kernel_rung, &plan);
     }

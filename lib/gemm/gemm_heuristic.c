@@ -73,6 +73,17 @@ dinf__fp8_config dinf__fp8_heuristic_simple(int gemm_type, int64_t m, int64_t n,
     return best;
 }
 
+dinf__fp8_config dinf__fp8_heuristic_wgrad(int64_t m, int64_t n, int64_t k, int num_sms) {
+    dinf__fp8_config c = dinf__fp8_heuristic_simple(DINF_FP8_GEMM_NORMAL, m, n, k, 1, num_sms);
+    c.kernel = DINF__FP8_KERNEL_WGRAD;
+    c.stages = SIMPLE_MAX_STAGES;
+    while (c.stages > 1 &&
+           DINF_FP8_WGRAD_SMEM_BYTES(c.block_m, c.block_n, c.stages) > DINF_FP8_SMEM_LIMIT)
+        c.stages--;
+    c.smem_bytes = DINF_FP8_WGRAD_SMEM_BYTES(c.block_m, c.block_n, c.stages);
+    return c;
+}
+
 static int fast_stages(int block_m, int block_n, int split_k) {
     int stages = FAST_MAX_STAGES;
     while (stages > 1 && DINF_FP8_FAST_SPLIT_SMEM_BYTES(block_m, block_n, stages, split_k) >
@@ -274,6 +285,8 @@ dinf__fp8_config dinf__fp8_choose(int kernel, int gemm_type, int64_t m, int64_t 
 
 dinf__fp8_config dinf__fp8_choose_dev(int kernel, int gemm_type, int64_t m, int64_t n, int64_t k,
                                       int64_t num_groups, const dinf__fp8_device *dev) {
+    if (kernel == DINF__FP8_KERNEL_WGRAD)
+        return dinf__fp8_heuristic_wgrad(m, n, k, dev->num_sms);
     return kernel == DINF__FP8_KERNEL_SIMPLE
                ? dinf__fp8_heuristic_simple(gemm_type, m, n, k, num_groups, dev->num_sms)
                : dinf__fp8_heuristic_dev(gemm_type, m, n, k, num_groups, dev);
@@ -310,7 +323,15 @@ dinf_status dinf__fp8_pdl_from_env(const char *func, int *pdl) {
 void dinf__fp8_jit_config(const dinf__fp8_config *c, dinf_jit_kernel_config *out) {
     memset(out, 0, sizeof *out);
     out->size = sizeof *out;
-    const int fast = c->kernel != DINF__FP8_KERNEL_SIMPLE;
+    if (c->kernel == DINF__FP8_KERNEL_WGRAD) {
+        snprintf(out->name, sizeof out->name, "fp8_gemm_1d1d");
+        out->num_params = 3;
+        out->params[0] = c->block_m;
+        out->params[1] = c->block_n;
+        out->params[2] = c->stages;
+        return;
+    }
+    const int fast = c->kernel == DINF__FP8_KERNEL_FAST;
     snprintf(out->name, sizeof out->name, fast ? "fp8_gemm_fast" : "fp8_gemm");
     out->num_params = fast ? 6 : 4;
     out->params[0] = c->gemm_type;
@@ -328,9 +349,10 @@ DINF_API dinf_status dinf_fp8_gemm_kernel_config(int32_t form, int64_t m, int64_
                                                  dinf_jit_kernel_config *config) {
     static const char func[] = "dinf_fp8_gemm_kernel_config";
     if (form != DINF_FP8_GEMM_FORM_NORMAL && form != DINF_FP8_GEMM_FORM_CONTIGUOUS &&
-        form != DINF_FP8_GEMM_FORM_MASKED)
+        form != DINF_FP8_GEMM_FORM_MASKED && form != DINF_FP8_GEMM_FORM_WGRAD)
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                         "form=%d is not a dinf_fp8_gemm_form (0 normal, 1 contiguous, 2 masked)",
+                         "form=%d is not a dinf_fp8_gemm_form (0 normal, 1 contiguous, 2 masked, "
+                         "3 wgrad)",
                          (int)form);
     if (m < 0)
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "m=%lld is negative", (long long)m);
@@ -350,9 +372,10 @@ DINF_API dinf_status dinf_fp8_gemm_kernel_config(int32_t form, int64_t m, int64_
                          "num_sms=%d must be >= 1, or 0 for the current CUDA device", (int)num_sms);
     if (!config)
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "config is NULL");
-    int kernel;
-    dinf_status st = dinf__fp8_kernel_from_env(func, &kernel);
-    if (st != DINF_STATUS_OK)
+    int kernel = DINF__FP8_KERNEL_WGRAD; /* the wgrad GEMM has one kernel */
+    dinf_status st = DINF_STATUS_OK;
+    if (form != DINF_FP8_GEMM_FORM_WGRAD &&
+        (st = dinf__fp8_kernel_from_env(func, &kernel)) != DINF_STATUS_OK)
         return st;
     dinf__fp8_device dev;
     if (num_sms > 0) {
@@ -361,7 +384,9 @@ DINF_API dinf_status dinf_fp8_gemm_kernel_config(int32_t form, int64_t m, int64_
         if ((st = dinf__fp8_device_query(func, -1, &dev)) != DINF_STATUS_OK)
             return st;
     }
-    const dinf__fp8_config c = dinf__fp8_choose_dev(kernel, form, m, n, k, num_groups, &dev);
+    const dinf__fp8_config c = dinf__fp8_choose_dev(
+        kernel, form == DINF_FP8_GEMM_FORM_WGRAD ? DINF_FP8_GEMM_NORMAL : form, m, n, k,
+        num_groups, &dev);
     dinf__fp8_jit_config(&c, config);
     return DINF_STATUS_OK;
 }

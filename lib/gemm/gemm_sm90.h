@@ -18,6 +18,8 @@
 /* The two rungs of the Hopper kernel. */
 #define DINF__FP8_KERNEL_FAST 0   /* fp8_gemm_fast.cuh (the default) */
 #define DINF__FP8_KERNEL_SIMPLE 1 /* fp8_gemm.cuh, the reference rung */
+#define DINF__FP8_KERNEL_WGRAD 2  /* fp8_gemm_1d1d.cuh: the weight-gradient GEMM (its only
+                                     kernel; gemm_type normal) */
 
 /* What the heuristic and the plan know of the device: its SM count and how
  * many clusters of c CTAs (c = 1 .. DINF_FP8_FAST_MAX_SPLIT_K; slots[0]
@@ -145,6 +147,11 @@ long long dinf__fp8_one_wave_cycles(int block_m, int block_n, int split_k, long 
 dinf__fp8_config dinf__fp8_heuristic_simple(int gemm_type, int64_t m, int64_t n, int64_t k,
                                             int64_t num_groups, int num_sms);
 
+/* The weight-gradient kernel's rule (fp8_gemm_1d1d.cuh): the simple rung's
+ * block_m and block_n for the normal form; stages the most <= 8 that fit
+ * DINF_FP8_WGRAD_SMEM_BYTES; cluster 1, no split. */
+dinf__fp8_config dinf__fp8_heuristic_wgrad(int64_t m, int64_t n, int64_t k, int num_sms);
+
 /* The rung the GPU path runs: $DINF_FP8_GEMM_KERNEL = "fast" (or unset or
  * empty) -> DINF__FP8_KERNEL_FAST, "simple" -> DINF__FP8_KERNEL_SIMPLE,
  * anything else INVALID_ARGUMENT naming the value. Read at every call (tests
@@ -156,15 +163,17 @@ dinf_status dinf__fp8_kernel_from_env(const char *func, int *kernel);
  * naming the value (*pdl = 1). Read at every GPU call (an A/B switch). */
 dinf_status dinf__fp8_pdl_from_env(const char *func, int *pdl);
 
-/* The heuristic of a rung (ideal cluster packing; _dev: the device's). */
+/* The heuristic of a rung (ideal cluster packing; _dev: the device's);
+ * kernel DINF__FP8_KERNEL_WGRAD: dinf__fp8_heuristic_wgrad (gemm_type and
+ * num_groups ignored). */
 dinf__fp8_config dinf__fp8_choose(int kernel, int gemm_type, int64_t m, int64_t n, int64_t k,
                                   int64_t num_groups, int num_sms);
 dinf__fp8_config dinf__fp8_choose_dev(int kernel, int gemm_type, int64_t m, int64_t n, int64_t k,
                                       int64_t num_groups, const dinf__fp8_device *dev);
 
 /* The JIT config of a choice: template "fp8_gemm_fast" {GEMM_TYPE, BLOCK_M,
- * BLOCK_N, NUM_STAGES, CLUSTER, SPLIT_K} or "fp8_gemm" {GEMM_TYPE, BLOCK_M,
- * BLOCK_N, NUM_STAGES}. */
+ * BLOCK_N, NUM_STAGES, CLUSTER, SPLIT_K}, "fp8_gemm" {GEMM_TYPE, BLOCK_M,
+ * BLOCK_N, NUM_STAGES} or "fp8_gemm_1d1d" {BLOCK_M, BLOCK_N, NUM_STAGES}. */
 void dinf__fp8_jit_config(const dinf__fp8_config *c, dinf_jit_kernel_config *out);
 
 /* One GPU problem, after the common checks of gemm.c. Pointers are device
@@ -181,9 +190,11 @@ typedef struct dinf__fp8_gpu_problem {
     const uint8_t *b;
     int64_t ldb;
     const float *b_scales;
-    uint16_t *d;
+    void *d;                   /* bf16 bits; float32 for wgrad */
     int64_t ldd;
     const int32_t *group_info; /* m_indices or masked_m */
+    int wgrad;                 /* 1: the weight-gradient GEMM (gemm_type normal; b_scales
+                                  N-major [k_blocks][aligned_n]; d float32, accumulated) */
 } dinf__fp8_gpu_problem;
 
 /* The rules of the Hopper kernels beyond the common checks (pure, CPU
@@ -211,12 +222,14 @@ typedef struct dinf__fp8_launch_plan {
     dinf__fp8_config config;
     dinf_fp8_gemm_args args;
     dinf__fp8_tensor_map_geometry map_a, map_b, map_sa;
-    dinf__fp8_tensor_map_geometry map_d; /* fast rung only (TMA-store epilogue) */
+    dinf__fp8_tensor_map_geometry map_d;  /* fast rung only (TMA-store epilogue) */
+    dinf__fp8_tensor_map_geometry map_sb; /* wgrad only: the N-major B scales */
     unsigned grid; /* persistent CTAs: cluster * min(slots[cluster], unit bound) */
 } dinf__fp8_launch_plan;
 
 /* Plan a checked, non-empty problem for a device with num_sms SMs (ideal
- * cluster packing; _dev: the device's slots) on rung `kernel` (pure). */
+ * cluster packing; _dev: the device's slots) on rung `kernel` (pure; a wgrad
+ * problem always gets the wgrad kernel). */
 void dinf__fp8_plan(const dinf__fp8_gpu_problem *p, int num_sms, int kernel,
                     dinf__fp8_launch_plan *plan);
 void dinf__fp8_plan_dev(const dinf__fp8_gpu_problem *p, const dinf__fp8_device *dev, int kernel,

@@ -677,6 +677,22 @@ _FUNCTIONS = [
         [_i64, _i64, _i64, _i64, _pu8, _i64, _pf32, _pu8, _i64, _pf32, _pu16, _i64, _pi32, _i64,
          _pexec],
     ),
+    # dinf_status dinf_fp8_wgrad_gemm_nt(int64_t m, int64_t n, int64_t k, const uint8_t *a,
+    #     int64_t lda, const float *a_scales, const uint8_t *b, int64_t ldb,
+    #     const float *b_scales, float *d, int64_t ldd, const dinf_exec *exec);
+    (
+        "dinf_fp8_wgrad_gemm_nt",
+        _STATUS,
+        [_i64, _i64, _i64, _pu8, _i64, _pf32, _pu8, _i64, _pf32, _pf32, _i64, _pexec],
+    ),
+    # dinf_status dinf_fp8_k_grouped_wgrad_gemm_nt(int64_t num_groups, int64_t m, int64_t n,
+    #     const int64_t *ks, const uint8_t *a, const float *a_scales, const uint8_t *b,
+    #     const float *b_scales, float *d, const dinf_exec *exec);
+    (
+        "dinf_fp8_k_grouped_wgrad_gemm_nt",
+        _STATUS,
+        [_i64, _i64, _i64, _pi64, _pu8, _pf32, _pu8, _pf32, _pf32, _pexec],
+    ),
     # dinf_status dinf_mla_num_sm_parts(int32_t q_rows_per_head_kv, int32_t num_heads_kv,
     #     int32_t num_sms, int32_t *num_sm_parts);
     (

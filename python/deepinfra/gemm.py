@@ -38,6 +38,14 @@ Warm-up. The GPU path compiles each tile configuration's kernel on first use
 of batch sizes will run, ahead of serving; :func:`kernel_config` names one
 shape's kernel; :mod:`deepinfra.jit` holds the cache directory and counters.
 
+Weight gradients (training). :func:`wgrad_gemm_fp8_fp8_fp32_nt` and
+:func:`k_grouped_wgrad_gemm_fp8_fp8_fp32_nt` (DeepGEMM v1.3's names) take 1x128
+scales on both operands (``per_token_cast_to_fp8`` of each) and accumulate into
+a float32 output in place: ``out += A @ B^T``. For a layer ``y = x @ W^T``,
+``dW += dy^T @ x`` is ``wgrad_gemm_fp8_fp8_fp32_nt(per_token_cast_to_fp8(dy.T),
+per_token_cast_to_fp8(x.T), dW)``. Host and device arrays as above; the
+output is float32 (``torch.float32`` / ``<f4``).
+
 A's scales may be passed plain (``[m, ceil(k/128)]`` row-major, as the
 quantizer returns them) or already M-major (what
 :func:`get_col_major_tma_aligned_tensor` returns); plain ones are transposed
@@ -72,6 +80,8 @@ __all__ = [
     "gemm_fp8_fp8_bf16_nt",
     "m_grouped_gemm_fp8_fp8_bf16_nt_contiguous",
     "m_grouped_gemm_fp8_fp8_bf16_nt_masked",
+    "wgrad_gemm_fp8_fp8_fp32_nt",
+    "k_grouped_wgrad_gemm_fp8_fp8_fp32_nt",
     "FORMS",
     "kernel_config",
     "precompile",
@@ -260,12 +270,12 @@ def get_col_major_tma_aligned_tensor(x):
     return view[0] if squeeze else view
 
 
-def _a_scales(sa, m, kb, groups=None):
-    """A's scales as the M-major buffer pointer the C function reads."""
+def _a_scales(sa, m, kb, groups=None, name="lhs scales"):
+    """A's (or the wgrad's B) scales as the M-major buffer pointer the C function reads."""
     sa = np.asarray(sa)
     want = (m, kb) if groups is None else (groups, m, kb)
     if sa.dtype != np.float32 or tuple(sa.shape) != want:
-        _fail("lhs scales must be float32 of shape %s, got %s %s" % (want, sa.dtype, sa.shape))
+        _fail("%s must be float32 of shape %s, got %s %s" % (name, want, sa.dtype, sa.shape))
     sa = get_col_major_tma_aligned_tensor(sa)
     return sa, ctypes.cast(sa.ctypes.data, ctypes.POINTER(ctypes.c_float))
 
@@ -352,6 +362,111 @@ def m_grouped_gemm_fp8_fp8_bf16_nt_masked(lhs, rhs, out, masked_m, expected_m, *
         _ptr(sb, ctypes.c_float), _out_ptr(d), ldd, _ptr(mm, ctypes.c_int32),
         int64_arg("expected_m", expected_m), _exec(num_threads))
     del sa_keep
+    return out
+
+
+def _f32_output(out, shape):
+    """out (float32, written in place: read and accumulated into) and its row stride."""
+    if not isinstance(out, np.ndarray):
+        _fail("out must be a numpy array (accumulated into in place), got %s"
+              % type(out).__name__)
+    if out.dtype != np.float32:
+        _fail("out must be float32, got %s" % out.dtype)
+    if tuple(out.shape) != tuple(shape):
+        _fail("out has shape %s, expected %s" % (tuple(out.shape), tuple(shape)))
+    if not out.flags.writeable:
+        _fail("out is read-only")
+    s = out.strides
+    if len(shape) == 3:
+        if not out.flags.c_contiguous:
+            _fail("out must be C-contiguous [num_groups, m, n] (strides %s)" % (s,))
+        return shape[-1]
+    if out.size and ((shape[1] > 1 and s[1] != 4) or (shape[0] > 1 and (s[0] % 4 or s[0] < 4 * shape[1]))):
+        _fail("out must have unit element stride and a row stride >= n (strides %s)" % (s,))
+    return max(s[0] // 4 if shape[0] > 1 else shape[1], shape[1])
+
+
+def wgrad_gemm_fp8_fp8_fp32_nt(lhs, rhs, out, *, num_threads=0):
+    """out[m, n] (float32) += A[m, k] @ B[n, k]^T with lhs = (A, sA [m, ceil(k/128)]) and
+    rhs = (B, sB [n, ceil(k/128)]): 1x128 scales on both operands (each from
+    per_token_cast_to_fp8), plain or already M-/N-major. k is the token dimension of
+    a weight gradient; out is read and accumulated into (zero it for a plain product)."""
+    a, sa = lhs
+    b, sb = rhs
+    if _route_device((a, sa, b, sb, out)):
+        return _wgrad_device(a, sa, b, sb, out, None)
+    a = _e4m3_input(a, "lhs[0]", 2)
+    b = _e4m3_input(b, "rhs[0]", 2)
+    m, k = a.shape
+    n = b.shape[0]
+    if b.shape[1] != k:
+        _fail("rhs[0] has k=%d but lhs[0] has k=%d" % (b.shape[1], k))
+    kb = ceil_div(k, _BLOCK)
+    sa_keep, sa_ptr = _a_scales(sa, m, kb)
+    sb_keep, sb_ptr = _a_scales(sb, n, kb, name="rhs scales")
+    ldd = _f32_output(out, (m, n))
+    _lib.lib().dinf_fp8_wgrad_gemm_nt(
+        m, n, k, _ptr(a, ctypes.c_uint8), k, sa_ptr, _ptr(b, ctypes.c_uint8), k, sb_ptr,
+        ctypes.cast(out.ctypes.data, ctypes.POINTER(ctypes.c_float)), ldd, _exec(num_threads))
+    del sa_keep, sb_keep
+    return out
+
+
+def _k_grouped_sizes(batch_sizes):
+    ks = np.ascontiguousarray(np.asarray(batch_sizes), dtype=np.int64)
+    if ks.ndim != 1 or ks.size == 0:
+        _fail("batch_sizes must be a non-empty 1-D sequence of k per group, got shape %s"
+              % (ks.shape,))
+    if (ks < 0).any():
+        _fail("batch_sizes has a negative k: %s" % ks.tolist())
+    return ks, int(ks.sum()), sum(ceil_div(int(v), _BLOCK) for v in ks)
+
+
+def _k_grouped_scales(s, rows, kb_sum, name):
+    """Scales [sum ceil(k_g/128), rows] (each group's [kb_g][rows] after the last, as
+    upstream) -> a buffer [kb_sum, aligned_rows] (padding 0) and its pointer."""
+    s = np.asarray(s)
+    aligned = get_tma_aligned_size(rows, 4)
+    if s.dtype != np.float32 or s.ndim != 2 or s.shape[0] != kb_sum or s.shape[1] not in (rows, aligned):
+        _fail("%s must be float32 of shape (%d, %d) (sum of ceil(k_g/128), rows), got %s %s"
+              % (name, kb_sum, rows, s.dtype, s.shape))
+    buf = np.zeros((kb_sum, aligned), np.float32)
+    buf[:, :rows] = s[:, :rows]
+    return buf, ctypes.cast(buf.ctypes.data, ctypes.POINTER(ctypes.c_float))
+
+
+def k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(lhs, rhs, out, batch_sizes, *, num_threads=0):
+    """One weight gradient per group (MoE experts), the groups differing in k:
+    out[g] (float32 [m, n]) += A_g [m, k_g] @ B_g [n, k_g]^T for k_g = batch_sizes[g].
+    lhs = (A, sA): A flat e4m3 of m * sum(k_g) (group g's [m][k_g] after the previous
+    groups'), sA float32 [sum ceil(k_g/128), m] (group g's [ceil(k_g/128)][m] after the
+    previous ones'); rhs = (B, sB) likewise with n; out [num_groups, m, n] C-contiguous.
+    A group with k_g = 0 adds nothing."""
+    a, sa = lhs
+    b, sb = rhs
+    if _route_device((a, sa, b, sb, out)):
+        return _wgrad_device(a, sa, b, sb, out, batch_sizes)
+    ks, k_sum, kb_sum = _k_grouped_sizes(batch_sizes)
+    out_arr = out if isinstance(out, np.ndarray) else None
+    if out_arr is None or out_arr.ndim != 3:
+        _fail("out must be a 3-D numpy array [num_groups, m, n], got %s"
+              % (type(out).__name__ if out_arr is None else out_arr.shape,))
+    groups, m, n = out_arr.shape
+    if groups != ks.size:
+        _fail("out has %d groups but batch_sizes has %d" % (groups, ks.size))
+    a = _e4m3_input(a, "lhs[0]", 1)
+    b = _e4m3_input(b, "rhs[0]", 1)
+    if a.size != m * k_sum or b.size != n * k_sum:
+        _fail("lhs[0] / rhs[0] hold %d / %d codes; m * sum(k) = %d, n * sum(k) = %d"
+              % (a.size, b.size, m * k_sum, n * k_sum))
+    sa_keep, sa_ptr = _k_grouped_scales(sa, m, kb_sum, "lhs[1]")
+    sb_keep, sb_ptr = _k_grouped_scales(sb, n, kb_sum, "rhs[1]")
+    _f32_output(out_arr, (groups, m, n))
+    _lib.lib().dinf_fp8_k_grouped_wgrad_gemm_nt(
+        groups, m, n, _ptr(ks, ctypes.c_int64), _ptr(a, ctypes.c_uint8), sa_ptr,
+        _ptr(b, ctypes.c_uint8), sb_ptr,
+        ctypes.cast(out_arr.ctypes.data, ctypes.POINTER(ctypes.c_float)), _exec(num_threads))
+    del sa_keep, sb_keep
     return out
 
 
@@ -570,6 +685,82 @@ def _gemm_device(form, a, sa, b, sb, out, info, expected_m):
     return out
 
 
+def _mn_major_device(s, name, rows, kb):
+    """A 1x128 scale tensor [rows, kb] on the device, M-major and TMA-aligned
+    (transposed on the GPU for torch tensors): the view and the object to keep."""
+    v = _device_view(s, name)
+    _check_dev(v, name, ("f32",), (rows, kb))
+    if tuple(v.strides) != (1, get_tma_aligned_size(rows, 4)):
+        if not v.torch:
+            _fail("%s on the device must be M-major and TMA-aligned (element strides %s, got "
+                  "%s): use get_col_major_tma_aligned_tensor"
+                  % (name, (1, get_tma_aligned_size(rows, 4)), v.strides))
+        s = _col_major_device(s)
+        v = _device_view(s, name)
+    return v, s
+
+
+def _wgrad_device(a, sa, b, sb, out, batch_sizes):
+    """The weight-gradient GEMMs on device arrays (batch_sizes None: the plain one)."""
+    a_v, b_v, out_v = (_device_view(x, n) for x, n in ((a, "lhs[0]"), (b, "rhs[0]"), (out, "out")))
+    _check_dev(a_v, "lhs[0]", ("e4m3", "u8"), a_v.shape)
+    _check_dev(b_v, "rhs[0]", ("e4m3", "u8"), b_v.shape)
+    _check_dev(out_v, "out", ("f32",), out_v.shape)
+    keep = []
+    if batch_sizes is None:
+        if len(a_v.shape) != 2 or len(b_v.shape) != 2 or a_v.shape[1] != b_v.shape[1]:
+            _fail("lhs[0] / rhs[0] must be [m, k] / [n, k], got %s / %s" % (a_v.shape, b_v.shape))
+        m, k = a_v.shape
+        n = b_v.shape[0]
+        kb = ceil_div(k, _BLOCK)
+        lda, ldb = _unit_rows(a_v, "lhs[0]"), _unit_rows(b_v, "rhs[0]")
+        sa_v, s1 = _mn_major_device(sa, "lhs[1]", m, kb)
+        sb_v, s2 = _mn_major_device(sb, "rhs[1]", n, kb)
+        keep += [s1, s2]
+        _check_dev(out_v, "out", ("f32",), (m, n))
+        ldd = _unit_rows(out_v, "out")
+    else:
+        ks, k_sum, kb_sum = _k_grouped_sizes(batch_sizes)
+        if len(out_v.shape) != 3 or out_v.shape[0] != ks.size:
+            _fail("out must be [num_groups=%d, m, n] on the device, got %s"
+                  % (ks.size, out_v.shape))
+        groups, m, n = out_v.shape
+        if out_v.strides != (m * n, n, 1) and out_v.shape[0] * m * n > 0:
+            _fail("out must be C-contiguous on the device (strides %s)" % (out_v.strides,))
+        for v, nm, rows in ((a_v, "lhs[0]", m), (b_v, "rhs[0]", n)):
+            if len(v.shape) != 1 or v.shape[0] != rows * k_sum or (v.shape[0] > 1 and v.strides[0] != 1):
+                _fail("%s must be a contiguous 1-D array of %d codes (rows * sum(k)), got shape %s"
+                      % (nm, rows * k_sum, v.shape))
+        views = []
+        for s, nm, rows in ((sa, "lhs[1]", m), (sb, "rhs[1]", n)):
+            v = _device_view(s, nm)
+            aligned = get_tma_aligned_size(rows, 4)
+            if v.kind != "f32" or v.shape != (kb_sum, aligned) or (
+                    v.shape[0] > 1 and v.strides != (aligned, 1)):
+                _fail("%s must be a contiguous float32 [%d, %d] array on the device (sum of "
+                      "ceil(k_g/128), the TMA-aligned rows), got %s %s strides %s"
+                      % (nm, kb_sum, aligned, v.kind, v.shape, v.strides))
+            views.append(v)
+        sa_v, sb_v = views
+    devices = {v.device for v in (a_v, sa_v, b_v, sb_v, out_v) if v.device is not None}
+    if len(devices) > 1:
+        _fail("the arrays live on different CUDA devices: %s" % sorted(devices))
+    ex = _cuda_exec(devices.pop() if devices else 0)
+    L = _lib.lib()
+    if batch_sizes is None:
+        L.dinf_fp8_wgrad_gemm_nt(m, n, k, _dptr(a_v, ctypes.c_uint8), lda,
+                                 _dptr(sa_v, ctypes.c_float), _dptr(b_v, ctypes.c_uint8), ldb,
+                                 _dptr(sb_v, ctypes.c_float), _dptr(out_v, ctypes.c_float), ldd,
+                                 ctypes.byref(ex))
+    else:
+        L.dinf_fp8_k_grouped_wgrad_gemm_nt(
+            groups, m, n, _ptr(ks, ctypes.c_int64), _dptr(a_v, ctypes.c_uint8),
+            _dptr(sa_v, ctypes.c_float), _dptr(b_v, ctypes.c_uint8), _dptr(sb_v, ctypes.c_float),
+            _dptr(out_v, ctypes.c_float), ctypes.byref(ex))
+    del keep  # kept alive until the call is enqueued
+    return out
+
+
 def _cast_device(x, block_rows, name):
     """Quantize a torch CUDA tensor on its GPU: (e4m3 tensor, float32 scales tensor)."""
     torch = _torch()
@@ -621,6 +812,7 @@ FORMS = {
     "normal": 0,      # gemm_fp8_fp8_bf16_nt
     "contiguous": 1,  # m_grouped_gemm_fp8_fp8_bf16_nt_contiguous
     "masked": 2,      # m_grouped_gemm_fp8_fp8_bf16_nt_masked
+    "wgrad": 3,       # wgrad_gemm_fp8_fp8_fp32_nt, and each group of the k-grouped one
 }
 
 
@@ -638,9 +830,10 @@ def kernel_config(form, m, n, k, num_groups=1, *, num_sms=0):
     BLOCK_M, BLOCK_N, NUM_STAGES, CLUSTER, SPLIT_K of the fast rung, the first
     four of the simple one).
 
-    ``form``: ``"normal"``, ``"contiguous"`` or ``"masked"`` (or its
-    dinf_fp8_gemm_form value); ``m``: rows (normal), m_sum (contiguous) or
-    expected_m (masked), >= 0; ``n``, ``k`` >= 1; ``num_groups`` >= 1 (1 for
+    ``form``: ``"normal"``, ``"contiguous"``, ``"masked"`` or ``"wgrad"`` (the
+    weight-gradient GEMMs: template ``fp8_gemm_1d1d``, BLOCK_M, BLOCK_N,
+    NUM_STAGES; or its dinf_fp8_gemm_form value); ``m``: rows (normal,
+    wgrad), m_sum (contiguous) or expected_m (masked), >= 0; ``n``, ``k`` >= 1; ``num_groups`` >= 1 (1 for
     normal). ``num_sms``: 0 asks the current CUDA device (its SM count and
     how many clusters of 2, 3 and 4 CTAs it holds: exactly what it will run;
     needs a GPU), or the SM count of the target (132 on H100/H200 SXM), which

@@ -52,6 +52,7 @@ TEMPLATE_CONSTANTS = {
     "scale_rows": ("BLOCK_THREADS", "ELEMS_PER_THREAD", "OUT_BF16"),
     "fp8_gemm": ("GEMM_TYPE", "BLOCK_M", "BLOCK_N", "NUM_STAGES"),
     "fp8_gemm_fast": ("GEMM_TYPE", "BLOCK_M", "BLOCK_N", "NUM_STAGES", "CLUSTER", "SPLIT_K"),
+    "fp8_gemm_1d1d": ("BLOCK_M", "BLOCK_N", "NUM_STAGES"),
     "f32_gemm_nt_ref": ("TILE",),
 }
 

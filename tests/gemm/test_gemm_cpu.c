@@ -325,9 +325,9 @@ static uint8_t *random_codes(int64_t rows, int64_t ld, int64_t kk, uint64_t seed
 #define POISON_F32 0x7fbadbadu /* a float32 NaN no decode produces */
 
 /* The k-block kernel of every set this CPU has against a scalar replay of
- * gemm_cpu.h's order, float32 bit for bit (the scale step included, which
- * the bf16 outputs would hide), and nothing written outside rows_pad x
- * cols_pad. */
+ * gemm_cpu.h's order, float32 bit for bit (the scale step included, row and
+ * column scales, which the bf16 outputs would hide), and nothing written
+ * outside rows_pad x cols_pad. */
 Test(gemm_cpu_isa, every_cpu_isa_kernel_follows_the_documented_order) {
     const int top = widest_cpu_isa();
     enum { BK = DINF__GEMM_CPU_BLOCK_K, TN = DINF__GEMM_CPU_TILE_N };
@@ -335,7 +335,7 @@ Test(gemm_cpu_isa, every_cpu_isa_kernel_follows_the_documented_order) {
     uint64_t s = 31;
     float *a = malloc(sizeof(float) * 128 * BK), *bt = malloc(sizeof(float) * BK * TN);
     float *t0 = malloc(sizeof(float) * 128 * TN), *t = malloc(sizeof(float) * 128 * TN);
-    float scale[128];
+    float scale[128], col_scale[TN];
     for (int i = 0; i < 128 * BK; i++)
         a[i] = (float)rng_normal(&s);
     for (int i = 0; i < BK * TN; i++)
@@ -344,6 +344,8 @@ Test(gemm_cpu_isa, every_cpu_isa_kernel_follows_the_documented_order) {
         t0[i] = (float)rng_normal(&s);
     for (int i = 0; i < 128; i++)
         scale[i] = (float)rng_normal(&s) * 0.37f;
+    for (int i = 0; i < TN; i++) /* the wgrad's per-column scales (1.0f for the 1D2D forms) */
+        col_scale[i] = (float)rng_normal(&s) * 0.61f;
     for (int isa = DINF__ISA_BASE; isa <= top; isa++) {
         memcpy(t, t0, sizeof(float) * 128 * TN);
         for (int64_t r = rows_pad; r < 128; r++)
@@ -352,7 +354,7 @@ Test(gemm_cpu_isa, every_cpu_isa_kernel_follows_the_documented_order) {
         for (int64_t r = 0; r < rows_pad; r++)
             for (int64_t j = cols_pad; j < TN; j++)
                 t[r * TN + j] = NAN;
-        kernels_of(isa)->tile_block(a, bt, kk, rows_pad, cols_pad, scale, t);
+        kernels_of(isa)->tile_block(a, bt, kk, rows_pad, cols_pad, scale, col_scale, t);
         for (int64_t r = 0; r < 128; r++)
             for (int64_t j = 0; j < TN; j++) {
                 const float got = t[r * TN + j];
@@ -364,7 +366,8 @@ Test(gemm_cpu_isa, every_cpu_isa_kernel_follows_the_documented_order) {
                 float c = 0.0f;
                 for (int64_t k = 0; k < kk; k++)
                     c += a[r * BK + k] * bt[k * TN + j];
-                volatile float prod = scale[r] * c; /* rounded on its own: no FMA */
+                volatile float both = scale[r] * col_scale[j]; /* each rounded on its own */
+                volatile float prod = both * c;                 /* no FMA */
                 const float want = t0[r * TN + j] + prod;
                 cr_assert(memcmp(&got, &want, 4) == 0, "%s: total[%lld][%lld] = %a, want %a",
                           dinf__isa_name(isa), (long long)r, (long long)j, got, want);

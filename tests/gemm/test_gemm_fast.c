@@ -1021,7 +1021,7 @@ Test(gemm_fast_heuristic, split_k_clusters_fit_the_devices_cluster_slots) {
                                          (const float *)(uintptr_t)0x20000,
                                          (const uint8_t *)(uintptr_t)0x30000, t[2],
                                          (const float *)(uintptr_t)0x40000,
-                                         (uint16_t *)(uintptr_t)0x50000, t[1], NULL};
+                                         (uint16_t *)(uintptr_t)0x50000, t[1], NULL, 0};
         dinf__fp8_launch_plan plan;
         dinf__fp8_plan_dev(&p, &dev, DINF__FP8_KERNEL_FAST, &plan);
         const dinf__fp8_config *c = &plan.config;
@@ -1053,7 +1053,7 @@ Test(gemm_fast_heuristic, the_gpu_pdl_round_at_m_4096_gets_block_m_256_multicast
                                      (const float *)(uintptr_t)0x20000,
                                      (const uint8_t *)(uintptr_t)0x30000, 1024,
                                      (const float *)(uintptr_t)0x40000,
-                                     (uint16_t *)(uintptr_t)0x50000, 8448, NULL};
+                                     (uint16_t *)(uintptr_t)0x50000, 8448, NULL, 0};
     dinf__fp8_launch_plan plan;
     dinf__fp8_plan(&p, 132, DINF__FP8_KERNEL_FAST, &plan);
     cr_assert(plan.config.block_m == 256 && plan.config.block_n == 128 &&
@@ -1095,7 +1095,7 @@ Test(gemm_fast_heuristic, persistent_grid_keeps_the_waves_and_drops_idle_slots) 
                                          (const uint8_t *)(uintptr_t)0x30000, k,
                                          (const float *)(uintptr_t)0x40000,
                                          (uint16_t *)(uintptr_t)0x50000, n,
-                                         form == DINF_FP8_GEMM_NORMAL ? NULL : info};
+                                         form == DINF_FP8_GEMM_NORMAL ? NULL : info, 0};
         dinf__fp8_launch_plan plan;
         dinf__fp8_plan(&p, num_sms, DINF__FP8_KERNEL_FAST, &plan);
         const int cl = plan.config.cluster;
@@ -1391,7 +1391,7 @@ static replay_stats replay_and_compare(const replay_case *rc, uint64_t seed) {
         d_emu[i] = d_cpu[i] = EMU_POISON;
 
     const dinf__fp8_gpu_problem p = {form, rows, n, k, groups, rc->expected_m, a, lda, sa, b, ldb,
-                                     sb, d_emu, ldd, rc->info};
+                                     sb, d_emu, ldd, rc->info, 0};
     cr_assert_eq(dinf__fp8_gpu_check("emu", &p), DINF_STATUS_OK, "%s", dinf_last_error());
     dinf__fp8_launch_plan plan;
     dinf__fp8_plan(&p, rc->num_sms, DINF__FP8_KERNEL_FAST, &plan);

@@ -332,7 +332,7 @@ Test(gemm_sched, stage_tx_bytes_equal_the_planned_tensor_map_boxes) {
                                              (const float *)(uintptr_t)0x40000,
                                              (uint16_t *)(uintptr_t)0x50000,
                                              shapes[i][1],
-                                             form == DINF_FP8_GEMM_NORMAL ? NULL : info};
+                                             form == DINF_FP8_GEMM_NORMAL ? NULL : info, 0};
             for (int rung = 0; rung < 2; rung++) {
             dinf__fp8_launch_plan plan;
             dinf__fp8_plan(&p, 132, rung, &plan);
@@ -692,7 +692,7 @@ Test(gemm_heuristic, public_kernel_config_and_its_checks) {
         int null_config;
         const char *message;
     } bad[] = {
-        {3, 1, 1, 1, 1, 1, 0, "dinf_fp8_gemm_kernel_config: form=3 is not a dinf_fp8_gemm_form (0 normal, 1 contiguous, 2 masked)"},
+        {4, 1, 1, 1, 1, 1, 0, "dinf_fp8_gemm_kernel_config: form=4 is not a dinf_fp8_gemm_form (0 normal, 1 contiguous, 2 masked, 3 wgrad)"},
         {0, -1, 1, 1, 1, 1, 0, "dinf_fp8_gemm_kernel_config: m=-1 is negative"},
         {0, 1, 0, 1, 1, 1, 0, "dinf_fp8_gemm_kernel_config: n=0 and k=1 must be >= 1"},
         {0, 1, 1, 0, 1, 1, 0, "dinf_fp8_gemm_kernel_config: n=1 and k=0 must be >= 1"},
@@ -850,7 +850,7 @@ Test(gemm_gpu_rules, each_rule_is_rejected_with_its_message) {
         p = fake_problem(form), p.b_scales = (const float *)(uintptr_t)0x40000002;
         EXPECT_GPU(p, INV,
                    "f: b_scales=0x40000002 is not 4-byte aligned (required on DINF_EXEC_CUDA)");
-        p = fake_problem(form), p.d += 4;
+        p = fake_problem(form), p.d = (uint16_t *)p.d + 4;
         EXPECT_GPU(p, INV, "f: d=0x50000008 is not 16-byte aligned (required on DINF_EXEC_CUDA)");
         if (form != 0) {
             p = fake_problem(form), p.group_info = (const int32_t *)(uintptr_t)0x60000002;
@@ -1349,7 +1349,7 @@ static void emulate_and_compare(int form, int64_t groups, int64_t rows, int64_t 
         d_emu[i] = d_cpu[i] = EMU_POISON;
 
     const dinf__fp8_gpu_problem p = {form, rows, n, k, groups, expected_m, a, lda, sa, b, ldb, sb,
-                                     d_emu, ldd, info};
+                                     d_emu, ldd, info, 0};
     cr_assert_eq(dinf__fp8_gpu_check("emu", &p), DINF_STATUS_OK, "%s", dinf_last_error());
     dinf__fp8_launch_plan plan;
     dinf__fp8_plan(&p, num_sms, DINF__FP8_KERNEL_SIMPLE, &plan);

@@ -323,7 +323,7 @@ static void run_problem_once(const problem *p) {
         if (p->forced) {
             const dinf__place place = {DINF_EXEC_CUDA, 0, 1, (dinf_stream_t)stream};
             const dinf__fp8_gpu_problem gp = {p->form, p->rows, p->n, p->k, p->groups, p->expected_m,
-                                              da, p->lda, dsa, db, p->ldb, dsb, dd, p->ldd, dinfo};
+                                              da, p->lda, dsa, db, p->ldb, dsb, dd, p->ldd, dinfo, 0};
             DINF_OK(dinf__fp8_gemm_cuda_config("test", &place, &gp, p->forced));
         } else if (p->form == NORMAL)
             DINF_OK(dinf_fp8_gemm_nt(p->rows, p->n, p->k, da, p->lda, dsa, db, p->ldb, dsb, dd,
@@ -517,7 +517,7 @@ Test(gemm_gpu, device_cluster_slots_bound_the_split_k_plans) {
                                          (const float *)(uintptr_t)0x20000,
                                          (const uint8_t *)(uintptr_t)0x30000, k,
                                          (const float *)(uintptr_t)0x40000,
-                                         (uint16_t *)(uintptr_t)0x50000, n, NULL};
+                                         (uint16_t *)(uintptr_t)0x50000, n, NULL, 0};
         dinf__fp8_launch_plan plan;
         dinf__fp8_plan_dev(&p, &dev, DINF__FP8_KERNEL_FAST, &plan);
         const dinf__fp8_config *c = &plan.config;
@@ -1199,7 +1199,7 @@ Test(gemm_gpu, pdl_gemm_behind_a_full_gpu_block_m_256_multicast_gemm_reads_only_
         pdl_setup_shape(&b, M, N, ROUNDS, 1, 909 + (uint64_t)si);
         /* the heuristic's plan for this shape on this device */
         const dinf__fp8_gpu_problem gp = {NORMAL, M, N, PDL_K, 1, 0, b.da, PDL_K, b.dsa,
-                                          b.db, PDL_K, b.dsb, b.dd, N, NULL};
+                                          b.db, PDL_K, b.dsb, b.dd, N, NULL, 0};
         dinf__fp8_launch_plan plan;
         dinf__fp8_plan(&gp, sms, DINF__FP8_KERNEL_FAST, &plan);
         cr_log_info("%s on %d SMs: %dx%d, %d stages, cluster %d, split %d, grid %u of %lld tiles",
@@ -1399,5 +1399,174 @@ Test(gemm_gpu, bad_input_on_the_device_path_is_rejected_before_any_launch) {
         cr_assert_eq(hd[i], POISON, "a rejected call wrote d[%d]", i);
     free(hd);
     cudaFree(a), cudaFree(b), cudaFree(sa), cudaFree(sb), cudaFree(d), cudaFree(idx);
+}
+
+/* ------------------------------------------------- weight-gradient GEMM -- */
+
+/*
+ * One wgrad problem (dinf_fp8_wgrad_gemm_nt, or the k-grouped form when
+ * num_ks > 1): x [m][k_g], y [n][k_g] per group quantized 1x128 on the CPU
+ * (the same bytes go to both paths); d starts from random values, its padding
+ * columns poisoned (float32 NaN 0x7fbadbad). Checks: the GPU's added term
+ * against the CPU oracle's (calc_diff < 1e-4, every element within
+ * ORACLE_ELEM_CHECK), against the unquantized product from the f32 reference
+ * kernel (calc_diff < 1e-3), padding untouched; k_g == 0 groups unchanged.
+ */
+#define POISON_F32_BITS 0x7fbadbadu
+static void run_wgrad(const char *what, int64_t m, int64_t n, const int64_t *ks, int num_ks,
+                      int64_t ldd, const dinf__fp8_config *forced, uint64_t seed) {
+    const int grouped = num_ks > 1;
+    int64_t k_sum = 0, kb_sum = 0;
+    for (int g = 0; g < num_ks; g++)
+        k_sum += ks[g], kb_sum += cdiv(ks[g], 128);
+    const int64_t am = cdiv(m, 4) * 4, an = cdiv(n, 4) * 4;
+    const int64_t d_count = num_ks * m * ldd;
+    uint8_t *ha = malloc((size_t)(m * k_sum + 1)), *hb = malloc((size_t)(n * k_sum + 1));
+    float *hsa = calloc((size_t)(am * kb_sum + 1), 4), *hsb = calloc((size_t)(an * kb_sum + 1), 4);
+    float *x = malloc((size_t)(m * k_sum + 1) * 4), *y = malloc((size_t)(n * k_sum + 1) * 4);
+    float *d0 = malloc((size_t)d_count * 4), *hc = malloc((size_t)d_count * 4);
+    float *hg = malloc((size_t)d_count * 4), *href = malloc((size_t)(m * n + 1) * 4);
+    float *rows = malloc((size_t)((m > n ? m : n) * 4 + 4) * cdiv(k_sum > 0 ? k_sum : 1, 128));
+    cr_assert(ha && hb && hsa && hsb && x && y && d0 && hc && hg && href && rows);
+    uint64_t s = seed | 1;
+    /* group by group: x_g [m][k_g] then quantized in place of its slice */
+    int64_t k_off = 0, kb_off = 0;
+    for (int g = 0; g < num_ks; g++) {
+        const int64_t kg = ks[g], kbg = cdiv(kg, 128);
+        float *xg = x + m * k_off, *yg = y + n * k_off;
+        for (int64_t i = 0; i < m * kg; i++)
+            xg[i] = rng_float(&s) * ((i % 13) == 0 ? 20.0f : 1.0f);
+        for (int64_t i = 0; i < n * kg; i++)
+            yg[i] = rng_float(&s);
+        if (kg > 0) {
+            DINF_OK(dinf_fp8_quantize(xg, DINF_DTYPE_FLOAT32, m, kg, kg, 1, ha + m * k_off, kg, rows,
+                                      NULL));
+            DINF_OK(dinf_fp8_scale_layout_mn_major(rows, m, kbg, hsa + am * kb_off, NULL, NULL));
+            DINF_OK(dinf_fp8_quantize(yg, DINF_DTYPE_FLOAT32, n, kg, kg, 1, hb + n * k_off, kg, rows,
+                                      NULL));
+            DINF_OK(dinf_fp8_scale_layout_mn_major(rows, n, kbg, hsb + an * kb_off, NULL, NULL));
+        }
+        k_off += kg, kb_off += kbg;
+    }
+    for (int64_t i = 0; i < d_count; i++) {
+        if (i % ldd < n) {
+            d0[i] = rng_float(&s) * 4.0f;
+        } else {
+            const uint32_t u = POISON_F32_BITS;
+            memcpy(&d0[i], &u, 4);
+        }
+    }
+    uint8_t *da = dmalloc((size_t)(m * k_sum + 16)), *db = dmalloc((size_t)(n * k_sum + 16));
+    float *dsa = dmalloc((size_t)(am * kb_sum + 4) * 4), *dsb = dmalloc((size_t)(an * kb_sum + 4) * 4);
+    float *dd = dmalloc((size_t)d_count * 4);
+    CUDA_OK(cudaMemcpy(da, ha, (size_t)(m * k_sum), cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(db, hb, (size_t)(n * k_sum), cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(dsa, hsa, (size_t)(am * kb_sum) * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(dsb, hsb, (size_t)(an * kb_sum) * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(dd, d0, (size_t)d_count * 4, cudaMemcpyHostToDevice));
+    cudaStream_t stream;
+    CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    dinf_exec exec = DINF_EXEC_CUDA_INIT(0, (dinf_stream_t)stream);
+    if (grouped) {
+        DINF_OK(dinf_fp8_k_grouped_wgrad_gemm_nt(num_ks, m, n, ks, da, dsa, db, dsb, dd, &exec));
+    } else if (forced) {
+        const dinf__place place = {DINF_EXEC_CUDA, 0, 1, (dinf_stream_t)stream};
+        const dinf__fp8_gpu_problem gp = {NORMAL, m, n, ks[0], 1, 0, da, ks[0], dsa, db, ks[0], dsb,
+                                          dd, ldd, NULL, 1};
+        DINF_OK(dinf__fp8_gemm_cuda_config("test", &place, &gp, forced));
+    } else {
+        DINF_OK(dinf_fp8_wgrad_gemm_nt(m, n, ks[0], da, ks[0], dsa, db, ks[0], dsb, dd, ldd, &exec));
+    }
+    CUDA_OK(cudaStreamSynchronize(stream));
+    CUDA_OK(cudaMemcpy(hg, dd, (size_t)d_count * 4, cudaMemcpyDeviceToHost));
+    memcpy(hc, d0, (size_t)d_count * 4);
+    if (grouped)
+        DINF_OK(dinf_fp8_k_grouped_wgrad_gemm_nt(num_ks, m, n, ks, ha, hsa, hb, hsb, hc, NULL));
+    else
+        DINF_OK(dinf_fp8_wgrad_gemm_nt(m, n, ks[0], ha, ks[0], hsa, hb, ks[0], hsb, hc, ldd, NULL));
+
+    k_off = 0;
+    float *dx = dmalloc((size_t)(m * k_sum + 1) * 4), *dy = dmalloc((size_t)(n * k_sum + 1) * 4);
+    float *dref = dmalloc((size_t)(m * n + 1) * 4);
+    CUDA_OK(cudaMemcpy(dx, x, (size_t)(m * k_sum) * 4, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(dy, y, (size_t)(n * k_sum) * 4, cudaMemcpyHostToDevice));
+    for (int g = 0; g < num_ks; g++) {
+        const int64_t kg = ks[g];
+        const float *G = hg + g * m * ldd, *C = hc + g * m * ldd, *D0 = d0 + g * m * ldd;
+        for (int64_t i = 0; i < m * ldd; i++) /* padding untouched; k_g == 0 leaves d as it is */
+            if (i % ldd >= n || kg == 0)
+                cr_assert(memcmp(&G[i], &D0[i], 4) == 0, "%s: group %d element %lld changed", what,
+                          g, (long long)i);
+        if (kg == 0) {
+            k_off += kg;
+            continue;
+        }
+        ref_gemm(dx + m * k_off, kg, dy + n * k_off, kg, dref, n, (int)m, (int)n, (int)kg, stream);
+        CUDA_OK(cudaStreamSynchronize(stream));
+        CUDA_OK(cudaMemcpy(href, dref, (size_t)(m * n) * 4, cudaMemcpyDeviceToHost));
+        diff_acc oracle = {0, 0}, unq = {0, 0};
+        elem_check ec = ORACLE_ELEM_CHECK;
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++)
+                elem_first(&ec, (double)C[i * ldd + j] - D0[i * ldd + j]);
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++) {
+                const double got = (double)G[i * ldd + j] - D0[i * ldd + j];
+                const double want = (double)C[i * ldd + j] - D0[i * ldd + j];
+                diff_add(&oracle, got, want);
+                diff_add(&unq, got, href[i * n + j]);
+                elem_second(&ec, (long long)(i * ldd + j), got, want);
+            }
+        const double od = diff_value(&oracle), ud = diff_value(&unq);
+        cr_log_info("%s group %d (%lldx%lldx%lld): calc_diff vs the CPU oracle %.3g, vs unquantized "
+                    "%.3g, worst element %.3g bounds",
+                    what, g, (long long)m, (long long)n, (long long)kg, od, ud, ec.worst);
+        cr_assert_lt(od, 1e-4, "%s group %d: calc_diff=%g against the CPU implementation", what, g, od);
+        cr_assert_lt(ud, 1e-3, "%s group %d: calc_diff=%g against the unquantized product", what, g, ud);
+        cr_assert_leq(ec.worst, 1.0, "%s group %d: d[%lld][%lld] GPU %g, CPU %g: %.3g bounds apart",
+                      what, g, ec.worst_index / ldd, ec.worst_index % ldd, ec.worst_got,
+                      ec.worst_want, ec.worst);
+        k_off += kg;
+    }
+    CUDA_OK(cudaStreamDestroy(stream));
+    cudaFree(da), cudaFree(db), cudaFree(dsa), cudaFree(dsb), cudaFree(dd), cudaFree(dx),
+        cudaFree(dy), cudaFree(dref);
+    free(ha), free(hb), free(hsa), free(hsb), free(x), free(y), free(d0), free(hc), free(hg),
+        free(href), free(rows);
+}
+
+Test(gemm_gpu, wgrad_matches_the_cpu_oracle_and_the_unquantized_product) {
+    /* DeepGEMM v1.3's wgrad shapes at K = 4096 (two), odd tails with padded
+     * rows, small m */
+    const int64_t shapes[][4] = {{7168, 2112, 4096, 2112}, {2048, 7168, 4096, 7168},
+                                 {129, 250, 520, 253},     {64, 7168, 256, 7168},
+                                 {33, 40, 16, 41}};
+    for (int i = 0; i < 5; i++) {
+        char what[64];
+        snprintf(what, sizeof what, "wgrad %lldx%lldx%lld", (long long)shapes[i][0],
+                 (long long)shapes[i][1], (long long)shapes[i][2]);
+        run_wgrad(what, shapes[i][0], shapes[i][1], &shapes[i][2], 1, shapes[i][3], NULL,
+                  77 + (uint64_t)i);
+    }
+    /* every block_m x block_n of the kernel, and 1- and 3-stage rings */
+    for (int bm = 64; bm <= 128; bm *= 2)
+        for (int bn = 16; bn <= 128; bn *= 2)
+            for (int st = 1; st <= 3; st += 2) {
+                dinf__fp8_config c = dinf__fp8_heuristic_wgrad(bm == 64 ? 64 : 4096, 4096, 4096, 132);
+                c.block_n = bn;
+                c.stages = st;
+                c.smem_bytes = DINF_FP8_WGRAD_SMEM_BYTES(bm, bn, st);
+                char what[64];
+                snprintf(what, sizeof what, "wgrad forced %dx%d/%d", bm, bn, st);
+                const int64_t k = 392;
+                run_wgrad(what, 200, 300, &k, 1, 301, &c, 900 + (uint64_t)(bm + bn + st));
+            }
+}
+
+Test(gemm_gpu, k_grouped_wgrad_matches_the_cpu_oracle) {
+    const int64_t ks[] = {512, 0, 128, 1024, 48, 256};
+    run_wgrad("k-grouped wgrad", 7168 / 4, 2048, ks, 6, 2048, NULL, 4242);
+    const int64_t ks2[] = {4096, 4096, 8192, 0};
+    run_wgrad("k-grouped wgrad dsv3", 2048, 7168, ks2, 4, 7168, NULL, 4243);
 }
 #endif

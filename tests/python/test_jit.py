@@ -118,8 +118,8 @@ def test_gemm_kernel_config_follows_the_rung_selected_by_the_environment(tmp_pat
 
 
 @pytest.mark.parametrize("args,kwargs,match", [
-    (("sideways", 1, 16, 16), {}, "form='sideways' is not one of contiguous, masked, normal"),
-    ((3, 1, 16, 16), {}, "form=3 is not a dinf_fp8_gemm_form"),
+    (("sideways", 1, 16, 16), {}, "form='sideways' is not one of contiguous, masked, normal, wgrad"),
+    ((4, 1, 16, 16), {}, "form=4 is not a dinf_fp8_gemm_form"),
     (("normal", -1, 16, 16), {}, "m=-1 is negative"),
     (("normal", 1, 0, 16), {}, "n=0 and k=16 must be >= 1"),
     (("normal", 1, 16, 0), {}, "n=16 and k=0 must be >= 1"),

@@ -56,11 +56,27 @@ def test_emulated_gemm_matches_cpu():
     assert r.returncode == 0, r.stdout + r.stderr
     lines = [l for l in r.stdout.splitlines() if l.startswith("ok ")]
     # 12 simple-rung cases, + 17 fast-rung ones (4 of them BLOCK_M 256, 8
-    # split-K over clusters of 2, 3 and 4) when the library has fp8_gemm_fast.cuh
-    assert len(lines) in (12, 29), r.stdout
+    # split-K over clusters of 2, 3 and 4) when the library has fp8_gemm_fast.cuh,
+    # + 6 of the weight-gradient kernel when it has fp8_gemm_1d1d.cuh
+    assert len(lines) in (12, 29, 35), r.stdout
     assert "PASSED: 0 of %d runs failed" % len(lines) in r.stdout
     # the persistent loop is exercised: some launches have fewer CTAs than tiles
     assert any(" grid 2 of 9 tiles" in l or " grid 3 of 12 tiles" in l for l in lines), r.stdout
+
+
+def test_weight_gradient_kernel_bitwise_in_cpu_order():
+    """The weight-gradient kernel (fp8_gemm_1d1d.cuh: per-column B scales
+    loaded by TMA into their own ring, float32 d +=), heuristic and forced
+    configs with 1-3 stage rings, odd tails, padded strides, and the
+    k-grouped form (one launch per group with k_g > 0, an empty group left
+    alone): bit-identical to the CPU GEMM with the wgmma modelled in its
+    order, and within the bound with exact wgmma sums; no PDL launch."""
+    r = run(["wgrad"], EMU_MMA="seq", EMU_SEED=9, EMU_SEEDS=2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ok = [l for l in r.stdout.splitlines() if l.startswith("ok ")]
+    assert len(ok) == 12 and all("bitwise" in l and ", pdl 0," in l for l in ok), r.stdout
+    assert any("wgrad_k_grouped" in l and " 3 launches" in l for l in ok), r.stdout
+    assert "PASSED: 0 of 12 runs failed" in r.stdout
 
 
 def test_emulated_gemm_bitwise_in_cpu_order():
@@ -143,6 +159,16 @@ def test_random_cases():
 
 # (case, forced config to build, mutation, what must be reported)
 MUTATIONS = [
+    # the weight-gradient kernel: one column scale for both columns of a
+    # pair; the stage's expected bytes without the B-scale box (the TMA
+    # loads overshoot the count: the phase never completes)
+    ("wgrad_bm128_bn128_s3", "128,128,3",
+     "const float sb0 = sb[c], sb1 = sb[c + 1];|||const float sb0 = sb[c], sb1 = sb[c];",
+     "bad elements"),
+    ("wgrad_bm128_bn64_s1", "128,64,1",
+     "kStageTxBytes = dinf_fp8_wgrad_stage_tx_bytes(BLOCK_M, BLOCK_N);|||"
+     "kStageTxBytes = dinf_fp8_stage_tx_bytes(BLOCK_M, BLOCK_N);",
+     "EMU: deadlock"),
     ("normal_bm128_bn16_s3", "0,128,16,3",
      "mbar_arrive_expect_tx(&full[s], kStageTxBytes);|||mbar_arrive_expect_tx(&full[s], kStageTxBytes - 16);",
      "EMU: deadlock"),
@@ -180,6 +206,15 @@ MUTATIONS = [
      "mbar_init(red_full, kMathThreads / 32);", "EMU: deadlock"),
 ]
 LONG_MUTATIONS = [
+    # wgrad: B scales of k block 0 only; d overwritten instead of accumulated;
+    # the B-scale map's row stride not the aligned n (the driver refuses it)
+    ("wgrad_bm128_bn128_s3", "128,128,3",
+     "tma_load_3d(sb_tiles + s * kSbStride, &map_sb, &full[s], n0, kb, 0);|||"
+     "tma_load_3d(sb_tiles + s * kSbStride, &map_sb, &full[s], n0, 0, 0);", "bad elements"),
+    ("wgrad_bm64_bn32_s2", "64,32,2", "out[0] = out[0] + lo;|||out[0] = lo;", "bad elements"),
+    ("wgrad_bm128_bn64_s1", "128,64,1",
+     "{(uint64_t)(aligned_n * 4), (uint64_t)(aligned_n * 4 * k_blocks)},|||"
+     "{(uint64_t)(p->n * 4), (uint64_t)(aligned_n * 4 * k_blocks)},", "cuTensorMapEncodeTiled"),
     ("normal_bm64_bn32_s2", "0,64,32,2", "                mbar_wait(&empty[s], slot.empty_parity);|||",
      "more arrivals than the barrier was initialised for"),
     ("normal_bm64_bn32_s2", "0,64,32,2", "            wgmma_fence();|||", "without a wgmma.fence"),
@@ -236,10 +271,14 @@ if os.environ.get("SM90_EMU_LONG") == "1":
     MUTATIONS += LONG_MUTATIONS
 
 
-def mut_file(mut):
-    """The simple rung's template when the text to change is in it, else
-    wherever it is (the scheduler header, lib/gemm): gen.py checks it is unique."""
+def mut_file(mut, config=""):
+    """The wgrad kernel's template for its configs (three parameters); the
+    simple rung's template when the text to change is in it, else wherever
+    it is (the scheduler header, lib/gemm): gen.py checks it is unique."""
     old = mut.split("|||")[0]
+    wgrad = os.path.join(REPO, "jit", "templates", "fp8_gemm_1d1d.cuh")
+    if config.count(",") == 2 and old in open(wgrad).read():
+        return "jit/templates/fp8_gemm_1d1d.cuh"
     simple = open(os.path.join(REPO, "jit", "templates", "fp8_gemm.cuh")).read()
     return "jit/templates/fp8_gemm.cuh" if old in simple else ""
 
@@ -251,7 +290,7 @@ def test_planted_kernel_bug_is_caught(case, config, mut, expect):
     # three data seeds, one scheduling stream: a race that a given interleaving
     # happens to survive (e.g. red_full completing early, caught by 7 of 8
     # scheduling seeds) is caught by one of the three runs
-    r = run([case], MUT=mut, MUT_FILE=mut_file(mut), EMU_CONFIGS=config, EMU_SEED=5, EMU_SEEDS=3)
+    r = run([case], MUT=mut, MUT_FILE=mut_file(mut, config), EMU_CONFIGS=config, EMU_SEED=5, EMU_SEEDS=3)
     out = r.stdout + r.stderr
     assert "mutation planted" in out, out
     assert r.returncode != 0, out

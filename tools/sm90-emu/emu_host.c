@@ -234,6 +234,10 @@ dinf__fp8_config dinf__fp8_choose_dev(int kernel, int gemm_type, int64_t m, int6
     c.smem_bytes = kernel == DINF__FP8_KERNEL_SIMPLE
                        ? DINF_FP8_SMEM_BYTES(c.block_m, c.block_n, c.stages)
                        : DINF_FP8_FAST_SPLIT_SMEM_BYTES(c.block_m, c.block_n, c.stages, c.split_k);
+#ifdef DINF__FP8_KERNEL_WGRAD
+    if (kernel == DINF__FP8_KERNEL_WGRAD) /* fp8_gemm_1d1d.cuh */
+        c.smem_bytes = DINF_FP8_WGRAD_SMEM_BYTES(c.block_m, c.block_n, c.stages);
+#endif
     emu_host_stats.block_m = c.block_m;
     emu_host_stats.block_n = c.block_n;
     emu_host_stats.stages = c.stages;

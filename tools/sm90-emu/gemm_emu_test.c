@@ -32,7 +32,7 @@
 #define POISON 0x7FC1u /* a NaN bf16 pattern cvt.rn never produces */
 #define GUARD 64       /* poisoned elements before and after d */
 
-enum { NORMAL = 0, CONTIG = 1, MASKED = 2 };
+enum { NORMAL = 0, CONTIG = 1, MASKED = 2, WGRAD = 3 };
 
 typedef struct gemm_case {
     const char *name;
@@ -44,7 +44,9 @@ typedef struct gemm_case {
     int block_m, block_n, stages;  /* forced config, 0: the library's heuristic */
     int expected_m;                /* masked */
     int group_spec[8];             /* contiguous: group of each 128-row block (-1 skip, >= G out of
-                                      range); masked: masked_m per group (any int: clamped) */
+                                      range); masked: masked_m per group (any int: clamped);
+                                      wgrad with groups > 1: k of each group (the k-grouped form;
+                                      k unused) */
     int fast;                      /* 1: the fast rung (fp8_gemm_fast.cuh, when the library has
                                       it; the config must be forced: gen.py builds these) */
     int cluster, split_k;          /* fast rung: CTAs per cluster, split-K */
@@ -94,6 +96,15 @@ static const gemm_case cases[] = {
     {"fast_normal_bm256_bn64_c2", NORMAL, 400, 150, 400, 1, 0, 16, 0, 4, 256, 64, 2, 0, {0}, 1, 2, 1},
     {"fast_masked_bm256_bn96_c2", MASKED, 300, 200, 256, 4, 0, 0, 8, 2, 256, 96, 2, 150, {300, 130, 0, 200}, 1, 2, 1},
     {"fast_masked_bm256_bn32_c1", MASKED, 260, 72, 300, 2, 16, 0, 0, 3, 256, 32, 3, 128, {128, 259}, 1, 1, 1},
+    /* the weight-gradient kernel (fp8_gemm_1d1d.cuh, float32 d +=): per-column
+     * B scales, odd tails, padded strides, shallow rings; the k-grouped form
+     * (one launch per group with k_g > 0; k_g multiples of 16) */
+    {"wgrad_heuristic", WGRAD, 100, 200, 300, 1, 16, 32, 4, 3, 0, 0, 0, 0, {0}},
+    {"wgrad_bm64_bn32_s2", WGRAD, 40, 72, 129, 1, 0, 16, 0, 2, 64, 32, 2, 0, {0}},
+    {"wgrad_bm128_bn64_s1", WGRAD, 130, 131, 256, 1, 48, 0, 12, 3, 128, 64, 1, 0, {0}},
+    {"wgrad_bm128_bn128_s3", WGRAD, 129, 250, 520, 1, 0, 0, 0, 4, 128, 128, 3, 0, {0}},
+    {"wgrad_bm64_bn16", WGRAD, 33, 40, 384, 1, 16, 16, 4, 2, 64, 16, 0, 0, {0}},
+    {"wgrad_k_grouped", WGRAD, 70, 90, 0, 4, 0, 0, 0, 3, 0, 0, 0, 0, {160, 0, 48, 272}},
 };
 
 static uint64_t rng;
@@ -360,12 +371,202 @@ static int run_case(const gemm_case *c, unsigned seed, int mode_seq) {
     return bad != 0;
 }
 
+/* The weight-gradient GEMM (float32 d +=, 1x128 scales on both operands):
+ * the same call on the CPU and on the emulated device from the same random
+ * starting d; bit-identical in EMU_MMA=seq, else within the bound of the
+ * bf16 forms on the added term plus one float32 rounding each side; the
+ * padding columns and the guards keep their poison. groups > 1: the
+ * k-grouped form with k_g = group_spec[g]. */
+#define POISON_F32 0x7fbadbadu
+static uint32_t f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+static int run_wgrad_case(const gemm_case *c, unsigned seed, int mode_seq) {
+    rng = 0x7654321ull + seed * 7919ull + (uint64_t)(uintptr_t)c->name[0];
+    const int grouped = c->groups > 1, G = c->groups, m = c->m, n = c->n;
+    int ks[8] = {c->k}, k_sum = 0, kb_sum = 0;
+    for (int g = 0; g < G; g++) {
+        if (grouped)
+            ks[g] = c->group_spec[g];
+        k_sum += ks[g];
+        kb_sum += ceil_div(ks[g], 128);
+    }
+    const int am = ceil_div(m, 4) * 4, an = ceil_div(n, 4) * 4;
+    /* strides: dense per group for the k-grouped form; else 16-byte rows + padding */
+    const long long lda = grouped ? 0 : (ks[0] + 15) / 16 * 16 + c->lda_pad;
+    const long long ldb = grouped ? 0 : (ks[0] + 15) / 16 * 16 + c->ldb_pad;
+    const long long ldd = grouped ? n : (n + 3) / 4 * 4 + c->ldd_pad;
+    const size_t a_bytes = grouped ? (size_t)m * k_sum : (size_t)m * lda;
+    const size_t b_bytes = grouped ? (size_t)n * k_sum : (size_t)n * ldb;
+    const size_t sa_count = (size_t)am * kb_sum, sb_count = (size_t)an * kb_sum;
+    const size_t d_count = (size_t)G * m * ldd;
+    uint8_t *a = xalloc(a_bytes), *b = xalloc(b_bytes);
+    float *sa = xalloc(sa_count * 4), *sb = xalloc(sb_count * 4);
+    float *d_emu_all = xalloc((d_count + 2 * GUARD) * 4), *d_ref_all = xalloc((d_count + 2 * GUARD) * 4);
+    float *d_emu = d_emu_all + GUARD, *d_ref = d_ref_all + GUARD;
+    for (size_t i = 0; i < a_bytes; i++)
+        a[i] = grouped || (long long)(i % (size_t)lda) < ks[0] ? rand_e4m3() : 0x7F;
+    for (size_t i = 0; i < b_bytes; i++)
+        b[i] = grouped || (long long)(i % (size_t)ldb) < ks[0] ? rand_e4m3() : 0xFF;
+    for (size_t i = 0; i < sa_count; i++)
+        sa[i] = (int)(i % (size_t)am) < m ? rand_scale() : nanf_();
+    for (size_t i = 0; i < sb_count; i++)
+        sb[i] = (int)(i % (size_t)an) < n ? rand_scale() : nanf_();
+    float poison;
+    memcpy(&poison, &(uint32_t){POISON_F32}, 4);
+    for (long long i = -GUARD; i < (long long)d_count + GUARD; i++) {
+        const int inside = i >= 0 && i < (long long)d_count && i % ldd < n;
+        d_emu[i] = d_ref[i] = inside ? (float)((uniform() - 0.5) * 64.0) : poison;
+    }
+    float *d0 = malloc(d_count * 4);
+    memcpy(d0, d_ref, d_count * 4);
+
+    emu_global_clear();
+    emu_global_add(a, a_bytes, "a");
+    emu_global_add(b, b_bytes, "b");
+    emu_global_add(sa, sa_count * 4, "a_scales");
+    emu_global_add(sb, sb_count * 4, "b_scales");
+    emu_global_add(d_emu, d_count * 4, "d");
+    emu_global_guard_add(a, a_bytes, "a");
+    emu_global_guard_add(b, b_bytes, "b");
+    emu_global_guard_add(sa, sa_count * 4, "a_scales");
+    emu_global_guard_add(sb, sb_count * 4, "b_scales");
+    emu_global_guard_add(d_emu_all, (d_count + 2 * GUARD) * 4, "d");
+
+    const dinf_exec gpu = DINF_EXEC_CUDA_INIT(0, NULL);
+    emu_force_config.block_m = c->block_m;
+    emu_force_config.block_n = c->block_n;
+    emu_force_config.stages = c->stages;
+    emu_force_config.cluster = 0;
+    emu_force_config.split_k = 0;
+    /* the 1x128/128x128 rung switches do not concern this GEMM */
+    setenv("DINF_FP8_GEMM_KERNEL", "bogus", 1);
+    char env[32];
+    snprintf(env, sizeof env, "%d", c->num_sms);
+    setenv("EMU_NUM_SMS", env, 1);
+    const long long launches0 = emu_host_stats.launches, sw0 = emu_switches();
+    const clock_t t0 = clock();
+    int64_t ks64[8];
+    for (int g = 0; g < G; g++)
+        ks64[g] = ks[g];
+    for (int pass = 0; pass < 2; pass++) {
+        const dinf_exec *ex = pass ? &gpu : NULL;
+        float *d = pass ? d_emu : d_ref;
+        const dinf_status st =
+            grouped ? dinf_fp8_k_grouped_wgrad_gemm_nt(G, m, n, ks64, a, sa, b, sb, d, ex)
+                    : dinf_fp8_wgrad_gemm_nt(m, n, ks[0], a, lda, sa, b, ldb, sb, d, ldd, ex);
+        if (st != DINF_STATUS_OK) {
+            printf("FAIL %s seed %u: %s run returned %s: %s\n", c->name, seed,
+                   pass ? "emulated" : "CPU", dinf_status_string(st), dinf_last_error());
+            return 1;
+        }
+    }
+    unsetenv("DINF_FP8_GEMM_KERNEL");
+    const double secs = (double)(clock() - t0) / CLOCKS_PER_SEC;
+    int want_launches = 0;
+    for (int g = 0; g < G; g++)
+        want_launches += ks[g] > 0;
+    if (emu_host_stats.launches != launches0 + want_launches) {
+        printf("FAIL %s: expected %d kernel launches, saw %lld\n", c->name, want_launches,
+               emu_host_stats.launches - launches0);
+        return 1;
+    }
+    if (emu_host_stats.last_pdl) {
+        printf("FAIL %s: the wgrad kernel was launched with PDL\n", c->name);
+        return 1;
+    }
+    int bad = 0;
+    double worst = 0;
+    for (long long i = -GUARD; i < (long long)d_count + GUARD; i++) {
+        const float e = d_emu[i], r = d_ref[i];
+        const char *why = NULL;
+        double tol = 0;
+        const long long g = i < 0 ? -1 : i / ((long long)m * ldd);
+        const long long row = i < 0 ? -1 : (i / ldd) % m, col = i < 0 ? -1 : i % ldd;
+        if (f32_bits(r) == POISON_F32) {
+            if (f32_bits(e) != POISON_F32)
+                why = "written, but the CPU leaves it alone (must not be written)";
+        } else if (mode_seq) {
+            if (f32_bits(e) != f32_bits(r))
+                why = "differs (EMU_MMA=seq must be bit-identical)";
+        } else {
+            /* E over the group's k blocks */
+            long long k_off = 0, kb_off = 0;
+            for (long long h = 0; h < g; h++)
+                k_off += ks[h], kb_off += ceil_div(ks[h], 128);
+            const int kg = ks[g], kbg = ceil_div(kg, 128);
+            const long long la = grouped ? kg : lda, lb = grouped ? kg : ldb;
+            const uint8_t *ag = a + (size_t)m * k_off, *bg = b + (size_t)n * k_off;
+            double E = 0;
+            for (int q = 0; q < kbg; q++) {
+                double s = 0;
+                for (int j = q * 128; j < kg && j < q * 128 + 128; j++)
+                    s += fabs(e4m3(ag[row * la + j]) * e4m3(bg[col * lb + j]));
+                E += fabs((double)sa[(kb_off + q) * am + row] * sb[(kb_off + q) * an + col]) * s;
+            }
+            const double mag = fmax(fabs((double)e), fabs((double)r));
+            const double ulp = mag > 0 ? ldexp(1.0, ilogb(mag) - 23) : 0;
+            tol = (133.0 + 2.0 * kbg) * ldexp(1.0, -24) * E * 1.0001 + 2.0 * ulp;
+            const double diff = fabs((double)e - (double)r);
+            if (!(diff <= tol))
+                why = "outside the bound";
+            else if (tol > 0 && diff / tol > worst)
+                worst = diff / tol;
+            if (kg == 0 && f32_bits(e) != f32_bits(d0[i]))
+                why = "changed by a group with k_g = 0";
+        }
+        if (why) {
+            if (bad < 8)
+                printf("  %s: d[%lld] (group %lld row %lld col %lld) emu %a cpu %a tol %g: %s\n",
+                       c->name, i, g, row, col, e, r, tol, why);
+            bad++;
+        }
+    }
+    printf("%s %s seed %u: wgrad m %d n %d k %d G %d, config %dx%d/%d (heuristic %dx%d/%d), grid %u, "
+           "%u threads, smem %zu, pdl %u, %lld launches, %lld switches, %.2f s%s",
+           bad ? "FAIL" : "ok  ", c->name, seed, m, n, grouped ? k_sum : ks[0], G,
+           emu_host_stats.block_m, emu_host_stats.block_n, emu_host_stats.stages,
+           emu_host_stats.heuristic_block_m, emu_host_stats.heuristic_block_n,
+           emu_host_stats.heuristic_stages, emu_host_stats.last_grid, emu_host_stats.last_block,
+           emu_host_stats.last_smem, emu_host_stats.last_pdl,
+           emu_host_stats.launches - launches0, emu_switches() - sw0, secs,
+           mode_seq ? ", bitwise" : "");
+    if (!mode_seq)
+        printf(", worst |diff|/tol %.3f", worst);
+    printf("\n");
+    if (bad)
+        printf("FAIL %s seed %u: %d bad elements\n", c->name, seed, bad);
+    free(a);
+    free(b);
+    free(sa);
+    free(sb);
+    free(d_emu_all);
+    free(d_ref_all);
+    free(d0);
+    return bad != 0;
+}
+
+/* Whether this library has the weight-gradient GEMM (gemm.h, fp8_gemm_1d1d.cuh). */
+static int library_has_wgrad(void) {
+    for (int i = 0; i < emu_kernel_count(); i++) {
+        int np;
+        long long pr[8];
+        if (strcmp(emu_kernel_info(i, &np, pr), "fp8_gemm_1d1d") == 0)
+            return 1;
+    }
+    return 0;
+}
+
 /* A random case on compiled instance `inst` (fills *c; name in buf). */
 static void random_case(int index, gemm_case *c, char *buf, size_t buf_bytes) {
     int np;
     long long pr[8];
-    const int inst = (int)(next_u64() % (uint64_t)emu_kernel_count());
-    const char *name = emu_kernel_info(inst, &np, pr);
+    const char *name;
+    do /* the 1x128/128x128 kernels (the wgrad kernel has its own cases) */
+        name = emu_kernel_info((int)(next_u64() % (uint64_t)emu_kernel_count()), &np, pr);
+    while (strcmp(name, "fp8_gemm_1d1d") == 0);
     memset(c, 0, sizeof *c);
     c->fast = strcmp(name, "fp8_gemm_fast") == 0;
     c->form = (int)pr[0];
@@ -441,8 +642,13 @@ int main(int argc, char **argv) {
             printf("skip %s: this library has no fast rung (fp8_gemm_fast.cuh)\n", cases[i].name);
             continue;
         }
+        if (cases[i].form == WGRAD && !library_has_wgrad()) {
+            printf("skip %s: this library has no wgrad kernel (fp8_gemm_1d1d.cuh)\n", cases[i].name);
+            continue;
+        }
         for (int s = 0; s < seeds; s++) {
-            failed += run_case(&cases[i], (unsigned)s, mode_seq);
+            failed += cases[i].form == WGRAD ? run_wgrad_case(&cases[i], (unsigned)s, mode_seq)
+                                             : run_case(&cases[i], (unsigned)s, mode_seq);
             ran++;
         }
     }

@@ -53,6 +53,21 @@ for gemm_type in (0, 1, 2):
                 stages |= {1, 2, 3}
             for st in sorted(stages):
                 INSTANCES.append(('fp8_gemm', (gemm_type, bm, bn, st)))
+# The weight-gradient kernel (fp8_gemm_1d1d.cuh, when the tree has it): every
+# config its heuristic can pick (block_m x block_n, stages by its smem rule)
+# and the 1-3 stage rings the harness's wgrad cases force.
+def wgrad_smem(bm, bn, st):
+    return fp8_smem(bm, bn, st) + 128 + st * ((bn * 4 + 127) // 128 * 128)
+has_wgrad = os.path.exists(os.path.join(root, 'jit/templates/fp8_gemm_1d1d.cuh'))
+if has_wgrad:
+    for bm in (64, 128):
+        for bn in (16, 32, 64, 128):
+            st = 8
+            while st > 1 and wgrad_smem(bm, bn, st) > SMEM_LIMIT:
+                st -= 1
+            INSTANCES.append(('fp8_gemm_1d1d', (bm, bn, st)))
+    for params in ((128, 64, 1), (64, 32, 2), (128, 128, 3)):
+        INSTANCES.append(('fp8_gemm_1d1d', params))
 # The fast rung (fp8_gemm_fast.cuh, when the tree has it): the forced configs
 # of the harness's fast cases (gemm_emu_test.c, one case per line).
 fast_cases = re.findall(
@@ -187,6 +202,11 @@ for u, insts in enumerate(units):
                          '*(const dinf_jit::tensor_map_t *)a[1], *(const dinf_jit::tensor_map_t *)a[2], '
                          '*(const dinf_fp8_gemm_args *)a[3]); }' % (i, func, plist))
         elif name == 'fp8_gemm_fast':
+            lines.append('static void run_%d(void **a) { %s<%s>(*(const dinf_jit::tensor_map_t *)a[0], '
+                         '*(const dinf_jit::tensor_map_t *)a[1], *(const dinf_jit::tensor_map_t *)a[2], '
+                         '*(const dinf_jit::tensor_map_t *)a[3], *(const dinf_fp8_gemm_args *)a[4]); }'
+                         % (i, func, plist))
+        elif name == 'fp8_gemm_1d1d':
             lines.append('static void run_%d(void **a) { %s<%s>(*(const dinf_jit::tensor_map_t *)a[0], '
                          '*(const dinf_jit::tensor_map_t *)a[1], *(const dinf_jit::tensor_map_t *)a[2], '
                          '*(const dinf_jit::tensor_map_t *)a[3], *(const dinf_fp8_gemm_args *)a[4]); }'
