@@ -242,9 +242,11 @@ DINF_API dinf_status dinf_fp8_m_grouped_gemm_nt_masked(
  * DINF_FP8_GEMM_PDL do not apply. Extra rules there: as the forms above
  * (sm_90, k >= 1 (k == 0 returns at once), sizes below 2^31; a, b and both
  * scale tensors 16-byte aligned, lda and ldb multiples of 16 bytes) but d
- * only 4-byte aligned, any ldd; the k-grouped form runs one launch per group
- * with k_g > 0, in group order, and every k_g must be a multiple of 16 (the
- * row stride of A_g and B_g), else DINF_STATUS_INVALID_ARGUMENT.
+ * only 4-byte aligned (a float32 array), any ldd; the k-grouped form runs
+ * one launch per group with k_g > 0, in group order, after checking every
+ * group's rules (a rejected call adds nothing), and every k_g must be a
+ * multiple of 16 (the row stride of A_g and B_g), else
+ * DINF_STATUS_INVALID_ARGUMENT (checked before any device work).
  */
 
 /*

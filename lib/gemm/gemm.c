@@ -341,8 +341,11 @@ static dinf_status check_common(const shape_check *c) {
     /* Extents of every buffer, for overflow and overlap. */
     const int64_t kblocks = ceil_div(c->k, BLOCK_K), nblocks = ceil_div(c->n, TILE_N);
     const int64_t aligned = ceil_div(c->m_group, 4) * 4;
-    /* B scales: [groups][nblocks][kblocks], or the wgrad's [kblocks][aligned_n] */
-    const int64_t sb_rows = c->wgrad ? ceil_div(c->n, 4) * 4 : nblocks;
+    /* B scales: [groups][nblocks][kblocks], or the wgrad's [kblocks][aligned_n]
+     * (ceil_div(n, 4) * 4 <= n + 3: below INT64_MAX for the n that pass the
+     * span check below) */
+    const int64_t sb_rows = c->wgrad ? (c->n > INT64_MAX - 3 ? INT64_MAX : ceil_div(c->n, 4) * 4)
+                                     : nblocks;
     size_t a_bytes, b_bytes, d_bytes, sa_bytes, sb_bytes;
     int64_t sa_count, sb_count, b_rows;
     if (span_bytes(c->m_rows, c->k, c->lda, 1, &a_bytes) ||
@@ -639,12 +642,23 @@ dinf_status dinf_fp8_k_grouped_wgrad_gemm_nt(int64_t num_groups, int64_t m, int6
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "n=%lld is negative", (long long)n);
     if (!ks)
         return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "ks is NULL");
+    if (m > INT64_MAX - 3 || n > INT64_MAX - 3)
+        return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "m=%lld or n=%lld is too large",
+                         (long long)m, (long long)n);
+    /* the GPU path's row-stride rule, before any device work (so that it is
+     * reported the same with or without a usable device) */
+    const int on_gpu = exec != NULL && exec->kind == DINF_EXEC_CUDA;
     /* Totals: k_sum (codes per row of A and B over all groups) and kb_sum
      * (scale rows over all groups), with overflow checks. */
     int64_t k_sum = 0, kb_sum = 0;
     for (int64_t g = 0; g < num_groups; g++) {
         if (ks[g] < 0)
             return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT, "ks[%lld]=%lld is negative",
+                             (long long)g, (long long)ks[g]);
+        if (on_gpu && ks[g] % 16 != 0)
+            return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
+                             "ks[%lld]=%lld is not a multiple of 16 (the row stride of A_g and "
+                             "B_g in bytes; required on DINF_EXEC_CUDA)",
                              (long long)g, (long long)ks[g]);
         if (__builtin_add_overflow(k_sum, ks[g], &k_sum))
             return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
@@ -686,15 +700,24 @@ dinf_status dinf_fp8_k_grouped_wgrad_gemm_nt(int64_t num_groups, int64_t m, int6
     dinf_status st = resolve_place(__func__, exec, &place);
     if (st != DINF_STATUS_OK)
         return st;
-    if (place.kind == DINF_EXEC_CUDA)
-        for (int64_t g = 0; g < num_groups; g++)
-            if (ks[g] % 16 != 0)
-                return DINF_FAIL(DINF_STATUS_INVALID_ARGUMENT,
-                                 "ks[%lld]=%lld is not a multiple of 16 (the row stride of A_g "
-                                 "and B_g in bytes; required on DINF_EXEC_CUDA)",
-                                 (long long)g, (long long)ks[g]);
     if (!work)
         return DINF_STATUS_OK;
+    if (place.kind == DINF_EXEC_CUDA) {
+        /* every group's GPU rules before the first launch: a rejected call
+         * adds nothing to d */
+        int64_t k_at = 0, kb_at = 0;
+        for (int64_t g = 0; g < num_groups; g++) {
+            const int64_t kg = ks[g];
+            const dinf__fp8_gpu_problem p = {DINF_FP8_GEMM_NORMAL, m, n, kg, 1, 0,
+                                             a + m * k_at, kg, a_scales + aligned_m * kb_at,
+                                             b + n * k_at, kg, b_scales + aligned_n * kb_at,
+                                             d + g * m * n, n, NULL, 1};
+            if (kg > 0 && (st = dinf__fp8_gpu_check(__func__, &p)) != DINF_STATUS_OK)
+                return st;
+            k_at += kg;
+            kb_at += ceil_div(kg, BLOCK_K);
+        }
+    }
     /* Group by group, on the CPU threaded inside each; on the GPU one launch
      * per group with k_g > 0, in group order on the stream. */
     int64_t k_off = 0, kb_off = 0;

@@ -43,8 +43,13 @@ Weight gradients (training). :func:`wgrad_gemm_fp8_fp8_fp32_nt` and
 scales on both operands (``per_token_cast_to_fp8`` of each) and accumulate into
 a float32 output in place: ``out += A @ B^T``. For a layer ``y = x @ W^T``,
 ``dW += dy^T @ x`` is ``wgrad_gemm_fp8_fp8_fp32_nt(per_token_cast_to_fp8(dy.T),
-per_token_cast_to_fp8(x.T), dW)``. Host and device arrays as above; the
-output is float32 (``torch.float32`` / ``<f4``).
+per_token_cast_to_fp8(x.T), dW)``. Host and device arrays as above, except
+that the output is float32 (``torch.float32`` / ``<f4``) with any row stride
+(element stride 1), and the operands' rows need no padding on the host; on
+the device ``lda``/``ldb`` (each ``k_g`` of the K-grouped form) are multiples
+of 16 bytes, and the K-grouped form's scales must already be contiguous
+``[sum ceil(k_g/128), ceil(rows/4)*4]`` arrays (the host path also takes
+``[sum ceil(k_g/128), rows]``).
 
 A's scales may be passed plain (``[m, ceil(k/128)]`` row-major, as the
 quantizer returns them) or already M-major (what
@@ -413,7 +418,10 @@ def wgrad_gemm_fp8_fp8_fp32_nt(lhs, rhs, out, *, num_threads=0):
 
 
 def _k_grouped_sizes(batch_sizes):
-    ks = np.ascontiguousarray(np.asarray(batch_sizes), dtype=np.int64)
+    ks = np.asarray(batch_sizes)
+    if ks.size and ks.dtype.kind not in "iu":
+        _fail("batch_sizes must be integers, got %s" % ks.dtype)
+    ks = np.ascontiguousarray(ks, dtype=np.int64)
     if ks.ndim != 1 or ks.size == 0:
         _fail("batch_sizes must be a non-empty 1-D sequence of k per group, got shape %s"
               % (ks.shape,))
@@ -438,8 +446,8 @@ def _k_grouped_scales(s, rows, kb_sum, name):
 def k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(lhs, rhs, out, batch_sizes, *, num_threads=0):
     """One weight gradient per group (MoE experts), the groups differing in k:
     out[g] (float32 [m, n]) += A_g [m, k_g] @ B_g [n, k_g]^T for k_g = batch_sizes[g].
-    lhs = (A, sA): A flat e4m3 of m * sum(k_g) (group g's [m][k_g] after the previous
-    groups'), sA float32 [sum ceil(k_g/128), m] (group g's [ceil(k_g/128)][m] after the
+    lhs = (A, sA): A e4m3 of m * sum(k_g) codes, read flat (group g's [m][k_g] after the
+    previous groups'), sA float32 [sum ceil(k_g/128), m] (group g's [ceil(k_g/128)][m] after the
     previous ones'); rhs = (B, sB) likewise with n; out [num_groups, m, n] C-contiguous.
     A group with k_g = 0 adds nothing."""
     a, sa = lhs
@@ -454,8 +462,9 @@ def k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(lhs, rhs, out, batch_sizes, *, num_thre
     groups, m, n = out_arr.shape
     if groups != ks.size:
         _fail("out has %d groups but batch_sizes has %d" % (groups, ks.size))
-    a = _e4m3_input(a, "lhs[0]", 1)
-    b = _e4m3_input(b, "rhs[0]", 1)
+    # any shape, read flat (upstream views them with .view(-1))
+    a = _e4m3_input(np.ravel(np.asarray(a)), "lhs[0]", 1)
+    b = _e4m3_input(np.ravel(np.asarray(b)), "rhs[0]", 1)
     if a.size != m * k_sum or b.size != n * k_sum:
         _fail("lhs[0] / rhs[0] hold %d / %d codes; m * sum(k) = %d, n * sum(k) = %d"
               % (a.size, b.size, m * k_sum, n * k_sum))
@@ -736,7 +745,8 @@ def _wgrad_device(a, sa, b, sb, out, batch_sizes):
             v = _device_view(s, nm)
             aligned = get_tma_aligned_size(rows, 4)
             if v.kind != "f32" or v.shape != (kb_sum, aligned) or (
-                    v.shape[0] > 1 and v.strides != (aligned, 1)):
+                    v.shape[0] > 1 and v.strides[0] != aligned) or (
+                    aligned > 1 and v.strides[1] != 1):
                 _fail("%s must be a contiguous float32 [%d, %d] array on the device (sum of "
                       "ceil(k_g/128), the TMA-aligned rows), got %s %s strides %s"
                       % (nm, kb_sum, aligned, v.kind, v.shape, v.strides))

@@ -434,7 +434,30 @@ Test(gemm_wgrad, wgrad_rejects_each_rule_with_its_message) {
     EXPECT_FAIL(W(16, 24, 200, (const uint8_t *)shared, 208, p.sa, p.b, 208, p.sb, shared, 24),
                 BAD, "overlap");
     free(shared);
+    /* The extents at their edges: d is 16 x 24 float32 (384 floats), the
+     * scales 2 k blocks x aligned 16 / 24 floats. An input ending exactly
+     * where d starts, or starting right after its last element, is fine;
+     * one element more overlaps. */
+    float *buf = calloc(1000, sizeof(float));
+    float *dd = buf + 200;
+    cr_assert_eq(W(16, 24, 200, p.a, 208, p.sa, p.b, 208, dd - 48, dd, 24), DINF_STATUS_OK, "%s",
+                 dinf_last_error());
+    EXPECT_FAIL(W(16, 24, 200, p.a, 208, p.sa, p.b, 208, dd - 47, dd, 24), BAD, "overlap");
+    cr_assert_eq(W(16, 24, 200, p.a, 208, p.sa, p.b, 208, dd + 384, dd, 24), DINF_STATUS_OK, "%s",
+                 dinf_last_error());
+    EXPECT_FAIL(W(16, 24, 200, p.a, 208, p.sa, p.b, 208, dd + 383, dd, 24), BAD, "overlap");
+    cr_assert_eq(W(16, 24, 200, p.a, 208, dd - 32, p.b, 208, p.sb, dd, 24), DINF_STATUS_OK, "%s",
+                 dinf_last_error());
+    EXPECT_FAIL(W(16, 24, 200, p.a, 208, dd - 31, p.b, 208, p.sb, dd, 24), BAD, "overlap");
+    /* d's bytes are 4 per element: A's codes right after d's last float */
+    const uint8_t *after = (const uint8_t *)(dd + 384);
+    cr_assert_eq(W(16, 24, 1, after, 1, p.sa, p.b, 1, p.sb, dd, 24), DINF_STATUS_OK, "%s",
+                 dinf_last_error());
+    EXPECT_FAIL(W(16, 24, 200, after - 1, 208, p.sa, p.b, 208, p.sb, dd, 24), BAD, "overlap");
+    free(buf);
     EXPECT_FAIL(W(INT64_MAX / 2, 24, 200, p.a, 208, p.sa, p.b, 208, p.sb, p.d, 24), BAD,
+                "overflow");
+    EXPECT_FAIL(W(16, INT64_MAX, 200, p.a, 208, p.sa, p.b, 208, p.sb, p.d, INT64_MAX), BAD,
                 "overflow");
 #undef W
     for (int64_t i = 0; i < p.m * p.ldd; i++) /* nothing was written by a rejected call */
@@ -475,16 +498,27 @@ Test(gemm_wgrad, k_grouped_rejects_each_rule_with_its_message) {
     EXPECT_FAIL(K(3, 8, 8, ks, a, sa, b, sb, NULL), BAD, "d is NULL");
     /* d over A's scales (the k-grouped extents: 8 x 3 floats) */
     EXPECT_FAIL(K(3, 8, 8, ks, a, d + 4, b, sb, d), BAD, "overlap");
-    /* The GPU's row-stride rule is checked before any device work (here:
-     * before the CPU-only build's refusal or a missing device). */
-#if DINF_WITH_CUDA
+    /* The extents at their edges: d is 3 groups x 8 x 8 float32 (192), A's
+     * scales 3 k blocks x 8 (24 floats). */
+    float *buf = calloc(600, sizeof(float));
+    float *dd = buf + 100;
+    for (int i = 0; i < 600; i++)
+        buf[i] = 1.0f;
+    cr_assert_eq(K(3, 8, 8, ks, a, dd - 24, b, sb, dd), DINF_STATUS_OK, "%s", dinf_last_error());
+    EXPECT_FAIL(K(3, 8, 8, ks, a, dd - 23, b, sb, dd), BAD, "overlap");
+    cr_assert_eq(K(3, 8, 8, ks, a, dd + 192, b, sb, dd), DINF_STATUS_OK, "%s", dinf_last_error());
+    EXPECT_FAIL(K(3, 8, 8, ks, a, dd + 191, b, sb, dd), BAD, "overlap");
+    EXPECT_FAIL(K(3, 8, 8, ks, a, sa, b, dd + 191, dd), BAD, "overlap");
+    free(buf);
+    /* The GPU's row-stride rule is checked before any device work: the same
+     * message with or without a usable device, in a CPU-only build too. */
     dinf_exec gpu = DINF_EXEC_CUDA_INIT(0, NULL);
     const int64_t odd[3] = {128, 64, 40};
-    const dinf_status st = dinf_fp8_k_grouped_wgrad_gemm_nt(3, 8, 8, odd, a, sa, b, sb, d, &gpu);
-    if (st != DINF_STATUS_UNSUPPORTED) /* a CUDA build with a visible device, or none */
-        cr_assert(st == BAD && strstr(dinf_last_error(), "ks[2]=40 is not a multiple of 16"),
-                  "%d: %s", (int)st, dinf_last_error());
-#endif
+    EXPECT_FAIL(dinf_fp8_k_grouped_wgrad_gemm_nt(3, 8, 8, odd, a, sa, b, sb, d, &gpu), BAD,
+                "ks[2]=40 is not a multiple of 16 (the row stride of A_g and B_g in bytes; "
+                "required on DINF_EXEC_CUDA)");
+    /* on the CPU any k_g is fine */
+    cr_assert_eq(K(3, 8, 8, odd, a, sa, b, sb, d), DINF_STATUS_OK, "%s", dinf_last_error());
 #undef K
 }
 
@@ -573,38 +607,44 @@ Test(gemm_wgrad_sm90, shared_memory_carve_up) {
 Test(gemm_wgrad_sm90, plan_maps_the_n_major_b_scales) {
     static uint8_t a[16], b[16];
     static float sa[4], sb[4], d[4];
-    const dinf__fp8_gpu_problem p = {DINF_FP8_GEMM_NORMAL, 1000, 300, 520, 1, 0, a, 528, sa, b,
+    /* n = 301: the B scales' rows are aligned_n = 304 floats apart */
+    const dinf__fp8_gpu_problem p = {DINF_FP8_GEMM_NORMAL, 1000, 301, 520, 1, 0, a, 528, sa, b,
                                      544, sb, d, 304, NULL, 1};
     dinf__fp8_launch_plan plan;
     dinf__fp8_plan(&p, 132, DINF__FP8_KERNEL_FAST, &plan); /* the rung is ignored for wgrad */
-    const dinf__fp8_config c = dinf__fp8_heuristic_wgrad(1000, 300, 520, 132);
+    const dinf__fp8_config c = dinf__fp8_heuristic_wgrad(1000, 301, 520, 132);
     cr_assert(memcmp(&plan.config, &c, sizeof c) == 0);
     const dinf__fp8_tensor_map_geometry *g = &plan.map_sb;
     cr_assert_eq(g->base, sb);
     cr_assert_eq(g->elem_bytes, 4);
     cr_assert_eq(g->swizzle_bytes, 0);
-    cr_assert(g->dims[0] == 300 && g->dims[1] == 5 && g->dims[2] == 1, "dims %llu %llu %llu",
+    cr_assert(g->dims[0] == 304 && g->dims[1] == 5 && g->dims[2] == 1, "dims %llu %llu %llu",
               (unsigned long long)g->dims[0], (unsigned long long)g->dims[1],
               (unsigned long long)g->dims[2]);
-    cr_assert(g->strides[0] == 300 * 4 && g->strides[1] == 300 * 4 * 5);
+    cr_assert(g->strides[0] == 304 * 4 && g->strides[1] == 304 * 4 * 5, "strides %llu %llu",
+              (unsigned long long)g->strides[0], (unsigned long long)g->strides[1]);
     cr_assert(g->box[0] == (unsigned)c.block_n && g->box[1] == 1 && g->box[2] == 1);
     cr_assert(plan.map_a.dims[0] == 520 && plan.map_a.dims[1] == 1000 && plan.map_a.strides[0] == 528);
-    cr_assert(plan.map_b.dims[0] == 520 && plan.map_b.dims[1] == 300 && plan.map_b.strides[0] == 544);
+    cr_assert(plan.map_b.dims[0] == 520 && plan.map_b.dims[1] == 301 && plan.map_b.strides[0] == 544);
     cr_assert(plan.map_sa.dims[0] == 1000 && plan.map_sa.dims[1] == 5);
     cr_assert_eq(plan.map_d.base, NULL, "the wgrad kernel has no TMA-store map");
     cr_assert_eq(plan.args.d, (unsigned long long)(uintptr_t)d);
     cr_assert_eq(plan.args.ldd, 304);
     cr_assert_eq(plan.args.k_blocks, 5);
-    const long long tiles = cdiv64(1000, c.block_m) * cdiv64(300, c.block_n);
+    const long long tiles = cdiv64(1000, c.block_m) * cdiv64(301, c.block_n);
     cr_assert_eq(plan.grid, (unsigned)(tiles < 132 ? tiles : 132));
-    /* every (column, k block) scale a tile's box reads lies inside the map,
-     * and the box of the last N-block reaches past n only as TMA's zero fill */
+    /* The scale the kernel reads for column j of k block kb (box {block_n}
+     * at coordinates (n0, kb), element j - n0) is the one gemm.h places at
+     * b_scales[kb * aligned_n + j], for every column of every N-block, and a
+     * box never reads a row of another k block (TMA zero-fills past dims[0]) */
     for (int nb = 0; nb < plan.args.n_blocks; nb++)
         for (int kb = 0; kb < 5; kb++)
             for (int j = 0; j < c.block_n; j++) {
-                const long long col = (long long)nb * c.block_n + j;
-                if (col < 300)
-                    cr_assert_lt(kb * 300 + col, 300 * 5);
+                const unsigned long long col = (unsigned long long)nb * c.block_n + j;
+                if (col >= g->dims[0])
+                    continue; /* zero fill */
+                const unsigned long long byte = col * 4 + (unsigned long long)kb * g->strides[0];
+                cr_assert_eq(byte, ((unsigned long long)kb * 304 + col) * 4);
             }
 }
 

@@ -1537,9 +1537,9 @@ static void run_wgrad(const char *what, int64_t m, int64_t n, const int64_t *ks,
 
 Test(gemm_gpu, wgrad_matches_the_cpu_oracle_and_the_unquantized_product) {
     /* DeepGEMM v1.3's wgrad shapes at K = 4096 (two), odd tails with padded
-     * rows, small m */
+     * rows of D, small m (k: multiples of 16, the rows of A and B being dense) */
     const int64_t shapes[][4] = {{7168, 2112, 4096, 2112}, {2048, 7168, 4096, 7168},
-                                 {129, 250, 520, 253},     {64, 7168, 256, 7168},
+                                 {129, 250, 528, 253},     {64, 7168, 256, 7168},
                                  {33, 40, 16, 41}};
     for (int i = 0; i < 5; i++) {
         char what[64];
@@ -1558,7 +1558,7 @@ Test(gemm_gpu, wgrad_matches_the_cpu_oracle_and_the_unquantized_product) {
                 c.smem_bytes = DINF_FP8_WGRAD_SMEM_BYTES(bm, bn, st);
                 char what[64];
                 snprintf(what, sizeof what, "wgrad forced %dx%d/%d", bm, bn, st);
-                const int64_t k = 392;
+                const int64_t k = 400; /* 3 blocks and 16: lda = k, a multiple of 16 */
                 run_wgrad(what, 200, 300, &k, 1, 301, &c, 900 + (uint64_t)(bm + bn + st));
             }
 }

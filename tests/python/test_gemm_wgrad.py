@@ -147,6 +147,15 @@ def test_errors():
         gemm.wgrad_gemm_fp8_fp8_fp32_nt((a, sa), (b, sb), np.zeros((16, 48), np.float32)[:, ::2])
     lhs, rhs, _ = k_grouped_inputs(8, 8, [128, 64], seed=1)
     outg = np.zeros((2, 8, 8), np.float32)
+    with pytest.raises(deepinfra.InvalidArgumentError, match="batch_sizes must be integers"):
+        gemm.k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(lhs, rhs, outg, [128.0, 64.5])
+    # the operands may come in any shape: read flat
+    out2 = np.zeros((2, 8, 8), np.float32)
+    gemm.k_grouped_wgrad_gemm_fp8_fp8_fp32_nt((lhs[0].reshape(8, -1), lhs[1]),
+                                              (rhs[0].reshape(2, -1), rhs[1]), out2, [128, 64])
+    gemm.k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(lhs, rhs, outg, [128, 64])
+    assert np.array_equal(out2, outg)
+    outg[:] = 0
     with pytest.raises(deepinfra.InvalidArgumentError, match="batch_sizes has a negative k"):
         gemm.k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(lhs, rhs, outg, [-1, 193])
     with pytest.raises(deepinfra.InvalidArgumentError, match="out has 2 groups but batch_sizes has 3"):
@@ -210,6 +219,7 @@ def test_device_calls_reach_the_c_library():
     ("plain_scales", "rhs\\[1\\] on the device must be M-major"),
     ("grouped_scales_unaligned", "lhs\\[1\\] must be a contiguous float32 \\[2, 132\\]"),
     ("grouped_codes", "lhs\\[0\\] must be a contiguous 1-D array of 24768 codes"),
+    ("grouped_scales_strided", "rhs\\[1\\] must be a contiguous float32 \\[1, 96\\]"),
 ])
 def test_device_arrays_are_checked_before_the_call(case, pattern):
     m, n, k = 129, 96, 256
@@ -224,6 +234,14 @@ def test_device_arrays_are_checked_before_the_call(case, pattern):
         elif case == "plain_scales":
             gemm.wgrad_gemm_fp8_fp8_fp32_nt((a, sa), (b, FakeDeviceArray((n, 2), "<f4", 0x7F0000400000)),
                                             out)
+        elif case == "grouped_scales_strided":
+            # one k block in all: a strided row of scales must still be refused
+            gemm.k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(
+                (FakeDeviceArray((m * 128,), "|u1", 0x7F0000200000),
+                 FakeDeviceArray((1, 132), "<f4", 0x7F0000100000)),
+                (FakeDeviceArray((n * 128,), "|u1", 0x7F0000300000),
+                 FakeDeviceArray((1, 96), "<f4", 0x7F0000400000, strides=(768, 8))),
+                FakeDeviceArray((1, m, n), "<f4", 0x7F0000500000), [128])
         else:
             af = FakeDeviceArray((m * 192,) if case == "grouped_scales_unaligned" else (m * 191,),
                                  "|u1", 0x7F0000200000)
@@ -251,7 +269,7 @@ def test_torch_cuda_wgrad_matches_the_cpu_path():
     the k-grouped form on torch tensors."""
     torch = _torch_cuda()
     rng = np.random.default_rng(11)
-    for m, n, k in [(7168, 2112, 1024), (129, 250, 520), (64, 7168, 256)]:
+    for m, n, k in [(7168, 2112, 1024), (129, 250, 528), (64, 7168, 256)]:  # k % 16 == 0
         x = rng.standard_normal((m, k), dtype=np.float32)
         y = rng.standard_normal((n, k), dtype=np.float32)
         (a, sa), (b, sb) = gemm.per_token_cast_to_fp8(x), gemm.per_token_cast_to_fp8(y)
