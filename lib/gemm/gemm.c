@@ -42,6 +42,7 @@
 #include "gemm_sm90.h"
 
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -647,7 +648,8 @@ dinf_status dinf_fp8_k_grouped_wgrad_gemm_nt(int64_t num_groups, int64_t m, int6
                          (long long)m, (long long)n);
     /* the GPU path's row-stride rule, before any device work (so that it is
      * reported the same with or without a usable device) */
-    const int on_gpu = exec != NULL && exec->kind == DINF_EXEC_CUDA;
+    const int on_gpu = exec != NULL && exec->size >= offsetof(dinf_exec, kind) + sizeof exec->kind &&
+                       exec->kind == DINF_EXEC_CUDA;
     /* Totals: k_sum (codes per row of A and B over all groups) and kb_sum
      * (scale rows over all groups), with overflow checks. */
     int64_t k_sum = 0, kb_sum = 0;

@@ -513,9 +513,9 @@ Test(gemm_wgrad, k_grouped_rejects_each_rule_with_its_message) {
     /* The GPU's row-stride rule is checked before any device work: the same
      * message with or without a usable device, in a CPU-only build too. */
     dinf_exec gpu = DINF_EXEC_CUDA_INIT(0, NULL);
-    const int64_t odd[3] = {128, 64, 40};
+    const int64_t odd[3] = {128, 56, 40}; /* the same 224 codes per row */
     EXPECT_FAIL(dinf_fp8_k_grouped_wgrad_gemm_nt(3, 8, 8, odd, a, sa, b, sb, d, &gpu), BAD,
-                "ks[2]=40 is not a multiple of 16 (the row stride of A_g and B_g in bytes; "
+                "ks[1]=56 is not a multiple of 16 (the row stride of A_g and B_g in bytes; "
                 "required on DINF_EXEC_CUDA)");
     /* on the CPU any k_g is fine */
     cr_assert_eq(K(3, 8, 8, odd, a, sa, b, sb, d), DINF_STATUS_OK, "%s", dinf_last_error());
