@@ -88,3 +88,32 @@ def test_pipeline_train_reports_library_errors():
     assert res.returncode == 1, res.stdout + res.stderr
     assert ("pipeline_train: dinf_pipe_executor_create: dualpipev: num_chunks=6 must be >= "
             "2 * num_ranks = 8" in res.stderr), res.stderr
+
+
+def run_fp8_train(*args, **env):
+    e = dict(os.environ, PYTHONPATH=PYTHON_DIR, **env)  # DINF_BUILD_DIR: the library under test
+    return subprocess.run([sys.executable, os.path.join(ROOT, "examples", "fp8_linear_train.py"),
+                           *args], capture_output=True, text=True, timeout=120, env=e)
+
+
+def test_fp8_linear_train_tracks_float64():
+    """fprop, dgrad and wgrad all in FP8 (deepinfra.gemm): each GEMM within
+    DeepGEMM's calc_diff bound, and the losses track a float64 run."""
+    pytest.importorskip("ml_dtypes")
+    res = run_fp8_train("--steps", "8", "--seed", "2")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.startswith("fp8_linear_train: MLP 256 -> 512 -> 128, 8 steps")
+    gemms = re.findall(r"(fprop|dgrad|wgrad) (W\d) ([0-9.e+-]+)", res.stdout)
+    assert len(gemms) == 5 and all(float(v) < 1e-3 for _, _, v in gemms), res.stdout
+    steps = re.findall(r"^step (\d+): loss (\S+) \(float64 (\S+)\)$", res.stdout, re.M)
+    assert [int(s) for s, _, _ in steps] == list(range(8))
+    assert all(abs(float(a) - float(b)) < 0.02 * float(b) for _, a, b in steps), res.stdout
+    assert re.search(r"^fp8_linear_train: OK final loss ", res.stdout, re.M)
+
+
+def test_fp8_linear_train_reports_library_errors():
+    pytest.importorskip("ml_dtypes")
+    res = run_fp8_train("--steps", "1", DINF_CPU_ISA="bogus")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "fp8_linear_train: " in res.stderr and "DINF_CPU_ISA=bogus" in res.stderr, res.stderr
+
