@@ -194,6 +194,22 @@ print(gemm.precompile("normal", 7168, 2048, [], num_sms=132, arch="sm_90a"))
 
 
 @needs_nvrtc
+def test_gemm_precompile_of_the_wgrad_form(tmp_path):
+    """The weight-gradient GEMM's kernels (form "wgrad": template
+    fp8_gemm_1d1d, whatever DINF_FP8_GEMM_KERNEL says) precompile for
+    sm_90a without a GPU, one per distinct (m, n)."""
+    code = """
+configs = gemm.precompile("wgrad", 7168, 4096, [64, 2048, 7168], num_sms=132, arch="sm_90a")
+assert all(c.name == "fp8_gemm_1d1d" and len(c.constants) == 3 for c in configs), configs
+assert configs == list(dict.fromkeys(gemm.kernel_config("wgrad", m, 7168, 4096, num_sms=132)
+                                     for m in [64, 2048, 7168])), configs
+print(len(configs), jit.stats().compiles)
+"""
+    out = run_ok(code, tmp_path, DINF_FP8_GEMM_KERNEL="simple").split()
+    assert int(out[0]) >= 2 and int(out[1]) == int(out[0]), out
+
+
+@needs_nvrtc
 def test_precompile_rejects_bad_configs_naming_the_index(tmp_path):
     code = """
 good = jit.KernelConfig("scale_rows", (128, 4, 1))
