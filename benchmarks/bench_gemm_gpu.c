@@ -173,7 +173,7 @@ static int lt_load(void) {
 
 /* One cuBLASLt plan: D[m][n] (bf16, row-major) = A[m][k] B[n][k]^T. */
 typedef struct lt_plan {
-    int blockwise; /* 1: VEC128 x BLK128x128; 0: per-tensor */
+    int blockwise; /* 1: VEC128 x BLK128x128; 0: per-tensor; LT_1D1D: VEC128 x VEC128, float32 D */
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, ld;
     cublasLtMatmulAlgo_t algo;             /* the one in use (algos[used]) */
@@ -185,6 +185,10 @@ typedef struct lt_plan {
 } lt_plan;
 
 static float *device_one; /* a device float 1.0 (per-tensor scales) */
+
+/* The weight-gradient peer's mode of lt_plan_make: VEC128 scales on both
+ * operands, D (and C) float32. */
+#define LT_1D1D 2
 
 /* Plan for the shape; scale pointers are set per call (they differ per group). */
 static int lt_plan_make(lt_plan *p, int64_t m, int64_t n, int64_t k, int blockwise) {
@@ -198,7 +202,8 @@ static int lt_plan_make(lt_plan *p, int64_t m, int64_t n, int64_t k, int blockwi
     lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
     lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast);
     if (blockwise) {
-        const int32_t weights = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
+        const int32_t weights = blockwise == LT_1D1D ? CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F
+                                                     : CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
         const int32_t acts = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
         if (lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &weights,
                                       sizeof weights) != CUBLAS_STATUS_SUCCESS ||
@@ -215,7 +220,8 @@ static int lt_plan_make(lt_plan *p, int64_t m, int64_t n, int64_t k, int blockwi
                               sizeof device_one);
     if (lt.MatrixLayoutCreate(&p->la, CUDA_R_8F_E4M3, (uint64_t)k, (uint64_t)n, k) ||
         lt.MatrixLayoutCreate(&p->lb, CUDA_R_8F_E4M3, (uint64_t)k, (uint64_t)m, k) ||
-        lt.MatrixLayoutCreate(&p->ld, CUDA_R_16BF, (uint64_t)n, (uint64_t)m, n))
+        lt.MatrixLayoutCreate(&p->ld, blockwise == LT_1D1D ? CUDA_R_32F : CUDA_R_16BF,
+                              (uint64_t)n, (uint64_t)m, n))
         return 0;
     p->workspace_bytes = (size_t)64 << 20;
     if (cudaMalloc(&p->workspace, p->workspace_bytes) != cudaSuccess)
@@ -1032,60 +1038,14 @@ static void wgrad_peer_error(const char *name, const char *why) {
     bench_register(&spec);
 }
 
-/* The cuBLASLt plan of the 1D x 1D problem: cuBLAS "A" = our B (VEC128 scales
- * [kb][n]), "B" = our A (VEC128 [kb][m]), C = D float32 N x M, ld N. */
+/* The cuBLASLt plan of the 1D x 1D problem (lt_plan_make, LT_1D1D: cuBLAS
+ * "A" = our B with VEC128 scales [kb][n], "B" = our A with VEC128 [kb][m],
+ * C = D float32 N x M, ld N), warmed up from D = 0 with the heuristic's
+ * algorithms in order. */
 static int wgrad_plan(wgrad_case *c) {
     lt_plan *p = &c->plan;
-    memset(p, 0, sizeof *p);
-    p->blockwise = 1;
-    if (lt.MatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) {
-        snprintf(p->why, sizeof p->why, "cublasLtMatmulDescCreate failed");
+    if (!lt_plan_make(p, c->m, c->n, c->k, LT_1D1D))
         return 0;
-    }
-    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    const int8_t fast = 0;
-    const int32_t vec128 = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
-    lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
-    lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
-    lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast);
-    if (lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &vec128,
-                                  sizeof vec128) != CUBLAS_STATUS_SUCCESS ||
-        lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &vec128,
-                                  sizeof vec128) != CUBLAS_STATUS_SUCCESS) {
-        snprintf(p->why, sizeof p->why, "the VEC128 scale mode is rejected");
-        return 0;
-    }
-    lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &c->sb, sizeof c->sb);
-    lt.MatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &c->sa, sizeof c->sa);
-    if (lt.MatrixLayoutCreate(&p->la, CUDA_R_8F_E4M3, (uint64_t)c->k, (uint64_t)c->n, c->k) ||
-        lt.MatrixLayoutCreate(&p->lb, CUDA_R_8F_E4M3, (uint64_t)c->k, (uint64_t)c->m, c->k) ||
-        lt.MatrixLayoutCreate(&p->ld, CUDA_R_32F, (uint64_t)c->n, (uint64_t)c->m, c->n)) {
-        snprintf(p->why, sizeof p->why, "cublasLtMatrixLayoutCreate failed");
-        return 0;
-    }
-    p->workspace_bytes = (size_t)64 << 20;
-    cublasLtMatmulPreference_t pref;
-    if (cudaMalloc(&p->workspace, p->workspace_bytes) != cudaSuccess ||
-        lt.PreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) {
-        snprintf(p->why, sizeof p->why, "workspace or preference failed");
-        return 0;
-    }
-    lt.PreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &p->workspace_bytes,
-                              sizeof p->workspace_bytes);
-    cublasLtMatmulHeuristicResult_t results[LT_ALGOS];
-    int count = 0;
-    const cublasStatus_t st = lt.AlgoGetHeuristic(lt.handle, p->desc, p->la, p->lb, p->ld, p->ld,
-                                                  pref, LT_ALGOS, results, &count);
-    for (int i = 0; st == CUBLAS_STATUS_SUCCESS && i < count && i < LT_ALGOS; i++)
-        if (results[i].state == CUBLAS_STATUS_SUCCESS)
-            p->algos[p->num_algos++] = results[i].algo;
-    if (p->num_algos == 0) {
-        snprintf(p->why, sizeof p->why,
-                 "no VEC128 x VEC128 FP8 algorithm with float32 C/D (status %d, %d results)",
-                 (int)st, count);
-        return 0;
-    }
-    /* warm up from D = 0 with the heuristic's algorithms in order */
     for (p->used = 0; p->used < p->num_algos; p->used++) {
         p->algo = p->algos[p->used];
         if (cudaMemsetAsync(c->d, 0, (size_t)(c->m * c->n) * 4, g.stream) == cudaSuccess &&
@@ -1221,7 +1181,10 @@ static void add_wgrad_peer(wgrad_case *c) {
         return;
     }
     if (!wgrad_plan(c)) {
-        wgrad_peer_error(c->peer_name, c->plan.why);
+        char msg[256];
+        snprintf(msg, sizeof msg, "cuBLASLt has no 1x128 x 1x128 FP8 algorithm with float32 D "
+                 "for it (%s)", c->plan.why);
+        wgrad_peer_error(c->peer_name, msg);
         return;
     }
     char check[256];

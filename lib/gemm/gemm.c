@@ -396,6 +396,29 @@ static dinf_status resolve_place(const char *func, const dinf_exec *exec, dinf__
     return DINF_STATUS_OK;
 }
 
+/* One ungrouped GEMM on the CPU, m > 0 and n > 0, in row blocks of TILE_M:
+ * the 1x128/128x128 form (sb_stride 0, bf16 d16) or the wgrad (sb_stride =
+ * aligned_n of its N-major B scales, float32 df accumulated into). */
+static dinf_status run_rows(const char *func, const dinf__place *place, int64_t m, int64_t n,
+                            int64_t k, const uint8_t *a, int64_t lda, const float *a_scales,
+                            const uint8_t *b, int64_t ldb, const float *b_scales,
+                            int64_t sb_stride, uint16_t *d16, float *df, int64_t ldd) {
+    const int64_t num_blocks = ceil_div(m, TILE_M), aligned_m = ceil_div(m, 4) * 4;
+    row_block *blocks = malloc((size_t)num_blocks * sizeof *blocks);
+    if (!blocks)
+        return dinf__fail(DINF_STATUS_OUT_OF_MEMORY, func, "cannot allocate %lld row blocks",
+                          (long long)num_blocks);
+    for (int64_t i = 0; i < num_blocks; i++) {
+        const int64_t m0 = i * TILE_M;
+        blocks[i] = (row_block){OFFSET(a, m0 * lda), OFFSET(a_scales, m0), aligned_m, b,
+                                b_scales, sb_stride, OFFSET(d16, m0 * ldd), OFFSET(df, m0 * ldd),
+                                m - m0 < TILE_M ? m - m0 : TILE_M};
+    }
+    const dinf_status st = run_gemm(func, place, n, k, lda, ldb, ldd, blocks, num_blocks);
+    free(blocks);
+    return st;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Entry points                                                              */
 /* ------------------------------------------------------------------------ */
@@ -420,19 +443,8 @@ dinf_status dinf_fp8_gemm_nt(int64_t m, int64_t n, int64_t k, const uint8_t *a, 
     }
     if (m == 0 || n == 0)
         return DINF_STATUS_OK;
-    const int64_t num_blocks = ceil_div(m, TILE_M), aligned_m = ceil_div(m, 4) * 4;
-    row_block *blocks = malloc((size_t)num_blocks * sizeof *blocks);
-    if (!blocks)
-        return DINF_FAIL(DINF_STATUS_OUT_OF_MEMORY, "cannot allocate %lld row blocks",
-                         (long long)num_blocks);
-    for (int64_t i = 0; i < num_blocks; i++) {
-        const int64_t m0 = i * TILE_M;
-        blocks[i] = (row_block){OFFSET(a, m0 * lda), OFFSET(a_scales, m0), aligned_m, b, b_scales,
-                                0, d + m0 * ldd, NULL, m - m0 < TILE_M ? m - m0 : TILE_M};
-    }
-    st = run_gemm(__func__, &place, n, k, lda, ldb, ldd, blocks, num_blocks);
-    free(blocks);
-    return st;
+    return run_rows(__func__, &place, m, n, k, a, lda, a_scales, b, ldb, b_scales, 0, d, NULL,
+                    ldd);
 }
 
 dinf_status dinf_fp8_m_grouped_gemm_nt_contiguous(int64_t m_sum, int64_t n, int64_t k,
@@ -589,20 +601,8 @@ static dinf_status wgrad_cpu(const char *func, const dinf__place *place, int64_t
                              int64_t ldd) {
     if (m == 0 || n == 0 || k == 0)
         return DINF_STATUS_OK; /* nothing to add */
-    const int64_t num_blocks = ceil_div(m, TILE_M);
-    const int64_t aligned_m = ceil_div(m, 4) * 4, aligned_n = ceil_div(n, 4) * 4;
-    row_block *blocks = malloc((size_t)num_blocks * sizeof *blocks);
-    if (!blocks)
-        return dinf__fail(DINF_STATUS_OUT_OF_MEMORY, func, "cannot allocate %lld row blocks",
-                          (long long)num_blocks);
-    for (int64_t i = 0; i < num_blocks; i++) {
-        const int64_t m0 = i * TILE_M;
-        blocks[i] = (row_block){a + m0 * lda, a_scales + m0, aligned_m, b, b_scales, aligned_n,
-                                NULL, d + m0 * ldd, m - m0 < TILE_M ? m - m0 : TILE_M};
-    }
-    const dinf_status st = run_gemm(func, place, n, k, lda, ldb, ldd, blocks, num_blocks);
-    free(blocks);
-    return st;
+    return run_rows(func, place, m, n, k, a, lda, a_scales, b, ldb, b_scales,
+                    ceil_div(n, 4) * 4, NULL, d, ldd);
 }
 
 dinf_status dinf_fp8_wgrad_gemm_nt(int64_t m, int64_t n, int64_t k, const uint8_t *a, int64_t lda,
@@ -627,6 +627,18 @@ dinf_status dinf_fp8_wgrad_gemm_nt(int64_t m, int64_t n, int64_t k, const uint8_
         return dinf__fp8_gemm_cuda(__func__, &place, &p);
     }
     return wgrad_cpu(__func__, &place, m, n, k, a, lda, a_scales, b, ldb, b_scales, d, ldd);
+}
+
+/* Group g of the K-grouped wgrad (its codes start k_off codes into each row
+ * group of a and b, its scales kb_off scale rows in) as one wgrad problem. */
+static dinf__fp8_gpu_problem k_group(int64_t m, int64_t n, int64_t kg, int64_t k_off,
+                                     int64_t kb_off, int64_t g, const uint8_t *a,
+                                     const float *a_scales, const uint8_t *b,
+                                     const float *b_scales, float *d) {
+    const int64_t aligned_m = ceil_div(m, 4) * 4, aligned_n = ceil_div(n, 4) * 4;
+    return (dinf__fp8_gpu_problem){DINF_FP8_GEMM_NORMAL, m, n, kg, 1, 0, a + m * k_off, kg,
+                                   a_scales + aligned_m * kb_off, b + n * k_off, kg,
+                                   b_scales + aligned_n * kb_off, d + g * m * n, n, NULL, 1};
 }
 
 dinf_status dinf_fp8_k_grouped_wgrad_gemm_nt(int64_t num_groups, int64_t m, int64_t n,
@@ -709,36 +721,27 @@ dinf_status dinf_fp8_k_grouped_wgrad_gemm_nt(int64_t num_groups, int64_t m, int6
          * adds nothing to d */
         int64_t k_at = 0, kb_at = 0;
         for (int64_t g = 0; g < num_groups; g++) {
-            const int64_t kg = ks[g];
-            const dinf__fp8_gpu_problem p = {DINF_FP8_GEMM_NORMAL, m, n, kg, 1, 0,
-                                             a + m * k_at, kg, a_scales + aligned_m * kb_at,
-                                             b + n * k_at, kg, b_scales + aligned_n * kb_at,
-                                             d + g * m * n, n, NULL, 1};
-            if (kg > 0 && (st = dinf__fp8_gpu_check(__func__, &p)) != DINF_STATUS_OK)
+            const dinf__fp8_gpu_problem p =
+                k_group(m, n, ks[g], k_at, kb_at, g, a, a_scales, b, b_scales, d);
+            if (ks[g] > 0 && (st = dinf__fp8_gpu_check(__func__, &p)) != DINF_STATUS_OK)
                 return st;
-            k_at += kg;
-            kb_at += ceil_div(kg, BLOCK_K);
+            k_at += ks[g];
+            kb_at += ceil_div(ks[g], BLOCK_K);
         }
     }
     /* Group by group, on the CPU threaded inside each; on the GPU one launch
      * per group with k_g > 0, in group order on the stream. */
     int64_t k_off = 0, kb_off = 0;
     for (int64_t g = 0; g < num_groups && st == DINF_STATUS_OK; g++) {
-        const int64_t kg = ks[g];
-        const uint8_t *ag = a + m * k_off, *bg = b + n * k_off;
-        const float *sag = a_scales + aligned_m * kb_off, *sbg = b_scales + aligned_n * kb_off;
-        float *dg = d + g * m * n;
-        if (kg > 0) {
-            if (place.kind == DINF_EXEC_CUDA) {
-                const dinf__fp8_gpu_problem p = {DINF_FP8_GEMM_NORMAL, m, n, kg, 1, 0, ag, kg, sag,
-                                                 bg, kg, sbg, dg, n, NULL, 1};
-                st = dinf__fp8_gemm_cuda(__func__, &place, &p);
-            } else {
-                st = wgrad_cpu(__func__, &place, m, n, kg, ag, kg, sag, bg, kg, sbg, dg, n);
-            }
-        }
-        k_off += kg;
-        kb_off += ceil_div(kg, BLOCK_K);
+        const dinf__fp8_gpu_problem p =
+            k_group(m, n, ks[g], k_off, kb_off, g, a, a_scales, b, b_scales, d);
+        if (ks[g] > 0)
+            st = place.kind == DINF_EXEC_CUDA
+                     ? dinf__fp8_gemm_cuda(__func__, &place, &p)
+                     : wgrad_cpu(__func__, &place, m, n, p.k, p.a, p.lda, p.a_scales, p.b, p.ldb,
+                                 p.b_scales, p.d, p.ldd);
+        k_off += ks[g];
+        kb_off += ceil_div(ks[g], BLOCK_K);
     }
     return st;
 }

@@ -290,6 +290,17 @@ def _a_scales(sa, m, kb, groups=None, name="lhs scales"):
 # --------------------------------------------------------------------------
 
 
+def _nt_operands(a, b):
+    """A [m, k] and B [n, k] (e4m3 or uint8 codes) as contiguous uint8, and m, n, k."""
+    a = _e4m3_input(a, "lhs[0]", 2)
+    b = _e4m3_input(b, "rhs[0]", 2)
+    m, k = a.shape
+    n = b.shape[0]
+    if b.shape[1] != k:
+        _fail("rhs[0] has k=%d but lhs[0] has k=%d" % (b.shape[1], k))
+    return a, b, m, n, k
+
+
 def gemm_fp8_fp8_bf16_nt(lhs, rhs, out, *, num_threads=0):
     """out[m, n] (bf16, in place) = A[m, k] @ B[n, k]^T with lhs = (A, sA [m, ceil(k/128)]),
     rhs = (B, sB [ceil(n/128), ceil(k/128)])."""
@@ -297,12 +308,7 @@ def gemm_fp8_fp8_bf16_nt(lhs, rhs, out, *, num_threads=0):
     b, sb = rhs
     if _route_device((a, sa, b, sb, out)):
         return _gemm_device(NORMAL, a, sa, b, sb, out, None, 0)
-    a = _e4m3_input(a, "lhs[0]", 2)
-    b = _e4m3_input(b, "rhs[0]", 2)
-    m, k = a.shape
-    n = b.shape[0]
-    if b.shape[1] != k:
-        _fail("rhs[0] has k=%d but lhs[0] has k=%d" % (b.shape[1], k))
+    a, b, m, n, k = _nt_operands(a, b)
     kb = ceil_div(k, _BLOCK)
     sa_keep, sa_ptr = _a_scales(sa, m, kb)
     sb = _f32_input(sb, "rhs[1]", (ceil_div(n, _BLOCK), kb))
@@ -400,12 +406,7 @@ def wgrad_gemm_fp8_fp8_fp32_nt(lhs, rhs, out, *, num_threads=0):
     b, sb = rhs
     if _route_device((a, sa, b, sb, out)):
         return _wgrad_device(a, sa, b, sb, out, None)
-    a = _e4m3_input(a, "lhs[0]", 2)
-    b = _e4m3_input(b, "rhs[0]", 2)
-    m, k = a.shape
-    n = b.shape[0]
-    if b.shape[1] != k:
-        _fail("rhs[0] has k=%d but lhs[0] has k=%d" % (b.shape[1], k))
+    a, b, m, n, k = _nt_operands(a, b)
     kb = ceil_div(k, _BLOCK)
     sa_keep, sa_ptr = _a_scales(sa, m, kb)
     sb_keep, sb_ptr = _a_scales(sb, n, kb, name="rhs scales")

@@ -172,6 +172,26 @@ static inline void close_sass(FILE *p, const char *cmd) {
 }
 #endif
 
+/* A compiled kernel's resource report (ptxas): a report at all, no stack
+ * frame and no spills, registers x threads within the SM's 64K (at entry:
+ * __launch_bounds__(threads, 1) caps them), and dynamic + static shared
+ * memory within the opt-in limit (the launch raises the dynamic limit to
+ * opt-in minus the static bytes). */
+static inline void assert_kernel_resources(const char *label, const dinf__jit_resources *r,
+                                           int threads, int smem_bytes) {
+    cr_assert_gt(r->registers, 0, "%s: no resource report", label);
+    cr_assert(r->stack_frame_bytes == 0 && r->spill_store_bytes == 0 && r->spill_load_bytes == 0,
+              "%s uses local memory: %d bytes stack, %d/%d bytes spill stores/loads, %d "
+              "registers",
+              label, r->stack_frame_bytes, r->spill_store_bytes, r->spill_load_bytes,
+              r->registers);
+    cr_assert_leq(r->registers * threads, 65536, "%s: %d registers x %d threads", label,
+                  r->registers, threads);
+    cr_assert_leq(smem_bytes + (r->shared_bytes > 0 ? r->shared_bytes : 0), DINF_FP8_SMEM_LIMIT,
+                  "%s: %d dynamic + %d static bytes of shared memory", label, smem_bytes,
+                  (int)r->shared_bytes);
+}
+
 /* A fresh cache directory (after the skip checks: no .fini runs after a skip). */
 static inline void setup_cache(void) {
     dinf__jit_reset();

@@ -1077,19 +1077,6 @@ static void compile_every_config(int shard) {
             slowest = took, snprintf(slowest_label, sizeof slowest_label, "%s", label);
         const dinf__jit_resources *r = &cubin->resources;
         const int threads = dinf_fp8_threads((int)configs[j].params[1]);
-        cr_assert_gt(r->registers, 0, "%s: no resource report", label);
-        cr_assert(r->stack_frame_bytes == 0 && r->spill_store_bytes == 0 &&
-                      r->spill_load_bytes == 0,
-                  "%s uses local memory: %d bytes stack, %d/%d bytes spill stores/loads, %d "
-                  "registers",
-                  label, r->stack_frame_bytes, r->spill_store_bytes, r->spill_load_bytes,
-                  r->registers);
-        /* At entry: __launch_bounds__(threads, 1) caps the registers so that
-         * the CTA fits the SM's 64K (384 threads: 168); the fast rung's
-         * setmaxnreg split 128 * 40 + 256 * 232 = 64512 stays inside the same
-         * budget. */
-        cr_assert_leq(r->registers * threads, 65536, "%s: %d registers x %d threads", label,
-                      r->registers, threads);
         const int fast = strcmp(configs[j].name, "fp8_gemm_fast") == 0;
         if (fast && threads == 384) { /* the launch refuses any other entry count */
             cr_assert_eq(r->registers, DINF_FP8_FAST_ENTRY_REGS, "%s: %d registers at entry",
@@ -1103,11 +1090,9 @@ static void compile_every_config(int shard) {
         h.block_m = (int)configs[j].params[1], h.block_n = (int)configs[j].params[2];
         h.stages = (int)configs[j].params[3];
         h.split_k = fast ? (int)configs[j].params[5] : 1;
-        /* Dynamic plus static shared memory within the opt-in limit (the
-         * launch raises the dynamic limit to opt-in minus the static bytes). */
-        cr_assert_leq(config_smem(&h) + (r->shared_bytes > 0 ? r->shared_bytes : 0),
-                      DINF_FP8_SMEM_LIMIT, "%s: %d dynamic + %d static bytes of shared memory",
-                      label, config_smem(&h), (int)r->shared_bytes);
+        /* (384 threads: 168 registers at entry; the fast rung's setmaxnreg
+         * split 128 * 40 + 256 * 232 = 64512 stays inside the same budget) */
+        assert_kernel_resources(label, r, threads, config_smem(&h));
         cr_log_info("%s: %d registers, %d bytes of shared memory, no spills, %.2f s", label,
                     r->registers, config_smem(&h), took);
     }

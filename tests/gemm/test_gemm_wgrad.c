@@ -756,17 +756,7 @@ Test(gemm_wgrad_jit, every_config_compiles_for_sm90a_without_spills, .fini = cle
         const int threads = dinf_fp8_threads((int)configs[j][0]);
         const int smem = DINF_FP8_WGRAD_SMEM_BYTES((int)configs[j][0], (int)configs[j][1],
                                                    (int)configs[j][2]);
-        cr_assert_gt(r->registers, 0, "%s: no resource report", label);
-        cr_assert(r->stack_frame_bytes == 0 && r->spill_store_bytes == 0 &&
-                      r->spill_load_bytes == 0,
-                  "%s uses local memory: %d bytes stack, %d/%d bytes spill stores/loads, %d "
-                  "registers",
-                  label, r->stack_frame_bytes, r->spill_store_bytes, r->spill_load_bytes,
-                  r->registers);
-        cr_assert_leq(r->registers * threads, 65536, "%s: %d registers x %d threads", label,
-                      r->registers, threads);
-        cr_assert_leq(smem + (r->shared_bytes > 0 ? r->shared_bytes : 0), DINF_FP8_SMEM_LIMIT,
-                      "%s: shared memory", label);
+        assert_kernel_resources(label, r, threads, smem);
         cr_log_info("%s: %d registers, %d bytes of shared memory, no spills, %.2f s", label,
                     r->registers, smem, dinf__jit_now_seconds() - t0);
         if (nvdisasm && j < 2) {
